@@ -1,0 +1,1 @@
+//! prune kernels (filled in by its issue).

@@ -1,0 +1,1 @@
+//! Sparse formats (CSR, BSR, N:M) and their SpMM kernels.

@@ -1,0 +1,96 @@
+//! Thread policy: one rayon pool for the library, sized by `HWREG_NUM_THREADS`
+//! (default: the cores this process may use), rebuilt after `fork()`.
+//!
+//! A private pool keeps us from fighting whatever else uses rayon's global pool,
+//! and lets a forked child (multiprocessing, Dask, Ray workers) get live threads
+//! instead of handles to threads that only exist in the parent.
+
+use std::sync::{Arc, Mutex};
+
+struct PoolEntry {
+    pid: u32,
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+static POOL: Mutex<Option<PoolEntry>> = Mutex::new(None);
+
+/// Threads to use: `HWREG_NUM_THREADS` if it is a positive integer, else the
+/// parallelism available to this process.
+pub fn num_threads() -> usize {
+    std::env::var("HWREG_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The library pool, created on first use and again after a fork or a change of
+/// `HWREG_NUM_THREADS`.
+pub fn pool() -> Arc<rayon::ThreadPool> {
+    let pid = std::process::id();
+    let threads = num_threads();
+    let mut guard = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = guard.as_ref() {
+        if e.pid == pid && e.threads == threads {
+            return Arc::clone(&e.pool);
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("hwreg-{i}"))
+        .build()
+        .map(Arc::new)
+        .unwrap_or_else(|_| {
+            // Could not spawn threads (resource limits): run on the caller's thread.
+            Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().expect("single-thread pool"))
+        });
+    *guard = Some(PoolEntry { pid, threads, pool: Arc::clone(&pool) });
+    pool
+}
+
+/// Runs `f` inside the library pool when `work` (a count of inner-loop
+/// operations, e.g. MACs) is large enough to pay for threads; else on the caller.
+pub fn run<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
+    if work < PARALLEL_MIN_WORK || num_threads() == 1 {
+        f()
+    } else {
+        pool().install(f)
+    }
+}
+
+/// Below this much work (about 64K multiply-accumulates) one thread is faster
+/// than waking the pool.
+pub const PARALLEL_MIN_WORK: usize = 1 << 16;
+
+/// How many chunks to split `work` into: one per `PARALLEL_MIN_WORK`, capped at a
+/// few per thread for load balance.
+pub fn chunks_for(work: usize) -> usize {
+    let t = num_threads();
+    if t == 1 || work < 2 * PARALLEL_MIN_WORK {
+        return 1;
+    }
+    (work / PARALLEL_MIN_WORK).clamp(1, 4 * t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_reused_and_runs_work() {
+        let a = pool();
+        let b = pool();
+        assert!(Arc::ptr_eq(&a, &b));
+        let s: u64 = run(1 << 20, || {
+            use rayon::prelude::*;
+            (0..1000u64).into_par_iter().sum()
+        });
+        assert_eq!(s, 499_500);
+    }
+
+    #[test]
+    fn small_work_runs_on_one_chunk() {
+        assert_eq!(chunks_for(10), 1);
+    }
+}
