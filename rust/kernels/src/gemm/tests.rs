@@ -194,3 +194,28 @@ fn linear_dynamic_matches_dequantized_reference() {
     let e = linear_dynamic(&bad, m, k, &p, Param::PerIndex(&ws), None, false, &mut out).unwrap_err();
     assert!(e.to_string().contains("row 5"), "{e}");
 }
+
+/// Raw micro-kernel throughput (not a test: `cargo test --release -- --ignored kernel_speed --nocapture`).
+#[test]
+#[ignore]
+fn kernel_speed() {
+    let kg: usize = std::env::var("KG").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let a = bytes(8 * kg * 4, 1);
+    let b: Vec<i8> = bytes(8 * kg * 64, 2).into_iter().map(|x| x as i8).collect();
+    let mut acc = vec![0i32; 8 * 64];
+    fn go<Kr: Kernel<AElem = u8>>(name: &str, a: &[u8], b: &[i8], acc: &mut [i32], kg: usize) {
+        let reps = 5_000_000 / kg;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            unsafe { Kr::tile(Kr::MR, Kr::NP, kg, a.as_ptr(), kg * 4, b.as_ptr(), kg * 64, acc.as_mut_ptr(), 16 * Kr::NP) };
+        }
+        let s = t.elapsed().as_secs_f64();
+        let macs = (reps * Kr::MR * Kr::NP * 16 * kg * 4) as f64;
+        eprintln!("{name}: {:.1} GMAC/s", macs / s / 1e9);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Vnni.is_supported() {
+        go::<super::x86_avx512vnni::Avx512Vnni>("vnni", &a, &b, &mut acc, kg);
+    }
+    go::<super::generic::Generic>("generic", &a, &b, &mut acc, kg);
+}
