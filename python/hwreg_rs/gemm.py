@@ -35,6 +35,10 @@ def _int8_array(x: Any, name: str) -> np.ndarray:
 def _zero_point(zp: Any, name: str, dtype: np.dtype, length: int, what: str) -> np.ndarray:
     """A zero point as int32 of shape (1,) (scalar) or (length,)."""
     lo, hi = _RANGE[np.dtype(dtype).newbyteorder("=")]
+    if type(zp) is int:  # fast path for the common scalar case
+        if not lo <= zp <= hi:
+            raise ValueError(f"{name} must lie in [{lo}, {hi}]; got {zp}")
+        return np.array([zp], np.int32)
     z = int_in_range(zp, name, lo, hi)
     if z.ndim == 0 or z.size == 1 and z.ndim == 1:
         return z.reshape(1)
@@ -181,7 +185,9 @@ def _broadcast_product(a: np.ndarray, b: Any, za: np.ndarray, b_zp: Any, run) ->
                          f"K mismatch ({k} != {kb})")
     if za.size > 1 and za.shape[0] != m:
         raise ValueError(f"a_zero_point must be a scalar or have shape ({m},) (one per row); got shape {za.shape}")
-    if isinstance(b, PackedMatrix) or b.ndim == 2:
+    if a3.ndim == 2 and isinstance(b, PackedMatrix):  # fast path: one 2-D product
+        out = run(a3, za, b)
+    elif isinstance(b, PackedMatrix) or b.ndim == 2:
         packed = b if isinstance(b, PackedMatrix) else PackedMatrix(b, _zp_b(b_zp, b, n))
         batch = a3.shape[:-2]
         count = int(np.prod(batch, dtype=np.int64))

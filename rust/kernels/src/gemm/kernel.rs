@@ -8,20 +8,25 @@ pub(crate) trait Kernel {
     const MR: usize;
     /// Most 16-column panels per tile.
     const NP: usize;
+    /// Most panels per tile when the tile has a single row (GEMV: more
+    /// independent accumulators hide the multiply latency).
+    const NP_ROW: usize;
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
     type AElem: Copy + Default + Send + Sync;
 
     /// Converts one packed row of Â (u8, padded to a multiple of 4) to `AElem`s.
     fn widen(src: &[u8], dst: &mut [Self::AElem]);
 
-    /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16).
+    /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16),
+    /// adding to the values already there when `load` (K blocking).
     ///
     /// # Safety
-    /// `1 <= mr <= MR`, `1 <= np <= NP`; `a` points at `mr` rows of `4 * kg`
+    /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
     /// elements, `lda` apart; `b` at `np` panels of `64 * kg` bytes, `bs`
     /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
     /// and the CPU supports the kernel's ISA.
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const Self::AElem, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const Self::AElem, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool);
 }
 
 /// Expands `match (mr, np)` over every const-generic instantiation of a tile function.

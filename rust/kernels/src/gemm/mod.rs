@@ -22,9 +22,10 @@
 //!   [`threads::chunks_for`] chunks run on the library pool;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
-//! * LOOP 1: row tiles of `MR` rows; the micro-kernel runs over the whole K,
-//!   then the zero-point correction and the [`output`] step are applied to the
-//!   tile while it is in L1.
+//! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
+//! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
+//!   block buffer); after the last K block the zero-point correction and the
+//!   [`output`] step are applied to the block while it is hot.
 
 pub mod output;
 pub mod pack;
@@ -181,10 +182,7 @@ impl<T> SyncPtr<T> {
     }
 }
 
-/// Rows per L2 block of A (LOOP 3), in tiles.
-const MC_TILES: usize = 24;
-
-/// The blocked driver: threads over rows or panels, then MC / NP / MR loops.
+/// The blocked driver: threads over rows or panels, then the block loops.
 fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
     let n = b.n;
     let panels = b.panels();
@@ -215,37 +213,72 @@ fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, e
     }
 }
 
+/// Rows per block of A (LOOP 3), in tiles: the i32 accumulators of one
+/// block × `16·NP` columns stay in L1/L2 between K blocks.
+const MC_TILES: usize = 12;
+
+/// K groups (of 4) per K block (LOOP 4): `NP` panels × `4·KC_GROUPS` k of
+/// packed B (4 × 96 × 64 B = 24 KiB) stay in L1 while every row tile of the
+/// block streams past them.
+const KC_GROUPS: usize = 96;
+
 /// One thread's share: rows `rows` × panels `pans` of the output.
 fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epilogue<'_, T>, rows: std::ops::Range<usize>, pans: std::ops::Range<usize>, out: SyncPtr<T>) {
     let n = b.n;
     let kg = pa.kp / 4;
     let ps = b.panel_stride();
-    let ld = 16 * Kr::NP;
-    let mut acc = vec![0i32; Kr::MR * ld];
-    let mc = MC_TILES * Kr::MR;
+    // A single row (GEMV) takes wider tiles: more independent accumulators.
+    let (mr_max, np_max) = if rows.len() == 1 { (1, Kr::NP_ROW) } else { (Kr::MR, Kr::NP) };
+    let ld = 16 * np_max;
+    let mc = MC_TILES * mr_max;
+    let mut acc = vec![0i32; mc * ld];
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
         let ic_end = (ic + mc).min(rows.end);
-        // LOOP 2: column blocks of NP panels.
+        // LOOP 2: column blocks of np_max panels.
         let mut jp = pans.start;
         while jp < pans.end {
-            let np = Kr::NP.min(pans.end - jp);
+            let np = np_max.min(pans.end - jp);
             let (c0, c1) = (jp * NR, ((jp + np) * NR).min(n));
-            // LOOP 1: row tiles.
-            let mut ir = ic;
-            while ir < ic_end {
-                let mr = Kr::MR.min(ic_end - ir);
-                // SAFETY: ir + mr <= m rows of `kp` elements; panels jp..jp+np
-                // exist in packed B; acc holds MR × 16·NP values.
-                unsafe {
-                    Kr::tile(mr, np, kg, pa.data.as_ptr().add(ir * pa.kp), pa.kp, b.data.as_ptr().add(jp * ps), ps, acc.as_mut_ptr(), ld);
+            // LOOP 4: K blocks (at least one, so that K = 0 writes zeros).
+            let mut pc = 0;
+            loop {
+                let kcg = KC_GROUPS.min(kg - pc);
+                // LOOP 1: row tiles.
+                let mut ir = ic;
+                while ir < ic_end {
+                    let mr = mr_max.min(ic_end - ir);
+                    // SAFETY: rows ir..ir+mr of packed A hold kp >= 4·(pc+kcg)
+                    // elements; panels jp..jp+np exist in packed B; acc holds
+                    // mc rows of ld values.
+                    unsafe {
+                        Kr::tile(
+                            mr,
+                            np,
+                            kcg,
+                            pa.data.as_ptr().add(ir * pa.kp + 4 * pc),
+                            pa.kp,
+                            b.data.as_ptr().add(jp * ps + 64 * pc),
+                            ps,
+                            acc.as_mut_ptr().add((ir - ic) * ld),
+                            ld,
+                            pc > 0,
+                        );
+                    }
+                    ir += mr;
                 }
-                correct(&mut acc, ld, mr, &pa.rowsum[ir..ir + mr], &pa.zp[ir..ir + mr], &b.zp[c0..c1], &b.colterm[c0..c1]);
-                // SAFETY: this task alone writes rows ir..ir+mr × columns c0..c1.
-                unsafe { ep.apply_raw(&acc, ld, ir..ir + mr, c0..c1, out.get(), n) };
-                ir += mr;
+                pc += kcg;
+                if pc >= kg {
+                    break;
+                }
             }
+            // Zero-point correction and output step while the block is hot.
+            let rows_blk = ic_end - ic;
+            let acc_blk = &mut acc[..rows_blk * ld];
+            correct(acc_blk, ld, rows_blk, &pa.rowsum[ic..ic_end], &pa.zp[ic..ic_end], &b.zp[c0..c1], &b.colterm[c0..c1]);
+            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1.
+            unsafe { ep.apply_raw(acc_blk, ld, ic..ic_end, c0..c1, out.get(), n) };
             jp += np;
         }
         ic = ic_end;

@@ -297,7 +297,8 @@ impl<T: OutElem> Epilogue<'_, T> {
                             let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
                             for j in 0..w {
                                 let f = ((a[j] as f32 * rs) * cs[j] + b[j]).max(floor);
-                                let q = (f / ys).round_ties_even().clamp(lof, hif) as i32 + yzp;
+                                // Clamp first (bounds are integers, so this commutes with rounding).
+                                let q = round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp;
                                 o[j] = T::from_clamped(q);
                             }
                         }
@@ -309,8 +310,8 @@ impl<T: OutElem> Epilogue<'_, T> {
                     let bs = &b_scale[c0..c1];
                     for j in 0..w {
                         let mult = (asc * bs[j]) / *y_scale;
-                        let d = (a[j] as f64 * mult as f64 + yz).round_ties_even();
-                        o[j] = T::from_clamped(d.clamp(lo as f64, hi as f64) as i32);
+                        let d = (a[j] as f64 * mult as f64 + yz).clamp(lo as f64, hi as f64);
+                        o[j] = T::from_clamped(round_even_f64(d) as i32);
                     }
                 }
             }
@@ -318,9 +319,41 @@ impl<T: OutElem> Epilogue<'_, T> {
     }
 }
 
+/// Round half to even for |v| <= 2^22 without a libm call (vectorises on
+/// baseline x86-64): adding and subtracting 1.5·2^23 rounds to an integer in
+/// the default round-to-nearest-even mode.
+#[inline(always)]
+pub fn round_even_f32(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// [`round_even_f32`] for f64, |v| <= 2^51.
+#[inline(always)]
+pub fn round_even_f64(v: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    (v + MAGIC) - MAGIC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_rounding_matches_round_ties_even() {
+        let mut v = -300.0f32;
+        while v <= 300.0 {
+            assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_even_f64(v as f64), (v as f64).round_ties_even(), "{v}");
+            v += 0.125;
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -2.5, 254.5, 0.49999997, 1e-30, -1e-30, 4194303.5] {
+            assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
+        }
+        for v in [0.49999999999999994f64, 2147483647.5, -2147483648.5, 1e15 + 0.5] {
+            assert_eq!(round_even_f64(v), v.round_ties_even(), "{v}");
+        }
+    }
 
     #[test]
     fn requant_rounds_half_even_and_saturates() {

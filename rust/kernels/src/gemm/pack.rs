@@ -123,36 +123,32 @@ impl PackedB {
         self.kp * NR
     }
 
-    /// Packs a row-major `K × N` matrix (`b[k * n + j]`), `uint8` or `int8`.
+    /// Packs a row-major `K × N` uint8 matrix (`b[k * n + j]`).
     pub fn from_kn_u8(b: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(k, n, zp, false, b.len(), |kk, j| (b[kk * n + j] ^ 0x80) as i8)
+        Self::pack(b, k, n, zp, false, false)
     }
     /// Packs a row-major `K × N` int8 matrix.
     pub fn from_kn_i8(b: &[i8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(k, n, zp, true, b.len(), |kk, j| b[kk * n + j])
+        Self::pack(as_bytes(b), k, n, zp, true, false)
     }
-    /// Packs the transpose of a row-major `N × K` matrix (a Linear weight
-    /// `(out, in)`): `B[k, j] = w[j * k_total + k]`.
+    /// Packs the transpose of a row-major `N × K` int8 matrix (a Linear weight
+    /// `(out, in)`): `B[k, j] = w[j * K + k]`.
     pub fn from_nk_i8(w: &[i8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(k, n, zp, true, w.len(), |kk, j| w[j * k + kk])
+        Self::pack(as_bytes(w), k, n, zp, true, true)
     }
     /// Packs the transpose of a row-major `N × K` uint8 matrix.
     pub fn from_nk_u8(w: &[u8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(k, n, zp, false, w.len(), |kk, j| (w[j * k + kk] ^ 0x80) as i8)
+        Self::pack(w, k, n, zp, false, true)
     }
 
-    fn pack(
-        k: usize,
-        n: usize,
-        zp: ZeroPoint<'_>,
-        signed: bool,
-        len: usize,
-        get: impl Fn(usize, usize) -> i8 + Sync,
-    ) -> Result<PackedB> {
-        if k.checked_mul(n) != Some(len) {
-            return shape_err!("B has {len} elements, expected K*N = {k}*{n}");
+    /// `src` holds the raw bytes; stored value = `(byte ^ mask) as i8` with
+    /// `mask = 0x80` for uint8 (b - 128) and 0 for int8.
+    fn pack(src: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>, signed: bool, transposed: bool) -> Result<PackedB> {
+        if k.checked_mul(n) != Some(src.len()) {
+            return shape_err!("B has {} elements, expected K*N = {k}*{n}", src.len());
         }
         let (lo, hi, off) = if signed { (-128, 127, 0) } else { (0, 255, -128) };
+        let mask: u8 = if signed { 0 } else { 0x80 };
         zp.check("b_zero_point", n, lo, hi)?;
         let kp = round_up(k, 4);
         let panels = n.div_ceil(NR);
@@ -160,47 +156,86 @@ impl PackedB {
         let mut data = vec![0i8; panels * kp * NR];
         let mut zps = vec![0i32; np];
         let mut colterm = vec![0i32; np];
-        // Pack panel by panel (in parallel for big B): panel p covers columns
-        // 16p..16p+16; its group g at offset g*64, column c at 4c.
-        let pack_panel = |p: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]| {
-            let ncols = (n - p * NR).min(NR);
-            let mut sums = [0i32; NR];
-            for g in 0..kp / 4 {
-                let grp = &mut out[g * 64..g * 64 + 64];
-                for t in 0..4 {
-                    let kk = 4 * g + t;
-                    if kk >= k {
-                        break;
+        // Panel p covers columns 16p..16p+16; its group g sits at g*64, column c at 4c.
+        // A task packs a run of panels: group by group (reading 4 rows of B
+        // sequentially when not transposed), then the column sums.
+        let ps = kp * NR;
+        let pack_panels = |p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]| {
+            let npan = zp_out.len() / NR;
+            if transposed {
+                for lp in 0..npan {
+                    let p = p0 + lp;
+                    let panel = &mut out[lp * ps..(lp + 1) * ps];
+                    for c in 0..(n - p * NR).min(NR) {
+                        let col = &src[(p * NR + c) * k..(p * NR + c) * k + k];
+                        for (g, q) in col.chunks(4).enumerate() {
+                            let dst = &mut panel[g * 64 + 4 * c..g * 64 + 4 * c + q.len()];
+                            for (d, &v) in dst.iter_mut().zip(q) {
+                                *d = (v ^ mask) as i8;
+                            }
+                        }
                     }
-                    for c in 0..ncols {
-                        let v = get(kk, p * NR + c);
-                        grp[4 * c + t] = v;
-                        sums[c] = sums[c].wrapping_add(v as i32);
+                }
+            } else {
+                for g in 0..kp / 4 {
+                    let full_k = 4 * g + 4 <= k;
+                    for lp in 0..npan {
+                        let p = p0 + lp;
+                        let ncols = (n - p * NR).min(NR);
+                        let grp = &mut out[lp * ps + g * 64..lp * ps + g * 64 + 64];
+                        if full_k && ncols == NR {
+                            let rows: [&[u8]; 4] = std::array::from_fn(|t| &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]);
+                            transpose_4x16(rows, mask, grp);
+                        } else {
+                            for t in 0..(k - 4 * g).min(4) {
+                                let row = &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + ncols];
+                                for (c, &v) in row.iter().enumerate() {
+                                    grp[4 * c + t] = (v ^ mask) as i8;
+                                }
+                            }
+                        }
                     }
                 }
             }
-            for c in 0..NR {
-                if c < ncols {
+            // Column sums of the stored values, from the source (vectorises).
+            let c0 = p0 * NR;
+            let c1 = ((p0 + npan) * NR).min(n);
+            let mut sums = vec![0i32; npan * NR];
+            if transposed {
+                for (j, s) in (c0..c1).zip(sums.iter_mut()) {
+                    *s = src[j * k..j * k + k].iter().fold(0i32, |acc, &v| acc.wrapping_add((v ^ mask) as i8 as i32));
+                }
+            } else {
+                for kk in 0..k {
+                    for (s, &v) in sums.iter_mut().zip(&src[kk * n + c0..kk * n + c1]) {
+                        *s = s.wrapping_add((v ^ mask) as i8 as i32);
+                    }
+                }
+            }
+            for lp in 0..npan {
+                let p = p0 + lp;
+                let sums = &sums[lp * NR..lp * NR + NR];
+                for c in 0..(n - p * NR).min(NR) {
                     let z = zp.get(p * NR + c) + off;
-                    zp_out[c] = z;
-                    ct_out[c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
+                    zp_out[lp * NR + c] = z;
+                    ct_out[lp * NR + c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
                 }
             }
         };
-        let work = k * n;
         if panels > 0 && kp > 0 {
-            crate::threads::run(work, || {
+            // Runs of panels of about 64 KiB each.
+            let run_len = ((1 << 16) / ps).clamp(1, panels);
+            crate::threads::run(k * n, || {
                 use rayon::prelude::*;
-                data.par_chunks_mut(kp * NR)
-                    .zip(zps.par_chunks_mut(NR))
-                    .zip(colterm.par_chunks_mut(NR))
+                data.par_chunks_mut(run_len * ps)
+                    .zip(zps.par_chunks_mut(run_len * NR))
+                    .zip(colterm.par_chunks_mut(run_len * NR))
                     .enumerate()
-                    .with_min_len((1 << 16) / (kp * NR).max(1) + 1)
-                    .for_each(|(p, ((d, z), c))| pack_panel(p, d, z, c));
+                    .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
             });
         } else {
             for p in 0..panels {
-                pack_panel(p, &mut [], &mut zps[p * NR..p * NR + NR], &mut colterm[p * NR..p * NR + NR]);
+                pack_panels(p, &mut [], &mut zps[p * NR..p * NR + NR], &mut colterm[p * NR..p * NR + NR]);
             }
         }
         Ok(PackedB { k, n, kp, data, zp: zps, colterm, max_abs: zp.max_abs_diff(lo, hi), signed })
@@ -220,6 +255,43 @@ impl PackedB {
         }
         out
     }
+}
+
+/// Interleaves 4 rows of 16 bytes into 16 columns × 4 k (one packed group),
+/// flipping the sign bit with `mask`.
+#[inline]
+fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
+    debug_assert!(rows.iter().all(|r| r.len() == NR) && grp.len() == 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
+        unsafe {
+            let m = _mm_set1_epi8(mask as i8);
+            let r: [__m128i; 4] = std::array::from_fn(|t| _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m));
+            let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
+            let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+            let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
+            let hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+            let o = grp.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(hi01, hi23));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(hi01, hi23));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for c in 0..NR {
+        for t in 0..4 {
+            grp[4 * c + t] = (rows[t][c] ^ mask) as i8;
+        }
+    }
+}
+
+/// The bytes of an i8 slice.
+fn as_bytes(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
 }
 
 /// Where the rows of A come from.
@@ -324,7 +396,7 @@ pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
     let zpf = zp as f32;
     let mut sum = 0i32;
     for (d, &v) in dst.iter_mut().zip(x) {
-        let q = ((v / scale).round_ties_even() + zpf).clamp(0.0, 255.0) as u8;
+        let q = (super::output::round_even_f32(v / scale) + zpf).clamp(0.0, 255.0) as u8;
         *d = q;
         sum += q as i32;
     }

@@ -207,7 +207,7 @@ fn kernel_speed() {
         let reps = 5_000_000 / kg;
         let t = std::time::Instant::now();
         for _ in 0..reps {
-            unsafe { Kr::tile(Kr::MR, Kr::NP, kg, a.as_ptr(), kg * 4, b.as_ptr(), kg * 64, acc.as_mut_ptr(), 16 * Kr::NP) };
+            unsafe { Kr::tile(Kr::MR, Kr::NP, kg, a.as_ptr(), kg * 4, b.as_ptr(), kg * 64, acc.as_mut_ptr(), 16 * Kr::NP, false) };
         }
         let s = t.elapsed().as_secs_f64();
         let macs = (reps * Kr::MR * Kr::NP * 16 * kg * 4) as f64;
@@ -218,4 +218,20 @@ fn kernel_speed() {
         go::<super::x86_avx512vnni::Avx512Vnni>("vnni", &a, &b, &mut acc, kg);
     }
     go::<super::generic::Generic>("generic", &a, &b, &mut acc, kg);
+}
+
+/// Packing speed (not a test: `cargo test --release -- --ignored pack_speed --nocapture`).
+#[test]
+#[ignore]
+fn pack_speed() {
+    let (k, n) = (1024, 1024);
+    let b: Vec<i8> = bytes(k * n, 3).into_iter().map(|x| x as i8).collect();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let reps = 50;
+        for _ in 0..reps {
+            std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
+        }
+        eprintln!("pack {k}x{n}: {:.0} us", t.elapsed().as_secs_f64() / reps as f64 * 1e6);
+    }
 }
