@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
+from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
 
 __version__: str = _native.__version__
 
 __all__ = [
     "__version__",
+    "Int8Linear",
+    "PackedMatrix",
+    "matmul_integer",
+    "pack_int8",
+    "qlinear_matmul",
     "active_isa",
     "num_threads",
     "supported_isas",
