@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
+from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
 
 __version__: str = _native.__version__
 
@@ -16,4 +17,10 @@ __all__ = [
     "active_isa",
     "num_threads",
     "supported_isas",
+    # quantization
+    "QParams",
+    "calibrate",
+    "dequantize",
+    "dynamic_quantize",
+    "quantize",
 ]

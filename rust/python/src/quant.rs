@@ -1,7 +1,149 @@
-//! Bindings of `hwreg_kernels::quant`.
+//! Bindings of `hwreg_kernels::quant`: array conversion, GIL release, error mapping.
+//!
+//! The Python layer (`hwreg_rs/quant.py`) validates types and normalises `axis`;
+//! the kernels validate values and lengths again, so nothing here can be fed garbage.
 
+use hwreg_kernels::quant::{self, calib, AxisLayout, QElem, QType};
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{PyArray, PyArrayDyn, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::{contiguous, OrPy};
+
+fn owned<'py, T: numpy::Element>(py: Python<'py>, shape: &[usize], v: Vec<T>) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let arr = ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(PyArray::from_owned_array(py, arr))
+}
+
+fn quantize_into<'py, T: QElem + numpy::Element + Default + Clone>(
+    py: Python<'py>,
+    x: &[f32],
+    shape: &[usize],
+    layout: AxisLayout,
+    scale: &[f32],
+    zero_point: &[i32],
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = py.detach(|| {
+        let mut out = vec![T::default(); x.len()];
+        quant::quantize(x, layout, scale, zero_point, &mut out).map(|()| out)
+    });
+    Ok(owned(py, shape, out.or_py()?)?.into_any())
+}
+
+/// ONNX QuantizeLinear of a float32 array (see `hwreg_rs.quantize`).
+#[pyfunction]
+#[pyo3(signature = (x, scale, zero_point, axis, dtype))]
+fn quantize_linear<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    axis: Option<usize>,
+    dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let shape = x.shape().to_vec();
+    let layout = AxisLayout::new(&shape, axis).or_py()?;
+    let (xs, s, z) = (contiguous(&x, "x")?, contiguous(&scale, "scale")?, contiguous(&zero_point, "zero_point")?);
+    match QType::from_name(dtype) {
+        Some(QType::I8) => quantize_into::<i8>(py, xs, &shape, layout, s, z),
+        Some(QType::U8) => quantize_into::<u8>(py, xs, &shape, layout, s, z),
+        None => Err(PyTypeError::new_err(format!("dtype must be 'int8' or 'uint8'; got {dtype:?}"))),
+    }
+}
+
+fn dequantize_from<'py, T: QElem + numpy::Element>(
+    py: Python<'py>,
+    q: PyReadonlyArrayDyn<'py, T>,
+    axis: Option<usize>,
+    scale: &[f32],
+    zero_point: &[i32],
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let shape = q.shape().to_vec();
+    let layout = AxisLayout::new(&shape, axis).or_py()?;
+    let qs = contiguous(&q, "q")?;
+    let out = py.detach(|| {
+        let mut out = vec![0f32; qs.len()];
+        quant::dequantize(qs, layout, scale, zero_point, &mut out).map(|()| out)
+    });
+    owned(py, &shape, out.or_py()?)
+}
+
+/// ONNX DequantizeLinear of an int8 or uint8 array to float32 (see `hwreg_rs.dequantize`).
+#[pyfunction]
+#[pyo3(signature = (q, scale, zero_point, axis))]
+fn dequantize_linear<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    axis: Option<usize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (s, z) = (contiguous(&scale, "scale")?, contiguous(&zero_point, "zero_point")?);
+    if let Ok(a) = q.extract::<PyReadonlyArrayDyn<'py, i8>>() {
+        dequantize_from(py, a, axis, s, z)
+    } else if let Ok(a) = q.extract::<PyReadonlyArrayDyn<'py, u8>>() {
+        dequantize_from(py, a, axis, s, z)
+    } else {
+        Err(PyTypeError::new_err("q must be an int8 or uint8 array"))
+    }
+}
+
+/// ONNX DynamicQuantizeLinear: `(q uint8, scale, zero_point)`.
+#[pyfunction]
+fn dynamic_quantize_linear<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<(Bound<'py, PyArrayDyn<u8>>, f32, u8)> {
+    let shape = x.shape().to_vec();
+    let xs = contiguous(&x, "x")?;
+    let r = py.detach(|| {
+        let mut out = vec![0u8; xs.len()];
+        quant::dynamic_quantize(xs, &mut out).map(|(s, z)| (out, s, z))
+    });
+    let (out, s, z) = r.or_py()?;
+    Ok((owned(py, &shape, out)?, s, z))
+}
+
+/// Calibration: `(scale, zero_point, range_min, range_max)`, one entry per channel.
+#[pyfunction]
+#[pyo3(signature = (x, axis, method, percentile, qmin, qmax, symmetric, symmetric_zero_point, power_of_two, bins))]
+#[allow(clippy::too_many_arguments)]
+fn calibrate<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    axis: Option<usize>,
+    method: &str,
+    percentile: f64,
+    qmin: i32,
+    qmax: i32,
+    symmetric: bool,
+    symmetric_zero_point: i32,
+    power_of_two: bool,
+    bins: usize,
+) -> PyResult<(Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>)> {
+    let method = match method {
+        "minmax" => calib::Method::MinMax,
+        "percentile" => calib::Method::Percentile(percentile),
+        "mse" => calib::Method::Mse,
+        "entropy" => calib::Method::Entropy,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown calibration method {other:?}; expected 'minmax', 'percentile', 'mse' or 'entropy'"
+            )))
+        }
+    };
+    let spec = calib::Spec { qmin, qmax, symmetric, symmetric_zero_point, power_of_two, bins };
+    let layout = AxisLayout::new(x.shape(), axis).or_py()?;
+    let xs = contiguous(&x, "x")?;
+    let c = py.detach(|| calib::calibrate(xs, layout, method, &spec)).or_py()?;
+    Ok((c.scale, c.zero_point, c.range_min, c.range_max))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize_linear, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_linear, m)?)?;
+    m.add_function(wrap_pyfunction!(dynamic_quantize_linear, m)?)?;
+    m.add_function(wrap_pyfunction!(calibrate, m)?)?;
     Ok(())
 }
