@@ -16,6 +16,7 @@ def quantize_linear(
     zero_point: npt.NDArray[np.int32],
     axis: int | None,
     dtype: str,
+    qrange: tuple[int, int] | None = None,
 ) -> npt.NDArray[np.int8] | npt.NDArray[np.uint8]: ...
 def dequantize_linear(
     q: npt.NDArray[np.int8] | npt.NDArray[np.uint8],

@@ -51,6 +51,9 @@ class QParams:
         Storage type of the quantized values.
     axis : int or None
         The channel axis of per-channel parameters; ``None`` for per tensor.
+    bits : int
+        Width of the integer grid, 2 to 8 (an extension of the contract's four
+        fields): :func:`quantize` saturates to ``[qmin, qmax]`` of this grid.
 
     Examples
     --------
@@ -64,10 +67,27 @@ class QParams:
     zero_point: Union[int, np.ndarray]
     dtype: str
     axis: Union[int, None]
+    bits: int = 8
+
+    @property
+    def qmin(self) -> int:
+        """Lowest value of the grid: ``-2**(bits-1)`` (int8) or 0 (uint8)."""
+        return _grid(self.dtype, self.bits)[0]
+
+    @property
+    def qmax(self) -> int:
+        """Highest value of the grid: ``2**(bits-1) - 1`` (int8) or ``2**bits - 1`` (uint8)."""
+        return _grid(self.dtype, self.bits)[1]
 
     def __repr__(self) -> str:
         return (f"QParams(scale={self.scale!r}, zero_point={self.zero_point!r}, "
-                f"dtype={self.dtype!r}, axis={self.axis!r})")
+                f"dtype={self.dtype!r}, axis={self.axis!r}, bits={self.bits!r})")
+
+
+def _grid(dtype: str, bits: int) -> tuple[int, int]:
+    if dtype == "int8":
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -86,7 +106,8 @@ def _float_input(x: Any, name: str) -> np.ndarray:
     arr = native_array(x, name)
     if arr.dtype.kind == "b":
         raise TypeError(f"{name} must be a floating-point array; got dtype bool")
-    return native_array(arr, name, cast=np.float32)
+    # native_array turns a 0-d input into shape (1,) (np.ascontiguousarray); keep 0-d.
+    return native_array(arr, name, cast=np.float32).reshape(np.shape(x))
 
 
 def _params(x_shape: tuple, scale: Any, zero_point: Any, axis: Any, dtype: str) -> tuple:
@@ -123,7 +144,8 @@ def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype
     scale : float, array_like of shape (C,), or QParams
         Positive finite scale(s): one for the whole tensor, or one per element of
         ``x.shape[axis]``. A :class:`QParams` supplies scale, zero point, axis and
-        dtype at once (the other arguments are then ignored).
+        dtype at once (the other arguments are then ignored), and a grid of fewer
+        than 8 bits saturates to that grid's ``[qmin, qmax]``.
     zero_point : int or array_like of int, shape (C,)
         Zero point(s) within the range of ``dtype``; a single one is shared by all channels.
     axis : int, optional
@@ -156,12 +178,15 @@ def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype
     array([[ 2, 14],
            [ 2, 14]], dtype=uint8)
     """
+    qrange = None
     if isinstance(scale, QParams):
-        scale, zero_point, axis, dtype = scale.scale, scale.zero_point, scale.axis, scale.dtype
+        qp = scale
+        scale, zero_point, axis, dtype = qp.scale, qp.zero_point, qp.axis, qp.dtype
+        qrange = (qp.qmin, qp.qmax) if qp.bits != 8 else None
     dt = _dtype_name(dtype)
     xa = _float_input(x, "x")
     s, z, ax = _params(xa.shape, scale, zero_point, axis, dt)
-    return _native.quantize_linear(xa, s, z, ax, dt)
+    return _native.quantize_linear(xa, s, z, ax, dt, qrange)
 
 
 def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None) -> np.ndarray:
@@ -202,7 +227,7 @@ def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None) -> 
     """
     if isinstance(scale, QParams):
         scale, zero_point, axis = scale.scale, scale.zero_point, scale.axis
-    qa = native_array(q, "q")
+    qa = native_array(q, "q").reshape(np.shape(q))
     if qa.dtype.name not in _RANGES:
         raise TypeError(f"q must be an int8 or uint8 array; got dtype {qa.dtype}")
     s, z, ax = _params(qa.shape, scale, zero_point, axis, qa.dtype.name)
@@ -334,11 +359,10 @@ def calibrate(x: Any, *, method: str = "minmax", dtype: Any = "int8", symmetric:
     if not isinstance(percentile, numbers.Real) or isinstance(percentile, bool):
         raise TypeError(f"percentile must be a number; got {type(percentile).__name__}")
     bits = int(bits)
+    qmin, qmax = _grid(dt, bits)
     if dt == "int8":
-        qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         szp = 0
     else:
-        qmin, qmax = 0, (1 << bits) - 1
         szp = 128 if bits == 8 else (qmin + qmax) // 2
     xa = _float_input(x, "x")
     if xa.size == 0:
@@ -347,9 +371,9 @@ def calibrate(x: Any, *, method: str = "minmax", dtype: Any = "int8", symmetric:
     scale, zp, _, _ = _native.calibrate(xa, ax, method, float(percentile), qmin, qmax, bool(symmetric),
                                         szp, bool(power_of_two), int(bins))
     if ax is None:
-        return QParams(np.float32(scale[0]), int(zp[0]), dt, None)
+        return QParams(np.float32(scale[0]), int(zp[0]), dt, None, bits)
     s = np.asarray(scale, dtype=np.float32)
     z = np.asarray(zp, dtype=np.int32)
     s.setflags(write=False)
     z.setflags(write=False)
-    return QParams(s, z, dt, ax)
+    return QParams(s, z, dt, ax, bits)

@@ -23,17 +23,20 @@ fn quantize_into<'py, T: QElem + numpy::Element + Default + Clone>(
     layout: AxisLayout,
     scale: &[f32],
     zero_point: &[i32],
+    qrange: Option<(i32, i32)>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let qrange = qrange.unwrap_or(T::QTYPE.range());
     let out = py.detach(|| {
         let mut out = vec![T::default(); x.len()];
-        quant::quantize(x, layout, scale, zero_point, &mut out).map(|()| out)
+        quant::quantize_clamped(x, layout, scale, zero_point, qrange, &mut out).map(|()| out)
     });
     Ok(owned(py, shape, out.or_py()?)?.into_any())
 }
 
-/// ONNX QuantizeLinear of a float32 array (see `hwreg_rs.quantize`).
+/// ONNX QuantizeLinear of a float32 array (see `hwreg_rs.quantize`); `qrange`
+/// narrows the saturation range (grids of fewer than 8 bits).
 #[pyfunction]
-#[pyo3(signature = (x, scale, zero_point, axis, dtype))]
+#[pyo3(signature = (x, scale, zero_point, axis, dtype, qrange=None))]
 fn quantize_linear<'py>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, f32>,
@@ -41,13 +44,14 @@ fn quantize_linear<'py>(
     zero_point: PyReadonlyArray1<'py, i32>,
     axis: Option<usize>,
     dtype: &str,
+    qrange: Option<(i32, i32)>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let shape = x.shape().to_vec();
     let layout = AxisLayout::new(&shape, axis).or_py()?;
     let (xs, s, z) = (contiguous(&x, "x")?, contiguous(&scale, "scale")?, contiguous(&zero_point, "zero_point")?);
     match QType::from_name(dtype) {
-        Some(QType::I8) => quantize_into::<i8>(py, xs, &shape, layout, s, z),
-        Some(QType::U8) => quantize_into::<u8>(py, xs, &shape, layout, s, z),
+        Some(QType::I8) => quantize_into::<i8>(py, xs, &shape, layout, s, z, qrange),
+        Some(QType::U8) => quantize_into::<u8>(py, xs, &shape, layout, s, z, qrange),
         None => Err(PyTypeError::new_err(format!("dtype must be 'int8' or 'uint8'; got {dtype:?}"))),
     }
 }
@@ -105,6 +109,9 @@ fn dynamic_quantize_linear<'py>(
     Ok((owned(py, &shape, out)?, s, z))
 }
 
+/// `(scale, zero_point, range_min, range_max)`, one entry per channel.
+type CalibrationLists = (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>);
+
 /// Calibration: `(scale, zero_point, range_min, range_max)`, one entry per channel.
 #[pyfunction]
 #[pyo3(signature = (x, axis, method, percentile, qmin, qmax, symmetric, symmetric_zero_point, power_of_two, bins))]
@@ -121,7 +128,7 @@ fn calibrate<'py>(
     symmetric_zero_point: i32,
     power_of_two: bool,
     bins: usize,
-) -> PyResult<(Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>)> {
+) -> PyResult<CalibrationLists> {
     let method = match method {
         "minmax" => calib::Method::MinMax,
         "percentile" => calib::Method::Percentile(percentile),

@@ -159,14 +159,19 @@ impl Params {
     }
 }
 
+/// Quantize with one scale / zero point per element: `(x, scale, zp, lo, hi, out)`.
+pub(crate) type QuantRowFn = fn(&[f32], &[f32], &[f32], f32, f32, &mut [u8]);
+/// Dequantize with one scale / zero point per element: `(q, signed, scale, zp, out)`.
+pub(crate) type DequantRowFn = fn(&[u8], bool, &[f32], &[f32], &mut [f32]);
+
 /// The per-element loops of one ISA. `lo`/`hi` are the saturation range as `f32`.
 /// `*_run` use one scale and zero point for the whole run; `*_row` one per element.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub quant_run: fn(&[f32], f32, f32, f32, f32, &mut [u8]),
-    pub quant_row: fn(&[f32], &[f32], &[f32], f32, f32, &mut [u8]),
+    pub quant_row: QuantRowFn,
     pub dequant_run: fn(&[u8], bool, f32, f32, &mut [f32]),
-    pub dequant_row: fn(&[u8], bool, &[f32], &[f32], &mut [f32]),
+    pub dequant_row: DequantRowFn,
     /// `(min, max, poison)`; `poison` is NaN when the slice holds NaN or ±inf.
     pub min_max: fn(&[f32]) -> (f32, f32, f32),
 }
@@ -321,10 +326,30 @@ fn as_bytes<T: QElem>(q: &[T]) -> &[u8] {
 /// Errors: length mismatches (`Shape`), a scale that is not finite and > 0 or a zero
 /// point outside the range of `T` (`Value`).
 pub fn quantize<T: QElem>(x: &[f32], layout: AxisLayout, scale: &[f32], zero_point: &[i32], out: &mut [T]) -> Result<()> {
-    check_lens("quantize", &layout, x.len(), out.len())?;
-    let p = Params::new(&layout, scale, zero_point, T::QTYPE)?;
     let (lo, hi) = T::QTYPE.range();
-    let (lo, hi) = (lo as f32, hi as f32);
+    quantize_clamped(x, layout, scale, zero_point, (lo, hi), out)
+}
+
+/// [`quantize`] saturating to `[qmin, qmax]`, a sub-range of `T`'s (e.g. a 4-bit grid
+/// stored in `i8`). The zero point must lie in `[qmin, qmax]`.
+pub fn quantize_clamped<T: QElem>(
+    x: &[f32],
+    layout: AxisLayout,
+    scale: &[f32],
+    zero_point: &[i32],
+    (qmin, qmax): (i32, i32),
+    out: &mut [T],
+) -> Result<()> {
+    check_lens("quantize", &layout, x.len(), out.len())?;
+    let (tlo, thi) = T::QTYPE.range();
+    if !(tlo <= qmin && qmin < qmax && qmax <= thi) {
+        return value_err!("quantization range [{qmin}, {qmax}] is not a non-empty sub-range of {} [{tlo}, {thi}]", T::QTYPE.name());
+    }
+    let p = Params::new(&layout, scale, zero_point, T::QTYPE)?;
+    if let Some(z) = p.zero_point.iter().find(|&&z| z < qmin as f32 || z > qmax as f32) {
+        return value_err!("zero_point must lie in [{qmin}, {qmax}]; got {z}");
+    }
+    let (lo, hi) = (qmin as f32, qmax as f32);
     let k = kernels();
     let per_channel = p.scale.len() > 1;
     let out = as_bytes_mut(out);
@@ -437,7 +462,7 @@ pub fn dynamic_params(min: f32, max: f32) -> (f32, u8) {
     let range = if maxx == minx { 1.0f32 } else { maxx - minx };
     let scale = range / 255.0f32;
     let initial = 0.0f32 - minx / scale;
-    let zp = initial.min(255.0).max(0.0).round_ties_even();
+    let zp = initial.clamp(0.0, 255.0).round_ties_even();
     (scale, zp as u8)
 }
 
