@@ -593,3 +593,35 @@ def test_qparams_is_frozen_and_readonly():
     with pytest.raises(ValueError):
         qp.scale[0] = 2.0
     assert "QParams(" in repr(qp)
+
+
+def test_out_arrays_are_filled_and_checked():
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 3, (5, 70)).astype(np.float32)
+    out = np.full(x.shape, 99, np.int8)
+    r = hw.quantize(x, 0.05, 2, out=out)
+    assert r is out
+    np.testing.assert_array_equal(out, ref_quantize(x, 0.05, 2))
+    s = np.linspace(0.01, 0.1, 70, dtype=np.float32)
+    outu = np.zeros(x.shape, np.uint8)
+    hw.quantize(x, s, 128, axis=1, dtype="uint8", out=outu)
+    np.testing.assert_array_equal(outu, ref_quantize(x, s, 128, 1, "uint8"))
+    d = np.full(x.shape, np.nan, np.float32)
+    assert hw.dequantize(out, 0.05, 2, out=d) is d
+    np.testing.assert_array_equal(d, ref_dequantize(out, 0.05, 2))
+    with pytest.raises(TypeError, match="out must have dtype int8"):
+        hw.quantize(x, 0.05, out=np.zeros(x.shape, np.uint8))
+    with pytest.raises(ValueError, match="out has shape"):
+        hw.quantize(x, 0.05, out=np.zeros((5, 69), np.int8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        hw.quantize(x, 0.05, out=np.zeros((70, 5), np.int8).T)
+    ro = np.zeros(x.shape, np.int8)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="writeable"):
+        hw.quantize(x, 0.05, out=ro)
+    with pytest.raises(ValueError, match="overlap"):
+        hw.quantize(x, 0.05, out=x.reshape(-1).view(np.int8)[:350].reshape(5, 70))
+    with pytest.raises(TypeError, match="out must be a numpy array"):
+        hw.dequantize(out, 0.05, out=[0.0] * 350)
+    with pytest.raises(TypeError, match="float32"):
+        hw.dequantize(out, 0.05, out=np.zeros(x.shape, np.float64))

@@ -17,12 +17,14 @@ def quantize_linear(
     axis: int | None,
     dtype: str,
     qrange: tuple[int, int] | None = None,
+    out: npt.NDArray[np.int8] | npt.NDArray[np.uint8] | None = None,
 ) -> npt.NDArray[np.int8] | npt.NDArray[np.uint8]: ...
 def dequantize_linear(
     q: npt.NDArray[np.int8] | npt.NDArray[np.uint8],
     scale: npt.NDArray[np.float32],
     zero_point: npt.NDArray[np.int32],
     axis: int | None,
+    out: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]: ...
 def dynamic_quantize_linear(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.uint8], float, int]: ...
 def calibrate(

@@ -134,7 +134,24 @@ def _params(x_shape: tuple, scale: Any, zero_point: Any, axis: Any, dtype: str) 
     return s.reshape(-1), z.reshape(-1), ax
 
 
-def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype: Any = "int8") -> np.ndarray:
+def _check_out(out: Any, shape: tuple, dtype: Any, src: np.ndarray) -> np.ndarray:
+    """``out`` as a valid destination: ndarray of ``dtype`` and ``shape``, C-contiguous,
+    native-endian, writeable and not overlapping the input ``src``."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array; got {type(out).__name__}")
+    if out.dtype != np.dtype(dtype):
+        raise TypeError(f"out must have dtype {np.dtype(dtype)}; got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}; expected {shape}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out must be a writeable C-contiguous array")
+    if np.may_share_memory(out, src):
+        raise ValueError("out must not overlap the input")
+    return out
+
+
+def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype: Any = "int8",
+             out: Any = None) -> np.ndarray:
     """ONNX ``QuantizeLinear``: ``saturate(round_half_even(x / scale) + zero_point)``.
 
     Parameters
@@ -152,10 +169,13 @@ def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype
         Axis of per-axis parameters (negative counts from the end). ``None``: per tensor.
     dtype : {"int8", "uint8"} or numpy dtype
         Output type; saturates to [-128, 127] or [0, 255].
+    out : ndarray, optional
+        Destination (``dtype``, the shape of ``x``, C-contiguous, not overlapping ``x``);
+        reusing one avoids allocating (and page-faulting) a fresh array per call.
 
     Returns
     -------
-    ndarray of int8 or uint8, same shape as ``x``
+    ndarray of int8 or uint8, same shape as ``x`` (``out`` when given)
 
     Raises
     ------
@@ -186,10 +206,12 @@ def quantize(x: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, dtype
     dt = _dtype_name(dtype)
     xa = _float_input(x, "x")
     s, z, ax = _params(xa.shape, scale, zero_point, axis, dt)
-    return _native.quantize_linear(xa, s, z, ax, dt, qrange)
+    if out is not None:
+        _check_out(out, xa.shape, dt, xa)
+    return _native.quantize_linear(xa, s, z, ax, dt, qrange, out)
 
 
-def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None) -> np.ndarray:
+def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None, out: Any = None) -> np.ndarray:
     """ONNX ``DequantizeLinear``: ``(q - zero_point) * scale`` in float32.
 
     Parameters
@@ -203,10 +225,12 @@ def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None) -> 
         Zero point(s) within the range of ``q.dtype``.
     axis : int, optional
         Axis of per-axis parameters. ``None``: per tensor.
+    out : ndarray of float32, optional
+        Destination (the shape of ``q``, C-contiguous, not overlapping ``q``).
 
     Returns
     -------
-    ndarray of float32, same shape as ``q``
+    ndarray of float32, same shape as ``q`` (``out`` when given)
 
     Raises
     ------
@@ -231,7 +255,9 @@ def dequantize(q: Any, scale: Any, zero_point: Any = 0, *, axis: Any = None) -> 
     if qa.dtype.name not in _RANGES:
         raise TypeError(f"q must be an int8 or uint8 array; got dtype {qa.dtype}")
     s, z, ax = _params(qa.shape, scale, zero_point, axis, qa.dtype.name)
-    return _native.dequantize_linear(qa, s, z, ax)
+    if out is not None:
+        _check_out(out, qa.shape, np.float32, qa)
+    return _native.dequantize_linear(qa, s, z, ax, out)
 
 
 def dynamic_quantize(x: Any) -> tuple[np.ndarray, np.float32, np.uint8]:
