@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
 from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
+from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
 
 __version__: str = _native.__version__
 
@@ -22,4 +23,10 @@ __all__ = [
     "active_isa",
     "num_threads",
     "supported_isas",
+    # quantization
+    "QParams",
+    "calibrate",
+    "dequantize",
+    "dynamic_quantize",
+    "quantize",
 ]

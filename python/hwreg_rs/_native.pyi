@@ -54,3 +54,33 @@ def _linear_static(
     y_zero_point: int,
     y_signed: bool,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
+# quantization (rust/python/src/quant.rs)
+def quantize_linear(
+    x: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    dtype: str,
+    qrange: tuple[int, int] | None = None,
+    out: npt.NDArray[np.int8] | npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.int8] | npt.NDArray[np.uint8]: ...
+def dequantize_linear(
+    q: npt.NDArray[np.int8] | npt.NDArray[np.uint8],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def dynamic_quantize_linear(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.uint8], float, int]: ...
+def calibrate(
+    x: npt.NDArray[np.float32],
+    axis: int | None,
+    method: str,
+    percentile: float,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    symmetric_zero_point: int,
+    power_of_two: bool,
+    bins: int,
+) -> tuple[list[float], list[int], list[float], list[float]]: ...
