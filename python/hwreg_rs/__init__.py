@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
+from . import prune, sparse
 
 __version__: str = _native.__version__
 
@@ -16,4 +17,6 @@ __all__ = [
     "active_isa",
     "num_threads",
     "supported_isas",
+    "prune",
+    "sparse",
 ]
