@@ -123,10 +123,10 @@ impl SparseMatrix {
     #[getter]
     fn shape(&self) -> (usize, usize) {
         match &self.inner {
-            Inner::Bsr(b) => (b.rows, b.cols),
-            Inner::BsrQ(b, _) => (b.rows, b.cols),
-            Inner::Nm(b) => (b.rows, b.cols),
-            Inner::NmQ(b, _) => (b.rows, b.cols),
+            Inner::Bsr(b) => (b.rows(), b.cols()),
+            Inner::BsrQ(b, _) => (b.rows(), b.cols()),
+            Inner::Nm(b) => (b.rows(), b.cols()),
+            Inner::NmQ(b, _) => (b.rows(), b.cols()),
         }
     }
 
@@ -152,10 +152,10 @@ impl SparseMatrix {
     #[getter]
     fn block(&self) -> (usize, usize) {
         match &self.inner {
-            Inner::Bsr(b) => (b.r, b.c),
-            Inner::BsrQ(b, _) => (b.r, b.c),
-            Inner::Nm(b) => (b.n, b.m),
-            Inner::NmQ(b, _) => (b.n, b.m),
+            Inner::Bsr(b) => b.block(),
+            Inner::BsrQ(b, _) => b.block(),
+            Inner::Nm(b) => b.pattern(),
+            Inner::NmQ(b, _) => b.pattern(),
         }
     }
 
@@ -174,10 +174,10 @@ impl SparseMatrix {
     #[getter]
     fn stored(&self) -> usize {
         match &self.inner {
-            Inner::Bsr(b) => b.values.len(),
-            Inner::BsrQ(b, _) => b.values.len(),
-            Inner::Nm(b) => b.values.len(),
-            Inner::NmQ(b, _) => b.values.len(),
+            Inner::Bsr(b) => b.stored(),
+            Inner::BsrQ(b, _) => b.stored(),
+            Inner::Nm(b) => b.stored(),
+            Inner::NmQ(b, _) => b.stored(),
         }
     }
 
@@ -186,9 +186,9 @@ impl SparseMatrix {
     fn nbytes(&self) -> usize {
         match &self.inner {
             Inner::Bsr(b) => b.nbytes(),
-            Inner::BsrQ(b, q) => b.nbytes() + 8 * q.scale.len(),
+            Inner::BsrQ(b, q) => b.nbytes() + 8 * q.scale().len(),
             Inner::Nm(b) => b.nbytes(),
-            Inner::NmQ(b, q) => b.nbytes() + 8 * q.scale.len(),
+            Inner::NmQ(b, q) => b.nbytes() + 8 * q.scale().len(),
         }
     }
 
@@ -206,7 +206,7 @@ impl SparseMatrix {
     /// Per-row weight scales of an int8 matrix, else None.
     fn scale<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
         match &self.inner {
-            Inner::BsrQ(_, q) | Inner::NmQ(_, q) => Some(PyArray1::from_vec(py, q.scale.clone())),
+            Inner::BsrQ(_, q) | Inner::NmQ(_, q) => Some(PyArray1::from_vec(py, q.scale().to_vec())),
             _ => None,
         }
     }

@@ -4,6 +4,10 @@
 //! output row (`w ≈ q · scale[row]`) and the per-row sums of `q` and of `|q|`:
 //! the sum folds the activation zero point out of the inner loop, the absolute
 //! sum proves at build time that the int32 accumulator cannot overflow.
+//!
+//! Fields are private to the `sparse` module: a matrix is only made by
+//! `from_dense`, so the kernels may rely on its invariants (block columns in
+//! range, `indptr` monotone, value counts matching) without re-checking them.
 
 use crate::error::Result;
 use crate::{shape_err, value_err};
@@ -26,16 +30,16 @@ impl Elem for i8 {}
 /// CSR is `r = c = 1`.
 #[derive(Debug, Clone)]
 pub struct Bsr<T> {
-    pub rows: usize,
-    pub cols: usize,
-    pub r: usize,
-    pub c: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) r: usize,
+    pub(super) c: usize,
     /// Per block row, the range of its blocks in `bcol` (length `brows + 1`).
-    pub indptr: Vec<u32>,
+    pub(super) indptr: Vec<u32>,
     /// Block column of each stored block (in units of `c`).
-    pub bcol: Vec<u32>,
+    pub(super) bcol: Vec<u32>,
     /// `r * c` values per stored block.
-    pub values: Vec<T>,
+    pub(super) values: Vec<T>,
 }
 
 /// Compressed N:M along the input axis: in every group of `m` consecutive
@@ -43,21 +47,28 @@ pub struct Bsr<T> {
 /// values (zero-filled) and their offsets inside the group.
 #[derive(Debug, Clone)]
 pub struct Nm<T> {
-    pub rows: usize,
-    pub cols: usize,
-    pub n: usize,
-    pub m: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) n: usize,
+    pub(super) m: usize,
     /// `rows * (cols / m) * n` values.
-    pub values: Vec<T>,
+    pub(super) values: Vec<T>,
     /// Offset in `0..m` of each value.
-    pub offsets: Vec<u8>,
+    pub(super) offsets: Vec<u8>,
 }
 
 /// Per-row quantization data of an int8 matrix.
 #[derive(Debug, Clone)]
 pub struct RowQuant {
-    pub scale: Vec<f32>,
-    pub sum: Vec<i32>,
+    pub(super) scale: Vec<f32>,
+    pub(super) sum: Vec<i32>,
+}
+
+impl RowQuant {
+    /// Per-row weight scales.
+    pub fn scale(&self) -> &[f32] {
+        &self.scale
+    }
 }
 
 pub const BLOCK_ROWS: [usize; 5] = [1, 2, 4, 8, 16];
@@ -127,6 +138,21 @@ impl<T: Elem> Bsr<T> {
             indptr.push(bcol.len() as u32);
         }
         Ok(Bsr { rows, cols, r, c, indptr, bcol, values })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Block shape `(r, c)`.
+    pub fn block(&self) -> (usize, usize) {
+        (self.r, self.c)
+    }
+    /// Stored values, block padding included.
+    pub fn stored(&self) -> usize {
+        self.values.len()
     }
 
     pub fn brows(&self) -> usize {
@@ -232,6 +258,20 @@ impl<T: Elem> Nm<T> {
 
     pub fn nnz(&self) -> usize {
         self.values.iter().filter(|v| !v.is_zero()).count()
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// `(n, m)`.
+    pub fn pattern(&self) -> (usize, usize) {
+        (self.n, self.m)
+    }
+    /// Stored values, zero fill included.
+    pub fn stored(&self) -> usize {
+        self.values.len()
     }
 
     pub fn to_dense(&self) -> Vec<T> {

@@ -146,30 +146,49 @@ fn bp_of(batch: usize) -> usize {
     batch.div_ceil(LANE) * LANE
 }
 
-/// `Xt[k, b] = f(x[b, k])` into `(kp, bp)`, zero padded.
-fn transpose_in<S: Copy + Sync, D: Copy + Default + Send>(
+/// Values a transposed activation can be made of.
+trait XtElem: Copy + Default + Send + Sync {}
+impl XtElem for f32 {}
+impl XtElem for i16 {}
+
+/// `Xt[k, b] = conv(b, x[b, k])` into `(kp, bp)`, zero padded; blocks of 16
+/// batch rows so the reads run along 16 rows and the writes are contiguous.
+#[inline(always)]
+fn transpose_with<S: Copy + Sync, D: XtElem>(
     x: &[S],
     batch: usize,
     k: usize,
     kp: usize,
     bp: usize,
-    f: impl Fn(usize, S) -> D + Sync,
+    conv: impl Fn(usize, S) -> D + Sync + Copy,
 ) -> Vec<D> {
     let mut xt = vec![D::default(); kp * bp];
-    let rows_per = (4096 / bp).max(16);
+    let rows_per = (8192 / bp).max(16);
     xt.par_chunks_mut(rows_per * bp).enumerate().for_each(|(c, dst)| {
         let k0 = c * rows_per;
         let nk = (dst.len() / bp).min(k.saturating_sub(k0));
-        for b0 in (0..batch).step_by(LANE) {
-            for kk in 0..nk {
-                let row = &mut dst[kk * bp + b0..];
-                for bb in 0..LANE.min(batch - b0) {
-                    row[bb] = f(b0 + bb, x[(b0 + bb) * k + k0 + kk]);
+        let mut b0 = 0;
+        while b0 < batch {
+            let nb = LANE.min(batch - b0);
+            for bb in 0..nb {
+                let b = b0 + bb;
+                let src = &x[b * k + k0..b * k + k0 + nk];
+                for (kk, &v) in src.iter().enumerate() {
+                    dst[kk * bp + b] = conv(b, v);
                 }
             }
+            b0 += LANE;
         }
     });
     xt
+}
+
+fn transpose_f32(x: &[f32], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<f32> {
+    transpose_with(x, batch, k, kp, bp, |_, v| v)
+}
+
+fn transpose_u8_minus_zp(x: &[u8], zp: &[u8], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<i16> {
+    transpose_with(x, batch, k, kp, bp, move |b, v| v as i16 - zp[b] as i16)
 }
 
 fn check_common(rows: usize, cols: usize, x_len: usize, batch: usize, bias: Option<&[f32]>) -> Result<()> {
@@ -242,67 +261,139 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+// The hot loops below index through raw pointers: every `Bsr` / `Nm` is made
+// by `from_dense`, whose invariants (block columns < block count, `indptr`
+// monotone and within `bcol`, `r·c` values per block, offsets < m) bound every
+// access, and the drivers size `Xt` / `Yt` to the padded block grid. (Iterator
+// adapters here were not always inlined into the `#[target_feature]`
+// trampolines, which cost 5-10x.)
+
+/// One `R × BT` output tile: `U` accumulator sets take consecutive blocks in
+/// turn so that `U·R·BT/16` FMA chains are in flight (the FMA latency, not
+/// the load, is the limit with one set). `C1` fixes `c = 1` (CSR, `r×1`).
 #[inline(always)]
-fn bsr_tile<const R: usize, const BT: usize, const FMA: bool>(
+unsafe fn bsr_tile<const R: usize, const BT: usize, const U: usize, const C1: bool, const FMA: bool>(
     cols: &[u32],
-    vals: &[f32],
+    vals: *const f32,
     c: usize,
-    xt: &[f32],
+    xt: *const f32,
     bp: usize,
     b0: usize,
-    out: &mut [f32],
+    out: *mut f32,
 ) {
-    let mut acc = [[0f32; BT]; R];
-    for (j, &bc) in cols.iter().enumerate() {
-        let v = &vals[j * R * c..(j + 1) * R * c];
-        let base = bc as usize * c;
+    let c = if C1 { 1 } else { c };
+    let mut acc = [[[0f32; BT]; R]; U];
+    let nb = cols.len();
+    let cp = cols.as_ptr();
+    let mut j = 0;
+    while j + U <= nb {
+        if j + PREFETCH + U <= nb {
+            for u in 0..U {
+                prefetch_rows(xt as *const u8, (*cp.add(j + PREFETCH + u) as usize * c * bp + b0) * 4, c, bp * 4, BT * 4);
+            }
+        }
+        for u in 0..U {
+            let base = *cp.add(j + u) as usize * c;
+            let v = vals.add((j + u) * R * c);
+            let mut cc = 0;
+            while cc < c {
+                let xr = xt.add((base + cc) * bp + b0);
+                for rr in 0..R {
+                    let wv = *v.add(rr * c + cc);
+                    for t in 0..BT {
+                        acc[u][rr][t] = fmadd::<FMA>(wv, *xr.add(t), acc[u][rr][t]);
+                    }
+                }
+                cc += 1;
+            }
+        }
+        j += U;
+    }
+    while j < nb {
+        let base = *cp.add(j) as usize * c;
+        let v = vals.add(j * R * c);
         for cc in 0..c {
-            let s = (base + cc) * bp + b0;
-            let xr: &[f32; BT] = xt[s..s + BT].try_into().expect("tile");
+            let xr = xt.add((base + cc) * bp + b0);
             for rr in 0..R {
-                let wv = v[rr * c + cc];
+                let wv = *v.add(rr * c + cc);
                 for t in 0..BT {
-                    acc[rr][t] = fmadd::<FMA>(wv, xr[t], acc[rr][t]);
+                    acc[0][rr][t] = fmadd::<FMA>(wv, *xr.add(t), acc[0][rr][t]);
                 }
             }
         }
+        j += 1;
     }
     for rr in 0..R {
-        out[rr * bp + b0..rr * bp + b0 + BT].copy_from_slice(&acc[rr]);
+        for t in 0..BT {
+            let mut sum = acc[0][rr][t];
+            for u in 1..U {
+                sum += acc[u][rr][t];
+            }
+            *out.add(rr * bp + b0 + t) = sum;
+        }
     }
 }
 
 #[inline(always)]
-fn bsr_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+unsafe fn bsr_rows_c<const R: usize, const C1: bool, const FMA: bool>(
+    w: &Bsr<f32>,
+    brs: Range<usize>,
+    xt: &[f32],
+    bp: usize,
+    out: &mut [f32],
+) {
     let c = w.c;
+    debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= w.cols.div_ceil(c) * c * bp);
     for (i, br) in brs.enumerate() {
         let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
         let cols = &w.bcol[j0..j1];
-        let vals = &w.values[j0 * R * c..j1 * R * c];
-        let o = &mut out[i * R * bp..(i + 1) * R * bp];
+        let vals = w.values.as_ptr().add(j0 * R * c);
+        let o = out.as_mut_ptr().add(i * R * bp);
+        let x = xt.as_ptr();
         let mut b0 = 0;
-        if R <= 2 {
+        if R == 1 {
             while bp - b0 >= 64 {
-                bsr_tile::<R, 64, FMA>(cols, vals, c, xt, bp, b0, o);
+                bsr_tile::<R, 64, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
                 b0 += 64;
             }
-        }
-        if R <= 8 {
             while bp - b0 >= 32 {
-                bsr_tile::<R, 32, FMA>(cols, vals, c, xt, bp, b0, o);
+                bsr_tile::<R, 32, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
                 b0 += 32;
             }
+            while b0 < bp {
+                bsr_tile::<R, 16, 4, C1, FMA>(cols, vals, c, x, bp, b0, o);
+                b0 += 16;
+            }
+        } else if R <= 4 {
+            while bp - b0 >= 32 {
+                bsr_tile::<R, 32, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
+                b0 += 32;
+            }
+            while b0 < bp {
+                bsr_tile::<R, 16, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
+                b0 += 16;
+            }
+        } else {
+            while b0 < bp {
+                bsr_tile::<R, 16, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
+                b0 += 16;
+            }
         }
-        while b0 < bp {
-            bsr_tile::<R, 16, FMA>(cols, vals, c, xt, bp, b0, o);
-            b0 += 16;
-        }
+    }
+}
+
+#[inline(always)]
+unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+    if w.c == 1 {
+        bsr_rows_c::<R, true, FMA>(w, brs, xt, bp, out)
+    } else {
+        bsr_rows_c::<R, false, FMA>(w, brs, xt, bp, out)
     }
 }
 
 /// Float BSR AXPY body for block rows `brs`, writing `R` rows of `Yt` each.
 #[inline(always)]
-pub(super) fn bsr_f32_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+pub(super) unsafe fn bsr_f32_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
     match w.r {
         1 => bsr_rows_r::<1, FMA>(w, brs, xt, bp, out),
         2 => bsr_rows_r::<2, FMA>(w, brs, xt, bp, out),
@@ -312,131 +403,201 @@ pub(super) fn bsr_f32_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt:
     }
 }
 
+#[inline(always)]
+unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, x: &[f32], out: &mut [f32]) {
+    let c = w.c;
+    let xp = x.as_ptr();
+    for (i, br) in brs.enumerate() {
+        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
+        let cols = w.bcol.as_ptr();
+        let vals = w.values.as_ptr();
+        if R == 1 && c == 1 {
+            // CSR: 8 independent partial sums over consecutive nonzeros.
+            let mut a = [0f32; 8];
+            let mut j = j0;
+            while j + 8 <= j1 {
+                for l in 0..8 {
+                    a[l] = fmadd::<FMA>(*vals.add(j + l), *xp.add(*cols.add(j + l) as usize), a[l]);
+                }
+                j += 8;
+            }
+            while j < j1 {
+                a[0] = fmadd::<FMA>(*vals.add(j), *xp.add(*cols.add(j) as usize), a[0]);
+                j += 1;
+            }
+            *out.get_unchecked_mut(i) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            continue;
+        }
+        let mut acc = [[0f32; 8]; R];
+        for j in j0..j1 {
+            let xb = xp.add(*cols.add(j) as usize * c);
+            let v = vals.add(j * R * c);
+            let mut cc = 0;
+            while cc < c {
+                let xv = *xb.add(cc);
+                for rr in 0..R {
+                    acc[rr][cc & 7] = fmadd::<FMA>(*v.add(rr * c + cc), xv, acc[rr][cc & 7]);
+                }
+                cc += 1;
+            }
+        }
+        for rr in 0..R {
+            let a = &acc[rr];
+            *out.get_unchecked_mut(i * R + rr) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        }
+    }
+}
+
 /// Float BSR gather-dot body: `out[row] = Σ w · x` for one activation row
 /// `x` (zero padded to the block grid).
 #[inline(always)]
-pub(super) fn bsr_f32_gemv_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, x: &[f32], out: &mut [f32]) {
-    let (r, c) = (w.r, w.c);
-    for (i, br) in brs.enumerate() {
-        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
-        for rr in 0..r {
-            let mut acc = [0f32; 8];
-            let mut l = 0usize;
-            for j in j0..j1 {
-                let base = w.bcol[j] as usize * c;
-                let v = &w.values[j * r * c + rr * c..j * r * c + rr * c + c];
-                let xs = &x[base..base + c];
-                for (&a, &b) in v.iter().zip(xs) {
-                    acc[l] = fmadd::<FMA>(a, b, acc[l]);
-                    l = (l + 1) & 7;
-                }
-            }
-            out[i * r + rr] = acc.iter().sum();
-        }
+pub(super) unsafe fn bsr_f32_gemv_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, x: &[f32], out: &mut [f32]) {
+    debug_assert!(x.len() >= w.cols.div_ceil(w.c) * w.c && out.len() >= brs.len() * w.r);
+    match w.r {
+        1 => gemv_rows_r::<1, FMA>(w, brs, x, out),
+        2 => gemv_rows_r::<2, FMA>(w, brs, x, out),
+        4 => gemv_rows_r::<4, FMA>(w, brs, x, out),
+        8 => gemv_rows_r::<8, FMA>(w, brs, x, out),
+        _ => gemv_rows_r::<16, FMA>(w, brs, x, out),
     }
 }
 
 #[inline(always)]
-fn nm_tile<const BT: usize, const FMA: bool>(w: &Nm<f32>, row: usize, xt: &[f32], bp: usize, b0: usize, out: &mut [f32]) {
+unsafe fn nm_tile<const BT: usize, const FMA: bool>(w: &Nm<f32>, row: usize, xt: *const f32, bp: usize, b0: usize, out: *mut f32) {
     let per = w.cols / w.m * w.n;
-    let vals = &w.values[row * per..(row + 1) * per];
-    let offs = &w.offsets[row * per..(row + 1) * per];
+    let vals = w.values.as_ptr().add(row * per);
+    let offs = w.offsets.as_ptr().add(row * per);
     let mut acc = [0f32; BT];
-    for (g, (vs, os)) in vals.chunks_exact(w.n).zip(offs.chunks_exact(w.n)).enumerate() {
-        for (&wv, &o) in vs.iter().zip(os) {
-            let s = (g * w.m + o as usize) * bp + b0;
-            let xr: &[f32; BT] = xt[s..s + BT].try_into().expect("tile");
-            for t in 0..BT {
-                acc[t] = fmadd::<FMA>(wv, xr[t], acc[t]);
-            }
+    let mut j = 0;
+    while j < per {
+        let col = (j / w.n) * w.m + *offs.add(j) as usize;
+        let xr = xt.add(col * bp + b0);
+        let wv = *vals.add(j);
+        for t in 0..BT {
+            acc[t] = fmadd::<FMA>(wv, *xr.add(t), acc[t]);
         }
+        j += 1;
     }
-    out[b0..b0 + BT].copy_from_slice(&acc);
+    for t in 0..BT {
+        *out.add(b0 + t) = acc[t];
+    }
 }
 
 #[inline(always)]
-pub(super) fn nm_f32_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+pub(super) unsafe fn nm_f32_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+    debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
     for (i, row) in rows.enumerate() {
-        let o = &mut out[i * bp..(i + 1) * bp];
+        let o = out.as_mut_ptr().add(i * bp);
         let mut b0 = 0;
         while bp - b0 >= 64 {
-            nm_tile::<64, FMA>(w, row, xt, bp, b0, o);
+            nm_tile::<64, FMA>(w, row, xt.as_ptr(), bp, b0, o);
             b0 += 64;
         }
         while b0 < bp {
-            nm_tile::<16, FMA>(w, row, xt, bp, b0, o);
+            nm_tile::<16, FMA>(w, row, xt.as_ptr(), bp, b0, o);
             b0 += 16;
         }
     }
 }
 
 #[inline(always)]
-pub(super) fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, x: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, x: &[f32], out: &mut [f32]) {
+    debug_assert!(x.len() >= w.cols && out.len() >= rows.len());
     let per = w.cols / w.m * w.n;
+    let xp = x.as_ptr();
     for (i, row) in rows.enumerate() {
-        let mut acc = [0f32; 8];
-        let vals = &w.values[row * per..(row + 1) * per];
-        let offs = &w.offsets[row * per..(row + 1) * per];
-        let mut l = 0;
-        for (g, (vs, os)) in vals.chunks_exact(w.n).zip(offs.chunks_exact(w.n)).enumerate() {
-            for (&wv, &o) in vs.iter().zip(os) {
-                acc[l] = fmadd::<FMA>(wv, x[g * w.m + o as usize], acc[l]);
-                l = (l + 1) & 7;
-            }
+        let vals = w.values.as_ptr().add(row * per);
+        let offs = w.offsets.as_ptr().add(row * per);
+        let mut a = [0f32; 8];
+        let mut j = 0;
+        while j < per {
+            let col = (j / w.n) * w.m + *offs.add(j) as usize;
+            a[j & 7] = fmadd::<FMA>(*vals.add(j), *xp.add(col), a[j & 7]);
+            j += 1;
         }
-        out[i] = acc.iter().sum();
+        *out.get_unchecked_mut(i) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
     }
+}
+
+/// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
+const PREFETCH: usize = 6;
+
+/// Prefetches `rows` rows of `len` bytes, `stride` apart, from `base + off`.
+#[inline(always)]
+unsafe fn prefetch_rows(base: *const u8, off: usize, rows: usize, stride: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut r = 0;
+        while r < rows.min(4) {
+            let mut l = 0;
+            while l < len {
+                _mm_prefetch::<_MM_HINT_T0>(base.add(off + r * stride + l) as *const i8);
+                l += 64;
+            }
+            r += 1;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, off, rows, stride, len);
 }
 
 // ---------------------------------------------------------- int8 kernels
 
 #[inline(always)]
-fn i8_tile<const R: usize, const BT: usize>(
+unsafe fn i8_tile<const R: usize, const BT: usize>(
     cols: &[u32],
-    vals: &[i8],
+    vals: *const i8,
     c: usize,
-    xt: &[i16],
+    xt: *const i16,
     bp: usize,
     b0: usize,
-    out: &mut [i32],
+    out: *mut i32,
 ) {
     let mut acc = [[0i32; BT]; R];
-    for (j, &bc) in cols.iter().enumerate() {
-        let v = &vals[j * R * c..(j + 1) * R * c];
-        let base = bc as usize * c;
-        for cc in 0..c {
-            let s = (base + cc) * bp + b0;
-            let xr: &[i16; BT] = xt[s..s + BT].try_into().expect("tile");
+    let mut v = vals;
+    let mut j = 0;
+    while j < cols.len() {
+        let base = *cols.get_unchecked(j) as usize * c;
+        let mut cc = 0;
+        while cc < c {
+            let xr = xt.add((base + cc) * bp + b0);
             for rr in 0..R {
-                let wv = v[rr * c + cc] as i16 as i32;
+                let wv = *v.add(rr * c + cc) as i16 as i32;
                 for t in 0..BT {
-                    acc[rr][t] += xr[t] as i32 * wv;
+                    acc[rr][t] += *xr.add(t) as i32 * wv;
                 }
             }
+            cc += 1;
         }
+        v = v.add(R * c);
+        j += 1;
     }
     for rr in 0..R {
-        out[rr * bp + b0..rr * bp + b0 + BT].copy_from_slice(&acc[rr]);
+        for t in 0..BT {
+            *out.add(rr * bp + b0 + t) = acc[rr][t];
+        }
     }
 }
 
 #[inline(always)]
-fn i8_rows_r<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+unsafe fn i8_rows_r<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
     let c = w.c;
+    debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= w.cols.div_ceil(c) * c * bp);
     for (i, br) in brs.enumerate() {
         let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
         let cols = &w.bcol[j0..j1];
-        let vals = &w.values[j0 * R * c..j1 * R * c];
-        let o = &mut out[i * R * bp..(i + 1) * R * bp];
+        let vals = w.values.as_ptr().add(j0 * R * c);
+        let o = out.as_mut_ptr().add(i * R * bp);
         let mut b0 = 0;
         if R <= 4 {
             while bp - b0 >= 32 {
-                i8_tile::<R, 32>(cols, vals, c, xt, bp, b0, o);
+                i8_tile::<R, 32>(cols, vals, c, xt.as_ptr(), bp, b0, o);
                 b0 += 32;
             }
         }
         while b0 < bp {
-            i8_tile::<R, 16>(cols, vals, c, xt, bp, b0, o);
+            i8_tile::<R, 16>(cols, vals, c, xt.as_ptr(), bp, b0, o);
             b0 += 16;
         }
     }
@@ -444,7 +605,7 @@ fn i8_rows_r<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usi
 
 /// int8 BSR AXPY body over `Xt` `(Kp, Bp)` holding `xq - zp` as i16.
 #[inline(always)]
-pub(super) fn bsr_i8_body(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn bsr_i8_body(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
     match w.r {
         1 => i8_rows_r::<1>(w, brs, xt, bp, out),
         2 => i8_rows_r::<2>(w, brs, xt, bp, out),
@@ -455,51 +616,58 @@ pub(super) fn bsr_i8_body(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize,
 }
 
 #[inline(always)]
-fn dot4_tile<const R: usize, const BT: usize>(
+unsafe fn dot4_tile<const R: usize, const BT: usize>(
     cols: &[u32],
-    vals: &[i8],
+    vals: *const i8,
     c: usize,
-    xp: &[u8],
+    xp: *const u8,
     bp: usize,
     b0: usize,
-    out: &mut [i32],
+    out: *mut i32,
 ) {
     let mut acc = [[0i32; BT]; R];
     let q4 = c / 4;
-    for (j, &bc) in cols.iter().enumerate() {
-        let v = &vals[j * R * c..(j + 1) * R * c];
+    let mut v = vals;
+    let mut j = 0;
+    while j < cols.len() {
+        let bc = *cols.get_unchecked(j) as usize;
         for q in 0..q4 {
-            let g = bc as usize * q4 + q;
-            let s = (g * bp + b0) * 4;
-            let xr2: &[u8] = &xp[s..s + 4 * BT];
+            let xr = xp.add(((bc * q4 + q) * bp + b0) * 4);
             for rr in 0..R {
-                let wv = &v[rr * c + 4 * q..rr * c + 4 * q + 4];
+                let wv = v.add(rr * c + 4 * q);
+                let (w0, w1, w2, w3) = (*wv as i32, *wv.add(1) as i32, *wv.add(2) as i32, *wv.add(3) as i32);
                 for t in 0..BT {
-                    let mut d = 0i32;
-                    for jj in 0..4 {
-                        d += xr2[4 * t + jj] as i32 * wv[jj] as i32;
-                    }
-                    acc[rr][t] += d;
+                    let x4 = xr.add(4 * t);
+                    acc[rr][t] += *x4 as i32 * w0 + *x4.add(1) as i32 * w1 + *x4.add(2) as i32 * w2 + *x4.add(3) as i32 * w3;
                 }
             }
         }
+        v = v.add(R * c);
+        j += 1;
     }
     for rr in 0..R {
-        out[rr * bp + b0..rr * bp + b0 + BT].copy_from_slice(&acc[rr]);
+        for t in 0..BT {
+            *out.add(rr * bp + b0 + t) = acc[rr][t];
+        }
     }
 }
 
 /// int8 BSR 4-deep dot body (block width a multiple of 4) over
 /// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]`; the zero point is folded afterwards.
 #[inline(always)]
-pub(super) fn bsr_i8_dot4_body(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
-    fn rows<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn bsr_i8_dot4_body(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
         let c = w.c;
+        debug_assert!(out.len() >= brs.len() * R * bp && xp.len() >= w.cols.div_ceil(c) * c * bp);
         for (i, br) in brs.enumerate() {
             let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
-            let o = &mut out[i * R * bp..(i + 1) * R * bp];
-            for b0 in (0..bp).step_by(16) {
-                dot4_tile::<R, 16>(&w.bcol[j0..j1], &w.values[j0 * R * c..j1 * R * c], c, xp, bp, b0, o);
+            let o = out.as_mut_ptr().add(i * R * bp);
+            let vals = w.values.as_ptr().add(j0 * R * c);
+            let mut b0 = 0;
+            while b0 < bp {
+                dot4_tile::<R, 16>(&w.bcol[j0..j1], vals, c, xp.as_ptr(), bp, b0, o);
+                b0 += 16;
             }
         }
     }
@@ -513,35 +681,38 @@ pub(super) fn bsr_i8_dot4_body(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: us
 }
 
 #[inline(always)]
-fn nm_i8_tile<const BT: usize>(w: &Nm<i8>, row: usize, xt: &[i16], bp: usize, b0: usize, out: &mut [i32]) {
+unsafe fn nm_i8_tile<const BT: usize>(w: &Nm<i8>, row: usize, xt: *const i16, bp: usize, b0: usize, out: *mut i32) {
     let per = w.cols / w.m * w.n;
-    let vals = &w.values[row * per..(row + 1) * per];
-    let offs = &w.offsets[row * per..(row + 1) * per];
+    let vals = w.values.as_ptr().add(row * per);
+    let offs = w.offsets.as_ptr().add(row * per);
     let mut acc = [0i32; BT];
-    for (g, (vs, os)) in vals.chunks_exact(w.n).zip(offs.chunks_exact(w.n)).enumerate() {
-        for (&wv, &o) in vs.iter().zip(os) {
-            let s = (g * w.m + o as usize) * bp + b0;
-            let xr: &[i16; BT] = xt[s..s + BT].try_into().expect("tile");
-            let wv = wv as i32;
-            for t in 0..BT {
-                acc[t] += xr[t] as i32 * wv;
-            }
+    let mut j = 0;
+    while j < per {
+        let col = (j / w.n) * w.m + *offs.add(j) as usize;
+        let xr = xt.add(col * bp + b0);
+        let wv = *vals.add(j) as i32;
+        for t in 0..BT {
+            acc[t] += *xr.add(t) as i32 * wv;
         }
+        j += 1;
     }
-    out[b0..b0 + BT].copy_from_slice(&acc);
+    for t in 0..BT {
+        *out.add(b0 + t) = acc[t];
+    }
 }
 
 #[inline(always)]
-pub(super) fn nm_i8_body(w: &Nm<i8>, rows: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn nm_i8_body(w: &Nm<i8>, rows: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+    debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
     for (i, row) in rows.enumerate() {
-        let o = &mut out[i * bp..(i + 1) * bp];
+        let o = out.as_mut_ptr().add(i * bp);
         let mut b0 = 0;
         while bp - b0 >= 32 {
-            nm_i8_tile::<32>(w, row, xt, bp, b0, o);
+            nm_i8_tile::<32>(w, row, xt.as_ptr(), bp, b0, o);
             b0 += 32;
         }
         while b0 < bp {
-            nm_i8_tile::<16>(w, row, xt, bp, b0, o);
+            nm_i8_tile::<16>(w, row, xt.as_ptr(), bp, b0, o);
             b0 += 16;
         }
     }
@@ -568,25 +739,25 @@ pub(super) struct Kernels {
 }
 
 fn generic_bsr_f32(w: &Bsr<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-    bsr_f32_body::<false>(w, r, x, bp, o)
+    unsafe { bsr_f32_body::<false>(w, r, x, bp, o) }
 }
 fn generic_bsr_f32_gemv(w: &Bsr<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-    bsr_f32_gemv_body::<false>(w, r, x, o)
+    unsafe { bsr_f32_gemv_body::<false>(w, r, x, o) }
 }
 fn generic_nm_f32(w: &Nm<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-    nm_f32_body::<false>(w, r, x, bp, o)
+    unsafe { nm_f32_body::<false>(w, r, x, bp, o) }
 }
 fn generic_nm_f32_gemv(w: &Nm<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-    nm_f32_gemv_body::<false>(w, r, x, o)
+    unsafe { nm_f32_gemv_body::<false>(w, r, x, o) }
 }
 fn generic_bsr_i8(w: &Bsr<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-    bsr_i8_body(w, r, x, bp, o)
+    unsafe { bsr_i8_body(w, r, x, bp, o) }
 }
 fn generic_bsr_i8_dot4(w: &Bsr<i8>, r: Range<usize>, x: &[u8], bp: usize, o: &mut [i32]) {
-    bsr_i8_dot4_body(w, r, x, bp, o)
+    unsafe { bsr_i8_dot4_body(w, r, x, bp, o) }
 }
 fn generic_nm_i8(w: &Nm<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-    nm_i8_body(w, r, x, bp, o)
+    unsafe { nm_i8_body(w, r, x, bp, o) }
 }
 
 fn kernels() -> Kernels {
@@ -638,7 +809,7 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
             return y;
         }
         let bp = bp_of(batch);
-        let xt = transpose_in(x, batch, w.cols, kp, bp, |_, v| v);
+        let xt = transpose_f32(x, batch, w.cols, kp, bp);
         let mut yt = vec![0f32; nrp * bp];
         par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
@@ -668,7 +839,7 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
             return y;
         }
         let bp = bp_of(batch);
-        let xt = transpose_in(x, batch, w.cols, w.cols, bp, |_, v| v);
+        let xt = transpose_f32(x, batch, w.cols, w.cols, bp);
         let mut yt = vec![0f32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
@@ -731,7 +902,7 @@ pub fn bsr_i8_linear(
             par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8_dot4)(w, rg, &xp, bp, out) });
             output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
         } else {
-            let xt = transpose_in(xq.q, batch, cols, kp, bp, |b, v| v as i16 - xq.zero_point[b] as i16);
+            let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, cols, kp, bp);
             par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8)(w, rg, &xt, bp, out) });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
         }
@@ -755,7 +926,7 @@ pub fn nm_i8_linear(
     let work = w.values.len() * batch.max(1);
     Ok(threads::run(work, || {
         let bp = bp_of(batch);
-        let xt = transpose_in(xq.q, batch, w.cols, w.cols, bp, |b, v| v as i16 - xq.zero_point[b] as i16);
+        let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_i8)(w, rg, &xt, bp, out) });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
