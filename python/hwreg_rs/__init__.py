@@ -10,6 +10,7 @@ from . import _native
 from ._native import active_isa, num_threads, supported_isas
 from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
 from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
+from . import prune, sparse
 
 __version__: str = _native.__version__
 
@@ -29,4 +30,6 @@ __all__ = [
     "dequantize",
     "dynamic_quantize",
     "quantize",
+    "prune",
+    "sparse",
 ]
