@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
+from . import analysis, constraints, data, losses, nn, optim, train
+from .train import Trainer, fit
 
 __version__: str = _native.__version__
 
@@ -16,4 +18,14 @@ __all__ = [
     "active_isa",
     "num_threads",
     "supported_isas",
+    # models and training (issue 4)
+    "Trainer",
+    "analysis",
+    "constraints",
+    "data",
+    "fit",
+    "losses",
+    "nn",
+    "optim",
+    "train",
 ]
