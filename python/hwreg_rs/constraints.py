@@ -171,6 +171,14 @@ class Constraint:
         return self.params_
 
 
+def _bound(c: float, dtype: np.dtype) -> Any:
+    """The largest value of ``dtype`` that is <= ``c`` (float32(0.3) is above 0.3)."""
+    v = dtype.type(c)
+    if float(v) > c:
+        v = np.nextafter(v, dtype.type(-np.inf))
+    return v
+
+
 def _positive(v: Any, name: str) -> float:
     v = float(v)
     if not (v > 0 and math.isfinite(v)):
@@ -202,7 +210,8 @@ class WeightClip(Constraint):
 
     def after_step(self) -> None:
         for _, p in self._attached():
-            np.clip(p.data, -self.c, self.c, out=p.data)
+            b = _bound(self.c, p.data.dtype)
+            np.clip(p.data, -b, b, out=p.data)
 
     def check(self) -> None:
         for name, p in self._attached():
@@ -271,7 +280,8 @@ class GradClipValue(Constraint):
 
     def on_gradients(self) -> None:
         for _, p in self._attached():
-            np.clip(p.grad, -self.clip_value, self.clip_value, out=p.grad)
+            b = _bound(self.clip_value, p.grad.dtype)
+            np.clip(p.grad, -b, b, out=p.grad)
 
     def check(self) -> None:
         for name, p in self._attached():
