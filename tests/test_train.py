@@ -403,3 +403,45 @@ def test_sensitivity_table(blobs):
     assert "| layer |" in t.markdown() and t.to_dicts()[0]["layer"] == "0"
     with pytest.raises(ValueError, match="unknown layers"):
         hw.analysis.sensitivity(net, Xv, yv, layers=["7"])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam", "adam_wd", "adamw"])
+def test_fused_float32_updates_match_the_float64_rule(kind):
+    """float32 parameters take the fused Rust path; it must follow the same rule as the NumPy path."""
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((7, 5))
+    grads = [rng.standard_normal((7, 5)) for _ in range(6)]
+    make = {
+        "sgd": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+        "nesterov": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+        "adam": lambda ps: optim.Adam(ps, lr=0.01),
+        "adam_wd": lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1),
+        "adamw": lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    }[kind]
+    p32 = nn.Parameter(w0.astype(np.float32))
+    opt32 = make([p32])
+    ref = run_opt(make, grads, w0)  # float64: the NumPy path
+    for i, g in enumerate(grads):
+        p32.grad = g.astype(np.float32)
+        before = p32.grad.copy()
+        opt32.step()
+        np.testing.assert_array_equal(p32.grad, before)
+        assert p32.data.dtype == np.float32
+        np.testing.assert_allclose(p32.data, ref[i], rtol=2e-5, atol=2e-6)
+
+
+def test_fused_update_falls_back_for_odd_arrays():
+    p = nn.Parameter(np.ones((4, 4), np.float32))
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = np.ones((4, 8), np.float32)[:, ::2]  # strided gradient: NumPy path
+    opt.step()
+    np.testing.assert_allclose(p.data, 0.9, rtol=1e-6)
+    from hwreg_rs import _native
+
+    with pytest.raises(ValueError, match="elements"):
+        _native.adam_step(np.ones(3, np.float32), np.ones(2, np.float32), np.zeros(3, np.float32),
+                          np.zeros(3, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.0, False, 0.1, 0.03)
+    ro = np.ones(3, np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(TypeError, match="not writeable"):
+        _native.sgd_momentum_step(ro, np.ones(3, np.float32), np.zeros(3, np.float32), 0.1, 0.9, 0.0, 0.0, False)

@@ -41,3 +41,29 @@ def avg_pool2d_backward(
     stride: tuple[int, int],
     padding: tuple[int, int],
 ) -> npt.NDArray[np.float32]: ...
+
+# optim (issue 4): fused in-place optimizer updates on C-contiguous float32 arrays
+def adam_step(
+    w: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    exp_avg: npt.NDArray[np.float32],
+    exp_avg_sq: npt.NDArray[np.float32],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    bias_correction1: float,
+    bias_correction2_sqrt: float,
+) -> None: ...
+def sgd_momentum_step(
+    w: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    buf: npt.NDArray[np.float32],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None: ...

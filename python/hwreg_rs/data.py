@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,13 +45,7 @@ def load_digits(*, seed: int = 0, test_size: int = 360, images: bool = False) ->
     >>> X_train.shape, X_test.shape
     ((1437, 64), (360, 64))
     """
-    try:
-        from sklearn.datasets import load_digits as _sk_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_digits needs scikit-learn: pip install 'hwreg-rs[data]'") from e
-    d = _sk_digits()
-    X = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
+    X, y = _digits()
     n = len(X)
     if not 0 < int(test_size) < n:
         raise ValueError(f"test_size must lie in (0, {n}); got {test_size!r}")
@@ -59,6 +54,20 @@ def load_digits(*, seed: int = 0, test_size: int = 360, images: bool = False) ->
     if images:
         X = X.reshape(n, 1, 8, 8)
     return Split(X[train], y[train], X[test], y[test])
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits as _sk_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("load_digits needs scikit-learn: pip install 'hwreg-rs[data]'") from e
+    d = _sk_digits()
+    X = (d.data / 16.0).astype(np.float32)
+    X.setflags(write=False)
+    y = d.target.astype(np.int64)
+    y.setflags(write=False)
+    return X, y
 
 
 def make_regression(n_samples: int = 256, *, n_features: int = 1, coef: Any = None, bias: float = 0.0,

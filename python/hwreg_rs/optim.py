@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import _native
 from .nn.module import Module, Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR", "get_optimizer"]
@@ -29,6 +30,13 @@ def _params(params: Any) -> list[Parameter]:
     if not out:
         raise ValueError("optimizer got an empty parameter list")
     return out
+
+
+def _fused(w: np.ndarray, g: Any, *state: np.ndarray) -> bool:
+    """Whether the Rust fused update applies: float32, C-contiguous, weight and state writeable."""
+    arrays = (w, g) + state
+    return (all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+            and w.flags.writeable and all(a.flags.writeable for a in state))
 
 
 def _nonneg(v: float, name: str) -> float:
@@ -88,6 +96,12 @@ class SGD(Optimizer):
         lr, mom, wd = self.lr, self.momentum, self.weight_decay
         for p in self.params:
             g = p.grad
+            if mom:
+                buf = self.state[p].get("momentum_buffer")
+                if buf is not None and _fused(p.data, g, buf):
+                    # one fused pass in Rust (float32)
+                    _native.sgd_momentum_step(p.data, g, buf, lr, mom, self.dampening, wd, self.nesterov)
+                    continue
             if wd:
                 g = g + wd * p.data
             if mom:
@@ -130,11 +144,6 @@ class Adam(Optimizer):
         for p in self.params:
             st = self.state[p]
             g = p.grad
-            if wd:
-                if self.decoupled:
-                    p.data *= p.data.dtype.type(1.0 - lr * wd)
-                else:
-                    g = g + wd * p.data
             if "exp_avg" not in st:
                 st["step"] = 0
                 st["exp_avg"] = np.zeros_like(p.data)
@@ -142,6 +151,16 @@ class Adam(Optimizer):
             st["step"] += 1
             t = st["step"]
             m, v = st["exp_avg"], st["exp_avg_sq"]
+            if _fused(p.data, g, m, v):
+                # one fused pass in Rust (float32); weight decay handled inside
+                _native.adam_step(p.data, g, m, v, lr, b1, b2, eps, wd, self.decoupled, 1.0 - b1**t,
+                                  math.sqrt(1.0 - b2**t))
+                continue
+            if wd:
+                if self.decoupled:
+                    p.data *= p.data.dtype.type(1.0 - lr * wd)
+                else:
+                    g = g + wd * p.data
             m *= b1
             m += (1.0 - b1) * g
             v *= b2

@@ -22,7 +22,7 @@ from .nn.layers import Dropout
 from .nn.module import Module
 from .optim import CosineAnnealingLR, LRScheduler, Optimizer, StepLR, get_optimizer
 
-__all__ = ["Callback", "EarlyStopping", "History", "Trainer", "evaluate", "fit", "predict"]
+__all__ = ["Callback", "EarlyStopping", "History", "Trainer", "blas_limit", "evaluate", "fit", "predict"]
 
 
 class History:
@@ -145,6 +145,52 @@ class EarlyStopping(Callback):
                 c.after_step()
 
 
+_CONTROLLER: Any = None
+
+
+def _threadpool_controller() -> Any:
+    """One ``threadpoolctl.ThreadpoolController`` per process (finding the libraries costs milliseconds)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - depends on the environment
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER or None
+
+
+class blas_limit:
+    """Context manager limiting NumPy's BLAS threads (a no-op without ``threadpoolctl`` or with ``None``).
+
+    Examples
+    --------
+    >>> import numpy as np, hwreg_rs as hw
+    >>> with hw.train.blas_limit(1):
+    ...     _ = np.ones((4, 4)) @ np.ones((4, 4))
+    """
+
+    def __init__(self, threads: int | None) -> None:
+        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+            raise ValueError(f"blas_threads must be None or an int >= 1; got {threads!r}")
+        self.threads = threads
+        self._ctx: Any = None
+
+    def __enter__(self) -> blas_limit:
+        if self.threads is not None:
+            ctl = _threadpool_controller()
+            if ctl is not None:
+                self._ctx = ctl.limit(limits=int(self.threads), user_api="blas")
+                self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+            self._ctx = None
+
+
 def _as_array(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
@@ -225,6 +271,12 @@ class Trainer:
         Check every constraint's invariant after every step.
     verbose : bool, default True
         Progress bar (tqdm when installed, else one line per epoch); False is quiet.
+    blas_threads : int or None, default 1
+        Threads NumPy's BLAS may use during :meth:`fit` (through
+        ``threadpoolctl`` when it is installed; restored afterwards). Mini-batch
+        products are too small to gain from BLAS threads, and on a busy machine
+        spinning BLAS threads slow them down by orders of magnitude. ``None``
+        leaves BLAS alone.
 
     Attributes
     ----------
@@ -253,7 +305,7 @@ class Trainer:
                  constraints: Sequence[C.Constraint] = (), teacher: Any = None, temperature: float = 4.0,
                  alpha: float = 0.5, batch_size: int = 32, epochs: int = 10, seed: int = 0, shuffle: bool = True,
                  callbacks: Sequence[Any] = (), early_stopping: EarlyStopping | None = None,
-                 check_constraints: bool = True, verbose: bool = True) -> None:
+                 check_constraints: bool = True, verbose: bool = True, blas_threads: int | None = 1) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -274,6 +326,7 @@ class Trainer:
         self.early_stopping = early_stopping
         self.check_constraints = check_constraints
         self.verbose = verbose
+        self.blas_threads = blas_threads
         self.stop_training = False
 
     # -- set-up ---------------------------------------------------------------
@@ -387,6 +440,12 @@ class Trainer:
             Xv = _as_array(validation_data[0], "X_val").astype(np.float32, copy=False)
             yv = _as_array(validation_data[1], "y_val")
         self._setup()
+        with blas_limit(self.blas_threads):
+            self._fit(X, y, Xv if validation_data is not None else None, yv if validation_data is not None else None)
+        return self
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray | None, yv: np.ndarray | None) -> None:
+        validation_data = None if Xv is None else (Xv, yv)
         self.stop_training = False
         n, bs = len(X), int(self.batch_size)
         classification = self.eval_loss_.classification
@@ -435,7 +494,6 @@ class Trainer:
                 bar.close()
         for cb in self.callbacks_:
             cb.on_train_end(self)
-        return self
 
     def evaluate(self, X: Any, y: Any) -> dict[str, float]:
         """Loss (and accuracy) of the model on ``(X, y)``; see :func:`evaluate`."""

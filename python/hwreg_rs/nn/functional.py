@@ -67,8 +67,13 @@ def im2col(x: np.ndarray, kernel_size: Pair, stride: Pair = (1, 1), padding: Pai
     oh, ow = out_size(h, w, kernel_size, stride, padding)
     if _native_f32(x):
         return _native.im2col(native_array(x, "x"), kernel_size, stride, padding)
+    return _im2col_np(x, kernel_size, stride, padding)
+
+
+def _im2col_np(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    n = x.shape[0]
     win = _windows(x, kernel_size, stride, padding, 0.0)
-    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * oh * ow, -1)
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * win.shape[2] * win.shape[3], -1)
 
 
 def col2im(cols: np.ndarray, input_shape: Tuple[int, int, int, int], kernel_size: Pair,
@@ -78,6 +83,13 @@ def col2im(cols: np.ndarray, input_shape: Tuple[int, int, int, int], kernel_size
     oh, ow = out_size(h, w, kernel_size, stride, padding)
     if _native_f32(cols):
         return _native.col2im(native_array(cols, "cols"), tuple(input_shape), kernel_size, stride, padding)
+    return _col2im_np(cols, input_shape, kernel_size, stride, padding)
+
+
+def _col2im_np(cols: np.ndarray, input_shape: Tuple[int, int, int, int], kernel_size: Pair, stride: Pair,
+               padding: Pair) -> np.ndarray:
+    n, c, h, w = input_shape
+    oh, ow = out_size(h, w, kernel_size, stride, padding)
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     c6 = cols.reshape(n, oh, ow, c, kh, kw)
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
@@ -100,6 +112,12 @@ def max_pool2d(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair = (
     oh, ow = out_size(h, w, kernel_size, stride, padding)
     if _native_f32(x):
         return _native.max_pool2d(native_array(x, "x"), kernel_size, stride, padding)
+    return _max_pool2d_np(x, kernel_size, stride, padding)
+
+
+def _max_pool2d_np(x: np.ndarray, kernel_size: Pair, stride: Pair, padding: Pair) -> tuple[np.ndarray, np.ndarray]:
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, w, kernel_size, stride, padding)
     win = _windows(x, kernel_size, stride, padding, -np.inf).reshape(n, c, oh, ow, -1)
     arg = np.argmax(win, axis=-1)  # first maximum; NaN counts as the maximum
     out = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
@@ -116,6 +134,11 @@ def max_pool2d_backward(grad: np.ndarray, indices: np.ndarray, input_shape: Tupl
     if _native_f32(grad):
         return _native.max_pool2d_backward(native_array(grad, "grad"), native_array(indices, "indices", cast=np.int64),
                                            tuple(input_shape), kernel_size, stride, padding)
+    return _max_pool2d_backward_np(grad, indices, input_shape)
+
+
+def _max_pool2d_backward_np(grad: np.ndarray, indices: np.ndarray, input_shape: Tuple[int, int, int, int]) -> np.ndarray:
+    n, c, h, w = input_shape
     gx = np.zeros((n * c, h * w), dtype=grad.dtype)
     rows = np.repeat(np.arange(n * c), grad[0, 0].size)
     np.add.at(gx, (rows, indices.reshape(-1)), grad.reshape(-1))

@@ -145,9 +145,15 @@ fn im2col_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window) {
                     match Window::src(oy, ky, win.sh, win.ph, win.h) {
                         Some(iy) => {
                             let line = &plane[iy * win.w..(iy + 1) * win.w];
-                            for kx in 0..win.kw {
-                                if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
-                                    row[j + kx] = line[ix];
+                            let x0 = ox * win.sw;
+                            if x0 >= win.pw && x0 - win.pw + win.kw <= win.w {
+                                // the kernel row lies inside the image: one contiguous copy
+                                row[j..j + win.kw].copy_from_slice(&line[x0 - win.pw..x0 - win.pw + win.kw]);
+                            } else {
+                                for kx in 0..win.kw {
+                                    if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
+                                        row[j + kx] = line[ix];
+                                    }
                                 }
                             }
                         }
@@ -199,9 +205,17 @@ fn col2im_image<T: Accumulate>(cols: &[T], x: &mut [T], win: &Window) {
                 for ky in 0..win.kh {
                     if let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) {
                         let line = &mut plane[iy * win.w..(iy + 1) * win.w];
-                        for kx in 0..win.kw {
-                            if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
-                                line[ix] += row[j + kx];
+                        let x0 = ox * win.sw;
+                        if x0 >= win.pw && x0 - win.pw + win.kw <= win.w {
+                            let dst = &mut line[x0 - win.pw..x0 - win.pw + win.kw];
+                            for (d, &s) in dst.iter_mut().zip(&row[j..j + win.kw]) {
+                                *d += s;
+                            }
+                        } else {
+                            for kx in 0..win.kw {
+                                if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
+                                    line[ix] += row[j + kx];
+                                }
                             }
                         }
                     }
