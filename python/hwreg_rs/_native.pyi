@@ -1,4 +1,6 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -10,6 +12,7 @@ def _set_isa(name: str) -> None: ...
 def num_threads() -> int: ...
 
 # gemm (exact int8 GEMM)
+@final
 class _PackedB:
     @property
     def k(self) -> int: ...
@@ -93,6 +96,7 @@ def prune_smallest(
 def nm_keep(w: npt.NDArray[np.float32] | npt.NDArray[np.float64], n: int, m: int) -> npt.NDArray[np.bool_]: ...
 
 # --- sparse (issue 3)
+@final
 class SparseMatrix:
     @staticmethod
     def bsr_f32(w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, r: int, c: int) -> SparseMatrix: ...
