@@ -14,4 +14,4 @@ cargo test --release -p hwreg-kernels
 "$venv/bin/python" -m mypy.stubtest hwreg_rs._native --ignore-missing-stub --ignore-disjoint-bases
 "$venv/bin/python" -m pytest -q
 # Every public docstring carries a runnable example: run them against the installed package.
-(cd "${TMPDIR:-/tmp}" && "$venv/bin/python" -m pytest -q -p no:cacheprovider --doctest-modules --pyargs hwreg_rs)
+(cd "$(mktemp -d)" && "$venv/bin/python" -m pytest -q -p no:cacheprovider --doctest-modules --pyargs hwreg_rs)
