@@ -17,9 +17,10 @@
 //! ISA; [`dispatch`] picks the kernel from [`crate::isa::active`]. Loops, in
 //! the BLIS style:
 //!
-//! * threads: the `M × N` output is split over rows (tall problems) or over
-//!   column panels (short ones, e.g. GEMV with `M = 1`), in
-//!   [`threads::chunks_for`] chunks run on the library pool;
+//! * threads: the `M × N` output is split over column blocks when `N >= M`
+//!   (each thread streams its share of B once; GEMV with `M = 1` included),
+//!   else over rows in one chunk per thread; serial below
+//!   [`threads::PARALLEL_MIN_WORK`] MACs;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
@@ -150,7 +151,7 @@ fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
-    let pa = pack_a::<Kr>(m, k, |i, dst| match pack::quantize_row_u8(&x[i * k..i * k + k], dst) {
+    let pa = pack_a::<Kr>(m, k, |i, dst| match Kr::quantize_row(&x[i * k..i * k + k], dst) {
         Some((sum, zp, scale)) => {
             // SAFETY: each row index is visited once, by one thread.
             unsafe { *sp.get().add(i) = scale };
@@ -190,16 +191,22 @@ fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, e
         return;
     }
     let work = m * n * b.k.max(1);
-    let by_rows = m >= 4 * Kr::MR * threads::num_threads();
+    let nt = threads::num_threads();
+    // Split the dimension whose operand is bigger, so that it is read once:
+    // over columns (each thread streams its share of B, A is re-read) when
+    // N >= M, else over rows, one chunk per thread (each chunk streams all of B).
     let tiles = m.div_ceil(Kr::MR);
-    let nchunks = threads::chunks_for(work).min(if by_rows { tiles } else { panels });
+    let blocks = panels.div_ceil(Kr::NP);
+    let by_rows = m > n && tiles >= 2 * nt;
+    let nchunks = if by_rows { threads::chunks_for(work).min(nt) } else { threads::chunks_for(work).min(blocks) }.max(1);
     let optr = SyncPtr(out.as_mut_ptr());
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
             let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
             (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
         } else {
-            (0, m, panels * c / nchunks, panels * (c + 1) / nchunks)
+            let (b0, b1) = (blocks * c / nchunks, blocks * (c + 1) / nchunks);
+            (0, m, (b0 * Kr::NP).min(panels), (b1 * Kr::NP).min(panels))
         };
         block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
     };
@@ -275,18 +282,58 @@ fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epil
             }
             // Zero-point correction and output step while the block is hot.
             let rows_blk = ic_end - ic;
-            let acc_blk = &mut acc[..rows_blk * ld];
-            correct(acc_blk, ld, rows_blk, &pa.rowsum[ic..ic_end], &pa.zp[ic..ic_end], &b.zp[c0..c1], &b.colterm[c0..c1]);
-            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1.
-            unsafe { ep.apply_raw(acc_blk, ld, ic..ic_end, c0..c1, out.get(), n) };
+            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1
+            // of `out`; the kernel's ISA is supported (it was dispatched).
+            unsafe {
+                Kr::finish(Finish {
+                    acc: &mut acc[..rows_blk * ld],
+                    ld,
+                    rows: ic..ic_end,
+                    cols: c0..c1,
+                    rowsum: &pa.rowsum[ic..ic_end],
+                    za: &pa.zp[ic..ic_end],
+                    zb: &b.zp[c0..c1],
+                    colterm: &b.colterm[c0..c1],
+                    ep,
+                    out: out.get(),
+                    ldc: n,
+                })
+            };
             jp += np;
         }
         ic = ic_end;
     }
 }
 
+/// The arguments of [`finish_block`].
+pub(crate) struct Finish<'a, 'e, T: OutElem> {
+    acc: &'a mut [i32],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    rowsum: &'a [i32],
+    za: &'a [i32],
+    zb: &'a [i32],
+    colterm: &'a [i32],
+    ep: &'a Epilogue<'e, T>,
+    out: *mut T,
+    ldc: usize,
+}
+
+/// Zero-point correction of a block of raw sums, then the output step.
+///
+/// # Safety
+/// `out` is valid for the writes of rows × cols (row stride `ldc`) and no one
+/// else touches them meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn finish_block<T: OutElem>(f: Finish<'_, '_, T>) {
+    let nrows = f.rows.len();
+    correct(f.acc, f.ld, nrows, f.rowsum, f.za, f.zb, f.colterm);
+    f.ep.apply_inline(f.acc, f.ld, f.rows, f.cols, f.out, f.ldc);
+}
+
 /// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
-#[inline]
+#[inline(always)]
 fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
     let w = zb.len();
     for r in 0..mr {

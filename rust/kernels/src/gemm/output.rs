@@ -265,6 +265,16 @@ impl<T: OutElem> Epilogue<'_, T> {
     /// within the prepared shape and `acc` long enough (as for `apply`).
     #[inline]
     pub unsafe fn apply_raw(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: *mut T, ldc: usize) {
+        self.apply_inline(acc, acc_ld, rows, cols, out, ldc)
+    }
+
+    /// [`Epilogue::apply_raw`], always inlined (so a caller compiled for a
+    /// wider ISA vectorises it with that ISA).
+    ///
+    /// # Safety
+    /// As for [`Epilogue::apply_raw`].
+    #[inline(always)]
+    pub unsafe fn apply_inline(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: *mut T, ldc: usize) {
         let (c0, c1) = (cols.start, cols.end);
         let w = c1 - c0;
         let (lo, hi) = range_of(T::KIND);

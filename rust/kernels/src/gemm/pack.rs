@@ -378,16 +378,34 @@ pub(crate) fn pack_a_row(a: &ASource<'_>, k: usize, i: usize, zp: ZeroPoint<'_>,
 /// `None` if the row holds NaN or infinity.
 #[inline]
 pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    let (mut lo, mut hi) = (0.0f32, 0.0f32);
-    let mut bad = false;
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-        bad |= !v.is_finite();
+    quantize_row_u8_inline(x, dst)
+}
+
+/// [`quantize_row_u8`], always inlined (per-ISA trampolines vectorise it).
+#[inline(always)]
+pub(crate) fn quantize_row_u8_inline(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    // Lane-wise min / max / finiteness over 16 lanes so the loop vectorises;
+    // `v * 0` is 0 for finite v and NaN for infinity or NaN.
+    const L: usize = 16;
+    let (mut lo, mut hi, mut chk) = ([0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            chk[i] += c[i] * 0.0;
+        }
     }
-    if bad {
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        lo[i] = if v < lo[i] { v } else { lo[i] };
+        hi[i] = if v > hi[i] { v } else { hi[i] };
+        chk[i] += v * 0.0;
+    }
+    if chk.iter().any(|c| *c != 0.0) {
         return None;
     }
+    let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
+    let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
     let mut scale = (hi - lo) / 255.0;
     if !(scale > 0.0) || !scale.is_finite() {
         scale = 1.0;

@@ -13,6 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::kernel::{tile_match, Kernel};
+use super::output::OutElem;
+use super::Finish;
 
 pub(crate) struct Avx2;
 
@@ -26,6 +28,15 @@ impl Kernel for Avx2 {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = s as i16;
         }
+    }
+
+    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
+        finish_tf(f)
+    }
+
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        // SAFETY: this kernel is only used when the CPU has its ISA.
+        unsafe { quantize_tf(x, dst) }
     }
 
     unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
@@ -68,4 +79,14 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const i16, 
             _mm256_storeu_si256(acc.add(r * ld + 16 * p + 8) as *mut __m256i, hi);
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
+    super::finish_block(f)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    super::pack::quantize_row_u8_inline(x, dst)
 }

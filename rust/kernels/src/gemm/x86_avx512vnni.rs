@@ -10,6 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::kernel::{tile_match, Kernel};
+use super::output::OutElem;
+use super::Finish;
 
 pub(crate) struct Avx512Vnni;
 
@@ -21,6 +23,15 @@ impl Kernel for Avx512Vnni {
 
     fn widen(src: &[u8], dst: &mut [u8]) {
         dst.copy_from_slice(src);
+    }
+
+    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
+        finish_tf(f)
+    }
+
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        // SAFETY: this kernel is only used when the CPU has its ISA.
+        unsafe { quantize_tf(x, dst) }
     }
 
     unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
@@ -71,4 +82,14 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, l
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
+    super::finish_block(f)
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    super::pack::quantize_row_u8_inline(x, dst)
 }
