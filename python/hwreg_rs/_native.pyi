@@ -1,4 +1,6 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -10,6 +12,7 @@ def _set_isa(name: str) -> None: ...
 def num_threads() -> int: ...
 
 # gemm (exact int8 GEMM)
+@final
 class _PackedB:
     @property
     def k(self) -> int: ...
