@@ -34,6 +34,13 @@ impl Int8Array<'_> {
     }
 }
 
+/// `m * n`, or a ValueError when it overflows.
+fn out_len(m: usize, n: usize) -> PyResult<usize> {
+    m.checked_mul(n)
+        .filter(|&l| l <= isize::MAX as usize / 4)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("output of shape ({m}, {n}) is too large")))
+}
+
 fn zp<'a>(v: &'a [i32]) -> ZeroPoint<'a> {
     if v.len() == 1 {
         ZeroPoint::Scalar(v[0])
@@ -113,10 +120,15 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     let (m, k) = a.dims();
     let src = a.source("a")?;
     let n = b.n();
+    out_len(m, n)?;
     let out = py
         .detach(|| {
-            let mut out = vec![T::default(); m * n];
-            gemm::matmul(src, m, k, zp(a_zp), b, step, &mut out).map(|_| out)
+            let mut out = Vec::with_capacity(m * n);
+            gemm::matmul_uninit(src, m, k, zp(a_zp), b, step, &mut out.spare_capacity_mut()[..m * n]).map(|_| {
+                // SAFETY: on Ok the kernel wrote all m*n elements.
+                unsafe { out.set_len(m * n) };
+                out
+            })
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])
@@ -178,10 +190,15 @@ fn _linear_dynamic<'py>(
     };
     let pb = &b.get().inner;
     let n = pb.n();
+    out_len(m, n)?;
     let out = py
         .detach(|| {
-            let mut out = vec![0f32; m * n];
-            gemm::linear_dynamic(xs, m, k, pb, cs, bias, relu, &mut out).map(|_| out)
+            let mut out = Vec::with_capacity(m * n);
+            gemm::linear_dynamic_uninit(xs, m, k, pb, cs, bias, relu, &mut out.spare_capacity_mut()[..m * n]).map(|_| {
+                // SAFETY: on Ok the kernel wrote all m*n elements.
+                unsafe { out.set_len(m * n) };
+                out
+            })
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])

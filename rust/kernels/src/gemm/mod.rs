@@ -43,6 +43,7 @@ use crate::isa::{self, Isa};
 use crate::threads;
 use crate::{shape_err, value_err};
 use kernel::Kernel;
+use std::mem::MaybeUninit;
 use output::{Epilogue, OutElem, OutputStep, Param};
 pub use pack::{ASource, PackedB, ZeroPoint, NR};
 
@@ -53,6 +54,12 @@ pub use pack::{ASource, PackedB, ZeroPoint, NR};
 /// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
 /// zero points are inside it).
 pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [T]) -> Result<()> {
+    matmul_uninit(a, m, k, a_zp, b, step, as_uninit(out))
+}
+
+/// [`matmul`] into uninitialised memory (e.g. `Vec::spare_capacity_mut`):
+/// on `Ok`, every element of `out` has been written.
+pub fn matmul_uninit<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [MaybeUninit<T>]) -> Result<()> {
     if k != b.k {
         return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
     }
@@ -75,6 +82,13 @@ pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_
 /// point ([`pack::quantize_row_u8`]), multiplied by the packed int8 weights
 /// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
 pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+    linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, as_uninit(out))
+}
+
+/// [`linear_dynamic`] into uninitialised memory: on `Ok`, every element of
+/// `out` has been written.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic_uninit(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) -> Result<()> {
     if k != b.k {
         return shape_err!("x has {k} features but the weight has in_features = {}", b.k);
     }
@@ -92,6 +106,12 @@ pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Par
         Isa::Avx2 => linear_with::<x86_avx2::Avx2>(x, m, k, b, col_scale, bias, relu, out),
         _ => linear_with::<generic::Generic>(x, m, k, b, col_scale, bias, relu, out),
     }
+}
+
+/// `&mut [T]` as `&mut [MaybeUninit<T>]` (sound: we only ever write initialised values).
+fn as_uninit<T>(out: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout; writing a valid T keeps `out` valid.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut MaybeUninit<T>, out.len()) }
 }
 
 fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
@@ -141,13 +161,13 @@ fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32
     PackedA { data, kp, rowsum, zp }
 }
 
-fn matmul_with<Kr: Kernel, T: OutElem>(a: &ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+fn matmul_with<Kr: Kernel, T: OutElem>(a: &ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [MaybeUninit<T>]) {
     let pa = pack_a::<Kr>(m, k, |i, dst| pack::pack_a_row(a, k, i, a_zp, dst));
     run::<Kr, T>(&pa, m, b, ep, out);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) -> Result<()> {
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
@@ -184,7 +204,7 @@ impl<T> SyncPtr<T> {
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
-fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [MaybeUninit<T>]) {
     let n = b.n;
     let panels = b.panels();
     if m == 0 || n == 0 {
@@ -199,7 +219,7 @@ fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, e
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = m > n && tiles >= 2 * nt;
     let nchunks = if by_rows { threads::chunks_for(work).min(nt) } else { threads::chunks_for(work).min(blocks) }.max(1);
-    let optr = SyncPtr(out.as_mut_ptr());
+    let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
             let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
