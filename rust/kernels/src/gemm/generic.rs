@@ -3,6 +3,8 @@
 //! each 64-byte group of B is widened once to i32 and reused by every row of
 //! the tile.
 
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use super::kernel::{tile_match, Kernel};
 
 /// Portable kernel: 4 rows × 1 panel (16 columns) per tile.
@@ -18,14 +20,39 @@ impl Kernel for Generic {
         dst.copy_from_slice(src);
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+    ) {
         let _ = bs;
-        tile_match!(mr, np, tile_body, (kg, a, lda, b, acc, ld, load), [(1, 1), (2, 1), (3, 1), (4, 1)])
+        tile_match!(
+            mr,
+            np,
+            tile_body,
+            (kg, a, lda, b, acc, ld, load),
+            [(1, 1), (2, 1), (3, 1), (4, 1)]
+        )
     }
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+) {
     // SAFETY (whole body): the driver passes `4 * kg` readable elements per
     // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
     let rows: [&[u8]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(a.add(r * lda), kg * 4));

@@ -3,6 +3,7 @@
 
 /// A micro-kernel: computes a tile of `mr` rows × `np` panels (16 columns
 /// each) of `Σ_k Â[i,k]·B̂[k,j]` in wrapping `i32` over the packed layouts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) trait Kernel {
     /// Most rows per tile.
     const MR: usize;
@@ -41,7 +42,18 @@ pub(crate) trait Kernel {
         super::pack::quantize_row_u8_inline(x, dst)
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const Self::AElem, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool);
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const Self::AElem,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+    );
 }
 
 /// Expands `match (mr, np)` over every const-generic instantiation of a tile function.

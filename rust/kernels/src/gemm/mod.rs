@@ -43,9 +43,9 @@ use crate::isa::{self, Isa};
 use crate::threads;
 use crate::{shape_err, value_err};
 use kernel::Kernel;
-use std::mem::MaybeUninit;
 use output::{Epilogue, OutElem, OutputStep, Param};
 pub use pack::{ASource, PackedB, ZeroPoint, NR};
+use std::mem::MaybeUninit;
 
 /// `C = (A - za) · (B - zb)` followed by the output step `step`, written to
 /// `out` (row-major `M × N`, `T` as the step requires: `i32` for
@@ -53,13 +53,29 @@ pub use pack::{ASource, PackedB, ZeroPoint, NR};
 ///
 /// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
 /// zero points are inside it).
-pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [T]) -> Result<()> {
+pub fn matmul<T: OutElem>(
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) -> Result<()> {
     matmul_uninit(a, m, k, a_zp, b, step, as_uninit(out))
 }
 
 /// [`matmul`] into uninitialised memory (e.g. `Vec::spare_capacity_mut`):
 /// on `Ok`, every element of `out` has been written.
-pub fn matmul_uninit<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [MaybeUninit<T>]) -> Result<()> {
+pub fn matmul_uninit<T: OutElem>(
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
     }
@@ -81,14 +97,33 @@ pub fn matmul_uninit<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroP
 /// (`M × K`, f32) is quantized on the fly to uint8 with its own scale and zero
 /// point ([`pack::quantize_row_u8`]), multiplied by the packed int8 weights
 /// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
-pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) -> Result<()> {
     linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, as_uninit(out))
 }
 
 /// [`linear_dynamic`] into uninitialised memory: on `Ok`, every element of
 /// `out` has been written.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_dynamic_uninit(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+pub fn linear_dynamic_uninit(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("x has {k} features but the weight has in_features = {}", b.k);
     }
@@ -98,7 +133,13 @@ pub fn linear_dynamic_uninit(x: &[f32], m: usize, k: usize, b: &PackedB, col_sca
     pack::check_bound(k, 255, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     // Validate the column parameters before quantizing.
-    OutputStep::Float { row_scale: Param::Scalar(1.0), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    OutputStep::Float {
+        row_scale: Param::Scalar(1.0),
+        col_scale,
+        bias,
+        relu,
+    }
+    .prepare::<f32>(m, b.n)?;
     match isa::active() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out),
@@ -119,6 +160,22 @@ fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
         return shape_err!("output has {len} elements, expected M*N = {m}*{n}");
     }
     Ok(())
+}
+
+/// Packs a run of panels of B with the code compiled for the active ISA.
+pub(crate) fn pack_panels_dispatch(
+    job: &pack::PanelJob<'_>,
+    p0: usize,
+    out: &mut [i8],
+    zp_out: &mut [i32],
+    ct_out: &mut [i32],
+) {
+    match isa::active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the active ISA is supported, and both paths include AVX2.
+        Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86_avx2::pack_panels_tf(job, p0, out, zp_out, ct_out) },
+        _ => pack::pack_panels(job, p0, out, zp_out, ct_out),
+    }
 }
 
 /// A packed: rows of `kp` kernel elements, row sums of Â and stored zero points.
@@ -143,7 +200,8 @@ fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32
         return PackedA { data, kp, rowsum, zp };
     }
     let rows_per = ((1 << 16) / kp).max(16);
-    let body = |(ci, ((d, s), z)): (usize, ((&mut [Kr::AElem], &mut [i32]), &mut [i32]))| {
+    type Chunk<'c, E> = (usize, ((&'c mut [E], &'c mut [i32]), &'c mut [i32]));
+    let body = |(ci, ((d, s), z)): Chunk<'_, Kr::AElem>| {
         let mut tmp = vec![0u8; kp];
         for (r, ((drow, s), z)) in d.chunks_mut(kp).zip(s.iter_mut()).zip(z.iter_mut()).enumerate() {
             (*s, *z) = row(ci * rows_per + r, &mut tmp);
@@ -161,13 +219,30 @@ fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32
     PackedA { data, kp, rowsum, zp }
 }
 
-fn matmul_with<Kr: Kernel, T: OutElem>(a: &ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [MaybeUninit<T>]) {
+fn matmul_with<Kr: Kernel, T: OutElem>(
+    a: &ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) {
     let pa = pack_a::<Kr>(m, k, |i, dst| pack::pack_a_row(a, k, i, a_zp, dst));
     run::<Kr, T>(&pa, m, b, ep, out);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+fn linear_with<Kr: Kernel>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
@@ -186,7 +261,13 @@ fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale
     if bad != usize::MAX {
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
-    let ep = OutputStep::Float { row_scale: Param::PerIndex(&scales), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    let ep = OutputStep::Float {
+        row_scale: Param::PerIndex(&scales),
+        col_scale,
+        bias,
+        relu,
+    }
+    .prepare::<f32>(m, b.n)?;
     run::<Kr, f32>(&pa, m, b, &ep, out);
     Ok(())
 }
@@ -204,7 +285,13 @@ impl<T> SyncPtr<T> {
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
-fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [MaybeUninit<T>]) {
+fn run<Kr: Kernel, T: OutElem>(
+    pa: &PackedA<Kr::AElem>,
+    m: usize,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) {
     let n = b.n;
     let panels = b.panels();
     if m == 0 || n == 0 {
@@ -218,7 +305,12 @@ fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, e
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = m > n && tiles >= 2 * nt;
-    let nchunks = if by_rows { threads::chunks_for(work).min(nt) } else { threads::chunks_for(work).min(blocks) }.max(1);
+    let nchunks = if by_rows {
+        threads::chunks_for(work).min(nt)
+    } else {
+        threads::chunks_for(work).min(blocks)
+    }
+    .max(1);
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
@@ -250,12 +342,23 @@ const MC_TILES: usize = 12;
 const KC_GROUPS: usize = 96;
 
 /// One thread's share: rows `rows` × panels `pans` of the output.
-fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epilogue<'_, T>, rows: std::ops::Range<usize>, pans: std::ops::Range<usize>, out: SyncPtr<T>) {
+fn block<Kr: Kernel, T: OutElem>(
+    pa: &PackedA<Kr::AElem>,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    rows: std::ops::Range<usize>,
+    pans: std::ops::Range<usize>,
+    out: SyncPtr<T>,
+) {
     let n = b.n;
     let kg = pa.kp / 4;
     let ps = b.panel_stride();
     // A single row (GEMV) takes wider tiles: more independent accumulators.
-    let (mr_max, np_max) = if rows.len() == 1 { (1, Kr::NP_ROW) } else { (Kr::MR, Kr::NP) };
+    let (mr_max, np_max) = if rows.len() == 1 {
+        (1, Kr::NP_ROW)
+    } else {
+        (Kr::MR, Kr::NP)
+    };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
     let mut acc = vec![0i32; mc * ld];
@@ -360,7 +463,9 @@ fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb
         let (s, z) = (rowsum[r], za[r]);
         let row = &mut acc[r * ld..r * ld + w];
         for j in 0..w {
-            row[j] = row[j].wrapping_sub(z.wrapping_mul(colterm[j])).wrapping_sub(zb[j].wrapping_mul(s));
+            row[j] = row[j]
+                .wrapping_sub(z.wrapping_mul(colterm[j]))
+                .wrapping_sub(zb[j].wrapping_mul(s));
         }
     }
 }

@@ -7,6 +7,8 @@
 
 #![cfg(target_arch = "x86_64")]
 
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use std::arch::x86_64::*;
 
 use super::kernel::{tile_match, Kernel};
@@ -34,25 +36,82 @@ impl Kernel for Avx512Vnni {
         unsafe { quantize_tf(x, dst) }
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [
-            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
-            (2, 1), (2, 2), (2, 3), (2, 4),
-            (3, 1), (3, 2), (3, 3), (3, 4),
-            (4, 1), (4, 2), (4, 3), (4, 4),
-            (5, 1), (5, 2), (5, 3), (5, 4),
-            (6, 1), (6, 2), (6, 3), (6, 4)
-        ])
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+    ) {
+        tile_match!(
+            mr,
+            np,
+            tile_tf,
+            (kg, a, lda, b, bs, acc, ld, load),
+            [
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (1, 4),
+                (1, 5),
+                (1, 6),
+                (1, 7),
+                (1, 8),
+                (2, 1),
+                (2, 2),
+                (2, 3),
+                (2, 4),
+                (3, 1),
+                (3, 2),
+                (3, 3),
+                (3, 4),
+                (4, 1),
+                (4, 2),
+                (4, 3),
+                (4, 4),
+                (5, 1),
+                (5, 2),
+                (5, 3),
+                (5, 4),
+                (6, 1),
+                (6, 2),
+                (6, 3),
+                (6, 4)
+            ]
+        )
     }
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_tf<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+) {
     tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+) {
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
         for r in 0..MR {
