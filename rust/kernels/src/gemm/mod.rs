@@ -162,6 +162,13 @@ fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether `work` multiply-accumulates (or bytes) are worth the thread pool.
+/// Parallel iterators must only run inside [`threads::run`] when this holds:
+/// outside the library pool they would wake rayon's global pool.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= threads::PARALLEL_MIN_WORK && threads::num_threads() > 1
+}
+
 /// Packs a run of panels of B with the code compiled for the active ISA.
 pub(crate) fn pack_panels_dispatch(
     job: &pack::PanelJob<'_>,
@@ -208,14 +215,22 @@ fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32
             Kr::widen(&tmp, drow);
         }
     };
-    threads::run(m * k, || {
-        use rayon::prelude::*;
-        data.par_chunks_mut(rows_per * kp)
-            .zip(rowsum.par_chunks_mut(rows_per))
-            .zip(zp.par_chunks_mut(rows_per))
+    if parallel(m * k) {
+        threads::run(m * k, || {
+            use rayon::prelude::*;
+            data.par_chunks_mut(rows_per * kp)
+                .zip(rowsum.par_chunks_mut(rows_per))
+                .zip(zp.par_chunks_mut(rows_per))
+                .enumerate()
+                .for_each(body);
+        });
+    } else {
+        data.chunks_mut(rows_per * kp)
+            .zip(rowsum.chunks_mut(rows_per))
+            .zip(zp.chunks_mut(rows_per))
             .enumerate()
             .for_each(body);
-    });
+    }
     PackedA { data, kp, rowsum, zp }
 }
 

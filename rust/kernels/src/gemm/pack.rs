@@ -176,14 +176,22 @@ impl PackedB {
         if panels > 0 && kp > 0 {
             // Runs of panels of about 64 KiB each.
             let run_len = ((1 << 16) / ps).clamp(1, panels);
-            crate::threads::run(k * n, || {
-                use rayon::prelude::*;
-                data.par_chunks_mut(run_len * ps)
-                    .zip(zps.par_chunks_mut(run_len * NR))
-                    .zip(colterm.par_chunks_mut(run_len * NR))
+            if super::parallel(k * n) {
+                crate::threads::run(k * n, || {
+                    use rayon::prelude::*;
+                    data.par_chunks_mut(run_len * ps)
+                        .zip(zps.par_chunks_mut(run_len * NR))
+                        .zip(colterm.par_chunks_mut(run_len * NR))
+                        .enumerate()
+                        .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
+                });
+            } else {
+                data.chunks_mut(run_len * ps)
+                    .zip(zps.chunks_mut(run_len * NR))
+                    .zip(colterm.chunks_mut(run_len * NR))
                     .enumerate()
                     .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
-            });
+            }
         } else {
             for p in 0..panels {
                 pack_panels(

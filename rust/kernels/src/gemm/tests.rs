@@ -367,5 +367,21 @@ fn pack_speed() {
             std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
         }
         eprintln!("pack {k}x{n}: {:.0} us", t.elapsed().as_secs_f64() / reps as f64 * 1e6);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(PackedB::from_nk_i8(&b, n, k, ZeroPoint::Scalar(0)).unwrap());
+        }
+        eprintln!(
+            "pack transposed {k}x{n}: {:.0} us",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(b.clone());
+        }
+        eprintln!(
+            "memcpy {k}x{n}: {:.0} us",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
     }
 }

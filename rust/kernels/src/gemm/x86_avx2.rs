@@ -9,7 +9,6 @@
 //! Unlike `vpmaddubsw` (ONNX Runtime's AVX2 path) nothing here saturates.
 
 #![cfg(target_arch = "x86_64")]
-
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;

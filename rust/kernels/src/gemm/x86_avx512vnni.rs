@@ -6,7 +6,6 @@
 //! A single row (GEMV) uses up to 8 panels: 8 independent accumulator chains.
 
 #![cfg(target_arch = "x86_64")]
-
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;
