@@ -430,8 +430,8 @@ fn block<Kr: Kernel, T: OutElem>(
                     cols: c0..c1,
                     rowsum: &pa.rowsum[ic..ic_end],
                     za: &pa.zp[ic..ic_end],
-                    zb: &b.zp[c0..c1],
-                    colterm: &b.colterm[c0..c1],
+                    zb: &b.zp[c0..c0 + 16 * np],
+                    colterm: &b.colterm[c0..c0 + 16 * np],
                     ep,
                     out: out.get(),
                     ldc: n,
@@ -471,16 +471,25 @@ pub(crate) unsafe fn finish_block<T: OutElem>(f: Finish<'_, '_, T>) {
 }
 
 /// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
+/// `zb` and `colterm` come padded to a multiple of 16 (B's panels are), and
+/// `acc` rows are that wide too, so the loop runs whole 16-lane chunks.
 #[inline(always)]
 fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
     let w = zb.len();
+    debug_assert!(w % 16 == 0 && colterm.len() == w && ld >= w);
     for r in 0..mr {
         let (s, z) = (rowsum[r], za[r]);
         let row = &mut acc[r * ld..r * ld + w];
-        for j in 0..w {
-            row[j] = row[j]
-                .wrapping_sub(z.wrapping_mul(colterm[j]))
-                .wrapping_sub(zb[j].wrapping_mul(s));
+        for ((x, zb), ct) in row
+            .chunks_exact_mut(16)
+            .zip(zb.chunks_exact(16))
+            .zip(colterm.chunks_exact(16))
+        {
+            for j in 0..16 {
+                x[j] = x[j]
+                    .wrapping_sub(z.wrapping_mul(ct[j]))
+                    .wrapping_sub(zb[j].wrapping_mul(s));
+            }
         }
     }
 }
