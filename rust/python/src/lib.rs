@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod conv;
 mod errors;
 mod gemm;
+mod optim;
 mod prune;
 mod quant;
 mod sparse;
@@ -62,5 +63,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
+    optim::register(m)?;
     Ok(())
 }
