@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from . import _native
 from ._native import active_isa, num_threads, supported_isas
+from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
+from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
+from . import prune, sparse
 from . import analysis, constraints, data, losses, nn, optim, train
 from .train import Trainer, fit
+from . import io, profiles
 
 __version__: str = _native.__version__
 
@@ -18,7 +22,22 @@ __all__ = [
     "active_isa",
     "num_threads",
     "supported_isas",
-    # models and training (issue 4)
+    # quantization
+    "QParams",
+    "calibrate",
+    "dequantize",
+    "dynamic_quantize",
+    "quantize",
+    # exact int8 GEMM
+    "Int8Linear",
+    "PackedMatrix",
+    "matmul_integer",
+    "pack_int8",
+    "qlinear_matmul",
+    # pruning and sparse kernels
+    "prune",
+    "sparse",
+    # models and training
     "Trainer",
     "analysis",
     "constraints",
@@ -28,4 +47,7 @@ __all__ = [
     "nn",
     "optim",
     "train",
+    # deployment
+    "io",
+    "profiles",
 ]

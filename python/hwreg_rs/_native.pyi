@@ -1,4 +1,6 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -9,6 +11,139 @@ def supported_isas() -> list[str]: ...
 def _set_isa(name: str) -> None: ...
 def num_threads() -> int: ...
 
+# gemm (exact int8 GEMM)
+@final
+class _PackedB:
+    @property
+    def k(self) -> int: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def signed(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+    def unpack(self) -> npt.NDArray[np.int32]: ...
+
+def _pack_b(b: npt.NDArray[np.uint8] | npt.NDArray[np.int8], zero_point: npt.NDArray[np.int32], transposed: bool) -> _PackedB: ...
+def _matmul_integer(
+    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8], a_zero_point: npt.NDArray[np.int32], b: _PackedB
+) -> npt.NDArray[np.int32]: ...
+def _qlinear_matmul(
+    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    a_scale: npt.NDArray[np.float32],
+    a_zero_point: npt.NDArray[np.int32],
+    b: _PackedB,
+    b_scale: npt.NDArray[np.float32],
+    y_scale: float,
+    y_zero_point: int,
+    y_signed: bool,
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
+def _linear_dynamic(
+    x: npt.NDArray[np.float32],
+    b: _PackedB,
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    relu: bool,
+) -> npt.NDArray[np.float32]: ...
+def _linear_static(
+    x_q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    x_scale: npt.NDArray[np.float32],
+    x_zero_point: npt.NDArray[np.int32],
+    b: _PackedB,
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    relu: bool,
+    y_scale: float | None,
+    y_zero_point: int,
+    y_signed: bool,
+) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
+# quantization (rust/python/src/quant.rs)
+def quantize_linear(
+    x: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    dtype: str,
+    qrange: tuple[int, int] | None = None,
+    out: npt.NDArray[np.int8] | npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.int8] | npt.NDArray[np.uint8]: ...
+def dequantize_linear(
+    q: npt.NDArray[np.int8] | npt.NDArray[np.uint8],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def dynamic_quantize_linear(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.uint8], float, int]: ...
+def calibrate(
+    x: npt.NDArray[np.float32],
+    axis: int | None,
+    method: str,
+    percentile: float,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    symmetric_zero_point: int,
+    power_of_two: bool,
+    bins: int,
+) -> tuple[list[float], list[int], list[float], list[float]]: ...
+# --- prune (issue 3)
+def prune_smallest(
+    scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    k: int,
+    eligible: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]: ...
+def nm_keep(w: npt.NDArray[np.float32] | npt.NDArray[np.float64], n: int, m: int) -> npt.NDArray[np.bool_]: ...
+
+# --- sparse (issue 3)
+@final
+class SparseMatrix:
+    @staticmethod
+    def bsr_f32(w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, r: int, c: int) -> SparseMatrix: ...
+    @staticmethod
+    def bsr_i8(
+        w: npt.NDArray[np.int8], scale: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, r: int, c: int
+    ) -> SparseMatrix: ...
+    @staticmethod
+    def nm_f32(w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, n: int, m: int) -> SparseMatrix: ...
+    @staticmethod
+    def nm_i8(
+        w: npt.NDArray[np.int8], scale: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, n: int, m: int
+    ) -> SparseMatrix: ...
+    @property
+    def shape(self) -> tuple[int, int]: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def block(self) -> tuple[int, int]: ...
+    @property
+    def nnz(self) -> int: ...
+    @property
+    def stored(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def to_dense(self) -> npt.NDArray[np.float32] | npt.NDArray[np.int8]: ...
+    def scale(self) -> npt.NDArray[np.float32] | None: ...
+    def linear(
+        self, x: npt.NDArray[np.float32], bias: npt.NDArray[np.float32] | None = None, relu: bool = False
+    ) -> npt.NDArray[np.float32]: ...
+    def linear_quantized(
+        self,
+        xq: npt.NDArray[np.uint8],
+        x_scale: npt.NDArray[np.float32],
+        x_zero_point: npt.NDArray[np.uint8],
+        bias: npt.NDArray[np.float32] | None = None,
+        relu: bool = False,
+    ) -> npt.NDArray[np.float32]: ...
+
+def quantize_weight_rows(
+    w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None = None
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
+def quantize_activation_rows(
+    x: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
 # conv (issue 4): im2col / col2im / pooling over C-contiguous float32 NCHW arrays
 def im2col(
     x: npt.NDArray[np.float32], kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
