@@ -451,3 +451,18 @@ def test_check_constraints_can_be_turned_off(data):
     with pytest.raises(C.ConstraintViolation):
         train([Liar()], data, epochs=1)
     train([Liar()], data, epochs=1, check_constraints=False)
+
+
+def test_early_stopping_restore_keeps_the_constraints(data):
+    """Restoring the best epoch's weights re-applies the projections: the invariants still hold."""
+    X, y = data
+    prune = C.GradualPruning(0.8, end_step=12, frequency=3)
+    clip = C.WeightClip(0.2)
+    es = hw.train.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
+    net = nn.mlp([6, 16, 3], rng=0)
+    hw.Trainer(net, constraints=[prune, clip], early_stopping=es, epochs=6, lr=0.05, verbose=False).fit(
+        X, y, validation_data=(X, y))
+    assert es.best_epoch_ == 0 and es.stopped_epoch_ == 1
+    prune.check()
+    clip.check()
+    assert np.all(net[0].weight.data[~prune.masks_["0.weight"]] == 0)
