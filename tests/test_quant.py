@@ -641,3 +641,12 @@ def test_streaming_sized_outputs_through_numpy_allocations():
     big = rng.normal(0, 3, 4_300_000).astype(np.float32)
     qo = np.zeros(big.size + 3, np.int8)[3:]
     np.testing.assert_array_equal(hw.quantize(big, 0.05, 2, out=qo), ref_quantize(big, 0.05, 2))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import hwreg_rs.quant
+
+    result = doctest.testmod(hwreg_rs.quant)
+    assert result.attempted >= 10 and result.failed == 0, result

@@ -159,6 +159,8 @@ impl Params {
     }
 }
 
+/// Quantize with one scale / zero point for the run: `(x, scale, zp, lo, hi, out, stream)`.
+pub(crate) type QuantRunFn = fn(&[f32], f32, f32, f32, f32, &mut [u8], bool);
 /// Quantize with one scale / zero point per element: `(x, scale, zp, lo, hi, out)`.
 pub(crate) type QuantRowFn = fn(&[f32], &[f32], &[f32], f32, f32, &mut [u8]);
 /// Dequantize with one scale / zero point per element: `(q, signed, scale, zp, out, stream)`.
@@ -170,7 +172,7 @@ pub(crate) type DequantRowFn = fn(&[u8], bool, &[f32], &[f32], &mut [f32], bool)
 pub(crate) struct Kernels {
     /// `(x, scale, zp, lo, hi, out, stream)`; `stream`: non-temporal stores for outputs
     /// too big to stay in cache.
-    pub quant_run: fn(&[f32], f32, f32, f32, f32, &mut [u8], bool),
+    pub quant_run: QuantRunFn,
     pub quant_row: QuantRowFn,
     /// `(q, signed, scale, zp, out, stream)`.
     pub dequant_run: fn(&[u8], bool, f32, f32, &mut [f32], bool),
