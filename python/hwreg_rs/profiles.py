@@ -615,9 +615,9 @@ def model_work(model: Any, input_shape: Iterable[int], batch: int = 1) -> list[L
 
     Costs follow how the layers run in NumPy: Linear is one matrix product
     plus a bias add; Conv2d is im2col, a product, a bias add and the NCHW
-    transpose; BatchNorm (eval) is four passes over its input and a dozen
-    small NumPy calls; ReLU two passes (the output and its mask); Flatten and
-    Dropout (eval) are views. Weights are counted dense: NumPy multiplies
+    transpose; BatchNorm (eval) is three passes over its input and about eight
+    NumPy calls; ReLU two calls (the output and its one-byte mask); Flatten
+    and Dropout (eval) are views. Weights are counted dense: NumPy multiplies
     pruned zeros like any weight.
 
     Parameters
@@ -685,12 +685,13 @@ def model_work(model: Any, input_shape: Iterable[int], batch: int = 1) -> list[L
             out.append(LayerWork(name, "pool", 0, 0, size * 4, int(np.prod(new)) * 4 * extra))
             shape = new
         elif isinstance(m, (BatchNorm1d, BatchNorm2d)):
-            out.append(LayerWork(name, "elementwise", 0, 8 * m.num_features, size * 4, size * 4, calls=12, passes=4))
+            out.append(LayerWork(name, "elementwise", 0, 8 * m.num_features, size * 4, size * 4, calls=8, passes=3))
         elif isinstance(m, ReLU):
-            out.append(LayerWork(name, "elementwise", 0, 0, size * 4, size * 4, calls=2, passes=2))
+            # np.maximum writes the output, a comparison writes a one-byte mask.
+            out.append(LayerWork(name, "elementwise", 0, 0, size * 4, size * 4, calls=2, passes=1))
         elif isinstance(m, Flatten):
             shape = shape[: m.start_dim] + (int(np.prod(shape[m.start_dim:])),)
-            out.append(LayerWork(name, "reshape", 0, 0, size * 4, size * 4))
+            out.append(LayerWork(name, "reshape", 0, 0, size * 4, size * 4, calls=2))  # the layer call + the view
         elif isinstance(m, Dropout):
             out.append(LayerWork(name, "reshape", 0, 0, size * 4, size * 4))
         else:
