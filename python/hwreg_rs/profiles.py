@@ -829,16 +829,18 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         return rng.standard_normal(shape, dtype=np.float32)
 
     # Shapes of the GEMM grid: deliberately not the shapes of any model we check.
-    ms = (1, 5, 24, 96) if quick else (1, 3, 12, 40, 100, 200)
-    ks = (24, 200, 600) if quick else (20, 90, 300, 700)
-    ns_ = (24, 200, 600) if quick else (12, 40, 200, 600)
+    ms = (1, 8, 48) if quick else (1, 3, 12, 40, 100, 200)
+    ks = (24, 300) if quick else (20, 90, 300, 700)
+    ns_ = (24, 300) if quick else (12, 40, 200, 600)
     grid = [(m, k, n) for m in ms for k in ks for n in ns_]
     # Tall and thin products (convolutions over many pixels) pin the per-row costs.
     grid += [(m, k, n) for m in ((700,) if quick else (600, 1500)) for k in (8, 27) for n in (8, 24)]
     order = rng.permutation(len(grid))  # shuffled, so a burst of load does not line up with one feature
     # NumPy's BLAS threads make fp32 calls slow and erratic on a busy machine: fewer shapes, fewer calls.
-    fgrid = [(m, k, n) for m in ((1, 24, 96) if quick else (1, 5, 24, 96, 300)) for k in (24, 300)
-             for n in (24, 300)] + [(700, 8, 24)]
+    if quick:
+        fgrid = [(m, k, n) for m in (1, 16) for k in (24, 200) for n in (24, 200)] + [(300, 8, 24)]
+    else:
+        fgrid = [(m, k, n) for m in (1, 5, 24, 96, 300) for k in (24, 300) for n in (24, 300)] + [(700, 8, 24)]
 
     tile = (1, 4, 16)  # int8 GEMM: K in groups of 4, N in panels of 16 (hwreg-kernels gemm::pack)
     par_min = 1 << 16  # hwreg-kernels threads::PARALLEL_MIN_WORK
