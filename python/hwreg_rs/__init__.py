@@ -14,6 +14,7 @@ from . import prune, sparse
 from . import analysis, constraints, data, losses, nn, optim, train
 from .train import Trainer, fit
 from . import io, profiles, runtime
+from .compress import BudgetError, CompressionReport, compress
 
 __version__: str = _native.__version__
 
@@ -52,4 +53,7 @@ __all__ = [
     "io",
     "profiles",
     "runtime",
+    "BudgetError",
+    "CompressionReport",
+    "compress",
 ]

@@ -506,9 +506,12 @@ def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
     if isinstance(m, Linear):
         mask = w32 != 0
         density = float(mask.mean()) if mask.size else 1.0
-        if sparse_mode != "never" and density < 1.0:
+        # Above half dense no sparse format pays (DESIGN §5: break-even ~70% sparsity with blocks).
+        if sparse_mode != "never" and density <= 0.5:
             choice = sparse.choose(w32, mask, batch, dtypes=("int8",))
-            if choice.path != "dense_f32" and choice.path != "dense_int8" and (sparse_mode == "always" or choice.speedup > 1.05):
+            if sparse_mode == "always" and choice.path.startswith("dense"):
+                choice = _fastest_compact(choice, mask)
+            if not choice.path.startswith("dense") and (sparse_mode == "always" or choice.speedup > 1.05):
                 return _Sparse(choice.build(w32, mask), choice.path, choice.block, p.bias.astype(np.float32), p.relu)
     if folded:
         q, scale = _quantize_weight(w32, Module())  # BN changed the weights: the QAT grid no longer applies
@@ -518,6 +521,32 @@ def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
     if isinstance(m, Conv2d):
         return _Conv(layer, m.in_channels, m.kernel_size, m.stride, m.padding)
     return _Dense(layer)
+
+
+def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
+    """Among the sparse paths the chooser timed, the fastest of those that store the fewest bytes."""
+    nnz = int(mask.sum())
+    options = []
+    for key, seconds in choice.seconds.items():
+        path, _, blk = key.partition("(")
+        if path.startswith("dense"):
+            continue
+        block = tuple(int(v) for v in blk.rstrip(")").split(",")) if blk else None
+        if path.startswith("bsr"):
+            stored = sparse._stored_for_block(mask, block)  # type: ignore[arg-type]
+            nbytes = stored + 4 * stored // (block[0] * block[1])  # type: ignore[index]
+        elif path.startswith("nm"):
+            if sparse._nm_of(mask) != block:
+                continue
+            nbytes = 2 * nnz  # a value and a small in-group index
+        else:
+            nbytes = 5 * nnz  # a value and an int32 column index
+        options.append((nbytes, seconds, path, block))
+    if not options:
+        return choice
+    smallest = min(o[0] for o in options)
+    _, _, path, block = min((o for o in options if o[0] <= 1.1 * smallest), key=lambda o: o[1])
+    return sparse.Choice(path, block)
 
 
 def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", batch_size: int = 1,

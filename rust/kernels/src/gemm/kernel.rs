@@ -3,6 +3,7 @@
 
 /// A micro-kernel: computes a tile of `mr` rows × `np` panels (16 columns
 /// each) of `Σ_k Â[i,k]·B̂[k,j]` in wrapping `i32` over the packed layouts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) trait Kernel {
     /// Most rows per tile.
     const MR: usize;
@@ -26,7 +27,33 @@ pub(crate) trait Kernel {
     /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
     /// and the CPU supports the kernel's ISA.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const Self::AElem, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool);
+    /// Zero-point correction and output step of a block
+    /// ([`super::finish_block`]), compiled for this kernel's ISA.
+    ///
+    /// # Safety
+    /// As for [`super::finish_block`]; the CPU supports the kernel's ISA.
+    unsafe fn finish<T: super::output::OutElem>(f: super::Finish<'_, '_, T>) {
+        super::finish_block(f)
+    }
+
+    /// Dynamic per-row quantization ([`super::pack::quantize_row_u8`]),
+    /// compiled for this kernel's ISA.
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        super::pack::quantize_row_u8_inline(x, dst)
+    }
+
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const Self::AElem,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+    );
 }
 
 /// Expands `match (mr, np)` over every const-generic instantiation of a tile function.

@@ -6,10 +6,13 @@
 //! A single row (GEMV) uses up to 8 panels: 8 independent accumulator chains.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;
 
 use super::kernel::{tile_match, Kernel};
+use super::output::OutElem;
+use super::Finish;
 
 pub(crate) struct Avx512Vnni;
 
@@ -23,25 +26,91 @@ impl Kernel for Avx512Vnni {
         dst.copy_from_slice(src);
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [
-            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
-            (2, 1), (2, 2), (2, 3), (2, 4),
-            (3, 1), (3, 2), (3, 3), (3, 4),
-            (4, 1), (4, 2), (4, 3), (4, 4),
-            (5, 1), (5, 2), (5, 3), (5, 4),
-            (6, 1), (6, 2), (6, 3), (6, 4)
-        ])
+    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
+        finish_tf(f)
+    }
+
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        // SAFETY: this kernel is only used when the CPU has its ISA.
+        unsafe { quantize_tf(x, dst) }
+    }
+
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+    ) {
+        tile_match!(
+            mr,
+            np,
+            tile_tf,
+            (kg, a, lda, b, bs, acc, ld, load),
+            [
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (1, 4),
+                (1, 5),
+                (1, 6),
+                (1, 7),
+                (1, 8),
+                (2, 1),
+                (2, 2),
+                (2, 3),
+                (2, 4),
+                (3, 1),
+                (3, 2),
+                (3, 3),
+                (3, 4),
+                (4, 1),
+                (4, 2),
+                (4, 3),
+                (4, 4),
+                (5, 1),
+                (5, 2),
+                (5, 3),
+                (5, 4),
+                (6, 1),
+                (6, 2),
+                (6, 3),
+                (6, 4)
+            ]
+        )
     }
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_tf<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+) {
     tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+) {
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
         for r in 0..MR {
@@ -71,4 +140,14 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, l
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
+    super::finish_block(f)
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    super::pack::quantize_row_u8_inline(x, dst)
 }
