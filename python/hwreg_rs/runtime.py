@@ -249,6 +249,9 @@ class _Pool(_Op):
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[:2] + F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
 
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        return LayerWork(name, "pool", 0, 0, int(np.prod(shape)) * 4, int(np.prod(self.out_shape(shape))) * 4)
+
 
 class _Flatten(_Op):
     kind = "flatten"
@@ -268,6 +271,10 @@ class _Flatten(_Op):
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[: self.start_dim] + (int(np.prod(shape[self.start_dim:])),)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        n = int(np.prod(shape)) * 4
+        return LayerWork(name, "reshape", 0, 0, n, n)  # a view: no data moved
 
 
 class _ReLU(_Op):
