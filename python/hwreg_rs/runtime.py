@@ -101,8 +101,7 @@ class _Dense(_Op):
         return self.layer(x)
 
     def spec(self) -> dict[str, Any]:
-        return {"op": self.kind, "relu": bool(self.layer.relu), "in": self.layer.in_features,
-                "out": self.layer.out_features, "bias": self.layer.bias is not None}
+        return {"op": self.kind, "relu": bool(self.layer.relu)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
@@ -140,7 +139,7 @@ class _Sparse(_Op):
     def spec(self) -> dict[str, Any]:
         out, inp = self.matrix.shape
         return {"op": self.kind, "path": self.path, "block": list(self.block) if self.block else None,
-                "relu": bool(self.relu), "in": int(inp), "out": int(out), "bias": self.bias is not None}
+                "relu": bool(self.relu), "in": int(inp), "out": int(out)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         # Kept values in row-major order plus a bit mask: compact for any format,
@@ -206,7 +205,7 @@ class _Conv(_Op):
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
                 "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding), "bias": self.layer.bias is not None}
+                "stride": list(self.stride), "padding": list(self.padding)}
 
     arrays = _Dense.arrays
 
