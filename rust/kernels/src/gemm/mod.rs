@@ -409,6 +409,13 @@ fn block<Kr: Kernel, T: OutElem>(
                             acc.as_mut_ptr().add((ir - ic) * ld),
                             ld,
                             pc > 0,
+                            // Zero-point correction with the last K block.
+                            (pc + kcg >= kg).then_some(&kernel::Fix {
+                                za: pa.zp.as_ptr().add(ir),
+                                rowsum: pa.rowsum.as_ptr().add(ir),
+                                zb: b.zp.as_ptr().add(c0),
+                                colterm: b.colterm.as_ptr().add(c0),
+                            }),
                         );
                     }
                     ir += mr;
@@ -418,20 +425,16 @@ fn block<Kr: Kernel, T: OutElem>(
                     break;
                 }
             }
-            // Zero-point correction and output step while the block is hot.
+            // Output step while the block is hot (the kernel applied the correction).
             let rows_blk = ic_end - ic;
             // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1
             // of `out`; the kernel's ISA is supported (it was dispatched).
             unsafe {
                 Kr::finish(Finish {
-                    acc: &mut acc[..rows_blk * ld],
+                    acc: &acc[..rows_blk * ld],
                     ld,
                     rows: ic..ic_end,
                     cols: c0..c1,
-                    rowsum: &pa.rowsum[ic..ic_end],
-                    za: &pa.zp[ic..ic_end],
-                    zb: &b.zp[c0..c0 + 16 * np],
-                    colterm: &b.colterm[c0..c0 + 16 * np],
                     ep,
                     out: out.get(),
                     ldc: n,
@@ -445,53 +448,23 @@ fn block<Kr: Kernel, T: OutElem>(
 
 /// The arguments of [`finish_block`].
 pub(crate) struct Finish<'a, 'e, T: OutElem> {
-    acc: &'a mut [i32],
+    acc: &'a [i32],
     ld: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    rowsum: &'a [i32],
-    za: &'a [i32],
-    zb: &'a [i32],
-    colterm: &'a [i32],
     ep: &'a Epilogue<'e, T>,
     out: *mut T,
     ldc: usize,
 }
 
-/// Zero-point correction of a block of raw sums, then the output step.
+/// The output step of a block of exact (already corrected) sums.
 ///
 /// # Safety
 /// `out` is valid for the writes of rows × cols (row stride `ldc`) and no one
 /// else touches them meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn finish_block<T: OutElem>(f: Finish<'_, '_, T>) {
-    let nrows = f.rows.len();
-    correct(f.acc, f.ld, nrows, f.rowsum, f.za, f.zb, f.colterm);
     f.ep.apply_inline(f.acc, f.ld, f.rows, f.cols, f.out, f.ldc);
-}
-
-/// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
-/// `zb` and `colterm` come padded to a multiple of 16 (B's panels are), and
-/// `acc` rows are that wide too, so the loop runs whole 16-lane chunks.
-#[inline(always)]
-fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
-    let w = zb.len();
-    debug_assert!(w % 16 == 0 && colterm.len() == w && ld >= w);
-    for r in 0..mr {
-        let (s, z) = (rowsum[r], za[r]);
-        let row = &mut acc[r * ld..r * ld + w];
-        for ((x, zb), ct) in row
-            .chunks_exact_mut(16)
-            .zip(zb.chunks_exact(16))
-            .zip(colterm.chunks_exact(16))
-        {
-            for j in 0..16 {
-                x[j] = x[j]
-                    .wrapping_sub(z.wrapping_mul(ct[j]))
-                    .wrapping_sub(zb[j].wrapping_mul(s));
-            }
-        }
-    }
 }
 
 #[cfg(test)]
