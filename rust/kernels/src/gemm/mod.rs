@@ -10,12 +10,13 @@
 //! ```
 //!
 //! All sums wrap in `i32`; the result is exact whenever the true value fits
-//! `i32`, which [`pack::check_bound`] guarantees up front
+//! `i32`, which `pack::check_bound` guarantees up front
 //! (`K · max|a-za| · max|b-zb| ≤ 2^31-1`, else a `Value` error naming K).
 //!
-//! The driver ([`run`]) is generic over a [`kernel::Kernel`] and never names an
-//! ISA; [`dispatch`] picks the kernel from [`crate::isa::active`]. Loops, in
-//! the BLIS style:
+//! The driver (`run`, `block`) is generic over a `kernel::Kernel` (one
+//! zero-sized struct per ISA: `generic.rs`, `x86_avx2.rs`,
+//! `x86_avx512vnni.rs`) and never names an ISA; [`matmul`] picks the kernel
+//! from [`crate::isa::active`] once per call. Loops, in the BLIS style:
 //!
 //! * threads: the `M × N` output is split over column blocks when `N >= M`
 //!   (each thread streams its share of B once; GEMV with `M = 1` included),
@@ -25,8 +26,12 @@
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
 //! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
-//!   block buffer); after the last K block the zero-point correction and the
-//!   [`output`] step are applied to the block while it is hot.
+//!   block buffer and applies the zero-point correction in registers after the
+//!   last K block); then the [`output`] step runs on the block while it is hot.
+//!
+//! Tiles: AVX-512 VNNI 6 rows × 64 columns (24 zmm accumulators, no spills),
+//! 1 × 128 for a single row; AVX2 3 × 16 (12 ymm accumulators; one spills to
+//! L1 off the critical path), 1 × 48 for a single row; portable 4 × 16.
 
 pub mod output;
 pub mod pack;
