@@ -382,6 +382,8 @@ fn block<Kr: Kernel, T: OutElem>(
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
     let mut acc = vec![0i32; mc * ld];
+    // Plain int32 output: the kernel writes corrected tiles straight to `out`.
+    let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
@@ -420,6 +422,14 @@ fn block<Kr: Kernel, T: OutElem>(
                                 rowsum: pa.rowsum.as_ptr().add(ir),
                                 zb: b.zp.as_ptr().add(c0),
                                 colterm: b.colterm.as_ptr().add(c0),
+                                // T is i32 when the step is the identity.
+                                dst: if direct {
+                                    (out.get() as *mut i32).add(ir * n + c0)
+                                } else {
+                                    std::ptr::null_mut()
+                                },
+                                dst_ld: n,
+                                dst_cols: c1 - c0,
                             }),
                         );
                     }
@@ -429,6 +439,10 @@ fn block<Kr: Kernel, T: OutElem>(
                 if pc >= kg {
                     break;
                 }
+            }
+            if direct {
+                jp += np;
+                continue;
             }
             // Output step while the block is hot (the kernel applied the correction).
             let rows_blk = ic_end - ic;

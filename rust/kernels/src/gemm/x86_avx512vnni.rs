@@ -20,6 +20,7 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
+    const DIRECT: bool = true;
     type AElem = u8;
 
     fn widen(src: &[u8], dst: &mut [u8]) {
@@ -150,6 +151,20 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
                 s[r][p] = _mm512_sub_epi32(s[r][p], t);
             }
         }
+    }
+    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+        // Straight to the i32 output, the last panel masked to its columns.
+        for p in 0..NP {
+            let left = f.dst_cols.saturating_sub(16 * p);
+            if left == 0 {
+                break;
+            }
+            let mask: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
+            for r in 0..MR {
+                _mm512_mask_storeu_epi32(f.dst.add(r * f.dst_ld + 16 * p), mask, s[r][p]);
+            }
+        }
+        return;
     }
     for r in 0..MR {
         for p in 0..NP {
