@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::kernel::{tile_match, Kernel};
+use super::kernel::{tile_match, Fix, Kernel};
 
 /// Portable kernel: 4 rows × 1 panel (16 columns) per tile.
 pub(crate) struct Generic;
@@ -31,13 +31,14 @@ impl Kernel for Generic {
         acc: *mut i32,
         ld: usize,
         load: bool,
+        fix: Option<&Fix>,
     ) {
         let _ = bs;
         tile_match!(
             mr,
             np,
             tile_body,
-            (kg, a, lda, b, acc, ld, load),
+            (kg, a, lda, b, acc, ld, load, fix),
             [(1, 1), (2, 1), (3, 1), (4, 1)]
         )
     }
@@ -52,6 +53,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     acc: *mut i32,
     ld: usize,
     load: bool,
+    fix: Option<&Fix>,
 ) {
     // SAFETY (whole body): the driver passes `4 * kg` readable elements per
     // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
@@ -78,6 +80,15 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
         }
         for (c, q) in cols.iter_mut().zip(sr.chunks_exact(4)) {
             *c = c.wrapping_add(q[0].wrapping_add(q[1]).wrapping_add(q[2]).wrapping_add(q[3]));
+        }
+        if let Some(f) = fix {
+            let (za, rs) = (*f.za.add(r), *f.rowsum.add(r));
+            for (j, c) in cols.iter_mut().enumerate() {
+                let t = za
+                    .wrapping_mul(*f.colterm.add(j))
+                    .wrapping_add(rs.wrapping_mul(*f.zb.add(j)));
+                *c = c.wrapping_sub(t);
+            }
         }
         std::ptr::copy_nonoverlapping(cols.as_ptr(), acc.add(r * ld), 16);
     }

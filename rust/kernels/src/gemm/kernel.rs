@@ -12,6 +12,9 @@ pub(crate) trait Kernel {
     /// Most panels per tile when the tile has a single row (GEMV: more
     /// independent accumulators hide the multiply latency).
     const NP_ROW: usize;
+    /// Whether the kernel can write a corrected tile straight to an `i32`
+    /// output (`Fix::dst`).
+    const DIRECT: bool = false;
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
     type AElem: Copy + Default + Send + Sync;
 
@@ -19,7 +22,8 @@ pub(crate) trait Kernel {
     fn widen(src: &[u8], dst: &mut [Self::AElem]);
 
     /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16),
-    /// adding to the values already there when `load` (K blocking).
+    /// adding to the values already there when `load` (K blocking), and
+    /// applying the zero-point correction `fix` (last K block) in registers.
     ///
     /// # Safety
     /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
@@ -53,7 +57,26 @@ pub(crate) trait Kernel {
         acc: *mut i32,
         ld: usize,
         load: bool,
+        fix: Option<&Fix>,
     );
+}
+
+/// The zero-point correction a tile applies after its last K block:
+/// `acc[r][c] -= za[r]·colterm[c] + rowsum[r]·zb[c]` (wrapping). Pointers to the
+/// tile's first row (`za`, `rowsum`: `mr` values) and first column (`zb`,
+/// `colterm`: `16·np` values, B's padding included).
+///
+/// When `dst` is not null (only for kernels with `DIRECT`), the corrected
+/// tile goes straight to the `i32` output instead of `acc`: row `r` at
+/// `dst + r·dst_ld`, its first `dst_cols` columns only.
+pub(crate) struct Fix {
+    pub za: *const i32,
+    pub rowsum: *const i32,
+    pub zb: *const i32,
+    pub colterm: *const i32,
+    pub dst: *mut i32,
+    pub dst_ld: usize,
+    pub dst_cols: usize,
 }
 
 /// Expands `match (mr, np)` over every const-generic instantiation of a tile function.

@@ -10,12 +10,13 @@
 //! ```
 //!
 //! All sums wrap in `i32`; the result is exact whenever the true value fits
-//! `i32`, which [`pack::check_bound`] guarantees up front
+//! `i32`, which `pack::check_bound` guarantees up front
 //! (`K · max|a-za| · max|b-zb| ≤ 2^31-1`, else a `Value` error naming K).
 //!
-//! The driver ([`run`]) is generic over a [`kernel::Kernel`] and never names an
-//! ISA; [`dispatch`] picks the kernel from [`crate::isa::active`]. Loops, in
-//! the BLIS style:
+//! The driver (`run`, `block`) is generic over a `kernel::Kernel` (one
+//! zero-sized struct per ISA: `generic.rs`, `x86_avx2.rs`,
+//! `x86_avx512vnni.rs`) and never names an ISA; [`matmul`] picks the kernel
+//! from [`crate::isa::active`] once per call. Loops, in the BLIS style:
 //!
 //! * threads: the `M × N` output is split over column blocks when `N >= M`
 //!   (each thread streams its share of B once; GEMV with `M = 1` included),
@@ -25,8 +26,12 @@
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
 //! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
-//!   block buffer); after the last K block the zero-point correction and the
-//!   [`output`] step are applied to the block while it is hot.
+//!   block buffer and applies the zero-point correction in registers after the
+//!   last K block); then the [`output`] step runs on the block while it is hot.
+//!
+//! Tiles: AVX-512 VNNI 6 rows × 64 columns (24 zmm accumulators, no spills),
+//! 1 × 128 for a single row; AVX2 3 × 16 (12 ymm accumulators; one spills to
+//! L1 off the critical path), 1 × 48 for a single row; portable 4 × 16.
 
 pub mod output;
 pub mod pack;
@@ -377,6 +382,8 @@ fn block<Kr: Kernel, T: OutElem>(
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
     let mut acc = vec![0i32; mc * ld];
+    // Plain int32 output: the kernel writes corrected tiles straight to `out`.
+    let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
@@ -409,6 +416,21 @@ fn block<Kr: Kernel, T: OutElem>(
                             acc.as_mut_ptr().add((ir - ic) * ld),
                             ld,
                             pc > 0,
+                            // Zero-point correction with the last K block.
+                            (pc + kcg >= kg).then_some(&kernel::Fix {
+                                za: pa.zp.as_ptr().add(ir),
+                                rowsum: pa.rowsum.as_ptr().add(ir),
+                                zb: b.zp.as_ptr().add(c0),
+                                colterm: b.colterm.as_ptr().add(c0),
+                                // T is i32 when the step is the identity.
+                                dst: if direct {
+                                    (out.get() as *mut i32).add(ir * n + c0)
+                                } else {
+                                    std::ptr::null_mut()
+                                },
+                                dst_ld: n,
+                                dst_cols: c1 - c0,
+                            }),
                         );
                     }
                     ir += mr;
@@ -418,20 +440,20 @@ fn block<Kr: Kernel, T: OutElem>(
                     break;
                 }
             }
-            // Zero-point correction and output step while the block is hot.
+            if direct {
+                jp += np;
+                continue;
+            }
+            // Output step while the block is hot (the kernel applied the correction).
             let rows_blk = ic_end - ic;
             // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1
             // of `out`; the kernel's ISA is supported (it was dispatched).
             unsafe {
                 Kr::finish(Finish {
-                    acc: &mut acc[..rows_blk * ld],
+                    acc: &acc[..rows_blk * ld],
                     ld,
                     rows: ic..ic_end,
                     cols: c0..c1,
-                    rowsum: &pa.rowsum[ic..ic_end],
-                    za: &pa.zp[ic..ic_end],
-                    zb: &b.zp[c0..c0 + 16 * np],
-                    colterm: &b.colterm[c0..c0 + 16 * np],
                     ep,
                     out: out.get(),
                     ldc: n,
@@ -445,53 +467,23 @@ fn block<Kr: Kernel, T: OutElem>(
 
 /// The arguments of [`finish_block`].
 pub(crate) struct Finish<'a, 'e, T: OutElem> {
-    acc: &'a mut [i32],
+    acc: &'a [i32],
     ld: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    rowsum: &'a [i32],
-    za: &'a [i32],
-    zb: &'a [i32],
-    colterm: &'a [i32],
     ep: &'a Epilogue<'e, T>,
     out: *mut T,
     ldc: usize,
 }
 
-/// Zero-point correction of a block of raw sums, then the output step.
+/// The output step of a block of exact (already corrected) sums.
 ///
 /// # Safety
 /// `out` is valid for the writes of rows × cols (row stride `ldc`) and no one
 /// else touches them meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn finish_block<T: OutElem>(f: Finish<'_, '_, T>) {
-    let nrows = f.rows.len();
-    correct(f.acc, f.ld, nrows, f.rowsum, f.za, f.zb, f.colterm);
     f.ep.apply_inline(f.acc, f.ld, f.rows, f.cols, f.out, f.ldc);
-}
-
-/// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
-/// `zb` and `colterm` come padded to a multiple of 16 (B's panels are), and
-/// `acc` rows are that wide too, so the loop runs whole 16-lane chunks.
-#[inline(always)]
-fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
-    let w = zb.len();
-    debug_assert!(w % 16 == 0 && colterm.len() == w && ld >= w);
-    for r in 0..mr {
-        let (s, z) = (rowsum[r], za[r]);
-        let row = &mut acc[r * ld..r * ld + w];
-        for ((x, zb), ct) in row
-            .chunks_exact_mut(16)
-            .zip(zb.chunks_exact(16))
-            .zip(colterm.chunks_exact(16))
-        {
-            for j in 0..16 {
-                x[j] = x[j]
-                    .wrapping_sub(z.wrapping_mul(ct[j]))
-                    .wrapping_sub(zb[j].wrapping_mul(s));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

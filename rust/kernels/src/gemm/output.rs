@@ -293,6 +293,11 @@ fn prep_float<'a>(
 }
 
 impl<T: OutElem> Epilogue<'_, T> {
+    /// Whether the step writes the accumulators unchanged (`Int32`).
+    pub fn is_identity(&self) -> bool {
+        matches!(self.step, Prepared::Int32)
+    }
+
     /// Applies the step to a tile of exact accumulators and writes it to `out`
     /// (the whole `m × n` output, row stride `ldc`). See the module doc.
     ///

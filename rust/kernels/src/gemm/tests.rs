@@ -340,6 +340,7 @@ fn kernel_speed() {
                     acc.as_mut_ptr(),
                     16 * Kr::NP,
                     false,
+                    None,
                 )
             };
         }

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Kernel};
+use super::kernel::{tile_match, Fix, Kernel};
 use super::output::OutElem;
 use super::Finish;
 
@@ -51,12 +51,13 @@ impl Kernel for Avx2 {
         acc: *mut i32,
         ld: usize,
         load: bool,
+        fix: Option<&Fix>,
     ) {
         tile_match!(
             mr,
             np,
             tile_tf,
-            (kg, a, lda, b, bs, acc, ld, load),
+            (kg, a, lda, b, bs, acc, ld, load, fix),
             [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
         )
     }
@@ -72,8 +73,9 @@ unsafe fn tile_tf<const MR: usize, const NP: usize>(
     acc: *mut i32,
     ld: usize,
     load: bool,
+    fix: Option<&Fix>,
 ) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
@@ -86,6 +88,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     acc: *mut i32,
     ld: usize,
     load: bool,
+    fix: Option<&Fix>,
 ) {
     let mut s = [[[_mm256_setzero_si256(); 4]; NP]; MR];
     let mut bp = b;
@@ -110,6 +113,20 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
             if load {
                 lo = _mm256_add_epi32(lo, _mm256_loadu_si256(acc.add(r * ld + 16 * p) as *const __m256i));
                 hi = _mm256_add_epi32(hi, _mm256_loadu_si256(acc.add(r * ld + 16 * p + 8) as *const __m256i));
+            }
+            if let Some(f) = fix {
+                let (za, rs) = (_mm256_set1_epi32(*f.za.add(r)), _mm256_set1_epi32(*f.rowsum.add(r)));
+                let col = |v: *const i32, h: usize| _mm256_loadu_si256(v.add(16 * p + 8 * h) as *const __m256i);
+                let t_lo = _mm256_add_epi32(
+                    _mm256_mullo_epi32(za, col(f.colterm, 0)),
+                    _mm256_mullo_epi32(rs, col(f.zb, 0)),
+                );
+                let t_hi = _mm256_add_epi32(
+                    _mm256_mullo_epi32(za, col(f.colterm, 1)),
+                    _mm256_mullo_epi32(rs, col(f.zb, 1)),
+                );
+                lo = _mm256_sub_epi32(lo, t_lo);
+                hi = _mm256_sub_epi32(hi, t_hi);
             }
             _mm256_storeu_si256(acc.add(r * ld + 16 * p) as *mut __m256i, lo);
             _mm256_storeu_si256(acc.add(r * ld + 16 * p + 8) as *mut __m256i, hi);

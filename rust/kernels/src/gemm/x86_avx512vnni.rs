@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Kernel};
+use super::kernel::{tile_match, Fix, Kernel};
 use super::output::OutElem;
 use super::Finish;
 
@@ -20,6 +20,7 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
+    const DIRECT: bool = true;
     type AElem = u8;
 
     fn widen(src: &[u8], dst: &mut [u8]) {
@@ -46,12 +47,13 @@ impl Kernel for Avx512Vnni {
         acc: *mut i32,
         ld: usize,
         load: bool,
+        fix: Option<&Fix>,
     ) {
         tile_match!(
             mr,
             np,
             tile_tf,
-            (kg, a, lda, b, bs, acc, ld, load),
+            (kg, a, lda, b, bs, acc, ld, load, fix),
             [
                 (1, 1),
                 (1, 2),
@@ -96,8 +98,9 @@ unsafe fn tile_tf<const MR: usize, const NP: usize>(
     acc: *mut i32,
     ld: usize,
     load: bool,
+    fix: Option<&Fix>,
 ) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
@@ -110,6 +113,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     acc: *mut i32,
     ld: usize,
     load: bool,
+    fix: Option<&Fix>,
 ) {
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
@@ -134,6 +138,33 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
         }
         bp = bp.add(64);
         ap = ap.add(4);
+    }
+    if let Some(f) = fix {
+        for p in 0..NP {
+            let ct = _mm512_loadu_si512(f.colterm.add(16 * p) as *const _);
+            let zb = _mm512_loadu_si512(f.zb.add(16 * p) as *const _);
+            for r in 0..MR {
+                let t = _mm512_add_epi32(
+                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.za.add(r)), ct),
+                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.rowsum.add(r)), zb),
+                );
+                s[r][p] = _mm512_sub_epi32(s[r][p], t);
+            }
+        }
+    }
+    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+        // Straight to the i32 output, the last panel masked to its columns.
+        for p in 0..NP {
+            let left = f.dst_cols.saturating_sub(16 * p);
+            if left == 0 {
+                break;
+            }
+            let mask: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
+            for r in 0..MR {
+                _mm512_mask_storeu_epi32(f.dst.add(r * f.dst_ld + 16 * p), mask, s[r][p]);
+            }
+        }
+        return;
     }
     for r in 0..MR {
         for p in 0..NP {
