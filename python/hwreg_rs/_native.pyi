@@ -207,3 +207,12 @@ def sgd_momentum_step(
     weight_decay: float,
     nesterov: bool,
 ) -> None: ...
+
+# runtime (rust/python/src/runtime.rs)
+@final
+class _DenseChain:
+    def __new__(
+        cls,
+        layers: list[tuple[_PackedB, npt.NDArray[np.float32], npt.NDArray[np.float32] | None, bool]],
+    ) -> _DenseChain: ...
+    def forward(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...

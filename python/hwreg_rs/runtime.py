@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import io, sparse
+from . import _native, io, sparse
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
 from .nn import functional as F
@@ -316,6 +316,37 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 # ---------------------------------------------------------------------------
 
 
+def _fuse_dense_runs(ops: list[_Op]) -> list[Any]:
+    """The callables ``predict`` runs: runs of int8 Linear layers become one
+    native call (no Python between layers), every other op runs as itself."""
+    steps: list[Any] = []
+    run: list[_Dense] = []
+
+    def close() -> None:
+        if len(run) == 1:
+            steps.append(run[0].forward)
+        elif run:
+            chain = _native._DenseChain([(d.layer._packed._packed, d.layer.weight_scale, d.layer.bias, d.layer.relu)
+                                         for d in run])
+            steps.append(lambda x, chain=chain: _chain_forward(chain, x))
+        run.clear()
+
+    for op in ops:
+        if isinstance(op, _Dense):
+            run.append(op)
+            continue
+        close()
+        steps.append(op.forward)
+    close()
+    return steps
+
+
+def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
+    lead = x.shape[:-1]
+    y = chain.forward(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
+    return y.reshape(lead + (y.shape[-1],))
+
+
 class RuntimeModel:
     """An inference model on the int8 and sparse kernels.
 
@@ -346,6 +377,7 @@ class RuntimeModel:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.meta = dict(meta or {})
         self.threads = threads
+        self._steps = _fuse_dense_runs(self.ops)
 
     # -- running -----------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
@@ -357,14 +389,14 @@ class RuntimeModel:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}); got {x.shape}")
         y = np.ascontiguousarray(x, dtype=np.float32)
         if self.threads is None:
-            for op in self.ops:
-                y = op.forward(y)
+            for step in self._steps:
+                y = step(y)
             return y
         previous = num_threads()
         set_num_threads(self.threads)
         try:
-            for op in self.ops:
-                y = op.forward(y)
+            for step in self._steps:
+                y = step(y)
         finally:
             set_num_threads(previous)
         return y
@@ -443,7 +475,7 @@ class RuntimeModel:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         other = RuntimeModel._from_arrays(state["arrays"], state["meta"])
-        self.__dict__.update(other.__dict__)
+        self.__dict__.update(other.__dict__)  # includes the fused steps
         self.threads = state.get("threads")
 
 

@@ -49,7 +49,7 @@ fn zp<'a>(v: &'a [i32]) -> ZeroPoint<'a> {
     }
 }
 
-fn param<'a>(v: &'a [f32]) -> Param<'a> {
+pub(crate) fn param<'a>(v: &'a [f32]) -> Param<'a> {
     if v.len() == 1 {
         Param::Scalar(v[0])
     } else {
@@ -60,7 +60,7 @@ fn param<'a>(v: &'a [f32]) -> Param<'a> {
 /// An int8/uint8 `K × N` matrix packed once for the GEMM kernels.
 #[pyclass(frozen, name = "_PackedB", module = "hwreg_rs._native")]
 pub struct PyPackedB {
-    inner: PackedB,
+    pub(crate) inner: PackedB,
 }
 
 #[pymethods]

@@ -12,6 +12,7 @@ mod gemm;
 mod optim;
 mod prune;
 mod quant;
+mod runtime;
 mod sparse;
 
 use hwreg_kernels::isa::{self, Isa};
@@ -70,6 +71,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
+    runtime::register(m)?;
     optim::register(m)?;
     Ok(())
 }
