@@ -342,6 +342,8 @@ def _fuse_dense_runs(ops: list[_Op]) -> list[Any]:
 
 
 def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
+    if x.ndim == 2:
+        return chain.forward(x)  # predict hands over C-contiguous float32
     lead = x.shape[:-1]
     y = chain.forward(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
     return y.reshape(lead + (y.shape[-1],))
@@ -382,12 +384,14 @@ class RuntimeModel:
     # -- running -----------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
         """Outputs for a batch ``x`` of shape ``(N, *input_shape)`` (float32 in, float32 out)."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"x must be a numeric array; got dtype {x.dtype}")
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+            x = np.asarray(x)
+            if x.dtype.kind not in "biuf":
+                raise TypeError(f"x must be a numeric array; got dtype {x.dtype}")
+            x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}); got {x.shape}")
-        y = np.ascontiguousarray(x, dtype=np.float32)
+        y = x
         if self.threads is None:
             for step in self._steps:
                 y = step(y)
