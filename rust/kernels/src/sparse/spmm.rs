@@ -49,7 +49,9 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
     if batch.checked_mul(k) != Some(x.len()) {
         return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    // Finite check without a branch per element (|v| < inf has no NaN).
+    if !x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY)) {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return value_err!("x is not finite at row {}, column {}", i / k.max(1), i % k.max(1));
     }
     let mut q = vec![0u8; x.len()];
@@ -58,23 +60,34 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
     threads::run(x.len(), || {
         q.par_chunks_mut(k.max(1)).zip(x.par_chunks(k.max(1))).zip(scale.par_iter_mut().zip(zp.par_iter_mut())).for_each(
             |((qr, xr), (s, z))| {
+                // Finite inputs (checked above): plain compares vectorise.
                 let (mut lo, mut hi) = (0f32, 0f32);
                 for &v in xr {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
+                    lo = if v < lo { v } else { lo };
+                    hi = if v > hi { v } else { hi };
                 }
                 if hi - lo > 0.0 {
                     *s = (hi - lo) / 255.0;
                     *z = (-lo / *s).round_ties_even().clamp(0.0, 255.0) as u8;
                 }
                 let (sc, zf) = (*s, *z as f32);
+                // |v / sc| <= 255 by construction of sc, so rint_small is exact.
                 for (o, &v) in qr.iter_mut().zip(xr) {
-                    *o = ((v / sc).round_ties_even() + zf).clamp(0.0, 255.0) as u8;
+                    *o = (rint_small(v / sc) + zf).clamp(0.0, 255.0) as i32 as u8;
                 }
             },
         )
     });
     Ok((q, scale, zp))
+}
+
+/// Round half to even for |v| < 2^22 (the FPU's default rounding does it:
+/// adding and removing 1.5·2^23 drops the fraction). A plain add/sub
+/// vectorises everywhere, where `round_ties_even` is a libm call without SSE4.1.
+#[inline(always)]
+pub(crate) fn rint_small(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + M) - M
 }
 
 // ---------------------------------------------------------------- helpers
@@ -238,13 +251,35 @@ fn output_i32(
     relu: bool,
 ) -> Vec<f32> {
     let mut y = vec![0f32; batch * n];
-    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(b, yr)| {
-        let sx = xq.scale[b];
-        let zp = if fold_zp { xq.zero_point[b] as i64 } else { 0 };
-        for (o, out) in yr.iter_mut().enumerate() {
-            let acc = yt[o * bp + b] as i64 - zp * wq.sum[o] as i64;
-            let v = acc as f32 * (sx * wq.scale[o]) + bias.map_or(0.0, |bb| bb[o]);
-            *out = if relu { v.max(0.0) } else { v };
+    // Blocks of 16 batch rows: `Yt` is read along its rows, `Y` written along 16 rows.
+    y.par_chunks_mut(n.max(1) * LANE).enumerate().for_each(|(c, ys)| {
+        let b0 = c * LANE;
+        let nb = ys.len() / n.max(1);
+        let mut sx = [0f32; LANE];
+        let mut zp = [0i64; LANE];
+        for bb in 0..nb {
+            sx[bb] = xq.scale[b0 + bb];
+            zp[bb] = if fold_zp { xq.zero_point[b0 + bb] as i64 } else { 0 };
+        }
+        for o in 0..n {
+            let src = &yt[o * bp + b0..o * bp + b0 + nb];
+            let (sw, rs) = (wq.scale[o], wq.sum[o]);
+            let bo = bias.map_or(0.0, |bb| bb[o]);
+            // The true value Σ (xq - zp)·q fits int32 (checked at build), so
+            // the wrapping difference is exact.
+            let mut v = [0f32; LANE];
+            for bb in 0..nb {
+                v[bb] = src[bb].wrapping_sub((zp[bb] as i32).wrapping_mul(rs)) as f32 * (sx[bb] * sw) + bo;
+            }
+            if relu {
+                for bb in 0..nb {
+                    ys[bb * n + o] = v[bb].max(0.0);
+                }
+            } else {
+                for bb in 0..nb {
+                    ys[bb * n + o] = v[bb];
+                }
+            }
         }
     });
     y
@@ -889,12 +924,23 @@ pub fn bsr_i8_linear(
             // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
             let groups = kp / 4;
             let mut xp = vec![0u8; groups * bp * 4];
-            xp.par_chunks_mut(bp * 4).enumerate().for_each(|(g, dst)| {
+            // A transpose of 4-byte units: row b of xq is read contiguously.
+            let gpc = (4096 / bp).max(8);
+            xp.par_chunks_mut(gpc * bp * 4).enumerate().for_each(|(c, dst)| {
+                let g0 = c * gpc;
+                let ng = dst.len() / (bp * 4);
                 for b in 0..batch {
-                    for j in 0..4 {
-                        let col = 4 * g + j;
-                        if col < cols {
-                            dst[b * 4 + j] = xq.q[b * cols + col];
+                    let row = &xq.q[b * cols..(b + 1) * cols];
+                    let full = ng.min((cols / 4).saturating_sub(g0));
+                    let src = &row[4 * g0..4 * (g0 + full)];
+                    for (gg, q4) in src.chunks_exact(4).enumerate() {
+                        let at = (gg * bp + b) * 4;
+                        dst[at..at + 4].copy_from_slice(q4);
+                    }
+                    for gg in full..ng {
+                        let col = 4 * (g0 + gg);
+                        for j in 0..4 {
+                            dst[(gg * bp + b) * 4 + j] = if col + j < cols { row[col + j] } else { 0 };
                         }
                     }
                 }
