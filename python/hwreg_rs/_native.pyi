@@ -1,6 +1,7 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
 import numpy as np
 import numpy.typing as npt
+from typing import final
 
 __version__: str
 
@@ -18,6 +19,7 @@ def prune_smallest(
 def nm_keep(w: npt.NDArray[np.float32] | npt.NDArray[np.float64], n: int, m: int) -> npt.NDArray[np.bool_]: ...
 
 # --- sparse (issue 3)
+@final
 class SparseMatrix:
     @staticmethod
     def bsr_f32(w: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None, r: int, c: int) -> SparseMatrix: ...

@@ -555,7 +555,7 @@ pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<
 }
 
 /// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
-const PREFETCH: usize = 6;
+const PREFETCH: usize = 8;
 
 /// Prefetches `rows` rows of `len` bytes, `stride` apart, from `base + off`.
 #[inline(always)]
