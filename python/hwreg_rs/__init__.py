@@ -7,8 +7,14 @@ hardware they will run on, then run them with exact int8 and sparse kernels.
 from __future__ import annotations
 
 from . import _native
-from ._native import active_isa, num_threads, supported_isas
+from .config import active_isa, num_threads, set_num_threads, supported_isas
+from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
+from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
 from . import prune, sparse
+from . import analysis, constraints, data, losses, nn, optim, train
+from .train import Trainer, fit
+from . import io, profiles, runtime
+from .compress import BudgetError, CompressionReport, compress
 
 __version__: str = _native.__version__
 
@@ -16,7 +22,38 @@ __all__ = [
     "__version__",
     "active_isa",
     "num_threads",
+    "set_num_threads",
     "supported_isas",
+    # quantization
+    "QParams",
+    "calibrate",
+    "dequantize",
+    "dynamic_quantize",
+    "quantize",
+    # exact int8 GEMM
+    "Int8Linear",
+    "PackedMatrix",
+    "matmul_integer",
+    "pack_int8",
+    "qlinear_matmul",
+    # pruning and sparse kernels
     "prune",
     "sparse",
+    # models and training
+    "Trainer",
+    "analysis",
+    "constraints",
+    "data",
+    "fit",
+    "losses",
+    "nn",
+    "optim",
+    "train",
+    # deployment
+    "io",
+    "profiles",
+    "runtime",
+    "BudgetError",
+    "CompressionReport",
+    "compress",
 ]

@@ -1,4 +1,6 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 from typing import final
@@ -9,7 +11,84 @@ def active_isa() -> str: ...
 def supported_isas() -> list[str]: ...
 def _set_isa(name: str) -> None: ...
 def num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
 
+# gemm (exact int8 GEMM)
+@final
+class _PackedB:
+    @property
+    def k(self) -> int: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def signed(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+    def unpack(self) -> npt.NDArray[np.int32]: ...
+
+def _pack_b(b: npt.NDArray[np.uint8] | npt.NDArray[np.int8], zero_point: npt.NDArray[np.int32], transposed: bool) -> _PackedB: ...
+def _matmul_integer(
+    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8], a_zero_point: npt.NDArray[np.int32], b: _PackedB
+) -> npt.NDArray[np.int32]: ...
+def _qlinear_matmul(
+    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    a_scale: npt.NDArray[np.float32],
+    a_zero_point: npt.NDArray[np.int32],
+    b: _PackedB,
+    b_scale: npt.NDArray[np.float32],
+    y_scale: float,
+    y_zero_point: int,
+    y_signed: bool,
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
+def _linear_dynamic(
+    x: npt.NDArray[np.float32],
+    b: _PackedB,
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    relu: bool,
+) -> npt.NDArray[np.float32]: ...
+def _linear_static(
+    x_q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    x_scale: npt.NDArray[np.float32],
+    x_zero_point: npt.NDArray[np.int32],
+    b: _PackedB,
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    relu: bool,
+    y_scale: float | None,
+    y_zero_point: int,
+    y_signed: bool,
+) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
+# quantization (rust/python/src/quant.rs)
+def quantize_linear(
+    x: npt.NDArray[np.float32],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    dtype: str,
+    qrange: tuple[int, int] | None = None,
+    out: npt.NDArray[np.int8] | npt.NDArray[np.uint8] | None = None,
+) -> npt.NDArray[np.int8] | npt.NDArray[np.uint8]: ...
+def dequantize_linear(
+    q: npt.NDArray[np.int8] | npt.NDArray[np.uint8],
+    scale: npt.NDArray[np.float32],
+    zero_point: npt.NDArray[np.int32],
+    axis: int | None,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def dynamic_quantize_linear(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.uint8], float, int]: ...
+def calibrate(
+    x: npt.NDArray[np.float32],
+    axis: int | None,
+    method: str,
+    percentile: float,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    symmetric_zero_point: int,
+    power_of_two: bool,
+    bins: int,
+) -> tuple[list[float], list[int], list[float], list[float]]: ...
 # --- prune (issue 3)
 def prune_smallest(
     scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
@@ -67,3 +146,61 @@ def quantize_weight_rows(
 def quantize_activation_rows(
     x: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
+# conv (issue 4): im2col / col2im / pooling over C-contiguous float32 NCHW arrays
+def im2col(
+    x: npt.NDArray[np.float32], kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> npt.NDArray[np.float32]: ...
+def col2im(
+    cols: npt.NDArray[np.float32],
+    input_shape: tuple[int, int, int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> npt.NDArray[np.float32]: ...
+def max_pool2d(
+    x: npt.NDArray[np.float32], kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def max_pool2d_backward(
+    grad: npt.NDArray[np.float32],
+    indices: npt.NDArray[np.int64],
+    input_shape: tuple[int, int, int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> npt.NDArray[np.float32]: ...
+def avg_pool2d(
+    x: npt.NDArray[np.float32], kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> npt.NDArray[np.float32]: ...
+def avg_pool2d_backward(
+    grad: npt.NDArray[np.float32],
+    input_shape: tuple[int, int, int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> npt.NDArray[np.float32]: ...
+
+# optim (issue 4): fused in-place optimizer updates on C-contiguous float32 arrays
+def adam_step(
+    w: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    exp_avg: npt.NDArray[np.float32],
+    exp_avg_sq: npt.NDArray[np.float32],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    bias_correction1: float,
+    bias_correction2_sqrt: float,
+) -> None: ...
+def sgd_momentum_step(
+    w: npt.NDArray[np.float32],
+    grad: npt.NDArray[np.float32],
+    buf: npt.NDArray[np.float32],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None: ...

@@ -49,7 +49,7 @@ def native_array(x: Any, name: str, dtypes: Iterable[Any] | None = None, *, cast
             raise TypeError(f"{name} must have dtype {names}; got {arr.dtype}")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
 
 
 def positive_finite(x: Any, name: str) -> np.ndarray:

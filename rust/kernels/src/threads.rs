@@ -5,6 +5,7 @@
 //! and lets a forked child (multiprocessing, Dask, Ray workers) get live threads
 //! instead of handles to threads that only exist in the parent.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct PoolEntry {
@@ -15,9 +16,21 @@ struct PoolEntry {
 
 static POOL: Mutex<Option<PoolEntry>> = Mutex::new(None);
 
-/// Threads to use: `HWREG_NUM_THREADS` if it is a positive integer, else the
-/// parallelism available to this process.
+static OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the thread count for the rest of the process (0 restores the default).
+pub fn set_num_threads(n: usize) {
+    OVERRIDE.store(n, Ordering::Relaxed);
+}
+
+/// Threads to use: the count given to [`set_num_threads`], else
+/// `HWREG_NUM_THREADS` if it is a positive integer, else the parallelism
+/// available to this process.
 pub fn num_threads() -> usize {
+    let n = OVERRIDE.load(Ordering::Relaxed);
+    if n > 0 {
+        return n;
+    }
     std::env::var("HWREG_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())

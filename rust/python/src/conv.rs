@@ -1,7 +1,139 @@
-//! Bindings of `hwreg_kernels::conv`.
+//! Bindings of `hwreg_kernels::conv` (f32): im2col / col2im and 2-D pooling.
+//!
+//! Geometry is passed as `(kh, kw)`, `(sh, sw)`, `(ph, pw)` tuples; inputs are
+//! C-contiguous NCHW float32 arrays (the Python layer guarantees it).
 
+use hwreg_kernels::conv::{self, Window};
+use numpy::{PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray2, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::{contiguous, OrPy};
+
+type Pair = (usize, usize);
+
+fn window(shape: &[usize], k: Pair, s: Pair, p: Pair) -> Window {
+    Window { n: shape[0], c: shape[1], h: shape[2], w: shape[3], kh: k.0, kw: k.1, sh: s.0, sw: s.1, ph: p.0, pw: p.1 }
+}
+
+fn to4<'py>(py: Python<'py>, v: Vec<f32>, dims: [usize; 4]) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    PyArray1::from_vec(py, v).reshape(dims)
+}
+
+/// im2col(x, kernel_size, stride, padding) -> (n*oh*ow, c*kh*kw) float32
+#[pyfunction]
+fn im2col<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let win = window(x.shape(), kernel_size, stride, padding);
+    let xs = contiguous(&x, "x")?;
+    let cols = py.detach(|| conv::im2col(xs, win, 0.0f32)).or_py()?;
+    let (r, k) = win.cols_shape();
+    PyArray1::from_vec(py, cols).reshape([r, k])
+}
+
+/// col2im(cols, input_shape, kernel_size, stride, padding) -> (n, c, h, w) float32
+#[pyfunction]
+fn col2im<'py>(
+    py: Python<'py>,
+    cols: PyReadonlyArray2<'py, f32>,
+    input_shape: (usize, usize, usize, usize),
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let (n, c, h, w) = input_shape;
+    let win = window(&[n, c, h, w], kernel_size, stride, padding);
+    let win = win.check().or_py()?;
+    let (r, k) = win.cols_shape();
+    if cols.shape() != [r, k] {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "cols has shape {:?}; input shape {:?} with this kernel needs ({r}, {k})",
+            cols.shape(),
+            input_shape
+        )));
+    }
+    let cs = contiguous(&cols, "cols")?;
+    let x = py.detach(|| conv::col2im(cs, win)).or_py()?;
+    to4(py, x, [n, c, h, w])
+}
+
+/// max_pool2d(x, kernel_size, stride, padding) -> (out float32, indices int64)
+#[pyfunction]
+fn max_pool2d<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>)> {
+    let win = window(x.shape(), kernel_size, stride, padding);
+    let xs = contiguous(&x, "x")?;
+    let (out, idx) = py.detach(|| conv::max_pool2d(xs, win)).or_py()?;
+    let dims = [win.n, win.c, win.oh(), win.ow()];
+    Ok((to4(py, out, dims)?, PyArray1::from_vec(py, idx).reshape(dims)?))
+}
+
+/// max_pool2d_backward(grad, indices, input_shape, kernel_size, stride, padding) -> float32
+#[pyfunction]
+fn max_pool2d_backward<'py>(
+    py: Python<'py>,
+    grad: PyReadonlyArray4<'py, f32>,
+    indices: PyReadonlyArray4<'py, i64>,
+    input_shape: (usize, usize, usize, usize),
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let (n, c, h, w) = input_shape;
+    let win = window(&[n, c, h, w], kernel_size, stride, padding);
+    let gs = contiguous(&grad, "grad")?;
+    let is = contiguous(&indices, "indices")?;
+    let gx = py.detach(|| conv::max_pool2d_backward(gs, is, win)).or_py()?;
+    to4(py, gx, [n, c, h, w])
+}
+
+/// avg_pool2d(x, kernel_size, stride, padding) -> float32 (count_include_pad)
+#[pyfunction]
+fn avg_pool2d<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let win = window(x.shape(), kernel_size, stride, padding);
+    let xs = contiguous(&x, "x")?;
+    let out = py.detach(|| conv::avg_pool2d(xs, win)).or_py()?;
+    to4(py, out, [win.n, win.c, win.oh(), win.ow()])
+}
+
+/// avg_pool2d_backward(grad, input_shape, kernel_size, stride, padding) -> float32
+#[pyfunction]
+fn avg_pool2d_backward<'py>(
+    py: Python<'py>,
+    grad: PyReadonlyArray4<'py, f32>,
+    input_shape: (usize, usize, usize, usize),
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let (n, c, h, w) = input_shape;
+    let win = window(&[n, c, h, w], kernel_size, stride, padding);
+    let gs = contiguous(&grad, "grad")?;
+    let gx = py.detach(|| conv::avg_pool2d_backward(gs, win)).or_py()?;
+    to4(py, gx, [n, c, h, w])
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(im2col, m)?)?;
+    m.add_function(wrap_pyfunction!(col2im, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool2d, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool2d_backward, m)?)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod conv;
 mod errors;
 mod gemm;
+mod optim;
 mod prune;
 mod quant;
 mod sparse;
@@ -50,6 +51,12 @@ fn num_threads() -> usize {
     hwreg_kernels::threads::num_threads()
 }
 
+/// Sets the kernels' thread count for this process; 0 restores the default.
+#[pyfunction]
+fn set_num_threads(n: usize) {
+    hwreg_kernels::threads::set_num_threads(n)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -57,10 +64,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(_set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     quant::register(m)?;
     gemm::register(m)?;
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
+    optim::register(m)?;
     Ok(())
 }

@@ -1,1 +1,302 @@
 //! Exact int8 GEMM: packing, per-ISA micro-kernels, dispatch and the fused output step.
+//!
+//! Every case (u8 or s8 A, u8 or s8 B, scalar / per-row / per-column zero
+//! points) maps onto one product of a `u8` matrix `Â = a + a_off` and an `i8`
+//! matrix `B̂ = b + b_off` (see [`pack`]); zero points are folded into row and
+//! column sums. With `za' = za + a_off`, `zb' = zb + b_off`:
+//!
+//! ```text
+//! Σ_k (a-za)(b-zb) = Σ_k Â·B̂ - za'·(colsum B̂ - K·zb') - zb'·rowsum Â      (wrapping i32)
+//! ```
+//!
+//! All sums wrap in `i32`; the result is exact whenever the true value fits
+//! `i32`, which [`pack::check_bound`] guarantees up front
+//! (`K · max|a-za| · max|b-zb| ≤ 2^31-1`, else a `Value` error naming K).
+//!
+//! The driver ([`run`]) is generic over a [`kernel::Kernel`] and never names an
+//! ISA; [`dispatch`] picks the kernel from [`crate::isa::active`]. Loops, in
+//! the BLIS style:
+//!
+//! * threads: the `M × N` output is split over rows (tall problems) or over
+//!   column panels (short ones, e.g. GEMV with `M = 1`), in
+//!   [`threads::chunks_for`] chunks run on the library pool;
+//! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
+//! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
+//! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
+//! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
+//!   block buffer); after the last K block the zero-point correction and the
+//!   [`output`] step are applied to the block while it is hot.
+
+pub mod output;
+pub mod pack;
+
+mod generic;
+mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512vnni;
+
+use crate::error::Result;
+use crate::isa::{self, Isa};
+use crate::threads;
+use crate::{shape_err, value_err};
+use kernel::Kernel;
+use output::{Epilogue, OutElem, OutputStep, Param};
+pub use pack::{ASource, PackedB, ZeroPoint, NR};
+
+/// `C = (A - za) · (B - zb)` followed by the output step `step`, written to
+/// `out` (row-major `M × N`, `T` as the step requires: `i32` for
+/// [`OutputStep::Int32`], `f32` for `Float`, `u8`/`i8` for requantized output).
+///
+/// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
+/// zero points are inside it).
+pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [T]) -> Result<()> {
+    if k != b.k {
+        return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
+    }
+    let a_max = pack::check_a(&a, m, k, a_zp)?;
+    pack::check_bound(k, a_max, b.max_abs)?;
+    check_out(out.len(), m, b.n)?;
+    let ep = step.prepare::<T>(m, b.n)?;
+    match isa::active() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => matmul_with::<x86_avx512vnni::Avx512Vnni, T>(&a, m, k, a_zp, b, &ep, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => matmul_with::<x86_avx2::Avx2, T>(&a, m, k, a_zp, b, &ep, out),
+        _ => matmul_with::<generic::Generic, T>(&a, m, k, a_zp, b, &ep, out),
+    }
+    Ok(())
+}
+
+/// The float-in / float-out int8 linear layer step: each row of `x`
+/// (`M × K`, f32) is quantized on the fly to uint8 with its own scale and zero
+/// point ([`pack::quantize_row_u8`]), multiplied by the packed int8 weights
+/// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
+pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+    if k != b.k {
+        return shape_err!("x has {k} features but the weight has in_features = {}", b.k);
+    }
+    if m.checked_mul(k) != Some(x.len()) {
+        return shape_err!("x has {} elements, expected {m}*{k}", x.len());
+    }
+    pack::check_bound(k, 255, b.max_abs)?;
+    check_out(out.len(), m, b.n)?;
+    // Validate the column parameters before quantizing.
+    OutputStep::Float { row_scale: Param::Scalar(1.0), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    match isa::active() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => linear_with::<x86_avx2::Avx2>(x, m, k, b, col_scale, bias, relu, out),
+        _ => linear_with::<generic::Generic>(x, m, k, b, col_scale, bias, relu, out),
+    }
+}
+
+fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
+    if m.checked_mul(n) != Some(len) {
+        return shape_err!("output has {len} elements, expected M*N = {m}*{n}");
+    }
+    Ok(())
+}
+
+/// A packed: rows of `kp` kernel elements, row sums of Â and stored zero points.
+struct PackedA<E> {
+    data: Vec<E>,
+    kp: usize,
+    rowsum: Vec<i32>,
+    zp: Vec<i32>,
+}
+
+/// Packs every row with `row(i, u8_scratch) -> (rowsum, stored zp)`, in
+/// parallel for big A.
+fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32, i32) + Sync) -> PackedA<Kr::AElem> {
+    let kp = pack::round_up(k, 4);
+    let mut data = vec![Kr::AElem::default(); m * kp];
+    let mut rowsum = vec![0i32; m];
+    let mut zp = vec![0i32; m];
+    if kp == 0 {
+        for i in 0..m {
+            (rowsum[i], zp[i]) = row(i, &mut []);
+        }
+        return PackedA { data, kp, rowsum, zp };
+    }
+    let rows_per = ((1 << 16) / kp).max(16);
+    let body = |(ci, ((d, s), z)): (usize, ((&mut [Kr::AElem], &mut [i32]), &mut [i32]))| {
+        let mut tmp = vec![0u8; kp];
+        for (r, ((drow, s), z)) in d.chunks_mut(kp).zip(s.iter_mut()).zip(z.iter_mut()).enumerate() {
+            (*s, *z) = row(ci * rows_per + r, &mut tmp);
+            Kr::widen(&tmp, drow);
+        }
+    };
+    threads::run(m * k, || {
+        use rayon::prelude::*;
+        data.par_chunks_mut(rows_per * kp)
+            .zip(rowsum.par_chunks_mut(rows_per))
+            .zip(zp.par_chunks_mut(rows_per))
+            .enumerate()
+            .for_each(body);
+    });
+    PackedA { data, kp, rowsum, zp }
+}
+
+fn matmul_with<Kr: Kernel, T: OutElem>(a: &ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+    let pa = pack_a::<Kr>(m, k, |i, dst| pack::pack_a_row(a, k, i, a_zp, dst));
+    run::<Kr, T>(&pa, m, b, ep, out);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+    let mut scales = vec![0f32; m];
+    let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let sp = SyncPtr(scales.as_mut_ptr());
+    let pa = pack_a::<Kr>(m, k, |i, dst| match pack::quantize_row_u8(&x[i * k..i * k + k], dst) {
+        Some((sum, zp, scale)) => {
+            // SAFETY: each row index is visited once, by one thread.
+            unsafe { *sp.get().add(i) = scale };
+            (sum, zp)
+        }
+        None => {
+            bad.fetch_min(i, std::sync::atomic::Ordering::Relaxed);
+            (0, 0)
+        }
+    });
+    let bad = bad.into_inner();
+    if bad != usize::MAX {
+        return value_err!("x must be finite; row {bad} holds NaN or infinity");
+    }
+    let ep = OutputStep::Float { row_scale: Param::PerIndex(&scales), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    run::<Kr, f32>(&pa, m, b, &ep, out);
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: used only to write disjoint elements from different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    #[inline]
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// The blocked driver: threads over rows or panels, then the block loops.
+fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+    let n = b.n;
+    let panels = b.panels();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let work = m * n * b.k.max(1);
+    let by_rows = m >= 4 * Kr::MR * threads::num_threads();
+    let tiles = m.div_ceil(Kr::MR);
+    let nchunks = threads::chunks_for(work).min(if by_rows { tiles } else { panels });
+    let optr = SyncPtr(out.as_mut_ptr());
+    let task = |c: usize| {
+        let (r0, r1, p0, p1) = if by_rows {
+            let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
+            (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
+        } else {
+            (0, m, panels * c / nchunks, panels * (c + 1) / nchunks)
+        };
+        block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
+    };
+    if nchunks <= 1 {
+        task(0);
+    } else {
+        threads::run(work, || {
+            use rayon::prelude::*;
+            (0..nchunks).into_par_iter().for_each(task);
+        });
+    }
+}
+
+/// Rows per block of A (LOOP 3), in tiles: the i32 accumulators of one
+/// block × `16·NP` columns stay in L1/L2 between K blocks.
+const MC_TILES: usize = 12;
+
+/// K groups (of 4) per K block (LOOP 4): `NP` panels × `4·KC_GROUPS` k of
+/// packed B (4 × 96 × 64 B = 24 KiB) stay in L1 while every row tile of the
+/// block streams past them.
+const KC_GROUPS: usize = 96;
+
+/// One thread's share: rows `rows` × panels `pans` of the output.
+fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epilogue<'_, T>, rows: std::ops::Range<usize>, pans: std::ops::Range<usize>, out: SyncPtr<T>) {
+    let n = b.n;
+    let kg = pa.kp / 4;
+    let ps = b.panel_stride();
+    // A single row (GEMV) takes wider tiles: more independent accumulators.
+    let (mr_max, np_max) = if rows.len() == 1 { (1, Kr::NP_ROW) } else { (Kr::MR, Kr::NP) };
+    let ld = 16 * np_max;
+    let mc = MC_TILES * mr_max;
+    let mut acc = vec![0i32; mc * ld];
+    // LOOP 3: row blocks.
+    let mut ic = rows.start;
+    while ic < rows.end {
+        let ic_end = (ic + mc).min(rows.end);
+        // LOOP 2: column blocks of np_max panels.
+        let mut jp = pans.start;
+        while jp < pans.end {
+            let np = np_max.min(pans.end - jp);
+            let (c0, c1) = (jp * NR, ((jp + np) * NR).min(n));
+            // LOOP 4: K blocks (at least one, so that K = 0 writes zeros).
+            let mut pc = 0;
+            loop {
+                let kcg = KC_GROUPS.min(kg - pc);
+                // LOOP 1: row tiles.
+                let mut ir = ic;
+                while ir < ic_end {
+                    let mr = mr_max.min(ic_end - ir);
+                    // SAFETY: rows ir..ir+mr of packed A hold kp >= 4·(pc+kcg)
+                    // elements; panels jp..jp+np exist in packed B; acc holds
+                    // mc rows of ld values.
+                    unsafe {
+                        Kr::tile(
+                            mr,
+                            np,
+                            kcg,
+                            pa.data.as_ptr().add(ir * pa.kp + 4 * pc),
+                            pa.kp,
+                            b.data.as_ptr().add(jp * ps + 64 * pc),
+                            ps,
+                            acc.as_mut_ptr().add((ir - ic) * ld),
+                            ld,
+                            pc > 0,
+                        );
+                    }
+                    ir += mr;
+                }
+                pc += kcg;
+                if pc >= kg {
+                    break;
+                }
+            }
+            // Zero-point correction and output step while the block is hot.
+            let rows_blk = ic_end - ic;
+            let acc_blk = &mut acc[..rows_blk * ld];
+            correct(acc_blk, ld, rows_blk, &pa.rowsum[ic..ic_end], &pa.zp[ic..ic_end], &b.zp[c0..c1], &b.colterm[c0..c1]);
+            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1.
+            unsafe { ep.apply_raw(acc_blk, ld, ic..ic_end, c0..c1, out.get(), n) };
+            jp += np;
+        }
+        ic = ic_end;
+    }
+}
+
+/// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
+#[inline]
+fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
+    let w = zb.len();
+    for r in 0..mr {
+        let (s, z) = (rowsum[r], za[r]);
+        let row = &mut acc[r * ld..r * ld + w];
+        for j in 0..w {
+            row[j] = row[j].wrapping_sub(z.wrapping_mul(colterm[j])).wrapping_sub(zb[j].wrapping_mul(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

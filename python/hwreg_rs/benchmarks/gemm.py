@@ -1,0 +1,150 @@
+"""Benchmark suite "gemm": exact int8 GEMM vs NumPy and ONNX Runtime.
+
+Throughput is ``GOP/s = 2·M·K·N / time`` (median of several repeats, each
+contender timed side by side in one run). Every answer is checked first: ours
+exactly against NumPy int64 (on a row slice for the big shapes), ONNX
+Runtime's against the same exact result (its max error is reported, since its
+AVX2 u8×s8 path saturates), and the float paths against fp32 NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+
+from . import Table, median_seconds
+
+SHAPES = [(1, 1024, 1024), (1, 4096, 4096), (32, 1024, 1024), (128, 768, 3072), (512, 1024, 1024),
+          (1024, 1024, 1024)]
+QUICK_SHAPES = [(1, 1024, 1024), (32, 1024, 1024), (128, 768, 3072)]
+NUMPY_INT_MAX_MACS = 40_000_000  # NumPy's integer matmul runs below 1 GOP/s: skip bigger shapes
+
+
+def _ort_sessions(k: int, n: int, b: np.ndarray, w_float: np.ndarray, threads: int) -> dict[str, Any]:
+    """ORT sessions: MatMulInteger with B constant / B input, and the dynamic-quantized float MatMul."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return {}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    prov = ["CPUExecutionProvider"]
+    out: dict[str, Any] = {}
+
+    def mmi(b_const: bool) -> Any:
+        inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", k])]
+        inits = []
+        if b_const:
+            inits.append(numpy_helper.from_array(b, "B"))
+        else:
+            inputs.append(helper.make_tensor_value_info("B", TensorProto.INT8, [k, n]))
+        node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])
+        g = helper.make_graph([node], "mmi", inputs, [helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", n])],
+                              initializer=inits)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        return ort.InferenceSession(model.SerializeToString(), so, providers=prov)
+
+    out["mmi_const"] = mmi(True)
+    out["mmi_input"] = mmi(False)
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        node = helper.make_node("MatMul", ["X", "W"], ["Y"])
+        g = helper.make_graph([node], "mm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
+                              initializer=[numpy_helper.from_array(w_float, "W")])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+            onnx.save(model, src)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            out["dyn"] = ort.InferenceSession(dst, so, providers=prov)
+    except Exception as e:  # quantization tooling missing or failing: report, don't crash
+        out["dyn_error"] = repr(e)
+    return out
+
+
+def run(quick: bool = False) -> str:
+    import hwreg_rs as hw
+
+    threads = hw.num_threads()
+    rng = np.random.default_rng(0)
+    repeats = 3 if quick else 7
+    shapes = QUICK_SHAPES if quick else SHAPES
+    notes: list[str] = []
+    cols = ["M,K,N", "ours B/call", "ours packed", "Int8Linear f32", "NumPy fp32", "NumPy int32",
+            "ORT MMI const B", "ORT MMI B input", "ORT dyn-quant", "packed/ORT MMI", "Int8Linear/ORT dyn",
+            "Int8Linear/NumPy fp32", "packed/NumPy int"]
+    table = Table(cols)
+    have_ort = False
+    for m, k, n in shapes:
+        ops = 2.0 * m * k * n
+        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)  # float MatMul weight (K, N)
+        packed = hw.pack_int8(b)
+        layer = hw.Int8Linear.from_float(np.ascontiguousarray(w.T))
+
+        # Check answers before timing.
+        rows = min(m, 16)
+        exact = a[:rows].astype(np.int64) @ b.astype(np.int64)
+        got = hw.matmul_integer(a, b)
+        assert np.array_equal(got[:rows], exact), "matmul_integer (B per call) is wrong"
+        assert np.array_equal(hw.matmul_integer(a, packed)[:rows], exact), "matmul_integer (packed) is wrong"
+        y32 = x @ w
+        yl = layer(x)
+        rel = float(np.abs(yl - y32).max() / (np.abs(y32).max() + 1e-30))
+        assert rel < 0.05, f"Int8Linear error too large: {rel}"
+
+        def gops(fn: Callable[[], Any], reps: int = repeats) -> float:
+            return ops / median_seconds(fn, repeats=reps) / 1e9
+
+        r_call = gops(lambda: hw.matmul_integer(a, b))
+        r_packed = gops(lambda: hw.matmul_integer(a, packed))
+        r_layer = gops(lambda: layer(x))
+        r_np32 = gops(lambda: x @ w)
+        r_npint = None
+        if m * k * n <= NUMPY_INT_MAX_MACS:
+            a32, b32 = a.astype(np.int32), b.astype(np.int32)
+            r_npint = ops / median_seconds(lambda: a32 @ b32, repeats=3, min_seconds=0.0) / 1e9
+        r_mc = r_mi = r_dyn = None
+        sess = _ort_sessions(k, n, b, w, threads)
+        if "mmi_const" in sess:
+            have_ort = True
+            yo = sess["mmi_const"].run(None, {"A": a})[0]
+            err = int(np.abs(yo[:rows].astype(np.int64) - exact).max())
+            if err:
+                notes.append(f"ORT MatMulInteger at ({m},{k},{n}): max abs error {err} (inexact)")
+            r_mc = gops(lambda: sess["mmi_const"].run(None, {"A": a}))
+            r_mi = gops(lambda: sess["mmi_input"].run(None, {"A": a, "B": b}))
+        if "dyn" in sess:
+            yd = sess["dyn"].run(None, {"X": x})[0]
+            rel_d = float(np.abs(yd - y32).max() / (np.abs(y32).max() + 1e-30))
+            notes.append(f"({m},{k},{n}) max rel. error vs fp32: Int8Linear {rel:.2e}, ORT dyn-quant {rel_d:.2e}")
+            r_dyn = gops(lambda: sess["dyn"].run(None, {"X": x}))
+        elif "dyn_error" in sess:
+            notes.append(f"ORT quantize_dynamic failed: {sess['dyn_error']}")
+
+        def ratio(p: float | None, q: float | None) -> str | None:
+            return None if p is None or q is None else f"{p / q:.2f}×"
+
+        table.add(f"{m},{k},{n}", r_call, r_packed, r_layer, r_np32, r_npint, r_mc, r_mi, r_dyn,
+                  ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, r_np32), ratio(r_packed, r_npint))
+    head = (f"### gemm: exact int8 GEMM (ISA {hw.active_isa()}, {threads} threads; ORT intra_op_num_threads="
+            f"{threads})\n\nGOP/s = 2·M·K·N / time (median of {repeats}); A uint8 × B int8 → int32; "
+            "Int8Linear and ORT dyn-quant are float32 in / float32 out.\n")
+    body = table.markdown()
+    tail = "\n\n" + "\n".join(f"- {s}" for s in notes) if notes else ""
+    if not have_ort:
+        tail += "\n- onnxruntime not installed: ORT columns empty (pip install 'hwreg-rs[bench]')"
+    return head + "\n" + body + tail

@@ -1,0 +1,387 @@
+//! The fused output step: exact `i32` accumulators -> `i32`, `f32` or
+//! requantized `u8`/`i8`, applied to a tile while it is hot.
+//!
+//! This module is public on purpose: any kernel that ends with exact `i32`
+//! dot products (the dense GEMM here, the int8 sparse SpMM, int8 convolution)
+//! reuses it, so every int8 path rounds the same way.
+//!
+//! # Use
+//!
+//! 1. Describe the step with an [`OutputStep`] (scales, bias, ReLU, output zero
+//!    point), borrowing its per-row / per-column parameters.
+//! 2. [`OutputStep::prepare`] it once per call for an `m × n` output of element
+//!    type `T` ([`OutElem`]: `i32`, `f32`, `u8`, `i8`). This checks parameter
+//!    lengths, that `T` fits the step, and expands per-column parameters.
+//! 3. For each tile of accumulators call [`Epilogue::apply`] (or the raw-pointer
+//!    [`Epilogue::apply_raw`] when threads write disjoint tiles of one output).
+//!    `acc[(i - rows.start) * acc_ld + (j - cols.start)]` is the exact value of
+//!    output element `(i, j)`; the result goes to `out[i * ldc + j]`. Row
+//!    parameters are indexed by the global row `i`, column parameters by `j`.
+//!
+//! ```
+//! use hwreg_kernels::gemm::output::{OutputStep, Param};
+//! // 1 x 2 tile of accumulators -> float: acc * row_scale * col_scale[j] + bias[j]
+//! let step = OutputStep::Float {
+//!     row_scale: Param::Scalar(0.5),
+//!     col_scale: Param::PerIndex(&[1.0, 2.0]),
+//!     bias: Some(&[0.25, 0.0]),
+//!     relu: false,
+//! };
+//! let ep = step.prepare::<f32>(1, 2).unwrap();
+//! let mut out = [0.0f32; 2];
+//! ep.apply(&[4, -4], 2, 0..1, 0..2, &mut out, 2);
+//! assert_eq!(out, [2.25, -4.0]);
+//! ```
+//!
+//! # Formulas (per output element, `acc` exact)
+//!
+//! * [`OutputStep::Int32`]: `acc`.
+//! * [`OutputStep::Float`]: `f = (f32(acc) * row_scale[i]) * col_scale[j] + bias[j]`,
+//!   then `max(f, 0)` if `relu`; all in `f32`.
+//! * [`OutputStep::Requant`]: `f` as for `Float`, then
+//!   `saturate(round_half_even(f / y_scale) + y_zero_point)` in `f32`.
+//! * [`OutputStep::QLinear`]: ONNX QLinearMatMul as `onnx.reference` computes
+//!   it: `m = f32(f32(a_scale[i] * b_scale[j]) / y_scale)`, then
+//!   `saturate(round_half_even(f64(acc) * f64(m) + y_zero_point))` in `f64`.
+
+use std::ops::Range;
+
+use crate::error::Result;
+use crate::{shape_err, value_err};
+
+/// A scale (or bias) for every row / column, or one for all.
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    Scalar(f32),
+    PerIndex(&'a [f32]),
+}
+
+impl Param<'_> {
+    fn check(&self, name: &str, len: usize, positive: bool) -> Result<()> {
+        let vals: &[f32] = match self {
+            Param::Scalar(v) => std::slice::from_ref(v),
+            Param::PerIndex(v) => {
+                if v.len() != len {
+                    return shape_err!("{name} must be a scalar or have {len} elements; got {}", v.len());
+                }
+                v
+            }
+        };
+        if positive {
+            if let Some(bad) = vals.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return value_err!("{name} must be finite and > 0; got {bad}");
+            }
+        }
+        Ok(())
+    }
+    fn expand(&self, n: usize) -> Vec<f32> {
+        match self {
+            Param::Scalar(v) => vec![*v; n],
+            Param::PerIndex(v) => v.to_vec(),
+        }
+    }
+    #[inline]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Param::Scalar(v) => *v,
+            Param::PerIndex(v) => v[i],
+        }
+    }
+}
+
+/// What to do with the exact accumulators (see the module doc for formulas).
+#[derive(Debug, Clone, Copy)]
+pub enum OutputStep<'a> {
+    /// Write the `i32` values (output `i32`).
+    Int32,
+    /// Dequantize: output `f32`.
+    Float { row_scale: Param<'a>, col_scale: Param<'a>, bias: Option<&'a [f32]>, relu: bool },
+    /// Dequantize then requantize: output `u8` or `i8`.
+    Requant {
+        row_scale: Param<'a>,
+        col_scale: Param<'a>,
+        bias: Option<&'a [f32]>,
+        relu: bool,
+        y_scale: f32,
+        y_zero_point: i32,
+    },
+    /// ONNX QLinearMatMul: output `u8` or `i8`.
+    QLinear { a_scale: Param<'a>, b_scale: Param<'a>, y_scale: f32, y_zero_point: i32 },
+}
+
+/// Output element types of the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutKind {
+    I32,
+    F32,
+    U8,
+    I8,
+}
+
+/// An element the output step can write.
+pub trait OutElem: Copy + Send + Sync + Default + 'static {
+    const KIND: OutKind;
+    /// From an exact i32 (only for `I32`).
+    fn from_i32(v: i32) -> Self;
+    /// From an f32 (only for `F32`).
+    fn from_f32(v: f32) -> Self;
+    /// From an integer already clamped to this type's range (`U8`/`I8`).
+    fn from_clamped(v: i32) -> Self;
+}
+
+macro_rules! out_elem {
+    ($t:ty, $kind:ident, $i:expr, $f:expr, $c:expr) => {
+        impl OutElem for $t {
+            const KIND: OutKind = OutKind::$kind;
+            #[inline(always)]
+            fn from_i32(v: i32) -> Self {
+                $i(v)
+            }
+            #[inline(always)]
+            fn from_f32(v: f32) -> Self {
+                $f(v)
+            }
+            #[inline(always)]
+            fn from_clamped(v: i32) -> Self {
+                $c(v)
+            }
+        }
+    };
+}
+out_elem!(i32, I32, |v| v, |v: f32| v as i32, |v| v);
+out_elem!(f32, F32, |v: i32| v as f32, |v| v, |v: i32| v as f32);
+out_elem!(u8, U8, |v: i32| v as u8, |v: f32| v as u8, |v: i32| v as u8);
+out_elem!(i8, I8, |v: i32| v as i8, |v: f32| v as i8, |v: i32| v as i8);
+
+fn range_of(kind: OutKind) -> (i32, i32) {
+    match kind {
+        OutKind::U8 => (0, 255),
+        OutKind::I8 => (-128, 127),
+        _ => (i32::MIN, i32::MAX),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Prepared<'a> {
+    Int32,
+    Float { row_scale: Param<'a>, col_scale: Vec<f32>, bias: Vec<f32>, relu: bool, requant: Option<(f32, i32)> },
+    QLinear { a_scale: Param<'a>, b_scale: Vec<f32>, y_scale: f32, y_zero_point: i32 },
+}
+
+/// An [`OutputStep`] checked and prepared for an `m × n` output of `T`.
+#[derive(Debug, Clone)]
+pub struct Epilogue<'a, T: OutElem> {
+    step: Prepared<'a>,
+    m: usize,
+    n: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'a> OutputStep<'a> {
+    /// Checks the parameters against an `m × n` output of `T` and prepares them.
+    pub fn prepare<T: OutElem>(&self, m: usize, n: usize) -> Result<Epilogue<'a, T>> {
+        let kind_ok = matches!(
+            (self, T::KIND),
+            (OutputStep::Int32, OutKind::I32)
+                | (OutputStep::Float { .. }, OutKind::F32)
+                | (OutputStep::Requant { .. }, OutKind::U8 | OutKind::I8)
+                | (OutputStep::QLinear { .. }, OutKind::U8 | OutKind::I8)
+        );
+        if !kind_ok {
+            return Err(crate::Error::Dtype(format!("output type {:?} does not fit this output step", T::KIND)));
+        }
+        let (lo, hi) = range_of(T::KIND);
+        let check_y = |ys: f32, yzp: i32| -> Result<()> {
+            Param::Scalar(ys).check("y_scale", 1, true)?;
+            if yzp < lo || yzp > hi {
+                return value_err!("y_zero_point must lie in [{lo}, {hi}]; got {yzp}");
+            }
+            Ok(())
+        };
+        let step = match *self {
+            OutputStep::Int32 => Prepared::Int32,
+            OutputStep::Float { row_scale, col_scale, bias, relu } => {
+                prep_float(m, n, row_scale, col_scale, bias, relu, None)?
+            }
+            OutputStep::Requant { row_scale, col_scale, bias, relu, y_scale, y_zero_point } => {
+                check_y(y_scale, y_zero_point)?;
+                prep_float(m, n, row_scale, col_scale, bias, relu, Some((y_scale, y_zero_point)))?
+            }
+            OutputStep::QLinear { a_scale, b_scale, y_scale, y_zero_point } => {
+                check_y(y_scale, y_zero_point)?;
+                a_scale.check("a_scale", m, true)?;
+                b_scale.check("b_scale", n, true)?;
+                Prepared::QLinear { a_scale, b_scale: b_scale.expand(n), y_scale, y_zero_point }
+            }
+        };
+        Ok(Epilogue { step, m, n, _t: std::marker::PhantomData })
+    }
+}
+
+fn prep_float<'a>(
+    m: usize,
+    n: usize,
+    row_scale: Param<'a>,
+    col_scale: Param<'a>,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    requant: Option<(f32, i32)>,
+) -> Result<Prepared<'a>> {
+    row_scale.check("row scale", m, true)?;
+    col_scale.check("column scale", n, true)?;
+    let bias = match bias {
+        Some(b) if b.len() != n => return shape_err!("bias must have {n} elements; got {}", b.len()),
+        Some(b) => b.to_vec(),
+        None => vec![0.0; n],
+    };
+    Ok(Prepared::Float { row_scale, col_scale: col_scale.expand(n), bias, relu, requant })
+}
+
+impl<T: OutElem> Epilogue<'_, T> {
+    /// Applies the step to a tile of exact accumulators and writes it to `out`
+    /// (the whole `m × n` output, row stride `ldc`). See the module doc.
+    ///
+    /// # Panics
+    /// If the tile lies outside the prepared `m × n` shape or `acc`/`out` are
+    /// too short for it.
+    pub fn apply(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: &mut [T], ldc: usize) {
+        assert!(rows.end <= self.m && cols.end <= self.n && cols.start <= cols.end);
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
+        let w = cols.end - cols.start;
+        assert!(ldc >= cols.end && acc_ld >= w);
+        assert!(acc.len() >= (rows.len() - 1) * acc_ld + w);
+        assert!(out.len() >= (rows.end - 1) * ldc + cols.end);
+        // SAFETY: bounds checked above; `out` is borrowed mutably.
+        unsafe { self.apply_raw(acc, acc_ld, rows, cols, out.as_mut_ptr(), ldc) }
+    }
+
+    /// [`Epilogue::apply`] writing through a raw pointer to element (0, 0).
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of every `out[i * ldc + j]` of the tile,
+    /// and no other thread may access those elements meanwhile; `rows`/`cols`
+    /// within the prepared shape and `acc` long enough (as for `apply`).
+    #[inline]
+    pub unsafe fn apply_raw(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: *mut T, ldc: usize) {
+        let (c0, c1) = (cols.start, cols.end);
+        let w = c1 - c0;
+        let (lo, hi) = range_of(T::KIND);
+        for (r, i) in rows.enumerate() {
+            let a = &acc[r * acc_ld..r * acc_ld + w];
+            let o = std::slice::from_raw_parts_mut(out.add(i * ldc + c0), w);
+            match &self.step {
+                Prepared::Int32 => {
+                    for (o, &v) in o.iter_mut().zip(a) {
+                        *o = T::from_i32(v);
+                    }
+                }
+                Prepared::Float { row_scale, col_scale, bias, relu, requant } => {
+                    let rs = row_scale.get(i);
+                    let cs = &col_scale[c0..c1];
+                    let b = &bias[c0..c1];
+                    match (requant, relu) {
+                        (None, false) => {
+                            for j in 0..w {
+                                o[j] = T::from_f32((a[j] as f32 * rs) * cs[j] + b[j]);
+                            }
+                        }
+                        (None, true) => {
+                            for j in 0..w {
+                                o[j] = T::from_f32(((a[j] as f32 * rs) * cs[j] + b[j]).max(0.0));
+                            }
+                        }
+                        (Some((ys, yzp)), relu) => {
+                            let floor = if *relu { 0.0 } else { f32::NEG_INFINITY };
+                            let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
+                            for j in 0..w {
+                                let f = ((a[j] as f32 * rs) * cs[j] + b[j]).max(floor);
+                                // Clamp first (bounds are integers, so this commutes with rounding).
+                                let q = round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp;
+                                o[j] = T::from_clamped(q);
+                            }
+                        }
+                    }
+                }
+                Prepared::QLinear { a_scale, b_scale, y_scale, y_zero_point } => {
+                    let asc = a_scale.get(i);
+                    let yz = *y_zero_point as f64;
+                    let bs = &b_scale[c0..c1];
+                    for j in 0..w {
+                        let mult = (asc * bs[j]) / *y_scale;
+                        let d = (a[j] as f64 * mult as f64 + yz).clamp(lo as f64, hi as f64);
+                        o[j] = T::from_clamped(round_even_f64(d) as i32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Round half to even for |v| <= 2^22 without a libm call (vectorises on
+/// baseline x86-64): adding and subtracting 1.5·2^23 rounds to an integer in
+/// the default round-to-nearest-even mode.
+#[inline(always)]
+pub fn round_even_f32(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// [`round_even_f32`] for f64, |v| <= 2^51.
+#[inline(always)]
+pub fn round_even_f64(v: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    (v + MAGIC) - MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_rounding_matches_round_ties_even() {
+        let mut v = -300.0f32;
+        while v <= 300.0 {
+            assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
+            assert_eq!(round_even_f64(v as f64), (v as f64).round_ties_even(), "{v}");
+            v += 0.125;
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -2.5, 254.5, 0.49999997, 1e-30, -1e-30, 4194303.5] {
+            assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
+        }
+        for v in [0.49999999999999994f64, 2147483647.5, -2147483648.5, 1e15 + 0.5] {
+            assert_eq!(round_even_f64(v), v.round_ties_even(), "{v}");
+        }
+    }
+
+    #[test]
+    fn requant_rounds_half_even_and_saturates() {
+        let step = OutputStep::Requant {
+            row_scale: Param::Scalar(1.0),
+            col_scale: Param::Scalar(1.0),
+            bias: None,
+            relu: false,
+            y_scale: 2.0,
+            y_zero_point: 10,
+        };
+        let ep = step.prepare::<u8>(1, 5).unwrap();
+        let mut out = [0u8; 5];
+        ep.apply(&[1, 3, 5, -1000, 1000], 5, 0..1, 0..5, &mut out, 5);
+        assert_eq!(out, [10, 12, 12, 0, 255]);
+    }
+
+    #[test]
+    fn wrong_type_or_length_is_an_error() {
+        assert!(OutputStep::Int32.prepare::<f32>(1, 1).is_err());
+        let step = OutputStep::QLinear {
+            a_scale: Param::PerIndex(&[1.0, 2.0]),
+            b_scale: Param::Scalar(1.0),
+            y_scale: 1.0,
+            y_zero_point: 0,
+        };
+        assert!(step.prepare::<i8>(3, 1).is_err());
+        let step = OutputStep::QLinear { a_scale: Param::Scalar(0.0), b_scale: Param::Scalar(1.0), y_scale: 1.0, y_zero_point: 0 };
+        assert!(step.prepare::<i8>(1, 1).is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Packing: B (the weights) once into a layout every ISA path shares, A (the
+//! activations) per call into the form the active micro-kernel reads.
+//!
+//! # B layout ([`PackedB`])
+//!
+//! B is `K × N`. Its columns are cut into *panels* of [`NR`] = 16 columns (N
+//! padded with zero columns) and K into *groups* of 4 (K padded with zero
+//! rows). A panel is `kp / 4` groups of 64 bytes stored one after another;
+//! inside a group, column `c` of the panel holds its 4 consecutive `k` values
+//! at bytes `4c .. 4c + 4`, as `i8`:
+//!
+//! ```text
+//! panel p, group g:  [b(4g..4g+4, 16p+0)] [b(4g..4g+4, 16p+1)] ... [b(4g..4g+4, 16p+15)]
+//! ```
+//!
+//! One group is one zmm register for `vpdpbusd`, or four 16-byte loads for the
+//! AVX2 sign-extend path, so switching ISA never invalidates packed data.
+//! `uint8` B is stored as `b - 128` (it then fits `i8`); the `-128` is folded
+//! into the stored zero point. Column sums of the stored values sit beside the
+//! panels so the zero-point correction costs nothing in the inner loop.
+//!
+//! # A
+//!
+//! A (`M × K`, `uint8`, `int8` or `float32` quantized on the fly) becomes
+//! `Â = a + a_off` with `Â` in `0..=255` (`int8` is shifted by +128) in rows of
+//! `kp` elements (zero padded), plus the row sums of `Â` and the stored zero
+//! point `za + a_off` of every row.
+
+use crate::error::Result;
+use crate::{shape_err, value_err};
+
+/// Columns per panel of packed B.
+pub const NR: usize = 16;
+
+/// `n` rounded up to a multiple of `m`.
+#[inline]
+pub(crate) fn round_up(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}
+
+/// Zero point(s) of an operand: one for all rows/columns, or one each.
+#[derive(Debug, Clone, Copy)]
+pub enum ZeroPoint<'a> {
+    Scalar(i32),
+    PerIndex(&'a [i32]),
+}
+
+impl ZeroPoint<'_> {
+    fn check(&self, name: &str, len: usize, lo: i32, hi: i32) -> Result<()> {
+        let values: &[i32] = match self {
+            ZeroPoint::Scalar(v) => std::slice::from_ref(v),
+            ZeroPoint::PerIndex(v) => {
+                if v.len() != len {
+                    return shape_err!("{name} must be a scalar or have {len} elements; got {}", v.len());
+                }
+                v
+            }
+        };
+        if let Some(bad) = values.iter().find(|&&v| v < lo || v > hi) {
+            return value_err!("{name} must lie in [{lo}, {hi}]; got {bad}");
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> i32 {
+        match self {
+            ZeroPoint::Scalar(v) => *v,
+            ZeroPoint::PerIndex(v) => v[i],
+        }
+    }
+
+    /// Largest |x - zp| over every x of the dtype range `lo..=hi`.
+    fn max_abs_diff(&self, lo: i32, hi: i32) -> i64 {
+        let one = |z: i32| (z as i64 - lo as i64).abs().max((hi as i64 - z as i64).abs());
+        match self {
+            ZeroPoint::Scalar(v) => one(*v),
+            ZeroPoint::PerIndex(v) => v.iter().map(|&z| one(z)).max().unwrap_or(0),
+        }
+    }
+}
+
+/// A `K × N` int8/uint8 matrix packed once (see the module doc for the layout).
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) kp: usize,
+    /// Panels, each `kp * NR` bytes.
+    pub(crate) data: Vec<i8>,
+    /// Per column (padded to a multiple of NR): stored zero point `zb + b_off`.
+    pub(crate) zp: Vec<i32>,
+    /// Per column: `colsum(stored B) - K * stored zero point` (wrapping).
+    pub(crate) colterm: Vec<i32>,
+    /// Largest |b - zb| any element may have (for the overflow bound).
+    pub(crate) max_abs: i64,
+    pub(crate) signed: bool,
+}
+
+impl PackedB {
+    /// Rows (K).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns (N).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Whether the source was int8 (else uint8).
+    pub fn is_signed(&self) -> bool {
+        self.signed
+    }
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        self.data.len() + 4 * (self.zp.len() + self.colterm.len())
+    }
+    /// Number of 16-column panels.
+    pub(crate) fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+    /// Bytes of one panel.
+    pub(crate) fn panel_stride(&self) -> usize {
+        self.kp * NR
+    }
+
+    /// Packs a row-major `K × N` uint8 matrix (`b[k * n + j]`).
+    pub fn from_kn_u8(b: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
+        Self::pack(b, k, n, zp, false, false)
+    }
+    /// Packs a row-major `K × N` int8 matrix.
+    pub fn from_kn_i8(b: &[i8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
+        Self::pack(as_bytes(b), k, n, zp, true, false)
+    }
+    /// Packs the transpose of a row-major `N × K` int8 matrix (a Linear weight
+    /// `(out, in)`): `B[k, j] = w[j * K + k]`.
+    pub fn from_nk_i8(w: &[i8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
+        Self::pack(as_bytes(w), k, n, zp, true, true)
+    }
+    /// Packs the transpose of a row-major `N × K` uint8 matrix.
+    pub fn from_nk_u8(w: &[u8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
+        Self::pack(w, k, n, zp, false, true)
+    }
+
+    /// `src` holds the raw bytes; stored value = `(byte ^ mask) as i8` with
+    /// `mask = 0x80` for uint8 (b - 128) and 0 for int8.
+    fn pack(src: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>, signed: bool, transposed: bool) -> Result<PackedB> {
+        if k.checked_mul(n) != Some(src.len()) {
+            return shape_err!("B has {} elements, expected K*N = {k}*{n}", src.len());
+        }
+        let (lo, hi, off) = if signed { (-128, 127, 0) } else { (0, 255, -128) };
+        let mask: u8 = if signed { 0 } else { 0x80 };
+        zp.check("b_zero_point", n, lo, hi)?;
+        let kp = round_up(k, 4);
+        let panels = n.div_ceil(NR);
+        let np = panels * NR;
+        let mut data = vec![0i8; panels * kp * NR];
+        let mut zps = vec![0i32; np];
+        let mut colterm = vec![0i32; np];
+        // Panel p covers columns 16p..16p+16; its group g sits at g*64, column c at 4c.
+        // A task packs a run of panels: group by group (reading 4 rows of B
+        // sequentially when not transposed), then the column sums.
+        let ps = kp * NR;
+        let pack_panels = |p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]| {
+            let npan = zp_out.len() / NR;
+            if transposed {
+                for lp in 0..npan {
+                    let p = p0 + lp;
+                    let panel = &mut out[lp * ps..(lp + 1) * ps];
+                    for c in 0..(n - p * NR).min(NR) {
+                        let col = &src[(p * NR + c) * k..(p * NR + c) * k + k];
+                        for (g, q) in col.chunks(4).enumerate() {
+                            let dst = &mut panel[g * 64 + 4 * c..g * 64 + 4 * c + q.len()];
+                            for (d, &v) in dst.iter_mut().zip(q) {
+                                *d = (v ^ mask) as i8;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for g in 0..kp / 4 {
+                    let full_k = 4 * g + 4 <= k;
+                    for lp in 0..npan {
+                        let p = p0 + lp;
+                        let ncols = (n - p * NR).min(NR);
+                        let grp = &mut out[lp * ps + g * 64..lp * ps + g * 64 + 64];
+                        if full_k && ncols == NR {
+                            let rows: [&[u8]; 4] = std::array::from_fn(|t| &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]);
+                            transpose_4x16(rows, mask, grp);
+                        } else {
+                            for t in 0..(k - 4 * g).min(4) {
+                                let row = &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + ncols];
+                                for (c, &v) in row.iter().enumerate() {
+                                    grp[4 * c + t] = (v ^ mask) as i8;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Column sums of the stored values, from the source (vectorises).
+            let c0 = p0 * NR;
+            let c1 = ((p0 + npan) * NR).min(n);
+            let mut sums = vec![0i32; npan * NR];
+            if transposed {
+                for (j, s) in (c0..c1).zip(sums.iter_mut()) {
+                    *s = src[j * k..j * k + k].iter().fold(0i32, |acc, &v| acc.wrapping_add((v ^ mask) as i8 as i32));
+                }
+            } else {
+                for kk in 0..k {
+                    for (s, &v) in sums.iter_mut().zip(&src[kk * n + c0..kk * n + c1]) {
+                        *s = s.wrapping_add((v ^ mask) as i8 as i32);
+                    }
+                }
+            }
+            for lp in 0..npan {
+                let p = p0 + lp;
+                let sums = &sums[lp * NR..lp * NR + NR];
+                for c in 0..(n - p * NR).min(NR) {
+                    let z = zp.get(p * NR + c) + off;
+                    zp_out[lp * NR + c] = z;
+                    ct_out[lp * NR + c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
+                }
+            }
+        };
+        if panels > 0 && kp > 0 {
+            // Runs of panels of about 64 KiB each.
+            let run_len = ((1 << 16) / ps).clamp(1, panels);
+            crate::threads::run(k * n, || {
+                use rayon::prelude::*;
+                data.par_chunks_mut(run_len * ps)
+                    .zip(zps.par_chunks_mut(run_len * NR))
+                    .zip(colterm.par_chunks_mut(run_len * NR))
+                    .enumerate()
+                    .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
+            });
+        } else {
+            for p in 0..panels {
+                pack_panels(p, &mut [], &mut zps[p * NR..p * NR + NR], &mut colterm[p * NR..p * NR + NR]);
+            }
+        }
+        Ok(PackedB { k, n, kp, data, zp: zps, colterm, max_abs: zp.max_abs_diff(lo, hi), signed })
+    }
+
+    /// Unpacks to the row-major `K × N` stored values plus offset, i.e. the
+    /// original matrix as i32 (for tests and pickling checks).
+    pub fn unpack(&self) -> Vec<i32> {
+        let off = if self.signed { 0 } else { 128 };
+        let mut out = vec![0i32; self.k * self.n];
+        for kk in 0..self.k {
+            for j in 0..self.n {
+                let (p, c) = (j / NR, j % NR);
+                let v = self.data[p * self.panel_stride() + (kk / 4) * 64 + 4 * c + kk % 4];
+                out[kk * self.n + j] = v as i32 + off;
+            }
+        }
+        out
+    }
+}
+
+/// Interleaves 4 rows of 16 bytes into 16 columns × 4 k (one packed group),
+/// flipping the sign bit with `mask`.
+#[inline]
+fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
+    debug_assert!(rows.iter().all(|r| r.len() == NR) && grp.len() == 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
+        unsafe {
+            let m = _mm_set1_epi8(mask as i8);
+            let r: [__m128i; 4] = std::array::from_fn(|t| _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m));
+            let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
+            let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+            let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
+            let hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+            let o = grp.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(hi01, hi23));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(hi01, hi23));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for c in 0..NR {
+        for t in 0..4 {
+            grp[4 * c + t] = (rows[t][c] ^ mask) as i8;
+        }
+    }
+}
+
+/// The bytes of an i8 slice.
+fn as_bytes(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
+}
+
+/// Where the rows of A come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ASource<'a> {
+    U8(&'a [u8]),
+    I8(&'a [i8]),
+}
+
+impl ASource<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ASource::U8(a) => a.len(),
+            ASource::I8(a) => a.len(),
+        }
+    }
+    pub(crate) fn range(&self) -> (i32, i32) {
+        match self {
+            ASource::U8(_) => (0, 255),
+            ASource::I8(_) => (-128, 127),
+        }
+    }
+}
+
+/// Checks the overflow bound `K * max|a - za| * max|b - zb| <= i32::MAX`
+/// under which every wrapping i32 sum is the exact result.
+pub(crate) fn check_bound(k: usize, a_max: i64, b_max: i64) -> Result<()> {
+    let bound = (k as i128) * (a_max as i128) * (b_max as i128);
+    if bound > i32::MAX as i128 {
+        return value_err!(
+            "K = {k} is too large for an exact int32 result with these zero points: \
+             K * max|a - a_zero_point| * max|b - b_zero_point| = {k} * {a_max} * {b_max} > 2^31 - 1"
+        );
+    }
+    Ok(())
+}
+
+/// Checks A's zero points and returns the largest |a - za| (for the bound).
+pub(crate) fn check_a(a: &ASource<'_>, m: usize, k: usize, zp: ZeroPoint<'_>) -> Result<i64> {
+    if m.checked_mul(k) != Some(a.len()) {
+        return shape_err!("A has {} elements, expected M*K = {m}*{k}", a.len());
+    }
+    let (lo, hi) = a.range();
+    zp.check("a_zero_point", m, lo, hi)?;
+    Ok(zp.max_abs_diff(lo, hi))
+}
+
+/// Writes row `i` of Â (`a + a_off`, u8, zero padded to `dst.len()`) and
+/// returns `(rowsum(Â), za + a_off)`.
+#[inline]
+pub(crate) fn pack_a_row(a: &ASource<'_>, k: usize, i: usize, zp: ZeroPoint<'_>, dst: &mut [u8]) -> (i32, i32) {
+    let mut sum = 0i32;
+    let off = match a {
+        ASource::U8(a) => {
+            let src = &a[i * k..i * k + k];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s;
+                sum += s as i32;
+            }
+            0
+        }
+        ASource::I8(a) => {
+            let src = &a[i * k..i * k + k];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                let v = (s as u8) ^ 0x80;
+                *d = v;
+                sum += v as i32;
+            }
+            128
+        }
+    };
+    for d in dst[k..].iter_mut() {
+        *d = 0;
+    }
+    (sum, zp.get(i) + off)
+}
+
+/// Dynamic per-row asymmetric uint8 quantization of one float row (the
+/// DynamicQuantizeLinear formula applied to each row): `lo = min(min(x), 0)`,
+/// `hi = max(max(x), 0)`, `scale = (hi - lo) / 255` (1 when `hi == lo`),
+/// `zp = clamp(round_half_even(-lo / scale), 0, 255)`,
+/// `q = clamp(round_half_even(x / scale) + zp, 0, 255)`, all in f32.
+/// Writes q (zero padded) to `dst`; returns `(rowsum(q), zp, scale)`, or
+/// `None` if the row holds NaN or infinity.
+#[inline]
+pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    let (mut lo, mut hi) = (0.0f32, 0.0f32);
+    let mut bad = false;
+    for &v in x {
+        lo = lo.min(v);
+        hi = hi.max(v);
+        bad |= !v.is_finite();
+    }
+    if bad {
+        return None;
+    }
+    let mut scale = (hi - lo) / 255.0;
+    if !(scale > 0.0) || !scale.is_finite() {
+        scale = 1.0;
+    }
+    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    let zpf = zp as f32;
+    let mut sum = 0i32;
+    for (d, &v) in dst.iter_mut().zip(x) {
+        let q = (super::output::round_even_f32(v / scale) + zpf).clamp(0.0, 255.0) as u8;
+        *d = q;
+        sum += q as i32;
+    }
+    for d in dst[x.len()..].iter_mut() {
+        *d = 0;
+    }
+    Some((sum, zp, scale))
+}

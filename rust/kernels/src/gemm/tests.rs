@@ -1,0 +1,237 @@
+//! Exactness tests of the GEMM on every ISA path this CPU has, against a naive
+//! i64 reference.
+
+use super::output::{OutputStep, Param};
+use super::*;
+use crate::isa::Isa;
+use std::sync::Mutex;
+
+/// `isa::force` is process-wide: tests that switch paths run one at a time.
+static ISA_LOCK: Mutex<()> = Mutex::new(());
+
+fn each_isa(mut f: impl FnMut(Isa)) {
+    let _g = ISA_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let before = isa::active();
+    for i in Isa::ALL {
+        if !isa::force(i) {
+            eprintln!("skipping {}: not supported by this CPU", i.name());
+            continue;
+        }
+        f(i);
+    }
+    isa::force(before);
+}
+
+/// Deterministic pseudo-random bytes (xorshift).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+fn naive(a: &[i32], b: &[i32], m: usize, k: usize, n: usize, za: &[i32], zb: &[i32]) -> Vec<i32> {
+    let mut c = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0i64;
+            for kk in 0..k {
+                s += (a[i * k + kk] - za[i]) as i64 * (b[kk * n + j] - zb[j]) as i64;
+            }
+            c[i * n + j] = i32::try_from(s).unwrap();
+        }
+    }
+    c
+}
+
+/// Runs one case with A and B of the given signedness; checks exact equality.
+fn check(m: usize, k: usize, n: usize, a_signed: bool, b_signed: bool, za: Option<Vec<i32>>, zb: Option<Vec<i32>>, seed: u64, fill: Option<(u8, u8)>) {
+    let (ab, bb) = match fill {
+        Some((x, y)) => (vec![x; m * k], vec![y; k * n]),
+        None => (bytes(m * k, seed), bytes(k * n, seed + 1)),
+    };
+    let av: Vec<i32> = ab.iter().map(|&x| if a_signed { x as i8 as i32 } else { x as i32 }).collect();
+    let bv: Vec<i32> = bb.iter().map(|&x| if b_signed { x as i8 as i32 } else { x as i32 }).collect();
+    let za_full = za.clone().unwrap_or_else(|| vec![0; m]);
+    let zb_full = zb.clone().unwrap_or_else(|| vec![0; n]);
+    let want = naive(&av, &bv, m, k, n, &za_full, &zb_full);
+    let zbp = match &zb {
+        Some(v) => ZeroPoint::PerIndex(v),
+        None => ZeroPoint::Scalar(0),
+    };
+    let packed = if b_signed {
+        let bi: Vec<i8> = bb.iter().map(|&x| x as i8).collect();
+        PackedB::from_kn_i8(&bi, k, n, zbp).unwrap()
+    } else {
+        PackedB::from_kn_u8(&bb, k, n, zbp).unwrap()
+    };
+    assert_eq!(packed.unpack(), bv);
+    let ai: Vec<i8> = ab.iter().map(|&x| x as i8).collect();
+    let src = if a_signed { ASource::I8(&ai) } else { ASource::U8(&ab) };
+    let zap = match &za {
+        Some(v) => ZeroPoint::PerIndex(v),
+        None => ZeroPoint::Scalar(0),
+    };
+    each_isa(|i| {
+        let mut out = vec![i32::MIN + 7; m * n]; // poisoned: must be fully written
+        matmul(src, m, k, zap, &packed, &OutputStep::Int32, &mut out).unwrap();
+        assert_eq!(out, want, "isa {} m={m} k={k} n={n} a_signed={a_signed} b_signed={b_signed}", i.name());
+    });
+}
+
+#[test]
+fn small_sizes_every_sign_combination() {
+    for m in 0..10 {
+        for k in [0, 1, 2, 3, 4, 5, 7, 8, 9, 13] {
+            for n in [0, 1, 5, 15, 16, 17, 33, 64, 65] {
+                for (sa, sb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    check(m, k, n, sa, sb, None, None, (m * 1000 + k * 10 + n) as u64, None);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sizes_0_to_20() {
+    for s in 0..=20 {
+        check(s, s, s, false, true, None, None, s as u64, None);
+    }
+}
+
+#[test]
+fn awkward_shapes_and_zero_points() {
+    check(17, 257, 33, false, true, Some((0..17).map(|i| (i * 15) % 256).collect()), Some((0..33).map(|j| j % 20 - 10).collect()), 3, None);
+    check(266, 265, 70, true, false, Some((0..266).map(|i| i % 256 - 128).collect()), Some((0..70).map(|j| (j * 3) % 256).collect()), 4, None);
+    check(1, 300, 129, false, true, Some(vec![255]), Some(vec![-128; 129]), 5, None);
+    check(50, 1, 40, true, true, None, None, 6, None);
+    check(13, 64, 1, false, false, None, None, 7, None);
+    // Big enough to use threads and both partitions.
+    check(300, 96, 150, false, true, None, None, 8, None);
+    check(2, 512, 1000, false, true, None, None, 9, None);
+}
+
+#[test]
+fn extreme_values() {
+    // all 255 × all -128, zero points at both ends.
+    check(7, 1000, 20, false, true, None, None, 0, Some((255, 0x80)));
+    check(7, 1000, 20, false, true, Some(vec![0; 7]), Some(vec![127; 20]), 0, Some((255, 0x80)));
+    check(7, 1000, 20, true, false, Some(vec![127; 7]), Some(vec![0; 20]), 0, Some((0x80, 255)));
+    check(7, 1000, 20, true, false, Some(vec![-128; 7]), Some(vec![255; 20]), 0, Some((0x7f, 0)));
+    // Largest K the bound allows with u8 × s8 and zero zero points: 255*128*K <= 2^31-1.
+    let k = (i32::MAX as usize) / (255 * 128);
+    check(2, k, 17, false, true, None, None, 0, Some((255, 0x80)));
+}
+
+#[test]
+fn overflow_bound_is_an_error() {
+    let k = (i32::MAX as usize) / (255 * 128) + 1;
+    let a = vec![0u8; k];
+    let b = PackedB::from_kn_i8(&vec![0i8; k], k, 1, ZeroPoint::Scalar(0)).unwrap();
+    let mut out = [0i32; 1];
+    let e = matmul(ASource::U8(&a), 1, k, ZeroPoint::Scalar(0), &b, &OutputStep::Int32, &mut out).unwrap_err();
+    assert!(e.to_string().contains(&format!("K = {k}")), "{e}");
+}
+
+#[test]
+fn bad_shapes_and_zero_points() {
+    let b = PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::Scalar(0)).unwrap();
+    let mut out = [0i32; 3];
+    assert!(matmul(ASource::U8(&[0u8; 3]), 1, 3, ZeroPoint::Scalar(0), &b, &OutputStep::Int32, &mut out).is_err());
+    assert!(matmul(ASource::U8(&[0u8; 2]), 1, 2, ZeroPoint::Scalar(256), &b, &OutputStep::Int32, &mut out).is_err());
+    assert!(matmul(ASource::I8(&[0i8; 2]), 1, 2, ZeroPoint::Scalar(200), &b, &OutputStep::Int32, &mut out).is_err());
+    assert!(PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::PerIndex(&[0, 0])).is_err());
+    assert!(PackedB::from_kn_u8(&[0u8; 6], 2, 3, ZeroPoint::Scalar(-1)).is_err());
+    assert!(PackedB::from_kn_u8(&[0u8; 5], 2, 3, ZeroPoint::Scalar(0)).is_err());
+}
+
+#[test]
+fn transposed_packing_matches() {
+    let (n, k) = (37, 29);
+    let w: Vec<i8> = bytes(n * k, 11).into_iter().map(|x| x as i8).collect();
+    let wt: Vec<i8> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+    let p1 = PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(3)).unwrap();
+    let p2 = PackedB::from_kn_i8(&wt, k, n, ZeroPoint::Scalar(3)).unwrap();
+    assert_eq!(p1.data, p2.data);
+    assert_eq!(p1.colterm, p2.colterm);
+}
+
+#[test]
+fn linear_dynamic_matches_dequantized_reference() {
+    let (m, k, n) = (9, 70, 21);
+    let x: Vec<f32> = bytes(m * k, 1).into_iter().map(|v| (v as f32 - 100.0) / 37.0).collect();
+    let w: Vec<i8> = bytes(n * k, 2).into_iter().map(|v| (v as i8).max(-127)).collect();
+    let ws: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 0.001).collect();
+    let bias: Vec<f32> = (0..n).map(|j| j as f32 - 10.0).collect();
+    let p = PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(0)).unwrap();
+    each_isa(|isa| {
+        for relu in [false, true] {
+            let mut out = vec![f32::NAN; m * n];
+            linear_dynamic(&x, m, k, &p, Param::PerIndex(&ws), Some(&bias), relu, &mut out).unwrap();
+            for i in 0..m {
+                let mut q = vec![0u8; k];
+                let (_, zp, s) = pack::quantize_row_u8(&x[i * k..i * k + k], &mut q).unwrap();
+                for j in 0..n {
+                    let acc: i64 = (0..k).map(|kk| (q[kk] as i64 - zp as i64) * w[j * k + kk] as i64).sum();
+                    let mut want = acc as f64 * s as f64 * ws[j] as f64 + bias[j] as f64;
+                    if relu {
+                        want = want.max(0.0);
+                    }
+                    let got = out[i * n + j] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{} {i} {j}: {got} vs {want}", isa.name());
+                }
+            }
+        }
+    });
+    let mut bad = x.clone();
+    bad[5 * k + 3] = f32::NAN;
+    let mut out = vec![0.0; m * n];
+    let e = linear_dynamic(&bad, m, k, &p, Param::PerIndex(&ws), None, false, &mut out).unwrap_err();
+    assert!(e.to_string().contains("row 5"), "{e}");
+}
+
+/// Raw micro-kernel throughput (not a test: `cargo test --release -- --ignored kernel_speed --nocapture`).
+#[test]
+#[ignore]
+fn kernel_speed() {
+    let kg: usize = std::env::var("KG").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let a = bytes(8 * kg * 4, 1);
+    let b: Vec<i8> = bytes(8 * kg * 64, 2).into_iter().map(|x| x as i8).collect();
+    let mut acc = vec![0i32; 8 * 64];
+    fn go<Kr: Kernel<AElem = u8>>(name: &str, a: &[u8], b: &[i8], acc: &mut [i32], kg: usize) {
+        let reps = 5_000_000 / kg;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            unsafe { Kr::tile(Kr::MR, Kr::NP, kg, a.as_ptr(), kg * 4, b.as_ptr(), kg * 64, acc.as_mut_ptr(), 16 * Kr::NP, false) };
+        }
+        let s = t.elapsed().as_secs_f64();
+        let macs = (reps * Kr::MR * Kr::NP * 16 * kg * 4) as f64;
+        eprintln!("{name}: {:.1} GMAC/s", macs / s / 1e9);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Vnni.is_supported() {
+        go::<super::x86_avx512vnni::Avx512Vnni>("vnni", &a, &b, &mut acc, kg);
+    }
+    go::<super::generic::Generic>("generic", &a, &b, &mut acc, kg);
+}
+
+/// Packing speed (not a test: `cargo test --release -- --ignored pack_speed --nocapture`).
+#[test]
+#[ignore]
+fn pack_speed() {
+    let (k, n) = (1024, 1024);
+    let b: Vec<i8> = bytes(k * n, 3).into_iter().map(|x| x as i8).collect();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let reps = 50;
+        for _ in 0..reps {
+            std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
+        }
+        eprintln!("pack {k}x{n}: {:.0} us", t.elapsed().as_secs_f64() / reps as f64 * 1e6);
+    }
+}

@@ -1,0 +1,71 @@
+//! AVX2 exact micro-kernel: B bytes sign-extended to i16 straight from memory
+//! (`vpmovsxbw`: 16 bytes = 4 columns × 4 k), A stored as i16 and broadcast 4
+//! k-values at a time (`vpbroadcastq`), products summed pairwise by
+//! `vpmaddwd` (exact: |a·b| ≤ 255·128) and accumulated with `vpaddd`. Each
+//! accumulator holds two partial sums per column; they are combined once per
+//! tile with `vphaddd` + `vpermq`. Tile: 3 rows × 1 panel (1 row × 3 panels for GEMV) = 12 ymm
+//! accumulators + 1 B + broadcasts, within the 16 ymm registers.
+//!
+//! Unlike `vpmaddubsw` (ONNX Runtime's AVX2 path) nothing here saturates.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kernel::{tile_match, Kernel};
+
+pub(crate) struct Avx2;
+
+impl Kernel for Avx2 {
+    const MR: usize = 3;
+    const NP: usize = 1;
+    const NP_ROW: usize = 3;
+    type AElem = i16;
+
+    fn widen(src: &[u8], dst: &mut [i16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as i16;
+        }
+    }
+
+    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)])
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+}
+
+#[inline(always)]
+unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+    let mut s = [[[_mm256_setzero_si256(); 4]; NP]; MR];
+    let mut bp = b;
+    let mut ap = a;
+    for _ in 0..kg {
+        for p in 0..NP {
+            for q in 0..4 {
+                let bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(p * bs + 16 * q) as *const __m128i));
+                for r in 0..MR {
+                    let av = _mm256_set1_epi64x((ap.add(r * lda) as *const i64).read_unaligned());
+                    s[r][p][q] = _mm256_add_epi32(s[r][p][q], _mm256_madd_epi16(av, bv));
+                }
+            }
+        }
+        bp = bp.add(64);
+        ap = ap.add(4);
+    }
+    for r in 0..MR {
+        for p in 0..NP {
+            let mut lo = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][0], s[r][p][1]));
+            let mut hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][2], s[r][p][3]));
+            if load {
+                lo = _mm256_add_epi32(lo, _mm256_loadu_si256(acc.add(r * ld + 16 * p) as *const __m256i));
+                hi = _mm256_add_epi32(hi, _mm256_loadu_si256(acc.add(r * ld + 16 * p + 8) as *const __m256i));
+            }
+            _mm256_storeu_si256(acc.add(r * ld + 16 * p) as *mut __m256i, lo);
+            _mm256_storeu_si256(acc.add(r * ld + 16 * p + 8) as *mut __m256i, hi);
+        }
+    }
+}

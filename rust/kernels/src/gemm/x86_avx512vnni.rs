@@ -1,0 +1,74 @@
+//! AVX-512 VNNI micro-kernel: `vpdpbusd` (u8 × s8, four products summed into
+//! each i32 lane, wrapping, never saturating). One zmm holds one 64-byte
+//! K-group of a packed B panel (16 columns × 4 k); four A bytes of a row are
+//! broadcast to all lanes. Tile: 6 rows × 4 panels (64 columns) = 24 zmm
+//! accumulators + 4 B registers + 1 broadcast, within the 32 zmm registers.
+//! A single row (GEMV) uses up to 8 panels: 8 independent accumulator chains.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kernel::{tile_match, Kernel};
+
+pub(crate) struct Avx512Vnni;
+
+impl Kernel for Avx512Vnni {
+    const MR: usize = 6;
+    const NP: usize = 4;
+    const NP_ROW: usize = 8;
+    type AElem = u8;
+
+    fn widen(src: &[u8], dst: &mut [u8]) {
+        dst.copy_from_slice(src);
+    }
+
+    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
+            (2, 1), (2, 2), (2, 3), (2, 4),
+            (3, 1), (3, 2), (3, 3), (3, 4),
+            (4, 1), (4, 2), (4, 3), (4, 4),
+            (5, 1), (5, 2), (5, 3), (5, 4),
+            (6, 1), (6, 2), (6, 3), (6, 4)
+        ])
+    }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+}
+
+#[inline(always)]
+unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+    let mut s = [[_mm512_setzero_si512(); NP]; MR];
+    if load {
+        for r in 0..MR {
+            for p in 0..NP {
+                s[r][p] = _mm512_loadu_si512(acc.add(r * ld + 16 * p) as *const _);
+            }
+        }
+    }
+    let mut bp = b;
+    let mut ap = a;
+    for _ in 0..kg {
+        let mut bv = [_mm512_setzero_si512(); NP];
+        for p in 0..NP {
+            bv[p] = _mm512_loadu_si512(bp.add(p * bs) as *const _);
+        }
+        for r in 0..MR {
+            let av = _mm512_set1_epi32((ap.add(r * lda) as *const i32).read_unaligned());
+            for p in 0..NP {
+                s[r][p] = _mm512_dpbusd_epi32(s[r][p], av, bv[p]);
+            }
+        }
+        bp = bp.add(64);
+        ap = ap.add(4);
+    }
+    for r in 0..MR {
+        for p in 0..NP {
+            _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
+        }
+    }
+}

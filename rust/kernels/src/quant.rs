@@ -1,1 +1,0 @@
-//! quant kernels (filled in by its issue).

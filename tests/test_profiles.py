@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from hwreg_rs import profiles
+from hwreg_rs.profiles import HardwareProfile, LayerWork, estimate, fits, preset
+
+
+@pytest.mark.parametrize("name", sorted(profiles.PRESETS))
+def test_presets_round_trip_json(tmp_path, name):
+    p = preset(name)
+    assert p.source, "every preset cites where its figures come from"
+    path = tmp_path / f"{name}.json"
+    p.save(path)
+    assert HardwareProfile.load(path) == p
+    assert json.loads(path.read_text())["name"] == name
+
+
+def test_required_presets_exist():
+    for name in ["x86-avx2", "x86-avx512-vnni", "cortex-a72", "cortex-a55", "cortex-m7"]:
+        preset(name)
+    assert preset("x86-avx2").needs_7bit_activations
+    assert not preset("x86-avx512-vnni").needs_7bit_activations
+    with pytest.raises(ValueError, match="unknown profile"):
+        preset("pdp-11")
+
+
+def test_bad_profiles_and_files(tmp_path):
+    with pytest.raises(ValueError, match="int8_gops"):
+        HardwareProfile("x", int8_gops=0, fp32_gflops=1, mem_bandwidth_gbs=1, mem_capacity_bytes=1)
+    with pytest.raises(ValueError, match="pattern"):
+        HardwareProfile("x", 1, 1, 1, 1, sparsity_patterns={"diagonal": 0.5})
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        HardwareProfile.from_dict({**preset("cortex-m7").to_dict(), "colour": "red"})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ValueError, match="not a profile JSON"):
+        HardwareProfile.load(bad)
+
+
+def _linear(name, k, n, batch, precision="fp32", density=1.0, pattern="dense"):
+    wb = k * n * (1 if precision == "int8" else 4)
+    return LayerWork(name, "linear", macs=batch * k * n, weight_bytes=int(wb * density) if pattern != "dense" else wb,
+                     act_in_bytes=batch * k * 4, act_out_bytes=batch * n * 4, precision=precision,
+                     density=density, pattern=pattern)
+
+
+def test_roofline_compute_and_memory_bound():
+    p = preset("x86-avx2")
+    big = estimate([_linear("fc", 4096, 4096, 512)], p).layers[0]
+    assert big.bound == "compute"
+    assert big.compute_s == pytest.approx(2 * 512 * 4096 * 4096 / (p.fp32_gflops * 1e9))
+    gemv = estimate([_linear("fc", 4096, 4096, 1)], p).layers[0]
+    assert gemv.bound == "memory"
+    tiny = estimate([_linear("fc", 4, 4, 1)], p).layers[0]
+    assert tiny.bound == "overhead" and tiny.latency_s == pytest.approx(p.layer_overhead_us * 1e-6, rel=0.01)
+
+
+def test_int8_and_sparsity_reduce_cost_only_where_supported():
+    p = preset("x86-avx2")
+    f = estimate([_linear("fc", 1024, 1024, 128)], p).latency_s
+    q = estimate([_linear("fc", 1024, 1024, 128, "int8")], p).latency_s
+    s = estimate([_linear("fc", 1024, 1024, 128, "fp32", 0.1, "block")], p).latency_s
+    assert q < f and s < f
+    m7 = preset("cortex-m7")  # no sparse kernels: sparsity saves nothing in compute
+    d = estimate([_linear("fc", 64, 64, 1, "int8")], m7).layers[0].compute_s
+    sp = estimate([_linear("fc", 64, 64, 1, "int8", 0.1, "unstructured")], m7).layers[0].compute_s
+    assert sp == d
+
+
+def test_memory_is_weights_plus_peak_activations_and_fits():
+    layers = [_linear("a", 64, 256, 1, "int8"), _linear("b", 256, 10, 1, "int8")]
+    est = estimate(layers, preset("cortex-m7"))
+    assert est.weight_bytes == 64 * 256 + 256 * 10
+    assert est.peak_activation_bytes == 64 * 4 + 256 * 4
+    assert fits(est, preset("cortex-m7"))
+    huge = estimate([_linear("big", 4096, 4096, 1, "fp32")], preset("cortex-m7"))
+    assert not fits(huge, preset("cortex-m7"))
+    assert est.table()[-1]["name"] == "total"
+    assert est.energy_j > 0
+
+
+def test_layerwork_validation():
+    with pytest.raises(ValueError, match="precision"):
+        LayerWork("x", "linear", 1, 1, 1, 1, precision="int4")
+    with pytest.raises(ValueError, match="density"):
+        LayerWork("x", "linear", 1, 1, 1, 1, density=1.5)
