@@ -143,7 +143,7 @@ def test_one_dim_x_and_linear_function():
 
 def ref_int8(q, wscale, xq, xs, xz, bias=None, relu=False):
     acc = (xq.astype(np.int64) - xz.astype(np.int64)[:, None]) @ q.astype(np.int64).T
-    y = acc.astype(np.float32) * (xs[:, None] * wscale[None, :])
+    y = (acc.astype(np.float32) * xs[:, None]) * wscale[None, :]  # the GEMM output step order
     if bias is not None:
         y = y + bias
     return np.maximum(y, 0) if relu else y, acc

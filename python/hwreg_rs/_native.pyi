@@ -3,7 +3,6 @@ from typing import final
 
 import numpy as np
 import numpy.typing as npt
-from typing import final
 
 __version__: str
 

@@ -24,6 +24,7 @@ use std::ops::Range;
 
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
+use crate::gemm::output::{OutputStep, Param};
 use crate::isa::{self, Isa};
 use crate::threads;
 use crate::{shape_err, value_err};
@@ -234,10 +235,12 @@ fn output_f32(yt: &[f32], bp: usize, batch: usize, n: usize, bias: Option<&[f32]
     y
 }
 
-/// The output step of the int8 path (private until the dense GEMM's fused
-/// output step lands): `Y[b, o] = (acc[o, b] - zp_b · rowsum_o) · (sx_b · sw_o)
-/// + bias[o]`, ReLU. `zp` is `None` when the zero point was subtracted before
-/// accumulation. Exact integer part (i64), then one f32 multiply-add.
+/// The output step of the int8 path: the dense GEMM's fused output step
+/// (`gemm::output`, `OutputStep::Float`), so every int8 path rounds the same:
+/// `Y[b, o] = (f32(acc) · sx_b) · sw_o + bias[o]`, ReLU, with `acc` the exact
+/// `Σ (xq - zp_b) · q`. `Yt` is `(N, Bp)`; each block of 16 batch rows is
+/// transposed into an `(rows, N)` tile (folding `zp_b · rowsum_o` out when the
+/// kernel accumulated raw `xq`) and handed to the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn output_i32(
     yt: &[i32],
@@ -249,40 +252,32 @@ fn output_i32(
     wq: &RowQuant,
     bias: Option<&[f32]>,
     relu: bool,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let mut y = vec![0f32; batch * n];
-    // Blocks of 16 batch rows: `Yt` is read along its rows, `Y` written along 16 rows.
-    y.par_chunks_mut(n.max(1) * LANE).enumerate().for_each(|(c, ys)| {
+    y.par_chunks_mut(n.max(1) * LANE).enumerate().try_for_each(|(c, ys)| -> Result<()> {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
-        let mut sx = [0f32; LANE];
-        let mut zp = [0i64; LANE];
-        for bb in 0..nb {
-            sx[bb] = xq.scale[b0 + bb];
-            zp[bb] = if fold_zp { xq.zero_point[b0 + bb] as i64 } else { 0 };
-        }
+        let step = OutputStep::Float {
+            row_scale: Param::PerIndex(&xq.scale[b0..b0 + nb]),
+            col_scale: Param::PerIndex(&wq.scale),
+            bias,
+            relu,
+        };
+        let ep = step.prepare::<f32>(nb, n)?;
+        let mut acc = vec![0i32; nb * n];
         for o in 0..n {
             let src = &yt[o * bp + b0..o * bp + b0 + nb];
-            let (sw, rs) = (wq.scale[o], wq.sum[o]);
-            let bo = bias.map_or(0.0, |bb| bb[o]);
-            // The true value Σ (xq - zp)·q fits int32 (checked at build), so
-            // the wrapping difference is exact.
-            let mut v = [0f32; LANE];
-            for bb in 0..nb {
-                v[bb] = src[bb].wrapping_sub((zp[bb] as i32).wrapping_mul(rs)) as f32 * (sx[bb] * sw) + bo;
-            }
-            if relu {
-                for bb in 0..nb {
-                    ys[bb * n + o] = v[bb].max(0.0);
-                }
-            } else {
-                for bb in 0..nb {
-                    ys[bb * n + o] = v[bb];
-                }
+            let rs = wq.sum[o];
+            for (bb, &v) in src.iter().enumerate() {
+                // The true value fits int32 (checked at build): wrapping is exact.
+                let zp = if fold_zp { xq.zero_point[b0 + bb] as i32 } else { 0 };
+                acc[bb * n + o] = v.wrapping_sub(zp.wrapping_mul(rs));
             }
         }
-    });
-    y
+        ep.apply(&acc, n, 0..nb, 0..n, ys, n);
+        Ok(())
+    })?;
+    Ok(y)
 }
 
 // ------------------------------------------------------- float32 kernels
@@ -917,7 +912,7 @@ pub fn bsr_i8_linear(
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
     let cols = w.cols;
-    Ok(threads::run(work, || {
+    threads::run(work, || {
         let bp = if batch <= GEMV_MAX_BATCH { LANE } else { bp_of(batch) };
         let mut yt = vec![0i32; nrp * bp];
         if c % 4 == 0 && batch > GEMV_MAX_BATCH {
@@ -952,7 +947,7 @@ pub fn bsr_i8_linear(
             par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8)(w, rg, &xt, bp, out) });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
         }
-    }))
+    })
 }
 
 /// int8 N:M version of [`bsr_i8_linear`].
@@ -970,13 +965,13 @@ pub fn nm_i8_linear(
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
+    threads::run(work, || {
         let bp = bp_of(batch);
         let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_i8)(w, rg, &xt, bp, out) });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
-    }))
+    })
 }
 
 trait Pipe: Sized {
