@@ -273,7 +273,8 @@ def test_choose_and_would_speed_up():
     rng = np.random.default_rng(13)
     w = rng.standard_normal((128, 128)).astype(np.float32)
     c = sparse.choose(w, prune.magnitude_mask(w, 0.97), batch=32)
-    assert c.path in {"dense_f32", "csr_f32", "bsr_f32", "csr_int8", "bsr_int8"}
+    assert c.path in {"dense_f32", "dense_int8", "csr_f32", "bsr_f32", "csr_int8", "bsr_int8"}
+    assert "dense_int8" in c.seconds and c.build(w).__class__.__name__ in {"ndarray", "Int8Linear", "CSRMatrix", "BSRMatrix"}
     assert "dense_f32" in c.seconds and "csr_f32" in c.seconds and c.speedup > 0
     built = c.build(w, prune.magnitude_mask(w, 0.97))
     assert built is not None

@@ -16,8 +16,8 @@ with one symmetric scale per output row; ``matmul`` quantizes ``x`` per row
 ``matmul_quantized``. int8 products accumulate in int32 exactly: the build
 checks that no row can overflow.
 
-:func:`choose` says which execution path (dense float32, sparse float32 CSR /
-BSR / N:M, sparse int8, and dense int8 once available) is fastest for a given
+:func:`choose` says which execution path (dense float32, dense int8, sparse
+float32 CSR / BSR / N:M, sparse int8) is fastest for a given
 weight, mask and batch size on this machine, from a cost model calibrated by
 timing the kernels here (once per process, lazily); :func:`would_speed_up`
 answers whether a proposed pattern and sparsity would speed anything up at all.
@@ -372,8 +372,8 @@ class Choice:
     Attributes
     ----------
     path : str
-        ``"dense_f32"``, ``"csr_f32"``, ``"bsr_f32"``, ``"nm_f32"``,
-        ``"csr_int8"``, ``"bsr_int8"``, ``"nm_int8"`` (or ``"dense_int8"``).
+        ``"dense_f32"``, ``"dense_int8"``, ``"csr_f32"``, ``"bsr_f32"``,
+        ``"nm_f32"``, ``"csr_int8"``, ``"bsr_int8"`` or ``"nm_int8"``.
     block : tuple or None
         Block ``(r, c)`` for BSR, ``(n, m)`` for N:M.
     seconds : dict
@@ -389,8 +389,14 @@ class Choice:
     speedup: float = 1.0
 
     def build(self, w: Any, mask: Any = None) -> Any:
-        """The weight in the chosen format (a dense float32 array for dense paths)."""
+        """The weight in the chosen format (a dense float32 array for
+        ``dense_f32``, an :class:`hwreg_rs.Int8Linear` for ``dense_int8``)."""
         dtype = "int8" if self.path.endswith("int8") else "float32"
+        if self.path == "dense_int8":
+            from .gemm import Int8Linear
+
+            wa = np.asarray(w, np.float32)
+            return Int8Linear.from_float(wa if mask is None else wa * mask)
         if self.path.startswith("dense"):
             wa = np.asarray(w, np.float32)
             return wa if mask is None else wa * mask
@@ -474,15 +480,23 @@ def _estimate(kind: str, block: tuple[int, int] | None, stored: int, batch: int)
     return f + p * stored * batch
 
 
-def _dense_seconds(shape: tuple[int, int], batch: int) -> float:
-    """NumPy ``x @ w.T`` timed at the real shape (BLAS speed depends on shape
-    far more than a linear model can say); cached per process."""
-    key = ("dense_f32", shape, batch)
+def _dense_seconds(kind: str, shape: tuple[int, int], batch: int) -> float:
+    """A dense path timed at the real shape (GEMM speed depends on shape far
+    more than a linear model can say); cached per process. ``dense_f32`` is
+    NumPy ``x @ w.T``, ``dense_int8`` is :class:`hwreg_rs.Int8Linear`
+    (activations quantized per row on the fly, exact int32 GEMM)."""
+    key = (kind, shape, batch)
     if key not in _CAL:
         rng = np.random.default_rng(99)
         w = rng.standard_normal(shape).astype(np.float32)
         x = rng.standard_normal((batch, shape[1])).astype(np.float32)
-        _CAL[key] = (_median_time(lambda: x @ w.T), 0.0)
+        if kind == "dense_int8":
+            from .gemm import Int8Linear
+
+            layer = Int8Linear.from_float(w)
+            _CAL[key] = (_median_time(lambda: layer(x)), 0.0)
+        else:
+            _CAL[key] = (_median_time(lambda: x @ w.T), 0.0)
     return _CAL[key][0]
 
 
@@ -517,8 +531,8 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     and batch size — calibrated by timing each kernel on two synthetic 512×512
     weights the first time it is needed, applied to the exact stored count of
     this mask (blocks padded). The dense time is measured at the real shape.
-    Calibrations are cached per process. Dense int8 (``hwreg_rs.Int8Linear``)
-    is not a candidate yet: it lands with the dense GEMM.
+    Dense int8 (:class:`hwreg_rs.Int8Linear`) is timed at the real shape too
+    when int8 is allowed. Calibrations are cached per process.
 
     Parameters
     ----------
@@ -539,7 +553,7 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     >>> import numpy as np, hwreg_rs as hw
     >>> w = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
     >>> c = hw.sparse.choose(w, hw.prune.magnitude_mask(w, 0.95), batch=32)
-    >>> c.path in {"csr_f32", "bsr_f32", "csr_int8", "bsr_int8", "dense_f32"}
+    >>> c.path in {"csr_f32", "bsr_f32", "csr_int8", "bsr_int8", "dense_f32", "dense_int8"}
     True
     """
     wa, m = _weight_and_mask(w, mask)
@@ -550,8 +564,10 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     for d in dtypes:
         _check_dtype(d)
     est: dict[str, float] = {}
-    est["dense_f32"] = _dense_seconds(wa.shape, batch)
-    dense_best = est["dense_f32"]
+    est["dense_f32"] = _dense_seconds("dense_f32", wa.shape, batch)
+    if "int8" in dtypes:
+        est["dense_int8"] = _dense_seconds("dense_int8", wa.shape, batch)
+    dense_best = min(v for k, v in est.items() if k.startswith("dense"))
     nnz = int(keep.sum())
     nm = _nm_of(keep)
     for d in dtypes:

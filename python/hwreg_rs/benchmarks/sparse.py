@@ -11,7 +11,8 @@ number is higher. Contenders:
   masks (1×8, 4×4, 8×1) at the same sparsity — the best block is reported;
 * ours, int8: CSR int8 (unstructured) and BSR int8 (1×8, 4×4), activations
   quantized on the fly per row (included in the time);
-* dense int8 (``hwreg_rs.matmul_integer``) when the package has it.
+* dense int8: ours, :class:`hwreg_rs.Int8Linear` (dynamic per-row activation
+  quantization + exact int8 GEMM), when the package has it.
 
 Every contender's answer is checked against NumPy before it is timed.
 """
@@ -54,22 +55,23 @@ def run(quick: bool = False) -> str:
 
     from .. import prune, sparse
 
-    dense_i8 = None
     try:
-        from .. import matmul_integer as dense_i8  # type: ignore[attr-defined,no-redef]
-    except ImportError:
-        pass
+        from ..gemm import Int8Linear
+    except ImportError:  # the dense int8 GEMM is not in this build
+        Int8Linear = None  # type: ignore[assignment,misc]
     shapes = SHAPES
     sparsities = [0.7, 0.9] if quick else SPARSITIES
     batches = [1, 32] if quick else BATCHES
     repeats = 3 if quick else 7
     rng = np.random.default_rng(0)
     cols = ["N×K", "sparsity", "batch", "NumPy f32", "SciPy CSR", "CSR f32", "best block f32", "CSR i8",
-            "best block i8", "dense i8", "CSR/SciPy", "CSR/NumPy", "block f32/NumPy", "block i8/f32 (same)"]
+            "best block i8", "dense i8", "CSR/SciPy", "CSR/NumPy", "block f32/NumPy", "block i8/f32 (same)",
+            "best block/dense i8"]
     t = Table(cols)
     beats: dict[tuple, dict[str, float | None]] = {}
     for n, k in shapes:
         w = rng.standard_normal((n, k)).astype(np.float32)
+        dense8 = None if Int8Linear is None else Int8Linear.from_float(w)
         for s in sparsities:
             mu = prune.magnitude_mask(w, s)
             wu = w * mu
@@ -107,27 +109,34 @@ def run(quick: bool = False) -> str:
                 best_f = min((b for b in F32_BLOCKS), key=lambda b: bf[b])
                 best_q = min(bq, key=lambda b: bq[b])
                 t_d8 = None
-                if dense_i8 is not None:
-                    t_d8 = None  # wired by the lead when the dense int8 GEMM lands (see report)
+                if dense8 is not None:
+                    _check(dense8(x), x @ w.T, "dense i8", 3e-2)
+                    t_d8 = median_seconds(lambda: dense8(x), repeats=repeats)
                 t.add(f"{n}×{k}", f"{s:.0%}", bsz, g(t_np), g(t_sc), g(t_csr),
                       f"{g(bf[best_f]):.0f} ({best_f[0]}×{best_f[1]})", g(t_csr8),
                       f"{g(bq[best_q]):.0f} ({best_q[0]}×{best_q[1]})", None if t_d8 is None else g(t_d8),
                       f"{t_sc / t_csr:.2f}×", f"{t_np / t_csr:.2f}×", f"{t_np / bf[best_f]:.2f}×",
-                      f"{bf[best_q] / bq[best_q]:.2f}× ({best_q[0]}×{best_q[1]})")
+                      f"{bf[best_q] / bq[best_q]:.2f}× ({best_q[0]}×{best_q[1]})",
+                      "–" if t_d8 is None else f"{t_d8 / min(bf[best_f], bq[best_q]):.2f}×")
                 row = beats.setdefault((n, k, bsz), {})
                 for name, sec in (("CSR f32", t_csr), ("best block f32", bf[best_f]), ("CSR i8", t_csr8),
                                   ("best block i8", bq[best_q]), ("SciPy CSR", t_sc)):
-                    if sec < t_np and (row.get(name) is None or s < row[name]):  # type: ignore[operator]
-                        row[name] = s
-                    row.setdefault(name, None)
-    be = Table(["N×K", "batch", "CSR f32", "best block f32", "CSR i8", "best block i8", "SciPy CSR"])
+                    for ref_name, ref_t in (("np", t_np), ("d8", t_d8)):
+                        key = f"{name}|{ref_name}"
+                        if ref_t is not None and sec < ref_t and (row.get(key) is None or s < row[key]):  # type: ignore[operator]
+                            row[key] = s
+                        row.setdefault(key, None)
+    names = ("CSR f32", "best block f32", "CSR i8", "best block i8", "SciPy CSR")
+    be = Table(["N×K", "batch", "vs"] + list(names))
     for (n, k, bsz), row in beats.items():
-        be.add(f"{n}×{k}", bsz, *[("never" if row.get(c) is None else f"{row[c]:.0%}")
-                                  for c in ("CSR f32", "best block f32", "CSR i8", "best block i8", "SciPy CSR")])
+        for ref_name, label in (("np", "NumPy f32"), ("d8", "dense i8 (ours)")):
+            if ref_name == "d8" and Int8Linear is None:
+                continue
+            be.add(f"{n}×{k}", bsz, label, *[("never" if row.get(f"{c}|{ref_name}") is None
+                                               else f"{row[f'{c}|{ref_name}']:.0%}") for c in names])
     head = ("## sparse: Y = X·Wᵀ, W pruned (dense-equivalent GOP/s = 2·N·K·batch / time; "
             f"median of {repeats})\n\n{_threads_note()}. Block columns name the fastest block shape; "
             "int8 times include quantizing X. Ratios > 1 favour the first named.\n")
-    note = "" if dense_i8 is not None else ("\n(dense int8: `hwreg_rs.matmul_integer` is not in this build; "
-                                             "column left empty.)\n")
-    return (head + "\n" + t.markdown() + "\n" + note + "\n### Lowest swept sparsity at which each path beats NumPy dense fp32\n\n"
-            + be.markdown())
+    note = "" if Int8Linear is not None else "\n(dense int8 is not in this build; column left empty.)\n"
+    return (head + "\n" + t.markdown() + "\n" + note
+            + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
