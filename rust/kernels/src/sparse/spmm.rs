@@ -748,6 +748,93 @@ pub(super) unsafe fn nm_i8_body(w: &Nm<i8>, rows: Range<usize>, xt: &[i16], bp: 
     }
 }
 
+/// int8 gather-dot for one activation row `x` (`xq - zp` as i32, padded to
+/// the block grid): `out[row] = Σ q · x`, 8 independent partial sums.
+fn bsr_i8_gemv(w: &Bsr<i8>, brs: Range<usize>, x: &[i32], out: &mut [i32]) {
+    let (r, c) = (w.r, w.c);
+    assert!(x.len() >= w.cols.div_ceil(c) * c && out.len() >= brs.len() * r);
+    let (cols, vals, xp) = (w.bcol.as_ptr(), w.values.as_ptr(), x.as_ptr());
+    for (i, br) in brs.enumerate() {
+        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
+        for rr in 0..r {
+            let mut a = [0i32; 8];
+            // SAFETY: `from_dense` invariants bound `bcol` (block columns of
+            // the padded grid, `x` is padded to it) and the values per block.
+            unsafe {
+                if r == 1 && c == 1 {
+                    let mut j = j0;
+                    while j + 8 <= j1 {
+                        for l in 0..8 {
+                            let q = *vals.add(j + l) as i32;
+                            a[l] = a[l].wrapping_add(q * *xp.add(*cols.add(j + l) as usize));
+                        }
+                        j += 8;
+                    }
+                    while j < j1 {
+                        a[0] = a[0].wrapping_add(*vals.add(j) as i32 * *xp.add(*cols.add(j) as usize));
+                        j += 1;
+                    }
+                } else {
+                    for j in j0..j1 {
+                        let xb = xp.add(*cols.add(j) as usize * c);
+                        let v = vals.add(j * r * c + rr * c);
+                        for cc in 0..c {
+                            a[cc & 7] = a[cc & 7].wrapping_add(*v.add(cc) as i32 * *xb.add(cc));
+                        }
+                    }
+                }
+            }
+            // Exact: the true sum fits int32 (checked at build); wrapping
+            // partial sums add up to it.
+            out[i * r + rr] = a.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+        }
+    }
+}
+
+fn nm_i8_gemv(w: &Nm<i8>, rows: Range<usize>, x: &[i32], out: &mut [i32]) {
+    let per = w.cols / w.m * w.n;
+    for (i, row) in rows.enumerate() {
+        let vals = &w.values[row * per..(row + 1) * per];
+        let offs = &w.offsets[row * per..(row + 1) * per];
+        let mut a = [0i32; 8];
+        for (j, (&q, &o)) in vals.iter().zip(offs).enumerate() {
+            let col = (j / w.n) * w.m + o as usize;
+            a[j & 7] = a[j & 7].wrapping_add(q as i32 * x[col]);
+        }
+        out[i] = a.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// The batch <= 2 int8 path: per activation row a gather-dot into the `Yt`
+/// layout `(rows, LANE)` that `output_i32` reads.
+fn i8_gemv_rows(
+    indptr: &[u32],
+    work: usize,
+    nrp: usize,
+    kp: usize,
+    cols: usize,
+    batch: usize,
+    unit: usize,
+    xq: &QuantX<'_>,
+    f: impl Fn(Range<usize>, &[i32], &mut [i32]) + Sync,
+) -> Vec<i32> {
+    let mut yt = vec![0i32; nrp * LANE];
+    let mut xs = vec![0i32; kp];
+    let mut yr = vec![0i32; nrp];
+    for b in 0..batch {
+        let zp = xq.zero_point[b] as i32;
+        for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
+            *d = v as i32 - zp;
+        }
+        par_rows(indptr, work, &mut yr, unit, |rg, out| f(rg, &xs, out));
+        for (o, &v) in yr.iter().enumerate() {
+            yt[o * LANE + b] = v;
+        }
+    }
+    yt
+}
+
 // ------------------------------------------------------ ISA selection
 
 type BsrF32Fn = unsafe fn(&Bsr<f32>, Range<usize>, &[f32], usize, &mut [f32]);
@@ -913,9 +1000,15 @@ pub fn bsr_i8_linear(
     let work = w.values.len() * batch.max(1);
     let cols = w.cols;
     threads::run(work, || {
-        let bp = if batch <= GEMV_MAX_BATCH { LANE } else { bp_of(batch) };
+        if batch <= GEMV_MAX_BATCH {
+            let yt = i8_gemv_rows(&w.indptr, work / batch.max(1), nrp, kp, cols, batch, r, xq, |rg, x, out| {
+                bsr_i8_gemv(w, rg, x, out)
+            });
+            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
+        }
+        let bp = bp_of(batch);
         let mut yt = vec![0i32; nrp * bp];
-        if c % 4 == 0 && batch > GEMV_MAX_BATCH {
+        if c % 4 == 0 {
             // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
             let groups = kp / 4;
             let mut xp = vec![0u8; groups * bp * 4];
@@ -966,6 +1059,12 @@ pub fn nm_i8_linear(
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
     threads::run(work, || {
+        if batch <= GEMV_MAX_BATCH {
+            let yt = i8_gemv_rows(&indptr, work / batch.max(1), n, w.cols, w.cols, batch, 1, xq, |rg, x, out| {
+                nm_i8_gemv(w, rg, x, out)
+            });
+            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
+        }
         let bp = bp_of(batch);
         let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
