@@ -908,7 +908,7 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
     let kp = w.cols.div_ceil(c) * c;
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
-    threads::run(work, || {
+    Ok(threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut xpad = vec![0f32; kp];
@@ -930,8 +930,7 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
         let mut yt = vec![0f32; nrp * bp];
         par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
-    })
-    .pipe(Ok)
+    }))
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
@@ -941,7 +940,7 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    threads::run(work, || {
+    Ok(threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut yr = vec![0f32; n];
@@ -960,8 +959,7 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
         let mut yt = vec![0f32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
-    })
-    .pipe(Ok)
+    }))
 }
 
 fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
@@ -1073,12 +1071,6 @@ pub fn nm_i8_linear(
     })
 }
 
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 #[cfg(test)]
 mod tests {
