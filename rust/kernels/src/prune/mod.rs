@@ -20,7 +20,6 @@
 use crate::error::Result;
 use crate::threads;
 use crate::{shape_err, value_err};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -269,7 +268,7 @@ fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl
     }
     let total = match eligible {
         None => n,
-        Some(e) => e.par_chunks(cl).map(|c| c.iter().filter(|&&b| b).count()).sum(),
+        Some(e) => threads::map_chunks(e, cl, |_, c| c.iter().filter(|&&b| b).count()).into_iter().sum(),
     };
     if k > total || k == 0 {
         return Ok(None); // the histogram path reports / handles these
@@ -281,15 +280,11 @@ fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl
     let hi = if r + d >= m - 1.0 { T::K_MAX } else { *samp.select_nth_unstable((r + d) as usize + 1).1 };
     let band_fn = band_kernel::<T>();
     let mut keep = vec![false; n];
-    let parts: Vec<(usize, Vec<(u64, u32)>, u64)> = keep
-        .par_chunks_mut(cl)
-        .zip(scores.par_chunks(cl))
-        .enumerate()
-        .map(|(c, (out, ch))| {
-            let el = eligible.map(|e| &e[c * cl..c * cl + ch.len()]);
-            band_fn(ch, el, out, c * cl, lo, hi)
-        })
-        .collect();
+    let parts: Vec<(usize, Vec<(u64, u32)>, u64)> = threads::map_chunks_mut(&mut keep, cl, |c, out| {
+        let ch = &scores[c * cl..c * cl + out.len()];
+        let el = eligible.map(|e| &e[c * cl..c * cl + ch.len()]);
+        band_fn(ch, el, out, c * cl, lo, hi)
+    });
     if parts.iter().any(|p| p.2 > T::MAX_KEY) {
         let i = scores.iter().position(|s| s.key().is_none()).unwrap_or(0);
         return value_err!("scores contain NaN (at flat index {i})");
@@ -342,11 +337,8 @@ pub fn prune_smallest<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usiz
             }
         }
         let el_chunk = |c: usize, len: usize| eligible.map(|e| &e[c * cl..c * cl + len]);
-        let hists: Vec<std::result::Result<(usize, Vec<u32>), usize>> = scores
-            .par_chunks(cl)
-            .enumerate()
-            .map(|(c, ch)| chunk_hist(ch, el_chunk(c, ch.len()), shift).map_err(|j| c * cl + j))
-            .collect();
+        let hists: Vec<std::result::Result<(usize, Vec<u32>), usize>> =
+            threads::map_chunks(scores, cl, |c, ch| chunk_hist(ch, el_chunk(c, ch.len()), shift).map_err(|j| c * cl + j));
         let mut total = 0usize;
         let mut hist = vec![0usize; 1 << HIST_BITS];
         for r in hists {
@@ -364,7 +356,7 @@ pub fn prune_smallest<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usiz
         }
         let mut keep = vec![false; n];
         if k == 0 {
-            keep.par_chunks_mut(cl).enumerate().for_each(|(c, out)| match el_chunk(c, out.len()) {
+            threads::for_each_chunk_mut(&mut keep, cl, |c, out| match el_chunk(c, out.len()) {
                 Some(e) => out.copy_from_slice(e),
                 None => out.fill(true),
             });
@@ -381,12 +373,10 @@ pub fn prune_smallest<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usiz
             before += c;
         }
         let rank = k - before - 1;
-        let inside: Vec<Vec<(u64, u32)>> = keep
-            .par_chunks_mut(cl)
-            .zip(scores.par_chunks(cl))
-            .enumerate()
-            .map(|(c, (out, ch))| chunk_mask(ch, el_chunk(c, ch.len()), out, c * cl, shift, bucket as u64))
-            .collect();
+        let inside: Vec<Vec<(u64, u32)>> = threads::map_chunks_mut(&mut keep, cl, |c, out| {
+            let ch = &scores[c * cl..c * cl + out.len()];
+            chunk_mask(ch, el_chunk(c, ch.len()), out, c * cl, shift, bucket as u64)
+        });
         let mut cands: Vec<(u64, u32)> = inside.concat();
         let (_, _cut, above) = cands.select_nth_unstable(rank);
         for &(_, i) in above.iter() {
@@ -409,9 +399,9 @@ pub fn nm_keep<T: Score>(w: &[T], n: usize, m: usize) -> Result<Vec<bool>> {
     let groups_per_chunk = (chunk_len(w.len()) / m).max(1);
     let mut keep = vec![false; w.len()];
     threads::run(w.len(), || {
-        keep.par_chunks_mut(groups_per_chunk * m)
-            .zip(w.par_chunks(groups_per_chunk * m))
-            .try_for_each(|(out, ch)| -> Result<()> {
+        let csz = groups_per_chunk * m;
+        threads::map_chunks_mut(&mut keep, csz, |c, out| -> Result<()> {
+                let ch = &w[c * csz..c * csz + out.len()];
                 let drop = m - n;
                 let mut keys: Vec<(u64, u32)> = vec![(0, 0); m];
                 for (og, g) in out.chunks_exact_mut(m).zip(ch.chunks_exact(m)) {
@@ -448,6 +438,8 @@ pub fn nm_keep<T: Score>(w: &[T], n: usize, m: usize) -> Result<Vec<bool>> {
                 }
                 Ok(())
             })
+            .into_iter()
+            .collect::<Result<Vec<()>>>()
     })?;
     Ok(keep)
 }

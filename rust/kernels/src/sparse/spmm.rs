@@ -55,31 +55,36 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
         let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return value_err!("x is not finite at row {}, column {}", i / k.max(1), i % k.max(1));
     }
-    let mut q = vec![0u8; x.len()];
-    let mut scale = vec![1f32; batch];
-    let mut zp = vec![0u8; batch];
+    let kk = k.max(1);
     threads::run(x.len(), || {
-        q.par_chunks_mut(k.max(1)).zip(x.par_chunks(k.max(1))).zip(scale.par_iter_mut().zip(zp.par_iter_mut())).for_each(
-            |((qr, xr), (s, z))| {
-                // Finite inputs (checked above): plain compares vectorise.
-                let (mut lo, mut hi) = (0f32, 0f32);
-                for &v in xr {
-                    lo = if v < lo { v } else { lo };
-                    hi = if v > hi { v } else { hi };
-                }
-                if hi - lo > 0.0 {
-                    *s = (hi - lo) / 255.0;
-                    *z = (-lo / *s).round_ties_even().clamp(0.0, 255.0) as u8;
-                }
-                let (sc, zf) = (*s, *z as f32);
-                // |v / sc| <= 255 by construction of sc, so rint_small is exact.
-                for (o, &v) in qr.iter_mut().zip(xr) {
-                    *o = (rint_small(v / sc) + zf).clamp(0.0, 255.0) as i32 as u8;
-                }
-            },
-        )
-    });
-    Ok((q, scale, zp))
+        // Per row: the range (always holding 0), then scale and zero point.
+        let params: Vec<(f32, u8)> = threads::map_chunks(x, kk, |_, xr| {
+            // Finite inputs (checked above): plain compares vectorise.
+            let (mut lo, mut hi) = (0f32, 0f32);
+            for &v in xr {
+                lo = if v < lo { v } else { lo };
+                hi = if v > hi { v } else { hi };
+            }
+            if hi - lo > 0.0 {
+                let s = (hi - lo) / 255.0;
+                (s, (-lo / s).round_ties_even().clamp(0.0, 255.0) as u8)
+            } else {
+                (1.0, 0)
+            }
+        });
+        let mut q = vec![0u8; x.len()];
+        threads::for_each_chunk_mut(&mut q, kk, |b, qr| {
+            let (sc, zf) = (params[b].0, params[b].1 as f32);
+            // |v / sc| <= 255 by construction of sc, so rint_small is exact.
+            let len = qr.len();
+            for (o, &v) in qr.iter_mut().zip(&x[b * kk..b * kk + len]) {
+                *o = (rint_small(v / sc) + zf).clamp(0.0, 255.0) as i32 as u8;
+            }
+        });
+        let scale = params.iter().map(|p| p.0).collect::<Vec<f32>>();
+        let zp = params.iter().map(|p| p.1).collect::<Vec<u8>>();
+        Ok((q, scale, zp))
+    })
 }
 
 /// Round half to even for |v| < 2^22 (the FPU's default rounding does it:
@@ -141,7 +146,7 @@ fn par_rows<T: Send>(
     let parts = threads::chunks_for(work);
     let ranges = balanced(indptr, parts);
     let pieces = split_by(out, &ranges, unit);
-    if ranges.len() == 1 {
+    if ranges.len() == 1 || !threads::in_pool() {
         for (r, p) in ranges.into_iter().zip(pieces) {
             f(r, p);
         }
@@ -178,7 +183,7 @@ fn transpose_with<S: Copy + Sync, D: XtElem>(
 ) -> Vec<D> {
     let mut xt = vec![D::default(); kp * bp];
     let rows_per = (8192 / bp).max(16);
-    xt.par_chunks_mut(rows_per * bp).enumerate().for_each(|(c, dst)| {
+    threads::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
         let k0 = c * rows_per;
         let nk = (dst.len() / bp).min(k.saturating_sub(k0));
         let mut b0 = 0;
@@ -220,7 +225,7 @@ fn check_common(rows: usize, cols: usize, x_len: usize, batch: usize, bias: Opti
 /// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
 fn output_f32(yt: &[f32], bp: usize, batch: usize, n: usize, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
     let mut y = vec![0f32; batch * n];
-    y.par_chunks_mut(n.max(1) * LANE).enumerate().for_each(|(c, ys)| {
+    threads::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
         for o in 0..n {
@@ -254,7 +259,7 @@ fn output_i32(
     relu: bool,
 ) -> Result<Vec<f32>> {
     let mut y = vec![0f32; batch * n];
-    y.par_chunks_mut(n.max(1) * LANE).enumerate().try_for_each(|(c, ys)| -> Result<()> {
+    let done = threads::map_chunks_mut(&mut y, n.max(1) * LANE, |c, ys| -> Result<()> {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
         let step = OutputStep::Float {
@@ -276,7 +281,8 @@ fn output_i32(
         }
         ep.apply(&acc, n, 0..nb, 0..n, ys, n);
         Ok(())
-    })?;
+    });
+    done.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(y)
 }
 
@@ -1012,7 +1018,7 @@ pub fn bsr_i8_linear(
             let mut xp = vec![0u8; groups * bp * 4];
             // A transpose of 4-byte units: row b of xq is read contiguously.
             let gpc = (4096 / bp).max(8);
-            xp.par_chunks_mut(gpc * bp * 4).enumerate().for_each(|(c, dst)| {
+            threads::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
                 let g0 = c * gpc;
                 let ng = dst.len() / (bp * 4);
                 for b in 0..batch {
