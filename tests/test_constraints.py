@@ -167,8 +167,27 @@ def test_penalties_shrink_weights_and_enter_the_loss(data):
 
 def test_fake_quantize_rounds_half_to_even_and_saturates():
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 100.0, -100.0], np.float32)
-    np.testing.assert_array_equal(C.fake_quantize(x, 1.0, qmin=-8, qmax=7), [0, 2, 2, -0, -2, 7, -8])
-    np.testing.assert_array_equal(C.fake_quantize(np.float32([0.3]), 0.1, 3, qmin=0, qmax=255), np.float32([0.3]))
+    np.testing.assert_array_equal(C.fake_quantize(x, 1.0, bits=4), [0, 2, 2, -0, -2, 7, -8])
+    np.testing.assert_array_equal(C.fake_quantize(np.float32([0.3]), 0.1, 3, dtype="uint8"), np.float32([0.3]))
+    # the same numbers as the package's ONNX operators
+    qp = hw.calibrate(x, bits=4)
+    np.testing.assert_array_equal(C.fake_quantize(x, qp.scale, bits=4), hw.dequantize(hw.quantize(x, qp), qp))
+
+
+def test_qat_rounds_like_the_package_operators():
+    """Training and inference round the same way: QAT's weights are dequantize(quantize(w)) of the package."""
+    lin = nn.Linear(6, 4, rng=0)
+    qat = C.QAT(weight_bits=5, activation_bits=8)
+    qat.attach(lin)
+    x = np.random.default_rng(0).random((8, 6), dtype=np.float32)
+    lin(x)
+    qp = hw.calibrate(lin.weight.data, symmetric=True, axis=0, bits=5)
+    np.testing.assert_array_equal(lin.effective_weight(), hw.dequantize(hw.quantize(lin.weight.data, qp), qp))
+    np.testing.assert_array_equal(qat.quantized_layers()[""]["weight_q"], hw.quantize(lin.weight.data, qp))
+    s, zp = lin.input_fake_quant.qparams()
+    aq = hw.calibrate(np.array([x.min(), x.max()], np.float32), dtype="uint8", symmetric=False)
+    assert s == float(aq.scale) and zp == int(aq.zero_point)
+    np.testing.assert_array_equal(lin._x, hw.dequantize(hw.quantize(x, aq), aq))
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -289,16 +308,28 @@ def test_qat_on_a_cnn(data):
 # gradual pruning
 # ---------------------------------------------------------------------------
 
-def test_polynomial_schedule():
-    s = C.PolynomialDecay(0.1, 0.9, begin_step=10, end_step=30, frequency=5)
-    for t in (10, 17, 30, 50):
-        p = min(max((t - 10) / 20, 0), 1)
-        assert abs(s.sparsity(t) - (0.9 + (0.1 - 0.9) * (1 - p) ** 3)) < 1e-12
-    assert [t for t in range(40) if s.should_update(t)] == [10, 15, 20, 25, 30]
+def test_polynomial_schedule_drives_the_masks():
+    """The default schedule is hw.prune.PolynomialDecay; the final sparsity is reached at end_step exactly."""
+    net = nn.mlp([10, 20, 3], rng=0)
+    prune = C.GradualPruning(0.9, initial_sparsity=0.1, begin_step=10, end_step=30, frequency=7)
+    assert isinstance(prune.schedule, hw.prune.PolynomialDecay)
+    prune.attach(net)
+    seen = {}
+    for t in range(40):
+        before = prune.sparsity_
+        prune.before_step(t)
+        if prune.sparsity_ != before:
+            seen[t] = prune.sparsity_
+    assert sorted(seen) == [10, 17, 24, 30]  # every `frequency` steps from begin_step, plus end_step
+    for t in (10, 17, 24):
+        p = (t - 10) / 20
+        assert abs(seen[t] - (0.9 + (0.1 - 0.9) * (1 - p) ** 3)) < 1e-12
+    assert seen[30] == 0.9
+    assert prune.sparsity()["0.weight"] == round(0.9 * 200) / 200
     with pytest.raises(ValueError):
-        C.PolynomialDecay(0, 1.0, end_step=10)
+        C.GradualPruning(1.0, end_step=10)
     with pytest.raises(ValueError):
-        C.PolynomialDecay(0, 0.5, begin_step=5, end_step=5)
+        C.GradualPruning(0.5, begin_step=5, end_step=5)
 
 
 def test_magnitude_mask_ties_lower_index_first():
@@ -376,6 +407,8 @@ def test_gradual_pruning_validates():
         C.GradualPruning(0.5)
     with pytest.raises(TypeError):
         C.GradualPruning(schedule=object())
+    # a package schedule object works directly
+    C.GradualPruning(schedule=hw.prune.ConstantSchedule(0.5, begin_step=2))
     with pytest.raises(ValueError, match="unknown parameter"):
         C.GradualPruning(0.5, end_step=3, params=["nope"]).attach(nn.mlp([2, 2], rng=0))
 
@@ -418,3 +451,18 @@ def test_check_constraints_can_be_turned_off(data):
     with pytest.raises(C.ConstraintViolation):
         train([Liar()], data, epochs=1)
     train([Liar()], data, epochs=1, check_constraints=False)
+
+
+def test_early_stopping_restore_keeps_the_constraints(data):
+    """Restoring the best epoch's weights re-applies the projections: the invariants still hold."""
+    X, y = data
+    prune = C.GradualPruning(0.8, end_step=12, frequency=3)
+    clip = C.WeightClip(0.2)
+    es = hw.train.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
+    net = nn.mlp([6, 16, 3], rng=0)
+    hw.Trainer(net, constraints=[prune, clip], early_stopping=es, epochs=6, lr=0.05, verbose=False).fit(
+        X, y, validation_data=(X, y))
+    assert es.best_epoch_ == 0 and es.stopped_epoch_ == 1
+    prune.check()
+    clip.check()
+    assert np.all(net[0].weight.data[~prune.masks_["0.weight"]] == 0)

@@ -434,3 +434,25 @@ def test_gradcheck_catches_a_wrong_backward():
 
     with pytest.raises(AssertionError, match="numeric"):
         gradcheck(Broken(), spread((3, 4)))
+
+
+@pytest.mark.parametrize("dtype,pad", [(np.uint8, 128), (np.int8, -3), (np.int8, 0)])
+def test_native_im2col_integer_images_pad_with_the_zero_point(dtype, pad):
+    """The int8 convolution builds on im2col: integer images, padding filled with the zero point."""
+    from hwreg_rs import _native
+
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(0).integers(info.min, info.max + 1, (2, 3, 5, 4)).astype(dtype)
+    cols = _native.im2col(x, (3, 2), (2, 1), (1, 1), pad)
+    assert cols.dtype == dtype
+    # reference: pad with the zero point, then take the windows
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    win = sliding_window_view(xp, (3, 2), axis=(2, 3))[:, :, ::2, ::1]
+    want = win.transpose(0, 2, 3, 1, 4, 5).reshape(cols.shape)
+    np.testing.assert_array_equal(cols, want)
+    with pytest.raises(ValueError, match="pad_value"):
+        _native.im2col(x, (3, 2), (2, 1), (1, 1), 1000)
+    with pytest.raises(ValueError, match="pad_value"):
+        _native.im2col(x, (3, 2), (2, 1), (1, 1), 0.5)

@@ -625,3 +625,28 @@ def test_out_arrays_are_filled_and_checked():
         hw.dequantize(out, 0.05, out=[0.0] * 350)
     with pytest.raises(TypeError, match="float32"):
         hw.dequantize(out, 0.05, out=np.zeros(x.shape, np.float64))
+
+
+def test_streaming_sized_outputs_through_numpy_allocations():
+    # Outputs of 4 MiB and more are written with non-temporal stores after an
+    # alignment head; check the whole path through NumPy-allocated arrays.
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 3, (1100, 1001)).astype(np.float32)
+    q = hw.quantize(x, 0.05, 2)
+    np.testing.assert_array_equal(hw.dequantize(q, 0.05, 2), ref_dequantize(q, 0.05, 2))
+    s = np.linspace(0.01, 0.1, 1001, dtype=np.float32)
+    np.testing.assert_array_equal(hw.dequantize(q, s, 3, axis=1), ref_dequantize(q, s, 3, 1))
+    out = np.zeros(x.size + 1, np.float32)[1:].reshape(x.shape)  # misaligned by 4 bytes
+    np.testing.assert_array_equal(hw.dequantize(q, 0.05, 2, out=out), ref_dequantize(q, 0.05, 2))
+    big = rng.normal(0, 3, 4_300_000).astype(np.float32)
+    qo = np.zeros(big.size + 3, np.int8)[3:]
+    np.testing.assert_array_equal(hw.quantize(big, 0.05, 2, out=qo), ref_quantize(big, 0.05, 2))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import hwreg_rs.quant
+
+    result = doctest.testmod(hwreg_rs.quant)
+    assert result.attempted >= 10 and result.failed == 0, result

@@ -1,5 +1,5 @@
 # Stubs for the compiled module; checked against it by mypy.stubtest in CI.
-from typing import final
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
@@ -147,8 +147,12 @@ def quantize_activation_rows(
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
 # conv (issue 4): im2col / col2im / pooling over C-contiguous float32 NCHW arrays
 def im2col(
-    x: npt.NDArray[np.float32], kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
-) -> npt.NDArray[np.float32]: ...
+    x: npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    pad_value: float = 0.0,
+) -> npt.NDArray[Any]: ...
 def col2im(
     cols: npt.NDArray[np.float32],
     input_shape: tuple[int, int, int, int],

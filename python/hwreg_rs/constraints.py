@@ -16,10 +16,12 @@ The projections are ordered so that later ones never undo earlier ones
 (scaling and clipping keep zeros zero; scaling a row down keeps it inside
 [-c, c]), so any combination holds at once.
 
-Quantization and pruning use :mod:`hwreg_rs.quantize`'s rounding (ONNX:
-round half to even, saturate) and :mod:`hwreg_rs.prune`'s masks once those
-modules exist in the package; until then the private ``_fake_quant`` and
-``_magnitude_mask`` below implement the same semantics.
+Quantization-aware training rounds with the package's own operators
+(:func:`hwreg_rs.calibrate`, :func:`hwreg_rs.quantize`,
+:func:`hwreg_rs.dequantize`: ONNX round half to even, saturation, PyTorch's
+observer formulas), so training and integer inference round the same way.
+Gradual pruning takes its masks and schedule from :mod:`hwreg_rs.prune`
+(``magnitude_mask``, ``PolynomialDecay``) unless given others.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import prune as _prune
 from .nn.conv import Conv2d
 from .nn.layers import Linear
 from .nn.module import Module, Parameter
+from .prune import PolynomialDecay
+from .quant import QParams, calibrate, dequantize, quantize
 
 __all__ = [
-    "Constraint", "ConstraintViolation", "GradClipNorm", "GradClipValue", "GradualPruning", "L1", "L2", "MaxNorm",
-    "PolynomialDecay", "QAT", "WeightClip", "fake_quantize", "magnitude_mask", "select_params",
+    "ActivationFakeQuant", "Constraint", "ConstraintViolation", "GradClipNorm", "GradClipValue", "GradualPruning",
+    "L1", "L2", "MaxNorm", "PolynomialDecay", "QAT", "WeightClip", "WeightFakeQuant", "fake_quantize",
+    "magnitude_mask", "select_params",
 ]
 
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -49,41 +55,40 @@ class ConstraintViolation(AssertionError):
 # the quantization and pruning primitives (switch points to the package ops)
 # ---------------------------------------------------------------------------
 
-def _fake_quant(x: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int, qmin: int,
-                qmax: int) -> np.ndarray:
-    """Quantize then dequantize: ``(clip(rint(x / scale) + zp, qmin, qmax) - zp) * scale``.
-
-    ONNX QuantizeLinear / DequantizeLinear semantics (round half to even,
-    saturate); ``scale`` and ``zero_point`` broadcast against ``x``.
-    """
-    q = np.clip(np.rint(x / scale) + zero_point, qmin, qmax)
-    return ((q - zero_point) * scale).astype(x.dtype, copy=False)
+def _fake_quant(x: np.ndarray, qp: QParams) -> np.ndarray:
+    """Quantize then dequantize with the package's ONNX operators (saturating to ``qp``'s grid)."""
+    return dequantize(quantize(x, qp), qp).astype(x.dtype, copy=False)
 
 
 def _magnitude_mask(w: np.ndarray, amount: float) -> np.ndarray:
-    """Keep-mask pruning the ``round(amount * w.size)`` smallest ``|w|`` (ties: lower flat index pruned first)."""
-    k = int(round(float(amount) * w.size))
-    mask = np.ones(w.size, dtype=bool)
-    if k > 0:
-        order = np.argsort(np.abs(w).ravel(), kind="stable")
-        mask[order[:k]] = False
-    return mask.reshape(w.shape)
+    """``hwreg_rs.prune.magnitude_mask``: prune ``round(amount * size)`` smallest ``|w|``, lower index first."""
+    return _prune.magnitude_mask(w, float(amount))
 
 
-def fake_quantize(x: np.ndarray, scale: Any, zero_point: Any = 0, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
-    """Round ``x`` onto the grid ``(q - zero_point) * scale``, ``q`` in ``[qmin, qmax]`` (round half to even).
+def fake_quantize(x: np.ndarray, scale: Any, zero_point: Any = 0, *, bits: int = 8, dtype: str = "int8",
+                  axis: int | None = None) -> np.ndarray:
+    """Round ``x`` onto the grid ``(q - zero_point) * scale`` with ``q`` on a ``bits``-wide ``dtype`` grid.
+
+    ``dequantize(quantize(x))`` with the package's ONNX operators: round half
+    to even, saturate to ``[-2^(b-1), 2^(b-1) - 1]`` (int8) or ``[0, 2^b - 1]``
+    (uint8); ``scale`` / ``zero_point`` per tensor or per ``axis``.
 
     Examples
     --------
     >>> import numpy as np, hwreg_rs as hw
-    >>> hw.constraints.fake_quantize(np.array([0.25, 0.75, 9.0], np.float32), 0.5, qmin=-8, qmax=7)
+    >>> hw.constraints.fake_quantize(np.array([0.25, 0.75, 9.0], np.float32), 0.5, bits=4)
     array([0. , 1. , 3.5], dtype=float32)
     """
-    return _fake_quant(np.asarray(x), scale, zero_point, int(qmin), int(qmax))
+    x = np.asarray(x)
+    scale = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point)
+    qp = QParams(scale if scale.ndim else np.float32(scale), zp.astype(np.int32) if zp.ndim else int(zp), dtype,
+                 axis, _check_bits(bits, "bits"))
+    return _fake_quant(x if x.dtype.kind == "f" else x.astype(np.float32), qp)
 
 
 def magnitude_mask(w: np.ndarray, amount: float) -> np.ndarray:
-    """Unstructured magnitude mask (``True`` = keep), ``torch.nn.utils.prune.l1_unstructured`` semantics.
+    """Unstructured magnitude mask (``True`` = keep); :func:`hwreg_rs.prune.magnitude_mask` with a fraction.
 
     Examples
     --------
@@ -228,7 +233,7 @@ class MaxNorm(Constraint):
     >>> import numpy as np, hwreg_rs as hw
     >>> net = hw.nn.Linear(2, 1, rng=0); net.weight.data[:] = [[3.0, 4.0]]
     >>> c = hw.constraints.MaxNorm(1.0); c.attach(net); c.after_step()
-    >>> np.round(net.weight.data, 4)
+    >>> np.round(net.weight.data, 6)
     array([[0.6, 0.8]], dtype=float32)
     """
 
@@ -248,10 +253,15 @@ class MaxNorm(Constraint):
             norms = self._norms(p.data)
             over = norms > self.max_norm
             if over.any():
+                shape = (-1,) + (1,) * (p.data.ndim - 1)
                 scale = np.where(over, self.max_norm / np.maximum(norms, 1e-30), 1.0)
-                # float32 rounding could leave a norm a hair above the bound: shrink by one ulp more
-                scale = np.where(over, scale * (1 - 4 * _EPS32), 1.0).astype(p.data.dtype)
-                p.data *= scale.reshape((-1,) + (1,) * (p.data.ndim - 1)) if p.data.ndim > 1 else scale
+                p.data *= scale.astype(p.data.dtype).reshape(shape)
+                # float32 rounding can leave a norm a hair above the bound: nudge those rows down
+                for _ in range(8):
+                    still = self._norms(p.data) > self.max_norm
+                    if not still.any():
+                        break
+                    p.data *= np.where(still, 1 - 2 * _EPS32, 1.0).astype(p.data.dtype).reshape(shape)
 
     def check(self) -> None:
         for name, p in self._attached():
@@ -316,7 +326,13 @@ class GradClipNorm(Constraint):
         coef = self.max_norm / (total + 1e-6)
         if coef < 1.0:
             for _, p in self._attached():
-                p.grad *= p.grad.dtype.type(coef * (1 - 4 * _EPS32))
+                p.grad *= p.grad.dtype.type(coef)
+            # float32 rounding can leave the norm a hair above the bound: nudge it down
+            for _ in range(8):
+                if self._total() <= self.max_norm:
+                    break
+                for _, p in self._attached():
+                    p.grad *= p.grad.dtype.type(1 - 2 * _EPS32)
 
     def check(self) -> None:
         total = self._total()
@@ -393,17 +409,13 @@ def _check_bits(bits: Any, name: str) -> int:
     return int(bits)
 
 
-def _pow2(scale: np.ndarray) -> np.ndarray:
-    """Smallest power of two ≥ scale (rounding up never saturates values the original scale covered)."""
-    return np.exp2(np.ceil(np.log2(scale)))
-
-
 class WeightFakeQuant:
     """Symmetric fake quantization of a weight (per output channel by default); a callable ``w -> w_q``.
 
-    The scale follows PyTorch's symmetric min/max observer:
-    ``max(|min|, |max|) / ((qmax - qmin) / 2)`` with ``[qmin, qmax] = [-2^(b-1), 2^(b-1) - 1]``
-    and zero point 0 (so pruned zeros stay exactly zero).
+    Parameters come from :func:`hwreg_rs.calibrate` (``method="minmax"``,
+    symmetric int8 grid of ``bits`` bits): PyTorch's symmetric min/max
+    observer, ``scale = max(|min|, |max|) / ((qmax - qmin) / 2)``, zero point 0
+    (so pruned zeros stay exactly zero); rounding is :func:`hwreg_rs.quantize`'s.
     """
 
     def __init__(self, bits: int = 8, *, per_channel: bool = True, power_of_two: bool = False) -> None:
@@ -412,21 +424,24 @@ class WeightFakeQuant:
         self.per_channel = bool(per_channel)
         self.power_of_two = bool(power_of_two)
 
+    def qparams(self, w: np.ndarray) -> QParams:
+        """The quantization parameters of ``w`` (per channel along axis 0, or per tensor)."""
+        axis = 0 if self.per_channel and w.ndim > 1 else None
+        return calibrate(w, method="minmax", dtype="int8", symmetric=True, axis=axis, bits=self.bits,
+                         power_of_two=self.power_of_two)
+
     def scale_for(self, w: np.ndarray) -> np.ndarray:
         """Scales shaped to broadcast against ``w`` (``(out, 1, ...)`` per channel, ``()`` per tensor)."""
-        if self.per_channel and w.ndim > 1:
-            amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).reshape((-1,) + (1,) * (w.ndim - 1))
-        else:
-            amax = np.asarray(np.abs(w).max() if w.size else 0.0)
-        scale = np.maximum(amax.astype(np.float64) / ((self.qmax - self.qmin) / 2), _EPS32)
-        if self.power_of_two:
-            scale = _pow2(scale)
-        return scale.astype(w.dtype)
+        qp = self.qparams(w)
+        scale = np.asarray(qp.scale, dtype=np.float32)
+        return scale.reshape((-1,) + (1,) * (w.ndim - 1)) if qp.axis is not None else scale
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
-        scale = self.scale_for(w)
-        self.scale_ = scale
-        return _fake_quant(w, scale, 0, self.qmin, self.qmax)
+        qp = self.qparams(w)
+        self.qparams_ = qp
+        self.scale_ = np.asarray(qp.scale).reshape((-1,) + (1,) * (w.ndim - 1)) if qp.axis is not None \
+            else np.asarray(qp.scale)
+        return _fake_quant(w, qp)
 
 
 class ActivationFakeQuant:
@@ -451,16 +466,15 @@ class ActivationFakeQuant:
         self.max_: float | None = None
 
     def qparams(self) -> tuple[float, int]:
-        """``(scale, zero_point)`` of the observed range."""
+        """``(scale, zero_point)`` of the observed range (:func:`hwreg_rs.calibrate`'s affine formula)."""
+        qp = self._qp()
+        return float(qp.scale), int(qp.zero_point)
+
+    def _qp(self) -> QParams:
         if self.min_ is None or self.max_ is None:
             raise RuntimeError("the activation observer has not seen any training batch")
-        lo, hi = min(self.min_, 0.0), max(self.max_, 0.0)
-        scale = max((hi - lo) / (self.qmax - self.qmin), _EPS32)
-        if self.power_of_two:
-            scale = float(_pow2(np.asarray(scale)))
-        scale = float(np.float32(scale))
-        zp = int(np.clip(self.qmin - np.rint(lo / scale), self.qmin, self.qmax))
-        return scale, zp
+        return calibrate(np.array([self.min_, self.max_], np.float32), method="minmax", dtype="uint8",
+                         symmetric=False, bits=self.bits, power_of_two=self.power_of_two)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         if training and x.size:
@@ -474,10 +488,11 @@ class ActivationFakeQuant:
         if self.min_ is None:
             self._mask = None
             return x
-        scale, zp = self.qparams()
-        lo, hi = (self.qmin - zp) * scale, (self.qmax - zp) * scale
+        qp = self._qp()
+        scale, zp = float(qp.scale), int(qp.zero_point)
+        lo, hi = (qp.qmin - zp) * scale, (qp.qmax - zp) * scale
         self._mask = (x >= lo) & (x <= hi)
-        return _fake_quant(x, x.dtype.type(scale), zp, self.qmin, self.qmax)
+        return _fake_quant(x, qp)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         return grad if self._mask is None else grad * self._mask
@@ -575,12 +590,12 @@ class QAT(Constraint):
         for name, m in self._layers():
             fq: WeightFakeQuant = m.weight_fake_quant
             w = m.weight.data
-            scale = fq.scale_for(w)
-            q = np.clip(np.rint(w / scale), fq.qmin, fq.qmax).astype(np.int8)
+            qp = fq.qparams(w)
+            q = quantize(w, qp)
             afq = m.input_fake_quant
             s, zp = afq.qparams() if afq is not None and afq.min_ is not None else (None, None)
-            out[name] = {"weight_q": q, "weight_scale": scale.reshape(-1), "weight_bits": fq.bits,
-                         "input_scale": s, "input_zero_point": zp,
+            out[name] = {"weight_q": q, "weight_scale": np.asarray(qp.scale, np.float32).reshape(-1),
+                         "weight_qparams": qp, "weight_bits": fq.bits, "input_scale": s, "input_zero_point": zp,
                          "activation_bits": None if afq is None else afq.bits}
         return out
 
@@ -621,44 +636,6 @@ class QAT(Constraint):
 # gradual pruning
 # ---------------------------------------------------------------------------
 
-class PolynomialDecay:
-    """Sparsity schedule ``s_t = s_f + (s_i - s_f)(1 - p)^power``, ``p = (t - begin) / (end - begin)`` clipped to [0, 1].
-
-    Masks are updated at ``begin_step`` and every ``frequency`` steps after
-    it up to ``end_step`` (always including ``end_step``) — Zhu & Gupta (2017),
-    as in TensorFlow Model Optimization.
-
-    Examples
-    --------
-    >>> import hwreg_rs as hw
-    >>> s = hw.constraints.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100)
-    >>> [round(s.sparsity(t), 4) for t in (0, 50, 100, 200)]
-    [0.0, 0.7875, 0.9, 0.9]
-    """
-
-    def __init__(self, initial_sparsity: float, final_sparsity: float, *, begin_step: int = 0, end_step: int,
-                 power: float = 3.0, frequency: int = 1) -> None:
-        for v, n in ((initial_sparsity, "initial_sparsity"), (final_sparsity, "final_sparsity")):
-            if not 0.0 <= float(v) < 1.0:
-                raise ValueError(f"{n} must lie in [0, 1); got {v!r}")
-        if int(end_step) <= int(begin_step) or int(begin_step) < 0:
-            raise ValueError(f"need 0 <= begin_step < end_step; got {begin_step}, {end_step}")
-        if int(frequency) < 1:
-            raise ValueError(f"frequency must be >= 1; got {frequency!r}")
-        self.initial_sparsity, self.final_sparsity = float(initial_sparsity), float(final_sparsity)
-        self.begin_step, self.end_step = int(begin_step), int(end_step)
-        self.power, self.frequency = float(power), int(frequency)
-
-    def sparsity(self, step: int) -> float:
-        p = min(max((step - self.begin_step) / (self.end_step - self.begin_step), 0.0), 1.0)
-        return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - p) ** self.power
-
-    def should_update(self, step: int) -> bool:
-        if step < self.begin_step or step > self.end_step:
-            return False
-        return (step - self.begin_step) % self.frequency == 0 or step == self.end_step
-
-
 class GradualPruning(Constraint):
     """Prune weights gradually on a schedule; pruned weights, their gradients and optimizer state stay zero.
 
@@ -678,10 +655,14 @@ class GradualPruning(Constraint):
     begin_step : int, default 0
     frequency : int, default 10
         Steps between mask updates.
-    schedule : object with ``sparsity(step)`` and ``should_update(step)``, optional
-        Overrides the four arguments above (default :class:`PolynomialDecay`).
+    schedule : callable ``schedule(step) -> sparsity`` with ``should_update(step)``, optional
+        Overrides the four arguments above; the default is
+        :class:`hwreg_rs.prune.PolynomialDecay` (Zhu & Gupta: ``s_t = s_f + (s_i - s_f)(1 - p)^3``).
+        When the schedule has ``end_step`` and ``final_sparsity``, the masks are
+        also updated at ``end_step`` so the final sparsity is reached exactly even
+        if ``frequency`` does not divide the pruning window.
     mask_fn : callable ``(w, amount) -> bool mask``, optional
-        ``True`` keeps a weight (default: magnitude pruning).
+        ``True`` keeps a weight (default: :func:`hwreg_rs.prune.magnitude_mask`).
     params : see :func:`select_params`, default "weights"
 
     Invariant: every masked weight, its gradient and its optimizer state are 0.
@@ -705,10 +686,16 @@ class GradualPruning(Constraint):
         if schedule is None:
             if final_sparsity is None or end_step is None:
                 raise ValueError("give final_sparsity and end_step, or a schedule")
-            schedule = PolynomialDecay(initial_sparsity, final_sparsity, begin_step=begin_step, end_step=end_step,
-                                       frequency=frequency)
-        if not (callable(getattr(schedule, "sparsity", None)) and callable(getattr(schedule, "should_update", None))):
-            raise TypeError("schedule needs sparsity(step) and should_update(step) methods")
+            for v, n in ((initial_sparsity, "initial_sparsity"), (final_sparsity, "final_sparsity")):
+                if not 0.0 <= float(v) < 1.0:
+                    raise ValueError(f"{n} must lie in [0, 1); got {v!r}")
+            if int(end_step) <= int(begin_step) or int(begin_step) < 0 or int(frequency) < 1:
+                raise ValueError(f"need 0 <= begin_step < end_step and frequency >= 1; "
+                                 f"got {begin_step}, {end_step}, {frequency}")
+            schedule = PolynomialDecay(float(initial_sparsity), float(final_sparsity), int(begin_step),
+                                       int(end_step), frequency=int(frequency))
+        if not (callable(schedule) and callable(getattr(schedule, "should_update", None))):
+            raise TypeError("schedule must be callable as schedule(step) and have should_update(step)")
         self.schedule = schedule
         self.mask_fn = mask_fn
         self.params = params
@@ -750,8 +737,12 @@ class GradualPruning(Constraint):
                     arr *= mask
 
     def before_step(self, step: int) -> None:
-        if self.schedule.should_update(step):
-            self.update_masks(self.schedule.sparsity(step))
+        end = getattr(self.schedule, "end_step", None)
+        final = getattr(self.schedule, "final_sparsity", None)
+        if end is not None and final is not None and step == end:
+            self.update_masks(float(final))
+        elif self.schedule.should_update(step):
+            self.update_masks(float(self.schedule(step)))
 
     def on_gradients(self) -> None:
         for name, p in self._attached():

@@ -19,6 +19,7 @@ Layout (all integers little-endian)::
     64      J     JSON document, UTF-8
     ...           zero padding up to D
     D       ...   array buffers, each starting at a multiple of 64 from the file start
+                  (zero padding between them; the file ends with the last buffer)
 
 The JSON document is an object with keys ``"meta"`` (free-form, the model's
 description) and ``"arrays"``: a list of ``{"name", "dtype", "shape",
@@ -102,16 +103,19 @@ def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mappin
         entries.append({"name": k, "dtype": a.dtype.str, "shape": list(a.shape), "offset": 0,
                         "nbytes": int(a.nbytes), "crc32": zlib.crc32(memoryview(a).cast("B")) if a.size else 0})
     doc = {"meta": dict(meta or {}), "arrays": entries}
-    for e in entries:
-        e["offset"] = 10**15  # widest offset the layout can need, so the final JSON is never longer
-    json_len_bound = len(json.dumps(doc, separators=(",", ":")).encode())
-    offset = _aligned(_HEADER.size + json_len_bound)
-    data_offset = offset
-    for e in entries:
-        e["offset"] = offset
-        offset = _aligned(offset + e["nbytes"])
-    body = json.dumps(doc, separators=(",", ":")).encode()
-    body = body + b" " * (json_len_bound - len(body))  # JSON allows trailing spaces
+    # Offsets depend on the JSON's length and the JSON on the offsets: lay out
+    # again until the layout is stable (offsets only grow, so this converges).
+    data_offset = -1
+    body = b""
+    while True:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        start = _aligned(_HEADER.size + len(body))
+        if start == data_offset:
+            break
+        data_offset = offset = start
+        for e in entries:
+            e["offset"] = offset
+            offset = _aligned(offset + e["nbytes"])
     head = _HEADER.pack(MAGIC, VERSION[0], VERSION[1], 0, len(body), data_offset, 0)
     crc = zlib.crc32(body, zlib.crc32(head))
     head = _HEADER.pack(MAGIC, VERSION[0], VERSION[1], 0, len(body), data_offset, crc)
@@ -119,12 +123,12 @@ def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mappin
     with open(tmp, "wb") as f:
         f.write(head)
         f.write(body)
-        pos = _HEADER.size + len(body)
+        f.write(b"\0" * (data_offset - _HEADER.size - len(body)))
+        pos = data_offset
         for e, (_, a) in zip(entries, prepared):
             f.write(b"\0" * (e["offset"] - pos))
             f.write(memoryview(a).cast("B") if a.size else b"")
             pos = e["offset"] + e["nbytes"]
-        f.write(b"\0" * (_aligned(pos) - pos))
         size = f.tell()
     os.replace(tmp, path)
     return size

@@ -10,11 +10,27 @@ package's own kernels.
 
 The model is a roofline with a per-layer overhead::
 
-    latency = overhead + max(2 * effective_macs / throughput, bytes_moved / bandwidth)
+    latency = overhead + max(compute, bytes_moved / bandwidth)
+    compute = 2 * effective_macs / throughput                      (a preset)
 
 where ``effective_macs`` counts only kept weights when the profile has a
 kernel for the layer's sparsity pattern (scaled by that kernel's measured
 efficiency) and all of them otherwise.
+
+A measured profile (:func:`measure_host`) refines both terms with what a
+pure roofline misses on small layers, all fitted from timings of synthetic
+shapes when the profile is measured:
+
+* ``overhead`` is per kind of layer and precision (``"linear/int8"``,
+  ``"conv2d/fp32"``, ``"pool"``, ...): a call through Python into a kernel
+  costs microseconds, which dominates tiny layers;
+* ``compute`` of a GEMM layer with ``M`` rows, ``K`` inputs and ``N`` outputs
+  adds per-element costs to the MACs: quantizing the ``M*K`` activations
+  (int8), the output step on ``M*N`` results, im2col and the NCHW transpose
+  for convolutions; MACs count the padding of the kernel's register tile
+  (``gemm_tile``), and work above ``parallel_min_macs`` runs
+  ``parallel_speedup`` times faster;
+* pooling and elementwise layers cost a measured time per element.
 """
 
 from __future__ import annotations
@@ -22,8 +38,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 __all__ = [
     "HardwareProfile",
@@ -34,10 +54,15 @@ __all__ = [
     "fits",
     "preset",
     "PRESETS",
+    "measure_host",
+    "model_work",
 ]
 
 PRECISIONS = ("fp32", "int8")
 PATTERNS = ("dense", "unstructured", "block", "n:m")
+KINDS = ("linear", "conv2d", "pool", "elementwise", "reshape")
+# Per-element cost keys a profile may calibrate (nanoseconds per element).
+ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "nchw", "pool", "elementwise")
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,38 @@ class HardwareProfile:
         Fixed cost of running one layer (dispatch, threads wake-up).
     source : str
         Where the figures come from.
+    overhead_us : dict of str to float
+        Fixed cost of one layer by ``"kind/precision"`` (e.g. ``"linear/int8"``)
+        or by ``"kind"`` (``"pool"``, ``"elementwise"``, ``"reshape"``); a kind
+        not listed costs ``layer_overhead_us``.
+    ns_per_element : dict of str to float
+        Costs besides MACs, in nanoseconds per element (keys in
+        ``ELEMENT_COSTS``): ``"int8_row"`` per GEMM row (its quantization
+        parameters), ``"int8_in"`` / ``"fp32_in"`` per GEMM input element
+        (quantizing activations), ``"int8_out"`` / ``"fp32_out"`` per
+        GEMM output element (the output step), ``"im2col"`` per column-matrix
+        element and ``"nchw"`` per output element of a convolution, ``"pool"``
+        per pooling input element, ``"elementwise"`` per element and pass.
+        Empty for a pure roofline.
+    gemm_tile : tuple of 3 int
+        ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
+        ``N`` to (its register tile); ``(1, 1, 1)`` for none.
+    parallel_min_macs : int
+        Int8 work (MACs) from which the kernels use all ``cores``; 0 when the
+        throughput figures already include threading.
+    parallel_speedup : float
+        Speed-up of the int8 kernels on ``cores`` threads over one, for work of
+        at least ``parallel_min_macs`` (``int8_gops`` is the all-cores figure).
+        Below 1 when threads slow the kernels down, as on a machine whose
+        cores are busy with other work.
+
+    Examples
+    --------
+    >>> p = preset("x86-avx2")
+    >>> p.name, p.simd_width_bits
+    ('x86-avx2', 256)
+    >>> print(p.describe().splitlines()[0])
+    | field | value |
     """
 
     name: str
@@ -93,6 +150,11 @@ class HardwareProfile:
     needs_7bit_activations: bool = False
     layer_overhead_us: float = 1.0
     source: str = ""
+    overhead_us: Mapping[str, float] = field(default_factory=dict)
+    ns_per_element: Mapping[str, float] = field(default_factory=dict)
+    gemm_tile: tuple[int, int, int] = (1, 1, 1)
+    parallel_min_macs: int = 0
+    parallel_speedup: float = 1.0
 
     def __post_init__(self) -> None:
         for f in ("int8_gops", "fp32_gflops", "mem_bandwidth_gbs", "energy_pj_per_byte"):
@@ -111,10 +173,33 @@ class HardwareProfile:
         missing = set(PRECISIONS) - set(self.energy_pj_per_mac)
         if missing:
             raise ValueError(f"energy_pj_per_mac lacks {sorted(missing)}")
+        for key, v in self.overhead_us.items():
+            kind, _, prec = str(key).partition("/")
+            if kind not in KINDS or (prec and prec not in PRECISIONS):
+                raise ValueError(f"overhead_us key {key!r} must be a kind {KINDS} optionally followed by "
+                                 f"'/precision' {PRECISIONS}")
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"overhead_us[{key!r}] must be a number >= 0; got {v!r}")
+        for key, v in self.ns_per_element.items():
+            if key not in ELEMENT_COSTS:
+                raise ValueError(f"unknown ns_per_element key {key!r}; expected one of {ELEMENT_COSTS}")
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"ns_per_element[{key!r}] must be a number >= 0; got {v!r}")
+        tile = tuple(int(t) for t in self.gemm_tile)
+        if len(tile) != 3 or min(tile) < 1:
+            raise ValueError(f"gemm_tile must be 3 positive ints (rows, depth, cols); got {self.gemm_tile!r}")
+        if int(self.parallel_min_macs) < 0:
+            raise ValueError(f"parallel_min_macs must be >= 0; got {self.parallel_min_macs!r}")
+        if not (isinstance(self.parallel_speedup, (int, float)) and self.parallel_speedup > 0):
+            raise ValueError(f"parallel_speedup must be a number > 0; got {self.parallel_speedup!r}")
         # Freeze the mappings so a profile is a value.
         object.__setattr__(self, "energy_pj_per_mac", dict(self.energy_pj_per_mac))
         object.__setattr__(self, "sparsity_patterns", dict(self.sparsity_patterns))
         object.__setattr__(self, "kernels", tuple(self.kernels))
+        object.__setattr__(self, "overhead_us", {str(k): float(v) for k, v in self.overhead_us.items()})
+        object.__setattr__(self, "ns_per_element", {str(k): float(v) for k, v in self.ns_per_element.items()})
+        object.__setattr__(self, "gemm_tile", tile)
+        object.__setattr__(self, "parallel_min_macs", int(self.parallel_min_macs))
 
     def throughput_ops(self, precision: str) -> float:
         """Dense throughput in operations per second for ``"int8"`` or ``"fp32"``."""
@@ -134,9 +219,51 @@ class HardwareProfile:
         if unknown:
             raise ValueError(f"unknown profile fields {sorted(unknown)}")
         d = dict(d)
-        if "kernels" in d:
-            d["kernels"] = tuple(d["kernels"])
+        for key in ("kernels", "gemm_tile"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    def overhead_s(self, kind: str, precision: str = "fp32") -> float:
+        """Fixed seconds of one call of a layer of ``kind`` at ``precision``."""
+        us = self.overhead_us.get(f"{kind}/{precision}", self.overhead_us.get(kind, self.layer_overhead_us))
+        return us * 1e-6
+
+    def describe(self) -> str:
+        """The profile as a two-column Markdown table (one row per field).
+
+        Examples
+        --------
+        >>> print(preset("cortex-m7").describe())  # doctest: +ELLIPSIS
+        | field | value |
+        |---|---|
+        | name | cortex-m7 |
+        | int8_gops | 0.9 GOP/s |
+        ...
+        """
+        units = {"int8_gops": "GOP/s", "fp32_gflops": "GFLOP/s", "mem_bandwidth_gbs": "GB/s",
+                 "energy_pj_per_byte": "pJ/B", "simd_width_bits": "bits", "layer_overhead_us": "µs"}
+        rows = ["| field | value |", "|---|---|"]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "mem_capacity_bytes":
+                text = f"{v} B ({v / _GIB:.2f} GiB)" if v >= _GIB else f"{v} B ({v / 1024:.0f} KiB)"
+            elif isinstance(v, dict):
+                text = ", ".join(f"{k}: {_num(x)}" for k, x in v.items()) or "–"
+                if f.name == "overhead_us":
+                    text += " (µs)" if v else ""
+                elif f.name == "ns_per_element":
+                    text += " (ns/element)" if v else ""
+                elif f.name == "energy_pj_per_mac":
+                    text += " (pJ)"
+            elif isinstance(v, tuple):
+                text = ", ".join(str(x) for x in v) or "–"
+            elif isinstance(v, float):
+                text = _num(v) + (f" {units[f.name]}" if f.name in units else "")
+            else:
+                text = str(v) + (f" {units[f.name]}" if f.name in units else "")
+            rows.append(f"| {f.name} | {text.replace('|', '/')} |")
+        return "\n".join(rows)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the profile as JSON.
@@ -164,6 +291,10 @@ class HardwareProfile:
         if not isinstance(d, dict):
             raise ValueError(f"{os.fspath(path)!r} does not hold a JSON object")
         return cls.from_dict(d)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
 
 
 # Operation energies: M. Horowitz, "Computing's energy problem (and what we can
@@ -263,7 +394,8 @@ class LayerWork:
     name : str
         Layer name.
     kind : str
-        ``"linear"``, ``"conv2d"``, ``"pool"`` or ``"elementwise"``.
+        ``"linear"``, ``"conv2d"``, ``"pool"``, ``"elementwise"`` or
+        ``"reshape"`` (a view: no data moved).
     macs : int
         Dense-equivalent multiply-accumulates for the whole batch.
     weight_bytes : int
@@ -276,6 +408,17 @@ class LayerWork:
         Fraction of weights kept (1.0 when dense).
     pattern : str
         ``"dense"``, ``"unstructured"``, ``"block"`` or ``"n:m"``.
+    gemm : tuple of 3 int, optional
+        ``(M, K, N)`` of the matrix product of a linear or conv2d layer (for a
+        convolution ``M = batch*OH*OW``, ``K = C*kh*kw``). When omitted it is
+        derived from ``macs`` and the activation bytes (4 per element; a
+        conv2d's ``act_in_bytes`` counting its column matrix twice, as the
+        runtime does).
+    calls : int
+        Separate kernel (or NumPy) calls the layer makes; each pays the fixed
+        overhead.
+    passes : int
+        Passes over the activations an elementwise layer makes.
     """
 
     name: str
@@ -287,6 +430,9 @@ class LayerWork:
     precision: str = "fp32"
     density: float = 1.0
     pattern: str = "dense"
+    gemm: tuple[int, int, int] | None = None
+    calls: int = 1
+    passes: int = 1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -298,6 +444,13 @@ class LayerWork:
         for f in ("macs", "weight_bytes", "act_in_bytes", "act_out_bytes"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0; got {getattr(self, f)!r}")
+        if self.gemm is not None:
+            g = tuple(int(v) for v in self.gemm)
+            if len(g) != 3 or min(g) < 0:
+                raise ValueError(f"gemm must be (M, K, N) of non-negative ints; got {self.gemm!r}")
+            object.__setattr__(self, "gemm", g)
+        if self.calls < 1 or self.passes < 0:
+            raise ValueError(f"calls must be >= 1 and passes >= 0; got {self.calls!r}, {self.passes!r}")
 
 
 @dataclass(frozen=True)
@@ -359,8 +512,68 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
     return min(float(work.macs), work.macs * work.density / eff)
 
 
+def _gemm_dims(w: LayerWork) -> tuple[int, int, int] | None:
+    """(M, K, N) of a linear / conv2d layer, given or derived from its bytes."""
+    if w.gemm is not None:
+        return w.gemm
+    if w.macs <= 0 or w.kind not in ("linear", "conv2d"):
+        return None
+    in_el = w.act_in_bytes / 4 / (2 if w.kind == "conv2d" else 1)
+    out_el = w.act_out_bytes / 4
+    m = max(1, round(in_el * out_el / w.macs))
+    return m, max(1, round(in_el / m)), max(1, round(out_el / m))
+
+
+def _pad(v: int, t: int) -> int:
+    return -(-v // t) * t
+
+
+def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
+    """Seconds of work besides the fixed overhead (the roofline's compute term,
+    refined by the profile's per-element costs when it has them)."""
+    ns = profile.ns_per_element
+    prec = w.precision
+    if w.kind in ("linear", "conv2d") and w.macs > 0:
+        dims = _gemm_dims(w)
+        ops = profile.throughput_ops(prec)
+        if not ns or dims is None:
+            return 2.0 * macs / ops
+        m, k, n = dims
+        if w.pattern == "dense" or macs >= w.macs:
+            tr, tk, tn = profile.gemm_tile if prec == "int8" else (1, 1, 1)
+            macs_eff = float(_pad(m, tr) * _pad(k, tk) * _pad(n, tn))
+        else:
+            macs_eff = macs
+        t_in = (m * k * ns.get(f"{prec}_in", 0.0) + m * ns.get(f"{prec}_row", 0.0)) * 1e-9
+        t_out = m * n * ns.get(f"{prec}_out", 0.0) * 1e-9
+        s = profile.parallel_speedup
+        if prec == "int8" and profile.parallel_min_macs and s != 1:
+            # int8_gops is the all-cores figure; work below the threshold runs on one thread.
+            par = m * k * n >= profile.parallel_min_macs
+            t_mac = 2.0 * macs_eff / ops * (1.0 if par else s)
+            t_out = t_out / s if par else t_out
+            t_in = t_in / s if m * k >= profile.parallel_min_macs else t_in
+        else:
+            t_mac = 2.0 * macs_eff / ops
+        t = t_mac + t_in + t_out
+        if w.kind == "conv2d":
+            t += (m * k * ns.get("im2col", 0.0) + m * n * ns.get("nchw", 0.0)) * 1e-9
+        return t
+    if w.kind == "pool" and "pool" in ns:
+        return w.act_in_bytes / 4 * ns["pool"] * 1e-9
+    if w.kind == "elementwise" and "elementwise" in ns:
+        return w.passes * max(w.act_in_bytes, w.act_out_bytes) / 4 * ns["elementwise"] * 1e-9
+    if w.macs:
+        return 2.0 * macs / profile.throughput_ops(prec)
+    return 0.0
+
+
 def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstimate:
     """Latency, memory and energy of running ``layers`` in order on ``profile``.
+
+    Each layer costs ``calls * overhead + max(compute, bytes_moved /
+    bandwidth)``; see the module docstring for ``compute``. A ``"reshape"``
+    layer moves no data.
 
     Examples
     --------
@@ -373,16 +586,17 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstim
     out = []
     for w in layers:
         macs = _effective_macs(w, profile)
-        compute = 2.0 * macs / profile.throughput_ops(w.precision) if w.macs else 0.0
-        moved = w.weight_bytes + w.act_in_bytes + w.act_out_bytes
+        compute = _compute_s(w, profile, macs)
+        moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
         memory = moved / (profile.mem_bandwidth_gbs * 1e9)
-        overhead = profile.layer_overhead_us * 1e-6
+        overhead = w.calls * profile.overhead_s(w.kind, w.precision)
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):
             bound = "overhead"
         energy = (macs * profile.energy_pj_per_mac[w.precision] + moved * profile.energy_pj_per_byte) * 1e-12
+        act = 0 if w.kind == "reshape" else int(w.act_in_bytes + w.act_out_bytes)
         out.append(LayerEstimate(w.name, overhead + max(compute, memory), compute, memory, energy,
-                                 int(w.weight_bytes), int(w.act_in_bytes + w.act_out_bytes), bound))
+                                 int(w.weight_bytes), act, bound))
     return CostEstimate(profile.name, tuple(out))
 
 
@@ -390,3 +604,419 @@ def fits(est: CostEstimate, profile: HardwareProfile) -> bool:
     """Whether the model's memory (weights plus peak activations) fits the profile."""
     return est.memory_bytes <= profile.mem_capacity_bytes
 
+
+
+# ---------------------------------------------------------------------------
+# The float model's work
+# ---------------------------------------------------------------------------
+
+
+def model_work(model: Any, input_shape: Iterable[int], batch: int = 1) -> list[LayerWork]:
+    """What each layer of a float :mod:`hwreg_rs.nn` model computes and moves
+    for a batch, as fp32 :class:`LayerWork` (input to :func:`estimate`).
+
+    Costs follow how the layers run in NumPy: Linear is one matrix product
+    plus a bias add; Conv2d is im2col, a product, a bias add and the NCHW
+    transpose; BatchNorm (eval) is three passes over its input and about eight
+    NumPy calls; ReLU two calls (the output and its one-byte mask); Flatten
+    and Dropout (eval) are views. Weights are counted dense: NumPy multiplies
+    pruned zeros like any weight.
+
+    Parameters
+    ----------
+    model : hwreg_rs.nn.Module
+        A :class:`~hwreg_rs.nn.Sequential` (nested ones are flattened) or one layer.
+    input_shape : iterable of int
+        Shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
+    batch : int, default 1
+
+    Returns
+    -------
+    list of LayerWork
+        One per layer, named ``"<index>.<LayerType>"``.
+
+    Examples
+    --------
+    >>> import hwreg_rs as hw
+    >>> work = model_work(hw.nn.mlp([64, 256, 10], rng=0), (64,), batch=8)
+    >>> [(w.name, w.macs) for w in work]
+    [('0.Linear', 131072), ('1.ReLU', 0), ('2.Linear', 20480)]
+    >>> estimate(work, preset("x86-avx2")).latency_s > 0
+    True
+    """
+    from .nn import functional as F
+    from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
+    from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
+    from .nn.module import Sequential
+
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive int; got {batch!r}")
+
+    def flat(m: Any) -> list[Any]:
+        if isinstance(m, Sequential):
+            return [x for c in m for x in flat(c)]
+        return [m]
+
+    shape: tuple[int, ...] = (int(batch),) + tuple(int(d) for d in input_shape)
+    out: list[LayerWork] = []
+    for i, m in enumerate(flat(model)):
+        name = f"{i}.{type(m).__name__}"
+        size = int(np.prod(shape))
+        if isinstance(m, Linear):
+            if shape[-1] != m.in_features:
+                raise ValueError(f"{name} expects {m.in_features} features; the input to it has shape {shape}")
+            rows, k, n = size // shape[-1], m.in_features, m.out_features
+            out.append(LayerWork(name, "linear", rows * k * n, 4 * (k * n + n), rows * k * 4, rows * n * 4,
+                                 "fp32", gemm=(rows, k, n)))
+            shape = shape[:-1] + (n,)
+        elif isinstance(m, Conv2d):
+            if len(shape) != 4 or shape[1] != m.in_channels:
+                raise ValueError(f"{name} expects (N, {m.in_channels}, H, W); the input to it has shape {shape}")
+            oh, ow = F.out_size(shape[2], shape[3], m.kernel_size, m.stride, m.padding)
+            rows = shape[0] * oh * ow
+            k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            n = m.out_channels
+            out.append(LayerWork(name, "conv2d", rows * k * n, 4 * (k * n + n), rows * k * 4 * 2, rows * n * 4,
+                                 "fp32", gemm=(rows, k, n)))
+            shape = (shape[0], n, oh, ow)
+        elif isinstance(m, (MaxPool2d, AvgPool2d)):
+            oh, ow = F.out_size(shape[2], shape[3], m.kernel_size, m.stride, m.padding)
+            new = (shape[0], shape[1], oh, ow)
+            # MaxPool also returns its int64 argmax indices.
+            extra = 2 if isinstance(m, MaxPool2d) else 1
+            out.append(LayerWork(name, "pool", 0, 0, size * 4, int(np.prod(new)) * 4 * extra))
+            shape = new
+        elif isinstance(m, (BatchNorm1d, BatchNorm2d)):
+            out.append(LayerWork(name, "elementwise", 0, 8 * m.num_features, size * 4, size * 4, calls=8, passes=3))
+        elif isinstance(m, ReLU):
+            # np.maximum writes the output, a comparison writes a one-byte mask.
+            out.append(LayerWork(name, "elementwise", 0, 0, size * 4, size * 4, calls=2, passes=1))
+        elif isinstance(m, Flatten):
+            shape = shape[: m.start_dim] + (int(np.prod(shape[m.start_dim:])),)
+            out.append(LayerWork(name, "reshape", 0, 0, size * 4, size * 4, calls=2))  # the layer call + the view
+        elif isinstance(m, Dropout):
+            out.append(LayerWork(name, "reshape", 0, 0, size * 4, size * 4))
+        else:
+            raise TypeError(f"cannot cost layer {type(m).__name__}; supported: Linear, Conv2d, BatchNorm1d/2d, "
+                            "ReLU, MaxPool2d, AvgPool2d, Flatten, Dropout")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Measuring this machine
+# ---------------------------------------------------------------------------
+
+
+def _time_call(fn: Any, budget_s: float, *, min_n: int = 5, max_n: int = 100) -> float:
+    """Median seconds of one call of ``fn`` (each call timed alone, so a
+    preempted call is an outlier the median ignores), after one warm-up; stops
+    early once ``min_n`` calls have taken several times the budget."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    n = int(min(max(budget_s / once, min_n), max_n))
+    ts = []
+    deadline = time.perf_counter() + 4 * budget_s
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        ts.append(t1 - t0)
+        if i + 1 >= min_n and t1 > deadline:
+            break
+    return float(np.median(ts))
+
+
+def _nnls_rel(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error: min Σ ((x·c - t)/t)² with c ≥ 0
+    (drop the most negative coefficient and refit until none is negative)."""
+    xw = x / t[:, None]
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        c, *_ = np.linalg.lstsq(xw[:, active], np.ones(len(t)), rcond=None)
+        if (c >= 0).all():
+            coef[active] = c
+            break
+        active.pop(int(np.argmin(c)))
+    return coef
+
+
+def _nnls_rest(x: np.ndarray, t: np.ndarray, fixed: float) -> np.ndarray:
+    """Non-negative coefficients of ``x`` fitting ``t - fixed`` (relative to ``t``)."""
+    xw = x / t[:, None]
+    y = (t - fixed) / t
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        c, *_ = np.linalg.lstsq(xw[:, active], y, rcond=None)
+        if (c >= 0).all():
+            coef[active] = c
+            break
+        active.pop(int(np.argmin(c)))
+    return coef
+
+
+def _fit_fixed_per(sizes: list[int], times: list[float]) -> tuple[float, float]:
+    """(fixed seconds, seconds per element) through measured points."""
+    coef = _nnls_rel(np.array([[1.0, float(s)] for s in sizes]), np.array(times))
+    return float(coef[0]), float(coef[1])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_capacity() -> int:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                v = f.read().strip()
+        except OSError:
+            continue
+        if v.isdigit() and 0 < int(v) < total:
+            total = int(v)
+    return int(total)
+
+
+def measure_host(*, quick: bool = False) -> HardwareProfile:
+    """A profile of this machine, named ``"host"``, measured by timing the package's own kernels.
+
+    * int8: :class:`hwreg_rs.Int8Linear` (dynamic quantization, the runtime's
+      linear layer) on a grid of synthetic shapes on one thread; a
+      non-negative least-squares fit (on relative error) of
+      ``fixed + a·M·K + b·M·N + c·MACs`` gives the per-call overhead, the
+      activation-quantization and output-step costs and the GEMM throughput;
+      one large product on all threads gives the parallel speed-up.
+    * fp32: the same fit for NumPy ``x @ w.T + b`` (the float model runs in NumPy).
+    * convolution: im2col and the NCHW transpose timed at two sizes, and a
+      small runtime convolution for its fixed cost.
+    * pooling, elementwise (ReLU) and views: two sizes each, fixed + per element.
+    * memory bandwidth: a large copy; capacity: physical memory (or the cgroup limit).
+    * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
+      the dense int8 layer, as the efficiency of a kept weight.
+    * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
+
+    Timings are medians of single calls, so a busy machine moves them less;
+    the library's thread count (:func:`hwreg_rs.num_threads`) is held fixed
+    while measuring and recorded as ``cores``: estimate with the same setting.
+
+    Parameters
+    ----------
+    quick : bool, default False
+        Fewer shapes and repeats: well under a second, for tests; its
+        figures are rough.
+
+    Returns
+    -------
+    HardwareProfile
+
+    Examples
+    --------
+    >>> p = measure_host(quick=True)
+    >>> p.name, p.int8_gops > 0
+    ('host', True)
+    """
+    from . import prune, sparse
+    from .config import active_isa, num_threads, set_num_threads
+    from .gemm import Int8Linear
+    from .nn import functional as F
+    from .nn.conv import Conv2d
+    from .nn.module import Sequential
+
+    threads = num_threads()
+    rng = np.random.default_rng(20260)
+    budget = 0.001 if quick else 0.004
+    max_n = 20 if quick else 60
+    rounds = 1 if quick else 3  # small measurements are repeated apart in time: load comes in bursts
+
+    def rand(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    # Shapes of the GEMM grid: deliberately not the shapes of any model we check.
+    ms = (1, 8, 48) if quick else (1, 3, 12, 40, 100, 200)
+    ks = (24, 300) if quick else (20, 90, 300, 700)
+    ns_ = (24, 300) if quick else (12, 40, 200, 600)
+    grid = [(m, k, n) for m in ms for k in ks for n in ns_]
+    # Tall and thin products (convolutions over many pixels) pin the per-row costs.
+    grid += [(m, k, n) for m in ((700,) if quick else (600, 1500)) for k in (8, 27) for n in (8, 24)]
+    order = rng.permutation(len(grid))  # shuffled, so a burst of load does not line up with one feature
+    # NumPy's BLAS threads make fp32 calls slow and erratic on a busy machine: fewer shapes, fewer calls.
+    if quick:
+        fgrid = [(m, k, n) for m in (1, 16) for k in (24, 200) for n in (24, 200)] + [(300, 8, 24)]
+    else:
+        fgrid = [(m, k, n) for m in (1, 5, 24, 96) for k in (24, 300) for n in (24, 300)] + [(700, 8, 24)]
+
+    tile = (1, 4, 16)  # int8 GEMM: K in groups of 4, N in panels of 16 (hwreg-kernels gemm::pack)
+    par_min = 1 << 16  # hwreg-kernels threads::PARALLEL_MIN_WORK
+    small: dict[str, list[float]] = {}
+
+    def keep(key: str, v: float) -> None:
+        small.setdefault(key, []).append(v)
+
+    set_num_threads(1)
+    try:
+        # -- int8 GEMM (single thread) and fp32 NumPy (BLAS threads as they are) ---
+        layers = {(k, n): Int8Linear.from_float(rand(n, k)) for _, k, n in grid}
+        # The per-call overhead: a tiny layer, timed in rounds spread over the grid.
+        tiny8 = Int8Linear.from_float(rand(4, 4))
+        tw, tb, tx = rand(4, 4), rand(4), rand(1, 4)
+        o8: list[float] = []
+        of: list[float] = []
+
+        def overheads() -> None:
+            set_num_threads(1)
+            o8.append(_time_call(lambda: tiny8(tx), budget, max_n=max_n))
+            of.append(_time_call(lambda: tx @ tw.T + tb, budget, max_n=max_n))
+
+        rows8, rowsf, t8, tf = [], [], [], []
+        for j, i in enumerate(order):
+            if j % max(len(order) // (2 * rounds + 1), 1) == 0:
+                overheads()
+            m, k, n = grid[i]
+            lay, x = layers[(k, n)], rand(m, k)
+            t8.append(_time_call(lambda: lay(x), budget, max_n=max_n))
+            rows8.append([m * k, m * n, m * _pad(k, tile[1]) * _pad(n, tile[2]), m])
+        set_num_threads(threads)
+        for m, k, n in fgrid:
+            w, b, x = rand(n, k), rand(n), rand(m, k)
+            tf.append(_time_call(lambda: x @ w.T + b, budget, min_n=3, max_n=max_n))
+            rowsf.append([m * k, m * n, m * k * n])
+        overheads()
+        set_num_threads(1)
+        # Fit the rest of each call's time with the overhead held at the tiny layer's.
+        fix8, fixf = float(np.median(o8)), float(np.median(of))
+        c8 = np.concatenate([[fix8], _nnls_rest(np.array(rows8, float), np.array(t8), fix8)])
+        cf = np.concatenate([[fixf], _nnls_rest(np.array(rowsf, float), np.array(tf), fixf)])
+
+        from .runtime import convert
+
+        conv = Sequential(Conv2d(2, 6, 3, padding=1, rng=rng)).eval()
+        conv_x = rand(1, 2, 5, 5)
+        conv_op = convert(conv, input_shape=(2, 5, 5)).ops[0]
+        par_shapes = ((40, 600, 200),) if quick else ((40, 600, 200), (100, 200, 200), (160, 512, 512))
+        par_layers = [(Int8Linear.from_float(rand(n, k)), rand(m, k)) for m, k, n in par_shapes]
+        for _ in range(rounds):
+            set_num_threads(1)
+            # -- parallel speed-up on mid-size products (waking the pool included) --
+            if threads > 1:
+                for j, (lay, x) in enumerate(par_layers):
+                    set_num_threads(1)
+                    t1 = _time_call(lambda: lay(x), 2 * budget, max_n=max_n)
+                    set_num_threads(threads)
+                    keep(f"par{j}", t1 / _time_call(lambda: lay(x), 2 * budget, max_n=max_n))
+            # The other kernels run at the library's thread count, as in a model.
+            set_num_threads(threads)
+            # -- convolution pieces: im2col and the NCHW transpose -------------------
+            for j, x in enumerate((rand(1, 2, 6, 6), rand(3, 5, 10, 10), rand(6 if quick else 12, 5, 10, 10))):
+                keep(f"im2col{j}", _time_call(lambda: F.im2col(x, (3, 3), (1, 1), (1, 1)), budget, max_n=max_n))
+            for j, (n, h, c) in enumerate(((1, 6, 6), (3, 10, 10), (6 if quick else 12, 10, 20))):
+                y = rand(n * h * h, c)
+                keep(f"nchw{j}", _time_call(
+                    lambda: np.ascontiguousarray(y.reshape(n, h, h, -1).transpose(0, 3, 1, 2)), budget, max_n=max_n))
+            # -- pooling, elementwise, views -------------------------------------------
+            for j, x in enumerate((rand(1, 3, 6, 6), rand(2, 8, 10, 10), rand(6 if quick else 40, 12, 12, 12))):
+                keep(f"pool{j}", _time_call(lambda: F.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), (2, 2),
+                                                                 (2, 2), (0, 0)), budget, max_n=max_n))
+            for j, x in enumerate((rand(1, 40), rand(8, 600), rand(48 if quick else 96, 1500))):
+                keep(f"elem{j}", _time_call(lambda: np.maximum(x, 0, dtype=np.float32), budget, max_n=max_n))
+            xr = rand(3, 4, 5, 5)
+            keep("reshape", _time_call(lambda: xr.reshape(xr.shape[:1] + (-1,)), budget, max_n=max_n))
+            # -- a whole small convolution layer, as the runtime and NumPy run it ------
+            keep("conv8", _time_call(lambda: conv_op.forward(conv_x), budget, max_n=max_n))
+            keep("convf", _time_call(lambda: conv(conv_x), budget, max_n=max_n))
+        med = {key: float(np.median(v)) for key, v in small.items()}
+        speedup = 1.0
+        if threads > 1:
+            speedup = float(min(max(np.median([med[f"par{j}"] for j in range(len(par_shapes))]), 0.25), threads))
+        im2col_sizes = [1 * 2 * 36 * 9, 3 * 5 * 100 * 9, (6 if quick else 12) * 5 * 100 * 9]
+        _, im2col_s = _fit_fixed_per(im2col_sizes, [med[f"im2col{j}"] for j in range(3)])
+        nchw_sizes = [36 * 6, 3 * 100 * 10, (6 if quick else 12) * 100 * 20]
+        _, nchw_s = _fit_fixed_per(nchw_sizes, [med[f"nchw{j}"] for j in range(3)])
+        pool_sizes = [3 * 36, 2 * 8 * 100, (6 if quick else 40) * 12 * 144]
+        pool_fixed, pool_s = _fit_fixed_per(pool_sizes, [med[f"pool{j}"] for j in range(3)])
+        elem_sizes = [40, 8 * 600, (48 if quick else 96) * 1500]
+        elem_fixed, elem_s = _fit_fixed_per(elem_sizes, [med[f"elem{j}"] for j in range(3)])
+        reshape_fixed = med["reshape"]
+        # Fixed cost of a convolution layer: the small one's time less its modelled work.
+        m, k, n = 25, 18, 6
+        body8 = (c8[1] * m * k + c8[2] * m * n + c8[3] * m * _pad(k, tile[1]) * _pad(n, tile[2]) + c8[4] * m
+                 + im2col_s * m * k + nchw_s * m * n)
+        conv8 = max(med["conv8"] - body8, c8[0])
+        bodyf = cf[1] * m * k + cf[2] * m * n + cf[3] * m * k * n + im2col_s * m * k + nchw_s * m * n
+        convf = max(med["convf"] - bodyf, cf[0])
+
+        # -- sparse kernels at ~90% sparsity against dense int8 -------------------
+        # Efficiency of a kept weight: the dense layer's time per MAC over the
+        # sparse product's time per stored MAC, both less the modelled costs of
+        # the call, the activations and the output.
+        patterns: dict[str, float] = {}
+        kn, bm = (256, 32) if quick else (512, 48)
+        w = rand(kn, kn)
+        xs = rand(bm, kn)
+        dense = Int8Linear.from_float(w)
+        fixed = c8[0] + c8[1] * bm * kn + c8[2] * bm * kn + c8[4] * bm
+        t_dense = max(_time_call(lambda: dense(xs), budget, max_n=max_n) - fixed, 1e-9) / (bm * kn * kn)
+        cands = {
+            "unstructured": lambda: sparse.CSRMatrix.from_dense(w, prune.magnitude_mask(w, 0.9), dtype="int8"),
+            "block": lambda: sparse.BSRMatrix.from_dense(w, prune.block_mask(w, 0.9, block=(1, 4)), block=(1, 4),
+                                                         dtype="int8"),
+            "n:m": lambda: sparse.NMMatrix.from_dense(w, prune.nm_mask(w, 1, 8), n=1, m=8, dtype="int8"),
+        }
+        for pat, make in cands.items():
+            mat = make()
+            t_sp = max(_time_call(lambda: mat.matmul(xs), budget, max_n=max_n) - fixed, 1e-9)
+            patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
+    finally:
+        set_num_threads(threads)
+
+    # -- memory bandwidth: a copy larger than the last-level cache ----------------
+    nbytes = (16 if quick else 96) << 20
+    src = np.ones(nbytes // 4, np.float32)
+    dst = src.copy()
+    t_copy = _time_call(lambda: np.copyto(dst, src), 0.0, min_n=2 if quick else 3, max_n=3)
+    del src, dst
+    bandwidth = 2 * nbytes / t_copy / 1e9
+
+    isa = active_isa()
+    simd = {"avx512vnni": 512, "avx2": 256}.get(isa, 128)
+    us = 1e6
+    return HardwareProfile(
+        name="host",
+        int8_gops=float(2.0 / max(c8[3], 1e-15) / 1e9 * speedup),
+        fp32_gflops=float(2.0 / max(cf[3], 1e-15) / 1e9),
+        mem_bandwidth_gbs=float(bandwidth),
+        mem_capacity_bytes=_memory_capacity(),
+        energy_pj_per_mac=dict(_E45),
+        energy_pj_per_byte=_E_DRAM,
+        simd_width_bits=simd,
+        cores=int(threads),
+        kernels=("dense_f32", "dense_int8", "sparse_f32", "sparse_int8"),
+        sparsity_patterns=patterns,
+        needs_7bit_activations=False,  # every hwreg_rs int8 path is exact
+        layer_overhead_us=float(c8[0] * us),
+        source=(f"measured by hwreg_rs.profiles.measure_host(quick={quick}) on {_cpu_name()} "
+                f"({platform.machine()}), ISA {isa}, {threads} thread(s), "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC; energies are the 45 nm figures of "
+                "Horowitz (ISSCC 2014), not measured."),
+        overhead_us={"linear/int8": float(c8[0] * us), "linear/fp32": float(cf[0] * us),
+                     "conv2d/int8": float(conv8 * us), "conv2d/fp32": float(convf * us),
+                     "pool": float(pool_fixed * us), "elementwise": float(elem_fixed * us),
+                     "reshape": float(reshape_fixed * us)},
+        ns_per_element={"int8_row": float(c8[4] * 1e9), "int8_in": float(c8[1] * 1e9), "int8_out": float(c8[2] * 1e9),
+                        "fp32_in": float(cf[1] * 1e9), "fp32_out": float(cf[2] * 1e9),
+                        "im2col": float(im2col_s * 1e9), "nchw": float(nchw_s * 1e9),
+                        "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9)},
+        gemm_tile=tile,
+        parallel_min_macs=par_min,
+        parallel_speedup=speedup,
+    )

@@ -91,15 +91,14 @@ def _grid(dtype: str, bits: int) -> tuple[int, int]:
 
 
 def _dtype_name(dtype: Any) -> str:
-    if isinstance(dtype, str) and dtype in _RANGES:
-        return dtype
+    """``"int8"`` or ``"uint8"`` from a name, a NumPy type or dtype (TypeError otherwise)."""
     try:
         name = np.dtype(dtype).name
     except TypeError:
         name = None
-    if name in _RANGES and not isinstance(dtype, str):
-        return name
-    raise TypeError(f"dtype must be 'int8' or 'uint8'; got {dtype!r}")
+    if name not in _RANGES or isinstance(dtype, bool):
+        raise TypeError(f"dtype must be 'int8' or 'uint8'; got {dtype!r}")
+    return name
 
 
 def _float_input(x: Any, name: str) -> np.ndarray:

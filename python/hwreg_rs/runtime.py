@@ -101,8 +101,7 @@ class _Dense(_Op):
         return self.layer(x)
 
     def spec(self) -> dict[str, Any]:
-        return {"op": self.kind, "relu": bool(self.layer.relu), "in": self.layer.in_features,
-                "out": self.layer.out_features, "bias": self.layer.bias is not None}
+        return {"op": self.kind, "relu": bool(self.layer.relu)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
@@ -140,7 +139,7 @@ class _Sparse(_Op):
     def spec(self) -> dict[str, Any]:
         out, inp = self.matrix.shape
         return {"op": self.kind, "path": self.path, "block": list(self.block) if self.block else None,
-                "relu": bool(self.relu), "in": int(inp), "out": int(out), "bias": self.bias is not None}
+                "relu": bool(self.relu), "in": int(inp), "out": int(out)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         # Kept values in row-major order plus a bit mask: compact for any format,
@@ -206,7 +205,7 @@ class _Conv(_Op):
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
                 "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding), "bias": self.layer.bias is not None}
+                "stride": list(self.stride), "padding": list(self.padding)}
 
     arrays = _Dense.arrays
 
@@ -249,6 +248,9 @@ class _Pool(_Op):
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[:2] + F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
 
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        return LayerWork(name, "pool", 0, 0, int(np.prod(shape)) * 4, int(np.prod(self.out_shape(shape))) * 4)
+
 
 class _Flatten(_Op):
     kind = "flatten"
@@ -268,6 +270,10 @@ class _Flatten(_Op):
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[: self.start_dim] + (int(np.prod(shape[self.start_dim:])),)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        n = int(np.prod(shape)) * 4
+        return LayerWork(name, "reshape", 0, 0, n, n)  # a view: no data moved
 
 
 class _ReLU(_Op):

@@ -23,6 +23,22 @@ def _np_dequantize(q: np.ndarray, s: Any, zp: Any) -> np.ndarray:
     return (q.astype(np.float32) - zp) * s
 
 
+def _np_quantize_out(x: np.ndarray, s: Any, zp: Any, lo: int, hi: int, tmp: np.ndarray,
+                     out: np.ndarray) -> np.ndarray:
+    np.divide(x, s, out=tmp)
+    np.rint(tmp, out=tmp)
+    np.add(tmp, zp, out=tmp)
+    np.clip(tmp, lo, hi, out=tmp)
+    np.copyto(out, tmp, casting="unsafe")
+    return out
+
+
+def _np_dequantize_out(q: np.ndarray, s: Any, zp: Any, out: np.ndarray) -> np.ndarray:
+    np.subtract(q, zp, out=out, dtype=np.float32)
+    np.multiply(out, s, out=out)
+    return out
+
+
 def _np_dynamic(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
     maxx = np.float32(max(np.float32(0), x.max()))
     minx = np.float32(min(np.float32(0), x.min()))
@@ -57,6 +73,8 @@ def run(quick: bool = False) -> str:
     # NumPy gets float32 zero points so its expression stays in float32.
     zf_row, zf_col = z_row.astype(np.float32), z_col.astype(np.float32)
     q = hw.quantize(x, s, 3)
+    q_out, q_out2 = np.empty_like(q), np.empty_like(q)
+    f_out, f_out2, f_tmp = np.empty_like(x), np.empty_like(x), np.empty_like(x)
 
     cases: list[tuple[str, str, int, Callable[[], Any], Callable[[], Any]]] = [
         ("quantize int8", "per tensor", 5,
@@ -78,6 +96,11 @@ def run(quick: bool = False) -> str:
          lambda: hw.dequantize(q, s_col, z_col, axis=1),
          lambda: _np_dequantize(q, s_col, zf_col)),
         ("dynamic_quantize", "per tensor", 5, lambda: hw.dynamic_quantize(x), lambda: _np_dynamic(x)),
+        # Preallocated outputs on both sides (NumPy: in-place ufuncs with out=).
+        ("quantize int8 (out=)", "per tensor", 5,
+         lambda: hw.quantize(x, s, 3, out=q_out), lambda: _np_quantize_out(x, s, 3, -128, 127, f_tmp, q_out2)),
+        ("dequantize int8 (out=)", "per tensor", 5,
+         lambda: hw.dequantize(q, s, 3, out=f_out), lambda: _np_dequantize_out(q, s, np.float32(3), f_out2)),
     ]
     t = Table(["op", "params", "elements", "NumPy ms", "hwreg ms", "NumPy GB/s", "hwreg GB/s",
                "hwreg Melem/s", "speed-up"])
@@ -90,6 +113,7 @@ def run(quick: bool = False) -> str:
               n / t_ours / 1e6, f"{t_np / t_ours:.1f}x")
     head = ("## quant: quantize / dequantize / dynamic_quantize vs the NumPy expression\n\n"
             "float32 input, median of %d runs; GB/s counts 4 + 1 bytes per element; NumPy is "
-            "`np.clip(np.rint(x / s) + zp, lo, hi).astype(int8)` and `(q.astype(float32) - zp) * s`; "
+            "`np.clip(np.rint(x / s) + zp, lo, hi).astype(int8)` and `(q.astype(float32) - zp) * s` "
+            "(the `out=` rows: both sides write preallocated arrays, NumPy through in-place ufuncs); "
             "answers checked equal before timing.\n\n" % repeats)
     return head + t.markdown()

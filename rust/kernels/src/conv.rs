@@ -54,7 +54,12 @@ impl Window {
             _ => {
                 return crate::shape_err!(
                     "kernel ({}, {}) is larger than the padded input ({} + 2*{}, {} + 2*{})",
-                    self.kh, self.kw, self.h, self.ph, self.w, self.pw
+                    self.kh,
+                    self.kw,
+                    self.h,
+                    self.ph,
+                    self.w,
+                    self.pw
                 )
             }
         }
@@ -65,7 +70,13 @@ impl Window {
             .and_then(|v| v.checked_mul(self.w))
             .is_none()
         {
-            return crate::shape_err!("input shape ({}, {}, {}, {}) overflows", self.n, self.c, self.h, self.w);
+            return crate::shape_err!(
+                "input shape ({}, {}, {}, {}) overflows",
+                self.n,
+                self.c,
+                self.h,
+                self.w
+            );
         }
         Ok(self)
     }
@@ -117,7 +128,9 @@ pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec
     let win = win.check()?;
     check_len(x.len(), win.in_len(), "x")?;
     let (rows, k) = win.cols_shape();
-    let total = rows.checked_mul(k).ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
+    let total = rows
+        .checked_mul(k)
+        .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
     let mut cols = vec![pad; total];
     let per_img = win.oh() * win.ow() * k;
     let img_len = win.c * win.h * win.w;
@@ -142,22 +155,21 @@ fn im2col_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window) {
             for ci in 0..win.c {
                 let plane = &x[ci * win.h * win.w..(ci + 1) * win.h * win.w];
                 for ky in 0..win.kh {
-                    match Window::src(oy, ky, win.sh, win.ph, win.h) {
-                        Some(iy) => {
-                            let line = &plane[iy * win.w..(iy + 1) * win.w];
-                            let x0 = ox * win.sw;
-                            if x0 >= win.pw && x0 - win.pw + win.kw <= win.w {
-                                // the kernel row lies inside the image: one contiguous copy
-                                row[j..j + win.kw].copy_from_slice(&line[x0 - win.pw..x0 - win.pw + win.kw]);
-                            } else {
-                                for kx in 0..win.kw {
-                                    if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
-                                        row[j + kx] = line[ix];
-                                    }
+                    // a kernel row in the padding stays `pad`
+                    if let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) {
+                        let line = &plane[iy * win.w..(iy + 1) * win.w];
+                        let x0 = ox * win.sw;
+                        if x0 >= win.pw && x0 - win.pw + win.kw <= win.w {
+                            // the kernel row lies inside the image: one contiguous copy
+                            row[j..j + win.kw]
+                                .copy_from_slice(&line[x0 - win.pw..x0 - win.pw + win.kw]);
+                        } else {
+                            for kx in 0..win.kw {
+                                if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
+                                    row[j + kx] = line[ix];
                                 }
                             }
                         }
-                        None => {} // the whole kernel row is padding: already `pad`
                     }
                     j += win.kw;
                 }
@@ -236,7 +248,10 @@ pub fn max_pool2d(x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i64>)> {
     if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
         return crate::value_err!(
             "padding ({}, {}) must be at most half the kernel size ({}, {})",
-            win.ph, win.pw, win.kh, win.kw
+            win.ph,
+            win.pw,
+            win.kh,
+            win.kw
         );
     }
     let (oh, ow) = (win.oh(), win.ow());
@@ -264,9 +279,13 @@ fn max_pool_plane(p: &[f32], out: &mut [f32], idx: &mut [i64], win: &Window) {
             let mut best = f32::NEG_INFINITY;
             let mut arg: Option<usize> = None;
             for ky in 0..win.kh {
-                let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else { continue };
+                let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else {
+                    continue;
+                };
                 for kx in 0..win.kw {
-                    let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) else { continue };
+                    let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) else {
+                        continue;
+                    };
                     let v = p[iy * win.w + ix];
                     // `v > best` is false for NaN: test it so NaN wins and sticks.
                     if arg.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
@@ -318,7 +337,10 @@ pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
     if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
         return crate::value_err!(
             "padding ({}, {}) must be at most half the kernel size ({}, {})",
-            win.ph, win.pw, win.kh, win.kw
+            win.ph,
+            win.pw,
+            win.kh,
+            win.kw
         );
     }
     let (oh, ow) = (win.oh(), win.ow());
@@ -330,22 +352,26 @@ pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
     threads::run(out.len() * win.kh * win.kw, || {
-        out.par_chunks_mut(plane_out).zip(x.par_chunks(plane_in)).for_each(|(o, p)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut s = 0f32;
-                    for ky in 0..win.kh {
-                        let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else { continue };
-                        for kx in 0..win.kw {
-                            if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
-                                s += p[iy * win.w + ix];
+        out.par_chunks_mut(plane_out)
+            .zip(x.par_chunks(plane_in))
+            .for_each(|(o, p)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0f32;
+                        for ky in 0..win.kh {
+                            let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else {
+                                continue;
+                            };
+                            for kx in 0..win.kw {
+                                if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
+                                    s += p[iy * win.w + ix];
+                                }
                             }
                         }
+                        o[oy * ow + ox] = s * inv;
                     }
-                    o[oy * ow + ox] = s * inv;
                 }
-            }
-        });
+            });
     });
     Ok(out)
 }
@@ -363,21 +389,25 @@ pub fn avg_pool2d_backward(grad: &[f32], win: Window) -> Result<Vec<f32>> {
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
     threads::run(grad.len() * win.kh * win.kw, || {
-        gx.par_chunks_mut(plane_in).zip(grad.par_chunks(plane_out)).for_each(|(g, go)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let v = go[oy * ow + ox] * inv;
-                    for ky in 0..win.kh {
-                        let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else { continue };
-                        for kx in 0..win.kw {
-                            if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
-                                g[iy * win.w + ix] += v;
+        gx.par_chunks_mut(plane_in)
+            .zip(grad.par_chunks(plane_out))
+            .for_each(|(g, go)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let v = go[oy * ow + ox] * inv;
+                        for ky in 0..win.kh {
+                            let Some(iy) = Window::src(oy, ky, win.sh, win.ph, win.h) else {
+                                continue;
+                            };
+                            for kx in 0..win.kw {
+                                if let Some(ix) = Window::src(ox, kx, win.sw, win.pw, win.w) {
+                                    g[iy * win.w + ix] += v;
+                                }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
     });
     Ok(gx)
 }
@@ -386,8 +416,27 @@ pub fn avg_pool2d_backward(grad: &[f32], win: Window) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
 
-    fn win(n: usize, c: usize, h: usize, w: usize, k: (usize, usize), s: (usize, usize), p: (usize, usize)) -> Window {
-        Window { n, c, h, w, kh: k.0, kw: k.1, sh: s.0, sw: s.1, ph: p.0, pw: p.1 }
+    fn win(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize),
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> Window {
+        Window {
+            n,
+            c,
+            h,
+            w,
+            kh: k.0,
+            kw: k.1,
+            sh: s.0,
+            sw: s.1,
+            ph: p.0,
+            pw: p.1,
+        }
     }
 
     /// Direct definition of one im2col entry.
@@ -421,7 +470,11 @@ mod tests {
             assert_eq!(cols.len(), rows * kk);
             for r in 0..rows {
                 for col in 0..kk {
-                    assert_eq!(cols[r * kk + col], reference(&x, &wn, r, col, -99), "{wn:?} r={r} c={col}");
+                    assert_eq!(
+                        cols[r * kk + col],
+                        reference(&x, &wn, r, col, -99),
+                        "{wn:?} r={r} c={col}"
+                    );
                 }
             }
         }
@@ -452,9 +505,18 @@ mod tests {
             let x: Vec<i32> = (0..wn.in_len() as i32).map(|v| (v * 37) % 11 - 5).collect();
             let (rows, kk) = wn.cols_shape();
             let cv: Vec<i32> = (0..(rows * kk) as i32).map(|v| (v * 13) % 7 - 3).collect();
-            let lhs: i64 = im2col(&x, wn, 0).unwrap().iter().zip(&cv).map(|(&a, &b)| a as i64 * b as i64).sum();
+            let lhs: i64 = im2col(&x, wn, 0)
+                .unwrap()
+                .iter()
+                .zip(&cv)
+                .map(|(&a, &b)| a as i64 * b as i64)
+                .sum();
             let back = col2im(&cv, wn).unwrap();
-            let rhs: i64 = x.iter().zip(&back).map(|(&a, &b)| a as i64 * b as i64).sum();
+            let rhs: i64 = x
+                .iter()
+                .zip(&back)
+                .map(|(&a, &b)| a as i64 * b as i64)
+                .sum();
             assert_eq!(lhs, rhs);
         }
     }
@@ -474,7 +536,9 @@ mod tests {
     #[test]
     fn max_pool_picks_first_maximum_and_routes_gradient() {
         let wn = win(1, 1, 4, 4, (2, 2), (2, 2), (0, 0)).check().unwrap();
-        let x = [1., 5., 2., 2., 5., 0., 2., 2., -1., -2., 9., 3., -3., -4., 3., 9.];
+        let x = [
+            1., 5., 2., 2., 5., 0., 2., 2., -1., -2., 9., 3., -3., -4., 3., 9.,
+        ];
         let (out, idx) = max_pool2d(&x, wn).unwrap();
         assert_eq!(out, vec![5., 2., -1., 9.]);
         assert_eq!(idx, vec![1, 2, 8, 10]);
@@ -510,7 +574,9 @@ mod tests {
     #[test]
     fn large_batch_runs_in_parallel_and_matches_serial() {
         let wn = win(64, 8, 12, 12, (3, 3), (1, 1), (1, 1)).check().unwrap();
-        let x: Vec<f32> = (0..wn.in_len()).map(|v| ((v * 31) % 17) as f32 - 8.0).collect();
+        let x: Vec<f32> = (0..wn.in_len())
+            .map(|v| ((v * 31) % 17) as f32 - 8.0)
+            .collect();
         let cols = im2col(&x, wn, 0.0).unwrap();
         let one = Window { n: 1, ..wn };
         let img = one.in_len();

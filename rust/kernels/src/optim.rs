@@ -32,8 +32,21 @@ pub struct AdamStep {
 }
 
 /// `torch.optim.Adam` / `AdamW` update of `w` in place, with state `m` (exp_avg) and `v` (exp_avg_sq).
-pub fn adam_step(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) -> Result<()> {
-    same_len(w.len(), &[(g.len(), "grad"), (m.len(), "exp_avg"), (v.len(), "exp_avg_sq")])?;
+pub fn adam_step(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    h: AdamStep,
+) -> Result<()> {
+    same_len(
+        w.len(),
+        &[
+            (g.len(), "grad"),
+            (m.len(), "exp_avg"),
+            (v.len(), "exp_avg_sq"),
+        ],
+    )?;
     if !(h.bias_correction1 > 0.0 && h.bias_correction2_sqrt > 0.0) {
         return crate::value_err!("bias corrections must be > 0");
     }
@@ -56,6 +69,7 @@ pub fn adam_step(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Adam
 
 /// `torch.optim.SGD` update with momentum buffer `buf` (already initialised to the
 /// first gradient by the caller on step 1, as PyTorch does).
+#[allow(clippy::too_many_arguments)]
 pub fn sgd_momentum_step(
     w: &mut [f32],
     g: &[f32],
@@ -66,10 +80,17 @@ pub fn sgd_momentum_step(
     weight_decay: f32,
     nesterov: bool,
 ) -> Result<()> {
-    same_len(w.len(), &[(g.len(), "grad"), (buf.len(), "momentum_buffer")])?;
+    same_len(
+        w.len(),
+        &[(g.len(), "grad"), (buf.len(), "momentum_buffer")],
+    )?;
     let c = 1.0 - dampening;
     for ((wi, &gi), bi) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-        let d = if weight_decay != 0.0 { gi + weight_decay * *wi } else { gi };
+        let d = if weight_decay != 0.0 {
+            gi + weight_decay * *wi
+        } else {
+            gi
+        };
         *bi = momentum * *bi + c * d;
         let upd = if nesterov { d + momentum * *bi } else { *bi };
         *wi -= lr * upd;
@@ -114,6 +135,8 @@ mod tests {
         let mut buf = vec![0.5f32];
         sgd_momentum_step(&mut w, &[1.0], &mut buf, 0.1, 0.9, 0.0, 0.0, true).unwrap();
         assert!((w[0] - (1.0 - 0.1 * (1.0 + 0.9 * 1.45))).abs() < 1e-6);
-        assert!(sgd_momentum_step(&mut w, &[1.0, 2.0], &mut buf, 0.1, 0.9, 0.0, 0.0, true).is_err());
+        assert!(
+            sgd_momentum_step(&mut w, &[1.0, 2.0], &mut buf, 0.1, 0.9, 0.0, 0.0, true).is_err()
+        );
     }
 }

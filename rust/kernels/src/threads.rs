@@ -6,7 +6,7 @@
 //! instead of handles to threads that only exist in the parent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 struct PoolEntry {
     pid: u32,
@@ -35,7 +35,14 @@ pub fn num_threads() -> usize {
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(available_cores)
+}
+
+/// Cores this process may use, read once: `available_parallelism` reads cgroup
+/// files on every call (tens of µs), far too slow for a per-kernel-call check.
+fn available_cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The library pool, created on first use and again after a fork or a change of

@@ -4,35 +4,93 @@
 //! C-contiguous NCHW float32 arrays (the Python layer guarantees it).
 
 use hwreg_kernels::conv::{self, Window};
-use numpy::{PyArray1, PyArray2, PyArray4, PyArrayMethods, PyReadonlyArray2, PyReadonlyArray4, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray4, PyArrayMethods, PyReadonlyArray2, PyReadonlyArray4, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
 
 type Pair = (usize, usize);
 
+/// The pooled output and PyTorch-style argmax indices.
+type PoolWithIndices<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>);
+
 fn window(shape: &[usize], k: Pair, s: Pair, p: Pair) -> Window {
-    Window { n: shape[0], c: shape[1], h: shape[2], w: shape[3], kh: k.0, kw: k.1, sh: s.0, sw: s.1, ph: p.0, pw: p.1 }
+    Window {
+        n: shape[0],
+        c: shape[1],
+        h: shape[2],
+        w: shape[3],
+        kh: k.0,
+        kw: k.1,
+        sh: s.0,
+        sw: s.1,
+        ph: p.0,
+        pw: p.1,
+    }
 }
 
 fn to4<'py>(py: Python<'py>, v: Vec<f32>, dims: [usize; 4]) -> PyResult<Bound<'py, PyArray4<f32>>> {
     PyArray1::from_vec(py, v).reshape(dims)
 }
 
-/// im2col(x, kernel_size, stride, padding) -> (n*oh*ow, c*kh*kw) float32
+/// An NCHW image batch of one of the element types im2col accepts.
+#[derive(FromPyObject)]
+enum Images<'py> {
+    F32(PyReadonlyArray4<'py, f32>),
+    U8(PyReadonlyArray4<'py, u8>),
+    I8(PyReadonlyArray4<'py, i8>),
+}
+
+fn unfold<'py, T: numpy::Element + Copy + Send + Sync>(
+    py: Python<'py>,
+    x: &PyReadonlyArray4<'py, T>,
+    win: Window,
+    pad: T,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xs = contiguous(x, "x")?;
+    let cols = py.detach(|| conv::im2col(xs, win, pad)).or_py()?;
+    let (r, k) = win.cols_shape();
+    Ok(PyArray1::from_vec(py, cols).reshape([r, k])?.into_any())
+}
+
+fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T> {
+    if v.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&v) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "pad_value must be an integer in [{lo}, {hi}] for {dtype} input; got {v}"
+        )));
+    }
+    T::try_from(v as i64)
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err("pad_value out of range"))
+}
+
+/// im2col(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, c*kh*kw), x's dtype
+/// (float32, uint8 or int8; for integers `pad_value` is the zero point written into the padding).
 #[pyfunction]
+#[pyo3(signature = (x, kernel_size, stride, padding, pad_value=0.0))]
 fn im2col<'py>(
     py: Python<'py>,
-    x: PyReadonlyArray4<'py, f32>,
+    x: Images<'py>,
     kernel_size: Pair,
     stride: Pair,
     padding: Pair,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let win = window(x.shape(), kernel_size, stride, padding);
-    let xs = contiguous(&x, "x")?;
-    let cols = py.detach(|| conv::im2col(xs, win, 0.0f32)).or_py()?;
-    let (r, k) = win.cols_shape();
-    PyArray1::from_vec(py, cols).reshape([r, k])
+    pad_value: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    match x {
+        Images::F32(a) => {
+            let win = window(a.shape(), kernel_size, stride, padding);
+            unfold(py, &a, win, pad_value as f32)
+        }
+        Images::U8(a) => {
+            let win = window(a.shape(), kernel_size, stride, padding);
+            unfold(py, &a, win, int_pad::<u8>(pad_value, 0, 255, "uint8")?)
+        }
+        Images::I8(a) => {
+            let win = window(a.shape(), kernel_size, stride, padding);
+            unfold(py, &a, win, int_pad::<i8>(pad_value, -128, 127, "int8")?)
+        }
+    }
 }
 
 /// col2im(cols, input_shape, kernel_size, stride, padding) -> (n, c, h, w) float32
@@ -69,12 +127,15 @@ fn max_pool2d<'py>(
     kernel_size: Pair,
     stride: Pair,
     padding: Pair,
-) -> PyResult<(Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>)> {
+) -> PyResult<PoolWithIndices<'py>> {
     let win = window(x.shape(), kernel_size, stride, padding);
     let xs = contiguous(&x, "x")?;
     let (out, idx) = py.detach(|| conv::max_pool2d(xs, win)).or_py()?;
     let dims = [win.n, win.c, win.oh(), win.ow()];
-    Ok((to4(py, out, dims)?, PyArray1::from_vec(py, idx).reshape(dims)?))
+    Ok((
+        to4(py, out, dims)?,
+        PyArray1::from_vec(py, idx).reshape(dims)?,
+    ))
 }
 
 /// max_pool2d_backward(grad, indices, input_shape, kernel_size, stride, padding) -> float32
@@ -92,7 +153,9 @@ fn max_pool2d_backward<'py>(
     let win = window(&[n, c, h, w], kernel_size, stride, padding);
     let gs = contiguous(&grad, "grad")?;
     let is = contiguous(&indices, "indices")?;
-    let gx = py.detach(|| conv::max_pool2d_backward(gs, is, win)).or_py()?;
+    let gx = py
+        .detach(|| conv::max_pool2d_backward(gs, is, win))
+        .or_py()?;
     to4(py, gx, [n, c, h, w])
 }
 

@@ -34,6 +34,13 @@ impl Int8Array<'_> {
     }
 }
 
+/// `m * n`, or a ValueError when it overflows.
+fn out_len(m: usize, n: usize) -> PyResult<usize> {
+    m.checked_mul(n)
+        .filter(|&l| l <= isize::MAX as usize / 4)
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("output of shape ({m}, {n}) is too large")))
+}
+
 fn zp<'a>(v: &'a [i32]) -> ZeroPoint<'a> {
     if v.len() == 1 {
         ZeroPoint::Scalar(v[0])
@@ -88,7 +95,12 @@ impl PyPackedB {
 /// _pack_b(b, zero_point, transposed) -> _PackedB. `b` is (K, N), or (N, K)
 /// when `transposed` (a Linear weight).
 #[pyfunction]
-fn _pack_b(py: Python<'_>, b: Int8Array<'_>, zero_point: PyReadonlyArray1<'_, i32>, transposed: bool) -> PyResult<PyPackedB> {
+fn _pack_b(
+    py: Python<'_>,
+    b: Int8Array<'_>,
+    zero_point: PyReadonlyArray1<'_, i32>,
+    transposed: bool,
+) -> PyResult<PyPackedB> {
     let (r, c) = b.dims();
     let z = contiguous(&zero_point, "b_zero_point")?;
     let src = b.source("b")?;
@@ -113,10 +125,15 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     let (m, k) = a.dims();
     let src = a.source("a")?;
     let n = b.n();
+    out_len(m, n)?;
     let out = py
         .detach(|| {
-            let mut out = vec![T::default(); m * n];
-            gemm::matmul(src, m, k, zp(a_zp), b, step, &mut out).map(|_| out)
+            let mut out = Vec::with_capacity(m * n);
+            gemm::matmul_uninit(src, m, k, zp(a_zp), b, step, &mut out.spare_capacity_mut()[..m * n]).map(|_| {
+                // SAFETY: on Ok the kernel wrote all m*n elements.
+                unsafe { out.set_len(m * n) };
+                out
+            })
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])
@@ -124,7 +141,12 @@ fn run_out<'py, T: OutElem + numpy::Element>(
 
 /// _matmul_integer(a, a_zero_point, b) -> int32 (M, N)
 #[pyfunction]
-fn _matmul_integer<'py>(py: Python<'py>, a: Int8Array<'py>, a_zero_point: PyReadonlyArray1<'py, i32>, b: &Bound<'py, PyPackedB>) -> PyResult<Bound<'py, PyArray2<i32>>> {
+fn _matmul_integer<'py>(
+    py: Python<'py>,
+    a: Int8Array<'py>,
+    a_zero_point: PyReadonlyArray1<'py, i32>,
+    b: &Bound<'py, PyPackedB>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
     let z = contiguous(&a_zero_point, "a_zero_point")?;
     run_out::<i32>(py, &a, z, &b.get().inner, &OutputStep::Int32)
 }
@@ -178,10 +200,17 @@ fn _linear_dynamic<'py>(
     };
     let pb = &b.get().inner;
     let n = pb.n();
+    out_len(m, n)?;
     let out = py
         .detach(|| {
-            let mut out = vec![0f32; m * n];
-            gemm::linear_dynamic(xs, m, k, pb, cs, bias, relu, &mut out).map(|_| out)
+            let mut out = Vec::with_capacity(m * n);
+            gemm::linear_dynamic_uninit(xs, m, k, pb, cs, bias, relu, &mut out.spare_capacity_mut()[..m * n]).map(
+                |_| {
+                    // SAFETY: on Ok the kernel wrote all m*n elements.
+                    unsafe { out.set_len(m * n) };
+                    out
+                },
+            )
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])
@@ -215,11 +244,23 @@ fn _linear_static<'py>(
     let pb = &b.get().inner;
     Ok(match y_scale {
         None => {
-            let step = OutputStep::Float { row_scale, col_scale, bias, relu };
+            let step = OutputStep::Float {
+                row_scale,
+                col_scale,
+                bias,
+                relu,
+            };
             run_out::<f32>(py, &x_q, z, pb, &step)?.into_any()
         }
         Some(y_scale) => {
-            let step = OutputStep::Requant { row_scale, col_scale, bias, relu, y_scale, y_zero_point };
+            let step = OutputStep::Requant {
+                row_scale,
+                col_scale,
+                bias,
+                relu,
+                y_scale,
+                y_zero_point,
+            };
             if y_signed {
                 run_out::<i8>(py, &x_q, z, pb, &step)?.into_any()
             } else {

@@ -8,7 +8,8 @@ use pyo3::prelude::*;
 use crate::errors::OrPy;
 
 fn slice_mut<'a>(a: &'a mut PyReadwriteArrayDyn<'_, f32>, name: &str) -> PyResult<&'a mut [f32]> {
-    a.as_slice_mut().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
+    a.as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
 }
 
 /// adam_step(w, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2_sqrt)
@@ -30,7 +31,16 @@ fn adam_step(
     bias_correction1: f32,
     bias_correction2_sqrt: f32,
 ) -> PyResult<()> {
-    let h = AdamStep { lr, beta1, beta2, eps, weight_decay, decoupled, bias_correction1, bias_correction2_sqrt };
+    let h = AdamStep {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled,
+        bias_correction1,
+        bias_correction2_sqrt,
+    };
     let g = crate::errors::contiguous(&grad, "grad")?;
     let ws = slice_mut(&mut w, "w")?;
     let ms = slice_mut(&mut exp_avg, "exp_avg")?;
@@ -55,7 +65,10 @@ fn sgd_momentum_step(
     let g = crate::errors::contiguous(&grad, "grad")?;
     let ws = slice_mut(&mut w, "w")?;
     let bs = slice_mut(&mut buf, "buf")?;
-    py.detach(|| optim::sgd_momentum_step(ws, g, bs, lr, momentum, dampening, weight_decay, nesterov)).or_py()
+    py.detach(|| {
+        optim::sgd_momentum_step(ws, g, bs, lr, momentum, dampening, weight_decay, nesterov)
+    })
+    .or_py()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -45,6 +45,7 @@ fn fill<'py, T: numpy::Element, R: Send>(
     Ok(py.detach(|| f(out)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn quantize_into<'py, T: QElem + numpy::Element>(
     py: Python<'py>,
     x: &[f32],
@@ -66,6 +67,7 @@ fn quantize_into<'py, T: QElem + numpy::Element>(
 /// Python layer for contiguity and overlap) receives the result.
 #[pyfunction]
 #[pyo3(signature = (x, scale, zero_point, axis, dtype, qrange=None, out=None))]
+#[allow(clippy::too_many_arguments)]
 fn quantize_linear<'py>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, f32>,

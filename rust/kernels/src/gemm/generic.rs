@@ -1,7 +1,11 @@
 //! Portable micro-kernel over the shared packed layout: the reference path and
-//! the path on CPUs without AVX2. Plain Rust the compiler can auto-vectorise.
+//! the path on CPUs without AVX2. Plain Rust the compiler can auto-vectorise:
+//! each 64-byte group of B is widened once to i32 and reused by every row of
+//! the tile.
 
-use super::kernel::Kernel;
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use super::kernel::{tile_match, Fix, Kernel};
 
 /// Portable kernel: 4 rows × 1 panel (16 columns) per tile.
 pub(crate) struct Generic;
@@ -16,29 +20,76 @@ impl Kernel for Generic {
         dst.copy_from_slice(src);
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-        debug_assert!(mr >= 1 && mr <= Self::MR && np >= 1 && np <= Self::NP);
-        for r in 0..mr {
-            // SAFETY: the driver passes `kg * 4` readable elements per row of A
-            // and `kg * 64` bytes per panel of B, and a tile-sized `acc`.
-            let arow = std::slice::from_raw_parts(a.add(r * lda), kg * 4);
-            for p in 0..np {
-                let panel = std::slice::from_raw_parts(b.add(p * bs), kg * 64);
-                let mut s = [0i32; 16];
-                if load {
-                    std::ptr::copy_nonoverlapping(acc.add(r * ld + p * 16), s.as_mut_ptr(), 16);
-                }
-                for (av, grp) in arow.chunks_exact(4).zip(panel.chunks_exact(64)) {
-                    for (c, col) in grp.chunks_exact(4).enumerate() {
-                        let mut d = 0i32;
-                        for t in 0..4 {
-                            d += av[t] as i32 * col[t] as i32; // |d| <= 4*255*128: no overflow
-                        }
-                        s[c] = s[c].wrapping_add(d);
-                    }
-                }
-                std::ptr::copy_nonoverlapping(s.as_ptr(), acc.add(r * ld + p * 16), 16);
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+        fix: Option<&Fix>,
+    ) {
+        let _ = bs;
+        tile_match!(
+            mr,
+            np,
+            tile_body,
+            (kg, a, lda, b, acc, ld, load, fix),
+            [(1, 1), (2, 1), (3, 1), (4, 1)]
+        )
+    }
+}
+
+#[inline(always)]
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+    fix: Option<&Fix>,
+) {
+    // SAFETY (whole body): the driver passes `4 * kg` readable elements per
+    // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
+    let rows: [&[u8]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(a.add(r * lda), kg * 4));
+    let panel = std::slice::from_raw_parts(b, kg * 64);
+    // 64 i32 lanes per row: lane 4c+t sums a[k=4g+t] · b[4g+t, c]; the four
+    // lanes of a column are added at the end. Elementwise, so it vectorises.
+    let mut s = [[0i32; 64]; MR];
+    for (g, grp) in panel.chunks_exact(64).enumerate() {
+        let bw: [i16; 64] = std::array::from_fn(|i| grp[i] as i16);
+        for r in 0..MR {
+            let av = &rows[r][4 * g..4 * g + 4];
+            let aw: [i16; 64] = std::array::from_fn(|i| av[i & 3] as i16);
+            for i in 0..64 {
+                // |a·b| <= 255 * 128; the running sum wraps.
+                s[r][i] = s[r][i].wrapping_add(aw[i] as i32 * bw[i] as i32);
             }
         }
+    }
+    for (r, sr) in s.iter().enumerate() {
+        let mut cols = [0i32; 16];
+        if load {
+            std::ptr::copy_nonoverlapping(acc.add(r * ld), cols.as_mut_ptr(), 16);
+        }
+        for (c, q) in cols.iter_mut().zip(sr.chunks_exact(4)) {
+            *c = c.wrapping_add(q[0].wrapping_add(q[1]).wrapping_add(q[2]).wrapping_add(q[3]));
+        }
+        if let Some(f) = fix {
+            let (za, rs) = (*f.za.add(r), *f.rowsum.add(r));
+            for (j, c) in cols.iter_mut().enumerate() {
+                let t = za
+                    .wrapping_mul(*f.colterm.add(j))
+                    .wrapping_add(rs.wrapping_mul(*f.zb.add(j)));
+                *c = c.wrapping_sub(t);
+            }
+        }
+        std::ptr::copy_nonoverlapping(cols.as_ptr(), acc.add(r * ld), 16);
     }
 }

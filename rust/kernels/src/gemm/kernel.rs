@@ -3,6 +3,7 @@
 
 /// A micro-kernel: computes a tile of `mr` rows × `np` panels (16 columns
 /// each) of `Σ_k Â[i,k]·B̂[k,j]` in wrapping `i32` over the packed layouts.
+#[allow(clippy::too_many_arguments)]
 pub(crate) trait Kernel {
     /// Most rows per tile.
     const MR: usize;
@@ -11,6 +12,9 @@ pub(crate) trait Kernel {
     /// Most panels per tile when the tile has a single row (GEMV: more
     /// independent accumulators hide the multiply latency).
     const NP_ROW: usize;
+    /// Whether the kernel can write a corrected tile straight to an `i32`
+    /// output (`Fix::dst`).
+    const DIRECT: bool = false;
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
     type AElem: Copy + Default + Send + Sync;
 
@@ -18,7 +22,8 @@ pub(crate) trait Kernel {
     fn widen(src: &[u8], dst: &mut [Self::AElem]);
 
     /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16),
-    /// adding to the values already there when `load` (K blocking).
+    /// adding to the values already there when `load` (K blocking), and
+    /// applying the zero-point correction `fix` (last K block) in registers.
     ///
     /// # Safety
     /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
@@ -26,7 +31,52 @@ pub(crate) trait Kernel {
     /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
     /// and the CPU supports the kernel's ISA.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const Self::AElem, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool);
+    /// Zero-point correction and output step of a block
+    /// ([`super::finish_block`]), compiled for this kernel's ISA.
+    ///
+    /// # Safety
+    /// As for [`super::finish_block`]; the CPU supports the kernel's ISA.
+    unsafe fn finish<T: super::output::OutElem>(f: super::Finish<'_, '_, T>) {
+        super::finish_block(f)
+    }
+
+    /// Dynamic per-row quantization ([`super::pack::quantize_row_u8`]),
+    /// compiled for this kernel's ISA.
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        super::pack::quantize_row_u8_inline(x, dst)
+    }
+
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const Self::AElem,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+        fix: Option<&Fix>,
+    );
+}
+
+/// The zero-point correction a tile applies after its last K block:
+/// `acc[r][c] -= za[r]·colterm[c] + rowsum[r]·zb[c]` (wrapping). Pointers to the
+/// tile's first row (`za`, `rowsum`: `mr` values) and first column (`zb`,
+/// `colterm`: `16·np` values, B's padding included).
+///
+/// When `dst` is not null (only for kernels with `DIRECT`), the corrected
+/// tile goes straight to the `i32` output instead of `acc`: row `r` at
+/// `dst + r·dst_ld`, its first `dst_cols` columns only.
+pub(crate) struct Fix {
+    pub za: *const i32,
+    pub rowsum: *const i32,
+    pub zb: *const i32,
+    pub colterm: *const i32,
+    pub dst: *mut i32,
+    pub dst_ld: usize,
+    pub dst_cols: usize,
 }
 
 /// Expands `match (mr, np)` over every const-generic instantiation of a tile function.

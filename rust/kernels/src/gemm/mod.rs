@@ -10,22 +10,28 @@
 //! ```
 //!
 //! All sums wrap in `i32`; the result is exact whenever the true value fits
-//! `i32`, which [`pack::check_bound`] guarantees up front
+//! `i32`, which `pack::check_bound` guarantees up front
 //! (`K · max|a-za| · max|b-zb| ≤ 2^31-1`, else a `Value` error naming K).
 //!
-//! The driver ([`run`]) is generic over a [`kernel::Kernel`] and never names an
-//! ISA; [`dispatch`] picks the kernel from [`crate::isa::active`]. Loops, in
-//! the BLIS style:
+//! The driver (`run`, `block`) is generic over a `kernel::Kernel` (one
+//! zero-sized struct per ISA: `generic.rs`, `x86_avx2.rs`,
+//! `x86_avx512vnni.rs`) and never names an ISA; [`matmul`] picks the kernel
+//! from [`crate::isa::active`] once per call. Loops, in the BLIS style:
 //!
-//! * threads: the `M × N` output is split over rows (tall problems) or over
-//!   column panels (short ones, e.g. GEMV with `M = 1`), in
-//!   [`threads::chunks_for`] chunks run on the library pool;
+//! * threads: the `M × N` output is split over column blocks when `N >= M`
+//!   (each thread streams its share of B once; GEMV with `M = 1` included),
+//!   else over rows in one chunk per thread; serial below
+//!   [`threads::PARALLEL_MIN_WORK`] MACs;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
 //! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
-//!   block buffer); after the last K block the zero-point correction and the
-//!   [`output`] step are applied to the block while it is hot.
+//!   block buffer and applies the zero-point correction in registers after the
+//!   last K block); then the [`output`] step runs on the block while it is hot.
+//!
+//! Tiles: AVX-512 VNNI 6 rows × 64 columns (24 zmm accumulators, no spills),
+//! 1 × 128 for a single row; AVX2 3 × 16 (12 ymm accumulators; one spills to
+//! L1 off the critical path), 1 × 48 for a single row; portable 4 × 16.
 
 pub mod output;
 pub mod pack;
@@ -44,6 +50,7 @@ use crate::{shape_err, value_err};
 use kernel::Kernel;
 use output::{Epilogue, OutElem, OutputStep, Param};
 pub use pack::{ASource, PackedB, ZeroPoint, NR};
+use std::mem::MaybeUninit;
 
 /// `C = (A - za) · (B - zb)` followed by the output step `step`, written to
 /// `out` (row-major `M × N`, `T` as the step requires: `i32` for
@@ -51,7 +58,29 @@ pub use pack::{ASource, PackedB, ZeroPoint, NR};
 ///
 /// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
 /// zero points are inside it).
-pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, step: &OutputStep<'_>, out: &mut [T]) -> Result<()> {
+pub fn matmul<T: OutElem>(
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) -> Result<()> {
+    matmul_uninit(a, m, k, a_zp, b, step, as_uninit(out))
+}
+
+/// [`matmul`] into uninitialised memory (e.g. `Vec::spare_capacity_mut`):
+/// on `Ok`, every element of `out` has been written.
+pub fn matmul_uninit<T: OutElem>(
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
     }
@@ -73,7 +102,33 @@ pub fn matmul<T: OutElem>(a: ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_
 /// (`M × K`, f32) is quantized on the fly to uint8 with its own scale and zero
 /// point ([`pack::quantize_row_u8`]), multiplied by the packed int8 weights
 /// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
-pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, as_uninit(out))
+}
+
+/// [`linear_dynamic`] into uninitialised memory: on `Ok`, every element of
+/// `out` has been written.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic_uninit(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("x has {k} features but the weight has in_features = {}", b.k);
     }
@@ -83,7 +138,13 @@ pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Par
     pack::check_bound(k, 255, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     // Validate the column parameters before quantizing.
-    OutputStep::Float { row_scale: Param::Scalar(1.0), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    OutputStep::Float {
+        row_scale: Param::Scalar(1.0),
+        col_scale,
+        bias,
+        relu,
+    }
+    .prepare::<f32>(m, b.n)?;
     match isa::active() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out),
@@ -93,11 +154,40 @@ pub fn linear_dynamic(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Par
     }
 }
 
+/// `&mut [T]` as `&mut [MaybeUninit<T>]` (sound: we only ever write initialised values).
+fn as_uninit<T>(out: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout; writing a valid T keeps `out` valid.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut MaybeUninit<T>, out.len()) }
+}
+
 fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
     if m.checked_mul(n) != Some(len) {
         return shape_err!("output has {len} elements, expected M*N = {m}*{n}");
     }
     Ok(())
+}
+
+/// Whether `work` multiply-accumulates (or bytes) are worth the thread pool.
+/// Parallel iterators must only run inside [`threads::run`] when this holds:
+/// outside the library pool they would wake rayon's global pool.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= threads::PARALLEL_MIN_WORK && threads::num_threads() > 1
+}
+
+/// Packs a run of panels of B with the code compiled for the active ISA.
+pub(crate) fn pack_panels_dispatch(
+    job: &pack::PanelJob<'_>,
+    p0: usize,
+    out: &mut [i8],
+    zp_out: &mut [i32],
+    ct_out: &mut [i32],
+) {
+    match isa::active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the active ISA is supported, and both paths include AVX2.
+        Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86_avx2::pack_panels_tf(job, p0, out, zp_out, ct_out) },
+        _ => pack::pack_panels(job, p0, out, zp_out, ct_out),
+    }
 }
 
 /// A packed: rows of `kp` kernel elements, row sums of Â and stored zero points.
@@ -122,35 +212,61 @@ fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32
         return PackedA { data, kp, rowsum, zp };
     }
     let rows_per = ((1 << 16) / kp).max(16);
-    let body = |(ci, ((d, s), z)): (usize, ((&mut [Kr::AElem], &mut [i32]), &mut [i32]))| {
+    type Chunk<'c, E> = (usize, ((&'c mut [E], &'c mut [i32]), &'c mut [i32]));
+    let body = |(ci, ((d, s), z)): Chunk<'_, Kr::AElem>| {
         let mut tmp = vec![0u8; kp];
         for (r, ((drow, s), z)) in d.chunks_mut(kp).zip(s.iter_mut()).zip(z.iter_mut()).enumerate() {
             (*s, *z) = row(ci * rows_per + r, &mut tmp);
             Kr::widen(&tmp, drow);
         }
     };
-    threads::run(m * k, || {
-        use rayon::prelude::*;
-        data.par_chunks_mut(rows_per * kp)
-            .zip(rowsum.par_chunks_mut(rows_per))
-            .zip(zp.par_chunks_mut(rows_per))
+    if parallel(m * k) {
+        threads::run(m * k, || {
+            use rayon::prelude::*;
+            data.par_chunks_mut(rows_per * kp)
+                .zip(rowsum.par_chunks_mut(rows_per))
+                .zip(zp.par_chunks_mut(rows_per))
+                .enumerate()
+                .for_each(body);
+        });
+    } else {
+        data.chunks_mut(rows_per * kp)
+            .zip(rowsum.chunks_mut(rows_per))
+            .zip(zp.chunks_mut(rows_per))
             .enumerate()
             .for_each(body);
-    });
+    }
     PackedA { data, kp, rowsum, zp }
 }
 
-fn matmul_with<Kr: Kernel, T: OutElem>(a: &ASource<'_>, m: usize, k: usize, a_zp: ZeroPoint<'_>, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+fn matmul_with<Kr: Kernel, T: OutElem>(
+    a: &ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) {
     let pa = pack_a::<Kr>(m, k, |i, dst| pack::pack_a_row(a, k, i, a_zp, dst));
     run::<Kr, T>(&pa, m, b, ep, out);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale: Param<'_>, bias: Option<&[f32]>, relu: bool, out: &mut [f32]) -> Result<()> {
+fn linear_with<Kr: Kernel>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
-    let pa = pack_a::<Kr>(m, k, |i, dst| match pack::quantize_row_u8(&x[i * k..i * k + k], dst) {
+    let pa = pack_a::<Kr>(m, k, |i, dst| match Kr::quantize_row(&x[i * k..i * k + k], dst) {
         Some((sum, zp, scale)) => {
             // SAFETY: each row index is visited once, by one thread.
             unsafe { *sp.get().add(i) = scale };
@@ -165,7 +281,13 @@ fn linear_with<Kr: Kernel>(x: &[f32], m: usize, k: usize, b: &PackedB, col_scale
     if bad != usize::MAX {
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
-    let ep = OutputStep::Float { row_scale: Param::PerIndex(&scales), col_scale, bias, relu }.prepare::<f32>(m, b.n)?;
+    let ep = OutputStep::Float {
+        row_scale: Param::PerIndex(&scales),
+        col_scale,
+        bias,
+        relu,
+    }
+    .prepare::<f32>(m, b.n)?;
     run::<Kr, f32>(&pa, m, b, &ep, out);
     Ok(())
 }
@@ -183,23 +305,40 @@ impl<T> SyncPtr<T> {
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
-fn run<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, m: usize, b: &PackedB, ep: &Epilogue<'_, T>, out: &mut [T]) {
+fn run<Kr: Kernel, T: OutElem>(
+    pa: &PackedA<Kr::AElem>,
+    m: usize,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    out: &mut [MaybeUninit<T>],
+) {
     let n = b.n;
     let panels = b.panels();
     if m == 0 || n == 0 {
         return;
     }
     let work = m * n * b.k.max(1);
-    let by_rows = m >= 4 * Kr::MR * threads::num_threads();
+    let nt = threads::num_threads();
+    // Split the dimension whose operand is bigger, so that it is read once:
+    // over columns (each thread streams its share of B, A is re-read) when
+    // N >= M, else over rows, one chunk per thread (each chunk streams all of B).
     let tiles = m.div_ceil(Kr::MR);
-    let nchunks = threads::chunks_for(work).min(if by_rows { tiles } else { panels });
-    let optr = SyncPtr(out.as_mut_ptr());
+    let blocks = panels.div_ceil(Kr::NP);
+    let by_rows = m > n && tiles >= 2 * nt;
+    let nchunks = if by_rows {
+        threads::chunks_for(work).min(nt)
+    } else {
+        threads::chunks_for(work).min(blocks)
+    }
+    .max(1);
+    let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
             let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
             (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
         } else {
-            (0, m, panels * c / nchunks, panels * (c + 1) / nchunks)
+            let (b0, b1) = (blocks * c / nchunks, blocks * (c + 1) / nchunks);
+            (0, m, (b0 * Kr::NP).min(panels), (b1 * Kr::NP).min(panels))
         };
         block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
     };
@@ -223,15 +362,28 @@ const MC_TILES: usize = 12;
 const KC_GROUPS: usize = 96;
 
 /// One thread's share: rows `rows` × panels `pans` of the output.
-fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epilogue<'_, T>, rows: std::ops::Range<usize>, pans: std::ops::Range<usize>, out: SyncPtr<T>) {
+fn block<Kr: Kernel, T: OutElem>(
+    pa: &PackedA<Kr::AElem>,
+    b: &PackedB,
+    ep: &Epilogue<'_, T>,
+    rows: std::ops::Range<usize>,
+    pans: std::ops::Range<usize>,
+    out: SyncPtr<T>,
+) {
     let n = b.n;
     let kg = pa.kp / 4;
     let ps = b.panel_stride();
     // A single row (GEMV) takes wider tiles: more independent accumulators.
-    let (mr_max, np_max) = if rows.len() == 1 { (1, Kr::NP_ROW) } else { (Kr::MR, Kr::NP) };
+    let (mr_max, np_max) = if rows.len() == 1 {
+        (1, Kr::NP_ROW)
+    } else {
+        (Kr::MR, Kr::NP)
+    };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
     let mut acc = vec![0i32; mc * ld];
+    // Plain int32 output: the kernel writes corrected tiles straight to `out`.
+    let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
@@ -264,6 +416,21 @@ fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epil
                             acc.as_mut_ptr().add((ir - ic) * ld),
                             ld,
                             pc > 0,
+                            // Zero-point correction with the last K block.
+                            (pc + kcg >= kg).then_some(&kernel::Fix {
+                                za: pa.zp.as_ptr().add(ir),
+                                rowsum: pa.rowsum.as_ptr().add(ir),
+                                zb: b.zp.as_ptr().add(c0),
+                                colterm: b.colterm.as_ptr().add(c0),
+                                // T is i32 when the step is the identity.
+                                dst: if direct {
+                                    (out.get() as *mut i32).add(ir * n + c0)
+                                } else {
+                                    std::ptr::null_mut()
+                                },
+                                dst_ld: n,
+                                dst_cols: c1 - c0,
+                            }),
                         );
                     }
                     ir += mr;
@@ -273,29 +440,50 @@ fn block<Kr: Kernel, T: OutElem>(pa: &PackedA<Kr::AElem>, b: &PackedB, ep: &Epil
                     break;
                 }
             }
-            // Zero-point correction and output step while the block is hot.
+            if direct {
+                jp += np;
+                continue;
+            }
+            // Output step while the block is hot (the kernel applied the correction).
             let rows_blk = ic_end - ic;
-            let acc_blk = &mut acc[..rows_blk * ld];
-            correct(acc_blk, ld, rows_blk, &pa.rowsum[ic..ic_end], &pa.zp[ic..ic_end], &b.zp[c0..c1], &b.colterm[c0..c1]);
-            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1.
-            unsafe { ep.apply_raw(acc_blk, ld, ic..ic_end, c0..c1, out.get(), n) };
+            // SAFETY: this task alone writes rows ic..ic_end × columns c0..c1
+            // of `out`; the kernel's ISA is supported (it was dispatched).
+            unsafe {
+                Kr::finish(Finish {
+                    acc: &acc[..rows_blk * ld],
+                    ld,
+                    rows: ic..ic_end,
+                    cols: c0..c1,
+                    ep,
+                    out: out.get(),
+                    ldc: n,
+                })
+            };
             jp += np;
         }
         ic = ic_end;
     }
 }
 
-/// Zero-point correction of a tile: `acc - za'_i·colterm_j - zb'_j·rowsum_i`.
-#[inline]
-fn correct(acc: &mut [i32], ld: usize, mr: usize, rowsum: &[i32], za: &[i32], zb: &[i32], colterm: &[i32]) {
-    let w = zb.len();
-    for r in 0..mr {
-        let (s, z) = (rowsum[r], za[r]);
-        let row = &mut acc[r * ld..r * ld + w];
-        for j in 0..w {
-            row[j] = row[j].wrapping_sub(z.wrapping_mul(colterm[j])).wrapping_sub(zb[j].wrapping_mul(s));
-        }
-    }
+/// The arguments of [`finish_block`].
+pub(crate) struct Finish<'a, 'e, T: OutElem> {
+    acc: &'a [i32],
+    ld: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    ep: &'a Epilogue<'e, T>,
+    out: *mut T,
+    ldc: usize,
+}
+
+/// The output step of a block of exact (already corrected) sums.
+///
+/// # Safety
+/// `out` is valid for the writes of rows × cols (row stride `ldc`) and no one
+/// else touches them meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn finish_block<T: OutElem>(f: Finish<'_, '_, T>) {
+    f.ep.apply_inline(f.acc, f.ld, f.rows, f.cols, f.out, f.ldc);
 }
 
 #[cfg(test)]

@@ -35,12 +35,12 @@
 //!
 //! # Formulas (per output element, `acc` exact)
 //!
-//! * [`OutputStep::Int32`]: `acc`.
-//! * [`OutputStep::Float`]: `f = (f32(acc) * row_scale[i]) * col_scale[j] + bias[j]`,
+//! * `Int32`: `acc`.
+//! * `Float`: `f = (f32(acc) * row_scale(i)) * col_scale(j) + bias(j)`,
 //!   then `max(f, 0)` if `relu`; all in `f32`.
-//! * [`OutputStep::Requant`]: `f` as for `Float`, then
+//! * `Requant`: `f` as for `Float`, then
 //!   `saturate(round_half_even(f / y_scale) + y_zero_point)` in `f32`.
-//! * [`OutputStep::QLinear`]: ONNX QLinearMatMul as `onnx.reference` computes
+//! * `QLinear`: ONNX QLinearMatMul as `onnx.reference` computes
 //!   it: `m = f32(f32(a_scale[i] * b_scale[j]) / y_scale)`, then
 //!   `saturate(round_half_even(f64(acc) * f64(m) + y_zero_point))` in `f64`.
 
@@ -95,7 +95,12 @@ pub enum OutputStep<'a> {
     /// Write the `i32` values (output `i32`).
     Int32,
     /// Dequantize: output `f32`.
-    Float { row_scale: Param<'a>, col_scale: Param<'a>, bias: Option<&'a [f32]>, relu: bool },
+    Float {
+        row_scale: Param<'a>,
+        col_scale: Param<'a>,
+        bias: Option<&'a [f32]>,
+        relu: bool,
+    },
     /// Dequantize then requantize: output `u8` or `i8`.
     Requant {
         row_scale: Param<'a>,
@@ -106,7 +111,12 @@ pub enum OutputStep<'a> {
         y_zero_point: i32,
     },
     /// ONNX QLinearMatMul: output `u8` or `i8`.
-    QLinear { a_scale: Param<'a>, b_scale: Param<'a>, y_scale: f32, y_zero_point: i32 },
+    QLinear {
+        a_scale: Param<'a>,
+        b_scale: Param<'a>,
+        y_scale: f32,
+        y_zero_point: i32,
+    },
 }
 
 /// Output element types of the step.
@@ -164,8 +174,19 @@ fn range_of(kind: OutKind) -> (i32, i32) {
 #[derive(Debug, Clone)]
 enum Prepared<'a> {
     Int32,
-    Float { row_scale: Param<'a>, col_scale: Vec<f32>, bias: Vec<f32>, relu: bool, requant: Option<(f32, i32)> },
-    QLinear { a_scale: Param<'a>, b_scale: Vec<f32>, y_scale: f32, y_zero_point: i32 },
+    Float {
+        row_scale: Param<'a>,
+        col_scale: Vec<f32>,
+        bias: Vec<f32>,
+        relu: bool,
+        requant: Option<(f32, i32)>,
+    },
+    QLinear {
+        a_scale: Param<'a>,
+        b_scale: Vec<f32>,
+        y_scale: f32,
+        y_zero_point: i32,
+    },
 }
 
 /// An [`OutputStep`] checked and prepared for an `m × n` output of `T`.
@@ -188,7 +209,10 @@ impl<'a> OutputStep<'a> {
                 | (OutputStep::QLinear { .. }, OutKind::U8 | OutKind::I8)
         );
         if !kind_ok {
-            return Err(crate::Error::Dtype(format!("output type {:?} does not fit this output step", T::KIND)));
+            return Err(crate::Error::Dtype(format!(
+                "output type {:?} does not fit this output step",
+                T::KIND
+            )));
         }
         let (lo, hi) = range_of(T::KIND);
         let check_y = |ys: f32, yzp: i32| -> Result<()> {
@@ -200,21 +224,46 @@ impl<'a> OutputStep<'a> {
         };
         let step = match *self {
             OutputStep::Int32 => Prepared::Int32,
-            OutputStep::Float { row_scale, col_scale, bias, relu } => {
-                prep_float(m, n, row_scale, col_scale, bias, relu, None)?
-            }
-            OutputStep::Requant { row_scale, col_scale, bias, relu, y_scale, y_zero_point } => {
+            OutputStep::Float {
+                row_scale,
+                col_scale,
+                bias,
+                relu,
+            } => prep_float(m, n, row_scale, col_scale, bias, relu, None)?,
+            OutputStep::Requant {
+                row_scale,
+                col_scale,
+                bias,
+                relu,
+                y_scale,
+                y_zero_point,
+            } => {
                 check_y(y_scale, y_zero_point)?;
                 prep_float(m, n, row_scale, col_scale, bias, relu, Some((y_scale, y_zero_point)))?
             }
-            OutputStep::QLinear { a_scale, b_scale, y_scale, y_zero_point } => {
+            OutputStep::QLinear {
+                a_scale,
+                b_scale,
+                y_scale,
+                y_zero_point,
+            } => {
                 check_y(y_scale, y_zero_point)?;
                 a_scale.check("a_scale", m, true)?;
                 b_scale.check("b_scale", n, true)?;
-                Prepared::QLinear { a_scale, b_scale: b_scale.expand(n), y_scale, y_zero_point }
+                Prepared::QLinear {
+                    a_scale,
+                    b_scale: b_scale.expand(n),
+                    y_scale,
+                    y_zero_point,
+                }
             }
         };
-        Ok(Epilogue { step, m, n, _t: std::marker::PhantomData })
+        Ok(Epilogue {
+            step,
+            m,
+            n,
+            _t: std::marker::PhantomData,
+        })
     }
 }
 
@@ -234,10 +283,21 @@ fn prep_float<'a>(
         Some(b) => b.to_vec(),
         None => vec![0.0; n],
     };
-    Ok(Prepared::Float { row_scale, col_scale: col_scale.expand(n), bias, relu, requant })
+    Ok(Prepared::Float {
+        row_scale,
+        col_scale: col_scale.expand(n),
+        bias,
+        relu,
+        requant,
+    })
 }
 
 impl<T: OutElem> Epilogue<'_, T> {
+    /// Whether the step writes the accumulators unchanged (`Int32`).
+    pub fn is_identity(&self) -> bool {
+        matches!(self.step, Prepared::Int32)
+    }
+
     /// Applies the step to a tile of exact accumulators and writes it to `out`
     /// (the whole `m × n` output, row stride `ldc`). See the module doc.
     ///
@@ -264,7 +324,33 @@ impl<T: OutElem> Epilogue<'_, T> {
     /// and no other thread may access those elements meanwhile; `rows`/`cols`
     /// within the prepared shape and `acc` long enough (as for `apply`).
     #[inline]
-    pub unsafe fn apply_raw(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: *mut T, ldc: usize) {
+    pub unsafe fn apply_raw(
+        &self,
+        acc: &[i32],
+        acc_ld: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: *mut T,
+        ldc: usize,
+    ) {
+        self.apply_inline(acc, acc_ld, rows, cols, out, ldc)
+    }
+
+    /// [`Epilogue::apply_raw`], always inlined (so a caller compiled for a
+    /// wider ISA vectorises it with that ISA).
+    ///
+    /// # Safety
+    /// As for [`Epilogue::apply_raw`].
+    #[inline(always)]
+    pub unsafe fn apply_inline(
+        &self,
+        acc: &[i32],
+        acc_ld: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: *mut T,
+        ldc: usize,
+    ) {
         let (c0, c1) = (cols.start, cols.end);
         let w = c1 - c0;
         let (lo, hi) = range_of(T::KIND);
@@ -277,7 +363,13 @@ impl<T: OutElem> Epilogue<'_, T> {
                         *o = T::from_i32(v);
                     }
                 }
-                Prepared::Float { row_scale, col_scale, bias, relu, requant } => {
+                Prepared::Float {
+                    row_scale,
+                    col_scale,
+                    bias,
+                    relu,
+                    requant,
+                } => {
                     let rs = row_scale.get(i);
                     let cs = &col_scale[c0..c1];
                     let b = &bias[c0..c1];
@@ -304,7 +396,12 @@ impl<T: OutElem> Epilogue<'_, T> {
                         }
                     }
                 }
-                Prepared::QLinear { a_scale, b_scale, y_scale, y_zero_point } => {
+                Prepared::QLinear {
+                    a_scale,
+                    b_scale,
+                    y_scale,
+                    y_zero_point,
+                } => {
                     let asc = a_scale.get(i);
                     let yz = *y_zero_point as f64;
                     let bs = &b_scale[c0..c1];
@@ -347,7 +444,9 @@ mod tests {
             assert_eq!(round_even_f64(v as f64), (v as f64).round_ties_even(), "{v}");
             v += 0.125;
         }
-        for v in [0.5f32, 1.5, 2.5, -0.5, -2.5, 254.5, 0.49999997, 1e-30, -1e-30, 4194303.5] {
+        for v in [
+            0.5f32, 1.5, 2.5, -0.5, -2.5, 254.5, 0.49999997, 1e-30, -1e-30, 4194303.5,
+        ] {
             assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
         }
         for v in [0.49999999999999994f64, 2147483647.5, -2147483648.5, 1e15 + 0.5] {
@@ -381,7 +480,12 @@ mod tests {
             y_zero_point: 0,
         };
         assert!(step.prepare::<i8>(3, 1).is_err());
-        let step = OutputStep::QLinear { a_scale: Param::Scalar(0.0), b_scale: Param::Scalar(1.0), y_scale: 1.0, y_zero_point: 0 };
+        let step = OutputStep::QLinear {
+            a_scale: Param::Scalar(0.0),
+            b_scale: Param::Scalar(1.0),
+            y_scale: 1.0,
+            y_zero_point: 0,
+        };
         assert!(step.prepare::<i8>(1, 1).is_err());
     }
 }

@@ -160,85 +160,58 @@ impl PackedB {
         // A task packs a run of panels: group by group (reading 4 rows of B
         // sequentially when not transposed), then the column sums.
         let ps = kp * NR;
+        let job = PanelJob {
+            src,
+            k,
+            n,
+            kp,
+            mask,
+            transposed,
+            zp,
+            off,
+        };
         let pack_panels = |p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]| {
-            let npan = zp_out.len() / NR;
-            if transposed {
-                for lp in 0..npan {
-                    let p = p0 + lp;
-                    let panel = &mut out[lp * ps..(lp + 1) * ps];
-                    for c in 0..(n - p * NR).min(NR) {
-                        let col = &src[(p * NR + c) * k..(p * NR + c) * k + k];
-                        for (g, q) in col.chunks(4).enumerate() {
-                            let dst = &mut panel[g * 64 + 4 * c..g * 64 + 4 * c + q.len()];
-                            for (d, &v) in dst.iter_mut().zip(q) {
-                                *d = (v ^ mask) as i8;
-                            }
-                        }
-                    }
-                }
-            } else {
-                for g in 0..kp / 4 {
-                    let full_k = 4 * g + 4 <= k;
-                    for lp in 0..npan {
-                        let p = p0 + lp;
-                        let ncols = (n - p * NR).min(NR);
-                        let grp = &mut out[lp * ps + g * 64..lp * ps + g * 64 + 64];
-                        if full_k && ncols == NR {
-                            let rows: [&[u8]; 4] = std::array::from_fn(|t| &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]);
-                            transpose_4x16(rows, mask, grp);
-                        } else {
-                            for t in 0..(k - 4 * g).min(4) {
-                                let row = &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + ncols];
-                                for (c, &v) in row.iter().enumerate() {
-                                    grp[4 * c + t] = (v ^ mask) as i8;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            // Column sums of the stored values, from the source (vectorises).
-            let c0 = p0 * NR;
-            let c1 = ((p0 + npan) * NR).min(n);
-            let mut sums = vec![0i32; npan * NR];
-            if transposed {
-                for (j, s) in (c0..c1).zip(sums.iter_mut()) {
-                    *s = src[j * k..j * k + k].iter().fold(0i32, |acc, &v| acc.wrapping_add((v ^ mask) as i8 as i32));
-                }
-            } else {
-                for kk in 0..k {
-                    for (s, &v) in sums.iter_mut().zip(&src[kk * n + c0..kk * n + c1]) {
-                        *s = s.wrapping_add((v ^ mask) as i8 as i32);
-                    }
-                }
-            }
-            for lp in 0..npan {
-                let p = p0 + lp;
-                let sums = &sums[lp * NR..lp * NR + NR];
-                for c in 0..(n - p * NR).min(NR) {
-                    let z = zp.get(p * NR + c) + off;
-                    zp_out[lp * NR + c] = z;
-                    ct_out[lp * NR + c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
-                }
-            }
+            super::pack_panels_dispatch(&job, p0, out, zp_out, ct_out)
         };
         if panels > 0 && kp > 0 {
             // Runs of panels of about 64 KiB each.
             let run_len = ((1 << 16) / ps).clamp(1, panels);
-            crate::threads::run(k * n, || {
-                use rayon::prelude::*;
-                data.par_chunks_mut(run_len * ps)
-                    .zip(zps.par_chunks_mut(run_len * NR))
-                    .zip(colterm.par_chunks_mut(run_len * NR))
+            if super::parallel(k * n) {
+                crate::threads::run(k * n, || {
+                    use rayon::prelude::*;
+                    data.par_chunks_mut(run_len * ps)
+                        .zip(zps.par_chunks_mut(run_len * NR))
+                        .zip(colterm.par_chunks_mut(run_len * NR))
+                        .enumerate()
+                        .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
+                });
+            } else {
+                data.chunks_mut(run_len * ps)
+                    .zip(zps.chunks_mut(run_len * NR))
+                    .zip(colterm.chunks_mut(run_len * NR))
                     .enumerate()
                     .for_each(|(i, ((d, z), c))| pack_panels(i * run_len, d, z, c));
-            });
+            }
         } else {
             for p in 0..panels {
-                pack_panels(p, &mut [], &mut zps[p * NR..p * NR + NR], &mut colterm[p * NR..p * NR + NR]);
+                pack_panels(
+                    p,
+                    &mut [],
+                    &mut zps[p * NR..p * NR + NR],
+                    &mut colterm[p * NR..p * NR + NR],
+                );
             }
         }
-        Ok(PackedB { k, n, kp, data, zp: zps, colterm, max_abs: zp.max_abs_diff(lo, hi), signed })
+        Ok(PackedB {
+            k,
+            n,
+            kp,
+            data,
+            zp: zps,
+            colterm,
+            max_abs: zp.max_abs_diff(lo, hi),
+            signed,
+        })
     }
 
     /// Unpacks to the row-major `K × N` stored values plus offset, i.e. the
@@ -257,6 +230,99 @@ impl PackedB {
     }
 }
 
+/// What a packing task needs to know about the whole of B.
+pub(crate) struct PanelJob<'a> {
+    src: &'a [u8],
+    k: usize,
+    n: usize,
+    kp: usize,
+    mask: u8,
+    transposed: bool,
+    zp: ZeroPoint<'a>,
+    off: i32,
+}
+
+/// Packs the run of panels starting at panel `p0` into `out` (their packed
+/// bytes), their stored zero points and column terms. Always inlined so the
+/// per-ISA trampolines (see `pack_panels_dispatch`) vectorise it.
+#[inline(always)]
+pub(crate) fn pack_panels(job: &PanelJob<'_>, p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]) {
+    let PanelJob {
+        src,
+        k,
+        n,
+        kp,
+        mask,
+        transposed,
+        zp,
+        off,
+    } = *job;
+    let ps = kp * NR;
+    let npan = zp_out.len() / NR;
+    if transposed {
+        for lp in 0..npan {
+            let p = p0 + lp;
+            let panel = &mut out[lp * ps..(lp + 1) * ps];
+            for c in 0..(n - p * NR).min(NR) {
+                let col = &src[(p * NR + c) * k..(p * NR + c) * k + k];
+                for (g, q) in col.chunks(4).enumerate() {
+                    let dst = &mut panel[g * 64 + 4 * c..g * 64 + 4 * c + q.len()];
+                    for (d, &v) in dst.iter_mut().zip(q) {
+                        *d = (v ^ mask) as i8;
+                    }
+                }
+            }
+        }
+    } else {
+        for g in 0..kp / 4 {
+            let full_k = 4 * g + 4 <= k;
+            for lp in 0..npan {
+                let p = p0 + lp;
+                let ncols = (n - p * NR).min(NR);
+                let grp = &mut out[lp * ps + g * 64..lp * ps + g * 64 + 64];
+                if full_k && ncols == NR {
+                    let rows: [&[u8]; 4] =
+                        std::array::from_fn(|t| &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]);
+                    transpose_4x16(rows, mask, grp);
+                } else {
+                    for t in 0..(k - 4 * g).min(4) {
+                        let row = &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + ncols];
+                        for (c, &v) in row.iter().enumerate() {
+                            grp[4 * c + t] = (v ^ mask) as i8;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Column sums of the stored values, from the source (vectorises).
+    let c0 = p0 * NR;
+    let c1 = ((p0 + npan) * NR).min(n);
+    let mut sums = vec![0i32; npan * NR];
+    if transposed {
+        for (j, s) in (c0..c1).zip(sums.iter_mut()) {
+            *s = src[j * k..j * k + k]
+                .iter()
+                .fold(0i32, |acc, &v| acc.wrapping_add((v ^ mask) as i8 as i32));
+        }
+    } else {
+        for kk in 0..k {
+            for (s, &v) in sums.iter_mut().zip(&src[kk * n + c0..kk * n + c1]) {
+                *s = s.wrapping_add((v ^ mask) as i8 as i32);
+            }
+        }
+    }
+    for lp in 0..npan {
+        let p = p0 + lp;
+        let sums = &sums[lp * NR..lp * NR + NR];
+        for c in 0..(n - p * NR).min(NR) {
+            let z = zp.get(p * NR + c) + off;
+            zp_out[lp * NR + c] = z;
+            ct_out[lp * NR + c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
+        }
+    }
+}
+
 /// Interleaves 4 rows of 16 bytes into 16 columns × 4 k (one packed group),
 /// flipping the sign bit with `mask`.
 #[inline]
@@ -268,7 +334,8 @@ fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
         // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
         unsafe {
             let m = _mm_set1_epi8(mask as i8);
-            let r: [__m128i; 4] = std::array::from_fn(|t| _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m));
+            let r: [__m128i; 4] =
+                std::array::from_fn(|t| _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m));
             let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
             let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
             let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
@@ -378,18 +445,37 @@ pub(crate) fn pack_a_row(a: &ASource<'_>, k: usize, i: usize, zp: ZeroPoint<'_>,
 /// `None` if the row holds NaN or infinity.
 #[inline]
 pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    let (mut lo, mut hi) = (0.0f32, 0.0f32);
-    let mut bad = false;
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-        bad |= !v.is_finite();
+    quantize_row_u8_inline(x, dst)
+}
+
+/// [`quantize_row_u8`], always inlined (per-ISA trampolines vectorise it).
+#[inline(always)]
+pub(crate) fn quantize_row_u8_inline(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    // Lane-wise min / max / finiteness over 16 lanes so the loop vectorises;
+    // `v * 0` is 0 for finite v and NaN for infinity or NaN.
+    const L: usize = 16;
+    let (mut lo, mut hi, mut chk) = ([0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            chk[i] += c[i] * 0.0;
+        }
     }
-    if bad {
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        lo[i] = if v < lo[i] { v } else { lo[i] };
+        hi[i] = if v > hi[i] { v } else { hi[i] };
+        chk[i] += v * 0.0;
+    }
+    if chk.iter().any(|c| *c != 0.0) {
         return None;
     }
+    let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
+    let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
     let mut scale = (hi - lo) / 255.0;
-    if !(scale > 0.0) || !scale.is_finite() {
+    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
+    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
         scale = 1.0;
     }
     let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;

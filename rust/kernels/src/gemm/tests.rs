@@ -50,13 +50,29 @@ fn naive(a: &[i32], b: &[i32], m: usize, k: usize, n: usize, za: &[i32], zb: &[i
 }
 
 /// Runs one case with A and B of the given signedness; checks exact equality.
-fn check(m: usize, k: usize, n: usize, a_signed: bool, b_signed: bool, za: Option<Vec<i32>>, zb: Option<Vec<i32>>, seed: u64, fill: Option<(u8, u8)>) {
+fn check(
+    m: usize,
+    k: usize,
+    n: usize,
+    a_signed: bool,
+    b_signed: bool,
+    za: Option<Vec<i32>>,
+    zb: Option<Vec<i32>>,
+    seed: u64,
+    fill: Option<(u8, u8)>,
+) {
     let (ab, bb) = match fill {
         Some((x, y)) => (vec![x; m * k], vec![y; k * n]),
         None => (bytes(m * k, seed), bytes(k * n, seed + 1)),
     };
-    let av: Vec<i32> = ab.iter().map(|&x| if a_signed { x as i8 as i32 } else { x as i32 }).collect();
-    let bv: Vec<i32> = bb.iter().map(|&x| if b_signed { x as i8 as i32 } else { x as i32 }).collect();
+    let av: Vec<i32> = ab
+        .iter()
+        .map(|&x| if a_signed { x as i8 as i32 } else { x as i32 })
+        .collect();
+    let bv: Vec<i32> = bb
+        .iter()
+        .map(|&x| if b_signed { x as i8 as i32 } else { x as i32 })
+        .collect();
     let za_full = za.clone().unwrap_or_else(|| vec![0; m]);
     let zb_full = zb.clone().unwrap_or_else(|| vec![0; n]);
     let want = naive(&av, &bv, m, k, n, &za_full, &zb_full);
@@ -80,7 +96,12 @@ fn check(m: usize, k: usize, n: usize, a_signed: bool, b_signed: bool, za: Optio
     each_isa(|i| {
         let mut out = vec![i32::MIN + 7; m * n]; // poisoned: must be fully written
         matmul(src, m, k, zap, &packed, &OutputStep::Int32, &mut out).unwrap();
-        assert_eq!(out, want, "isa {} m={m} k={k} n={n} a_signed={a_signed} b_signed={b_signed}", i.name());
+        assert_eq!(
+            out,
+            want,
+            "isa {} m={m} k={k} n={n} a_signed={a_signed} b_signed={b_signed}",
+            i.name()
+        );
     });
 }
 
@@ -106,9 +127,39 @@ fn sizes_0_to_20() {
 
 #[test]
 fn awkward_shapes_and_zero_points() {
-    check(17, 257, 33, false, true, Some((0..17).map(|i| (i * 15) % 256).collect()), Some((0..33).map(|j| j % 20 - 10).collect()), 3, None);
-    check(266, 265, 70, true, false, Some((0..266).map(|i| i % 256 - 128).collect()), Some((0..70).map(|j| (j * 3) % 256).collect()), 4, None);
-    check(1, 300, 129, false, true, Some(vec![255]), Some(vec![-128; 129]), 5, None);
+    check(
+        17,
+        257,
+        33,
+        false,
+        true,
+        Some((0..17).map(|i| (i * 15) % 256).collect()),
+        Some((0..33).map(|j| j % 20 - 10).collect()),
+        3,
+        None,
+    );
+    check(
+        266,
+        265,
+        70,
+        true,
+        false,
+        Some((0..266).map(|i| i % 256 - 128).collect()),
+        Some((0..70).map(|j| (j * 3) % 256).collect()),
+        4,
+        None,
+    );
+    check(
+        1,
+        300,
+        129,
+        false,
+        true,
+        Some(vec![255]),
+        Some(vec![-128; 129]),
+        5,
+        None,
+    );
     check(50, 1, 40, true, true, None, None, 6, None);
     check(13, 64, 1, false, false, None, None, 7, None);
     // Big enough to use threads and both partitions.
@@ -120,9 +171,39 @@ fn awkward_shapes_and_zero_points() {
 fn extreme_values() {
     // all 255 × all -128, zero points at both ends.
     check(7, 1000, 20, false, true, None, None, 0, Some((255, 0x80)));
-    check(7, 1000, 20, false, true, Some(vec![0; 7]), Some(vec![127; 20]), 0, Some((255, 0x80)));
-    check(7, 1000, 20, true, false, Some(vec![127; 7]), Some(vec![0; 20]), 0, Some((0x80, 255)));
-    check(7, 1000, 20, true, false, Some(vec![-128; 7]), Some(vec![255; 20]), 0, Some((0x7f, 0)));
+    check(
+        7,
+        1000,
+        20,
+        false,
+        true,
+        Some(vec![0; 7]),
+        Some(vec![127; 20]),
+        0,
+        Some((255, 0x80)),
+    );
+    check(
+        7,
+        1000,
+        20,
+        true,
+        false,
+        Some(vec![127; 7]),
+        Some(vec![0; 20]),
+        0,
+        Some((0x80, 255)),
+    );
+    check(
+        7,
+        1000,
+        20,
+        true,
+        false,
+        Some(vec![-128; 7]),
+        Some(vec![255; 20]),
+        0,
+        Some((0x7f, 0)),
+    );
     // Largest K the bound allows with u8 × s8 and zero zero points: 255*128*K <= 2^31-1.
     let k = (i32::MAX as usize) / (255 * 128);
     check(2, k, 17, false, true, None, None, 0, Some((255, 0x80)));
@@ -134,7 +215,16 @@ fn overflow_bound_is_an_error() {
     let a = vec![0u8; k];
     let b = PackedB::from_kn_i8(&vec![0i8; k], k, 1, ZeroPoint::Scalar(0)).unwrap();
     let mut out = [0i32; 1];
-    let e = matmul(ASource::U8(&a), 1, k, ZeroPoint::Scalar(0), &b, &OutputStep::Int32, &mut out).unwrap_err();
+    let e = matmul(
+        ASource::U8(&a),
+        1,
+        k,
+        ZeroPoint::Scalar(0),
+        &b,
+        &OutputStep::Int32,
+        &mut out,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains(&format!("K = {k}")), "{e}");
 }
 
@@ -142,9 +232,36 @@ fn overflow_bound_is_an_error() {
 fn bad_shapes_and_zero_points() {
     let b = PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::Scalar(0)).unwrap();
     let mut out = [0i32; 3];
-    assert!(matmul(ASource::U8(&[0u8; 3]), 1, 3, ZeroPoint::Scalar(0), &b, &OutputStep::Int32, &mut out).is_err());
-    assert!(matmul(ASource::U8(&[0u8; 2]), 1, 2, ZeroPoint::Scalar(256), &b, &OutputStep::Int32, &mut out).is_err());
-    assert!(matmul(ASource::I8(&[0i8; 2]), 1, 2, ZeroPoint::Scalar(200), &b, &OutputStep::Int32, &mut out).is_err());
+    assert!(matmul(
+        ASource::U8(&[0u8; 3]),
+        1,
+        3,
+        ZeroPoint::Scalar(0),
+        &b,
+        &OutputStep::Int32,
+        &mut out
+    )
+    .is_err());
+    assert!(matmul(
+        ASource::U8(&[0u8; 2]),
+        1,
+        2,
+        ZeroPoint::Scalar(256),
+        &b,
+        &OutputStep::Int32,
+        &mut out
+    )
+    .is_err());
+    assert!(matmul(
+        ASource::I8(&[0i8; 2]),
+        1,
+        2,
+        ZeroPoint::Scalar(200),
+        &b,
+        &OutputStep::Int32,
+        &mut out
+    )
+    .is_err());
     assert!(PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::PerIndex(&[0, 0])).is_err());
     assert!(PackedB::from_kn_u8(&[0u8; 6], 2, 3, ZeroPoint::Scalar(-1)).is_err());
     assert!(PackedB::from_kn_u8(&[0u8; 5], 2, 3, ZeroPoint::Scalar(0)).is_err());
@@ -183,7 +300,11 @@ fn linear_dynamic_matches_dequantized_reference() {
                         want = want.max(0.0);
                     }
                     let got = out[i * n + j] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{} {i} {j}: {got} vs {want}", isa.name());
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{} {i} {j}: {got} vs {want}",
+                        isa.name()
+                    );
                 }
             }
         }
@@ -207,7 +328,21 @@ fn kernel_speed() {
         let reps = 5_000_000 / kg;
         let t = std::time::Instant::now();
         for _ in 0..reps {
-            unsafe { Kr::tile(Kr::MR, Kr::NP, kg, a.as_ptr(), kg * 4, b.as_ptr(), kg * 64, acc.as_mut_ptr(), 16 * Kr::NP, false) };
+            unsafe {
+                Kr::tile(
+                    Kr::MR,
+                    Kr::NP,
+                    kg,
+                    a.as_ptr(),
+                    kg * 4,
+                    b.as_ptr(),
+                    kg * 64,
+                    acc.as_mut_ptr(),
+                    16 * Kr::NP,
+                    false,
+                    None,
+                )
+            };
         }
         let s = t.elapsed().as_secs_f64();
         let macs = (reps * Kr::MR * Kr::NP * 16 * kg * 4) as f64;
@@ -233,5 +368,21 @@ fn pack_speed() {
             std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
         }
         eprintln!("pack {k}x{n}: {:.0} us", t.elapsed().as_secs_f64() / reps as f64 * 1e6);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(PackedB::from_nk_i8(&b, n, k, ZeroPoint::Scalar(0)).unwrap());
+        }
+        eprintln!(
+            "pack transposed {k}x{n}: {:.0} us",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(b.clone());
+        }
+        eprintln!(
+            "memcpy {k}x{n}: {:.0} us",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
     }
 }

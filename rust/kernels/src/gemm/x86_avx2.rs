@@ -9,10 +9,13 @@
 //! Unlike `vpmaddubsw` (ONNX Runtime's AVX2 path) nothing here saturates.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Kernel};
+use super::kernel::{tile_match, Fix, Kernel};
+use super::output::OutElem;
+use super::Finish;
 
 pub(crate) struct Avx2;
 
@@ -28,18 +31,65 @@ impl Kernel for Avx2 {
         }
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)])
+    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
+        finish_tf(f)
+    }
+
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        // SAFETY: this kernel is only used when the CPU has its ISA.
+        unsafe { quantize_tf(x, dst) }
+    }
+
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const i16,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+        fix: Option<&Fix>,
+    ) {
+        tile_match!(
+            mr,
+            np,
+            tile_tf,
+            (kg, a, lda, b, bs, acc, ld, load, fix),
+            [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
+        )
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+unsafe fn tile_tf<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const i16,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+    fix: Option<&Fix>,
+) {
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const i16, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const i16,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+    fix: Option<&Fix>,
+) {
     let mut s = [[[_mm256_setzero_si256(); 4]; NP]; MR];
     let mut bp = b;
     let mut ap = a;
@@ -64,8 +114,44 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const i16, 
                 lo = _mm256_add_epi32(lo, _mm256_loadu_si256(acc.add(r * ld + 16 * p) as *const __m256i));
                 hi = _mm256_add_epi32(hi, _mm256_loadu_si256(acc.add(r * ld + 16 * p + 8) as *const __m256i));
             }
+            if let Some(f) = fix {
+                let (za, rs) = (_mm256_set1_epi32(*f.za.add(r)), _mm256_set1_epi32(*f.rowsum.add(r)));
+                let col = |v: *const i32, h: usize| _mm256_loadu_si256(v.add(16 * p + 8 * h) as *const __m256i);
+                let t_lo = _mm256_add_epi32(
+                    _mm256_mullo_epi32(za, col(f.colterm, 0)),
+                    _mm256_mullo_epi32(rs, col(f.zb, 0)),
+                );
+                let t_hi = _mm256_add_epi32(
+                    _mm256_mullo_epi32(za, col(f.colterm, 1)),
+                    _mm256_mullo_epi32(rs, col(f.zb, 1)),
+                );
+                lo = _mm256_sub_epi32(lo, t_lo);
+                hi = _mm256_sub_epi32(hi, t_hi);
+            }
             _mm256_storeu_si256(acc.add(r * ld + 16 * p) as *mut __m256i, lo);
             _mm256_storeu_si256(acc.add(r * ld + 16 * p + 8) as *mut __m256i, hi);
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
+    super::finish_block(f)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    super::pack::quantize_row_u8_inline(x, dst)
+}
+
+/// B packing compiled for AVX2 (the transposes and column sums vectorise wider).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn pack_panels_tf(
+    job: &super::pack::PanelJob<'_>,
+    p0: usize,
+    out: &mut [i8],
+    zp_out: &mut [i32],
+    ct_out: &mut [i32],
+) {
+    super::pack::pack_panels(job, p0, out, zp_out, ct_out)
 }

@@ -6,10 +6,13 @@
 //! A single row (GEMV) uses up to 8 panels: 8 independent accumulator chains.
 
 #![cfg(target_arch = "x86_64")]
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Kernel};
+use super::kernel::{tile_match, Fix, Kernel};
+use super::output::OutElem;
+use super::Finish;
 
 pub(crate) struct Avx512Vnni;
 
@@ -17,31 +20,101 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
+    const DIRECT: bool = true;
     type AElem = u8;
 
     fn widen(src: &[u8], dst: &mut [u8]) {
         dst.copy_from_slice(src);
     }
 
-    unsafe fn tile(mr: usize, np: usize, kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-        tile_match!(mr, np, tile_tf, (kg, a, lda, b, bs, acc, ld, load), [
-            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
-            (2, 1), (2, 2), (2, 3), (2, 4),
-            (3, 1), (3, 2), (3, 3), (3, 4),
-            (4, 1), (4, 2), (4, 3), (4, 4),
-            (5, 1), (5, 2), (5, 3), (5, 4),
-            (6, 1), (6, 2), (6, 3), (6, 4)
-        ])
+    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
+        finish_tf(f)
+    }
+
+    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+        // SAFETY: this kernel is only used when the CPU has its ISA.
+        unsafe { quantize_tf(x, dst) }
+    }
+
+    unsafe fn tile(
+        mr: usize,
+        np: usize,
+        kg: usize,
+        a: *const u8,
+        lda: usize,
+        b: *const i8,
+        bs: usize,
+        acc: *mut i32,
+        ld: usize,
+        load: bool,
+        fix: Option<&Fix>,
+    ) {
+        tile_match!(
+            mr,
+            np,
+            tile_tf,
+            (kg, a, lda, b, bs, acc, ld, load, fix),
+            [
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (1, 4),
+                (1, 5),
+                (1, 6),
+                (1, 7),
+                (1, 8),
+                (2, 1),
+                (2, 2),
+                (2, 3),
+                (2, 4),
+                (3, 1),
+                (3, 2),
+                (3, 3),
+                (3, 4),
+                (4, 1),
+                (4, 2),
+                (4, 3),
+                (4, 4),
+                (5, 1),
+                (5, 2),
+                (5, 3),
+                (5, 4),
+                (6, 1),
+                (6, 2),
+                (6, 3),
+                (6, 4)
+            ]
+        )
     }
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load)
+unsafe fn tile_tf<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+    fix: Option<&Fix>,
+) {
+    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, lda: usize, b: *const i8, bs: usize, acc: *mut i32, ld: usize, load: bool) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(
+    kg: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    bs: usize,
+    acc: *mut i32,
+    ld: usize,
+    load: bool,
+    fix: Option<&Fix>,
+) {
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
         for r in 0..MR {
@@ -66,9 +139,46 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(kg: usize, a: *const u8, l
         bp = bp.add(64);
         ap = ap.add(4);
     }
+    if let Some(f) = fix {
+        for p in 0..NP {
+            let ct = _mm512_loadu_si512(f.colterm.add(16 * p) as *const _);
+            let zb = _mm512_loadu_si512(f.zb.add(16 * p) as *const _);
+            for r in 0..MR {
+                let t = _mm512_add_epi32(
+                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.za.add(r)), ct),
+                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.rowsum.add(r)), zb),
+                );
+                s[r][p] = _mm512_sub_epi32(s[r][p], t);
+            }
+        }
+    }
+    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+        // Straight to the i32 output, the last panel masked to its columns.
+        for p in 0..NP {
+            let left = f.dst_cols.saturating_sub(16 * p);
+            if left == 0 {
+                break;
+            }
+            let mask: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
+            for r in 0..MR {
+                _mm512_mask_storeu_epi32(f.dst.add(r * f.dst_ld + 16 * p), mask, s[r][p]);
+            }
+        }
+        return;
+    }
     for r in 0..MR {
         for p in 0..NP {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
+    super::finish_block(f)
+}
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    super::pack::quantize_row_u8_inline(x, dst)
 }

@@ -16,9 +16,12 @@
 //!   over `[0, amax]`): for each threshold bin `i` from `nq` (the number of positive levels,
 //!   `2^(bits-1)`) to `bins`, compare the clipped distribution `p` (outliers folded into its
 //!   last bin) with `q`, the same bins merged into `nq` levels and spread back over the
-//!   non-empty bins; both smoothed (`eps = 1e-4`) as in MXNet's `_smooth_distribution`. The
-//!   threshold is the upper edge of bin `i` with the least KL divergence. Symmetric: `[-t, t]`;
-//!   affine: `[max(min, -t), min(max, t)]`.
+//!   bins where `p` is non-zero (MXNet's `_get_optimal_threshold`); a `q` bin left empty
+//!   where `p` is not gets `1e-4`, the effect of MXNet's `_smooth_distribution` (its other
+//!   adjustments, below 1e-4 of a count, are left out). The threshold is the upper edge of
+//!   bin `i` with the least KL divergence (the first, on ties). Symmetric: `[-t, t]`;
+//!   affine: `[max(min, -t), min(max, t)]`. See [`entropy_kls`] for the O(`bins`)
+//!   evaluation of all thresholds.
 
 use rayon::prelude::*;
 
@@ -312,6 +315,18 @@ fn histogram(data: &[f32], lo: f32, hi: f32, bins: usize, map: fn(f32) -> f32, s
 /// Candidate fractions of the min/max range searched by `Mse`.
 const MSE_STEPS: usize = 128;
 
+/// Round half to even for `|v| < 2^51` without a libm call (so the loop vectorises
+/// on the baseline target): adding and removing 1.5 * 2^52 rounds in the FPU's
+/// default round-to-nearest-even mode. Larger values are clamped first (they
+/// saturate in the caller anyway).
+#[inline(always)]
+fn round_even_small(v: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    let v = if v < -1e15 { -1e15 } else { v };
+    let v = if v > 1e15 { 1e15 } else { v };
+    (v + MAGIC) - MAGIC
+}
+
 fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
     let (lo, hi) = if spec.symmetric {
         let a = lo.abs().max(hi.abs());
@@ -323,22 +338,14 @@ fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
         return (lo, hi);
     }
     let (count, sum) = histogram(data, lo, hi, spec.bins, |v| v, true);
-    let bins: Vec<(f64, f64)> = count.iter().zip(&sum).filter(|(n, _)| **n > 0.0).map(|(&n, &s)| (n, s / n)).collect();
+    let (ns, ms): (Vec<f64>, Vec<f64>) = count.iter().zip(&sum).filter(|(n, _)| **n > 0.0).map(|(&n, &s)| (n, s / n)).unzip();
     let (qlo, qhi) = (spec.qmin as f64, spec.qmax as f64);
     let mut best = (f64::INFINITY, lo, hi);
     for i in (1..=MSE_STEPS).rev() {
         let f = i as f32 / MSE_STEPS as f32;
         let (a, b) = (lo * f, hi * f);
         let (s, z) = qparams(a, b, spec);
-        let (s64, z64) = (s as f64, z as f64);
-        let err: f64 = bins
-            .iter()
-            .map(|&(n, m)| {
-                let q = ((m / s64).round_ties_even() + z64).clamp(qlo, qhi);
-                let d = (q - z64) * s64 - m;
-                n * d * d
-            })
-            .sum();
+        let err = round_trip_error(&ns, &ms, s as f64, z as f64, qlo, qhi);
         if err < best.0 {
             best = (err, a, b);
         }
@@ -346,34 +353,121 @@ fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
     (best.1, best.2)
 }
 
-/// MXNet's `_smooth_distribution`: move `eps` of mass onto empty bins. `None` when all
-/// bins are empty or the correction would empty a bin.
-fn smooth(p: &mut [f64], eps: f64) -> Option<()> {
-    let zeros = p.iter().filter(|&&v| v == 0.0).count();
-    let nonzeros = p.len() - zeros;
-    if nonzeros == 0 {
-        return None;
+/// `sum n (dequant(quant(m)) - m)^2` over bins of count `n` and mean `m`, in 8
+/// independent lanes of compare-and-select arithmetic so the compiler vectorises it.
+fn round_trip_error(ns: &[f64], ms: &[f64], s: f64, z: f64, qlo: f64, qhi: f64) -> f64 {
+    const L: usize = 8;
+    let inv = 1.0 / s;
+    let (qlo, qhi) = (qlo - z, qhi - z);
+    #[inline(always)]
+    fn term(n: f64, m: f64, s: f64, inv: f64, qlo: f64, qhi: f64) -> f64 {
+        let r = round_even_small(m * inv);
+        let r = if r < qlo { qlo } else { r };
+        let r = if r > qhi { qhi } else { r };
+        let d = r * s - m;
+        n * d * d
     }
-    let eps1 = eps * zeros as f64 / nonzeros as f64;
-    for v in p.iter_mut() {
-        *v = if *v == 0.0 { eps } else { *v - eps1 };
-        if *v <= 0.0 {
-            return None;
+    let len = ns.len().min(ms.len());
+    let (ns, ms) = (&ns[..len], &ms[..len]);
+    let full = len / L * L;
+    let mut acc = [0.0f64; L];
+    let mut i = 0;
+    while i < full {
+        let (n, m) = (&ns[i..i + L], &ms[i..i + L]);
+        for j in 0..L {
+            acc[j] += term(n[j], m[j], s, inv, qlo, qhi);
         }
+        i += L;
     }
-    Some(())
+    let mut tail = 0.0;
+    for k in full..len {
+        tail += term(ns[k], ms[k], s, inv, qlo, qhi);
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
-fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
-    let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
-    p.iter()
-        .zip(q)
-        .filter(|(a, _)| **a > 0.0)
-        .map(|(&a, &b)| {
-            let (a, b) = (a / sp, b / sq);
-            a * (a / b).ln()
+/// Floor for a bin of `q` that must hold mass (its `p` bin does) but got none: the
+/// role of `eps = 1e-4` in MXNet's `_smooth_distribution`.
+const KL_EPS: f64 = 1e-4;
+
+/// Largest per-channel count for which `ln` of counts comes from a table.
+const LN_TABLE_MAX: usize = 1 << 22;
+
+/// `KL(p || q)` for every threshold bin `i` in `nq..=hist.len()` (entry `i - nq`), where
+/// `p` is `hist[..i]` with the outliers `hist[i..]` added to its last bin, and `q` merges
+/// `hist[..i]` into `nq` groups of `i / nq` bins (the last group takes the remainder)
+/// and spreads each group's count evenly over the group's bins where `p` is non-zero.
+/// Both are normalised; a `q` bin that gets no mass where `p` has some holds [`KL_EPS`].
+///
+/// Written out, with `N = sum p`, `H = sum q`, `P_j` the mass of `p` in group `j` and
+/// `q_j` the value `q` takes there:
+/// `KL = (sum_k p_k ln p_k) / N - ln N - (sum_j P_j ln q_j) / N + ln H`,
+/// so with prefix sums of `h`, `h ln h` and of the non-zero count each group costs O(1);
+/// groups `0..nq-1` change only with `i / nq`, so all thresholds together cost
+/// O(`hist.len()`). Counts are integers, so `ln` is mostly a table lookup.
+pub fn entropy_kls(hist: &[f64], nq: usize) -> Vec<f64> {
+    let nb = hist.len();
+    if nq == 0 || nq > nb {
+        return vec![];
+    }
+    let total: f64 = hist.iter().sum();
+    let table: Vec<f64> = if total <= LN_TABLE_MAX as f64 {
+        (0..=total as usize).map(|k| (k as f64).ln()).collect()
+    } else {
+        vec![]
+    };
+    let ln = |c: f64| -> f64 {
+        let k = c as usize;
+        if k < table.len() && k as f64 == c {
+            table[k]
+        } else {
+            c.ln()
+        }
+    };
+    let xlnx = |c: f64| if c > 0.0 { c * ln(c) } else { 0.0 };
+    let mut cnt = vec![0.0f64; nb + 1];
+    let mut plnp = vec![0.0f64; nb + 1];
+    let mut nzc = vec![0usize; nb + 1];
+    for k in 0..nb {
+        cnt[k + 1] = cnt[k] + hist[k];
+        plnp[k + 1] = plnp[k] + xlnx(hist[k]);
+        nzc[k + 1] = nzc[k] + usize::from(hist[k] != 0.0);
+    }
+    let ln_total = ln(total);
+    // Groups 0..nq-1 depend on i only through `merged = i / nq`: sum them once per value.
+    let group = |a: usize, b: usize, extra: f64, extra_nz: usize| -> (f64, f64) {
+        let tot = cnt[b] - cnt[a];
+        let pj = tot + extra;
+        if pj == 0.0 {
+            return (0.0, 0.0);
+        }
+        let nz = nzc[b] - nzc[a] + extra_nz;
+        if tot > 0.0 {
+            (pj * (ln(tot) - ln(nz as f64)), tot)
+        } else {
+            (pj * KL_EPS.ln(), KL_EPS * nz as f64)
+        }
+    };
+    let mut base = (usize::MAX, 0.0f64, 0.0f64);
+    (nq..=nb)
+        .map(|i| {
+            let merged = i / nq;
+            if base.0 != merged {
+                let (mut acc, mut hq) = (0.0, 0.0);
+                for j in 0..nq - 1 {
+                    let (a, h) = group(j * merged, (j + 1) * merged, 0.0, 0);
+                    acc += a;
+                    hq += h;
+                }
+                base = (merged, acc, hq);
+            }
+            let suffix = total - cnt[i];
+            let s_plnp = plnp[i - 1] + xlnx(hist[i - 1] + suffix);
+            let extra_nz = usize::from(hist[i - 1] == 0.0 && suffix > 0.0);
+            let (a, h) = group((nq - 1) * merged, i, suffix, extra_nz);
+            (s_plnp - base.1 - a) / total - ln_total + (base.2 + h).ln()
         })
-        .sum()
+        .collect()
 }
 
 fn entropy_threshold(data: &[f32], amax: f32, spec: &Spec) -> f32 {
@@ -383,43 +477,60 @@ fn entropy_threshold(data: &[f32], amax: f32, spec: &Spec) -> f32 {
     let nbins = spec.bins;
     let nq = spec.half_levels().min(nbins);
     let (hist, _) = histogram(data, 0.0, amax, nbins, f32::abs, false);
-    let width = amax as f64 / nbins as f64;
-    // suffix[i] = sum of hist[i..]
-    let mut suffix = vec![0.0f64; nbins + 1];
-    for i in (0..nbins).rev() {
-        suffix[i] = suffix[i + 1] + hist[i];
-    }
+    let kls = entropy_kls(&hist, nq);
     let mut best = (f64::INFINITY, nbins);
-    let mut p = Vec::with_capacity(nbins);
-    let mut q = Vec::with_capacity(nbins);
-    for i in nq..=nbins {
-        p.clear();
-        p.extend_from_slice(&hist[..i]);
-        p[i - 1] += suffix[i];
-        q.clear();
-        q.resize(i, 0.0);
+    for (k, &kl) in kls.iter().enumerate() {
+        if kl < best.0 {
+            best = (kl, k + nq);
+        }
+    }
+    let width = amax as f64 / nbins as f64;
+    ((best.1 as f64 * width) as f32).min(amax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `entropy_kls` for one threshold, built bin by bin.
+    fn kl_direct(hist: &[f64], i: usize, nq: usize) -> f64 {
+        let mut p = hist[..i].to_vec();
+        p[i - 1] += hist[i..].iter().sum::<f64>();
+        let mut q = vec![0.0; i];
         let merged = i / nq;
         for j in 0..nq {
-            let start = j * merged;
-            let stop = if j == nq - 1 { i } else { start + merged };
-            let total: f64 = hist[start..stop].iter().sum();
-            let nonzero = p[start..stop].iter().filter(|&&v| v != 0.0).count();
-            if nonzero > 0 {
-                let share = total / nonzero as f64;
-                for k in start..stop {
-                    if p[k] != 0.0 {
-                        q[k] = share;
-                    }
+            let a = j * merged;
+            let b = if j == nq - 1 { i } else { a + merged };
+            let tot: f64 = hist[a..b].iter().sum();
+            let nz = p[a..b].iter().filter(|&&v| v != 0.0).count();
+            for k in a..b {
+                if p[k] != 0.0 {
+                    q[k] = if tot > 0.0 { tot / nz as f64 } else { KL_EPS };
                 }
             }
         }
-        let kl = match (smooth(&mut p, 1e-4), smooth(&mut q, 1e-4)) {
-            (Some(()), Some(())) => kl_divergence(&p, &q),
-            _ => f64::INFINITY,
-        };
-        if kl < best.0 {
-            best = (kl, i);
+        let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
+        p.iter().zip(&q).filter(|(a, _)| **a > 0.0).map(|(&a, &b)| (a / sp) * ((a / sp) / (b / sq)).ln()).sum()
+    }
+
+    #[test]
+    fn fast_kl_equals_direct() {
+        let mut s = 12345u64;
+        for (nb, nq) in [(64usize, 8usize), (300, 16), (257, 2), (2048, 128)] {
+            let hist: Vec<f64> = (0..nb)
+                .map(|k| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let r = (s >> 33) % 100;
+                    // Mostly decaying counts, with empty bins and a sparse tail.
+                    if r < 25 || (k > nb / 2 && r < 80) { 0.0 } else { ((s >> 40) % (1000 / (1 + k as u64 / 8) + 2)) as f64 }
+                })
+                .collect();
+            let fast = entropy_kls(&hist, nq);
+            for i in nq..=nb {
+                let d = kl_direct(&hist, i, nq);
+                let f = fast[i - nq];
+                assert!((f - d).abs() <= 1e-9 * d.abs().max(1.0), "nb {nb} nq {nq} i {i}: {f} vs {d}");
+            }
         }
     }
-    ((best.1 as f64 * width) as f32).min(amax)
 }

@@ -284,3 +284,41 @@ fn per_channel_min_max_all_layouts() {
         }
     }
 }
+
+#[test]
+fn streaming_stores_on_large_misaligned_outputs() {
+    // Outputs past STREAM_MIN_BYTES take the non-temporal path, with a scalar head up
+    // to the alignment; start one element in so the head is not empty.
+    let n = STREAM_MIN_BYTES + 37;
+    let x = data(n + 1, 40.0, 13);
+    each_isa(|isa| {
+        let mut q = vec![0u8; n + 1];
+        quantize(&x[1..], AxisLayout::per_tensor(n), &[0.3], &[7], &mut q[1..]).unwrap();
+        for i in 1..=n {
+            assert_eq!(q[i], quant1(x[i], 0.3, 7.0, 0.0, 255.0), "{isa:?} {i}");
+        }
+        let m = STREAM_MIN_BYTES / 4 + 13;
+        let mut d = vec![0f32; m + 1];
+        dequantize(&q[1..=m], AxisLayout::per_tensor(m), &[0.3], &[7], &mut d[1..]).unwrap();
+        for i in 1..=m {
+            assert_eq!(d[i].to_bits(), dequant1(q[i], false, 0.3, 7.0).to_bits(), "{isa:?} {i}");
+        }
+        // Per axis, last axis: the per-element (row) loop streams too.
+        let c = 1001;
+        let rows = STREAM_MIN_BYTES / 4 / c + 1;
+        assert!(rows * c * 4 >= STREAM_MIN_BYTES && rows * c < n);
+        let l = AxisLayout::new(&[rows, c], Some(1)).unwrap();
+        let sc: Vec<f32> = (0..c).map(|i| 0.01 + i as f32 * 0.001).collect();
+        let zc: Vec<i32> = (0..c).map(|i| (i % 200) as i32).collect();
+        let mut d2 = vec![0f32; rows * c + 1];
+        assert!(rows * c <= n);
+        dequantize(&q[1..=rows * c], l, &sc, &zc, &mut d2[1..]).unwrap();
+        for i in 0..rows * c {
+            let ch = i % c;
+            assert_eq!(d2[i + 1].to_bits(), dequant1(q[i + 1], false, sc[ch], zc[ch] as f32).to_bits(), "{isa:?} {i}");
+        }
+        let mut o = vec![0u8; n];
+        let (s, z) = dynamic_quantize(&x[1..], &mut o).unwrap();
+        assert!(o.iter().zip(&x[1..]).all(|(&q, &v)| q == quant1(v, s, z as f32, 0.0, 255.0)));
+    });
+}

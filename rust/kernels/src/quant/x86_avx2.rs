@@ -9,13 +9,13 @@
 
 use std::arch::x86_64::*;
 
-use super::{dequant1, min_max_body, quant1, Kernels};
+use super::{dequant1, head_len, min_max_body, quant1, Kernels};
 
 pub(super) const KERNELS: Kernels = Kernels {
-    quant_run: |x, s, zp, lo, hi, out| unsafe { quant_run(x, s, zp, lo, hi, out) },
+    quant_run: |x, s, zp, lo, hi, out, stream| unsafe { quant_run(x, s, zp, lo, hi, out, stream) },
     quant_row: |x, s, zp, lo, hi, out| unsafe { quant_row(x, s, zp, lo, hi, out) },
-    dequant_run: |q, signed, s, zp, out| unsafe { dequant_run(q, signed, s, zp, out) },
-    dequant_row: |q, signed, s, zp, out| unsafe { dequant_row(q, signed, s, zp, out) },
+    dequant_run: |q, signed, s, zp, out, stream| unsafe { dequant_run(q, signed, s, zp, out, stream) },
+    dequant_row: |q, signed, s, zp, out, stream| unsafe { dequant_row(q, signed, s, zp, out, stream) },
     min_max: |x| unsafe { min_max(x) },
 };
 
@@ -44,16 +44,27 @@ unsafe fn pack4<const SIGNED: bool>(a: __m256i, b: __m256i, c: __m256i, d: __m25
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
-    if lo < 0.0 {
-        quant_run_t::<true>(x, s, zp, lo, hi, out)
-    } else {
-        quant_run_t::<false>(x, s, zp, lo, hi, out)
+unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
+    let n = x.len().min(out.len());
+    // Streaming: scalar head up to a 32-byte aligned output, then `vmovntdq`.
+    let head = if stream { head_len(out.as_ptr() as usize, 32, 1).unwrap_or(n).min(n) } else { 0 };
+    for j in 0..head {
+        out[j] = quant1(x[j], s, zp, lo, hi);
+    }
+    let (x, out) = (&x[head..n], &mut out[head..n]);
+    match (lo < 0.0, stream) {
+        (true, false) => quant_run_t::<true, false>(x, s, zp, lo, hi, out),
+        (false, false) => quant_run_t::<false, false>(x, s, zp, lo, hi, out),
+        (true, true) => quant_run_t::<true, true>(x, s, zp, lo, hi, out),
+        (false, true) => quant_run_t::<false, true>(x, s, zp, lo, hi, out),
+    }
+    if stream {
+        _mm_sfence();
     }
 }
 
 #[inline(always)]
-unsafe fn quant_run_t<const SIGNED: bool>(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
+unsafe fn quant_run_t<const SIGNED: bool, const STREAM: bool>(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
     let n = x.len().min(out.len());
     let (vs, vz, vlo, vhi) = (_mm256_set1_ps(s), _mm256_set1_ps(zp), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
@@ -63,7 +74,12 @@ unsafe fn quant_run_t<const SIGNED: bool>(x: &[f32], s: f32, zp: f32, lo: f32, h
         let b = q8(_mm256_loadu_ps(xp.add(i + 8)), vs, vz, vlo, vhi);
         let c = q8(_mm256_loadu_ps(xp.add(i + 16)), vs, vz, vlo, vhi);
         let d = q8(_mm256_loadu_ps(xp.add(i + 24)), vs, vz, vlo, vhi);
-        _mm256_storeu_si256(op.add(i).cast(), pack4::<SIGNED>(a, b, c, d));
+        let v = pack4::<SIGNED>(a, b, c, d);
+        if STREAM {
+            _mm256_stream_si256(op.add(i).cast(), v);
+        } else {
+            _mm256_storeu_si256(op.add(i).cast(), v);
+        }
         i += 32;
     }
     for j in i..n {
@@ -108,16 +124,26 @@ unsafe fn widen8<const SIGNED: bool>(v: __m128i) -> __m256 {
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32]) {
-    if signed {
-        dequant_run_t::<true>(q, s, zp, out)
-    } else {
-        dequant_run_t::<false>(q, s, zp, out)
+unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
+    let n = q.len().min(out.len());
+    let head = if stream { head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n) } else { 0 };
+    for j in 0..head {
+        out[j] = dequant1(q[j], signed, s, zp);
+    }
+    let (q, out) = (&q[head..n], &mut out[head..n]);
+    match (signed, stream) {
+        (true, false) => dequant_run_t::<true, false>(q, s, zp, out),
+        (false, false) => dequant_run_t::<false, false>(q, s, zp, out),
+        (true, true) => dequant_run_t::<true, true>(q, s, zp, out),
+        (false, true) => dequant_run_t::<false, true>(q, s, zp, out),
+    }
+    if stream {
+        _mm_sfence();
     }
 }
 
 #[inline(always)]
-unsafe fn dequant_run_t<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
+unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
     let n = q.len().min(out.len());
     let (vs, vz) = (_mm256_set1_ps(s), _mm256_set1_ps(zp));
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
@@ -127,8 +153,12 @@ unsafe fn dequant_run_t<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut
         let hi16 = _mm_loadu_si128(qp.add(i + 16).cast());
         let parts = [lo16, _mm_srli_si128::<8>(lo16), hi16, _mm_srli_si128::<8>(hi16)];
         for (k, p) in parts.into_iter().enumerate() {
-            let f = widen8::<SIGNED>(p);
-            _mm256_storeu_ps(op.add(i + 8 * k), _mm256_mul_ps(_mm256_sub_ps(f, vz), vs));
+            let v = _mm256_mul_ps(_mm256_sub_ps(widen8::<SIGNED>(p), vz), vs);
+            if STREAM {
+                _mm256_stream_ps(op.add(i + 8 * k), v);
+            } else {
+                _mm256_storeu_ps(op.add(i + 8 * k), v);
+            }
         }
         i += 32;
     }
@@ -138,23 +168,37 @@ unsafe fn dequant_run_t<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32]) {
-    if signed {
-        dequant_row_t::<true>(q, s, zp, out)
-    } else {
-        dequant_row_t::<false>(q, s, zp, out)
+unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+    let n = q.len().min(out.len()).min(s.len()).min(zp.len());
+    let head = if stream { head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n) } else { 0 };
+    for j in 0..head {
+        out[j] = dequant1(q[j], signed, s[j], zp[j]);
+    }
+    let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
+    match (signed, stream) {
+        (true, false) => dequant_row_t::<true, false>(q, s, zp, out),
+        (false, false) => dequant_row_t::<false, false>(q, s, zp, out),
+        (true, true) => dequant_row_t::<true, true>(q, s, zp, out),
+        (false, true) => dequant_row_t::<false, true>(q, s, zp, out),
+    }
+    if stream {
+        _mm_sfence();
     }
 }
 
 #[inline(always)]
-unsafe fn dequant_row_t<const SIGNED: bool>(q: &[u8], s: &[f32], zp: &[f32], out: &mut [f32]) {
+unsafe fn dequant_row_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: &[f32], zp: &[f32], out: &mut [f32]) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
     let (qp, sp, zpp, op) = (q.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 8 <= n {
         let f = widen8::<SIGNED>(_mm_loadl_epi64(qp.add(i).cast()));
         let r = _mm256_mul_ps(_mm256_sub_ps(f, _mm256_loadu_ps(zpp.add(i))), _mm256_loadu_ps(sp.add(i)));
-        _mm256_storeu_ps(op.add(i), r);
+        if STREAM {
+            _mm256_stream_ps(op.add(i), r);
+        } else {
+            _mm256_storeu_ps(op.add(i), r);
+        }
         i += 8;
     }
     for j in i..n {
