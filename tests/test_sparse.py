@@ -143,7 +143,7 @@ def test_one_dim_x_and_linear_function():
 
 def ref_int8(q, wscale, xq, xs, xz, bias=None, relu=False):
     acc = (xq.astype(np.int64) - xz.astype(np.int64)[:, None]) @ q.astype(np.int64).T
-    y = acc.astype(np.float32) * (xs[:, None] * wscale[None, :])
+    y = (acc.astype(np.float32) * xs[:, None]) * wscale[None, :]  # the GEMM output step order
     if bias is not None:
         y = y + bias
     return np.maximum(y, 0) if relu else y, acc
@@ -273,7 +273,8 @@ def test_choose_and_would_speed_up():
     rng = np.random.default_rng(13)
     w = rng.standard_normal((128, 128)).astype(np.float32)
     c = sparse.choose(w, prune.magnitude_mask(w, 0.97), batch=32)
-    assert c.path in {"dense_f32", "csr_f32", "bsr_f32", "csr_int8", "bsr_int8"}
+    assert c.path in {"dense_f32", "dense_int8", "csr_f32", "bsr_f32", "csr_int8", "bsr_int8"}
+    assert "dense_int8" in c.seconds and c.build(w).__class__.__name__ in {"ndarray", "Int8Linear", "CSRMatrix", "BSRMatrix"}
     assert "dense_f32" in c.seconds and "csr_f32" in c.seconds and c.speedup > 0
     built = c.build(w, prune.magnitude_mask(w, 0.97))
     assert built is not None

@@ -16,8 +16,8 @@ with one symmetric scale per output row; ``matmul`` quantizes ``x`` per row
 ``matmul_quantized``. int8 products accumulate in int32 exactly: the build
 checks that no row can overflow.
 
-:func:`choose` says which execution path (dense float32, sparse float32 CSR /
-BSR / N:M, sparse int8, and dense int8 once available) is fastest for a given
+:func:`choose` says which execution path (dense float32, dense int8, sparse
+float32 CSR / BSR / N:M, sparse int8) is fastest for a given
 weight, mask and batch size on this machine, from a cost model calibrated by
 timing the kernels here (once per process, lazily); :func:`would_speed_up`
 answers whether a proposed pattern and sparsity would speed anything up at all.
@@ -372,8 +372,8 @@ class Choice:
     Attributes
     ----------
     path : str
-        ``"dense_f32"``, ``"csr_f32"``, ``"bsr_f32"``, ``"nm_f32"``,
-        ``"csr_int8"``, ``"bsr_int8"``, ``"nm_int8"`` (or ``"dense_int8"``).
+        ``"dense_f32"``, ``"dense_int8"``, ``"csr_f32"``, ``"bsr_f32"``,
+        ``"nm_f32"``, ``"csr_int8"``, ``"bsr_int8"`` or ``"nm_int8"``.
     block : tuple or None
         Block ``(r, c)`` for BSR, ``(n, m)`` for N:M.
     seconds : dict
@@ -389,8 +389,14 @@ class Choice:
     speedup: float = 1.0
 
     def build(self, w: Any, mask: Any = None) -> Any:
-        """The weight in the chosen format (a dense float32 array for dense paths)."""
+        """The weight in the chosen format (a dense float32 array for
+        ``dense_f32``, an :class:`hwreg_rs.Int8Linear` for ``dense_int8``)."""
         dtype = "int8" if self.path.endswith("int8") else "float32"
+        if self.path == "dense_int8":
+            from .gemm import Int8Linear
+
+            wa = np.asarray(w, np.float32)
+            return Int8Linear.from_float(wa if mask is None else wa * mask)
         if self.path.startswith("dense"):
             wa = np.asarray(w, np.float32)
             return wa if mask is None else wa * mask
@@ -402,14 +408,16 @@ class Choice:
         return BSRMatrix.from_dense(w, mask, block=self.block or (1, 4), dtype=dtype)  # type: ignore[arg-type]
 
 
-def _median_time(fn: Any, repeats: int = 5) -> float:
+def _median_time(fn: Any, repeats: int = 7) -> float:
+    """Best of ``repeats`` calls after a warm-up (the minimum is the most
+    stable statistic on a shared machine)."""
     fn()
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return float(min(ts))
 
 
 def _build(kind: str, w: np.ndarray, mask: np.ndarray | None, block: tuple[int, int] | None) -> Any:
@@ -433,28 +441,23 @@ def _calibrate(kind: str, block: tuple[int, int] | None, batch: int) -> tuple[fl
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((batch, k)).astype(np.float32)
     pts = []
-    if kind == "dense_f32":
-        for kk in (128, 512):
-            ws, xs = w[:, :kk].copy(), x[:, :kk].copy()
-            pts.append((n * kk * batch, _median_time(lambda: xs @ ws.T)))
-    else:
-        from . import prune
+    from . import prune
 
-        for density in (0.05, 0.4):
-            if kind.startswith("nm"):
-                nn, mm = block  # type: ignore[misc]
-                mask = prune.nm_mask(w, nn, mm)
-            elif kind.startswith("bsr"):
-                mask = prune.block_mask(w, 1.0 - density, block=block)  # type: ignore[arg-type]
-            else:
-                mask = prune.magnitude_mask(w, 1.0 - density)
-            mat = _build(kind, w, mask, block)
-            pts.append((mat.stored * batch, _median_time(lambda: mat.matmul(x))))
-            if kind.startswith("nm"):
-                # One density only for N:M; take a half-size copy as the second point.
-                half = _build(kind, np.ascontiguousarray(w[: n // 2]), np.ascontiguousarray(mask[: n // 2]), block)
-                pts.append((half.stored * batch, _median_time(lambda: half.matmul(x))))
-                break
+    for density in (0.05, 0.4):
+        if kind.startswith("nm"):
+            nn, mm = block  # type: ignore[misc]
+            mask = prune.nm_mask(w, nn, mm)
+        elif kind.startswith("bsr"):
+            mask = prune.block_mask(w, 1.0 - density, block=block)  # type: ignore[arg-type]
+        else:
+            mask = prune.magnitude_mask(w, 1.0 - density)
+        mat = _build(kind, w, mask, block)
+        pts.append((mat.stored * batch, _median_time(lambda: mat.matmul(x))))
+        if kind.startswith("nm"):
+            # One density only for N:M; take a half-size copy as the second point.
+            half = _build(kind, np.ascontiguousarray(w[: n // 2]), np.ascontiguousarray(mask[: n // 2]), block)
+            pts.append((half.stored * batch, _median_time(lambda: half.matmul(x))))
+            break
     (s1, t1), (s2, t2) = pts
     per = max((t2 - t1) / max(s2 - s1, 1), 1e-13)
     fixed = max(t1 - per * s1, 0.0)
@@ -477,6 +480,26 @@ def _estimate(kind: str, block: tuple[int, int] | None, stored: int, batch: int)
     return f + p * stored * batch
 
 
+def _dense_seconds(kind: str, shape: tuple[int, int], batch: int) -> float:
+    """A dense path timed at the real shape (GEMM speed depends on shape far
+    more than a linear model can say); cached per process. ``dense_f32`` is
+    NumPy ``x @ w.T``, ``dense_int8`` is :class:`hwreg_rs.Int8Linear`
+    (activations quantized per row on the fly, exact int32 GEMM)."""
+    key = (kind, shape, batch)
+    if key not in _CAL:
+        rng = np.random.default_rng(99)
+        w = rng.standard_normal(shape).astype(np.float32)
+        x = rng.standard_normal((batch, shape[1])).astype(np.float32)
+        if kind == "dense_int8":
+            from .gemm import Int8Linear
+
+            layer = Int8Linear.from_float(w)
+            _CAL[key] = (_median_time(lambda: layer(x)), 0.0)
+        else:
+            _CAL[key] = (_median_time(lambda: x @ w.T), 0.0)
+    return _CAL[key][0]
+
+
 def _stored_for_block(keep: np.ndarray, block: tuple[int, int]) -> int:
     r, c = block
     rows, cols = keep.shape
@@ -493,7 +516,7 @@ def _nm_of(keep: np.ndarray) -> tuple[int, int] | None:
         if cols % m:
             continue
         n = int(keep.reshape(rows, cols // m, m).sum(axis=2).max(initial=0))
-        if 0 < n < m:
+        if 0 < n and 2 * n <= m:  # only patterns that halve the work or better
             return n, m
     return None
 
@@ -502,11 +525,14 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     """The fastest way to run ``x @ (w * mask).T`` for ``x`` of ``batch`` rows.
 
     Candidates: dense float32 (NumPy), CSR, the SIMD block shapes the mask
-    fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8), N:M when the mask is N:M,
-    each in float32 and int8. Times come from a cost model — a fixed cost plus
-    a cost per stored multiply-add per path and batch size — calibrated by
-    timing each kernel on synthetic weights the first time it is needed
-    (cached per process), applied to the exact stored count of this mask.
+    fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8), N:M when the mask is N:M
+    with n/m <= 1/2, each in float32 and int8. Sparse times come from a cost
+    model — a fixed cost plus a cost per stored multiply-add, per path, block
+    and batch size — calibrated by timing each kernel on two synthetic 512×512
+    weights the first time it is needed, applied to the exact stored count of
+    this mask (blocks padded). The dense time is measured at the real shape.
+    Dense int8 (:class:`hwreg_rs.Int8Linear`) is timed at the real shape too
+    when int8 is allowed. Calibrations are cached per process.
 
     Parameters
     ----------
@@ -527,7 +553,7 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     >>> import numpy as np, hwreg_rs as hw
     >>> w = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
     >>> c = hw.sparse.choose(w, hw.prune.magnitude_mask(w, 0.95), batch=32)
-    >>> c.path in {"csr_f32", "bsr_f32", "csr_int8", "bsr_int8", "dense_f32"}
+    >>> c.path in {"csr_f32", "bsr_f32", "csr_int8", "bsr_int8", "dense_f32", "dense_int8"}
     True
     """
     wa, m = _weight_and_mask(w, mask)
@@ -538,8 +564,10 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     for d in dtypes:
         _check_dtype(d)
     est: dict[str, float] = {}
-    est["dense_f32"] = _estimate("dense_f32", None, wa.size, batch)
-    dense_best = est["dense_f32"]
+    est["dense_f32"] = _dense_seconds("dense_f32", wa.shape, batch)
+    if "int8" in dtypes:
+        est["dense_int8"] = _dense_seconds("dense_int8", wa.shape, batch)
+    dense_best = min(v for k, v in est.items() if k.startswith("dense"))
     nnz = int(keep.sum())
     nm = _nm_of(keep)
     for d in dtypes:

@@ -93,6 +93,48 @@ pub fn chunks_for(work: usize) -> usize {
     (work / PARALLEL_MIN_WORK).clamp(1, 4 * t)
 }
 
+/// Whether the caller runs on a worker of a rayon pool (normally the library
+/// pool, entered through [`run`]). A rayon parallel iterator started anywhere
+/// else wakes rayon's *global* pool, which ignores `HWREG_NUM_THREADS` and is
+/// not rebuilt after a fork; the chunk helpers below run serially then.
+pub fn in_pool() -> bool {
+    rayon::current_thread_index().is_some()
+}
+
+/// `f(chunk_index, chunk)` over `buf.chunks_mut(size)`: in parallel inside
+/// the pool, serially outside it (see [`in_pool`]).
+pub fn for_each_chunk_mut<T: Send>(buf: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    use rayon::prelude::*;
+    let size = size.max(1);
+    if in_pool() {
+        buf.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        buf.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// [`for_each_chunk_mut`] collecting one result per chunk, in order.
+pub fn map_chunks_mut<T: Send, R: Send>(buf: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    let size = size.max(1);
+    if in_pool() {
+        buf.par_chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect()
+    } else {
+        buf.chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect()
+    }
+}
+
+/// `f(chunk_index, chunk)` over `buf.chunks(size)`, one result per chunk.
+pub fn map_chunks<T: Sync, R: Send>(buf: &[T], size: usize, f: impl Fn(usize, &[T]) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    let size = size.max(1);
+    if in_pool() {
+        buf.par_chunks(size).enumerate().map(|(i, c)| f(i, c)).collect()
+    } else {
+        buf.chunks(size).enumerate().map(|(i, c)| f(i, c)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +149,17 @@ mod tests {
             (0..1000u64).into_par_iter().sum()
         });
         assert_eq!(s, 499_500);
+    }
+
+    #[test]
+    fn chunk_helpers_serial_outside_and_parallel_inside_the_pool() {
+        let mut v = vec![0u32; 1000];
+        for_each_chunk_mut(&mut v, 7, |i, c| c.fill(i as u32));
+        assert_eq!(v[999], 999 / 7);
+        let sums = map_chunks(&v, 100, |_, c| c.iter().sum::<u32>());
+        let inside = run(1 << 20, || map_chunks(&v, 100, |_, c| c.iter().sum::<u32>()));
+        assert_eq!(sums, inside);
+        assert_eq!(map_chunks_mut(&mut v, 500, |i, c| (i, c.len())), vec![(0, 500), (1, 500)]);
     }
 
     #[test]

@@ -317,7 +317,7 @@ pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, mask: Option<&[bool]>)
         }
         let s = scale[row];
         for i in row * cols..(row + 1) * cols {
-            q[i] = (kept(w, mask, i) / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+            q[i] = super::spmm::rint_small((kept(w, mask, i) / s).clamp(-127.0, 127.0)) as i8;
         }
     }
     Ok((q, scale))

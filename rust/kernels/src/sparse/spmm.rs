@@ -24,6 +24,7 @@ use std::ops::Range;
 
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
+use crate::gemm::output::{OutputStep, Param};
 use crate::isa::{self, Isa};
 use crate::threads;
 use crate::{shape_err, value_err};
@@ -49,32 +50,50 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
     if batch.checked_mul(k) != Some(x.len()) {
         return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    // Finite check without a branch per element (|v| < inf has no NaN).
+    if !x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY)) {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return value_err!("x is not finite at row {}, column {}", i / k.max(1), i % k.max(1));
     }
-    let mut q = vec![0u8; x.len()];
-    let mut scale = vec![1f32; batch];
-    let mut zp = vec![0u8; batch];
+    let kk = k.max(1);
     threads::run(x.len(), || {
-        q.par_chunks_mut(k.max(1)).zip(x.par_chunks(k.max(1))).zip(scale.par_iter_mut().zip(zp.par_iter_mut())).for_each(
-            |((qr, xr), (s, z))| {
-                let (mut lo, mut hi) = (0f32, 0f32);
-                for &v in xr {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
-                if hi - lo > 0.0 {
-                    *s = (hi - lo) / 255.0;
-                    *z = (-lo / *s).round_ties_even().clamp(0.0, 255.0) as u8;
-                }
-                let (sc, zf) = (*s, *z as f32);
-                for (o, &v) in qr.iter_mut().zip(xr) {
-                    *o = ((v / sc).round_ties_even() + zf).clamp(0.0, 255.0) as u8;
-                }
-            },
-        )
-    });
-    Ok((q, scale, zp))
+        // Per row: the range (always holding 0), then scale and zero point.
+        let params: Vec<(f32, u8)> = threads::map_chunks(x, kk, |_, xr| {
+            // Finite inputs (checked above): plain compares vectorise.
+            let (mut lo, mut hi) = (0f32, 0f32);
+            for &v in xr {
+                lo = if v < lo { v } else { lo };
+                hi = if v > hi { v } else { hi };
+            }
+            if hi - lo > 0.0 {
+                let s = (hi - lo) / 255.0;
+                (s, (-lo / s).round_ties_even().clamp(0.0, 255.0) as u8)
+            } else {
+                (1.0, 0)
+            }
+        });
+        let mut q = vec![0u8; x.len()];
+        threads::for_each_chunk_mut(&mut q, kk, |b, qr| {
+            let (sc, zf) = (params[b].0, params[b].1 as f32);
+            // |v / sc| <= 255 by construction of sc, so rint_small is exact.
+            let len = qr.len();
+            for (o, &v) in qr.iter_mut().zip(&x[b * kk..b * kk + len]) {
+                *o = (rint_small(v / sc) + zf).clamp(0.0, 255.0) as i32 as u8;
+            }
+        });
+        let scale = params.iter().map(|p| p.0).collect::<Vec<f32>>();
+        let zp = params.iter().map(|p| p.1).collect::<Vec<u8>>();
+        Ok((q, scale, zp))
+    })
+}
+
+/// Round half to even for |v| < 2^22 (the FPU's default rounding does it:
+/// adding and removing 1.5·2^23 drops the fraction). A plain add/sub
+/// vectorises everywhere, where `round_ties_even` is a libm call without SSE4.1.
+#[inline(always)]
+pub(crate) fn rint_small(v: f32) -> f32 {
+    const M: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + M) - M
 }
 
 // ---------------------------------------------------------------- helpers
@@ -127,7 +146,7 @@ fn par_rows<T: Send>(
     let parts = threads::chunks_for(work);
     let ranges = balanced(indptr, parts);
     let pieces = split_by(out, &ranges, unit);
-    if ranges.len() == 1 {
+    if ranges.len() == 1 || !threads::in_pool() {
         for (r, p) in ranges.into_iter().zip(pieces) {
             f(r, p);
         }
@@ -164,7 +183,7 @@ fn transpose_with<S: Copy + Sync, D: XtElem>(
 ) -> Vec<D> {
     let mut xt = vec![D::default(); kp * bp];
     let rows_per = (8192 / bp).max(16);
-    xt.par_chunks_mut(rows_per * bp).enumerate().for_each(|(c, dst)| {
+    threads::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
         let k0 = c * rows_per;
         let nk = (dst.len() / bp).min(k.saturating_sub(k0));
         let mut b0 = 0;
@@ -206,7 +225,7 @@ fn check_common(rows: usize, cols: usize, x_len: usize, batch: usize, bias: Opti
 /// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
 fn output_f32(yt: &[f32], bp: usize, batch: usize, n: usize, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
     let mut y = vec![0f32; batch * n];
-    y.par_chunks_mut(n.max(1) * LANE).enumerate().for_each(|(c, ys)| {
+    threads::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
         for o in 0..n {
@@ -221,10 +240,12 @@ fn output_f32(yt: &[f32], bp: usize, batch: usize, n: usize, bias: Option<&[f32]
     y
 }
 
-/// The output step of the int8 path (private until the dense GEMM's fused
-/// output step lands): `Y[b, o] = (acc[o, b] - zp_b · rowsum_o) · (sx_b · sw_o)
-/// + bias[o]`, ReLU. `zp` is `None` when the zero point was subtracted before
-/// accumulation. Exact integer part (i64), then one f32 multiply-add.
+/// The output step of the int8 path: the dense GEMM's fused output step
+/// (`gemm::output`, `OutputStep::Float`), so every int8 path rounds the same:
+/// `Y[b, o] = (f32(acc) · sx_b) · sw_o + bias[o]`, ReLU, with `acc` the exact
+/// `Σ (xq - zp_b) · q`. `Yt` is `(N, Bp)`; each block of 16 batch rows is
+/// transposed into an `(rows, N)` tile (folding `zp_b · rowsum_o` out when the
+/// kernel accumulated raw `xq`) and handed to the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn output_i32(
     yt: &[i32],
@@ -236,18 +257,33 @@ fn output_i32(
     wq: &RowQuant,
     bias: Option<&[f32]>,
     relu: bool,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let mut y = vec![0f32; batch * n];
-    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(b, yr)| {
-        let sx = xq.scale[b];
-        let zp = if fold_zp { xq.zero_point[b] as i64 } else { 0 };
-        for (o, out) in yr.iter_mut().enumerate() {
-            let acc = yt[o * bp + b] as i64 - zp * wq.sum[o] as i64;
-            let v = acc as f32 * (sx * wq.scale[o]) + bias.map_or(0.0, |bb| bb[o]);
-            *out = if relu { v.max(0.0) } else { v };
+    let done = threads::map_chunks_mut(&mut y, n.max(1) * LANE, |c, ys| -> Result<()> {
+        let b0 = c * LANE;
+        let nb = ys.len() / n.max(1);
+        let step = OutputStep::Float {
+            row_scale: Param::PerIndex(&xq.scale[b0..b0 + nb]),
+            col_scale: Param::PerIndex(&wq.scale),
+            bias,
+            relu,
+        };
+        let ep = step.prepare::<f32>(nb, n)?;
+        let mut acc = vec![0i32; nb * n];
+        for o in 0..n {
+            let src = &yt[o * bp + b0..o * bp + b0 + nb];
+            let rs = wq.sum[o];
+            for (bb, &v) in src.iter().enumerate() {
+                // The true value fits int32 (checked at build): wrapping is exact.
+                let zp = if fold_zp { xq.zero_point[b0 + bb] as i32 } else { 0 };
+                acc[bb * n + o] = v.wrapping_sub(zp.wrapping_mul(rs));
+            }
         }
+        ep.apply(&acc, n, 0..nb, 0..n, ys, n);
+        Ok(())
     });
-    y
+    done.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(y)
 }
 
 // ------------------------------------------------------- float32 kernels
@@ -520,7 +556,7 @@ pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<
 }
 
 /// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
-const PREFETCH: usize = 6;
+const PREFETCH: usize = 8;
 
 /// Prefetches `rows` rows of `len` bytes, `stride` apart, from `base + off`.
 #[inline(always)]
@@ -718,6 +754,93 @@ pub(super) unsafe fn nm_i8_body(w: &Nm<i8>, rows: Range<usize>, xt: &[i16], bp: 
     }
 }
 
+/// int8 gather-dot for one activation row `x` (`xq - zp` as i32, padded to
+/// the block grid): `out[row] = Σ q · x`, 8 independent partial sums.
+fn bsr_i8_gemv(w: &Bsr<i8>, brs: Range<usize>, x: &[i32], out: &mut [i32]) {
+    let (r, c) = (w.r, w.c);
+    assert!(x.len() >= w.cols.div_ceil(c) * c && out.len() >= brs.len() * r);
+    let (cols, vals, xp) = (w.bcol.as_ptr(), w.values.as_ptr(), x.as_ptr());
+    for (i, br) in brs.enumerate() {
+        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
+        for rr in 0..r {
+            let mut a = [0i32; 8];
+            // SAFETY: `from_dense` invariants bound `bcol` (block columns of
+            // the padded grid, `x` is padded to it) and the values per block.
+            unsafe {
+                if r == 1 && c == 1 {
+                    let mut j = j0;
+                    while j + 8 <= j1 {
+                        for l in 0..8 {
+                            let q = *vals.add(j + l) as i32;
+                            a[l] = a[l].wrapping_add(q * *xp.add(*cols.add(j + l) as usize));
+                        }
+                        j += 8;
+                    }
+                    while j < j1 {
+                        a[0] = a[0].wrapping_add(*vals.add(j) as i32 * *xp.add(*cols.add(j) as usize));
+                        j += 1;
+                    }
+                } else {
+                    for j in j0..j1 {
+                        let xb = xp.add(*cols.add(j) as usize * c);
+                        let v = vals.add(j * r * c + rr * c);
+                        for cc in 0..c {
+                            a[cc & 7] = a[cc & 7].wrapping_add(*v.add(cc) as i32 * *xb.add(cc));
+                        }
+                    }
+                }
+            }
+            // Exact: the true sum fits int32 (checked at build); wrapping
+            // partial sums add up to it.
+            out[i * r + rr] = a.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+        }
+    }
+}
+
+fn nm_i8_gemv(w: &Nm<i8>, rows: Range<usize>, x: &[i32], out: &mut [i32]) {
+    let per = w.cols / w.m * w.n;
+    for (i, row) in rows.enumerate() {
+        let vals = &w.values[row * per..(row + 1) * per];
+        let offs = &w.offsets[row * per..(row + 1) * per];
+        let mut a = [0i32; 8];
+        for (j, (&q, &o)) in vals.iter().zip(offs).enumerate() {
+            let col = (j / w.n) * w.m + o as usize;
+            a[j & 7] = a[j & 7].wrapping_add(q as i32 * x[col]);
+        }
+        out[i] = a.iter().fold(0i32, |s, &v| s.wrapping_add(v));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// The batch <= 2 int8 path: per activation row a gather-dot into the `Yt`
+/// layout `(rows, LANE)` that `output_i32` reads.
+fn i8_gemv_rows(
+    indptr: &[u32],
+    work: usize,
+    nrp: usize,
+    kp: usize,
+    cols: usize,
+    batch: usize,
+    unit: usize,
+    xq: &QuantX<'_>,
+    f: impl Fn(Range<usize>, &[i32], &mut [i32]) + Sync,
+) -> Vec<i32> {
+    let mut yt = vec![0i32; nrp * LANE];
+    let mut xs = vec![0i32; kp];
+    let mut yr = vec![0i32; nrp];
+    for b in 0..batch {
+        let zp = xq.zero_point[b] as i32;
+        for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
+            *d = v as i32 - zp;
+        }
+        par_rows(indptr, work, &mut yr, unit, |rg, out| f(rg, &xs, out));
+        for (o, &v) in yr.iter().enumerate() {
+            yt[o * LANE + b] = v;
+        }
+    }
+    yt
+}
+
 // ------------------------------------------------------ ISA selection
 
 type BsrF32Fn = unsafe fn(&Bsr<f32>, Range<usize>, &[f32], usize, &mut [f32]);
@@ -791,7 +914,7 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
     let kp = w.cols.div_ceil(c) * c;
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
-    threads::run(work, || {
+    Ok(threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut xpad = vec![0f32; kp];
@@ -813,8 +936,7 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
         let mut yt = vec![0f32; nrp * bp];
         par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
-    })
-    .pipe(Ok)
+    }))
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
@@ -824,7 +946,7 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    threads::run(work, || {
+    Ok(threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut yr = vec![0f32; n];
@@ -843,8 +965,7 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
         let mut yt = vec![0f32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_f32)(w, rg, &xt, bp, out) });
         output_f32(&yt, bp, batch, n, bias, relu)
-    })
-    .pipe(Ok)
+    }))
 }
 
 fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
@@ -882,19 +1003,36 @@ pub fn bsr_i8_linear(
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
     let cols = w.cols;
-    Ok(threads::run(work, || {
-        let bp = if batch <= GEMV_MAX_BATCH { LANE } else { bp_of(batch) };
+    threads::run(work, || {
+        if batch <= GEMV_MAX_BATCH {
+            let yt = i8_gemv_rows(&w.indptr, work / batch.max(1), nrp, kp, cols, batch, r, xq, |rg, x, out| {
+                bsr_i8_gemv(w, rg, x, out)
+            });
+            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
+        }
+        let bp = bp_of(batch);
         let mut yt = vec![0i32; nrp * bp];
-        if c % 4 == 0 && batch > GEMV_MAX_BATCH {
+        if c % 4 == 0 {
             // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
             let groups = kp / 4;
             let mut xp = vec![0u8; groups * bp * 4];
-            xp.par_chunks_mut(bp * 4).enumerate().for_each(|(g, dst)| {
+            // A transpose of 4-byte units: row b of xq is read contiguously.
+            let gpc = (4096 / bp).max(8);
+            threads::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
+                let g0 = c * gpc;
+                let ng = dst.len() / (bp * 4);
                 for b in 0..batch {
-                    for j in 0..4 {
-                        let col = 4 * g + j;
-                        if col < cols {
-                            dst[b * 4 + j] = xq.q[b * cols + col];
+                    let row = &xq.q[b * cols..(b + 1) * cols];
+                    let full = ng.min((cols / 4).saturating_sub(g0));
+                    let src = &row[4 * g0..4 * (g0 + full)];
+                    for (gg, q4) in src.chunks_exact(4).enumerate() {
+                        let at = (gg * bp + b) * 4;
+                        dst[at..at + 4].copy_from_slice(q4);
+                    }
+                    for gg in full..ng {
+                        let col = 4 * (g0 + gg);
+                        for j in 0..4 {
+                            dst[(gg * bp + b) * 4 + j] = if col + j < cols { row[col + j] } else { 0 };
                         }
                     }
                 }
@@ -906,7 +1044,7 @@ pub fn bsr_i8_linear(
             par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8)(w, rg, &xt, bp, out) });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
         }
-    }))
+    })
 }
 
 /// int8 N:M version of [`bsr_i8_linear`].
@@ -924,21 +1062,21 @@ pub fn nm_i8_linear(
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
+    threads::run(work, || {
+        if batch <= GEMV_MAX_BATCH {
+            let yt = i8_gemv_rows(&indptr, work / batch.max(1), n, w.cols, w.cols, batch, 1, xq, |rg, x, out| {
+                nm_i8_gemv(w, rg, x, out)
+            });
+            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
+        }
         let bp = bp_of(batch);
         let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
         par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_i8)(w, rg, &xt, bp, out) });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
-    }))
+    })
 }
 
-trait Pipe: Sized {
-    fn pipe<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 #[cfg(test)]
 mod tests {

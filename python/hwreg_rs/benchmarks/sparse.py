@@ -1,0 +1,142 @@
+"""Suite "sparse": sparse Linear products vs NumPy dense fp32 and SciPy CSR.
+
+``Y = X · Wᵀ`` for ``W`` (N, K) pruned to each sparsity, ``X`` (batch, K).
+Throughput is dense-equivalent: ``2·N·K·batch / time`` (GOP/s), so all
+contenders are comparable and a sparse path beats dense exactly when its
+number is higher. Contenders:
+
+* NumPy dense fp32 (``x @ w.T``, BLAS with its own threads);
+* SciPy CSR (``scipy.sparse.csr_matrix(w) @ x.T``; single-threaded);
+* ours, float32: CSR on an unstructured magnitude mask, and BSR on block
+  masks (1×8, 4×4, 8×1) at the same sparsity — the best block is reported;
+* ours, int8: CSR int8 (unstructured) and BSR int8 (1×8, 4×4), activations
+  quantized on the fly per row (included in the time);
+* dense int8: ours, :class:`hwreg_rs.Int8Linear` (dynamic per-row activation
+  quantization + exact int8 GEMM), when the package has it.
+
+Every contender's answer is checked against NumPy before it is timed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import Table, median_seconds
+
+SHAPES = [(1024, 1024), (3072, 768)]
+SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
+BATCHES = [1, 32, 128]
+F32_BLOCKS = [(1, 8), (4, 4), (8, 1)]
+I8_BLOCKS = [(1, 8), (4, 4)]
+
+
+def _threads_note() -> str:
+    from .. import num_threads
+
+    blas = "?"
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = ",".join(str(i.get("num_threads")) for i in threadpool_info() if i.get("user_api") == "blas") or "?"
+    except Exception:  # threadpoolctl is optional
+        pass
+    return f"threads: hwreg_rs {num_threads()}, NumPy BLAS {blas}, SciPy CSR 1 (single-threaded)"
+
+
+def _check(got: np.ndarray, want: np.ndarray, what: str, tol: float) -> None:
+    scale = max(float(np.abs(want).max()), 1.0)
+    err = float(np.abs(got - want).max()) / scale
+    if not err <= tol:
+        raise AssertionError(f"{what}: relative error {err:.2e} > {tol}")
+
+
+def run(quick: bool = False) -> str:
+    import scipy.sparse as sp
+
+    from .. import prune, sparse
+
+    try:
+        from ..gemm import Int8Linear
+    except ImportError:  # the dense int8 GEMM is not in this build
+        Int8Linear = None  # type: ignore[assignment,misc]
+    shapes = SHAPES
+    sparsities = [0.7, 0.9] if quick else SPARSITIES
+    batches = [1, 32] if quick else BATCHES
+    repeats = 3 if quick else 7
+    rng = np.random.default_rng(0)
+    cols = ["N×K", "sparsity", "batch", "NumPy f32", "SciPy CSR", "CSR f32", "best block f32", "CSR i8",
+            "best block i8", "dense i8", "CSR/SciPy", "CSR/NumPy", "block f32/NumPy", "block i8/f32 (same)",
+            "best block/dense i8"]
+    t = Table(cols)
+    beats: dict[tuple, dict[str, float | None]] = {}
+    for n, k in shapes:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        dense8 = None if Int8Linear is None else Int8Linear.from_float(w)
+        for s in sparsities:
+            mu = prune.magnitude_mask(w, s)
+            wu = w * mu
+            csr = sparse.CSRMatrix.from_dense(w, mu)
+            csr8 = sparse.CSRMatrix.from_dense(w, mu, dtype="int8")
+            sc = sp.csr_matrix(wu)
+            blocks = {}
+            for b in sorted(set(F32_BLOCKS) | set(I8_BLOCKS)):
+                mb = prune.block_mask(w, s, block=b)
+                blocks[b] = (mb, sparse.BSRMatrix.from_dense(w, mb, block=b),
+                             sparse.BSRMatrix.from_dense(w, mb, block=b, dtype="int8") if b in I8_BLOCKS else None)
+            for bsz in batches:
+                x = rng.standard_normal((bsz, k)).astype(np.float32)
+                ref = x @ wu.T
+                _check(csr.matmul(x), ref, "CSR f32", 1e-4)
+                _check((sc @ x.T).T, ref, "SciPy", 1e-4)
+                _check(csr8.matmul(x), ref, "CSR i8", 3e-2)
+                ops = 2.0 * n * k * bsz
+                g = lambda sec: ops / sec / 1e9  # noqa: E731
+                t_np = median_seconds(lambda: x @ w.T, repeats=repeats)
+                t_sc = median_seconds(lambda: (sc @ x.T).T, repeats=repeats)
+                t_csr = median_seconds(lambda: csr.matmul(x), repeats=repeats)
+                t_csr8 = median_seconds(lambda: csr8.matmul(x), repeats=repeats)
+                bf, bq = {}, {}
+                for b, (mb, mf, mq) in blocks.items():
+                    rb = x @ (w * mb).T
+                    if b in F32_BLOCKS:
+                        _check(mf.matmul(x), rb, f"BSR{b} f32", 1e-4)
+                        bf[b] = median_seconds(lambda: mf.matmul(x), repeats=repeats)
+                    if mq is not None:
+                        _check(mq.matmul(x), rb, f"BSR{b} i8", 3e-2)
+                        bq[b] = median_seconds(lambda: mq.matmul(x), repeats=repeats)
+                        if b not in bf:
+                            bf[b] = median_seconds(lambda: mf.matmul(x), repeats=repeats)
+                best_f = min((b for b in F32_BLOCKS), key=lambda b: bf[b])
+                best_q = min(bq, key=lambda b: bq[b])
+                t_d8 = None
+                if dense8 is not None:
+                    _check(dense8(x), x @ w.T, "dense i8", 3e-2)
+                    t_d8 = median_seconds(lambda: dense8(x), repeats=repeats)
+                t.add(f"{n}×{k}", f"{s:.0%}", bsz, g(t_np), g(t_sc), g(t_csr),
+                      f"{g(bf[best_f]):.0f} ({best_f[0]}×{best_f[1]})", g(t_csr8),
+                      f"{g(bq[best_q]):.0f} ({best_q[0]}×{best_q[1]})", None if t_d8 is None else g(t_d8),
+                      f"{t_sc / t_csr:.2f}×", f"{t_np / t_csr:.2f}×", f"{t_np / bf[best_f]:.2f}×",
+                      f"{bf[best_q] / bq[best_q]:.2f}× ({best_q[0]}×{best_q[1]})",
+                      "–" if t_d8 is None else f"{t_d8 / min(bf[best_f], bq[best_q]):.2f}×")
+                row = beats.setdefault((n, k, bsz), {})
+                for name, sec in (("CSR f32", t_csr), ("best block f32", bf[best_f]), ("CSR i8", t_csr8),
+                                  ("best block i8", bq[best_q]), ("SciPy CSR", t_sc)):
+                    for ref_name, ref_t in (("np", t_np), ("d8", t_d8)):
+                        key = f"{name}|{ref_name}"
+                        if ref_t is not None and sec < ref_t and (row.get(key) is None or s < row[key]):  # type: ignore[operator]
+                            row[key] = s
+                        row.setdefault(key, None)
+    names = ("CSR f32", "best block f32", "CSR i8", "best block i8", "SciPy CSR")
+    be = Table(["N×K", "batch", "vs"] + list(names))
+    for (n, k, bsz), row in beats.items():
+        for ref_name, label in (("np", "NumPy f32"), ("d8", "dense i8 (ours)")):
+            if ref_name == "d8" and Int8Linear is None:
+                continue
+            be.add(f"{n}×{k}", bsz, label, *[("never" if row.get(f"{c}|{ref_name}") is None
+                                               else f"{row[f'{c}|{ref_name}']:.0%}") for c in names])
+    head = ("## sparse: Y = X·Wᵀ, W pruned (dense-equivalent GOP/s = 2·N·K·batch / time; "
+            f"median of {repeats})\n\n{_threads_note()}. Block columns name the fastest block shape; "
+            "int8 times include quantizing X. Ratios > 1 favour the first named.\n")
+    note = "" if Int8Linear is not None else "\n(dense int8 is not in this build; column left empty.)\n"
+    return (head + "\n" + t.markdown() + "\n" + note
+            + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
