@@ -481,10 +481,14 @@ pub(crate) fn quantize_row_u8_inline(x: &[f32], dst: &mut [u8]) -> Option<(i32, 
     let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
     let zpf = zp as f32;
     let mut sum = 0i32;
+    // Clamped first, so the plain int conversion is exact; it (unlike a
+    // saturating `as u8` from float) vectorises.
     for (d, &v) in dst.iter_mut().zip(x) {
-        let q = (super::output::round_even_f32(v / scale) + zpf).clamp(0.0, 255.0) as u8;
-        *d = q;
-        sum += q as i32;
+        let q = (super::output::round_even_f32(v / scale) + zpf).clamp(0.0, 255.0);
+        // SAFETY: q is an integer-valued float in [0, 255].
+        let qi: i32 = unsafe { q.to_int_unchecked() };
+        *d = qi as u8;
+        sum += qi;
     }
     for d in dst[x.len()..].iter_mut() {
         *d = 0;
