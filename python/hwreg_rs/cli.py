@@ -162,8 +162,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(p.to_dict())
     else:
-        for k, v in p.to_dict().items():
-            print(f"{k:24} {v}")
+        print(p.describe())
         if args.save:
             print(f"\nsaved to {args.save}")
     return 0
