@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -77,10 +78,9 @@ def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: f
     """Median seconds per call of each function, sampled round-robin.
 
     Each round times every contender once (a batch of calls lasting about
-    ``min_seconds``), so slow drifts in machine load hit all of them alike.
+    ``min_seconds``, after a short pause and one warm-up call), so slow drifts
+    in machine load hit all of them alike.
     """
-    import time
-
     inner = {}
     for name, fn in fns.items():
         fn()
@@ -90,6 +90,10 @@ def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: f
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            # Let the previous contender's spinning pool threads (ONNX Runtime,
+            # OpenBLAS) go idle, so that no one is timed against another's spin.
+            time.sleep(0.05)
+            fn()
             t0 = time.perf_counter()
             for _ in range(inner[name]):
                 fn()
@@ -134,7 +138,6 @@ def run(quick: bool = False) -> str:
             "call": lambda: hw.matmul_integer(a, b),
             "packed": lambda: hw.matmul_integer(a, packed),
             "layer": lambda: layer(x),
-            "np32": lambda: x @ w,
         }
         sess = _ort_sessions(k, n, b, w, threads)
         if "mmi_const" in sess:
@@ -152,7 +155,11 @@ def run(quick: bool = False) -> str:
             fns["dyn"] = lambda: sess["dyn"].run(None, {"X": x})
         elif "dyn_error" in sess:
             notes.append(f"ORT quantize_dynamic failed: {sess['dyn_error']}")
+        time.sleep(0.3)  # OpenBLAS threads (from the float check) spin for a while
         secs = _interleaved(fns, repeats)
+        # NumPy last, on its own: OpenBLAS threads keep spinning for a while
+        # after each call and would steal the cores from whatever runs next.
+        secs["np32"] = median_seconds(lambda: x @ w, repeats=repeats)
         g = {name: ops / t / 1e9 for name, t in secs.items()}
         r_call, r_packed, r_layer, r_np32 = g["call"], g["packed"], g["layer"], g["np32"]
         r_mc, r_mi, r_dyn = g.get("mc"), g.get("mi"), g.get("dyn")
@@ -160,6 +167,7 @@ def run(quick: bool = False) -> str:
         if m * k * n <= NUMPY_INT_MAX_MACS:
             a32, b32 = a.astype(np.int32), b.astype(np.int32)
             r_npint = ops / median_seconds(lambda: a32 @ b32, repeats=3, min_seconds=0.0) / 1e9
+        time.sleep(0.3)  # let OpenBLAS's spinning threads go to sleep before the next shape
 
         def ratio(p: float | None, q: float | None) -> str | None:
             return None if p is None or q is None else f"{p / q:.2f}×"

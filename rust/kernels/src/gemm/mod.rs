@@ -21,7 +21,7 @@
 //! * threads: the `M × N` output is split over column blocks when `N >= M`
 //!   (each thread streams its share of B once; GEMV with `M = 1` included),
 //!   else over rows in one chunk per thread; serial below
-//!   [`threads::PARALLEL_MIN_WORK`] MACs;
+//!   `GEMM_PARALLEL_MIN_WORK` (4M) MACs;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
@@ -171,8 +171,14 @@ fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
 /// Parallel iterators must only run inside [`threads::run`] when this holds:
 /// outside the library pool they would wake rayon's global pool.
 pub(crate) fn parallel(work: usize) -> bool {
-    work >= threads::PARALLEL_MIN_WORK && threads::num_threads() > 1
+    work >= GEMM_PARALLEL_MIN_WORK && threads::num_threads() > 1
 }
+
+/// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
+/// the caller's thread: waking the pool costs more than a few tens of
+/// microseconds of single-thread work, especially on a loaded machine (a
+/// 1×1024×1024 GEMV, 1M MACs, ran 8× slower on 2 threads than on 1 there).
+pub(crate) const GEMM_PARALLEL_MIN_WORK: usize = 1 << 22;
 
 /// Packs a run of panels of B with the code compiled for the active ISA.
 pub(crate) fn pack_panels_dispatch(
@@ -325,7 +331,9 @@ fn run<Kr: Kernel, T: OutElem>(
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = m > n && tiles >= 2 * nt;
-    let nchunks = if by_rows {
+    let nchunks = if !parallel(work) {
+        1
+    } else if by_rows {
         threads::chunks_for(work).min(nt)
     } else {
         threads::chunks_for(work).min(blocks)

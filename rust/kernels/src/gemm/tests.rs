@@ -165,6 +165,29 @@ fn awkward_shapes_and_zero_points() {
     // Big enough to use threads and both partitions.
     check(300, 96, 150, false, true, None, None, 8, None);
     check(2, 512, 1000, false, true, None, None, 9, None);
+    // Above the threading threshold (4M MACs): split over rows, then over columns.
+    check(
+        300,
+        96,
+        150,
+        true,
+        false,
+        Some((0..300).map(|i| i % 256 - 128).collect()),
+        None,
+        10,
+        None,
+    );
+    check(
+        3,
+        1500,
+        1000,
+        false,
+        true,
+        None,
+        Some((0..1000).map(|j| j % 256 - 128).collect()),
+        11,
+        None,
+    );
 }
 
 #[test]
