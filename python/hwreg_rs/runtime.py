@@ -25,6 +25,7 @@ import numpy as np
 from . import _native, io, sparse
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
+from .quant import quantize
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
@@ -198,8 +199,16 @@ class _Conv(_Op):
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
         n, _, h, w = x.shape
         oh, ow = F.out_size(h, w, self.kernel_size, self.stride, self.padding)
-        cols = F.im2col(x, self.kernel_size, self.stride, self.padding)
-        y = self.layer(cols)
+        # Quantize each image once (uint8, DynamicQuantizeLinear's formula per
+        # image), then unfold the uint8 image: every pixel is quantized once
+        # instead of kh*kw times, and the columns are a quarter of the float ones.
+        scale, zp = _image_qparams(x)
+        if np.any(zp != zp[0]):  # padding needs one zero point: fall back to one for the batch
+            scale, zp = _image_qparams(x.reshape(1, -1))
+            scale, zp = np.repeat(scale, n), np.repeat(zp, n)
+        xq = quantize(x, scale, zp, axis=0, dtype="uint8")
+        cols = _native.im2col(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
+        y = self.layer.forward_quantized(cols, np.repeat(scale, oh * ow), np.repeat(zp, oh * ow))
         return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
 
     def spec(self) -> dict[str, Any]:
@@ -224,6 +233,19 @@ class _Conv(_Op):
         k, n = self.layer.in_features, self.layer.out_features
         # im2col writes and the GEMM reads the column matrix: count it as moved input.
         return LayerWork(name, "conv2d", rows * k * n, k * n + 8 * n, rows * k * 4 * 2, rows * n * 4, "int8")
+
+
+def _image_qparams(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image uint8 scale and zero point with DynamicQuantizeLinear's formula."""
+    flat = x.reshape(x.shape[0], -1)
+    lo = np.minimum(flat.min(axis=1, initial=0.0), 0.0).astype(np.float32)
+    hi = np.maximum(flat.max(axis=1, initial=0.0), 0.0).astype(np.float32)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("x must be finite")
+    scale = (hi - lo) / np.float32(255.0)
+    scale[scale == 0] = 1.0
+    zp = np.clip(np.rint(-lo / scale), 0, 255).astype(np.int32)
+    return scale.astype(np.float32), zp
 
 
 class _Pool(_Op):
