@@ -45,6 +45,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from . import _native
+
 __all__ = [
     "HardwareProfile",
     "LayerWork",
@@ -857,7 +859,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         fgrid = [(m, k, n) for m in (1, 5, 24, 96) for k in (24, 300) for n in (24, 300)] + [(700, 8, 24)]
 
     tile = (1, 4, 16)  # int8 GEMM: K in groups of 4, N in panels of 16 (hwreg-kernels gemm::pack)
-    par_min = 1 << 16  # hwreg-kernels threads::PARALLEL_MIN_WORK
+    par_min = _native.gemm_parallel_min_work()  # below it a GEMM stays on the caller's thread
     small: dict[str, list[float]] = {}
 
     def keep(key: str, v: float) -> None:

@@ -180,6 +180,12 @@ fn _qlinear_matmul<'py>(
     })
 }
 
+/// Multiply-accumulates below which a GEMM call runs on the caller's thread.
+#[pyfunction]
+fn gemm_parallel_min_work() -> usize {
+    gemm::GEMM_PARALLEL_MIN_WORK
+}
+
 /// _linear_dynamic(x, b, col_scale, bias, relu) -> float32 (M, N)
 #[pyfunction]
 #[pyo3(signature = (x, b, col_scale, bias, relu))]
@@ -276,6 +282,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_matmul_integer, m)?)?;
     m.add_function(wrap_pyfunction!(_qlinear_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(_linear_dynamic, m)?)?;
+    m.add_function(wrap_pyfunction!(gemm_parallel_min_work, m)?)?;
     m.add_function(wrap_pyfunction!(_linear_static, m)?)?;
     Ok(())
 }

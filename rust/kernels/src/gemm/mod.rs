@@ -21,7 +21,7 @@
 //! * threads: the `M × N` output is split over column blocks when `N >= M`
 //!   (each thread streams its share of B once; GEMV with `M = 1` included),
 //!   else over rows in one chunk per thread; serial below
-//!   `GEMM_PARALLEL_MIN_WORK` (4M) MACs;
+//!   `GEMM_PARALLEL_MIN_WORK` (16M) MACs;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
@@ -177,8 +177,11 @@ pub(crate) fn parallel(work: usize) -> bool {
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
 /// the caller's thread: waking the pool costs more than a few tens of
 /// microseconds of single-thread work, especially on a loaded machine (a
-/// 1×1024×1024 GEMV, 1M MACs, ran 8× slower on 2 threads than on 1 there).
-pub(crate) const GEMM_PARALLEL_MIN_WORK: usize = 1 << 22;
+/// 1×1024×1024 GEMV, 1M MACs, ran 8× slower on 2 threads than on 1 there;
+/// on a quiet 2-vCPU VM a 256×64×256 layer, 4M MACs, still ran 2.7× slower,
+/// the cross-CPU TLB flushes of freeing buffers both threads touched
+/// dominating, while 128×768×3072 gained 1.2× and 1024³ 1.7×).
+pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 24;
 
 /// Packs a run of panels of B with the code compiled for the active ISA.
 pub(crate) fn pack_panels_dispatch(

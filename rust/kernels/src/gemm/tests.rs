@@ -165,11 +165,11 @@ fn awkward_shapes_and_zero_points() {
     // Big enough to use threads and both partitions.
     check(300, 96, 150, false, true, None, None, 8, None);
     check(2, 512, 1000, false, true, None, None, 9, None);
-    // Above the threading threshold (4M MACs): split over rows, then over columns.
+    // Above the threading threshold (16M MACs): split over rows, then over columns.
     check(
         300,
-        96,
-        150,
+        256,
+        250,
         true,
         false,
         Some((0..300).map(|i| i % 256 - 128).collect()),
@@ -179,7 +179,7 @@ fn awkward_shapes_and_zero_points() {
     );
     check(
         3,
-        1500,
+        6000,
         1000,
         false,
         true,
