@@ -25,7 +25,6 @@ import numpy as np
 from . import _native, io, sparse
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
-from .quant import quantize
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
@@ -206,9 +205,13 @@ class _Conv(_Op):
         if np.any(zp != zp[0]):  # padding needs one zero point: fall back to one for the batch
             scale, zp = _image_qparams(x.reshape(1, -1))
             scale, zp = np.repeat(scale, n), np.repeat(zp, n)
-        xq = quantize(x, scale, zp, axis=0, dtype="uint8")
+        # The parameters are valid by construction: call the kernels directly
+        # (the public functions' checks cost more than a small image's work).
+        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
         cols = _native.im2col(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
-        y = self.layer.forward_quantized(cols, np.repeat(scale, oh * ow), np.repeat(zp, oh * ow))
+        layer = self.layer
+        y = _native._linear_static(cols, np.repeat(scale, oh * ow), np.repeat(zp, oh * ow), layer._packed._packed,
+                                   layer.weight_scale, layer.bias, layer.relu, None, 0, False)
         return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
 
     def spec(self) -> dict[str, Any]:
@@ -238,14 +241,14 @@ class _Conv(_Op):
 def _image_qparams(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image uint8 scale and zero point with DynamicQuantizeLinear's formula."""
     flat = x.reshape(x.shape[0], -1)
-    lo = np.minimum(flat.min(axis=1, initial=0.0), 0.0).astype(np.float32)
-    hi = np.maximum(flat.max(axis=1, initial=0.0), 0.0).astype(np.float32)
-    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+    lo = np.minimum(flat.min(axis=1), 0.0)
+    hi = np.maximum(flat.max(axis=1), 0.0)
+    scale = ((hi - lo) / np.float32(255.0)).astype(np.float32)
+    if not np.isfinite(scale).all():  # min / max carry any NaN or infinity through
         raise ValueError("x must be finite")
-    scale = (hi - lo) / np.float32(255.0)
     scale[scale == 0] = 1.0
-    zp = np.clip(np.rint(-lo / scale), 0, 255).astype(np.int32)
-    return scale.astype(np.float32), zp
+    zp = np.rint(-lo / scale).astype(np.int32)  # in [0, 255]: lo <= 0 <= hi
+    return scale, zp
 
 
 class _Pool(_Op):
