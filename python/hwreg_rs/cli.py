@@ -24,16 +24,6 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
 
 
-def _median_s(fn: Any, x: np.ndarray, repeats: int = 25) -> float:
-    fn(x)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
 def _profile_arg(value: str) -> Any:
     from . import profiles
 
@@ -63,7 +53,7 @@ def _build_model(arch: str) -> Any:
 
 def _demo(args: argparse.Namespace) -> int:
     from . import data, nn, train
-    from .compress import compress
+    from .compress import _median_s, compress
 
     try:
         split = data.load_digits()
