@@ -89,7 +89,19 @@ def _quantize_weight(w: np.ndarray, module: Module) -> tuple[np.ndarray, np.ndar
     return q, scale.astype(np.float32)
 
 
-class _Dense(_Op):
+class _OnInt8Linear(_Op):
+    """An operation whose weights live in an :class:`Int8Linear`."""
+
+    layer: Int8Linear
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
+        if self.layer.bias is not None:
+            a["bias"] = self.layer.bias
+        return a
+
+
+class _Dense(_OnInt8Linear):
     """Linear layer on the int8 GEMM (activations quantized per row on the fly)."""
 
     kind = "linear"
@@ -102,12 +114,6 @@ class _Dense(_Op):
 
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "relu": bool(self.layer.relu)}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
-        if self.layer.bias is not None:
-            a["bias"] = self.layer.bias
-        return a
 
     @classmethod
     def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Dense":
@@ -183,7 +189,7 @@ class _Sparse(_Op):
                          density=self.matrix.density, pattern=pattern)
 
 
-class _Conv(_Op):
+class _Conv(_OnInt8Linear):
     """Conv2d as im2col plus the int8 GEMM; output NCHW float32."""
 
     kind = "conv2d"
@@ -218,8 +224,6 @@ class _Conv(_Op):
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
                 "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding)}
-
-    arrays = _Dense.arrays
 
     @classmethod
     def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Conv":
