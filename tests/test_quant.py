@@ -291,6 +291,13 @@ def test_onnx_node_cases_dynamic_quantize():
                     elements=st.floats(-1e4, 1e4, width=32)))
 def test_dynamic_quantize_equals_onnx(each_isa, x):
     q, s, z = hw.dynamic_quantize(x)
+    ref_scale = (np.maximum(np.float32(0), x.max()) - np.minimum(np.float32(0), x.min())) / np.float32(255)
+    if ref_scale == 0 and x.max() != x.min():
+        # The reference's scale underflows to 0 and it divides by it; ours
+        # stays positive, and the tensor dequantizes to within one step.
+        assert s > 0 and np.isfinite(s)
+        assert np.abs(hw.dequantize(q, s, z) - x).max() <= s
+        return
     wq, ws, wz = onnx_eval("DynamicQuantizeLinear", {"x": x})
     np.testing.assert_array_equal(q, wq)
     assert s.dtype == np.float32 and s.tobytes() == np.asarray(ws, np.float32).tobytes()
@@ -306,6 +313,15 @@ def test_dynamic_quantize_edges():
         assert s == ws and z == wz
     _, s, z = hw.dynamic_quantize(np.zeros(4, np.float32))
     assert s == np.float32(1) / np.float32(255) and z == 0
+    # Outside the reference's domain (its scale underflows to 0 or overflows):
+    # a positive finite scale that dequantizes to within one step.
+    big = np.finfo(np.float32).max
+    for x in (np.array([1e-45], np.float32), np.array([-1e-45, 1e-45], np.float32)):
+        q, s, z = hw.dynamic_quantize(x)
+        assert s > 0 and np.isfinite(s), x
+        assert np.abs(hw.dequantize(q, s, z) - x).max() <= s, x
+    q, s, z = hw.dynamic_quantize(np.array([-big, 0, big], np.float32))  # the range itself overflows
+    assert np.isfinite(s) and s == np.float32(big / 255 * 2) and q.tolist() == [0, z, 255]
     with pytest.raises(ValueError, match="NaN or infinite"):
         hw.dynamic_quantize(np.array([1.0, np.nan], np.float32))
     with pytest.raises(ValueError, match="NaN or infinite"):

@@ -63,9 +63,19 @@ pub fn pool() -> Arc<rayon::ThreadPool> {
         .map(Arc::new)
         .unwrap_or_else(|_| {
             // Could not spawn threads (resource limits): run on the caller's thread.
-            Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().expect("single-thread pool"))
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .use_current_thread()
+                    .build()
+                    .expect("single-thread pool"),
+            )
         });
-    *guard = Some(PoolEntry { pid, threads, pool: Arc::clone(&pool) });
+    *guard = Some(PoolEntry {
+        pid,
+        threads,
+        pool: Arc::clone(&pool),
+    });
     pool
 }
 
@@ -76,6 +86,18 @@ pub fn run<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> R {
         f()
     } else {
         pool().install(f)
+    }
+}
+
+/// Runs `task(i)` for every `i` in `0..ntasks`, each exactly once, on the
+/// calling thread and the [`crate::team`] workers, which pull indices from a
+/// shared counter (so a core busy with something else gets fewer tasks).
+/// Serial below `PARALLEL_MIN_WORK`, for one task, or on one thread.
+pub fn for_each_task(work: usize, ntasks: usize, task: impl Fn(usize) + Sync) {
+    if ntasks <= 1 || work < PARALLEL_MIN_WORK || num_threads() == 1 {
+        (0..ntasks).for_each(task);
+    } else {
+        crate::team::team().for_each(ntasks, &task);
     }
 }
 
@@ -103,33 +125,56 @@ pub fn in_pool() -> bool {
 
 /// `f(chunk_index, chunk)` over `buf.chunks_mut(size)`: in parallel inside
 /// the pool, serially outside it (see [`in_pool`]).
-pub fn for_each_chunk_mut<T: Send>(buf: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+pub fn for_each_chunk_mut<T: Send>(
+    buf: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
     use rayon::prelude::*;
     let size = size.max(1);
     if in_pool() {
-        buf.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+        buf.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
     } else {
         buf.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
 
 /// [`for_each_chunk_mut`] collecting one result per chunk, in order.
-pub fn map_chunks_mut<T: Send, R: Send>(buf: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) -> R + Sync + Send) -> Vec<R> {
+pub fn map_chunks_mut<T: Send, R: Send>(
+    buf: &mut [T],
+    size: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
     use rayon::prelude::*;
     let size = size.max(1);
     if in_pool() {
-        buf.par_chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect()
+        buf.par_chunks_mut(size)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
     } else {
-        buf.chunks_mut(size).enumerate().map(|(i, c)| f(i, c)).collect()
+        buf.chunks_mut(size)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
     }
 }
 
 /// `f(chunk_index, chunk)` over `buf.chunks(size)`, one result per chunk.
-pub fn map_chunks<T: Sync, R: Send>(buf: &[T], size: usize, f: impl Fn(usize, &[T]) -> R + Sync + Send) -> Vec<R> {
+pub fn map_chunks<T: Sync, R: Send>(
+    buf: &[T],
+    size: usize,
+    f: impl Fn(usize, &[T]) -> R + Sync + Send,
+) -> Vec<R> {
     use rayon::prelude::*;
     let size = size.max(1);
     if in_pool() {
-        buf.par_chunks(size).enumerate().map(|(i, c)| f(i, c)).collect()
+        buf.par_chunks(size)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
     } else {
         buf.chunks(size).enumerate().map(|(i, c)| f(i, c)).collect()
     }
@@ -157,9 +202,14 @@ mod tests {
         for_each_chunk_mut(&mut v, 7, |i, c| c.fill(i as u32));
         assert_eq!(v[999], 999 / 7);
         let sums = map_chunks(&v, 100, |_, c| c.iter().sum::<u32>());
-        let inside = run(1 << 20, || map_chunks(&v, 100, |_, c| c.iter().sum::<u32>()));
+        let inside = run(1 << 20, || {
+            map_chunks(&v, 100, |_, c| c.iter().sum::<u32>())
+        });
         assert_eq!(sums, inside);
-        assert_eq!(map_chunks_mut(&mut v, 500, |i, c| (i, c.len())), vec![(0, 500), (1, 500)]);
+        assert_eq!(
+            map_chunks_mut(&mut v, 500, |i, c| (i, c.len())),
+            vec![(0, 500), (1, 500)]
+        );
     }
 
     #[test]

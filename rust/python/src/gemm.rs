@@ -6,7 +6,9 @@
 
 use hwreg_kernels::gemm::output::{OutElem, OutputStep, Param};
 use hwreg_kernels::gemm::{self, ASource, PackedB, ZeroPoint};
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
@@ -38,7 +40,11 @@ impl Int8Array<'_> {
 fn out_len(m: usize, n: usize) -> PyResult<usize> {
     m.checked_mul(n)
         .filter(|&l| l <= isize::MAX as usize / 4)
-        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("output of shape ({m}, {n}) is too large")))
+        .ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "output of shape ({m}, {n}) is too large"
+            ))
+        })
 }
 
 fn zp<'a>(v: &'a [i32]) -> ZeroPoint<'a> {
@@ -129,7 +135,16 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     let out = py
         .detach(|| {
             let mut out = Vec::with_capacity(m * n);
-            gemm::matmul_uninit(src, m, k, zp(a_zp), b, step, &mut out.spare_capacity_mut()[..m * n]).map(|_| {
+            gemm::matmul_uninit(
+                src,
+                m,
+                k,
+                zp(a_zp),
+                b,
+                step,
+                &mut out.spare_capacity_mut()[..m * n],
+            )
+            .map(|_| {
                 // SAFETY: on Ok the kernel wrote all m*n elements.
                 unsafe { out.set_len(m * n) };
                 out
@@ -210,13 +225,21 @@ fn _linear_dynamic<'py>(
     let out = py
         .detach(|| {
             let mut out = Vec::with_capacity(m * n);
-            gemm::linear_dynamic_uninit(xs, m, k, pb, cs, bias, relu, &mut out.spare_capacity_mut()[..m * n]).map(
-                |_| {
-                    // SAFETY: on Ok the kernel wrote all m*n elements.
-                    unsafe { out.set_len(m * n) };
-                    out
-                },
+            gemm::linear_dynamic_uninit(
+                xs,
+                m,
+                k,
+                pb,
+                cs,
+                bias,
+                relu,
+                &mut out.spare_capacity_mut()[..m * n],
             )
+            .map(|_| {
+                // SAFETY: on Ok the kernel wrote all m*n elements.
+                unsafe { out.set_len(m * n) };
+                out
+            })
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])

@@ -17,7 +17,10 @@ fn prune_smallest<'py>(
     k: usize,
     eligible: Option<PyReadonlyArrayDyn<'py, bool>>,
 ) -> PyResult<Bound<'py, PyArray1<bool>>> {
-    let el = eligible.as_ref().map(|e| contiguous(e, "mask")).transpose()?;
+    let el = eligible
+        .as_ref()
+        .map(|e| contiguous(e, "mask"))
+        .transpose()?;
     let keep = if let Ok(s) = scores.extract::<PyReadonlyArrayDyn<'py, f32>>() {
         let s = contiguous(&s, "scores")?;
         py.detach(|| prune::prune_smallest(s, el, k)).or_py()?
@@ -25,7 +28,9 @@ fn prune_smallest<'py>(
         let s = contiguous(&s, "scores")?;
         py.detach(|| prune::prune_smallest(s, el, k)).or_py()?
     } else {
-        return Err(PyTypeError::new_err("scores must be a float32 or float64 array"));
+        return Err(PyTypeError::new_err(
+            "scores must be a float32 or float64 array",
+        ));
     };
     Ok(PyArray1::from_vec(py, keep))
 }
@@ -33,7 +38,12 @@ fn prune_smallest<'py>(
 /// Flat keep-mask with the `n` largest |w| of every `m` consecutive entries
 /// (the higher index kept among ties).
 #[pyfunction]
-fn nm_keep<'py>(py: Python<'py>, w: &Bound<'py, PyAny>, n: usize, m: usize) -> PyResult<Bound<'py, PyArray1<bool>>> {
+fn nm_keep<'py>(
+    py: Python<'py>,
+    w: &Bound<'py, PyAny>,
+    n: usize,
+    m: usize,
+) -> PyResult<Bound<'py, PyArray1<bool>>> {
     let keep = if let Ok(s) = w.extract::<PyReadonlyArrayDyn<'py, f32>>() {
         let s = contiguous(&s, "w")?;
         py.detach(|| prune::nm_keep(s, n, m)).or_py()?

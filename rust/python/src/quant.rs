@@ -5,7 +5,9 @@
 
 use hwreg_kernels::quant::{self, calib, AxisLayout, QElem, QType};
 use numpy::ndarray::IxDyn;
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -24,12 +26,21 @@ fn output_or<'py, T: numpy::Element>(
     out: Option<&Bound<'py, PyAny>>,
     shape: &[usize],
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let Some(o) = out else { return Ok(output::<T>(py, shape)) };
+    let Some(o) = out else {
+        return Ok(output::<T>(py, shape));
+    };
     let arr = o.cast::<PyArrayDyn<T>>().map_err(|_| {
-        PyTypeError::new_err(format!("out must be a numpy array of {}", std::any::type_name::<T>()))
+        PyTypeError::new_err(format!(
+            "out must be a numpy array of {}",
+            std::any::type_name::<T>()
+        ))
     })?;
     if arr.shape() != shape {
-        return Err(PyValueError::new_err(format!("out has shape {:?}; expected {:?}", arr.shape(), shape)));
+        return Err(PyValueError::new_err(format!(
+            "out has shape {:?}; expected {:?}",
+            arr.shape(),
+            shape
+        )));
     }
     Ok(arr.clone())
 }
@@ -40,8 +51,12 @@ fn fill<'py, T: numpy::Element, R: Send>(
     arr: &Bound<'py, PyArrayDyn<T>>,
     f: impl FnOnce(&mut [T]) -> R + Send,
 ) -> PyResult<R> {
-    let mut rw = arr.try_readwrite().map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let out = rw.as_slice_mut().map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut rw = arr
+        .try_readwrite()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let out = rw
+        .as_slice_mut()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(py.detach(|| f(out)))
 }
 
@@ -58,7 +73,10 @@ fn quantize_into<'py, T: QElem + numpy::Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let qrange = qrange.unwrap_or(T::QTYPE.range());
     let arr = output_or::<T>(py, out, shape)?;
-    fill(py, &arr, |out| quant::quantize_clamped(x, layout, scale, zero_point, qrange, out))?.or_py()?;
+    fill(py, &arr, |out| {
+        quant::quantize_clamped(x, layout, scale, zero_point, qrange, out)
+    })?
+    .or_py()?;
     Ok(arr.into_any())
 }
 
@@ -80,11 +98,17 @@ fn quantize_linear<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let shape = x.shape().to_vec();
     let layout = AxisLayout::new(&shape, axis).or_py()?;
-    let (xs, s, z) = (contiguous(&x, "x")?, contiguous(&scale, "scale")?, contiguous(&zero_point, "zero_point")?);
+    let (xs, s, z) = (
+        contiguous(&x, "x")?,
+        contiguous(&scale, "scale")?,
+        contiguous(&zero_point, "zero_point")?,
+    );
     match QType::from_name(dtype) {
         Some(QType::I8) => quantize_into::<i8>(py, xs, &shape, layout, s, z, qrange, out),
         Some(QType::U8) => quantize_into::<u8>(py, xs, &shape, layout, s, z, qrange, out),
-        None => Err(PyTypeError::new_err(format!("dtype must be 'int8' or 'uint8'; got {dtype:?}"))),
+        None => Err(PyTypeError::new_err(format!(
+            "dtype must be 'int8' or 'uint8'; got {dtype:?}"
+        ))),
     }
 }
 
@@ -100,7 +124,10 @@ fn dequantize_from<'py, T: QElem + numpy::Element>(
     let layout = AxisLayout::new(&shape, axis).or_py()?;
     let qs = contiguous(&q, "q")?;
     let arr = output_or::<f32>(py, out, &shape)?;
-    fill(py, &arr, |out| quant::dequantize(qs, layout, scale, zero_point, out))?.or_py()?;
+    fill(py, &arr, |out| {
+        quant::dequantize(qs, layout, scale, zero_point, out)
+    })?
+    .or_py()?;
     Ok(arr)
 }
 
@@ -115,7 +142,10 @@ fn dequantize_linear<'py>(
     axis: Option<usize>,
     out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let (s, z) = (contiguous(&scale, "scale")?, contiguous(&zero_point, "zero_point")?);
+    let (s, z) = (
+        contiguous(&scale, "scale")?,
+        contiguous(&zero_point, "zero_point")?,
+    );
     if let Ok(a) = q.extract::<PyReadonlyArrayDyn<'py, i8>>() {
         dequantize_from(py, a, axis, s, z, out)
     } else if let Ok(a) = q.extract::<PyReadonlyArrayDyn<'py, u8>>() {
@@ -169,10 +199,19 @@ fn calibrate<'py>(
             )))
         }
     };
-    let spec = calib::Spec { qmin, qmax, symmetric, symmetric_zero_point, power_of_two, bins };
+    let spec = calib::Spec {
+        qmin,
+        qmax,
+        symmetric,
+        symmetric_zero_point,
+        power_of_two,
+        bins,
+    };
     let layout = AxisLayout::new(x.shape(), axis).or_py()?;
     let xs = contiguous(&x, "x")?;
-    let c = py.detach(|| calib::calibrate(xs, layout, method, &spec)).or_py()?;
+    let c = py
+        .detach(|| calib::calibrate(xs, layout, method, &spec))
+        .or_py()?;
     Ok((c.scale, c.zero_point, c.range_min, c.range_max))
 }
 

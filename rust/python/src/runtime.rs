@@ -4,7 +4,9 @@
 use std::mem::MaybeUninit;
 
 use hwreg_kernels::gemm;
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -25,14 +27,21 @@ pub struct PyDenseChain {
     layers: Vec<Layer>,
 }
 
-type LayerArgs<'py> = (Py<PyPackedB>, PyReadonlyArray1<'py, f32>, Option<PyReadonlyArray1<'py, f32>>, bool);
+type LayerArgs<'py> = (
+    Py<PyPackedB>,
+    PyReadonlyArray1<'py, f32>,
+    Option<PyReadonlyArray1<'py, f32>>,
+    bool,
+);
 
 #[pymethods]
 impl PyDenseChain {
     #[new]
     fn new(py: Python<'_>, layers: Vec<LayerArgs<'_>>) -> PyResult<Self> {
         if layers.is_empty() {
-            return Err(PyValueError::new_err("a dense chain needs at least one layer"));
+            return Err(PyValueError::new_err(
+                "a dense chain needs at least one layer",
+            ));
         }
         let mut out = Vec::with_capacity(layers.len());
         let mut prev_n: Option<usize> = None;
@@ -70,18 +79,29 @@ impl PyDenseChain {
                 None => None,
             };
             prev_n = Some(n);
-            out.push(Layer { packed, scale, bias, relu });
+            out.push(Layer {
+                packed,
+                scale,
+                bias,
+                relu,
+            });
         }
         Ok(PyDenseChain { layers: out })
     }
 
     /// Float32 `(M, K)` in, float32 `(M, N_last)` out; activations quantized per row before each layer.
-    fn forward<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (m, k) = (x.shape()[0], x.shape()[1]);
         let xs = contiguous(&x, "x")?;
         let first_k = self.layers[0].packed.get().inner.k();
         if k != first_k {
-            return Err(PyValueError::new_err(format!("x has {k} features but the first layer takes {first_k}")));
+            return Err(PyValueError::new_err(format!(
+                "x has {k} features but the first layer takes {first_k}"
+            )));
         }
         let n_last = self.layers[self.layers.len() - 1].packed.get().inner.n();
         let out = py

@@ -1,7 +1,9 @@
 //! Bindings of `hwreg_kernels::sparse`: one frozen class holding a sparse
 //! weight (BSR/CSR or N:M, float32 or int8) and its Linear product.
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -21,12 +23,19 @@ pub struct SparseMatrix {
     inner: Inner,
 }
 
-fn mask_slice<'a>(mask: &'a Option<PyReadonlyArray2<'_, bool>>, shape: &[usize]) -> PyResult<Option<&'a [bool]>> {
+fn mask_slice<'a>(
+    mask: &'a Option<PyReadonlyArray2<'_, bool>>,
+    shape: &[usize],
+) -> PyResult<Option<&'a [bool]>> {
     match mask {
         None => Ok(None),
         Some(m) => {
             if m.shape() != shape {
-                return Err(PyValueError::new_err(format!("mask has shape {:?}, expected {:?}", m.shape(), shape)));
+                return Err(PyValueError::new_err(format!(
+                    "mask has shape {:?}, expected {:?}",
+                    m.shape(),
+                    shape
+                )));
             }
             Ok(Some(contiguous(m, "mask")?))
         }
@@ -50,12 +59,22 @@ impl SparseMatrix {
     /// Float32 block CSR (CSR when `r = c = 1`).
     #[staticmethod]
     #[pyo3(signature = (w, mask, r, c))]
-    fn bsr_f32(py: Python<'_>, w: PyReadonlyArray2<'_, f32>, mask: Option<PyReadonlyArray2<'_, bool>>, r: usize, c: usize) -> PyResult<Self> {
+    fn bsr_f32(
+        py: Python<'_>,
+        w: PyReadonlyArray2<'_, f32>,
+        mask: Option<PyReadonlyArray2<'_, bool>>,
+        r: usize,
+        c: usize,
+    ) -> PyResult<Self> {
         let (rows, cols) = (w.shape()[0], w.shape()[1]);
         let m = mask_slice(&mask, w.shape())?;
         let ws = contiguous(&w, "w")?;
-        let b = py.detach(|| Bsr::from_dense(ws, rows, cols, m, r, c)).or_py()?;
-        Ok(SparseMatrix { inner: Inner::Bsr(b) })
+        let b = py
+            .detach(|| Bsr::from_dense(ws, rows, cols, m, r, c))
+            .or_py()?;
+        Ok(SparseMatrix {
+            inner: Inner::Bsr(b),
+        })
     }
 
     /// int8 block CSR from an int8 matrix and one scale per row.
@@ -80,18 +99,30 @@ impl SparseMatrix {
                 Ok((b, q))
             })
             .or_py()?;
-        Ok(SparseMatrix { inner: Inner::BsrQ(b, q) })
+        Ok(SparseMatrix {
+            inner: Inner::BsrQ(b, q),
+        })
     }
 
     /// Float32 compressed N:M (groups of `m` along the input axis).
     #[staticmethod]
     #[pyo3(signature = (w, mask, n, m))]
-    fn nm_f32(py: Python<'_>, w: PyReadonlyArray2<'_, f32>, mask: Option<PyReadonlyArray2<'_, bool>>, n: usize, m: usize) -> PyResult<Self> {
+    fn nm_f32(
+        py: Python<'_>,
+        w: PyReadonlyArray2<'_, f32>,
+        mask: Option<PyReadonlyArray2<'_, bool>>,
+        n: usize,
+        m: usize,
+    ) -> PyResult<Self> {
         let (rows, cols) = (w.shape()[0], w.shape()[1]);
         let mk = mask_slice(&mask, w.shape())?;
         let ws = contiguous(&w, "w")?;
-        let b = py.detach(|| Nm::from_dense(ws, rows, cols, mk, n, m)).or_py()?;
-        Ok(SparseMatrix { inner: Inner::Nm(b) })
+        let b = py
+            .detach(|| Nm::from_dense(ws, rows, cols, mk, n, m))
+            .or_py()?;
+        Ok(SparseMatrix {
+            inner: Inner::Nm(b),
+        })
     }
 
     /// int8 compressed N:M from an int8 matrix and one scale per row.
@@ -116,7 +147,9 @@ impl SparseMatrix {
                 Ok((b, q))
             })
             .or_py()?;
-        Ok(SparseMatrix { inner: Inner::NmQ(b, q) })
+        Ok(SparseMatrix {
+            inner: Inner::NmQ(b, q),
+        })
     }
 
     /// `(out_features, in_features)`.
@@ -196,17 +229,27 @@ impl SparseMatrix {
     fn to_dense<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (rows, cols) = self.shape();
         Ok(match &self.inner {
-            Inner::Bsr(b) => PyArray1::from_vec(py, b.to_dense()).reshape([rows, cols])?.into_any(),
-            Inner::Nm(b) => PyArray1::from_vec(py, b.to_dense()).reshape([rows, cols])?.into_any(),
-            Inner::BsrQ(b, _) => PyArray1::from_vec(py, b.to_dense()).reshape([rows, cols])?.into_any(),
-            Inner::NmQ(b, _) => PyArray1::from_vec(py, b.to_dense()).reshape([rows, cols])?.into_any(),
+            Inner::Bsr(b) => PyArray1::from_vec(py, b.to_dense())
+                .reshape([rows, cols])?
+                .into_any(),
+            Inner::Nm(b) => PyArray1::from_vec(py, b.to_dense())
+                .reshape([rows, cols])?
+                .into_any(),
+            Inner::BsrQ(b, _) => PyArray1::from_vec(py, b.to_dense())
+                .reshape([rows, cols])?
+                .into_any(),
+            Inner::NmQ(b, _) => PyArray1::from_vec(py, b.to_dense())
+                .reshape([rows, cols])?
+                .into_any(),
         })
     }
 
     /// Per-row weight scales of an int8 matrix, else None.
     fn scale<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
         match &self.inner {
-            Inner::BsrQ(_, q) | Inner::NmQ(_, q) => Some(PyArray1::from_vec(py, q.scale().to_vec())),
+            Inner::BsrQ(_, q) | Inner::NmQ(_, q) => {
+                Some(PyArray1::from_vec(py, q.scale().to_vec()))
+            }
             _ => None,
         }
     }
@@ -224,7 +267,9 @@ impl SparseMatrix {
         let (batch, k) = (x.shape()[0], x.shape()[1]);
         let (n, cols) = self.shape();
         if k != cols {
-            return Err(PyValueError::new_err(format!("x has {k} features, the weight expects {cols}")));
+            return Err(PyValueError::new_err(format!(
+                "x has {k} features, the weight expects {cols}"
+            )));
         }
         let xs = contiguous(&x, "x")?;
         let bs = bias_slice(&bias)?;
@@ -234,12 +279,20 @@ impl SparseMatrix {
                 Inner::Nm(b) => sparse::nm_f32_linear(b, xs, batch, bs, relu),
                 Inner::BsrQ(b, q) => {
                     let (xq, s, z) = sparse::quantize_rows_u8(xs, batch, k)?;
-                    let qx = QuantX { q: &xq, scale: &s, zero_point: &z };
+                    let qx = QuantX {
+                        q: &xq,
+                        scale: &s,
+                        zero_point: &z,
+                    };
                     sparse::bsr_i8_linear(b, q, &qx, batch, bs, relu)
                 }
                 Inner::NmQ(b, q) => {
                     let (xq, s, z) = sparse::quantize_rows_u8(xs, batch, k)?;
-                    let qx = QuantX { q: &xq, scale: &s, zero_point: &z };
+                    let qx = QuantX {
+                        q: &xq,
+                        scale: &s,
+                        zero_point: &z,
+                    };
                     sparse::nm_i8_linear(b, q, &qx, batch, bs, relu)
                 }
             })
@@ -262,18 +315,26 @@ impl SparseMatrix {
         let (batch, k) = (xq.shape()[0], xq.shape()[1]);
         let (n, cols) = self.shape();
         if k != cols {
-            return Err(PyValueError::new_err(format!("xq has {k} features, the weight expects {cols}")));
+            return Err(PyValueError::new_err(format!(
+                "xq has {k} features, the weight expects {cols}"
+            )));
         }
         let qs = contiguous(&xq, "xq")?;
         let ss = contiguous(&x_scale, "x_scale")?;
         let zs = contiguous(&x_zero_point, "x_zero_point")?;
         let bs = bias_slice(&bias)?;
-        let qx = QuantX { q: qs, scale: ss, zero_point: zs };
+        let qx = QuantX {
+            q: qs,
+            scale: ss,
+            zero_point: zs,
+        };
         let y = py
             .detach(|| match &self.inner {
                 Inner::BsrQ(b, q) => sparse::bsr_i8_linear(b, q, &qx, batch, bs, relu),
                 Inner::NmQ(b, q) => sparse::nm_i8_linear(b, q, &qx, batch, bs, relu),
-                _ => Err(hwreg_kernels::Error::Dtype("linear_quantized needs an int8 weight".into())),
+                _ => Err(hwreg_kernels::Error::Dtype(
+                    "linear_quantized needs an int8 weight".into(),
+                )),
             })
             .or_py()?;
         Ok(PyArray1::from_vec(py, y).reshape([batch, n])?)
@@ -292,8 +353,13 @@ fn quantize_weight_rows<'py>(
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let m = mask_slice(&mask, w.shape())?;
     let ws = contiguous(&w, "w")?;
-    let (q, s) = py.detach(|| sparse::quantize_rows(ws, rows, cols, m)).or_py()?;
-    Ok((PyArray1::from_vec(py, q).reshape([rows, cols])?, PyArray1::from_vec(py, s)))
+    let (q, s) = py
+        .detach(|| sparse::quantize_rows(ws, rows, cols, m))
+        .or_py()?;
+    Ok((
+        PyArray1::from_vec(py, q).reshape([rows, cols])?,
+        PyArray1::from_vec(py, s),
+    ))
 }
 
 /// Per-row uint8 asymmetric quantization of activations `(batch, k)`:
@@ -302,11 +368,21 @@ fn quantize_weight_rows<'py>(
 fn quantize_activation_rows<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f32>,
-) -> PyResult<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<u8>>)> {
+) -> PyResult<(
+    Bound<'py, PyArray2<u8>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray1<u8>>,
+)> {
     let (batch, k) = (x.shape()[0], x.shape()[1]);
     let xs = contiguous(&x, "x")?;
-    let (q, s, z) = py.detach(|| sparse::quantize_rows_u8(xs, batch, k)).or_py()?;
-    Ok((PyArray1::from_vec(py, q).reshape([batch, k])?, PyArray1::from_vec(py, s), PyArray1::from_vec(py, z)))
+    let (q, s, z) = py
+        .detach(|| sparse::quantize_rows_u8(xs, batch, k))
+        .or_py()?;
+    Ok((
+        PyArray1::from_vec(py, q).reshape([batch, k])?,
+        PyArray1::from_vec(py, s),
+        PyArray1::from_vec(py, z),
+    ))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

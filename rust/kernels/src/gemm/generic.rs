@@ -20,6 +20,10 @@ impl Kernel for Generic {
         dst.copy_from_slice(src);
     }
 
+    fn row_bytes(dst: &mut [u8]) -> Option<&mut [u8]> {
+        Some(dst)
+    }
+
     unsafe fn tile(
         mr: usize,
         np: usize,
@@ -57,7 +61,8 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
 ) {
     // SAFETY (whole body): the driver passes `4 * kg` readable elements per
     // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
-    let rows: [&[u8]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(a.add(r * lda), kg * 4));
+    let rows: [&[u8]; MR] =
+        std::array::from_fn(|r| std::slice::from_raw_parts(a.add(r * lda), kg * 4));
     let panel = std::slice::from_raw_parts(b, kg * 64);
     // 64 i32 lanes per row: lane 4c+t sums a[k=4g+t] · b[4g+t, c]; the four
     // lanes of a column are added at the end. Elementwise, so it vectorises.
@@ -79,7 +84,11 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
             std::ptr::copy_nonoverlapping(acc.add(r * ld), cols.as_mut_ptr(), 16);
         }
         for (c, q) in cols.iter_mut().zip(sr.chunks_exact(4)) {
-            *c = c.wrapping_add(q[0].wrapping_add(q[1]).wrapping_add(q[2]).wrapping_add(q[3]));
+            *c = c.wrapping_add(
+                q[0].wrapping_add(q[1])
+                    .wrapping_add(q[2])
+                    .wrapping_add(q[3]),
+            );
         }
         if let Some(f) = fix {
             let (za, rs) = (*f.za.add(r), *f.rowsum.add(r));

@@ -16,10 +16,22 @@ pub(crate) trait Kernel {
     /// output (`Fix::dst`).
     const DIRECT: bool = false;
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
-    type AElem: Copy + Default + Send + Sync;
+    type AElem: super::pack::PlainElem;
 
     /// Converts one packed row of Â (u8, padded to a multiple of 4) to `AElem`s.
     fn widen(src: &[u8], dst: &mut [Self::AElem]);
+
+    /// A packed row as bytes when `AElem` is `u8`, so rows are packed in
+    /// place instead of through a scratch row and [`Kernel::widen`].
+    fn row_bytes(_dst: &mut [Self::AElem]) -> Option<&mut [u8]> {
+        None
+    }
+
+    /// `dst[i] = src[i] ^ flip`, returning the (wrapping) sum of `dst`;
+    /// `flip` is 0x80 to turn int8 into `int8 + 128`.
+    fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+        super::pack::copy_sum_scalar(src, flip, dst)
+    }
 
     /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16),
     /// adding to the values already there when `load` (K blocking), and

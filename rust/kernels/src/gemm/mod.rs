@@ -18,10 +18,14 @@
 //! `x86_avx512vnni.rs`) and never names an ISA; [`matmul`] picks the kernel
 //! from [`crate::isa::active`] once per call. Loops, in the BLIS style:
 //!
-//! * threads: the `M × N` output is split over column blocks when `N >= M`
-//!   (each thread streams its share of B once; GEMV with `M = 1` included),
-//!   else over rows in one chunk per thread; serial below
-//!   `GEMM_PARALLEL_MIN_WORK` (16M) MACs;
+//! * threads ([`crate::team`]: the caller and workers that stay awake briefly
+//!   between calls): the `M × N` output is split over rows, one chunk per
+//!   thread, when B is small or `M >= N`, else over column blocks (each
+//!   thread streams its share of B once; GEMV with `M = 1` included); serial
+//!   below `GEMM_PARALLEL_MIN_WORK` (1M) MACs;
+//! * A: packed per call into a reused per-thread buffer (row sums beside),
+//!   or read in place when it is uint8 with K a multiple of 4 and B's zero
+//!   points are 0;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
@@ -90,7 +94,9 @@ pub fn matmul_uninit<T: OutElem>(
     let ep = step.prepare::<T>(m, b.n)?;
     match isa::active() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => matmul_with::<x86_avx512vnni::Avx512Vnni, T>(&a, m, k, a_zp, b, &ep, out),
+        Isa::Avx512Vnni => {
+            matmul_with::<x86_avx512vnni::Avx512Vnni, T>(&a, m, k, a_zp, b, &ep, out)
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => matmul_with::<x86_avx2::Avx2, T>(&a, m, k, a_zp, b, &ep, out),
         _ => matmul_with::<generic::Generic, T>(&a, m, k, a_zp, b, &ep, out),
@@ -130,7 +136,10 @@ pub fn linear_dynamic_uninit(
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
     if k != b.k {
-        return shape_err!("x has {k} features but the weight has in_features = {}", b.k);
+        return shape_err!(
+            "x has {k} features but the weight has in_features = {}",
+            b.k
+        );
     }
     if m.checked_mul(k) != Some(x.len()) {
         return shape_err!("x has {} elements, expected {m}*{k}", x.len());
@@ -147,7 +156,9 @@ pub fn linear_dynamic_uninit(
     .prepare::<f32>(m, b.n)?;
     match isa::active() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out),
+        Isa::Avx512Vnni => {
+            linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out)
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => linear_with::<x86_avx2::Avx2>(x, m, k, b, col_scale, bias, relu, out),
         _ => linear_with::<generic::Generic>(x, m, k, b, col_scale, bias, relu, out),
@@ -175,13 +186,11 @@ pub(crate) fn parallel(work: usize) -> bool {
 }
 
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
-/// the caller's thread: waking the pool costs more than a few tens of
-/// microseconds of single-thread work, especially on a loaded machine (a
-/// 1×1024×1024 GEMV, 1M MACs, ran 8× slower on 2 threads than on 1 there;
-/// on a quiet 2-vCPU VM a 256×64×256 layer, 4M MACs, still ran 2.7× slower,
-/// the cross-CPU TLB flushes of freeing buffers both threads touched
-/// dominating, while 128×768×3072 gained 1.2× and 1024³ 1.7×).
-pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 24;
+/// the caller's thread. Starting the [`crate::team`] costs a few
+/// microseconds when its workers are awake; measured side by side on the
+/// 2-vCPU machine, two threads already win at 1M MACs (1×1024×1024 1.4×,
+/// 256×64×128 1.5×, 32×256×256 1.4×) and break even at 64×144×32.
+pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// Packs a run of panels of B with the code compiled for the active ISA.
 pub(crate) fn pack_panels_dispatch(
@@ -194,58 +203,125 @@ pub(crate) fn pack_panels_dispatch(
     match isa::active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the active ISA is supported, and both paths include AVX2.
-        Isa::Avx512Vnni | Isa::Avx2 => unsafe { x86_avx2::pack_panels_tf(job, p0, out, zp_out, ct_out) },
+        Isa::Avx512Vnni | Isa::Avx2 => unsafe {
+            x86_avx2::pack_panels_tf(job, p0, out, zp_out, ct_out)
+        },
         _ => pack::pack_panels(job, p0, out, zp_out, ct_out),
     }
 }
 
 /// A packed: rows of `kp` kernel elements, row sums of Â and stored zero points.
-struct PackedA<E> {
-    data: Vec<E>,
+struct PackedA<'a, E: pack::PlainElem> {
+    data: AData<'a, E>,
     kp: usize,
     rowsum: Vec<i32>,
     zp: Vec<i32>,
 }
 
-/// Packs every row with `row(i, u8_scratch) -> (rowsum, stored zp)`, in
-/// parallel for big A.
-fn pack_a<Kr: Kernel>(m: usize, k: usize, row: impl Fn(usize, &mut [u8]) -> (i32, i32) + Sync) -> PackedA<Kr::AElem> {
+/// Packs every row with `row(i, u8_dst) -> (rowsum, stored zp)` (which
+/// writes the `kp` bytes of row `i`), in row chunks spread over the team for
+/// big A.
+fn pack_a<'a, Kr: Kernel>(
+    m: usize,
+    k: usize,
+    row: impl Fn(usize, &mut [u8]) -> (i32, i32) + Sync,
+) -> PackedA<'a, Kr::AElem> {
     let kp = pack::round_up(k, 4);
-    let mut data = vec![Kr::AElem::default(); m * kp];
+    let mut data = pack::AScratch::<Kr::AElem>::new(m * kp);
     let mut rowsum = vec![0i32; m];
     let mut zp = vec![0i32; m];
     if kp == 0 {
         for i in 0..m {
             (rowsum[i], zp[i]) = row(i, &mut []);
         }
-        return PackedA { data, kp, rowsum, zp };
+        return PackedA {
+            data: AData::Packed(data),
+            kp,
+            rowsum,
+            zp,
+        };
     }
     let rows_per = ((1 << 16) / kp).max(16);
-    type Chunk<'c, E> = (usize, ((&'c mut [E], &'c mut [i32]), &'c mut [i32]));
-    let body = |(ci, ((d, s), z)): Chunk<'_, Kr::AElem>| {
-        let mut tmp = vec![0u8; kp];
-        for (r, ((drow, s), z)) in d.chunks_mut(kp).zip(s.iter_mut()).zip(z.iter_mut()).enumerate() {
-            (*s, *z) = row(ci * rows_per + r, &mut tmp);
-            Kr::widen(&tmp, drow);
+    let (dp, sp, zpp) = (
+        SyncPtr(data.as_mut_slice().as_mut_ptr()),
+        SyncPtr(rowsum.as_mut_ptr()),
+        SyncPtr(zp.as_mut_ptr()),
+    );
+    let chunk = |c: usize| {
+        let mut tmp = Vec::new();
+        for i in c * rows_per..((c + 1) * rows_per).min(m) {
+            // SAFETY: chunks cover disjoint rows; each row index is visited once.
+            let (drow, s, z) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(dp.get().add(i * kp), kp),
+                    &mut *sp.get().add(i),
+                    &mut *zpp.get().add(i),
+                )
+            };
+            (*s, *z) = match Kr::row_bytes(drow) {
+                Some(bytes) => row(i, bytes),
+                None => {
+                    tmp.resize(kp, 0u8);
+                    let r = row(i, &mut tmp);
+                    Kr::widen(&tmp, drow);
+                    r
+                }
+            };
         }
     };
-    if parallel(m * k) {
-        threads::run(m * k, || {
-            use rayon::prelude::*;
-            data.par_chunks_mut(rows_per * kp)
-                .zip(rowsum.par_chunks_mut(rows_per))
-                .zip(zp.par_chunks_mut(rows_per))
-                .enumerate()
-                .for_each(body);
-        });
-    } else {
-        data.chunks_mut(rows_per * kp)
-            .zip(rowsum.chunks_mut(rows_per))
-            .zip(zp.chunks_mut(rows_per))
-            .enumerate()
-            .for_each(body);
+    let work = if parallel(m * k) { m * k } else { 0 };
+    threads::for_each_task(work, m.div_ceil(rows_per), chunk);
+    PackedA {
+        data: AData::Packed(data),
+        kp,
+        rowsum,
+        zp,
     }
-    PackedA { data, kp, rowsum, zp }
+}
+
+/// Rows of A as the kernel reads them: packed, or the caller's uint8 rows
+/// themselves when they already are the packed form.
+enum AData<'a, E: pack::PlainElem> {
+    Packed(pack::AScratch<E>),
+    /// Only for kernels with `AElem = u8` ([`Kernel::row_bytes`]).
+    Bytes(&'a [u8]),
+}
+
+impl<E: pack::PlainElem> AData<'_, E> {
+    fn ptr(&self) -> *const E {
+        match self {
+            AData::Packed(d) => d.as_slice().as_ptr(),
+            AData::Bytes(b) => b.as_ptr() as *const E,
+        }
+    }
+}
+
+/// A without a copy: a uint8 A whose K is a multiple of 4 already has the
+/// layout a byte kernel reads, and when every stored zero point of B is 0
+/// (symmetric int8 weights) the row sums of A are not needed either.
+fn borrow_a<'a, Kr: Kernel>(
+    a: &ASource<'a>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+) -> Option<PackedA<'a, Kr::AElem>> {
+    match a {
+        ASource::U8(src)
+            if k > 0
+                && k % 4 == 0
+                && Kr::row_bytes(&mut []).is_some()
+                && b.zp.iter().all(|&z| z == 0) =>
+        {
+            Some(PackedA {
+                data: AData::Bytes(src),
+                kp: k,
+                rowsum: vec![0; m],
+                zp: (0..m).map(|i| a_zp.get(i)).collect(),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn matmul_with<Kr: Kernel, T: OutElem>(
@@ -257,7 +333,11 @@ fn matmul_with<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
 ) {
-    let pa = pack_a::<Kr>(m, k, |i, dst| pack::pack_a_row(a, k, i, a_zp, dst));
+    let pa = borrow_a::<Kr>(a, m, k, a_zp, b).unwrap_or_else(|| {
+        pack_a::<Kr>(m, k, |i, dst| {
+            pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
+        })
+    });
     run::<Kr, T>(&pa, m, b, ep, out);
 }
 
@@ -275,15 +355,17 @@ fn linear_with<Kr: Kernel>(
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
-    let pa = pack_a::<Kr>(m, k, |i, dst| match Kr::quantize_row(&x[i * k..i * k + k], dst) {
-        Some((sum, zp, scale)) => {
-            // SAFETY: each row index is visited once, by one thread.
-            unsafe { *sp.get().add(i) = scale };
-            (sum, zp)
-        }
-        None => {
-            bad.fetch_min(i, std::sync::atomic::Ordering::Relaxed);
-            (0, 0)
+    let pa = pack_a::<Kr>(m, k, |i, dst| {
+        match Kr::quantize_row(&x[i * k..i * k + k], dst) {
+            Some((sum, zp, scale)) => {
+                // SAFETY: each row index is visited once, by one thread.
+                unsafe { *sp.get().add(i) = scale };
+                (sum, zp)
+            }
+            None => {
+                bad.fetch_min(i, std::sync::atomic::Ordering::Relaxed);
+                (0, 0)
+            }
         }
     });
     let bad = bad.into_inner();
@@ -315,7 +397,7 @@ impl<T> SyncPtr<T> {
 
 /// The blocked driver: threads over rows or panels, then the block loops.
 fn run<Kr: Kernel, T: OutElem>(
-    pa: &PackedA<Kr::AElem>,
+    pa: &PackedA<'_, Kr::AElem>,
     m: usize,
     b: &PackedB,
     ep: &Epilogue<'_, T>,
@@ -328,12 +410,14 @@ fn run<Kr: Kernel, T: OutElem>(
     }
     let work = m * n * b.k.max(1);
     let nt = threads::num_threads();
-    // Split the dimension whose operand is bigger, so that it is read once:
-    // over columns (each thread streams its share of B, A is re-read) when
-    // N >= M, else over rows, one chunk per thread (each chunk streams all of B).
+    // Split over rows (one chunk per thread, each reading all of B) when B
+    // is small enough to sit in L2 or A is the bigger operand; else over
+    // columns, so that each thread streams only its share of a big B (A is
+    // re-read). Rows were 1.2–1.5× faster on 2 threads for 256×64×256 and
+    // 128×256×256, where the column split ran slower than one thread.
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
-    let by_rows = m > n && tiles >= 2 * nt;
+    let by_rows = tiles >= 2 * nt && (m >= n || b.data.len() <= SMALL_B_BYTES);
     let nchunks = if !parallel(work) {
         1
     } else if by_rows {
@@ -353,15 +437,11 @@ fn run<Kr: Kernel, T: OutElem>(
         };
         block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
     };
-    if nchunks <= 1 {
-        task(0);
-    } else {
-        threads::run(work, || {
-            use rayon::prelude::*;
-            (0..nchunks).into_par_iter().for_each(task);
-        });
-    }
+    threads::for_each_task(work, nchunks, task);
 }
+
+/// Packed B up to this size is read whole by every thread (see `run`).
+const SMALL_B_BYTES: usize = 256 << 10;
 
 /// Rows per block of A (LOOP 3), in tiles: the i32 accumulators of one
 /// block × `16·NP` columns stay in L1/L2 between K blocks.
@@ -374,7 +454,7 @@ const KC_GROUPS: usize = 96;
 
 /// One thread's share: rows `rows` × panels `pans` of the output.
 fn block<Kr: Kernel, T: OutElem>(
-    pa: &PackedA<Kr::AElem>,
+    pa: &PackedA<'_, Kr::AElem>,
     b: &PackedB,
     ep: &Epilogue<'_, T>,
     rows: std::ops::Range<usize>,
@@ -420,7 +500,7 @@ fn block<Kr: Kernel, T: OutElem>(
                             mr,
                             np,
                             kcg,
-                            pa.data.as_ptr().add(ir * pa.kp + 4 * pc),
+                            pa.data.ptr().add(ir * pa.kp + 4 * pc),
                             pa.kp,
                             b.data.as_ptr().add(jp * ps + 64 * pc),
                             ps,

@@ -62,7 +62,10 @@ impl Param<'_> {
             Param::Scalar(v) => std::slice::from_ref(v),
             Param::PerIndex(v) => {
                 if v.len() != len {
-                    return shape_err!("{name} must be a scalar or have {len} elements; got {}", v.len());
+                    return shape_err!(
+                        "{name} must be a scalar or have {len} elements; got {}",
+                        v.len()
+                    );
                 }
                 v
             }
@@ -239,7 +242,15 @@ impl<'a> OutputStep<'a> {
                 y_zero_point,
             } => {
                 check_y(y_scale, y_zero_point)?;
-                prep_float(m, n, row_scale, col_scale, bias, relu, Some((y_scale, y_zero_point)))?
+                prep_float(
+                    m,
+                    n,
+                    row_scale,
+                    col_scale,
+                    bias,
+                    relu,
+                    Some((y_scale, y_zero_point)),
+                )?
             }
             OutputStep::QLinear {
                 a_scale,
@@ -279,7 +290,9 @@ fn prep_float<'a>(
     row_scale.check("row scale", m, true)?;
     col_scale.check("column scale", n, true)?;
     let bias = match bias {
-        Some(b) if b.len() != n => return shape_err!("bias must have {n} elements; got {}", b.len()),
+        Some(b) if b.len() != n => {
+            return shape_err!("bias must have {n} elements; got {}", b.len())
+        }
         Some(b) => b.to_vec(),
         None => vec![0.0; n],
     };
@@ -304,7 +317,15 @@ impl<T: OutElem> Epilogue<'_, T> {
     /// # Panics
     /// If the tile lies outside the prepared `m × n` shape or `acc`/`out` are
     /// too short for it.
-    pub fn apply(&self, acc: &[i32], acc_ld: usize, rows: Range<usize>, cols: Range<usize>, out: &mut [T], ldc: usize) {
+    pub fn apply(
+        &self,
+        acc: &[i32],
+        acc_ld: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [T],
+        ldc: usize,
+    ) {
         assert!(rows.end <= self.m && cols.end <= self.n && cols.start <= cols.end);
         if rows.is_empty() || cols.is_empty() {
             return;
@@ -441,7 +462,11 @@ mod tests {
         let mut v = -300.0f32;
         while v <= 300.0 {
             assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
-            assert_eq!(round_even_f64(v as f64), (v as f64).round_ties_even(), "{v}");
+            assert_eq!(
+                round_even_f64(v as f64),
+                (v as f64).round_ties_even(),
+                "{v}"
+            );
             v += 0.125;
         }
         for v in [
@@ -449,7 +474,12 @@ mod tests {
         ] {
             assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
         }
-        for v in [0.49999999999999994f64, 2147483647.5, -2147483648.5, 1e15 + 0.5] {
+        for v in [
+            0.49999999999999994f64,
+            2147483647.5,
+            -2147483648.5,
+            1e15 + 0.5,
+        ] {
             assert_eq!(round_even_f64(v), v.round_ties_even(), "{v}");
         }
     }

@@ -51,7 +51,10 @@ impl ZeroPoint<'_> {
             ZeroPoint::Scalar(v) => std::slice::from_ref(v),
             ZeroPoint::PerIndex(v) => {
                 if v.len() != len {
-                    return shape_err!("{name} must be a scalar or have {len} elements; got {}", v.len());
+                    return shape_err!(
+                        "{name} must be a scalar or have {len} elements; got {}",
+                        v.len()
+                    );
                 }
                 v
             }
@@ -63,7 +66,7 @@ impl ZeroPoint<'_> {
     }
 
     #[inline]
-    fn get(&self, i: usize) -> i32 {
+    pub(crate) fn get(&self, i: usize) -> i32 {
         match self {
             ZeroPoint::Scalar(v) => *v,
             ZeroPoint::PerIndex(v) => v[i],
@@ -72,7 +75,11 @@ impl ZeroPoint<'_> {
 
     /// Largest |x - zp| over every x of the dtype range `lo..=hi`.
     fn max_abs_diff(&self, lo: i32, hi: i32) -> i64 {
-        let one = |z: i32| (z as i64 - lo as i64).abs().max((hi as i64 - z as i64).abs());
+        let one = |z: i32| {
+            (z as i64 - lo as i64)
+                .abs()
+                .max((hi as i64 - z as i64).abs())
+        };
         match self {
             ZeroPoint::Scalar(v) => one(*v),
             ZeroPoint::PerIndex(v) => v.iter().map(|&z| one(z)).max().unwrap_or(0),
@@ -143,11 +150,22 @@ impl PackedB {
 
     /// `src` holds the raw bytes; stored value = `(byte ^ mask) as i8` with
     /// `mask = 0x80` for uint8 (b - 128) and 0 for int8.
-    fn pack(src: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>, signed: bool, transposed: bool) -> Result<PackedB> {
+    fn pack(
+        src: &[u8],
+        k: usize,
+        n: usize,
+        zp: ZeroPoint<'_>,
+        signed: bool,
+        transposed: bool,
+    ) -> Result<PackedB> {
         if k.checked_mul(n) != Some(src.len()) {
             return shape_err!("B has {} elements, expected K*N = {k}*{n}", src.len());
         }
-        let (lo, hi, off) = if signed { (-128, 127, 0) } else { (0, 255, -128) };
+        let (lo, hi, off) = if signed {
+            (-128, 127, 0)
+        } else {
+            (0, 255, -128)
+        };
         let mask: u8 = if signed { 0 } else { 0x80 };
         zp.check("b_zero_point", n, lo, hi)?;
         let kp = round_up(k, 4);
@@ -246,7 +264,13 @@ pub(crate) struct PanelJob<'a> {
 /// bytes), their stored zero points and column terms. Always inlined so the
 /// per-ISA trampolines (see `pack_panels_dispatch`) vectorise it.
 #[inline(always)]
-pub(crate) fn pack_panels(job: &PanelJob<'_>, p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]) {
+pub(crate) fn pack_panels(
+    job: &PanelJob<'_>,
+    p0: usize,
+    out: &mut [i8],
+    zp_out: &mut [i32],
+    ct_out: &mut [i32],
+) {
     let PanelJob {
         src,
         k,
@@ -281,8 +305,9 @@ pub(crate) fn pack_panels(job: &PanelJob<'_>, p0: usize, out: &mut [i8], zp_out:
                 let ncols = (n - p * NR).min(NR);
                 let grp = &mut out[lp * ps + g * 64..lp * ps + g * 64 + 64];
                 if full_k && ncols == NR {
-                    let rows: [&[u8]; 4] =
-                        std::array::from_fn(|t| &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]);
+                    let rows: [&[u8]; 4] = std::array::from_fn(|t| {
+                        &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]
+                    });
                     transpose_4x16(rows, mask, grp);
                 } else {
                     for t in 0..(k - 4 * g).min(4) {
@@ -334,8 +359,9 @@ fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
         // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
         unsafe {
             let m = _mm_set1_epi8(mask as i8);
-            let r: [__m128i; 4] =
-                std::array::from_fn(|t| _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m));
+            let r: [__m128i; 4] = std::array::from_fn(|t| {
+                _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m)
+            });
             let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
             let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
             let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
@@ -406,34 +432,102 @@ pub(crate) fn check_a(a: &ASource<'_>, m: usize, k: usize, zp: ZeroPoint<'_>) ->
     Ok(zp.max_abs_diff(lo, hi))
 }
 
-/// Writes row `i` of Â (`a + a_off`, u8, zero padded to `dst.len()`) and
-/// returns `(rowsum(Â), za + a_off)`.
+/// Writes row `i` of Â (`a + a_off`, u8, zero padded to `dst.len()`) with
+/// `copy_sum` (a [`super::kernel::Kernel::copy_sum`]) and returns
+/// `(rowsum(Â), za + a_off)`.
 #[inline]
-pub(crate) fn pack_a_row(a: &ASource<'_>, k: usize, i: usize, zp: ZeroPoint<'_>, dst: &mut [u8]) -> (i32, i32) {
-    let mut sum = 0i32;
-    let off = match a {
-        ASource::U8(a) => {
-            let src = &a[i * k..i * k + k];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s;
-                sum += s as i32;
-            }
-            0
-        }
-        ASource::I8(a) => {
-            let src = &a[i * k..i * k + k];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                let v = (s as u8) ^ 0x80;
-                *d = v;
-                sum += v as i32;
-            }
-            128
-        }
+pub(crate) fn pack_a_row(
+    a: &ASource<'_>,
+    k: usize,
+    i: usize,
+    zp: ZeroPoint<'_>,
+    dst: &mut [u8],
+    copy_sum: fn(&[u8], u8, &mut [u8]) -> i32,
+) -> (i32, i32) {
+    let (src, flip, off): (&[u8], u8, i32) = match a {
+        ASource::U8(a) => (&a[i * k..i * k + k], 0, 0),
+        ASource::I8(a) => (as_bytes(&a[i * k..i * k + k]), 0x80, 128),
     };
-    for d in dst[k..].iter_mut() {
-        *d = 0;
-    }
+    let sum = copy_sum(src, flip, &mut dst[..k]);
+    dst[k..].fill(0);
     (sum, zp.get(i) + off)
+}
+
+/// `dst[i] = src[i] ^ flip`; returns the wrapping sum of `dst`.
+#[inline]
+pub(crate) fn copy_sum_scalar(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+    let mut sum = 0i32;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = v ^ flip;
+        sum = sum.wrapping_add((v ^ flip) as i32);
+    }
+    sum
+}
+
+/// Element types of packed A rows: plain integers, valid for any bit pattern,
+/// so a reused scratch buffer may be viewed as a slice of them.
+///
+/// # Safety
+/// Implementors must be integer types of alignment at most 8.
+pub(crate) unsafe trait PlainElem: Copy + Default + Send + Sync + 'static {}
+// SAFETY: plain integers.
+unsafe impl PlainElem for u8 {}
+unsafe impl PlainElem for i16 {}
+
+std::thread_local! {
+    static A_SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Packed-A storage borrowed from a per-thread buffer that later calls on
+/// the same thread reuse: a big A then costs no fresh pages (page faults and,
+/// once freed, TLB shootdowns across cores) on every call. A nested call
+/// finds the buffer taken and allocates its own.
+pub(crate) struct AScratch<E: PlainElem> {
+    buf: Vec<u64>,
+    len: usize,
+    _elem: std::marker::PhantomData<E>,
+}
+
+/// Scratch buffers up to this size are kept for the next call.
+const A_SCRATCH_KEEP: usize = 32 << 20;
+
+impl<E: PlainElem> AScratch<E> {
+    /// `len` elements with unspecified (but initialised) contents.
+    pub(crate) fn new(len: usize) -> Self {
+        let words = (len * std::mem::size_of::<E>()).div_ceil(8);
+        let mut buf = A_SCRATCH.with(|c| c.take());
+        if buf.len() < words {
+            buf = vec![0u64; words];
+        }
+        AScratch {
+            buf,
+            len,
+            _elem: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[E] {
+        // SAFETY: `buf` holds at least `len` E's worth of initialised bytes,
+        // u64 alignment covers E's, and any bit pattern is a valid E.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const E, self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [E] {
+        // SAFETY: as in `as_slice`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr() as *mut E, self.len) }
+    }
+}
+
+impl<E: PlainElem> Drop for AScratch<E> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.len() * 8 <= A_SCRATCH_KEEP {
+            let _ = A_SCRATCH.try_with(|c| {
+                let old = c.take();
+                c.set(if old.len() > buf.len() { old } else { buf });
+            });
+        }
+    }
 }
 
 /// Dynamic per-row asymmetric uint8 quantization of one float row (the

@@ -88,7 +88,11 @@ fn check(
     };
     assert_eq!(packed.unpack(), bv);
     let ai: Vec<i8> = ab.iter().map(|&x| x as i8).collect();
-    let src = if a_signed { ASource::I8(&ai) } else { ASource::U8(&ab) };
+    let src = if a_signed {
+        ASource::I8(&ai)
+    } else {
+        ASource::U8(&ab)
+    };
     let zap = match &za {
         Some(v) => ZeroPoint::PerIndex(v),
         None => ZeroPoint::Scalar(0),
@@ -111,7 +115,17 @@ fn small_sizes_every_sign_combination() {
         for k in [0, 1, 2, 3, 4, 5, 7, 8, 9, 13] {
             for n in [0, 1, 5, 15, 16, 17, 33, 64, 65] {
                 for (sa, sb) in [(false, false), (false, true), (true, false), (true, true)] {
-                    check(m, k, n, sa, sb, None, None, (m * 1000 + k * 10 + n) as u64, None);
+                    check(
+                        m,
+                        k,
+                        n,
+                        sa,
+                        sb,
+                        None,
+                        None,
+                        (m * 1000 + k * 10 + n) as u64,
+                        None,
+                    );
                 }
             }
         }
@@ -304,20 +318,38 @@ fn transposed_packing_matches() {
 #[test]
 fn linear_dynamic_matches_dequantized_reference() {
     let (m, k, n) = (9, 70, 21);
-    let x: Vec<f32> = bytes(m * k, 1).into_iter().map(|v| (v as f32 - 100.0) / 37.0).collect();
-    let w: Vec<i8> = bytes(n * k, 2).into_iter().map(|v| (v as i8).max(-127)).collect();
+    let x: Vec<f32> = bytes(m * k, 1)
+        .into_iter()
+        .map(|v| (v as f32 - 100.0) / 37.0)
+        .collect();
+    let w: Vec<i8> = bytes(n * k, 2)
+        .into_iter()
+        .map(|v| (v as i8).max(-127))
+        .collect();
     let ws: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 0.001).collect();
     let bias: Vec<f32> = (0..n).map(|j| j as f32 - 10.0).collect();
     let p = PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(0)).unwrap();
     each_isa(|isa| {
         for relu in [false, true] {
             let mut out = vec![f32::NAN; m * n];
-            linear_dynamic(&x, m, k, &p, Param::PerIndex(&ws), Some(&bias), relu, &mut out).unwrap();
+            linear_dynamic(
+                &x,
+                m,
+                k,
+                &p,
+                Param::PerIndex(&ws),
+                Some(&bias),
+                relu,
+                &mut out,
+            )
+            .unwrap();
             for i in 0..m {
                 let mut q = vec![0u8; k];
                 let (_, zp, s) = pack::quantize_row_u8(&x[i * k..i * k + k], &mut q).unwrap();
                 for j in 0..n {
-                    let acc: i64 = (0..k).map(|kk| (q[kk] as i64 - zp as i64) * w[j * k + kk] as i64).sum();
+                    let acc: i64 = (0..k)
+                        .map(|kk| (q[kk] as i64 - zp as i64) * w[j * k + kk] as i64)
+                        .sum();
                     let mut want = acc as f64 * s as f64 * ws[j] as f64 + bias[j] as f64;
                     if relu {
                         want = want.max(0.0);
@@ -335,7 +367,8 @@ fn linear_dynamic_matches_dequantized_reference() {
     let mut bad = x.clone();
     bad[5 * k + 3] = f32::NAN;
     let mut out = vec![0.0; m * n];
-    let e = linear_dynamic(&bad, m, k, &p, Param::PerIndex(&ws), None, false, &mut out).unwrap_err();
+    let e =
+        linear_dynamic(&bad, m, k, &p, Param::PerIndex(&ws), None, false, &mut out).unwrap_err();
     assert!(e.to_string().contains("row 5"), "{e}");
 }
 
@@ -343,7 +376,10 @@ fn linear_dynamic_matches_dequantized_reference() {
 #[test]
 #[ignore]
 fn kernel_speed() {
-    let kg: usize = std::env::var("KG").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let kg: usize = std::env::var("KG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let a = bytes(8 * kg * 4, 1);
     let b: Vec<i8> = bytes(8 * kg * 64, 2).into_iter().map(|x| x as i8).collect();
     let mut acc = vec![0i32; 8 * 64];
@@ -390,7 +426,10 @@ fn pack_speed() {
         for _ in 0..reps {
             std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
         }
-        eprintln!("pack {k}x{n}: {:.0} us", t.elapsed().as_secs_f64() / reps as f64 * 1e6);
+        eprintln!(
+            "pack {k}x{n}: {:.0} us",
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        );
         let t = std::time::Instant::now();
         for _ in 0..reps {
             std::hint::black_box(PackedB::from_nk_i8(&b, n, k, ZeroPoint::Scalar(0)).unwrap());

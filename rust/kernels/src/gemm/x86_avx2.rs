@@ -31,6 +31,11 @@ impl Kernel for Avx2 {
         }
     }
 
+    fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+        // SAFETY: this kernel is only used when the CPU has AVX2.
+        unsafe { copy_sum_avx2(src, flip, dst) }
+    }
+
     unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
         finish_tf(f)
     }
@@ -96,7 +101,9 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     for _ in 0..kg {
         for p in 0..NP {
             for q in 0..4 {
-                let bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(p * bs + 16 * q) as *const __m128i));
+                let bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    bp.add(p * bs + 16 * q) as *const __m128i
+                ));
                 for r in 0..MR {
                     let av = _mm256_set1_epi64x((ap.add(r * lda) as *const i64).read_unaligned());
                     s[r][p][q] = _mm256_add_epi32(s[r][p][q], _mm256_madd_epi16(av, bv));
@@ -108,15 +115,28 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     }
     for r in 0..MR {
         for p in 0..NP {
-            let mut lo = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][0], s[r][p][1]));
-            let mut hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][2], s[r][p][3]));
+            let mut lo =
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][0], s[r][p][1]));
+            let mut hi =
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_hadd_epi32(s[r][p][2], s[r][p][3]));
             if load {
-                lo = _mm256_add_epi32(lo, _mm256_loadu_si256(acc.add(r * ld + 16 * p) as *const __m256i));
-                hi = _mm256_add_epi32(hi, _mm256_loadu_si256(acc.add(r * ld + 16 * p + 8) as *const __m256i));
+                lo = _mm256_add_epi32(
+                    lo,
+                    _mm256_loadu_si256(acc.add(r * ld + 16 * p) as *const __m256i),
+                );
+                hi = _mm256_add_epi32(
+                    hi,
+                    _mm256_loadu_si256(acc.add(r * ld + 16 * p + 8) as *const __m256i),
+                );
             }
             if let Some(f) = fix {
-                let (za, rs) = (_mm256_set1_epi32(*f.za.add(r)), _mm256_set1_epi32(*f.rowsum.add(r)));
-                let col = |v: *const i32, h: usize| _mm256_loadu_si256(v.add(16 * p + 8 * h) as *const __m256i);
+                let (za, rs) = (
+                    _mm256_set1_epi32(*f.za.add(r)),
+                    _mm256_set1_epi32(*f.rowsum.add(r)),
+                );
+                let col = |v: *const i32, h: usize| {
+                    _mm256_loadu_si256(v.add(16 * p + 8 * h) as *const __m256i)
+                };
                 let t_lo = _mm256_add_epi32(
                     _mm256_mullo_epi32(za, col(f.colterm, 0)),
                     _mm256_mullo_epi32(rs, col(f.zb, 0)),
@@ -154,4 +174,29 @@ pub(crate) unsafe fn pack_panels_tf(
     ct_out: &mut [i32],
 ) {
     super::pack::pack_panels(job, p0, out, zp_out, ct_out)
+}
+
+/// [`super::pack::copy_sum_scalar`] with AVX2: 32 bytes per step, the sum by
+/// `vpsadbw` (sums of 8 bytes into 64-bit lanes).
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn copy_sum_avx2(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mask = _mm256_set1_epi8(flip as i8);
+    let zero = _mm256_setzero_si256();
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= n {
+        let v = _mm256_xor_si256(_mm256_loadu_si256(s.add(i) as *const __m256i), mask);
+        _mm256_storeu_si256(d.add(i) as *mut __m256i, v);
+        acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
+        i += 32;
+    }
+    let lanes: [i64; 4] = std::mem::transmute(acc);
+    let head = lanes.iter().fold(0i64, |t, &v| t.wrapping_add(v)) as i32;
+    head.wrapping_add(super::pack::copy_sum_scalar(
+        &src[i..n],
+        flip,
+        &mut dst[i..n],
+    ))
 }

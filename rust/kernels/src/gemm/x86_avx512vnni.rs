@@ -27,6 +27,15 @@ impl Kernel for Avx512Vnni {
         dst.copy_from_slice(src);
     }
 
+    fn row_bytes(dst: &mut [u8]) -> Option<&mut [u8]> {
+        Some(dst)
+    }
+
+    fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+        // SAFETY: this kernel is only used when the CPU has AVX-512 (so AVX2).
+        unsafe { super::x86_avx2::copy_sum_avx2(src, flip, dst) }
+    }
+
     unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
         finish_tf(f)
     }
@@ -159,7 +168,11 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
             if left == 0 {
                 break;
             }
-            let mask: __mmask16 = if left >= 16 { 0xFFFF } else { (1u16 << left) - 1 };
+            let mask: __mmask16 = if left >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << left) - 1
+            };
             for r in 0..MR {
                 _mm512_mask_storeu_epi32(f.dst.add(r * f.dst_ld + 16 * p), mask, s[r][p]);
             }

@@ -109,7 +109,11 @@ fn chunk_len(n: usize) -> usize {
 
 /// Histogram of the top key bits of one chunk; `Err(offset)` of a NaN.
 #[inline(always)]
-fn chunk_hist<T: Score>(ch: &[T], el: Option<&[bool]>, shift: u32) -> std::result::Result<(usize, Vec<u32>), usize> {
+fn chunk_hist<T: Score>(
+    ch: &[T],
+    el: Option<&[bool]>,
+    shift: u32,
+) -> std::result::Result<(usize, Vec<u32>), usize> {
     let mut h = vec![0u32; 1 << HIST_BITS];
     let mask = (1u64 << HIST_BITS) - 1;
     // NaN check by the largest key (no branch per entry).
@@ -143,7 +147,14 @@ fn chunk_hist<T: Score>(ch: &[T], el: Option<&[bool]>, shift: u32) -> std::resul
 /// Writes the mask of one chunk for every entry outside the cut bucket and
 /// returns the `(key, index)` of the entries inside it (left `false`).
 #[inline(always)]
-fn chunk_mask<T: Score>(ch: &[T], el: Option<&[bool]>, out: &mut [bool], base: usize, shift: u32, bucket: u64) -> Vec<(u64, u32)> {
+fn chunk_mask<T: Score>(
+    ch: &[T],
+    el: Option<&[bool]>,
+    out: &mut [bool],
+    base: usize,
+    shift: u32,
+    bucket: u64,
+) -> Vec<(u64, u32)> {
     const BLK: usize = 256;
     let mask = (1u64 << HIST_BITS) - 1;
     let mut inside = Vec::new();
@@ -236,7 +247,14 @@ pub(crate) fn chunk_band<T: Score>(
     (below, cands, mx.into())
 }
 
-type BandFn<T> = fn(&[T], Option<&[bool]>, &mut [bool], usize, <T as Score>::K, <T as Score>::K) -> (usize, Vec<(u64, u32)>, u64);
+type BandFn<T> = fn(
+    &[T],
+    Option<&[bool]>,
+    &mut [bool],
+    usize,
+    <T as Score>::K,
+    <T as Score>::K,
+) -> (usize, Vec<(u64, u32)>, u64);
 
 /// The sampled pass for the active ISA (the loop vectorises 2-4x wider with
 /// AVX2 than with the baseline SSE2).
@@ -255,7 +273,12 @@ fn band_kernel<T: Score>() -> BandFn<T> {
 /// then decides every entry outside the bracket and gathers the few inside,
 /// and a selection among those gives the exact cut. `Ok(None)` when the
 /// bracket missed (the caller falls back to the histogram method).
-fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl: usize) -> Result<Option<Vec<bool>>> {
+fn prune_sampled<T: Score>(
+    scores: &[T],
+    eligible: Option<&[bool]>,
+    k: usize,
+    cl: usize,
+) -> Result<Option<Vec<bool>>> {
     let n = scores.len();
     let stride = n / SAMPLE;
     let mut samp: Vec<T::K> = (0..SAMPLE)
@@ -268,7 +291,9 @@ fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl
     }
     let total = match eligible {
         None => n,
-        Some(e) => threads::map_chunks(e, cl, |_, c| c.iter().filter(|&&b| b).count()).into_iter().sum(),
+        Some(e) => threads::map_chunks(e, cl, |_, c| c.iter().filter(|&&b| b).count())
+            .into_iter()
+            .sum(),
     };
     if k > total || k == 0 {
         return Ok(None); // the histogram path reports / handles these
@@ -276,15 +301,24 @@ fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl
     let m = samp.len() as f64;
     let r = k as f64 / total as f64 * m;
     let d = 3.0 * m.sqrt() + 16.0;
-    let lo = if r - d < 0.0 { T::K_MIN } else { *samp.select_nth_unstable((r - d) as usize).1 };
-    let hi = if r + d >= m - 1.0 { T::K_MAX } else { *samp.select_nth_unstable((r + d) as usize + 1).1 };
+    let lo = if r - d < 0.0 {
+        T::K_MIN
+    } else {
+        *samp.select_nth_unstable((r - d) as usize).1
+    };
+    let hi = if r + d >= m - 1.0 {
+        T::K_MAX
+    } else {
+        *samp.select_nth_unstable((r + d) as usize + 1).1
+    };
     let band_fn = band_kernel::<T>();
     let mut keep = vec![false; n];
-    let parts: Vec<(usize, Vec<(u64, u32)>, u64)> = threads::map_chunks_mut(&mut keep, cl, |c, out| {
-        let ch = &scores[c * cl..c * cl + out.len()];
-        let el = eligible.map(|e| &e[c * cl..c * cl + ch.len()]);
-        band_fn(ch, el, out, c * cl, lo, hi)
-    });
+    let parts: Vec<(usize, Vec<(u64, u32)>, u64)> =
+        threads::map_chunks_mut(&mut keep, cl, |c, out| {
+            let ch = &scores[c * cl..c * cl + out.len()];
+            let el = eligible.map(|e| &e[c * cl..c * cl + ch.len()]);
+            band_fn(ch, el, out, c * cl, lo, hi)
+        });
     if parts.iter().any(|p| p.2 > T::MAX_KEY) {
         let i = scores.iter().position(|s| s.key().is_none()).unwrap_or(0);
         return value_err!("scores contain NaN (at flat index {i})");
@@ -317,7 +351,11 @@ fn prune_sampled<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize, cl
 /// entry outside the bucket holding the `k`-th smallest and gathers the few
 /// inside it; `select_nth_unstable` on their `(key, index)` gives the exact
 /// cut and those entries are filled in last.
-pub fn prune_smallest<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usize) -> Result<Vec<bool>> {
+pub fn prune_smallest<T: Score>(
+    scores: &[T],
+    eligible: Option<&[bool]>,
+    k: usize,
+) -> Result<Vec<bool>> {
     let n = scores.len();
     if n > u32::MAX as usize {
         return shape_err!("cannot prune a tensor of {n} elements (at most 2^32 - 1)");
@@ -338,7 +376,9 @@ pub fn prune_smallest<T: Score>(scores: &[T], eligible: Option<&[bool]>, k: usiz
         }
         let el_chunk = |c: usize, len: usize| eligible.map(|e| &e[c * cl..c * cl + len]);
         let hists: Vec<std::result::Result<(usize, Vec<u32>), usize>> =
-            threads::map_chunks(scores, cl, |c, ch| chunk_hist(ch, el_chunk(c, ch.len()), shift).map_err(|j| c * cl + j));
+            threads::map_chunks(scores, cl, |c, ch| {
+                chunk_hist(ch, el_chunk(c, ch.len()), shift).map_err(|j| c * cl + j)
+            });
         let mut total = 0usize;
         let mut hist = vec![0usize; 1 << HIST_BITS];
         for r in hists {
@@ -401,45 +441,45 @@ pub fn nm_keep<T: Score>(w: &[T], n: usize, m: usize) -> Result<Vec<bool>> {
     threads::run(w.len(), || {
         let csz = groups_per_chunk * m;
         threads::map_chunks_mut(&mut keep, csz, |c, out| -> Result<()> {
-                let ch = &w[c * csz..c * csz + out.len()];
-                let drop = m - n;
-                let mut keys: Vec<(u64, u32)> = vec![(0, 0); m];
-                for (og, g) in out.chunks_exact_mut(m).zip(ch.chunks_exact(m)) {
-                    for (j, &s) in g.iter().enumerate() {
-                        let Some(key) = s.key() else {
-                            return value_err!("weights contain NaN");
-                        };
-                        keys[j] = (key, j as u32);
-                    }
-                    og.fill(true);
-                    if drop == 0 {
-                        continue;
-                    }
-                    if m <= 16 {
-                        // Few entries: take the smallest `drop` one by one.
-                        for d in 0..drop {
-                            let mut best = d;
-                            for j in d + 1..m {
-                                if keys[j] < keys[best] {
-                                    best = j;
-                                }
+            let ch = &w[c * csz..c * csz + out.len()];
+            let drop = m - n;
+            let mut keys: Vec<(u64, u32)> = vec![(0, 0); m];
+            for (og, g) in out.chunks_exact_mut(m).zip(ch.chunks_exact(m)) {
+                for (j, &s) in g.iter().enumerate() {
+                    let Some(key) = s.key() else {
+                        return value_err!("weights contain NaN");
+                    };
+                    keys[j] = (key, j as u32);
+                }
+                og.fill(true);
+                if drop == 0 {
+                    continue;
+                }
+                if m <= 16 {
+                    // Few entries: take the smallest `drop` one by one.
+                    for d in 0..drop {
+                        let mut best = d;
+                        for j in d + 1..m {
+                            if keys[j] < keys[best] {
+                                best = j;
                             }
-                            keys.swap(d, best);
-                            og[keys[d].1 as usize] = false;
                         }
-                    } else {
-                        if drop < m {
-                            keys.select_nth_unstable(drop - 1);
-                        }
-                        for &(_, j) in &keys[..drop] {
-                            og[j as usize] = false;
-                        }
+                        keys.swap(d, best);
+                        og[keys[d].1 as usize] = false;
+                    }
+                } else {
+                    if drop < m {
+                        keys.select_nth_unstable(drop - 1);
+                    }
+                    for &(_, j) in &keys[..drop] {
+                        og[j as usize] = false;
                     }
                 }
-                Ok(())
-            })
-            .into_iter()
-            .collect::<Result<Vec<()>>>()
+            }
+            Ok(())
+        })
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
     })?;
     Ok(keep)
 }
@@ -449,9 +489,19 @@ mod tests {
     use super::*;
 
     fn reference(scores: &[f32], elig: Option<&[bool]>, k: usize) -> Vec<bool> {
-        let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| elig.map_or(true, |e| e[i])).collect();
-        idx.sort_by(|&a, &b| scores[a].abs().partial_cmp(&scores[b].abs()).unwrap().then(a.cmp(&b)));
-        let mut keep: Vec<bool> = (0..scores.len()).map(|i| elig.map_or(true, |e| e[i])).collect();
+        let mut idx: Vec<usize> = (0..scores.len())
+            .filter(|&i| elig.map_or(true, |e| e[i]))
+            .collect();
+        idx.sort_by(|&a, &b| {
+            scores[a]
+                .abs()
+                .partial_cmp(&scores[b].abs())
+                .unwrap()
+                .then(a.cmp(&b))
+        });
+        let mut keep: Vec<bool> = (0..scores.len())
+            .map(|i| elig.map_or(true, |e| e[i]))
+            .collect();
         for &i in &idx[..k] {
             keep[i] = false;
         }
@@ -459,7 +509,9 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
@@ -467,13 +519,18 @@ mod tests {
     fn matches_sort_reference_with_ties_and_eligibility() {
         let mut seed = 7u64;
         for &n in &[1usize, 5, 100, 70_000, 300_000, 1_100_000] {
-            let s: Vec<f32> = (0..n).map(|_| (lcg(&mut seed) % 50) as f32 - 25.0).collect();
+            let s: Vec<f32> = (0..n)
+                .map(|_| (lcg(&mut seed) % 50) as f32 - 25.0)
+                .collect();
             let e: Vec<bool> = (0..n).map(|_| lcg(&mut seed) % 4 != 0).collect();
             for &frac in &[0.0, 0.3, 0.5, 1.0] {
                 let k = (n as f64 * frac) as usize;
                 assert_eq!(prune_smallest(&s, None, k).unwrap(), reference(&s, None, k));
                 let ke = e.iter().filter(|&&x| x).count() * k / n.max(1);
-                assert_eq!(prune_smallest(&s, Some(&e), ke).unwrap(), reference(&s, Some(&e), ke));
+                assert_eq!(
+                    prune_smallest(&s, Some(&e), ke).unwrap(),
+                    reference(&s, Some(&e), ke)
+                );
             }
         }
     }
@@ -504,14 +561,20 @@ mod timing {
         let mut seed = 1u64;
         let s: Vec<f32> = (0..n)
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
             })
             .collect();
         for _ in 0..3 {
             let t = std::time::Instant::now();
             let k = super::prune_smallest(&s, None, n / 2).unwrap();
-            println!("prune 16M: {:?} kept {}", t.elapsed(), k.iter().filter(|&&b| b).count());
+            println!(
+                "prune 16M: {:?} kept {}",
+                t.elapsed(),
+                k.iter().filter(|&&b| b).count()
+            );
         }
     }
 }

@@ -58,11 +58,20 @@ impl Spec {
             return value_err!("empty integer range [{}, {}]", self.qmin, self.qmax);
         }
         if !(self.qmin..=self.qmax).contains(&self.symmetric_zero_point) {
-            return value_err!("symmetric zero point {} outside [{}, {}]", self.symmetric_zero_point, self.qmin, self.qmax);
+            return value_err!(
+                "symmetric zero point {} outside [{}, {}]",
+                self.symmetric_zero_point,
+                self.qmin,
+                self.qmax
+            );
         }
         let levels = (self.qmax - self.qmin + 1) as usize;
         if self.bins < levels || self.bins > 1 << 20 {
-            return value_err!("bins must be between {levels} and {}; got {}", 1 << 20, self.bins);
+            return value_err!(
+                "bins must be between {levels} and {}; got {}",
+                1 << 20,
+                self.bins
+            );
         }
         Ok(())
     }
@@ -130,7 +139,11 @@ pub fn qparams(min: f32, max: f32, spec: &Spec) -> (f32, i32) {
 /// Per-channel min and max (NaN / inf -> `Value` error).
 pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f32>)> {
     if x.len() != layout.len() {
-        return value_err!("calibrate: {} elements do not fit the layout {:?}", x.len(), layout);
+        return value_err!(
+            "calibrate: {} elements do not fit the layout {:?}",
+            x.len(),
+            layout
+        );
     }
     if layout.is_empty() {
         return value_err!("cannot calibrate an empty tensor (or an empty channel)");
@@ -151,7 +164,9 @@ pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f
         acc
     };
     let stats: Vec<(f32, f32, f32)> = if inner >= 64 {
-        threads::run(x.len(), || (0..c).into_par_iter().map(per_channel).collect())
+        threads::run(x.len(), || {
+            (0..c).into_par_iter().map(per_channel).collect()
+        })
     } else {
         // Short runs: fold whole (channels * inner) blocks elementwise, then reduce.
         let w = c * inner;
@@ -171,7 +186,9 @@ pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f
                 let r = ch * inner..(ch + 1) * inner;
                 (
                     mn[r.clone()].iter().fold(f32::INFINITY, |a, &b| a.min(b)),
-                    mx[r.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+                    mx[r.clone()]
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
                     poison[r].iter().sum(),
                 )
             })
@@ -180,7 +197,10 @@ pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f
     if stats.iter().any(|s| s.2.is_nan()) {
         return value_err!("the tensor holds NaN or infinite values");
     }
-    Ok((stats.iter().map(|s| s.0).collect(), stats.iter().map(|s| s.1).collect()))
+    Ok((
+        stats.iter().map(|s| s.0).collect(),
+        stats.iter().map(|s| s.1).collect(),
+    ))
 }
 
 /// The elements of channel `ch`, in order.
@@ -198,7 +218,12 @@ fn channel_values(x: &[f32], layout: &AxisLayout, ch: usize) -> Vec<f32> {
 ///
 /// Errors (`Value`): an empty tensor, NaN or infinite values, a percentile outside
 /// [50, 100], an inconsistent `spec`.
-pub fn calibrate(x: &[f32], layout: AxisLayout, method: Method, spec: &Spec) -> Result<Calibration> {
+pub fn calibrate(
+    x: &[f32],
+    layout: AxisLayout,
+    method: Method,
+    spec: &Spec,
+) -> Result<Calibration> {
     spec.check()?;
     if let Method::Percentile(p) = method {
         if !(50.0..=100.0).contains(&p) {
@@ -229,10 +254,18 @@ pub fn calibrate(x: &[f32], layout: AxisLayout, method: Method, spec: &Spec) -> 
         vec![range(0, x)]
     } else {
         threads::run(x.len().saturating_mul(4), || {
-            (0..c).into_par_iter().map(|ch| range(ch, &channel_values(x, &layout, ch))).collect()
+            (0..c)
+                .into_par_iter()
+                .map(|ch| range(ch, &channel_values(x, &layout, ch)))
+                .collect()
         })
     };
-    let mut out = Calibration { scale: vec![], zero_point: vec![], range_min: vec![], range_max: vec![] };
+    let mut out = Calibration {
+        scale: vec![],
+        zero_point: vec![],
+        range_min: vec![],
+        range_max: vec![],
+    };
     for (lo, hi) in ranges {
         let (s, z) = qparams(lo, hi, spec);
         out.scale.push(s);
@@ -257,7 +290,11 @@ pub fn percentile(v: &mut [f32], p: f64) -> f32 {
     }
     let b = rest.iter().copied().fold(f32::INFINITY, f32::min) as f64;
     // numpy's `_lerp`: a + t (b - a), computed from the nearer end.
-    let r = if frac >= 0.5 { b - (b - a) * (1.0 - frac) } else { a + (b - a) * frac };
+    let r = if frac >= 0.5 {
+        b - (b - a) * (1.0 - frac)
+    } else {
+        a + (b - a) * frac
+    };
     r as f32
 }
 
@@ -275,12 +312,24 @@ fn percentile_range(data: &[f32], p: f64, symmetric: bool) -> (f32, f32) {
 }
 
 fn par_map(data: &[f32], f: fn(f32) -> f32) -> Vec<f32> {
-    threads::run(data.len(), || data.par_iter().with_min_len(1 << 16).map(|&v| f(v)).collect())
+    threads::run(data.len(), || {
+        data.par_iter()
+            .with_min_len(1 << 16)
+            .map(|&v| f(v))
+            .collect()
+    })
 }
 
 /// Count (and sum, when `sums`) of `data` in `bins` equal bins over `[lo, hi]`;
 /// values outside go to the end bins. `map` is applied to each value first.
-fn histogram(data: &[f32], lo: f32, hi: f32, bins: usize, map: fn(f32) -> f32, sums: bool) -> (Vec<f64>, Vec<f64>) {
+fn histogram(
+    data: &[f32],
+    lo: f32,
+    hi: f32,
+    bins: usize,
+    map: fn(f32) -> f32,
+    sums: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let width = (hi as f64 - lo as f64) / bins as f64;
     let inv = if width > 0.0 { 1.0 / width } else { 0.0 };
     let build = |chunk: &[f32]| {
@@ -338,7 +387,12 @@ fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
         return (lo, hi);
     }
     let (count, sum) = histogram(data, lo, hi, spec.bins, |v| v, true);
-    let (ns, ms): (Vec<f64>, Vec<f64>) = count.iter().zip(&sum).filter(|(n, _)| **n > 0.0).map(|(&n, &s)| (n, s / n)).unzip();
+    let (ns, ms): (Vec<f64>, Vec<f64>) = count
+        .iter()
+        .zip(&sum)
+        .filter(|(n, _)| **n > 0.0)
+        .map(|(&n, &s)| (n, s / n))
+        .unzip();
     let (qlo, qhi) = (spec.qmin as f64, spec.qmax as f64);
     let mut best = (f64::INFINITY, lo, hi);
     for i in (1..=MSE_STEPS).rev() {
@@ -510,7 +564,11 @@ mod tests {
             }
         }
         let (sp, sq): (f64, f64) = (p.iter().sum(), q.iter().sum());
-        p.iter().zip(&q).filter(|(a, _)| **a > 0.0).map(|(&a, &b)| (a / sp) * ((a / sp) / (b / sq)).ln()).sum()
+        p.iter()
+            .zip(&q)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(&a, &b)| (a / sp) * ((a / sp) / (b / sq)).ln())
+            .sum()
     }
 
     #[test]
@@ -519,17 +577,26 @@ mod tests {
         for (nb, nq) in [(64usize, 8usize), (300, 16), (257, 2), (2048, 128)] {
             let hist: Vec<f64> = (0..nb)
                 .map(|k| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let r = (s >> 33) % 100;
                     // Mostly decaying counts, with empty bins and a sparse tail.
-                    if r < 25 || (k > nb / 2 && r < 80) { 0.0 } else { ((s >> 40) % (1000 / (1 + k as u64 / 8) + 2)) as f64 }
+                    if r < 25 || (k > nb / 2 && r < 80) {
+                        0.0
+                    } else {
+                        ((s >> 40) % (1000 / (1 + k as u64 / 8) + 2)) as f64
+                    }
                 })
                 .collect();
             let fast = entropy_kls(&hist, nq);
             for i in nq..=nb {
                 let d = kl_direct(&hist, i, nq);
                 let f = fast[i - nq];
-                assert!((f - d).abs() <= 1e-9 * d.abs().max(1.0), "nb {nb} nq {nq} i {i}: {f} vs {d}");
+                assert!(
+                    (f - d).abs() <= 1e-9 * d.abs().max(1.0),
+                    "nb {nb} nq {nq} i {i}: {f} vs {d}"
+                );
             }
         }
     }

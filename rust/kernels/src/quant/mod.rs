@@ -91,7 +91,11 @@ pub struct AxisLayout {
 impl AxisLayout {
     /// Per-tensor layout of `len` elements.
     pub fn per_tensor(len: usize) -> Self {
-        AxisLayout { outer: 1, channels: 1, inner: len }
+        AxisLayout {
+            outer: 1,
+            channels: 1,
+            inner: len,
+        }
     }
 
     /// Layout of a C-order tensor of `shape` around `axis` (`None`: per tensor).
@@ -148,7 +152,10 @@ impl Params {
         }
         let (lo, hi) = qt.range();
         if let Some(z) = zero_point.iter().find(|z| !(lo..=hi).contains(*z)) {
-            return value_err!("zero_point must lie in [{lo}, {hi}] for {}; got {z}", qt.name());
+            return value_err!(
+                "zero_point must lie in [{lo}, {hi}] for {}; got {z}",
+                qt.name()
+            );
         }
         let n = scale.len().max(zero_point.len());
         let widen = |v: Vec<f32>| if v.len() == n { v } else { vec![v[0]; n] };
@@ -216,7 +223,15 @@ pub(crate) fn dequant1(q: u8, signed: bool, scale: f32, zp: f32) -> f32 {
     (v - zp) * scale
 }
 
-pub(crate) fn quant_run_scalar(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], _stream: bool) {
+pub(crate) fn quant_run_scalar(
+    x: &[f32],
+    s: f32,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+    _stream: bool,
+) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = quant1(v, s, zp, lo, hi);
     }
@@ -228,13 +243,27 @@ pub(crate) fn quant_row_scalar(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f3
     }
 }
 
-pub(crate) fn dequant_run_scalar(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], _stream: bool) {
+pub(crate) fn dequant_run_scalar(
+    q: &[u8],
+    signed: bool,
+    s: f32,
+    zp: f32,
+    out: &mut [f32],
+    _stream: bool,
+) {
     for (o, &v) in out.iter_mut().zip(q) {
         *o = dequant1(v, signed, s, zp);
     }
 }
 
-pub(crate) fn dequant_row_scalar(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], _stream: bool) {
+pub(crate) fn dequant_row_scalar(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+    _stream: bool,
+) {
     for i in 0..out.len().min(q.len()) {
         out[i] = dequant1(q[i], signed, s[i], zp[i]);
     }
@@ -293,7 +322,13 @@ fn chunk_len(n: usize) -> usize {
 /// Calls `f(start, end, c, per_element)` for the runs of `[start, end)` that share a
 /// channel (`per_element == false`, channel `c`) or, when the axis is the last one, for
 /// the pieces of rows that start at channel `c` (`per_element == true`).
-fn for_each_run(layout: &AxisLayout, per_channel: bool, start: usize, end: usize, mut f: impl FnMut(usize, usize, usize, bool)) {
+fn for_each_run(
+    layout: &AxisLayout,
+    per_channel: bool,
+    start: usize,
+    end: usize,
+    mut f: impl FnMut(usize, usize, usize, bool),
+) {
     if !per_channel {
         f(start, end, 0, false);
         return;
@@ -342,7 +377,13 @@ fn as_bytes<T: QElem>(q: &[T]) -> &[u8] {
 /// `scale` and `zero_point` hold one entry (per tensor) or one per channel of `layout`.
 /// Errors: length mismatches (`Shape`), a scale that is not finite and > 0 or a zero
 /// point outside the range of `T` (`Value`).
-pub fn quantize<T: QElem>(x: &[f32], layout: AxisLayout, scale: &[f32], zero_point: &[i32], out: &mut [T]) -> Result<()> {
+pub fn quantize<T: QElem>(
+    x: &[f32],
+    layout: AxisLayout,
+    scale: &[f32],
+    zero_point: &[i32],
+    out: &mut [T],
+) -> Result<()> {
     let (lo, hi) = T::QTYPE.range();
     quantize_clamped(x, layout, scale, zero_point, (lo, hi), out)
 }
@@ -360,10 +401,17 @@ pub fn quantize_clamped<T: QElem>(
     check_lens("quantize", &layout, x.len(), out.len())?;
     let (tlo, thi) = T::QTYPE.range();
     if !(tlo <= qmin && qmin < qmax && qmax <= thi) {
-        return value_err!("quantization range [{qmin}, {qmax}] is not a non-empty sub-range of {} [{tlo}, {thi}]", T::QTYPE.name());
+        return value_err!(
+            "quantization range [{qmin}, {qmax}] is not a non-empty sub-range of {} [{tlo}, {thi}]",
+            T::QTYPE.name()
+        );
     }
     let p = Params::new(&layout, scale, zero_point, T::QTYPE)?;
-    if let Some(z) = p.zero_point.iter().find(|&&z| z < qmin as f32 || z > qmax as f32) {
+    if let Some(z) = p
+        .zero_point
+        .iter()
+        .find(|&&z| z < qmin as f32 || z > qmax as f32)
+    {
         return value_err!("zero_point must lie in [{qmin}, {qmax}]; got {z}");
     }
     let (lo, hi) = (qmin as f32, qmax as f32);
@@ -373,14 +421,27 @@ pub fn quantize_clamped<T: QElem>(
     let n = x.len();
     let stream = n >= STREAM_MIN_BYTES;
     let work = |start: usize, dst: &mut [u8]| {
-        for_each_run(&layout, per_channel, start, start + dst.len(), |a, b, c, row| {
-            let (xs, os) = (&x[a..b], &mut dst[a - start..b - start]);
-            if row {
-                (k.quant_row)(xs, &p.scale[c..c + (b - a)], &p.zero_point[c..c + (b - a)], lo, hi, os);
-            } else {
-                (k.quant_run)(xs, p.scale[c], p.zero_point[c], lo, hi, os, stream);
-            }
-        });
+        for_each_run(
+            &layout,
+            per_channel,
+            start,
+            start + dst.len(),
+            |a, b, c, row| {
+                let (xs, os) = (&x[a..b], &mut dst[a - start..b - start]);
+                if row {
+                    (k.quant_row)(
+                        xs,
+                        &p.scale[c..c + (b - a)],
+                        &p.zero_point[c..c + (b - a)],
+                        lo,
+                        hi,
+                        os,
+                    );
+                } else {
+                    (k.quant_run)(xs, p.scale[c], p.zero_point[c], lo, hi, os, stream);
+                }
+            },
+        );
     };
     par_chunks(out, n, work);
     Ok(())
@@ -389,7 +450,13 @@ pub fn quantize_clamped<T: QElem>(
 /// ONNX `DequantizeLinear`: `out = (q - zero_point) * scale` in `f32`.
 ///
 /// Same parameter rules and errors as [`quantize`].
-pub fn dequantize<T: QElem>(q: &[T], layout: AxisLayout, scale: &[f32], zero_point: &[i32], out: &mut [f32]) -> Result<()> {
+pub fn dequantize<T: QElem>(
+    q: &[T],
+    layout: AxisLayout,
+    scale: &[f32],
+    zero_point: &[i32],
+    out: &mut [f32],
+) -> Result<()> {
     check_lens("dequantize", &layout, q.len(), out.len())?;
     let p = Params::new(&layout, scale, zero_point, T::QTYPE)?;
     let signed = T::QTYPE == QType::I8;
@@ -399,14 +466,27 @@ pub fn dequantize<T: QElem>(q: &[T], layout: AxisLayout, scale: &[f32], zero_poi
     let n = q.len();
     let stream = n * 4 >= STREAM_MIN_BYTES;
     let work = |start: usize, dst: &mut [f32]| {
-        for_each_run(&layout, per_channel, start, start + dst.len(), |a, b, c, row| {
-            let (qs, os) = (&q[a..b], &mut dst[a - start..b - start]);
-            if row {
-                (k.dequant_row)(qs, signed, &p.scale[c..c + (b - a)], &p.zero_point[c..c + (b - a)], os, stream);
-            } else {
-                (k.dequant_run)(qs, signed, p.scale[c], p.zero_point[c], os, stream);
-            }
-        });
+        for_each_run(
+            &layout,
+            per_channel,
+            start,
+            start + dst.len(),
+            |a, b, c, row| {
+                let (qs, os) = (&q[a..b], &mut dst[a - start..b - start]);
+                if row {
+                    (k.dequant_row)(
+                        qs,
+                        signed,
+                        &p.scale[c..c + (b - a)],
+                        &p.zero_point[c..c + (b - a)],
+                        os,
+                        stream,
+                    );
+                } else {
+                    (k.dequant_run)(qs, signed, p.scale[c], p.zero_point[c], os, stream);
+                }
+            },
+        );
     };
     par_chunks(out, n, work);
     Ok(())
@@ -421,7 +501,9 @@ fn par_chunks<T: Send>(out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) +
     }
     threads::run(n, || {
         use rayon::prelude::*;
-        out.par_chunks_mut(len).enumerate().for_each(|(i, c)| work(i * len, c));
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, c)| work(i * len, c));
     });
 }
 
@@ -458,19 +540,34 @@ pub fn min_max(x: &[f32]) -> Result<(f32, f32)> {
 /// turns them into a NaN scale. An empty `x` is an error too (its min is undefined).
 pub fn dynamic_quantize(x: &[f32], out: &mut [u8]) -> Result<(f32, u8)> {
     if x.len() != out.len() {
-        return shape_err!("dynamic_quantize: input has {} elements and output {}", x.len(), out.len());
+        return shape_err!(
+            "dynamic_quantize: input has {} elements and output {}",
+            x.len(),
+            out.len()
+        );
     }
     if x.is_empty() {
-        return value_err!("dynamic_quantize needs a non-empty tensor (the reference takes its min and max)");
+        return value_err!(
+            "dynamic_quantize needs a non-empty tensor (the reference takes its min and max)"
+        );
     }
-    let (mn, mx) = min_max(x).map_err(|_| Error::Value("dynamic_quantize: x holds NaN or infinite values".into()))?;
+    let (mn, mx) = min_max(x)
+        .map_err(|_| Error::Value("dynamic_quantize: x holds NaN or infinite values".into()))?;
     let (scale, zp) = dynamic_params(mn, mx);
     // Not `quantize`: when max - min overflows f32 the reference's scale is +inf (and
     // every element quantizes to the zero point); we follow it rather than reject it.
     let k = kernels();
     let stream = x.len() >= STREAM_MIN_BYTES;
     par_chunks(out, x.len(), |start, dst: &mut [u8]| {
-        (k.quant_run)(&x[start..start + dst.len()], scale, zp as f32, 0.0, 255.0, dst, stream)
+        (k.quant_run)(
+            &x[start..start + dst.len()],
+            scale,
+            zp as f32,
+            0.0,
+            255.0,
+            dst,
+            stream,
+        )
     });
     Ok((scale, zp))
 }
@@ -480,7 +577,17 @@ pub fn dynamic_params(min: f32, max: f32) -> (f32, u8) {
     let maxx = max.max(0.0);
     let minx = min.min(0.0);
     let range = if maxx == minx { 1.0f32 } else { maxx - minx };
-    let scale = range / 255.0f32;
+    let mut scale = range / 255.0f32;
+    // Outside the reference's domain (it divides by a zero or infinite
+    // scale there), keep the scale positive and finite so that the result
+    // dequantizes: a range past f32::MAX is scaled first, a subnormal range
+    // whose scale underflows takes the constant-tensor scale.
+    if scale.is_infinite() {
+        scale = maxx / 255.0 - minx / 255.0;
+    }
+    if scale == 0.0 {
+        scale = 1.0 / 255.0;
+    }
     let initial = 0.0f32 - minx / scale;
     let zp = initial.clamp(0.0, 255.0).round_ties_even();
     (scale, zp as u8)

@@ -4,10 +4,14 @@ use crate::isa;
 
 /// Deterministic pseudo-random floats in [-r, r).
 fn data(n: usize, r: f32, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * r
         })
         .collect()
@@ -26,8 +30,28 @@ fn each_isa(mut f: impl FnMut(Isa)) {
 /// Values chosen to hit halfway points, saturation, NaN, infinities and huge quotients.
 fn edge_values() -> Vec<f32> {
     let mut v = vec![
-        0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 127.5, -128.5, 126.5, 255.5, 254.5, 1e30, -1e30,
-        f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN, 1e-40, 3.4e38,
+        0.0,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        127.5,
+        -128.5,
+        126.5,
+        255.5,
+        254.5,
+        1e30,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN,
+        1e-40,
+        3.4e38,
     ];
     for k in -300..300 {
         v.push(k as f32 * 0.5);
@@ -40,7 +64,14 @@ fn check_quant<T: QElem + Default + Clone>(x: &[f32], scale: f32, zp: i32) {
     let (lo, hi) = T::QTYPE.range();
     let mut out = vec![0u8; x.len()];
     let mut typed = vec![T::default(); x.len()];
-    quantize(x, AxisLayout::per_tensor(x.len()), &[scale], &[zp], &mut typed).unwrap();
+    quantize(
+        x,
+        AxisLayout::per_tensor(x.len()),
+        &[scale],
+        &[zp],
+        &mut typed,
+    )
+    .unwrap();
     out.copy_from_slice(as_bytes(&typed));
     for (i, (&v, &o)) in x.iter().zip(&out).enumerate() {
         let expect = quant1(v, scale, zp as f32, lo as f32, hi as f32);
@@ -52,7 +83,11 @@ fn check_quant<T: QElem + Default + Clone>(x: &[f32], scale: f32, zp: i32) {
             let r = (v / scale).round_ties_even() as f64 + zp as f64;
             r.clamp(lo as f64, hi as f64) as i32
         };
-        let got = if T::QTYPE == QType::I8 { o as i8 as i32 } else { o as i32 };
+        let got = if T::QTYPE == QType::I8 {
+            o as i8 as i32
+        } else {
+            o as i32
+        };
         assert_eq!(got, want, "x[{i}]={v} scale={scale} zp={zp}");
     }
 }
@@ -83,7 +118,15 @@ fn halfway_points_round_to_even() {
 
 #[test]
 fn saturation_and_specials() {
-    let x = [1e30f32, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 200.0, -200.0];
+    let x = [
+        1e30f32,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        200.0,
+        -200.0,
+    ];
     each_isa(|_| {
         let mut o8 = [0i8; 7];
         quantize(&x, AxisLayout::per_tensor(7), &[1.0], &[0], &mut o8).unwrap();
@@ -96,7 +139,13 @@ fn saturation_and_specials() {
 
 #[test]
 fn per_axis_matches_per_element_formula() {
-    for (shape, axis) in [(vec![3usize, 5, 7], 1usize), (vec![4, 37], 1), (vec![37, 4], 0), (vec![2, 3, 70], 2), (vec![130], 0)] {
+    for (shape, axis) in [
+        (vec![3usize, 5, 7], 1usize),
+        (vec![4, 37], 1),
+        (vec![37, 4], 0),
+        (vec![2, 3, 70], 2),
+        (vec![130], 0),
+    ] {
         let layout = AxisLayout::new(&shape, Some(axis)).unwrap();
         let n = layout.len();
         let x = data(n, 50.0, 7);
@@ -112,7 +161,10 @@ fn per_axis_matches_per_element_formula() {
                 let ch = (i / layout.inner) % c;
                 let want = quant1(x[i], scale[ch], zp[ch] as f32, -128.0, 127.0) as i8;
                 assert_eq!(q[i], want, "shape {shape:?} axis {axis} i {i}");
-                assert_eq!(d[i].to_bits(), ((q[i] as f32 - zp[ch] as f32) * scale[ch]).to_bits());
+                assert_eq!(
+                    d[i].to_bits(),
+                    ((q[i] as f32 - zp[ch] as f32) * scale[ch]).to_bits()
+                );
             }
         });
     }
@@ -151,13 +203,28 @@ fn bad_parameters_are_errors() {
     let l = AxisLayout::new(&[2, 3], Some(1)).unwrap();
     let mut o = [0i8; 6];
     for s in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
-        assert!(matches!(quantize(&x, l, &[s], &[0], &mut o), Err(Error::Value(_))));
+        assert!(matches!(
+            quantize(&x, l, &[s], &[0], &mut o),
+            Err(Error::Value(_))
+        ));
     }
-    assert!(matches!(quantize(&x, l, &[1.0], &[128], &mut o), Err(Error::Value(_))));
-    assert!(matches!(quantize(&x, l, &[1.0, 2.0], &[0], &mut o), Err(Error::Shape(_))));
-    assert!(matches!(quantize(&x[..5], l, &[1.0], &[0], &mut o), Err(Error::Shape(_))));
+    assert!(matches!(
+        quantize(&x, l, &[1.0], &[128], &mut o),
+        Err(Error::Value(_))
+    ));
+    assert!(matches!(
+        quantize(&x, l, &[1.0, 2.0], &[0], &mut o),
+        Err(Error::Shape(_))
+    ));
+    assert!(matches!(
+        quantize(&x[..5], l, &[1.0], &[0], &mut o),
+        Err(Error::Shape(_))
+    ));
     let mut u = [0u8; 6];
-    assert!(matches!(quantize(&x, l, &[1.0], &[-1], &mut u), Err(Error::Value(_))));
+    assert!(matches!(
+        quantize(&x, l, &[1.0], &[-1], &mut u),
+        Err(Error::Value(_))
+    ));
     assert!(AxisLayout::new(&[2, 3], Some(2)).is_err());
 }
 
@@ -174,7 +241,10 @@ fn dynamic_quantize_reference_formula() {
         }
         // All zero: the reference's scale is 1/255 and the zero point 0.
         let mut o = [9u8; 3];
-        assert_eq!(dynamic_quantize(&[0.0; 3], &mut o).unwrap(), (1.0 / 255.0, 0));
+        assert_eq!(
+            dynamic_quantize(&[0.0; 3], &mut o).unwrap(),
+            (1.0 / 255.0, 0)
+        );
         assert_eq!(o, [0; 3]);
         assert!(dynamic_quantize(&[1.0, f32::NAN], &mut [0u8; 2]).is_err());
         assert!(dynamic_quantize(&[], &mut []).is_err());
@@ -197,7 +267,14 @@ fn min_max_every_isa() {
 }
 
 fn spec(qmin: i32, qmax: i32, symmetric: bool, szp: i32) -> Spec {
-    Spec { qmin, qmax, symmetric, symmetric_zero_point: szp, power_of_two: false, bins: 2048 }
+    Spec {
+        qmin,
+        qmax,
+        symmetric,
+        symmetric_zero_point: szp,
+        power_of_two: false,
+        bins: 2048,
+    }
 }
 
 #[test]
@@ -208,13 +285,28 @@ fn torch_qparams_formulas() {
     assert_eq!(z, (0.0f32 - (-1.0f32 / s).round_ties_even()) as i32);
     assert_eq!(z, 64);
     // Symmetric int8 of [-1, 3]: scale = 3 / 127.5, zp 0; symmetric uint8: zp 128.
-    assert_eq!(calib::qparams(-1.0, 3.0, &spec(-128, 127, true, 0)), (3.0f32 / 127.5, 0));
-    assert_eq!(calib::qparams(-1.0, 3.0, &spec(0, 255, true, 128)), (3.0f32 / 127.5, 128));
+    assert_eq!(
+        calib::qparams(-1.0, 3.0, &spec(-128, 127, true, 0)),
+        (3.0f32 / 127.5, 0)
+    );
+    assert_eq!(
+        calib::qparams(-1.0, 3.0, &spec(0, 255, true, 128)),
+        (3.0f32 / 127.5, 128)
+    );
     // A range that excludes 0 is widened to include it; a zero range clamps to eps.
-    assert_eq!(calib::qparams(2.0, 5.0, &spec(0, 255, false, 0)), (5.0f32 / 255.0, 0));
-    assert_eq!(calib::qparams(0.0, 0.0, &spec(-128, 127, false, 0)), (f32::EPSILON, -128));
+    assert_eq!(
+        calib::qparams(2.0, 5.0, &spec(0, 255, false, 0)),
+        (5.0f32 / 255.0, 0)
+    );
+    assert_eq!(
+        calib::qparams(0.0, 0.0, &spec(-128, 127, false, 0)),
+        (f32::EPSILON, -128)
+    );
     // 4-bit signed symmetric: range [-8, 7], scale = amax / 7.5.
-    assert_eq!(calib::qparams(-2.0, 1.0, &spec(-8, 7, true, 0)), (2.0f32 / 7.5, 0));
+    assert_eq!(
+        calib::qparams(-2.0, 1.0, &spec(-8, 7, true, 0)),
+        (2.0f32 / 7.5, 0)
+    );
 }
 
 #[test]
@@ -253,7 +345,10 @@ fn calibrate_methods_on_outliers() {
     };
     for m in [Method::Percentile(99.9), Method::Mse, Method::Entropy] {
         let c = calib::calibrate(&x, l, m, &sp).unwrap();
-        assert!(c.range_max[0] <= 50.0 && c.range_max[0] > 0.5, "{m:?} {c:?}");
+        assert!(
+            c.range_max[0] <= 50.0 && c.range_max[0] > 0.5,
+            "{m:?} {c:?}"
+        );
         assert_eq!(c.range_min[0], -c.range_max[0]);
     }
     // Percentile 99.9 of |x| for uniform [-1, 1) data is about 0.999.
@@ -261,7 +356,12 @@ fn calibrate_methods_on_outliers() {
     assert!((p.range_max[0] - 0.999).abs() < 0.01, "{p:?}");
     // Mse never does worse than min/max on its own data, and better with an outlier...
     let m = calib::calibrate(&x, l, Method::Mse, &sp).unwrap();
-    assert!(err(m.scale[0]) < err(mm.scale[0]), "{} vs {}", err(m.scale[0]), err(mm.scale[0]));
+    assert!(
+        err(m.scale[0]) < err(mm.scale[0]),
+        "{} vs {}",
+        err(m.scale[0]),
+        err(mm.scale[0])
+    );
     // ...which it keeps (clipping 50 to ~1 would cost 49^2).
     assert!(m.range_max[0] > 40.0, "{m:?}");
     assert!(calib::calibrate(&x, l, Method::Percentile(20.0), &sp).is_err());
@@ -273,14 +373,25 @@ fn calibrate_methods_on_outliers() {
 
 #[test]
 fn per_channel_min_max_all_layouts() {
-    for (shape, axis) in [(vec![4usize, 100], 0usize), (vec![100, 4], 1), (vec![3, 5, 70], 1), (vec![2, 6, 3], 1)] {
+    for (shape, axis) in [
+        (vec![4usize, 100], 0usize),
+        (vec![100, 4], 1),
+        (vec![3, 5, 70], 1),
+        (vec![2, 6, 3], 1),
+    ] {
         let l = AxisLayout::new(&shape, Some(axis)).unwrap();
         let x = data(l.len(), 3.0, 11);
         let (mn, mx) = calib::channel_min_max(&x, l).unwrap();
         for c in 0..l.channels {
-            let vals: Vec<f32> = (0..l.len()).filter(|i| (i / l.inner) % l.channels == c).map(|i| x[i]).collect();
+            let vals: Vec<f32> = (0..l.len())
+                .filter(|i| (i / l.inner) % l.channels == c)
+                .map(|i| x[i])
+                .collect();
             assert_eq!(mn[c], vals.iter().cloned().fold(f32::INFINITY, f32::min));
-            assert_eq!(mx[c], vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+            assert_eq!(
+                mx[c],
+                vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+            );
         }
     }
 }
@@ -293,15 +404,33 @@ fn streaming_stores_on_large_misaligned_outputs() {
     let x = data(n + 1, 40.0, 13);
     each_isa(|isa| {
         let mut q = vec![0u8; n + 1];
-        quantize(&x[1..], AxisLayout::per_tensor(n), &[0.3], &[7], &mut q[1..]).unwrap();
+        quantize(
+            &x[1..],
+            AxisLayout::per_tensor(n),
+            &[0.3],
+            &[7],
+            &mut q[1..],
+        )
+        .unwrap();
         for i in 1..=n {
             assert_eq!(q[i], quant1(x[i], 0.3, 7.0, 0.0, 255.0), "{isa:?} {i}");
         }
         let m = STREAM_MIN_BYTES / 4 + 13;
         let mut d = vec![0f32; m + 1];
-        dequantize(&q[1..=m], AxisLayout::per_tensor(m), &[0.3], &[7], &mut d[1..]).unwrap();
+        dequantize(
+            &q[1..=m],
+            AxisLayout::per_tensor(m),
+            &[0.3],
+            &[7],
+            &mut d[1..],
+        )
+        .unwrap();
         for i in 1..=m {
-            assert_eq!(d[i].to_bits(), dequant1(q[i], false, 0.3, 7.0).to_bits(), "{isa:?} {i}");
+            assert_eq!(
+                d[i].to_bits(),
+                dequant1(q[i], false, 0.3, 7.0).to_bits(),
+                "{isa:?} {i}"
+            );
         }
         // Per axis, last axis: the per-element (row) loop streams too.
         let c = 1001;
@@ -315,10 +444,17 @@ fn streaming_stores_on_large_misaligned_outputs() {
         dequantize(&q[1..=rows * c], l, &sc, &zc, &mut d2[1..]).unwrap();
         for i in 0..rows * c {
             let ch = i % c;
-            assert_eq!(d2[i + 1].to_bits(), dequant1(q[i + 1], false, sc[ch], zc[ch] as f32).to_bits(), "{isa:?} {i}");
+            assert_eq!(
+                d2[i + 1].to_bits(),
+                dequant1(q[i + 1], false, sc[ch], zc[ch] as f32).to_bits(),
+                "{isa:?} {i}"
+            );
         }
         let mut o = vec![0u8; n];
         let (s, z) = dynamic_quantize(&x[1..], &mut o).unwrap();
-        assert!(o.iter().zip(&x[1..]).all(|(&q, &v)| q == quant1(v, s, z as f32, 0.0, 255.0)));
+        assert!(o
+            .iter()
+            .zip(&x[1..])
+            .all(|(&q, &v)| q == quant1(v, s, z as f32, 0.0, 255.0)));
     });
 }

@@ -14,8 +14,12 @@ use super::{dequant1, head_len, min_max_body, quant1, Kernels};
 pub(super) const KERNELS: Kernels = Kernels {
     quant_run: |x, s, zp, lo, hi, out, stream| unsafe { quant_run(x, s, zp, lo, hi, out, stream) },
     quant_row: |x, s, zp, lo, hi, out| unsafe { quant_row(x, s, zp, lo, hi, out) },
-    dequant_run: |q, signed, s, zp, out, stream| unsafe { dequant_run(q, signed, s, zp, out, stream) },
-    dequant_row: |q, signed, s, zp, out, stream| unsafe { dequant_row(q, signed, s, zp, out, stream) },
+    dequant_run: |q, signed, s, zp, out, stream| unsafe {
+        dequant_run(q, signed, s, zp, out, stream)
+    },
+    dequant_row: |q, signed, s, zp, out, stream| unsafe {
+        dequant_row(q, signed, s, zp, out, stream)
+    },
     min_max: |x| unsafe { min_max(x) },
 };
 
@@ -38,7 +42,11 @@ unsafe fn q8(x: __m256, s: __m256, zp: __m256, lo: __m256, hi: __m256) -> __m256
 unsafe fn pack4<const SIGNED: bool>(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m256i {
     let ab = _mm256_packs_epi32(a, b);
     let cd = _mm256_packs_epi32(c, d);
-    let abcd = if SIGNED { _mm256_packs_epi16(ab, cd) } else { _mm256_packus_epi16(ab, cd) };
+    let abcd = if SIGNED {
+        _mm256_packs_epi16(ab, cd)
+    } else {
+        _mm256_packus_epi16(ab, cd)
+    };
     // 4-byte groups are now a0 b0 c0 d0 a1 b1 c1 d1 (each lane-half of a source vector).
     _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
@@ -47,7 +55,11 @@ unsafe fn pack4<const SIGNED: bool>(a: __m256i, b: __m256i, c: __m256i, d: __m25
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 32-byte aligned output, then `vmovntdq`.
-    let head = if stream { head_len(out.as_ptr() as usize, 32, 1).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 32, 1).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = quant1(x[j], s, zp, lo, hi);
     }
@@ -64,9 +76,21 @@ unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]
 }
 
 #[inline(always)]
-unsafe fn quant_run_t<const SIGNED: bool, const STREAM: bool>(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
+unsafe fn quant_run_t<const SIGNED: bool, const STREAM: bool>(
+    x: &[f32],
+    s: f32,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+) {
     let n = x.len().min(out.len());
-    let (vs, vz, vlo, vhi) = (_mm256_set1_ps(s), _mm256_set1_ps(zp), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let (vs, vz, vlo, vhi) = (
+        _mm256_set1_ps(s),
+        _mm256_set1_ps(zp),
+        _mm256_set1_ps(lo),
+        _mm256_set1_ps(hi),
+    );
     let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 32 <= n {
@@ -97,7 +121,14 @@ unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mu
 }
 
 #[inline(always)]
-unsafe fn quant_row_t<const SIGNED: bool>(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
+unsafe fn quant_row_t<const SIGNED: bool>(
+    x: &[f32],
+    s: &[f32],
+    zp: &[f32],
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+) {
     let n = x.len().min(out.len()).min(s.len()).min(zp.len());
     let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let (xp, sp, zpp, op) = (x.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
@@ -106,7 +137,13 @@ unsafe fn quant_row_t<const SIGNED: bool>(x: &[f32], s: &[f32], zp: &[f32], lo: 
         let mut v = [_mm256_setzero_si256(); 4];
         for (k, vk) in v.iter_mut().enumerate() {
             let o = i + 8 * k;
-            *vk = q8(_mm256_loadu_ps(xp.add(o)), _mm256_loadu_ps(sp.add(o)), _mm256_loadu_ps(zpp.add(o)), vlo, vhi);
+            *vk = q8(
+                _mm256_loadu_ps(xp.add(o)),
+                _mm256_loadu_ps(sp.add(o)),
+                _mm256_loadu_ps(zpp.add(o)),
+                vlo,
+                vhi,
+            );
         }
         _mm256_storeu_si256(op.add(i).cast(), pack4::<SIGNED>(v[0], v[1], v[2], v[3]));
         i += 32;
@@ -119,14 +156,22 @@ unsafe fn quant_row_t<const SIGNED: bool>(x: &[f32], s: &[f32], zp: &[f32], lo: 
 /// Eight bytes at `p` widened to f32.
 #[inline(always)]
 unsafe fn widen8<const SIGNED: bool>(v: __m128i) -> __m256 {
-    let w = if SIGNED { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) };
+    let w = if SIGNED {
+        _mm256_cvtepi8_epi32(v)
+    } else {
+        _mm256_cvtepu8_epi32(v)
+    };
     _mm256_cvtepi32_ps(w)
 }
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
-    let head = if stream { head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = dequant1(q[j], signed, s, zp);
     }
@@ -143,7 +188,12 @@ unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], 
 }
 
 #[inline(always)]
-unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
+unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(
+    q: &[u8],
+    s: f32,
+    zp: f32,
+    out: &mut [f32],
+) {
     let n = q.len().min(out.len());
     let (vs, vz) = (_mm256_set1_ps(s), _mm256_set1_ps(zp));
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
@@ -151,7 +201,12 @@ unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: f32
     while i + 32 <= n {
         let lo16 = _mm_loadu_si128(qp.add(i).cast());
         let hi16 = _mm_loadu_si128(qp.add(i + 16).cast());
-        let parts = [lo16, _mm_srli_si128::<8>(lo16), hi16, _mm_srli_si128::<8>(hi16)];
+        let parts = [
+            lo16,
+            _mm_srli_si128::<8>(lo16),
+            hi16,
+            _mm_srli_si128::<8>(hi16),
+        ];
         for (k, p) in parts.into_iter().enumerate() {
             let v = _mm256_mul_ps(_mm256_sub_ps(widen8::<SIGNED>(p), vz), vs);
             if STREAM {
@@ -168,9 +223,20 @@ unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: f32
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+unsafe fn dequant_row(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+    stream: bool,
+) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = if stream { head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = dequant1(q[j], signed, s[j], zp[j]);
     }
@@ -187,13 +253,21 @@ unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [
 }
 
 #[inline(always)]
-unsafe fn dequant_row_t<const SIGNED: bool, const STREAM: bool>(q: &[u8], s: &[f32], zp: &[f32], out: &mut [f32]) {
+unsafe fn dequant_row_t<const SIGNED: bool, const STREAM: bool>(
+    q: &[u8],
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
     let (qp, sp, zpp, op) = (q.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 8 <= n {
         let f = widen8::<SIGNED>(_mm_loadl_epi64(qp.add(i).cast()));
-        let r = _mm256_mul_ps(_mm256_sub_ps(f, _mm256_loadu_ps(zpp.add(i))), _mm256_loadu_ps(sp.add(i)));
+        let r = _mm256_mul_ps(
+            _mm256_sub_ps(f, _mm256_loadu_ps(zpp.add(i))),
+            _mm256_loadu_ps(sp.add(i)),
+        );
         if STREAM {
             _mm256_stream_ps(op.add(i), r);
         } else {

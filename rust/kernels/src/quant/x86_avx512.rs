@@ -15,8 +15,12 @@ use super::{dequant1, head_len, min_max_body, quant1, Kernels};
 pub(super) const KERNELS: Kernels = Kernels {
     quant_run: |x, s, zp, lo, hi, out, stream| unsafe { quant_run(x, s, zp, lo, hi, out, stream) },
     quant_row: |x, s, zp, lo, hi, out| unsafe { quant_row(x, s, zp, lo, hi, out) },
-    dequant_run: |q, signed, s, zp, out, stream| unsafe { dequant_run(q, signed, s, zp, out, stream) },
-    dequant_row: |q, signed, s, zp, out, stream| unsafe { dequant_row(q, signed, s, zp, out, stream) },
+    dequant_run: |q, signed, s, zp, out, stream| unsafe {
+        dequant_run(q, signed, s, zp, out, stream)
+    },
+    dequant_row: |q, signed, s, zp, out, stream| unsafe {
+        dequant_row(q, signed, s, zp, out, stream)
+    },
     min_max: |x| unsafe { min_max(x) },
 };
 
@@ -43,7 +47,11 @@ fn tail_mask(n: usize) -> __mmask16 {
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 16-byte aligned output, then `vmovntdq`.
-    let head = if stream { head_len(out.as_ptr() as usize, 16, 1).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 16, 1).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = quant1(x[j], s, zp, lo, hi);
     }
@@ -56,9 +64,21 @@ unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]
 }
 
 #[inline(always)]
-unsafe fn quant_run_t<const STREAM: bool>(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
+unsafe fn quant_run_t<const STREAM: bool>(
+    x: &[f32],
+    s: f32,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+) {
     let n = x.len().min(out.len());
-    let (vs, vz, vlo, vhi) = (_mm512_set1_ps(s), _mm512_set1_ps(zp), _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let (vs, vz, vlo, vhi) = (
+        _mm512_set1_ps(s),
+        _mm512_set1_ps(zp),
+        _mm512_set1_ps(lo),
+        _mm512_set1_ps(hi),
+    );
     let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 64 <= n {
@@ -91,7 +111,13 @@ unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mu
         let m = tail_mask((n - i).min(16));
         // Masked-off lanes load 1.0 as the scale so they never divide by zero.
         let vs = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, sp.add(i));
-        let v = q16(_mm512_maskz_loadu_ps(m, xp.add(i)), vs, _mm512_maskz_loadu_ps(m, zpp.add(i)), vlo, vhi);
+        let v = q16(
+            _mm512_maskz_loadu_ps(m, xp.add(i)),
+            vs,
+            _mm512_maskz_loadu_ps(m, zpp.add(i)),
+            vlo,
+            vhi,
+        );
         _mm_mask_storeu_epi8(op.add(i).cast(), m, v);
         i += 16;
     }
@@ -99,14 +125,22 @@ unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mu
 
 #[inline(always)]
 unsafe fn widen16(v: __m128i, signed: bool) -> __m512 {
-    let w = if signed { _mm512_cvtepi8_epi32(v) } else { _mm512_cvtepu8_epi32(v) };
+    let w = if signed {
+        _mm512_cvtepi8_epi32(v)
+    } else {
+        _mm512_cvtepu8_epi32(v)
+    };
     _mm512_cvtepi32_ps(w)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
-    let head = if stream { head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = dequant1(q[j], signed, s, zp);
     }
@@ -120,7 +154,13 @@ unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], 
 }
 
 #[inline(always)]
-unsafe fn dequant_run_t<const STREAM: bool>(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32]) {
+unsafe fn dequant_run_t<const STREAM: bool>(
+    q: &[u8],
+    signed: bool,
+    s: f32,
+    zp: f32,
+    out: &mut [f32],
+) {
     let n = q.len().min(out.len());
     let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
     let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
@@ -147,9 +187,20 @@ unsafe fn dequant_run_t<const STREAM: bool>(q: &[u8], signed: bool, s: f32, zp: 
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+unsafe fn dequant_row(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+    stream: bool,
+) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = if stream { head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n) } else { 0 };
+    let head = if stream {
+        head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n)
+    } else {
+        0
+    };
     for j in 0..head {
         out[j] = dequant1(q[j], signed, s[j], zp[j]);
     }
@@ -163,13 +214,22 @@ unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [
 }
 
 #[inline(always)]
-unsafe fn dequant_row_t<const STREAM: bool>(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32]) {
+unsafe fn dequant_row_t<const STREAM: bool>(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
     let (qp, sp, zpp, op) = (q.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 16 <= n {
         let f = widen16(_mm_loadu_si128(qp.add(i).cast()), signed);
-        let r = _mm512_mul_ps(_mm512_sub_ps(f, _mm512_loadu_ps(zpp.add(i))), _mm512_loadu_ps(sp.add(i)));
+        let r = _mm512_mul_ps(
+            _mm512_sub_ps(f, _mm512_loadu_ps(zpp.add(i))),
+            _mm512_loadu_ps(sp.add(i)),
+        );
         if STREAM {
             _mm512_stream_ps(op.add(i), r);
         } else {
@@ -180,7 +240,10 @@ unsafe fn dequant_row_t<const STREAM: bool>(q: &[u8], signed: bool, s: &[f32], z
     if i < n {
         let m = tail_mask(n - i);
         let f = widen16(_mm_maskz_loadu_epi8(m, qp.add(i).cast()), signed);
-        let r = _mm512_mul_ps(_mm512_sub_ps(f, _mm512_maskz_loadu_ps(m, zpp.add(i))), _mm512_maskz_loadu_ps(m, sp.add(i)));
+        let r = _mm512_mul_ps(
+            _mm512_sub_ps(f, _mm512_maskz_loadu_ps(m, zpp.add(i))),
+            _mm512_maskz_loadu_ps(m, sp.add(i)),
+        );
         _mm512_mask_storeu_ps(op.add(i), m, r);
     }
 }

@@ -80,7 +80,11 @@ fn check_dense<T>(w: &[T], rows: usize, cols: usize, mask: Option<&[bool]>) -> R
     }
     if let Some(m) = mask {
         if m.len() != w.len() {
-            return shape_err!("mask has {} elements but the weight has {}", m.len(), w.len());
+            return shape_err!(
+                "mask has {} elements but the weight has {}",
+                m.len(),
+                w.len()
+            );
         }
     }
     if rows >= u32::MAX as usize || cols >= u32::MAX as usize {
@@ -101,7 +105,14 @@ fn kept<T: Elem>(w: &[T], mask: Option<&[bool]>, i: usize) -> T {
 impl<T: Elem> Bsr<T> {
     /// Builds from a dense row-major `rows × cols` matrix; entries where `mask`
     /// is false count as zero.
-    pub fn from_dense(w: &[T], rows: usize, cols: usize, mask: Option<&[bool]>, r: usize, c: usize) -> Result<Self> {
+    pub fn from_dense(
+        w: &[T],
+        rows: usize,
+        cols: usize,
+        mask: Option<&[bool]>,
+        r: usize,
+        c: usize,
+    ) -> Result<Self> {
         check_dense(w, rows, cols, mask)?;
         if !BLOCK_ROWS.contains(&r) || c == 0 || c > MAX_BLOCK_COLS {
             return value_err!(
@@ -122,7 +133,11 @@ impl<T: Elem> Bsr<T> {
                     let row = br * r + rr;
                     for cc in 0..c {
                         let col = bc * c + cc;
-                        let v = if row < rows && col < cols { kept(w, mask, row * cols + col) } else { T::default() };
+                        let v = if row < rows && col < cols {
+                            kept(w, mask, row * cols + col)
+                        } else {
+                            T::default()
+                        };
                         any |= !v.is_zero();
                         blk[rr * c + cc] = v;
                     }
@@ -137,7 +152,15 @@ impl<T: Elem> Bsr<T> {
             }
             indptr.push(bcol.len() as u32);
         }
-        Ok(Bsr { rows, cols, r, c, indptr, bcol, values })
+        Ok(Bsr {
+            rows,
+            cols,
+            r,
+            c,
+            indptr,
+            bcol,
+            values,
+        })
     }
 
     pub fn rows(&self) -> usize {
@@ -213,7 +236,14 @@ impl<T: Elem> Bsr<T> {
 impl<T: Elem> Nm<T> {
     /// Builds from a dense row-major matrix whose kept entries (under `mask`)
     /// number at most `n` in every group of `m` consecutive columns.
-    pub fn from_dense(w: &[T], rows: usize, cols: usize, mask: Option<&[bool]>, n: usize, m: usize) -> Result<Self> {
+    pub fn from_dense(
+        w: &[T],
+        rows: usize,
+        cols: usize,
+        mask: Option<&[bool]>,
+        n: usize,
+        m: usize,
+    ) -> Result<Self> {
         check_dense(w, rows, cols, mask)?;
         if m == 0 || m > 255 || n == 0 || n > m {
             return value_err!("N:M needs 1 <= n <= m <= 255; got n={n}, m={m}");
@@ -253,7 +283,14 @@ impl<T: Elem> Nm<T> {
                 j += 1;
             }
         }
-        Ok(Nm { rows, cols, n, m, values, offsets })
+        Ok(Nm {
+            rows,
+            cols,
+            n,
+            m,
+            values,
+            offsets,
+        })
     }
 
     pub fn nnz(&self) -> usize {
@@ -276,7 +313,12 @@ impl<T: Elem> Nm<T> {
 
     pub fn to_dense(&self) -> Vec<T> {
         let mut d = vec![T::default(); self.rows * self.cols];
-        for (g, (vs, os)) in self.values.chunks_exact(self.n).zip(self.offsets.chunks_exact(self.n)).enumerate() {
+        for (g, (vs, os)) in self
+            .values
+            .chunks_exact(self.n)
+            .zip(self.offsets.chunks_exact(self.n))
+            .enumerate()
+        {
             for (&v, &o) in vs.iter().zip(os) {
                 d[g * self.m + o as usize] = v;
             }
@@ -299,7 +341,12 @@ impl<T: Elem> Nm<T> {
 /// Per-row symmetric int8 quantization of a float matrix (masked entries are
 /// zero): `scale = max|w| / 127` (1 for an all-zero row), `q = round_half_even(w
 /// / scale)` in [-127, 127].
-pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, mask: Option<&[bool]>) -> Result<(Vec<i8>, Vec<f32>)> {
+pub fn quantize_rows(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    mask: Option<&[bool]>,
+) -> Result<(Vec<i8>, Vec<f32>)> {
     check_dense(w, rows, cols, mask)?;
     let mut q = vec![0i8; w.len()];
     let mut scale = vec![1f32; rows];
@@ -308,7 +355,10 @@ pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, mask: Option<&[bool]>)
         for i in row * cols..(row + 1) * cols {
             let v = kept(w, mask, i);
             if !v.is_finite() {
-                return value_err!("weight is not finite at row {row}, column {}", i - row * cols);
+                return value_err!(
+                    "weight is not finite at row {row}, column {}",
+                    i - row * cols
+                );
             }
             mx = mx.max(v.abs());
         }
@@ -325,9 +375,16 @@ pub fn quantize_rows(w: &[f32], rows: usize, cols: usize, mask: Option<&[bool]>)
 
 /// Row sums of an int8 matrix (for the zero-point fold) after checking that no
 /// accumulation of 255·|q| over a row can leave int32.
-pub fn row_quant<F: FnOnce(&mut dyn FnMut(usize, i8))>(rows: usize, scale: Vec<f32>, visit: F) -> Result<RowQuant> {
+pub fn row_quant<F: FnOnce(&mut dyn FnMut(usize, i8))>(
+    rows: usize,
+    scale: Vec<f32>,
+    visit: F,
+) -> Result<RowQuant> {
     if scale.len() != rows {
-        return shape_err!("scale has {} entries, expected one per row ({rows})", scale.len());
+        return shape_err!(
+            "scale has {} entries, expected one per row ({rows})",
+            scale.len()
+        );
     }
     if let Some(s) = scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
         return value_err!("weight scales must be finite and > 0; got {s}");
@@ -345,7 +402,10 @@ pub fn row_quant<F: FnOnce(&mut dyn FnMut(usize, i8))>(rows: usize, scale: Vec<f
             i32::MAX as i64 / 255
         );
     }
-    Ok(RowQuant { scale, sum: sum.into_iter().map(|s| s as i32).collect() })
+    Ok(RowQuant {
+        scale,
+        sum: sum.into_iter().map(|s| s as i32).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -355,7 +415,9 @@ mod tests {
     #[test]
     fn bsr_round_trip_with_edges() {
         let (rows, cols) = (5, 7);
-        let w: Vec<f32> = (0..35).map(|i| if i % 3 == 0 { i as f32 } else { 0.0 }).collect();
+        let w: Vec<f32> = (0..35)
+            .map(|i| if i % 3 == 0 { i as f32 } else { 0.0 })
+            .collect();
         for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
             let b = Bsr::from_dense(&w, rows, cols, None, r, c).unwrap();
             assert_eq!(b.to_dense(), w, "block {r}x{c}");

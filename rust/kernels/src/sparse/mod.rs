@@ -8,4 +8,6 @@ pub mod spmm;
 mod x86;
 
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
-pub use spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, quantize_rows_u8, QuantX};
+pub use spmm::{
+    bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, quantize_rows_u8, QuantX,
+};

@@ -53,7 +53,11 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
     // Finite check without a branch per element (|v| < inf has no NaN).
     if !x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY)) {
         let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-        return value_err!("x is not finite at row {}, column {}", i / k.max(1), i % k.max(1));
+        return value_err!(
+            "x is not finite at row {}, column {}",
+            i / k.max(1),
+            i % k.max(1)
+        );
     }
     let kk = k.max(1);
     threads::run(x.len(), || {
@@ -151,14 +155,19 @@ fn par_rows<T: Send>(
             f(r, p);
         }
     } else {
-        ranges.into_par_iter().zip(pieces).for_each(|(r, p)| f(r, p));
+        ranges
+            .into_par_iter()
+            .zip(pieces)
+            .for_each(|(r, p)| f(r, p));
     }
 }
 
 /// Implicit `indptr` of an N:M matrix (every row holds the same count).
 fn nm_indptr(w: &Nm<impl Copy>) -> Vec<u32> {
     let per = (w.cols / w.m * w.n) as u64;
-    (0..=w.rows as u64).map(|r| (r * per).min(u32::MAX as u64) as u32).collect()
+    (0..=w.rows as u64)
+        .map(|r| (r * per).min(u32::MAX as u64) as u32)
+        .collect()
 }
 
 fn bp_of(batch: usize) -> usize {
@@ -206,11 +215,24 @@ fn transpose_f32(x: &[f32], batch: usize, k: usize, kp: usize, bp: usize) -> Vec
     transpose_with(x, batch, k, kp, bp, |_, v| v)
 }
 
-fn transpose_u8_minus_zp(x: &[u8], zp: &[u8], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<i16> {
+fn transpose_u8_minus_zp(
+    x: &[u8],
+    zp: &[u8],
+    batch: usize,
+    k: usize,
+    kp: usize,
+    bp: usize,
+) -> Vec<i16> {
     transpose_with(x, batch, k, kp, bp, move |b, v| v as i16 - zp[b] as i16)
 }
 
-fn check_common(rows: usize, cols: usize, x_len: usize, batch: usize, bias: Option<&[f32]>) -> Result<()> {
+fn check_common(
+    rows: usize,
+    cols: usize,
+    x_len: usize,
+    batch: usize,
+    bias: Option<&[f32]>,
+) -> Result<()> {
     if batch.checked_mul(cols) != Some(x_len) {
         return shape_err!("x has {x_len} elements, expected (batch={batch}, in_features={cols})");
     }
@@ -223,7 +245,14 @@ fn check_common(rows: usize, cols: usize, x_len: usize, batch: usize, bias: Opti
 }
 
 /// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
-fn output_f32(yt: &[f32], bp: usize, batch: usize, n: usize, bias: Option<&[f32]>, relu: bool) -> Vec<f32> {
+fn output_f32(
+    yt: &[f32],
+    bp: usize,
+    batch: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let mut y = vec![0f32; batch * n];
     threads::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
         let b0 = c * LANE;
@@ -275,7 +304,11 @@ fn output_i32(
             let rs = wq.sum[o];
             for (bb, &v) in src.iter().enumerate() {
                 // The true value fits int32 (checked at build): wrapping is exact.
-                let zp = if fold_zp { xq.zero_point[b0 + bb] as i32 } else { 0 };
+                let zp = if fold_zp {
+                    xq.zero_point[b0 + bb] as i32
+                } else {
+                    0
+                };
                 acc[bb * n + o] = v.wrapping_sub(zp.wrapping_mul(rs));
             }
         }
@@ -308,7 +341,13 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// turn so that `U·R·BT/16` FMA chains are in flight (the FMA latency, not
 /// the load, is the limit with one set). `C1` fixes `c = 1` (CSR, `r×1`).
 #[inline(always)]
-unsafe fn bsr_tile<const R: usize, const BT: usize, const U: usize, const C1: bool, const FMA: bool>(
+unsafe fn bsr_tile<
+    const R: usize,
+    const BT: usize,
+    const U: usize,
+    const C1: bool,
+    const FMA: bool,
+>(
     cols: &[u32],
     vals: *const f32,
     c: usize,
@@ -325,7 +364,13 @@ unsafe fn bsr_tile<const R: usize, const BT: usize, const U: usize, const C1: bo
     while j + U <= nb {
         if j + PREFETCH + U <= nb {
             for u in 0..U {
-                prefetch_rows(xt as *const u8, (*cp.add(j + PREFETCH + u) as usize * c * bp + b0) * 4, c, bp * 4, BT * 4);
+                prefetch_rows(
+                    xt as *const u8,
+                    (*cp.add(j + PREFETCH + u) as usize * c * bp + b0) * 4,
+                    c,
+                    bp * 4,
+                    BT * 4,
+                );
             }
         }
         for u in 0..U {
@@ -419,7 +464,13 @@ unsafe fn bsr_rows_c<const R: usize, const C1: bool, const FMA: bool>(
 }
 
 #[inline(always)]
-unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(
+    w: &Bsr<f32>,
+    brs: Range<usize>,
+    xt: &[f32],
+    bp: usize,
+    out: &mut [f32],
+) {
     if w.c == 1 {
         bsr_rows_c::<R, true, FMA>(w, brs, xt, bp, out)
     } else {
@@ -429,7 +480,13 @@ unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<u
 
 /// Float BSR AXPY body for block rows `brs`, writing `R` rows of `Yt` each.
 #[inline(always)]
-pub(super) unsafe fn bsr_f32_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+pub(super) unsafe fn bsr_f32_body<const FMA: bool>(
+    w: &Bsr<f32>,
+    brs: Range<usize>,
+    xt: &[f32],
+    bp: usize,
+    out: &mut [f32],
+) {
     match w.r {
         1 => bsr_rows_r::<1, FMA>(w, brs, xt, bp, out),
         2 => bsr_rows_r::<2, FMA>(w, brs, xt, bp, out),
@@ -440,7 +497,12 @@ pub(super) unsafe fn bsr_f32_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usiz
 }
 
 #[inline(always)]
-unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, x: &[f32], out: &mut [f32]) {
+unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(
+    w: &Bsr<f32>,
+    brs: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+) {
     let c = w.c;
     let xp = x.as_ptr();
     for (i, br) in brs.enumerate() {
@@ -461,7 +523,8 @@ unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<
                 a[0] = fmadd::<FMA>(*vals.add(j), *xp.add(*cols.add(j) as usize), a[0]);
                 j += 1;
             }
-            *out.get_unchecked_mut(i) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            *out.get_unchecked_mut(i) =
+                ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
             continue;
         }
         let mut acc = [[0f32; 8]; R];
@@ -479,7 +542,8 @@ unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<
         }
         for rr in 0..R {
             let a = &acc[rr];
-            *out.get_unchecked_mut(i * R + rr) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            *out.get_unchecked_mut(i * R + rr) =
+                ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
         }
     }
 }
@@ -487,7 +551,12 @@ unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(w: &Bsr<f32>, brs: Range<
 /// Float BSR gather-dot body: `out[row] = Σ w · x` for one activation row
 /// `x` (zero padded to the block grid).
 #[inline(always)]
-pub(super) unsafe fn bsr_f32_gemv_body<const FMA: bool>(w: &Bsr<f32>, brs: Range<usize>, x: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn bsr_f32_gemv_body<const FMA: bool>(
+    w: &Bsr<f32>,
+    brs: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+) {
     debug_assert!(x.len() >= w.cols.div_ceil(w.c) * w.c && out.len() >= brs.len() * w.r);
     match w.r {
         1 => gemv_rows_r::<1, FMA>(w, brs, x, out),
@@ -499,7 +568,14 @@ pub(super) unsafe fn bsr_f32_gemv_body<const FMA: bool>(w: &Bsr<f32>, brs: Range
 }
 
 #[inline(always)]
-unsafe fn nm_tile<const BT: usize, const FMA: bool>(w: &Nm<f32>, row: usize, xt: *const f32, bp: usize, b0: usize, out: *mut f32) {
+unsafe fn nm_tile<const BT: usize, const FMA: bool>(
+    w: &Nm<f32>,
+    row: usize,
+    xt: *const f32,
+    bp: usize,
+    b0: usize,
+    out: *mut f32,
+) {
     let per = w.cols / w.m * w.n;
     let vals = w.values.as_ptr().add(row * per);
     let offs = w.offsets.as_ptr().add(row * per);
@@ -520,7 +596,13 @@ unsafe fn nm_tile<const BT: usize, const FMA: bool>(w: &Nm<f32>, row: usize, xt:
 }
 
 #[inline(always)]
-pub(super) unsafe fn nm_f32_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, xt: &[f32], bp: usize, out: &mut [f32]) {
+pub(super) unsafe fn nm_f32_body<const FMA: bool>(
+    w: &Nm<f32>,
+    rows: Range<usize>,
+    xt: &[f32],
+    bp: usize,
+    out: &mut [f32],
+) {
     debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
     for (i, row) in rows.enumerate() {
         let o = out.as_mut_ptr().add(i * bp);
@@ -537,7 +619,12 @@ pub(super) unsafe fn nm_f32_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize
 }
 
 #[inline(always)]
-pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<usize>, x: &[f32], out: &mut [f32]) {
+pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(
+    w: &Nm<f32>,
+    rows: Range<usize>,
+    x: &[f32],
+    out: &mut [f32],
+) {
     debug_assert!(x.len() >= w.cols && out.len() >= rows.len());
     let per = w.cols / w.m * w.n;
     let xp = x.as_ptr();
@@ -551,7 +638,8 @@ pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(w: &Nm<f32>, rows: Range<
             a[j & 7] = fmadd::<FMA>(*vals.add(j), *xp.add(col), a[j & 7]);
             j += 1;
         }
-        *out.get_unchecked_mut(i) = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        *out.get_unchecked_mut(i) =
+            ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
     }
 }
 
@@ -617,7 +705,13 @@ unsafe fn i8_tile<const R: usize, const BT: usize>(
 }
 
 #[inline(always)]
-unsafe fn i8_rows_r<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+unsafe fn i8_rows_r<const R: usize>(
+    w: &Bsr<i8>,
+    brs: Range<usize>,
+    xt: &[i16],
+    bp: usize,
+    out: &mut [i32],
+) {
     let c = w.c;
     debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= w.cols.div_ceil(c) * c * bp);
     for (i, br) in brs.enumerate() {
@@ -641,7 +735,13 @@ unsafe fn i8_rows_r<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], 
 
 /// int8 BSR AXPY body over `Xt` `(Kp, Bp)` holding `xq - zp` as i16.
 #[inline(always)]
-pub(super) unsafe fn bsr_i8_body(w: &Bsr<i8>, brs: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn bsr_i8_body(
+    w: &Bsr<i8>,
+    brs: Range<usize>,
+    xt: &[i16],
+    bp: usize,
+    out: &mut [i32],
+) {
     match w.r {
         1 => i8_rows_r::<1>(w, brs, xt, bp, out),
         2 => i8_rows_r::<2>(w, brs, xt, bp, out),
@@ -671,10 +771,18 @@ unsafe fn dot4_tile<const R: usize, const BT: usize>(
             let xr = xp.add(((bc * q4 + q) * bp + b0) * 4);
             for rr in 0..R {
                 let wv = v.add(rr * c + 4 * q);
-                let (w0, w1, w2, w3) = (*wv as i32, *wv.add(1) as i32, *wv.add(2) as i32, *wv.add(3) as i32);
+                let (w0, w1, w2, w3) = (
+                    *wv as i32,
+                    *wv.add(1) as i32,
+                    *wv.add(2) as i32,
+                    *wv.add(3) as i32,
+                );
                 for t in 0..BT {
                     let x4 = xr.add(4 * t);
-                    acc[rr][t] += *x4 as i32 * w0 + *x4.add(1) as i32 * w1 + *x4.add(2) as i32 * w2 + *x4.add(3) as i32 * w3;
+                    acc[rr][t] += *x4 as i32 * w0
+                        + *x4.add(1) as i32 * w1
+                        + *x4.add(2) as i32 * w2
+                        + *x4.add(3) as i32 * w3;
                 }
             }
         }
@@ -691,9 +799,21 @@ unsafe fn dot4_tile<const R: usize, const BT: usize>(
 /// int8 BSR 4-deep dot body (block width a multiple of 4) over
 /// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]`; the zero point is folded afterwards.
 #[inline(always)]
-pub(super) unsafe fn bsr_i8_dot4_body(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn bsr_i8_dot4_body(
+    w: &Bsr<i8>,
+    brs: Range<usize>,
+    xp: &[u8],
+    bp: usize,
+    out: &mut [i32],
+) {
     #[inline(always)]
-    unsafe fn rows<const R: usize>(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
+    unsafe fn rows<const R: usize>(
+        w: &Bsr<i8>,
+        brs: Range<usize>,
+        xp: &[u8],
+        bp: usize,
+        out: &mut [i32],
+    ) {
         let c = w.c;
         debug_assert!(out.len() >= brs.len() * R * bp && xp.len() >= w.cols.div_ceil(c) * c * bp);
         for (i, br) in brs.enumerate() {
@@ -717,7 +837,14 @@ pub(super) unsafe fn bsr_i8_dot4_body(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8],
 }
 
 #[inline(always)]
-unsafe fn nm_i8_tile<const BT: usize>(w: &Nm<i8>, row: usize, xt: *const i16, bp: usize, b0: usize, out: *mut i32) {
+unsafe fn nm_i8_tile<const BT: usize>(
+    w: &Nm<i8>,
+    row: usize,
+    xt: *const i16,
+    bp: usize,
+    b0: usize,
+    out: *mut i32,
+) {
     let per = w.cols / w.m * w.n;
     let vals = w.values.as_ptr().add(row * per);
     let offs = w.offsets.as_ptr().add(row * per);
@@ -738,7 +865,13 @@ unsafe fn nm_i8_tile<const BT: usize>(w: &Nm<i8>, row: usize, xt: *const i16, bp
 }
 
 #[inline(always)]
-pub(super) unsafe fn nm_i8_body(w: &Nm<i8>, rows: Range<usize>, xt: &[i16], bp: usize, out: &mut [i32]) {
+pub(super) unsafe fn nm_i8_body(
+    w: &Nm<i8>,
+    rows: Range<usize>,
+    xt: &[i16],
+    bp: usize,
+    out: &mut [i32],
+) {
     debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
     for (i, row) in rows.enumerate() {
         let o = out.as_mut_ptr().add(i * bp);
@@ -777,7 +910,8 @@ fn bsr_i8_gemv(w: &Bsr<i8>, brs: Range<usize>, x: &[i32], out: &mut [i32]) {
                         j += 8;
                     }
                     while j < j1 {
-                        a[0] = a[0].wrapping_add(*vals.add(j) as i32 * *xp.add(*cols.add(j) as usize));
+                        a[0] =
+                            a[0].wrapping_add(*vals.add(j) as i32 * *xp.add(*cols.add(j) as usize));
                         j += 1;
                     }
                 } else {
@@ -907,7 +1041,13 @@ fn kernels() -> Kernels {
 // ---------------------------------------------------------- drivers
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float BSR/CSR weight `(N, K)`.
-pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>, relu: bool) -> Result<Vec<f32>> {
+pub fn bsr_f32_linear(
+    w: &Bsr<f32>,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Vec<f32>> {
     check_common(w.rows, w.cols, x.len(), batch, bias)?;
     let k = kernels();
     let (r, c, n) = (w.r, w.c, w.rows);
@@ -921,9 +1061,13 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
             let mut yr = vec![0f32; nrp];
             for b in 0..batch {
                 xpad[..w.cols].copy_from_slice(&x[b * w.cols..(b + 1) * w.cols]);
-                par_rows(&w.indptr, work / batch.max(1), &mut yr, r, |rg, out| unsafe {
-                    (k.bsr_f32_gemv)(w, rg, &xpad, out)
-                });
+                par_rows(
+                    &w.indptr,
+                    work / batch.max(1),
+                    &mut yr,
+                    r,
+                    |rg, out| unsafe { (k.bsr_f32_gemv)(w, rg, &xpad, out) },
+                );
                 for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
                     let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
                     *v = if relu { t.max(0.0) } else { t };
@@ -934,13 +1078,21 @@ pub fn bsr_f32_linear(w: &Bsr<f32>, x: &[f32], batch: usize, bias: Option<&[f32]
         let bp = bp_of(batch);
         let xt = transpose_f32(x, batch, w.cols, kp, bp);
         let mut yt = vec![0f32; nrp * bp];
-        par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_f32)(w, rg, &xt, bp, out) });
+        par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+            (k.bsr_f32)(w, rg, &xt, bp, out)
+        });
         output_f32(&yt, bp, batch, n, bias, relu)
     }))
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
-pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>, relu: bool) -> Result<Vec<f32>> {
+pub fn nm_f32_linear(
+    w: &Nm<f32>,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Vec<f32>> {
     check_common(w.rows, w.cols, x.len(), batch, bias)?;
     let k = kernels();
     let n = w.rows;
@@ -952,7 +1104,9 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
             let mut yr = vec![0f32; n];
             for b in 0..batch {
                 let xr = &x[b * w.cols..(b + 1) * w.cols];
-                par_rows(&indptr, work / batch.max(1), &mut yr, 1, |rg, out| unsafe { (k.nm_f32_gemv)(w, rg, xr, out) });
+                par_rows(&indptr, work / batch.max(1), &mut yr, 1, |rg, out| unsafe {
+                    (k.nm_f32_gemv)(w, rg, xr, out)
+                });
                 for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
                     let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
                     *v = if relu { t.max(0.0) } else { t };
@@ -963,14 +1117,19 @@ pub fn nm_f32_linear(w: &Nm<f32>, x: &[f32], batch: usize, bias: Option<&[f32]>,
         let bp = bp_of(batch);
         let xt = transpose_f32(x, batch, w.cols, w.cols, bp);
         let mut yt = vec![0f32; n * bp];
-        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_f32)(w, rg, &xt, bp, out) });
+        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe {
+            (k.nm_f32)(w, rg, &xt, bp, out)
+        });
         output_f32(&yt, bp, batch, n, bias, relu)
     }))
 }
 
 fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
     if batch.checked_mul(cols) != Some(xq.q.len()) {
-        return shape_err!("quantized x has {} elements, expected (batch={batch}, in_features={cols})", xq.q.len());
+        return shape_err!(
+            "quantized x has {} elements, expected (batch={batch}, in_features={cols})",
+            xq.q.len()
+        );
     }
     if xq.scale.len() != batch || xq.zero_point.len() != batch {
         return shape_err!(
@@ -1005,9 +1164,17 @@ pub fn bsr_i8_linear(
     let cols = w.cols;
     threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(&w.indptr, work / batch.max(1), nrp, kp, cols, batch, r, xq, |rg, x, out| {
-                bsr_i8_gemv(w, rg, x, out)
-            });
+            let yt = i8_gemv_rows(
+                &w.indptr,
+                work / batch.max(1),
+                nrp,
+                kp,
+                cols,
+                batch,
+                r,
+                xq,
+                |rg, x, out| bsr_i8_gemv(w, rg, x, out),
+            );
             return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
         }
         let bp = bp_of(batch);
@@ -1032,16 +1199,21 @@ pub fn bsr_i8_linear(
                     for gg in full..ng {
                         let col = 4 * (g0 + gg);
                         for j in 0..4 {
-                            dst[(gg * bp + b) * 4 + j] = if col + j < cols { row[col + j] } else { 0 };
+                            dst[(gg * bp + b) * 4 + j] =
+                                if col + j < cols { row[col + j] } else { 0 };
                         }
                     }
                 }
             });
-            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8_dot4)(w, rg, &xp, bp, out) });
+            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+                (k.bsr_i8_dot4)(w, rg, &xp, bp, out)
+            });
             output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
         } else {
             let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, cols, kp, bp);
-            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe { (k.bsr_i8)(w, rg, &xt, bp, out) });
+            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+                (k.bsr_i8)(w, rg, &xt, bp, out)
+            });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
         }
     })
@@ -1064,19 +1236,28 @@ pub fn nm_i8_linear(
     let work = w.values.len() * batch.max(1);
     threads::run(work, || {
         if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(&indptr, work / batch.max(1), n, w.cols, w.cols, batch, 1, xq, |rg, x, out| {
-                nm_i8_gemv(w, rg, x, out)
-            });
+            let yt = i8_gemv_rows(
+                &indptr,
+                work / batch.max(1),
+                n,
+                w.cols,
+                w.cols,
+                batch,
+                1,
+                xq,
+                |rg, x, out| nm_i8_gemv(w, rg, x, out),
+            );
             return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
         }
         let bp = bp_of(batch);
         let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
-        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe { (k.nm_i8)(w, rg, &xt, bp, out) });
+        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe {
+            (k.nm_i8)(w, rg, &xt, bp, out)
+        });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
     })
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1084,7 +1265,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
@@ -1092,7 +1275,9 @@ mod tests {
         let mut y = vec![0f64; batch * n];
         for b in 0..batch {
             for o in 0..n {
-                y[b * n + o] = (0..k).map(|i| w[o * k + i] as f64 * x[b * k + i] as f64).sum();
+                y[b * n + o] = (0..k)
+                    .map(|i| w[o * k + i] as f64 * x[b * k + i] as f64)
+                    .sum();
             }
         }
         y
@@ -1102,11 +1287,21 @@ mod tests {
     fn float_formats_match_dense_on_every_isa() {
         let mut s = 3u64;
         let (n, k) = (37, 44);
-        let w: Vec<f32> = (0..n * k).map(|_| if lcg(&mut s) % 3 == 0 { (lcg(&mut s) % 9) as f32 - 4.0 } else { 0.0 }).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| {
+                if lcg(&mut s) % 3 == 0 {
+                    (lcg(&mut s) % 9) as f32 - 4.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         for isa in crate::isa::supported() {
             crate::isa::force(isa);
             for &batch in &[1usize, 2, 3, 17, 70] {
-                let x: Vec<f32> = (0..batch * k).map(|_| (lcg(&mut s) % 7) as f32 - 3.0).collect();
+                let x: Vec<f32> = (0..batch * k)
+                    .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
+                    .collect();
                 let want = dense_ref(&w, n, k, &x, batch);
                 for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
                     let b = Bsr::from_dense(&w, n, k, None, r, c).unwrap();
@@ -1124,7 +1319,15 @@ mod tests {
     fn int8_exact_against_i64() {
         let mut s = 5u64;
         let (n, k) = (19, 64);
-        let q: Vec<i8> = (0..n * k).map(|_| if lcg(&mut s) % 2 == 0 { (lcg(&mut s) % 256) as i64 as i8 } else { 0 }).collect();
+        let q: Vec<i8> = (0..n * k)
+            .map(|_| {
+                if lcg(&mut s) % 2 == 0 {
+                    (lcg(&mut s) % 256) as i64 as i8
+                } else {
+                    0
+                }
+            })
+            .collect();
         let q: Vec<i8> = q.into_iter().map(|v| v.max(-127)).collect();
         for isa in crate::isa::supported() {
             crate::isa::force(isa);
@@ -1132,15 +1335,22 @@ mod tests {
                 let xqv: Vec<u8> = (0..batch * k).map(|_| (lcg(&mut s) % 256) as u8).collect();
                 let zp: Vec<u8> = (0..batch).map(|_| (lcg(&mut s) % 256) as u8).collect();
                 let sx = vec![1f32; batch];
-                let xq = QuantX { q: &xqv, scale: &sx, zero_point: &zp };
+                let xq = QuantX {
+                    q: &xqv,
+                    scale: &sx,
+                    zero_point: &zp,
+                };
                 for (r, c) in [(1, 1), (1, 4), (4, 4), (8, 8), (2, 3)] {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
                     let y = bsr_i8_linear(&b, &rq, &xq, batch, None, false).unwrap();
                     for bb in 0..batch {
                         for o in 0..n {
-                            let e: i64 =
-                                (0..k).map(|i| (xqv[bb * k + i] as i64 - zp[bb] as i64) * q[o * k + i] as i64).sum();
+                            let e: i64 = (0..k)
+                                .map(|i| {
+                                    (xqv[bb * k + i] as i64 - zp[bb] as i64) * q[o * k + i] as i64
+                                })
+                                .sum();
                             assert_eq!(y[bb * n + o] as i64, e, "isa {isa:?} block {r}x{c}");
                         }
                     }

@@ -42,7 +42,17 @@ macro_rules! trampolines {
     };
 }
 
-trampolines!("avx2,fma", true, bsr_f32_avx2, bsr_f32_gemv_avx2, nm_f32_avx2, nm_f32_gemv_avx2, bsr_i8_avx2, dot4_avx2, nm_i8_avx2);
+trampolines!(
+    "avx2,fma",
+    true,
+    bsr_f32_avx2,
+    bsr_f32_gemv_avx2,
+    nm_f32_avx2,
+    nm_f32_gemv_avx2,
+    bsr_i8_avx2,
+    dot4_avx2,
+    nm_i8_avx2
+);
 trampolines!(
     "avx512f,avx512bw,avx512vl,avx2,fma",
     true,
@@ -140,7 +150,11 @@ unsafe fn dot4_rows_vnni<const R: usize, const T: usize>(
                         let xv = _mm512_loadu_si512(xp[s..s + 64].as_ptr() as *const _);
                         for rr in 0..R {
                             let wp = v[rr * c + 4 * q..rr * c + 4 * q + 4].as_ptr() as *const i32;
-                            acc[rr] = _mm512_dpbusd_epi32(acc[rr], xv, _mm512_set1_epi32(std::ptr::read_unaligned(wp)));
+                            acc[rr] = _mm512_dpbusd_epi32(
+                                acc[rr],
+                                xv,
+                                _mm512_set1_epi32(std::ptr::read_unaligned(wp)),
+                            );
                         }
                     }
                 }

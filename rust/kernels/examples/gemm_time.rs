@@ -1,0 +1,80 @@
+//! Times the exact int8 GEMM on one shape, one and two threads, output
+//! buffer reused or fresh per call, all four timed round-robin in one process
+//! (so that a noisy machine's drift hits them alike):
+//! `cargo run --release --example gemm_time -- M K N`.
+use hwreg_kernels::gemm::{self, output::OutputStep, ASource, PackedB, ZeroPoint};
+use hwreg_kernels::threads::set_num_threads;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("integer argument"))
+        .collect();
+    let (m, k, n) = (args[0], args[1], args[2]);
+    let mut seed = 12345u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 56) as u8
+    };
+    let a: Vec<u8> = (0..m * k).map(|_| rnd()).collect();
+    let b: Vec<i8> = (0..k * n).map(|_| rnd() as i8).collect();
+    let pb = PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap();
+    let mut out = vec![0i32; m * n];
+    let mut call = |fresh: bool| {
+        if fresh {
+            let mut o: Vec<i32> = Vec::with_capacity(m * n);
+            let dst = &mut o.spare_capacity_mut()[..m * n];
+            gemm::matmul_uninit(
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(0),
+                &pb,
+                &OutputStep::Int32,
+                dst,
+            )
+            .unwrap();
+            // SAFETY: on Ok every element was written.
+            unsafe { o.set_len(m * n) };
+            std::hint::black_box(o);
+        } else {
+            gemm::matmul(
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(0),
+                &pb,
+                &OutputStep::Int32,
+                &mut out,
+            )
+            .unwrap()
+        }
+    };
+    let modes = [(1, false), (2, false), (1, true), (2, true)];
+    let mut samples = vec![Vec::new(); modes.len()];
+    for _ in 0..9 {
+        for (s, &(threads, fresh)) in samples.iter_mut().zip(&modes) {
+            set_num_threads(threads);
+            call(fresh);
+            let (t0, mut calls) = (Instant::now(), 0u32);
+            while t0.elapsed().as_secs_f64() < 0.02 {
+                call(fresh);
+                calls += 1;
+            }
+            s.push(t0.elapsed().as_secs_f64() / calls as f64);
+        }
+    }
+    for (s, (threads, fresh)) in samples.iter_mut().zip(modes) {
+        s.sort_by(|x, y| x.total_cmp(y));
+        let t = s[s.len() / 2];
+        let out = if fresh { "fresh out" } else { "reused out" };
+        println!(
+            "{m}x{k}x{n} {threads} thr {out}: {:8.1} us {:5.0} GOP/s",
+            t * 1e6,
+            2.0 * (m * k * n) as f64 / t / 1e9
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! A fork-join team for latency-critical kernels (GEMM, convolution): the
+//! calling thread plus `num_threads() - 1` workers that spin briefly between
+//! jobs before they park.
+//!
+//! Why not rayon here: a GEMM of a few hundred microseconds is split into a
+//! handful of tasks, and what it costs to start them decides whether a second
+//! thread pays. `ThreadPool::install` parks the caller and wakes every worker;
+//! on a VM each wake-up of a halted vCPU costs tens to hundreds of
+//! microseconds (measured on the 2-vCPU CI machine: a 32×1024×1024 GEMM took
+//! 410 µs on two rayon threads after a pause and 250 µs on one). ONNX Runtime
+//! and OpenMP runtimes avoid it the same way: the caller works too, and
+//! workers keep polling for a short while after a job, so back-to-back calls
+//! (the layers of one model, the rounds of a benchmark) find them awake.
+//! Workers spin `HWREG_SPIN_US` microseconds (default [`DEFAULT_SPIN_US`];
+//! 0 parks at once), yielding to other runnable threads while they do.
+//!
+//! Rayon remains the pool for data-parallel loops ([`crate::threads::run`]).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker polls for the next job before it parks.
+pub const DEFAULT_SPIN_US: u64 = 200;
+
+fn spin_time() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("HWREG_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        Duration::from_micros(us.unwrap_or(DEFAULT_SPIN_US).min(1_000_000))
+    })
+}
+
+/// One posted job: `task(i)` for every index the shared counter hands out.
+#[derive(Clone, Copy)]
+struct JobRef {
+    task: *const (dyn Fn(usize) + Sync),
+    next: *const AtomicUsize,
+    ntasks: usize,
+    epoch: u64,
+}
+
+// SAFETY: the pointers are only dereferenced while the posting caller waits
+// for every worker that joined the job (see `Team::for_each`).
+unsafe impl Send for JobRef {}
+
+impl JobRef {
+    /// Runs tasks until the counter is exhausted.
+    ///
+    /// # Safety
+    /// The job's caller must still be waiting in `Team::for_each`.
+    unsafe fn drain(&self) {
+        let (task, next) = (&*self.task, &*self.next);
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.ntasks {
+                break;
+            }
+            task(i);
+        }
+    }
+}
+
+struct Shared {
+    /// Bumped for every posted job; workers poll it.
+    epoch: AtomicU64,
+    /// The current job, `None` once its caller stops accepting helpers.
+    job: Mutex<Option<JobRef>>,
+    /// Workers inside the current job.
+    active: AtomicUsize,
+    /// A worker's task panicked during the current job.
+    panicked: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// The team: shared state, worker handles, and the lock one caller holds.
+pub struct Team {
+    shared: Arc<Shared>,
+    workers: Vec<Thread>,
+    caller: Mutex<()>,
+    pid: u32,
+}
+
+impl Team {
+    fn new(threads: usize) -> Team {
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            job: Mutex::new(None),
+            active: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let s = Arc::clone(&shared);
+            match thread::Builder::new()
+                .name(format!("hwreg-team-{i}"))
+                .spawn(move || worker(&s))
+            {
+                Ok(h) => workers.push(h.thread().clone()),
+                Err(_) => break, // resource limits: fewer helpers, the caller still works
+            }
+        }
+        Team {
+            shared,
+            workers,
+            caller: Mutex::new(()),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Threads that work on a job: the workers plus the caller.
+    pub fn size(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `task(i)` for every `i` in `0..ntasks`, each once, on the caller
+    /// and the workers. If another thread is using the team (or a task calls
+    /// back in), runs serially on the caller instead of waiting.
+    pub fn for_each(&self, ntasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        let guard = match self.caller.try_lock() {
+            Ok(g) if ntasks > 1 && !self.workers.is_empty() => g,
+            // A task that panicked on the caller poisoned the lock; the team is fine.
+            Err(std::sync::TryLockError::Poisoned(p)) if ntasks > 1 && !self.workers.is_empty() => {
+                p.into_inner()
+            }
+            _ => {
+                (0..ntasks).for_each(task);
+                return;
+            }
+        };
+        let next = AtomicUsize::new(0);
+        let sh = &*self.shared;
+        let epoch = sh.epoch.load(Ordering::Relaxed) + 1;
+        // SAFETY (lifetime erasure): `Finish` below keeps this frame alive
+        // until no worker can touch `task` or `next`.
+        let task_static: *const (dyn Fn(usize) + Sync + 'static) =
+            unsafe { std::mem::transmute(task) };
+        let job = JobRef {
+            task: task_static,
+            next: &next,
+            ntasks,
+            epoch,
+        };
+        *lock(&sh.job) = Some(job);
+        sh.panicked.store(false, Ordering::Relaxed);
+        sh.epoch.store(epoch, Ordering::Release);
+        for w in self.workers.iter().take(ntasks - 1) {
+            w.unpark();
+        }
+        let finish = Finish(sh);
+        // SAFETY: we are the waiting caller.
+        unsafe { job.drain() };
+        drop(finish);
+        drop(guard);
+        if sh.panicked.load(Ordering::Acquire) {
+            panic!("a task of a parallel kernel panicked on a worker thread");
+        }
+    }
+}
+
+/// Closes the current job and waits for the workers inside it (also when the
+/// caller's own task unwinds, since the job borrows the caller's frame).
+struct Finish<'a>(&'a Shared);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.job) = None;
+        let mut spins = 0u32;
+        while self.0.active.load(Ordering::Acquire) != 0 {
+            spins = spins.wrapping_add(1);
+            if spins % 64 == 0 {
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn worker(sh: &Shared) {
+    // From 0, not the current epoch: a job posted while this thread started is still joined.
+    let mut seen = 0;
+    loop {
+        // Poll for a new epoch for `spin_time()`, then park until unparked.
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            if sh.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let e = sh.epoch.load(Ordering::Acquire);
+            if e != seen {
+                seen = e;
+                join(sh, e);
+                break;
+            }
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 {
+                if start.elapsed() >= spin_time() {
+                    thread::park();
+                    break;
+                }
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Joins job `epoch` if its caller still accepts helpers.
+fn join(sh: &Shared, epoch: u64) {
+    let job = {
+        let g = lock(&sh.job);
+        match *g {
+            Some(j) if j.epoch == epoch => {
+                sh.active.fetch_add(1, Ordering::AcqRel);
+                j
+            }
+            _ => return,
+        }
+    };
+    // SAFETY: `active` > 0 keeps the caller waiting in `Finish::drop`.
+    if catch_unwind(AssertUnwindSafe(|| unsafe { job.drain() })).is_err() {
+        sh.panicked.store(true, Ordering::Release);
+    }
+    sh.active.fetch_sub(1, Ordering::AcqRel);
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in &self.workers {
+            w.unpark();
+        }
+    }
+}
+
+static TEAM: Mutex<Option<Arc<Team>>> = Mutex::new(None);
+
+/// The process's team, sized by [`crate::threads::num_threads`]; created on
+/// first use and again after a fork or a change of the thread count.
+pub fn team() -> Arc<Team> {
+    let threads = crate::threads::num_threads();
+    let pid = std::process::id();
+    let mut g = lock(&TEAM);
+    if let Some(t) = g.as_ref() {
+        if t.pid == pid && t.size() == threads {
+            return Arc::clone(t);
+        }
+        if t.pid != pid {
+            // After fork() the workers do not exist in this process: forget
+            // the old team without touching its (absent) threads.
+            std::mem::forget(g.take());
+        }
+    }
+    let t = Arc::new(Team::new(threads));
+    *g = Some(Arc::clone(&t));
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        let t = Team::new(3);
+        for n in [0usize, 1, 2, 5, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            t.for_each(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn nested_calls_run_serially() {
+        let t = Team::new(2);
+        let total = AtomicUsize::new(0);
+        t.for_each(4, &|_| {
+            t.for_each(3, &|_| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 12);
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_team_survives() {
+        let t = Team::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            t.for_each(64, &|i| {
+                if i == 63 {
+                    panic!("boom");
+                }
+                thread::sleep(Duration::from_micros(50));
+            })
+        }));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        t.for_each(10, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 10);
+    }
+}
