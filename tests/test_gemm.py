@@ -243,13 +243,14 @@ def test_overflow_bound_names_k():
 # ---------------------------------------------------------------- Int8Linear
 
 def quant_rows(x):
-    """Reference per-row DynamicQuantizeLinear (float32 arithmetic, as documented)."""
+    """Reference per-row dynamic quantization (float32 arithmetic, as documented: x times 1/scale)."""
     lo = np.minimum(x.min(axis=1, initial=0.0), 0).astype(np.float32)
     hi = np.maximum(x.max(axis=1, initial=0.0), 0).astype(np.float32)
     scale = ((hi - lo) / np.float32(255)).astype(np.float32)
     scale[scale == 0] = 1
     zp = np.clip(np.rint(-lo / scale), 0, 255)
-    q = np.clip(np.rint(x / scale[:, None]) + zp[:, None], 0, 255)
+    inv = (np.float32(1) / scale).astype(np.float32)
+    q = np.clip(np.rint(x * inv[:, None]) + zp[:, None], 0, 255)
     return q, scale, zp
 
 

@@ -357,8 +357,10 @@ class Int8Linear:
     The weight is int8 ``(out_features, in_features)`` with a scale per output
     channel (or one per tensor), zero point 0. Calling the layer on float32
     ``x`` quantizes each row of ``x`` on the fly to uint8 with its own scale
-    and zero point (the ONNX DynamicQuantizeLinear formula applied per row:
-    more accurate than one scale per tensor at the same cost), multiplies
+    and zero point (the ONNX DynamicQuantizeLinear formula applied per row,
+    more accurate than one scale per tensor at the same cost; ``x`` is
+    multiplied by ``1 / scale`` rather than divided by ``scale``, which can
+    move a value by one step at a rounding tie and is several times faster), multiplies
     exactly in int32 and fuses the output step: ``acc * x_scale[row] *
     weight_scale[col] + bias[col]`` (then ReLU if ``relu``), in float32.
 

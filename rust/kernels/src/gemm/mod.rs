@@ -241,7 +241,11 @@ fn pack_a<'a, Kr: Kernel>(
             zp,
         };
     }
-    let rows_per = ((1 << 16) / kp).max(16);
+    // Several chunks per thread once A is big enough to share (packing or
+    // quantizing a row costs about as much as 16 MACs per element).
+    let nt = threads::num_threads();
+    let shared = m * k >= PACK_A_PARALLEL_MIN && nt > 1;
+    let rows_per = if shared { m.div_ceil(4 * nt).max(8) } else { m };
     let (dp, sp, zpp) = (
         SyncPtr(data.as_mut_slice().as_mut_ptr()),
         SyncPtr(rowsum.as_mut_ptr()),
@@ -269,8 +273,12 @@ fn pack_a<'a, Kr: Kernel>(
             };
         }
     };
-    let work = if parallel(m * k) { m * k } else { 0 };
-    threads::for_each_task(work, m.div_ceil(rows_per), chunk);
+    let work = if shared {
+        threads::PARALLEL_MIN_WORK
+    } else {
+        0
+    };
+    threads::for_each_task(work, m.div_ceil(rows_per.max(1)), chunk);
     PackedA {
         data: AData::Packed(data),
         kp,
@@ -278,6 +286,9 @@ fn pack_a<'a, Kr: Kernel>(
         zp,
     }
 }
+
+/// Elements of A from which packing (or quantizing) it is shared by the team.
+const PACK_A_PARALLEL_MIN: usize = 1 << 14;
 
 /// Rows of A as the kernel reads them: packed, or the caller's uint8 rows
 /// themselves when they already are the packed form.

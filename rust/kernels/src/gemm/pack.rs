@@ -534,12 +534,29 @@ impl<E: PlainElem> Drop for AScratch<E> {
 /// DynamicQuantizeLinear formula applied to each row): `lo = min(min(x), 0)`,
 /// `hi = max(max(x), 0)`, `scale = (hi - lo) / 255` (1 when `hi == lo`),
 /// `zp = clamp(round_half_even(-lo / scale), 0, 255)`,
-/// `q = clamp(round_half_even(x / scale) + zp, 0, 255)`, all in f32.
+/// `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`, all in f32.
+/// The reciprocal (unlike QuantizeLinear's division, which the standalone
+/// [`crate::quant`] ops keep) moves a value by at most one step at a rounding
+/// tie and makes this pass several times cheaper: a `vdivps` per 16 values
+/// cost as much as the whole GEMM of a 256-row MLP layer.
 /// Writes q (zero padded) to `dst`; returns `(rowsum(q), zp, scale)`, or
 /// `None` if the row holds NaN or infinity.
 #[inline]
 pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
     quantize_row_u8_inline(x, dst)
+}
+
+/// `(scale, zero point, 1 / scale)` of a row whose minimum and maximum
+/// (each taken with 0) are `lo <= 0 <= hi`.
+#[inline(always)]
+pub(crate) fn row_qparams(lo: f32, hi: f32) -> (f32, i32, f32) {
+    let mut scale = (hi - lo) / 255.0;
+    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
+    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
+        scale = 1.0;
+    }
+    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    (scale, zp, 1.0 / scale)
 }
 
 /// [`quantize_row_u8`], always inlined (per-ISA trampolines vectorise it).
@@ -567,18 +584,13 @@ pub(crate) fn quantize_row_u8_inline(x: &[f32], dst: &mut [u8]) -> Option<(i32, 
     }
     let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
     let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
-    let mut scale = (hi - lo) / 255.0;
-    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
-    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
-        scale = 1.0;
-    }
-    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    let (scale, zp, inv) = row_qparams(lo, hi);
     let zpf = zp as f32;
     let mut sum = 0i32;
     // Clamped first, so the plain int conversion is exact; it (unlike a
     // saturating `as u8` from float) vectorises.
     for (d, &v) in dst.iter_mut().zip(x) {
-        let q = (super::output::round_even_f32(v / scale) + zpf).clamp(0.0, 255.0);
+        let q = (super::output::round_even_f32(v * inv) + zpf).clamp(0.0, 255.0);
         // SAFETY: q is an integer-valued float in [0, 255].
         let qi: i32 = unsafe { q.to_int_unchecked() };
         *d = qi as u8;

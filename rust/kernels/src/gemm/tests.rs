@@ -448,3 +448,63 @@ fn pack_speed() {
         );
     }
 }
+
+#[test]
+fn every_isa_quantizes_rows_like_the_portable_code() {
+    let mut rows: Vec<Vec<f32>> = vec![
+        vec![],
+        vec![0.0; 5],
+        vec![-0.0; 17],
+        vec![3.5; 33],
+        vec![-2.0; 16],
+        vec![1e-45, -1e-45],
+    ];
+    for (len, seed) in [
+        (1usize, 1u64),
+        (15, 2),
+        (16, 3),
+        (31, 4),
+        (64, 5),
+        (100, 6),
+        (257, 7),
+    ] {
+        let b = bytes(len, seed);
+        rows.push(b.iter().map(|&v| (v as f32 - 100.0) * 0.037).collect());
+        rows.push(b.iter().map(|&v| v as f32 * 1e3).collect()); // positive only
+                                                                // Values landing exactly on rounding ties of the grid.
+        rows.push((0..len).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect());
+    }
+    for x in &rows {
+        let kp = x.len().div_ceil(4) * 4;
+        let mut want = vec![7u8; kp];
+        let r = pack::quantize_row_u8(x, &mut want);
+        each_isa(|i| {
+            let mut got = vec![9u8; kp];
+            assert_eq!(quantize_row_on(i, x, &mut got), r, "{i:?} {x:?}");
+            assert_eq!(want, got, "{i:?} {x:?}");
+        });
+    }
+    for bad in [
+        [1.0f32, f32::NAN, 2.0],
+        [f32::INFINITY, 0.0, 1.0],
+        [0.0, 1.0, f32::NEG_INFINITY],
+    ] {
+        each_isa(|i| {
+            assert!(
+                quantize_row_on(i, &bad, &mut [0u8; 4]).is_none(),
+                "{i:?} {bad:?}"
+            )
+        });
+    }
+}
+
+/// The row quantizer of the kernel for `isa` (which the caller forced, so the CPU has it).
+fn quantize_row_on(isa: Isa, x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => <x86_avx512vnni::Avx512Vnni as Kernel>::quantize_row(x, dst),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => <x86_avx2::Avx2 as Kernel>::quantize_row(x, dst),
+        _ => <generic::Generic as Kernel>::quantize_row(x, dst),
+    }
+}
