@@ -45,6 +45,45 @@ def test_cnn_matches_float_model():
     assert _rel_err(rt.predict(x), net(x)) < 0.03
 
 
+def _conv_nets():
+    nn = hw.nn
+    yield nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=1), nn.ReLU(),  # strided, non-square, avg pool
+                        nn.Conv2d(8, 6, (3, 2), stride=(2, 1), padding=(1, 0), rng=2), nn.AvgPool2d(2),
+                        nn.Flatten(), nn.Linear(6 * 2 * 3, 5, rng=3)), (3, 8, 8)
+    yield nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, rng=4), nn.MaxPool2d(2), nn.BatchNorm2d(4),  # unfused BN
+                        nn.ReLU(), nn.Conv2d(4, 3, 1, rng=5)), (2, 6, 6)  # ends channels-last: back to NCHW
+    yield nn.Sequential(nn.Conv2d(1, 5, 3, rng=6), nn.Flatten(), nn.ReLU(), nn.Linear(5 * 4 * 4, 7, rng=7),
+                        nn.ReLU(), nn.Linear(7, 2, rng=8)), (1, 6, 6)  # ReLU between Flatten and Linear
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_channels_last_plan_equals_the_layer_by_layer_nchw_ops(case):
+    net, shape = list(_conv_nets())[case]
+    net = _randomize_bn(net)
+    rt = runtime.convert(net, input_shape=shape)
+    x = _rng().standard_normal((4, *shape)).astype(np.float32)
+    y = rt.predict(x)
+    z = x
+    for op in rt.ops:  # each op on its own takes and returns NCHW
+        z = op.forward(z)
+    # Same integer products in another order, same output steps: bit for bit.
+    np.testing.assert_array_equal(y, z)
+    assert _rel_err(y, net(x)) < 0.05
+
+
+def test_channels_last_kernels_check_their_input():
+    from hwreg_rs import _native
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="kind"):
+        _native.pool2d_nhwc(x, (2, 2), (2, 2), (0, 0), "median")
+    with pytest.raises(ValueError, match="padding"):
+        _native.pool2d_nhwc(x, (2, 2), (2, 2), (2, 2), "max")
+    with pytest.raises(ValueError, match="kernel"):
+        _native.im2col_nhwc(x.astype(np.uint8), (5, 5), (1, 1), (0, 0), 0.0)
+    with pytest.raises(ValueError, match="pad_value"):
+        _native.im2col_nhwc(x.astype(np.uint8), (3, 3), (1, 1), (1, 1), 300.0)
+
+
 def test_weights_on_qat_grid_stay_on_it():
     net = hw.nn.mlp([16, 8, 4], rng=3)
     lin = net[0]

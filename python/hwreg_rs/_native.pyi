@@ -154,6 +154,21 @@ def im2col(
     padding: tuple[int, int],
     pad_value: float = 0.0,
 ) -> npt.NDArray[Any]: ...
+# channels-last (n, h, w, c) kernels of the int8 runtime; columns in (ky, kx, c) order
+def im2col_nhwc(
+    x: npt.NDArray[np.float32] | npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    pad_value: float = 0.0,
+) -> npt.NDArray[Any]: ...
+def pool2d_nhwc(
+    x: npt.NDArray[np.float32],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    kind: str,
+) -> npt.NDArray[np.float32]: ...
 def col2im(
     cols: npt.NDArray[np.float32],
     input_shape: tuple[int, int, int, int],

@@ -190,7 +190,13 @@ class _Sparse(_Op):
 
 
 class _Conv(_OnInt8Linear):
-    """Conv2d as im2col plus the int8 GEMM; output NCHW float32."""
+    """Conv2d as im2col plus the int8 GEMM, computed channels-last (NHWC).
+
+    ``forward`` takes and returns NCHW float32 like the model it came from;
+    inside a :class:`RuntimeModel` consecutive convolutions and pools pass
+    NHWC tensors to each other (:func:`_plan`), so only the model's input and
+    its last convolutional output change layout.
+    """
 
     kind = "conv2d"
 
@@ -198,11 +204,22 @@ class _Conv(_OnInt8Linear):
                  stride: tuple[int, int], padding: tuple[int, int]) -> None:
         self.layer, self.in_channels = layer, in_channels
         self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
+        # The GEMM reads im2col columns in (ky, kx, c) order: the same weight
+        # with its input axes moved, packed once (the file keeps (c, ky, kx)).
+        kh, kw = self.kernel_size
+        oc = layer.out_features
+        wq = layer.weight_q.reshape(oc, in_channels, kh, kw).transpose(0, 2, 3, 1).reshape(oc, -1)
+        self._hwc = Int8Linear(np.ascontiguousarray(wq), layer.weight_scale, layer.bias, relu=layer.relu)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
-        n, _, h, w = x.shape
+        return np.ascontiguousarray(self.forward_nhwc(x, nchw_in=True).transpose(0, 3, 1, 2))
+
+    def forward_nhwc(self, x: np.ndarray, nchw_in: bool = False) -> np.ndarray:
+        """NHWC float32 output ``(N, OH, OW, C_out)`` of an NHWC input (or NCHW with ``nchw_in``)."""
+        n = x.shape[0]
+        h, w = x.shape[2:4] if nchw_in else x.shape[1:3]
         oh, ow = F.out_size(h, w, self.kernel_size, self.stride, self.padding)
         # Quantize each image once (uint8, DynamicQuantizeLinear's formula per
         # image), then unfold the uint8 image: every pixel is quantized once
@@ -214,11 +231,13 @@ class _Conv(_OnInt8Linear):
         # The parameters are valid by construction: call the kernels directly
         # (the public functions' checks cost more than a small image's work).
         xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
-        cols = _native.im2col(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
-        layer = self.layer
-        y = _native._linear_static(cols, np.repeat(scale, oh * ow), np.repeat(zp, oh * ow), layer._packed._packed,
-                                   layer.weight_scale, layer.bias, layer.relu, None, 0, False)
-        return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
+        if nchw_in:  # a quarter of the bytes of the float input to move
+            xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1)) if self.in_channels > 1 else xq.reshape(n, h, w, 1)
+        cols = _native.im2col_nhwc(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
+        hwc = self._hwc
+        y = _native._linear_static(cols, np.repeat(scale, oh * ow), np.repeat(zp, oh * ow), hwc._packed._packed,
+                                   hwc.weight_scale, hwc.bias, hwc.relu, None, 0, False)
+        return y.reshape(n, oh, ow, -1)
 
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
@@ -265,6 +284,11 @@ class _Pool(_Op):
         if self.kind == "maxpool2d":
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)[0]
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def forward_nhwc(self, x: np.ndarray) -> np.ndarray:
+        """The same pooling of an NHWC float32 tensor, NHWC out."""
+        kind = "max" if self.kind == "maxpool2d" else "avg"
+        return _native.pool2d_nhwc(x, self.kernel_size, self.stride, self.padding, kind)
 
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
@@ -345,9 +369,61 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 # ---------------------------------------------------------------------------
 
 
-def _fuse_dense_runs(ops: list[_Op]) -> list[Any]:
-    """The callables ``predict`` runs: runs of int8 Linear layers become one
-    native call (no Python between layers), every other op runs as itself."""
+def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
+    """The callables ``predict`` runs, in order.
+
+    Convolutions and the pools, ReLUs and affines between them pass NHWC
+    tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
+    the NHWC order and hands that Linear its weight with the input columns
+    permuted to match; anything else gets NCHW back first. Then runs of int8
+    Linear layers become one native call (:func:`_fuse_dense_runs`).
+    """
+    steps: list[Any] = []
+    shape = (1, *input_shape)
+    nhwc = False
+
+    def to_nchw() -> None:
+        nonlocal nhwc
+        if nhwc:
+            steps.append(lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            nhwc = False
+
+    work = list(ops)  # the permuted Linear after an NHWC Flatten replaces its op here
+    for i in range(len(work)):
+        op = work[i]
+        j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
+        nxt = work[j] if j is not None else None
+        if isinstance(op, _Conv):
+            steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
+            nhwc = True
+        elif nhwc and isinstance(op, _Pool):
+            steps.append(op.forward_nhwc)
+        elif nhwc and isinstance(op, _Affine):
+            steps.append(lambda x, op=op: (x * op.scale + op.shift).astype(np.float32))
+        elif nhwc and isinstance(op, _Flatten) and op.start_dim == 1 and isinstance(nxt, _Dense):
+            _, c, h, w = shape
+            # NHWC column (y, x, ch) holds what NCHW column ch*h*w + y*w + x held.
+            perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+            layer = nxt.layer
+            permuted = Int8Linear(np.ascontiguousarray(layer.weight_q[:, perm]), layer.weight_scale, layer.bias,
+                                  relu=layer.relu)
+            work[j] = _Dense(permuted)
+            steps.append(op.forward)
+            nhwc = False
+        elif isinstance(op, _ReLU):
+            steps.append(op.forward)
+        else:
+            to_nchw()
+            steps.append(op)
+        shape = op.out_shape(shape)
+    to_nchw()
+    return _fuse_dense_runs(steps)
+
+
+def _fuse_dense_runs(ops: list[Any]) -> list[Any]:
+    """Runs of int8 Linear layers (``_Dense`` ops) become one native call (no
+    Python between layers); every other op runs as itself (``forward``), and
+    plain callables stay as they are."""
     steps: list[Any] = []
     run: list[_Dense] = []
 
@@ -365,7 +441,7 @@ def _fuse_dense_runs(ops: list[_Op]) -> list[Any]:
             run.append(op)
             continue
         close()
-        steps.append(op.forward)
+        steps.append(op.forward if isinstance(op, _Op) else op)
     close()
     return steps
 
@@ -408,7 +484,7 @@ class RuntimeModel:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.meta = dict(meta or {})
         self.threads = threads
-        self._steps = _fuse_dense_runs(self.ops)
+        self._steps = _plan(self.ops, self.input_shape)
 
     # -- running -----------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:

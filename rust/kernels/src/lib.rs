@@ -9,6 +9,7 @@ pub mod conv;
 pub mod error;
 pub mod gemm;
 pub mod isa;
+pub mod nhwc;
 pub mod optim;
 pub mod prune;
 pub mod quant;

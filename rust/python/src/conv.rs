@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
 
-type Pair = (usize, usize);
+pub(crate) type Pair = (usize, usize);
 
 /// The pooled output and PyTorch-style argmax indices.
 type PoolWithIndices<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>);
@@ -37,7 +37,7 @@ fn to4<'py>(py: Python<'py>, v: Vec<f32>, dims: [usize; 4]) -> PyResult<Bound<'p
 
 /// An NCHW image batch of one of the element types im2col accepts.
 #[derive(FromPyObject)]
-enum Images<'py> {
+pub(crate) enum Images<'py> {
     F32(PyReadonlyArray4<'py, f32>),
     U8(PyReadonlyArray4<'py, u8>),
     I8(PyReadonlyArray4<'py, i8>),
@@ -55,7 +55,7 @@ fn unfold<'py, T: numpy::Element + Copy + Send + Sync>(
     Ok(PyArray1::from_vec(py, cols).reshape([r, k])?.into_any())
 }
 
-fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T> {
+pub(crate) fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T> {
     if v.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&v) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "pad_value must be an integer in [{lo}, {hi}] for {dtype} input; got {v}"

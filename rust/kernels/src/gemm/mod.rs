@@ -320,7 +320,7 @@ fn borrow_a<'a, Kr: Kernel>(
     match a {
         ASource::U8(src)
             if k > 0
-                && k % 4 == 0
+                && k.is_multiple_of(4)
                 && Kr::row_bytes(&mut []).is_some()
                 && b.zp.iter().all(|&z| z == 0) =>
         {

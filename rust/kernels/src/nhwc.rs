@@ -1,0 +1,308 @@
+//! Channels-last (NHWC) kernels for the int8 runtime's convolutions.
+//!
+//! The runtime keeps activations between convolutions in `(n, h, w, c)`
+//! order: the int8 GEMM of an im2col convolution produces exactly that (one
+//! row per output pixel, one column per output channel), and in that order a
+//! kernel row of the input, `kw` pixels × `c` channels, is one contiguous run
+//! of bytes. So [`im2col`] copies `kh` runs per output pixel instead of
+//! `c · kh` runs of `kw` elements (the NCHW unfold in [`crate::conv`]), and
+//! pooling reduces whole channel vectors. The column matrix is
+//!
+//! ```text
+//! cols[(img * oh + oy) * ow + ox, (ky * kw + kx) * c + ci]
+//!     = x[img, oy * sh + ky - ph, ox * sw + kx - pw, ci]   (or `pad` outside)
+//! ```
+//!
+//! which multiplies a weight stored `(out, kh, kw, c)`, the NCHW weight
+//! `(out, c, kh, kw)` with its axes moved.
+//!
+//! [`Window`] describes the geometry as for NCHW (`n, c, h, w`); only the
+//! memory order differs. Work is split over images on the [`crate::team`].
+
+use crate::conv::Window;
+use crate::error::Result;
+use crate::threads;
+
+/// Pooling reductions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Padding counts as -inf; NaN propagates (PyTorch `max_pool2d`).
+    Max,
+    /// Divides by `kh · kw` (PyTorch `avg_pool2d`, `count_include_pad=True`).
+    Avg,
+}
+
+fn check_len(got: usize, want: usize, name: &str) -> Result<()> {
+    if got != want {
+        return crate::shape_err!("{name} has {got} elements; the shape needs {want}");
+    }
+    Ok(())
+}
+
+/// Output elements handed to one task (whole images).
+const TASK_ELEMS: usize = 1 << 15;
+
+/// Runs `f(image)` for every image, spread over the team when the output is big.
+fn per_image(images: usize, out_per_image: usize, f: impl Fn(usize) + Sync) {
+    let total = images.saturating_mul(out_per_image);
+    let per_task = (TASK_ELEMS / out_per_image.max(1)).max(1);
+    let tasks = images.div_ceil(per_task);
+    threads::for_each_task(total, tasks, |t| {
+        (t * per_task..((t + 1) * per_task).min(images)).for_each(&f)
+    });
+}
+
+/// Unfolds NHWC `x` into the column matrix of the module docs; taps in the
+/// padding hold `pad` (the zero point, for uint8 activations).
+pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
+    let win = win.check()?;
+    check_len(x.len(), win.in_len(), "x")?;
+    let (rows, k) = win.cols_shape();
+    let total = rows
+        .checked_mul(k)
+        .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
+    let mut cols: Vec<T> = Vec::with_capacity(total);
+    let per_img = win.oh() * win.ow() * k;
+    let img_len = win.h * win.w * win.c;
+    if total > 0 && img_len > 0 {
+        let dst = SyncPtr(cols.as_mut_ptr());
+        per_image(win.n, per_img, |img| {
+            // SAFETY: image `img` owns rows img·oh·ow .. (img+1)·oh·ow of `cols`,
+            // written by this call alone; every element is written below.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
+            unfold_image(&x[img * img_len..(img + 1) * img_len], out, &win, pad);
+        });
+    }
+    // SAFETY: every image wrote all of its `per_img` elements (or total is 0).
+    unsafe { cols.set_len(if img_len > 0 { total } else { 0 }) };
+    if img_len == 0 {
+        cols.resize(total, pad);
+    }
+    Ok(cols)
+}
+
+fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
+    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
+    let run = win.kw * c; // one kernel row of taps
+    let mut dst = cols.chunks_exact_mut(win.kh * run);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = dst.next().expect("cols holds oh*ow rows");
+            let x0 = (ox * win.sw) as isize - win.pw as isize;
+            let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
+            for (ky, seg) in row.chunks_exact_mut(run).enumerate() {
+                let iy = (oy * win.sh + ky) as isize - win.ph as isize;
+                if iy < 0 || iy as usize >= win.h {
+                    seg.fill(pad);
+                    continue;
+                }
+                let line = &x[iy as usize * win.w * c..(iy as usize + 1) * win.w * c];
+                if inside {
+                    seg.copy_from_slice(&line[x0 as usize * c..x0 as usize * c + run]);
+                } else {
+                    for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
+                        let ix = x0 + kx as isize;
+                        if ix < 0 || ix as usize >= win.w {
+                            px.fill(pad);
+                        } else {
+                            px.copy_from_slice(&line[ix as usize * c..(ix as usize + 1) * c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 2-D pooling of NHWC `x` into NHWC `(n, oh, ow, c)`.
+pub fn pool2d(x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
+    let win = win.check()?;
+    check_len(x.len(), win.in_len(), "x")?;
+    if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
+        return crate::value_err!(
+            "padding ({}, {}) must be at most half the kernel size ({}, {})",
+            win.ph,
+            win.pw,
+            win.kh,
+            win.kw
+        );
+    }
+    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
+    let per_img = oh * ow * c;
+    let img_len = win.h * win.w * c;
+    let mut out = vec![0f32; win.out_len()];
+    if per_img == 0 || img_len == 0 {
+        return Ok(out);
+    }
+    let dst = SyncPtr(out.as_mut_ptr());
+    per_image(win.n, per_img * win.kh * win.kw, |img| {
+        // SAFETY: image `img` owns its `per_img` outputs, written by this call alone.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
+        pool_image(&x[img * img_len..(img + 1) * img_len], o, &win, kind);
+    });
+    Ok(out)
+}
+
+fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {
+    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
+    let inv = 1.0 / (win.kh * win.kw) as f32;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = &mut out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+            o.fill(if kind == Pool::Max {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            });
+            for ky in 0..win.kh {
+                let iy = (oy * win.sh + ky) as isize - win.ph as isize;
+                if iy < 0 || iy as usize >= win.h {
+                    continue;
+                }
+                for kx in 0..win.kw {
+                    let ix = (ox * win.sw + kx) as isize - win.pw as isize;
+                    if ix < 0 || ix as usize >= win.w {
+                        continue;
+                    }
+                    let px = &x[(iy as usize * win.w + ix as usize) * c..][..c];
+                    match kind {
+                        // `v > m` is false for NaN: test it so NaN wins and sticks.
+                        Pool::Max => o.iter_mut().zip(px).for_each(|(m, &v)| {
+                            if v > *m || (v.is_nan() && !m.is_nan()) {
+                                *m = v
+                            }
+                        }),
+                        Pool::Avg => o.iter_mut().zip(px).for_each(|(s, &v)| *s += v),
+                    }
+                }
+            }
+            if kind == Pool::Avg {
+                o.iter_mut().for_each(|s| *s *= inv);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+// SAFETY: used only to write disjoint ranges from different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    // A method, so closures capture the whole (Sync) wrapper, not its field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn win(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize),
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> Window {
+        Window {
+            n,
+            c,
+            h,
+            w,
+            kh: k.0,
+            kw: k.1,
+            sh: s.0,
+            sw: s.1,
+            ph: p.0,
+            pw: p.1,
+        }
+    }
+
+    /// NCHW → NHWC.
+    fn to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for i in 0..n {
+            for ci in 0..c {
+                for yy in 0..h {
+                    for xx in 0..w {
+                        y[((i * h + yy) * w + xx) * c + ci] = x[((i * c + ci) * h + yy) * w + xx];
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn im2col_matches_the_nchw_unfold_with_columns_reordered() {
+        for (n, c, h, w, k, s, p) in [
+            (2, 3, 5, 6, (3, 3), (1, 1), (1, 1)),
+            (1, 1, 4, 4, (2, 3), (2, 1), (0, 1)),
+            (3, 4, 7, 5, (3, 2), (2, 3), (1, 0)),
+            (1, 2, 3, 3, (3, 3), (1, 1), (2, 2)),
+        ] {
+            let wn = win(n, c, h, w, k, s, p);
+            let x: Vec<f32> = (0..n * c * h * w).map(|i| i as f32 + 1.0).collect();
+            let want = crate::conv::im2col(&x, wn, -7.0).unwrap();
+            let got = im2col(&to_nhwc(&x, n, c, h, w), wn, -7.0).unwrap();
+            let (rows, kk) = wn.check().unwrap().cols_shape();
+            assert_eq!(got.len(), rows * kk);
+            for r in 0..rows {
+                for ci in 0..c {
+                    for ky in 0..k.0 {
+                        for kx in 0..k.1 {
+                            let a = want[r * kk + (ci * k.0 + ky) * k.1 + kx];
+                            let b = got[r * kk + (ky * k.1 + kx) * c + ci];
+                            assert_eq!(a, b, "{wn:?} row {r} tap ({ci},{ky},{kx})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_matches_nchw_pooling() {
+        for (n, c, h, w, k, s, p) in [
+            (2, 3, 6, 6, (2, 2), (2, 2), (0, 0)),
+            (1, 5, 7, 5, (3, 3), (2, 1), (1, 1)),
+        ] {
+            let wn = win(n, c, h, w, k, s, p);
+            let mut x: Vec<f32> = (0..n * c * h * w)
+                .map(|i| ((i * 37) % 23) as f32 - 11.0)
+                .collect();
+            x[5] = f32::NAN;
+            let (oh, ow) = (wn.oh(), wn.ow());
+            let nhwc = to_nhwc(&x, n, c, h, w);
+            let (max_want, _) = crate::conv::max_pool2d(&x, wn).unwrap();
+            let avg_want = crate::conv::avg_pool2d(&x, wn).unwrap();
+            let max_got = pool2d(&nhwc, wn, Pool::Max).unwrap();
+            let avg_got = pool2d(&nhwc, wn, Pool::Avg).unwrap();
+            let to = |v: &[f32]| to_nhwc(v, n, c, oh, ow);
+            let same = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .all(|(x, y)| x == y || (x.is_nan() && y.is_nan()))
+            };
+            assert!(same(&to(&max_want), &max_got), "max {wn:?}");
+            assert!(same(&to(&avg_want), &avg_got), "avg {wn:?}");
+        }
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        assert!(im2col(&[0u8; 4], win(1, 1, 2, 2, (3, 3), (1, 1), (0, 0)), 0).is_err());
+        assert!(im2col(&[0u8; 3], win(1, 1, 2, 2, (1, 1), (1, 1), (0, 0)), 0).is_err());
+        assert!(pool2d(
+            &[0.0; 4],
+            win(1, 1, 2, 2, (2, 2), (1, 1), (2, 2)),
+            Pool::Max
+        )
+        .is_err());
+    }
+}
