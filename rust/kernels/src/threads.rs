@@ -24,18 +24,26 @@ pub fn set_num_threads(n: usize) {
 }
 
 /// Threads to use: the count given to [`set_num_threads`], else
-/// `HWREG_NUM_THREADS` if it is a positive integer, else the parallelism
+/// `HWREG_NUM_THREADS` (as set when first read) if it is a positive integer, else the parallelism
 /// available to this process.
 pub fn num_threads() -> usize {
     let n = OVERRIDE.load(Ordering::Relaxed);
     if n > 0 {
         return n;
     }
-    std::env::var("HWREG_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(available_cores)
+    env_threads().unwrap_or_else(available_cores)
+}
+
+/// `HWREG_NUM_THREADS`, read once: every kernel call asks for the thread
+/// count, and reading the environment takes a lock and a scan each time.
+fn env_threads() -> Option<usize> {
+    static ENV: OnceLock<Option<usize>> = OnceLock::new();
+    *ENV.get_or_init(|| {
+        std::env::var("HWREG_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    })
 }
 
 /// Cores this process may use, read once: `available_parallelism` reads cgroup

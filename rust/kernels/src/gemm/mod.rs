@@ -483,7 +483,7 @@ fn block<Kr: Kernel, T: OutElem>(
     };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
-    let mut acc = vec![0i32; mc * ld];
+    let mut acc = vec![0i32; mc.min(rows.len()) * ld];
     // Plain int32 output: the kernel writes corrected tiles straight to `out`.
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.

@@ -44,6 +44,7 @@
 //!   it: `m = f32(f32(a_scale[i] * b_scale[j]) / y_scale)`, then
 //!   `saturate(round_half_even(f64(acc) * f64(m) + y_zero_point))` in `f64`.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::error::Result;
@@ -56,7 +57,7 @@ pub enum Param<'a> {
     PerIndex(&'a [f32]),
 }
 
-impl Param<'_> {
+impl<'a> Param<'a> {
     fn check(&self, name: &str, len: usize, positive: bool) -> Result<()> {
         let vals: &[f32] = match self {
             Param::Scalar(v) => std::slice::from_ref(v),
@@ -70,17 +71,27 @@ impl Param<'_> {
                 v
             }
         };
-        if positive {
-            if let Some(bad) = vals.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-                return value_err!("{name} must be finite and > 0; got {bad}");
-            }
+        // One branch-free pass (it vectorises; `v > 0 && v <= MAX` is false
+        // for NaN and infinities), then a search only to name a bad value.
+        if positive
+            && !vals
+                .iter()
+                .fold(true, |ok, &v| ok & (v > 0.0) & (v <= f32::MAX))
+        {
+            let bad = vals
+                .iter()
+                .find(|v| !(v.is_finite() && **v > 0.0))
+                .copied()
+                .unwrap_or(f32::NAN);
+            return value_err!("{name} must be finite and > 0; got {bad}");
         }
         Ok(())
     }
-    fn expand(&self, n: usize) -> Vec<f32> {
-        match self {
-            Param::Scalar(v) => vec![*v; n],
-            Param::PerIndex(v) => v.to_vec(),
+    /// One value per index: borrowed when there already is one each.
+    fn expand(&self, n: usize) -> Cow<'a, [f32]> {
+        match *self {
+            Param::Scalar(v) => Cow::Owned(vec![v; n]),
+            Param::PerIndex(v) => Cow::Borrowed(v),
         }
     }
     #[inline]
@@ -179,14 +190,14 @@ enum Prepared<'a> {
     Int32,
     Float {
         row_scale: Param<'a>,
-        col_scale: Vec<f32>,
-        bias: Vec<f32>,
+        col_scale: Cow<'a, [f32]>,
+        bias: Cow<'a, [f32]>,
         relu: bool,
         requant: Option<(f32, i32)>,
     },
     QLinear {
         a_scale: Param<'a>,
-        b_scale: Vec<f32>,
+        b_scale: Cow<'a, [f32]>,
         y_scale: f32,
         y_zero_point: i32,
     },
@@ -293,8 +304,8 @@ fn prep_float<'a>(
         Some(b) if b.len() != n => {
             return shape_err!("bias must have {n} elements; got {}", b.len())
         }
-        Some(b) => b.to_vec(),
-        None => vec![0.0; n],
+        Some(b) => Cow::Borrowed(b),
+        None => Cow::Owned(vec![0.0; n]),
     };
     Ok(Prepared::Float {
         row_scale,
