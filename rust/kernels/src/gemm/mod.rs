@@ -455,8 +455,11 @@ fn run<Kr: Kernel, T: OutElem>(
 const SMALL_B_BYTES: usize = 256 << 10;
 
 /// Rows per block of A (LOOP 3), in tiles: the i32 accumulators of one
-/// block × `16·NP` columns stay in L1/L2 between K blocks.
-const MC_TILES: usize = 12;
+/// block × `16·NP` columns stay in L1/L2 between K blocks, and with the
+/// VNNI tile one K block of the A rows (48 × 384 B) fits in a 48 KiB L1
+/// beside the B slice (24 KiB). Timed against 12 tiles round-robin in one
+/// process: 5–7% faster at 1024³ and 128×768×3072, the same at M = 32.
+const MC_TILES: usize = 8;
 
 /// K groups (of 4) per K block (LOOP 4): `NP` panels × `4·KC_GROUPS` k of
 /// packed B (4 × 96 × 64 B = 24 KiB) stay in L1 while every row tile of the
