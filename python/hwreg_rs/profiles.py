@@ -64,7 +64,8 @@ PRECISIONS = ("fp32", "int8")
 PATTERNS = ("dense", "unstructured", "block", "n:m")
 KINDS = ("linear", "conv2d", "pool", "elementwise", "reshape")
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
-ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "nchw", "pool", "elementwise")
+ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
+                 "elementwise")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ class HardwareProfile:
         parameters), ``"int8_in"`` / ``"fp32_in"`` per GEMM input element
         (quantizing activations), ``"int8_out"`` / ``"fp32_out"`` per
         GEMM output element (the output step), ``"im2col"`` per column-matrix
-        element and ``"nchw"`` per output element of a convolution, ``"pool"``
+        element (``"im2col_int8"`` for the int8 runtime's channels-last uint8
+        unfold, when present) and ``"nchw"`` per output element of a
+        convolution, ``"pool"``
         per pooling input element, ``"elementwise"`` per element and pass.
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
@@ -559,7 +562,8 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_mac = 2.0 * macs_eff / ops
         t = t_mac + t_in + t_out
         if w.kind == "conv2d":
-            t += (m * k * ns.get("im2col", 0.0) + m * n * ns.get("nchw", 0.0)) * 1e-9
+            unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
+            t += (m * k * unfold + m * n * ns.get("nchw", 0.0)) * 1e-9
         return t
     if w.kind == "pool" and "pool" in ns:
         return w.act_in_bytes / 4 * ns["pool"] * 1e-9
@@ -800,7 +804,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       activation-quantization and output-step costs and the GEMM throughput;
       one large product on all threads gives the parallel speed-up.
     * fp32: the same fit for NumPy ``x @ w.T + b`` (the float model runs in NumPy).
-    * convolution: im2col and the NCHW transpose timed at two sizes, and a
+    * convolution: im2col (float NCHW, and the int8 runtime's uint8 NHWC
+      unfold) and the NCHW transpose timed at three sizes, and a
       small runtime convolution for its fixed cost.
     * pooling, elementwise (ReLU) and views: two sizes each, fixed + per element.
     * memory bandwidth: a large copy; capacity: physical memory (or the cgroup limit).
@@ -832,7 +837,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     from .config import active_isa, num_threads, set_num_threads
     from .gemm import Int8Linear
     from .nn import functional as F
-    from .nn.conv import Conv2d
+    from .nn.conv import Conv2d, MaxPool2d
     from .nn.module import Sequential
 
     threads = num_threads()
@@ -905,6 +910,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         conv = Sequential(Conv2d(2, 6, 3, padding=1, rng=rng)).eval()
         conv_x = rand(1, 2, 5, 5)
         conv_op = convert(conv, input_shape=(2, 5, 5)).ops[0]
+        pool_op = convert(Sequential(MaxPool2d(2)), input_shape=(3, 6, 6)).ops[0]  # the runtime's pooling
         par_shapes = ((40, 600, 200),) if quick else ((40, 600, 200), (100, 200, 200), (160, 512, 512))
         par_layers = [(Int8Linear.from_float(rand(n, k)), rand(m, k)) for m, k, n in par_shapes]
         for _ in range(rounds):
@@ -921,14 +927,22 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             # -- convolution pieces: im2col and the NCHW transpose -------------------
             for j, x in enumerate((rand(1, 2, 6, 6), rand(3, 5, 10, 10), rand(6 if quick else 12, 5, 10, 10))):
                 keep(f"im2col{j}", _time_call(lambda: F.im2col(x, (3, 3), (1, 1), (1, 1)), budget, max_n=max_n))
+            # The int8 runtime's unfold: quantize the image, NHWC uint8 im2col.
+            for j, x in enumerate((rand(1, 2, 6, 6), rand(3, 5, 10, 10), rand(6 if quick else 12, 5, 10, 10))):
+                def unfold_u8(x: np.ndarray = x) -> Any:
+                    n_ = x.shape[0]
+                    xq = _native.quantize_linear(x, np.full(n_, 0.02, np.float32), np.full(n_, 128, np.int32), 0,
+                                                 "uint8")
+                    return _native.im2col_nhwc(np.ascontiguousarray(xq.transpose(0, 2, 3, 1)), (3, 3), (1, 1),
+                                               (1, 1), 128.0)
+                keep(f"im2col_u8_{j}", _time_call(unfold_u8, budget, max_n=max_n))
             for j, (n, h, c) in enumerate(((1, 6, 6), (3, 10, 10), (6 if quick else 12, 10, 20))):
                 y = rand(n * h * h, c)
                 keep(f"nchw{j}", _time_call(
                     lambda: np.ascontiguousarray(y.reshape(n, h, h, -1).transpose(0, 3, 1, 2)), budget, max_n=max_n))
             # -- pooling, elementwise, views -------------------------------------------
             for j, x in enumerate((rand(1, 3, 6, 6), rand(2, 8, 10, 10), rand(6 if quick else 40, 12, 12, 12))):
-                keep(f"pool{j}", _time_call(lambda: F.max_pool2d(np.ascontiguousarray(x, dtype=np.float32), (2, 2),
-                                                                 (2, 2), (0, 0)), budget, max_n=max_n))
+                keep(f"pool{j}", _time_call(lambda: pool_op.forward(x), budget, max_n=max_n))
             for j, x in enumerate((rand(1, 40), rand(8, 600), rand(48 if quick else 96, 1500))):
                 keep(f"elem{j}", _time_call(lambda: np.maximum(x, 0, dtype=np.float32), budget, max_n=max_n))
             xr = rand(3, 4, 5, 5)
@@ -942,6 +956,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             speedup = float(min(max(np.median([med[f"par{j}"] for j in range(len(par_shapes))]), 0.25), threads))
         im2col_sizes = [1 * 2 * 36 * 9, 3 * 5 * 100 * 9, (6 if quick else 12) * 5 * 100 * 9]
         _, im2col_s = _fit_fixed_per(im2col_sizes, [med[f"im2col{j}"] for j in range(3)])
+        _, im2col_u8_s = _fit_fixed_per(im2col_sizes, [med[f"im2col_u8_{j}"] for j in range(3)])
         nchw_sizes = [36 * 6, 3 * 100 * 10, (6 if quick else 12) * 100 * 20]
         _, nchw_s = _fit_fixed_per(nchw_sizes, [med[f"nchw{j}"] for j in range(3)])
         pool_sizes = [3 * 36, 2 * 8 * 100, (6 if quick else 40) * 12 * 144]
@@ -952,7 +967,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         # Fixed cost of a convolution layer: the small one's time less its modelled work.
         m, k, n = 25, 18, 6
         body8 = (c8[1] * m * k + c8[2] * m * n + c8[3] * m * _pad(k, tile[1]) * _pad(n, tile[2]) + c8[4] * m
-                 + im2col_s * m * k + nchw_s * m * n)
+                 + im2col_u8_s * m * k + nchw_s * m * n)
         conv8 = max(med["conv8"] - body8, c8[0])
         bodyf = cf[1] * m * k + cf[2] * m * n + cf[3] * m * k * n + im2col_s * m * k + nchw_s * m * n
         convf = max(med["convf"] - bodyf, cf[0])
@@ -1016,7 +1031,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                      "reshape": float(reshape_fixed * us)},
         ns_per_element={"int8_row": float(c8[4] * 1e9), "int8_in": float(c8[1] * 1e9), "int8_out": float(c8[2] * 1e9),
                         "fp32_in": float(cf[1] * 1e9), "fp32_out": float(cf[2] * 1e9),
-                        "im2col": float(im2col_s * 1e9), "nchw": float(nchw_s * 1e9),
+                        "im2col": float(im2col_s * 1e9), "im2col_int8": float(im2col_u8_s * 1e9),
+                        "nchw": float(nchw_s * 1e9),
                         "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9)},
         gemm_tile=tile,
         parallel_min_macs=par_min,

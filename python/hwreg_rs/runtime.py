@@ -280,10 +280,13 @@ class _Pool(_Op):
         self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.kind == "maxpool2d":
-            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)[0]
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        """NCHW in and out, through the channels-last kernel (no argmax to keep,
+        unlike the training pool): moving the axes costs less than pooling
+        plane by plane."""
+        if x.ndim != 4:
+            raise ValueError(f"{self.kind} expects input (N, C, H, W); got shape {x.shape}")
+        y = self.forward_nhwc(np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1)))
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
     def forward_nhwc(self, x: np.ndarray) -> np.ndarray:
         """The same pooling of an NHWC float32 tensor, NHWC out."""
