@@ -39,6 +39,47 @@ pub struct Window {
 }
 
 impl Window {
+    /// The geometry of an `(n, c, h, w)` input with kernel `k`, stride `s`
+    /// and padding `p` given as `(height, width)` pairs.
+    pub fn new(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize),
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> Window {
+        Window {
+            n,
+            c,
+            h,
+            w,
+            kh: k.0,
+            kw: k.1,
+            sh: s.0,
+            sw: s.1,
+            ph: p.0,
+            pw: p.1,
+        }
+    }
+
+    /// [`Window::check`] for pooling, which also needs every window to hold
+    /// at least one real input (padding at most half the kernel).
+    pub fn check_pool(self) -> Result<Self> {
+        let win = self.check()?;
+        if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
+            return crate::value_err!(
+                "padding ({}, {}) must be at most half the kernel size ({}, {})",
+                win.ph,
+                win.pw,
+                win.kh,
+                win.kw
+            );
+        }
+        Ok(win)
+    }
+
     /// Checks the geometry and returns it with the output size computed.
     pub fn check(self) -> Result<Self> {
         if self.kh == 0 || self.kw == 0 {
@@ -115,7 +156,7 @@ impl Window {
     }
 }
 
-fn check_len(got: usize, want: usize, name: &str) -> Result<()> {
+pub(crate) fn check_len(got: usize, want: usize, name: &str) -> Result<()> {
     if got != want {
         return crate::shape_err!("{name} has {got} elements; the shape needs {want}");
     }
@@ -243,17 +284,8 @@ fn col2im_image<T: Accumulate>(cols: &[T], x: &mut [T], win: &Window) {
 /// `(n, c, oh, ow)` and, for each output, the flat index `iy * w + ix` of the
 /// chosen input inside its `(h, w)` plane (PyTorch's `return_indices` layout).
 pub fn max_pool2d(x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i64>)> {
-    let win = win.check()?;
+    let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
-    if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
-        return crate::value_err!(
-            "padding ({}, {}) must be at most half the kernel size ({}, {})",
-            win.ph,
-            win.pw,
-            win.kh,
-            win.kw
-        );
-    }
     let (oh, ow) = (win.oh(), win.ow());
     let planes = win.n * win.c;
     let plane_in = win.h * win.w;
@@ -332,17 +364,8 @@ pub fn max_pool2d_backward(grad: &[f32], idx: &[i64], win: Window) -> Result<Vec
 /// Average pooling (PyTorch `avg_pool2d` defaults: `count_include_pad=True`,
 /// so every window divides by `kh * kw`).
 pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
-    let win = win.check()?;
+    let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
-    if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
-        return crate::value_err!(
-            "padding ({}, {}) must be at most half the kernel size ({}, {})",
-            win.ph,
-            win.pw,
-            win.kh,
-            win.kw
-        );
-    }
     let (oh, ow) = (win.oh(), win.ow());
     let plane_in = win.h * win.w;
     let plane_out = oh * ow;
@@ -416,29 +439,6 @@ pub fn avg_pool2d_backward(grad: &[f32], win: Window) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
 
-    fn win(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: (usize, usize),
-        s: (usize, usize),
-        p: (usize, usize),
-    ) -> Window {
-        Window {
-            n,
-            c,
-            h,
-            w,
-            kh: k.0,
-            kw: k.1,
-            sh: s.0,
-            sw: s.1,
-            ph: p.0,
-            pw: p.1,
-        }
-    }
-
     /// Direct definition of one im2col entry.
     fn reference(x: &[i32], wn: &Window, r: usize, col: usize, pad: i32) -> i32 {
         let (oh, ow) = (wn.oh(), wn.ow());
@@ -463,7 +463,7 @@ mod tests {
             (1, 1, 1, 1, (3, 3), (1, 1), (1, 1)),
             (2, 4, 9, 6, (5, 3), (2, 1), (2, 1)),
         ] {
-            let wn = win(n, c, h, w, k, s, p).check().unwrap();
+            let wn = Window::new(n, c, h, w, k, s, p).check().unwrap();
             let x: Vec<i32> = (0..wn.in_len() as i32).map(|v| v * 7 - 3).collect();
             let cols = im2col(&x, wn, -99).unwrap();
             let (rows, kk) = wn.cols_shape();
@@ -482,7 +482,9 @@ mod tests {
 
     #[test]
     fn im2col_is_generic_over_int8() {
-        let wn = win(1, 1, 2, 2, (2, 2), (1, 1), (1, 1)).check().unwrap();
+        let wn = Window::new(1, 1, 2, 2, (2, 2), (1, 1), (1, 1))
+            .check()
+            .unwrap();
         let x: Vec<u8> = vec![1, 2, 3, 4];
         let cols = im2col(&x, wn, 128u8).unwrap();
         // first output pixel sees only x[0,0] at its bottom-right tap
@@ -501,7 +503,7 @@ mod tests {
             (1, 2, 8, 8, (3, 2), (2, 3), (0, 1)),
             (2, 4, 9, 6, (5, 3), (2, 1), (2, 1)),
         ] {
-            let wn = win(n, c, h, w, k, s, p).check().unwrap();
+            let wn = Window::new(n, c, h, w, k, s, p).check().unwrap();
             let x: Vec<i32> = (0..wn.in_len() as i32).map(|v| (v * 37) % 11 - 5).collect();
             let (rows, kk) = wn.cols_shape();
             let cv: Vec<i32> = (0..(rows * kk) as i32).map(|v| (v * 13) % 7 - 3).collect();
@@ -523,19 +525,27 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_an_error() {
-        assert!(win(1, 1, 2, 2, (3, 3), (1, 1), (0, 0)).check().is_err());
-        assert!(win(1, 1, 2, 2, (0, 3), (1, 1), (0, 0)).check().is_err());
-        assert!(win(1, 1, 2, 2, (1, 1), (0, 1), (0, 0)).check().is_err());
-        let wn = win(1, 1, 4, 4, (2, 2), (2, 2), (0, 0));
+        assert!(Window::new(1, 1, 2, 2, (3, 3), (1, 1), (0, 0))
+            .check()
+            .is_err());
+        assert!(Window::new(1, 1, 2, 2, (0, 3), (1, 1), (0, 0))
+            .check()
+            .is_err());
+        assert!(Window::new(1, 1, 2, 2, (1, 1), (0, 1), (0, 0))
+            .check()
+            .is_err());
+        let wn = Window::new(1, 1, 4, 4, (2, 2), (2, 2), (0, 0));
         assert!(im2col(&[0f32; 15], wn, 0.0).is_err());
         assert!(col2im(&[0f32; 3], wn).is_err());
-        assert!(max_pool2d(&[0f32; 16], win(1, 1, 4, 4, (2, 2), (2, 2), (2, 2))).is_err());
+        assert!(max_pool2d(&[0f32; 16], Window::new(1, 1, 4, 4, (2, 2), (2, 2), (2, 2))).is_err());
         assert!(max_pool2d_backward(&[0f32; 4], &[0, 1, 2, 99], wn).is_err());
     }
 
     #[test]
     fn max_pool_picks_first_maximum_and_routes_gradient() {
-        let wn = win(1, 1, 4, 4, (2, 2), (2, 2), (0, 0)).check().unwrap();
+        let wn = Window::new(1, 1, 4, 4, (2, 2), (2, 2), (0, 0))
+            .check()
+            .unwrap();
         let x = [
             1., 5., 2., 2., 5., 0., 2., 2., -1., -2., 9., 3., -3., -4., 3., 9.,
         ];
@@ -553,7 +563,9 @@ mod tests {
 
     #[test]
     fn max_pool_with_padding_and_nan() {
-        let wn = win(1, 1, 2, 2, (2, 2), (1, 1), (1, 1)).check().unwrap();
+        let wn = Window::new(1, 1, 2, 2, (2, 2), (1, 1), (1, 1))
+            .check()
+            .unwrap();
         let x = [-5., f32::NAN, -7., -8.];
         let (out, _) = max_pool2d(&x, wn).unwrap();
         assert_eq!(out[0], -5.);
@@ -563,7 +575,9 @@ mod tests {
 
     #[test]
     fn avg_pool_counts_padding() {
-        let wn = win(1, 1, 2, 2, (2, 2), (2, 2), (1, 1)).check().unwrap();
+        let wn = Window::new(1, 1, 2, 2, (2, 2), (2, 2), (1, 1))
+            .check()
+            .unwrap();
         let x = [4., 8., 12., 16.];
         let out = avg_pool2d(&x, wn).unwrap();
         assert_eq!(out, vec![1., 2., 3., 4.]);
@@ -573,7 +587,9 @@ mod tests {
 
     #[test]
     fn large_batch_runs_in_parallel_and_matches_serial() {
-        let wn = win(64, 8, 12, 12, (3, 3), (1, 1), (1, 1)).check().unwrap();
+        let wn = Window::new(64, 8, 12, 12, (3, 3), (1, 1), (1, 1))
+            .check()
+            .unwrap();
         let x: Vec<f32> = (0..wn.in_len())
             .map(|v| ((v * 31) % 17) as f32 - 8.0)
             .collect();

@@ -19,9 +19,9 @@
 //! [`Window`] describes the geometry as for NCHW (`n, c, h, w`); only the
 //! memory order differs. Work is split over images on the [`crate::team`].
 
-use crate::conv::Window;
+use crate::conv::{check_len, Window};
 use crate::error::Result;
-use crate::threads;
+use crate::threads::{self, SyncPtr};
 
 /// Pooling reductions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +30,6 @@ pub enum Pool {
     Max,
     /// Divides by `kh · kw` (PyTorch `avg_pool2d`, `count_include_pad=True`).
     Avg,
-}
-
-fn check_len(got: usize, want: usize, name: &str) -> Result<()> {
-    if got != want {
-        return crate::shape_err!("{name} has {got} elements; the shape needs {want}");
-    }
-    Ok(())
 }
 
 /// Output elements handed to one task (whole images).
@@ -61,23 +54,18 @@ pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec
     let total = rows
         .checked_mul(k)
         .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
-    let mut cols: Vec<T> = Vec::with_capacity(total);
+    let mut cols = vec![pad; total];
     let per_img = win.oh() * win.ow() * k;
     let img_len = win.h * win.w * win.c;
     if total > 0 && img_len > 0 {
         let dst = SyncPtr(cols.as_mut_ptr());
         per_image(win.n, per_img, |img| {
             // SAFETY: image `img` owns rows img·oh·ow .. (img+1)·oh·ow of `cols`,
-            // written by this call alone; every element is written below.
+            // written by this call alone.
             let out =
                 unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
             unfold_image(&x[img * img_len..(img + 1) * img_len], out, &win, pad);
         });
-    }
-    // SAFETY: every image wrote all of its `per_img` elements (or total is 0).
-    unsafe { cols.set_len(if img_len > 0 { total } else { 0 }) };
-    if img_len == 0 {
-        cols.resize(total, pad);
     }
     Ok(cols)
 }
@@ -117,17 +105,8 @@ fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
 
 /// 2-D pooling of NHWC `x` into NHWC `(n, oh, ow, c)`.
 pub fn pool2d(x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
-    let win = win.check()?;
+    let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
-    if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
-        return crate::value_err!(
-            "padding ({}, {}) must be at most half the kernel size ({}, {})",
-            win.ph,
-            win.pw,
-            win.kh,
-            win.kw
-        );
-    }
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let per_img = oh * ow * c;
     let img_len = win.h * win.w * c;
@@ -184,44 +163,9 @@ fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: used only to write disjoint ranges from different threads.
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
-impl<T> SyncPtr<T> {
-    // A method, so closures capture the whole (Sync) wrapper, not its field.
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn win(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: (usize, usize),
-        s: (usize, usize),
-        p: (usize, usize),
-    ) -> Window {
-        Window {
-            n,
-            c,
-            h,
-            w,
-            kh: k.0,
-            kw: k.1,
-            sh: s.0,
-            sw: s.1,
-            ph: p.0,
-            pw: p.1,
-        }
-    }
 
     /// NCHW → NHWC.
     fn to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
@@ -246,7 +190,7 @@ mod tests {
             (3, 4, 7, 5, (3, 2), (2, 3), (1, 0)),
             (1, 2, 3, 3, (3, 3), (1, 1), (2, 2)),
         ] {
-            let wn = win(n, c, h, w, k, s, p);
+            let wn = Window::new(n, c, h, w, k, s, p);
             let x: Vec<f32> = (0..n * c * h * w).map(|i| i as f32 + 1.0).collect();
             let want = crate::conv::im2col(&x, wn, -7.0).unwrap();
             let got = im2col(&to_nhwc(&x, n, c, h, w), wn, -7.0).unwrap();
@@ -272,7 +216,7 @@ mod tests {
             (2, 3, 6, 6, (2, 2), (2, 2), (0, 0)),
             (1, 5, 7, 5, (3, 3), (2, 1), (1, 1)),
         ] {
-            let wn = win(n, c, h, w, k, s, p);
+            let wn = Window::new(n, c, h, w, k, s, p);
             let mut x: Vec<f32> = (0..n * c * h * w)
                 .map(|i| ((i * 37) % 23) as f32 - 11.0)
                 .collect();
@@ -296,11 +240,21 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_an_error() {
-        assert!(im2col(&[0u8; 4], win(1, 1, 2, 2, (3, 3), (1, 1), (0, 0)), 0).is_err());
-        assert!(im2col(&[0u8; 3], win(1, 1, 2, 2, (1, 1), (1, 1), (0, 0)), 0).is_err());
+        assert!(im2col(
+            &[0u8; 4],
+            Window::new(1, 1, 2, 2, (3, 3), (1, 1), (0, 0)),
+            0
+        )
+        .is_err());
+        assert!(im2col(
+            &[0u8; 3],
+            Window::new(1, 1, 2, 2, (1, 1), (1, 1), (0, 0)),
+            0
+        )
+        .is_err());
         assert!(pool2d(
             &[0.0; 4],
-            win(1, 1, 2, 2, (2, 2), (1, 1), (2, 2)),
+            Window::new(1, 1, 2, 2, (2, 2), (1, 1), (2, 2)),
             Pool::Max
         )
         .is_err());

@@ -188,6 +188,21 @@ pub fn map_chunks<T: Sync, R: Send>(
     }
 }
 
+/// A raw pointer that tasks on several threads may share, each writing only
+/// its own disjoint elements (the caller's `unsafe` blocks promise that).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+// SAFETY: used only to write disjoint elements from different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    /// A method, so closures capture the whole (Sync) wrapper, not its field.
+    #[inline]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,19 +16,9 @@ pub(crate) type Pair = (usize, usize);
 /// The pooled output and PyTorch-style argmax indices.
 type PoolWithIndices<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>);
 
+/// The window of an NCHW `shape`.
 fn window(shape: &[usize], k: Pair, s: Pair, p: Pair) -> Window {
-    Window {
-        n: shape[0],
-        c: shape[1],
-        h: shape[2],
-        w: shape[3],
-        kh: k.0,
-        kw: k.1,
-        sh: s.0,
-        sw: s.1,
-        ph: p.0,
-        pw: p.1,
-    }
+    Window::new(shape[0], shape[1], shape[2], shape[3], k, s, p)
 }
 
 fn to4<'py>(py: Python<'py>, v: Vec<f32>, dims: [usize; 4]) -> PyResult<Bound<'py, PyArray4<f32>>> {

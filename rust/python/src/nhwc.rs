@@ -10,19 +10,9 @@ use pyo3::prelude::*;
 use crate::conv::{int_pad, Images, Pair};
 use crate::errors::{contiguous, OrPy};
 
+/// The window of an NHWC `shape` (the geometry is the same as for NCHW).
 fn window(shape: &[usize], k: Pair, s: Pair, p: Pair) -> Window {
-    Window {
-        n: shape[0],
-        h: shape[1],
-        w: shape[2],
-        c: shape[3],
-        kh: k.0,
-        kw: k.1,
-        sh: s.0,
-        sw: s.1,
-        ph: p.0,
-        pw: p.1,
-    }
+    Window::new(shape[0], shape[3], shape[1], shape[2], k, s, p)
 }
 
 fn unfold<'py, T: numpy::Element + Copy + Send + Sync>(

@@ -49,7 +49,7 @@ mod x86_avx512vnni;
 
 use crate::error::Result;
 use crate::isa::{self, Isa};
-use crate::threads;
+use crate::threads::{self, SyncPtr};
 use crate::{shape_err, value_err};
 use kernel::Kernel;
 use output::{Epilogue, OutElem, OutputStep, Param};
@@ -392,18 +392,6 @@ fn linear_with<Kr: Kernel>(
     .prepare::<f32>(m, b.n)?;
     run::<Kr, f32>(&pa, m, b, &ep, out);
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-// SAFETY: used only to write disjoint elements from different threads.
-unsafe impl<T> Send for SyncPtr<T> {}
-unsafe impl<T> Sync for SyncPtr<T> {}
-impl<T> SyncPtr<T> {
-    #[inline]
-    fn get(self) -> *mut T {
-        self.0
-    }
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
