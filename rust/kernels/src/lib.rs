@@ -3,12 +3,15 @@
 //! Pure Rust, no Python: every kernel takes slices and shapes and returns
 //! `Result<_, Error>`. The `hwreg-python` crate wraps these for NumPy.
 //!
-//! Runtime CPU dispatch lives in [`isa`]; thread policy in [`threads`] (rayon) and [`team`] (fork-join for GEMM).
+//! CPU features and the one dispatch table of every kernel family live in
+//! [`cpu`] (the only place an instruction set is matched; each family keeps
+//! its per-ISA code in an `arch/` folder); thread policy in [`threads`]
+//! (rayon) and [`team`] (fork-join for GEMM).
 
 pub mod conv;
+pub mod cpu;
 pub mod error;
 pub mod gemm;
-pub mod isa;
 pub mod nhwc;
 pub mod optim;
 pub mod prune;

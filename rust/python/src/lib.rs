@@ -16,18 +16,18 @@ mod quant;
 mod runtime;
 mod sparse;
 
-use hwreg_kernels::isa::{self, Isa};
+use hwreg_kernels::cpu::{self, Isa};
 
-/// Name of the SIMD path the kernels use now ("generic", "avx2", "avx512vnni").
+/// Name of the SIMD path the kernels use now ("generic", "avx2", "avx512", "avx512vnni").
 #[pyfunction]
 fn active_isa() -> &'static str {
-    isa::active().name()
+    cpu::active().name()
 }
 
 /// Names of every SIMD path this CPU supports, most portable first.
 #[pyfunction]
 fn supported_isas() -> Vec<&'static str> {
-    isa::supported().into_iter().map(Isa::name).collect()
+    cpu::supported().into_iter().map(Isa::name).collect()
 }
 
 /// Pins the SIMD path for this process (tests cover every path with it).
@@ -39,7 +39,7 @@ fn _set_isa(name: &str) -> PyResult<()> {
             Isa::ALL.map(Isa::name)
         ))
     })?;
-    if !isa::force(isa) {
+    if !cpu::force(isa) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "this CPU does not support the {name:?} path"
         )));

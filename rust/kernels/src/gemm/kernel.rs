@@ -33,16 +33,6 @@ pub(crate) trait Kernel {
         super::pack::copy_sum_scalar(src, flip, dst)
     }
 
-    /// Writes the tile to `acc[r * ld + 16 * p + c]` (r < mr, p < np, c < 16),
-    /// adding to the values already there when `load` (K blocking), and
-    /// applying the zero-point correction `fix` (last K block) in registers.
-    ///
-    /// # Safety
-    /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
-    /// elements, `lda` apart; `b` at `np` panels of `64 * kg` bytes, `bs`
-    /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
-    /// and the CPU supports the kernel's ISA.
-    #[allow(clippy::too_many_arguments)]
     /// Zero-point correction and output step of a block
     /// ([`super::finish_block`]), compiled for this kernel's ISA.
     ///
@@ -52,12 +42,25 @@ pub(crate) trait Kernel {
         super::finish_block(f)
     }
 
-    /// Dynamic per-row quantization ([`super::pack::quantize_row_u8`]),
-    /// compiled for this kernel's ISA.
-    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-        super::pack::quantize_row_u8_inline(x, dst)
-    }
-
+    /// The micro-kernel: `Σ_k Â[i,k]·B̂[k,j]` over `kg` K-groups (4 k each)
+    /// for a tile of `mr` rows × `np` panels (16 columns each), in wrapping
+    /// `i32`.
+    ///
+    /// * `a`: row `r` of the tile's packed A at `a + r·lda` (`4·kg` elements);
+    /// * `b`: panel `p` of packed B at `b + p·bs` (`64·kg` bytes, the K block);
+    /// * `acc`: the tile is written to `acc[r·ld + 16·p + c]` (r < mr, p < np,
+    ///   c < 16), added to the values already there when `load` (a K block
+    ///   after the first);
+    /// * `fix`: after the last K block, the zero-point correction ([`Fix`]),
+    ///   applied in registers before the store (straight to the output when
+    ///   `fix.dst` is set and the kernel is `DIRECT`).
+    ///
+    /// # Safety
+    /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
+    /// elements, `lda` apart; `b` at `np` panels of `64 * kg` bytes, `bs`
+    /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
+    /// and the CPU supports the kernel's ISA.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         mr: usize,
         np: usize,

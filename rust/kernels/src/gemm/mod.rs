@@ -14,9 +14,9 @@
 //! (`K · max|a-za| · max|b-zb| ≤ 2^31-1`, else a `Value` error naming K).
 //!
 //! The driver (`run`, `block`) is generic over a `kernel::Kernel` (one
-//! zero-sized struct per ISA: `generic.rs`, `x86_avx2.rs`,
-//! `x86_avx512vnni.rs`) and never names an ISA; [`matmul`] picks the kernel
-//! from [`crate::isa::active`] once per call. Loops, in the BLIS style:
+//! zero-sized struct per ISA in `arch/`) and never names an ISA; [`matmul`]
+//! takes the driver instantiated for the active path from
+//! [`crate::cpu::dispatch`] once per call. Loops, in the BLIS style:
 //!
 //! * threads ([`crate::team`]: the caller and workers that stay awake briefly
 //!   between calls): the `M × N` output is split over rows, one chunk per
@@ -37,18 +37,14 @@
 //! 1 × 128 for a single row; AVX2 3 × 16 (12 ymm accumulators; one spills to
 //! L1 off the critical path), 1 × 48 for a single row; portable 4 × 16.
 
+#[doc(hidden)]
+pub mod arch;
+mod kernel;
 pub mod output;
 pub mod pack;
 
-mod generic;
-mod kernel;
-#[cfg(target_arch = "x86_64")]
-mod x86_avx2;
-#[cfg(target_arch = "x86_64")]
-mod x86_avx512vnni;
-
+use crate::cpu;
 use crate::error::Result;
-use crate::isa::{self, Isa};
 use crate::threads::{self, SyncPtr};
 use crate::{shape_err, value_err};
 use kernel::Kernel;
@@ -92,21 +88,13 @@ pub fn matmul_uninit<T: OutElem>(
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     let ep = step.prepare::<T>(m, b.n)?;
-    match isa::active() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            matmul_with::<x86_avx512vnni::Avx512Vnni, T>(&a, m, k, a_zp, b, &ep, out)
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => matmul_with::<x86_avx2::Avx2, T>(&a, m, k, a_zp, b, &ep, out),
-        _ => matmul_with::<generic::Generic, T>(&a, m, k, a_zp, b, &ep, out),
-    }
+    (T::matmul_entry(&cpu::dispatch().gemm))(&a, m, k, a_zp, b, &ep, out);
     Ok(())
 }
 
 /// The float-in / float-out int8 linear layer step: each row of `x`
 /// (`M × K`, f32) is quantized on the fly to uint8 with its own scale and zero
-/// point ([`pack::quantize_row_u8`]), multiplied by the packed int8 weights
+/// point ([`crate::quant::rows`], the one activation quantizer), multiplied by the packed int8 weights
 /// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic(
@@ -154,15 +142,7 @@ pub fn linear_dynamic_uninit(
         relu,
     }
     .prepare::<f32>(m, b.n)?;
-    match isa::active() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            linear_with::<x86_avx512vnni::Avx512Vnni>(x, m, k, b, col_scale, bias, relu, out)
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => linear_with::<x86_avx2::Avx2>(x, m, k, b, col_scale, bias, relu, out),
-        _ => linear_with::<generic::Generic>(x, m, k, b, col_scale, bias, relu, out),
-    }
+    (cpu::dispatch().gemm.linear)(x, m, k, b, col_scale, bias, relu, out)
 }
 
 /// `&mut [T]` as `&mut [MaybeUninit<T>]` (sound: we only ever write initialised values).
@@ -191,24 +171,6 @@ pub(crate) fn parallel(work: usize) -> bool {
 /// 2-vCPU machine, two threads already win at 1M MACs (1×1024×1024 1.4×,
 /// 256×64×128 1.5×, 32×256×256 1.4×) and break even at 64×144×32.
 pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 20;
-
-/// Packs a run of panels of B with the code compiled for the active ISA.
-pub(crate) fn pack_panels_dispatch(
-    job: &pack::PanelJob<'_>,
-    p0: usize,
-    out: &mut [i8],
-    zp_out: &mut [i32],
-    ct_out: &mut [i32],
-) {
-    match isa::active() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the active ISA is supported, and both paths include AVX2.
-        Isa::Avx512Vnni | Isa::Avx2 => unsafe {
-            x86_avx2::pack_panels_tf(job, p0, out, zp_out, ct_out)
-        },
-        _ => pack::pack_panels(job, p0, out, zp_out, ct_out),
-    }
-}
 
 /// A packed: rows of `kp` kernel elements, row sums of Â and stored zero points.
 struct PackedA<'a, E: pack::PlainElem> {
@@ -335,7 +297,7 @@ fn borrow_a<'a, Kr: Kernel>(
     }
 }
 
-fn matmul_with<Kr: Kernel, T: OutElem>(
+pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     a: &ASource<'_>,
     m: usize,
     k: usize,
@@ -353,7 +315,7 @@ fn matmul_with<Kr: Kernel, T: OutElem>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn linear_with<Kr: Kernel>(
+pub(crate) fn linear_with<Kr: Kernel>(
     x: &[f32],
     m: usize,
     k: usize,
@@ -366,8 +328,9 @@ fn linear_with<Kr: Kernel>(
     let mut scales = vec![0f32; m];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
+    let quantize_row = cpu::dispatch().quant.quantize_row;
     let pa = pack_a::<Kr>(m, k, |i, dst| {
-        match Kr::quantize_row(&x[i * k..i * k + k], dst) {
+        match quantize_row(&x[i * k..i * k + k], dst) {
             Some((sum, zp, scale)) => {
                 // SAFETY: each row index is visited once, by one thread.
                 unsafe { *sp.get().add(i) = scale };

@@ -151,12 +151,19 @@ pub trait OutElem: Copy + Send + Sync + Default + 'static {
     fn from_f32(v: f32) -> Self;
     /// From an integer already clamped to this type's range (`U8`/`I8`).
     fn from_clamped(v: i32) -> Self;
+    /// The GEMM driver for this output type in a dispatch table.
+    #[doc(hidden)]
+    fn matmul_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::MatmulFn<Self>;
 }
 
 macro_rules! out_elem {
-    ($t:ty, $kind:ident, $i:expr, $f:expr, $c:expr) => {
+    ($t:ty, $kind:ident, $entry:ident, $i:expr, $f:expr, $c:expr) => {
         impl OutElem for $t {
             const KIND: OutKind = OutKind::$kind;
+            #[inline(always)]
+            fn matmul_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::MatmulFn<Self> {
+                k.$entry
+            }
             #[inline(always)]
             fn from_i32(v: i32) -> Self {
                 $i(v)
@@ -172,10 +179,25 @@ macro_rules! out_elem {
         }
     };
 }
-out_elem!(i32, I32, |v| v, |v: f32| v as i32, |v| v);
-out_elem!(f32, F32, |v: i32| v as f32, |v| v, |v: i32| v as f32);
-out_elem!(u8, U8, |v: i32| v as u8, |v: f32| v as u8, |v: i32| v as u8);
-out_elem!(i8, I8, |v: i32| v as i8, |v: f32| v as i8, |v: i32| v as i8);
+out_elem!(i32, I32, matmul_i32, |v| v, |v: f32| v as i32, |v| v);
+out_elem!(f32, F32, matmul_f32, |v: i32| v as f32, |v| v, |v: i32| v
+    as f32);
+out_elem!(
+    u8,
+    U8,
+    matmul_u8,
+    |v: i32| v as u8,
+    |v: f32| v as u8,
+    |v: i32| v as u8
+);
+out_elem!(
+    i8,
+    I8,
+    matmul_i8,
+    |v: i32| v as i8,
+    |v: f32| v as i8,
+    |v: i32| v as i8
+);
 
 fn range_of(kind: OutKind) -> (i32, i32) {
     match kind {

@@ -188,8 +188,9 @@ impl PackedB {
             zp,
             off,
         };
+        let pack_fn = crate::cpu::dispatch().gemm.pack_panels;
         let pack_panels = |p0: usize, out: &mut [i8], zp_out: &mut [i32], ct_out: &mut [i32]| {
-            super::pack_panels_dispatch(&job, p0, out, zp_out, ct_out)
+            pack_fn(&job, p0, out, zp_out, ct_out)
         };
         if panels > 0 && kp > 0 {
             // Runs of panels of about 64 KiB each.
@@ -262,7 +263,7 @@ pub(crate) struct PanelJob<'a> {
 
 /// Packs the run of panels starting at panel `p0` into `out` (their packed
 /// bytes), their stored zero points and column terms. Always inlined so the
-/// per-ISA trampolines (see `pack_panels_dispatch`) vectorise it.
+/// per-ISA wrappers (`arch/`) vectorise it.
 #[inline(always)]
 pub(crate) fn pack_panels(
     job: &PanelJob<'_>,
@@ -308,7 +309,7 @@ pub(crate) fn pack_panels(
                     let rows: [&[u8]; 4] = std::array::from_fn(|t| {
                         &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + NR]
                     });
-                    transpose_4x16(rows, mask, grp);
+                    super::arch::generic::transpose_4x16(rows, mask, grp);
                 } else {
                     for t in 0..(k - 4 * g).min(4) {
                         let row = &src[(4 * g + t) * n + p * NR..(4 * g + t) * n + p * NR + ncols];
@@ -344,39 +345,6 @@ pub(crate) fn pack_panels(
             let z = zp.get(p * NR + c) + off;
             zp_out[lp * NR + c] = z;
             ct_out[lp * NR + c] = sums[c].wrapping_sub((k as i32).wrapping_mul(z));
-        }
-    }
-}
-
-/// Interleaves 4 rows of 16 bytes into 16 columns × 4 k (one packed group),
-/// flipping the sign bit with `mask`.
-#[inline]
-fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
-    debug_assert!(rows.iter().all(|r| r.len() == NR) && grp.len() == 64);
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
-        unsafe {
-            let m = _mm_set1_epi8(mask as i8);
-            let r: [__m128i; 4] = std::array::from_fn(|t| {
-                _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m)
-            });
-            let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
-            let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
-            let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
-            let hi23 = _mm_unpackhi_epi8(r[2], r[3]);
-            let o = grp.as_mut_ptr() as *mut __m128i;
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(lo01, lo23));
-            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(lo01, lo23));
-            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(hi01, hi23));
-            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(hi01, hi23));
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for c in 0..NR {
-        for t in 0..4 {
-            grp[4 * c + t] = (rows[t][c] ^ mask) as i8;
         }
     }
 }
@@ -528,76 +496,4 @@ impl<E: PlainElem> Drop for AScratch<E> {
             });
         }
     }
-}
-
-/// Dynamic per-row asymmetric uint8 quantization of one float row (the
-/// DynamicQuantizeLinear formula applied to each row): `lo = min(min(x), 0)`,
-/// `hi = max(max(x), 0)`, `scale = (hi - lo) / 255` (1 when `hi == lo`),
-/// `zp = clamp(round_half_even(-lo / scale), 0, 255)`,
-/// `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`, all in f32.
-/// The reciprocal (unlike QuantizeLinear's division, which the standalone
-/// [`crate::quant`] ops keep) moves a value by at most one step at a rounding
-/// tie and makes this pass several times cheaper: a `vdivps` per 16 values
-/// cost as much as the whole GEMM of a 256-row MLP layer.
-/// Writes q (zero padded) to `dst`; returns `(rowsum(q), zp, scale)`, or
-/// `None` if the row holds NaN or infinity.
-#[inline]
-pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    quantize_row_u8_inline(x, dst)
-}
-
-/// `(scale, zero point, 1 / scale)` of a row whose minimum and maximum
-/// (each taken with 0) are `lo <= 0 <= hi`.
-#[inline(always)]
-pub(crate) fn row_qparams(lo: f32, hi: f32) -> (f32, i32, f32) {
-    let mut scale = (hi - lo) / 255.0;
-    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
-    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
-        scale = 1.0;
-    }
-    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
-    (scale, zp, 1.0 / scale)
-}
-
-/// [`quantize_row_u8`], always inlined (per-ISA trampolines vectorise it).
-#[inline(always)]
-pub(crate) fn quantize_row_u8_inline(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    // Lane-wise min / max / finiteness over 16 lanes so the loop vectorises;
-    // `v * 0` is 0 for finite v and NaN for infinity or NaN.
-    const L: usize = 16;
-    let (mut lo, mut hi, mut chk) = ([0.0f32; L], [0.0f32; L], [0.0f32; L]);
-    let mut chunks = x.chunks_exact(L);
-    for c in &mut chunks {
-        for i in 0..L {
-            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
-            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
-            chk[i] += c[i] * 0.0;
-        }
-    }
-    for (i, &v) in chunks.remainder().iter().enumerate() {
-        lo[i] = if v < lo[i] { v } else { lo[i] };
-        hi[i] = if v > hi[i] { v } else { hi[i] };
-        chk[i] += v * 0.0;
-    }
-    if chk.iter().any(|c| *c != 0.0) {
-        return None;
-    }
-    let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
-    let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
-    let (scale, zp, inv) = row_qparams(lo, hi);
-    let zpf = zp as f32;
-    let mut sum = 0i32;
-    // Clamped first, so the plain int conversion is exact; it (unlike a
-    // saturating `as u8` from float) vectorises.
-    for (d, &v) in dst.iter_mut().zip(x) {
-        let q = (super::output::round_even_f32(v * inv) + zpf).clamp(0.0, 255.0);
-        // SAFETY: q is an integer-valued float in [0, 255].
-        let qi: i32 = unsafe { q.to_int_unchecked() };
-        *d = qi as u8;
-        sum += qi;
-    }
-    for d in dst[x.len()..].iter_mut() {
-        *d = 0;
-    }
-    Some((sum, zp, scale))
 }

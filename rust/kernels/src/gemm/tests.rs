@@ -3,24 +3,7 @@
 
 use super::output::{OutputStep, Param};
 use super::*;
-use crate::isa::Isa;
-use std::sync::Mutex;
-
-/// `isa::force` is process-wide: tests that switch paths run one at a time.
-static ISA_LOCK: Mutex<()> = Mutex::new(());
-
-fn each_isa(mut f: impl FnMut(Isa)) {
-    let _g = ISA_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let before = isa::active();
-    for i in Isa::ALL {
-        if !isa::force(i) {
-            eprintln!("skipping {}: not supported by this CPU", i.name());
-            continue;
-        }
-        f(i);
-    }
-    isa::force(before);
-}
+use crate::cpu::{each_isa, Isa};
 
 /// Deterministic pseudo-random bytes (xorshift).
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -345,7 +328,8 @@ fn linear_dynamic_matches_dequantized_reference() {
             .unwrap();
             for i in 0..m {
                 let mut q = vec![0u8; k];
-                let (_, zp, s) = pack::quantize_row_u8(&x[i * k..i * k + k], &mut q).unwrap();
+                let (_, zp, s) =
+                    crate::quant::rows::quantize_row_u8(&x[i * k..i * k + k], &mut q).unwrap();
                 for j in 0..n {
                     let acc: i64 = (0..k)
                         .map(|kk| (q[kk] as i64 - zp as i64) * w[j * k + kk] as i64)
@@ -409,9 +393,9 @@ fn kernel_speed() {
     }
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512Vnni.is_supported() {
-        go::<super::x86_avx512vnni::Avx512Vnni>("vnni", &a, &b, &mut acc, kg);
+        go::<super::arch::x86_avx512vnni::Avx512Vnni>("vnni", &a, &b, &mut acc, kg);
     }
-    go::<super::generic::Generic>("generic", &a, &b, &mut acc, kg);
+    go::<super::arch::generic::Generic>("generic", &a, &b, &mut acc, kg);
 }
 
 /// Packing speed (not a test: `cargo test --release -- --ignored pack_speed --nocapture`).
@@ -446,65 +430,5 @@ fn pack_speed() {
             "memcpy {k}x{n}: {:.0} us",
             t.elapsed().as_secs_f64() / reps as f64 * 1e6
         );
-    }
-}
-
-#[test]
-fn every_isa_quantizes_rows_like_the_portable_code() {
-    let mut rows: Vec<Vec<f32>> = vec![
-        vec![],
-        vec![0.0; 5],
-        vec![-0.0; 17],
-        vec![3.5; 33],
-        vec![-2.0; 16],
-        vec![1e-45, -1e-45],
-    ];
-    for (len, seed) in [
-        (1usize, 1u64),
-        (15, 2),
-        (16, 3),
-        (31, 4),
-        (64, 5),
-        (100, 6),
-        (257, 7),
-    ] {
-        let b = bytes(len, seed);
-        rows.push(b.iter().map(|&v| (v as f32 - 100.0) * 0.037).collect());
-        rows.push(b.iter().map(|&v| v as f32 * 1e3).collect()); // positive only
-                                                                // Values landing exactly on rounding ties of the grid.
-        rows.push((0..len).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect());
-    }
-    for x in &rows {
-        let kp = x.len().div_ceil(4) * 4;
-        let mut want = vec![7u8; kp];
-        let r = pack::quantize_row_u8(x, &mut want);
-        each_isa(|i| {
-            let mut got = vec![9u8; kp];
-            assert_eq!(quantize_row_on(i, x, &mut got), r, "{i:?} {x:?}");
-            assert_eq!(want, got, "{i:?} {x:?}");
-        });
-    }
-    for bad in [
-        [1.0f32, f32::NAN, 2.0],
-        [f32::INFINITY, 0.0, 1.0],
-        [0.0, 1.0, f32::NEG_INFINITY],
-    ] {
-        each_isa(|i| {
-            assert!(
-                quantize_row_on(i, &bad, &mut [0u8; 4]).is_none(),
-                "{i:?} {bad:?}"
-            )
-        });
-    }
-}
-
-/// The row quantizer of the kernel for `isa` (which the caller forced, so the CPU has it).
-fn quantize_row_on(isa: Isa, x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => <x86_avx512vnni::Avx512Vnni as Kernel>::quantize_row(x, dst),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => <x86_avx2::Avx2 as Kernel>::quantize_row(x, dst),
-        _ => <generic::Generic as Kernel>::quantize_row(x, dst),
     }
 }

@@ -21,8 +21,8 @@ use crate::error::Result;
 use crate::threads;
 use crate::{shape_err, value_err};
 
-#[cfg(target_arch = "x86_64")]
-mod x86;
+#[doc(hidden)]
+pub mod arch;
 
 /// An element whose magnitude can rank entries: `f32` or `f64`.
 pub trait Score: Copy + Send + Sync + 'static {
@@ -41,9 +41,15 @@ pub trait Score: Copy + Send + Sync + 'static {
     fn k(self) -> Self::K;
     const K_MIN: Self::K;
     const K_MAX: Self::K;
+    /// The selection pass for this type in a dispatch table.
+    #[doc(hidden)]
+    fn band(k: &arch::Kernels) -> arch::BandFn<Self>;
 }
 
 impl Score for f32 {
+    fn band(k: &arch::Kernels) -> arch::BandFn<Self> {
+        k.band_f32
+    }
     type K = u32;
     const K_MIN: u32 = 0;
     const K_MAX: u32 = u32::MAX;
@@ -70,6 +76,9 @@ impl Score for f32 {
 }
 
 impl Score for f64 {
+    fn band(k: &arch::Kernels) -> arch::BandFn<Self> {
+        k.band_f64
+    }
     type K = u64;
     const K_MIN: u64 = 0;
     const K_MAX: u64 = u64::MAX;
@@ -247,27 +256,6 @@ pub(crate) fn chunk_band<T: Score>(
     (below, cands, mx.into())
 }
 
-type BandFn<T> = fn(
-    &[T],
-    Option<&[bool]>,
-    &mut [bool],
-    usize,
-    <T as Score>::K,
-    <T as Score>::K,
-) -> (usize, Vec<(u64, u32)>, u64);
-
-/// The sampled pass for the active ISA (the loop vectorises 2-4x wider with
-/// AVX2 than with the baseline SSE2).
-fn band_kernel<T: Score>() -> BandFn<T> {
-    match crate::isa::active() {
-        crate::isa::Isa::Generic => chunk_band::<T>,
-        #[cfg(target_arch = "x86_64")]
-        _ => x86::chunk_band_avx2::<T>,
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => chunk_band::<T>,
-    }
-}
-
 /// Sampled selection (Floyd–Rivest style): the keys of an even sample bracket
 /// the `k`-th smallest in `[lo, hi]` with high probability; one streaming pass
 /// then decides every entry outside the bracket and gathers the few inside,
@@ -311,7 +299,8 @@ fn prune_sampled<T: Score>(
     } else {
         *samp.select_nth_unstable((r + d) as usize + 1).1
     };
-    let band_fn = band_kernel::<T>();
+    // The pass compiled for the active path (see `arch/`).
+    let band_fn = T::band(&crate::cpu::dispatch().prune);
     let mut keep = vec![false; n];
     let parts: Vec<(usize, Vec<(u64, u32)>, u64)> =
         threads::map_chunks_mut(&mut keep, cl, |c, out| {

@@ -23,19 +23,18 @@
 //!
 //! # Dispatch
 //!
-//! [`isa::active`] picks a path once per call: `x86_avx2.rs` and `x86_avx512.rs` hold the
-//! `#[target_feature]` loops, the portable loops below are the generic path and the
-//! reference the SIMD paths are tested against. The drivers here never name an ISA
-//! except in the one `match` of [`kernels`].
+//! [`crate::cpu::dispatch`] hands out the loops of the active path (`arch/`
+//! holds them); the portable loops below are the generic path and the
+//! reference the SIMD paths are tested against. Nothing here names an ISA.
+//!
+//! [`rows`] is the one dynamic *activation* quantizer (per row, uint8) that
+//! the int8 GEMM and sparse products share.
 
-use crate::isa::{self, Isa};
 use crate::{shape_err, threads, value_err, Error, Result};
 
+pub(crate) mod arch;
 pub mod calib;
-#[cfg(target_arch = "x86_64")]
-mod x86_avx2;
-#[cfg(target_arch = "x86_64")]
-mod x86_avx512;
+pub mod rows;
 
 /// An 8-bit quantized element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,48 +165,10 @@ impl Params {
     }
 }
 
-/// Quantize with one scale / zero point for the run: `(x, scale, zp, lo, hi, out, stream)`.
-pub(crate) type QuantRunFn = fn(&[f32], f32, f32, f32, f32, &mut [u8], bool);
-/// Quantize with one scale / zero point per element: `(x, scale, zp, lo, hi, out)`.
-pub(crate) type QuantRowFn = fn(&[f32], &[f32], &[f32], f32, f32, &mut [u8]);
-/// Dequantize with one scale / zero point per element: `(q, signed, scale, zp, out, stream)`.
-pub(crate) type DequantRowFn = fn(&[u8], bool, &[f32], &[f32], &mut [f32], bool);
-
-/// The per-element loops of one ISA. `lo`/`hi` are the saturation range as `f32`.
-/// `*_run` use one scale and zero point for the whole run; `*_row` one per element.
-#[derive(Clone, Copy)]
-pub(crate) struct Kernels {
-    /// `(x, scale, zp, lo, hi, out, stream)`; `stream`: non-temporal stores for outputs
-    /// too big to stay in cache.
-    pub quant_run: QuantRunFn,
-    pub quant_row: QuantRowFn,
-    /// `(q, signed, scale, zp, out, stream)`.
-    pub dequant_run: fn(&[u8], bool, f32, f32, &mut [f32], bool),
-    pub dequant_row: DequantRowFn,
-    /// `(min, max, poison)`; `poison` is NaN when the slice holds NaN or ±inf.
-    pub min_max: fn(&[f32]) -> (f32, f32, f32),
+/// The loops of the active path.
+pub(crate) fn kernels() -> arch::Kernels {
+    crate::cpu::dispatch().quant
 }
-
-/// The loops of the active ISA.
-pub(crate) fn kernels() -> Kernels {
-    match isa::active() {
-        Isa::Generic => GENERIC,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86_avx2::KERNELS,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => x86_avx512::KERNELS,
-        #[allow(unreachable_patterns)]
-        _ => GENERIC,
-    }
-}
-
-const GENERIC: Kernels = Kernels {
-    quant_run: quant_run_scalar,
-    quant_row: quant_row_scalar,
-    dequant_run: dequant_run_scalar,
-    dequant_row: dequant_row_scalar,
-    min_max: min_max_body,
-};
 
 /// One element of `QuantizeLinear`: the reference every SIMD path must equal.
 #[inline(always)]

@@ -1,6 +1,6 @@
 use super::calib::{self, Method, Spec};
 use super::*;
-use crate::isa;
+use crate::cpu::each_isa;
 
 /// Deterministic pseudo-random floats in [-r, r).
 fn data(n: usize, r: f32, seed: u64) -> Vec<f32> {
@@ -15,16 +15,6 @@ fn data(n: usize, r: f32, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * r
         })
         .collect()
-}
-
-/// Runs `f` once on every supported ISA path.
-fn each_isa(mut f: impl FnMut(Isa)) {
-    let before = isa::active();
-    for i in isa::supported() {
-        assert!(isa::force(i));
-        f(i);
-    }
-    isa::force(before);
 }
 
 /// Values chosen to hit halfway points, saturation, NaN, infinities and huge quotients.

@@ -2,10 +2,9 @@
 //! the Linear layer (`Y = X · Wᵀ + b`). See `formats` for the storage and
 //! `spmm` for the loop design.
 
+pub(crate) mod arch;
 pub mod formats;
 pub mod spmm;
-#[cfg(target_arch = "x86_64")]
-mod x86;
 
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
 pub use spmm::{

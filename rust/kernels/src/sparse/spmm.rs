@@ -25,7 +25,6 @@ use std::ops::Range;
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
 use crate::gemm::output::{OutputStep, Param};
-use crate::isa::{self, Isa};
 use crate::threads;
 use crate::{shape_err, value_err};
 use rayon::prelude::*;
@@ -646,24 +645,18 @@ pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(
 /// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
 const PREFETCH: usize = 8;
 
-/// Prefetches `rows` rows of `len` bytes, `stride` apart, from `base + off`.
+/// Prefetches `rows` (at most 4) rows of `len` bytes, `stride` apart, from `base + off`.
 #[inline(always)]
 unsafe fn prefetch_rows(base: *const u8, off: usize, rows: usize, stride: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut r = 0;
-        while r < rows.min(4) {
-            let mut l = 0;
-            while l < len {
-                _mm_prefetch::<_MM_HINT_T0>(base.add(off + r * stride + l) as *const i8);
-                l += 64;
-            }
-            r += 1;
+    let mut r = 0;
+    while r < rows.min(4) {
+        let mut l = 0;
+        while l < len {
+            crate::cpu::prefetch(base.wrapping_add(off + r * stride + l));
+            l += 64;
         }
+        r += 1;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (base, off, rows, stride, len);
 }
 
 // ---------------------------------------------------------- int8 kernels
@@ -975,67 +968,9 @@ fn i8_gemv_rows(
     yt
 }
 
-// ------------------------------------------------------ ISA selection
-
-type BsrF32Fn = unsafe fn(&Bsr<f32>, Range<usize>, &[f32], usize, &mut [f32]);
-type BsrF32GemvFn = unsafe fn(&Bsr<f32>, Range<usize>, &[f32], &mut [f32]);
-type NmF32Fn = unsafe fn(&Nm<f32>, Range<usize>, &[f32], usize, &mut [f32]);
-type NmF32GemvFn = unsafe fn(&Nm<f32>, Range<usize>, &[f32], &mut [f32]);
-type BsrI8Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[i16], usize, &mut [i32]);
-type BsrI8Dot4Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[u8], usize, &mut [i32]);
-type NmI8Fn = unsafe fn(&Nm<i8>, Range<usize>, &[i16], usize, &mut [i32]);
-
-pub(super) struct Kernels {
-    pub bsr_f32: BsrF32Fn,
-    pub bsr_f32_gemv: BsrF32GemvFn,
-    pub nm_f32: NmF32Fn,
-    pub nm_f32_gemv: NmF32GemvFn,
-    pub bsr_i8: BsrI8Fn,
-    pub bsr_i8_dot4: BsrI8Dot4Fn,
-    pub nm_i8: NmI8Fn,
-}
-
-fn generic_bsr_f32(w: &Bsr<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-    unsafe { bsr_f32_body::<false>(w, r, x, bp, o) }
-}
-fn generic_bsr_f32_gemv(w: &Bsr<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-    unsafe { bsr_f32_gemv_body::<false>(w, r, x, o) }
-}
-fn generic_nm_f32(w: &Nm<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-    unsafe { nm_f32_body::<false>(w, r, x, bp, o) }
-}
-fn generic_nm_f32_gemv(w: &Nm<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-    unsafe { nm_f32_gemv_body::<false>(w, r, x, o) }
-}
-fn generic_bsr_i8(w: &Bsr<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-    unsafe { bsr_i8_body(w, r, x, bp, o) }
-}
-fn generic_bsr_i8_dot4(w: &Bsr<i8>, r: Range<usize>, x: &[u8], bp: usize, o: &mut [i32]) {
-    unsafe { bsr_i8_dot4_body(w, r, x, bp, o) }
-}
-fn generic_nm_i8(w: &Nm<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-    unsafe { nm_i8_body(w, r, x, bp, o) }
-}
-
-fn kernels() -> Kernels {
-    let generic = Kernels {
-        bsr_f32: generic_bsr_f32,
-        bsr_f32_gemv: generic_bsr_f32_gemv,
-        nm_f32: generic_nm_f32,
-        nm_f32_gemv: generic_nm_f32_gemv,
-        bsr_i8: generic_bsr_i8,
-        bsr_i8_dot4: generic_bsr_i8_dot4,
-        nm_i8: generic_nm_i8,
-    };
-    match isa::active() {
-        Isa::Generic => generic,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => super::x86::avx2_kernels(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => super::x86::avx512_kernels(),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => generic,
-    }
+/// The sparse bodies compiled for the active path (see `arch/`).
+fn kernels() -> super::arch::Kernels {
+    crate::cpu::dispatch().sparse
 }
 
 // ---------------------------------------------------------- drivers
@@ -1296,8 +1231,7 @@ mod tests {
                 }
             })
             .collect();
-        for isa in crate::isa::supported() {
-            crate::isa::force(isa);
+        crate::cpu::each_isa(|isa| {
             for &batch in &[1usize, 2, 3, 17, 70] {
                 let x: Vec<f32> = (0..batch * k)
                     .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
@@ -1311,8 +1245,7 @@ mod tests {
                     }
                 }
             }
-        }
-        crate::isa::force(crate::isa::best());
+        });
     }
 
     #[test]
@@ -1329,8 +1262,7 @@ mod tests {
             })
             .collect();
         let q: Vec<i8> = q.into_iter().map(|v| v.max(-127)).collect();
-        for isa in crate::isa::supported() {
-            crate::isa::force(isa);
+        crate::cpu::each_isa(|isa| {
             for &batch in &[1usize, 5, 40] {
                 let xqv: Vec<u8> = (0..batch * k).map(|_| (lcg(&mut s) % 256) as u8).collect();
                 let zp: Vec<u8> = (0..batch).map(|_| (lcg(&mut s) % 256) as u8).collect();
@@ -1356,7 +1288,6 @@ mod tests {
                     }
                 }
             }
-        }
-        crate::isa::force(crate::isa::best());
+        });
     }
 }

@@ -4,28 +4,25 @@
 //! `vroundps` to nearest-even, add the zero point, `vmaxps(v, lo)` (NaN -> lo) then
 //! `vminps`, and an exact convert of the now in-range integer value.
 //!
-//! Safety: [`KERNELS`] is handed out only when `isa::active()` is `Avx2` or better,
-//! which is only ever the case on CPUs with AVX2 and FMA.
+//! The bodies are `#[inline(always)]`; `table!(avx2)` emits their
+//! `#[target_feature]` wrappers and the safe `KERNELS` table, which
+//! [`crate::cpu::dispatch`] hands out only on CPUs with AVX2 and FMA. The
+//! activation row quantizer is the portable body compiled for AVX2.
 
 use std::arch::x86_64::*;
 
-use super::{dequant1, head_len, min_max_body, quant1, Kernels};
+use crate::quant::{dequant1, head_len, min_max_body, quant1};
 
-pub(super) const KERNELS: Kernels = Kernels {
-    quant_run: |x, s, zp, lo, hi, out, stream| unsafe { quant_run(x, s, zp, lo, hi, out, stream) },
-    quant_row: |x, s, zp, lo, hi, out| unsafe { quant_row(x, s, zp, lo, hi, out) },
-    dequant_run: |q, signed, s, zp, out, stream| unsafe {
-        dequant_run(q, signed, s, zp, out, stream)
-    },
-    dequant_row: |q, signed, s, zp, out, stream| unsafe {
-        dequant_row(q, signed, s, zp, out, stream)
-    },
-    min_max: |x| unsafe { min_max(x) },
-};
+super::table!(avx2);
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
     min_max_body(x)
+}
+
+#[inline(always)]
+unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    crate::quant::rows::quantize_row_body(x, dst)
 }
 
 /// round_half_even(x / s) + zp, clamped to [lo, hi], as i32 lanes.
@@ -51,7 +48,7 @@ unsafe fn pack4<const SIGNED: bool>(a: __m256i, b: __m256i, c: __m256i, d: __m25
     _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 32-byte aligned output, then `vmovntdq`.
@@ -111,7 +108,7 @@ unsafe fn quant_run_t<const SIGNED: bool, const STREAM: bool>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
     if lo < 0.0 {
         quant_row_t::<true>(x, s, zp, lo, hi, out)
@@ -164,7 +161,7 @@ unsafe fn widen8<const SIGNED: bool>(v: __m128i) -> __m256 {
     _mm256_cvtepi32_ps(w)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
     let head = if stream {
@@ -222,7 +219,7 @@ unsafe fn dequant_run_t<const SIGNED: bool, const STREAM: bool>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[inline(always)]
 unsafe fn dequant_row(
     q: &[u8],
     signed: bool,

@@ -1,93 +1,16 @@
-//! x86-64 paths: `#[target_feature]` trampolines over the generic bodies in
-//! `spmm.rs` (the compiler vectorises them for the enabled features), plus the
-//! AVX-512 VNNI micro-kernel of the int8 4-deep dot layout (`vpdpbusd`: u8 × s8,
+//! The x86-64 AVX-512 VNNI path of the sparse family: the AVX-512 table with
+//! the micro-kernel of the int8 4-deep dot layout in `vpdpbusd` (u8 × s8,
 //! four products summed into int32 without saturation, so it is exact).
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::formats::{Bsr, Nm};
-use super::spmm::{self, Kernels};
+use crate::sparse::formats::Bsr;
 
-macro_rules! trampolines {
-    ($feat:literal, $fma:literal, $bsr:ident, $bsrg:ident, $nm:ident, $nmg:ident, $i8:ident, $d4:ident, $nmi8:ident) => {
-        #[target_feature(enable = $feat)]
-        unsafe fn $bsr(w: &Bsr<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-            spmm::bsr_f32_body::<$fma>(w, r, x, bp, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $bsrg(w: &Bsr<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-            spmm::bsr_f32_gemv_body::<$fma>(w, r, x, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $nm(w: &Nm<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-            spmm::nm_f32_body::<$fma>(w, r, x, bp, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $nmg(w: &Nm<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-            spmm::nm_f32_gemv_body::<$fma>(w, r, x, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $i8(w: &Bsr<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-            spmm::bsr_i8_body(w, r, x, bp, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $d4(w: &Bsr<i8>, r: Range<usize>, x: &[u8], bp: usize, o: &mut [i32]) {
-            spmm::bsr_i8_dot4_body(w, r, x, bp, o)
-        }
-        #[target_feature(enable = $feat)]
-        unsafe fn $nmi8(w: &Nm<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-            spmm::nm_i8_body(w, r, x, bp, o)
-        }
-    };
-}
-
-trampolines!(
-    "avx2,fma",
-    true,
-    bsr_f32_avx2,
-    bsr_f32_gemv_avx2,
-    nm_f32_avx2,
-    nm_f32_gemv_avx2,
-    bsr_i8_avx2,
-    dot4_avx2,
-    nm_i8_avx2
-);
-trampolines!(
-    "avx512f,avx512bw,avx512vl,avx2,fma",
-    true,
-    bsr_f32_avx512,
-    bsr_f32_gemv_avx512,
-    nm_f32_avx512,
-    nm_f32_gemv_avx512,
-    bsr_i8_avx512,
-    _dot4_avx512_autovec,
-    nm_i8_avx512
-);
-
-pub(super) fn avx2_kernels() -> Kernels {
-    Kernels {
-        bsr_f32: bsr_f32_avx2,
-        bsr_f32_gemv: bsr_f32_gemv_avx2,
-        nm_f32: nm_f32_avx2,
-        nm_f32_gemv: nm_f32_gemv_avx2,
-        bsr_i8: bsr_i8_avx2,
-        bsr_i8_dot4: dot4_avx2,
-        nm_i8: nm_i8_avx2,
-    }
-}
-
-pub(super) fn avx512_kernels() -> Kernels {
-    Kernels {
-        bsr_f32: bsr_f32_avx512,
-        bsr_f32_gemv: bsr_f32_gemv_avx512,
-        nm_f32: nm_f32_avx512,
-        nm_f32_gemv: nm_f32_gemv_avx512,
-        bsr_i8: bsr_i8_avx512,
-        bsr_i8_dot4: dot4_vnni,
-        nm_i8: nm_i8_avx512,
-    }
-}
+pub(crate) const KERNELS: super::Kernels = super::Kernels {
+    bsr_i8_dot4: dot4_vnni_tf,
+    ..super::x86_avx512::KERNELS
+};
 
 /// `R` rows × `T` zmm (16 batch columns each) of int32 accumulators.
 #[inline(always)]
@@ -168,7 +91,13 @@ unsafe fn dot4_rows_vnni<const R: usize, const T: usize>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn dot4_vnni_tf(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
+        dot4_vnni(w, brs, xp, bp, out)
+    }
+);
+
+#[inline(always)]
 unsafe fn dot4_vnni(w: &Bsr<i8>, brs: Range<usize>, xp: &[u8], bp: usize, out: &mut [i32]) {
     match w.r {
         1 => dot4_rows_vnni::<1, 4>(w, brs, xp, bp, out),

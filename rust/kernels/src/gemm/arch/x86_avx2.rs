@@ -13,9 +13,15 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Fix, Kernel};
-use super::output::OutElem;
-use super::Finish;
+use crate::gemm::kernel::{tile_match, Fix, Kernel};
+use crate::gemm::output::OutElem;
+use crate::gemm::{pack, Finish};
+
+super::table!(Avx2, |job, p0, out, zp, ct| unsafe {
+    // SAFETY: the table is only handed out on CPUs with AVX2.
+    pack_panels_tf(job, p0, out, zp, ct)
+});
+super::kernel_fns!(avx2, i16);
 
 pub(crate) struct Avx2;
 
@@ -40,11 +46,6 @@ impl Kernel for Avx2 {
         finish_tf(f)
     }
 
-    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-        // SAFETY: this kernel is only used when the CPU has its ISA.
-        unsafe { quantize_tf(x, dst) }
-    }
-
     unsafe fn tile(
         mr: usize,
         np: usize,
@@ -66,21 +67,6 @@ impl Kernel for Avx2 {
             [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
         )
     }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(
-    kg: usize,
-    a: *const i16,
-    lda: usize,
-    b: *const i8,
-    bs: usize,
-    acc: *mut i32,
-    ld: usize,
-    load: bool,
-    fix: Option<&Fix>,
-) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
@@ -154,32 +140,26 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
-    super::finish_block(f)
-}
+crate::cpu::isa_fns!(avx2;
+    /// B packing compiled for AVX2 (the transposes and column sums vectorise wider).
+    pub(crate) unsafe fn pack_panels_tf(
+        job: &pack::PanelJob<'_>,
+        p0: usize,
+        out: &mut [i8],
+        zp_out: &mut [i32],
+        ct_out: &mut [i32],
+    ) {
+        pack::pack_panels(job, p0, out, zp_out, ct_out)
+    }
+    pub(crate) unsafe fn copy_sum_avx2(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+        copy_sum_body(src, flip, dst)
+    }
+);
 
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    super::pack::quantize_row_u8_inline(x, dst)
-}
-
-/// B packing compiled for AVX2 (the transposes and column sums vectorise wider).
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn pack_panels_tf(
-    job: &super::pack::PanelJob<'_>,
-    p0: usize,
-    out: &mut [i8],
-    zp_out: &mut [i32],
-    ct_out: &mut [i32],
-) {
-    super::pack::pack_panels(job, p0, out, zp_out, ct_out)
-}
-
-/// [`super::pack::copy_sum_scalar`] with AVX2: 32 bytes per step, the sum by
+/// [`pack::copy_sum_scalar`] with AVX2: 32 bytes per step, the sum by
 /// `vpsadbw` (sums of 8 bytes into 64-bit lanes).
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn copy_sum_avx2(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+#[inline(always)]
+unsafe fn copy_sum_body(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
     let n = src.len().min(dst.len());
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     let mask = _mm256_set1_epi8(flip as i8);
@@ -194,9 +174,5 @@ pub(crate) unsafe fn copy_sum_avx2(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 
     }
     let lanes: [i64; 4] = std::mem::transmute(acc);
     let head = lanes.iter().fold(0i64, |t, &v| t.wrapping_add(v)) as i32;
-    head.wrapping_add(super::pack::copy_sum_scalar(
-        &src[i..n],
-        flip,
-        &mut dst[i..n],
-    ))
+    head.wrapping_add(pack::copy_sum_scalar(&src[i..n], flip, &mut dst[i..n]))
 }

@@ -5,26 +5,18 @@
 //! nearest-even, add the zero point, `vmaxps(v, lo)` so NaN -> lo, `vminps`, exact
 //! convert, `vpmovdb` truncation of the in-range value).
 //!
-//! Safety: [`KERNELS`] is handed out only when `isa::active()` is `Avx512Vnni`, which
-//! `isa` allows only on CPUs with AVX-512 F, BW, VL and VNNI (and AVX2).
+//! The bodies are `#[inline(always)]`; `table!(avx512)` emits their
+//! `#[target_feature]` wrappers and the safe `KERNELS` table, which
+//! [`crate::cpu::dispatch`] hands out only on CPUs with AVX-512 F, BW and VL
+//! (and AVX2); VNNI is not needed here.
 
 use std::arch::x86_64::*;
 
-use super::{dequant1, head_len, min_max_body, quant1, Kernels};
+use crate::quant::{dequant1, head_len, min_max_body, quant1};
 
-pub(super) const KERNELS: Kernels = Kernels {
-    quant_run: |x, s, zp, lo, hi, out, stream| unsafe { quant_run(x, s, zp, lo, hi, out, stream) },
-    quant_row: |x, s, zp, lo, hi, out| unsafe { quant_row(x, s, zp, lo, hi, out) },
-    dequant_run: |q, signed, s, zp, out, stream| unsafe {
-        dequant_run(q, signed, s, zp, out, stream)
-    },
-    dequant_row: |q, signed, s, zp, out, stream| unsafe {
-        dequant_row(q, signed, s, zp, out, stream)
-    },
-    min_max: |x| unsafe { min_max(x) },
-};
+super::table!(avx512);
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
     min_max_body(x)
 }
@@ -43,7 +35,7 @@ fn tail_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 16-byte aligned output, then `vmovntdq`.
@@ -101,7 +93,7 @@ unsafe fn quant_run_t<const STREAM: bool>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
     let n = x.len().min(out.len()).min(s.len()).min(zp.len());
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
@@ -133,7 +125,7 @@ unsafe fn widen16(v: __m128i, signed: bool) -> __m512 {
     _mm512_cvtepi32_ps(w)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
     let head = if stream {
@@ -186,7 +178,7 @@ unsafe fn dequant_run_t<const STREAM: bool>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline(always)]
 unsafe fn dequant_row(
     q: &[u8],
     signed: bool,
@@ -246,4 +238,74 @@ unsafe fn dequant_row_t<const STREAM: bool>(
         );
         _mm512_mask_storeu_ps(op.add(i), m, r);
     }
+}
+
+/// The activation row quantizer ([`crate::quant::rows`]) in AVX-512: the same arithmetic (so
+/// every ISA gives the same bytes), 16 lanes at a time with masked tails and
+/// the accumulators in registers.
+#[inline(always)]
+unsafe fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    let n = x.len();
+    let p = x.as_ptr();
+    let tail = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (n - i)) - 1) as __mmask16
+        }
+    };
+    // Pass 1: min / max (with 0) and finiteness (`v * 0` is NaN for inf or NaN).
+    let zero = _mm512_setzero_ps();
+    let (mut lo0, mut lo1, mut hi0, mut hi1, mut chk) = (zero, zero, zero, zero, zero);
+    let mut i = 0;
+    while i + 32 <= n {
+        let (a, b) = (_mm512_loadu_ps(p.add(i)), _mm512_loadu_ps(p.add(i + 16)));
+        lo0 = _mm512_min_ps(lo0, a);
+        lo1 = _mm512_min_ps(lo1, b);
+        hi0 = _mm512_max_ps(hi0, a);
+        hi1 = _mm512_max_ps(hi1, b);
+        chk = _mm512_add_ps(
+            chk,
+            _mm512_add_ps(_mm512_mul_ps(a, zero), _mm512_mul_ps(b, zero)),
+        );
+        i += 32;
+    }
+    while i < n {
+        // Masked-off lanes read as 0, which changes neither bound (lo <= 0 <= hi).
+        let a = _mm512_maskz_loadu_ps(tail(i), p.add(i));
+        lo0 = _mm512_min_ps(lo0, a);
+        hi0 = _mm512_max_ps(hi0, a);
+        chk = _mm512_add_ps(chk, _mm512_mul_ps(a, zero));
+        i += 16;
+    }
+    if _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(chk, zero) != 0xffff {
+        return None;
+    }
+    let lo = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
+    let hi = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
+    let (scale, zp, inv) = crate::quant::rows::row_qparams(lo, hi);
+    // Pass 2: q = clamp(round_even(x * inv) + zp, 0, 255), its sum, bytes out.
+    let (vinv, vzp, vmax) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(zp as f32),
+        _mm512_set1_ps(255.0),
+    );
+    let magic = _mm512_set1_ps(12_582_912.0); // 1.5 * 2^23: (v + M) - M rounds half to even
+    let d = dst.as_mut_ptr();
+    let mut sum = _mm512_setzero_si512();
+    let mut i = 0;
+    while i < n {
+        let m = tail(i);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(i)), vinv);
+        let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+        let q = _mm512_cvttps_epi32(_mm512_min_ps(
+            _mm512_max_ps(_mm512_add_ps(r, vzp), zero),
+            vmax,
+        ));
+        sum = _mm512_add_epi32(sum, _mm512_maskz_mov_epi32(m, q));
+        _mm512_mask_cvtepi32_storeu_epi8(d.add(i) as *mut i8, m, q);
+        i += 16;
+    }
+    dst[n..].fill(0);
+    Some((_mm512_reduce_add_epi32(sum), zp, scale))
 }

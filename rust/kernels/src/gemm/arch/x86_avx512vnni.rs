@@ -10,9 +10,13 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{tile_match, Fix, Kernel};
-use super::output::OutElem;
-use super::Finish;
+use crate::gemm::kernel::{tile_match, Fix, Kernel};
+use crate::gemm::output::OutElem;
+use crate::gemm::Finish;
+
+// B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
+super::table!(Avx512Vnni, super::x86_avx2::KERNELS.pack_panels);
+super::kernel_fns!(avx512vnni, u8);
 
 pub(crate) struct Avx512Vnni;
 
@@ -38,11 +42,6 @@ impl Kernel for Avx512Vnni {
 
     unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
         finish_tf(f)
-    }
-
-    fn quantize_row(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-        // SAFETY: this kernel is only used when the CPU has its ISA.
-        unsafe { quantize_tf(x, dst) }
     }
 
     unsafe fn tile(
@@ -95,21 +94,6 @@ impl Kernel for Avx512Vnni {
             ]
         )
     }
-}
-
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_tf<const MR: usize, const NP: usize>(
-    kg: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bs: usize,
-    acc: *mut i32,
-    ld: usize,
-    load: bool,
-    fix: Option<&Fix>,
-) {
-    tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
 }
 
 #[inline(always)]
@@ -184,79 +168,4 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
-}
-
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn finish_tf<T: OutElem>(f: Finish<'_, '_, T>) {
-    super::finish_block(f)
-}
-
-/// [`super::pack::quantize_row_u8`] in AVX-512: the same arithmetic (so
-/// every ISA gives the same bytes), 16 lanes at a time with masked tails and
-/// the accumulators in registers.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn quantize_tf(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
-    let n = x.len();
-    let p = x.as_ptr();
-    let tail = |i: usize| -> __mmask16 {
-        if n - i >= 16 {
-            0xffff
-        } else {
-            ((1u32 << (n - i)) - 1) as __mmask16
-        }
-    };
-    // Pass 1: min / max (with 0) and finiteness (`v * 0` is NaN for inf or NaN).
-    let zero = _mm512_setzero_ps();
-    let (mut lo0, mut lo1, mut hi0, mut hi1, mut chk) = (zero, zero, zero, zero, zero);
-    let mut i = 0;
-    while i + 32 <= n {
-        let (a, b) = (_mm512_loadu_ps(p.add(i)), _mm512_loadu_ps(p.add(i + 16)));
-        lo0 = _mm512_min_ps(lo0, a);
-        lo1 = _mm512_min_ps(lo1, b);
-        hi0 = _mm512_max_ps(hi0, a);
-        hi1 = _mm512_max_ps(hi1, b);
-        chk = _mm512_add_ps(
-            chk,
-            _mm512_add_ps(_mm512_mul_ps(a, zero), _mm512_mul_ps(b, zero)),
-        );
-        i += 32;
-    }
-    while i < n {
-        // Masked-off lanes read as 0, which changes neither bound (lo <= 0 <= hi).
-        let a = _mm512_maskz_loadu_ps(tail(i), p.add(i));
-        lo0 = _mm512_min_ps(lo0, a);
-        hi0 = _mm512_max_ps(hi0, a);
-        chk = _mm512_add_ps(chk, _mm512_mul_ps(a, zero));
-        i += 16;
-    }
-    if _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(chk, zero) != 0xffff {
-        return None;
-    }
-    let lo = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1));
-    let hi = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
-    let (scale, zp, inv) = super::pack::row_qparams(lo, hi);
-    // Pass 2: q = clamp(round_even(x * inv) + zp, 0, 255), its sum, bytes out.
-    let (vinv, vzp, vmax) = (
-        _mm512_set1_ps(inv),
-        _mm512_set1_ps(zp as f32),
-        _mm512_set1_ps(255.0),
-    );
-    let magic = _mm512_set1_ps(12_582_912.0); // 1.5 * 2^23: (v + M) - M rounds half to even
-    let d = dst.as_mut_ptr();
-    let mut sum = _mm512_setzero_si512();
-    let mut i = 0;
-    while i < n {
-        let m = tail(i);
-        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(i)), vinv);
-        let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
-        let q = _mm512_cvttps_epi32(_mm512_min_ps(
-            _mm512_max_ps(_mm512_add_ps(r, vzp), zero),
-            vmax,
-        ));
-        sum = _mm512_add_epi32(sum, _mm512_maskz_mov_epi32(m, q));
-        _mm512_mask_cvtepi32_storeu_epi8(d.add(i) as *mut i8, m, q);
-        i += 16;
-    }
-    dst[n..].fill(0);
-    Some((_mm512_reduce_add_epi32(sum), zp, scale))
 }

@@ -5,7 +5,10 @@
 
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use super::kernel::{tile_match, Fix, Kernel};
+use crate::gemm::kernel::{tile_match, Fix, Kernel};
+use crate::gemm::pack::{self, NR};
+
+super::table!(Generic, pack::pack_panels);
 
 /// Portable kernel: 4 rows × 1 panel (16 columns) per tile.
 pub(crate) struct Generic;
@@ -100,5 +103,39 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
             }
         }
         std::ptr::copy_nonoverlapping(cols.as_ptr(), acc.add(r * ld), 16);
+    }
+}
+
+/// Interleaves 4 rows of 16 bytes into 16 columns × 4 k (one packed group),
+/// flipping the sign bit with `mask`.
+#[inline]
+pub(crate) fn transpose_4x16(rows: [&[u8]; 4], mask: u8, grp: &mut [i8]) {
+    debug_assert!(rows.iter().all(|r| r.len() == NR) && grp.len() == 64);
+    // SSE2 is part of the x86-64 baseline: this is portable code there.
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86-64; every row has 16 bytes and grp 64.
+        unsafe {
+            let m = _mm_set1_epi8(mask as i8);
+            let r: [__m128i; 4] = std::array::from_fn(|t| {
+                _mm_xor_si128(_mm_loadu_si128(rows[t].as_ptr() as *const __m128i), m)
+            });
+            let lo01 = _mm_unpacklo_epi8(r[0], r[1]);
+            let hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+            let lo23 = _mm_unpacklo_epi8(r[2], r[3]);
+            let hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+            let o = grp.as_mut_ptr() as *mut __m128i;
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(lo01, lo23));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(hi01, hi23));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(hi01, hi23));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for c in 0..NR {
+        for t in 0..4 {
+            grp[4 * c + t] = (rows[t][c] ^ mask) as i8;
+        }
     }
 }

@@ -1,0 +1,148 @@
+//! The one dynamic activation quantizer: float rows to uint8, one scale and
+//! zero point per row. The dense int8 GEMM (`gemm::linear_dynamic`), the
+//! int8 sparse products and the runtime's layers all quantize activations
+//! here, so a dense and a sparse layer see the same bytes for the same row.
+//!
+//! # The rule (DynamicQuantizeLinear applied to each row, with a reciprocal)
+//!
+//! All in `f32`: `lo = min(min(x), 0)`, `hi = max(max(x), 0)`,
+//! `scale = (hi - lo) / 255` (1 when that is 0, subnormal-underflowed or
+//! infinite), `zp = clamp(round_half_even(-lo / scale), 0, 255)`, and
+//! `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`.
+//!
+//! The multiply by `1 / scale` (where ONNX's QuantizeLinear divides, as the
+//! standalone [`crate::quant::quantize`] op still does) moves a value by at
+//! most one step at a rounding tie and makes this pass several times
+//! cheaper: a `vdivps` per 16 values cost as much as the whole GEMM of a
+//! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
+//! `quant/arch`) give the same bytes as [`quantize_row_body`].
+
+/// `(scale, zero point, 1 / scale)` of a row whose minimum and maximum
+/// (each taken with 0) are `lo <= 0 <= hi`.
+#[inline(always)]
+pub(crate) fn row_qparams(lo: f32, hi: f32) -> (f32, i32, f32) {
+    let mut scale = (hi - lo) / 255.0;
+    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
+    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
+        scale = 1.0;
+    }
+    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    (scale, zp, 1.0 / scale)
+}
+
+/// Quantizes one row with the active path's code: writes `q` to
+/// `dst[..x.len()]` and zeros to the rest of `dst` (padding), and returns
+/// `(Σ q, zero point, scale)`, or `None` if the row holds NaN or infinity.
+#[inline]
+pub fn quantize_row_u8(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    (crate::cpu::dispatch().quant.quantize_row)(x, dst)
+}
+
+/// The portable body of [`quantize_row_u8`], always inlined so that the
+/// per-ISA wrappers vectorise it; the reference of the SIMD versions.
+#[inline(always)]
+pub(crate) fn quantize_row_body(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, f32)> {
+    // Lane-wise min / max / finiteness over 16 lanes so the loop vectorises;
+    // `v * 0` is 0 for finite v and NaN for infinity or NaN.
+    const L: usize = 16;
+    let (mut lo, mut hi, mut chk) = ([0.0f32; L], [0.0f32; L], [0.0f32; L]);
+    let mut chunks = x.chunks_exact(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            chk[i] += c[i] * 0.0;
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        lo[i] = if v < lo[i] { v } else { lo[i] };
+        hi[i] = if v > hi[i] { v } else { hi[i] };
+        chk[i] += v * 0.0;
+    }
+    if chk.iter().any(|c| *c != 0.0) {
+        return None;
+    }
+    let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
+    let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
+    let (scale, zp, inv) = row_qparams(lo, hi);
+    let zpf = zp as f32;
+    let mut sum = 0i32;
+    // Clamped first, so the plain int conversion is exact; it (unlike a
+    // saturating `as u8` from float) vectorises.
+    for (d, &v) in dst.iter_mut().zip(x) {
+        let q = (crate::gemm::output::round_even_f32(v * inv) + zpf).clamp(0.0, 255.0);
+        // SAFETY: q is an integer-valued float in [0, 255].
+        let qi: i32 = unsafe { q.to_int_unchecked() };
+        *d = qi as u8;
+        sum += qi;
+    }
+    for d in dst[x.len()..].iter_mut() {
+        *d = 0;
+    }
+    Some((sum, zp, scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu;
+
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_isa_quantizes_rows_like_the_portable_code() {
+        let mut rows: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0; 5],
+            vec![-0.0; 17],
+            vec![3.5; 33],
+            vec![-2.0; 16],
+            vec![1e-45, -1e-45],
+        ];
+        for (len, seed) in [
+            (1usize, 1u64),
+            (15, 2),
+            (16, 3),
+            (31, 4),
+            (64, 5),
+            (100, 6),
+            (257, 7),
+        ] {
+            let b = bytes(len, seed);
+            rows.push(b.iter().map(|&v| (v as f32 - 100.0) * 0.037).collect());
+            rows.push(b.iter().map(|&v| v as f32 * 1e3).collect()); // positive only
+                                                                    // Values landing exactly on rounding ties of the grid.
+            rows.push((0..len).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect());
+        }
+        cpu::each_isa(|i| {
+            for x in &rows {
+                let kp = x.len().div_ceil(4) * 4;
+                let mut want = vec![7u8; kp];
+                let r = quantize_row_body(x, &mut want);
+                let mut got = vec![9u8; kp];
+                assert_eq!(quantize_row_u8(x, &mut got), r, "{i:?} {x:?}");
+                assert_eq!(want, got, "{i:?} {x:?}");
+            }
+            for bad in [
+                [1.0f32, f32::NAN, 2.0],
+                [f32::INFINITY, 0.0, 1.0],
+                [0.0, 1.0, f32::NEG_INFINITY],
+            ] {
+                assert!(
+                    quantize_row_u8(&bad, &mut [0u8; 4]).is_none(),
+                    "{i:?} {bad:?}"
+                );
+            }
+        });
+    }
+}
