@@ -17,6 +17,48 @@
 //! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
 //! `quant/arch`) give the same bytes as [`quantize_row_body`].
 
+use crate::{shape_err, threads, value_err, Result};
+
+/// Activations quantized by [`quantize_rows_u8`]: `(batch, k)` uint8 rows
+/// with one scale and zero point each.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantRows<'a> {
+    pub q: &'a [u8],
+    pub scale: &'a [f32],
+    pub zero_point: &'a [u8],
+}
+
+/// Quantizes every row of `x` `(batch, k)` (row-major) by the rule above:
+/// returns `(q, scale, zero_point)`, `q` of shape `(batch, k)` and one scale
+/// and zero point per row; rows are spread over the library's threads for a
+/// big `x`. NaN or infinity is a `Value` error naming the first such element.
+pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, Vec<f32>, Vec<u8>)> {
+    if batch.checked_mul(k) != Some(x.len()) {
+        return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
+    }
+    if k == 0 {
+        let (scale, zp, _) = row_qparams(0.0, 0.0);
+        return Ok((Vec::new(), vec![scale; batch], vec![zp as u8; batch]));
+    }
+    let quantize_row = crate::cpu::dispatch().quant.quantize_row;
+    let mut q = vec![0u8; x.len()];
+    let params = threads::run(x.len(), || {
+        threads::map_chunks_mut(&mut q, k, |b, qr| quantize_row(&x[b * k..b * k + k], qr))
+    });
+    let mut scale = Vec::with_capacity(batch);
+    let mut zero_point = Vec::with_capacity(batch);
+    for (b, p) in params.into_iter().enumerate() {
+        let Some((_, zp, s)) = p else {
+            let row = &x[b * k..b * k + k];
+            let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return value_err!("x is not finite at row {b}, column {col}");
+        };
+        scale.push(s);
+        zero_point.push(zp as u8);
+    }
+    Ok((q, scale, zero_point))
+}
+
 /// `(scale, zero point, 1 / scale)` of a row whose minimum and maximum
 /// (each taken with 0) are `lo <= 0 <= hi`.
 #[inline(always)]
@@ -86,6 +128,38 @@ pub(crate) fn quantize_row_body(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, 
 mod tests {
     use super::*;
     use crate::cpu;
+
+    #[test]
+    fn batch_quantizer_is_the_row_quantizer() {
+        let (batch, k) = (70, 37);
+        let x: Vec<f32> = bytes(batch * k, 8)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if i % 5 == 0 {
+                    (i % 7) as f32 * 0.5 - 1.5
+                } else {
+                    (v as f32 - 90.0) * 0.01
+                }
+            })
+            .collect();
+        let (q, s, z) = quantize_rows_u8(&x, batch, k).unwrap();
+        for b in 0..batch {
+            let mut want = vec![0u8; k];
+            let (_, zp, sc) = quantize_row_u8(&x[b * k..b * k + k], &mut want).unwrap();
+            assert_eq!(&q[b * k..b * k + k], &want[..]);
+            assert_eq!((s[b], z[b] as i32), (sc, zp));
+        }
+        let mut bad = x.clone();
+        bad[3 * k + 5] = f32::NAN;
+        let e = quantize_rows_u8(&bad, batch, k).unwrap_err();
+        assert!(e.to_string().contains("row 3, column 5"), "{e}");
+        assert!(quantize_rows_u8(&x, batch, k + 1).is_err());
+        assert_eq!(
+            quantize_rows_u8(&[], 2, 0).unwrap(),
+            (vec![], vec![1.0; 2], vec![0; 2])
+        );
+    }
 
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed;

@@ -367,7 +367,8 @@ pub fn quantize_rows(
         }
         let s = scale[row];
         for i in row * cols..(row + 1) * cols {
-            q[i] = super::spmm::rint_small((kept(w, mask, i) / s).clamp(-127.0, 127.0)) as i8;
+            q[i] = crate::gemm::output::round_even_f32((kept(w, mask, i) / s).clamp(-127.0, 127.0))
+                as i8;
         }
     }
     Ok((q, scale))

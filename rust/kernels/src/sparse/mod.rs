@@ -6,7 +6,6 @@ pub(crate) mod arch;
 pub mod formats;
 pub mod spmm;
 
+pub use crate::quant::rows::quantize_rows_u8;
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
-pub use spmm::{
-    bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, quantize_rows_u8, QuantX,
-};
+pub use spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, QuantX};

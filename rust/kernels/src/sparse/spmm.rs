@@ -33,71 +33,9 @@ use rayon::prelude::*;
 pub const GEMV_MAX_BATCH: usize = 2;
 const LANE: usize = 16;
 
-/// Dynamically quantized activations: per-row uint8, asymmetric.
-pub struct QuantX<'a> {
-    pub q: &'a [u8],
-    pub scale: &'a [f32],
-    pub zero_point: &'a [u8],
-}
-
-/// Per-row uint8 asymmetric quantization of `x` `(batch, k)`, as ONNX
-/// DynamicQuantizeLinear does for the whole tensor: the range always holds 0,
-/// `scale = (max - min) / 255`, `zp = round_half_even(-min / scale)`,
-/// `q = saturate(round_half_even(x / scale) + zp)`. An all-zero row gets
-/// scale 1, zero point 0.
-pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, Vec<f32>, Vec<u8>)> {
-    if batch.checked_mul(k) != Some(x.len()) {
-        return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
-    }
-    // Finite check without a branch per element (|v| < inf has no NaN).
-    if !x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY)) {
-        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-        return value_err!(
-            "x is not finite at row {}, column {}",
-            i / k.max(1),
-            i % k.max(1)
-        );
-    }
-    let kk = k.max(1);
-    threads::run(x.len(), || {
-        // Per row: the range (always holding 0), then scale and zero point.
-        let params: Vec<(f32, u8)> = threads::map_chunks(x, kk, |_, xr| {
-            // Finite inputs (checked above): plain compares vectorise.
-            let (mut lo, mut hi) = (0f32, 0f32);
-            for &v in xr {
-                lo = if v < lo { v } else { lo };
-                hi = if v > hi { v } else { hi };
-            }
-            if hi - lo > 0.0 {
-                let s = (hi - lo) / 255.0;
-                (s, (-lo / s).round_ties_even().clamp(0.0, 255.0) as u8)
-            } else {
-                (1.0, 0)
-            }
-        });
-        let mut q = vec![0u8; x.len()];
-        threads::for_each_chunk_mut(&mut q, kk, |b, qr| {
-            let (sc, zf) = (params[b].0, params[b].1 as f32);
-            // |v / sc| <= 255 by construction of sc, so rint_small is exact.
-            let len = qr.len();
-            for (o, &v) in qr.iter_mut().zip(&x[b * kk..b * kk + len]) {
-                *o = (rint_small(v / sc) + zf).clamp(0.0, 255.0) as i32 as u8;
-            }
-        });
-        let scale = params.iter().map(|p| p.0).collect::<Vec<f32>>();
-        let zp = params.iter().map(|p| p.1).collect::<Vec<u8>>();
-        Ok((q, scale, zp))
-    })
-}
-
-/// Round half to even for |v| < 2^22 (the FPU's default rounding does it:
-/// adding and removing 1.5·2^23 drops the fraction). A plain add/sub
-/// vectorises everywhere, where `round_ties_even` is a libm call without SSE4.1.
-#[inline(always)]
-pub(crate) fn rint_small(v: f32) -> f32 {
-    const M: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + M) - M
-}
+/// Dynamically quantized activations: per-row uint8, asymmetric (made by
+/// [`crate::quant::rows::quantize_rows_u8`], the quantizer the dense GEMM uses).
+pub use crate::quant::rows::QuantRows as QuantX;
 
 // ---------------------------------------------------------------- helpers
 
@@ -1287,6 +1225,91 @@ mod tests {
                         }
                     }
                 }
+            }
+        });
+    }
+
+    /// A dense int8 layer (`gemm::linear_dynamic`) and the sparse int8
+    /// layers quantize the same activation row with the same quantizer, so
+    /// on the same int8 weight they give bit-identical outputs, rounding
+    /// ties included.
+    #[test]
+    fn dense_and_sparse_layers_quantize_a_row_identically() {
+        use crate::gemm::{self, output::Param, PackedB, ZeroPoint};
+        let mut s = 7u64;
+        let (n, k) = (21, 48);
+        let q: Vec<i8> = (0..n * k)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0
+                } else {
+                    ((lcg(&mut s) % 255) as i64 - 127) as i8
+                }
+            })
+            .collect();
+        let wscale: Vec<f32> = (0..n).map(|o| 0.01 + o as f32 * 1e-3).collect();
+        let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.25 - 2.0).collect();
+        let packed = PackedB::from_nk_i8(&q, n, k, ZeroPoint::Scalar(0)).unwrap();
+        let nm_mask: Vec<bool> = (0..n * k).map(|i| i % 4 < 2).collect();
+        let nm = Nm::from_dense(&q, n, k, Some(&nm_mask), 2, 4).unwrap();
+        let nm_q: Vec<i8> = q
+            .iter()
+            .zip(&nm_mask)
+            .map(|(&v, &m)| if m { v } else { 0 })
+            .collect();
+        let nm_packed = PackedB::from_nk_i8(&nm_q, n, k, ZeroPoint::Scalar(0)).unwrap();
+        let nm_rq = row_quant(n, wscale.clone(), |f| nm.for_each_row_value(f)).unwrap();
+        crate::cpu::each_isa(|isa| {
+            for &batch in &[1usize, 2, 9, 40] {
+                // Even rows hold -1.5 and 1.5 (scale 3/255) and values at the
+                // ties (j + 1/2)·scale of that grid, where dividing by the
+                // scale and multiplying by its reciprocal round apart; odd
+                // rows are plain.
+                let step = 3.0f32 / 255.0;
+                let x: Vec<f32> = (0..batch * k)
+                    .map(|i| match ((i / k) % 2, i % k) {
+                        (0, 0) => -1.5,
+                        (0, 1) => 1.5,
+                        (0, t) => (t as f32 - 24.0 + 0.5) * step,
+                        _ => (lcg(&mut s) % 1000) as f32 * 0.013 - 6.0,
+                    })
+                    .collect();
+                let splits = x[..k]
+                    .iter()
+                    .filter(|&&v| {
+                        (v / step).round_ties_even() != (v * (1.0 / step)).round_ties_even()
+                    })
+                    .count();
+                assert!(
+                    splits > 0,
+                    "the data must hold ties where the two roundings differ"
+                );
+                let dense = |p: &PackedB| {
+                    let mut y = vec![0f32; batch * n];
+                    let cs = Param::PerIndex(&wscale);
+                    gemm::linear_dynamic(&x, batch, k, p, cs, Some(&bias), true, &mut y).unwrap();
+                    y
+                };
+                let want = dense(&packed);
+                let (xq, sx, zx) = crate::quant::rows::quantize_rows_u8(&x, batch, k).unwrap();
+                let qx = QuantX {
+                    q: &xq,
+                    scale: &sx,
+                    zero_point: &zx,
+                };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                for (r, c) in [(1, 1), (1, 4), (4, 4), (2, 3)] {
+                    let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
+                    let rq = row_quant(n, wscale.clone(), |f| b.for_each_row_value(f)).unwrap();
+                    let y = bsr_i8_linear(&b, &rq, &qx, batch, Some(&bias), true).unwrap();
+                    assert_eq!(bits(&y), bits(&want), "{isa:?} bsr {r}x{c} batch {batch}");
+                }
+                let y = nm_i8_linear(&nm, &nm_rq, &qx, batch, Some(&bias), true).unwrap();
+                assert_eq!(
+                    bits(&y),
+                    bits(&dense(&nm_packed)),
+                    "{isa:?} 2:4 batch {batch}"
+                );
             }
         });
     }
