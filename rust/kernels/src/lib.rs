@@ -14,6 +14,7 @@ pub mod error;
 pub mod gemm;
 pub mod nhwc;
 pub mod optim;
+pub mod plan;
 pub mod prune;
 pub mod quant;
 pub mod sparse;

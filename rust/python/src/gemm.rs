@@ -4,6 +4,8 @@
 //! zero points and scales arrive as 1-D arrays of length 1 (scalar) or one
 //! per row / column.
 
+use std::sync::Arc;
+
 use hwreg_kernels::gemm::output::{OutElem, OutputStep, Param};
 use hwreg_kernels::gemm::{self, ASource, PackedB, ZeroPoint};
 use numpy::{
@@ -36,17 +38,6 @@ impl Int8Array<'_> {
     }
 }
 
-/// `m * n`, or a ValueError when it overflows.
-fn out_len(m: usize, n: usize) -> PyResult<usize> {
-    m.checked_mul(n)
-        .filter(|&l| l <= isize::MAX as usize / 4)
-        .ok_or_else(|| {
-            pyo3::exceptions::PyValueError::new_err(format!(
-                "output of shape ({m}, {n}) is too large"
-            ))
-        })
-}
-
 fn zp<'a>(v: &'a [i32]) -> ZeroPoint<'a> {
     if v.len() == 1 {
         ZeroPoint::Scalar(v[0])
@@ -66,7 +57,7 @@ pub(crate) fn param<'a>(v: &'a [f32]) -> Param<'a> {
 /// An int8/uint8 `K × N` matrix packed once for the GEMM kernels.
 #[pyclass(frozen, name = "_PackedB", module = "hwreg_rs._native")]
 pub struct PyPackedB {
-    pub(crate) inner: PackedB,
+    pub(crate) inner: Arc<PackedB>,
 }
 
 #[pymethods]
@@ -118,7 +109,9 @@ fn _pack_b(
             (ASource::I8(v), true) => PackedB::from_nk_i8(v, r, c, zp(z)),
         })
         .or_py()?;
-    Ok(PyPackedB { inner })
+    Ok(PyPackedB {
+        inner: Arc::new(inner),
+    })
 }
 
 fn run_out<'py, T: OutElem + numpy::Element>(
@@ -130,28 +123,10 @@ fn run_out<'py, T: OutElem + numpy::Element>(
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
     let (m, k) = a.dims();
     let src = a.source("a")?;
-    let n = b.n();
-    out_len(m, n)?;
     let out = py
-        .detach(|| {
-            let mut out = Vec::with_capacity(m * n);
-            gemm::matmul_uninit(
-                src,
-                m,
-                k,
-                zp(a_zp),
-                b,
-                step,
-                &mut out.spare_capacity_mut()[..m * n],
-            )
-            .map(|_| {
-                // SAFETY: on Ok the kernel wrote all m*n elements.
-                unsafe { out.set_len(m * n) };
-                out
-            })
-        })
+        .detach(|| gemm::matmul_vec::<T>(src, m, k, zp(a_zp), b, step))
         .or_py()?;
-    PyArray1::from_vec(py, out).reshape([m, n])
+    PyArray1::from_vec(py, out).reshape([m, b.n()])
 }
 
 /// _matmul_integer(a, a_zero_point, b) -> int32 (M, N)
@@ -220,29 +195,10 @@ fn _linear_dynamic<'py>(
         None => None,
     };
     let pb = &b.get().inner;
-    let n = pb.n();
-    out_len(m, n)?;
     let out = py
-        .detach(|| {
-            let mut out = Vec::with_capacity(m * n);
-            gemm::linear_dynamic_uninit(
-                xs,
-                m,
-                k,
-                pb,
-                cs,
-                bias,
-                relu,
-                &mut out.spare_capacity_mut()[..m * n],
-            )
-            .map(|_| {
-                // SAFETY: on Ok the kernel wrote all m*n elements.
-                unsafe { out.set_len(m * n) };
-                out
-            })
-        })
+        .detach(|| gemm::linear_dynamic_vec(xs, m, k, pb, cs, bias, relu))
         .or_py()?;
-    PyArray1::from_vec(py, out).reshape([m, n])
+    PyArray1::from_vec(py, out).reshape([m, pb.n()])
 }
 
 /// _linear_static(x_q, x_scale, x_zero_point, b, col_scale, bias, relu, y_scale, y_zero_point, y_signed)

@@ -1,5 +1,6 @@
-//! Bindings of `hwreg_kernels::sparse`: one frozen class holding a sparse
-//! weight (BSR/CSR or N:M, float32 or int8) and its Linear product.
+//! Bindings of `hwreg_kernels::sparse`: one frozen class holding a
+//! `SparseWeight` (BSR/CSR or N:M, float32 or int8; the type and its
+//! products live in the kernel crate).
 
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -8,19 +9,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
-use hwreg_kernels::sparse::{self, Bsr, Nm, QuantX, RowQuant};
-
-enum Inner {
-    Bsr(Bsr<f32>),
-    BsrQ(Bsr<i8>, RowQuant),
-    Nm(Nm<f32>),
-    NmQ(Nm<i8>, RowQuant),
-}
+use hwreg_kernels::sparse::{self, DenseValues, Pattern, QuantX, SparseWeight};
 
 /// A sparse weight `(out_features, in_features)` built from a dense matrix.
 #[pyclass(frozen, module = "hwreg_rs._native")]
 pub struct SparseMatrix {
-    inner: Inner,
+    inner: SparseWeight,
 }
 
 fn mask_slice<'a>(
@@ -46,12 +40,53 @@ fn bias_slice<'a>(bias: &'a Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Optio
     bias.as_ref().map(|b| contiguous(b, "bias")).transpose()
 }
 
-fn quant_of(
+/// Builds a weight from a dense 2-D array (float32 without `scale`, int8
+/// with one scale per row) outside the GIL.
+fn build<T: numpy::Element + Sync>(
+    py: Python<'_>,
+    w: &PyReadonlyArray2<'_, T>,
+    scale: Option<&PyReadonlyArray1<'_, f32>>,
+    mask: &Option<PyReadonlyArray2<'_, bool>>,
+    pattern: Pattern,
+    make: fn(
+        &[T],
+        Option<Vec<f32>>,
+        usize,
+        usize,
+        Option<&[bool]>,
+        Pattern,
+    ) -> hwreg_kernels::Result<SparseWeight>,
+) -> PyResult<SparseMatrix> {
+    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+    let m = mask_slice(mask, w.shape())?;
+    let ws = contiguous(w, "w")?;
+    let sc = scale
+        .map(|s| contiguous(s, "scale").map(<[f32]>::to_vec))
+        .transpose()?;
+    let inner = py.detach(|| make(ws, sc, rows, cols, m, pattern)).or_py()?;
+    Ok(SparseMatrix { inner })
+}
+
+fn make_f32(
+    w: &[f32],
+    _: Option<Vec<f32>>,
     rows: usize,
-    scale: Vec<f32>,
-    visit: impl FnOnce(&mut dyn FnMut(usize, i8)),
-) -> hwreg_kernels::Result<RowQuant> {
-    sparse::row_quant(rows, scale, visit)
+    cols: usize,
+    mask: Option<&[bool]>,
+    p: Pattern,
+) -> hwreg_kernels::Result<SparseWeight> {
+    SparseWeight::from_f32(w, rows, cols, mask, p)
+}
+
+fn make_i8(
+    w: &[i8],
+    scale: Option<Vec<f32>>,
+    rows: usize,
+    cols: usize,
+    mask: Option<&[bool]>,
+    p: Pattern,
+) -> hwreg_kernels::Result<SparseWeight> {
+    SparseWeight::from_i8(w, scale.unwrap_or_default(), rows, cols, mask, p)
 }
 
 #[pymethods]
@@ -66,15 +101,7 @@ impl SparseMatrix {
         r: usize,
         c: usize,
     ) -> PyResult<Self> {
-        let (rows, cols) = (w.shape()[0], w.shape()[1]);
-        let m = mask_slice(&mask, w.shape())?;
-        let ws = contiguous(&w, "w")?;
-        let b = py
-            .detach(|| Bsr::from_dense(ws, rows, cols, m, r, c))
-            .or_py()?;
-        Ok(SparseMatrix {
-            inner: Inner::Bsr(b),
-        })
+        build(py, &w, None, &mask, Pattern::Blocks { r, c }, make_f32)
     }
 
     /// int8 block CSR from an int8 matrix and one scale per row.
@@ -88,20 +115,14 @@ impl SparseMatrix {
         r: usize,
         c: usize,
     ) -> PyResult<Self> {
-        let (rows, cols) = (w.shape()[0], w.shape()[1]);
-        let m = mask_slice(&mask, w.shape())?;
-        let ws = contiguous(&w, "w")?;
-        let sc = contiguous(&scale, "scale")?.to_vec();
-        let (b, q) = py
-            .detach(|| {
-                let b = Bsr::from_dense(ws, rows, cols, m, r, c)?;
-                let q = quant_of(rows, sc, |f| b.for_each_row_value(f))?;
-                Ok((b, q))
-            })
-            .or_py()?;
-        Ok(SparseMatrix {
-            inner: Inner::BsrQ(b, q),
-        })
+        build(
+            py,
+            &w,
+            Some(&scale),
+            &mask,
+            Pattern::Blocks { r, c },
+            make_i8,
+        )
     }
 
     /// Float32 compressed N:M (groups of `m` along the input axis).
@@ -114,15 +135,7 @@ impl SparseMatrix {
         n: usize,
         m: usize,
     ) -> PyResult<Self> {
-        let (rows, cols) = (w.shape()[0], w.shape()[1]);
-        let mk = mask_slice(&mask, w.shape())?;
-        let ws = contiguous(&w, "w")?;
-        let b = py
-            .detach(|| Nm::from_dense(ws, rows, cols, mk, n, m))
-            .or_py()?;
-        Ok(SparseMatrix {
-            inner: Inner::Nm(b),
-        })
+        build(py, &w, None, &mask, Pattern::NofM { n, m }, make_f32)
     }
 
     /// int8 compressed N:M from an int8 matrix and one scale per row.
@@ -136,122 +149,73 @@ impl SparseMatrix {
         n: usize,
         m: usize,
     ) -> PyResult<Self> {
-        let (rows, cols) = (w.shape()[0], w.shape()[1]);
-        let mk = mask_slice(&mask, w.shape())?;
-        let ws = contiguous(&w, "w")?;
-        let sc = contiguous(&scale, "scale")?.to_vec();
-        let (b, q) = py
-            .detach(|| {
-                let b = Nm::from_dense(ws, rows, cols, mk, n, m)?;
-                let q = quant_of(rows, sc, |f| b.for_each_row_value(f))?;
-                Ok((b, q))
-            })
-            .or_py()?;
-        Ok(SparseMatrix {
-            inner: Inner::NmQ(b, q),
-        })
+        build(py, &w, Some(&scale), &mask, Pattern::NofM { n, m }, make_i8)
     }
 
     /// `(out_features, in_features)`.
     #[getter]
     fn shape(&self) -> (usize, usize) {
-        match &self.inner {
-            Inner::Bsr(b) => (b.rows(), b.cols()),
-            Inner::BsrQ(b, _) => (b.rows(), b.cols()),
-            Inner::Nm(b) => (b.rows(), b.cols()),
-            Inner::NmQ(b, _) => (b.rows(), b.cols()),
-        }
+        self.inner.shape()
     }
 
     /// "bsr" or "nm".
     #[getter]
     fn format(&self) -> &'static str {
-        match &self.inner {
-            Inner::Bsr(_) | Inner::BsrQ(..) => "bsr",
-            Inner::Nm(_) | Inner::NmQ(..) => "nm",
+        match self.inner.pattern() {
+            Pattern::Blocks { .. } => "bsr",
+            Pattern::NofM { .. } => "nm",
         }
     }
 
     /// "float32" or "int8".
     #[getter]
     fn dtype(&self) -> &'static str {
-        match &self.inner {
-            Inner::Bsr(_) | Inner::Nm(_) => "float32",
-            Inner::BsrQ(..) | Inner::NmQ(..) => "int8",
+        if self.inner.is_int8() {
+            "int8"
+        } else {
+            "float32"
         }
     }
 
     /// `(r, c)` of a BSR matrix, `(n, m)` of an N:M one.
     #[getter]
     fn block(&self) -> (usize, usize) {
-        match &self.inner {
-            Inner::Bsr(b) => b.block(),
-            Inner::BsrQ(b, _) => b.block(),
-            Inner::Nm(b) => b.pattern(),
-            Inner::NmQ(b, _) => b.pattern(),
+        match self.inner.pattern() {
+            Pattern::Blocks { r, c } => (r, c),
+            Pattern::NofM { n, m } => (n, m),
         }
     }
 
     /// Nonzero stored values.
     #[getter]
     fn nnz(&self) -> usize {
-        match &self.inner {
-            Inner::Bsr(b) => b.nnz(),
-            Inner::BsrQ(b, _) => b.nnz(),
-            Inner::Nm(b) => b.nnz(),
-            Inner::NmQ(b, _) => b.nnz(),
-        }
+        self.inner.nnz()
     }
 
     /// Stored values, padding zeros included.
     #[getter]
     fn stored(&self) -> usize {
-        match &self.inner {
-            Inner::Bsr(b) => b.stored(),
-            Inner::BsrQ(b, _) => b.stored(),
-            Inner::Nm(b) => b.stored(),
-            Inner::NmQ(b, _) => b.stored(),
-        }
+        self.inner.stored()
     }
 
     /// Bytes of the stored arrays (values, indices, row pointers, scales).
     #[getter]
     fn nbytes(&self) -> usize {
-        match &self.inner {
-            Inner::Bsr(b) => b.nbytes(),
-            Inner::BsrQ(b, q) => b.nbytes() + 8 * q.scale().len(),
-            Inner::Nm(b) => b.nbytes(),
-            Inner::NmQ(b, q) => b.nbytes() + 8 * q.scale().len(),
-        }
+        self.inner.nbytes()
     }
 
     /// The dense matrix in the stored dtype (float32 or int8).
     fn to_dense<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (rows, cols) = self.shape();
-        Ok(match &self.inner {
-            Inner::Bsr(b) => PyArray1::from_vec(py, b.to_dense())
-                .reshape([rows, cols])?
-                .into_any(),
-            Inner::Nm(b) => PyArray1::from_vec(py, b.to_dense())
-                .reshape([rows, cols])?
-                .into_any(),
-            Inner::BsrQ(b, _) => PyArray1::from_vec(py, b.to_dense())
-                .reshape([rows, cols])?
-                .into_any(),
-            Inner::NmQ(b, _) => PyArray1::from_vec(py, b.to_dense())
-                .reshape([rows, cols])?
-                .into_any(),
+        Ok(match self.inner.to_dense() {
+            DenseValues::F32(v) => PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any(),
+            DenseValues::I8(v) => PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any(),
         })
     }
 
     /// Per-row weight scales of an int8 matrix, else None.
     fn scale<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f32>>> {
-        match &self.inner {
-            Inner::BsrQ(_, q) | Inner::NmQ(_, q) => {
-                Some(PyArray1::from_vec(py, q.scale().to_vec()))
-            }
-            _ => None,
-        }
+        self.inner.scale().map(|s| PyArray1::from_slice(py, s))
     }
 
     /// `Y = x · Wᵀ (+ bias) (ReLU)`; int8 weights quantize `x` per row (uint8,
@@ -265,39 +229,12 @@ impl SparseMatrix {
         relu: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (batch, k) = (x.shape()[0], x.shape()[1]);
-        let (n, cols) = self.shape();
-        if k != cols {
-            return Err(PyValueError::new_err(format!(
-                "x has {k} features, the weight expects {cols}"
-            )));
-        }
         let xs = contiguous(&x, "x")?;
         let bs = bias_slice(&bias)?;
         let y = py
-            .detach(|| match &self.inner {
-                Inner::Bsr(b) => sparse::bsr_f32_linear(b, xs, batch, bs, relu),
-                Inner::Nm(b) => sparse::nm_f32_linear(b, xs, batch, bs, relu),
-                Inner::BsrQ(b, q) => {
-                    let (xq, s, z) = sparse::quantize_rows_u8(xs, batch, k)?;
-                    let qx = QuantX {
-                        q: &xq,
-                        scale: &s,
-                        zero_point: &z,
-                    };
-                    sparse::bsr_i8_linear(b, q, &qx, batch, bs, relu)
-                }
-                Inner::NmQ(b, q) => {
-                    let (xq, s, z) = sparse::quantize_rows_u8(xs, batch, k)?;
-                    let qx = QuantX {
-                        q: &xq,
-                        scale: &s,
-                        zero_point: &z,
-                    };
-                    sparse::nm_i8_linear(b, q, &qx, batch, bs, relu)
-                }
-            })
+            .detach(|| self.inner.linear(xs, batch, k, bs, relu))
             .or_py()?;
-        Ok(PyArray1::from_vec(py, y).reshape([batch, n])?)
+        Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
     }
 
     /// The int8 product with `x` already quantized: uint8 `xq`, one scale and
@@ -313,31 +250,16 @@ impl SparseMatrix {
         relu: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (batch, k) = (xq.shape()[0], xq.shape()[1]);
-        let (n, cols) = self.shape();
-        if k != cols {
-            return Err(PyValueError::new_err(format!(
-                "xq has {k} features, the weight expects {cols}"
-            )));
-        }
-        let qs = contiguous(&xq, "xq")?;
-        let ss = contiguous(&x_scale, "x_scale")?;
-        let zs = contiguous(&x_zero_point, "x_zero_point")?;
-        let bs = bias_slice(&bias)?;
         let qx = QuantX {
-            q: qs,
-            scale: ss,
-            zero_point: zs,
+            q: contiguous(&xq, "xq")?,
+            scale: contiguous(&x_scale, "x_scale")?,
+            zero_point: contiguous(&x_zero_point, "x_zero_point")?,
         };
+        let bs = bias_slice(&bias)?;
         let y = py
-            .detach(|| match &self.inner {
-                Inner::BsrQ(b, q) => sparse::bsr_i8_linear(b, q, &qx, batch, bs, relu),
-                Inner::NmQ(b, q) => sparse::nm_i8_linear(b, q, &qx, batch, bs, relu),
-                _ => Err(hwreg_kernels::Error::Dtype(
-                    "linear_quantized needs an int8 weight".into(),
-                )),
-            })
+            .detach(|| self.inner.linear_quantized(&qx, batch, k, bs, relu))
             .or_py()?;
-        Ok(PyArray1::from_vec(py, y).reshape([batch, n])?)
+        Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
     }
 }
 

@@ -145,6 +145,52 @@ pub fn linear_dynamic_uninit(
     (cpu::dispatch().gemm.linear)(x, m, k, b, col_scale, bias, relu, out)
 }
 
+/// [`matmul`] into a new `M × N` vector.
+pub fn matmul_vec<T: OutElem>(
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+) -> Result<Vec<T>> {
+    filled(m, b.n, |out| matmul_uninit(a, m, k, a_zp, b, step, out))
+}
+
+/// [`linear_dynamic`] into a new `M × N` vector.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic_vec(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Vec<f32>> {
+    filled(m, b.n, |out| {
+        linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, out)
+    })
+}
+
+/// A vector of `m * n` elements written by `fill` (which, on `Ok`, wrote
+/// every one of them).
+fn filled<T>(
+    m: usize,
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]) -> Result<()>,
+) -> Result<Vec<T>> {
+    let len = match m.checked_mul(n) {
+        Some(l) if l <= isize::MAX as usize / std::mem::size_of::<T>().max(1) => l,
+        _ => return shape_err!("output of shape ({m}, {n}) is too large"),
+    };
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len])?;
+    // SAFETY: on Ok, `fill` wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
 /// `&mut [T]` as `&mut [MaybeUninit<T>]` (sound: we only ever write initialised values).
 fn as_uninit<T>(out: &mut [T]) -> &mut [MaybeUninit<T>] {
     // SAFETY: MaybeUninit<T> has T's layout; writing a valid T keeps `out` valid.

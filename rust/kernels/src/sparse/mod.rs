@@ -5,7 +5,9 @@
 pub(crate) mod arch;
 pub mod formats;
 pub mod spmm;
+pub mod weight;
 
 pub use crate::quant::rows::quantize_rows_u8;
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
 pub use spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, QuantX};
+pub use weight::{DenseValues, Pattern, SparseWeight};

@@ -1,0 +1,286 @@
+//! The sparse Linear weight `(out_features, in_features)` the runtime and
+//! the Python package hold: one type over the four storages (block CSR or
+//! N:M, float32 or int8) with its products `Y = X · Wᵀ (+ bias) (ReLU)`.
+//! An int8 weight quantizes float activations per row with the one
+//! activation quantizer ([`crate::quant::rows`]) before its exact product.
+
+use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
+use super::spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, QuantX};
+use crate::error::{Error, Result};
+use crate::quant::rows::quantize_rows_u8;
+use crate::shape_err;
+
+/// How the nonzeros of a weight are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// Block CSR with `r × c` blocks (CSR is `1 × 1`).
+    Blocks { r: usize, c: usize },
+    /// At most `n` nonzeros in every `m` consecutive inputs.
+    NofM { n: usize, m: usize },
+}
+
+/// A dense copy of a weight in its stored dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DenseValues {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    Bsr(Bsr<f32>),
+    BsrI8(Bsr<i8>, RowQuant),
+    Nm(Nm<f32>),
+    NmI8(Nm<i8>, RowQuant),
+}
+
+/// A sparse weight, built once from a dense matrix.
+#[derive(Debug, Clone)]
+pub struct SparseWeight {
+    store: Store,
+}
+
+/// What every storage answers alike.
+trait Matrix {
+    fn shape(&self) -> (usize, usize);
+    fn pattern(&self) -> Pattern;
+    fn nnz(&self) -> usize;
+    fn stored(&self) -> usize;
+    fn nbytes(&self) -> usize;
+}
+
+impl<T: Elem> Matrix for Bsr<T> {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows(), self.cols())
+    }
+    fn pattern(&self) -> Pattern {
+        let (r, c) = self.block();
+        Pattern::Blocks { r, c }
+    }
+    fn nnz(&self) -> usize {
+        Bsr::nnz(self)
+    }
+    fn stored(&self) -> usize {
+        Bsr::stored(self)
+    }
+    fn nbytes(&self) -> usize {
+        Bsr::nbytes(self)
+    }
+}
+
+impl<T: Elem> Matrix for Nm<T> {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows(), self.cols())
+    }
+    fn pattern(&self) -> Pattern {
+        let (n, m) = Nm::pattern(self);
+        Pattern::NofM { n, m }
+    }
+    fn nnz(&self) -> usize {
+        Nm::nnz(self)
+    }
+    fn stored(&self) -> usize {
+        Nm::stored(self)
+    }
+    fn nbytes(&self) -> usize {
+        Nm::nbytes(self)
+    }
+}
+
+impl SparseWeight {
+    /// A float32 weight from a dense row-major `rows × cols` matrix; entries
+    /// where `mask` is false count as zero.
+    pub fn from_f32(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        mask: Option<&[bool]>,
+        pattern: Pattern,
+    ) -> Result<Self> {
+        let store = match pattern {
+            Pattern::Blocks { r, c } => Store::Bsr(Bsr::from_dense(w, rows, cols, mask, r, c)?),
+            Pattern::NofM { n, m } => Store::Nm(Nm::from_dense(w, rows, cols, mask, n, m)?),
+        };
+        Ok(SparseWeight { store })
+    }
+
+    /// An int8 weight (`w ≈ q · scale[row]`) from a dense row-major int8
+    /// matrix and one scale per row; checked so that no int32 accumulation
+    /// of a row can overflow.
+    pub fn from_i8(
+        w: &[i8],
+        scale: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        mask: Option<&[bool]>,
+        pattern: Pattern,
+    ) -> Result<Self> {
+        let store = match pattern {
+            Pattern::Blocks { r, c } => {
+                let b = Bsr::from_dense(w, rows, cols, mask, r, c)?;
+                let q = row_quant(rows, scale, |f| b.for_each_row_value(f))?;
+                Store::BsrI8(b, q)
+            }
+            Pattern::NofM { n, m } => {
+                let b = Nm::from_dense(w, rows, cols, mask, n, m)?;
+                let q = row_quant(rows, scale, |f| b.for_each_row_value(f))?;
+                Store::NmI8(b, q)
+            }
+        };
+        Ok(SparseWeight { store })
+    }
+
+    fn matrix(&self) -> &dyn Matrix {
+        match &self.store {
+            Store::Bsr(b) => b,
+            Store::BsrI8(b, _) => b,
+            Store::Nm(b) => b,
+            Store::NmI8(b, _) => b,
+        }
+    }
+
+    fn quant(&self) -> Option<&RowQuant> {
+        match &self.store {
+            Store::BsrI8(_, q) | Store::NmI8(_, q) => Some(q),
+            Store::Bsr(_) | Store::Nm(_) => None,
+        }
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn shape(&self) -> (usize, usize) {
+        self.matrix().shape()
+    }
+    /// The grouping of the nonzeros.
+    pub fn pattern(&self) -> Pattern {
+        self.matrix().pattern()
+    }
+    /// Whether the values are int8 (else float32).
+    pub fn is_int8(&self) -> bool {
+        self.quant().is_some()
+    }
+    /// Nonzero stored values.
+    pub fn nnz(&self) -> usize {
+        self.matrix().nnz()
+    }
+    /// Stored values, padding zeros included.
+    pub fn stored(&self) -> usize {
+        self.matrix().stored()
+    }
+    /// Bytes of the stored arrays (values, indices, row pointers; for int8
+    /// the per-row scales and sums too).
+    pub fn nbytes(&self) -> usize {
+        self.matrix().nbytes() + self.quant().map_or(0, |q| 8 * q.scale().len())
+    }
+    /// Per-row weight scales of an int8 weight.
+    pub fn scale(&self) -> Option<&[f32]> {
+        self.quant().map(RowQuant::scale)
+    }
+    /// The dense `(out, in)` matrix in the stored dtype.
+    pub fn to_dense(&self) -> DenseValues {
+        match &self.store {
+            Store::Bsr(b) => DenseValues::F32(b.to_dense()),
+            Store::Nm(b) => DenseValues::F32(b.to_dense()),
+            Store::BsrI8(b, _) => DenseValues::I8(b.to_dense()),
+            Store::NmI8(b, _) => DenseValues::I8(b.to_dense()),
+        }
+    }
+
+    fn check_features(&self, what: &str, k: usize) -> Result<()> {
+        let cols = self.shape().1;
+        if k != cols {
+            return shape_err!("{what} has {k} features, the weight expects {cols}");
+        }
+        Ok(())
+    }
+
+    /// `Y = x · Wᵀ (+ bias) (ReLU)` for `x` `(batch, k)` float32, `Y`
+    /// `(batch, out)`; an int8 weight quantizes `x` per row on the fly.
+    pub fn linear(
+        &self,
+        x: &[f32],
+        batch: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Vec<f32>> {
+        self.check_features("x", k)?;
+        match &self.store {
+            Store::Bsr(b) => bsr_f32_linear(b, x, batch, bias, relu),
+            Store::Nm(b) => nm_f32_linear(b, x, batch, bias, relu),
+            Store::BsrI8(..) | Store::NmI8(..) => {
+                let (q, scale, zero_point) = quantize_rows_u8(x, batch, k)?;
+                let xq = QuantX {
+                    q: &q,
+                    scale: &scale,
+                    zero_point: &zero_point,
+                };
+                self.linear_quantized(&xq, batch, k, bias, relu)
+            }
+        }
+    }
+
+    /// The int8 product with `x` already quantized (uint8, one scale and
+    /// zero point per row); a `Dtype` error for a float32 weight.
+    pub fn linear_quantized(
+        &self,
+        xq: &QuantX<'_>,
+        batch: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Vec<f32>> {
+        self.check_features("xq", k)?;
+        match &self.store {
+            Store::BsrI8(b, q) => bsr_i8_linear(b, q, xq, batch, bias, relu),
+            Store::NmI8(b, q) => nm_i8_linear(b, q, xq, batch, bias, relu),
+            Store::Bsr(_) | Store::Nm(_) => {
+                Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_four_storages_answer_alike() {
+        let (n, k) = (6, 8);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| if i % 4 < 2 { i as f32 - 20.0 } else { 0.0 })
+            .collect();
+        let q: Vec<i8> = w.iter().map(|&v| v as i8).collect();
+        let x: Vec<f32> = (0..3 * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        for p in [Pattern::Blocks { r: 2, c: 4 }, Pattern::NofM { n: 2, m: 4 }] {
+            let f = SparseWeight::from_f32(&w, n, k, None, p).unwrap();
+            let i = SparseWeight::from_i8(&q, vec![1.0; n], n, k, None, p).unwrap();
+            assert_eq!((f.shape(), f.pattern(), f.is_int8()), ((n, k), p, false));
+            assert_eq!((i.shape(), i.pattern(), i.is_int8()), ((n, k), p, true));
+            assert_eq!(f.nnz(), i.nnz());
+            assert_eq!(i.nbytes(), i.matrix().nbytes() + 8 * n);
+            assert_eq!(f.to_dense(), DenseValues::F32(w.clone()));
+            assert_eq!(i.to_dense(), DenseValues::I8(q.clone()));
+            let yf = f.linear(&x, 3, k, None, false).unwrap();
+            assert_eq!(yf.len(), 3 * n);
+            assert!(i.linear(&x, 3, k, None, false).is_ok());
+            assert!(matches!(
+                f.linear(&x, 4, k - 2, None, false),
+                Err(Error::Shape(_))
+            ));
+            let xq = QuantX {
+                q: &[0; 8],
+                scale: &[1.0],
+                zero_point: &[0],
+            };
+            assert!(matches!(
+                f.linear_quantized(&xq, 1, k, None, false),
+                Err(Error::Dtype(_))
+            ));
+            assert_eq!(
+                i.linear_quantized(&xq, 1, k, None, false).unwrap(),
+                vec![0.0; n]
+            );
+        }
+    }
+}
