@@ -12,7 +12,6 @@ pub mod conv;
 pub mod cpu;
 pub mod error;
 pub mod gemm;
-pub mod nhwc;
 pub mod optim;
 pub mod plan;
 pub mod prune;

@@ -1,17 +1,20 @@
-//! Bindings of `hwreg_kernels::conv` (f32): im2col / col2im and 2-D pooling.
+//! Bindings of `hwreg_kernels::conv`: im2col / col2im and 2-D pooling, in
+//! NCHW (training, float32) and NHWC (the int8 runtime).
 //!
 //! Geometry is passed as `(kh, kw)`, `(sh, sw)`, `(ph, pw)` tuples; inputs are
-//! C-contiguous NCHW float32 arrays (the Python layer guarantees it).
+//! C-contiguous arrays (the Python layer guarantees it).
 
-use hwreg_kernels::conv::{self, Window};
+use hwreg_kernels::conv::nhwc::{self, Pool};
+use hwreg_kernels::conv::{self, Layout, Window};
 use numpy::{
     PyArray1, PyArray4, PyArrayMethods, PyReadonlyArray2, PyReadonlyArray4, PyUntypedArrayMethods,
 };
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
 
-pub(crate) type Pair = (usize, usize);
+type Pair = (usize, usize);
 
 /// The pooled output and PyTorch-style argmax indices.
 type PoolWithIndices<'py> = (Bound<'py, PyArray4<f32>>, Bound<'py, PyArray4<i64>>);
@@ -27,7 +30,7 @@ fn to4<'py>(py: Python<'py>, v: Vec<f32>, dims: [usize; 4]) -> PyResult<Bound<'p
 
 /// An NCHW image batch of one of the element types im2col accepts.
 #[derive(FromPyObject)]
-pub(crate) enum Images<'py> {
+enum Images<'py> {
     F32(PyReadonlyArray4<'py, f32>),
     U8(PyReadonlyArray4<'py, u8>),
     I8(PyReadonlyArray4<'py, i8>),
@@ -35,17 +38,46 @@ pub(crate) enum Images<'py> {
 
 fn unfold<'py, T: numpy::Element + Copy + Send + Sync>(
     py: Python<'py>,
+    layout: Layout,
     x: &PyReadonlyArray4<'py, T>,
-    win: Window,
+    (k, s, p): (Pair, Pair, Pair),
     pad: T,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let win = Window::of_shape(x.shape(), layout, k, s, p).or_py()?;
     let xs = contiguous(x, "x")?;
-    let cols = py.detach(|| conv::im2col(xs, win, pad)).or_py()?;
-    let (r, k) = win.cols_shape();
-    Ok(PyArray1::from_vec(py, cols).reshape([r, k])?.into_any())
+    let cols = py.detach(|| conv::unfold(layout, xs, win, pad)).or_py()?;
+    let (r, kk) = win.cols_shape();
+    Ok(PyArray1::from_vec(py, cols).reshape([r, kk])?.into_any())
 }
 
-pub(crate) fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T> {
+/// The unfold of an image batch of any accepted dtype.
+fn unfold_images<'py>(
+    py: Python<'py>,
+    layout: Layout,
+    x: Images<'py>,
+    geom: (Pair, Pair, Pair),
+    pad_value: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    match x {
+        Images::F32(a) => unfold(py, layout, &a, geom, pad_value as f32),
+        Images::U8(a) => unfold(
+            py,
+            layout,
+            &a,
+            geom,
+            int_pad::<u8>(pad_value, 0, 255, "uint8")?,
+        ),
+        Images::I8(a) => unfold(
+            py,
+            layout,
+            &a,
+            geom,
+            int_pad::<i8>(pad_value, -128, 127, "int8")?,
+        ),
+    }
+}
+
+fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T> {
     if v.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&v) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "pad_value must be an integer in [{lo}, {hi}] for {dtype} input; got {v}"
@@ -67,20 +99,8 @@ fn im2col<'py>(
     padding: Pair,
     pad_value: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match x {
-        Images::F32(a) => {
-            let win = window(a.shape(), kernel_size, stride, padding);
-            unfold(py, &a, win, pad_value as f32)
-        }
-        Images::U8(a) => {
-            let win = window(a.shape(), kernel_size, stride, padding);
-            unfold(py, &a, win, int_pad::<u8>(pad_value, 0, 255, "uint8")?)
-        }
-        Images::I8(a) => {
-            let win = window(a.shape(), kernel_size, stride, padding);
-            unfold(py, &a, win, int_pad::<i8>(pad_value, -128, 127, "int8")?)
-        }
-    }
+    let geom = (kernel_size, stride, padding);
+    unfold_images(py, Layout::Nchw, x, geom, pad_value)
 }
 
 /// col2im(cols, input_shape, kernel_size, stride, padding) -> (n, c, h, w) float32
@@ -181,6 +201,47 @@ fn avg_pool2d_backward<'py>(
     to4(py, gx, [n, c, h, w])
 }
 
+/// im2col_nhwc(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, kh*kw*c), x's dtype.
+/// Columns in `(ky, kx, c)` order; for integer input `pad_value` is the zero point.
+#[pyfunction]
+#[pyo3(signature = (x, kernel_size, stride, padding, pad_value=0.0))]
+fn im2col_nhwc<'py>(
+    py: Python<'py>,
+    x: Images<'py>,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    pad_value: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let geom = (kernel_size, stride, padding);
+    unfold_images(py, Layout::Nhwc, x, geom, pad_value)
+}
+
+/// pool2d_nhwc(x, kernel_size, stride, padding, kind) -> (n, oh, ow, c) float32; kind "max" or "avg".
+#[pyfunction]
+fn pool2d_nhwc<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray4<'py, f32>,
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    kind: &str,
+) -> PyResult<Bound<'py, PyArray4<f32>>> {
+    let kind = match kind {
+        "max" => Pool::Max,
+        "avg" => Pool::Avg,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "kind must be 'max' or 'avg'; got {other:?}"
+            )))
+        }
+    };
+    let win = Window::of_shape(x.shape(), Layout::Nhwc, kernel_size, stride, padding).or_py()?;
+    let xs = contiguous(&x, "x")?;
+    let out = py.detach(|| nhwc::pool2d(xs, win, kind)).or_py()?;
+    PyArray1::from_vec(py, out).reshape([win.n, win.oh(), win.ow(), win.c])
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(im2col, m)?)?;
     m.add_function(wrap_pyfunction!(col2im, m)?)?;
@@ -188,5 +249,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_pool2d_backward, m)?)?;
     m.add_function(wrap_pyfunction!(avg_pool2d, m)?)?;
     m.add_function(wrap_pyfunction!(avg_pool2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(im2col_nhwc, m)?)?;
+    m.add_function(wrap_pyfunction!(pool2d_nhwc, m)?)?;
     Ok(())
 }

@@ -9,7 +9,6 @@ use pyo3::prelude::*;
 mod conv;
 mod errors;
 mod gemm;
-mod nhwc;
 mod optim;
 mod prune;
 mod quant;
@@ -72,7 +71,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
-    nhwc::register(m)?;
     runtime::register(m)?;
     optim::register(m)?;
     Ok(())

@@ -1,13 +1,23 @@
-//! Sparse formats (CSR, BSR, N:M; float32 and int8) and their SpMM kernels for
-//! the Linear layer (`Y = X · Wᵀ + b`). See `formats` for the storage and
-//! `spmm` for the loop design.
+//! Sparse formats (CSR, BSR, N:M; float32 and int8) and their products for
+//! the Linear layer (`Y = X · Wᵀ + b`), by concern:
+//!
+//! * `formats`: the storages and their invariants;
+//! * `weight`: [`SparseWeight`], the one type the runtime and the bindings hold;
+//! * `driver`: the loop design and what every product shares (row
+//!   partitions, transposed activations, the dispatch of the bodies);
+//! * `float`, `int8`: the float32 and the exact int8 products;
+//! * `arch/`: the bodies compiled per ISA, and the VNNI micro-kernel.
 
 pub(crate) mod arch;
+mod driver;
+pub mod float;
 pub mod formats;
-pub mod spmm;
+pub mod int8;
 pub mod weight;
 
 pub use crate::quant::rows::quantize_rows_u8;
+pub use driver::GEMV_MAX_BATCH;
+pub use float::{bsr_f32_linear, nm_f32_linear};
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
-pub use spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, QuantX};
+pub use int8::{bsr_i8_linear, nm_i8_linear, QuantX};
 pub use weight::{DenseValues, Pattern, SparseWeight};

@@ -4,8 +4,9 @@
 //! An int8 weight quantizes float activations per row with the one
 //! activation quantizer ([`crate::quant::rows`]) before its exact product.
 
+use super::float::{bsr_f32_linear, nm_f32_linear};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
-use super::spmm::{bsr_f32_linear, bsr_i8_linear, nm_f32_linear, nm_i8_linear, QuantX};
+use super::int8::{bsr_i8_linear, nm_i8_linear, QuantX};
 use crate::error::{Error, Result};
 use crate::quant::rows::quantize_rows_u8;
 use crate::shape_err;

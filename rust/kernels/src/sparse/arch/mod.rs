@@ -1,4 +1,4 @@
-//! The per-ISA code of the sparse family: the generic bodies of `spmm.rs`
+//! The per-ISA code of the sparse family: the generic bodies of `float.rs` and `int8.rs`
 //! compiled for each path (`generic.rs`, `x86_avx2.rs`, `x86_avx512.rs`),
 //! plus the AVX-512 VNNI micro-kernel of the int8 4-deep dot layout
 //! (`x86_avx512vnni.rs`), chosen by [`crate::cpu::dispatch`].
@@ -25,7 +25,7 @@ pub(crate) type NmI8Fn = unsafe fn(&Nm<i8>, Range<usize>, &[i16], usize, &mut [i
 
 /// The sparse entry points of one path (see [`crate::cpu::Dispatch`]). They
 /// stay `unsafe`: a caller promises the size invariants of the bodies in
-/// `spmm.rs` (the path itself is checked by the dispatch).
+/// `float.rs` / `int8.rs` (the path itself is checked by the dispatch).
 #[derive(Clone, Copy)]
 pub struct Kernels {
     pub(crate) bsr_f32: BsrF32Fn,
@@ -37,7 +37,7 @@ pub struct Kernels {
     pub(crate) nm_i8: NmI8Fn,
 }
 
-/// `table!(isa, fma)`: the wrappers of every `spmm.rs` body for `isa`
+/// `table!(isa, fma)`: the wrappers of every float / int8 body for `isa`
 /// (`#[target_feature]` ones, none for `generic`), with fused multiply-adds
 /// when `fma`, and the module's `KERNELS` table of them.
 macro_rules! table {
@@ -45,28 +45,28 @@ macro_rules! table {
         mod tf {
             use std::ops::Range;
             use $crate::sparse::formats::{Bsr, Nm};
-            use $crate::sparse::spmm;
+            use $crate::sparse::{float, int8};
             $crate::cpu::isa_fns!($isa;
                 pub(super) unsafe fn bsr_f32(w: &Bsr<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-                    spmm::bsr_f32_body::<$fma>(w, r, x, bp, o)
+                    float::bsr_f32_body::<$fma>(w, r, x, bp, o)
                 }
                 pub(super) unsafe fn bsr_f32_gemv(w: &Bsr<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-                    spmm::bsr_f32_gemv_body::<$fma>(w, r, x, o)
+                    float::bsr_f32_gemv_body::<$fma>(w, r, x, o)
                 }
                 pub(super) unsafe fn nm_f32(w: &Nm<f32>, r: Range<usize>, x: &[f32], bp: usize, o: &mut [f32]) {
-                    spmm::nm_f32_body::<$fma>(w, r, x, bp, o)
+                    float::nm_f32_body::<$fma>(w, r, x, bp, o)
                 }
                 pub(super) unsafe fn nm_f32_gemv(w: &Nm<f32>, r: Range<usize>, x: &[f32], o: &mut [f32]) {
-                    spmm::nm_f32_gemv_body::<$fma>(w, r, x, o)
+                    float::nm_f32_gemv_body::<$fma>(w, r, x, o)
                 }
                 pub(super) unsafe fn bsr_i8(w: &Bsr<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-                    spmm::bsr_i8_body(w, r, x, bp, o)
+                    int8::bsr_i8_body(w, r, x, bp, o)
                 }
                 pub(super) unsafe fn bsr_i8_dot4(w: &Bsr<i8>, r: Range<usize>, x: &[u8], bp: usize, o: &mut [i32]) {
-                    spmm::bsr_i8_dot4_body(w, r, x, bp, o)
+                    int8::bsr_i8_dot4_body(w, r, x, bp, o)
                 }
                 pub(super) unsafe fn nm_i8(w: &Nm<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
-                    spmm::nm_i8_body(w, r, x, bp, o)
+                    int8::nm_i8_body(w, r, x, bp, o)
                 }
             );
         }

@@ -1,156 +1,23 @@
-//! SpMM for the Linear layer: `Y = X · Wᵀ (+ b) (ReLU)`, `W` sparse `(N, K)`,
-//! `X` dense `(B, K)` row-major, `Y` dense `(B, N)`.
-//!
-//! Two shapes of loop:
-//!
-//! * **batch ≥ 3 — AXPY over the batch.** `X` is transposed once into `Xt`
-//!   `(K, Bp)` (`Bp` = batch rounded up to 16, zero padded). For every stored
-//!   weight `w[o, i]` the kernel adds `w · Xt[i, b0..b0+BT]` into a register
-//!   tile of `R × BT` accumulators (one tile per block row and batch slice), so
-//!   the SIMD lanes run over the batch and each weight is loaded once per tile.
-//!   Blocks of `R` rows share the `Xt` loads. The tile is written to `Yt`
-//!   `(N, Bp)`; the output step transposes it into `Y` with bias and ReLU.
-//! * **batch ≤ 2 — gather-dot.** One row of `X` at a time, each output is a
-//!   dot product of the stored weights with the `X` entries they index, over 8
-//!   independent partial sums.
-//!
-//! Threads split the output rows into ranges of about equal stored-value
-//! count. The int8 kernels accumulate in int32 exactly: every int8 matrix is
-//! checked at build time (`formats::row_quant`) so that `255 · Σ|q|` per row
-//! fits int32. Weights with block width a multiple of 4 use the 4-deep dot
-//! layout (`Xp[g, b, 0..4] = xq[b, 4g..4g+4]`), which maps onto `vpdpbusd`.
+//! The int8 sparse products (BSR/CSR and N:M) with exact int32
+//! accumulation over activations quantized per row by the one activation
+//! quantizer ([`crate::quant::rows`]): the generic `#[inline(always)]`
+//! bodies that `arch/` compiles per ISA (plus the VNNI micro-kernel there),
+//! and their drivers.
 
 use std::ops::Range;
 
+use super::driver::{
+    bp_of, check_common, kernels, nm_indptr, par_rows, transpose_with, GEMV_MAX_BATCH, LANE,
+};
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
 use crate::gemm::output::{OutputStep, Param};
 use crate::threads;
 use crate::{shape_err, value_err};
-use rayon::prelude::*;
-
-/// Largest batch served by the gather-dot path.
-pub const GEMV_MAX_BATCH: usize = 2;
-const LANE: usize = 16;
 
 /// Dynamically quantized activations: per-row uint8, asymmetric (made by
 /// [`crate::quant::rows::quantize_rows_u8`], the quantizer the dense GEMM uses).
 pub use crate::quant::rows::QuantRows as QuantX;
-
-// ---------------------------------------------------------------- helpers
-
-/// Splits `0..indptr.len()-1` into at most `parts` ranges of about equal
-/// `indptr` mass.
-fn balanced(indptr: &[u32], parts: usize) -> Vec<Range<usize>> {
-    let n = indptr.len() - 1;
-    let total = indptr[n] as usize;
-    let parts = parts.clamp(1, n.max(1));
-    let mut out = Vec::with_capacity(parts);
-    let mut start = 0;
-    for p in 1..=parts {
-        let end = if p == parts {
-            n
-        } else {
-            let target = (total * p / parts) as u32;
-            indptr.partition_point(|&v| v < target).clamp(start, n)
-        };
-        if end > start || (p == parts && start < n) {
-            out.push(start..end);
-            start = end;
-        }
-    }
-    if out.is_empty() {
-        out.push(0..n);
-    }
-    out
-}
-
-/// Cuts `buf` into consecutive pieces of `unit * range.len()` elements.
-fn split_by<'a, T>(mut buf: &'a mut [T], ranges: &[Range<usize>], unit: usize) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let (a, b) = std::mem::take(&mut buf).split_at_mut(r.len() * unit);
-        out.push(a);
-        buf = b;
-    }
-    out
-}
-
-/// Runs `f(range, out_piece)` over balanced row ranges in the pool.
-fn par_rows<T: Send>(
-    indptr: &[u32],
-    work: usize,
-    out: &mut [T],
-    unit: usize,
-    f: impl Fn(Range<usize>, &mut [T]) + Sync,
-) {
-    let parts = threads::chunks_for(work);
-    let ranges = balanced(indptr, parts);
-    let pieces = split_by(out, &ranges, unit);
-    if ranges.len() == 1 || !threads::in_pool() {
-        for (r, p) in ranges.into_iter().zip(pieces) {
-            f(r, p);
-        }
-    } else {
-        ranges
-            .into_par_iter()
-            .zip(pieces)
-            .for_each(|(r, p)| f(r, p));
-    }
-}
-
-/// Implicit `indptr` of an N:M matrix (every row holds the same count).
-fn nm_indptr(w: &Nm<impl Copy>) -> Vec<u32> {
-    let per = (w.cols / w.m * w.n) as u64;
-    (0..=w.rows as u64)
-        .map(|r| (r * per).min(u32::MAX as u64) as u32)
-        .collect()
-}
-
-fn bp_of(batch: usize) -> usize {
-    batch.div_ceil(LANE) * LANE
-}
-
-/// Values a transposed activation can be made of.
-trait XtElem: Copy + Default + Send + Sync {}
-impl XtElem for f32 {}
-impl XtElem for i16 {}
-
-/// `Xt[k, b] = conv(b, x[b, k])` into `(kp, bp)`, zero padded; blocks of 16
-/// batch rows so the reads run along 16 rows and the writes are contiguous.
-#[inline(always)]
-fn transpose_with<S: Copy + Sync, D: XtElem>(
-    x: &[S],
-    batch: usize,
-    k: usize,
-    kp: usize,
-    bp: usize,
-    conv: impl Fn(usize, S) -> D + Sync + Copy,
-) -> Vec<D> {
-    let mut xt = vec![D::default(); kp * bp];
-    let rows_per = (8192 / bp).max(16);
-    threads::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
-        let k0 = c * rows_per;
-        let nk = (dst.len() / bp).min(k.saturating_sub(k0));
-        let mut b0 = 0;
-        while b0 < batch {
-            let nb = LANE.min(batch - b0);
-            for bb in 0..nb {
-                let b = b0 + bb;
-                let src = &x[b * k + k0..b * k + k0 + nk];
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * bp + b] = conv(b, v);
-                }
-            }
-            b0 += LANE;
-        }
-    });
-    xt
-}
-
-fn transpose_f32(x: &[f32], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<f32> {
-    transpose_with(x, batch, k, kp, bp, |_, v| v)
-}
 
 fn transpose_u8_minus_zp(
     x: &[u8],
@@ -161,49 +28,6 @@ fn transpose_u8_minus_zp(
     bp: usize,
 ) -> Vec<i16> {
     transpose_with(x, batch, k, kp, bp, move |b, v| v as i16 - zp[b] as i16)
-}
-
-fn check_common(
-    rows: usize,
-    cols: usize,
-    x_len: usize,
-    batch: usize,
-    bias: Option<&[f32]>,
-) -> Result<()> {
-    if batch.checked_mul(cols) != Some(x_len) {
-        return shape_err!("x has {x_len} elements, expected (batch={batch}, in_features={cols})");
-    }
-    if let Some(b) = bias {
-        if b.len() != rows {
-            return shape_err!("bias has {} entries, expected out_features={rows}", b.len());
-        }
-    }
-    Ok(())
-}
-
-/// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
-fn output_f32(
-    yt: &[f32],
-    bp: usize,
-    batch: usize,
-    n: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f32> {
-    let mut y = vec![0f32; batch * n];
-    threads::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
-        let b0 = c * LANE;
-        let nb = ys.len() / n.max(1);
-        for o in 0..n {
-            let src = &yt[o * bp + b0..o * bp + b0 + nb];
-            let bo = bias.map_or(0.0, |b| b[o]);
-            for (bb, &v) in src.iter().enumerate() {
-                let v = v + bo;
-                ys[bb * n + o] = if relu { v.max(0.0) } else { v };
-            }
-        }
-    });
-    y
 }
 
 /// The output step of the int8 path: the dense GEMM's fused output step
@@ -255,349 +79,6 @@ fn output_i32(
     done.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(y)
 }
-
-// ------------------------------------------------------- float32 kernels
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        c + a * b
-    }
-}
-
-// The hot loops below index through raw pointers: every `Bsr` / `Nm` is made
-// by `from_dense`, whose invariants (block columns < block count, `indptr`
-// monotone and within `bcol`, `r·c` values per block, offsets < m) bound every
-// access, and the drivers size `Xt` / `Yt` to the padded block grid. (Iterator
-// adapters here were not always inlined into the `#[target_feature]`
-// trampolines, which cost 5-10x.)
-
-/// One `R × BT` output tile: `U` accumulator sets take consecutive blocks in
-/// turn so that `U·R·BT/16` FMA chains are in flight (the FMA latency, not
-/// the load, is the limit with one set). `C1` fixes `c = 1` (CSR, `r×1`).
-#[inline(always)]
-unsafe fn bsr_tile<
-    const R: usize,
-    const BT: usize,
-    const U: usize,
-    const C1: bool,
-    const FMA: bool,
->(
-    cols: &[u32],
-    vals: *const f32,
-    c: usize,
-    xt: *const f32,
-    bp: usize,
-    b0: usize,
-    out: *mut f32,
-) {
-    let c = if C1 { 1 } else { c };
-    let mut acc = [[[0f32; BT]; R]; U];
-    let nb = cols.len();
-    let cp = cols.as_ptr();
-    let mut j = 0;
-    while j + U <= nb {
-        if j + PREFETCH + U <= nb {
-            for u in 0..U {
-                prefetch_rows(
-                    xt as *const u8,
-                    (*cp.add(j + PREFETCH + u) as usize * c * bp + b0) * 4,
-                    c,
-                    bp * 4,
-                    BT * 4,
-                );
-            }
-        }
-        for u in 0..U {
-            let base = *cp.add(j + u) as usize * c;
-            let v = vals.add((j + u) * R * c);
-            let mut cc = 0;
-            while cc < c {
-                let xr = xt.add((base + cc) * bp + b0);
-                for rr in 0..R {
-                    let wv = *v.add(rr * c + cc);
-                    for t in 0..BT {
-                        acc[u][rr][t] = fmadd::<FMA>(wv, *xr.add(t), acc[u][rr][t]);
-                    }
-                }
-                cc += 1;
-            }
-        }
-        j += U;
-    }
-    while j < nb {
-        let base = *cp.add(j) as usize * c;
-        let v = vals.add(j * R * c);
-        for cc in 0..c {
-            let xr = xt.add((base + cc) * bp + b0);
-            for rr in 0..R {
-                let wv = *v.add(rr * c + cc);
-                for t in 0..BT {
-                    acc[0][rr][t] = fmadd::<FMA>(wv, *xr.add(t), acc[0][rr][t]);
-                }
-            }
-        }
-        j += 1;
-    }
-    for rr in 0..R {
-        for t in 0..BT {
-            let mut sum = acc[0][rr][t];
-            for u in 1..U {
-                sum += acc[u][rr][t];
-            }
-            *out.add(rr * bp + b0 + t) = sum;
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn bsr_rows_c<const R: usize, const C1: bool, const FMA: bool>(
-    w: &Bsr<f32>,
-    brs: Range<usize>,
-    xt: &[f32],
-    bp: usize,
-    out: &mut [f32],
-) {
-    let c = w.c;
-    debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= w.cols.div_ceil(c) * c * bp);
-    for (i, br) in brs.enumerate() {
-        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
-        let cols = &w.bcol[j0..j1];
-        let vals = w.values.as_ptr().add(j0 * R * c);
-        let o = out.as_mut_ptr().add(i * R * bp);
-        let x = xt.as_ptr();
-        let mut b0 = 0;
-        if R == 1 {
-            while bp - b0 >= 64 {
-                bsr_tile::<R, 64, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 64;
-            }
-            while bp - b0 >= 32 {
-                bsr_tile::<R, 32, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 32;
-            }
-            while b0 < bp {
-                bsr_tile::<R, 16, 4, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
-        } else if R <= 4 {
-            while bp - b0 >= 32 {
-                bsr_tile::<R, 32, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 32;
-            }
-            while b0 < bp {
-                bsr_tile::<R, 16, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
-        } else {
-            while b0 < bp {
-                bsr_tile::<R, 16, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(
-    w: &Bsr<f32>,
-    brs: Range<usize>,
-    xt: &[f32],
-    bp: usize,
-    out: &mut [f32],
-) {
-    if w.c == 1 {
-        bsr_rows_c::<R, true, FMA>(w, brs, xt, bp, out)
-    } else {
-        bsr_rows_c::<R, false, FMA>(w, brs, xt, bp, out)
-    }
-}
-
-/// Float BSR AXPY body for block rows `brs`, writing `R` rows of `Yt` each.
-#[inline(always)]
-pub(super) unsafe fn bsr_f32_body<const FMA: bool>(
-    w: &Bsr<f32>,
-    brs: Range<usize>,
-    xt: &[f32],
-    bp: usize,
-    out: &mut [f32],
-) {
-    match w.r {
-        1 => bsr_rows_r::<1, FMA>(w, brs, xt, bp, out),
-        2 => bsr_rows_r::<2, FMA>(w, brs, xt, bp, out),
-        4 => bsr_rows_r::<4, FMA>(w, brs, xt, bp, out),
-        8 => bsr_rows_r::<8, FMA>(w, brs, xt, bp, out),
-        _ => bsr_rows_r::<16, FMA>(w, brs, xt, bp, out),
-    }
-}
-
-#[inline(always)]
-unsafe fn gemv_rows_r<const R: usize, const FMA: bool>(
-    w: &Bsr<f32>,
-    brs: Range<usize>,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    let c = w.c;
-    let xp = x.as_ptr();
-    for (i, br) in brs.enumerate() {
-        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
-        let cols = w.bcol.as_ptr();
-        let vals = w.values.as_ptr();
-        if R == 1 && c == 1 {
-            // CSR: 8 independent partial sums over consecutive nonzeros.
-            let mut a = [0f32; 8];
-            let mut j = j0;
-            while j + 8 <= j1 {
-                for l in 0..8 {
-                    a[l] = fmadd::<FMA>(*vals.add(j + l), *xp.add(*cols.add(j + l) as usize), a[l]);
-                }
-                j += 8;
-            }
-            while j < j1 {
-                a[0] = fmadd::<FMA>(*vals.add(j), *xp.add(*cols.add(j) as usize), a[0]);
-                j += 1;
-            }
-            *out.get_unchecked_mut(i) =
-                ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            continue;
-        }
-        let mut acc = [[0f32; 8]; R];
-        for j in j0..j1 {
-            let xb = xp.add(*cols.add(j) as usize * c);
-            let v = vals.add(j * R * c);
-            let mut cc = 0;
-            while cc < c {
-                let xv = *xb.add(cc);
-                for rr in 0..R {
-                    acc[rr][cc & 7] = fmadd::<FMA>(*v.add(rr * c + cc), xv, acc[rr][cc & 7]);
-                }
-                cc += 1;
-            }
-        }
-        for rr in 0..R {
-            let a = &acc[rr];
-            *out.get_unchecked_mut(i * R + rr) =
-                ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-        }
-    }
-}
-
-/// Float BSR gather-dot body: `out[row] = Σ w · x` for one activation row
-/// `x` (zero padded to the block grid).
-#[inline(always)]
-pub(super) unsafe fn bsr_f32_gemv_body<const FMA: bool>(
-    w: &Bsr<f32>,
-    brs: Range<usize>,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    debug_assert!(x.len() >= w.cols.div_ceil(w.c) * w.c && out.len() >= brs.len() * w.r);
-    match w.r {
-        1 => gemv_rows_r::<1, FMA>(w, brs, x, out),
-        2 => gemv_rows_r::<2, FMA>(w, brs, x, out),
-        4 => gemv_rows_r::<4, FMA>(w, brs, x, out),
-        8 => gemv_rows_r::<8, FMA>(w, brs, x, out),
-        _ => gemv_rows_r::<16, FMA>(w, brs, x, out),
-    }
-}
-
-#[inline(always)]
-unsafe fn nm_tile<const BT: usize, const FMA: bool>(
-    w: &Nm<f32>,
-    row: usize,
-    xt: *const f32,
-    bp: usize,
-    b0: usize,
-    out: *mut f32,
-) {
-    let per = w.cols / w.m * w.n;
-    let vals = w.values.as_ptr().add(row * per);
-    let offs = w.offsets.as_ptr().add(row * per);
-    let mut acc = [0f32; BT];
-    let mut j = 0;
-    while j < per {
-        let col = (j / w.n) * w.m + *offs.add(j) as usize;
-        let xr = xt.add(col * bp + b0);
-        let wv = *vals.add(j);
-        for t in 0..BT {
-            acc[t] = fmadd::<FMA>(wv, *xr.add(t), acc[t]);
-        }
-        j += 1;
-    }
-    for t in 0..BT {
-        *out.add(b0 + t) = acc[t];
-    }
-}
-
-#[inline(always)]
-pub(super) unsafe fn nm_f32_body<const FMA: bool>(
-    w: &Nm<f32>,
-    rows: Range<usize>,
-    xt: &[f32],
-    bp: usize,
-    out: &mut [f32],
-) {
-    debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
-    for (i, row) in rows.enumerate() {
-        let o = out.as_mut_ptr().add(i * bp);
-        let mut b0 = 0;
-        while bp - b0 >= 64 {
-            nm_tile::<64, FMA>(w, row, xt.as_ptr(), bp, b0, o);
-            b0 += 64;
-        }
-        while b0 < bp {
-            nm_tile::<16, FMA>(w, row, xt.as_ptr(), bp, b0, o);
-            b0 += 16;
-        }
-    }
-}
-
-#[inline(always)]
-pub(super) unsafe fn nm_f32_gemv_body<const FMA: bool>(
-    w: &Nm<f32>,
-    rows: Range<usize>,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    debug_assert!(x.len() >= w.cols && out.len() >= rows.len());
-    let per = w.cols / w.m * w.n;
-    let xp = x.as_ptr();
-    for (i, row) in rows.enumerate() {
-        let vals = w.values.as_ptr().add(row * per);
-        let offs = w.offsets.as_ptr().add(row * per);
-        let mut a = [0f32; 8];
-        let mut j = 0;
-        while j < per {
-            let col = (j / w.n) * w.m + *offs.add(j) as usize;
-            a[j & 7] = fmadd::<FMA>(*vals.add(j), *xp.add(col), a[j & 7]);
-            j += 1;
-        }
-        *out.get_unchecked_mut(i) =
-            ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-    }
-}
-
-/// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
-const PREFETCH: usize = 8;
-
-/// Prefetches `rows` (at most 4) rows of `len` bytes, `stride` apart, from `base + off`.
-#[inline(always)]
-unsafe fn prefetch_rows(base: *const u8, off: usize, rows: usize, stride: usize, len: usize) {
-    let mut r = 0;
-    while r < rows.min(4) {
-        let mut l = 0;
-        while l < len {
-            crate::cpu::prefetch(base.wrapping_add(off + r * stride + l));
-            l += 64;
-        }
-        r += 1;
-    }
-}
-
-// ---------------------------------------------------------- int8 kernels
 
 #[inline(always)]
 unsafe fn i8_tile<const R: usize, const BT: usize>(
@@ -666,7 +147,7 @@ unsafe fn i8_rows_r<const R: usize>(
 
 /// int8 BSR AXPY body over `Xt` `(Kp, Bp)` holding `xq - zp` as i16.
 #[inline(always)]
-pub(super) unsafe fn bsr_i8_body(
+pub(crate) unsafe fn bsr_i8_body(
     w: &Bsr<i8>,
     brs: Range<usize>,
     xt: &[i16],
@@ -730,7 +211,7 @@ unsafe fn dot4_tile<const R: usize, const BT: usize>(
 /// int8 BSR 4-deep dot body (block width a multiple of 4) over
 /// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]`; the zero point is folded afterwards.
 #[inline(always)]
-pub(super) unsafe fn bsr_i8_dot4_body(
+pub(crate) unsafe fn bsr_i8_dot4_body(
     w: &Bsr<i8>,
     brs: Range<usize>,
     xp: &[u8],
@@ -796,7 +277,7 @@ unsafe fn nm_i8_tile<const BT: usize>(
 }
 
 #[inline(always)]
-pub(super) unsafe fn nm_i8_body(
+pub(crate) unsafe fn nm_i8_body(
     w: &Nm<i8>,
     rows: Range<usize>,
     xt: &[i16],
@@ -904,97 +385,6 @@ fn i8_gemv_rows(
         }
     }
     yt
-}
-
-/// The sparse bodies compiled for the active path (see `arch/`).
-fn kernels() -> super::arch::Kernels {
-    crate::cpu::dispatch().sparse
-}
-
-// ---------------------------------------------------------- drivers
-
-/// `Y = X · Wᵀ (+ bias) (ReLU)` for a float BSR/CSR weight `(N, K)`.
-pub fn bsr_f32_linear(
-    w: &Bsr<f32>,
-    x: &[f32],
-    batch: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, x.len(), batch, bias)?;
-    let k = kernels();
-    let (r, c, n) = (w.r, w.c, w.rows);
-    let kp = w.cols.div_ceil(c) * c;
-    let nrp = w.brows() * r;
-    let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let mut y = vec![0f32; batch * n];
-            let mut xpad = vec![0f32; kp];
-            let mut yr = vec![0f32; nrp];
-            for b in 0..batch {
-                xpad[..w.cols].copy_from_slice(&x[b * w.cols..(b + 1) * w.cols]);
-                par_rows(
-                    &w.indptr,
-                    work / batch.max(1),
-                    &mut yr,
-                    r,
-                    |rg, out| unsafe { (k.bsr_f32_gemv)(w, rg, &xpad, out) },
-                );
-                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
-                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
-                    *v = if relu { t.max(0.0) } else { t };
-                }
-            }
-            return y;
-        }
-        let bp = bp_of(batch);
-        let xt = transpose_f32(x, batch, w.cols, kp, bp);
-        let mut yt = vec![0f32; nrp * bp];
-        par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
-            (k.bsr_f32)(w, rg, &xt, bp, out)
-        });
-        output_f32(&yt, bp, batch, n, bias, relu)
-    }))
-}
-
-/// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
-pub fn nm_f32_linear(
-    w: &Nm<f32>,
-    x: &[f32],
-    batch: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, x.len(), batch, bias)?;
-    let k = kernels();
-    let n = w.rows;
-    let indptr = nm_indptr(w);
-    let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let mut y = vec![0f32; batch * n];
-            let mut yr = vec![0f32; n];
-            for b in 0..batch {
-                let xr = &x[b * w.cols..(b + 1) * w.cols];
-                par_rows(&indptr, work / batch.max(1), &mut yr, 1, |rg, out| unsafe {
-                    (k.nm_f32_gemv)(w, rg, xr, out)
-                });
-                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
-                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
-                    *v = if relu { t.max(0.0) } else { t };
-                }
-            }
-            return y;
-        }
-        let bp = bp_of(batch);
-        let xt = transpose_f32(x, batch, w.cols, w.cols, bp);
-        let mut yt = vec![0f32; n * bp];
-        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe {
-            (k.nm_f32)(w, rg, &xt, bp, out)
-        });
-        output_f32(&yt, bp, batch, n, bias, relu)
-    }))
 }
 
 fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
@@ -1134,57 +524,9 @@ pub fn nm_i8_linear(
 
 #[cfg(test)]
 mod tests {
+    use super::super::float::tests::lcg;
     use super::super::formats::row_quant;
     use super::*;
-
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
-    }
-
-    fn dense_ref(w: &[f32], n: usize, k: usize, x: &[f32], batch: usize) -> Vec<f64> {
-        let mut y = vec![0f64; batch * n];
-        for b in 0..batch {
-            for o in 0..n {
-                y[b * n + o] = (0..k)
-                    .map(|i| w[o * k + i] as f64 * x[b * k + i] as f64)
-                    .sum();
-            }
-        }
-        y
-    }
-
-    #[test]
-    fn float_formats_match_dense_on_every_isa() {
-        let mut s = 3u64;
-        let (n, k) = (37, 44);
-        let w: Vec<f32> = (0..n * k)
-            .map(|_| {
-                if lcg(&mut s) % 3 == 0 {
-                    (lcg(&mut s) % 9) as f32 - 4.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        crate::cpu::each_isa(|isa| {
-            for &batch in &[1usize, 2, 3, 17, 70] {
-                let x: Vec<f32> = (0..batch * k)
-                    .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
-                    .collect();
-                let want = dense_ref(&w, n, k, &x, batch);
-                for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
-                    let b = Bsr::from_dense(&w, n, k, None, r, c).unwrap();
-                    let y = bsr_f32_linear(&b, &x, batch, None, false).unwrap();
-                    for (a, e) in y.iter().zip(&want) {
-                        assert_eq!(*a as f64, *e, "isa {isa:?} block {r}x{c} batch {batch}");
-                    }
-                }
-            }
-        });
-    }
 
     #[test]
     fn int8_exact_against_i64() {

@@ -5,7 +5,7 @@
 //! row per output pixel, one column per output channel), and in that order a
 //! kernel row of the input, `kw` pixels × `c` channels, is one contiguous run
 //! of bytes. So [`im2col`] copies `kh` runs per output pixel instead of
-//! `c · kh` runs of `kw` elements (the NCHW unfold in [`crate::conv`]), and
+//! `c · kh` runs of `kw` elements (the NCHW unfold in [`super::nchw`]), and
 //! pooling reduces whole channel vectors. The column matrix is
 //!
 //! ```text
@@ -19,7 +19,7 @@
 //! [`Window`] describes the geometry as for NCHW (`n, c, h, w`); only the
 //! memory order differs. Work is split over images on the [`crate::team`].
 
-use crate::conv::{check_len, Window};
+use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;
 use crate::threads::{self, SyncPtr};
 
@@ -48,14 +48,9 @@ fn per_image(images: usize, out_per_image: usize, f: impl Fn(usize) + Sync) {
 /// Unfolds NHWC `x` into the column matrix of the module docs; taps in the
 /// padding hold `pad` (the zero point, for uint8 activations).
 pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
-    let win = win.check()?;
-    check_len(x.len(), win.in_len(), "x")?;
-    let (rows, k) = win.cols_shape();
-    let total = rows
-        .checked_mul(k)
-        .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
-    let mut cols = vec![pad; total];
-    let per_img = win.oh() * win.ow() * k;
+    let (win, mut cols) = unfold_buffer(x.len(), win, pad)?;
+    let total = cols.len();
+    let per_img = win.oh() * win.ow() * win.cols_shape().1;
     let img_len = win.h * win.w * win.c;
     if total > 0 && img_len > 0 {
         let dst = SyncPtr(cols.as_mut_ptr());

@@ -1,4 +1,4 @@
-//! Convolution building blocks: im2col / col2im and 2-D pooling (NCHW).
+//! NCHW convolution building blocks: im2col / col2im and 2-D pooling.
 //!
 //! Layouts follow PyTorch: activations are `(n, c, h, w)` row-major. The
 //! column matrix of [`im2col`] has one *row per output pixel* and one column
@@ -15,165 +15,17 @@
 //! `pad` is the zero point). Work is split over images in the library pool
 //! when it is large enough (see [`crate::threads`]).
 
+use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;
 use crate::threads;
 use rayon::prelude::*;
 
-/// Geometry of a 2-D sliding window over an NCHW tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Batch, channels, input height, input width.
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    /// Kernel height and width.
-    pub kh: usize,
-    pub kw: usize,
-    /// Strides.
-    pub sh: usize,
-    pub sw: usize,
-    /// Zero padding on each side.
-    pub ph: usize,
-    pub pw: usize,
-}
-
-impl Window {
-    /// The geometry of an `(n, c, h, w)` input with kernel `k`, stride `s`
-    /// and padding `p` given as `(height, width)` pairs.
-    pub fn new(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: (usize, usize),
-        s: (usize, usize),
-        p: (usize, usize),
-    ) -> Window {
-        Window {
-            n,
-            c,
-            h,
-            w,
-            kh: k.0,
-            kw: k.1,
-            sh: s.0,
-            sw: s.1,
-            ph: p.0,
-            pw: p.1,
-        }
-    }
-
-    /// [`Window::check`] for pooling, which also needs every window to hold
-    /// at least one real input (padding at most half the kernel).
-    pub fn check_pool(self) -> Result<Self> {
-        let win = self.check()?;
-        if win.ph * 2 > win.kh || win.pw * 2 > win.kw {
-            return crate::value_err!(
-                "padding ({}, {}) must be at most half the kernel size ({}, {})",
-                win.ph,
-                win.pw,
-                win.kh,
-                win.kw
-            );
-        }
-        Ok(win)
-    }
-
-    /// Checks the geometry and returns it with the output size computed.
-    pub fn check(self) -> Result<Self> {
-        if self.kh == 0 || self.kw == 0 {
-            return crate::value_err!("kernel size must be >= 1; got ({}, {})", self.kh, self.kw);
-        }
-        if self.sh == 0 || self.sw == 0 {
-            return crate::value_err!("stride must be >= 1; got ({}, {})", self.sh, self.sw);
-        }
-        let hp = self.h.checked_add(2 * self.ph);
-        let wp = self.w.checked_add(2 * self.pw);
-        match (hp, wp) {
-            (Some(hp), Some(wp)) if hp >= self.kh && wp >= self.kw => {}
-            _ => {
-                return crate::shape_err!(
-                    "kernel ({}, {}) is larger than the padded input ({} + 2*{}, {} + 2*{})",
-                    self.kh,
-                    self.kw,
-                    self.h,
-                    self.ph,
-                    self.w,
-                    self.pw
-                )
-            }
-        }
-        if self
-            .n
-            .checked_mul(self.c)
-            .and_then(|v| v.checked_mul(self.h))
-            .and_then(|v| v.checked_mul(self.w))
-            .is_none()
-        {
-            return crate::shape_err!(
-                "input shape ({}, {}, {}, {}) overflows",
-                self.n,
-                self.c,
-                self.h,
-                self.w
-            );
-        }
-        Ok(self)
-    }
-
-    /// Output height.
-    pub fn oh(&self) -> usize {
-        (self.h + 2 * self.ph - self.kh) / self.sh + 1
-    }
-
-    /// Output width.
-    pub fn ow(&self) -> usize {
-        (self.w + 2 * self.pw - self.kw) / self.sw + 1
-    }
-
-    /// Elements of the input.
-    pub fn in_len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-
-    /// Elements of a pooled output `(n, c, oh, ow)`.
-    pub fn out_len(&self) -> usize {
-        self.n * self.c * self.oh() * self.ow()
-    }
-
-    /// `(rows, cols)` of the im2col matrix.
-    pub fn cols_shape(&self) -> (usize, usize) {
-        (self.n * self.oh() * self.ow(), self.c * self.kh * self.kw)
-    }
-
-    /// Input coordinate of output index `o` and kernel tap `k` along one axis,
-    /// or `None` when it falls in the padding.
-    #[inline(always)]
-    fn src(o: usize, k: usize, s: usize, p: usize, len: usize) -> Option<usize> {
-        let i = (o * s + k).checked_sub(p)?;
-        (i < len).then_some(i)
-    }
-}
-
-pub(crate) fn check_len(got: usize, want: usize, name: &str) -> Result<()> {
-    if got != want {
-        return crate::shape_err!("{name} has {got} elements; the shape needs {want}");
-    }
-    Ok(())
-}
-
 /// Unfolds `x` (NCHW) into the column matrix described in the module docs.
 /// Positions in the padding take the value `pad`.
 pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
-    let win = win.check()?;
-    check_len(x.len(), win.in_len(), "x")?;
-    let (rows, k) = win.cols_shape();
-    let total = rows
-        .checked_mul(k)
-        .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
-    let mut cols = vec![pad; total];
-    let per_img = win.oh() * win.ow() * k;
+    let (win, mut cols) = unfold_buffer(x.len(), win, pad)?;
+    let total = cols.len();
+    let per_img = win.oh() * win.ow() * win.cols_shape().1;
     let img_len = win.c * win.h * win.w;
     if per_img == 0 || img_len == 0 {
         return Ok(cols);

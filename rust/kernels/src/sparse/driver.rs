@@ -1,0 +1,200 @@
+//! The loops every sparse product shares: `Y = X · Wᵀ (+ b) (ReLU)`, `W`
+//! sparse `(N, K)`, `X` dense `(B, K)` row-major, `Y` dense `(B, N)`.
+//! The float products are in `float.rs`, the int8 ones in `int8.rs`, their
+//! per-ISA compilations in `arch/`.
+//!
+//! Two shapes of loop:
+//!
+//! * **batch ≥ 3 — AXPY over the batch.** `X` is transposed once into `Xt`
+//!   `(K, Bp)` (`Bp` = batch rounded up to 16, zero padded). For every stored
+//!   weight `w[o, i]` the kernel adds `w · Xt[i, b0..b0+BT]` into a register
+//!   tile of `R × BT` accumulators (one tile per block row and batch slice), so
+//!   the SIMD lanes run over the batch and each weight is loaded once per tile.
+//!   Blocks of `R` rows share the `Xt` loads. The tile is written to `Yt`
+//!   `(N, Bp)`; the output step transposes it into `Y` with bias and ReLU.
+//! * **batch ≤ 2 — gather-dot.** One row of `X` at a time, each output is a
+//!   dot product of the stored weights with the `X` entries they index, over 8
+//!   independent partial sums.
+//!
+//! Threads split the output rows into ranges of about equal stored-value
+//! count. The int8 kernels accumulate in int32 exactly: every int8 matrix is
+//! checked at build time (`formats::row_quant`) so that `255 · Σ|q|` per row
+//! fits int32. Weights with block width a multiple of 4 use the 4-deep dot
+//! layout (`Xp[g, b, 0..4] = xq[b, 4g..4g+4]`), which maps onto the 4-way
+//! u8 × s8 dot-product instructions (see `arch/`).
+
+use std::ops::Range;
+
+use super::formats::Nm;
+use crate::error::Result;
+use crate::shape_err;
+use crate::threads;
+use rayon::prelude::*;
+
+/// Largest batch served by the gather-dot path.
+pub const GEMV_MAX_BATCH: usize = 2;
+/// Batch columns per SIMD slice of the transposed activations.
+pub(super) const LANE: usize = 16;
+
+/// Splits `0..indptr.len()-1` into at most `parts` ranges of about equal
+/// `indptr` mass.
+pub(super) fn balanced(indptr: &[u32], parts: usize) -> Vec<Range<usize>> {
+    let n = indptr.len() - 1;
+    let total = indptr[n] as usize;
+    let parts = parts.clamp(1, n.max(1));
+    let mut out = Vec::with_capacity(parts);
+    let mut start = 0;
+    for p in 1..=parts {
+        let end = if p == parts {
+            n
+        } else {
+            let target = (total * p / parts) as u32;
+            indptr.partition_point(|&v| v < target).clamp(start, n)
+        };
+        if end > start || (p == parts && start < n) {
+            out.push(start..end);
+            start = end;
+        }
+    }
+    if out.is_empty() {
+        out.push(0..n);
+    }
+    out
+}
+
+/// Cuts `buf` into consecutive pieces of `unit * range.len()` elements.
+pub(super) fn split_by<'a, T>(
+    mut buf: &'a mut [T],
+    ranges: &[Range<usize>],
+    unit: usize,
+) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (a, b) = std::mem::take(&mut buf).split_at_mut(r.len() * unit);
+        out.push(a);
+        buf = b;
+    }
+    out
+}
+
+/// Runs `f(range, out_piece)` over balanced row ranges in the pool.
+pub(super) fn par_rows<T: Send>(
+    indptr: &[u32],
+    work: usize,
+    out: &mut [T],
+    unit: usize,
+    f: impl Fn(Range<usize>, &mut [T]) + Sync,
+) {
+    let parts = threads::chunks_for(work);
+    let ranges = balanced(indptr, parts);
+    let pieces = split_by(out, &ranges, unit);
+    if ranges.len() == 1 || !threads::in_pool() {
+        for (r, p) in ranges.into_iter().zip(pieces) {
+            f(r, p);
+        }
+    } else {
+        ranges
+            .into_par_iter()
+            .zip(pieces)
+            .for_each(|(r, p)| f(r, p));
+    }
+}
+
+/// Implicit `indptr` of an N:M matrix (every row holds the same count).
+pub(super) fn nm_indptr(w: &Nm<impl Copy>) -> Vec<u32> {
+    let per = (w.cols / w.m * w.n) as u64;
+    (0..=w.rows as u64)
+        .map(|r| (r * per).min(u32::MAX as u64) as u32)
+        .collect()
+}
+
+pub(super) fn bp_of(batch: usize) -> usize {
+    batch.div_ceil(LANE) * LANE
+}
+
+/// Values a transposed activation can be made of.
+pub(super) trait XtElem: Copy + Default + Send + Sync {}
+impl XtElem for f32 {}
+impl XtElem for i16 {}
+
+/// `Xt[k, b] = conv(b, x[b, k])` into `(kp, bp)`, zero padded; blocks of 16
+/// batch rows so the reads run along 16 rows and the writes are contiguous.
+#[inline(always)]
+pub(super) fn transpose_with<S: Copy + Sync, D: XtElem>(
+    x: &[S],
+    batch: usize,
+    k: usize,
+    kp: usize,
+    bp: usize,
+    conv: impl Fn(usize, S) -> D + Sync + Copy,
+) -> Vec<D> {
+    let mut xt = vec![D::default(); kp * bp];
+    let rows_per = (8192 / bp).max(16);
+    threads::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
+        let k0 = c * rows_per;
+        let nk = (dst.len() / bp).min(k.saturating_sub(k0));
+        let mut b0 = 0;
+        while b0 < batch {
+            let nb = LANE.min(batch - b0);
+            for bb in 0..nb {
+                let b = b0 + bb;
+                let src = &x[b * k + k0..b * k + k0 + nk];
+                for (kk, &v) in src.iter().enumerate() {
+                    dst[kk * bp + b] = conv(b, v);
+                }
+            }
+            b0 += LANE;
+        }
+    });
+    xt
+}
+
+pub(super) fn transpose_f32(x: &[f32], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<f32> {
+    transpose_with(x, batch, k, kp, bp, |_, v| v)
+}
+
+pub(super) fn check_common(
+    rows: usize,
+    cols: usize,
+    x_len: usize,
+    batch: usize,
+    bias: Option<&[f32]>,
+) -> Result<()> {
+    if batch.checked_mul(cols) != Some(x_len) {
+        return shape_err!("x has {x_len} elements, expected (batch={batch}, in_features={cols})");
+    }
+    if let Some(b) = bias {
+        if b.len() != rows {
+            return shape_err!("bias has {} entries, expected out_features={rows}", b.len());
+        }
+    }
+    Ok(())
+}
+
+/// The sparse bodies compiled for the active path (see `arch/`).
+pub(super) fn kernels() -> super::arch::Kernels {
+    crate::cpu::dispatch().sparse
+}
+
+/// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
+pub(super) const PREFETCH: usize = 8;
+
+/// Prefetches `rows` (at most 4) rows of `len` bytes, `stride` apart, from `base + off`.
+#[inline(always)]
+pub(super) unsafe fn prefetch_rows(
+    base: *const u8,
+    off: usize,
+    rows: usize,
+    stride: usize,
+    len: usize,
+) {
+    let mut r = 0;
+    while r < rows.min(4) {
+        let mut l = 0;
+        while l < len {
+            crate::cpu::prefetch(base.wrapping_add(off + r * stride + l));
+            l += 64;
+        }
+        r += 1;
+    }
+}
