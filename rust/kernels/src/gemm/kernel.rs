@@ -18,15 +18,6 @@ pub(crate) trait Kernel {
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
     type AElem: super::pack::PlainElem;
 
-    /// Converts one packed row of Â (u8, padded to a multiple of 4) to `AElem`s.
-    fn widen(src: &[u8], dst: &mut [Self::AElem]);
-
-    /// A packed row as bytes when `AElem` is `u8`, so rows are packed in
-    /// place instead of through a scratch row and [`Kernel::widen`].
-    fn row_bytes(_dst: &mut [Self::AElem]) -> Option<&mut [u8]> {
-        None
-    }
-
     /// `dst[i] = src[i] ^ flip`, returning the (wrapping) sum of `dst`;
     /// `flip` is 0x80 to turn int8 into `int8 + 128`.
     fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
@@ -94,13 +85,47 @@ pub(crate) struct Fix {
     pub dst_cols: usize,
 }
 
-/// Expands `match (mr, np)` over every const-generic instantiation of a tile function.
-macro_rules! tile_match {
-    ($mr:expr, $np:expr, $f:ident, $args:tt, [$(($m:literal, $p:literal)),*]) => {
-        match ($mr, $np) {
-            $(($m, $p) => $f::<$m, $p> $args,)*
-            _ => unreachable!("tile shape out of range"),
+/// The methods of a `Kernel` impl that forward to the module's functions:
+/// `tile` dispatches `(mr, np)` onto the listed const-generic instantiations
+/// of `tile: f` (called `f::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)`);
+/// `finish` and `copy_sum`, when given, override the portable defaults with
+/// the `#[target_feature]` versions.
+macro_rules! kernel_methods {
+    (
+        tile: $f:ident,
+        shapes: [$(($m:literal, $p:literal)),* $(,)?]
+        $(, finish: $fin:ident)?
+        $(, copy_sum: $cs:path)?
+    ) => {
+        $(
+            unsafe fn finish<T: $crate::gemm::output::OutElem>(f: $crate::gemm::Finish<'_, '_, T>) {
+                $fin(f)
+            }
+        )?
+        $(
+            fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+                // SAFETY: a kernel is only used on a CPU that has its ISA.
+                unsafe { $cs(src, flip, dst) }
+            }
+        )?
+        unsafe fn tile(
+            mr: usize,
+            np: usize,
+            kg: usize,
+            a: *const Self::AElem,
+            lda: usize,
+            b: *const i8,
+            bs: usize,
+            acc: *mut i32,
+            ld: usize,
+            load: bool,
+            fix: Option<&$crate::gemm::kernel::Fix>,
+        ) {
+            match (mr, np) {
+                $(($m, $p) => $f::<$m, $p>(kg, a, lda, b, bs, acc, ld, load, fix),)*
+                _ => unreachable!("tile shape out of range"),
+            }
         }
     };
 }
-pub(crate) use tile_match;
+pub(crate) use kernel_methods;

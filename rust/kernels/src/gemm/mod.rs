@@ -270,12 +270,12 @@ fn pack_a<'a, Kr: Kernel>(
                     &mut *zpp.get().add(i),
                 )
             };
-            (*s, *z) = match Kr::row_bytes(drow) {
+            (*s, *z) = match <Kr::AElem as pack::PlainElem>::row_bytes(drow) {
                 Some(bytes) => row(i, bytes),
                 None => {
                     tmp.resize(kp, 0u8);
                     let r = row(i, &mut tmp);
-                    Kr::widen(&tmp, drow);
+                    <Kr::AElem as pack::PlainElem>::widen(&tmp, drow);
                     r
                 }
             };
@@ -302,7 +302,7 @@ const PACK_A_PARALLEL_MIN: usize = 1 << 14;
 /// themselves when they already are the packed form.
 enum AData<'a, E: pack::PlainElem> {
     Packed(pack::AScratch<E>),
-    /// Only for kernels with `AElem = u8` ([`Kernel::row_bytes`]).
+    /// Only for kernels with `AElem = u8` ([`pack::PlainElem::row_bytes`]).
     Bytes(&'a [u8]),
 }
 
@@ -329,7 +329,7 @@ fn borrow_a<'a, Kr: Kernel>(
         ASource::U8(src)
             if k > 0
                 && k.is_multiple_of(4)
-                && Kr::row_bytes(&mut []).is_some()
+                && <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_some()
                 && b.zp.iter().all(|&z| z == 0) =>
         {
             Some(PackedA {

@@ -437,10 +437,33 @@ pub(crate) fn copy_sum_scalar(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
 ///
 /// # Safety
 /// Implementors must be integer types of alignment at most 8.
-pub(crate) unsafe trait PlainElem: Copy + Default + Send + Sync + 'static {}
+pub(crate) unsafe trait PlainElem: Copy + Default + Send + Sync + 'static {
+    /// Converts one packed row of Â (u8, padded to a multiple of 4) to this type.
+    fn widen(src: &[u8], dst: &mut [Self]);
+    /// A packed row as bytes when this is `u8`, so that rows are packed in
+    /// place instead of through a scratch row and [`PlainElem::widen`].
+    fn row_bytes(dst: &mut [Self]) -> Option<&mut [u8]>;
+}
 // SAFETY: plain integers.
-unsafe impl PlainElem for u8 {}
-unsafe impl PlainElem for i16 {}
+unsafe impl PlainElem for u8 {
+    fn widen(src: &[u8], dst: &mut [u8]) {
+        dst.copy_from_slice(src);
+    }
+    fn row_bytes(dst: &mut [u8]) -> Option<&mut [u8]> {
+        Some(dst)
+    }
+}
+// SAFETY: plain integers.
+unsafe impl PlainElem for i16 {
+    fn widen(src: &[u8], dst: &mut [i16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s as i16;
+        }
+    }
+    fn row_bytes(_: &mut [i16]) -> Option<&mut [u8]> {
+        None
+    }
+}
 
 std::thread_local! {
     static A_SCRATCH: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };

@@ -267,11 +267,32 @@ pub(crate) fn min_max_body(x: &[f32]) -> (f32, f32, f32) {
 /// ownership, which cuts the memory traffic of a dequantize by about a third.
 const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// Elements to process before `addr` (of `size`-byte elements) is `align`-aligned, or
-/// `None` when it never will be (an element-misaligned pointer).
+/// The scalar head of a run written with streaming stores: writes
+/// `out[j] = scalar(j)` for the leading elements (`n` at most) before the first
+/// `align`-byte boundary and returns how many that was (all `n` when `out`
+/// is not element-aligned, none when not `stream`ing). The SIMD loops do
+/// the rest.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn head_len(addr: usize, align: usize, size: usize) -> Option<usize> {
-    (addr % size == 0).then(|| ((align - addr % align) % align) / size)
+#[inline(always)]
+pub(crate) fn stream_head<T>(
+    out: &mut [T],
+    n: usize,
+    stream: bool,
+    align: usize,
+    scalar: impl Fn(usize) -> T,
+) -> usize {
+    let (addr, size) = (out.as_ptr() as usize, std::mem::size_of::<T>());
+    let head = if !stream {
+        0
+    } else if addr % size == 0 {
+        (((align - addr % align) % align) / size).min(n)
+    } else {
+        n
+    };
+    for (j, o) in out[..head].iter_mut().enumerate() {
+        *o = scalar(j);
+    }
+    head
 }
 
 /// Elements per parallel chunk: a multiple of 64, at least `threads::PARALLEL_MIN_WORK`.

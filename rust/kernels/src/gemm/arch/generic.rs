@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use crate::gemm::kernel::{tile_match, Fix, Kernel};
+use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
 use crate::gemm::pack::{self, NR};
 
 super::table!(Generic, pack::pack_panels);
@@ -19,36 +19,10 @@ impl Kernel for Generic {
     const NP_ROW: usize = 1;
     type AElem = u8;
 
-    fn widen(src: &[u8], dst: &mut [u8]) {
-        dst.copy_from_slice(src);
-    }
-
-    fn row_bytes(dst: &mut [u8]) -> Option<&mut [u8]> {
-        Some(dst)
-    }
-
-    unsafe fn tile(
-        mr: usize,
-        np: usize,
-        kg: usize,
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        bs: usize,
-        acc: *mut i32,
-        ld: usize,
-        load: bool,
-        fix: Option<&Fix>,
-    ) {
-        let _ = bs;
-        tile_match!(
-            mr,
-            np,
-            tile_body,
-            (kg, a, lda, b, acc, ld, load, fix),
-            [(1, 1), (2, 1), (3, 1), (4, 1)]
-        )
-    }
+    kernel_methods!(
+        tile: tile_body,
+        shapes: [(1, 1), (2, 1), (3, 1), (4, 1)]
+    );
 }
 
 #[inline(always)]
@@ -57,6 +31,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(
     a: *const u8,
     lda: usize,
     b: *const i8,
+    _bs: usize, // one panel per tile
     acc: *mut i32,
     ld: usize,
     load: bool,

@@ -13,9 +13,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::kernel::{tile_match, Fix, Kernel};
-use crate::gemm::output::OutElem;
-use crate::gemm::{pack, Finish};
+use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
+use crate::gemm::pack;
 
 super::table!(Avx2, |job, p0, out, zp, ct| unsafe {
     // SAFETY: the table is only handed out on CPUs with AVX2.
@@ -31,42 +30,12 @@ impl Kernel for Avx2 {
     const NP_ROW: usize = 3;
     type AElem = i16;
 
-    fn widen(src: &[u8], dst: &mut [i16]) {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s as i16;
-        }
-    }
-
-    fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
-        // SAFETY: this kernel is only used when the CPU has AVX2.
-        unsafe { copy_sum_avx2(src, flip, dst) }
-    }
-
-    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
-        finish_tf(f)
-    }
-
-    unsafe fn tile(
-        mr: usize,
-        np: usize,
-        kg: usize,
-        a: *const i16,
-        lda: usize,
-        b: *const i8,
-        bs: usize,
-        acc: *mut i32,
-        ld: usize,
-        load: bool,
-        fix: Option<&Fix>,
-    ) {
-        tile_match!(
-            mr,
-            np,
-            tile_tf,
-            (kg, a, lda, b, bs, acc, ld, load, fix),
-            [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
-        )
-    }
+    kernel_methods!(
+        tile: tile_tf,
+        shapes: [(1, 1), (1, 2), (1, 3), (2, 1), (3, 1)],
+        finish: finish_tf,
+        copy_sum: copy_sum_avx2
+    );
 }
 
 #[inline(always)]

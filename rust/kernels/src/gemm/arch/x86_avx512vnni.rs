@@ -10,9 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::kernel::{tile_match, Fix, Kernel};
-use crate::gemm::output::OutElem;
-use crate::gemm::Finish;
+use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
 super::table!(Avx512Vnni, super::x86_avx2::KERNELS.pack_panels);
@@ -27,73 +25,12 @@ impl Kernel for Avx512Vnni {
     const DIRECT: bool = true;
     type AElem = u8;
 
-    fn widen(src: &[u8], dst: &mut [u8]) {
-        dst.copy_from_slice(src);
-    }
-
-    fn row_bytes(dst: &mut [u8]) -> Option<&mut [u8]> {
-        Some(dst)
-    }
-
-    fn copy_sum(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
-        // SAFETY: this kernel is only used when the CPU has AVX-512 (so AVX2).
-        unsafe { super::x86_avx2::copy_sum_avx2(src, flip, dst) }
-    }
-
-    unsafe fn finish<T: OutElem>(f: Finish<'_, '_, T>) {
-        finish_tf(f)
-    }
-
-    unsafe fn tile(
-        mr: usize,
-        np: usize,
-        kg: usize,
-        a: *const u8,
-        lda: usize,
-        b: *const i8,
-        bs: usize,
-        acc: *mut i32,
-        ld: usize,
-        load: bool,
-        fix: Option<&Fix>,
-    ) {
-        tile_match!(
-            mr,
-            np,
-            tile_tf,
-            (kg, a, lda, b, bs, acc, ld, load, fix),
-            [
-                (1, 1),
-                (1, 2),
-                (1, 3),
-                (1, 4),
-                (1, 5),
-                (1, 6),
-                (1, 7),
-                (1, 8),
-                (2, 1),
-                (2, 2),
-                (2, 3),
-                (2, 4),
-                (3, 1),
-                (3, 2),
-                (3, 3),
-                (3, 4),
-                (4, 1),
-                (4, 2),
-                (4, 3),
-                (4, 4),
-                (5, 1),
-                (5, 2),
-                (5, 3),
-                (5, 4),
-                (6, 1),
-                (6, 2),
-                (6, 3),
-                (6, 4)
-            ]
-        )
-    }
+    kernel_methods!(
+        tile: tile_tf,
+        shapes: [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4), (5, 1), (5, 2), (5, 3), (5, 4), (6, 1), (6, 2), (6, 3), (6, 4)],
+        finish: finish_tf,
+        copy_sum: super::x86_avx2::copy_sum_avx2
+    );
 }
 
 #[inline(always)]

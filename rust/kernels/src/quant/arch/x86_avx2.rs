@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::{dequant1, head_len, min_max_body, quant1};
+use crate::quant::{dequant1, min_max_body, quant1, stream_head};
 
 super::table!(avx2);
 
@@ -52,14 +52,7 @@ unsafe fn pack4<const SIGNED: bool>(a: __m256i, b: __m256i, c: __m256i, d: __m25
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 32-byte aligned output, then `vmovntdq`.
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 32, 1).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = quant1(x[j], s, zp, lo, hi);
-    }
+    let head = stream_head(out, n, stream, 32, |j| quant1(x[j], s, zp, lo, hi));
     let (x, out) = (&x[head..n], &mut out[head..n]);
     match (lo < 0.0, stream) {
         (true, false) => quant_run_t::<true, false>(x, s, zp, lo, hi, out),
@@ -164,14 +157,7 @@ unsafe fn widen8<const SIGNED: bool>(v: __m128i) -> __m256 {
 #[inline(always)]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = dequant1(q[j], signed, s, zp);
-    }
+    let head = stream_head(out, n, stream, 32, |j| dequant1(q[j], signed, s, zp));
     let (q, out) = (&q[head..n], &mut out[head..n]);
     match (signed, stream) {
         (true, false) => dequant_run_t::<true, false>(q, s, zp, out),
@@ -229,14 +215,7 @@ unsafe fn dequant_row(
     stream: bool,
 ) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 32, 4).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = dequant1(q[j], signed, s[j], zp[j]);
-    }
+    let head = stream_head(out, n, stream, 32, |j| dequant1(q[j], signed, s[j], zp[j]));
     let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
     match (signed, stream) {
         (true, false) => dequant_row_t::<true, false>(q, s, zp, out),

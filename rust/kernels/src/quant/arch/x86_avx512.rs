@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::{dequant1, head_len, min_max_body, quant1};
+use crate::quant::{dequant1, min_max_body, quant1, stream_head};
 
 super::table!(avx512);
 
@@ -39,14 +39,7 @@ fn tail_mask(n: usize) -> __mmask16 {
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to a 16-byte aligned output, then `vmovntdq`.
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 16, 1).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = quant1(x[j], s, zp, lo, hi);
-    }
+    let head = stream_head(out, n, stream, 16, |j| quant1(x[j], s, zp, lo, hi));
     if stream {
         quant_run_t::<true>(&x[head..n], s, zp, lo, hi, &mut out[head..n]);
         _mm_sfence();
@@ -128,14 +121,7 @@ unsafe fn widen16(v: __m128i, signed: bool) -> __m512 {
 #[inline(always)]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
     let n = q.len().min(out.len());
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = dequant1(q[j], signed, s, zp);
-    }
+    let head = stream_head(out, n, stream, 64, |j| dequant1(q[j], signed, s, zp));
     let (q, out) = (&q[head..n], &mut out[head..n]);
     if stream {
         dequant_run_t::<true>(q, signed, s, zp, out);
@@ -188,14 +174,7 @@ unsafe fn dequant_row(
     stream: bool,
 ) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = if stream {
-        head_len(out.as_ptr() as usize, 64, 4).unwrap_or(n).min(n)
-    } else {
-        0
-    };
-    for j in 0..head {
-        out[j] = dequant1(q[j], signed, s[j], zp[j]);
-    }
+    let head = stream_head(out, n, stream, 64, |j| dequant1(q[j], signed, s[j], zp[j]));
     let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
     if stream {
         dequant_row_t::<true>(q, signed, s, zp, out);
