@@ -2,8 +2,8 @@
 //! buffer reused or fresh per call, all four timed round-robin in one process
 //! (so that a noisy machine's drift hits them alike):
 //! `cargo run --release --example gemm_time -- M K N`.
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{self, output::OutputStep, ASource, PackedB, ZeroPoint};
-use hwreg_kernels::threads::set_num_threads;
 use std::time::Instant;
 
 fn main() {
@@ -21,13 +21,14 @@ fn main() {
     };
     let a: Vec<u8> = (0..m * k).map(|_| rnd()).collect();
     let b: Vec<i8> = (0..k * n).map(|_| rnd() as i8).collect();
-    let pb = PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap();
+    let pb = PackedB::from_kn_i8(&Ctx::current(), &b, k, n, ZeroPoint::Scalar(0)).unwrap();
     let mut out = vec![0i32; m * n];
-    let mut call = |fresh: bool| {
+    let mut call = |ctx: &Ctx, fresh: bool| {
         if fresh {
             let mut o: Vec<i32> = Vec::with_capacity(m * n);
             let dst = &mut o.spare_capacity_mut()[..m * n];
             gemm::matmul_uninit(
+                ctx,
                 ASource::U8(&a),
                 m,
                 k,
@@ -42,6 +43,7 @@ fn main() {
             std::hint::black_box(o);
         } else {
             gemm::matmul(
+                ctx,
                 ASource::U8(&a),
                 m,
                 k,
@@ -57,11 +59,11 @@ fn main() {
     let mut samples = vec![Vec::new(); modes.len()];
     for _ in 0..9 {
         for (s, &(threads, fresh)) in samples.iter_mut().zip(&modes) {
-            set_num_threads(threads);
-            call(fresh);
+            let ctx = Ctx::new(threads);
+            call(&ctx, fresh);
             let (t0, mut calls) = (Instant::now(), 0u32);
             while t0.elapsed().as_secs_f64() < 0.02 {
-                call(fresh);
+                call(&ctx, fresh);
                 calls += 1;
             }
             s.push(t0.elapsed().as_secs_f64() / calls as f64);

@@ -1,8 +1,7 @@
 //! Round-trip cost of one fork-join on the team (tasks that do nothing).
 use std::time::Instant;
 fn main() {
-    hwreg_kernels::threads::set_num_threads(2);
-    let team = hwreg_kernels::team::team();
+    let team = hwreg_kernels::exec::team::team(2);
     for spin_work in [0u64, 2000, 20000] {
         let t0 = Instant::now();
         let reps = 20000;

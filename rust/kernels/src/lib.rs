@@ -5,19 +5,19 @@
 //!
 //! CPU features and the one dispatch table of every kernel family live in
 //! [`cpu`] (the only place an instruction set is matched; each family keeps
-//! its per-ISA code in an `arch/` folder); thread policy in [`threads`]
-//! (rayon) and [`team`] (fork-join for GEMM).
+//! its per-ISA code in an `arch/` folder); every call that may run threads
+//! takes an [`exec::Ctx`] (its thread count; [`exec`] holds the pool and
+//! the team that run the work).
 
 pub mod conv;
 pub mod cpu;
 pub mod error;
+pub mod exec;
 pub mod gemm;
 pub mod optim;
 pub mod plan;
 pub mod prune;
 pub mod quant;
 pub mod sparse;
-pub mod team;
-pub mod threads;
 
 pub use error::{Error, Result};

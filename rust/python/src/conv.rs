@@ -6,6 +6,7 @@
 
 use hwreg_kernels::conv::nhwc::{self, Pool};
 use hwreg_kernels::conv::{self, Layout, Window};
+use hwreg_kernels::exec::Ctx;
 use numpy::{
     PyArray1, PyArray4, PyArrayMethods, PyReadonlyArray2, PyReadonlyArray4, PyUntypedArrayMethods,
 };
@@ -45,7 +46,9 @@ fn unfold<'py, T: numpy::Element + Copy + Send + Sync>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let win = Window::of_shape(x.shape(), layout, k, s, p).or_py()?;
     let xs = contiguous(x, "x")?;
-    let cols = py.detach(|| conv::unfold(layout, xs, win, pad)).or_py()?;
+    let cols = py
+        .detach(|| conv::unfold(&Ctx::current(), layout, xs, win, pad))
+        .or_py()?;
     let (r, kk) = win.cols_shape();
     Ok(PyArray1::from_vec(py, cols).reshape([r, kk])?.into_any())
 }
@@ -125,7 +128,9 @@ fn col2im<'py>(
         )));
     }
     let cs = contiguous(&cols, "cols")?;
-    let x = py.detach(|| conv::col2im(cs, win)).or_py()?;
+    let x = py
+        .detach(|| conv::col2im(&Ctx::current(), cs, win))
+        .or_py()?;
     to4(py, x, [n, c, h, w])
 }
 
@@ -140,7 +145,9 @@ fn max_pool2d<'py>(
 ) -> PyResult<PoolWithIndices<'py>> {
     let win = window(x.shape(), kernel_size, stride, padding);
     let xs = contiguous(&x, "x")?;
-    let (out, idx) = py.detach(|| conv::max_pool2d(xs, win)).or_py()?;
+    let (out, idx) = py
+        .detach(|| conv::max_pool2d(&Ctx::current(), xs, win))
+        .or_py()?;
     let dims = [win.n, win.c, win.oh(), win.ow()];
     Ok((
         to4(py, out, dims)?,
@@ -164,7 +171,7 @@ fn max_pool2d_backward<'py>(
     let gs = contiguous(&grad, "grad")?;
     let is = contiguous(&indices, "indices")?;
     let gx = py
-        .detach(|| conv::max_pool2d_backward(gs, is, win))
+        .detach(|| conv::max_pool2d_backward(&Ctx::current(), gs, is, win))
         .or_py()?;
     to4(py, gx, [n, c, h, w])
 }
@@ -180,7 +187,9 @@ fn avg_pool2d<'py>(
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
     let win = window(x.shape(), kernel_size, stride, padding);
     let xs = contiguous(&x, "x")?;
-    let out = py.detach(|| conv::avg_pool2d(xs, win)).or_py()?;
+    let out = py
+        .detach(|| conv::avg_pool2d(&Ctx::current(), xs, win))
+        .or_py()?;
     to4(py, out, [win.n, win.c, win.oh(), win.ow()])
 }
 
@@ -197,7 +206,9 @@ fn avg_pool2d_backward<'py>(
     let (n, c, h, w) = input_shape;
     let win = window(&[n, c, h, w], kernel_size, stride, padding);
     let gs = contiguous(&grad, "grad")?;
-    let gx = py.detach(|| conv::avg_pool2d_backward(gs, win)).or_py()?;
+    let gx = py
+        .detach(|| conv::avg_pool2d_backward(&Ctx::current(), gs, win))
+        .or_py()?;
     to4(py, gx, [n, c, h, w])
 }
 
@@ -238,7 +249,9 @@ fn pool2d_nhwc<'py>(
     };
     let win = Window::of_shape(x.shape(), Layout::Nhwc, kernel_size, stride, padding).or_py()?;
     let xs = contiguous(&x, "x")?;
-    let out = py.detach(|| nhwc::pool2d(xs, win, kind)).or_py()?;
+    let out = py
+        .detach(|| nhwc::pool2d(&Ctx::current(), xs, win, kind))
+        .or_py()?;
     PyArray1::from_vec(py, out).reshape([win.n, win.oh(), win.ow(), win.c])
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::output::{OutElem, OutputStep, Param};
 use hwreg_kernels::gemm::{self, ASource, PackedB, ZeroPoint};
 use numpy::{
@@ -101,12 +102,13 @@ fn _pack_b(
     let (r, c) = b.dims();
     let z = contiguous(&zero_point, "b_zero_point")?;
     let src = b.source("b")?;
+    let ctx = Ctx::current();
     let inner = py
         .detach(|| match (src, transposed) {
-            (ASource::U8(v), false) => PackedB::from_kn_u8(v, r, c, zp(z)),
-            (ASource::I8(v), false) => PackedB::from_kn_i8(v, r, c, zp(z)),
-            (ASource::U8(v), true) => PackedB::from_nk_u8(v, r, c, zp(z)),
-            (ASource::I8(v), true) => PackedB::from_nk_i8(v, r, c, zp(z)),
+            (ASource::U8(v), false) => PackedB::from_kn_u8(&ctx, v, r, c, zp(z)),
+            (ASource::I8(v), false) => PackedB::from_kn_i8(&ctx, v, r, c, zp(z)),
+            (ASource::U8(v), true) => PackedB::from_nk_u8(&ctx, v, r, c, zp(z)),
+            (ASource::I8(v), true) => PackedB::from_nk_i8(&ctx, v, r, c, zp(z)),
         })
         .or_py()?;
     Ok(PyPackedB {
@@ -124,7 +126,7 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     let (m, k) = a.dims();
     let src = a.source("a")?;
     let out = py
-        .detach(|| gemm::matmul_vec::<T>(src, m, k, zp(a_zp), b, step))
+        .detach(|| gemm::matmul_vec::<T>(&Ctx::current(), src, m, k, zp(a_zp), b, step))
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, b.n()])
 }
@@ -196,7 +198,7 @@ fn _linear_dynamic<'py>(
     };
     let pb = &b.get().inner;
     let out = py
-        .detach(|| gemm::linear_dynamic_vec(xs, m, k, pb, cs, bias, relu))
+        .detach(|| gemm::linear_dynamic_vec(&Ctx::current(), xs, m, k, pb, cs, bias, relu))
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, pb.n()])
 }

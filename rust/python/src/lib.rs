@@ -49,13 +49,14 @@ fn _set_isa(name: &str) -> PyResult<()> {
 /// Threads the kernels use (`HWREG_NUM_THREADS`, default: available cores).
 #[pyfunction]
 fn num_threads() -> usize {
-    hwreg_kernels::threads::num_threads()
+    hwreg_kernels::exec::num_threads()
 }
 
-/// Sets the kernels' thread count for this process; 0 restores the default.
+/// Sets the process's thread policy (each later call reads it into its
+/// execution context); 0 restores the default.
 #[pyfunction]
 fn set_num_threads(n: usize) {
-    hwreg_kernels::threads::set_num_threads(n)
+    hwreg_kernels::exec::set_num_threads(n)
 }
 
 #[pymodule]

@@ -5,6 +5,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::prune;
 
 /// Flat keep-mask pruning the `k` eligible entries of smallest |scores| (lower
@@ -23,10 +24,12 @@ fn prune_smallest<'py>(
         .transpose()?;
     let keep = if let Ok(s) = scores.extract::<PyReadonlyArrayDyn<'py, f32>>() {
         let s = contiguous(&s, "scores")?;
-        py.detach(|| prune::prune_smallest(s, el, k)).or_py()?
+        py.detach(|| prune::prune_smallest(&Ctx::current(), s, el, k))
+            .or_py()?
     } else if let Ok(s) = scores.extract::<PyReadonlyArrayDyn<'py, f64>>() {
         let s = contiguous(&s, "scores")?;
-        py.detach(|| prune::prune_smallest(s, el, k)).or_py()?
+        py.detach(|| prune::prune_smallest(&Ctx::current(), s, el, k))
+            .or_py()?
     } else {
         return Err(PyTypeError::new_err(
             "scores must be a float32 or float64 array",
@@ -46,10 +49,12 @@ fn nm_keep<'py>(
 ) -> PyResult<Bound<'py, PyArray1<bool>>> {
     let keep = if let Ok(s) = w.extract::<PyReadonlyArrayDyn<'py, f32>>() {
         let s = contiguous(&s, "w")?;
-        py.detach(|| prune::nm_keep(s, n, m)).or_py()?
+        py.detach(|| prune::nm_keep(&Ctx::current(), s, n, m))
+            .or_py()?
     } else if let Ok(s) = w.extract::<PyReadonlyArrayDyn<'py, f64>>() {
         let s = contiguous(&s, "w")?;
-        py.detach(|| prune::nm_keep(s, n, m)).or_py()?
+        py.detach(|| prune::nm_keep(&Ctx::current(), s, n, m))
+            .or_py()?
     } else {
         return Err(PyTypeError::new_err("w must be a float32 or float64 array"));
     };

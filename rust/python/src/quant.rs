@@ -3,6 +3,7 @@
 //! The Python layer (`hwreg_rs/quant.py`) validates types and normalises `axis`;
 //! the kernels validate values and lengths again, so nothing here can be fed garbage.
 
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::quant::{self, calib, AxisLayout, QElem, QType};
 use numpy::ndarray::IxDyn;
 use numpy::{
@@ -74,7 +75,7 @@ fn quantize_into<'py, T: QElem + numpy::Element>(
     let qrange = qrange.unwrap_or(T::QTYPE.range());
     let arr = output_or::<T>(py, out, shape)?;
     fill(py, &arr, |out| {
-        quant::quantize_clamped(x, layout, scale, zero_point, qrange, out)
+        quant::quantize_clamped(&Ctx::current(), x, layout, scale, zero_point, qrange, out)
     })?
     .or_py()?;
     Ok(arr.into_any())
@@ -125,7 +126,7 @@ fn dequantize_from<'py, T: QElem + numpy::Element>(
     let qs = contiguous(&q, "q")?;
     let arr = output_or::<f32>(py, out, &shape)?;
     fill(py, &arr, |out| {
-        quant::dequantize(qs, layout, scale, zero_point, out)
+        quant::dequantize(&Ctx::current(), qs, layout, scale, zero_point, out)
     })?
     .or_py()?;
     Ok(arr)
@@ -164,7 +165,10 @@ fn dynamic_quantize_linear<'py>(
     let shape = x.shape().to_vec();
     let xs = contiguous(&x, "x")?;
     let arr = output::<u8>(py, &shape);
-    let (s, z) = fill(py, &arr, |out| quant::dynamic_quantize(xs, out))?.or_py()?;
+    let (s, z) = fill(py, &arr, |out| {
+        quant::dynamic_quantize(&Ctx::current(), xs, out)
+    })?
+    .or_py()?;
     Ok((arr, s, z))
 }
 
@@ -210,7 +214,7 @@ fn calibrate<'py>(
     let layout = AxisLayout::new(x.shape(), axis).or_py()?;
     let xs = contiguous(&x, "x")?;
     let c = py
-        .detach(|| calib::calibrate(xs, layout, method, &spec))
+        .detach(|| calib::calibrate(&Ctx::current(), xs, layout, method, &spec))
         .or_py()?;
     Ok((c.scale, c.zero_point, c.range_min, c.range_max))
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::plan::{DenseChain, DenseLayer};
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
@@ -56,7 +57,9 @@ impl PyDenseChain {
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (m, k) = (x.shape()[0], x.shape()[1]);
         let xs = contiguous(&x, "x")?;
-        let out = py.detach(|| self.inner.forward(xs, m, k)).or_py()?;
+        let out = py
+            .detach(|| self.inner.forward(&Ctx::current(), xs, m, k))
+            .or_py()?;
         PyArray1::from_vec(py, out).reshape([m, self.inner.out_features()])
     }
 }

@@ -9,6 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
+use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::sparse::{self, DenseValues, Pattern, QuantX, SparseWeight};
 
 /// A sparse weight `(out_features, in_features)` built from a dense matrix.
@@ -232,7 +233,7 @@ impl SparseMatrix {
         let xs = contiguous(&x, "x")?;
         let bs = bias_slice(&bias)?;
         let y = py
-            .detach(|| self.inner.linear(xs, batch, k, bs, relu))
+            .detach(|| self.inner.linear(&Ctx::current(), xs, batch, k, bs, relu))
             .or_py()?;
         Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
     }
@@ -257,7 +258,10 @@ impl SparseMatrix {
         };
         let bs = bias_slice(&bias)?;
         let y = py
-            .detach(|| self.inner.linear_quantized(&qx, batch, k, bs, relu))
+            .detach(|| {
+                self.inner
+                    .linear_quantized(&Ctx::current(), &qx, batch, k, bs, relu)
+            })
             .or_py()?;
         Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
     }
@@ -298,7 +302,7 @@ fn quantize_activation_rows<'py>(
     let (batch, k) = (x.shape()[0], x.shape()[1]);
     let xs = contiguous(&x, "x")?;
     let (q, s, z) = py
-        .detach(|| sparse::quantize_rows_u8(xs, batch, k))
+        .detach(|| sparse::quantize_rows_u8(&Ctx::current(), xs, batch, k))
         .or_py()?;
     Ok((
         PyArray1::from_vec(py, q).reshape([batch, k])?,

@@ -8,6 +8,7 @@
 //! * [`nhwc`]: channels-last, for the int8 runtime's convolutions.
 
 use crate::error::Result;
+use crate::exec::Ctx;
 
 pub mod nchw;
 pub mod nhwc;
@@ -192,14 +193,15 @@ impl Window {
 /// The im2col unfold of `x` in `layout` (see [`nchw::im2col`] and
 /// [`nhwc::im2col`] for the column orders); positions in the padding take `pad`.
 pub fn unfold<T: Copy + Send + Sync>(
+    ctx: &Ctx,
     layout: Layout,
     x: &[T],
     win: Window,
     pad: T,
 ) -> Result<Vec<T>> {
     match layout {
-        Layout::Nchw => nchw::im2col(x, win, pad),
-        Layout::Nhwc => nhwc::im2col(x, win, pad),
+        Layout::Nchw => nchw::im2col(ctx, x, win, pad),
+        Layout::Nhwc => nhwc::im2col(ctx, x, win, pad),
     }
 }
 

@@ -13,16 +13,16 @@
 //! `cols (n·oh·ow, c·kh·kw) × Wᵀ (c·kh·kw, out)`. `im2col` is generic over the
 //! element type (f32 for training, u8 / i8 for the integer convolution, where
 //! `pad` is the zero point). Work is split over images in the library pool
-//! when it is large enough (see [`crate::threads`]).
+//! when it is large enough (see [`crate::exec`]).
 
 use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;
-use crate::threads;
+use crate::exec::Ctx;
 use rayon::prelude::*;
 
 /// Unfolds `x` (NCHW) into the column matrix described in the module docs.
 /// Positions in the padding take the value `pad`.
-pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
+pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
     let (win, mut cols) = unfold_buffer(x.len(), win, pad)?;
     let total = cols.len();
     let per_img = win.oh() * win.ow() * win.cols_shape().1;
@@ -30,7 +30,7 @@ pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec
     if per_img == 0 || img_len == 0 {
         return Ok(cols);
     }
-    threads::run(total, || {
+    ctx.run(total, || {
         cols.par_chunks_mut(per_img)
             .zip(x.par_chunks(img_len))
             .for_each(|(dst, src)| im2col_image(src, dst, &win));
@@ -80,7 +80,7 @@ impl Accumulate for i32 {}
 /// The adjoint of [`im2col`]: sums every column entry back into the input
 /// position it was read from (padding entries are dropped). This is the
 /// gradient of a convolution with respect to its input.
-pub fn col2im<T: Accumulate>(cols: &[T], win: Window) -> Result<Vec<T>> {
+pub fn col2im<T: Accumulate>(ctx: &Ctx, cols: &[T], win: Window) -> Result<Vec<T>> {
     let win = win.check()?;
     let (rows, k) = win.cols_shape();
     check_len(cols.len(), rows * k, "cols")?;
@@ -90,7 +90,7 @@ pub fn col2im<T: Accumulate>(cols: &[T], win: Window) -> Result<Vec<T>> {
     if per_img == 0 || img_len == 0 {
         return Ok(x);
     }
-    threads::run(rows * k, || {
+    ctx.run(rows * k, || {
         x.par_chunks_mut(img_len)
             .zip(cols.par_chunks(per_img))
             .for_each(|(dst, src)| col2im_image(src, dst, &win));
@@ -135,7 +135,7 @@ fn col2im_image<T: Accumulate>(cols: &[T], x: &mut [T], win: &Window) {
 /// maximum in row-major window order wins, NaN propagates). Returns the output
 /// `(n, c, oh, ow)` and, for each output, the flat index `iy * w + ix` of the
 /// chosen input inside its `(h, w)` plane (PyTorch's `return_indices` layout).
-pub fn max_pool2d(x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i64>)> {
+pub fn max_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i64>)> {
     let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
     let (oh, ow) = (win.oh(), win.ow());
@@ -147,7 +147,7 @@ pub fn max_pool2d(x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i64>)> {
     if plane_out == 0 || plane_in == 0 {
         return Ok((out, idx));
     }
-    threads::run(out.len() * win.kh * win.kw, || {
+    ctx.run(out.len() * win.kh * win.kw, || {
         out.par_chunks_mut(plane_out)
             .zip(idx.par_chunks_mut(plane_out))
             .zip(x.par_chunks(plane_in))
@@ -187,7 +187,7 @@ fn max_pool_plane(p: &[f32], out: &mut [f32], idx: &mut [i64], win: &Window) {
 
 /// Gradient of [`max_pool2d`]: scatters `grad` (n, c, oh, ow) to the chosen
 /// inputs (adding where windows overlap).
-pub fn max_pool2d_backward(grad: &[f32], idx: &[i64], win: Window) -> Result<Vec<f32>> {
+pub fn max_pool2d_backward(ctx: &Ctx, grad: &[f32], idx: &[i64], win: Window) -> Result<Vec<f32>> {
     let win = win.check()?;
     check_len(grad.len(), win.out_len(), "grad")?;
     check_len(idx.len(), win.out_len(), "indices")?;
@@ -200,7 +200,7 @@ pub fn max_pool2d_backward(grad: &[f32], idx: &[i64], win: Window) -> Result<Vec
     if let Some(&bad) = idx.iter().find(|&&i| i < 0 || i as usize >= plane_in) {
         return crate::value_err!("index {bad} is outside a plane of {plane_in} elements");
     }
-    threads::run(grad.len(), || {
+    ctx.run(grad.len(), || {
         gx.par_chunks_mut(plane_in)
             .zip(grad.par_chunks(plane_out))
             .zip(idx.par_chunks(plane_out))
@@ -215,7 +215,7 @@ pub fn max_pool2d_backward(grad: &[f32], idx: &[i64], win: Window) -> Result<Vec
 
 /// Average pooling (PyTorch `avg_pool2d` defaults: `count_include_pad=True`,
 /// so every window divides by `kh * kw`).
-pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
+pub fn avg_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<Vec<f32>> {
     let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
     let (oh, ow) = (win.oh(), win.ow());
@@ -226,7 +226,7 @@ pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
         return Ok(out);
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
-    threads::run(out.len() * win.kh * win.kw, || {
+    ctx.run(out.len() * win.kh * win.kw, || {
         out.par_chunks_mut(plane_out)
             .zip(x.par_chunks(plane_in))
             .for_each(|(o, p)| {
@@ -252,7 +252,7 @@ pub fn avg_pool2d(x: &[f32], win: Window) -> Result<Vec<f32>> {
 }
 
 /// Gradient of [`avg_pool2d`].
-pub fn avg_pool2d_backward(grad: &[f32], win: Window) -> Result<Vec<f32>> {
+pub fn avg_pool2d_backward(ctx: &Ctx, grad: &[f32], win: Window) -> Result<Vec<f32>> {
     let win = win.check()?;
     check_len(grad.len(), win.out_len(), "grad")?;
     let (oh, ow) = (win.oh(), win.ow());
@@ -263,7 +263,7 @@ pub fn avg_pool2d_backward(grad: &[f32], win: Window) -> Result<Vec<f32>> {
         return Ok(gx);
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
-    threads::run(grad.len() * win.kh * win.kw, || {
+    ctx.run(grad.len() * win.kh * win.kw, || {
         gx.par_chunks_mut(plane_in)
             .zip(grad.par_chunks(plane_out))
             .for_each(|(g, go)| {
@@ -317,7 +317,7 @@ mod tests {
         ] {
             let wn = Window::new(n, c, h, w, k, s, p).check().unwrap();
             let x: Vec<i32> = (0..wn.in_len() as i32).map(|v| v * 7 - 3).collect();
-            let cols = im2col(&x, wn, -99).unwrap();
+            let cols = im2col(&crate::exec::TEST, &x, wn, -99).unwrap();
             let (rows, kk) = wn.cols_shape();
             assert_eq!(cols.len(), rows * kk);
             for r in 0..rows {
@@ -338,11 +338,11 @@ mod tests {
             .check()
             .unwrap();
         let x: Vec<u8> = vec![1, 2, 3, 4];
-        let cols = im2col(&x, wn, 128u8).unwrap();
+        let cols = im2col(&crate::exec::TEST, &x, wn, 128u8).unwrap();
         // first output pixel sees only x[0,0] at its bottom-right tap
         assert_eq!(&cols[..4], &[128, 128, 128, 1]);
         let xi: Vec<i8> = vec![-1, 2, -3, 4];
-        let ci = im2col(&xi, wn, 0i8).unwrap();
+        let ci = im2col(&crate::exec::TEST, &xi, wn, 0i8).unwrap();
         assert_eq!(&ci[16..20], &[-1, 2, -3, 4]); // centre pixel sees all of x
         assert_eq!(&ci[32..36], &[4, 0, 0, 0]); // last pixel: x[1,1] then padding
     }
@@ -359,13 +359,13 @@ mod tests {
             let x: Vec<i32> = (0..wn.in_len() as i32).map(|v| (v * 37) % 11 - 5).collect();
             let (rows, kk) = wn.cols_shape();
             let cv: Vec<i32> = (0..(rows * kk) as i32).map(|v| (v * 13) % 7 - 3).collect();
-            let lhs: i64 = im2col(&x, wn, 0)
+            let lhs: i64 = im2col(&crate::exec::TEST, &x, wn, 0)
                 .unwrap()
                 .iter()
                 .zip(&cv)
                 .map(|(&a, &b)| a as i64 * b as i64)
                 .sum();
-            let back = col2im(&cv, wn).unwrap();
+            let back = col2im(&crate::exec::TEST, &cv, wn).unwrap();
             let rhs: i64 = x
                 .iter()
                 .zip(&back)
@@ -387,10 +387,15 @@ mod tests {
             .check()
             .is_err());
         let wn = Window::new(1, 1, 4, 4, (2, 2), (2, 2), (0, 0));
-        assert!(im2col(&[0f32; 15], wn, 0.0).is_err());
-        assert!(col2im(&[0f32; 3], wn).is_err());
-        assert!(max_pool2d(&[0f32; 16], Window::new(1, 1, 4, 4, (2, 2), (2, 2), (2, 2))).is_err());
-        assert!(max_pool2d_backward(&[0f32; 4], &[0, 1, 2, 99], wn).is_err());
+        assert!(im2col(&crate::exec::TEST, &[0f32; 15], wn, 0.0).is_err());
+        assert!(col2im(&crate::exec::TEST, &[0f32; 3], wn).is_err());
+        assert!(max_pool2d(
+            &crate::exec::TEST,
+            &[0f32; 16],
+            Window::new(1, 1, 4, 4, (2, 2), (2, 2), (2, 2))
+        )
+        .is_err());
+        assert!(max_pool2d_backward(&crate::exec::TEST, &[0f32; 4], &[0, 1, 2, 99], wn).is_err());
     }
 
     #[test]
@@ -401,10 +406,10 @@ mod tests {
         let x = [
             1., 5., 2., 2., 5., 0., 2., 2., -1., -2., 9., 3., -3., -4., 3., 9.,
         ];
-        let (out, idx) = max_pool2d(&x, wn).unwrap();
+        let (out, idx) = max_pool2d(&crate::exec::TEST, &x, wn).unwrap();
         assert_eq!(out, vec![5., 2., -1., 9.]);
         assert_eq!(idx, vec![1, 2, 8, 10]);
-        let g = max_pool2d_backward(&[1., 2., 3., 4.], &idx, wn).unwrap();
+        let g = max_pool2d_backward(&crate::exec::TEST, &[1., 2., 3., 4.], &idx, wn).unwrap();
         let mut want = [0f32; 16];
         want[1] = 1.;
         want[2] = 2.;
@@ -419,7 +424,7 @@ mod tests {
             .check()
             .unwrap();
         let x = [-5., f32::NAN, -7., -8.];
-        let (out, _) = max_pool2d(&x, wn).unwrap();
+        let (out, _) = max_pool2d(&crate::exec::TEST, &x, wn).unwrap();
         assert_eq!(out[0], -5.);
         assert!(out[1].is_nan() && out[4].is_nan());
         assert_eq!(out[8], -8.);
@@ -431,9 +436,9 @@ mod tests {
             .check()
             .unwrap();
         let x = [4., 8., 12., 16.];
-        let out = avg_pool2d(&x, wn).unwrap();
+        let out = avg_pool2d(&crate::exec::TEST, &x, wn).unwrap();
         assert_eq!(out, vec![1., 2., 3., 4.]);
-        let g = avg_pool2d_backward(&[4., 4., 4., 4.], wn).unwrap();
+        let g = avg_pool2d_backward(&crate::exec::TEST, &[4., 4., 4., 4.], wn).unwrap();
         assert_eq!(g, vec![1., 1., 1., 1.]);
     }
 
@@ -445,16 +450,16 @@ mod tests {
         let x: Vec<f32> = (0..wn.in_len())
             .map(|v| ((v * 31) % 17) as f32 - 8.0)
             .collect();
-        let cols = im2col(&x, wn, 0.0).unwrap();
+        let cols = im2col(&crate::exec::TEST, &x, wn, 0.0).unwrap();
         let one = Window { n: 1, ..wn };
         let img = one.in_len();
         let per = one.cols_shape().0 * one.cols_shape().1;
         for i in [0, 17, 63] {
-            let c1 = im2col(&x[i * img..(i + 1) * img], one, 0.0).unwrap();
+            let c1 = im2col(&Ctx::serial(), &x[i * img..(i + 1) * img], one, 0.0).unwrap();
             assert_eq!(&cols[i * per..(i + 1) * per], &c1[..]);
         }
-        let back = col2im(&cols, wn).unwrap();
-        let back1 = col2im(&cols[..per], one).unwrap();
+        let back = col2im(&crate::exec::TEST, &cols, wn).unwrap();
+        let back1 = col2im(&Ctx::serial(), &cols[..per], one).unwrap();
         assert_eq!(&back[..img], &back1[..]);
     }
 }

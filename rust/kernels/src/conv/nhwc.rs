@@ -21,7 +21,7 @@
 
 use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;
-use crate::threads::{self, SyncPtr};
+use crate::exec::{Ctx, SyncPtr};
 
 /// Pooling reductions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,25 +36,25 @@ pub enum Pool {
 const TASK_ELEMS: usize = 1 << 15;
 
 /// Runs `f(image)` for every image, spread over the team when the output is big.
-fn per_image(images: usize, out_per_image: usize, f: impl Fn(usize) + Sync) {
+fn per_image(ctx: &Ctx, images: usize, out_per_image: usize, f: impl Fn(usize) + Sync) {
     let total = images.saturating_mul(out_per_image);
     let per_task = (TASK_ELEMS / out_per_image.max(1)).max(1);
     let tasks = images.div_ceil(per_task);
-    threads::for_each_task(total, tasks, |t| {
+    ctx.for_each_task(total, tasks, |t| {
         (t * per_task..((t + 1) * per_task).min(images)).for_each(&f)
     });
 }
 
 /// Unfolds NHWC `x` into the column matrix of the module docs; taps in the
 /// padding hold `pad` (the zero point, for uint8 activations).
-pub fn im2col<T: Copy + Send + Sync>(x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
+pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
     let (win, mut cols) = unfold_buffer(x.len(), win, pad)?;
     let total = cols.len();
     let per_img = win.oh() * win.ow() * win.cols_shape().1;
     let img_len = win.h * win.w * win.c;
     if total > 0 && img_len > 0 {
         let dst = SyncPtr(cols.as_mut_ptr());
-        per_image(win.n, per_img, |img| {
+        per_image(ctx, win.n, per_img, |img| {
             // SAFETY: image `img` owns rows img·oh·ow .. (img+1)·oh·ow of `cols`,
             // written by this call alone.
             let out =
@@ -99,7 +99,7 @@ fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
 }
 
 /// 2-D pooling of NHWC `x` into NHWC `(n, oh, ow, c)`.
-pub fn pool2d(x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
+pub fn pool2d(ctx: &Ctx, x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
     let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
@@ -110,7 +110,7 @@ pub fn pool2d(x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
         return Ok(out);
     }
     let dst = SyncPtr(out.as_mut_ptr());
-    per_image(win.n, per_img * win.kh * win.kw, |img| {
+    per_image(ctx, win.n, per_img * win.kh * win.kw, |img| {
         // SAFETY: image `img` owns its `per_img` outputs, written by this call alone.
         let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
         pool_image(&x[img * img_len..(img + 1) * img_len], o, &win, kind);
@@ -187,8 +187,8 @@ mod tests {
         ] {
             let wn = Window::new(n, c, h, w, k, s, p);
             let x: Vec<f32> = (0..n * c * h * w).map(|i| i as f32 + 1.0).collect();
-            let want = crate::conv::im2col(&x, wn, -7.0).unwrap();
-            let got = im2col(&to_nhwc(&x, n, c, h, w), wn, -7.0).unwrap();
+            let want = crate::conv::im2col(&crate::exec::TEST, &x, wn, -7.0).unwrap();
+            let got = im2col(&crate::exec::TEST, &to_nhwc(&x, n, c, h, w), wn, -7.0).unwrap();
             let (rows, kk) = wn.check().unwrap().cols_shape();
             assert_eq!(got.len(), rows * kk);
             for r in 0..rows {
@@ -218,10 +218,10 @@ mod tests {
             x[5] = f32::NAN;
             let (oh, ow) = (wn.oh(), wn.ow());
             let nhwc = to_nhwc(&x, n, c, h, w);
-            let (max_want, _) = crate::conv::max_pool2d(&x, wn).unwrap();
-            let avg_want = crate::conv::avg_pool2d(&x, wn).unwrap();
-            let max_got = pool2d(&nhwc, wn, Pool::Max).unwrap();
-            let avg_got = pool2d(&nhwc, wn, Pool::Avg).unwrap();
+            let (max_want, _) = crate::conv::max_pool2d(&crate::exec::TEST, &x, wn).unwrap();
+            let avg_want = crate::conv::avg_pool2d(&crate::exec::TEST, &x, wn).unwrap();
+            let max_got = pool2d(&crate::exec::TEST, &nhwc, wn, Pool::Max).unwrap();
+            let avg_got = pool2d(&crate::exec::TEST, &nhwc, wn, Pool::Avg).unwrap();
             let to = |v: &[f32]| to_nhwc(v, n, c, oh, ow);
             let same = |a: &[f32], b: &[f32]| {
                 a.iter()
@@ -236,18 +236,21 @@ mod tests {
     #[test]
     fn bad_geometry_is_an_error() {
         assert!(im2col(
+            &crate::exec::TEST,
             &[0u8; 4],
             Window::new(1, 1, 2, 2, (3, 3), (1, 1), (0, 0)),
             0
         )
         .is_err());
         assert!(im2col(
+            &crate::exec::TEST,
             &[0u8; 3],
             Window::new(1, 1, 2, 2, (1, 1), (1, 1), (0, 0)),
             0
         )
         .is_err());
         assert!(pool2d(
+            &crate::exec::TEST,
             &[0.0; 4],
             Window::new(1, 1, 2, 2, (2, 2), (1, 1), (2, 2)),
             Pool::Max

@@ -45,7 +45,7 @@ pub mod pack;
 
 use crate::cpu;
 use crate::error::Result;
-use crate::threads::{self, SyncPtr};
+use crate::exec::{self, Ctx, SyncPtr};
 use crate::{shape_err, value_err};
 use kernel::Kernel;
 use output::{Epilogue, OutElem, OutputStep, Param};
@@ -59,6 +59,7 @@ use std::mem::MaybeUninit;
 /// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
 /// zero points are inside it).
 pub fn matmul<T: OutElem>(
+    ctx: &Ctx,
     a: ASource<'_>,
     m: usize,
     k: usize,
@@ -67,12 +68,13 @@ pub fn matmul<T: OutElem>(
     step: &OutputStep<'_>,
     out: &mut [T],
 ) -> Result<()> {
-    matmul_uninit(a, m, k, a_zp, b, step, as_uninit(out))
+    matmul_uninit(ctx, a, m, k, a_zp, b, step, as_uninit(out))
 }
 
 /// [`matmul`] into uninitialised memory (e.g. `Vec::spare_capacity_mut`):
 /// on `Ok`, every element of `out` has been written.
 pub fn matmul_uninit<T: OutElem>(
+    ctx: &Ctx,
     a: ASource<'_>,
     m: usize,
     k: usize,
@@ -88,7 +90,7 @@ pub fn matmul_uninit<T: OutElem>(
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     let ep = step.prepare::<T>(m, b.n)?;
-    (T::matmul_entry(&cpu::dispatch().gemm))(&a, m, k, a_zp, b, &ep, out);
+    (T::matmul_entry(&cpu::dispatch().gemm))(ctx, &a, m, k, a_zp, b, &ep, out);
     Ok(())
 }
 
@@ -98,6 +100,7 @@ pub fn matmul_uninit<T: OutElem>(
 /// and written as `f32`: `acc · x_scale[i] · col_scale[j] + bias[j]` (+ ReLU).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic(
+    ctx: &Ctx,
     x: &[f32],
     m: usize,
     k: usize,
@@ -107,13 +110,14 @@ pub fn linear_dynamic(
     relu: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, as_uninit(out))
+    linear_dynamic_uninit(ctx, x, m, k, b, col_scale, bias, relu, as_uninit(out))
 }
 
 /// [`linear_dynamic`] into uninitialised memory: on `Ok`, every element of
 /// `out` has been written.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic_uninit(
+    ctx: &Ctx,
     x: &[f32],
     m: usize,
     k: usize,
@@ -142,11 +146,12 @@ pub fn linear_dynamic_uninit(
         relu,
     }
     .prepare::<f32>(m, b.n)?;
-    (cpu::dispatch().gemm.linear)(x, m, k, b, col_scale, bias, relu, out)
+    (cpu::dispatch().gemm.linear)(ctx, x, m, k, b, col_scale, bias, relu, out)
 }
 
 /// [`matmul`] into a new `M × N` vector.
 pub fn matmul_vec<T: OutElem>(
+    ctx: &Ctx,
     a: ASource<'_>,
     m: usize,
     k: usize,
@@ -154,12 +159,15 @@ pub fn matmul_vec<T: OutElem>(
     b: &PackedB,
     step: &OutputStep<'_>,
 ) -> Result<Vec<T>> {
-    filled(m, b.n, |out| matmul_uninit(a, m, k, a_zp, b, step, out))
+    filled(m, b.n, |out| {
+        matmul_uninit(ctx, a, m, k, a_zp, b, step, out)
+    })
 }
 
 /// [`linear_dynamic`] into a new `M × N` vector.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic_vec(
+    ctx: &Ctx,
     x: &[f32],
     m: usize,
     k: usize,
@@ -169,7 +177,7 @@ pub fn linear_dynamic_vec(
     relu: bool,
 ) -> Result<Vec<f32>> {
     filled(m, b.n, |out| {
-        linear_dynamic_uninit(x, m, k, b, col_scale, bias, relu, out)
+        linear_dynamic_uninit(ctx, x, m, k, b, col_scale, bias, relu, out)
     })
 }
 
@@ -205,10 +213,10 @@ fn check_out(len: usize, m: usize, n: usize) -> Result<()> {
 }
 
 /// Whether `work` multiply-accumulates (or bytes) are worth the thread pool.
-/// Parallel iterators must only run inside [`threads::run`] when this holds:
+/// Parallel iterators must only run inside [`Ctx::run`] when this holds:
 /// outside the library pool they would wake rayon's global pool.
-pub(crate) fn parallel(work: usize) -> bool {
-    work >= GEMM_PARALLEL_MIN_WORK && threads::num_threads() > 1
+pub(crate) fn parallel(ctx: &Ctx, work: usize) -> bool {
+    work >= GEMM_PARALLEL_MIN_WORK && ctx.threads() > 1
 }
 
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
@@ -230,6 +238,7 @@ struct PackedA<'a, E: pack::PlainElem> {
 /// writes the `kp` bytes of row `i`), in row chunks spread over the team for
 /// big A.
 fn pack_a<'a, Kr: Kernel>(
+    ctx: &Ctx,
     m: usize,
     k: usize,
     row: impl Fn(usize, &mut [u8]) -> (i32, i32) + Sync,
@@ -251,7 +260,7 @@ fn pack_a<'a, Kr: Kernel>(
     }
     // Several chunks per thread once A is big enough to share (packing or
     // quantizing a row costs about as much as 16 MACs per element).
-    let nt = threads::num_threads();
+    let nt = ctx.threads();
     let shared = m * k >= PACK_A_PARALLEL_MIN && nt > 1;
     let rows_per = if shared { m.div_ceil(4 * nt).max(8) } else { m };
     let (dp, sp, zpp) = (
@@ -281,12 +290,8 @@ fn pack_a<'a, Kr: Kernel>(
             };
         }
     };
-    let work = if shared {
-        threads::PARALLEL_MIN_WORK
-    } else {
-        0
-    };
-    threads::for_each_task(work, m.div_ceil(rows_per.max(1)), chunk);
+    let work = if shared { exec::PARALLEL_MIN_WORK } else { 0 };
+    ctx.for_each_task(work, m.div_ceil(rows_per.max(1)), chunk);
     PackedA {
         data: AData::Packed(data),
         kp,
@@ -344,6 +349,7 @@ fn borrow_a<'a, Kr: Kernel>(
 }
 
 pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
+    ctx: &Ctx,
     a: &ASource<'_>,
     m: usize,
     k: usize,
@@ -353,15 +359,16 @@ pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     out: &mut [MaybeUninit<T>],
 ) {
     let pa = borrow_a::<Kr>(a, m, k, a_zp, b).unwrap_or_else(|| {
-        pack_a::<Kr>(m, k, |i, dst| {
+        pack_a::<Kr>(ctx, m, k, |i, dst| {
             pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
         })
     });
-    run::<Kr, T>(&pa, m, b, ep, out);
+    run::<Kr, T>(ctx, &pa, m, b, ep, out);
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_with<Kr: Kernel>(
+    ctx: &Ctx,
     x: &[f32],
     m: usize,
     k: usize,
@@ -375,7 +382,7 @@ pub(crate) fn linear_with<Kr: Kernel>(
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
     let quantize_row = cpu::dispatch().quant.quantize_row;
-    let pa = pack_a::<Kr>(m, k, |i, dst| {
+    let pa = pack_a::<Kr>(ctx, m, k, |i, dst| {
         match quantize_row(&x[i * k..i * k + k], dst) {
             Some((sum, zp, scale)) => {
                 // SAFETY: each row index is visited once, by one thread.
@@ -399,12 +406,13 @@ pub(crate) fn linear_with<Kr: Kernel>(
         relu,
     }
     .prepare::<f32>(m, b.n)?;
-    run::<Kr, f32>(&pa, m, b, &ep, out);
+    run::<Kr, f32>(ctx, &pa, m, b, &ep, out);
     Ok(())
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
 fn run<Kr: Kernel, T: OutElem>(
+    ctx: &Ctx,
     pa: &PackedA<'_, Kr::AElem>,
     m: usize,
     b: &PackedB,
@@ -417,7 +425,7 @@ fn run<Kr: Kernel, T: OutElem>(
         return;
     }
     let work = m * n * b.k.max(1);
-    let nt = threads::num_threads();
+    let nt = ctx.threads();
     // Split over rows (one chunk per thread, each reading all of B) when B
     // is small enough to sit in L2 or A is the bigger operand; else over
     // columns, so that each thread streams only its share of a big B (A is
@@ -426,12 +434,12 @@ fn run<Kr: Kernel, T: OutElem>(
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = tiles >= 2 * nt && (m >= n || b.data.len() <= SMALL_B_BYTES);
-    let nchunks = if !parallel(work) {
+    let nchunks = if !parallel(ctx, work) {
         1
     } else if by_rows {
-        threads::chunks_for(work).min(nt)
+        ctx.chunks_for(work).min(nt)
     } else {
-        threads::chunks_for(work).min(blocks)
+        ctx.chunks_for(work).min(blocks)
     }
     .max(1);
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
@@ -445,7 +453,7 @@ fn run<Kr: Kernel, T: OutElem>(
         };
         block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
     };
-    threads::for_each_task(work, nchunks, task);
+    ctx.for_each_task(work, nchunks, task);
 }
 
 /// Packed B up to this size is read whole by every thread (see `run`).

@@ -27,6 +27,7 @@
 //! point `za + a_off` of every row.
 
 use crate::error::Result;
+use crate::exec::Ctx;
 use crate::{shape_err, value_err};
 
 /// Columns per panel of packed B.
@@ -131,26 +132,51 @@ impl PackedB {
     }
 
     /// Packs a row-major `K × N` uint8 matrix (`b[k * n + j]`).
-    pub fn from_kn_u8(b: &[u8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(b, k, n, zp, false, false)
+    pub fn from_kn_u8(
+        ctx: &Ctx,
+        b: &[u8],
+        k: usize,
+        n: usize,
+        zp: ZeroPoint<'_>,
+    ) -> Result<PackedB> {
+        Self::pack(ctx, b, k, n, zp, false, false)
     }
     /// Packs a row-major `K × N` int8 matrix.
-    pub fn from_kn_i8(b: &[i8], k: usize, n: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(as_bytes(b), k, n, zp, true, false)
+    pub fn from_kn_i8(
+        ctx: &Ctx,
+        b: &[i8],
+        k: usize,
+        n: usize,
+        zp: ZeroPoint<'_>,
+    ) -> Result<PackedB> {
+        Self::pack(ctx, as_bytes(b), k, n, zp, true, false)
     }
     /// Packs the transpose of a row-major `N × K` int8 matrix (a Linear weight
     /// `(out, in)`): `B[k, j] = w[j * K + k]`.
-    pub fn from_nk_i8(w: &[i8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(as_bytes(w), k, n, zp, true, true)
+    pub fn from_nk_i8(
+        ctx: &Ctx,
+        w: &[i8],
+        n: usize,
+        k: usize,
+        zp: ZeroPoint<'_>,
+    ) -> Result<PackedB> {
+        Self::pack(ctx, as_bytes(w), k, n, zp, true, true)
     }
     /// Packs the transpose of a row-major `N × K` uint8 matrix.
-    pub fn from_nk_u8(w: &[u8], n: usize, k: usize, zp: ZeroPoint<'_>) -> Result<PackedB> {
-        Self::pack(w, k, n, zp, false, true)
+    pub fn from_nk_u8(
+        ctx: &Ctx,
+        w: &[u8],
+        n: usize,
+        k: usize,
+        zp: ZeroPoint<'_>,
+    ) -> Result<PackedB> {
+        Self::pack(ctx, w, k, n, zp, false, true)
     }
 
     /// `src` holds the raw bytes; stored value = `(byte ^ mask) as i8` with
     /// `mask = 0x80` for uint8 (b - 128) and 0 for int8.
     fn pack(
+        ctx: &Ctx,
         src: &[u8],
         k: usize,
         n: usize,
@@ -195,8 +221,8 @@ impl PackedB {
         if panels > 0 && kp > 0 {
             // Runs of panels of about 64 KiB each.
             let run_len = ((1 << 16) / ps).clamp(1, panels);
-            if super::parallel(k * n) {
-                crate::threads::run(k * n, || {
+            if super::parallel(ctx, k * n) {
+                ctx.run(k * n, || {
                     use rayon::prelude::*;
                     data.par_chunks_mut(run_len * ps)
                         .zip(zps.par_chunks_mut(run_len * NR))

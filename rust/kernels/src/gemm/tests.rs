@@ -65,9 +65,9 @@ fn check(
     };
     let packed = if b_signed {
         let bi: Vec<i8> = bb.iter().map(|&x| x as i8).collect();
-        PackedB::from_kn_i8(&bi, k, n, zbp).unwrap()
+        PackedB::from_kn_i8(&crate::exec::TEST, &bi, k, n, zbp).unwrap()
     } else {
-        PackedB::from_kn_u8(&bb, k, n, zbp).unwrap()
+        PackedB::from_kn_u8(&crate::exec::TEST, &bb, k, n, zbp).unwrap()
     };
     assert_eq!(packed.unpack(), bv);
     let ai: Vec<i8> = ab.iter().map(|&x| x as i8).collect();
@@ -82,7 +82,17 @@ fn check(
     };
     each_isa(|i| {
         let mut out = vec![i32::MIN + 7; m * n]; // poisoned: must be fully written
-        matmul(src, m, k, zap, &packed, &OutputStep::Int32, &mut out).unwrap();
+        matmul(
+            &crate::exec::TEST,
+            src,
+            m,
+            k,
+            zap,
+            &packed,
+            &OutputStep::Int32,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(
             out,
             want,
@@ -233,9 +243,17 @@ fn extreme_values() {
 fn overflow_bound_is_an_error() {
     let k = (i32::MAX as usize) / (255 * 128) + 1;
     let a = vec![0u8; k];
-    let b = PackedB::from_kn_i8(&vec![0i8; k], k, 1, ZeroPoint::Scalar(0)).unwrap();
+    let b = PackedB::from_kn_i8(
+        &crate::exec::TEST,
+        &vec![0i8; k],
+        k,
+        1,
+        ZeroPoint::Scalar(0),
+    )
+    .unwrap();
     let mut out = [0i32; 1];
     let e = matmul(
+        &crate::exec::TEST,
         ASource::U8(&a),
         1,
         k,
@@ -250,9 +268,10 @@ fn overflow_bound_is_an_error() {
 
 #[test]
 fn bad_shapes_and_zero_points() {
-    let b = PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::Scalar(0)).unwrap();
+    let b = PackedB::from_kn_i8(&crate::exec::TEST, &[0i8; 6], 2, 3, ZeroPoint::Scalar(0)).unwrap();
     let mut out = [0i32; 3];
     assert!(matmul(
+        &crate::exec::TEST,
         ASource::U8(&[0u8; 3]),
         1,
         3,
@@ -263,6 +282,7 @@ fn bad_shapes_and_zero_points() {
     )
     .is_err());
     assert!(matmul(
+        &crate::exec::TEST,
         ASource::U8(&[0u8; 2]),
         1,
         2,
@@ -273,6 +293,7 @@ fn bad_shapes_and_zero_points() {
     )
     .is_err());
     assert!(matmul(
+        &crate::exec::TEST,
         ASource::I8(&[0i8; 2]),
         1,
         2,
@@ -282,9 +303,20 @@ fn bad_shapes_and_zero_points() {
         &mut out
     )
     .is_err());
-    assert!(PackedB::from_kn_i8(&[0i8; 6], 2, 3, ZeroPoint::PerIndex(&[0, 0])).is_err());
-    assert!(PackedB::from_kn_u8(&[0u8; 6], 2, 3, ZeroPoint::Scalar(-1)).is_err());
-    assert!(PackedB::from_kn_u8(&[0u8; 5], 2, 3, ZeroPoint::Scalar(0)).is_err());
+    assert!(PackedB::from_kn_i8(
+        &crate::exec::TEST,
+        &[0i8; 6],
+        2,
+        3,
+        ZeroPoint::PerIndex(&[0, 0])
+    )
+    .is_err());
+    assert!(
+        PackedB::from_kn_u8(&crate::exec::TEST, &[0u8; 6], 2, 3, ZeroPoint::Scalar(-1)).is_err()
+    );
+    assert!(
+        PackedB::from_kn_u8(&crate::exec::TEST, &[0u8; 5], 2, 3, ZeroPoint::Scalar(0)).is_err()
+    );
 }
 
 #[test]
@@ -292,8 +324,8 @@ fn transposed_packing_matches() {
     let (n, k) = (37, 29);
     let w: Vec<i8> = bytes(n * k, 11).into_iter().map(|x| x as i8).collect();
     let wt: Vec<i8> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
-    let p1 = PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(3)).unwrap();
-    let p2 = PackedB::from_kn_i8(&wt, k, n, ZeroPoint::Scalar(3)).unwrap();
+    let p1 = PackedB::from_nk_i8(&crate::exec::TEST, &w, n, k, ZeroPoint::Scalar(3)).unwrap();
+    let p2 = PackedB::from_kn_i8(&crate::exec::TEST, &wt, k, n, ZeroPoint::Scalar(3)).unwrap();
     assert_eq!(p1.data, p2.data);
     assert_eq!(p1.colterm, p2.colterm);
 }
@@ -311,11 +343,12 @@ fn linear_dynamic_matches_dequantized_reference() {
         .collect();
     let ws: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 0.001).collect();
     let bias: Vec<f32> = (0..n).map(|j| j as f32 - 10.0).collect();
-    let p = PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(0)).unwrap();
+    let p = PackedB::from_nk_i8(&crate::exec::TEST, &w, n, k, ZeroPoint::Scalar(0)).unwrap();
     each_isa(|isa| {
         for relu in [false, true] {
             let mut out = vec![f32::NAN; m * n];
             linear_dynamic(
+                &crate::exec::TEST,
                 &x,
                 m,
                 k,
@@ -351,8 +384,18 @@ fn linear_dynamic_matches_dequantized_reference() {
     let mut bad = x.clone();
     bad[5 * k + 3] = f32::NAN;
     let mut out = vec![0.0; m * n];
-    let e =
-        linear_dynamic(&bad, m, k, &p, Param::PerIndex(&ws), None, false, &mut out).unwrap_err();
+    let e = linear_dynamic(
+        &crate::exec::TEST,
+        &bad,
+        m,
+        k,
+        &p,
+        Param::PerIndex(&ws),
+        None,
+        false,
+        &mut out,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("row 5"), "{e}");
 }
 
@@ -408,7 +451,9 @@ fn pack_speed() {
         let t = std::time::Instant::now();
         let reps = 50;
         for _ in 0..reps {
-            std::hint::black_box(PackedB::from_kn_i8(&b, k, n, ZeroPoint::Scalar(0)).unwrap());
+            std::hint::black_box(
+                PackedB::from_kn_i8(&crate::exec::TEST, &b, k, n, ZeroPoint::Scalar(0)).unwrap(),
+            );
         }
         eprintln!(
             "pack {k}x{n}: {:.0} us",
@@ -416,7 +461,9 @@ fn pack_speed() {
         );
         let t = std::time::Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(PackedB::from_nk_i8(&b, n, k, ZeroPoint::Scalar(0)).unwrap());
+            std::hint::black_box(
+                PackedB::from_nk_i8(&crate::exec::TEST, &b, n, k, ZeroPoint::Scalar(0)).unwrap(),
+            );
         }
         eprintln!(
             "pack transposed {k}x{n}: {:.0} us",
@@ -431,4 +478,32 @@ fn pack_speed() {
             t.elapsed().as_secs_f64() / reps as f64 * 1e6
         );
     }
+}
+
+/// The thread count travels with the call: one and several threads give the
+/// same exact result, without touching any process-wide setting.
+#[test]
+fn result_does_not_depend_on_the_context() {
+    use crate::exec::Ctx;
+    let (m, k, n) = (64, 256, 96); // 1.5M MACs: above the parallel threshold
+    let a = bytes(m * k, 11);
+    let b: Vec<i8> = bytes(k * n, 12).into_iter().map(|v| v as i8).collect();
+    let mut outs = Vec::new();
+    for ctx in [Ctx::serial(), Ctx::new(2), Ctx::new(3)] {
+        let p = PackedB::from_kn_i8(&ctx, &b, k, n, ZeroPoint::Scalar(0)).unwrap();
+        let src = ASource::U8(&a);
+        outs.push(
+            matmul_vec::<i32>(
+                &ctx,
+                src,
+                m,
+                k,
+                ZeroPoint::Scalar(3),
+                &p,
+                &OutputStep::Int32,
+            )
+            .unwrap(),
+        );
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]));
 }

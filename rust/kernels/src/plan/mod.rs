@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::exec::Ctx;
 use crate::gemm::{self, output::Param, PackedB};
 use crate::{shape_err, value_err};
 
@@ -73,7 +74,7 @@ impl DenseChain {
     }
 
     /// Runs `x` `(m, k)` float32 through every layer; returns `(m, out)`.
-    pub fn forward(&self, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+    pub fn forward(&self, ctx: &Ctx, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
         let first_k = self.in_features();
         if k != first_k {
             return shape_err!("x has {k} features but the first layer takes {first_k}");
@@ -87,7 +88,16 @@ impl DenseChain {
             } else {
                 Param::PerIndex(&l.scale)
             };
-            cur = gemm::linear_dynamic_vec(input, m, pb.k(), pb, scale, l.bias.as_deref(), l.relu)?;
+            cur = gemm::linear_dynamic_vec(
+                ctx,
+                input,
+                m,
+                pb.k(),
+                pb,
+                scale,
+                l.bias.as_deref(),
+                l.relu,
+            )?;
         }
         Ok(cur)
     }
@@ -103,7 +113,9 @@ mod tests {
             .map(|i| ((i as i32 * 7 + seed) % 19 - 9) as i8)
             .collect();
         DenseLayer {
-            packed: Arc::new(PackedB::from_nk_i8(&w, n, k, ZeroPoint::Scalar(0)).unwrap()),
+            packed: Arc::new(
+                PackedB::from_nk_i8(&crate::exec::TEST, &w, n, k, ZeroPoint::Scalar(0)).unwrap(),
+            ),
             scale: vec![0.05],
             bias: Some((0..n).map(|j| j as f32 * 0.1).collect()),
             relu,
@@ -121,6 +133,7 @@ mod tests {
         for l in &layers {
             let b = l.bias.as_deref();
             want = gemm::linear_dynamic_vec(
+                &crate::exec::TEST,
                 &want,
                 m,
                 l.packed.k(),
@@ -131,8 +144,8 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(chain.forward(&x, m, k).unwrap(), want);
-        assert!(chain.forward(&x, m * k / 6, 6).is_err());
+        assert_eq!(chain.forward(&crate::exec::TEST, &x, m, k).unwrap(), want);
+        assert!(chain.forward(&crate::exec::TEST, &x, m * k / 6, 6).is_err());
     }
 
     #[test]

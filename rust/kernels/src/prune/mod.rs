@@ -18,7 +18,7 @@
 //! [`nm_keep`] keeps the `n` largest of every `m` consecutive entries.
 
 use crate::error::Result;
-use crate::threads;
+use crate::exec::{self, Ctx};
 use crate::{shape_err, value_err};
 
 #[doc(hidden)]
@@ -107,8 +107,8 @@ impl Score for f64 {
 const PARALLEL_MIN: usize = 1 << 16;
 const HIST_BITS: u32 = 16;
 
-fn chunk_len(n: usize) -> usize {
-    let t = threads::num_threads().max(1);
+fn chunk_len(ctx: &Ctx, n: usize) -> usize {
+    let t = ctx.threads();
     if n < PARALLEL_MIN || t == 1 {
         n.max(1)
     } else {
@@ -279,7 +279,7 @@ fn prune_sampled<T: Score>(
     }
     let total = match eligible {
         None => n,
-        Some(e) => threads::map_chunks(e, cl, |_, c| c.iter().filter(|&&b| b).count())
+        Some(e) => exec::map_chunks(e, cl, |_, c| c.iter().filter(|&&b| b).count())
             .into_iter()
             .sum(),
     };
@@ -303,7 +303,7 @@ fn prune_sampled<T: Score>(
     let band_fn = T::band(&crate::cpu::dispatch().prune);
     let mut keep = vec![false; n];
     let parts: Vec<(usize, Vec<(u64, u32)>, u64)> =
-        threads::map_chunks_mut(&mut keep, cl, |c, out| {
+        exec::map_chunks_mut(&mut keep, cl, |c, out| {
             let ch = &scores[c * cl..c * cl + out.len()];
             let el = eligible.map(|e| &e[c * cl..c * cl + ch.len()]);
             band_fn(ch, el, out, c * cl, lo, hi)
@@ -341,6 +341,7 @@ fn prune_sampled<T: Score>(
 /// inside it; `select_nth_unstable` on their `(key, index)` gives the exact
 /// cut and those entries are filled in last.
 pub fn prune_smallest<T: Score>(
+    ctx: &Ctx,
     scores: &[T],
     eligible: Option<&[bool]>,
     k: usize,
@@ -354,10 +355,10 @@ pub fn prune_smallest<T: Score>(
             return shape_err!("mask has {} elements but the weight has {n}", e.len());
         }
     }
-    let cl = chunk_len(n);
+    let cl = chunk_len(ctx, n);
     // Highest bit that can be set: the sign is cleared, so skip it.
     let shift = T::BITS - 1 - HIST_BITS;
-    threads::run(n, || {
+    ctx.run(n, || {
         if n >= SAMPLED_MIN {
             if let Some(keep) = prune_sampled(scores, eligible, k, cl)? {
                 return Ok(keep);
@@ -365,7 +366,7 @@ pub fn prune_smallest<T: Score>(
         }
         let el_chunk = |c: usize, len: usize| eligible.map(|e| &e[c * cl..c * cl + len]);
         let hists: Vec<std::result::Result<(usize, Vec<u32>), usize>> =
-            threads::map_chunks(scores, cl, |c, ch| {
+            exec::map_chunks(scores, cl, |c, ch| {
                 chunk_hist(ch, el_chunk(c, ch.len()), shift).map_err(|j| c * cl + j)
             });
         let mut total = 0usize;
@@ -385,7 +386,7 @@ pub fn prune_smallest<T: Score>(
         }
         let mut keep = vec![false; n];
         if k == 0 {
-            threads::for_each_chunk_mut(&mut keep, cl, |c, out| match el_chunk(c, out.len()) {
+            exec::for_each_chunk_mut(&mut keep, cl, |c, out| match el_chunk(c, out.len()) {
                 Some(e) => out.copy_from_slice(e),
                 None => out.fill(true),
             });
@@ -402,7 +403,7 @@ pub fn prune_smallest<T: Score>(
             before += c;
         }
         let rank = k - before - 1;
-        let inside: Vec<Vec<(u64, u32)>> = threads::map_chunks_mut(&mut keep, cl, |c, out| {
+        let inside: Vec<Vec<(u64, u32)>> = exec::map_chunks_mut(&mut keep, cl, |c, out| {
             let ch = &scores[c * cl..c * cl + out.len()];
             chunk_mask(ch, el_chunk(c, ch.len()), out, c * cl, shift, bucket as u64)
         });
@@ -418,18 +419,18 @@ pub fn prune_smallest<T: Score>(
 /// Keep-mask with exactly `n` kept in every `m` consecutive entries of `w`
 /// (`w.len()` a multiple of `m`): the `n` of largest `|w|`, and among equal
 /// magnitudes the higher index (lower index pruned first).
-pub fn nm_keep<T: Score>(w: &[T], n: usize, m: usize) -> Result<Vec<bool>> {
+pub fn nm_keep<T: Score>(ctx: &Ctx, w: &[T], n: usize, m: usize) -> Result<Vec<bool>> {
     if m == 0 || n > m {
         return value_err!("N:M needs 0 <= n <= m and m >= 1; got n={n}, m={m}");
     }
     if w.len() % m != 0 {
         return shape_err!("N:M groups of {m} do not tile {} entries", w.len());
     }
-    let groups_per_chunk = (chunk_len(w.len()) / m).max(1);
+    let groups_per_chunk = (chunk_len(ctx, w.len()) / m).max(1);
     let mut keep = vec![false; w.len()];
-    threads::run(w.len(), || {
+    ctx.run(w.len(), || {
         let csz = groups_per_chunk * m;
-        threads::map_chunks_mut(&mut keep, csz, |c, out| -> Result<()> {
+        exec::map_chunks_mut(&mut keep, csz, |c, out| -> Result<()> {
             let ch = &w[c * csz..c * csz + out.len()];
             let drop = m - n;
             let mut keys: Vec<(u64, u32)> = vec![(0, 0); m];
@@ -514,10 +515,13 @@ mod tests {
             let e: Vec<bool> = (0..n).map(|_| lcg(&mut seed) % 4 != 0).collect();
             for &frac in &[0.0, 0.3, 0.5, 1.0] {
                 let k = (n as f64 * frac) as usize;
-                assert_eq!(prune_smallest(&s, None, k).unwrap(), reference(&s, None, k));
+                assert_eq!(
+                    prune_smallest(&crate::exec::TEST, &s, None, k).unwrap(),
+                    reference(&s, None, k)
+                );
                 let ke = e.iter().filter(|&&x| x).count() * k / n.max(1);
                 assert_eq!(
-                    prune_smallest(&s, Some(&e), ke).unwrap(),
+                    prune_smallest(&crate::exec::TEST, &s, Some(&e), ke).unwrap(),
                     reference(&s, Some(&e), ke)
                 );
             }
@@ -526,17 +530,19 @@ mod tests {
 
     #[test]
     fn rejects_nan_and_too_many() {
-        assert!(prune_smallest(&[1.0f32, f32::NAN], None, 1).is_err());
-        assert!(prune_smallest(&[1.0f32, 2.0], None, 3).is_err());
-        assert!(prune_smallest(&[1.0f32, 2.0], Some(&[true, false]), 2).is_err());
+        assert!(prune_smallest(&crate::exec::TEST, &[1.0f32, f32::NAN], None, 1).is_err());
+        assert!(prune_smallest(&crate::exec::TEST, &[1.0f32, 2.0], None, 3).is_err());
+        assert!(
+            prune_smallest(&crate::exec::TEST, &[1.0f32, 2.0], Some(&[true, false]), 2).is_err()
+        );
     }
 
     #[test]
     fn nm_keeps_n_of_m_higher_index_on_ties() {
         let w = [1.0f32, 1.0, 1.0, 1.0, 0.0, -5.0, 3.0, 2.0];
-        let k = nm_keep(&w, 2, 4).unwrap();
+        let k = nm_keep(&crate::exec::TEST, &w, 2, 4).unwrap();
         assert_eq!(k, [false, false, true, true, false, true, true, false]);
-        assert!(nm_keep(&w, 2, 3).is_err());
+        assert!(nm_keep(&crate::exec::TEST, &w, 2, 3).is_err());
     }
 }
 
@@ -558,7 +564,7 @@ mod timing {
             .collect();
         for _ in 0..3 {
             let t = std::time::Instant::now();
-            let k = super::prune_smallest(&s, None, n / 2).unwrap();
+            let k = super::prune_smallest(&crate::exec::TEST, &s, None, n / 2).unwrap();
             println!(
                 "prune 16M: {:?} kept {}",
                 t.elapsed(),

@@ -26,7 +26,8 @@
 use rayon::prelude::*;
 
 use super::{kernels, min_max, AxisLayout};
-use crate::{threads, value_err, Result};
+use crate::exec::Ctx;
+use crate::{value_err, Result};
 
 /// How to choose the clipping range.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -137,7 +138,7 @@ pub fn qparams(min: f32, max: f32, spec: &Spec) -> (f32, i32) {
 }
 
 /// Per-channel min and max (NaN / inf -> `Value` error).
-pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn channel_min_max(ctx: &Ctx, x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f32>)> {
     if x.len() != layout.len() {
         return value_err!(
             "calibrate: {} elements do not fit the layout {:?}",
@@ -150,7 +151,7 @@ pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f
     }
     let (c, inner) = (layout.channels, layout.inner);
     if c == 1 {
-        let (a, b) = min_max(x)?;
+        let (a, b) = min_max(ctx, x)?;
         return Ok((vec![a], vec![b]));
     }
     let k = kernels();
@@ -164,7 +165,7 @@ pub fn channel_min_max(x: &[f32], layout: AxisLayout) -> Result<(Vec<f32>, Vec<f
         acc
     };
     let stats: Vec<(f32, f32, f32)> = if inner >= 64 {
-        threads::run(x.len(), || {
+        ctx.run(x.len(), || {
             (0..c).into_par_iter().map(per_channel).collect()
         })
     } else {
@@ -219,6 +220,7 @@ fn channel_values(x: &[f32], layout: &AxisLayout, ch: usize) -> Vec<f32> {
 /// Errors (`Value`): an empty tensor, NaN or infinite values, a percentile outside
 /// [50, 100], an inconsistent `spec`.
 pub fn calibrate(
+    ctx: &Ctx,
     x: &[f32],
     layout: AxisLayout,
     method: Method,
@@ -230,16 +232,16 @@ pub fn calibrate(
             return value_err!("percentile must lie in [50, 100]; got {p}");
         }
     }
-    let (mins, maxs) = channel_min_max(x, layout)?;
+    let (mins, maxs) = channel_min_max(ctx, x, layout)?;
     let c = layout.channels;
     let range = |ch: usize, data: &[f32]| -> (f32, f32) {
         let (lo, hi) = (mins[ch], maxs[ch]);
         match method {
             Method::MinMax => (lo, hi),
-            Method::Percentile(p) => percentile_range(data, p, spec.symmetric),
-            Method::Mse => mse_range(data, lo, hi, spec),
+            Method::Percentile(p) => percentile_range(ctx, data, p, spec.symmetric),
+            Method::Mse => mse_range(ctx, data, lo, hi, spec),
             Method::Entropy => {
-                let t = entropy_threshold(data, lo.abs().max(hi.abs()), spec);
+                let t = entropy_threshold(ctx, data, lo.abs().max(hi.abs()), spec);
                 if spec.symmetric {
                     (-t, t)
                 } else {
@@ -253,7 +255,7 @@ pub fn calibrate(
     } else if c == 1 {
         vec![range(0, x)]
     } else {
-        threads::run(x.len().saturating_mul(4), || {
+        ctx.run(x.len().saturating_mul(4), || {
             (0..c)
                 .into_par_iter()
                 .map(|ch| range(ch, &channel_values(x, &layout, ch)))
@@ -298,9 +300,9 @@ pub fn percentile(v: &mut [f32], p: f64) -> f32 {
     r as f32
 }
 
-fn percentile_range(data: &[f32], p: f64, symmetric: bool) -> (f32, f32) {
+fn percentile_range(ctx: &Ctx, data: &[f32], p: f64, symmetric: bool) -> (f32, f32) {
     if symmetric {
-        let mut a: Vec<f32> = par_map(data, f32::abs);
+        let mut a: Vec<f32> = par_map(ctx, data, f32::abs);
         let t = percentile(&mut a, p);
         (-t, t)
     } else {
@@ -311,8 +313,8 @@ fn percentile_range(data: &[f32], p: f64, symmetric: bool) -> (f32, f32) {
     }
 }
 
-fn par_map(data: &[f32], f: fn(f32) -> f32) -> Vec<f32> {
-    threads::run(data.len(), || {
+fn par_map(ctx: &Ctx, data: &[f32], f: fn(f32) -> f32) -> Vec<f32> {
+    ctx.run(data.len(), || {
         data.par_iter()
             .with_min_len(1 << 16)
             .map(|&v| f(v))
@@ -323,6 +325,7 @@ fn par_map(data: &[f32], f: fn(f32) -> f32) -> Vec<f32> {
 /// Count (and sum, when `sums`) of `data` in `bins` equal bins over `[lo, hi]`;
 /// values outside go to the end bins. `map` is applied to each value first.
 fn histogram(
+    ctx: &Ctx,
     data: &[f32],
     lo: f32,
     hi: f32,
@@ -345,11 +348,11 @@ fn histogram(
         }
         (count, sum)
     };
-    let chunk = (data.len() / threads::chunks_for(data.len()).max(1)).max(1 << 16);
+    let chunk = (data.len() / ctx.chunks_for(data.len()).max(1)).max(1 << 16);
     if chunk >= data.len() {
         return build(data);
     }
-    threads::run(data.len(), || {
+    ctx.run(data.len(), || {
         data.par_chunks(chunk).map(build).reduce(
             || (vec![0.0; bins], vec![0.0; if sums { bins } else { 0 }]),
             |mut a, b| {
@@ -376,7 +379,7 @@ fn round_even_small(v: f64) -> f64 {
     (v + MAGIC) - MAGIC
 }
 
-fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
+fn mse_range(ctx: &Ctx, data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
     let (lo, hi) = if spec.symmetric {
         let a = lo.abs().max(hi.abs());
         (-a, a)
@@ -386,7 +389,7 @@ fn mse_range(data: &[f32], lo: f32, hi: f32, spec: &Spec) -> (f32, f32) {
     if lo == hi {
         return (lo, hi);
     }
-    let (count, sum) = histogram(data, lo, hi, spec.bins, |v| v, true);
+    let (count, sum) = histogram(ctx, data, lo, hi, spec.bins, |v| v, true);
     let (ns, ms): (Vec<f64>, Vec<f64>) = count
         .iter()
         .zip(&sum)
@@ -524,13 +527,13 @@ pub fn entropy_kls(hist: &[f64], nq: usize) -> Vec<f64> {
         .collect()
 }
 
-fn entropy_threshold(data: &[f32], amax: f32, spec: &Spec) -> f32 {
+fn entropy_threshold(ctx: &Ctx, data: &[f32], amax: f32, spec: &Spec) -> f32 {
     if amax == 0.0 {
         return 0.0;
     }
     let nbins = spec.bins;
     let nq = spec.half_levels().min(nbins);
-    let (hist, _) = histogram(data, 0.0, amax, nbins, f32::abs, false);
+    let (hist, _) = histogram(ctx, data, 0.0, amax, nbins, f32::abs, false);
     let kls = entropy_kls(&hist, nq);
     let mut best = (f64::INFINITY, nbins);
     for (k, &kl) in kls.iter().enumerate() {

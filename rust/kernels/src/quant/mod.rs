@@ -30,7 +30,8 @@
 //! [`rows`] is the one dynamic *activation* quantizer (per row, uint8) that
 //! the int8 GEMM and sparse products share.
 
-use crate::{shape_err, threads, value_err, Error, Result};
+use crate::exec::Ctx;
+use crate::{shape_err, value_err, Error, Result};
 
 pub(crate) mod arch;
 pub mod calib;
@@ -295,9 +296,9 @@ pub(crate) fn stream_head<T>(
     head
 }
 
-/// Elements per parallel chunk: a multiple of 64, at least `threads::PARALLEL_MIN_WORK`.
-fn chunk_len(n: usize) -> usize {
-    let chunks = threads::chunks_for(n).max(1);
+/// Elements per parallel chunk: a multiple of 64, at least `exec::PARALLEL_MIN_WORK`.
+fn chunk_len(ctx: &Ctx, n: usize) -> usize {
+    let chunks = ctx.chunks_for(n).max(1);
     n.div_ceil(chunks).div_ceil(64) * 64
 }
 
@@ -360,6 +361,7 @@ fn as_bytes<T: QElem>(q: &[T]) -> &[u8] {
 /// Errors: length mismatches (`Shape`), a scale that is not finite and > 0 or a zero
 /// point outside the range of `T` (`Value`).
 pub fn quantize<T: QElem>(
+    ctx: &Ctx,
     x: &[f32],
     layout: AxisLayout,
     scale: &[f32],
@@ -367,12 +369,13 @@ pub fn quantize<T: QElem>(
     out: &mut [T],
 ) -> Result<()> {
     let (lo, hi) = T::QTYPE.range();
-    quantize_clamped(x, layout, scale, zero_point, (lo, hi), out)
+    quantize_clamped(ctx, x, layout, scale, zero_point, (lo, hi), out)
 }
 
 /// [`quantize`] saturating to `[qmin, qmax]`, a sub-range of `T`'s (e.g. a 4-bit grid
 /// stored in `i8`). The zero point must lie in `[qmin, qmax]`.
 pub fn quantize_clamped<T: QElem>(
+    ctx: &Ctx,
     x: &[f32],
     layout: AxisLayout,
     scale: &[f32],
@@ -425,7 +428,7 @@ pub fn quantize_clamped<T: QElem>(
             },
         );
     };
-    par_chunks(out, n, work);
+    par_chunks(ctx, out, n, work);
     Ok(())
 }
 
@@ -433,6 +436,7 @@ pub fn quantize_clamped<T: QElem>(
 ///
 /// Same parameter rules and errors as [`quantize`].
 pub fn dequantize<T: QElem>(
+    ctx: &Ctx,
     q: &[T],
     layout: AxisLayout,
     scale: &[f32],
@@ -470,18 +474,18 @@ pub fn dequantize<T: QElem>(
             },
         );
     };
-    par_chunks(out, n, work);
+    par_chunks(ctx, out, n, work);
     Ok(())
 }
 
 /// Runs `work(start, chunk)` over `out` in chunks, in the library pool when `n` is large.
-fn par_chunks<T: Send>(out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    let len = chunk_len(n).max(1);
+fn par_chunks<T: Send>(ctx: &Ctx, out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) + Sync) {
+    let len = chunk_len(ctx, n).max(1);
     if len >= n {
         work(0, out);
         return;
     }
-    threads::run(n, || {
+    ctx.run(n, || {
         use rayon::prelude::*;
         out.par_chunks_mut(len)
             .enumerate()
@@ -491,16 +495,16 @@ fn par_chunks<T: Send>(out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) +
 
 /// Min and max of `x`, in parallel for large inputs. Errors (`Value`) when `x` holds a
 /// NaN or an infinity. `x` must not be empty.
-pub fn min_max(x: &[f32]) -> Result<(f32, f32)> {
+pub fn min_max(ctx: &Ctx, x: &[f32]) -> Result<(f32, f32)> {
     if x.is_empty() {
         return value_err!("cannot take the min and max of an empty tensor");
     }
     let k = kernels();
-    let len = chunk_len(x.len()).max(1);
+    let len = chunk_len(ctx, x.len()).max(1);
     let (mn, mx, poison) = if len >= x.len() {
         (k.min_max)(x)
     } else {
-        threads::run(x.len(), || {
+        ctx.run(x.len(), || {
             use rayon::prelude::*;
             x.par_chunks(len).map(k.min_max).reduce(
                 || (f32::INFINITY, f32::NEG_INFINITY, 0.0),
@@ -520,7 +524,7 @@ pub fn min_max(x: &[f32]) -> Result<(f32, f32)> {
 /// `zero_point = round_half_even(clamp(0 - min(0, min x) / scale, 0, 255))`, then `out`
 /// is [`quantize`] with those. NaN or ±inf in `x` is an error (`Value`): the reference
 /// turns them into a NaN scale. An empty `x` is an error too (its min is undefined).
-pub fn dynamic_quantize(x: &[f32], out: &mut [u8]) -> Result<(f32, u8)> {
+pub fn dynamic_quantize(ctx: &Ctx, x: &[f32], out: &mut [u8]) -> Result<(f32, u8)> {
     if x.len() != out.len() {
         return shape_err!(
             "dynamic_quantize: input has {} elements and output {}",
@@ -533,14 +537,14 @@ pub fn dynamic_quantize(x: &[f32], out: &mut [u8]) -> Result<(f32, u8)> {
             "dynamic_quantize needs a non-empty tensor (the reference takes its min and max)"
         );
     }
-    let (mn, mx) = min_max(x)
+    let (mn, mx) = min_max(ctx, x)
         .map_err(|_| Error::Value("dynamic_quantize: x holds NaN or infinite values".into()))?;
     let (scale, zp) = dynamic_params(mn, mx);
     // Not `quantize`: when max - min overflows f32 the reference's scale is +inf (and
     // every element quantizes to the zero point); we follow it rather than reject it.
     let k = kernels();
     let stream = x.len() >= STREAM_MIN_BYTES;
-    par_chunks(out, x.len(), |start, dst: &mut [u8]| {
+    par_chunks(ctx, out, x.len(), |start, dst: &mut [u8]| {
         (k.quant_run)(
             &x[start..start + dst.len()],
             scale,

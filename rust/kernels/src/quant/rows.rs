@@ -17,7 +17,8 @@
 //! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
 //! `quant/arch`) give the same bytes as [`quantize_row_body`].
 
-use crate::{shape_err, threads, value_err, Result};
+use crate::exec::{self, Ctx};
+use crate::{shape_err, value_err, Result};
 
 /// Activations quantized by [`quantize_rows_u8`]: `(batch, k)` uint8 rows
 /// with one scale and zero point each.
@@ -32,7 +33,12 @@ pub struct QuantRows<'a> {
 /// returns `(q, scale, zero_point)`, `q` of shape `(batch, k)` and one scale
 /// and zero point per row; rows are spread over the library's threads for a
 /// big `x`. NaN or infinity is a `Value` error naming the first such element.
-pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, Vec<f32>, Vec<u8>)> {
+pub fn quantize_rows_u8(
+    ctx: &Ctx,
+    x: &[f32],
+    batch: usize,
+    k: usize,
+) -> Result<(Vec<u8>, Vec<f32>, Vec<u8>)> {
     if batch.checked_mul(k) != Some(x.len()) {
         return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
     }
@@ -42,8 +48,8 @@ pub fn quantize_rows_u8(x: &[f32], batch: usize, k: usize) -> Result<(Vec<u8>, V
     }
     let quantize_row = crate::cpu::dispatch().quant.quantize_row;
     let mut q = vec![0u8; x.len()];
-    let params = threads::run(x.len(), || {
-        threads::map_chunks_mut(&mut q, k, |b, qr| quantize_row(&x[b * k..b * k + k], qr))
+    let params = ctx.run(x.len(), || {
+        exec::map_chunks_mut(&mut q, k, |b, qr| quantize_row(&x[b * k..b * k + k], qr))
     });
     let mut scale = Vec::with_capacity(batch);
     let mut zero_point = Vec::with_capacity(batch);
@@ -143,7 +149,7 @@ mod tests {
                 }
             })
             .collect();
-        let (q, s, z) = quantize_rows_u8(&x, batch, k).unwrap();
+        let (q, s, z) = quantize_rows_u8(&crate::exec::TEST, &x, batch, k).unwrap();
         for b in 0..batch {
             let mut want = vec![0u8; k];
             let (_, zp, sc) = quantize_row_u8(&x[b * k..b * k + k], &mut want).unwrap();
@@ -152,11 +158,11 @@ mod tests {
         }
         let mut bad = x.clone();
         bad[3 * k + 5] = f32::NAN;
-        let e = quantize_rows_u8(&bad, batch, k).unwrap_err();
+        let e = quantize_rows_u8(&crate::exec::TEST, &bad, batch, k).unwrap_err();
         assert!(e.to_string().contains("row 3, column 5"), "{e}");
-        assert!(quantize_rows_u8(&x, batch, k + 1).is_err());
+        assert!(quantize_rows_u8(&crate::exec::TEST, &x, batch, k + 1).is_err());
         assert_eq!(
-            quantize_rows_u8(&[], 2, 0).unwrap(),
+            quantize_rows_u8(&crate::exec::TEST, &[], 2, 0).unwrap(),
             (vec![], vec![1.0; 2], vec![0; 2])
         );
     }

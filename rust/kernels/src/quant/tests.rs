@@ -55,6 +55,7 @@ fn check_quant<T: QElem + Default + Clone>(x: &[f32], scale: f32, zp: i32) {
     let mut out = vec![0u8; x.len()];
     let mut typed = vec![T::default(); x.len()];
     quantize(
+        &crate::exec::TEST,
         x,
         AxisLayout::per_tensor(x.len()),
         &[scale],
@@ -101,7 +102,15 @@ fn halfway_points_round_to_even() {
     let x = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5];
     each_isa(|_| {
         let mut out = [0i8; 7];
-        quantize(&x, AxisLayout::per_tensor(7), &[1.0], &[0], &mut out).unwrap();
+        quantize(
+            &crate::exec::TEST,
+            &x,
+            AxisLayout::per_tensor(7),
+            &[1.0],
+            &[0],
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, [0, 2, 2, 0, -2, -2, 4]);
     });
 }
@@ -119,10 +128,26 @@ fn saturation_and_specials() {
     ];
     each_isa(|_| {
         let mut o8 = [0i8; 7];
-        quantize(&x, AxisLayout::per_tensor(7), &[1.0], &[0], &mut o8).unwrap();
+        quantize(
+            &crate::exec::TEST,
+            &x,
+            AxisLayout::per_tensor(7),
+            &[1.0],
+            &[0],
+            &mut o8,
+        )
+        .unwrap();
         assert_eq!(o8, [127, -128, 127, -128, -128, 127, -128]);
         let mut u8o = [0u8; 7];
-        quantize(&x, AxisLayout::per_tensor(7), &[1.0], &[10], &mut u8o).unwrap();
+        quantize(
+            &crate::exec::TEST,
+            &x,
+            AxisLayout::per_tensor(7),
+            &[1.0],
+            &[10],
+            &mut u8o,
+        )
+        .unwrap();
         assert_eq!(u8o, [255, 0, 255, 0, 0, 210, 0]);
     });
 }
@@ -144,9 +169,9 @@ fn per_axis_matches_per_element_formula() {
         let zp: Vec<i32> = (0..c).map(|i| (i as i32 * 13) % 50 - 20).collect();
         each_isa(|_| {
             let mut q = vec![0i8; n];
-            quantize(&x, layout, &scale, &zp, &mut q).unwrap();
+            quantize(&crate::exec::TEST, &x, layout, &scale, &zp, &mut q).unwrap();
             let mut d = vec![0f32; n];
-            dequantize(&q, layout, &scale, &zp, &mut d).unwrap();
+            dequantize(&crate::exec::TEST, &q, layout, &scale, &zp, &mut d).unwrap();
             for i in 0..n {
                 let ch = (i / layout.inner) % c;
                 let want = quant1(x[i], scale[ch], zp[ch] as f32, -128.0, 127.0) as i8;
@@ -165,12 +190,28 @@ fn dequantize_all_bytes_every_isa() {
     let q: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     each_isa(|_| {
         let mut d = vec![0f32; q.len()];
-        dequantize(&q, AxisLayout::per_tensor(q.len()), &[0.3], &[17], &mut d).unwrap();
+        dequantize(
+            &crate::exec::TEST,
+            &q,
+            AxisLayout::per_tensor(q.len()),
+            &[0.3],
+            &[17],
+            &mut d,
+        )
+        .unwrap();
         for (a, b) in q.iter().zip(&d) {
             assert_eq!(b.to_bits(), ((*a as f32 - 17.0) * 0.3).to_bits());
         }
         let qi: Vec<i8> = q.iter().map(|&v| v as i8).collect();
-        dequantize(&qi, AxisLayout::per_tensor(q.len()), &[0.3], &[-5], &mut d).unwrap();
+        dequantize(
+            &crate::exec::TEST,
+            &qi,
+            AxisLayout::per_tensor(q.len()),
+            &[0.3],
+            &[-5],
+            &mut d,
+        )
+        .unwrap();
         for (a, b) in qi.iter().zip(&d) {
             assert_eq!(b.to_bits(), ((*a as f32 + 5.0) * 0.3).to_bits());
         }
@@ -181,7 +222,15 @@ fn dequantize_all_bytes_every_isa() {
 fn large_input_uses_threads_and_agrees() {
     let x = data(300_001, 10.0, 3);
     let mut a = vec![0u8; x.len()];
-    quantize(&x, AxisLayout::per_tensor(x.len()), &[0.05], &[128], &mut a).unwrap();
+    quantize(
+        &crate::exec::TEST,
+        &x,
+        AxisLayout::per_tensor(x.len()),
+        &[0.05],
+        &[128],
+        &mut a,
+    )
+    .unwrap();
     for (v, o) in x.iter().zip(&a) {
         assert_eq!(*o, quant1(*v, 0.05, 128.0, 0.0, 255.0));
     }
@@ -194,25 +243,25 @@ fn bad_parameters_are_errors() {
     let mut o = [0i8; 6];
     for s in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
         assert!(matches!(
-            quantize(&x, l, &[s], &[0], &mut o),
+            quantize(&crate::exec::TEST, &x, l, &[s], &[0], &mut o),
             Err(Error::Value(_))
         ));
     }
     assert!(matches!(
-        quantize(&x, l, &[1.0], &[128], &mut o),
+        quantize(&crate::exec::TEST, &x, l, &[1.0], &[128], &mut o),
         Err(Error::Value(_))
     ));
     assert!(matches!(
-        quantize(&x, l, &[1.0, 2.0], &[0], &mut o),
+        quantize(&crate::exec::TEST, &x, l, &[1.0, 2.0], &[0], &mut o),
         Err(Error::Shape(_))
     ));
     assert!(matches!(
-        quantize(&x[..5], l, &[1.0], &[0], &mut o),
+        quantize(&crate::exec::TEST, &x[..5], l, &[1.0], &[0], &mut o),
         Err(Error::Shape(_))
     ));
     let mut u = [0u8; 6];
     assert!(matches!(
-        quantize(&x, l, &[1.0], &[-1], &mut u),
+        quantize(&crate::exec::TEST, &x, l, &[1.0], &[-1], &mut u),
         Err(Error::Value(_))
     ));
     assert!(AxisLayout::new(&[2, 3], Some(2)).is_err());
@@ -223,7 +272,7 @@ fn dynamic_quantize_reference_formula() {
     each_isa(|_| {
         let x = [0.0f32, 2.0, -3.0, 1000.0, -254.0];
         let mut o = [0u8; 5];
-        let (s, z) = dynamic_quantize(&x, &mut o).unwrap();
+        let (s, z) = dynamic_quantize(&crate::exec::TEST, &x, &mut o).unwrap();
         assert_eq!(s, 1254.0f32 / 255.0);
         assert_eq!(z as f32, (0.0f32 - (-254.0f32) / s).round_ties_even());
         for (v, q) in x.iter().zip(&o) {
@@ -232,12 +281,12 @@ fn dynamic_quantize_reference_formula() {
         // All zero: the reference's scale is 1/255 and the zero point 0.
         let mut o = [9u8; 3];
         assert_eq!(
-            dynamic_quantize(&[0.0; 3], &mut o).unwrap(),
+            dynamic_quantize(&crate::exec::TEST, &[0.0; 3], &mut o).unwrap(),
             (1.0 / 255.0, 0)
         );
         assert_eq!(o, [0; 3]);
-        assert!(dynamic_quantize(&[1.0, f32::NAN], &mut [0u8; 2]).is_err());
-        assert!(dynamic_quantize(&[], &mut []).is_err());
+        assert!(dynamic_quantize(&crate::exec::TEST, &[1.0, f32::NAN], &mut [0u8; 2]).is_err());
+        assert!(dynamic_quantize(&crate::exec::TEST, &[], &mut []).is_err());
     });
 }
 
@@ -247,12 +296,12 @@ fn min_max_every_isa() {
     x[4321] = 77.0;
     x[17] = -99.0;
     each_isa(|_| {
-        assert_eq!(min_max(&x).unwrap(), (-99.0, 77.0));
+        assert_eq!(min_max(&crate::exec::TEST, &x).unwrap(), (-99.0, 77.0));
         let mut y = x.clone();
         y[5000] = f32::NAN;
-        assert!(min_max(&y).is_err());
+        assert!(min_max(&crate::exec::TEST, &y).is_err());
         y[5000] = f32::NEG_INFINITY;
-        assert!(min_max(&y).is_err());
+        assert!(min_max(&crate::exec::TEST, &y).is_err());
     });
 }
 
@@ -323,7 +372,7 @@ fn calibrate_methods_on_outliers() {
     x[100] = 50.0;
     let l = AxisLayout::per_tensor(x.len());
     let sp = spec(-128, 127, true, 0);
-    let mm = calib::calibrate(&x, l, Method::MinMax, &sp).unwrap();
+    let mm = calib::calibrate(&crate::exec::TEST, &x, l, Method::MinMax, &sp).unwrap();
     assert_eq!(mm.scale, vec![50.0f32 / 127.5]);
     let err = |s: f32| {
         x.iter()
@@ -334,7 +383,7 @@ fn calibrate_methods_on_outliers() {
             .sum::<f64>()
     };
     for m in [Method::Percentile(99.9), Method::Mse, Method::Entropy] {
-        let c = calib::calibrate(&x, l, m, &sp).unwrap();
+        let c = calib::calibrate(&crate::exec::TEST, &x, l, m, &sp).unwrap();
         assert!(
             c.range_max[0] <= 50.0 && c.range_max[0] > 0.5,
             "{m:?} {c:?}"
@@ -342,10 +391,10 @@ fn calibrate_methods_on_outliers() {
         assert_eq!(c.range_min[0], -c.range_max[0]);
     }
     // Percentile 99.9 of |x| for uniform [-1, 1) data is about 0.999.
-    let p = calib::calibrate(&x, l, Method::Percentile(99.9), &sp).unwrap();
+    let p = calib::calibrate(&crate::exec::TEST, &x, l, Method::Percentile(99.9), &sp).unwrap();
     assert!((p.range_max[0] - 0.999).abs() < 0.01, "{p:?}");
     // Mse never does worse than min/max on its own data, and better with an outlier...
-    let m = calib::calibrate(&x, l, Method::Mse, &sp).unwrap();
+    let m = calib::calibrate(&crate::exec::TEST, &x, l, Method::Mse, &sp).unwrap();
     assert!(
         err(m.scale[0]) < err(mm.scale[0]),
         "{} vs {}",
@@ -354,11 +403,18 @@ fn calibrate_methods_on_outliers() {
     );
     // ...which it keeps (clipping 50 to ~1 would cost 49^2).
     assert!(m.range_max[0] > 40.0, "{m:?}");
-    assert!(calib::calibrate(&x, l, Method::Percentile(20.0), &sp).is_err());
+    assert!(calib::calibrate(&crate::exec::TEST, &x, l, Method::Percentile(20.0), &sp).is_err());
     let mut y = x.clone();
     y[3] = f32::NAN;
-    assert!(calib::calibrate(&y, l, Method::MinMax, &sp).is_err());
-    assert!(calib::calibrate(&[], AxisLayout::per_tensor(0), Method::MinMax, &sp).is_err());
+    assert!(calib::calibrate(&crate::exec::TEST, &y, l, Method::MinMax, &sp).is_err());
+    assert!(calib::calibrate(
+        &crate::exec::TEST,
+        &[],
+        AxisLayout::per_tensor(0),
+        Method::MinMax,
+        &sp
+    )
+    .is_err());
 }
 
 #[test]
@@ -371,7 +427,7 @@ fn per_channel_min_max_all_layouts() {
     ] {
         let l = AxisLayout::new(&shape, Some(axis)).unwrap();
         let x = data(l.len(), 3.0, 11);
-        let (mn, mx) = calib::channel_min_max(&x, l).unwrap();
+        let (mn, mx) = calib::channel_min_max(&crate::exec::TEST, &x, l).unwrap();
         for c in 0..l.channels {
             let vals: Vec<f32> = (0..l.len())
                 .filter(|i| (i / l.inner) % l.channels == c)
@@ -395,6 +451,7 @@ fn streaming_stores_on_large_misaligned_outputs() {
     each_isa(|isa| {
         let mut q = vec![0u8; n + 1];
         quantize(
+            &crate::exec::TEST,
             &x[1..],
             AxisLayout::per_tensor(n),
             &[0.3],
@@ -408,6 +465,7 @@ fn streaming_stores_on_large_misaligned_outputs() {
         let m = STREAM_MIN_BYTES / 4 + 13;
         let mut d = vec![0f32; m + 1];
         dequantize(
+            &crate::exec::TEST,
             &q[1..=m],
             AxisLayout::per_tensor(m),
             &[0.3],
@@ -431,7 +489,15 @@ fn streaming_stores_on_large_misaligned_outputs() {
         let zc: Vec<i32> = (0..c).map(|i| (i % 200) as i32).collect();
         let mut d2 = vec![0f32; rows * c + 1];
         assert!(rows * c <= n);
-        dequantize(&q[1..=rows * c], l, &sc, &zc, &mut d2[1..]).unwrap();
+        dequantize(
+            &crate::exec::TEST,
+            &q[1..=rows * c],
+            l,
+            &sc,
+            &zc,
+            &mut d2[1..],
+        )
+        .unwrap();
         for i in 0..rows * c {
             let ch = i % c;
             assert_eq!(
@@ -441,7 +507,7 @@ fn streaming_stores_on_large_misaligned_outputs() {
             );
         }
         let mut o = vec![0u8; n];
-        let (s, z) = dynamic_quantize(&x[1..], &mut o).unwrap();
+        let (s, z) = dynamic_quantize(&crate::exec::TEST, &x[1..], &mut o).unwrap();
         assert!(o
             .iter()
             .zip(&x[1..])

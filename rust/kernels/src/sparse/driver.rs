@@ -27,8 +27,8 @@ use std::ops::Range;
 
 use super::formats::Nm;
 use crate::error::Result;
+use crate::exec::{self, Ctx};
 use crate::shape_err;
-use crate::threads;
 use rayon::prelude::*;
 
 /// Largest batch served by the gather-dot path.
@@ -79,16 +79,17 @@ pub(super) fn split_by<'a, T>(
 
 /// Runs `f(range, out_piece)` over balanced row ranges in the pool.
 pub(super) fn par_rows<T: Send>(
+    ctx: &Ctx,
     indptr: &[u32],
     work: usize,
     out: &mut [T],
     unit: usize,
     f: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) {
-    let parts = threads::chunks_for(work);
+    let parts = ctx.chunks_for(work);
     let ranges = balanced(indptr, parts);
     let pieces = split_by(out, &ranges, unit);
-    if ranges.len() == 1 || !threads::in_pool() {
+    if ranges.len() == 1 || !exec::in_pool() {
         for (r, p) in ranges.into_iter().zip(pieces) {
             f(r, p);
         }
@@ -130,7 +131,7 @@ pub(super) fn transpose_with<S: Copy + Sync, D: XtElem>(
 ) -> Vec<D> {
     let mut xt = vec![D::default(); kp * bp];
     let rows_per = (8192 / bp).max(16);
-    threads::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
+    exec::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
         let k0 = c * rows_per;
         let nk = (dst.len() / bp).min(k.saturating_sub(k0));
         let mut b0 = 0;

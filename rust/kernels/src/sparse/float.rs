@@ -9,7 +9,7 @@ use super::driver::{
 };
 use super::formats::{Bsr, Nm};
 use crate::error::Result;
-use crate::threads;
+use crate::exec::{self, Ctx};
 
 /// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
 fn output_f32(
@@ -21,7 +21,7 @@ fn output_f32(
     relu: bool,
 ) -> Vec<f32> {
     let mut y = vec![0f32; batch * n];
-    threads::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
+    exec::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
         for o in 0..n {
@@ -360,6 +360,7 @@ pub(crate) unsafe fn nm_f32_gemv_body<const FMA: bool>(
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float BSR/CSR weight `(N, K)`.
 pub fn bsr_f32_linear(
+    ctx: &Ctx,
     w: &Bsr<f32>,
     x: &[f32],
     batch: usize,
@@ -372,7 +373,7 @@ pub fn bsr_f32_linear(
     let kp = w.cols.div_ceil(c) * c;
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
+    Ok(ctx.run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut xpad = vec![0f32; kp];
@@ -380,6 +381,7 @@ pub fn bsr_f32_linear(
             for b in 0..batch {
                 xpad[..w.cols].copy_from_slice(&x[b * w.cols..(b + 1) * w.cols]);
                 par_rows(
+                    ctx,
                     &w.indptr,
                     work / batch.max(1),
                     &mut yr,
@@ -396,7 +398,7 @@ pub fn bsr_f32_linear(
         let bp = bp_of(batch);
         let xt = transpose_f32(x, batch, w.cols, kp, bp);
         let mut yt = vec![0f32; nrp * bp];
-        par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+        par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
             (k.bsr_f32)(w, rg, &xt, bp, out)
         });
         output_f32(&yt, bp, batch, n, bias, relu)
@@ -405,6 +407,7 @@ pub fn bsr_f32_linear(
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
 pub fn nm_f32_linear(
+    ctx: &Ctx,
     w: &Nm<f32>,
     x: &[f32],
     batch: usize,
@@ -416,15 +419,20 @@ pub fn nm_f32_linear(
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    Ok(threads::run(work, || {
+    Ok(ctx.run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let mut y = vec![0f32; batch * n];
             let mut yr = vec![0f32; n];
             for b in 0..batch {
                 let xr = &x[b * w.cols..(b + 1) * w.cols];
-                par_rows(&indptr, work / batch.max(1), &mut yr, 1, |rg, out| unsafe {
-                    (k.nm_f32_gemv)(w, rg, xr, out)
-                });
+                par_rows(
+                    ctx,
+                    &indptr,
+                    work / batch.max(1),
+                    &mut yr,
+                    1,
+                    |rg, out| unsafe { (k.nm_f32_gemv)(w, rg, xr, out) },
+                );
                 for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
                     let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
                     *v = if relu { t.max(0.0) } else { t };
@@ -435,7 +443,7 @@ pub fn nm_f32_linear(
         let bp = bp_of(batch);
         let xt = transpose_f32(x, batch, w.cols, w.cols, bp);
         let mut yt = vec![0f32; n * bp];
-        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe {
+        par_rows(ctx, &indptr, work, &mut yt, bp, |rg, out| unsafe {
             (k.nm_f32)(w, rg, &xt, bp, out)
         });
         output_f32(&yt, bp, batch, n, bias, relu)
@@ -487,7 +495,7 @@ pub(super) mod tests {
                 let want = dense_ref(&w, n, k, &x, batch);
                 for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
                     let b = Bsr::from_dense(&w, n, k, None, r, c).unwrap();
-                    let y = bsr_f32_linear(&b, &x, batch, None, false).unwrap();
+                    let y = bsr_f32_linear(&crate::exec::TEST, &b, &x, batch, None, false).unwrap();
                     for (a, e) in y.iter().zip(&want) {
                         assert_eq!(*a as f64, *e, "isa {isa:?} block {r}x{c} batch {batch}");
                     }

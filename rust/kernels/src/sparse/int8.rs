@@ -11,8 +11,8 @@ use super::driver::{
 };
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
+use crate::exec::{self, Ctx};
 use crate::gemm::output::{OutputStep, Param};
-use crate::threads;
 use crate::{shape_err, value_err};
 
 /// Dynamically quantized activations: per-row uint8, asymmetric (made by
@@ -49,7 +49,7 @@ fn output_i32(
     relu: bool,
 ) -> Result<Vec<f32>> {
     let mut y = vec![0f32; batch * n];
-    let done = threads::map_chunks_mut(&mut y, n.max(1) * LANE, |c, ys| -> Result<()> {
+    let done = exec::map_chunks_mut(&mut y, n.max(1) * LANE, |c, ys| -> Result<()> {
         let b0 = c * LANE;
         let nb = ys.len() / n.max(1);
         let step = OutputStep::Float {
@@ -361,6 +361,7 @@ fn nm_i8_gemv(w: &Nm<i8>, rows: Range<usize>, x: &[i32], out: &mut [i32]) {
 /// The batch <= 2 int8 path: per activation row a gather-dot into the `Yt`
 /// layout `(rows, LANE)` that `output_i32` reads.
 fn i8_gemv_rows(
+    ctx: &Ctx,
     indptr: &[u32],
     work: usize,
     nrp: usize,
@@ -379,7 +380,7 @@ fn i8_gemv_rows(
         for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
             *d = v as i32 - zp;
         }
-        par_rows(indptr, work, &mut yr, unit, |rg, out| f(rg, &xs, out));
+        par_rows(ctx, indptr, work, &mut yr, unit, |rg, out| f(rg, &xs, out));
         for (o, &v) in yr.iter().enumerate() {
             yt[o * LANE + b] = v;
         }
@@ -410,6 +411,7 @@ fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
 /// `Y = dequant(Xq) · dequant(W)ᵀ (+ bias) (ReLU)` for an int8 BSR/CSR
 /// weight, with exact int32 accumulation.
 pub fn bsr_i8_linear(
+    ctx: &Ctx,
     w: &Bsr<i8>,
     wq: &RowQuant,
     xq: &QuantX<'_>,
@@ -425,9 +427,10 @@ pub fn bsr_i8_linear(
     let nrp = w.brows() * r;
     let work = w.values.len() * batch.max(1);
     let cols = w.cols;
-    threads::run(work, || {
+    ctx.run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let yt = i8_gemv_rows(
+                ctx,
                 &w.indptr,
                 work / batch.max(1),
                 nrp,
@@ -448,7 +451,7 @@ pub fn bsr_i8_linear(
             let mut xp = vec![0u8; groups * bp * 4];
             // A transpose of 4-byte units: row b of xq is read contiguously.
             let gpc = (4096 / bp).max(8);
-            threads::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
+            exec::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
                 let g0 = c * gpc;
                 let ng = dst.len() / (bp * 4);
                 for b in 0..batch {
@@ -468,13 +471,13 @@ pub fn bsr_i8_linear(
                     }
                 }
             });
-            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+            par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
                 (k.bsr_i8_dot4)(w, rg, &xp, bp, out)
             });
             output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
         } else {
             let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, cols, kp, bp);
-            par_rows(&w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
+            par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
                 (k.bsr_i8)(w, rg, &xt, bp, out)
             });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
@@ -484,6 +487,7 @@ pub fn bsr_i8_linear(
 
 /// int8 N:M version of [`bsr_i8_linear`].
 pub fn nm_i8_linear(
+    ctx: &Ctx,
     w: &Nm<i8>,
     wq: &RowQuant,
     xq: &QuantX<'_>,
@@ -497,9 +501,10 @@ pub fn nm_i8_linear(
     let n = w.rows;
     let indptr = nm_indptr(w);
     let work = w.values.len() * batch.max(1);
-    threads::run(work, || {
+    ctx.run(work, || {
         if batch <= GEMV_MAX_BATCH {
             let yt = i8_gemv_rows(
+                ctx,
                 &indptr,
                 work / batch.max(1),
                 n,
@@ -515,7 +520,7 @@ pub fn nm_i8_linear(
         let bp = bp_of(batch);
         let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
         let mut yt = vec![0i32; n * bp];
-        par_rows(&indptr, work, &mut yt, bp, |rg, out| unsafe {
+        par_rows(ctx, &indptr, work, &mut yt, bp, |rg, out| unsafe {
             (k.nm_i8)(w, rg, &xt, bp, out)
         });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
@@ -555,7 +560,8 @@ mod tests {
                 for (r, c) in [(1, 1), (1, 4), (4, 4), (8, 8), (2, 3)] {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
-                    let y = bsr_i8_linear(&b, &rq, &xq, batch, None, false).unwrap();
+                    let y = bsr_i8_linear(&crate::exec::TEST, &b, &rq, &xq, batch, None, false)
+                        .unwrap();
                     for bb in 0..batch {
                         for o in 0..n {
                             let e: i64 = (0..k)
@@ -591,7 +597,8 @@ mod tests {
             .collect();
         let wscale: Vec<f32> = (0..n).map(|o| 0.01 + o as f32 * 1e-3).collect();
         let bias: Vec<f32> = (0..n).map(|o| o as f32 * 0.25 - 2.0).collect();
-        let packed = PackedB::from_nk_i8(&q, n, k, ZeroPoint::Scalar(0)).unwrap();
+        let packed =
+            PackedB::from_nk_i8(&crate::exec::TEST, &q, n, k, ZeroPoint::Scalar(0)).unwrap();
         let nm_mask: Vec<bool> = (0..n * k).map(|i| i % 4 < 2).collect();
         let nm = Nm::from_dense(&q, n, k, Some(&nm_mask), 2, 4).unwrap();
         let nm_q: Vec<i8> = q
@@ -599,7 +606,8 @@ mod tests {
             .zip(&nm_mask)
             .map(|(&v, &m)| if m { v } else { 0 })
             .collect();
-        let nm_packed = PackedB::from_nk_i8(&nm_q, n, k, ZeroPoint::Scalar(0)).unwrap();
+        let nm_packed =
+            PackedB::from_nk_i8(&crate::exec::TEST, &nm_q, n, k, ZeroPoint::Scalar(0)).unwrap();
         let nm_rq = row_quant(n, wscale.clone(), |f| nm.for_each_row_value(f)).unwrap();
         crate::cpu::each_isa(|isa| {
             for &batch in &[1usize, 2, 9, 40] {
@@ -629,11 +637,23 @@ mod tests {
                 let dense = |p: &PackedB| {
                     let mut y = vec![0f32; batch * n];
                     let cs = Param::PerIndex(&wscale);
-                    gemm::linear_dynamic(&x, batch, k, p, cs, Some(&bias), true, &mut y).unwrap();
+                    gemm::linear_dynamic(
+                        &crate::exec::TEST,
+                        &x,
+                        batch,
+                        k,
+                        p,
+                        cs,
+                        Some(&bias),
+                        true,
+                        &mut y,
+                    )
+                    .unwrap();
                     y
                 };
                 let want = dense(&packed);
-                let (xq, sx, zx) = crate::quant::rows::quantize_rows_u8(&x, batch, k).unwrap();
+                let (xq, sx, zx) =
+                    crate::quant::rows::quantize_rows_u8(&crate::exec::TEST, &x, batch, k).unwrap();
                 let qx = QuantX {
                     q: &xq,
                     scale: &sx,
@@ -643,10 +663,21 @@ mod tests {
                 for (r, c) in [(1, 1), (1, 4), (4, 4), (2, 3)] {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, wscale.clone(), |f| b.for_each_row_value(f)).unwrap();
-                    let y = bsr_i8_linear(&b, &rq, &qx, batch, Some(&bias), true).unwrap();
+                    let y =
+                        bsr_i8_linear(&crate::exec::TEST, &b, &rq, &qx, batch, Some(&bias), true)
+                            .unwrap();
                     assert_eq!(bits(&y), bits(&want), "{isa:?} bsr {r}x{c} batch {batch}");
                 }
-                let y = nm_i8_linear(&nm, &nm_rq, &qx, batch, Some(&bias), true).unwrap();
+                let y = nm_i8_linear(
+                    &crate::exec::TEST,
+                    &nm,
+                    &nm_rq,
+                    &qx,
+                    batch,
+                    Some(&bias),
+                    true,
+                )
+                .unwrap();
                 assert_eq!(
                     bits(&y),
                     bits(&dense(&nm_packed)),

@@ -8,6 +8,7 @@ use super::float::{bsr_f32_linear, nm_f32_linear};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
 use super::int8::{bsr_i8_linear, nm_i8_linear, QuantX};
 use crate::error::{Error, Result};
+use crate::exec::Ctx;
 use crate::quant::rows::quantize_rows_u8;
 use crate::shape_err;
 
@@ -198,6 +199,7 @@ impl SparseWeight {
     /// `(batch, out)`; an int8 weight quantizes `x` per row on the fly.
     pub fn linear(
         &self,
+        ctx: &Ctx,
         x: &[f32],
         batch: usize,
         k: usize,
@@ -206,16 +208,16 @@ impl SparseWeight {
     ) -> Result<Vec<f32>> {
         self.check_features("x", k)?;
         match &self.store {
-            Store::Bsr(b) => bsr_f32_linear(b, x, batch, bias, relu),
-            Store::Nm(b) => nm_f32_linear(b, x, batch, bias, relu),
+            Store::Bsr(b) => bsr_f32_linear(ctx, b, x, batch, bias, relu),
+            Store::Nm(b) => nm_f32_linear(ctx, b, x, batch, bias, relu),
             Store::BsrI8(..) | Store::NmI8(..) => {
-                let (q, scale, zero_point) = quantize_rows_u8(x, batch, k)?;
+                let (q, scale, zero_point) = quantize_rows_u8(ctx, x, batch, k)?;
                 let xq = QuantX {
                     q: &q,
                     scale: &scale,
                     zero_point: &zero_point,
                 };
-                self.linear_quantized(&xq, batch, k, bias, relu)
+                self.linear_quantized(ctx, &xq, batch, k, bias, relu)
             }
         }
     }
@@ -224,6 +226,7 @@ impl SparseWeight {
     /// zero point per row); a `Dtype` error for a float32 weight.
     pub fn linear_quantized(
         &self,
+        ctx: &Ctx,
         xq: &QuantX<'_>,
         batch: usize,
         k: usize,
@@ -232,8 +235,8 @@ impl SparseWeight {
     ) -> Result<Vec<f32>> {
         self.check_features("xq", k)?;
         match &self.store {
-            Store::BsrI8(b, q) => bsr_i8_linear(b, q, xq, batch, bias, relu),
-            Store::NmI8(b, q) => nm_i8_linear(b, q, xq, batch, bias, relu),
+            Store::BsrI8(b, q) => bsr_i8_linear(ctx, b, q, xq, batch, bias, relu),
+            Store::NmI8(b, q) => nm_i8_linear(ctx, b, q, xq, batch, bias, relu),
             Store::Bsr(_) | Store::Nm(_) => {
                 Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
             }
@@ -262,11 +265,11 @@ mod tests {
             assert_eq!(i.nbytes(), i.matrix().nbytes() + 8 * n);
             assert_eq!(f.to_dense(), DenseValues::F32(w.clone()));
             assert_eq!(i.to_dense(), DenseValues::I8(q.clone()));
-            let yf = f.linear(&x, 3, k, None, false).unwrap();
+            let yf = f.linear(&crate::exec::TEST, &x, 3, k, None, false).unwrap();
             assert_eq!(yf.len(), 3 * n);
-            assert!(i.linear(&x, 3, k, None, false).is_ok());
+            assert!(i.linear(&crate::exec::TEST, &x, 3, k, None, false).is_ok());
             assert!(matches!(
-                f.linear(&x, 4, k - 2, None, false),
+                f.linear(&crate::exec::TEST, &x, 4, k - 2, None, false),
                 Err(Error::Shape(_))
             ));
             let xq = QuantX {
@@ -275,11 +278,12 @@ mod tests {
                 zero_point: &[0],
             };
             assert!(matches!(
-                f.linear_quantized(&xq, 1, k, None, false),
+                f.linear_quantized(&crate::exec::TEST, &xq, 1, k, None, false),
                 Err(Error::Dtype(_))
             ));
             assert_eq!(
-                i.linear_quantized(&xq, 1, k, None, false).unwrap(),
+                i.linear_quantized(&crate::exec::TEST, &xq, 1, k, None, false)
+                    .unwrap(),
                 vec![0.0; n]
             );
         }

@@ -15,6 +15,7 @@ use std::mem::MaybeUninit;
 use super::output::{Epilogue, Param};
 use super::pack::{ASource, PackedB, PanelJob, ZeroPoint};
 use crate::error::Result;
+use crate::exec::Ctx;
 
 pub(crate) mod generic;
 #[cfg(target_arch = "x86_64")]
@@ -25,6 +26,7 @@ pub(crate) mod x86_avx512vnni;
 /// The exact product plus output step for one output element type.
 #[doc(hidden)]
 pub type MatmulFn<T> = fn(
+    &Ctx,
     &ASource<'_>,
     usize,
     usize,
@@ -35,6 +37,7 @@ pub type MatmulFn<T> = fn(
 );
 /// The float-in / float-out dynamic linear layer.
 pub(crate) type LinearFn = fn(
+    &Ctx,
     &[f32],
     usize,
     usize,

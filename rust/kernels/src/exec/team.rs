@@ -1,6 +1,7 @@
 //! A fork-join team for latency-critical kernels (GEMM, convolution): the
-//! calling thread plus `num_threads() - 1` workers that spin briefly between
-//! jobs before they park.
+//! calling thread plus `threads - 1` workers that spin briefly between jobs
+//! before they park. A leaf: it knows nothing of the thread policy
+//! ([`super::Ctx`] asks for a team of its size).
 //!
 //! Why not rayon here: a GEMM of a few hundred microseconds is split into a
 //! handful of tasks, and what it costs to start them decides whether a second
@@ -14,7 +15,7 @@
 //! Workers spin `HWREG_SPIN_US` microseconds (default [`DEFAULT_SPIN_US`];
 //! 0 parks at once), yielding to other runnable threads while they do.
 //!
-//! Rayon remains the pool for data-parallel loops ([`crate::threads::run`]).
+//! Rayon remains the pool for data-parallel loops ([`super::Ctx::run`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -247,10 +248,10 @@ impl Drop for Team {
 
 static TEAM: Mutex<Option<Arc<Team>>> = Mutex::new(None);
 
-/// The process's team, sized by [`crate::threads::num_threads`]; created on
-/// first use and again after a fork or a change of the thread count.
-pub fn team() -> Arc<Team> {
-    let threads = crate::threads::num_threads();
+/// The process's team of `threads` threads (the caller included); created
+/// on first use and again after a fork or when a call asks for another size.
+pub fn team(threads: usize) -> Arc<Team> {
+    let threads = threads.max(1);
     let pid = std::process::id();
     let mut g = lock(&TEAM);
     if let Some(t) = g.as_ref() {
