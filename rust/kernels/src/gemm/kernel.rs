@@ -33,18 +33,9 @@ pub(crate) trait Kernel {
         super::finish_block(f)
     }
 
-    /// The micro-kernel: `Σ_k Â[i,k]·B̂[k,j]` over `kg` K-groups (4 k each)
-    /// for a tile of `mr` rows × `np` panels (16 columns each), in wrapping
-    /// `i32`.
-    ///
-    /// * `a`: row `r` of the tile's packed A at `a + r·lda` (`4·kg` elements);
-    /// * `b`: panel `p` of packed B at `b + p·bs` (`64·kg` bytes, the K block);
-    /// * `acc`: the tile is written to `acc[r·ld + 16·p + c]` (r < mr, p < np,
-    ///   c < 16), added to the values already there when `load` (a K block
-    ///   after the first);
-    /// * `fix`: after the last K block, the zero-point correction ([`Fix`]),
-    ///   applied in registers before the store (straight to the output when
-    ///   `fix.dst` is set and the kernel is `DIRECT`).
+    /// The micro-kernel: `Σ_k Â[i,k]·B̂[k,j]` for a tile of `mr` rows ×
+    /// `np` panels (16 columns each) over the K block described by `t`
+    /// ([`Tile`]), in wrapping `i32`.
     ///
     /// # Safety
     /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
@@ -52,19 +43,30 @@ pub(crate) trait Kernel {
     /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
     /// and the CPU supports the kernel's ISA.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        mr: usize,
-        np: usize,
-        kg: usize,
-        a: *const Self::AElem,
-        lda: usize,
-        b: *const i8,
-        bs: usize,
-        acc: *mut i32,
-        ld: usize,
-        load: bool,
-        fix: Option<&Fix>,
-    );
+    unsafe fn tile(mr: usize, np: usize, t: &Tile<'_, Self::AElem>);
+}
+
+/// One call of the micro-kernel ([`Kernel::tile`]) over `kg` K-groups (4 k each):
+///
+/// * `a`: row `r` of the tile's packed A at `a + r·lda` (`4·kg` elements);
+/// * `b`: panel `p` of packed B at `b + p·bs` (`64·kg` bytes, the K block);
+/// * `acc`: the tile is written to `acc[r·ld + 16·p + c]` (r < mr, p < np,
+///   c < 16), added to the values already there when `load` (a K block after
+///   the first);
+/// * `fix`: after the last K block, the zero-point correction ([`Fix`]),
+///   applied in registers before the store (straight to the output when
+///   `fix.dst` is set and the kernel is `DIRECT`).
+#[derive(Clone, Copy)]
+pub(crate) struct Tile<'a, E> {
+    pub kg: usize,
+    pub a: *const E,
+    pub lda: usize,
+    pub b: *const i8,
+    pub bs: usize,
+    pub acc: *mut i32,
+    pub ld: usize,
+    pub load: bool,
+    pub fix: Option<&'a Fix>,
 }
 
 /// The zero-point correction a tile applies after its last K block:
@@ -87,7 +89,7 @@ pub(crate) struct Fix {
 
 /// The methods of a `Kernel` impl that forward to the module's functions:
 /// `tile` dispatches `(mr, np)` onto the listed const-generic instantiations
-/// of `tile: f` (called `f::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)`);
+/// of `tile: f` (called `f::<MR, NP>(&Tile)`);
 /// `finish` and `copy_sum`, when given, override the portable defaults with
 /// the `#[target_feature]` versions.
 macro_rules! kernel_methods {
@@ -108,21 +110,9 @@ macro_rules! kernel_methods {
                 unsafe { $cs(src, flip, dst) }
             }
         )?
-        unsafe fn tile(
-            mr: usize,
-            np: usize,
-            kg: usize,
-            a: *const Self::AElem,
-            lda: usize,
-            b: *const i8,
-            bs: usize,
-            acc: *mut i32,
-            ld: usize,
-            load: bool,
-            fix: Option<&$crate::gemm::kernel::Fix>,
-        ) {
+        unsafe fn tile(mr: usize, np: usize, t: &$crate::gemm::kernel::Tile<'_, Self::AElem>) {
             match (mr, np) {
-                $(($m, $p) => $f::<$m, $p>(kg, a, lda, b, bs, acc, ld, load, fix),)*
+                $(($m, $p) => $f::<$m, $p>(t),)*
                 _ => unreachable!("tile shape out of range"),
             }
         }

@@ -518,29 +518,31 @@ fn block<Kr: Kernel, T: OutElem>(
                         Kr::tile(
                             mr,
                             np,
-                            kcg,
-                            pa.data.ptr().add(ir * pa.kp + 4 * pc),
-                            pa.kp,
-                            b.data.as_ptr().add(jp * ps + 64 * pc),
-                            ps,
-                            acc.as_mut_ptr().add((ir - ic) * ld),
-                            ld,
-                            pc > 0,
-                            // Zero-point correction with the last K block.
-                            (pc + kcg >= kg).then_some(&kernel::Fix {
-                                za: pa.zp.as_ptr().add(ir),
-                                rowsum: pa.rowsum.as_ptr().add(ir),
-                                zb: b.zp.as_ptr().add(c0),
-                                colterm: b.colterm.as_ptr().add(c0),
-                                // T is i32 when the step is the identity.
-                                dst: if direct {
-                                    (out.get() as *mut i32).add(ir * n + c0)
-                                } else {
-                                    std::ptr::null_mut()
-                                },
-                                dst_ld: n,
-                                dst_cols: c1 - c0,
-                            }),
+                            &kernel::Tile {
+                                kg: kcg,
+                                a: pa.data.ptr().add(ir * pa.kp + 4 * pc),
+                                lda: pa.kp,
+                                b: b.data.as_ptr().add(jp * ps + 64 * pc),
+                                bs: ps,
+                                acc: acc.as_mut_ptr().add((ir - ic) * ld),
+                                ld,
+                                load: pc > 0,
+                                // Zero-point correction with the last K block.
+                                fix: (pc + kcg >= kg).then_some(&kernel::Fix {
+                                    za: pa.zp.as_ptr().add(ir),
+                                    rowsum: pa.rowsum.as_ptr().add(ir),
+                                    zb: b.zp.as_ptr().add(c0),
+                                    colterm: b.colterm.as_ptr().add(c0),
+                                    // T is i32 when the step is the identity.
+                                    dst: if direct {
+                                        (out.get() as *mut i32).add(ir * n + c0)
+                                    } else {
+                                        std::ptr::null_mut()
+                                    },
+                                    dst_ld: n,
+                                    dst_cols: c1 - c0,
+                                }),
+                            },
                         );
                     }
                     ir += mr;

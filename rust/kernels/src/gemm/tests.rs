@@ -418,15 +418,17 @@ fn kernel_speed() {
                 Kr::tile(
                     Kr::MR,
                     Kr::NP,
-                    kg,
-                    a.as_ptr(),
-                    kg * 4,
-                    b.as_ptr(),
-                    kg * 64,
-                    acc.as_mut_ptr(),
-                    16 * Kr::NP,
-                    false,
-                    None,
+                    &kernel::Tile {
+                        kg,
+                        a: a.as_ptr(),
+                        lda: kg * 4,
+                        b: b.as_ptr(),
+                        bs: kg * 64,
+                        acc: acc.as_mut_ptr(),
+                        ld: 16 * Kr::NP,
+                        load: false,
+                        fix: None,
+                    },
                 )
             };
         }

@@ -5,7 +5,7 @@
 
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
+use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
 use crate::gemm::pack::{self, NR};
 
 super::table!(Generic, pack::pack_panels);
@@ -26,17 +26,18 @@ impl Kernel for Generic {
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(
-    kg: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    _bs: usize, // one panel per tile
-    acc: *mut i32,
-    ld: usize,
-    load: bool,
-    fix: Option<&Fix>,
-) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
+    let Tile {
+        kg,
+        a,
+        lda,
+        b,
+        bs: _, // one panel per tile
+        acc,
+        ld,
+        load,
+        fix,
+    } = *t;
     // SAFETY (whole body): the driver passes `4 * kg` readable elements per
     // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
     let rows: [&[u8]; MR] =

@@ -84,19 +84,8 @@ pub(crate) use table;
 macro_rules! kernel_fns {
     ($isa:ident, $a:ty) => {
         $crate::cpu::isa_fns!($isa;
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn tile_tf<const MR: usize, const NP: usize>(
-                kg: usize,
-                a: *const $a,
-                lda: usize,
-                b: *const i8,
-                bs: usize,
-                acc: *mut i32,
-                ld: usize,
-                load: bool,
-                fix: Option<&$crate::gemm::kernel::Fix>,
-            ) {
-                tile_body::<MR, NP>(kg, a, lda, b, bs, acc, ld, load, fix)
+            unsafe fn tile_tf<const MR: usize, const NP: usize>(t: &$crate::gemm::kernel::Tile<'_, $a>) {
+                tile_body::<MR, NP>(t)
             }
             unsafe fn finish_tf<T: $crate::gemm::output::OutElem>(f: $crate::gemm::Finish<'_, '_, T>) {
                 $crate::gemm::finish_block(f)

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
+use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
 use crate::gemm::pack;
 
 super::table!(Avx2, |job, p0, out, zp, ct| unsafe {
@@ -39,17 +39,18 @@ impl Kernel for Avx2 {
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(
-    kg: usize,
-    a: *const i16,
-    lda: usize,
-    b: *const i8,
-    bs: usize,
-    acc: *mut i32,
-    ld: usize,
-    load: bool,
-    fix: Option<&Fix>,
-) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, i16>) {
+    let Tile {
+        kg,
+        a,
+        lda,
+        b,
+        bs,
+        acc,
+        ld,
+        load,
+        fix,
+    } = *t;
     let mut s = [[[_mm256_setzero_si256(); 4]; NP]; MR];
     let mut bp = b;
     let mut ap = a;

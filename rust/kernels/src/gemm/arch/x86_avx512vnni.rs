@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::kernel::{kernel_methods, Fix, Kernel};
+use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
 super::table!(Avx512Vnni, super::x86_avx2::KERNELS.pack_panels);
@@ -34,17 +34,18 @@ impl Kernel for Avx512Vnni {
 }
 
 #[inline(always)]
-unsafe fn tile_body<const MR: usize, const NP: usize>(
-    kg: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    bs: usize,
-    acc: *mut i32,
-    ld: usize,
-    load: bool,
-    fix: Option<&Fix>,
-) {
+unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
+    let Tile {
+        kg,
+        a,
+        lda,
+        b,
+        bs,
+        acc,
+        ld,
+        load,
+        fix,
+    } = *t;
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
         for r in 0..MR {
