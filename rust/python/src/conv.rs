@@ -90,21 +90,39 @@ fn int_pad<T: TryFrom<i64>>(v: f64, lo: i64, hi: i64, dtype: &str) -> PyResult<T
         .map_err(|_| pyo3::exceptions::PyValueError::new_err("pad_value out of range"))
 }
 
-/// im2col(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, c*kh*kw), x's dtype
-/// (float32, uint8 or int8; for integers `pad_value` is the zero point written into the padding).
-#[pyfunction]
-#[pyo3(signature = (x, kernel_size, stride, padding, pad_value=0.0))]
-fn im2col<'py>(
-    py: Python<'py>,
-    x: Images<'py>,
-    kernel_size: Pair,
-    stride: Pair,
-    padding: Pair,
-    pad_value: f64,
-) -> PyResult<Bound<'py, PyAny>> {
-    let geom = (kernel_size, stride, padding);
-    unfold_images(py, Layout::Nchw, x, geom, pad_value)
+/// `name(x, kernel_size, stride, padding, pad_value=0.0)`: the unfold of an
+/// image batch stored in `layout`.
+macro_rules! unfold_fn {
+    ($(#[$doc:meta])* $name:ident, $layout:expr) => {
+        $(#[$doc])*
+        #[pyfunction]
+        #[pyo3(signature = (x, kernel_size, stride, padding, pad_value=0.0))]
+        fn $name<'py>(
+            py: Python<'py>,
+            x: Images<'py>,
+            kernel_size: Pair,
+            stride: Pair,
+            padding: Pair,
+            pad_value: f64,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            unfold_images(py, $layout, x, (kernel_size, stride, padding), pad_value)
+        }
+    };
 }
+
+unfold_fn!(
+    /// im2col(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, c*kh*kw), x's dtype
+    /// (float32, uint8 or int8; for integers `pad_value` is the zero point written into the padding).
+    im2col,
+    Layout::Nchw
+);
+
+unfold_fn!(
+    /// im2col_nhwc(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, kh*kw*c), x's dtype.
+    /// Columns in `(ky, kx, c)` order; for integer input `pad_value` is the zero point.
+    im2col_nhwc,
+    Layout::Nhwc
+);
 
 /// col2im(cols, input_shape, kernel_size, stride, padding) -> (n, c, h, w) float32
 #[pyfunction]
@@ -210,22 +228,6 @@ fn avg_pool2d_backward<'py>(
         .detach(|| conv::avg_pool2d_backward(&Ctx::current(), gs, win))
         .or_py()?;
     to4(py, gx, [n, c, h, w])
-}
-
-/// im2col_nhwc(x, kernel_size, stride, padding, pad_value=0.0) -> (n*oh*ow, kh*kw*c), x's dtype.
-/// Columns in `(ky, kx, c)` order; for integer input `pad_value` is the zero point.
-#[pyfunction]
-#[pyo3(signature = (x, kernel_size, stride, padding, pad_value=0.0))]
-fn im2col_nhwc<'py>(
-    py: Python<'py>,
-    x: Images<'py>,
-    kernel_size: Pair,
-    stride: Pair,
-    padding: Pair,
-    pad_value: f64,
-) -> PyResult<Bound<'py, PyAny>> {
-    let geom = (kernel_size, stride, padding);
-    unfold_images(py, Layout::Nhwc, x, geom, pad_value)
 }
 
 /// pool2d_nhwc(x, kernel_size, stride, padding, kind) -> (n, oh, ow, c) float32; kind "max" or "avg".

@@ -41,53 +41,42 @@ fn bias_slice<'a>(bias: &'a Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Optio
     bias.as_ref().map(|b| contiguous(b, "bias")).transpose()
 }
 
-/// Builds a weight from a dense 2-D array (float32 without `scale`, int8
-/// with one scale per row) outside the GIL.
+/// Builds a weight from a dense 2-D array with `make(w, rows, cols, mask)`
+/// outside the GIL.
 fn build<T: numpy::Element + Sync>(
     py: Python<'_>,
     w: &PyReadonlyArray2<'_, T>,
-    scale: Option<&PyReadonlyArray1<'_, f32>>,
     mask: &Option<PyReadonlyArray2<'_, bool>>,
-    pattern: Pattern,
-    make: fn(
-        &[T],
-        Option<Vec<f32>>,
-        usize,
-        usize,
-        Option<&[bool]>,
-        Pattern,
-    ) -> hwreg_kernels::Result<SparseWeight>,
+    make: impl FnOnce(&[T], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send,
 ) -> PyResult<SparseMatrix> {
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let m = mask_slice(mask, w.shape())?;
     let ws = contiguous(w, "w")?;
-    let sc = scale
-        .map(|s| contiguous(s, "scale").map(<[f32]>::to_vec))
-        .transpose()?;
-    let inner = py.detach(|| make(ws, sc, rows, cols, m, pattern)).or_py()?;
+    let inner = py.detach(|| make(ws, rows, cols, m)).or_py()?;
     Ok(SparseMatrix { inner })
 }
 
-fn make_f32(
-    w: &[f32],
-    _: Option<Vec<f32>>,
-    rows: usize,
-    cols: usize,
-    mask: Option<&[bool]>,
-    p: Pattern,
-) -> hwreg_kernels::Result<SparseWeight> {
-    SparseWeight::from_f32(w, rows, cols, mask, p)
+/// A float32 weight in `pattern`.
+fn float(
+    pattern: Pattern,
+) -> impl FnOnce(&[f32], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send
+{
+    move |w: &[f32], rows, cols, m: Option<&[bool]>| {
+        SparseWeight::from_f32(w, rows, cols, m, pattern)
+    }
 }
 
-fn make_i8(
-    w: &[i8],
-    scale: Option<Vec<f32>>,
-    rows: usize,
-    cols: usize,
-    mask: Option<&[bool]>,
-    p: Pattern,
-) -> hwreg_kernels::Result<SparseWeight> {
-    SparseWeight::from_i8(w, scale.unwrap_or_default(), rows, cols, mask, p)
+/// An int8 weight in `pattern` with one scale per row.
+fn int8(
+    scale: &PyReadonlyArray1<'_, f32>,
+    pattern: Pattern,
+) -> PyResult<
+    impl FnOnce(&[i8], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send,
+> {
+    let sc = contiguous(scale, "scale")?.to_vec();
+    Ok(move |w: &[i8], rows, cols, m: Option<&[bool]>| {
+        SparseWeight::from_i8(w, sc, rows, cols, m, pattern)
+    })
 }
 
 #[pymethods]
@@ -102,7 +91,7 @@ impl SparseMatrix {
         r: usize,
         c: usize,
     ) -> PyResult<Self> {
-        build(py, &w, None, &mask, Pattern::Blocks { r, c }, make_f32)
+        build(py, &w, &mask, float(Pattern::Blocks { r, c }))
     }
 
     /// int8 block CSR from an int8 matrix and one scale per row.
@@ -116,14 +105,7 @@ impl SparseMatrix {
         r: usize,
         c: usize,
     ) -> PyResult<Self> {
-        build(
-            py,
-            &w,
-            Some(&scale),
-            &mask,
-            Pattern::Blocks { r, c },
-            make_i8,
-        )
+        build(py, &w, &mask, int8(&scale, Pattern::Blocks { r, c })?)
     }
 
     /// Float32 compressed N:M (groups of `m` along the input axis).
@@ -136,7 +118,7 @@ impl SparseMatrix {
         n: usize,
         m: usize,
     ) -> PyResult<Self> {
-        build(py, &w, None, &mask, Pattern::NofM { n, m }, make_f32)
+        build(py, &w, &mask, float(Pattern::NofM { n, m }))
     }
 
     /// int8 compressed N:M from an int8 matrix and one scale per row.
@@ -150,7 +132,7 @@ impl SparseMatrix {
         n: usize,
         m: usize,
     ) -> PyResult<Self> {
-        build(py, &w, Some(&scale), &mask, Pattern::NofM { n, m }, make_i8)
+        build(py, &w, &mask, int8(&scale, Pattern::NofM { n, m })?)
     }
 
     /// `(out_features, in_features)`.
