@@ -69,6 +69,28 @@ pub(crate) struct Tile<'a, E> {
     pub fix: Option<&'a Fix>,
 }
 
+impl<'a, E> Tile<'a, E> {
+    /// The fields in declaration order, for the kernels' local variables.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    pub fn parts(
+        &self,
+    ) -> (
+        usize,
+        *const E,
+        usize,
+        *const i8,
+        usize,
+        *mut i32,
+        usize,
+        bool,
+        Option<&'a Fix>,
+    ) {
+        let t = self;
+        (t.kg, t.a, t.lda, t.b, t.bs, t.acc, t.ld, t.load, t.fix)
+    }
+}
+
 /// The zero-point correction a tile applies after its last K block:
 /// `acc[r][c] -= za[r]·colterm[c] + rowsum[r]·zb[c]` (wrapping). Pointers to the
 /// tile's first row (`za`, `rowsum`: `mr` values) and first column (`zb`,

@@ -51,43 +51,37 @@ trait Matrix {
     fn nbytes(&self) -> usize;
 }
 
-impl<T: Elem> Matrix for Bsr<T> {
-    fn shape(&self) -> (usize, usize) {
-        (self.rows(), self.cols())
-    }
-    fn pattern(&self) -> Pattern {
-        let (r, c) = self.block();
-        Pattern::Blocks { r, c }
-    }
-    fn nnz(&self) -> usize {
-        Bsr::nnz(self)
-    }
-    fn stored(&self) -> usize {
-        Bsr::stored(self)
-    }
-    fn nbytes(&self) -> usize {
-        Bsr::nbytes(self)
-    }
+/// `Matrix` for a storage type, given how it names its pattern.
+macro_rules! matrix {
+    ($t:ident, |$w:ident| $pattern:expr) => {
+        impl<T: Elem> Matrix for $t<T> {
+            fn shape(&self) -> (usize, usize) {
+                (self.rows(), self.cols())
+            }
+            fn pattern(&self) -> Pattern {
+                let $w = self;
+                $pattern
+            }
+            fn nnz(&self) -> usize {
+                $t::nnz(self)
+            }
+            fn stored(&self) -> usize {
+                $t::stored(self)
+            }
+            fn nbytes(&self) -> usize {
+                $t::nbytes(self)
+            }
+        }
+    };
 }
-
-impl<T: Elem> Matrix for Nm<T> {
-    fn shape(&self) -> (usize, usize) {
-        (self.rows(), self.cols())
-    }
-    fn pattern(&self) -> Pattern {
-        let (n, m) = Nm::pattern(self);
-        Pattern::NofM { n, m }
-    }
-    fn nnz(&self) -> usize {
-        Nm::nnz(self)
-    }
-    fn stored(&self) -> usize {
-        Nm::stored(self)
-    }
-    fn nbytes(&self) -> usize {
-        Nm::nbytes(self)
-    }
-}
+matrix!(Bsr, |b| {
+    let (r, c) = b.block();
+    Pattern::Blocks { r, c }
+});
+matrix!(Nm, |b| {
+    let (n, m) = Nm::pattern(b);
+    Pattern::NofM { n, m }
+});
 
 impl SparseWeight {
     /// A float32 weight from a dense row-major `rows × cols` matrix; entries

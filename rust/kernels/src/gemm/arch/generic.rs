@@ -27,19 +27,9 @@ impl Kernel for Generic {
 
 #[inline(always)]
 unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
-    let Tile {
-        kg,
-        a,
-        lda,
-        b,
-        bs: _, // one panel per tile
-        acc,
-        ld,
-        load,
-        fix,
-    } = *t;
-    // SAFETY (whole body): the driver passes `4 * kg` readable elements per
-    // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
+    let (kg, a, lda, b, _bs, acc, ld, load, fix) = t.parts(); // one panel per tile
+                                                              // SAFETY (whole body): the driver passes `4 * kg` readable elements per
+                                                              // row of A, `64 * kg` bytes of B and a tile-sized `acc`.
     let rows: [&[u8]; MR] =
         std::array::from_fn(|r| std::slice::from_raw_parts(a.add(r * lda), kg * 4));
     let panel = std::slice::from_raw_parts(b, kg * 64);

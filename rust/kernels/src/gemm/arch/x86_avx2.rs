@@ -40,17 +40,7 @@ impl Kernel for Avx2 {
 
 #[inline(always)]
 unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, i16>) {
-    let Tile {
-        kg,
-        a,
-        lda,
-        b,
-        bs,
-        acc,
-        ld,
-        load,
-        fix,
-    } = *t;
+    let (kg, a, lda, b, bs, acc, ld, load, fix) = t.parts();
     let mut s = [[[_mm256_setzero_si256(); 4]; NP]; MR];
     let mut bp = b;
     let mut ap = a;

@@ -35,17 +35,7 @@ impl Kernel for Avx512Vnni {
 
 #[inline(always)]
 unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
-    let Tile {
-        kg,
-        a,
-        lda,
-        b,
-        bs,
-        acc,
-        ld,
-        load,
-        fix,
-    } = *t;
+    let (kg, a, lda, b, bs, acc, ld, load, fix) = t.parts();
     let mut s = [[_mm512_setzero_si512(); NP]; MR];
     if load {
         for r in 0..MR {
