@@ -47,7 +47,7 @@ fn build<T: numpy::Element + Sync>(
     py: Python<'_>,
     w: &PyReadonlyArray2<'_, T>,
     mask: &Option<PyReadonlyArray2<'_, bool>>,
-    make: impl FnOnce(&[T], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send,
+    make: impl Make<T>,
 ) -> PyResult<SparseMatrix> {
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let m = mask_slice(mask, w.shape())?;
@@ -56,23 +56,25 @@ fn build<T: numpy::Element + Sync>(
     Ok(SparseMatrix { inner })
 }
 
-/// A float32 weight in `pattern`.
-fn float(
-    pattern: Pattern,
-) -> impl FnOnce(&[f32], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send
+/// How [`build`] makes a weight from `(w, rows, cols, mask)`.
+trait Make<T>:
+    FnOnce(&[T], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send
 {
+}
+impl<T, F> Make<T> for F where
+    F: FnOnce(&[T], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send
+{
+}
+
+/// A float32 weight in `pattern`.
+fn float(pattern: Pattern) -> impl Make<f32> {
     move |w: &[f32], rows, cols, m: Option<&[bool]>| {
         SparseWeight::from_f32(w, rows, cols, m, pattern)
     }
 }
 
 /// An int8 weight in `pattern` with one scale per row.
-fn int8(
-    scale: &PyReadonlyArray1<'_, f32>,
-    pattern: Pattern,
-) -> PyResult<
-    impl FnOnce(&[i8], usize, usize, Option<&[bool]>) -> hwreg_kernels::Result<SparseWeight> + Send,
-> {
+fn int8(scale: &PyReadonlyArray1<'_, f32>, pattern: Pattern) -> PyResult<impl Make<i8>> {
     let sc = contiguous(scale, "scale")?.to_vec();
     Ok(move |w: &[i8], rows, cols, m: Option<&[bool]>| {
         SparseWeight::from_i8(w, sc, rows, cols, m, pattern)
@@ -217,7 +219,7 @@ impl SparseMatrix {
         let y = py
             .detach(|| self.inner.linear(&Ctx::current(), xs, batch, k, bs, relu))
             .or_py()?;
-        Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
+        PyArray1::from_vec(py, y).reshape([batch, self.shape().0])
     }
 
     /// The int8 product with `x` already quantized: uint8 `xq`, one scale and
@@ -245,7 +247,7 @@ impl SparseMatrix {
                     .linear_quantized(&Ctx::current(), &qx, batch, k, bs, relu)
             })
             .or_py()?;
-        Ok(PyArray1::from_vec(py, y).reshape([batch, self.shape().0])?)
+        PyArray1::from_vec(py, y).reshape([batch, self.shape().0])
     }
 }
 

@@ -58,6 +58,7 @@ use std::mem::MaybeUninit;
 ///
 /// `a` is row-major `M × K`; `a_zp` scalar or one per row; B is packed (its
 /// zero points are inside it).
+#[allow(clippy::too_many_arguments)]
 pub fn matmul<T: OutElem>(
     ctx: &Ctx,
     a: ASource<'_>,
@@ -73,6 +74,7 @@ pub fn matmul<T: OutElem>(
 
 /// [`matmul`] into uninitialised memory (e.g. `Vec::spare_capacity_mut`):
 /// on `Ok`, every element of `out` has been written.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul_uninit<T: OutElem>(
     ctx: &Ctx,
     a: ASource<'_>,
@@ -348,6 +350,7 @@ fn borrow_a<'a, Kr: Kernel>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     ctx: &Ctx,
     a: &ASource<'_>,
