@@ -12,7 +12,7 @@ settings.register_profile("dev", max_examples=150, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(params=["generic", "avx2", "avx512vnni"])
+@pytest.fixture(params=["generic", "avx2", "avx512", "avx512vnni"])
 def each_isa(request):
     """Run the test once per SIMD path (skipping those this CPU lacks)."""
     import hwreg_rs
