@@ -17,7 +17,7 @@
 //! `(out, c, kh, kw)` with its axes moved.
 //!
 //! [`Window`] describes the geometry as for NCHW (`n, c, h, w`); only the
-//! memory order differs. Work is split over images on the [`crate::team`].
+//! memory order differs. Work is split over images on the [`crate::exec::team`].
 
 use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;

@@ -5,7 +5,7 @@
 //! constructor in `platform.cpp`):
 //!
 //! * [`Isa`]: the named paths (`generic`, `avx2`, `avx512`, `avx512vnni`);
-//!   each is a *feature set*, spelled once in [`isa_features!`], not a rung of
+//!   each is a *feature set*, spelled once in `isa_features!`, not a rung of
 //!   a ladder: a path is supported when the CPU has every feature of its set.
 //! * [`Dispatch`]: one entry-point table per kernel family (quantization,
 //!   GEMM, sparse products, pruning), built at compile time for every path;
@@ -16,7 +16,7 @@
 //!
 //! The per-ISA code of a family sits in its `arch/` folder (`quant/arch`,
 //! `gemm/arch`, `sparse/arch`, `prune/arch`): `#[target_feature]` wrappers,
-//! emitted by [`isa_fns!`], over generic `#[inline(always)]` bodies, plus
+//! emitted by `isa_fns!`, over generic `#[inline(always)]` bodies, plus
 //! the few intrinsic kernels. Everything outside `cpu/` and `arch/` is
 //! portable and never names an ISA. See `docs/architecture.md` for how to add
 //! a path.
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 ///
 /// * `isa_features!(avx2)` is the set as a `#[target_feature]` string;
 /// * `isa_features!(avx2 fns ITEMS)` puts `#[target_feature(enable = SET)]`
-///   on every item (see [`isa_fns!`]).
+///   on every item (see `isa_fns!`).
 macro_rules! isa_features {
     (generic $($rest:tt)*) => { $crate::cpu::isa_features! {@ "" $($rest)*} };
     (avx2 $($rest:tt)*) => { $crate::cpu::isa_features! {@ "avx2,fma" $($rest)*} };

@@ -82,7 +82,7 @@ impl Ctx {
 pub const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// Whether the caller runs on a worker of a rayon pool (normally the library
-/// pool, entered through [`run`]). A rayon parallel iterator started anywhere
+/// pool, entered through [`Ctx::run`]). A rayon parallel iterator started anywhere
 /// else wakes rayon's *global* pool, which ignores `HWREG_NUM_THREADS` and is
 /// not rebuilt after a fork; the chunk helpers below run serially then.
 pub fn in_pool() -> bool {

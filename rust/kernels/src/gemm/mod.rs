@@ -18,7 +18,7 @@
 //! takes the driver instantiated for the active path from
 //! [`crate::cpu::dispatch`] once per call. Loops, in the BLIS style:
 //!
-//! * threads ([`crate::team`]: the caller and workers that stay awake briefly
+//! * threads ([`crate::exec::team`]: the caller and workers that stay awake briefly
 //!   between calls): the `M × N` output is split over rows, one chunk per
 //!   thread, when B is small or `M >= N`, else over column blocks (each
 //!   thread streams its share of B once; GEMV with `M = 1` included); serial
@@ -222,7 +222,7 @@ pub(crate) fn parallel(ctx: &Ctx, work: usize) -> bool {
 }
 
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
-/// the caller's thread. Starting the [`crate::team`] costs a few
+/// the caller's thread. Starting the [`crate::exec::team`] costs a few
 /// microseconds when its workers are awake; measured side by side on the
 /// 2-vCPU machine, two threads already win at 1M MACs (1×1024×1024 1.4×,
 /// 256×64×128 1.5×, 32×256×256 1.4×) and break even at 64×144×32.

@@ -15,7 +15,7 @@
 //! most one step at a rounding tie and makes this pass several times
 //! cheaper: a `vdivps` per 16 values cost as much as the whole GEMM of a
 //! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
-//! `quant/arch`) give the same bytes as [`quantize_row_body`].
+//! `quant/arch`) give the same bytes as `quantize_row_body`.
 
 use crate::exec::{self, Ctx};
 use crate::{shape_err, value_err, Result};

@@ -1,5 +1,5 @@
 //! The per-ISA code of the GEMM family: one micro-kernel per path (a
-//! zero-sized struct implementing [`super::kernel::Kernel`]) and the table of
+//! zero-sized struct implementing `gemm::kernel::Kernel`) and the table of
 //! the blocked driver instantiated for it, chosen by
 //! [`crate::cpu::dispatch`].
 //!

@@ -1,5 +1,5 @@
 //! The per-ISA code of the pruning family: the sampled selection pass
-//! ([`super::chunk_band`]) compiled for each path (`generic.rs`,
+//! (`prune::chunk_band`) compiled for each path (`generic.rs`,
 //! `x86_avx2.rs`), chosen by [`crate::cpu::dispatch`]. The loop vectorises
 //! 2-4x wider with AVX2 than with the baseline SSE2.
 
