@@ -293,6 +293,60 @@ mod tests {
         }
     }
 
+    /// The rule of this module, checked: no source file outside `cpu/` and
+    /// the families' `arch/` folders names an instruction set or uses its
+    /// intrinsics (test files aside: they may name a path to time it).
+    #[test]
+    fn no_isa_code_outside_cpu_and_arch() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(
+            files.len() > 20,
+            "found only {} sources under {src:?}",
+            files.len()
+        );
+        let needles = [
+            "target_feature",
+            "std::arch",
+            "core::arch",
+            "_feature_detected",
+            "_mm_",
+            "_mm256_",
+            "_mm512_",
+            "Isa::Avx",
+        ];
+        let mut bad = Vec::new();
+        for f in &files {
+            let rel = f
+                .strip_prefix(&src)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .replace('\\', "/");
+            if rel.starts_with("cpu/") || rel.contains("/arch/") || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if let Some(n) = needles.iter().find(|n| code.contains(*n)) {
+                    bad.push(format!("{rel}:{}: {n}", i + 1));
+                }
+            }
+        }
+        assert!(bad.is_empty(), "ISA code outside cpu/ and arch/: {bad:#?}");
+    }
+
     #[test]
     fn feature_sets_nest() {
         // A CPU with a wider path has the narrower ones' features too.
