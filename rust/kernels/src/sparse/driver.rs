@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 
-use super::formats::Nm;
+use super::formats::{Bsr, Elem, Nm};
 use crate::error::Result;
 use crate::exec::{self, Ctx};
 use crate::shape_err;
@@ -101,12 +101,53 @@ pub(super) fn par_rows<T: Send>(
     }
 }
 
-/// Implicit `indptr` of an N:M matrix (every row holds the same count).
-pub(super) fn nm_indptr(w: &Nm<impl Copy>) -> Vec<u32> {
-    let per = (w.cols / w.m * w.n) as u64;
-    (0..=w.rows as u64)
-        .map(|r| (r * per).min(u32::MAX as u64) as u32)
-        .collect()
+/// The output rows of a product as the drivers partition them, whatever
+/// the storage: BSR rows come in block rows of `unit = r`, N:M rows one by one.
+pub(super) struct Rows<'a> {
+    /// Per partition unit, the running count of stored values (the threads'
+    /// split balances it).
+    pub indptr: std::borrow::Cow<'a, [u32]>,
+    /// Output rows per partition unit.
+    pub unit: usize,
+    /// Output rows (`N`) and rows of the padded block grid.
+    pub n: usize,
+    pub padded: usize,
+    /// Inputs (`K`) and inputs padded to the block grid.
+    pub cols: usize,
+    pub kp: usize,
+    /// Multiply-accumulates of the whole product.
+    pub work: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub(super) fn of_bsr<T: Elem>(w: &'a Bsr<T>, batch: usize) -> Rows<'a> {
+        Rows {
+            indptr: std::borrow::Cow::Borrowed(&w.indptr),
+            unit: w.r,
+            n: w.rows,
+            padded: w.brows() * w.r,
+            cols: w.cols,
+            kp: w.cols.div_ceil(w.c) * w.c,
+            work: w.values.len() * batch.max(1),
+        }
+    }
+
+    /// N:M rows: the implicit `indptr` (every row holds the same count).
+    pub(super) fn of_nm<T: Elem>(w: &Nm<T>, batch: usize) -> Rows<'a> {
+        let per = (w.cols / w.m * w.n) as u64;
+        let indptr = (0..=w.rows as u64)
+            .map(|r| (r * per).min(u32::MAX as u64) as u32)
+            .collect();
+        Rows {
+            indptr: std::borrow::Cow::Owned(indptr),
+            unit: 1,
+            n: w.rows,
+            padded: w.rows,
+            cols: w.cols,
+            kp: w.cols,
+            work: w.values.len() * batch.max(1),
+        }
+    }
 }
 
 pub(super) fn bp_of(batch: usize) -> usize {

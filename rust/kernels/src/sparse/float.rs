@@ -4,8 +4,8 @@
 use std::ops::Range;
 
 use super::driver::{
-    bp_of, check_common, kernels, nm_indptr, par_rows, prefetch_rows, transpose_f32,
-    GEMV_MAX_BATCH, LANE, PREFETCH,
+    bp_of, check_common, kernels, par_rows, prefetch_rows, transpose_f32, Rows, GEMV_MAX_BATCH,
+    LANE, PREFETCH,
 };
 use super::formats::{Bsr, Nm};
 use crate::error::Result;
@@ -358,6 +358,50 @@ pub(crate) unsafe fn nm_f32_gemv_body<const FMA: bool>(
     }
 }
 
+/// The float product over `rows` with the bodies `gemv` (one activation
+/// row, zero padded to the block grid) and `axpy` (the transposed batch):
+/// the gather-dot for a batch of at most [`GEMV_MAX_BATCH`], else the AXPY
+/// loop; bias and ReLU in the output step.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    ctx: &Ctx,
+    g: &Rows<'_>,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    gemv: impl Fn(Range<usize>, &[f32], &mut [f32]) + Sync,
+    axpy: impl Fn(Range<usize>, &[f32], usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let n = g.n;
+    ctx.run(g.work, || {
+        if batch <= GEMV_MAX_BATCH {
+            let mut y = vec![0f32; batch * n];
+            let mut xpad = vec![0f32; g.kp];
+            let mut yr = vec![0f32; g.padded];
+            for b in 0..batch {
+                xpad[..g.cols].copy_from_slice(&x[b * g.cols..(b + 1) * g.cols]);
+                let work = g.work / batch.max(1);
+                par_rows(ctx, &g.indptr, work, &mut yr, g.unit, |rg, out| {
+                    gemv(rg, &xpad, out)
+                });
+                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
+                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
+                    *v = if relu { t.max(0.0) } else { t };
+                }
+            }
+            return y;
+        }
+        let bp = bp_of(batch);
+        let xt = transpose_f32(x, batch, g.cols, g.kp, bp);
+        let mut yt = vec![0f32; g.padded * bp];
+        par_rows(ctx, &g.indptr, g.work, &mut yt, g.unit * bp, |rg, out| {
+            axpy(rg, &xt, bp, out)
+        });
+        output_f32(&yt, bp, batch, n, bias, relu)
+    })
+}
+
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float BSR/CSR weight `(N, K)`.
 pub fn bsr_f32_linear(
     ctx: &Ctx,
@@ -369,40 +413,12 @@ pub fn bsr_f32_linear(
 ) -> Result<Vec<f32>> {
     check_common(w.rows, w.cols, x.len(), batch, bias)?;
     let k = kernels();
-    let (r, c, n) = (w.r, w.c, w.rows);
-    let kp = w.cols.div_ceil(c) * c;
-    let nrp = w.brows() * r;
-    let work = w.values.len() * batch.max(1);
-    Ok(ctx.run(work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let mut y = vec![0f32; batch * n];
-            let mut xpad = vec![0f32; kp];
-            let mut yr = vec![0f32; nrp];
-            for b in 0..batch {
-                xpad[..w.cols].copy_from_slice(&x[b * w.cols..(b + 1) * w.cols]);
-                par_rows(
-                    ctx,
-                    &w.indptr,
-                    work / batch.max(1),
-                    &mut yr,
-                    r,
-                    |rg, out| unsafe { (k.bsr_f32_gemv)(w, rg, &xpad, out) },
-                );
-                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
-                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
-                    *v = if relu { t.max(0.0) } else { t };
-                }
-            }
-            return y;
-        }
-        let bp = bp_of(batch);
-        let xt = transpose_f32(x, batch, w.cols, kp, bp);
-        let mut yt = vec![0f32; nrp * bp];
-        par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
-            (k.bsr_f32)(w, rg, &xt, bp, out)
-        });
-        output_f32(&yt, bp, batch, n, bias, relu)
-    }))
+    // SAFETY (both bodies): `linear` hands them the row ranges and buffers
+    // sized from `Rows::of_bsr`, the bounds the bodies rely on.
+    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.bsr_f32_gemv)(w, rg, x, out) };
+    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.bsr_f32)(w, rg, xt, bp, out) };
+    let g = Rows::of_bsr(w, batch);
+    Ok(linear(ctx, &g, x, batch, bias, relu, gemv, axpy))
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
@@ -416,38 +432,11 @@ pub fn nm_f32_linear(
 ) -> Result<Vec<f32>> {
     check_common(w.rows, w.cols, x.len(), batch, bias)?;
     let k = kernels();
-    let n = w.rows;
-    let indptr = nm_indptr(w);
-    let work = w.values.len() * batch.max(1);
-    Ok(ctx.run(work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let mut y = vec![0f32; batch * n];
-            let mut yr = vec![0f32; n];
-            for b in 0..batch {
-                let xr = &x[b * w.cols..(b + 1) * w.cols];
-                par_rows(
-                    ctx,
-                    &indptr,
-                    work / batch.max(1),
-                    &mut yr,
-                    1,
-                    |rg, out| unsafe { (k.nm_f32_gemv)(w, rg, xr, out) },
-                );
-                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
-                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
-                    *v = if relu { t.max(0.0) } else { t };
-                }
-            }
-            return y;
-        }
-        let bp = bp_of(batch);
-        let xt = transpose_f32(x, batch, w.cols, w.cols, bp);
-        let mut yt = vec![0f32; n * bp];
-        par_rows(ctx, &indptr, work, &mut yt, bp, |rg, out| unsafe {
-            (k.nm_f32)(w, rg, &xt, bp, out)
-        });
-        output_f32(&yt, bp, batch, n, bias, relu)
-    }))
+    // SAFETY (both bodies): as in `bsr_f32_linear`, with `Rows::of_nm`.
+    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.nm_f32_gemv)(w, rg, x, out) };
+    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.nm_f32)(w, rg, xt, bp, out) };
+    let g = Rows::of_nm(w, batch);
+    Ok(linear(ctx, &g, x, batch, bias, relu, gemv, axpy))
 }
 
 #[cfg(test)]

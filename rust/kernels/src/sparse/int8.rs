@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::driver::{
-    bp_of, check_common, kernels, nm_indptr, par_rows, transpose_with, GEMV_MAX_BATCH, LANE,
+    bp_of, check_common, kernels, par_rows, transpose_with, Rows, GEMV_MAX_BATCH, LANE,
 };
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
@@ -357,34 +357,51 @@ fn nm_i8_gemv(w: &Nm<i8>, rows: Range<usize>, x: &[i32], out: &mut [i32]) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// The batch <= 2 int8 path: per activation row a gather-dot into the `Yt`
-/// layout `(rows, LANE)` that `output_i32` reads.
+/// The batch <= 2 int8 path: per activation row (`xq - zp` as i32, zero
+/// padded to the block grid) a gather-dot into the `Yt` layout
+/// `(rows, LANE)` that `output_i32` reads.
 fn i8_gemv_rows(
     ctx: &Ctx,
-    indptr: &[u32],
-    work: usize,
-    nrp: usize,
-    kp: usize,
-    cols: usize,
+    g: &Rows<'_>,
     batch: usize,
-    unit: usize,
     xq: &QuantX<'_>,
     f: impl Fn(Range<usize>, &[i32], &mut [i32]) + Sync,
 ) -> Vec<i32> {
-    let mut yt = vec![0i32; nrp * LANE];
-    let mut xs = vec![0i32; kp];
-    let mut yr = vec![0i32; nrp];
+    let cols = g.cols;
+    let mut yt = vec![0i32; g.padded * LANE];
+    let mut xs = vec![0i32; g.kp];
+    let mut yr = vec![0i32; g.padded];
+    let work = g.work / batch.max(1);
     for b in 0..batch {
         let zp = xq.zero_point[b] as i32;
         for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
             *d = v as i32 - zp;
         }
-        par_rows(ctx, indptr, work, &mut yr, unit, |rg, out| f(rg, &xs, out));
+        par_rows(ctx, &g.indptr, work, &mut yr, g.unit, |rg, out| {
+            f(rg, &xs, out)
+        });
         for (o, &v) in yr.iter().enumerate() {
             yt[o * LANE + b] = v;
         }
     }
+    yt
+}
+
+/// The AXPY int8 path over `Xt` `(Kp, Bp)` holding `xq - zp` as i16, with
+/// the body `f(rows, xt, bp, out)`; returns `Yt` `(rows, Bp)`.
+fn i16_axpy_rows(
+    ctx: &Ctx,
+    g: &Rows<'_>,
+    batch: usize,
+    bp: usize,
+    xq: &QuantX<'_>,
+    f: impl Fn(Range<usize>, &[i16], usize, &mut [i32]) + Sync,
+) -> Vec<i32> {
+    let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, g.cols, g.kp, bp);
+    let mut yt = vec![0i32; g.padded * bp];
+    par_rows(ctx, &g.indptr, g.work, &mut yt, g.unit * bp, |rg, out| {
+        f(rg, &xt, bp, out)
+    });
     yt
 }
 
@@ -422,29 +439,16 @@ pub fn bsr_i8_linear(
     check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
     check_quant_x(xq, batch, w.cols)?;
     let k = kernels();
-    let (r, c, n) = (w.r, w.c, w.rows);
-    let kp = w.cols.div_ceil(c) * c;
-    let nrp = w.brows() * r;
-    let work = w.values.len() * batch.max(1);
-    let cols = w.cols;
-    ctx.run(work, || {
+    let g = Rows::of_bsr(w, batch);
+    let (c, n, kp, cols) = (w.c, g.n, g.kp, g.cols);
+    // SAFETY (every body below): the drivers hand them row ranges and
+    // buffers sized from `g`, the bounds the bodies rely on.
+    ctx.run(g.work, || {
         if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(
-                ctx,
-                &w.indptr,
-                work / batch.max(1),
-                nrp,
-                kp,
-                cols,
-                batch,
-                r,
-                xq,
-                |rg, x, out| bsr_i8_gemv(w, rg, x, out),
-            );
+            let yt = i8_gemv_rows(ctx, &g, batch, xq, |rg, x, out| bsr_i8_gemv(w, rg, x, out));
             return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
         }
         let bp = bp_of(batch);
-        let mut yt = vec![0i32; nrp * bp];
         if c % 4 == 0 {
             // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
             let groups = kp / 4;
@@ -471,14 +475,19 @@ pub fn bsr_i8_linear(
                     }
                 }
             });
-            par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
-                (k.bsr_i8_dot4)(w, rg, &xp, bp, out)
-            });
+            let mut yt = vec![0i32; g.padded * bp];
+            par_rows(
+                ctx,
+                &g.indptr,
+                g.work,
+                &mut yt,
+                g.unit * bp,
+                |rg, out| unsafe { (k.bsr_i8_dot4)(w, rg, &xp, bp, out) },
+            );
             output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
         } else {
-            let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, cols, kp, bp);
-            par_rows(ctx, &w.indptr, work, &mut yt, r * bp, |rg, out| unsafe {
-                (k.bsr_i8)(w, rg, &xt, bp, out)
+            let yt = i16_axpy_rows(ctx, &g, batch, bp, xq, |rg, xt, bp, out| unsafe {
+                (k.bsr_i8)(w, rg, xt, bp, out)
             });
             output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
         }
@@ -498,30 +507,17 @@ pub fn nm_i8_linear(
     check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
     check_quant_x(xq, batch, w.cols)?;
     let k = kernels();
-    let n = w.rows;
-    let indptr = nm_indptr(w);
-    let work = w.values.len() * batch.max(1);
-    ctx.run(work, || {
+    let g = Rows::of_nm(w, batch);
+    let n = g.n;
+    // SAFETY (the body): as in `bsr_i8_linear`.
+    ctx.run(g.work, || {
         if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(
-                ctx,
-                &indptr,
-                work / batch.max(1),
-                n,
-                w.cols,
-                w.cols,
-                batch,
-                1,
-                xq,
-                |rg, x, out| nm_i8_gemv(w, rg, x, out),
-            );
+            let yt = i8_gemv_rows(ctx, &g, batch, xq, |rg, x, out| nm_i8_gemv(w, rg, x, out));
             return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
         }
         let bp = bp_of(batch);
-        let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, w.cols, w.cols, bp);
-        let mut yt = vec![0i32; n * bp];
-        par_rows(ctx, &indptr, work, &mut yt, bp, |rg, out| unsafe {
-            (k.nm_i8)(w, rg, &xt, bp, out)
+        let yt = i16_axpy_rows(ctx, &g, batch, bp, xq, |rg, xt, bp, out| unsafe {
+            (k.nm_i8)(w, rg, xt, bp, out)
         });
         output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
     })
