@@ -1,13 +1,19 @@
 """Int8 runtime models: convert a trained model, run it, save it to one file.
 
-:func:`convert` turns a trained :class:`hwreg_rs.nn.Sequential` into a
-:class:`RuntimeModel`: BatchNorm folded into the preceding Linear or Conv2d,
+:func:`convert` turns a trained model — a :class:`hwreg_rs.nn.Sequential`, or
+any :class:`hwreg_rs.nn.Graph` such as an imported ONNX model — into a
+:class:`RuntimeModel`: a graph of runtime ops, BatchNorm folded into the preceding Linear or Conv2d,
 weights quantized per output channel (on the QAT grid when the layer was
 trained with fake quantization) and packed once, ReLU fused into the output
 step, convolutions run as im2col plus the int8 GEMM, pruned layers stored in
 the sparse format the chooser finds fastest on this machine. Activations are
 quantized on the fly, one scale per row (dynamic quantization), so no
 calibration data is needed and accuracy follows the float model closely.
+Grouped and depthwise convolutions run in exact integer arithmetic too; every
+other op of a graph (residual Add, Concat, attention's MatMul and Softmax,
+LayerNorm, GELU, ...) runs in float32 as the registered op of :mod:`hwreg_rs.nn`.
+Consecutive single-input ops form chains that run as one planned step
+(channels-last between convolutions, runs of int8 Linear layers as one native call).
 
 A runtime model predicts float outputs from float inputs, saves to one
 ``.hwreg`` file (see :mod:`hwreg_rs.io`; weights, scales and the layer list,
@@ -17,8 +23,9 @@ processes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -28,13 +35,15 @@ from .gemm import Int8Linear
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
-from .nn.module import Module, Sequential
+from .nn import registry
+from .nn.graph import Graph
+from .nn.module import Module
 from .profiles import LayerWork
 
-__all__ = ["RuntimeModel", "convert", "load", "FORMAT"]
+__all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
 
 FORMAT = "hwreg-runtime"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a graph of nodes; version-1 files (a chain of ops) still load
 
 
 # ---------------------------------------------------------------------------
@@ -46,7 +55,7 @@ FORMAT_VERSION = 1
 class _Op:
     kind = ""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+    def forward(self, *xs: np.ndarray) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
     def spec(self) -> dict[str, Any]:
@@ -363,8 +372,126 @@ class _Affine(_Op):
         return cls(a["scale"], a["shift"])
 
 
+class _Float(_Op):
+    """Any registered :mod:`hwreg_rs.nn` op run in float32 as it is (eval mode): the ops of a graph
+    that have no integer kernel (yet), such as residual Add, Concat, Softmax, LayerNorm, GELU."""
+
+    kind = "float"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module.eval()
+
+    def forward(self, *xs: np.ndarray) -> Any:
+        y = self.module.forward(*xs)
+        if isinstance(y, tuple):
+            return tuple(np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v for v in y)
+        return y if y.dtype == np.float32 or y.dtype.kind != "f" else y.astype(np.float32)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "type": self.module.op_type, "config": self.module.config()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.module.state_dict())
+
+    @classmethod
+    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Float":
+        module = registry.build(spec["type"], dict(spec.get("config") or {}))
+        module.load_state_dict(a)
+        return cls(module)
+
+    def out_shape(self, *shapes: tuple[int, ...]) -> Any:
+        return self.module.out_shape(*shapes)
+
+    def work(self, name: str, *shapes: tuple[int, ...]) -> LayerWork:
+        out = self.out_shape(*shapes)
+        outs = out if (isinstance(out, tuple) and out and isinstance(out[0], tuple)) else (out,)
+        n_in = sum(int(np.prod(s)) for s in shapes) * 4
+        n_out = sum(int(np.prod(s)) for s in outs) * 4
+        return LayerWork(name, "elementwise", 0, 0, n_in, n_out)
+
+
+class _GroupConv(_OnInt8Linear):
+    """A grouped, depthwise, dilated or asymmetrically padded Conv2d in exact integer arithmetic.
+
+    Each image is quantized to uint8 as :class:`_Conv` does; the products are
+    summed in int32 over the ``(channel in group, ky, kx)`` window with the
+    zero point folded out (``sum((q - zp) * w)``), then the float output step
+    (``acc * x_scale * w_scale + bias``, ReLU) runs as in the GEMM.
+    """
+
+    kind = "group_conv2d"
+
+    def __init__(self, layer: Int8Linear, in_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int) -> None:
+        self.layer, self.in_channels, self.groups = layer, int(in_channels), int(groups)
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)  # padding: (top, left, bottom, right)
+        oc, (kh, kw) = layer.out_features, self.kernel_size
+        cg = self.in_channels // self.groups
+        self._w = layer.weight_q.reshape(self.groups, oc // self.groups, cg, kh, kw).astype(np.int32)
+
+    def _windows(self, q: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        t, l, b, r = self.padding
+        q = np.pad(q, ((0, 0), (0, 0), (t, b), (l, r)))
+        n, c, hp, wp = q.shape
+        oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        s = q.strides
+        return np.lib.stride_tricks.as_strided(
+            q, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
+        n = x.shape[0]
+        scale, zp = _image_qparams(x)
+        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        centred = xq.astype(np.int32) - zp.reshape(-1, 1, 1, 1)  # zero padding is then the real zero
+        win = self._windows(centred)
+        _, c, oh, ow, kh, kw = win.shape
+        g = self.groups
+        win = win.reshape(n, g, c // g, oh, ow, kh, kw)
+        acc = np.einsum("ngcyxij,gocij->ngoyx", win, self._w, optimize=True).reshape(n, -1, oh, ow)
+        col = (scale.astype(np.float64)[:, None] * self.layer.weight_scale.astype(np.float64)[None, :])
+        y = acc * col.astype(np.float32)[:, :, None, None]
+        if self.layer.bias is not None:
+            y += self.layer.bias[None, :, None, None]
+        if self.layer.relu:
+            np.maximum(y, 0, out=y)
+        return y.astype(np.float32, copy=False)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
+                "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation),
+                "groups": self.groups}
+
+    @classmethod
+    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_GroupConv":
+        layer = Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"])
+        return cls(layer, spec["in_channels"], spec["kernel_size"], spec["stride"], spec["padding"],
+                   spec["dilation"], spec["groups"])
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        t, l, b, r = self.padding
+        oh = (shape[2] + t + b - dh * (kh - 1) - 1) // sh + 1
+        ow = (shape[3] + l + r - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"kernel {self.kernel_size} (dilation {self.dilation}) is larger than the padded "
+                             f"input {shape[2:]}")
+        return (shape[0], self.layer.out_features, oh, ow)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        out = self.out_shape(shape)
+        rows = out[0] * out[2] * out[3]
+        k, n = self.layer.in_features, self.layer.out_features
+        return LayerWork(name, "conv2d", rows * k * n, k * n + 8 * n, int(np.prod(shape)) * 4, rows * n * 4, "int8")
+
+
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
-                        "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine}
+                        "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
+                        "float": _Float, "group_conv2d": _GroupConv}
 
 
 # ---------------------------------------------------------------------------
@@ -457,19 +584,93 @@ def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
     return y.reshape(lead + (y.shape[-1],))
 
 
+@dataclass(frozen=True)
+class RuntimeNode:
+    """One op of a runtime graph: ``outputs = op(*inputs)``; ``name`` is the layer's name in the model."""
+
+    name: str
+    op: _Op
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def _chain_nodes(ops: Sequence[_Op]) -> list[RuntimeNode]:
+    nodes, value = [], "input"
+    for i, op in enumerate(ops):
+        nodes.append(RuntimeNode(str(i), op, (value,), (f"{i}:0",)))
+        value = f"{i}:0"
+    return nodes
+
+
+def _steps(nodes: list[RuntimeNode], inputs: list[str], outputs: list[str], constants: dict[str, np.ndarray],
+           shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
+    """What ``predict`` runs: ``(reads, callable, writes)`` triples in order.
+
+    A run of single-input, single-output nodes, each reading only the one
+    before it, becomes one planned step (:func:`_plan`: channels-last between
+    convolutions, int8 Linear runs as one native call), so a chain model runs
+    as it always has and the chains inside a graph run the same way.
+    """
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for v in n.inputs:
+            readers[v] = readers.get(v, 0) + 1
+    for v in outputs:
+        readers[v] = readers.get(v, 0) + 1
+    steps: list[tuple[tuple[str, ...], Any, tuple[str, ...]]] = []
+    run: list[RuntimeNode] = []
+
+    def close() -> None:
+        if not run:
+            return
+        if len(run) == 1:
+            n = run[0]
+            steps.append((n.inputs, n.op.forward, n.outputs))
+        else:
+            planned = _plan([n.op for n in run], shapes[run[0].inputs[0]][1:])
+
+            def call(x: np.ndarray, planned: list[Any] = planned) -> np.ndarray:
+                for step in planned:
+                    x = step(x)
+                return x
+
+            steps.append((run[0].inputs, call, run[-1].outputs))
+        run.clear()
+
+    for n in nodes:
+        simple = len(n.inputs) == 1 and len(n.outputs) == 1 and n.inputs[0] not in constants
+        if simple and run and n.inputs[0] == run[-1].outputs[0] and readers.get(n.inputs[0], 0) == 1:
+            run.append(n)
+            continue
+        close()
+        if simple:
+            run.append(n)
+        else:
+            steps.append((n.inputs, n.op.forward, n.outputs))
+    close()
+    return steps
+
+
 class RuntimeModel:
-    """An inference model on the int8 and sparse kernels.
+    """An inference model on the int8 and sparse kernels: a graph of runtime ops.
 
     Build one with :func:`convert`; read one with :func:`load`.
 
     Parameters
     ----------
-    ops : list
-        The operations in order (internal objects made by :func:`convert`).
+    nodes : list
+        The operations: a list of ops (a chain, each reading the one before)
+        or of :class:`RuntimeNode` (internal objects made by :func:`convert`).
     input_shape : tuple of int
-        Shape of one sample (without the batch dimension).
+        Shape of one sample of the first input (without the batch dimension).
     meta : dict, optional
         Free-form description saved with the model (e.g. class names).
+    inputs, outputs : list of str, optional
+        Value names of the graph's inputs and outputs (a chain: ``["input"]`` and its last value).
+    constants : dict of str to ndarray, optional
+        Constant values the nodes read.
+    input_shapes : list of tuple of int, optional
+        Sample shape of every input (several-input graphs).
 
     Examples
     --------
@@ -481,63 +682,128 @@ class RuntimeModel:
     True
     """
 
-    def __init__(self, ops: list[_Op], input_shape: tuple[int, ...], meta: dict[str, Any] | None = None,
-                 *, threads: int | None = None) -> None:
-        self.ops = list(ops)
+    def __init__(self, nodes: Sequence[Any], input_shape: Iterable[int], meta: dict[str, Any] | None = None,
+                 *, threads: int | None = None, inputs: Sequence[str] | None = None,
+                 outputs: Sequence[str] | None = None, constants: dict[str, np.ndarray] | None = None,
+                 input_shapes: Sequence[Iterable[int]] | None = None) -> None:
+        nodes = list(nodes)
+        if nodes and not isinstance(nodes[0], RuntimeNode):
+            nodes = _chain_nodes(nodes)
+        self.nodes: list[RuntimeNode] = nodes
         self.input_shape = tuple(int(d) for d in input_shape)
+        self.inputs = list(inputs) if inputs is not None else ["input"]
+        self.outputs = list(outputs) if outputs is not None else [nodes[-1].outputs[0] if nodes else "input"]
+        self.constants = {k: np.asarray(v) for k, v in (constants or {}).items()}
+        shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes is not None else [self.input_shape]
+        if len(shapes) != len(self.inputs):
+            raise ValueError(f"input_shapes has {len(shapes)} entries for {len(self.inputs)} inputs")
+        self.input_shapes = shapes
         self.meta = dict(meta or {})
         self.threads = threads
-        self._steps = _plan(self.ops, self.input_shape)
+        self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
+        # After step i, the values no later step reads: predict drops them.
+        last: dict[str, int] = {}
+        for i, (reads, _, _) in enumerate(self._steps):
+            for v in reads:
+                last[v] = i
+        self._free = [[v for v, j in last.items() if j == i and v not in self.outputs and v not in self.constants]
+                      for i in range(len(self._steps))]
+
+    @property
+    def ops(self) -> list[_Op]:
+        """The operations in execution order."""
+        return [n.op for n in self.nodes]
+
+    def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """The shape of every value for a batch (``ValueError`` names the node that does not fit)."""
+        shapes: dict[str, tuple[int, ...]] = {v: (batch,) + s for v, s in zip(self.inputs, self.input_shapes)}
+        shapes.update({k: v.shape for k, v in self.constants.items()})
+        for n in self.nodes:
+            try:
+                out = n.op.out_shape(*(shapes[v] for v in n.inputs))
+            except (ValueError, TypeError, IndexError) as e:
+                raise ValueError(f"node {n.name!r} ({n.op.kind}): {e}") from e
+            outs = (out,) if len(n.outputs) == 1 else tuple(out)
+            shapes.update((v, tuple(s)) for v, s in zip(n.outputs, outs))
+        return shapes
 
     # -- running -----------------------------------------------------------
-    def predict(self, x: Any) -> np.ndarray:
-        """Outputs for a batch ``x`` of shape ``(N, *input_shape)`` (float32 in, float32 out)."""
-        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
-            x = np.asarray(x)
-            if x.dtype.kind not in "biuf":
-                raise TypeError(f"x must be a numeric array; got dtype {x.dtype}")
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}); got {x.shape}")
-        y = x
+    def _run(self, xs: Sequence[np.ndarray]) -> Any:
+        env: dict[str, Any] = dict(self.constants)
+        env.update(zip(self.inputs, xs))
+        for (reads, call, writes), free in zip(self._steps, self._free):
+            y = call(*(env[v] for v in reads))
+            if len(writes) == 1:
+                env[writes[0]] = y
+            else:
+                env.update(zip(writes, y))
+            for v in free:
+                env.pop(v, None)
+        res = tuple(env[v] for v in self.outputs)
+        return res[0] if len(res) == 1 else res
+
+    def predict(self, x: Any, *more: Any) -> Any:
+        """Outputs for a batch ``x`` of shape ``(N, *input_shape)`` (float32 in, float32 out).
+
+        A graph with several inputs takes one array per input, a graph with
+        several outputs returns a tuple.
+        """
+        xs = []
+        for k, (v, shape) in enumerate(zip([x, *more], self.input_shapes)):
+            if not (type(v) is np.ndarray and v.dtype == np.float32 and v.flags.c_contiguous):
+                v = np.asarray(v)
+                if v.dtype.kind not in "biuf":
+                    raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
+                if v.dtype.kind == "f" or self.input_shapes is None:
+                    v = np.ascontiguousarray(v, dtype=np.float32)
+            if v.shape[1:] != shape or v.ndim == 0:
+                raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
+            xs.append(v)
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
         if self.threads is None:
-            for step in self._steps:
-                y = step(y)
-            return y
+            return self._run(xs)
         previous = num_threads()
         set_num_threads(self.threads)
         try:
-            for step in self._steps:
-                y = step(y)
+            return self._run(xs)
         finally:
             set_num_threads(previous)
-        return y
 
     __call__ = predict
+
+    def trace(self, x: Any) -> list[tuple[RuntimeNode, tuple[Any, ...]]]:
+        """Every node with the inputs it reads for ``x``, running the nodes one by one (for timing)."""
+        env: dict[str, Any] = dict(self.constants)
+        env[self.inputs[0]] = np.ascontiguousarray(x, dtype=np.float32)
+        out = []
+        for n in self.nodes:
+            args = tuple(env[v] for v in n.inputs)
+            out.append((n, args))
+            y = n.op.forward(*args)
+            env.update(zip(n.outputs, y if len(n.outputs) > 1 else (y,)))
+        return out
 
     # -- describing ----------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        """Bytes of weights, scales, biases and indices the model keeps."""
-        return sum(op.nbytes for op in self.ops)
+        """Bytes of weights, scales, biases, indices and constants the model keeps."""
+        return sum(op.nbytes for op in self.ops) + sum(int(v.nbytes) for v in self.constants.values())
 
     def layer_work(self, batch: int = 1) -> list[LayerWork]:
         """What each operation computes and moves for a batch (input to the cost model)."""
-        shape: tuple[int, ...] = (batch,) + self.input_shape
-        out = []
-        for i, op in enumerate(self.ops):
-            out.append(op.work(f"{i}.{op.kind}", shape))
-            shape = op.out_shape(shape)
-        return out
+        shapes = self.shapes(batch)
+        return [n.op.work(f"{n.name}.{n.op.kind}" if n.name != str(i) else f"{i}.{n.op.kind}",
+                          *(shapes[v] for v in n.inputs)) for i, n in enumerate(self.nodes)]
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per operation: kind, output shape for one sample, bytes."""
-        shape: tuple[int, ...] = (1,) + self.input_shape
+        """One row per operation: name, kind, output shape for one sample, bytes."""
+        shapes = self.shapes(1)
         rows = []
-        for i, op in enumerate(self.ops):
-            shape = op.out_shape(shape)
-            rows.append({"index": i, "op": op.kind, "out_shape": shape[1:], "nbytes": op.nbytes,
-                         **{k: v for k, v in op.spec().items() if k in ("relu", "path", "block")}})
+        for i, n in enumerate(self.nodes):
+            rows.append({"index": i, "name": n.name, "op": n.op.kind, "out_shape": shapes[n.outputs[0]][1:],
+                         "nbytes": n.op.nbytes,
+                         **{k: v for k, v in n.op.spec().items() if k in ("relu", "path", "block", "type")}})
         return rows
 
     def __repr__(self) -> str:
@@ -548,21 +814,50 @@ class RuntimeModel:
     def _to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {}
         specs = []
-        for i, op in enumerate(self.ops):
-            specs.append(op.spec())
-            for k, v in op.arrays().items():
-                arrays[f"{i}.{k}"] = np.asarray(v)
+        for n in self.nodes:
+            own = {}
+            for k, v in n.op.arrays().items():
+                own[k] = f"{n.name}.{k}"
+                arrays[own[k]] = np.asarray(v)
+            specs.append({"name": n.name, "inputs": list(n.inputs), "outputs": list(n.outputs), "spec": n.op.spec(),
+                          "arrays": own})
+        for k, v in self.constants.items():
+            arrays[f"const:{k}"] = v
+        graph = {"inputs": list(self.inputs), "input_shapes": [list(s) for s in self.input_shapes],
+                 "outputs": list(self.outputs), "constants": list(self.constants), "nodes": specs}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "input_shape": list(self.input_shape),
-                "ops": specs, "meta": self.meta}
+                "graph": graph, "meta": self.meta}
         return arrays, meta
 
     @classmethod
     def _from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
         if meta.get("format") != FORMAT:
             raise io.FormatError(f"not a runtime model (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise io.FormatError(f"runtime model version {meta['format_version']} is newer than this reader "
-                                 f"({FORMAT_VERSION})")
+        version = int(meta.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise io.FormatError(f"runtime model version {version} is newer than this reader ({FORMAT_VERSION})")
+        if version < 2:
+            return cls._from_v1(arrays, meta)
+        g = meta["graph"]
+        nodes = []
+        for i, entry in enumerate(g["nodes"]):
+            spec = entry["spec"]
+            kind = spec.get("op")
+            if kind not in _OPS:
+                raise io.FormatError(f"unknown operation {kind!r} at node {i} ({entry.get('name')!r})")
+            try:
+                mine = {k: arrays[name] for k, name in entry["arrays"].items()}
+                op = _OPS[kind].from_file(spec, mine)
+            except (KeyError, ValueError, TypeError) as e:
+                raise io.FormatError(f"node {i} ({entry.get('name')!r}, {kind}) is malformed: {e}") from e
+            nodes.append(RuntimeNode(str(entry["name"]), op, tuple(entry["inputs"]), tuple(entry["outputs"])))
+        constants = {k: arrays[f"const:{k}"] for k in g["constants"]}
+        return cls(nodes, tuple(meta["input_shape"]), meta.get("meta"), inputs=g["inputs"], outputs=g["outputs"],
+                   constants=constants, input_shapes=[tuple(s) for s in g["input_shapes"]])
+
+    @classmethod
+    def _from_v1(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
+        """Version 1: a chain of ops, arrays named ``<position>.<param>``."""
         ops = []
         for i, spec in enumerate(meta["ops"]):
             kind = spec.get("op")
@@ -587,7 +882,7 @@ class RuntimeModel:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         other = RuntimeModel._from_arrays(state["arrays"], state["meta"])
-        self.__dict__.update(other.__dict__)  # includes the fused steps
+        self.__dict__.update(other.__dict__)  # includes the planned steps
         self.threads = state.get("threads")
 
 
@@ -633,15 +928,6 @@ def _fold_bn(p: _Pending, bn: Any) -> None:
     p.bias = (p.bias - bn.running_mean.astype(np.float64)) * scale + beta
 
 
-def _layers(model: Module) -> list[Module]:
-    if isinstance(model, Sequential):
-        out: list[Module] = []
-        for m in model:
-            out.extend(_layers(m))
-        return out
-    return [model]
-
-
 def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
     m = p.module
     folded = not np.array_equal(p.weight, m.effective_weight().astype(np.float64))
@@ -662,8 +948,18 @@ def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
         q, scale = _quantize_weight(w32, m)
     layer = Int8Linear(q.reshape(q.shape[0], -1), scale, p.bias.astype(np.float32), relu=p.relu)
     if isinstance(m, Conv2d):
-        return _Conv(layer, m.in_channels, m.kernel_size, m.stride, m.padding)
+        pad = _padding4(m)
+        groups, dilation = int(getattr(m, "groups", 1)), tuple(getattr(m, "dilation", (1, 1)))
+        if groups == 1 and dilation == (1, 1) and pad[:2] == pad[2:]:
+            return _Conv(layer, m.in_channels, m.kernel_size, m.stride, pad[:2])
+        return _GroupConv(layer, m.in_channels, m.kernel_size, m.stride, pad, dilation, groups)
     return _Dense(layer)
+
+
+def _padding4(m: Conv2d) -> tuple[int, int, int, int]:
+    """A Conv2d's padding as (top, left, bottom, right)."""
+    p = tuple(int(v) for v in m.padding)
+    return (p[0], p[1], p[0], p[1]) if len(p) == 2 else (p[0], p[1], p[2], p[3])
 
 
 def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
@@ -699,9 +995,11 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     Parameters
     ----------
     model : hwreg_rs.nn.Module
-        A :class:`~hwreg_rs.nn.Sequential` (nested ones are flattened) of
-        Linear, Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, Flatten
-        and Dropout layers. Its weights are read, not changed.
+        A :class:`~hwreg_rs.nn.Sequential` (nested ones are flattened), a
+        :class:`~hwreg_rs.nn.Graph` (e.g. from :func:`hwreg_rs.onnx.load`) or
+        one layer. Linear and Conv2d layers (grouped and depthwise too) run in
+        int8 with a following BatchNorm folded in and a ReLU fused; every other
+        registered op runs in float32. Its weights are read, not changed.
     input_shape : iterable of int
         Shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
     sparse : {"auto", "never", "always"}, default "auto"
@@ -732,51 +1030,90 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a hwreg_rs.nn.Module; got {type(model).__name__}")
     shape = tuple(int(d) for d in input_shape)
-    ops: list[_Op] = []
-    pending: _Pending | None = None
+    graph = Graph.from_module(model)
+    shapes = [shape] + list((graph.input_shapes or [shape])[1:])
+    nodes, constants = _lower(graph, sparse_mode=sparse, batch=int(batch_size))
+    rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
+                      constants=constants, input_shapes=shapes)
+    # Check the graph against the input shape now, not at the first predict.
+    rt.predict(*(np.zeros((1,) + s, np.float32) for s in shapes))
+    return rt
 
-    def flush() -> None:
-        nonlocal pending
-        if pending is not None:
-            ops.append(_finish(pending, sparse_mode=sparse, batch=int(batch_size)))
-            pending = None
 
-    for m in _layers(model):
+def _lower(graph: Graph, *, sparse_mode: str, batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+    """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
+    Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
+    values in between, then each op lowered to its runtime op."""
+    readers = graph.consumers()
+    for v in graph.outputs:
+        readers.setdefault(v, []).append(-1)
+    alias: dict[str, str] = {}
+
+    def name(v: str) -> str:
+        while v in alias:
+            v = alias[v]
+        return v
+
+    def sole_reader(v: str) -> int | None:
+        r = readers.get(v, [])
+        return r[0] if len(r) == 1 and r[0] >= 0 else None
+
+    absorbed: set[int] = set()
+    out: list[RuntimeNode] = []
+    outputs = set(graph.outputs)
+    for i, node in enumerate(graph.nodes):
+        if i in absorbed:
+            continue
+        m = node.op
+        ins = tuple(name(v) for v in node.inputs)
+        if isinstance(m, (Dropout,)) or m.op_type == "Identity":
+            if node.outputs[0] in outputs:  # keep a named graph output
+                out.append(RuntimeNode(node.name, _Float(copy.deepcopy(m)), ins, node.outputs))
+            else:
+                alias[node.outputs[0]] = ins[0]
+            continue
         if isinstance(m, (Linear, Conv2d)):
-            flush()
             w = m.effective_weight().astype(np.float64)
             b = m.bias.data.astype(np.float64) if m.bias is not None else np.zeros(w.shape[0])
             pending = _Pending(m, w, b)
-        elif isinstance(m, (BatchNorm1d, BatchNorm2d)):
-            if pending is not None and not pending.relu:
-                _fold_bn(pending, m)
-            else:
-                flush()
-                inv = 1.0 / np.sqrt(m.running_var.astype(np.float64) + m.eps)
-                g = m.weight.data if m.weight is not None else np.ones_like(inv)
-                b = m.bias.data if m.bias is not None else np.zeros_like(inv)
-                ops.append(_Affine(g * inv, b - m.running_mean * g * inv))
-        elif isinstance(m, ReLU):
-            if pending is not None and not pending.relu:
+            last = node.outputs[0]
+            j = sole_reader(last)
+            if j is not None and isinstance(graph.nodes[j].op, (BatchNorm1d, BatchNorm2d)) and \
+                    (isinstance(m, Conv2d) or graph.nodes[j].op.__class__ is BatchNorm1d):
+                _fold_bn(pending, graph.nodes[j].op)
+                absorbed.add(j)
+                last = graph.nodes[j].outputs[0]
+                j = sole_reader(last)
+            if j is not None and isinstance(graph.nodes[j].op, ReLU):
                 pending.relu = True
-            else:
-                flush()
-                ops.append(_ReLU())
-        elif isinstance(m, Dropout):
-            continue  # identity at inference
-        elif isinstance(m, (MaxPool2d, AvgPool2d)):
-            flush()
-            ops.append(_Pool("maxpool2d" if isinstance(m, MaxPool2d) else "avgpool2d", m.kernel_size, m.stride,
-                             m.padding))
-        elif isinstance(m, Flatten):
-            flush()
-            ops.append(_Flatten(m.start_dim))
-        else:
-            raise TypeError(f"cannot convert layer {type(m).__name__}; supported: Linear, Conv2d, BatchNorm1d/2d, "
-                            "ReLU, MaxPool2d, AvgPool2d, Flatten, Dropout")
-    flush()
-    rt = RuntimeModel(ops, shape, meta, threads=threads)
-    # Check the layer list against the input shape now, not at the first predict.
-    rt.predict(np.zeros((1,) + shape, np.float32))
-    return rt
+                absorbed.add(j)
+                last = graph.nodes[j].outputs[0]
+            out.append(RuntimeNode(node.name, _finish(pending, sparse_mode=sparse_mode, batch=batch), ins, (last,)))
+            continue
+        out.append(RuntimeNode(node.name, _lower_op(m), ins, node.outputs))
+    consts = {k: np.ascontiguousarray(v) for k, v in graph.constants().items()}
+    if any(name(v) != v for v in graph.outputs):  # pragma: no cover - outputs keep their nodes above
+        raise ValueError("a graph output is an alias")
+    return out, consts
+
+
+def _lower_op(m: Module) -> _Op:
+    """The runtime op of a module that is not a Linear or Conv2d."""
+    if isinstance(m, (BatchNorm1d, BatchNorm2d)):
+        inv = 1.0 / np.sqrt(m.running_var.astype(np.float64) + m.eps)
+        g = m.weight.data if m.weight is not None else np.ones_like(inv)
+        b = m.bias.data if m.bias is not None else np.zeros_like(inv)
+        return _Affine(g * inv, b - m.running_mean * g * inv)
+    if isinstance(m, ReLU):
+        return _ReLU()
+    if isinstance(m, (MaxPool2d, AvgPool2d)):
+        pad = tuple(m.padding)
+        return _Pool("maxpool2d" if isinstance(m, MaxPool2d) else "avgpool2d", m.kernel_size, m.stride, pad)
+    if isinstance(m, Flatten):
+        return _Flatten(m.start_dim)
+    if not m.op_type or registry.REGISTRY.get(m.op_type) is not type(m):
+        raise TypeError(f"cannot convert layer {type(m).__name__}: it is not a registered op of hwreg_rs.nn")
+    return _Float(copy.deepcopy(m))
