@@ -214,6 +214,16 @@ class _Import:
             return a.shape, b.shape
         return self.shapes[v]
 
+    def batch_axes(self, v: str) -> set[int]:
+        """The axes of ``v`` whose size follows the batch (they differ between the two foldings)."""
+        a, b = self.shape(v)
+        return {i for i, (x, y) in enumerate(zip(a, b)) if x != y}
+
+    def check_axes(self, v: str, axes: Sequence[int], what: str) -> None:
+        rank = len(self.shape(v)[0])
+        if any((int(a) % rank) in self.batch_axes(v) for a in axes):
+            raise _Unsupported(f"{what} along the batch dimension is not supported")
+
     def module_name(self, node: Any, weight: str | None) -> str:
         # Name a module after its weight initializer ("layer1.0.conv1.weight" -> "layer1.0.conv1"),
         # so state_dict() keys read like the model's own; else after the ONNX node.
@@ -683,8 +693,7 @@ def _layernorm(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) ->
     shape = st.shape(ins[0])[0]
     axis = int(attrs.get("axis", -1))
     axis = axis + len(shape) if axis < 0 else axis
-    if axis < 1:
-        raise _Unsupported(f"normalising over the batch dimension (axis {axis}) is not supported")
+    st.check_axes(ins[0], range(axis, len(shape)), "normalising")
     norm = tuple(shape[axis:])
     scale = st.const(ins[1], "LayerNormalization's scale").astype(np.float32)
     bias = st.const(ins[2], "LayerNormalization's bias").astype(np.float32) if len(ins) > 2 and ins[2] else None
@@ -746,8 +755,7 @@ def _reduce_mean(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) 
         if attrs.get("noop_with_empty_axes", 0):
             raise _Unsupported("noop_with_empty_axes=1 is not supported")
         axes = list(range(rank))
-    if any((a % rank) == 0 for a in axes):
-        raise _Unsupported("a mean over the batch dimension is not supported")
+    st.check_axes(ins[0], axes, "a mean")
     return ReduceMean(axes=axes, keepdims=bool(attrs.get("keepdims", 1))), ins[:1], None
 
 
@@ -759,11 +767,14 @@ def _flatten(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> A
     shape = st.shape(ins[0])[0]
     axis = int(attrs.get("axis", 1))
     axis = axis + len(shape) if axis < 0 else axis
-    if axis == 1:
+    if axis == 1 and st.batch_axes(ins[0]) == {0}:
         return Flatten(1), ins[:1], None
     if axis < 1:
         raise _Unsupported(f"axis {axis} folds the batch dimension")
-    return Reshape(shape=[-1, int(np.prod(shape[axis:]))]), ins[:1], None
+    s1, s2 = st.shape(ins[0])
+    t = [int(np.prod(s1[:axis])), int(np.prod(s1[axis:]))]
+    t2 = [int(np.prod(s2[:axis])), int(np.prod(s2[axis:]))]
+    return Reshape(shape=_symmetric_target(t, t2, s1, s2, False)), ins[:1], None
 
 
 def _reshape(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any:
@@ -816,8 +827,6 @@ def _transpose(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) ->
     _known(attrs, {"perm"})
     rank = len(st.shape(ins[0])[0])
     perm = list(attrs.get("perm", range(rank - 1, -1, -1)))
-    if perm[0] != 0:
-        raise _Unsupported(f"perm {perm} moves the batch dimension")
     return Transpose(perm=perm), ins[:1], None
 
 
@@ -834,9 +843,8 @@ def _squeeze(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> A
     axes = _axes_of(node, st, attrs, ins, "axes")
     shape = st.shape(ins[0])[0]
     if axes is None:
-        axes = [i for i, d in enumerate(shape) if d == 1 and i > 0]
-    if any(a % len(shape) == 0 for a in axes):
-        raise _Unsupported("squeezing the batch dimension is not supported")
+        axes = [i for i, d in enumerate(shape) if d == 1 and i not in st.batch_axes(ins[0])]
+    st.check_axes(ins[0], axes, "squeezing")
     return Squeeze(axes=axes), ins[:1], None
 
 
@@ -847,9 +855,6 @@ def _unsqueeze(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) ->
     axes = _axes_of(node, st, attrs, ins, "axes")
     if axes is None:
         raise _Unsupported("axes are required")
-    rank = len(st.shape(ins[0])[0]) + len(axes)
-    if any(a % rank == 0 for a in axes):
-        raise _Unsupported("a new leading axis would move the batch dimension")
     return Unsqueeze(axes=axes), ins[:1], None
 
 
@@ -868,8 +873,7 @@ def _split(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any
     _known(attrs, {"axis", "split", "num_outputs"})
     shape = st.shape(ins[0])[0]
     axis = int(attrs.get("axis", 0))
-    if axis % len(shape) == 0:
-        raise _Unsupported("splitting the batch dimension is not supported")
+    st.check_axes(ins[0], [axis], "splitting")
     if len(ins) > 1 and ins[1]:
         sizes = _ints(st.const(ins[1], "Split's sizes"))
     elif "split" in attrs:
@@ -887,11 +891,9 @@ def _slice(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any
 
     _known(attrs, set())
     starts, ends = (_ints(st.const(v, "Slice's starts/ends")) for v in ins[1:3])
-    rank = len(st.shape(ins[0])[0])
     axes = _ints(st.const(ins[3], "Slice's axes")) if len(ins) > 3 and ins[3] else list(range(len(starts)))
     steps = _ints(st.const(ins[4], "Slice's steps")) if len(ins) > 4 and ins[4] else None
-    if any(a % rank == 0 for a in axes):
-        raise _Unsupported("slicing the batch dimension is not supported")
+    st.check_axes(ins[0], axes, "slicing")
     return Slice(starts=starts, ends=ends, axes=axes, steps=steps), ins[:1], None
 
 
@@ -908,9 +910,7 @@ def _gather(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> An
         m.weight.data[...] = table
         return m, ins[1:2], ins[0]
     idx = st.const(ins[1], "Gather's indices")
-    rank = len(st.shape(ins[0])[0])
-    if axis % rank == 0:
-        raise _Unsupported("gathering along the batch dimension is not supported")
+    st.check_axes(ins[0], [axis], "gathering")
     indices = idx.tolist() if idx.ndim else int(idx)
     return Gather(axis=axis, indices=indices), ins[:1], None
 
