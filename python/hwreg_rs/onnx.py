@@ -394,7 +394,7 @@ def _sorted_nodes(g: Any, st: _Import) -> list[Any]:
 # ---------------------------------------------------------------------------
 
 # Ops that only ever compute from shapes and constants here: evaluated with onnx.reference.
-_FOLD_ONLY = {"Shape", "Size", "ConstantOfShape", "Constant", "Range", "Equal", "Where", "Not", "And", "Or",
+_FOLD_ONLY = {"Shape", "Size", "ConstantOfShape", "Constant", "Range", "Equal", "Not", "And", "Or",
               "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Floor", "Ceil", "Min", "Max", "Mod",
               "NonZero", "ReduceProd", "Tile", "CumSum", "Abs"}
 # Ops whose output size comes from a value they read: bounded before folding.
@@ -969,7 +969,7 @@ _CONVERTERS: dict[str, Callable[..., Any]] = {
     "LayerNormalization": _layernorm, "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten, "Reshape": _reshape,
     "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Concat": _concat, "Split": _split,
-    "Slice": _slice, "Gather": _gather, "Cast": _cast, "Expand": _expand,
+    "Slice": _slice, "Gather": _gather, "Cast": _cast, "Expand": _expand, "Where": _simple("Where"),
 }
 
 
