@@ -58,7 +58,7 @@ def _onnx() -> Any:
 def _read_model(src: Any) -> Any:
     onnx = _onnx()
     if isinstance(src, onnx.ModelProto):
-        return src
+        return _has_graph(src, "the given ModelProto")
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         where = "the given bytes"
@@ -79,6 +79,10 @@ def _read_model(src: Any) -> Any:
         model.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError (and, on odd input, others): all mean "not ONNX"
         raise FormatError(f"{where} is not a valid ONNX protobuf ({type(e).__name__}: {e})") from None
+    return _has_graph(model, where)
+
+
+def _has_graph(model: Any, where: str) -> Any:
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise FormatError(f"{where} holds no ONNX graph (empty or not an ONNX model)")
     return model
@@ -103,14 +107,24 @@ _TYPED_FIELD = {1: "float_data", 10: "int32_data", 2: "int32_data", 3: "int32_da
                 12: "uint64_data", 13: "uint64_data"}
 
 
+def _type_name(code: int) -> str:
+    from onnx import TensorProto
+
+    try:
+        return f"{TensorProto.DataType.Name(code)} ({code})"
+    except ValueError:
+        return str(code)
+
+
 def _tensor(t: Any, what: str) -> np.ndarray:
     """A TensorProto as an array, after checking its declared size against what it stores."""
     from onnx import numpy_helper
 
-    if t.data_location == 1:  # EXTERNAL
-        raise ValueError(f"{what} {t.name!r} keeps its data in an external file, which is not supported")
+    if t.data_location == 1 or len(t.external_data):  # never follow a path a file names
+        raise FormatError(f"{what} {t.name!r} keeps its data in an external file, which is not supported "
+                          "(save the model with its weights inside: onnx.save(m, path, save_as_external_data=False))")
     if t.data_type not in _NP_TYPES:
-        raise ValueError(f"{what} {t.name!r} has ONNX element type {t.data_type}, which is not supported")
+        raise ValueError(f"{what} {t.name!r} has ONNX element type {_type_name(t.data_type)}, which is not supported")
     dims = [int(d) for d in t.dims]
     if any(d < 0 for d in dims):
         raise FormatError(f"{what} {t.name!r} declares negative dims {dims}")
@@ -120,12 +134,15 @@ def _tensor(t: Any, what: str) -> np.ndarray:
         if count > _MAX_ELEMENTS:
             raise FormatError(f"{what} {t.name!r} declares dims {dims}, above the bound of {_MAX_ELEMENTS} elements")
     itemsize = np.dtype(_NP_TYPES[t.data_type]).itemsize
+    typed = len(getattr(t, _TYPED_FIELD[t.data_type]))
+    if t.raw_data and typed:
+        raise FormatError(f"{what} {t.name!r} stores its values both as raw_data and as a typed field")
     if t.HasField("raw_data") or t.raw_data:
         if len(t.raw_data) != count * itemsize:
             raise FormatError(f"{what} {t.name!r} declares dims {dims} ({count * itemsize} bytes) but stores "
                               f"{len(t.raw_data)} bytes")
     else:
-        stored = len(getattr(t, _TYPED_FIELD[t.data_type]))
+        stored = typed
         if stored != count:
             raise FormatError(f"{what} {t.name!r} declares dims {dims} ({count} values) but stores {stored}")
     try:
@@ -200,10 +217,18 @@ class _Import:
         return self.static[v].value(what)
 
     def data_input(self, v: str) -> str:
-        """The name a node reads ``v`` under: a static value becomes a graph constant."""
+        """The name a node reads ``v`` under: a static value becomes a graph constant.
+
+        A static value that depends on the batch only through its size (a mask
+        ConstantOfShape'd or Expand'ed to the batch) is stored at batch size 1:
+        the elementwise op reading it broadcasts it back.
+        """
         v = self.name(v)
         if v in self.static and v not in self.constants:
-            arr = self.static[v].value(f"value {v!r}")
+            sv = self.static[v]
+            arr = sv.at[0] if sv.symmetric else _batch_one(sv.at)
+            if arr is None:
+                raise ValueError(f"value {v!r} depends on the batch size in its values, which is not supported")
             self.constants[v] = arr.astype(np.float32) if arr.dtype.kind == "f" else arr
         return v
 
@@ -236,6 +261,18 @@ class _Import:
             name, k = f"{base}_{k}", k + 1
         self.used_names.add(name)
         return name
+
+
+def _batch_one(at: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The common size-1 slice of two arrays that differ only by broadcasting along some axes, or None."""
+    a, b = at
+    if a.ndim != b.ndim:
+        return None
+    axes = tuple(i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y)
+    one = a[tuple(slice(0, 1) if i in axes else slice(None) for i in range(a.ndim))]
+    if all(np.array_equal(np.broadcast_to(one, t.shape), t) for t in (a, b)):
+        return one
+    return None
 
 
 class _Unsupported(ValueError):
@@ -302,6 +339,8 @@ def load(model: Any, *, input_shape: Sequence[int] | None = None) -> Graph:
         _import_node(node, st)
     outputs = []
     for o in g.output:
+        if o.name not in st.static and o.name not in st.alias and o.name not in st.shapes:
+            raise FormatError(f"graph output {o.name!r} is not produced by any node, initializer or input")
         v = st.name(o.name)
         if v in st.static:
             raise ValueError(f"graph output {o.name!r} is a constant; hwreg_rs graphs compute every output from data")
@@ -329,8 +368,8 @@ def _graph_inputs(g: Any, st: _Import, input_shape: Sequence[int] | None) -> tup
         if not vi.type.HasField("tensor_type"):
             raise ValueError(f"graph input {vi.name!r} is not a tensor")
         if tt.elem_type not in (1, 10, 11, 6, 7):
-            raise ValueError(f"graph input {vi.name!r} has element type {tt.elem_type}; float and int inputs are "
-                             "supported")
+            raise ValueError(f"graph input {vi.name!r} has element type {_type_name(tt.elem_type)}; float32/16/64 "
+                             "and int32/64 inputs are supported")
         dims: list[int | None] = []
         for d in tt.shape.dim:
             if d.HasField("dim_value"):
@@ -514,6 +553,12 @@ def _ints(v: Any) -> list[int]:
     return [int(x) for x in np.asarray(v).reshape(-1)]
 
 
+def _scalar(v: np.ndarray, what: str) -> float:
+    if v.size != 1:
+        raise _Unsupported(f"{what} must be a scalar; got shape {v.shape}")
+    return float(v.reshape(()))
+
+
 def _known(attrs: dict[str, Any], allowed: set[str], what: str = "") -> None:
     extra = set(attrs) - allowed
     if extra:
@@ -659,8 +704,8 @@ def _clip(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any:
         lo, hi = attrs.get("min"), attrs.get("max")
     else:
         _known(attrs, set())
-        lo = float(st.const(ins[1], "Clip's min")) if len(ins) > 1 and ins[1] else None
-        hi = float(st.const(ins[2], "Clip's max")) if len(ins) > 2 and ins[2] else None
+        lo = _scalar(st.const(ins[1], "Clip's min"), "Clip's min") if len(ins) > 1 and ins[1] else None
+        hi = _scalar(st.const(ins[2], "Clip's max"), "Clip's max") if len(ins) > 2 and ins[2] else None
     return Clip(min=lo, max=hi), ins[:1], None
 
 
@@ -669,9 +714,7 @@ def _pow(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any:
 
     _known(attrs, set())
     e = st.const(ins[1], "the exponent of Pow")
-    if e.size != 1:
-        raise _Unsupported(f"only a scalar exponent is supported; got shape {e.shape}")
-    return Pow(exponent=float(e.reshape(()))), ins[:1], None
+    return Pow(exponent=_scalar(e, "the exponent of Pow (only a scalar is supported)")), ins[:1], None
 
 
 def _softmax(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any:
@@ -809,6 +852,10 @@ def _symmetric_target(t1: list[int], t2: list[int], s1: Sequence[int], s2: Seque
         raise _Unsupported("the target shape's rank depends on the batch size")
     target = list(t1)
     differ = [i for i, (a, b) in enumerate(zip(t1, t2)) if a != b]
+    for i in list(differ):  # an entry that copies the input's own (batch) dim: ONNX's 0 says exactly that
+        if not allowzero and i < min(len(s1), len(s2)) and (t1[i], t2[i]) == (s1[i], s2[i]):
+            target[i] = 0
+            differ.remove(i)
     if differ:
         if len(differ) > 1 or -1 in t1:
             raise _Unsupported(f"the target shape {t1} depends on the batch size in more than one place")
@@ -868,7 +915,7 @@ def _concat(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> An
 
 
 def _split(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any:
-    from .nn.ops import Split
+    from .nn.ops import Identity, Split
 
     _known(attrs, {"axis", "split", "num_outputs"})
     shape = st.shape(ins[0])[0]
@@ -883,6 +930,10 @@ def _split(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> Any
         d = shape[axis]
         chunk = -(-d // n)
         sizes = [min(chunk, d - i * chunk) for i in range(n)]
+    if len([o for o in node.output if o]) == 1:  # one part: the whole tensor
+        if sizes != [shape[axis]]:
+            raise _Unsupported(f"split {sizes} does not cover the axis of size {shape[axis]}")
+        return Identity(), ins[:1], None
     return Split(axis=axis, split=sizes), ins[:1], None
 
 

@@ -55,7 +55,7 @@ class _Builder:
         from onnx import numpy_helper
 
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.initializers.append(numpy_helper.from_array(np.array(arr, order="C"), name))  # keeps 0-d scalars 0-d
         return name
 
     def node(self, op_type: str, inputs: Sequence[str], hint: str, *, outputs: Sequence[str] | None = None,
@@ -248,7 +248,7 @@ def _output_step(b: _Builder, acc: str, x_scale: str, w_scale: np.ndarray, bias:
 
     f = b.node("Cast", [acc], hint, to=TensorProto.FLOAT)
     cols = b.const(_f32(w_scale).reshape(shape), f"{hint}.weight_scale")
-    y = b.node("Mul", [f, b.node("Mul", [x_scale, cols], hint)], hint)
+    y = b.node("Mul", [b.node("Mul", [f, x_scale], hint), cols], hint)  # (acc * row scale) * column scale, as the kernels
     if bias is not None:
         y = b.node("Add", [y, b.const(_f32(bias).reshape(shape), f"{hint}.bias")], hint)
     if relu:
@@ -433,6 +433,8 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
             sample_shapes = [tuple(int(d) for d in input_shape)] + list((graph.input_shapes or [])[1:])
         elif graph.input_shapes is not None:
             sample_shapes = list(graph.input_shapes)
+        elif len(graph.inputs) == 1 and graph.nodes and graph.nodes[0].op.op_type == "Linear":
+            sample_shapes = [(graph.nodes[0].op.in_features,)]  # a Linear first: its features are the sample
         else:
             raise ValueError("input_shape is required to export a model that does not record its input shape")
         inputs, outputs = list(graph.inputs), list(graph.outputs)

@@ -452,8 +452,9 @@ class _GroupConv(_OnInt8Linear):
         g = self.groups
         win = win.reshape(n, g, c // g, oh, ow, kh, kw)
         acc = np.einsum("ngcyxij,gocij->ngoyx", win, self._w, optimize=True).reshape(n, -1, oh, ow)
-        col = (scale.astype(np.float64)[:, None] * self.layer.weight_scale.astype(np.float64)[None, :])
-        y = acc * col.astype(np.float32)[:, :, None, None]
+        # The GEMM's float output step: (acc * image scale) * channel scale + bias, in float32.
+        y = acc.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        y *= self.layer.weight_scale.reshape(1, -1, 1, 1)
         if self.layer.bias is not None:
             y += self.layer.bias[None, :, None, None]
         if self.layer.relu:

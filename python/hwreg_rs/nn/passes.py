@@ -101,7 +101,11 @@ def fuse_linear_bias(graph: Graph) -> Graph:
                 continue
             n.op.bias = Parameter(bias.reshape(-1).astype(n.op.weight.data.dtype))
             j = view.nodes.index(add)
-            return _replace(g, view, {j}, {i: Node(n.name, n.op, n.inputs, add.outputs, n.source)})
+            # torch names the transposed weight "onnx::MatMul_12" but keeps "<layer>.bias": name the layer after it.
+            name = n.name
+            if b.endswith(".bias") and n.name.startswith("onnx::") and b[:-5] not in {m.name for m in view.nodes}:
+                name = b[:-5]
+            return _replace(g, view, {j}, {i: Node(name, n.op, n.inputs, add.outputs, n.source)})
         return None
 
     return _fixpoint(graph, step)
