@@ -35,17 +35,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "BATCH", "OPSET", "GraphBuilder", "cnn", "concat_branches", "make_single_op", "mlp", "mobilenetv2",
-    "all_fixtures", "input_for", "resnet", "resnet_block", "single_op", "transformer",
+    "BATCH", "OPSET", "GraphBuilder", "all_fixtures", "cnn", "concat_branches", "digits_input", "input_for",
+    "make_single_op", "mlp", "mobilenetv2", "resnet", "resnet_block", "single_op", "transformer",
+    "two_inputs_two_outputs",
 ]
 
 OPSET = 17
 BATCH = "batch"
-IR_VERSION = 8  # what torch 2.x writes for opsets 13-17; ORT 1.1x-1.2x reads it
 
 
 def _ir_for(opset: int) -> int:
-    # IR 8 covers opsets <= 18, IR 9 opset 19-20, IR 10 opset 21 (onnx.helper.VERSION_TABLE)
+    """The IR version torch writes with ``opset`` (IR 8 up to opset 18, 9 for 19-20, 10 for 21:
+    ``onnx.helper.VERSION_TABLE``), so ORT 1.16+ reads every fixture."""
     return 8 if opset <= 18 else (9 if opset <= 20 else 10)
 
 
@@ -182,16 +183,12 @@ class GraphBuilder:
         writes it (weight and bias renamed ``onnx::Conv_n``)."""
         if not fused:
             return self.batchnorm(scope_bn, self.conv(scope_conv, x, c_in, c_out, k, **kw), c_out)
-        kw.pop("bias", None)
-        group = kw.get("group", 1)
-        k_ = k
-        stride, dilation = kw.get("stride", 1), kw.get("dilation", 1)
-        pad = kw.get("pad")
-        pad = (k_ // 2) * dilation if pad is None else pad
-        w = self.weight(self.onnx_name("Conv"), (c_out, c_in // group, k_, k_))
+        group, stride, dilation = kw.get("group", 1), kw.get("stride", 1), kw.get("dilation", 1)
+        pad = (k // 2) * dilation if kw.get("pad") is None else kw["pad"]
+        w = self.weight(self.onnx_name("Conv"), (c_out, c_in // group, k, k))
         b = self.bias(self.onnx_name("Conv"), c_out)
         return self.node(scope_conv, "Conv", [x, w, b], dilations=[dilation, dilation], group=group,
-                         kernel_shape=[k_, k_], pads=[pad] * 4, strides=[stride, stride])
+                         kernel_shape=[k, k], pads=[pad] * 4, strides=[stride, stride])
 
     def relu6(self, scope: str, x: str) -> str:
         """``nn.ReLU6`` as opset >= 11 writes it: Clip with min / max as (Constant) inputs."""
@@ -201,7 +198,11 @@ class GraphBuilder:
 
     def model(self, outputs: Sequence[str] | str, *, out_shapes: Sequence[Any] | None = None,
               output_names: Sequence[str] | None = None, infer: bool = True) -> onnx.ModelProto:
-        """Rename the final values to ``output_names`` (default ``output``/``output_1``...) and build the model."""
+        """Rename the final values to ``output_names`` (default ``output``/``output_1``...) and build the model.
+
+        Output types come from shape inference unless ``out_shapes`` declares them; the checker wants a
+        shape on every graph output, so ``infer=False`` needs ``out_shapes``.
+        """
         outs = [outputs] if isinstance(outputs, str) else list(outputs)
         names = list(output_names) if output_names is not None else (
             ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))])
@@ -568,8 +569,15 @@ def make_single_op(op_type: str, inputs: Sequence[tuple[str, Any]], *, initializ
     return m
 
 
-def single_op(op_type: str, shape: Sequence[Any] = (2, 3, 8, 8), *, opset: int = OPSET, **attrs: Any) -> onnx.ModelProto:
-    """A unary op on one float input ``x`` of ``shape`` (``Relu``, ``Softmax(axis=1)``, ``MaxPool(kernel_shape=..)``)."""
+def single_op(op_type: str, shape: Sequence[Any] = (2, 3, 8, 8), *, opset: int = OPSET,
+              **attrs: Any) -> onnx.ModelProto:
+    """A unary op on one float input ``x`` of ``shape`` (``Relu``, ``Softmax(axis=1)``, ``MaxPool(kernel_shape=..)``).
+
+    Examples
+    --------
+    >>> single_op("Softmax", ("batch", 10), axis=-1).graph.node[0].name
+    '/op/Softmax'
+    """
     return make_single_op(op_type, [("x", list(shape))], opset=opset, **attrs)
 
 
@@ -606,8 +614,12 @@ def all_fixtures() -> dict[str, onnx.ModelProto]:
         "resnet": resnet(),
         "resnet_fused_bn": resnet(fused_bn=True),
         "resnet_7x7_stem": resnet(stem="7x7", image_size=16, widths=(8, 16), blocks=(2, 1)),
+        "resnet_opset13": resnet(opset=13),
+        "resnet_opset21": resnet(opset=21, fused_bn=True),
+        "cnn_opset21": cnn(opset=21),
         "mobilenetv2": mobilenetv2(),
         "mobilenetv2_fused_bn": mobilenetv2(fused_bn=True),
+        "mobilenetv2_opset13": mobilenetv2(opset=13),
         "transformer": transformer(),
         "transformer_decomposed_ln": transformer(layer_norm="decomposed"),
         "transformer_decomposed_ln_opset13": transformer(layer_norm="decomposed", opset=13),
