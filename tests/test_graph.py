@@ -2,8 +2,6 @@
 the version-2 file (and version-1 files), and the convert / export commands."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ import hwreg_rs as hw
 from hwreg_rs import cli, io, runtime
 from hwreg_rs.nn import Graph, Node, ops
 
-sys.path.insert(0, str(Path(__file__).parent))
-import onnx_fixtures as F  # noqa: E402
+from hwreg_rs import zoo as F
 
 
 def _x(model, batch):

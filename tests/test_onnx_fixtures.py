@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-import onnx_fixtures as F
+from hwreg_rs import zoo as F
 
 FIXTURES = F.all_fixtures()
 

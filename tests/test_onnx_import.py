@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import hwreg_rs as hw
-import onnx_fixtures as F
+from hwreg_rs import zoo as F
 
 # keep property tests short whatever the profile (tests/conftest.py: HYPOTHESIS_PROFILE=ci|dev)
 EXAMPLES = min(settings.default.max_examples, 25)

@@ -1,6 +1,6 @@
 """ONNX in, train under hardware constraints, convert, ONNX out.
 
-* an imported residual CNN (``onnx_fixtures.resnet``) fine-tunes on digits under QAT + gradual pruning +
+* an imported residual CNN (``hwreg_rs.zoo.resnet``) fine-tunes on digits under QAT + gradual pruning +
   weight clipping, every constraint's invariant holds, and accuracy rises well above chance;
 * ``ONNX -> hw.onnx.load -> hw.runtime.convert -> hw.onnx.export -> ONNX Runtime`` agrees with
   ``rt.predict`` on the argmax of >= 99% of inputs and within one quantization step on the logits (the
@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 import hwreg_rs as hw
 from hwreg_rs import constraints as C
-import onnx_fixtures as F
+from hwreg_rs import zoo as F
 
 CLIP = 0.5
 SPARSITY = 0.5

@@ -1,4 +1,7 @@
-"""ONNX models for the importer / exporter tests, written the way ``torch.onnx.export`` writes them.
+"""Small ONNX models written the way ``torch.onnx.export`` writes them: fixtures and starting points.
+
+The tests check the importer and exporter on them, the graph benchmark trains
+them on digits, and a user can start from one (``hw.onnx.load(zoo.resnet())``).
 
 Every builder returns an ``onnx.ModelProto`` (float32, opset 17 unless told
 otherwise) with seeded random weights, sized for scikit-learn's digits:
@@ -13,8 +16,8 @@ images ``(batch, 1, 8, 8)``, flat ``(batch, 64)`` or tokens ``(batch, 8, 8)``,
 * scalars and shapes come from ``Constant`` nodes (``/attn/Constant_3``);
 * the batch dimension of the input and output is the symbolic ``"batch"``.
 
-This module needs only ``onnx`` and NumPy (no hwreg_rs), so the fixtures can be
-checked on their own (``tests/test_onnx_fixtures.py``).
+This module needs only ``onnx`` and NumPy (nothing else of hwreg_rs), so the
+fixtures can be checked on their own (``tests/test_onnx_fixtures.py``).
 
 Examples
 --------
@@ -35,7 +38,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "BATCH", "OPSET", "GraphBuilder", "all_fixtures", "cnn", "concat_branches", "digits_input", "input_for",
+    "BATCH", "OPSET", "GraphBuilder", "all_fixtures", "cnn", "concat_branches", "digits_input", "digits_models",
+    "input_for", "sample_shape",
     "make_single_op", "mlp", "mobilenetv2", "resnet", "resnet_block", "single_op", "transformer",
     "two_inputs_two_outputs",
 ]
@@ -643,3 +647,29 @@ def digits_input(model: onnx.ModelProto, X: np.ndarray) -> np.ndarray:
 
 def iter_nodes(model: onnx.ModelProto, op_type: str) -> Iterable[onnx.NodeProto]:
     return (n for n in model.graph.node if n.op_type == op_type)
+
+
+def digits_models(*, seed: int = 0) -> dict[str, onnx.ModelProto]:
+    """The five architectures of the benchmarks and the README, untrained: an MLP, a plain CNN, a
+    ResNet, a MobileNetV2-style net and a transformer encoder (8 tokens of 8 pixels).
+
+    Examples
+    --------
+    >>> sorted(digits_models())
+    ['cnn', 'mlp', 'mobilenetv2', 'resnet', 'transformer']
+    """
+    return {"mlp": mlp(seed=seed), "cnn": cnn(seed=seed), "resnet": resnet(seed=seed),
+            "mobilenetv2": mobilenetv2(seed=seed), "transformer": transformer(seed=seed)}
+
+
+def sample_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The shape of one sample of the model's first input (its declared dims after the batch).
+
+    Examples
+    --------
+    >>> sample_shape(cnn())
+    (1, 8, 8)
+    """
+    inits = {t.name for t in model.graph.initializer}
+    vi = next(v for v in model.graph.input if v.name not in inits)
+    return tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim[1:])
