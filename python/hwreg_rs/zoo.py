@@ -659,7 +659,7 @@ def digits_models(*, seed: int = 0) -> dict[str, onnx.ModelProto]:
     ['cnn', 'mlp', 'mobilenetv2', 'resnet', 'transformer']
     """
     return {"mlp": mlp(seed=seed), "cnn": cnn(seed=seed), "resnet": resnet(seed=seed),
-            "mobilenetv2": mobilenetv2(seed=seed), "transformer": transformer(seed=seed)}
+            "mobilenetv2": mobilenetv2(seed=seed), "transformer": transformer(ffn=32, seed=seed)}
 
 
 def sample_shape(model: onnx.ModelProto) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ with :func:`hwreg_rs.fit`, then measure
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -38,8 +39,9 @@ def _train(name: str, proto: Any, X: np.ndarray, y: np.ndarray, quick: bool) -> 
     from .. import onnx, train
 
     g = onnx.load(proto).train()
-    epochs = {"mlp": 30, "cnn": 15, "resnet": 12, "mobilenetv2": 15, "transformer": 40}[name]
-    train.fit(g, X, y, epochs=max(2, epochs // 5) if quick else epochs, lr=2e-3, scheduler="cosine", seed=0,
+    epochs, lr = {"mlp": (30, 2e-3), "cnn": (15, 2e-3), "resnet": (12, 2e-3), "mobilenetv2": (15, 2e-3),
+                  "transformer": (60, 5e-3)}[name]
+    train.fit(g, X, y, epochs=max(2, epochs // 5) if quick else epochs, lr=lr, scheduler="cosine", seed=0,
               verbose=False)
     return g.eval()
 
@@ -94,5 +96,47 @@ def run(quick: bool = False) -> str:
                 lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
                           f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
         set_num_threads(all_threads)
-    return ("## Graphs: ONNX in, trained on digits, int8, ONNX out\n\n" + acc_t.markdown() + "\n\n" +
-            lat_t.markdown())
+    out = ("## Graphs: ONNX in, trained on digits, int8, ONNX out\n\n" + acc_t.markdown() + "\n\n" +
+           lat_t.markdown())
+    torch_dir = os.environ.get("HWREG_TORCH_ONNX_DIR")
+    if torch_dir:
+        out += "\n\n" + _torch_exports(torch_dir, quick)
+    return out
+
+
+def _torch_exports(folder: str, quick: bool) -> str:
+    """torchvision's resnet18 and mobilenet_v2 as torch.onnx.export wrote them (random weights)."""
+    import onnx as onnx_pkg
+
+    from .. import num_threads, onnx, runtime, set_num_threads
+
+    t = Table(["file", "input", "import ms", "max|Δ| vs ORT / max|logit|", "threads", "hw int8 µs (batch 1)",
+               "ORT fp32 µs (batch 1)", "int8 vs ORT fp32", "int8 vs float argmax agree"])
+    all_threads = num_threads()
+    for name in ("resnet18.ts.onnx", "resnet18.dynamo.onnx", "mobilenet_v2.ts.onnx", "mobilenet_v2.dynamo.onnx"):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        proto = onnx_pkg.load(path)
+        t0 = time.perf_counter()
+        g = onnx.load(proto)
+        import_ms = 1e3 * (time.perf_counter() - t0)
+        shape = tuple(g.input_shapes[0])
+        x8 = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
+        ref = _ort_session(proto, all_threads).run(None, {g.inputs[0]: x8})[0]
+        err = float(np.abs(g(x8) - ref).max() / np.abs(ref).max())
+        rt = runtime.convert(g, input_shape=shape)
+        agree = float(np.mean(rt.predict(x8).argmax(1) == ref.argmax(1)))
+        x = x8[:1]
+        for threads in sorted({1, all_threads}):
+            set_num_threads(threads)
+            sess = _ort_session(proto, threads)
+            tq, tf = [], []
+            for _ in range(2 if quick else 5):
+                tq.append(median_seconds(lambda: rt.predict(x), repeats=1, min_seconds=0.05))
+                tf.append(median_seconds(lambda: sess.run(None, {g.inputs[0]: x}), repeats=1, min_seconds=0.05))
+            q, f = float(np.median(tq)), float(np.median(tf))
+            t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
+                  f"{agree:.0%}")
+        set_num_threads(all_threads)
+    return "### torchvision exports (random weights)\n\n" + t.markdown()
