@@ -755,8 +755,8 @@ class RuntimeModel:
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
-                if v.dtype.kind == "f" or self.input_shapes is None:
-                    v = np.ascontiguousarray(v, dtype=np.float32)
+                # Floats (and bools) run in float32; integers stay integers (token ids for an Embedding).
+                v = np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind in "bf" else v.dtype)
             if v.shape[1:] != shape or v.ndim == 0:
                 raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
             xs.append(v)

@@ -115,8 +115,6 @@ class Graph(Module):
             if node.name in seen_modules:
                 raise ValueError(f"two nodes are named {node.name!r}")
             seen_modules.add(node.name)
-            if node.name in self._children and self._children[node.name] is node.op:
-                continue
             self._children[node.name] = node.op  # registered like an attribute; names may hold dots
         self._check_order()
 
@@ -238,9 +236,6 @@ class Graph(Module):
                     _accumulate(g, v, gv)
         res = tuple(g.get(v) for v in self.inputs)
         return res[0] if len(res) == 1 else res
-
-    def __call__(self, *xs: np.ndarray) -> Any:
-        return self.forward(*xs)
 
     # -- building --------------------------------------------------------------
     @classmethod
