@@ -187,3 +187,32 @@ def test_convert_and_export_commands(tmp_path, capsys):
     yr = rt.predict(x)
     assert (y.argmax(1) == yr.argmax(1)).mean() >= 0.99
     assert np.abs(y - yr).max() <= 1e-4 * np.abs(yr).max()
+
+
+def test_token_id_inputs_stay_integer_through_convert_file_and_export(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((20, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 8)).astype(np.float32)
+    graph = h.make_graph(
+        [h.make_node("Gather", ["emb.weight", "ids"], ["e"]), h.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+         h.make_node("Gemm", ["m", "fc.weight"], ["y"], transB=1)], "g",
+        [h.make_tensor_value_info("ids", T.INT64, ["batch", 5])], [h.make_tensor_value_info("y", T.FLOAT, ["batch", 3])],
+        [nh.from_array(table, "emb.weight"), nh.from_array(w, "fc.weight")])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    g = hw.onnx.load(m)
+    assert g.input_dtypes == ["int64"] and list(g.state_dict()) == ["emb.weight", "fc.weight"]
+    ids = rng.integers(0, 20, (4, 5))
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(g(ids), ref, rtol=1e-6, atol=1e-6)
+    rt = runtime.convert(g, input_shape=(5,))
+    y = rt.predict(ids)
+    assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
+    with pytest.raises(TypeError, match="integer ids"):
+        rt.predict(ids.astype(np.float32))
+    rt.save(tmp_path / "e.hwreg")
+    np.testing.assert_array_equal(runtime.load(tmp_path / "e.hwreg").predict(ids), y)
+    sess = ort.InferenceSession(hw.onnx.export(rt).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"ids": ids})[0], y, rtol=1e-5, atol=1e-6)

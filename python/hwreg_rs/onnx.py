@@ -349,7 +349,8 @@ def load(model: Any, *, input_shape: Sequence[int] | None = None) -> Graph:
             st.nodes.append(Node(st.module_name(_FakeNode(o.name), None), Identity(), (v,), (o.name,)))
             v = o.name
         outputs.append(v)
-    graph = Graph(st.nodes, inputs, outputs, constants=st.constants, input_shapes=input_shapes)
+    graph = Graph(st.nodes, inputs, outputs, constants=st.constants, input_shapes=input_shapes,
+                  input_dtypes=[np.dtype(st.dtypes[v]).name for v in inputs])
     from .nn import passes
     graph = passes.fuse_imported(graph)
     return graph.eval()

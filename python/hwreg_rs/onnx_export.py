@@ -410,7 +410,7 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
     >>> bool(np.abs(sess.run(None, {"input": x})[0] - rt.predict(x)).max() < 1e-5)
     True
     """
-    from onnx import TensorProto, checker, helper
+    from onnx import checker, helper
 
     from .runtime import RuntimeModel
 
@@ -419,6 +419,7 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
     b = _Builder()
     if isinstance(model, RuntimeModel):
         inputs, outputs, sample_shapes = list(model.inputs), list(model.outputs), list(model.input_shapes)
+        dtypes = list(model.input_dtypes)
         shapes = model.shapes(1)
         for k, v in model.constants.items():
             b.initializers.append(_initializer(k, v))
@@ -438,6 +439,7 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
         else:
             raise ValueError("input_shape is required to export a model that does not record its input shape")
         inputs, outputs = list(graph.inputs), list(graph.outputs)
+        dtypes = list(graph.input_dtypes)
         shapes = graph.infer_shapes(*((1,) + tuple(s) for s in sample_shapes))
         for k, v in graph.constants().items():
             b.initializers.append(_initializer(k, v))
@@ -448,9 +450,10 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
             _float_op(b, node.op, node.inputs, node.outputs, [shapes[v] for v in node.inputs], node.name)
     else:
         raise TypeError(f"model must be a RuntimeModel or a hwreg_rs.nn.Module; got {type(model).__name__}")
-    value_info: Callable[[str, tuple[int, ...]], Any] = lambda v, s: helper.make_tensor_value_info(  # noqa: E731
-        v, TensorProto.FLOAT, ["batch", *s])
-    g = helper.make_graph(b.nodes, "hwreg_rs", [value_info(v, s) for v, s in zip(inputs, sample_shapes)],
+    value_info: Callable[..., Any] = lambda v, s, dt="float32": helper.make_tensor_value_info(  # noqa: E731
+        v, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), ["batch", *s])
+    g = helper.make_graph(b.nodes, "hwreg_rs",
+                          [value_info(v, s, dt) for v, s, dt in zip(inputs, sample_shapes, dtypes)],
                           [value_info(v, shapes[v][1:]) for v in outputs], b.initializers)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="hwreg_rs")
     proto.ir_version = min(proto.ir_version, 9)  # readable by ONNX Runtime releases of the last two years

@@ -672,6 +672,8 @@ class RuntimeModel:
         Constant values the nodes read.
     input_shapes : list of tuple of int, optional
         Sample shape of every input (several-input graphs).
+    input_dtypes : list of str, optional
+        NumPy dtype name of every input (default float32; int64 for token ids).
 
     Examples
     --------
@@ -686,7 +688,8 @@ class RuntimeModel:
     def __init__(self, nodes: Sequence[Any], input_shape: Iterable[int], meta: dict[str, Any] | None = None,
                  *, threads: int | None = None, inputs: Sequence[str] | None = None,
                  outputs: Sequence[str] | None = None, constants: dict[str, np.ndarray] | None = None,
-                 input_shapes: Sequence[Iterable[int]] | None = None) -> None:
+                 input_shapes: Sequence[Iterable[int]] | None = None,
+                 input_dtypes: Sequence[str] | None = None) -> None:
         nodes = list(nodes)
         if nodes and not isinstance(nodes[0], RuntimeNode):
             nodes = _chain_nodes(nodes)
@@ -699,6 +702,10 @@ class RuntimeModel:
         if len(shapes) != len(self.inputs):
             raise ValueError(f"input_shapes has {len(shapes)} entries for {len(self.inputs)} inputs")
         self.input_shapes = shapes
+        self.input_dtypes = [np.dtype(d).name for d in (input_dtypes or ["float32"] * len(self.inputs))]
+        if len(self.input_dtypes) != len(self.inputs) or any(d not in ("float32", "int32", "int64")
+                                                             for d in self.input_dtypes):
+            raise ValueError(f"input_dtypes must name float32, int32 or int64 for each input; got {self.input_dtypes}")
         self.meta = dict(meta or {})
         self.threads = threads
         self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
@@ -750,13 +757,14 @@ class RuntimeModel:
         several outputs returns a tuple.
         """
         xs = []
-        for k, (v, shape) in enumerate(zip([x, *more], self.input_shapes)):
-            if not (type(v) is np.ndarray and v.dtype == np.float32 and v.flags.c_contiguous):
+        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
+            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous):
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
-                # Floats (and bools) run in float32; integers stay integers (token ids for an Embedding).
-                v = np.ascontiguousarray(v, dtype=np.float32 if v.dtype.kind in "bf" else v.dtype)
+                if dt != "float32" and v.dtype.kind not in "iu":
+                    raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
+                v = np.ascontiguousarray(v, dtype=dt)
             if v.shape[1:] != shape or v.ndim == 0:
                 raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
             xs.append(v)
@@ -825,6 +833,7 @@ class RuntimeModel:
         for k, v in self.constants.items():
             arrays[f"const:{k}"] = v
         graph = {"inputs": list(self.inputs), "input_shapes": [list(s) for s in self.input_shapes],
+                 "input_dtypes": list(self.input_dtypes),
                  "outputs": list(self.outputs), "constants": list(self.constants), "nodes": specs}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "input_shape": list(self.input_shape),
                 "graph": graph, "meta": self.meta}
@@ -854,7 +863,8 @@ class RuntimeModel:
             nodes.append(RuntimeNode(str(entry["name"]), op, tuple(entry["inputs"]), tuple(entry["outputs"])))
         constants = {k: arrays[f"const:{k}"] for k in g["constants"]}
         return cls(nodes, tuple(meta["input_shape"]), meta.get("meta"), inputs=g["inputs"], outputs=g["outputs"],
-                   constants=constants, input_shapes=[tuple(s) for s in g["input_shapes"]])
+                   constants=constants, input_shapes=[tuple(s) for s in g["input_shapes"]],
+                   input_dtypes=g.get("input_dtypes"))
 
     @classmethod
     def _from_v1(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
@@ -1038,9 +1048,9 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     shapes = [shape] + list((graph.input_shapes or [shape])[1:])
     nodes, constants = _lower(graph, sparse_mode=sparse, batch=int(batch_size))
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
-                      constants=constants, input_shapes=shapes)
+                      constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.
-    rt.predict(*(np.zeros((1,) + s, np.float32) for s in shapes))
+    rt.predict(*(np.zeros((1,) + s, d) for s, d in zip(shapes, rt.input_dtypes)))
     return rt
 
 

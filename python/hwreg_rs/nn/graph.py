@@ -73,6 +73,8 @@ class Graph(Module):
         appear in ``state_dict()`` under their names.
     input_shapes : sequence of tuple of int, optional
         Shape of one sample of each input (without the batch dimension), when known.
+    input_dtypes : sequence of str, optional
+        NumPy dtype name of each input (default ``"float32"``; ``"int64"`` for token ids).
 
     Examples
     --------
@@ -92,7 +94,8 @@ class Graph(Module):
 
     def __init__(self, nodes: Sequence[Node], inputs: Sequence[str], outputs: Sequence[str], *,
                  constants: Mapping[str, np.ndarray] | None = None,
-                 input_shapes: Sequence[tuple[int, ...]] | None = None) -> None:
+                 input_shapes: Sequence[tuple[int, ...]] | None = None,
+                 input_dtypes: Sequence[str] | None = None) -> None:
         super().__init__()
         self.nodes: list[Node] = list(nodes)
         self.inputs = [str(v) for v in inputs]
@@ -104,6 +107,9 @@ class Graph(Module):
         self.input_shapes = None if input_shapes is None else [tuple(int(d) for d in s) for s in input_shapes]
         if self.input_shapes is not None and len(self.input_shapes) != len(self.inputs):
             raise ValueError(f"input_shapes has {len(self.input_shapes)} entries for {len(self.inputs)} inputs")
+        self.input_dtypes = [np.dtype(d).name for d in (input_dtypes or ["float32"] * len(self.inputs))]
+        if len(self.input_dtypes) != len(self.inputs):
+            raise ValueError(f"input_dtypes has {len(self.input_dtypes)} entries for {len(self.inputs)} inputs")
         self.constant_names: list[str] = []
         for name, value in (constants or {}).items():
             self.register_buffer(str(name), np.asarray(value))

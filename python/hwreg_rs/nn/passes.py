@@ -23,7 +23,8 @@ def rebuild(graph: Graph, nodes: list[Node]) -> Graph:
     """A graph like ``graph`` with ``nodes``, keeping only the constants they still read."""
     read = {v for n in nodes for v in n.inputs} | set(graph.outputs)
     consts = {k: v for k, v in graph.constants().items() if k in read}
-    out = Graph(nodes, graph.inputs, graph.outputs, constants=consts, input_shapes=graph.input_shapes)
+    out = Graph(nodes, graph.inputs, graph.outputs, constants=consts, input_shapes=graph.input_shapes,
+                input_dtypes=graph.input_dtypes)
     return out.train(graph.training)
 
 
