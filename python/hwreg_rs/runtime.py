@@ -1046,7 +1046,15 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     shape = tuple(int(d) for d in input_shape)
     graph = Graph.from_module(model)
     shapes = [shape] + list((graph.input_shapes or [shape])[1:])
-    nodes, constants = _lower(graph, sparse_mode=sparse, batch=int(batch_size))
+    for node in graph.nodes:
+        if not node.op.op_type or registry.REGISTRY.get(node.op.op_type) is not type(node.op):
+            raise TypeError(f"cannot convert layer {type(node.op).__name__} (node {node.name!r}): it is not a "
+                            "registered op of hwreg_rs.nn")
+    try:
+        value_shapes = graph.infer_shapes(*((1,) + s for s in shapes))
+    except ValueError as e:
+        raise ValueError(f"the model does not fit input_shape {shape}: {e}") from None
+    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size))
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
                       constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.
@@ -1054,7 +1062,8 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     return rt
 
 
-def _lower(graph: Graph, *, sparse_mode: str, batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,
+           batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
     """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
     Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
     values in between, then each op lowered to its runtime op."""
@@ -1092,8 +1101,9 @@ def _lower(graph: Graph, *, sparse_mode: str, batch: int) -> tuple[list[RuntimeN
             pending = _Pending(m, w, b)
             last = node.outputs[0]
             j = sole_reader(last)
+            # BatchNorm normalises dim 1: the output channels of a Conv2d, or of a Linear on (N, features) only.
             if j is not None and isinstance(graph.nodes[j].op, (BatchNorm1d, BatchNorm2d)) and \
-                    (isinstance(m, Conv2d) or graph.nodes[j].op.__class__ is BatchNorm1d):
+                    (isinstance(m, Conv2d) or len(shapes[last]) == 2):
                 _fold_bn(pending, graph.nodes[j].op)
                 absorbed.add(j)
                 last = graph.nodes[j].outputs[0]
@@ -1125,6 +1135,4 @@ def _lower_op(m: Module) -> _Op:
         return _Pool("maxpool2d" if isinstance(m, MaxPool2d) else "avgpool2d", m.kernel_size, m.stride, pad)
     if isinstance(m, Flatten):
         return _Flatten(m.start_dim)
-    if not m.op_type or registry.REGISTRY.get(m.op_type) is not type(m):
-        raise TypeError(f"cannot convert layer {type(m).__name__}: it is not a registered op of hwreg_rs.nn")
-    return _Float(copy.deepcopy(m))
+    return _Float(copy.deepcopy(m))  # convert checked that it is a registered op
