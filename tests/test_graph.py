@@ -216,3 +216,15 @@ def test_token_id_inputs_stay_integer_through_convert_file_and_export(tmp_path):
     np.testing.assert_array_equal(runtime.load(tmp_path / "e.hwreg").predict(ids), y)
     sess = ort.InferenceSession(hw.onnx.export(rt).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"ids": ids})[0], y, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_after_a_linear_on_3d_input_is_not_folded():
+    # BatchNorm1d normalises dim 1 (here the 5 tokens), not the Linear's output features.
+    net = hw.nn.Sequential(hw.nn.Linear(4, 6, rng=0), hw.nn.BatchNorm1d(5)).eval()
+    bn = net[1]
+    bn.running_mean[...] = np.arange(5, dtype=np.float32)
+    bn.running_var[...] = np.arange(1, 6, dtype=np.float32)
+    rt = runtime.convert(net, input_shape=(5, 4))
+    x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    assert [op.kind for op in rt.ops] == ["linear", "affine"]
+    assert np.abs(rt.predict(x) - net(x)).max() <= 0.05 * np.abs(net(x)).max()
