@@ -110,6 +110,9 @@ def call(**over):
 
 def test_good_call_runs():
     assert call().shape == (2, 5, 5, 3)
+    # Any integers with __index__ (NumPy ones too), in a tuple or a list.
+    y = call(stride=(np.int64(2), 2), padding=[1, 1, 1, 1], dilation=(np.int32(1), True))
+    assert y.shape == (2, 3, 3, 3)
 
 
 @pytest.mark.parametrize("name, value", [
@@ -123,6 +126,8 @@ def test_good_call_runs():
     ("col_scale", np.ones(3, np.float64)),
     ("bias", np.zeros(3, np.float64)),
     ("stride", 1),
+    ("stride", (1.5, 1)),
+    ("padding", "1111"),
 ])
 def test_wrong_type_is_type_error(name, value):
     with pytest.raises(TypeError, match=name):
@@ -144,6 +149,9 @@ def test_wrong_type_is_type_error(name, value):
     ("stride", (1, -1)),
     ("dilation", (1, 0)),
     ("padding", (0, -1, 0, 0)),
+    ("padding", (0, 0, 0)),
+    ("stride", (2**70, 1)),
+    ("dilation", (1, -(2**70))),
     ("x", np.zeros((2, 5, 10, 3), np.uint8)[:, :, ::2]),
 ])
 def test_bad_value_is_value_error(name, value):

@@ -8,17 +8,35 @@ use numpy::{
     PyArray1, PyArray4, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray3, PyReadonlyArray4,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyMemoryError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::errors::{contiguous, OrPy};
 
-/// Non-negative entries of a geometry tuple, or a `ValueError` naming it.
-fn dims<const K: usize>(name: &str, v: [i64; K]) -> PyResult<[usize; K]> {
+/// A tuple of `K` non-negative ints: `TypeError` if `v` is not a sequence of
+/// ints, `ValueError` naming the argument if it has the wrong length or an
+/// entry is negative or too large (never an `OverflowError`).
+fn ints<const K: usize>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<[usize; K]> {
+    let items: Vec<Bound<'_, PyAny>> = v.extract().map_err(|_| {
+        PyTypeError::new_err(format!("{name} must be a tuple of {K} ints; got {v}"))
+    })?;
+    if items.len() != K {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have {K} entries; got {v}"
+        )));
+    }
     let mut out = [0usize; K];
-    for (o, &x) in out.iter_mut().zip(&v) {
-        *o = usize::try_from(x).map_err(|_| {
-            PyValueError::new_err(format!("{name} entries must be >= 0; got {v:?}"))
+    for (o, item) in out.iter_mut().zip(&items) {
+        // Anything with `__index__` (Python or NumPy ints); a negative or huge
+        // one is an `OverflowError` in PyO3, reported here as a `ValueError`.
+        *o = item.extract::<usize>().map_err(|e| {
+            if e.is_instance_of::<PyTypeError>(v.py()) {
+                PyTypeError::new_err(format!("{name} must be a tuple of {K} ints; got {v}"))
+            } else {
+                PyValueError::new_err(format!(
+                    "{name} entries must be >= 0 and fit a machine word; got {v}"
+                ))
+            }
         })?;
     }
     Ok(out)
@@ -28,9 +46,9 @@ fn dims<const K: usize>(name: &str, v: [i64; K]) -> PyResult<[usize; K]> {
 fn geometry(
     x: &[usize],
     weight: &[usize],
-    stride: (i64, i64),
-    padding: (i64, i64, i64, i64),
-    dilation: (i64, i64),
+    stride: &Bound<'_, PyAny>,
+    padding: &Bound<'_, PyAny>,
+    dilation: &Bound<'_, PyAny>,
 ) -> PyResult<Depthwise> {
     if weight[2] != x[3] {
         return Err(PyValueError::new_err(format!(
@@ -38,9 +56,9 @@ fn geometry(
             x[3], weight
         )));
     }
-    let [sh, sw] = dims("stride", [stride.0, stride.1])?;
-    let [dh, dw] = dims("dilation", [dilation.0, dilation.1])?;
-    let padding = dims("padding", [padding.0, padding.1, padding.2, padding.3])?;
+    let [sh, sw] = ints("stride", stride)?;
+    let [dh, dw] = ints("dilation", dilation)?;
+    let padding = ints("padding", padding)?;
     Ok(Depthwise {
         n: x[0],
         h: x[1],
@@ -90,12 +108,12 @@ fn depthwise_conv2d_nhwc<'py>(
     weight: PyReadonlyArray3<'py, i8>,
     col_scale: PyReadonlyArray1<'py, f32>,
     bias: Option<PyReadonlyArray1<'py, f32>>,
-    stride: (i64, i64),
-    padding: (i64, i64, i64, i64),
-    dilation: (i64, i64),
+    stride: Bound<'py, PyAny>,
+    padding: Bound<'py, PyAny>,
+    dilation: Bound<'py, PyAny>,
     relu: bool,
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
-    let g = geometry(x.shape(), weight.shape(), stride, padding, dilation)?;
+    let g = geometry(x.shape(), weight.shape(), &stride, &padding, &dilation)?;
     let xs = contiguous(&x, "x")?;
     let zp = contiguous(&zero_points, "zero_points")?;
     let sc = contiguous(&scales, "scales")?;
@@ -118,11 +136,11 @@ fn depthwise_conv2d_nhwc_i32<'py>(
     x: PyReadonlyArray4<'py, u8>,
     zero_points: PyReadonlyArray1<'py, i32>,
     weight: PyReadonlyArray3<'py, i8>,
-    stride: (i64, i64),
-    padding: (i64, i64, i64, i64),
-    dilation: (i64, i64),
+    stride: Bound<'py, PyAny>,
+    padding: Bound<'py, PyAny>,
+    dilation: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray4<i32>>> {
-    let g = geometry(x.shape(), weight.shape(), stride, padding, dilation)?;
+    let g = geometry(x.shape(), weight.shape(), &stride, &padding, &dilation)?;
     let xs = contiguous(&x, "x")?;
     let zp = contiguous(&zero_points, "zero_points")?;
     let ws = contiguous(&weight, "weight")?;
