@@ -210,6 +210,10 @@ def test_runtime_depthwise_bit_identical_to_numpy_path(each_isa, k, stride, padd
         assert y.dtype == np.float32 and y.shape == want.shape == op.out_shape(x.shape)
         assert y.flags.c_contiguous
         np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
+        # The channels-last entry gives the same values, from NCHW or NHWC input.
+        want_nhwc = want.transpose(0, 2, 3, 1)
+        np.testing.assert_array_equal(op.forward_nhwc(x, nchw_in=True), want_nhwc)
+        np.testing.assert_array_equal(op.forward_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1))), want_nhwc)
 
 
 def test_grouped_but_not_depthwise_keeps_the_numpy_path():
@@ -219,11 +223,20 @@ def test_grouped_but_not_depthwise_keeps_the_numpy_path():
     assert not op._depthwise
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(op.forward(x), op._forward_numpy(x))
+    np.testing.assert_array_equal(op.forward_nhwc(x, nchw_in=True), op._forward_numpy(x).transpose(0, 2, 3, 1))
     # groups == in_channels with a channel multiplier of 2 is not the native kernel's case either.
     layer = Int8Linear(rng.integers(-128, 128, (8, 9), dtype=np.int8), np.float32(0.01), None)
     op = runtime._GroupConv(layer, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
     assert not op._depthwise
     np.testing.assert_array_equal(op.forward(x), op._forward_numpy(x))
+
+
+def test_wrong_input_layout_is_value_error():
+    op = group_conv(3, 3, (1, 1), (1, 1, 1, 1), (1, 1), False, True, 0)
+    with pytest.raises(ValueError, match="expects input"):
+        op.forward(np.zeros((1, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="expects input"):
+        op.forward_nhwc(np.zeros((1, 3, 5, 5), np.float32))
 
 
 def test_converted_depthwise_model_predicts_through_the_kernel():

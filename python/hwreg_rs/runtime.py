@@ -456,13 +456,25 @@ class _GroupConv(_OnInt8Linear):
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
         if not self._depthwise:
             return self._forward_numpy(x)
+        return np.ascontiguousarray(self.forward_nhwc(x, nchw_in=True).transpose(0, 3, 1, 2))
+
+    def forward_nhwc(self, x: np.ndarray, nchw_in: bool = False) -> np.ndarray:
+        """NHWC float32 output ``(N, OH, OW, C_out)`` of an NHWC input (or NCHW with ``nchw_in``),
+        as :meth:`_Conv.forward_nhwc`; the same values as :meth:`forward`."""
+        if not self._depthwise:
+            y = self._forward_numpy(x if nchw_in else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+        if x.ndim != 4 or x.shape[1 if nchw_in else 3] != self.in_channels:
+            layout = f"(N, {self.in_channels}, H, W)" if nchw_in else f"(N, H, W, {self.in_channels})"
+            raise ValueError(f"conv2d expects input {layout}; got shape {x.shape}")
         (sh, sw), (dh, dw), (t, l, b, r) = self.stride, self.dilation, self.padding
+        # Per-image scale and zero point do not depend on the layout.
         scale, zp = _image_qparams(x)
-        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
-        y = _native.depthwise_conv2d_nhwc(
-            np.ascontiguousarray(xq.transpose(0, 2, 3, 1)), zp, scale, self._dw_weight, self._dw_col_scale,
-            self._dw_bias, (sh, sw), (t, l, b, r), (dh, dw), bool(self.layer.relu))
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        xq: np.ndarray = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        if nchw_in:  # a quarter of the bytes of the float input to move
+            xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+        return _native.depthwise_conv2d_nhwc(xq, zp, scale, self._dw_weight, self._dw_col_scale, self._dw_bias,
+                                             (sh, sw), (t, l, b, r), (dh, dw), bool(self.layer.relu))
 
     def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
         """Any grouped conv, in NumPy: int32 sums over strided windows (NCHW in and out)."""
