@@ -169,6 +169,29 @@ def pool2d_nhwc(
     padding: tuple[int, int],
     kind: str,
 ) -> npt.NDArray[np.float32]: ...
+# exact int8 depthwise conv (channel multiplier 1), channels-last: x uint8 (n, h, w, c) with a zero
+# point and scale per image, weight int8 (kh, kw, c), padding (top, left, bottom, right) a real zero;
+# output (acc * scales[i]) * col_scale[c] + bias[c] (then ReLU) as the GEMM's float step
+def depthwise_conv2d_nhwc(
+    x: npt.NDArray[np.uint8],
+    zero_points: npt.NDArray[np.int32],
+    scales: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.int8],
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    relu: bool,
+) -> npt.NDArray[np.float32]: ...
+def depthwise_conv2d_nhwc_i32(
+    x: npt.NDArray[np.uint8],
+    zero_points: npt.NDArray[np.int32],
+    weight: npt.NDArray[np.int8],
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> npt.NDArray[np.int32]: ...
 def col2im(
     cols: npt.NDArray[np.float32],
     input_shape: tuple[int, int, int, int],

@@ -417,6 +417,12 @@ class _GroupConv(_OnInt8Linear):
     summed in int32 over the ``(channel in group, ky, kx)`` window with the
     zero point folded out (``sum((q - zp) * w)``), then the float output step
     (``acc * x_scale * w_scale + bias``, ReLU) runs as in the GEMM.
+
+    A depthwise conv (``groups == in_channels == out_channels``) runs in the
+    native channels-last kernel (``_native.depthwise_conv2d_nhwc``, weight
+    kept as ``(kh, kw, c)``); other grouped convs in NumPy
+    (:meth:`_forward_numpy`). Both compute the same integers and the same
+    float step, so they agree bit for bit.
     """
 
     kind = "group_conv2d"
@@ -429,6 +435,11 @@ class _GroupConv(_OnInt8Linear):
         oc, (kh, kw) = layer.out_features, self.kernel_size
         cg = self.in_channels // self.groups
         self._w = layer.weight_q.reshape(self.groups, oc // self.groups, cg, kh, kw).astype(np.int32)
+        self._depthwise = self.groups == self.in_channels == oc
+        if self._depthwise:  # the native kernel's layout: (kh, kw, c), channels innermost
+            self._dw_weight = np.ascontiguousarray(layer.weight_q.reshape(oc, kh, kw).transpose(1, 2, 0), np.int8)
+            self._dw_col_scale = np.ascontiguousarray(np.broadcast_to(layer.weight_scale, (oc,)), np.float32)
+            self._dw_bias = None if layer.bias is None else np.ascontiguousarray(layer.bias, np.float32)
 
     def _windows(self, q: np.ndarray) -> np.ndarray:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
@@ -441,6 +452,32 @@ class _GroupConv(_OnInt8Linear):
             q, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
+        if not self._depthwise:
+            return self._forward_numpy(x)
+        return np.ascontiguousarray(self.forward_nhwc(x, nchw_in=True).transpose(0, 3, 1, 2))
+
+    def forward_nhwc(self, x: np.ndarray, nchw_in: bool = False) -> np.ndarray:
+        """NHWC float32 output ``(N, OH, OW, C_out)`` of an NHWC input (or NCHW with ``nchw_in``),
+        as :meth:`_Conv.forward_nhwc`; the same values as :meth:`forward`."""
+        if not self._depthwise:
+            y = self._forward_numpy(x if nchw_in else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+        if x.ndim != 4 or x.shape[1 if nchw_in else 3] != self.in_channels:
+            layout = f"(N, {self.in_channels}, H, W)" if nchw_in else f"(N, H, W, {self.in_channels})"
+            raise ValueError(f"conv2d expects input {layout}; got shape {x.shape}")
+        (sh, sw), (dh, dw), (t, l, b, r) = self.stride, self.dilation, self.padding
+        # Per-image scale and zero point do not depend on the layout.
+        scale, zp = _image_qparams(x)
+        xq: np.ndarray = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        if nchw_in:  # a quarter of the bytes of the float input to move
+            xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+        return _native.depthwise_conv2d_nhwc(xq, zp, scale, self._dw_weight, self._dw_col_scale, self._dw_bias,
+                                             (sh, sw), (t, l, b, r), (dh, dw), bool(self.layer.relu))
+
+    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        """Any grouped conv, in NumPy: int32 sums over strided windows (NCHW in and out)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
         n = x.shape[0]

@@ -6,6 +6,7 @@
 //! Runtime CPU dispatch lives in [`isa`]; thread policy in [`threads`] (rayon) and [`team`] (fork-join for GEMM).
 
 pub mod conv;
+pub mod depthwise;
 pub mod error;
 pub mod gemm;
 pub mod isa;

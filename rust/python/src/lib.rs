@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod conv;
+mod depthwise;
 mod errors;
 mod gemm;
 mod nhwc;
@@ -72,6 +73,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
+    depthwise::register(m)?;
     nhwc::register(m)?;
     runtime::register(m)?;
     optim::register(m)?;
