@@ -202,7 +202,7 @@ def group_conv(c, k, stride, padding, dilation, relu, with_bias, seed):
 def test_runtime_depthwise_bit_identical_to_numpy_path(each_isa, k, stride, padding, dilation, batch, relu):
     for c, seed in [(3, 0), (40, 1)]:
         op = group_conv(c, k, stride, padding, dilation, relu, with_bias=seed == 0, seed=seed)
-        assert op._depthwise
+        assert op.depthwise
         x = np.random.default_rng(seed + 10).standard_normal((batch, c, 11, 9)).astype(np.float32)
         x[0, 0, 0, 0] = -4.0  # images with different scales and zero points
         y = op.forward(x)
@@ -220,14 +220,14 @@ def test_grouped_but_not_depthwise_keeps_the_numpy_path():
     rng = np.random.default_rng(0)
     layer = Int8Linear(rng.integers(-128, 128, (8, 2 * 9), dtype=np.int8), np.float32(0.01), None)
     op = runtime._GroupConv(layer, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2)
-    assert not op._depthwise
+    assert not op.depthwise
     x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(op.forward(x), op._forward_numpy(x))
     np.testing.assert_array_equal(op.forward_nhwc(x, nchw_in=True), op._forward_numpy(x).transpose(0, 2, 3, 1))
     # groups == in_channels with a channel multiplier of 2 is not the native kernel's case either.
     layer = Int8Linear(rng.integers(-128, 128, (8, 9), dtype=np.int8), np.float32(0.01), None)
     op = runtime._GroupConv(layer, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4)
-    assert not op._depthwise
+    assert not op.depthwise
     np.testing.assert_array_equal(op.forward(x), op._forward_numpy(x))
 
 
@@ -244,7 +244,7 @@ def test_converted_depthwise_model_predicts_through_the_kernel():
                            hw.nn.ReLU()).eval()
     rt = runtime.convert(net, input_shape=(6, 9, 9))
     op = next(o for o in rt.ops if o.kind == "group_conv2d")
-    assert op._depthwise
+    assert op.depthwise
     x = np.random.default_rng(1).standard_normal((2, 6, 9, 9)).astype(np.float32)
     y = rt.predict(x)
     np.testing.assert_allclose(y, net(x), rtol=0.05, atol=0.05)

@@ -228,3 +228,16 @@ def test_batchnorm_after_a_linear_on_3d_input_is_not_folded():
     x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
     assert [op.kind for op in rt.ops] == ["linear", "affine"]
     assert np.abs(rt.predict(x) - net(x)).max() <= 0.05 * np.abs(net(x)).max()
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet"])
+def test_planned_graph_is_bit_identical_to_running_the_nodes_one_by_one(name):
+    # predict keeps convolutions, depthwise convolutions and the element-wise ops between them
+    # channels-last; each op on its own takes and returns NCHW. The numbers must not change.
+    m = _models()[name]
+    rt = runtime.convert(hw.onnx.load(m), input_shape=F.sample_shape(m))
+    x = _x(m, 3)
+    env = {rt.inputs[0]: x}
+    for node, args in rt.trace(x):
+        env.update(zip(node.outputs, (node.op.forward(*args),)))
+    np.testing.assert_array_equal(rt.predict(x), env[rt.outputs[0]])

@@ -38,6 +38,7 @@ from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
 from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
+from .nn.ops import _Unary
 from .profiles import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
@@ -435,8 +436,8 @@ class _GroupConv(_OnInt8Linear):
         oc, (kh, kw) = layer.out_features, self.kernel_size
         cg = self.in_channels // self.groups
         self._w = layer.weight_q.reshape(self.groups, oc // self.groups, cg, kh, kw).astype(np.int32)
-        self._depthwise = self.groups == self.in_channels == oc
-        if self._depthwise:  # the native kernel's layout: (kh, kw, c), channels innermost
+        self.depthwise = self.groups == self.in_channels == oc
+        if self.depthwise:  # the native kernel's layout: (kh, kw, c), channels innermost
             self._dw_weight = np.ascontiguousarray(layer.weight_q.reshape(oc, kh, kw).transpose(1, 2, 0), np.int8)
             self._dw_col_scale = np.ascontiguousarray(np.broadcast_to(layer.weight_scale, (oc,)), np.float32)
             self._dw_bias = None if layer.bias is None else np.ascontiguousarray(layer.bias, np.float32)
@@ -454,14 +455,14 @@ class _GroupConv(_OnInt8Linear):
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
-        if not self._depthwise:
+        if not self.depthwise:
             return self._forward_numpy(x)
         return np.ascontiguousarray(self.forward_nhwc(x, nchw_in=True).transpose(0, 3, 1, 2))
 
     def forward_nhwc(self, x: np.ndarray, nchw_in: bool = False) -> np.ndarray:
         """NHWC float32 output ``(N, OH, OW, C_out)`` of an NHWC input (or NCHW with ``nchw_in``),
         as :meth:`_Conv.forward_nhwc`; the same values as :meth:`forward`."""
-        if not self._depthwise:
+        if not self.depthwise:
             y = self._forward_numpy(x if nchw_in else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
             return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
         if x.ndim != 4 or x.shape[1 if nchw_in else 3] != self.in_channels:
@@ -540,8 +541,8 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
     """The callables ``predict`` runs, in order.
 
-    Convolutions and the pools, ReLUs and affines between them pass NHWC
-    tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
+    Convolutions (dense and depthwise) and the pools, ReLUs, element-wise
+    float ops and affines between them pass NHWC tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
     the NHWC order and hands that Linear its weight with the input columns
     permuted to match; anything else gets NCHW back first. Then runs of int8
     Linear layers become one native call (:func:`_fuse_dense_runs`).
@@ -561,9 +562,11 @@ def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
         op = work[i]
         j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
         nxt = work[j] if j is not None else None
-        if isinstance(op, _Conv):
+        if isinstance(op, _Conv) or (isinstance(op, _GroupConv) and op.depthwise):
             steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
             nhwc = True
+        elif nhwc and isinstance(op, _Float) and isinstance(op.module, _Unary):
+            steps.append(op.forward)  # an element-wise op does not care about the layout (ReLU6 between convs)
         elif nhwc and isinstance(op, _Pool):
             steps.append(op.forward_nhwc)
         elif nhwc and isinstance(op, _Affine):
