@@ -9,6 +9,7 @@ pub mod conv;
 pub mod error;
 pub mod gemm;
 pub mod isa;
+pub mod nnops;
 pub mod nhwc;
 pub mod optim;
 pub mod prune;
