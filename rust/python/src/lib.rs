@@ -10,6 +10,7 @@ mod conv;
 mod errors;
 mod gemm;
 mod nhwc;
+mod nnops;
 mod optim;
 mod prune;
 mod quant;
@@ -75,5 +76,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nhwc::register(m)?;
     runtime::register(m)?;
     optim::register(m)?;
+    nnops::register(m)?;
     Ok(())
 }
