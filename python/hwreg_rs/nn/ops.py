@@ -6,7 +6,11 @@ ONNX where it defines the op and PyTorch for gradients and initialisation.
 Ops with several inputs take them as separate arguments (``Add()(a, b)``) and
 return one gradient per input from ``backward``; integer inputs (indices,
 shapes) get ``None``. Float32 in gives float32 out; float64 (used by gradient
-checks) works too.
+checks) works too. LayerNorm, Softmax, LogSoftmax and GELU run float32 inputs
+(forward and backward) on the Rust kernels of ``hwreg_rs._native``
+(``layer_norm``, ``softmax``, ``log_softmax``, ``gelu`` and their ``*_backward``);
+every other dtype takes the NumPy code in this file, which is also the
+reference the tests hold the kernels to.
 
 Examples
 --------
