@@ -6,6 +6,8 @@ from typing import Any, Tuple, Union
 
 import numpy as np
 
+from .. import _native
+from .._validate import native_array
 from . import functional as F
 from .layers import bias_uniform, kaiming_uniform, _positive_int
 from .module import Module, Parameter, as_rng
@@ -111,6 +113,14 @@ class Conv2d(Module):
         self._in_shape = x.shape
         if not self._im2col_path:
             self._x, self._w = x, wq
+            b = None if self.bias is None else self.bias.data
+            # depthwise (groups == in_channels) in float32: the native kernel, bias fused
+            self._dw_native = self.groups == self.in_channels and all(
+                a is None or a.dtype == np.float32 for a in (x, wq, b))
+            if self._dw_native:
+                self._x, self._w = native_array(x, "x"), native_array(wq, "weight")
+                return _native.depthwise_conv2d(self._x, self._w, None if b is None else native_array(b, "bias"),
+                                                self.stride, self.pads, self.dilation)
             y = F.conv2d_taps(x, wq, self.stride, self.pads, self.dilation, self.groups)
             if self.bias is not None:
                 y += self.bias.data.reshape(-1, 1, 1)
@@ -126,6 +136,15 @@ class Conv2d(Module):
         return np.ascontiguousarray(y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2))
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
+        if not self._im2col_path and self._dw_native and grad.dtype == np.float32:
+            gx, self.weight.grad, gb = _native.depthwise_conv2d_backward(
+                native_array(grad, "grad"), self._x, self._w, self.stride, self.pads, self.dilation,
+                self.bias is not None)
+            if self.bias is not None:
+                self.bias.grad = gb
+            if self.input_fake_quant is not None:
+                gx = self.input_fake_quant.backward(gx)
+            return gx
         if self.bias is not None:
             self.bias.grad = grad.sum(axis=(0, 2, 3))
         if not self._im2col_path:

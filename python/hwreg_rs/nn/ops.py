@@ -6,7 +6,11 @@ ONNX where it defines the op and PyTorch for gradients and initialisation.
 Ops with several inputs take them as separate arguments (``Add()(a, b)``) and
 return one gradient per input from ``backward``; integer inputs (indices,
 shapes) get ``None``. Float32 in gives float32 out; float64 (used by gradient
-checks) works too.
+checks) works too. LayerNorm, Softmax, LogSoftmax and GELU run float32 inputs
+(forward and backward) on the Rust kernels of ``hwreg_rs._native``
+(``layer_norm``, ``softmax``, ``log_softmax``, ``gelu`` and their ``*_backward``);
+every other dtype takes the NumPy code in this file, which is also the
+reference the tests hold the kernels to.
 
 Examples
 --------
@@ -26,6 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import _native
+from .._validate import native_array
 from .layers import _positive_int
 from .module import Module, Parameter, as_rng
 from .registry import register
@@ -96,6 +102,27 @@ def _broadcast(*shapes: Sequence[int]) -> Shape:
         return tuple(np.broadcast_shapes(*(tuple(s) for s in shapes)))
     except ValueError:
         raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast together") from None
+
+
+def _all_f32(*arrays: np.ndarray | None) -> bool:
+    """Whether every array given (``None`` skipped) is float32: then the op runs on the native kernels."""
+    return all(a is None or a.dtype == np.float32 for a in arrays)
+
+
+def _rows(x: np.ndarray, ax: int, name: str) -> tuple[np.ndarray, Shape]:
+    """``x`` with axis ``ax`` moved last as a C-contiguous ``(rows, d)`` array, and the moved shape."""
+    xm = np.moveaxis(x, ax, -1)
+    return native_array(xm, name).reshape(math.prod(xm.shape[:-1]), xm.shape[-1]), xm.shape
+
+
+def _unrows(y: np.ndarray, shape: Shape, ax: int) -> np.ndarray:
+    """Inverse of :func:`_rows`."""
+    return np.ascontiguousarray(np.moveaxis(y.reshape(shape), -1, ax))
+
+
+def _check_grad_shape(grad: np.ndarray, shape: Shape) -> None:
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"grad has shape {tuple(grad.shape)}; the output has shape {tuple(shape)}")
 
 
 class _Op(Module):
@@ -643,6 +670,24 @@ class GELU(_Unary):
     def config(self) -> dict[str, Any]:
         return {"approximate": self.approximate}
 
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        self._on_native = x.dtype == np.float32
+        if not self._on_native:
+            return super().forward(x)
+        self._x = native_array(x, "x")
+        self._y = _native.gelu(self._x, self.approximate)
+        return self._y
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        if self._on_native:
+            grad = np.asarray(grad)
+            if grad.dtype == np.float32:
+                _check_grad_shape(grad, self._x.shape)
+                return _native.gelu_backward(self._x, native_array(grad, "grad"), self.approximate)
+            self._f(self._x)  # the caches the NumPy derivative reads
+        return super().backward(grad)
+
     def _f(self, x: np.ndarray) -> np.ndarray:
         if self.approximate == "tanh":
             self._t = np.tanh(self._K * (x + 0.044715 * x ** 3))
@@ -686,13 +731,32 @@ class Softmax(_SameShape):
         _axis(self.axis, len(shape))
         return tuple(shape)
 
+    _kernels = ("softmax", "softmax_backward")
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         ax = _axis(self.axis, x.ndim)
+        self._on_native = x.dtype == np.float32
+        if self._on_native:
+            x2, shape = _rows(x, ax, "x")
+            self._y = _unrows(getattr(_native, self._kernels[0])(x2), shape, ax)
+            return self._y
+        return self._forward_np(x, ax)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        grad = np.asarray(grad)
+        if self._on_native and grad.dtype == np.float32:
+            _check_grad_shape(grad, self._y.shape)
+            ax = _axis(self.axis, grad.ndim)
+            (y2, shape), (g2, _) = _rows(self._y, ax, "y"), _rows(grad, ax, "grad")
+            return _unrows(getattr(_native, self._kernels[1])(y2, g2), shape, ax)
+        return self._backward_np(grad)
+
+    def _forward_np(self, x: np.ndarray, ax: int) -> np.ndarray:
         e = np.exp(x - x.max(axis=ax, keepdims=True))
         self._y = e / e.sum(axis=ax, keepdims=True)
         return self._y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def _backward_np(self, grad: np.ndarray) -> np.ndarray:
         y = self._y
         return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))
 
@@ -714,14 +778,14 @@ class LogSoftmax(Softmax):
     """
 
     op_type = "LogSoftmax"
+    _kernels = ("log_softmax", "log_softmax_backward")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        ax = _axis(self.axis, x.ndim)
+    def _forward_np(self, x: np.ndarray, ax: int) -> np.ndarray:
         z = x - x.max(axis=ax, keepdims=True)
         self._y = z - np.log(np.exp(z).sum(axis=ax, keepdims=True))
         return self._y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def _backward_np(self, grad: np.ndarray) -> np.ndarray:
         return grad - np.exp(self._y) * grad.sum(axis=self.axis, keepdims=True)
 
 
@@ -788,8 +852,20 @@ class LayerNorm(_SameShape):
         self._axes_of(shape)
         return tuple(shape)
 
+    def _affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (None if self.weight is None else self.weight.data, None if self.bias is None else self.bias.data)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         axes = self._axes_of(x.shape)
+        w, b = self._affine()
+        self._native_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if _all_f32(x, w, b):
+            d = math.prod(self.normalized_shape)
+            x2 = native_array(x, "x").reshape(-1, d)
+            flat = [None if a is None else native_array(a, n).reshape(d) for a, n in ((w, "weight"), (b, "bias"))]
+            y, mean, inv = _native.layer_norm(x2, flat[0], flat[1], self.eps)
+            self._native_cache, self._axes, self._in_shape = (x2, mean, inv), axes, x.shape
+            return y.reshape(x.shape)
         xc = x - x.mean(axis=axes, keepdims=True)
         inv = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + x.dtype.type(self.eps))
         xhat = xc * inv
@@ -800,6 +876,24 @@ class LayerNorm(_SameShape):
         return y if self.bias is None else y + self.bias.data
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
+        grad = np.asarray(grad)
+        if self._native_cache is not None:
+            x2, mean, inv2 = self._native_cache
+            _check_grad_shape(grad, self._in_shape)
+            if grad.dtype == np.float32:
+                w, b = self._affine()
+                w2 = None if w is None else native_array(w, "weight").reshape(-1)
+                dx, dw, db = _native.layer_norm_backward(native_array(grad, "grad").reshape(x2.shape), x2, mean, inv2,
+                                                         w2, b is not None)
+                if self.weight is not None:
+                    self.weight.grad = dw.reshape(self.normalized_shape)
+                    if self.bias is not None:
+                        self.bias.grad = db.reshape(self.normalized_shape)
+                return dx.reshape(self._in_shape)
+            # another dtype of gradient: the NumPy path, from the saved statistics
+            keep = self._in_shape[:grad.ndim - len(self._axes)] + (1,) * len(self._axes)
+            self._xhat = ((x2 - mean[:, None]) * inv2[:, None]).reshape(self._in_shape)
+            self._inv = inv2.reshape(keep)
         xhat, inv, axes = self._xhat, self._inv, self._axes
         lead = tuple(range(grad.ndim - len(axes)))
         if self.weight is not None:

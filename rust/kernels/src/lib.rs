@@ -10,6 +10,7 @@ pub mod depthwise;
 pub mod error;
 pub mod gemm;
 pub mod isa;
+pub mod nnops;
 pub mod nhwc;
 pub mod optim;
 pub mod prune;

@@ -11,6 +11,7 @@ mod depthwise;
 mod errors;
 mod gemm;
 mod nhwc;
+mod nnops;
 mod optim;
 mod prune;
 mod quant;
@@ -77,5 +78,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nhwc::register(m)?;
     runtime::register(m)?;
     optim::register(m)?;
+    nnops::register(m)?;
     Ok(())
 }
