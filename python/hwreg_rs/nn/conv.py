@@ -25,7 +25,8 @@ class Conv2d(Module):
     ``bias`` ``(out_channels,)``; initialisation matches PyTorch's defaults
     (``fan_in = in_channels // groups * kh * kw``). ``groups == in_channels``
     is a depthwise convolution. The common case (``groups=1``, ``dilation=1``,
-    the same padding on both sides) runs on the native im2col kernels; the
+    the same padding on both sides) runs on the native im2col kernels, a
+    float32 depthwise convolution on the native depthwise kernels, the
     others on :func:`~hwreg_rs.nn.functional.conv2d_taps` (NumPy).
 
     Parameters

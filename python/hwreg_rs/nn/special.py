@@ -56,7 +56,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = np.atleast_1d(x.astype(np.float64, copy=False))  # boolean indexing below needs an array
     a = np.abs(x64)
     out = np.sign(x64)  # |x| >= 6 (and NaN stays NaN)
     small = a <= 1.0
@@ -65,7 +65,7 @@ def erf(x: np.ndarray) -> np.ndarray:
     out[small] = xs * chebyshev.chebval(2.0 * xs * xs - 1.0, _A)
     am = a[mid]
     out[mid] = np.sign(x64[mid]) * (1.0 - np.exp(-am * am) * chebyshev.chebval((2.0 * am - 7.0) / 5.0, _B))
-    return out.astype(dtype, copy=False)
+    return out.reshape(x.shape).astype(dtype, copy=False)
 
 
 __all__ = ["erf"]
