@@ -798,13 +798,14 @@ class RuntimeModel:
         """
         xs = []
         for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
-            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous):
+            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous and v.flags.aligned):
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
                 if dt != "float32" and v.dtype.kind not in "iu":
                     raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
-                v = np.ascontiguousarray(v, dtype=dt)
+                # Aligned too: arrays from pickle-5 / network buffers can sit at odd offsets.
+                v = np.require(v, dtype=dt, requirements=["C", "A"])
             if v.shape[1:] != shape or v.ndim == 0:
                 raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
             xs.append(v)
