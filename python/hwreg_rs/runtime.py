@@ -30,6 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import _native, io, sparse
+from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
 from .nn import functional as F
@@ -104,6 +105,19 @@ class _OnInt8Linear(_Op):
 
     layer: Int8Linear
 
+    @staticmethod
+    def _layer_from(s: Spec, in_features: int | None = None) -> Int8Linear:
+        """The int8 weight, its per-channel scales and bias from a file, every array checked."""
+        s.only(["weight_q", "weight_scale", "bias"])
+        wq = s.array("weight_q", np.int8, ndim=2)
+        out, k = wq.shape
+        if out < 1 or k < 1 or (in_features is not None and k != in_features):
+            raise s.fail("array 'weight_q'", f"has shape {wq.shape}; expected (out, {in_features or 'in'})")
+        scale = s.array("weight_scale", np.float32, shape=(out,), finite=True, positive=True)
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        # Copies: a live model must not keep views into the file it came from.
+        return Int8Linear(wq.copy(), scale.copy(), None if bias is None else bias.copy(), relu=s.bool("relu"))
+
     def arrays(self) -> dict[str, np.ndarray]:
         a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
         if self.layer.bias is not None:
@@ -126,10 +140,12 @@ class _Dense(_OnInt8Linear):
         return {"op": self.kind, "relu": bool(self.layer.relu)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Dense":
-        return cls(Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"]))
+    def from_file(cls, s: Spec) -> "_Dense":
+        return cls(cls._layer_from(s))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.layer.in_features:
+            raise ValueError(f"linear expects inputs (..., {self.layer.in_features}); got shape {shape}")
         return shape[:-1] + (self.layer.out_features,)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -170,24 +186,41 @@ class _Sparse(_Op):
         return a
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Sparse":
-        out, inp = spec["out"], spec["in"]
-        mask = np.unpackbits(a["mask_bits"], count=out * inp).astype(bool).reshape(out, inp)
-        values = np.zeros((out, inp), a["values"].dtype)
-        values[mask] = a["values"]
-        block = tuple(spec["block"]) if spec["block"] else None
-        if "scale" in a:  # int8: the stored values are exact multiples of the row scales
-            w = values.astype(np.float32) * a["scale"][:, None]
-        else:
-            w = values
-        matrix = sparse.Choice(spec["path"], block).build(w, mask)
-        return cls(matrix, spec["path"], block, a.get("bias"), spec["relu"])
+    def from_file(cls, s: Spec) -> "_Sparse":
+        path = s.str("path", _SPARSE_PATHS)
+        out, inp = s.int("out", lo=1), s.int("in", lo=1)
+        if out * inp > MAX_ELEMENTS:
+            raise s.fail("'out' x 'in'", f"= {out} x {inp} exceeds the bound of {MAX_ELEMENTS} weights")
+        block = None
+        if s.spec.get("block") is not None:
+            block = s.ints("block", 2, lo=1, hi=64)
+        elif path.startswith(("bsr", "nm")):
+            raise s.fail("'block'", f"is required by path {path!r}")
+        int8 = path.endswith("int8")
+        s.only(["values", "mask_bits", "scale", "bias"])
+        bits = s.array("mask_bits", np.uint8, shape=((out * inp + 7) // 8,))
+        mask = np.unpackbits(bits, count=out * inp).astype(bool).reshape(out, inp)
+        kept = int(mask.sum())
+        values = s.array("values", np.int8 if int8 else np.float32, shape=(kept,), finite=not int8)
+        scale = s.array("scale", np.float32, shape=(out,), finite=True, positive=True, optional=not int8)
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        dense = np.zeros((out, inp), values.dtype)
+        dense[mask] = values
+        # int8: the stored values are exact multiples of the row scales.
+        w = dense.astype(np.float32) * scale[:, None] if scale is not None else dense
+        try:
+            matrix = sparse.Choice(path, block).build(w, mask)
+        except (ValueError, TypeError) as e:
+            raise s.fail(f"path {path!r} with block {block}", f"cannot hold this weight ({e})") from None
+        return cls(matrix, path, block, None if bias is None else bias.copy(), s.bool("relu"))
 
     @property
     def nbytes(self) -> int:
         return int(self.matrix.nbytes) + (0 if self.bias is None else self.bias.nbytes)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.matrix.shape[1]:
+            raise ValueError(f"sparse_linear expects inputs (..., {self.matrix.shape[1]}); got shape {shape}")
         return shape[:-1] + (self.matrix.shape[0],)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -255,11 +288,18 @@ class _Conv(_OnInt8Linear):
                 "stride": list(self.stride), "padding": list(self.padding)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Conv":
-        layer = Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"])
-        return cls(layer, spec["in_channels"], spec["kernel_size"], spec["stride"], spec["padding"])
+    def from_file(cls, s: Spec) -> "_Conv":
+        c = s.int("in_channels", lo=1)
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        layer = cls._layer_from(s, c * k[0] * k[1])
+        if s.int("out_channels", lo=1) != layer.out_features:
+            raise s.fail("'out_channels'", f"= {s.spec['out_channels']} disagrees with weight_q's "
+                                           f"{layer.out_features} rows")
+        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 2, hi=MAX_PAD))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects inputs (N, {self.in_channels}, H, W); got shape {shape}")
         oh, ow = F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
         return (shape[0], self.layer.out_features, oh, ow)
 
@@ -308,10 +348,17 @@ class _Pool(_Op):
                 "padding": list(self.padding)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Pool":
-        return cls(spec["op"], spec["kernel_size"], spec["stride"], spec["padding"])
+    def from_file(cls, s: Spec) -> "_Pool":
+        s.only([])
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        p = s.ints("padding", 2, hi=MAX_PAD)
+        if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+            raise s.fail("'padding'", f"{list(p)} must be at most half the kernel size {list(k)}")
+        return cls(s.str("op"), k, s.ints("stride", 2, lo=1, hi=MAX_PAD), p)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4:
+            raise ValueError(f"{self.kind} expects inputs (N, C, H, W); got shape {shape}")
         return shape[:2] + F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -331,10 +378,13 @@ class _Flatten(_Op):
         return {"op": self.kind, "start_dim": self.start_dim}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Flatten":
-        return cls(spec["start_dim"])
+    def from_file(cls, s: Spec) -> "_Flatten":
+        s.only([])
+        return cls(s.int("start_dim", lo=1, hi=8))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) <= self.start_dim:
+            raise ValueError(f"flatten(start_dim={self.start_dim}) needs more than {self.start_dim} dims; got {shape}")
         return shape[: self.start_dim] + (int(np.prod(shape[self.start_dim:])),)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -349,7 +399,8 @@ class _ReLU(_Op):
         return np.maximum(x, 0, dtype=np.float32)
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_ReLU":
+    def from_file(cls, s: Spec) -> "_ReLU":
+        s.only([])
         return cls()
 
 
@@ -369,8 +420,16 @@ class _Affine(_Op):
         return {"scale": self.scale, "shift": self.shift}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Affine":
-        return cls(a["scale"], a["shift"])
+    def from_file(cls, s: Spec) -> "_Affine":
+        s.only(["scale", "shift"])
+        scale = s.array("scale", np.float32, ndim=1, finite=True)
+        return cls(scale, s.array("shift", np.float32, shape=scale.shape, finite=True))
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) < 2 or shape[1] != self.scale.size:
+            raise ValueError(f"affine over {self.scale.size} channels expects inputs (N, {self.scale.size}, ...); "
+                             f"got shape {shape}")
+        return shape
 
 
 class _Float(_Op):
@@ -395,9 +454,16 @@ class _Float(_Op):
         return dict(self.module.state_dict())
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Float":
-        module = registry.build(spec["type"], dict(spec.get("config") or {}))
-        module.load_state_dict(a)
+    def from_file(cls, s: Spec) -> "_Float":
+        op_type = s.str("type", sorted(registry.REGISTRY))
+        config = s.spec.get("config") or {}
+        if not isinstance(config, dict):
+            raise s.fail("'config'", f"must be a JSON object; got {config!r}")
+        try:
+            module = registry.build(op_type, config)
+            module.load_state_dict(dict(s.arrays))  # strict: names and shapes must match; copies the arrays
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            raise s.fail(f"op {op_type!r}", f"cannot be rebuilt from config {config!r} and its arrays ({e})") from None
         return cls(module)
 
     def out_shape(self, *shapes: tuple[int, ...]) -> Any:
@@ -506,12 +572,21 @@ class _GroupConv(_OnInt8Linear):
                 "groups": self.groups}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_GroupConv":
-        layer = Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"])
-        return cls(layer, spec["in_channels"], spec["kernel_size"], spec["stride"], spec["padding"],
-                   spec["dilation"], spec["groups"])
+    def from_file(cls, s: Spec) -> "_GroupConv":
+        c, g = s.int("in_channels", lo=1), s.int("groups", lo=1)
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        if c % g:
+            raise s.fail("'groups'", f"= {g} does not divide in_channels {c}")
+        layer = cls._layer_from(s, c // g * k[0] * k[1])
+        if layer.out_features % g or s.int("out_channels", lo=1) != layer.out_features:
+            raise s.fail("'out_channels'", f"= {s.spec['out_channels']} must equal weight_q's {layer.out_features} "
+                                           f"rows, a multiple of groups {g}")
+        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 4, hi=MAX_PAD),
+                   s.ints("dilation", 2, lo=1, hi=MAX_PAD), g)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects inputs (N, {self.in_channels}, H, W); got shape {shape}")
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         t, l, b, r = self.padding
         oh = (shape[2] + t + b - dh * (kh - 1) - 1) // sh + 1
@@ -527,6 +602,8 @@ class _GroupConv(_OnInt8Linear):
         k, n = self.layer.in_features, self.layer.out_features
         return LayerWork(name, "conv2d", rows * k * n, k * n + 8 * n, int(np.prod(shape)) * 4, rows * n * 4, "int8")
 
+
+_SPARSE_PATHS = ("csr_f32", "bsr_f32", "nm_f32", "csr_int8", "bsr_int8", "nm_int8")
 
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
                         "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
@@ -881,47 +958,102 @@ class RuntimeModel:
         return arrays, meta
 
     @classmethod
-    def _from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
-        if meta.get("format") != FORMAT:
-            raise io.FormatError(f"not a runtime model (format {meta.get('format')!r})")
-        version = int(meta.get("format_version", 0))
+    def _from_arrays(cls, arrays: dict[str, np.ndarray], meta: Any) -> "RuntimeModel":
+        """The model a file describes, every field checked before anything is built (FormatError)."""
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise io.FormatError(f"not a runtime model (format {fmt!r})")
+        top = Spec(meta, {}, "runtime model")
+        version = top.int("format_version", lo=1, hi=1 << 16)
         if version > FORMAT_VERSION:
             raise io.FormatError(f"runtime model version {version} is newer than this reader ({FORMAT_VERSION})")
-        if version < 2:
-            return cls._from_v1(arrays, meta)
-        g = meta["graph"]
-        nodes = []
-        for i, entry in enumerate(g["nodes"]):
-            spec = entry["spec"]
-            kind = spec.get("op")
-            if kind not in _OPS:
-                raise io.FormatError(f"unknown operation {kind!r} at node {i} ({entry.get('name')!r})")
-            try:
-                mine = {k: arrays[name] for k, name in entry["arrays"].items()}
-                op = _OPS[kind].from_file(spec, mine)
-            except (KeyError, ValueError, TypeError) as e:
-                raise io.FormatError(f"node {i} ({entry.get('name')!r}, {kind}) is malformed: {e}") from e
-            nodes.append(RuntimeNode(str(entry["name"]), op, tuple(entry["inputs"]), tuple(entry["outputs"])))
-        constants = {k: arrays[f"const:{k}"] for k in g["constants"]}
-        return cls(nodes, tuple(meta["input_shape"]), meta.get("meta"), inputs=g["inputs"], outputs=g["outputs"],
-                   constants=constants, input_shapes=[tuple(s) for s in g["input_shapes"]],
-                   input_dtypes=g.get("input_dtypes"))
+        input_shape = _sample_shape(meta.get("input_shape"), "input_shape")
+        user_meta = meta.get("meta") or {}
+        if not isinstance(user_meta, dict):
+            raise io.FormatError(f"runtime model: 'meta' must be a JSON object; got {type(user_meta).__name__}")
+        used: set[str] = set()
 
-    @classmethod
-    def _from_v1(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
-        """Version 1: a chain of ops, arrays named ``<position>.<param>``."""
-        ops = []
-        for i, spec in enumerate(meta["ops"]):
-            kind = spec.get("op")
-            if kind not in _OPS:
-                raise io.FormatError(f"unknown operation {kind!r} at position {i}")
-            prefix = f"{i}."
-            mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        def take(spec: Any, where: str, own: dict[str, str]) -> Spec:
+            return Spec(spec, {k: _claim(arrays, used, name, where) for k, name in own.items()}, where)
+
+        if version < 2:  # a chain of ops, arrays named "<position>.<param>"
+            specs = meta.get("ops")
+            if not isinstance(specs, list) or not specs:
+                raise io.FormatError("runtime model (version 1): 'ops' must be a non-empty list")
+            ops = []
+            for i, spec in enumerate(specs):
+                kind = _kind(spec, f"operation {i}")
+                prefix = f"{i}."
+                own = {k[len(prefix):]: k for k in arrays if k.startswith(prefix)}
+                ops.append(_OPS[kind].from_file(take(spec, f"operation {i} ({kind})", own)))
+            rt = cls(ops, input_shape, user_meta)
+        else:
+            g = meta.get("graph")
+            if not isinstance(g, dict):
+                raise io.FormatError("runtime model: 'graph' must be a JSON object")
+            inputs, outputs = _names(g.get("inputs"), "graph inputs"), _names(g.get("outputs"), "graph outputs")
+            shapes = g.get("input_shapes")
+            if not isinstance(shapes, list) or len(shapes) != len(inputs):
+                raise io.FormatError(f"runtime model: 'input_shapes' must list one shape per input ({len(inputs)})")
+            shapes = [_sample_shape(v, f"input_shapes[{k}]") for k, v in enumerate(shapes)]
+            if shapes[0] != input_shape:
+                raise io.FormatError(f"runtime model: input_shape {input_shape} disagrees with input_shapes[0] "
+                                     f"{shapes[0]}")
+            dtypes = g.get("input_dtypes", ["float32"] * len(inputs))
+            if not isinstance(dtypes, list) or len(dtypes) != len(inputs) or \
+                    any(d not in ("float32", "int32", "int64") for d in dtypes):
+                raise io.FormatError(f"runtime model: 'input_dtypes' must name float32, int32 or int64 per input; "
+                                     f"got {dtypes!r}")
+            entries = g.get("nodes")
+            if not isinstance(entries, list) or not entries:
+                raise io.FormatError("runtime model: 'graph.nodes' must be a non-empty list")
+            nodes, names = [], set()
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict):
+                    raise io.FormatError(f"node {i}: must be a JSON object")
+                name = entry.get("name")
+                if not isinstance(name, str) or not name or name in names:
+                    raise io.FormatError(f"node {i}: 'name' must be a unique non-empty string; got {name!r}")
+                names.add(name)
+                spec = entry.get("spec")
+                kind = _kind(spec, f"node {i} ({name!r})")
+                own = entry.get("arrays")
+                if not isinstance(own, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in own.items()):
+                    raise io.FormatError(f"node {i} ({name!r}): 'arrays' must map parameter names to array names")
+                op = _OPS[kind].from_file(take(spec, f"node {i} ({name!r}, {kind})", own))
+                nodes.append(RuntimeNode(name, op, tuple(_names(entry.get("inputs"), f"node {i} inputs")),
+                                         tuple(_names(entry.get("outputs"), f"node {i} outputs"))))
+            consts = {k: _claim(arrays, used, f"const:{k}", "constants").copy()
+                      for k in _names(g.get("constants", []), "constants", empty=True)}
             try:
-                ops.append(_OPS[kind].from_file(spec, mine))
-            except (KeyError, ValueError, TypeError) as e:
-                raise io.FormatError(f"operation {i} ({kind}) is malformed: {e}") from e
-        return cls(ops, tuple(meta["input_shape"]), meta.get("meta"))
+                rt = cls(nodes, input_shape, user_meta, inputs=inputs, outputs=outputs, constants=consts,
+                         input_shapes=shapes, input_dtypes=dtypes)
+            except (KeyError, ValueError, TypeError) as e:  # dangling or doubly written values
+                raise io.FormatError(f"runtime model: the graph is malformed ({e})") from None
+        unused = sorted(set(arrays) - used)
+        if unused:
+            raise io.FormatError(f"runtime model: arrays {unused[:5]} belong to no node")
+        rt._check_plan()
+        return rt
+
+    def _check_plan(self) -> None:
+        """Shapes through every node at batch 1, and a bound on every buffer they imply."""
+        try:
+            shapes = self.shapes(1)
+        except (ValueError, TypeError) as e:
+            raise io.FormatError(f"runtime model: the ops do not fit together ({e})") from None
+        for v, shape in shapes.items():
+            if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+                raise io.FormatError(f"runtime model: value {v!r} would have shape {shape}, above the bound of "
+                                     f"{MAX_ELEMENTS} elements per sample")
+        for n in self.nodes:
+            if n.op.kind == "conv2d":  # the unfold: one row per output pixel, one column per tap
+                out = shapes[n.outputs[0]]
+                if out[2] * out[3] * n.op.layer.in_features > MAX_ELEMENTS:
+                    raise io.FormatError(f"node {n.name!r} (conv2d): its unfold would hold "
+                                         f"{out[2] * out[3] * n.op.layer.in_features} values per sample, above "
+                                         "the bound")
 
     def save(self, path: Any) -> int:
         """Write the model to one ``.hwreg`` file; returns its size in bytes."""
@@ -938,10 +1070,45 @@ class RuntimeModel:
         self.threads = state.get("threads")
 
 
+def _kind(spec: Any, where: str) -> str:
+    kind = spec.get("op") if isinstance(spec, dict) else None
+    if kind not in _OPS:
+        raise io.FormatError(f"{where}: unknown operation {kind!r}")
+    return str(kind)
+
+
+def _names(v: Any, what: str, *, empty: bool = False) -> list[str]:
+    if not isinstance(v, list) or (not v and not empty) or not all(isinstance(e, str) and e for e in v):
+        raise io.FormatError(f"runtime model: {what} must be a list of non-empty strings; got {v!r}")
+    return list(v)
+
+
+def _sample_shape(v: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v or len(v) > 8 or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_ELEMENTS for d in v):
+        raise io.FormatError(f"runtime model: {what} must be a list of 1 to 8 positive integers; got {v!r}")
+    if int(np.prod(v, dtype=np.float64)) > MAX_ELEMENTS:
+        raise io.FormatError(f"runtime model: {what} {v} exceeds the bound of {MAX_ELEMENTS} elements")
+    return tuple(v)
+
+
+def _claim(arrays: dict[str, np.ndarray], used: set[str], name: str, where: str) -> np.ndarray:
+    if name not in arrays:
+        raise io.FormatError(f"{where}: array {name!r} is not in the file")
+    if name in used:
+        raise io.FormatError(f"{where}: array {name!r} is claimed twice")
+    used.add(name)
+    return arrays[name]
+
+
 def load(path: Any, *, verify: bool = True) -> RuntimeModel:
     """Read a runtime model written by :meth:`RuntimeModel.save`.
 
-    Raises :class:`hwreg_rs.io.FormatError` for a corrupt, truncated or foreign file.
+    Raises :class:`hwreg_rs.io.FormatError` for a corrupt, truncated, foreign or
+    inconsistent file: every op's spec is checked against its arrays, and the
+    shapes through the graph against a bound, before anything is built. The
+    file is read into memory and the model keeps copies of what it needs, so
+    rewriting or truncating the file later cannot disturb a loaded model.
 
     Examples
     --------
@@ -952,7 +1119,7 @@ def load(path: Any, *, verify: bool = True) -> RuntimeModel:
     >>> bool(np.array_equal(hw.runtime.load(p).predict(x), rt.predict(x)))
     True
     """
-    arrays, meta = io.load(path, verify=verify)
+    arrays, meta = io.load(path, verify=verify, use_mmap=False)
     return RuntimeModel._from_arrays(arrays, meta)
 
 
