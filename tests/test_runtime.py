@@ -13,7 +13,7 @@ def _rng():
 
 def _randomize_bn(net):
     g = _rng()
-    for m in runtime._layers(net):
+    for m in net.modules():
         if isinstance(m, (hw.nn.BatchNorm1d, hw.nn.BatchNorm2d)):
             n = m.num_features
             m.running_mean[...] = g.normal(0, 0.5, n)
@@ -144,9 +144,9 @@ def test_refuses_foreign_and_corrupt_files(tmp_path):
     arrays, meta = rt._to_arrays()
     del arrays["0.weight_q"]
     io.save(tmp_path / "broken.hwreg", arrays, meta)
-    with pytest.raises(io.FormatError, match="malformed"):
+    with pytest.raises(io.FormatError, match="'0.weight_q' is not in the file"):
         runtime.load(tmp_path / "broken.hwreg")
-    meta["ops"][0]["op"] = "teleport"
+    meta["graph"]["nodes"][0]["spec"]["op"] = "teleport"
     io.save(tmp_path / "unknown.hwreg", arrays, meta)
     with pytest.raises(io.FormatError, match="unknown operation"):
         runtime.load(tmp_path / "unknown.hwreg")

@@ -13,7 +13,7 @@ from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_m
 from . import prune, sparse
 from . import analysis, constraints, data, losses, nn, optim, train
 from .train import Trainer, fit
-from . import io, profiles, runtime
+from . import io, onnx, profiles, runtime
 from .compress import BudgetError, CompressionReport, compress
 
 __version__: str = _native.__version__
@@ -51,6 +51,7 @@ __all__ = [
     "train",
     # deployment
     "io",
+    "onnx",
     "profiles",
     "runtime",
     "BudgetError",

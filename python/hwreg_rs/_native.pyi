@@ -169,6 +169,29 @@ def pool2d_nhwc(
     padding: tuple[int, int],
     kind: str,
 ) -> npt.NDArray[np.float32]: ...
+# exact int8 depthwise conv (channel multiplier 1), channels-last: x uint8 (n, h, w, c) with a zero
+# point and scale per image, weight int8 (kh, kw, c), padding (top, left, bottom, right) a real zero;
+# output (acc * scales[i]) * col_scale[c] + bias[c] (then ReLU) as the GEMM's float step
+def depthwise_conv2d_nhwc(
+    x: npt.NDArray[np.uint8],
+    zero_points: npt.NDArray[np.int32],
+    scales: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.int8],
+    col_scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    relu: bool,
+) -> npt.NDArray[np.float32]: ...
+def depthwise_conv2d_nhwc_i32(
+    x: npt.NDArray[np.uint8],
+    zero_points: npt.NDArray[np.int32],
+    weight: npt.NDArray[np.int8],
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> npt.NDArray[np.int32]: ...
 def col2im(
     cols: npt.NDArray[np.float32],
     input_shape: tuple[int, int, int, int],
@@ -232,3 +255,46 @@ class _DenseChain:
         layers: list[tuple[_PackedB, npt.NDArray[np.float32], npt.NDArray[np.float32] | None, bool]],
     ) -> _DenseChain: ...
     def forward(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+# nn kernels (float32, forward and backward): row ops over C-contiguous (rows, d) arrays, GELU / erf
+# elementwise, the depthwise convolution over NCHW with padding (top, left, bottom, right)
+def layer_norm(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32] | None,
+    bias: npt.NDArray[np.float32] | None,
+    eps: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def layer_norm_backward(
+    dy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    mean: npt.NDArray[np.float32],
+    inv_std: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32] | None,
+    want_dbias: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None]: ...
+def softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def softmax_backward(y: npt.NDArray[np.float32], dy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def log_softmax(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def log_softmax_backward(y: npt.NDArray[np.float32], dy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def gelu(x: npt.NDArray[np.float32], approximate: str = "none") -> npt.NDArray[np.float32]: ...
+def gelu_backward(
+    x: npt.NDArray[np.float32], dy: npt.NDArray[np.float32], approximate: str = "none"
+) -> npt.NDArray[np.float32]: ...
+def erf(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+def depthwise_conv2d(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> npt.NDArray[np.float32]: ...
+def depthwise_conv2d_backward(
+    dy: npt.NDArray[np.float32],
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32],
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    want_dbias: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]: ...

@@ -2,9 +2,11 @@
 
 Sub-commands: ``demo`` (the main job: train, compress for this machine, run
 in int8, compare), ``bench`` (kernels against NumPy and peers), ``profile``
-(measure, show or save a hardware profile), ``compress`` (saved float model +
-data + profile + budget -> runtime file), ``predict`` (runtime file + input
-.npy -> output .npy). ``--json`` prints machine-readable results.
+(measure, show or save a hardware profile), ``convert`` (ONNX model -> int8
+runtime file), ``compress`` (ONNX model or saved state dict + data + profile +
+budget -> runtime file), ``export`` (runtime file -> ONNX), ``predict``
+(runtime file + input .npy -> output .npy). ``--json`` prints machine-readable
+results.
 """
 
 from __future__ import annotations
@@ -161,12 +163,74 @@ def _profile(args: argparse.Namespace) -> int:
 # -- compress -------------------------------------------------------------------
 
 
+def _shape_arg(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"--input-shape needs comma-separated integers such as 1,28,28; got {value!r}") from None
+
+
+def _load_float_model(path: str, arch: str | None, input_shape: tuple[int, ...] | None) -> Any:
+    """An ONNX file, or a state dict (.npz) for one of the built-in architectures."""
+    if path.endswith(".onnx"):
+        from . import onnx
+
+        return onnx.load(path, input_shape=input_shape)
+    if arch is None:
+        raise SystemExit("a state dict (.npz) needs --arch; an .onnx model carries its own architecture")
+    net = _build_model(arch)
+    with np.load(path) as sd:
+        net.load_state_dict({k: sd[k] for k in sd.files})
+    return net
+
+
+def _sample_shape(model: Any, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    if given is not None:
+        return given
+    shapes = getattr(model, "input_shapes", None)
+    if not shapes:
+        raise SystemExit("--input-shape is required for this model (one sample's shape, e.g. 1,8,8)")
+    return tuple(shapes[0])
+
+
+# -- convert / export -----------------------------------------------------------
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from . import runtime
+
+    model = _load_float_model(args.model, None, _shape_arg(args.input_shape))
+    rt = runtime.convert(model.eval(), input_shape=_sample_shape(model, _shape_arg(args.input_shape)))
+    size = rt.save(args.output)
+    kinds: dict[str, int] = {}
+    for op in rt.ops:
+        kinds[op.kind] = kinds.get(op.kind, 0) + 1
+    if args.json:
+        _print_json({"output": args.output, "bytes": size, "ops": kinds})
+    else:
+        print(f"{args.output}: {size} bytes, " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import onnx, runtime
+
+    rt = runtime.load(args.model)
+    onnx.export(rt, args.output, opset=args.opset)
+    size = os.path.getsize(args.output)
+    if args.json:
+        _print_json({"output": args.output, "bytes": size})
+    else:
+        print(f"{args.output}: {size} bytes (ONNX opset {args.opset}, MatMulInteger / ConvInteger)")
+    return 0
+
+
 def _compress(args: argparse.Namespace) -> int:
     from .compress import compress
 
-    net = _build_model(args.arch)
-    with np.load(args.model) as sd:
-        net.load_state_dict({k: sd[k] for k in sd.files})
+    net = _load_float_model(args.model, args.arch, _shape_arg(args.input_shape))
     with np.load(args.data) as d:
         missing = {"X_train", "y_train", "X_test", "y_test"} - set(d.files)
         if missing:
@@ -175,7 +239,8 @@ def _compress(args: argparse.Namespace) -> int:
     budget = None if args.latency_budget_us is None else args.latency_budget_us * 1e-6
     rt, report = compress(net.eval(), split, profile=_profile_arg(args.profile), latency_budget=budget,
                             size_budget=args.size_budget, max_accuracy_drop=args.max_drop,
-                            batch_size=args.batch_size, raise_on_miss=False)
+                            batch_size=args.batch_size, raise_on_miss=False,
+                            input_shape=_shape_arg(args.input_shape) or (getattr(net, "input_shapes", None) or [None])[0])
     rt.save(args.output)
     if args.json:
         _print_json({"output": args.output, "report": report.to_dict()})
@@ -226,10 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_profile)
 
-    c = sub.add_parser("compress", help="saved float model + data + profile + budget -> runtime file")
-    c.add_argument("model", help="state dict as .npz (hwreg_rs.nn layout, PyTorch names)")
+    cv = sub.add_parser("convert", help="float ONNX model -> int8 runtime file")
+    cv.add_argument("model", help="a float .onnx model")
+    cv.add_argument("--input-shape", help="one sample's shape, e.g. 1,8,8 (when the file leaves dims symbolic)")
+    cv.add_argument("-o", "--output", required=True)
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(func=_convert)
+
+    c = sub.add_parser("compress", help="float model + data + profile + budget -> runtime file")
+    c.add_argument("model", help="a float .onnx model, or a state dict as .npz (hwreg_rs.nn layout, PyTorch names)")
     c.add_argument("data", help=".npz with X_train, y_train, X_test, y_test")
-    c.add_argument("--arch", required=True, help="'cnn' or 'mlp:IN,HIDDEN...,OUT'")
+    c.add_argument("--arch", help="for a .npz state dict: 'cnn' or 'mlp:IN,HIDDEN...,OUT'")
+    c.add_argument("--input-shape", help="one sample's shape, e.g. 1,8,8 (default: the data's)")
     c.add_argument("--profile", default="host", help="'host', a preset name or a profile JSON file")
     c.add_argument("--latency-budget-us", type=float)
     c.add_argument("--size-budget", type=int, help="bytes")
@@ -238,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_compress)
+
+    ex = sub.add_parser("export", help="runtime file -> ONNX (MatMulInteger / ConvInteger) for other runtimes")
+    ex.add_argument("model", help="a .hwreg runtime file")
+    ex.add_argument("-o", "--output", required=True)
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=_export)
 
     pd = sub.add_parser("predict", help="runtime file + input .npy -> output .npy")
     pd.add_argument("model")

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import analysis, constraints as C, profiles, prune, runtime
-from .nn.conv import Conv2d
 from .nn.layers import Linear
 from .nn.module import Module
 from .train import Trainer, evaluate
@@ -238,9 +237,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     # The dense int8 model: its per-op work is the base of every plan.
     dense_rt = runtime.convert(work_model, input_shape=shape, sparse="never")
     base_work = dense_rt.layer_work(batch_size)
-    layer_names = [n for n, m in work_model.named_modules() if isinstance(m, (Linear, Conv2d))]
-    op_layer = {i: name for i, name in zip([i for i, op in enumerate(dense_rt.ops) if op.kind in ("linear", "conv2d")],
-                                            layer_names)}
+    # Runtime nodes carry the names of the layers they came from.
+    op_layer = {i: n.name for i, n in enumerate(dense_rt.nodes) if n.op.kind in ("linear", "conv2d", "group_conv2d")}
     pattern, mask_fn = _pattern_for(prof)
     dims = {i: (op_layer[i], op.layer.in_features, op.layer.out_features)
             for i, op in enumerate(dense_rt.ops) if op.kind == "linear"}
@@ -314,8 +312,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     measured = _median_s(rt.predict, x_batch)
     per_op = _per_op_seconds(rt, x_batch)
     layers = []
-    for i, op in enumerate(rt.ops):
-        name = op_layer.get(i, f"{i}")
+    for i, (node, op) in enumerate(zip(rt.nodes, rt.ops)):
+        name = node.name
         s = plan.get(name, 0.0)
         layers.append(LayerReport(
             name=name, op=op.kind, bits=8 if op.kind in ("linear", "conv2d", "sparse_linear") else None,
@@ -340,9 +338,4 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
 
 def _per_op_seconds(rt: runtime.RuntimeModel, x: np.ndarray, repeats: int = 15) -> list[float]:
     """Median time of each operation on its real input."""
-    out = []
-    y = x
-    for op in rt.ops:
-        out.append(_median_s(op.forward, y, repeats))
-        y = op.forward(y)
-    return out
+    return [_median_s(lambda args, op=node.op: op.forward(*args), args, repeats) for node, args in rt.trace(x)]

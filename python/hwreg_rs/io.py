@@ -134,6 +134,29 @@ def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mappin
     return size
 
 
+def _entry(e: Any, i: int, path: Any) -> tuple[str, str, tuple[int, ...], int, int]:
+    """One array entry of the description, every field type- and range-checked."""
+    where = f"{os.fspath(path)!r}: array entry {i}"
+    if not isinstance(e, dict):
+        raise FormatError(f"{where} must be an object")
+    for key in ("name", "dtype", "shape", "offset", "nbytes", "crc32"):
+        if key not in e:
+            raise FormatError(f"{where} lacks {key!r}")
+    name, dtype, shape = e["name"], e["dtype"], e["shape"]
+    if not isinstance(name, str) or not name:
+        raise FormatError(f"{where}: 'name' must be a non-empty string; got {name!r}")
+    if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
+        raise FormatError(f"{where} ({name!r}): unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or len(shape) > 32 or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < 2**48 for d in shape):
+        raise FormatError(f"{where} ({name!r}): 'shape' must be a list of non-negative integers; got {shape!r}")
+    for key in ("offset", "nbytes", "crc32"):
+        v = e[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+            raise FormatError(f"{where} ({name!r}): {key!r} must be a non-negative integer; got {v!r}")
+    return name, dtype, tuple(shape), e["offset"], e["nbytes"]
+
+
 def load(path: str | os.PathLike, *, verify: bool = True, use_mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a ``.hwreg`` file.
 
@@ -185,22 +208,31 @@ def load(path: str | os.PathLike, *, verify: bool = True, use_mmap: bool = True)
         raise FormatError(f"{os.fspath(path)!r}: header checksum mismatch (corrupt file)")
     try:
         doc = json.loads(body)
-        meta, entries = doc["meta"], doc["arrays"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise FormatError(f"{os.fspath(path)!r}: unreadable model description ({e})") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested deeper than Python's stack
+        raise FormatError(f"{os.fspath(path)!r}: unreadable model description ({type(e).__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict) or not isinstance(doc.get("arrays"), list):
+        raise FormatError(f"{os.fspath(path)!r}: the description must be an object with a 'meta' object and an "
+                          "'arrays' list")
+    meta, entries = doc["meta"], doc["arrays"]
     arrays: dict[str, np.ndarray] = {}
-    for e in entries:
-        name, dtype, shape, off, nbytes = e["name"], e["dtype"], tuple(e["shape"]), e["offset"], e["nbytes"]
-        if dtype not in _ALLOWED_DTYPES:
-            raise FormatError(f"{os.fspath(path)!r}: array {name!r} has unsupported dtype {dtype!r}")
+    end = data_offset
+    for i, e in enumerate(entries):
+        name, dtype, shape, off, nbytes = _entry(e, i, path)
+        if name in arrays:
+            raise FormatError(f"{os.fspath(path)!r}: array {name!r} is stored twice")
         dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = 1
+        for d in shape:
+            count *= d
         if count * dt.itemsize != nbytes or off % ALIGN or off < data_offset or off + nbytes > size:
             raise FormatError(f"{os.fspath(path)!r}: array {name!r} lies outside the file (truncated?)")
+        end = max(end, off + nbytes)
         raw = memoryview(buf)[off:off + nbytes]
         if verify and zlib.crc32(raw) != e["crc32"]:
             raise FormatError(f"{os.fspath(path)!r}: array {name!r} checksum mismatch (corrupt file)")
         arr = np.frombuffer(raw, dtype=dt, count=count).reshape(shape) if count else np.zeros(shape, dt)
         arr.flags.writeable = False
         arrays[name] = arr
+    if entries and size != end:
+        raise FormatError(f"{os.fspath(path)!r}: {size - end} bytes after the last array (the file ends with it)")
     return arrays, meta

@@ -680,9 +680,9 @@ def model_work(model: Any, input_shape: Iterable[int], batch: int = 1) -> list[L
         elif isinstance(m, Conv2d):
             if len(shape) != 4 or shape[1] != m.in_channels:
                 raise ValueError(f"{name} expects (N, {m.in_channels}, H, W); the input to it has shape {shape}")
-            oh, ow = F.out_size(shape[2], shape[3], m.kernel_size, m.stride, m.padding)
+            oh, ow = m.out_shape(shape)[2:]
             rows = shape[0] * oh * ow
-            k = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
             n = m.out_channels
             out.append(LayerWork(name, "conv2d", rows * k * n, 4 * (k * n + n), rows * k * 4 * 2, rows * n * 4,
                                  "fp32", gemm=(rows, k, n)))

@@ -1,13 +1,19 @@
 """Int8 runtime models: convert a trained model, run it, save it to one file.
 
-:func:`convert` turns a trained :class:`hwreg_rs.nn.Sequential` into a
-:class:`RuntimeModel`: BatchNorm folded into the preceding Linear or Conv2d,
+:func:`convert` turns a trained model — a :class:`hwreg_rs.nn.Sequential`, or
+any :class:`hwreg_rs.nn.Graph` such as an imported ONNX model — into a
+:class:`RuntimeModel`: a graph of runtime ops, BatchNorm folded into the preceding Linear or Conv2d,
 weights quantized per output channel (on the QAT grid when the layer was
 trained with fake quantization) and packed once, ReLU fused into the output
 step, convolutions run as im2col plus the int8 GEMM, pruned layers stored in
 the sparse format the chooser finds fastest on this machine. Activations are
 quantized on the fly, one scale per row (dynamic quantization), so no
 calibration data is needed and accuracy follows the float model closely.
+Grouped and depthwise convolutions run in exact integer arithmetic too; every
+other op of a graph (residual Add, Concat, attention's MatMul and Softmax,
+LayerNorm, GELU, ...) runs in float32 as the registered op of :mod:`hwreg_rs.nn`.
+Consecutive single-input ops form chains that run as one planned step
+(channels-last between convolutions, runs of int8 Linear layers as one native call).
 
 A runtime model predicts float outputs from float inputs, saves to one
 ``.hwreg`` file (see :mod:`hwreg_rs.io`; weights, scales and the layer list,
@@ -17,24 +23,29 @@ processes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from . import _native, io, sparse
+from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
-from .nn.module import Module, Sequential
+from .nn import registry
+from .nn.graph import Graph
+from .nn.module import Module
+from .nn.ops import _Unary
 from .profiles import LayerWork
 
-__all__ = ["RuntimeModel", "convert", "load", "FORMAT"]
+__all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
 
 FORMAT = "hwreg-runtime"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a graph of nodes; version-1 files (a chain of ops) still load
 
 
 # ---------------------------------------------------------------------------
@@ -46,7 +57,7 @@ FORMAT_VERSION = 1
 class _Op:
     kind = ""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+    def forward(self, *xs: np.ndarray) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
     def spec(self) -> dict[str, Any]:
@@ -94,6 +105,19 @@ class _OnInt8Linear(_Op):
 
     layer: Int8Linear
 
+    @staticmethod
+    def _layer_from(s: Spec, in_features: int | None = None) -> Int8Linear:
+        """The int8 weight, its per-channel scales and bias from a file, every array checked."""
+        s.only(["weight_q", "weight_scale", "bias"])
+        wq = s.array("weight_q", np.int8, ndim=2)
+        out, k = wq.shape
+        if out < 1 or k < 1 or (in_features is not None and k != in_features):
+            raise s.fail("array 'weight_q'", f"has shape {wq.shape}; expected (out, {in_features or 'in'})")
+        scale = s.array("weight_scale", np.float32, shape=(out,), finite=True, positive=True)
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        # Copies: a live model must not keep views into the file it came from.
+        return Int8Linear(wq.copy(), scale.copy(), None if bias is None else bias.copy(), relu=s.bool("relu"))
+
     def arrays(self) -> dict[str, np.ndarray]:
         a = {"weight_q": self.layer.weight_q, "weight_scale": self.layer.weight_scale}
         if self.layer.bias is not None:
@@ -116,10 +140,12 @@ class _Dense(_OnInt8Linear):
         return {"op": self.kind, "relu": bool(self.layer.relu)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Dense":
-        return cls(Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"]))
+    def from_file(cls, s: Spec) -> "_Dense":
+        return cls(cls._layer_from(s))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.layer.in_features:
+            raise ValueError(f"linear expects inputs (..., {self.layer.in_features}); got shape {shape}")
         return shape[:-1] + (self.layer.out_features,)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -160,24 +186,41 @@ class _Sparse(_Op):
         return a
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Sparse":
-        out, inp = spec["out"], spec["in"]
-        mask = np.unpackbits(a["mask_bits"], count=out * inp).astype(bool).reshape(out, inp)
-        values = np.zeros((out, inp), a["values"].dtype)
-        values[mask] = a["values"]
-        block = tuple(spec["block"]) if spec["block"] else None
-        if "scale" in a:  # int8: the stored values are exact multiples of the row scales
-            w = values.astype(np.float32) * a["scale"][:, None]
-        else:
-            w = values
-        matrix = sparse.Choice(spec["path"], block).build(w, mask)
-        return cls(matrix, spec["path"], block, a.get("bias"), spec["relu"])
+    def from_file(cls, s: Spec) -> "_Sparse":
+        path = s.str("path", _SPARSE_PATHS)
+        out, inp = s.int("out", lo=1), s.int("in", lo=1)
+        if out * inp > MAX_ELEMENTS:
+            raise s.fail("'out' x 'in'", f"= {out} x {inp} exceeds the bound of {MAX_ELEMENTS} weights")
+        block = None
+        if s.spec.get("block") is not None:
+            block = s.ints("block", 2, lo=1, hi=64)
+        elif path.startswith(("bsr", "nm")):
+            raise s.fail("'block'", f"is required by path {path!r}")
+        int8 = path.endswith("int8")
+        s.only(["values", "mask_bits", "scale", "bias"])
+        bits = s.array("mask_bits", np.uint8, shape=((out * inp + 7) // 8,))
+        mask = np.unpackbits(bits, count=out * inp).astype(bool).reshape(out, inp)
+        kept = int(mask.sum())
+        values = s.array("values", np.int8 if int8 else np.float32, shape=(kept,), finite=not int8)
+        scale = s.array("scale", np.float32, shape=(out,), finite=True, positive=True, optional=not int8)
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        dense = np.zeros((out, inp), values.dtype)
+        dense[mask] = values
+        # int8: the stored values are exact multiples of the row scales.
+        w = dense.astype(np.float32) * scale[:, None] if scale is not None else dense
+        try:
+            matrix = sparse.Choice(path, block).build(w, mask)
+        except (ValueError, TypeError) as e:
+            raise s.fail(f"path {path!r} with block {block}", f"cannot hold this weight ({e})") from None
+        return cls(matrix, path, block, None if bias is None else bias.copy(), s.bool("relu"))
 
     @property
     def nbytes(self) -> int:
         return int(self.matrix.nbytes) + (0 if self.bias is None else self.bias.nbytes)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.matrix.shape[1]:
+            raise ValueError(f"sparse_linear expects inputs (..., {self.matrix.shape[1]}); got shape {shape}")
         return shape[:-1] + (self.matrix.shape[0],)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -245,11 +288,18 @@ class _Conv(_OnInt8Linear):
                 "stride": list(self.stride), "padding": list(self.padding)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Conv":
-        layer = Int8Linear(a["weight_q"], a["weight_scale"], a.get("bias"), relu=spec["relu"])
-        return cls(layer, spec["in_channels"], spec["kernel_size"], spec["stride"], spec["padding"])
+    def from_file(cls, s: Spec) -> "_Conv":
+        c = s.int("in_channels", lo=1)
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        layer = cls._layer_from(s, c * k[0] * k[1])
+        if s.int("out_channels", lo=1) != layer.out_features:
+            raise s.fail("'out_channels'", f"= {s.spec['out_channels']} disagrees with weight_q's "
+                                           f"{layer.out_features} rows")
+        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 2, hi=MAX_PAD))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects inputs (N, {self.in_channels}, H, W); got shape {shape}")
         oh, ow = F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
         return (shape[0], self.layer.out_features, oh, ow)
 
@@ -298,10 +348,17 @@ class _Pool(_Op):
                 "padding": list(self.padding)}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Pool":
-        return cls(spec["op"], spec["kernel_size"], spec["stride"], spec["padding"])
+    def from_file(cls, s: Spec) -> "_Pool":
+        s.only([])
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        p = s.ints("padding", 2, hi=MAX_PAD)
+        if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+            raise s.fail("'padding'", f"{list(p)} must be at most half the kernel size {list(k)}")
+        return cls(s.str("op"), k, s.ints("stride", 2, lo=1, hi=MAX_PAD), p)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4:
+            raise ValueError(f"{self.kind} expects inputs (N, C, H, W); got shape {shape}")
         return shape[:2] + F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -321,10 +378,13 @@ class _Flatten(_Op):
         return {"op": self.kind, "start_dim": self.start_dim}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Flatten":
-        return cls(spec["start_dim"])
+    def from_file(cls, s: Spec) -> "_Flatten":
+        s.only([])
+        return cls(s.int("start_dim", lo=1, hi=8))
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) <= self.start_dim:
+            raise ValueError(f"flatten(start_dim={self.start_dim}) needs more than {self.start_dim} dims; got {shape}")
         return shape[: self.start_dim] + (int(np.prod(shape[self.start_dim:])),)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
@@ -339,7 +399,8 @@ class _ReLU(_Op):
         return np.maximum(x, 0, dtype=np.float32)
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_ReLU":
+    def from_file(cls, s: Spec) -> "_ReLU":
+        s.only([])
         return cls()
 
 
@@ -359,12 +420,194 @@ class _Affine(_Op):
         return {"scale": self.scale, "shift": self.shift}
 
     @classmethod
-    def from_file(cls, spec: dict[str, Any], a: dict[str, np.ndarray]) -> "_Affine":
-        return cls(a["scale"], a["shift"])
+    def from_file(cls, s: Spec) -> "_Affine":
+        s.only(["scale", "shift"])
+        scale = s.array("scale", np.float32, ndim=1, finite=True)
+        return cls(scale, s.array("shift", np.float32, shape=scale.shape, finite=True))
 
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) < 2 or shape[1] != self.scale.size:
+            raise ValueError(f"affine over {self.scale.size} channels expects inputs (N, {self.scale.size}, ...); "
+                             f"got shape {shape}")
+        return shape
+
+
+class _Float(_Op):
+    """Any registered :mod:`hwreg_rs.nn` op run in float32 as it is (eval mode): the ops of a graph
+    that have no integer kernel (yet), such as residual Add, Concat, Softmax, LayerNorm, GELU."""
+
+    kind = "float"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module.eval()
+
+    def forward(self, *xs: np.ndarray) -> Any:
+        y = self.module.forward(*xs)
+        if isinstance(y, tuple):
+            return tuple(np.asarray(v, dtype=np.float32) if v.dtype.kind == "f" else v for v in y)
+        return y if y.dtype == np.float32 or y.dtype.kind != "f" else y.astype(np.float32)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "type": self.module.op_type, "config": self.module.config()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.module.state_dict())
+
+    @classmethod
+    def from_file(cls, s: Spec) -> "_Float":
+        op_type = s.str("type", sorted(registry.REGISTRY))
+        config = s.spec.get("config") or {}
+        if not isinstance(config, dict):
+            raise s.fail("'config'", f"must be a JSON object; got {config!r}")
+        try:
+            module = registry.build(op_type, config)
+            module.load_state_dict(dict(s.arrays))  # strict: names and shapes must match; copies the arrays
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
+            raise s.fail(f"op {op_type!r}", f"cannot be rebuilt from config {config!r} and its arrays ({e})") from None
+        return cls(module)
+
+    def out_shape(self, *shapes: tuple[int, ...]) -> Any:
+        return self.module.out_shape(*shapes)
+
+    def work(self, name: str, *shapes: tuple[int, ...]) -> LayerWork:
+        out = self.out_shape(*shapes)
+        outs = out if (isinstance(out, tuple) and out and isinstance(out[0], tuple)) else (out,)
+        n_in = sum(int(np.prod(s)) for s in shapes) * 4
+        n_out = sum(int(np.prod(s)) for s in outs) * 4
+        return LayerWork(name, "elementwise", 0, 0, n_in, n_out)
+
+
+class _GroupConv(_OnInt8Linear):
+    """A grouped, depthwise, dilated or asymmetrically padded Conv2d in exact integer arithmetic.
+
+    Each image is quantized to uint8 as :class:`_Conv` does; the products are
+    summed in int32 over the ``(channel in group, ky, kx)`` window with the
+    zero point folded out (``sum((q - zp) * w)``), then the float output step
+    (``acc * x_scale * w_scale + bias``, ReLU) runs as in the GEMM.
+
+    A depthwise conv (``groups == in_channels == out_channels``) runs in the
+    native channels-last kernel (``_native.depthwise_conv2d_nhwc``, weight
+    kept as ``(kh, kw, c)``); other grouped convs in NumPy
+    (:meth:`_forward_numpy`). Both compute the same integers and the same
+    float step, so they agree bit for bit.
+    """
+
+    kind = "group_conv2d"
+
+    def __init__(self, layer: Int8Linear, in_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int) -> None:
+        self.layer, self.in_channels, self.groups = layer, int(in_channels), int(groups)
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)  # padding: (top, left, bottom, right)
+        oc, (kh, kw) = layer.out_features, self.kernel_size
+        cg = self.in_channels // self.groups
+        self._w = layer.weight_q.reshape(self.groups, oc // self.groups, cg, kh, kw).astype(np.int32)
+        self.depthwise = self.groups == self.in_channels == oc
+        if self.depthwise:  # the native kernel's layout: (kh, kw, c), channels innermost
+            self._dw_weight = np.ascontiguousarray(layer.weight_q.reshape(oc, kh, kw).transpose(1, 2, 0), np.int8)
+            self._dw_col_scale = np.ascontiguousarray(np.broadcast_to(layer.weight_scale, (oc,)), np.float32)
+            self._dw_bias = None if layer.bias is None else np.ascontiguousarray(layer.bias, np.float32)
+
+    def _windows(self, q: np.ndarray) -> np.ndarray:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        t, l, b, r = self.padding
+        q = np.pad(q, ((0, 0), (0, 0), (t, b), (l, r)))
+        n, c, hp, wp = q.shape
+        oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        s = q.strides
+        return np.lib.stride_tricks.as_strided(
+            q, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw), writeable=False)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
+        if not self.depthwise:
+            return self._forward_numpy(x)
+        return np.ascontiguousarray(self.forward_nhwc(x, nchw_in=True).transpose(0, 3, 1, 2))
+
+    def forward_nhwc(self, x: np.ndarray, nchw_in: bool = False) -> np.ndarray:
+        """NHWC float32 output ``(N, OH, OW, C_out)`` of an NHWC input (or NCHW with ``nchw_in``),
+        as :meth:`_Conv.forward_nhwc`; the same values as :meth:`forward`."""
+        if not self.depthwise:
+            y = self._forward_numpy(x if nchw_in else np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+            return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
+        if x.ndim != 4 or x.shape[1 if nchw_in else 3] != self.in_channels:
+            layout = f"(N, {self.in_channels}, H, W)" if nchw_in else f"(N, H, W, {self.in_channels})"
+            raise ValueError(f"conv2d expects input {layout}; got shape {x.shape}")
+        (sh, sw), (dh, dw), (t, l, b, r) = self.stride, self.dilation, self.padding
+        # Per-image scale and zero point do not depend on the layout.
+        scale, zp = _image_qparams(x)
+        xq: np.ndarray = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        if nchw_in:  # a quarter of the bytes of the float input to move
+            xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+        return _native.depthwise_conv2d_nhwc(xq, zp, scale, self._dw_weight, self._dw_col_scale, self._dw_bias,
+                                             (sh, sw), (t, l, b, r), (dh, dw), bool(self.layer.relu))
+
+    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        """Any grouped conv, in NumPy: int32 sums over strided windows (NCHW in and out)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
+        n = x.shape[0]
+        scale, zp = _image_qparams(x)
+        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        centred = xq.astype(np.int32) - zp.reshape(-1, 1, 1, 1)  # zero padding is then the real zero
+        win = self._windows(centred)
+        _, c, oh, ow, kh, kw = win.shape
+        g = self.groups
+        win = win.reshape(n, g, c // g, oh, ow, kh, kw)
+        acc = np.einsum("ngcyxij,gocij->ngoyx", win, self._w, optimize=True).reshape(n, -1, oh, ow)
+        # The GEMM's float output step: (acc * image scale) * channel scale + bias, in float32.
+        y = acc.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        y *= self.layer.weight_scale.reshape(1, -1, 1, 1)
+        if self.layer.bias is not None:
+            y += self.layer.bias[None, :, None, None]
+        if self.layer.relu:
+            np.maximum(y, 0, out=y)
+        return y.astype(np.float32, copy=False)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
+                "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation),
+                "groups": self.groups}
+
+    @classmethod
+    def from_file(cls, s: Spec) -> "_GroupConv":
+        c, g = s.int("in_channels", lo=1), s.int("groups", lo=1)
+        k = s.ints("kernel_size", 2, lo=1, hi=MAX_PAD)
+        if c % g:
+            raise s.fail("'groups'", f"= {g} does not divide in_channels {c}")
+        layer = cls._layer_from(s, c // g * k[0] * k[1])
+        if layer.out_features % g or s.int("out_channels", lo=1) != layer.out_features:
+            raise s.fail("'out_channels'", f"= {s.spec['out_channels']} must equal weight_q's {layer.out_features} "
+                                           f"rows, a multiple of groups {g}")
+        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 4, hi=MAX_PAD),
+                   s.ints("dilation", 2, lo=1, hi=MAX_PAD), g)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"conv2d expects inputs (N, {self.in_channels}, H, W); got shape {shape}")
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        t, l, b, r = self.padding
+        oh = (shape[2] + t + b - dh * (kh - 1) - 1) // sh + 1
+        ow = (shape[3] + l + r - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"kernel {self.kernel_size} (dilation {self.dilation}) is larger than the padded "
+                             f"input {shape[2:]}")
+        return (shape[0], self.layer.out_features, oh, ow)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        out = self.out_shape(shape)
+        rows = out[0] * out[2] * out[3]
+        k, n = self.layer.in_features, self.layer.out_features
+        return LayerWork(name, "conv2d", rows * k * n, k * n + 8 * n, int(np.prod(shape)) * 4, rows * n * 4, "int8")
+
+
+_SPARSE_PATHS = ("csr_f32", "bsr_f32", "nm_f32", "csr_int8", "bsr_int8", "nm_int8")
 
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
-                        "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine}
+                        "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
+                        "float": _Float, "group_conv2d": _GroupConv}
 
 
 # ---------------------------------------------------------------------------
@@ -375,8 +618,8 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
     """The callables ``predict`` runs, in order.
 
-    Convolutions and the pools, ReLUs and affines between them pass NHWC
-    tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
+    Convolutions (dense and depthwise) and the pools, ReLUs, element-wise
+    float ops and affines between them pass NHWC tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
     the NHWC order and hands that Linear its weight with the input columns
     permuted to match; anything else gets NCHW back first. Then runs of int8
     Linear layers become one native call (:func:`_fuse_dense_runs`).
@@ -396,9 +639,11 @@ def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
         op = work[i]
         j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
         nxt = work[j] if j is not None else None
-        if isinstance(op, _Conv):
+        if isinstance(op, _Conv) or (isinstance(op, _GroupConv) and op.depthwise):
             steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
             nhwc = True
+        elif nhwc and isinstance(op, _Float) and isinstance(op.module, _Unary):
+            steps.append(op.forward)  # an element-wise op does not care about the layout (ReLU6 between convs)
         elif nhwc and isinstance(op, _Pool):
             steps.append(op.forward_nhwc)
         elif nhwc and isinstance(op, _Affine):
@@ -457,19 +702,95 @@ def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
     return y.reshape(lead + (y.shape[-1],))
 
 
+@dataclass(frozen=True)
+class RuntimeNode:
+    """One op of a runtime graph: ``outputs = op(*inputs)``; ``name`` is the layer's name in the model."""
+
+    name: str
+    op: _Op
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def _chain_nodes(ops: Sequence[_Op]) -> list[RuntimeNode]:
+    nodes, value = [], "input"
+    for i, op in enumerate(ops):
+        nodes.append(RuntimeNode(str(i), op, (value,), (f"{i}:0",)))
+        value = f"{i}:0"
+    return nodes
+
+
+def _steps(nodes: list[RuntimeNode], inputs: list[str], outputs: list[str], constants: dict[str, np.ndarray],
+           shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
+    """What ``predict`` runs: ``(reads, callable, writes)`` triples in order.
+
+    A run of single-input, single-output nodes, each reading only the one
+    before it, becomes one planned step (:func:`_plan`: channels-last between
+    convolutions, int8 Linear runs as one native call), so a chain model runs
+    as it always has and the chains inside a graph run the same way.
+    """
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for v in n.inputs:
+            readers[v] = readers.get(v, 0) + 1
+    for v in outputs:
+        readers[v] = readers.get(v, 0) + 1
+    steps: list[tuple[tuple[str, ...], Any, tuple[str, ...]]] = []
+    run: list[RuntimeNode] = []
+
+    def close() -> None:
+        if not run:
+            return
+        if len(run) == 1:
+            n = run[0]
+            steps.append((n.inputs, n.op.forward, n.outputs))
+        else:
+            planned = _plan([n.op for n in run], shapes[run[0].inputs[0]][1:])
+
+            def call(x: np.ndarray, planned: list[Any] = planned) -> np.ndarray:
+                for step in planned:
+                    x = step(x)
+                return x
+
+            steps.append((run[0].inputs, call, run[-1].outputs))
+        run.clear()
+
+    for n in nodes:
+        simple = len(n.inputs) == 1 and len(n.outputs) == 1 and n.inputs[0] not in constants
+        if simple and run and n.inputs[0] == run[-1].outputs[0] and readers.get(n.inputs[0], 0) == 1:
+            run.append(n)
+            continue
+        close()
+        if simple:
+            run.append(n)
+        else:
+            steps.append((n.inputs, n.op.forward, n.outputs))
+    close()
+    return steps
+
+
 class RuntimeModel:
-    """An inference model on the int8 and sparse kernels.
+    """An inference model on the int8 and sparse kernels: a graph of runtime ops.
 
     Build one with :func:`convert`; read one with :func:`load`.
 
     Parameters
     ----------
-    ops : list
-        The operations in order (internal objects made by :func:`convert`).
+    nodes : list
+        The operations: a list of ops (a chain, each reading the one before)
+        or of :class:`RuntimeNode` (internal objects made by :func:`convert`).
     input_shape : tuple of int
-        Shape of one sample (without the batch dimension).
+        Shape of one sample of the first input (without the batch dimension).
     meta : dict, optional
         Free-form description saved with the model (e.g. class names).
+    inputs, outputs : list of str, optional
+        Value names of the graph's inputs and outputs (a chain: ``["input"]`` and its last value).
+    constants : dict of str to ndarray, optional
+        Constant values the nodes read.
+    input_shapes : list of tuple of int, optional
+        Sample shape of every input (several-input graphs).
+    input_dtypes : list of str, optional
+        NumPy dtype name of every input (default float32; int64 for token ids).
 
     Examples
     --------
@@ -481,63 +802,135 @@ class RuntimeModel:
     True
     """
 
-    def __init__(self, ops: list[_Op], input_shape: tuple[int, ...], meta: dict[str, Any] | None = None,
-                 *, threads: int | None = None) -> None:
-        self.ops = list(ops)
+    def __init__(self, nodes: Sequence[Any], input_shape: Iterable[int], meta: dict[str, Any] | None = None,
+                 *, threads: int | None = None, inputs: Sequence[str] | None = None,
+                 outputs: Sequence[str] | None = None, constants: dict[str, np.ndarray] | None = None,
+                 input_shapes: Sequence[Iterable[int]] | None = None,
+                 input_dtypes: Sequence[str] | None = None) -> None:
+        nodes = list(nodes)
+        if nodes and not isinstance(nodes[0], RuntimeNode):
+            nodes = _chain_nodes(nodes)
+        self.nodes: list[RuntimeNode] = nodes
         self.input_shape = tuple(int(d) for d in input_shape)
+        self.inputs = list(inputs) if inputs is not None else ["input"]
+        self.outputs = list(outputs) if outputs is not None else [nodes[-1].outputs[0] if nodes else "input"]
+        self.constants = {k: np.asarray(v) for k, v in (constants or {}).items()}
+        shapes = [tuple(int(d) for d in s) for s in input_shapes] if input_shapes is not None else [self.input_shape]
+        if len(shapes) != len(self.inputs):
+            raise ValueError(f"input_shapes has {len(shapes)} entries for {len(self.inputs)} inputs")
+        self.input_shapes = shapes
+        self.input_dtypes = [np.dtype(d).name for d in (input_dtypes or ["float32"] * len(self.inputs))]
+        if len(self.input_dtypes) != len(self.inputs) or any(d not in ("float32", "int32", "int64")
+                                                             for d in self.input_dtypes):
+            raise ValueError(f"input_dtypes must name float32, int32 or int64 for each input; got {self.input_dtypes}")
         self.meta = dict(meta or {})
         self.threads = threads
-        self._steps = _plan(self.ops, self.input_shape)
+        self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
+        # After step i, the values no later step reads: predict drops them.
+        last: dict[str, int] = {}
+        for i, (reads, _, _) in enumerate(self._steps):
+            for v in reads:
+                last[v] = i
+        self._free = [[v for v, j in last.items() if j == i and v not in self.outputs and v not in self.constants]
+                      for i in range(len(self._steps))]
+
+    @property
+    def ops(self) -> list[_Op]:
+        """The operations in execution order."""
+        return [n.op for n in self.nodes]
+
+    def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """The shape of every value for a batch (``ValueError`` names the node that does not fit)."""
+        shapes: dict[str, tuple[int, ...]] = {v: (batch,) + s for v, s in zip(self.inputs, self.input_shapes)}
+        shapes.update({k: v.shape for k, v in self.constants.items()})
+        for n in self.nodes:
+            try:
+                out = n.op.out_shape(*(shapes[v] for v in n.inputs))
+            except (ValueError, TypeError, IndexError) as e:
+                raise ValueError(f"node {n.name!r} ({n.op.kind}): {e}") from e
+            outs = (out,) if len(n.outputs) == 1 else tuple(out)
+            shapes.update((v, tuple(s)) for v, s in zip(n.outputs, outs))
+        return shapes
 
     # -- running -----------------------------------------------------------
-    def predict(self, x: Any) -> np.ndarray:
-        """Outputs for a batch ``x`` of shape ``(N, *input_shape)`` (float32 in, float32 out)."""
-        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
-            x = np.asarray(x)
-            if x.dtype.kind not in "biuf":
-                raise TypeError(f"x must be a numeric array; got dtype {x.dtype}")
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"x must have shape (N, {', '.join(map(str, self.input_shape))}); got {x.shape}")
-        y = x
+    def _run(self, xs: Sequence[np.ndarray]) -> Any:
+        env: dict[str, Any] = dict(self.constants)
+        env.update(zip(self.inputs, xs))
+        for (reads, call, writes), free in zip(self._steps, self._free):
+            y = call(*(env[v] for v in reads))
+            if len(writes) == 1:
+                env[writes[0]] = y
+            else:
+                env.update(zip(writes, y))
+            for v in free:
+                env.pop(v, None)
+        res = tuple(env[v] for v in self.outputs)
+        return res[0] if len(res) == 1 else res
+
+    def predict(self, x: Any, *more: Any) -> Any:
+        """Outputs for a batch ``x`` of shape ``(N, *input_shape)`` (float32 in, float32 out).
+
+        A graph with several inputs takes one array per input, a graph with
+        several outputs returns a tuple.
+        """
+        xs = []
+        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
+            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous and v.flags.aligned):
+                v = np.asarray(v)
+                if v.dtype.kind not in "biuf":
+                    raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
+                if dt != "float32" and v.dtype.kind not in "iu":
+                    raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
+                # Aligned too: arrays from pickle-5 / network buffers can sit at odd offsets.
+                v = np.require(v, dtype=dt, requirements=["C", "A"])
+            if v.shape[1:] != shape or v.ndim == 0:
+                raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
+            xs.append(v)
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
         if self.threads is None:
-            for step in self._steps:
-                y = step(y)
-            return y
+            return self._run(xs)
         previous = num_threads()
         set_num_threads(self.threads)
         try:
-            for step in self._steps:
-                y = step(y)
+            return self._run(xs)
         finally:
             set_num_threads(previous)
-        return y
 
     __call__ = predict
+
+    def trace(self, x: Any) -> list[tuple[RuntimeNode, tuple[Any, ...]]]:
+        """Every node with the inputs it reads for ``x``, running the nodes one by one (for timing)."""
+        env: dict[str, Any] = dict(self.constants)
+        env[self.inputs[0]] = np.ascontiguousarray(x, dtype=np.float32)
+        out = []
+        for n in self.nodes:
+            args = tuple(env[v] for v in n.inputs)
+            out.append((n, args))
+            y = n.op.forward(*args)
+            env.update(zip(n.outputs, y if len(n.outputs) > 1 else (y,)))
+        return out
 
     # -- describing ----------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        """Bytes of weights, scales, biases and indices the model keeps."""
-        return sum(op.nbytes for op in self.ops)
+        """Bytes of weights, scales, biases, indices and constants the model keeps."""
+        return sum(op.nbytes for op in self.ops) + sum(int(v.nbytes) for v in self.constants.values())
 
     def layer_work(self, batch: int = 1) -> list[LayerWork]:
         """What each operation computes and moves for a batch (input to the cost model)."""
-        shape: tuple[int, ...] = (batch,) + self.input_shape
-        out = []
-        for i, op in enumerate(self.ops):
-            out.append(op.work(f"{i}.{op.kind}", shape))
-            shape = op.out_shape(shape)
-        return out
+        shapes = self.shapes(batch)
+        return [n.op.work(f"{n.name}.{n.op.kind}" if n.name != str(i) else f"{i}.{n.op.kind}",
+                          *(shapes[v] for v in n.inputs)) for i, n in enumerate(self.nodes)]
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per operation: kind, output shape for one sample, bytes."""
-        shape: tuple[int, ...] = (1,) + self.input_shape
+        """One row per operation: name, kind, output shape for one sample, bytes."""
+        shapes = self.shapes(1)
         rows = []
-        for i, op in enumerate(self.ops):
-            shape = op.out_shape(shape)
-            rows.append({"index": i, "op": op.kind, "out_shape": shape[1:], "nbytes": op.nbytes,
-                         **{k: v for k, v in op.spec().items() if k in ("relu", "path", "block")}})
+        for i, n in enumerate(self.nodes):
+            rows.append({"index": i, "name": n.name, "op": n.op.kind, "out_shape": shapes[n.outputs[0]][1:],
+                         "nbytes": n.op.nbytes,
+                         **{k: v for k, v in n.op.spec().items() if k in ("relu", "path", "block", "type")}})
         return rows
 
     def __repr__(self) -> str:
@@ -548,33 +941,119 @@ class RuntimeModel:
     def _to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays: dict[str, np.ndarray] = {}
         specs = []
-        for i, op in enumerate(self.ops):
-            specs.append(op.spec())
-            for k, v in op.arrays().items():
-                arrays[f"{i}.{k}"] = np.asarray(v)
+        for n in self.nodes:
+            own = {}
+            for k, v in n.op.arrays().items():
+                own[k] = f"{n.name}.{k}"
+                arrays[own[k]] = np.asarray(v)
+            specs.append({"name": n.name, "inputs": list(n.inputs), "outputs": list(n.outputs), "spec": n.op.spec(),
+                          "arrays": own})
+        for k, v in self.constants.items():
+            arrays[f"const:{k}"] = v
+        graph = {"inputs": list(self.inputs), "input_shapes": [list(s) for s in self.input_shapes],
+                 "input_dtypes": list(self.input_dtypes),
+                 "outputs": list(self.outputs), "constants": list(self.constants), "nodes": specs}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "input_shape": list(self.input_shape),
-                "ops": specs, "meta": self.meta}
+                "graph": graph, "meta": self.meta}
         return arrays, meta
 
     @classmethod
-    def _from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "RuntimeModel":
-        if meta.get("format") != FORMAT:
-            raise io.FormatError(f"not a runtime model (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise io.FormatError(f"runtime model version {meta['format_version']} is newer than this reader "
-                                 f"({FORMAT_VERSION})")
-        ops = []
-        for i, spec in enumerate(meta["ops"]):
-            kind = spec.get("op")
-            if kind not in _OPS:
-                raise io.FormatError(f"unknown operation {kind!r} at position {i}")
-            prefix = f"{i}."
-            mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    def _from_arrays(cls, arrays: dict[str, np.ndarray], meta: Any) -> "RuntimeModel":
+        """The model a file describes, every field checked before anything is built (FormatError)."""
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise io.FormatError(f"not a runtime model (format {fmt!r})")
+        top = Spec(meta, {}, "runtime model")
+        version = top.int("format_version", lo=1, hi=1 << 16)
+        if version > FORMAT_VERSION:
+            raise io.FormatError(f"runtime model version {version} is newer than this reader ({FORMAT_VERSION})")
+        input_shape = _sample_shape(meta.get("input_shape"), "input_shape")
+        user_meta = meta.get("meta") or {}
+        if not isinstance(user_meta, dict):
+            raise io.FormatError(f"runtime model: 'meta' must be a JSON object; got {type(user_meta).__name__}")
+        used: set[str] = set()
+
+        def take(spec: Any, where: str, own: dict[str, str]) -> Spec:
+            return Spec(spec, {k: _claim(arrays, used, name, where) for k, name in own.items()}, where)
+
+        if version < 2:  # a chain of ops, arrays named "<position>.<param>"
+            specs = meta.get("ops")
+            if not isinstance(specs, list) or not specs:
+                raise io.FormatError("runtime model (version 1): 'ops' must be a non-empty list")
+            ops = []
+            for i, spec in enumerate(specs):
+                kind = _kind(spec, f"operation {i}")
+                prefix = f"{i}."
+                own = {k[len(prefix):]: k for k in arrays if k.startswith(prefix)}
+                ops.append(_OPS[kind].from_file(take(spec, f"operation {i} ({kind})", own)))
+            rt = cls(ops, input_shape, user_meta)
+        else:
+            g = meta.get("graph")
+            if not isinstance(g, dict):
+                raise io.FormatError("runtime model: 'graph' must be a JSON object")
+            inputs, outputs = _names(g.get("inputs"), "graph inputs"), _names(g.get("outputs"), "graph outputs")
+            shapes = g.get("input_shapes")
+            if not isinstance(shapes, list) or len(shapes) != len(inputs):
+                raise io.FormatError(f"runtime model: 'input_shapes' must list one shape per input ({len(inputs)})")
+            shapes = [_sample_shape(v, f"input_shapes[{k}]") for k, v in enumerate(shapes)]
+            if shapes[0] != input_shape:
+                raise io.FormatError(f"runtime model: input_shape {input_shape} disagrees with input_shapes[0] "
+                                     f"{shapes[0]}")
+            dtypes = g.get("input_dtypes", ["float32"] * len(inputs))
+            if not isinstance(dtypes, list) or len(dtypes) != len(inputs) or \
+                    any(d not in ("float32", "int32", "int64") for d in dtypes):
+                raise io.FormatError(f"runtime model: 'input_dtypes' must name float32, int32 or int64 per input; "
+                                     f"got {dtypes!r}")
+            entries = g.get("nodes")
+            if not isinstance(entries, list) or not entries:
+                raise io.FormatError("runtime model: 'graph.nodes' must be a non-empty list")
+            nodes, names = [], set()
+            for i, entry in enumerate(entries):
+                if not isinstance(entry, dict):
+                    raise io.FormatError(f"node {i}: must be a JSON object")
+                name = entry.get("name")
+                if not isinstance(name, str) or not name or name in names:
+                    raise io.FormatError(f"node {i}: 'name' must be a unique non-empty string; got {name!r}")
+                names.add(name)
+                spec = entry.get("spec")
+                kind = _kind(spec, f"node {i} ({name!r})")
+                own = entry.get("arrays")
+                if not isinstance(own, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in own.items()):
+                    raise io.FormatError(f"node {i} ({name!r}): 'arrays' must map parameter names to array names")
+                op = _OPS[kind].from_file(take(spec, f"node {i} ({name!r}, {kind})", own))
+                nodes.append(RuntimeNode(name, op, tuple(_names(entry.get("inputs"), f"node {i} inputs")),
+                                         tuple(_names(entry.get("outputs"), f"node {i} outputs"))))
+            consts = {k: _claim(arrays, used, f"const:{k}", "constants").copy()
+                      for k in _names(g.get("constants", []), "constants", empty=True)}
             try:
-                ops.append(_OPS[kind].from_file(spec, mine))
-            except (KeyError, ValueError, TypeError) as e:
-                raise io.FormatError(f"operation {i} ({kind}) is malformed: {e}") from e
-        return cls(ops, tuple(meta["input_shape"]), meta.get("meta"))
+                rt = cls(nodes, input_shape, user_meta, inputs=inputs, outputs=outputs, constants=consts,
+                         input_shapes=shapes, input_dtypes=dtypes)
+            except (KeyError, ValueError, TypeError) as e:  # dangling or doubly written values
+                raise io.FormatError(f"runtime model: the graph is malformed ({e})") from None
+        unused = sorted(set(arrays) - used)
+        if unused:
+            raise io.FormatError(f"runtime model: arrays {unused[:5]} belong to no node")
+        rt._check_plan()
+        return rt
+
+    def _check_plan(self) -> None:
+        """Shapes through every node at batch 1, and a bound on every buffer they imply."""
+        try:
+            shapes = self.shapes(1)
+        except (ValueError, TypeError) as e:
+            raise io.FormatError(f"runtime model: the ops do not fit together ({e})") from None
+        for v, shape in shapes.items():
+            if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+                raise io.FormatError(f"runtime model: value {v!r} would have shape {shape}, above the bound of "
+                                     f"{MAX_ELEMENTS} elements per sample")
+        for n in self.nodes:
+            if n.op.kind == "conv2d":  # the unfold: one row per output pixel, one column per tap
+                out = shapes[n.outputs[0]]
+                if out[2] * out[3] * n.op.layer.in_features > MAX_ELEMENTS:
+                    raise io.FormatError(f"node {n.name!r} (conv2d): its unfold would hold "
+                                         f"{out[2] * out[3] * n.op.layer.in_features} values per sample, above "
+                                         "the bound")
 
     def save(self, path: Any) -> int:
         """Write the model to one ``.hwreg`` file; returns its size in bytes."""
@@ -587,14 +1066,49 @@ class RuntimeModel:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         other = RuntimeModel._from_arrays(state["arrays"], state["meta"])
-        self.__dict__.update(other.__dict__)  # includes the fused steps
+        self.__dict__.update(other.__dict__)  # includes the planned steps
         self.threads = state.get("threads")
+
+
+def _kind(spec: Any, where: str) -> str:
+    kind = spec.get("op") if isinstance(spec, dict) else None
+    if kind not in _OPS:
+        raise io.FormatError(f"{where}: unknown operation {kind!r}")
+    return str(kind)
+
+
+def _names(v: Any, what: str, *, empty: bool = False) -> list[str]:
+    if not isinstance(v, list) or (not v and not empty) or not all(isinstance(e, str) and e for e in v):
+        raise io.FormatError(f"runtime model: {what} must be a list of non-empty strings; got {v!r}")
+    return list(v)
+
+
+def _sample_shape(v: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v or len(v) > 8 or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_ELEMENTS for d in v):
+        raise io.FormatError(f"runtime model: {what} must be a list of 1 to 8 positive integers; got {v!r}")
+    if int(np.prod(v, dtype=np.float64)) > MAX_ELEMENTS:
+        raise io.FormatError(f"runtime model: {what} {v} exceeds the bound of {MAX_ELEMENTS} elements")
+    return tuple(v)
+
+
+def _claim(arrays: dict[str, np.ndarray], used: set[str], name: str, where: str) -> np.ndarray:
+    if name not in arrays:
+        raise io.FormatError(f"{where}: array {name!r} is not in the file")
+    if name in used:
+        raise io.FormatError(f"{where}: array {name!r} is claimed twice")
+    used.add(name)
+    return arrays[name]
 
 
 def load(path: Any, *, verify: bool = True) -> RuntimeModel:
     """Read a runtime model written by :meth:`RuntimeModel.save`.
 
-    Raises :class:`hwreg_rs.io.FormatError` for a corrupt, truncated or foreign file.
+    Raises :class:`hwreg_rs.io.FormatError` for a corrupt, truncated, foreign or
+    inconsistent file: every op's spec is checked against its arrays, and the
+    shapes through the graph against a bound, before anything is built. The
+    file is read into memory and the model keeps copies of what it needs, so
+    rewriting or truncating the file later cannot disturb a loaded model.
 
     Examples
     --------
@@ -605,7 +1119,7 @@ def load(path: Any, *, verify: bool = True) -> RuntimeModel:
     >>> bool(np.array_equal(hw.runtime.load(p).predict(x), rt.predict(x)))
     True
     """
-    arrays, meta = io.load(path, verify=verify)
+    arrays, meta = io.load(path, verify=verify, use_mmap=False)
     return RuntimeModel._from_arrays(arrays, meta)
 
 
@@ -633,15 +1147,6 @@ def _fold_bn(p: _Pending, bn: Any) -> None:
     p.bias = (p.bias - bn.running_mean.astype(np.float64)) * scale + beta
 
 
-def _layers(model: Module) -> list[Module]:
-    if isinstance(model, Sequential):
-        out: list[Module] = []
-        for m in model:
-            out.extend(_layers(m))
-        return out
-    return [model]
-
-
 def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
     m = p.module
     folded = not np.array_equal(p.weight, m.effective_weight().astype(np.float64))
@@ -662,8 +1167,18 @@ def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
         q, scale = _quantize_weight(w32, m)
     layer = Int8Linear(q.reshape(q.shape[0], -1), scale, p.bias.astype(np.float32), relu=p.relu)
     if isinstance(m, Conv2d):
-        return _Conv(layer, m.in_channels, m.kernel_size, m.stride, m.padding)
+        pad = _padding4(m)
+        groups, dilation = int(getattr(m, "groups", 1)), tuple(getattr(m, "dilation", (1, 1)))
+        if groups == 1 and dilation == (1, 1) and pad[:2] == pad[2:]:
+            return _Conv(layer, m.in_channels, m.kernel_size, m.stride, pad[:2])
+        return _GroupConv(layer, m.in_channels, m.kernel_size, m.stride, pad, dilation, groups)
     return _Dense(layer)
+
+
+def _padding4(m: Conv2d) -> tuple[int, int, int, int]:
+    """A Conv2d's padding as (top, left, bottom, right)."""
+    p = tuple(int(v) for v in m.padding)
+    return (p[0], p[1], p[0], p[1]) if len(p) == 2 else (p[0], p[1], p[2], p[3])
 
 
 def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
@@ -699,9 +1214,11 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     Parameters
     ----------
     model : hwreg_rs.nn.Module
-        A :class:`~hwreg_rs.nn.Sequential` (nested ones are flattened) of
-        Linear, Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, Flatten
-        and Dropout layers. Its weights are read, not changed.
+        A :class:`~hwreg_rs.nn.Sequential` (nested ones are flattened), a
+        :class:`~hwreg_rs.nn.Graph` (e.g. from :func:`hwreg_rs.onnx.load`) or
+        one layer. Linear and Conv2d layers (grouped and depthwise too) run in
+        int8 with a following BatchNorm folded in and a ReLU fused; every other
+        registered op runs in float32. Its weights are read, not changed.
     input_shape : iterable of int
         Shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
     sparse : {"auto", "never", "always"}, default "auto"
@@ -732,51 +1249,98 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a hwreg_rs.nn.Module; got {type(model).__name__}")
     shape = tuple(int(d) for d in input_shape)
-    ops: list[_Op] = []
-    pending: _Pending | None = None
+    graph = Graph.from_module(model)
+    shapes = [shape] + list((graph.input_shapes or [shape])[1:])
+    for node in graph.nodes:
+        if not node.op.op_type or registry.REGISTRY.get(node.op.op_type) is not type(node.op):
+            raise TypeError(f"cannot convert layer {type(node.op).__name__} (node {node.name!r}): it is not a "
+                            "registered op of hwreg_rs.nn")
+    try:
+        value_shapes = graph.infer_shapes(*((1,) + s for s in shapes))
+    except ValueError as e:
+        raise ValueError(f"the model does not fit input_shape {shape}: {e}") from None
+    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size))
+    rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
+                      constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
+    # Check the graph against the input shape now, not at the first predict.
+    rt.predict(*(np.zeros((1,) + s, d) for s, d in zip(shapes, rt.input_dtypes)))
+    return rt
 
-    def flush() -> None:
-        nonlocal pending
-        if pending is not None:
-            ops.append(_finish(pending, sparse_mode=sparse, batch=int(batch_size)))
-            pending = None
 
-    for m in _layers(model):
+def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,
+           batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+    """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
+    Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
+    values in between, then each op lowered to its runtime op."""
+    readers = graph.consumers()
+    for v in graph.outputs:
+        readers.setdefault(v, []).append(-1)
+    alias: dict[str, str] = {}
+
+    def name(v: str) -> str:
+        while v in alias:
+            v = alias[v]
+        return v
+
+    def sole_reader(v: str) -> int | None:
+        r = readers.get(v, [])
+        return r[0] if len(r) == 1 and r[0] >= 0 else None
+
+    absorbed: set[int] = set()
+    out: list[RuntimeNode] = []
+    outputs = set(graph.outputs)
+    for i, node in enumerate(graph.nodes):
+        if i in absorbed:
+            continue
+        m = node.op
+        ins = tuple(name(v) for v in node.inputs)
+        if isinstance(m, (Dropout,)) or m.op_type == "Identity":
+            if node.outputs[0] in outputs:  # keep a named graph output
+                out.append(RuntimeNode(node.name, _Float(copy.deepcopy(m)), ins, node.outputs))
+            else:
+                alias[node.outputs[0]] = ins[0]
+            continue
         if isinstance(m, (Linear, Conv2d)):
-            flush()
             w = m.effective_weight().astype(np.float64)
             b = m.bias.data.astype(np.float64) if m.bias is not None else np.zeros(w.shape[0])
             pending = _Pending(m, w, b)
-        elif isinstance(m, (BatchNorm1d, BatchNorm2d)):
-            if pending is not None and not pending.relu:
-                _fold_bn(pending, m)
-            else:
-                flush()
-                inv = 1.0 / np.sqrt(m.running_var.astype(np.float64) + m.eps)
-                g = m.weight.data if m.weight is not None else np.ones_like(inv)
-                b = m.bias.data if m.bias is not None else np.zeros_like(inv)
-                ops.append(_Affine(g * inv, b - m.running_mean * g * inv))
-        elif isinstance(m, ReLU):
-            if pending is not None and not pending.relu:
+            last = node.outputs[0]
+            j = sole_reader(last)
+            # BatchNorm normalises dim 1: the output channels of a Conv2d, or of a Linear on (N, features) only.
+            if j is not None and isinstance(graph.nodes[j].op, (BatchNorm1d, BatchNorm2d)) and \
+                    (isinstance(m, Conv2d) or len(shapes[last]) == 2):
+                _fold_bn(pending, graph.nodes[j].op)
+                absorbed.add(j)
+                last = graph.nodes[j].outputs[0]
+                j = sole_reader(last)
+            if j is not None and isinstance(graph.nodes[j].op, ReLU):
                 pending.relu = True
-            else:
-                flush()
-                ops.append(_ReLU())
-        elif isinstance(m, Dropout):
-            continue  # identity at inference
-        elif isinstance(m, (MaxPool2d, AvgPool2d)):
-            flush()
-            ops.append(_Pool("maxpool2d" if isinstance(m, MaxPool2d) else "avgpool2d", m.kernel_size, m.stride,
-                             m.padding))
-        elif isinstance(m, Flatten):
-            flush()
-            ops.append(_Flatten(m.start_dim))
-        else:
-            raise TypeError(f"cannot convert layer {type(m).__name__}; supported: Linear, Conv2d, BatchNorm1d/2d, "
-                            "ReLU, MaxPool2d, AvgPool2d, Flatten, Dropout")
-    flush()
-    rt = RuntimeModel(ops, shape, meta, threads=threads)
-    # Check the layer list against the input shape now, not at the first predict.
-    rt.predict(np.zeros((1,) + shape, np.float32))
-    return rt
+                absorbed.add(j)
+                last = graph.nodes[j].outputs[0]
+            out.append(RuntimeNode(node.name, _finish(pending, sparse_mode=sparse_mode, batch=batch), ins, (last,)))
+            continue
+        out.append(RuntimeNode(node.name, _lower_op(m), ins, node.outputs))
+    consts = {k: np.ascontiguousarray(v) for k, v in graph.constants().items()}
+    if any(name(v) != v for v in graph.outputs):  # pragma: no cover - outputs keep their nodes above
+        raise ValueError("a graph output is an alias")
+    return out, consts
+
+
+def _lower_op(m: Module) -> _Op:
+    """The runtime op of a module that is not a Linear or Conv2d."""
+    if isinstance(m, (BatchNorm1d, BatchNorm2d)):
+        inv = 1.0 / np.sqrt(m.running_var.astype(np.float64) + m.eps)
+        g = m.weight.data if m.weight is not None else np.ones_like(inv)
+        b = m.bias.data if m.bias is not None else np.zeros_like(inv)
+        return _Affine(g * inv, b - m.running_mean * g * inv)
+    if isinstance(m, ReLU):
+        return _ReLU()
+    if isinstance(m, (MaxPool2d, AvgPool2d)):
+        pad = tuple(m.padding)
+        return _Pool("maxpool2d" if isinstance(m, MaxPool2d) else "avgpool2d", m.kernel_size, m.stride, pad)
+    if isinstance(m, Flatten):
+        return _Flatten(m.start_dim)
+    return _Float(copy.deepcopy(m))  # convert checked that it is a registered op

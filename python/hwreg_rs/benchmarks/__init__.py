@@ -69,7 +69,7 @@ def _fmt(c: Any) -> str:
 # Suites in run order: each is a module of this package with
 # ``run(quick: bool) -> str`` returning its Markdown section. A suite whose
 # module is missing is skipped, so the list can name suites before they land.
-SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime"]
+SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime", "graphs"]
 
 
 def main(*, quick: bool = False, suites: Sequence[str] | None = None) -> int:

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import functional
+from . import functional, ops, passes, registry
 from .conv import AvgPool2d, Conv2d, MaxPool2d
+from .graph import Graph, Node
 from .layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU, bias_uniform, kaiming_uniform
 from .module import LoadResult, Module, Parameter, Sequential, as_rng, manual_seed
+from .ops import (GELU, Add, Cast, Clip, Concat, Div, Embedding, Erf, Exp, Expand, Gather, GlobalAvgPool2d,
+                  HardSigmoid, HardSwish, Identity, LayerNorm, LeakyReLU, LogSoftmax, MatMul, Mul, Neg, Pow,
+                  ReduceMean, ReduceSum, ReLU6, Reshape, Sigmoid, Slice, Softmax, Split, Sqrt, Squeeze, Sub, Tanh,
+                  Transpose, Unsqueeze, Where)
 
 __all__ = [
-    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Linear", "LoadResult",
-    "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential", "as_rng", "bias_uniform", "functional",
-    "kaiming_uniform", "manual_seed", "mlp", "small_cnn",
+    "Add", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Cast", "Clip", "Concat", "Conv2d", "Div", "Dropout",
+    "Embedding", "Erf", "Exp", "Expand", "Flatten", "GELU", "Gather", "GlobalAvgPool2d", "Graph", "HardSigmoid",
+    "HardSwish", "Identity", "LayerNorm", "LeakyReLU", "Linear", "LoadResult", "LogSoftmax", "MatMul", "MaxPool2d",
+    "Module", "Mul", "Neg", "Node", "Parameter", "Pow", "ReLU", "ReLU6", "ReduceMean", "ReduceSum", "Reshape",
+    "Sequential", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose",
+    "Unsqueeze", "Where", "as_rng", "bias_uniform", "functional", "kaiming_uniform", "manual_seed", "mlp", "ops", "passes",
+    "registry", "small_cnn",
 ]
 
 

@@ -5,6 +5,8 @@ dtype (float64 for gradient checks) takes the NumPy path below, which is also
 the reference the tests compare the kernels against. Layouts are NCHW; the
 column matrix has one row per output pixel and one column per
 ``(channel, ky, kx)`` tap, so a convolution is ``cols @ W.reshape(out, -1).T``.
+Grouped, dilated and asymmetrically padded convolutions (:func:`conv2d_taps`)
+are NumPy only: one batched matmul per kernel tap, never a loop over channels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .. import _native
 from .._validate import native_array
 
 Pair = Tuple[int, int]
+Pads = Tuple[int, int, int, int]
 
 
 def pair(v: int | Tuple[int, int], name: str, *, minimum: int = 0) -> Pair:
@@ -35,13 +38,35 @@ def pair(v: int | Tuple[int, int], name: str, *, minimum: int = 0) -> Pair:
     return t
 
 
-def out_size(h: int, w: int, k: Pair, s: Pair, p: Pair) -> Pair:
-    """Output height and width of a window over an ``(h, w)`` plane."""
-    oh = (h + 2 * p[0] - k[0]) // s[0] + 1
-    ow = (w + 2 * p[1] - k[1]) // s[1] + 1
-    if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
-        raise ValueError(f"kernel {k} is larger than the padded input ({h}+2*{p[0]}, {w}+2*{p[1]})")
-    return oh, ow
+def pads4(v: int | Tuple[int, ...], name: str) -> Pads:
+    """``v`` (an int, an ``(h, w)`` pair or ONNX's ``(top, left, bottom, right)``) as four ints >= 0."""
+    if isinstance(v, (tuple, list)) and len(v) == 4:
+        if not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v):
+            raise TypeError(f"{name} must be an int, a pair or a 4-tuple of ints; got {v!r}")
+        t = tuple(int(e) for e in v)
+        if min(t) < 0:
+            raise ValueError(f"{name} must be >= 0; got {v!r}")
+        return t  # type: ignore[return-value]
+    try:
+        ph, pw = pair(v, name, minimum=0)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, a pair or a 4-tuple of ints; got {v!r}") from None
+    return ph, pw, ph, pw
+
+
+def out_size(h: int, w: int, k: Pair, s: Pair, p: Pair | Pads, d: Pair = (1, 1)) -> Pair:
+    """Output height and width of a window over an ``(h, w)`` plane.
+
+    ``p`` is ``(ph, pw)`` (both sides) or ``(top, left, bottom, right)``; ``d`` the dilation.
+    """
+    top, left, bottom, right = (p[0], p[1], p[0], p[1]) if len(p) == 2 else p
+    ekh, ekw = d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1
+    hp, wp = h + top + bottom, w + left + right
+    if hp < ekh or wp < ekw:
+        dil = "" if tuple(d) == (1, 1) else f" with dilation {tuple(d)}"
+        raise ValueError(f"kernel {tuple(k)}{dil} is larger than the padded input ({h}+{top}+{bottom}, "
+                         f"{w}+{left}+{right})")
+    return (hp - ekh) // s[0] + 1, (wp - ekw) // s[1] + 1
 
 
 def _check4(x: np.ndarray, name: str) -> np.ndarray:
@@ -170,3 +195,69 @@ def avg_pool2d_backward(grad: np.ndarray, input_shape: Tuple[int, int, int, int]
         for kx in range(kw):
             xp[:, :, ky: ky + sh * oh: sh, kx: kx + sw * ow: sw] += g
     return np.ascontiguousarray(xp[:, :, ph: ph + h, pw: pw + w])
+
+
+# ---------------------------------------------------------------------------
+# general convolution: groups, dilation, asymmetric padding (NumPy)
+# ---------------------------------------------------------------------------
+
+def _taps(kernel_size: Pair, stride: Pair, dilation: Pair, oh: int, ow: int):
+    """For each kernel tap ``(ky, kx)``: the strided (rows, cols) slices of the padded input it reads."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = slice(ky * dh, ky * dh + sh * (oh - 1) + 1, sh)
+            cols = slice(kx * dw, kx * dw + sw * (ow - 1) + 1, sw)
+            yield ky, kx, rows, cols
+
+
+def conv2d_taps(x: np.ndarray, weight: np.ndarray, stride: Pair = (1, 1), pads: Pads = (0, 0, 0, 0),
+                dilation: Pair = (1, 1), groups: int = 1) -> np.ndarray:
+    """Grouped, dilated 2-D cross-correlation (no bias) in PyTorch's layout, computed tap by tap.
+
+    ``x`` is (N, C, H, W), ``weight`` (O, C/groups, kh, kw); ``pads`` is
+    ``(top, left, bottom, right)``. Each of the kh*kw taps is one batched
+    matmul over the groups, so a depthwise 3x3 is 9 vectorised steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hwreg_rs.nn import functional as F
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> F.conv2d_taps(x, np.ones((1, 1, 2, 2)), dilation=(2, 2))[0, 0]
+    array([[20., 24.],
+           [36., 40.]])
+    """
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    oh, ow = out_size(h, w, (kh, kw), stride, pads, dilation)
+    top, left, bottom, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).reshape(n, groups, cg, h + top + bottom, -1)
+    wg = weight.reshape(groups, o // groups, cg, kh, kw)
+    y = np.zeros((n, groups, o // groups, oh * ow), dtype=np.result_type(x, weight))
+    for ky, kx, rows, cols in _taps((kh, kw), stride, dilation, oh, ow):
+        # (G, O/G, C/G) @ (N, G, C/G, OH*OW) -> (N, G, O/G, OH*OW)
+        y += wg[:, :, :, ky, kx] @ xp[:, :, :, rows, cols].reshape(n, groups, cg, -1)
+    return y.reshape(n, o, oh, ow)
+
+
+def conv2d_taps_backward(grad: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: Pair = (1, 1),
+                         pads: Pads = (0, 0, 0, 0), dilation: Pair = (1, 1),
+                         groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients ``(d x, d weight)`` of :func:`conv2d_taps` given the gradient of its output."""
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    oh, ow = grad.shape[2:]
+    top, left, bottom, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).reshape(n, groups, cg, h + top + bottom, -1)
+    wg = weight.reshape(groups, o // groups, cg, kh, kw)
+    g = grad.reshape(n, groups, o // groups, oh * ow)
+    gxp = np.zeros_like(xp, dtype=np.result_type(grad, weight))
+    gw = np.zeros(wg.shape, dtype=np.result_type(grad, x))
+    gwt = np.swapaxes(wg, 1, 2)  # (G, C/G, O/G, kh, kw)
+    for ky, kx, rows, cols in _taps((kh, kw), stride, dilation, oh, ow):
+        xs = xp[:, :, :, rows, cols].reshape(n, groups, cg, -1)
+        gw[:, :, :, ky, kx] = (g @ np.swapaxes(xs, -1, -2)).sum(axis=0)
+        gxp[:, :, :, rows, cols] += (gwt[:, :, :, ky, kx] @ g).reshape(n, groups, cg, oh, ow)
+    gx = gxp.reshape(n, c, h + top + bottom, -1)[:, :, top: top + h, left: left + w]
+    return np.ascontiguousarray(gx), gw.reshape(weight.shape)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .module import Module, Parameter, as_rng
+from .registry import register
 
 
 def kaiming_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator,
@@ -38,8 +39,12 @@ def _positive_int(v: Any, name: str) -> int:
     return int(v)
 
 
+@register
 class Linear(Module):
     """``y = x @ W.T + b`` with PyTorch's layout, init and names (``weight`` (out, in), ``bias`` (out,)).
+
+    The input is ``(..., in_features)``: leading dimensions (batch, sequence)
+    are flattened for the product and restored in the output.
 
     Parameters
     ----------
@@ -65,7 +70,11 @@ class Linear(Module):
     >>> gx = layer.backward(np.ones_like(y))
     >>> y.shape, layer.weight.grad.shape, gx.shape
     ((4, 2), (2, 3), (4, 3))
+    >>> layer(np.ones((4, 5, 3), np.float32)).shape
+    (4, 5, 2)
     """
+
+    op_type = "Linear"
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, rng: Any = None) -> None:
         super().__init__()
@@ -82,24 +91,37 @@ class Linear(Module):
         w = self.weight.data
         return w if self.weight_fake_quant is None else self.weight_fake_quant(w)
 
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    def _check(self, shape: tuple[int, ...]) -> None:
+        if len(shape) < 1 or shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) expects input (N, {self.in_features}) "
+                             f"or (..., {self.in_features}); got shape {tuple(shape)}")
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._check(shape)
+        return tuple(shape[:-1]) + (self.out_features,)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear({self.in_features}, {self.out_features}) expects input (N, {self.in_features}); "
-                             f"got shape {x.shape}")
+        self._check(x.shape)
         if self.input_fake_quant is not None:
             x = self.input_fake_quant.forward(x, self.training)
         w = self.effective_weight()
-        self._x, self._w = x, w
-        y = x @ w.T
+        self._lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        self._x, self._w = x2, w
+        y = x2 @ w.T
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(self._lead + (self.out_features,))
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        self.weight.grad = grad.T @ self._x
+        g2 = grad.reshape(-1, self.out_features)
+        self.weight.grad = g2.T @ self._x
         if self.bias is not None:
-            self.bias.grad = grad.sum(axis=0)
-        gx = grad @ self._w
+            self.bias.grad = g2.sum(axis=0)
+        gx = (g2 @ self._w).reshape(self._lead + (self.in_features,))
         if self.input_fake_quant is not None:
             gx = self.input_fake_quant.backward(gx)
         return gx
@@ -108,6 +130,7 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+@register
 class ReLU(Module):
     """``max(x, 0)``.
 
@@ -118,6 +141,11 @@ class ReLU(Module):
     array([0., 2.])
     """
 
+    op_type = "Relu"
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         y = np.maximum(x, 0)
         self._mask = y > 0
@@ -127,6 +155,7 @@ class ReLU(Module):
         return grad * self._mask
 
 
+@register
 class Flatten(Module):
     """Flattens dimensions ``start_dim`` .. last (PyTorch default ``start_dim=1``).
 
@@ -137,9 +166,20 @@ class Flatten(Module):
     (2, 60)
     """
 
+    op_type = "Flatten"
+
     def __init__(self, start_dim: int = 1) -> None:
         super().__init__()
+        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)):
+            raise TypeError(f"start_dim must be an int; got {start_dim!r}")
         self.start_dim = int(start_dim)
+
+    def config(self) -> dict[str, Any]:
+        return {"start_dim": self.start_dim}
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        head = tuple(shape[: self.start_dim])
+        return head + (int(np.prod(shape[len(head):], dtype=np.int64)),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._shape = x.shape
@@ -149,6 +189,7 @@ class Flatten(Module):
         return grad.reshape(self._shape)
 
 
+@register
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale by ``1/(1-p)``.
 
@@ -170,12 +211,20 @@ class Dropout(Module):
     array([1., 1., 1.], dtype=float32)
     """
 
+    op_type = "Dropout"
+
     def __init__(self, p: float = 0.5, *, rng: Any = None) -> None:
         super().__init__()
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"p must lie in [0, 1); got {p!r}")
         self.p = float(p)
         self.rng = as_rng(rng) if rng is not None else np.random.default_rng()
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if not self.training or self.p == 0.0:
@@ -208,16 +257,25 @@ class _BatchNorm(Module):
         self.register_buffer("running_var", np.ones(num_features, np.float32))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
 
-    def _axes_shape(self, x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        if x.ndim not in self._dims or x.shape[1] != self.num_features:
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "affine": self.weight is not None}
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._axes_shape(tuple(shape))
+        return tuple(shape)
+
+    def _axes_shape(self, in_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        ndim = len(in_shape)
+        if ndim not in self._dims or in_shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) expects a {self._dims}-D input with "
-                             f"{self.num_features} channels in dim 1; got shape {x.shape}")
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = (1, self.num_features) + (1,) * (x.ndim - 2)
+                             f"{self.num_features} channels in dim 1; got shape {in_shape}")
+        axes = (0,) + tuple(range(2, ndim))
+        shape = (1, self.num_features) + (1,) * (ndim - 2)
         return axes, shape
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        axes, shape = self._axes_shape(x)
+        axes, shape = self._axes_shape(x.shape)
         if self.training:
             n = x.size // self.num_features
             if n < 2:
@@ -258,6 +316,7 @@ class _BatchNorm(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
 
 
+@register
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation over (N, C) or (N, C, L) inputs; PyTorch names, defaults and running-stat update.
 
@@ -270,9 +329,11 @@ class BatchNorm1d(_BatchNorm):
     (True, ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
     """
 
+    op_type = "BatchNorm1d"
     _dims = (2, 3)
 
 
+@register
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation over (N, C, H, W) inputs, per channel.
 
@@ -284,4 +345,5 @@ class BatchNorm2d(_BatchNorm):
     (4, 2, 3, 3)
     """
 
+    op_type = "BatchNorm2d"
     _dims = (4,)

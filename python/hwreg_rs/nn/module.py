@@ -107,6 +107,8 @@ class Module:
     """
 
     training: bool
+    #: The key of this op in :mod:`hwreg_rs.nn.registry` (empty for containers).
+    op_type: str = ""
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", OrderedDict())
@@ -189,14 +191,22 @@ class Module:
         return self
 
     # -- computation --------------------------------------------------------
-    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def forward(self, *inputs: np.ndarray) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def backward(self, grad: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+    def out_shape(self, *shapes: tuple[int, ...]) -> Any:  # pragma: no cover - abstract
+        """Output shape for inputs of these shapes (batch included); see :mod:`hwreg_rs.nn.registry`."""
+        raise NotImplementedError(f"{type(self).__name__} has no shape rule")
+
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this op: ``type(m)(**m.config())`` (arrays via ``load_state_dict``)."""
+        return {}
+
+    def __call__(self, *inputs: np.ndarray) -> Any:
+        return self.forward(*inputs)
 
     # -- state --------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":

@@ -11,9 +11,11 @@
 
 pub mod conv;
 pub mod cpu;
+pub mod depthwise;
 pub mod error;
 pub mod exec;
 pub mod gemm;
+pub mod nnops;
 pub mod optim;
 pub mod plan;
 pub mod prune;

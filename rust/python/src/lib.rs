@@ -7,8 +7,10 @@
 use pyo3::prelude::*;
 
 mod conv;
+mod depthwise;
 mod errors;
 mod gemm;
+mod nnops;
 mod optim;
 mod prune;
 mod quant;
@@ -72,7 +74,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;
+    depthwise::register(m)?;
     runtime::register(m)?;
     optim::register(m)?;
+    nnops::register(m)?;
     Ok(())
 }

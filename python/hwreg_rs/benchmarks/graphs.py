@@ -1,0 +1,142 @@
+"""Graph suite: ONNX models in, trained, converted to int8 and exported, against ONNX Runtime.
+
+For each model of :mod:`hwreg_rs.zoo` (an MLP, a plain CNN, a ResNet, a
+MobileNetV2-style net and a transformer encoder, written as torch.onnx.export
+writes them): import it with :func:`hwreg_rs.onnx.load`, train it on digits
+with :func:`hwreg_rs.fit`, then measure
+
+- the imported float graph against ONNX Runtime on the same ONNX (its float
+  export): max |Δ| / max |logit| on the test set, and both accuracies;
+- the int8 runtime model (:func:`hwreg_rs.runtime.convert`): accuracy drop;
+- its integer ONNX export in ONNX Runtime: argmax agreement with ``predict``
+  and max |Δ| in units of the largest logit;
+- latency at batch 1 and 32, side by side, on 1 and on all threads: our
+  float graph (NumPy), our int8 runtime, ORT fp32 on the float export, ORT on
+  our int8 export; and the import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from . import Table, median_seconds
+
+
+def _ort_session(proto: Any, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _train(name: str, proto: Any, X: np.ndarray, y: np.ndarray, quick: bool) -> Any:
+    from .. import onnx, train
+
+    g = onnx.load(proto).train()
+    epochs, lr = {"mlp": (30, 2e-3), "cnn": (15, 2e-3), "resnet": (12, 2e-3), "mobilenetv2": (15, 2e-3),
+                  "transformer": (60, 5e-3)}[name]
+    train.fit(g, X, y, epochs=max(2, epochs // 5) if quick else epochs, lr=lr, scheduler="cosine", seed=0,
+              verbose=False)
+    return g.eval()
+
+
+def run(quick: bool = False) -> str:
+    import onnxruntime  # noqa: F401 - the peer of this suite; ImportError skips it
+
+    from .. import data, num_threads, onnx, runtime, set_num_threads, zoo
+
+    digits = data.load_digits()
+    models = zoo.digits_models()
+    acc_t = Table(["model", "nodes", "import ms", "float acc (hw)", "float acc (ORT)", "max|Δ| vs ORT / max|logit|",
+                   "int8 acc", "drop (pt)", "int8 ONNX argmax agree", "int8 ONNX max|Δ| / max|logit|"])
+    lat_t = Table(["model", "threads", "batch", "hw float µs", "hw int8 µs", "ORT fp32 µs", "ORT on our int8 µs",
+                   "int8 vs hw float", "int8 vs ORT fp32"])
+    all_threads = num_threads()
+    for name, proto in models.items():
+        shape = zoo.sample_shape(proto)
+        X_tr = digits.X_train.reshape((-1,) + shape).astype(np.float32)
+        X_te = digits.X_test.reshape((-1,) + shape).astype(np.float32)
+        t0 = time.perf_counter()
+        onnx.load(proto)
+        import_ms = 1e3 * (time.perf_counter() - t0)
+        g = _train(name, proto, X_tr, digits.y_train, quick)
+        float_proto = onnx.export(g)
+        ref = _ort_session(float_proto, all_threads).run(None, {g.inputs[0]: X_te})[0]
+        y_hw = g(X_te)
+        rt = runtime.convert(g, input_shape=shape)
+        y_rt = rt.predict(X_te)
+        int8_proto = onnx.export(rt)
+        y_ex = _ort_session(int8_proto, all_threads).run(None, {rt.inputs[0]: X_te})[0]
+        acc = lambda out: float(np.mean(out.argmax(1) == digits.y_test))  # noqa: E731
+        acc_t.add(name, len(g.nodes), import_ms, f"{acc(y_hw):.2%}", f"{acc(ref):.2%}",
+                  f"{np.abs(y_hw - ref).max() / np.abs(ref).max():.1e}", f"{acc(y_rt):.2%}",
+                  f"{100 * (acc(y_hw) - acc(y_rt)):+.2f}", f"{np.mean(y_ex.argmax(1) == y_rt.argmax(1)):.2%}",
+                  f"{np.abs(y_ex - y_rt).max() / np.abs(y_rt).max():.1e}")
+        for threads in sorted({1, all_threads}):
+            set_num_threads(threads)
+            s_f, s_q = _ort_session(float_proto, threads), _ort_session(int8_proto, threads)
+            for batch in (1, 32):
+                x = np.ascontiguousarray(np.resize(X_te, (batch,) + shape))
+                feed = {g.inputs[0]: x}
+                r = 3 if quick else 7
+                # Side by side, round-robin: each contender once per round.
+                times: dict[str, list[float]] = {"f": [], "q": [], "of": [], "oq": []}
+                calls = {"f": lambda: g(x), "q": lambda: rt.predict(x), "of": lambda: s_f.run(None, feed),
+                         "oq": lambda: s_q.run(None, feed)}
+                for _ in range(r):
+                    for k, fn in calls.items():
+                        times[k].append(median_seconds(fn, repeats=1, min_seconds=0.01 if quick else 0.03))
+                t = {k: float(np.median(v)) for k, v in times.items()}
+                lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
+                          f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
+        set_num_threads(all_threads)
+    out = ("## Graphs: ONNX in, trained on digits, int8, ONNX out\n\n" + acc_t.markdown() + "\n\n" +
+           lat_t.markdown())
+    torch_dir = os.environ.get("HWREG_TORCH_ONNX_DIR")
+    if torch_dir:
+        out += "\n\n" + _torch_exports(torch_dir, quick)
+    return out
+
+
+def _torch_exports(folder: str, quick: bool) -> str:
+    """torchvision's resnet18 and mobilenet_v2 as torch.onnx.export wrote them (random weights)."""
+    import onnx as onnx_pkg
+
+    from .. import num_threads, onnx, runtime, set_num_threads
+
+    t = Table(["file", "input", "import ms", "max|Δ| vs ORT / max|logit|", "threads", "hw int8 µs (batch 1)",
+               "ORT fp32 µs (batch 1)", "int8 vs ORT fp32", "int8 vs float argmax agree"])
+    all_threads = num_threads()
+    for name in ("resnet18.ts.onnx", "resnet18.dynamo.onnx", "mobilenet_v2.ts.onnx", "mobilenet_v2.dynamo.onnx"):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        proto = onnx_pkg.load(path)
+        t0 = time.perf_counter()
+        g = onnx.load(proto)
+        import_ms = 1e3 * (time.perf_counter() - t0)
+        shape = tuple(g.input_shapes[0])
+        x8 = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
+        ref = _ort_session(proto, all_threads).run(None, {g.inputs[0]: x8})[0]
+        err = float(np.abs(g(x8) - ref).max() / np.abs(ref).max())
+        rt = runtime.convert(g, input_shape=shape)
+        agree = float(np.mean(rt.predict(x8).argmax(1) == ref.argmax(1)))
+        x = x8[:1]
+        for threads in sorted({1, all_threads}):
+            set_num_threads(threads)
+            sess = _ort_session(proto, threads)
+            tq, tf = [], []
+            for _ in range(2 if quick else 5):
+                tq.append(median_seconds(lambda: rt.predict(x), repeats=1, min_seconds=0.05))
+                tf.append(median_seconds(lambda: sess.run(None, {g.inputs[0]: x}), repeats=1, min_seconds=0.05))
+            q, f = float(np.median(tq)), float(np.median(tf))
+            t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
+                  f"{agree:.0%}")
+        set_num_threads(all_threads)
+    return "### torchvision exports (random weights)\n\n" + t.markdown()

@@ -1,0 +1,378 @@
+//! The depthwise kernel against a naive i64 reference.
+
+use super::*;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Σ over in-bounds taps of (x - zp) · w, in i64, straight from the definition.
+fn reference(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise) -> Vec<i64> {
+    let (oh, ow) = g.out_hw().unwrap();
+    let (kh, kw) = g.kernel;
+    let [pt, pl, _, _] = g.padding;
+    let mut out = vec![0i64; g.n * oh * ow * g.c];
+    for n in 0..g.n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ch in 0..g.c {
+                    let mut s = 0i64;
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * g.stride.0 + ky * g.dilation.0) as i64 - pt as i64;
+                            let ix = (ox * g.stride.1 + kx * g.dilation.1) as i64 - pl as i64;
+                            if iy < 0 || ix < 0 || iy >= g.h as i64 || ix >= g.w as i64 {
+                                continue;
+                            }
+                            let xv =
+                                x[((n * g.h + iy as usize) * g.w + ix as usize) * g.c + ch] as i64;
+                            s += (xv - zp[n] as i64) * w[(ky * kw + kx) * g.c + ch] as i64;
+                        }
+                    }
+                    out[((n * oh + oy) * ow + ox) * g.c + ch] = s;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geom(
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    d: (usize, usize),
+    p: [usize; 4],
+) -> Depthwise {
+    Depthwise {
+        n,
+        h,
+        w,
+        c,
+        kernel: k,
+        stride: s,
+        dilation: d,
+        padding: p,
+    }
+}
+
+/// Runs both entry points on poisoned outputs and compares with the reference.
+fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
+    let want = reference(x, zp, w, g);
+    let mut got = vec![i32::MIN + 7; want.len()];
+    depthwise_conv2d_i32(&crate::exec::TEST, x, zp, w, g, &mut got).unwrap();
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a as i64, b, "i32 output {i} of {g:?}");
+    }
+    let scales: Vec<f32> = (0..g.n)
+        .map(|_| 0.001 + rng.below(1000) as f32 * 1e-4)
+        .collect();
+    let cs: Vec<f32> = (0..g.c)
+        .map(|_| 0.002 + rng.below(1000) as f32 * 1e-5)
+        .collect();
+    let bias: Vec<f32> = (0..g.c)
+        .map(|_| rng.below(2001) as f32 * 1e-3 - 1.0)
+        .collect();
+    let (oh, ow) = g.out_hw().unwrap();
+    for (b, relu) in [
+        (None, false),
+        (Some(&bias[..]), false),
+        (Some(&bias[..]), true),
+        (None, true),
+    ] {
+        let mut out = vec![f32::NAN; want.len()];
+        depthwise_conv2d_f32(
+            &crate::exec::TEST,
+            x,
+            zp,
+            &scales,
+            w,
+            &cs,
+            b,
+            relu,
+            g,
+            &mut out,
+        )
+        .unwrap();
+        for (i, (&o, &a)) in out.iter().zip(&want).enumerate() {
+            let (img, ch) = (i / (oh * ow * g.c), i % g.c);
+            let mut f = (a as f32 * scales[img]) * cs[ch] + b.map_or(0.0, |b| b[ch]);
+            if relu {
+                f = f.max(0.0);
+            }
+            assert_eq!(o.to_bits(), f.to_bits(), "f32 output {i} of {g:?}");
+        }
+    }
+}
+
+fn random_case(rng: &mut Rng, g: &Depthwise) {
+    let (xs, ws, _) = g.sizes().unwrap();
+    let x: Vec<u8> = (0..xs).map(|_| rng.next() as u8).collect();
+    let w: Vec<i8> = (0..ws).map(|_| rng.next() as i8).collect();
+    let zp: Vec<i32> = (0..g.n).map(|_| rng.below(256) as i32).collect();
+    check_case(&x, &zp, &w, g, rng);
+}
+
+#[test]
+fn matches_reference_on_awkward_shapes() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for &c in &[1usize, 3, 17, 64, 129] {
+        for _ in 0..12 {
+            let h = 1 + rng.below(9);
+            let w = 1 + rng.below(9);
+            let k = (1 + rng.below(5), 1 + rng.below(5));
+            let s = (1 + rng.below(3), 1 + rng.below(3));
+            let d = (1 + rng.below(3), 1 + rng.below(3));
+            let p = [rng.below(4), rng.below(4), rng.below(4), rng.below(4)];
+            let g = geom(1 + rng.below(3), h, w, c, k, s, d, p);
+            if g.out_hw().is_err() {
+                continue;
+            }
+            random_case(&mut rng, &g);
+        }
+    }
+}
+
+#[test]
+fn common_mobilenet_shapes() {
+    let mut rng = Rng(42);
+    for &(c, k, s, p) in &[
+        (32usize, 3usize, 1usize, 1usize),
+        (96, 3, 2, 1),
+        (40, 5, 1, 2),
+        (33, 5, 2, 2),
+    ] {
+        random_case(
+            &mut rng,
+            &geom(2, 9, 8, c, (k, k), (s, s), (1, 1), [p, p, p, p]),
+        );
+    }
+    // Dilation 2, asymmetric padding (TF "SAME" with stride 2).
+    random_case(
+        &mut rng,
+        &geom(3, 7, 6, 65, (3, 3), (2, 2), (2, 2), [0, 1, 2, 3]),
+    );
+}
+
+#[test]
+fn extreme_values_are_exact() {
+    let mut rng = Rng(7);
+    for &c in &[1usize, 3, 17, 64, 129] {
+        for &(xv, wv, zp) in &[
+            (255u8, -128i8, 0i32),
+            (0, -128, 255),
+            (255, 127, 0),
+            (0, 127, 255),
+            (255, -128, 255),
+            (0, -128, 0),
+        ] {
+            let g = geom(2, 5, 4, c, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+            let (xs, ws, _) = g.sizes().unwrap();
+            check_case(&vec![xv; xs], &[zp, zp], &vec![wv; ws], &g, &mut rng);
+        }
+    }
+    // The largest kernel whose sum still fits i32 (every tap at the extreme).
+    let g = geom(1, 256, 257, 2, (256, 257), (1, 1), (1, 1), [0; 4]);
+    assert!(g.taps().is_ok());
+    let (xs, ws, _) = g.sizes().unwrap();
+    let mut out = [0i32; 2];
+    depthwise_conv2d_i32(
+        &crate::exec::TEST,
+        &vec![0; xs],
+        &[255],
+        &vec![-128; ws],
+        &g,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, [256 * 257 * 255 * 128; 2]);
+}
+
+#[test]
+fn all_padding_windows_give_zero_then_bias() {
+    // Output pixels whose every tap is padding: acc 0, output = bias.
+    let g = geom(1, 1, 1, 3, (1, 1), (1, 1), (1, 1), [1, 1, 1, 1]);
+    let mut out = [f32::NAN; 27];
+    depthwise_conv2d_f32(
+        &crate::exec::TEST,
+        &[9, 9, 9],
+        &[3],
+        &[1.0],
+        &[1, 1, 1],
+        &[1.0; 3],
+        Some(&[0.5, -1.0, 2.0]),
+        false,
+        &g,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(&out[..3], &[0.5, -1.0, 2.0]);
+    assert_eq!(&out[12..15], &[6.0 + 0.5, 6.0 - 1.0, 6.0 + 2.0]);
+}
+
+#[test]
+fn large_work_runs_threaded_and_matches() {
+    // Above the parallel threshold: (image, row) tasks on the team.
+    let mut rng = Rng(99);
+    random_case(
+        &mut rng,
+        &geom(3, 20, 19, 70, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+    );
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let g = geom(1, 4, 4, 2, (3, 3), (1, 1), (1, 1), [0; 4]);
+    let (x, w) = (vec![0u8; 32], vec![0i8; 18]);
+    let mut out = vec![0i32; 8];
+    let run = |g: &Depthwise, x: &[u8], zp: &[i32], w: &[i8], out: &mut [i32]| {
+        depthwise_conv2d_i32(&crate::exec::TEST, x, zp, w, g, out)
+    };
+    assert!(run(&g, &x, &[0], &w, &mut out).is_ok());
+    assert!(matches!(
+        run(&g, &x[1..], &[0], &w, &mut out),
+        Err(crate::Error::Shape(_))
+    ));
+    assert!(matches!(
+        run(&g, &x, &[0], &w[1..], &mut out),
+        Err(crate::Error::Shape(_))
+    ));
+    assert!(matches!(
+        run(&g, &x, &[0, 0], &w, &mut out),
+        Err(crate::Error::Shape(_))
+    ));
+    assert!(matches!(
+        run(&g, &x, &[256], &w, &mut out),
+        Err(crate::Error::Value(_))
+    ));
+    assert!(matches!(
+        run(&g, &x, &[-1], &w, &mut out),
+        Err(crate::Error::Value(_))
+    ));
+    assert!(matches!(
+        run(&g, &x, &[0], &w, &mut out[1..]),
+        Err(crate::Error::Shape(_))
+    ));
+    for bad in [
+        Depthwise {
+            stride: (0, 1),
+            ..g
+        },
+        Depthwise {
+            dilation: (1, 0),
+            ..g
+        },
+        Depthwise {
+            kernel: (0, 3),
+            ..g
+        },
+        Depthwise {
+            kernel: (5, 3),
+            ..g
+        },
+        Depthwise {
+            dilation: (2, 2),
+            ..g
+        },
+        Depthwise {
+            padding: [usize::MAX, 1, 0, 0],
+            ..g
+        },
+        Depthwise {
+            dilation: (usize::MAX, 1),
+            ..g
+        },
+        Depthwise {
+            kernel: (300, 300),
+            h: 300,
+            w: 300,
+            ..g
+        },
+        Depthwise { n: usize::MAX, ..g },
+    ] {
+        assert!(run(&bad, &x, &[0], &w, &mut out).is_err(), "{bad:?}");
+    }
+    let f = |s: &[f32], cs: &[f32], b: Option<&[f32]>| {
+        let mut o = vec![0f32; 8];
+        depthwise_conv2d_f32(
+            &crate::exec::TEST,
+            &x,
+            &[0],
+            s,
+            &w,
+            cs,
+            b,
+            false,
+            &g,
+            &mut o,
+        )
+    };
+    assert!(f(&[1.0], &[1.0, 1.0], None).is_ok());
+    assert!(f(&[0.0], &[1.0, 1.0], None).is_err());
+    assert!(f(&[f32::NAN], &[1.0, 1.0], None).is_err());
+    assert!(f(&[1.0, 1.0], &[1.0, 1.0], None).is_err());
+    assert!(f(&[1.0], &[1.0], None).is_err());
+    assert!(f(&[1.0], &[1.0, f32::INFINITY], None).is_err());
+    assert!(f(&[1.0], &[1.0, 1.0], Some(&[0.0])).is_err());
+}
+
+#[test]
+fn empty_batch_or_channels_write_nothing() {
+    let g = geom(0, 3, 3, 4, (3, 3), (1, 1), (1, 1), [0; 4]);
+    depthwise_conv2d_i32(&crate::exec::TEST, &[], &[], &[0; 36], &g, &mut []).unwrap();
+    let g = geom(2, 3, 3, 0, (3, 3), (1, 1), (1, 1), [0; 4]);
+    depthwise_conv2d_f32(
+        &crate::exec::TEST,
+        &[],
+        &[0, 0],
+        &[1.0, 1.0],
+        &[],
+        &[],
+        None,
+        false,
+        &g,
+        &mut [],
+    )
+    .unwrap();
+}
+
+#[test]
+fn int8_weight_fallback_matches_the_widened_path() {
+    // `run` widens the weight to i16 unless that copy cannot be allocated;
+    // the int8 fallback must give the same sums.
+    let mut rng = Rng(3);
+    let g = geom(2, 7, 6, 37, (3, 3), (2, 1), (1, 2), [1, 0, 2, 1]);
+    let (xs, ws, os) = g.sizes().unwrap();
+    let x: Vec<u8> = (0..xs).map(|_| rng.next() as u8).collect();
+    let w: Vec<i8> = (0..ws).map(|_| rng.next() as i8).collect();
+    let zp = [0, 255];
+    let ep = OutputStep::Int32.prepare::<i32>(1, g.c).unwrap();
+    let mut narrow = vec![MaybeUninit::new(-1i32); os];
+    run_with(
+        &crate::exec::TEST,
+        &x,
+        &zp,
+        &w,
+        &g,
+        std::slice::from_ref(&ep),
+        &mut narrow,
+    );
+    let want = reference(&x, &zp, &w, &g);
+    for (i, (v, &r)) in narrow.iter().zip(&want).enumerate() {
+        assert_eq!(unsafe { v.assume_init() } as i64, r, "output {i}");
+    }
+}
