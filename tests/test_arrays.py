@@ -196,23 +196,7 @@ def test_nn_conv_cnn(variant):
 
 # -------------------------------------------------------------------- runtime
 
-# runtime.py hands arrays to _native itself (RuntimeModel.predict keeps a
-# C-contiguous float32 input as is, and np.ascontiguousarray does not fix the
-# alignment), so an unaligned input still fails there; runtime.py belongs to
-# another branch. strict: the test starts failing once that is fixed, so the
-# marker gets removed.
-_RUNTIME_UNALIGNED = pytest.mark.xfail(
-    reason="runtime.py passes unaligned arrays straight to _native (predict, _chain_forward, conv forward_nhwc)",
-    raises=ValueError, strict=True)
-
-
-def _runtime_variants():
-    for name in sorted(VARIANTS):
-        marks = [_RUNTIME_UNALIGNED] if name.startswith("unaligned") else []
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", list(_runtime_variants()))
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_runtime_predict(name, kind):
     if kind == "mlp":
