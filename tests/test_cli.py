@@ -20,10 +20,13 @@ def test_predict_round_trip(tmp_path, capsys):
 
 
 def test_predict_refuses_corrupt_file(tmp_path, capsys):
+    # A corrupt file is a runtime error (status 1, one line), not a usage error (2).
     (tmp_path / "bad.hwreg").write_bytes(b"not a model at all, just bytes" * 4)
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    assert cli.main(["predict", str(tmp_path / "bad.hwreg"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 2
-    assert "not a .hwreg file" in capsys.readouterr().err
+    assert cli.main(["predict", str(tmp_path / "bad.hwreg"), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "not a .hwreg file" in err and err.count("\n") == 1
+    assert not (tmp_path / "y.npy").exists()
 
 
 def test_profile_show_and_save(tmp_path, capsys):
@@ -46,6 +49,8 @@ def test_compress_command(tmp_path, capsys):
     assert rt.predict(X[200:]).shape == (100, 3)
 
 
-def test_bad_arch_is_reported():
-    with pytest.raises(SystemExit):
+def test_bad_arch_is_reported(capsys):
+    with pytest.raises(SystemExit) as e:
         cli.main(["compress", "m.npz", "d.npz", "--arch", "resnet", "-o", "x"])
+    assert e.value.code == 2
+    assert "argument --arch" in capsys.readouterr().err

@@ -241,3 +241,21 @@ def test_planned_graph_is_bit_identical_to_running_the_nodes_one_by_one(name):
     for node, args in rt.trace(x):
         env.update(zip(node.outputs, (node.op.forward(*args),)))
     np.testing.assert_array_equal(rt.predict(x), env[rt.outputs[0]])
+
+
+def test_sparse_layers_export_as_their_dense_int8_equivalent():
+    ort = pytest.importorskip("onnxruntime")
+    net = hw.nn.mlp([16, 32, 4], rng=0).eval()
+    w = net[0].weight.data
+    w[hw.prune.block_mask(w, 0.9, block=(1, 8)) == 0] = 0
+    rt = runtime.convert(net, input_shape=(16,), sparse="always")
+    assert rt.ops[0].kind == "sparse_linear"
+    proto = hw.onnx.export(rt)
+    assert {n.op_type for n in proto.graph.node} >= {"MatMulInteger"}
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    y, yr = sess.run(None, {"input": x})[0], rt.predict(x)
+    assert (y.argmax(1) == yr.argmax(1)).mean() >= 0.99
+    # The sparse kernel divides by the row scale where the dense one multiplies by its inverse:
+    # at most one activation step apart.
+    assert np.abs(y - yr).max() <= 0.02 * np.abs(yr).max()

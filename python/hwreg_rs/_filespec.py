@@ -1,6 +1,6 @@
 """Validated reading of a runtime file's op specs and arrays: every field checked before use.
 
-A file is hostile until validated (DESIGN §6): each value an op reads from its
+A file is hostile until validated (docs/design.md §6): each value an op reads from its
 JSON spec or its arrays goes through :class:`Spec`, which checks the type, the
 range and the dtype exactly and raises :class:`hwreg_rs.io.FormatError` naming
 the node, the field and the value — never a KeyError, a TypeError or an

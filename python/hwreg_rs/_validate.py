@@ -1,8 +1,11 @@
 """Input checks shared by the public functions.
 
 Every array that reaches ``_native`` goes through :func:`native_array`: it
-becomes C-contiguous and native-endian here (a cheap, correct copy when it was
-not), so the Rust side never sees strided or byte-swapped memory. Wrong dtypes
+becomes C-contiguous, aligned and native-endian here (a cheap, correct copy
+when it was not), so the Rust side never sees strided, misaligned or
+byte-swapped memory. Read-only arrays are read in place (the kernels only
+read their inputs); unaligned ones (from ``np.frombuffer`` on a pickle-5 or
+network buffer at an odd offset) are copied once. Wrong dtypes
 raise ``TypeError``; bad values and shapes raise ``ValueError``.
 """
 
@@ -16,7 +19,10 @@ INT8_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
 def native_array(x: Any, name: str, dtypes: Iterable[Any] | None = None, *, cast: Any = None) -> np.ndarray:
-    """Return ``x`` as a C-contiguous, native-endian ndarray.
+    """Return ``x`` as a C-contiguous, aligned, native-endian ndarray.
+
+    A copy is made only when one of those properties is missing (or for
+    ``cast``); a read-only input that has them all is returned as is.
 
     Parameters
     ----------
@@ -49,7 +55,10 @@ def native_array(x: Any, name: str, dtypes: Iterable[Any] | None = None, *, cast
             raise TypeError(f"{name} must have dtype {names}; got {arr.dtype}")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+    arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+    if not arr.flags.aligned:
+        arr = arr.copy()  # a fresh allocation is aligned for its dtype
+    return arr
 
 
 def positive_finite(x: Any, name: str) -> np.ndarray:

@@ -18,7 +18,7 @@ real zero as in the runtime. Sparse layers are written as their dense int8
 equivalent; ops that run in float in the runtime are written in float.
 
 Note: ONNX Runtime's AVX2 (non-VNNI) u8×s8 kernels saturate 16-bit pair sums
-(DESIGN §4), so on such CPUs its results for these models can differ from ours;
+(docs/design.md §4), so on such CPUs its results for these models can differ from ours;
 on AVX-512 VNNI and AVX-VNNI CPUs they are exact.
 """
 

@@ -322,7 +322,7 @@ PRESETS: dict[str, HardwareProfile] = {
             sparsity_patterns={"unstructured": 0.35, "block": 0.7, "n:m": 0.6},
             needs_7bit_activations=True, layer_overhead_us=4.0,
             source=("2-core AMD Zen 3 with AVX2+FMA, no VNNI: fp32 and int8 GEMM throughput measured with "
-                    "NumPy and ONNX Runtime (hwreg_rs DESIGN.md §5); vpmaddubsw saturation per Intel SDM "
+                    "NumPy and ONNX Runtime (docs/design.md §5); vpmaddubsw saturation per Intel SDM "
                     "vol. 2 (PMADDUBSW saturates its 16-bit pair sums); energies from Horowitz, ISSCC 2014."),
         ),
         HardwareProfile(

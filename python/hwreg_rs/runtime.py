@@ -902,7 +902,7 @@ class RuntimeModel:
     def trace(self, x: Any) -> list[tuple[RuntimeNode, tuple[Any, ...]]]:
         """Every node with the inputs it reads for ``x``, running the nodes one by one (for timing)."""
         env: dict[str, Any] = dict(self.constants)
-        env[self.inputs[0]] = np.ascontiguousarray(x, dtype=np.float32)
+        env[self.inputs[0]] = np.require(x, dtype=self.input_dtypes[0], requirements=["C", "A"])
         out = []
         for n in self.nodes:
             args = tuple(env[v] for v in n.inputs)
@@ -1154,7 +1154,7 @@ def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
     if isinstance(m, Linear):
         mask = w32 != 0
         density = float(mask.mean()) if mask.size else 1.0
-        # Above half dense no sparse format pays (DESIGN §5: break-even ~70% sparsity with blocks).
+        # Above half dense no sparse format pays (docs/design.md §5: break-even ~70% sparsity with blocks).
         if sparse_mode != "never" and density <= 0.5:
             choice = sparse.choose(w32, mask, batch, dtypes=("int8",))
             if sparse_mode == "always" and choice.path.startswith("dense"):
