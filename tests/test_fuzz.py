@@ -660,25 +660,10 @@ def ok_outcome(kind: str, case: Any, outcome: str) -> bool:
     return outcome in OK_API or (outcome == "OSError" and case[0] in PATH_TARGETS)
 
 
-# Problems the fuzzing found in code this suite does not own (runtime.py, onnx.py), reported to their
-# owner and reproduced by the xfail tests below; the random tests tolerate exactly these, so that they
-# keep guarding everything else. (outcome, substrings that all appear in the traceback, description)
-KNOWN_OUTSIDE = [
-    ("TypeError", ("runtime.py", "in _kind", "unhashable type"),
-     "runtime.load: an op name that is a JSON list / object raises TypeError (unhashable), not FormatError"),
-    ("TypeError", ("hwreg_rs/onnx.py",),
-     "onnx.load: malformed node attributes (a Conv / pool 'strides' of length 1, an attribute of the wrong "
-     "type read as None) escape as TypeError (from hw.nn's constructor or from iterating None), not the "
-     "importer's ValueError"),
-    ("other", ("runtime.py", "in _run", "KeyError"),
-     "runtime.load accepts graph outputs that no node produces (e.g. outputs=['a']); predict then raises KeyError"),
-    ("other", ("onnx.py", "in _fold", "AttributeError"),
-     "onnx.load: constant folding of a node whose input is not a known constant (after a bit flip) reads "
-     "feeds[v].dtype of None: AttributeError, not ValueError"),
-    ("other", ("runtime.py", "in convert", "OverflowError"),
-     "runtime.convert: input_shape holding inf (e.g. (inf,)) raises OverflowError from int(); "
-     "(8.5,) is silently truncated to 8, None / 'abc' give unnamed TypeError / ValueError"),
-]
+# Known problems the random tests tolerate, so that they keep guarding everything else: (outcome,
+# substrings that all appear in the traceback, description). The ones found so far are fixed and have a
+# deterministic test below; the list stays as the place to park the next one until its owner fixes it.
+KNOWN_OUTSIDE: list[tuple[str, tuple[str, ...], str]] = []
 
 
 def known_outside(outcome: str, detail: str) -> str | None:
@@ -862,11 +847,10 @@ def test_pool_reports_a_crash_and_a_hang():
 
 
 # --------------------------------------------------------------------------------------------------
-# The problems found outside this suite's files, one deterministic reproduction each (strict: when the
-# owner fixes one, its test passes, fails as XPASS, and the entry above and the marker go).
+# The problems found outside this suite's files, one deterministic reproduction each (fixed since, but
+# for the fork hang, which stays a strict xfail until the Rust thread pool handles fork()).
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="runtime.py _kind: unhashable op name (see KNOWN_OUTSIDE)")
 def test_known_runtime_op_name_that_is_a_list(tmp_path):
     rt = runtime.convert(hw.nn.mlp([6, 5, 3], rng=0).eval(), input_shape=(6,))
     arrays, meta = rt._to_arrays()
@@ -877,21 +861,16 @@ def test_known_runtime_op_name_that_is_a_list(tmp_path):
         runtime.load(tmp_path / "m.hwreg")
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="runtime.py: outputs nobody produces (see KNOWN_OUTSIDE)")
 def test_known_runtime_output_that_no_node_produces(tmp_path):
     rt = runtime.convert(hw.nn.mlp([6, 5, 3], rng=0).eval(), input_shape=(6,))
     arrays, meta = rt._to_arrays()
     meta = copy.deepcopy(meta)
     meta["graph"]["outputs"] = ["a"]
     io.save(tmp_path / "m.hwreg", dict(arrays), meta)
-    try:
-        back = runtime.load(tmp_path / "m.hwreg")
-    except io.FormatError:
-        return
-    back.predict(np.ones((2, 6), np.float32))
+    with pytest.raises(io.FormatError, match="written by no node"):
+        runtime.load(tmp_path / "m.hwreg")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="onnx.py: Conv strides of length 1 (see KNOWN_OUTSIDE)")
 def test_known_onnx_conv_strides_of_length_one():
     from hwreg_rs import zoo
 
@@ -904,10 +883,13 @@ def test_known_onnx_conv_strides_of_length_one():
         hw.onnx.load(m.SerializeToString())
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="runtime.convert: inf in input_shape (see KNOWN_OUTSIDE)")
 def test_known_convert_input_shape_inf():
-    with pytest.raises((ValueError, TypeError)):
-        runtime.convert(hw.nn.mlp([6, 5, 3], rng=0).eval(), input_shape=(np.inf,))
+    net = hw.nn.mlp([6, 5, 3], rng=0).eval()
+    for bad in [(np.inf,), (6.5,), ("abc",)]:
+        with pytest.raises(ValueError, match="input_shape"):
+            runtime.convert(net, input_shape=bad)
+    with pytest.raises(TypeError, match="input_shape"):
+        runtime.convert(net, input_shape=None)
 
 
 FORK_THEN_POOL = """
