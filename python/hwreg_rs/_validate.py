@@ -72,7 +72,12 @@ def positive_finite(x: Any, name: str) -> np.ndarray:
 
 def int_in_range(x: Any, name: str, lo: int, hi: int) -> np.ndarray:
     """``x`` as int32, every element an integer in [lo, hi] (a zero point)."""
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as e:  # ragged lists and the like
+        raise TypeError(f"{name} must be an integer array or scalar; got {type(x).__name__}") from e
+    if not arr.flags.c_contiguous:  # copied first: a huge broadcast view fails here, not in a long scan
+        arr = np.asarray(arr, order="C")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ValueError(f"{name} must hold integers; got {arr.ravel()[:4]!r}")
@@ -91,3 +96,139 @@ def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimensions")
     return int(axis) % ndim
+
+
+# ---------------------------------------------------------------------------
+# Scalar argument checks. Every public function checks its options with these,
+# so a bad option raises TypeError (wrong type) or ValueError (bad value), and
+# the message names the argument and the value it got -- never an
+# OverflowError, IndexError or ZeroDivisionError from deeper down.
+
+
+def _show(value: Any) -> str:
+    """A short, one-line repr for an error message (arrays by shape and dtype, long values cut)."""
+    if isinstance(value, np.ndarray) and value.size > 4:
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int in ``[lo, hi]`` (either bound may be ``None``).
+
+    bool and non-integral numbers (``2.0`` included) raise ``TypeError``.
+
+    >>> check_int(3, "n", 1, 8)
+    3
+    >>> check_int(10**30, "n", 0, 2**31 - 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: n must be in [0, 2147483647]; got 1000000000000000000000000000000
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {_show(value)}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        if hi is None:
+            raise ValueError(f"{name} must be >= {lo}; got {v}")
+        if lo is None:
+            raise ValueError(f"{name} must be <= {hi}; got {v}")
+        raise ValueError(f"{name} must be in [{lo}, {hi}]; got {v}")
+    return v
+
+
+def check_float(value: Any, name: str, lo: float | None = None, hi: float | None = None, *,
+                finite: bool = True, lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` as a Python float in ``[lo, hi]`` (``lo_open`` / ``hi_open`` exclude an end).
+
+    Ints are accepted; bool, strings, arrays of more than one element are ``TypeError``;
+    NaN is always ``ValueError``, ±inf too unless ``finite=False``.
+
+    >>> check_float(0.5, "p", 0.0, 1.0, hi_open=True)
+    0.5
+    >>> check_float(float("nan"), "p", 0.0, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: p must be a number in [0.0, 1.0]; got nan
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {_show(value)}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float range
+        v = float("inf") if value > 0 else float("-inf")
+    bad = v != v or (finite and v in (float("inf"), float("-inf")))
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        bad = True
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        bad = True
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        if lo is None and hi is None:
+            what = "a finite number" if finite else "a number"
+        else:
+            what = f"a number in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ValueError(f"{name} must be {what}; got {_show(value)}")
+    return v
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices`` (compared with ``==``), else ``ValueError``.
+
+    >>> check_choice("mse", "method", ("minmax", "mse"))
+    'mse'
+    >>> check_choice("x", "method", ("minmax", "mse"))
+    Traceback (most recent call last):
+    ...
+    ValueError: method must be one of 'minmax', 'mse'; got 'x'
+    """
+    options = tuple(choices)
+    try:
+        hashable_ok = any(type(value) is type(c) and value == c for c in options)
+    except Exception:  # an object whose == raises or returns an array
+        hashable_ok = False
+    if not hashable_ok:
+        shown = ", ".join(repr(c) for c in options)
+        raise ValueError(f"{name} must be one of {shown}; got {_show(value)}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool (Python or NumPy bool only; ``1`` or ``"yes"`` are ``TypeError``)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {_show(value)}")
+    return bool(value)
+
+
+def check_array(x: Any, name: str, *, ndim: int | None = None, min_ndim: int = 0,
+                nonempty: bool = False, finite: bool = False, float_only: bool = False,
+                bool_ok: bool = True) -> np.ndarray:
+    """``x`` as a numeric ndarray (``TypeError`` otherwise), with optional shape / value checks.
+
+    Does not copy a C-contiguous native array; keeps 0-d arrays 0-d.
+    """
+    if isinstance(x, (str, bytes, dict)) or x is None:
+        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__}")
+    arr = x if isinstance(x, np.ndarray) else None
+    if arr is None:
+        try:
+            arr = np.asarray(x)
+        except Exception as e:  # ragged lists and the like
+            raise TypeError(f"{name} must be array-like; got {type(x).__name__}") from e
+    if arr.dtype.kind not in "biuf" or (float_only and arr.dtype.kind != "f") or (not bool_ok and arr.dtype.kind == "b"):
+        what = "a floating-point" if float_only else "a numeric" if bool_ok else "a numeric (not bool)"
+        raise TypeError(f"{name} must be {what} array; got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {arr.shape}")
+    if arr.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s); got shape {arr.shape}")
+    if nonempty and arr.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {arr.shape}")
+    if not arr.flags.c_contiguous:  # strided / broadcast views are copied before any scan (MemoryError if huge)
+        arr = np.asarray(arr, order="C")
+    if finite and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite; it holds NaN or inf")
+    return arr

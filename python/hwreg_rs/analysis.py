@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ._validate import check_float, check_int
 from .constraints import WeightFakeQuant, _magnitude_mask
 from .nn.conv import Conv2d
 from .nn.layers import Linear
@@ -92,13 +93,22 @@ def sensitivity(model: Module, X: Any, y: Any, *, loss: Any = "cross_entropy",
     >>> [(r.layer, r.kind) for r in t]
     [('0', 'prune'), ('0', 'quantize'), ('2', 'prune'), ('2', 'quantize')]
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be an hwreg_rs.nn.Module; got {type(model).__name__}")
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (Linear, Conv2d))]
     if layers is not None:
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"layers must be a sequence of layer names; got {type(layers).__name__}")
         known = {n for n, _ in targets}
         bad = [n for n in layers if n not in known]
         if bad:
             raise ValueError(f"unknown layers {bad}; prunable/quantizable layers are {sorted(known)}")
         targets = [(n, m) for n, m in targets if n in set(layers)]
+    for name, seq in (("amounts", amounts), ("bits", bits)):
+        if isinstance(seq, (str, bytes, dict, np.ndarray)) or not hasattr(seq, "__iter__"):
+            raise TypeError(f"{name} must be a sequence; got {type(seq).__name__} {seq!r}")
+    amounts = [check_float(a, "amounts[]", 0.0, 1.0) for a in amounts]
+    bits = [check_int(b, "bits[]", 2, 8) for b in bits]
     base = evaluate(model, X, y, loss=loss)
     fn = mask_fn if mask_fn is not None else _magnitude_mask
     rows: list[SensitivityRow] = []

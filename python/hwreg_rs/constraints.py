@@ -37,6 +37,7 @@ from .nn.layers import Linear
 from .nn.module import Module, Parameter
 from .prune import PolynomialDecay
 from .quant import QParams, calibrate, dequantize, quantize
+from ._validate import check_array, check_float, check_int
 
 __all__ = [
     "ActivationFakeQuant", "Constraint", "ConstraintViolation", "GradClipNorm", "GradClipValue", "GradualPruning",
@@ -62,7 +63,7 @@ def _fake_quant(x: np.ndarray, qp: QParams) -> np.ndarray:
 
 def _magnitude_mask(w: np.ndarray, amount: float) -> np.ndarray:
     """``hwreg_rs.prune.magnitude_mask``: prune ``round(amount * size)`` smallest ``|w|``, lower index first."""
-    return _prune.magnitude_mask(w, float(amount))
+    return _prune.magnitude_mask(w, check_float(amount, "amount", 0.0, 1.0))
 
 
 def fake_quantize(x: np.ndarray, scale: Any, zero_point: Any = 0, *, bits: int = 8, dtype: str = "int8",
@@ -79,9 +80,11 @@ def fake_quantize(x: np.ndarray, scale: Any, zero_point: Any = 0, *, bits: int =
     >>> hw.constraints.fake_quantize(np.array([0.25, 0.75, 9.0], np.float32), 0.5, bits=4)
     array([0. , 1. , 3.5], dtype=float32)
     """
-    x = np.asarray(x)
-    scale = np.asarray(scale, dtype=np.float32)
-    zp = np.asarray(zero_point)
+    x = check_array(x, "x")
+    scale = check_array(scale, "scale").astype(np.float32)
+    zp = check_array(zero_point, "zero_point")
+    if zp.dtype.kind == "f" and not (np.all(np.isfinite(zp)) and np.all(zp == np.round(zp))):
+        raise ValueError(f"zero_point must hold integers; got {zero_point!r}")
     qp = QParams(scale if scale.ndim else np.float32(scale), zp.astype(np.int32) if zp.ndim else int(zp), dtype,
                  axis, _check_bits(bits, "bits"))
     return _fake_quant(x if x.dtype.kind == "f" else x.astype(np.float32), qp)
@@ -96,7 +99,7 @@ def magnitude_mask(w: np.ndarray, amount: float) -> np.ndarray:
     >>> hw.constraints.magnitude_mask(np.array([0.1, -2.0, 0.1, 3.0]), 0.5)
     array([False,  True, False,  True])
     """
-    return _magnitude_mask(np.asarray(w), amount)
+    return _magnitude_mask(check_array(w, "w"), amount)
 
 
 # ---------------------------------------------------------------------------
@@ -185,10 +188,7 @@ def _bound(c: float, dtype: np.dtype) -> Any:
 
 
 def _positive(v: Any, name: str) -> float:
-    v = float(v)
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be finite and > 0; got {v!r}")
-    return v
+    return check_float(v, name, 0.0, lo_open=True)
 
 
 # ---------------------------------------------------------------------------
@@ -344,10 +344,7 @@ class _Penalty(Constraint):
     grad_order = 0
 
     def __init__(self, strength: float, *, params: Any = "weights") -> None:
-        s = float(strength)
-        if not (s >= 0 and math.isfinite(s)):
-            raise ValueError(f"strength must be finite and >= 0; got {strength!r}")
-        self.strength = s
+        self.strength = check_float(strength, "strength", 0.0)
         self.params = params
         self.last_penalty_: float | None = None
 
@@ -404,9 +401,7 @@ class L2(_Penalty):
 # ---------------------------------------------------------------------------
 
 def _check_bits(bits: Any, name: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
-        raise ValueError(f"{name} must be an int in [2, 8]; got {bits!r}")
-    return int(bits)
+    return check_int(bits, name, 2, 8)
 
 
 class WeightFakeQuant:
@@ -426,6 +421,7 @@ class WeightFakeQuant:
 
     def qparams(self, w: np.ndarray) -> QParams:
         """The quantization parameters of ``w`` (per channel along axis 0, or per tensor)."""
+        w = check_array(w, "w")
         axis = 0 if self.per_channel and w.ndim > 1 else None
         return calibrate(w, method="minmax", dtype="int8", symmetric=True, axis=axis, bits=self.bits,
                          power_of_two=self.power_of_two)
@@ -458,9 +454,7 @@ class ActivationFakeQuant:
     def __init__(self, bits: int = 8, *, averaging_constant: float = 0.01, power_of_two: bool = False) -> None:
         self.bits = _check_bits(bits, "bits")
         self.qmin, self.qmax = 0, 2**self.bits - 1
-        if not 0 < float(averaging_constant) <= 1:
-            raise ValueError(f"averaging_constant must lie in (0, 1]; got {averaging_constant!r}")
-        self.averaging_constant = float(averaging_constant)
+        self.averaging_constant = check_float(averaging_constant, "averaging_constant", 0.0, 1.0, lo_open=True)
         self.power_of_two = bool(power_of_two)
         self.min_: float | None = None
         self.max_: float | None = None
@@ -540,7 +534,7 @@ class QAT(Constraint):
         self.activation_bits = None if activation_bits is None else _check_bits(activation_bits, "activation_bits")
         self.per_channel = bool(per_channel)
         self.power_of_two = bool(power_of_two)
-        self.averaging_constant = float(averaging_constant)
+        self.averaging_constant = check_float(averaging_constant, "averaging_constant", 0.0, 1.0, lo_open=True)
         self.layers = layers
 
     def _select_layers(self, model: Module) -> dict[str, Module]:
@@ -687,8 +681,9 @@ class GradualPruning(Constraint):
             if final_sparsity is None or end_step is None:
                 raise ValueError("give final_sparsity and end_step, or a schedule")
             for v, n in ((initial_sparsity, "initial_sparsity"), (final_sparsity, "final_sparsity")):
-                if not 0.0 <= float(v) < 1.0:
-                    raise ValueError(f"{n} must lie in [0, 1); got {v!r}")
+                check_float(v, n, 0.0, 1.0, hi_open=True)
+            for v, n in ((end_step, "end_step"), (begin_step, "begin_step"), (frequency, "frequency")):
+                check_int(v, n)
             if int(end_step) <= int(begin_step) or int(begin_step) < 0 or int(frequency) < 1:
                 raise ValueError(f"need 0 <= begin_step < end_step and frequency >= 1; "
                                  f"got {begin_step}, {end_step}, {frequency}")

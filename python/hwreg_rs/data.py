@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._validate import check_array, check_float, check_int
+
 __all__ = ["Split", "load_digits", "make_classification", "make_regression"]
 
 
@@ -45,6 +47,8 @@ def load_digits(*, seed: int = 0, test_size: int = 360, images: bool = False) ->
     >>> X_train.shape, X_test.shape
     ((1437, 64), (360, 64))
     """
+    seed = check_int(seed, "seed", 0)
+    test_size = check_int(test_size, "test_size")
     X, y = _digits()
     n = len(X)
     if not 0 < int(test_size) < n:
@@ -94,6 +98,15 @@ def make_regression(n_samples: int = 256, *, n_features: int = 1, coef: Any = No
     >>> bool(abs(y - (3 * X[:, 0] + 2)).max() < 1e-6)
     True
     """
+    n_samples = check_int(n_samples, "n_samples", 1, 1 << 28)
+    n_features = check_int(n_features, "n_features", 1, 1 << 20)
+    bias = check_float(bias, "bias")
+    noise = check_float(noise, "noise", 0.0)
+    seed = check_int(seed, "seed", 0)
+    if coef is not None:
+        coef = check_array(coef, "coef", finite=True)
+        if coef.size not in (1, n_features) or coef.ndim > 1:
+            raise ValueError(f"coef must be a scalar or have shape ({n_features},); got shape {coef.shape}")
     rng = np.random.default_rng(seed)
     X = rng.uniform(-1, 1, size=(int(n_samples), int(n_features)))
     c = rng.standard_normal(n_features) if coef is None else np.broadcast_to(np.asarray(coef, float), (n_features,))
@@ -112,6 +125,11 @@ def make_classification(n_samples: int = 300, *, n_features: int = 8, n_classes:
     >>> X.shape, sorted(set(y.tolist()))
     ((30, 2), [0, 1, 2])
     """
+    n_samples = check_int(n_samples, "n_samples", 1, 1 << 28)
+    n_features = check_int(n_features, "n_features", 1, 1 << 20)
+    n_classes = check_int(n_classes, "n_classes", 2, 1 << 20)
+    class_sep = check_float(class_sep, "class_sep")
+    seed = check_int(seed, "seed", 0)
     if int(n_classes) < 2 or int(n_samples) < int(n_classes):
         raise ValueError(f"need n_classes >= 2 and n_samples >= n_classes; got {n_samples}, {n_classes}")
     rng = np.random.default_rng(seed)

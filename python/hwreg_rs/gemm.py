@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._validate import INT8_TYPES, int_in_range, native_array, positive_finite
+from ._validate import INT8_TYPES, check_bool, int_in_range, native_array, positive_finite
 
 __all__ = ["Int8Linear", "PackedMatrix", "matmul_integer", "pack_int8", "qlinear_matmul"]
 
@@ -400,7 +400,7 @@ class Int8Linear:
         w = native_array(weight_q, "weight_q", [np.int8])
         if w.ndim != 2:
             raise ValueError(f"weight_q must be 2-D (out_features, in_features); got shape {w.shape}")
-        self._setup(w, _scale(weight_scale, "weight_scale", w.shape[0], "output channel"), bias, bool(relu))
+        self._setup(w, _scale(weight_scale, "weight_scale", w.shape[0], "output channel"), bias, check_bool(relu, "relu"))
 
     def _setup(self, w: np.ndarray, scale: np.ndarray, bias: Any, relu: bool) -> None:
         out_f, in_f = w.shape
@@ -434,9 +434,11 @@ class Int8Linear:
         w = native_array(weight, "weight", cast=np.float32)
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features); got shape {w.shape}")
+        if w.shape[1] == 0:  # no input to take a range of (zero output rows are fine)
+            raise ValueError(f"weight must have at least one input column; got shape {w.shape}")
         if not np.all(np.isfinite(w)):
             raise ValueError("weight must be finite")
-        q, scale = _quantize_symmetric(w, per_channel)
+        q, scale = _quantize_symmetric(w, check_bool(per_channel, "per_channel"))
         return cls(q, scale, bias, relu=relu)
 
     @property

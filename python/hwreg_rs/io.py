@@ -93,6 +93,21 @@ def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mappin
     >>> arrays["w"].tolist(), meta["kind"]
     ([[0, 1, 2], [3, 4, 5]], 'demo')
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"arrays must be a mapping of str to ndarray; got {type(arrays).__name__}")
+    for k in arrays:
+        if not isinstance(k, str):
+            raise TypeError(f"arrays keys must be str; got {type(k).__name__} {k!r}")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a mapping or None; got {type(meta).__name__}")
+    try:
+        json.dumps(dict(meta or {}), allow_nan=False)
+    except TypeError as err:
+        raise TypeError(f"meta must be JSON-serialisable: {err}") from None
+    except (ValueError, RecursionError) as err:  # NaN / inf, a cycle, absurd depth
+        raise ValueError(f"meta must be JSON-serialisable (finite numbers, no cycles): {err}") from None
     prepared = [(str(k), _little_endian(v, str(k))) for k, v in arrays.items()]
     if len({k for k, _ in prepared}) != len(prepared):
         raise ValueError("array names must be unique")

@@ -12,12 +12,23 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import check_array, check_float, normalize_axis
+
 __all__ = ["CrossEntropyLoss", "DistillationLoss", "Loss", "MSELoss", "cross_entropy", "distillation_loss",
            "get_loss", "log_softmax", "mse_loss", "softmax"]
 
 
+def _logits(z: Any, axis: Any, name: str = "z") -> tuple[np.ndarray, int]:
+    z = check_array(z, name, min_ndim=1, bool_ok=False)
+    axis = normalize_axis(axis, z.ndim)
+    if z.shape[axis] == 0:
+        raise ValueError(f"{name} has no entries along axis {axis} (shape {z.shape})")
+    return z, axis
+
+
 def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable ``log(softmax(z))``."""
+    z, axis = _logits(z, axis)
     m = z.max(axis=axis, keepdims=True)
     s = z - m
     return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
@@ -25,12 +36,13 @@ def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """``exp(z) / sum(exp(z))`` along ``axis``."""
+    z, axis = _logits(z, axis)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
 def _labels(target: Any, n: int, c: int) -> np.ndarray:
-    t = np.asarray(target)
+    t = check_array(target, "target")
     if t.dtype.kind not in "iu":
         if t.dtype.kind == "f" and np.all(t == np.round(t)):
             t = t.astype(np.int64)
@@ -75,6 +87,7 @@ class CrossEntropyLoss(Loss):
     classification = True
 
     def forward(self, pred: np.ndarray, target: Any) -> float:
+        pred = check_array(pred, "pred")
         if pred.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, C); got shape {pred.shape}")
         n, c = pred.shape
@@ -103,7 +116,8 @@ class MSELoss(Loss):
     """
 
     def forward(self, pred: np.ndarray, target: Any) -> float:
-        t = np.asarray(target)
+        pred = check_array(pred, "pred", bool_ok=False)
+        t = check_array(target, "target")
         if t.size != pred.size:
             raise ValueError(f"target of shape {t.shape} does not match prediction of shape {pred.shape}")
         d = pred - t.reshape(pred.shape).astype(pred.dtype)
@@ -141,19 +155,18 @@ class DistillationLoss(Loss):
     classification = True
 
     def __init__(self, *, temperature: float = 4.0, alpha: float = 0.5, hard_loss: Loss | None = None) -> None:
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature must be > 0; got {temperature!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1]; got {alpha!r}")
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
+        self.temperature = check_float(temperature, "temperature", 0.0, lo_open=True)
+        self.alpha = check_float(alpha, "alpha", 0.0, 1.0)
+        if hard_loss is not None and not isinstance(hard_loss, Loss):
+            raise TypeError(f"hard_loss must be a Loss; got {type(hard_loss).__name__}")
         self.hard_loss = hard_loss if hard_loss is not None else CrossEntropyLoss()
         self.classification = self.hard_loss.classification
 
     def forward(self, pred: np.ndarray, target: Any, teacher_logits: np.ndarray | None = None) -> float:  # type: ignore[override]
         if teacher_logits is None:
             raise ValueError("DistillationLoss needs teacher_logits")
-        teacher_logits = np.asarray(teacher_logits)
+        pred = check_array(pred, "pred", ndim=2)
+        teacher_logits = check_array(teacher_logits, "teacher_logits")
         if teacher_logits.shape != pred.shape:
             raise ValueError(f"teacher logits {teacher_logits.shape} do not match student logits {pred.shape}")
         T = self.temperature
@@ -182,7 +195,7 @@ def cross_entropy(logits: np.ndarray, target: Any) -> float:
     >>> round(hw.losses.cross_entropy(np.array([[0.0, 0.0]]), np.array([1])), 4)
     0.6931
     """
-    return CrossEntropyLoss().forward(np.asarray(logits), target)
+    return CrossEntropyLoss().forward(check_array(logits, "logits"), target)
 
 
 def mse_loss(pred: np.ndarray, target: Any) -> float:
@@ -194,7 +207,7 @@ def mse_loss(pred: np.ndarray, target: Any) -> float:
     >>> hw.losses.mse_loss(np.array([1.0, 2.0]), np.array([1.0, 0.0]))
     2.0
     """
-    return MSELoss().forward(np.asarray(pred), target)
+    return MSELoss().forward(check_array(pred, "pred"), target)
 
 
 def distillation_loss(student_logits: np.ndarray, target: Any, teacher_logits: np.ndarray, *,
@@ -208,7 +221,7 @@ def distillation_loss(student_logits: np.ndarray, target: Any, teacher_logits: n
     >>> hw.losses.distillation_loss(z, np.array([1]), z, alpha=1.0)
     0.0
     """
-    return DistillationLoss(temperature=temperature, alpha=alpha).forward(np.asarray(student_logits), target,
+    return DistillationLoss(temperature=temperature, alpha=alpha).forward(check_array(student_logits, "student_logits"), target,
                                                                           teacher_logits)
 
 

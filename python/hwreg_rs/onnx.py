@@ -471,11 +471,9 @@ def _import_node(node: Any, st: _Import) -> None:
         raise ValueError(f"op {op} (node {node.name!r}) is not supported by hwreg_rs.onnx.load")
     try:
         module, reads, weight = conv(node, st, attrs, ins)
-    except _Unsupported as e:
-        raise ValueError(f"op {op} (node {node.name!r}): {e}") from None
     except FormatError:
         raise
-    except ValueError as e:
+    except (ValueError, TypeError, IndexError) as e:  # incl. attributes of the wrong type or length
         raise ValueError(f"op {op} (node {node.name!r}): {e}") from None
     outs = [o for o in node.output if o]
     reads = [st.data_input(v) for v in reads]
@@ -529,6 +527,8 @@ def _fold(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> None
             s, lim, d = (float(feeds[v]) for v in ins)
             if d == 0 or abs((lim - s) / d) > _MAX_ELEMENTS:
                 raise FormatError(f"op Range (node {node.name!r}) has delta {d} for [{s}, {lim})")
+        if any(not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf" for a in feeds.values()):
+            raise ValueError(f"op {op} (node {node.name!r}): an input is not a numeric constant")
         vi = [helper.make_tensor_value_info(v, helper.np_dtype_to_tensor_dtype(feeds[v].dtype), None)
               for v in dict.fromkeys(v for v in ins if v)]
         outs = [o for o in node.output if o]
@@ -536,10 +536,13 @@ def _fold(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> None
             helper.make_graph([node], "fold", vi, [helper.make_tensor_value_info(o, 0, None) for o in outs]),
             opset_imports=[helper.make_opsetid("", st.opset)])
         try:
-            results.append([np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)])
+            out = ReferenceEvaluator(model).run(None, feeds)
         except Exception as e:
             raise ValueError(f"op {op} (node {node.name!r}) could not be folded at load ({type(e).__name__}: {e})") \
                 from None
+        if any(r is None or np.asarray(r).dtype.kind not in "biuf" for r in out):
+            raise ValueError(f"op {op} (node {node.name!r}) folds to a value that is not a numeric tensor")
+        results.append([np.asarray(r) for r in out])
     for i, o in enumerate(o for o in node.output if o):
         a, b = results[0][i], results[1][i]
         if a.size > _MAX_ELEMENTS:

@@ -414,8 +414,12 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
 
     from .runtime import RuntimeModel
 
-    if not 17 <= int(opset) <= 21:
-        raise ValueError(f"opset must lie in 17..21; got {opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not 17 <= int(opset) <= 21:
+        raise ValueError(f"opset must be an int in 17..21; got {opset!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    if path is not None and "\0" in os.fspath(path):
+        raise ValueError(f"path must not contain a NUL byte; got {path!r}")
     b = _Builder()
     if isinstance(model, RuntimeModel):
         inputs, outputs, sample_shapes = list(model.inputs), list(model.outputs), list(model.input_shapes)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import _native
+from ._validate import check_bool, check_float, check_int
 from .nn.module import Module, Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR", "get_optimizer"]
@@ -23,6 +24,8 @@ __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "Optimize
 def _params(params: Any) -> list[Parameter]:
     if isinstance(params, Module):
         params = params.parameters()
+    if isinstance(params, (str, bytes, np.ndarray, Parameter)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"params must be a Module or an iterable of Parameter objects; got {type(params).__name__}")
     out = list(params)
     for p in out:
         if not isinstance(p, Parameter):
@@ -40,10 +43,7 @@ def _fused(w: np.ndarray, g: Any, *state: np.ndarray) -> bool:
 
 
 def _nonneg(v: float, name: str) -> float:
-    v = float(v)
-    if not (v >= 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be finite and >= 0; got {v!r}")
-    return v
+    return check_float(v, name, 0.0)
 
 
 class Optimizer:
@@ -88,6 +88,7 @@ class SGD(Optimizer):
         self.momentum = _nonneg(momentum, "momentum")
         self.dampening = _nonneg(dampening, "dampening")
         self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        nesterov = check_bool(nesterov, "nesterov")
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         self.nesterov = bool(nesterov)
@@ -132,7 +133,9 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable[Parameter] | Module, lr: float = 1e-3, *,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
-        b1, b2 = (float(b) for b in betas)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats; got {betas!r}")
+        b1, b2 = (check_float(b, f"betas[{i}]", 0.0, 1.0, hi_open=True) for i, b in enumerate(betas))
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must lie in [0, 1); got {betas!r}")
         self.betas = (b1, b2)
@@ -224,12 +227,11 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
-        if int(step_size) < 1:
-            raise ValueError(f"step_size must be >= 1; got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = check_int(step_size, "step_size", 1)
         self.gamma = _nonneg(gamma, "gamma")
 
     def lr_at(self, epoch: int) -> float:
+        epoch = check_int(epoch, "epoch", 0)
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -247,12 +249,11 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, *, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
-        if int(T_max) < 1:
-            raise ValueError(f"T_max must be >= 1; got {T_max!r}")
-        self.T_max = int(T_max)
+        self.T_max = check_int(T_max, "T_max", 1)
         self.eta_min = _nonneg(eta_min, "eta_min")
 
     def lr_at(self, epoch: int) -> float:
+        epoch = check_int(epoch, "epoch", 0)
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 

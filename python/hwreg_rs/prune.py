@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _native
-from ._validate import native_array, normalize_axis
+from ._validate import check_array, check_choice, check_float, check_int, native_array, normalize_axis
 
 __all__ = [
     "magnitude_mask",
@@ -95,20 +95,20 @@ def _scores(w: Any, importance_scores: Any, name: str = "w") -> np.ndarray:
         # float32 holds every value of the small types exactly; wider ones go to float64.
         small = s.dtype.kind == "b" or s.dtype.itemsize <= 2
         s = s.astype(np.float32 if small else np.float64)
-    return np.ascontiguousarray(s)
+    return np.asarray(s, order="C")  # np.ascontiguousarray would make a 0-d weight shape (1,)
 
 
 def _mask(mask: Any, shape: tuple, name: str = "mask") -> np.ndarray | None:
     if mask is None:
         return None
-    m = np.asarray(mask)
+    m = check_array(mask, name)
     if m.shape != tuple(shape):
         raise ValueError(f"{name} has shape {m.shape}, expected {tuple(shape)}")
     if m.dtype != np.bool_:
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{name} must be a boolean (or 0/1) array; got dtype {m.dtype}")
         m = m != 0
-    return np.ascontiguousarray(m)
+    return np.asarray(m, order="C")
 
 
 def _smallest(scores: np.ndarray, k: int, eligible: np.ndarray | None) -> np.ndarray:
@@ -186,6 +186,8 @@ def global_magnitude_masks(ws: Sequence[Any], amount: Any, *, masks: Sequence[An
     >>> [m.tolist() for m in hw.prune.global_magnitude_masks([a, b], 2)]
     [[False, True], [[False, True]]]
     """
+    if isinstance(ws, (np.ndarray, str, bytes, dict)) or not hasattr(ws, "__iter__"):
+        raise TypeError(f"ws must be a sequence (list or tuple) of arrays; got {type(ws).__name__}")
     ws = list(ws)
     if not ws:
         raise ValueError("ws must hold at least one array")
@@ -212,7 +214,7 @@ def global_magnitude_masks(ws: Sequence[Any], amount: Any, *, masks: Sequence[An
 def _slice_norms(s: np.ndarray, n: Any, axis: int) -> np.ndarray:
     """torch ``_compute_norm``: the Ln norm of each slice along ``axis``."""
     a = np.abs(np.moveaxis(s, axis, 0).reshape(s.shape[axis], -1).astype(np.float64))
-    if n == "fro":
+    if isinstance(n, str) and n == "fro":
         n = 2
     if isinstance(n, str) or isinstance(n, bool) or not isinstance(n, numbers.Real) or math.isnan(n):
         raise ValueError(f"norm order n must be a real number, inf, -inf or 'fro'; got {n!r}")
@@ -307,9 +309,8 @@ def nm_mask(w: Any, n: int = 2, m: int = 4, *, axis: int = -1, importance_scores
     array([[False,  True,  True, False]])
     """
     s = _scores(w, importance_scores)
-    for v, nm in ((n, "n"), (m, "m")):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{nm} must be an int; got {type(v).__name__}")
+    m = check_int(m, "m", 1, 1 << 31)
+    n = check_int(n, "n", 0, m)
     if not (m >= 1 and 0 <= n <= m):
         raise ValueError(f"N:M needs m >= 1 and 0 <= n <= m; got n={n}, m={m}")
     if s.ndim == 0:
@@ -371,9 +372,7 @@ def block_mask(w: Any, amount: Any, *, block: tuple[int, int] = (1, 4), n: Any =
     if (not isinstance(block, (tuple, list)) or len(block) != 2
             or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in block)):
         raise TypeError(f"block must be a pair of ints; got {block!r}")
-    bh, bw = int(block[0]), int(block[1])
-    if bh < 1 or bw < 1:
-        raise ValueError(f"block sides must be >= 1; got {block}")
+    bh, bw = check_int(block[0], "block[0]", 1, 1 << 31), check_int(block[1], "block[1]", 1, 1 << 31)
     m = _mask(mask, s.shape)
     rows, cols = _as_2d(s.shape)
     nbr, nbc = -(-rows // bh), -(-cols // bw)
@@ -419,7 +418,12 @@ def random_mask(w: Any, amount: Any, *, seed: Any = None, mask: Any = None) -> n
     >>> int(hw.prune.random_mask((4, 5), 0.25, seed=0).sum())
     15
     """
-    shape = tuple(int(d) for d in w) if isinstance(w, tuple) else np.shape(w)
+    if isinstance(w, tuple):
+        shape = tuple(check_int(d, "w (a shape)", 0) for d in w)
+    else:
+        shape = check_array(w, "w").shape
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = check_int(seed, "seed", 0)
     m = _mask(mask, shape)
     size = int(np.prod(shape, dtype=np.int64) if m is None else np.count_nonzero(m))
     k = _nparams_to_prune(amount, size)
@@ -451,9 +455,7 @@ def threshold_mask(w: Any, threshold: float, *, mask: Any = None) -> np.ndarray:
     array([False,  True, False])
     """
     s = native_array(w, "w")
-    t = float(threshold)
-    if not (t >= 0.0):
-        raise ValueError(f"threshold must be >= 0; got {threshold!r}")
+    t = check_float(threshold, "threshold", 0.0, finite=False)
     if s.dtype.kind == "f" and np.isnan(s).any():
         raise ValueError("w contains NaN")
     keep = np.abs(s) > t
@@ -470,7 +472,7 @@ def sparsity(mask: Any) -> float:
     >>> hw.prune.sparsity(np.array([True, False, False, True]))
     0.5
     """
-    a = np.asarray(mask)
+    a = check_array(mask, "mask")
     return 0.0 if a.size == 0 else 1.0 - float(np.count_nonzero(a)) / a.size
 
 
@@ -548,10 +550,9 @@ class ScoreAccumulator:
 
     def update(self, w: Any, grad: Any = None) -> "ScoreAccumulator":
         """Add one step's scores of weight ``w`` with gradient ``grad``."""
-        if self.method not in self._METHODS:
-            raise ValueError(f"method must be one of {self._METHODS}; got {self.method!r}")
-        if self.decay is not None and not (0.0 <= float(self.decay) < 1.0):
-            raise ValueError(f"decay must lie in [0, 1); got {self.decay!r}")
+        check_choice(self.method, "method", self._METHODS)
+        if self.decay is not None:
+            check_float(self.decay, "decay", 0.0, 1.0, hi_open=True)
         if self.method == "magnitude":
             s = np.abs(native_array(w, "w"))
         elif grad is None:
@@ -602,7 +603,7 @@ class FixedThreshold:
 
     def threshold(self, scores: Any, *, mask: Any = None) -> float:
         """The threshold for these scores."""
-        return float(self.threshold_value)
+        return check_float(self.threshold_value, "threshold", 0.0, finite=False)
 
     def mask(self, scores: Any, *, mask: Any = None) -> np.ndarray:
         """Keep ``|scores| > threshold`` (and what ``mask`` keeps)."""
@@ -626,7 +627,8 @@ class MeanThreshold(FixedThreshold):
         s = np.abs(native_array(scores, "scores"))
         m = _mask(mask, s.shape)
         kept = s if m is None else s[m]
-        return 0.0 if kept.size == 0 else float(self.factor) * float(kept.mean(dtype=np.float64))
+        factor = check_float(self.factor, "factor", 0.0)
+        return 0.0 if kept.size == 0 else factor * float(kept.mean(dtype=np.float64))
 
 
 class TargetSparsity:
@@ -646,8 +648,8 @@ class TargetSparsity:
         self.sparsity = sparsity
 
     def _k(self, size: int, kept: int) -> int:
-        _validate_amount(float(self.sparsity))
-        return max(0, int(round(float(self.sparsity) * size)) - (size - kept))
+        sparsity = check_float(self.sparsity, "sparsity", 0.0, 1.0)
+        return max(0, int(round(sparsity * size)) - (size - kept))
 
     def mask(self, scores: Any, *, mask: Any = None) -> np.ndarray:
         """Prune the smallest ``|scores|`` up to the target sparsity."""
@@ -667,13 +669,16 @@ class TargetSparsity:
 
 # ------------------------------------------------------------------ schedules
 
-def _check_steps(begin_step: int, end_step: int | None, frequency: int) -> None:
-    if int(frequency) < 1:
-        raise ValueError(f"frequency must be >= 1; got {frequency}")
-    if int(begin_step) < 0:
-        raise ValueError(f"begin_step must be >= 0; got {begin_step}")
-    if end_step is not None and int(end_step) < int(begin_step):
+_NO_STEP = object()
+
+
+def _check_steps(begin_step: int, end_step: int | None, frequency: int, step: Any = _NO_STEP) -> None:
+    check_int(frequency, "frequency", 1)
+    check_int(begin_step, "begin_step", 0)
+    if end_step is not None and check_int(end_step, "end_step") < begin_step:
         raise ValueError(f"end_step={end_step} is before begin_step={begin_step}")
+    if step is not _NO_STEP:
+        check_int(step, "step")
 
 
 class _Schedule:
@@ -683,7 +688,7 @@ class _Schedule:
 
     def should_update(self, step: int) -> bool:
         """Whether the mask should be recomputed at ``step``."""
-        _check_steps(self.begin_step, self.end_step, self.frequency)
+        _check_steps(self.begin_step, self.end_step, self.frequency, step)
         if step < self.begin_step or (self.end_step is not None and step > self.end_step):
             return False
         return (step - self.begin_step) % self.frequency == 0
@@ -716,8 +721,9 @@ class ConstantSchedule(_Schedule):
         self.frequency = frequency
 
     def __call__(self, step: int) -> float:
-        _check_steps(self.begin_step, self.end_step, self.frequency)
-        return 0.0 if step < self.begin_step else float(self.sparsity)
+        _check_steps(self.begin_step, self.end_step, self.frequency, step)
+        sparsity = check_float(self.sparsity, "sparsity", 0.0, 1.0)
+        return 0.0 if step < self.begin_step else sparsity
 
 
 class PolynomialDecay(_Schedule):
@@ -747,17 +753,17 @@ class PolynomialDecay(_Schedule):
         self.frequency = frequency
 
     def __call__(self, step: int) -> float:
-        _check_steps(self.begin_step, self.end_step, self.frequency)
-        si, sf = float(self.initial_sparsity), float(self.final_sparsity)
-        for v, name in ((si, "initial_sparsity"), (sf, "final_sparsity")):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1]; got {v}")
+        _check_steps(self.begin_step, self.end_step, self.frequency, step)
+        check_int(self.end_step, "end_step")
+        si = check_float(self.initial_sparsity, "initial_sparsity", 0.0, 1.0)
+        sf = check_float(self.final_sparsity, "final_sparsity", 0.0, 1.0)
+        power = check_float(self.power, "power", 0.0)
         span = self.end_step - self.begin_step
         t = self._last_update(step)
         p = 1.0 if span == 0 else min(max((t - self.begin_step) / span, 0.0), 1.0)
         if step < self.begin_step:
             p = 0.0
-        return sf + (si - sf) * (1.0 - p) ** float(self.power)
+        return sf + (si - sf) * (1.0 - p) ** power
 
 
 class ExponentialThresholdDecay(_Schedule):
@@ -783,10 +789,11 @@ class ExponentialThresholdDecay(_Schedule):
         self.frequency = frequency
 
     def __call__(self, step: int) -> float:
-        _check_steps(self.begin_step, self.end_step, self.frequency)
-        if not 0.0 < float(self.decay) <= 1.0:
-            raise ValueError(f"decay must lie in (0, 1]; got {self.decay}")
+        _check_steps(self.begin_step, self.end_step, self.frequency, step)
+        decay = check_float(self.decay, "decay", 0.0, 1.0, lo_open=True)
+        t0 = check_float(self.threshold_init, "threshold_init", 0.0)
+        tmin = check_float(self.min_threshold, "min_threshold", 0.0)
         if step < self.begin_step:
-            return float(self.threshold_init)
+            return t0
         n = self._last_update(step) - self.begin_step
-        return max(float(self.min_threshold), float(self.threshold_init) * float(self.decay) ** n)
+        return max(tmin, t0 * decay ** n)

@@ -22,14 +22,14 @@ Numerical notes
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 
 from . import _native
-from ._validate import int_in_range, native_array, normalize_axis, positive_finite
+from ._validate import (check_bool, check_choice, check_float, check_int, int_in_range, native_array,
+                        normalize_axis, positive_finite)
 
 __all__ = ["QParams", "quantize", "dequantize", "dynamic_quantize", "calibrate"]
 
@@ -68,6 +68,14 @@ class QParams:
     dtype: str
     axis: Union[int, None]
     bits: int = 8
+
+    def __post_init__(self) -> None:
+        # The grid is chosen from dtype and bits: normalise the dtype ("int8" from np.int8 too,
+        # which once fell through to the uint8 grid) and keep bits where the grid fits the storage.
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+        object.__setattr__(self, "bits", check_int(self.bits, "bits", 2, 8))
+        if self.axis is not None:
+            object.__setattr__(self, "axis", check_int(self.axis, "axis"))
 
     @property
     def qmin(self) -> int:
@@ -372,18 +380,20 @@ def calibrate(x: Any, *, method: str = "minmax", dtype: Any = "int8", symmetric:
     >>> hw.calibrate(np.array([[1.0, -2.0], [0.5, 4.0]], np.float32), axis=0).scale
     array([0.01568628, 0.03137255], dtype=float32)
     """
-    if method not in _METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; expected one of {_METHODS}")
+    try:
+        check_choice(method, "method", _METHODS)
+    except ValueError as e:
+        raise ValueError(f"unknown calibration method: {e}") from None
     dt = _dtype_name(dtype)
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"bits must be an int; got {type(bits).__name__}")
+    bits = check_int(bits, "bits")
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be between 2 and 8; got {bits}")
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
-        raise TypeError(f"bins must be an int; got {type(bins).__name__}")
-    if not isinstance(percentile, numbers.Real) or isinstance(percentile, bool):
-        raise TypeError(f"percentile must be a number; got {type(percentile).__name__}")
-    bits = int(bits)
+    bins = check_int(bins, "bins", 1, 1 << 24)
+    percentile = check_float(percentile, "percentile", finite=False)
+    if not 50.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must lie in [50, 100]; got {percentile!r}")
+    symmetric = check_bool(symmetric, "symmetric")
+    power_of_two = check_bool(power_of_two, "power_of_two")
     qmin, qmax = _grid(dt, bits)
     if dt == "int8":
         szp = 0
@@ -393,8 +403,16 @@ def calibrate(x: Any, *, method: str = "minmax", dtype: Any = "int8", symmetric:
     if xa.size == 0:
         raise ValueError("cannot calibrate an empty array")
     ax = None if axis is None else normalize_axis(axis, xa.ndim)
-    scale, zp, _, _ = _native.calibrate(xa, ax, method, float(percentile), qmin, qmax, bool(symmetric),
-                                        szp, bool(power_of_two), int(bins))
+    scale, zp, lo, hi = _native.calibrate(xa, ax, method, percentile, qmin, qmax, symmetric,
+                                          szp, power_of_two, bins)
+    if not all(np.isfinite(scale)):
+        # Refused rather than computed another way: the affine step (hi - lo) / (qmax - qmin)
+        # overflows float32 (torch's observer yields inf too), and no finite float32 grid of
+        # qmax - qmin steps would then dequantize back inside float32.
+        i = next(j for j, v in enumerate(scale) if not np.isfinite(v))
+        where = "" if ax is None else f" (channel {i} along axis {ax})"
+        raise ValueError(f"cannot calibrate x{where}: its range [{lo[i]!r}, {hi[i]!r}] spans more than "
+                         f"float32 can hold, so the scale would be inf; rescale the data or use symmetric=True")
     if ax is None:
         return QParams(np.float32(scale[0]), int(zp[0]), dt, None, bits)
     s = np.asarray(scale, dtype=np.float32)

@@ -24,6 +24,7 @@ processes.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -823,8 +824,11 @@ class RuntimeModel:
         if len(self.input_dtypes) != len(self.inputs) or any(d not in ("float32", "int32", "int64")
                                                              for d in self.input_dtypes):
             raise ValueError(f"input_dtypes must name float32, int32 or int64 for each input; got {self.input_dtypes}")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict; got {type(meta).__name__}")
         self.meta = dict(meta or {})
         self.threads = threads
+        self._check_values()
         self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
@@ -833,6 +837,25 @@ class RuntimeModel:
                 last[v] = i
         self._free = [[v for v, j in last.items() if j == i and v not in self.outputs and v not in self.constants]
                       for i in range(len(self._steps))]
+
+    def _check_values(self) -> None:
+        """Every value read is an input, a constant or written by an earlier node, written once;
+        every output exists."""
+        defined = set(self.inputs) | set(self.constants)
+        if len(defined) != len(self.inputs) + len(self.constants):
+            raise ValueError("inputs and constants must have distinct names")
+        for n in self.nodes:
+            missing = [v for v in n.inputs if v not in defined]
+            if missing:
+                raise ValueError(f"node {n.name!r} reads {missing}, which no input, constant or earlier node "
+                                 "writes")
+            twice = [v for v in n.outputs if v in defined]
+            if twice:
+                raise ValueError(f"node {n.name!r} writes {twice}, which already exist")
+            defined.update(n.outputs)
+        missing = [v for v in self.outputs if v not in defined]
+        if missing:
+            raise ValueError(f"outputs {missing} are written by no node")
 
     @property
     def ops(self) -> list[_Op]:
@@ -986,7 +1009,10 @@ class RuntimeModel:
                 prefix = f"{i}."
                 own = {k[len(prefix):]: k for k in arrays if k.startswith(prefix)}
                 ops.append(_OPS[kind].from_file(take(spec, f"operation {i} ({kind})", own)))
-            rt = cls(ops, input_shape, user_meta)
+            try:
+                rt = cls(ops, input_shape, user_meta)
+            except (KeyError, ValueError, TypeError) as e:
+                raise io.FormatError(f"runtime model (version 1): the ops do not fit together ({e})") from None
         else:
             g = meta.get("graph")
             if not isinstance(g, dict):
@@ -1072,7 +1098,7 @@ class RuntimeModel:
 
 def _kind(spec: Any, where: str) -> str:
     kind = spec.get("op") if isinstance(spec, dict) else None
-    if kind not in _OPS:
+    if not isinstance(kind, str) or kind not in _OPS:
         raise io.FormatError(f"{where}: unknown operation {kind!r}")
     return str(kind)
 
@@ -1120,7 +1146,12 @@ def load(path: Any, *, verify: bool = True) -> RuntimeModel:
     True
     """
     arrays, meta = io.load(path, verify=verify, use_mmap=False)
-    return RuntimeModel._from_arrays(arrays, meta)
+    try:
+        return RuntimeModel._from_arrays(arrays, meta)
+    except io.FormatError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as e:  # the file boundary: a bad file is a FormatError
+        raise io.FormatError(f"{os.fspath(path)!r}: not a valid runtime model ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------------------
@@ -1245,13 +1276,15 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     >>> [r["op"] for r in rt.summary()]
     ['conv2d', 'conv2d', 'maxpool2d', 'flatten', 'linear', 'linear']
     """
-    if sparse not in ("auto", "never", "always"):
+    if not isinstance(sparse, str) or sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if not isinstance(model, Module):
         raise TypeError(f"model must be a hwreg_rs.nn.Module; got {type(model).__name__}")
-    shape = tuple(int(d) for d in input_shape)
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict; got {type(meta).__name__}")
+    shape = _shape_arg(input_shape)
     graph = Graph.from_module(model)
     shapes = [shape] + list((graph.input_shapes or [shape])[1:])
     for node in graph.nodes:
@@ -1268,6 +1301,19 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     # Check the graph against the input shape now, not at the first predict.
     rt.predict(*(np.zeros((1,) + s, d) for s, d in zip(shapes, rt.input_dtypes)))
     return rt
+
+
+def _shape_arg(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints (ValueError / TypeError naming it otherwise)."""
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Iterable):
+        raise TypeError(f"input_shape must be a sequence of positive ints; got {input_shape!r}")
+    dims = list(input_shape)
+    if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= d <= MAX_ELEMENTS
+                       for d in dims):
+        raise ValueError(f"input_shape must be a non-empty sequence of positive ints; got {input_shape!r}")
+    if int(np.prod(dims, dtype=np.float64)) > MAX_ELEMENTS:
+        raise ValueError(f"input_shape {tuple(dims)} exceeds the bound of {MAX_ELEMENTS} elements per sample")
+    return tuple(int(d) for d in dims)
 
 
 def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from ._validate import native_array
+from ._validate import check_array, check_bool, check_float, check_int, native_array
 
 __all__ = [
     "CSRMatrix",
@@ -55,7 +55,7 @@ def _weight_and_mask(w: Any, mask: Any) -> tuple[np.ndarray, np.ndarray | None]:
         raise ValueError(f"w must be 2-D (out_features, in_features); got shape {w.shape}")
     if mask is None:
         return w, None
-    m = np.asarray(mask)
+    m = check_array(mask, "mask")
     if m.shape != w.shape:
         raise ValueError(f"mask has shape {m.shape}, expected {w.shape}")
     if m.dtype != np.bool_:
@@ -71,7 +71,9 @@ def _int8_parts(w: np.ndarray, mask: np.ndarray | None, dtype: str, scale: Any) 
     if w.dtype == np.int8:
         if scale is None:
             raise ValueError("an int8 weight needs scale= (a scalar or one per output row)")
-        s = np.asarray(scale, dtype=np.float32)
+        s = native_array(scale, "scale", cast=np.float32)
+        if s.size and not (np.all(np.isfinite(s)) and np.all(s > 0)):
+            raise ValueError("scale must be finite and > 0")
         if s.ndim == 0:
             s = np.full(w.shape[0], s, np.float32)
         if s.shape != (w.shape[0],):
@@ -93,7 +95,10 @@ def _float_weight(w: np.ndarray, scale: Any) -> np.ndarray:
 
 
 def _check_dtype(dtype: Any) -> str:
-    d = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    try:
+        d = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    except TypeError:
+        raise TypeError(f"dtype must be one of {_DTYPES}; got {type(dtype).__name__} {dtype!r}") from None
     if d not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}; got {dtype!r}")
     return d
@@ -180,7 +185,7 @@ class _SparseMatrix:
         b = None if bias is None else native_array(bias, "bias", cast=np.float32)
         if b is not None and b.shape != (self.shape[0],):
             raise ValueError(f"bias must have shape ({self.shape[0]},); got {b.shape}")
-        y = self._m.linear(xa, b, bool(relu))
+        y = self._m.linear(xa, b, check_bool(relu, "relu"))
         return y[0] if one else y
 
     def matmul_quantized(self, xq: Any, x_scale: Any, x_zero_point: Any, *, bias: Any = None,
@@ -247,9 +252,7 @@ class BSRMatrix(_SparseMatrix):
         if (not isinstance(block, (tuple, list)) or len(block) != 2
                 or not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in block)):
             raise TypeError(f"block must be a pair of ints; got {block!r}")
-        r, c = int(block[0]), int(block[1])
-        if r < 1 or c < 1:
-            raise ValueError(f"block sides must be >= 1; got {tuple(block)}")
+        r, c = check_int(block[0], "block[0]", 1, 1 << 16), check_int(block[1], "block[1]", 1, 1 << 16)
         d = _check_dtype(dtype if dtype is not None else ("int8" if w.dtype == np.int8 else "float32"))
         if d == "float32":
             return cls._wrap(_native.SparseMatrix.bsr_f32(_float_weight(w, scale), m, r, c))
@@ -305,9 +308,8 @@ class NMMatrix(_SparseMatrix):
         :func:`hwreg_rs.prune.nm_mask`); ``ValueError`` names the first group
         that has more."""
         w, mk = _weight_and_mask(w, mask)
-        for v, nm in ((n, "n"), (m, "m")):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{nm} must be an int; got {type(v).__name__}")
+        m = check_int(m, "m", 1, 1 << 16)
+        n = check_int(n, "n", 0, m)
         d = _check_dtype(dtype if dtype is not None else ("int8" if w.dtype == np.int8 else "float32"))
         if d == "float32":
             return cls._wrap(_native.SparseMatrix.nm_f32(_float_weight(w, scale), mk, int(n), int(m)))
@@ -521,6 +523,14 @@ def _nm_of(keep: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def _check_dtypes(dtypes: Any) -> tuple[str, ...]:
+    if isinstance(dtypes, str) or not isinstance(dtypes, (tuple, list)):
+        raise TypeError(f"dtypes must be a tuple of dtype names {_DTYPES}; got {type(dtypes).__name__} {dtypes!r}")
+    if not dtypes:
+        raise ValueError("dtypes must name at least one dtype")
+    return tuple(_check_dtype(d) for d in dtypes)
+
+
 def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] = ("float32", "int8")) -> Choice:
     """The fastest way to run ``x @ (w * mask).T`` for ``x`` of ``batch`` rows.
 
@@ -558,11 +568,11 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     """
     wa, m = _weight_and_mask(w, mask)
     keep = (wa != 0) if m is None else (m & (wa != 0))
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a positive int; got {batch!r}")
-    batch = int(batch)
-    for d in dtypes:
-        _check_dtype(d)
+    # The dense time is measured at this batch: bound it so the measurement stays a measurement.
+    batch = check_int(batch, "batch", 1, 1 << 16)
+    dtypes = _check_dtypes(dtypes)
+    if wa.size == 0:
+        raise ValueError(f"w is empty (shape {wa.shape}): there is no product to choose a path for")
     est: dict[str, float] = {}
     est["dense_f32"] = _dense_seconds("dense_f32", wa.shape, batch)
     if "int8" in dtypes:
@@ -588,7 +598,9 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
         block = tuple(int(v) for v in best[best.index("(") + 1:-1].split(","))
     elif path.startswith("csr"):
         block = (1, 1)
-    return Choice(path, block, est, dense_best / est[best])  # type: ignore[arg-type]
+    # An all-zero weight can be estimated at 0 s: infinitely faster than dense, not a ZeroDivisionError.
+    speedup = dense_best / est[best] if est[best] > 0 else math.inf
+    return Choice(path, block, est, speedup)  # type: ignore[arg-type]
 
 
 def would_speed_up(pattern: Any, sparsity: float, batch: int, *, shape: tuple[int, int] = (1024, 1024),
@@ -615,17 +627,24 @@ def would_speed_up(pattern: Any, sparsity: float, batch: int, *, shape: tuple[in
     """
     from . import prune
 
-    if not 0.0 <= float(sparsity) <= 1.0:
-        raise ValueError(f"sparsity must lie in [0, 1]; got {sparsity}")
+    sparsity = check_float(sparsity, "sparsity", 0.0, 1.0)
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise TypeError(f"shape must be a pair of ints (out_features, in_features); got {shape!r}")
+    shape = (check_int(shape[0], "shape[0]", 1, 1 << 16), check_int(shape[1], "shape[1]", 1, 1 << 16))
+    batch = check_int(batch, "batch", 1, 1 << 16)
+    dtypes = _check_dtypes(dtypes)
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(np.float32)
     if isinstance(pattern, str) and pattern == "unstructured":
-        mask = prune.magnitude_mask(w, float(sparsity))
+        mask = prune.magnitude_mask(w, sparsity)
     elif isinstance(pattern, str) and ":" in pattern:
-        n, m = (int(v) for v in pattern.split(":"))
+        try:
+            n, m = (int(v) for v in pattern.split(":"))
+        except ValueError:
+            raise ValueError(f"pattern must be 'unstructured', 'n:m' or a block (r, c); got {pattern!r}") from None
         mask = prune.nm_mask(w, n, m)
     elif isinstance(pattern, (tuple, list)) and len(pattern) == 2:
-        mask = prune.block_mask(w, float(sparsity), block=tuple(pattern))  # type: ignore[arg-type]
+        mask = prune.block_mask(w, sparsity, block=tuple(pattern))  # type: ignore[arg-type]
     else:
         raise ValueError(f"pattern must be 'unstructured', 'n:m' or a block (r, c); got {pattern!r}")
     c = choose(w, mask, batch, dtypes=dtypes)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import constraints as C
+from ._validate import check_array, check_float, check_int
 from .losses import DistillationLoss, Loss, get_loss
 from .nn.layers import Dropout
 from .nn.module import Module
@@ -192,10 +193,7 @@ class blas_limit:
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric; got dtype {arr.dtype}")
-    return arr
+    return check_array(x, name, min_ndim=1)
 
 
 def _batches(n: int, batch_size: int, order: np.ndarray | None) -> Iterable[np.ndarray | slice]:
@@ -213,6 +211,9 @@ def predict(model: Module, X: Any, *, batch_size: int = 1024) -> np.ndarray:
     (5, 2)
     """
     X = _as_array(X, "X").astype(np.float32, copy=False)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be an hwreg_rs.nn.Module; got {type(model).__name__}")
     was = model.training
     model.eval()
     try:
@@ -355,8 +356,14 @@ class Trainer:
     def _setup(self) -> None:
         if not isinstance(self.model, Module):
             raise TypeError(f"model must be an hwreg_rs.nn.Module; got {type(self.model).__name__}")
-        if int(self.batch_size) < 1 or int(self.epochs) < 0:
-            raise ValueError(f"batch_size must be >= 1 and epochs >= 0; got {self.batch_size}, {self.epochs}")
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.epochs, "epochs", 0)
+        check_int(self.seed, "seed", 0)
+        check_float(self.lr, "lr", 0.0)
+        check_float(self.momentum, "momentum", 0.0)
+        check_float(self.weight_decay, "weight_decay", 0.0)
+        if self.blas_threads is not None:
+            check_int(self.blas_threads, "blas_threads", 1, 1 << 16)
         if not hasattr(self, "optimizer_"):
             self.optimizer_ = self._build_optimizer()
             self.scheduler_ = self._build_scheduler(self.optimizer_)

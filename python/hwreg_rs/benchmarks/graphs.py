@@ -26,6 +26,11 @@ import numpy as np
 from . import Table, median_seconds
 
 
+# Both our thread team and ORT's pool keep spinning briefly after a call: a pause between contenders
+# keeps one's spinning workers from taking the other's second core.
+_SETTLE_S = 0.01
+
+
 def _ort_session(proto: Any, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -92,6 +97,7 @@ def run(quick: bool = False) -> str:
                 for _ in range(r):
                     for k, fn in calls.items():
                         times[k].append(median_seconds(fn, repeats=1, min_seconds=0.01 if quick else 0.03))
+                        time.sleep(_SETTLE_S)
                 t = {k: float(np.median(v)) for k, v in times.items()}
                 lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
                           f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
@@ -134,7 +140,9 @@ def _torch_exports(folder: str, quick: bool) -> str:
             tq, tf = [], []
             for _ in range(2 if quick else 5):
                 tq.append(median_seconds(lambda: rt.predict(x), repeats=1, min_seconds=0.05))
+                time.sleep(_SETTLE_S)
                 tf.append(median_seconds(lambda: sess.run(None, {g.inputs[0]: x}), repeats=1, min_seconds=0.05))
+                time.sleep(_SETTLE_S)
             q, f = float(np.median(tq)), float(np.median(tf))
             t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
                   f"{agree:.0%}")

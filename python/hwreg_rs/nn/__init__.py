@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
+
 from . import functional, ops, passes, registry
 from .conv import AvgPool2d, Conv2d, MaxPool2d
 from .graph import Graph, Node
 from .layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU, bias_uniform, kaiming_uniform
+from .layers import _positive_int
 from .module import LoadResult, Module, Parameter, Sequential, as_rng, manual_seed
 from .ops import (GELU, Add, Cast, Clip, Concat, Div, Embedding, Erf, Exp, Expand, Gather, GlobalAvgPool2d,
                   HardSigmoid, HardSwish, Identity, LayerNorm, LeakyReLU, LogSoftmax, MatMul, Mul, Neg, Pow,
@@ -59,6 +62,9 @@ def mlp(sizes: Sequence[int], *, dropout: float = 0.0, batch_norm: bool = False,
     >>> list(hw.nn.mlp([64, 256, 128, 10], rng=0).state_dict())
     ['0.weight', '0.bias', '2.weight', '2.bias', '4.weight', '4.bias']
     """
+    if (isinstance(sizes, (str, bytes, dict)) or not hasattr(sizes, "__iter__")
+            or (isinstance(sizes, np.ndarray) and sizes.ndim != 1)):
+        raise TypeError(f"sizes must be a sequence of ints; got {type(sizes).__name__} {sizes!r}")
     sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(f"sizes needs at least an input and an output size; got {sizes}")
@@ -88,7 +94,12 @@ def small_cnn(*, in_channels: int = 1, image_size: int = 8, channels: tuple[int,
     (3, 10)
     """
     g = as_rng(rng)
+    if not isinstance(channels, (tuple, list)) or len(channels) != 2:
+        raise TypeError(f"channels must be a pair of ints; got {channels!r}")
     c1, c2 = channels
+    image_size = _positive_int(image_size, "image_size")
+    if image_size < 2:
+        raise ValueError(f"image_size must be >= 2 (one 2x2 max-pool); got {image_size}")
     side = image_size // 2
     return Sequential(
         Conv2d(in_channels, c1, 3, padding=1, rng=g), BatchNorm2d(c1), ReLU(),

@@ -7,7 +7,7 @@ from typing import Any, Tuple, Union
 import numpy as np
 
 from .. import _native
-from .._validate import native_array
+from .._validate import check_bool, native_array
 from . import functional as F
 from .layers import bias_uniform, kaiming_uniform, _positive_int
 from .module import Module, Parameter, as_rng
@@ -79,7 +79,7 @@ class Conv2d(Module):
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         self.weight = Parameter(kaiming_uniform(shape, fan_in, g))
-        self.bias = Parameter(bias_uniform(self.out_channels, fan_in, g)) if bias else None
+        self.bias = Parameter(bias_uniform(self.out_channels, fan_in, g)) if check_bool(bias, "bias") else None
         self.weight_fake_quant: Any = None
         self.input_fake_quant: Any = None
 
@@ -206,6 +206,8 @@ class MaxPool2d(_Pool2d):
     op_type = "MaxPool2d"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind != "f":  # the window's padding value is -inf, which no integer holds
+            raise TypeError(f"MaxPool2d: x must be a floating-point array; got dtype {x.dtype}")
         x = np.ascontiguousarray(x)
         out, self._idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         self._in_shape = x.shape

@@ -33,8 +33,8 @@ def pair(v: int | Tuple[int, int], name: str, *, minimum: int = 0) -> Pair:
         t = (int(v[0]), int(v[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints; got {v!r}")
-    if min(t) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {v!r}")
+    if min(t) < minimum or max(t) > 2**31 - 1:
+        raise ValueError(f"{name} must be >= {minimum} (and below 2**31); got {v!r}")
     return t
 
 

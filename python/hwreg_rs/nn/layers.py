@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_bool, check_float
 from .module import Module, Parameter, as_rng
 from .registry import register
 
@@ -33,9 +34,12 @@ def bias_uniform(n: int, fan_in: int, rng: np.random.Generator, dtype: Any = np.
     return rng.uniform(-bound, bound, size=(n,)).astype(dtype)
 
 
+MAX_FEATURES = 2**31 - 1  # a size beyond it is refused before any allocation is attempted
+
+
 def _positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_FEATURES:
+        raise ValueError(f"{name} must be a positive int (at most {MAX_FEATURES}); got {v!r}")
     return int(v)
 
 
@@ -82,7 +86,7 @@ class Linear(Module):
         self.out_features = _positive_int(out_features, "out_features")
         g = as_rng(rng)
         self.weight = Parameter(kaiming_uniform((self.out_features, self.in_features), self.in_features, g))
-        self.bias = Parameter(bias_uniform(self.out_features, self.in_features, g)) if bias else None
+        self.bias = Parameter(bias_uniform(self.out_features, self.in_features, g)) if check_bool(bias, "bias") else None
         self.weight_fake_quant: Any = None
         self.input_fake_quant: Any = None
 
@@ -215,9 +219,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, rng: Any = None) -> None:
         super().__init__()
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"p must lie in [0, 1); got {p!r}")
-        self.p = float(p)
+        self.p = check_float(p, "p", 0.0, 1.0, hi_open=True)
         self.rng = as_rng(rng) if rng is not None else np.random.default_rng()
 
     def config(self) -> dict[str, Any]:
@@ -246,9 +248,9 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
         super().__init__()
         self.num_features = _positive_int(num_features, "num_features")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        if affine:
+        self.eps = check_float(eps, "eps", 0.0, lo_open=True)
+        self.momentum = check_float(momentum, "momentum", 0.0, 1.0)
+        if check_bool(affine, "affine"):
             self.weight = Parameter(np.ones(num_features, np.float32))
             self.bias = Parameter(np.zeros(num_features, np.float32))
         else:

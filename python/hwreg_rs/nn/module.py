@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from .._validate import check_bool
+
 _DEFAULT_RNG = np.random.default_rng()
 
 
@@ -44,6 +46,8 @@ def as_rng(rng: Any) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng must be None, a non-negative int seed or a numpy Generator; got {rng!r}")
         return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be None, an int seed or a numpy Generator; got {type(rng).__name__}")
 
@@ -165,7 +169,7 @@ class Module:
     def train(self, mode: bool = True) -> Module:
         """Training mode (batch statistics, dropout on); returns self."""
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", check_bool(mode, "mode"))
         return self
 
     def eval(self) -> Module:
@@ -206,6 +210,13 @@ class Module:
         return {}
 
     def __call__(self, *inputs: np.ndarray) -> Any:
+        for i, x in enumerate(inputs):
+            # arrays (and the NumPy scalars that operations on 0-d arrays produce); not lists
+            if not isinstance(x, (np.ndarray, np.generic)) or x.dtype.kind not in "biuf":
+                name = "x" if len(inputs) == 1 else f"inputs[{i}]"
+                what = f"dtype {x.dtype}" if isinstance(x, (np.ndarray, np.generic)) else type(x).__name__
+                raise TypeError(f"{type(self).__name__}: {name} must be a numeric numpy.ndarray "
+                                f"(convert with np.asarray); got {what}")
         return self.forward(*inputs)
 
     # -- state --------------------------------------------------------------
