@@ -17,8 +17,7 @@
 
 use super::{check_len, unfold_buffer, Window};
 use crate::error::Result;
-use crate::exec::Ctx;
-use rayon::prelude::*;
+use crate::exec::{self, Ctx, SyncPtr};
 
 /// Unfolds `x` (NCHW) into the column matrix described in the module docs.
 /// Positions in the padding take the value `pad`.
@@ -31,9 +30,9 @@ pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) ->
         return Ok(cols);
     }
     ctx.run(total, || {
-        cols.par_chunks_mut(per_img)
-            .zip(x.par_chunks(img_len))
-            .for_each(|(dst, src)| im2col_image(src, dst, &win));
+        exec::for_each_chunk_mut(&mut cols, per_img, |i, dst| {
+            im2col_image(&x[i * img_len..(i + 1) * img_len], dst, &win)
+        })
     });
     Ok(cols)
 }
@@ -91,9 +90,9 @@ pub fn col2im<T: Accumulate>(ctx: &Ctx, cols: &[T], win: Window) -> Result<Vec<T
         return Ok(x);
     }
     ctx.run(rows * k, || {
-        x.par_chunks_mut(img_len)
-            .zip(cols.par_chunks(per_img))
-            .for_each(|(dst, src)| col2im_image(src, dst, &win));
+        exec::for_each_chunk_mut(&mut x, img_len, |i, dst| {
+            col2im_image(&cols[i * per_img..(i + 1) * per_img], dst, &win)
+        })
     });
     Ok(x)
 }
@@ -147,11 +146,16 @@ pub fn max_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i6
     if plane_out == 0 || plane_in == 0 {
         return Ok((out, idx));
     }
+    let idx_at = SyncPtr(idx.as_mut_ptr());
     ctx.run(out.len() * win.kh * win.kw, || {
-        out.par_chunks_mut(plane_out)
-            .zip(idx.par_chunks_mut(plane_out))
-            .zip(x.par_chunks(plane_in))
-            .for_each(|((o, ix), p)| max_pool_plane(p, o, ix, &win));
+        exec::for_each_chunk_mut(&mut out, plane_out, |i, o| {
+            // SAFETY: plane `i` owns elements i·plane_out.. of `idx`, written
+            // by this call alone.
+            let ix = unsafe {
+                std::slice::from_raw_parts_mut(idx_at.get().add(i * plane_out), plane_out)
+            };
+            max_pool_plane(&x[i * plane_in..(i + 1) * plane_in], o, ix, &win)
+        })
     });
     Ok((out, idx))
 }
@@ -201,14 +205,15 @@ pub fn max_pool2d_backward(ctx: &Ctx, grad: &[f32], idx: &[i64], win: Window) ->
         return crate::value_err!("index {bad} is outside a plane of {plane_in} elements");
     }
     ctx.run(grad.len(), || {
-        gx.par_chunks_mut(plane_in)
-            .zip(grad.par_chunks(plane_out))
-            .zip(idx.par_chunks(plane_out))
-            .for_each(|((g, go), ix)| {
-                for (&v, &i) in go.iter().zip(ix) {
-                    g[i as usize] += v;
-                }
-            });
+        exec::for_each_chunk_mut(&mut gx, plane_in, |p, g| {
+            let (go, ix) = (
+                &grad[p * plane_out..],
+                &idx[p * plane_out..(p + 1) * plane_out],
+            );
+            for (&v, &i) in go.iter().zip(ix) {
+                g[i as usize] += v;
+            }
+        })
     });
     Ok(gx)
 }
@@ -227,9 +232,9 @@ pub fn avg_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<Vec<f32>> {
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
     ctx.run(out.len() * win.kh * win.kw, || {
-        out.par_chunks_mut(plane_out)
-            .zip(x.par_chunks(plane_in))
-            .for_each(|(o, p)| {
+        exec::for_each_chunk_mut(&mut out, plane_out, |i, o| {
+            let p = &x[i * plane_in..(i + 1) * plane_in];
+            {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let mut s = 0f32;
@@ -246,7 +251,8 @@ pub fn avg_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<Vec<f32>> {
                         o[oy * ow + ox] = s * inv;
                     }
                 }
-            });
+            }
+        })
     });
     Ok(out)
 }
@@ -264,9 +270,9 @@ pub fn avg_pool2d_backward(ctx: &Ctx, grad: &[f32], win: Window) -> Result<Vec<f
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
     ctx.run(grad.len() * win.kh * win.kw, || {
-        gx.par_chunks_mut(plane_in)
-            .zip(grad.par_chunks(plane_out))
-            .for_each(|(g, go)| {
+        exec::for_each_chunk_mut(&mut gx, plane_in, |i, g| {
+            let go = &grad[i * plane_out..(i + 1) * plane_out];
+            {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let v = go[oy * ow + ox] * inv;
@@ -282,7 +288,8 @@ pub fn avg_pool2d_backward(ctx: &Ctx, grad: &[f32], win: Window) -> Result<Vec<f
                         }
                     }
                 }
-            });
+            }
+        })
     });
     Ok(gx)
 }

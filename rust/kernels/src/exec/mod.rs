@@ -146,6 +146,17 @@ pub fn map_chunks<T: Sync, R: Send>(
     }
 }
 
+/// `f(i)` for every `i` in `0..n`, collected in order: in parallel inside
+/// the pool, serially outside it (see [`in_pool`]).
+pub fn map_range<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if in_pool() {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
 /// A raw pointer that tasks on several threads may share, each writing only
 /// its own disjoint elements (the caller's `unsafe` blocks promise that).
 #[derive(Clone, Copy)]

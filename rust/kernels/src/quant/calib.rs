@@ -26,7 +26,7 @@
 use rayon::prelude::*;
 
 use super::{kernels, min_max, AxisLayout};
-use crate::exec::Ctx;
+use crate::exec::{self, Ctx};
 use crate::{value_err, Result};
 
 /// How to choose the clipping range.
@@ -165,9 +165,7 @@ pub fn channel_min_max(ctx: &Ctx, x: &[f32], layout: AxisLayout) -> Result<(Vec<
         acc
     };
     let stats: Vec<(f32, f32, f32)> = if inner >= 64 {
-        ctx.run(x.len(), || {
-            (0..c).into_par_iter().map(per_channel).collect()
-        })
+        ctx.run(x.len(), || exec::map_range(c, per_channel))
     } else {
         // Short runs: fold whole (channels * inner) blocks elementwise, then reduce.
         let w = c * inner;
@@ -256,10 +254,7 @@ pub fn calibrate(
         vec![range(0, x)]
     } else {
         ctx.run(x.len().saturating_mul(4), || {
-            (0..c)
-                .into_par_iter()
-                .map(|ch| range(ch, &channel_values(x, &layout, ch)))
-                .collect()
+            exec::map_range(c, |ch| range(ch, &channel_values(x, &layout, ch)))
         })
     };
     let mut out = Calibration {
@@ -315,11 +310,11 @@ fn percentile_range(ctx: &Ctx, data: &[f32], p: f64, symmetric: bool) -> (f32, f
 
 fn par_map(ctx: &Ctx, data: &[f32], f: fn(f32) -> f32) -> Vec<f32> {
     ctx.run(data.len(), || {
-        data.par_iter()
-            .with_min_len(1 << 16)
-            .map(|&v| f(v))
-            .collect()
+        exec::map_chunks(data, 1 << 16, |_, c| {
+            c.iter().map(|&v| f(v)).collect::<Vec<f32>>()
+        })
     })
+    .concat()
 }
 
 /// Count (and sum, when `sums`) of `data` in `bins` equal bins over `[lo, hi]`;
