@@ -230,13 +230,11 @@ def _uint8_params(b: _Builder, x: str, axes: list[int] | None, hint: str) -> tup
     return scale, zp
 
 
-def _to_uint8(b: _Builder, x: str, scale: str, zp: str, hint: str, *, reciprocal: bool) -> str:
+def _to_uint8(b: _Builder, x: str, scale: str, zp: str, hint: str) -> str:
     from onnx import TensorProto
 
-    if reciprocal:  # the GEMM's row quantizer multiplies by 1/scale (documented in the kernels)
-        scaled = b.node("Mul", [x, b.node("Reciprocal", [scale], hint)], hint)
-    else:
-        scaled = b.node("Div", [x, scale], hint)
+    # The kernels' one activation quantizer multiplies by 1/scale (documented in rust/kernels quant/rows).
+    scaled = b.node("Mul", [x, b.node("Reciprocal", [scale], hint)], hint)
     q = b.node("Clip", [b.node("Add", [b.node("Round", [scaled], hint), zp], hint), b.const(_f32(0.0), f"{hint}.lo"),
                         b.const(_f32(255.0), f"{hint}.hi")], hint)
     return b.node("Cast", [q], hint, to=TensorProto.UINT8)
@@ -266,7 +264,7 @@ def _int8_linear(b: _Builder, wq: np.ndarray, w_scale: np.ndarray, bias: np.ndar
     if len(in_shape) != 2:
         rows = b.node("Reshape", [x, b.const(_i64([-1, k]), f"{hint}.rows")], hint)
     scale, zp = _uint8_params(b, rows, [1], hint)
-    q = _to_uint8(b, rows, scale, zp, hint, reciprocal=True)
+    q = _to_uint8(b, rows, scale, zp, hint)
     acc = b.node("MatMulInteger", [q, b.const(np.ascontiguousarray(wq.T.astype(np.int8)), f"{hint}.weight_q")], hint)
     colsum = wq.astype(np.int32).sum(axis=1, dtype=np.int32).reshape(1, n)
     zp_i = b.node("Cast", [zp], hint, to=TensorProto.INT32)
@@ -318,7 +316,7 @@ def _int8_conv(b: _Builder, op: Any, x: str, out: str, in_shape: tuple[int, ...]
                                 b.node("ReduceMin", [zp], hint, keepdims=0)], hint)
         scale = b.node("Where", [same, scale, s_all], hint)
         zp = b.node("Where", [same, zp, z_all], hint)
-    q = _to_uint8(b, x, scale, zp, hint, reciprocal=False)
+    q = _to_uint8(b, x, scale, zp, hint)
     acc = b.node("ConvInteger", [q, b.const(w, f"{hint}.weight_q")], hint, kernel_shape=[kh, kw],
                  strides=list(op.stride), pads=pads, dilations=dil, group=groups)
     taps = _tap_sums(w, tuple(in_shape[2:]), op.stride, pads, dil, groups)

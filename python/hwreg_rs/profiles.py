@@ -1007,7 +1007,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     bandwidth = 2 * nbytes / t_copy / 1e9
 
     isa = active_isa()
-    simd = {"avx512vnni": 512, "avx2": 256}.get(isa, 128)
+    simd = {"avx512vnni": 512, "avx512": 512, "avx2": 256}.get(isa, 128)
     us = 1e6
     return HardwareProfile(
         name="host",

@@ -268,13 +268,7 @@ class _Conv(_OnInt8Linear):
         # Quantize each image once (uint8, DynamicQuantizeLinear's formula per
         # image), then unfold the uint8 image: every pixel is quantized once
         # instead of kh*kw times, and the columns are a quarter of the float ones.
-        scale, zp = _image_qparams(x)
-        if np.any(zp != zp[0]):  # padding needs one zero point: fall back to one for the batch
-            scale, zp = _image_qparams(x.reshape(1, -1))
-            scale, zp = np.repeat(scale, n), np.repeat(zp, n)
-        # The parameters are valid by construction: call the kernels directly
-        # (the public functions' checks cost more than a small image's work).
-        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        xq, scale, zp = _quantize_images(x, one_zero_point=True)
         if nchw_in:  # a quarter of the bytes of the float input to move
             xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1)) if self.in_channels > 1 else xq.reshape(n, h, w, 1)
         cols = _native.im2col_nhwc(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
@@ -312,17 +306,20 @@ class _Conv(_OnInt8Linear):
         return LayerWork(name, "conv2d", rows * k * n, k * n + 8 * n, rows * k * 4 * 2, rows * n * 4, "int8")
 
 
-def _image_qparams(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image uint8 scale and zero point with DynamicQuantizeLinear's formula."""
-    flat = x.reshape(x.shape[0], -1)
-    lo = np.minimum(flat.min(axis=1), 0.0)
-    hi = np.maximum(flat.max(axis=1), 0.0)
-    scale = ((hi - lo) / np.float32(255.0)).astype(np.float32)
-    if not np.isfinite(scale).all():  # min / max carry any NaN or infinity through
-        raise ValueError("x must be finite")
-    scale[scale == 0] = 1.0
-    zp = np.rint(-lo / scale).astype(np.int32)  # in [0, 255]: lo <= 0 <= hi
-    return scale, zp
+def _quantize_images(x: np.ndarray, *, one_zero_point: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each image to uint8 with the kernel crate's one dynamic activation quantizer (the rows of the
+    dense GEMM and the sparse products round the same way): ``(q like x, scale (n,), zp (n,) int32)``.
+
+    ``one_zero_point``: the NHWC unfold pads with a single value, so when the images' zero points
+    differ the batch is quantized as one tensor.
+    """
+    n = x.shape[0]
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(n, -1)
+    q, scale, zp = _native.quantize_activation_rows(flat)
+    if one_zero_point and n > 1 and np.any(zp != zp[0]):
+        q, scale, zp = _native.quantize_activation_rows(flat.reshape(1, -1))
+        scale, zp = np.repeat(scale, n), np.repeat(zp, n)
+    return q.reshape(x.shape), scale, zp.astype(np.int32)
 
 
 class _Pool(_Op):
@@ -537,8 +534,7 @@ class _GroupConv(_OnInt8Linear):
             raise ValueError(f"conv2d expects input {layout}; got shape {x.shape}")
         (sh, sw), (dh, dw), (t, l, b, r) = self.stride, self.dilation, self.padding
         # Per-image scale and zero point do not depend on the layout.
-        scale, zp = _image_qparams(x)
-        xq: np.ndarray = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        xq, scale, zp = _quantize_images(x)
         if nchw_in:  # a quarter of the bytes of the float input to move
             xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
         return _native.depthwise_conv2d_nhwc(xq, zp, scale, self._dw_weight, self._dw_col_scale, self._dw_bias,
@@ -549,8 +545,7 @@ class _GroupConv(_OnInt8Linear):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
         n = x.shape[0]
-        scale, zp = _image_qparams(x)
-        xq = _native.quantize_linear(np.ascontiguousarray(x, dtype=np.float32), scale, zp, 0, "uint8")
+        xq, scale, zp = _quantize_images(x)
         centred = xq.astype(np.int32) - zp.reshape(-1, 1, 1, 1)  # zero padding is then the real zero
         win = self._windows(centred)
         _, c, oh, ow, kh, kw = win.shape

@@ -342,10 +342,12 @@ def linear(x: Any, w: _SparseMatrix, bias: Any = None, *, relu: bool = False) ->
 
 
 def quantize_activations(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row uint8 asymmetric quantization of ``x`` ``(batch, k)``, as used
-    by the int8 sparse product: ``scale = (max(0, max) - min(0, min)) / 255``,
-    ``zp = round_half_even(-min / scale)``, ``q = saturate(round_half_even(x /
-    scale) + zp)``; an all-zero row gets scale 1, zero point 0.
+    """Per-row uint8 asymmetric quantization of ``x`` ``(batch, k)``: the kernel crate's one
+    dynamic activation quantizer, shared by the dense GEMM, the int8 sparse products and the
+    runtime's convolutions (per image): ``scale = (max(0, max) - min(0, min)) / 255``,
+    ``zp = round_half_even(-min / scale)``, ``q = saturate(round_half_even(x * (1 / scale)) + zp)``
+    in float32 (multiplying by the reciprocal can move a value one step at a tie against a true
+    division); an all-zero row gets scale 1, zero point 0.
 
     Examples
     --------
