@@ -258,3 +258,10 @@ def test_sparse_layers_export_as_their_dense_int8_equivalent():
     assert (y.argmax(1) == yr.argmax(1)).mean() >= 0.99
     # The sparse and the dense int8 kernels share one activation quantizer: the same numbers.
     assert np.abs(y - yr).max() <= 1e-5 * np.abs(yr).max()
+
+
+def test_convert_takes_the_contracts_calibration_keyword():
+    net = hw.nn.mlp([4, 3], rng=0).eval()
+    assert runtime.convert(net, input_shape=(4,), calibration=None).predict(np.ones((1, 4), np.float32)).shape == (1, 3)
+    with pytest.raises(NotImplementedError, match="static quantization"):
+        runtime.convert(net, input_shape=(4,), calibration=np.ones((8, 4), np.float32))

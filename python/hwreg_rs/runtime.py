@@ -1233,8 +1233,8 @@ def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
     return sparse.Choice(path, block)
 
 
-def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", batch_size: int = 1,
-            meta: dict[str, Any] | None = None, threads: int | None = None) -> RuntimeModel:
+def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = None, sparse: str = "auto",
+            batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None) -> RuntimeModel:
     """Convert a trained model into an int8 :class:`RuntimeModel`.
 
     Parameters
@@ -1247,6 +1247,12 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
         registered op runs in float32. Its weights are read, not changed.
     input_shape : iterable of int
         Shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
+    calibration : None
+        Reserved for static quantization (calibrated activation scales, int8
+        between layers), which is not built yet: only ``None`` (dynamic
+        quantization, one scale per row or image at run time) is accepted;
+        anything else raises ``NotImplementedError`` rather than silently
+        running the dynamic path.
     sparse : {"auto", "never", "always"}, default "auto"
         For Linear layers with pruned (zero) weights: use the sparse format
         the chooser (:func:`hwreg_rs.sparse.choose`) measures as fastest for
@@ -1271,6 +1277,9 @@ def convert(model: Module, *, input_shape: Iterable[int], sparse: str = "auto", 
     >>> [r["op"] for r in rt.summary()]
     ['conv2d', 'conv2d', 'maxpool2d', 'flatten', 'linear', 'linear']
     """
+    if calibration is not None:
+        raise NotImplementedError("static quantization (calibration=) is not built yet; convert without it runs "
+                                  "dynamic int8 (per-row / per-image activation scales)")
     if not isinstance(sparse, str) or sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
