@@ -1,7 +1,8 @@
 //! The one error type of the kernel crate.
 //!
 //! The binding crate maps each variant to one Python exception:
-//! `Shape` and `Value` to `ValueError`, `Dtype` to `TypeError`.
+//! `Shape` and `Value` to `ValueError`, `Dtype` to `TypeError`, `Alloc` to
+//! `MemoryError`.
 
 use std::fmt;
 
@@ -13,6 +14,8 @@ pub enum Error {
     Value(String),
     /// An element type the kernel does not accept.
     Dtype(String),
+    /// A buffer the input asks for that cannot be allocated (never an abort).
+    Alloc(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -20,7 +23,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape(m) | Error::Value(m) | Error::Dtype(m) => f.write_str(m),
+            Error::Shape(m) | Error::Value(m) | Error::Dtype(m) | Error::Alloc(m) => f.write_str(m),
         }
     }
 }
@@ -37,4 +40,28 @@ macro_rules! shape_err {
 #[macro_export]
 macro_rules! value_err {
     ($($t:tt)*) => { Err($crate::error::Error::Value(format!($($t)*))) };
+}
+
+/// `len` copies of `value`, allocated fallibly: sizes that come from input must not abort the
+/// process when memory runs out (`Error::Alloc`, a `MemoryError` in Python).
+pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(len).is_err() {
+        return Err(Error::Alloc(format!(
+            "cannot allocate {len} elements of {} bytes for {what}",
+            std::mem::size_of::<T>()
+        )));
+    }
+    v.resize(len, value);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_impossible_vec_is_an_error_not_an_abort() {
+        let e = super::try_vec(usize::MAX / 8, 0u64, "a test").unwrap_err();
+        assert!(matches!(e, super::Error::Alloc(_)), "{e:?}");
+        assert_eq!(super::try_vec(3, 7u8, "a test").unwrap(), vec![7, 7, 7]);
+    }
 }

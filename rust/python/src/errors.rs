@@ -1,13 +1,14 @@
 //! The one place kernel errors become Python exceptions.
 
 use hwreg_kernels::Error;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 pub fn to_py(e: Error) -> PyErr {
     match e {
         Error::Shape(m) | Error::Value(m) => PyValueError::new_err(m),
         Error::Dtype(m) => PyTypeError::new_err(m),
+        Error::Alloc(m) => PyMemoryError::new_err(m),
     }
 }
 

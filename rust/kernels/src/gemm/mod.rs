@@ -194,7 +194,10 @@ fn filled<T>(
         Some(l) if l <= isize::MAX as usize / std::mem::size_of::<T>().max(1) => l,
         _ => return shape_err!("output of shape ({m}, {n}) is too large"),
     };
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::new();
+    if out.try_reserve_exact(len).is_err() {
+        return Err(crate::error::Error::Alloc(format!("cannot allocate an output of shape ({m}, {n})")));
+    }
     fill(&mut out.spare_capacity_mut()[..len])?;
     // SAFETY: on Ok, `fill` wrote all `len` elements.
     unsafe { out.set_len(len) };

@@ -197,9 +197,13 @@ impl PackedB {
         let kp = round_up(k, 4);
         let panels = n.div_ceil(NR);
         let np = panels * NR;
-        let mut data = vec![0i8; panels * kp * NR];
-        let mut zps = vec![0i32; np];
-        let mut colterm = vec![0i32; np];
+        let len = panels
+            .checked_mul(kp)
+            .and_then(|v| v.checked_mul(NR))
+            .ok_or_else(|| crate::error::Error::Shape(format!("packing a ({k}, {n}) matrix overflows")))?;
+        let mut data = crate::error::try_vec(len, 0i8, "the packed matrix")?;
+        let mut zps = crate::error::try_vec(np, 0i32, "the packed matrix's zero points")?;
+        let mut colterm = crate::error::try_vec(np, 0i32, "the packed matrix's column sums")?;
         // Panel p covers columns 16p..16p+16; its group g sits at g*64, column c at 4c.
         // A task packs a run of panels: group by group (reading 4 rows of B
         // sequentially when not transposed), then the column sums.
