@@ -66,14 +66,7 @@ pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 
 /// A zero-filled output of `len` elements, or an error when it cannot be allocated.
 pub(crate) fn zeros(len: usize, what: &str) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    if v.try_reserve_exact(len).is_err() {
-        return Err(Error::Value(format!(
-            "cannot allocate {len} float32 elements for {what}"
-        )));
-    }
-    v.resize(len, 0.0);
-    Ok(v)
+    crate::error::try_vec(len, 0.0, what) // Error::Alloc: a MemoryError, like every other kernel
 }
 
 /// `rows * d`, or a shape error when it overflows.
