@@ -42,9 +42,9 @@ macro_rules! value_err {
     ($($t:tt)*) => { Err($crate::error::Error::Value(format!($($t)*))) };
 }
 
-/// `len` copies of `value`, allocated fallibly: sizes that come from input must not abort the
-/// process when memory runs out (`Error::Alloc`, a `MemoryError` in Python).
-pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+/// An empty vector with room for `len` elements, reserved fallibly: sizes that come from input
+/// must not abort the process when memory runs out (`Error::Alloc`, a `MemoryError` in Python).
+pub fn try_with_capacity<T>(len: usize, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
     if v.try_reserve_exact(len).is_err() {
         return Err(Error::Alloc(format!(
@@ -52,8 +52,22 @@ pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
             std::mem::size_of::<T>()
         )));
     }
+    Ok(v)
+}
+
+/// `len` copies of `value`, allocated fallibly (see [`try_with_capacity`]).
+pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(len, what)?;
     v.resize(len, value);
     Ok(v)
+}
+
+/// `try_vec`'s length for `a * b` elements: an overflowing product is an `Error::Alloc` too
+/// (no memory holds it), named like the buffer.
+pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| {
+        Error::Alloc(format!("{what} of {a} x {b} elements is larger than memory can address"))
+    })
 }
 
 #[cfg(test)]

@@ -87,8 +87,8 @@ impl Window {
         if self.sh == 0 || self.sw == 0 {
             return crate::value_err!("stride must be >= 1; got ({}, {})", self.sh, self.sw);
         }
-        let hp = self.h.checked_add(2 * self.ph);
-        let wp = self.w.checked_add(2 * self.pw);
+        let hp = self.ph.checked_mul(2).and_then(|p| self.h.checked_add(p));
+        let wp = self.pw.checked_mul(2).and_then(|p| self.w.checked_add(p));
         match (hp, wp) {
             (Some(hp), Some(wp)) if hp >= self.kh && wp >= self.kw => {}
             _ => {
@@ -112,6 +112,34 @@ impl Window {
         {
             return crate::shape_err!(
                 "input shape ({}, {}, {}, {}) overflows",
+                self.n,
+                self.c,
+                self.h,
+                self.w
+            );
+        }
+        // Every size the kernels derive from the window (`out_len`, `cols_shape` and their
+        // product) is checked here once, so the unchecked accessors below cannot wrap.
+        let (oh, ow) = (self.oh(), self.ow());
+        let sizes = self
+            .n
+            .checked_mul(oh)
+            .and_then(|v| v.checked_mul(ow))
+            .and_then(|rows| {
+                let taps = self.c.checked_mul(self.kh)?.checked_mul(self.kw)?;
+                rows.checked_mul(taps)?;
+                rows.checked_mul(self.c)
+            });
+        if sizes.is_none() {
+            return crate::shape_err!(
+                "the output of a ({}, {}) window with stride ({}, {}) and padding ({}, {}) over \
+                 ({}, {}, {}, {}) has more elements than memory can address",
+                self.kh,
+                self.kw,
+                self.sh,
+                self.sw,
+                self.ph,
+                self.pw,
                 self.n,
                 self.c,
                 self.h,

@@ -16,7 +16,7 @@
 //! when it is large enough (see [`crate::exec`]).
 
 use super::{check_len, unfold_buffer, Window};
-use crate::error::Result;
+use crate::error::{try_vec, Result};
 use crate::exec::{self, Ctx, SyncPtr};
 
 /// Unfolds `x` (NCHW) into the column matrix described in the module docs.
@@ -83,13 +83,13 @@ pub fn col2im<T: Accumulate>(ctx: &Ctx, cols: &[T], win: Window) -> Result<Vec<T
     let win = win.check()?;
     let (rows, k) = win.cols_shape();
     check_len(cols.len(), rows * k, "cols")?;
-    let mut x = vec![T::default(); win.in_len()];
+    let mut x = try_vec(win.in_len(), T::default(), "the col2im image")?;
     let per_img = win.oh() * win.ow() * k;
     let img_len = win.c * win.h * win.w;
     if per_img == 0 || img_len == 0 {
         return Ok(x);
     }
-    ctx.run(rows * k, || {
+    ctx.run(rows.saturating_mul(k), || {
         exec::for_each_chunk_mut(&mut x, img_len, |i, dst| {
             col2im_image(&cols[i * per_img..(i + 1) * per_img], dst, &win)
         })
@@ -141,13 +141,13 @@ pub fn max_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<(Vec<f32>, Vec<i6
     let planes = win.n * win.c;
     let plane_in = win.h * win.w;
     let plane_out = oh * ow;
-    let mut out = vec![0f32; planes * plane_out];
-    let mut idx = vec![0i64; planes * plane_out];
+    let mut out = try_vec(planes * plane_out, 0f32, "the max-pooled output")?;
+    let mut idx = try_vec(planes * plane_out, 0i64, "the max-pooling indices")?;
     if plane_out == 0 || plane_in == 0 {
         return Ok((out, idx));
     }
     let idx_at = SyncPtr(idx.as_mut_ptr());
-    ctx.run(out.len() * win.kh * win.kw, || {
+    ctx.run(out.len().saturating_mul(win.kh * win.kw), || {
         exec::for_each_chunk_mut(&mut out, plane_out, |i, o| {
             // SAFETY: plane `i` owns elements i·plane_out.. of `idx`, written
             // by this call alone.
@@ -197,7 +197,7 @@ pub fn max_pool2d_backward(ctx: &Ctx, grad: &[f32], idx: &[i64], win: Window) ->
     check_len(idx.len(), win.out_len(), "indices")?;
     let plane_in = win.h * win.w;
     let plane_out = win.oh() * win.ow();
-    let mut gx = vec![0f32; win.in_len()];
+    let mut gx = try_vec(win.in_len(), 0f32, "the max-pooling gradient")?;
     if plane_out == 0 || plane_in == 0 {
         return Ok(gx);
     }
@@ -226,12 +226,12 @@ pub fn avg_pool2d(ctx: &Ctx, x: &[f32], win: Window) -> Result<Vec<f32>> {
     let (oh, ow) = (win.oh(), win.ow());
     let plane_in = win.h * win.w;
     let plane_out = oh * ow;
-    let mut out = vec![0f32; win.out_len()];
+    let mut out = try_vec(win.out_len(), 0f32, "the average-pooled output")?;
     if plane_out == 0 || plane_in == 0 {
         return Ok(out);
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
-    ctx.run(out.len() * win.kh * win.kw, || {
+    ctx.run(out.len().saturating_mul(win.kh * win.kw), || {
         exec::for_each_chunk_mut(&mut out, plane_out, |i, o| {
             let p = &x[i * plane_in..(i + 1) * plane_in];
             {
@@ -264,12 +264,12 @@ pub fn avg_pool2d_backward(ctx: &Ctx, grad: &[f32], win: Window) -> Result<Vec<f
     let (oh, ow) = (win.oh(), win.ow());
     let plane_in = win.h * win.w;
     let plane_out = oh * ow;
-    let mut gx = vec![0f32; win.in_len()];
+    let mut gx = try_vec(win.in_len(), 0f32, "the average-pooling gradient")?;
     if plane_out == 0 || plane_in == 0 {
         return Ok(gx);
     }
     let inv = 1.0 / (win.kh * win.kw) as f32;
-    ctx.run(grad.len() * win.kh * win.kw, || {
+    ctx.run(grad.len().saturating_mul(win.kh * win.kw), || {
         exec::for_each_chunk_mut(&mut gx, plane_in, |i, g| {
             let go = &grad[i * plane_out..(i + 1) * plane_out];
             {

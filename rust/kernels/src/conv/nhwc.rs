@@ -68,10 +68,10 @@ pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) ->
 fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let run = win.kw * c; // one kernel row of taps
-    let mut dst = cols.chunks_exact_mut(win.kh * run);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let row = dst.next().expect("cols holds oh*ow rows");
+    // `cols` holds oh·ow rows (the window was checked); pixel p is row p.
+    for (p, row) in cols.chunks_exact_mut(win.kh * run).take(oh * ow).enumerate() {
+        let (oy, ox) = (p / ow, p % ow);
+        {
             let x0 = (ox * win.sw) as isize - win.pw as isize;
             let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
             for (ky, seg) in row.chunks_exact_mut(run).enumerate() {
@@ -105,12 +105,12 @@ pub fn pool2d(ctx: &Ctx, x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>>
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let per_img = oh * ow * c;
     let img_len = win.h * win.w * c;
-    let mut out = vec![0f32; win.out_len()];
+    let mut out = crate::error::try_vec(win.out_len(), 0f32, "the pooled output")?;
     if per_img == 0 || img_len == 0 {
         return Ok(out);
     }
     let dst = SyncPtr(out.as_mut_ptr());
-    per_image(ctx, win.n, per_img * win.kh * win.kw, |img| {
+    per_image(ctx, win.n, per_img.saturating_mul(win.kh * win.kw), |img| {
         // SAFETY: image `img` owns its `per_img` outputs, written by this call alone.
         let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
         pool_image(&x[img * img_len..(img + 1) * img_len], o, &win, kind);

@@ -17,7 +17,7 @@
 //!
 //! [`nm_keep`] keeps the `n` largest of every `m` consecutive entries.
 
-use crate::error::Result;
+use crate::error::{try_vec, try_with_capacity, Result};
 use crate::exec::{self, Ctx};
 use crate::{shape_err, value_err};
 
@@ -301,7 +301,7 @@ fn prune_sampled<T: Score>(
     };
     // The pass compiled for the active path (see `arch/`).
     let band_fn = T::band(&crate::cpu::dispatch().prune);
-    let mut keep = vec![false; n];
+    let mut keep = try_vec(n, false, "the keep-mask")?;
     let parts: Vec<(usize, Vec<(u64, u32)>, u64)> =
         exec::map_chunks_mut(&mut keep, cl, |c, out| {
             let ch = &scores[c * cl..c * cl + out.len()];
@@ -317,7 +317,7 @@ fn prune_sampled<T: Score>(
     if !(below < k && k <= below + ncand) {
         return Ok(None);
     }
-    let mut cands = Vec::with_capacity(ncand);
+    let mut cands = try_with_capacity(ncand, "the pruning candidates")?;
     for p in parts {
         cands.extend_from_slice(&p.1);
     }
@@ -384,7 +384,7 @@ pub fn prune_smallest<T: Score>(
         if k > total {
             return value_err!("cannot prune {k} entries: only {total} are still kept");
         }
-        let mut keep = vec![false; n];
+        let mut keep = try_vec(n, false, "the keep-mask")?;
         if k == 0 {
             exec::for_each_chunk_mut(&mut keep, cl, |c, out| match el_chunk(c, out.len()) {
                 Some(e) => out.copy_from_slice(e),
@@ -426,14 +426,17 @@ pub fn nm_keep<T: Score>(ctx: &Ctx, w: &[T], n: usize, m: usize) -> Result<Vec<b
     if w.len() % m != 0 {
         return shape_err!("N:M groups of {m} do not tile {} entries", w.len());
     }
+    if w.is_empty() {
+        return Ok(Vec::new()); // no group to fill (any m tiles nothing; no buffer of m keys)
+    }
     let groups_per_chunk = (chunk_len(ctx, w.len()) / m).max(1);
-    let mut keep = vec![false; w.len()];
+    let mut keep = try_vec(w.len(), false, "the N:M keep-mask")?;
     ctx.run(w.len(), || {
         let csz = groups_per_chunk * m;
         exec::map_chunks_mut(&mut keep, csz, |c, out| -> Result<()> {
             let ch = &w[c * csz..c * csz + out.len()];
             let drop = m - n;
-            let mut keys: Vec<(u64, u32)> = vec![(0, 0); m];
+            let mut keys: Vec<(u64, u32)> = try_vec(m, (0, 0), "an N:M group's keys")?;
             for (og, g) in out.chunks_exact_mut(m).zip(ch.chunks_exact(m)) {
                 for (j, &s) in g.iter().enumerate() {
                     let Some(key) = s.key() else {

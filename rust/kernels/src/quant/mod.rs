@@ -558,19 +558,30 @@ pub fn dynamic_quantize(ctx: &Ctx, x: &[f32], out: &mut [u8]) -> Result<(f32, u8
     Ok((scale, zp))
 }
 
+/// `(hi - lo) / levels` in f32, the quantizers' scale of a range `lo <= hi`. When `hi - lo`
+/// overflows f32 (a finite range wider than f32::MAX, e.g. `[-3e38, 3e38]`) the quotient is
+/// computed in f64 and rounded once: still the correctly rounded scale, and finite whenever
+/// it fits f32. Ordinary ranges take the f32 expression, so their scales are bit-identical
+/// to ONNX's `DynamicQuantizeLinear`.
+#[inline(always)]
+pub(crate) fn range_scale(lo: f32, hi: f32, levels: f32) -> f32 {
+    let s = (hi - lo) / levels;
+    if s.is_infinite() && lo.is_finite() && hi.is_finite() {
+        ((hi as f64 - lo as f64) / levels as f64) as f32
+    } else {
+        s
+    }
+}
+
 /// Scale and zero point of `DynamicQuantizeLinear` from the tensor's min and max.
 pub fn dynamic_params(min: f32, max: f32) -> (f32, u8) {
     let maxx = max.max(0.0);
     let minx = min.min(0.0);
-    let range = if maxx == minx { 1.0f32 } else { maxx - minx };
-    let mut scale = range / 255.0f32;
+    let mut scale = if maxx == minx { 1.0f32 / 255.0 } else { range_scale(minx, maxx, 255.0) };
     // Outside the reference's domain (it divides by a zero or infinite
     // scale there), keep the scale positive and finite so that the result
-    // dequantizes: a range past f32::MAX is scaled first, a subnormal range
-    // whose scale underflows takes the constant-tensor scale.
-    if scale.is_infinite() {
-        scale = maxx / 255.0 - minx / 255.0;
-    }
+    // dequantizes: a range past f32::MAX is divided in f64 (`range_scale`), a
+    // subnormal range whose scale underflows takes the constant-tensor scale.
     if scale == 0.0 {
         scale = 1.0 / 255.0;
     }

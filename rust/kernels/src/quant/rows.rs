@@ -6,8 +6,10 @@
 //! # The rule (DynamicQuantizeLinear applied to each row, with a reciprocal)
 //!
 //! All in `f32`: `lo = min(min(x), 0)`, `hi = max(max(x), 0)`,
-//! `scale = (hi - lo) / 255` (1 when that is 0, subnormal-underflowed or
-//! infinite), `zp = clamp(round_half_even(-lo / scale), 0, 255)`, and
+//! `scale = (hi - lo) / 255` (1 when that is 0 or subnormal-underflowed;
+//! when `hi - lo` overflows f32, as for `[3e38, -3e38]`, the quotient is taken
+//! in f64 and rounded once, so such a finite row quantizes correctly instead
+//! of with a made-up scale), `zp = clamp(round_half_even(-lo / scale), 0, 255)`, and
 //! `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`.
 //!
 //! The multiply by `1 / scale` (where ONNX's QuantizeLinear divides, as the
@@ -18,6 +20,7 @@
 //! `quant/arch`) give the same bytes as `quantize_row_body`.
 
 use crate::exec::{self, Ctx};
+use crate::error::{try_vec, try_with_capacity};
 use crate::{shape_err, value_err, Result};
 
 /// Activations quantized by [`quantize_rows_u8`]: `(batch, k)` uint8 rows
@@ -44,15 +47,16 @@ pub fn quantize_rows_u8(
     }
     if k == 0 {
         let (scale, zp, _) = row_qparams(0.0, 0.0);
-        return Ok((Vec::new(), vec![scale; batch], vec![zp as u8; batch]));
+        let (s, z) = (try_vec(batch, scale, "the row scales")?, try_vec(batch, zp as u8, "the row zero points")?);
+        return Ok((Vec::new(), s, z));
     }
     let quantize_row = crate::cpu::dispatch().quant.quantize_row;
-    let mut q = vec![0u8; x.len()];
+    let mut q = try_vec(x.len(), 0u8, "the quantized rows")?;
     let params = ctx.run(x.len(), || {
         exec::map_chunks_mut(&mut q, k, |b, qr| quantize_row(&x[b * k..b * k + k], qr))
     });
-    let mut scale = Vec::with_capacity(batch);
-    let mut zero_point = Vec::with_capacity(batch);
+    let mut scale = try_with_capacity(batch, "the row scales")?;
+    let mut zero_point = try_with_capacity(batch, "the row zero points")?;
     for (b, p) in params.into_iter().enumerate() {
         let Some((_, zp, s)) = p else {
             let row = &x[b * k..b * k + k];
@@ -69,9 +73,10 @@ pub fn quantize_rows_u8(
 /// (each taken with 0) are `lo <= 0 <= hi`.
 #[inline(always)]
 pub(crate) fn row_qparams(lo: f32, hi: f32) -> (f32, i32, f32) {
-    let mut scale = (hi - lo) / 255.0;
-    // Zero (constant-zero row), subnormal underflow or overflow: use 1.
-    if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
+    let mut scale = crate::quant::range_scale(lo, hi, 255.0);
+    // Zero (constant-zero row) or subnormal underflow: use 1. (A finite row's
+    // scale is finite: `range_scale` handles a range past f32::MAX exactly.)
+    if scale.is_nan() || scale <= 0.0 {
         scale = 1.0;
     }
     let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as i32;
@@ -222,6 +227,40 @@ mod tests {
                     quantize_row_u8(&bad, &mut [0u8; 4]).is_none(),
                     "{i:?} {bad:?}"
                 );
+            }
+        });
+    }
+
+    /// A finite row wider than f32::MAX (`hi - lo` overflows) quantizes on
+    /// its true range on every path: the scale is `(hi - lo) / 255` rounded
+    /// once from f64, and dequantizing gives each value back within a step.
+    #[test]
+    fn a_row_wider_than_f32_max_quantizes_on_its_true_range() {
+        let rows: [&[f32]; 4] = [
+            &[3e38, -3e38],
+            &[f32::MAX, -f32::MAX, 0.0, 1.0, -1e38, 2e38],
+            &[-f32::MAX; 3],
+            &[f32::MAX, -1e30, 5e37, -3.4e38, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1e38, -1e38, 0.5, 3e38],
+        ];
+        cpu::each_isa(|i| {
+            for x in rows {
+                let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
+                let want_scale = ((hi as f64 - lo as f64) / 255.0) as f32;
+                let kp = x.len().div_ceil(4) * 4;
+                let mut q = vec![9u8; kp];
+                let (sum, zp, scale) = quantize_row_u8(x, &mut q).expect("a finite row");
+                assert!(scale.is_finite() && scale > 0.0, "{i:?} {x:?}");
+                if (hi as f64 - lo as f64) > f32::MAX as f64 {
+                    assert_eq!(scale, want_scale, "{i:?} {x:?}");
+                }
+                assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>(), "{i:?}");
+                for (&v, &b) in x.iter().zip(&q) {
+                    let back = (b as f64 - zp as f64) * scale as f64;
+                    assert!((back - v as f64).abs() <= scale as f64, "{i:?} {v} -> {b} ({back})");
+                }
+                let mut body = vec![7u8; kp];
+                assert_eq!(quantize_row_body(x, &mut body), Some((sum, zp, scale)), "{i:?}");
+                assert_eq!(body, q, "{i:?} {x:?}");
             }
         });
     }
