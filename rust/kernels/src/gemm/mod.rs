@@ -92,6 +92,9 @@ pub fn matmul_uninit<T: OutElem>(
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     let ep = step.prepare::<T>(m, b.n)?;
+    if out.is_empty() {
+        return Ok(()); // (m, 0) or (0, n): nothing to write, and no per-row buffers for m rows
+    }
     (T::matmul_entry(&cpu::dispatch().gemm))(ctx, &a, m, k, a_zp, b, &ep, out);
     Ok(())
 }
@@ -148,6 +151,9 @@ pub fn linear_dynamic_uninit(
         relu,
     }
     .prepare::<f32>(m, b.n)?;
+    if out.is_empty() && k == 0 {
+        return Ok(()); // no value to quantize or write; no per-row buffers for m empty rows
+    }
     (cpu::dispatch().gemm.linear)(ctx, x, m, k, b, col_scale, bias, relu, out)
 }
 

@@ -210,6 +210,11 @@ pub(super) fn check_common(
             return shape_err!("bias has {} entries, expected out_features={rows}", b.len());
         }
     }
+    // The products size their output and accumulators (about two `batch × rows` buffers)
+    // from the batch, which an `x` of zero columns does not bound: reserve that much first,
+    // so a size no allocator can give is an `Error::Alloc` instead of an abort.
+    let out = crate::error::checked_len(batch, rows, "the sparse product's output")?;
+    crate::error::try_with_capacity::<f32>(out.saturating_mul(2), "the sparse product's output")?;
     Ok(())
 }
 

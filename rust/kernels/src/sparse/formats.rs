@@ -9,7 +9,7 @@
 //! `from_dense`, so the kernels may rely on its invariants (block columns in
 //! range, `indptr` monotone, value counts matching) without re-checking them.
 
-use crate::error::Result;
+use crate::error::{try_vec, try_with_capacity, Result};
 use crate::{shape_err, value_err};
 
 /// An element of a sparse matrix.
@@ -121,7 +121,7 @@ impl<T: Elem> Bsr<T> {
         }
         let brows = rows.div_ceil(r);
         let bcols = cols.div_ceil(c);
-        let mut indptr = Vec::with_capacity(brows + 1);
+        let mut indptr = try_with_capacity(brows.saturating_add(1), "the BSR row pointers")?;
         indptr.push(0u32);
         let mut bcol = Vec::new();
         let mut values = Vec::new();
@@ -252,8 +252,8 @@ impl<T: Elem> Nm<T> {
             return shape_err!("N:M groups of {m} do not tile {cols} input columns");
         }
         let groups = rows * (cols / m);
-        let mut values = Vec::with_capacity(groups * n);
-        let mut offsets = Vec::with_capacity(groups * n);
+        let mut values = try_with_capacity(groups.saturating_mul(n), "the N:M values")?;
+        let mut offsets = try_with_capacity(groups.saturating_mul(n), "the N:M offsets")?;
         for g in 0..groups {
             let base = g * m;
             let mut took = 0;
@@ -348,8 +348,8 @@ pub fn quantize_rows(
     mask: Option<&[bool]>,
 ) -> Result<(Vec<i8>, Vec<f32>)> {
     check_dense(w, rows, cols, mask)?;
-    let mut q = vec![0i8; w.len()];
-    let mut scale = vec![1f32; rows];
+    let mut q = try_vec(w.len(), 0i8, "the quantized weight")?;
+    let mut scale = try_vec(rows, 1f32, "the weight's row scales")?;
     for row in 0..rows {
         let mut mx = 0f32;
         for i in row * cols..(row + 1) * cols {
@@ -390,8 +390,8 @@ pub fn row_quant<F: FnOnce(&mut dyn FnMut(usize, i8))>(
     if let Some(s) = scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
         return value_err!("weight scales must be finite and > 0; got {s}");
     }
-    let mut sum = vec![0i64; rows];
-    let mut abs = vec![0i64; rows];
+    let mut sum = try_vec(rows, 0i64, "the weight's row sums")?;
+    let mut abs = try_vec(rows, 0i64, "the weight's row sums")?;
     visit(&mut |row, v| {
         sum[row] += v as i64;
         abs[row] += (v as i64).abs();
