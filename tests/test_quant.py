@@ -666,3 +666,67 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(hwreg_rs.quant)
     assert result.attempted >= 10 and result.failed == 0, result
+
+
+# A finite row whose range exceeds float32 max ([3e38, -3e38]: hi - lo overflows) used to get a
+# made-up scale of 1 on the dense path (garbage out) and scale=inf from calibrate; now every
+# user of the one row quantizer quantizes it on its true range, on every ISA path.
+WIDE = np.array([[3e38, -3e38], [1.0, 2.0], [-3.4e38, 3.4e38]], np.float32)
+
+
+def _wide_reference(w):
+    """The exact product on the row's own dequantized activations (scale = (hi - lo) / 255)."""
+    x = WIDE.astype(np.float64)
+    lo, hi = np.minimum(x.min(1), 0), np.maximum(x.max(1), 0)
+    step = ((hi - lo) / 255).astype(np.float32).astype(np.float64)
+    return x @ w.T.astype(np.float64), step
+
+
+def test_a_row_wider_than_float32_max_is_exact_within_a_step(each_isa):
+    # Weight scale 1: the float epilogue's `acc * x_scale` is then the result itself, so a
+    # true value past float32 max overflows to inf of its sign and every other is exact
+    # within the row's quantization steps.
+    wq = np.array([[1, 0], [0, 1], [1, 1], [1, -1]], np.int8)
+    layer = hw.Int8Linear(wq, np.float32(1.0))
+    want, step = _wide_reference(wq)
+    with np.errstate(over="ignore"):
+        got = layer(WIDE).astype(np.float64)
+    for r in range(len(WIDE)):
+        for j in range(wq.shape[0]):
+            err = step[r] * np.abs(wq[j]).sum() * 1.001
+            if abs(want[r, j]) + err > np.finfo(np.float32).max and np.isinf(got[r, j]):
+                # The true value lies within a step of float32 max: so may its grid point.
+                assert np.sign(got[r, j]) == np.sign(want[r, j])
+            else:  # each activation is off by at most half a step (ties: one), times sum |w|
+                assert abs(got[r, j] - want[r, j]) <= err, (r, j)
+
+
+def test_the_runtime_treats_wide_rows_like_ordinary_ones(each_isa):
+    net = hw.nn.Sequential(hw.nn.Linear(2, 3, rng=0))
+    model = hw.runtime.convert(net, input_shape=(2,))
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = model.predict(WIDE).astype(np.float64)
+    lin = net.layers[0] if hasattr(net, "layers") else net[0]
+    w = np.asarray(lin.weight.data, np.float64)
+    want = WIDE.astype(np.float64) @ w.T + np.asarray(lin.bias.data, np.float64)
+    assert np.isfinite(got[1]).all()
+    # Finite results are within a few quantization steps of the row (|range| / 255) times
+    # sum |w|, plus the int8 weight's own error; an int8 epilogue (acc * x_scale * w_scale,
+    # in float32) that overflows gives inf of the true sign, never a finite made-up value.
+    span = np.abs(WIDE).max(1, keepdims=True).astype(np.float64) * 2
+    tol = (span / 255) * np.abs(w).sum(1) * 2 + 0.02 * np.abs(want) + 1e-3
+    finite = np.isfinite(got)
+    assert (np.abs(got - want)[finite] <= tol[finite]).all(), (got, want)
+    assert (np.sign(got[~finite]) == np.sign(want[~finite])).all() and (np.abs(want[~finite]) > 1e30).all()
+
+
+def test_calibrate_gives_a_finite_scale_for_a_range_wider_than_float32_max():
+    for bits in (8, 4):
+        q = hw.calibrate(WIDE, symmetric=False, bits=bits)
+        span = float(WIDE.max()) - float(WIDE.min())
+        assert np.isfinite(q.scale) and q.scale == np.float32(span / (2**bits - 1))
+    q = hw.calibrate(WIDE, symmetric=True)
+    assert np.isfinite(q.scale)
+    # Ordinary data keeps its bit-exact float32 scale (the f32 expression, not f64).
+    x = np.array([-1.0, 3.0], np.float32)
+    assert hw.calibrate(x, symmetric=False, dtype=np.uint8).scale == (np.float32(3.0) - np.float32(-1.0)) / np.float32(255)
