@@ -562,6 +562,105 @@ def _mutate_arrays(rng: random.Random, arrays: dict) -> dict:
     return arrays
 
 
+def _tensor_proto(name: str, dims: list[int]) -> Any:
+    from onnx import TensorProto
+
+    t = TensorProto()
+    t.name, t.data_type = name, TensorProto.FLOAT
+    t.dims.extend(dims)
+    t.raw_data = b"\0" * 8  # far fewer bytes than the dims declare
+    return t
+
+
+def onnx_structural_mutations(data: bytes) -> list[tuple[str, Any]]:
+    """Named edits of a valid ONNX model that a hostile or broken exporter could write: huge, zero
+    or negative dims in initializers and value_info, wrong element types and byte counts, external
+    data, missing initializers and inputs, cycles, values written twice, unknown ops and domains,
+    retyped or out-of-range attributes, huge Constant tensors, absent or absurd opsets. Each is
+    `(name, edit)`; `edit(model)` changes a copy in place (or raises IndexError when it does not
+    apply)."""
+    import onnx
+    from onnx import helper
+
+    m0 = onnx.ModelProto()
+    m0.ParseFromString(data)
+    g0 = m0.graph
+    edits: list[tuple[str, Any]] = []
+
+    def add(name: str, f: Any) -> None:
+        edits.append((name, f))
+
+    def set_dim(t: Any, d: int) -> None:
+        if len(t.dims):
+            t.dims[0] = d
+        else:
+            t.dims.append(d)
+
+    def set_vi_dim(vi: Any, d: int) -> None:
+        dims = vi.type.tensor_type.shape.dim
+        if not len(dims):
+            dims.add()
+        dims[len(dims) - 1].dim_value = d
+
+    def external(t: Any) -> None:
+        t.external_data.add().key = "location"
+        t.data_location = 1
+
+    for i in range(len(g0.initializer)):
+        for d in (2**40, -1, 2**62, 0, 2**63 - 1):
+            add(f"initializer{i}.dims={d}", lambda m, i=i, d=d: set_dim(m.graph.initializer[i], d))
+        add(f"initializer{i} removed", lambda m, i=i: m.graph.initializer.__delitem__(i))
+        add(f"initializer{i}.data_type=999", lambda m, i=i: setattr(m.graph.initializer[i], "data_type", 999))
+        add(f"initializer{i}.data_type=string", lambda m, i=i: setattr(m.graph.initializer[i], "data_type", 8))
+        add(f"initializer{i}.raw_data short", lambda m, i=i: setattr(m.graph.initializer[i], "raw_data", b"\0" * 3))
+        add(f"initializer{i} external", lambda m, i=i: external(m.graph.initializer[i]))
+    for field in ("input", "output", "value_info"):
+        for j in range(len(getattr(g0, field))):
+            for d in (-5, 2**40, 2**63 - 1):
+                add(f"{field}{j} dim={d}", lambda m, f=field, j=j, d=d: set_vi_dim(getattr(m.graph, f)[j], d))
+    for k in range(len(g0.node)):
+        last = g0.node[-1].output[0]
+        add(f"node{k} unknown op", lambda m, k=k: setattr(m.graph.node[k], "op_type", "FrobnicateXYZ"))
+        add(f"node{k} foreign domain", lambda m, k=k: setattr(m.graph.node[k], "domain", "com.example"))
+        add(f"node{k} reads itself", lambda m, k=k: m.graph.node[k].input.__setitem__(0, m.graph.node[k].output[0]))
+        add(f"node{k} reads the last output", lambda m, k=k, v=last: m.graph.node[k].input.__setitem__(0, v))
+        add(f"node{k} reads a missing value", lambda m, k=k: m.graph.node[k].input.append("nowhere"))
+        add(f"node{k} writes node0's output", lambda m, k=k: m.graph.node[k].output.__setitem__(
+            0, m.graph.node[0].output[0]))
+        add(f"node{k} gets a huge tensor attribute", lambda m, k=k: m.graph.node[k].attribute.append(
+            helper.make_attribute("value", _tensor_proto("t", [2**40]))))
+        for a in range(len(g0.node[k].attribute)):
+            add(f"node{k}.attr{a} retyped ints", lambda m, k=k, a=a: (
+                setattr(m.graph.node[k].attribute[a], "type", 7),
+                m.graph.node[k].attribute[a].ints.extend([2**62, -2**62])))
+            for v in (2**62, -7, 0):
+                add(f"node{k}.attr{a} retyped int {v}", lambda m, k=k, a=a, v=v: (
+                    setattr(m.graph.node[k].attribute[a], "type", 2), setattr(m.graph.node[k].attribute[a], "i", v)))
+    add("opset 10**6", lambda m: setattr(m.opset_import[0], "version", 10**6))
+    add("no opset", lambda m: m.opset_import.__delitem__(0))
+    for dims in ([2**31, 2**31], [-1, 3]):
+        add(f"Constant of dims {dims}", lambda m, dims=dims: m.graph.node.insert(
+            0, helper.make_node("Constant", [], ["c0"], value=_tensor_proto("c0", dims))))
+    return edits
+
+
+def onnx_structural_case(rng: random.Random, data: bytes) -> tuple[str, bytes]:
+    """One random structural mutation of an ONNX model: (its name, the bytes)."""
+    import onnx
+
+    edits = onnx_structural_mutations(data)
+    for _ in range(8):
+        name, edit = rng.choice(edits)
+        m = onnx.ModelProto()
+        m.ParseFromString(data)
+        try:
+            edit(m)
+        except IndexError:
+            continue
+        return name, m.SerializeToString()
+    return "none", data
+
+
 def file_case(rng: random.Random, kind: str | None = None) -> tuple[str, str, bytes]:
     """(kind, mutation, bytes) of a mutated file."""
     kind = kind or rng.choice(FILE_KINDS)
@@ -569,7 +668,12 @@ def file_case(rng: random.Random, kind: str | None = None) -> tuple[str, str, by
     ops = ["flip", "truncate", "bytes", "append"]
     if not kind.startswith("onnx"):
         ops += ["json", "json", "json", "arrays", "oversize"]
+    else:
+        ops += ["structure"] * 4
     op = rng.choice(ops)
+    if op == "structure":
+        name, out = onnx_structural_case(rng, data)
+        return kind, f"structure: {name}", out
     b = bytearray(data)
     if op == "flip":
         for _ in range(rng.choice([1, 1, 2, 8])):
@@ -918,3 +1022,27 @@ def test_known_fork_then_small_pool_hangs():
 
     r = subprocess.run([sys.executable, "-c", FORK_THEN_POOL], timeout=60)
     assert r.returncode == 0, "the forked child's MaxPool2d hung"
+
+
+@pytest.mark.parametrize("kind", ["onnx_mlp", "onnx_cnn"])
+def test_every_structural_onnx_mutation_is_refused_or_loaded(kind):
+    """Each named hostile edit (not a random sample): FormatError / ValueError naming what is wrong,
+    or a model that loads; never another exception (the random runs add the subprocess and the
+    time limit)."""
+    import onnx
+
+    data = _onnx_bytes(kind)
+    seen = 0
+    for name, edit in onnx_structural_mutations(data):
+        m = onnx.ModelProto()
+        m.ParseFromString(data)
+        try:
+            edit(m)
+        except IndexError:
+            continue
+        seen += 1
+        try:
+            hw.onnx.load(m.SerializeToString())
+        except (io.FormatError, ValueError) as e:
+            assert str(e), name
+    assert seen > 50

@@ -512,6 +512,9 @@ def _fold(node: Any, st: _Import, attrs: dict[str, Any], ins: list[str]) -> None
             arr = np.array(attrs[keys[0]], vals[keys[0]])
         else:
             arr = attrs["value"]
+            if not isinstance(arr, np.ndarray):  # a file may retype the attribute: TENSOR is the only kind
+                raise FormatError(f"op Constant (node {node.name!r}): attribute 'value' must be a tensor; got "
+                                  f"{type(arr).__name__} {str(arr)[:60]}")
         st.static[node.output[0]] = _Static((arr, arr))
         return
     results: list[list[np.ndarray]] = []
