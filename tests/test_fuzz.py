@@ -453,10 +453,50 @@ def api_case(rng: random.Random) -> tuple[str, list, dict]:
     return name, args, kwargs
 
 
+class WrongAnswer(Exception):
+    """A call that returned, but not what a NumPy reference computes for the same arguments."""
+
+
+def _plain_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _int_matrix(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype.kind in "iu" and v.dtype.itemsize == 1
+
+
+def check_answer(name: str, args: list, kwargs: dict, result: Any) -> None:
+    """Oracles for the exact kernels: whatever hostile arguments a call accepted, its result is the
+    reference's (a wrong answer is as bad as a crash)."""
+    if name == "matmul_integer" and not kwargs and len(args) == 4 and _int_matrix(args[0]) \
+            and _int_matrix(args[1]) and _plain_int(args[2]) and _plain_int(args[3]):
+        a, b, za, zb = args
+        want = (a.astype(np.int64) - int(za)) @ (b.astype(np.int64) - int(zb))
+        if not np.array_equal(np.asarray(result).astype(np.int64), want):
+            raise WrongAnswer(f"matmul_integer {a.shape} x {b.shape}, zero points {za}, {zb}")
+    elif name == "dynamic_quantize" and not kwargs and len(args) == 1 and isinstance(args[0], np.ndarray):
+        x = np.asarray(args[0], np.float64)
+        q, scale, zp = result
+        back = (np.asarray(q, np.float64) - float(zp)) * float(scale)
+        lo, hi = min(x.min(initial=0.0), 0.0), max(x.max(initial=0.0), 0.0)
+        inside = (x >= lo) & (x <= hi)
+        if not (np.abs(back - x)[inside] <= float(scale) * (1 + 1e-6) + 1e-30).all():
+            raise WrongAnswer(f"dynamic_quantize of {x.shape}: a value is more than a step off")
+    elif name == "quantize" and len(args) == 3 and isinstance(args[0], np.ndarray) and args[0].dtype == np.float32 \
+            and isinstance(args[1], float) and _plain_int(args[2]) and kwargs == {"axis": None, "dtype": "int8"}:
+        x, s, z = args
+        want = np.clip(np.round(x.astype(np.float32) / np.float32(s)) + z, -128, 127)
+        if not np.array_equal(np.asarray(result, np.float64), want.astype(np.float64)):
+            raise WrongAnswer(f"quantize of {x.shape} with scale {s}, zero point {z}")
+
+
 def run_api_case(case: tuple[str, list, dict]) -> Any:
     name, args, kwargs = case
     fn = TARGETS[name][0]
-    return fn(*_build(args), **_build(kwargs))
+    args, kwargs = _build(args), _build(kwargs)
+    result = fn(*args, **kwargs)
+    check_answer(name, args, kwargs, result)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -750,6 +790,8 @@ def run_file_case(case: tuple[str, str, bytes]) -> Any:
 
 
 def _classify(e: BaseException) -> str:
+    if isinstance(e, WrongAnswer):
+        return "wrong"
     if isinstance(e, io.FormatError):
         return "FormatError"
     for t in (MemoryError, TypeError, ValueError, OSError):
@@ -1046,3 +1088,15 @@ def test_every_structural_onnx_mutation_is_refused_or_loaded(kind):
         except (io.FormatError, ValueError) as e:
             assert str(e), name
     assert seen > 50
+
+
+def test_the_oracles_catch_a_wrong_answer():
+    a = np.array([[1, 2]], np.int8)
+    b = np.array([[3], [4]], np.int8)
+    check_answer("matmul_integer", [a, b, 0, 0], {}, np.array([[11]]))
+    with pytest.raises(WrongAnswer):
+        check_answer("matmul_integer", [a, b, 0, 0], {}, np.array([[12]]))
+    x = np.array([[3e38, -3e38]], np.float32)
+    with pytest.raises(WrongAnswer):  # the old dense-path garbage for a row wider than float32 max
+        check_answer("dynamic_quantize", [x], {}, (np.array([[0, 255]], np.uint8), np.float32(1.0), np.uint8(0)))
+    check_answer("dynamic_quantize", [x], {}, hw.dynamic_quantize(x))
