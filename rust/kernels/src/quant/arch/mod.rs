@@ -1,5 +1,6 @@
 //! The per-ISA code of the quantization family: one [`Kernels`] table per
-//! path (`generic.rs`, `x86_avx2.rs`, `x86_avx512.rs`), chosen by
+//! path (`generic.rs`, `x86_avx2.rs`, `x86_avx512.rs`; the two x86 widths
+//! share their loops, written once in `x86_simd.rs`), chosen by
 //! [`crate::cpu::dispatch`]. The portable loops in `quant/mod.rs` and
 //! `quant/rows.rs` are the generic path and the reference every SIMD path
 //! is tested against.
@@ -9,6 +10,8 @@ pub(crate) mod generic;
 pub(crate) mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_simd;
 
 /// Quantize with one scale / zero point for the run: `(x, scale, zp, lo, hi, out, stream)`.
 pub(crate) type QuantRunFn = fn(&[f32], f32, f32, f32, f32, &mut [u8], bool);

@@ -1,9 +1,8 @@
-//! AVX-512 (F/BW/VL) loops of the quantization kernels: 16 floats per vector, 64 per
-//! iteration, masked loads and stores for the tails.
-//!
-//! Same arithmetic as the scalar reference in `mod.rs` (`vdivps`, `vrndscaleps` to
-//! nearest-even, add the zero point, `vmaxps(v, lo)` so NaN -> lo, `vminps`, exact
-//! convert, `vpmovdb` truncation of the in-range value).
+//! AVX-512 (F/BW/VL) width of the quantization kernels: 16 floats per vector, 64 per
+//! iteration: the [`Lanes`] of the x86 bodies in `x86_simd.rs` (`vdivps`,
+//! `vrndscaleps` to nearest-even, `vmaxps(v, lo)` then `vminps`, exact convert,
+//! `vpmovdb` truncation of the in-range value), and its own activation row
+//! quantizer with masked tails.
 //!
 //! The bodies are `#[inline(always)]`; `table!(avx512)` emits their
 //! `#[target_feature]` wrappers and the safe `KERNELS` table, which
@@ -12,7 +11,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::{dequant1, min_max_body, quant1, stream_head};
+use super::x86_simd::{self as simd, Lanes};
+use crate::quant::min_max_body;
 
 super::table!(avx512);
 
@@ -21,202 +21,91 @@ unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
     min_max_body(x)
 }
 
-#[inline(always)]
-unsafe fn q16(x: __m512, s: __m512, zp: __m512, lo: __m512, hi: __m512) -> __m128i {
-    let v = _mm512_div_ps(x, s);
-    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-    let v = _mm512_add_ps(v, zp);
-    _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi)))
-}
+/// The AVX-512 vector width.
+pub(crate) struct Avx512;
 
-/// Mask of the first `n` (<= 16) lanes.
-#[inline(always)]
-fn tail_mask(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
+impl Lanes for Avx512 {
+    const W: usize = 16;
+    const QUANT_ALIGN: usize = 16;
+    const DEQUANT_ALIGN: usize = 64;
+    type F = __m512;
+    type I = __m512i;
+    #[inline(always)]
+    unsafe fn loadu(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn set1(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn store<const STREAM: bool>(p: *mut f32, v: __m512) {
+        if STREAM {
+            _mm512_stream_ps(p, v)
+        } else {
+            _mm512_storeu_ps(p, v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn q(x: __m512, s: __m512, zp: __m512, lo: __m512, hi: __m512) -> __m512i {
+        let v = _mm512_div_ps(x, s);
+        let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let v = _mm512_add_ps(v, zp);
+        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi))
+    }
+    #[inline(always)]
+    unsafe fn store_q4<const SIGNED: bool, const STREAM: bool>(p: *mut u8, v: [__m512i; 4]) {
+        // In range, so the truncating `vpmovdb` is exact for int8 and uint8 alike.
+        for (k, vk) in v.into_iter().enumerate() {
+            let b = _mm512_cvtepi32_epi8(vk);
+            if STREAM {
+                _mm_stream_si128(p.add(16 * k).cast(), b)
+            } else {
+                _mm_storeu_si128(p.add(16 * k).cast(), b)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn widen<const SIGNED: bool>(p: *const u8) -> __m512 {
+        let v = _mm_loadu_si128(p.cast());
+        _mm512_cvtepi32_ps(if SIGNED {
+            _mm512_cvtepi8_epi32(v)
+        } else {
+            _mm512_cvtepu8_epi32(v)
+        })
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        _mm_sfence()
+    }
 }
 
 #[inline(always)]
 unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
-    let n = x.len().min(out.len());
-    // Streaming: scalar head up to a 16-byte aligned output, then `vmovntdq`.
-    let head = stream_head(out, n, stream, 16, |j| quant1(x[j], s, zp, lo, hi));
-    if stream {
-        quant_run_t::<true>(&x[head..n], s, zp, lo, hi, &mut out[head..n]);
-        _mm_sfence();
-    } else {
-        quant_run_t::<false>(&x[..n], s, zp, lo, hi, &mut out[..n]);
-    }
-}
-
-#[inline(always)]
-unsafe fn quant_run_t<const STREAM: bool>(
-    x: &[f32],
-    s: f32,
-    zp: f32,
-    lo: f32,
-    hi: f32,
-    out: &mut [u8],
-) {
-    let n = x.len().min(out.len());
-    let (vs, vz, vlo, vhi) = (
-        _mm512_set1_ps(s),
-        _mm512_set1_ps(zp),
-        _mm512_set1_ps(lo),
-        _mm512_set1_ps(hi),
-    );
-    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 64 <= n {
-        for k in 0..4 {
-            let o = i + 16 * k;
-            let v = q16(_mm512_loadu_ps(xp.add(o)), vs, vz, vlo, vhi);
-            if STREAM {
-                _mm_stream_si128(op.add(o).cast(), v);
-            } else {
-                _mm_storeu_si128(op.add(o).cast(), v);
-            }
-        }
-        i += 64;
-    }
-    while i < n {
-        let m = tail_mask((n - i).min(16));
-        let v = q16(_mm512_maskz_loadu_ps(m, xp.add(i)), vs, vz, vlo, vhi);
-        _mm_mask_storeu_epi8(op.add(i).cast(), m, v);
-        i += 16;
-    }
+    simd::quant_run::<Avx512>(x, s, zp, lo, hi, out, stream)
 }
 
 #[inline(always)]
 unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
-    let n = x.len().min(out.len()).min(s.len()).min(zp.len());
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    let (xp, sp, zpp, op) = (x.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i < n {
-        let m = tail_mask((n - i).min(16));
-        // Masked-off lanes load 1.0 as the scale so they never divide by zero.
-        let vs = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, sp.add(i));
-        let v = q16(
-            _mm512_maskz_loadu_ps(m, xp.add(i)),
-            vs,
-            _mm512_maskz_loadu_ps(m, zpp.add(i)),
-            vlo,
-            vhi,
-        );
-        _mm_mask_storeu_epi8(op.add(i).cast(), m, v);
-        i += 16;
-    }
-}
-
-#[inline(always)]
-unsafe fn widen16(v: __m128i, signed: bool) -> __m512 {
-    let w = if signed {
-        _mm512_cvtepi8_epi32(v)
-    } else {
-        _mm512_cvtepu8_epi32(v)
-    };
-    _mm512_cvtepi32_ps(w)
+    simd::quant_row::<Avx512>(x, s, zp, lo, hi, out)
 }
 
 #[inline(always)]
 unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
-    let n = q.len().min(out.len());
-    let head = stream_head(out, n, stream, 64, |j| dequant1(q[j], signed, s, zp));
-    let (q, out) = (&q[head..n], &mut out[head..n]);
-    if stream {
-        dequant_run_t::<true>(q, signed, s, zp, out);
-        _mm_sfence();
-    } else {
-        dequant_run_t::<false>(q, signed, s, zp, out);
-    }
+    simd::dequant_run::<Avx512>(q, signed, s, zp, out, stream)
 }
 
 #[inline(always)]
-unsafe fn dequant_run_t<const STREAM: bool>(
-    q: &[u8],
-    signed: bool,
-    s: f32,
-    zp: f32,
-    out: &mut [f32],
-) {
-    let n = q.len().min(out.len());
-    let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-    let (qp, op) = (q.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 64 <= n {
-        for k in 0..4 {
-            let o = i + 16 * k;
-            let f = widen16(_mm_loadu_si128(qp.add(o).cast()), signed);
-            let v = _mm512_mul_ps(_mm512_sub_ps(f, vz), vs);
-            if STREAM {
-                _mm512_stream_ps(op.add(o), v);
-            } else {
-                _mm512_storeu_ps(op.add(o), v);
-            }
-        }
-        i += 64;
-    }
-    while i < n {
-        let m = tail_mask((n - i).min(16));
-        let f = widen16(_mm_maskz_loadu_epi8(m, qp.add(i).cast()), signed);
-        _mm512_mask_storeu_ps(op.add(i), m, _mm512_mul_ps(_mm512_sub_ps(f, vz), vs));
-        i += 16;
-    }
-}
-
-#[inline(always)]
-unsafe fn dequant_row(
-    q: &[u8],
-    signed: bool,
-    s: &[f32],
-    zp: &[f32],
-    out: &mut [f32],
-    stream: bool,
-) {
-    let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = stream_head(out, n, stream, 64, |j| dequant1(q[j], signed, s[j], zp[j]));
-    let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
-    if stream {
-        dequant_row_t::<true>(q, signed, s, zp, out);
-        _mm_sfence();
-    } else {
-        dequant_row_t::<false>(q, signed, s, zp, out);
-    }
-}
-
-#[inline(always)]
-unsafe fn dequant_row_t<const STREAM: bool>(
-    q: &[u8],
-    signed: bool,
-    s: &[f32],
-    zp: &[f32],
-    out: &mut [f32],
-) {
-    let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let (qp, sp, zpp, op) = (q.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 16 <= n {
-        let f = widen16(_mm_loadu_si128(qp.add(i).cast()), signed);
-        let r = _mm512_mul_ps(
-            _mm512_sub_ps(f, _mm512_loadu_ps(zpp.add(i))),
-            _mm512_loadu_ps(sp.add(i)),
-        );
-        if STREAM {
-            _mm512_stream_ps(op.add(i), r);
-        } else {
-            _mm512_storeu_ps(op.add(i), r);
-        }
-        i += 16;
-    }
-    if i < n {
-        let m = tail_mask(n - i);
-        let f = widen16(_mm_maskz_loadu_epi8(m, qp.add(i).cast()), signed);
-        let r = _mm512_mul_ps(
-            _mm512_sub_ps(f, _mm512_maskz_loadu_ps(m, zpp.add(i))),
-            _mm512_maskz_loadu_ps(m, sp.add(i)),
-        );
-        _mm512_mask_storeu_ps(op.add(i), m, r);
-    }
+unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+    simd::dequant_row::<Avx512>(q, signed, s, zp, out, stream)
 }
 
 /// The activation row quantizer ([`crate::quant::rows`]) in AVX-512: the same arithmetic (so
