@@ -66,7 +66,9 @@ pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
 /// (no memory holds it), named like the buffer.
 pub fn checked_len(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| {
-        Error::Alloc(format!("{what} of {a} x {b} elements is larger than memory can address"))
+        Error::Alloc(format!(
+            "{what} of {a} x {b} elements is larger than memory can address"
+        ))
     })
 }
 
@@ -106,7 +108,11 @@ mod absurd_sizes {
     #[test]
     fn unfolds_with_huge_paddings() {
         let x = [1.0f32];
-        for (p, alloc) in [((1 << 22, 1 << 22), true), ((1 << 62, 1), false), ((1, usize::MAX / 2), false)] {
+        for (p, alloc) in [
+            ((1 << 22, 1 << 22), true),
+            ((1 << 62, 1), false),
+            ((1, usize::MAX / 2), false),
+        ] {
             let win = Window::new(1, 1, 1, 1, (1, 1), (1, 1), p);
             let r = conv::im2col(&TEST, &x, win, 0.0);
             let q = nhwc::im2col(&TEST, &x, win, 0.0);
@@ -124,8 +130,14 @@ mod absurd_sizes {
     fn pooling_and_its_gradients_with_huge_planes() {
         // A (1, 1, 2^23, 2^23) plane under a window as big: one output, 2^46 inputs.
         let win = Window::new(1, 1, 1 << 23, 1 << 23, (1 << 23, 1 << 23), (1, 1), (0, 0));
-        alloc_err(conv::max_pool2d_backward(&TEST, &[1.0], &[0], win), "max_pool2d_backward");
-        alloc_err(conv::avg_pool2d_backward(&TEST, &[1.0], win), "avg_pool2d_backward");
+        alloc_err(
+            conv::max_pool2d_backward(&TEST, &[1.0], &[0], win),
+            "max_pool2d_backward",
+        );
+        alloc_err(
+            conv::avg_pool2d_backward(&TEST, &[1.0], win),
+            "avg_pool2d_backward",
+        );
         // Strided: one column per image of 2^46 pixels.
         let win = Window::new(1, 1, 1 << 23, 1 << 23, (1, 1), (1 << 23, 1 << 23), (0, 0));
         alloc_err(conv::col2im(&TEST, &[1.0f32], win), "col2im");
@@ -135,7 +147,10 @@ mod absurd_sizes {
         refused(conv::avg_pool2d(&TEST, &[1.0], win), "avg_pool2d");
         refused(nhwc::pool2d(&TEST, &[1.0], win, nhwc::Pool::Max), "pool2d");
         let win = Window::new(HUGE, HUGE, 1, 1, (1, 1), (1, 1), (0, 0));
-        refused(conv::max_pool2d(&TEST, &[], win), "max_pool2d of an overflowing shape");
+        refused(
+            conv::max_pool2d(&TEST, &[], win),
+            "max_pool2d of an overflowing shape",
+        );
     }
 
     #[test]
@@ -149,29 +164,57 @@ mod absurd_sizes {
         let a = ASource::U8(&[]);
         let r = gemm::matmul_vec::<i32>(&TEST, a, HUGE, 0, ZeroPoint::Scalar(0), &b3, &step);
         alloc_err(r, "(2^46, 0) x (0, 3)");
-        let lin = |b| gemm::linear_dynamic_vec(&TEST, &[], HUGE, 0, b, Param::Scalar(1.0), None, false);
+        let lin =
+            |b| gemm::linear_dynamic_vec(&TEST, &[], HUGE, 0, b, Param::Scalar(1.0), None, false);
         assert_eq!(lin(&b0).unwrap(), Vec::<f32>::new());
         alloc_err(lin(&b3), "linear_dynamic (2^46, 0) x (0, 3)");
-        alloc_err(PackedB::from_nk_i8(&TEST, &[], 1 << 62, 0, ZeroPoint::Scalar(0)), "packing (0, 2^62)");
+        alloc_err(
+            PackedB::from_nk_i8(&TEST, &[], 1 << 62, 0, ZeroPoint::Scalar(0)),
+            "packing (0, 2^62)",
+        );
     }
 
     #[test]
     fn sparse_products_with_empty_inner_dimensions() {
         use crate::sparse::{bsr_f32_linear, nm_f32_linear, Bsr, Nm};
         let b = Bsr::from_dense(&[] as &[f32], 3, 0, None, 1, 1).unwrap();
-        alloc_err(bsr_f32_linear(&TEST, &b, &[], HUGE, None, false), "bsr (2^46, 0)");
+        alloc_err(
+            bsr_f32_linear(&TEST, &b, &[], HUGE, None, false),
+            "bsr (2^46, 0)",
+        );
         let nm = Nm::from_dense(&[] as &[f32], 3, 0, None, 2, 4).unwrap();
-        alloc_err(nm_f32_linear(&TEST, &nm, &[], HUGE, None, false), "nm (2^46, 0)");
-        refused(Bsr::from_dense(&[] as &[f32], usize::MAX, 0, None, 1, 1), "bsr rows");
-        refused(crate::sparse::quantize_rows(&[], usize::MAX, 0, None), "quantize_rows");
+        alloc_err(
+            nm_f32_linear(&TEST, &nm, &[], HUGE, None, false),
+            "nm (2^46, 0)",
+        );
+        refused(
+            Bsr::from_dense(&[] as &[f32], usize::MAX, 0, None, 1, 1),
+            "bsr rows",
+        );
+        refused(
+            crate::sparse::quantize_rows(&[], usize::MAX, 0, None),
+            "quantize_rows",
+        );
     }
 
     #[test]
     fn quantizers_and_masks_of_absurd_extent() {
-        alloc_err(crate::quant::rows::quantize_rows_u8(&TEST, &[], HUGE, 0), "rows of k = 0");
-        refused(crate::quant::rows::quantize_rows_u8(&TEST, &[], HUGE, HUGE), "overflowing rows");
+        alloc_err(
+            crate::quant::rows::quantize_rows_u8(&TEST, &[], HUGE, 0),
+            "rows of k = 0",
+        );
+        refused(
+            crate::quant::rows::quantize_rows_u8(&TEST, &[], HUGE, HUGE),
+            "overflowing rows",
+        );
         // An empty weight tiles with any group size: nothing is allocated for the group.
-        assert_eq!(crate::prune::nm_keep(&TEST, &[] as &[f32], 2, 1 << 60).unwrap(), vec![]);
-        refused(crate::prune::nm_keep(&TEST, &[1.0f32; 4], 2, 1 << 60), "nm_keep");
+        assert_eq!(
+            crate::prune::nm_keep(&TEST, &[] as &[f32], 2, 1 << 60).unwrap(),
+            vec![]
+        );
+        refused(
+            crate::prune::nm_keep(&TEST, &[1.0f32; 4], 2, 1 << 60),
+            "nm_keep",
+        );
     }
 }

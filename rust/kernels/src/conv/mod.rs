@@ -246,5 +246,8 @@ pub(crate) fn unfold_buffer<T: Copy>(
     let total = rows
         .checked_mul(k)
         .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
-    Ok((win, crate::error::try_vec(total, pad, "the im2col columns")?))
+    Ok((
+        win,
+        crate::error::try_vec(total, pad, "the im2col columns")?,
+    ))
 }

@@ -69,28 +69,27 @@ fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let run = win.kw * c; // one kernel row of taps
     // `cols` holds oh·ow rows (the window was checked); pixel p is row p.
-    for (p, row) in cols.chunks_exact_mut(win.kh * run).take(oh * ow).enumerate() {
+    let rows = cols.chunks_exact_mut(win.kh * run).take(oh * ow);
+    for (p, row) in rows.enumerate() {
         let (oy, ox) = (p / ow, p % ow);
-        {
-            let x0 = (ox * win.sw) as isize - win.pw as isize;
-            let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
-            for (ky, seg) in row.chunks_exact_mut(run).enumerate() {
-                let iy = (oy * win.sh + ky) as isize - win.ph as isize;
-                if iy < 0 || iy as usize >= win.h {
-                    seg.fill(pad);
-                    continue;
-                }
-                let line = &x[iy as usize * win.w * c..(iy as usize + 1) * win.w * c];
-                if inside {
-                    seg.copy_from_slice(&line[x0 as usize * c..x0 as usize * c + run]);
-                } else {
-                    for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
-                        let ix = x0 + kx as isize;
-                        if ix < 0 || ix as usize >= win.w {
-                            px.fill(pad);
-                        } else {
-                            px.copy_from_slice(&line[ix as usize * c..(ix as usize + 1) * c]);
-                        }
+        let x0 = (ox * win.sw) as isize - win.pw as isize;
+        let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
+        for (ky, seg) in row.chunks_exact_mut(run).enumerate() {
+            let iy = (oy * win.sh + ky) as isize - win.ph as isize;
+            if iy < 0 || iy as usize >= win.h {
+                seg.fill(pad);
+                continue;
+            }
+            let line = &x[iy as usize * win.w * c..(iy as usize + 1) * win.w * c];
+            if inside {
+                seg.copy_from_slice(&line[x0 as usize * c..x0 as usize * c + run]);
+            } else {
+                for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
+                    let ix = x0 + kx as isize;
+                    if ix < 0 || ix as usize >= win.w {
+                        px.fill(pad);
+                    } else {
+                        px.copy_from_slice(&line[ix as usize * c..(ix as usize + 1) * c]);
                     }
                 }
             }

@@ -42,7 +42,10 @@ fn env_threads() -> Option<usize> {
     static ENV: OnceLock<Option<usize>> = OnceLock::new();
     *ENV.get_or_init(|| {
         let var = |name| std::env::var(name).ok();
-        thread_setting(var("HWREG_NUM_THREADS").as_deref(), var("OMP_NUM_THREADS").as_deref())
+        thread_setting(
+            var("HWREG_NUM_THREADS").as_deref(),
+            var("OMP_NUM_THREADS").as_deref(),
+        )
     })
 }
 
@@ -77,7 +80,16 @@ mod tests {
         assert_eq!(t(None, Some("5")), Some(5));
         assert_eq!(t(Some(" 2 "), None), Some(2));
         assert_eq!(t(None, Some("4,2")), Some(4));
-        for bad in ["", "0", "-2", "four", "1e3", "2.5", "65537", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "0",
+            "-2",
+            "four",
+            "1e3",
+            "2.5",
+            "65537",
+            "99999999999999999999999",
+        ] {
             assert_eq!(t(Some(bad), Some("6")), Some(6), "{bad:?}");
             assert_eq!(t(Some(bad), None), None, "{bad:?}");
             assert_eq!(t(None, Some(bad)), None, "{bad:?}");

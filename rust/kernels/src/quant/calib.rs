@@ -128,10 +128,18 @@ pub fn qparams(min: f32, max: f32, spec: &Spec) -> (f32, i32) {
     };
     if spec.symmetric {
         let amax = (-min_neg).max(max_pos);
-        let scale = finish(super::range_scale(0.0, amax, (spec.qmax - spec.qmin) as f32 / 2.0));
+        let scale = finish(super::range_scale(
+            0.0,
+            amax,
+            (spec.qmax - spec.qmin) as f32 / 2.0,
+        ));
         (scale, spec.symmetric_zero_point)
     } else {
-        let scale = finish(super::range_scale(min_neg, max_pos, (spec.qmax - spec.qmin) as f32));
+        let scale = finish(super::range_scale(
+            min_neg,
+            max_pos,
+            (spec.qmax - spec.qmin) as f32,
+        ));
         let zp = spec.qmin - (min_neg / scale).round_ties_even() as i32;
         (scale, zp.clamp(spec.qmin, spec.qmax))
     }

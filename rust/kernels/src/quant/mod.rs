@@ -577,7 +577,11 @@ pub(crate) fn range_scale(lo: f32, hi: f32, levels: f32) -> f32 {
 pub fn dynamic_params(min: f32, max: f32) -> (f32, u8) {
     let maxx = max.max(0.0);
     let minx = min.min(0.0);
-    let mut scale = if maxx == minx { 1.0f32 / 255.0 } else { range_scale(minx, maxx, 255.0) };
+    let mut scale = if maxx == minx {
+        1.0f32 / 255.0
+    } else {
+        range_scale(minx, maxx, 255.0)
+    };
     // Outside the reference's domain (it divides by a zero or infinite
     // scale there), keep the scale positive and finite so that the result
     // dequantizes: a range past f32::MAX is divided in f64 (`range_scale`), a

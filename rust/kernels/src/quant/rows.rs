@@ -19,8 +19,8 @@
 //! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
 //! `quant/arch`) give the same bytes as `quantize_row_body`.
 
-use crate::exec::{self, Ctx};
 use crate::error::{try_vec, try_with_capacity};
+use crate::exec::{self, Ctx};
 use crate::{shape_err, value_err, Result};
 
 /// Activations quantized by [`quantize_rows_u8`]: `(batch, k)` uint8 rows
@@ -47,7 +47,10 @@ pub fn quantize_rows_u8(
     }
     if k == 0 {
         let (scale, zp, _) = row_qparams(0.0, 0.0);
-        let (s, z) = (try_vec(batch, scale, "the row scales")?, try_vec(batch, zp as u8, "the row zero points")?);
+        let (s, z) = (
+            try_vec(batch, scale, "the row scales")?,
+            try_vec(batch, zp as u8, "the row zero points")?,
+        );
         return Ok((Vec::new(), s, z));
     }
     let quantize_row = crate::cpu::dispatch().quant.quantize_row;
@@ -240,11 +243,31 @@ mod tests {
             &[3e38, -3e38],
             &[f32::MAX, -f32::MAX, 0.0, 1.0, -1e38, 2e38],
             &[-f32::MAX; 3],
-            &[f32::MAX, -1e30, 5e37, -3.4e38, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1e38, -1e38, 0.5, 3e38],
+            &[
+                f32::MAX,
+                -1e30,
+                5e37,
+                -3.4e38,
+                1.0,
+                2.0,
+                3.0,
+                4.0,
+                5.0,
+                6.0,
+                7.0,
+                8.0,
+                9.0,
+                1e38,
+                -1e38,
+                0.5,
+                3e38,
+            ],
         ];
         cpu::each_isa(|i| {
             for x in rows {
-                let (lo, hi) = x.iter().fold((0.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
+                let (lo, hi) = x
+                    .iter()
+                    .fold((0.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
                 let want_scale = ((hi as f64 - lo as f64) / 255.0) as f32;
                 let kp = x.len().div_ceil(4) * 4;
                 let mut q = vec![9u8; kp];
@@ -256,10 +279,17 @@ mod tests {
                 assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>(), "{i:?}");
                 for (&v, &b) in x.iter().zip(&q) {
                     let back = (b as f64 - zp as f64) * scale as f64;
-                    assert!((back - v as f64).abs() <= scale as f64, "{i:?} {v} -> {b} ({back})");
+                    assert!(
+                        (back - v as f64).abs() <= scale as f64,
+                        "{i:?} {v} -> {b} ({back})"
+                    );
                 }
                 let mut body = vec![7u8; kp];
-                assert_eq!(quantize_row_body(x, &mut body), Some((sum, zp, scale)), "{i:?}");
+                assert_eq!(
+                    quantize_row_body(x, &mut body),
+                    Some((sum, zp, scale)),
+                    "{i:?}"
+                );
                 assert_eq!(body, q, "{i:?} {x:?}");
             }
         });

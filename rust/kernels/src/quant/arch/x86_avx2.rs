@@ -113,6 +113,13 @@ unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], 
 }
 
 #[inline(always)]
-unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+unsafe fn dequant_row(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+    stream: bool,
+) {
     simd::dequant_row::<Avx2>(q, signed, s, zp, out, stream)
 }

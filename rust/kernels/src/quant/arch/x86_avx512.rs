@@ -86,6 +86,126 @@ impl Lanes for Avx512 {
     unsafe fn fence() {
         _mm_sfence()
     }
+    #[inline(always)]
+    unsafe fn quant_run_tail(
+        x: &[f32],
+        s: f32,
+        zp: f32,
+        lo: f32,
+        hi: f32,
+        out: &mut [u8],
+        mut i: usize,
+    ) {
+        let n = x.len().min(out.len());
+        let (vs, vz, vlo, vhi) = (
+            _mm512_set1_ps(s),
+            _mm512_set1_ps(zp),
+            _mm512_set1_ps(lo),
+            _mm512_set1_ps(hi),
+        );
+        while i < n {
+            let m = tail_mask(n - i);
+            let v = Self::q(
+                _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
+                vs,
+                vz,
+                vlo,
+                vhi,
+            );
+            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
+            i += 16;
+        }
+    }
+    #[inline(always)]
+    unsafe fn quant_row_tail(
+        x: &[f32],
+        s: &[f32],
+        zp: &[f32],
+        lo: f32,
+        hi: f32,
+        out: &mut [u8],
+        mut i: usize,
+    ) {
+        let n = x.len().min(out.len()).min(s.len()).min(zp.len());
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        while i < n {
+            let m = tail_mask(n - i);
+            // Masked-off lanes load 1.0 as the scale so they never divide by zero.
+            let vs = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, s.as_ptr().add(i));
+            let vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
+            let v = Self::q(
+                _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
+                vs,
+                vz,
+                vlo,
+                vhi,
+            );
+            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
+            i += 16;
+        }
+    }
+    #[inline(always)]
+    unsafe fn dequant_run_tail<const SIGNED: bool>(
+        q: &[u8],
+        s: f32,
+        zp: f32,
+        out: &mut [f32],
+        mut i: usize,
+    ) {
+        let n = q.len().min(out.len());
+        let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
+        while i < n {
+            let m = tail_mask(n - i);
+            let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
+            _mm512_mask_storeu_ps(
+                out.as_mut_ptr().add(i),
+                m,
+                _mm512_mul_ps(_mm512_sub_ps(f, vz), vs),
+            );
+            i += 16;
+        }
+    }
+    #[inline(always)]
+    unsafe fn dequant_row_tail<const SIGNED: bool>(
+        q: &[u8],
+        s: &[f32],
+        zp: &[f32],
+        out: &mut [f32],
+        mut i: usize,
+    ) {
+        let n = q.len().min(out.len()).min(s.len()).min(zp.len());
+        while i < n {
+            let m = tail_mask(n - i);
+            let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
+            let r = _mm512_mul_ps(
+                _mm512_sub_ps(f, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i))),
+                _mm512_maskz_loadu_ps(m, s.as_ptr().add(i)),
+            );
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, r);
+            i += 16;
+        }
+    }
+}
+
+/// Mask of the first `min(n, 16)` lanes.
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// The bytes of the lanes in `m` at `p`, widened to f32 (0 elsewhere).
+#[inline(always)]
+unsafe fn widen_masked<const SIGNED: bool>(m: __mmask16, p: *const u8) -> __m512 {
+    let v = _mm_maskz_loadu_epi8(m, p.cast());
+    _mm512_cvtepi32_ps(if SIGNED {
+        _mm512_cvtepi8_epi32(v)
+    } else {
+        _mm512_cvtepu8_epi32(v)
+    })
 }
 
 #[inline(always)]
@@ -104,7 +224,14 @@ unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], 
 }
 
 #[inline(always)]
-unsafe fn dequant_row(q: &[u8], signed: bool, s: &[f32], zp: &[f32], out: &mut [f32], stream: bool) {
+unsafe fn dequant_row(
+    q: &[u8],
+    signed: bool,
+    s: &[f32],
+    zp: &[f32],
+    out: &mut [f32],
+    stream: bool,
+) {
     simd::dequant_row::<Avx512>(q, signed, s, zp, out, stream)
 }
 

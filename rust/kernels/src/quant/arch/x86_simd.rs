@@ -6,8 +6,9 @@
 //! Same arithmetic as the scalar reference in `quant/mod.rs`: IEEE division,
 //! round to nearest-even, add the zero point, `max(v, lo)` (NaN -> lo) then
 //! `min(v, hi)`, an exact convert of the now in-range integer; dequantize is
-//! `(q - zp) * scale`. Full groups of vectors run in SIMD, the tail (under one
-//! group) runs `quant1` / `dequant1`, which give the same values.
+//! `(q - zp) * scale`. Full groups of four vectors run in SIMD; the tail (under
+//! one group) runs the width's tail methods: `quant1` / `dequant1` (the same
+//! values) by default, masked vectors where the width has them.
 
 use crate::quant::{dequant1, quant1, stream_head};
 
@@ -35,6 +36,62 @@ pub(crate) trait Lanes {
     unsafe fn widen<const SIGNED: bool>(p: *const u8) -> Self::F;
     /// Orders the streaming stores before what follows.
     unsafe fn fence();
+
+    // The tails (from `i`, under one group of four vectors): scalar unless the width has
+    // masked loads and stores (AVX-512 overrides them, so short rows stay in SIMD).
+
+    #[inline(always)]
+    unsafe fn quant_run_tail(
+        x: &[f32],
+        s: f32,
+        zp: f32,
+        lo: f32,
+        hi: f32,
+        out: &mut [u8],
+        i: usize,
+    ) {
+        for j in i..x.len().min(out.len()) {
+            out[j] = quant1(x[j], s, zp, lo, hi);
+        }
+    }
+    #[inline(always)]
+    unsafe fn quant_row_tail(
+        x: &[f32],
+        s: &[f32],
+        zp: &[f32],
+        lo: f32,
+        hi: f32,
+        out: &mut [u8],
+        i: usize,
+    ) {
+        for j in i..x.len().min(out.len()).min(s.len()).min(zp.len()) {
+            out[j] = quant1(x[j], s[j], zp[j], lo, hi);
+        }
+    }
+    #[inline(always)]
+    unsafe fn dequant_run_tail<const SIGNED: bool>(
+        q: &[u8],
+        s: f32,
+        zp: f32,
+        out: &mut [f32],
+        i: usize,
+    ) {
+        for j in i..q.len().min(out.len()) {
+            out[j] = dequant1(q[j], SIGNED, s, zp);
+        }
+    }
+    #[inline(always)]
+    unsafe fn dequant_row_tail<const SIGNED: bool>(
+        q: &[u8],
+        s: &[f32],
+        zp: &[f32],
+        out: &mut [f32],
+        i: usize,
+    ) {
+        for j in i..q.len().min(out.len()).min(s.len()).min(zp.len()) {
+            out[j] = dequant1(q[j], SIGNED, s[j], zp[j]);
+        }
+    }
 }
 
 #[inline(always)]
@@ -49,7 +106,9 @@ pub(crate) unsafe fn quant_run<L: Lanes>(
 ) {
     let n = x.len().min(out.len());
     // Streaming: scalar head up to an aligned output, then non-temporal stores.
-    let head = stream_head(out, n, stream, L::QUANT_ALIGN, |j| quant1(x[j], s, zp, lo, hi));
+    let head = stream_head(out, n, stream, L::QUANT_ALIGN, |j| {
+        quant1(x[j], s, zp, lo, hi)
+    });
     let (x, out) = (&x[head..n], &mut out[head..n]);
     match (lo < 0.0, stream) {
         (true, false) => quant_run_t::<L, true, false>(x, s, zp, lo, hi, out),
@@ -80,9 +139,7 @@ unsafe fn quant_run_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         L::store_q4::<SIGNED, STREAM>(op.add(i), v);
         i += 4 * L::W;
     }
-    for j in i..n {
-        out[j] = quant1(x[j], s, zp, lo, hi);
-    }
+    L::quant_run_tail(&x[..n], s, zp, lo, hi, out, i);
 }
 
 #[inline(always)]
@@ -117,14 +174,18 @@ unsafe fn quant_row_t<L: Lanes, const SIGNED: bool>(
     while i + 4 * L::W <= n {
         let v = [0, 1, 2, 3].map(|k| {
             let o = i + k * L::W;
-            L::q(L::loadu(xp.add(o)), L::loadu(sp.add(o)), L::loadu(zpp.add(o)), vlo, vhi)
+            L::q(
+                L::loadu(xp.add(o)),
+                L::loadu(sp.add(o)),
+                L::loadu(zpp.add(o)),
+                vlo,
+                vhi,
+            )
         });
         L::store_q4::<SIGNED, false>(op.add(i), v);
         i += 4 * L::W;
     }
-    for j in i..n {
-        out[j] = quant1(x[j], s[j], zp[j], lo, hi);
-    }
+    L::quant_row_tail(&x[..n], s, zp, lo, hi, out, i);
 }
 
 #[inline(always)]
@@ -137,7 +198,9 @@ pub(crate) unsafe fn dequant_run<L: Lanes>(
     stream: bool,
 ) {
     let n = q.len().min(out.len());
-    let head = stream_head(out, n, stream, L::DEQUANT_ALIGN, |j| dequant1(q[j], signed, s, zp));
+    let head = stream_head(out, n, stream, L::DEQUANT_ALIGN, |j| {
+        dequant1(q[j], signed, s, zp)
+    });
     let (q, out) = (&q[head..n], &mut out[head..n]);
     match (signed, stream) {
         (true, false) => dequant_run_t::<L, true, false>(q, s, zp, out),
@@ -169,9 +232,7 @@ unsafe fn dequant_run_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         }
         i += 4 * L::W;
     }
-    for j in i..n {
-        out[j] = dequant1(q[j], SIGNED, s, zp);
-    }
+    L::dequant_run_tail::<SIGNED>(&q[..n], s, zp, out, i);
 }
 
 #[inline(always)]
@@ -184,7 +245,9 @@ pub(crate) unsafe fn dequant_row<L: Lanes>(
     stream: bool,
 ) {
     let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-    let head = stream_head(out, n, stream, L::DEQUANT_ALIGN, |j| dequant1(q[j], signed, s[j], zp[j]));
+    let head = stream_head(out, n, stream, L::DEQUANT_ALIGN, |j| {
+        dequant1(q[j], signed, s[j], zp[j])
+    });
     let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
     match (signed, stream) {
         (true, false) => dequant_row_t::<L, true, false>(q, s, zp, out),
@@ -213,7 +276,5 @@ unsafe fn dequant_row_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         L::store::<STREAM>(op.add(i), r);
         i += L::W;
     }
-    for j in i..n {
-        out[j] = dequant1(q[j], SIGNED, s[j], zp[j]);
-    }
+    L::dequant_row_tail::<SIGNED>(&q[..n], s, zp, out, i);
 }
