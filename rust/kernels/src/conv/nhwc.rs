@@ -67,8 +67,8 @@ pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) ->
 
 fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
-    let run = win.kw * c; // one kernel row of taps
-    // `cols` holds oh·ow rows (the window was checked); pixel p is row p.
+    // One kernel row of taps; `cols` holds oh·ow rows of kh runs (the window was checked).
+    let run = win.kw * c;
     let rows = cols.chunks_exact_mut(win.kh * run).take(oh * ow);
     for (p, row) in rows.enumerate() {
         let (oy, ox) = (p / ow, p % ow);
