@@ -688,19 +688,26 @@ def onnx_structural_mutations(data: bytes) -> list[tuple[str, Any]]:
 
 def onnx_structural_case(rng: random.Random, data: bytes) -> tuple[str, bytes]:
     """One random structural mutation of an ONNX model: (its name, the bytes)."""
-    import onnx
-
     edits = onnx_structural_mutations(data)
     for _ in range(8):
         name, edit = rng.choice(edits)
-        m = onnx.ModelProto()
-        m.ParseFromString(data)
-        try:
-            edit(m)
-        except IndexError:
-            continue
-        return name, m.SerializeToString()
+        out = apply_onnx_edit(data, edit)
+        if out is not None:
+            return name, out
     return "none", data
+
+
+def apply_onnx_edit(data: bytes, edit: Any) -> bytes | None:
+    """The model `data` with `edit` applied, serialized; None when the edit does not apply."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.ParseFromString(data)
+    try:
+        edit(m)
+    except IndexError:
+        return None
+    return m.SerializeToString()
 
 
 def file_case(rng: random.Random, kind: str | None = None) -> tuple[str, str, bytes]:
@@ -1073,20 +1080,15 @@ def test_every_structural_onnx_mutation_is_refused_or_loaded(kind):
     """Each named hostile edit (not a random sample): FormatError / ValueError naming what is wrong,
     or a model that loads; never another exception (the random runs add the subprocess and the
     time limit)."""
-    import onnx
-
     data = _onnx_bytes(kind)
     seen = 0
     for name, edit in onnx_structural_mutations(data):
-        m = onnx.ModelProto()
-        m.ParseFromString(data)
-        try:
-            edit(m)
-        except IndexError:
+        mutated = apply_onnx_edit(data, edit)
+        if mutated is None:
             continue
         seen += 1
         try:
-            hw.onnx.load(m.SerializeToString())
+            hw.onnx.load(mutated)
         except (io.FormatError, ValueError) as e:
             assert str(e), name
     assert seen > 50

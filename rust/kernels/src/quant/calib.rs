@@ -128,18 +128,10 @@ pub fn qparams(min: f32, max: f32, spec: &Spec) -> (f32, i32) {
     };
     if spec.symmetric {
         let amax = (-min_neg).max(max_pos);
-        let scale = finish(super::range_scale(
-            0.0,
-            amax,
-            (spec.qmax - spec.qmin) as f32 / 2.0,
-        ));
+        let scale = finish(amax / ((spec.qmax - spec.qmin) as f32 / 2.0));
         (scale, spec.symmetric_zero_point)
     } else {
-        let scale = finish(super::range_scale(
-            min_neg,
-            max_pos,
-            (spec.qmax - spec.qmin) as f32,
-        ));
+        let scale = finish((max_pos - min_neg) / (spec.qmax - spec.qmin) as f32);
         let zp = spec.qmin - (min_neg / scale).round_ties_even() as i32;
         (scale, zp.clamp(spec.qmin, spec.qmax))
     }
@@ -271,18 +263,8 @@ pub fn calibrate(
         range_min: vec![],
         range_max: vec![],
     };
-    for (ch, (lo, hi)) in ranges.into_iter().enumerate() {
+    for (lo, hi) in ranges {
         let (s, z) = qparams(lo, hi, spec);
-        if !s.is_finite() {
-            // Only a range of about f32::MAX on a grid of 2 or 3 levels (or its power-of-two
-            // round-up) gets here: no float32 scale can represent it.
-            return value_err!(
-                "calibrate: the range [{lo}, {hi}] of channel {ch} needs a scale above the \
-                 float32 maximum on the grid [{}, {}]",
-                spec.qmin,
-                spec.qmax
-            );
-        }
         out.scale.push(s);
         out.zero_point.push(z);
         out.range_min.push(lo);

@@ -11,7 +11,6 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_simd::{self as simd, Lanes};
 use crate::quant::min_max_body;
 
 super::table!(avx512);
@@ -21,46 +20,13 @@ unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
     min_max_body(x)
 }
 
-/// The AVX-512 vector width.
-pub(crate) struct Avx512;
+// The AVX-512 vector width.
+super::x86_simd::lanes! {
+    Avx512 = 16, 16, 64, __m512, __m512i, // 16-byte `vpmovdb` stores, 64-byte float stores
+        _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps, _mm512_stream_ps,
+        _mm512_sub_ps, _mm512_mul_ps, _mm512_div_ps, _mm512_add_ps, _mm512_min_ps, _mm512_max_ps,
+        _mm512_cvtps_epi32, _mm512_roundscale_ps, _mm512_cvtepi32_ps, _mm512_cvtepi8_epi32, _mm512_cvtepu8_epi32;
 
-impl Lanes for Avx512 {
-    const W: usize = 16;
-    const QUANT_ALIGN: usize = 16;
-    const DEQUANT_ALIGN: usize = 64;
-    type F = __m512;
-    type I = __m512i;
-    #[inline(always)]
-    unsafe fn loadu(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
-    #[inline(always)]
-    unsafe fn set1(v: f32) -> __m512 {
-        _mm512_set1_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn store<const STREAM: bool>(p: *mut f32, v: __m512) {
-        if STREAM {
-            _mm512_stream_ps(p, v)
-        } else {
-            _mm512_storeu_ps(p, v)
-        }
-    }
-    #[inline(always)]
-    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-        _mm512_sub_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        _mm512_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn q(x: __m512, s: __m512, zp: __m512, lo: __m512, hi: __m512) -> __m512i {
-        let v = _mm512_div_ps(x, s);
-        let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-        let v = _mm512_add_ps(v, zp);
-        _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi))
-    }
     #[inline(always)]
     unsafe fn store_q4<const SIGNED: bool, const STREAM: bool>(p: *mut u8, v: [__m512i; 4]) {
         // In range, so the truncating `vpmovdb` is exact for int8 and uint8 alike.
@@ -74,37 +40,16 @@ impl Lanes for Avx512 {
         }
     }
     #[inline(always)]
-    unsafe fn widen<const SIGNED: bool>(p: *const u8) -> __m512 {
-        let v = _mm_loadu_si128(p.cast());
-        _mm512_cvtepi32_ps(if SIGNED {
-            _mm512_cvtepi8_epi32(v)
-        } else {
-            _mm512_cvtepu8_epi32(v)
-        })
+    unsafe fn load_bytes(p: *const u8) -> __m128i {
+        _mm_loadu_si128(p.cast())
     }
+    // Masked tails: `f32` lanes off the mask load as 0 (and scales as 1), bytes off it
+    // are neither read nor written.
     #[inline(always)]
-    unsafe fn fence() {
-        _mm_sfence()
-    }
-    #[inline(always)]
-    unsafe fn quant_run_tail(
-        x: &[f32],
-        s: f32,
-        zp: f32,
-        lo: f32,
-        hi: f32,
-        out: &mut [u8],
-        mut i: usize,
-    ) {
-        let n = x.len().min(out.len());
-        let (vs, vz, vlo, vhi) = (
-            _mm512_set1_ps(s),
-            _mm512_set1_ps(zp),
-            _mm512_set1_ps(lo),
-            _mm512_set1_ps(hi),
-        );
-        while i < n {
-            let m = tail_mask(n - i);
+    unsafe fn quant_run_tail(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
+        let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        masked_steps(x.len().min(out.len()), |i, m| {
             let v = Self::q(
                 _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
                 vs,
@@ -113,25 +58,13 @@ impl Lanes for Avx512 {
                 vhi,
             );
             _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
-            i += 16;
-        }
+        });
     }
     #[inline(always)]
-    unsafe fn quant_row_tail(
-        x: &[f32],
-        s: &[f32],
-        zp: &[f32],
-        lo: f32,
-        hi: f32,
-        out: &mut [u8],
-        mut i: usize,
-    ) {
-        let n = x.len().min(out.len()).min(s.len()).min(zp.len());
-        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        while i < n {
-            let m = tail_mask(n - i);
-            // Masked-off lanes load 1.0 as the scale so they never divide by zero.
-            let vs = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0), m, s.as_ptr().add(i));
+    unsafe fn quant_row_tail(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
+        let (vlo, vhi, one) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_ps(1.0));
+        masked_steps(x.len().min(out.len()), |i, m| {
+            let vs = _mm512_mask_loadu_ps(one, m, s.as_ptr().add(i));
             let vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
             let v = Self::q(
                 _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
@@ -141,29 +74,19 @@ impl Lanes for Avx512 {
                 vhi,
             );
             _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
-            i += 16;
-        }
+        });
     }
     #[inline(always)]
-    unsafe fn dequant_run_tail<const SIGNED: bool>(
-        q: &[u8],
-        s: f32,
-        zp: f32,
-        out: &mut [f32],
-        mut i: usize,
-    ) {
-        let n = q.len().min(out.len());
+    unsafe fn dequant_run_tail<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
         let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-        while i < n {
-            let m = tail_mask(n - i);
+        masked_steps(q.len().min(out.len()), |i, m| {
             let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
             _mm512_mask_storeu_ps(
                 out.as_mut_ptr().add(i),
                 m,
                 _mm512_mul_ps(_mm512_sub_ps(f, vz), vs),
             );
-            i += 16;
-        }
+        });
     }
     #[inline(always)]
     unsafe fn dequant_row_tail<const SIGNED: bool>(
@@ -171,19 +94,26 @@ impl Lanes for Avx512 {
         s: &[f32],
         zp: &[f32],
         out: &mut [f32],
-        mut i: usize,
     ) {
-        let n = q.len().min(out.len()).min(s.len()).min(zp.len());
-        while i < n {
-            let m = tail_mask(n - i);
+        masked_steps(q.len().min(out.len()), |i, m| {
             let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
+            let vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
             let r = _mm512_mul_ps(
-                _mm512_sub_ps(f, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i))),
+                _mm512_sub_ps(f, vz),
                 _mm512_maskz_loadu_ps(m, s.as_ptr().add(i)),
             );
             _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, r);
-            i += 16;
-        }
+        });
+    }
+}
+
+/// `f(i, mask)` for `i = 0, 16, ..` below `n`, the mask holding the lanes below `n`.
+#[inline(always)]
+unsafe fn masked_steps(n: usize, mut f: impl FnMut(usize, __mmask16)) {
+    let mut i = 0;
+    while i < n {
+        f(i, tail_mask(n - i));
+        i += 16;
     }
 }
 
@@ -206,33 +136,6 @@ unsafe fn widen_masked<const SIGNED: bool>(m: __mmask16, p: *const u8) -> __m512
     } else {
         _mm512_cvtepu8_epi32(v)
     })
-}
-
-#[inline(always)]
-unsafe fn quant_run(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8], stream: bool) {
-    simd::quant_run::<Avx512>(x, s, zp, lo, hi, out, stream)
-}
-
-#[inline(always)]
-unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
-    simd::quant_row::<Avx512>(x, s, zp, lo, hi, out)
-}
-
-#[inline(always)]
-unsafe fn dequant_run(q: &[u8], signed: bool, s: f32, zp: f32, out: &mut [f32], stream: bool) {
-    simd::dequant_run::<Avx512>(q, signed, s, zp, out, stream)
-}
-
-#[inline(always)]
-unsafe fn dequant_row(
-    q: &[u8],
-    signed: bool,
-    s: &[f32],
-    zp: &[f32],
-    out: &mut [f32],
-    stream: bool,
-) {
-    simd::dequant_row::<Avx512>(q, signed, s, zp, out, stream)
 }
 
 /// The activation row quantizer ([`crate::quant::rows`]) in AVX-512: the same arithmetic (so

@@ -10,7 +10,12 @@
 //! one group) runs the width's tail methods: `quant1` / `dequant1` (the same
 //! values) by default, masked vectors where the width has them.
 
-use crate::quant::{dequant1, quant1, stream_head};
+use std::arch::x86_64::__m128i;
+
+use crate::quant::{
+    dequant1, dequant_row_scalar, dequant_run_scalar, quant1, quant_row_scalar, quant_run_scalar,
+    stream_head,
+};
 
 /// One vector width. Every method is `#[inline(always)]` and only called from
 /// the `#[target_feature]` wrappers of the width's own table.
@@ -34,51 +39,26 @@ pub(crate) trait Lanes {
     unsafe fn store_q4<const SIGNED: bool, const STREAM: bool>(p: *mut u8, v: [Self::I; 4]);
     /// `W` bytes at `p` (int8 if `SIGNED`, else uint8) widened to f32.
     unsafe fn widen<const SIGNED: bool>(p: *const u8) -> Self::F;
+    /// `W` bytes at `p` in the low part of a 128-bit vector.
+    unsafe fn load_bytes(p: *const u8) -> __m128i;
     /// Orders the streaming stores before what follows.
     unsafe fn fence();
 
-    // The tails (from `i`, under one group of four vectors): scalar unless the width has
-    // masked loads and stores (AVX-512 overrides them, so short rows stay in SIMD).
+    // The tails (under one group of four vectors, already sliced): the scalar reference
+    // loops unless the width has masked loads and stores (AVX-512 overrides them, so short
+    // rows stay in SIMD).
 
     #[inline(always)]
-    unsafe fn quant_run_tail(
-        x: &[f32],
-        s: f32,
-        zp: f32,
-        lo: f32,
-        hi: f32,
-        out: &mut [u8],
-        i: usize,
-    ) {
-        for j in i..x.len().min(out.len()) {
-            out[j] = quant1(x[j], s, zp, lo, hi);
-        }
+    unsafe fn quant_run_tail(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
+        quant_run_scalar(x, s, zp, lo, hi, out, false)
     }
     #[inline(always)]
-    unsafe fn quant_row_tail(
-        x: &[f32],
-        s: &[f32],
-        zp: &[f32],
-        lo: f32,
-        hi: f32,
-        out: &mut [u8],
-        i: usize,
-    ) {
-        for j in i..x.len().min(out.len()).min(s.len()).min(zp.len()) {
-            out[j] = quant1(x[j], s[j], zp[j], lo, hi);
-        }
+    unsafe fn quant_row_tail(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
+        quant_row_scalar(x, s, zp, lo, hi, out)
     }
     #[inline(always)]
-    unsafe fn dequant_run_tail<const SIGNED: bool>(
-        q: &[u8],
-        s: f32,
-        zp: f32,
-        out: &mut [f32],
-        i: usize,
-    ) {
-        for j in i..q.len().min(out.len()) {
-            out[j] = dequant1(q[j], SIGNED, s, zp);
-        }
+    unsafe fn dequant_run_tail<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
+        dequant_run_scalar(q, SIGNED, s, zp, out, false)
     }
     #[inline(always)]
     unsafe fn dequant_row_tail<const SIGNED: bool>(
@@ -86,12 +66,123 @@ pub(crate) trait Lanes {
         s: &[f32],
         zp: &[f32],
         out: &mut [f32],
-        i: usize,
     ) {
-        for j in i..q.len().min(out.len()).min(s.len()).min(zp.len()) {
-            out[j] = dequant1(q[j], SIGNED, s[j], zp[j]);
-        }
+        dequant_row_scalar(q, SIGNED, s, zp, out, false)
     }
+}
+
+/// A vector width: `lanes! { Name = W, QUANT_ALIGN, DEQUANT_ALIGN, f32 vector, i32 vector,
+/// intrinsics...; its other `Lanes` members }` declares `Name`, implements [`Lanes`] for it (the
+/// members that differ between widths only by their intrinsics' names come from here) and emits
+/// the four loops `table!` wraps, over the bodies of this file.
+macro_rules! lanes {
+    ($name:ident = $w:expr, $quant_align:expr, $dequant_align:expr, $f:ty, $i:ty, $loadu:ident,
+     $set1:ident, $storeu:ident, $stream:ident, $sub:ident, $mul:ident, $div:ident, $add:ident,
+     $min:ident, $max:ident, $cvt:ident, $round:ident, $cvtepi32ps:ident, $sx:ident, $zx:ident;
+     $($members:tt)*) => {
+        pub(crate) struct $name;
+
+        impl $crate::quant::arch::x86_simd::Lanes for $name {
+        const W: usize = $w;
+        const QUANT_ALIGN: usize = $quant_align;
+        const DEQUANT_ALIGN: usize = $dequant_align;
+        type F = $f;
+        type I = $i;
+        #[inline(always)]
+        unsafe fn loadu(p: *const f32) -> $f {
+            $loadu(p)
+        }
+        #[inline(always)]
+        unsafe fn set1(v: f32) -> $f {
+            $set1(v)
+        }
+        #[inline(always)]
+        unsafe fn store<const STREAM: bool>(p: *mut f32, v: $f) {
+            if STREAM {
+                $stream(p, v)
+            } else {
+                $storeu(p, v)
+            }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: $f, b: $f) -> $f {
+            $sub(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: $f, b: $f) -> $f {
+            $mul(a, b)
+        }
+        #[inline(always)]
+        unsafe fn q(x: $f, s: $f, zp: $f, lo: $f, hi: $f) -> $i {
+            let v = $round::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>($div(x, s));
+            $cvt($min($max($add(v, zp), lo), hi))
+        }
+        #[inline(always)]
+        unsafe fn widen<const SIGNED: bool>(p: *const u8) -> $f {
+            let v = Self::load_bytes(p);
+            $cvtepi32ps(if SIGNED { $sx(v) } else { $zx(v) })
+        }
+        #[inline(always)]
+        unsafe fn fence() {
+            _mm_sfence()
+        }
+        $($members)*
+        }
+
+        $crate::quant::arch::x86_simd::width_loops!($name);
+    };
+}
+pub(crate) use lanes;
+
+/// The four loops of `table!` for the width `$l`: `#[inline(always)]` wrappers over the bodies
+/// of this file, in the module it is used in.
+macro_rules! width_loops {
+    ($l:ty) => {
+        #[inline(always)]
+        unsafe fn quant_run(
+            x: &[f32],
+            s: f32,
+            zp: f32,
+            lo: f32,
+            hi: f32,
+            out: &mut [u8],
+            st: bool,
+        ) {
+            $crate::quant::arch::x86_simd::quant_run::<$l>(x, s, zp, lo, hi, out, st)
+        }
+        #[inline(always)]
+        unsafe fn quant_row(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
+            $crate::quant::arch::x86_simd::quant_row::<$l>(x, s, zp, lo, hi, out)
+        }
+        #[inline(always)]
+        unsafe fn dequant_run(q: &[u8], sg: bool, s: f32, zp: f32, out: &mut [f32], st: bool) {
+            $crate::quant::arch::x86_simd::dequant_run::<$l>(q, sg, s, zp, out, st)
+        }
+        #[inline(always)]
+        unsafe fn dequant_row(
+            q: &[u8],
+            sg: bool,
+            s: &[f32],
+            zp: &[f32],
+            out: &mut [f32],
+            st: bool,
+        ) {
+            $crate::quant::arch::x86_simd::dequant_row::<$l>(q, sg, s, zp, out, st)
+        }
+    };
+}
+pub(crate) use width_loops;
+
+/// `$f::<L, A, B>(args)` with the const flags `A`, `B` set from the run-time `$a`, `$b`.
+macro_rules! with_flags {
+    ($a:expr, $b:expr, $f:ident::<$l:ty>($($arg:expr),*)) => {
+        match ($a, $b) {
+            (true, false) => $f::<$l, true, false>($($arg),*),
+            (false, false) => $f::<$l, false, false>($($arg),*),
+            (true, true) => $f::<$l, true, true>($($arg),*),
+            (false, true) => $f::<$l, false, true>($($arg),*),
+        }
+    };
 }
 
 #[inline(always)]
@@ -110,12 +201,7 @@ pub(crate) unsafe fn quant_run<L: Lanes>(
         quant1(x[j], s, zp, lo, hi)
     });
     let (x, out) = (&x[head..n], &mut out[head..n]);
-    match (lo < 0.0, stream) {
-        (true, false) => quant_run_t::<L, true, false>(x, s, zp, lo, hi, out),
-        (false, false) => quant_run_t::<L, false, false>(x, s, zp, lo, hi, out),
-        (true, true) => quant_run_t::<L, true, true>(x, s, zp, lo, hi, out),
-        (false, true) => quant_run_t::<L, false, true>(x, s, zp, lo, hi, out),
-    }
+    with_flags!(lo < 0.0, stream, quant_run_t::<L>(x, s, zp, lo, hi, out));
     if stream {
         L::fence();
     }
@@ -139,7 +225,7 @@ unsafe fn quant_run_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         L::store_q4::<SIGNED, STREAM>(op.add(i), v);
         i += 4 * L::W;
     }
-    L::quant_run_tail(&x[..n], s, zp, lo, hi, out, i);
+    L::quant_run_tail(&x[i..n], s, zp, lo, hi, &mut out[i..n]);
 }
 
 #[inline(always)]
@@ -185,7 +271,7 @@ unsafe fn quant_row_t<L: Lanes, const SIGNED: bool>(
         L::store_q4::<SIGNED, false>(op.add(i), v);
         i += 4 * L::W;
     }
-    L::quant_row_tail(&x[..n], s, zp, lo, hi, out, i);
+    L::quant_row_tail(&x[i..n], &s[i..n], &zp[i..n], lo, hi, &mut out[i..n]);
 }
 
 #[inline(always)]
@@ -202,12 +288,7 @@ pub(crate) unsafe fn dequant_run<L: Lanes>(
         dequant1(q[j], signed, s, zp)
     });
     let (q, out) = (&q[head..n], &mut out[head..n]);
-    match (signed, stream) {
-        (true, false) => dequant_run_t::<L, true, false>(q, s, zp, out),
-        (false, false) => dequant_run_t::<L, false, false>(q, s, zp, out),
-        (true, true) => dequant_run_t::<L, true, true>(q, s, zp, out),
-        (false, true) => dequant_run_t::<L, false, true>(q, s, zp, out),
-    }
+    with_flags!(signed, stream, dequant_run_t::<L>(q, s, zp, out));
     if stream {
         L::fence();
     }
@@ -232,7 +313,7 @@ unsafe fn dequant_run_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         }
         i += 4 * L::W;
     }
-    L::dequant_run_tail::<SIGNED>(&q[..n], s, zp, out, i);
+    L::dequant_run_tail::<SIGNED>(&q[i..n], s, zp, &mut out[i..n]);
 }
 
 #[inline(always)]
@@ -249,12 +330,7 @@ pub(crate) unsafe fn dequant_row<L: Lanes>(
         dequant1(q[j], signed, s[j], zp[j])
     });
     let (q, s, zp, out) = (&q[head..n], &s[head..n], &zp[head..n], &mut out[head..n]);
-    match (signed, stream) {
-        (true, false) => dequant_row_t::<L, true, false>(q, s, zp, out),
-        (false, false) => dequant_row_t::<L, false, false>(q, s, zp, out),
-        (true, true) => dequant_row_t::<L, true, true>(q, s, zp, out),
-        (false, true) => dequant_row_t::<L, false, true>(q, s, zp, out),
-    }
+    with_flags!(signed, stream, dequant_row_t::<L>(q, s, zp, out));
     if stream {
         L::fence();
     }
@@ -276,5 +352,5 @@ unsafe fn dequant_row_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
         L::store::<STREAM>(op.add(i), r);
         i += L::W;
     }
-    L::dequant_row_tail::<SIGNED>(&q[..n], s, zp, out, i);
+    L::dequant_row_tail::<SIGNED>(&q[i..n], &s[i..n], &zp[i..n], &mut out[i..n]);
 }
