@@ -838,6 +838,7 @@ def _worker(conn: Any, here: str) -> None:
     faulthandler.disable()  # pytest's handler would print the parent's stack on an expected crash
     warnings.simplefilter("ignore")
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    conn.send(("ready", ""))
     while True:
         try:
             msg = conn.recv()
@@ -871,6 +872,10 @@ class Pool:
         p = self.ctx.Process(target=_worker, args=(child, self.here), daemon=True)
         p.start()
         child.close()
+        # A case's time limit starts once the worker has imported everything: on a loaded machine
+        # a spawn alone can take seconds, which is no hang of the case that follows.
+        if not parent.poll(300) or parent.recv() != ("ready", ""):
+            raise RuntimeError("a fuzz worker did not start")
         return [p, parent]
 
     def run(self, kind: str, cases: list) -> list[tuple[str, str]]:
