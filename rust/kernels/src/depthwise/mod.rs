@@ -312,7 +312,7 @@ pub fn depthwise_conv2d_f32_uninit(
     let bias = match bias {
         Some(b) => b,
         None => {
-            zeros = vec![0.0f32; g.c];
+            zeros = crate::error::try_vec(g.c, 0.0f32, "the zero bias")?;
             &zeros[..]
         }
     };

@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use super::x86_simd::Lanes;
 use crate::quant::min_max_body;
 
 super::table!(avx512);
@@ -48,63 +49,67 @@ super::x86_simd::lanes! {
     #[inline(always)]
     unsafe fn quant_run_tail(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
         let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        masked_steps(x.len().min(out.len()), |i, m| {
-            let v = Self::q(
-                _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
-                vs,
-                vz,
-                vlo,
-                vhi,
-            );
-            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
-        });
+        quant_masked(x, lo, hi, out, |_, _| (vs, vz));
     }
     #[inline(always)]
     unsafe fn quant_row_tail(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
-        let (vlo, vhi, one) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_ps(1.0));
-        masked_steps(x.len().min(out.len()), |i, m| {
+        // Masked-off lanes load 1.0 as the scale so they never divide by zero.
+        let one = _mm512_set1_ps(1.0);
+        quant_masked(x, lo, hi, out, |i, m| {
             let vs = _mm512_mask_loadu_ps(one, m, s.as_ptr().add(i));
-            let vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
-            let v = Self::q(
-                _mm512_maskz_loadu_ps(m, x.as_ptr().add(i)),
-                vs,
-                vz,
-                vlo,
-                vhi,
-            );
-            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
+            (vs, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i)))
         });
     }
     #[inline(always)]
     unsafe fn dequant_run_tail<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
         let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-        masked_steps(q.len().min(out.len()), |i, m| {
-            let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
-            _mm512_mask_storeu_ps(
-                out.as_mut_ptr().add(i),
-                m,
-                _mm512_mul_ps(_mm512_sub_ps(f, vz), vs),
-            );
-        });
+        dequant_masked::<SIGNED>(q, out, |_, _| (vs, vz));
     }
     #[inline(always)]
-    unsafe fn dequant_row_tail<const SIGNED: bool>(
-        q: &[u8],
-        s: &[f32],
-        zp: &[f32],
-        out: &mut [f32],
-    ) {
-        masked_steps(q.len().min(out.len()), |i, m| {
-            let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
-            let vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
-            let r = _mm512_mul_ps(
-                _mm512_sub_ps(f, vz),
-                _mm512_maskz_loadu_ps(m, s.as_ptr().add(i)),
-            );
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, r);
+    unsafe fn dequant_row_tail<const SIGNED: bool>(q: &[u8], s: &[f32], zp: &[f32], out: &mut [f32]) {
+        dequant_masked::<SIGNED>(q, out, |i, m| {
+            let vs = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
+            (vs, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i)))
         });
     }
+}
+
+/// The masked quantize loop of the tails: `params(i, mask)` gives the scale and zero point
+/// vectors of lanes `i..i + 16`. `f32` lanes off the mask load as 0; bytes off it are neither
+/// read nor written.
+#[inline(always)]
+unsafe fn quant_masked(
+    x: &[f32],
+    lo: f32,
+    hi: f32,
+    out: &mut [u8],
+    params: impl Fn(usize, __mmask16) -> (__m512, __m512),
+) {
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    masked_steps(x.len().min(out.len()), |i, m| {
+        let (vs, vz) = params(i, m);
+        let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+        let v = <Avx512 as Lanes>::q(xv, vs, vz, vlo, vhi);
+        _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
+    });
+}
+
+/// The masked dequantize loop of the tails, `params` as in [`quant_masked`].
+#[inline(always)]
+unsafe fn dequant_masked<const SIGNED: bool>(
+    q: &[u8],
+    out: &mut [f32],
+    params: impl Fn(usize, __mmask16) -> (__m512, __m512),
+) {
+    masked_steps(q.len().min(out.len()), |i, m| {
+        let (vs, vz) = params(i, m);
+        let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
+        _mm512_mask_storeu_ps(
+            out.as_mut_ptr().add(i),
+            m,
+            _mm512_mul_ps(_mm512_sub_ps(f, vz), vs),
+        );
+    });
 }
 
 /// `f(i, mask)` for `i = 0, 16, ..` below `n`, the mask holding the lanes below `n`.
