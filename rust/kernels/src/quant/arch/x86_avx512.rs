@@ -48,76 +48,81 @@ super::x86_simd::lanes! {
     // are neither read nor written.
     #[inline(always)]
     unsafe fn quant_run_tail(x: &[f32], s: f32, zp: f32, lo: f32, hi: f32, out: &mut [u8]) {
-        let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-        quant_masked(x, lo, hi, out, |_, _| (vs, vz));
+        quant_masked::<false>(x, &[s], &[zp], lo, hi, out)
     }
     #[inline(always)]
     unsafe fn quant_row_tail(x: &[f32], s: &[f32], zp: &[f32], lo: f32, hi: f32, out: &mut [u8]) {
-        // Masked-off lanes load 1.0 as the scale so they never divide by zero.
-        let one = _mm512_set1_ps(1.0);
-        quant_masked(x, lo, hi, out, |i, m| {
-            let vs = _mm512_mask_loadu_ps(one, m, s.as_ptr().add(i));
-            (vs, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i)))
-        });
+        quant_masked::<true>(x, s, zp, lo, hi, out)
     }
     #[inline(always)]
     unsafe fn dequant_run_tail<const SIGNED: bool>(q: &[u8], s: f32, zp: f32, out: &mut [f32]) {
-        let (vs, vz) = (_mm512_set1_ps(s), _mm512_set1_ps(zp));
-        dequant_masked::<SIGNED>(q, out, |_, _| (vs, vz));
+        dequant_masked::<SIGNED, false>(q, &[s], &[zp], out)
     }
     #[inline(always)]
     unsafe fn dequant_row_tail<const SIGNED: bool>(q: &[u8], s: &[f32], zp: &[f32], out: &mut [f32]) {
-        dequant_masked::<SIGNED>(q, out, |i, m| {
-            let vs = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
-            (vs, _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i)))
-        });
+        dequant_masked::<SIGNED, true>(q, s, zp, out)
     }
 }
 
-/// The masked quantize loop of the tails: `params(i, mask)` gives the scale and zero point
-/// vectors of lanes `i..i + 16`. `f32` lanes off the mask load as 0; bytes off it are neither
-/// read nor written.
+// The masked loops of the tails (no closures: a closure's body would not inherit the
+// wrapper's target features). `PER_LANE`: `s` and `zp` hold one value per element, else one
+// for all. `f32` lanes off the mask load as 0 (a scale as 1, so no lane divides by zero);
+// bytes off it are neither read nor written.
+
 #[inline(always)]
-unsafe fn quant_masked(
+unsafe fn quant_masked<const PER_LANE: bool>(
     x: &[f32],
+    s: &[f32],
+    zp: &[f32],
     lo: f32,
     hi: f32,
     out: &mut [u8],
-    params: impl Fn(usize, __mmask16) -> (__m512, __m512),
 ) {
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    masked_steps(x.len().min(out.len()), |i, m| {
-        let (vs, vz) = params(i, m);
+    let n = x.len().min(out.len());
+    if n == 0 {
+        return; // (and `s`, `zp` may be empty)
+    }
+    let (vlo, vhi, one) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi), _mm512_set1_ps(1.0));
+    let (mut vs, mut vz) = (_mm512_set1_ps(s[0]), _mm512_set1_ps(zp[0]));
+    let mut i = 0;
+    while i < n {
+        let m = tail_mask(n - i);
+        if PER_LANE {
+            vs = _mm512_mask_loadu_ps(one, m, s.as_ptr().add(i));
+            vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
+        }
         let xv = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
         let v = <Avx512 as Lanes>::q(xv, vs, vz, vlo, vhi);
         _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), m, v);
-    });
+        i += 16;
+    }
 }
 
-/// The masked dequantize loop of the tails, `params` as in [`quant_masked`].
 #[inline(always)]
-unsafe fn dequant_masked<const SIGNED: bool>(
+unsafe fn dequant_masked<const SIGNED: bool, const PER_LANE: bool>(
     q: &[u8],
+    s: &[f32],
+    zp: &[f32],
     out: &mut [f32],
-    params: impl Fn(usize, __mmask16) -> (__m512, __m512),
 ) {
-    masked_steps(q.len().min(out.len()), |i, m| {
-        let (vs, vz) = params(i, m);
+    let n = q.len().min(out.len());
+    if n == 0 {
+        return; // (and `s`, `zp` may be empty)
+    }
+    let (mut vs, mut vz) = (_mm512_set1_ps(s[0]), _mm512_set1_ps(zp[0]));
+    let mut i = 0;
+    while i < n {
+        let m = tail_mask(n - i);
+        if PER_LANE {
+            vs = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
+            vz = _mm512_maskz_loadu_ps(m, zp.as_ptr().add(i));
+        }
         let f = widen_masked::<SIGNED>(m, q.as_ptr().add(i));
         _mm512_mask_storeu_ps(
             out.as_mut_ptr().add(i),
             m,
             _mm512_mul_ps(_mm512_sub_ps(f, vz), vs),
         );
-    });
-}
-
-/// `f(i, mask)` for `i = 0, 16, ..` below `n`, the mask holding the lanes below `n`.
-#[inline(always)]
-unsafe fn masked_steps(n: usize, mut f: impl FnMut(usize, __mmask16)) {
-    let mut i = 0;
-    while i < n {
-        f(i, tail_mask(n - i));
         i += 16;
     }
 }

@@ -221,7 +221,11 @@ unsafe fn quant_run_t<L: Lanes, const SIGNED: bool, const STREAM: bool>(
     let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 4 * L::W <= n {
-        let v = [0, 1, 2, 3].map(|k| L::q(L::loadu(xp.add(i + k * L::W)), vs, vz, vlo, vhi));
+        // Plain code, no closure: a closure's body would not inherit the wrapper's features.
+        let mut v = [L::q(L::loadu(xp.add(i)), vs, vz, vlo, vhi); 4];
+        for (k, vk) in v.iter_mut().enumerate().skip(1) {
+            *vk = L::q(L::loadu(xp.add(i + k * L::W)), vs, vz, vlo, vhi);
+        }
         L::store_q4::<SIGNED, STREAM>(op.add(i), v);
         i += 4 * L::W;
     }
@@ -258,16 +262,23 @@ unsafe fn quant_row_t<L: Lanes, const SIGNED: bool>(
     let (xp, sp, zpp, op) = (x.as_ptr(), s.as_ptr(), zp.as_ptr(), out.as_mut_ptr());
     let mut i = 0;
     while i + 4 * L::W <= n {
-        let v = [0, 1, 2, 3].map(|k| {
+        let mut v = [L::q(
+            L::loadu(xp.add(i)),
+            L::loadu(sp.add(i)),
+            L::loadu(zpp.add(i)),
+            vlo,
+            vhi,
+        ); 4];
+        for (k, vk) in v.iter_mut().enumerate().skip(1) {
             let o = i + k * L::W;
-            L::q(
+            *vk = L::q(
                 L::loadu(xp.add(o)),
                 L::loadu(sp.add(o)),
                 L::loadu(zpp.add(o)),
                 vlo,
                 vhi,
-            )
-        });
+            );
+        }
         L::store_q4::<SIGNED, false>(op.add(i), v);
         i += 4 * L::W;
     }
