@@ -41,7 +41,7 @@ from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
 from .nn.ops import _Unary
-from .profiles import LayerWork
+from ._layerwork import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
 
