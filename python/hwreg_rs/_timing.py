@@ -76,3 +76,24 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: floa
         if deadline is not None and i + 1 >= min_repeats and t1 > deadline:
             break
     return float(np.median(samples))
+
+
+def numpy_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.0) -> float:
+    """:func:`median_seconds` of a NumPy computation, the better of NumPy's BLAS threads as they
+    are and limited to one (with ``threadpoolctl``; as they are without it).
+
+    On a busy machine with few cores threaded BLAS can be many times slower on small
+    products; a float baseline timed only one way would flatter whatever it is compared with.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.ones((8, 8), np.float32)
+    >>> numpy_seconds(lambda: a @ a, repeats=3) > 0
+    True
+    """
+    from .train import blas_limit
+
+    t = median_seconds(fn, repeats=repeats, min_seconds=min_seconds)
+    with blas_limit(1):
+        return min(t, median_seconds(fn, repeats=repeats, min_seconds=min_seconds))
