@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-budget-us", type=_MICROSECONDS, metavar="US",
                    help="latency budget in microseconds (µs) for one batch of --batch-size samples "
                         "(default: none; Python's hw.compress takes seconds)")
-    c.add_argument("--size-budget", type=_BYTES, metavar="BYTES", help="size budget in bytes (default: none)")
+    c.add_argument("--size-budget", type=_BYTES, metavar="BYTES",
+                   help="size budget in bytes of the written .hwreg file (default: none)")
     c.add_argument("--max-drop", type=_FRACTION, default=0.01, metavar="FRACTION",
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 1 point)")
     c.add_argument("--batch-size", type=_SAMPLES, default=1, metavar="N",

@@ -176,7 +176,7 @@ def _float_file_bytes(model: Module) -> int:
     """Bytes of the float model's state dict saved with ``numpy.savez`` (its float file)."""
     with tempfile.TemporaryDirectory(prefix="hwreg-size-") as d:
         path = os.path.join(d, "float.npz")
-        np.savez(path, **model.state_dict())
+        np.savez(path, **model.state_dict())  # type: ignore[arg-type]
         return os.path.getsize(path)
 
 
@@ -349,7 +349,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         table = analysis.sensitivity(work_model, X_val, y_val, amounts=tuple(sparsities), bits=(),
                                      layers=useful, mask_fn=mask_fn)
         for r in table.select(kind="prune"):
-            sens[(r.layer, float(r.amount))] = float(r.delta_accuracy or 0.0)
+            sens[(r.layer, float(r.amount or 0.0))] = float(r.delta_accuracy or 0.0)
         # Single-layer drops may sum to a few times the allowed drop: fine-tuning wins much back.
         drop_allowance = 3 * max_accuracy_drop + 0.01
         for _ in range(4):
@@ -396,7 +396,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     file_bytes = _file_bytes(rt)
     layers = []
     for i, node in enumerate(rt.nodes):
-        op = node.op
+        op: Any = node.op
         if op.kind not in _WEIGHTED:
             continue
         s = plan.get(node.name, 0.0)

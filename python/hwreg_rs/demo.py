@@ -116,7 +116,7 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
     def accuracy(fn: Any) -> float:
         return float(np.mean(fn(X_te).argmax(axis=1) == y_te))
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"model": "float32 (NumPy)", "accuracy": report.float_accuracy, "file_bytes": report.float_bytes,
          "latency_b1_us": us[("float", 1)], "latency_b64_us": us[("float", 64)]},
         {"model": "int8 (hwreg_rs)", "accuracy": accuracy(int8.predict), "file_bytes": int8_bytes,
