@@ -50,3 +50,16 @@ def test_demo_figures_are_one_number_per_quantity(demo):
     assert d["speedup_b1"] == pytest.approx(float_row["latency_b1_us"] / comp["latency_b1_us"])
     assert d["speedup_b64"] == pytest.approx(float_row["latency_b64_us"] / comp["latency_b64_us"])
     assert d["int8_speedup_b64"] == pytest.approx(float_row["latency_b64_us"] / int8_row["latency_b64_us"])
+
+
+def test_demo_files_feed_compress_and_predict(demo, tmp_path, capsys):
+    _, d, _ = demo
+    out = str(tmp_path / "a55.hwreg")
+    status = cli.main(["compress", d["float_file"], d["data_file"], "--arch", "cnn", "--profile", "cortex-a55",
+                       "--max-drop", "0.2", "-o", out])
+    assert status == 0 and os.path.exists(out)
+    y = str(tmp_path / "y.npy")
+    assert cli.main(["predict", d["runtime_file"], d["batch_file"], "-o", y]) == 0
+    import numpy as np
+
+    assert np.load(y).shape == (8, 10)

@@ -49,7 +49,10 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
         Training epochs (default 12, quick 4).
     seed : int, default 0
     out : str, optional
-        Where to save the compressed runtime model (default: a temporary folder).
+        Where to save the compressed runtime model (default: a temporary folder). Beside it go
+        the int8 model (``digits_cnn.int8.hwreg``), the float state dict
+        (``digits_cnn.float32.npz``, for ``hwreg-rs compress --arch cnn``), the data
+        (``digits_images.npz``) and a batch of 8 test images (``x.npy``, for ``hwreg-rs predict``).
     say : callable, default print
         Progress lines.
 
@@ -59,7 +62,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
         ``models`` (one row per model: ``model``, ``accuracy``, ``file_bytes``,
         ``latency_b1_us``, ``latency_b64_us``), ``speedup_b1``/``speedup_b64`` (float
         over compressed), ``budget_bytes``, ``int8_bytes``, ``met``, ``report`` (the
-        compression report as a dict), ``seconds``.
+        compression report as a dict), ``runtime_file``, ``float_file``, ``data_file``,
+        ``batch_file``, ``seconds``.
     """
     from . import constraints as C, data, nn, runtime
     from ._timing import median_seconds, numpy_seconds
@@ -83,8 +87,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
     qat.remove()  # the float baseline runs plain float weights (already on the 8-bit grid)
     net.eval()
 
-    folder = tempfile.mkdtemp(prefix="hwreg-demo-")
-    out = out or os.path.join(folder, "digits_cnn.hwreg")
+    out = out or os.path.join(tempfile.mkdtemp(prefix="hwreg-demo-"), "digits_cnn.hwreg")
+    folder = os.path.dirname(os.path.abspath(out))
     int8 = runtime.convert(net, input_shape=(1, 8, 8))
     int8_bytes = int8.save(os.path.join(folder, "digits_cnn.int8.hwreg"))
     budget = int(size_fraction * int8_bytes)
@@ -94,8 +98,17 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
                           max_accuracy_drop=max_accuracy_drop, batch_size=1, fine_tune_epochs=3 if quick else 6,
                           seed=seed, raise_on_miss=False, profile_repeats=repeats)
     file_bytes = rt.save(out)
-    if file_bytes != report.nbytes:  # the report sized the same model; a difference would be a bug
-        raise RuntimeError(f"the saved file has {file_bytes} B, the report says {report.nbytes} B")
+    # The inputs of `hwreg-rs compress` / `predict`, beside the model: the float state dict, the data, a batch.
+    float_file = os.path.join(folder, "digits_cnn.float32.npz")
+    data_file = os.path.join(folder, "digits_images.npz")
+    batch_file = os.path.join(folder, "x.npy")
+    np.savez(float_file, **net.state_dict())  # type: ignore[arg-type]
+    np.savez(data_file, X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te)
+    np.save(batch_file, np.ascontiguousarray(X_te[:8], dtype=np.float32))
+    for name, got, want in (("runtime model", file_bytes, report.nbytes),
+                            ("float state dict", os.path.getsize(float_file), report.float_bytes)):
+        if got != want:  # the report sized the same files; a difference would be a bug
+            raise RuntimeError(f"the saved {name} has {got} B, the report says {want} B")
 
     say("3/4 timing the three models side by side (batch 1 and 64)")
     x1 = np.ascontiguousarray(X_te[:1], dtype=np.float32)
@@ -131,7 +144,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
         "speedup_b1": f["latency_b1_us"] / c["latency_b1_us"], "speedup_b64": f["latency_b64_us"] / c["latency_b64_us"],
         "int8_speedup_b1": f["latency_b1_us"] / q["latency_b1_us"],
         "int8_speedup_b64": f["latency_b64_us"] / q["latency_b64_us"],
-        "compressed_layers": [l.name for l in chosen], "runtime_file": out,
+        "compressed_layers": [l.name for l in chosen], "runtime_file": out, "float_file": float_file,
+        "data_file": data_file, "batch_file": batch_file,
         "report": report.to_dict(), "report_markdown": report.markdown(),
         "seconds": time.perf_counter() - t_start,
     }
@@ -153,7 +167,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"size budget {result['budget_bytes']} B ({result['budget_bytes'] / result['int8_bytes']:.0%} of the int8 "
         f"file): {'met' if result['met'] else 'MISSED'}; pruned and stored sparse: "
         f"{', '.join(result['compressed_layers']) or 'none'}",
-        f"runtime model saved to {result['runtime_file']}",
+        f"runtime model saved to {result['runtime_file']}; to go on from here:",
+        f"  hwreg-rs compress {result['float_file']} {result['data_file']} --arch cnn --profile cortex-a55 "
+        f"--size-budget {result['budget_bytes']} -o cnn_a55.hwreg",
+        f"  hwreg-rs predict {result['runtime_file']} {result['batch_file']} -o y.npy",
         "",
         "Per layer, measured as predict runs it (batch 1):",
         "",
