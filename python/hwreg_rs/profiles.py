@@ -435,22 +435,25 @@ def resolve(profile: Any = None) -> HardwareProfile:
     raise TypeError(f"profile must be a HardwareProfile, a preset name or 'host'; got {type(profile).__name__}")
 
 
-_HOST: list[HardwareProfile] = []
+_HOST: dict[int, HardwareProfile] = {}
 
 
 def host_profile() -> HardwareProfile:
-    """This machine's profile, measured once per process by :func:`measure_host` (a few
-    seconds) and shared by everything that asks for ``"host"``, so one process reasons with
-    one set of figures.
+    """This machine's profile at the library's current thread count, measured once per process
+    (and thread count) by :func:`measure_host` (a few seconds) and shared by everything that
+    asks for ``"host"``, so one process reasons with one set of figures.
 
     Examples
     --------
     >>> host_profile() is host_profile()
     True
     """
-    if not _HOST:
-        _HOST.append(measure_host())
-    return _HOST[0]
+    from .config import num_threads
+
+    threads = int(num_threads())
+    if threads not in _HOST:
+        _HOST[threads] = measure_host()
+    return _HOST[threads]
 
 
 def preset(name: str) -> HardwareProfile:
