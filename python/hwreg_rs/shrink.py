@@ -86,7 +86,7 @@ from .nn.graph import Graph
 from .nn.layers import Dropout, Flatten, Linear, ReLU, _BatchNorm
 from .nn.module import Module, Parameter
 
-__all__ = ["ChannelGroup", "ShrinkPlan", "shrink", "shrink_plan"]
+__all__ = ["ChannelGroup", "ShrinkPlan", "shrink", "shrink_plan", "take_kept"]
 
 IMPORTANCE = ("l1", "l2", "taylor", "bn")
 
@@ -553,6 +553,10 @@ class ShrinkPlan:
                                  f"(group {g.layers}), different fractions ({per_layer[other]} and {f})")
             fractions[gi] = f
         counts = {} if remove is None else {tuple(k): int(v) for k, v in remove.items()}
+        unknown_groups = sorted(set(counts) - {g.layers for g in self.groups})
+        if unknown_groups:
+            raise ValueError(f"remove names groups {unknown_groups} the model does not have; its groups: "
+                             f"{[g.layers for g in self.groups]}")
         kept_per_layer = {i: len(a.roles[i]["out"]) for i in self._producers}
         removed_units: set[int] = set()
         self.skipped: dict[tuple[str, ...], str] = {}
@@ -622,41 +626,54 @@ class ShrinkPlan:
         new = copy.deepcopy(self.model)
         graph = Graph.from_module(new)
         for i, roles in self._a.roles.items():
-            op = graph.nodes[i].op
-            keep = {k: self._keep(v) for k, v in roles.items() if k in ("in", "out", "dw", "bn")}
+            node = graph.nodes[i]
+            op = node.op
+            if "reshape" in roles:
+                k, axis, ids = roles["reshape"]
+                _retarget(op, self._a.shapes[node.inputs[0]], k, axis, len(self._keep(ids)))
+                continue
+            for name in ("weight", "bias"):
+                idx = self.kept.get(f"{node.name}.{name}")
+                if idx is not None:
+                    setattr(op, name, Parameter(take_kept(getattr(op, name).data, idx)))
+            for name in ("running_mean", "running_var"):
+                idx = self.kept.get(f"{node.name}.{name}")
+                if idx is not None:
+                    op.register_buffer(name, take_kept(op._buffers[name], idx))
             if isinstance(op, Linear):
-                out, inp = keep["out"], keep.get("in")
-                w = op.weight.data[out]
-                op.weight = Parameter(w if inp is None else w[:, inp])
                 op.out_features, op.in_features = op.weight.data.shape
             elif isinstance(op, Conv2d):
-                out = keep["dw"] if "dw" in keep else keep["out"]
-                w = op.weight.data[out]
-                if "in" in keep:
-                    w = w[:, keep["in"]]
-                op.weight = Parameter(w)
-                op.out_channels = w.shape[0]
-                op.in_channels = w.shape[0] if "dw" in keep else w.shape[1]
-                if "dw" in keep:
-                    op.groups = w.shape[0]
+                op.out_channels = op.weight.data.shape[0]
+                if "dw" in roles:
+                    op.in_channels = op.groups = op.out_channels
+                else:
+                    op.in_channels = op.weight.data.shape[1]
             elif isinstance(op, _BatchNorm):
-                out = keep["bn"]
-                op.num_features = len(out)
-                for p in ("weight", "bias"):
-                    if getattr(op, p) is not None:
-                        setattr(op, p, Parameter(getattr(op, p).data[out]))
-                for b in ("running_mean", "running_var"):
-                    op.register_buffer(b, np.ascontiguousarray(op._buffers[b][out]))
-                continue
-            elif isinstance(op, O.Reshape):
-                k, axis, ids = roles["reshape"]
-                _retarget(op, self._a.shapes[graph.nodes[i].inputs[0]], k, axis, len(self._keep(ids)))
-                continue
-            else:
-                continue
-            if op.bias is not None:
-                op.bias = Parameter(op.bias.data[out])
+                op.num_features = len(op._buffers["running_mean"])
         return new
+
+
+def take_kept(a: np.ndarray, kept: Sequence[Any]) -> np.ndarray:
+    """``a`` cut to the kept indices along each axis (``kept[axis]``; ``None`` keeps the whole axis).
+
+    This is how :meth:`ShrinkPlan.apply` cuts every parameter, and how a
+    trainer cuts the optimizer state that goes with it (:attr:`ShrinkPlan.kept`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hwreg_rs.shrink import take_kept
+    >>> take_kept(np.arange(12).reshape(3, 4), (np.array([0, 2]), None))
+    array([[ 0,  1,  2,  3],
+           [ 8,  9, 10, 11]])
+    """
+    out = np.asarray(a)
+    if len(kept) > out.ndim:
+        raise ValueError(f"kept has {len(kept)} axes for an array of shape {out.shape}")
+    for axis, idx in enumerate(kept):
+        if idx is not None:
+            out = np.take(out, np.asarray(idx, np.int64), axis=axis)
+    return np.ascontiguousarray(out)
 
 
 def _retarget(op: O.Reshape, shape: tuple[int, ...], k: int, axis: int, channels: int) -> None:
