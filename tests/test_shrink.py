@@ -316,6 +316,77 @@ def test_cnn_property(c1, c2, side, amount, seed):
     assert (small[0].out_channels, small[3].out_channels, small[8].in_features) == (k1, k2, k2 * side * side)
 
 
+BLOCKS = ["conv", "bn", "relu", "dw", "res_id", "res_conv", "concat", "pool", "gate"]
+
+
+def random_graph(data):
+    """A random CNN of the blocks above (residual sums, concatenations, depthwise convs, gates, pools)."""
+    g = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    c, side = data.draw(st.integers(1, 4), label="in channels"), 4
+    nodes, v, k = [], "x", 0
+
+    def add(op, ins):
+        nonlocal k
+        k += 1
+        out = f"v{k}"
+        nodes.append(Node(f"n{k}", op, tuple(ins), (out,)))
+        return out
+
+    def width():
+        return data.draw(st.integers(1, 5), label="width")
+
+    v = add(conv(c, width() + 1, rng=g), [v])
+    c = nodes[-1].op.out_channels
+    for block in data.draw(st.lists(st.sampled_from(BLOCKS), max_size=6), label="blocks"):
+        if block == "conv":
+            v = add(conv(c, w := width(), rng=g), [v])
+            c = w
+        elif block == "bn":
+            v = add(randomize_bn(hw.nn.Sequential(hw.nn.BatchNorm2d(c)), int(g.integers(99)))[0], [v])
+        elif block == "relu":
+            v = add(hw.nn.ReLU(), [v])
+        elif block == "dw":
+            v = add(hw.nn.Conv2d(c, c, 3, padding=1, groups=c, rng=g), [v])
+        elif block == "res_id":
+            w = width()
+            h = add(hw.nn.ReLU(), [add(conv(c, w, rng=g), [v])])
+            v = add(Add(), [v, add(conv(w, c, rng=g), [h])])
+        elif block == "res_conv":
+            w = width()
+            a = add(conv(c, w, rng=g), [v])
+            b = add(conv(c, w, k=1, rng=g), [v])
+            v, c = add(Add(), [a, b]), w
+        elif block == "concat":
+            w = width()
+            a = add(conv(c, w, rng=g), [v])
+            v, c = add(Concat(1), [v, a]), c + w
+        elif block == "pool" and side >= 2:
+            v, side = add(hw.nn.MaxPool2d(2), [v]), side // 2
+        elif block == "gate":
+            s_ = add(hw.nn.Sigmoid(), [add(GlobalAvgPool2d(), [v])])
+            v = add(hw.nn.ops.Mul(), [v, s_])
+    if data.draw(st.booleans(), label="global pool"):
+        v = add(GlobalAvgPool2d(), [v])
+        feats = c
+    else:
+        feats = c * side * side
+    v = add(hw.nn.Linear(feats, 3, rng=g), [add(hw.nn.Flatten(), [v])])
+    return Graph(nodes, ["x"], [v], input_shapes=[(nodes[0].op.in_channels, 4, 4)])
+
+
+@given(st.data(), st.floats(0, 1), st.sampled_from(["l1", "l2", "bn"]))
+def test_random_graphs_shrink_like_masks(data, amount, importance):
+    graph = random_graph(data)
+    x = rand_x(graph.input_shapes[0], n=3)
+    plan, small = assert_shrinks_like_mask(graph, x, amount=amount, importance=importance)
+    if amount == 0:
+        assert not plan.removed
+    assert n_params(small) <= n_params(graph)
+    for grp in plan.groups:  # at least one channel of every layer stays
+        for layer in grp.layers:
+            assert len(plan.removed.get(layer, [])) < {n.name: n.op for n in graph.nodes}[layer].weight.shape[0]
+
+
 # ------------------------------------------------------------ arguments
 
 def test_bad_arguments():

@@ -436,10 +436,11 @@ class ShrinkPlan:
         self.model = model
         self.importance = check_choice(importance, "importance", IMPORTANCE)
         default = None if amount is None else _check_amount(amount, "amount")
-        per_layer = {} if amount_per_layer is None else dict(amount_per_layer)
         if not isinstance(amount_per_layer, (Mapping, type(None))):
-            raise TypeError(f"amount_per_layer must map layer names to fractions; got {type(amount_per_layer).__name__}")
-        per_layer = {str(k): _check_amount(v, f"amount_per_layer[{k!r}]") for k, v in per_layer.items()}
+            raise TypeError(f"amount_per_layer must map layer names to fractions; "
+                            f"got {type(amount_per_layer).__name__}")
+        per_layer = {str(k): _check_amount(v, f"amount_per_layer[{k!r}]")
+                     for k, v in (amount_per_layer or {}).items()}
         if default is None and not per_layer and remove is None:
             raise ValueError("give amount= (a fraction of every group) or amount_per_layer={layer: fraction}")
         graph = Graph.from_module(model)
@@ -497,7 +498,7 @@ class ShrinkPlan:
         acc: dict[int, float] = {}
         scored: set[int] = set()  # units with a BatchNorm entry ("bn")
         for i, roles in a.roles.items():
-            op = nodes[i].op
+            op: Any = nodes[i].op
             keys = ("bn",) if self.importance == "bn" else ("out", "dw")
             for key in keys:
                 if key not in roles:
@@ -565,10 +566,10 @@ class ShrinkPlan:
             if g.layers in counts:
                 k = counts[g.layers]
             else:
-                f = fractions.get(gi, default)
-                if f is None or not free:
+                frac = fractions.get(gi, default)
+                if frac is None or not free:
                     continue
-                k = round(f * len(free))  # halves to even, as torch counts amounts
+                k = round(frac * len(free))  # halves to even, as torch counts amounts
             if k <= 0 or not free:
                 continue
             if self.importance == "bn" and any(u not in scored for u in free):
@@ -593,7 +594,8 @@ class ShrinkPlan:
                         if gone[a.roles[i]["out"]].any()}
         self.kept: dict[str, tuple[Any, ...]] = {}
         for i, roles in sorted(a.roles.items()):
-            op, name = nodes[i].op, nodes[i].name
+            op: Any = nodes[i].op
+            name = nodes[i].name
             out = self._keep(roles["out"]) if "out" in roles else None
             inp = self._keep(roles["in"]) if "in" in roles else None
             for key in ("dw", "bn"):
@@ -627,7 +629,7 @@ class ShrinkPlan:
         graph = Graph.from_module(new)
         for i, roles in self._a.roles.items():
             node = graph.nodes[i]
-            op = node.op
+            op: Any = node.op
             if "reshape" in roles:
                 k, axis, ids = roles["reshape"]
                 _retarget(op, self._a.shapes[node.inputs[0]], k, axis, len(self._keep(ids)))
@@ -648,8 +650,8 @@ class ShrinkPlan:
                     op.in_channels = op.groups = op.out_channels
                 else:
                     op.in_channels = op.weight.data.shape[1]
-            elif isinstance(op, _BatchNorm):
-                op.num_features = len(op._buffers["running_mean"])
+            elif isinstance(op, _BatchNorm) and f"{node.name}.running_mean" in self.kept:
+                op.num_features = len(self.kept[f"{node.name}.running_mean"][0])
         return new
 
 

@@ -573,7 +573,7 @@ class Trainer:
             q = new_params.get(name) if name is not None else p  # not the model's: left as it was
             if q is None:
                 continue  # gone from the model
-            st = {}
+            st: dict[str, Any] = {}
             for k, v in opt.state.get(p, {}).items():
                 if isinstance(v, np.ndarray) and v.shape == p.data.shape:
                     if name in kept:
