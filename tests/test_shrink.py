@@ -508,3 +508,14 @@ def test_gradual_shrinking_arguments():
         hw.train.GradualShrinking(0.5, end_step=3, importance="magnitude")
     with pytest.raises(TypeError, match="schedule"):
         hw.train.GradualShrinking(schedule=lambda s: 0.5)
+
+
+def test_a_layer_used_twice_is_left_alone():
+    lin = hw.nn.Linear(4, 4, rng=0)
+    nodes = [Node("a", lin, ("x",), ("h",)), Node("relu", hw.nn.ReLU(), ("h",), ("h1",)),
+             Node("b", lin, ("h1",), ("h2",)), Node("c", hw.nn.Linear(4, 4, rng=1), ("h2",), ("h3",)),
+             Node("d", hw.nn.Linear(4, 2, rng=2), ("h3",), ("y",))]
+    g = Graph(nodes, ["x"], ["y"], input_shapes=[(4,)])
+    plan, small = assert_shrinks_like_mask(g, rand_x((4,)), amount=0.5)
+    assert list(plan.removed) == ["c"] and small.nodes[0].op is small.nodes[2].op
+    assert small.nodes[0].op.weight.shape == (4, 4)

@@ -169,9 +169,17 @@ class _Analysis:
         #                "dw"/"bn": channels passed through with parameters, "reshape": (k, axis, input atoms)}
         self.roles: dict[int, dict[str, Any]] = {}
         info: dict[str, _Chan | None] = {}
+        uses: dict[int, int] = {}
+        for node in graph.nodes:
+            uses[id(node.op)] = uses.get(id(node.op), 0) + 1
         for i, node in enumerate(graph.nodes):
             ins = [info.get(v) for v in node.inputs]
             what = f"{type(node.op).__name__} {node.name!r}"
+            if uses[id(node.op)] > 1 and node.op.parameters():  # one set of weights in two places: leave it
+                self._fix_all(ins, f"{what} shares its module with another node")
+                for v in node.outputs:
+                    info[v] = None
+                continue
             try:
                 outs = self._rule(i, node.op, ins, [shapes[v] for v in node.inputs],
                                   [shapes[v] for v in node.outputs], what)
