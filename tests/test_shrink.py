@@ -141,6 +141,17 @@ def test_taylor_from_data_leaves_the_model_alone():
     assert set(plan.removed["0"].tolist()) == set(np.argsort(score, kind="stable")[:6].tolist())
 
 
+def test_an_int_amount_is_a_count():
+    net = hw.nn.mlp([8, 10, 6, 3], rng=0)
+    plan = hw.prune.shrink_plan(net, 2)
+    assert {k: len(v) for k, v in plan.removed.items()} == {"0": 2, "2": 2}
+    plan = hw.prune.shrink_plan(net, 100, amount_per_layer={"2": 1})  # a count past the size keeps one
+    assert {k: len(v) for k, v in plan.removed.items()} == {"0": 9, "2": 1}
+    assert len(hw.prune.shrink_plan(net, 1.0).removed["0"]) == 9  # the fraction 1.0, not the count 1
+    with pytest.raises(ValueError, match="non-negative"):
+        hw.prune.shrink(net, -1)
+
+
 def test_amount_per_layer():
     net = hw.nn.mlp([8, 10, 10, 3], rng=0)
     plan = hw.prune.shrink_plan(net, amount_per_layer={"2": 0.5})

@@ -43,8 +43,9 @@ are its units. :meth:`ShrinkPlan.groups` lists them (:class:`ChannelGroup`).
 Which channels go
 -----------------
 In every prunable group, ``round(amount * n)`` of its ``n`` prunable channels
-are removed (Python's ``round``: halves to even, as torch counts ``amount``),
-always keeping at least one channel of every layer. They are the channels of
+are removed for a float ``amount`` (Python's ``round``: halves to even), or
+``amount`` channels for an int, as torch counts ``amount``; at least one channel
+of every layer always stays. They are the channels of
 least importance, summed over the group (every layer that writes the channel):
 
 - ``"l1"`` / ``"l2"``: the L1 / L2 norm of the producer weights of the channel
@@ -344,13 +345,24 @@ def _flatten_start(shape: tuple[int, ...], out: tuple[int, ...]) -> int | None:
     return k if out[k] == int(np.prod(shape[k:], dtype=np.int64)) else None
 
 
-def _check_amount(amount: Any, name: str) -> float:
+def _check_amount(amount: Any, name: str) -> float | int:
+    """torch's amount: an int is a count of channels, a float a fraction in [0, 1] (bools are refused)."""
     if isinstance(amount, (bool, np.bool_)) or not isinstance(amount, numbers.Real):
-        raise TypeError(f"{name} must be a fraction (a float in [0, 1]); got {amount!r}")
+        raise TypeError(f"{name} must be an int (a count of channels) or a float in [0, 1] (a fraction); "
+                        f"got {amount!r}")
+    if isinstance(amount, numbers.Integral):
+        if amount < 0:
+            raise ValueError(f"{name} must be a non-negative count or a fraction in [0, 1]; got {amount!r}")
+        return int(amount)
     a = float(amount)
     if not 0.0 <= a <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be a fraction in [0, 1]; got {amount!r}")
+        raise ValueError(f"{name} must be a fraction in [0, 1] or a non-negative count; got {amount!r}")
     return a
+
+
+def _count(amount: float | int, n: int) -> int:
+    """Channels to remove of ``n``: an int as given, a fraction ``round(amount * n)`` (halves to even)."""
+    return amount if isinstance(amount, int) else round(amount * n)
 
 
 def _input_shapes(graph: Graph, input_shape: Any, data: Any) -> list[tuple[int, ...]]:
@@ -397,11 +409,11 @@ class ShrinkPlan:
     ----------
     model : Module
         A :class:`~hwreg_rs.nn.Graph`, a :class:`~hwreg_rs.nn.Sequential` or any layer.
-    amount : float in [0, 1], optional
-        Fraction of the prunable channels to remove from every group.
-    amount_per_layer : mapping of str to float, optional
-        Fraction for the group of each named ``Conv2d``/``Linear`` layer (overrides
-        ``amount`` there); two layers of one group must not ask for different fractions.
+    amount : float in [0, 1] or int, optional
+        Fraction (float) or count (int) of the prunable channels to remove from every group.
+    amount_per_layer : mapping of str to float or int, optional
+        Amount for the group of each named ``Conv2d``/``Linear`` layer (overrides
+        ``amount`` there); two layers of one group must not ask for different amounts.
     importance : {"l1", "l2", "taylor", "bn"}, default "l1"
     grads : mapping of str to ndarray, optional
         Gradients by parameter name (``"<layer>.weight"``) for ``"taylor"``.
@@ -445,12 +457,12 @@ class ShrinkPlan:
         self.importance = check_choice(importance, "importance", IMPORTANCE)
         default = None if amount is None else _check_amount(amount, "amount")
         if not isinstance(amount_per_layer, (Mapping, type(None))):
-            raise TypeError(f"amount_per_layer must map layer names to fractions; "
+            raise TypeError(f"amount_per_layer must map layer names to amounts; "
                             f"got {type(amount_per_layer).__name__}")
         per_layer = {str(k): _check_amount(v, f"amount_per_layer[{k!r}]")
                      for k, v in (amount_per_layer or {}).items()}
         if default is None and not per_layer and remove is None:
-            raise ValueError("give amount= (a fraction of every group) or amount_per_layer={layer: fraction}")
+            raise ValueError("give amount= (a fraction or count for every group) or amount_per_layer={layer: amount}")
         graph = Graph.from_module(model)
         shapes = graph.infer_shapes(*((1,) + s for s in _input_shapes(graph, input_shape, data)))
         self._graph = graph
@@ -540,7 +552,7 @@ class ShrinkPlan:
         return acc, scored
 
     # -- the selection ---------------------------------------------------------
-    def _select(self, default: float | None, per_layer: dict[str, float],
+    def _select(self, default: float | int | None, per_layer: dict[str, float | int],
                 remove: Mapping[tuple[str, ...], int] | None, scores: dict[int, float], scored: set[int]) -> None:
         a, nodes = self._a, self._graph.nodes
         names = {nodes[i].name: gi for gi, g in enumerate(self.groups) for i in self._producers
@@ -549,17 +561,17 @@ class ShrinkPlan:
         if unknown:
             raise ValueError(f"amount_per_layer names {unknown}, which are not Conv2d/Linear layers of the model; "
                              f"its layers: {sorted(names)}")
-        fractions: dict[int, float] = {}
+        fractions: dict[int, float | int] = {}
         for layer, f in per_layer.items():
             gi = names[layer]
             g = self.groups[gi]
             if g.prunable == 0 and f > 0:
                 raise ValueError(f"amount_per_layer[{layer!r}]: the channels of {layer!r} cannot be removed "
                                  f"({g.reason})")
-            if gi in fractions and fractions[gi] != f:
-                other = next(k for k, v in per_layer.items() if names[k] == gi and v != f)
+            if gi in fractions and (type(fractions[gi]), fractions[gi]) != (type(f), f):
+                other = next(k for k, v in per_layer.items() if names[k] == gi and (type(v), v) != (type(f), f))
                 raise ValueError(f"amount_per_layer gives {other!r} and {layer!r}, which share their channels "
-                                 f"(group {g.layers}), different fractions ({per_layer[other]} and {f})")
+                                 f"(group {g.layers}), different amounts ({per_layer[other]!r} and {f!r})")
             fractions[gi] = f
         counts = {} if remove is None else {tuple(k): int(v) for k, v in remove.items()}
         unknown_groups = sorted(set(counts) - {g.layers for g in self.groups})
@@ -577,7 +589,7 @@ class ShrinkPlan:
                 frac = fractions.get(gi, default)
                 if frac is None or not free:
                     continue
-                k = round(frac * len(free))  # halves to even, as torch counts amounts
+                k = _count(frac, len(free))
             if k <= 0 or not free:
                 continue
             if self.importance == "bn" and any(u not in scored for u in free):
@@ -733,11 +745,12 @@ def shrink(model: Module, amount: Any = None, *, amount_per_layer: Mapping[str, 
     model : Module
         A :class:`~hwreg_rs.nn.Graph` (e.g. from :func:`hwreg_rs.onnx.load`), a
         :class:`~hwreg_rs.nn.Sequential` or a layer; not modified.
-    amount : float in [0, 1], optional
-        Fraction of the prunable channels removed from every group:
-        ``round(amount * n)`` (halves to even), keeping at least one channel.
-    amount_per_layer : mapping of str to float, optional
-        Fraction per ``Conv2d``/``Linear`` layer name (for that layer's group; overrides ``amount``).
+    amount : float in [0, 1] or int, optional
+        Fraction of the prunable channels removed from every group,
+        ``round(amount * n)`` (halves to even), or an int count of them (torch's
+        ``amount``); at least one channel of every layer stays.
+    amount_per_layer : mapping of str to float or int, optional
+        Amount per ``Conv2d``/``Linear`` layer name (for that layer's group; overrides ``amount``).
     importance : {"l1", "l2", "taylor", "bn"}, default "l1"
         How channels are ranked (summed over every layer of the group): the L1 /
         L2 norm of their producer weights, ``sum |w * dL/dw|``, or BatchNorm ``|gamma|``.
