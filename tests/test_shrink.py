@@ -285,6 +285,11 @@ def test_onnx_fixtures_shrink_like_masks_and_run_smaller(name, tmp_path):
     assert small_rt.predict(x).shape == big_rt.predict(x).shape
     ref = small(x)
     assert np.abs(small_rt.predict(x) - ref).max() <= 0.1 * np.abs(ref).max()  # int8 of the shrunk graph
+    ort = pytest.importorskip("onnxruntime")
+    proto = hw.onnx.export(small)  # the float ONNX of the shrunk graph runs in ONNX Runtime
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {small.inputs[0]: x})[0], ref, rtol=1e-4,
+                               atol=1e-5 * np.abs(ref).max())
 
 
 def test_resnet_fixture_groups():
