@@ -436,6 +436,8 @@ class ShrinkPlan:
     kept : dict of str to tuple
         For every parameter or buffer that shrinks, the kept indices along each
         axis (``None`` for an axis that keeps everything).
+    skipped : dict of tuple of str to str
+        Groups the importance could not rank (``"bn"`` without BatchNorm), and why.
 
     Examples
     --------
