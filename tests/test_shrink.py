@@ -535,3 +535,18 @@ def test_a_layer_used_twice_is_left_alone():
     plan, small = assert_shrinks_like_mask(g, rand_x((4,)), amount=0.5)
     assert list(plan.removed) == ["c"] and small.nodes[0].op is small.nodes[2].op
     assert small.nodes[0].op.weight.shape == (4, 4)
+
+
+def test_replace_model_keeps_gradual_pruning_masks(blobs):
+    X, y = blobs
+    prune = hw.constraints.GradualPruning(0.5, end_step=2, frequency=1)
+    tr = hw.Trainer(hw.nn.mlp([8, 12, 6, 3], rng=0), epochs=1, verbose=False, constraints=[prune]).fit(X, y)
+    old = {n: m.copy() for n, m in prune.masks_.items()}
+    plan = hw.prune.shrink_plan(tr.model, 0.5)
+    tr.replace_model(plan.apply(), kept=plan.kept)
+    for n, m in prune.masks_.items():
+        want = hw.shrink.take_kept(old[n], plan.kept[n]) if n in plan.kept else old[n]
+        np.testing.assert_array_equal(m, want)
+    tr.fit(X, y)
+    prune.check()
+    assert all(np.all(p.data[~prune.masks_[n]] == 0) for n, p in tr.model.named_parameters() if n in prune.masks_)

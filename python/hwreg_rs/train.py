@@ -536,8 +536,8 @@ class Trainer:
           name: cut with ``kept[name]`` (the kept indices per axis, as
           :attr:`hwreg_rs.prune.ShrinkPlan.kept` gives them), copied when the
           shape did not change, else dropped (that parameter starts afresh);
-        - every constraint is attached again (GradualPruning keeps the masks
-          of the weights whose shape did not change);
+        - every constraint is attached again (GradualPruning's masks are cut
+          like their weights, so what was pruned stays pruned);
         - EarlyStopping forgets its best epoch (its weights fit the old model).
 
         Parameters
@@ -587,6 +587,8 @@ class Trainer:
             state[q] = st
         opt.params, opt.state = params, state
         for c in self.constraints_:
+            if isinstance(c, C.GradualPruning) and hasattr(c, "masks_"):  # pruned weights stay pruned
+                c.masks_ = {n: take_kept(m, kept[n]) if n in kept else m for n, m in c.masks_.items()}
             c.attach(model, opt)
         for cb in self.callbacks_:
             if isinstance(cb, EarlyStopping) and hasattr(cb, "best_"):
