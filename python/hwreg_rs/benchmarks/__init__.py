@@ -55,7 +55,7 @@ def _fmt(c: Any) -> str:
 # Suites in run order: each is a module of this package with
 # ``run(quick: bool) -> str`` returning its Markdown section. A suite whose
 # module is missing is skipped, so the list can name suites before they land.
-SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime", "graphs"]
+SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime", "graphs", "shrink"]
 
 
 def markdown_tables(text: str) -> list[dict[str, Any]]:
