@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["median_seconds"]
+__all__ = ["median_seconds", "sample_seconds"]
 
 
 def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.0,
                    budget_s: float | None = None, min_repeats: int = 5) -> float:
-    """Median wall time, in seconds, of one call of ``fn()``.
+    """Median wall time, in seconds, of one call of ``fn()``: the median of :func:`sample_seconds`.
 
     One warm-up call comes first (and a second that sizes the samples). Each
     of ``repeats`` samples runs ``fn`` enough times in a row to last at least
@@ -56,6 +56,21 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: floa
     >>> 0 < t < 1
     True
     """
+    return float(np.median(sample_seconds(fn, repeats=repeats, min_seconds=min_seconds, budget_s=budget_s,
+                                          min_repeats=min_repeats)))
+
+
+def sample_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.0,
+                   budget_s: float | None = None, min_repeats: int = 5) -> np.ndarray:
+    """The timed samples behind :func:`median_seconds` (seconds per call, one per sample), for
+    callers that report more than the median (the cost-model benchmark's 10th percentile).
+
+    Examples
+    --------
+    >>> ts = sample_seconds(lambda: sum(range(100)), repeats=4)
+    >>> ts.shape, bool((ts > 0).all())
+    ((4,), True)
+    """
     fn()
     t0 = time.perf_counter()
     fn()
@@ -75,7 +90,7 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: floa
         samples.append((t1 - t0) / inner)
         if deadline is not None and i + 1 >= min_repeats and t1 > deadline:
             break
-    return float(np.median(samples))
+    return np.asarray(samples, dtype=np.float64)
 
 
 def numpy_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.0) -> float:
