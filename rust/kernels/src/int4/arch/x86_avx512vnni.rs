@@ -1,0 +1,137 @@
+//! The AVX-512 VNNI path of the int4 family: one 64-byte step of a block is
+//! unpacked in registers (`and 0x0F` for the low nibbles, a 16-bit shift by 4
+//! and `and` for the high ones) into two `vpdpbusd` operands of 16 columns ×
+//! 4 values of K; activations (u8) are broadcast 4 at a time. `vpdpbusd`
+//! sums four u8 × s8 products into int32 without saturation, so the group
+//! sums are exact (the codes 0..15 are valid s8).
+
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::{put_groups, put_scaled, Job, Out};
+use crate::int4::STEP_K;
+
+pub(crate) const KERNELS: super::Kernels = super::Kernels { tile: tile_tf };
+
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn tile_tf(j: &Job<'_>) {
+        tile(j)
+    }
+);
+
+/// Rows in groups of 1, 2 (4 blocks of 16 columns at a time) or 3, 4 (2
+/// blocks): at most 8 int32 and 8 float accumulators, no spills.
+#[inline(always)]
+unsafe fn tile(j: &Job<'_>) {
+    let scaled = matches!(j.out, Out::Scaled(..));
+    let sym = j.w.symmetric;
+    macro_rules! go {
+        ($r:literal, $nb:literal) => {
+            match (scaled, sym) {
+                (true, true) => blocks::<$r, $nb, true, true>(j),
+                (true, false) => blocks::<$r, $nb, true, false>(j),
+                (false, true) => blocks::<$r, $nb, false, true>(j),
+                (false, false) => blocks::<$r, $nb, false, false>(j),
+            }
+        };
+    }
+    match j.rows {
+        1 => go!(1, 4),
+        2 => go!(2, 4),
+        3 => go!(3, 2),
+        _ => go!(4, 2),
+    }
+}
+
+/// Runs the job's blocks `NB` at a time, the rest one by one.
+#[inline(always)]
+unsafe fn blocks<const R: usize, const NB: usize, const SCALED: bool, const SYM: bool>(
+    j: &Job<'_>,
+) {
+    let mut bi = 0;
+    while bi + NB <= j.nb {
+        micro::<R, NB, SCALED, SYM>(j, bi);
+        bi += NB;
+    }
+    while bi < j.nb {
+        micro::<R, 1, SCALED, SYM>(j, bi);
+        bi += 1;
+    }
+}
+
+/// `R` rows × `NB` blocks starting at the job's block `bi0`.
+#[inline(always)]
+unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: bool>(
+    j: &Job<'_>,
+    bi0: usize,
+) {
+    let w = j.w;
+    let (kp, ng, ksteps) = (w.kp, w.ng, w.kp / STEP_K);
+    let mask = _mm512_set1_epi8(0x0F);
+    let data = w.data.as_ptr();
+    let x = j.x.as_ptr();
+    let mut facc = [[_mm512_setzero_ps(); NB]; R];
+    for g in 0..ng {
+        let (s0, s1) = w.group_steps(g);
+        let mut acc = [[_mm512_setzero_si512(); NB]; R];
+        for s in s0..s1 {
+            let mut lo = [_mm512_setzero_si512(); NB];
+            let mut hi = [_mm512_setzero_si512(); NB];
+            for bi in 0..NB {
+                let p = data.add(((j.blk + bi0 + bi) * ksteps + s) * 64);
+                let v = _mm512_loadu_si512(p as *const _);
+                lo[bi] = _mm512_and_si512(v, mask);
+                hi[bi] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+            }
+            for r in 0..R {
+                let xp = x.add(r * kp + STEP_K * s);
+                let xl = _mm512_set1_epi32(std::ptr::read_unaligned(xp as *const i32));
+                let xh = _mm512_set1_epi32(std::ptr::read_unaligned(xp.add(4) as *const i32));
+                for bi in 0..NB {
+                    acc[r][bi] = _mm512_dpbusd_epi32(acc[r][bi], xl, lo[bi]);
+                    acc[r][bi] = _mm512_dpbusd_epi32(acc[r][bi], xh, hi[bi]);
+                }
+            }
+        }
+        for bi in 0..NB {
+            let pi = ((j.blk + bi0 + bi) * ng + g) * 16;
+            let z = if SYM {
+                _mm512_setzero_si512()
+            } else {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(w.zp_blk.as_ptr().add(pi) as *const _))
+            };
+            let sc = if SCALED {
+                _mm512_loadu_ps(w.scale_blk.as_ptr().add(pi))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for r in 0..R {
+                let xsg = *j.xsum.get_unchecked(r * ng + g);
+                // D - z·Σx (z = 8 when symmetric: a shift of the scalar sum).
+                let d = if SYM {
+                    _mm512_sub_epi32(acc[r][bi], _mm512_set1_epi32(xsg.wrapping_mul(8)))
+                } else {
+                    _mm512_sub_epi32(acc[r][bi], _mm512_mullo_epi32(z, _mm512_set1_epi32(xsg)))
+                };
+                if SCALED {
+                    facc[r][bi] =
+                        _mm512_add_ps(facc[r][bi], _mm512_mul_ps(_mm512_cvtepi32_ps(d), sc));
+                } else if let Out::Groups(p, ld) = j.out {
+                    let mut v = [0i32; 16];
+                    _mm512_storeu_si512(v.as_mut_ptr() as *mut _, d);
+                    put_groups(j, p, ld, r, bi0 + bi, g, &v);
+                }
+            }
+        }
+    }
+    if let (true, Out::Scaled(p, ld)) = (SCALED, j.out) {
+        for r in 0..R {
+            for bi in 0..NB {
+                let mut v = [0.0f32; 16];
+                _mm512_storeu_ps(v.as_mut_ptr(), facc[r][bi]);
+                put_scaled(j, p, ld, r, bi0 + bi, &v);
+            }
+        }
+    }
+}
