@@ -24,28 +24,35 @@
 //!
 //! Activations are quantized per row by the one activation quantizer
 //! ([`crate::quant::rows`]): `x_q ∈ [0, 255]` with a scale `xs` and zero
-//! point `xz` per row. Every path computes, exactly in int32, the *group
-//! sums*
+//! point `xz` per row. The kernels read them as `x' = x_q − 128 ∈ [−128, 127]`
+//! (an `xor 0x80` of the byte, so the weights can be the unsigned operand of
+//! `vpdpbusd` and the high nibble needs no shift) and compute, exactly in
+//! int32 on every path, the *centred group sums*
 //!
 //! ```text
-//! D[m, n, g] = Σ_{k in group g} x_q[m, k] · w[n, k]            (|D| ≤ G·255·15)
+//! Q[m, n, g] = Σ_{k in g} (x_q[m, k] − 128) · w[n, k]          (|Q| ≤ G·128·15)
 //! ```
 //!
-//! ([`group_sums`] returns them). Then, in float32:
+//! from which the group sums of the activations as quantized follow exactly,
+//! `D = Σ_{k in g} x_q·w = Q + 128·T` and `Σ (x_q − xz)·w = Q + (128 − xz)·T`
+//! with `T[n, g] = Σ_{k in g} w[n, k]` ([`group_sums`] returns `D`). Then,
+//! in float32:
 //!
-//! * one group per channel: the exact total `D − xz[m]·T[n]`
-//!   (`T[n] = Σ_k w[n, k]`) goes through the shared output step
+//! * one group per channel: the exact total `Q + (128 − xz[m])·T[n]` goes
+//!   through the shared output step
 //!   ([`crate::gemm::output::OutputStep::Float`]), so the result is
 //!   `((acc · xs[m]) · s[n]) + bias[n]` as in every int8 layer;
-//! * per-group scales: `f = Σ_g f32(D_g) · s[n, g]` (products and sums in
+//! * per-group scales: `f = Σ_g f32(Q_g) · s[n, g]` (products and sums in
 //!   f32, groups in order, no fused multiply-add, on every path), then
-//!   `y = ((f − f32(xz[m]) · C[n]) · xs[m]) + bias[n]` with
-//!   `C[n] = f32(Σ_g s[n, g] · T[n, g])` (in f64), then ReLU. `D_g` is
-//!   exactly representable in f32 for `G ≤ 4386`, so every path gives the
+//!   `y = ((f + f32(128 − xz[m]) · C[n]) · xs[m]) + bias[n]` with
+//!   `C[n] = f32(Σ_g s[n, g] · T[n, g])` (summed in f64), then ReLU. `Q_g` is
+//!   exactly representable in f32 for `G ≤ 8738`, so every path gives the
 //!   same bits.
 //!
-//! A group longer than [`MAX_GROUP_LEN`] could overflow int32 and is a
-//! `Value` error (a per-channel weight with that many inputs included).
+//! A group longer than [`MAX_GROUP_LEN`] could overflow the int32
+//! accumulators of the high nibbles (`(16·u) · x'`, up to `240·128` a term)
+//! and is a `Value` error (a per-channel weight with that many inputs
+//! included: use groups).
 
 #[doc(hidden)]
 pub mod arch;
@@ -62,8 +69,8 @@ pub const STEP_K: usize = 8;
 /// Columns per packed block.
 pub const BLOCK_N: usize = 16;
 const STEP_BYTES: usize = STEP_K * BLOCK_N / 2;
-/// Longest group whose sums fit int32: `G · 255 · 15 ≤ 2^31 − 1`.
-pub const MAX_GROUP_LEN: usize = i32::MAX as usize / (255 * 15);
+/// Longest group whose accumulators fit int32 (`G · 240 · 128 < 2^31`).
+pub const MAX_GROUP_LEN: usize = 1 << 16;
 /// Rows and blocks one kernel call covers at most (see `arch::Tile`).
 const TILE_ROWS: usize = 4;
 const TILE_BLOCKS: usize = 4;
@@ -285,11 +292,18 @@ fn a_buffers(m: usize, w: &Int4Weight) -> Result<(Vec<u8>, Vec<i32>)> {
     ))
 }
 
-fn row_group_sums(q: &[u8], w: &Int4Weight, out: &mut [i32]) {
+/// Centres one padded row of `x_q` in place (`x' = x_q − 128` as the byte
+/// `x_q ^ 0x80`, padding left 0) and writes `Σ x'` of each group to `out`.
+fn centre_row(q: &mut [u8], w: &Int4Weight, out: &mut [i32]) {
     for (g, o) in out.iter_mut().enumerate() {
         let lo = g * w.group;
         let hi = (lo + w.group).min(w.k);
-        *o = q[lo..hi].iter().map(|&v| i32::from(v)).sum();
+        let mut sum = 0i32;
+        for v in &mut q[lo..hi] {
+            sum += i32::from(*v) - 128;
+            *v ^= 0x80;
+        }
+        *o = sum;
     }
 }
 
@@ -312,8 +326,8 @@ fn quantize_a(ctx: &Ctx, x: &[f32], m: usize, w: &Int4Weight) -> Result<QuantA> 
         zp.push(z);
     }
     for r in 0..m {
-        row_group_sums(
-            &q[r * kp..(r + 1) * kp],
+        centre_row(
+            &mut q[r * kp..(r + 1) * kp],
             w,
             &mut xsum[r * w.ng..(r + 1) * w.ng],
         );
@@ -425,8 +439,8 @@ pub fn group_sums(ctx: &Ctx, x_q: &[u8], m: usize, k: usize, w: &Int4Weight) -> 
     let (mut q, mut xsum) = a_buffers(m, w)?;
     for r in 0..m {
         q[r * w.kp..r * w.kp + k].copy_from_slice(&x_q[r * k..(r + 1) * k]);
-        row_group_sums(
-            &q[r * w.kp..(r + 1) * w.kp],
+        centre_row(
+            &mut q[r * w.kp..(r + 1) * w.kp],
             w,
             &mut xsum[r * w.ng..(r + 1) * w.ng],
         );
@@ -437,6 +451,12 @@ pub fn group_sums(ctx: &Ctx, x_q: &[u8], m: usize, k: usize, w: &Int4Weight) -> 
     let mut out = try_vec(len, 0i32, "the group sums")?;
     let p = SyncPtr(out.as_mut_ptr());
     drive(ctx, w, &q, &xsum, m, Mode::Groups, Some(p), &|_, _, _| {});
+    // D = Q + 128·T.
+    for row in out.chunks_exact_mut((w.n * w.ng).max(1)) {
+        for (d, t) in row.iter_mut().zip(&w.tsum) {
+            *d = d.wrapping_add(t.wrapping_mul(128));
+        }
+    }
     Ok(out)
 }
 
@@ -488,7 +508,8 @@ pub fn linear(
                 for (ri, r) in rows.clone().enumerate() {
                     for c in cols.clone() {
                         let i = ri * TILE_COLS + c - c0;
-                        acc[i] = tile.i[i].wrapping_sub(a.zp[r].wrapping_mul(w.tsum_col[c]));
+                        acc[i] =
+                            tile.i[i].wrapping_add((128 - a.zp[r]).wrapping_mul(w.tsum_col[c]));
                     }
                 }
                 // SAFETY: this task alone writes columns `cols` of `out`.
@@ -507,10 +528,10 @@ pub fn linear(
             &|rows, cols, tile| {
                 let c0 = cols.start;
                 for (ri, r) in rows.enumerate() {
-                    let (xs, xz) = (a.scale[r], a.zp[r] as f32);
+                    let (xs, xz) = (a.scale[r], (128 - a.zp[r]) as f32);
                     for c in cols.clone() {
                         let f = tile.f[ri * TILE_COLS + c - c0];
-                        let mut y = ((f - xz * w.zcorr[c]) * xs) + bias.map_or(0.0, |b| b[c]);
+                        let mut y = ((f + xz * w.zcorr[c]) * xs) + bias.map_or(0.0, |b| b[c]);
                         if relu {
                             y = y.max(0.0);
                         }

@@ -121,10 +121,11 @@ impl Case {
                     let mut f = 0.0f32;
                     let mut cc = 0.0f64;
                     for g in 0..ng {
-                        f += d[(r * n + c) * ng + g] as f32 * self.scales[c * ng + g];
+                        let q = d[(r * n + c) * ng + g] - 128 * t(c, g);
+                        f += q as f32 * self.scales[c * ng + g];
                         cc += f64::from(self.scales[c * ng + g]) * t(c, g) as f64;
                     }
-                    ((f - xz as f32 * cc as f32) * xs) + b
+                    ((f + (128 - xz) as f32 * cc as f32) * xs) + b
                 };
                 if relu {
                     y = y.max(0.0);
@@ -176,7 +177,7 @@ fn group_sums_are_exact_on_every_path() {
 
 #[test]
 fn extremes_do_not_saturate() {
-    // x = 255 everywhere; codes 15 with z = 0 (w = 15) and codes 0 with z = 8 (w = -8),
+    // x_q = 0 or 255 everywhere (x' = -128, 127); codes 15 with z = 0 (w = 15) and codes 0 with z = 8 (w = -8),
     // over the longest groups we accept in a test-sized weight.
     cpu::each_isa(|isa| {
         for (k, group) in [(4096usize, None), (384, Some(128)), (17, Some(8))] {
@@ -192,8 +193,8 @@ fn extremes_do_not_saturate() {
                     scales: vec![1.0; n * ng],
                 };
                 let w = case.weight();
-                for m in [1, 2, 3, 4, 5] {
-                    let xq = vec![255u8; m * k];
+                for (m, xv) in [(1, 255u8), (2, 0), (3, 255), (4, 0), (5, 255), (1, 0)] {
+                    let xq = vec![xv; m * k];
                     let got = group_sums(&TEST, &xq, m, k, &w).unwrap();
                     let want = case.group_sums(&xq, m);
                     assert!(

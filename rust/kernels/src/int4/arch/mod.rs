@@ -1,7 +1,8 @@
 //! The per-ISA code of the int4 family: one tile kernel per path, chosen by
 //! [`crate::cpu::dispatch`]. `generic.rs` compiles the portable body below
 //! (the reference of the others); `x86_avx2.rs` multiplies with `vpmaddubsw`
-//! (exact here, see there); `x86_avx512vnni.rs` with `vpdpbusd`.
+//! (exact here, see there); `x86_avx512vnni.rs` with `vpdpbusd`. Every
+//! path computes the centred group sums `Q` of `int4/mod.rs`.
 
 use super::{Int4Weight, STEP_BYTES, STEP_K};
 
@@ -11,9 +12,9 @@ pub(crate) mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_avx512vnni;
 
-/// Where a tile's results go. `Groups(p, ld)`: `D_g` of row `r`, tile column
+/// Where a tile's results go. `Groups(p, ld)`: `Q_g` of row `r`, tile column
 /// `c` (counted from the job's first column) to `p[r·ld + c·ng + g]`.
-/// `Scaled(p, ld)`: `Σ_g f32(D_g)·s` to `p[r·ld + c]`. Only columns `< n` are
+/// (`Q_g`, the centred sums of `int4/mod.rs`). `Scaled(p, ld)`: `Σ_g f32(Q_g)·s` to `p[r·ld + c]`. Only columns `< n` are
 /// written.
 #[derive(Clone, Copy)]
 pub(crate) enum Out {
@@ -21,8 +22,8 @@ pub(crate) enum Out {
     Scaled(*mut f32, usize),
 }
 
-/// One kernel call: `rows` (≤ 4) rows of padded activations `x`
-/// (`rows × kp`) and their group sums `xsum` (`rows × ng`), times column
+/// One kernel call: `rows` (≤ 4) rows of padded, centred activations `x`
+/// (`rows × kp`, bytes `x_q ^ 0x80`) and their group sums `xsum` (`Σ x'`, `rows × ng`), times column
 /// blocks `blk..blk + nb` (`nb ≤ 4`) of `w`.
 pub(crate) struct Job<'a> {
     pub(crate) w: &'a Int4Weight,
@@ -120,8 +121,9 @@ pub(crate) unsafe fn tile_body(j: &Job<'_>) {
                     for (c, dc) in d.iter_mut().enumerate() {
                         for t in 0..4 {
                             let v = bytes[4 * c + t];
-                            *dc += i32::from(xs[t]) * i32::from(v & 15)
-                                + i32::from(xs[4 + t]) * i32::from(v >> 4);
+                            // x' = x_q − 128 is stored as the byte x_q ^ 0x80.
+                            *dc += i32::from(xs[t] as i8) * i32::from(v & 15)
+                                + i32::from(xs[4 + t] as i8) * i32::from(v >> 4);
                         }
                     }
                 }

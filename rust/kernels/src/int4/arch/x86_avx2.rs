@@ -2,14 +2,15 @@
 //! VNNI). A 64-byte step of a block is two ymm halves (columns 0..7 and
 //! 8..15), each unpacked into low and high nibbles.
 //!
-//! Why `vpmaddubsw` is exact here: it multiplies u8 (activations, ≤ 255) by
-//! s8 (the codes, 0 ≤ u ≤ 15) and adds adjacent pairs into int16 with
-//! saturation. One pair is at most 2·255·15 = 7650; the low-nibble and
-//! high-nibble results are added in int16 before widening, at most
-//! 4·255·15 = 15300 ≤ 32767, so nothing saturates or wraps. `vpmaddwd` by
-//! ones then sums pairs of those into int32 (≤ 30600), exactly. (The
-//! general u8 × s8 case saturates, which is why the int8 GEMM does not use
-//! it.) The tests run the extremes: x = 255 with u = 15 everywhere.
+//! Why `vpmaddubsw` is exact here: it multiplies u8 (the codes,
+//! 0 ≤ u ≤ 15) by s8 (the centred activations, −128 ≤ x' ≤ 127) and adds
+//! adjacent pairs into int16 with saturation. One pair is at most
+//! 2·15·128 = 3840 in magnitude; the low-nibble and high-nibble results are
+//! added in int16 before widening, at most 4·15·128 = 7680 ≤ 32767, so
+//! nothing saturates or wraps. `vpmaddwd` by ones then sums pairs of those
+//! into int32, exactly. (The general u8 × s8 case saturates, which is why
+//! the int8 GEMM does not use it.) The tests run the extremes: x_q = 0 and
+//! 255 (x' = −128, 127) with u = 15 and u = 0 everywhere.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -102,10 +103,10 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
                 let xh = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(4) as *const i32));
                 for bi in 0..NB {
                     for h in 0..2 {
-                        // ≤ 15300 per int16 lane: exact (module doc).
+                        // |·| ≤ 7680 per int16 lane: exact (module doc).
                         let p16 = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(xl, lo[bi][h]),
-                            _mm256_maddubs_epi16(xh, hi[bi][h]),
+                            _mm256_maddubs_epi16(lo[bi][h], xl),
+                            _mm256_maddubs_epi16(hi[bi][h], xh),
                         );
                         acc[r][bi][h] =
                             _mm256_add_epi32(acc[r][bi][h], _mm256_madd_epi16(p16, ones));

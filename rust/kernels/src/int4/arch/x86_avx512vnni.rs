@@ -1,9 +1,12 @@
 //! The AVX-512 VNNI path of the int4 family: one 64-byte step of a block is
-//! unpacked in registers (`and 0x0F` for the low nibbles, a 16-bit shift by 4
-//! and `and` for the high ones) into two `vpdpbusd` operands of 16 columns ×
-//! 4 values of K; activations (u8) are broadcast 4 at a time. `vpdpbusd`
-//! sums four u8 × s8 products into int32 without saturation, so the group
-//! sums are exact (the codes 0..15 are valid s8).
+//! unpacked in registers into two `vpdpbusd` operands of 16 columns × 4
+//! values of K: `and 0x0F` (the low nibbles, `u`) and `and 0xF0` (the high
+//! ones as `16·u`, no shift). The weights are the unsigned operand and the
+//! centred activations `x' = x_q − 128` the signed one, broadcast 4 at a
+//! time. `vpdpbusd` sums four u8 × s8 products into int32 without
+//! saturation, so both accumulators are exact: the high one is a multiple of
+//! 16 (`|·| ≤ 240·128·G < 2^31` for `G ≤ MAX_GROUP_LEN`), shifted back by 4
+//! (exactly) when the group ends.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -20,8 +23,8 @@ crate::cpu::isa_fns!(avx512vnni;
     }
 );
 
-/// Rows in groups of 1, 2 (4 blocks of 16 columns at a time) or 3, 4 (2
-/// blocks): at most 8 int32 and 8 float accumulators, no spills.
+/// One row × 4 blocks of 16 columns, or 2..4 rows × 2 blocks: at most 16
+/// int32 and 8 float accumulators, no spills.
 #[inline(always)]
 unsafe fn tile(j: &Job<'_>) {
     let scaled = matches!(j.out, Out::Scaled(..));
@@ -38,7 +41,7 @@ unsafe fn tile(j: &Job<'_>) {
     }
     match j.rows {
         1 => go!(1, 4),
-        2 => go!(2, 4),
+        2 => go!(2, 2),
         3 => go!(3, 2),
         _ => go!(4, 2),
     }
@@ -68,30 +71,38 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
 ) {
     let w = j.w;
     let (kp, ng, ksteps) = (w.kp, w.ng, w.kp / STEP_K);
-    let mask = _mm512_set1_epi8(0x0F);
+    let lmask = _mm512_set1_epi8(0x0F);
+    let hmask = _mm512_set1_epi8(0xF0u8 as i8);
     let data = w.data.as_ptr();
     let x = j.x.as_ptr();
     let mut facc = [[_mm512_setzero_ps(); NB]; R];
     for g in 0..ng {
         let (s0, s1) = w.group_steps(g);
-        let mut acc = [[_mm512_setzero_si512(); NB]; R];
+        let mut alo = [[_mm512_setzero_si512(); NB]; R];
+        let mut ahi = [[_mm512_setzero_si512(); NB]; R];
         for s in s0..s1 {
             let mut lo = [_mm512_setzero_si512(); NB];
             let mut hi = [_mm512_setzero_si512(); NB];
             for bi in 0..NB {
                 let p = data.add(((j.blk + bi0 + bi) * ksteps + s) * 64);
                 let v = _mm512_loadu_si512(p as *const _);
-                lo[bi] = _mm512_and_si512(v, mask);
-                hi[bi] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+                lo[bi] = _mm512_and_si512(v, lmask);
+                hi[bi] = _mm512_and_si512(v, hmask);
             }
             for r in 0..R {
                 let xp = x.add(r * kp + STEP_K * s);
                 let xl = _mm512_set1_epi32(std::ptr::read_unaligned(xp as *const i32));
                 let xh = _mm512_set1_epi32(std::ptr::read_unaligned(xp.add(4) as *const i32));
                 for bi in 0..NB {
-                    acc[r][bi] = _mm512_dpbusd_epi32(acc[r][bi], xl, lo[bi]);
-                    acc[r][bi] = _mm512_dpbusd_epi32(acc[r][bi], xh, hi[bi]);
+                    alo[r][bi] = _mm512_dpbusd_epi32(alo[r][bi], lo[bi], xl);
+                    ahi[r][bi] = _mm512_dpbusd_epi32(ahi[r][bi], hi[bi], xh);
                 }
+            }
+        }
+        let mut acc = [[_mm512_setzero_si512(); NB]; R];
+        for r in 0..R {
+            for bi in 0..NB {
+                acc[r][bi] = _mm512_add_epi32(alo[r][bi], _mm512_srai_epi32::<4>(ahi[r][bi]));
             }
         }
         for bi in 0..NB {
