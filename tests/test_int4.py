@@ -255,3 +255,80 @@ def test_bad_input_raises():
         Int4Linear(QuantizedInt4(np.zeros((0, 2**39), np.uint8), np.ones((0, 1), np.float32), None, 2**40, None))
     with pytest.raises(ValueError, match="in_features"):
         Int4Linear(q._replace(in_features=0))
+
+
+# ---------------------------------------------------------------------------
+# The runtime op: conversion, the file, hostile files
+# ---------------------------------------------------------------------------
+
+def _qat4_mlp():
+    net = hw.nn.mlp([64, 32, 10], rng=0)
+    qat = hw.constraints.QAT(weight_bits=4)
+    qat.attach(net)
+    net(np.random.default_rng(0).random((16, 64), dtype=np.float32))
+    return net.eval()
+
+
+def test_qat4_linear_converts_to_int4_on_its_grid(tmp_path):
+    net = _qat4_mlp()
+    x = np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)
+    rt4 = hw.runtime.convert(net, input_shape=(64,))
+    rt8 = hw.runtime.convert(net, input_shape=(64,), weight_bits=8)
+    assert [op.kind for op in rt4.ops] == ["int4_linear", "int4_linear"]
+    assert [op.kind for op in rt8.ops] == ["linear", "linear"]
+    # Same grid, same exact sums, same output step: the same bits as the int8 layers.
+    np.testing.assert_array_equal(rt4.predict(x), rt8.predict(x))
+    for op4, m in zip(rt4.ops, [net[0], net[2]]):
+        np.testing.assert_allclose(op4.layer.dequantized_weight(), m.effective_weight(), rtol=1e-6, atol=1e-7)
+    p4, p8 = tmp_path / "m4.hwreg", tmp_path / "m8.hwreg"
+    rt4.save(p4)
+    rt8.save(p8)
+    back = hw.runtime.load(p4)
+    np.testing.assert_array_equal(back.predict(x), rt4.predict(x))
+    w_bytes4 = sum(op.layer.weight.packed.nbytes for op in back.ops)
+    w_bytes8 = sum(op.layer.weight_q.nbytes for op in rt8.ops)
+    assert w_bytes4 * 2 == w_bytes8 and p4.stat().st_size < p8.stat().st_size
+
+
+@pytest.mark.parametrize("group", [None, 32])
+def test_convert_weight_bits_4_for_every_linear(tmp_path, group):
+    net = hw.nn.mlp([70, 33, 5], rng=1).eval()
+    x = np.random.default_rng(2).standard_normal((3, 70)).astype(np.float32)
+    rt = hw.runtime.convert(net, input_shape=(70,), weight_bits=4, int4_group_size=group)
+    assert [op.kind for op in rt.ops] == ["int4_linear", "int4_linear"]
+    assert rt.ops[0].layer.group_size == group
+    ref = net(x)
+    assert np.abs(rt.predict(x) - ref).max() < 0.2 * np.abs(ref).max()
+    rt.save(tmp_path / "m.hwreg")
+    np.testing.assert_array_equal(hw.runtime.load(tmp_path / "m.hwreg").predict(x), rt.predict(x))
+    with pytest.raises(ValueError, match="weight_bits"):
+        hw.runtime.convert(net, input_shape=(70,), weight_bits=3)
+    with pytest.raises(ValueError, match="int4_group_size"):
+        hw.runtime.convert(net, input_shape=(70,), weight_bits=4, int4_group_size=48)
+
+
+def test_hostile_int4_files_are_refused(tmp_path):
+    import copy
+    from hwreg_rs import io
+
+    rt = hw.runtime.convert(hw.nn.mlp([40, 8], rng=0).eval(), input_shape=(40,), weight_bits=4,
+                            int4_group_size=32)
+
+    def refused(edit, match):
+        arrays, meta = rt._to_arrays()
+        arrays, meta = dict(arrays), copy.deepcopy(meta)
+        edit(arrays, meta["graph"]["nodes"][0])
+        path = tmp_path / "hostile.hwreg"
+        io.save(path, arrays, meta)
+        with pytest.raises(io.FormatError, match=match):
+            hw.runtime.load(path)
+
+    refused(lambda a, n: n["spec"].update(out=2**20, **{"in": 2**20}), "exceeds the bound")
+    refused(lambda a, n: n["spec"].update(out=9), "packed")
+    refused(lambda a, n: n["spec"].update(group_size=48), "group_size")
+    refused(lambda a, n: n["spec"].pop("group_size"), "group_size")
+    refused(lambda a, n: n["spec"].update(group_size=None), "scales")
+    refused(lambda a, n: a.update({"0.scales": -a["0.scales"]}), "positive")
+    refused(lambda a, n: a.update({"0.packed": a["0.packed"].astype(np.int8)}), "dtype")
+    refused(lambda a, n: (a.update({"0.zero_points": np.full((8, 2), 16, np.uint8)}),
+                          n["arrays"].update(zero_points="0.zero_points")), "zero_points")
