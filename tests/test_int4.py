@@ -332,3 +332,25 @@ def test_hostile_int4_files_are_refused(tmp_path):
     refused(lambda a, n: a.update({"0.packed": a["0.packed"].astype(np.int8)}), "dtype")
     refused(lambda a, n: (a.update({"0.zero_points": np.full((8, 2), 16, np.uint8)}),
                           n["arrays"].update(zero_points="0.zero_points")), "zero_points")
+
+
+@pytest.mark.parametrize("group", [None, 32, 128])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_onnx_export_as_matmulnbits_runs_in_onnxruntime(group, symmetric):
+    ort = pytest.importorskip("onnxruntime")
+    net = hw.nn.mlp([70, 33, 5], rng=1).eval()
+    rt = hw.runtime.convert(net, input_shape=(70,), weight_bits=4, int4_group_size=group)
+    if not symmetric:  # the same layers with zero points
+        for op in rt.ops:
+            w = quantize_weight(op.layer.dequantized_weight(), group_size=group, symmetric=False)
+            op.layer = Int4Linear(w, op.layer.bias, relu=op.layer.relu)
+    proto = hw.onnx.export(rt)
+    nodes = [n.op_type for n in proto.graph.node]
+    assert nodes.count("MatMulNBits") == 2 and "MatMulInteger" not in nodes
+    packed = [i for i in proto.graph.initializer if i.name.endswith("weight_packed")]
+    assert packed[0].data_type == 2 and np.prod(packed[0].dims) <= 33 * (70 + 127) // 2  # uint8, 4 bits a weight
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 70)).astype(np.float32)
+    got, want = sess.run(None, {"input": x})[0], rt.predict(x)
+    # ONNX Runtime quantizes the activations itself (int8, per block): equal to their rounding.
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
