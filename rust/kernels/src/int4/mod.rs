@@ -72,7 +72,7 @@ const STEP_BYTES: usize = STEP_K * BLOCK_N / 2;
 /// Longest group whose accumulators fit int32 (`G · 240 · 128 < 2^31`).
 pub const MAX_GROUP_LEN: usize = 1 << 16;
 /// Rows and blocks one kernel call covers at most (see `arch::Tile`).
-const TILE_ROWS: usize = 4;
+const TILE_ROWS: usize = 8;
 const TILE_BLOCKS: usize = 4;
 
 /// int4 weights packed for the kernels (see the module doc).

@@ -22,7 +22,7 @@ pub(crate) enum Out {
     Scaled(*mut f32, usize),
 }
 
-/// One kernel call: `rows` (≤ 4) rows of padded, centred activations `x`
+/// One kernel call: `rows` (≤ 8) rows of padded, centred activations `x`
 /// (`rows × kp`, bytes `x_q ^ 0x80`) and their group sums `xsum` (`Σ x'`, `rows × ng`), times column
 /// blocks `blk..blk + nb` (`nb ≤ 4`) of `w`.
 pub(crate) struct Job<'a> {

@@ -23,8 +23,13 @@ crate::cpu::isa_fns!(avx512vnni;
     }
 );
 
-/// One row × 4 blocks of 16 columns, or 2..4 rows × 2 blocks: at most 16
-/// int32 and 8 float accumulators, no spills.
+/// One row × 4 blocks of 16 columns or 2 rows × 2 blocks with the low and
+/// high nibbles in separate accumulators (no shift: the high one holds
+/// `16·u`), or 3..4 rows × 4 blocks, 5..8 rows × 2 blocks with the high
+/// nibbles shifted down and one accumulator each (the float sums then live
+/// in memory: they are touched once a group). At most 16 int32
+/// accumulators, no spills; more rows per unpacked step pay for the
+/// unpacking, which shares the vector pipes with `vpdpbusd`.
 #[inline(always)]
 unsafe fn tile(j: &Job<'_>) {
     let scaled = matches!(j.out, Out::Scaled(..));
@@ -32,40 +37,56 @@ unsafe fn tile(j: &Job<'_>) {
     macro_rules! go {
         ($r:literal, $nb:literal) => {
             match (scaled, sym) {
-                (true, true) => blocks::<$r, $nb, true, true>(j),
-                (true, false) => blocks::<$r, $nb, true, false>(j),
-                (false, true) => blocks::<$r, $nb, false, true>(j),
-                (false, false) => blocks::<$r, $nb, false, false>(j),
+                (true, true) => blocks::<$r, $nb, true, true, { $r <= 2 }>(j),
+                (true, false) => blocks::<$r, $nb, true, false, { $r <= 2 }>(j),
+                (false, true) => blocks::<$r, $nb, false, true, { $r <= 2 }>(j),
+                (false, false) => blocks::<$r, $nb, false, false, { $r <= 2 }>(j),
             }
         };
     }
     match j.rows {
         1 => go!(1, 4),
         2 => go!(2, 2),
-        3 => go!(3, 2),
-        _ => go!(4, 2),
+        3 => go!(3, 4),
+        4 => go!(4, 4),
+        5 => go!(5, 2),
+        6 => go!(6, 2),
+        7 => go!(7, 2),
+        _ => go!(8, 2),
     }
 }
 
 /// Runs the job's blocks `NB` at a time, the rest one by one.
 #[inline(always)]
-unsafe fn blocks<const R: usize, const NB: usize, const SCALED: bool, const SYM: bool>(
+unsafe fn blocks<
+    const R: usize,
+    const NB: usize,
+    const SCALED: bool,
+    const SYM: bool,
+    const SPLIT: bool,
+>(
     j: &Job<'_>,
 ) {
     let mut bi = 0;
     while bi + NB <= j.nb {
-        micro::<R, NB, SCALED, SYM>(j, bi);
+        micro::<R, NB, SCALED, SYM, SPLIT>(j, bi);
         bi += NB;
     }
     while bi < j.nb {
-        micro::<R, 1, SCALED, SYM>(j, bi);
+        micro::<R, 1, SCALED, SYM, SPLIT>(j, bi);
         bi += 1;
     }
 }
 
 /// `R` rows × `NB` blocks starting at the job's block `bi0`.
 #[inline(always)]
-unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: bool>(
+unsafe fn micro<
+    const R: usize,
+    const NB: usize,
+    const SCALED: bool,
+    const SYM: bool,
+    const SPLIT: bool,
+>(
     j: &Job<'_>,
     bi0: usize,
 ) {
@@ -76,6 +97,7 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
     let data = w.data.as_ptr();
     let x = j.x.as_ptr();
     let mut facc = [[_mm512_setzero_ps(); NB]; R];
+    let mut fmem = [[[0.0f32; 16]; NB]; R];
     for g in 0..ng {
         let (s0, s1) = w.group_steps(g);
         let mut alo = [[_mm512_setzero_si512(); NB]; R];
@@ -87,7 +109,11 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
                 let p = data.add(((j.blk + bi0 + bi) * ksteps + s) * 64);
                 let v = _mm512_loadu_si512(p as *const _);
                 lo[bi] = _mm512_and_si512(v, lmask);
-                hi[bi] = _mm512_and_si512(v, hmask);
+                hi[bi] = if SPLIT {
+                    _mm512_and_si512(v, hmask)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), lmask)
+                };
             }
             for r in 0..R {
                 let xp = x.add(r * kp + STEP_K * s);
@@ -95,14 +121,22 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
                 let xh = _mm512_set1_epi32(std::ptr::read_unaligned(xp.add(4) as *const i32));
                 for bi in 0..NB {
                     alo[r][bi] = _mm512_dpbusd_epi32(alo[r][bi], lo[bi], xl);
-                    ahi[r][bi] = _mm512_dpbusd_epi32(ahi[r][bi], hi[bi], xh);
+                    if SPLIT {
+                        ahi[r][bi] = _mm512_dpbusd_epi32(ahi[r][bi], hi[bi], xh);
+                    } else {
+                        alo[r][bi] = _mm512_dpbusd_epi32(alo[r][bi], hi[bi], xh);
+                    }
                 }
             }
         }
         let mut acc = [[_mm512_setzero_si512(); NB]; R];
         for r in 0..R {
             for bi in 0..NB {
-                acc[r][bi] = _mm512_add_epi32(alo[r][bi], _mm512_srai_epi32::<4>(ahi[r][bi]));
+                acc[r][bi] = if SPLIT {
+                    _mm512_add_epi32(alo[r][bi], _mm512_srai_epi32::<4>(ahi[r][bi]))
+                } else {
+                    alo[r][bi]
+                };
             }
         }
         for bi in 0..NB {
@@ -125,9 +159,13 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
                 } else {
                     _mm512_sub_epi32(acc[r][bi], _mm512_mullo_epi32(z, _mm512_set1_epi32(xsg)))
                 };
-                if SCALED {
+                if SCALED && SPLIT {
                     facc[r][bi] =
                         _mm512_add_ps(facc[r][bi], _mm512_mul_ps(_mm512_cvtepi32_ps(d), sc));
+                } else if SCALED {
+                    let fp = fmem[r][bi].as_mut_ptr();
+                    let prod = _mm512_mul_ps(_mm512_cvtepi32_ps(d), sc);
+                    _mm512_storeu_ps(fp, _mm512_add_ps(_mm512_loadu_ps(fp), prod));
                 } else if let Out::Groups(p, ld) = j.out {
                     let mut v = [0i32; 16];
                     _mm512_storeu_si512(v.as_mut_ptr() as *mut _, d);
@@ -139,8 +177,10 @@ unsafe fn micro<const R: usize, const NB: usize, const SCALED: bool, const SYM: 
     if let (true, Out::Scaled(p, ld)) = (SCALED, j.out) {
         for r in 0..R {
             for bi in 0..NB {
-                let mut v = [0.0f32; 16];
-                _mm512_storeu_ps(v.as_mut_ptr(), facc[r][bi]);
+                let mut v = fmem[r][bi];
+                if SPLIT {
+                    _mm512_storeu_ps(v.as_mut_ptr(), facc[r][bi]);
+                }
                 put_scaled(j, p, ld, r, bi0 + bi, &v);
             }
         }
