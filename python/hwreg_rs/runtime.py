@@ -34,6 +34,7 @@ from . import _native, io, sparse
 from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
 from .config import num_threads, set_num_threads
 from .gemm import Int8Linear
+from .int4 import GROUP_SIZES, Int4Linear, QuantizedInt4, quantize_weight
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
@@ -153,6 +154,70 @@ class _Dense(_OnInt8Linear):
         rows = int(np.prod(shape[:-1]))
         k, n = self.layer.in_features, self.layer.out_features
         return LayerWork(name, "linear", rows * k * n, k * n + 8 * n, rows * k * 4, rows * n * 4, "int8")
+
+
+class _Int4Dense(_Op):
+    """Linear layer with int4 weights (two per byte, per-channel or per-group scales) on the int4 kernels.
+
+    The file stores the packed nibbles as uint8 ``(out, ceil(in / 2))``: half
+    the bytes of the int8 layer's weight.
+    """
+
+    kind = "int4_linear"
+
+    def __init__(self, layer: Int4Linear) -> None:
+        self.layer = layer
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.layer(x)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "relu": bool(self.layer.relu), "in": self.layer.in_features,
+                "out": self.layer.out_features, "group_size": self.layer.group_size}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        w = self.layer.weight
+        a = {"packed": w.packed, "scales": w.scales}
+        if w.zero_points is not None:
+            a["zero_points"] = w.zero_points
+        if self.layer.bias is not None:
+            a["bias"] = self.layer.bias
+        return a
+
+    @classmethod
+    def from_file(cls, s: Spec) -> "_Int4Dense":
+        out, inp = s.int("out", lo=1), s.int("in", lo=1)
+        if out * inp > MAX_ELEMENTS:
+            raise s.fail("'out' x 'in'", f"= {out} x {inp} exceeds the bound of {MAX_ELEMENTS} weights")
+        group = s.spec.get("group_size", ...)
+        if group is ... or group not in GROUP_SIZES or isinstance(group, bool):
+            raise s.fail("'group_size'", f"must be one of {list(GROUP_SIZES)}; got {group!r}")
+        ng = 1 if group is None else -(-inp // group)
+        s.only(["packed", "scales", "zero_points", "bias"])
+        packed = s.array("packed", np.uint8, shape=(out, (inp + 1) // 2))
+        scales = s.array("scales", np.float32, shape=(out, ng), finite=True, positive=True)
+        zps = s.array("zero_points", np.uint8, shape=(out, ng), optional=True)
+        if zps is not None and zps.size and int(zps.max()) > 15:
+            raise s.fail("array 'zero_points'", f"must lie in [0, 15]; got {int(zps.max())}")
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        # Copies: a live model must not keep views into the file it came from.
+        w = QuantizedInt4(packed.copy(), scales.copy(), None if zps is None else zps.copy(), inp, group)
+        try:
+            layer = Int4Linear(w, None if bias is None else bias.copy(), relu=s.bool("relu"))
+        except (ValueError, TypeError) as e:
+            raise s.fail("the int4 weight", f"is invalid ({e})") from None
+        return cls(layer)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.layer.in_features:
+            raise ValueError(f"int4_linear expects inputs (..., {self.layer.in_features}); got shape {shape}")
+        return shape[:-1] + (self.layer.out_features,)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        # The products run on the int8 dot-product units; the weight moves at 4 bits.
+        rows = int(np.prod(shape[:-1]))
+        k, n = self.layer.in_features, self.layer.out_features
+        return LayerWork(name, "linear", rows * k * n, self.layer.nbytes, rows * k * 4, rows * n * 4, "int8")
 
 
 class _Sparse(_Op):
@@ -603,7 +668,7 @@ _SPARSE_PATHS = ("csr_f32", "bsr_f32", "nm_f32", "csr_int8", "bsr_int8", "nm_int
 
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
                         "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
-                        "float": _Float, "group_conv2d": _GroupConv}
+                        "float": _Float, "group_conv2d": _GroupConv, "int4_linear": _Int4Dense}
 
 
 # ---------------------------------------------------------------------------
@@ -1256,10 +1321,30 @@ def _fold_bn(p: _Pending, bn: Any) -> None:
     p.bias = (p.bias - bn.running_mean.astype(np.float64)) * scale + beta
 
 
-def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
+def _wants_int4(m: Module, weight_bits: int | None) -> bool:
+    """Whether a Linear runs with int4 weights: always for ``weight_bits=4``; for ``None`` when its QAT grid
+    has at most 4 bits (so the size gain of training at 4 bits is kept)."""
+    if weight_bits is None:
+        return getattr(getattr(m, "weight_fake_quant", None), "bits", 8) <= 4
+    return weight_bits == 4
+
+
+def _int4_op(p: _Pending, w32: np.ndarray, folded: bool, group_size: int | None) -> _Int4Dense:
+    """The int4 layer of a Linear: on its QAT grid when it has one of at most 4 bits (per channel, unfolded)."""
+    bias = p.bias.astype(np.float32)
+    if not folded and group_size is None and getattr(getattr(p.module, "weight_fake_quant", None), "bits", 8) <= 4:
+        q, scale = _quantize_weight(w32, p.module)
+        return _Int4Dense(Int4Linear.from_int(q, scale[:, None], bias, relu=p.relu))
+    return _Int4Dense(Int4Linear(quantize_weight(w32, group_size=group_size), bias, relu=p.relu))
+
+
+def _finish(p: _Pending, *, sparse_mode: str, batch: int, weight_bits: int | None = None,
+            int4_group_size: int | None = None) -> _Op:
     m = p.module
     folded = not np.array_equal(p.weight, m.effective_weight().astype(np.float64))
     w32 = p.weight.astype(np.float32)
+    if isinstance(m, Linear) and _wants_int4(m, weight_bits):
+        return _int4_op(p, w32, folded, int4_group_size)
     if isinstance(m, Linear):
         mask = w32 != 0
         density = float(mask.mean()) if mask.size else 1.0
@@ -1317,7 +1402,8 @@ def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
 
 
 def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = None, sparse: str = "auto",
-            batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None) -> RuntimeModel:
+            batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None,
+            weight_bits: int | None = None, int4_group_size: int | None = None) -> RuntimeModel:
     """Convert a trained model into an int8 :class:`RuntimeModel`.
 
     Parameters
@@ -1347,6 +1433,15 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         Saved with the model.
     threads : int, optional
         Kernel threads while predicting (default: the library setting).
+    weight_bits : {None, 4, 8}, default None
+        Weight precision of Linear layers: ``8`` int8 everywhere; ``4`` int4
+        (:class:`hwreg_rs.int4.Int4Linear`, two weights per byte) for every
+        Linear; ``None`` per layer: int4 for a Linear trained with a QAT
+        constraint of at most 4 weight bits (on its own grid, so the model
+        predicts what it was trained to), int8 for the rest. Convolutions stay int8.
+    int4_group_size : {None, 32, 64, 128}, default None
+        Scales of int4 layers quantized here: one per output channel, or one
+        per group of that many inputs (a QAT layer keeps its per-channel grid).
 
     Returns
     -------
@@ -1365,6 +1460,10 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
                                   "dynamic int8 (per-row / per-image activation scales)")
     if not isinstance(sparse, str) or sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
+    if weight_bits not in (None, 4, 8) or isinstance(weight_bits, bool):
+        raise ValueError(f"weight_bits must be None, 4 or 8; got {weight_bits!r}")
+    if int4_group_size not in GROUP_SIZES or isinstance(int4_group_size, bool):
+        raise ValueError(f"int4_group_size must be one of {GROUP_SIZES}; got {int4_group_size!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if not isinstance(model, Module):
@@ -1382,7 +1481,8 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         value_shapes = graph.infer_shapes(*((1,) + s for s in shapes))
     except ValueError as e:
         raise ValueError(f"the model does not fit input_shape {shape}: {e}") from None
-    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size))
+    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size),
+                              weight_bits=weight_bits, int4_group_size=int4_group_size)
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
                       constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.
@@ -1404,7 +1504,8 @@ def _shape_arg(input_shape: Any) -> tuple[int, ...]:
 
 
 def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,
-           batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+           batch: int, weight_bits: int | None = None,
+           int4_group_size: int | None = None) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
     """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
     Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
     values in between, then each op lowered to its runtime op."""
@@ -1453,7 +1554,9 @@ def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str
                 pending.relu = True
                 absorbed.add(j)
                 last = graph.nodes[j].outputs[0]
-            out.append(RuntimeNode(node.name, _finish(pending, sparse_mode=sparse_mode, batch=batch), ins, (last,)))
+            op = _finish(pending, sparse_mode=sparse_mode, batch=batch, weight_bits=weight_bits,
+                         int4_group_size=int4_group_size)
+            out.append(RuntimeNode(node.name, op, ins, (last,)))
             continue
         out.append(RuntimeNode(node.name, _lower_op(m), ins, node.outputs))
     consts = {k: np.ascontiguousarray(v) for k, v in graph.constants().items()}
