@@ -2,9 +2,15 @@
 //! buffers the plan owns, run in one call so that no per-node dispatch
 //! happens in Python.
 //!
+//! [`graph::GraphPlan`]: a whole graph of int8 runtime ops (dense,
+//! convolutions, depthwise, pooling, residual adds, element-wise ops, layout
+//! changes) over preallocated buffers planned by value lifetimes.
+//!
 //! [`DenseChain`]: the runtime's hot path for MLPs, a chain of int8 linear
 //! layers whose float activations are quantized per row
 //! ([`crate::quant::rows`]) before each layer.
+
+pub mod graph;
 
 use std::sync::Arc;
 
