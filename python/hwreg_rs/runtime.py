@@ -30,9 +30,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import _native, io, sparse
+from . import _native, _planner, io, sparse
 from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
-from .config import num_threads, set_num_threads
+from .config import num_threads
 from .gemm import Int8Linear
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
@@ -40,7 +40,6 @@ from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
 from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
-from .nn.ops import _Unary
 from .profiles import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
@@ -611,93 +610,6 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 # ---------------------------------------------------------------------------
 
 
-def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
-    """The callables ``predict`` runs, in order.
-
-    Convolutions (dense and depthwise) and the pools, ReLUs, element-wise
-    float ops and affines between them pass NHWC tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
-    the NHWC order and hands that Linear its weight with the input columns
-    permuted to match; anything else gets NCHW back first. Then runs of int8
-    Linear layers become one native call (:func:`_fuse_dense_runs`).
-    """
-    steps: list[Any] = []
-    shape = (1, *input_shape)
-    nhwc = False
-
-    def to_nchw() -> None:
-        nonlocal nhwc
-        if nhwc:
-            steps.append(lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            nhwc = False
-
-    work = list(ops)  # the permuted Linear after an NHWC Flatten replaces its op here
-    for i in range(len(work)):
-        op = work[i]
-        j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
-        nxt = work[j] if j is not None else None
-        if isinstance(op, _Conv) or (isinstance(op, _GroupConv) and op.depthwise):
-            steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
-            nhwc = True
-        elif nhwc and isinstance(op, _Float) and isinstance(op.module, _Unary):
-            steps.append(op.forward)  # an element-wise op does not care about the layout (ReLU6 between convs)
-        elif nhwc and isinstance(op, _Pool):
-            steps.append(op.forward_nhwc)
-        elif nhwc and isinstance(op, _Affine):
-            steps.append(lambda x, op=op: (x * op.scale + op.shift).astype(np.float32))
-        elif nhwc and isinstance(op, _Flatten) and op.start_dim == 1 and isinstance(nxt, _Dense):
-            _, c, h, w = shape
-            # NHWC column (y, x, ch) holds what NCHW column ch*h*w + y*w + x held.
-            perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
-            layer = nxt.layer
-            permuted = Int8Linear(np.ascontiguousarray(layer.weight_q[:, perm]), layer.weight_scale, layer.bias,
-                                  relu=layer.relu)
-            work[j] = _Dense(permuted)
-            steps.append(op.forward)
-            nhwc = False
-        elif isinstance(op, _ReLU):
-            steps.append(op.forward)
-        else:
-            to_nchw()
-            steps.append(op)
-        shape = op.out_shape(shape)
-    to_nchw()
-    return _fuse_dense_runs(steps)
-
-
-def _fuse_dense_runs(ops: list[Any]) -> list[Any]:
-    """Runs of int8 Linear layers (``_Dense`` ops) become one native call (no
-    Python between layers); every other op runs as itself (``forward``), and
-    plain callables stay as they are."""
-    steps: list[Any] = []
-    run: list[_Dense] = []
-
-    def close() -> None:
-        if len(run) == 1:
-            steps.append(run[0].forward)
-        elif run:
-            chain = _native._DenseChain([(d.layer._packed._packed, d.layer.weight_scale, d.layer.bias, d.layer.relu)
-                                         for d in run])
-            steps.append(lambda x, chain=chain: _chain_forward(chain, x))
-        run.clear()
-
-    for op in ops:
-        if isinstance(op, _Dense):
-            run.append(op)
-            continue
-        close()
-        steps.append(op.forward if isinstance(op, _Op) else op)
-    close()
-    return steps
-
-
-def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
-    if x.ndim == 2:
-        return chain.forward(x)  # predict hands over C-contiguous float32
-    lead = x.shape[:-1]
-    y = chain.forward(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
-    return y.reshape(lead + (y.shape[-1],))
-
-
 @dataclass(frozen=True)
 class RuntimeNode:
     """One op of a runtime graph: ``outputs = op(*inputs)``; ``name`` is the layer's name in the model."""
@@ -714,55 +626,6 @@ def _chain_nodes(ops: Sequence[_Op]) -> list[RuntimeNode]:
         nodes.append(RuntimeNode(str(i), op, (value,), (f"{i}:0",)))
         value = f"{i}:0"
     return nodes
-
-
-def _steps(nodes: list[RuntimeNode], inputs: list[str], outputs: list[str], constants: dict[str, np.ndarray],
-           shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
-    """What ``predict`` runs: ``(reads, callable, writes)`` triples in order.
-
-    A run of single-input, single-output nodes, each reading only the one
-    before it, becomes one planned step (:func:`_plan`: channels-last between
-    convolutions, int8 Linear runs as one native call), so a chain model runs
-    as it always has and the chains inside a graph run the same way.
-    """
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for v in n.inputs:
-            readers[v] = readers.get(v, 0) + 1
-    for v in outputs:
-        readers[v] = readers.get(v, 0) + 1
-    steps: list[tuple[tuple[str, ...], Any, tuple[str, ...]]] = []
-    run: list[RuntimeNode] = []
-
-    def close() -> None:
-        if not run:
-            return
-        if len(run) == 1:
-            n = run[0]
-            steps.append((n.inputs, n.op.forward, n.outputs))
-        else:
-            planned = _plan([n.op for n in run], shapes[run[0].inputs[0]][1:])
-
-            def call(x: np.ndarray, planned: list[Any] = planned) -> np.ndarray:
-                for step in planned:
-                    x = step(x)
-                return x
-
-            steps.append((run[0].inputs, call, run[-1].outputs))
-        run.clear()
-
-    for n in nodes:
-        simple = len(n.inputs) == 1 and len(n.outputs) == 1 and n.inputs[0] not in constants
-        if simple and run and n.inputs[0] == run[-1].outputs[0] and readers.get(n.inputs[0], 0) == 1:
-            run.append(n)
-            continue
-        close()
-        if simple:
-            run.append(n)
-        else:
-            steps.append((n.inputs, n.op.forward, n.outputs))
-    close()
-    return steps
 
 
 class RuntimeModel:
@@ -824,7 +687,8 @@ class RuntimeModel:
         self.meta = dict(meta or {})
         self.threads = threads
         self._check_values()
-        self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
+        self._steps = _planner.steps(self.nodes, self.inputs, self.input_dtypes, self.outputs, self.constants,
+                                     self.shapes(1))
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -871,11 +735,12 @@ class RuntimeModel:
         return shapes
 
     # -- running -----------------------------------------------------------
-    def _run(self, xs: Sequence[np.ndarray]) -> Any:
+    def _run(self, xs: Sequence[np.ndarray], threads: int) -> Any:
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.inputs, xs))
         for (reads, call, writes), free in zip(self._steps, self._free):
-            y = call(*(env[v] for v in reads))
+            args = (env[v] for v in reads)
+            y = call(*args, threads=threads) if isinstance(call, _planner.Segment) else call(*args)
             if len(writes) == 1:
                 env[writes[0]] = y
             else:
@@ -907,13 +772,14 @@ class RuntimeModel:
         if len(xs) != len(self.inputs):
             raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
         if self.threads is None:
-            return self._run(xs)
-        previous = num_threads()
-        set_num_threads(self.threads)
+            return self._run(xs, num_threads())
+        # The count travels with the calls: the native segments take it as their context, and the
+        # Python ops between them read this OS thread's own setting; the process setting is untouched.
+        previous = _native._local_threads(self.threads)
         try:
-            return self._run(xs)
+            return self._run(xs, self.threads)
         finally:
-            set_num_threads(previous)
+            _native._local_threads(previous)
 
     __call__ = predict
 
