@@ -185,3 +185,18 @@ _CONV_RT = runtime.convert(
     nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=1), nn.BatchNorm2d(8), nn.ReLU6(),
                   nn.Conv2d(8, 8, 3, padding=1, groups=8, rng=2), nn.ReLU(), nn.AvgPool2d(2),
                   nn.Flatten(), nn.Linear(8 * 4 * 4, 5, rng=3)).eval(), input_shape=(3, 8, 8))
+
+
+@given(st.integers(1, 70), st.integers(1, 70), st.booleans(), st.integers(0, 2**31 - 1))
+def test_the_native_global_average_pool_gives_numpys_mean_bytes(h, w, channels_last, seed):
+    x = (np.random.default_rng(seed).standard_normal((2, 3, h, w)) * 5).astype(np.float32)
+    src = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if channels_last else x
+    plan = hw._native._GraphPlan([("global_avgpool", [0], 1, {"channels_last": channels_last})], [0],
+                                 [list(src.shape[1:])], [1])
+    assert plan.forward([src], 1)[0].tobytes() == x.mean(axis=(2, 3), keepdims=True).tobytes()
+
+
+def test_a_resnet_runs_as_one_native_call():
+    rt = runtime.convert(hw.onnx.load(zoo.digits_models()["resnet"]).eval(), input_shape=(1, 8, 8))
+    assert rt._whole is not None and "global_avgpool" in _ops(rt._whole)
+    assert "to_nchw" not in _ops(rt._whole)  # the pool reads the channels-last tensor

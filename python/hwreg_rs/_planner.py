@@ -20,6 +20,7 @@ computes, bit for bit, so predictions do not change.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -67,12 +68,32 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
         return node.inputs[0] in floats
     if k == "affine":
         return node.inputs[0] in floats and len(x) >= 2
+    if k == "float" and op.module.op_type == "GlobalAveragePool":
+        return len(x) == 4 and node.inputs[0] in floats and gap_matches_numpy()
     if k == "float" and op.module.op_type == "Add":
         a, b = node.inputs if len(node.inputs) == 2 else (None, None)
         return a in floats and b in floats and shapes[a] == shapes[b]
     if k == "float" and _unary_of(op) is not None:
         return len(node.inputs) == 1 and node.inputs[0] in floats
     return False
+
+
+@functools.cache
+def gap_matches_numpy() -> bool:
+    """Whether the native global average pool gives NumPy's ``mean`` bytes here (it follows NumPy's
+    pairwise summation; checked once per process on both layouts, so a NumPy that sums otherwise
+    keeps the op in Python rather than changing predictions)."""
+    rng = np.random.default_rng(0)
+    for h, w in ((1, 1), (2, 3), (7, 7), (9, 17), (40, 40), (100, 90)):
+        x = (rng.standard_normal((2, 3, h, w)) * 8).astype(np.float32)
+        want = x.mean(axis=(2, 3), keepdims=True)
+        for last in (False, True):
+            src = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if last else x
+            dims = list(src.shape[1:])
+            plan = _native._GraphPlan([("global_avgpool", [0], 1, {"channels_last": last})], [0], [dims], [1])
+            if plan.forward([src], 1)[0].tobytes() != want.tobytes():
+                return False
+    return True
 
 
 # Python ops whose outputs are always float32.
@@ -246,6 +267,9 @@ class _Builder:
             out = self.emit("affine", [self.get(x, lay)], scale=op.scale, shift=op.shift,
                             channels_last=lay == "nhwc")
             self.ids[y] = {lay: out}
+        elif op.kind == "float" and op.module.op_type == "GlobalAveragePool":
+            lay = self.layout(x)
+            self.ids[y] = {"plain": self.emit("global_avgpool", [self.get(x, lay)], channels_last=lay == "nhwc")}
         elif op.kind == "float" and op.module.op_type == "Add":
             a, b = node.inputs
             lay = "nhwc" if "nhwc" in (self.layout(a), self.layout(b)) and len(self.shapes[a]) == 4 else "plain"

@@ -689,6 +689,11 @@ class RuntimeModel:
         self._check_values()
         self._steps = _planner.steps(self.nodes, self.inputs, self.input_dtypes, self.outputs, self.constants,
                                      self.shapes(1))
+        self._dtypes = [np.dtype(d) for d in self.input_dtypes]
+        # The whole model one native segment: predict calls it directly.
+        reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
+        whole = isinstance(call, _planner.Segment) and reads == tuple(self.inputs) and writes == tuple(self.outputs)
+        self._whole = call if whole else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -757,12 +762,12 @@ class RuntimeModel:
         several outputs returns a tuple.
         """
         xs = []
-        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
-            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous and v.flags.aligned):
+        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
+            if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
-                if dt != "float32" and v.dtype.kind not in "iu":
+                if dt.name != "float32" and v.dtype.kind not in "iu":
                     raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
                 # Aligned too: arrays from pickle-5 / network buffers can sit at odd offsets.
                 v = np.require(v, dtype=dt, requirements=["C", "A"])
@@ -771,6 +776,8 @@ class RuntimeModel:
             xs.append(v)
         if len(xs) != len(self.inputs):
             raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
+        if self._whole is not None:  # one native call: nothing in Python reads a thread count
+            return self._whole(*xs, threads=num_threads() if self.threads is None else self.threads)
         if self.threads is None:
             return self._run(xs, num_threads())
         # The count travels with the calls: the native segments take it as their context, and the

@@ -100,6 +100,9 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             stride: field!(p, "stride")?,
             padding: field!(p, "padding")?,
         },
+        "global_avgpool" => Op::GlobalAvgPool {
+            channels_last: field!(p, "channels_last")?,
+        },
         "add" => Op::Add {
             relu: field!(p, "relu")?,
         },

@@ -144,6 +144,9 @@ pub enum Op {
         stride: (usize, usize),
         padding: (usize, usize),
     },
+    /// NumPy's `x.mean(axis=(2, 3), keepdims=True)` of an image, bit for bit
+    /// (its pairwise sum, then one division): NCHW (or NHWC) in, `(c, 1, 1)` out.
+    GlobalAvgPool { channels_last: bool },
     /// `a + b` of two values of the same dims, then ReLU if `relu`.
     Add { relu: bool },
     /// An element-wise function.
@@ -354,6 +357,10 @@ impl Op {
                 let (c, h, w) = image(x, false, what)?;
                 let win = Window::new(1, c, h, w, *kernel, *stride, *padding).check_pool()?;
                 vec![win.oh(), win.ow(), c]
+            }
+            Op::GlobalAvgPool { channels_last } => {
+                let (c, _, _) = image(x, !*channels_last, what)?;
+                vec![c, 1, 1]
             }
             Op::Add { .. } => {
                 if ins[0] != ins[1] {
@@ -718,6 +725,21 @@ impl GraphPlan {
                 let win = Window::new(batch, c, h, w, *kernel, *stride, *padding);
                 nhwc::pool2d_into(ctx, x, win, *kind, y)?;
             }
+            Op::GlobalAvgPool { channels_last } => {
+                let (c, h, w) = image(xd, !*channels_last, "global average pool")?;
+                let (hw, per) = (h * w, c * h * w);
+                for (img, xi) in x.chunks_exact(per.max(1)).enumerate().take(batch) {
+                    for ch in 0..c {
+                        let sum = if *channels_last {
+                            pairwise_sum(&|i| xi[i * c + ch], 0, hw)
+                        } else {
+                            pairwise_sum(&|i| xi[ch * hw + i], 0, hw)
+                        };
+                        // np.add.reduce starts from 0; np.mean divides in float32.
+                        y[img * c + ch] = (0.0 + sum) / hw as f32;
+                    }
+                }
+            }
             Op::Add { relu } => {
                 let (p1, l1) = src(ws, node.inputs[1]);
                 // SAFETY: as for `x`.
@@ -767,6 +789,41 @@ impl GraphPlan {
             Op::Reshape(_) => y.copy_from_slice(x),
         }
         Ok(())
+    }
+}
+
+/// NumPy's pairwise float32 sum of `x(start..start + n)` (`pairwise_sum_FLOAT`
+/// in its `loops_utils.h`): plain below 8, eight accumulators up to 128
+/// elements, else the two halves split at a multiple of 8.
+fn pairwise_sum(x: &impl Fn(usize) -> f32, start: usize, n: usize) -> f32 {
+    if n < 8 {
+        let mut res = 0.0f32;
+        for i in 0..n {
+            res += x(start + i);
+        }
+        res
+    } else if n <= 128 {
+        let mut r = [0f32; 8];
+        for (j, v) in r.iter_mut().enumerate() {
+            *v = x(start + j);
+        }
+        let mut i = 8;
+        while i < n - n % 8 {
+            for (j, v) in r.iter_mut().enumerate() {
+                *v += x(start + i + j);
+            }
+            i += 8;
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        while i < n {
+            res += x(start + i);
+            i += 1;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        pairwise_sum(x, start, n2) + pairwise_sum(x, start + n2, n - n2)
     }
 }
 

@@ -283,3 +283,28 @@ fn calls_from_several_threads_run_at_once() {
         }
     });
 }
+
+#[test]
+fn global_average_pool_is_numpys_pairwise_mean() {
+    // Below 8 elements a plain sum; 8..=128 eight accumulators; above, halves at multiples of 8.
+    let seq: Vec<f32> = (0..300).map(|i| 1.0 + (i as f32) * 1e-3).collect();
+    let plain = |n: usize| seq[..n].iter().fold(0.0f32, |a, &v| a + v);
+    assert_eq!(pairwise_sum(&|i| seq[i], 0, 5), plain(5));
+    let mut r = [0f32; 8];
+    for (i, v) in seq[..20].iter().enumerate().take(16) {
+        r[i % 8] += *v;
+    }
+    let want = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + seq[16] + seq[17] + seq[18] + seq[19];
+    assert_eq!(pairwise_sum(&|i| seq[i], 0, 20), want);
+    assert_eq!(pairwise_sum(&|i| seq[i], 0, 300), pairwise_sum(&|i| seq[i], 0, 144) + pairwise_sum(&|i| seq[i], 144, 156));
+    // Both layouts give the same means.
+    let (c, h, w) = (3, 5, 4);
+    let x = input(2 * c * h * w, 4);
+    let mut t = vec![0.0; x.len()];
+    to_nhwc(&x, &mut t, 2, c, h * w);
+    let gap = |last| GraphPlan::new(vec![node(Op::GlobalAvgPool { channels_last: last }, &[0], 1)], vec![0],
+                                    vec![if last { vec![h, w, c] } else { vec![c, h, w] }], vec![1]).unwrap();
+    let a = run(&gap(false), &TEST, &x, 2);
+    assert_eq!(a, run(&gap(true), &TEST, &t, 2));
+    assert_eq!(a[4], (0.0 + pairwise_sum(&|i| x[(c + 1) * h * w + i], 0, h * w)) / (h * w) as f32);
+}
