@@ -200,3 +200,13 @@ def test_a_resnet_runs_as_one_native_call():
     rt = runtime.convert(hw.onnx.load(zoo.digits_models()["resnet"]).eval(), input_shape=(1, 8, 8))
     assert rt._whole is not None and "global_avgpool" in _ops(rt._whole)
     assert "to_nchw" not in _ops(rt._whole)  # the pool reads the channels-last tensor
+
+
+def test_a_segment_times_each_graph_node_inside_its_native_call():
+    rt = runtime.convert(nn.small_cnn(rng=0).eval(), input_shape=(1, 8, 8))
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y, per = rt._whole.timed(x, threads=1)
+    assert np.array_equal(y, rt.predict(x))
+    # Every graph node that ran natively has its entry (the fused ReLUs count with their layers).
+    assert set(per) == {n.name for n in rt.nodes}
+    assert all(t >= 0 for t in per.values()) and sum(per.values()) > 0

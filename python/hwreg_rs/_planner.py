@@ -108,6 +108,7 @@ class PlanNode:
     inputs: list[int]
     output: int
     params: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the graph node it came from (its profile entry)
 
 
 class Segment:
@@ -126,6 +127,15 @@ class Segment:
     def __call__(self, *xs: np.ndarray, threads: int) -> Any:
         ys = self.plan.forward([np.ascontiguousarray(x, dtype=np.float32) for x in xs], threads)
         return ys[0] if self.n_outputs == 1 else tuple(ys)
+
+    def timed(self, *xs: np.ndarray, threads: int) -> tuple[Any, dict[str, float]]:
+        """``self(*xs)`` and the seconds of each graph node it ran (a fused op counts with its
+        producer, a layout change with the node it was made for), timed inside the native call."""
+        ys, seconds = self.plan.forward_timed([np.ascontiguousarray(x, dtype=np.float32) for x in xs], threads)
+        per: dict[str, float] = {}
+        for n, t in zip(self.nodes, seconds):
+            per[n.source] = per.get(n.source, 0.0) + t
+        return (ys[0] if self.n_outputs == 1 else tuple(ys)), per
 
 
 def fuse_activations(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
@@ -193,6 +203,7 @@ class _Builder:
         self.ids: dict[str, dict[str, int]] = {}
         self.count = 0
         self.permuted: dict[str, Any] = {}  # flatten outputs in NHWC order -> their Dense's permuted layer
+        self.source = ""  # the graph node being lowered
 
     def new(self) -> int:
         self.count += 1
@@ -200,7 +211,7 @@ class _Builder:
 
     def emit(self, op: str, inputs: list[int], **params: Any) -> int:
         out = self.new()
-        self.nodes.append(PlanNode(op, inputs, out, params))
+        self.nodes.append(PlanNode(op, inputs, out, params, self.source))
         return out
 
     def dims(self, v: str) -> tuple[int, ...]:
@@ -226,6 +237,7 @@ class _Builder:
 
     def add(self, node: Any, next_dense: Any) -> None:
         op, x, y = node.op, node.inputs[0], node.outputs[0]
+        self.source = node.name
         k = op.kind
         if k == "conv2d" or k == "group_conv2d":
             nchw_in = self.layout(x) == "plain"

@@ -155,32 +155,21 @@ impl PyGraphPlan {
         inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
         threads: usize,
     ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
-        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
-        let xs = inputs
-            .iter()
-            .map(|x| contiguous(x, "x"))
-            .collect::<PyResult<Vec<_>>>()?;
-        let outs = self
-            .inner
-            .output_dims()
-            .iter()
-            .map(|d| {
-                let shape: Vec<usize> = std::iter::once(batch).chain(d.iter().copied()).collect();
-                // SAFETY: every element is written by the plan before Python sees the array.
-                unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
-            })
-            .collect::<Vec<_>>();
-        {
-            let mut views = outs.iter().map(|a| a.readwrite()).collect::<Vec<_>>();
-            let mut slices = views
-                .iter_mut()
-                .map(|v| v.as_slice_mut().map_err(|_| PyValueError::new_err("output is not contiguous")))
-                .collect::<PyResult<Vec<_>>>()?;
-            py.detach(|| self.inner.forward(&Ctx::new(threads), batch, &xs, &mut slices))
-                .or_py()?;
-        }
-        Ok(outs)
+        self.run(py, inputs, threads, None)
     }
+
+    /// `forward` that also returns each node's seconds (a list, in node order).
+    fn forward_timed<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+        threads: usize,
+    ) -> PyResult<(Vec<Bound<'py, PyArrayDyn<f32>>>, Vec<f64>)> {
+        let mut seconds = vec![0.0; self.inner.nodes()];
+        let out = self.run(py, inputs, threads, Some(&mut seconds))?;
+        Ok((out, seconds))
+    }
+
 
     /// Per-sample dims of every output.
     fn output_dims(&self) -> Vec<Vec<usize>> {
@@ -205,6 +194,45 @@ impl PyGraphPlan {
 #[pyfunction]
 fn _local_threads(n: Option<usize>) -> Option<usize> {
     exec::set_local_threads(n)
+}
+
+impl PyGraphPlan {
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+        threads: usize,
+        seconds: Option<&mut [f64]>,
+    ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
+        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
+        let xs = inputs
+            .iter()
+            .map(|x| contiguous(x, "x"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let outs = self
+            .inner
+            .output_dims()
+            .iter()
+            .map(|d| {
+                let shape: Vec<usize> = std::iter::once(batch).chain(d.iter().copied()).collect();
+                // SAFETY: every element is written by the plan before Python sees the array.
+                unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
+            })
+            .collect::<Vec<_>>();
+        {
+            let mut views = outs.iter().map(|a| a.readwrite()).collect::<Vec<_>>();
+            let mut slices = views
+                .iter_mut()
+                .map(|v| v.as_slice_mut().map_err(|_| PyValueError::new_err("output is not contiguous")))
+                .collect::<PyResult<Vec<_>>>()?;
+            py.detach(|| {
+                self.inner
+                    .forward_timed(&Ctx::new(threads), batch, &xs, &mut slices, seconds)
+            })
+                .or_py()?;
+        }
+        Ok(outs)
+    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -513,6 +513,11 @@ impl GraphPlan {
         self.storage.get(v).copied()
     }
 
+    /// Nodes of the plan.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Workspace buffers the plan uses for its values (after sharing by lifetime).
     pub fn buffers(&self) -> usize {
         self.buf_elems.len()
@@ -534,6 +539,22 @@ impl GraphPlan {
         inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
     ) -> Result<()> {
+        self.forward_timed(ctx, batch, inputs, outputs, None)
+    }
+
+    /// [`GraphPlan::forward`], writing each node's wall-clock seconds into
+    /// `seconds` (one entry per node) when given: the plan's profile.
+    pub fn forward_timed(
+        &self,
+        ctx: &Ctx,
+        batch: usize,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        mut seconds: Option<&mut [f64]>,
+    ) -> Result<()> {
+        if seconds.as_ref().is_some_and(|s| s.len() != self.nodes.len()) {
+            return shape_err!("seconds must have one entry per node ({})", self.nodes.len());
+        }
         if inputs.len() != self.inputs.len() || outputs.len() != self.outputs.len() {
             return shape_err!(
                 "the plan takes {} inputs and {} outputs; got {} and {}",
@@ -569,8 +590,12 @@ impl GraphPlan {
                 .iter()
                 .enumerate()
                 .try_for_each(|(i, n)| {
-                    self.run_node(ctx, &mut ws, batch, n, inputs, outputs)
-                        .map_err(|e| at(i, e))
+                    let t0 = std::time::Instant::now();
+                    let r = self.run_node(ctx, &mut ws, batch, n, inputs, outputs);
+                    if let Some(s) = seconds.as_deref_mut() {
+                        s[i] = t0.elapsed().as_secs_f64();
+                    }
+                    r.map_err(|e| at(i, e))
                 })
         });
         if let Ok(mut pool) = self.pool.lock() {
