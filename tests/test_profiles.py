@@ -85,3 +85,44 @@ def test_layerwork_validation():
         LayerWork("x", "linear", 1, 1, 1, 1, precision="int4")
     with pytest.raises(ValueError, match="density"):
         LayerWork("x", "linear", 1, 1, 1, 1, density=1.5)
+
+
+def test_scaled_and_calibrated_profiles_are_the_one_model():
+    p = preset("x86-avx2")
+    work = [_linear("fc", 512, 512, 8, "int8"), LayerWork("pool", "pool", 0, 0, 4096, 1024)]
+    base = estimate(work, p).latency_s
+    assert estimate(work, p.scaled(2.5)).latency_s == pytest.approx(2.5 * base)
+    cal = p.calibrated(work, 3e-4)
+    assert estimate(work, cal).latency_s == pytest.approx(3e-4)
+    assert cal.sparsity_patterns == p.sparsity_patterns and cal.name == p.name
+    with pytest.raises(ValueError, match="factor"):
+        p.scaled(0.0)
+    with pytest.raises(ValueError, match="measured_s"):
+        p.calibrated(work, float("nan"))
+    from hwreg_rs import profiles
+
+    assert profiles.resolve(p) is p and profiles.resolve("cortex-m7") is preset("cortex-m7")
+    with pytest.raises(TypeError, match="profile"):
+        profiles.resolve(3)
+
+
+def test_sparse_kernel_work_pays_the_sparse_cost_even_when_slower():
+    p = preset("x86-avx2")  # unstructured efficiency 0.35: at 50% kept, sparse is slower than dense
+    dense = LayerWork("fc", "linear", 64 * 512 * 512, 512 * 512, 64 * 512 * 4, 64 * 512 * 4, "int8")
+    chooser = LayerWork("fc", "linear", dense.macs, dense.weight_bytes, dense.act_in_bytes, dense.act_out_bytes, "int8",
+                        density=0.5, pattern="unstructured")
+    stored = LayerWork("fc", "linear", dense.macs, dense.weight_bytes, dense.act_in_bytes, dense.act_out_bytes, "int8",
+                       density=0.5, pattern="unstructured", sparse_kernel=True)
+    t = [estimate([w], p).layers[0].compute_s for w in (dense, chooser, stored)]
+    assert t[1] <= t[0] < t[2]
+
+
+def test_the_one_timer_counts_its_calls():
+    from hwreg_rs._timing import median_seconds
+
+    calls = []
+    assert median_seconds(lambda: calls.append(1), repeats=4) >= 0
+    assert len(calls) == 2 + 4  # a warm-up, a sizing call, one call per sample
+    calls.clear()
+    median_seconds(lambda: calls.append(1), repeats=50, budget_s=0.0, min_repeats=3)
+    assert len(calls) == 2 + 3  # a budget of nothing: the fewest samples
