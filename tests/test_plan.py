@@ -210,3 +210,17 @@ def test_a_segment_times_each_graph_node_inside_its_native_call():
     # Every graph node that ran natively has its entry (the fused ReLUs count with their layers).
     assert set(per) == {n.name for n in rt.nodes}
     assert all(t >= 0 for t in per.values()) and sum(per.values()) > 0
+
+
+def test_values_whose_leading_axis_is_not_the_batch_stay_in_python():
+    from hwreg_rs.nn.graph import Graph, Node
+
+    g = Graph([Node("fc1", nn.Linear(8, 8, rng=1), ("x",), ("h",)),
+               Node("rows", nn.ops.Reshape([-1, 4]), ("h",), ("r",)),  # (N, 8) -> (2N, 4)
+               Node("fc2", nn.Linear(4, 3, rng=2), ("r",), ("y",))], inputs=["x"], outputs=["y"],
+              input_shapes=[(8,)])
+    rt = runtime.convert(g.eval(), input_shape=(8,))
+    assert [type(c).__name__ for _, c, _ in rt._steps] == ["Segment", "method", "method"]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
+        assert np.array_equal(rt.predict(x), _node_by_node(rt, x))

@@ -46,15 +46,16 @@ def _unary_of(op: Any) -> tuple[str, float | None, float | None] | None:
 
 
 def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[str, Any],
-               floats: set[str]) -> bool:
+               floats: set[str], batched: set[str]) -> bool:
     """Whether the native executor runs this node, computing what its Python op computes.
 
     Ops that cast their input to float32 first (the int8 layers, pooling, ReLU)
     take any input; element-wise float ops need an input known to be float32
-    (``floats``), as NumPy would compute them in another dtype otherwise.
+    (``floats``), as NumPy would compute them in another dtype otherwise. Every value the node
+    reads or writes must be in ``batched`` (its leading axis the batch: the plan sizes by it).
     """
     op = node.op
-    if len(node.outputs) != 1 or any(v in constants for v in node.inputs):
+    if len(node.outputs) != 1 or any(v in constants or v not in batched for v in (*node.inputs, *node.outputs)):
         return False
     k = op.kind
     x = shapes[node.inputs[0]] if node.inputs else ()
@@ -315,10 +316,11 @@ def _segment(run: list[Any], shapes: dict[str, tuple[int, ...]], needed: set[str
 
 
 def steps(nodes: Sequence[Any], inputs: Sequence[str], input_dtypes: Sequence[str], outputs: Sequence[str],
-          constants: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any,
-                                                                                       tuple[str, ...]]]:
+          constants: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+          batched: set[str]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
     """What ``predict`` runs: ``(reads, callable, writes)`` in order; a :class:`Segment` per maximal run
-    of native nodes, each other node's ``op.forward``."""
+    of native nodes, each other node's ``op.forward``. ``shapes``: every value's shape at batch 1;
+    ``batched``: the values whose leading axis is the batch."""
     floats = {v for v, d in zip(inputs, input_dtypes) if d == "float32"}
     readers: dict[str, list[Any]] = {}
     for n in nodes:
@@ -326,7 +328,7 @@ def steps(nodes: Sequence[Any], inputs: Sequence[str], input_dtypes: Sequence[st
             readers.setdefault(v, []).append(n)
     native = []
     for n in nodes:
-        ok = _native_op(n, shapes, constants, floats)
+        ok = _native_op(n, shapes, constants, floats, batched)
         native.append(ok)
         if ok or n.op.kind in _FLOAT_OUT:
             floats.update(n.outputs)

@@ -687,8 +687,9 @@ class RuntimeModel:
         self.meta = dict(meta or {})
         self.threads = threads
         self._check_values()
+        shapes = self.shapes(1)
         self._steps = _planner.steps(self.nodes, self.inputs, self.input_dtypes, self.outputs, self.constants,
-                                     self.shapes(1))
+                                     shapes, _batched(self, shapes))
         self._dtypes = [np.dtype(d) for d in self.input_dtypes]
         # The whole model one native segment: predict calls it directly.
         reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
@@ -1016,6 +1017,17 @@ class RuntimeModel:
             if self.threads is not None:
                 _native._local_threads(previous)
         return seconds
+
+
+def _batched(rt: RuntimeModel, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The values whose leading axis is the batch (shape ``(N, *per_sample)`` at every N tried):
+    the native plan sizes its buffers by the batch, so it takes only those."""
+    try:
+        more = [rt.shapes(b) for b in (2, 3)]
+    except ValueError:  # a graph that runs at batch 1 only
+        return set()
+    return {v for v, s in shapes.items()
+            if s and s[0] == 1 and all(m.get(v) == (b,) + s[1:] for b, m in zip((2, 3), more))}
 
 
 def _kind(spec: Any, where: str) -> str:
