@@ -42,7 +42,8 @@ fn floats(p: &Bound<'_, PyDict>, key: &str) -> PyResult<Vec<f32>> {
 
 fn opt_floats(p: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<Vec<f32>>> {
     let a: Option<PyReadonlyArrayDyn<'_, f32>> = field!(p, key)?;
-    a.map(|a| contiguous(&a, key).map(<[f32]>::to_vec)).transpose()
+    a.map(|a| contiguous(&a, key).map(<[f32]>::to_vec))
+        .transpose()
 }
 
 /// `("relu" | "hardswish" | "clip", min, max)` or None.
@@ -53,7 +54,11 @@ fn unary(v: Option<(String, Option<f32>, Option<f32>)>) -> PyResult<Option<Unary
             "relu" => Unary::Relu,
             "hardswish" => Unary::HardSwish,
             "clip" => Unary::Clip(lo, hi),
-            other => return Err(PyValueError::new_err(format!("unknown element-wise op {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown element-wise op {other:?}"
+                )))
+            }
         }),
     })
 }
@@ -95,7 +100,11 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             }
         }
         "maxpool" | "avgpool" => Op::Pool {
-            kind: if kind == "maxpool" { Pool::Max } else { Pool::Avg },
+            kind: if kind == "maxpool" {
+                Pool::Max
+            } else {
+                Pool::Avg
+            },
             kernel: field!(p, "kernel")?,
             stride: field!(p, "stride")?,
             padding: field!(p, "padding")?,
@@ -107,7 +116,8 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             relu: field!(p, "relu")?,
         },
         "unary" => Op::Unary(
-            unary(Some(field!(p, "fn")?))?.ok_or_else(|| PyValueError::new_err("unary needs fn"))?,
+            unary(Some(field!(p, "fn")?))?
+                .ok_or_else(|| PyValueError::new_err("unary needs fn"))?,
         ),
         "affine" => Op::Affine {
             scale: floats(p, "scale")?,
@@ -120,6 +130,8 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         other => return Err(PyValueError::new_err(format!("unknown plan op {other:?}"))),
     })
 }
+
+type Arrays<'py> = Vec<Bound<'py, PyArrayDyn<f32>>>;
 
 type NodeArgs<'py> = (String, Vec<usize>, usize, Bound<'py, PyDict>);
 
@@ -164,16 +176,19 @@ impl PyGraphPlan {
         py: Python<'py>,
         inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
         threads: usize,
-    ) -> PyResult<(Vec<Bound<'py, PyArrayDyn<f32>>>, Vec<f64>)> {
+    ) -> PyResult<(Arrays<'py>, Vec<f64>)> {
         let mut seconds = vec![0.0; self.inner.nodes()];
         let out = self.run(py, inputs, threads, Some(&mut seconds))?;
         Ok((out, seconds))
     }
 
-
     /// Per-sample dims of every output.
     fn output_dims(&self) -> Vec<Vec<usize>> {
-        self.inner.output_dims().iter().map(|d| d.to_vec()).collect()
+        self.inner
+            .output_dims()
+            .iter()
+            .map(|d| d.to_vec())
+            .collect()
     }
 
     /// Workspace buffers the plan's values share.
@@ -204,7 +219,10 @@ impl PyGraphPlan {
         threads: usize,
         seconds: Option<&mut [f64]>,
     ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
-        let batch = inputs.first().and_then(|x| x.shape().first().copied()).unwrap_or(0);
+        let batch = inputs
+            .first()
+            .and_then(|x| x.shape().first().copied())
+            .unwrap_or(0);
         let xs = inputs
             .iter()
             .map(|x| contiguous(x, "x"))
@@ -223,13 +241,16 @@ impl PyGraphPlan {
             let mut views = outs.iter().map(|a| a.readwrite()).collect::<Vec<_>>();
             let mut slices = views
                 .iter_mut()
-                .map(|v| v.as_slice_mut().map_err(|_| PyValueError::new_err("output is not contiguous")))
+                .map(|v| {
+                    v.as_slice_mut()
+                        .map_err(|_| PyValueError::new_err("output is not contiguous"))
+                })
                 .collect::<PyResult<Vec<_>>>()?;
             py.detach(|| {
                 self.inner
                     .forward_timed(&Ctx::new(threads), batch, &xs, &mut slices, seconds)
             })
-                .or_py()?;
+            .or_py()?;
         }
         Ok(outs)
     }

@@ -233,7 +233,9 @@ mod tests {
         let global = Ctx::current();
         assert_eq!(set_local_threads(Some(3)), None);
         assert_eq!(Ctx::current().threads(), 3);
-        std::thread::spawn(move || assert_eq!(Ctx::current(), global)).join().unwrap();
+        std::thread::spawn(move || assert_eq!(Ctx::current(), global))
+            .join()
+            .unwrap();
         assert_eq!(set_local_threads(None), Some(3));
         assert_eq!(Ctx::current(), global);
     }

@@ -267,10 +267,16 @@ fn image(dims: &[usize], nchw: bool, what: &str) -> Result<(usize, usize, usize)
 fn check_gemm(g: &Gemm, k: usize, what: &str) -> Result<()> {
     let n = g.packed.n();
     if g.packed.k() != k {
-        return shape_err!("{what}: input has {k} features but the weight takes {}", g.packed.k());
+        return shape_err!(
+            "{what}: input has {k} features but the weight takes {}",
+            g.packed.k()
+        );
     }
     if g.scale.len() != 1 && g.scale.len() != n {
-        return shape_err!("{what}: weight_scale has {} values, expected 1 or {n}", g.scale.len());
+        return shape_err!(
+            "{what}: weight_scale has {} values, expected 1 or {n}",
+            g.scale.len()
+        );
     }
     if g.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
         return value_err!("{what}: weight_scale must be finite and > 0");
@@ -430,7 +436,11 @@ impl GraphPlan {
         outputs: Vec<ValueId>,
     ) -> Result<Self> {
         if inputs.len() != input_dims.len() {
-            return shape_err!("{} inputs but {} input dims", inputs.len(), input_dims.len());
+            return shape_err!(
+                "{} inputs but {} input dims",
+                inputs.len(),
+                input_dims.len()
+            );
         }
         if outputs.is_empty() {
             return value_err!("a graph plan needs at least one output");
@@ -458,7 +468,9 @@ impl GraphPlan {
                 .iter()
                 .map(|&v| {
                     dims[v].as_deref().ok_or_else(|| {
-                        Error::Value(format!("{what} reads value {v}, which nothing wrote before"))
+                        Error::Value(format!(
+                            "{what} reads value {v}, which nothing wrote before"
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -495,12 +507,18 @@ impl GraphPlan {
 
     /// Per-sample dims of every input, in order.
     pub fn input_dims(&self) -> Vec<&[usize]> {
-        self.inputs.iter().map(|&v| self.dims[v].as_slice()).collect()
+        self.inputs
+            .iter()
+            .map(|&v| self.dims[v].as_slice())
+            .collect()
     }
 
     /// Per-sample dims of every output, in order.
     pub fn output_dims(&self) -> Vec<&[usize]> {
-        self.outputs.iter().map(|&v| self.dims[v].as_slice()).collect()
+        self.outputs
+            .iter()
+            .map(|&v| self.dims[v].as_slice())
+            .collect()
     }
 
     /// The element type of value `v`.
@@ -552,8 +570,14 @@ impl GraphPlan {
         outputs: &mut [&mut [f32]],
         mut seconds: Option<&mut [f64]>,
     ) -> Result<()> {
-        if seconds.as_ref().is_some_and(|s| s.len() != self.nodes.len()) {
-            return shape_err!("seconds must have one entry per node ({})", self.nodes.len());
+        if seconds
+            .as_ref()
+            .is_some_and(|s| s.len() != self.nodes.len())
+        {
+            return shape_err!(
+                "seconds must have one entry per node ({})",
+                self.nodes.len()
+            );
         }
         if inputs.len() != self.inputs.len() || outputs.len() != self.outputs.len() {
             return shape_err!(
@@ -576,7 +600,10 @@ impl GraphPlan {
         }
         for (i, (y, &v)) in outputs.iter().zip(&self.outputs).enumerate() {
             if batch.checked_mul(elems(&self.dims[v])?) != Some(y.len()) {
-                return shape_err!("output {i} has {} elements, not a batch of {batch}", y.len());
+                return shape_err!(
+                    "output {i} has {} elements, not a batch of {batch}",
+                    y.len()
+                );
             }
         }
         let mut ws = self
@@ -586,17 +613,14 @@ impl GraphPlan {
             .pop()
             .unwrap_or_default();
         let res = self.prepare(&mut ws, batch).and_then(|()| {
-            self.nodes
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, n)| {
-                    let t0 = std::time::Instant::now();
-                    let r = self.run_node(ctx, &mut ws, batch, n, inputs, outputs);
-                    if let Some(s) = seconds.as_deref_mut() {
-                        s[i] = t0.elapsed().as_secs_f64();
-                    }
-                    r.map_err(|e| at(i, e))
-                })
+            self.nodes.iter().enumerate().try_for_each(|(i, n)| {
+                let t0 = std::time::Instant::now();
+                let r = self.run_node(ctx, &mut ws, batch, n, inputs, outputs);
+                if let Some(s) = seconds.as_deref_mut() {
+                    s[i] = t0.elapsed().as_secs_f64();
+                }
+                r.map_err(|e| at(i, e))
+            })
         });
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(ws);
@@ -611,8 +635,9 @@ impl GraphPlan {
         }
         let before = ws.allocations;
         let len = |e: usize| {
-            e.checked_mul(batch)
-                .ok_or_else(|| Error::Alloc(format!("a batch of {batch} overflows the plan's buffers")))
+            e.checked_mul(batch).ok_or_else(|| {
+                Error::Alloc(format!("a batch of {batch} overflows the plan's buffers"))
+            })
         };
         ws.bufs.resize_with(self.buf_elems.len(), Vec::new);
         for (b, &e) in ws.bufs.iter_mut().zip(&self.buf_elems) {
@@ -681,8 +706,18 @@ impl GraphPlan {
         match &node.op {
             Op::Dense(g) => {
                 let k = *xd.last().unwrap_or(&1);
-                let m = if k == 0 { 0 } else { x.len() / k };
-                gemm::linear_dynamic(ctx, x, m, k, &g.packed, param(&g.scale), g.bias.as_deref(), g.relu, y)?;
+                let m = x.len().checked_div(k).unwrap_or(0);
+                gemm::linear_dynamic(
+                    ctx,
+                    x,
+                    m,
+                    k,
+                    &g.packed,
+                    param(&g.scale),
+                    g.bias.as_deref(),
+                    g.relu,
+                    y,
+                )?;
                 if let Some(f) = g.post {
                     f.run(y);
                 }
@@ -693,7 +728,9 @@ impl GraphPlan {
                 stride,
                 padding,
                 nchw_in,
-            } => conv(ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y)?,
+            } => conv(
+                ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
+            )?,
             Op::Depthwise {
                 weight,
                 kernel,
@@ -795,7 +832,11 @@ impl GraphPlan {
                     }
                 } else {
                     let inner: usize = xd[1..].iter().product();
-                    for (i, (yo, xo)) in y.chunks_exact_mut(inner.max(1)).zip(x.chunks_exact(inner.max(1))).enumerate() {
+                    for (i, (yo, xo)) in y
+                        .chunks_exact_mut(inner.max(1))
+                        .zip(x.chunks_exact(inner.max(1)))
+                        .enumerate()
+                    {
                         let (s, t) = (scale[i % c], shift[i % c]);
                         for (o, &v) in yo.iter_mut().zip(xo) {
                             *o = v * s + t;
@@ -863,7 +904,10 @@ fn at(i: usize, e: Error) -> Error {
 /// `(n, c, hw)` to `(n, hw, c)`.
 fn to_nhwc<T: Copy>(x: &[T], y: &mut [T], n: usize, c: usize, hw: usize) {
     for img in 0..n {
-        let (xi, yi) = (&x[img * c * hw..(img + 1) * c * hw], &mut y[img * c * hw..(img + 1) * c * hw]);
+        let (xi, yi) = (
+            &x[img * c * hw..(img + 1) * c * hw],
+            &mut y[img * c * hw..(img + 1) * c * hw],
+        );
         for ch in 0..c {
             for p in 0..hw {
                 yi[p * c + ch] = xi[ch * hw + p];
@@ -875,7 +919,10 @@ fn to_nhwc<T: Copy>(x: &[T], y: &mut [T], n: usize, c: usize, hw: usize) {
 /// `(n, hw, c)` to `(n, c, hw)`.
 fn to_nchw<T: Copy>(x: &[T], y: &mut [T], n: usize, c: usize, hw: usize) {
     for img in 0..n {
-        let (xi, yi) = (&x[img * c * hw..(img + 1) * c * hw], &mut y[img * c * hw..(img + 1) * c * hw]);
+        let (xi, yi) = (
+            &x[img * c * hw..(img + 1) * c * hw],
+            &mut y[img * c * hw..(img + 1) * c * hw],
+        );
         for p in 0..hw {
             for ch in 0..c {
                 yi[ch * hw + p] = xi[p * c + ch];
@@ -896,7 +943,7 @@ fn quantize_images(
     one_zero_point: bool,
 ) -> Result<()> {
     let len = x.len();
-    let per = if batch == 0 { 0 } else { len / batch };
+    let per = len.checked_div(batch).unwrap_or(0);
     let q = &mut ws.q[..len];
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     {

@@ -35,7 +35,13 @@ fn node(op: Op, inputs: &[ValueId], output: ValueId) -> Node {
 
 /// The reference of a conv node: the kernels called one by one, each
 /// allocating its own result (what the Python runtime did).
-fn conv_ref(x: &[f32], n: usize, (c, h, w): (usize, usize, usize), g: &Gemm, nchw: bool) -> Vec<f32> {
+fn conv_ref(
+    x: &[f32],
+    n: usize,
+    (c, h, w): (usize, usize, usize),
+    g: &Gemm,
+    nchw: bool,
+) -> Vec<f32> {
     let per = c * h * w;
     let (mut q, mut s, z8) = quantize_rows_u8(&TEST, x, n, per).unwrap();
     let mut z: Vec<i32> = z8.iter().map(|&v| v as i32).collect();
@@ -62,8 +68,16 @@ fn conv_ref(x: &[f32], n: usize, (c, h, w): (usize, usize, usize), g: &Gemm, nch
         bias: g.bias.as_deref(),
         relu: g.relu,
     };
-    gemm::matmul_vec::<f32>(&TEST, ASource::U8(&cols), rows, k, ZeroPoint::PerIndex(&rz), &g.packed, &step)
-        .unwrap()
+    gemm::matmul_vec::<f32>(
+        &TEST,
+        ASource::U8(&cols),
+        rows,
+        k,
+        ZeroPoint::PerIndex(&rz),
+        &g.packed,
+        &step,
+    )
+    .unwrap()
 }
 
 /// A residual block: x (NCHW) -> conv (NHWC) -> [conv -> + skip, ReLU] ->
@@ -112,8 +126,17 @@ fn block_ref(x: &[f32], n: usize, g1: &Gemm, g2: &Gemm, dense: &Gemm) -> Vec<f32
     let p: Vec<f32> = p.iter().map(|v| v.clamp(0.0, 6.0)).collect();
     let mut t = vec![0.0; p.len()];
     to_nchw(&p, &mut t, n, oc, 6);
-    gemm::linear_dynamic_vec(&TEST, &t, n, oc * 6, &dense.packed, Param::PerIndex(&dense.scale), dense.bias.as_deref(), false)
-        .unwrap()
+    gemm::linear_dynamic_vec(
+        &TEST,
+        &t,
+        n,
+        oc * 6,
+        &dense.packed,
+        Param::PerIndex(&dense.scale),
+        dense.bias.as_deref(),
+        false,
+    )
+    .unwrap()
 }
 
 fn run(plan: &GraphPlan, ctx: &Ctx, x: &[f32], n: usize) -> Vec<f32> {
@@ -131,7 +154,11 @@ fn a_residual_block_is_its_kernels_one_after_another() {
         let x = input(n * 90, n);
         let want = block_ref(&x, n, &g1, &g2, &dense);
         assert_eq!(run(&plan, &TEST, &x, n), want, "batch {n}");
-        assert_eq!(run(&plan, &Ctx::serial(), &x, n), want, "batch {n}, one thread");
+        assert_eq!(
+            run(&plan, &Ctx::serial(), &x, n),
+            want,
+            "batch {n}, one thread"
+        );
     }
 }
 
@@ -141,7 +168,10 @@ fn every_isa_gives_the_same_bytes() {
     let x = input(2 * 90, 5);
     let mut first: Option<Vec<u32>> = None;
     crate::cpu::each_isa(|isa| {
-        let y: Vec<u32> = run(&plan, &TEST, &x, 2).iter().map(|v| v.to_bits()).collect();
+        let y: Vec<u32> = run(&plan, &TEST, &x, 2)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         match &first {
             None => first = Some(y),
             Some(f) => assert_eq!(&y, f, "{isa:?}"),
@@ -166,7 +196,11 @@ fn no_buffer_is_allocated_after_the_first_call_of_a_batch_size() {
     run(&plan, &TEST, &x, 4);
     run(&plan, &TEST, &x[..90], 1);
     run(&plan, &TEST, &x[..2 * 90], 2);
-    assert_eq!(plan.allocations(), grown, "smaller batches fit the grown buffers");
+    assert_eq!(
+        plan.allocations(),
+        grown,
+        "smaller batches fit the grown buffers"
+    );
 }
 
 #[test]
@@ -212,7 +246,13 @@ fn reshapes_alias_their_input_and_layouts_round_trip() {
     let x = input(2 * 24, 3);
     assert_eq!(run(&plan, &TEST, &x, 2), x);
     // A reshape of an input straight to an output copies.
-    let plan = GraphPlan::new(vec![node(Op::Reshape(vec![6]), &[0], 1)], vec![0], vec![vec![2, 3]], vec![1]).unwrap();
+    let plan = GraphPlan::new(
+        vec![node(Op::Reshape(vec![6]), &[0], 1)],
+        vec![0],
+        vec![vec![2, 3]],
+        vec![1],
+    )
+    .unwrap();
     assert_eq!(run(&plan, &TEST, &x[..12], 2), x[..12].to_vec());
 }
 
@@ -224,7 +264,13 @@ fn affine_and_unary_follow_numpy() {
         shift: shift.clone(),
         channels_last: false,
     };
-    let plan = GraphPlan::new(vec![node(nchw, &[0], 1)], vec![0], vec![vec![2, 3]], vec![1]).unwrap();
+    let plan = GraphPlan::new(
+        vec![node(nchw, &[0], 1)],
+        vec![0],
+        vec![vec![2, 3]],
+        vec![1],
+    )
+    .unwrap();
     let x = input(12, 2);
     let want: Vec<f32> = x
         .iter()
@@ -250,9 +296,20 @@ fn bad_plans_and_calls_are_errors() {
     let add = node(Op::Add { relu: false }, &[0, 1], 2);
     assert!(GraphPlan::new(vec![add], vec![0, 1], vec![vec![3], vec![4]], vec![2]).is_err());
     // A value written twice; a dense layer of the wrong width.
-    assert!(GraphPlan::new(vec![node(relu(), &[0], 1), node(relu(), &[0], 1)], vec![0], vec![vec![3]], vec![1]).is_err());
-    let e = GraphPlan::new(vec![node(Op::Dense(gemm_of(4, 5, 0, false)), &[0], 1)], vec![0], vec![vec![6]], vec![1])
-        .unwrap_err();
+    assert!(GraphPlan::new(
+        vec![node(relu(), &[0], 1), node(relu(), &[0], 1)],
+        vec![0],
+        vec![vec![3]],
+        vec![1]
+    )
+    .is_err());
+    let e = GraphPlan::new(
+        vec![node(Op::Dense(gemm_of(4, 5, 0, false)), &[0], 1)],
+        vec![0],
+        vec![vec![6]],
+        vec![1],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("node 0"), "{e}");
     // A conv on a non-image.
     let (plan, ..) = block_plan();
@@ -294,17 +351,41 @@ fn global_average_pool_is_numpys_pairwise_mean() {
     for (i, v) in seq[..20].iter().enumerate().take(16) {
         r[i % 8] += *v;
     }
-    let want = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + seq[16] + seq[17] + seq[18] + seq[19];
+    let want = ((r[0] + r[1]) + (r[2] + r[3]))
+        + ((r[4] + r[5]) + (r[6] + r[7]))
+        + seq[16]
+        + seq[17]
+        + seq[18]
+        + seq[19];
     assert_eq!(pairwise_sum(&|i| seq[i], 0, 20), want);
-    assert_eq!(pairwise_sum(&|i| seq[i], 0, 300), pairwise_sum(&|i| seq[i], 0, 144) + pairwise_sum(&|i| seq[i], 144, 156));
+    assert_eq!(
+        pairwise_sum(&|i| seq[i], 0, 300),
+        pairwise_sum(&|i| seq[i], 0, 144) + pairwise_sum(&|i| seq[i], 144, 156)
+    );
     // Both layouts give the same means.
     let (c, h, w) = (3, 5, 4);
     let x = input(2 * c * h * w, 4);
     let mut t = vec![0.0; x.len()];
     to_nhwc(&x, &mut t, 2, c, h * w);
-    let gap = |last| GraphPlan::new(vec![node(Op::GlobalAvgPool { channels_last: last }, &[0], 1)], vec![0],
-                                    vec![if last { vec![h, w, c] } else { vec![c, h, w] }], vec![1]).unwrap();
+    let gap = |last| {
+        GraphPlan::new(
+            vec![node(
+                Op::GlobalAvgPool {
+                    channels_last: last,
+                },
+                &[0],
+                1,
+            )],
+            vec![0],
+            vec![if last { vec![h, w, c] } else { vec![c, h, w] }],
+            vec![1],
+        )
+        .unwrap()
+    };
     let a = run(&gap(false), &TEST, &x, 2);
     assert_eq!(a, run(&gap(true), &TEST, &t, 2));
-    assert_eq!(a[4], (0.0 + pairwise_sum(&|i| x[(c + 1) * h * w + i], 0, h * w)) / (h * w) as f32);
+    assert_eq!(
+        a[4],
+        (0.0 + pairwise_sum(&|i| x[(c + 1) * h * w + i], 0, h * w)) / (h * w) as f32
+    );
 }
