@@ -389,3 +389,64 @@ fn global_average_pool_is_numpys_pairwise_mean() {
         (0.0 + pairwise_sum(&|i| x[(c + 1) * h * w + i], 0, h * w)) / (h * w) as f32
     );
 }
+
+#[test]
+fn a_depthwise_node_is_the_kernel_on_per_image_quantized_channels_last_input() {
+    let (c, h, w) = (5, 6, 7);
+    let weight: Vec<i8> = (0..9 * c).map(|i| ((i * 5) % 13) as i8 - 6).collect();
+    let scale: Vec<f32> = (0..c).map(|j| 0.02 + j as f32 * 0.01).collect();
+    let dw = |nchw_in| Op::Depthwise {
+        weight: weight.clone(),
+        kernel: (3, 3),
+        scale: scale.clone(),
+        bias: None,
+        relu: true,
+        post: Some(Unary::HardSwish),
+        stride: (2, 1),
+        padding: [1, 0, 1, 2],
+        dilation: (1, 1),
+        nchw_in,
+    };
+    for n in [1, 3] {
+        let x = input(n * c * h * w, n + 7);
+        let (q, s, z) = quantize_rows_u8(&TEST, &x, n, c * h * w).unwrap();
+        let z: Vec<i32> = z.iter().map(|&v| v as i32).collect();
+        let mut qt = vec![0u8; q.len()];
+        to_nhwc(&q, &mut qt, n, c, h * w);
+        let g = Depthwise {
+            n,
+            h,
+            w,
+            c,
+            kernel: (3, 3),
+            stride: (2, 1),
+            dilation: (1, 1),
+            padding: [1, 0, 1, 2],
+        };
+        let (_, _, os) = g.sizes().unwrap();
+        let mut want = vec![0f32; os];
+        depthwise::depthwise_conv2d_f32(
+            &TEST, &qt, &z, &s, &weight, &scale, None, true, &g, &mut want,
+        )
+        .unwrap();
+        Unary::HardSwish.run(&mut want);
+        let plan = GraphPlan::new(
+            vec![node(dw(true), &[0], 1)],
+            vec![0],
+            vec![vec![c, h, w]],
+            vec![1],
+        )
+        .unwrap();
+        assert_eq!(run(&plan, &TEST, &x, n), want, "NCHW in, batch {n}");
+        let mut xt = vec![0f32; x.len()];
+        to_nhwc(&x, &mut xt, n, c, h * w);
+        let plan = GraphPlan::new(
+            vec![node(dw(false), &[0], 1)],
+            vec![0],
+            vec![vec![h, w, c]],
+            vec![1],
+        )
+        .unwrap();
+        assert_eq!(run(&plan, &TEST, &xt, n), want, "NHWC in, batch {n}");
+    }
+}
