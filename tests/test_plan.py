@@ -224,3 +224,14 @@ def test_values_whose_leading_axis_is_not_the_batch_stay_in_python():
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 8)).astype(np.float32)
         assert np.array_equal(rt.predict(x), _node_by_node(rt, x))
+
+
+def test_a_bad_thread_count_is_refused_naming_it():
+    with pytest.raises(ValueError, match="threads"):
+        runtime.convert(nn.mlp([4, 2], rng=0), input_shape=(4,), threads=0)
+    rt = runtime.convert(nn.mlp([4, 2], rng=0), input_shape=(4,), threads=2)
+    with pytest.raises(TypeError, match="threads"):
+        rt.threads = "2"
+    with pytest.raises(ValueError, match="threads"):
+        rt.threads = 1 << 40
+    assert rt.threads == 2

@@ -32,7 +32,8 @@ import numpy as np
 
 from . import _native, _planner, io, sparse
 from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
-from .config import num_threads
+from ._validate import check_int
+from .config import MAX_THREADS, num_threads
 from .gemm import Int8Linear
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
@@ -721,6 +722,15 @@ class RuntimeModel:
         missing = [v for v in self.outputs if v not in defined]
         if missing:
             raise ValueError(f"outputs {missing} are written by no node")
+
+    @property
+    def threads(self) -> int | None:
+        """Kernel threads of each ``predict`` (``None``: the library setting at the call)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        self._threads = None if n is None else check_int(n, "threads", 1, MAX_THREADS)
 
     @property
     def ops(self) -> list[_Op]:
