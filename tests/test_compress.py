@@ -121,7 +121,7 @@ def test_runtime_profile_attributes_every_step():
     assert list(t) == [n.name for n in rt.nodes] and all(v > 0 for v in t.values())
     mlp = hw.runtime.convert(hw.nn.mlp([8, 16, 16, 3], rng=0).eval(), input_shape=(8,))
     t = mlp.profile(np.ones((1, 8), np.float32), repeats=2)
-    # The three Linear layers run as one fused native call: its time is shared by their three nodes.
-    assert list(t) == ["0", "2", "4"] and len(set(t.values())) == 1
+    # The three Linear layers run as one native call, which times each of them.
+    assert list(t) == ["0", "2", "4"] and all(v > 0 for v in t.values())
     with pytest.raises(ValueError, match="repeats"):
         mlp.profile(np.ones((1, 8), np.float32), repeats=0)

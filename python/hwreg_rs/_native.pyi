@@ -273,12 +273,25 @@ def sgd_momentum_step(
 
 # runtime (rust/python/src/runtime.rs)
 @final
-class _DenseChain:
+class _GraphPlan:
     def __new__(
         cls,
-        layers: list[tuple[_PackedB, npt.NDArray[np.float32], npt.NDArray[np.float32] | None, bool]],
-    ) -> _DenseChain: ...
-    def forward(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+        nodes: list[tuple[str, list[int], int, dict[str, Any]]],
+        inputs: list[int],
+        input_dims: list[list[int]],
+        outputs: list[int],
+    ) -> _GraphPlan: ...
+    def forward(self, inputs: list[npt.NDArray[np.float32]], threads: int) -> list[npt.NDArray[np.float32]]: ...
+    def forward_timed(
+        self, inputs: list[npt.NDArray[np.float32]], threads: int
+    ) -> tuple[list[npt.NDArray[np.float32]], list[float]]: ...
+    def output_dims(self) -> list[list[int]]: ...
+    @property
+    def buffers(self) -> int: ...
+    @property
+    def allocations(self) -> int: ...
+
+def _local_threads(n: int | None) -> int | None: ...
 
 # nn kernels (float32, forward and backward): row ops over C-contiguous (rows, d) arrays, GELU / erf
 # elementwise, the depthwise convolution over NCHW with padding (top, left, bottom, right)

@@ -30,9 +30,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import _native, io, sparse
+from . import _native, _planner, io, sparse
 from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
-from .config import num_threads, set_num_threads
+from ._validate import check_int
+from .config import MAX_THREADS, num_threads
 from .gemm import Int8Linear
 from .int4 import GROUP_SIZES, Int4Linear, QuantizedInt4, quantize_weight
 from .nn import functional as F
@@ -41,7 +42,6 @@ from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
 from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
-from .nn.ops import _Unary
 from ._layerwork import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
@@ -676,93 +676,6 @@ _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _C
 # ---------------------------------------------------------------------------
 
 
-def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
-    """The callables ``predict`` runs, in order.
-
-    Convolutions (dense and depthwise) and the pools, ReLUs, element-wise
-    float ops and affines between them pass NHWC tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
-    the NHWC order and hands that Linear its weight with the input columns
-    permuted to match; anything else gets NCHW back first. Then runs of int8
-    Linear layers become one native call (:func:`_fuse_dense_runs`).
-    """
-    steps: list[Any] = []
-    shape = (1, *input_shape)
-    nhwc = False
-
-    def to_nchw() -> None:
-        nonlocal nhwc
-        if nhwc:
-            steps.append(lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            nhwc = False
-
-    work = list(ops)  # the permuted Linear after an NHWC Flatten replaces its op here
-    for i in range(len(work)):
-        op = work[i]
-        j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
-        nxt = work[j] if j is not None else None
-        if isinstance(op, _Conv) or (isinstance(op, _GroupConv) and op.depthwise):
-            steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
-            nhwc = True
-        elif nhwc and isinstance(op, _Float) and isinstance(op.module, _Unary):
-            steps.append(op.forward)  # an element-wise op does not care about the layout (ReLU6 between convs)
-        elif nhwc and isinstance(op, _Pool):
-            steps.append(op.forward_nhwc)
-        elif nhwc and isinstance(op, _Affine):
-            steps.append(lambda x, op=op: (x * op.scale + op.shift).astype(np.float32))
-        elif nhwc and isinstance(op, _Flatten) and op.start_dim == 1 and isinstance(nxt, _Dense):
-            _, c, h, w = shape
-            # NHWC column (y, x, ch) holds what NCHW column ch*h*w + y*w + x held.
-            perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
-            layer = nxt.layer
-            permuted = Int8Linear(np.ascontiguousarray(layer.weight_q[:, perm]), layer.weight_scale, layer.bias,
-                                  relu=layer.relu)
-            work[j] = _Dense(permuted)
-            steps.append(op.forward)
-            nhwc = False
-        elif isinstance(op, _ReLU):
-            steps.append(op.forward)
-        else:
-            to_nchw()
-            steps.append(op)
-        shape = op.out_shape(shape)
-    to_nchw()
-    return _fuse_dense_runs(steps)
-
-
-def _fuse_dense_runs(ops: list[Any]) -> list[Any]:
-    """Runs of int8 Linear layers (``_Dense`` ops) become one native call (no
-    Python between layers); every other op runs as itself (``forward``), and
-    plain callables stay as they are."""
-    steps: list[Any] = []
-    run: list[_Dense] = []
-
-    def close() -> None:
-        if len(run) == 1:
-            steps.append(run[0].forward)
-        elif run:
-            chain = _native._DenseChain([(d.layer._packed._packed, d.layer.weight_scale, d.layer.bias, d.layer.relu)
-                                         for d in run])
-            steps.append(lambda x, chain=chain: _chain_forward(chain, x))
-        run.clear()
-
-    for op in ops:
-        if isinstance(op, _Dense):
-            run.append(op)
-            continue
-        close()
-        steps.append(op.forward if isinstance(op, _Op) else op)
-    close()
-    return steps
-
-
-def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
-    if x.ndim == 2:
-        return chain.forward(x)  # predict hands over C-contiguous float32
-    lead = x.shape[:-1]
-    y = chain.forward(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
-    return y.reshape(lead + (y.shape[-1],))
-
-
 @dataclass(frozen=True)
 class RuntimeNode:
     """One op of a runtime graph: ``outputs = op(*inputs)``; ``name`` is the layer's name in the model."""
@@ -779,55 +692,6 @@ def _chain_nodes(ops: Sequence[_Op]) -> list[RuntimeNode]:
         nodes.append(RuntimeNode(str(i), op, (value,), (f"{i}:0",)))
         value = f"{i}:0"
     return nodes
-
-
-def _steps(nodes: list[RuntimeNode], inputs: list[str], outputs: list[str], constants: dict[str, np.ndarray],
-           shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
-    """What ``predict`` runs: ``(reads, callable, writes)`` triples in order.
-
-    A run of single-input, single-output nodes, each reading only the one
-    before it, becomes one planned step (:func:`_plan`: channels-last between
-    convolutions, int8 Linear runs as one native call), so a chain model runs
-    as it always has and the chains inside a graph run the same way.
-    """
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for v in n.inputs:
-            readers[v] = readers.get(v, 0) + 1
-    for v in outputs:
-        readers[v] = readers.get(v, 0) + 1
-    steps: list[tuple[tuple[str, ...], Any, tuple[str, ...]]] = []
-    run: list[RuntimeNode] = []
-
-    def close() -> None:
-        if not run:
-            return
-        if len(run) == 1:
-            n = run[0]
-            steps.append((n.inputs, n.op.forward, n.outputs))
-        else:
-            planned = _plan([n.op for n in run], shapes[run[0].inputs[0]][1:])
-
-            def call(x: np.ndarray, planned: list[Any] = planned) -> np.ndarray:
-                for step in planned:
-                    x = step(x)
-                return x
-
-            steps.append((run[0].inputs, call, run[-1].outputs))
-        run.clear()
-
-    for n in nodes:
-        simple = len(n.inputs) == 1 and len(n.outputs) == 1 and n.inputs[0] not in constants
-        if simple and run and n.inputs[0] == run[-1].outputs[0] and readers.get(n.inputs[0], 0) == 1:
-            run.append(n)
-            continue
-        close()
-        if simple:
-            run.append(n)
-        else:
-            steps.append((n.inputs, n.op.forward, n.outputs))
-    close()
-    return steps
 
 
 class RuntimeModel:
@@ -889,7 +753,14 @@ class RuntimeModel:
         self.meta = dict(meta or {})
         self.threads = threads
         self._check_values()
-        self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
+        shapes = self.shapes(1)
+        self._steps = _planner.steps(self.nodes, self.inputs, self.input_dtypes, self.outputs, self.constants,
+                                     shapes, _batched(self, shapes))
+        self._dtypes = [np.dtype(d) for d in self.input_dtypes]
+        # The whole model one native segment: predict calls it directly.
+        reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
+        whole = isinstance(call, _planner.Segment) and reads == tuple(self.inputs) and writes == tuple(self.outputs)
+        self._whole = call if whole else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -918,6 +789,15 @@ class RuntimeModel:
             raise ValueError(f"outputs {missing} are written by no node")
 
     @property
+    def threads(self) -> int | None:
+        """Kernel threads of each ``predict`` (``None``: the library setting at the call)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        self._threads = None if n is None else check_int(n, "threads", 1, MAX_THREADS)
+
+    @property
     def ops(self) -> list[_Op]:
         """The operations in execution order."""
         return [n.op for n in self.nodes]
@@ -936,11 +816,12 @@ class RuntimeModel:
         return shapes
 
     # -- running -----------------------------------------------------------
-    def _run(self, xs: Sequence[np.ndarray]) -> Any:
+    def _run(self, xs: Sequence[np.ndarray], threads: int) -> Any:
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.inputs, xs))
         for (reads, call, writes), free in zip(self._steps, self._free):
-            y = call(*(env[v] for v in reads))
+            args = (env[v] for v in reads)
+            y = call(*args, threads=threads) if isinstance(call, _planner.Segment) else call(*args)
             if len(writes) == 1:
                 env[writes[0]] = y
             else:
@@ -957,12 +838,12 @@ class RuntimeModel:
         several outputs returns a tuple.
         """
         xs = []
-        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
-            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous and v.flags.aligned):
+        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
+            if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
-                if dt != "float32" and v.dtype.kind not in "iu":
+                if dt.name != "float32" and v.dtype.kind not in "iu":
                     raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
                 # Aligned too: arrays from pickle-5 / network buffers can sit at odd offsets.
                 v = np.require(v, dtype=dt, requirements=["C", "A"])
@@ -971,14 +852,17 @@ class RuntimeModel:
             xs.append(v)
         if len(xs) != len(self.inputs):
             raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
+        if self._whole is not None:  # one native call: nothing in Python reads a thread count
+            return self._whole(*xs, threads=num_threads() if self.threads is None else self.threads)
         if self.threads is None:
-            return self._run(xs)
-        previous = num_threads()
-        set_num_threads(self.threads)
+            return self._run(xs, num_threads())
+        # The count travels with the calls: the native segments take it as their context, and the
+        # Python ops between them read this OS thread's own setting; the process setting is untouched.
+        previous = _native._local_threads(self.threads)
         try:
-            return self._run(xs)
+            return self._run(xs, self.threads)
         finally:
-            set_num_threads(previous)
+            _native._local_threads(previous)
 
     __call__ = predict
 
@@ -1159,19 +1043,18 @@ class RuntimeModel:
     def profile(self, x: Any, *, repeats: int = 15) -> dict[str, float]:
         """Seconds each node takes for the batch ``x``, measured as :meth:`predict` runs it.
 
-        Every callable ``predict`` executes (a planned chain's sub-steps one by one: a
-        channels-last convolution, a run of int8 Linear layers fused into one native call, a
-        layout change) is timed on the input it gets in ``predict`` (median of ``repeats``,
-        :func:`hwreg_rs._timing.median_seconds`), at the model's thread setting. A fused run
-        is attributed to its nodes evenly, a layout change to the node it prepares the input
-        for. ``predict``'s own bookkeeping (input checks) is not in any node: the sum is a
-        little below a timed ``predict``.
+        A native segment (see :mod:`hwreg_rs._planner`) times each of its nodes inside the
+        native call (median over ``repeats`` calls); an op that runs in Python is timed on the
+        input it gets in ``predict`` (:func:`hwreg_rs._timing.median_seconds`); both at the
+        model's thread setting. A layout change counts with the node it was made for; a node
+        fused into another's output step (a ReLU after an Add, an activation after a
+        convolution) counts with that node and gets 0 of its own. ``predict``'s own
+        bookkeeping (input checks) is in no node: the sum is a little below a timed ``predict``.
 
         Returns
         -------
         dict of str to float
-            Node name -> seconds, in execution order; nodes that take no time to run
-            (a view) get their measured few hundred nanoseconds like any other.
+            Node name -> seconds, in execution order.
 
         Examples
         --------
@@ -1183,60 +1066,43 @@ class RuntimeModel:
         """
         from ._timing import median_seconds
 
-        def owners(step: Any, run: list[RuntimeNode], p: int) -> tuple[list[RuntimeNode], bool]:
-            """The nodes of ``run`` a planned step (see :func:`_plan`) executes from position
-            ``p``, and whether it runs ops (False: a layout change, attributed to the next node)."""
-            if getattr(step, "__self__", None) is not None:  # an op's bound method
-                return [run[min(p, len(run) - 1)]], True
-            defaults = getattr(step, "__defaults__", None) or ()
-            if not defaults:
-                return [run[min(p, len(run) - 1)]], False
-            if any(isinstance(d, _Op) for d in defaults):
-                return [run[min(p, len(run) - 1)]], True
-            q = p  # a run of int8 Linear layers fused into one native call
-            while q < len(run) and isinstance(run[q].op, _Dense):
-                q += 1
-            return list(run[p:max(q, p + 1)]), True
-
         repeats = int(repeats)
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1; got {repeats}")
         xs = [np.require(v, dtype=dt, requirements=["C", "A"]) for v, dt in zip([x], self.input_dtypes)]
-        index = {n.outputs: i for i, n in enumerate(self.nodes)}
+        writer = {n.outputs: n.name for n in self.nodes}
         seconds = {n.name: 0.0 for n in self.nodes}
-        previous = num_threads()
-        if self.threads is not None:
-            set_num_threads(self.threads)
+        threads = num_threads() if self.threads is None else self.threads
+        previous = _native._local_threads(self.threads) if self.threads is not None else None
         try:
             env: dict[str, Any] = dict(self.constants)
             env.update(zip(self.inputs, xs))
             for reads, call, writes in self._steps:
-                last = index[tuple(writes)]
-                first = last
-                while tuple(self.nodes[first].inputs) != tuple(reads):
-                    first -= 1
-                run = self.nodes[first:last + 1]
                 args = tuple(env[v] for v in reads)
-                planned = (call.__defaults__ or (None,))[0] if getattr(call, "__name__", "") == "call" else None
-                if len(run) == 1 or not isinstance(planned, list):
-                    y = call(*args)
-                    t = median_seconds(lambda: call(*args), repeats=repeats)
-                    for n in run:
-                        seconds[n.name] += t / len(run)
+                if isinstance(call, _planner.Segment):
+                    y, _ = call.timed(*args, threads=threads)  # warm-up
+                    samples = [call.timed(*args, threads=threads)[1] for _ in range(repeats)]
+                    for name in samples[0]:
+                        seconds[name] += float(np.median([s[name] for s in samples]))
                 else:
-                    y = args[0]
-                    p = 0
-                    for step in planned:
-                        mine, runs_ops = owners(step, run, p)
-                        t = median_seconds(lambda: step(y), repeats=repeats)
-                        y = step(y)
-                        for n in mine:
-                            seconds[n.name] += t / len(mine)
-                        p += len(mine) if runs_ops else 0
+                    y = call(*args)
+                    seconds[writer[tuple(writes)]] += median_seconds(lambda: call(*args), repeats=repeats)
                 env.update(zip(writes, y if len(writes) > 1 else (y,)))
         finally:
-            set_num_threads(previous)
+            if self.threads is not None:
+                _native._local_threads(previous)
         return seconds
+
+
+def _batched(rt: RuntimeModel, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The values whose leading axis is the batch (shape ``(N, *per_sample)`` at every N tried):
+    the native plan sizes its buffers by the batch, so it takes only those."""
+    try:
+        more = [rt.shapes(b) for b in (2, 3)]
+    except ValueError:  # a graph that runs at batch 1 only
+        return set()
+    return {v for v, s in shapes.items()
+            if s and s[0] == 1 and all(m.get(v) == (b,) + s[1:] for b, m in zip((2, 3), more))}
 
 
 def _kind(spec: Any, where: str) -> str:
