@@ -442,7 +442,9 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             work[i] = profiles.LayerWork(w.name, w.kind, w.macs, _sparse_memory_bytes(k, n, sp, pattern),
                                          w.act_in_bytes, w.act_out_bytes, "int8", density=1 - sp, pattern=pattern,
                                          gemm=w.gemm, sparse_kernel=True if stores_sparse else None)
-            size += int(round((1 - sp) * k * n)) + (k * n + 7) // 8 + _SPARSE_FILE_EXTRA - k * n + size_offset[0]
+            size += int(round((1 - sp) * k * n)) + (k * n + 7) // 8 + _SPARSE_FILE_EXTRA - k * n
+        if any(u[0] == "sparse" for u in state):
+            size += size_offset[0]
         est = profiles.estimate(work, prof, activation_peak=peak)
         return _Cost(est.latency_s, size, est.memory_bytes, est.weight_bytes, peak)
 
@@ -502,10 +504,10 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     nxt = next((lv for lv in levels[u] if cur is None or lv > cur), None)
                     if u in stopped or nxt is None:
                         continue
-                    g = gain(now, cost({**state, u: nxt}))
+                    saving = gain(now, cost({**state, u: nxt}))
                     extra = drop_alone[(u, nxt)] - (drop_alone[(u, cur)] if cur is not None else 0.0)
-                    if g > 1e-4:
-                        options.append((g / (max(extra, 0.0) + 1e-3), u, nxt))
+                    if saving > 1e-4:
+                        options.append((saving / (max(extra, 0.0) + 1e-3), u, nxt))
                 took = False
                 for _score, u, nxt in sorted(options, key=lambda o: -o[0]):
                     trial = {**state, u: nxt}
@@ -525,7 +527,6 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             exact = _file_bytes(runtime.convert(build(state), input_shape=shape, sparse="always",
                                                 batch_size=batch_size))
             size_offset[0] += exact - cost(state).file_bytes
-            dense_cache.clear()
             if exact <= size_budget:
                 break
         if size_budget is None:
