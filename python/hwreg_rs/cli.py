@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "alone misses, compare float / int8 / compressed (the main job)")
     d.add_argument("--quick", action="store_true", help="fewer epochs and repeats (rough figures, for tests)")
     d.add_argument("--epochs", type=_EPOCHS, default=None, help="training epochs (default: 12; 4 with --quick)")
-    d.add_argument("--size-fraction", type=_FRACTION, default=0.4, metavar="FRACTION",
+    d.add_argument("--size-fraction", type=_FRACTION, default=0.25, metavar="FRACTION",
                    help="size budget as a fraction of the int8 file (default: %(default)s)")
     d.add_argument("--max-drop", type=_FRACTION, default=0.02, metavar="FRACTION",
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 2 points)")

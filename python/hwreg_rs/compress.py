@@ -18,7 +18,9 @@ greedy search takes, one step at a time, the step with the most saving on the
 missed budgets per point of accuracy it cost alone, re-measures the accuracy of
 the combined plan, and rolls a step back (that lever goes no further) when the
 drop exceeds the allowance before fine-tuning (``3 * max_accuracy_drop + 1 pt``:
-fine-tuning wins much back), until the budgets hold or no step is left. The plan
+fine-tuning wins much back), until the budgets hold or no step is left. When the
+allowance is spent first, the plan so far is applied and briefly fine-tuned, and
+the search goes on from the recovered model (``search_rounds``). The plan
 is then applied (shrunk first), fine-tuned under the training loop's hard
 constraints (gradual pruning in the pattern, 8-bit weight fake quantization),
 converted to an int8 :class:`~hwreg_rs.runtime.RuntimeModel`, measured and
@@ -118,6 +120,7 @@ class Candidate:
     delta_accuracy: float
     chosen: bool = False
     channels_removed: int = 0
+    round: int = 0  # the search round (each after a short recovery fine-tune of the previous plan)
 
 
 @dataclass
@@ -283,7 +286,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
              sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
              shrink_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75), importance: str = "l1",
              fine_tune_epochs: int = 8, lr: float = 5e-4, seed: int = 0, raise_on_miss: bool = True,
-             verbose: bool = False, profile_repeats: int = 15) -> tuple[runtime.RuntimeModel, CompressionReport]:
+             verbose: bool = False, profile_repeats: int = 15,
+             search_rounds: int = 3) -> tuple[runtime.RuntimeModel, CompressionReport]:
     """Compress ``model`` into an int8 runtime model that fits a budget on ``profile``.
 
     Parameters
@@ -328,6 +332,10 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     profile_repeats : int, default 15
         Repeats of each timing (the whole model, and each layer with
         :meth:`~hwreg_rs.runtime.RuntimeModel.profile`).
+    search_rounds : int, default 3
+        Rounds of the search: when the accuracy allowance is spent before the
+        budgets hold, the plan so far is applied and briefly fine-tuned
+        (``fine_tune_epochs // 3`` epochs) and the search goes on from there.
 
     Returns
     -------
@@ -360,6 +368,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         raise ValueError(f"sparsities must lie in (0, 1); got {list(sparsities)}")
     if any(not 0 < r < 1 for r in shrink_ratios):
         raise ValueError(f"shrink_ratios must lie in (0, 1); got {list(shrink_ratios)}")
+    if not (isinstance(search_rounds, int) and search_rounds >= 1):
+        raise ValueError(f"search_rounds must be an int >= 1; got {search_rounds!r}")
     if importance not in ("l1", "l2", "bn"):
         raise ValueError(f"importance must be 'l1', 'l2' or 'bn'; got {importance!r}")
     prof = profiles.resolve(profile)
@@ -386,36 +396,41 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         prof = prof.calibrated(dense_rt.layer_work(batch_size),
                                median_seconds(lambda: dense_rt.predict(x_batch), repeats=profile_repeats))
 
-    # The levers, one unit each: a channel group to shrink (a smaller dense model: its cost and file
-    # are exact), a Linear layer to prune and store sparse (its file bytes modelled, then checked).
-    levels: dict[_Unit, list[Any]] = {}
-    prunable: dict[_Unit, int] = {}
-    if shrink_ratios:
-        try:
-            groups = prune.shrink_plan(work_model, remove={}, input_shape=shape).groups
-        except (ValueError, TypeError, NotImplementedError):
-            groups = []  # a model the dependency pass cannot follow is not shrunk
-        for g in groups:
-            counts = sorted({int(round(r * g.prunable)) for r in shrink_ratios} - {0})
-            if g.prunable and counts and all(n in kinds for n in g.layers):
-                levels[("shrink", g.layers)] = counts
-                prunable[("shrink", g.layers)] = g.prunable
-    if mask_fn is not None:
-        for name, kind in kinds.items():
-            if kind == "linear":
-                levels[("sparse", name)] = sorted({float(s) for s in sparsities if s >= 0.5})
-    levels = {u: v for u, v in levels.items() if v}
+    base = work_model  # what a round of the search plans from: the model, then each round's recovered one
+    baked: dict[str, float] = {}  # sparsity earlier rounds already pruned into ``base``
 
-    def build(state: dict[_Unit, Any], *, masks: bool = True) -> Module:
+    def levers() -> tuple[dict[_Unit, list[Any]], dict[_Unit, int]]:
+        """The levers of ``base``, one unit each with its levels: a channel group to shrink (a
+        smaller dense model: its cost and file are exact), a Linear layer to prune and store
+        sparse (its file bytes modelled, then checked)."""
+        levels: dict[_Unit, list[Any]] = {}
+        prunable: dict[_Unit, int] = {}
+        if shrink_ratios:
+            try:
+                groups = prune.shrink_plan(base, remove={}, input_shape=shape).groups
+            except (ValueError, TypeError, NotImplementedError):
+                groups = []  # a model the dependency pass cannot follow is not shrunk
+            for grp in groups:
+                counts = sorted({int(round(r * grp.prunable)) for r in shrink_ratios} - {0})
+                if grp.prunable and counts and all(n in kinds for n in grp.layers):
+                    levels[("shrink", grp.layers)] = counts
+                    prunable[("shrink", grp.layers)] = grp.prunable
+        if mask_fn is not None:
+            for name, kind in kinds.items():
+                if kind == "linear":
+                    levels[("sparse", name)] = sorted({float(sp) for sp in sparsities
+                                                       if sp >= 0.5 and sp > baked.get(name, 0.0)})
+        return {u: v for u, v in levels.items() if v}, prunable
+
+    def build(state: dict[_Unit, Any]) -> Module:
         counts = {u[1]: c for u, c in state.items() if u[0] == "shrink"}
-        m = (prune.shrink_plan(work_model, remove=counts, input_shape=shape, importance=importance).apply()
-             if counts else copy.deepcopy(work_model))
-        if masks:
-            mods = modules_of(m)
-            for u, sp in state.items():
-                if u[0] == "sparse":
-                    w = mods[u[1]].weight
-                    w.data = w.data * mask_fn(w.data, sp)
+        m = (prune.shrink_plan(base, remove=counts, input_shape=shape, importance=importance).apply()
+             if counts else copy.deepcopy(base))
+        mods = modules_of(m)
+        for u, sp in state.items():
+            if u[0] == "sparse":
+                w = mods[u[1]].weight
+                w.data = w.data * mask_fn(w.data, sp)
         return m.eval()
 
     dense_cache: dict[Any, tuple[list[profiles.LayerWork], dict[str, int], dict[str, tuple[int, int]], int, int]] = {}
@@ -431,19 +446,18 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     for n in kinds}
             dense_cache[key] = (rt.layer_work(batch_size), {n.name: i for i, n in enumerate(rt.nodes)}, dims,
                                 _file_bytes(rt), _activation_peak(rt, batch_size))
-        base, index, dims, size, peak = dense_cache[key]
-        work = list(base)
-        for u, sp in state.items():
-            if u[0] != "sparse":
-                continue
-            k, n = dims[u[1]]
-            i = index[u[1]]
+        work0, index, dims, size, peak = dense_cache[key]
+        work = list(work0)
+        pruned = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+        for name, sp in pruned.items():
+            k, n = dims[name]
+            i = index[name]
             w = work[i]
             work[i] = profiles.LayerWork(w.name, w.kind, w.macs, _sparse_memory_bytes(k, n, sp, pattern),
                                          w.act_in_bytes, w.act_out_bytes, "int8", density=1 - sp, pattern=pattern,
                                          gemm=w.gemm, sparse_kernel=True if stores_sparse else None)
             size += int(round((1 - sp) * k * n)) + (k * n + 7) // 8 + _SPARSE_FILE_EXTRA - k * n
-        if any(u[0] == "sparse" for u in state):
+        if pruned:
             size += size_offset[0]
         est = profiles.estimate(work, prof, activation_peak=peak)
         return _Cost(est.latency_s, size, est.memory_bytes, est.weight_bytes, peak)
@@ -466,35 +480,60 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     def accuracy(m: Module) -> float:
         return float(evaluate(m, X_val, y_val)["accuracy"])
 
-    state: dict[_Unit, Any] = {}
-    drop_alone: dict[tuple[_Unit, Any], float] = {}
+    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int) -> Module:
+        """Train ``m`` under the hard constraints: each pruned layer's sparsity from its first to
+        its second figure (gradually; held where equal), 8-bit weight QAT."""
+        m.train()
+        steps_per_epoch = max(1, int(np.ceil(len(X_tr) / 32)))
+        end = max(1, steps_per_epoch * max(1, epochs - 2))
+        qat = C.QAT(weight_bits=8, activation_bits=None)
+        cons: list[Any] = [C.GradualPruning(final, initial_sparsity=first, end_step=end,
+                                            frequency=max(1, end // 10), mask_fn=mask_fn, params=[f"{name}.weight"])
+                           for name, (first, final) in pruned.items()]
+        Trainer(m, constraints=[*cons, qat], epochs=epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
+        return m.eval()
+
+    # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
+    allowance = 3 * max_accuracy_drop + 0.01
     candidates: list[Candidate] = []
-    cand_units: list[tuple[_Unit, Any]] = []
     steps: list[dict[str, Any]] = []
-    base_cost = cost(state)
-    if misses_of(base_cost):
+    state: dict[_Unit, Any] = {}
+    for rnd in range(search_rounds):
+        levels, prunable = levers()
+        dense_cache.clear()
+        size_offset[0] = 0
+        state = {}
+        base_cost = cost(state)
+        if not misses_of(base_cost):
+            break
         # Only levers that make a missed budget smaller are worth an accuracy measurement.
         useful = [u for u in levels if gain(base_cost, cost({u: levels[u][-1]})) > 1e-4]
         if latency_budget is not None and size_budget is None:
             # A latency budget alone: pay accuracy for a sparse pattern only where the profile's kernel is faster.
             def faster(u: _Unit) -> bool:
-                w = np.asarray(modules[u[1]].weight.data, np.float32)
+                w = np.asarray(modules_of(base)[u[1]].weight.data, np.float32)
                 mask = mask_fn(w, levels[u][-1])
                 return not sparse.choose(w * mask, mask, batch_size, dtypes=("int8",), profile=prof,
                                          verify=False).path.startswith("dense")
             useful = [u for u in useful if u[0] != "sparse" or faster(u)]
+        drop: dict[tuple[_Unit, Any], float] = {}  # accuracy lost against the float model, each candidate alone
+        base_drop = max(0.0, float_acc - accuracy(base))
+        round_cands: dict[tuple[_Unit, Any], Candidate] = {}
         for u in useful:
-            for lvl in levels[u]:
+            drop[(u, None)] = base_drop
+            for j, lvl in enumerate(levels[u]):
                 c = cost({u: lvl})
-                drop_alone[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
+                drop[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
                 shrinks = u[0] == "shrink"
-                candidates.append(Candidate(
+                round_cands[(u, lvl)] = Candidate(
                     _unit_name(u), u[0], lvl / prunable[u] if shrinks else float(lvl),
                     "dense" if shrinks else pattern, 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
-                    -drop_alone[(u, lvl)], channels_removed=lvl if shrinks else 0))
-                cand_units.append((u, lvl))
-        # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
-        allowance = 3 * max_accuracy_drop + 0.01
+                    -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd)
+                if drop[(u, lvl)] > allowance:  # alone past the allowance: the levels beyond are not tried
+                    levels[u] = levels[u][:j]
+                    break
+        candidates += round_cands.values()
+        useful = [u for u in useful if levels[u]]
         stopped: set[_Unit] = set()
         for _ in range(4):
             while misses_of(now := cost(state)):
@@ -505,23 +544,22 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     if u in stopped or nxt is None:
                         continue
                     saving = gain(now, cost({**state, u: nxt}))
-                    extra = drop_alone[(u, nxt)] - (drop_alone[(u, cur)] if cur is not None else 0.0)
                     if saving > 1e-4:
-                        options.append((saving / (max(extra, 0.0) + 1e-3), u, nxt))
+                        options.append((saving / (max(drop[(u, nxt)] - drop[(u, cur)], 0.0) + 1e-3), u, nxt))
                 took = False
                 for _score, u, nxt in sorted(options, key=lambda o: -o[0]):
                     trial = {**state, u: nxt}
                     acc = accuracy(build(trial))
                     ok = float_acc - acc <= allowance
-                    steps.append({"layer": _unit_name(u), "kind": u[0], "level": nxt, "accuracy": acc,
-                                  "kept": ok})
+                    steps.append({"round": rnd, "layer": _unit_name(u), "kind": u[0], "level": nxt,
+                                  "accuracy": acc, "kept": ok})
                     if ok:
                         state, took = trial, True
                         break
                     stopped.add(u)  # rolled back: this lever goes no further
                 if not took:
-                    break  # the budgets cannot be met within the accuracy allowance: reported below
-            if size_budget is None or misses_of(cost(state)) or not any(u[0] == "sparse" for u in state):
+                    break  # the allowance is spent: recover (below) or report the miss
+            if size_budget is None or misses_of(cost(state)) or not (baked or any(u[0] == "sparse" for u in state)):
                 break
             # The plan fits by the model: check the file it makes, and correct the model if it is off.
             exact = _file_bytes(runtime.convert(build(state), input_shape=shape, sparse="always",
@@ -531,26 +569,29 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 break
         if size_budget is None:
             # A latency budget alone: keep a pruned layer only where the sparse kernel really is faster.
-            pruned = build(state)
+            trial_model = build(state)
             for u in [u for u in state if u[0] == "sparse"]:
-                w = np.asarray(modules_of(pruned)[u[1]].weight.data, np.float32)
+                w = np.asarray(modules_of(trial_model)[u[1]].weight.data, np.float32)
                 mask = w != 0
                 if sparse.choose(w, mask, batch_size, dtypes=("int8",), profile=prof).path.startswith("dense"):
                     del state[u]
-    for cand, (u, lvl) in zip(candidates, cand_units):
-        cand.chosen = state.get(u) == lvl
+        for key, cand in round_cands.items():
+            cand.chosen = state.get(key[0]) == key[1]
+        if not state or not misses_of(cost(state)) or rnd == search_rounds - 1:
+            break
+        # The allowance is spent before the budgets hold: apply the plan, win accuracy back with a short
+        # fine-tune under the hard constraints, and search again from the recovered model.
+        pruned_now = {u[1]: sp for u, sp in state.items() if u[0] == "sparse"}
+        held = {name: (sp, sp) for name, sp in {**baked, **pruned_now}.items()}
+        base = fine_tune(build(state), held, max(1, fine_tune_epochs // 3))
+        baked.update(pruned_now)
+        state = {}
 
+    # The plan: shrink (the sparse levels ramp up while fine-tuning, from what earlier rounds pruned).
     tuned = build({u: c for u, c in state.items() if u[0] == "shrink"})
-    plan = {u[1]: sp for u, sp in state.items() if u[0] == "sparse"}
-    if state:
-        tuned.train()
-        steps_per_epoch = max(1, int(np.ceil(len(X_tr) / 32)))
-        end = max(1, steps_per_epoch * max(1, fine_tune_epochs - 2))
-        cons: list[Any] = [C.GradualPruning(sp, end_step=end, frequency=max(1, end // 10), mask_fn=mask_fn,
-                                            params=[f"{name}.weight"]) for name, sp in plan.items()]
-        cons.append(C.QAT(weight_bits=8, activation_bits=None))
-        Trainer(tuned, constraints=cons, epochs=fine_tune_epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
-        tuned.eval()
+    plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+    if state or base is not work_model:
+        tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs)
 
     rt = runtime.convert(tuned, input_shape=shape, sparse="always" if stores_sparse else "auto",
                          batch_size=batch_size)
@@ -578,13 +619,9 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         removed = 0.0
         if node.name in out_channels and node.name in tuned_modules:
             removed = 1.0 - tuned_modules[node.name].weight.data.shape[0] / out_channels[node.name]
-        shrunk_by = next((c for u, c in state.items() if u[0] == "shrink" and node.name in u[1]), None)
-        delta = None
-        if sp:
-            delta = -drop_alone.get((("sparse", node.name), sp), 0.0)
-        elif shrunk_by is not None:
-            delta = -next(d for (u, lv), d in drop_alone.items() if u[0] == "shrink" and node.name in u[1]
-                          and lv == shrunk_by)
+        # The last chosen candidate of the layer: its accuracy change alone, before fine-tuning.
+        delta = next((c.delta_accuracy for c in reversed(candidates)
+                      if c.chosen and node.name in c.layer.split("+")), None)
         layers.append(LayerReport(
             name=node.name, op=op.kind, bits=8, sparsity=1.0 - kept, pattern=stored,
             nbytes=int(sum(a.nbytes for a in op.arrays().values())),

@@ -34,7 +34,7 @@ import numpy as np
 __all__ = ["run"]
 
 
-def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: float = 0.03, epochs: int | None = None,
+def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: float = 0.02, epochs: int | None = None,
         seed: int = 0, out: str | None = None, say: Any = print) -> dict[str, Any]:
     """Run the demo; returns its results (what ``hwreg-rs demo --json`` prints).
 
@@ -44,7 +44,7 @@ def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: 
         Fewer epochs and repeats (for tests: well under a minute).
     size_fraction : float, default 0.25
         Size budget as a fraction of the int8 file.
-    max_accuracy_drop : float, default 0.03
+    max_accuracy_drop : float, default 0.02
         Largest accuracy loss allowed against the float model.
     epochs : int, optional
         Training epochs (default 12, quick 4).
