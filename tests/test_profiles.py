@@ -161,3 +161,24 @@ def test_peak_activation_bytes_of_a_runtime_chain_grows_with_the_batch():
     want = max(4 * (int(np.prod(shapes[n.inputs[0]])) + int(np.prod(shapes[n.outputs[0]]))) for n in rt.nodes)
     assert _activation_peak(rt, 1) == want
     assert _activation_peak(rt, 4) == 4 * want
+
+
+def test_peak_activation_bytes_of_a_resnet_holds_the_skip():
+    import os
+
+    import numpy as np
+
+    import hwreg_rs as hw
+    from hwreg_rs.compress import _activation_peak
+
+    pytest.importorskip("onnx")
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "digits_resnet.dynamo.onnx")
+    g = hw.onnx.load(path)
+    rt = hw.runtime.convert(g.eval(), input_shape=g.input_shapes[0])
+    shapes = rt.shapes(1)
+    conv2 = next(n for n in rt.nodes if n.name == "layer1.0.conv2")
+    add = next(n for n in rt.nodes if n.inputs[0] == conv2.outputs[0] or conv2.outputs[0] in n.inputs)
+    skip = next(v for v in add.inputs if v != conv2.outputs[0])
+    held = {conv2.inputs[0], conv2.outputs[0], skip}  # while conv2 runs, the skip waits for the add
+    assert len(held) == 3
+    assert _activation_peak(rt, 1) >= sum(4 * int(np.prod(shapes[v])) for v in held)
