@@ -82,7 +82,9 @@ def test_latency_budget_pays_no_accuracy_for_a_pattern_that_is_not_faster(traine
     _, rep = hw.compress(net, data, profile="cortex-m7", latency_budget=1e-9, max_accuracy_drop=0.05,
                          fine_tune_epochs=1, raise_on_miss=False)
     assert not rep.met and any("latency" in m for m in rep.misses)
-    assert all(l.sparsity < 0.5 and l.pattern == "dense" and l.delta_accuracy is None for l in rep.layers)
+    assert all(l.sparsity < 0.5 and l.pattern == "dense" for l in rep.layers)
+    # No accuracy is measured or spent on a sparse candidate there; shrinking (a smaller dense layer) pays anywhere.
+    assert rep.candidates and all(c.kind == "shrink" for c in rep.candidates)
     # A profile whose block kernel is nearly dense speed per kept weight: pruning pays, in blocks.
     fast = hw.profiles.HardwareProfile.from_dict({**hw.profiles.preset("x86-avx2").to_dict(), "name": "fast-sparse",
                                                   "sparsity_patterns": {"block": 0.9}})
@@ -125,3 +127,130 @@ def test_runtime_profile_attributes_every_step():
     assert list(t) == ["0", "2", "4"] and all(v > 0 for v in t.values())
     with pytest.raises(ValueError, match="repeats"):
         mlp.profile(np.ones((1, 8), np.float32), repeats=0)
+
+
+# -- structured shrinking, candidates, memory -------------------------------------------------
+
+CNN_DROP = 0.02  # the accuracy allowance of the digits-CNN size target: 2 points against the float model
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    """The demo's digits CNN, trained as the demo trains it (quick), and its data."""
+    from hwreg_rs import constraints as C
+
+    split = hw.data.load_digits(images=True)
+    net = hw.nn.small_cnn(rng=0)
+    qat = C.QAT(weight_bits=8, activation_bits=None)
+    hw.train.Trainer(net, constraints=[C.WeightClip(1.0), C.GradClipValue(1.0), qat], epochs=4, lr=2e-3,
+                     scheduler="cosine", seed=0, verbose=False).fit(split.X_train, split.y_train)
+    qat.remove()
+    return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
+
+
+@pytest.mark.parametrize("profile", ["host", *sorted(hw.profiles.PRESETS)])
+def test_a_quarter_of_the_int8_file_is_met_for_the_digits_cnn_on_every_profile(digits_cnn, tmp_path, profile):
+    net, data = digits_cnn
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(1, 8, 8)), tmp_path, "int8.hwreg")
+    budget = int(0.25 * int8_bytes)
+    rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=CNN_DROP,
+                          fine_tune_epochs=3, raise_on_miss=False, profile_repeats=3)
+    assert rep.met, rep.markdown()
+    assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget
+    assert rep.accuracy >= rep.float_accuracy - CNN_DROP
+    # Pruning alone cannot get there (convolutions are stored dense): a layer was shrunk, and the
+    # runtime model really has fewer channels.
+    shrunk = [l for l in rep.layers if l.channels_removed > 0]
+    assert shrunk, rep.markdown()
+    out = {"0": 16, "3": 32, "8": 64}
+    for node in rt.nodes:
+        if node.name in out and node.op.kind in ("conv2d", "linear"):
+            removed = next((l.channels_removed for l in shrunk if l.name == node.name), 0.0)
+            assert node.op.layer.weight_q.shape[0] == round(out[node.name] * (1 - removed))
+
+
+def test_every_candidate_is_reported_and_the_chosen_ones_are_the_plan(digits_cnn, tmp_path):
+    net, data = digits_cnn
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(1, 8, 8)), tmp_path, "int8.hwreg")
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=int(0.5 * int8_bytes),
+                         max_accuracy_drop=CNN_DROP, fine_tune_epochs=1, raise_on_miss=False, profile_repeats=3)
+    cands = rep.candidates
+    # Shrinking for every prunable group (the last layer's outputs are the model's: not prunable),
+    # sparsity for the Linear layers only (convolutions run dense).
+    assert {(c.layer, c.kind) for c in cands} >= {("0", "shrink"), ("3", "shrink"), ("8", "shrink"), ("8", "sparse")}
+    assert not any(c.kind == "shrink" and c.layer == "10" for c in cands)
+    assert not any(c.kind == "sparse" and c.layer in ("0", "3") for c in cands)
+    assert all(c.bits == 8 and 0 < c.ratio < 1 and c.delta_accuracy <= 0 for c in cands)
+    # Shrinking a group more makes a smaller file, exactly: it is a smaller dense model.
+    for layer in ("0", "3", "8"):
+        sizes = [c.file_bytes for c in cands if c.layer == layer and c.kind == "shrink"]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    # At most one candidate per lever is chosen, and the layer rows say what was chosen.
+    chosen = [c for c in cands if c.chosen]
+    assert chosen and len({(c.layer, c.kind) for c in chosen}) == len(chosen)
+    rows = {l.name: l for l in rep.layers}
+    for c in chosen:
+        if c.kind == "shrink":
+            assert rows[c.layer].channels_removed == pytest.approx(c.channels_removed / {"0": 16, "3": 32, "8": 64}[c.layer])
+    # The search re-measured after each step; a step it rolled back cost more than the allowance.
+    allowance = 3 * CNN_DROP + 0.01
+    assert rep.steps and all((rep.float_accuracy - s["accuracy"] <= allowance + 1e-12) == s["kept"] for s in rep.steps)
+    d = rep.to_dict()
+    import json
+
+    assert json.loads(json.dumps(d))["candidates"][0].keys() >= {"layer", "kind", "ratio", "pattern", "bits",
+                                                                 "estimated_us", "file_bytes", "delta_accuracy",
+                                                                 "chosen"}
+    assert "Candidates" in rep.markdown()
+
+
+@pytest.fixture(scope="module")
+def wide_mlp():
+    """A digits MLP whose int8 weights alone (about 600 KB) overflow the Cortex-M7's 512 KB SRAM."""
+    split = hw.data.load_digits()
+    net = hw.nn.mlp([64, 1024, 512, 10], rng=0)
+    hw.fit(net, split.X_train, split.y_train, epochs=2, lr=0.01, verbose=False)
+    return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
+
+
+def test_cortex_m7_gets_a_model_that_fits_its_sram(wide_mlp):
+    from hwreg_rs.compress import _activation_peak
+
+    net, data = wide_mlp
+    m7 = hw.profiles.preset("cortex-m7")
+    dense = hw.runtime.convert(net, input_shape=(64,))
+    before = hw.profiles.estimate(dense.layer_work(1), m7, activation_peak=_activation_peak(dense, 1))
+    assert before.memory_bytes > m7.mem_capacity_bytes  # it does not fit before compression
+    rt, rep = hw.compress(net, data, profile="cortex-m7", max_accuracy_drop=0.02, fine_tune_epochs=2,
+                          profile_repeats=3)
+    assert rep.met and rep.memory_limit_bytes == m7.mem_capacity_bytes
+    after = hw.profiles.estimate(rt.layer_work(1), m7, activation_peak=_activation_peak(rt, 1))
+    assert rep.memory_bytes == after.memory_bytes == rep.weight_bytes + rep.peak_activation_bytes
+    assert rep.memory_bytes <= m7.mem_capacity_bytes < before.memory_bytes
+    assert any(l.channels_removed > 0 for l in rep.layers)  # m7 has no sparse kernel: shrinking got there
+    assert f"memory ≤ {m7.mem_capacity_bytes} B" in rep.markdown()
+
+
+def test_memory_budget_and_its_cli_flag(wide_mlp, tmp_path, capsys):
+    import json
+
+    from hwreg_rs import cli
+
+    net, data = wide_mlp
+    with pytest.raises(ValueError, match="memory_budget"):
+        hw.compress(net, data, profile="x86-avx2", memory_budget=0)
+    _, rep = hw.compress(net, data, profile="x86-avx2", memory_budget=400_000, max_accuracy_drop=0.02,
+                         fine_tune_epochs=1, profile_repeats=3, raise_on_miss=False)
+    assert rep.memory_budget_bytes == rep.memory_limit_bytes == 400_000
+    assert rep.met == (rep.memory_bytes <= 400_000 and rep.float_accuracy - rep.accuracy <= 0.02), rep.markdown()
+    assert rep.memory_bytes <= 400_000, rep.markdown()
+    np.savez(tmp_path / "model.npz", **net.state_dict())
+    X_tr, y_tr, X_te, y_te = data
+    np.savez(tmp_path / "data.npz", X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te)
+    capsys.readouterr()
+    cli.main(["compress", str(tmp_path / "model.npz"), str(tmp_path / "data.npz"), "--arch", "mlp:64,1024,512,10",
+              "--profile", "x86-avx2", "--memory-budget", "400000", "--max-drop", "0.05", "--json",
+              "-o", str(tmp_path / "o.hwreg")])
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["memory_budget_bytes"] == 400000 and report["memory_bytes"] <= 400000
+    assert report["candidates"] and all("estimated_us" in c and "chosen" in c for c in report["candidates"])

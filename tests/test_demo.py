@@ -28,10 +28,14 @@ def test_demo_compresses_for_a_budget_int8_alone_misses(demo):
     assert [r["model"] for r in d["models"]] == ["float32 (NumPy)", "int8 (hwreg_rs)", "compressed (hwreg_rs)"]
     assert int8_row["file_bytes"] == d["int8_bytes"] > d["budget_bytes"]  # int8 alone cannot meet the budget
     assert status == 0 and d["met"] and comp["file_bytes"] <= d["budget_bytes"]
-    # At least one layer pruned because the budget required it, named as in the model, stored sparse.
+    # A quarter of the int8 file: layers shrunk (channels removed) because the budget required it,
+    # named as in the model; every compressed layer is shrunk or pruned and stored sparse.
+    assert d["budget_bytes"] == int(0.25 * d["int8_bytes"])
     layers = {l["name"]: l for l in d["report"]["layers"]}
-    assert d["compressed_layers"] and all(layers[n]["sparsity"] >= 0.5 for n in d["compressed_layers"])
-    assert any(layers[n]["op"] == "sparse_linear" for n in d["compressed_layers"])
+    assert d["shrunk_layers"] and all(layers[n]["channels_removed"] > 0 for n in d["shrunk_layers"])
+    assert all(layers[n]["op"] == "sparse_linear" for n in d["sparse_layers"])
+    assert set(d["compressed_layers"]) == set(d["shrunk_layers"]) | set(d["sparse_layers"])
+    assert any(c["chosen"] and c["kind"] == "shrink" for c in d["report"]["candidates"])
     assert all(l["op"] != "relu" for l in d["report"]["layers"])
 
 

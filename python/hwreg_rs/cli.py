@@ -306,6 +306,7 @@ def _compress(args: argparse.Namespace) -> int:
              "none" if args.size_budget is None else f"{args.size_budget} bytes", args.max_drop)
     rt, report = compress(net.eval(), split, profile=_profile_arg(args.profile), latency_budget=budget,
                           size_budget=args.size_budget, max_accuracy_drop=args.max_drop,
+                          memory_budget=args.memory_budget,
                           batch_size=args.batch_size, raise_on_miss=False,
                           verbose=args.verbose and not args.json,
                           input_shape=args.input_shape or (getattr(net, "input_shapes", None) or [None])[0])
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "alone misses, compare float / int8 / compressed (the main job)")
     d.add_argument("--quick", action="store_true", help="fewer epochs and repeats (rough figures, for tests)")
     d.add_argument("--epochs", type=_EPOCHS, default=None, help="training epochs (default: 12; 4 with --quick)")
-    d.add_argument("--size-fraction", type=_FRACTION, default=0.4, metavar="FRACTION",
+    d.add_argument("--size-fraction", type=_FRACTION, default=0.25, metavar="FRACTION",
                    help="size budget as a fraction of the int8 file (default: %(default)s)")
     d.add_argument("--max-drop", type=_FRACTION, default=0.02, metavar="FRACTION",
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 2 points)")
@@ -460,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none; Python's hw.compress takes seconds)")
     c.add_argument("--size-budget", type=_BYTES, metavar="BYTES",
                    help="size budget in bytes of the written .hwreg file (default: none)")
+    c.add_argument("--memory-budget", type=_BYTES, metavar="BYTES",
+                   help="memory budget in bytes while running: weights plus peak live activations at "
+                        "--batch-size (default: none; the profile's memory capacity, a microcontroller's SRAM, "
+                        "always applies)")
     c.add_argument("--max-drop", type=_FRACTION, default=0.01, metavar="FRACTION",
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 1 point)")
     c.add_argument("--batch-size", type=_SAMPLES, default=1, metavar="N",

@@ -5,8 +5,9 @@
    ``[-1, 1]``, gradients clipped, 8-bit weight fake quantization (QAT).
 2. Convert it to int8 (:func:`hwreg_rs.runtime.convert`): the baseline.
 3. Compress it (:func:`hwreg_rs.compress`) for a size budget the int8 file
-   alone cannot meet (a fraction of the int8 file), so the planner must prune
-   and store layers sparse.
+   alone cannot meet (a quarter of the int8 file), so the planner must shrink
+   layers (remove whole channels: convolutions can only get smaller that way)
+   and prune and store Linear layers sparse.
 4. Print one table, float NumPy / int8 / compressed: accuracy, file size
    (bytes of the saved file; the float model's state dict as ``.npz``),
    latency at batch 1 and 64, all six timed side by side in rounds (float
@@ -33,7 +34,7 @@ import numpy as np
 __all__ = ["run"]
 
 
-def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: float = 0.02, epochs: int | None = None,
+def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: float = 0.02, epochs: int | None = None,
         seed: int = 0, out: str | None = None, say: Any = print) -> dict[str, Any]:
     """Run the demo; returns its results (what ``hwreg-rs demo --json`` prints).
 
@@ -41,7 +42,7 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
     ----------
     quick : bool, default False
         Fewer epochs and repeats (for tests: well under a minute).
-    size_fraction : float, default 0.4
+    size_fraction : float, default 0.25
         Size budget as a fraction of the int8 file.
     max_accuracy_drop : float, default 0.02
         Largest accuracy loss allowed against the float model.
@@ -61,7 +62,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
     dict
         ``models`` (one row per model: ``model``, ``accuracy``, ``file_bytes``,
         ``latency_b1_us``, ``latency_b64_us``), ``speedup_b1``/``speedup_b64`` (float
-        over compressed), ``budget_bytes``, ``int8_bytes``, ``met``, ``report`` (the
+        over compressed), ``budget_bytes``, ``int8_bytes``, ``met``, ``shrunk_layers`` and
+        ``sparse_layers`` (names of the layers shrunk / pruned and stored sparse), ``report`` (the
         compression report as a dict), ``runtime_file``, ``float_file``, ``data_file``,
         ``batch_file``, ``seconds``.
     """
@@ -138,13 +140,15 @@ def run(*, quick: bool = False, size_fraction: float = 0.4, max_accuracy_drop: f
          "latency_b1_us": us[("compressed", 1)], "latency_b64_us": us[("compressed", 64)]},
     ]
     f, q, c = rows
-    chosen = [l for l in report.layers if l.sparsity >= 0.5 or (l.bits or 8) < 8]
+    chosen = [l for l in report.layers if l.sparsity >= 0.5 or (l.bits or 8) < 8 or l.channels_removed > 0]
     return {
         "models": rows, "budget_bytes": budget, "int8_bytes": int8_bytes, "met": report.met,
         "speedup_b1": f["latency_b1_us"] / c["latency_b1_us"], "speedup_b64": f["latency_b64_us"] / c["latency_b64_us"],
         "int8_speedup_b1": f["latency_b1_us"] / q["latency_b1_us"],
         "int8_speedup_b64": f["latency_b64_us"] / q["latency_b64_us"],
-        "compressed_layers": [l.name for l in chosen], "runtime_file": out, "float_file": float_file,
+        "compressed_layers": [l.name for l in chosen],
+        "shrunk_layers": [l.name for l in report.layers if l.channels_removed > 0],
+        "sparse_layers": [l.name for l in report.layers if l.op == "sparse_linear"], "runtime_file": out, "float_file": float_file,
         "data_file": data_file, "batch_file": batch_file,
         "report": report.to_dict(), "report_markdown": report.markdown(),
         "seconds": time.perf_counter() - t_start,
@@ -165,8 +169,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"batch 1, {result['speedup_b64']:.2f}× at batch 64, {100 * (c['accuracy'] - f['accuracy']):+.2f} pt; "
         f"int8 alone: {result['int8_speedup_b1']:.2f}× / {result['int8_speedup_b64']:.2f}×",
         f"size budget {result['budget_bytes']} B ({result['budget_bytes'] / result['int8_bytes']:.0%} of the int8 "
-        f"file): {'met' if result['met'] else 'MISSED'}; pruned and stored sparse: "
-        f"{', '.join(result['compressed_layers']) or 'none'}",
+        f"file): {'met' if result['met'] else 'MISSED'}; shrunk (channels removed): "
+        f"{', '.join(result['shrunk_layers']) or 'none'}; pruned and stored sparse: "
+        f"{', '.join(result['sparse_layers']) or 'none'}",
         f"runtime model saved to {result['runtime_file']}; to go on from here:",
         f"  hwreg-rs compress {result['float_file']} {result['data_file']} --arch cnn --profile cortex-a55 "
         f"--size-budget {result['budget_bytes']} -o cnn_a55.hwreg",

@@ -56,6 +56,7 @@ __all__ = [
     "CostEstimate",
     "estimate",
     "fits",
+    "peak_activation_bytes",
     "preset",
     "PRESETS",
     "measure_host",
@@ -484,10 +485,16 @@ class LayerEstimate:
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """Per-layer and total cost of a model on a profile."""
+    """Per-layer and total cost of a model on a profile.
+
+    ``activation_peak`` is the largest sum of activation bytes live at once in the planned
+    order (:func:`peak_activation_bytes`), when :func:`estimate` was given it; without it
+    :attr:`peak_activation_bytes` falls back to the largest one layer's input plus output.
+    """
 
     profile: str
     layers: tuple[LayerEstimate, ...]
+    activation_peak: int | None = None
 
     @property
     def latency_s(self) -> float:
@@ -503,11 +510,16 @@ class CostEstimate:
 
     @property
     def peak_activation_bytes(self) -> int:
+        """The most activation bytes live at once: the planned order's peak when known, else
+        the largest one layer's input plus output."""
+        if self.activation_peak is not None:
+            return self.activation_peak
         return max((l.activation_bytes for l in self.layers), default=0)
 
     @property
     def memory_bytes(self) -> int:
-        """Weights plus the largest live activations (one layer's input and output)."""
+        """Weights plus the peak live activations: what must fit the profile's
+        ``mem_capacity_bytes`` (a microcontroller's SRAM)."""
         return self.weight_bytes + self.peak_activation_bytes
 
     def table(self) -> list[dict[str, Any]]:
@@ -591,12 +603,15 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
     return 0.0
 
 
-def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstimate:
+def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
+             activation_peak: int | None = None) -> CostEstimate:
     """Latency, memory and energy of running ``layers`` in order on ``profile``.
 
     Each layer costs ``calls * overhead + max(compute, bytes_moved /
     bandwidth)``; see the module docstring for ``compute``. A ``"reshape"``
-    layer moves no data.
+    layer moves no data. ``activation_peak`` (bytes, from
+    :func:`peak_activation_bytes` over the model's planned order) makes the
+    memory figure that of the whole graph, skip connections held included.
 
     Examples
     --------
@@ -620,7 +635,54 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstim
         act = 0 if w.kind == "reshape" else int(w.act_in_bytes + w.act_out_bytes)
         out.append(LayerEstimate(w.name, overhead + max(compute, memory), compute, memory, energy,
                                  int(w.weight_bytes), act, bound))
-    return CostEstimate(profile.name, tuple(out))
+    if activation_peak is not None and int(activation_peak) < 0:
+        raise ValueError(f"activation_peak must be >= 0 bytes; got {activation_peak!r}")
+    return CostEstimate(profile.name, tuple(out), None if activation_peak is None else int(activation_peak))
+
+
+def peak_activation_bytes(steps: Iterable[tuple[Iterable[str], Iterable[str]]], value_bytes: Mapping[str, int], *,
+                          inputs: Iterable[str] = (), outputs: Iterable[str] = ()) -> int:
+    """The largest sum of bytes of values live at once when ``steps`` run in order.
+
+    A value is live from the step that writes it (from the start for one of
+    ``inputs``) through the last step that reads it (to the end for one of
+    ``outputs``): while a step runs, its inputs, its outputs and every value a
+    later step still needs are held. Values missing from ``value_bytes``
+    (weights, constants) count nothing.
+
+    Parameters
+    ----------
+    steps : iterable of (reads, writes)
+        Value names each step reads and writes, in execution order.
+    value_bytes : mapping of str to int
+        Bytes of each activation value.
+    inputs, outputs : iterable of str
+        The graph's input and output values.
+
+    Examples
+    --------
+    >>> # a residual block: x is held while a and b are computed
+    >>> steps = [(["x"], ["a"]), (["a"], ["b"]), (["x", "b"], ["y"])]
+    >>> peak_activation_bytes(steps, {"x": 100, "a": 10, "b": 10, "y": 100}, inputs=["x"], outputs=["y"])
+    210
+    """
+    steps = [(tuple(r), tuple(w)) for r, w in steps]
+    ins, outs = list(inputs), set(outputs)
+    n = len(steps)
+    born = {v: 0 for v in ins}
+    last = {v: 0 for v in ins}
+    for i, (reads, writes) in enumerate(steps):
+        for v in writes:
+            born.setdefault(v, i)
+            last[v] = max(last.get(v, i), i)
+        for v in reads:
+            last[v] = max(last.get(v, i), i)
+    for v in outs:
+        last[v] = max(n - 1, 0)
+    peak = 0
+    for i in range(max(n, 1)):
+        peak = max(peak, sum(int(value_bytes.get(v, 0)) for v in born if born[v] <= i <= last[v]))
+    return peak
 
 
 def fits(est: CostEstimate, profile: HardwareProfile) -> bool:
