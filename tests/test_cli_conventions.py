@@ -89,7 +89,7 @@ def test_help_names_units_defaults_and_choices(capsys):
     text = _help("profile", capsys)
     for name in hw.profiles.PRESETS:
         assert name in text
-    assert "(default: 20)" in _help("demo", capsys)
+    assert "(default: 0.25)" in _help("demo", capsys)
 
 
 def test_every_command_takes_json_and_verbose():

@@ -1,7 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 
 import hwreg_rs as hw
+
+
+def _file_bytes(rt, tmp_path, name="m.hwreg"):
+    return rt.save(os.path.join(tmp_path, name))
 
 
 @pytest.fixture(scope="module")
@@ -12,25 +18,25 @@ def trained():
     return net.eval(), (X[:400], y[:400], X[400:], y[400:])
 
 
-def test_no_budget_is_int8_and_met(trained):
+def test_no_budget_is_int8_and_met(trained, tmp_path):
     net, data = trained
     rt, rep = hw.compress(net, data, profile="x86-avx512-vnni", max_accuracy_drop=0.05, fine_tune_epochs=1)
     assert rep.met and not rep.misses
-    assert [l.op for l in rep.layers] == ["linear", "linear"]
-    assert rep.nbytes == rt.nbytes < 0.3 * rep.float_bytes
+    # Layers by their model names, in order, each one row (the fused ReLU is no layer).
+    assert [(l.name, l.op) for l in rep.layers] == [("0", "linear"), ("2", "linear")]
+    assert rep.nbytes == _file_bytes(rt, tmp_path) < 0.3 * rep.float_bytes
     assert "MET" in rep.markdown()
 
 
-def test_size_budget_prunes_in_the_profiles_pattern(trained):
+def test_size_budget_prunes_in_the_profiles_pattern(trained, tmp_path):
     net, data = trained
-    dense_bytes = hw.runtime.convert(net, input_shape=(128,)).nbytes
-    budget = int(0.5 * dense_bytes)
+    budget = int(0.5 * _file_bytes(hw.runtime.convert(net, input_shape=(128,)), tmp_path))
     rt, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=budget, max_accuracy_drop=0.1,
                           fine_tune_epochs=3)
     assert rep.met, rep.markdown()
-    assert rt.nbytes <= budget
-    pruned = [l for l in rep.layers if l.sparsity > 0]
-    assert pruned and all(l.pattern == "block" for l in pruned)
+    assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget  # the file itself fits
+    pruned = [l for l in rep.layers if l.sparsity >= 0.5]
+    assert pruned and all(l.pattern == "block" and l.op == "sparse_linear" for l in pruned)
     assert any(op.kind == "sparse_linear" for op in rt.ops)
     assert rep.accuracy >= rep.float_accuracy - 0.1
 
@@ -55,3 +61,196 @@ def test_bad_arguments(trained):
         hw.compress(net, data, profile="pdp-11")
     with pytest.raises(TypeError, match="profile"):
         hw.compress(net, data, profile=3)
+
+
+@pytest.mark.parametrize("profile", ["host", *sorted(hw.profiles.PRESETS)])
+def test_a_quarter_of_the_int8_file_is_met_on_every_profile(trained, tmp_path, profile):
+    net, data = trained
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(128,)), tmp_path, "int8.hwreg")
+    budget = int(0.25 * int8_bytes)
+    rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=0.05, fine_tune_epochs=3,
+                          raise_on_miss=False, profile_repeats=3)
+    assert rep.met, rep.markdown()
+    assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget
+    # The budget is met by storing pruned layers sparse, in the file the runtime loads.
+    assert any(op.kind == "sparse_linear" for op in hw.runtime.load(os.path.join(tmp_path, "m.hwreg")).ops)
+
+
+def test_latency_budget_pays_no_accuracy_for_a_pattern_that_is_not_faster(trained):
+    net, data = trained
+    # cortex-m7 has no sparse kernel: pruning cannot make anything faster there.
+    _, rep = hw.compress(net, data, profile="cortex-m7", latency_budget=1e-9, max_accuracy_drop=0.05,
+                         fine_tune_epochs=1, raise_on_miss=False)
+    assert not rep.met and any("latency" in m for m in rep.misses)
+    assert all(l.sparsity < 0.5 and l.pattern == "dense" for l in rep.layers)
+    # No accuracy is measured or spent on a sparse candidate there; shrinking (a smaller dense layer) pays anywhere.
+    assert rep.candidates and all(c.kind == "shrink" for c in rep.candidates)
+    # A profile whose block kernel is nearly dense speed per kept weight: pruning pays, in blocks.
+    fast = hw.profiles.HardwareProfile.from_dict({**hw.profiles.preset("x86-avx2").to_dict(), "name": "fast-sparse",
+                                                  "sparsity_patterns": {"block": 0.9}})
+    dense_est = hw.profiles.estimate(hw.runtime.convert(net, input_shape=(128,)).layer_work(1), fast).latency_s
+    _, rep = hw.compress(net, data, profile=fast, latency_budget=0.8 * dense_est, max_accuracy_drop=0.05,
+                         fine_tune_epochs=2, raise_on_miss=False)
+    assert any(l.sparsity >= 0.5 and l.pattern == "block" for l in rep.layers), rep.markdown()
+
+
+def test_cnn_layers_by_name_and_convolutions_counted_dense(tmp_path):
+    split = hw.data.load_digits(images=True)
+    net = hw.nn.small_cnn(rng=0)
+    hw.fit(net, split.X_train[:400], split.y_train[:400], epochs=2, lr=2e-3, verbose=False)
+    net.eval()
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(1, 8, 8)), tmp_path, "int8.hwreg")
+    data = (split.X_train[:400], split.y_train[:400], split.X_test, split.y_test)
+    rt, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=int(0.5 * int8_bytes),
+                          max_accuracy_drop=0.2, fine_tune_epochs=2, raise_on_miss=False, profile_repeats=3)
+    names = {n for n, _ in net.named_modules()}
+    assert [l.name for l in rep.layers] == ["0", "3", "8", "10"] and set(names) >= {l.name for l in rep.layers}
+    assert all(l.op != "relu" for l in rep.layers)
+    convs = [l for l in rep.layers if l.op == "conv2d"]
+    assert convs and all(l.pattern == "dense" and "no sparse convolution kernel" in l.note for l in convs)
+    assert "no sparse convolution kernel" in rep.markdown()
+    assert rep.nbytes == _file_bytes(rt, tmp_path)
+    # The per-layer times come from RuntimeModel.profile and, with the rest, add up to the measured latency.
+    total = sum(l.measured_us for l in rep.layers) + rep.other_us
+    assert total == pytest.approx(1e6 * rep.latency_s, rel=1e-6) or rep.other_us == 0.0
+
+
+def test_runtime_profile_attributes_every_step():
+    net = hw.nn.small_cnn(rng=0).eval()
+    rt = hw.runtime.convert(net, input_shape=(1, 8, 8))
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    t = rt.profile(x, repeats=2)
+    assert list(t) == [n.name for n in rt.nodes] and all(v > 0 for v in t.values())
+    mlp = hw.runtime.convert(hw.nn.mlp([8, 16, 16, 3], rng=0).eval(), input_shape=(8,))
+    t = mlp.profile(np.ones((1, 8), np.float32), repeats=2)
+    # The three Linear layers run as one native call, which times each of them.
+    assert list(t) == ["0", "2", "4"] and all(v > 0 for v in t.values())
+    with pytest.raises(ValueError, match="repeats"):
+        mlp.profile(np.ones((1, 8), np.float32), repeats=0)
+
+
+# -- structured shrinking, candidates, memory -------------------------------------------------
+
+CNN_DROP = 0.02  # the accuracy allowance of the digits-CNN size target: 2 points against the float model
+
+
+@pytest.fixture(scope="module")
+def digits_cnn():
+    """The demo's digits CNN, trained as the demo trains it (quick), and its data."""
+    from hwreg_rs import constraints as C
+
+    split = hw.data.load_digits(images=True)
+    net = hw.nn.small_cnn(rng=0)
+    qat = C.QAT(weight_bits=8, activation_bits=None)
+    hw.train.Trainer(net, constraints=[C.WeightClip(1.0), C.GradClipValue(1.0), qat], epochs=4, lr=2e-3,
+                     scheduler="cosine", seed=0, verbose=False).fit(split.X_train, split.y_train)
+    qat.remove()
+    return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
+
+
+@pytest.mark.parametrize("profile", ["host", *sorted(hw.profiles.PRESETS)])
+def test_a_quarter_of_the_int8_file_is_met_for_the_digits_cnn_on_every_profile(digits_cnn, tmp_path, profile):
+    net, data = digits_cnn
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(1, 8, 8)), tmp_path, "int8.hwreg")
+    budget = int(0.25 * int8_bytes)
+    rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=CNN_DROP,
+                          fine_tune_epochs=3, raise_on_miss=False, profile_repeats=3)
+    assert rep.met, rep.markdown()
+    assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget
+    assert rep.accuracy >= rep.float_accuracy - CNN_DROP
+    # Pruning alone cannot get there (convolutions are stored dense): a layer was shrunk, and the
+    # runtime model really has fewer channels.
+    shrunk = [l for l in rep.layers if l.channels_removed > 0]
+    assert shrunk, rep.markdown()
+    out = {"0": 16, "3": 32, "8": 64}
+    for node in rt.nodes:
+        if node.name in out and node.op.kind in ("conv2d", "linear"):
+            removed = next((l.channels_removed for l in shrunk if l.name == node.name), 0.0)
+            assert node.op.layer.weight_q.shape[0] == round(out[node.name] * (1 - removed))
+
+
+def test_every_candidate_is_reported_and_the_chosen_ones_are_the_plan(digits_cnn, tmp_path):
+    net, data = digits_cnn
+    int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(1, 8, 8)), tmp_path, "int8.hwreg")
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=int(0.5 * int8_bytes),
+                         max_accuracy_drop=CNN_DROP, fine_tune_epochs=1, raise_on_miss=False, profile_repeats=3)
+    cands = rep.candidates
+    # Shrinking for every prunable group (the last layer's outputs are the model's: not prunable),
+    # sparsity for the Linear layers only (convolutions run dense).
+    assert {(c.layer, c.kind) for c in cands} >= {("0", "shrink"), ("3", "shrink"), ("8", "shrink"), ("8", "sparse")}
+    assert not any(c.kind == "shrink" and c.layer == "10" for c in cands)
+    assert not any(c.kind == "sparse" and c.layer in ("0", "3") for c in cands)
+    assert all(c.bits == 8 and 0 < c.ratio < 1 and c.delta_accuracy <= 0 for c in cands)
+    # Shrinking a group more makes a smaller file, exactly: it is a smaller dense model.
+    for layer in ("0", "3", "8"):
+        sizes = [c.file_bytes for c in cands if c.layer == layer and c.kind == "shrink"]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    # At most one candidate per lever is chosen, and the layer rows say what was chosen.
+    chosen = [c for c in cands if c.chosen]
+    assert chosen and len({(c.layer, c.kind) for c in chosen}) == len(chosen)
+    rows = {l.name: l for l in rep.layers}
+    for c in chosen:
+        if c.kind == "shrink":
+            assert rows[c.layer].channels_removed == pytest.approx(c.channels_removed / {"0": 16, "3": 32, "8": 64}[c.layer])
+    # The search re-measured after each step; a step it rolled back cost more than the allowance.
+    allowance = 3 * CNN_DROP + 0.01
+    assert rep.steps and all((rep.float_accuracy - s["accuracy"] <= allowance + 1e-12) == s["kept"] for s in rep.steps)
+    d = rep.to_dict()
+    import json
+
+    assert json.loads(json.dumps(d))["candidates"][0].keys() >= {"layer", "kind", "ratio", "pattern", "bits",
+                                                                 "estimated_us", "file_bytes", "delta_accuracy",
+                                                                 "chosen"}
+    assert "Candidates" in rep.markdown()
+
+
+@pytest.fixture(scope="module")
+def wide_mlp():
+    """A digits MLP whose int8 weights alone (about 600 KB) overflow the Cortex-M7's 512 KB SRAM."""
+    split = hw.data.load_digits()
+    net = hw.nn.mlp([64, 1024, 512, 10], rng=0)
+    hw.fit(net, split.X_train, split.y_train, epochs=2, lr=0.01, verbose=False)
+    return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
+
+
+def test_cortex_m7_gets_a_model_that_fits_its_sram(wide_mlp):
+    from hwreg_rs.compress import _activation_peak
+
+    net, data = wide_mlp
+    m7 = hw.profiles.preset("cortex-m7")
+    dense = hw.runtime.convert(net, input_shape=(64,))
+    before = hw.profiles.estimate(dense.layer_work(1), m7, activation_peak=_activation_peak(dense, 1))
+    assert before.memory_bytes > m7.mem_capacity_bytes  # it does not fit before compression
+    rt, rep = hw.compress(net, data, profile="cortex-m7", max_accuracy_drop=0.02, fine_tune_epochs=2,
+                          profile_repeats=3)
+    assert rep.met and rep.memory_limit_bytes == m7.mem_capacity_bytes
+    after = hw.profiles.estimate(rt.layer_work(1), m7, activation_peak=_activation_peak(rt, 1))
+    assert rep.memory_bytes == after.memory_bytes == rep.weight_bytes + rep.peak_activation_bytes
+    assert rep.memory_bytes <= m7.mem_capacity_bytes < before.memory_bytes
+    assert any(l.channels_removed > 0 for l in rep.layers)  # m7 has no sparse kernel: shrinking got there
+    assert f"memory ≤ {m7.mem_capacity_bytes} B" in rep.markdown()
+
+
+def test_memory_budget_and_its_cli_flag(wide_mlp, tmp_path, capsys):
+    import json
+
+    from hwreg_rs import cli
+
+    net, data = wide_mlp
+    with pytest.raises(ValueError, match="memory_budget"):
+        hw.compress(net, data, profile="x86-avx2", memory_budget=0)
+    _, rep = hw.compress(net, data, profile="x86-avx2", memory_budget=400_000, max_accuracy_drop=0.02,
+                         fine_tune_epochs=1, profile_repeats=3, raise_on_miss=False)
+    assert rep.memory_budget_bytes == rep.memory_limit_bytes == 400_000
+    assert rep.met == (rep.memory_bytes <= 400_000 and rep.float_accuracy - rep.accuracy <= 0.02), rep.markdown()
+    assert rep.memory_bytes <= 400_000, rep.markdown()
+    np.savez(tmp_path / "model.npz", **net.state_dict())
+    X_tr, y_tr, X_te, y_te = data
+    np.savez(tmp_path / "data.npz", X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te)
+    capsys.readouterr()
+    cli.main(["compress", str(tmp_path / "model.npz"), str(tmp_path / "data.npz"), "--arch", "mlp:64,1024,512,10",
+              "--profile", "x86-avx2", "--memory-budget", "400000", "--max-drop", "0.05", "--json",
+              "-o", str(tmp_path / "o.hwreg")])
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["memory_budget_bytes"] == 400000 and report["memory_bytes"] <= 400000
+    assert report["candidates"] and all("estimated_us" in c and "chosen" in c for c in report["candidates"])

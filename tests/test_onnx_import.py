@@ -1279,3 +1279,13 @@ def test_deep_graph_does_not_overflow_the_stack():
     assert time.perf_counter() - t0 < 10.0
     xx = rand((2, 3))
     np.testing.assert_array_equal(g(xx), np.maximum(xx, 0))
+
+
+def test_node_with_more_outputs_than_its_op_makes_is_a_format_error():
+    # Found by the file fuzzer: a flipped byte gave a Relu a second output.
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y", "z"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(hw.io.FormatError, match="Relu .* declares 2 outputs; the op makes 1"):
+        hw.onnx.load(m.SerializeToString())

@@ -85,3 +85,100 @@ def test_layerwork_validation():
         LayerWork("x", "linear", 1, 1, 1, 1, precision="int4")
     with pytest.raises(ValueError, match="density"):
         LayerWork("x", "linear", 1, 1, 1, 1, density=1.5)
+
+
+def test_scaled_and_calibrated_profiles_are_the_one_model():
+    p = preset("x86-avx2")
+    work = [_linear("fc", 512, 512, 8, "int8"), LayerWork("pool", "pool", 0, 0, 4096, 1024)]
+    base = estimate(work, p).latency_s
+    assert estimate(work, p.scaled(2.5)).latency_s == pytest.approx(2.5 * base)
+    cal = p.calibrated(work, 3e-4)
+    assert estimate(work, cal).latency_s == pytest.approx(3e-4)
+    assert cal.sparsity_patterns == p.sparsity_patterns and cal.name == p.name
+    with pytest.raises(ValueError, match="factor"):
+        p.scaled(0.0)
+    with pytest.raises(ValueError, match="measured_s"):
+        p.calibrated(work, float("nan"))
+    from hwreg_rs import profiles
+
+    assert profiles.resolve(p) is p and profiles.resolve("cortex-m7") is preset("cortex-m7")
+    with pytest.raises(TypeError, match="profile"):
+        profiles.resolve(3)
+
+
+def test_sparse_kernel_work_pays_the_sparse_cost_even_when_slower():
+    p = preset("x86-avx2")  # unstructured efficiency 0.35: at 50% kept, sparse is slower than dense
+    dense = LayerWork("fc", "linear", 64 * 512 * 512, 512 * 512, 64 * 512 * 4, 64 * 512 * 4, "int8")
+    chooser = LayerWork("fc", "linear", dense.macs, dense.weight_bytes, dense.act_in_bytes, dense.act_out_bytes, "int8",
+                        density=0.5, pattern="unstructured")
+    stored = LayerWork("fc", "linear", dense.macs, dense.weight_bytes, dense.act_in_bytes, dense.act_out_bytes, "int8",
+                       density=0.5, pattern="unstructured", sparse_kernel=True)
+    t = [estimate([w], p).layers[0].compute_s for w in (dense, chooser, stored)]
+    assert t[1] <= t[0] < t[2]
+
+
+def test_the_one_timer_counts_its_calls():
+    from hwreg_rs._timing import median_seconds
+
+    calls = []
+    assert median_seconds(lambda: calls.append(1), repeats=4) >= 0
+    assert len(calls) == 2 + 4  # a warm-up, a sizing call, one call per sample
+    calls.clear()
+    median_seconds(lambda: calls.append(1), repeats=50, budget_s=0.0, min_repeats=3)
+    assert len(calls) == 2 + 3  # a budget of nothing: the fewest samples
+
+
+def test_peak_activation_bytes_holds_what_later_steps_read():
+    from hwreg_rs.profiles import peak_activation_bytes
+
+    sizes = {"x": 100, "a": 10, "b": 10, "y": 100}
+    chain = [(["x"], ["a"]), (["a"], ["b"]), (["b"], ["y"])]
+    # A chain holds one layer's input and output at a time.
+    assert peak_activation_bytes(chain, sizes, inputs=["x"], outputs=["y"]) == 110
+    # A residual block holds x while a and b are computed, and the sum reads it again.
+    residual = [(["x"], ["a"]), (["a"], ["b"]), (["x", "b"], ["y"])]
+    assert peak_activation_bytes(residual, sizes, inputs=["x"], outputs=["y"]) == 210
+    # Values without a size (weights, constants) count nothing; no steps: the inputs alone.
+    assert peak_activation_bytes([(["x", "w"], ["y"])], sizes, inputs=["x"]) == 200
+    assert peak_activation_bytes([], sizes, inputs=["x"]) == 100
+    layers = [_linear("a", 64, 256, 1, "int8"), _linear("b", 256, 10, 1, "int8")]
+    est = estimate(layers, preset("cortex-m7"), activation_peak=12345)
+    assert est.peak_activation_bytes == 12345 and est.memory_bytes == est.weight_bytes + 12345
+    with pytest.raises(ValueError, match="activation_peak"):
+        estimate(layers, preset("cortex-m7"), activation_peak=-1)
+
+
+def test_peak_activation_bytes_of_a_runtime_chain_grows_with_the_batch():
+    import numpy as np
+
+    import hwreg_rs as hw
+    from hwreg_rs.compress import _activation_peak
+
+    g = hw.nn.Graph.from_module(hw.nn.mlp([8, 16, 8], rng=0))
+    rt = hw.runtime.convert(g, input_shape=(8,))
+    shapes = rt.shapes(1)
+    # Chain: the largest input + output pair of one node (float32 values).
+    want = max(4 * (int(np.prod(shapes[n.inputs[0]])) + int(np.prod(shapes[n.outputs[0]]))) for n in rt.nodes)
+    assert _activation_peak(rt, 1) == want
+    assert _activation_peak(rt, 4) == 4 * want
+
+
+def test_peak_activation_bytes_of_a_resnet_holds_the_skip():
+    import os
+
+    import numpy as np
+
+    import hwreg_rs as hw
+    from hwreg_rs.compress import _activation_peak
+
+    pytest.importorskip("onnx")
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "digits_resnet.dynamo.onnx")
+    g = hw.onnx.load(path)
+    rt = hw.runtime.convert(g.eval(), input_shape=g.input_shapes[0])
+    shapes = rt.shapes(1)
+    conv2 = next(n for n in rt.nodes if n.name == "layer1.0.conv2")
+    add = next(n for n in rt.nodes if n.inputs[0] == conv2.outputs[0] or conv2.outputs[0] in n.inputs)
+    skip = next(v for v in add.inputs if v != conv2.outputs[0])
+    held = {conv2.inputs[0], conv2.outputs[0], skip}  # while conv2 runs, the skip waits for the add
+    assert len(held) == 3
+    assert _activation_peak(rt, 1) >= sum(4 * int(np.prod(shapes[v])) for v in held)

@@ -88,7 +88,7 @@ def test_weights_on_qat_grid_stay_on_it():
     net = hw.nn.mlp([16, 8, 4], rng=3)
     lin = net[0]
     lin.weight_fake_quant = hw.constraints.WeightFakeQuant(4)
-    rt = runtime.convert(net.eval(), input_shape=(16,))
+    rt = runtime.convert(net.eval(), input_shape=(16,), weight_bits=8)  # the int8 path; None picks int4 here
     q = rt.ops[0].layer.weight_q
     assert q.min() >= -8 and q.max() <= 7
     np.testing.assert_allclose(q * rt.ops[0].layer.weight_scale[:, None], lin.effective_weight(), rtol=1e-6, atol=1e-7)

@@ -288,5 +288,25 @@ def test_choose_and_would_speed_up():
         sparse.choose(w, batch=0)
 
 
+def test_choose_asks_the_profile():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    mask = prune.block_mask(w, 0.95, block=(1, 8))
+    # A preset: the cost model alone decides (no timing), the same answer every time.
+    a = sparse.choose(w, mask, batch=32, profile="x86-avx2")
+    assert a == sparse.choose(w, mask, batch=32, profile="x86-avx2")
+    prof = hw.profiles.preset("x86-avx2")
+    want = min(a.seconds, key=a.seconds.get)
+    assert a.path == want.split("(")[0] and a.path.startswith("bsr")  # blocks of 0.7 efficiency at 95% pruned
+    assert a.speedup == pytest.approx(min(v for k, v in a.seconds.items() if k.startswith("dense")) / a.seconds[want])
+    # No sparse kernel on the profile: the zeros are multiplied like any weight, dense wins.
+    m7 = sparse.choose(w, mask, batch=32, profile="cortex-m7")
+    assert m7.path.startswith("dense") and not sparse.would_speed_up((1, 8), 0.95, 32, shape=(256, 256),
+                                                                    profile="cortex-m7")
+    # A profile is the one model: a slower machine's estimates are the same ratios, scaled.
+    slow = sparse.choose(w, mask, batch=32, profile=prof.scaled(3.0))
+    assert slow.path == a.path and slow.seconds[want] == pytest.approx(3 * a.seconds[want])
+
+
 def test_flat_api():
     assert hw.sparse is sparse

@@ -10,7 +10,7 @@ from . import _native
 from .config import active_isa, num_threads, set_num_threads, supported_isas
 from .quant import QParams, calibrate, dequantize, dynamic_quantize, quantize
 from .gemm import Int8Linear, PackedMatrix, matmul_integer, pack_int8, qlinear_matmul
-from . import prune, sparse
+from . import int4, prune, sparse
 from . import analysis, constraints, data, losses, nn, optim, train
 from .train import Trainer, fit
 from . import io, onnx, profiles, runtime
@@ -36,6 +36,8 @@ __all__ = [
     "matmul_integer",
     "pack_int8",
     "qlinear_matmul",
+    # int4 weights
+    "int4",
     # pruning and sparse kernels
     "prune",
     "sparse",

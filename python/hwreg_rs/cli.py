@@ -1,7 +1,7 @@
 """The ``hwreg-rs`` command (also ``python -m hwreg_rs``).
 
-Sub-commands: ``demo`` (the main job: train, compress for this machine, run
-in int8, compare), ``bench`` (kernels against NumPy and peers), ``profile``
+Sub-commands: ``demo`` (the main job: train the digits CNN under hard
+constraints, compress it for a size budget int8 alone misses, compare), ``bench`` (kernels against NumPy and peers), ``profile``
 (measure, show or save a hardware profile), ``convert`` (ONNX model -> int8
 runtime file), ``compress`` (ONNX model or saved state dict + data + profile +
 budget -> runtime file), ``export`` (runtime file -> ONNX), ``predict``
@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
-import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -150,63 +148,25 @@ def _build_model(arch: str) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import data, nn, train
-    from .compress import _median_s, compress
+    from . import demo
 
-    try:
-        split = data.load_digits()
-    except ImportError as e:
-        raise SystemExit(f"the demo trains on scikit-learn's digits: {e}") from None
-    say = (lambda *a: None) if args.json else print
-    say("1/4 training the float MLP 64-256-128-10 on digits (1437 train / 360 test samples)")
-    net = nn.mlp([64, 256, 128, 10], rng=args.seed)
-    t0 = time.perf_counter()
-    train.fit(net, split.X_train, split.y_train, epochs=args.epochs, lr=1e-3, scheduler="cosine", seed=args.seed,
-              verbose=not args.json)
-    train_s = time.perf_counter() - t0
-    net.eval()
-    x1 = split.X_test[:1].astype(np.float32)
-    float_lat1 = _median_s(net, x1)
-    budget = 0.5 * float_lat1
-    say(f"2/4 compressing for this machine: latency budget {1e6 * budget:.0f} µs at batch 1 "
-        f"(half the float model's), accuracy drop ≤ {100 * args.max_drop:.1f} pt")
-    rt, report = compress(net, split, profile="host", latency_budget=budget, max_accuracy_drop=args.max_drop,
-                            batch_size=1, raise_on_miss=False, seed=args.seed, verbose=False)
-    say("3/4 running both models")
-    out = args.out or os.path.join(tempfile.mkdtemp(prefix="hwreg-"), "digits_mlp.hwreg")
-    file_bytes = rt.save(out)
-    float_bytes = 4 * sum(p.data.size for _, p in net.named_parameters())
-    xb = np.ascontiguousarray(np.resize(split.X_test, (256, 64)), dtype=np.float32)
-    rows = []
-    for name, fn in (("float32 (NumPy)", net), ("int8 runtime (hwreg_rs)", rt.predict)):
-        acc = float(np.mean(fn(split.X_test.astype(np.float32)).argmax(axis=1) == split.y_test))
-        rows.append({"model": name, "accuracy": acc, "bytes": float_bytes if name.startswith("float") else file_bytes,
-                     "latency_b1_us": 1e6 * _median_s(fn, x1), "latency_b256_us": 1e6 * _median_s(fn, xb, 9)})
-    result = {"train_seconds": train_s, "runtime_file": out, "models": rows, "report": report.to_dict()}
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    result = demo.run(quick=args.quick, size_fraction=args.size_fraction, max_accuracy_drop=args.max_drop,
+                      epochs=args.epochs, seed=args.seed, out=args.out, say=say)
     if args.json:
-        _print_json(result)
-        if not report.met:
-            _say_missed(args, out)
-        return EXIT_OK if report.met else EXIT_FAILURE
-    say("4/4 results\n")
-    print("| model | test accuracy | size (bytes) | latency batch 1 (µs) | latency batch 256 (µs) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {100 * r['accuracy']:.2f}% | {r['bytes']} | {r['latency_b1_us']:.1f} | "
-              f"{r['latency_b256_us']:.0f} |")
-    f, q = rows
-    print(f"\nint8 vs float: {q['bytes'] / f['bytes']:.1%} of the size, {f['latency_b1_us'] / q['latency_b1_us']:.1f}× "
-          f"faster at batch 1, {f['latency_b256_us'] / q['latency_b256_us']:.1f}× at batch 256, "
-          f"{100 * (q['accuracy'] - f['accuracy']):+.2f} pt accuracy")
-    print(f"runtime model saved to {out}\n\nCompression report:\n{report.markdown()}")
-    if args.plot:
-        _plot_demo(args.plot, rows, report)
-    if not report.met:
-        _say_missed(args, out)
-    return EXIT_OK if report.met else EXIT_FAILURE
+        _print_json({k: v for k, v in result.items() if k != "report_markdown"})
+    else:
+        say("4/4 results\n")
+        print(demo.markdown(result))
+        if args.plot:
+            _plot_demo(args.plot, result["models"], result["report"])
+    if not result["met"]:
+        _say_missed(args, result["runtime_file"])
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
-def _plot_demo(path: str, rows: list[dict[str, Any]], report: Any) -> None:
+def _plot_demo(path: str, rows: list[dict[str, Any]], report: dict[str, Any]) -> None:
     try:
         import matplotlib
 
@@ -222,9 +182,9 @@ def _plot_demo(path: str, rows: list[dict[str, Any]], report: Any) -> None:
     a.set_ylabel("test accuracy (%)")
     a.legend()
     a.set_title("accuracy against latency")
-    names = [l.name for l in report.layers]
-    b.bar(names, [l.measured_us for l in report.layers], label="measured")
-    b.scatter(names, [l.estimated_us for l in report.layers], color="k", label="estimated", zorder=3)
+    names = [l["name"] for l in report["layers"]]
+    b.bar(names, [l["measured_us"] for l in report["layers"]], label="measured")
+    b.scatter(names, [l["estimated_us"] for l in report["layers"]], color="k", label="estimated", zorder=3)
     b.set_ylabel("µs")
     b.set_title("per-layer latency")
     b.legend()
@@ -346,6 +306,7 @@ def _compress(args: argparse.Namespace) -> int:
              "none" if args.size_budget is None else f"{args.size_budget} bytes", args.max_drop)
     rt, report = compress(net.eval(), split, profile=_profile_arg(args.profile), latency_budget=budget,
                           size_budget=args.size_budget, max_accuracy_drop=args.max_drop,
+                          memory_budget=args.memory_budget,
                           batch_size=args.batch_size, raise_on_miss=False,
                           verbose=args.verbose and not args.json,
                           input_shape=args.input_shape or (getattr(net, "input_shapes", None) or [None])[0])
@@ -457,10 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func, parser=c)
         return c
 
-    d = command("demo", _demo, "train digits, compress for this machine, run in int8, compare (the main job)")
-    d.add_argument("--epochs", type=_EPOCHS, default=20, help="training epochs (default: %(default)s)")
-    d.add_argument("--max-drop", type=_FRACTION, default=0.01, metavar="FRACTION",
-                   help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 1 point)")
+    d = command("demo", _demo, "train the digits CNN under hard constraints, compress it for a size budget int8 "
+                "alone misses, compare float / int8 / compressed (the main job)")
+    d.add_argument("--quick", action="store_true", help="fewer epochs and repeats (rough figures, for tests)")
+    d.add_argument("--epochs", type=_EPOCHS, default=None, help="training epochs (default: 12; 4 with --quick)")
+    d.add_argument("--size-fraction", type=_FRACTION, default=0.25, metavar="FRACTION",
+                   help="size budget as a fraction of the int8 file (default: %(default)s)")
+    d.add_argument("--max-drop", type=_FRACTION, default=0.02, metavar="FRACTION",
+                   help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 2 points)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     d.add_argument("--out", metavar="FILE", help="where to save the runtime model (default: a temporary folder)")
     d.add_argument("--plot", metavar="FILE", help="save accuracy/latency plots here (needs matplotlib)")
@@ -494,7 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-budget-us", type=_MICROSECONDS, metavar="US",
                    help="latency budget in microseconds (µs) for one batch of --batch-size samples "
                         "(default: none; Python's hw.compress takes seconds)")
-    c.add_argument("--size-budget", type=_BYTES, metavar="BYTES", help="size budget in bytes (default: none)")
+    c.add_argument("--size-budget", type=_BYTES, metavar="BYTES",
+                   help="size budget in bytes of the written .hwreg file (default: none)")
+    c.add_argument("--memory-budget", type=_BYTES, metavar="BYTES",
+                   help="memory budget in bytes while running: weights plus peak live activations at "
+                        "--batch-size (default: none; the profile's memory capacity, a microcontroller's SRAM, "
+                        "always applies)")
     c.add_argument("--max-drop", type=_FRACTION, default=0.01, metavar="FRACTION",
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 1 point)")
     c.add_argument("--batch-size", type=_SAMPLES, default=1, metavar="N",

@@ -1,33 +1,70 @@
 """Budget-driven compression: a trained model and a target in, a runtime model that fits out.
 
-:func:`compress` measures how sensitive each layer is to pruning
-(:func:`hwreg_rs.analysis.sensitivity`), plans per-layer sparsity in a
-pattern the target's kernels exploit until the cost model says the latency and
-size budgets hold, fine-tunes under the training loop's hard constraints
-(gradual pruning with that pattern, 8-bit weight fake quantization), converts
-to an int8 :class:`~hwreg_rs.runtime.RuntimeModel`, measures the result and
-reports, layer by layer, what it chose and what it got. A missed budget
-raises :class:`BudgetError` (carrying the report) unless told not to.
+:func:`compress` plans with two levers per layer, each a list of candidates:
 
-All weights are stored as int8: per-layer bit widths below 8 would only pay
-on hardware with sub-byte kernels, which none of our runtimes has.
+* **shrink** a channel group (:func:`hwreg_rs.prune.shrink_plan`: a Conv2d's output
+  channels or a Linear layer's neurons, with everything tied to them) by a ratio
+  (``shrink_ratios``): the model becomes a smaller dense one, so its cost and its
+  file are exact to estimate, and it pays on every target, convolutions included;
+* **prune** a Linear layer to a sparsity (``sparsities``) in the pattern the
+  target's kernels run best, stored sparse (its kept values plus one bit per
+  weight).
+
+Every candidate is costed on the model with it alone by the one cost model
+(:func:`hwreg_rs.profiles.estimate`: latency on the profile, weights plus peak
+live activations) and the ``.hwreg`` file it makes, and its accuracy drop on the
+held-out data is measured alone (before fine-tuning). Then an accuracy-aware
+greedy search takes, one step at a time, the step with the most saving on the
+missed budgets per point of accuracy it cost alone, re-measures the accuracy of
+the combined plan, and rolls a step back (that lever goes no further) when the
+drop exceeds the allowance before fine-tuning (``3 * max_accuracy_drop + 1 pt``:
+fine-tuning wins much back), until the budgets hold or no step is left. When the
+allowance is spent first, the plan so far is applied and briefly fine-tuned, and
+the search goes on from the recovered model (``search_rounds``). The plan
+is then applied (shrunk first), fine-tuned under the training loop's hard
+constraints (gradual pruning in the pattern, 8-bit weight fake quantization),
+converted to an int8 :class:`~hwreg_rs.runtime.RuntimeModel`, measured and
+reported, layer by layer (by the model's own layer names), with every candidate
+considered. A missed budget raises :class:`BudgetError` (carrying the report)
+unless told not to.
+
+The budgets, and what they are judged on:
+
+* a size budget counts the bytes of the saved ``.hwreg`` file;
+* a latency budget is judged on the measurement on "host", else on the
+  estimate; a layer is pruned for it only where the profile's sparse kernel for
+  the pattern is faster than dense int8 (:func:`hwreg_rs.sparse.choose`,
+  checked before any accuracy is spent);
+* memory: the weights as the runtime holds them plus the largest sum of
+  activations live at once in execution order (float32 values, as the runtime
+  holds them) must fit ``memory_budget`` and the profile's
+  ``mem_capacity_bytes`` (for the Cortex-M7 preset its 512 KB SRAM, which holds
+  weights and activations alike there: flash is not modelled).
+
+Convolutions are stored and run dense (there is no sparse convolution kernel):
+they are shrunk, never pruned. All weights are stored as int8; a candidate
+carries its bit width so int4 candidates can join the search once the runtime
+stores 4-bit weights.
 """
 
 from __future__ import annotations
 
 import copy
-import time
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import analysis, constraints as C, profiles, prune, runtime
+from . import constraints as C, profiles, prune, runtime, sparse
+from ._timing import median_seconds, numpy_seconds
+from .nn.conv import Conv2d
 from .nn.layers import Linear
 from .nn.module import Module
 from .train import Trainer, evaluate
 
-__all__ = ["BudgetError", "CompressionReport", "LayerReport", "compress"]
+__all__ = ["BudgetError", "Candidate", "CompressionReport", "LayerReport", "compress"]
 
 
 class BudgetError(RuntimeError):
@@ -40,7 +77,9 @@ class BudgetError(RuntimeError):
 
 @dataclass
 class LayerReport:
-    """One runtime operation: what was chosen and what it costs."""
+    """One layer of the runtime model (a Linear or convolution, its BatchNorm and ReLU fused):
+    what was chosen and what it costs; ``nbytes`` is what the file stores for it, ``measured_us``
+    its time as ``predict`` runs it (:meth:`hwreg_rs.runtime.RuntimeModel.profile`)."""
 
     name: str
     op: str
@@ -50,12 +89,50 @@ class LayerReport:
     nbytes: int
     estimated_us: float
     measured_us: float
-    delta_accuracy: float | None  # from the sensitivity analysis, before fine-tuning
+    delta_accuracy: float | None  # its chosen candidate's, measured alone before fine-tuning
+    note: str = ""
+    channels_removed: float = 0.0  # fraction of the layer's output channels shrunk away
+
+
+@dataclass
+class Candidate:
+    """One lever setting the planner considered, costed and measured alone.
+
+    ``layer`` is a Linear layer's name (``kind="sparse"``: prune ``ratio`` of its weights,
+    stored sparse in ``pattern``) or a channel group's layers joined by ``+``
+    (``kind="shrink"``: remove ``ratio`` of the group's prunable channels, ``channels_removed``
+    of them, leaving a smaller dense layer). ``estimated_us``, ``file_bytes`` and
+    ``memory_bytes`` are those of the whole model with this candidate alone (the cost model's
+    latency on the profile; the ``.hwreg`` file, exact for shrinking; weights + peak
+    activations), ``delta_accuracy`` its accuracy change on the held-out data before
+    fine-tuning. ``bits`` is the weights' width: 8 for every candidate today (the dimension
+    int4 candidates will use).
+    """
+
+    layer: str
+    kind: str
+    ratio: float
+    pattern: str
+    bits: int
+    estimated_us: float
+    file_bytes: int
+    memory_bytes: int
+    delta_accuracy: float
+    chosen: bool = False
+    channels_removed: int = 0
+    round: int = 0  # the search round (each after a short recovery fine-tune of the previous plan)
 
 
 @dataclass
 class CompressionReport:
-    """What :func:`compress` chose, estimated and measured."""
+    """What :func:`compress` chose, estimated and measured.
+
+    ``nbytes`` is the size of the saved ``.hwreg`` file (what a size budget is judged on),
+    ``float_bytes`` that of the float model's state dict saved as ``.npz``; ``latency_s`` is measured on the host
+    (``predict``), ``estimated_latency_s`` the cost model's figure on the profile;
+    ``other_us`` is the part of the measured latency no layer row holds (pools, views,
+    ``predict``'s own bookkeeping).
+    """
 
     profile: str
     batch_size: int
@@ -72,6 +149,14 @@ class CompressionReport:
     met: bool
     misses: list[str] = field(default_factory=list)
     layers: list[LayerReport] = field(default_factory=list)
+    other_us: float = 0.0
+    memory_budget_bytes: int | None = None
+    memory_limit_bytes: int | None = None  # the memory budget or the profile's capacity, the smaller
+    weight_bytes: int = 0  # as the runtime holds them (estimated, with the profile)
+    peak_activation_bytes: int = 0
+    memory_bytes: int = 0  # weight_bytes + peak_activation_bytes: what must fit memory_limit_bytes
+    candidates: list[Candidate] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the greedy search, rolled-back steps too
 
     @property
     def accuracy_change(self) -> float:
@@ -84,17 +169,21 @@ class CompressionReport:
 
     def markdown(self) -> str:
         """The per-layer table and a summary line."""
-        lines = ["| layer | op | bits | sparsity | pattern | bytes | est. µs | measured µs | Δacc (sens.) |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| layer | op | bits | shrunk | sparsity | pattern | bytes | est. µs | measured µs | Δacc (alone) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             d = "–" if r.delta_accuracy is None else f"{100 * r.delta_accuracy:+.1f} pt"
-            lines.append(f"| {r.name} | {r.op} | {r.bits or '–'} | {r.sparsity:.0%} | {r.pattern} | {r.nbytes} | "
-                         f"{r.estimated_us:.1f} | {r.measured_us:.1f} | {d} |")
+            lines.append(f"| {r.name} | {r.op} | {r.bits or '–'} | {r.channels_removed:.0%} | {r.sparsity:.0%} | "
+                         f"{r.pattern} | {r.nbytes} | {r.estimated_us:.1f} | {r.measured_us:.1f} | {d} |")
+        lines.append(f"| (other: pools, views, predict itself) | – | – | – | – | – | – | – | {self.other_us:.1f} | – |")
+        notes = sorted({r.note for r in self.layers if r.note})
         budget = []
         if self.latency_budget_s is not None:
             budget.append(f"latency ≤ {1e6 * self.latency_budget_s:.0f} µs")
         if self.size_budget_bytes is not None:
             budget.append(f"size ≤ {self.size_budget_bytes} B")
+        if self.memory_limit_bytes is not None:
+            budget.append(f"memory ≤ {self.memory_limit_bytes} B")
         budget.append(f"accuracy drop ≤ {100 * self.max_accuracy_drop:.1f} pt")
         verdict = "MET" if self.met else "MISSED: " + "; ".join(self.misses)
         lines += [
@@ -103,72 +192,102 @@ class CompressionReport:
             f"accuracy {100 * self.float_accuracy:.2f}% → {100 * self.accuracy:.2f}% "
             f"({100 * self.accuracy_change:+.2f} pt); latency {1e6 * self.float_latency_s:.0f} µs (float, NumPy) → "
             f"{1e6 * self.latency_s:.0f} µs measured ({1e6 * self.estimated_latency_s:.0f} µs estimated); "
-            f"size {self.float_bytes} → {self.nbytes} bytes ({self.nbytes / max(self.float_bytes, 1):.1%})",
+            f"size {self.float_bytes} B (float .npz) → {self.nbytes} B (.hwreg file, "
+            f"{self.nbytes / max(self.float_bytes, 1):.1%})",
         ]
+        lines.append(f"memory {self.memory_bytes} B estimated: weights {self.weight_bytes} B + peak activations "
+                     f"{self.peak_activation_bytes} B (batch {self.batch_size})")
+        lines += [f"note: {n}" for n in notes]
+        if self.candidates:
+            lines += ["", "Candidates (the model with each one alone; Δacc before fine-tuning; * chosen):", "",
+                      "| layer | kind | ratio | pattern | bits | est. µs | file bytes | memory bytes | Δacc | |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for c in self.candidates:
+                lines.append(f"| {c.layer} | {c.kind} | {c.ratio:.1%} | {c.pattern} | {c.bits} | {c.estimated_us:.1f} | "
+                             f"{c.file_bytes} | {c.memory_bytes} | {100 * c.delta_accuracy:+.1f} pt | "
+                             f"{'*' if c.chosen else ''} |")
         return "\n".join(lines)
 
 
-def _median_s(fn: Any, x: np.ndarray, repeats: int = 15) -> float:
-    fn(x)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+_WEIGHTED = ("linear", "sparse_linear", "conv2d", "group_conv2d")
+_CONV_NOTE = "convolutions are stored and run dense int8 (the runtime has no sparse convolution kernel)"
+# Bytes the file adds for a sparse layer besides its values and mask bits: a second array's
+# 64-byte alignment and the longer JSON entry.
+_SPARSE_FILE_EXTRA = 160
 
 
-def _resolve_profile(profile: Any) -> profiles.HardwareProfile:
-    if isinstance(profile, profiles.HardwareProfile):
-        return profile
-    if profile == "host":
-        return profiles.measure_host()
-    if isinstance(profile, str):
-        return profiles.preset(profile)
-    raise TypeError(f"profile must be a HardwareProfile, a preset name or 'host'; got {type(profile).__name__}")
-
-
-def _pattern_for(profile: profiles.HardwareProfile) -> tuple[str, Any]:
-    """The sparsity pattern the profile's sparse kernels run best, and its mask function."""
+def _pattern_for(profile: profiles.HardwareProfile, size_budget: int | None) -> tuple[str, Any]:
+    """The sparsity pattern to prune in, and its mask function: the one the profile's sparse
+    kernels run best; for a size budget on a profile without sparse kernels, 1x8 blocks (the
+    file stores any pattern sparse)."""
     eff = profile.sparsity_patterns
-    if eff.get("block", 0) >= eff.get("unstructured", 0) and "block" in eff:
-        return "block", lambda w, amount: prune.block_mask(w, float(amount), block=(1, 8))
-    if "unstructured" in eff:
-        return "unstructured", lambda w, amount: prune.magnitude_mask(w, float(amount))
-    return "dense", None
+    if "block" in eff and eff["block"] >= eff.get("unstructured", 0):
+        pattern = "block"
+    elif "unstructured" in eff:
+        pattern = "unstructured"
+    elif size_budget is not None:
+        pattern = "block"
+    else:
+        return "dense", None
+    if pattern == "block":
+        return pattern, lambda w, amount: prune.block_mask(w, float(amount), block=(1, 8))
+    return pattern, lambda w, amount: prune.magnitude_mask(w, float(amount))
 
 
-def _sparse_bytes(k: int, n: int, sparsity: float, pattern: str) -> int:
-    """Bytes of an int8 sparse (n, k) weight as the runtime stores it.
+def _file_bytes(rt: runtime.RuntimeModel) -> int:
+    """Bytes of ``rt`` saved as a ``.hwreg`` file."""
+    with tempfile.TemporaryDirectory(prefix="hwreg-size-") as d:
+        return int(rt.save(os.path.join(d, "m.hwreg")))
 
-    Values (1 B) with an int32 index per 1x8 block (block pattern) or per value
-    (unstructured), plus about 16 B per row (row pointer, scale, bias and the
-    kernel's per-row bookkeeping).
-    """
+
+def _float_file_bytes(model: Module) -> int:
+    """Bytes of the float model's state dict saved with ``numpy.savez`` (its float file)."""
+    with tempfile.TemporaryDirectory(prefix="hwreg-size-") as d:
+        path = os.path.join(d, "float.npz")
+        np.savez(path, **model.state_dict())  # type: ignore[arg-type]
+        return os.path.getsize(path)
+
+
+def _sparse_memory_bytes(k: int, n: int, sparsity: float, pattern: str) -> int:
+    """Bytes of an int8 sparse (n, k) weight in memory: values with an int32 index per 1x8
+    block (block pattern) or per value, plus about 16 B per row."""
     kept = k * n * (1.0 - sparsity)
     per_value = 1.0 + (4.0 / 8 if pattern == "block" else 4.0)
     return int(kept * per_value) + 16 * n + 4
 
 
-def _plan_work(base: list[profiles.LayerWork], dims: dict[int, tuple[str, int, int]], plan: dict[str, float],
-               pattern: str) -> list[profiles.LayerWork]:
-    """The dense int8 model's work with the planned Linear layers made sparse."""
-    out = []
-    for i, w in enumerate(base):
-        if i in dims and plan.get(dims[i][0], 0.0) > 0:
-            name, k, n = dims[i]
-            s = plan[name]
-            w = profiles.LayerWork(w.name, w.kind, w.macs, _sparse_bytes(k, n, s, pattern), w.act_in_bytes,
-                                   w.act_out_bytes, "int8", density=1 - s, pattern=pattern)
-        out.append(w)
-    return out
+def _activation_peak(rt: runtime.RuntimeModel, batch: int) -> int:
+    """Peak live activation bytes of ``rt`` in its execution order (values are held as float32)."""
+    shapes = rt.shapes(batch)
+    sizes = {v: 4 * int(np.prod(sh)) for v, sh in shapes.items() if v not in rt.constants}
+    return profiles.peak_activation_bytes([(n.inputs, n.outputs) for n in rt.nodes], sizes, inputs=rt.inputs,
+                                          outputs=rt.outputs)
+
+
+@dataclass(frozen=True)
+class _Cost:
+    latency_s: float
+    file_bytes: int
+    memory_bytes: int  # weights as the runtime holds them + peak live activations
+    weight_bytes: int
+    peak_activation_bytes: int
+
+
+_Unit = tuple[str, Any]  # ("shrink", group layers) or ("sparse", layer name)
+
+
+def _unit_name(unit: _Unit) -> str:
+    return "+".join(unit[1]) if unit[0] == "shrink" else str(unit[1])
 
 
 def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", latency_budget: float | None = None,
-             size_budget: int | None = None, max_accuracy_drop: float = 0.01, batch_size: int = 1,
-             input_shape: Sequence[int] | None = None, sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
+             size_budget: int | None = None, max_accuracy_drop: float = 0.01, memory_budget: int | None = None,
+             batch_size: int = 1, input_shape: Sequence[int] | None = None,
+             sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+             shrink_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75), importance: str = "l1",
              fine_tune_epochs: int = 8, lr: float = 5e-4, seed: int = 0, raise_on_miss: bool = True,
-             verbose: bool = False) -> tuple[runtime.RuntimeModel, CompressionReport]:
+             verbose: bool = False, profile_repeats: int = 15,
+             search_rounds: int = 3) -> tuple[runtime.RuntimeModel, CompressionReport]:
     """Compress ``model`` into an int8 runtime model that fits a budget on ``profile``.
 
     Parameters
@@ -181,21 +300,42 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     profile : HardwareProfile, preset name or "host", default "host"
         The target. Latency is estimated with its cost model; on "host" the
         result is also measured, and the budget is judged on the measurement.
+        Its ``mem_capacity_bytes`` is always a budget: the model's memory
+        (weights + peak live activations at ``batch_size``) must fit it.
     latency_budget : float, optional
         Seconds per batch of ``batch_size`` on the profile.
     size_budget : int, optional
-        Bytes of stored weights (scales, biases, indices included).
+        Bytes of the saved ``.hwreg`` file (weights, scales, biases, sparse
+        masks and the file's own header and layer list).
     max_accuracy_drop : float, default 0.01
         Largest allowed accuracy loss against the float model (0.01 = 1 point).
+    memory_budget : int, optional
+        Bytes of memory while running: the weights as the runtime holds them
+        plus the largest sum of activations live at once (float32 values, in
+        execution order; :func:`hwreg_rs.profiles.peak_activation_bytes`).
+        The profile's ``mem_capacity_bytes`` applies as well.
     batch_size : int, default 1
     input_shape : sequence of int, optional
         One sample's shape (default: ``X_val.shape[1:]``).
     sparsities : sequence of float
-        Per-layer sparsity levels the planner may choose from.
+        Sparsity levels the planner may choose for a Linear layer (stored
+        sparse from 0.5).
+    shrink_ratios : sequence of float
+        Fractions of a channel group's prunable channels the planner may
+        remove (:func:`hwreg_rs.prune.shrink`); empty for none.
+    importance : {"l1", "l2", "bn"}, default "l1"
+        How channels to remove are ranked (see :mod:`hwreg_rs.shrink`).
     fine_tune_epochs, lr, seed : fine-tuning settings
     raise_on_miss : bool, default True
         Raise :class:`BudgetError` when a budget is missed.
     verbose : bool, default False
+    profile_repeats : int, default 15
+        Repeats of each timing (the whole model, and each layer with
+        :meth:`~hwreg_rs.runtime.RuntimeModel.profile`).
+    search_rounds : int, default 3
+        Rounds of the search: when the accuracy allowance is spent before the
+        budgets hold, the plan so far is applied and briefly fine-tuned
+        (``fine_tune_epochs // 3`` epochs) and the search goes on from there.
 
     Returns
     -------
@@ -210,8 +350,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     >>> _ = hw.fit(net, X[:200], y[:200], epochs=20, lr=0.01, verbose=False)
     >>> rt, rep = hw.compress(net, (X[:200], y[:200], X[200:], y[200:]), profile="x86-avx512-vnni",
     ...                         max_accuracy_drop=0.05, fine_tune_epochs=2)
-    >>> rep.met
-    True
+    >>> rep.met, [l.name for l in rep.layers]
+    (True, ['0', '2'])
     """
     if len(data) != 4:
         raise ValueError("data must be (X_train, y_train, X_val, y_val)")
@@ -222,120 +362,287 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         raise ValueError(f"latency_budget must be > 0 seconds; got {latency_budget!r}")
     if size_budget is not None and not size_budget > 0:
         raise ValueError(f"size_budget must be > 0 bytes; got {size_budget!r}")
+    if memory_budget is not None and not memory_budget > 0:
+        raise ValueError(f"memory_budget must be > 0 bytes; got {memory_budget!r}")
     if any(not 0 < s < 1 for s in sparsities):
         raise ValueError(f"sparsities must lie in (0, 1); got {list(sparsities)}")
-    prof = _resolve_profile(profile)
+    if any(not 0 < r < 1 for r in shrink_ratios):
+        raise ValueError(f"shrink_ratios must lie in (0, 1); got {list(shrink_ratios)}")
+    if not (isinstance(search_rounds, int) and search_rounds >= 1):
+        raise ValueError(f"search_rounds must be an int >= 1; got {search_rounds!r}")
+    if importance not in ("l1", "l2", "bn"):
+        raise ValueError(f"importance must be 'l1', 'l2' or 'bn'; got {importance!r}")
+    prof = profiles.resolve(profile)
     on_host = prof.name == "host"
     shape = tuple(input_shape) if input_shape is not None else tuple(X_val.shape[1:])
     x_batch = np.ascontiguousarray(np.resize(X_val, (batch_size,) + shape), dtype=np.float32)
+    memory_limit = int(min(memory_budget or prof.mem_capacity_bytes, prof.mem_capacity_bytes))
 
     work_model = copy.deepcopy(model).eval()
     float_acc = evaluate(work_model, X_val, y_val)["accuracy"]
-    float_lat = _median_s(work_model, x_batch)
-    float_bytes = 4 * sum(p.data.size for _, p in work_model.named_parameters())
+    float_lat = numpy_seconds(lambda: work_model(x_batch), repeats=profile_repeats)
+    float_bytes = _float_file_bytes(work_model)
 
-    # The dense int8 model: its per-op work is the base of every plan.
     dense_rt = runtime.convert(work_model, input_shape=shape, sparse="never")
-    base_work = dense_rt.layer_work(batch_size)
-    # Runtime nodes carry the names of the layers they came from.
-    op_layer = {i: n.name for i, n in enumerate(dense_rt.nodes) if n.op.kind in ("linear", "conv2d", "group_conv2d")}
-    pattern, mask_fn = _pattern_for(prof)
-    dims = {i: (op_layer[i], op.layer.in_features, op.layer.out_features)
-            for i, op in enumerate(dense_rt.ops) if op.kind == "linear"}
+    node_names = {n.name for n in dense_rt.nodes}
+    modules_of = lambda m: dict(m.named_modules())  # noqa: E731
+    modules = modules_of(work_model)
+    kinds = {name: ("linear" if isinstance(m, Linear) else "conv2d") for name, m in modules.items()
+             if name in node_names and isinstance(m, (Linear, Conv2d))}
+    out_channels = {name: int(modules[name].weight.data.shape[0]) for name in kinds}
+    pattern, mask_fn = _pattern_for(prof, size_budget)
+    stores_sparse = size_budget is not None or not on_host  # convert's "always"; else the chooser decides
+    if on_host:  # fold what the model leaves out (Python around the kernels, load) into the profile
+        prof = prof.calibrated(dense_rt.layer_work(batch_size),
+                               median_seconds(lambda: dense_rt.predict(x_batch), repeats=profile_repeats))
 
-    # On this machine, measure the dense int8 model once and scale the cost
-    # model's estimates by measured / estimated: that folds in what the model
-    # leaves out (fused layers, the Python around them, the machine's load).
-    calibration = 1.0
-    if on_host:
-        dense_est = profiles.estimate(base_work, prof).latency_s
-        calibration = _median_s(dense_rt.predict, x_batch) / max(dense_est, 1e-12)
+    base = work_model  # what a round of the search plans from: the model, then each round's recovered one
+    baked: dict[str, float] = {}  # sparsity earlier rounds already pruned into ``base``
 
-    def cost(plan: dict[str, float]) -> tuple[float, int]:
-        work = _plan_work(base_work, dims, plan, pattern)
-        est = profiles.estimate(work, prof)
-        return calibration * est.latency_s, est.weight_bytes
+    def levers() -> tuple[dict[_Unit, list[Any]], dict[_Unit, int]]:
+        """The levers of ``base``, one unit each with its levels: a channel group to shrink (a
+        smaller dense model: its cost and file are exact), a Linear layer to prune and store
+        sparse (its file bytes modelled, then checked)."""
+        levels: dict[_Unit, list[Any]] = {}
+        prunable: dict[_Unit, int] = {}
+        if shrink_ratios:
+            try:
+                groups = prune.shrink_plan(base, remove={}, input_shape=shape).groups
+            except (ValueError, TypeError, NotImplementedError):
+                groups = []  # a model the dependency pass cannot follow is not shrunk
+            for grp in groups:
+                counts = sorted({int(round(r * grp.prunable)) for r in shrink_ratios} - {0})
+                if grp.prunable and counts and all(n in kinds for n in grp.layers):
+                    levels[("shrink", grp.layers)] = counts
+                    prunable[("shrink", grp.layers)] = grp.prunable
+        if mask_fn is not None:
+            for name, kind in kinds.items():
+                if kind == "linear":
+                    levels[("sparse", name)] = sorted({float(sp) for sp in sparsities
+                                                       if sp >= 0.5 and sp > baked.get(name, 0.0)})
+        return {u: v for u, v in levels.items() if v}, prunable
 
-    def fits(plan: dict[str, float]) -> bool:
-        lat, size = cost(plan)
-        return (latency_budget is None or lat <= latency_budget) and (size_budget is None or size <= size_budget)
+    def build(state: dict[_Unit, Any]) -> Module:
+        counts = {u[1]: c for u, c in state.items() if u[0] == "shrink"}
+        m = (prune.shrink_plan(base, remove=counts, input_shape=shape, importance=importance).apply()
+             if counts else copy.deepcopy(base))
+        mods = modules_of(m)
+        for u, sp in state.items():
+            if u[0] == "sparse":
+                w = mods[u[1]].weight
+                w.data = w.data * mask_fn(w.data, sp)
+        return m.eval()
 
-    plan: dict[str, float] = {}
-    sens: dict[tuple[str, float], float] = {}
-    linear_names = [n for n, m in work_model.named_modules() if isinstance(m, Linear)]
-    if not fits(plan) and mask_fn is not None and linear_names:
-        table = analysis.sensitivity(work_model, X_val, y_val, amounts=tuple(sparsities), bits=(),
-                                     layers=linear_names, mask_fn=mask_fn)
-        for r in table.select(kind="prune"):
-            sens[(r.layer, float(r.amount))] = float(r.delta_accuracy or 0.0)
-        levels = sorted(float(s) for s in sparsities)
-        # Greedy: take the step with the most estimated saving per point of
-        # accuracy lost, while the summed single-layer drops stay within what
-        # fine-tuning can win back (a few times the allowed drop).
-        drop_allowance = 3 * max_accuracy_drop + 0.01
-        while not fits(plan):
-            lat0, size0 = cost(plan)
-            spent = sum(max(0.0, -sens.get((n, s), 0.0)) for n, s in plan.items())
-            best = None
-            for name in linear_names:
-                cur = plan.get(name, 0.0)
-                nxt = next((s for s in levels if s > cur), None)
-                if nxt is None:
-                    continue
-                trial = {**plan, name: nxt}
-                lat1, size1 = cost(trial)
-                gain = (lat0 - lat1) / max(lat0, 1e-12) + (size0 - size1) / max(size0, 1)
-                drop = max(0.0, -sens.get((name, nxt), 0.0))
-                extra = drop - max(0.0, -sens.get((name, cur), 0.0))
-                if gain < 1e-3 or spent + extra > drop_allowance:
-                    continue
-                if best is None or gain / (drop + 1e-3) > best[0]:
-                    best = (gain / (drop + 1e-3), name, nxt)
-            if best is None:
-                break  # the budget cannot be met within the accuracy allowance: reported below
-            plan[best[1]] = best[2]
+    dense_cache: dict[Any, tuple[list[profiles.LayerWork], dict[str, int], dict[str, tuple[int, int]], int, int]] = {}
+    size_offset = [0]  # the sparse file-size model's error, learnt from exact sizes of planned models
 
-    tuned = work_model
-    if plan:
-        tuned.train()
+    def cost(state: dict[_Unit, Any]) -> _Cost:
+        key = tuple(sorted((u[1], c) for u, c in state.items() if u[0] == "shrink"))
+        if key not in dense_cache:
+            m = build({u: c for u, c in state.items() if u[0] == "shrink"})
+            rt = runtime.convert(m, input_shape=shape, sparse="never")
+            mods = modules_of(m)
+            dims = {n: (int(np.prod(mods[n].weight.data.shape[1:])), int(mods[n].weight.data.shape[0]))
+                    for n in kinds}
+            dense_cache[key] = (rt.layer_work(batch_size), {n.name: i for i, n in enumerate(rt.nodes)}, dims,
+                                _file_bytes(rt), _activation_peak(rt, batch_size))
+        work0, index, dims, size, peak = dense_cache[key]
+        work = list(work0)
+        pruned = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+        for name, sp in pruned.items():
+            k, n = dims[name]
+            i = index[name]
+            w = work[i]
+            work[i] = profiles.LayerWork(w.name, w.kind, w.macs, _sparse_memory_bytes(k, n, sp, pattern),
+                                         w.act_in_bytes, w.act_out_bytes, "int8", density=1 - sp, pattern=pattern,
+                                         gemm=w.gemm, sparse_kernel=True if stores_sparse else None)
+            size += int(round((1 - sp) * k * n)) + (k * n + 7) // 8 + _SPARSE_FILE_EXTRA - k * n
+        if pruned:
+            size += size_offset[0]
+        est = profiles.estimate(work, prof, activation_peak=peak)
+        return _Cost(est.latency_s, size, est.memory_bytes, est.weight_bytes, peak)
+
+    def misses_of(c: _Cost) -> dict[str, tuple[float, float]]:
+        out = {}
+        if latency_budget is not None and c.latency_s > latency_budget:
+            out["latency"] = (c.latency_s, latency_budget)
+        if size_budget is not None and c.file_bytes > size_budget:
+            out["size"] = (float(c.file_bytes), float(size_budget))
+        if c.memory_bytes > memory_limit:
+            out["memory"] = (float(c.memory_bytes), float(memory_limit))
+        return out
+
+    def gain(c0: _Cost, c1: _Cost) -> float:
+        """Relative saving on every budget ``c0`` misses."""
+        got = {"latency": c1.latency_s, "size": c1.file_bytes, "memory": c1.memory_bytes}
+        return sum((was - got[k]) / max(was, 1e-12) for k, (was, _) in misses_of(c0).items())
+
+    def accuracy(m: Module) -> float:
+        return float(evaluate(m, X_val, y_val)["accuracy"])
+
+    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int) -> Module:
+        """Train ``m`` under the hard constraints: each pruned layer's sparsity from its first to
+        its second figure (gradually; held where equal), 8-bit weight QAT."""
+        m.train()
         steps_per_epoch = max(1, int(np.ceil(len(X_tr) / 32)))
-        end = max(1, steps_per_epoch * max(1, fine_tune_epochs - 2))
-        cons: list[Any] = [C.GradualPruning(s, end_step=end, frequency=max(1, end // 10), mask_fn=mask_fn,
-                                            params=[f"{name}.weight"]) for name, s in plan.items()]
-        cons.append(C.QAT(weight_bits=8, activation_bits=None))
-        Trainer(tuned, constraints=cons, epochs=fine_tune_epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
-        tuned.eval()
+        end = max(1, steps_per_epoch * max(1, epochs - 2))
+        qat = C.QAT(weight_bits=8, activation_bits=None)
+        cons: list[Any] = [C.GradualPruning(final, initial_sparsity=first, end_step=end,
+                                            frequency=max(1, end // 10), mask_fn=mask_fn, params=[f"{name}.weight"])
+                           for name, (first, final) in pruned.items()]
+        Trainer(m, constraints=[*cons, qat], epochs=epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
+        return m.eval()
 
-    rt = runtime.convert(tuned, input_shape=shape, sparse="auto" if on_host else "always", batch_size=batch_size)
+    # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
+    allowance = 3 * max_accuracy_drop + 0.01
+    candidates: list[Candidate] = []
+    steps: list[dict[str, Any]] = []
+    state: dict[_Unit, Any] = {}
+    for rnd in range(search_rounds):
+        levels, prunable = levers()
+        dense_cache.clear()
+        size_offset[0] = 0
+        state = {}
+        base_cost = cost(state)
+        if not misses_of(base_cost):
+            break
+        # Only levers that make a missed budget smaller are worth an accuracy measurement.
+        useful = [u for u in levels if gain(base_cost, cost({u: levels[u][-1]})) > 1e-4]
+        if latency_budget is not None and size_budget is None:
+            # A latency budget alone: pay accuracy for a sparse pattern only where the profile's kernel is faster.
+            def faster(u: _Unit) -> bool:
+                w = np.asarray(modules_of(base)[u[1]].weight.data, np.float32)
+                mask = mask_fn(w, levels[u][-1])
+                return not sparse.choose(w * mask, mask, batch_size, dtypes=("int8",), profile=prof,
+                                         verify=False).path.startswith("dense")
+            useful = [u for u in useful if u[0] != "sparse" or faster(u)]
+        drop: dict[tuple[_Unit, Any], float] = {}  # accuracy lost against the float model, each candidate alone
+        base_drop = max(0.0, float_acc - accuracy(base))
+        round_cands: dict[tuple[_Unit, Any], Candidate] = {}
+        for u in useful:
+            drop[(u, None)] = base_drop
+            for j, lvl in enumerate(levels[u]):
+                c = cost({u: lvl})
+                drop[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
+                shrinks = u[0] == "shrink"
+                round_cands[(u, lvl)] = Candidate(
+                    _unit_name(u), u[0], lvl / prunable[u] if shrinks else float(lvl),
+                    "dense" if shrinks else pattern, 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
+                    -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd)
+                if drop[(u, lvl)] > allowance:  # alone past the allowance: the levels beyond are not tried
+                    levels[u] = levels[u][:j]
+                    break
+        candidates += round_cands.values()
+        useful = [u for u in useful if levels[u]]
+        stopped: set[_Unit] = set()
+        for _ in range(4):
+            while misses_of(now := cost(state)):
+                options = []
+                for u in useful:
+                    cur = state.get(u)
+                    nxt = next((lv for lv in levels[u] if cur is None or lv > cur), None)
+                    if u in stopped or nxt is None:
+                        continue
+                    saving = gain(now, cost({**state, u: nxt}))
+                    if saving > 1e-4:
+                        options.append((saving / (max(drop[(u, nxt)] - drop[(u, cur)], 0.0) + 1e-3), u, nxt))
+                took = False
+                for _score, u, nxt in sorted(options, key=lambda o: -o[0]):
+                    trial = {**state, u: nxt}
+                    acc = accuracy(build(trial))
+                    ok = float_acc - acc <= allowance
+                    steps.append({"round": rnd, "layer": _unit_name(u), "kind": u[0], "level": nxt,
+                                  "accuracy": acc, "kept": ok})
+                    if ok:
+                        state, took = trial, True
+                        break
+                    stopped.add(u)  # rolled back: this lever goes no further
+                if not took:
+                    break  # the allowance is spent: recover (below) or report the miss
+            if size_budget is None or misses_of(cost(state)) or not (baked or any(u[0] == "sparse" for u in state)):
+                break
+            # The plan fits by the model: check the file it makes, and correct the model if it is off.
+            exact = _file_bytes(runtime.convert(build(state), input_shape=shape, sparse="always",
+                                                batch_size=batch_size))
+            size_offset[0] += exact - cost(state).file_bytes
+            if exact <= size_budget:
+                break
+        if size_budget is None:
+            # A latency budget alone: keep a pruned layer only where the sparse kernel really is faster.
+            trial_model = build(state)
+            for u in [u for u in state if u[0] == "sparse"]:
+                w = np.asarray(modules_of(trial_model)[u[1]].weight.data, np.float32)
+                mask = w != 0
+                if sparse.choose(w, mask, batch_size, dtypes=("int8",), profile=prof).path.startswith("dense"):
+                    del state[u]
+        for key, cand in round_cands.items():
+            cand.chosen = state.get(key[0]) == key[1]
+        if not state or not misses_of(cost(state)) or rnd == search_rounds - 1:
+            break
+        # The allowance is spent before the budgets hold: apply the plan, win accuracy back with a short
+        # fine-tune under the hard constraints, and search again from the recovered model.
+        pruned_now = {u[1]: sp for u, sp in state.items() if u[0] == "sparse"}
+        held = {name: (sp, sp) for name, sp in {**baked, **pruned_now}.items()}
+        base = fine_tune(build(state), held, max(1, fine_tune_epochs // 3))
+        baked.update(pruned_now)
+        state = {}
+
+    # The plan: shrink (the sparse levels ramp up while fine-tuning, from what earlier rounds pruned).
+    tuned = build({u: c for u, c in state.items() if u[0] == "shrink"})
+    plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+    if state or base is not work_model:
+        tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs)
+
+    rt = runtime.convert(tuned, input_shape=shape, sparse="always" if stores_sparse else "auto",
+                         batch_size=batch_size)
     acc = float(np.mean(rt.predict(X_val).argmax(axis=1) == y_val))
-    est = profiles.estimate(rt.layer_work(batch_size), prof)
-    measured = _median_s(rt.predict, x_batch)
-    per_op = _per_op_seconds(rt, x_batch)
+    est = profiles.estimate(rt.layer_work(batch_size), prof, activation_peak=_activation_peak(rt, batch_size))
+    measured = median_seconds(lambda: rt.predict(x_batch), repeats=profile_repeats)
+    per_node = rt.profile(x_batch, repeats=profile_repeats)
+    file_bytes = _file_bytes(rt)
+    tuned_modules = modules_of(tuned)
     layers = []
-    for i, (node, op) in enumerate(zip(rt.nodes, rt.ops)):
-        name = node.name
-        s = plan.get(name, 0.0)
+    for i, node in enumerate(rt.nodes):
+        op: Any = node.op
+        if op.kind not in _WEIGHTED:
+            continue
+        sp = plan.get(node.name, 0.0)
+        if op.kind == "sparse_linear":
+            kept, path = float(op.matrix.density), op.path
+            stored = "n:m" if path.startswith("nm") else "block" if path.startswith("bsr") else "unstructured"
+        else:
+            q = op.layer.weight_q
+            kept, stored = float(np.count_nonzero(q)) / max(q.size, 1), "dense"
+        note = _CONV_NOTE if "conv" in op.kind else ""
+        if sp and stored == "dense":
+            note = "pruned, stored dense: the chooser measured dense int8 faster here"
+        removed = 0.0
+        if node.name in out_channels and node.name in tuned_modules:
+            removed = 1.0 - tuned_modules[node.name].weight.data.shape[0] / out_channels[node.name]
+        # The last chosen candidate of the layer: its accuracy change alone, before fine-tuning.
+        delta = next((c.delta_accuracy for c in reversed(candidates)
+                      if c.chosen and node.name in c.layer.split("+")), None)
         layers.append(LayerReport(
-            name=name, op=op.kind, bits=8 if op.kind in ("linear", "conv2d", "sparse_linear") else None,
-            sparsity=s if op.kind == "sparse_linear" or s else 0.0,
-            pattern=pattern if s else "dense", nbytes=op.nbytes,
-            estimated_us=1e6 * est.layers[i].latency_s, measured_us=1e6 * per_op[i],
-            delta_accuracy=sens.get((name, s)) if s else None))
+            name=node.name, op=op.kind, bits=8, sparsity=1.0 - kept, pattern=stored,
+            nbytes=int(sum(a.nbytes for a in op.arrays().values())),
+            estimated_us=1e6 * est.layers[i].latency_s, measured_us=1e6 * per_node[node.name],
+            delta_accuracy=delta, note=note, channels_removed=removed))
     judged_latency = measured if on_host else est.latency_s
     misses = []
     if latency_budget is not None and judged_latency > latency_budget:
         misses.append(f"latency {1e6 * judged_latency:.0f} µs > {1e6 * latency_budget:.0f} µs")
-    if size_budget is not None and rt.nbytes > size_budget:
-        misses.append(f"size {rt.nbytes} B > {size_budget} B")
+    if size_budget is not None and file_bytes > size_budget:
+        misses.append(f"size {file_bytes} B > {size_budget} B")
+    if est.memory_bytes > memory_limit:
+        misses.append(f"memory {est.memory_bytes} B (weights + peak activations) > {memory_limit} B")
     if float_acc - acc > max_accuracy_drop + 1e-12:
         misses.append(f"accuracy drop {100 * (float_acc - acc):.2f} pt > {100 * max_accuracy_drop:.2f} pt")
+    other_us = max(0.0, 1e6 * measured - sum(l.measured_us for l in layers))
     report = CompressionReport(prof.name, batch_size, latency_budget, size_budget, max_accuracy_drop, float_acc, acc,
-                               float_lat, measured, est.latency_s, float_bytes, rt.nbytes, not misses, misses, layers)
+                               float_lat, measured, est.latency_s, float_bytes, file_bytes, not misses, misses, layers,
+                               other_us, memory_budget_bytes=memory_budget, memory_limit_bytes=memory_limit,
+                               weight_bytes=est.weight_bytes, peak_activation_bytes=est.peak_activation_bytes,
+                               memory_bytes=est.memory_bytes, candidates=candidates, steps=steps)
     if misses and raise_on_miss:
         raise BudgetError("compression missed its budget: " + "; ".join(misses), report)
     return rt, report
-
-
-def _per_op_seconds(rt: runtime.RuntimeModel, x: np.ndarray, repeats: int = 15) -> list[float]:
-    """Median time of each operation on its real input."""
-    return [_median_s(lambda args, op=node.op: op.forward(*args), args, repeats) for node, args in rt.trace(x)]

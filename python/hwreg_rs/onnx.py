@@ -486,6 +486,11 @@ def _import_node(node: Any, st: _Import) -> None:
     if len(outs) == 1:
         st.shapes[outs[0]] = (tuple(shp[0]), tuple(shp[1]))
     else:
+        # A file may list more outputs than the op makes: its shape rule then gives one shape, not a list.
+        made = [len(s) if isinstance(s, (list, tuple)) and all(isinstance(d, (list, tuple)) for d in s) else 1
+                for s in shp]
+        if made != [len(outs)] * 2:
+            raise FormatError(f"op {op} (node {node.name!r}) declares {len(outs)} outputs; the op makes {made[0]}")
         for i, o in enumerate(outs):
             st.shapes[o] = (tuple(shp[0][i]), tuple(shp[1][i]))
     for s in shp:

@@ -15,7 +15,9 @@ runs with a zero point of 0 and ``zp * column sum`` is subtracted in int32 (ONNX
 Runtime takes only a scalar activation zero point); a convolution subtracts
 ``zp`` times the sum of the weights its window covers, so zero padding means a
 real zero as in the runtime. Sparse layers are written as their dense int8
-equivalent; ops that run in float in the runtime are written in float.
+equivalent; ops that run in float in the runtime are written in float. int4
+layers are written as ONNX Runtime's ``MatMulNBits`` (com.microsoft) on the
+same packed codes and scales (see ``_int4_linear`` for why not QDQ INT4).
 
 Note: ONNX Runtime's AVX2 (non-VNNI) u8×s8 kernels saturate 16-bit pair sums
 (docs/design.md §4), so on such CPUs its results for these models can differ from ours;
@@ -277,6 +279,36 @@ def _int8_linear(b: _Builder, wq: np.ndarray, w_scale: np.ndarray, bias: np.ndar
     b.node("Reshape", [flat, b.const(_i64([-1, *in_shape[1:-1], n]), f"{hint}.out_shape")], hint, outputs=[out])
 
 
+def _int4_linear(b: _Builder, layer: Any, x: str, out: str, hint: str) -> None:
+    """An int4 layer as ONNX Runtime's ``MatMulNBits`` (com.microsoft) on the same packed codes.
+
+    ``MatMulNBits`` over QDQ INT4 (``DequantizeLinear`` with ``block_size``, opset 21): ONNX Runtime
+    rewrites the QDQ pair into this very op (measured alike: 4096x4096, batch 1), and this form needs
+    neither opset 21 nor IR 10. ``accuracy_level=4`` lets it quantize the activations to int8 itself
+    (its fast path), so its output matches ``predict`` to the activations' rounding, not bit for bit.
+    Per-channel scales are written as blocks of 128 that repeat the channel's scale.
+    """
+    w = layer.weight
+    n, k = layer.out_features, layer.in_features
+    bs = 128 if layer.group_size is None else layer.group_size
+    kb = -(-k // bs)
+    reps = kb if layer.group_size is None else 1
+    blob = np.zeros((n, kb * bs // 2), np.uint8)
+    blob[:, :w.packed.shape[1]] = w.packed
+    scales = np.repeat(w.scales, reps, axis=1)
+    ins = [x, b.const(blob.reshape(n, kb, bs // 2), f"{hint}.weight_packed"),
+           b.const(_f32(scales), f"{hint}.weight_scales")]
+    if w.zero_points is not None:
+        z = np.repeat(w.zero_points, reps, axis=1)
+        if kb % 2:
+            z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
+        ins.append(b.const(np.ascontiguousarray(z[:, 0::2] | (z[:, 1::2] << 4)), f"{hint}.weight_zero_points"))
+    y = b.node("MatMulNBits", ins, hint, domain="com.microsoft", K=k, N=n, bits=4, block_size=bs, accuracy_level=4)
+    if layer.bias is not None:
+        y = b.node("Add", [y, b.const(_f32(layer.bias), f"{hint}.bias")], hint)
+    b.node("Relu" if layer.relu else "Identity", [y], hint, outputs=[out])
+
+
 def _tap_sums(w: np.ndarray, in_hw: tuple[int, int], stride: Sequence[int], pads: Sequence[int],
               dilation: Sequence[int], groups: int) -> np.ndarray:
     """For each output channel and position, the sum of the weights whose taps fall inside the
@@ -332,6 +364,8 @@ def _runtime_op(b: _Builder, node: Any, shapes: dict[str, tuple[int, ...]]) -> N
     if kind == "linear":
         layer = op.layer
         _int8_linear(b, layer.weight_q, layer.weight_scale, layer.bias, layer.relu, ins[0], outs[0], in_shape, hint)
+    elif kind == "int4_linear":
+        _int4_linear(b, op.layer, ins[0], outs[0], hint)
     elif kind == "sparse_linear":
         dense = np.asarray(op.matrix.to_dense())
         bias = op.bias
@@ -457,7 +491,10 @@ def export(model: Any, path: Any = None, *, input_shape: Sequence[int] | None = 
     g = helper.make_graph(b.nodes, "hwreg_rs",
                           [value_info(v, s, dt) for v, s, dt in zip(inputs, sample_shapes, dtypes)],
                           [value_info(v, shapes[v][1:]) for v in outputs], b.initializers)
-    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", int(opset))], producer_name="hwreg_rs")
+    opsets = [helper.make_opsetid("", int(opset))]
+    if any(n.domain == "com.microsoft" for n in b.nodes):  # int4 layers (MatMulNBits)
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    proto = helper.make_model(g, opset_imports=opsets, producer_name="hwreg_rs")
     proto.ir_version = min(proto.ir_version, 9)  # readable by ONNX Runtime releases of the last two years
     checker.check_model(proto)
     if path is not None:

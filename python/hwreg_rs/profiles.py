@@ -46,6 +46,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import _native
+from ._layerwork import KINDS, PATTERNS, PRECISIONS, LayerWork
+from ._timing import median_seconds
 
 __all__ = [
     "HardwareProfile",
@@ -54,15 +56,15 @@ __all__ = [
     "CostEstimate",
     "estimate",
     "fits",
+    "peak_activation_bytes",
     "preset",
     "PRESETS",
     "measure_host",
+    "host_profile",
+    "resolve",
     "model_work",
 ]
 
-PRECISIONS = ("fp32", "int8")
-PATTERNS = ("dense", "unstructured", "block", "n:m")
-KINDS = ("linear", "conv2d", "pool", "elementwise", "reshape")
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
                  "elementwise")
@@ -229,6 +231,46 @@ class HardwareProfile:
                 d[key] = tuple(d[key])
         return cls(**d)
 
+    def scaled(self, factor: float) -> "HardwareProfile":
+        """The same machine ``factor`` times slower: every time the cost model adds up
+        (overheads, per-element costs, compute, memory) multiplied by ``factor``, so
+        ``estimate(work, p.scaled(f)).latency_s == f * estimate(work, p).latency_s``.
+
+        Examples
+        --------
+        >>> w = [LayerWork("fc", "linear", 4096, 4096, 256, 256, "int8")]
+        >>> p = preset("x86-avx2")
+        >>> round(estimate(w, p.scaled(2.0)).latency_s / estimate(w, p).latency_s, 6)
+        2.0
+        """
+        if not (isinstance(factor, (int, float)) and np.isfinite(factor) and factor > 0):
+            raise ValueError(f"factor must be a finite number > 0; got {factor!r}")
+        f = float(factor)
+        return dataclasses.replace(
+            self, int8_gops=self.int8_gops / f, fp32_gflops=self.fp32_gflops / f,
+            mem_bandwidth_gbs=self.mem_bandwidth_gbs / f, layer_overhead_us=self.layer_overhead_us * f,
+            overhead_us={k: v * f for k, v in self.overhead_us.items()},
+            ns_per_element={k: v * f for k, v in self.ns_per_element.items()})
+
+    def calibrated(self, work: Iterable["LayerWork"], measured_s: float) -> "HardwareProfile":
+        """The profile scaled (:meth:`scaled`) so that it estimates ``work`` at ``measured_s``:
+        it folds in what the model leaves out for this model on this machine (the Python
+        around the kernels, the machine's load). Estimates of variants of the same model
+        (some layers pruned) are then judged against what was measured.
+
+        Examples
+        --------
+        >>> w = [LayerWork("fc", "linear", 4096, 4096, 256, 256, "int8")]
+        >>> p = preset("x86-avx2").calibrated(w, 1e-4)
+        >>> round(estimate(w, p).latency_s, 9)
+        0.0001
+        """
+        work = list(work)
+        est = estimate(work, self).latency_s
+        if not (np.isfinite(measured_s) and measured_s > 0):
+            raise ValueError(f"measured_s must be a finite number of seconds > 0; got {measured_s!r}")
+        return self.scaled(measured_s / max(est, 1e-12))
+
     def overhead_s(self, kind: str, precision: str = "fp32") -> float:
         """Fixed seconds of one call of a layer of ``kind`` at ``precision``."""
         us = self.overhead_us.get(f"{kind}/{precision}", self.overhead_us.get(kind, self.layer_overhead_us))
@@ -376,6 +418,45 @@ PRESETS: dict[str, HardwareProfile] = {
 }
 
 
+def resolve(profile: Any = None) -> HardwareProfile:
+    """A :class:`HardwareProfile` from what the API accepts for ``profile=``: a profile, a
+    preset name, ``"host"`` or None (both: :func:`host_profile`).
+
+    Examples
+    --------
+    >>> resolve("cortex-m7").name
+    'cortex-m7'
+    """
+    if isinstance(profile, HardwareProfile):
+        return profile
+    if profile is None or profile == "host":
+        return host_profile()
+    if isinstance(profile, str):
+        return preset(profile)
+    raise TypeError(f"profile must be a HardwareProfile, a preset name or 'host'; got {type(profile).__name__}")
+
+
+_HOST: dict[int, HardwareProfile] = {}
+
+
+def host_profile() -> HardwareProfile:
+    """This machine's profile at the library's current thread count, measured once per process
+    (and thread count) by :func:`measure_host` (a few seconds) and shared by everything that
+    asks for ``"host"``, so one process reasons with one set of figures.
+
+    Examples
+    --------
+    >>> host_profile() is host_profile()
+    True
+    """
+    from .config import num_threads
+
+    threads = int(num_threads())
+    if threads not in _HOST:
+        _HOST[threads] = measure_host()
+    return _HOST[threads]
+
+
 def preset(name: str) -> HardwareProfile:
     """A built-in profile by name (see ``PRESETS``).
 
@@ -388,74 +469,6 @@ def preset(name: str) -> HardwareProfile:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; presets are {sorted(PRESETS)}") from None
-
-
-@dataclass(frozen=True)
-class LayerWork:
-    """What one layer computes and moves, for one batch.
-
-    Parameters
-    ----------
-    name : str
-        Layer name.
-    kind : str
-        ``"linear"``, ``"conv2d"``, ``"pool"``, ``"elementwise"`` or
-        ``"reshape"`` (a view: no data moved).
-    macs : int
-        Dense-equivalent multiply-accumulates for the whole batch.
-    weight_bytes : int
-        Bytes of stored weights as the runtime keeps them (values plus indices).
-    act_in_bytes, act_out_bytes : int
-        Bytes of input and output activations.
-    precision : str
-        ``"int8"`` or ``"fp32"``.
-    density : float
-        Fraction of weights kept (1.0 when dense).
-    pattern : str
-        ``"dense"``, ``"unstructured"``, ``"block"`` or ``"n:m"``.
-    gemm : tuple of 3 int, optional
-        ``(M, K, N)`` of the matrix product of a linear or conv2d layer (for a
-        convolution ``M = batch*OH*OW``, ``K = C*kh*kw``). When omitted it is
-        derived from ``macs`` and the activation bytes (4 per element; a
-        conv2d's ``act_in_bytes`` counting its column matrix twice, as the
-        runtime does).
-    calls : int
-        Separate kernel (or NumPy) calls the layer makes; each pays the fixed
-        overhead.
-    passes : int
-        Passes over the activations an elementwise layer makes.
-    """
-
-    name: str
-    kind: str
-    macs: int
-    weight_bytes: int
-    act_in_bytes: int
-    act_out_bytes: int
-    precision: str = "fp32"
-    density: float = 1.0
-    pattern: str = "dense"
-    gemm: tuple[int, int, int] | None = None
-    calls: int = 1
-    passes: int = 1
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}; got {self.precision!r}")
-        if self.pattern not in PATTERNS:
-            raise ValueError(f"pattern must be one of {PATTERNS}; got {self.pattern!r}")
-        if not 0 <= self.density <= 1:
-            raise ValueError(f"density must be in [0, 1]; got {self.density!r}")
-        for f in ("macs", "weight_bytes", "act_in_bytes", "act_out_bytes"):
-            if getattr(self, f) < 0:
-                raise ValueError(f"{f} must be >= 0; got {getattr(self, f)!r}")
-        if self.gemm is not None:
-            g = tuple(int(v) for v in self.gemm)
-            if len(g) != 3 or min(g) < 0:
-                raise ValueError(f"gemm must be (M, K, N) of non-negative ints; got {self.gemm!r}")
-            object.__setattr__(self, "gemm", g)
-        if self.calls < 1 or self.passes < 0:
-            raise ValueError(f"calls must be >= 1 and passes >= 0; got {self.calls!r}, {self.passes!r}")
 
 
 @dataclass(frozen=True)
@@ -472,10 +485,16 @@ class LayerEstimate:
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """Per-layer and total cost of a model on a profile."""
+    """Per-layer and total cost of a model on a profile.
+
+    ``activation_peak`` is the largest sum of activation bytes live at once in the planned
+    order (:func:`peak_activation_bytes`), when :func:`estimate` was given it; without it
+    :attr:`peak_activation_bytes` falls back to the largest one layer's input plus output.
+    """
 
     profile: str
     layers: tuple[LayerEstimate, ...]
+    activation_peak: int | None = None
 
     @property
     def latency_s(self) -> float:
@@ -491,11 +510,16 @@ class CostEstimate:
 
     @property
     def peak_activation_bytes(self) -> int:
+        """The most activation bytes live at once: the planned order's peak when known, else
+        the largest one layer's input plus output."""
+        if self.activation_peak is not None:
+            return self.activation_peak
         return max((l.activation_bytes for l in self.layers), default=0)
 
     @property
     def memory_bytes(self) -> int:
-        """Weights plus the largest live activations (one layer's input and output)."""
+        """Weights plus the peak live activations: what must fit the profile's
+        ``mem_capacity_bytes`` (a microcontroller's SRAM)."""
         return self.weight_bytes + self.peak_activation_bytes
 
     def table(self) -> list[dict[str, Any]]:
@@ -513,8 +537,11 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
     eff = profile.sparsity_patterns.get(work.pattern)
     if eff is None or kernel not in profile.kernels:
         return float(work.macs)  # no kernel for it: the zeros are multiplied like any weight
-    # A sparse kernel is used only when it wins, as the runtime's chooser does.
-    return min(float(work.macs), work.macs * work.density / eff)
+    sparse_macs = work.macs * work.density / eff
+    if work.sparse_kernel:
+        return sparse_macs
+    # Otherwise a sparse kernel is used only when it wins, as the runtime's chooser does.
+    return min(float(work.macs), sparse_macs)
 
 
 def _gemm_dims(w: LayerWork) -> tuple[int, int, int] | None:
@@ -544,7 +571,7 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         if not ns or dims is None:
             return 2.0 * macs / ops
         m, k, n = dims
-        if w.pattern == "dense" or macs >= w.macs:
+        if w.pattern == "dense" or (macs >= w.macs and not w.sparse_kernel):
             tr, tk, tn = profile.gemm_tile if prec == "int8" else (1, 1, 1)
             macs_eff = float(_pad(m, tr) * _pad(k, tk) * _pad(n, tn))
         else:
@@ -576,12 +603,15 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
     return 0.0
 
 
-def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstimate:
+def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
+             activation_peak: int | None = None) -> CostEstimate:
     """Latency, memory and energy of running ``layers`` in order on ``profile``.
 
     Each layer costs ``calls * overhead + max(compute, bytes_moved /
     bandwidth)``; see the module docstring for ``compute``. A ``"reshape"``
-    layer moves no data.
+    layer moves no data. ``activation_peak`` (bytes, from
+    :func:`peak_activation_bytes` over the model's planned order) makes the
+    memory figure that of the whole graph, skip connections held included.
 
     Examples
     --------
@@ -605,7 +635,54 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile) -> CostEstim
         act = 0 if w.kind == "reshape" else int(w.act_in_bytes + w.act_out_bytes)
         out.append(LayerEstimate(w.name, overhead + max(compute, memory), compute, memory, energy,
                                  int(w.weight_bytes), act, bound))
-    return CostEstimate(profile.name, tuple(out))
+    if activation_peak is not None and int(activation_peak) < 0:
+        raise ValueError(f"activation_peak must be >= 0 bytes; got {activation_peak!r}")
+    return CostEstimate(profile.name, tuple(out), None if activation_peak is None else int(activation_peak))
+
+
+def peak_activation_bytes(steps: Iterable[tuple[Iterable[str], Iterable[str]]], value_bytes: Mapping[str, int], *,
+                          inputs: Iterable[str] = (), outputs: Iterable[str] = ()) -> int:
+    """The largest sum of bytes of values live at once when ``steps`` run in order.
+
+    A value is live from the step that writes it (from the start for one of
+    ``inputs``) through the last step that reads it (to the end for one of
+    ``outputs``): while a step runs, its inputs, its outputs and every value a
+    later step still needs are held. Values missing from ``value_bytes``
+    (weights, constants) count nothing.
+
+    Parameters
+    ----------
+    steps : iterable of (reads, writes)
+        Value names each step reads and writes, in execution order.
+    value_bytes : mapping of str to int
+        Bytes of each activation value.
+    inputs, outputs : iterable of str
+        The graph's input and output values.
+
+    Examples
+    --------
+    >>> # a residual block: x is held while a and b are computed
+    >>> steps = [(["x"], ["a"]), (["a"], ["b"]), (["x", "b"], ["y"])]
+    >>> peak_activation_bytes(steps, {"x": 100, "a": 10, "b": 10, "y": 100}, inputs=["x"], outputs=["y"])
+    210
+    """
+    steps = [(tuple(r), tuple(w)) for r, w in steps]
+    ins, outs = list(inputs), set(outputs)
+    n = len(steps)
+    born = {v: 0 for v in ins}
+    last = {v: 0 for v in ins}
+    for i, (reads, writes) in enumerate(steps):
+        for v in writes:
+            born.setdefault(v, i)
+            last[v] = max(last.get(v, i), i)
+        for v in reads:
+            last[v] = max(last.get(v, i), i)
+    for v in outs:
+        last[v] = max(n - 1, 0)
+    peak = 0
+    for i in range(max(n, 1)):
+        peak = max(peak, sum(int(value_bytes.get(v, 0)) for v in born if born[v] <= i <= last[v]))
+    return peak
 
 
 def fits(est: CostEstimate, profile: HardwareProfile) -> bool:
@@ -713,27 +790,6 @@ def model_work(model: Any, input_shape: Iterable[int], batch: int = 1) -> list[L
 # ---------------------------------------------------------------------------
 # Measuring this machine
 # ---------------------------------------------------------------------------
-
-
-def _time_call(fn: Any, budget_s: float, *, min_n: int = 5, max_n: int = 100) -> float:
-    """Median seconds of one call of ``fn`` (each call timed alone, so a
-    preempted call is an outlier the median ignores), after one warm-up; stops
-    early once ``min_n`` calls have taken several times the budget."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    n = int(min(max(budget_s / once, min_n), max_n))
-    ts = []
-    deadline = time.perf_counter() + 4 * budget_s
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        t1 = time.perf_counter()
-        ts.append(t1 - t0)
-        if i + 1 >= min_n and t1 > deadline:
-            break
-    return float(np.median(ts))
 
 
 def _nnls_rel(x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -884,8 +940,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
 
         def overheads() -> None:
             set_num_threads(1)
-            o8.append(_time_call(lambda: tiny8(tx), budget, max_n=max_n))
-            of.append(_time_call(lambda: tx @ tw.T + tb, budget, max_n=max_n))
+            o8.append(median_seconds(lambda: tiny8(tx), repeats=max_n, budget_s=budget))
+            of.append(median_seconds(lambda: tx @ tw.T + tb, repeats=max_n, budget_s=budget))
 
         rows8, rowsf, t8, tf = [], [], [], []
         for j, i in enumerate(order):
@@ -893,12 +949,12 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                 overheads()
             m, k, n = grid[i]
             lay, x = layers[(k, n)], rand(m, k)
-            t8.append(_time_call(lambda: lay(x), budget, max_n=max_n))
+            t8.append(median_seconds(lambda: lay(x), repeats=max_n, budget_s=budget))
             rows8.append([m * k, m * n, m * _pad(k, tile[1]) * _pad(n, tile[2]), m])
         set_num_threads(threads)
         for m, k, n in fgrid:
             w, b, x = rand(n, k), rand(n), rand(m, k)
-            tf.append(_time_call(lambda: x @ w.T + b, budget, min_n=3, max_n=max_n))
+            tf.append(median_seconds(lambda: x @ w.T + b, repeats=max_n, budget_s=budget, min_repeats=3))
             rowsf.append([m * k, m * n, m * k * n])
         overheads()
         set_num_threads(1)
@@ -921,14 +977,14 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             if threads > 1:
                 for j, (lay, x) in enumerate(par_layers):
                     set_num_threads(1)
-                    t1 = _time_call(lambda: lay(x), 2 * budget, max_n=max_n)
+                    t1 = median_seconds(lambda: lay(x), repeats=max_n, budget_s=2 * budget)
                     set_num_threads(threads)
-                    keep(f"par{j}", t1 / _time_call(lambda: lay(x), 2 * budget, max_n=max_n))
+                    keep(f"par{j}", t1 / median_seconds(lambda: lay(x), repeats=max_n, budget_s=2 * budget))
             # The other kernels run at the library's thread count, as in a model.
             set_num_threads(threads)
             # -- convolution pieces: im2col and the NCHW transpose -------------------
             for j, x in enumerate((rand(1, 2, 6, 6), rand(3, 5, 10, 10), rand(6 if quick else 12, 5, 10, 10))):
-                keep(f"im2col{j}", _time_call(lambda: F.im2col(x, (3, 3), (1, 1), (1, 1)), budget, max_n=max_n))
+                keep(f"im2col{j}", median_seconds(lambda: F.im2col(x, (3, 3), (1, 1), (1, 1)), repeats=max_n, budget_s=budget))
             # The int8 runtime's unfold: quantize the image, NHWC uint8 im2col.
             for j, x in enumerate((rand(1, 2, 6, 6), rand(3, 5, 10, 10), rand(6 if quick else 12, 5, 10, 10))):
                 def unfold_u8(x: np.ndarray = x) -> Any:
@@ -937,21 +993,21 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                                                  "uint8")
                     return _native.im2col_nhwc(np.ascontiguousarray(xq.transpose(0, 2, 3, 1)), (3, 3), (1, 1),
                                                (1, 1), 128.0)
-                keep(f"im2col_u8_{j}", _time_call(unfold_u8, budget, max_n=max_n))
+                keep(f"im2col_u8_{j}", median_seconds(unfold_u8, repeats=max_n, budget_s=budget))
             for j, (n, h, c) in enumerate(((1, 6, 6), (3, 10, 10), (6 if quick else 12, 10, 20))):
                 y = rand(n * h * h, c)
-                keep(f"nchw{j}", _time_call(
-                    lambda: np.ascontiguousarray(y.reshape(n, h, h, -1).transpose(0, 3, 1, 2)), budget, max_n=max_n))
+                keep(f"nchw{j}", median_seconds(
+                    lambda: np.ascontiguousarray(y.reshape(n, h, h, -1).transpose(0, 3, 1, 2)), repeats=max_n, budget_s=budget))
             # -- pooling, elementwise, views -------------------------------------------
             for j, x in enumerate((rand(1, 3, 6, 6), rand(2, 8, 10, 10), rand(6 if quick else 40, 12, 12, 12))):
-                keep(f"pool{j}", _time_call(lambda: pool_op.forward(x), budget, max_n=max_n))
+                keep(f"pool{j}", median_seconds(lambda: pool_op.forward(x), repeats=max_n, budget_s=budget))
             for j, x in enumerate((rand(1, 40), rand(8, 600), rand(48 if quick else 96, 1500))):
-                keep(f"elem{j}", _time_call(lambda: np.maximum(x, 0, dtype=np.float32), budget, max_n=max_n))
+                keep(f"elem{j}", median_seconds(lambda: np.maximum(x, 0, dtype=np.float32), repeats=max_n, budget_s=budget))
             xr = rand(3, 4, 5, 5)
-            keep("reshape", _time_call(lambda: xr.reshape(xr.shape[:1] + (-1,)), budget, max_n=max_n))
+            keep("reshape", median_seconds(lambda: xr.reshape(xr.shape[:1] + (-1,)), repeats=max_n, budget_s=budget))
             # -- a whole small convolution layer, as the runtime and NumPy run it ------
-            keep("conv8", _time_call(lambda: conv_op.forward(conv_x), budget, max_n=max_n))
-            keep("convf", _time_call(lambda: conv(conv_x), budget, max_n=max_n))
+            keep("conv8", median_seconds(lambda: conv_op.forward(conv_x), repeats=max_n, budget_s=budget))
+            keep("convf", median_seconds(lambda: conv(conv_x), repeats=max_n, budget_s=budget))
         med = {key: float(np.median(v)) for key, v in small.items()}
         speedup = 1.0
         if threads > 1:
@@ -984,7 +1040,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         xs = rand(bm, kn)
         dense = Int8Linear.from_float(w)
         fixed = c8[0] + c8[1] * bm * kn + c8[2] * bm * kn + c8[4] * bm
-        t_dense = max(_time_call(lambda: dense(xs), budget, max_n=max_n) - fixed, 1e-9) / (bm * kn * kn)
+        t_dense = max(median_seconds(lambda: dense(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9) / (bm * kn * kn)
         cands = {
             "unstructured": lambda: sparse.CSRMatrix.from_dense(w, prune.magnitude_mask(w, 0.9), dtype="int8"),
             "block": lambda: sparse.BSRMatrix.from_dense(w, prune.block_mask(w, 0.9, block=(1, 4)), block=(1, 4),
@@ -993,7 +1049,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         }
         for pat, make in cands.items():
             mat = make()
-            t_sp = max(_time_call(lambda: mat.matmul(xs), budget, max_n=max_n) - fixed, 1e-9)
+            t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9)
             patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
     finally:
         set_num_threads(threads)
@@ -1002,7 +1058,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     nbytes = (16 if quick else 96) << 20
     src = np.ones(nbytes // 4, np.float32)
     dst = src.copy()
-    t_copy = _time_call(lambda: np.copyto(dst, src), 0.0, min_n=2 if quick else 3, max_n=3)
+    t_copy = median_seconds(lambda: np.copyto(dst, src), repeats=3, budget_s=0.0, min_repeats=2 if quick else 3)
     del src, dst
     bandwidth = 2 * nbytes / t_copy / 1e9
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import _native
 from ._validate import check_array, check_choice, check_float, check_int, native_array, normalize_axis
+from .shrink import ChannelGroup, ShrinkPlan, shrink, shrink_plan  # structured pruning that shrinks the model
 
 __all__ = [
     "magnitude_mask",
@@ -56,6 +57,7 @@ __all__ = [
     "PolynomialDecay",
     "ExponentialThresholdDecay",
     "sparsity",
+    "shrink", "shrink_plan", "ShrinkPlan", "ChannelGroup",
 ]
 
 

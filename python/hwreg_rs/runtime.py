@@ -30,18 +30,19 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import _native, io, sparse
+from . import _native, _planner, io, sparse
 from ._filespec import MAX_ELEMENTS, MAX_PAD, Spec
-from .config import num_threads, set_num_threads
+from ._validate import check_int
+from .config import MAX_THREADS, num_threads
 from .gemm import Int8Linear
+from .int4 import GROUP_SIZES, Int4Linear, QuantizedInt4, quantize_weight
 from .nn import functional as F
 from .nn.conv import AvgPool2d, Conv2d, MaxPool2d
 from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
 from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
-from .nn.ops import _Unary
-from .profiles import LayerWork
+from ._layerwork import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
 
@@ -153,6 +154,70 @@ class _Dense(_OnInt8Linear):
         rows = int(np.prod(shape[:-1]))
         k, n = self.layer.in_features, self.layer.out_features
         return LayerWork(name, "linear", rows * k * n, k * n + 8 * n, rows * k * 4, rows * n * 4, "int8")
+
+
+class _Int4Dense(_Op):
+    """Linear layer with int4 weights (two per byte, per-channel or per-group scales) on the int4 kernels.
+
+    The file stores the packed nibbles as uint8 ``(out, ceil(in / 2))``: half
+    the bytes of the int8 layer's weight.
+    """
+
+    kind = "int4_linear"
+
+    def __init__(self, layer: Int4Linear) -> None:
+        self.layer = layer
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.layer(x)
+
+    def spec(self) -> dict[str, Any]:
+        return {"op": self.kind, "relu": bool(self.layer.relu), "in": self.layer.in_features,
+                "out": self.layer.out_features, "group_size": self.layer.group_size}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        w = self.layer.weight
+        a = {"packed": w.packed, "scales": w.scales}
+        if w.zero_points is not None:
+            a["zero_points"] = w.zero_points
+        if self.layer.bias is not None:
+            a["bias"] = self.layer.bias
+        return a
+
+    @classmethod
+    def from_file(cls, s: Spec) -> "_Int4Dense":
+        out, inp = s.int("out", lo=1), s.int("in", lo=1)
+        if out * inp > MAX_ELEMENTS:
+            raise s.fail("'out' x 'in'", f"= {out} x {inp} exceeds the bound of {MAX_ELEMENTS} weights")
+        group = s.spec.get("group_size", ...)
+        if group is ... or group not in GROUP_SIZES or isinstance(group, bool):
+            raise s.fail("'group_size'", f"must be one of {list(GROUP_SIZES)}; got {group!r}")
+        ng = 1 if group is None else -(-inp // group)
+        s.only(["packed", "scales", "zero_points", "bias"])
+        packed = s.array("packed", np.uint8, shape=(out, (inp + 1) // 2))
+        scales = s.array("scales", np.float32, shape=(out, ng), finite=True, positive=True)
+        zps = s.array("zero_points", np.uint8, shape=(out, ng), optional=True)
+        if zps is not None and zps.size and int(zps.max()) > 15:
+            raise s.fail("array 'zero_points'", f"must lie in [0, 15]; got {int(zps.max())}")
+        bias = s.array("bias", np.float32, shape=(out,), finite=True, optional=True)
+        # Copies: a live model must not keep views into the file it came from.
+        w = QuantizedInt4(packed.copy(), scales.copy(), None if zps is None else zps.copy(), inp, group)
+        try:
+            layer = Int4Linear(w, None if bias is None else bias.copy(), relu=s.bool("relu"))
+        except (ValueError, TypeError) as e:
+            raise s.fail("the int4 weight", f"is invalid ({e})") from None
+        return cls(layer)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape or shape[-1] != self.layer.in_features:
+            raise ValueError(f"int4_linear expects inputs (..., {self.layer.in_features}); got shape {shape}")
+        return shape[:-1] + (self.layer.out_features,)
+
+    def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
+        # The products run on the int8 dot-product units; the weight moves at 4 bits.
+        rows = int(np.prod(shape[:-1]))
+        k, n = self.layer.in_features, self.layer.out_features
+        return LayerWork(name, "linear", rows * k * n, self.layer.nbytes, rows * k * 4, rows * n * 4, "int8")
 
 
 class _Sparse(_Op):
@@ -603,99 +668,12 @@ _SPARSE_PATHS = ("csr_f32", "bsr_f32", "nm_f32", "csr_int8", "bsr_int8", "nm_int
 
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
                         "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
-                        "float": _Float, "group_conv2d": _GroupConv}
+                        "float": _Float, "group_conv2d": _GroupConv, "int4_linear": _Int4Dense}
 
 
 # ---------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------
-
-
-def _plan(ops: list[_Op], input_shape: tuple[int, ...]) -> list[Any]:
-    """The callables ``predict`` runs, in order.
-
-    Convolutions (dense and depthwise) and the pools, ReLUs, element-wise
-    float ops and affines between them pass NHWC tensors to each other; a Flatten of an NHWC tensor feeding a Linear keeps
-    the NHWC order and hands that Linear its weight with the input columns
-    permuted to match; anything else gets NCHW back first. Then runs of int8
-    Linear layers become one native call (:func:`_fuse_dense_runs`).
-    """
-    steps: list[Any] = []
-    shape = (1, *input_shape)
-    nhwc = False
-
-    def to_nchw() -> None:
-        nonlocal nhwc
-        if nhwc:
-            steps.append(lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            nhwc = False
-
-    work = list(ops)  # the permuted Linear after an NHWC Flatten replaces its op here
-    for i in range(len(work)):
-        op = work[i]
-        j = next((j for j in range(i + 1, len(work)) if not isinstance(work[j], _ReLU)), None)
-        nxt = work[j] if j is not None else None
-        if isinstance(op, _Conv) or (isinstance(op, _GroupConv) and op.depthwise):
-            steps.append(lambda x, op=op, first=not nhwc: op.forward_nhwc(x, nchw_in=first))
-            nhwc = True
-        elif nhwc and isinstance(op, _Float) and isinstance(op.module, _Unary):
-            steps.append(op.forward)  # an element-wise op does not care about the layout (ReLU6 between convs)
-        elif nhwc and isinstance(op, _Pool):
-            steps.append(op.forward_nhwc)
-        elif nhwc and isinstance(op, _Affine):
-            steps.append(lambda x, op=op: (x * op.scale + op.shift).astype(np.float32))
-        elif nhwc and isinstance(op, _Flatten) and op.start_dim == 1 and isinstance(nxt, _Dense):
-            _, c, h, w = shape
-            # NHWC column (y, x, ch) holds what NCHW column ch*h*w + y*w + x held.
-            perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
-            layer = nxt.layer
-            permuted = Int8Linear(np.ascontiguousarray(layer.weight_q[:, perm]), layer.weight_scale, layer.bias,
-                                  relu=layer.relu)
-            work[j] = _Dense(permuted)
-            steps.append(op.forward)
-            nhwc = False
-        elif isinstance(op, _ReLU):
-            steps.append(op.forward)
-        else:
-            to_nchw()
-            steps.append(op)
-        shape = op.out_shape(shape)
-    to_nchw()
-    return _fuse_dense_runs(steps)
-
-
-def _fuse_dense_runs(ops: list[Any]) -> list[Any]:
-    """Runs of int8 Linear layers (``_Dense`` ops) become one native call (no
-    Python between layers); every other op runs as itself (``forward``), and
-    plain callables stay as they are."""
-    steps: list[Any] = []
-    run: list[_Dense] = []
-
-    def close() -> None:
-        if len(run) == 1:
-            steps.append(run[0].forward)
-        elif run:
-            chain = _native._DenseChain([(d.layer._packed._packed, d.layer.weight_scale, d.layer.bias, d.layer.relu)
-                                         for d in run])
-            steps.append(lambda x, chain=chain: _chain_forward(chain, x))
-        run.clear()
-
-    for op in ops:
-        if isinstance(op, _Dense):
-            run.append(op)
-            continue
-        close()
-        steps.append(op.forward if isinstance(op, _Op) else op)
-    close()
-    return steps
-
-
-def _chain_forward(chain: Any, x: np.ndarray) -> np.ndarray:
-    if x.ndim == 2:
-        return chain.forward(x)  # predict hands over C-contiguous float32
-    lead = x.shape[:-1]
-    y = chain.forward(np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32))
-    return y.reshape(lead + (y.shape[-1],))
 
 
 @dataclass(frozen=True)
@@ -714,55 +692,6 @@ def _chain_nodes(ops: Sequence[_Op]) -> list[RuntimeNode]:
         nodes.append(RuntimeNode(str(i), op, (value,), (f"{i}:0",)))
         value = f"{i}:0"
     return nodes
-
-
-def _steps(nodes: list[RuntimeNode], inputs: list[str], outputs: list[str], constants: dict[str, np.ndarray],
-           shapes: dict[str, tuple[int, ...]]) -> list[tuple[tuple[str, ...], Any, tuple[str, ...]]]:
-    """What ``predict`` runs: ``(reads, callable, writes)`` triples in order.
-
-    A run of single-input, single-output nodes, each reading only the one
-    before it, becomes one planned step (:func:`_plan`: channels-last between
-    convolutions, int8 Linear runs as one native call), so a chain model runs
-    as it always has and the chains inside a graph run the same way.
-    """
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for v in n.inputs:
-            readers[v] = readers.get(v, 0) + 1
-    for v in outputs:
-        readers[v] = readers.get(v, 0) + 1
-    steps: list[tuple[tuple[str, ...], Any, tuple[str, ...]]] = []
-    run: list[RuntimeNode] = []
-
-    def close() -> None:
-        if not run:
-            return
-        if len(run) == 1:
-            n = run[0]
-            steps.append((n.inputs, n.op.forward, n.outputs))
-        else:
-            planned = _plan([n.op for n in run], shapes[run[0].inputs[0]][1:])
-
-            def call(x: np.ndarray, planned: list[Any] = planned) -> np.ndarray:
-                for step in planned:
-                    x = step(x)
-                return x
-
-            steps.append((run[0].inputs, call, run[-1].outputs))
-        run.clear()
-
-    for n in nodes:
-        simple = len(n.inputs) == 1 and len(n.outputs) == 1 and n.inputs[0] not in constants
-        if simple and run and n.inputs[0] == run[-1].outputs[0] and readers.get(n.inputs[0], 0) == 1:
-            run.append(n)
-            continue
-        close()
-        if simple:
-            run.append(n)
-        else:
-            steps.append((n.inputs, n.op.forward, n.outputs))
-    close()
-    return steps
 
 
 class RuntimeModel:
@@ -824,7 +753,14 @@ class RuntimeModel:
         self.meta = dict(meta or {})
         self.threads = threads
         self._check_values()
-        self._steps = _steps(self.nodes, self.inputs, self.outputs, self.constants, self.shapes(1))
+        shapes = self.shapes(1)
+        self._steps = _planner.steps(self.nodes, self.inputs, self.input_dtypes, self.outputs, self.constants,
+                                     shapes, _batched(self, shapes))
+        self._dtypes = [np.dtype(d) for d in self.input_dtypes]
+        # The whole model one native segment: predict calls it directly.
+        reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
+        whole = isinstance(call, _planner.Segment) and reads == tuple(self.inputs) and writes == tuple(self.outputs)
+        self._whole = call if whole else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -853,6 +789,15 @@ class RuntimeModel:
             raise ValueError(f"outputs {missing} are written by no node")
 
     @property
+    def threads(self) -> int | None:
+        """Kernel threads of each ``predict`` (``None``: the library setting at the call)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        self._threads = None if n is None else check_int(n, "threads", 1, MAX_THREADS)
+
+    @property
     def ops(self) -> list[_Op]:
         """The operations in execution order."""
         return [n.op for n in self.nodes]
@@ -871,11 +816,12 @@ class RuntimeModel:
         return shapes
 
     # -- running -----------------------------------------------------------
-    def _run(self, xs: Sequence[np.ndarray]) -> Any:
+    def _run(self, xs: Sequence[np.ndarray], threads: int) -> Any:
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.inputs, xs))
         for (reads, call, writes), free in zip(self._steps, self._free):
-            y = call(*(env[v] for v in reads))
+            args = (env[v] for v in reads)
+            y = call(*args, threads=threads) if isinstance(call, _planner.Segment) else call(*args)
             if len(writes) == 1:
                 env[writes[0]] = y
             else:
@@ -892,12 +838,12 @@ class RuntimeModel:
         several outputs returns a tuple.
         """
         xs = []
-        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self.input_dtypes)):
-            if not (type(v) is np.ndarray and v.dtype == dt and v.flags.c_contiguous and v.flags.aligned):
+        for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
+            if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):
                 v = np.asarray(v)
                 if v.dtype.kind not in "biuf":
                     raise TypeError(f"x must be a numeric array; got dtype {v.dtype}")
-                if dt != "float32" and v.dtype.kind not in "iu":
+                if dt.name != "float32" and v.dtype.kind not in "iu":
                     raise TypeError(f"input {k} holds integer ids ({dt}); got dtype {v.dtype}")
                 # Aligned too: arrays from pickle-5 / network buffers can sit at odd offsets.
                 v = np.require(v, dtype=dt, requirements=["C", "A"])
@@ -906,14 +852,17 @@ class RuntimeModel:
             xs.append(v)
         if len(xs) != len(self.inputs):
             raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
+        if self._whole is not None:  # one native call: nothing in Python reads a thread count
+            return self._whole(*xs, threads=num_threads() if self.threads is None else self.threads)
         if self.threads is None:
-            return self._run(xs)
-        previous = num_threads()
-        set_num_threads(self.threads)
+            return self._run(xs, num_threads())
+        # The count travels with the calls: the native segments take it as their context, and the
+        # Python ops between them read this OS thread's own setting; the process setting is untouched.
+        previous = _native._local_threads(self.threads)
         try:
-            return self._run(xs)
+            return self._run(xs, self.threads)
         finally:
-            set_num_threads(previous)
+            _native._local_threads(previous)
 
     __call__ = predict
 
@@ -1090,6 +1039,71 @@ class RuntimeModel:
         self.__dict__.update(other.__dict__)  # includes the planned steps
         self.threads = state.get("threads")
 
+    # -- measuring -------------------------------------------------------------
+    def profile(self, x: Any, *, repeats: int = 15) -> dict[str, float]:
+        """Seconds each node takes for the batch ``x``, measured as :meth:`predict` runs it.
+
+        A native segment (see :mod:`hwreg_rs._planner`) times each of its nodes inside the
+        native call (median over ``repeats`` calls); an op that runs in Python is timed on the
+        input it gets in ``predict`` (:func:`hwreg_rs._timing.median_seconds`); both at the
+        model's thread setting. A layout change counts with the node it was made for; a node
+        fused into another's output step (a ReLU after an Add, an activation after a
+        convolution) counts with that node and gets 0 of its own. ``predict``'s own
+        bookkeeping (input checks) is in no node: the sum is a little below a timed ``predict``.
+
+        Returns
+        -------
+        dict of str to float
+            Node name -> seconds, in execution order.
+
+        Examples
+        --------
+        >>> import numpy as np, hwreg_rs as hw
+        >>> rt = hw.runtime.convert(hw.nn.small_cnn(rng=0).eval(), input_shape=(1, 8, 8))
+        >>> t = rt.profile(np.zeros((2, 1, 8, 8), np.float32), repeats=3)
+        >>> list(t) == [n.name for n in rt.nodes] and all(v > 0 for v in t.values())
+        True
+        """
+        from ._timing import median_seconds
+
+        repeats = int(repeats)
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1; got {repeats}")
+        xs = [np.require(v, dtype=dt, requirements=["C", "A"]) for v, dt in zip([x], self.input_dtypes)]
+        writer = {n.outputs: n.name for n in self.nodes}
+        seconds = {n.name: 0.0 for n in self.nodes}
+        threads = num_threads() if self.threads is None else self.threads
+        previous = _native._local_threads(self.threads) if self.threads is not None else None
+        try:
+            env: dict[str, Any] = dict(self.constants)
+            env.update(zip(self.inputs, xs))
+            for reads, call, writes in self._steps:
+                args = tuple(env[v] for v in reads)
+                if isinstance(call, _planner.Segment):
+                    y, _ = call.timed(*args, threads=threads)  # warm-up
+                    samples = [call.timed(*args, threads=threads)[1] for _ in range(repeats)]
+                    for name in samples[0]:
+                        seconds[name] += float(np.median([s[name] for s in samples]))
+                else:
+                    y = call(*args)
+                    seconds[writer[tuple(writes)]] += median_seconds(lambda: call(*args), repeats=repeats)
+                env.update(zip(writes, y if len(writes) > 1 else (y,)))
+        finally:
+            if self.threads is not None:
+                _native._local_threads(previous)
+        return seconds
+
+
+def _batched(rt: RuntimeModel, shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """The values whose leading axis is the batch (shape ``(N, *per_sample)`` at every N tried):
+    the native plan sizes its buffers by the batch, so it takes only those."""
+    try:
+        more = [rt.shapes(b) for b in (2, 3)]
+    except ValueError:  # a graph that runs at batch 1 only
+        return set()
+    return {v for v, s in shapes.items()
+            if s and s[0] == 1 and all(m.get(v) == (b,) + s[1:] for b, m in zip((2, 3), more))}
+
 
 def _kind(spec: Any, where: str) -> str:
     kind = spec.get("op") if isinstance(spec, dict) else None
@@ -1173,10 +1187,30 @@ def _fold_bn(p: _Pending, bn: Any) -> None:
     p.bias = (p.bias - bn.running_mean.astype(np.float64)) * scale + beta
 
 
-def _finish(p: _Pending, *, sparse_mode: str, batch: int) -> _Op:
+def _wants_int4(m: Module, weight_bits: int | None) -> bool:
+    """Whether a Linear runs with int4 weights: always for ``weight_bits=4``; for ``None`` when its QAT grid
+    has at most 4 bits (so the size gain of training at 4 bits is kept)."""
+    if weight_bits is None:
+        return getattr(getattr(m, "weight_fake_quant", None), "bits", 8) <= 4
+    return weight_bits == 4
+
+
+def _int4_op(p: _Pending, w32: np.ndarray, folded: bool, group_size: int | None) -> _Int4Dense:
+    """The int4 layer of a Linear: on its QAT grid when it has one of at most 4 bits (per channel, unfolded)."""
+    bias = p.bias.astype(np.float32)
+    if not folded and group_size is None and getattr(getattr(p.module, "weight_fake_quant", None), "bits", 8) <= 4:
+        q, scale = _quantize_weight(w32, p.module)
+        return _Int4Dense(Int4Linear.from_int(q, scale[:, None], bias, relu=p.relu))
+    return _Int4Dense(Int4Linear(quantize_weight(w32, group_size=group_size), bias, relu=p.relu))
+
+
+def _finish(p: _Pending, *, sparse_mode: str, batch: int, weight_bits: int | None = None,
+            int4_group_size: int | None = None) -> _Op:
     m = p.module
     folded = not np.array_equal(p.weight, m.effective_weight().astype(np.float64))
     w32 = p.weight.astype(np.float32)
+    if isinstance(m, Linear) and _wants_int4(m, weight_bits):
+        return _int4_op(p, w32, folded, int4_group_size)
     if isinstance(m, Linear):
         mask = w32 != 0
         density = float(mask.mean()) if mask.size else 1.0
@@ -1234,7 +1268,8 @@ def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
 
 
 def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = None, sparse: str = "auto",
-            batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None) -> RuntimeModel:
+            batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None,
+            weight_bits: int | None = None, int4_group_size: int | None = None) -> RuntimeModel:
     """Convert a trained model into an int8 :class:`RuntimeModel`.
 
     Parameters
@@ -1264,6 +1299,15 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         Saved with the model.
     threads : int, optional
         Kernel threads while predicting (default: the library setting).
+    weight_bits : {None, 4, 8}, default None
+        Weight precision of Linear layers: ``8`` int8 everywhere; ``4`` int4
+        (:class:`hwreg_rs.int4.Int4Linear`, two weights per byte) for every
+        Linear; ``None`` per layer: int4 for a Linear trained with a QAT
+        constraint of at most 4 weight bits (on its own grid, so the model
+        predicts what it was trained to), int8 for the rest. Convolutions stay int8.
+    int4_group_size : {None, 32, 64, 128}, default None
+        Scales of int4 layers quantized here: one per output channel, or one
+        per group of that many inputs (a QAT layer keeps its per-channel grid).
 
     Returns
     -------
@@ -1282,6 +1326,10 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
                                   "dynamic int8 (per-row / per-image activation scales)")
     if not isinstance(sparse, str) or sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
+    if weight_bits not in (None, 4, 8) or isinstance(weight_bits, bool):
+        raise ValueError(f"weight_bits must be None, 4 or 8; got {weight_bits!r}")
+    if int4_group_size not in GROUP_SIZES or isinstance(int4_group_size, bool):
+        raise ValueError(f"int4_group_size must be one of {GROUP_SIZES}; got {int4_group_size!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if not isinstance(model, Module):
@@ -1299,7 +1347,8 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         value_shapes = graph.infer_shapes(*((1,) + s for s in shapes))
     except ValueError as e:
         raise ValueError(f"the model does not fit input_shape {shape}: {e}") from None
-    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size))
+    nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size),
+                              weight_bits=weight_bits, int4_group_size=int4_group_size)
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
                       constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.
@@ -1321,7 +1370,8 @@ def _shape_arg(input_shape: Any) -> tuple[int, ...]:
 
 
 def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,
-           batch: int) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+           batch: int, weight_bits: int | None = None,
+           int4_group_size: int | None = None) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
     """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
     Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
     values in between, then each op lowered to its runtime op."""
@@ -1370,7 +1420,9 @@ def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str
                 pending.relu = True
                 absorbed.add(j)
                 last = graph.nodes[j].outputs[0]
-            out.append(RuntimeNode(node.name, _finish(pending, sparse_mode=sparse_mode, batch=batch), ins, (last,)))
+            op = _finish(pending, sparse_mode=sparse_mode, batch=batch, weight_bits=weight_bits,
+                         int4_group_size=int4_group_size)
+            out.append(RuntimeNode(node.name, op, ins, (last,)))
             continue
         out.append(RuntimeNode(node.name, _lower_op(m), ins, node.outputs))
     consts = {k: np.ascontiguousarray(v) for k, v in graph.constants().items()}

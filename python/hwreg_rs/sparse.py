@@ -18,21 +18,22 @@ checks that no row can overflow.
 
 :func:`choose` says which execution path (dense float32, dense int8, sparse
 float32 CSR / BSR / N:M, sparse int8) is fastest for a given
-weight, mask and batch size on this machine, from a cost model calibrated by
-timing the kernels here (once per process, lazily); :func:`would_speed_up`
+weight, mask and batch size on a hardware profile, from the package's one
+cost model (:func:`hwreg_rs.profiles.estimate`); :func:`would_speed_up`
 answers whether a proposed pattern and sparsity would speed anything up at all.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import _native
+from ._layerwork import LayerWork
+from ._timing import median_seconds
 from ._validate import check_array, check_bool, check_float, check_int, native_array
 
 __all__ = [
@@ -365,8 +366,6 @@ def quantize_activations(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ chooser
 
 _BLOCKS = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 4), (8, 8))
-_BATCHES = (1, 8, 32, 128)
-_CAL: dict[tuple, tuple[float, float]] = {}
 
 
 @dataclass
@@ -412,18 +411,6 @@ class Choice:
         return BSRMatrix.from_dense(w, mask, block=self.block or (1, 4), dtype=dtype)  # type: ignore[arg-type]
 
 
-def _median_time(fn: Any, repeats: int = 7) -> float:
-    """Best of ``repeats`` calls after a warm-up (the minimum is the most
-    stable statistic on a shared machine)."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(min(ts))
-
-
 def _build(kind: str, w: np.ndarray, mask: np.ndarray | None, block: tuple[int, int] | None) -> Any:
     dtype = "int8" if kind.endswith("int8") else "float32"
     if kind.startswith("csr"):
@@ -432,76 +419,6 @@ def _build(kind: str, w: np.ndarray, mask: np.ndarray | None, block: tuple[int, 
         return BSRMatrix.from_dense(w, mask, block=block, dtype=dtype)  # type: ignore[arg-type]
     n, m = block  # type: ignore[misc]
     return NMMatrix.from_dense(w, mask, n=n, m=m, dtype=dtype)
-
-
-def _calibrate(kind: str, block: tuple[int, int] | None, batch: int) -> tuple[float, float]:
-    """(fixed seconds, seconds per stored MAC) of one path at one batch size,
-    measured on two synthetic 512×512 weights; cached for the process."""
-    key = (kind, block, batch)
-    if key in _CAL:
-        return _CAL[key]
-    rng = np.random.default_rng(1234)
-    n = k = 512
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    x = rng.standard_normal((batch, k)).astype(np.float32)
-    pts = []
-    from . import prune
-
-    for density in (0.05, 0.4):
-        if kind.startswith("nm"):
-            nn, mm = block  # type: ignore[misc]
-            mask = prune.nm_mask(w, nn, mm)
-        elif kind.startswith("bsr"):
-            mask = prune.block_mask(w, 1.0 - density, block=block)  # type: ignore[arg-type]
-        else:
-            mask = prune.magnitude_mask(w, 1.0 - density)
-        mat = _build(kind, w, mask, block)
-        pts.append((mat.stored * batch, _median_time(lambda: mat.matmul(x))))
-        if kind.startswith("nm"):
-            # One density only for N:M; take a half-size copy as the second point.
-            half = _build(kind, np.ascontiguousarray(w[: n // 2]), np.ascontiguousarray(mask[: n // 2]), block)
-            pts.append((half.stored * batch, _median_time(lambda: half.matmul(x))))
-            break
-    (s1, t1), (s2, t2) = pts
-    per = max((t2 - t1) / max(s2 - s1, 1), 1e-13)
-    fixed = max(t1 - per * s1, 0.0)
-    _CAL[key] = (fixed, per)
-    return fixed, per
-
-
-def _estimate(kind: str, block: tuple[int, int] | None, stored: int, batch: int) -> float:
-    """Seconds for ``stored`` MACs per batch row at ``batch``, interpolating the
-    calibration between the measured batch sizes (log-linear in batch)."""
-    lo = max([b for b in _BATCHES if b <= batch], default=_BATCHES[0])
-    hi = min([b for b in _BATCHES if b >= batch], default=_BATCHES[-1])
-    f_lo, p_lo = _calibrate(kind, block, lo)
-    if hi == lo:
-        f, p = f_lo, p_lo
-    else:
-        f_hi, p_hi = _calibrate(kind, block, hi)
-        a = (math.log(batch) - math.log(lo)) / (math.log(hi) - math.log(lo))
-        f, p = f_lo + a * (f_hi - f_lo), p_lo + a * (p_hi - p_lo)
-    return f + p * stored * batch
-
-
-def _dense_seconds(kind: str, shape: tuple[int, int], batch: int) -> float:
-    """A dense path timed at the real shape (GEMM speed depends on shape far
-    more than a linear model can say); cached per process. ``dense_f32`` is
-    NumPy ``x @ w.T``, ``dense_int8`` is :class:`hwreg_rs.Int8Linear`
-    (activations quantized per row on the fly, exact int32 GEMM)."""
-    key = (kind, shape, batch)
-    if key not in _CAL:
-        rng = np.random.default_rng(99)
-        w = rng.standard_normal(shape).astype(np.float32)
-        x = rng.standard_normal((batch, shape[1])).astype(np.float32)
-        if kind == "dense_int8":
-            from .gemm import Int8Linear
-
-            layer = Int8Linear.from_float(w)
-            _CAL[key] = (_median_time(lambda: layer(x)), 0.0)
-        else:
-            _CAL[key] = (_median_time(lambda: x @ w.T), 0.0)
-    return _CAL[key][0]
 
 
 def _stored_for_block(keep: np.ndarray, block: tuple[int, int]) -> int:
@@ -533,18 +450,48 @@ def _check_dtypes(dtypes: Any) -> tuple[str, ...]:
     return tuple(_check_dtype(d) for d in dtypes)
 
 
-def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] = ("float32", "int8")) -> Choice:
+def _candidate_work(path: str, shape: tuple[int, int], stored: int, batch: int) -> LayerWork:
+    """What one execution path of a ``(n, k)`` Linear weight with ``stored`` stored values computes
+    and moves for ``batch`` rows, for the cost model."""
+    n, k = shape
+    prec = "int8" if path.endswith("int8") else "fp32"
+    size = 1 if prec == "int8" else 4
+    rows = (batch, k, n)
+    if path.startswith("dense"):
+        return LayerWork(path, "linear", batch * k * n, size * k * n + 8 * n, batch * k * 4, batch * n * 4, prec,
+                         gemm=rows)
+    pattern = "n:m" if path.startswith("nm") else "block" if path.startswith("bsr") else "unstructured"
+    index = 1 if pattern == "n:m" else 4 / 8 if pattern == "block" else 4
+    return LayerWork(path, "linear", batch * k * n, int(stored * (size + index)) + 8 * n, batch * k * 4,
+                     batch * n * 4, prec, density=min(1.0, stored / max(n * k, 1)), pattern=pattern, gemm=rows,
+                     sparse_kernel=True)
+
+
+def _measured(path: str, block: tuple[int, int] | None, w: np.ndarray, mask: np.ndarray | None,
+              batch: int) -> float:
+    """Seconds of one call of ``path`` at the real shape, with the package's one timer."""
+    x = np.random.default_rng(99).standard_normal((batch, w.shape[1])).astype(np.float32)
+    built = Choice(path, block).build(w, mask)
+    if path == "dense_f32":
+        return median_seconds(lambda: x @ built.T)
+    if path == "dense_int8":
+        return median_seconds(lambda: built(x))
+    return median_seconds(lambda: built.matmul(x))
+
+
+def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] = ("float32", "int8"),
+           profile: Any = None, verify: bool | None = None) -> Choice:
     """The fastest way to run ``x @ (w * mask).T`` for ``x`` of ``batch`` rows.
 
-    Candidates: dense float32 (NumPy), CSR, the SIMD block shapes the mask
-    fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8), N:M when the mask is N:M
-    with n/m <= 1/2, each in float32 and int8. Sparse times come from a cost
-    model — a fixed cost plus a cost per stored multiply-add, per path, block
-    and batch size — calibrated by timing each kernel on two synthetic 512×512
-    weights the first time it is needed, applied to the exact stored count of
-    this mask (blocks padded). The dense time is measured at the real shape.
-    Dense int8 (:class:`hwreg_rs.Int8Linear`) is timed at the real shape too
-    when int8 is allowed. Calibrations are cached per process.
+    Candidates: dense float32 (NumPy), dense int8, CSR, the SIMD block shapes
+    the mask fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8), N:M when the mask
+    is N:M with n/m <= 1/2, each in float32 and int8. Every candidate is
+    costed by the one cost model, :func:`hwreg_rs.profiles.estimate` on
+    ``profile``, from the exact count of values it stores (blocks padded):
+    the profile holds each sparsity pattern's efficiency, measured on this
+    machine by :func:`hwreg_rs.profiles.measure_host`. On the host the best
+    candidate, when sparse, is then timed once against the best dense path at
+    the real shape (the package's one timer), and kept only if it is faster.
 
     Parameters
     ----------
@@ -555,6 +502,12 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
         Rows of ``x``.
     dtypes : tuple of str
         Which value types are acceptable.
+    profile : HardwareProfile or str, optional
+        The target (a profile, a preset name or ``"host"``); default this
+        machine (:func:`hwreg_rs.profiles.host_profile`).
+    verify : bool, optional
+        Time the best sparse candidate against dense (default: when the
+        profile is the host's).
 
     Returns
     -------
@@ -564,49 +517,64 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     --------
     >>> import numpy as np, hwreg_rs as hw
     >>> w = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
-    >>> c = hw.sparse.choose(w, hw.prune.magnitude_mask(w, 0.95), batch=32)
+    >>> c = hw.sparse.choose(w, hw.prune.magnitude_mask(w, 0.95), batch=32, profile="x86-avx2")
     >>> c.path in {"csr_f32", "bsr_f32", "csr_int8", "bsr_int8", "dense_f32", "dense_int8"}
     True
     """
+    from . import profiles
+
     wa, m = _weight_and_mask(w, mask)
     keep = (wa != 0) if m is None else (m & (wa != 0))
-    # The dense time is measured at this batch: bound it so the measurement stays a measurement.
+    # A verification times this batch: bound it so the measurement stays a measurement.
     batch = check_int(batch, "batch", 1, 1 << 16)
     dtypes = _check_dtypes(dtypes)
     if wa.size == 0:
         raise ValueError(f"w is empty (shape {wa.shape}): there is no product to choose a path for")
-    est: dict[str, float] = {}
-    est["dense_f32"] = _dense_seconds("dense_f32", wa.shape, batch)
+    prof = profiles.resolve(profile)
+    shape = (int(wa.shape[0]), int(wa.shape[1]))
+    stored: dict[str, int] = {"dense_f32": wa.size}
     if "int8" in dtypes:
-        est["dense_int8"] = _dense_seconds("dense_int8", wa.shape, batch)
-    dense_best = min(v for k, v in est.items() if k.startswith("dense"))
+        stored["dense_int8"] = wa.size
     nnz = int(keep.sum())
     nm = _nm_of(keep)
     for d in dtypes:
         suf = "f32" if d == "float32" else "int8"
-        est[f"csr_{suf}"] = _estimate(f"csr_{suf}", (1, 1), nnz, batch)
+        stored[f"csr_{suf}"] = nnz
         for blk in _BLOCKS:
             if d == "int8" and blk[1] % 4:
                 continue  # int8 blocks use the 4-deep dot kernel
-            stored = _stored_for_block(keep, blk)
-            if stored <= 0.75 * wa.size:
-                est[f"bsr_{suf}{blk}"] = _estimate(f"bsr_{suf}", blk, stored, batch)
+            count = _stored_for_block(keep, blk)
+            if count <= 0.75 * wa.size:
+                stored[f"bsr_{suf}{blk}"] = count
         if nm is not None:
-            est[f"nm_{suf}{nm}"] = _estimate(f"nm_{suf}", nm, wa.shape[0] * wa.shape[1] // nm[1] * nm[0], batch)
+            stored[f"nm_{suf}{nm}"] = wa.shape[0] * wa.shape[1] // nm[1] * nm[0]
+    est = {key: profiles.estimate([_candidate_work(key.split("(")[0], shape, count, batch)], prof).latency_s
+           for key, count in stored.items()}
+    dense_key = min((k for k in est if k.startswith("dense")), key=lambda k: est[k])
     best = min(est, key=lambda k: est[k])
-    path = best.split("(")[0]
-    block = None
-    if "(" in best:
-        block = tuple(int(v) for v in best[best.index("(") + 1:-1].split(","))
-    elif path.startswith("csr"):
-        block = (1, 1)
-    # An all-zero weight can be estimated at 0 s: infinitely faster than dense, not a ZeroDivisionError.
-    speedup = dense_best / est[best] if est[best] > 0 else math.inf
-    return Choice(path, block, est, speedup)  # type: ignore[arg-type]
+    if (prof.name == "host" if verify is None else verify) and not best.startswith("dense"):
+        path, block = _parse_key(best)
+        dpath, _ = _parse_key(dense_key)
+        est[best] = _measured(path, block, wa, m, batch)
+        est[dense_key] = _measured(dpath, None, wa, m, batch)
+        if est[best] >= est[dense_key]:
+            best = dense_key
+    path, block = _parse_key(best)
+    speedup = est[dense_key] / est[best] if est[best] > 0 else math.inf
+    return Choice(path, block, est, speedup)
+
+
+def _parse_key(key: str) -> tuple[str, tuple[int, int] | None]:
+    """``"bsr_int8(1, 4)"`` -> ``("bsr_int8", (1, 4))``; CSR's block is ``(1, 1)``."""
+    path = key.split("(")[0]
+    if "(" in key:
+        a, b = (int(v) for v in key[key.index("(") + 1:-1].split(","))
+        return path, (a, b)
+    return path, (1, 1) if path.startswith("csr") else None
 
 
 def would_speed_up(pattern: Any, sparsity: float, batch: int, *, shape: tuple[int, int] = (1024, 1024),
-                   dtypes: tuple[str, ...] = ("float32", "int8")) -> bool:
+                   dtypes: tuple[str, ...] = ("float32", "int8"), profile: Any = None) -> bool:
     """Whether pruning to ``pattern`` at ``sparsity`` would make a Linear
     layer of ``shape`` faster than dense on this machine at ``batch``.
 
@@ -620,6 +588,8 @@ def would_speed_up(pattern: Any, sparsity: float, batch: int, *, shape: tuple[in
         ``(out_features, in_features)`` of the layer.
     dtypes : tuple of str
         Value types allowed for the sparse path.
+    profile : HardwareProfile or str, optional
+        The target, as for :func:`choose` (default: this machine).
 
     Examples
     --------
@@ -649,5 +619,5 @@ def would_speed_up(pattern: Any, sparsity: float, batch: int, *, shape: tuple[in
         mask = prune.block_mask(w, sparsity, block=tuple(pattern))  # type: ignore[arg-type]
     else:
         raise ValueError(f"pattern must be 'unstructured', 'n:m' or a block (r, c); got {pattern!r}")
-    c = choose(w, mask, batch, dtypes=dtypes)
+    c = choose(w, mask, batch, dtypes=dtypes, profile=profile)
     return not c.path.startswith("dense") and c.speedup > 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,8 @@ from .nn.layers import Dropout
 from .nn.module import Module
 from .optim import CosineAnnealingLR, LRScheduler, Optimizer, StepLR, get_optimizer
 
-__all__ = ["Callback", "EarlyStopping", "History", "Trainer", "blas_limit", "evaluate", "fit", "predict"]
+__all__ = ["Callback", "EarlyStopping", "GradualShrinking", "History", "Trainer", "blas_limit", "evaluate", "fit",
+           "predict"]
 
 
 class History:
@@ -144,6 +145,124 @@ class EarlyStopping(Callback):
             trainer.model.load_state_dict(self.best_state_)
             for c in C.sort_for_projection(trainer.constraints_):
                 c.after_step()
+
+
+class GradualShrinking(Callback):
+    """Shrink the model on a schedule while it trains: structured pruning with fine-tuning between.
+
+    The shape of :class:`hwreg_rs.constraints.GradualPruning`, with channels
+    instead of weights: at every update step of ``schedule`` (before that
+    training step runs) the trainer's model is replaced by a smaller dense copy
+    (:class:`hwreg_rs.prune.ShrinkPlan`) in which every prunable channel group
+    has lost ``round(s_t * n)`` of its ``n`` original prunable channels (every
+    layer keeps at least one), ``s_t`` the schedule's target; the steps in
+    between fine-tune it. Shrinking replaces modules, so the optimizer,
+    its state and the constraints are rebuilt for the new model by
+    :meth:`Trainer.replace_model` (the optimizer state is cut to the kept
+    channels). The result is ``trainer.model``; the model the trainer was
+    given is not changed.
+
+    Parameters
+    ----------
+    final_amount : float in [0, 1], optional
+        Fraction of every group's channels removed at ``end_step``; or give ``schedule``.
+    end_step : int, optional
+    initial_amount : float, default 0.0
+    begin_step : int, default 0
+    frequency : int, default 100
+        Steps between shrinking steps.
+    schedule : callable ``schedule(step) -> amount`` with ``should_update(step)``, optional
+        Default :class:`hwreg_rs.prune.PolynomialDecay` over the four arguments
+        above; with ``end_step`` and ``final_sparsity`` the final amount is
+        reached exactly at ``end_step``.
+    importance : {"l1", "l2", "taylor", "bn"}, default "l1"
+        ``"taylor"`` takes the gradients of the last training batch.
+    input_shape : tuple of int, optional
+        Shape of one input sample, when the model does not say (a Sequential of convolutions).
+
+    Attributes
+    ----------
+    updates_ : list of (int, float, int)
+        ``(step, amount, parameter count)`` after every shrinking step.
+
+    Examples
+    --------
+    >>> import numpy as np, hwreg_rs as hw
+    >>> X, y = hw.data.make_classification(256, n_features=8, n_classes=3, seed=0)
+    >>> cb = hw.train.GradualShrinking(0.5, end_step=16, frequency=8)
+    >>> tr = hw.Trainer(hw.nn.mlp([8, 32, 3], rng=0), epochs=4, batch_size=32, callbacks=[cb],
+    ...                 verbose=False).fit(X, y)
+    >>> tr.model[0].out_features, [u[0] for u in cb.updates_]
+    (16, [8, 16])
+    """
+
+    def __init__(self, final_amount: float | None = None, *, end_step: int | None = None,
+                 initial_amount: float = 0.0, begin_step: int = 0, frequency: int = 100, schedule: Any = None,
+                 importance: str = "l1", input_shape: Any = None) -> None:
+        from .prune import PolynomialDecay
+
+        if schedule is None:
+            if final_amount is None or end_step is None:
+                raise ValueError("give final_amount and end_step, or a schedule")
+            for v, n in ((initial_amount, "initial_amount"), (final_amount, "final_amount")):
+                check_float(v, n, 0.0, 1.0)
+            for v, n in ((end_step, "end_step"), (begin_step, "begin_step"), (frequency, "frequency")):
+                check_int(v, n)
+            if int(end_step) <= int(begin_step) or int(begin_step) < 0 or int(frequency) < 1:
+                raise ValueError(f"need 0 <= begin_step < end_step and frequency >= 1; "
+                                 f"got {begin_step}, {end_step}, {frequency}")
+            schedule = PolynomialDecay(float(initial_amount), float(final_amount), int(begin_step), int(end_step),
+                                       frequency=int(frequency))
+        if not (callable(schedule) and callable(getattr(schedule, "should_update", None))):
+            raise TypeError("schedule must be callable as schedule(step) and have should_update(step)")
+        from .shrink import IMPORTANCE
+
+        if importance not in IMPORTANCE:
+            raise ValueError(f"importance must be one of {IMPORTANCE}; got {importance!r}")
+        self.schedule = schedule
+        self.importance = importance
+        self.input_shape = input_shape
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        from .shrink import ShrinkPlan
+
+        if not hasattr(self, "original_"):  # a continued fit keeps counting from the first model
+            plan = ShrinkPlan(trainer.model, 0.0, input_shape=self.input_shape)
+            self.original_ = {g.layers: g for g in plan.groups}
+            self.updates_: list[tuple[int, float, int]] = []
+
+    def on_batch_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        end = getattr(self.schedule, "end_step", None)
+        final = getattr(self.schedule, "final_sparsity", None)
+        if end is not None and final is not None and step == end:
+            self.shrink(trainer, float(final), step=step)
+        elif self.schedule.should_update(step):
+            self.shrink(trainer, float(self.schedule(step)), step=step)
+
+    def shrink(self, trainer: Trainer, amount: float, *, step: int | None = None) -> None:
+        """Shrink ``trainer.model`` now until ``amount`` of every group's original channels are gone."""
+        from .shrink import ShrinkPlan
+
+        if not hasattr(self, "original_"):
+            self.on_train_begin(trainer)
+        amount = check_float(amount, "amount", 0.0, 1.0)
+        model = trainer.model
+        remove = {}
+        for g in ShrinkPlan(model, 0.0, input_shape=self.input_shape).groups:
+            g0 = self.original_.get(g.layers)
+            if g0 is None or g0.prunable == 0:
+                continue
+            more = round(amount * g0.prunable) - (g0.channels - g.channels)
+            if more > 0:
+                remove[g.layers] = more
+        if not remove:
+            return
+        grads = {n: p.grad for n, p in model.named_parameters()} if self.importance == "taylor" else None
+        plan = ShrinkPlan(model, remove=remove, importance=self.importance, grads=grads,
+                          input_shape=self.input_shape)
+        trainer.replace_model(plan.apply(), kept=plan.kept)
+        n_params = sum(p.data.size for p in trainer.model.parameters())
+        self.updates_.append((trainer.step_ if step is None else step, amount, n_params))
 
 
 _CONTROLLER: Any = None
@@ -403,6 +522,77 @@ class Trainer:
             finally:
                 t.train(was)
         return np.asarray(t(xb))
+
+    # -- swapping the model ---------------------------------------------------
+    def replace_model(self, model: Module, *, kept: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """Go on training ``model`` in place of :attr:`model` (e.g. a shrunk copy of it), mid-run.
+
+        What held the old model's parameters is rebuilt for the new one:
+
+        - the optimizer (the same object, so its scheduler keeps driving it, with
+          its settings and current learning rate) gets the new model's
+          parameters of the same names, in its order; each one's state
+          (momentum buffer, Adam moments and step count) is carried over by
+          name: cut with ``kept[name]`` (the kept indices per axis, as
+          :attr:`hwreg_rs.prune.ShrinkPlan.kept` gives them), copied when the
+          shape did not change, else dropped (that parameter starts afresh);
+        - every constraint is attached again (GradualPruning's masks are cut
+          like their weights, so what was pruned stays pruned);
+        - EarlyStopping forgets its best epoch (its weights fit the old model).
+
+        Parameters
+        ----------
+        model : Module
+        kept : mapping of str to tuple, optional
+            For every parameter that was cut, the kept indices along each axis (``None``: all).
+
+        Examples
+        --------
+        >>> import numpy as np, hwreg_rs as hw
+        >>> X, y = hw.data.make_classification(64, n_features=4, n_classes=3, seed=0)
+        >>> tr = hw.Trainer(hw.nn.mlp([4, 16, 3], rng=0), epochs=1, verbose=False).fit(X, y)
+        >>> plan = hw.prune.shrink_plan(tr.model, 0.5)
+        >>> tr.replace_model(plan.apply(), kept=plan.kept)
+        >>> [tuple(v["exp_avg"].shape) for v in tr.optimizer_.state.values()][:2]
+        [(8, 4), (8,)]
+        """
+        from .shrink import take_kept
+
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be an hwreg_rs.nn.Module; got {type(model).__name__}")
+        kept = {} if kept is None else dict(kept)
+        old, self.model = self.model, model
+        if not hasattr(self, "optimizer_"):
+            return  # not set up yet: fit builds everything for the new model
+        opt = self.optimizer_
+        old_names = {id(p): n for n, p in old.named_parameters()}
+        new_params = dict(model.named_parameters())
+        params, state = [], {}
+        for p in opt.params:
+            name = old_names.get(id(p))
+            q = new_params.get(name) if name is not None else p  # not the model's: left as it was
+            if q is None:
+                continue  # gone from the model
+            st: dict[str, Any] = {}
+            for k, v in opt.state.get(p, {}).items():
+                if isinstance(v, np.ndarray) and v.shape == p.data.shape:
+                    if name in kept:
+                        v = take_kept(v, kept[name])
+                    if v.shape != q.data.shape:
+                        st = {}
+                        break  # a state that no longer fits: this parameter starts afresh
+                    v = v.copy()
+                st[k] = v
+            params.append(q)
+            state[q] = st
+        opt.params, opt.state = params, state
+        for c in self.constraints_:
+            if isinstance(c, C.GradualPruning) and hasattr(c, "masks_"):  # pruned weights stay pruned
+                c.masks_ = {n: take_kept(m, kept[n]) if n in kept else m for n, m in c.masks_.items()}
+            c.attach(model, opt)
+        for cb in self.callbacks_:
+            if isinstance(cb, EarlyStopping) and hasattr(cb, "best_"):
+                cb.on_train_begin(self)
 
     # -- one step -------------------------------------------------------------
     def train_step(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, np.ndarray]:

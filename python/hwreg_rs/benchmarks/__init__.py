@@ -2,37 +2,23 @@
 
 Used by ``hwreg-rs bench`` and the scripts in ``benches/``. Every suite checks
 its answers before it times them, times each contender side by side in one run
-(median of several repeats), and reports throughput plus ratios, because this
+(median of several repeats, :func:`hwreg_rs._timing.median_seconds`), and reports throughput plus ratios, because this
 kind of machine is too noisy for absolute numbers to mean much on their own.
 """
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._timing import median_seconds as _timing_median
 
-def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.02) -> float:
-    """Median wall time of one call of ``fn``.
 
-    Each of ``repeats`` samples runs ``fn`` enough times to last at least
-    ``min_seconds`` and records the mean; one warm-up call comes first.
-    """
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-9)
-    inner = max(1, int(min_seconds / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - t0) / inner)
-    return float(np.median(samples))
+# The package's one timer, with the benchmarks' default: samples of at least 20 ms.
+median_seconds = functools.partial(_timing_median, min_seconds=0.02)
 
 
 @dataclass
@@ -69,7 +55,7 @@ def _fmt(c: Any) -> str:
 # Suites in run order: each is a module of this package with
 # ``run(quick: bool) -> str`` returning its Markdown section. A suite whose
 # module is missing is skipped, so the list can name suites before they land.
-SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime", "graphs"]
+SUITES = ["quant", "gemm", "prune", "sparse", "train", "cost", "runtime", "graphs", "shrink"]
 
 
 def markdown_tables(text: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import Table
+from .._timing import sample_seconds
 
 TARGET = 0.30  # issue 5: per-layer estimate within 30% of measured
 
@@ -28,16 +29,7 @@ def _timed_calls(fn: Callable[[], Any], seconds: float) -> tuple[float, float]:
     often preempted, which inflates its median but rarely its fast calls: the
     10th percentile shows how much of an error is the machine's load.
     """
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    n = int(min(max(seconds / once, 9), 2000))
-    ts = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts[i] = time.perf_counter() - t0
+    ts = sample_seconds(fn, repeats=2000, budget_s=seconds, min_repeats=9)
     return float(np.median(ts)), float(np.percentile(ts, 10))
 
 

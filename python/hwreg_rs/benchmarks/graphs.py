@@ -62,6 +62,7 @@ def run(quick: bool = False) -> str:
                    "int8 acc", "drop (pt)", "int8 ONNX argmax agree", "int8 ONNX max|Δ| / max|logit|"])
     lat_t = Table(["model", "threads", "batch", "hw float µs", "hw int8 µs", "ORT fp32 µs", "ORT on our int8 µs",
                    "int8 vs hw float", "int8 vs ORT fp32"])
+    ovh_t = Table(["model", "native calls", "predict µs", "its native plan call µs", "predict − native µs"])
     all_threads = num_threads()
     for name, proto in models.items():
         shape = zoo.sample_shape(proto)
@@ -101,13 +102,33 @@ def run(quick: bool = False) -> str:
                 t = {k: float(np.median(v)) for k, v in times.items()}
                 lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
                           f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
+        set_num_threads(1)
+        ovh_t.add(name, *_overhead(rt, np.ascontiguousarray(X_te[:1]), quick))
         set_num_threads(all_threads)
     out = ("## Graphs: ONNX in, trained on digits, int8, ONNX out\n\n" + acc_t.markdown() + "\n\n" +
-           lat_t.markdown())
+           lat_t.markdown() + "\n\nPer-predict overhead, batch 1, 1 thread (what Python adds to a model that is one "
+           "native call):\n\n" + ovh_t.markdown())
     torch_dir = os.environ.get("HWREG_TORCH_ONNX_DIR")
     if torch_dir:
         out += "\n\n" + _torch_exports(torch_dir, quick)
     return out
+
+
+def _overhead(rt: Any, x: np.ndarray, quick: bool) -> tuple[Any, ...]:
+    """Native calls per predict, and for a model that is one native call: predict against that call alone."""
+    from .. import _planner
+
+    calls = sum(isinstance(c, _planner.Segment) for _, c, _ in rt._steps)
+    if rt._whole is None:
+        return calls, "-", "-", "-"
+    plan = rt._whole.plan
+    fns = {"p": lambda: rt.predict(x), "n": lambda: plan.forward([x], 1)}
+    times: dict[str, list[float]] = {"p": [], "n": []}
+    for _ in range(3 if quick else 7):
+        for k, fn in fns.items():
+            times[k].append(median_seconds(fn, repeats=1, min_seconds=0.01 if quick else 0.03))
+    p, n = (1e6 * float(np.median(times[k])) for k in ("p", "n"))
+    return calls, p, n, p - n
 
 
 def _torch_exports(folder: str, quick: bool) -> str:

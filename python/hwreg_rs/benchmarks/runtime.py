@@ -114,18 +114,11 @@ def run(quick: bool = False) -> str:
 
 
 def _best_float_seconds(f: Any, x: np.ndarray, repeats: int) -> float:
-    """The float model's time with NumPy's BLAS threads as they are and limited to one.
+    """The float model's time, the better of NumPy's BLAS threads as they are and one
+    (:func:`hwreg_rs._timing.numpy_seconds`, with the benchmarks' 20 ms samples)."""
+    from .._timing import numpy_seconds
 
-    On a busy 2-vCPU machine threaded BLAS can be many times slower on small
-    products; the float baseline gets the better of the two.
-    """
-    t = median_seconds(lambda: f(x), repeats=repeats)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return t
-    with threadpool_limits(limits=1, user_api="blas"):
-        return min(t, median_seconds(lambda: f(x), repeats=repeats))
+    return numpy_seconds(lambda: f(x), repeats=repeats, min_seconds=0.02)
 
 
 def _pruned_copy(mlp: Any, prune: Any) -> Any:

@@ -15,6 +15,7 @@ pub mod depthwise;
 pub mod error;
 pub mod exec;
 pub mod gemm;
+pub mod int4;
 pub mod nnops;
 pub mod optim;
 pub mod plan;

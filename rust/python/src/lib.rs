@@ -10,6 +10,7 @@ mod conv;
 mod depthwise;
 mod errors;
 mod gemm;
+mod int4;
 mod nnops;
 mod optim;
 mod prune;
@@ -71,6 +72,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     quant::register(m)?;
     gemm::register(m)?;
+    int4::register(m)?;
     prune::register(m)?;
     sparse::register(m)?;
     conv::register(m)?;

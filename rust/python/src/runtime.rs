@@ -1,69 +1,262 @@
-//! Bindings of `hwreg_kernels::plan`: the runtime's chain of int8 linear
-//! layers, run in one call (the executor itself lives in the kernel crate).
+//! Bindings of `hwreg_kernels::plan`: the runtime's planned graphs, built
+//! from Python node descriptions and run in one call (the executor itself
+//! lives in the kernel crate). Conversion only: every check is the plan's.
 
 use std::sync::Arc;
 
-use hwreg_kernels::exec::Ctx;
-use hwreg_kernels::plan::{DenseChain, DenseLayer};
-use numpy::{
-    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
-};
+use hwreg_kernels::conv::nhwc::Pool;
+use hwreg_kernels::exec::{self, Ctx};
+use hwreg_kernels::plan::graph::{Gemm, GraphPlan, Node, Op, Unary};
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::errors::{contiguous, OrPy};
 use crate::gemm::PyPackedB;
 
-/// `_DenseChain(layers)`: `layers` is a list of `(packed, weight_scale, bias, relu)`
-/// whose widths chain (each layer's N is the next one's K).
-#[pyclass(frozen, name = "_DenseChain", module = "hwreg_rs._native")]
-pub struct PyDenseChain {
-    inner: DenseChain,
+/// `_GraphPlan(nodes, inputs, input_dims, outputs)`: `nodes` is a list of
+/// `(op, input_ids, output_id, params)` in execution order (`params` a dict
+/// of the op's fields), `input_dims` the per-sample dims of each input.
+#[pyclass(frozen, name = "_GraphPlan", module = "hwreg_rs._native")]
+pub struct PyGraphPlan {
+    inner: GraphPlan,
 }
 
-type LayerArgs<'py> = (
-    Py<PyPackedB>,
-    PyReadonlyArray1<'py, f32>,
-    Option<PyReadonlyArray1<'py, f32>>,
-    bool,
-);
+fn item<'py>(p: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    p.get_item(key)?
+        .ok_or_else(|| PyKeyError::new_err(format!("node parameter {key:?} is missing")))
+}
+
+/// `field!(p, "key")?`: the parameter `key` of a node, extracted.
+macro_rules! field {
+    ($p:expr, $key:expr) => {
+        item($p, $key)?.extract()
+    };
+}
+
+fn floats(p: &Bound<'_, PyDict>, key: &str) -> PyResult<Vec<f32>> {
+    let a: PyReadonlyArrayDyn<'_, f32> = field!(p, key)?;
+    Ok(contiguous(&a, key)?.to_vec())
+}
+
+fn opt_floats(p: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<Vec<f32>>> {
+    let a: Option<PyReadonlyArrayDyn<'_, f32>> = field!(p, key)?;
+    a.map(|a| contiguous(&a, key).map(<[f32]>::to_vec))
+        .transpose()
+}
+
+/// `("relu" | "hardswish" | "clip", min, max)` or None.
+fn unary(v: Option<(String, Option<f32>, Option<f32>)>) -> PyResult<Option<Unary>> {
+    Ok(match v {
+        None => None,
+        Some((name, lo, hi)) => Some(match name.as_str() {
+            "relu" => Unary::Relu,
+            "hardswish" => Unary::HardSwish,
+            "clip" => Unary::Clip(lo, hi),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown element-wise op {other:?}"
+                )))
+            }
+        }),
+    })
+}
+
+fn gemm(p: &Bound<'_, PyDict>) -> PyResult<Gemm> {
+    let packed: Py<PyPackedB> = field!(p, "packed")?;
+    Ok(Gemm {
+        packed: Arc::clone(&packed.get().inner),
+        scale: floats(p, "scale")?,
+        bias: opt_floats(p, "bias")?,
+        relu: field!(p, "relu")?,
+        post: unary(field!(p, "post")?)?,
+    })
+}
+
+fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
+    Ok(match kind {
+        "dense" => Op::Dense(gemm(p)?),
+        "conv" => Op::Conv {
+            gemm: gemm(p)?,
+            kernel: field!(p, "kernel")?,
+            stride: field!(p, "stride")?,
+            padding: field!(p, "padding")?,
+            nchw_in: field!(p, "nchw_in")?,
+        },
+        "depthwise" => {
+            let w: PyReadonlyArrayDyn<'_, i8> = field!(p, "weight")?;
+            Op::Depthwise {
+                weight: contiguous(&w, "weight")?.to_vec(),
+                kernel: field!(p, "kernel")?,
+                scale: floats(p, "scale")?,
+                bias: opt_floats(p, "bias")?,
+                relu: field!(p, "relu")?,
+                post: unary(field!(p, "post")?)?,
+                stride: field!(p, "stride")?,
+                padding: field!(p, "padding")?,
+                dilation: field!(p, "dilation")?,
+                nchw_in: field!(p, "nchw_in")?,
+            }
+        }
+        "maxpool" | "avgpool" => Op::Pool {
+            kind: if kind == "maxpool" {
+                Pool::Max
+            } else {
+                Pool::Avg
+            },
+            kernel: field!(p, "kernel")?,
+            stride: field!(p, "stride")?,
+            padding: field!(p, "padding")?,
+        },
+        "global_avgpool" => Op::GlobalAvgPool {
+            channels_last: field!(p, "channels_last")?,
+        },
+        "add" => Op::Add {
+            relu: field!(p, "relu")?,
+        },
+        "unary" => Op::Unary(
+            unary(Some(field!(p, "fn")?))?
+                .ok_or_else(|| PyValueError::new_err("unary needs fn"))?,
+        ),
+        "affine" => Op::Affine {
+            scale: floats(p, "scale")?,
+            shift: floats(p, "shift")?,
+            channels_last: field!(p, "channels_last")?,
+        },
+        "to_nhwc" => Op::ToNhwc,
+        "to_nchw" => Op::ToNchw,
+        "reshape" => Op::Reshape(field!(p, "dims")?),
+        other => return Err(PyValueError::new_err(format!("unknown plan op {other:?}"))),
+    })
+}
+
+type Arrays<'py> = Vec<Bound<'py, PyArrayDyn<f32>>>;
+
+type NodeArgs<'py> = (String, Vec<usize>, usize, Bound<'py, PyDict>);
 
 #[pymethods]
-impl PyDenseChain {
+impl PyGraphPlan {
     #[new]
-    fn new(layers: Vec<LayerArgs<'_>>) -> PyResult<Self> {
-        let layers = layers
+    fn new(
+        nodes: Vec<NodeArgs<'_>>,
+        inputs: Vec<usize>,
+        input_dims: Vec<Vec<usize>>,
+        outputs: Vec<usize>,
+    ) -> PyResult<Self> {
+        let nodes = nodes
             .into_iter()
-            .map(|(packed, scale, bias, relu)| {
-                Ok(DenseLayer {
-                    packed: Arc::clone(&packed.get().inner),
-                    scale: contiguous(&scale, "weight_scale")?.to_vec(),
-                    bias: bias
-                        .map(|b| contiguous(&b, "bias").map(<[f32]>::to_vec))
-                        .transpose()?,
-                    relu,
+            .map(|(kind, ins, out, p)| {
+                Ok(Node {
+                    op: op(&kind, &p)?,
+                    inputs: ins,
+                    output: out,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(PyDenseChain {
-            inner: DenseChain::new(layers).or_py()?,
+        Ok(PyGraphPlan {
+            inner: GraphPlan::new(nodes, inputs, input_dims, outputs).or_py()?,
         })
     }
 
-    /// Float32 `(M, K)` in, float32 `(M, N_last)` out; activations quantized per row before each layer.
+    /// Float32 C-contiguous inputs `(batch, *input_dims[i])` in, one array
+    /// `(batch, *output_dims[j])` per output out, on `threads` threads.
     fn forward<'py>(
         &self,
         py: Python<'py>,
-        x: PyReadonlyArray2<'py, f32>,
-    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (m, k) = (x.shape()[0], x.shape()[1]);
-        let xs = contiguous(&x, "x")?;
-        let out = py
-            .detach(|| self.inner.forward(&Ctx::current(), xs, m, k))
+        inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+        threads: usize,
+    ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
+        self.run(py, inputs, threads, None)
+    }
+
+    /// `forward` that also returns each node's seconds (a list, in node order).
+    fn forward_timed<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+        threads: usize,
+    ) -> PyResult<(Arrays<'py>, Vec<f64>)> {
+        let mut seconds = vec![0.0; self.inner.nodes()];
+        let out = self.run(py, inputs, threads, Some(&mut seconds))?;
+        Ok((out, seconds))
+    }
+
+    /// Per-sample dims of every output.
+    fn output_dims(&self) -> Vec<Vec<usize>> {
+        self.inner
+            .output_dims()
+            .iter()
+            .map(|d| d.to_vec())
+            .collect()
+    }
+
+    /// Workspace buffers the plan's values share.
+    #[getter]
+    fn buffers(&self) -> usize {
+        self.inner.buffers()
+    }
+
+    /// Workspace buffer (re)allocations so far (none per call once a batch size has run).
+    #[getter]
+    fn allocations(&self) -> usize {
+        self.inner.allocations()
+    }
+}
+
+/// `_local_threads(n)`: the thread count of this OS thread's native calls
+/// (None: the process setting); returns the previous one.
+#[pyfunction]
+fn _local_threads(n: Option<usize>) -> Option<usize> {
+    exec::set_local_threads(n)
+}
+
+impl PyGraphPlan {
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+        threads: usize,
+        seconds: Option<&mut [f64]>,
+    ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
+        let batch = inputs
+            .first()
+            .and_then(|x| x.shape().first().copied())
+            .unwrap_or(0);
+        let xs = inputs
+            .iter()
+            .map(|x| contiguous(x, "x"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let outs = self
+            .inner
+            .output_dims()
+            .iter()
+            .map(|d| {
+                let shape: Vec<usize> = std::iter::once(batch).chain(d.iter().copied()).collect();
+                // SAFETY: every element is written by the plan before Python sees the array.
+                unsafe { PyArrayDyn::<f32>::new(py, shape, false) }
+            })
+            .collect::<Vec<_>>();
+        {
+            let mut views = outs.iter().map(|a| a.readwrite()).collect::<Vec<_>>();
+            let mut slices = views
+                .iter_mut()
+                .map(|v| {
+                    v.as_slice_mut()
+                        .map_err(|_| PyValueError::new_err("output is not contiguous"))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            py.detach(|| {
+                self.inner
+                    .forward_timed(&Ctx::new(threads), batch, &xs, &mut slices, seconds)
+            })
             .or_py()?;
-        PyArray1::from_vec(py, out).reshape([m, self.inner.out_features()])
+        }
+        Ok(outs)
     }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyDenseChain>()
+    m.add_class::<PyGraphPlan>()?;
+    m.add_function(wrap_pyfunction!(_local_threads, m)?)
 }

@@ -49,7 +49,26 @@ fn per_image(ctx: &Ctx, images: usize, out_per_image: usize, f: impl Fn(usize) +
 /// padding hold `pad` (the zero point, for uint8 activations).
 pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) -> Result<Vec<T>> {
     let (win, mut cols) = unfold_buffer(x.len(), win, pad)?;
-    let total = cols.len();
+    im2col_into(ctx, x, win, pad, &mut cols)?;
+    Ok(cols)
+}
+
+/// [`im2col`] into a caller's buffer of exactly `rows · cols` elements (the
+/// graph plan's reused scratch); every element is written.
+pub fn im2col_into<T: Copy + Send + Sync>(
+    ctx: &Ctx,
+    x: &[T],
+    win: Window,
+    pad: T,
+    cols: &mut [T],
+) -> Result<()> {
+    let win = win.check()?;
+    check_len(x.len(), win.in_len(), "x")?;
+    let (rows, k) = win.cols_shape();
+    let total = rows
+        .checked_mul(k)
+        .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
+    check_len(cols.len(), total, "cols")?;
     let per_img = win.oh() * win.ow() * win.cols_shape().1;
     let img_len = win.h * win.w * win.c;
     if total > 0 && img_len > 0 {
@@ -61,8 +80,10 @@ pub fn im2col<T: Copy + Send + Sync>(ctx: &Ctx, x: &[T], win: Window, pad: T) ->
                 unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
             unfold_image(&x[img * img_len..(img + 1) * img_len], out, &win, pad);
         });
+    } else {
+        cols.fill(pad);
     }
-    Ok(cols)
+    Ok(())
 }
 
 fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
@@ -100,13 +121,22 @@ fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
 /// 2-D pooling of NHWC `x` into NHWC `(n, oh, ow, c)`.
 pub fn pool2d(ctx: &Ctx, x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>> {
     let win = win.check_pool()?;
+    let mut out = crate::error::try_vec(win.out_len(), 0f32, "the pooled output")?;
+    pool2d_into(ctx, x, win, kind, &mut out)?;
+    Ok(out)
+}
+
+/// [`pool2d`] into a caller's buffer of exactly `n · oh · ow · c` elements.
+pub fn pool2d_into(ctx: &Ctx, x: &[f32], win: Window, kind: Pool, out: &mut [f32]) -> Result<()> {
+    let win = win.check_pool()?;
     check_len(x.len(), win.in_len(), "x")?;
+    check_len(out.len(), win.out_len(), "out")?;
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let per_img = oh * ow * c;
     let img_len = win.h * win.w * c;
-    let mut out = crate::error::try_vec(win.out_len(), 0f32, "the pooled output")?;
     if per_img == 0 || img_len == 0 {
-        return Ok(out);
+        out.fill(0.0);
+        return Ok(());
     }
     let dst = SyncPtr(out.as_mut_ptr());
     per_image(ctx, win.n, per_img.saturating_mul(win.kh * win.kw), |img| {
@@ -114,7 +144,7 @@ pub fn pool2d(ctx: &Ctx, x: &[f32], win: Window, kind: Pool) -> Result<Vec<f32>>
         let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
         pool_image(&x[img * img_len..(img + 1) * img_len], o, &win, kind);
     });
-    Ok(out)
+    Ok(())
 }
 
 fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {

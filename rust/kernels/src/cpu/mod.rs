@@ -177,6 +177,7 @@ pub struct Dispatch {
     pub(crate) gemm: crate::gemm::arch::Kernels,
     pub(crate) sparse: crate::sparse::arch::Kernels,
     pub(crate) prune: crate::prune::arch::Kernels,
+    pub(crate) int4: crate::int4::arch::Kernels,
 }
 
 /// The table of each path (indexed by `Isa as usize`), built at compile time.
@@ -189,7 +190,7 @@ static TABLES: [Dispatch; 4] = [
 ];
 
 const fn table(isa: Isa) -> Dispatch {
-    use crate::{gemm, prune, quant, sparse};
+    use crate::{gemm, int4, prune, quant, sparse};
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Dispatch {
@@ -198,6 +199,7 @@ const fn table(isa: Isa) -> Dispatch {
             gemm: gemm::arch::x86_avx2::KERNELS,
             sparse: sparse::arch::x86_avx2::KERNELS,
             prune: prune::arch::x86_avx2::KERNELS,
+            int4: int4::arch::x86_avx2::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Dispatch {
@@ -207,6 +209,8 @@ const fn table(isa: Isa) -> Dispatch {
             gemm: gemm::arch::x86_avx2::KERNELS,
             sparse: sparse::arch::x86_avx512::KERNELS,
             prune: prune::arch::x86_avx2::KERNELS,
+            // No int4 kernel of its own without VNNI: the exact AVX2 one.
+            int4: int4::arch::x86_avx2::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => Dispatch {
@@ -215,6 +219,7 @@ const fn table(isa: Isa) -> Dispatch {
             gemm: gemm::arch::x86_avx512vnni::KERNELS,
             sparse: sparse::arch::x86_avx512vnni::KERNELS,
             prune: prune::arch::x86_avx2::KERNELS,
+            int4: int4::arch::x86_avx512vnni::KERNELS,
         },
         // Generic, and every path this target cannot run (never active).
         #[allow(unreachable_patterns)]
@@ -224,6 +229,7 @@ const fn table(isa: Isa) -> Dispatch {
             gemm: gemm::arch::generic::KERNELS,
             sparse: sparse::arch::generic::KERNELS,
             prune: prune::arch::generic::KERNELS,
+            int4: int4::arch::generic::KERNELS,
         },
     }
 }

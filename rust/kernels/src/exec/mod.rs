@@ -32,10 +32,14 @@ impl Ctx {
         Ctx::new(1)
     }
 
-    /// The process policy now: [`set_num_threads`], else `HWREG_NUM_THREADS`,
-    /// else the cores available.
+    /// The calling thread's count if one is set ([`set_local_threads`]),
+    /// else the process policy now: [`set_num_threads`], else
+    /// `HWREG_NUM_THREADS`, else the cores available.
     pub fn current() -> Ctx {
-        Ctx::new(config::num_threads())
+        match LOCAL_THREADS.with(|t| t.get()) {
+            0 => Ctx::new(config::num_threads()),
+            n => Ctx::new(n),
+        }
     }
 
     /// Threads this call may use.
@@ -75,6 +79,20 @@ impl Ctx {
         }
         (work / PARALLEL_MIN_WORK).clamp(1, 4 * t)
     }
+}
+
+thread_local! {
+    /// This thread's thread count for [`Ctx::current`]; 0: none set.
+    static LOCAL_THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the thread count that [`Ctx::current`] gives on the calling thread
+/// only (`None`: the process policy again); returns the previous one. A
+/// caller running one model with its own thread count sets it around the
+/// call, and other threads and the process setting never see it.
+pub fn set_local_threads(n: Option<usize>) -> Option<usize> {
+    let prev = LOCAL_THREADS.with(|t| t.replace(n.map_or(0, |n| n.max(1))));
+    (prev != 0).then_some(prev)
 }
 
 /// Below this much work (about 64K multiply-accumulates) one thread is faster
@@ -208,6 +226,18 @@ mod tests {
             map_chunks_mut(&mut v, 500, |i, c| (i, c.len())),
             vec![(0, 500), (1, 500)]
         );
+    }
+
+    #[test]
+    fn a_local_thread_count_stays_on_its_thread() {
+        let global = Ctx::current();
+        assert_eq!(set_local_threads(Some(3)), None);
+        assert_eq!(Ctx::current().threads(), 3);
+        std::thread::spawn(move || assert_eq!(Ctx::current(), global))
+            .join()
+            .unwrap();
+        assert_eq!(set_local_threads(None), Some(3));
+        assert_eq!(Ctx::current(), global);
     }
 
     #[test]

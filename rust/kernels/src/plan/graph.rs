@@ -1,0 +1,1138 @@
+//! [`GraphPlan`]: a whole graph of int8 runtime ops run in one call.
+//!
+//! The plan is a flat list of [`Node`]s (op, input value ids, output value
+//! id) over numbered values, in execution order. Everything a call needs is
+//! decided when the plan is built:
+//!
+//! * the per-sample dims and [`DType`] of every value (inferred node by node
+//!   from the plan's input dims; a node whose inputs do not fit is an error
+//!   at build time, not at run time);
+//! * where every value lives ([`Storage`]): a plan input is read where the
+//!   caller holds it, a plan output is written straight into the caller's
+//!   buffer, a `Reshape` aliases its input, and every other value gets a
+//!   buffer that it shares with values whose lifetimes do not overlap (a
+//!   buffer is free again once the last reader of its value has run);
+//! * the scratch the kernels need (quantized images, unfold columns, per-row
+//!   scales), the largest any node needs.
+//!
+//! Sizes scale with the batch only, so a [`Workspace`] sized for a batch is
+//! reused by every call with that batch or a smaller one; it grows (and
+//! counts the growth in [`GraphPlan::allocations`]) only when a larger batch
+//! comes. Workspaces are pooled, so calls from several threads run at once.
+//!
+//! Every op computes exactly what the Python runtime op it replaces computes
+//! (same quantizer, same kernels, same float operations in the same order),
+//! so a model's predictions do not change when it runs here.
+
+use std::sync::{Arc, Mutex};
+
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;
+
+use crate::conv::nhwc::{self, Pool};
+use crate::conv::Window;
+use crate::depthwise::{self, Depthwise};
+use crate::error::{Error, Result};
+use crate::exec::{Ctx, SyncPtr};
+use crate::gemm::{self, output::OutputStep, output::Param, ASource, PackedB, ZeroPoint};
+use crate::quant::rows::quantize_row_u8;
+use crate::{shape_err, value_err};
+
+/// A value's id: its index in the plan's value table.
+pub type ValueId = usize;
+
+/// The element type (and, for quantized values, the quantization) of a
+/// value. Every value is float32 today; static int8 activations (uint8 with
+/// a calibrated scale and zero point) are the next variant, with buffers of
+/// their own kind in the [`Workspace`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DType {
+    F32,
+}
+
+/// An element-wise float function, with NumPy's semantics (NaN propagates).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    /// `np.maximum(x, 0)`.
+    Relu,
+    /// `np.minimum(np.maximum(x, min), max)`, either side optional.
+    Clip(Option<f32>, Option<f32>),
+    /// `x * np.clip(x + 3, 0, 6) / 6`.
+    HardSwish,
+}
+
+impl Unary {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        // NumPy's maximum / minimum: the first operand when it is NaN or wins.
+        let max = |a: f32, b: f32| if a >= b || a.is_nan() { a } else { b };
+        let min = |a: f32, b: f32| if a <= b || a.is_nan() { a } else { b };
+        match self {
+            Unary::Relu => max(x, 0.0),
+            Unary::Clip(lo, hi) => {
+                let y = lo.map_or(x, |lo| max(x, lo));
+                hi.map_or(y, |hi| min(y, hi))
+            }
+            Unary::HardSwish => {
+                let z = x + 3.0;
+                // np.clip: NaN stays, else `a > b ? a : b` then `a < b ? a : b`.
+                let c = if z.is_nan() {
+                    z
+                } else {
+                    let c = if z > 0.0 { z } else { 0.0 };
+                    if c < 6.0 {
+                        c
+                    } else {
+                        6.0
+                    }
+                };
+                x * c / 6.0
+            }
+        }
+    }
+
+    fn run(self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = self.apply(*v));
+    }
+}
+
+/// One int8 GEMM layer: packed `(k, n)` weights, per-column scales (one or
+/// `n`), an optional bias, a ReLU fused into the output step and an optional
+/// element-wise function applied to the output while it is in cache.
+#[derive(Debug, Clone)]
+pub struct Gemm {
+    pub packed: Arc<PackedB>,
+    pub scale: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub relu: bool,
+    pub post: Option<Unary>,
+}
+
+/// What a node computes. Image values are per-sample `(c, h, w)` (NCHW) or
+/// `(h, w, c)` (NHWC) as the op says.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Int8 linear layer on the last axis (activations quantized per row).
+    Dense(Gemm),
+    /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
+    /// NHWC out; each image quantized once (one zero point for the batch).
+    Conv {
+        gemm: Gemm,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        nchw_in: bool,
+    },
+    /// Int8 depthwise convolution, weight `(kh, kw, c)`: NHWC (or NCHW) in, NHWC out.
+    Depthwise {
+        weight: Vec<i8>,
+        kernel: (usize, usize),
+        scale: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        relu: bool,
+        post: Option<Unary>,
+        stride: (usize, usize),
+        padding: [usize; 4],
+        dilation: (usize, usize),
+        nchw_in: bool,
+    },
+    /// Max / average pooling, NHWC in and out.
+    Pool {
+        kind: Pool,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+    },
+    /// NumPy's `x.mean(axis=(2, 3), keepdims=True)` of an image, bit for bit
+    /// (its pairwise sum, then one division): NCHW (or NHWC) in, `(c, 1, 1)` out.
+    GlobalAvgPool { channels_last: bool },
+    /// `a + b` of two values of the same dims, then ReLU if `relu`.
+    Add { relu: bool },
+    /// An element-wise function.
+    Unary(Unary),
+    /// `x * scale[ch] + shift[ch]` (a BatchNorm with nothing to fold into);
+    /// the channel is the last axis if `channels_last`, else the first.
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        channels_last: bool,
+    },
+    /// `(c, h, w)` to `(h, w, c)`.
+    ToNhwc,
+    /// `(h, w, c)` to `(c, h, w)`.
+    ToNchw,
+    /// New per-sample dims, same elements in the same order (no data moves).
+    Reshape(Vec<usize>),
+}
+
+/// One step of the plan: `output = op(inputs...)`.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+}
+
+/// Where a value lives during a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// The caller's `i`-th input.
+    Input(usize),
+    /// The caller's `i`-th output buffer.
+    Output(usize),
+    /// Buffer `b` of the workspace.
+    Buffer(usize),
+}
+
+/// Scratch sizes per sample (the kernels' temporaries).
+#[derive(Debug, Clone, Copy, Default)]
+struct Scratch {
+    /// Quantized images (and their channels-last copy).
+    q: usize,
+    /// Unfold columns.
+    cols: usize,
+    /// GEMM rows (one scale and zero point each).
+    rows: usize,
+}
+
+/// The buffers of one call, sized for a batch; reused by later calls.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    batch: usize,
+    bufs: Vec<Vec<f32>>,
+    q: Vec<u8>,
+    qt: Vec<u8>,
+    cols: Vec<u8>,
+    row_scale: Vec<f32>,
+    row_zp: Vec<i32>,
+    img_scale: Vec<f32>,
+    img_zp: Vec<i32>,
+    allocations: usize,
+}
+
+/// Grows `v` to at least `len` elements (counting a growth), never shrinks it.
+fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize, count: &mut usize) -> Result<()> {
+    if v.len() < len {
+        let extra = len - v.len();
+        if v.try_reserve_exact(extra).is_err() {
+            return Err(Error::Alloc(format!(
+                "cannot allocate {len} elements for the graph plan's buffers"
+            )));
+        }
+        v.resize(len, T::default());
+        *count += 1;
+    }
+    Ok(())
+}
+
+/// A planned graph (see the module docs).
+#[derive(Debug)]
+pub struct GraphPlan {
+    nodes: Vec<Node>,
+    inputs: Vec<ValueId>,
+    outputs: Vec<ValueId>,
+    dims: Vec<Vec<usize>>,
+    dtypes: Vec<DType>,
+    storage: Vec<Storage>,
+    /// Per-sample elements of each workspace buffer.
+    buf_elems: Vec<usize>,
+    scratch: Scratch,
+    pool: Mutex<Vec<Workspace>>,
+    allocations: std::sync::atomic::AtomicUsize,
+}
+
+fn elems(dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("dims {dims:?} overflow")))
+}
+
+fn param(v: &[f32]) -> Param<'_> {
+    if v.len() == 1 {
+        Param::Scalar(v[0])
+    } else {
+        Param::PerIndex(v)
+    }
+}
+
+fn image(dims: &[usize], nchw: bool, what: &str) -> Result<(usize, usize, usize)> {
+    match *dims {
+        [a, b, c] if nchw => Ok((a, b, c)),
+        [h, w, c] => Ok((c, h, w)),
+        _ => shape_err!("{what} needs an image (3 dims per sample); got {dims:?}"),
+    }
+}
+
+fn check_gemm(g: &Gemm, k: usize, what: &str) -> Result<()> {
+    let n = g.packed.n();
+    if g.packed.k() != k {
+        return shape_err!(
+            "{what}: input has {k} features but the weight takes {}",
+            g.packed.k()
+        );
+    }
+    if g.scale.len() != 1 && g.scale.len() != n {
+        return shape_err!(
+            "{what}: weight_scale has {} values, expected 1 or {n}",
+            g.scale.len()
+        );
+    }
+    if g.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return value_err!("{what}: weight_scale must be finite and > 0");
+    }
+    if let Some(b) = &g.bias {
+        if b.len() != n {
+            return shape_err!("{what}: bias has {} values, expected {n}", b.len());
+        }
+    }
+    Ok(())
+}
+
+impl Op {
+    /// The per-sample dims of the output, checking the inputs' dims.
+    fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
+        let arity = match self {
+            Op::Add { .. } => 2,
+            _ => 1,
+        };
+        if ins.len() != arity {
+            return shape_err!("{what} takes {arity} input(s); got {}", ins.len());
+        }
+        let x = ins[0];
+        Ok(match self {
+            Op::Dense(g) => {
+                let Some((&k, lead)) = x.split_last() else {
+                    return shape_err!("{what}: a dense layer needs at least one input axis");
+                };
+                check_gemm(g, k, what)?;
+                let mut d = lead.to_vec();
+                d.push(g.packed.n());
+                d
+            }
+            Op::Conv {
+                gemm,
+                kernel,
+                stride,
+                padding,
+                nchw_in,
+            } => {
+                let (c, h, w) = image(x, *nchw_in, what)?;
+                let win = Window::new(1, c, h, w, *kernel, *stride, *padding).check()?;
+                check_gemm(gemm, c * kernel.0 * kernel.1, what)?;
+                vec![win.oh(), win.ow(), gemm.packed.n()]
+            }
+            Op::Depthwise {
+                weight,
+                kernel,
+                scale,
+                bias,
+                stride,
+                padding,
+                dilation,
+                nchw_in,
+                ..
+            } => {
+                let (c, h, w) = image(x, *nchw_in, what)?;
+                let g = Depthwise {
+                    n: 1,
+                    h,
+                    w,
+                    c,
+                    kernel: *kernel,
+                    stride: *stride,
+                    dilation: *dilation,
+                    padding: *padding,
+                };
+                let (_, ws, _) = g.sizes()?;
+                if weight.len() != ws || scale.len() != c {
+                    return shape_err!("{what}: weight / scale do not fit {c} channels");
+                }
+                if bias.as_ref().is_some_and(|b| b.len() != c) {
+                    return shape_err!("{what}: bias does not fit {c} channels");
+                }
+                let (oh, ow) = g.out_hw()?;
+                vec![oh, ow, c]
+            }
+            Op::Pool {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                let (c, h, w) = image(x, false, what)?;
+                let win = Window::new(1, c, h, w, *kernel, *stride, *padding).check_pool()?;
+                vec![win.oh(), win.ow(), c]
+            }
+            Op::GlobalAvgPool { channels_last } => {
+                let (c, _, _) = image(x, !*channels_last, what)?;
+                vec![c, 1, 1]
+            }
+            Op::Add { .. } => {
+                if ins[0] != ins[1] {
+                    return shape_err!("{what}: adds dims {:?} and {:?}", ins[0], ins[1]);
+                }
+                x.to_vec()
+            }
+            Op::Unary(_) => x.to_vec(),
+            Op::Affine {
+                scale,
+                shift,
+                channels_last,
+            } => {
+                let c = if *channels_last { x.last() } else { x.first() };
+                if c != Some(&scale.len()) || shift.len() != scale.len() {
+                    return shape_err!("{what}: affine over {} channels, input {x:?}", scale.len());
+                }
+                x.to_vec()
+            }
+            Op::ToNhwc => {
+                let (c, h, w) = image(x, true, what)?;
+                vec![h, w, c]
+            }
+            Op::ToNchw => {
+                let (c, h, w) = image(x, false, what)?;
+                vec![c, h, w]
+            }
+            Op::Reshape(d) => {
+                if elems(d)? != elems(x)? {
+                    return shape_err!("{what}: cannot reshape {x:?} to {d:?}");
+                }
+                d.clone()
+            }
+        })
+    }
+
+    /// Per-sample scratch this op needs, given its input and output dims.
+    fn scratch(&self, x: &[usize], y: &[usize]) -> Scratch {
+        let (xe, ye) = (x.iter().product::<usize>(), y.iter().product::<usize>());
+        match self {
+            Op::Conv { gemm, .. } => {
+                let rows = ye / gemm.packed.n().max(1);
+                Scratch {
+                    q: xe,
+                    cols: rows * gemm.packed.k(),
+                    rows,
+                }
+            }
+            Op::Depthwise { .. } => Scratch {
+                q: xe,
+                cols: 0,
+                rows: 0,
+            },
+            _ => Scratch::default(),
+        }
+    }
+}
+
+impl GraphPlan {
+    /// Builds the plan: `input_dims[i]` are the per-sample dims of value
+    /// `inputs[i]`; every other value is written by exactly one node, before
+    /// any node reads it; `outputs` are the values the caller gets back.
+    pub fn new(
+        nodes: Vec<Node>,
+        inputs: Vec<ValueId>,
+        input_dims: Vec<Vec<usize>>,
+        outputs: Vec<ValueId>,
+    ) -> Result<Self> {
+        if inputs.len() != input_dims.len() {
+            return shape_err!(
+                "{} inputs but {} input dims",
+                inputs.len(),
+                input_dims.len()
+            );
+        }
+        if outputs.is_empty() {
+            return value_err!("a graph plan needs at least one output");
+        }
+        let n_values = nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter().chain(std::iter::once(&n.output)))
+            .chain(&inputs)
+            .chain(&outputs)
+            .max()
+            .map_or(0, |m| m + 1);
+        let mut dims: Vec<Option<Vec<usize>>> = vec![None; n_values];
+        for (&v, d) in inputs.iter().zip(input_dims) {
+            if dims[v].is_some() {
+                return value_err!("value {v} is an input twice");
+            }
+            elems(&d)?;
+            dims[v] = Some(d);
+        }
+        let mut scratch = Scratch::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let what = format!("node {i}");
+            let ins = n
+                .inputs
+                .iter()
+                .map(|&v| {
+                    dims[v].as_deref().ok_or_else(|| {
+                        Error::Value(format!(
+                            "{what} reads value {v}, which nothing wrote before"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let out = n.op.out_dims(&ins, &what)?;
+            elems(&out)?;
+            let s = n.op.scratch(ins[0], &out);
+            scratch.q = scratch.q.max(s.q);
+            scratch.cols = scratch.cols.max(s.cols);
+            scratch.rows = scratch.rows.max(s.rows);
+            if dims[n.output].is_some() {
+                return value_err!("{what} writes value {}, which is already written", n.output);
+            }
+            dims[n.output] = Some(out);
+        }
+        let dims = dims
+            .into_iter()
+            .enumerate()
+            .map(|(v, d)| d.ok_or_else(|| Error::Value(format!("value {v} is never written"))))
+            .collect::<Result<Vec<_>>>()?;
+        let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
+        Ok(GraphPlan {
+            dtypes: vec![DType::F32; dims.len()],
+            nodes,
+            inputs,
+            outputs,
+            dims,
+            storage,
+            buf_elems,
+            scratch,
+            pool: Mutex::new(Vec::new()),
+            allocations: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Per-sample dims of every input, in order.
+    pub fn input_dims(&self) -> Vec<&[usize]> {
+        self.inputs
+            .iter()
+            .map(|&v| self.dims[v].as_slice())
+            .collect()
+    }
+
+    /// Per-sample dims of every output, in order.
+    pub fn output_dims(&self) -> Vec<&[usize]> {
+        self.outputs
+            .iter()
+            .map(|&v| self.dims[v].as_slice())
+            .collect()
+    }
+
+    /// The element type of value `v`.
+    pub fn dtype(&self, v: ValueId) -> Option<DType> {
+        self.dtypes.get(v).copied()
+    }
+
+    /// Where value `v` lives.
+    pub fn storage(&self, v: ValueId) -> Option<Storage> {
+        self.storage.get(v).copied()
+    }
+
+    /// Nodes of the plan.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Workspace buffers the plan uses for its values (after sharing by lifetime).
+    pub fn buffers(&self) -> usize {
+        self.buf_elems.len()
+    }
+
+    /// How often a workspace buffer was allocated or grown since the plan was
+    /// built (0 growths per call once a batch size has run).
+    pub fn allocations(&self) -> usize {
+        self.allocations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs the plan for a batch of `batch` samples: `inputs[i]` holds
+    /// `batch · elems(input_dims[i])` floats, `outputs[i]` receives
+    /// `batch · elems(output_dims[i])`.
+    pub fn forward(
+        &self,
+        ctx: &Ctx,
+        batch: usize,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        self.forward_timed(ctx, batch, inputs, outputs, None)
+    }
+
+    /// [`GraphPlan::forward`], writing each node's wall-clock seconds into
+    /// `seconds` (one entry per node) when given: the plan's profile.
+    pub fn forward_timed(
+        &self,
+        ctx: &Ctx,
+        batch: usize,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        mut seconds: Option<&mut [f64]>,
+    ) -> Result<()> {
+        if seconds
+            .as_ref()
+            .is_some_and(|s| s.len() != self.nodes.len())
+        {
+            return shape_err!(
+                "seconds must have one entry per node ({})",
+                self.nodes.len()
+            );
+        }
+        if inputs.len() != self.inputs.len() || outputs.len() != self.outputs.len() {
+            return shape_err!(
+                "the plan takes {} inputs and {} outputs; got {} and {}",
+                self.inputs.len(),
+                self.outputs.len(),
+                inputs.len(),
+                outputs.len()
+            );
+        }
+        for (i, (x, &v)) in inputs.iter().zip(&self.inputs).enumerate() {
+            let want = batch.checked_mul(elems(&self.dims[v])?);
+            if want != Some(x.len()) {
+                return shape_err!(
+                    "input {i} has {} elements; a batch of {batch} of dims {:?} needs {want:?}",
+                    x.len(),
+                    self.dims[v]
+                );
+            }
+        }
+        for (i, (y, &v)) in outputs.iter().zip(&self.outputs).enumerate() {
+            if batch.checked_mul(elems(&self.dims[v])?) != Some(y.len()) {
+                return shape_err!(
+                    "output {i} has {} elements, not a batch of {batch}",
+                    y.len()
+                );
+            }
+        }
+        let mut ws = self
+            .pool
+            .lock()
+            .map_err(|_| Error::Value("the plan's workspace pool is poisoned".into()))?
+            .pop()
+            .unwrap_or_default();
+        let res = self.prepare(&mut ws, batch).and_then(|()| {
+            self.nodes.iter().enumerate().try_for_each(|(i, n)| {
+                let t0 = std::time::Instant::now();
+                let r = self.run_node(ctx, &mut ws, batch, n, inputs, outputs);
+                if let Some(s) = seconds.as_deref_mut() {
+                    s[i] = t0.elapsed().as_secs_f64();
+                }
+                r.map_err(|e| at(i, e))
+            })
+        });
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(ws);
+        }
+        res
+    }
+
+    /// Sizes `ws` for `batch` (growing only, counted).
+    fn prepare(&self, ws: &mut Workspace, batch: usize) -> Result<()> {
+        if ws.batch >= batch && ws.bufs.len() == self.buf_elems.len() {
+            return Ok(());
+        }
+        let before = ws.allocations;
+        let len = |e: usize| {
+            e.checked_mul(batch).ok_or_else(|| {
+                Error::Alloc(format!("a batch of {batch} overflows the plan's buffers"))
+            })
+        };
+        ws.bufs.resize_with(self.buf_elems.len(), Vec::new);
+        for (b, &e) in ws.bufs.iter_mut().zip(&self.buf_elems) {
+            grow(b, len(e)?, &mut ws.allocations)?;
+        }
+        let s = self.scratch;
+        grow(&mut ws.q, len(s.q)?, &mut ws.allocations)?;
+        grow(&mut ws.qt, len(s.q)?, &mut ws.allocations)?;
+        grow(&mut ws.cols, len(s.cols)?, &mut ws.allocations)?;
+        grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
+        grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
+        grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
+        grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
+        ws.batch = batch;
+        self.allocations.fetch_add(
+            ws.allocations - before,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    fn len_of(&self, v: ValueId, batch: usize) -> usize {
+        batch * self.dims[v].iter().product::<usize>()
+    }
+
+    fn run_node(
+        &self,
+        ctx: &Ctx,
+        ws: &mut Workspace,
+        batch: usize,
+        node: &Node,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<()> {
+        if let Op::Reshape(_) = node.op {
+            if self.storage[node.output] == self.storage[node.inputs[0]] {
+                return Ok(()); // an alias: the data is already where it belongs
+            }
+        }
+        // Resolve storages to raw parts: the planner guarantees that a node's
+        // output never shares storage with its inputs (a Reshape that aliases
+        // runs no code), so the one mutable slice below overlaps none of the
+        // shared ones.
+        let out_len = self.len_of(node.output, batch);
+        let out_ptr: *mut f32 = match self.storage[node.output] {
+            Storage::Output(i) => outputs[i].as_mut_ptr(),
+            Storage::Buffer(b) => ws.bufs[b].as_mut_ptr(),
+            Storage::Input(_) => return value_err!("a node writes a plan input"),
+        };
+        let src = |ws: &Workspace, v: ValueId| -> (*const f32, usize) {
+            let len = self.len_of(v, batch);
+            match self.storage[v] {
+                Storage::Input(i) => (inputs[i].as_ptr(), len),
+                Storage::Output(i) => (outputs[i].as_ptr(), len),
+                Storage::Buffer(b) => (ws.bufs[b].as_ptr(), len),
+            }
+        };
+        let (p0, l0) = src(ws, node.inputs[0]);
+        // SAFETY: the pointers come from live slices of at least these lengths
+        // (buffers are sized for `batch` by `prepare`); the output's storage
+        // differs from every input's (see above), and nothing else touches
+        // them during this node.
+        let x = unsafe { std::slice::from_raw_parts(p0, l0) };
+        let y = unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) };
+        let xd = &self.dims[node.inputs[0]];
+        match &node.op {
+            Op::Dense(g) => {
+                let k = *xd.last().unwrap_or(&1);
+                let m = x.len().checked_div(k).unwrap_or(0);
+                gemm::linear_dynamic(
+                    ctx,
+                    x,
+                    m,
+                    k,
+                    &g.packed,
+                    param(&g.scale),
+                    g.bias.as_deref(),
+                    g.relu,
+                    y,
+                )?;
+                if let Some(f) = g.post {
+                    f.run(y);
+                }
+            }
+            Op::Conv {
+                gemm: g,
+                kernel,
+                stride,
+                padding,
+                nchw_in,
+            } => conv(
+                ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
+            )?,
+            Op::Depthwise {
+                weight,
+                kernel,
+                scale,
+                bias,
+                relu,
+                post,
+                stride,
+                padding,
+                dilation,
+                nchw_in,
+            } => {
+                let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
+                quantize_images(ctx, ws, x, batch, false)?;
+                let q = if *nchw_in && c > 1 {
+                    to_nhwc(&ws.q[..x.len()], &mut ws.qt[..x.len()], batch, c, h * w);
+                    &ws.qt[..x.len()]
+                } else {
+                    &ws.q[..x.len()]
+                };
+                let g = Depthwise {
+                    n: batch,
+                    h,
+                    w,
+                    c,
+                    kernel: *kernel,
+                    stride: *stride,
+                    dilation: *dilation,
+                    padding: *padding,
+                };
+                depthwise::depthwise_conv2d_f32(
+                    ctx,
+                    q,
+                    &ws.img_zp[..batch],
+                    &ws.img_scale[..batch],
+                    weight,
+                    scale,
+                    bias.as_deref(),
+                    *relu,
+                    &g,
+                    y,
+                )?;
+                if let Some(f) = post {
+                    f.run(y);
+                }
+            }
+            Op::Pool {
+                kind,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (c, h, w) = image(xd, false, "pool")?;
+                let win = Window::new(batch, c, h, w, *kernel, *stride, *padding);
+                nhwc::pool2d_into(ctx, x, win, *kind, y)?;
+            }
+            Op::GlobalAvgPool { channels_last } => {
+                let (c, h, w) = image(xd, !*channels_last, "global average pool")?;
+                let (hw, per) = (h * w, c * h * w);
+                for (img, xi) in x.chunks_exact(per.max(1)).enumerate().take(batch) {
+                    for ch in 0..c {
+                        let sum = if *channels_last {
+                            pairwise_sum(&|i| xi[i * c + ch], 0, hw)
+                        } else {
+                            pairwise_sum(&|i| xi[ch * hw + i], 0, hw)
+                        };
+                        // np.add.reduce starts from 0; np.mean divides in float32.
+                        y[img * c + ch] = (0.0 + sum) / hw as f32;
+                    }
+                }
+            }
+            Op::Add { relu } => {
+                let (p1, l1) = src(ws, node.inputs[1]);
+                // SAFETY: as for `x`.
+                let b = unsafe { std::slice::from_raw_parts(p1, l1) };
+                for ((o, &a), &b) in y.iter_mut().zip(x).zip(b) {
+                    *o = a + b;
+                }
+                if *relu {
+                    Unary::Relu.run(y);
+                }
+            }
+            Op::Unary(f) => {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = f.apply(v);
+                }
+            }
+            Op::Affine {
+                scale,
+                shift,
+                channels_last,
+            } => {
+                let c = scale.len();
+                if *channels_last {
+                    for (yo, xo) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        for j in 0..c {
+                            yo[j] = xo[j] * scale[j] + shift[j];
+                        }
+                    }
+                } else {
+                    let inner: usize = xd[1..].iter().product();
+                    for (i, (yo, xo)) in y
+                        .chunks_exact_mut(inner.max(1))
+                        .zip(x.chunks_exact(inner.max(1)))
+                        .enumerate()
+                    {
+                        let (s, t) = (scale[i % c], shift[i % c]);
+                        for (o, &v) in yo.iter_mut().zip(xo) {
+                            *o = v * s + t;
+                        }
+                    }
+                }
+            }
+            Op::ToNhwc => {
+                let (c, h, w) = image(xd, true, "layout")?;
+                to_nhwc(x, y, batch, c, h * w);
+            }
+            Op::ToNchw => {
+                let (c, h, w) = image(xd, false, "layout")?;
+                to_nchw(x, y, batch, c, h * w);
+            }
+            Op::Reshape(_) => y.copy_from_slice(x),
+        }
+        Ok(())
+    }
+}
+
+/// NumPy's pairwise float32 sum of `x(start..start + n)` (`pairwise_sum_FLOAT`
+/// in its `loops_utils.h`): plain below 8, eight accumulators up to 128
+/// elements, else the two halves split at a multiple of 8.
+fn pairwise_sum(x: &impl Fn(usize) -> f32, start: usize, n: usize) -> f32 {
+    if n < 8 {
+        let mut res = 0.0f32;
+        for i in 0..n {
+            res += x(start + i);
+        }
+        res
+    } else if n <= 128 {
+        let mut r = [0f32; 8];
+        for (j, v) in r.iter_mut().enumerate() {
+            *v = x(start + j);
+        }
+        let mut i = 8;
+        while i < n - n % 8 {
+            for (j, v) in r.iter_mut().enumerate() {
+                *v += x(start + i + j);
+            }
+            i += 8;
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        while i < n {
+            res += x(start + i);
+            i += 1;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        pairwise_sum(x, start, n2) + pairwise_sum(x, start + n2, n - n2)
+    }
+}
+
+fn at(i: usize, e: Error) -> Error {
+    match e {
+        Error::Shape(m) => Error::Shape(format!("node {i}: {m}")),
+        Error::Value(m) => Error::Value(format!("node {i}: {m}")),
+        other => other,
+    }
+}
+
+/// `(n, c, hw)` to `(n, hw, c)`.
+fn to_nhwc<T: Copy>(x: &[T], y: &mut [T], n: usize, c: usize, hw: usize) {
+    for img in 0..n {
+        let (xi, yi) = (
+            &x[img * c * hw..(img + 1) * c * hw],
+            &mut y[img * c * hw..(img + 1) * c * hw],
+        );
+        for ch in 0..c {
+            for p in 0..hw {
+                yi[p * c + ch] = xi[ch * hw + p];
+            }
+        }
+    }
+}
+
+/// `(n, hw, c)` to `(n, c, hw)`.
+fn to_nchw<T: Copy>(x: &[T], y: &mut [T], n: usize, c: usize, hw: usize) {
+    for img in 0..n {
+        let (xi, yi) = (
+            &x[img * c * hw..(img + 1) * c * hw],
+            &mut y[img * c * hw..(img + 1) * c * hw],
+        );
+        for p in 0..hw {
+            for ch in 0..c {
+                yi[ch * hw + p] = xi[p * c + ch];
+            }
+        }
+    }
+}
+
+/// Quantizes each image of `x` (`batch` equal parts) into `ws.q` with the
+/// one activation quantizer, its scale and zero point into `ws.img_*`.
+/// `one_zero_point`: when the images' zero points differ, the batch is
+/// quantized as one tensor instead (the unfold pads with a single value).
+fn quantize_images(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: &[f32],
+    batch: usize,
+    one_zero_point: bool,
+) -> Result<()> {
+    let len = x.len();
+    let per = len.checked_div(batch).unwrap_or(0);
+    let q = &mut ws.q[..len];
+    let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    {
+        let (qp, sp, zp) = (
+            SyncPtr(q.as_mut_ptr()),
+            SyncPtr(ws.img_scale.as_mut_ptr()),
+            SyncPtr(ws.img_zp.as_mut_ptr()),
+        );
+        ctx.for_each_task(len, batch, |img| {
+            // SAFETY: image `img` owns its part of `q` and entry `img` of the
+            // scale and zero-point scratch (sized for `batch` by `prepare`).
+            let dst = unsafe { std::slice::from_raw_parts_mut(qp.get().add(img * per), per) };
+            match quantize_row_u8(&x[img * per..(img + 1) * per], dst) {
+                Some((_, z, s)) => unsafe {
+                    *sp.get().add(img) = s;
+                    *zp.get().add(img) = z;
+                },
+                None => {
+                    bad.fetch_min(img, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let bad = bad.into_inner();
+    if bad != usize::MAX {
+        let row = &x[bad * per..(bad + 1) * per];
+        let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return value_err!("x is not finite at row {bad}, column {col}");
+    }
+    if one_zero_point && batch > 1 && ws.img_zp[1..batch].iter().any(|&z| z != ws.img_zp[0]) {
+        let Some((_, z, s)) = quantize_row_u8(x, q) else {
+            return value_err!("x is not finite");
+        };
+        ws.img_scale[..batch].fill(s);
+        ws.img_zp[..batch].fill(z);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: &[f32],
+    xd: &[usize],
+    batch: usize,
+    g: &Gemm,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    nchw_in: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    let (c, h, w) = image(xd, nchw_in, "conv")?;
+    quantize_images(ctx, ws, x, batch, true)?;
+    let len = x.len();
+    let q = if nchw_in && c > 1 {
+        to_nhwc(&ws.q[..len], &mut ws.qt[..len], batch, c, h * w);
+        &ws.qt[..len]
+    } else {
+        &ws.q[..len]
+    };
+    let win = Window::new(batch, c, h, w, kernel, stride, padding).check()?;
+    let (rows, k) = win.cols_shape();
+    let pad = if batch > 0 { ws.img_zp[0] as u8 } else { 0 };
+    let cols = &mut ws.cols[..rows * k];
+    nhwc::im2col_into(ctx, q, win, pad, cols)?;
+    let per = win.oh() * win.ow();
+    for img in 0..batch {
+        ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
+        ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
+    }
+    let step = OutputStep::Float {
+        row_scale: param(&ws.row_scale[..rows]),
+        col_scale: param(&g.scale),
+        bias: g.bias.as_deref(),
+        relu: g.relu,
+    };
+    let zp = if rows == 1 {
+        ZeroPoint::Scalar(ws.row_zp[0])
+    } else {
+        ZeroPoint::PerIndex(&ws.row_zp[..rows])
+    };
+    gemm::matmul(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
+    if let Some(f) = g.post {
+        f.run(y);
+    }
+    Ok(())
+}
+
+/// Where each value lives, and the per-sample size of each shared buffer.
+///
+/// Inputs stay where the caller holds them and outputs are written where the
+/// caller wants them; a `Reshape` whose output is not a plan output shares
+/// its input's storage. Every other value takes the smallest free buffer
+/// that holds it (or a new one): a buffer returns to the free list after the
+/// last node that reads any value stored in it.
+fn assign_storage(
+    nodes: &[Node],
+    inputs: &[ValueId],
+    outputs: &[ValueId],
+    dims: &[Vec<usize>],
+) -> Result<(Vec<Storage>, Vec<usize>)> {
+    let nv = dims.len();
+    let mut storage: Vec<Option<Storage>> = vec![None; nv];
+    for (i, &v) in inputs.iter().enumerate() {
+        storage[v] = Some(Storage::Input(i));
+    }
+    for (i, &v) in outputs.iter().enumerate() {
+        match storage[v] {
+            Some(Storage::Input(_)) => {
+                return value_err!("value {v} is both a plan input and a plan output")
+            }
+            Some(Storage::Output(_)) => return value_err!("value {v} is a plan output twice"),
+            _ => storage[v] = Some(Storage::Output(i)),
+        }
+    }
+    // The root each value's storage belongs to (a Reshape alias reads its input's).
+    let mut root: Vec<ValueId> = (0..nv).collect();
+    for n in nodes {
+        if let Op::Reshape(_) = n.op {
+            if storage[n.output].is_none() {
+                root[n.output] = root[n.inputs[0]];
+            }
+        }
+    }
+    // The last node that reads each root (through any alias).
+    let mut last = vec![None; nv];
+    for (i, n) in nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            last[root[v]] = Some(i);
+        }
+    }
+    let mut buf_elems: Vec<usize> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let v = n.output;
+        if storage[v].is_none() {
+            if root[v] != v {
+                storage[v] = storage[root[v]];
+            } else {
+                let need = elems(&dims[v])?;
+                // Best fit among the free buffers, else the largest grown, else a new one.
+                let pick = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| buf_elems[b] >= need)
+                    .min_by_key(|(_, &b)| buf_elems[b])
+                    .map(|(j, _)| j)
+                    .or_else(|| {
+                        free.iter()
+                            .enumerate()
+                            .max_by_key(|(_, &b)| buf_elems[b])
+                            .map(|(j, _)| j)
+                    });
+                let b = match pick {
+                    Some(j) => free.swap_remove(j),
+                    None => {
+                        buf_elems.push(0);
+                        buf_elems.len() - 1
+                    }
+                };
+                buf_elems[b] = buf_elems[b].max(need);
+                storage[v] = Some(Storage::Buffer(b));
+            }
+        }
+        // A value nobody reads frees its buffer right after it is written.
+        let mut dead: Vec<ValueId> = n
+            .inputs
+            .iter()
+            .map(|&u| root[u])
+            .filter(|&r| last[r] == Some(i))
+            .collect();
+        if last[root[v]].is_none() && root[v] == v {
+            dead.push(v);
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        for r in dead {
+            if let Some(Storage::Buffer(b)) = storage[r] {
+                if !free.contains(&b) {
+                    free.push(b);
+                }
+            }
+        }
+    }
+    let storage = storage
+        .into_iter()
+        .map(|s| s.unwrap_or(Storage::Buffer(usize::MAX)))
+        .collect::<Vec<_>>();
+    Ok((storage, buf_elems))
+}

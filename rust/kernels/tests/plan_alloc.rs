@@ -1,0 +1,183 @@
+//! A planned graph allocates nothing per call once a batch size has run:
+//! counted by a global allocator (this test binary's own), on one thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hwreg_kernels::conv::nhwc::Pool;
+use hwreg_kernels::exec::Ctx;
+use hwreg_kernels::gemm::{PackedB, ZeroPoint};
+use hwreg_kernels::plan::{Gemm, GraphPlan, Node, Op, Unary};
+
+struct Counting;
+
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+static ON: AtomicBool = AtomicBool::new(false);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if ON.load(Ordering::Relaxed) {
+            COUNT.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(l.size(), Ordering::Relaxed);
+        }
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if ON.load(Ordering::Relaxed) {
+            COUNT.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(n, Ordering::Relaxed);
+        }
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn gemm(n: usize, k: usize, seed: i32, bias: bool) -> Gemm {
+    let w: Vec<i8> = (0..n * k)
+        .map(|i| ((i as i32 * 5 + seed) % 21 - 10) as i8)
+        .collect();
+    Gemm {
+        packed: Arc::new(
+            PackedB::from_nk_i8(&Ctx::serial(), &w, n, k, ZeroPoint::Scalar(0)).unwrap(),
+        ),
+        scale: vec![0.02; n],
+        bias: bias.then(|| vec![0.1; n]),
+        relu: true,
+        post: None,
+    }
+}
+
+fn node(op: Op, inputs: &[usize], output: usize) -> Node {
+    Node {
+        op,
+        inputs: inputs.to_vec(),
+        output,
+    }
+}
+
+/// `(allocations, bytes)` of one call of `plan` after a first call of the same batch.
+fn second_call(plan: &GraphPlan, batch: usize) -> (usize, usize) {
+    let ctx = Ctx::serial();
+    let n_in: usize = plan.input_dims()[0].iter().product();
+    let x: Vec<f32> = (0..batch * n_in)
+        .map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let mut y = vec![0f32; batch * plan.output_dims()[0].iter().product::<usize>()];
+    plan.forward(&ctx, batch, &[&x], &mut [&mut y]).unwrap();
+    let first = y.clone();
+    COUNT.store(0, Ordering::Relaxed);
+    BYTES.store(0, Ordering::Relaxed);
+    ON.store(true, Ordering::Relaxed);
+    plan.forward(&ctx, batch, &[&x], &mut [&mut y]).unwrap();
+    ON.store(false, Ordering::Relaxed);
+    assert_eq!(y, first);
+    (COUNT.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed))
+}
+
+/// The executor itself allocates nothing per call: a plan of the ops it
+/// computes on its own (layouts, pooling, adds, element-wise, affine, reshape).
+#[test]
+fn the_executor_allocates_nothing_per_call() {
+    let (c, h, w) = (4, 8, 6);
+    let nodes = vec![
+        node(Op::ToNhwc, &[0], 1),
+        node(
+            Op::Pool {
+                kind: Pool::Max,
+                kernel: (2, 2),
+                stride: (2, 2),
+                padding: (0, 0),
+            },
+            &[1],
+            2,
+        ),
+        node(Op::Unary(Unary::HardSwish), &[2], 3),
+        node(Op::Add { relu: true }, &[3, 2], 4),
+        node(
+            Op::Affine {
+                scale: vec![0.5; c],
+                shift: vec![0.1; c],
+                channels_last: true,
+            },
+            &[4],
+            5,
+        ),
+        node(Op::ToNchw, &[5], 6),
+        node(Op::Reshape(vec![c * 12]), &[6], 7),
+        node(Op::Unary(Unary::Clip(Some(0.0), Some(6.0))), &[7], 8),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![c, h, w]], vec![8]).unwrap();
+    for batch in [1, 4, 2] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
+    }
+}
+
+/// With the int8 kernels, what a call still allocates is their own small
+/// temporaries (the GEMM's row sums and accumulator tile, the depthwise
+/// kernel's prepared output step), the same every call, and no value buffer.
+#[test]
+fn the_int8_kernels_allocate_only_their_temporaries() {
+    let (c, h, w, oc) = (3, 8, 8, 16);
+    let conv = |g: Gemm, nchw_in| Op::Conv {
+        gemm: g,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+        nchw_in,
+    };
+    let nodes = vec![
+        node(conv(gemm(oc, c * 9, 1, true), true), &[0], 1),
+        node(
+            Op::Depthwise {
+                weight: vec![1; 9 * oc],
+                kernel: (3, 3),
+                scale: vec![0.05; oc],
+                bias: Some(vec![0.0; oc]),
+                relu: false,
+                post: Some(Unary::Clip(Some(0.0), Some(6.0))),
+                stride: (1, 1),
+                padding: [1, 1, 1, 1],
+                dilation: (1, 1),
+                nchw_in: false,
+            },
+            &[1],
+            2,
+        ),
+        node(Op::Add { relu: true }, &[2, 1], 3),
+        node(
+            Op::Pool {
+                kind: Pool::Avg,
+                kernel: (2, 2),
+                stride: (2, 2),
+                padding: (0, 0),
+            },
+            &[3],
+            4,
+        ),
+        node(Op::ToNchw, &[4], 5),
+        node(Op::Reshape(vec![oc * 16]), &[5], 6),
+        node(Op::Dense(gemm(10, oc * 16, 2, true)), &[6], 7),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![c, h, w]], vec![7]).unwrap();
+    for batch in [1usize, 4] {
+        let (n, bytes) = second_call(&plan, batch);
+        assert_eq!(
+            second_call(&plan, batch),
+            (n, bytes),
+            "steady from call to call"
+        );
+        assert!(n <= 12, "{n} allocations at batch {batch}");
+        // No value buffer among them: the smallest value (the pooled image) is batch*256 floats.
+        let grown = plan.allocations();
+        second_call(&plan, batch);
+        assert_eq!(plan.allocations(), grown);
+        eprintln!("batch {batch}: {n} kernel temporaries, {bytes} bytes per call");
+    }
+}
