@@ -328,3 +328,8 @@ def test_constant_and_exponential_schedules():
 def test_flat_api_exports():
     assert hw.prune is prune
     assert "prune" in hw.__all__ and "sparse" in hw.__all__
+
+
+def test_random_mask_of_a_shape_no_array_can_hold_is_a_value_error():
+    with pytest.raises(ValueError, match="w \\(a shape\\).*more than an array can hold"):
+        hw.prune.random_mask((10**30,), 0.5)

@@ -422,6 +422,8 @@ def random_mask(w: Any, amount: Any, *, seed: Any = None, mask: Any = None) -> n
     """
     if isinstance(w, tuple):
         shape = tuple(check_int(d, "w (a shape)", 0) for d in w)
+        if math.prod(shape) > np.iinfo(np.intp).max:  # NumPy could not even count the entries
+            raise ValueError(f"w (a shape) {shape} has {math.prod(shape)} entries, more than an array can hold")
     else:
         shape = check_array(w, "w").shape
     if seed is not None and not isinstance(seed, np.random.Generator):
