@@ -116,6 +116,13 @@ fn _pack_b(
     })
 }
 
+/// B of a product: packed once, or a row-major `K × N` array given per call.
+#[derive(FromPyObject)]
+enum BArg<'py> {
+    Packed(Bound<'py, PyPackedB>),
+    Rows(Int8Array<'py>),
+}
+
 fn run_out<'py, T: OutElem + numpy::Element>(
     py: Python<'py>,
     a: &Int8Array<'_>,
@@ -131,31 +138,71 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     PyArray1::from_vec(py, out).reshape([m, b.n()])
 }
 
-/// _matmul_integer(a, a_zero_point, b) -> int32 (M, N)
+/// The product with `b` packed or given per call (then with `b_zero_point`).
+fn run_b<'py, T: OutElem + numpy::Element>(
+    py: Python<'py>,
+    a: &Int8Array<'_>,
+    a_zp: &[i32],
+    b: &BArg<'_>,
+    b_zero_point: &Option<PyReadonlyArray1<'_, i32>>,
+    step: &OutputStep<'_>,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let rows = match b {
+        BArg::Packed(p) => return run_out::<T>(py, a, a_zp, &p.get().inner, step),
+        BArg::Rows(r) => r,
+    };
+    let (m, k) = a.dims();
+    let (kb, n) = rows.dims();
+    if kb != k {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "a has K = {k} columns but b has {kb} rows"
+        )));
+    }
+    let src = a.source("a")?;
+    let bsrc = rows.source("b")?;
+    let zb = match b_zero_point {
+        Some(z) => contiguous(z, "b_zero_point")?,
+        None => &[0][..],
+    };
+    let out = py
+        .detach(|| {
+            gemm::matmul_b_rows_vec::<T>(&Ctx::current(), src, m, k, zp(a_zp), bsrc, n, zp(zb), step)
+        })
+        .or_py()?;
+    PyArray1::from_vec(py, out).reshape([m, n])
+}
+
+/// _matmul_integer(a, a_zero_point, b, b_zero_point=None) -> int32 (M, N);
+/// `b` packed, or a (K, N) array given per call with its zero point.
 #[pyfunction]
+#[pyo3(signature = (a, a_zero_point, b, b_zero_point=None))]
 fn _matmul_integer<'py>(
     py: Python<'py>,
     a: Int8Array<'py>,
     a_zero_point: PyReadonlyArray1<'py, i32>,
-    b: &Bound<'py, PyPackedB>,
+    b: BArg<'py>,
+    b_zero_point: Option<PyReadonlyArray1<'py, i32>>,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
     let z = contiguous(&a_zero_point, "a_zero_point")?;
-    run_out::<i32>(py, &a, z, &b.get().inner, &OutputStep::Int32)
+    run_b::<i32>(py, &a, z, &b, &b_zero_point, &OutputStep::Int32)
 }
 
-/// _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed) -> uint8/int8 (M, N)
+/// _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed, b_zero_point=None)
+/// -> uint8/int8 (M, N); `b` packed, or a (K, N) array given per call with its zero point.
 #[pyfunction]
+#[pyo3(signature = (a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed, b_zero_point=None))]
 #[allow(clippy::too_many_arguments)]
 fn _qlinear_matmul<'py>(
     py: Python<'py>,
     a: Int8Array<'py>,
     a_scale: PyReadonlyArray1<'py, f32>,
     a_zero_point: PyReadonlyArray1<'py, i32>,
-    b: &Bound<'py, PyPackedB>,
+    b: BArg<'py>,
     b_scale: PyReadonlyArray1<'py, f32>,
     y_scale: f32,
     y_zero_point: i32,
     y_signed: bool,
+    b_zero_point: Option<PyReadonlyArray1<'py, i32>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let z = contiguous(&a_zero_point, "a_zero_point")?;
     let step = OutputStep::QLinear {
@@ -164,11 +211,10 @@ fn _qlinear_matmul<'py>(
         y_scale,
         y_zero_point,
     };
-    let pb = &b.get().inner;
     Ok(if y_signed {
-        run_out::<i8>(py, &a, z, pb, &step)?.into_any()
+        run_b::<i8>(py, &a, z, &b, &b_zero_point, &step)?.into_any()
     } else {
-        run_out::<u8>(py, &a, z, pb, &step)?.into_any()
+        run_b::<u8>(py, &a, z, &b, &b_zero_point, &step)?.into_any()
     })
 }
 

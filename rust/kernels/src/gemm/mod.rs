@@ -39,6 +39,7 @@
 
 #[doc(hidden)]
 pub mod arch;
+pub(crate) mod b_per_call;
 mod kernel;
 pub mod output;
 pub mod pack;
@@ -47,6 +48,8 @@ use crate::cpu;
 use crate::error::Result;
 use crate::exec::{self, Ctx, SyncPtr};
 use crate::{shape_err, value_err};
+pub(crate) use b_per_call::b_rows_with;
+pub use b_per_call::{matmul_b_rows, matmul_b_rows_vec, RowsB};
 use kernel::Kernel;
 use output::{Epilogue, OutElem, OutputStep, Param};
 pub use pack::{ASource, PackedB, ZeroPoint, NR};
@@ -196,7 +199,9 @@ fn filled<T>(
     };
     let mut out = Vec::new();
     if out.try_reserve_exact(len).is_err() {
-        return Err(crate::error::Error::Alloc(format!("cannot allocate an output of shape ({m}, {n})")));
+        return Err(crate::error::Error::Alloc(format!(
+            "cannot allocate an output of shape ({m}, {n})"
+        )));
     }
     fill(&mut out.spare_capacity_mut()[..len])?;
     // SAFETY: on Ok, `fill` wrote all `len` elements.
@@ -327,20 +332,20 @@ impl<E: pack::PlainElem> AData<'_, E> {
 
 /// A without a copy: a uint8 A whose K is a multiple of 4 already has the
 /// layout a byte kernel reads, and when every stored zero point of B is 0
-/// (symmetric int8 weights) the row sums of A are not needed either.
+/// (`zb_zero`: symmetric int8 weights) the row sums of A are not needed either.
 fn borrow_a<'a, Kr: Kernel>(
     a: &ASource<'a>,
     m: usize,
     k: usize,
     a_zp: ZeroPoint<'_>,
-    b: &PackedB,
+    zb_zero: bool,
 ) -> Option<PackedA<'a, Kr::AElem>> {
     match a {
         ASource::U8(src)
             if k > 0
                 && k.is_multiple_of(4)
                 && <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_some()
-                && b.zp.iter().all(|&z| z == 0) =>
+                && zb_zero =>
         {
             Some(PackedA {
                 data: AData::Bytes(src),
@@ -364,7 +369,7 @@ pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
 ) {
-    let pa = borrow_a::<Kr>(a, m, k, a_zp, b).unwrap_or_else(|| {
+    let pa = borrow_a::<Kr>(a, m, k, a_zp, b.zp.iter().all(|&z| z == 0)).unwrap_or_else(|| {
         pack_a::<Kr>(ctx, m, k, |i, dst| {
             pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
         })

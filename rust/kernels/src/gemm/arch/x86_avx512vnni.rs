@@ -11,6 +11,7 @@
 use std::arch::x86_64::*;
 
 use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
+use crate::gemm::RowsB;
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
 super::table!(Avx512Vnni, super::x86_avx2::KERNELS.pack_panels);
@@ -29,7 +30,8 @@ impl Kernel for Avx512Vnni {
         tile: tile_tf,
         shapes: [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4), (5, 1), (5, 2), (5, 3), (5, 4), (6, 1), (6, 2), (6, 3), (6, 4)],
         finish: finish_tf,
-        copy_sum: super::x86_avx2::copy_sum_avx2
+        copy_sum: super::x86_avx2::copy_sum_avx2,
+        pack_rows: pack_rows_tf
     );
 }
 
@@ -96,4 +98,71 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
+}
+
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn pack_rows_tf(b: &RowsB<'_>, g0: usize, kcg: usize, jp: usize, np: usize, buf: &mut [i8]) {
+        let (n, mask) = (b.n(), _mm512_set1_epi8(b.mask() as i8));
+        crate::gemm::b_per_call::pack_rows_with::<4>(b, g0, kcg, jp, np, buf, |src, dst| {
+            // SAFETY: `src` holds 3 rows of n bytes plus 64, `dst` 3 panels
+            // of 64·kcg bytes plus 64 (`pack_rows_with`'s contract).
+            unsafe {
+                if b.mask() == 0 {
+                    transpose_4x64::<false>(src.as_ptr(), n, mask, dst.as_mut_ptr(), 64 * kcg)
+                } else {
+                    transpose_4x64::<true>(src.as_ptr(), n, mask, dst.as_mut_ptr(), 64 * kcg)
+                }
+            }
+        })
+    }
+);
+
+/// One K group (4 rows × 64 columns) of row-major B into 4 packed panels:
+/// byte interleaves within 128-bit lanes give each lane 4 columns × 4 k,
+/// then a 4 × 4 transpose of the lanes puts the 16 columns of a panel
+/// together; uint8 B is XORed with `mask` (`XOR`) on the way. `src` at
+/// row 0, rows `n` apart; panel `p` at `dst + p·ps`.
+#[inline(always)]
+unsafe fn transpose_4x64<const XOR: bool>(
+    src: *const u8,
+    n: usize,
+    mask: __m512i,
+    dst: *mut i8,
+    ps: usize,
+) {
+    let r: [__m512i; 4] = std::array::from_fn(|t| {
+        let v = _mm512_loadu_si512(src.add(t * n) as *const _);
+        if XOR {
+            _mm512_xor_si512(v, mask)
+        } else {
+            v
+        }
+    });
+    let lo01 = _mm512_unpacklo_epi8(r[0], r[1]);
+    let hi01 = _mm512_unpackhi_epi8(r[0], r[1]);
+    let lo23 = _mm512_unpacklo_epi8(r[2], r[3]);
+    let hi23 = _mm512_unpackhi_epi8(r[2], r[3]);
+    // Lane L of q_j: columns 16L + 4j .. 16L + 4j + 4, 4 k each.
+    let q0 = _mm512_unpacklo_epi16(lo01, lo23);
+    let q1 = _mm512_unpackhi_epi16(lo01, lo23);
+    let q2 = _mm512_unpacklo_epi16(hi01, hi23);
+    let q3 = _mm512_unpackhi_epi16(hi01, hi23);
+    let t0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q0, q1); // q0.L0 q0.L1 q1.L0 q1.L1
+    let t1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q0, q1); // q0.L2 q0.L3 q1.L2 q1.L3
+    let t2 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q2, q3);
+    let t3 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q2, q3);
+    // Panel p = lane p of q0, q1, q2, q3.
+    _mm512_storeu_si512(dst as *mut _, _mm512_shuffle_i64x2::<0b10_00_10_00>(t0, t2));
+    _mm512_storeu_si512(
+        dst.add(ps) as *mut _,
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(t0, t2),
+    );
+    _mm512_storeu_si512(
+        dst.add(2 * ps) as *mut _,
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(t1, t3),
+    );
+    _mm512_storeu_si512(
+        dst.add(3 * ps) as *mut _,
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(t1, t3),
+    );
 }
