@@ -201,10 +201,22 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
     let kg = pa.kp / 4;
     let ld = 16 * np_max;
     let mc = ((ROWS_PER_PASS / mr_max).max(1) * mr_max).min(rows.len());
-    let nb = (ACC_BYTES / (4 * mc.max(1) * ld)).clamp(1, blocks.len().max(1));
-    let kcg_max = (BBUF_BYTES / (64 * nb * np_max))
-        .clamp(1, KC_GROUPS)
-        .min(kg.max(1));
+    // Several row tiles: K blocks as long as the buffer allows for one
+    // column block (each K block costs a load and store of the
+    // accumulators of every tile), then as many column blocks per pass as
+    // still fit. One row tile (GEMV-like): packing dominates, so as many
+    // column blocks as the accumulators allow, for long runs of each row
+    // of B (column strips of row-major B ran 5× slower at M = 1), and the
+    // K block the buffer leaves.
+    let (nb, kcg_max) = if mc > mr_max {
+        let kcg = (BBUF_BYTES / (64 * np_max)).clamp(1, KC_GROUPS).min(kg.max(1));
+        let nb = (BBUF_BYTES / (64 * np_max * kcg)).min(ACC_BYTES / (4 * mc.max(1) * ld));
+        (nb.clamp(1, blocks.len().max(1)), kcg)
+    } else {
+        let nb = (ACC_BYTES / (4 * mc.max(1) * ld)).clamp(1, blocks.len().max(1));
+        let kcg = (BBUF_BYTES / (64 * nb * np_max)).clamp(1, KC_GROUPS).min(kg.max(1));
+        (nb, kcg)
+    };
     let lda = nb * ld; // row stride of the accumulators of a pass
     let panels = n.div_ceil(NR);
     // Sized by the block constants, not by the input.
@@ -358,6 +370,15 @@ pub(crate) fn pack_rows_with<const WIDE: usize>(
             while lp + WIDE <= np && (jp + lp + WIDE) * NR <= n {
                 let s0 = k0 * n + (jp + lp) * NR;
                 let d0 = lp * ps + 64 * g;
+                // The same columns PREFETCH_GROUPS groups down: four short
+                // strided runs per group are too short for the hardware
+                // prefetchers to follow.
+                for t in (0..4).filter(|_| WIDE * NR % 64 == 0) {
+                    let ahead = s0 + (4 * PREFETCH_GROUPS + t) * n;
+                    for l in (0..WIDE * NR).step_by(64) {
+                        crate::cpu::prefetch(src.as_ptr().wrapping_add(ahead + l));
+                    }
+                }
                 wide(
                     &src[s0..s0 + 3 * n + WIDE * NR],
                     &mut buf[d0..d0 + (WIDE - 1) * ps + 64],
@@ -385,6 +406,9 @@ pub(crate) fn pack_rows_with<const WIDE: usize>(
         }
     }
 }
+
+/// How many K groups ahead [`pack_rows_with`] prefetches the rows of B.
+const PREFETCH_GROUPS: usize = 4;
 
 /// [`pack_rows_with`] one panel at a time (the portable packing).
 pub(crate) fn pack_rows(
