@@ -17,10 +17,28 @@ use pyo3::prelude::*;
 use crate::errors::{contiguous, OrPy};
 
 /// A uint8 or int8 2-D array.
-#[derive(FromPyObject)]
 enum Int8Array<'py> {
     U8(PyReadonlyArray2<'py, u8>),
     I8(PyReadonlyArray2<'py, i8>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Int8Array<'py> {
+    type Error = PyErr;
+
+    /// By type checks, not by trying each variant in turn: a failed
+    /// extraction builds a Python error (~10 µs a call).
+    fn extract(ob: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let busy = |_| pyo3::exceptions::PyValueError::new_err("array is being written elsewhere");
+        if let Ok(v) = ob.cast::<PyArray2<u8>>() {
+            return Ok(Int8Array::U8(v.to_owned().try_readonly().map_err(busy)?));
+        }
+        if let Ok(v) = ob.cast::<PyArray2<i8>>() {
+            return Ok(Int8Array::I8(v.to_owned().try_readonly().map_err(busy)?));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "expected a 2-D uint8 or int8 array",
+        ))
+    }
 }
 
 impl Int8Array<'_> {
@@ -117,10 +135,20 @@ fn _pack_b(
 }
 
 /// B of a product: packed once, or a row-major `K × N` array given per call.
-#[derive(FromPyObject)]
 enum BArg<'py> {
     Packed(Bound<'py, PyPackedB>),
     Rows(Int8Array<'py>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for BArg<'py> {
+    type Error = PyErr;
+
+    fn extract(ob: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(p) = ob.cast::<PyPackedB>() {
+            return Ok(BArg::Packed(p.to_owned()));
+        }
+        Ok(BArg::Rows(ob.extract()?))
+    }
 }
 
 fn run_out<'py, T: OutElem + numpy::Element>(
