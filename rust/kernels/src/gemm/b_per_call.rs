@@ -209,12 +209,16 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
     // of B (column strips of row-major B ran 5× slower at M = 1), and the
     // K block the buffer leaves.
     let (nb, kcg_max) = if mc > mr_max {
-        let kcg = (BBUF_BYTES / (64 * np_max)).clamp(1, KC_GROUPS).min(kg.max(1));
+        let kcg = (BBUF_BYTES / (64 * np_max))
+            .clamp(1, KC_GROUPS)
+            .min(kg.max(1));
         let nb = (BBUF_BYTES / (64 * np_max * kcg)).min(ACC_BYTES / (4 * mc.max(1) * ld));
         (nb.clamp(1, blocks.len().max(1)), kcg)
     } else {
         let nb = (ACC_BYTES / (4 * mc.max(1) * ld)).clamp(1, blocks.len().max(1));
-        let kcg = (BBUF_BYTES / (64 * nb * np_max)).clamp(1, KC_GROUPS).min(kg.max(1));
+        let kcg = (BBUF_BYTES / (64 * nb * np_max))
+            .clamp(1, KC_GROUPS)
+            .min(kg.max(1));
         (nb, kcg)
     };
     let lda = nb * ld; // row stride of the accumulators of a pass
@@ -277,44 +281,41 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
                         }
                     }
                     let cb0 = c0 + col;
-                    let mut ir = ic;
-                    while ir < ic_end {
-                        let mr = mr_max.min(ic_end - ir);
-                        // SAFETY: rows ir..ir+mr of packed A hold kp >=
-                        // 4·(pc+kcg) elements; `bptr` holds np panels of the
-                        // K block; acc holds mc rows of lda values; this
-                        // task alone writes rows ic..ic_end × columns c0..c1
-                        // of `out`.
-                        unsafe {
-                            Kr::tile(
-                                mr,
-                                np,
-                                &kernel::Tile {
-                                    kg: kcg,
-                                    a: pa.data.ptr().add(ir * pa.kp + 4 * pc),
-                                    lda: pa.kp,
-                                    b: bptr,
-                                    bs: 64 * kcg,
-                                    acc: acc.as_mut_ptr().add((ir - ic) * lda + col),
-                                    ld: lda,
-                                    load: pc > 0,
-                                    fix: last.then_some(&kernel::Fix {
-                                        za: pa.zp.as_ptr().add(ir),
-                                        rowsum: pa.rowsum.as_ptr().add(ir),
-                                        zb: zbs.as_ptr().add(col),
-                                        colterm: colterm.as_ptr().add(col),
-                                        dst: if direct {
-                                            (out.get() as *mut i32).add(ir * n + cb0)
-                                        } else {
-                                            std::ptr::null_mut()
-                                        },
-                                        dst_ld: n,
-                                        dst_cols: (c1 - cb0).min(16 * np),
-                                    }),
+                    // SAFETY: rows ic..ic_end of packed A hold kp >=
+                    // 4·(pc+kcg) elements; `bptr` holds np panels of the
+                    // K block; acc holds mc rows of lda values; this task
+                    // alone writes rows ic..ic_end × columns c0..c1 of `out`.
+                    unsafe {
+                        super::row_tiles::<Kr>(
+                            pa,
+                            ic..ic_end,
+                            mr_max,
+                            np,
+                            &kernel::Tile {
+                                kg: kcg,
+                                a: pa.data.ptr().add(4 * pc),
+                                lda: pa.kp,
+                                b: bptr,
+                                bs: 64 * kcg,
+                                acc: acc.as_mut_ptr().add(col),
+                                ld: lda,
+                                load: pc > 0,
+                                fix: None,
+                            },
+                            last.then_some(&kernel::Fix {
+                                za: pa.zp.as_ptr(),
+                                rowsum: pa.rowsum.as_ptr(),
+                                zb: zbs.as_ptr().add(col),
+                                colterm: colterm.as_ptr().add(col),
+                                dst: if direct {
+                                    (out.get() as *mut i32).add(cb0)
+                                } else {
+                                    std::ptr::null_mut()
                                 },
-                            );
-                        }
-                        ir += mr;
+                                dst_ld: n,
+                                dst_cols: (c1 - cb0).min(16 * np),
+                            }),
+                        );
                     }
                 }
                 pc += kcg;

@@ -519,44 +519,42 @@ fn block<Kr: Kernel, T: OutElem>(
             loop {
                 let kcg = KC_GROUPS.min(kg - pc);
                 // LOOP 1: row tiles.
-                let mut ir = ic;
-                while ir < ic_end {
-                    let mr = mr_max.min(ic_end - ir);
-                    // SAFETY: rows ir..ir+mr of packed A hold kp >= 4·(pc+kcg)
-                    // elements; panels jp..jp+np exist in packed B; acc holds
-                    // mc rows of ld values.
-                    unsafe {
-                        Kr::tile(
-                            mr,
-                            np,
-                            &kernel::Tile {
-                                kg: kcg,
-                                a: pa.data.ptr().add(ir * pa.kp + 4 * pc),
-                                lda: pa.kp,
-                                b: b.data.as_ptr().add(jp * ps + 64 * pc),
-                                bs: ps,
-                                acc: acc.as_mut_ptr().add((ir - ic) * ld),
-                                ld,
-                                load: pc > 0,
-                                // Zero-point correction with the last K block.
-                                fix: (pc + kcg >= kg).then_some(&kernel::Fix {
-                                    za: pa.zp.as_ptr().add(ir),
-                                    rowsum: pa.rowsum.as_ptr().add(ir),
-                                    zb: b.zp.as_ptr().add(c0),
-                                    colterm: b.colterm.as_ptr().add(c0),
-                                    // T is i32 when the step is the identity.
-                                    dst: if direct {
-                                        (out.get() as *mut i32).add(ir * n + c0)
-                                    } else {
-                                        std::ptr::null_mut()
-                                    },
-                                    dst_ld: n,
-                                    dst_cols: c1 - c0,
-                                }),
+                // SAFETY: rows ic..ic_end of packed A hold kp >= 4·(pc+kcg)
+                // elements; panels jp..jp+np exist in packed B; acc holds
+                // mc rows of ld values; this task alone writes rows
+                // ic..ic_end × columns c0..c1 of `out`.
+                unsafe {
+                    row_tiles::<Kr>(
+                        pa,
+                        ic..ic_end,
+                        mr_max,
+                        np,
+                        &kernel::Tile {
+                            kg: kcg,
+                            a: pa.data.ptr().add(4 * pc),
+                            lda: pa.kp,
+                            b: b.data.as_ptr().add(jp * ps + 64 * pc),
+                            bs: ps,
+                            acc: acc.as_mut_ptr(),
+                            ld,
+                            load: pc > 0,
+                            fix: None,
+                        },
+                        (pc + kcg >= kg).then_some(&kernel::Fix {
+                            za: pa.zp.as_ptr(),
+                            rowsum: pa.rowsum.as_ptr(),
+                            zb: b.zp.as_ptr().add(c0),
+                            colterm: b.colterm.as_ptr().add(c0),
+                            // T is i32 when the step is the identity.
+                            dst: if direct {
+                                (out.get() as *mut i32).add(c0)
+                            } else {
+                                std::ptr::null_mut()
                             },
-                        );
-                    }
-                    ir += mr;
+                            dst_ld: n,
+                            dst_cols: c1 - c0,
+                        }),
+                    );
                 }
                 pc += kcg;
                 if pc >= kg {
@@ -585,6 +583,50 @@ fn block<Kr: Kernel, T: OutElem>(
             jp += np;
         }
         ic = ic_end;
+    }
+}
+
+/// LOOP 1: the row tiles of rows `rows` over one K block. `t` describes
+/// the block for row 0 of A (`t.a`) and row `rows.start` of `t.acc`; `fix`,
+/// with the last K block, holds the correction's column data and A's row
+/// data (and `dst`, when not null, row 0 of the output) before the offset
+/// of row `rows.start`.
+///
+/// # Safety
+/// As for [`Kernel::tile`] for every tile of `rows`.
+#[inline(always)]
+unsafe fn row_tiles<Kr: Kernel>(
+    pa: &PackedA<'_, Kr::AElem>,
+    rows: std::ops::Range<usize>,
+    mr_max: usize,
+    np: usize,
+    t: &kernel::Tile<'_, Kr::AElem>,
+    fix: Option<&kernel::Fix>,
+) {
+    let mut ir = rows.start;
+    while ir < rows.end {
+        let mr = mr_max.min(rows.end - ir);
+        let f = fix.map(|f| kernel::Fix {
+            za: f.za.add(ir),
+            rowsum: f.rowsum.add(ir),
+            dst: if f.dst.is_null() {
+                f.dst
+            } else {
+                f.dst.add(ir * f.dst_ld)
+            },
+            ..*f
+        });
+        Kr::tile(
+            mr,
+            np,
+            &kernel::Tile {
+                a: t.a.add(ir * pa.kp),
+                acc: t.acc.add((ir - rows.start) * t.ld),
+                fix: f.as_ref(),
+                ..*t
+            },
+        );
+        ir += mr;
     }
 }
 

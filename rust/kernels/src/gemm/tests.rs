@@ -563,58 +563,36 @@ fn b_per_call_output_steps_match_the_packed_product() {
         ];
         for ctx in [crate::exec::Ctx::serial(), crate::exec::TEST] {
             let packed = PackedB::from_kn_u8(&ctx, &b, k, n, ZeroPoint::PerIndex(&zb)).unwrap();
+            // (packed, B per call) for one output step.
+            fn both<T: OutElem>(
+                ctx: &crate::exec::Ctx,
+                (a, b, m, k, n): (&[u8], &[u8], usize, usize, usize),
+                zb: &[i32],
+                packed: &PackedB,
+                step: &OutputStep<'_>,
+            ) -> (Vec<T>, Vec<T>) {
+                let za = ZeroPoint::Scalar(9);
+                let want = matmul_vec(ctx, ASource::U8(a), m, k, za, packed, step).unwrap();
+                let got = matmul_b_rows_vec(
+                    ctx,
+                    ASource::U8(a),
+                    m,
+                    k,
+                    za,
+                    ASource::U8(b),
+                    n,
+                    ZeroPoint::PerIndex(zb),
+                    step,
+                )
+                .unwrap();
+                (want, got)
+            }
+            let args = (&a[..], &b[..], m, k, n);
             each_isa(|i| {
-                let want: Vec<f32> = matmul_vec(
-                    &ctx,
-                    ASource::U8(&a),
-                    m,
-                    k,
-                    ZeroPoint::Scalar(9),
-                    &packed,
-                    &steps[0],
-                )
-                .unwrap();
-                let got: Vec<f32> = matmul_b_rows_vec(
-                    &ctx,
-                    ASource::U8(&a),
-                    m,
-                    k,
-                    ZeroPoint::Scalar(9),
-                    ASource::U8(&b),
-                    n,
-                    ZeroPoint::PerIndex(&zb),
-                    &steps[0],
-                )
-                .unwrap();
-                assert!(
-                    want.iter()
-                        .zip(&got)
-                        .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "isa {}",
-                    i.name()
-                );
-                let want: Vec<u8> = matmul_vec(
-                    &ctx,
-                    ASource::U8(&a),
-                    m,
-                    k,
-                    ZeroPoint::Scalar(9),
-                    &packed,
-                    &steps[1],
-                )
-                .unwrap();
-                let got: Vec<u8> = matmul_b_rows_vec(
-                    &ctx,
-                    ASource::U8(&a),
-                    m,
-                    k,
-                    ZeroPoint::Scalar(9),
-                    ASource::U8(&b),
-                    n,
-                    ZeroPoint::PerIndex(&zb),
-                    &steps[1],
-                )
-                .unwrap();
+                let (want, got) = both::<f32>(&ctx, args, &zb, &packed, &steps[0]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&want), bits(&got), "isa {}", i.name());
+                let (want, got) = both::<u8>(&ctx, args, &zb, &packed, &steps[1]);
                 assert_eq!(want, got, "isa {}", i.name());
             });
         }
@@ -623,57 +601,48 @@ fn b_per_call_output_steps_match_the_packed_product() {
 
 #[test]
 fn b_per_call_rejects_bad_input() {
-    let ctx = crate::exec::TEST;
-    let (a, b) = (vec![1u8; 6], vec![1i8; 12]);
-    let run = |k: usize, n: usize, zb: ZeroPoint<'_>, b: ASource<'_>| {
-        matmul_b_rows_vec::<i32>(
-            &ctx,
-            ASource::U8(&a),
-            2,
-            3,
-            ZeroPoint::Scalar(0),
+    // (A, M, K, its zero point, B, N, its zero point) -> the error, if any.
+    fn run(
+        (a, m, k, za): (&[u8], usize, usize, i32),
+        (b, n, zb): (ASource<'_>, usize, ZeroPoint<'_>),
+    ) -> std::result::Result<(), String> {
+        let step = &OutputStep::Int32;
+        let src = ASource::U8(a);
+        let out = matmul_b_rows_vec::<i32>(
+            &crate::exec::TEST,
+            src,
+            m,
+            k,
+            ZeroPoint::Scalar(za),
             b,
             n,
             zb,
-            &OutputStep::Int32,
-        )
-        .map(|_| ())
-        .map_err(|e| (k, e.to_string()))
-    };
-    assert!(run(3, 4, ZeroPoint::Scalar(0), ASource::I8(&b)).is_ok());
+            step,
+        );
+        out.map(|_| ()).map_err(|e| e.to_string())
+    }
+    let (a, b) = (vec![1u8; 6], vec![1i8; 12]);
+    let a23 = (&a[..], 2, 3, 0);
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::Scalar(0))).is_ok());
     // B of the wrong size, zero points out of range or of the wrong length.
-    assert!(run(3, 5, ZeroPoint::Scalar(0), ASource::I8(&b)).is_err());
-    assert!(run(3, 4, ZeroPoint::Scalar(200), ASource::I8(&b)).is_err());
-    assert!(run(3, 4, ZeroPoint::Scalar(-1), ASource::U8(&[0u8; 12])).is_err());
-    assert!(run(3, 4, ZeroPoint::PerIndex(&[0, 0, 0]), ASource::I8(&b)).is_err());
+    assert!(run(a23, (ASource::I8(&b), 5, ZeroPoint::Scalar(0))).is_err());
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::Scalar(200))).is_err());
+    assert!(run(a23, (ASource::U8(&[0u8; 12]), 4, ZeroPoint::Scalar(-1))).is_err());
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::PerIndex(&[0, 0, 0]))).is_err());
     // A whose K disagrees with B's.
-    let e = matmul_b_rows_vec::<i32>(
-        &ctx,
-        ASource::U8(&a),
-        3,
-        2,
-        ZeroPoint::Scalar(0),
-        ASource::I8(&b),
-        4,
-        ZeroPoint::Scalar(0),
-        &OutputStep::Int32,
-    );
-    assert!(e.is_err());
+    assert!(run(
+        (&a[..], 3, 2, 0),
+        (ASource::I8(&b), 4, ZeroPoint::Scalar(0))
+    )
+    .is_err());
     // The exactness bound holds as for packed B.
     let k = 40_000;
     let (a, b) = (vec![0u8; k], vec![0u8; k]);
-    let e = matmul_b_rows_vec::<i32>(
-        &ctx,
-        ASource::U8(&a),
-        1,
-        k,
-        ZeroPoint::Scalar(255),
-        ASource::U8(&b),
-        1,
-        ZeroPoint::Scalar(255),
-        &OutputStep::Int32,
+    let e = run(
+        (&a[..], 1, k, 255),
+        (ASource::U8(&b), 1, ZeroPoint::Scalar(255)),
     );
-    assert!(e.unwrap_err().to_string().contains("K = 40000"));
+    assert!(e.unwrap_err().contains("K = 40000"));
 }
 
 /// Speed of the product with B per call against the packed product (not a
