@@ -40,6 +40,14 @@ impl RowsB<'_> {
     pub(crate) fn n(&self) -> usize {
         self.n
     }
+    /// Rows (K).
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+    /// The bytes of B, row-major.
+    pub(crate) fn src(&self) -> &[u8] {
+        self.src
+    }
     /// XOR mask that turns a byte of B into its stored `i8`.
     pub(crate) fn mask(&self) -> u8 {
         self.mask
@@ -232,6 +240,40 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == OutKind::I32;
     // Column sums only matter through A's stored zero points (`za'·colterm`).
     let sums = pa.zp[rows.clone()].iter().any(|&z| z != 0);
+    // A single row: the kernel's direct GEMV over row-major B, when it has
+    // one, takes the leading column blocks; the rest go the packed way.
+    let mut blocks = blocks;
+    if rows.len() == 1 && !blocks.is_empty() {
+        let i = rows.start;
+        let c0 = blocks.start * ld;
+        let c1 = (blocks.end * ld).min(n);
+        let mut raw = vec![0i32; c1 - c0];
+        let mut csum = vec![0i32; c1 - c0];
+        // SAFETY: row i of packed A holds kp >= k elements.
+        let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr().add(i * pa.kp), pa.kp) };
+        let done = Kr::gemv_rows(b, arow, c0, ld, sums, &mut raw, &mut csum);
+        if done > 0 {
+            let (za, rs) = (pa.zp[i], pa.rowsum[i]);
+            for (j, v) in raw[..done].iter_mut().enumerate() {
+                let zb = b.zp(c0 + j);
+                let colterm = csum[j].wrapping_sub((k as i32).wrapping_mul(zb));
+                *v = v.wrapping_sub(za.wrapping_mul(colterm).wrapping_add(rs.wrapping_mul(zb)));
+            }
+            // SAFETY: this task alone writes row i × columns c0..c0+done.
+            unsafe {
+                Kr::finish(Finish {
+                    acc: &raw[..done],
+                    ld: done,
+                    rows: i..i + 1,
+                    cols: c0..c0 + done,
+                    ep,
+                    out: out.get(),
+                    ldc: n,
+                })
+            };
+            blocks = blocks.start + done / ld..blocks.end;
+        }
+    }
     let mut ic = rows.start;
     while ic < rows.end {
         let ic_end = (ic + mc).min(rows.end);

@@ -38,6 +38,23 @@ pub(crate) trait Kernel {
         super::b_per_call::pack_rows(b, g0, kcg, jp, np, buf)
     }
 
+    /// GEMV over row-major B for one packed row `a` of Â (`kp` elements,
+    /// zero padded): the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]`
+    /// and, when `sums`, the column sums of B̂ into `colsum[j]`, for the
+    /// leading columns it handles (a multiple of `unit`, whole columns of B
+    /// only); returns how many (0: no such kernel, the default).
+    fn gemv_rows(
+        _b: &super::RowsB<'_>,
+        _a: &[Self::AElem],
+        _c0: usize,
+        _unit: usize,
+        _sums: bool,
+        _acc: &mut [i32],
+        _colsum: &mut [i32],
+    ) -> usize {
+        0
+    }
+
     /// Zero-point correction and output step of a block
     /// ([`super::finish_block`]), compiled for this kernel's ISA.
     ///
@@ -135,7 +152,22 @@ macro_rules! kernel_methods {
         $(, finish: $fin:ident)?
         $(, copy_sum: $cs:path)?
         $(, pack_rows: $pr:path)?
+        $(, gemv_rows: $gv:path)?
     ) => {
+        $(
+            fn gemv_rows(
+                b: &$crate::gemm::RowsB<'_>,
+                a: &[Self::AElem],
+                c0: usize,
+                unit: usize,
+                sums: bool,
+                acc: &mut [i32],
+                colsum: &mut [i32],
+            ) -> usize {
+                // SAFETY: a kernel is only used on a CPU that has its ISA.
+                unsafe { $gv(b, a, c0, unit, sums, acc, colsum) }
+            }
+        )?
         $(
             fn pack_rows(b: &$crate::gemm::RowsB<'_>, g0: usize, kcg: usize, jp: usize, np: usize, buf: &mut [i8]) {
                 // SAFETY: a kernel is only used on a CPU that has its ISA.

@@ -195,6 +195,43 @@ fn awkward_shapes_and_zero_points() {
         None,
     );
     check(50, 1, 40, true, true, None, None, 6, None);
+    // One row, wide enough for the direct GEMV over row-major B (with and
+    // without column sums, odd K, uint8 B, extremes, a tail of columns).
+    check(1, 333, 600, false, true, None, None, 12, None);
+    check(
+        1,
+        257,
+        300,
+        false,
+        false,
+        None,
+        Some((0..300).map(|j| j % 256).collect()),
+        13,
+        None,
+    );
+    check(1, 99, 520, true, false, Some(vec![-5]), None, 14, None);
+    check(
+        1,
+        1001,
+        256,
+        false,
+        true,
+        Some(vec![0]),
+        None,
+        15,
+        Some((255, 0x80)),
+    );
+    check(
+        1,
+        1001,
+        384,
+        true,
+        false,
+        Some(vec![127]),
+        Some(vec![0; 384]),
+        16,
+        Some((0x80, 255)),
+    );
     check(13, 64, 1, false, false, None, None, 7, None);
     // Big enough to use threads and both partitions.
     check(300, 96, 150, false, true, None, None, 8, None);
