@@ -125,6 +125,18 @@ pub fn matmul_b_rows_vec<T: OutElem>(
     })
 }
 
+/// A one-row product over row-major B ([`Kernel::gemv_rows`]): row `a` of
+/// packed Â (`kp` elements, zero padded), output columns from `c0`, in
+/// multiples of `unit`; `sums`: whether the column sums are wanted.
+#[derive(Clone, Copy)]
+pub(crate) struct RowGemv<'a, E> {
+    pub b: &'a RowsB<'a>,
+    pub a: &'a [E],
+    pub c0: usize,
+    pub unit: usize,
+    pub sums: bool,
+}
+
 /// Rows of output whose accumulators stay in L2 while one packed slice of B
 /// is reused by all of them (B is packed again for every such pass).
 const ROWS_PER_PASS: usize = 240;
@@ -251,7 +263,14 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
         let mut csum = vec![0i32; c1 - c0];
         // SAFETY: row i of packed A holds kp >= k elements.
         let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr().add(i * pa.kp), pa.kp) };
-        let done = Kr::gemv_rows(b, arow, c0, ld, sums, &mut raw, &mut csum);
+        let job = RowGemv {
+            b,
+            a: arow,
+            c0,
+            unit: ld,
+            sums,
+        };
+        let done = Kr::gemv_rows(&job, &mut raw, &mut csum);
         if done > 0 {
             let (za, rs) = (pa.zp[i], pa.rowsum[i]);
             for (j, v) in raw[..done].iter_mut().enumerate() {

@@ -38,17 +38,13 @@ pub(crate) trait Kernel {
         super::b_per_call::pack_rows(b, g0, kcg, jp, np, buf)
     }
 
-    /// GEMV over row-major B for one packed row `a` of Â (`kp` elements,
-    /// zero padded): the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]`
-    /// and, when `sums`, the column sums of B̂ into `colsum[j]`, for the
-    /// leading columns it handles (a multiple of `unit`, whole columns of B
-    /// only); returns how many (0: no such kernel, the default).
+    /// GEMV over row-major B for one packed row of Â (see [`super::b_per_call::RowGemv`]):
+    /// the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]` and, when
+    /// `g.sums`, the column sums of B̂ into `colsum[j]`, for the leading
+    /// columns it handles (a multiple of `g.unit`, whole columns of B only);
+    /// returns how many (0: no such kernel, the default).
     fn gemv_rows(
-        _b: &super::RowsB<'_>,
-        _a: &[Self::AElem],
-        _c0: usize,
-        _unit: usize,
-        _sums: bool,
+        _g: &super::b_per_call::RowGemv<'_, Self::AElem>,
         _acc: &mut [i32],
         _colsum: &mut [i32],
     ) -> usize {
@@ -156,16 +152,12 @@ macro_rules! kernel_methods {
     ) => {
         $(
             fn gemv_rows(
-                b: &$crate::gemm::RowsB<'_>,
-                a: &[Self::AElem],
-                c0: usize,
-                unit: usize,
-                sums: bool,
+                g: &$crate::gemm::b_per_call::RowGemv<'_, Self::AElem>,
                 acc: &mut [i32],
                 colsum: &mut [i32],
             ) -> usize {
                 // SAFETY: a kernel is only used on a CPU that has its ISA.
-                unsafe { $gv(b, a, c0, unit, sums, acc, colsum) }
+                unsafe { $gv(g, acc, colsum) }
             }
         )?
         $(

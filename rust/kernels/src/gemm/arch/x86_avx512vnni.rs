@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::gemm::b_per_call::RowGemv;
 use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
 use crate::gemm::RowsB;
 
@@ -169,16 +170,8 @@ unsafe fn transpose_4x64<const XOR: bool>(
 }
 
 crate::cpu::isa_fns!(avx512vnni;
-    unsafe fn gemv_rows_tf(
-        b: &RowsB<'_>,
-        a: &[u8],
-        c0: usize,
-        unit: usize,
-        sums: bool,
-        acc: &mut [i32],
-        colsum: &mut [i32],
-    ) -> usize {
-        gemv_rows(b, a, c0, unit, sums, acc, colsum)
+    unsafe fn gemv_rows_tf(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) -> usize {
+        gemv_rows(g, acc, colsum)
     }
 );
 
@@ -190,15 +183,14 @@ crate::cpu::isa_fns!(avx512vnni;
 /// pair `(1, 1)` the same way. 256 columns at a time (16 accumulators), or
 /// 128 with column sums; the lane order is undone once per chunk.
 #[inline(always)]
-unsafe fn gemv_rows(
-    b: &RowsB<'_>,
-    a: &[u8],
-    c0: usize,
-    unit: usize,
-    sums: bool,
-    acc: &mut [i32],
-    colsum: &mut [i32],
-) -> usize {
+unsafe fn gemv_rows(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) -> usize {
+    let RowGemv {
+        b,
+        a,
+        c0,
+        unit,
+        sums,
+    } = *g;
     let (n, k, mask) = (b.n(), b.k(), b.mask());
     let width = if sums { 128 } else { 256 };
     if unit == 0 || width % unit != 0 {
