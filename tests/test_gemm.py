@@ -81,6 +81,23 @@ def test_awkward_shapes_extremes(each_isa, shape):
         np.testing.assert_array_equal(hw.matmul_integer(a, b, za, zb), ref_matmul(a, b, za, zb))
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 64), (1, 1024, 1100), (2, 300, 129), (7, 129, 200), (70, 260, 190)])
+def test_b_per_call_matches_packed(each_isa, shape):
+    # B given per call is read row-major (packed a slice at a time, the wide
+    # paths need >= 64 columns): same int32 and requantized bytes as packing it.
+    m, k, n = shape
+    rng = np.random.default_rng(m + k + n)
+    for da, db in [(np.uint8, np.int8), (np.int8, np.uint8), (np.uint8, np.uint8), (np.int8, np.int8)]:
+        a, b = rand(rng, (m, k), da), rand(rng, (k, n), db)
+        for za, zb in [(0, 0), (rand(rng, (m,), da), rand(rng, (n,), db))]:
+            got = hw.matmul_integer(a, b, za, zb)
+            np.testing.assert_array_equal(got, ref_matmul(a, b, za, zb))
+            np.testing.assert_array_equal(got, hw.matmul_integer(a, hw.pack_int8(b, zb), za, None))
+        sb = rng.uniform(0.01, 0.02, n).astype(np.float32)
+        want = hw.qlinear_matmul(a, 0.03, 1, hw.pack_int8(b, 2), sb, None, 50.0, np.uint8(7))
+        np.testing.assert_array_equal(hw.qlinear_matmul(a, 0.03, 1, b, sb, 2, 50.0, np.uint8(7)), want)
+
+
 @pytest.mark.parametrize("ashape,bshape", [
     ((2, 3, 4, 5), (5, 6)), ((3, 4, 5), (3, 5, 6)), ((1, 4, 5), (3, 5, 6)), ((2, 1, 4, 5), (3, 5, 2)),
     ((5,), (5, 6)), ((4, 5), (5,)), ((5,), (5,)), ((3, 4, 5), (5,)), ((5,), (2, 5, 3)), ((0, 4, 5), (5, 6)),

@@ -52,17 +52,21 @@ class _PackedB:
 
 def _pack_b(b: npt.NDArray[np.uint8] | npt.NDArray[np.int8], zero_point: npt.NDArray[np.int32], transposed: bool) -> _PackedB: ...
 def _matmul_integer(
-    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8], a_zero_point: npt.NDArray[np.int32], b: _PackedB
+    a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    a_zero_point: npt.NDArray[np.int32],
+    b: _PackedB | npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    b_zero_point: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.int32]: ...
 def _qlinear_matmul(
     a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
     a_scale: npt.NDArray[np.float32],
     a_zero_point: npt.NDArray[np.int32],
-    b: _PackedB,
+    b: _PackedB | npt.NDArray[np.uint8] | npt.NDArray[np.int8],
     b_scale: npt.NDArray[np.float32],
     y_scale: float,
     y_zero_point: int,
     y_signed: bool,
+    b_zero_point: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]: ...
 def _linear_dynamic(
     x: npt.NDArray[np.float32],

@@ -169,7 +169,12 @@ def _operands(a: Any, b: Any):
 
 
 def _broadcast_product(a: np.ndarray, b: Any, za: np.ndarray, b_zp: Any, run) -> np.ndarray:
-    """numpy.matmul shape rules around ``run(a2d, za, packed) -> (M, N)``."""
+    """numpy.matmul shape rules around ``run(a2d, za, b2d, zb) -> (M, N)``.
+
+    ``b2d`` is either the native packed matrix (``zb`` None) or a 2-D
+    C-contiguous array given per call with its zero points ``zb``: the
+    kernel then reads it row-major instead of packing it whole.
+    """
     a_vec = a.ndim == 1
     a3 = a[None, :] if a_vec else a
     if isinstance(b, PackedMatrix):
@@ -185,26 +190,30 @@ def _broadcast_product(a: np.ndarray, b: Any, za: np.ndarray, b_zp: Any, run) ->
                          f"K mismatch ({k} != {kb})")
     if za.size > 1 and za.shape[0] != m:
         raise ValueError(f"a_zero_point must be a scalar or have shape ({m},) (one per row); got shape {za.shape}")
-    if a3.ndim == 2 and isinstance(b, PackedMatrix):  # fast path: one 2-D product
-        out = run(a3, za, b)
-    elif isinstance(b, PackedMatrix) or b.ndim == 2:
-        packed = b if isinstance(b, PackedMatrix) else PackedMatrix(b, _zp_b(b_zp, b, n))
-        batch = a3.shape[:-2]
-        count = int(np.prod(batch, dtype=np.int64))
-        za_full = za if za.size == 1 else np.ascontiguousarray(np.tile(za, count))
-        out = run(np.ascontiguousarray(a3.reshape(count * m, k)), za_full, packed)
-        out = out.reshape(*batch, m, n)
+    if isinstance(b, PackedMatrix) or b.ndim == 2:
+        if isinstance(b, PackedMatrix):
+            b2, zb = b._packed, None
+        else:
+            b2, zb = np.ascontiguousarray(b), _zp_b(b_zp, b, n)
+        if a3.ndim == 2:  # fast path: one 2-D product
+            out = run(a3, za, b2, zb)
+        else:
+            batch = a3.shape[:-2]
+            count = int(np.prod(batch, dtype=np.int64))
+            za_full = za if za.size == 1 else np.ascontiguousarray(np.tile(za, count))
+            out = run(np.ascontiguousarray(a3.reshape(count * m, k)), za_full, b2, zb)
+            out = out.reshape(*batch, m, n)
     else:
         batch = np.broadcast_shapes(a3.shape[:-2], b.shape[:-2])
         ab = np.broadcast_to(a3, (*batch, m, k))
         bb = np.broadcast_to(b, (*batch, k, n))
         zb = _zp_b(b_zp, b, n)
-        results = [run(np.ascontiguousarray(ab[idx]), za, PackedMatrix(np.ascontiguousarray(bb[idx]), zb))
+        results = [run(np.ascontiguousarray(ab[idx]), za, np.ascontiguousarray(bb[idx]), zb)
                    for idx in np.ndindex(*batch)]
         if results:
             out = np.stack(results).reshape(*batch, m, n)
         else:
-            probe = run(np.zeros((0, k), a.dtype), za[:1], PackedMatrix(np.zeros((k, n), b.dtype), zb))
+            probe = run(np.zeros((0, k), a.dtype), za[:1], np.zeros((k, n), b.dtype), zb)
             out = np.zeros((*batch, m, n), probe.dtype)
     if a_vec:
         out = out[..., 0, :]
@@ -274,8 +283,7 @@ def matmul_integer(a: Any, b: Any, a_zero_point: Any = 0, b_zero_point: Any = 0)
     if isinstance(b, PackedMatrix):
         if b_zero_point is not None and not (np.ndim(b_zero_point) == 0 and b_zero_point == 0):
             _packed_zp_ok(b, b_zero_point)
-    return _broadcast_product(a, b, za, b_zero_point,
-                              lambda a2, z2, packed: _native._matmul_integer(a2, z2, packed._packed))
+    return _broadcast_product(a, b, za, b_zero_point, _native._matmul_integer)
 
 
 def qlinear_matmul(a: Any, a_scale: Any, a_zero_point: Any, b: Any, b_scale: Any, b_zero_point: Any,
@@ -333,10 +341,10 @@ def qlinear_matmul(a: Any, a_scale: Any, a_zero_point: Any, b: Any, b_scale: Any
         b_zero_point = None
     signed = ydt == np.dtype(np.int8)
 
-    def run(a2: np.ndarray, za2: np.ndarray, packed: PackedMatrix) -> np.ndarray:
+    def run(a2: np.ndarray, za2: np.ndarray, b2: Any, zb2: np.ndarray | None) -> np.ndarray:
         rows = a2.shape[0]
         sa2 = sa if sa.size == 1 else np.ascontiguousarray(np.tile(sa, rows // max(m, 1)))
-        return _native._qlinear_matmul(a2, sa2, za2, packed._packed, sb, float(ys[0]), int(yz[0]), signed)
+        return _native._qlinear_matmul(a2, sa2, za2, b2, sb, float(ys[0]), int(yz[0]), signed, zb2)
 
     return _broadcast_product(a, b, za, b_zero_point, run)
 

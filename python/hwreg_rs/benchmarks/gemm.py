@@ -110,7 +110,8 @@ def run(quick: bool = False) -> str:
     shapes = QUICK_SHAPES if quick else SHAPES
     notes: list[str] = []
     cols = ["M,K,N", "ours B/call", "ours packed", "Int8Linear f32", "NumPy fp32", "NumPy int32",
-            "ORT MMI const B", "ORT MMI B input", "ORT dyn-quant", "packed/ORT MMI", "Int8Linear/ORT dyn",
+            "ORT MMI const B", "ORT MMI B input", "ORT dyn-quant", "B/call/ORT MMI B input", "packed/ORT MMI",
+            "Int8Linear/ORT dyn",
             "Int8Linear/NumPy fp32", "packed/NumPy int"]
     table = Table(cols)
     have_ort = False
@@ -173,7 +174,7 @@ def run(quick: bool = False) -> str:
             return None if p is None or q is None else f"{p / q:.2f}×"
 
         table.add(f"{m},{k},{n}", r_call, r_packed, r_layer, r_np32, r_npint, r_mc, r_mi, r_dyn,
-                  ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, r_np32), ratio(r_packed, r_npint))
+                  ratio(r_call, r_mi), ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, r_np32), ratio(r_packed, r_npint))
     head = (f"### gemm: exact int8 GEMM (ISA {hw.active_isa()}, {threads} threads; ORT intra_op_num_threads="
             f"{threads})\n\nGOP/s = 2·M·K·N / time (median of {repeats} rounds, contenders timed round-robin); "
             "A uint8 × B int8 → int32; Int8Linear and ORT dyn-quant are float32 in / float32 out; "

@@ -17,10 +17,28 @@ use pyo3::prelude::*;
 use crate::errors::{contiguous, OrPy};
 
 /// A uint8 or int8 2-D array.
-#[derive(FromPyObject)]
 enum Int8Array<'py> {
     U8(PyReadonlyArray2<'py, u8>),
     I8(PyReadonlyArray2<'py, i8>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Int8Array<'py> {
+    type Error = PyErr;
+
+    /// By type checks, not by trying each variant in turn: a failed
+    /// extraction builds a Python error (~10 µs a call).
+    fn extract(ob: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let busy = |_| pyo3::exceptions::PyValueError::new_err("array is being written elsewhere");
+        if let Ok(v) = ob.cast::<PyArray2<u8>>() {
+            return Ok(Int8Array::U8(v.to_owned().try_readonly().map_err(busy)?));
+        }
+        if let Ok(v) = ob.cast::<PyArray2<i8>>() {
+            return Ok(Int8Array::I8(v.to_owned().try_readonly().map_err(busy)?));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "expected a 2-D uint8 or int8 array",
+        ))
+    }
 }
 
 impl Int8Array<'_> {
@@ -116,6 +134,23 @@ fn _pack_b(
     })
 }
 
+/// B of a product: packed once, or a row-major `K × N` array given per call.
+enum BArg<'py> {
+    Packed(Bound<'py, PyPackedB>),
+    Rows(Int8Array<'py>),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for BArg<'py> {
+    type Error = PyErr;
+
+    fn extract(ob: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(p) = ob.cast::<PyPackedB>() {
+            return Ok(BArg::Packed(p.to_owned()));
+        }
+        Ok(BArg::Rows(ob.extract()?))
+    }
+}
+
 fn run_out<'py, T: OutElem + numpy::Element>(
     py: Python<'py>,
     a: &Int8Array<'_>,
@@ -131,31 +166,71 @@ fn run_out<'py, T: OutElem + numpy::Element>(
     PyArray1::from_vec(py, out).reshape([m, b.n()])
 }
 
-/// _matmul_integer(a, a_zero_point, b) -> int32 (M, N)
+/// The product with `b` packed or given per call (then with `b_zero_point`).
+fn run_b<'py, T: OutElem + numpy::Element>(
+    py: Python<'py>,
+    a: &Int8Array<'_>,
+    a_zp: &[i32],
+    b: &BArg<'_>,
+    b_zero_point: &Option<PyReadonlyArray1<'_, i32>>,
+    step: &OutputStep<'_>,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let rows = match b {
+        BArg::Packed(p) => return run_out::<T>(py, a, a_zp, &p.get().inner, step),
+        BArg::Rows(r) => r,
+    };
+    let (m, k) = a.dims();
+    let (kb, n) = rows.dims();
+    if kb != k {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "a has K = {k} columns but b has {kb} rows"
+        )));
+    }
+    let src = a.source("a")?;
+    let bsrc = rows.source("b")?;
+    let zb = match b_zero_point {
+        Some(z) => contiguous(z, "b_zero_point")?,
+        None => &[0][..],
+    };
+    let out = py
+        .detach(|| {
+            gemm::matmul_b_rows_vec::<T>(&Ctx::current(), src, m, k, zp(a_zp), bsrc, n, zp(zb), step)
+        })
+        .or_py()?;
+    PyArray1::from_vec(py, out).reshape([m, n])
+}
+
+/// _matmul_integer(a, a_zero_point, b, b_zero_point=None) -> int32 (M, N);
+/// `b` packed, or a (K, N) array given per call with its zero point.
 #[pyfunction]
+#[pyo3(signature = (a, a_zero_point, b, b_zero_point=None))]
 fn _matmul_integer<'py>(
     py: Python<'py>,
     a: Int8Array<'py>,
     a_zero_point: PyReadonlyArray1<'py, i32>,
-    b: &Bound<'py, PyPackedB>,
+    b: BArg<'py>,
+    b_zero_point: Option<PyReadonlyArray1<'py, i32>>,
 ) -> PyResult<Bound<'py, PyArray2<i32>>> {
     let z = contiguous(&a_zero_point, "a_zero_point")?;
-    run_out::<i32>(py, &a, z, &b.get().inner, &OutputStep::Int32)
+    run_b::<i32>(py, &a, z, &b, &b_zero_point, &OutputStep::Int32)
 }
 
-/// _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed) -> uint8/int8 (M, N)
+/// _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed, b_zero_point=None)
+/// -> uint8/int8 (M, N); `b` packed, or a (K, N) array given per call with its zero point.
 #[pyfunction]
+#[pyo3(signature = (a, a_scale, a_zero_point, b, b_scale, y_scale, y_zero_point, y_signed, b_zero_point=None))]
 #[allow(clippy::too_many_arguments)]
 fn _qlinear_matmul<'py>(
     py: Python<'py>,
     a: Int8Array<'py>,
     a_scale: PyReadonlyArray1<'py, f32>,
     a_zero_point: PyReadonlyArray1<'py, i32>,
-    b: &Bound<'py, PyPackedB>,
+    b: BArg<'py>,
     b_scale: PyReadonlyArray1<'py, f32>,
     y_scale: f32,
     y_zero_point: i32,
     y_signed: bool,
+    b_zero_point: Option<PyReadonlyArray1<'py, i32>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let z = contiguous(&a_zero_point, "a_zero_point")?;
     let step = OutputStep::QLinear {
@@ -164,11 +239,10 @@ fn _qlinear_matmul<'py>(
         y_scale,
         y_zero_point,
     };
-    let pb = &b.get().inner;
     Ok(if y_signed {
-        run_out::<i8>(py, &a, z, pb, &step)?.into_any()
+        run_b::<i8>(py, &a, z, &b, &b_zero_point, &step)?.into_any()
     } else {
-        run_out::<u8>(py, &a, z, pb, &step)?.into_any()
+        run_b::<u8>(py, &a, z, &b, &b_zero_point, &step)?.into_any()
     })
 }
 

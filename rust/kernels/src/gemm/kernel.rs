@@ -24,6 +24,33 @@ pub(crate) trait Kernel {
         super::pack::copy_sum_scalar(src, flip, dst)
     }
 
+    /// Packs K groups `g0..g0+kcg` of panels `jp..jp+np` of row-major B
+    /// into `buf` (see [`super::b_per_call::pack_rows_with`]), compiled for
+    /// this kernel's ISA.
+    fn pack_rows(
+        b: &super::RowsB<'_>,
+        g0: usize,
+        kcg: usize,
+        jp: usize,
+        np: usize,
+        buf: &mut [i8],
+    ) {
+        super::b_per_call::pack_rows(b, g0, kcg, jp, np, buf)
+    }
+
+    /// GEMV over row-major B for one packed row of Â (see [`super::b_per_call::RowGemv`]):
+    /// the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]` and, when
+    /// `g.sums`, the column sums of B̂ into `colsum[j]`, for the leading
+    /// columns it handles (a multiple of `g.unit`, whole columns of B only);
+    /// returns how many (0: no such kernel, the default).
+    fn gemv_rows(
+        _g: &super::b_per_call::RowGemv<'_, Self::AElem>,
+        _acc: &mut [i32],
+        _colsum: &mut [i32],
+    ) -> usize {
+        0
+    }
+
     /// Zero-point correction and output step of a block
     /// ([`super::finish_block`]), compiled for this kernel's ISA.
     ///
@@ -112,7 +139,7 @@ pub(crate) struct Fix {
 /// The methods of a `Kernel` impl that forward to the module's functions:
 /// `tile` dispatches `(mr, np)` onto the listed const-generic instantiations
 /// of `tile: f` (called `f::<MR, NP>(&Tile)`);
-/// `finish` and `copy_sum`, when given, override the portable defaults with
+/// `finish`, `copy_sum` and `pack_rows`, when given, override the portable defaults with
 /// the `#[target_feature]` versions.
 macro_rules! kernel_methods {
     (
@@ -120,7 +147,25 @@ macro_rules! kernel_methods {
         shapes: [$(($m:literal, $p:literal)),* $(,)?]
         $(, finish: $fin:ident)?
         $(, copy_sum: $cs:path)?
+        $(, pack_rows: $pr:path)?
+        $(, gemv_rows: $gv:path)?
     ) => {
+        $(
+            fn gemv_rows(
+                g: &$crate::gemm::b_per_call::RowGemv<'_, Self::AElem>,
+                acc: &mut [i32],
+                colsum: &mut [i32],
+            ) -> usize {
+                // SAFETY: a kernel is only used on a CPU that has its ISA.
+                unsafe { $gv(g, acc, colsum) }
+            }
+        )?
+        $(
+            fn pack_rows(b: &$crate::gemm::RowsB<'_>, g0: usize, kcg: usize, jp: usize, np: usize, buf: &mut [i8]) {
+                // SAFETY: a kernel is only used on a CPU that has its ISA.
+                unsafe { $pr(b, g0, kcg, jp, np, buf) }
+            }
+        )?
         $(
             unsafe fn finish<T: $crate::gemm::output::OutElem>(f: $crate::gemm::Finish<'_, '_, T>) {
                 $fin(f)

@@ -39,6 +39,7 @@
 
 #[doc(hidden)]
 pub mod arch;
+pub(crate) mod b_per_call;
 mod kernel;
 pub mod output;
 pub mod pack;
@@ -47,6 +48,8 @@ use crate::cpu;
 use crate::error::Result;
 use crate::exec::{self, Ctx, SyncPtr};
 use crate::{shape_err, value_err};
+pub(crate) use b_per_call::b_rows_with;
+pub use b_per_call::{matmul_b_rows, matmul_b_rows_vec, RowsB};
 use kernel::Kernel;
 use output::{Epilogue, OutElem, OutputStep, Param};
 pub use pack::{ASource, PackedB, ZeroPoint, NR};
@@ -202,7 +205,9 @@ fn filled<T>(
     };
     let mut out = Vec::new();
     if out.try_reserve_exact(len).is_err() {
-        return Err(crate::error::Error::Alloc(format!("cannot allocate an output of shape ({m}, {n})")));
+        return Err(crate::error::Error::Alloc(format!(
+            "cannot allocate an output of shape ({m}, {n})"
+        )));
     }
     fill(&mut out.spare_capacity_mut()[..len])?;
     // SAFETY: on Ok, `fill` wrote all `len` elements.
@@ -333,20 +338,20 @@ impl<E: pack::PlainElem> AData<'_, E> {
 
 /// A without a copy: a uint8 A whose K is a multiple of 4 already has the
 /// layout a byte kernel reads, and when every stored zero point of B is 0
-/// (symmetric int8 weights) the row sums of A are not needed either.
+/// (`zb_zero`: symmetric int8 weights) the row sums of A are not needed either.
 fn borrow_a<'a, Kr: Kernel>(
     a: &ASource<'a>,
     m: usize,
     k: usize,
     a_zp: ZeroPoint<'_>,
-    b: &PackedB,
+    zb_zero: bool,
 ) -> Option<PackedA<'a, Kr::AElem>> {
     match a {
         ASource::U8(src)
             if k > 0
                 && k.is_multiple_of(4)
                 && <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_some()
-                && b.zp.iter().all(|&z| z == 0) =>
+                && zb_zero =>
         {
             Some(PackedA {
                 data: AData::Bytes(src),
@@ -370,7 +375,7 @@ pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
 ) {
-    let pa = borrow_a::<Kr>(a, m, k, a_zp, b).unwrap_or_else(|| {
+    let pa = borrow_a::<Kr>(a, m, k, a_zp, b.zp.iter().all(|&z| z == 0)).unwrap_or_else(|| {
         pack_a::<Kr>(ctx, m, k, |i, dst| {
             pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
         })
@@ -520,44 +525,42 @@ fn block<Kr: Kernel, T: OutElem>(
             loop {
                 let kcg = KC_GROUPS.min(kg - pc);
                 // LOOP 1: row tiles.
-                let mut ir = ic;
-                while ir < ic_end {
-                    let mr = mr_max.min(ic_end - ir);
-                    // SAFETY: rows ir..ir+mr of packed A hold kp >= 4·(pc+kcg)
-                    // elements; panels jp..jp+np exist in packed B; acc holds
-                    // mc rows of ld values.
-                    unsafe {
-                        Kr::tile(
-                            mr,
-                            np,
-                            &kernel::Tile {
-                                kg: kcg,
-                                a: pa.data.ptr().add(ir * pa.kp + 4 * pc),
-                                lda: pa.kp,
-                                b: b.data.as_ptr().add(jp * ps + 64 * pc),
-                                bs: ps,
-                                acc: acc.as_mut_ptr().add((ir - ic) * ld),
-                                ld,
-                                load: pc > 0,
-                                // Zero-point correction with the last K block.
-                                fix: (pc + kcg >= kg).then_some(&kernel::Fix {
-                                    za: pa.zp.as_ptr().add(ir),
-                                    rowsum: pa.rowsum.as_ptr().add(ir),
-                                    zb: b.zp.as_ptr().add(c0),
-                                    colterm: b.colterm.as_ptr().add(c0),
-                                    // T is i32 when the step is the identity.
-                                    dst: if direct {
-                                        (out.get() as *mut i32).add(ir * n + c0)
-                                    } else {
-                                        std::ptr::null_mut()
-                                    },
-                                    dst_ld: n,
-                                    dst_cols: c1 - c0,
-                                }),
+                // SAFETY: rows ic..ic_end of packed A hold kp >= 4·(pc+kcg)
+                // elements; panels jp..jp+np exist in packed B; acc holds
+                // mc rows of ld values; this task alone writes rows
+                // ic..ic_end × columns c0..c1 of `out`.
+                unsafe {
+                    row_tiles::<Kr>(
+                        pa,
+                        ic..ic_end,
+                        mr_max,
+                        np,
+                        &kernel::Tile {
+                            kg: kcg,
+                            a: pa.data.ptr().add(4 * pc),
+                            lda: pa.kp,
+                            b: b.data.as_ptr().add(jp * ps + 64 * pc),
+                            bs: ps,
+                            acc: acc.as_mut_ptr(),
+                            ld,
+                            load: pc > 0,
+                            fix: None,
+                        },
+                        (pc + kcg >= kg).then_some(&kernel::Fix {
+                            za: pa.zp.as_ptr(),
+                            rowsum: pa.rowsum.as_ptr(),
+                            zb: b.zp.as_ptr().add(c0),
+                            colterm: b.colterm.as_ptr().add(c0),
+                            // T is i32 when the step is the identity.
+                            dst: if direct {
+                                (out.get() as *mut i32).add(c0)
+                            } else {
+                                std::ptr::null_mut()
                             },
-                        );
-                    }
-                    ir += mr;
+                            dst_ld: n,
+                            dst_cols: c1 - c0,
+                        }),
+                    );
                 }
                 pc += kcg;
                 if pc >= kg {
@@ -586,6 +589,50 @@ fn block<Kr: Kernel, T: OutElem>(
             jp += np;
         }
         ic = ic_end;
+    }
+}
+
+/// LOOP 1: the row tiles of rows `rows` over one K block. `t` describes
+/// the block for row 0 of A (`t.a`) and row `rows.start` of `t.acc`; `fix`,
+/// with the last K block, holds the correction's column data and A's row
+/// data (and `dst`, when not null, row 0 of the output) before the offset
+/// of row `rows.start`.
+///
+/// # Safety
+/// As for [`Kernel::tile`] for every tile of `rows`.
+#[inline(always)]
+unsafe fn row_tiles<Kr: Kernel>(
+    pa: &PackedA<'_, Kr::AElem>,
+    rows: std::ops::Range<usize>,
+    mr_max: usize,
+    np: usize,
+    t: &kernel::Tile<'_, Kr::AElem>,
+    fix: Option<&kernel::Fix>,
+) {
+    let mut ir = rows.start;
+    while ir < rows.end {
+        let mr = mr_max.min(rows.end - ir);
+        let f = fix.map(|f| kernel::Fix {
+            za: f.za.add(ir),
+            rowsum: f.rowsum.add(ir),
+            dst: if f.dst.is_null() {
+                f.dst
+            } else {
+                f.dst.add(ir * f.dst_ld)
+            },
+            ..*f
+        });
+        Kr::tile(
+            mr,
+            np,
+            &kernel::Tile {
+                a: t.a.add(ir * pa.kp),
+                acc: t.acc.add((ir - rows.start) * t.ld),
+                fix: f.as_ref(),
+                ..*t
+            },
+        );
+        ir += mr;
     }
 }
 

@@ -154,15 +154,22 @@ pub trait OutElem: Copy + Send + Sync + Default + 'static {
     /// The GEMM driver for this output type in a dispatch table.
     #[doc(hidden)]
     fn matmul_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::MatmulFn<Self>;
+    /// The driver with B given row-major per call, in a dispatch table.
+    #[doc(hidden)]
+    fn b_rows_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::BRowsFn<Self>;
 }
 
 macro_rules! out_elem {
-    ($t:ty, $kind:ident, $entry:ident, $i:expr, $f:expr, $c:expr) => {
+    ($t:ty, $kind:ident, $entry:ident, $rows:ident, $i:expr, $f:expr, $c:expr) => {
         impl OutElem for $t {
             const KIND: OutKind = OutKind::$kind;
             #[inline(always)]
             fn matmul_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::MatmulFn<Self> {
                 k.$entry
+            }
+            #[inline(always)]
+            fn b_rows_entry(k: &crate::gemm::arch::Kernels) -> crate::gemm::arch::BRowsFn<Self> {
+                k.$rows
             }
             #[inline(always)]
             fn from_i32(v: i32) -> Self {
@@ -179,13 +186,29 @@ macro_rules! out_elem {
         }
     };
 }
-out_elem!(i32, I32, matmul_i32, |v| v, |v: f32| v as i32, |v| v);
-out_elem!(f32, F32, matmul_f32, |v: i32| v as f32, |v| v, |v: i32| v
-    as f32);
+out_elem!(
+    i32,
+    I32,
+    matmul_i32,
+    b_rows_i32,
+    |v| v,
+    |v: f32| v as i32,
+    |v| v
+);
+out_elem!(
+    f32,
+    F32,
+    matmul_f32,
+    b_rows_f32,
+    |v: i32| v as f32,
+    |v| v,
+    |v: i32| v as f32
+);
 out_elem!(
     u8,
     U8,
     matmul_u8,
+    b_rows_u8,
     |v: i32| v as u8,
     |v: f32| v as u8,
     |v: i32| v as u8
@@ -194,6 +217,7 @@ out_elem!(
     i8,
     I8,
     matmul_i8,
+    b_rows_i8,
     |v: i32| v as i8,
     |v: f32| v as i8,
     |v: i32| v as i8

@@ -47,7 +47,7 @@ pub enum ZeroPoint<'a> {
 }
 
 impl ZeroPoint<'_> {
-    fn check(&self, name: &str, len: usize, lo: i32, hi: i32) -> Result<()> {
+    pub(crate) fn check(&self, name: &str, len: usize, lo: i32, hi: i32) -> Result<()> {
         let values: &[i32] = match self {
             ZeroPoint::Scalar(v) => std::slice::from_ref(v),
             ZeroPoint::PerIndex(v) => {
@@ -75,7 +75,7 @@ impl ZeroPoint<'_> {
     }
 
     /// Largest |x - zp| over every x of the dtype range `lo..=hi`.
-    fn max_abs_diff(&self, lo: i32, hi: i32) -> i64 {
+    pub(crate) fn max_abs_diff(&self, lo: i32, hi: i32) -> i64 {
         let one = |z: i32| {
             (z as i64 - lo as i64)
                 .abs()
@@ -200,7 +200,9 @@ impl PackedB {
         let len = panels
             .checked_mul(kp)
             .and_then(|v| v.checked_mul(NR))
-            .ok_or_else(|| crate::error::Error::Shape(format!("packing a ({k}, {n}) matrix overflows")))?;
+            .ok_or_else(|| {
+                crate::error::Error::Shape(format!("packing a ({k}, {n}) matrix overflows"))
+            })?;
         let mut data = crate::error::try_vec(len, 0i8, "the packed matrix")?;
         let mut zps = crate::error::try_vec(np, 0i32, "the packed matrix's zero points")?;
         let mut colterm = crate::error::try_vec(np, 0i32, "the packed matrix's column sums")?;
@@ -380,7 +382,7 @@ pub(crate) fn pack_panels(
 }
 
 /// The bytes of an i8 slice.
-fn as_bytes(v: &[i8]) -> &[u8] {
+pub(crate) fn as_bytes(v: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size, alignment and validity.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
 }

@@ -99,6 +99,33 @@ fn check(
             "isa {} m={m} k={k} n={n} a_signed={a_signed} b_signed={b_signed}",
             i.name()
         );
+        // The same product with B row-major per call (no whole-B pack).
+        let bi: Vec<i8> = bb.iter().map(|&x| x as i8).collect();
+        let bsrc = if b_signed {
+            ASource::I8(&bi)
+        } else {
+            ASource::U8(&bb)
+        };
+        let mut out = vec![i32::MIN + 7; m * n];
+        matmul_b_rows(
+            &crate::exec::TEST,
+            src,
+            m,
+            k,
+            zap,
+            bsrc,
+            n,
+            zbp,
+            &OutputStep::Int32,
+            as_uninit(&mut out),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            want,
+            "B per call: isa {} m={m} k={k} n={n} a_signed={a_signed} b_signed={b_signed}",
+            i.name()
+        );
     });
 }
 
@@ -168,6 +195,43 @@ fn awkward_shapes_and_zero_points() {
         None,
     );
     check(50, 1, 40, true, true, None, None, 6, None);
+    // One row, wide enough for the direct GEMV over row-major B (with and
+    // without column sums, odd K, uint8 B, extremes, a tail of columns).
+    check(1, 333, 600, false, true, None, None, 12, None);
+    check(
+        1,
+        257,
+        300,
+        false,
+        false,
+        None,
+        Some((0..300).map(|j| j % 256).collect()),
+        13,
+        None,
+    );
+    check(1, 99, 520, true, false, Some(vec![-5]), None, 14, None);
+    check(
+        1,
+        1001,
+        256,
+        false,
+        true,
+        Some(vec![0]),
+        None,
+        15,
+        Some((255, 0x80)),
+    );
+    check(
+        1,
+        1001,
+        384,
+        true,
+        false,
+        Some(vec![127]),
+        Some(vec![0; 384]),
+        16,
+        Some((0x80, 255)),
+    );
     check(13, 64, 1, false, false, None, None, 7, None);
     // Big enough to use threads and both partitions.
     check(300, 96, 150, false, true, None, None, 8, None);
@@ -508,4 +572,171 @@ fn result_does_not_depend_on_the_context() {
         );
     }
     assert!(outs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn b_per_call_output_steps_match_the_packed_product() {
+    // Float and requantized output through the same step, bit for bit, on
+    // every path, single-row and tiled, serial and threaded.
+    for (m, k, n) in [(1, 300, 70), (7, 129, 33), (64, 256, 96), (1, 1024, 1100)] {
+        let a = bytes(m * k, 21);
+        let b = bytes(k * n, 22);
+        let zb: Vec<i32> = (0..n as i32).map(|j| j % 256).collect();
+        let cs: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-4).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 - 20.0).collect();
+        let steps = [
+            OutputStep::Float {
+                row_scale: Param::Scalar(0.02),
+                col_scale: Param::PerIndex(&cs),
+                bias: Some(&bias),
+                relu: true,
+            },
+            OutputStep::QLinear {
+                a_scale: Param::Scalar(0.05),
+                b_scale: Param::PerIndex(&cs),
+                y_scale: 3.0,
+                y_zero_point: 5,
+            },
+        ];
+        for ctx in [crate::exec::Ctx::serial(), crate::exec::TEST] {
+            let packed = PackedB::from_kn_u8(&ctx, &b, k, n, ZeroPoint::PerIndex(&zb)).unwrap();
+            // (packed, B per call) for one output step.
+            fn both<T: OutElem>(
+                ctx: &crate::exec::Ctx,
+                (a, b, m, k, n): (&[u8], &[u8], usize, usize, usize),
+                zb: &[i32],
+                packed: &PackedB,
+                step: &OutputStep<'_>,
+            ) -> (Vec<T>, Vec<T>) {
+                let za = ZeroPoint::Scalar(9);
+                let want = matmul_vec(ctx, ASource::U8(a), m, k, za, packed, step).unwrap();
+                let got = matmul_b_rows_vec(
+                    ctx,
+                    ASource::U8(a),
+                    m,
+                    k,
+                    za,
+                    ASource::U8(b),
+                    n,
+                    ZeroPoint::PerIndex(zb),
+                    step,
+                )
+                .unwrap();
+                (want, got)
+            }
+            let args = (&a[..], &b[..], m, k, n);
+            each_isa(|i| {
+                let (want, got) = both::<f32>(&ctx, args, &zb, &packed, &steps[0]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&want), bits(&got), "isa {}", i.name());
+                let (want, got) = both::<u8>(&ctx, args, &zb, &packed, &steps[1]);
+                assert_eq!(want, got, "isa {}", i.name());
+            });
+        }
+    }
+}
+
+#[test]
+fn b_per_call_rejects_bad_input() {
+    // (A, M, K, its zero point, B, N, its zero point) -> the error, if any.
+    fn run(
+        (a, m, k, za): (&[u8], usize, usize, i32),
+        (b, n, zb): (ASource<'_>, usize, ZeroPoint<'_>),
+    ) -> std::result::Result<(), String> {
+        let step = &OutputStep::Int32;
+        let src = ASource::U8(a);
+        let out = matmul_b_rows_vec::<i32>(
+            &crate::exec::TEST,
+            src,
+            m,
+            k,
+            ZeroPoint::Scalar(za),
+            b,
+            n,
+            zb,
+            step,
+        );
+        out.map(|_| ()).map_err(|e| e.to_string())
+    }
+    let (a, b) = (vec![1u8; 6], vec![1i8; 12]);
+    let a23 = (&a[..], 2, 3, 0);
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::Scalar(0))).is_ok());
+    // B of the wrong size, zero points out of range or of the wrong length.
+    assert!(run(a23, (ASource::I8(&b), 5, ZeroPoint::Scalar(0))).is_err());
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::Scalar(200))).is_err());
+    assert!(run(a23, (ASource::U8(&[0u8; 12]), 4, ZeroPoint::Scalar(-1))).is_err());
+    assert!(run(a23, (ASource::I8(&b), 4, ZeroPoint::PerIndex(&[0, 0, 0]))).is_err());
+    // A whose K disagrees with B's.
+    assert!(run(
+        (&a[..], 3, 2, 0),
+        (ASource::I8(&b), 4, ZeroPoint::Scalar(0))
+    )
+    .is_err());
+    // The exactness bound holds as for packed B.
+    let k = 40_000;
+    let (a, b) = (vec![0u8; k], vec![0u8; k]);
+    let e = run(
+        (&a[..], 1, k, 255),
+        (ASource::U8(&b), 1, ZeroPoint::Scalar(255)),
+    );
+    assert!(e.unwrap_err().contains("K = 40000"));
+}
+
+/// Speed of the product with B per call against the packed product (not a
+/// test: `cargo test --release -- --ignored b_per_call_speed --nocapture`;
+/// `HWREG_SPEED_SHAPE=m,k,n`).
+#[test]
+#[ignore]
+fn b_per_call_speed() {
+    let shape: Vec<usize> = std::env::var("HWREG_SPEED_SHAPE")
+        .unwrap_or_else(|_| "1,1024,1024".into())
+        .split(',')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let (m, k, n) = (shape[0], shape[1], shape[2]);
+    let a = bytes(m * k, 1);
+    let b: Vec<i8> = bytes(k * n, 2).into_iter().map(|x| x as i8).collect();
+    let ctx = crate::exec::Ctx::serial();
+    let p = PackedB::from_kn_i8(&ctx, &b, k, n, ZeroPoint::Scalar(0)).unwrap();
+    let mut out = vec![0i32; m * n];
+    let reps = (200_000_000 / (m * k * n)).max(3);
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            matmul_b_rows(
+                &ctx,
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(0),
+                ASource::I8(&b),
+                n,
+                ZeroPoint::Scalar(0),
+                &OutputStep::Int32,
+                as_uninit(&mut out),
+            )
+            .unwrap();
+        }
+        let r = t.elapsed().as_secs_f64() / reps as f64;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            matmul(
+                &ctx,
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(0),
+                &p,
+                &OutputStep::Int32,
+                &mut out,
+            )
+            .unwrap();
+        }
+        let q = t.elapsed().as_secs_f64() / reps as f64;
+        eprintln!(
+            "{m}x{k}x{n}: B per call {:.1} us, packed {:.1} us",
+            r * 1e6,
+            q * 1e6
+        );
+    }
 }

@@ -12,6 +12,7 @@
 
 use std::mem::MaybeUninit;
 
+use super::b_per_call::RowsB;
 use super::output::{Epilogue, Param};
 use super::pack::{ASource, PackedB, PanelJob, ZeroPoint};
 use crate::error::Result;
@@ -32,6 +33,18 @@ pub type MatmulFn<T> = fn(
     usize,
     ZeroPoint<'_>,
     &PackedB,
+    &Epilogue<'_, T>,
+    &mut [MaybeUninit<T>],
+);
+/// The product with B row-major per call plus output step, for one output element type.
+#[doc(hidden)]
+pub type BRowsFn<T> = fn(
+    &Ctx,
+    &ASource<'_>,
+    usize,
+    usize,
+    ZeroPoint<'_>,
+    &RowsB<'_>,
     &Epilogue<'_, T>,
     &mut [MaybeUninit<T>],
 );
@@ -58,6 +71,10 @@ pub struct Kernels {
     pub(crate) matmul_f32: MatmulFn<f32>,
     pub(crate) matmul_u8: MatmulFn<u8>,
     pub(crate) matmul_i8: MatmulFn<i8>,
+    pub(crate) b_rows_i32: BRowsFn<i32>,
+    pub(crate) b_rows_f32: BRowsFn<f32>,
+    pub(crate) b_rows_u8: BRowsFn<u8>,
+    pub(crate) b_rows_i8: BRowsFn<i8>,
     pub(crate) linear: LinearFn,
     pub(crate) pack_panels: PackFn,
 }
@@ -71,6 +88,10 @@ macro_rules! table {
             matmul_f32: $crate::gemm::matmul_with::<$kr, f32>,
             matmul_u8: $crate::gemm::matmul_with::<$kr, u8>,
             matmul_i8: $crate::gemm::matmul_with::<$kr, i8>,
+            b_rows_i32: $crate::gemm::b_rows_with::<$kr, i32>,
+            b_rows_f32: $crate::gemm::b_rows_with::<$kr, f32>,
+            b_rows_u8: $crate::gemm::b_rows_with::<$kr, u8>,
+            b_rows_i8: $crate::gemm::b_rows_with::<$kr, i8>,
             linear: $crate::gemm::linear_with::<$kr>,
             pack_panels: $pack,
         };
