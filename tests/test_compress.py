@@ -275,14 +275,14 @@ def digits_mlp():
     return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
 
 
-def test_a_tenth_of_the_float_file_with_int4_and_at_most_one_point_lost(digits_mlp, tmp_path):
+@pytest.mark.parametrize("profile", ["host", *sorted(hw.profiles.PRESETS)])
+def test_a_tenth_of_the_float_file_with_int4_and_at_most_one_point_lost(digits_mlp, tmp_path, profile):
     from hwreg_rs import constraints as C
-
-    net, data = digits_mlp
     from hwreg_rs.compress import _float_file_bytes
 
+    net, data = digits_mlp
     budget = int(0.1 * _float_file_bytes(net))
-    rt, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=budget, max_accuracy_drop=0.01,
+    rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=0.01,
                           fine_tune_epochs=3, profile_repeats=3)
     assert rep.met and budget == int(0.1 * rep.float_bytes), rep.markdown()
     assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget  # the file itself, as measured
