@@ -87,7 +87,8 @@ class HardwareProfile:
         Memory available to the model (weights plus activations). For a
         microcontroller this is its SRAM: a hard limit.
     energy_pj_per_mac : dict of str to float
-        Energy of one multiply-accumulate, by precision (``"int8"``, ``"fp32"``).
+        Energy of one multiply-accumulate, by precision (``"int8"``, ``"fp32"``;
+        ``"int4"``, optional, defaults to int8's: the products run on the int8 units).
     energy_pj_per_byte : float
         Energy of moving one byte from main memory.
     simd_width_bits : int
