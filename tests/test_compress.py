@@ -1,3 +1,4 @@
+import copy
 import os
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_size_budget_prunes_in_the_profiles_pattern(trained, tmp_path):
     net, data = trained
     budget = int(0.5 * _file_bytes(hw.runtime.convert(net, input_shape=(128,)), tmp_path))
     rt, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=budget, max_accuracy_drop=0.1,
-                          fine_tune_epochs=3)
+                          fine_tune_epochs=3, weight_bits=(8,))  # 8 bits only: the sparse lever alone
     assert rep.met, rep.markdown()
     assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget  # the file itself fits
     pruned = [l for l in rep.layers if l.sparsity >= 0.5]
@@ -69,10 +70,10 @@ def test_a_quarter_of_the_int8_file_is_met_on_every_profile(trained, tmp_path, p
     int8_bytes = _file_bytes(hw.runtime.convert(net, input_shape=(128,)), tmp_path, "int8.hwreg")
     budget = int(0.25 * int8_bytes)
     rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=0.05, fine_tune_epochs=3,
-                          raise_on_miss=False, profile_repeats=3)
+                          raise_on_miss=False, profile_repeats=3, weight_bits=(8,))
     assert rep.met, rep.markdown()
     assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget
-    # The budget is met by storing pruned layers sparse, in the file the runtime loads.
+    # At 8 bits the budget is met by storing pruned layers sparse, in the file the runtime loads.
     assert any(op.kind == "sparse_linear" for op in hw.runtime.load(os.path.join(tmp_path, "m.hwreg")).ops)
 
 
@@ -90,7 +91,7 @@ def test_latency_budget_pays_no_accuracy_for_a_pattern_that_is_not_faster(traine
                                                   "sparsity_patterns": {"block": 0.9}})
     dense_est = hw.profiles.estimate(hw.runtime.convert(net, input_shape=(128,)).layer_work(1), fast).latency_s
     _, rep = hw.compress(net, data, profile=fast, latency_budget=0.8 * dense_est, max_accuracy_drop=0.05,
-                         fine_tune_epochs=2, raise_on_miss=False)
+                         fine_tune_epochs=2, raise_on_miss=False, weight_bits=(8,))  # (int4 would pay too)
     assert any(l.sparsity >= 0.5 and l.pattern == "block" for l in rep.layers), rep.markdown()
 
 
@@ -180,7 +181,10 @@ def test_every_candidate_is_reported_and_the_chosen_ones_are_the_plan(digits_cnn
     assert {(c.layer, c.kind) for c in cands} >= {("0", "shrink"), ("3", "shrink"), ("8", "shrink"), ("8", "sparse")}
     assert not any(c.kind == "shrink" and c.layer == "10" for c in cands)
     assert not any(c.kind == "sparse" and c.layer in ("0", "3") for c in cands)
-    assert all(c.bits == 8 and 0 < c.ratio < 1 and c.delta_accuracy <= 0 for c in cands)
+    assert all(c.bits == 8 and 0 < c.ratio < 1 and c.delta_accuracy <= 0 for c in cands if c.kind != "bits")
+    # 4 bits for the Linear layers (the int4 kernels are linear ones), never for a convolution.
+    assert {c.layer for c in cands if c.kind == "bits"} == {"8", "10"}
+    assert all(c.bits == 4 and c.ratio == 0 and c.pattern == "dense" for c in cands if c.kind == "bits")
     # Shrinking a group more makes a smaller file, exactly: it is a smaller dense model.
     for layer in ("0", "3", "8"):
         sizes = [c.file_bytes for c in cands if c.layer == layer and c.kind == "shrink"]
@@ -227,7 +231,9 @@ def test_cortex_m7_gets_a_model_that_fits_its_sram(wide_mlp):
     after = hw.profiles.estimate(rt.layer_work(1), m7, activation_peak=_activation_peak(rt, 1))
     assert rep.memory_bytes == after.memory_bytes == rep.weight_bytes + rep.peak_activation_bytes
     assert rep.memory_bytes <= m7.mem_capacity_bytes < before.memory_bytes
-    assert any(l.channels_removed > 0 for l in rep.layers)  # m7 has no sparse kernel: shrinking got there
+    # m7 has no sparse kernel: shrinking or 4-bit weights (half the bytes) got there, nothing was stored sparse.
+    assert any(l.channels_removed > 0 or l.bits == 4 for l in rep.layers), rep.markdown()
+    assert not any(l.op == "sparse_linear" for l in rep.layers)
     assert f"memory ≤ {m7.mem_capacity_bytes} B" in rep.markdown()
 
 
@@ -253,4 +259,60 @@ def test_memory_budget_and_its_cli_flag(wide_mlp, tmp_path, capsys):
               "-o", str(tmp_path / "o.hwreg")])
     report = json.loads(capsys.readouterr().out)["report"]
     assert report["memory_budget_bytes"] == 400000 and report["memory_bytes"] <= 400000
+    # Bits per layer: 4 exactly where the file holds an int4 layer.
+    ops = {n.name: n.op.kind for n in hw.runtime.load(str(tmp_path / "o.hwreg")).nodes}
+    assert [l["bits"] for l in report["layers"]] == [4 if ops[l["name"]] == "int4_linear" else 8
+                                                      for l in report["layers"]]
     assert report["candidates"] and all("estimated_us" in c and "chosen" in c for c in report["candidates"])
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """An MLP trained well on the digits (about 98%): a tenth of its float file needs int4 and shrinking."""
+    split = hw.data.load_digits()
+    net = hw.nn.mlp([64, 512, 10], rng=0)
+    hw.fit(net, split.X_train, split.y_train, epochs=15, lr=0.01, verbose=False)
+    return net.eval(), (split.X_train, split.y_train, split.X_test, split.y_test)
+
+
+@pytest.mark.parametrize("profile", ["host", *sorted(hw.profiles.PRESETS)])
+def test_a_tenth_of_the_float_file_with_int4_and_at_most_one_point_lost(digits_mlp, tmp_path, profile):
+    from hwreg_rs import constraints as C
+    from hwreg_rs.compress import _float_file_bytes
+
+    net, data = digits_mlp
+    budget = int(0.1 * _float_file_bytes(net))
+    rt, rep = hw.compress(net, data, profile=profile, size_budget=budget, max_accuracy_drop=0.01,
+                          fine_tune_epochs=3, profile_repeats=3)
+    assert rep.met and budget == int(0.1 * rep.float_bytes), rep.markdown()
+    assert rep.nbytes == _file_bytes(rt, tmp_path) <= budget  # the file itself, as measured
+    assert rep.accuracy >= rep.float_accuracy - 0.01
+    X_val, y_val = data[2], data[3]
+    loaded = hw.runtime.load(os.path.join(tmp_path, "m.hwreg"))
+    assert np.mean(loaded.predict(X_val).argmax(axis=1) == y_val) == rep.accuracy
+    # At least one layer is stored int4; the report says so per layer, and the chosen candidates are the plan.
+    four = {l.name for l in rep.layers if l.bits == 4}
+    assert four and four == {n.name for n in loaded.nodes if n.op.kind == "int4_linear"}
+    assert four == {c.layer for c in rep.candidates if c.kind == "bits" and c.chosen}
+    assert all(l.bits == 8 for l in rep.layers if l.name not in four)
+    md = rep.markdown()
+    assert any(line.startswith(f"| {name} | int4_linear | 4 |") for name in four for line in md.splitlines())
+    # No layer is both 4-bit and pruned: the runtime has no sparse int4 storage.
+    assert not four & {c.layer for c in rep.candidates if c.kind == "sparse" and c.chosen}
+    # A 4-bit candidate's file bytes are exact: the model with that layer alone at 4 bits, saved.
+    cand = next(c for c in rep.candidates if c.kind == "bits" and c.layer == "2")
+    alone = copy.deepcopy(net)
+    alone[2].weight_fake_quant = C.WeightFakeQuant(4)
+    assert cand.file_bytes == _file_bytes(hw.runtime.convert(alone, input_shape=(64,), sparse="never"), tmp_path,
+                                          "alone.hwreg")
+    assert cand.file_bytes < _file_bytes(hw.runtime.convert(net, input_shape=(64,)), tmp_path, "int8.hwreg")
+
+
+def test_eight_bits_only_offers_no_int4_and_bad_weight_bits(digits_mlp):
+    net, data = digits_mlp
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=40_000, max_accuracy_drop=0.05,
+                         fine_tune_epochs=1, profile_repeats=3, weight_bits=(8,), raise_on_miss=False)
+    assert all(c.bits == 8 for c in rep.candidates) and all(l.bits == 8 for l in rep.layers)
+    for bad in ((4,), (8, 2), (8, True), ()):
+        with pytest.raises(ValueError, match="weight_bits"):
+            hw.compress(net, data, profile="cortex-m7", weight_bits=bad)

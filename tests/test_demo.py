@@ -29,12 +29,13 @@ def test_demo_compresses_for_a_budget_int8_alone_misses(demo):
     assert int8_row["file_bytes"] == d["int8_bytes"] > d["budget_bytes"]  # int8 alone cannot meet the budget
     assert status == 0 and d["met"] and comp["file_bytes"] <= d["budget_bytes"]
     # A quarter of the int8 file: layers shrunk (channels removed) because the budget required it,
-    # named as in the model; every compressed layer is shrunk or pruned and stored sparse.
+    # named as in the model; every compressed layer is shrunk, pruned and stored sparse, or 4-bit.
     assert d["budget_bytes"] == int(0.25 * d["int8_bytes"])
     layers = {l["name"]: l for l in d["report"]["layers"]}
     assert d["shrunk_layers"] and all(layers[n]["channels_removed"] > 0 for n in d["shrunk_layers"])
     assert all(layers[n]["op"] == "sparse_linear" for n in d["sparse_layers"])
-    assert set(d["compressed_layers"]) == set(d["shrunk_layers"]) | set(d["sparse_layers"])
+    assert all(layers[n]["op"] == "int4_linear" and layers[n]["bits"] == 4 for n in d["int4_layers"])
+    assert set(d["compressed_layers"]) == set(d["shrunk_layers"]) | set(d["sparse_layers"]) | set(d["int4_layers"])
     assert any(c["chosen"] and c["kind"] == "shrink" for c in d["report"]["candidates"])
     assert all(l["op"] != "relu" for l in d["report"]["layers"])
 

@@ -82,7 +82,7 @@ def test_memory_is_weights_plus_peak_activations_and_fits():
 
 def test_layerwork_validation():
     with pytest.raises(ValueError, match="precision"):
-        LayerWork("x", "linear", 1, 1, 1, 1, precision="int4")
+        LayerWork("x", "linear", 1, 1, 1, 1, precision="int2")
     with pytest.raises(ValueError, match="density"):
         LayerWork("x", "linear", 1, 1, 1, 1, density=1.5)
 
@@ -182,3 +182,59 @@ def test_peak_activation_bytes_of_a_resnet_holds_the_skip():
     held = {conv2.inputs[0], conv2.outputs[0], skip}  # while conv2 runs, the skip waits for the add
     assert len(held) == 3
     assert _activation_peak(rt, 1) >= sum(4 * int(np.prod(shapes[v])) for v in held)
+
+
+def _int4_pair(k=4096, n=4096, rows=1):
+    """The same layer with int8 weights (one byte each + scale + bias) and int4 ones (half a byte)."""
+    kw = dict(macs=rows * k * n, act_in_bytes=4 * rows * k, act_out_bytes=4 * rows * n, gemm=(rows, k, n))
+    return (LayerWork("w8", "linear", weight_bytes=k * n + 8 * n, precision="int8", **kw),
+            LayerWork("w4", "linear", weight_bytes=k * n // 2 + 8 * n, precision="int4", **kw))
+
+
+def test_int4_without_a_kernel_figure_is_int8_compute_plus_an_unpack_and_moves_half_the_bytes():
+    m7 = preset("cortex-m7")  # compute-bound at batch 1; no int4 figure
+    assert m7.int4_speedup == () and m7.int4_factor(1) is None
+    w8, w4 = _int4_pair(512, 256)
+    e8, e4 = estimate([w8], m7).layers[0], estimate([w4], m7).layers[0]
+    # The unpack: one int8 operation per weight on top of int8's two per MAC.
+    assert e4.compute_s == pytest.approx(e8.compute_s * 1.5)
+    assert e4.memory_s < e8.memory_s and e4.weight_bytes == 512 * 256 // 2 + 8 * 256
+    assert e4.energy_j < e8.energy_j  # the MACs cost int8's, the bytes moved are fewer
+    # Memory-bound (a big layer on a desktop preset): the halved bytes make it faster.
+    big8, big4 = _int4_pair()
+    avx = preset("x86-avx512-vnni")
+    assert estimate([big4], avx).latency_s < 0.6 * estimate([big8], avx).latency_s
+
+
+def test_int4_speedup_scales_the_mac_time_by_batch_rows(tmp_path):
+    base = preset("x86-avx512-vnni")
+    p = HardwareProfile.from_dict({**base.to_dict(), "int4_speedup": [[16, 0.5], [1, 4.0]]})
+    assert p.int4_speedup == ((1, 4.0), (16, 0.5))
+    assert p.int4_factor(1) == 4.0 and p.int4_factor(64) == 0.5
+    assert p.int4_factor(4) == pytest.approx(4.0 * (0.5 / 4.0) ** 0.5)  # halfway in log rows
+    for rows, f in ((1, 4.0), (16, 0.5)):
+        w8, w4 = _int4_pair(512, 512, rows)
+        assert estimate([w4], p).layers[0].compute_s == pytest.approx(estimate([w8], p).layers[0].compute_s / f)
+    assert p.overhead_s("linear", "int4") == p.overhead_s("linear", "int8")  # not measured apart here
+    path = tmp_path / "p.json"
+    p.save(path)
+    assert HardwareProfile.load(path) == p
+    for bad in ([[0, 2.0]], [[1, 0.0]], [[1, 2.0], [1, 3.0]], [[1, float("nan")]], "x", [[1]]):
+        with pytest.raises(ValueError, match="int4_speedup"):
+            HardwareProfile("x", 1.0, 1.0, 1.0, 1, int4_speedup=bad)
+
+
+def test_the_runtimes_int4_layer_reports_int4_work():
+    import numpy as np
+
+    import hwreg_rs as hw
+
+    net = hw.nn.mlp([64, 48, 10], rng=0).eval()
+    rt = hw.runtime.convert(net, input_shape=(64,), weight_bits=4)
+    work = rt.layer_work(3)
+    lin = [w for w in work if w.kind == "linear"]
+    assert [w.precision for w in lin] == ["int4", "int4"]
+    ops = [op for op in rt.ops if op.kind == "int4_linear"]
+    assert [w.weight_bytes for w in lin] == [op.layer.nbytes for op in ops]
+    assert lin[0].gemm == (3, 64, 48) and lin[0].weight_bytes == 48 * 32 + 2 * 4 * 48  # nibbles, scales, bias
+    assert np.isfinite(estimate(work, preset("cortex-a55")).latency_s)

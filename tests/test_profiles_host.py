@@ -41,6 +41,9 @@ def test_host_profile_is_valid_and_round_trips_json(host, tmp_path):
     for key in ("linear/int8", "linear/fp32", "conv2d/int8", "conv2d/fp32", "pool", "elementwise", "reshape"):
         assert host.overhead_us[key] >= 0
     assert 0 < host.parallel_speedup <= hw.num_threads() and host.gemm_tile == (1, 4, 16)
+    # int4 against int8 on the same weights, at batch 1 and a small batch, with its own call overhead.
+    assert "dense_int4" in host.kernels and host.overhead_us["linear/int4"] > 0
+    assert [r for r, _ in host.int4_speedup] == [1, 16] and all(0 < f <= 20 for _, f in host.int4_speedup)
     path = tmp_path / "host.json"
     host.save(path)
     assert HardwareProfile.load(path) == host
@@ -52,7 +55,8 @@ def test_host_profile_is_valid_and_round_trips_json(host, tmp_path):
 
 def test_old_profile_files_without_the_new_fields_still_load(tmp_path):
     d = preset("x86-avx2").to_dict()
-    for key in ("overhead_us", "ns_per_element", "gemm_tile", "parallel_min_macs", "parallel_speedup"):
+    for key in ("overhead_us", "ns_per_element", "gemm_tile", "parallel_min_macs", "parallel_speedup",
+                "int4_speedup"):
         d.pop(key)
     path = tmp_path / "old.json"
     path.write_text(json.dumps(d))

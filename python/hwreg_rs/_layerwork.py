@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["LayerWork", "PRECISIONS", "PATTERNS", "KINDS"]
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int4")
 PATTERNS = ("dense", "unstructured", "block", "n:m")
 KINDS = ("linear", "conv2d", "pool", "elementwise", "reshape")
 
@@ -34,7 +34,8 @@ class LayerWork:
     act_in_bytes, act_out_bytes : int
         Bytes of input and output activations.
     precision : str
-        ``"int8"`` or ``"fp32"``.
+        ``"int8"``, ``"int4"`` (4-bit weights, uint8 activations; the
+        weight bytes are the packed nibbles plus scales) or ``"fp32"``.
     density : float
         Fraction of weights kept (1.0 when dense).
     pattern : str

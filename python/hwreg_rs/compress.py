@@ -8,7 +8,14 @@
   file are exact to estimate, and it pays on every target, convolutions included;
 * **prune** a Linear layer to a sparsity (``sparsities``) in the pattern the
   target's kernels run best, stored sparse (its kept values plus one bit per
-  weight).
+  weight);
+* **4-bit weights** for a Linear layer (``weight_bits``): stored as int4
+  (:class:`hwreg_rs.int4.Int4Linear`, two weights per byte, one scale per
+  output channel: the grid 4-bit QAT trains and :func:`hwreg_rs.runtime.convert`
+  keeps; per-group scales are not offered, since QAT has no per-group grid),
+  costed by the profile's int4 figure (``int4_speedup``; without one, int8
+  speed plus an unpack). It combines with shrinking, not with pruning: the
+  runtime has no sparse int4 storage, so a layer is either pruned or 4-bit.
 
 Every candidate is costed on the model with it alone by the one cost model
 (:func:`hwreg_rs.profiles.estimate`: latency on the profile, weights plus peak
@@ -22,8 +29,10 @@ fine-tuning wins much back), until the budgets hold or no step is left. When the
 allowance is spent first, the plan so far is applied and briefly fine-tuned, and
 the search goes on from the recovered model (``search_rounds``). The plan
 is then applied (shrunk first), fine-tuned under the training loop's hard
-constraints (gradual pruning in the pattern, 8-bit weight fake quantization),
-converted to an int8 :class:`~hwreg_rs.runtime.RuntimeModel`, measured and
+constraints (gradual pruning in the pattern, weight fake quantization at 4
+bits on the 4-bit layers and 8 elsewhere), converted to a
+:class:`~hwreg_rs.runtime.RuntimeModel` (int4 where trained at 4 bits, int8
+elsewhere), measured and
 reported, layer by layer (by the model's own layer names), with every candidate
 considered. A missed budget raises :class:`BudgetError` (carrying the report)
 unless told not to.
@@ -42,9 +51,8 @@ The budgets, and what they are judged on:
   weights and activations alike there: flash is not modelled).
 
 Convolutions are stored and run dense (there is no sparse convolution kernel):
-they are shrunk, never pruned. All weights are stored as int8; a candidate
-carries its bit width so int4 candidates can join the search once the runtime
-stores 4-bit weights.
+they are shrunk, never pruned, and stay at 8 bits (the int4 kernels are
+linear layers).
 """
 
 from __future__ import annotations
@@ -105,8 +113,9 @@ class Candidate:
     ``memory_bytes`` are those of the whole model with this candidate alone (the cost model's
     latency on the profile; the ``.hwreg`` file, exact for shrinking; weights + peak
     activations), ``delta_accuracy`` its accuracy change on the held-out data before
-    fine-tuning. ``bits`` is the weights' width: 8 for every candidate today (the dimension
-    int4 candidates will use).
+    fine-tuning. ``bits`` is the weights' width: 4 for a ``kind="bits"`` candidate (the Linear
+    layer stored int4, its accuracy measured with 4-bit fake quantization of that layer alone;
+    ``ratio`` 0), 8 for every other.
     """
 
     layer: str
@@ -209,7 +218,7 @@ class CompressionReport:
         return "\n".join(lines)
 
 
-_WEIGHTED = ("linear", "sparse_linear", "conv2d", "group_conv2d")
+_WEIGHTED = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d")
 _CONV_NOTE = "convolutions are stored and run dense int8 (the runtime has no sparse convolution kernel)"
 # Bytes the file adds for a sparse layer besides its values and mask bits: a second array's
 # 64-byte alignment and the longer JSON entry.
@@ -273,7 +282,7 @@ class _Cost:
     peak_activation_bytes: int
 
 
-_Unit = tuple[str, Any]  # ("shrink", group layers) or ("sparse", layer name)
+_Unit = tuple[str, Any]  # ("shrink", group layers), ("sparse", layer name) or ("bits", layer name)
 
 
 def _unit_name(unit: _Unit) -> str:
@@ -287,7 +296,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
              shrink_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75), importance: str = "l1",
              fine_tune_epochs: int = 8, lr: float = 5e-4, seed: int = 0, raise_on_miss: bool = True,
              verbose: bool = False, profile_repeats: int = 15,
-             search_rounds: int = 3) -> tuple[runtime.RuntimeModel, CompressionReport]:
+             search_rounds: int = 3, weight_bits: Sequence[int] = (8, 4)) -> tuple[runtime.RuntimeModel, CompressionReport]:
     """Compress ``model`` into an int8 runtime model that fits a budget on ``profile``.
 
     Parameters
@@ -336,6 +345,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         Rounds of the search: when the accuracy allowance is spent before the
         budgets hold, the plan so far is applied and briefly fine-tuned
         (``fine_tune_epochs // 3`` epochs) and the search goes on from there.
+    weight_bits : sequence of {8, 4}, default (8, 4)
+        Weight widths a Linear layer may get; ``(8,)`` keeps every layer int8.
 
     Returns
     -------
@@ -370,6 +381,10 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         raise ValueError(f"shrink_ratios must lie in (0, 1); got {list(shrink_ratios)}")
     if not (isinstance(search_rounds, int) and search_rounds >= 1):
         raise ValueError(f"search_rounds must be an int >= 1; got {search_rounds!r}")
+    bits_ok = sorted({int(b) for b in weight_bits}) if all(
+        isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in weight_bits) else []
+    if 8 not in bits_ok or not set(bits_ok) <= {4, 8}:
+        raise ValueError(f"weight_bits must hold 8 and optionally 4; got {list(weight_bits)!r}")
     if importance not in ("l1", "l2", "bn"):
         raise ValueError(f"importance must be 'l1', 'l2' or 'bn'; got {importance!r}")
     prof = profiles.resolve(profile)
@@ -398,6 +413,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
 
     base = work_model  # what a round of the search plans from: the model, then each round's recovered one
     baked: dict[str, float] = {}  # sparsity earlier rounds already pruned into ``base``
+    baked4: set[str] = set()  # layers earlier rounds already trained at 4 bits
 
     def levers() -> tuple[dict[_Unit, list[Any]], dict[_Unit, int]]:
         """The levers of ``base``, one unit each with its levels: a channel group to shrink (a
@@ -417,10 +433,23 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     prunable[("shrink", grp.layers)] = grp.prunable
         if mask_fn is not None:
             for name, kind in kinds.items():
-                if kind == "linear":
+                if kind == "linear" and name not in baked4:
                     levels[("sparse", name)] = sorted({float(sp) for sp in sparsities
                                                        if sp >= 0.5 and sp > baked.get(name, 0.0)})
+        if 4 in bits_ok:  # no sparse int4 storage: a pruned layer stays at 8 bits
+            for name, kind in kinds.items():
+                if kind == "linear" and name not in baked and name not in baked4:
+                    levels[("bits", name)] = [4]
         return {u: v for u, v in levels.items() if v}, prunable
+
+    def four_bit(state: dict[_Unit, Any]) -> set[str]:
+        return baked4 | {u[1] for u in state if u[0] == "bits"}
+
+    def excluded(u: _Unit, state: dict[_Unit, Any]) -> bool:
+        """A step the runtime cannot store: pruning a 4-bit layer, or 4 bits for a pruned one."""
+        if u[0] == "bits":
+            return ("sparse", u[1]) in state
+        return u[0] == "sparse" and ("bits", u[1]) in state
 
     def build(state: dict[_Unit, Any]) -> Module:
         counts = {u[1]: c for u, c in state.items() if u[0] == "shrink"}
@@ -431,15 +460,18 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             if u[0] == "sparse":
                 w = mods[u[1]].weight
                 w.data = w.data * mask_fn(w.data, sp)
+        for name in four_bit(state):  # the 4-bit grid convert keeps (per output channel)
+            if getattr(mods[name].weight_fake_quant, "bits", None) != 4:
+                mods[name].weight_fake_quant = C.WeightFakeQuant(4)
         return m.eval()
 
     dense_cache: dict[Any, tuple[list[profiles.LayerWork], dict[str, int], dict[str, tuple[int, int]], int, int]] = {}
     size_offset = [0]  # the sparse file-size model's error, learnt from exact sizes of planned models
 
     def cost(state: dict[_Unit, Any]) -> _Cost:
-        key = tuple(sorted((u[1], c) for u, c in state.items() if u[0] == "shrink"))
+        key = tuple(sorted((u[0], u[1], c) for u, c in state.items() if u[0] != "sparse"))
         if key not in dense_cache:
-            m = build({u: c for u, c in state.items() if u[0] == "shrink"})
+            m = build({u: c for u, c in state.items() if u[0] != "sparse"})
             rt = runtime.convert(m, input_shape=shape, sparse="never")
             mods = modules_of(m)
             dims = {n: (int(np.prod(mods[n].weight.data.shape[1:])), int(mods[n].weight.data.shape[0]))
@@ -480,17 +512,19 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     def accuracy(m: Module) -> float:
         return float(evaluate(m, X_val, y_val)["accuracy"])
 
-    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int) -> Module:
+    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int, four: set[str]) -> Module:
         """Train ``m`` under the hard constraints: each pruned layer's sparsity from its first to
-        its second figure (gradually; held where equal), 8-bit weight QAT."""
+        its second figure (gradually; held where equal), weight QAT at 4 bits on the layers in
+        ``four`` and 8 bits on the others."""
         m.train()
         steps_per_epoch = max(1, int(np.ceil(len(X_tr) / 32)))
         end = max(1, steps_per_epoch * max(1, epochs - 2))
-        qat = C.QAT(weight_bits=8, activation_bits=None)
+        qat = [C.QAT(weight_bits=bits, activation_bits=None, layers=sel) for bits, sel in (
+            (4, sorted(four)), (8, [n for n in kinds if n not in four])) if sel]
         cons: list[Any] = [C.GradualPruning(final, initial_sparsity=first, end_step=end,
                                             frequency=max(1, end // 10), mask_fn=mask_fn, params=[f"{name}.weight"])
                            for name, (first, final) in pruned.items()]
-        Trainer(m, constraints=[*cons, qat], epochs=epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
+        Trainer(m, constraints=[*cons, *qat], epochs=epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
         return m.eval()
 
     # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
@@ -525,9 +559,10 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 c = cost({u: lvl})
                 drop[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
                 shrinks = u[0] == "shrink"
+                ratio = lvl / prunable[u] if shrinks else 0.0 if u[0] == "bits" else float(lvl)
                 round_cands[(u, lvl)] = Candidate(
-                    _unit_name(u), u[0], lvl / prunable[u] if shrinks else float(lvl),
-                    "dense" if shrinks else pattern, 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
+                    _unit_name(u), u[0], ratio, pattern if u[0] == "sparse" else "dense",
+                    4 if u[0] == "bits" else 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
                     -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd)
                 if drop[(u, lvl)] > allowance:  # alone past the allowance: the levels beyond are not tried
                     levels[u] = levels[u][:j]
@@ -541,7 +576,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 for u in useful:
                     cur = state.get(u)
                     nxt = next((lv for lv in levels[u] if cur is None or lv > cur), None)
-                    if u in stopped or nxt is None:
+                    if u in stopped or nxt is None or excluded(u, state):
                         continue
                     saving = gain(now, cost({**state, u: nxt}))
                     if saving > 1e-4:
@@ -583,15 +618,18 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         # fine-tune under the hard constraints, and search again from the recovered model.
         pruned_now = {u[1]: sp for u, sp in state.items() if u[0] == "sparse"}
         held = {name: (sp, sp) for name, sp in {**baked, **pruned_now}.items()}
-        base = fine_tune(build(state), held, max(1, fine_tune_epochs // 3))
+        base = fine_tune(build(state), held, max(1, fine_tune_epochs // 3), four_bit(state))
         baked.update(pruned_now)
+        baked4.update(four_bit(state))
         state = {}
 
     # The plan: shrink (the sparse levels ramp up while fine-tuning, from what earlier rounds pruned).
-    tuned = build({u: c for u, c in state.items() if u[0] == "shrink"})
+    tuned = build({u: c for u, c in state.items() if u[0] != "sparse"})
     plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+    plan4 = four_bit(state)
     if state or base is not work_model:
-        tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs)
+        tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs,
+                          plan4)
 
     rt = runtime.convert(tuned, input_shape=shape, sparse="always" if stores_sparse else "auto",
                          batch_size=batch_size)
@@ -610,12 +648,17 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         if op.kind == "sparse_linear":
             kept, path = float(op.matrix.density), op.path
             stored = "n:m" if path.startswith("nm") else "block" if path.startswith("bsr") else "unstructured"
+        elif op.kind == "int4_linear":
+            q = op.layer.int_weight()
+            kept, stored = float(np.count_nonzero(q)) / max(q.size, 1), "dense"
         else:
             q = op.layer.weight_q
             kept, stored = float(np.count_nonzero(q)) / max(q.size, 1), "dense"
         note = _CONV_NOTE if "conv" in op.kind else ""
         if sp and stored == "dense":
             note = "pruned, stored dense: the chooser measured dense int8 faster here"
+        if op.kind == "int4_linear" and not prof.int4_speedup:
+            note = "int4 weights: the profile has no int4 kernel figure, costed as int8 compute plus an unpack"
         removed = 0.0
         if node.name in out_channels and node.name in tuned_modules:
             removed = 1.0 - tuned_modules[node.name].weight.data.shape[0] / out_channels[node.name]
@@ -623,7 +666,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         delta = next((c.delta_accuracy for c in reversed(candidates)
                       if c.chosen and node.name in c.layer.split("+")), None)
         layers.append(LayerReport(
-            name=node.name, op=op.kind, bits=8, sparsity=1.0 - kept, pattern=stored,
+            name=node.name, op=op.kind, bits=4 if op.kind == "int4_linear" else 8, sparsity=1.0 - kept,
+            pattern=stored,
             nbytes=int(sum(a.nbytes for a in op.arrays().values())),
             estimated_us=1e6 * est.layers[i].latency_s, measured_us=1e6 * per_node[node.name],
             delta_accuracy=delta, note=note, channels_removed=removed))

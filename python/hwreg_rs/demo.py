@@ -62,8 +62,9 @@ def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: 
     dict
         ``models`` (one row per model: ``model``, ``accuracy``, ``file_bytes``,
         ``latency_b1_us``, ``latency_b64_us``), ``speedup_b1``/``speedup_b64`` (float
-        over compressed), ``budget_bytes``, ``int8_bytes``, ``met``, ``shrunk_layers`` and
-        ``sparse_layers`` (names of the layers shrunk / pruned and stored sparse), ``report`` (the
+        over compressed), ``budget_bytes``, ``int8_bytes``, ``met``, ``shrunk_layers``,
+        ``sparse_layers`` and ``int4_layers`` (names of the layers shrunk / pruned and stored sparse /
+        stored with 4-bit weights), ``report`` (the
         compression report as a dict), ``runtime_file``, ``float_file``, ``data_file``,
         ``batch_file``, ``seconds``.
     """
@@ -148,7 +149,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: 
         "int8_speedup_b64": f["latency_b64_us"] / q["latency_b64_us"],
         "compressed_layers": [l.name for l in chosen],
         "shrunk_layers": [l.name for l in report.layers if l.channels_removed > 0],
-        "sparse_layers": [l.name for l in report.layers if l.op == "sparse_linear"], "runtime_file": out, "float_file": float_file,
+        "sparse_layers": [l.name for l in report.layers if l.op == "sparse_linear"],
+        "int4_layers": [l.name for l in report.layers if l.bits == 4], "runtime_file": out, "float_file": float_file,
         "data_file": data_file, "batch_file": batch_file,
         "report": report.to_dict(), "report_markdown": report.markdown(),
         "seconds": time.perf_counter() - t_start,
@@ -171,7 +173,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"size budget {result['budget_bytes']} B ({result['budget_bytes'] / result['int8_bytes']:.0%} of the int8 "
         f"file): {'met' if result['met'] else 'MISSED'}; shrunk (channels removed): "
         f"{', '.join(result['shrunk_layers']) or 'none'}; pruned and stored sparse: "
-        f"{', '.join(result['sparse_layers']) or 'none'}",
+        f"{', '.join(result['sparse_layers']) or 'none'}; 4-bit weights: {', '.join(result['int4_layers']) or 'none'}",
         f"runtime model saved to {result['runtime_file']}; to go on from here:",
         f"  hwreg-rs compress {result['float_file']} {result['data_file']} --arch cnn --profile cortex-a55 "
         f"--size-budget {result['budget_bytes']} -o cnn_a55.hwreg",

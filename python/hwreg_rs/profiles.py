@@ -87,7 +87,8 @@ class HardwareProfile:
         Memory available to the model (weights plus activations). For a
         microcontroller this is its SRAM: a hard limit.
     energy_pj_per_mac : dict of str to float
-        Energy of one multiply-accumulate, by precision (``"int8"``, ``"fp32"``).
+        Energy of one multiply-accumulate, by precision (``"int8"``, ``"fp32"``;
+        ``"int4"``, optional, defaults to int8's: the products run on the int8 units).
     energy_pj_per_byte : float
         Energy of moving one byte from main memory.
     simd_width_bits : int
@@ -95,8 +96,8 @@ class HardwareProfile:
     cores : int
         Cores the throughput figures assume.
     kernels : tuple of str
-        Kernels the runtime has: ``"dense_f32"``, ``"dense_int8"``, ``"sparse_f32"``,
-        ``"sparse_int8"``.
+        Kernels the runtime has: ``"dense_f32"``, ``"dense_int8"``, ``"dense_int4"``
+        (measured into ``int4_speedup``), ``"sparse_f32"``, ``"sparse_int8"``.
     sparsity_patterns : dict of str to float
         Patterns the sparse kernels exploit, each with its efficiency: the
         fraction of dense per-MAC throughput a kept weight achieves (0..1).
@@ -133,6 +134,15 @@ class HardwareProfile:
         at least ``parallel_min_macs`` (``int8_gops`` is the all-cores figure).
         Below 1 when threads slow the kernels down, as on a machine whose
         cores are busy with other work.
+    int4_speedup : tuple of (int, float) pairs
+        The int4 kernel (4-bit weights x uint8 activations) against dense int8:
+        ``((rows, factor), ...)``, the factor by which its multiply-accumulate
+        time at ``rows`` batch rows is below int8's (above 1: faster),
+        interpolated in log rows between the points and held beyond them.
+        Empty (the presets): no int4 kernel figure, so an ``"int4"`` layer is
+        assumed to compute at int8 speed after unpacking its nibbles (one int8
+        operation per weight and call): int4 is then a size lever (its weights
+        are stored and moved at 4 bits) that costs a little compute.
 
     Examples
     --------
@@ -162,6 +172,7 @@ class HardwareProfile:
     gemm_tile: tuple[int, int, int] = (1, 1, 1)
     parallel_min_macs: int = 0
     parallel_speedup: float = 1.0
+    int4_speedup: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         for f in ("int8_gops", "fp32_gflops", "mem_bandwidth_gbs", "energy_pj_per_byte"):
@@ -177,7 +188,7 @@ class HardwareProfile:
                 raise ValueError(f"unknown sparsity pattern {p!r}; expected one of {PATTERNS[1:]}")
             if not 0 < eff <= 1:
                 raise ValueError(f"efficiency of pattern {p!r} must be in (0, 1]; got {eff!r}")
-        missing = set(PRECISIONS) - set(self.energy_pj_per_mac)
+        missing = {"fp32", "int8"} - set(self.energy_pj_per_mac)  # int4 MACs cost int8's unless given
         if missing:
             raise ValueError(f"energy_pj_per_mac lacks {sorted(missing)}")
         for key, v in self.overhead_us.items():
@@ -207,14 +218,38 @@ class HardwareProfile:
         object.__setattr__(self, "ns_per_element", {str(k): float(v) for k, v in self.ns_per_element.items()})
         object.__setattr__(self, "gemm_tile", tile)
         object.__setattr__(self, "parallel_min_macs", int(self.parallel_min_macs))
+        try:
+            pts = tuple(sorted((int(r), float(f)) for r, f in self.int4_speedup))
+        except (TypeError, ValueError):
+            raise ValueError(f"int4_speedup must be (rows, factor) pairs; got {self.int4_speedup!r}") from None
+        if any(r < 1 or not (np.isfinite(f) and f > 0) for r, f in pts) or len({r for r, _ in pts}) != len(pts):
+            raise ValueError(f"int4_speedup needs distinct rows >= 1 and finite factors > 0; got {self.int4_speedup!r}")
+        object.__setattr__(self, "int4_speedup", pts)
 
     def throughput_ops(self, precision: str) -> float:
-        """Dense throughput in operations per second for ``"int8"`` or ``"fp32"``."""
-        if precision == "int8":
+        """Dense throughput in operations per second for ``"int8"`` or ``"fp32"`` (``"int4"``: int8's,
+        which :meth:`int4_factor` then scales)."""
+        if precision in ("int8", "int4"):
             return self.int8_gops * 1e9
         if precision == "fp32":
             return self.fp32_gflops * 1e9
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+
+    def int4_factor(self, rows: int) -> float | None:
+        """How many times faster the int4 kernel's multiply-accumulates are than int8's at ``rows``
+        batch rows (``int4_speedup`` interpolated in log rows); None without an int4 figure.
+
+        Examples
+        --------
+        >>> p = HardwareProfile("t", 1.0, 1.0, 1.0, 1, int4_speedup=((1, 4.0), (16, 1.0)))
+        >>> p.int4_factor(1), p.int4_factor(4), p.int4_factor(64), preset("cortex-m7").int4_factor(1)
+        (4.0, 2.0, 1.0, None)
+        """
+        pts = self.int4_speedup
+        if not pts:
+            return None
+        r = np.log(max(int(rows), 1))
+        return float(np.exp(np.interp(r, [np.log(p[0]) for p in pts], [np.log(p[1]) for p in pts])))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -229,6 +264,8 @@ class HardwareProfile:
         for key in ("kernels", "gemm_tile"):
             if key in d:
                 d[key] = tuple(d[key])
+        if "int4_speedup" in d:
+            d["int4_speedup"] = tuple(tuple(p) for p in d["int4_speedup"])
         return cls(**d)
 
     def scaled(self, factor: float) -> "HardwareProfile":
@@ -273,7 +310,10 @@ class HardwareProfile:
 
     def overhead_s(self, kind: str, precision: str = "fp32") -> float:
         """Fixed seconds of one call of a layer of ``kind`` at ``precision``."""
-        us = self.overhead_us.get(f"{kind}/{precision}", self.overhead_us.get(kind, self.layer_overhead_us))
+        default = self.overhead_us.get(kind, self.layer_overhead_us)
+        if precision == "int4":  # the int4 layer is called like the int8 one unless measured apart
+            default = self.overhead_us.get(f"{kind}/int8", default)
+        us = self.overhead_us.get(f"{kind}/{precision}", default)
         return us * 1e-6
 
     def describe(self) -> str:
@@ -560,16 +600,27 @@ def _pad(v: int, t: int) -> int:
     return -(-v // t) * t
 
 
+def _int4_mac_s(t_mac: float, profile: HardwareProfile, dims: tuple[int, int, int] | None, ops: float) -> float:
+    """An int4 layer's multiply-accumulate seconds from int8's: the profile's int4 factor, or without
+    one int8 speed plus unpacking every weight once per call (one int8 operation each)."""
+    factor = profile.int4_factor(dims[0] if dims else 1)
+    if factor is not None:
+        return t_mac / factor
+    return t_mac + (dims[1] * dims[2] / ops if dims else 0.0)
+
+
 def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
     """Seconds of work besides the fixed overhead (the roofline's compute term,
     refined by the profile's per-element costs when it has them)."""
     ns = profile.ns_per_element
-    prec = w.precision
+    int4 = w.precision == "int4"
+    prec = "int8" if int4 else w.precision  # int4 shares int8's row quantizer, output step and tile
     if w.kind in ("linear", "conv2d") and w.macs > 0:
         dims = _gemm_dims(w)
         ops = profile.throughput_ops(prec)
         if not ns or dims is None:
-            return 2.0 * macs / ops
+            t = 2.0 * macs / ops
+            return _int4_mac_s(t, profile, dims, ops) if int4 else t
         m, k, n = dims
         if w.pattern == "dense" or (macs >= w.macs and not w.sparse_kernel):
             tr, tk, tn = profile.gemm_tile if prec == "int8" else (1, 1, 1)
@@ -589,6 +640,8 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_in = t_in / s if m * k >= profile.parallel_min_macs else t_in
         else:
             t_mac = 2.0 * macs_eff / ops
+        if int4:
+            t_mac = _int4_mac_s(t_mac, profile, dims, ops)
         t = t_mac + t_in + t_out
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
@@ -631,7 +684,8 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):
             bound = "overhead"
-        energy = (macs * profile.energy_pj_per_mac[w.precision] + moved * profile.energy_pj_per_byte) * 1e-12
+        pj = profile.energy_pj_per_mac.get(w.precision, profile.energy_pj_per_mac["int8"])
+        energy = (macs * pj + moved * profile.energy_pj_per_byte) * 1e-12
         act = 0 if w.kind == "reshape" else int(w.act_in_bytes + w.act_out_bytes)
         out.append(LayerEstimate(w.name, overhead + max(compute, memory), compute, memory, energy,
                                  int(w.weight_bytes), act, bound))
@@ -869,6 +923,10 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     * memory bandwidth: a large copy; capacity: physical memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
       the dense int8 layer, as the efficiency of a kept weight.
+    * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
+      on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
+      thread, each less the fitted row-quantization and output-step costs and
+      its own per-call overhead (a tiny layer), as ``int4_speedup``.
     * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
 
     Timings are medians of single calls, so a busy machine moves them less;
@@ -894,6 +952,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     from . import prune, sparse
     from .config import active_isa, num_threads, set_num_threads
     from .gemm import Int8Linear
+    from .int4 import Int4Linear
     from .nn import functional as F
     from .nn.conv import Conv2d, MaxPool2d
     from .nn.module import Sequential
@@ -1051,6 +1110,22 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             mat = make()
             t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9)
             patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
+
+        # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
+        # Both quantize the rows and finish the outputs alike: the ratio is of what is left.
+        set_num_threads(1)
+        k4 = 512 if quick else 1024
+        w4 = rand(k4, k4)
+        lay8, lay4 = Int8Linear.from_float(w4), Int4Linear.from_float(w4)
+        tiny4 = Int4Linear.from_float(rand(4, 4))
+        o4 = median_seconds(lambda: tiny4(tx), repeats=max_n, budget_s=budget)
+        int4_speedup = []
+        for m4 in (1, 16):
+            x4 = rand(m4, k4)
+            rest = c8[1] * m4 * k4 + c8[2] * m4 * k4 + c8[4] * m4
+            t8_ = median_seconds(lambda: lay8(x4), repeats=max_n, budget_s=2 * budget) - fix8 - rest
+            t4_ = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget) - o4 - rest
+            int4_speedup.append((m4, float(min(max(t8_, 1e-9) / max(t4_, 1e-9), 20.0))))
     finally:
         set_num_threads(threads)
 
@@ -1075,7 +1150,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         energy_pj_per_byte=_E_DRAM,
         simd_width_bits=simd,
         cores=int(threads),
-        kernels=("dense_f32", "dense_int8", "sparse_f32", "sparse_int8"),
+        kernels=("dense_f32", "dense_int8", "dense_int4", "sparse_f32", "sparse_int8"),
         sparsity_patterns=patterns,
         needs_7bit_activations=False,  # every hwreg_rs int8 path is exact
         layer_overhead_us=float(c8[0] * us),
@@ -1083,7 +1158,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                 f"({platform.machine()}), ISA {isa}, {threads} thread(s), "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC; energies are the 45 nm figures of "
                 "Horowitz (ISSCC 2014), not measured."),
-        overhead_us={"linear/int8": float(c8[0] * us), "linear/fp32": float(cf[0] * us),
+        overhead_us={"linear/int8": float(c8[0] * us), "linear/int4": float(o4 * us), "linear/fp32": float(cf[0] * us),
                      "conv2d/int8": float(conv8 * us), "conv2d/fp32": float(convf * us),
                      "pool": float(pool_fixed * us), "elementwise": float(elem_fixed * us),
                      "reshape": float(reshape_fixed * us)},
@@ -1095,4 +1170,5 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         gemm_tile=tile,
         parallel_min_macs=par_min,
         parallel_speedup=speedup,
+        int4_speedup=tuple(int4_speedup),
     )

@@ -214,10 +214,11 @@ class _Int4Dense(_Op):
         return shape[:-1] + (self.layer.out_features,)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
-        # The products run on the int8 dot-product units; the weight moves at 4 bits.
+        # Weights move at 4 bits (packed nibbles + scales + bias); the profile knows the kernel's speed.
         rows = int(np.prod(shape[:-1]))
         k, n = self.layer.in_features, self.layer.out_features
-        return LayerWork(name, "linear", rows * k * n, self.layer.nbytes, rows * k * 4, rows * n * 4, "int8")
+        return LayerWork(name, "linear", rows * k * n, self.layer.nbytes, rows * k * 4, rows * n * 4, "int4",
+                         gemm=(rows, k, n))
 
 
 class _Sparse(_Op):
