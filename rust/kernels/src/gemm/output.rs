@@ -451,6 +451,22 @@ impl<T: OutElem> Epilogue<'_, T> {
                     let rs = row_scale.get(i);
                     let cs = &col_scale[c0..c1];
                     let b = &bias[c0..c1];
+                    if rs > WIDE_ROW_SCALE {
+                        // A row whose range is near f32::MAX: f32(acc) * rs could overflow where the
+                        // result fits, so this (rare) row forms the product in f64.
+                        for j in 0..w {
+                            let f = ((a[j] as f64 * rs as f64) * cs[j] as f64 + b[j] as f64) as f32;
+                            let f = if *relu { f.max(0.0) } else { f };
+                            o[j] = match requant {
+                                None => T::from_f32(f),
+                                Some((ys, yzp)) => {
+                                    let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
+                                    T::from_clamped(round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp)
+                                }
+                            };
+                        }
+                        continue;
+                    }
                     match (requant, relu) {
                         (None, false) => {
                             for j in 0..w {
@@ -493,6 +509,10 @@ impl<T: OutElem> Epilogue<'_, T> {
         }
     }
 }
+
+/// Above this row scale `f32(acc) * row_scale` may overflow for an int32
+/// accumulator (|acc| <= 2^31); rows past it take the f64 path.
+const WIDE_ROW_SCALE: f32 = f32::MAX / 2_147_483_648.0;
 
 /// Round half to even for |v| <= 2^22 without a libm call (vectorises on
 /// baseline x86-64): adding and subtracting 1.5·2^23 rounds to an integer in
@@ -555,6 +575,24 @@ mod tests {
         let mut out = [0u8; 5];
         ep.apply(&[1, 3, 5, -1000, 1000], 5, 0..1, 0..5, &mut out, 5);
         assert_eq!(out, [10, 12, 12, 0, 255]);
+    }
+
+    #[test]
+    fn a_huge_row_scale_does_not_overflow_a_result_that_fits() {
+        // Row 0 has the scale of a row spanning about f32::MAX; row 1 an ordinary one.
+        let step = OutputStep::Float {
+            row_scale: Param::PerIndex(&[2.6e36, 0.5]),
+            col_scale: Param::PerIndex(&[1e-6, 2.0]),
+            bias: None,
+            relu: false,
+        };
+        let ep = step.prepare::<f32>(2, 2).unwrap();
+        let mut out = [0f32; 4];
+        ep.apply(&[40_000, -300_000, 7, -7], 2, 0..2, 0..2, &mut out, 2);
+        let want0 = ((40_000f64 * 2.6e36f32 as f64) * 1e-6f32 as f64) as f32;
+        assert!(want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6, "{}", out[0]);
+        assert_eq!(out[1], f32::NEG_INFINITY); // -3e5 * 2.6e36 * 2 is past f32::MAX: inf of its sign
+        assert_eq!(&out[2..], &[(7.0f32 * 0.5) * 1e-6, (-7.0f32 * 0.5) * 2.0]); // the f32 formula, unchanged
     }
 
     #[test]
