@@ -14,11 +14,11 @@ best case no user sees.)
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 
-__all__ = ["median_seconds", "sample_seconds"]
+__all__ = ["median_seconds", "sample_seconds", "side_by_side", "numpy_seconds"]
 
 
 def median_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float = 0.0,
@@ -112,3 +112,45 @@ def numpy_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float
     t = median_seconds(fn, repeats=repeats, min_seconds=min_seconds)
     with blas_limit(1):
         return min(t, median_seconds(fn, repeats=repeats, min_seconds=min_seconds))
+
+
+def side_by_side(fns: Mapping[Hashable, Callable[[], Any]], *, rounds: int, min_seconds: float = 0.0,
+                 pause_s: float = 0.0, sample: Callable[[Hashable, Callable[[], Any]], float] | None = None
+                 ) -> dict[Hashable, float]:
+    """Seconds per call of each contender, timed side by side: the median over ``rounds``
+    round-robin rounds, each of which times every contender once.
+
+    A burst of load on a shared machine then hits every contender alike, so the
+    ratios between them hold even when the absolute figures drift.
+
+    Parameters
+    ----------
+    fns : mapping of name to callable
+        The contenders, called with no arguments.
+    rounds : int
+        Round-robin rounds (samples per contender).
+    min_seconds : float, default 0.0
+        Shortest duration of one sample (see :func:`median_seconds`).
+    pause_s : float, default 0.0
+        Sleep before each sample, so the previous contender's spinning pool threads
+        (ONNX Runtime, OpenBLAS, ours) go idle and no one is timed against another's spin.
+    sample : callable, optional
+        ``sample(name, fn) -> seconds`` for one sample (default: :func:`median_seconds` of
+        one sample), e.g. :func:`numpy_seconds` for a NumPy contender.
+
+    Examples
+    --------
+    >>> t = side_by_side({"short": lambda: sum(range(10)), "long": lambda: sum(range(10_000))}, rounds=3)
+    >>> t["short"] < t["long"]
+    True
+    """
+    if sample is None:
+        def sample(_: Hashable, fn: Callable[[], Any]) -> float:
+            return median_seconds(fn, repeats=1, min_seconds=min_seconds)
+    samples: dict[Hashable, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, int(rounds))):
+        for name, fn in fns.items():
+            if pause_s > 0:
+                time.sleep(pause_s)
+            samples[name].append(sample(name, fn))
+    return {name: float(np.median(v)) for name, v in samples.items()}

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._timing import side_by_side
 from . import Table, median_seconds
 
 SHAPES = [(1, 1024, 1024), (1, 4096, 4096), (32, 1024, 1024), (128, 768, 3072), (512, 1024, 1024),
@@ -75,30 +76,9 @@ def _ort_sessions(k: int, n: int, b: np.ndarray, w_float: np.ndarray, threads: i
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.01) -> dict[str, float]:
-    """Median seconds per call of each function, sampled round-robin.
-
-    Each round times every contender once (a batch of calls lasting about
-    ``min_seconds``, after a short pause and one warm-up call), so slow drifts
-    in machine load hit all of them alike.
-    """
-    inner = {}
-    for name, fn in fns.items():
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        inner[name] = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-9)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            # Let the previous contender's spinning pool threads (ONNX Runtime,
-            # OpenBLAS) go idle, so that no one is timed against another's spin.
-            time.sleep(0.05)
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: float(np.median(v)) for name, v in samples.items()}
+    """Median seconds per call of each function, sampled round-robin with a pause before each
+    (:func:`hwreg_rs._timing.side_by_side`)."""
+    return side_by_side(fns, rounds=repeats, min_seconds=min_seconds, pause_s=0.05)
 
 
 def run(quick: bool = False) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from . import Table, median_seconds
+from .._timing import side_by_side
+from . import Table
 
 
 # Both our thread team and ORT's pool keep spinning briefly after a call: a pause between contenders
@@ -91,15 +92,9 @@ def run(quick: bool = False) -> str:
                 x = np.ascontiguousarray(np.resize(X_te, (batch,) + shape))
                 feed = {g.inputs[0]: x}
                 r = 3 if quick else 7
-                # Side by side, round-robin: each contender once per round.
-                times: dict[str, list[float]] = {"f": [], "q": [], "of": [], "oq": []}
                 calls = {"f": lambda: g(x), "q": lambda: rt.predict(x), "of": lambda: s_f.run(None, feed),
                          "oq": lambda: s_q.run(None, feed)}
-                for _ in range(r):
-                    for k, fn in calls.items():
-                        times[k].append(median_seconds(fn, repeats=1, min_seconds=0.01 if quick else 0.03))
-                        time.sleep(_SETTLE_S)
-                t = {k: float(np.median(v)) for k, v in times.items()}
+                t = side_by_side(calls, rounds=r, min_seconds=0.01 if quick else 0.03, pause_s=_SETTLE_S)
                 lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
                           f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
         set_num_threads(1)
@@ -123,11 +118,8 @@ def _overhead(rt: Any, x: np.ndarray, quick: bool) -> tuple[Any, ...]:
         return calls, "-", "-", "-"
     plan = rt._whole.plan
     fns = {"p": lambda: rt.predict(x), "n": lambda: plan.forward([x], 1)}
-    times: dict[str, list[float]] = {"p": [], "n": []}
-    for _ in range(3 if quick else 7):
-        for k, fn in fns.items():
-            times[k].append(median_seconds(fn, repeats=1, min_seconds=0.01 if quick else 0.03))
-    p, n = (1e6 * float(np.median(times[k])) for k in ("p", "n"))
+    t = side_by_side(fns, rounds=3 if quick else 7, min_seconds=0.01 if quick else 0.03)
+    p, n = 1e6 * t["p"], 1e6 * t["n"]
     return calls, p, n, p - n
 
 
@@ -158,13 +150,9 @@ def _torch_exports(folder: str, quick: bool) -> str:
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
             sess = _ort_session(proto, threads)
-            tq, tf = [], []
-            for _ in range(2 if quick else 5):
-                tq.append(median_seconds(lambda: rt.predict(x), repeats=1, min_seconds=0.05))
-                time.sleep(_SETTLE_S)
-                tf.append(median_seconds(lambda: sess.run(None, {g.inputs[0]: x}), repeats=1, min_seconds=0.05))
-                time.sleep(_SETTLE_S)
-            q, f = float(np.median(tq)), float(np.median(tf))
+            t = side_by_side({"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})},
+                             rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
+            q, f = t["q"], t["f"]
             t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
                   f"{agree:.0%}")
         set_num_threads(all_threads)

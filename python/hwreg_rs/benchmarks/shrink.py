@@ -12,13 +12,13 @@ latency at batch 1, the variants of one model timed side by side, round-robin.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import Table, median_seconds
+from .._timing import side_by_side
+from . import Table
 
 _SETTLE_S = 0.01
 
@@ -60,13 +60,9 @@ def _latency(rts: dict[str, Any], x: np.ndarray, quick: bool) -> dict[int, dict[
     try:
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
-            times: dict[str, list[float]] = {k: [] for k in rts}
-            for _ in range(3 if quick else 9):
-                for k, rt in rts.items():
-                    times[k].append(median_seconds(lambda: rt.predict(x), repeats=1,
-                                                   min_seconds=0.01 if quick else 0.05))
-                    time.sleep(_SETTLE_S)
-            out[threads] = {k: float(np.median(v)) for k, v in times.items()}
+            out[threads] = side_by_side({k: (lambda rt=rt: rt.predict(x)) for k, rt in rts.items()},
+                                        rounds=3 if quick else 9, min_seconds=0.01 if quick else 0.05,
+                                        pause_s=_SETTLE_S)
     finally:
         set_num_threads(all_threads)
     return out
