@@ -672,3 +672,69 @@ fn static_parameters_are_checked_at_build_and_input_at_run_time() {
         .unwrap_err();
     assert!(e.to_string().contains("not finite at element 5"), "{e}");
 }
+
+/// Static conv -> conv -> reshape -> dense -> dense, with `outputs` the plan's outputs.
+fn static_chain(outputs: Vec<ValueId>) -> GraphPlan {
+    let (c, h, w, oc) = (2, 5, 4, 6);
+    let with = |mut g: Gemm, scale: f32, zero_point: i32| {
+        g.act = Some(StaticAct { scale, zero_point });
+        g
+    };
+    let conv = |g: Gemm| Op::Conv {
+        gemm: g,
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+        nchw_in: false,
+    };
+    let nodes = vec![
+        node(conv(with(gemm_of(oc, c * 9, 1, true), 0.011, 120)), &[0], 1),
+        node(conv(with(gemm_of(oc, oc * 9, 2, false), 0.004, 3)), &[1], 2),
+        node(Op::Reshape(vec![h * w * oc]), &[2], 3),
+        node(
+            Op::Dense(with(gemm_of(5, h * w * oc, 3, true), 0.02, 77)),
+            &[3],
+            4,
+        ),
+        node(Op::Dense(with(gemm_of(3, 5, 4, false), 0.003, 0)), &[4], 5),
+    ];
+    GraphPlan::new(nodes, vec![0], vec![vec![h, w, c]], outputs).unwrap()
+}
+
+#[test]
+fn int8_between_layers_gives_the_bytes_of_float_then_the_readers_quantizer() {
+    let plan = static_chain(vec![5]);
+    // conv -> conv and dense -> dense hand uint8 on; conv -> reshape does not (a reshape is no int8 layer).
+    assert_eq!(
+        plan.dtype(1),
+        Some(DType::U8(StaticAct {
+            scale: 0.004,
+            zero_point: 3
+        }))
+    );
+    assert_eq!(plan.dtype(2), Some(DType::F32));
+    assert_eq!(
+        plan.dtype(4),
+        Some(DType::U8(StaticAct {
+            scale: 0.003,
+            zero_point: 0
+        }))
+    );
+    // The same nodes with every value a plan output: float everywhere.
+    let float = static_chain(vec![1, 2, 4, 5]);
+    assert!((0..6).all(|v| float.dtype(v) == Some(DType::F32)));
+    for n in [1, 3] {
+        let x: Vec<f32> = input(n * 40, n + 20).iter().map(|v| v * 1.7).collect();
+        let mut ys: Vec<Vec<f32>> = [6 * 20, 6 * 20, 5, 3]
+            .iter()
+            .map(|e| vec![f32::NAN; n * e])
+            .collect();
+        let [a, b, c, d] = &mut ys[..] else {
+            unreachable!()
+        };
+        float.forward(&TEST, n, &[&x], &mut [a, b, c, d]).unwrap();
+        crate::cpu::each_isa(|isa| {
+            assert_eq!(run(&plan, &TEST, &x, n), ys[3], "{isa:?} batch {n}")
+        });
+    }
+}
