@@ -140,21 +140,6 @@ def test_zoo_models_static_plan_equals_their_ops(name):
     assert not np.array_equal(rt.predict(x), dyn.predict(x))
 
 
-@pytest.mark.parametrize("name", ["mlp", "resnet"])  # (the digits CNN pools between its convs: float there)
-def test_int8_layers_hand_uint8_to_each_other_natively_with_the_same_bytes(name, each_isa):
-    proto = zoo.digits_models()[name]
-    shape = zoo.sample_shape(proto)
-    calib = np.random.default_rng(0).uniform(0, 1, (32,) + shape).astype(np.float32)
-    rt = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape, calibration=calib)
-    segs = [c for _, c, _ in rt._steps if isinstance(c, _planner.Segment)]
-    assert any(s.plan.uint8_values for s in segs), "a static layer feeds another static layer uint8"
-    for batch in (1, 3):
-        x = np.random.default_rng(batch).uniform(-0.5, 1.5, (batch,) + shape).astype(np.float32)
-        assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
-    dyn = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape)
-    assert not any(c.plan.uint8_values for _, c, _ in dyn._steps if isinstance(c, _planner.Segment))
-
-
 def test_calibration_none_is_the_dynamic_runtime_unchanged():
     net = _block_net()
     rt = runtime.convert(net, input_shape=(2, 9, 9))

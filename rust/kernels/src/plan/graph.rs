@@ -44,25 +44,12 @@ use crate::{shape_err, value_err};
 pub type ValueId = usize;
 
 /// The element type (and, for quantized values, the quantization) of a
-/// value. A `U8` value (see [`int8_between_layers`]) lives in a workspace
-/// buffer viewed as bytes (a buffer sized for as many float32 holds it).
+/// value. Every value is float32 today; static int8 activations (uint8 with
+/// a calibrated scale and zero point) are the next variant, with buffers of
+/// their own kind in the [`Workspace`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DType {
     F32,
-    /// uint8 with this scale and zero point: `x ≈ (q - zero_point) · scale`.
-    U8(StaticAct),
-}
-
-/// An int8 layer's input: float32 to quantize, or uint8 already on its grid.
-enum In<'a> {
-    F32(&'a [f32]),
-    U8(&'a [u8]),
-}
-
-/// An int8 layer's output: float32, or uint8 requantized for its reader.
-enum Out<'a> {
-    F32(&'a mut [f32]),
-    U8(&'a mut [u8], StaticAct),
 }
 
 /// Static (calibrated) activation parameters of an int8 layer: its float
@@ -535,7 +522,7 @@ impl GraphPlan {
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
         Ok(GraphPlan {
-            dtypes: int8_between_layers(&nodes, &outputs, dims.len()),
+            dtypes: vec![DType::F32; dims.len()],
             nodes,
             inputs,
             outputs,
@@ -743,51 +730,25 @@ impl GraphPlan {
         // (buffers are sized for `batch` by `prepare`); the output's storage
         // differs from every input's (see above), and nothing else touches
         // them during this node.
-        // A uint8 value is read and written as bytes (see `DType`).
-        let xin = match self.dtypes[node.inputs[0]] {
-            DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p0.cast::<u8>(), l0) }),
-            DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p0, l0) }),
-        };
-        let out = match self.dtypes[node.output] {
-            DType::U8(a) => Out::U8(
-                unsafe { std::slice::from_raw_parts_mut(out_ptr.cast::<u8>(), out_len) },
-                a,
-            ),
-            DType::F32 => Out::F32(unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) }),
-        };
+        let x = unsafe { std::slice::from_raw_parts(p0, l0) };
+        let y = unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) };
         let xd = &self.dims[node.inputs[0]];
-        if let Op::Dense(Gemm { act: Some(a), .. })
-        | Op::Conv {
-            gemm: Gemm { act: Some(a), .. },
-            ..
-        } = &node.op
-        {
-            let (g, conv_geometry) = match &node.op {
-                Op::Conv {
-                    gemm,
-                    kernel,
-                    stride,
-                    padding,
-                    nchw_in,
-                } => (gemm, Some((*kernel, *stride, *padding, *nchw_in))),
-                Op::Dense(g) => (g, None),
-                _ => return value_err!("not an int8 GEMM node"),
-            };
-            return match conv_geometry {
-                Some((kernel, stride, padding, nchw_in)) => conv_static(
-                    ctx, ws, xin, xd, batch, g, *a, kernel, stride, padding, nchw_in, out,
-                ),
-                None => dense_static(ctx, ws, xin, xd, g, *a, out),
-            };
-        }
-        let (In::F32(x), Out::F32(y)) = (xin, out) else {
-            return value_err!("a node without static quantization reads or writes uint8");
-        };
         match &node.op {
             Op::Dense(g) => {
                 let k = *xd.last().unwrap_or(&1);
                 let m = x.len().checked_div(k).unwrap_or(0);
-                {
+                if let Some(a) = g.act {
+                    let q = &mut ws.q[..x.len()];
+                    quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
+                    let step = OutputStep::Float {
+                        row_scale: Param::Scalar(a.scale),
+                        col_scale: param(&g.scale),
+                        bias: g.bias.as_deref(),
+                        relu: g.relu,
+                    };
+                    let zp = ZeroPoint::Scalar(a.zero_point);
+                    gemm::matmul(ctx, ASource::U8(q), m, k, zp, &g.packed, &step, y)?;
+                } else {
                     gemm::linear_dynamic(
                         ctx,
                         x,
@@ -1101,7 +1062,7 @@ fn conv(
     y: &mut [f32],
 ) -> Result<()> {
     let (c, h, w) = image(xd, nchw_in, "conv")?;
-    quantize_images(ctx, ws, x, batch, true)?;
+    quantize_input(ctx, ws, x, batch, g.act, true)?;
     let len = x.len();
     let q = if nchw_in && c > 1 {
         to_nhwc(&ws.q[..len], &mut ws.qt[..len], batch, c, h * w);
@@ -1114,164 +1075,32 @@ fn conv(
     let pad = if batch > 0 { ws.img_zp[0] as u8 } else { 0 };
     let cols = &mut ws.cols[..rows * k];
     nhwc::im2col_into(ctx, q, win, pad, cols)?;
-    let per = win.oh() * win.ow();
-    for img in 0..batch {
-        ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
-        ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
-    }
+    let (row_scale, zp) = if let Some(a) = g.act {
+        (Param::Scalar(a.scale), ZeroPoint::Scalar(a.zero_point))
+    } else {
+        let per = win.oh() * win.ow();
+        for img in 0..batch {
+            ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
+            ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
+        }
+        let zp = if rows == 1 {
+            ZeroPoint::Scalar(ws.row_zp[0])
+        } else {
+            ZeroPoint::PerIndex(&ws.row_zp[..rows])
+        };
+        (param(&ws.row_scale[..rows]), zp)
+    };
     let step = OutputStep::Float {
-        row_scale: param(&ws.row_scale[..rows]),
+        row_scale,
         col_scale: param(&g.scale),
         bias: g.bias.as_deref(),
         relu: g.relu,
-    };
-    let zp = if rows == 1 {
-        ZeroPoint::Scalar(ws.row_zp[0])
-    } else {
-        ZeroPoint::PerIndex(&ws.row_zp[..rows])
     };
     gemm::matmul(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {
         f.run(y);
     }
     Ok(())
-}
-
-/// The uint8 input of a static layer: the producer's bytes, or `x`
-/// quantized with the layer's parameters into `ws.q`.
-fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Result<&'a [u8]> {
-    match x {
-        In::U8(q) => Ok(q),
-        In::F32(x) => {
-            let q = &mut q[..x.len()];
-            quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
-            Ok(q)
-        }
-    }
-}
-
-/// The GEMM of a static layer on uint8 `a_q` `(m, k)`: the float output
-/// step (then `post`), or the requantizing one for a uint8 output.
-#[allow(clippy::too_many_arguments)]
-fn static_gemm(
-    ctx: &Ctx,
-    a_q: &[u8],
-    m: usize,
-    k: usize,
-    g: &Gemm,
-    a: StaticAct,
-    out: Out<'_>,
-) -> Result<()> {
-    let zp = ZeroPoint::Scalar(a.zero_point);
-    let (row_scale, col_scale, bias) = (Param::Scalar(a.scale), param(&g.scale), g.bias.as_deref());
-    match out {
-        Out::F32(y) => {
-            let step = OutputStep::Float {
-                row_scale,
-                col_scale,
-                bias,
-                relu: g.relu,
-            };
-            gemm::matmul(ctx, ASource::U8(a_q), m, k, zp, &g.packed, &step, y)?;
-            if let Some(f) = g.post {
-                f.run(y);
-            }
-        }
-        Out::U8(y, next) => {
-            // `int8_between_layers` requantizes only layers without a post step.
-            let step = OutputStep::Requant {
-                row_scale,
-                col_scale,
-                bias,
-                relu: g.relu,
-                y_scale: next.scale,
-                y_zero_point: next.zero_point,
-            };
-            gemm::matmul(ctx, ASource::U8(a_q), m, k, zp, &g.packed, &step, y)?;
-        }
-    }
-    Ok(())
-}
-
-fn dense_static(
-    ctx: &Ctx,
-    ws: &mut Workspace,
-    x: In<'_>,
-    xd: &[usize],
-    g: &Gemm,
-    a: StaticAct,
-    out: Out<'_>,
-) -> Result<()> {
-    let k = *xd.last().unwrap_or(&1);
-    let q = static_input(ctx, &mut ws.q, x, a)?;
-    let m = q.len().checked_div(k).unwrap_or(0);
-    static_gemm(ctx, q, m, k, g, a, out)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn conv_static(
-    ctx: &Ctx,
-    ws: &mut Workspace,
-    x: In<'_>,
-    xd: &[usize],
-    batch: usize,
-    g: &Gemm,
-    a: StaticAct,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    padding: (usize, usize),
-    nchw_in: bool,
-    out: Out<'_>,
-) -> Result<()> {
-    let (c, h, w) = image(xd, nchw_in, "conv")?;
-    let q = static_input(ctx, &mut ws.q, x, a)?;
-    let len = q.len();
-    let q = if nchw_in && c > 1 {
-        to_nhwc(q, &mut ws.qt[..len], batch, c, h * w);
-        &ws.qt[..len]
-    } else {
-        q
-    };
-    let win = Window::new(batch, c, h, w, kernel, stride, padding).check()?;
-    let (rows, k) = win.cols_shape();
-    let cols = &mut ws.cols[..rows * k];
-    // Padding is the real zero: the zero point.
-    nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
-    static_gemm(ctx, cols, rows, k, g, a, out)
-}
-
-/// The rewrite "int8 between layers": a static dense / conv node without a
-/// post step whose output is no plan output and is read by exactly one node,
-/// a static dense / conv node, writes that value as uint8 on the reader's
-/// grid (the requantizing output step) instead of float32. The reader then
-/// skips its quantizer. The bytes are the same either way:
-/// `saturate(round_half_even(f / s) + z)` of the same float `f`.
-fn int8_between_layers(nodes: &[Node], outputs: &[ValueId], n_values: usize) -> Vec<DType> {
-    let mut readers = vec![0usize; n_values];
-    for n in nodes {
-        for &v in &n.inputs {
-            readers[v] += 1;
-        }
-    }
-    let static_gemm_of = |op: &Op| match op {
-        Op::Dense(g) | Op::Conv { gemm: g, .. } => g.act.map(|a| (a, g.post.is_none())),
-        _ => None,
-    };
-    let mut dtypes = vec![DType::F32; n_values];
-    for n in nodes {
-        let Some((_, no_post)) = static_gemm_of(&n.op) else {
-            continue;
-        };
-        let v = n.output;
-        if !no_post || readers[v] != 1 || outputs.contains(&v) {
-            continue;
-        }
-        let reader = nodes.iter().find(|r| r.inputs.first() == Some(&v));
-        if let Some((a, _)) = reader.and_then(|r| static_gemm_of(&r.op)) {
-            dtypes[v] = DType::U8(a);
-        }
-    }
-    dtypes
 }
 
 /// Where each value lives, and the per-sample size of each shared buffer.
