@@ -6,18 +6,9 @@ import pytest
 
 import hwreg_rs as hw
 from hwreg_rs import _planner, runtime, zoo
+from test_plan import _node_by_node  # every node's own Python op, one after another
 
 nn = hw.nn
-
-
-def _node_by_node(rt, x):
-    """Every node's own Python op, one after another (no plan, no fusion)."""
-    env = dict(rt.constants)
-    env[rt.inputs[0]] = x
-    for n in rt.nodes:
-        y = n.op.forward(*(env[v] for v in n.inputs))
-        env.update(zip(n.outputs, y if len(n.outputs) > 1 else (y,)))
-    return env[rt.outputs[0]]
 
 
 def _int8_ops(rt):
