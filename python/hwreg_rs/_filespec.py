@@ -75,6 +75,23 @@ class Spec:
             raise self.fail(repr(key), f"must be {what}; got {v!r}")
         return v
 
+    def activation_qparams(self) -> tuple[np.float32, int] | None:
+        """A statically quantized op's ``(input_scale, input_zero_point)``: a finite float32 > 0 and
+        an integer in [0, 255], both or neither (an older file without them: ``None``, dynamic)."""
+        has = ["input_scale" in self.spec, "input_zero_point" in self.spec]
+        if not any(has):
+            return None
+        if not all(has):
+            missing = "input_zero_point" if has[0] else "input_scale"
+            raise self.fail(repr(missing), "is missing (input_scale and input_zero_point come together)")
+        v = self.spec["input_scale"]
+        ok = not isinstance(v, bool) and isinstance(v, (int, float))
+        with np.errstate(over="ignore"):
+            scale = np.float32(v) if ok else np.float32(np.nan)
+        if not (ok and np.isfinite(scale) and scale > 0 and float(scale) == float(v)):
+            raise self.fail("'input_scale'", f"must be a float32 number, finite and > 0; got {v!r}")
+        return scale, self.int("input_zero_point", hi=255)
+
     def array(self, name: str, dtype: Any, *, shape: tuple[int, ...] | None = None, ndim: int | None = None,
               finite: bool = False, positive: bool = False, optional: bool = False) -> np.ndarray | None:
         """The array ``name`` with exactly ``dtype`` (a relabelled dtype is refused, not cast)."""

@@ -79,6 +79,11 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
     return False
 
 
+def _act(op: Any) -> tuple[float, int] | None:
+    """A layer's static input quantization as the plan node takes it (None: dynamic)."""
+    return None if op.act is None else (float(op.act[0]), int(op.act[1]))
+
+
 @functools.cache
 def gap_matches_numpy() -> bool:
     """Whether the native global average pool gives NumPy's ``mean`` bytes here (it follows NumPy's
@@ -247,12 +252,12 @@ class _Builder:
                 hwc = op._hwc
                 out = self.emit("conv", [src], packed=hwc._packed._packed, scale=hwc.weight_scale, bias=hwc.bias,
                                 relu=bool(hwc.relu), post=None, kernel=tuple(op.kernel_size), stride=tuple(op.stride),
-                                padding=tuple(op.padding), nchw_in=nchw_in)
+                                padding=tuple(op.padding), nchw_in=nchw_in, act=_act(op))
             else:
                 out = self.emit("depthwise", [src], weight=op._dw_weight, kernel=tuple(op.kernel_size),
                                 scale=op._dw_col_scale, bias=op._dw_bias, relu=bool(op.layer.relu), post=None,
                                 stride=tuple(op.stride), padding=tuple(op.padding), dilation=tuple(op.dilation),
-                                nchw_in=nchw_in)
+                                nchw_in=nchw_in, act=_act(op))
             self.ids[y] = {"nhwc": out}
         elif k in ("maxpool2d", "avgpool2d"):
             out = self.emit("maxpool" if k == "maxpool2d" else "avgpool", [self.get(x, "nhwc")],
@@ -261,7 +266,7 @@ class _Builder:
         elif k == "linear":
             layer = self.permuted.pop(x, None) or op.layer
             out = self.emit("dense", [self.get(x, "plain")], packed=layer._packed._packed, scale=layer.weight_scale,
-                            bias=layer.bias, relu=bool(layer.relu), post=None)
+                            bias=layer.bias, relu=bool(layer.relu), post=None, act=_act(op))
             self.ids[y] = {"plain": out}
         elif k == "flatten":
             if self.layout(x) == "nhwc" and op.start_dim == 1 and next_dense is not None:

@@ -7,7 +7,8 @@ A :class:`~hwreg_rs.runtime.RuntimeModel` is written with integer ops
 (``MatMulInteger``, ``ConvInteger``) rather than QDQ, because they reproduce
 our arithmetic: the same int8 weights, the same dynamic uint8 activations
 (one scale and zero point per row of a Linear, per image of a convolution,
-computed with the same formulas in float32), an exact int32 accumulation and
+computed with the same formulas in float32) or, for a statically quantized
+layer, ``QuantizeLinear`` with its calibrated scale and zero point, an exact int32 accumulation and
 the same float output step (``acc * x_scale * w_scale + bias``, ReLU). QDQ
 would leave the choice of integer kernels, and their rounding, to the
 consumer. Zero points are folded out as the runtime folds them: ``MatMulInteger``
@@ -242,6 +243,14 @@ def _to_uint8(b: _Builder, x: str, scale: str, zp: str, hint: str) -> str:
     return b.node("Cast", [q], hint, to=TensorProto.UINT8)
 
 
+def _static_uint8(b: _Builder, x: str, act: tuple[Any, int], hint: str) -> tuple[str, str, str]:
+    """A statically quantized layer's input: ``QuantizeLinear`` with its fixed scale and zero point
+    (divide, round half to even, saturate: the runtime's rule). Returns ``(q, scale, zp as float)``."""
+    scale = b.const(_f32(act[0]), f"{hint}.input_scale")
+    q = b.node("QuantizeLinear", [x, scale, b.const(np.array(act[1], np.uint8), f"{hint}.input_zero_point")], hint)
+    return q, scale, b.const(_f32(act[1]), f"{hint}.input_zero_point_f")
+
+
 def _output_step(b: _Builder, acc: str, x_scale: str, w_scale: np.ndarray, bias: np.ndarray | None, relu: bool,
                  out: str, hint: str, shape: tuple[int, ...]) -> None:
     from onnx import TensorProto
@@ -258,15 +267,18 @@ def _output_step(b: _Builder, acc: str, x_scale: str, w_scale: np.ndarray, bias:
 
 
 def _int8_linear(b: _Builder, wq: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None, relu: bool, x: str,
-                 out: str, in_shape: tuple[int, ...], hint: str) -> None:
+                 out: str, in_shape: tuple[int, ...], hint: str, act: tuple[Any, int] | None = None) -> None:
     from onnx import TensorProto
 
     n, k = wq.shape
     rows = x
     if len(in_shape) != 2:
         rows = b.node("Reshape", [x, b.const(_i64([-1, k]), f"{hint}.rows")], hint)
-    scale, zp = _uint8_params(b, rows, [1], hint)
-    q = _to_uint8(b, rows, scale, zp, hint)
+    if act is None:
+        scale, zp = _uint8_params(b, rows, [1], hint)
+        q = _to_uint8(b, rows, scale, zp, hint)
+    else:
+        q, scale, zp = _static_uint8(b, rows, act, hint)
     acc = b.node("MatMulInteger", [q, b.const(np.ascontiguousarray(wq.T.astype(np.int8)), f"{hint}.weight_q")], hint)
     colsum = wq.astype(np.int32).sum(axis=1, dtype=np.int32).reshape(1, n)
     zp_i = b.node("Cast", [zp], hint, to=TensorProto.INT32)
@@ -339,16 +351,19 @@ def _int8_conv(b: _Builder, op: Any, x: str, out: str, in_shape: tuple[int, ...]
     pad = tuple(op.padding)
     pads = [pad[0], pad[1], pad[0], pad[1]] if len(pad) == 2 else list(pad)
     dil = list(getattr(op, "dilation", (1, 1)))
-    scale, zp = _uint8_params(b, x, [1, 2, 3], hint)
-    if batch_fallback:
-        # The runtime pads with one zero point: when the images' zero points differ it
-        # quantizes the batch as one tensor. The same choice, as data flow.
-        s_all, z_all = _uint8_params(b, x, None, f"{hint}.batch")
-        same = b.node("Equal", [b.node("ReduceMax", [zp], hint, keepdims=0),
-                                b.node("ReduceMin", [zp], hint, keepdims=0)], hint)
-        scale = b.node("Where", [same, scale, s_all], hint)
-        zp = b.node("Where", [same, zp, z_all], hint)
-    q = _to_uint8(b, x, scale, zp, hint)
+    if op.act is not None:
+        q, scale, zp = _static_uint8(b, x, op.act, hint)
+    else:
+        scale, zp = _uint8_params(b, x, [1, 2, 3], hint)
+        if batch_fallback:
+            # The runtime pads with one zero point: when the images' zero points differ it
+            # quantizes the batch as one tensor. The same choice, as data flow.
+            s_all, z_all = _uint8_params(b, x, None, f"{hint}.batch")
+            same = b.node("Equal", [b.node("ReduceMax", [zp], hint, keepdims=0),
+                                    b.node("ReduceMin", [zp], hint, keepdims=0)], hint)
+            scale = b.node("Where", [same, scale, s_all], hint)
+            zp = b.node("Where", [same, zp, z_all], hint)
+        q = _to_uint8(b, x, scale, zp, hint)
     acc = b.node("ConvInteger", [q, b.const(w, f"{hint}.weight_q")], hint, kernel_shape=[kh, kw],
                  strides=list(op.stride), pads=pads, dilations=dil, group=groups)
     taps = _tap_sums(w, tuple(in_shape[2:]), op.stride, pads, dil, groups)
@@ -363,7 +378,8 @@ def _runtime_op(b: _Builder, node: Any, shapes: dict[str, tuple[int, ...]]) -> N
     in_shape = shapes[ins[0]]
     if kind == "linear":
         layer = op.layer
-        _int8_linear(b, layer.weight_q, layer.weight_scale, layer.bias, layer.relu, ins[0], outs[0], in_shape, hint)
+        _int8_linear(b, layer.weight_q, layer.weight_scale, layer.bias, layer.relu, ins[0], outs[0], in_shape, hint,
+                     op.act)
     elif kind == "int4_linear":
         _int4_linear(b, op.layer, ins[0], outs[0], hint)
     elif kind == "sparse_linear":

@@ -42,6 +42,7 @@ from .nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, Linear, ReLU
 from .nn import registry
 from .nn.graph import Graph
 from .nn.module import Module
+from .quant import calibrate
 from ._layerwork import LayerWork
 
 __all__ = ["RuntimeModel", "RuntimeNode", "convert", "load", "FORMAT"]
@@ -103,9 +104,35 @@ def _quantize_weight(w: np.ndarray, module: Module) -> tuple[np.ndarray, np.ndar
 
 
 class _OnInt8Linear(_Op):
-    """An operation whose weights live in an :class:`Int8Linear`."""
+    """An operation whose weights live in an :class:`Int8Linear`.
+
+    ``act``: the static (calibrated) uint8 quantization of its float input, ``(scale, zero_point)``
+    per tensor (``QuantizeLinear``: divide, round half to even, saturate); ``None`` quantizes each
+    row / image dynamically. Set by :func:`convert` with ``calibration``, saved as the spec fields
+    ``input_scale`` / ``input_zero_point``.
+    """
 
     layer: Int8Linear
+    act: tuple[np.float32, int] | None = None
+
+    def _quantize_input(self, x: np.ndarray, *, one_zero_point: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(q uint8 like x, scale (n,), zp (n,) int32)``: static when ``act`` is set, else per image."""
+        if self.act is None:
+            return _quantize_images(x, one_zero_point=one_zero_point)
+        s, z = self.act
+        q = _native._quantize_fixed_u8(np.ascontiguousarray(x, dtype=np.float32), float(s), int(z))
+        n = x.shape[0]
+        return q, np.full(n, s, np.float32), np.full(n, z, np.int32)
+
+    def _act_spec(self) -> dict[str, Any]:
+        if self.act is None:
+            return {}
+        return {"input_scale": float(self.act[0]), "input_zero_point": int(self.act[1])}
+
+    def _act_from(self, s: Spec) -> "_OnInt8Linear":
+        self.act = s.activation_qparams()
+        return self
 
     @staticmethod
     def _layer_from(s: Spec, in_features: int | None = None) -> Int8Linear:
@@ -136,14 +163,19 @@ class _Dense(_OnInt8Linear):
         self.layer = layer
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.layer(x)
+        if self.act is None:
+            return self.layer(x)
+        x = np.asarray(x, dtype=np.float32)
+        self.out_shape(x.shape)
+        q, _, _ = self._quantize_input(x)
+        return self.layer.forward_quantized(q, self.act[0], self.act[1])
 
     def spec(self) -> dict[str, Any]:
-        return {"op": self.kind, "relu": bool(self.layer.relu)}
+        return {"op": self.kind, "relu": bool(self.layer.relu), **self._act_spec()}
 
     @classmethod
     def from_file(cls, s: Spec) -> "_Dense":
-        return cls(cls._layer_from(s))
+        return cls(cls._layer_from(s))._act_from(s)  # type: ignore[return-value]
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if not shape or shape[-1] != self.layer.in_features:
@@ -334,7 +366,7 @@ class _Conv(_OnInt8Linear):
         # Quantize each image once (uint8, DynamicQuantizeLinear's formula per
         # image), then unfold the uint8 image: every pixel is quantized once
         # instead of kh*kw times, and the columns are a quarter of the float ones.
-        xq, scale, zp = _quantize_images(x, one_zero_point=True)
+        xq, scale, zp = self._quantize_input(x, one_zero_point=True)
         if nchw_in:  # a quarter of the bytes of the float input to move
             xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1)) if self.in_channels > 1 else xq.reshape(n, h, w, 1)
         cols = _native.im2col_nhwc(xq, self.kernel_size, self.stride, self.padding, float(zp[0]))
@@ -346,7 +378,7 @@ class _Conv(_OnInt8Linear):
     def spec(self) -> dict[str, Any]:
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
                 "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding)}
+                "stride": list(self.stride), "padding": list(self.padding), **self._act_spec()}
 
     @classmethod
     def from_file(cls, s: Spec) -> "_Conv":
@@ -356,7 +388,8 @@ class _Conv(_OnInt8Linear):
         if s.int("out_channels", lo=1) != layer.out_features:
             raise s.fail("'out_channels'", f"= {s.spec['out_channels']} disagrees with weight_q's "
                                            f"{layer.out_features} rows")
-        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 2, hi=MAX_PAD))
+        return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD),  # type: ignore[return-value]
+                   s.ints("padding", 2, hi=MAX_PAD))._act_from(s)
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(shape) != 4 or shape[1] != self.in_channels:
@@ -600,7 +633,7 @@ class _GroupConv(_OnInt8Linear):
             raise ValueError(f"conv2d expects input {layout}; got shape {x.shape}")
         (sh, sw), (dh, dw), (t, l, b, r) = self.stride, self.dilation, self.padding
         # Per-image scale and zero point do not depend on the layout.
-        xq, scale, zp = _quantize_images(x)
+        xq, scale, zp = self._quantize_input(x)
         if nchw_in:  # a quarter of the bytes of the float input to move
             xq = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
         return _native.depthwise_conv2d_nhwc(xq, zp, scale, self._dw_weight, self._dw_col_scale, self._dw_bias,
@@ -611,7 +644,7 @@ class _GroupConv(_OnInt8Linear):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv2d expects input (N, {self.in_channels}, H, W); got shape {x.shape}")
         n = x.shape[0]
-        xq, scale, zp = _quantize_images(x)
+        xq, scale, zp = self._quantize_input(x)
         centred = xq.astype(np.int32) - zp.reshape(-1, 1, 1, 1)  # zero padding is then the real zero
         win = self._windows(centred)
         _, c, oh, ow, kh, kw = win.shape
@@ -631,7 +664,7 @@ class _GroupConv(_OnInt8Linear):
         return {"op": self.kind, "relu": bool(self.layer.relu), "in_channels": self.in_channels,
                 "out_channels": self.layer.out_features, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation),
-                "groups": self.groups}
+                "groups": self.groups, **self._act_spec()}
 
     @classmethod
     def from_file(cls, s: Spec) -> "_GroupConv":
@@ -644,7 +677,7 @@ class _GroupConv(_OnInt8Linear):
             raise s.fail("'out_channels'", f"= {s.spec['out_channels']} must equal weight_q's {layer.out_features} "
                                            f"rows, a multiple of groups {g}")
         return cls(layer, c, k, s.ints("stride", 2, lo=1, hi=MAX_PAD), s.ints("padding", 4, hi=MAX_PAD),
-                   s.ints("dilation", 2, lo=1, hi=MAX_PAD), g)
+                   s.ints("dilation", 2, lo=1, hi=MAX_PAD), g)._act_from(s)  # type: ignore[return-value]
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(shape) != 4 or shape[1] != self.in_channels:
@@ -1270,7 +1303,8 @@ def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
 
 def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = None, sparse: str = "auto",
             batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None,
-            weight_bits: int | None = None, int4_group_size: int | None = None) -> RuntimeModel:
+            weight_bits: int | None = None, int4_group_size: int | None = None,
+            calibration_method: str = "minmax") -> RuntimeModel:
     """Convert a trained model into an int8 :class:`RuntimeModel`.
 
     Parameters
@@ -1283,12 +1317,18 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         registered op runs in float32. Its weights are read, not changed.
     input_shape : iterable of int
         Shape of one sample, e.g. ``(64,)`` or ``(1, 8, 8)``.
-    calibration : None
-        Reserved for static quantization (calibrated activation scales, int8
-        between layers), which is not built yet: only ``None`` (dynamic
-        quantization, one scale per row or image at run time) is accepted;
-        anything else raises ``NotImplementedError`` rather than silently
-        running the dynamic path.
+    calibration : array_like or iterable of array_like, optional
+        ``None`` (default): dynamic quantization, each int8 layer's input
+        quantized with one scale per row (Linear) or image (Conv2d) at run
+        time. Else static quantization: a batch of samples ``(N, *input_shape)``
+        or an iterable of such batches, run through the float model (in eval
+        mode) to give every int8 Linear / Conv2d layer a per-tensor uint8
+        scale and zero point for its input (:func:`hwreg_rs.calibrate`,
+        ``dtype="uint8", symmetric=False``), with which it then quantizes
+        (``QuantizeLinear``: no min/max pass at run time). Sparse and int4
+        layers stay dynamic. Single-input models only.
+    calibration_method : {"minmax", "percentile", "mse", "entropy"}, default "minmax"
+        The :func:`hwreg_rs.calibrate` method of the static scales.
     sparse : {"auto", "never", "always"}, default "auto"
         For Linear layers with pruned (zero) weights: use the sparse format
         the chooser (:func:`hwreg_rs.sparse.choose`) measures as fastest for
@@ -1321,10 +1361,13 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
     >>> rt = hw.runtime.convert(cnn, input_shape=(1, 8, 8))
     >>> [r["op"] for r in rt.summary()]
     ['conv2d', 'conv2d', 'maxpool2d', 'flatten', 'linear', 'linear']
+    >>> x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    >>> rts = hw.runtime.convert(cnn, input_shape=(1, 8, 8), calibration=x)
+    >>> rts.predict(x).shape, "input_scale" in rts.ops[0].spec()
+    ((16, 10), True)
     """
-    if calibration is not None:
-        raise NotImplementedError("static quantization (calibration=) is not built yet; convert without it runs "
-                                  "dynamic int8 (per-row / per-image activation scales)")
+    if calibration_method not in _CALIBRATION_METHODS:
+        raise ValueError(f"calibration_method must be one of {_CALIBRATION_METHODS}; got {calibration_method!r}")
     if not isinstance(sparse, str) or sparse not in ("auto", "never", "always"):
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if weight_bits not in (None, 4, 8) or isinstance(weight_bits, bool):
@@ -1348,13 +1391,84 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         value_shapes = graph.infer_shapes(*((1,) + s for s in shapes))
     except ValueError as e:
         raise ValueError(f"the model does not fit input_shape {shape}: {e}") from None
+    if calibration is not None and len(graph.inputs) != 1:
+        raise ValueError(f"calibration needs a single-input model; this one takes {len(graph.inputs)} inputs")
+    samples = None if calibration is None else _inputs_of_int8_layers(graph, _calibration_batches(calibration, shape))
     nodes, constants = _lower(graph, value_shapes, sparse_mode=sparse, batch=int(batch_size),
                               weight_bits=weight_bits, int4_group_size=int4_group_size)
+    if samples is not None:
+        for node in nodes:
+            if isinstance(node.op, _OnInt8Linear) and node.name in samples:
+                try:
+                    qp = calibrate(samples[node.name], method=calibration_method, dtype="uint8", symmetric=False)
+                except ValueError as e:
+                    raise ValueError(f"cannot calibrate the input of layer {node.name!r}: {e}") from None
+                node.op.act = (np.float32(qp.scale), int(qp.zero_point))
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
                       constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.
     rt.predict(*(np.zeros((1,) + s, d) for s, d in zip(shapes, rt.input_dtypes)))
     return rt
+
+
+_CALIBRATION_METHODS = ("minmax", "percentile", "mse", "entropy")
+
+
+def _calibration_batches(calibration: Any, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The calibration batches, each float32 ``(n, *shape)`` with n >= 1 and finite values
+    (ValueError / TypeError naming ``calibration`` otherwise)."""
+    if isinstance(calibration, (str, bytes, dict)) or not (
+            isinstance(calibration, (np.ndarray, Iterable)) or hasattr(calibration, "__array__")):
+        raise TypeError(f"calibration must be an array of samples or an iterable of batches; "
+                        f"got {type(calibration).__name__}")
+    single = isinstance(calibration, np.ndarray) or hasattr(calibration, "__array__")
+    if not single:  # a list of samples is one batch; a list of batches (or a generator) is batches
+        calibration = list(calibration)
+        single = bool(calibration) and np.shape(calibration[0]) == shape
+    raw = [calibration] if single else calibration
+    batches = []
+    for i, b in enumerate(raw):
+        where = "calibration" if single else f"calibration batch {i}"
+        try:
+            a = np.asarray(b)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"{where} is not an array: {e}") from None
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{where} must hold numbers; got dtype {a.dtype}")
+        if a.ndim != len(shape) + 1 or tuple(a.shape[1:]) != shape:
+            raise ValueError(f"{where} must have shape (n, {', '.join(map(str, shape))}); got {a.shape}")
+        if a.shape[0] == 0:
+            raise ValueError(f"{where} is empty")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{where} holds NaN or infinity")
+        batches.append(a)
+    if not batches:
+        raise ValueError("calibration is empty (no batches)")
+    return batches
+
+
+def _inputs_of_int8_layers(graph: Graph, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The float model run in eval mode over ``batches``: each Linear / Conv2d node's input values, by node name."""
+    modules = [m for n in graph.nodes for m in n.op.modules()]
+    modes = [m.training for m in modules]
+    for m in modules:  # BatchNorm on running statistics and no Dropout, as the runtime computes
+        object.__setattr__(m, "training", False)
+    seen: dict[str, list[np.ndarray]] = {}
+    try:
+        for x in batches:
+            env: dict[str, Any] = dict(graph.constants())
+            env[graph.inputs[0]] = x
+            for node in graph.nodes:
+                args = [env[v] for v in node.inputs]
+                if isinstance(node.op, (Linear, Conv2d)):
+                    seen.setdefault(node.name, []).append(np.asarray(args[0], np.float32).reshape(-1))
+                out = node.op.forward(*args)
+                env.update(zip(node.outputs, out if len(node.outputs) > 1 else (out,)))
+    finally:
+        for m, t in zip(modules, modes):
+            object.__setattr__(m, "training", t)
+    return {k: np.concatenate(v) for k, v in seen.items()}
 
 
 def _shape_arg(input_shape: Any) -> tuple[int, ...]:

@@ -61,6 +61,7 @@ fn gemm(n: usize, k: usize, seed: i32, bias: bool) -> Gemm {
         bias: bias.then(|| vec![0.1; n]),
         relu: true,
         post: None,
+        act: None,
     }
 }
 
@@ -156,6 +157,7 @@ fn the_int8_kernels_allocate_only_their_temporaries() {
                 padding: [1, 1, 1, 1],
                 dilation: (1, 1),
                 nchw_in: false,
+                act: None,
             },
             &[1],
             2,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
-use hwreg_kernels::plan::graph::{Gemm, GraphPlan, Node, Op, Unary};
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use hwreg_kernels::plan::graph::{Gemm, GraphPlan, Node, Op, StaticAct, Unary};
+use hwreg_kernels::quant::fixed;
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -46,6 +47,16 @@ fn opt_floats(p: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<Vec<f32>>> {
         .transpose()
 }
 
+/// The optional `"act"` parameter: `(scale, zero_point)` of a statically
+/// quantized input, or None / absent for dynamic quantization.
+fn act(p: &Bound<'_, PyDict>) -> PyResult<Option<StaticAct>> {
+    let v: Option<(f32, i32)> = match p.get_item("act")? {
+        Some(v) => v.extract()?,
+        None => None,
+    };
+    Ok(v.map(|(scale, zero_point)| StaticAct { scale, zero_point }))
+}
+
 /// `("relu" | "hardswish" | "clip", min, max)` or None.
 fn unary(v: Option<(String, Option<f32>, Option<f32>)>) -> PyResult<Option<Unary>> {
     Ok(match v {
@@ -71,6 +82,7 @@ fn gemm(p: &Bound<'_, PyDict>) -> PyResult<Gemm> {
         bias: opt_floats(p, "bias")?,
         relu: field!(p, "relu")?,
         post: unary(field!(p, "post")?)?,
+        act: act(p)?,
     })
 }
 
@@ -97,6 +109,7 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
                 padding: field!(p, "padding")?,
                 dilation: field!(p, "dilation")?,
                 nchw_in: field!(p, "nchw_in")?,
+                act: act(p)?,
             }
         }
         "maxpool" | "avgpool" => Op::Pool {
@@ -256,7 +269,27 @@ impl PyGraphPlan {
     }
 }
 
+/// `_quantize_fixed_u8(x, scale, zero_point)`: float32 `x` (any shape) to
+/// uint8 of the same shape with a static per-tensor scale and zero point
+/// (`QuantizeLinear`; NaN / ±inf in `x` is a ValueError).
+#[pyfunction]
+fn _quantize_fixed_u8<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    scale: f32,
+    zero_point: i32,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let shape = x.shape().to_vec();
+    let xs = contiguous(&x, "x")?;
+    let mut q =
+        hwreg_kernels::error::try_vec(xs.len(), 0u8, "the quantized activations").or_py()?;
+    py.detach(|| fixed::quantize_fixed_u8(&Ctx::current(), xs, scale, zero_point, &mut q))
+        .or_py()?;
+    PyArray1::from_vec(py, q).reshape(shape)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGraphPlan>()?;
+    m.add_function(wrap_pyfunction!(_quantize_fixed_u8, m)?)?;
     m.add_function(wrap_pyfunction!(_local_threads, m)?)
 }

@@ -36,6 +36,7 @@ use crate::depthwise::{self, Depthwise};
 use crate::error::{Error, Result};
 use crate::exec::{Ctx, SyncPtr};
 use crate::gemm::{self, output::OutputStep, output::Param, ASource, PackedB, ZeroPoint};
+use crate::quant::fixed::{self, quantize_fixed_u8};
 use crate::quant::rows::quantize_row_u8;
 use crate::{shape_err, value_err};
 
@@ -49,6 +50,15 @@ pub type ValueId = usize;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DType {
     F32,
+}
+
+/// Static (calibrated) activation parameters of an int8 layer: its float
+/// input is quantized per tensor with this scale and zero point
+/// (`QuantizeLinear`, [`quantize_fixed_u8`]) instead of per row or image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StaticAct {
+    pub scale: f32,
+    pub zero_point: i32,
 }
 
 /// An element-wise float function, with NumPy's semantics (NaN propagates).
@@ -107,6 +117,8 @@ pub struct Gemm {
     pub bias: Option<Vec<f32>>,
     pub relu: bool,
     pub post: Option<Unary>,
+    /// Static input quantization; `None`: dynamic (per row / per image).
+    pub act: Option<StaticAct>,
 }
 
 /// What a node computes. Image values are per-sample `(c, h, w)` (NCHW) or
@@ -136,6 +148,7 @@ pub enum Op {
         padding: [usize; 4],
         dilation: (usize, usize),
         nchw_in: bool,
+        act: Option<StaticAct>,
     },
     /// Max / average pooling, NHWC in and out.
     Pool {
@@ -286,7 +299,17 @@ fn check_gemm(g: &Gemm, k: usize, what: &str) -> Result<()> {
             return shape_err!("{what}: bias has {} values, expected {n}", b.len());
         }
     }
-    Ok(())
+    check_act(g.act, what)
+}
+
+fn check_act(act: Option<StaticAct>, what: &str) -> Result<()> {
+    match act {
+        Some(a) => fixed::check_params(a.scale, a.zero_point).map_err(|e| match e {
+            Error::Value(m) => Error::Value(format!("{what}: {m}")),
+            other => other,
+        }),
+        None => Ok(()),
+    }
 }
 
 impl Op {
@@ -331,8 +354,10 @@ impl Op {
                 padding,
                 dilation,
                 nchw_in,
+                act,
                 ..
             } => {
+                check_act(*act, what)?;
                 let (c, h, w) = image(x, *nchw_in, what)?;
                 let g = Depthwise {
                     n: 1,
@@ -407,6 +432,11 @@ impl Op {
     fn scratch(&self, x: &[usize], y: &[usize]) -> Scratch {
         let (xe, ye) = (x.iter().product::<usize>(), y.iter().product::<usize>());
         match self {
+            Op::Dense(g) if g.act.is_some() => Scratch {
+                q: xe,
+                cols: 0,
+                rows: 0,
+            },
             Op::Conv { gemm, .. } => {
                 let rows = ye / gemm.packed.n().max(1);
                 Scratch {
@@ -707,17 +737,30 @@ impl GraphPlan {
             Op::Dense(g) => {
                 let k = *xd.last().unwrap_or(&1);
                 let m = x.len().checked_div(k).unwrap_or(0);
-                gemm::linear_dynamic(
-                    ctx,
-                    x,
-                    m,
-                    k,
-                    &g.packed,
-                    param(&g.scale),
-                    g.bias.as_deref(),
-                    g.relu,
-                    y,
-                )?;
+                if let Some(a) = g.act {
+                    let q = &mut ws.q[..x.len()];
+                    quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
+                    let step = OutputStep::Float {
+                        row_scale: Param::Scalar(a.scale),
+                        col_scale: param(&g.scale),
+                        bias: g.bias.as_deref(),
+                        relu: g.relu,
+                    };
+                    let zp = ZeroPoint::Scalar(a.zero_point);
+                    gemm::matmul(ctx, ASource::U8(q), m, k, zp, &g.packed, &step, y)?;
+                } else {
+                    gemm::linear_dynamic(
+                        ctx,
+                        x,
+                        m,
+                        k,
+                        &g.packed,
+                        param(&g.scale),
+                        g.bias.as_deref(),
+                        g.relu,
+                        y,
+                    )?;
+                }
                 if let Some(f) = g.post {
                     f.run(y);
                 }
@@ -742,9 +785,10 @@ impl GraphPlan {
                 padding,
                 dilation,
                 nchw_in,
+                act,
             } => {
                 let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
-                quantize_images(ctx, ws, x, batch, false)?;
+                quantize_input(ctx, ws, x, batch, *act, false)?;
                 let q = if *nchw_in && c > 1 {
                     to_nhwc(&ws.q[..x.len()], &mut ws.qt[..x.len()], batch, c, h * w);
                     &ws.qt[..x.len()]
@@ -983,6 +1027,26 @@ fn quantize_images(
     Ok(())
 }
 
+/// Quantizes `x` into `ws.q` (scales and zero points per image in
+/// `ws.img_*`): with the static parameters `act` when the layer has them,
+/// else each image dynamically ([`quantize_images`]).
+fn quantize_input(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: &[f32],
+    batch: usize,
+    act: Option<StaticAct>,
+    one_zero_point: bool,
+) -> Result<()> {
+    let Some(a) = act else {
+        return quantize_images(ctx, ws, x, batch, one_zero_point);
+    };
+    quantize_fixed_u8(ctx, x, a.scale, a.zero_point, &mut ws.q[..x.len()])?;
+    ws.img_scale[..batch].fill(a.scale);
+    ws.img_zp[..batch].fill(a.zero_point);
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn conv(
     ctx: &Ctx,
@@ -998,7 +1062,7 @@ fn conv(
     y: &mut [f32],
 ) -> Result<()> {
     let (c, h, w) = image(xd, nchw_in, "conv")?;
-    quantize_images(ctx, ws, x, batch, true)?;
+    quantize_input(ctx, ws, x, batch, g.act, true)?;
     let len = x.len();
     let q = if nchw_in && c > 1 {
         to_nhwc(&ws.q[..len], &mut ws.qt[..len], batch, c, h * w);
@@ -1011,21 +1075,26 @@ fn conv(
     let pad = if batch > 0 { ws.img_zp[0] as u8 } else { 0 };
     let cols = &mut ws.cols[..rows * k];
     nhwc::im2col_into(ctx, q, win, pad, cols)?;
-    let per = win.oh() * win.ow();
-    for img in 0..batch {
-        ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
-        ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
-    }
+    let (row_scale, zp) = if let Some(a) = g.act {
+        (Param::Scalar(a.scale), ZeroPoint::Scalar(a.zero_point))
+    } else {
+        let per = win.oh() * win.ow();
+        for img in 0..batch {
+            ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
+            ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
+        }
+        let zp = if rows == 1 {
+            ZeroPoint::Scalar(ws.row_zp[0])
+        } else {
+            ZeroPoint::PerIndex(&ws.row_zp[..rows])
+        };
+        (param(&ws.row_scale[..rows]), zp)
+    };
     let step = OutputStep::Float {
-        row_scale: param(&ws.row_scale[..rows]),
+        row_scale,
         col_scale: param(&g.scale),
         bias: g.bias.as_deref(),
         relu: g.relu,
-    };
-    let zp = if rows == 1 {
-        ZeroPoint::Scalar(ws.row_zp[0])
-    } else {
-        ZeroPoint::PerIndex(&ws.row_zp[..rows])
     };
     gemm::matmul(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {

@@ -16,6 +16,7 @@ fn gemm_of(n: usize, k: usize, seed: i32, relu: bool) -> Gemm {
         bias: Some((0..n).map(|j| j as f32 * 0.05 - 0.1).collect()),
         relu,
         post: None,
+        act: None,
     }
 }
 
@@ -406,6 +407,7 @@ fn a_depthwise_node_is_the_kernel_on_per_image_quantized_channels_last_input() {
         padding: [1, 0, 1, 2],
         dilation: (1, 1),
         nchw_in,
+        act: None,
     };
     for n in [1, 3] {
         let x = input(n * c * h * w, n + 7);
@@ -449,4 +451,224 @@ fn a_depthwise_node_is_the_kernel_on_per_image_quantized_channels_last_input() {
         .unwrap();
         assert_eq!(run(&plan, &TEST, &xt, n), want, "NHWC in, batch {n}");
     }
+}
+
+/// The int8 weights `packed(n, k, seed)` holds, `(n, k)` row-major.
+fn weights(n: usize, k: usize, seed: i32) -> Vec<i32> {
+    (0..n * k)
+        .map(|i| (i as i32 * 7 + seed) % 23 - 11)
+        .collect()
+}
+
+/// The documented float output step of one element, from the exact sum.
+fn step_ref(acc: i32, s: f32, g: &Gemm, j: usize) -> f32 {
+    let f = (acc as f32 * s) * g.scale[j] + g.bias.as_ref().map_or(0.0, |b| b[j]);
+    if g.relu {
+        f.max(0.0)
+    } else {
+        f
+    }
+}
+
+const ACT: StaticAct = StaticAct {
+    scale: 0.0137,
+    zero_point: 131,
+};
+
+fn q_ref(x: &[f32], a: StaticAct) -> Vec<i32> {
+    x.iter()
+        .map(|&v| ((v / a.scale).round_ties_even() + a.zero_point as f32).clamp(0.0, 255.0) as i32)
+        .collect()
+}
+
+#[test]
+fn a_static_dense_node_is_quantize_linear_then_the_exact_product_on_every_isa() {
+    let (k, n) = (37, 6);
+    let mut g = gemm_of(n, k, 4, true);
+    g.act = Some(ACT);
+    let w = weights(n, k, 4);
+    let plan = GraphPlan::new(
+        vec![node(Op::Dense(g.clone()), &[0], 1)],
+        vec![0],
+        vec![vec![k]],
+        vec![1],
+    )
+    .unwrap();
+    for m in [1, 5] {
+        // Reaches past the grid at both ends (saturation) and lands on ties.
+        let x: Vec<f32> = input(m * k, m).iter().map(|v| v * 2.5).collect();
+        let q = q_ref(&x, ACT);
+        let mut want = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                let acc: i32 = (0..k)
+                    .map(|c| (q[r * k + c] - ACT.zero_point) * w[j * k + c])
+                    .sum();
+                want[r * n + j] = step_ref(acc, ACT.scale, &g, j);
+            }
+        }
+        assert!(
+            q.contains(&0) && q.contains(&255),
+            "the test input saturates"
+        );
+        crate::cpu::each_isa(|isa| assert_eq!(run(&plan, &TEST, &x, m), want, "{isa:?} batch {m}"));
+    }
+}
+
+#[test]
+fn a_static_conv_node_is_quantize_linear_then_the_exact_convolution_on_every_isa() {
+    let (c, h, w, oc) = (3, 5, 4, 7);
+    let mut g = gemm_of(oc, c * 9, 5, false);
+    g.act = Some(ACT);
+    let wt = weights(oc, c * 9, 5); // columns in (ky, kx, ch) order
+    let conv = |nchw_in| Op::Conv {
+        gemm: g.clone(),
+        kernel: (3, 3),
+        stride: (1, 1),
+        padding: (1, 1),
+        nchw_in,
+    };
+    for n in [1, 2] {
+        let x: Vec<f32> = input(n * c * h * w, n + 3)
+            .iter()
+            .map(|v| v * 1.5)
+            .collect();
+        let q = q_ref(&x, ACT); // NCHW
+        let mut want = vec![0f32; n * h * w * oc];
+        for img in 0..n {
+            for (oy, ox) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+                for j in 0..oc {
+                    let mut acc = 0i32;
+                    for (ky, kx, ch) in (0..3)
+                        .flat_map(|a| (0..3).flat_map(move |b| (0..c).map(move |d| (a, b, d))))
+                    {
+                        let (iy, ix) = (oy + ky, ox + kx); // padded coordinates
+                        let v = if iy < 1 || ix < 1 || iy > h || ix > w {
+                            ACT.zero_point // padding is the real zero
+                        } else {
+                            q[((img * c + ch) * h + iy - 1) * w + ix - 1]
+                        };
+                        acc += (v - ACT.zero_point) * wt[j * c * 9 + (ky * 3 + kx) * c + ch];
+                    }
+                    want[((img * h + oy) * w + ox) * oc + j] = step_ref(acc, ACT.scale, &g, j);
+                }
+            }
+        }
+        let plan = GraphPlan::new(
+            vec![node(conv(true), &[0], 1)],
+            vec![0],
+            vec![vec![c, h, w]],
+            vec![1],
+        )
+        .unwrap();
+        let mut xt = vec![0f32; x.len()];
+        to_nhwc(&x, &mut xt, n, c, h * w);
+        let nhwc = GraphPlan::new(
+            vec![node(conv(false), &[0], 1)],
+            vec![0],
+            vec![vec![h, w, c]],
+            vec![1],
+        )
+        .unwrap();
+        crate::cpu::each_isa(|isa| {
+            assert_eq!(run(&plan, &TEST, &x, n), want, "{isa:?} NCHW in, batch {n}");
+            assert_eq!(
+                run(&nhwc, &TEST, &xt, n),
+                want,
+                "{isa:?} NHWC in, batch {n}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_static_depthwise_node_is_the_kernel_on_quantize_linear_input() {
+    let (c, h, w, n) = (4, 5, 6, 3);
+    let weight: Vec<i8> = (0..9 * c).map(|i| ((i * 5) % 13) as i8 - 6).collect();
+    let scale: Vec<f32> = (0..c).map(|j| 0.02 + j as f32 * 0.01).collect();
+    let op = Op::Depthwise {
+        weight: weight.clone(),
+        kernel: (3, 3),
+        scale: scale.clone(),
+        bias: None,
+        relu: false,
+        post: None,
+        stride: (1, 1),
+        padding: [1, 1, 1, 1],
+        dilation: (1, 1),
+        nchw_in: false,
+        act: Some(ACT),
+    };
+    let x = input(n * h * w * c, 11);
+    let q: Vec<u8> = q_ref(&x, ACT).iter().map(|&v| v as u8).collect();
+    let g = Depthwise {
+        n,
+        h,
+        w,
+        c,
+        kernel: (3, 3),
+        stride: (1, 1),
+        dilation: (1, 1),
+        padding: [1, 1, 1, 1],
+    };
+    let mut want = vec![0f32; n * h * w * c];
+    depthwise::depthwise_conv2d_f32(
+        &TEST,
+        &q,
+        &[ACT.zero_point; 3],
+        &[ACT.scale; 3],
+        &weight,
+        &scale,
+        None,
+        false,
+        &g,
+        &mut want,
+    )
+    .unwrap();
+    let plan = GraphPlan::new(
+        vec![node(op, &[0], 1)],
+        vec![0],
+        vec![vec![h, w, c]],
+        vec![1],
+    )
+    .unwrap();
+    crate::cpu::each_isa(|isa| assert_eq!(run(&plan, &TEST, &x, n), want, "{isa:?}"));
+}
+
+#[test]
+fn static_parameters_are_checked_at_build_and_input_at_run_time() {
+    for (scale, zero_point) in [(0.0f32, 0), (f32::NAN, 0), (-1.0, 3), (0.1, 256), (0.1, -1)] {
+        let mut g = gemm_of(3, 4, 1, false);
+        g.act = Some(StaticAct { scale, zero_point });
+        let e = GraphPlan::new(
+            vec![node(Op::Dense(g), &[0], 1)],
+            vec![0],
+            vec![vec![4]],
+            vec![1],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("node 0") && e.to_string().contains("activation"),
+            "{e}"
+        );
+    }
+    let mut g = gemm_of(3, 4, 1, false);
+    g.act = Some(ACT);
+    let plan = GraphPlan::new(
+        vec![node(Op::Dense(g), &[0], 1)],
+        vec![0],
+        vec![vec![4]],
+        vec![1],
+    )
+    .unwrap();
+    let mut y = vec![0f32; 6];
+    let e = plan
+        .forward(
+            &TEST,
+            2,
+            &[&[0.0, 1.0, 2.0, 3.0, 4.0, f32::NAN, 0.0, 0.0]],
+            &mut [&mut y],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("not finite at element 5"), "{e}");
 }

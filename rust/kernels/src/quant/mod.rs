@@ -35,6 +35,7 @@ use crate::{shape_err, value_err, Error, Result};
 
 pub(crate) mod arch;
 pub mod calib;
+pub mod fixed;
 pub mod rows;
 
 /// An 8-bit quantized element type.
