@@ -12,6 +12,39 @@ pub(crate) mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_avx512vnni;
 
+/// Runs `$body` with the job's output kind and weight symmetry bound as the
+/// const items `SCALED` and `SYM`, so each path's tile is compiled once per
+/// mode and the inner loops carry no branch on them.
+macro_rules! by_mode {
+    ($j:expr, $body:expr) => {{
+        let scaled = matches!($j.out, $crate::int4::arch::Out::Scaled(..));
+        match (scaled, $j.w.symmetric) {
+            (true, true) => {
+                const SCALED: bool = true;
+                const SYM: bool = true;
+                $body
+            }
+            (true, false) => {
+                const SCALED: bool = true;
+                const SYM: bool = false;
+                $body
+            }
+            (false, true) => {
+                const SCALED: bool = false;
+                const SYM: bool = true;
+                $body
+            }
+            (false, false) => {
+                const SCALED: bool = false;
+                const SYM: bool = false;
+                $body
+            }
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use by_mode;
+
 /// Where a tile's results go. `Groups(p, ld)`: `Q_g` of row `r`, tile column
 /// `c` (counted from the job's first column) to `p[r·ld + c·ng + g]`.
 /// (`Q_g`, the centred sums of `int4/mod.rs`). `Scaled(p, ld)`: `Σ_g f32(Q_g)·s` to `p[r·ld + c]`. Only columns `< n` are

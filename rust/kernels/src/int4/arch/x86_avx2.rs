@@ -31,16 +31,9 @@ crate::cpu::isa_fns!(avx2;
 /// and 4 float ymm accumulators.
 #[inline(always)]
 unsafe fn tile(j: &Job<'_>) {
-    let scaled = matches!(j.out, Out::Scaled(..));
-    let sym = j.w.symmetric;
     macro_rules! go {
         ($r:literal, $nb:literal, $r0:expr) => {
-            match (scaled, sym) {
-                (true, true) => blocks::<$r, $nb, true, true>(j, $r0),
-                (true, false) => blocks::<$r, $nb, true, false>(j, $r0),
-                (false, true) => blocks::<$r, $nb, false, true>(j, $r0),
-                (false, false) => blocks::<$r, $nb, false, false>(j, $r0),
-            }
+            super::by_mode!(j, blocks::<$r, $nb, SCALED, SYM>(j, $r0))
         };
     }
     let mut r0 = 0;

@@ -32,16 +32,9 @@ crate::cpu::isa_fns!(avx512vnni;
 /// unpacking, which shares the vector pipes with `vpdpbusd`.
 #[inline(always)]
 unsafe fn tile(j: &Job<'_>) {
-    let scaled = matches!(j.out, Out::Scaled(..));
-    let sym = j.w.symmetric;
     macro_rules! go {
         ($r:literal, $nb:literal) => {
-            match (scaled, sym) {
-                (true, true) => blocks::<$r, $nb, true, true, { $r <= 2 }>(j),
-                (true, false) => blocks::<$r, $nb, true, false, { $r <= 2 }>(j),
-                (false, true) => blocks::<$r, $nb, false, true, { $r <= 2 }>(j),
-                (false, false) => blocks::<$r, $nb, false, false, { $r <= 2 }>(j),
-            }
+            super::by_mode!(j, blocks::<$r, $nb, SCALED, SYM, { $r <= 2 }>(j))
         };
     }
     match j.rows {
