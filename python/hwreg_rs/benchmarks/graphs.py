@@ -150,9 +150,9 @@ def _torch_exports(folder: str, quick: bool) -> str:
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
             sess = _ort_session(proto, threads)
-            t = side_by_side({"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})},
-                             rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
-            q, f = t["q"], t["f"]
+            times = side_by_side({"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})},
+                                 rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
+            q, f = times["q"], times["f"]
             t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
                   f"{agree:.0%}")
         set_num_threads(all_threads)
