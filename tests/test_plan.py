@@ -235,3 +235,26 @@ def test_a_bad_thread_count_is_refused_naming_it():
     with pytest.raises(ValueError, match="threads"):
         rt.threads = 1 << 40
     assert rt.threads == 2
+
+
+@pytest.mark.parametrize("group", [None, 32])
+def test_int4_layers_run_in_the_native_plan_as_their_ops_compute(group):
+    net = nn.Sequential(nn.Linear(70, 33, rng=1), nn.ReLU6(), nn.Linear(33, 16, rng=2), nn.ReLU(),
+                        nn.Linear(16, 5, rng=3))
+    rt = runtime.convert(net.eval(), input_shape=(70,), weight_bits=4, int4_group_size=group)
+    assert [op.kind for op in rt.ops].count("int4_linear") == 3
+    (seg,) = _segments(rt)
+    assert len(rt._steps) == 1  # the whole model is one native call
+    assert _ops(seg) == ["int4_dense", "int4_dense", "int4_dense"]  # the activations fused into the layers
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 70)).astype(np.float32)
+        assert np.array_equal(rt.predict(x), _node_by_node(rt, x))
+        rt.threads = 2
+        assert np.array_equal(rt.predict(x), _node_by_node(rt, x))
+        rt.threads = None
+    n = seg.plan.allocations
+    for _ in range(3):
+        rt.predict(x)
+    assert seg.plan.allocations == n
+    with pytest.raises(ValueError, match="finite"):
+        rt.predict(np.full((1, 70), np.nan, np.float32))

@@ -2,7 +2,7 @@
 
 :func:`steps` cuts the graph's node list into maximal runs of ops the native
 executor implements (``_native._GraphPlan``, the kernel crate's
-``plan::graph``): int8 Linear, Conv2d and depthwise Conv2d, max / average
+``plan::graph``): int8 and int4 Linear, int8 Conv2d and depthwise Conv2d, max / average
 pooling, BatchNorm affines, ReLU / Clip / ReLU6 / HardSwish, residual Add and
 Flatten. Each run becomes one native call (a :class:`Segment`); every other
 op (sparse layers, grouped convolutions, LayerNorm, Softmax, MatMul, ops this
@@ -59,7 +59,7 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
         return False
     k = op.kind
     x = shapes[node.inputs[0]] if node.inputs else ()
-    if k in ("linear", "relu"):
+    if k in ("linear", "int4_linear", "relu"):
         return len(node.inputs) == 1
     if k == "conv2d" or (k == "group_conv2d" and op.depthwise):
         return len(x) == 4
@@ -103,7 +103,7 @@ def gap_matches_numpy() -> bool:
 
 
 # Python ops whose outputs are always float32.
-_FLOAT_OUT = ("linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
+_FLOAT_OUT = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
 
 
 @dataclass
@@ -152,7 +152,7 @@ def fuse_activations(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     gone: set[int] = set()
     for n in nodes:
         src = by_output.get(n.inputs[0]) if n.op == "unary" else None
-        if (src is not None and src.op in ("dense", "conv", "depthwise") and src.params["post"] is None
+        if (src is not None and src.op in ("dense", "int4_dense", "conv", "depthwise") and src.params["post"] is None
                 and readers.get(n.inputs[0], 0) == 1 and n.inputs[0] not in keep):
             src.params["post"] = n.params["fn"]
             src.output = n.output
@@ -267,6 +267,11 @@ class _Builder:
             layer = self.permuted.pop(x, None) or op.layer
             out = self.emit("dense", [self.get(x, "plain")], packed=layer._packed._packed, scale=layer.weight_scale,
                             bias=layer.bias, relu=bool(layer.relu), post=None, act=_act(op))
+            self.ids[y] = {"plain": out}
+        elif k == "int4_linear":
+            layer = op.layer
+            out = self.emit("int4_dense", [self.get(x, "plain")], weight=layer._w, bias=layer.bias,
+                            relu=bool(layer.relu), post=None)
             self.ids[y] = {"plain": out}
         elif k == "flatten":
             if self.layout(x) == "nhwc" and op.start_dim == 1 and next_dense is not None:

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{PackedB, ZeroPoint};
-use hwreg_kernels::plan::{Gemm, GraphPlan, Node, Op, Unary};
+use hwreg_kernels::int4::{self, Int4Weight};
+use hwreg_kernels::plan::{Gemm, GraphPlan, Int4Dense, Node, Op, Unary};
 
 struct Counting;
 
@@ -191,5 +192,50 @@ fn the_int8_kernels_allocate_only_their_temporaries() {
         second_call(&plan, batch);
         assert_eq!(plan.allocations(), grown);
         eprintln!("batch {batch}: {n} kernel temporaries, {bytes} bytes per call");
+    }
+}
+
+fn int4_layer(n: usize, k: usize, group: Option<usize>, seed: usize) -> Arc<Int4Weight> {
+    let packed: Vec<u8> = (0..n * k.div_ceil(2))
+        .map(|i| ((i * 7 + seed * 3) % 256) as u8)
+        .collect();
+    let ng = group.map_or(1, |g| k.div_ceil(g));
+    let scales: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 5) as f32 * 0.002).collect();
+    Arc::new(Int4Weight::new(&packed, n, k, group, &scales, None).unwrap())
+}
+
+/// int4 layers run on the plan's own scratch: nothing is allocated per call,
+/// and the plan computes what the int4 kernel computes layer by layer.
+#[test]
+fn int4_layers_allocate_nothing_per_call() {
+    let (w1, w2) = (int4_layer(40, 64, Some(32), 1), int4_layer(10, 40, None, 2));
+    let b1 = vec![0.05f32; 40];
+    let nodes = vec![
+        node(
+            Op::Int4Dense(
+                Int4Dense::new(w1.clone(), Some(b1.clone()), false, Some(Unary::Relu)).unwrap(),
+            ),
+            &[0],
+            1,
+        ),
+        node(
+            Op::Int4Dense(Int4Dense::new(w2.clone(), None, true, None).unwrap()),
+            &[1],
+            2,
+        ),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![64]], vec![2]).unwrap();
+    let ctx = Ctx::serial();
+    for batch in [1usize, 4, 2] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
+        let x: Vec<f32> = (0..batch * 64)
+            .map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let h = int4::linear(&ctx, &x, batch, 64, &w1, Some(&b1), false).unwrap();
+        let h: Vec<f32> = h.iter().map(|v| v.max(0.0)).collect();
+        let want = int4::linear(&ctx, &h, batch, 40, &w2, None, true).unwrap();
+        let mut y = vec![0f32; batch * 10];
+        plan.forward(&ctx, batch, &[&x], &mut [&mut y]).unwrap();
+        assert_eq!(y, want, "batch {batch}");
     }
 }

@@ -30,6 +30,10 @@ use std::sync::{Arc, Mutex};
 #[path = "graph_tests.rs"]
 mod tests;
 
+#[path = "int4_op.rs"]
+mod int4_op;
+pub use int4_op::Int4Dense;
+
 use crate::conv::nhwc::{self, Pool};
 use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
@@ -127,6 +131,8 @@ pub struct Gemm {
 pub enum Op {
     /// Int8 linear layer on the last axis (activations quantized per row).
     Dense(Gemm),
+    /// Int4 linear layer on the last axis (activations quantized per row).
+    Int4Dense(Int4Dense),
     /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
     /// NHWC out; each image quantized once (one zero point for the batch).
     Conv {
@@ -221,6 +227,7 @@ pub struct Workspace {
     row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
+    int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
 
@@ -333,6 +340,7 @@ impl Op {
                 d.push(g.packed.n());
                 d
             }
+            Op::Int4Dense(d) => d.out_dims(x, what)?,
             Op::Conv {
                 gemm,
                 kernel,
@@ -681,6 +689,11 @@ impl GraphPlan {
         grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
+        for n in &self.nodes {
+            if let Op::Int4Dense(d) = &n.op {
+                ws.allocations += d.reserve(&mut ws.int4, self.len_of(n.inputs[0], batch))?;
+            }
+        }
         ws.batch = batch;
         self.allocations.fetch_add(
             ws.allocations - before,
@@ -765,6 +778,7 @@ impl GraphPlan {
                     f.run(y);
                 }
             }
+            Op::Int4Dense(d) => d.run(ctx, &mut ws.int4, x, y)?,
             Op::Conv {
                 gemm: g,
                 kernel,

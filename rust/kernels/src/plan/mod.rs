@@ -10,4 +10,4 @@
 
 pub mod graph;
 
-pub use graph::{DType, Gemm, GraphPlan, Node, Op, Storage, Unary, ValueId};
+pub use graph::{DType, Gemm, GraphPlan, Int4Dense, Node, Op, Storage, Unary, ValueId};
