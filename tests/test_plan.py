@@ -258,3 +258,18 @@ def test_int4_layers_run_in_the_native_plan_as_their_ops_compute(group):
     assert seg.plan.allocations == n
     with pytest.raises(ValueError, match="finite"):
         rt.predict(np.full((1, 70), np.nan, np.float32))
+
+
+def test_sparse_layers_run_in_the_native_plan_as_their_ops_compute():
+    net = nn.Sequential(nn.Linear(16, 24, rng=1), nn.ReLU(), nn.Linear(24, 8, rng=2), nn.HardSwish(),
+                        nn.Linear(8, 3, rng=3))
+    for p in net.parameters():  # prune: three of every four weights
+        if p.data.ndim == 2:
+            p.data[...] *= (np.arange(p.data.size).reshape(p.data.shape) % 4 == 0)
+    rt = runtime.convert(net.eval(), input_shape=(16,), sparse="always")
+    assert [op.kind for op in rt.ops].count("sparse_linear") >= 2
+    (seg,) = _segments(rt)
+    assert len(rt._steps) == 1 and "sparse_dense" in _ops(seg)
+    for batch in (1, 6):
+        x = np.random.default_rng(batch).standard_normal((batch, 16)).astype(np.float32)
+        assert np.array_equal(rt.predict(x), _node_by_node(rt, x))

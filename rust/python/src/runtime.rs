@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
-use hwreg_kernels::plan::graph::{Gemm, GraphPlan, Int4Dense, Node, Op, StaticAct, Unary};
+use hwreg_kernels::plan::graph::{
+    Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
+};
 use hwreg_kernels::quant::fixed;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -16,6 +18,7 @@ use pyo3::types::PyDict;
 use crate::errors::{contiguous, OrPy};
 use crate::gemm::PyPackedB;
 use crate::int4::PyInt4Weight;
+use crate::sparse::SparseMatrix;
 
 /// `_GraphPlan(nodes, inputs, input_dims, outputs)`: `nodes` is a list of
 /// `(op, input_ids, output_id, params)` in execution order (`params` a dict
@@ -90,6 +93,18 @@ fn gemm(p: &Bound<'_, PyDict>) -> PyResult<Gemm> {
 fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
     Ok(match kind {
         "dense" => Op::Dense(gemm(p)?),
+        "sparse_dense" => {
+            let w: Py<SparseMatrix> = field!(p, "weight")?;
+            Op::SparseDense(
+                SparseDense::new(
+                    Arc::clone(&w.get().inner),
+                    opt_floats(p, "bias")?,
+                    field!(p, "relu")?,
+                    unary(field!(p, "post")?)?,
+                )
+                .or_py()?,
+            )
+        }
         "int4_dense" => {
             let w: Py<PyInt4Weight> = field!(p, "weight")?;
             Op::Int4Dense(

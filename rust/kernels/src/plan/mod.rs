@@ -10,4 +10,6 @@
 
 pub mod graph;
 
-pub use graph::{DType, Gemm, GraphPlan, Int4Dense, Node, Op, Storage, Unary, ValueId};
+pub use graph::{
+    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, Storage, Unary, ValueId,
+};
