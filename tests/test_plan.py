@@ -273,3 +273,27 @@ def test_sparse_layers_run_in_the_native_plan_as_their_ops_compute():
     for batch in (1, 6):
         x = np.random.default_rng(batch).standard_normal((batch, 16)).astype(np.float32)
         assert np.array_equal(rt.predict(x), _node_by_node(rt, x))
+
+
+def test_predict_runs_a_ready_array_in_one_native_call_and_checks_the_rest_as_before():
+    rt = runtime.convert(nn.mlp([12, 9, 4], rng=0).eval(), input_shape=(12,))
+    (seg,) = _segments(rt)
+    x = np.random.default_rng(0).standard_normal((3, 12)).astype(np.float32)
+    want = _node_by_node(rt, x)
+    assert np.array_equal(seg.plan.forward_ready(x), want) and np.array_equal(rt.predict(x), want)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    unaligned = np.frombuffer(raw.data, np.float32, count=x.size, offset=1).reshape(x.shape)
+    unaligned[...] = x
+    wide = np.zeros((3, 24), np.float32)
+    wide[:, ::2] = x
+    for v in (x.astype(np.float64), np.asfortranarray(x), unaligned, wide[:, ::2], x.tolist()):
+        assert seg.plan.forward_ready(v) is None  # declined: predict converts it first
+        assert np.array_equal(rt.predict(v), want)
+    for bad in (x[:, :11], x[0], np.float32(1.0)):
+        assert seg.plan.forward_ready(bad) is None
+        with pytest.raises(ValueError, match="shape"):
+            rt.predict(bad)
+    with pytest.raises(TypeError, match="numeric"):
+        rt.predict(np.array([["a"] * 12]))
+    with pytest.raises(ValueError, match="finite"):
+        rt.predict(np.full((1, 12), np.inf, np.float32))

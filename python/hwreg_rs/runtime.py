@@ -798,7 +798,7 @@ class RuntimeModel:
         # One float32 input and one output: predict first offers x to the plan as it is (one native call that
         # takes it when it is already a C-contiguous float32 (N, *input_shape) array, else declines).
         one = whole and len(self.inputs) == len(self.outputs) == 1 and self.input_dtypes[0] == "float32"
-        self._ready = call.plan.forward_ready if one else None
+        self._ready = call.plan.forward_ready if one and isinstance(call, _planner.Segment) else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):

@@ -205,7 +205,11 @@ fn the_depthwise_kernel_allocates_only_its_output_steps() {
     let plan = GraphPlan::new(nodes, vec![0], vec![vec![8, 8, oc]], vec![1]).unwrap();
     for batch in [1usize, 4] {
         let (n, bytes) = second_call(&plan, batch);
-        assert_eq!(second_call(&plan, batch), (n, bytes), "steady from call to call");
+        assert_eq!(
+            second_call(&plan, batch),
+            (n, bytes),
+            "steady from call to call"
+        );
         assert!(n <= 2, "{n} allocations at batch {batch}");
     }
 }

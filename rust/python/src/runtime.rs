@@ -26,6 +26,9 @@ use crate::sparse::SparseMatrix;
 #[pyclass(frozen, name = "_GraphPlan", module = "hwreg_rs._native")]
 pub struct PyGraphPlan {
     inner: GraphPlan,
+    /// `(input dims, output dims)` of a plan with one input and one output
+    /// (what `forward_ready` checks and allocates by), kept from the build.
+    one: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 fn item<'py>(p: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -195,9 +198,15 @@ impl PyGraphPlan {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(PyGraphPlan {
-            inner: GraphPlan::new(nodes, inputs, input_dims, outputs).or_py()?,
-        })
+        let inner = GraphPlan::new(nodes, inputs, input_dims, outputs).or_py()?;
+        let one = match (
+            inner.input_dims().as_slice(),
+            inner.output_dims().as_slice(),
+        ) {
+            ([x], [y]) => Some((x.to_vec(), y.to_vec())),
+            _ => None,
+        };
+        Ok(PyGraphPlan { inner, one })
     }
 
     /// Float32 C-contiguous inputs `(batch, *input_dims[i])` in, one array
@@ -224,8 +233,7 @@ impl PyGraphPlan {
         x: &Bound<'py, PyAny>,
         threads: Option<usize>,
     ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
-        let (ins, outs) = (self.inner.input_dims(), self.inner.output_dims());
-        let ([want], [dims]) = (ins.as_slice(), outs.as_slice()) else {
+        let Some((want, dims)) = &self.one else {
             return Err(PyValueError::new_err(
                 "forward_ready needs a plan with one input and one output",
             ));
@@ -235,7 +243,7 @@ impl PyGraphPlan {
         };
         let shape = x.shape();
         let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
-        if shape.is_empty() || shape[1..] != **want || !aligned || !x.is_c_contiguous() {
+        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
             return Ok(None);
         }
         let batch = shape[0];

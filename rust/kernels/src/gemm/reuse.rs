@@ -58,7 +58,11 @@ impl<T: Copy + 'static> Drop for Reused<T> {
         if buf.capacity() * std::mem::size_of::<T>() <= KEEP_BYTES {
             let _ = self.home.try_with(|c| {
                 let old = c.take();
-                c.set(if old.capacity() > buf.capacity() { old } else { buf });
+                c.set(if old.capacity() > buf.capacity() {
+                    old
+                } else {
+                    buf
+                });
             });
         }
     }

@@ -69,7 +69,11 @@ impl SparseDense {
             .weight
             .linear(ctx, x, m, k, self.bias.as_deref(), self.relu)?;
         if out.len() != y.len() {
-            return shape_err!("the sparse product gave {} values for {}", out.len(), y.len());
+            return shape_err!(
+                "the sparse product gave {} values for {}",
+                out.len(),
+                y.len()
+            );
         }
         y.copy_from_slice(&out);
         if let Some(f) = self.post {
