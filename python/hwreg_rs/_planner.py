@@ -2,10 +2,10 @@
 
 :func:`steps` cuts the graph's node list into maximal runs of ops the native
 executor implements (``_native._GraphPlan``, the kernel crate's
-``plan::graph``): int8 Linear, Conv2d and depthwise Conv2d, max / average
+``plan::graph``): int8, int4 and sparse Linear, int8 Conv2d and depthwise Conv2d, max / average
 pooling, BatchNorm affines, ReLU / Clip / ReLU6 / HardSwish, residual Add and
 Flatten. Each run becomes one native call (a :class:`Segment`); every other
-op (sparse layers, grouped convolutions, LayerNorm, Softmax, MatMul, ops this
+op (grouped convolutions, LayerNorm, Softmax, MatMul, ops this
 module does not know) runs in Python between segments, as itself.
 
 Inside a segment the planner chooses the layout (channels-last between
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _native
+from . import _native, sparse
 from .gemm import Int8Linear
 
 # The element-wise ops of hwreg_rs.nn the plan runs natively: (name, min, max) of the kernel's Unary.
@@ -59,8 +59,10 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
         return False
     k = op.kind
     x = shapes[node.inputs[0]] if node.inputs else ()
-    if k in ("linear", "relu"):
+    if k in ("linear", "int4_linear", "relu"):
         return len(node.inputs) == 1
+    if k == "sparse_linear":  # a pruned weight in a sparse format (the dense paths keep their Python op)
+        return len(node.inputs) == 1 and isinstance(op.matrix, sparse._SparseMatrix)
     if k == "conv2d" or (k == "group_conv2d" and op.depthwise):
         return len(x) == 4
     if k in ("maxpool2d", "avgpool2d"):
@@ -103,7 +105,7 @@ def gap_matches_numpy() -> bool:
 
 
 # Python ops whose outputs are always float32.
-_FLOAT_OUT = ("linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
+_FLOAT_OUT = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
 
 
 @dataclass
@@ -131,6 +133,10 @@ class Segment:
                                        [list(d) for d in input_dims], outputs)
 
     def __call__(self, *xs: np.ndarray, threads: int) -> Any:
+        if len(xs) == self.n_outputs == 1:  # one array in and out: no lists when x is ready as it is
+            y = self.plan.forward_ready(xs[0], threads)
+            if y is not None:
+                return y
         ys = self.plan.forward([np.ascontiguousarray(x, dtype=np.float32) for x in xs], threads)
         return ys[0] if self.n_outputs == 1 else tuple(ys)
 
@@ -152,7 +158,7 @@ def fuse_activations(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     gone: set[int] = set()
     for n in nodes:
         src = by_output.get(n.inputs[0]) if n.op == "unary" else None
-        if (src is not None and src.op in ("dense", "conv", "depthwise") and src.params["post"] is None
+        if (src is not None and src.op in ("dense", "int4_dense", "sparse_dense", "conv", "depthwise") and src.params["post"] is None
                 and readers.get(n.inputs[0], 0) == 1 and n.inputs[0] not in keep):
             src.params["post"] = n.params["fn"]
             src.output = n.output
@@ -267,6 +273,15 @@ class _Builder:
             layer = self.permuted.pop(x, None) or op.layer
             out = self.emit("dense", [self.get(x, "plain")], packed=layer._packed._packed, scale=layer.weight_scale,
                             bias=layer.bias, relu=bool(layer.relu), post=None, act=_act(op))
+            self.ids[y] = {"plain": out}
+        elif k == "int4_linear":
+            layer = op.layer
+            out = self.emit("int4_dense", [self.get(x, "plain")], weight=layer._w, bias=layer.bias,
+                            relu=bool(layer.relu), post=None)
+            self.ids[y] = {"plain": out}
+        elif k == "sparse_linear":
+            out = self.emit("sparse_dense", [self.get(x, "plain")], weight=op.matrix._m, bias=op.bias,
+                            relu=bool(op.relu), post=None)
             self.ids[y] = {"plain": out}
         elif k == "flatten":
             if self.layout(x) == "nhwc" and op.start_dim == 1 and next_dense is not None:

@@ -795,6 +795,10 @@ class RuntimeModel:
         reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
         whole = isinstance(call, _planner.Segment) and reads == tuple(self.inputs) and writes == tuple(self.outputs)
         self._whole = call if whole else None
+        # One float32 input and one output: predict first offers x to the plan as it is (one native call that
+        # takes it when it is already a C-contiguous float32 (N, *input_shape) array, else declines).
+        one = whole and len(self.inputs) == len(self.outputs) == 1 and self.input_dtypes[0] == "float32"
+        self._ready = call.plan.forward_ready if one and isinstance(call, _planner.Segment) else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -871,6 +875,10 @@ class RuntimeModel:
         A graph with several inputs takes one array per input, a graph with
         several outputs returns a tuple.
         """
+        if self._ready is not None and not more:
+            y = self._ready(x, self._threads)
+            if y is not None:
+                return y
         xs = []
         for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
             if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):

@@ -43,6 +43,7 @@ pub(crate) mod b_per_call;
 mod kernel;
 pub mod output;
 pub mod pack;
+mod reuse;
 
 use crate::cpu;
 use crate::error::Result;
@@ -246,8 +247,8 @@ pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 20;
 struct PackedA<'a, E: pack::PlainElem> {
     data: AData<'a, E>,
     kp: usize,
-    rowsum: Vec<i32>,
-    zp: Vec<i32>,
+    rowsum: reuse::Reused<i32>,
+    zp: reuse::Reused<i32>,
 }
 
 /// Packs every row with `row(i, u8_dst) -> (rowsum, stored zp)` (which
@@ -261,8 +262,8 @@ fn pack_a<'a, Kr: Kernel>(
 ) -> PackedA<'a, Kr::AElem> {
     let kp = pack::round_up(k, 4);
     let mut data = pack::AScratch::<Kr::AElem>::new(m * kp);
-    let mut rowsum = vec![0i32; m];
-    let mut zp = vec![0i32; m];
+    let mut rowsum = reuse::Reused::new(&reuse::ROWSUM, m, 0);
+    let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
     if kp == 0 {
         for i in 0..m {
             (rowsum[i], zp[i]) = row(i, &mut []);
@@ -356,8 +357,12 @@ fn borrow_a<'a, Kr: Kernel>(
             Some(PackedA {
                 data: AData::Bytes(src),
                 kp: k,
-                rowsum: vec![0; m],
-                zp: (0..m).map(|i| a_zp.get(i)).collect(),
+                rowsum: reuse::Reused::new(&reuse::ROWSUM, m, 0),
+                zp: {
+                    let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
+                    zp.iter_mut().enumerate().for_each(|(i, z)| *z = a_zp.get(i));
+                    zp
+                },
             })
         }
         _ => None,
@@ -395,7 +400,7 @@ pub(crate) fn linear_with<Kr: Kernel>(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
-    let mut scales = vec![0f32; m];
+    let mut scales = reuse::Reused::new(&reuse::SCALES, m, 0f32);
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
     let quantize_row = cpu::dispatch().quant.quantize_row;
@@ -417,7 +422,7 @@ pub(crate) fn linear_with<Kr: Kernel>(
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
     let ep = OutputStep::Float {
-        row_scale: Param::PerIndex(&scales),
+        row_scale: Param::PerIndex(&scales[..]),
         col_scale,
         bias,
         relu,
@@ -508,7 +513,7 @@ fn block<Kr: Kernel, T: OutElem>(
     };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
-    let mut acc = vec![0i32; mc.min(rows.len()) * ld];
+    let mut acc = reuse::Reused::new(&reuse::ACC, mc.min(rows.len()) * ld, 0);
     // Plain int32 output: the kernel writes corrected tiles straight to `out`.
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.

@@ -30,6 +30,13 @@ use std::sync::{Arc, Mutex};
 #[path = "graph_tests.rs"]
 mod tests;
 
+#[path = "int4_op.rs"]
+mod int4_op;
+pub use int4_op::Int4Dense;
+#[path = "sparse_op.rs"]
+mod sparse_op;
+pub use sparse_op::SparseDense;
+
 use crate::conv::nhwc::{self, Pool};
 use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
@@ -127,6 +134,10 @@ pub struct Gemm {
 pub enum Op {
     /// Int8 linear layer on the last axis (activations quantized per row).
     Dense(Gemm),
+    /// Int4 linear layer on the last axis (activations quantized per row).
+    Int4Dense(Int4Dense),
+    /// Sparse (pruned) linear layer on the last axis.
+    SparseDense(SparseDense),
     /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
     /// NHWC out; each image quantized once (one zero point for the batch).
     Conv {
@@ -221,6 +232,7 @@ pub struct Workspace {
     row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
+    int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
 
@@ -302,6 +314,32 @@ fn check_gemm(g: &Gemm, k: usize, what: &str) -> Result<()> {
     check_act(g.act, what)
 }
 
+impl Gemm {
+    /// Spells out one scale for every column and a bias (zeros for none), so
+    /// the output step borrows both instead of building them on every call:
+    /// the same numbers (`s` per column, `+ 0.0` without a bias).
+    fn spell_out(&mut self) -> Result<()> {
+        let n = self.packed.n();
+        if self.scale.len() == 1 && n != 1 {
+            self.scale = crate::error::try_vec(n, self.scale[0], "the weight scales")?;
+        }
+        if self.bias.is_none() {
+            self.bias = Some(crate::error::try_vec(n, 0.0f32, "the zero bias")?);
+        }
+        Ok(())
+    }
+
+    /// The per-column scales as the output step takes them (spelled out:
+    /// one per column, borrowed).
+    fn col_scale(&self) -> Param<'_> {
+        if self.scale.len() == self.packed.n() {
+            Param::PerIndex(&self.scale)
+        } else {
+            param(&self.scale)
+        }
+    }
+}
+
 fn check_act(act: Option<StaticAct>, what: &str) -> Result<()> {
     match act {
         Some(a) => fixed::check_params(a.scale, a.zero_point).map_err(|e| match e {
@@ -333,6 +371,8 @@ impl Op {
                 d.push(g.packed.n());
                 d
             }
+            Op::Int4Dense(d) => d.out_dims(x, what)?,
+            Op::SparseDense(d) => d.out_dims(x, what)?,
             Op::Conv {
                 gemm,
                 kernel,
@@ -460,7 +500,7 @@ impl GraphPlan {
     /// `inputs[i]`; every other value is written by exactly one node, before
     /// any node reads it; `outputs` are the values the caller gets back.
     pub fn new(
-        nodes: Vec<Node>,
+        mut nodes: Vec<Node>,
         inputs: Vec<ValueId>,
         input_dims: Vec<Vec<usize>>,
         outputs: Vec<ValueId>,
@@ -514,6 +554,11 @@ impl GraphPlan {
                 return value_err!("{what} writes value {}, which is already written", n.output);
             }
             dims[n.output] = Some(out);
+        }
+        for n in &mut nodes {
+            if let Op::Dense(g) | Op::Conv { gemm: g, .. } = &mut n.op {
+                g.spell_out()?;
+            }
         }
         let dims = dims
             .into_iter()
@@ -681,6 +726,11 @@ impl GraphPlan {
         grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
+        for n in &self.nodes {
+            if let Op::Int4Dense(d) = &n.op {
+                ws.allocations += d.reserve(&mut ws.int4, self.len_of(n.inputs[0], batch))?;
+            }
+        }
         ws.batch = batch;
         self.allocations.fetch_add(
             ws.allocations - before,
@@ -742,7 +792,7 @@ impl GraphPlan {
                     quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
                     let step = OutputStep::Float {
                         row_scale: Param::Scalar(a.scale),
-                        col_scale: param(&g.scale),
+                        col_scale: g.col_scale(),
                         bias: g.bias.as_deref(),
                         relu: g.relu,
                     };
@@ -755,7 +805,7 @@ impl GraphPlan {
                         m,
                         k,
                         &g.packed,
-                        param(&g.scale),
+                        g.col_scale(),
                         g.bias.as_deref(),
                         g.relu,
                         y,
@@ -765,6 +815,8 @@ impl GraphPlan {
                     f.run(y);
                 }
             }
+            Op::Int4Dense(d) => d.run(ctx, &mut ws.int4, x, y)?,
+            Op::SparseDense(d) => d.run(ctx, x, y)?,
             Op::Conv {
                 gemm: g,
                 kernel,
@@ -1092,7 +1144,7 @@ fn conv(
     };
     let step = OutputStep::Float {
         row_scale,
-        col_scale: param(&g.scale),
+        col_scale: g.col_scale(),
         bias: g.bias.as_deref(),
         relu: g.relu,
     };
