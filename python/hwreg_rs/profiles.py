@@ -67,7 +67,7 @@ __all__ = [
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise")
+                 "elementwise", "int4_group")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ class HardwareProfile:
         element (``"im2col_int8"`` for the int8 runtime's channels-last uint8
         unfold, when present) and ``"nchw"`` per output element of a
         convolution, ``"pool"``
-        per pooling input element, ``"elementwise"`` per element and pass.
+        per pooling input element, ``"elementwise"`` per element and pass,
+        ``"int4_group"`` per row, output and scale group of an int4 layer with
+        per-group scales (each group's sum is scaled and added in float).
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
         ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
@@ -143,6 +145,17 @@ class HardwareProfile:
         assumed to compute at int8 speed after unpacking its nibbles (one int8
         operation per weight and call): int4 is then a size lever (its weights
         are stored and moved at 4 bits) that costs a little compute.
+    native_overhead_us : float, optional
+        Fixed cost of one layer inside a native plan call of the runtime (a
+        :class:`LayerWork` with ``native=True``: no Python call of its own);
+        None (the presets) costs such a layer like any other.
+    cache_bytes : int
+        Size of the per-core cache (L2) whose bandwidth ``cache_bandwidth_gbs``
+        is: a layer that moves no more than this (weights and activations, as
+        when a model is run again and again) moves at that bandwidth, not at
+        ``mem_bandwidth_gbs``. 0 (the presets): every layer at main memory's.
+    cache_bandwidth_gbs : float, optional
+        Sustained copy bandwidth within that cache, in GB/s.
 
     Examples
     --------
@@ -173,6 +186,9 @@ class HardwareProfile:
     parallel_min_macs: int = 0
     parallel_speedup: float = 1.0
     int4_speedup: tuple[tuple[int, float], ...] = ()
+    native_overhead_us: float | None = None
+    cache_bytes: int = 0
+    cache_bandwidth_gbs: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("int8_gops", "fp32_gflops", "mem_bandwidth_gbs", "energy_pj_per_byte"):
@@ -206,6 +222,14 @@ class HardwareProfile:
         tile = tuple(int(t) for t in self.gemm_tile)
         if len(tile) != 3 or min(tile) < 1:
             raise ValueError(f"gemm_tile must be 3 positive ints (rows, depth, cols); got {self.gemm_tile!r}")
+        if self.native_overhead_us is not None and not (
+                isinstance(self.native_overhead_us, (int, float)) and self.native_overhead_us >= 0):
+            raise ValueError(f"native_overhead_us must be None or a number >= 0; got {self.native_overhead_us!r}")
+        if int(self.cache_bytes) < 0 or (self.cache_bandwidth_gbs is not None and not (
+                isinstance(self.cache_bandwidth_gbs, (int, float)) and self.cache_bandwidth_gbs > 0)):
+            raise ValueError(f"cache_bytes must be >= 0 and cache_bandwidth_gbs None or > 0; got "
+                             f"{self.cache_bytes!r}, {self.cache_bandwidth_gbs!r}")
+        object.__setattr__(self, "cache_bytes", int(self.cache_bytes))
         if int(self.parallel_min_macs) < 0:
             raise ValueError(f"parallel_min_macs must be >= 0; got {self.parallel_min_macs!r}")
         if not (isinstance(self.parallel_speedup, (int, float)) and self.parallel_speedup > 0):
@@ -286,6 +310,8 @@ class HardwareProfile:
         return dataclasses.replace(
             self, int8_gops=self.int8_gops / f, fp32_gflops=self.fp32_gflops / f,
             mem_bandwidth_gbs=self.mem_bandwidth_gbs / f, layer_overhead_us=self.layer_overhead_us * f,
+            native_overhead_us=None if self.native_overhead_us is None else self.native_overhead_us * f,
+            cache_bandwidth_gbs=None if self.cache_bandwidth_gbs is None else self.cache_bandwidth_gbs / f,
             overhead_us={k: v * f for k, v in self.overhead_us.items()},
             ns_per_element={k: v * f for k, v in self.ns_per_element.items()})
 
@@ -308,8 +334,11 @@ class HardwareProfile:
             raise ValueError(f"measured_s must be a finite number of seconds > 0; got {measured_s!r}")
         return self.scaled(measured_s / max(est, 1e-12))
 
-    def overhead_s(self, kind: str, precision: str = "fp32") -> float:
-        """Fixed seconds of one call of a layer of ``kind`` at ``precision``."""
+    def overhead_s(self, kind: str, precision: str = "fp32", *, native: bool = False) -> float:
+        """Fixed seconds of one call of a layer of ``kind`` at ``precision`` (``native``: one step
+        of a native plan call, when the profile knows that cost)."""
+        if native and self.native_overhead_us is not None:
+            return self.native_overhead_us * 1e-6
         default = self.overhead_us.get(kind, self.layer_overhead_us)
         if precision == "int4":  # the int4 layer is called like the int8 one unless measured apart
             default = self.overhead_us.get(f"{kind}/int8", default)
@@ -642,6 +671,8 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_mac = 2.0 * macs_eff / ops
         if int4:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
+            if w.int4_group is not None:  # a float scale-and-add per row, output and group
+                t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
         t = t_mac + t_in + t_out
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
@@ -679,8 +710,9 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         macs = _effective_macs(w, profile)
         compute = _compute_s(w, profile, macs)
         moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
-        memory = moved / (profile.mem_bandwidth_gbs * 1e9)
-        overhead = w.calls * profile.overhead_s(w.kind, w.precision)
+        cached = profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes
+        memory = moved / ((profile.cache_bandwidth_gbs if cached else profile.mem_bandwidth_gbs) * 1e9)
+        overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):
             bound = "overhead"
@@ -893,6 +925,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cache_bytes(level: int) -> int:
+    """Bytes of cpu0's data or unified cache at ``level`` (sysfs); 256 KiB when it does not say."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            d = os.path.join(base, entry)
+            with open(os.path.join(d, "level"), encoding="ascii") as f:
+                if int(f.read().strip()) != level:
+                    continue
+            with open(os.path.join(d, "type"), encoding="ascii") as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "size"), encoding="ascii") as f:
+                text = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 256 << 10
+
+
 def _memory_capacity() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
@@ -920,13 +973,19 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       unfold) and the NCHW transpose timed at three sizes, and a
       small runtime convolution for its fixed cost.
     * pooling, elementwise (ReLU) and views: two sizes each, fixed + per element.
-    * memory bandwidth: a large copy; capacity: physical memory (or the cgroup limit).
+    * memory bandwidth: a large copy; within the L2 cache: a copy of a quarter
+      of it (``cache_bytes``, ``cache_bandwidth_gbs``); capacity: physical
+      memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
       the dense int8 layer, as the efficiency of a kept weight.
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
       on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
       thread, each less the fitted row-quantization and output-step costs and
-      its own per-call overhead (a tiny layer), as ``int4_speedup``.
+      its own per-call overhead (a tiny layer), as ``int4_speedup``; the same
+      weights with scales per group of 32 inputs give ``"int4_group"``.
+    * a native plan call's per-layer step: a chain of eight 4×4 int8 layers
+      converted to a runtime model, each layer timed inside the call
+      (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`), as ``native_overhead_us``.
     * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
 
     Timings are medians of single calls, so a busy machine moves them less;
@@ -955,6 +1014,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     from .int4 import Int4Linear
     from .nn import functional as F
     from .nn.conv import Conv2d, MaxPool2d
+    from .nn.layers import Linear
     from .nn.module import Sequential
 
     threads = num_threads()
@@ -1119,13 +1179,26 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         lay8, lay4 = Int8Linear.from_float(w4), Int4Linear.from_float(w4)
         tiny4 = Int4Linear.from_float(rand(4, 4))
         o4 = median_seconds(lambda: tiny4(tx), repeats=max_n, budget_s=budget)
-        int4_speedup = []
+        lay4g = Int4Linear.from_float(w4, group_size=32)  # per-group scales: the extra float work per group
+        int4_speedup, group_ns = [], []
         for m4 in (1, 16):
             x4 = rand(m4, k4)
             rest = c8[1] * m4 * k4 + c8[2] * m4 * k4 + c8[4] * m4
             t8_ = median_seconds(lambda: lay8(x4), repeats=max_n, budget_s=2 * budget) - fix8 - rest
-            t4_ = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget) - o4 - rest
+            t4c = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget)
+            t4_ = t4c - o4 - rest
             int4_speedup.append((m4, float(min(max(t8_, 1e-9) / max(t4_, 1e-9), 20.0))))
+            t4g = median_seconds(lambda: lay4g(x4), repeats=max_n, budget_s=2 * budget)
+            group_ns.append(max(t4g - t4c, 0.0) / (m4 * k4 * (k4 // 32)) * 1e9)
+
+        # -- one step of a native plan call: a chain of tiny int8 layers, each timed inside the call ---
+        from .runtime import convert as _convert
+
+        chain = Sequential(*[Linear(4, 4, rng=rng) for _ in range(8)]).eval()
+        rt_chain = _convert(chain, input_shape=(4,))
+        steps = rt_chain.profile(tx, repeats=max_n)
+        tiny = c8[1] * 4 + c8[2] * 4 + c8[3] * 4 * 16 + c8[4]  # the modelled work of one (padded) 4x4 layer
+        native_s = max(float(np.median(list(steps.values()))) - tiny, 0.0)
     finally:
         set_num_threads(threads)
 
@@ -1136,6 +1209,12 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     t_copy = median_seconds(lambda: np.copyto(dst, src), repeats=3, budget_s=0.0, min_repeats=2 if quick else 3)
     del src, dst
     bandwidth = 2 * nbytes / t_copy / 1e9
+    # -- and within the per-core cache: a copy of a quarter of it (source and destination fit) --------
+    l2 = _cache_bytes(2)
+    csrc = np.ones(l2 // 16, np.float32)
+    cdst = csrc.copy()
+    t_cache = median_seconds(lambda: np.copyto(cdst, csrc), repeats=max_n, min_seconds=2e-5)
+    cache_bw = 2 * csrc.nbytes / t_cache / 1e9
 
     isa = active_isa()
     simd = {"avx512vnni": 512, "avx512": 512, "avx2": 256}.get(isa, 128)
@@ -1166,9 +1245,13 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                         "fp32_in": float(cf[1] * 1e9), "fp32_out": float(cf[2] * 1e9),
                         "im2col": float(im2col_s * 1e9), "im2col_int8": float(im2col_u8_s * 1e9),
                         "nchw": float(nchw_s * 1e9),
-                        "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9)},
+                        "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9),
+                        "int4_group": float(np.median(group_ns))},
         gemm_tile=tile,
         parallel_min_macs=par_min,
         parallel_speedup=speedup,
         int4_speedup=tuple(int4_speedup),
+        native_overhead_us=float(native_s * us),
+        cache_bytes=l2,
+        cache_bandwidth_gbs=float(max(cache_bw, bandwidth)),
     )
