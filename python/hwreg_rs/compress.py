@@ -71,7 +71,6 @@ linear layers).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -688,26 +687,13 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     final_sparse = "always" if stores_sparse else "auto"
 
     def check_speedup(cand: Candidate, alone: dict[_Unit, Any]) -> None:
-        """The cost model's speed-up of the layers ``alone`` changes, and on the host the measured one
-        (each model profiled in alternating rounds, medians of the per-round sums)."""
-        rt0 = to_runtime(build({}), sparse="never", batch_size=batch_size)
-        rt1 = to_runtime(build(alone), sparse=final_sparse, batch_size=batch_size)
-        w0 = {n.name: w for n, w in zip(rt0.nodes, rt0.layer_work(batch_size))}  # one per node, in order
-        w1 = {n.name: w for n, w in zip(rt1.nodes, rt1.layer_work(batch_size))}
-        changed = [n for n in w1 if n not in w0 or dataclasses.replace(w1[n], name=n) != dataclasses.replace(w0[n], name=n)]
-        if not changed:
-            return
-        e0 = dict(zip(w0, (l.latency_s for l in profiles.estimate(list(w0.values()), prof).layers)))
-        e1 = dict(zip(w1, (l.latency_s for l in profiles.estimate(list(w1.values()), prof).layers)))
-        cand.timed_layers = "+".join(changed)
-        cand.predicted_speedup = sum(e0.get(n, 0.0) for n in changed) / max(sum(e1[n] for n in changed), 1e-12)
-        if on_host:
-            ratios = []
-            for _ in range(3):
-                p0 = rt0.profile(x_batch, repeats=profile_repeats)
-                p1 = rt1.profile(x_batch, repeats=profile_repeats)
-                ratios.append(sum(p0.get(n, 0.0) for n in changed) / max(sum(p1[n] for n in changed), 1e-12))
-            cand.measured_speedup = float(np.median(ratios))
+        """The cost model's speed-up of the layers ``alone`` changes, and on the host the measured one."""
+        check = profiles.speedup_check(to_runtime(build({}), sparse="never", batch_size=batch_size),
+                                       to_runtime(build(alone), sparse=final_sparse, batch_size=batch_size),
+                                       x_batch, prof, measure=on_host, repeats=profile_repeats)
+        if check is not None:
+            cand.timed_layers = "+".join(check.layers)
+            cand.predicted_speedup, cand.measured_speedup = check.predicted, check.measured
 
     # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
     allowance = 3 * max_accuracy_drop + 0.01

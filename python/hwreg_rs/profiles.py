@@ -63,11 +63,13 @@ __all__ = [
     "host_profile",
     "resolve",
     "model_work",
+    "SpeedupCheck",
+    "speedup_check",
 ]
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise", "int4_group")
+                 "elementwise", "int4_group", "conv_row_native")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,10 @@ class HardwareProfile:
         convolution, ``"pool"``
         per pooling input element, ``"elementwise"`` per element and pass,
         ``"int4_group"`` per row, output and scale group of an int4 layer with
-        per-group scales (each group's sum is scaled and added in float).
+        per-group scales (each group's sum is scaled and added in float),
+        ``"conv_row_native"`` per output pixel of a convolution run in a native
+        plan call (its quantization, unfold and layout work, in place of
+        ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``).
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
         ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
@@ -673,6 +678,9 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
             if w.int4_group is not None:  # a float scale-and-add per row, output and group
                 t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
+        if w.kind == "conv2d" and w.native and "conv_row_native" in ns:
+            # The native plan quantizes, unfolds and lays out a convolution's input per pixel in one pass.
+            return t_mac + t_out + m * ns["conv_row_native"] * 1e-9
         t = t_mac + t_in + t_out
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
@@ -769,6 +777,60 @@ def peak_activation_bytes(steps: Iterable[tuple[Iterable[str], Iterable[str]]], 
     for i in range(max(n, 1)):
         peak = max(peak, sum(int(value_bytes.get(v, 0)) for v in born if born[v] <= i <= last[v]))
     return peak
+
+
+@dataclass(frozen=True)
+class SpeedupCheck:
+    """The layers one change of a model touched, and their speed-up: predicted and measured."""
+
+    layers: tuple[str, ...]
+    predicted: float
+    measured: float | None
+
+    @property
+    def error(self) -> float | None:
+        """predicted / measured - 1 (None when not measured)."""
+        return None if self.measured is None else self.predicted / self.measured - 1.0
+
+
+def speedup_check(before: Any, after: Any, x: Any, profile: HardwareProfile, *, measure: bool = True,
+                  repeats: int = 15, rounds: int = 3) -> SpeedupCheck | None:
+    """How much faster the layers that differ between two runtime models run: as :func:`estimate`
+    predicts on ``profile``, and as :meth:`~hwreg_rs.runtime.RuntimeModel.profile` measures them
+    on this machine for the batch ``x`` (the models in alternating rounds; the median of the
+    rounds' ratios), the way the compressor checks each candidate it chose.
+
+    Layers are matched by node name; a layer differs when its :class:`LayerWork` does (a shrunk
+    layer and the layers that read it, a layer stored sparse or at 4 bits). None when none differs.
+
+    Examples
+    --------
+    >>> import numpy as np, hwreg_rs as hw
+    >>> net = hw.nn.mlp([64, 256, 10], rng=0).eval()
+    >>> a = hw.runtime.convert(net, input_shape=(64,))
+    >>> b = hw.runtime.convert(hw.prune.shrink(net, 0.5), input_shape=(64,))
+    >>> c = speedup_check(a, b, np.zeros((1, 64), np.float32), preset("x86-avx2"), repeats=3, rounds=1)
+    >>> c.layers, c.predicted > 1, c.measured > 0
+    (('0', '2'), True, True)
+    """
+    batch = int(np.shape(x)[0])
+    w0 = {n.name: w for n, w in zip(before.nodes, before.layer_work(batch))}  # one per node, in order
+    w1 = {n.name: w for n, w in zip(after.nodes, after.layer_work(batch))}
+    changed = tuple(n for n in w1 if n not in w0 or dataclasses.replace(w1[n], name=n) != dataclasses.replace(w0[n], name=n))
+    if not changed:
+        return None
+    e0 = dict(zip(w0, (l.latency_s for l in estimate(list(w0.values()), profile).layers)))
+    e1 = dict(zip(w1, (l.latency_s for l in estimate(list(w1.values()), profile).layers)))
+    predicted = sum(e0.get(n, 0.0) for n in changed) / max(sum(e1[n] for n in changed), 1e-12)
+    measured = None
+    if measure:
+        ratios = []
+        for _ in range(max(1, int(rounds))):
+            p0 = before.profile(x, repeats=repeats)
+            p1 = after.profile(x, repeats=repeats)
+            ratios.append(sum(p0.get(n, 0.0) for n in changed) / max(sum(p1[n] for n in changed), 1e-12))
+        measured = float(np.median(ratios))
+    return SpeedupCheck(changed, float(predicted), measured)
 
 
 def fits(est: CostEstimate, profile: HardwareProfile) -> bool:
@@ -985,7 +1047,9 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       weights with scales per group of 32 inputs give ``"int4_group"``.
     * a native plan call's per-layer step: a chain of eight 4×4 int8 layers
       converted to a runtime model, each layer timed inside the call
-      (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`), as ``native_overhead_us``.
+      (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`), as ``native_overhead_us``;
+      a 3x3 convolution the same way at three image sizes, for its per-pixel
+      cost beyond the model's (``"conv_row_native"``).
     * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
 
     Timings are medians of single calls, so a busy machine moves them less;
@@ -1219,7 +1283,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     isa = active_isa()
     simd = {"avx512vnni": 512, "avx512": 512, "avx2": 256}.get(isa, 128)
     us = 1e6
-    return HardwareProfile(
+    prof = HardwareProfile(
         name="host",
         int8_gops=float(2.0 / max(c8[3], 1e-15) / 1e9 * speedup),
         fp32_gflops=float(2.0 / max(cf[3], 1e-15) / 1e9),
@@ -1255,3 +1319,25 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         cache_bytes=l2,
         cache_bandwidth_gbs=float(max(cache_bw, bandwidth)),
     )
+    return _fit_native_conv(prof, rng, max_n)
+
+
+def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: int) -> HardwareProfile:
+    """``prof`` with ``ns_per_element["conv_row_native"]``: the time a 3x3 convolution takes inside a
+    native plan call besides its fixed step, its multiply-accumulates and its output step, per output
+    pixel (fitted at three image sizes)."""
+    from .nn.conv import Conv2d
+    from .nn.module import Sequential
+    from .runtime import convert
+
+    conv = Sequential(Conv2d(8, 8, 3, padding=1, rng=rng)).eval()
+    base = dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": 0.0})
+    rows, rest = [], []
+    for hw_ in (4, 8, 12):
+        rt = convert(conv, input_shape=(8, hw_, hw_))
+        x = rng.standard_normal((1, 8, hw_, hw_)).astype(np.float32)
+        t = float(np.median([sum(rt.profile(x, repeats=repeats).values()) for _ in range(3)]))
+        rows.append(hw_ * hw_)
+        rest.append(t - estimate(rt.layer_work(1), base).latency_s)
+    slope = float(np.polyfit(np.array(rows, float), np.array(rest), 1)[0])
+    return dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": max(slope, 0.0) * 1e9})
