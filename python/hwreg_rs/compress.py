@@ -244,9 +244,10 @@ class CompressionReport:
                       "| candidate | layers timed | predicted speed-up | measured speed-up | error |",
                       "|---|---|---|---|---|"]
             for c in checked:
+                pred = float(c.predicted_speedup or 0.0)
                 meas = "–" if c.measured_speedup is None else f"{c.measured_speedup:.2f}x"
-                err = "–" if c.measured_speedup is None else f"{100 * (c.predicted_speedup / c.measured_speedup - 1):+.0f}%"
-                lines.append(f"| {_candidate_label(c)} | {c.timed_layers} | {c.predicted_speedup:.2f}x | {meas} | {err} |")
+                err = "–" if c.measured_speedup is None else f"{100 * (pred / c.measured_speedup - 1):+.0f}%"
+                lines.append(f"| {_candidate_label(c)} | {c.timed_layers} | {pred:.2f}x | {meas} | {err} |")
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike) -> None:

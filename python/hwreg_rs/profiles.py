@@ -718,8 +718,10 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         macs = _effective_macs(w, profile)
         compute = _compute_s(w, profile, macs)
         moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
-        cached = profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes
-        memory = moved / ((profile.cache_bandwidth_gbs if cached else profile.mem_bandwidth_gbs) * 1e9)
+        bandwidth = profile.mem_bandwidth_gbs
+        if profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes:
+            bandwidth = profile.cache_bandwidth_gbs  # a layer that fits the cache stays there between calls
+        memory = moved / (bandwidth * 1e9)
         overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):

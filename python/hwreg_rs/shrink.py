@@ -929,14 +929,15 @@ def _one_head_group(graph: Graph, shapes: dict[str, tuple[int, ...]], consts: Ma
     v_in = nodes[pv].inputs[1]
     heads = shapes[q_in][1]
     d = shapes[q_in][-1]
-    paths = [_back_to_linear(graph, x, consts) for x in (q_in, k_in, v_in)]
+    found = [_back_to_linear(graph, x, consts) for x in (q_in, k_in, v_in)]
     o_path = _forward_to_linear(graph, nodes[pv].outputs[0], consts)
-    if any(p is None for p in paths) or o_path is None:
+    paths = [p for p in found if p is not None]
+    if len(paths) != 3 or o_path is None:
         return None
     rows: dict[str, list[list[int]]] = {}
     head_axes: dict[int, set[int]] = {}
     for path, x in zip(paths, (q_in, k_in, v_in)):
-        lin = nodes[path[0]]
+        lin: Any = nodes[path[0]]
         s = shapes[lin.outputs[0]]
         n_out = lin.op.out_features
         cols = np.broadcast_to(np.arange(n_out, dtype=np.float64), s).copy()
@@ -959,7 +960,7 @@ def _one_head_group(graph: Graph, shapes: dict[str, tuple[int, ...]], consts: Ma
             got[j] += per[j]
     for path in paths:  # head labels (of every column of the projection) through each path: the axes with heads
         lin = nodes[path[0]]
-        head_of = np.full(lin.op.out_features, -1.0)
+        head_of = np.full(int(getattr(lin.op, "out_features")), -1.0)
         for j, p in enumerate(rows[lin.name]):
             head_of[p] = j
         seen: dict[int, np.ndarray] = {}
@@ -974,13 +975,13 @@ def _one_head_group(graph: Graph, shapes: dict[str, tuple[int, ...]], consts: Ma
     lab = _run_moves(graph, o_path[:-1], lab0, consts, seen)
     for i, arr in seen.items():
         head_axes.setdefault(i, set()).update(a for a in range(arr.ndim) if np.ptp(arr, axis=a).any())
-    consumer = nodes[o_path[-1]]
+    consumer: Any = nodes[o_path[-1]]
     if lab.shape[-1] != consumer.op.in_features:
         return None
-    flat = lab.reshape(-1, lab.shape[-1])
-    if not (flat == flat[:1]).all():
+    feats = lab.reshape(-1, lab.shape[-1])
+    if not (feats == feats[:1]).all():
         return None
-    in_cols = [np.flatnonzero(flat[0] == j) for j in range(heads)]
+    in_cols = [np.flatnonzero(feats[0] == j) for j in range(heads)]
     if any(len(c) != len(in_cols[0]) for c in in_cols) or sum(len(c) for c in in_cols) != consumer.op.in_features:
         return None
     if consumer.name in rows or any(len(set(map(len, per))) != 1 for per in rows.values()):
@@ -1011,7 +1012,7 @@ def attention_heads(model: Module, *, input_shape: Any = None) -> list[HeadGroup
 
 
 def _head_scores(model: Module, g: HeadGroup, importance: str, grads: Mapping[str, Any] | None) -> np.ndarray:
-    mods = dict(model.named_modules())
+    mods: dict[str, Any] = dict(model.named_modules())
     score = np.zeros(g.heads)
     parts = [(name, rows, 0) for name, rows in g.out_rows.items()] + [(g.consumer, g.in_columns, 1)]
     for name, per, axis in parts:
@@ -1029,7 +1030,7 @@ def _head_scores(model: Module, g: HeadGroup, importance: str, grads: Mapping[st
             elif importance == "l2":
                 score[j] += (part * part).sum()
             else:
-                score[j] += np.abs(part * np.take(gw, idx, axis=axis)).sum()
+                score[j] += np.abs(part * np.take(np.asarray(gw), idx, axis=axis)).sum()
     return np.sqrt(score) if importance == "l2" else score
 
 
@@ -1084,9 +1085,9 @@ def shrink_heads(model: Module, amount: Any = None, *, remove: Mapping[str, int]
         grads = _taylor_grads(model, data, loss)
     new = copy.deepcopy(model)
     graph = Graph.from_module(new)
-    mods = dict(new.named_modules())
+    mods: dict[str, Any] = dict(new.named_modules())
     masked = copy.deepcopy(model)  # the meaning of removing a head: its output-projection inputs zeroed
-    mmods = dict(masked.named_modules())
+    mmods: dict[str, Any] = dict(masked.named_modules())
     for g in groups:
         k = int((remove or {}).get(g.scores, _count(default, g.heads) if default is not None else 0))
         k = min(max(k, 0), g.heads - 1)
@@ -1110,7 +1111,7 @@ def shrink_heads(model: Module, amount: Any = None, *, remove: Mapping[str, int]
         zero = np.concatenate([g.in_columns[j] for j in gone])
         mmods[g.consumer].weight.data[:, zero] = 0
         for i, axes in g.reshapes:
-            op = graph.nodes[i].op
+            op: Any = graph.nodes[i].op
             target = list(op.shape)
             for a in axes:
                 if a < len(target) and target[a] > 0:

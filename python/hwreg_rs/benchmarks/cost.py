@@ -99,7 +99,7 @@ def candidate_speedups(profile: Any, *, repeats: int = 15, rounds: int = 3) -> l
             for r in (0.25, 0.5, 0.75)]
         if model is mlp:
             def pruned(sp: float) -> Any:
-                m = copy.deepcopy(mlp)
+                m: Any = copy.deepcopy(mlp)
                 w = m[0].weight
                 w.data = w.data * prune.block_mask(w.data, sp, block=(1, 8))
                 return runtime.convert(m, input_shape=shape, sparse="always")
