@@ -204,7 +204,8 @@ class CompressionReport:
                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             d = "–" if r.delta_accuracy is None else f"{100 * r.delta_accuracy:+.1f} pt"
-            lines.append(f"| {r.name} | {r.op} | {r.bits or '–'} | {r.channels_removed:.0%} | {r.sparsity:.0%} | "
+            bits = f"{r.bits or '–'}" + (f" g{r.group_size}" if r.group_size else "")
+            lines.append(f"| {r.name} | {r.op} | {bits} | {r.channels_removed:.0%} | {r.sparsity:.0%} | "
                          f"{r.pattern} | {r.nbytes} | {r.estimated_us:.1f} | {r.measured_us:.1f} | {d} |")
         lines.append(f"| (other: pools, views, predict itself) | – | – | – | – | – | – | – | {self.other_us:.1f} | – |")
         notes = sorted({r.note for r in self.layers if r.note})

@@ -154,6 +154,13 @@ class HardwareProfile:
         Fixed cost of one layer inside a native plan call of the runtime (a
         :class:`LayerWork` with ``native=True``: no Python call of its own);
         None (the presets) costs such a layer like any other.
+    sparse_overhead_us : float, optional
+        Fixed cost of one call of a sparse matrix product (a layer stored
+        sparse, ``sparse_kernel=True``); None: the dense layer's.
+    sparsity_patterns_one_row : dict of str to float
+        The patterns' efficiencies for a single batch row (a sparse GEMV walks
+        every stored block for one row, where a batch shares the walk); a
+        pattern not listed uses ``sparsity_patterns`` at every batch size.
     cache_bytes : int
         Size of the per-core cache (L2) whose bandwidth ``cache_bandwidth_gbs``
         is: a layer that moves no more than this (weights and activations, as
@@ -192,6 +199,8 @@ class HardwareProfile:
     parallel_speedup: float = 1.0
     int4_speedup: tuple[tuple[int, float], ...] = ()
     native_overhead_us: float | None = None
+    sparse_overhead_us: float | None = None
+    sparsity_patterns_one_row: Mapping[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
     cache_bandwidth_gbs: float | None = None
 
@@ -204,7 +213,7 @@ class HardwareProfile:
             raise ValueError(f"mem_capacity_bytes must be positive; got {self.mem_capacity_bytes!r}")
         if self.layer_overhead_us < 0:
             raise ValueError(f"layer_overhead_us must be >= 0; got {self.layer_overhead_us!r}")
-        for p, eff in self.sparsity_patterns.items():
+        for p, eff in {**self.sparsity_patterns, **self.sparsity_patterns_one_row}.items():
             if p not in PATTERNS[1:]:
                 raise ValueError(f"unknown sparsity pattern {p!r}; expected one of {PATTERNS[1:]}")
             if not 0 < eff <= 1:
@@ -227,9 +236,10 @@ class HardwareProfile:
         tile = tuple(int(t) for t in self.gemm_tile)
         if len(tile) != 3 or min(tile) < 1:
             raise ValueError(f"gemm_tile must be 3 positive ints (rows, depth, cols); got {self.gemm_tile!r}")
-        if self.native_overhead_us is not None and not (
-                isinstance(self.native_overhead_us, (int, float)) and self.native_overhead_us >= 0):
-            raise ValueError(f"native_overhead_us must be None or a number >= 0; got {self.native_overhead_us!r}")
+        for f in ("native_overhead_us", "sparse_overhead_us"):
+            v = getattr(self, f)
+            if v is not None and not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{f} must be None or a number >= 0; got {v!r}")
         if int(self.cache_bytes) < 0 or (self.cache_bandwidth_gbs is not None and not (
                 isinstance(self.cache_bandwidth_gbs, (int, float)) and self.cache_bandwidth_gbs > 0)):
             raise ValueError(f"cache_bytes must be >= 0 and cache_bandwidth_gbs None or > 0; got "
@@ -242,6 +252,7 @@ class HardwareProfile:
         # Freeze the mappings so a profile is a value.
         object.__setattr__(self, "energy_pj_per_mac", dict(self.energy_pj_per_mac))
         object.__setattr__(self, "sparsity_patterns", dict(self.sparsity_patterns))
+        object.__setattr__(self, "sparsity_patterns_one_row", dict(self.sparsity_patterns_one_row))
         object.__setattr__(self, "kernels", tuple(self.kernels))
         object.__setattr__(self, "overhead_us", {str(k): float(v) for k, v in self.overhead_us.items()})
         object.__setattr__(self, "ns_per_element", {str(k): float(v) for k, v in self.ns_per_element.items()})
@@ -316,6 +327,7 @@ class HardwareProfile:
             self, int8_gops=self.int8_gops / f, fp32_gflops=self.fp32_gflops / f,
             mem_bandwidth_gbs=self.mem_bandwidth_gbs / f, layer_overhead_us=self.layer_overhead_us * f,
             native_overhead_us=None if self.native_overhead_us is None else self.native_overhead_us * f,
+            sparse_overhead_us=None if self.sparse_overhead_us is None else self.sparse_overhead_us * f,
             cache_bandwidth_gbs=None if self.cache_bandwidth_gbs is None else self.cache_bandwidth_gbs / f,
             overhead_us={k: v * f for k, v in self.overhead_us.items()},
             ns_per_element={k: v * f for k, v in self.ns_per_element.items()})
@@ -609,6 +621,9 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
         return float(work.macs)
     kernel = "sparse_int8" if work.precision == "int8" else "sparse_f32"
     eff = profile.sparsity_patterns.get(work.pattern)
+    dims = _gemm_dims(work)
+    if dims is not None and dims[0] == 1 and eff is not None:
+        eff = profile.sparsity_patterns_one_row.get(work.pattern, eff)
     if eff is None or kernel not in profile.kernels:
         return float(work.macs)  # no kernel for it: the zeros are multiplied like any weight
     sparse_macs = work.macs * work.density / eff
@@ -723,6 +738,8 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
             bandwidth = profile.cache_bandwidth_gbs  # a layer that fits the cache stays there between calls
         memory = moved / (bandwidth * 1e9)
         overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
+        if w.sparse_kernel and w.pattern != "dense" and profile.sparse_overhead_us is not None:
+            overhead = w.calls * profile.sparse_overhead_us * 1e-6
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):
             bound = "overhead"
@@ -1041,7 +1058,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       of it (``cache_bytes``, ``cache_bandwidth_gbs``); capacity: physical
       memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
-      the dense int8 layer, as the efficiency of a kept weight.
+      the dense int8 layer, as the efficiency of a kept weight; a tiny sparse
+      product for the fixed cost of a call (``sparse_overhead_us``).
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
       on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
       thread, each less the fitted row-quantization and output-step costs and
@@ -1232,10 +1250,21 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                                                          dtype="int8"),
             "n:m": lambda: sparse.NMMatrix.from_dense(w, prune.nm_mask(w, 1, 8), n=1, m=8, dtype="int8"),
         }
+        tw8 = rand(8, 8)
+        tiny_sparse = sparse.BSRMatrix.from_dense(tw8, prune.block_mask(tw8, 0.5, block=(1, 4)), block=(1, 4),
+                                                  dtype="int8")
+        tx8 = rand(1, 8)
+        sparse_fixed = median_seconds(lambda: tiny_sparse.matmul(tx8), repeats=max_n, budget_s=budget)
+        x1 = rand(1, kn)
+        fixed1 = c8[0] + c8[1] * kn + c8[2] * kn + c8[4]
+        t_dense1 = max(median_seconds(lambda: dense(x1), repeats=max_n, budget_s=budget) - fixed1, 1e-9) / (kn * kn)
+        one_row: dict[str, float] = {}
         for pat, make in cands.items():
             mat = make()
             t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9)
             patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
+            t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed, 1e-9)
+            one_row[pat] = float(min(max(t_dense1 / (t_sp1 / max(mat.stored, 1)), 1e-3), 1.0))
 
         # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
         # Both quantize the rows and finish the outputs alike: the ratio is of what is left.
@@ -1318,6 +1347,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         parallel_speedup=speedup,
         int4_speedup=tuple(int4_speedup),
         native_overhead_us=float(native_s * us),
+        sparse_overhead_us=float(sparse_fixed * us),
+        sparsity_patterns_one_row=one_row,
         cache_bytes=l2,
         cache_bandwidth_gbs=float(max(cache_bw, bandwidth)),
     )

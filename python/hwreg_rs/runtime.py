@@ -329,7 +329,7 @@ class _Sparse(_Op):
         pattern = "n:m" if self.path.startswith("nm") else "block" if self.path.startswith("bsr") else "unstructured"
         prec = "int8" if self.path.endswith("int8") else "fp32"
         return LayerWork(name, "linear", rows * k * n, self.nbytes, rows * k * 4, rows * n * 4, prec,
-                         density=self.matrix.density, pattern=pattern)
+                         density=self.matrix.density, pattern=pattern, sparse_kernel=True)  # stored sparse: runs sparse
 
 
 class _Conv(_OnInt8Linear):
