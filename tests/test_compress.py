@@ -377,3 +377,19 @@ def test_plot_without_matplotlib_says_how_to_get_it(trained, tmp_path, monkeypat
     with pytest.raises(ImportError, match="pip install matplotlib"):
         hw.compress(net, data, profile="x86-avx512-vnni", plot=tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_attention_heads_are_a_lever(tmp_path):
+    from hwreg_rs.shrink import shrink_heads
+
+    split = hw.data.load_digits()
+    g = hw.onnx.load(os.path.join(os.path.dirname(__file__), "fixtures", "digits_attention.ts.onnx"))
+    hw.fit(g, split.X_train, split.y_train, epochs=3, lr=0.01, verbose=False)
+    g.eval()
+    size = _file_bytes(hw.runtime.convert(g, input_shape=(64,)), tmp_path, "dense.hwreg")
+    _, rep = hw.compress(g, split, profile="x86-avx512-vnni", size_budget=size - 100, max_accuracy_drop=0.5,
+                         fine_tune_epochs=1, raise_on_miss=False, weight_bits=(8,), sparsities=())
+    (cand,) = [c for c in rep.candidates if c.kind == "heads"]
+    assert (cand.layer, cand.ratio, cand.channels_removed) == ("/attn/MatMul", 0.5, 1)
+    alone = shrink_heads(g, remove={"/attn/MatMul": 1})
+    assert cand.file_bytes == _file_bytes(hw.runtime.convert(alone, input_shape=(64,), sparse="never"), tmp_path)

@@ -6,6 +6,9 @@
   channels or a Linear layer's neurons, with everything tied to them) by a ratio
   (``shrink_ratios``): the model becomes a smaller dense one, so its cost and its
   file are exact to estimate, and it pays on every target, convolutions included;
+  the **heads** of an attention block likewise (:func:`hwreg_rs.shrink.shrink_heads`:
+  whole heads, their q/k/v projection rows and output-projection columns; ``kind="heads"``
+  candidates by the same ratios, keyed by the block's scores MatMul);
 * **prune** a Linear layer to a sparsity (``sparsities``) in the pattern the
   target's kernels run best, stored sparse (its kept values plus one bit per
   weight);
@@ -78,7 +81,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import constraints as C, profiles, prune, runtime, sparse
+from . import constraints as C, profiles, prune, runtime, shrink as shrink_mod, sparse
 from ._timing import median_seconds, numpy_seconds
 from .int4 import Int4Linear
 from .nn.conv import Conv2d
@@ -290,6 +293,8 @@ class CompressionReport:
 def _candidate_label(c: Candidate) -> str:
     if c.kind == "shrink":
         return f"{c.layer}: shrink {c.ratio:.0%}"
+    if c.kind == "heads":
+        return f"{c.layer}: {c.channels_removed} of its heads removed"
     if c.kind == "sparse":
         return f"{c.layer}: {c.pattern} {c.ratio:.0%}"
     return f"{c.layer}: int4 " + (f"g{c.group_size}" if c.group_size else "per channel")
@@ -397,7 +402,7 @@ class _Cost:
     peak_activation_bytes: int
 
 
-_Unit = tuple[str, Any]  # ("shrink", group layers), ("sparse", layer name) or ("bits", layer name)
+_Unit = tuple[str, Any]  # ("shrink", group layers), ("heads", block), ("sparse", layer name) or ("bits", layer name)
 
 
 def _unit_name(unit: _Unit) -> str:
@@ -564,6 +569,15 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 if grp.prunable and counts and all(n in kinds for n in grp.layers):
                     levels[("shrink", grp.layers)] = counts
                     prunable[("shrink", grp.layers)] = grp.prunable
+            try:
+                blocks = shrink_mod.attention_heads(base, input_shape=shape)
+            except (ValueError, TypeError, NotImplementedError):
+                blocks = []
+            for blk in blocks:  # whole heads of an attention block (at least one stays)
+                counts = sorted({min(int(round(r * blk.heads)), blk.heads - 1) for r in shrink_ratios} - {0})
+                if counts:
+                    levels[("heads", blk.scores)] = counts
+                    prunable[("heads", blk.scores)] = blk.heads
         if mask_fn is not None:
             for name, kind in kinds.items():
                 if kind == "linear" and name not in baked4:
@@ -607,6 +621,10 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         counts = {u[1]: c for u, c in state.items() if u[0] == "shrink"}
         m = (prune.shrink_plan(base, remove=counts, input_shape=shape, importance=importance).apply()
              if counts else copy.deepcopy(base))
+        heads = {u[1]: c for u, c in state.items() if u[0] == "heads"}
+        if heads:
+            m = shrink_mod.shrink_heads(m, remove=heads, importance="l2" if importance == "l2" else "l1",
+                                        input_shape=shape)
         mods = modules_of(m)
         for u, sp in state.items():
             if u[0] == "sparse":
@@ -728,7 +746,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             for j, lvl in enumerate(levels[u]):
                 c = cost({u: lvl})
                 drop[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
-                shrinks = u[0] == "shrink"
+                shrinks = u[0] in ("shrink", "heads")
                 ratio = lvl / prunable[u] if shrinks else 0.0 if u[0] == "bits" else float(lvl)
                 round_cands[(u, lvl)] = Candidate(
                     _unit_name(u), u[0], ratio, pattern if u[0] == "sparse" else "dense",
