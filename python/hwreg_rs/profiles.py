@@ -69,7 +69,7 @@ __all__ = [
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise", "int4_group", "conv_row_native")
+                 "elementwise", "int4_group", "conv_row_native", "sparse_out")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,9 @@ class HardwareProfile:
         per-group scales (each group's sum is scaled and added in float),
         ``"conv_row_native"`` per output pixel of a convolution run in a native
         plan call (its quantization, unfold and layout work, in place of
-        ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``).
+        ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``),
+        ``"sparse_out"`` per output element of a sparse product for one batch
+        row (its walk over each weight row's blocks).
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
         ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
@@ -677,6 +679,8 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         else:
             macs_eff = macs
         t_in = (m * k * ns.get(f"{prec}_in", 0.0) + m * ns.get(f"{prec}_row", 0.0)) * 1e-9
+        if macs_eff < w.macs or w.sparse_kernel:  # the sparse kernel: a walk per weight row, batch rows apart
+            t_in += m * n * ns.get("sparse_out", 0.0) * 1e-9 if m == 1 else 0.0
         if w.kind == "conv2d" and prec == "int8" and "im2col_int8" in ns:
             t_in = 0.0  # the runtime quantizes the image, not the columns: "im2col_int8" covers both
         t_out = m * n * ns.get(f"{prec}_out", 0.0) * 1e-9
@@ -1255,6 +1259,13 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                                                   dtype="int8")
         tx8 = rand(1, 8)
         sparse_fixed = median_seconds(lambda: tiny_sparse.matmul(tx8), repeats=max_n, budget_s=budget)
+        # The same kept weights on 4x the rows, for one batch row: the cost of walking a weight row.
+        tall, wide = rand(256, 64), rand(64, 256)
+        tall_m = sparse.BSRMatrix.from_dense(tall, prune.block_mask(tall, 0.8, block=(1, 4)), block=(1, 4), dtype="int8")
+        wide_m = sparse.BSRMatrix.from_dense(wide, prune.block_mask(wide, 0.8, block=(1, 4)), block=(1, 4), dtype="int8")
+        xt, xw = rand(1, 64), rand(1, 256)
+        sparse_out = max(median_seconds(lambda: tall_m.matmul(xt), repeats=max_n, budget_s=budget)
+                         - median_seconds(lambda: wide_m.matmul(xw), repeats=max_n, budget_s=budget), 0.0) / (256 - 64)
         x1 = rand(1, kn)
         fixed1 = c8[0] + c8[1] * kn + c8[2] * kn + c8[4]
         t_dense1 = max(median_seconds(lambda: dense(x1), repeats=max_n, budget_s=budget) - fixed1, 1e-9) / (kn * kn)
@@ -1263,7 +1274,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             mat = make()
             t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9)
             patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
-            t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed, 1e-9)
+            t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed
+                        - kn * sparse_out, 1e-9)
             one_row[pat] = float(min(max(t_dense1 / (t_sp1 / max(mat.stored, 1)), 1e-3), 1.0))
 
         # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
@@ -1341,7 +1353,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                         "im2col": float(im2col_s * 1e9), "im2col_int8": float(im2col_u8_s * 1e9),
                         "nchw": float(nchw_s * 1e9),
                         "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9),
-                        "int4_group": float(np.median(group_ns))},
+                        "int4_group": float(np.median(group_ns)), "sparse_out": float(sparse_out * 1e9)},
         gemm_tile=tile,
         parallel_min_macs=par_min,
         parallel_speedup=speedup,
