@@ -111,6 +111,35 @@ pub fn layer_norm_forward(
     Ok(LayerNormForward { y, mean, inv_std })
 }
 
+/// LayerNorm of each `d`-element row of `x` into `y` (the values of
+/// [`layer_norm_forward`], without the saved statistics).
+pub fn layer_norm_into(
+    ctx: &Ctx,
+    x: &[f32],
+    d: usize,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f64,
+    y: &mut [f32],
+) -> Result<()> {
+    check_d(d)?;
+    check_len(y.len(), x.len(), "y")?;
+    if x.len() % d != 0 {
+        return crate::shape_err!("rows of {d} do not divide {} elements", x.len());
+    }
+    check_affine(d, weight, bias)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return crate::value_err!("eps must be finite and >= 0; got {eps}");
+    }
+    super::for_rows(ctx, y, d, x.len().saturating_mul(2), |r0, yc| {
+        let xc = &x[r0 * d..r0 * d + yc.len()];
+        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+            forward_row(xr, yr, weight, bias, eps);
+        }
+    });
+    Ok(())
+}
+
 /// One row: writes `y`, returns `(mean, inv_std)`.
 #[inline]
 fn forward_row(
