@@ -194,17 +194,7 @@ fn run_b<'py, T: OutElem + numpy::Element>(
     };
     let out = py
         .detach(|| {
-            gemm::matmul_b_rows_vec::<T>(
-                &Ctx::current(),
-                src,
-                m,
-                k,
-                zp(a_zp),
-                bsrc,
-                n,
-                zp(zb),
-                step,
-            )
+            gemm::matmul_b_rows_vec::<T>(&Ctx::current(), src, m, k, zp(a_zp), bsrc, n, zp(zb), step)
         })
         .or_py()?;
     PyArray1::from_vec(py, out).reshape([m, n])

@@ -461,9 +461,7 @@ impl<T: OutElem> Epilogue<'_, T> {
                                 None => T::from_f32(f),
                                 Some((ys, yzp)) => {
                                     let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
-                                    T::from_clamped(
-                                        round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp,
-                                    )
+                                    T::from_clamped(round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp)
                                 }
                             };
                         }
@@ -592,11 +590,7 @@ mod tests {
         let mut out = [0f32; 4];
         ep.apply(&[40_000, -300_000, 7, -7], 2, 0..2, 0..2, &mut out, 2);
         let want0 = ((40_000f64 * 2.6e36f32 as f64) * 1e-6f32 as f64) as f32;
-        assert!(
-            want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6,
-            "{}",
-            out[0]
-        );
+        assert!(want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6, "{}", out[0]);
         assert_eq!(out[1], f32::NEG_INFINITY); // -3e5 * 2.6e36 * 2 is past f32::MAX: inf of its sign
         assert_eq!(&out[2..], &[(7.0f32 * 0.5) * 1e-6, (-7.0f32 * 0.5) * 2.0]); // the f32 formula, unchanged
     }
