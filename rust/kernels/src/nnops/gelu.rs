@@ -75,14 +75,40 @@ fn map_into(
     });
 }
 
-/// GELU of every element of `x` into `y` (the values of [`gelu_forward`]).
+/// GELU of every element of `x` into `y` (the values of [`gelu_forward`]),
+/// on the active path of the dispatch table.
 pub fn gelu_into(ctx: &Ctx, x: &[f32], approximate: Approximate, y: &mut [f32]) -> Result<()> {
     check_len(y.len(), x.len(), "y")?;
-    match approximate {
-        Approximate::None => map_into(ctx, x, 32, |v| v * phi(v), y),
-        Approximate::Tanh => map_into(ctx, x, 24, |v| v * sigmoid_2u(v), y),
+    if x.is_empty() {
+        return Ok(());
     }
+    let f = crate::cpu::dispatch().nnops.gelu;
+    let cost = if approximate == Approximate::None {
+        32
+    } else {
+        24
+    };
+    for_rows(ctx, y, 1, x.len().saturating_mul(cost), |i0, yc| {
+        f(&x[i0..i0 + yc.len()], yc, approximate)
+    });
     Ok(())
+}
+
+/// The GELU body every path of the dispatch table compiles (`y.len() == x.len()`).
+#[inline(always)]
+pub(crate) fn gelu_chunk(x: &[f32], y: &mut [f32], approximate: Approximate) {
+    match approximate {
+        Approximate::None => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * phi(v);
+            }
+        }
+        Approximate::Tanh => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * sigmoid_2u(v);
+            }
+        }
+    }
 }
 
 /// GELU of every element of `x`.

@@ -187,15 +187,18 @@ pub fn matmul(
         .saturating_mul(s.m)
         .saturating_mul(s.k)
         .saturating_mul(s.n);
+    let f = crate::cpu::dispatch().nnops.product;
     let yp = SyncPtr(y.as_mut_ptr());
     ctx.for_each_task(work, count, |p| {
         // SAFETY: product `p` owns rows `p * sy .. (p + 1) * sy` of `y`, which
         // `y.len() == count * sy` (checked above) holds; tasks never overlap.
         let yo = unsafe { std::slice::from_raw_parts_mut(yp.get().add(p * sy), sy) };
-        product(
+        f(
             &a[p * sa..(p + 1) * sa],
             &b[p * sb..(p + 1) * sb],
-            s,
+            s.m,
+            s.k,
+            s.n,
             trans_b,
             yo,
         );
@@ -203,8 +206,20 @@ pub fn matmul(
     Ok(())
 }
 
-fn product(a: &[f32], b: &[f32], s: Mm, trans_b: bool, y: &mut [f32]) {
-    let (k, n) = (s.k, s.n);
+/// One product `y (m, n) = a (m, k) x b` (`b` as `(k, n)`, or `(n, k)` rows
+/// with `trans_b`): the body every path of the dispatch table compiles.
+#[inline(always)]
+pub(crate) fn product(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_b: bool,
+    y: &mut [f32],
+) {
+    let len = (m * n).min(y.len());
+    let y = &mut y[..len];
     if k == 0 {
         y.fill(0.0);
         return;
@@ -226,7 +241,7 @@ fn product(a: &[f32], b: &[f32], s: Mm, trans_b: bool, y: &mut [f32]) {
 }
 
 /// `Σ a[i]·b[i]` over eight interleaved f32 accumulators (vectorised by LLVM).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const L: usize = 8;
     let mut acc = [0f32; L];

@@ -367,3 +367,51 @@ fn an_attention_block_runs_as_one_plan() {
         }
     }
 }
+
+#[test]
+fn every_isa_path_gives_the_same_bits() {
+    let x = data(3 * 40, 4);
+    let b = data(3 * 40, 6);
+    let w: Vec<f32> = (0..40).map(|i| 1.0 + i as f32 * 0.01).collect();
+    let ln = || {
+        Op::LayerNorm(LayerNorm {
+            d: 40,
+            weight: Some(w.clone()),
+            bias: None,
+            eps: 1e-5,
+        })
+    };
+    let run_all = || {
+        vec![
+            run1(ln(), &[&[40]], &[&x], 3).unwrap(),
+            run1(Op::Softmax, &[&[5, 8]], &[&x], 3).unwrap(),
+            run1(Op::Gelu(Approximate::None), &[&[40]], &[&x], 3).unwrap(),
+            run1(Op::Gelu(Approximate::Tanh), &[&[40]], &[&x], 3).unwrap(),
+            run1(
+                Op::MatMul { trans_b: false },
+                &[&[5, 8], &[8, 5]],
+                &[&x, &b],
+                3,
+            )
+            .unwrap(),
+            run1(
+                Op::MatMul { trans_b: true },
+                &[&[4, 10], &[4, 10]],
+                &[&x, &b],
+                3,
+            )
+            .unwrap(),
+        ]
+    };
+    let mut first: Option<Vec<Vec<u32>>> = None;
+    crate::cpu::each_isa(|isa| {
+        let bits: Vec<Vec<u32>> = run_all()
+            .iter()
+            .map(|v| v.iter().map(|f| f.to_bits()).collect())
+            .collect();
+        match &first {
+            None => first = Some(bits),
+            Some(f) => assert_eq!(f, &bits, "isa {}", isa.name()),
+        }
+    });
+}
