@@ -11,15 +11,7 @@ from onnx.reference import ReferenceEvaluator
 
 import hwreg_rs as hw
 from hwreg_rs import _native, _planner, runtime, zoo
-
-
-def _node_by_node(rt, x):
-    env = dict(rt.constants)
-    env[rt.inputs[0]] = x
-    for n in rt.nodes:
-        y = n.op.forward(*(env[v] for v in n.inputs))
-        env.update(zip(n.outputs, y if len(n.outputs) > 1 else (y,)))
-    return env[rt.outputs[0]]
+from test_plan import _node_by_node  # every node's own Python op, one after another
 
 
 def _native_ops(rt):
@@ -82,6 +74,29 @@ def test_an_attention_block_is_one_native_call_that_matches_onnx_reference(varia
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
         # the Python ops it replaces: the same kernels but for the MatMul's rounding
         np.testing.assert_allclose(y, _node_by_node(rt, x), rtol=1e-6, atol=1e-6)
+
+
+def test_the_transpose_of_k_folds_into_the_scores_matmul():
+    rt = runtime.convert(hw.onnx.load(_attention()).eval(), input_shape=(8, 8))
+    mm = [n for n in rt._whole.nodes if n.op == "matmul"]
+    assert [n.params["trans_b"] for n in mm] == [True, False]
+    assert _native_ops(rt).count("transpose") == 2  # q's heads and the context back; kᵀ is gone
+    x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    unfused = _planner.Segment(*_unfused(rt))
+    np.testing.assert_allclose(rt.predict(x), unfused(x, threads=1), rtol=1e-6, atol=1e-6)
+
+
+def _unfused(rt):
+    """The whole-model segment of ``rt`` (one input: value 0) with its ``kᵀ`` an explicit Transpose again."""
+    seg = rt._whole
+    nodes, nxt = [], 1 + max(v for n in seg.nodes for v in (*n.inputs, n.output))
+    for n in seg.nodes:
+        if n.op == "matmul" and n.params["trans_b"]:
+            nodes.append(_planner.PlanNode("transpose", [n.inputs[1]], nxt, {"perm": [0, 2, 1]}))
+            n = _planner.PlanNode("matmul", [n.inputs[0], nxt], n.output, {"trans_b": False})
+            nxt += 1
+        nodes.append(n)
+    return nodes, [0], [(8, 8)], [seg.nodes[-1].output]
 
 
 def test_layer_norm_softmax_and_scalar_arithmetic_give_the_python_ops_bytes():

@@ -14,10 +14,11 @@ Unsqueeze, the mean over an outer axis and arithmetic with a scalar constant.
 Inside a segment the planner chooses the layout (channels-last between
 convolutions, NCHW where an op needs it, so only the segment's inputs and
 outputs are NCHW), folds a Flatten of a channels-last tensor into the next
-Linear's weight columns, and applies two named rewrites, each tested alone:
+Linear's weight columns, and applies named rewrites, each tested alone:
 :func:`fuse_activations` (an element-wise op into the output step of the
-layer before it) and :func:`fuse_add_relu` (a ReLU into the residual Add
-before it). Every native op computes what the Python op it replaces
+layer before it), :func:`fuse_add_relu` (a ReLU into the residual Add
+before it) and :func:`fuse_transpose_matmul` (the ``kᵀ`` of attention scores
+into the MatMul that reads it). Every native op computes what the Python op it replaces
 computes, bit for bit, so predictions do not change.
 """
 
@@ -242,6 +243,24 @@ def fuse_add_relu(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     return [n for n in nodes if id(n) not in gone]
 
 
+def fuse_transpose_matmul(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
+    """A Transpose that swaps the last two axes of a MatMul's right operand, whose output only that
+    MatMul reads, becomes the MatMul's ``trans_b`` (it reads the rows of ``b`` as columns)."""
+    readers = _readers(nodes)
+    by_output = {n.output: n for n in nodes}
+    gone: set[int] = set()
+    for n in nodes:
+        src = by_output.get(n.inputs[1]) if n.op == "matmul" and not n.params["trans_b"] else None
+        if src is None or src.op != "transpose" or readers.get(src.output, 0) != 1 or src.output in keep:
+            continue
+        r = len(src.params["perm"])
+        if r >= 2 and src.params["perm"] == [*range(r - 2), r - 1, r - 2]:
+            n.inputs = [n.inputs[0], src.inputs[0]]
+            n.params["trans_b"] = True
+            gone.add(id(src))
+    return [n for n in nodes if id(n) not in gone]
+
+
 def _readers(nodes: list[PlanNode]) -> dict[int, int]:
     r: dict[int, int] = {}
     for n in nodes:
@@ -418,7 +437,7 @@ def _segment(run: list[Any], shapes: dict[str, tuple[int, ...]], needed: set[str
     outs = [v for v in produced if v in needed]
     out_ids = [b.get(v, "plain") for v in outs]
     keep = set(out_ids)
-    nodes = fuse_add_relu(fuse_activations(b.nodes, keep), keep)
+    nodes = fuse_transpose_matmul(fuse_add_relu(fuse_activations(b.nodes, keep), keep), keep)
     ins, out_ids = _compact(nodes, b.inputs, out_ids)
     seg = Segment(nodes, ins, [b.dims(v) for v in b.input_names], out_ids)
     return tuple(b.input_names), seg, tuple(outs)
