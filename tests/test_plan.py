@@ -40,7 +40,11 @@ def test_zoo_models_predict_what_their_ops_compute_one_by_one(name):
     for batch in (1, 4):
         x = np.random.default_rng(batch).standard_normal((batch,) + shape).astype(np.float32)
         for v in (x, np.abs(x)):  # differing and equal zero points per image
-            assert np.array_equal(rt.predict(v), _node_by_node(rt, v))
+            if name == "transformer":  # its float32 MatMuls round unlike NumPy's BLAS (test_plan_attention.py)
+                ref = _node_by_node(rt, v)
+                np.testing.assert_allclose(rt.predict(v), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+            else:
+                assert np.array_equal(rt.predict(v), _node_by_node(rt, v))
 
 
 def test_a_cnn_is_one_segment_channels_last_with_the_flatten_folded_into_the_linear():
@@ -52,8 +56,8 @@ def test_a_cnn_is_one_segment_channels_last_with_the_flatten_folded_into_the_lin
 
 
 def test_unknown_and_python_only_ops_run_between_segments():
-    # LayerNorm has no native kernel: two segments around it.
-    net = nn.Sequential(nn.Linear(8, 6, rng=1), nn.ReLU(), nn.LayerNorm(6), nn.Linear(6, 3, rng=2))
+    # LogSoftmax has no native kernel: two segments around it.
+    net = nn.Sequential(nn.Linear(8, 6, rng=1), nn.ReLU(), nn.LogSoftmax(), nn.Linear(6, 3, rng=2))
     rt = runtime.convert(net.eval(), input_shape=(8,))
     kinds = [("segment" if isinstance(c, _planner.Segment) else c.__self__.kind) for _, c, _ in rt._steps]
     assert kinds == ["segment", "float", "segment"]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
+use hwreg_kernels::plan::attention_ops::{Approximate, LayerNorm, Scalar};
 use hwreg_kernels::plan::graph::{
     Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
 };
@@ -171,6 +172,42 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         "to_nhwc" => Op::ToNhwc,
         "to_nchw" => Op::ToNchw,
         "reshape" => Op::Reshape(field!(p, "dims")?),
+        // attention ops
+        "layer_norm" => Op::LayerNorm(LayerNorm {
+            d: field!(p, "d")?,
+            weight: opt_floats(p, "weight")?,
+            bias: opt_floats(p, "bias")?,
+            eps: field!(p, "eps")?,
+        }),
+        "softmax" => Op::Softmax,
+        "gelu" => {
+            let a: String = field!(p, "approximate")?;
+            Op::Gelu(Approximate::from_name(&a).or_py()?)
+        }
+        "matmul" => Op::MatMul {
+            trans_b: field!(p, "trans_b")?,
+        },
+        "transpose" => Op::Transpose(field!(p, "perm")?),
+        "mean" => Op::Mean {
+            axis: field!(p, "axis")?,
+            keepdims: field!(p, "keepdims")?,
+        },
+        "scalar" => {
+            let (name, c): (String, f32) = (field!(p, "fn")?, field!(p, "value")?);
+            Op::Scalar(match name.as_str() {
+                "add" => Scalar::Add(c),
+                "sub" => Scalar::Sub(c),
+                "rsub" => Scalar::RSub(c),
+                "mul" => Scalar::Mul(c),
+                "div" => Scalar::Div(c),
+                "rdiv" => Scalar::RDiv(c),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "unknown scalar op {other:?}"
+                    )))
+                }
+            })
+        }
         other => return Err(PyValueError::new_err(format!("unknown plan op {other:?}"))),
     })
 }

@@ -37,6 +37,7 @@ pub use int4_op::Int4Dense;
 mod sparse_op;
 pub use sparse_op::SparseDense;
 
+use super::attention_ops::{self, Approximate, LayerNorm, Scalar};
 use crate::conv::nhwc::{self, Pool};
 use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
@@ -188,6 +189,21 @@ pub enum Op {
     ToNchw,
     /// New per-sample dims, same elements in the same order (no data moves).
     Reshape(Vec<usize>),
+    // The float ops of attention blocks ([`attention_ops`]).
+    /// LayerNorm over the trailing axes that hold `d` elements.
+    LayerNorm(LayerNorm),
+    /// Softmax over the last axis.
+    Softmax,
+    /// GELU, element-wise.
+    Gelu(Approximate),
+    /// Batched float32 `a @ b` of two values (`a @ bᵀ` of the last two axes with `trans_b`).
+    MatMul { trans_b: bool },
+    /// A permutation of the per-sample axes (output axis `i` is input axis `perm[i]`).
+    Transpose(Vec<usize>),
+    /// The mean over one outer per-sample axis, in NumPy's order.
+    Mean { axis: usize, keepdims: bool },
+    /// An element-wise operation with a scalar constant.
+    Scalar(Scalar),
 }
 
 /// One step of the plan: `output = op(inputs...)`.
@@ -354,7 +370,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } => 2,
+            Op::Add { .. } | Op::MatMul { .. } => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -465,6 +481,12 @@ impl Op {
                 }
                 d.clone()
             }
+            Op::LayerNorm(ln) => attention_ops::layer_norm_dims(ln, x, what)?,
+            Op::Softmax => attention_ops::softmax_dims(x, what)?,
+            Op::Gelu(_) | Op::Scalar(_) => x.to_vec(),
+            Op::MatMul { trans_b } => attention_ops::matmul_dims(x, ins[1], *trans_b, what)?,
+            Op::Transpose(perm) => attention_ops::transpose_dims(perm, x, what)?,
+            Op::Mean { axis, keepdims } => attention_ops::mean_dims(*axis, *keepdims, x, what)?,
         })
     }
 
@@ -949,6 +971,19 @@ impl GraphPlan {
                 to_nchw(x, y, batch, c, h * w);
             }
             Op::Reshape(_) => y.copy_from_slice(x),
+            Op::LayerNorm(ln) => attention_ops::layer_norm(ctx, ln, x, y)?,
+            Op::Softmax => attention_ops::softmax(ctx, x, xd, y)?,
+            Op::Gelu(a) => attention_ops::gelu(ctx, *a, x, y)?,
+            Op::MatMul { trans_b } => {
+                let (p1, l1) = src(ws, node.inputs[1]);
+                // SAFETY: as for `x`.
+                let b = unsafe { std::slice::from_raw_parts(p1, l1) };
+                let bd = &self.dims[node.inputs[1]];
+                attention_ops::matmul(ctx, x, xd, b, bd, *trans_b, batch, y)?;
+            }
+            Op::Transpose(perm) => attention_ops::transpose(perm, x, xd, batch, y)?,
+            Op::Mean { axis, .. } => attention_ops::mean(*axis, x, xd, y)?,
+            Op::Scalar(s) => attention_ops::scalar(*s, x, y),
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! by value lifetimes and reused from call to call. A chain of int8 Linear
 //! layers (an MLP) is the simplest such plan.
 
+pub mod attention_ops;
 pub mod graph;
 
 pub use graph::{
