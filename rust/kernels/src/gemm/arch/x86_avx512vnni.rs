@@ -24,6 +24,8 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
+    // `gemv_rows` runs 256 columns at a time (128 with column sums).
+    const GEMV_BLOCKS: usize = 2;
     const DIRECT: bool = true;
     type AElem = u8;
 
