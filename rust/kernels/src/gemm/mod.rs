@@ -236,6 +236,12 @@ pub(crate) fn parallel(ctx: &Ctx, work: usize) -> bool {
     work >= GEMM_PARALLEL_MIN_WORK && ctx.threads() > 1
 }
 
+/// What writing one output element (correction, output step, store) costs,
+/// in multiply-accumulates, for the thread decisions: a product with a short
+/// K is mostly output (the first convolution of the digits CNN, 4096×9×16
+/// into float, ran on one thread as 0.6M MACs but cost as much as 3M).
+pub(crate) const OUTPUT_MACS: usize = 32;
+
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
 /// the caller's thread. Starting the [`crate::exec::team`] costs a few
 /// microseconds when its workers are awake; measured side by side on the
@@ -446,7 +452,7 @@ fn run<Kr: Kernel, T: OutElem>(
     if m == 0 || n == 0 {
         return;
     }
-    let work = m * n * b.k.max(1);
+    let work = m.saturating_mul(n).saturating_mul(b.k + OUTPUT_MACS);
     let nt = ctx.threads();
     // Split over rows (one chunk per thread, each reading all of B) when B
     // is small enough to sit in L2 or A is the bigger operand; else over
@@ -456,10 +462,17 @@ fn run<Kr: Kernel, T: OutElem>(
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = tiles >= 2 * nt && (m >= n || b.data.len() <= SMALL_B_BYTES);
+    // Row chunks are whole row blocks (LOOP 3 streams all of B once per
+    // block either way), and several per thread: the team hands them out
+    // from a counter, so a worker that wakes late or shares its core with
+    // another process takes fewer, instead of the caller waiting for its
+    // half (one chunk per thread ran 2 threads no faster than one on a busy
+    // machine).
+    let row_blocks = tiles.div_ceil(MC_TILES);
     let nchunks = if !parallel(ctx, work) {
         1
     } else if by_rows {
-        ctx.chunks_for(work).min(nt)
+        ctx.chunks_for(work).min(row_blocks.max(nt))
     } else {
         ctx.chunks_for(work).min(blocks)
     }
@@ -467,7 +480,10 @@ fn run<Kr: Kernel, T: OutElem>(
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
-            let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
+            let unit = if row_blocks >= nchunks { MC_TILES } else { 1 };
+            let units = tiles.div_ceil(unit);
+            let (u0, u1) = (units * c / nchunks, units * (c + 1) / nchunks);
+            let (t0, t1) = (u0 * unit, (u1 * unit).min(tiles));
             (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
         } else {
             let (b0, b1) = (blocks * c / nchunks, blocks * (c + 1) / nchunks);
