@@ -405,7 +405,36 @@ fn i16_axpy_rows(
     yt
 }
 
-fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
+/// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]` (`g < kp / 4`, `b < bp`, zero padded):
+/// the 4-deep dot layout of the activations, a transpose of 4-byte units
+/// (row `b` of `xq` is read contiguously).
+pub(super) fn pack_x4(q: &[u8], batch: usize, cols: usize, kp: usize, bp: usize) -> Vec<u8> {
+    let groups = kp / 4;
+    let mut xp = vec![0u8; groups * bp * 4];
+    let gpc = (4096 / bp.max(1)).max(8);
+    exec::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
+        let g0 = c * gpc;
+        let ng = dst.len() / (bp * 4);
+        for b in 0..batch {
+            let row = &q[b * cols..(b + 1) * cols];
+            let full = ng.min((cols / 4).saturating_sub(g0));
+            let src = &row[4 * g0..4 * (g0 + full)];
+            for (gg, q4) in src.chunks_exact(4).enumerate() {
+                let at = (gg * bp + b) * 4;
+                dst[at..at + 4].copy_from_slice(q4);
+            }
+            for gg in full..ng {
+                let col = 4 * (g0 + gg);
+                for j in 0..4 {
+                    dst[(gg * bp + b) * 4 + j] = if col + j < cols { row[col + j] } else { 0 };
+                }
+            }
+        }
+    });
+    xp
+}
+
+pub(super) fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
     if batch.checked_mul(cols) != Some(xq.q.len()) {
         return shape_err!(
             "quantized x has {} elements, expected (batch={batch}, in_features={cols})",
@@ -450,31 +479,7 @@ pub fn bsr_i8_linear(
         }
         let bp = bp_of(batch);
         if c % 4 == 0 {
-            // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
-            let groups = kp / 4;
-            let mut xp = vec![0u8; groups * bp * 4];
-            // A transpose of 4-byte units: row b of xq is read contiguously.
-            let gpc = (4096 / bp).max(8);
-            exec::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
-                let g0 = c * gpc;
-                let ng = dst.len() / (bp * 4);
-                for b in 0..batch {
-                    let row = &xq.q[b * cols..(b + 1) * cols];
-                    let full = ng.min((cols / 4).saturating_sub(g0));
-                    let src = &row[4 * g0..4 * (g0 + full)];
-                    for (gg, q4) in src.chunks_exact(4).enumerate() {
-                        let at = (gg * bp + b) * 4;
-                        dst[at..at + 4].copy_from_slice(q4);
-                    }
-                    for gg in full..ng {
-                        let col = 4 * (g0 + gg);
-                        for j in 0..4 {
-                            dst[(gg * bp + b) * 4 + j] =
-                                if col + j < cols { row[col + j] } else { 0 };
-                        }
-                    }
-                }
-            });
+            let xp = pack_x4(xq.q, batch, cols, kp, bp);
             let mut yt = vec![0i32; g.padded * bp];
             par_rows(
                 ctx,
