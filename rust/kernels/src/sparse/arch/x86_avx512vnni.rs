@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::sparse::formats::Bsr;
-use crate::sparse::panel::{finish_tile, PanelCall};
+use crate::sparse::panel::{finish_tile, PanelCall, TILE_ROWS};
 
 pub(crate) const KERNELS: super::Kernels = super::Kernels {
     bsr_i8_dot4: dot4_vnni_tf,
@@ -64,12 +64,38 @@ macro_rules! lanes {
         }
     };
 }
-lanes!(Z, __m512i, _mm512_setzero_si512, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_dpbusd_epi32, _mm512_add_epi32, _mm512_storeu_si512);
-lanes!(Y, __m256i, _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set1_epi32, _mm256_dpbusd_epi32, _mm256_add_epi32, _mm256_storeu_si256);
-lanes!(X, __m128i, _mm_setzero_si128, _mm_loadu_si128, _mm_set1_epi32, _mm_dpbusd_epi32, _mm_add_epi32, _mm_storeu_si128);
+lanes!(
+    Z,
+    __m512i,
+    _mm512_setzero_si512,
+    _mm512_loadu_si512,
+    _mm512_set1_epi32,
+    _mm512_dpbusd_epi32,
+    _mm512_add_epi32,
+    _mm512_storeu_si512
+);
+lanes!(
+    Y,
+    __m256i,
+    _mm256_setzero_si256,
+    _mm256_loadu_si256,
+    _mm256_set1_epi32,
+    _mm256_dpbusd_epi32,
+    _mm256_add_epi32,
+    _mm256_storeu_si256
+);
+lanes!(
+    X,
+    __m128i,
+    _mm_setzero_si128,
+    _mm_loadu_si128,
+    _mm_set1_epi32,
+    _mm_dpbusd_epi32,
+    _mm_add_epi32,
+    _mm_storeu_si128
+);
 
-/// Batch rows of a panel tile.
-const MR: usize = 8;
+const MR: usize = TILE_ROWS;
 
 /// `M` batch rows × one panel of `R` outputs, the stored groups dealt
 /// round-robin over `U` accumulator chains (a short tile alone would wait on
@@ -81,10 +107,10 @@ unsafe fn panel_tile<L: Lanes, const R: usize, const M: usize, const U: usize>(
     b0: usize,
 ) {
     let w = c.w;
-    let stride = c.batch * 4;
+    let stride = M * 4;
     let (j0, j1) = (w.indptr[p] as usize, w.indptr[p + 1] as usize);
     let (gp, vp) = (w.group.as_ptr(), w.values.as_ptr());
-    let xb = c.xp.as_ptr().add(b0 * 4);
+    let xb = c.xp.as_ptr().add(b0 * c.kp);
     let mut acc = [[L::zero(); M]; U];
     let mut j = j0;
     while j + U <= j1 {
