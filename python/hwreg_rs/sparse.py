@@ -371,11 +371,9 @@ def quantize_activations(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------ chooser
 
+# int8 blocks of 4, 8 or 16 rows (4×4, 8×4, 8×8, 16×4) run over output-column panels, the
+# int8 block kernel whose efficiency the profiles measure (``measure_host``: 16×4).
 _BLOCKS = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 4), (8, 8), (16, 4))
-# int8 blocks of these many rows and a multiple of 4 columns run over output-column panels
-# (one SIMD register of output lanes per stored group of 4 inputs): the int8 "block" kernel
-# whose efficiency the profiles hold.
-_PANEL_ROWS = (4, 8, 16)
 
 
 @dataclass
@@ -495,7 +493,7 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
 
     Candidates: dense float32 (NumPy), dense int8, CSR, the SIMD block shapes
     the mask fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8, 16×4; in int8 those
-    of 4, 8 or 16 rows, which run over output-column panels), N:M when the mask
+    of width 4 or 8), N:M when the mask
     is N:M with n/m <= 1/2, each in float32 and int8. Every candidate is
     costed by the one cost model, :func:`hwreg_rs.profiles.estimate` on
     ``profile``, from the exact count of values it stores (blocks padded):
@@ -552,8 +550,8 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
         suf = "f32" if d == "float32" else "int8"
         stored[f"csr_{suf}"] = nnz
         for blk in _BLOCKS:
-            if d == "int8" and (blk[0] not in _PANEL_ROWS or blk[1] % 4):
-                continue  # the int8 block kernel runs panels of 4, 8 or 16 rows x 4k
+            if d == "int8" and blk[1] % 4:
+                continue  # int8 blocks use the 4-deep dot kernels
             count = _stored_for_block(keep, blk)
             if count <= 0.75 * wa.size:
                 stored[f"bsr_{suf}{blk}"] = count
