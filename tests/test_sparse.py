@@ -150,7 +150,8 @@ def ref_int8(q, wscale, xq, xs, xz, bias=None, relu=False):
 
 
 @pytest.mark.parametrize("fmt,block", [("csr", (1, 1)), ("bsr", (1, 4)), ("bsr", (4, 4)), ("bsr", (8, 8)),
-                                       ("bsr", (2, 3)), ("bsr", (16, 4)), ("nm", (2, 4))])
+                                       ("bsr", (2, 3)), ("bsr", (16, 4)), ("bsr", (8, 4)), ("bsr", (16, 8)),
+                                       ("bsr", (4, 12)), ("nm", (2, 4))])
 def test_int8_spmm_exact_accumulation(each_isa, fmt, block):
     rng = np.random.default_rng(9)
     n, k = 23, 72
@@ -173,6 +174,33 @@ def test_int8_spmm_exact_accumulation(each_isa, fmt, block):
         want, acc = ref_int8(q, ws, xq, xs, xz)
         assert np.abs(acc).max() < 2**24  # so float32 holds the exact integer
         assert np.array_equal(y, acc.astype(np.float32))
+
+
+@pytest.mark.parametrize("block", [(16, 4), (8, 4), (4, 4), (16, 8)])
+@pytest.mark.parametrize("n,k", [(1, 1), (15, 5), (33, 71), (48, 64)])
+def test_int8_panel_blocks_exact_for_any_shape(each_isa, block, n, k):
+    """The blocks of 4, 8 or 16 rows x 4k run over output-column panels (one SIMD register per
+    stored group): exact on every path, for shapes that leave partial panels and K-groups, every
+    batch tail of the tiles, the extreme bytes and zero points, bias and ReLU."""
+    rng = np.random.default_rng(n * 100 + k)
+    q = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    q[0, :] = 127
+    mask = prune.block_mask(q.astype(np.float32), 0.5, block=block)
+    q = np.where(mask, q, 0).astype(np.int8)
+    ws = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    m = sparse.BSRMatrix.from_dense(q, block=block, scale=ws)
+    assert np.array_equal(m.to_dense(), q)
+    for batch in (1, 2, 3, 5, 8, 9, 16, 33):
+        xq = rng.integers(0, 256, (batch, k)).astype(np.uint8)
+        xq[:, 0] = 255
+        xz = np.array([(0, 255, 128, 3)[i % 4] for i in range(batch)], np.uint8)
+        xs = rng.uniform(0.01, 1.0, batch).astype(np.float32)
+        # The output step's float formula on the exact accumulators, bit for bit.
+        want, acc = ref_int8(q, ws, xq, xs, xz, b, True)
+        assert np.array_equal(m.matmul_quantized(xq, xs, xz, bias=b, relu=True), want), batch
+        m1 = sparse.BSRMatrix.from_dense(q, block=block, scale=1.0)
+        assert np.array_equal(m1.matmul_quantized(xq, np.ones(batch, np.float32), xz), acc.astype(np.float32))
 
 
 def test_int8_spmm_scales_bias_relu_and_dynamic_quant(each_isa):

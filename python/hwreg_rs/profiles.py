@@ -1061,9 +1061,9 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     * memory bandwidth: a large copy; within the L2 cache: a copy of a quarter
       of it (``cache_bytes``, ``cache_bandwidth_gbs``); capacity: physical
       memory (or the cgroup limit).
-    * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
-      the dense int8 layer, as the efficiency of a kept weight; a tiny sparse
-      product for the fixed cost of a call (``sparse_overhead_us``).
+    * sparse kernels: int8 CSR, BSR 16×4 (output panels) and N:M 1:8 at ~90%
+      sparsity against the dense int8 layer, as the efficiency of a kept weight;
+      a tiny sparse product for the fixed cost of a call (``sparse_overhead_us``).
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
       on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
       thread, each less the fitted row-quantization and output-step costs and
@@ -1250,7 +1250,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         t_dense = max(median_seconds(lambda: dense(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9) / (bm * kn * kn)
         cands = {
             "unstructured": lambda: sparse.CSRMatrix.from_dense(w, prune.magnitude_mask(w, 0.9), dtype="int8"),
-            "block": lambda: sparse.BSRMatrix.from_dense(w, prune.block_mask(w, 0.9, block=(1, 4)), block=(1, 4),
+            # The int8 block kernel: output-column panels of 16 rows x 4 inputs.
+            "block": lambda: sparse.BSRMatrix.from_dense(w, prune.block_mask(w, 0.9, block=(16, 4)), block=(16, 4),
                                                          dtype="int8"),
             "n:m": lambda: sparse.NMMatrix.from_dense(w, prune.nm_mask(w, 1, 8), n=1, m=8, dtype="int8"),
         }

@@ -4,7 +4,11 @@ Three formats, each in float32 or int8:
 
 * :class:`CSRMatrix` — unstructured sparsity (compressed sparse rows);
 * :class:`BSRMatrix` — block sparsity; blocks matched to the SIMD width
-  (1×4, 4×1, 1×8, 8×1, 4×4, 8×8, ...) run as small dense micro-kernels;
+  (1×4, 4×1, 1×8, 8×1, 4×4, 8×8, ...) run as small dense micro-kernels; int8
+  blocks of 4, 8 or 16 rows × a multiple of 4 columns (16×4, 8×4, 4×4, ...) run
+  over output-column panels laid out like the dense int8 GEMM's packed weights
+  (``vpdpbusd`` on one register of outputs per stored group of 4 inputs), the
+  fastest int8 pattern at any batch;
 * :class:`NMMatrix` — compressed N:M (e.g. 2:4 along the input axis: two
   values and two offsets per group of four).
 
@@ -243,7 +247,9 @@ class BSRMatrix(_SparseMatrix):
             True = keep; entries it drops are zero.
         block : (int, int)
             Block shape ``(rows, cols)``: rows in {1, 2, 4, 8, 16}, cols in
-            1..64 (int8 blocks of width 4, 8, ... use the VNNI dot kernel).
+            1..64 (int8 blocks of 4, 8 or 16 rows and width 4, 8, ... run over
+            output-column panels; other int8 widths of 4, 8, ... the batch-lane
+            dot kernel).
         dtype : {"float32", "int8"}, optional
             Storage type; default float32, or int8 for an int8 ``w``.
         scale : float or ndarray, optional
@@ -365,7 +371,9 @@ def quantize_activations(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------ chooser
 
-_BLOCKS = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 4), (8, 8))
+# int8 blocks of 4, 8 or 16 rows (4×4, 8×4, 8×8, 16×4) run over output-column panels, the
+# int8 block kernel whose efficiency the profiles measure (``measure_host``: 16×4).
+_BLOCKS = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 4), (8, 8), (16, 4))
 
 
 @dataclass
@@ -484,7 +492,8 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
     """The fastest way to run ``x @ (w * mask).T`` for ``x`` of ``batch`` rows.
 
     Candidates: dense float32 (NumPy), dense int8, CSR, the SIMD block shapes
-    the mask fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8), N:M when the mask
+    the mask fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8, 16×4; in int8 those
+    of width 4 or 8), N:M when the mask
     is N:M with n/m <= 1/2, each in float32 and int8. Every candidate is
     costed by the one cost model, :func:`hwreg_rs.profiles.estimate` on
     ``profile``, from the exact count of values it stores (blocks padded):
@@ -542,7 +551,7 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
         stored[f"csr_{suf}"] = nnz
         for blk in _BLOCKS:
             if d == "int8" and blk[1] % 4:
-                continue  # int8 blocks use the 4-deep dot kernel
+                continue  # int8 blocks use the 4-deep dot kernels
             count = _stored_for_block(keep, blk)
             if count <= 0.75 * wa.size:
                 stored[f"bsr_{suf}{blk}"] = count

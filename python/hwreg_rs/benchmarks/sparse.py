@@ -9,15 +9,22 @@ number is higher. Contenders:
 * SciPy CSR (``scipy.sparse.csr_matrix(w) @ x.T``; single-threaded);
 * ours, float32: CSR on an unstructured magnitude mask, and BSR on block
   masks (1×8, 4×4, 8×1) at the same sparsity — the best block is reported;
-* ours, int8: CSR int8 (unstructured) and BSR int8 (1×8, 4×4), activations
-  quantized on the fly per row (included in the time);
+* ours, int8: CSR int8 (unstructured) and BSR int8 (1×8, 4×4, 8×4, 16×4; the
+  last three run over output-column panels), activations quantized on the fly
+  per row (included in the time);
 * dense int8: ours, :class:`hwreg_rs.Int8Linear` (dynamic per-row activation
   quantization + exact int8 GEMM), when the package has it.
+
+A second table puts the int8 panel blocks (16×4, 8×4, 4×4) against our dense
+int8 layer alone, at 80% and 90% block sparsity, batch 1 and 32, on 1 and 2
+threads, timed round-robin side by side (:func:`hwreg_rs._timing.side_by_side`).
 
 Every contender's answer is checked against NumPy before it is timed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +34,10 @@ SHAPES = [(1024, 1024), (3072, 768)]
 SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.95]
 BATCHES = [1, 32, 128]
 F32_BLOCKS = [(1, 8), (4, 4), (8, 1)]
-I8_BLOCKS = [(1, 8), (4, 4)]
+I8_BLOCKS = [(1, 8), (4, 4), (8, 4), (16, 4)]
+PANEL_BLOCKS = [(16, 4), (8, 4), (4, 4)]
+PANEL_SPARSITIES = [0.8, 0.9]
+PANEL_BATCHES = [1, 32]
 
 
 def _threads_note() -> str:
@@ -138,5 +148,48 @@ def run(quick: bool = False) -> str:
             f"median of {repeats})\n\n{_threads_note()}. Block columns name the fastest block shape; "
             "int8 times include quantizing X. Ratios > 1 favour the first named.\n")
     note = "" if Int8Linear is not None else "\n(dense int8 is not in this build; column left empty.)\n"
-    return (head + "\n" + t.markdown() + "\n" + note
-            + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
+    out = (head + "\n" + t.markdown() + "\n" + note
+           + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
+    if Int8Linear is not None:
+        out += "\n\n" + _panels_vs_dense_int8(Int8Linear, rounds=5 if quick else 9)
+    return out
+
+
+def _panels_vs_dense_int8(Int8Linear: Any, *, rounds: int) -> str:
+    """The int8 panel blocks against our dense int8 layer, side by side, on 1 and 2 threads."""
+    from .. import num_threads, prune, set_num_threads, sparse
+    from .._timing import side_by_side
+
+    rng = np.random.default_rng(1)
+    cols = ["threads", "N×K", "sparsity", "batch", "dense i8 µs"] + [f"{r}×{c} i8 µs" for r, c in PANEL_BLOCKS]
+    cols += [f"{r}×{c}/dense i8" for r, c in PANEL_BLOCKS]
+    t = Table(cols)
+    before = num_threads()
+    try:
+        for threads in (1, 2):
+            set_num_threads(threads)
+            for n, k in SHAPES:
+                w = rng.standard_normal((n, k)).astype(np.float32)
+                dense8 = Int8Linear.from_float(w)
+                for s in PANEL_SPARSITIES:
+                    mats = {}
+                    for b in PANEL_BLOCKS:
+                        mb = prune.block_mask(w, s, block=b)
+                        mats[b] = (sparse.BSRMatrix.from_dense(w, mb, block=b, dtype="int8"), w * mb)
+                    for bsz in PANEL_BATCHES:
+                        x = rng.standard_normal((bsz, k)).astype(np.float32)
+                        _check(dense8(x), x @ w.T, "dense i8", 3e-2)
+                        fns: dict[Any, Any] = {"dense": lambda: dense8(x)}
+                        for b, (m, wb) in mats.items():
+                            _check(m.matmul(x), x @ wb.T, f"BSR{b} i8", 3e-2)
+                            fns[b] = lambda m=m: m.matmul(x)
+                        sec = side_by_side(fns, rounds=rounds, min_seconds=0.02)
+                        t.add(threads, f"{n}×{k}", f"{s:.0%}", bsz, sec["dense"] * 1e6,
+                              *[sec[b] * 1e6 for b in PANEL_BLOCKS],
+                              *[f"{sec['dense'] / sec[b]:.2f}×" for b in PANEL_BLOCKS])
+    finally:
+        set_num_threads(before)
+    return ("### int8 block panels vs our dense int8 (side by side, median of "
+            f"{rounds} round-robin rounds)\n\nBlocks of 4, 8 or 16 output rows × 4 inputs, pruned by block "
+            "norm; both quantize x per row (included). Ratios > 1: the sparse layer is faster.\n\n"
+            + t.markdown())

@@ -405,7 +405,48 @@ fn i16_axpy_rows(
     yt
 }
 
-fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
+/// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]` (`g < kp / 4`, `b < bp`, zero padded):
+/// the 4-deep dot layout of the activations, a transpose of 4-byte units
+/// (row `b` of `xq` is read contiguously).
+pub(super) fn pack_x4(q: &[u8], batch: usize, cols: usize, kp: usize, bp: usize) -> Vec<u8> {
+    let mut xp = vec![0u8; kp / 4 * bp * 4];
+    pack_x4_into(q, batch, cols, kp, bp, &mut xp);
+    xp
+}
+
+/// [`pack_x4`] into `xp` (`kp · bp` bytes, zeroed).
+pub(super) fn pack_x4_into(
+    q: &[u8],
+    batch: usize,
+    cols: usize,
+    kp: usize,
+    bp: usize,
+    xp: &mut [u8],
+) {
+    debug_assert_eq!(xp.len(), kp / 4 * bp * 4);
+    let gpc = (4096 / bp.max(1)).max(8);
+    exec::for_each_chunk_mut(xp, gpc * bp * 4, |c, dst| {
+        let g0 = c * gpc;
+        let ng = dst.len() / (bp * 4);
+        for b in 0..batch {
+            let row = &q[b * cols..(b + 1) * cols];
+            let full = ng.min((cols / 4).saturating_sub(g0));
+            let src = &row[4 * g0..4 * (g0 + full)];
+            for (gg, q4) in src.chunks_exact(4).enumerate() {
+                let at = (gg * bp + b) * 4;
+                dst[at..at + 4].copy_from_slice(q4);
+            }
+            for gg in full..ng {
+                let col = 4 * (g0 + gg);
+                for j in 0..4 {
+                    dst[(gg * bp + b) * 4 + j] = if col + j < cols { row[col + j] } else { 0 };
+                }
+            }
+        }
+    });
+}
+
+pub(super) fn check_quant_x(xq: &QuantX<'_>, batch: usize, cols: usize) -> Result<()> {
     if batch.checked_mul(cols) != Some(xq.q.len()) {
         return shape_err!(
             "quantized x has {} elements, expected (batch={batch}, in_features={cols})",
@@ -450,31 +491,7 @@ pub fn bsr_i8_linear(
         }
         let bp = bp_of(batch);
         if c % 4 == 0 {
-            // Xp[g, b, 0..4] = xq[b, 4g..4g+4]
-            let groups = kp / 4;
-            let mut xp = vec![0u8; groups * bp * 4];
-            // A transpose of 4-byte units: row b of xq is read contiguously.
-            let gpc = (4096 / bp).max(8);
-            exec::for_each_chunk_mut(&mut xp, gpc * bp * 4, |c, dst| {
-                let g0 = c * gpc;
-                let ng = dst.len() / (bp * 4);
-                for b in 0..batch {
-                    let row = &xq.q[b * cols..(b + 1) * cols];
-                    let full = ng.min((cols / 4).saturating_sub(g0));
-                    let src = &row[4 * g0..4 * (g0 + full)];
-                    for (gg, q4) in src.chunks_exact(4).enumerate() {
-                        let at = (gg * bp + b) * 4;
-                        dst[at..at + 4].copy_from_slice(q4);
-                    }
-                    for gg in full..ng {
-                        let col = 4 * (g0 + gg);
-                        for j in 0..4 {
-                            dst[(gg * bp + b) * 4 + j] =
-                                if col + j < cols { row[col + j] } else { 0 };
-                        }
-                    }
-                }
-            });
+            let xp = pack_x4(xq.q, batch, cols, kp, bp);
             let mut yt = vec![0i32; g.padded * bp];
             par_rows(
                 ctx,
@@ -529,43 +546,64 @@ mod tests {
     use super::super::formats::row_quant;
     use super::*;
 
+    /// Every path, batch sizes through the tails of every tile, BSR/CSR and
+    /// (for blocks of 4, 8 or 16 rows × 4k) the output panels: the exact
+    /// `Σ (xq - zp) · q` against an i64 reference, extreme bytes and zero
+    /// points included.
     #[test]
     fn int8_exact_against_i64() {
+        use super::super::panel::{panel_i8_linear, PanelI8};
         let mut s = 5u64;
-        let (n, k) = (19, 64);
+        let (n, k) = (37, 70);
         let q: Vec<i8> = (0..n * k)
-            .map(|_| {
-                if lcg(&mut s) % 2 == 0 {
-                    (lcg(&mut s) % 256) as i64 as i8
-                } else {
-                    0
-                }
+            .map(|i| match (lcg(&mut s) % 3, i % 7) {
+                (0, 0) => 127,
+                (0, 1) => -127,
+                (0, _) => ((lcg(&mut s) % 255) as i64 - 127) as i8,
+                _ => 0,
             })
             .collect();
-        let q: Vec<i8> = q.into_iter().map(|v| v.max(-127)).collect();
         crate::cpu::each_isa(|isa| {
-            for &batch in &[1usize, 5, 40] {
-                let xqv: Vec<u8> = (0..batch * k).map(|_| (lcg(&mut s) % 256) as u8).collect();
-                let zp: Vec<u8> = (0..batch).map(|_| (lcg(&mut s) % 256) as u8).collect();
+            for &batch in &[1usize, 2, 3, 5, 8, 9, 17, 40] {
+                let xqv: Vec<u8> = (0..batch * k)
+                    .map(|i| match i % 11 {
+                        0 => 255,
+                        1 => 0,
+                        _ => (lcg(&mut s) % 256) as u8,
+                    })
+                    .collect();
+                let zp: Vec<u8> = (0..batch).map(|b| [0, 255, 128, 7][b % 4]).collect();
                 let sx = vec![1f32; batch];
                 let xq = QuantX {
                     q: &xqv,
                     scale: &sx,
                     zero_point: &zp,
                 };
-                for (r, c) in [(1, 1), (1, 4), (4, 4), (8, 8), (2, 3)] {
+                let blocks = [(1, 1), (1, 4), (2, 3), (4, 4), (8, 8), (8, 4), (16, 4), (16, 8), (4, 12)];
+                for (r, c) in blocks {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
-                    let y = bsr_i8_linear(&crate::exec::TEST, &b, &rq, &xq, batch, None, false)
-                        .unwrap();
-                    for bb in 0..batch {
-                        for o in 0..n {
-                            let e: i64 = (0..k)
-                                .map(|i| {
-                                    (xqv[bb * k + i] as i64 - zp[bb] as i64) * q[o * k + i] as i64
-                                })
-                                .sum();
-                            assert_eq!(y[bb * n + o] as i64, e, "isa {isa:?} block {r}x{c}");
+                    let ctx = &crate::exec::TEST;
+                    let mut got = vec![("bsr", bsr_i8_linear(ctx, &b, &rq, &xq, batch, None, false))];
+                    if let Some(p) = PanelI8::of_bsr(&b).unwrap() {
+                        got.push(("panel", panel_i8_linear(ctx, &p, &rq, &xq, batch, None, false)));
+                    }
+                    for (path, y) in got {
+                        let y = y.unwrap();
+                        for bb in 0..batch {
+                            for o in 0..n {
+                                let e: i64 = (0..k)
+                                    .map(|i| {
+                                        (xqv[bb * k + i] as i64 - zp[bb] as i64)
+                                            * q[o * k + i] as i64
+                                    })
+                                    .sum();
+                                assert_eq!(
+                                    y[bb * n + o] as i64,
+                                    e,
+                                    "isa {isa:?} {path} {r}x{c} batch {batch} ({bb}, {o})"
+                                );
+                            }
                         }
                     }
                 }

@@ -7,6 +7,7 @@
 use super::float::{bsr_f32_linear, nm_f32_linear};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
 use super::int8::{bsr_i8_linear, nm_i8_linear, QuantX};
+use super::panel::{panel_i8_linear, PanelI8};
 use crate::error::{Error, Result};
 use crate::exec::Ctx;
 use crate::quant::rows::quantize_rows_u8;
@@ -31,7 +32,8 @@ pub enum DenseValues {
 #[derive(Debug, Clone)]
 enum Store {
     Bsr(Bsr<f32>),
-    BsrI8(Bsr<i8>, RowQuant),
+    /// With the output-column panels when the blocks fit them (`panel`).
+    BsrI8(Bsr<i8>, RowQuant, Option<PanelI8>),
     Nm(Nm<f32>),
     NmI8(Nm<i8>, RowQuant),
 }
@@ -115,7 +117,8 @@ impl SparseWeight {
             Pattern::Blocks { r, c } => {
                 let b = Bsr::from_dense(w, rows, cols, mask, r, c)?;
                 let q = row_quant(rows, scale, |f| b.for_each_row_value(f))?;
-                Store::BsrI8(b, q)
+                let p = PanelI8::of_bsr(&b)?;
+                Store::BsrI8(b, q, p)
             }
             Pattern::NofM { n, m } => {
                 let b = Nm::from_dense(w, rows, cols, mask, n, m)?;
@@ -129,7 +132,7 @@ impl SparseWeight {
     fn matrix(&self) -> &dyn Matrix {
         match &self.store {
             Store::Bsr(b) => b,
-            Store::BsrI8(b, _) => b,
+            Store::BsrI8(b, ..) => b,
             Store::Nm(b) => b,
             Store::NmI8(b, _) => b,
         }
@@ -137,7 +140,7 @@ impl SparseWeight {
 
     fn quant(&self) -> Option<&RowQuant> {
         match &self.store {
-            Store::BsrI8(_, q) | Store::NmI8(_, q) => Some(q),
+            Store::BsrI8(_, q, _) | Store::NmI8(_, q) => Some(q),
             Store::Bsr(_) | Store::Nm(_) => None,
         }
     }
@@ -163,9 +166,13 @@ impl SparseWeight {
         self.matrix().stored()
     }
     /// Bytes of the stored arrays (values, indices, row pointers; for int8
-    /// the per-row scales and sums too).
+    /// the per-row scales and sums too, and the output panels when it has them).
     pub fn nbytes(&self) -> usize {
-        self.matrix().nbytes() + self.quant().map_or(0, |q| 8 * q.scale().len())
+        let panels = match &self.store {
+            Store::BsrI8(_, _, Some(p)) => p.nbytes(),
+            _ => 0,
+        };
+        self.matrix().nbytes() + self.quant().map_or(0, |q| 8 * q.scale().len()) + panels
     }
     /// Per-row weight scales of an int8 weight.
     pub fn scale(&self) -> Option<&[f32]> {
@@ -176,7 +183,7 @@ impl SparseWeight {
         match &self.store {
             Store::Bsr(b) => DenseValues::F32(b.to_dense()),
             Store::Nm(b) => DenseValues::F32(b.to_dense()),
-            Store::BsrI8(b, _) => DenseValues::I8(b.to_dense()),
+            Store::BsrI8(b, ..) => DenseValues::I8(b.to_dense()),
             Store::NmI8(b, _) => DenseValues::I8(b.to_dense()),
         }
     }
@@ -229,7 +236,8 @@ impl SparseWeight {
     ) -> Result<Vec<f32>> {
         self.check_features("xq", k)?;
         match &self.store {
-            Store::BsrI8(b, q) => bsr_i8_linear(ctx, b, q, xq, batch, bias, relu),
+            Store::BsrI8(_, q, Some(p)) => panel_i8_linear(ctx, p, q, xq, batch, bias, relu),
+            Store::BsrI8(b, q, None) => bsr_i8_linear(ctx, b, q, xq, batch, bias, relu),
             Store::NmI8(b, q) => nm_i8_linear(ctx, b, q, xq, batch, bias, relu),
             Store::Bsr(_) | Store::Nm(_) => {
                 Err(Error::Dtype("linear_quantized needs an int8 weight".into()))

@@ -1,7 +1,8 @@
 //! The per-ISA code of the sparse family: the generic bodies of `float.rs` and `int8.rs`
 //! compiled for each path (`generic.rs`, `x86_avx2.rs`, `x86_avx512.rs`),
 //! plus the AVX-512 VNNI micro-kernel of the int8 4-deep dot layout
-//! (`x86_avx512vnni.rs`), chosen by [`crate::cpu::dispatch`].
+//! (`x86_avx512vnni.rs`) and of the int8 output-column panels, chosen by
+//! [`crate::cpu::dispatch`].
 
 use std::ops::Range;
 
@@ -22,6 +23,7 @@ pub(crate) type NmF32GemvFn = unsafe fn(&Nm<f32>, Range<usize>, &[f32], &mut [f3
 pub(crate) type BsrI8Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[i16], usize, &mut [i32]);
 pub(crate) type BsrI8Dot4Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[u8], usize, &mut [i32]);
 pub(crate) type NmI8Fn = unsafe fn(&Nm<i8>, Range<usize>, &[i16], usize, &mut [i32]);
+pub(crate) type PanelI8Fn = unsafe fn(&super::panel::PanelCall<'_>, Range<usize>);
 
 /// The sparse entry points of one path (see [`crate::cpu::Dispatch`]). They
 /// stay `unsafe`: a caller promises the size invariants of the bodies in
@@ -35,6 +37,7 @@ pub struct Kernels {
     pub(crate) bsr_i8: BsrI8Fn,
     pub(crate) bsr_i8_dot4: BsrI8Dot4Fn,
     pub(crate) nm_i8: NmI8Fn,
+    pub(crate) panel_i8: PanelI8Fn,
 }
 
 /// `table!(isa, fma)`: the wrappers of every float / int8 body for `isa`
@@ -68,6 +71,9 @@ macro_rules! table {
                 pub(super) unsafe fn nm_i8(w: &Nm<i8>, r: Range<usize>, x: &[i16], bp: usize, o: &mut [i32]) {
                     int8::nm_i8_body(w, r, x, bp, o)
                 }
+                pub(super) unsafe fn panel_i8(c: &$crate::sparse::panel::PanelCall<'_>, r: Range<usize>) {
+                    $crate::sparse::panel::panel_i8_body(c, r)
+                }
             );
         }
 
@@ -79,6 +85,7 @@ macro_rules! table {
             bsr_i8: tf::bsr_i8,
             bsr_i8_dot4: tf::bsr_i8_dot4,
             nm_i8: tf::nm_i8,
+            panel_i8: tf::panel_i8,
         };
     };
 }

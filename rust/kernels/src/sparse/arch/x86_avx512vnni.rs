@@ -1,16 +1,177 @@
 //! The x86-64 AVX-512 VNNI path of the sparse family: the AVX-512 table with
-//! the micro-kernel of the int8 4-deep dot layout in `vpdpbusd` (u8 × s8,
-//! four products summed into int32 without saturation, so it is exact).
+//! the micro-kernels of the int8 4-deep dot layout and of the int8 output
+//! panels in `vpdpbusd` (u8 × s8, four products summed into int32 without
+//! saturation, so it is exact).
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::sparse::formats::Bsr;
+use crate::sparse::panel::{finish_tile, PanelCall, TILE_ROWS};
 
 pub(crate) const KERNELS: super::Kernels = super::Kernels {
     bsr_i8_dot4: dot4_vnni_tf,
+    panel_i8: panel_vnni_tf,
     ..super::x86_avx512::KERNELS
 };
+
+/// One register of `R` int32 output lanes (xmm, ymm or zmm) and the
+/// `vpdpbusd` on it.
+trait Lanes {
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    /// The `R × 4` weights of one stored group.
+    unsafe fn load(p: *const i8) -> Self::V;
+    /// Four activation bytes in every lane.
+    unsafe fn bcast(p: *const u8) -> Self::V;
+    unsafe fn dp(acc: Self::V, x: Self::V, w: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn store(p: *mut i32, v: Self::V);
+}
+
+struct Z;
+struct Y;
+struct X;
+
+macro_rules! lanes {
+    ($t:ident, $v:ty, $zero:ident, $load:ident, $set1:ident, $dp:ident, $add:ident, $store:ident) => {
+        impl Lanes for $t {
+            type V = $v;
+            #[inline(always)]
+            unsafe fn zero() -> $v {
+                $zero()
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const i8) -> $v {
+                $load(p as *const _)
+            }
+            #[inline(always)]
+            unsafe fn bcast(p: *const u8) -> $v {
+                $set1((p as *const i32).read_unaligned())
+            }
+            #[inline(always)]
+            unsafe fn dp(acc: $v, x: $v, w: $v) -> $v {
+                $dp(acc, x, w)
+            }
+            #[inline(always)]
+            unsafe fn add(a: $v, b: $v) -> $v {
+                $add(a, b)
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut i32, v: $v) {
+                $store(p as *mut _, v)
+            }
+        }
+    };
+}
+lanes!(
+    Z,
+    __m512i,
+    _mm512_setzero_si512,
+    _mm512_loadu_si512,
+    _mm512_set1_epi32,
+    _mm512_dpbusd_epi32,
+    _mm512_add_epi32,
+    _mm512_storeu_si512
+);
+lanes!(
+    Y,
+    __m256i,
+    _mm256_setzero_si256,
+    _mm256_loadu_si256,
+    _mm256_set1_epi32,
+    _mm256_dpbusd_epi32,
+    _mm256_add_epi32,
+    _mm256_storeu_si256
+);
+lanes!(
+    X,
+    __m128i,
+    _mm_setzero_si128,
+    _mm_loadu_si128,
+    _mm_set1_epi32,
+    _mm_dpbusd_epi32,
+    _mm_add_epi32,
+    _mm_storeu_si128
+);
+
+const MR: usize = TILE_ROWS;
+
+/// `M` batch rows × one panel of `R` outputs, the stored groups dealt
+/// round-robin over `U` accumulator chains (a short tile alone would wait on
+/// the latency of one chain).
+#[inline(always)]
+unsafe fn panel_tile<L: Lanes, const R: usize, const M: usize, const U: usize>(
+    c: &PanelCall<'_>,
+    p: usize,
+    b0: usize,
+) {
+    let w = c.w;
+    let stride = M * 4;
+    let (j0, j1) = (w.indptr[p] as usize, w.indptr[p + 1] as usize);
+    let (gp, vp) = (w.group.as_ptr(), w.values.as_ptr());
+    let xb = c.xp.as_ptr().add(b0 * c.kp);
+    let mut acc = [[L::zero(); M]; U];
+    let mut j = j0;
+    while j + U <= j1 {
+        for (u, a) in acc.iter_mut().enumerate() {
+            let xs = xb.add(*gp.add(j + u) as usize * stride);
+            let wv = L::load(vp.add((j + u) * R * 4));
+            for (t, a) in a.iter_mut().enumerate() {
+                *a = L::dp(*a, L::bcast(xs.add(4 * t)), wv);
+            }
+        }
+        j += U;
+    }
+    while j < j1 {
+        let xs = xb.add(*gp.add(j) as usize * stride);
+        let wv = L::load(vp.add(j * R * 4));
+        for (t, a) in acc[0].iter_mut().enumerate() {
+            *a = L::dp(*a, L::bcast(xs.add(4 * t)), wv);
+        }
+        j += 1;
+    }
+    let mut tile = [[0i32; R]; M];
+    for (t, row) in tile.iter_mut().enumerate() {
+        let mut s = acc[0][t];
+        for a in &acc[1..] {
+            s = L::add(s, a[t]);
+        }
+        L::store(row.as_mut_ptr(), s);
+    }
+    finish_tile::<R>(c, p, b0, M, &mut tile);
+}
+
+#[inline(always)]
+unsafe fn panel_rows<L: Lanes, const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) {
+    let mut b0 = 0;
+    while b0 < c.batch {
+        let mr = MR.min(c.batch - b0);
+        for p in panels.clone() {
+            match mr {
+                1 => panel_tile::<L, R, 1, 4>(c, p, b0),
+                2 => panel_tile::<L, R, 2, 2>(c, p, b0),
+                3 => panel_tile::<L, R, 3, 2>(c, p, b0),
+                4 => panel_tile::<L, R, 4, 1>(c, p, b0),
+                5 => panel_tile::<L, R, 5, 1>(c, p, b0),
+                6 => panel_tile::<L, R, 6, 1>(c, p, b0),
+                7 => panel_tile::<L, R, 7, 1>(c, p, b0),
+                _ => panel_tile::<L, R, MR, 1>(c, p, b0),
+            }
+        }
+        b0 += mr;
+    }
+}
+
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn panel_vnni_tf(c: &PanelCall<'_>, panels: Range<usize>) {
+        match c.w.r {
+            4 => panel_rows::<X, 4>(c, panels),
+            8 => panel_rows::<Y, 8>(c, panels),
+            _ => panel_rows::<Z, 16>(c, panels),
+        }
+    }
+);
 
 /// `R` rows × `T` zmm (16 batch columns each) of int32 accumulators.
 #[inline(always)]

@@ -1,0 +1,316 @@
+//! The int8 block-sparse product laid out like the dense GEMM's packed B:
+//! output-column panels of `R` (4, 8 or 16) outputs, each the list of the
+//! input K-groups (4 inputs) it stores. A stored group is `R × 4` bytes,
+//! output-major (`[o][0..4]`), so one SIMD register holds it and `vpdpbusd`
+//! multiplies it with four broadcast activation bytes: the lanes run over the
+//! outputs, not the batch, and a batch of one fills them as well as 128.
+//!
+//! Made from an int8 BSR weight whose blocks are `R × c` with `c` a multiple
+//! of 4 ([`PanelI8::of_bsr`]); groups of a block that are all zero are not
+//! stored. Activations come quantized per row by the one row quantizer and
+//! are regrouped once per call, per tile of [`TILE_ROWS`] batch rows, into
+//! `Xp[g][t][0..4] = xq[b0 + t, 4g..4g+4]`: the rows of a tile read one
+//! 4-byte unit each from consecutive bytes, and a tile's activations stay
+//! together in L1 while the weights stream past (sequentially). Every
+//! tile ends in the dense GEMM's output step (`gemm::output`), applied while
+//! the accumulators are hot; the zero points are folded out there
+//! (`acc = Σ xq · q − zp_b · Σ q`), exact in int32 (checked at build).
+
+use std::ops::Range;
+
+use super::driver::{balanced, check_common};
+use super::formats::{Bsr, RowQuant};
+use super::int8::{check_quant_x, pack_x4_into, QuantX};
+use crate::error::{try_with_capacity, Result};
+use crate::exec::{self, Ctx};
+use crate::gemm::output::{Epilogue, OutputStep, Param};
+use crate::shape_err;
+use rayon::prelude::*;
+
+/// Output lanes a panel may have (one xmm, ymm or zmm of int32).
+pub const PANEL_ROWS: [usize; 3] = [4, 8, 16];
+
+/// Output-column panels of an int8 block-sparse weight (see the module doc).
+#[derive(Debug, Clone)]
+pub struct PanelI8 {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    /// Outputs per panel.
+    pub(super) r: usize,
+    /// Per panel, the range of its groups in `group` (length `panels + 1`).
+    pub(super) indptr: Vec<u32>,
+    /// K-group (in units of 4 inputs) of each stored group, increasing per panel.
+    pub(super) group: Vec<u32>,
+    /// `r * 4` values per stored group, `[o][0..4]`.
+    pub(super) values: Vec<i8>,
+}
+
+impl PanelI8 {
+    /// The panels of `b` when its blocks fit them (`r` in [`PANEL_ROWS`],
+    /// `c` a multiple of 4), else `None`.
+    pub fn of_bsr(b: &Bsr<i8>) -> Result<Option<PanelI8>> {
+        let (r, c) = (b.r, b.c);
+        if !PANEL_ROWS.contains(&r) || c % 4 != 0 {
+            return Ok(None);
+        }
+        let q4 = c / 4;
+        let mut indptr = try_with_capacity(b.indptr.len(), "the panel pointers")?;
+        indptr.push(0u32);
+        let mut group = try_with_capacity(b.bcol.len().saturating_mul(q4), "the panel groups")?;
+        let mut values = try_with_capacity(b.values.len(), "the panel values")?;
+        for br in 0..b.brows() {
+            for j in b.indptr[br] as usize..b.indptr[br + 1] as usize {
+                let blk = &b.values[j * r * c..(j + 1) * r * c];
+                for q in 0..q4 {
+                    let any = (0..r).any(|o| blk[o * c + 4 * q..o * c + 4 * q + 4] != [0; 4]);
+                    if any {
+                        // Fits: block columns < 2^32 / c, so groups < 2^32 / 4 · c / c.
+                        group.push(b.bcol[j] * q4 as u32 + q as u32);
+                        for o in 0..r {
+                            values.extend_from_slice(&blk[o * c + 4 * q..o * c + 4 * q + 4]);
+                        }
+                    }
+                }
+            }
+            if group.len() > u32::MAX as usize {
+                return shape_err!("too many stored groups (at most 2^32 - 1)");
+            }
+            indptr.push(group.len() as u32);
+        }
+        Ok(Some(PanelI8 {
+            rows: b.rows,
+            cols: b.cols,
+            r,
+            indptr,
+            group,
+            values,
+        }))
+    }
+
+    /// Panels (output rows rounded up to `r`, over `r`).
+    pub fn panels(&self) -> usize {
+        self.indptr.len() - 1
+    }
+
+    /// Bytes of the stored arrays.
+    pub fn nbytes(&self) -> usize {
+        4 * (self.indptr.len() + self.group.len()) + self.values.len()
+    }
+}
+
+/// A raw output pointer the threads share; each writes its own panels' columns.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the threads write disjoint column ranges (their panels).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// What one call hands its bodies.
+pub(crate) struct PanelCall<'a> {
+    pub w: &'a PanelI8,
+    /// `Σ q` per output row.
+    pub rowsum: &'a [i32],
+    /// Per tile of `mr` rows from `b0`: `Xp[g][t][0..4]` at `b0 · kp`, `mr · 4` bytes per group.
+    pub xp: &'a [u8],
+    /// Inputs padded to groups of 4.
+    pub kp: usize,
+    pub batch: usize,
+    pub zp: &'a [u8],
+    pub ep: &'a Epilogue<'a, f32>,
+    /// `Y` `(batch, rows)`.
+    pub y: OutPtr,
+}
+
+/// Batch rows of a tile on every path (the `Xp` packing follows it).
+pub(crate) const TILE_ROWS: usize = 8;
+
+/// Folds the zero points out of a tile of raw accumulators (`tile[t][o]`,
+/// batch rows `b0..b0+mr`, outputs `p·R..`) and hands it to the output step.
+///
+/// # Safety
+/// `p` a panel of `c.w`, `b0 + mr <= c.batch`, `tile` holding `mr` rows of `R`;
+/// the caller owns the panel's output columns.
+#[inline(always)]
+pub(crate) unsafe fn finish_tile<const R: usize>(
+    c: &PanelCall<'_>,
+    p: usize,
+    b0: usize,
+    mr: usize,
+    tile: &mut [[i32; R]],
+) {
+    let o0 = p * R;
+    let o1 = (o0 + R).min(c.w.rows);
+    // The true values fit int32 (checked at build): wrapping is exact.
+    if o1 - o0 == R {
+        let rs = &*(c.rowsum.as_ptr().add(o0) as *const [i32; R]);
+        for (t, row) in tile.iter_mut().enumerate().take(mr) {
+            let zp = *c.zp.get_unchecked(b0 + t) as i32;
+            for (v, &s) in row.iter_mut().zip(rs) {
+                *v = v.wrapping_sub(zp.wrapping_mul(s));
+            }
+        }
+    } else {
+        for (t, row) in tile.iter_mut().enumerate().take(mr) {
+            let zp = *c.zp.get_unchecked(b0 + t) as i32;
+            for (o, v) in row.iter_mut().enumerate().take(o1 - o0) {
+                *v = v.wrapping_sub(zp.wrapping_mul(*c.rowsum.get_unchecked(o0 + o)));
+            }
+        }
+    }
+    let flat = std::slice::from_raw_parts(tile.as_ptr() as *const i32, mr * R);
+    c.ep.apply_inline(flat, R, b0..b0 + mr, o0..o1, c.y.0, c.w.rows);
+}
+
+#[inline(always)]
+unsafe fn tile_generic<const R: usize, const MR: usize>(c: &PanelCall<'_>, p: usize, b0: usize) {
+    let w = c.w;
+    let mut acc = [[0i32; R]; MR];
+    let (j0, j1) = (w.indptr[p] as usize, w.indptr[p + 1] as usize);
+    let xb = c.xp.as_ptr().add(b0 * c.kp);
+    for j in j0..j1 {
+        let xs = xb.add(*w.group.get_unchecked(j) as usize * MR * 4);
+        let v = w.values.as_ptr().add(j * R * 4);
+        for (t, a) in acc.iter_mut().enumerate() {
+            let x = xs.add(4 * t);
+            let (x0, x1, x2, x3) = (
+                *x as i32,
+                *x.add(1) as i32,
+                *x.add(2) as i32,
+                *x.add(3) as i32,
+            );
+            for (o, a) in a.iter_mut().enumerate() {
+                let q = v.add(4 * o);
+                let d = x0 * *q as i32
+                    + x1 * *q.add(1) as i32
+                    + x2 * *q.add(2) as i32
+                    + x3 * *q.add(3) as i32;
+                *a = a.wrapping_add(d);
+            }
+        }
+    }
+    finish_tile::<R>(c, p, b0, MR, &mut acc);
+}
+
+/// Calls `$tile::<R, MR>(c, p, b0)` with `MR` the tile rows `mr` (1..=`$max`).
+macro_rules! by_rows {
+    ($tile:ident, $r:expr, $mr:expr, $c:expr, $p:expr, $b0:expr; $($m:literal)*) => {
+        match $mr {
+            $($m => $tile::<$r, $m>($c, $p, $b0),)*
+            _ => unreachable!(),
+        }
+    };
+}
+
+#[inline(always)]
+unsafe fn body_generic<const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) {
+    let mut b0 = 0;
+    while b0 < c.batch {
+        let mr = TILE_ROWS.min(c.batch - b0);
+        for p in panels.clone() {
+            by_rows!(tile_generic, R, mr, c, p, b0; 1 2 3 4 5 6 7 8);
+        }
+        b0 += mr;
+    }
+}
+
+/// The portable body over `panels` (compiled per ISA in `arch/`).
+///
+/// # Safety
+/// `panels` within `c.w`, `c.xp` packed per tile of [`TILE_ROWS`] for
+/// `c.batch` rows and `c.kp` inputs, `c.zp` one per row, and the caller owning the panels' columns of `Y`.
+#[inline(always)]
+pub(crate) unsafe fn panel_i8_body(c: &PanelCall<'_>, panels: Range<usize>) {
+    match c.w.r {
+        4 => body_generic::<4>(c, panels),
+        8 => body_generic::<8>(c, panels),
+        _ => body_generic::<16>(c, panels),
+    }
+}
+
+/// `Y = dequant(Xq) · dequant(W)ᵀ (+ bias) (ReLU)` over the panels of an int8
+/// block-sparse weight, with exact int32 accumulation; the output step is the
+/// dense GEMM's (`OutputStep::Float`).
+pub fn panel_i8_linear(
+    ctx: &Ctx,
+    w: &PanelI8,
+    wq: &RowQuant,
+    xq: &QuantX<'_>,
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Vec<f32>> {
+    check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
+    check_quant_x(xq, batch, w.cols)?;
+    let kern = super::driver::kernels();
+    let n = w.rows;
+    let mut y = crate::error::try_vec(batch * n, 0f32, "the sparse product's output")?;
+    // The inner-loop operation is a 4-deep dot of one output lane.
+    let work = (w.values.len() / 4).saturating_mul(batch.max(1));
+    let step = OutputStep::Float {
+        row_scale: Param::PerIndex(xq.scale),
+        col_scale: Param::PerIndex(&wq.scale),
+        bias,
+        relu,
+    };
+    let ep = step.prepare::<f32>(batch, n)?;
+    if batch == 0 || n == 0 {
+        return Ok(y);
+    }
+    ctx.run(work, || {
+        let (cols, kp) = (w.cols, w.cols.div_ceil(4) * 4);
+        let mut xp = vec![0u8; batch * kp];
+        if kp > 0 {
+            for (t, dst) in xp.chunks_mut(TILE_ROWS * kp).enumerate() {
+                let (b0, mr) = (t * TILE_ROWS, dst.len() / kp);
+                pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, dst);
+            }
+        }
+        let call = PanelCall {
+            w,
+            rowsum: &wq.sum,
+            xp: &xp,
+            kp,
+            batch,
+            zp: xq.zero_point,
+            ep: &ep,
+            y: OutPtr(y.as_mut_ptr()),
+        };
+        let ranges = balanced(&w.indptr, ctx.chunks_for(work));
+        // SAFETY: the ranges are disjoint panels of `w`; `xp` is packed for
+        // `kp` inputs and `batch` rows, `y` is `batch × n`.
+        let run = |rg: Range<usize>| unsafe { (kern.panel_i8)(&call, rg) };
+        if ranges.len() == 1 || !exec::in_pool() {
+            ranges.into_iter().for_each(run);
+        } else {
+            ranges.into_par_iter().for_each(run);
+        }
+    });
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_vnni_shaped_blocks_make_panels() {
+        let q = vec![1i8; 16 * 16];
+        for (r, c, ok) in [
+            (16, 4, true),
+            (8, 8, true),
+            (4, 4, true),
+            (1, 4, false),
+            (2, 4, false),
+            (16, 3, false),
+        ] {
+            let b = Bsr::from_dense(&q, 16, 16, None, r, c).unwrap();
+            assert_eq!(PanelI8::of_bsr(&b).unwrap().is_some(), ok, "{r}x{c}");
+        }
+        // All-zero groups inside a stored block are skipped.
+        let mut q = vec![0i8; 16 * 8];
+        q[3] = 1;
+        let b = Bsr::from_dense(&q, 16, 8, None, 16, 8).unwrap();
+        let p = PanelI8::of_bsr(&b).unwrap().unwrap();
+        assert_eq!((p.group.clone(), p.values.len()), (vec![0], 64));
+    }
+}
