@@ -338,3 +338,83 @@ def test_choose_asks_the_profile():
 
 def test_flat_api():
     assert hw.sparse is sparse
+
+
+# ------------------------------------------------------------ float AXPY panels (batch ≥ 3)
+# The float product for a batch of 3 or more runs over batch panels of 32 columns (the last one
+# 16 wide when the padded batch is an odd multiple of 16); these cover every panel layout, rows
+# with no stored block, all-zero weights and batch 1, against a float64 NumPy reference.
+
+PANEL_BATCHES = [1, 3, 16, 31, 32, 33, 48, 63, 64, 65, 100, 128]
+
+
+def _f64_ref(x, w, bias=None, relu=False):
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return np.maximum(y, 0) if relu else y
+
+
+def _random_format(rng, fmt, n, k, density, block):
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if fmt == "nm":
+        mask = prune.nm_mask(w, 2, 4)
+    else:
+        mask = rng.random((n, k)) < density
+        mask[rng.random(n) < 0.3] = False  # whole rows pruned: empty rows
+    return build(fmt, w, mask, block=block), w * mask
+
+
+@pytest.mark.parametrize("fmt,block", [("csr", (1, 1)), ("bsr", (1, 8)), ("bsr", (4, 4)), ("bsr", (8, 1)),
+                                       ("bsr", (16, 3)), ("nm", (2, 4))])
+def test_float_panels_match_f64_reference(each_isa, fmt, block):
+    rng = np.random.default_rng(11)
+    n, k = 45, 52
+    m, wd = _random_format(rng, fmt, n, k, 0.1, block)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for batch in PANEL_BATCHES:
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        np.testing.assert_allclose(m.matmul(x), _f64_ref(x, wd), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(m.matmul(x, bias=bias, relu=True), _f64_ref(x, wd, bias, True),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "nm"])
+def test_float_panels_all_zero_weights(each_isa, fmt):
+    rng = np.random.default_rng(12)
+    w = np.zeros((19, 24), np.float32)
+    m = build(fmt, w, block=(4, 4))
+    bias = rng.standard_normal(19).astype(np.float32)
+    for batch in PANEL_BATCHES:
+        x = rng.standard_normal((batch, 24)).astype(np.float32)
+        assert np.array_equal(m.matmul(x), np.zeros((batch, 19), np.float32))
+        assert np.array_equal(m.matmul(x, bias=bias), np.broadcast_to(bias, (batch, 19)))
+
+
+@given(st.integers(1, 70), st.integers(1, 70), st.sampled_from(PANEL_BATCHES + [2, 5, 17, 129]),
+       st.floats(0, 1), st.sampled_from([("csr", (1, 1)), ("bsr", (1, 4)), ("bsr", (2, 2)), ("bsr", (8, 8)),
+                                         ("nm", (2, 4))]), st.integers(0, 2**31))
+def test_float_panels_hypothesis(n, k, batch, density, fmt_block, seed):
+    fmt, block = fmt_block
+    if fmt == "nm":
+        k = (k + 3) // 4 * 4
+    rng = np.random.default_rng(seed)
+    m, wd = _random_format(rng, fmt, n, k, density, block)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    want = _f64_ref(x, wd)
+    # float32 accumulation over at most k terms of magnitude |w|·|x|
+    tol = 1e-6 * k * (np.abs(x).astype(np.float64) @ np.abs(wd).astype(np.float64).T) + 1e-6
+    assert np.all(np.abs(m.matmul(x) - want) <= tol)
+
+
+def test_float_panels_unaligned_and_strided_x():
+    # The panels are copied out of x, so an x that starts off a cache line (a slice of a larger
+    # buffer) or is not contiguous gives the same answer.
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((33, 40)).astype(np.float32)
+    m = sparse.CSRMatrix.from_dense(w, rng.random(w.shape) < 0.2)
+    buf = rng.standard_normal(70 * 40 + 1).astype(np.float32)
+    x = buf[1:].reshape(70, 40)
+    np.testing.assert_allclose(m.matmul(x), _f64_ref(x, m.to_dense()), rtol=1e-5, atol=1e-5)
+    xs = rng.standard_normal((70, 80)).astype(np.float32)[:, ::2]
+    np.testing.assert_allclose(m.matmul(xs), _f64_ref(xs, m.to_dense()), rtol=1e-5, atol=1e-5)

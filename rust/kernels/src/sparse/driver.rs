@@ -154,6 +154,34 @@ pub(super) fn bp_of(batch: usize) -> usize {
     batch.div_ceil(LANE) * LANE
 }
 
+/// A zeroed buffer whose first element sits on a cache line (64 bytes):
+/// the SIMD rows of `Xt` / `Yt`, whose lengths are multiples of 64 bytes,
+/// then never straddle two lines (a split load costs about twice a plain one).
+pub(super) struct Aligned<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    pub(super) fn zeroed(len: usize, what: &str) -> Result<Aligned<T>> {
+        let extra = 64 / std::mem::size_of::<T>().max(1);
+        // (An overflowing length saturates into a size no allocator gives.)
+        let buf = crate::error::try_vec(len.saturating_add(extra), T::default(), what)?;
+        // `align_offset` may decline (usize::MAX); the buffer is then used unaligned.
+        let off = buf.as_ptr().align_offset(64).min(extra);
+        Ok(Aligned { buf, off, len })
+    }
+
+    pub(super) fn as_slice(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
 /// Values a transposed activation can be made of.
 pub(super) trait XtElem: Copy + Default + Send + Sync {}
 impl XtElem for f32 {}
@@ -191,10 +219,6 @@ pub(super) fn transpose_with<S: Copy + Sync, D: XtElem>(
     xt
 }
 
-pub(super) fn transpose_f32(x: &[f32], batch: usize, k: usize, kp: usize, bp: usize) -> Vec<f32> {
-    transpose_with(x, batch, k, kp, bp, |_, v| v)
-}
-
 pub(super) fn check_common(
     rows: usize,
     cols: usize,
@@ -221,27 +245,4 @@ pub(super) fn check_common(
 /// The sparse bodies compiled for the active path (see `arch/`).
 pub(super) fn kernels() -> super::arch::Kernels {
     crate::cpu::dispatch().sparse
-}
-
-/// How many stored blocks ahead the AXPY loops prefetch their `Xt` rows.
-pub(super) const PREFETCH: usize = 8;
-
-/// Prefetches `rows` (at most 4) rows of `len` bytes, `stride` apart, from `base + off`.
-#[inline(always)]
-pub(super) unsafe fn prefetch_rows(
-    base: *const u8,
-    off: usize,
-    rows: usize,
-    stride: usize,
-    len: usize,
-) {
-    let mut r = 0;
-    while r < rows.min(4) {
-        let mut l = 0;
-        while l < len {
-            crate::cpu::prefetch(base.wrapping_add(off + r * stride + l));
-            l += 64;
-        }
-        r += 1;
-    }
 }

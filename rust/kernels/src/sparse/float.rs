@@ -3,38 +3,10 @@
 
 use std::ops::Range;
 
-use super::driver::{
-    bp_of, check_common, kernels, par_rows, prefetch_rows, transpose_f32, Rows, GEMV_MAX_BATCH,
-    LANE, PREFETCH,
-};
+use super::driver::{bp_of, check_common, kernels, par_rows, Aligned, Rows, GEMV_MAX_BATCH, LANE};
 use super::formats::{Bsr, Nm};
 use crate::error::Result;
 use crate::exec::{self, Ctx};
-
-/// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU.
-fn output_f32(
-    yt: &[f32],
-    bp: usize,
-    batch: usize,
-    n: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f32> {
-    let mut y = vec![0f32; batch * n];
-    exec::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
-        let b0 = c * LANE;
-        let nb = ys.len() / n.max(1);
-        for o in 0..n {
-            let src = &yt[o * bp + b0..o * bp + b0 + nb];
-            let bo = bias.map_or(0.0, |b| b[o]);
-            for (bb, &v) in src.iter().enumerate() {
-                let v = v + bo;
-                ys[bb * n + o] = if relu { v.max(0.0) } else { v };
-            }
-        }
-    });
-    y
-}
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -51,10 +23,93 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 // access, and the drivers size `Xt` / `Yt` to the padded block grid. (Iterator
 // adapters here were not always inlined into the `#[target_feature]`
 // trampolines, which cost 5-10x.)
+//
+// The AXPY loop runs over batch panels: `Xt` is stored panel by panel, each
+// at most [`PANEL`] columns wide and `(kp, width)` row-major, in a buffer
+// aligned to a cache line (`Aligned`), so the gather of one `Xt` row is one
+// or two whole lines. (Measured on Zen 4, 1024², 90 % sparse, batch 32: rows
+// straddling lines cost 1.7x; tiling K so a panel's tile stays in L1 saved
+// less than its per-row-tile bookkeeping and mispredicted loop exits cost,
+// at about 13 blocks per row and tile, so the rows run through K at once.)
 
-/// One `R × BT` output tile: `U` accumulator sets take consecutive blocks in
-/// turn so that `U·R·BT/16` FMA chains are in flight (the FMA latency, not
-/// the load, is the limit with one set). `C1` fixes `c = 1` (CSR, `r×1`).
+/// Widest batch panel of `Xt`: two zmm (four ymm) of accumulators a row.
+const PANEL: usize = 32;
+
+/// The batch panels of a transposed activation of `bp` columns (a multiple
+/// of [`LANE`]): `(first column, width)`, width [`PANEL`] but the last's.
+fn panels(bp: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..bp)
+        .step_by(PANEL)
+        .map(move |b0| (b0, PANEL.min(bp - b0)))
+}
+
+/// `Xt` for the AXPY loop: panel `(b0, w)` at `b0 · kp`, holding
+/// `Xt[k, b0 + t]` at `k · w + t`, zero padded to `(kp, bp)`.
+fn transpose_panels(
+    x: &[f32],
+    batch: usize,
+    k: usize,
+    kp: usize,
+    bp: usize,
+) -> Result<Aligned<f32>> {
+    let len = crate::error::checked_len(kp, bp, "the transposed activations")?;
+    let mut xt = Aligned::zeroed(len, "the transposed activations")?;
+    let mut rest = xt.as_mut_slice();
+    for (b0, w) in panels(bp) {
+        let (panel, tail) = std::mem::take(&mut rest).split_at_mut(kp * w);
+        rest = tail;
+        // Bands of 64 rows: the band's writes (64 · w floats) stay in L1
+        // while the reads run along 64 entries of each batch row.
+        exec::for_each_chunk_mut(panel, 64 * w, |c, dst| {
+            let k0 = c * 64;
+            let nk = (dst.len() / w).min(k.saturating_sub(k0));
+            for t in 0..w.min(batch.saturating_sub(b0)) {
+                let src = &x[(b0 + t) * k + k0..(b0 + t) * k + k0 + nk];
+                for (kk, &v) in src.iter().enumerate() {
+                    dst[kk * w + t] = v;
+                }
+            }
+        });
+    }
+    Ok(xt)
+}
+
+/// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU,
+/// in blocks of 16 outputs so that both sides stay in a few cache lines.
+fn output_f32(
+    yt: &[f32],
+    bp: usize,
+    batch: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Result<Vec<f32>> {
+    let len = crate::error::checked_len(batch, n, "the sparse product's output")?;
+    let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
+    exec::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
+        let b0 = c * LANE;
+        let nb = ys.len() / n.max(1);
+        for o0 in (0..n).step_by(16) {
+            let on = 16.min(n - o0);
+            for t in 0..nb {
+                let dst = &mut ys[t * n + o0..t * n + o0 + on];
+                for (oo, d) in dst.iter_mut().enumerate() {
+                    let o = o0 + oo;
+                    let v = yt[o * bp + b0 + t] + bias.map_or(0.0, |b| b[o]);
+                    *d = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
+    });
+    Ok(y)
+}
+
+/// `out[rr · os + t] = Σ_j W_j[rr, :] · Xt[block j's rows, t]` for one
+/// block row's stored blocks `j0..j1`, `R` rows × `BT` batch columns: `U`
+/// accumulator sets take consecutive blocks in turn so that `U·R·BT/16` FMA
+/// chains are in flight. `x` is the panel at the tile's first column, rows
+/// `xs` apart. `C1` fixes `c = 1` (CSR, `r×1`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn bsr_tile<
     const R: usize,
@@ -63,37 +118,25 @@ unsafe fn bsr_tile<
     const C1: bool,
     const FMA: bool,
 >(
-    cols: &[u32],
+    cols: *const u32,
     vals: *const f32,
     c: usize,
-    xt: *const f32,
-    bp: usize,
-    b0: usize,
+    (j0, j1): (usize, usize),
+    x: *const f32,
+    xs: usize,
     out: *mut f32,
+    os: usize,
 ) {
     let c = if C1 { 1 } else { c };
     let mut acc = [[[0f32; BT]; R]; U];
-    let nb = cols.len();
-    let cp = cols.as_ptr();
-    let mut j = 0;
-    while j + U <= nb {
-        if j + PREFETCH + U <= nb {
-            for u in 0..U {
-                prefetch_rows(
-                    xt as *const u8,
-                    (*cp.add(j + PREFETCH + u) as usize * c * bp + b0) * 4,
-                    c,
-                    bp * 4,
-                    BT * 4,
-                );
-            }
-        }
+    let mut j = j0;
+    while j + U <= j1 {
         for u in 0..U {
-            let base = *cp.add(j + u) as usize * c;
+            let base = *cols.add(j + u) as usize * c;
             let v = vals.add((j + u) * R * c);
             let mut cc = 0;
             while cc < c {
-                let xr = xt.add((base + cc) * bp + b0);
+                let xr = x.add((base + cc) * xs);
                 for rr in 0..R {
                     let wv = *v.add(rr * c + cc);
                     for t in 0..BT {
@@ -105,11 +148,11 @@ unsafe fn bsr_tile<
         }
         j += U;
     }
-    while j < nb {
-        let base = *cp.add(j) as usize * c;
+    while j < j1 {
+        let base = *cols.add(j) as usize * c;
         let v = vals.add(j * R * c);
         for cc in 0..c {
-            let xr = xt.add((base + cc) * bp + b0);
+            let xr = x.add((base + cc) * xs);
             for rr in 0..R {
                 let wv = *v.add(rr * c + cc);
                 for t in 0..BT {
@@ -125,7 +168,41 @@ unsafe fn bsr_tile<
             for u in 1..U {
                 sum += acc[u][rr][t];
             }
-            *out.add(rr * bp + b0 + t) = sum;
+            *out.add(rr * os + t) = sum;
+        }
+    }
+}
+
+/// The stored blocks `js` of one block row into its `R × w` slice of `Yt`
+/// (`out`, rows `bp` apart), for a panel `x` of width `w` (16 or 32): the
+/// register tile that fits `R` (16 columns at a time from `R = 8` on).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn bsr_panel<const R: usize, const C1: bool, const FMA: bool>(
+    cols: *const u32,
+    vals: *const f32,
+    c: usize,
+    js: (usize, usize),
+    x: *const f32,
+    w: usize,
+    out: *mut f32,
+    bp: usize,
+) {
+    if R == 1 {
+        if w == PANEL {
+            bsr_tile::<R, 32, 2, C1, FMA>(cols, vals, c, js, x, w, out, bp)
+        } else {
+            bsr_tile::<R, 16, 4, C1, FMA>(cols, vals, c, js, x, w, out, bp)
+        }
+    } else if R <= 4 {
+        if w == PANEL {
+            bsr_tile::<R, 32, 1, C1, FMA>(cols, vals, c, js, x, w, out, bp)
+        } else {
+            bsr_tile::<R, 16, 2, C1, FMA>(cols, vals, c, js, x, w, out, bp)
+        }
+    } else {
+        for t0 in (0..w).step_by(16) {
+            bsr_tile::<R, 16, 1, C1, FMA>(cols, vals, c, js, x.add(t0), w, out.add(t0), bp)
         }
     }
 }
@@ -138,42 +215,16 @@ unsafe fn bsr_rows_c<const R: usize, const C1: bool, const FMA: bool>(
     bp: usize,
     out: &mut [f32],
 ) {
-    let c = w.c;
-    debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= w.cols.div_ceil(c) * c * bp);
-    for (i, br) in brs.enumerate() {
-        let (j0, j1) = (w.indptr[br] as usize, w.indptr[br + 1] as usize);
-        let cols = &w.bcol[j0..j1];
-        let vals = w.values.as_ptr().add(j0 * R * c);
-        let o = out.as_mut_ptr().add(i * R * bp);
-        let x = xt.as_ptr();
-        let mut b0 = 0;
-        if R == 1 {
-            while bp - b0 >= 64 {
-                bsr_tile::<R, 64, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 64;
-            }
-            while bp - b0 >= 32 {
-                bsr_tile::<R, 32, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 32;
-            }
-            while b0 < bp {
-                bsr_tile::<R, 16, 4, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
-        } else if R <= 4 {
-            while bp - b0 >= 32 {
-                bsr_tile::<R, 32, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 32;
-            }
-            while b0 < bp {
-                bsr_tile::<R, 16, 2, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
-        } else {
-            while b0 < bp {
-                bsr_tile::<R, 16, 1, C1, FMA>(cols, vals, c, x, bp, b0, o);
-                b0 += 16;
-            }
+    let c = if C1 { 1 } else { w.c };
+    let kp = w.cols.div_ceil(c) * c;
+    debug_assert!(out.len() >= brs.len() * R * bp && xt.len() >= kp * bp);
+    let (ip, cols, vals) = (w.indptr.as_ptr(), w.bcol.as_ptr(), w.values.as_ptr());
+    for (b0, pw) in panels(bp) {
+        let x = xt.as_ptr().add(b0 * kp);
+        for (i, br) in brs.clone().enumerate() {
+            let js = (*ip.add(br) as usize, *ip.add(br + 1) as usize);
+            let o = out.as_mut_ptr().add(i * R * bp + b0);
+            bsr_panel::<R, C1, FMA>(cols, vals, c, js, x, pw, o, bp);
         }
     }
 }
@@ -193,7 +244,8 @@ unsafe fn bsr_rows_r<const R: usize, const FMA: bool>(
     }
 }
 
-/// Float BSR AXPY body for block rows `brs`, writing `R` rows of `Yt` each.
+/// Float BSR AXPY body for block rows `brs`, writing `R` rows of `Yt`
+/// (`(rows, bp)`) each; `xt` in panels (`transpose_panels`).
 #[inline(always)]
 pub(crate) unsafe fn bsr_f32_body<const FMA: bool>(
     w: &Bsr<f32>,
@@ -282,34 +334,64 @@ pub(crate) unsafe fn bsr_f32_gemv_body<const FMA: bool>(
     }
 }
 
+/// `out[t] = Σ W[row, j] · Xt[col_j, t]` over the stored values of groups
+/// `g0..g1` of one N:M row (`vals` / `offs` at the row's start; `n` values
+/// per group of `m` columns): `U` accumulator sets take consecutive values
+/// in turn. `x` is the panel, rows `xs` apart.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn nm_tile<const BT: usize, const FMA: bool>(
-    w: &Nm<f32>,
-    row: usize,
-    xt: *const f32,
-    bp: usize,
-    b0: usize,
+unsafe fn nm_tile<const BT: usize, const U: usize, const FMA: bool>(
+    vals: *const f32,
+    offs: *const u8,
+    (n, m): (usize, usize),
+    (g0, g1): (usize, usize),
+    x: *const f32,
+    xs: usize,
     out: *mut f32,
 ) {
-    let per = w.cols / w.m * w.n;
-    let vals = w.values.as_ptr().add(row * per);
-    let offs = w.offsets.as_ptr().add(row * per);
-    let mut acc = [0f32; BT];
-    let mut j = 0;
-    while j < per {
-        let col = (j / w.n) * w.m + *offs.add(j) as usize;
-        let xr = xt.add(col * bp + b0);
+    let mut acc = [[0f32; BT]; U];
+    let (mut j, j1) = (g0 * n, g1 * n);
+    // The group base of value `j` and its place in the group, kept running
+    // (no division per value).
+    let (mut base, mut q) = (g0 * m, 0);
+    let mut col = |j: usize| {
+        let c = base + *offs.add(j) as usize;
+        q += 1;
+        if q == n {
+            q = 0;
+            base += m;
+        }
+        c
+    };
+    while j + U <= j1 {
+        for u in 0..U {
+            let xr = x.add(col(j + u) * xs);
+            let wv = *vals.add(j + u);
+            for t in 0..BT {
+                acc[u][t] = fmadd::<FMA>(wv, *xr.add(t), acc[u][t]);
+            }
+        }
+        j += U;
+    }
+    while j < j1 {
+        let xr = x.add(col(j) * xs);
         let wv = *vals.add(j);
         for t in 0..BT {
-            acc[t] = fmadd::<FMA>(wv, *xr.add(t), acc[t]);
+            acc[0][t] = fmadd::<FMA>(wv, *xr.add(t), acc[0][t]);
         }
         j += 1;
     }
     for t in 0..BT {
-        *out.add(b0 + t) = acc[t];
+        let mut sum = acc[0][t];
+        for u in 1..U {
+            sum += acc[u][t];
+        }
+        *out.add(t) = sum;
     }
 }
 
+/// Float N:M AXPY body for `rows`, writing their rows of `Yt` (`(rows, bp)`);
+/// `xt` in panels (`transpose_panels`).
 #[inline(always)]
 pub(crate) unsafe fn nm_f32_body<const FMA: bool>(
     w: &Nm<f32>,
@@ -319,16 +401,20 @@ pub(crate) unsafe fn nm_f32_body<const FMA: bool>(
     out: &mut [f32],
 ) {
     debug_assert!(out.len() >= rows.len() * bp && xt.len() >= w.cols * bp);
-    for (i, row) in rows.enumerate() {
-        let o = out.as_mut_ptr().add(i * bp);
-        let mut b0 = 0;
-        while bp - b0 >= 64 {
-            nm_tile::<64, FMA>(w, row, xt.as_ptr(), bp, b0, o);
-            b0 += 64;
-        }
-        while b0 < bp {
-            nm_tile::<16, FMA>(w, row, xt.as_ptr(), bp, b0, o);
-            b0 += 16;
+    let (n, m) = (w.n, w.m);
+    let groups = w.cols / m;
+    let per = groups * n;
+    for (b0, pw) in panels(bp) {
+        let x = xt.as_ptr().add(b0 * w.cols);
+        for (i, row) in rows.clone().enumerate() {
+            let at = row * per;
+            let (v, f) = (w.values.as_ptr().add(at), w.offsets.as_ptr().add(at));
+            let o = out.as_mut_ptr().add(i * bp + b0);
+            if pw == PANEL {
+                nm_tile::<32, 2, FMA>(v, f, (n, m), (0, groups), x, pw, o)
+            } else {
+                nm_tile::<16, 4, FMA>(v, f, (n, m), (0, groups), x, pw, o)
+            }
         }
     }
 }
@@ -372,7 +458,7 @@ fn linear(
     relu: bool,
     gemv: impl Fn(Range<usize>, &[f32], &mut [f32]) + Sync,
     axpy: impl Fn(Range<usize>, &[f32], usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let n = g.n;
     ctx.run(g.work, || {
         if batch <= GEMV_MAX_BATCH {
@@ -390,15 +476,21 @@ fn linear(
                     *v = if relu { t.max(0.0) } else { t };
                 }
             }
-            return y;
+            return Ok(y);
         }
         let bp = bp_of(batch);
-        let xt = transpose_f32(x, batch, g.cols, g.kp, bp);
-        let mut yt = vec![0f32; g.padded * bp];
-        par_rows(ctx, &g.indptr, g.work, &mut yt, g.unit * bp, |rg, out| {
-            axpy(rg, &xt, bp, out)
-        });
-        output_f32(&yt, bp, batch, n, bias, relu)
+        let xt = transpose_panels(x, batch, g.cols, g.kp, bp)?;
+        let len = crate::error::checked_len(g.padded, bp, "the sparse product's accumulators")?;
+        let mut yt = Aligned::zeroed(len, "the sparse product's accumulators")?;
+        par_rows(
+            ctx,
+            &g.indptr,
+            g.work,
+            yt.as_mut_slice(),
+            g.unit * bp,
+            |rg, out| axpy(rg, xt.as_slice(), bp, out),
+        );
+        output_f32(yt.as_slice(), bp, batch, n, bias, relu)
     })
 }
 
@@ -418,7 +510,7 @@ pub fn bsr_f32_linear(
     let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.bsr_f32_gemv)(w, rg, x, out) };
     let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.bsr_f32)(w, rg, xt, bp, out) };
     let g = Rows::of_bsr(w, batch);
-    Ok(linear(ctx, &g, x, batch, bias, relu, gemv, axpy))
+    linear(ctx, &g, x, batch, bias, relu, gemv, axpy)
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
@@ -436,7 +528,7 @@ pub fn nm_f32_linear(
     let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.nm_f32_gemv)(w, rg, x, out) };
     let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.nm_f32)(w, rg, xt, bp, out) };
     let g = Rows::of_nm(w, batch);
-    Ok(linear(ctx, &g, x, batch, bias, relu, gemv, axpy))
+    linear(ctx, &g, x, batch, bias, relu, gemv, axpy)
 }
 
 #[cfg(test)]
@@ -477,7 +569,7 @@ pub(super) mod tests {
             })
             .collect();
         crate::cpu::each_isa(|isa| {
-            for &batch in &[1usize, 2, 3, 17, 70] {
+            for &batch in &[1usize, 2, 3, 17, 32, 33, 70, 128] {
                 let x: Vec<f32> = (0..batch * k)
                     .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
                     .collect();
