@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 #[path = "graph_tests.rs"]
 mod tests;
 
+#[path = "int8_ops.rs"]
+mod int8_ops;
+
 use crate::conv::nhwc::{self, Pool};
 use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
@@ -44,12 +47,13 @@ use crate::{shape_err, value_err};
 pub type ValueId = usize;
 
 /// The element type (and, for quantized values, the quantization) of a
-/// value. Every value is float32 today; static int8 activations (uint8 with
-/// a calibrated scale and zero point) are the next variant, with buffers of
-/// their own kind in the [`Workspace`].
+/// value. A `U8` value (the rewrite "int8 between layers", `int8_ops.rs`)
+/// lives in a workspace buffer viewed as bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DType {
     F32,
+    /// uint8 on this grid: `x ≈ (q - zero_point) · scale`.
+    U8(StaticAct),
 }
 
 /// Static (calibrated) activation parameters of an int8 layer: its float
@@ -130,6 +134,16 @@ pub enum Op {
     /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
     /// NHWC out; each image quantized once (one zero point for the batch).
     Conv {
+        gemm: Gemm,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        nchw_in: bool,
+    },
+    /// A static [`Op::Conv`] with a residual `Add` fused into its output step:
+    /// `conv(inputs[0]) + inputs[1]`, then ReLU if `gemm.relu` (the ReLU
+    /// after the sum; the conv itself has none). NHWC out, like the residual.
+    ConvAdd {
         gemm: Gemm,
         kernel: (usize, usize),
         stride: (usize, usize),
@@ -316,7 +330,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } => 2,
+            Op::Add { .. } | Op::ConvAdd { .. } => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -345,6 +359,13 @@ impl Op {
                 check_gemm(gemm, c * kernel.0 * kernel.1, what)?;
                 vec![win.oh(), win.ow(), gemm.packed.n()]
             }
+            Op::ConvAdd {
+                gemm,
+                kernel,
+                stride,
+                padding,
+                nchw_in,
+            } => int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?,
             Op::Depthwise {
                 weight,
                 kernel,
@@ -437,7 +458,7 @@ impl Op {
                 cols: 0,
                 rows: 0,
             },
-            Op::Conv { gemm, .. } => {
+            Op::Conv { gemm, .. } | Op::ConvAdd { gemm, .. } => {
                 let rows = ye / gemm.packed.n().max(1);
                 Scratch {
                     q: xe,
@@ -522,7 +543,7 @@ impl GraphPlan {
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
         Ok(GraphPlan {
-            dtypes: vec![DType::F32; dims.len()],
+            dtypes: int8_ops::dtypes(&nodes, &outputs, dims.len()),
             nodes,
             inputs,
             outputs,
@@ -707,6 +728,9 @@ impl GraphPlan {
                 return Ok(()); // an alias: the data is already where it belongs
             }
         }
+        if let Some(r) = int8_ops::run_node(self, ctx, ws, batch, node, inputs, outputs) {
+            return r;
+        }
         // Resolve storages to raw parts: the planner guarantees that a node's
         // output never shares storage with its inputs (a Reshape that aliases
         // runs no code), so the one mutable slice below overlaps none of the
@@ -774,6 +798,7 @@ impl GraphPlan {
             } => conv(
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
+            Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
             Op::Depthwise {
                 weight,
                 kernel,
