@@ -131,6 +131,57 @@ def test_zoo_models_static_plan_equals_their_ops(name):
     assert not np.array_equal(rt.predict(x), dyn.predict(x))
 
 
+def _segments(rt):
+    return [c for _, c, _ in rt._steps if isinstance(c, _planner.Segment)]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "mobilenetv2"])
+def test_static_layers_hand_uint8_to_each_other_with_the_bytes_of_their_ops_on_every_isa(name, each_isa):
+    proto = zoo.digits_models()[name]
+    shape = zoo.sample_shape(proto)
+    calib = np.random.default_rng(0).uniform(0, 1, (32,) + shape).astype(np.float32)
+    rt = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape, calibration=calib)
+    assert sum(len(s.plan.uint8_values) for s in _segments(rt)) >= 1, "a static layer writes uint8 for the next"
+    fused = [n for s in _segments(rt) for n in s.nodes if n.op == "conv_add"]
+    assert bool(fused) == (name in ("resnet", "mobilenetv2")), "residual Adds fused into their convs"
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).uniform(-0.5, 1.5, (batch,) + shape).astype(np.float32)
+        assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
+    dyn = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape)
+    assert not any(s.plan.uint8_values for s in _segments(dyn))
+    assert not any(n.op == "conv_add" for s in _segments(dyn) for n in s.nodes), "the fused add is static only"
+
+
+def _pn(op, inputs, output, **params):
+    base = {"relu": False, "post": None, "act": (0.1, 3)} if op == "conv" else {"relu": False}
+    return _planner.PlanNode(op, inputs, output, {**base, **params})
+
+
+def test_fuse_residual_add_moves_the_add_and_its_relu_into_the_static_conv():
+    nodes = [_pn("conv", [0], 1), _pn("conv", [1], 2), _pn("add", [2, 0], 3, relu=True)]
+    out = _planner.fuse_residual_add(nodes, keep={3})
+    assert [(n.op, n.inputs, n.output) for n in out] == [("conv", [0], 1), ("conv_add", [1, 0], 3)]
+    assert out[1].params["relu"] is True
+    # The conv's output may be either operand; the other must be ready before the conv runs.
+    out = _planner.fuse_residual_add([_pn("conv", [0], 1), _pn("conv", [0], 2), _pn("add", [1, 2], 3)], keep=set())
+    assert [(n.op, n.inputs, n.output) for n in out] == [("conv", [0], 1), ("conv_add", [0, 1], 3)]
+
+
+@pytest.mark.parametrize("why, nodes, keep", [
+    ("dynamic conv", [_pn("conv", [0], 1, act=None), _pn("add", [1, 0], 2)], set()),
+    ("the conv's own ReLU", [_pn("conv", [0], 1, relu=True), _pn("add", [1, 0], 2)], set()),
+    ("the conv's element-wise step", [_pn("conv", [0], 1, post=("clip", 0.0, 6.0)), _pn("add", [1, 0], 2)], set()),
+    ("another reader", [_pn("conv", [0], 1), _pn("add", [1, 0], 2), _pn("conv", [1], 3)], set()),
+    ("a segment output", [_pn("conv", [0], 1), _pn("add", [1, 0], 2)], {1}),
+    ("a residual written after the conv", [_pn("conv", [0], 1), _pn("unary", [0], 2, fn=("relu", None, None)),
+                                           _pn("add", [1, 2], 3)], set()),
+])
+def test_fuse_residual_add_leaves_what_it_cannot_fuse(why, nodes, keep):
+    before = [(n.op, list(n.inputs), n.output) for n in nodes]
+    out = _planner.fuse_residual_add(nodes, keep)
+    assert [(n.op, n.inputs, n.output) for n in out] == before, why
+
+
 def test_calibration_none_is_the_dynamic_runtime_unchanged():
     net = _block_net()
     rt = runtime.convert(net, input_shape=(2, 9, 9))
