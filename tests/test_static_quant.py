@@ -324,16 +324,20 @@ def digits():
     return hw.data.load_digits(images=True)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet"])
-def test_static_accuracy_is_within_a_point_of_dynamic(digits, name):
+@pytest.mark.parametrize("name, max_drop", [("mlp", 0.5), ("cnn", 0.5), ("resnet", 0.5), ("mobilenetv2", 1.0)])
+def test_static_accuracy_drop_from_float_is_within_the_target(digits, name, max_drop):
+    """The issue's target: calibrated on <= 256 training images, static int8 (uint8 between layers,
+    fused residual adds) loses at most 0.5 pt of the float model's test accuracy (MobileNet 1.0 pt)."""
     X_tr, y_tr, X_te, y_te = digits
+    shape = zoo.sample_shape(zoo.digits_models()[name])
+    X_tr, X_te = X_tr.reshape((-1,) + shape), X_te.reshape((-1,) + shape)
     g = hw.onnx.load(zoo.digits_models()[name])
     hw.Trainer(g, epochs=3, batch_size=32, lr=0.01, optimizer="adam", verbose=False, seed=0).fit(X_tr, y_tr)
     g.eval()
-    shape = zoo.sample_shape(zoo.digits_models()[name])
     dyn = runtime.convert(g, input_shape=shape)
     static = runtime.convert(g, input_shape=shape, calibration=X_tr[:256])
-    acc = {k: float(np.mean(np.argmax(m.predict(X_te), axis=1) == y_te)) for k, m in
-           (("dynamic", dyn), ("static", static))}
-    assert acc["dynamic"] > 0.8, acc
-    assert acc["static"] >= acc["dynamic"] - 0.01, acc
+    assert sum(len(s.plan.uint8_values) for s in _segments(static)) >= 1
+    acc = {k: 100 * float(np.mean(np.argmax(f(X_te), axis=1) == y_te)) for k, f in
+           (("float", g), ("dynamic", dyn.predict), ("static", static.predict))}
+    assert acc["float"] > 80, acc
+    assert acc["float"] - acc["static"] <= max_drop, acc
