@@ -294,7 +294,7 @@ fn run(
             };
             let (c, h, w) = image(xd, false, "pool")?;
             let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check_pool()?;
-            max_pool_u8(x, win, y);
+            max_pool_u8(ctx, x, win, y);
             Ok(())
         }
         Op::Reshape(_) => match (x, y) {
@@ -385,12 +385,19 @@ fn static_gemm(
     Ok(())
 }
 
-/// Max pooling of NHWC uint8 images (a window always holds an image pixel:
-/// `check_pool`), the bytes of quantizing the float max pool.
-fn max_pool_u8(x: &[u8], win: Window, out: &mut [u8]) {
+/// Max pooling of NHWC uint8 images, one task per image (a window always
+/// holds an image pixel: `check_pool`): the bytes of quantizing the float max pool.
+fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
     let (oh, ow, c) = (win.oh(), win.ow(), win.c);
     let (img_in, img_out) = (win.h * win.w * c, oh * ow * c);
-    for (xi, oi) in x.chunks_exact(img_in.max(1)).zip(out.chunks_exact_mut(img_out.max(1))) {
+    if img_in == 0 || img_out == 0 {
+        return;
+    }
+    let dst = SyncPtr(out.as_mut_ptr());
+    ctx.for_each_task(win.n * img_out * win.kh * win.kw, win.n, |img| {
+        // SAFETY: image `img` owns its `img_out` outputs, written by this task alone.
+        let oi = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * img_out), img_out) };
+        let xi = &x[img * img_in..(img + 1) * img_in];
         for oy in 0..oh {
             for ox in 0..ow {
                 let o = &mut oi[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
@@ -411,7 +418,7 @@ fn max_pool_u8(x: &[u8], win: Window, out: &mut [u8]) {
                 }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -514,6 +521,25 @@ mod tests {
                     p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
                     vals[n.output] = y;
                 }
+                // The fused add alone (float in and out) is the conv, then the Add and its ReLU.
+                let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else { unreachable!() };
+                let split = GraphPlan::new(
+                    vec![
+                        node(conv(Gemm { relu: false, ..g.clone() }, false), &[0], 2),
+                        node(Op::Add { relu: true }, &[2, 1], 3),
+                    ],
+                    vec![0, 1],
+                    vec![dims[3].clone(), dims[9].clone()],
+                    vec![3],
+                )
+                .unwrap();
+                let mut want = vec![0f32; vals[4].len()];
+                split.forward(&TEST, batch, &[&vals[3], &r], &mut [&mut want]).unwrap();
+                assert_eq!(
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    vals[4].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?}: conv + add"
+                );
                 let mut y = vec![0f32; batch * 3];
                 plan.forward(&TEST, batch, &[&x, &r], &mut [&mut y]).unwrap();
                 assert_eq!(
