@@ -301,10 +301,7 @@ impl<'a> OutputStep<'a> {
                 | (OutputStep::Float { .. }, OutKind::F32)
                 | (OutputStep::Requant { .. }, OutKind::U8 | OutKind::I8)
                 | (OutputStep::QLinear { .. }, OutKind::U8 | OutKind::I8)
-                | (
-                    OutputStep::Fused(Fused { requant: None, .. }),
-                    OutKind::F32
-                )
+                | (OutputStep::Fused(Fused { requant: None, .. }), OutKind::F32)
                 | (
                     OutputStep::Fused(Fused {
                         requant: Some(_),
@@ -337,7 +334,11 @@ impl<'a> OutputStep<'a> {
             } => prep_float(m, n, row_scale, col_scale, bias, relu, None, None)?,
             OutputStep::Fused(f) => {
                 if let Some((r, ld)) = f.residual {
-                    let need = if m == 0 { Some(0) } else { (m - 1).checked_mul(ld).and_then(|v| v.checked_add(n)) };
+                    let need = if m == 0 {
+                        Some(0)
+                    } else {
+                        (m - 1).checked_mul(ld).and_then(|v| v.checked_add(n))
+                    };
                     if ld < n || need.is_none_or(|need| r.len() < need) {
                         return shape_err!(
                             "residual of {} elements (row stride {ld}) does not cover a {m} x {n} output",
@@ -359,7 +360,16 @@ impl<'a> OutputStep<'a> {
                         Some((q.y_scale, q.y_zero_point, q.lo, q.hi))
                     }
                 };
-                prep_float(m, n, f.row_scale, f.col_scale, f.bias, f.relu, f.residual, requant)?
+                prep_float(
+                    m,
+                    n,
+                    f.row_scale,
+                    f.col_scale,
+                    f.bias,
+                    f.relu,
+                    f.residual,
+                    requant,
+                )?
             }
             OutputStep::Requant {
                 row_scale,
@@ -539,7 +549,9 @@ impl<T: OutElem> Epilogue<'_, T> {
                                 None => T::from_f32(f),
                                 Some((ys, yzp, qlo, qhi)) => {
                                     let (lof, hif) = ((qlo - yzp) as f32, (qhi - yzp) as f32);
-                                    T::from_clamped(round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp)
+                                    T::from_clamped(
+                                        round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp,
+                                    )
                                 }
                             };
                         }
@@ -746,21 +758,20 @@ mod tests {
         let mut out = [0f32; 4];
         ep.apply(&[40_000, -300_000, 7, -7], 2, 0..2, 0..2, &mut out, 2);
         let want0 = ((40_000f64 * 2.6e36f32 as f64) * 1e-6f32 as f64) as f32;
-        assert!(want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6, "{}", out[0]);
+        assert!(
+            want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6,
+            "{}",
+            out[0]
+        );
         assert_eq!(out[1], f32::NEG_INFINITY); // -3e5 * 2.6e36 * 2 is past f32::MAX: inf of its sign
         assert_eq!(&out[2..], &[(7.0f32 * 0.5) * 1e-6, (-7.0f32 * 0.5) * 2.0]); // the f32 formula, unchanged
     }
 
-    /// Deterministic pseudo-random values in `[0, 1)` (xorshift).
+    /// Deterministic pseudo-random values in `[0, 1)`.
     fn uniform(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32
-            })
+        crate::gemm::tests::bytes(n, seed)
+            .iter()
+            .map(|&b| b as f32 / 256.0)
             .collect()
     }
 
@@ -808,9 +819,16 @@ mod tests {
         use crate::gemm::{self, ASource, PackedB, ZeroPoint};
         // Sizes past every kernel's tile (and odd ones) with the GEMM's own accumulators.
         for &(m, k, n) in &[(1, 7, 5), (5, 33, 70), (13, 64, 129), (40, 19, 3)] {
-            let a: Vec<u8> = uniform(m * k, 1).iter().map(|v| (v * 256.0) as u8).collect();
-            let w: Vec<i8> = uniform(k * n, 2).iter().map(|v| (v * 255.0 - 127.0) as i8).collect();
-            let packed = PackedB::from_kn_i8(&Ctx::serial(), &w, k, n, ZeroPoint::Scalar(0)).unwrap();
+            let a: Vec<u8> = uniform(m * k, 1)
+                .iter()
+                .map(|v| (v * 256.0) as u8)
+                .collect();
+            let w: Vec<i8> = uniform(k * n, 2)
+                .iter()
+                .map(|v| (v * 255.0 - 127.0) as i8)
+                .collect();
+            let packed =
+                PackedB::from_kn_i8(&Ctx::serial(), &w, k, n, ZeroPoint::Scalar(0)).unwrap();
             let rs: Vec<f32> = vec![0.013; m];
             let cs: Vec<f32> = uniform(n, 3).iter().map(|v| 0.002 + v * 0.01).collect();
             let b: Vec<f32> = uniform(n, 4).iter().map(|v| v * 4.0 - 2.0).collect();
@@ -818,12 +836,31 @@ mod tests {
             let zp = 117;
             let mut acc = vec![0i32; m * n];
             let ctx = Ctx::serial();
-            gemm::matmul(&ctx, ASource::U8(&a), m, k, ZeroPoint::Scalar(zp), &packed, &OutputStep::Int32, &mut acc).unwrap();
+            gemm::matmul(
+                &ctx,
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(zp),
+                &packed,
+                &OutputStep::Int32,
+                &mut acc,
+            )
+            .unwrap();
             // A scale that puts many quotients on exact halves, and an ordinary one.
-            for &(ys, yzp, lo, hi) in &[(0.03125f32, 9, 0, 255), (0.0371, 128, 100, 230), (0.05, 0, 0, 255)] {
+            for &(ys, yzp, lo, hi) in &[
+                (0.03125f32, 9, 0, 255),
+                (0.0371, 128, 100, 230),
+                (0.05, 0, 0, 255),
+            ] {
                 for &relu in &[false, true] {
                     for with_res in [false, true] {
-                        let q = Requant { y_scale: ys, y_zero_point: yzp, lo, hi };
+                        let q = Requant {
+                            y_scale: ys,
+                            y_zero_point: yzp,
+                            lo,
+                            hi,
+                        };
                         let r = with_res.then_some(res.as_slice());
                         let want = fused_ref(&acc, m, n, &rs, &cs, &b, r, relu, Some(q));
                         let want_f = fused_ref(&acc, m, n, &rs, &cs, &b, r, relu, None);
@@ -841,11 +878,34 @@ mod tests {
                         each_isa(|isa| {
                             for ctx in [Ctx::serial(), Ctx::new(2)] {
                                 let mut y = vec![0u8; m * n];
-                                gemm::matmul(&ctx, ASource::U8(&a), m, k, ZeroPoint::Scalar(zp), &packed, &step_q, &mut y).unwrap();
+                                gemm::matmul(
+                                    &ctx,
+                                    ASource::U8(&a),
+                                    m,
+                                    k,
+                                    ZeroPoint::Scalar(zp),
+                                    &packed,
+                                    &step_q,
+                                    &mut y,
+                                )
+                                .unwrap();
                                 let got: Vec<f32> = y.iter().map(|&v| v as f32).collect();
-                                assert_eq!(got, want, "{isa:?} {m}x{k}x{n} ys {ys} relu {relu} res {with_res}");
+                                assert_eq!(
+                                    got, want,
+                                    "{isa:?} {m}x{k}x{n} ys {ys} relu {relu} res {with_res}"
+                                );
                                 let mut yf = vec![0f32; m * n];
-                                gemm::matmul(&ctx, ASource::U8(&a), m, k, ZeroPoint::Scalar(zp), &packed, &step_f, &mut yf).unwrap();
+                                gemm::matmul(
+                                    &ctx,
+                                    ASource::U8(&a),
+                                    m,
+                                    k,
+                                    ZeroPoint::Scalar(zp),
+                                    &packed,
+                                    &step_f,
+                                    &mut yf,
+                                )
+                                .unwrap();
                                 assert_eq!(
                                     yf.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                                     want_f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -861,7 +921,12 @@ mod tests {
 
     #[test]
     fn fused_step_rounds_half_even_clamps_and_checks_its_arguments() {
-        let q = Requant { y_scale: 2.0, y_zero_point: 10, lo: 11, hi: 250 };
+        let q = Requant {
+            y_scale: 2.0,
+            y_zero_point: 10,
+            lo: 11,
+            hi: 250,
+        };
         let step = OutputStep::Fused(Fused {
             row_scale: Param::Scalar(1.0),
             col_scale: Param::Scalar(1.0),
@@ -875,20 +940,39 @@ mod tests {
         ep.apply(&[1, 3, 3, 5, -1000, 1000], 6, 0..1, 0..6, &mut out, 6);
         // 0.5 -> 0, 1.5 -> 2, (3+2)/2 = 2.5 -> 2, 2.5 -> 2; then the clamp [11, 250].
         assert_eq!(out, [11, 12, 12, 12, 11, 250]);
-        assert!(step.prepare::<f32>(1, 6).is_err(), "a quantized step writes u8 / i8");
-        assert!(step.prepare::<u8>(2, 6).is_err(), "the residual covers one row only");
-        let bad = |q: Requant| OutputStep::Fused(Fused {
-            row_scale: Param::Scalar(1.0),
-            col_scale: Param::Scalar(1.0),
-            bias: None,
-            residual: None,
-            relu: false,
-            requant: Some(q),
-        });
-        assert!(bad(Requant { lo: 5, hi: 4, ..q }).prepare::<u8>(1, 1).is_err());
+        assert!(
+            step.prepare::<f32>(1, 6).is_err(),
+            "a quantized step writes u8 / i8"
+        );
+        assert!(
+            step.prepare::<u8>(2, 6).is_err(),
+            "the residual covers one row only"
+        );
+        let bad = |q: Requant| {
+            OutputStep::Fused(Fused {
+                row_scale: Param::Scalar(1.0),
+                col_scale: Param::Scalar(1.0),
+                bias: None,
+                residual: None,
+                relu: false,
+                requant: Some(q),
+            })
+        };
+        assert!(bad(Requant { lo: 5, hi: 4, ..q })
+            .prepare::<u8>(1, 1)
+            .is_err());
         assert!(bad(Requant { lo: -1, ..q }).prepare::<u8>(1, 1).is_err());
-        assert!(bad(Requant { y_scale: 0.0, ..q }).prepare::<u8>(1, 1).is_err());
-        assert!(bad(Requant { lo: -128, hi: 127, y_zero_point: 0, ..q }).prepare::<i8>(1, 1).is_ok());
+        assert!(bad(Requant { y_scale: 0.0, ..q })
+            .prepare::<u8>(1, 1)
+            .is_err());
+        assert!(bad(Requant {
+            lo: -128,
+            hi: 127,
+            y_zero_point: 0,
+            ..q
+        })
+        .prepare::<i8>(1, 1)
+        .is_ok());
     }
 
     #[test]

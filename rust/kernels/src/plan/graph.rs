@@ -799,52 +799,8 @@ impl GraphPlan {
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
             Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
-            Op::Depthwise {
-                weight,
-                kernel,
-                scale,
-                bias,
-                relu,
-                post,
-                stride,
-                padding,
-                dilation,
-                nchw_in,
-                act,
-            } => {
-                let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
-                quantize_input(ctx, ws, x, batch, *act, false)?;
-                let q = if *nchw_in && c > 1 {
-                    to_nhwc(&ws.q[..x.len()], &mut ws.qt[..x.len()], batch, c, h * w);
-                    &ws.qt[..x.len()]
-                } else {
-                    &ws.q[..x.len()]
-                };
-                let g = Depthwise {
-                    n: batch,
-                    h,
-                    w,
-                    c,
-                    kernel: *kernel,
-                    stride: *stride,
-                    dilation: *dilation,
-                    padding: *padding,
-                };
-                depthwise::depthwise_conv2d_f32(
-                    ctx,
-                    q,
-                    &ws.img_zp[..batch],
-                    &ws.img_scale[..batch],
-                    weight,
-                    scale,
-                    bias.as_deref(),
-                    *relu,
-                    &g,
-                    y,
-                )?;
-                if let Some(f) = post {
-                    f.run(y);
-                }
+            Op::Depthwise { .. } => {
+                int8_ops::depthwise(ctx, ws, int8_ops::In::F32(x), xd, batch, &node.op, y)?
             }
             Op::Pool {
                 kind,

@@ -45,7 +45,10 @@ pub(super) fn conv_add_dims(
     check_gemm(g, c * kernel.0 * kernel.1, what)?;
     let d = vec![win.oh(), win.ow(), g.packed.n()];
     if ins[1] != d.as_slice() {
-        return shape_err!("{what}: the conv gives {d:?} but the residual is {:?}", ins[1]);
+        return shape_err!(
+            "{what}: the conv gives {d:?} but the residual is {:?}",
+            ins[1]
+        );
     }
     Ok(d)
 }
@@ -55,7 +58,9 @@ pub(super) fn conv_add_dims(
 /// is wanted on (max pooling, reshape), `None` float only.
 fn takes_u8(op: &Op, slot: usize) -> Option<Option<StaticAct>> {
     match (op, slot) {
-        (Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. }, 0) => g.act.map(Some),
+        (Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. }, 0) => {
+            g.act.map(Some)
+        }
         (Op::Depthwise { act, .. }, 0) => act.map(Some),
         (
             Op::Pool {
@@ -97,7 +102,11 @@ pub(super) fn dtypes(nodes: &[Node], outputs: &[ValueId], n_values: usize) -> Ve
                 Some(None) => want[n.output],
                 None => None,
             };
-            want[v] = if !read[v] || want[v] == this { this } else { None };
+            want[v] = if !read[v] || want[v] == this {
+                this
+            } else {
+                None
+            };
             read[v] = true;
         }
     }
@@ -114,7 +123,7 @@ pub(super) fn dtypes(nodes: &[Node], outputs: &[ValueId], n_values: usize) -> Ve
 }
 
 /// A node's input: float32, or uint8 already on the node's grid.
-enum In<'a> {
+pub(super) enum In<'a> {
     F32(&'a [f32]),
     U8(&'a [u8]),
 }
@@ -148,7 +157,10 @@ pub(super) fn run_node(
             Storage::Buffer(b) => ws.bufs[b].as_ptr(),
         }
     };
-    let (l0, out_len) = (plan.len_of(node.inputs[0], batch), plan.len_of(node.output, batch));
+    let (l0, out_len) = (
+        plan.len_of(node.inputs[0], batch),
+        plan.len_of(node.output, batch),
+    );
     let p0 = src(ws, node.inputs[0]);
     let res = match node.inputs.get(1) {
         Some(&v) => {
@@ -231,57 +243,11 @@ fn run(
             nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
             static_gemm(ctx, cols, rows, k, g, a, res, y)
         }
-        Op::Depthwise {
-            weight,
-            kernel,
-            scale,
-            bias,
-            relu,
-            post,
-            stride,
-            padding,
-            dilation,
-            nchw_in,
-            act,
-        } => {
-            let (In::U8(q), Out::F32(y), Some(a)) = (x, y, act) else {
-                return value_err!("a depthwise node reads static uint8 and writes float");
+        Op::Depthwise { .. } => {
+            let Out::F32(y) = y else {
+                return value_err!("a depthwise node writes float");
             };
-            let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
-            let q = if *nchw_in && c > 1 {
-                to_nhwc(q, &mut ws.qt[..q.len()], batch, c, h * w);
-                &ws.qt[..q.len()]
-            } else {
-                q
-            };
-            ws.img_scale[..batch].fill(a.scale);
-            ws.img_zp[..batch].fill(a.zero_point);
-            let g = Depthwise {
-                n: batch,
-                h,
-                w,
-                c,
-                kernel: *kernel,
-                stride: *stride,
-                dilation: *dilation,
-                padding: *padding,
-            };
-            depthwise::depthwise_conv2d_f32(
-                ctx,
-                q,
-                &ws.img_zp[..batch],
-                &ws.img_scale[..batch],
-                weight,
-                scale,
-                bias.as_deref(),
-                *relu,
-                &g,
-                y,
-            )?;
-            if let Some(f) = post {
-                f.run(y);
-            }
-            Ok(())
+            depthwise(ctx, ws, x, xd, batch, op, y)
         }
         Op::Pool {
             kind: Pool::Max,
@@ -306,6 +272,82 @@ fn run(
         },
         _ => value_err!("this op reads and writes float only"),
     }
+}
+
+/// A depthwise node on float input (quantized here, statically or per image)
+/// or on uint8 already on its static grid; float out.
+pub(super) fn depthwise(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: In<'_>,
+    xd: &[usize],
+    batch: usize,
+    op: &Op,
+    y: &mut [f32],
+) -> Result<()> {
+    let Op::Depthwise {
+        weight,
+        kernel,
+        scale,
+        bias,
+        relu,
+        post,
+        stride,
+        padding,
+        dilation,
+        nchw_in,
+        act,
+    } = op
+    else {
+        return value_err!("not a depthwise node");
+    };
+    let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
+    let q: &[u8] = match x {
+        In::F32(x) => {
+            quantize_input(ctx, ws, x, batch, *act, false)?;
+            &ws.q[..x.len()]
+        }
+        In::U8(q) => {
+            let a =
+                act.ok_or_else(|| Error::Value("uint8 feeds a dynamic depthwise layer".into()))?;
+            ws.img_scale[..batch].fill(a.scale);
+            ws.img_zp[..batch].fill(a.zero_point);
+            q
+        }
+    };
+    let len = q.len();
+    let q = if *nchw_in && c > 1 {
+        to_nhwc(q, &mut ws.qt[..len], batch, c, h * w);
+        &ws.qt[..len]
+    } else {
+        q
+    };
+    let g = Depthwise {
+        n: batch,
+        h,
+        w,
+        c,
+        kernel: *kernel,
+        stride: *stride,
+        dilation: *dilation,
+        padding: *padding,
+    };
+    depthwise::depthwise_conv2d_f32(
+        ctx,
+        q,
+        &ws.img_zp[..batch],
+        &ws.img_scale[..batch],
+        weight,
+        scale,
+        bias.as_deref(),
+        *relu,
+        &g,
+        y,
+    )?;
+    if let Some(f) = post {
+        f.run(y);
+    }
+    Ok(())
 }
 
 fn static_act(g: &Gemm) -> Result<StaticAct> {
@@ -379,7 +421,16 @@ fn static_gemm(
                 lo,
                 hi,
             };
-            gemm::matmul(ctx, ASource::U8(a_q), m, k, zp, &g.packed, &step(Some(requant)), y)?;
+            gemm::matmul(
+                ctx,
+                ASource::U8(a_q),
+                m,
+                k,
+                zp,
+                &g.packed,
+                &step(Some(requant)),
+                y,
+            )?;
         }
     }
     Ok(())
@@ -423,30 +474,27 @@ fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{gemm_of, node};
     use super::*;
     use crate::cpu::each_isa;
     use crate::exec::TEST;
 
-    fn gemm(n: usize, k: usize, seed: i32, relu: bool, post: Option<Unary>, act: (f32, i32)) -> Gemm {
-        let w: Vec<i8> = (0..n * k).map(|i| ((i as i32 * 7 + seed) % 23 - 11) as i8).collect();
+    fn gemm(
+        n: usize,
+        k: usize,
+        seed: i32,
+        relu: bool,
+        post: Option<Unary>,
+        act: (f32, i32),
+    ) -> Gemm {
+        let act = Some(StaticAct {
+            scale: act.0,
+            zero_point: act.1,
+        });
         Gemm {
-            packed: Arc::new(PackedB::from_nk_i8(&TEST, &w, n, k, ZeroPoint::Scalar(0)).unwrap()),
-            scale: (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect(),
-            bias: Some((0..n).map(|j| j as f32 * 0.05 - 0.1).collect()),
-            relu,
             post,
-            act: Some(StaticAct {
-                scale: act.0,
-                zero_point: act.1,
-            }),
-        }
-    }
-
-    fn node(op: Op, inputs: &[ValueId], output: ValueId) -> Node {
-        Node {
-            op,
-            inputs: inputs.to_vec(),
-            output,
+            act,
+            ..gemm_of(n, k, seed, relu)
         }
     }
 
@@ -476,7 +524,14 @@ mod tests {
                 &[1],
                 2,
             ),
-            node(conv(gemm(4, 36, 2, false, Some(Unary::Clip(Some(0.0), Some(6.0))), a1), false), &[2], 3),
+            node(
+                conv(
+                    gemm(4, 36, 2, false, Some(Unary::Clip(Some(0.0), Some(6.0))), a1),
+                    false,
+                ),
+                &[2],
+                3,
+            ),
             node(
                 Op::ConvAdd {
                     gemm: gemm(4, 36, 3, true, None, (0.03, 0)),
@@ -490,7 +545,11 @@ mod tests {
             ),
             node(conv(gemm(5, 36, 4, false, None, (0.04, 3)), false), &[4], 5),
             node(Op::Reshape(vec![3 * 3 * 5]), &[5], 6),
-            node(Op::Dense(gemm(6, 45, 5, false, Some(Unary::Relu), (0.05, 100))), &[6], 7),
+            node(
+                Op::Dense(gemm(6, 45, 5, false, Some(Unary::Relu), (0.05, 100))),
+                &[6],
+                7,
+            ),
             node(Op::Dense(gemm(3, 6, 6, false, None, (0.02, 0))), &[7], 8),
         ]
     }
@@ -498,14 +557,26 @@ mod tests {
     #[test]
     fn uint8_edges_give_the_bytes_of_each_node_run_alone_on_every_isa() {
         let nodes = nodes();
-        let plan = GraphPlan::new(nodes.clone(), vec![0, 9], vec![vec![2, 6, 6], vec![3, 3, 4]], vec![8]).unwrap();
-        let u8s: Vec<ValueId> = (0..10).filter(|&v| plan.dtype(v) != Some(DType::F32)).collect();
+        let plan = GraphPlan::new(
+            nodes.clone(),
+            vec![0, 9],
+            vec![vec![2, 6, 6], vec![3, 3, 4]],
+            vec![8],
+        )
+        .unwrap();
+        let u8s: Vec<ValueId> = (0..10)
+            .filter(|&v| plan.dtype(v) != Some(DType::F32))
+            .collect();
         // Every edge between layers (through the pool and the reshape, an alias) is uint8.
         assert_eq!(u8s, vec![1, 2, 3, 4, 5, 6, 7], "{:?}", plan.dtypes);
         let dims: Vec<Vec<usize>> = (0..10).map(|v| plan.dims[v].clone()).collect();
         for batch in [1, 3] {
-            let x: Vec<f32> = (0..batch * 72).map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.09).collect();
-            let r: Vec<f32> = (0..batch * 36).map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.2).collect();
+            let x: Vec<f32> = (0..batch * 72)
+                .map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.09)
+                .collect();
+            let r: Vec<f32> = (0..batch * 36)
+                .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.2)
+                .collect();
             each_isa(|isa| {
                 // The reference: every node alone, so every value is a float plan input / output.
                 let mut vals: Vec<Vec<f32>> = vec![Vec::new(); 10];
@@ -515,17 +586,30 @@ mod tests {
                     let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
                     let alone = node(n.op.clone(), &ins, ins.len());
                     let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
-                    let p = GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
+                    let p =
+                        GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
                     let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
                     let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
                     p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
                     vals[n.output] = y;
                 }
                 // The fused add alone (float in and out) is the conv, then the Add and its ReLU.
-                let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else { unreachable!() };
+                let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else {
+                    unreachable!()
+                };
                 let split = GraphPlan::new(
                     vec![
-                        node(conv(Gemm { relu: false, ..g.clone() }, false), &[0], 2),
+                        node(
+                            conv(
+                                Gemm {
+                                    relu: false,
+                                    ..g.clone()
+                                },
+                                false,
+                            ),
+                            &[0],
+                            2,
+                        ),
                         node(Op::Add { relu: true }, &[2, 1], 3),
                     ],
                     vec![0, 1],
@@ -534,20 +618,26 @@ mod tests {
                 )
                 .unwrap();
                 let mut want = vec![0f32; vals[4].len()];
-                split.forward(&TEST, batch, &[&vals[3], &r], &mut [&mut want]).unwrap();
+                split
+                    .forward(&TEST, batch, &[&vals[3], &r], &mut [&mut want])
+                    .unwrap();
                 assert_eq!(
                     want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     vals[4].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     "{isa:?}: conv + add"
                 );
                 let mut y = vec![0f32; batch * 3];
-                plan.forward(&TEST, batch, &[&x, &r], &mut [&mut y]).unwrap();
+                plan.forward(&TEST, batch, &[&x, &r], &mut [&mut y])
+                    .unwrap();
                 assert_eq!(
                     y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     vals[8].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     "{isa:?} batch {batch}"
                 );
-                assert!(vals[8].iter().any(|&v| v != vals[8][0]), "a result that varies");
+                assert!(
+                    vals[8].iter().any(|&v| v != vals[8][0]),
+                    "a result that varies"
+                );
             });
         }
     }
@@ -562,10 +652,20 @@ mod tests {
             padding: (1, 1),
             nchw_in: true,
         };
-        let bad = GraphPlan::new(vec![node(op(g.clone()), &[0, 1], 2)], vec![0, 1], vec![vec![2, 5, 5], vec![5, 5, 3]], vec![2]);
+        let bad = GraphPlan::new(
+            vec![node(op(g.clone()), &[0, 1], 2)],
+            vec![0, 1],
+            vec![vec![2, 5, 5], vec![5, 5, 3]],
+            vec![2],
+        );
         assert!(matches!(bad, Err(Error::Shape(_))), "{bad:?}");
         g.act = None;
-        let bad = GraphPlan::new(vec![node(op(g), &[0, 1], 2)], vec![0, 1], vec![vec![2, 5, 5], vec![5, 5, 4]], vec![2]);
+        let bad = GraphPlan::new(
+            vec![node(op(g), &[0, 1], 2)],
+            vec![0, 1],
+            vec![vec![2, 5, 5], vec![5, 5, 4]],
+            vec![2],
+        );
         assert!(matches!(bad, Err(Error::Value(_))), "{bad:?}");
     }
 }
