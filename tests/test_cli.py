@@ -54,3 +54,31 @@ def test_bad_arch_is_reported(capsys):
         cli.main(["compress", "m.npz", "d.npz", "--arch", "resnet", "-o", "x"])
     assert e.value.code == 2
     assert "argument --arch" in capsys.readouterr().err
+
+
+def _compress_inputs(tmp_path):
+    X, y = hw.data.make_classification(300, n_features=16, n_classes=3, seed=1)
+    net = hw.nn.mlp([16, 32, 3], rng=0)
+    hw.fit(net, X[:200], y[:200], epochs=10, lr=0.01, verbose=False)
+    np.savez(tmp_path / "model.npz", **net.state_dict())
+    np.savez(tmp_path / "data.npz", X_train=X[:200], y_train=y[:200], X_test=X[200:], y_test=y[200:])
+    return [str(tmp_path / "model.npz"), str(tmp_path / "data.npz"), "--arch", "mlp:16,32,3", "--profile",
+            "x86-avx512-vnni", "--max-drop", "0.05", "--size-budget", "1500", "-o", str(tmp_path / "out.hwreg")]
+
+
+def test_compress_plot_writes_the_candidates_front(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rc = cli.main(["compress", *_compress_inputs(tmp_path), "--plot", str(tmp_path / "front.png"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and out["plot"] == str(tmp_path / "front.png") and out["report"]["candidates"]
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compress_plot_without_matplotlib_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["compress", *_compress_inputs(tmp_path), "--plot", str(tmp_path / "front.png")]) == 1
+    err = capsys.readouterr().err
+    assert "pip install matplotlib" in err and err.count("\n") == 1
+    assert not (tmp_path / "front.png").exists()

@@ -296,16 +296,21 @@ def test_a_tenth_of_the_float_file_with_int4_and_at_most_one_point_lost(digits_m
     assert four == {c.layer for c in rep.candidates if c.kind == "bits" and c.chosen}
     assert all(l.bits == 8 for l in rep.layers if l.name not in four)
     md = rep.markdown()
-    assert any(line.startswith(f"| {name} | int4_linear | 4 |") for name in four for line in md.splitlines())
+    assert any(line.startswith(f"| {name} | int4_linear | 4") for name in four for line in md.splitlines())
     # No layer is both 4-bit and pruned: the runtime has no sparse int4 storage.
     assert not four & {c.layer for c in rep.candidates if c.kind == "sparse" and c.chosen}
     # A 4-bit candidate's file bytes are exact: the model with that layer alone at 4 bits, saved.
-    cand = next(c for c in rep.candidates if c.kind == "bits" and c.layer == "2")
+    cand = next(c for c in rep.candidates if c.kind == "bits" and c.layer == "2" and c.group_size is None)
     alone = copy.deepcopy(net)
     alone[2].weight_fake_quant = C.WeightFakeQuant(4)
     assert cand.file_bytes == _file_bytes(hw.runtime.convert(alone, input_shape=(64,), sparse="never"), tmp_path,
                                           "alone.hwreg")
     assert cand.file_bytes < _file_bytes(hw.runtime.convert(net, input_shape=(64,)), tmp_path, "int8.hwreg")
+    # The cost model is checked on every chosen candidate: predicted speed-up always, measured on the host.
+    chosen = [c for c in rep.candidates if c.chosen]
+    assert chosen and all(c.predicted_speedup > 0 and c.timed_layers for c in chosen)
+    assert all((c.measured_speedup is not None and c.measured_speedup > 0) == (profile == "host") for c in chosen)
+    assert "Cost model check" in md
 
 
 def test_eight_bits_only_offers_no_int4_and_bad_weight_bits(digits_mlp):
@@ -316,3 +321,75 @@ def test_eight_bits_only_offers_no_int4_and_bad_weight_bits(digits_mlp):
     for bad in ((4,), (8, 2), (8, True), ()):
         with pytest.raises(ValueError, match="weight_bits"):
             hw.compress(net, data, profile="cortex-m7", weight_bits=bad)
+
+
+def test_per_group_int4_candidates_are_sized_exactly_and_run_as_trained(digits_mlp, tmp_path):
+    net, data = digits_mlp
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=int(0.1 * 154_000), max_accuracy_drop=0.02,
+                         fine_tune_epochs=1, profile_repeats=3, raise_on_miss=False)
+    by_layer = {name: [c.group_size for c in rep.candidates if c.kind == "bits" and c.layer == name]
+                for name in ("0", "2")}
+    # A group size is offered where the layer has more inputs than it; the last level is one scale per channel.
+    assert by_layer == {"0": [32, None], "2": [32, 64, 128, None]}, by_layer
+    cand = next(c for c in rep.candidates if c.kind == "bits" and c.layer == "2" and c.group_size == 32)
+    exact = hw.runtime.convert(net, input_shape=(64,), sparse="never", int4_group_size={"2": 32})
+    assert [n.op.kind for n in exact.nodes] == ["linear", "int4_linear"] and exact.nodes[1].op.layer.group_size == 32
+    assert cand.file_bytes == _file_bytes(exact, tmp_path)
+    # More scales cost bytes: the per-group candidate's file is larger than the per-channel one's.
+    per_channel = next(c for c in rep.candidates if c.kind == "bits" and c.layer == "2" and c.group_size is None)
+    assert cand.file_bytes > per_channel.file_bytes
+
+
+def test_group_fake_quant_is_the_grid_convert_stores():
+    from hwreg_rs.compress import _GroupInt4FakeQuant
+
+    net = hw.nn.mlp([96, 16, 3], rng=0).eval()
+    x = np.random.default_rng(1).standard_normal((7, 96)).astype(np.float32)
+    rt = hw.runtime.convert(net, input_shape=(96,), int4_group_size={"0": 32})
+    net[0].weight_fake_quant = _GroupInt4FakeQuant(32)
+    np.testing.assert_array_equal(net[0].effective_weight(), rt.nodes[0].op.layer.dequantized_weight())
+    np.testing.assert_allclose(rt.predict(x), net(x), rtol=0.05, atol=0.05)  # int8 activations aside, the same
+
+
+def test_convert_takes_int4_group_sizes_per_layer():
+    net = hw.nn.mlp([64, 32, 16, 3], rng=0).eval()
+    rt = hw.runtime.convert(net, input_shape=(64,), int4_group_size={"0": 64, "2": None})
+    kinds = [(n.name, n.op.kind, getattr(getattr(n.op, "layer", None), "group_size", "-")) for n in rt.nodes]
+    assert kinds == [("0", "int4_linear", 64), ("2", "int4_linear", None), ("4", "linear", "-")]
+    with pytest.raises(ValueError, match="int4_group_size"):
+        hw.runtime.convert(net, input_shape=(64,), int4_group_size={"0": 48})
+
+
+def test_plot_writes_a_png_of_the_candidates(trained, tmp_path):
+    pytest.importorskip("matplotlib")
+    net, data = trained
+    path = tmp_path / "front.png"
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", size_budget=20_000, max_accuracy_drop=0.1,
+                         fine_tune_epochs=1, raise_on_miss=False, plot=path)
+    assert rep.candidates and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(trained, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    net, data = trained
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        hw.compress(net, data, profile="x86-avx512-vnni", plot=tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_attention_heads_are_a_lever(tmp_path):
+    from hwreg_rs.shrink import shrink_heads
+
+    split = hw.data.load_digits()
+    g = hw.onnx.load(os.path.join(os.path.dirname(__file__), "fixtures", "digits_attention.ts.onnx"))
+    hw.fit(g, split.X_train, split.y_train, epochs=3, lr=0.01, verbose=False)
+    g.eval()
+    size = _file_bytes(hw.runtime.convert(g, input_shape=(64,)), tmp_path, "dense.hwreg")
+    _, rep = hw.compress(g, split, profile="x86-avx512-vnni", size_budget=size - 100, max_accuracy_drop=0.5,
+                         fine_tune_epochs=1, raise_on_miss=False, weight_bits=(8,), sparsities=())
+    (cand,) = [c for c in rep.candidates if c.kind == "heads"]
+    assert (cand.layer, cand.ratio, cand.channels_removed) == ("/attn/MatMul", 0.5, 1)
+    alone = shrink_heads(g, remove={"/attn/MatMul": 1})
+    assert cand.file_bytes == _file_bytes(hw.runtime.convert(alone, input_shape=(64,), sparse="never"), tmp_path)

@@ -344,6 +344,7 @@ def test_onnx_export_as_matmulnbits_runs_in_onnxruntime(group, symmetric):
         for op in rt.ops:
             w = quantize_weight(op.layer.dequantized_weight(), group_size=group, symmetric=False)
             op.layer = Int4Linear(w, op.layer.bias, relu=op.layer.relu)
+        rt = hw.runtime.RuntimeModel(rt.ops, (70,))  # a model plans its layers when it is built
     proto = hw.onnx.export(rt)
     nodes = [n.op_type for n in proto.graph.node]
     assert nodes.count("MatMulNBits") == 2 and "MatMulInteger" not in nodes

@@ -91,9 +91,12 @@ def test_runtime_layer_kinds(host):
     rt = hw.runtime.convert(hw.nn.small_cnn(rng=0).eval(), input_shape=(1, 8, 8))
     kinds = [w.kind for w in rt.layer_work(2)]
     assert kinds == ["conv2d", "conv2d", "pool", "reshape", "linear", "linear"]
-    est = estimate(rt.layer_work(2), host)
+    est = estimate([dataclasses.replace(w, native=False) for w in rt.layer_work(2)], host)
     flat = est.layers[3]
     assert flat.memory_s == 0 and flat.latency_s == pytest.approx(host.overhead_us["reshape"] * 1e-6)
+    # ... when run from Python; inside a native plan call a layer costs the plan's step instead.
+    assert all(w.native for w in rt.layer_work(2))  # the whole small CNN is one native plan
+    assert host.native_overhead_us is not None and host.native_overhead_us < host.overhead_us["linear/int8"]
 
 
 def _calibrated(**kw):

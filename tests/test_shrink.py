@@ -550,3 +550,74 @@ def test_replace_model_keeps_gradual_pruning_masks(blobs):
     tr.fit(X, y)
     prune.check()
     assert all(np.all(p.data[~prune.masks_[n]] == 0) for n, p in tr.model.named_parameters() if n in prune.masks_)
+
+
+# -- attention heads --------------------------------------------------------------
+
+_ATTENTION = ["digits_transformer.ts.onnx", "digits_transformer.dynamo.onnx", "digits_transformer.ts_nofold.onnx",
+              "digits_attention.ts.onnx", "digits_attention.dynamo.onnx"]
+
+
+def _fixture(name):
+    import os
+
+    return hw.onnx.load(os.path.join(os.path.dirname(__file__), "fixtures", name))
+
+
+@pytest.mark.parametrize("name", _ATTENTION)
+def test_heads_are_found_with_their_projection_rows_and_output_columns(name):
+    from hwreg_rs.shrink import attention_heads
+
+    (g,) = attention_heads(_fixture(name))
+    assert (g.heads, g.head_dim) == (2, 4)
+    # q, k and v of each head: 3 x 4 projection rows (fused qkv or torch's in_proj), 4 output-projection columns.
+    assert sum(len(per[0]) for per in g.out_rows.values()) == 12
+    assert [list(c) for c in g.in_columns] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize("name", _ATTENTION)
+@pytest.mark.parametrize("dead", [0, 1])
+def test_removing_a_zero_importance_head_changes_no_output(name, dead):
+    from hwreg_rs.shrink import attention_heads, shrink_heads
+
+    model = _fixture(name)
+    (g,) = attention_heads(model)
+    mods = dict(model.named_modules())
+    for lin, per in g.out_rows.items():  # the head contributes nothing: its q, k, v and output weights are zero
+        mods[lin].weight.data[per[dead]] = 0
+        if mods[lin].bias is not None:
+            mods[lin].bias.data[per[dead]] = 0
+    mods[g.consumer].weight.data[:, g.in_columns[dead]] = 0
+    x = np.random.default_rng(3).standard_normal((5,) + tuple(model.input_shapes[0])).astype(np.float32)
+    for importance in ("l1", "l2"):
+        small = shrink_heads(model, 1, importance=importance)
+        (h,) = attention_heads(small)
+        assert h.heads == 1 and dict(small.named_modules())[g.consumer].in_features == 4
+        kept = 1 - dead  # the zero head went, the other stayed, its weights untouched
+        for lin, per in g.out_rows.items():
+            np.testing.assert_array_equal(dict(small.named_modules())[lin].weight.data, mods[lin].weight.data[per[kept]])
+        np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-6)
+    assert [h.heads for h in attention_heads(model)] == [2]  # the model passed in is not touched
+
+
+def test_taylor_head_importance_and_bad_arguments():
+    from hwreg_rs.shrink import shrink_heads
+
+    model = _fixture("digits_attention.ts.onnx")
+    split = hw.data.load_digits()
+    small = shrink_heads(model, 0.5, importance="taylor", data=(split.X_test[:32], split.y_test[:32]))
+    assert small(split.X_test[:4]).shape == (4, 10)
+    with pytest.raises(ValueError, match="taylor"):
+        shrink_heads(model, 1, importance="taylor")
+    with pytest.raises(ValueError, match="remove names blocks"):
+        shrink_heads(model, remove={"nope": 1})
+    with pytest.raises(ValueError, match="amount"):
+        shrink_heads(model)
+    with pytest.raises(TypeError, match="amount"):
+        shrink_heads(model, "half")
+    with pytest.raises(ValueError, match="importance"):
+        shrink_heads(model, 1, importance="bn")
+    # At least one head of a block stays.
+    from hwreg_rs.shrink import attention_heads
+
+    assert [h.heads for h in attention_heads(shrink_heads(model, 5))] == [1]

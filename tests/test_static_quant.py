@@ -125,7 +125,11 @@ def test_zoo_models_static_plan_equals_their_ops(name):
     rt = runtime.convert(g, input_shape=shape, calibration=[calib[:10], calib[10:]])
     assert _int8_ops(rt) and all(o.act is not None for o in _int8_ops(rt))
     x = np.random.default_rng(3).uniform(0, 1, (4,) + shape).astype(np.float32)
-    assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
+    if name == "transformer":  # its float32 MatMuls round unlike NumPy's BLAS (test_plan_attention.py)
+        ref = _node_by_node(rt, x)
+        np.testing.assert_allclose(rt.predict(x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    else:
+        assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
     dyn = runtime.convert(g, input_shape=shape)
     assert all(o.act is None for o in _int8_ops(dyn))
     assert not np.array_equal(rt.predict(x), dyn.predict(x))

@@ -56,6 +56,13 @@ class LayerWork:
         sparse kernel whatever it costs (a stored sparse matrix); None (the
         default) when it runs on the faster of the sparse kernel and dense, as
         the runtime's chooser decides.
+    int4_group : int, optional
+        For an ``"int4"`` layer with per-group scales: the inputs per scale
+        (32, 64 or 128); None for one scale per output channel.
+    native : bool
+        Whether the layer runs inside a native plan call of the runtime (see
+        :mod:`hwreg_rs._planner`): its fixed cost is then an in-plan step's,
+        not a call from Python's.
     """
 
     name: str
@@ -71,6 +78,8 @@ class LayerWork:
     calls: int = 1
     passes: int = 1
     sparse_kernel: bool | None = None
+    int4_group: int | None = None
+    native: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -87,5 +96,7 @@ class LayerWork:
             if len(g) != 3 or min(g) < 0:
                 raise ValueError(f"gemm must be (M, K, N) of non-negative ints; got {self.gemm!r}")
             object.__setattr__(self, "gemm", g)
+        if self.int4_group is not None and (self.precision != "int4" or int(self.int4_group) < 1):
+            raise ValueError(f"int4_group needs precision 'int4' and a group size >= 1; got {self.int4_group!r}")
         if self.calls < 1 or self.passes < 0:
             raise ValueError(f"calls must be >= 1 and passes >= 0; got {self.calls!r}, {self.passes!r}")

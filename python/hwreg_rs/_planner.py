@@ -2,35 +2,41 @@
 
 :func:`steps` cuts the graph's node list into maximal runs of ops the native
 executor implements (``_native._GraphPlan``, the kernel crate's
-``plan::graph``): int8 Linear, Conv2d and depthwise Conv2d, max / average
+``plan::graph``): int8, int4 and sparse Linear, int8 Conv2d and depthwise Conv2d, max / average
 pooling, BatchNorm affines, ReLU / Clip / ReLU6 / HardSwish, residual Add and
 Flatten. Each run becomes one native call (a :class:`Segment`); every other
-op (sparse layers, grouped convolutions, LayerNorm, Softmax, MatMul, ops this
-module does not know) runs in Python between segments, as itself.
+op (grouped convolutions, ops this module does not know) runs in Python
+between segments, as itself. The float ops of attention blocks run natively
+too (:func:`_attention_op`): LayerNorm, Softmax over the last axis, GELU, the
+product of two activations, Transpose, Reshape / Squeeze / Unsqueeze, the mean
+over an outer axis and arithmetic with a scalar constant.
 
 Inside a segment the planner chooses the layout (channels-last between
 convolutions, NCHW where an op needs it, so only the segment's inputs and
 outputs are NCHW), folds a Flatten of a channels-last tensor into the next
-Linear's weight columns, and applies two named rewrites, each tested alone:
+Linear's weight columns, and applies named rewrites, each tested alone:
 :func:`fuse_activations` (an element-wise op into the output step of the
 layer before it), :func:`fuse_add_relu` (a ReLU into the residual Add
-before it) and :func:`fuse_residual_add` (a residual Add into the output step
-of the static conv that writes one of its inputs). For a model converted with
-calibration the native plan also passes uint8 between static layers (the
-kernel crate's rewrite "int8 between layers": a producer writes the bytes its
-readers' quantizer would make). Every native op computes what the Python op it
-replaces computes, bit for bit, so predictions do not change.
+before it), :func:`fuse_transpose_matmul` (the ``kᵀ`` of attention scores
+into the MatMul that reads it) and :func:`fuse_residual_add` (a residual Add
+into the output step of the static conv that writes one of its inputs). For a
+model converted with calibration the native plan also passes uint8 between
+static layers (the kernel crate's rewrite "int8 between layers": a producer
+writes the bytes its readers' quantizer would make). Every native op computes
+what the Python op it replaces computes, bit for bit, so predictions do not
+change.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import _native
+from . import _native, sparse
 from .gemm import Int8Linear
 
 # The element-wise ops of hwreg_rs.nn the plan runs natively: (name, min, max) of the kernel's Unary.
@@ -59,12 +65,17 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
     reads or writes must be in ``batched`` (its leading axis the batch: the plan sizes by it).
     """
     op = node.op
+    attention = _attention_op(node, shapes, constants, floats, batched)
+    if attention is not None:
+        return attention
     if len(node.outputs) != 1 or any(v in constants or v not in batched for v in (*node.inputs, *node.outputs)):
         return False
     k = op.kind
     x = shapes[node.inputs[0]] if node.inputs else ()
-    if k in ("linear", "relu"):
+    if k in ("linear", "int4_linear", "relu"):
         return len(node.inputs) == 1
+    if k == "sparse_linear":  # a pruned weight in a sparse format (the dense paths keep their Python op)
+        return len(node.inputs) == 1 and isinstance(op.matrix, sparse._SparseMatrix)
     if k == "conv2d" or (k == "group_conv2d" and op.depthwise):
         return len(x) == 4
     if k in ("maxpool2d", "avgpool2d"):
@@ -81,6 +92,66 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
     if k == "float" and _unary_of(op) is not None:
         return len(node.inputs) == 1 and node.inputs[0] in floats
     return False
+
+
+# Float ops that only change a value's shape: one native reshape (the batch axis stays first).
+_RESHAPES = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+# Arithmetic with a scalar constant: (constant on the right, constant on the left) -> native fn.
+_SCALAR = {"Add": ("add", "add"), "Mul": ("mul", "mul"), "Sub": ("sub", "rsub"), "Div": ("div", "rdiv")}
+
+
+def _scalar_operand(node: Any, constants: dict[str, Any]) -> tuple[str, float, str] | None:
+    """``(fn, constant, activation)`` of ``x (op) c`` with ``c`` a float32 constant of one element that
+    broadcasting does not widen; None for any other node."""
+    op = node.op
+    if op.kind != "float" or op.module.op_type not in _SCALAR or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    right = b in constants and a not in constants
+    if not right and not (a in constants and b not in constants):
+        return None
+    c = np.asarray(constants[b if right else a])
+    if c.dtype != np.float32 or c.size != 1:
+        return None
+    return _SCALAR[op.module.op_type][0 if right else 1], float(c.reshape(-1)[0]), a if right else b
+
+
+def _attention_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[str, Any], floats: set[str],
+                  batched: set[str]) -> bool | None:
+    """Whether the native executor runs this attention-block float op (None: not one of them).
+
+    Every operand is a batched float32 value; the batch axis stays the leading one (a Transpose keeps
+    axis 0, a MatMul has the batch above its two matrix axes, a mean reduces another axis)."""
+    op = node.op
+    if op.kind != "float" or len(node.outputs) != 1:
+        return None
+    t, m, y = op.module.op_type, op.module, node.outputs[0]
+    sc = _scalar_operand(node, constants)
+    if sc is not None:
+        x = sc[2]
+        return x in floats and x in batched and y in batched and shapes[y] == shapes[x]
+    if t not in ("LayerNorm", "Softmax", "Gelu", "MatMul", "Transpose", "ReduceMean", *_RESHAPES):
+        return None
+    if any(v in constants or v not in batched or v not in floats for v in node.inputs) or y not in batched:
+        return False
+    x = shapes[node.inputs[0]]
+    if t in _RESHAPES:
+        return len(node.inputs) == 1 and math.prod(x[1:]) == math.prod(shapes[y][1:])
+    if t == "LayerNorm":
+        k = len(m.normalized_shape)
+        f32 = all(a is None or a.dtype == np.float32 for a in m._affine())  # else Python's NumPy path
+        return f32 and len(x) > k and tuple(x[-k:]) == m.normalized_shape
+    if t == "Softmax":
+        return len(x) >= 2 and m.axis % len(x) == len(x) - 1
+    if t == "Gelu":
+        return True
+    if t == "MatMul":
+        a, b = (shapes[v] for v in node.inputs)
+        return len(a) == len(b) >= 3 and a[:-2] == b[:-2] and a[-1] == b[-2]
+    if t == "Transpose":
+        return m._perm(len(x))[0] == 0
+    axes = m._norm_axes(len(x))  # ReduceMean: one outer per-sample axis, NumPy's sequential order
+    return len(axes) == 1 and 0 < axes[0] and math.prod(x[axes[0] + 1:]) > 1
 
 
 def _act(op: Any) -> tuple[float, int] | None:
@@ -107,7 +178,7 @@ def gap_matches_numpy() -> bool:
 
 
 # Python ops whose outputs are always float32.
-_FLOAT_OUT = ("linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
+_FLOAT_OUT = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
 
 
 @dataclass
@@ -135,6 +206,10 @@ class Segment:
                                        [list(d) for d in input_dims], outputs)
 
     def __call__(self, *xs: np.ndarray, threads: int) -> Any:
+        if len(xs) == self.n_outputs == 1:  # one array in and out: no lists when x is ready as it is
+            y = self.plan.forward_ready(xs[0], threads)
+            if y is not None:
+                return y
         ys = self.plan.forward([np.ascontiguousarray(x, dtype=np.float32) for x in xs], threads)
         return ys[0] if self.n_outputs == 1 else tuple(ys)
 
@@ -156,7 +231,7 @@ def fuse_activations(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     gone: set[int] = set()
     for n in nodes:
         src = by_output.get(n.inputs[0]) if n.op == "unary" else None
-        if (src is not None and src.op in ("dense", "conv", "depthwise") and src.params["post"] is None
+        if (src is not None and src.op in ("dense", "int4_dense", "sparse_dense", "conv", "depthwise") and src.params["post"] is None
                 and readers.get(n.inputs[0], 0) == 1 and n.inputs[0] not in keep):
             src.params["post"] = n.params["fn"]
             src.output = n.output
@@ -201,6 +276,24 @@ def fuse_residual_add(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
                 src.params["relu"] = n.params["relu"]
                 gone.add(id(n))
                 break
+    return [n for n in nodes if id(n) not in gone]
+
+
+def fuse_transpose_matmul(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
+    """A Transpose that swaps the last two axes of a MatMul's right operand, whose output only that
+    MatMul reads, becomes the MatMul's ``trans_b`` (it reads the rows of ``b`` as columns)."""
+    readers = _readers(nodes)
+    by_output = {n.output: n for n in nodes}
+    gone: set[int] = set()
+    for n in nodes:
+        src = by_output.get(n.inputs[1]) if n.op == "matmul" and not n.params["trans_b"] else None
+        if src is None or src.op != "transpose" or readers.get(src.output, 0) != 1 or src.output in keep:
+            continue
+        r = len(src.params["perm"])
+        if r >= 2 and src.params["perm"] == [*range(r - 2), r - 1, r - 2]:
+            n.inputs = [n.inputs[0], src.inputs[0]]
+            n.params["trans_b"] = True
+            gone.add(id(src))
     return [n for n in nodes if id(n) not in gone]
 
 
@@ -270,6 +363,40 @@ class _Builder:
         held = self.ids.get(v, {"plain": -1})
         return "nhwc" if "nhwc" in held and "plain" not in held else "plain"
 
+    def add_attention(self, node: Any, constants: dict[str, Any]) -> bool:
+        """Lowers a node that :func:`_attention_op` accepts (False: not one of those)."""
+        op, y = node.op, node.outputs[0]
+        if op.kind != "float":
+            return False
+        t, m = op.module.op_type, op.module
+        sc = _scalar_operand(node, constants)
+        x = sc[2] if sc is not None else node.inputs[0]
+        if sc is not None:
+            out = self.emit("scalar", [self.get(x, "plain")], fn=sc[0], value=sc[1])
+        elif t in _RESHAPES:
+            out = self.emit("reshape", [self.get(x, "plain")], dims=list(self.dims(y)))
+        elif t == "LayerNorm":
+            w, b = m._affine()
+            out = self.emit("layer_norm", [self.get(x, "plain")], d=math.prod(m.normalized_shape), eps=float(m.eps),
+                            weight=None if w is None else np.ascontiguousarray(w, np.float32).reshape(-1),
+                            bias=None if b is None else np.ascontiguousarray(b, np.float32).reshape(-1))
+        elif t == "Softmax":
+            out = self.emit("softmax", [self.get(x, "plain")])
+        elif t == "Gelu":
+            out = self.emit("gelu", [self.get(x, "plain")], approximate=m.approximate)
+        elif t == "MatMul":
+            out = self.emit("matmul", [self.get(v, "plain") for v in node.inputs], trans_b=False)
+        elif t == "Transpose":
+            out = self.emit("transpose", [self.get(x, "plain")],
+                            perm=[p - 1 for p in m._perm(len(self.shapes[x]))[1:]])
+        elif t == "ReduceMean":
+            out = self.emit("mean", [self.get(x, "plain")], axis=m._norm_axes(len(self.shapes[x]))[0] - 1,
+                            keepdims=m.keepdims)
+        else:
+            return False
+        self.ids[y] = {"plain": out}
+        return True
+
     def add(self, node: Any, next_dense: Any) -> None:
         op, x, y = node.op, node.inputs[0], node.outputs[0]
         self.source = node.name
@@ -296,6 +423,15 @@ class _Builder:
             layer = self.permuted.pop(x, None) or op.layer
             out = self.emit("dense", [self.get(x, "plain")], packed=layer._packed._packed, scale=layer.weight_scale,
                             bias=layer.bias, relu=bool(layer.relu), post=None, act=_act(op))
+            self.ids[y] = {"plain": out}
+        elif k == "int4_linear":
+            layer = op.layer
+            out = self.emit("int4_dense", [self.get(x, "plain")], weight=layer._w, bias=layer.bias,
+                            relu=bool(layer.relu), post=None)
+            self.ids[y] = {"plain": out}
+        elif k == "sparse_linear":
+            out = self.emit("sparse_dense", [self.get(x, "plain")], weight=op.matrix._m, bias=op.bias,
+                            relu=bool(op.relu), post=None)
             self.ids[y] = {"plain": out}
         elif k == "flatten":
             if self.layout(x) == "nhwc" and op.start_dim == 1 and next_dense is not None:
@@ -327,12 +463,15 @@ class _Builder:
 
 
 def _segment(run: list[Any], shapes: dict[str, tuple[int, ...]], needed: set[str],
-             readers: dict[str, list[Any]]) -> tuple[tuple[str, ...], Segment, tuple[str, ...]]:
+             readers: dict[str, list[Any]], constants: dict[str, Any]) -> tuple[tuple[str, ...], Segment, tuple[str, ...]]:
     """One native segment of graph nodes: ``(reads, segment, writes)``."""
     b = _Builder(shapes)
     inside = {id(n) for n in run}
     for node in run:
         y = node.outputs[0]
+        b.source = node.name
+        if b.add_attention(node, constants):
+            continue
         nxt = None
         if node.op.kind == "flatten" and y not in needed:
             r = readers.get(y, [])
@@ -343,7 +482,7 @@ def _segment(run: list[Any], shapes: dict[str, tuple[int, ...]], needed: set[str
     outs = [v for v in produced if v in needed]
     out_ids = [b.get(v, "plain") for v in outs]
     keep = set(out_ids)
-    nodes = fuse_residual_add(fuse_add_relu(fuse_activations(b.nodes, keep), keep), keep)
+    nodes = fuse_residual_add(fuse_transpose_matmul(fuse_add_relu(fuse_activations(b.nodes, keep), keep), keep), keep)
     ins, out_ids = _compact(nodes, b.inputs, out_ids)
     seg = Segment(nodes, ins, [b.dims(v) for v in b.input_names], out_ids)
     return tuple(b.input_names), seg, tuple(outs)
@@ -380,6 +519,6 @@ def steps(nodes: Sequence[Any], inputs: Sequence[str], input_dtypes: Sequence[st
         run = list(nodes[i:j])
         inside = {id(n) for n in run}
         needed = set(outputs) | {v for n in nodes if id(n) not in inside for v in n.inputs}
-        out.append(_segment(run, shapes, needed, readers))
+        out.append(_segment(run, shapes, needed, readers, constants))
         i = j
     return out

@@ -14,7 +14,7 @@ best case no user sees.)
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Collection, Hashable, Mapping
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def numpy_seconds(fn: Callable[[], Any], *, repeats: int = 7, min_seconds: float
 
 
 def side_by_side(fns: Mapping[Hashable, Callable[[], Any]], *, rounds: int, min_seconds: float = 0.0,
-                 pause_s: float = 0.0, sample: Callable[[Hashable, Callable[[], Any]], float] | None = None
+                 pause_s: float = 0.0, repeats: int = 1, numpy: Collection[Hashable] = ()
                  ) -> dict[Hashable, float]:
     """Seconds per call of each contender, timed side by side: the median over ``rounds``
     round-robin rounds, each of which times every contender once.
@@ -134,9 +134,11 @@ def side_by_side(fns: Mapping[Hashable, Callable[[], Any]], *, rounds: int, min_
     pause_s : float, default 0.0
         Sleep before each sample, so the previous contender's spinning pool threads
         (ONNX Runtime, OpenBLAS, ours) go idle and no one is timed against another's spin.
-    sample : callable, optional
-        ``sample(name, fn) -> seconds`` for one sample (default: :func:`median_seconds` of
-        one sample), e.g. :func:`numpy_seconds` for a NumPy contender.
+    repeats : int, default 1
+        Timings per sample; a sample is their median.
+    numpy : collection of names, optional
+        Contenders that are NumPy computations: their samples are :func:`numpy_seconds`
+        (the better of NumPy's BLAS threads as they are and one), the others' :func:`median_seconds`.
 
     Examples
     --------
@@ -144,9 +146,10 @@ def side_by_side(fns: Mapping[Hashable, Callable[[], Any]], *, rounds: int, min_
     >>> t["short"] < t["long"]
     True
     """
-    if sample is None:
-        def sample(_: Hashable, fn: Callable[[], Any]) -> float:
-            return median_seconds(fn, repeats=1, min_seconds=min_seconds)
+    def sample(name: Hashable, fn: Callable[[], Any]) -> float:
+        timer = numpy_seconds if name in numpy else median_seconds
+        return timer(fn, repeats=repeats, min_seconds=min_seconds)
+
     samples: dict[Hashable, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, int(rounds))):
         for name, fn in fns.items():

@@ -307,13 +307,15 @@ def _compress(args: argparse.Namespace) -> int:
     rt, report = compress(net.eval(), split, profile=_profile_arg(args.profile), latency_budget=budget,
                           size_budget=args.size_budget, max_accuracy_drop=args.max_drop,
                           memory_budget=args.memory_budget,
-                          batch_size=args.batch_size, raise_on_miss=False,
+                          batch_size=args.batch_size, raise_on_miss=False, plot=args.plot,
                           verbose=args.verbose and not args.json,
                           input_shape=args.input_shape or (getattr(net, "input_shapes", None) or [None])[0])
     rt.save(args.output)
     log.info("wrote %s", args.output)
+    if args.plot:
+        log.info("wrote the candidates' front to %s", args.plot)
     if args.json:
-        _print_json({"output": args.output, "report": report.to_dict()})
+        _print_json({"output": args.output, "report": report.to_dict(), **({"plot": args.plot} if args.plot else {})})
     else:
         print(report.markdown())
         if report.met:
@@ -469,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest accuracy drop allowed, a fraction in [0, 1] (default: %(default)s = 1 point)")
     c.add_argument("--batch-size", type=_SAMPLES, default=1, metavar="N",
                    help="batch size the latency is measured at, in samples (default: %(default)s)")
+    c.add_argument("--plot", metavar="FILE",
+                   help="write the accuracy-latency-size front of the candidates as a PNG (needs matplotlib)")
     c.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="the .hwreg runtime file to write (written even when a budget is missed)")
 

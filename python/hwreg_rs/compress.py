@@ -6,16 +6,25 @@
   channels or a Linear layer's neurons, with everything tied to them) by a ratio
   (``shrink_ratios``): the model becomes a smaller dense one, so its cost and its
   file are exact to estimate, and it pays on every target, convolutions included;
+  the **heads** of an attention block likewise (:func:`hwreg_rs.shrink.shrink_heads`:
+  whole heads, their q/k/v projection rows and output-projection columns; ``kind="heads"``
+  candidates by the same ratios, keyed by the block's scores MatMul);
 * **prune** a Linear layer to a sparsity (``sparsities``) in the pattern the
   target's kernels run best, stored sparse (its kept values plus one bit per
   weight);
 * **4-bit weights** for a Linear layer (``weight_bits``): stored as int4
-  (:class:`hwreg_rs.int4.Int4Linear`, two weights per byte, one scale per
-  output channel: the grid 4-bit QAT trains and :func:`hwreg_rs.runtime.convert`
-  keeps; per-group scales are not offered, since QAT has no per-group grid),
-  costed by the profile's int4 figure (``int4_speedup``; without one, int8
-  speed plus an unpack). It combines with shrinking, not with pruning: the
-  runtime has no sparse int4 storage, so a layer is either pruned or 4-bit.
+  (:class:`hwreg_rs.int4.Int4Linear`, two weights per byte) with one scale per
+  group of ``int4_group_sizes`` inputs (32, 64, 128 along K: more scales,
+  less error) or one per output channel (the grid 4-bit QAT trains); the
+  levels of the lever run from the smallest group to per channel. A per-group
+  layer is fine-tuned on the per-group grid convert stores (its fake
+  quantization is :func:`hwreg_rs.int4.quantize_weight` itself) and
+  converted from its raw weights, so the runtime computes what was trained.
+  Costed by the profile's int4 figures (``int4_speedup``, and
+  ``ns_per_element["int4_group"]`` for the per-group scaling; without them,
+  int8 speed plus an unpack), sized exactly (the file of the model with it).
+  It combines with shrinking, not with pruning: the runtime has no sparse
+  int4 storage, so a layer is either pruned or 4-bit.
 
 Every candidate is costed on the model with it alone by the one cost model
 (:func:`hwreg_rs.profiles.estimate`: latency on the profile, weights plus peak
@@ -36,6 +45,13 @@ elsewhere), measured and
 reported, layer by layer (by the model's own layer names), with every candidate
 considered. A missed budget raises :class:`BudgetError` (carrying the report)
 unless told not to.
+
+Each chosen candidate is also checked against the cost model: the report gives
+its predicted speed-up (the layers it changes, estimated with and without it)
+and, on "host", the measured one (those layers timed as ``predict`` runs them,
+:meth:`~hwreg_rs.runtime.RuntimeModel.profile`, the model with and without it
+in alternating rounds). :meth:`CompressionReport.plot` draws the
+accuracy-latency-size front of the candidates (``plot=`` a PNG path).
 
 The budgets, and what they are judged on:
 
@@ -65,8 +81,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import constraints as C, profiles, prune, runtime, sparse
+from . import constraints as C, profiles, prune, runtime, shrink as shrink_mod, sparse
 from ._timing import median_seconds, numpy_seconds
+from .int4 import Int4Linear
 from .nn.conv import Conv2d
 from .nn.layers import Linear
 from .nn.module import Module
@@ -100,6 +117,7 @@ class LayerReport:
     delta_accuracy: float | None  # its chosen candidate's, measured alone before fine-tuning
     note: str = ""
     channels_removed: float = 0.0  # fraction of the layer's output channels shrunk away
+    group_size: int | None = None  # an int4 layer's inputs per scale (None: one per output channel)
 
 
 @dataclass
@@ -115,7 +133,10 @@ class Candidate:
     activations), ``delta_accuracy`` its accuracy change on the held-out data before
     fine-tuning. ``bits`` is the weights' width: 4 for a ``kind="bits"`` candidate (the Linear
     layer stored int4, its accuracy measured with 4-bit fake quantization of that layer alone;
-    ``ratio`` 0), 8 for every other.
+    ``ratio`` 0; ``group_size`` its inputs per scale, None for one scale per output channel), 8
+    for every other. ``predicted_speedup`` is the cost model's speed-up of the layers the
+    candidate changes over the model without it, ``measured_speedup`` the same layers timed on
+    the host (both for chosen candidates; measured only on "host").
     """
 
     layer: str
@@ -130,6 +151,10 @@ class Candidate:
     chosen: bool = False
     channels_removed: int = 0
     round: int = 0  # the search round (each after a short recovery fine-tune of the previous plan)
+    group_size: int | None = None
+    predicted_speedup: float | None = None
+    measured_speedup: float | None = None
+    timed_layers: str = ""  # the layers the speed-ups are of, joined by "+"
 
 
 @dataclass
@@ -182,7 +207,8 @@ class CompressionReport:
                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.layers:
             d = "–" if r.delta_accuracy is None else f"{100 * r.delta_accuracy:+.1f} pt"
-            lines.append(f"| {r.name} | {r.op} | {r.bits or '–'} | {r.channels_removed:.0%} | {r.sparsity:.0%} | "
+            bits = f"{r.bits or '–'}" + (f" g{r.group_size}" if r.group_size else "")
+            lines.append(f"| {r.name} | {r.op} | {bits} | {r.channels_removed:.0%} | {r.sparsity:.0%} | "
                          f"{r.pattern} | {r.nbytes} | {r.estimated_us:.1f} | {r.measured_us:.1f} | {d} |")
         lines.append(f"| (other: pools, views, predict itself) | – | – | – | – | – | – | – | {self.other_us:.1f} | – |")
         notes = sorted({r.note for r in self.layers if r.note})
@@ -212,10 +238,104 @@ class CompressionReport:
                       "| layer | kind | ratio | pattern | bits | est. µs | file bytes | memory bytes | Δacc | |",
                       "|---|---|---|---|---|---|---|---|---|---|"]
             for c in self.candidates:
-                lines.append(f"| {c.layer} | {c.kind} | {c.ratio:.1%} | {c.pattern} | {c.bits} | {c.estimated_us:.1f} | "
+                bits = f"{c.bits}" + (f" g{c.group_size}" if c.group_size else "")
+                lines.append(f"| {c.layer} | {c.kind} | {c.ratio:.1%} | {c.pattern} | {bits} | {c.estimated_us:.1f} | "
                              f"{c.file_bytes} | {c.memory_bytes} | {100 * c.delta_accuracy:+.1f} pt | "
                              f"{'*' if c.chosen else ''} |")
+        checked = [c for c in self.candidates if c.predicted_speedup is not None]
+        if checked:
+            lines += ["", "Cost model check (chosen candidates: the layers each changes, with and without it):", "",
+                      "| candidate | layers timed | predicted speed-up | measured speed-up | error |",
+                      "|---|---|---|---|---|"]
+            for c in checked:
+                pred = float(c.predicted_speedup or 0.0)
+                meas = "–" if c.measured_speedup is None else f"{c.measured_speedup:.2f}x"
+                err = "–" if c.measured_speedup is None else f"{100 * (pred / c.measured_speedup - 1):+.0f}%"
+                lines.append(f"| {_candidate_label(c)} | {c.timed_layers} | {pred:.2f}x | {meas} | {err} |")
         return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Draw the accuracy-latency-size front of the candidates considered, as a PNG at ``path``.
+
+        Two panels: accuracy change (alone, before fine-tuning) against the cost model's
+        latency, and against the file size, of the model with each candidate alone; the
+        points no other candidate beats on both axes are joined (the front), the chosen ones
+        ringed, and the final model marked. Needs matplotlib (an optional dependency).
+        """
+        plt = _pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        kinds = sorted({c.kind for c in self.candidates})
+        for ax, key, label, final in ((axes[0], "estimated_us", "latency (µs, cost model)",
+                                       1e6 * self.estimated_latency_s),
+                                      (axes[1], "file_bytes", "file size (bytes)", float(self.nbytes))):
+            for kind in kinds:
+                cs = [c for c in self.candidates if c.kind == kind]
+                ax.scatter([getattr(c, key) for c in cs], [100 * c.delta_accuracy for c in cs], s=18, label=kind)
+            front = _front([(float(getattr(c, key)), 100 * c.delta_accuracy) for c in self.candidates])
+            if front:
+                ax.plot(*zip(*front), color="0.4", lw=1, label="front")
+            chosen = [c for c in self.candidates if c.chosen]
+            if chosen:
+                ax.scatter([getattr(c, key) for c in chosen], [100 * c.delta_accuracy for c in chosen], s=80,
+                           facecolors="none", edgecolors="k", label="chosen")
+            ax.scatter([final], [100 * self.accuracy_change], marker="*", s=160, color="crimson",
+                       label="compressed (fine-tuned)")
+            ax.set_xlabel(label)
+            ax.set_ylabel("accuracy change (pt)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"candidates on {self.profile}, batch {self.batch_size}")
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), format="png", dpi=110)
+        plt.close(fig)
+
+
+def _candidate_label(c: Candidate) -> str:
+    if c.kind == "shrink":
+        return f"{c.layer}: shrink {c.ratio:.0%}"
+    if c.kind == "heads":
+        return f"{c.layer}: {c.channels_removed} of its heads removed"
+    if c.kind == "sparse":
+        return f"{c.layer}: {c.pattern} {c.ratio:.0%}"
+    return f"{c.layer}: int4 " + (f"g{c.group_size}" if c.group_size else "per channel")
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other beats on both axes (lower x, higher y), by x."""
+    best = -np.inf
+    out = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            out.append((x, y))
+            best = y
+    return out
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or an ImportError that says how to get it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plotting needs matplotlib, an optional dependency: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class _GroupInt4FakeQuant:
+    """Fake quantization of a weight on the per-group int4 grid :func:`hwreg_rs.runtime.convert`
+    stores (:func:`hwreg_rs.int4.quantize_weight`, ``group_size`` inputs per scale), for training:
+    the forward pass sees the weights the runtime will multiply by; the gradient passes straight
+    through (the Linear layer's backward uses the raw weights' gradient)."""
+
+    bits = 4
+
+    def __init__(self, group_size: int) -> None:
+        self.group_size = int(group_size)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        return Int4Linear.from_float(np.asarray(w, np.float32), group_size=self.group_size).dequantized_weight()
 
 
 _WEIGHTED = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d")
@@ -282,7 +402,7 @@ class _Cost:
     peak_activation_bytes: int
 
 
-_Unit = tuple[str, Any]  # ("shrink", group layers), ("sparse", layer name) or ("bits", layer name)
+_Unit = tuple[str, Any]  # ("shrink", group layers), ("heads", block), ("sparse", layer name) or ("bits", layer name)
 
 
 def _unit_name(unit: _Unit) -> str:
@@ -296,7 +416,9 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
              shrink_ratios: Sequence[float] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75), importance: str = "l1",
              fine_tune_epochs: int = 8, lr: float = 5e-4, seed: int = 0, raise_on_miss: bool = True,
              verbose: bool = False, profile_repeats: int = 15,
-             search_rounds: int = 3, weight_bits: Sequence[int] = (8, 4)) -> tuple[runtime.RuntimeModel, CompressionReport]:
+             search_rounds: int = 3, weight_bits: Sequence[int] = (8, 4),
+             int4_group_sizes: Sequence[int] = (32, 64, 128),
+             plot: str | os.PathLike | None = None) -> tuple[runtime.RuntimeModel, CompressionReport]:
     """Compress ``model`` into an int8 runtime model that fits a budget on ``profile``.
 
     Parameters
@@ -347,6 +469,13 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         (``fine_tune_epochs // 3`` epochs) and the search goes on from there.
     weight_bits : sequence of {8, 4}, default (8, 4)
         Weight widths a Linear layer may get; ``(8,)`` keeps every layer int8.
+    int4_group_sizes : sequence of {32, 64, 128}, default (32, 64, 128)
+        Per-group int4 candidates (inputs per scale along K) besides one scale
+        per output channel; a group size is offered for a layer with more
+        inputs than it. Empty: per channel only.
+    plot : str or path, optional
+        Write the accuracy-latency-size front of the candidates there as a PNG
+        (:meth:`CompressionReport.plot`; needs matplotlib, checked first).
 
     Returns
     -------
@@ -387,6 +516,11 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         raise ValueError(f"weight_bits must hold 8 and optionally 4; got {list(weight_bits)!r}")
     if importance not in ("l1", "l2", "bn"):
         raise ValueError(f"importance must be 'l1', 'l2' or 'bn'; got {importance!r}")
+    groups_ok = [int(g) for g in int4_group_sizes if isinstance(g, (int, np.integer)) and not isinstance(g, bool)]
+    if len(groups_ok) != len(int4_group_sizes) or not set(groups_ok) <= {32, 64, 128}:
+        raise ValueError(f"int4_group_sizes must hold 32, 64 or 128; got {list(int4_group_sizes)!r}")
+    if plot is not None:
+        _pyplot()  # fail before the work, not after it
     prof = profiles.resolve(profile)
     on_host = prof.name == "host"
     shape = tuple(input_shape) if input_shape is not None else tuple(X_val.shape[1:])
@@ -407,13 +541,17 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     out_channels = {name: int(modules[name].weight.data.shape[0]) for name in kinds}
     pattern, mask_fn = _pattern_for(prof, size_budget)
     stores_sparse = size_budget is not None or not on_host  # convert's "always"; else the chooser decides
-    if on_host:  # fold what the model leaves out (Python around the kernels, load) into the profile
-        prof = prof.calibrated(dense_rt.layer_work(batch_size),
-                               median_seconds(lambda: dense_rt.predict(x_batch), repeats=profile_repeats))
+    fixed_s = 0.0  # predict's own cost besides its layers (input checks, the native calls), measured on the host
+    if on_host:
+        # Fold the machine's load into the profile: scale it to the dense model's layers as predict runs
+        # them, and measure the rest of a predict call apart (it does not shrink with the layers).
+        node_s = sum(dense_rt.profile(x_batch, repeats=profile_repeats).values())
+        prof = prof.calibrated(dense_rt.layer_work(batch_size), node_s)
+        fixed_s = max(0.0, median_seconds(lambda: dense_rt.predict(x_batch), repeats=profile_repeats) - node_s)
 
     base = work_model  # what a round of the search plans from: the model, then each round's recovered one
     baked: dict[str, float] = {}  # sparsity earlier rounds already pruned into ``base``
-    baked4: set[str] = set()  # layers earlier rounds already trained at 4 bits
+    baked4: dict[str, int] = {}  # layers earlier rounds already trained at 4 bits: inputs per scale
 
     def levers() -> tuple[dict[_Unit, list[Any]], dict[_Unit, int]]:
         """The levers of ``base``, one unit each with its levels: a channel group to shrink (a
@@ -431,19 +569,47 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 if grp.prunable and counts and all(n in kinds for n in grp.layers):
                     levels[("shrink", grp.layers)] = counts
                     prunable[("shrink", grp.layers)] = grp.prunable
+            try:
+                blocks = shrink_mod.attention_heads(base, input_shape=shape)
+            except (ValueError, TypeError, NotImplementedError):
+                blocks = []
+            for blk in blocks:  # whole heads of an attention block (at least one stays)
+                counts = sorted({min(int(round(r * blk.heads)), blk.heads - 1) for r in shrink_ratios} - {0})
+                if counts:
+                    levels[("heads", blk.scores)] = counts
+                    prunable[("heads", blk.scores)] = blk.heads
         if mask_fn is not None:
             for name, kind in kinds.items():
                 if kind == "linear" and name not in baked4:
                     levels[("sparse", name)] = sorted({float(sp) for sp in sparsities
                                                        if sp >= 0.5 and sp > baked.get(name, 0.0)})
         if 4 in bits_ok:  # no sparse int4 storage: a pruned layer stays at 8 bits
+            mods = modules_of(base)
             for name, kind in kinds.items():
                 if kind == "linear" and name not in baked and name not in baked4:
-                    levels[("bits", name)] = [4]
+                    # Inputs per scale, the most scales first; the layer's K itself is one scale per channel.
+                    k = int(mods[name].weight.data.shape[1])
+                    levels[("bits", name)] = sorted({g for g in groups_ok if g < k} | {k})
         return {u: v for u, v in levels.items() if v}, prunable
 
-    def four_bit(state: dict[_Unit, Any]) -> set[str]:
-        return baked4 | {u[1] for u in state if u[0] == "bits"}
+    def four_bit(state: dict[_Unit, Any]) -> dict[str, int]:
+        """The 4-bit layers and their inputs per scale (their K: one scale per output channel)."""
+        return {**baked4, **{u[1]: lvl for u, lvl in state.items() if u[0] == "bits"}}
+
+    def group_of(m: Module, name: str, per_scale: int) -> int | None:
+        return None if per_scale >= int(modules_of(m)[name].weight.data.shape[1]) else int(per_scale)
+
+    def to_runtime(m: Module, **kw: Any) -> runtime.RuntimeModel:
+        """``m`` converted; a per-group int4 layer from its raw weights (its training grid is convert's)."""
+        groups = {n: fq.group_size for n, mod in modules_of(m).items()
+                  if isinstance(fq := getattr(mod, "weight_fake_quant", None), _GroupInt4FakeQuant)}
+        if not groups:
+            return runtime.convert(m, input_shape=shape, **kw)
+        m = copy.deepcopy(m)
+        mods = modules_of(m)
+        for n in groups:
+            mods[n].weight_fake_quant = None
+        return runtime.convert(m, input_shape=shape, int4_group_size=dict(groups), **kw)
 
     def excluded(u: _Unit, state: dict[_Unit, Any]) -> bool:
         """A step the runtime cannot store: pruning a 4-bit layer, or 4 bits for a pruned one."""
@@ -455,13 +621,22 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         counts = {u[1]: c for u, c in state.items() if u[0] == "shrink"}
         m = (prune.shrink_plan(base, remove=counts, input_shape=shape, importance=importance).apply()
              if counts else copy.deepcopy(base))
+        heads = {u[1]: c for u, c in state.items() if u[0] == "heads"}
+        if heads:
+            m = shrink_mod.shrink_heads(m, remove=heads, importance="l2" if importance == "l2" else "l1",
+                                        input_shape=shape)
         mods = modules_of(m)
         for u, sp in state.items():
             if u[0] == "sparse":
                 w = mods[u[1]].weight
                 w.data = w.data * mask_fn(w.data, sp)
-        for name in four_bit(state):  # the 4-bit grid convert keeps (per output channel)
-            if getattr(mods[name].weight_fake_quant, "bits", None) != 4:
+        for name, per_scale in four_bit(state).items():  # the 4-bit grid convert keeps
+            group = group_of(m, name, per_scale)
+            fq = mods[name].weight_fake_quant
+            if group is not None:
+                if getattr(fq, "group_size", None) != group:
+                    mods[name].weight_fake_quant = _GroupInt4FakeQuant(group)
+            elif not (isinstance(fq, C.WeightFakeQuant) and fq.bits == 4):
                 mods[name].weight_fake_quant = C.WeightFakeQuant(4)
         return m.eval()
 
@@ -472,7 +647,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         key = tuple(sorted((u[0], u[1], c) for u, c in state.items() if u[0] != "sparse"))
         if key not in dense_cache:
             m = build({u: c for u, c in state.items() if u[0] != "sparse"})
-            rt = runtime.convert(m, input_shape=shape, sparse="never")
+            rt = to_runtime(m, sparse="never")
             mods = modules_of(m)
             dims = {n: (int(np.prod(mods[n].weight.data.shape[1:])), int(mods[n].weight.data.shape[0]))
                     for n in kinds}
@@ -492,7 +667,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         if pruned:
             size += size_offset[0]
         est = profiles.estimate(work, prof, activation_peak=peak)
-        return _Cost(est.latency_s, size, est.memory_bytes, est.weight_bytes, peak)
+        return _Cost(est.latency_s + fixed_s, size, est.memory_bytes, est.weight_bytes, peak)
 
     def misses_of(c: _Cost) -> dict[str, tuple[float, float]]:
         out = {}
@@ -512,20 +687,33 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     def accuracy(m: Module) -> float:
         return float(evaluate(m, X_val, y_val)["accuracy"])
 
-    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int, four: set[str]) -> Module:
+    def fine_tune(m: Module, pruned: dict[str, tuple[float, float]], epochs: int, four: dict[str, int]) -> Module:
         """Train ``m`` under the hard constraints: each pruned layer's sparsity from its first to
         its second figure (gradually; held where equal), weight QAT at 4 bits on the layers in
-        ``four`` and 8 bits on the others."""
+        ``four`` (a per-group layer on its own per-group grid, set by ``build``) and 8 bits on
+        the others."""
         m.train()
         steps_per_epoch = max(1, int(np.ceil(len(X_tr) / 32)))
         end = max(1, steps_per_epoch * max(1, epochs - 2))
+        per_channel = sorted(n for n, ps in four.items() if group_of(m, n, ps) is None)
         qat = [C.QAT(weight_bits=bits, activation_bits=None, layers=sel) for bits, sel in (
-            (4, sorted(four)), (8, [n for n in kinds if n not in four])) if sel]
+            (4, per_channel), (8, [n for n in kinds if n not in four])) if sel]
         cons: list[Any] = [C.GradualPruning(final, initial_sparsity=first, end_step=end,
                                             frequency=max(1, end // 10), mask_fn=mask_fn, params=[f"{name}.weight"])
                            for name, (first, final) in pruned.items()]
         Trainer(m, constraints=[*cons, *qat], epochs=epochs, lr=lr, seed=seed, verbose=verbose).fit(X_tr, y_tr)
         return m.eval()
+
+    final_sparse = "always" if stores_sparse else "auto"
+
+    def check_speedup(cand: Candidate, alone: dict[_Unit, Any]) -> None:
+        """The cost model's speed-up of the layers ``alone`` changes, and on the host the measured one."""
+        check = profiles.speedup_check(to_runtime(build({}), sparse="never", batch_size=batch_size),
+                                       to_runtime(build(alone), sparse=final_sparse, batch_size=batch_size),
+                                       x_batch, prof, measure=on_host, repeats=profile_repeats)
+        if check is not None:
+            cand.timed_layers = "+".join(check.layers)
+            cand.predicted_speedup, cand.measured_speedup = check.predicted, check.measured
 
     # Single-step drops are measured before fine-tuning, which wins much back: allow more here.
     allowance = 3 * max_accuracy_drop + 0.01
@@ -558,12 +746,13 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             for j, lvl in enumerate(levels[u]):
                 c = cost({u: lvl})
                 drop[(u, lvl)] = max(0.0, float_acc - accuracy(build({u: lvl})))
-                shrinks = u[0] == "shrink"
+                shrinks = u[0] in ("shrink", "heads")
                 ratio = lvl / prunable[u] if shrinks else 0.0 if u[0] == "bits" else float(lvl)
                 round_cands[(u, lvl)] = Candidate(
                     _unit_name(u), u[0], ratio, pattern if u[0] == "sparse" else "dense",
                     4 if u[0] == "bits" else 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
-                    -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd)
+                    -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd,
+                    group_size=group_of(base, u[1], lvl) if u[0] == "bits" else None)
                 if drop[(u, lvl)] > allowance:  # alone past the allowance: the levels beyond are not tried
                     levels[u] = levels[u][:j]
                     break
@@ -597,8 +786,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             if size_budget is None or misses_of(cost(state)) or not (baked or any(u[0] == "sparse" for u in state)):
                 break
             # The plan fits by the model: check the file it makes, and correct the model if it is off.
-            exact = _file_bytes(runtime.convert(build(state), input_shape=shape, sparse="always",
-                                                batch_size=batch_size))
+            exact = _file_bytes(to_runtime(build(state), sparse="always", batch_size=batch_size))
             size_offset[0] += exact - cost(state).file_bytes
             if exact <= size_budget:
                 break
@@ -612,6 +800,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     del state[u]
         for key, cand in round_cands.items():
             cand.chosen = state.get(key[0]) == key[1]
+            if cand.chosen:  # check the cost model on it, while its round's model is at hand
+                check_speedup(cand, {key[0]: key[1]})
         if not state or not misses_of(cost(state)) or rnd == search_rounds - 1:
             break
         # The allowance is spent before the budgets hold: apply the plan, win accuracy back with a short
@@ -631,8 +821,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs,
                           plan4)
 
-    rt = runtime.convert(tuned, input_shape=shape, sparse="always" if stores_sparse else "auto",
-                         batch_size=batch_size)
+    rt = to_runtime(tuned, sparse=final_sparse, batch_size=batch_size)
     acc = float(np.mean(rt.predict(X_val).argmax(axis=1) == y_val))
     est = profiles.estimate(rt.layer_work(batch_size), prof, activation_peak=_activation_peak(rt, batch_size))
     measured = median_seconds(lambda: rt.predict(x_batch), repeats=profile_repeats)
@@ -666,6 +855,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         delta = next((c.delta_accuracy for c in reversed(candidates)
                       if c.chosen and node.name in c.layer.split("+")), None)
         layers.append(LayerReport(
+            group_size=op.layer.group_size if op.kind == "int4_linear" else None,
             name=node.name, op=op.kind, bits=4 if op.kind == "int4_linear" else 8, sparsity=1.0 - kept,
             pattern=stored,
             nbytes=int(sum(a.nbytes for a in op.arrays().values())),
@@ -683,10 +873,12 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         misses.append(f"accuracy drop {100 * (float_acc - acc):.2f} pt > {100 * max_accuracy_drop:.2f} pt")
     other_us = max(0.0, 1e6 * measured - sum(l.measured_us for l in layers))
     report = CompressionReport(prof.name, batch_size, latency_budget, size_budget, max_accuracy_drop, float_acc, acc,
-                               float_lat, measured, est.latency_s, float_bytes, file_bytes, not misses, misses, layers,
+                               float_lat, measured, est.latency_s + fixed_s, float_bytes, file_bytes, not misses, misses, layers,
                                other_us, memory_budget_bytes=memory_budget, memory_limit_bytes=memory_limit,
                                weight_bytes=est.weight_bytes, peak_activation_bytes=est.peak_activation_bytes,
                                memory_bytes=est.memory_bytes, candidates=candidates, steps=steps)
+    if plot is not None:
+        report.plot(plot)
     if misses and raise_on_miss:
         raise BudgetError("compression missed its budget: " + "; ".join(misses), report)
     return rt, report

@@ -69,7 +69,7 @@ def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: 
         ``batch_file``, ``seconds``.
     """
     from . import constraints as C, data, nn, runtime
-    from ._timing import median_seconds, numpy_seconds, side_by_side
+    from ._timing import side_by_side
     from .compress import compress
     from .train import Trainer
 
@@ -119,10 +119,8 @@ def run(*, quick: bool = False, size_fraction: float = 0.25, max_accuracy_drop: 
     calls = {("float", 1): lambda: net(x1), ("float", 64): lambda: net(x64),
              ("int8", 1): lambda: int8.predict(x1), ("int8", 64): lambda: int8.predict(x64),
              ("compressed", 1): lambda: rt.predict(x1), ("compressed", 64): lambda: rt.predict(x64)}
-    def sample(key: Any, fn: Any) -> float:
-        return (numpy_seconds if key[0] == "float" else median_seconds)(fn, repeats=repeats)
-
-    us = {k: 1e6 * t for k, t in side_by_side(calls, rounds=3 if quick else 5, sample=sample).items()}
+    floats = [k for k in calls if k[0] == "float"]
+    us = {k: 1e6 * t for k, t in side_by_side(calls, rounds=3 if quick else 5, repeats=repeats, numpy=floats).items()}
     # One number per quantity: the report's batch-1 latencies become these side-by-side figures.
     report.float_latency_s, report.latency_s = 1e-6 * us[("float", 1)], 1e-6 * us[("compressed", 1)]
     report.other_us = max(0.0, us[("compressed", 1)] - sum(l.measured_us for l in report.layers))

@@ -63,11 +63,13 @@ __all__ = [
     "host_profile",
     "resolve",
     "model_work",
+    "SpeedupCheck",
+    "speedup_check",
 ]
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise")
+                 "elementwise", "int4_group", "conv_row_native", "sparse_out")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,14 @@ class HardwareProfile:
         element (``"im2col_int8"`` for the int8 runtime's channels-last uint8
         unfold, when present) and ``"nchw"`` per output element of a
         convolution, ``"pool"``
-        per pooling input element, ``"elementwise"`` per element and pass.
+        per pooling input element, ``"elementwise"`` per element and pass,
+        ``"int4_group"`` per row, output and scale group of an int4 layer with
+        per-group scales (each group's sum is scaled and added in float),
+        ``"conv_row_native"`` per output pixel of a convolution run in a native
+        plan call (its quantization, unfold and layout work, in place of
+        ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``),
+        ``"sparse_out"`` per output element of a sparse product for one batch
+        row (its walk over each weight row's blocks).
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
         ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
@@ -143,6 +152,24 @@ class HardwareProfile:
         assumed to compute at int8 speed after unpacking its nibbles (one int8
         operation per weight and call): int4 is then a size lever (its weights
         are stored and moved at 4 bits) that costs a little compute.
+    native_overhead_us : float, optional
+        Fixed cost of one layer inside a native plan call of the runtime (a
+        :class:`LayerWork` with ``native=True``: no Python call of its own);
+        None (the presets) costs such a layer like any other.
+    sparse_overhead_us : float, optional
+        Fixed cost of one call of a sparse matrix product (a layer stored
+        sparse, ``sparse_kernel=True``); None: the dense layer's.
+    sparsity_patterns_one_row : dict of str to float
+        The patterns' efficiencies for a single batch row (a sparse GEMV walks
+        every stored block for one row, where a batch shares the walk); a
+        pattern not listed uses ``sparsity_patterns`` at every batch size.
+    cache_bytes : int
+        Size of the per-core cache (L2) whose bandwidth ``cache_bandwidth_gbs``
+        is: a layer that moves no more than this (weights and activations, as
+        when a model is run again and again) moves at that bandwidth, not at
+        ``mem_bandwidth_gbs``. 0 (the presets): every layer at main memory's.
+    cache_bandwidth_gbs : float, optional
+        Sustained copy bandwidth within that cache, in GB/s.
 
     Examples
     --------
@@ -173,6 +200,11 @@ class HardwareProfile:
     parallel_min_macs: int = 0
     parallel_speedup: float = 1.0
     int4_speedup: tuple[tuple[int, float], ...] = ()
+    native_overhead_us: float | None = None
+    sparse_overhead_us: float | None = None
+    sparsity_patterns_one_row: Mapping[str, float] = field(default_factory=dict)
+    cache_bytes: int = 0
+    cache_bandwidth_gbs: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("int8_gops", "fp32_gflops", "mem_bandwidth_gbs", "energy_pj_per_byte"):
@@ -183,7 +215,7 @@ class HardwareProfile:
             raise ValueError(f"mem_capacity_bytes must be positive; got {self.mem_capacity_bytes!r}")
         if self.layer_overhead_us < 0:
             raise ValueError(f"layer_overhead_us must be >= 0; got {self.layer_overhead_us!r}")
-        for p, eff in self.sparsity_patterns.items():
+        for p, eff in {**self.sparsity_patterns, **self.sparsity_patterns_one_row}.items():
             if p not in PATTERNS[1:]:
                 raise ValueError(f"unknown sparsity pattern {p!r}; expected one of {PATTERNS[1:]}")
             if not 0 < eff <= 1:
@@ -206,6 +238,15 @@ class HardwareProfile:
         tile = tuple(int(t) for t in self.gemm_tile)
         if len(tile) != 3 or min(tile) < 1:
             raise ValueError(f"gemm_tile must be 3 positive ints (rows, depth, cols); got {self.gemm_tile!r}")
+        for f in ("native_overhead_us", "sparse_overhead_us"):
+            v = getattr(self, f)
+            if v is not None and not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{f} must be None or a number >= 0; got {v!r}")
+        if int(self.cache_bytes) < 0 or (self.cache_bandwidth_gbs is not None and not (
+                isinstance(self.cache_bandwidth_gbs, (int, float)) and self.cache_bandwidth_gbs > 0)):
+            raise ValueError(f"cache_bytes must be >= 0 and cache_bandwidth_gbs None or > 0; got "
+                             f"{self.cache_bytes!r}, {self.cache_bandwidth_gbs!r}")
+        object.__setattr__(self, "cache_bytes", int(self.cache_bytes))
         if int(self.parallel_min_macs) < 0:
             raise ValueError(f"parallel_min_macs must be >= 0; got {self.parallel_min_macs!r}")
         if not (isinstance(self.parallel_speedup, (int, float)) and self.parallel_speedup > 0):
@@ -213,6 +254,7 @@ class HardwareProfile:
         # Freeze the mappings so a profile is a value.
         object.__setattr__(self, "energy_pj_per_mac", dict(self.energy_pj_per_mac))
         object.__setattr__(self, "sparsity_patterns", dict(self.sparsity_patterns))
+        object.__setattr__(self, "sparsity_patterns_one_row", dict(self.sparsity_patterns_one_row))
         object.__setattr__(self, "kernels", tuple(self.kernels))
         object.__setattr__(self, "overhead_us", {str(k): float(v) for k, v in self.overhead_us.items()})
         object.__setattr__(self, "ns_per_element", {str(k): float(v) for k, v in self.ns_per_element.items()})
@@ -286,6 +328,9 @@ class HardwareProfile:
         return dataclasses.replace(
             self, int8_gops=self.int8_gops / f, fp32_gflops=self.fp32_gflops / f,
             mem_bandwidth_gbs=self.mem_bandwidth_gbs / f, layer_overhead_us=self.layer_overhead_us * f,
+            native_overhead_us=None if self.native_overhead_us is None else self.native_overhead_us * f,
+            sparse_overhead_us=None if self.sparse_overhead_us is None else self.sparse_overhead_us * f,
+            cache_bandwidth_gbs=None if self.cache_bandwidth_gbs is None else self.cache_bandwidth_gbs / f,
             overhead_us={k: v * f for k, v in self.overhead_us.items()},
             ns_per_element={k: v * f for k, v in self.ns_per_element.items()})
 
@@ -308,8 +353,11 @@ class HardwareProfile:
             raise ValueError(f"measured_s must be a finite number of seconds > 0; got {measured_s!r}")
         return self.scaled(measured_s / max(est, 1e-12))
 
-    def overhead_s(self, kind: str, precision: str = "fp32") -> float:
-        """Fixed seconds of one call of a layer of ``kind`` at ``precision``."""
+    def overhead_s(self, kind: str, precision: str = "fp32", *, native: bool = False) -> float:
+        """Fixed seconds of one call of a layer of ``kind`` at ``precision`` (``native``: one step
+        of a native plan call, when the profile knows that cost)."""
+        if native and self.native_overhead_us is not None:
+            return self.native_overhead_us * 1e-6
         default = self.overhead_us.get(kind, self.layer_overhead_us)
         if precision == "int4":  # the int4 layer is called like the int8 one unless measured apart
             default = self.overhead_us.get(f"{kind}/int8", default)
@@ -575,6 +623,9 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
         return float(work.macs)
     kernel = "sparse_int8" if work.precision == "int8" else "sparse_f32"
     eff = profile.sparsity_patterns.get(work.pattern)
+    dims = _gemm_dims(work)
+    if dims is not None and dims[0] == 1 and eff is not None:
+        eff = profile.sparsity_patterns_one_row.get(work.pattern, eff)
     if eff is None or kernel not in profile.kernels:
         return float(work.macs)  # no kernel for it: the zeros are multiplied like any weight
     sparse_macs = work.macs * work.density / eff
@@ -628,6 +679,8 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         else:
             macs_eff = macs
         t_in = (m * k * ns.get(f"{prec}_in", 0.0) + m * ns.get(f"{prec}_row", 0.0)) * 1e-9
+        if macs_eff < w.macs or w.sparse_kernel:  # the sparse kernel: a walk per weight row, batch rows apart
+            t_in += m * n * ns.get("sparse_out", 0.0) * 1e-9 if m == 1 else 0.0
         if w.kind == "conv2d" and prec == "int8" and "im2col_int8" in ns:
             t_in = 0.0  # the runtime quantizes the image, not the columns: "im2col_int8" covers both
         t_out = m * n * ns.get(f"{prec}_out", 0.0) * 1e-9
@@ -642,6 +695,11 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_mac = 2.0 * macs_eff / ops
         if int4:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
+            if w.int4_group is not None:  # a float scale-and-add per row, output and group
+                t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
+        if w.kind == "conv2d" and w.native and "conv_row_native" in ns:
+            # The native plan quantizes, unfolds and lays out a convolution's input per pixel in one pass.
+            return t_mac + t_out + m * ns["conv_row_native"] * 1e-9
         t = t_mac + t_in + t_out
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
@@ -679,8 +737,13 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         macs = _effective_macs(w, profile)
         compute = _compute_s(w, profile, macs)
         moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
-        memory = moved / (profile.mem_bandwidth_gbs * 1e9)
-        overhead = w.calls * profile.overhead_s(w.kind, w.precision)
+        bandwidth = profile.mem_bandwidth_gbs
+        if profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes:
+            bandwidth = profile.cache_bandwidth_gbs  # a layer that fits the cache stays there between calls
+        memory = moved / (bandwidth * 1e9)
+        overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
+        if w.sparse_kernel and w.pattern != "dense" and profile.sparse_overhead_us is not None:
+            overhead = w.calls * profile.sparse_overhead_us * 1e-6
         bound = "compute" if compute >= memory else "memory"
         if overhead > max(compute, memory):
             bound = "overhead"
@@ -737,6 +800,60 @@ def peak_activation_bytes(steps: Iterable[tuple[Iterable[str], Iterable[str]]], 
     for i in range(max(n, 1)):
         peak = max(peak, sum(int(value_bytes.get(v, 0)) for v in born if born[v] <= i <= last[v]))
     return peak
+
+
+@dataclass(frozen=True)
+class SpeedupCheck:
+    """The layers one change of a model touched, and their speed-up: predicted and measured."""
+
+    layers: tuple[str, ...]
+    predicted: float
+    measured: float | None
+
+    @property
+    def error(self) -> float | None:
+        """predicted / measured - 1 (None when not measured)."""
+        return None if self.measured is None else self.predicted / self.measured - 1.0
+
+
+def speedup_check(before: Any, after: Any, x: Any, profile: HardwareProfile, *, measure: bool = True,
+                  repeats: int = 15, rounds: int = 3) -> SpeedupCheck | None:
+    """How much faster the layers that differ between two runtime models run: as :func:`estimate`
+    predicts on ``profile``, and as :meth:`~hwreg_rs.runtime.RuntimeModel.profile` measures them
+    on this machine for the batch ``x`` (the models in alternating rounds; the median of the
+    rounds' ratios), the way the compressor checks each candidate it chose.
+
+    Layers are matched by node name; a layer differs when its :class:`LayerWork` does (a shrunk
+    layer and the layers that read it, a layer stored sparse or at 4 bits). None when none differs.
+
+    Examples
+    --------
+    >>> import numpy as np, hwreg_rs as hw
+    >>> net = hw.nn.mlp([64, 256, 10], rng=0).eval()
+    >>> a = hw.runtime.convert(net, input_shape=(64,))
+    >>> b = hw.runtime.convert(hw.prune.shrink(net, 0.5), input_shape=(64,))
+    >>> c = speedup_check(a, b, np.zeros((1, 64), np.float32), preset("x86-avx2"), repeats=3, rounds=1)
+    >>> c.layers, c.predicted > 1, c.measured > 0
+    (('0', '2'), True, True)
+    """
+    batch = int(np.shape(x)[0])
+    w0 = {n.name: w for n, w in zip(before.nodes, before.layer_work(batch))}  # one per node, in order
+    w1 = {n.name: w for n, w in zip(after.nodes, after.layer_work(batch))}
+    changed = tuple(n for n in w1 if n not in w0 or dataclasses.replace(w1[n], name=n) != dataclasses.replace(w0[n], name=n))
+    if not changed:
+        return None
+    e0 = dict(zip(w0, (l.latency_s for l in estimate(list(w0.values()), profile).layers)))
+    e1 = dict(zip(w1, (l.latency_s for l in estimate(list(w1.values()), profile).layers)))
+    predicted = sum(e0.get(n, 0.0) for n in changed) / max(sum(e1[n] for n in changed), 1e-12)
+    measured = None
+    if measure:
+        ratios = []
+        for _ in range(max(1, int(rounds))):
+            p0 = before.profile(x, repeats=repeats)
+            p1 = after.profile(x, repeats=repeats)
+            ratios.append(sum(p0.get(n, 0.0) for n in changed) / max(sum(p1[n] for n in changed), 1e-12))
+        measured = float(np.median(ratios))
+    return SpeedupCheck(changed, float(predicted), measured)
 
 
 def fits(est: CostEstimate, profile: HardwareProfile) -> bool:
@@ -893,6 +1010,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cache_bytes(level: int) -> int:
+    """Bytes of cpu0's data or unified cache at ``level`` (sysfs); 256 KiB when it does not say."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            d = os.path.join(base, entry)
+            with open(os.path.join(d, "level"), encoding="ascii") as f:
+                if int(f.read().strip()) != level:
+                    continue
+            with open(os.path.join(d, "type"), encoding="ascii") as f:
+                if f.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(d, "size"), encoding="ascii") as f:
+                text = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+            return int(text.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 256 << 10
+
+
 def _memory_capacity() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
@@ -920,13 +1058,22 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       unfold) and the NCHW transpose timed at three sizes, and a
       small runtime convolution for its fixed cost.
     * pooling, elementwise (ReLU) and views: two sizes each, fixed + per element.
-    * memory bandwidth: a large copy; capacity: physical memory (or the cgroup limit).
+    * memory bandwidth: a large copy; within the L2 cache: a copy of a quarter
+      of it (``cache_bytes``, ``cache_bandwidth_gbs``); capacity: physical
+      memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 1×4 and N:M 1:8 at ~90% sparsity against
-      the dense int8 layer, as the efficiency of a kept weight.
+      the dense int8 layer, as the efficiency of a kept weight; a tiny sparse
+      product for the fixed cost of a call (``sparse_overhead_us``).
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
       on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
       thread, each less the fitted row-quantization and output-step costs and
-      its own per-call overhead (a tiny layer), as ``int4_speedup``.
+      its own per-call overhead (a tiny layer), as ``int4_speedup``; the same
+      weights with scales per group of 32 inputs give ``"int4_group"``.
+    * a native plan call's per-layer step: a chain of eight 4×4 int8 layers
+      converted to a runtime model, each layer timed inside the call
+      (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`), as ``native_overhead_us``;
+      a 3x3 convolution the same way at three image sizes, for its per-pixel
+      cost beyond the model's (``"conv_row_native"``).
     * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
 
     Timings are medians of single calls, so a busy machine moves them less;
@@ -955,6 +1102,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     from .int4 import Int4Linear
     from .nn import functional as F
     from .nn.conv import Conv2d, MaxPool2d
+    from .nn.layers import Linear
     from .nn.module import Sequential
 
     threads = num_threads()
@@ -1106,10 +1254,29 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                                                          dtype="int8"),
             "n:m": lambda: sparse.NMMatrix.from_dense(w, prune.nm_mask(w, 1, 8), n=1, m=8, dtype="int8"),
         }
+        tw8 = rand(8, 8)
+        tiny_sparse = sparse.BSRMatrix.from_dense(tw8, prune.block_mask(tw8, 0.5, block=(1, 4)), block=(1, 4),
+                                                  dtype="int8")
+        tx8 = rand(1, 8)
+        sparse_fixed = median_seconds(lambda: tiny_sparse.matmul(tx8), repeats=max_n, budget_s=budget)
+        # The same kept weights on 4x the rows, for one batch row: the cost of walking a weight row.
+        tall, wide = rand(256, 64), rand(64, 256)
+        tall_m = sparse.BSRMatrix.from_dense(tall, prune.block_mask(tall, 0.8, block=(1, 4)), block=(1, 4), dtype="int8")
+        wide_m = sparse.BSRMatrix.from_dense(wide, prune.block_mask(wide, 0.8, block=(1, 4)), block=(1, 4), dtype="int8")
+        xt, xw = rand(1, 64), rand(1, 256)
+        sparse_out = max(median_seconds(lambda: tall_m.matmul(xt), repeats=max_n, budget_s=budget)
+                         - median_seconds(lambda: wide_m.matmul(xw), repeats=max_n, budget_s=budget), 0.0) / (256 - 64)
+        x1 = rand(1, kn)
+        fixed1 = c8[0] + c8[1] * kn + c8[2] * kn + c8[4]
+        t_dense1 = max(median_seconds(lambda: dense(x1), repeats=max_n, budget_s=budget) - fixed1, 1e-9) / (kn * kn)
+        one_row: dict[str, float] = {}
         for pat, make in cands.items():
             mat = make()
             t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixed, 1e-9)
             patterns[pat] = float(min(max(t_dense / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
+            t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed
+                        - kn * sparse_out, 1e-9)
+            one_row[pat] = float(min(max(t_dense1 / (t_sp1 / max(mat.stored, 1)), 1e-3), 1.0))
 
         # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
         # Both quantize the rows and finish the outputs alike: the ratio is of what is left.
@@ -1119,13 +1286,26 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         lay8, lay4 = Int8Linear.from_float(w4), Int4Linear.from_float(w4)
         tiny4 = Int4Linear.from_float(rand(4, 4))
         o4 = median_seconds(lambda: tiny4(tx), repeats=max_n, budget_s=budget)
-        int4_speedup = []
+        lay4g = Int4Linear.from_float(w4, group_size=32)  # per-group scales: the extra float work per group
+        int4_speedup, group_ns = [], []
         for m4 in (1, 16):
             x4 = rand(m4, k4)
             rest = c8[1] * m4 * k4 + c8[2] * m4 * k4 + c8[4] * m4
             t8_ = median_seconds(lambda: lay8(x4), repeats=max_n, budget_s=2 * budget) - fix8 - rest
-            t4_ = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget) - o4 - rest
+            t4c = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget)
+            t4_ = t4c - o4 - rest
             int4_speedup.append((m4, float(min(max(t8_, 1e-9) / max(t4_, 1e-9), 20.0))))
+            t4g = median_seconds(lambda: lay4g(x4), repeats=max_n, budget_s=2 * budget)
+            group_ns.append(max(t4g - t4c, 0.0) / (m4 * k4 * (k4 // 32)) * 1e9)
+
+        # -- one step of a native plan call: a chain of tiny int8 layers, each timed inside the call ---
+        from .runtime import convert as _convert
+
+        chain = Sequential(*[Linear(4, 4, rng=rng) for _ in range(8)]).eval()
+        rt_chain = _convert(chain, input_shape=(4,))
+        steps = rt_chain.profile(tx, repeats=max_n)
+        tiny = c8[1] * 4 + c8[2] * 4 + c8[3] * 4 * 16 + c8[4]  # the modelled work of one (padded) 4x4 layer
+        native_s = max(float(np.median(list(steps.values()))) - tiny, 0.0)
     finally:
         set_num_threads(threads)
 
@@ -1136,11 +1316,17 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     t_copy = median_seconds(lambda: np.copyto(dst, src), repeats=3, budget_s=0.0, min_repeats=2 if quick else 3)
     del src, dst
     bandwidth = 2 * nbytes / t_copy / 1e9
+    # -- and within the per-core cache: a copy of a quarter of it (source and destination fit) --------
+    l2 = _cache_bytes(2)
+    csrc = np.ones(l2 // 16, np.float32)
+    cdst = csrc.copy()
+    t_cache = median_seconds(lambda: np.copyto(cdst, csrc), repeats=max_n, min_seconds=2e-5)
+    cache_bw = 2 * csrc.nbytes / t_cache / 1e9
 
     isa = active_isa()
     simd = {"avx512vnni": 512, "avx512": 512, "avx2": 256}.get(isa, 128)
     us = 1e6
-    return HardwareProfile(
+    prof = HardwareProfile(
         name="host",
         int8_gops=float(2.0 / max(c8[3], 1e-15) / 1e9 * speedup),
         fp32_gflops=float(2.0 / max(cf[3], 1e-15) / 1e9),
@@ -1166,9 +1352,37 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                         "fp32_in": float(cf[1] * 1e9), "fp32_out": float(cf[2] * 1e9),
                         "im2col": float(im2col_s * 1e9), "im2col_int8": float(im2col_u8_s * 1e9),
                         "nchw": float(nchw_s * 1e9),
-                        "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9)},
+                        "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9),
+                        "int4_group": float(np.median(group_ns)), "sparse_out": float(sparse_out * 1e9)},
         gemm_tile=tile,
         parallel_min_macs=par_min,
         parallel_speedup=speedup,
         int4_speedup=tuple(int4_speedup),
+        native_overhead_us=float(native_s * us),
+        sparse_overhead_us=float(sparse_fixed * us),
+        sparsity_patterns_one_row=one_row,
+        cache_bytes=l2,
+        cache_bandwidth_gbs=float(max(cache_bw, bandwidth)),
     )
+    return _fit_native_conv(prof, rng, max_n)
+
+
+def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: int) -> HardwareProfile:
+    """``prof`` with ``ns_per_element["conv_row_native"]``: the time a 3x3 convolution takes inside a
+    native plan call besides its fixed step, its multiply-accumulates and its output step, per output
+    pixel (fitted at three image sizes)."""
+    from .nn.conv import Conv2d
+    from .nn.module import Sequential
+    from .runtime import convert
+
+    conv = Sequential(Conv2d(8, 8, 3, padding=1, rng=rng)).eval()
+    base = dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": 0.0})
+    rows, rest = [], []
+    for hw_ in (4, 8, 12):
+        rt = convert(conv, input_shape=(8, hw_, hw_))
+        x = rng.standard_normal((1, 8, hw_, hw_)).astype(np.float32)
+        t = float(np.median([sum(rt.profile(x, repeats=repeats).values()) for _ in range(3)]))
+        rows.append(hw_ * hw_)
+        rest.append(t - estimate(rt.layer_work(1), base).latency_s)
+    slope = float(np.polyfit(np.array(rows, float), np.array(rest), 1)[0])
+    return dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": max(slope, 0.0) * 1e9})

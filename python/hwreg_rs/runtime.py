@@ -24,6 +24,7 @@ processes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -250,7 +251,7 @@ class _Int4Dense(_Op):
         rows = int(np.prod(shape[:-1]))
         k, n = self.layer.in_features, self.layer.out_features
         return LayerWork(name, "linear", rows * k * n, self.layer.nbytes, rows * k * 4, rows * n * 4, "int4",
-                         gemm=(rows, k, n))
+                         gemm=(rows, k, n), int4_group=self.layer.group_size)
 
 
 class _Sparse(_Op):
@@ -328,7 +329,7 @@ class _Sparse(_Op):
         pattern = "n:m" if self.path.startswith("nm") else "block" if self.path.startswith("bsr") else "unstructured"
         prec = "int8" if self.path.endswith("int8") else "fp32"
         return LayerWork(name, "linear", rows * k * n, self.nbytes, rows * k * 4, rows * n * 4, prec,
-                         density=self.matrix.density, pattern=pattern)
+                         density=self.matrix.density, pattern=pattern, sparse_kernel=True)  # stored sparse: runs sparse
 
 
 class _Conv(_OnInt8Linear):
@@ -795,6 +796,10 @@ class RuntimeModel:
         reads, call, writes = self._steps[0] if len(self._steps) == 1 else ((), None, ())
         whole = isinstance(call, _planner.Segment) and reads == tuple(self.inputs) and writes == tuple(self.outputs)
         self._whole = call if whole else None
+        # One float32 input and one output: predict first offers x to the plan as it is (one native call that
+        # takes it when it is already a C-contiguous float32 (N, *input_shape) array, else declines).
+        one = whole and len(self.inputs) == len(self.outputs) == 1 and self.input_dtypes[0] == "float32"
+        self._ready = call.plan.forward_ready if one and isinstance(call, _planner.Segment) else None
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -871,6 +876,10 @@ class RuntimeModel:
         A graph with several inputs takes one array per input, a graph with
         several outputs returns a tuple.
         """
+        if self._ready is not None and not more:
+            y = self._ready(x, self._threads)
+            if y is not None:
+                return y
         xs = []
         for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
             if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):
@@ -921,8 +930,13 @@ class RuntimeModel:
     def layer_work(self, batch: int = 1) -> list[LayerWork]:
         """What each operation computes and moves for a batch (input to the cost model)."""
         shapes = self.shapes(batch)
-        return [n.op.work(f"{n.name}.{n.op.kind}" if n.name != str(i) else f"{i}.{n.op.kind}",
+        work = [n.op.work(f"{n.name}.{n.op.kind}" if n.name != str(i) else f"{i}.{n.op.kind}",
                           *(shapes[v] for v in n.inputs)) for i, n in enumerate(self.nodes)]
+        # Every node not run from Python runs in a native plan call (or is fused into a node that does).
+        writer = {n.outputs: n.name for n in self.nodes}
+        in_python = {writer.get(tuple(w)) for _, call, w in self._steps if not isinstance(call, _planner.Segment)}
+        return [dataclasses.replace(w, native=True) if n.name not in in_python else w
+                for n, w in zip(self.nodes, work)]
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per operation: name, kind, output shape for one sample, bytes."""
@@ -1303,7 +1317,7 @@ def _fastest_compact(choice: Any, mask: np.ndarray) -> Any:
 
 def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = None, sparse: str = "auto",
             batch_size: int = 1, meta: dict[str, Any] | None = None, threads: int | None = None,
-            weight_bits: int | None = None, int4_group_size: int | None = None,
+            weight_bits: int | None = None, int4_group_size: int | dict[str, int | None] | None = None,
             calibration_method: str = "minmax") -> RuntimeModel:
     """Convert a trained model into an int8 :class:`RuntimeModel`.
 
@@ -1346,9 +1360,11 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         Linear; ``None`` per layer: int4 for a Linear trained with a QAT
         constraint of at most 4 weight bits (on its own grid, so the model
         predicts what it was trained to), int8 for the rest. Convolutions stay int8.
-    int4_group_size : {None, 32, 64, 128}, default None
+    int4_group_size : {None, 32, 64, 128} or dict of str to them, default None
         Scales of int4 layers quantized here: one per output channel, or one
         per group of that many inputs (a QAT layer keeps its per-channel grid).
+        A dict sets it per Linear layer name; with ``weight_bits=None`` a
+        layer it names runs int4 at its group size whatever its QAT grid.
 
     Returns
     -------
@@ -1372,8 +1388,13 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
         raise ValueError(f"sparse must be 'auto', 'never' or 'always'; got {sparse!r}")
     if weight_bits not in (None, 4, 8) or isinstance(weight_bits, bool):
         raise ValueError(f"weight_bits must be None, 4 or 8; got {weight_bits!r}")
-    if int4_group_size not in GROUP_SIZES or isinstance(int4_group_size, bool):
-        raise ValueError(f"int4_group_size must be one of {GROUP_SIZES}; got {int4_group_size!r}")
+    if isinstance(int4_group_size, dict):  # per layer: naming a Linear asks for int4 with that group size
+        bad = {k: v for k, v in int4_group_size.items() if v not in GROUP_SIZES or isinstance(v, bool)}
+        if bad:
+            raise ValueError(f"int4_group_size values must be one of {GROUP_SIZES}; got {bad!r}")
+    elif int4_group_size not in GROUP_SIZES or isinstance(int4_group_size, bool):
+        raise ValueError(f"int4_group_size must be one of {GROUP_SIZES} or a dict of them by layer name; "
+                         f"got {int4_group_size!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if not isinstance(model, Module):
@@ -1486,7 +1507,7 @@ def _shape_arg(input_shape: Any) -> tuple[int, ...]:
 
 def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str,
            batch: int, weight_bits: int | None = None,
-           int4_group_size: int | None = None) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
+           int4_group_size: int | dict[str, int | None] | None = None) -> tuple[list[RuntimeNode], dict[str, np.ndarray]]:
     """The runtime nodes of a graph: Dropout and Identity dropped, BatchNorm folded into the
     Linear/Conv2d it follows and a ReLU fused into its output step when nothing else reads the
     values in between, then each op lowered to its runtime op."""
@@ -1535,8 +1556,11 @@ def _lower(graph: Graph, shapes: dict[str, tuple[int, ...]], *, sparse_mode: str
                 pending.relu = True
                 absorbed.add(j)
                 last = graph.nodes[j].outputs[0]
-            op = _finish(pending, sparse_mode=sparse_mode, batch=batch, weight_bits=weight_bits,
-                         int4_group_size=int4_group_size)
+            bits, group = weight_bits, int4_group_size
+            if isinstance(int4_group_size, dict):  # per layer (the planner's per-group int4 candidates)
+                group = int4_group_size.get(node.name)
+                bits = 4 if node.name in int4_group_size and isinstance(m, Linear) and bits is None else bits
+            op = _finish(pending, sparse_mode=sparse_mode, batch=batch, weight_bits=bits, int4_group_size=group)
             out.append(RuntimeNode(node.name, op, ins, (last,)))
             continue
         out.append(RuntimeNode(node.name, _lower_op(m), ins, node.outputs))

@@ -1,7 +1,9 @@
 """Benchmark suite "gemm": exact int8 GEMM vs NumPy and ONNX Runtime.
 
 Throughput is ``GOP/s = 2·M·K·N / time`` (median of several repeats, each
-contender timed side by side in one run). Every answer is checked first: ours
+contender timed side by side in one run). Each shape runs on 1 thread and on
+the library's thread count (ours and ONNX Runtime alike), all in the same
+round-robin rounds, so the scaling of each side is compared as well. Every answer is checked first: ours
 exactly against NumPy int64 (on a row slice for the big shapes), ONNX
 Runtime's against the same exact result (its max error is reported, since its
 AVX2 u8×s8 path saturates), and the float paths against fp32 NumPy.
@@ -81,15 +83,26 @@ def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: f
     return side_by_side(fns, rounds=repeats, min_seconds=min_seconds, pause_s=0.05)
 
 
+def _on_threads(t: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with the library's kernels on ``t`` threads."""
+    import hwreg_rs as hw
+
+    def call() -> Any:
+        hw.set_num_threads(t)
+        return fn()
+    return call
+
+
 def run(quick: bool = False) -> str:
     import hwreg_rs as hw
 
     threads = hw.num_threads()
+    counts = sorted({1, threads})
     rng = np.random.default_rng(0)
     repeats = 3 if quick else 11  # the 2-vCPU VM drifts by ±30% over seconds: many short rounds
     shapes = QUICK_SHAPES if quick else SHAPES
     notes: list[str] = []
-    cols = ["M,K,N", "ours B/call", "ours packed", "Int8Linear f32", "NumPy fp32", "NumPy int32",
+    cols = ["M,K,N", "threads", "ours B/call", "ours packed", "Int8Linear f32", "NumPy fp32", "NumPy int32",
             "ORT MMI const B", "ORT MMI B input", "ORT dyn-quant", "B/call/ORT MMI B input", "packed/ORT MMI",
             "Int8Linear/ORT dyn",
             "Int8Linear/NumPy fp32", "packed/NumPy int"]
@@ -115,35 +128,37 @@ def run(quick: bool = False) -> str:
         rel = float(np.abs(yl - y32).max() / (np.abs(y32).max() + 1e-30))
         assert rel < 0.05, f"Int8Linear error too large: {rel}"
 
-        fns: dict[str, Callable[[], Any]] = {
-            "call": lambda: hw.matmul_integer(a, b),
-            "packed": lambda: hw.matmul_integer(a, packed),
-            "layer": lambda: layer(x),
-        }
-        sess = _ort_sessions(k, n, b, w, threads)
-        if "mmi_const" in sess:
-            have_ort = True
-            yo = sess["mmi_const"].run(None, {"A": a})[0]
-            err = int(np.abs(yo[:rows].astype(np.int64) - exact).max())
-            if err:
-                notes.append(f"ORT MatMulInteger at ({m},{k},{n}): max abs error {err} (inexact)")
-            fns["mc"] = lambda: sess["mmi_const"].run(None, {"A": a})
-            fns["mi"] = lambda: sess["mmi_input"].run(None, {"A": a, "B": b})
-        if "dyn" in sess:
-            yd = sess["dyn"].run(None, {"X": x})[0]
-            rel_d = float(np.abs(yd - y32).max() / (np.abs(y32).max() + 1e-30))
-            notes.append(f"({m},{k},{n}) max rel. error vs fp32: Int8Linear {rel:.2e}, ORT dyn-quant {rel_d:.2e}")
-            fns["dyn"] = lambda: sess["dyn"].run(None, {"X": x})
-        elif "dyn_error" in sess:
-            notes.append(f"ORT quantize_dynamic failed: {sess['dyn_error']}")
+        fns: dict[tuple[str, int], Callable[[], Any]] = {}
+        for t in counts:
+            fns["call", t] = _on_threads(t, lambda: hw.matmul_integer(a, b))
+            fns["packed", t] = _on_threads(t, lambda: hw.matmul_integer(a, packed))
+            fns["layer", t] = _on_threads(t, lambda: layer(x))
+            sess = _ort_sessions(k, n, b, w, t)
+            if "mmi_const" in sess:
+                have_ort = True
+                yo = sess["mmi_const"].run(None, {"A": a})[0]
+                err = int(np.abs(yo[:rows].astype(np.int64) - exact).max())
+                if err and t == counts[0]:
+                    notes.append(f"ORT MatMulInteger at ({m},{k},{n}): max abs error {err} (inexact)")
+                fns["mc", t] = lambda s=sess: s["mmi_const"].run(None, {"A": a})
+                fns["mi", t] = lambda s=sess: s["mmi_input"].run(None, {"A": a, "B": b})
+            if "dyn" in sess:
+                if t == counts[0]:
+                    yd = sess["dyn"].run(None, {"X": x})[0]
+                    rel_d = float(np.abs(yd - y32).max() / (np.abs(y32).max() + 1e-30))
+                    notes.append(f"({m},{k},{n}) max rel. error vs fp32: Int8Linear {rel:.2e}, "
+                                 f"ORT dyn-quant {rel_d:.2e}")
+                fns["dyn", t] = lambda s=sess: s["dyn"].run(None, {"X": x})
+            elif "dyn_error" in sess and t == counts[0]:
+                notes.append(f"ORT quantize_dynamic failed: {sess['dyn_error']}")
         time.sleep(0.3)  # OpenBLAS threads (from the float check) spin for a while
-        secs = _interleaved(fns, repeats)
+        try:
+            secs = _interleaved(fns, repeats)  # type: ignore[arg-type]
+        finally:
+            hw.set_num_threads(threads)
         # NumPy last, on its own: OpenBLAS threads keep spinning for a while
         # after each call and would steal the cores from whatever runs next.
-        secs["np32"] = median_seconds(lambda: x @ w, repeats=repeats)
-        g = {name: ops / t / 1e9 for name, t in secs.items()}
-        r_call, r_packed, r_layer, r_np32 = g["call"], g["packed"], g["layer"], g["np32"]
-        r_mc, r_mi, r_dyn = g.get("mc"), g.get("mi"), g.get("dyn")
+        r_np32 = ops / median_seconds(lambda: x @ w, repeats=repeats) / 1e9
         r_npint = None
         if m * k * n <= NUMPY_INT_MAX_MACS:
             a32, b32 = a.astype(np.int32), b.astype(np.int32)
@@ -153,10 +168,17 @@ def run(quick: bool = False) -> str:
         def ratio(p: float | None, q: float | None) -> str | None:
             return None if p is None or q is None else f"{p / q:.2f}×"
 
-        table.add(f"{m},{k},{n}", r_call, r_packed, r_layer, r_np32, r_npint, r_mc, r_mi, r_dyn,
-                  ratio(r_call, r_mi), ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, r_np32), ratio(r_packed, r_npint))
-    head = (f"### gemm: exact int8 GEMM (ISA {hw.active_isa()}, {threads} threads; ORT intra_op_num_threads="
-            f"{threads})\n\nGOP/s = 2·M·K·N / time (median of {repeats} rounds, contenders timed round-robin); "
+        for t in counts:
+            g = {name: ops / s / 1e9 for (name, tt), s in secs.items() if tt == t}
+            r_call, r_packed, r_layer = g["call"], g["packed"], g["layer"]
+            r_mc, r_mi, r_dyn = g.get("mc"), g.get("mi"), g.get("dyn")
+            np32, npint = (r_np32, r_npint) if t == threads else (None, None)  # NumPy runs on its own threads
+            table.add(f"{m},{k},{n}", t, r_call, r_packed, r_layer, np32, npint, r_mc, r_mi, r_dyn,
+                      ratio(r_call, r_mi), ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, np32),
+                      ratio(r_packed, npint))
+    head = (f"### gemm: exact int8 GEMM (ISA {hw.active_isa()}; threads {', '.join(map(str, counts))}, ours and ORT "
+            "intra_op_num_threads alike; NumPy on its own threads)\n\n"
+            f"GOP/s = 2·M·K·N / time (median of {repeats} rounds, contenders timed round-robin); "
             "A uint8 × B int8 → int32; Int8Linear and ORT dyn-quant are float32 in / float32 out; "
             "ratios > 1 mean ours is faster.\n")
     body = table.markdown()

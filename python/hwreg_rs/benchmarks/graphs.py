@@ -11,15 +11,21 @@ with :func:`hwreg_rs.fit`, then measure
 - its integer ONNX export in ONNX Runtime: argmax agreement with ``predict``
   and max |Δ| in units of the largest logit;
 - latency at batch 1 and 32, side by side, on 1 and on all threads: our
-  float graph (NumPy), our int8 runtime, ORT fp32 on the float export, ORT on
-  our int8 export; and the import time.
+  float graph (NumPy), our int8 runtime with dynamic activations and with
+  static (calibrated) ones, ORT fp32 on the float export, ORT's own dynamic
+  int8 (``quantize_dynamic``) and static int8 (``quant_pre_process``, then
+  ``quantize_static``: QDQ, per channel, calibrated on the same training
+  images as ours) of that export, and ORT on our int8 export; the digits
+  accuracy of each; and the import time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,6 +45,52 @@ def _ort_session(proto: Any, threads: int) -> Any:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_int8(proto: Any, calib: np.ndarray) -> dict[str, Any]:
+    """ONNX Runtime's own int8 versions of a float model: ``{"dynamic": proto, "static": proto}``
+    (``quantize_dynamic``; ``quant_pre_process`` then ``quantize_static`` in QDQ format, per channel,
+    calibrated on ``calib``). A quantizer that fails on a model gives its error message instead."""
+    import onnx as onnx_pkg
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = proto.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        src, pre = os.path.join(d, "float.onnx"), os.path.join(d, "pre.onnx")
+        onnx_pkg.save(proto, src)
+        steps: dict[str, Callable[[str], None]] = {
+            "dynamic": lambda dst: quantize_dynamic(pre, dst, weight_type=QuantType.QInt8),
+            "static": lambda dst: quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ,
+                                                  per_channel=True),
+        }
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizers log advice (per-channel axes of 1-D weights) as warnings
+        try:
+            quant_pre_process(src, pre)
+            for kind, make in steps.items():
+                dst = os.path.join(d, f"{kind}.onnx")
+                try:
+                    make(dst)
+                    out[kind] = onnx_pkg.load(dst)
+                except Exception as e:  # noqa: BLE001 - reported in the table, the suite goes on
+                    out[kind] = f"{type(e).__name__}: {e}"[:80]
+        except Exception as e:  # noqa: BLE001 - the pre-processing failed: neither quantizer runs
+            out = dict.fromkeys(steps, f"pre-process: {type(e).__name__}: {e}"[:80])
+        finally:
+            root.setLevel(level)
+    return out
 
 
 def _train(name: str, proto: Any, X: np.ndarray, y: np.ndarray, quick: bool) -> Any:
@@ -61,8 +113,10 @@ def run(quick: bool = False) -> str:
     models = zoo.digits_models()
     acc_t = Table(["model", "nodes", "import ms", "float acc (hw)", "float acc (ORT)", "max|Δ| vs ORT / max|logit|",
                    "int8 acc", "drop (pt)", "int8 ONNX argmax agree", "int8 ONNX max|Δ| / max|logit|"])
-    lat_t = Table(["model", "threads", "batch", "hw float µs", "hw int8 µs", "ORT fp32 µs", "ORT on our int8 µs",
-                   "int8 vs hw float", "int8 vs ORT fp32"])
+    q_acc_t = Table(["model", "ORT fp32", "ORT dynamic int8", "ORT static int8", "hw int8 dynamic", "hw int8 static"])
+    lat_t = Table(["model", "threads", "batch", "hw float µs", "hw int8 µs", "hw static int8 µs", "ORT fp32 µs",
+                   "ORT dyn int8 µs", "ORT static int8 µs", "ORT on our int8 µs", "int8 vs hw float",
+                   "int8 vs ORT fp32", "static vs ORT static"])
     ovh_t = Table(["model", "native calls", "predict µs", "its native plan call µs", "predict − native µs"])
     all_threads = num_threads()
     for name, proto in models.items():
@@ -81,6 +135,13 @@ def run(quick: bool = False) -> str:
         int8_proto = onnx.export(rt)
         y_ex = _ort_session(int8_proto, all_threads).run(None, {rt.inputs[0]: X_te})[0]
         acc = lambda out: float(np.mean(out.argmax(1) == digits.y_test))  # noqa: E731
+        calib = np.ascontiguousarray(X_tr[:64 if quick else 256])
+        rt_s = runtime.convert(g, input_shape=shape, calibration=calib)
+        ort_q = _ort_int8(float_proto, calib)
+        ort_acc = {k: f"{acc(_ort_session(p, all_threads).run(None, {g.inputs[0]: X_te})[0]):.2%}"
+                   if not isinstance(p, str) else p for k, p in ort_q.items()}
+        q_acc_t.add(name, f"{acc(ref):.2%}", ort_acc["dynamic"], ort_acc["static"], f"{acc(y_rt):.2%}",
+                    f"{acc(rt_s.predict(X_te)):.2%}")
         acc_t.add(name, len(g.nodes), import_ms, f"{acc(y_hw):.2%}", f"{acc(ref):.2%}",
                   f"{np.abs(y_hw - ref).max() / np.abs(ref).max():.1e}", f"{acc(y_rt):.2%}",
                   f"{100 * (acc(y_hw) - acc(y_rt)):+.2f}", f"{np.mean(y_ex.argmax(1) == y_rt.argmax(1)):.2%}",
@@ -88,20 +149,25 @@ def run(quick: bool = False) -> str:
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
             s_f, s_q = _ort_session(float_proto, threads), _ort_session(int8_proto, threads)
+            s_ort = {k: _ort_session(p, threads) for k, p in ort_q.items() if not isinstance(p, str)}
             for batch in (1, 32):
                 x = np.ascontiguousarray(np.resize(X_te, (batch,) + shape))
                 feed = {g.inputs[0]: x}
                 r = 3 if quick else 7
-                calls = {"f": lambda: g(x), "q": lambda: rt.predict(x), "of": lambda: s_f.run(None, feed),
-                         "oq": lambda: s_q.run(None, feed)}
+                calls = {"f": lambda: g(x), "q": lambda: rt.predict(x), "qs": lambda: rt_s.predict(x),
+                         "of": lambda: s_f.run(None, feed), "oq": lambda: s_q.run(None, feed)}
+                calls.update({k: (lambda s=s: s.run(None, feed)) for k, s in s_ort.items()})
                 t = side_by_side(calls, rounds=r, min_seconds=0.01 if quick else 0.03, pause_s=_SETTLE_S)
-                lat_t.add(name, threads, batch, 1e6 * t["f"], 1e6 * t["q"], 1e6 * t["of"], 1e6 * t["oq"],
-                          f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×")
+                us = lambda k: 1e6 * t[k] if k in t else None  # noqa: E731
+                vs_static = f"{t['static'] / t['qs']:.2f}×" if "static" in t else None
+                lat_t.add(name, threads, batch, us("f"), us("q"), us("qs"), us("of"), us("dynamic"), us("static"),
+                          us("oq"), f"{t['f'] / t['q']:.2f}×", f"{t['of'] / t['q']:.2f}×", vs_static)
         set_num_threads(1)
         ovh_t.add(name, *_overhead(rt, np.ascontiguousarray(X_te[:1]), quick))
         set_num_threads(all_threads)
     out = ("## Graphs: ONNX in, trained on digits, int8, ONNX out\n\n" + acc_t.markdown() + "\n\n" +
-           lat_t.markdown() + "\n\nPer-predict overhead, batch 1, 1 thread (what Python adds to a model that is one "
+           "Digits test accuracy of each int8 version (ORT's quantizers and ours, static ones calibrated on the "
+           "same training images):\n\n" + q_acc_t.markdown() + "\n\n" + lat_t.markdown() + "\n\nPer-predict overhead, batch 1, 1 thread (what Python adds to a model that is one "
            "native call):\n\n" + ovh_t.markdown())
     torch_dir = os.environ.get("HWREG_TORCH_ONNX_DIR")
     if torch_dir:
@@ -130,7 +196,8 @@ def _torch_exports(folder: str, quick: bool) -> str:
     from .. import num_threads, onnx, runtime, set_num_threads
 
     t = Table(["file", "input", "import ms", "max|Δ| vs ORT / max|logit|", "threads", "hw int8 µs (batch 1)",
-               "ORT fp32 µs (batch 1)", "int8 vs ORT fp32", "int8 vs float argmax agree"])
+               "ORT fp32 µs (batch 1)", "ORT static int8 µs (batch 1)", "int8 vs ORT fp32", "int8 vs ORT static",
+               "int8 vs float argmax agree", "ORT static vs float argmax agree"])
     all_threads = num_threads()
     for name in ("resnet18.ts.onnx", "resnet18.dynamo.onnx", "mobilenet_v2.ts.onnx", "mobilenet_v2.dynamo.onnx"):
         path = os.path.join(folder, name)
@@ -146,14 +213,23 @@ def _torch_exports(folder: str, quick: bool) -> str:
         err = float(np.abs(g(x8) - ref).max() / np.abs(ref).max())
         rt = runtime.convert(g, input_shape=shape)
         agree = float(np.mean(rt.predict(x8).argmax(1) == ref.argmax(1)))
+        # ORT's static int8, calibrated on random images (the weights are random too)
+        calib = np.random.default_rng(1).standard_normal((4 if quick else 16,) + shape).astype(np.float32)
+        static = _ort_int8(proto, calib)["static"]
+        s_agree = (f"{np.mean(_ort_session(static, all_threads).run(None, {g.inputs[0]: x8})[0].argmax(1) == ref.argmax(1)):.0%}"
+                   if not isinstance(static, str) else static)
         x = x8[:1]
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
             sess = _ort_session(proto, threads)
-            times = side_by_side({"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})},
-                                 rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
-            q, f = times["q"], times["f"]
-            t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f, f"{f / q:.2f}×",
-                  f"{agree:.0%}")
+            fns = {"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})}
+            if not isinstance(static, str):
+                s_sess = _ort_session(static, threads)
+                fns["s"] = lambda: s_sess.run(None, {g.inputs[0]: x})
+            times = side_by_side(fns, rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
+            q, f, st = times["q"], times["f"], times.get("s")
+            t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f,
+                  None if st is None else 1e6 * st, f"{f / q:.2f}×", None if st is None else f"{st / q:.2f}×",
+                  f"{agree:.0%}", s_agree)
         set_num_threads(all_threads)
     return "### torchvision exports (random weights)\n\n" + t.markdown()

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import Table, median_seconds
+from . import Table
+from .._timing import side_by_side
 
 
 def _train(quick: bool) -> dict[str, Any]:
@@ -94,9 +95,12 @@ def run(quick: bool = False) -> str:
     for name, b, f, q, o, shape in cases:
         x = np.ascontiguousarray(np.random.default_rng(b).random((b,) + shape, dtype=np.float32))
         np.testing.assert_allclose(q(x), f(x), atol=0.25 * float(np.abs(f(x)).max()))  # sanity before timing
-        tf = _best_float_seconds(f, x, repeats)
-        tq = median_seconds(lambda: q(x), repeats=repeats)
-        to = median_seconds(lambda: o(x), repeats=repeats) if o is not None else None
+        # Side by side as the demo times them: the float model the better of its BLAS threads.
+        calls = {"float": lambda: f(x), "hwreg": lambda: q(x)}
+        if o is not None:
+            calls["ort"] = lambda: o(x)
+        t = side_by_side(calls, rounds=repeats, min_seconds=0.02, numpy=["float"])
+        tf, tq, to = t["float"], t["hwreg"], t.get("ort")
         lat.add(name, b, 1e6 * tf, 1e6 * tq, None if to is None else 1e6 * to, f"{tf / tq:.2f}×",
                 "–" if to is None else f"{to / tq:.2f}×")
 
@@ -111,14 +115,6 @@ def run(quick: bool = False) -> str:
     head = (f"## Runtime models (digits; {num_threads()} threads; median of {repeats}; "
             f"ORT {'absent' if ort_fn is None else 'quantize_dynamic, same threads'})")
     return "\n\n".join([head, acc.markdown(), lat.markdown(), sizes.markdown()])
-
-
-def _best_float_seconds(f: Any, x: np.ndarray, repeats: int) -> float:
-    """The float model's time, the better of NumPy's BLAS threads as they are and one
-    (:func:`hwreg_rs._timing.numpy_seconds`, with the benchmarks' 20 ms samples)."""
-    from .._timing import numpy_seconds
-
-    return numpy_seconds(lambda: f(x), repeats=repeats, min_seconds=0.02)
 
 
 def _pruned_copy(mlp: Any, prune: Any) -> Any:

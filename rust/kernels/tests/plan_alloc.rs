@@ -11,7 +11,8 @@ use std::sync::Arc;
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{PackedB, ZeroPoint};
-use hwreg_kernels::plan::{Gemm, GraphPlan, Node, Op, Unary};
+use hwreg_kernels::int4::{self, Int4Weight};
+use hwreg_kernels::plan::{Gemm, GraphPlan, Int4Dense, Node, Op, Unary};
 
 struct Counting;
 
@@ -130,38 +131,32 @@ fn the_executor_allocates_nothing_per_call() {
     }
 }
 
-/// With the int8 kernels, what a call still allocates is their own small
-/// temporaries (the GEMM's row sums and accumulator tile, the depthwise
-/// kernel's prepared output step), the same every call, and no value buffer.
-#[test]
-fn the_int8_kernels_allocate_only_their_temporaries() {
-    let (c, h, w, oc) = (3, 8, 8, 16);
-    let conv = |g: Gemm, nchw_in| Op::Conv {
+fn conv(g: Gemm, nchw_in: bool) -> Op {
+    Op::Conv {
         gemm: g,
         kernel: (3, 3),
         stride: (1, 1),
         padding: (1, 1),
         nchw_in,
-    };
+    }
+}
+
+/// The int8 GEMM layers (convolutions, dense layers with and without a bias,
+/// one scale or one per column, dynamic or static activations) allocate
+/// nothing per call either: the plan's buffers and the GEMM's per-thread ones.
+#[test]
+fn int8_conv_and_dense_layers_allocate_nothing_per_call() {
+    let (c, h, w, oc) = (3, 8, 8, 16);
+    let mut one_scale = gemm(10, oc * 16, 2, false);
+    one_scale.scale = vec![0.03];
+    let mut stat = gemm(12, 10, 3, true);
+    stat.act = Some(hwreg_kernels::plan::graph::StaticAct {
+        scale: 0.05,
+        zero_point: 7,
+    });
     let nodes = vec![
         node(conv(gemm(oc, c * 9, 1, true), true), &[0], 1),
-        node(
-            Op::Depthwise {
-                weight: vec![1; 9 * oc],
-                kernel: (3, 3),
-                scale: vec![0.05; oc],
-                bias: Some(vec![0.0; oc]),
-                relu: false,
-                post: Some(Unary::Clip(Some(0.0), Some(6.0))),
-                stride: (1, 1),
-                padding: [1, 1, 1, 1],
-                dilation: (1, 1),
-                nchw_in: false,
-                act: None,
-            },
-            &[1],
-            2,
-        ),
+        node(conv(gemm(oc, oc * 9, 4, false), false), &[1], 2),
         node(Op::Add { relu: true }, &[2, 1], 3),
         node(
             Op::Pool {
@@ -175,9 +170,39 @@ fn the_int8_kernels_allocate_only_their_temporaries() {
         ),
         node(Op::ToNchw, &[4], 5),
         node(Op::Reshape(vec![oc * 16]), &[5], 6),
-        node(Op::Dense(gemm(10, oc * 16, 2, true)), &[6], 7),
+        node(Op::Dense(one_scale), &[6], 7),
+        node(Op::Dense(stat), &[7], 8),
     ];
-    let plan = GraphPlan::new(nodes, vec![0], vec![vec![c, h, w]], vec![7]).unwrap();
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![c, h, w]], vec![8]).unwrap();
+    for batch in [1usize, 4, 2] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
+    }
+}
+
+/// The depthwise kernel still makes two small temporaries per call (its
+/// per-image output steps and its weights widened to i16), the same every call,
+/// and no value buffer.
+#[test]
+fn the_depthwise_kernel_allocates_only_its_output_steps() {
+    let oc = 16;
+    let nodes = vec![node(
+        Op::Depthwise {
+            weight: vec![1; 9 * oc],
+            kernel: (3, 3),
+            scale: vec![0.05; oc],
+            bias: Some(vec![0.0; oc]),
+            relu: false,
+            post: Some(Unary::Clip(Some(0.0), Some(6.0))),
+            stride: (1, 1),
+            padding: [1, 1, 1, 1],
+            dilation: (1, 1),
+            nchw_in: false,
+            act: None,
+        },
+        &[0],
+        1,
+    )];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![8, 8, oc]], vec![1]).unwrap();
     for batch in [1usize, 4] {
         let (n, bytes) = second_call(&plan, batch);
         assert_eq!(
@@ -185,11 +210,51 @@ fn the_int8_kernels_allocate_only_their_temporaries() {
             (n, bytes),
             "steady from call to call"
         );
-        assert!(n <= 12, "{n} allocations at batch {batch}");
-        // No value buffer among them: the smallest value (the pooled image) is batch*256 floats.
-        let grown = plan.allocations();
-        second_call(&plan, batch);
-        assert_eq!(plan.allocations(), grown);
-        eprintln!("batch {batch}: {n} kernel temporaries, {bytes} bytes per call");
+        assert!(n <= 2, "{n} allocations at batch {batch}");
+    }
+}
+
+fn int4_layer(n: usize, k: usize, group: Option<usize>, seed: usize) -> Arc<Int4Weight> {
+    let packed: Vec<u8> = (0..n * k.div_ceil(2))
+        .map(|i| ((i * 7 + seed * 3) % 256) as u8)
+        .collect();
+    let ng = group.map_or(1, |g| k.div_ceil(g));
+    let scales: Vec<f32> = (0..n * ng).map(|i| 0.01 + (i % 5) as f32 * 0.002).collect();
+    Arc::new(Int4Weight::new(&packed, n, k, group, &scales, None).unwrap())
+}
+
+/// int4 layers run on the plan's own scratch: nothing is allocated per call,
+/// and the plan computes what the int4 kernel computes layer by layer.
+#[test]
+fn int4_layers_allocate_nothing_per_call() {
+    let (w1, w2) = (int4_layer(40, 64, Some(32), 1), int4_layer(10, 40, None, 2));
+    let b1 = vec![0.05f32; 40];
+    let nodes = vec![
+        node(
+            Op::Int4Dense(
+                Int4Dense::new(w1.clone(), Some(b1.clone()), false, Some(Unary::Relu)).unwrap(),
+            ),
+            &[0],
+            1,
+        ),
+        node(
+            Op::Int4Dense(Int4Dense::new(w2.clone(), None, true, None).unwrap()),
+            &[1],
+            2,
+        ),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![64]], vec![2]).unwrap();
+    let ctx = Ctx::serial();
+    for batch in [1usize, 4, 2] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
+        let x: Vec<f32> = (0..batch * 64)
+            .map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let h = int4::linear(&ctx, &x, batch, 64, &w1, Some(&b1), false).unwrap();
+        let h: Vec<f32> = h.iter().map(|v| v.max(0.0)).collect();
+        let want = int4::linear(&ctx, &h, batch, 40, &w2, None, true).unwrap();
+        let mut y = vec![0f32; batch * 10];
+        plan.forward(&ctx, batch, &[&x], &mut [&mut y]).unwrap();
+        assert_eq!(y, want, "batch {batch}");
     }
 }

@@ -16,7 +16,8 @@ use crate::errors::{contiguous, OrPy};
 /// int4 weights packed once for the kernels.
 #[pyclass(frozen, name = "_Int4Weight", module = "hwreg_rs._native")]
 pub struct PyInt4Weight {
-    inner: Int4Weight,
+    /// Shared with the graph plans that run the layer (`runtime.rs`).
+    pub(crate) inner: std::sync::Arc<Int4Weight>,
 }
 
 #[pymethods]
@@ -66,7 +67,9 @@ fn _int4_pack(
     let inner = py
         .detach(|| Int4Weight::new(p, n, in_features, group_size, s, z))
         .or_py()?;
-    Ok(PyInt4Weight { inner })
+    Ok(PyInt4Weight {
+        inner: std::sync::Arc::new(inner),
+    })
 }
 
 /// _int4_linear(x, w, bias, relu) -> float32 (M, N)

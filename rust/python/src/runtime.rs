@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
-use hwreg_kernels::plan::graph::{DType, Gemm, GraphPlan, Node, Op, StaticAct, Unary};
+use hwreg_kernels::plan::attention_ops::{Approximate, LayerNorm, Scalar};
+use hwreg_kernels::plan::graph::{
+    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
+};
 use hwreg_kernels::quant::fixed;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -15,6 +18,8 @@ use pyo3::types::PyDict;
 
 use crate::errors::{contiguous, OrPy};
 use crate::gemm::PyPackedB;
+use crate::int4::PyInt4Weight;
+use crate::sparse::SparseMatrix;
 
 /// `_GraphPlan(nodes, inputs, input_dims, outputs)`: `nodes` is a list of
 /// `(op, input_ids, output_id, params)` in execution order (`params` a dict
@@ -22,6 +27,9 @@ use crate::gemm::PyPackedB;
 #[pyclass(frozen, name = "_GraphPlan", module = "hwreg_rs._native")]
 pub struct PyGraphPlan {
     inner: GraphPlan,
+    /// `(input dims, output dims)` of a plan with one input and one output
+    /// (what `forward_ready` checks and allocates by), kept from the build.
+    one: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 fn item<'py>(p: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -89,6 +97,30 @@ fn gemm(p: &Bound<'_, PyDict>) -> PyResult<Gemm> {
 fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
     Ok(match kind {
         "dense" => Op::Dense(gemm(p)?),
+        "sparse_dense" => {
+            let w: Py<SparseMatrix> = field!(p, "weight")?;
+            Op::SparseDense(
+                SparseDense::new(
+                    Arc::clone(&w.get().inner),
+                    opt_floats(p, "bias")?,
+                    field!(p, "relu")?,
+                    unary(field!(p, "post")?)?,
+                )
+                .or_py()?,
+            )
+        }
+        "int4_dense" => {
+            let w: Py<PyInt4Weight> = field!(p, "weight")?;
+            Op::Int4Dense(
+                Int4Dense::new(
+                    Arc::clone(&w.get().inner),
+                    opt_floats(p, "bias")?,
+                    field!(p, "relu")?,
+                    unary(field!(p, "post")?)?,
+                )
+                .or_py()?,
+            )
+        }
         "conv" => Op::Conv {
             gemm: gemm(p)?,
             kernel: field!(p, "kernel")?,
@@ -147,6 +179,42 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         "to_nhwc" => Op::ToNhwc,
         "to_nchw" => Op::ToNchw,
         "reshape" => Op::Reshape(field!(p, "dims")?),
+        // attention ops
+        "layer_norm" => Op::LayerNorm(LayerNorm {
+            d: field!(p, "d")?,
+            weight: opt_floats(p, "weight")?,
+            bias: opt_floats(p, "bias")?,
+            eps: field!(p, "eps")?,
+        }),
+        "softmax" => Op::Softmax,
+        "gelu" => {
+            let a: String = field!(p, "approximate")?;
+            Op::Gelu(Approximate::from_name(&a).or_py()?)
+        }
+        "matmul" => Op::MatMul {
+            trans_b: field!(p, "trans_b")?,
+        },
+        "transpose" => Op::Transpose(field!(p, "perm")?),
+        "mean" => Op::Mean {
+            axis: field!(p, "axis")?,
+            keepdims: field!(p, "keepdims")?,
+        },
+        "scalar" => {
+            let (name, c): (String, f32) = (field!(p, "fn")?, field!(p, "value")?);
+            Op::Scalar(match name.as_str() {
+                "add" => Scalar::Add(c),
+                "sub" => Scalar::Sub(c),
+                "rsub" => Scalar::RSub(c),
+                "mul" => Scalar::Mul(c),
+                "div" => Scalar::Div(c),
+                "rdiv" => Scalar::RDiv(c),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "unknown scalar op {other:?}"
+                    )))
+                }
+            })
+        }
         other => return Err(PyValueError::new_err(format!("unknown plan op {other:?}"))),
     })
 }
@@ -174,9 +242,15 @@ impl PyGraphPlan {
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(PyGraphPlan {
-            inner: GraphPlan::new(nodes, inputs, input_dims, outputs).or_py()?,
-        })
+        let inner = GraphPlan::new(nodes, inputs, input_dims, outputs).or_py()?;
+        let one = match (
+            inner.input_dims().as_slice(),
+            inner.output_dims().as_slice(),
+        ) {
+            ([x], [y]) => Some((x.to_vec(), y.to_vec())),
+            _ => None,
+        };
+        Ok(PyGraphPlan { inner, one })
     }
 
     /// Float32 C-contiguous inputs `(batch, *input_dims[i])` in, one array
@@ -188,6 +262,51 @@ impl PyGraphPlan {
         threads: usize,
     ) -> PyResult<Vec<Bound<'py, PyArrayDyn<f32>>>> {
         self.run(py, inputs, threads, None)
+    }
+
+    /// `forward([x], threads)[0]` of a plan with one input and one output,
+    /// when `x` is already what the plan reads: a float32, C-contiguous,
+    /// aligned array of shape `(batch, *input_dims)`; else None (the caller
+    /// converts and checks it, then calls `forward`). No lists and no borrow
+    /// registry: the runtime's per-predict path. `threads` None: this
+    /// thread's setting (`_local_threads`, else the process's).
+    #[pyo3(signature = (x, threads=None))]
+    fn forward_ready<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        threads: Option<usize>,
+    ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+        let Some((want, dims)) = &self.one else {
+            return Err(PyValueError::new_err(
+                "forward_ready needs a plan with one input and one output",
+            ));
+        };
+        let Ok(x) = x.cast::<PyArrayDyn<f32>>() else {
+            return Ok(None);
+        };
+        let shape = x.shape();
+        let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
+        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
+            return Ok(None);
+        }
+        let batch = shape[0];
+        let mut out_shape = Vec::with_capacity(dims.len() + 1);
+        out_shape.push(batch);
+        out_shape.extend_from_slice(dims);
+        let ctx = threads.map_or_else(Ctx::current, Ctx::new);
+        // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
+        // Rust writes it (as with a readonly borrow, a Python thread writing
+        // it during the call races only with itself). The output is new, and
+        // the plan writes every element before Python sees it.
+        let xs = unsafe { x.as_slice() }
+            .map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let out = unsafe { PyArrayDyn::<f32>::new(py, out_shape, false) };
+        let ys = unsafe { out.as_slice_mut() }
+            .map_err(|_| PyValueError::new_err("output is not contiguous"))?;
+        py.detach(|| self.inner.forward(&ctx, batch, &[xs], &mut [ys]))
+            .or_py()?;
+        Ok(Some(out))
     }
 
     /// `forward` that also returns each node's seconds (a list, in node order).

@@ -15,7 +15,8 @@ use hwreg_kernels::sparse::{self, DenseValues, Pattern, QuantX, SparseWeight};
 /// A sparse weight `(out_features, in_features)` built from a dense matrix.
 #[pyclass(frozen, module = "hwreg_rs._native")]
 pub struct SparseMatrix {
-    inner: SparseWeight,
+    /// Shared with the graph plans that run the layer (`runtime.rs`).
+    pub(crate) inner: std::sync::Arc<SparseWeight>,
 }
 
 fn mask_slice<'a>(
@@ -53,7 +54,9 @@ fn build<T: numpy::Element + Sync>(
     let m = mask_slice(mask, w.shape())?;
     let ws = contiguous(w, "w")?;
     let inner = py.detach(|| make(ws, rows, cols, m)).or_py()?;
-    Ok(SparseMatrix { inner })
+    Ok(SparseMatrix {
+        inner: std::sync::Arc::new(inner),
+    })
 }
 
 /// How [`build`] makes a weight from `(w, rows, cols, mask)`.

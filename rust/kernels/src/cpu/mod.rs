@@ -178,6 +178,7 @@ pub struct Dispatch {
     pub(crate) sparse: crate::sparse::arch::Kernels,
     pub(crate) prune: crate::prune::arch::Kernels,
     pub(crate) int4: crate::int4::arch::Kernels,
+    pub(crate) nnops: crate::nnops::arch::Kernels,
 }
 
 /// The table of each path (indexed by `Isa as usize`), built at compile time.
@@ -190,7 +191,7 @@ static TABLES: [Dispatch; 4] = [
 ];
 
 const fn table(isa: Isa) -> Dispatch {
-    use crate::{gemm, int4, prune, quant, sparse};
+    use crate::{gemm, int4, nnops, prune, quant, sparse};
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Dispatch {
@@ -200,6 +201,7 @@ const fn table(isa: Isa) -> Dispatch {
             sparse: sparse::arch::x86_avx2::KERNELS,
             prune: prune::arch::x86_avx2::KERNELS,
             int4: int4::arch::x86_avx2::KERNELS,
+            nnops: nnops::arch::x86_avx2::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Dispatch {
@@ -211,6 +213,7 @@ const fn table(isa: Isa) -> Dispatch {
             prune: prune::arch::x86_avx2::KERNELS,
             // No int4 kernel of its own without VNNI: the exact AVX2 one.
             int4: int4::arch::x86_avx2::KERNELS,
+            nnops: nnops::arch::x86_avx512::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => Dispatch {
@@ -220,6 +223,7 @@ const fn table(isa: Isa) -> Dispatch {
             sparse: sparse::arch::x86_avx512vnni::KERNELS,
             prune: prune::arch::x86_avx2::KERNELS,
             int4: int4::arch::x86_avx512vnni::KERNELS,
+            nnops: nnops::arch::x86_avx512::KERNELS,
         },
         // Generic, and every path this target cannot run (never active).
         #[allow(unreachable_patterns)]
@@ -230,6 +234,7 @@ const fn table(isa: Isa) -> Dispatch {
             sparse: sparse::arch::generic::KERNELS,
             prune: prune::arch::generic::KERNELS,
             int4: int4::arch::generic::KERNELS,
+            nnops: nnops::arch::generic::KERNELS,
         },
     }
 }

@@ -179,16 +179,21 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
         (Kr::MR, Kr::NP)
     };
     let blocks = n.div_ceil(NR).div_ceil(np_max);
+    // Column chunks of a single row are whole GEMV units (else the GEMV
+    // kernel refuses a narrow chunk and it is packed instead: 2 threads ran
+    // 1×1024×1024 3× slower than one).
+    let unit = if m == 1 { Kr::GEMV_BLOCKS.max(1) } else { 1 };
+    let units = blocks.div_ceil(unit);
     let tiles = m.div_ceil(mr_max);
-    let work = m * n * k.max(1);
+    let work = m.saturating_mul(n).saturating_mul(k + super::OUTPUT_MACS);
     let nt = ctx.threads();
     // Column blocks spread over the threads whenever there are enough of
     // them: each thread packs only its share of B and A is small or re-read
     // from L2; else row tiles, each thread packing all of B.
     let (row_chunks, col_chunks) = if !super::parallel(ctx, work) {
         (1, 1)
-    } else if blocks >= 2 * nt || tiles < 2 * nt {
-        (1, ctx.chunks_for(work).min(blocks).max(1))
+    } else if units >= 2 * nt || tiles < 2 * nt {
+        (1, ctx.chunks_for(work).min(units).max(1))
     } else {
         (ctx.chunks_for(work).min(tiles).max(1), 1)
     };
@@ -196,7 +201,8 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
     let task = |c: usize| {
         let (rc, cc) = (c / col_chunks, c % col_chunks);
         let (t0, t1) = (tiles * rc / row_chunks, tiles * (rc + 1) / row_chunks);
-        let (b0, b1) = (blocks * cc / col_chunks, blocks * (cc + 1) / col_chunks);
+        let (u0, u1) = (units * cc / col_chunks, units * (cc + 1) / col_chunks);
+        let (b0, b1) = (u0 * unit, (u1 * unit).min(blocks));
         let rows = t0 * mr_max..(t1 * mr_max).min(m);
         b_rows_block::<Kr, T>(&pa, b, ep, rows, b0..b1, (mr_max, np_max), optr);
     };

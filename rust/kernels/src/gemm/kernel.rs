@@ -12,6 +12,10 @@ pub(crate) trait Kernel {
     /// Most panels per tile when the tile has a single row (GEMV: more
     /// independent accumulators hide the multiply latency).
     const NP_ROW: usize;
+    /// Column blocks (of `NP_ROW` panels) that [`Kernel::gemv_rows`] takes
+    /// at a time: a single-row task gets a multiple of them, or its columns
+    /// would go the slower packed way.
+    const GEMV_BLOCKS: usize = 1;
     /// Whether the kernel can write a corrected tile straight to an `i32`
     /// output (`Fix::dst`).
     const DIRECT: bool = false;

@@ -43,6 +43,7 @@ pub(crate) mod b_per_call;
 mod kernel;
 pub mod output;
 pub mod pack;
+mod reuse;
 
 use crate::cpu;
 use crate::error::Result;
@@ -235,6 +236,12 @@ pub(crate) fn parallel(ctx: &Ctx, work: usize) -> bool {
     work >= GEMM_PARALLEL_MIN_WORK && ctx.threads() > 1
 }
 
+/// What writing one output element (correction, output step, store) costs,
+/// in multiply-accumulates, for the thread decisions: a product with a short
+/// K is mostly output (the first convolution of the digits CNN, 4096×9×16
+/// into float, ran on one thread as 0.6M MACs but cost as much as 3M).
+pub(crate) const OUTPUT_MACS: usize = 32;
+
 /// Below this many multiply-accumulates (or bytes packed) a GEMM call stays on
 /// the caller's thread. Starting the [`crate::exec::team`] costs a few
 /// microseconds when its workers are awake; measured side by side on the
@@ -246,8 +253,8 @@ pub const GEMM_PARALLEL_MIN_WORK: usize = 1 << 20;
 struct PackedA<'a, E: pack::PlainElem> {
     data: AData<'a, E>,
     kp: usize,
-    rowsum: Vec<i32>,
-    zp: Vec<i32>,
+    rowsum: reuse::Reused<i32>,
+    zp: reuse::Reused<i32>,
 }
 
 /// Packs every row with `row(i, u8_dst) -> (rowsum, stored zp)` (which
@@ -261,8 +268,8 @@ fn pack_a<'a, Kr: Kernel>(
 ) -> PackedA<'a, Kr::AElem> {
     let kp = pack::round_up(k, 4);
     let mut data = pack::AScratch::<Kr::AElem>::new(m * kp);
-    let mut rowsum = vec![0i32; m];
-    let mut zp = vec![0i32; m];
+    let mut rowsum = reuse::Reused::new(&reuse::ROWSUM, m, 0);
+    let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
     if kp == 0 {
         for i in 0..m {
             (rowsum[i], zp[i]) = row(i, &mut []);
@@ -356,8 +363,12 @@ fn borrow_a<'a, Kr: Kernel>(
             Some(PackedA {
                 data: AData::Bytes(src),
                 kp: k,
-                rowsum: vec![0; m],
-                zp: (0..m).map(|i| a_zp.get(i)).collect(),
+                rowsum: reuse::Reused::new(&reuse::ROWSUM, m, 0),
+                zp: {
+                    let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
+                    zp.iter_mut().enumerate().for_each(|(i, z)| *z = a_zp.get(i));
+                    zp
+                },
             })
         }
         _ => None,
@@ -395,7 +406,7 @@ pub(crate) fn linear_with<Kr: Kernel>(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
-    let mut scales = vec![0f32; m];
+    let mut scales = reuse::Reused::new(&reuse::SCALES, m, 0f32);
     let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let sp = SyncPtr(scales.as_mut_ptr());
     let quantize_row = cpu::dispatch().quant.quantize_row;
@@ -417,7 +428,7 @@ pub(crate) fn linear_with<Kr: Kernel>(
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
     let ep = OutputStep::Float {
-        row_scale: Param::PerIndex(&scales),
+        row_scale: Param::PerIndex(&scales[..]),
         col_scale,
         bias,
         relu,
@@ -441,7 +452,7 @@ fn run<Kr: Kernel, T: OutElem>(
     if m == 0 || n == 0 {
         return;
     }
-    let work = m * n * b.k.max(1);
+    let work = m.saturating_mul(n).saturating_mul(b.k + OUTPUT_MACS);
     let nt = ctx.threads();
     // Split over rows (one chunk per thread, each reading all of B) when B
     // is small enough to sit in L2 or A is the bigger operand; else over
@@ -451,10 +462,17 @@ fn run<Kr: Kernel, T: OutElem>(
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
     let by_rows = tiles >= 2 * nt && (m >= n || b.data.len() <= SMALL_B_BYTES);
+    // Row chunks are whole row blocks (LOOP 3 streams all of B once per
+    // block either way), and several per thread: the team hands them out
+    // from a counter, so a worker that wakes late or shares its core with
+    // another process takes fewer, instead of the caller waiting for its
+    // half (one chunk per thread ran 2 threads no faster than one on a busy
+    // machine).
+    let row_blocks = tiles.div_ceil(MC_TILES);
     let nchunks = if !parallel(ctx, work) {
         1
     } else if by_rows {
-        ctx.chunks_for(work).min(nt)
+        ctx.chunks_for(work).min(row_blocks.max(nt))
     } else {
         ctx.chunks_for(work).min(blocks)
     }
@@ -462,7 +480,10 @@ fn run<Kr: Kernel, T: OutElem>(
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let task = |c: usize| {
         let (r0, r1, p0, p1) = if by_rows {
-            let (t0, t1) = (tiles * c / nchunks, tiles * (c + 1) / nchunks);
+            let unit = if row_blocks >= nchunks { MC_TILES } else { 1 };
+            let units = tiles.div_ceil(unit);
+            let (u0, u1) = (units * c / nchunks, units * (c + 1) / nchunks);
+            let (t0, t1) = (u0 * unit, (u1 * unit).min(tiles));
             (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
         } else {
             let (b0, b1) = (blocks * c / nchunks, blocks * (c + 1) / nchunks);
@@ -508,7 +529,7 @@ fn block<Kr: Kernel, T: OutElem>(
     };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
-    let mut acc = vec![0i32; mc.min(rows.len()) * ld];
+    let mut acc = reuse::Reused::new(&reuse::ACC, mc.min(rows.len()) * ld, 0);
     // Plain int32 output: the kernel writes corrected tiles straight to `out`.
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // LOOP 3: row blocks.

@@ -549,6 +549,19 @@ fn pack_speed() {
 /// The thread count travels with the call: one and several threads give the
 /// same exact result, without touching any process-wide setting.
 #[test]
+fn threaded_splits_cover_every_row_and_column() {
+    // Above the parallel threshold on two threads: row chunks of whole row
+    // blocks (many, and fewer blocks than chunks), and single-row column
+    // chunks in GEMV units with N no multiple of them, with and without
+    // column sums (A's zero point).
+    check(300, 64, 64, false, true, None, None, 31, None);
+    check(40, 512, 64, false, true, Some(vec![3; 40]), None, 32, None);
+    check(1, 2048, 1000, false, true, None, None, 33, None);
+    check(1, 2048, 1000, false, true, Some(vec![7]), None, 34, None);
+    check(1, 1500, 1300, true, false, None, Some(vec![5; 1300]), 35, None);
+}
+
+#[test]
 fn result_does_not_depend_on_the_context() {
     use crate::exec::Ctx;
     let (m, k, n) = (64, 256, 96); // 1.5M MACs: above the parallel threshold

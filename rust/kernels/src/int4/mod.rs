@@ -60,7 +60,7 @@ pub mod arch;
 mod tests;
 
 use crate::error::{try_vec, Result};
-use crate::exec::{self, Ctx, SyncPtr};
+use crate::exec::{Ctx, SyncPtr};
 use crate::gemm::output::{OutputStep, Param};
 use crate::{cpu, quant, shape_err, value_err};
 
@@ -270,13 +270,44 @@ impl Int4Weight {
     }
 }
 
-/// Activations quantized for the kernel: rows padded to `kp` with zeros and
-/// their sums per group.
-struct QuantA {
+/// Reusable buffers of [`linear_into`]: the rows of `x` quantized, padded to
+/// `kp` with zeros and centred, their sums per group, scales and zero points.
+/// Grown by [`Int4Scratch::reserve`] (or by the call that needs more), never
+/// shrunk, so a caller that keeps one allocates nothing from call to call.
+#[derive(Debug, Default)]
+pub struct Int4Scratch {
     q: Vec<u8>,
     xsum: Vec<i32>,
     scale: Vec<f32>,
     zp: Vec<i32>,
+}
+
+/// Grows `v` to `len` elements; whether it grew.
+fn grow_to<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> Result<bool> {
+    if v.len() >= len {
+        return Ok(false);
+    }
+    if v.try_reserve_exact(len - v.len()).is_err() {
+        return Err(crate::Error::Alloc(format!(
+            "cannot allocate {len} elements for the int4 layer's activations"
+        )));
+    }
+    v.resize(len, T::default());
+    Ok(true)
+}
+
+impl Int4Scratch {
+    /// Sizes the buffers for `m` rows of input to `w`; returns how many
+    /// buffers grew (0 when they were already large enough).
+    pub fn reserve(&mut self, m: usize, w: &Int4Weight) -> Result<usize> {
+        let (Some(len), Some(slen)) = (m.checked_mul(w.kp), m.checked_mul(w.ng)) else {
+            return shape_err!("x with {m} rows of {} inputs is too large", w.k);
+        };
+        Ok(usize::from(grow_to(&mut self.q, len)?)
+            + usize::from(grow_to(&mut self.xsum, slen)?)
+            + usize::from(grow_to(&mut self.scale, m)?)
+            + usize::from(grow_to(&mut self.zp, m)?))
+    }
 }
 
 fn a_buffers(m: usize, w: &Int4Weight) -> Result<(Vec<u8>, Vec<i32>)> {
@@ -307,32 +338,46 @@ fn centre_row(q: &mut [u8], w: &Int4Weight, out: &mut [i32]) {
     }
 }
 
-fn quantize_a(ctx: &Ctx, x: &[f32], m: usize, w: &Int4Weight) -> Result<QuantA> {
+/// Quantizes the `m` rows of `x` into `a` (sized by [`Int4Scratch::reserve`])
+/// and centres them for the kernel.
+fn quantize_a(ctx: &Ctx, x: &[f32], m: usize, w: &Int4Weight, a: &mut Int4Scratch) -> Result<()> {
     let (k, kp) = (w.k, w.kp);
-    let (mut q, mut xsum) = a_buffers(m, w)?;
-    let params = ctx.run(x.len(), || {
-        exec::map_chunks_mut(&mut q, kp, |r, qr| {
-            quant::rows::quantize_row_u8(&x[r * k..(r + 1) * k], qr)
-        })
-    });
-    let (mut scale, mut zp) = (Vec::with_capacity(m), Vec::with_capacity(m));
-    for (r, p) in params.into_iter().enumerate() {
-        let Some((_, z, s)) = p else {
-            let row = &x[r * k..(r + 1) * k];
-            let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return value_err!("x is not finite at row {r}, column {col}");
-        };
-        scale.push(s);
-        zp.push(z);
+    let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    {
+        let (qp, sp, zp) = (
+            SyncPtr(a.q.as_mut_ptr()),
+            SyncPtr(a.scale.as_mut_ptr()),
+            SyncPtr(a.zp.as_mut_ptr()),
+        );
+        ctx.for_each_task(x.len(), m, |r| {
+            // SAFETY: row `r` alone owns its `kp` bytes of `q` and entry `r`
+            // of the scales and zero points (sized for `m` rows by `reserve`).
+            let qr = unsafe { std::slice::from_raw_parts_mut(qp.get().add(r * kp), kp) };
+            match quant::rows::quantize_row_u8(&x[r * k..(r + 1) * k], qr) {
+                Some((_, z, s)) => unsafe {
+                    *sp.get().add(r) = s;
+                    *zp.get().add(r) = z;
+                },
+                None => {
+                    bad.fetch_min(r, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let r = bad.into_inner();
+    if r != usize::MAX {
+        let row = &x[r * k..(r + 1) * k];
+        let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return value_err!("x is not finite at row {r}, column {col}");
     }
     for r in 0..m {
         centre_row(
-            &mut q[r * kp..(r + 1) * kp],
+            &mut a.q[r * kp..(r + 1) * kp],
             w,
-            &mut xsum[r * w.ng..(r + 1) * w.ng],
+            &mut a.xsum[r * w.ng..(r + 1) * w.ng],
         );
     }
-    Ok(QuantA { q, xsum, scale, zp })
+    Ok(())
 }
 
 fn check_x(len: usize, m: usize, k: usize, w: &Int4Weight) -> Result<()> {
@@ -474,21 +519,56 @@ pub fn linear(
     relu: bool,
 ) -> Result<Vec<f32>> {
     check_x(x.len(), m, k, w)?;
+    let Some(len) = m.checked_mul(w.n) else {
+        return shape_err!("output of shape ({m}, {}) is too large", w.n);
+    };
+    let mut out = try_vec(len, 0.0f32, "the int4 layer's output")?;
+    linear_into(
+        ctx,
+        x,
+        m,
+        k,
+        w,
+        bias,
+        relu,
+        &mut Int4Scratch::default(),
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// [`linear`] into the caller's `out` (`m × n`), with the caller's reusable
+/// `scratch`: with a scratch already sized for `m` rows (and a `bias`, which
+/// saves the output step its zero vector), it allocates nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_into(
+    ctx: &Ctx,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &Int4Weight,
+    bias: Option<&[f32]>,
+    relu: bool,
+    scratch: &mut Int4Scratch,
+    out: &mut [f32],
+) -> Result<()> {
+    check_x(x.len(), m, k, w)?;
     if let Some(b) = bias {
         if b.len() != w.n {
             return shape_err!("bias must have {} elements; got {}", w.n, b.len());
         }
     }
-    let Some(len) = m.checked_mul(w.n) else {
-        return shape_err!("output of shape ({m}, {}) is too large", w.n);
-    };
-    let a = quantize_a(ctx, x, m, w)?;
-    let mut out = try_vec(len, 0.0f32, "the int4 layer's output")?;
+    if m.checked_mul(w.n) != Some(out.len()) {
+        return shape_err!("out has {} elements, expected {m}*{}", out.len(), w.n);
+    }
+    scratch.reserve(m, w)?;
+    quantize_a(ctx, x, m, w, scratch)?;
+    let a = &*scratch;
     let op = SyncPtr(out.as_mut_ptr());
     let n = w.n;
     if w.per_channel {
         let step = OutputStep::Float {
-            row_scale: Param::PerIndex(&a.scale),
+            row_scale: Param::PerIndex(&a.scale[..m]),
             col_scale: Param::PerIndex(&w.scales),
             bias,
             relu,
@@ -497,8 +577,8 @@ pub fn linear(
         drive(
             ctx,
             w,
-            &a.q,
-            &a.xsum,
+            &a.q[..m * w.kp],
+            &a.xsum[..m * w.ng],
             m,
             Mode::Total,
             None,
@@ -520,8 +600,8 @@ pub fn linear(
         drive(
             ctx,
             w,
-            &a.q,
-            &a.xsum,
+            &a.q[..m * w.kp],
+            &a.xsum[..m * w.ng],
             m,
             Mode::Scaled,
             None,
@@ -542,5 +622,5 @@ pub fn linear(
             },
         );
     }
-    Ok(out)
+    Ok(())
 }

@@ -52,24 +52,70 @@ fn map(
     f: impl Fn(f32) -> f32 + Sync + Send,
 ) -> Result<Vec<f32>> {
     let mut y = zeros(x.len(), "output")?;
+    map_into(ctx, x, cost, f, &mut y);
+    Ok(y)
+}
+
+/// [`map`] into `y` (`y.len() == x.len()`).
+fn map_into(
+    ctx: &Ctx,
+    x: &[f32],
+    cost: usize,
+    f: impl Fn(f32) -> f32 + Sync + Send,
+    y: &mut [f32],
+) {
     if x.is_empty() {
-        return Ok(y);
+        return;
     }
-    for_rows(ctx, &mut y, 1, x.len().saturating_mul(cost), |i0, yc| {
+    for_rows(ctx, y, 1, x.len().saturating_mul(cost), |i0, yc| {
         let xc = &x[i0..i0 + yc.len()];
         for (o, &v) in yc.iter_mut().zip(xc) {
             *o = f(v);
         }
     });
-    Ok(y)
+}
+
+/// GELU of every element of `x` into `y` (the values of [`gelu_forward`]),
+/// on the active path of the dispatch table.
+pub fn gelu_into(ctx: &Ctx, x: &[f32], approximate: Approximate, y: &mut [f32]) -> Result<()> {
+    check_len(y.len(), x.len(), "y")?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let f = crate::cpu::dispatch().nnops.gelu;
+    let cost = if approximate == Approximate::None {
+        32
+    } else {
+        24
+    };
+    for_rows(ctx, y, 1, x.len().saturating_mul(cost), |i0, yc| {
+        f(&x[i0..i0 + yc.len()], yc, approximate)
+    });
+    Ok(())
+}
+
+/// The GELU body every path of the dispatch table compiles (`y.len() == x.len()`).
+#[inline(always)]
+pub(crate) fn gelu_chunk(x: &[f32], y: &mut [f32], approximate: Approximate) {
+    match approximate {
+        Approximate::None => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * phi(v);
+            }
+        }
+        Approximate::Tanh => {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = v * sigmoid_2u(v);
+            }
+        }
+    }
 }
 
 /// GELU of every element of `x`.
 pub fn gelu_forward(ctx: &Ctx, x: &[f32], approximate: Approximate) -> Result<Vec<f32>> {
-    match approximate {
-        Approximate::None => map(ctx, x, 32, |v| v * phi(v)),
-        Approximate::Tanh => map(ctx, x, 24, |v| v * sigmoid_2u(v)),
-    }
+    let mut y = zeros(x.len(), "output")?;
+    gelu_into(ctx, x, approximate, &mut y)?;
+    Ok(y)
 }
 
 /// `dy · GELU'(x)`.

@@ -12,6 +12,7 @@
 //! [`crate::exec::PARALLEL_MIN_WORK`] is split over rows (or channels)
 //! in the library pool.
 
+pub mod arch;
 pub mod depthwise;
 pub mod gelu;
 pub mod math;
@@ -28,7 +29,7 @@ use crate::exec::Ctx;
 pub(crate) const LANES: usize = 8;
 
 /// Sum of `x` in f64, over [`LANES`] interleaved accumulators.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum_f64(x: &[f32]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let mut it = x.chunks_exact(LANES);

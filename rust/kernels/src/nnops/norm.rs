@@ -83,16 +83,10 @@ pub fn layer_norm_forward(
     if rows == 0 {
         return Ok(LayerNormForward { y, mean, inv_std });
     }
+    let f = crate::cpu::dispatch().nnops.layer_norm;
     let task = |r0: usize, yc: &mut [f32], mc: &mut [f32], ic: &mut [f32]| {
         let xc = &x[r0 * d..r0 * d + yc.len()];
-        for (((yr, xr), m), iv) in yc
-            .chunks_exact_mut(d)
-            .zip(xc.chunks_exact(d))
-            .zip(mc)
-            .zip(ic)
-        {
-            (*m, *iv) = forward_row(xr, yr, weight, bias, eps);
-        }
+        f(xc, yc, d, weight, bias, eps, mc, ic);
     };
     // about 0.5 ns an element on one core: threads only from ~64K elements on
     let work = len.saturating_mul(2);
@@ -111,8 +105,61 @@ pub fn layer_norm_forward(
     Ok(LayerNormForward { y, mean, inv_std })
 }
 
+/// LayerNorm of each `d`-element row of `x` into `y` (the values of
+/// [`layer_norm_forward`], without the saved statistics).
+pub fn layer_norm_into(
+    ctx: &Ctx,
+    x: &[f32],
+    d: usize,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f64,
+    y: &mut [f32],
+) -> Result<()> {
+    check_d(d)?;
+    check_len(y.len(), x.len(), "y")?;
+    if x.len() % d != 0 {
+        return crate::shape_err!("rows of {d} do not divide {} elements", x.len());
+    }
+    check_affine(d, weight, bias)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return crate::value_err!("eps must be finite and >= 0; got {eps}");
+    }
+    let f = crate::cpu::dispatch().nnops.layer_norm;
+    super::for_rows(ctx, y, d, x.len().saturating_mul(2), |r0, yc| {
+        let xc = &x[r0 * d..r0 * d + yc.len()];
+        f(xc, yc, d, weight, bias, eps, &mut [], &mut []);
+    });
+    Ok(())
+}
+
+/// The row body every path of the dispatch table compiles: each `d`-element
+/// row of `x` into `y`, its mean and `inv_std` into `mean` / `inv` unless
+/// they are empty (`d > 0`, `y.len() == x.len()`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn layer_norm_chunk(
+    x: &[f32],
+    y: &mut [f32],
+    d: usize,
+    w: Option<&[f32]>,
+    b: Option<&[f32]>,
+    eps: f64,
+    mean: &mut [f32],
+    inv: &mut [f32],
+) {
+    let stats = !mean.is_empty() && !inv.is_empty();
+    for (r, (yr, xr)) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
+        let (m, s) = forward_row(xr, yr, w, b, eps);
+        if stats {
+            mean[r] = m;
+            inv[r] = s;
+        }
+    }
+}
+
 /// One row: writes `y`, returns `(mean, inv_std)`.
-#[inline]
+#[inline(always)]
 fn forward_row(
     x: &[f32],
     y: &mut [f32],

@@ -23,7 +23,7 @@ enum Kind {
 }
 
 /// Largest element of a row (NaN ignored here; it reaches the output through `x - max`).
-#[inline]
+#[inline(always)]
 fn row_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let mut it = x.chunks_exact(LANES);
@@ -43,35 +43,57 @@ fn forward(ctx: &Ctx, x: &[f32], rows: usize, d: usize, kind: Kind) -> Result<Ve
     let len = checked_len(rows, d)?;
     check_len(x.len(), len, "x")?;
     let mut y = zeros(len, "y")?;
-    if len == 0 {
-        return Ok(y);
+    forward_into(ctx, x, d, kind, &mut y);
+    Ok(y)
+}
+
+/// The rows of `x` (`d` elements each, `y.len() == x.len()`) into `y`.
+fn forward_into(ctx: &Ctx, x: &[f32], d: usize, kind: Kind, y: &mut [f32]) {
+    let len = y.len();
+    if len == 0 || d == 0 {
+        return;
     }
+    let f = crate::cpu::dispatch().nnops.softmax;
+    let log = kind == Kind::LogSoftmax;
     // ~1.5 ns an element (the exp) on the baseline x86-64 build: threads from ~32K elements
-    for_rows(ctx, &mut y, d, len.saturating_mul(4), |r0, yc| {
-        let xc = &x[r0 * d..r0 * d + yc.len()];
-        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-            let m = row_max(xr);
+    for_rows(ctx, y, d, len.saturating_mul(4), |r0, yc| {
+        f(&x[r0 * d..r0 * d + yc.len()], yc, d, log)
+    });
+}
+
+/// The row body every path of the dispatch table compiles: each `d`-element
+/// row of `x` into `y` (`d > 0`, `y.len() == x.len()`).
+#[inline(always)]
+pub(crate) fn softmax_chunk(x: &[f32], y: &mut [f32], d: usize, log: bool) {
+    for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let m = row_max(xr);
+        for (o, &v) in yr.iter_mut().zip(xr) {
+            *o = exp(v - m);
+        }
+        let s = sum_f64(yr);
+        if log {
+            let lse = s.ln() as f32;
             for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = exp(v - m);
+                *o = (v - m) - lse;
             }
-            let s = sum_f64(yr);
-            match kind {
-                Kind::Softmax => {
-                    let inv = (1.0 / s) as f32;
-                    for o in yr.iter_mut() {
-                        *o *= inv;
-                    }
-                }
-                Kind::LogSoftmax => {
-                    let lse = s.ln() as f32;
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = (v - m) - lse;
-                    }
-                }
+        } else {
+            let inv = (1.0 / s) as f32;
+            for o in yr.iter_mut() {
+                *o *= inv;
             }
         }
-    });
-    Ok(y)
+    }
+}
+
+/// Softmax of each `d`-element row of `x` into `y` (the same values as
+/// [`softmax_forward`], written where the caller wants them).
+pub fn softmax_into(ctx: &Ctx, x: &[f32], d: usize, y: &mut [f32]) -> Result<()> {
+    check_len(y.len(), x.len(), "y")?;
+    if d == 0 || x.len() % d != 0 {
+        return crate::shape_err!("softmax rows of {d} do not divide {} elements", x.len());
+    }
+    forward_into(ctx, x, d, Kind::Softmax, y);
+    Ok(())
 }
 
 fn backward(

@@ -33,6 +33,14 @@ mod tests;
 #[path = "int8_ops.rs"]
 mod int8_ops;
 
+#[path = "int4_op.rs"]
+mod int4_op;
+pub use int4_op::Int4Dense;
+#[path = "sparse_op.rs"]
+mod sparse_op;
+pub use sparse_op::SparseDense;
+
+use super::attention_ops::{self, Approximate, LayerNorm, Scalar};
 use crate::conv::nhwc::{self, Pool};
 use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
@@ -131,6 +139,10 @@ pub struct Gemm {
 pub enum Op {
     /// Int8 linear layer on the last axis (activations quantized per row).
     Dense(Gemm),
+    /// Int4 linear layer on the last axis (activations quantized per row).
+    Int4Dense(Int4Dense),
+    /// Sparse (pruned) linear layer on the last axis.
+    SparseDense(SparseDense),
     /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
     /// NHWC out; each image quantized once (one zero point for the batch).
     Conv {
@@ -191,6 +203,21 @@ pub enum Op {
     ToNchw,
     /// New per-sample dims, same elements in the same order (no data moves).
     Reshape(Vec<usize>),
+    // The float ops of attention blocks ([`attention_ops`]).
+    /// LayerNorm over the trailing axes that hold `d` elements.
+    LayerNorm(LayerNorm),
+    /// Softmax over the last axis.
+    Softmax,
+    /// GELU, element-wise.
+    Gelu(Approximate),
+    /// Batched float32 `a @ b` of two values (`a @ bᵀ` of the last two axes with `trans_b`).
+    MatMul { trans_b: bool },
+    /// A permutation of the per-sample axes (output axis `i` is input axis `perm[i]`).
+    Transpose(Vec<usize>),
+    /// The mean over one outer per-sample axis, in NumPy's order.
+    Mean { axis: usize, keepdims: bool },
+    /// An element-wise operation with a scalar constant.
+    Scalar(Scalar),
 }
 
 /// One step of the plan: `output = op(inputs...)`.
@@ -235,6 +262,7 @@ pub struct Workspace {
     row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
+    int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
 
@@ -316,6 +344,32 @@ fn check_gemm(g: &Gemm, k: usize, what: &str) -> Result<()> {
     check_act(g.act, what)
 }
 
+impl Gemm {
+    /// Spells out one scale for every column and a bias (zeros for none), so
+    /// the output step borrows both instead of building them on every call:
+    /// the same numbers (`s` per column, `+ 0.0` without a bias).
+    fn spell_out(&mut self) -> Result<()> {
+        let n = self.packed.n();
+        if self.scale.len() == 1 && n != 1 {
+            self.scale = crate::error::try_vec(n, self.scale[0], "the weight scales")?;
+        }
+        if self.bias.is_none() {
+            self.bias = Some(crate::error::try_vec(n, 0.0f32, "the zero bias")?);
+        }
+        Ok(())
+    }
+
+    /// The per-column scales as the output step takes them (spelled out:
+    /// one per column, borrowed).
+    fn col_scale(&self) -> Param<'_> {
+        if self.scale.len() == self.packed.n() {
+            Param::PerIndex(&self.scale)
+        } else {
+            param(&self.scale)
+        }
+    }
+}
+
 fn check_act(act: Option<StaticAct>, what: &str) -> Result<()> {
     match act {
         Some(a) => fixed::check_params(a.scale, a.zero_point).map_err(|e| match e {
@@ -330,7 +384,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } | Op::ConvAdd { .. } => 2,
+            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -347,6 +401,8 @@ impl Op {
                 d.push(g.packed.n());
                 d
             }
+            Op::Int4Dense(d) => d.out_dims(x, what)?,
+            Op::SparseDense(d) => d.out_dims(x, what)?,
             Op::Conv {
                 gemm,
                 kernel,
@@ -446,6 +502,12 @@ impl Op {
                 }
                 d.clone()
             }
+            Op::LayerNorm(ln) => attention_ops::layer_norm_dims(ln, x, what)?,
+            Op::Softmax => attention_ops::softmax_dims(x, what)?,
+            Op::Gelu(_) | Op::Scalar(_) => x.to_vec(),
+            Op::MatMul { trans_b } => attention_ops::matmul_dims(x, ins[1], *trans_b, what)?,
+            Op::Transpose(perm) => attention_ops::transpose_dims(perm, x, what)?,
+            Op::Mean { axis, keepdims } => attention_ops::mean_dims(*axis, *keepdims, x, what)?,
         })
     }
 
@@ -481,7 +543,7 @@ impl GraphPlan {
     /// `inputs[i]`; every other value is written by exactly one node, before
     /// any node reads it; `outputs` are the values the caller gets back.
     pub fn new(
-        nodes: Vec<Node>,
+        mut nodes: Vec<Node>,
         inputs: Vec<ValueId>,
         input_dims: Vec<Vec<usize>>,
         outputs: Vec<ValueId>,
@@ -535,6 +597,11 @@ impl GraphPlan {
                 return value_err!("{what} writes value {}, which is already written", n.output);
             }
             dims[n.output] = Some(out);
+        }
+        for n in &mut nodes {
+            if let Op::Dense(g) | Op::Conv { gemm: g, .. } = &mut n.op {
+                g.spell_out()?;
+            }
         }
         let dims = dims
             .into_iter()
@@ -702,6 +769,11 @@ impl GraphPlan {
         grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
+        for n in &self.nodes {
+            if let Op::Int4Dense(d) = &n.op {
+                ws.allocations += d.reserve(&mut ws.int4, self.len_of(n.inputs[0], batch))?;
+            }
+        }
         ws.batch = batch;
         self.allocations.fetch_add(
             ws.allocations - before,
@@ -766,7 +838,7 @@ impl GraphPlan {
                     quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
                     let step = OutputStep::Float {
                         row_scale: Param::Scalar(a.scale),
-                        col_scale: param(&g.scale),
+                        col_scale: g.col_scale(),
                         bias: g.bias.as_deref(),
                         relu: g.relu,
                     };
@@ -779,7 +851,7 @@ impl GraphPlan {
                         m,
                         k,
                         &g.packed,
-                        param(&g.scale),
+                        g.col_scale(),
                         g.bias.as_deref(),
                         g.relu,
                         y,
@@ -789,6 +861,8 @@ impl GraphPlan {
                     f.run(y);
                 }
             }
+            Op::Int4Dense(d) => d.run(ctx, &mut ws.int4, x, y)?,
+            Op::SparseDense(d) => d.run(ctx, x, y)?,
             Op::Conv {
                 gemm: g,
                 kernel,
@@ -878,6 +952,19 @@ impl GraphPlan {
                 to_nchw(x, y, batch, c, h * w);
             }
             Op::Reshape(_) => y.copy_from_slice(x),
+            Op::LayerNorm(ln) => attention_ops::layer_norm(ctx, ln, x, y)?,
+            Op::Softmax => attention_ops::softmax(ctx, x, xd, y)?,
+            Op::Gelu(a) => attention_ops::gelu(ctx, *a, x, y)?,
+            Op::MatMul { trans_b } => {
+                let (p1, l1) = src(ws, node.inputs[1]);
+                // SAFETY: as for `x`.
+                let b = unsafe { std::slice::from_raw_parts(p1, l1) };
+                let bd = &self.dims[node.inputs[1]];
+                attention_ops::matmul(ctx, x, xd, b, bd, *trans_b, batch, y)?;
+            }
+            Op::Transpose(perm) => attention_ops::transpose(perm, x, xd, batch, y)?,
+            Op::Mean { axis, .. } => attention_ops::mean(*axis, x, xd, y)?,
+            Op::Scalar(s) => attention_ops::scalar(*s, x, y),
         }
         Ok(())
     }
@@ -1073,7 +1160,7 @@ fn conv(
     };
     let step = OutputStep::Float {
         row_scale,
-        col_scale: param(&g.scale),
+        col_scale: g.col_scale(),
         bias: g.bias.as_deref(),
         relu: g.relu,
     };

@@ -55,8 +55,20 @@ pub fn quantize_rows_u8(
     }
     let quantize_row = crate::cpu::dispatch().quant.quantize_row;
     let mut q = try_vec(x.len(), 0u8, "the quantized rows")?;
-    let params = ctx.run(x.len(), || {
-        exec::map_chunks_mut(&mut q, k, |b, qr| quantize_row(&x[b * k..b * k + k], qr))
+    let mut params = try_vec(batch, None, "the row parameters")?;
+    // On the fork-join team, as the GEMMs that read the rows: a rayon job
+    // here woke a second set of threads that then spun beside the team's.
+    let rows_per = (ROWS_TASK_ELEMS / k).max(1);
+    let (qp, pp) = (exec::SyncPtr(q.as_mut_ptr()), exec::SyncPtr(params.as_mut_ptr()));
+    ctx.for_each_task(x.len(), batch.div_ceil(rows_per), |t| {
+        for b in t * rows_per..((t + 1) * rows_per).min(batch) {
+            // SAFETY: task `t` alone writes rows t·rows_per.. of `q` and
+            // their entries of `params` (both sized for `batch` rows).
+            unsafe {
+                let qr = std::slice::from_raw_parts_mut(qp.get().add(b * k), k);
+                *pp.get().add(b) = quantize_row(&x[b * k..b * k + k], qr);
+            }
+        }
     });
     let mut scale = try_with_capacity(batch, "the row scales")?;
     let mut zero_point = try_with_capacity(batch, "the row zero points")?;
@@ -71,6 +83,9 @@ pub fn quantize_rows_u8(
     }
     Ok((q, scale, zero_point))
 }
+
+/// Elements of `x` per task of [`quantize_rows_u8`] (whole rows).
+const ROWS_TASK_ELEMS: usize = 1 << 14;
 
 /// `(scale, zero point, 1 / scale)` of a row whose minimum and maximum
 /// (each taken with 0) are `lo <= 0 <= hi`.

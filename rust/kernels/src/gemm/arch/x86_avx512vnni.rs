@@ -24,6 +24,8 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
+    // `gemv_rows` runs 256 columns at a time (128 with column sums).
+    const GEMV_BLOCKS: usize = 2;
     const DIRECT: bool = true;
     type AElem = u8;
 
@@ -31,7 +33,7 @@ impl Kernel for Avx512Vnni {
         tile: tile_tf,
         shapes: [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4), (5, 1), (5, 2), (5, 3), (5, 4), (6, 1), (6, 2), (6, 3), (6, 4)],
         finish: finish_tf,
-        copy_sum: super::x86_avx2::copy_sum_avx2,
+        copy_sum: copy_sum_tf,
         pack_rows: pack_rows_tf,
         gemv_rows: gemv_rows_tf
     );
@@ -100,6 +102,59 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
     }
+}
+
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn copy_sum_tf(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+        copy_sum_body(src, flip, dst)
+    }
+);
+
+/// [`crate::gemm::pack::copy_sum_scalar`] 64 bytes per step, the last step
+/// masked (no scalar tail: the rows of a first convolution's unfold are
+/// 9 or 27 bytes, and 4096 such rows spent 2/3 of their GEMM in the tail);
+/// the sum by `vpsadbw`.
+#[inline(always)]
+unsafe fn copy_sum_body(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mask = _mm512_set1_epi8(flip as i8);
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_si512();
+    let mut i = 0;
+    while i + 64 <= n {
+        let v = _mm512_xor_si512(_mm512_loadu_si512(s.add(i) as *const _), mask);
+        _mm512_storeu_si512(d.add(i) as *mut _, v);
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
+        i += 64;
+    }
+    if n - i <= 16 && n > i {
+        // A short row (or tail) in one xmm: the zmm reduction below is a
+        // longer dependency chain than the whole copy.
+        let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+        let v = _mm_maskz_mov_epi8(
+            m,
+            _mm_xor_si128(
+                _mm_maskz_loadu_epi8(m, s.add(i) as *const _),
+                _mm512_castsi512_si128(mask),
+            ),
+        );
+        _mm_mask_storeu_epi8(d.add(i) as *mut _, m, v);
+        let t = _mm_sad_epu8(v, _mm_setzero_si128());
+        let tail = _mm_cvtsi128_si64(t).wrapping_add(_mm_extract_epi64::<1>(t));
+        let head = if i > 0 { _mm512_reduce_add_epi64(acc) } else { 0 };
+        return head.wrapping_add(tail) as i32;
+    }
+    if i < n {
+        let m: __mmask64 = (1u64 << (n - i)) - 1; // n - i < 64
+        let v = _mm512_maskz_mov_epi8(
+            m,
+            _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, s.add(i) as *const _), mask),
+        );
+        _mm512_mask_storeu_epi8(d.add(i) as *mut _, m, v);
+        acc = _mm512_add_epi64(acc, _mm512_sad_epu8(v, zero));
+    }
+    _mm512_reduce_add_epi64(acc) as i32
 }
 
 crate::cpu::isa_fns!(avx512vnni;

@@ -1,0 +1,12 @@
+//! The portable path of the float row ops.
+
+use super::super::{gelu::gelu_chunk, norm::layer_norm_chunk, softmax::softmax_chunk};
+use super::Kernels;
+use crate::plan::attention_ops::product;
+
+pub(crate) const KERNELS: Kernels = Kernels {
+    gelu: gelu_chunk,
+    softmax: softmax_chunk,
+    layer_norm: layer_norm_chunk,
+    product,
+};
