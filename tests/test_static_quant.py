@@ -135,6 +135,57 @@ def test_zoo_models_static_plan_equals_their_ops(name):
     assert not np.array_equal(rt.predict(x), dyn.predict(x))
 
 
+def _segments(rt):
+    return [c for _, c, _ in rt._steps if isinstance(c, _planner.Segment)]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "mobilenetv2"])
+def test_static_layers_hand_uint8_to_each_other_with_the_bytes_of_their_ops_on_every_isa(name, each_isa):
+    proto = zoo.digits_models()[name]
+    shape = zoo.sample_shape(proto)
+    calib = np.random.default_rng(0).uniform(0, 1, (32,) + shape).astype(np.float32)
+    rt = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape, calibration=calib)
+    assert sum(len(s.plan.uint8_values) for s in _segments(rt)) >= 1, "a static layer writes uint8 for the next"
+    fused = [n for s in _segments(rt) for n in s.nodes if n.op == "conv_add"]
+    assert bool(fused) == (name in ("resnet", "mobilenetv2")), "residual Adds fused into their convs"
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).uniform(-0.5, 1.5, (batch,) + shape).astype(np.float32)
+        assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
+    dyn = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape)
+    assert not any(s.plan.uint8_values for s in _segments(dyn))
+    assert not any(n.op == "conv_add" for s in _segments(dyn) for n in s.nodes), "the fused add is static only"
+
+
+def _pn(op, inputs, output, **params):
+    base = {"relu": False, "post": None, "act": (0.1, 3)} if op == "conv" else {"relu": False}
+    return _planner.PlanNode(op, inputs, output, {**base, **params})
+
+
+def test_fuse_residual_add_moves_the_add_and_its_relu_into_the_static_conv():
+    nodes = [_pn("conv", [0], 1), _pn("conv", [1], 2), _pn("add", [2, 0], 3, relu=True)]
+    out = _planner.fuse_residual_add(nodes, keep={3})
+    assert [(n.op, n.inputs, n.output) for n in out] == [("conv", [0], 1), ("conv_add", [1, 0], 3)]
+    assert out[1].params["relu"] is True
+    # The conv's output may be either operand; the other must be ready before the conv runs.
+    out = _planner.fuse_residual_add([_pn("conv", [0], 1), _pn("conv", [0], 2), _pn("add", [1, 2], 3)], keep=set())
+    assert [(n.op, n.inputs, n.output) for n in out] == [("conv", [0], 1), ("conv_add", [0, 1], 3)]
+
+
+@pytest.mark.parametrize("why, nodes, keep", [
+    ("dynamic conv", [_pn("conv", [0], 1, act=None), _pn("add", [1, 0], 2)], set()),
+    ("the conv's own ReLU", [_pn("conv", [0], 1, relu=True), _pn("add", [1, 0], 2)], set()),
+    ("the conv's element-wise step", [_pn("conv", [0], 1, post=("clip", 0.0, 6.0)), _pn("add", [1, 0], 2)], set()),
+    ("another reader", [_pn("conv", [0], 1), _pn("add", [1, 0], 2), _pn("conv", [1], 3)], set()),
+    ("a segment output", [_pn("conv", [0], 1), _pn("add", [1, 0], 2)], {1}),
+    ("a residual written after the conv", [_pn("conv", [0], 1), _pn("unary", [0], 2, fn=("relu", None, None)),
+                                           _pn("add", [1, 2], 3)], set()),
+])
+def test_fuse_residual_add_leaves_what_it_cannot_fuse(why, nodes, keep):
+    before = [(n.op, list(n.inputs), n.output) for n in nodes]
+    out = _planner.fuse_residual_add(nodes, keep)
+    assert [(n.op, n.inputs, n.output) for n in out] == before, why
+
+
 def test_calibration_none_is_the_dynamic_runtime_unchanged():
     net = _block_net()
     rt = runtime.convert(net, input_shape=(2, 9, 9))
@@ -277,16 +328,20 @@ def digits():
     return hw.data.load_digits(images=True)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet"])
-def test_static_accuracy_is_within_a_point_of_dynamic(digits, name):
+@pytest.mark.parametrize("name, max_drop", [("mlp", 0.5), ("cnn", 0.5), ("resnet", 0.5), ("mobilenetv2", 1.0)])
+def test_static_accuracy_drop_from_float_is_within_the_target(digits, name, max_drop):
+    """The issue's target: calibrated on <= 256 training images, static int8 (uint8 between layers,
+    fused residual adds) loses at most 0.5 pt of the float model's test accuracy (MobileNet 1.0 pt)."""
     X_tr, y_tr, X_te, y_te = digits
+    shape = zoo.sample_shape(zoo.digits_models()[name])
+    X_tr, X_te = X_tr.reshape((-1,) + shape), X_te.reshape((-1,) + shape)
     g = hw.onnx.load(zoo.digits_models()[name])
     hw.Trainer(g, epochs=3, batch_size=32, lr=0.01, optimizer="adam", verbose=False, seed=0).fit(X_tr, y_tr)
     g.eval()
-    shape = zoo.sample_shape(zoo.digits_models()[name])
     dyn = runtime.convert(g, input_shape=shape)
     static = runtime.convert(g, input_shape=shape, calibration=X_tr[:256])
-    acc = {k: float(np.mean(np.argmax(m.predict(X_te), axis=1) == y_te)) for k, m in
-           (("dynamic", dyn), ("static", static))}
-    assert acc["dynamic"] > 0.8, acc
-    assert acc["static"] >= acc["dynamic"] - 0.01, acc
+    assert sum(len(s.plan.uint8_values) for s in _segments(static)) >= 1
+    acc = {k: 100 * float(np.mean(np.argmax(f(X_te), axis=1) == y_te)) for k, f in
+           (("float", g), ("dynamic", dyn.predict), ("static", static.predict))}
+    assert acc["float"] > 80, acc
+    assert acc["float"] - acc["static"] <= max_drop, acc

@@ -17,9 +17,14 @@ outputs are NCHW), folds a Flatten of a channels-last tensor into the next
 Linear's weight columns, and applies named rewrites, each tested alone:
 :func:`fuse_activations` (an element-wise op into the output step of the
 layer before it), :func:`fuse_add_relu` (a ReLU into the residual Add
-before it) and :func:`fuse_transpose_matmul` (the ``kᵀ`` of attention scores
-into the MatMul that reads it). Every native op computes what the Python op it replaces
-computes, bit for bit, so predictions do not change.
+before it), :func:`fuse_transpose_matmul` (the ``kᵀ`` of attention scores
+into the MatMul that reads it) and :func:`fuse_residual_add` (a residual Add
+into the output step of the static conv that writes one of its inputs). For a
+model converted with calibration the native plan also passes uint8 between
+static layers (the kernel crate's rewrite "int8 between layers": a producer
+writes the bytes its readers' quantizer would make). Every native op computes
+what the Python op it replaces computes, bit for bit, so predictions do not
+change.
 """
 
 from __future__ import annotations
@@ -249,6 +254,31 @@ def fuse_add_relu(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     return [n for n in nodes if id(n) not in gone]
 
 
+def fuse_residual_add(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
+    """A residual Add (with its ReLU) becomes the output step of the static conv that writes one of its
+    inputs (``conv_add``: the other input is added before the ReLU and the requantization, as the Add
+    would), when only the Add reads that conv's output, the conv has no ReLU or element-wise step of its
+    own, and the other input is ready before the conv runs: one pass and one float tensor less."""
+    readers = _readers(nodes)
+    by_output = {n.output: n for n in nodes}
+    pos = {n.output: i for i, n in enumerate(nodes)}
+    gone: set[int] = set()
+    for n in nodes:
+        if n.op != "add":
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            v, r = n.inputs[mine], n.inputs[other]
+            src = by_output.get(v)
+            if (src is not None and src.op == "conv" and src.params.get("act") is not None
+                    and not src.params["relu"] and src.params["post"] is None and readers.get(v, 0) == 1
+                    and v not in keep and pos.get(r, -1) < pos[v]):
+                src.op, src.inputs, src.output = "conv_add", [src.inputs[0], r], n.output
+                src.params["relu"] = n.params["relu"]
+                gone.add(id(n))
+                break
+    return [n for n in nodes if id(n) not in gone]
+
+
 def fuse_transpose_matmul(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     """A Transpose that swaps the last two axes of a MatMul's right operand, whose output only that
     MatMul reads, becomes the MatMul's ``trans_b`` (it reads the rows of ``b`` as columns)."""
@@ -452,7 +482,7 @@ def _segment(run: list[Any], shapes: dict[str, tuple[int, ...]], needed: set[str
     outs = [v for v in produced if v in needed]
     out_ids = [b.get(v, "plain") for v in outs]
     keep = set(out_ids)
-    nodes = fuse_transpose_matmul(fuse_add_relu(fuse_activations(b.nodes, keep), keep), keep)
+    nodes = fuse_residual_add(fuse_transpose_matmul(fuse_add_relu(fuse_activations(b.nodes, keep), keep), keep), keep)
     ins, out_ids = _compact(nodes, b.inputs, out_ids)
     seg = Segment(nodes, ins, [b.dims(v) for v in b.input_names], out_ids)
     return tuple(b.input_names), seg, tuple(outs)

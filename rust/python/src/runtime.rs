@@ -8,7 +8,7 @@ use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
 use hwreg_kernels::plan::attention_ops::{Approximate, LayerNorm, Scalar};
 use hwreg_kernels::plan::graph::{
-    Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
+    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
 };
 use hwreg_kernels::quant::fixed;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -122,6 +122,13 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             )
         }
         "conv" => Op::Conv {
+            gemm: gemm(p)?,
+            kernel: field!(p, "kernel")?,
+            stride: field!(p, "stride")?,
+            padding: field!(p, "padding")?,
+            nchw_in: field!(p, "nchw_in")?,
+        },
+        "conv_add" => Op::ConvAdd {
             gemm: gemm(p)?,
             kernel: field!(p, "kernel")?,
             stride: field!(p, "stride")?,
@@ -327,6 +334,16 @@ impl PyGraphPlan {
     #[getter]
     fn buffers(&self) -> usize {
         self.inner.buffers()
+    }
+
+    /// Values passed between int8 layers as uint8 (the plan's rewrite "int8 between layers").
+    #[getter]
+    fn uint8_values(&self) -> Vec<usize> {
+        (0..)
+            .map_while(|v| self.inner.dtype(v).map(|d| (v, d)))
+            .filter(|(_, d)| matches!(d, DType::U8(_)))
+            .map(|(v, _)| v)
+            .collect()
     }
 
     /// Workspace buffer (re)allocations so far (none per call once a batch size has run).

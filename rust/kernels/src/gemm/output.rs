@@ -124,6 +124,8 @@ pub enum OutputStep<'a> {
         y_scale: f32,
         y_zero_point: i32,
     },
+    /// The graph plan's fused step (see [`Fused`]): output `f32`, `u8` or `i8`.
+    Fused(Fused<'a>),
     /// ONNX QLinearMatMul: output `u8` or `i8`.
     QLinear {
         a_scale: Param<'a>,
@@ -131,6 +133,36 @@ pub enum OutputStep<'a> {
         y_scale: f32,
         y_zero_point: i32,
     },
+}
+
+/// The float step with a residual and the next layer's quantizer folded in:
+/// `f = (f32(acc) * row_scale(i)) * col_scale(j) + bias(j) + residual[i * ld + j]`,
+/// then `max(f, 0)` if `relu` (so a fused `Add` + ReLU is the ReLU after the
+/// sum), all in `f32`. An `f32` output is `f`; a `u8` / `i8` output is
+/// `clamp(saturate(round_half_even(f / y_scale) + y_zero_point), lo, hi)`:
+/// the bytes `QuantizeLinear` gives for `f`, clamped to the quantized bounds
+/// of a fused Clip / ReLU6 (exact: quantization is monotone, so it commutes
+/// with clamping).
+#[derive(Debug, Clone, Copy)]
+pub struct Fused<'a> {
+    pub row_scale: Param<'a>,
+    pub col_scale: Param<'a>,
+    pub bias: Option<&'a [f32]>,
+    /// The `(m, n)` tensor added before the ReLU, with its row stride.
+    pub residual: Option<(&'a [f32], usize)>,
+    pub relu: bool,
+    /// For a quantized output: `y_scale`, `y_zero_point` and the `[lo, hi]`
+    /// clamp (within the output type's range; the whole range when nothing is fused).
+    pub requant: Option<Requant>,
+}
+
+/// The output quantization of a [`Fused`] step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Requant {
+    pub y_scale: f32,
+    pub y_zero_point: i32,
+    pub lo: i32,
+    pub hi: i32,
 }
 
 /// Output element types of the step.
@@ -239,7 +271,9 @@ enum Prepared<'a> {
         col_scale: Cow<'a, [f32]>,
         bias: Cow<'a, [f32]>,
         relu: bool,
-        requant: Option<(f32, i32)>,
+        residual: Option<(&'a [f32], usize)>,
+        /// `(y_scale, y_zero_point, lo, hi)`.
+        requant: Option<(f32, i32, i32, i32)>,
     },
     QLinear {
         a_scale: Param<'a>,
@@ -267,6 +301,14 @@ impl<'a> OutputStep<'a> {
                 | (OutputStep::Float { .. }, OutKind::F32)
                 | (OutputStep::Requant { .. }, OutKind::U8 | OutKind::I8)
                 | (OutputStep::QLinear { .. }, OutKind::U8 | OutKind::I8)
+                | (OutputStep::Fused(Fused { requant: None, .. }), OutKind::F32)
+                | (
+                    OutputStep::Fused(Fused {
+                        requant: Some(_),
+                        ..
+                    }),
+                    OutKind::U8 | OutKind::I8
+                )
         );
         if !kind_ok {
             return Err(crate::Error::Dtype(format!(
@@ -289,7 +331,46 @@ impl<'a> OutputStep<'a> {
                 col_scale,
                 bias,
                 relu,
-            } => prep_float(m, n, row_scale, col_scale, bias, relu, None)?,
+            } => prep_float(m, n, row_scale, col_scale, bias, relu, None, None)?,
+            OutputStep::Fused(f) => {
+                if let Some((r, ld)) = f.residual {
+                    let need = if m == 0 {
+                        Some(0)
+                    } else {
+                        (m - 1).checked_mul(ld).and_then(|v| v.checked_add(n))
+                    };
+                    if ld < n || need.is_none_or(|need| r.len() < need) {
+                        return shape_err!(
+                            "residual of {} elements (row stride {ld}) does not cover a {m} x {n} output",
+                            r.len()
+                        );
+                    }
+                }
+                let requant = match f.requant {
+                    None => None,
+                    Some(q) => {
+                        check_y(q.y_scale, q.y_zero_point)?;
+                        if q.lo < lo || q.hi > hi || q.lo > q.hi {
+                            return value_err!(
+                                "clamp bounds [{}, {}] must lie in [{lo}, {hi}] in order",
+                                q.lo,
+                                q.hi
+                            );
+                        }
+                        Some((q.y_scale, q.y_zero_point, q.lo, q.hi))
+                    }
+                };
+                prep_float(
+                    m,
+                    n,
+                    f.row_scale,
+                    f.col_scale,
+                    f.bias,
+                    f.relu,
+                    f.residual,
+                    requant,
+                )?
+            }
             OutputStep::Requant {
                 row_scale,
                 col_scale,
@@ -306,7 +387,8 @@ impl<'a> OutputStep<'a> {
                     col_scale,
                     bias,
                     relu,
-                    Some((y_scale, y_zero_point)),
+                    None,
+                    Some((y_scale, y_zero_point, lo, hi)),
                 )?
             }
             OutputStep::QLinear {
@@ -335,6 +417,7 @@ impl<'a> OutputStep<'a> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn prep_float<'a>(
     m: usize,
     n: usize,
@@ -342,7 +425,8 @@ fn prep_float<'a>(
     col_scale: Param<'a>,
     bias: Option<&'a [f32]>,
     relu: bool,
-    requant: Option<(f32, i32)>,
+    residual: Option<(&'a [f32], usize)>,
+    requant: Option<(f32, i32, i32, i32)>,
 ) -> Result<Prepared<'a>> {
     row_scale.check("row scale", m, true)?;
     col_scale.check("column scale", n, true)?;
@@ -358,6 +442,7 @@ fn prep_float<'a>(
         col_scale: col_scale.expand(n),
         bias,
         relu,
+        residual,
         requant,
     })
 }
@@ -446,48 +531,36 @@ impl<T: OutElem> Epilogue<'_, T> {
                     col_scale,
                     bias,
                     relu,
+                    residual,
                     requant,
                 } => {
                     let rs = row_scale.get(i);
                     let cs = &col_scale[c0..c1];
                     let b = &bias[c0..c1];
+                    let res = residual.map(|(r, ld)| &r[i * ld + c0..i * ld + c1]);
                     if rs > WIDE_ROW_SCALE {
                         // A row whose range is near f32::MAX: f32(acc) * rs could overflow where the
                         // result fits, so this (rare) row forms the product in f64.
                         for j in 0..w {
                             let f = ((a[j] as f64 * rs as f64) * cs[j] as f64 + b[j] as f64) as f32;
+                            let f = res.map_or(f, |r| f + r[j]);
                             let f = if *relu { f.max(0.0) } else { f };
                             o[j] = match requant {
                                 None => T::from_f32(f),
-                                Some((ys, yzp)) => {
-                                    let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
-                                    T::from_clamped(round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp)
+                                Some((ys, yzp, qlo, qhi)) => {
+                                    let (lof, hif) = ((qlo - yzp) as f32, (qhi - yzp) as f32);
+                                    T::from_clamped(
+                                        round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp,
+                                    )
                                 }
                             };
                         }
                         continue;
                     }
-                    match (requant, relu) {
-                        (None, false) => {
-                            for j in 0..w {
-                                o[j] = T::from_f32((a[j] as f32 * rs) * cs[j] + b[j]);
-                            }
-                        }
-                        (None, true) => {
-                            for j in 0..w {
-                                o[j] = T::from_f32(((a[j] as f32 * rs) * cs[j] + b[j]).max(0.0));
-                            }
-                        }
-                        (Some((ys, yzp)), relu) => {
-                            let floor = if *relu { 0.0 } else { f32::NEG_INFINITY };
-                            let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
-                            for j in 0..w {
-                                let f = ((a[j] as f32 * rs) * cs[j] + b[j]).max(floor);
-                                // Clamp first (bounds are integers, so this commutes with rounding).
-                                let q = round_even_f32((f / ys).clamp(lof, hif)) as i32 + yzp;
-                                o[j] = T::from_clamped(q);
-                            }
-                        }
+                    match (requant, res) {
+                        (None, None) => float_row(a, rs, cs, b, *relu, o),
+                        (None, Some(r)) => float_add_row(a, rs, cs, b, r, *relu, o),
+                        (Some(q), res) => requant_row(a, rs, cs, b, res, *relu, *q, o),
                     }
                 }
                 Prepared::QLinear {
@@ -509,6 +582,101 @@ impl<T: OutElem> Epilogue<'_, T> {
         }
     }
 }
+
+/// `f32(acc) * rs * cs + b`, ReLU: one row, written so that it vectorises.
+#[inline(always)]
+fn float_row<T: OutElem>(a: &[i32], rs: f32, cs: &[f32], b: &[f32], relu: bool, o: &mut [T]) {
+    let w = o.len();
+    let (a, cs, b) = (&a[..w], &cs[..w], &b[..w]);
+    if relu {
+        for j in 0..w {
+            o[j] = T::from_f32(((a[j] as f32 * rs) * cs[j] + b[j]).max(0.0));
+        }
+    } else {
+        for j in 0..w {
+            o[j] = T::from_f32((a[j] as f32 * rs) * cs[j] + b[j]);
+        }
+    }
+}
+
+/// [`float_row`] plus a residual before the ReLU (a fused `Add`).
+#[inline(always)]
+fn float_add_row<T: OutElem>(
+    a: &[i32],
+    rs: f32,
+    cs: &[f32],
+    b: &[f32],
+    r: &[f32],
+    relu: bool,
+    o: &mut [T],
+) {
+    let w = o.len();
+    let (a, cs, b, r) = (&a[..w], &cs[..w], &b[..w], &r[..w]);
+    if relu {
+        for j in 0..w {
+            o[j] = T::from_f32((((a[j] as f32 * rs) * cs[j] + b[j]) + r[j]).max(0.0));
+        }
+    } else {
+        for j in 0..w {
+            o[j] = T::from_f32(((a[j] as f32 * rs) * cs[j] + b[j]) + r[j]);
+        }
+    }
+}
+
+/// The requantizing row: the float step (plus residual, ReLU), then
+/// `QuantizeLinear` (true division, round half to even, zero point) and the
+/// clamp to `[lo, hi]`. Branch-free lanes (compare-selects, the magic-number
+/// rounding read back as integer bits, a truncating narrow) so every path's
+/// `#[target_feature]` wrapper vectorises the same `f32` operations: the same
+/// bytes on every ISA. `f` is never NaN here (finite parameters; an infinite
+/// product only saturates).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn requant_row<T: OutElem>(
+    a: &[i32],
+    rs: f32,
+    cs: &[f32],
+    b: &[f32],
+    res: Option<&[f32]>,
+    relu: bool,
+    (ys, yzp, lo, hi): (f32, i32, i32, i32),
+    o: &mut [T],
+) {
+    let w = o.len();
+    let (a, cs, b) = (&a[..w], &cs[..w], &b[..w]);
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    // Clamp the quotient to the bounds minus the zero point (integers: this
+    // commutes with the rounding), so the rounding's operand stays tiny.
+    let (lof, hif) = ((lo - yzp) as f32, (hi - yzp) as f32);
+    #[inline(always)]
+    fn lane(f: f32, floor: f32, ys: f32, lof: f32, hif: f32, yzp: i32) -> i32 {
+        let f = if f < floor { floor } else { f };
+        let t = f / ys;
+        let t = if t < lof { lof } else { t };
+        let t = if t > hif { hif } else { t };
+        (t + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC_BITS + yzp
+    }
+    match res {
+        None => {
+            for j in 0..w {
+                let f = (a[j] as f32 * rs) * cs[j] + b[j];
+                o[j] = T::from_clamped(lane(f, floor, ys, lof, hif, yzp));
+            }
+        }
+        Some(r) => {
+            let r = &r[..w];
+            for j in 0..w {
+                let f = ((a[j] as f32 * rs) * cs[j] + b[j]) + r[j];
+                o[j] = T::from_clamped(lane(f, floor, ys, lof, hif, yzp));
+            }
+        }
+    }
+}
+
+/// `1.5 · 2^23`: `(t + MAGIC)` rounds `t` (|t| <= 2^22) half to even and
+/// holds the integer in its low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const ROUND_MAGIC_BITS: i32 = 0x4B40_0000;
 
 /// Above this row scale `f32(acc) * row_scale` may overflow for an int32
 /// accumulator (|acc| <= 2^31); rows past it take the f64 path.
@@ -590,9 +758,221 @@ mod tests {
         let mut out = [0f32; 4];
         ep.apply(&[40_000, -300_000, 7, -7], 2, 0..2, 0..2, &mut out, 2);
         let want0 = ((40_000f64 * 2.6e36f32 as f64) * 1e-6f32 as f64) as f32;
-        assert!(want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6, "{}", out[0]);
+        assert!(
+            want0.is_finite() && (out[0] - want0).abs() <= want0.abs() * 1e-6,
+            "{}",
+            out[0]
+        );
         assert_eq!(out[1], f32::NEG_INFINITY); // -3e5 * 2.6e36 * 2 is past f32::MAX: inf of its sign
         assert_eq!(&out[2..], &[(7.0f32 * 0.5) * 1e-6, (-7.0f32 * 0.5) * 2.0]); // the f32 formula, unchanged
+    }
+
+    /// Deterministic pseudo-random values in `[0, 1)`.
+    fn uniform(n: usize, seed: u64) -> Vec<f32> {
+        crate::gemm::tests::bytes(n, seed)
+            .iter()
+            .map(|&b| b as f32 / 256.0)
+            .collect()
+    }
+
+    /// The fused step's documented formula, element by element, with the one
+    /// activation quantizer (`quant::quant1`) as the reference of the bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_ref(
+        acc: &[i32],
+        m: usize,
+        n: usize,
+        rs: &[f32],
+        cs: &[f32],
+        b: &[f32],
+        res: Option<&[f32]>,
+        relu: bool,
+        q: Option<Requant>,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut f = (acc[i * n + j] as f32 * rs[i]) * cs[j] + b[j];
+                if let Some(r) = res {
+                    f += r[i * n + j];
+                }
+                if relu {
+                    f = f.max(0.0);
+                }
+                out[i * n + j] = match q {
+                    None => f,
+                    Some(q) => {
+                        let z = q.y_zero_point as f32;
+                        let v = crate::quant::quant1(f, q.y_scale, z, 0.0, 255.0) as i32;
+                        v.clamp(q.lo, q.hi) as f32
+                    }
+                };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_fused_step_is_the_same_bytes_on_every_isa_and_equals_quantize_linear() {
+        use crate::cpu::each_isa;
+        use crate::exec::Ctx;
+        use crate::gemm::{self, ASource, PackedB, ZeroPoint};
+        // Sizes past every kernel's tile (and odd ones) with the GEMM's own accumulators.
+        for &(m, k, n) in &[(1, 7, 5), (5, 33, 70), (13, 64, 129), (40, 19, 3)] {
+            let a: Vec<u8> = uniform(m * k, 1)
+                .iter()
+                .map(|v| (v * 256.0) as u8)
+                .collect();
+            let w: Vec<i8> = uniform(k * n, 2)
+                .iter()
+                .map(|v| (v * 255.0 - 127.0) as i8)
+                .collect();
+            let packed =
+                PackedB::from_kn_i8(&Ctx::serial(), &w, k, n, ZeroPoint::Scalar(0)).unwrap();
+            let rs: Vec<f32> = vec![0.013; m];
+            let cs: Vec<f32> = uniform(n, 3).iter().map(|v| 0.002 + v * 0.01).collect();
+            let b: Vec<f32> = uniform(n, 4).iter().map(|v| v * 4.0 - 2.0).collect();
+            let res: Vec<f32> = uniform(m * n, 5).iter().map(|v| v * 6.0 - 3.0).collect();
+            let zp = 117;
+            let mut acc = vec![0i32; m * n];
+            let ctx = Ctx::serial();
+            gemm::matmul(
+                &ctx,
+                ASource::U8(&a),
+                m,
+                k,
+                ZeroPoint::Scalar(zp),
+                &packed,
+                &OutputStep::Int32,
+                &mut acc,
+            )
+            .unwrap();
+            // A scale that puts many quotients on exact halves, and an ordinary one.
+            for &(ys, yzp, lo, hi) in &[
+                (0.03125f32, 9, 0, 255),
+                (0.0371, 128, 100, 230),
+                (0.05, 0, 0, 255),
+            ] {
+                for &relu in &[false, true] {
+                    for with_res in [false, true] {
+                        let q = Requant {
+                            y_scale: ys,
+                            y_zero_point: yzp,
+                            lo,
+                            hi,
+                        };
+                        let r = with_res.then_some(res.as_slice());
+                        let want = fused_ref(&acc, m, n, &rs, &cs, &b, r, relu, Some(q));
+                        let want_f = fused_ref(&acc, m, n, &rs, &cs, &b, r, relu, None);
+                        let mk = |requant| {
+                            OutputStep::Fused(Fused {
+                                row_scale: Param::Scalar(0.013),
+                                col_scale: Param::PerIndex(&cs),
+                                bias: Some(&b),
+                                residual: r.map(|r| (r, n)),
+                                relu,
+                                requant,
+                            })
+                        };
+                        let (step_q, step_f) = (mk(Some(q)), mk(None));
+                        each_isa(|isa| {
+                            for ctx in [Ctx::serial(), Ctx::new(2)] {
+                                let mut y = vec![0u8; m * n];
+                                gemm::matmul(
+                                    &ctx,
+                                    ASource::U8(&a),
+                                    m,
+                                    k,
+                                    ZeroPoint::Scalar(zp),
+                                    &packed,
+                                    &step_q,
+                                    &mut y,
+                                )
+                                .unwrap();
+                                let got: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+                                assert_eq!(
+                                    got, want,
+                                    "{isa:?} {m}x{k}x{n} ys {ys} relu {relu} res {with_res}"
+                                );
+                                let mut yf = vec![0f32; m * n];
+                                gemm::matmul(
+                                    &ctx,
+                                    ASource::U8(&a),
+                                    m,
+                                    k,
+                                    ZeroPoint::Scalar(zp),
+                                    &packed,
+                                    &step_f,
+                                    &mut yf,
+                                )
+                                .unwrap();
+                                assert_eq!(
+                                    yf.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    want_f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{isa:?} float"
+                                );
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_step_rounds_half_even_clamps_and_checks_its_arguments() {
+        let q = Requant {
+            y_scale: 2.0,
+            y_zero_point: 10,
+            lo: 11,
+            hi: 250,
+        };
+        let step = OutputStep::Fused(Fused {
+            row_scale: Param::Scalar(1.0),
+            col_scale: Param::Scalar(1.0),
+            bias: None,
+            residual: Some((&[0.0, 0.0, 2.0, 0.0, 0.0, 0.0], 6)),
+            relu: false,
+            requant: Some(q),
+        });
+        let ep = step.prepare::<u8>(1, 6).unwrap();
+        let mut out = [0u8; 6];
+        ep.apply(&[1, 3, 3, 5, -1000, 1000], 6, 0..1, 0..6, &mut out, 6);
+        // 0.5 -> 0, 1.5 -> 2, (3+2)/2 = 2.5 -> 2, 2.5 -> 2; then the clamp [11, 250].
+        assert_eq!(out, [11, 12, 12, 12, 11, 250]);
+        assert!(
+            step.prepare::<f32>(1, 6).is_err(),
+            "a quantized step writes u8 / i8"
+        );
+        assert!(
+            step.prepare::<u8>(2, 6).is_err(),
+            "the residual covers one row only"
+        );
+        let bad = |q: Requant| {
+            OutputStep::Fused(Fused {
+                row_scale: Param::Scalar(1.0),
+                col_scale: Param::Scalar(1.0),
+                bias: None,
+                residual: None,
+                relu: false,
+                requant: Some(q),
+            })
+        };
+        assert!(bad(Requant { lo: 5, hi: 4, ..q })
+            .prepare::<u8>(1, 1)
+            .is_err());
+        assert!(bad(Requant { lo: -1, ..q }).prepare::<u8>(1, 1).is_err());
+        assert!(bad(Requant { y_scale: 0.0, ..q })
+            .prepare::<u8>(1, 1)
+            .is_err());
+        assert!(bad(Requant {
+            lo: -128,
+            hi: 127,
+            y_zero_point: 0,
+            ..q
+        })
+        .prepare::<i8>(1, 1)
+        .is_ok());
     }
 
     #[test]

@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 #[path = "graph_tests.rs"]
 mod tests;
 
+#[path = "int8_ops.rs"]
+mod int8_ops;
+
 #[path = "int4_op.rs"]
 mod int4_op;
 pub use int4_op::Int4Dense;
@@ -52,12 +55,13 @@ use crate::{shape_err, value_err};
 pub type ValueId = usize;
 
 /// The element type (and, for quantized values, the quantization) of a
-/// value. Every value is float32 today; static int8 activations (uint8 with
-/// a calibrated scale and zero point) are the next variant, with buffers of
-/// their own kind in the [`Workspace`].
+/// value. A `U8` value (the rewrite "int8 between layers", `int8_ops.rs`)
+/// lives in a workspace buffer viewed as bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DType {
     F32,
+    /// uint8 on this grid: `x ≈ (q - zero_point) · scale`.
+    U8(StaticAct),
 }
 
 /// Static (calibrated) activation parameters of an int8 layer: its float
@@ -142,6 +146,16 @@ pub enum Op {
     /// Int8 convolution as unfold + GEMM: NHWC (or NCHW with `nchw_in`) in,
     /// NHWC out; each image quantized once (one zero point for the batch).
     Conv {
+        gemm: Gemm,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        nchw_in: bool,
+    },
+    /// A static [`Op::Conv`] with a residual `Add` fused into its output step:
+    /// `conv(inputs[0]) + inputs[1]`, then ReLU if `gemm.relu` (the ReLU
+    /// after the sum; the conv itself has none). NHWC out, like the residual.
+    ConvAdd {
         gemm: Gemm,
         kernel: (usize, usize),
         stride: (usize, usize),
@@ -370,7 +384,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } | Op::MatMul { .. } => 2,
+            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -401,6 +415,13 @@ impl Op {
                 check_gemm(gemm, c * kernel.0 * kernel.1, what)?;
                 vec![win.oh(), win.ow(), gemm.packed.n()]
             }
+            Op::ConvAdd {
+                gemm,
+                kernel,
+                stride,
+                padding,
+                nchw_in,
+            } => int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?,
             Op::Depthwise {
                 weight,
                 kernel,
@@ -499,7 +520,7 @@ impl Op {
                 cols: 0,
                 rows: 0,
             },
-            Op::Conv { gemm, .. } => {
+            Op::Conv { gemm, .. } | Op::ConvAdd { gemm, .. } => {
                 let rows = ye / gemm.packed.n().max(1);
                 Scratch {
                     q: xe,
@@ -589,7 +610,7 @@ impl GraphPlan {
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
         Ok(GraphPlan {
-            dtypes: vec![DType::F32; dims.len()],
+            dtypes: int8_ops::dtypes(&nodes, &outputs, dims.len()),
             nodes,
             inputs,
             outputs,
@@ -779,6 +800,9 @@ impl GraphPlan {
                 return Ok(()); // an alias: the data is already where it belongs
             }
         }
+        if let Some(r) = int8_ops::run_node(self, ctx, ws, batch, node, inputs, outputs) {
+            return r;
+        }
         // Resolve storages to raw parts: the planner guarantees that a node's
         // output never shares storage with its inputs (a Reshape that aliases
         // runs no code), so the one mutable slice below overlaps none of the
@@ -848,52 +872,9 @@ impl GraphPlan {
             } => conv(
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
-            Op::Depthwise {
-                weight,
-                kernel,
-                scale,
-                bias,
-                relu,
-                post,
-                stride,
-                padding,
-                dilation,
-                nchw_in,
-                act,
-            } => {
-                let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
-                quantize_input(ctx, ws, x, batch, *act, false)?;
-                let q = if *nchw_in && c > 1 {
-                    to_nhwc(&ws.q[..x.len()], &mut ws.qt[..x.len()], batch, c, h * w);
-                    &ws.qt[..x.len()]
-                } else {
-                    &ws.q[..x.len()]
-                };
-                let g = Depthwise {
-                    n: batch,
-                    h,
-                    w,
-                    c,
-                    kernel: *kernel,
-                    stride: *stride,
-                    dilation: *dilation,
-                    padding: *padding,
-                };
-                depthwise::depthwise_conv2d_f32(
-                    ctx,
-                    q,
-                    &ws.img_zp[..batch],
-                    &ws.img_scale[..batch],
-                    weight,
-                    scale,
-                    bias.as_deref(),
-                    *relu,
-                    &g,
-                    y,
-                )?;
-                if let Some(f) = post {
-                    f.run(y);
-                }
+            Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
+            Op::Depthwise { .. } => {
+                int8_ops::depthwise(ctx, ws, int8_ops::In::F32(x), xd, batch, &node.op, y)?
             }
             Op::Pool {
                 kind,

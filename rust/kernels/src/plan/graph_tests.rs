@@ -9,7 +9,7 @@ fn packed(n: usize, k: usize, seed: i32) -> Arc<PackedB> {
     Arc::new(PackedB::from_nk_i8(&TEST, &w, n, k, ZeroPoint::Scalar(0)).unwrap())
 }
 
-fn gemm_of(n: usize, k: usize, seed: i32, relu: bool) -> Gemm {
+pub(super) fn gemm_of(n: usize, k: usize, seed: i32, relu: bool) -> Gemm {
     Gemm {
         packed: packed(n, k, seed),
         scale: (0..n).map(|j| 0.01 + j as f32 * 1e-3).collect(),
@@ -26,7 +26,7 @@ fn input(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
-fn node(op: Op, inputs: &[ValueId], output: ValueId) -> Node {
+pub(super) fn node(op: Op, inputs: &[ValueId], output: ValueId) -> Node {
     Node {
         op,
         inputs: inputs.to_vec(),

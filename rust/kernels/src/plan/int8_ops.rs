@@ -1,0 +1,671 @@
+//! The plan's rewrite "int8 between layers" and the ops that run on uint8.
+//!
+//! A statically quantized layer quantizes its float input with its own
+//! calibrated scale and zero point ([`StaticAct`]). When every reader of a
+//! value takes it on one grid, the value's producer writes it as uint8 on
+//! that grid straight from its output step ([`OutputStep::Fused`]:
+//! `QuantizeLinear` of the float result, clamped to a fused ReLU / Clip's
+//! quantized bounds) and the readers skip their quantizer. The bytes are the
+//! ones the reader's quantizer would have made of the float value, so the
+//! plan's results do not change; only a float write, a float read and a
+//! quantizer pass per edge go.
+//!
+//! * Producers of uint8: static dense / conv / fused conv + add nodes whose
+//!   element-wise step (if any) is a ReLU or Clip; max pooling and reshapes
+//!   of uint8 values (max pooling commutes with a monotone quantizer).
+//! * Readers of uint8: static dense / conv / fused conv + add (its conv
+//!   input) / depthwise nodes, max pooling and reshapes.
+//! * Everything else reads float: average pooling, the global average pool,
+//!   `Add`, affine and element-wise ops (their float results would round
+//!   differently on uint8), and plan outputs are float.
+//!
+//! [`Op::ConvAdd`] (the planner's pass `fuse_residual_add`) adds the float
+//! residual inside the conv's output step before the ReLU and the
+//! requantization, as the separate `Add` would.
+
+use super::*;
+use crate::gemm::output::{Fused, Requant};
+use crate::quant::quant1;
+
+/// The dims of a fused conv + add: the conv's, which the residual must match.
+pub(super) fn conv_add_dims(
+    g: &Gemm,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    nchw_in: bool,
+    ins: &[&[usize]],
+    what: &str,
+) -> Result<Vec<usize>> {
+    if g.act.is_none() {
+        return value_err!("{what}: a conv with a fused add needs static quantization (act)");
+    }
+    let (c, h, w) = image(ins[0], nchw_in, what)?;
+    let win = Window::new(1, c, h, w, kernel, stride, padding).check()?;
+    check_gemm(g, c * kernel.0 * kernel.1, what)?;
+    let d = vec![win.oh(), win.ow(), g.packed.n()];
+    if ins[1] != d.as_slice() {
+        return shape_err!(
+            "{what}: the conv gives {d:?} but the residual is {:?}",
+            ins[1]
+        );
+    }
+    Ok(d)
+}
+
+/// The grid on which a node takes input `slot` as uint8, if it can:
+/// `Some(Some(grid))` a fixed grid, `Some(None)` whatever grid its output
+/// is wanted on (max pooling, reshape), `None` float only.
+fn takes_u8(op: &Op, slot: usize) -> Option<Option<StaticAct>> {
+    match (op, slot) {
+        (Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. }, 0) => {
+            g.act.map(Some)
+        }
+        (Op::Depthwise { act, .. }, 0) => act.map(Some),
+        (
+            Op::Pool {
+                kind: Pool::Max, ..
+            }
+            | Op::Reshape(_),
+            0,
+        ) => Some(None),
+        _ => None,
+    }
+}
+
+/// Whether a node can write its output as uint8 given its input's dtype.
+fn writes_u8(op: &Op, input: DType, grid: StaticAct) -> bool {
+    match op {
+        Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. } => {
+            g.act.is_some() && matches!(g.post, None | Some(Unary::Relu) | Some(Unary::Clip(..)))
+        }
+        Op::Pool {
+            kind: Pool::Max, ..
+        }
+        | Op::Reshape(_) => input == DType::U8(grid),
+        _ => false,
+    }
+}
+
+/// Every value's dtype (see the module docs): a value is uint8 when it is
+/// no plan output, every reader takes it on one grid and its producer can
+/// write it so.
+pub(super) fn dtypes(nodes: &[Node], outputs: &[ValueId], n_values: usize) -> Vec<DType> {
+    // The grid each value's readers want, from the last node back (a pool's
+    // input is wanted on the grid its output is wanted on).
+    let mut want: Vec<Option<StaticAct>> = vec![None; n_values];
+    let mut read = vec![false; n_values];
+    for n in nodes.iter().rev() {
+        for (slot, &v) in n.inputs.iter().enumerate() {
+            let this = match takes_u8(&n.op, slot) {
+                Some(Some(g)) => Some(g),
+                Some(None) => want[n.output],
+                None => None,
+            };
+            want[v] = if !read[v] || want[v] == this {
+                this
+            } else {
+                None
+            };
+            read[v] = true;
+        }
+    }
+    let mut dt = vec![DType::F32; n_values];
+    for n in nodes {
+        let v = n.output;
+        let Some(grid) = want[v] else { continue };
+        let input = n.inputs.first().map_or(DType::F32, |&u| dt[u]);
+        if !outputs.contains(&v) && writes_u8(&n.op, input, grid) {
+            dt[v] = DType::U8(grid);
+        }
+    }
+    dt
+}
+
+/// A node's input: float32, or uint8 already on the node's grid.
+pub(super) enum In<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
+}
+
+/// A node's output: float32, or uint8 on `grid`.
+enum Out<'a> {
+    F32(&'a mut [f32]),
+    U8(&'a mut [u8], StaticAct),
+}
+
+/// Runs `node` when it reads or writes uint8 or is a fused conv + add;
+/// `None` when it is the float path's (graph.rs) to run.
+pub(super) fn run_node(
+    plan: &GraphPlan,
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    batch: usize,
+    node: &Node,
+    inputs: &[&[f32]],
+    outputs: &mut [&mut [f32]],
+) -> Option<Result<()>> {
+    let u8_in = plan.dtypes[node.inputs[0]] != DType::F32;
+    let u8_out = plan.dtypes[node.output] != DType::F32;
+    if !(u8_in || u8_out || matches!(node.op, Op::ConvAdd { .. })) {
+        return None;
+    }
+    let src = |ws: &Workspace, v: ValueId| -> *const f32 {
+        match plan.storage[v] {
+            Storage::Input(i) => inputs[i].as_ptr(),
+            Storage::Output(i) => outputs[i].as_ptr(),
+            Storage::Buffer(b) => ws.bufs[b].as_ptr(),
+        }
+    };
+    let (l0, out_len) = (
+        plan.len_of(node.inputs[0], batch),
+        plan.len_of(node.output, batch),
+    );
+    let p0 = src(ws, node.inputs[0]);
+    let res = match node.inputs.get(1) {
+        Some(&v) => {
+            let p = src(ws, v);
+            // SAFETY: as for `x` below (the residual is a float value of the output's size).
+            Some(unsafe { std::slice::from_raw_parts(p, plan.len_of(v, batch)) })
+        }
+        None => None,
+    };
+    let out_ptr: *mut f32 = match plan.storage[node.output] {
+        Storage::Output(i) => outputs[i].as_mut_ptr(),
+        Storage::Buffer(b) => ws.bufs[b].as_mut_ptr(),
+        Storage::Input(_) => return Some(value_err!("a node writes a plan input")),
+    };
+    // SAFETY: as in `GraphPlan::run_node`: live storages of at least these
+    // lengths (a uint8 value's buffer holds as many f32, so its bytes too),
+    // the output's storage distinct from the inputs'.
+    let x = match plan.dtypes[node.inputs[0]] {
+        DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p0.cast::<u8>(), l0) }),
+        DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p0, l0) }),
+    };
+    let y = match plan.dtypes[node.output] {
+        DType::U8(grid) => Out::U8(
+            unsafe { std::slice::from_raw_parts_mut(out_ptr.cast::<u8>(), out_len) },
+            grid,
+        ),
+        DType::F32 => Out::F32(unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) }),
+    };
+    let xd = &plan.dims[node.inputs[0]];
+    Some(run(ctx, ws, batch, &node.op, x, xd, res, y))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    batch: usize,
+    op: &Op,
+    x: In<'_>,
+    xd: &[usize],
+    res: Option<&[f32]>,
+    y: Out<'_>,
+) -> Result<()> {
+    match op {
+        Op::Dense(g) => {
+            let k = *xd.last().unwrap_or(&1);
+            let a = static_act(g)?;
+            let q = static_input(ctx, &mut ws.q, x, a)?;
+            let m = q.len().checked_div(k).unwrap_or(0);
+            static_gemm(ctx, q, m, k, g, a, None, y)
+        }
+        Op::Conv {
+            gemm: g,
+            kernel,
+            stride,
+            padding,
+            nchw_in,
+        }
+        | Op::ConvAdd {
+            gemm: g,
+            kernel,
+            stride,
+            padding,
+            nchw_in,
+        } => {
+            let a = static_act(g)?;
+            let (c, h, w) = image(xd, *nchw_in, "conv")?;
+            let q = static_input(ctx, &mut ws.q, x, a)?;
+            let len = q.len();
+            let q = if *nchw_in && c > 1 {
+                to_nhwc(q, &mut ws.qt[..len], batch, c, h * w);
+                &ws.qt[..len]
+            } else {
+                q
+            };
+            let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check()?;
+            let (rows, k) = win.cols_shape();
+            let cols = &mut ws.cols[..rows * k];
+            // Padding is the real zero: the zero point.
+            nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
+            static_gemm(ctx, cols, rows, k, g, a, res, y)
+        }
+        Op::Depthwise { .. } => {
+            let Out::F32(y) = y else {
+                return value_err!("a depthwise node writes float");
+            };
+            depthwise(ctx, ws, x, xd, batch, op, y)
+        }
+        Op::Pool {
+            kind: Pool::Max,
+            kernel,
+            stride,
+            padding,
+        } => {
+            let (In::U8(x), Out::U8(y, _)) = (x, y) else {
+                return value_err!("a uint8 max pool reads and writes uint8");
+            };
+            let (c, h, w) = image(xd, false, "pool")?;
+            let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check_pool()?;
+            max_pool_u8(ctx, x, win, y);
+            Ok(())
+        }
+        Op::Reshape(_) => match (x, y) {
+            (In::U8(x), Out::U8(y, _)) => {
+                y.copy_from_slice(x);
+                Ok(())
+            }
+            _ => value_err!("a uint8 reshape reads and writes uint8"),
+        },
+        _ => value_err!("this op reads and writes float only"),
+    }
+}
+
+/// A depthwise node on float input (quantized here, statically or per image)
+/// or on uint8 already on its static grid; float out.
+pub(super) fn depthwise(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: In<'_>,
+    xd: &[usize],
+    batch: usize,
+    op: &Op,
+    y: &mut [f32],
+) -> Result<()> {
+    let Op::Depthwise {
+        weight,
+        kernel,
+        scale,
+        bias,
+        relu,
+        post,
+        stride,
+        padding,
+        dilation,
+        nchw_in,
+        act,
+    } = op
+    else {
+        return value_err!("not a depthwise node");
+    };
+    let (c, h, w) = image(xd, *nchw_in, "depthwise")?;
+    let q: &[u8] = match x {
+        In::F32(x) => {
+            quantize_input(ctx, ws, x, batch, *act, false)?;
+            &ws.q[..x.len()]
+        }
+        In::U8(q) => {
+            let a =
+                act.ok_or_else(|| Error::Value("uint8 feeds a dynamic depthwise layer".into()))?;
+            ws.img_scale[..batch].fill(a.scale);
+            ws.img_zp[..batch].fill(a.zero_point);
+            q
+        }
+    };
+    let len = q.len();
+    let q = if *nchw_in && c > 1 {
+        to_nhwc(q, &mut ws.qt[..len], batch, c, h * w);
+        &ws.qt[..len]
+    } else {
+        q
+    };
+    let g = Depthwise {
+        n: batch,
+        h,
+        w,
+        c,
+        kernel: *kernel,
+        stride: *stride,
+        dilation: *dilation,
+        padding: *padding,
+    };
+    depthwise::depthwise_conv2d_f32(
+        ctx,
+        q,
+        &ws.img_zp[..batch],
+        &ws.img_scale[..batch],
+        weight,
+        scale,
+        bias.as_deref(),
+        *relu,
+        &g,
+        y,
+    )?;
+    if let Some(f) = post {
+        f.run(y);
+    }
+    Ok(())
+}
+
+fn static_act(g: &Gemm) -> Result<StaticAct> {
+    g.act
+        .ok_or_else(|| Error::Value("a uint8 value feeds a dynamically quantized layer".into()))
+}
+
+/// The uint8 input of a static layer: the producer's bytes, or `x`
+/// quantized with the layer's parameters into `q`.
+fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Result<&'a [u8]> {
+    match x {
+        In::U8(v) => Ok(v),
+        In::F32(x) => {
+            let q = &mut q[..x.len()];
+            quantize_fixed_u8(ctx, x, a.scale, a.zero_point, q)?;
+            Ok(q)
+        }
+    }
+}
+
+/// The GEMM of a static layer on uint8 `a_q` `(m, k)` with the fused output
+/// step: float (then a post step it could not fold), or uint8 on the
+/// reader's grid with a ReLU / Clip folded into the clamp.
+#[allow(clippy::too_many_arguments)]
+fn static_gemm(
+    ctx: &Ctx,
+    a_q: &[u8],
+    m: usize,
+    k: usize,
+    g: &Gemm,
+    a: StaticAct,
+    res: Option<&[f32]>,
+    y: Out<'_>,
+) -> Result<()> {
+    let n = g.packed.n();
+    let zp = ZeroPoint::Scalar(a.zero_point);
+    let step = |requant| {
+        OutputStep::Fused(Fused {
+            row_scale: Param::Scalar(a.scale),
+            col_scale: param(&g.scale),
+            bias: g.bias.as_deref(),
+            residual: res.map(|r| (r, n)),
+            relu: g.relu,
+            requant,
+        })
+    };
+    match y {
+        Out::F32(y) => {
+            gemm::matmul(ctx, ASource::U8(a_q), m, k, zp, &g.packed, &step(None), y)?;
+            if let Some(f) = g.post {
+                f.run(y);
+            }
+        }
+        Out::U8(y, grid) => {
+            let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
+            let (lo, hi) = match g.post {
+                None => (0, 255),
+                Some(Unary::Relu) => (q(0.0), 255),
+                Some(Unary::Clip(lo, hi)) => {
+                    let hi = hi.map_or(255, q);
+                    // Clip's max then min: bounds out of order give `hi` everywhere.
+                    (lo.map_or(0, q).min(hi), hi)
+                }
+                Some(Unary::HardSwish) => {
+                    return value_err!("HardSwish cannot be folded into a uint8 output")
+                }
+            };
+            let requant = Requant {
+                y_scale: grid.scale,
+                y_zero_point: grid.zero_point,
+                lo,
+                hi,
+            };
+            gemm::matmul(
+                ctx,
+                ASource::U8(a_q),
+                m,
+                k,
+                zp,
+                &g.packed,
+                &step(Some(requant)),
+                y,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Max pooling of NHWC uint8 images, one task per image (a window always
+/// holds an image pixel: `check_pool`): the bytes of quantizing the float max pool.
+fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
+    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
+    let (img_in, img_out) = (win.h * win.w * c, oh * ow * c);
+    if img_in == 0 || img_out == 0 {
+        return;
+    }
+    let dst = SyncPtr(out.as_mut_ptr());
+    ctx.for_each_task(win.n * img_out * win.kh * win.kw, win.n, |img| {
+        // SAFETY: image `img` owns its `img_out` outputs, written by this task alone.
+        let oi = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * img_out), img_out) };
+        let xi = &x[img * img_in..(img + 1) * img_in];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = &mut oi[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                o.fill(0);
+                for ky in 0..win.kh {
+                    let iy = (oy * win.sh + ky) as isize - win.ph as isize;
+                    if iy < 0 || iy as usize >= win.h {
+                        continue;
+                    }
+                    for kx in 0..win.kw {
+                        let ix = (ox * win.sw + kx) as isize - win.pw as isize;
+                        if ix < 0 || ix as usize >= win.w {
+                            continue;
+                        }
+                        let px = &xi[(iy as usize * win.w + ix as usize) * c..][..c];
+                        o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{gemm_of, node};
+    use super::*;
+    use crate::cpu::each_isa;
+    use crate::exec::TEST;
+
+    fn gemm(
+        n: usize,
+        k: usize,
+        seed: i32,
+        relu: bool,
+        post: Option<Unary>,
+        act: (f32, i32),
+    ) -> Gemm {
+        let act = Some(StaticAct {
+            scale: act.0,
+            zero_point: act.1,
+        });
+        Gemm {
+            post,
+            act,
+            ..gemm_of(n, k, seed, relu)
+        }
+    }
+
+    fn conv(g: Gemm, nchw_in: bool) -> Op {
+        Op::Conv {
+            gemm: g,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: (1, 1),
+            nchw_in,
+        }
+    }
+
+    /// conv (NCHW in, ReLU) -> max pool -> conv (ReLU6) -> conv + add (ReLU,
+    /// the plan's second input as residual) -> conv -> flatten -> dense -> dense.
+    fn nodes() -> Vec<Node> {
+        let a1 = (0.02, 0); // the grid of the pool's output (ReLU'd)
+        vec![
+            node(conv(gemm(4, 18, 1, true, None, (0.05, 120)), true), &[0], 1),
+            node(
+                Op::Pool {
+                    kind: Pool::Max,
+                    kernel: (2, 2),
+                    stride: (2, 2),
+                    padding: (0, 0),
+                },
+                &[1],
+                2,
+            ),
+            node(
+                conv(
+                    gemm(4, 36, 2, false, Some(Unary::Clip(Some(0.0), Some(6.0))), a1),
+                    false,
+                ),
+                &[2],
+                3,
+            ),
+            node(
+                Op::ConvAdd {
+                    gemm: gemm(4, 36, 3, true, None, (0.03, 0)),
+                    kernel: (3, 3),
+                    stride: (1, 1),
+                    padding: (1, 1),
+                    nchw_in: false,
+                },
+                &[3, 9],
+                4,
+            ),
+            node(conv(gemm(5, 36, 4, false, None, (0.04, 3)), false), &[4], 5),
+            node(Op::Reshape(vec![3 * 3 * 5]), &[5], 6),
+            node(
+                Op::Dense(gemm(6, 45, 5, false, Some(Unary::Relu), (0.05, 100))),
+                &[6],
+                7,
+            ),
+            node(Op::Dense(gemm(3, 6, 6, false, None, (0.02, 0))), &[7], 8),
+        ]
+    }
+
+    #[test]
+    fn uint8_edges_give_the_bytes_of_each_node_run_alone_on_every_isa() {
+        let nodes = nodes();
+        let plan = GraphPlan::new(
+            nodes.clone(),
+            vec![0, 9],
+            vec![vec![2, 6, 6], vec![3, 3, 4]],
+            vec![8],
+        )
+        .unwrap();
+        let u8s: Vec<ValueId> = (0..10)
+            .filter(|&v| plan.dtype(v) != Some(DType::F32))
+            .collect();
+        // Every edge between layers (through the pool and the reshape, an alias) is uint8.
+        assert_eq!(u8s, vec![1, 2, 3, 4, 5, 6, 7], "{:?}", plan.dtypes);
+        let dims: Vec<Vec<usize>> = (0..10).map(|v| plan.dims[v].clone()).collect();
+        for batch in [1, 3] {
+            let x: Vec<f32> = (0..batch * 72)
+                .map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.09)
+                .collect();
+            let r: Vec<f32> = (0..batch * 36)
+                .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.2)
+                .collect();
+            each_isa(|isa| {
+                // The reference: every node alone, so every value is a float plan input / output.
+                let mut vals: Vec<Vec<f32>> = vec![Vec::new(); 10];
+                vals[0] = x.clone();
+                vals[9] = r.clone();
+                for n in &nodes {
+                    let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
+                    let alone = node(n.op.clone(), &ins, ins.len());
+                    let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
+                    let p =
+                        GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
+                    let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
+                    let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
+                    p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
+                    vals[n.output] = y;
+                }
+                // The fused add alone (float in and out) is the conv, then the Add and its ReLU.
+                let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else {
+                    unreachable!()
+                };
+                let split = GraphPlan::new(
+                    vec![
+                        node(
+                            conv(
+                                Gemm {
+                                    relu: false,
+                                    ..g.clone()
+                                },
+                                false,
+                            ),
+                            &[0],
+                            2,
+                        ),
+                        node(Op::Add { relu: true }, &[2, 1], 3),
+                    ],
+                    vec![0, 1],
+                    vec![dims[3].clone(), dims[9].clone()],
+                    vec![3],
+                )
+                .unwrap();
+                let mut want = vec![0f32; vals[4].len()];
+                split
+                    .forward(&TEST, batch, &[&vals[3], &r], &mut [&mut want])
+                    .unwrap();
+                assert_eq!(
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    vals[4].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?}: conv + add"
+                );
+                let mut y = vec![0f32; batch * 3];
+                plan.forward(&TEST, batch, &[&x, &r], &mut [&mut y])
+                    .unwrap();
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    vals[8].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{isa:?} batch {batch}"
+                );
+                assert!(
+                    vals[8].iter().any(|&v| v != vals[8][0]),
+                    "a result that varies"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn a_fused_add_needs_a_static_conv_and_a_residual_of_its_dims() {
+        let mut g = gemm(4, 18, 1, false, None, (0.05, 120));
+        let op = |g: Gemm| Op::ConvAdd {
+            gemm: g,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: (1, 1),
+            nchw_in: true,
+        };
+        let bad = GraphPlan::new(
+            vec![node(op(g.clone()), &[0, 1], 2)],
+            vec![0, 1],
+            vec![vec![2, 5, 5], vec![5, 5, 3]],
+            vec![2],
+        );
+        assert!(matches!(bad, Err(Error::Shape(_))), "{bad:?}");
+        g.act = None;
+        let bad = GraphPlan::new(
+            vec![node(op(g), &[0, 1], 2)],
+            vec![0, 1],
+            vec![vec![2, 5, 5], vec![5, 5, 4]],
+            vec![2],
+        );
+        assert!(matches!(bad, Err(Error::Value(_))), "{bad:?}");
+    }
+}
