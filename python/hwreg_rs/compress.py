@@ -347,8 +347,8 @@ _SPARSE_FILE_EXTRA = 160
 
 def _pattern_for(profile: profiles.HardwareProfile, size_budget: int | None) -> tuple[str, Any]:
     """The sparsity pattern to prune in, and its mask function: the one the profile's sparse
-    kernels run best; for a size budget on a profile without sparse kernels, 1x8 blocks (the
-    file stores any pattern sparse)."""
+    kernels run best; for a size budget on a profile without sparse kernels, blocks (the
+    file stores any pattern sparse), shaped by :func:`_block_shape`."""
     eff = profile.sparsity_patterns
     if "block" in eff and eff["block"] >= eff.get("unstructured", 0):
         pattern = "block"
@@ -359,8 +359,15 @@ def _pattern_for(profile: profiles.HardwareProfile, size_budget: int | None) -> 
     else:
         return "dense", None
     if pattern == "block":
-        return pattern, lambda w, amount: prune.block_mask(w, float(amount), block=(1, 8))
+        return pattern, lambda w, amount: prune.block_mask(w, float(amount), block=_block_shape(w))
     return pattern, lambda w, amount: prune.magnitude_mask(w, float(amount))
+
+
+def _block_shape(w: np.ndarray) -> tuple[int, int]:
+    """The block to prune a weight ``(out, in)`` in: 16 outputs x 4 inputs, the int8 panel
+    kernel's block (the one the profiles' "block" efficiency is measured on), for a layer with
+    16 outputs or more; 1x8 for a narrower one, which a 16-row block would mostly pad."""
+    return (16, 4) if w.shape[0] >= 16 else (1, 8)
 
 
 def _file_bytes(rt: runtime.RuntimeModel) -> int:
