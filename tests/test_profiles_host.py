@@ -129,15 +129,16 @@ def test_calibrated_cost_formula():
 
 
 def test_parallel_speedup_applies_above_threshold_only():
+    # The threshold counts each output as 32 MACs besides its K (the kernel's rule): small is 4*16*(8+32) = 2560.
     serial = _calibrated()
-    par = _calibrated(parallel_min_macs=1000, parallel_speedup=2.0, int8_gops=400.0)
+    par = _calibrated(parallel_min_macs=3000, parallel_speedup=2.0, int8_gops=400.0)
     small = LayerWork("s", "linear", 4 * 8 * 16, 0, 4 * 8 * 4, 4 * 16 * 4, "int8")
     big = LayerWork("b", "linear", 64 * 64 * 64, 0, 64 * 64 * 4, 64 * 64 * 4, "int8")
     assert estimate([small], par).latency_s == pytest.approx(estimate([small], serial).latency_s)
     s_big, p_big = estimate([big], serial).layers[0], estimate([big], par).layers[0]
     assert p_big.compute_s < s_big.compute_s and p_big.latency_s > 5e-6
     # Threads that slow the kernels down (a busy machine) make big layers dearer.
-    slow = _calibrated(parallel_min_macs=1000, parallel_speedup=0.5, int8_gops=100.0)
+    slow = _calibrated(parallel_min_macs=3000, parallel_speedup=0.5, int8_gops=100.0)
     assert estimate([small], slow).latency_s == pytest.approx(estimate([small], serial).latency_s)
     assert estimate([big], slow).layers[0].compute_s == pytest.approx(2 * s_big.compute_s)
 

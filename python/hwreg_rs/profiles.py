@@ -428,6 +428,11 @@ class HardwareProfile:
         return cls.from_dict(d)
 
 
+# What writing one output element costs in multiply-accumulates in the GEMM's thread
+# decision (the kernel crate's `gemm::OUTPUT_MACS`): a short-K product is mostly output.
+_OUTPUT_MACS = 32
+
+
 def _num(v: float) -> str:
     return f"{v:.4g}"
 
@@ -687,7 +692,7 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         s = profile.parallel_speedup
         if prec == "int8" and profile.parallel_min_macs and s != 1:
             # int8_gops is the all-cores figure; work below the threshold runs on one thread.
-            par = m * k * n >= profile.parallel_min_macs
+            par = m * n * (k + _OUTPUT_MACS) >= profile.parallel_min_macs
             t_mac = 2.0 * macs_eff / ops * (1.0 if par else s)
             t_out = t_out / s if par else t_out
             t_in = t_in / s if m * k >= profile.parallel_min_macs else t_in
