@@ -76,6 +76,10 @@ fn node(op: Op, inputs: &[usize], output: usize) -> Node {
 
 /// `(allocations, bytes)` of one call of `plan` after a first call of the same batch.
 fn second_call(plan: &GraphPlan, batch: usize) -> (usize, usize) {
+    // The counters are global: one measurement at a time, or a test running
+    // beside this one adds its allocations to ours.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let ctx = Ctx::serial();
     let n_in: usize = plan.input_dims()[0].iter().product();
     let x: Vec<f32> = (0..batch * n_in)
