@@ -21,11 +21,10 @@ use std::ops::Range;
 use super::driver::{balanced, check_common};
 use super::formats::{Bsr, RowQuant};
 use super::int8::{check_quant_x, pack_x4_into, QuantX};
-use crate::error::{try_with_capacity, Result};
-use crate::exec::{self, Ctx};
+use crate::error::{try_vec, try_with_capacity, Result};
+use crate::exec::Ctx;
 use crate::gemm::output::{Epilogue, OutputStep, Param};
 use crate::shape_err;
-use rayon::prelude::*;
 
 /// Output lanes a panel may have (one xmm, ymm or zmm of int32).
 pub const PANEL_ROWS: [usize; 3] = [4, 8, 16];
@@ -256,34 +255,32 @@ pub fn panel_i8_linear(
     if batch == 0 || n == 0 {
         return Ok(y);
     }
-    ctx.run(work, || {
-        let (cols, kp) = (w.cols, w.cols.div_ceil(4) * 4);
-        let mut xp = vec![0u8; batch * kp];
-        if kp > 0 {
-            for (t, dst) in xp.chunks_mut(TILE_ROWS * kp).enumerate() {
-                let (b0, mr) = (t * TILE_ROWS, dst.len() / kp);
-                pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, dst);
-            }
+    let (cols, kp) = (w.cols, w.cols.div_ceil(4) * 4);
+    let mut xp = try_vec(batch.saturating_mul(kp), 0u8, "the regrouped activations")?;
+    if kp > 0 {
+        for (t, dst) in xp.chunks_mut(TILE_ROWS * kp).enumerate() {
+            let (b0, mr) = (t * TILE_ROWS, dst.len() / kp);
+            pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, dst);
         }
-        let call = PanelCall {
-            w,
-            rowsum: &wq.sum,
-            xp: &xp,
-            kp,
-            batch,
-            zp: xq.zero_point,
-            ep: &ep,
-            y: OutPtr(y.as_mut_ptr()),
-        };
-        let ranges = balanced(&w.indptr, ctx.chunks_for(work));
-        // SAFETY: the ranges are disjoint panels of `w`; `xp` is packed for
-        // `kp` inputs and `batch` rows, `y` is `batch × n`.
-        let run = |rg: Range<usize>| unsafe { (kern.panel_i8)(&call, rg) };
-        if ranges.len() == 1 || !exec::in_pool() {
-            ranges.into_iter().for_each(run);
-        } else {
-            ranges.into_par_iter().for_each(run);
-        }
+    }
+    let call = PanelCall {
+        w,
+        rowsum: &wq.sum,
+        xp: &xp,
+        kp,
+        batch,
+        zp: xq.zero_point,
+        ep: &ep,
+        y: OutPtr(y.as_mut_ptr()),
+    };
+    // On the fork-join team, like the dense GEMM: the caller works too and
+    // the workers poll between calls (rayon's install parked the caller and
+    // woke the pool, which made 2 threads slower than 1 on the 2-vCPU VM).
+    let ranges = balanced(&w.indptr, ctx.chunks_for(work));
+    // SAFETY: the ranges are disjoint panels of `w`; `xp` is packed for
+    // `kp` inputs and `batch` rows, `y` is `batch × n`.
+    ctx.for_each_task(work, ranges.len(), |i| unsafe {
+        (kern.panel_i8)(&call, ranges[i].clone())
     });
     Ok(y)
 }
