@@ -38,6 +38,26 @@ pub struct Window {
 }
 
 impl Window {
+    /// Calls `f(pixel)` with the input pixel index `iy·w + ix` of every tap
+    /// of output pixel `(oy, ox)`'s window that falls inside the image, in
+    /// kernel order; taps on the padding are skipped (the pooling loops).
+    #[inline(always)]
+    pub fn for_each_tap(&self, oy: usize, ox: usize, mut f: impl FnMut(usize)) {
+        for ky in 0..self.kh {
+            let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+            if iy < 0 || iy as usize >= self.h {
+                continue;
+            }
+            for kx in 0..self.kw {
+                let ix = (ox * self.sw + kx) as isize - self.pw as isize;
+                if ix < 0 || ix as usize >= self.w {
+                    continue;
+                }
+                f(iy as usize * self.w + ix as usize);
+            }
+        }
+    }
+
     /// The geometry of an `(n, c, h, w)` input with kernel `k`, stride `s`
     /// and padding `p` given as `(height, width)` pairs.
     pub fn new(

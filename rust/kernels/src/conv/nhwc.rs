@@ -159,23 +159,13 @@ fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {
             } else {
                 0.0
             });
-            for ky in 0..win.kh {
-                let iy = (oy * win.sh + ky) as isize - win.ph as isize;
-                if iy < 0 || iy as usize >= win.h {
-                    continue;
+            win.for_each_tap(oy, ox, |p| {
+                let px = &x[p * c..][..c];
+                match kind {
+                    Pool::Max => max_into(o, px),
+                    Pool::Avg => o.iter_mut().zip(px).for_each(|(s, &v)| *s += v),
                 }
-                for kx in 0..win.kw {
-                    let ix = (ox * win.sw + kx) as isize - win.pw as isize;
-                    if ix < 0 || ix as usize >= win.w {
-                        continue;
-                    }
-                    let px = &x[(iy as usize * win.w + ix as usize) * c..][..c];
-                    match kind {
-                        Pool::Max => max_into(o, px),
-                        Pool::Avg => o.iter_mut().zip(px).for_each(|(s, &v)| *s += v),
-                    }
-                }
-            }
+            });
             if kind == Pool::Avg {
                 o.iter_mut().for_each(|s| *s *= inv);
             }

@@ -453,20 +453,10 @@ fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
             for ox in 0..ow {
                 let o = &mut oi[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
                 o.fill(0);
-                for ky in 0..win.kh {
-                    let iy = (oy * win.sh + ky) as isize - win.ph as isize;
-                    if iy < 0 || iy as usize >= win.h {
-                        continue;
-                    }
-                    for kx in 0..win.kw {
-                        let ix = (ox * win.sw + kx) as isize - win.pw as isize;
-                        if ix < 0 || ix as usize >= win.w {
-                            continue;
-                        }
-                        let px = &xi[(iy as usize * win.w + ix as usize) * c..][..c];
-                        o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
-                    }
-                }
+                win.for_each_tap(oy, ox, |p| {
+                    let px = &xi[p * c..][..c];
+                    o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
+                });
             }
         }
     });
