@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hwreg_rs as hw
-from hwreg_rs import _planner, runtime, zoo
+from hwreg_rs import _native, _planner, runtime, zoo
 
 nn = hw.nn
 
@@ -301,3 +301,36 @@ def test_predict_runs_a_ready_array_in_one_native_call_and_checks_the_rest_as_be
         rt.predict(np.array([["a"] * 12]))
     with pytest.raises(ValueError, match="finite"):
         rt.predict(np.full((1, 12), np.inf, np.float32))
+
+
+def test_predict_of_a_one_plan_model_is_native_follows_threads_and_frees_the_model():
+    import copy
+    import gc
+    import pickle
+    import weakref
+
+    rt = runtime.convert(nn.mlp([12, 9, 4], rng=0).eval(), input_shape=(12,))
+    assert isinstance(rt._fast, _native._ReadyPredict)  # predict is the native method: no Python frame
+    x = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32)
+    want = _node_by_node(rt, x)
+    assert np.array_equal(rt.predict(x), want) and np.array_equal(rt(x), want)
+    assert np.array_equal(rt.predict(x.astype(np.float64)), want)  # not ready: the checked path
+    with pytest.raises(ValueError, match="takes 1 input"):
+        rt.predict(x, x)
+    for threads in (2, 1, None):
+        rt.threads = threads
+        assert np.array_equal(rt.predict(x), want)
+    with pytest.raises(ValueError, match="threads"):
+        rt.threads = 0
+    for other in (copy.deepcopy(rt), pickle.loads(pickle.dumps(rt))):
+        assert other._fast is not rt._fast
+        assert np.array_equal(other.predict(x), want) and np.array_equal(other.predict(x.tolist()), want)
+    gone = weakref.ref(rt)
+    del rt
+    gc.collect()
+    assert gone() is None  # the native method holds the model weakly: no cycle keeps it alive
+    plan = _native._GraphPlan([("unary", [0], 1, {"fn": ("relu", None, None)})], [0], [[3]], [1])
+    dead = _native._ReadyPredict(plan, lambda: None)
+    with pytest.raises(ValueError, match="gone"):
+        dead.predict(np.zeros((1, 3), np.float64))
+    assert np.array_equal(dead.predict(np.array([[-1.0, 0.0, 2.0]], np.float32)), [[0.0, 0.0, 2.0]])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -800,6 +801,7 @@ class RuntimeModel:
         # takes it when it is already a C-contiguous float32 (N, *input_shape) array, else declines).
         one = whole and len(self.inputs) == len(self.outputs) == 1 and self.input_dtypes[0] == "float32"
         self._ready = call.plan.forward_ready if one and isinstance(call, _planner.Segment) else None
+        self._bind_fast_predict()
         # After step i, the values no later step reads: predict drops them.
         last: dict[str, int] = {}
         for i, (reads, _, _) in enumerate(self._steps):
@@ -835,6 +837,21 @@ class RuntimeModel:
     @threads.setter
     def threads(self, n: int | None) -> None:
         self._threads = None if n is None else check_int(n, "threads", 1, MAX_THREADS)
+        fast = self.__dict__.get("_fast")
+        if fast is not None:
+            fast.set_threads(self._threads)
+
+    def _bind_fast_predict(self) -> None:
+        """On a model that is one native plan with one float32 input and one output, ``self.predict``
+        becomes a native method: a ready ``x`` (C-contiguous aligned float32 of the input's shape) costs
+        no Python frame, anything else goes on to the checks and conversions of the class's ``predict``
+        (``_predict_checked``). It holds a weak method, so the model is freed like any object."""
+        self._fast = None
+        self.__dict__.pop("predict", None)
+        if self._ready is not None and isinstance(self._whole, _planner.Segment):
+            self._fast = _native._ReadyPredict(self._whole.plan, weakref.WeakMethod(self._predict_checked),
+                                               self._threads)
+            self.predict = self._fast.predict  # type: ignore[method-assign]
 
     @property
     def ops(self) -> list[_Op]:
@@ -880,6 +897,14 @@ class RuntimeModel:
             y = self._ready(x, self._threads)
             if y is not None:
                 return y
+        return self._predict_checked(x, *more)
+
+    __call__ = predict
+
+    def _predict_checked(self, x: Any, *more: Any) -> Any:
+        """:meth:`predict` of inputs that are not ready as they are: checked, converted, then run."""
+        if 1 + len(more) != len(self.inputs):
+            raise ValueError(f"this model takes {len(self.inputs)} input(s); got {1 + len(more)}")
         xs = []
         for k, (v, shape, dt) in enumerate(zip([x, *more], self.input_shapes, self._dtypes)):
             if not (type(v) is np.ndarray and v.dtype is dt and v.flags.c_contiguous and v.flags.aligned):
@@ -893,8 +918,6 @@ class RuntimeModel:
             if v.shape[1:] != shape or v.ndim == 0:
                 raise ValueError(f"input {k} must have shape (N, {', '.join(map(str, shape))}); got {v.shape}")
             xs.append(v)
-        if len(xs) != len(self.inputs):
-            raise ValueError(f"this model takes {len(self.inputs)} input(s); got {len(xs)}")
         if self._whole is not None:  # one native call: nothing in Python reads a thread count
             return self._whole(*xs, threads=num_threads() if self.threads is None else self.threads)
         if self.threads is None:
@@ -906,8 +929,6 @@ class RuntimeModel:
             return self._run(xs, self.threads)
         finally:
             _native._local_threads(previous)
-
-    __call__ = predict
 
     def trace(self, x: Any) -> list[tuple[RuntimeNode, tuple[Any, ...]]]:
         """Every node with the inputs it reads for ``x``, running the nodes one by one (for timing)."""
@@ -1085,6 +1106,7 @@ class RuntimeModel:
     def __setstate__(self, state: dict[str, Any]) -> None:
         other = RuntimeModel._from_arrays(state["arrays"], state["meta"])
         self.__dict__.update(other.__dict__)  # includes the planned steps
+        self._bind_fast_predict()  # other's fast predict calls back into other
         self.threads = state.get("threads")
 
     # -- measuring -------------------------------------------------------------

@@ -2,6 +2,7 @@
 //! from Python node descriptions and run in one call (the executor itself
 //! lives in the kernel crate). Conversion only: every check is the plan's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hwreg_kernels::conv::nhwc::Pool;
@@ -14,7 +15,7 @@ use hwreg_kernels::quant::fixed;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::errors::{contiguous, OrPy};
 use crate::gemm::PyPackedB;
@@ -30,7 +31,15 @@ pub struct PyGraphPlan {
     /// `(input dims, output dims)` of a plan with one input and one output
     /// (what `forward_ready` checks and allocates by), kept from the build.
     one: Option<(Vec<usize>, Vec<usize>)>,
+    /// [`GraphPlan::work_per_sample`], kept from the build.
+    work: usize,
 }
+
+/// Below this much work a call keeps the GIL: releasing and taking it back
+/// costs more than such a call lets another Python thread do (the digits
+/// MLP at batch 1, ~50K MACs, runs in about half a microsecond), and the
+/// kernels run it on one thread anyway (`exec::PARALLEL_MIN_WORK`).
+const HOLD_GIL_BELOW: usize = exec::PARALLEL_MIN_WORK;
 
 fn item<'py>(p: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
     p.get_item(key)?
@@ -250,7 +259,8 @@ impl PyGraphPlan {
             ([x], [y]) => Some((x.to_vec(), y.to_vec())),
             _ => None,
         };
-        Ok(PyGraphPlan { inner, one })
+        let work = inner.work_per_sample();
+        Ok(PyGraphPlan { inner, one, work })
     }
 
     /// Float32 C-contiguous inputs `(batch, *input_dims[i])` in, one array
@@ -277,36 +287,7 @@ impl PyGraphPlan {
         x: &Bound<'py, PyAny>,
         threads: Option<usize>,
     ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
-        let Some((want, dims)) = &self.one else {
-            return Err(PyValueError::new_err(
-                "forward_ready needs a plan with one input and one output",
-            ));
-        };
-        let Ok(x) = x.cast::<PyArrayDyn<f32>>() else {
-            return Ok(None);
-        };
-        let shape = x.shape();
-        let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
-        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
-            return Ok(None);
-        }
-        let batch = shape[0];
-        let mut out_shape = Vec::with_capacity(dims.len() + 1);
-        out_shape.push(batch);
-        out_shape.extend_from_slice(dims);
-        let ctx = threads.map_or_else(Ctx::current, Ctx::new);
-        // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
-        // Rust writes it (as with a readonly borrow, a Python thread writing
-        // it during the call races only with itself). The output is new, and
-        // the plan writes every element before Python sees it.
-        let xs = unsafe { x.as_slice() }
-            .map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
-        let out = unsafe { PyArrayDyn::<f32>::new(py, out_shape, false) };
-        let ys = unsafe { out.as_slice_mut() }
-            .map_err(|_| PyValueError::new_err("output is not contiguous"))?;
-        py.detach(|| self.inner.forward(&ctx, batch, &[xs], &mut [ys]))
-            .or_py()?;
-        Ok(Some(out))
+        self.ready(py, x, threads)
     }
 
     /// `forward` that also returns each node's seconds (a list, in node order).
@@ -353,6 +334,69 @@ impl PyGraphPlan {
     }
 }
 
+/// `_ReadyPredict(plan, fallback, threads)`: `predict` of a runtime model
+/// that is one native plan with one input and one output, as a native method
+/// (no Python frame per call): `predict(x)` runs the plan when `x` is ready
+/// as it is (`_GraphPlan.forward_ready`), anything else is
+/// `fallback()(x, *more)`. `fallback` returns the checking, converting
+/// predict (a `weakref.WeakMethod` of the model's: the model holds this
+/// object, so a strong reference back would be a cycle the GC cannot see),
+/// or None when the model is gone. `threads` None: the library setting at
+/// each call.
+#[pyclass(frozen, name = "_ReadyPredict", module = "hwreg_rs._native")]
+pub struct PyReadyPredict {
+    plan: Py<PyGraphPlan>,
+    fallback: Py<PyAny>,
+    /// The model's thread count; 0 for None.
+    threads: AtomicUsize,
+}
+
+#[pymethods]
+impl PyReadyPredict {
+    #[new]
+    #[pyo3(signature = (plan, fallback, threads=None))]
+    fn new(plan: Py<PyGraphPlan>, fallback: Py<PyAny>, threads: Option<usize>) -> PyResult<Self> {
+        if plan.get().one.is_none() {
+            return Err(PyValueError::new_err(
+                "_ReadyPredict needs a plan with one input and one output",
+            ));
+        }
+        Ok(PyReadyPredict {
+            plan,
+            fallback,
+            threads: AtomicUsize::new(threads.unwrap_or(0)),
+        })
+    }
+
+    /// The model's outputs for `x` (see the class).
+    #[pyo3(signature = (x, *more))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        more: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if more.is_empty() {
+            let n = self.threads.load(Ordering::Relaxed);
+            if let Some(y) = self.plan.get().ready(py, x, (n > 0).then_some(n))? {
+                return Ok(y.into_any());
+            }
+        }
+        let f = self.fallback.bind(py).call0()?;
+        if f.is_none() {
+            return Err(PyValueError::new_err("the runtime model is gone"));
+        }
+        let args: Vec<Bound<'py, PyAny>> = std::iter::once(x.clone()).chain(more.iter()).collect();
+        let args = PyTuple::new(py, args)?;
+        f.call1(args)
+    }
+
+    /// Sets the thread count of later calls (None: the library setting).
+    fn set_threads(&self, n: Option<usize>) {
+        self.threads.store(n.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
 /// `_local_threads(n)`: the thread count of this OS thread's native calls
 /// (None: the process setting); returns the previous one.
 #[pyfunction]
@@ -361,6 +405,50 @@ fn _local_threads(n: Option<usize>) -> Option<usize> {
 }
 
 impl PyGraphPlan {
+    /// [`PyGraphPlan::forward_ready`]: the one-input one-output plan on a
+    /// ready `x`, None when `x` is not ready.
+    fn ready<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        threads: Option<usize>,
+    ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+        let Some((want, dims)) = &self.one else {
+            return Err(PyValueError::new_err(
+                "forward_ready needs a plan with one input and one output",
+            ));
+        };
+        let Ok(x) = x.cast::<PyArrayDyn<f32>>() else {
+            return Ok(None);
+        };
+        let shape = x.shape();
+        let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
+        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
+            return Ok(None);
+        }
+        let batch = shape[0];
+        let mut out_shape = Vec::with_capacity(dims.len() + 1);
+        out_shape.push(batch);
+        out_shape.extend_from_slice(dims);
+        let ctx = threads.map_or_else(Ctx::current, Ctx::new);
+        // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
+        // Rust writes it (as with a readonly borrow, a Python thread writing
+        // it during the call races only with itself). The output is new, and
+        // the plan writes every element before Python sees it.
+        let xs = unsafe { x.as_slice() }
+            .map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let out = unsafe { PyArrayDyn::<f32>::new(py, out_shape, false) };
+        let ys = unsafe { out.as_slice_mut() }
+            .map_err(|_| PyValueError::new_err("output is not contiguous"))?;
+        let mut run = move || self.inner.forward(&ctx, batch, &[xs], &mut [ys]);
+        if batch.saturating_mul(self.work) < HOLD_GIL_BELOW {
+            run().or_py()?;
+        } else {
+            py.detach(run).or_py()?;
+        }
+        Ok(Some(out))
+    }
+
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -426,6 +514,7 @@ fn _quantize_fixed_u8<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGraphPlan>()?;
+    m.add_class::<PyReadyPredict>()?;
     m.add_function(wrap_pyfunction!(_quantize_fixed_u8, m)?)?;
     m.add_function(wrap_pyfunction!(_local_threads, m)?)
 }

@@ -672,3 +672,18 @@ fn static_parameters_are_checked_at_build_and_input_at_run_time() {
         .unwrap_err();
     assert!(e.to_string().contains("not finite at element 5"), "{e}");
 }
+
+#[test]
+fn work_per_sample_counts_each_node_outputs_times_its_reads() {
+    let nodes = vec![
+        node(Op::Dense(gemm_of(16, 8, 1, true)), &[0], 1),
+        node(Op::Unary(Unary::Relu), &[1], 2),
+        node(Op::Dense(gemm_of(3, 16, 2, false)), &[2], 3),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![8]], vec![3]).unwrap();
+    // (16·8 + 8) + (16 + 16) + (3·16 + 16)
+    assert_eq!(plan.work_per_sample(), 136 + 32 + 64);
+    let (block, ..) = block_plan();
+    // the convolutions alone: 6·5·8 outputs of K = 3·9 and of K = 8·9
+    assert!(block.work_per_sample() > 6 * 5 * 8 * (27 + 72));
+}
