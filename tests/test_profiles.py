@@ -224,6 +224,16 @@ def test_int4_speedup_scales_the_mac_time_by_batch_rows(tmp_path):
             HardwareProfile("x", 1.0, 1.0, 1.0, 1, int4_speedup=bad)
 
 
+def test_int4_out_costs_each_output_of_an_int4_layer_beyond_int8s():
+    # measure_host: at one row a 64-input int4 layer ran slower than int8 (its per-output unpacking)
+    base = preset("x86-avx512-vnni").to_dict()
+    p = HardwareProfile.from_dict({**base, "int4_speedup": [[1, 1.0]], "ns_per_element": {"int4_out": 2.0}})
+    for rows in (1, 4):
+        w8, w4 = _int4_pair(64, 256, rows)
+        extra = estimate([w4], p).layers[0].compute_s - estimate([w8], p).layers[0].compute_s
+        assert extra == pytest.approx(rows * 256 * 2e-9)
+
+
 def test_the_runtimes_int4_layer_reports_int4_work():
     import numpy as np
 

@@ -69,7 +69,7 @@ __all__ = [
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise", "int4_group", "conv_row_native", "sparse_out")
+                 "elementwise", "int4_group", "conv_row_native", "sparse_out", "int4_out")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,10 @@ class HardwareProfile:
         plan call (its quantization, unfold and layout work, in place of
         ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``),
         ``"sparse_out"`` per output element of a sparse product for one batch
-        row (its walk over each weight row's blocks).
+        row (its walk over each weight row's blocks), ``"int4_out"`` per output
+        element of an int4 layer beyond int8's output step (its nibble unpacking
+        per column panel: at one batch row it made a 64-input int4 layer slower
+        than int8 here, while a 1024-input one ran 1.5x faster).
         Empty for a pure roofline.
     gemm_tile : tuple of 3 int
         ``(rows, depth, cols)`` granularity the int8 GEMM pads ``M``, ``K`` and
@@ -700,6 +703,7 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_mac = 2.0 * macs_eff / ops
         if int4:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
+            t_out += m * n * ns.get("int4_out", 0.0) * 1e-9
             if w.int4_group is not None:  # a float scale-and-add per row, output and group
                 t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
         if w.kind == "conv2d" and w.native and "conv_row_native" in ns:
@@ -1294,12 +1298,24 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         o4 = median_seconds(lambda: tiny4(tx), repeats=max_n, budget_s=budget)
         lay4g = Int4Linear.from_float(w4, group_size=32)  # per-group scales: the extra float work per group
         int4_speedup, group_ns = [], []
+        # The int4 cost per output apart from its MACs: the same outputs from 64 and from k4 inputs, one row.
+        k_short = 64
+        w4s = np.ascontiguousarray(w4[:, :k_short])
+        lay8s, lay4s = Int8Linear.from_float(w4s), Int4Linear.from_float(w4s)
+        x1s, x1 = rand(1, k_short), rand(1, k4)
+        extra = []  # int4 minus int8 seconds of one row: short K, then k4
+        for a8, a4, xx in ((lay8s, lay4s, x1s), (lay8, lay4, x1)):
+            t8x = median_seconds(lambda: a8(xx), repeats=max_n, budget_s=budget)
+            t4x = median_seconds(lambda: a4(xx), repeats=max_n, budget_s=budget)
+            extra.append((t4x - o4) - (t8x - fix8))
+        saved_per_weight = max((extra[0] - extra[1]) / ((k4 - k_short) * k4), 0.0)
+        int4_out = max(extra[0] / k4 + k_short * saved_per_weight, 0.0)
         for m4 in (1, 16):
             x4 = rand(m4, k4)
             rest = c8[1] * m4 * k4 + c8[2] * m4 * k4 + c8[4] * m4
             t8_ = median_seconds(lambda: lay8(x4), repeats=max_n, budget_s=2 * budget) - fix8 - rest
             t4c = median_seconds(lambda: lay4(x4), repeats=max_n, budget_s=2 * budget)
-            t4_ = t4c - o4 - rest
+            t4_ = t4c - o4 - rest - m4 * k4 * int4_out
             int4_speedup.append((m4, float(min(max(t8_, 1e-9) / max(t4_, 1e-9), 20.0))))
             t4g = median_seconds(lambda: lay4g(x4), repeats=max_n, budget_s=2 * budget)
             group_ns.append(max(t4g - t4c, 0.0) / (m4 * k4 * (k4 // 32)) * 1e9)
@@ -1359,7 +1375,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
                         "im2col": float(im2col_s * 1e9), "im2col_int8": float(im2col_u8_s * 1e9),
                         "nchw": float(nchw_s * 1e9),
                         "pool": float(pool_s * 1e9), "elementwise": float(elem_s * 1e9),
-                        "int4_group": float(np.median(group_ns)), "sparse_out": float(sparse_out * 1e9)},
+                        "int4_group": float(np.median(group_ns)), "sparse_out": float(sparse_out * 1e9),
+                        "int4_out": float(int4_out * 1e9)},
         gemm_tile=tile,
         parallel_min_macs=par_min,
         parallel_speedup=speedup,
