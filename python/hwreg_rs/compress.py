@@ -416,6 +416,17 @@ def _unit_name(unit: _Unit) -> str:
     return "+".join(unit[1]) if unit[0] == "shrink" else str(unit[1])
 
 
+# Each timed sample of a whole predict runs it for at least this long: a call timed alone carries the
+# clock's own cost (two perf_counter reads and a lambda, 0.1-0.25 µs on a 2-vCPU VM), as much as the
+# fixed cost of a batch-1 MLP predict, and would make a latency budget on such a model look unmeetable.
+_PREDICT_SAMPLE_S = 2e-5
+
+
+def _predict_seconds(rt: runtime.RuntimeModel, x: np.ndarray, repeats: int) -> float:
+    """Median seconds of one ``rt.predict(x)``, in samples of several calls."""
+    return median_seconds(lambda: rt.predict(x), repeats=repeats, min_seconds=_PREDICT_SAMPLE_S)
+
+
 def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", latency_budget: float | None = None,
              size_budget: int | None = None, max_accuracy_drop: float = 0.01, memory_budget: int | None = None,
              batch_size: int = 1, input_shape: Sequence[int] | None = None,
@@ -554,7 +565,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         # them, and measure the rest of a predict call apart (it does not shrink with the layers).
         node_s = sum(dense_rt.profile(x_batch, repeats=profile_repeats).values())
         prof = prof.calibrated(dense_rt.layer_work(batch_size), node_s)
-        fixed_s = max(0.0, median_seconds(lambda: dense_rt.predict(x_batch), repeats=profile_repeats) - node_s)
+        fixed_s = max(0.0, _predict_seconds(dense_rt, x_batch, profile_repeats) - node_s)
 
     base = work_model  # what a round of the search plans from: the model, then each round's recovered one
     baked: dict[str, float] = {}  # sparsity earlier rounds already pruned into ``base``
@@ -831,7 +842,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     rt = to_runtime(tuned, sparse=final_sparse, batch_size=batch_size)
     acc = float(np.mean(rt.predict(X_val).argmax(axis=1) == y_val))
     est = profiles.estimate(rt.layer_work(batch_size), prof, activation_peak=_activation_peak(rt, batch_size))
-    measured = median_seconds(lambda: rt.predict(x_batch), repeats=profile_repeats)
+    measured = _predict_seconds(rt, x_batch, profile_repeats)
     per_node = rt.profile(x_batch, repeats=profile_repeats)
     file_bytes = _file_bytes(rt)
     tuned_modules = modules_of(tuned)

@@ -12,6 +12,7 @@ use hwreg_kernels::plan::graph::{
     DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
 };
 use hwreg_kernels::quant::fixed;
+use numpy::ndarray::IxDyn;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -427,9 +428,16 @@ impl PyGraphPlan {
             return Ok(None);
         }
         let batch = shape[0];
-        let mut out_shape = Vec::with_capacity(dims.len() + 1);
-        out_shape.push(batch);
-        out_shape.extend_from_slice(dims);
+        // `(batch, *dims)` without a heap vector for the usual ranks (IxDyn keeps up to 4 inline).
+        let mut stack = [0usize; 5];
+        let out_shape = match stack.get_mut(..=dims.len()) {
+            Some(s) => {
+                s[0] = batch;
+                s[1..].copy_from_slice(dims);
+                IxDyn(s)
+            }
+            None => IxDyn(&[&[batch][..], &dims[..]].concat()),
+        };
         let ctx = threads.map_or_else(Ctx::current, Ctx::new);
         // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
         // Rust writes it (as with a readonly borrow, a Python thread writing
