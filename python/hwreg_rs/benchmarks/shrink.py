@@ -128,4 +128,73 @@ def run(quick: bool = False) -> str:
             f"Fine-tune: {epochs} epochs, Adam 1e-3, cosine, batch 32, every variant (dense too). 'gradual' "
             "shrinks to 50% during that fine-tune (GradualShrinking, cubic schedule over its first half, "
             "10 steps).\n\n" + t.markdown() +
-            "\n\n### Latency of wider models (random weights, L1 shrinking, int8 at batch 1)\n\n" + lt.markdown())
+            "\n\n### Latency of wider models (random weights, L1 shrinking, int8 at batch 1)\n\n" + lt.markdown() +
+            "\n\n" + budget_search(quick))
+
+
+BUDGET_FRACTION = 0.5  # issue 14: a latency budget of half the dense int8 model's measured batch-1 latency
+BUDGET_DROP = 0.01  # ... met with at most 1 point of accuracy lost
+
+
+def budget_search(quick: bool = False) -> str:
+    """Issue 14: :func:`hwreg_rs.compress` with a latency budget of ``BUDGET_FRACTION`` of the dense int8
+    model's measured latency at batch 1 (1 thread) and ``BUDGET_DROP``, on the digits MLP (64-256-128-10)
+    and the digits ResNet of :mod:`hwreg_rs.zoo`; the result timed side by side with the dense model, the
+    chosen candidates' predicted and measured speed-ups, and what shrinking alone can give (random weights,
+    every hidden layer or channel group shrunk alike: the floor of the per-layer costs)."""
+    from .. import compress, data, nn, onnx, prune, runtime, set_num_threads, train, zoo
+    from .graphs import _train
+
+    digits = data.load_digits()
+    rounds = 51 if quick else 401
+    sample_s = 2e-5  # several calls per sample: a lone call carries the clock's own cost
+
+    def timed(rts: dict[str, Any], x: np.ndarray) -> dict[str, float]:
+        return side_by_side({k: (lambda rt=rt: rt.predict(x)) for k, rt in rts.items()}, rounds=rounds,
+                            min_seconds=sample_s)
+
+    mlp = nn.mlp([64, 256, 128, 10], rng=0)
+    train.fit(mlp, digits.X_train, digits.y_train, epochs=4 if quick else 20, scheduler="cosine", verbose=False)
+    proto = zoo.resnet()
+    rshape = zoo.sample_shape(proto)
+    resnet = _train("resnet", proto, digits.X_train.reshape((-1,) + rshape).astype(np.float32), digits.y_train, quick)
+    models = {"mlp 64-256-128-10": (mlp.eval(), (64,)), "resnet 8-16 1x8x8": (resnet, rshape)}
+    res = Table(["model", "dense int8 µs", "budget µs", "compressed µs", "speed-up", "accuracy", "drop (pt)", "met",
+                 "chosen: predicted / measured speed-up of the layers it changes"])
+    floor = Table(["model", "shrunk", "int8 µs (batch 1)", "speed-up vs dense", "its layers µs", "predict − layers µs"])
+    set_num_threads(1)
+    try:
+        for name, (model, shape) in models.items():
+            split = (digits.X_train.reshape((-1,) + shape).astype(np.float32), digits.y_train,
+                     digits.X_test.reshape((-1,) + shape).astype(np.float32), digits.y_test)
+            x = np.ascontiguousarray(split[2][:1])
+            dense = runtime.convert(model, input_shape=shape)
+            t_dense = timed({"dense": dense}, x)["dense"]
+            budget = BUDGET_FRACTION * t_dense
+            rt, rep = compress(model, split, profile="host", latency_budget=budget, max_accuracy_drop=BUDGET_DROP,
+                               raise_on_miss=False, input_shape=shape, fine_tune_epochs=2 if quick else 8,
+                               profile_repeats=7 if quick else 15)
+            t = timed({"dense": dense, "compressed": rt}, x)
+            chosen = "; ".join(f"{c.layer} {c.kind} {c.ratio:.0%}{' int4' if c.bits == 4 else ''}: "
+                               f"{c.predicted_speedup:.2f}x / {c.measured_speedup:.2f}x"
+                               for c in rep.candidates if c.chosen and c.predicted_speedup is not None
+                               and c.measured_speedup is not None) or "none"
+            res.add(name, 1e6 * t_dense, 1e6 * budget, 1e6 * t["compressed"], f"{t['dense'] / t['compressed']:.2f}×",
+                    f"{rep.accuracy:.2%}", f"{100 * (rep.float_accuracy - rep.accuracy):.2f}",
+                    "yes" if rep.met else "no: " + "; ".join(rep.misses), chosen)
+            # The floor: every hidden layer / channel group shrunk alike, random weights.
+            g = nn.mlp([64, 256, 128, 10], rng=0).eval() if name.startswith("mlp") else onnx.load(proto).eval()
+            rts = {f"{a:.0%}": runtime.convert(prune.shrink(g, a, input_shape=shape) if a else g, input_shape=shape)
+                   for a in (0.0, 0.5, 0.75, 0.875)}
+            tf = timed(rts, x)
+            for k, r in rts.items():
+                nodes = sum(r.profile(x, repeats=rounds).values())
+                floor.add(name, k, 1e6 * tf[k], f"{tf['0%'] / tf[k]:.2f}×", 1e6 * nodes, 1e6 * (tf[k] - nodes))
+    finally:
+        set_num_threads(0)
+    return ("### Latency budget (issue 14): half the dense int8 latency at batch 1, at most 1 point lost\n\n"
+            "`hw.compress(..., profile=\"host\", latency_budget=0.5 × dense, max_accuracy_drop=0.01)` on 1 thread; "
+            "latencies timed side by side (samples of several calls). Speed-ups of the chosen candidates: the "
+            "layers each changes, predicted by the cost model and measured (`profiles.speedup_check`).\n\n"
+            + res.markdown() + "\n\nWhat shrinking can give at most (random weights, every group shrunk alike; "
+            "'predict − layers' is predict's own cost beside its timed layers):\n\n" + floor.markdown())

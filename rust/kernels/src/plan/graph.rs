@@ -293,7 +293,8 @@ pub struct GraphPlan {
     /// Per-sample elements of each workspace buffer.
     buf_elems: Vec<usize>,
     scratch: Scratch,
-    pool: Mutex<Vec<Workspace>>,
+    /// Boxed: a call takes one out and puts it back, moving a pointer, not ~300 bytes each way.
+    pool: Mutex<Vec<Box<Workspace>>>,
     allocations: std::sync::atomic::AtomicUsize,
 }
 
