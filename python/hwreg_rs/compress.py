@@ -214,7 +214,7 @@ class CompressionReport:
         notes = sorted({r.note for r in self.layers if r.note})
         budget = []
         if self.latency_budget_s is not None:
-            budget.append(f"latency ≤ {1e6 * self.latency_budget_s:.0f} µs")
+            budget.append(f"latency ≤ {1e6 * self.latency_budget_s:.3g} µs")
         if self.size_budget_bytes is not None:
             budget.append(f"size ≤ {self.size_budget_bytes} B")
         if self.memory_limit_bytes is not None:
@@ -738,6 +738,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     candidates: list[Candidate] = []
     steps: list[dict[str, Any]] = []
     state: dict[_Unit, Any] = {}
+    floor_s: float | None = None  # the cost model's latency with every useful lever at its last level
     for rnd in range(search_rounds):
         levels, prunable = levers()
         dense_cache.clear()
@@ -756,6 +757,11 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                 return not sparse.choose(w * mask, mask, batch_size, dtypes=("int8",), profile=prof,
                                          verify=False).path.startswith("dense")
             useful = [u for u in useful if u[0] != "sparse" or faster(u)]
+        if rnd == 0 and latency_budget is not None and useful:
+            # What the levers could give at most (a layer is pruned or 4-bit, never both): the fixed and
+            # per-layer costs do not shrink, so a budget below this is out of reach whatever accuracy is paid.
+            floor_s = min(cost({u: levels[u][-1] for u in useful if u[0] != other}).latency_s
+                          for other in ("sparse", "bits"))
         drop: dict[tuple[_Unit, Any], float] = {}  # accuracy lost against the float model, each candidate alone
         base_drop = max(0.0, float_acc - accuracy(base))
         round_cands: dict[tuple[_Unit, Any], Candidate] = {}
@@ -882,7 +888,9 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     judged_latency = measured if on_host else est.latency_s
     misses = []
     if latency_budget is not None and judged_latency > latency_budget:
-        misses.append(f"latency {1e6 * judged_latency:.0f} µs > {1e6 * latency_budget:.0f} µs")
+        floor = (f" (out of reach: every lever at its last level costs {1e6 * floor_s:.3g} µs by the cost model)"
+                 if floor_s is not None and floor_s > latency_budget else "")
+        misses.append(f"latency {1e6 * judged_latency:.3g} µs > {1e6 * latency_budget:.3g} µs{floor}")
     if size_budget is not None and file_bytes > size_budget:
         misses.append(f"size {file_bytes} B > {size_budget} B")
     if est.memory_bytes > memory_limit:
