@@ -47,7 +47,7 @@ import numpy as np
 
 from . import _native
 from ._layerwork import KINDS, PATTERNS, PRECISIONS, LayerWork
-from ._timing import median_seconds
+from ._timing import median_seconds, side_by_side
 
 __all__ = [
     "HardwareProfile",
@@ -1303,11 +1303,13 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         w4s = np.ascontiguousarray(w4[:, :k_short])
         lay8s, lay4s = Int8Linear.from_float(w4s), Int4Linear.from_float(w4s)
         x1s, x1 = rand(1, k_short), rand(1, k4)
-        extra = []  # int4 minus int8 seconds of one row: short K, then k4
-        for a8, a4, xx in ((lay8s, lay4s, x1s), (lay8, lay4, x1)):
-            t8x = median_seconds(lambda: a8(xx), repeats=max_n, budget_s=budget)
-            t4x = median_seconds(lambda: a4(xx), repeats=max_n, budget_s=budget)
-            extra.append((t4x - o4) - (t8x - fix8))
+        # Side by side (differences of a few hundred ns: a burst of load must hit both alike), in samples
+        # of several calls; the tiny pair takes out the two layers' own per-call costs from Python.
+        ts = side_by_side({"8s": lambda: lay8s(x1s), "4s": lambda: lay4s(x1s), "8": lambda: lay8(x1),
+                           "4": lambda: lay4(x1), "t8": lambda: tiny8(tx), "t4": lambda: tiny4(tx)},
+                          rounds=max_n // 2, min_seconds=2e-5)
+        calls = ts["t4"] - ts["t8"]
+        extra = [ts["4s"] - ts["8s"] - calls, ts["4"] - ts["8"] - calls]  # int4 minus int8, one row: short K, k4
         saved_per_weight = max((extra[0] - extra[1]) / ((k4 - k_short) * k4), 0.0)
         int4_out = max(extra[0] / k4 + k_short * saved_per_weight, 0.0)
         for m4 in (1, 16):

@@ -288,7 +288,47 @@ impl PyGraphPlan {
         x: &Bound<'py, PyAny>,
         threads: Option<usize>,
     ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
-        self.ready(py, x, threads)
+        let Some((want, dims)) = &self.one else {
+            return Err(PyValueError::new_err(
+                "forward_ready needs a plan with one input and one output",
+            ));
+        };
+        let Ok(x) = x.cast::<PyArrayDyn<f32>>() else {
+            return Ok(None);
+        };
+        let shape = x.shape();
+        let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
+        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
+            return Ok(None);
+        }
+        let batch = shape[0];
+        // `(batch, *dims)` without a heap vector for the usual ranks (IxDyn keeps up to 4 inline).
+        let mut stack = [0usize; 5];
+        let out_shape = match stack.get_mut(..=dims.len()) {
+            Some(s) => {
+                s[0] = batch;
+                s[1..].copy_from_slice(dims);
+                IxDyn(s)
+            }
+            None => IxDyn(&[&[batch][..], &dims[..]].concat()),
+        };
+        let ctx = threads.map_or_else(Ctx::current, Ctx::new);
+        // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
+        // Rust writes it (as with a readonly borrow, a Python thread writing
+        // it during the call races only with itself). The output is new, and
+        // the plan writes every element before Python sees it.
+        let xs = unsafe { x.as_slice() }
+            .map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
+        let out = unsafe { PyArrayDyn::<f32>::new(py, out_shape, false) };
+        let ys = unsafe { out.as_slice_mut() }
+            .map_err(|_| PyValueError::new_err("output is not contiguous"))?;
+        let mut run = move || self.inner.forward(&ctx, batch, &[xs], &mut [ys]);
+        if batch.saturating_mul(self.work) < HOLD_GIL_BELOW {
+            run().or_py()?;
+        } else {
+            py.detach(run).or_py()?;
+        }
+        Ok(Some(out))
     }
 
     /// `forward` that also returns each node's seconds (a list, in node order).
@@ -379,7 +419,7 @@ impl PyReadyPredict {
     ) -> PyResult<Bound<'py, PyAny>> {
         if more.is_empty() {
             let n = self.threads.load(Ordering::Relaxed);
-            if let Some(y) = self.plan.get().ready(py, x, (n > 0).then_some(n))? {
+            if let Some(y) = self.plan.get().forward_ready(py, x, (n > 0).then_some(n))? {
                 return Ok(y.into_any());
             }
         }
@@ -406,57 +446,6 @@ fn _local_threads(n: Option<usize>) -> Option<usize> {
 }
 
 impl PyGraphPlan {
-    /// [`PyGraphPlan::forward_ready`]: the one-input one-output plan on a
-    /// ready `x`, None when `x` is not ready.
-    fn ready<'py>(
-        &self,
-        py: Python<'py>,
-        x: &Bound<'py, PyAny>,
-        threads: Option<usize>,
-    ) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
-        let Some((want, dims)) = &self.one else {
-            return Err(PyValueError::new_err(
-                "forward_ready needs a plan with one input and one output",
-            ));
-        };
-        let Ok(x) = x.cast::<PyArrayDyn<f32>>() else {
-            return Ok(None);
-        };
-        let shape = x.shape();
-        let aligned = (x.data() as usize).is_multiple_of(std::mem::align_of::<f32>());
-        if shape.is_empty() || shape[1..] != want[..] || !aligned || !x.is_c_contiguous() {
-            return Ok(None);
-        }
-        let batch = shape[0];
-        // `(batch, *dims)` without a heap vector for the usual ranks (IxDyn keeps up to 4 inline).
-        let mut stack = [0usize; 5];
-        let out_shape = match stack.get_mut(..=dims.len()) {
-            Some(s) => {
-                s[0] = batch;
-                s[1..].copy_from_slice(dims);
-                IxDyn(s)
-            }
-            None => IxDyn(&[&[batch][..], &dims[..]].concat()),
-        };
-        let ctx = threads.map_or_else(Ctx::current, Ctx::new);
-        // SAFETY: `x` is C-contiguous and aligned (checked above); nothing in
-        // Rust writes it (as with a readonly borrow, a Python thread writing
-        // it during the call races only with itself). The output is new, and
-        // the plan writes every element before Python sees it.
-        let xs = unsafe { x.as_slice() }
-            .map_err(|_| PyValueError::new_err("x must be a C-contiguous array"))?;
-        let out = unsafe { PyArrayDyn::<f32>::new(py, out_shape, false) };
-        let ys = unsafe { out.as_slice_mut() }
-            .map_err(|_| PyValueError::new_err("output is not contiguous"))?;
-        let mut run = move || self.inner.forward(&ctx, batch, &[xs], &mut [ys]);
-        if batch.saturating_mul(self.work) < HOLD_GIL_BELOW {
-            run().or_py()?;
-        } else {
-            py.detach(run).or_py()?;
-        }
-        Ok(Some(out))
-    }
-
     fn run<'py>(
         &self,
         py: Python<'py>,

@@ -691,7 +691,11 @@ impl GraphPlan {
                         d.iter().fold(1usize, |a, &x| a.saturating_mul(x))
                     })
                 };
-                let reads = n.inputs.iter().map(size).fold(0usize, usize::saturating_add);
+                let reads = n
+                    .inputs
+                    .iter()
+                    .map(size)
+                    .fold(0usize, usize::saturating_add);
                 size(&n.output)
                     .saturating_mul(per_out.max(1))
                     .saturating_add(reads)
