@@ -325,12 +325,13 @@ def test_predict_of_a_one_plan_model_is_native_follows_threads_and_frees_the_mod
     for other in (copy.deepcopy(rt), pickle.loads(pickle.dumps(rt))):
         assert other._fast is not rt._fast
         assert np.array_equal(other.predict(x), want) and np.array_equal(other.predict(x.tolist()), want)
+    method = pickle.loads(pickle.dumps(rt.predict))  # as Dask ships it: the model travels along
+    assert np.array_equal(method(x), want) and np.array_equal(method(x.tolist()), want)
     gone = weakref.ref(rt)
-    del rt
+    del rt, method
     gc.collect()
-    assert gone() is None  # the native method holds the model weakly: no cycle keeps it alive
+    assert gone() is None  # the model <-> native method cycle is one the GC collects
     plan = _native._GraphPlan([("unary", [0], 1, {"fn": ("relu", None, None)})], [0], [[3]], [1])
-    dead = _native._ReadyPredict(plan, lambda: None)
-    with pytest.raises(ValueError, match="gone"):
-        dead.predict(np.zeros((1, 3), np.float64))
-    assert np.array_equal(dead.predict(np.array([[-1.0, 0.0, 2.0]], np.float32)), [[0.0, 0.0, 2.0]])
+    relu = _native._ReadyPredict(plan, lambda x, *more: ("checked", len(more)))
+    assert relu.predict(np.zeros((1, 3), np.float64), 1) == ("checked", 1)
+    assert np.array_equal(relu.predict(np.array([[-1.0, 0.0, 2.0]], np.float32)), [[0.0, 0.0, 2.0]])

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -845,12 +844,11 @@ class RuntimeModel:
         """On a model that is one native plan with one float32 input and one output, ``self.predict``
         becomes a native method: a ready ``x`` (C-contiguous aligned float32 of the input's shape) costs
         no Python frame, anything else goes on to the checks and conversions of the class's ``predict``
-        (``_predict_checked``). It holds a weak method, so the model is freed like any object."""
+        (``_predict_checked``; the cycle through it is one the GC collects)."""
         self._fast = None
         self.__dict__.pop("predict", None)
         if self._ready is not None and isinstance(self._whole, _planner.Segment):
-            self._fast = _native._ReadyPredict(self._whole.plan, weakref.WeakMethod(self._predict_checked),
-                                               self._threads)
+            self._fast = _native._ReadyPredict(self._whole.plan, self._predict_checked, self._threads)
             self.predict = self._fast.predict  # type: ignore[method-assign]
 
     @property

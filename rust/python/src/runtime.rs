@@ -17,6 +17,7 @@ use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedA
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::{contiguous, OrPy};
 use crate::gemm::PyPackedB;
@@ -379,11 +380,10 @@ impl PyGraphPlan {
 /// that is one native plan with one input and one output, as a native method
 /// (no Python frame per call): `predict(x)` runs the plan when `x` is ready
 /// as it is (`_GraphPlan.forward_ready`), anything else is
-/// `fallback()(x, *more)`. `fallback` returns the checking, converting
-/// predict (a `weakref.WeakMethod` of the model's: the model holds this
-/// object, so a strong reference back would be a cycle the GC cannot see),
-/// or None when the model is gone. `threads` None: the library setting at
-/// each call.
+/// `fallback(x, *more)`, the model's checking, converting predict. The model
+/// holds this object and `fallback` holds the model: a cycle the GC sees
+/// (`__traverse__`) and breaks by clearing the model. `threads` None: the
+/// library setting at each call.
 #[pyclass(frozen, name = "_ReadyPredict", module = "hwreg_rs._native")]
 pub struct PyReadyPredict {
     plan: Py<PyGraphPlan>,
@@ -423,13 +423,27 @@ impl PyReadyPredict {
                 return Ok(y.into_any());
             }
         }
-        let f = self.fallback.bind(py).call0()?;
-        if f.is_none() {
-            return Err(PyValueError::new_err("the runtime model is gone"));
-        }
         let args: Vec<Bound<'py, PyAny>> = std::iter::once(x.clone()).chain(more.iter()).collect();
-        let args = PyTuple::new(py, args)?;
-        f.call1(args)
+        self.fallback.bind(py).call1(PyTuple::new(py, args)?)
+    }
+
+    /// Pickles as the model's `_fast` (pickling `rt.predict`, as Dask does,
+    /// pickles this object): the model travels through its own pickle, and
+    /// the copy's `_fast` calls back into the copy.
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>, &'static str))> {
+        let getattr = py.import("builtins")?.getattr("getattr")?;
+        Ok((
+            getattr,
+            (self.fallback.bind(py).getattr("__self__")?, "_fast"),
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.fallback)?;
+        visit.call(&self.plan)
     }
 
     /// Sets the thread count of later calls (None: the library setting).
