@@ -10,8 +10,8 @@
 //! plan's results do not change; only a float write, a float read and a
 //! quantizer pass per edge go.
 //!
-//! * Producers of uint8: static dense / conv / fused conv + add nodes whose
-//!   element-wise step (if any) is a ReLU or Clip; max pooling and reshapes
+//! * Producers of uint8: static dense / conv / fused conv + add / depthwise
+//!   nodes whose element-wise step (if any) is a ReLU or Clip; max pooling and reshapes
 //!   of uint8 values (max pooling commutes with a monotone quantizer).
 //! * Readers of uint8: static dense / conv / fused conv + add (its conv
 //!   input) / depthwise nodes, max pooling and reshapes.
@@ -78,6 +78,9 @@ fn writes_u8(op: &Op, input: DType, grid: StaticAct) -> bool {
     match op {
         Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. } => {
             g.act.is_some() && matches!(g.post, None | Some(Unary::Relu) | Some(Unary::Clip(..)))
+        }
+        Op::Depthwise { act, post, .. } => {
+            act.is_some() && matches!(post, None | Some(Unary::Relu) | Some(Unary::Clip(..)))
         }
         Op::Pool {
             kind: Pool::Max, ..
@@ -243,12 +246,7 @@ fn run(
             nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
             static_gemm(ctx, cols, rows, k, g, a, res, y)
         }
-        Op::Depthwise { .. } => {
-            let Out::F32(y) = y else {
-                return value_err!("a depthwise node writes float");
-            };
-            depthwise(ctx, ws, x, xd, batch, op, y)
-        }
+        Op::Depthwise { .. } => depthwise_to(ctx, ws, x, xd, batch, op, y),
         Op::Pool {
             kind: Pool::Max,
             kernel,
@@ -284,6 +282,21 @@ pub(super) fn depthwise(
     batch: usize,
     op: &Op,
     y: &mut [f32],
+) -> Result<()> {
+    depthwise_to(ctx, ws, x, xd, batch, op, Out::F32(y))
+}
+
+/// [`depthwise`] writing float, or uint8 on its reader's grid (a static
+/// node: the bytes of the reader's quantizer, a ReLU / Clip folded into the
+/// clamp, as [`static_gemm`] writes them).
+fn depthwise_to(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: In<'_>,
+    xd: &[usize],
+    batch: usize,
+    op: &Op,
+    y: Out<'_>,
 ) -> Result<()> {
     let Op::Depthwise {
         weight,
@@ -332,20 +345,46 @@ pub(super) fn depthwise(
         dilation: *dilation,
         padding: *padding,
     };
-    depthwise::depthwise_conv2d_f32(
-        ctx,
-        q,
-        &ws.img_zp[..batch],
-        &ws.img_scale[..batch],
-        weight,
-        scale,
-        bias.as_deref(),
-        *relu,
-        &g,
-        y,
-    )?;
-    if let Some(f) = post {
-        f.run(y);
+    let zeros;
+    let bias = match bias {
+        Some(b) => b.as_slice(),
+        None => {
+            zeros = depthwise::zero_bias(c)?;
+            &zeros[..]
+        }
+    };
+    let (zps, scales) = (&ws.img_zp[..batch], &ws.img_scale[..batch]);
+    match y {
+        Out::F32(y) => {
+            depthwise::depthwise_conv2d_f32(
+                ctx,
+                q,
+                zps,
+                scales,
+                weight,
+                scale,
+                Some(bias),
+                *relu,
+                &g,
+                y,
+            )?;
+            if let Some(f) = post {
+                f.run(y);
+            }
+        }
+        Out::U8(y, grid) => {
+            let step = OutputStep::Fused(Fused {
+                row_scale: Param::PerIndex(scales),
+                col_scale: Param::PerIndex(scale),
+                bias: Some(bias),
+                residual: None,
+                relu: *relu,
+                requant: Some(requant_of(grid, *post)?),
+            });
+            // SAFETY: an initialised `[u8]` is a valid `[MaybeUninit<u8>]`; only `u8`s are written.
+            let y = unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            depthwise::depthwise_conv2d(ctx, q, zps, weight, &g, &step, y)?;
+        }
     }
     Ok(())
 }
@@ -402,25 +441,7 @@ fn static_gemm(
             }
         }
         Out::U8(y, grid) => {
-            let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
-            let (lo, hi) = match g.post {
-                None => (0, 255),
-                Some(Unary::Relu) => (q(0.0), 255),
-                Some(Unary::Clip(lo, hi)) => {
-                    let hi = hi.map_or(255, q);
-                    // Clip's max then min: bounds out of order give `hi` everywhere.
-                    (lo.map_or(0, q).min(hi), hi)
-                }
-                Some(Unary::HardSwish) => {
-                    return value_err!("HardSwish cannot be folded into a uint8 output")
-                }
-            };
-            let requant = Requant {
-                y_scale: grid.scale,
-                y_zero_point: grid.zero_point,
-                lo,
-                hi,
-            };
+            let requant = requant_of(grid, g.post)?;
             gemm::matmul(
                 ctx,
                 ASource::U8(a_q),
@@ -434,6 +455,30 @@ fn static_gemm(
         }
     }
     Ok(())
+}
+
+/// The output quantization of a layer writing uint8 on `grid`, with its
+/// element-wise `post` (a ReLU or Clip) folded into the clamp.
+fn requant_of(grid: StaticAct, post: Option<Unary>) -> Result<Requant> {
+    let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
+    let (lo, hi) = match post {
+        None => (0, 255),
+        Some(Unary::Relu) => (q(0.0), 255),
+        Some(Unary::Clip(lo, hi)) => {
+            let hi = hi.map_or(255, q);
+            // Clip's max then min: bounds out of order give `hi` everywhere.
+            (lo.map_or(0, q).min(hi), hi)
+        }
+        Some(Unary::HardSwish) => {
+            return value_err!("HardSwish cannot be folded into a uint8 output")
+        }
+    };
+    Ok(Requant {
+        y_scale: grid.scale,
+        y_zero_point: grid.zero_point,
+        lo,
+        hi,
+    })
 }
 
 /// Max pooling of NHWC uint8 images, one task per image (a window always

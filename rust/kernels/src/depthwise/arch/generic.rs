@@ -1,0 +1,3 @@
+//! The portable path of the depthwise kernel.
+
+super::table!(generic);
