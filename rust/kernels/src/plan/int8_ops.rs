@@ -703,4 +703,80 @@ mod tests {
         );
         assert!(matches!(bad, Err(Error::Value(_))), "{bad:?}");
     }
+
+    fn depthwise_op(c: usize, stride: usize, post: Option<Unary>, relu: bool, bias: bool) -> Op {
+        Op::Depthwise {
+            weight: (0..9 * c).map(|i| ((i * 7) % 23) as i8 - 11).collect(),
+            kernel: (3, 3),
+            scale: (0..c).map(|j| 0.01 + j as f32 * 1e-3).collect(),
+            bias: bias.then(|| (0..c).map(|j| j as f32 * 0.07 - 0.3).collect()),
+            relu,
+            post,
+            stride: (stride, stride),
+            padding: [1, 1, 1, 1],
+            dilation: (1, 1),
+            nchw_in: false,
+            act: Some(StaticAct {
+                scale: 0.04,
+                zero_point: 9,
+            }),
+        }
+    }
+
+    /// Static depthwise nodes (ReLU6, ReLU, nothing fused; with and without
+    /// a bias; stride 1 and 2) feeding static convs write uint8 on the conv's
+    /// grid: the plan gives the bytes of each node run alone (float edges).
+    #[test]
+    fn a_static_depthwise_writes_the_bytes_of_its_readers_quantizer() {
+        let c = 13;
+        for (post, relu, bias, stride) in [
+            (Some(Unary::Clip(Some(0.0), Some(6.0))), false, true, 1),
+            (None, true, false, 2),
+            (None, false, true, 1),
+            (Some(Unary::Relu), false, false, 2),
+        ] {
+            let nodes = vec![
+                node(depthwise_op(c, stride, post, relu, bias), &[0], 1),
+                node(
+                    Op::Conv {
+                        gemm: gemm(5, c, 7, false, None, (0.03, 4)),
+                        kernel: (1, 1),
+                        stride: (1, 1),
+                        padding: (0, 0),
+                        nchw_in: false,
+                    },
+                    &[1],
+                    2,
+                ),
+            ];
+            let dims_in = vec![7, 6, c];
+            let plan = GraphPlan::new(nodes.clone(), vec![0], vec![dims_in.clone()], vec![2]).unwrap();
+            assert!(matches!(plan.dtype(1), Some(DType::U8(_))), "{:?}", plan.dtypes);
+            let mid = plan.dims[1].clone();
+            for batch in [1, 3] {
+                let x: Vec<f32> = (0..batch * 7 * 6 * c)
+                    .map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.05)
+                    .collect();
+                each_isa(|isa| {
+                    let alone = |op: &Op, d: &[usize], x: &[f32], out: usize| {
+                        let p = GraphPlan::new(vec![node(op.clone(), &[0], 1)], vec![0], vec![d.to_vec()], vec![1])
+                            .unwrap();
+                        let mut y = vec![0f32; batch * out];
+                        p.forward(&TEST, batch, &[x], &mut [&mut y]).unwrap();
+                        y
+                    };
+                    let h = alone(&nodes[0].op, &dims_in, &x, elems(&mid).unwrap());
+                    let want = alone(&nodes[1].op, &mid, &h, elems(&plan.dims[2]).unwrap());
+                    let mut y = vec![0f32; want.len()];
+                    plan.forward(&TEST, batch, &[&x], &mut [&mut y]).unwrap();
+                    assert_eq!(
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} batch {batch} post {post:?}"
+                    );
+                    assert!(want.iter().any(|&v| v != want[0]), "a result that varies");
+                });
+            }
+        }
+    }
 }
