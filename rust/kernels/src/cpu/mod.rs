@@ -227,7 +227,7 @@ const fn table(isa: Isa) -> Dispatch {
             prune: prune::arch::x86_avx2::KERNELS,
             int4: int4::arch::x86_avx512vnni::KERNELS,
             nnops: nnops::arch::x86_avx512::KERNELS,
-            depthwise: depthwise::arch::x86_avx512::KERNELS,
+            depthwise: depthwise::arch::x86_avx512vnni::KERNELS,
         },
         // Generic, and every path this target cannot run (never active).
         #[allow(unreachable_patterns)]

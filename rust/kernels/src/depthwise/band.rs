@@ -11,8 +11,10 @@
 //! cases in the inner loop. Rows of padding are left out of the tap range
 //! instead (a contiguous range of `ky`).
 //!
-//! The weight is widened to `i16` and padded the same way (0 for the
-//! padded channels). Sums: `acc[j] += xs[j] · ws[j]` over `i16` lanes into
+//! The band stores pairs of horizontal taps side by side (column `p` holds
+//! `(v(p), v(p + dw))` per channel) and the weight is widened to `i16` in
+//! the same pairs (0 past the kernel's width and for the padded channels),
+//! so two taps of 8-32 channels are one `pmaddwd` over `i16` lanes into
 //! `i32` (`|x - zp| <= 255`, `|w| <= 128`: exact), then the shared output
 //! step for the pixel's real channels. The band and the widened weight live
 //! in per-thread buffers reused from call to call (no allocation once a
@@ -75,25 +77,30 @@ pub(crate) unsafe fn run_task<T: OutElem>(t: &Task<'_>, ep: &Epilogue<'_, T>, ou
     let cp = padded_channels(t.g.c);
     // The widest block that divides the padded channels.
     if cp % 32 == 0 {
-        body::<T, 32>(t, ep, out)
+        body::<T, 32, 64>(t, ep, out)
     } else if cp % 16 == 0 {
-        body::<T, 16>(t, ep, out)
+        body::<T, 16, 32>(t, ep, out)
     } else {
-        body::<T, 8>(t, ep, out)
+        body::<T, 8, 16>(t, ep, out)
     }
 }
 
-/// `acc[j] += x[j] · w[j]`, `i16` lanes widened to `i32` products (LLVM's
-/// `pmaddwd` pattern; the product is exact, see the module doc).
+/// `acc[j] += x[2j]·w[2j] + x[2j+1]·w[2j+1]`: two taps of channel `j`
+/// (LLVM's `pmaddwd` pattern, fused with the add into `vpdpwssd` where VNNI
+/// is on); each product is exact (see the module doc).
 #[inline(always)]
-fn mac<const CB: usize>(acc: &mut [i32; CB], x: &[i16; CB], w: &[i16; CB]) {
+fn mac2<const CB: usize, const CB2: usize>(acc: &mut [i32; CB], x: &[i16; CB2], w: &[i16; CB2]) {
     for j in 0..CB {
-        acc[j] += x[j] as i32 * w[j] as i32;
+        acc[j] += x[2 * j] as i32 * w[2 * j] as i32 + x[2 * j + 1] as i32 * w[2 * j + 1] as i32;
     }
 }
 
 #[inline(always)]
-unsafe fn body<T: OutElem, const CB: usize>(t: &Task<'_>, ep: &Epilogue<'_, T>, out: *mut T) {
+unsafe fn body<T: OutElem, const CB: usize, const CB2: usize>(
+    t: &Task<'_>,
+    ep: &Epilogue<'_, T>,
+    out: *mut T,
+) {
     let g = t.g;
     let (c, w, ow) = (g.c, g.w, t.ow);
     let ((kh, kw), (sh, sw), (dh, dw)) = (g.kernel, g.stride, g.dilation);
@@ -101,25 +108,50 @@ unsafe fn body<T: OutElem, const CB: usize>(t: &Task<'_>, ep: &Epilogue<'_, T>, 
     let cp = padded_channels(c);
     let wp = band_cols(g, ow);
     let iys = band_rows(g, &t.rows);
-    let row_len = wp * cp;
+    // Pairs of horizontal taps `(kx, kx + 1)`: the band holds, for padded
+    // column `p` and channel `ch`, the pair `(v(p), v(p + dw))` side by side.
+    let kp = kw.div_ceil(2);
+    let row_len = wp * cp * 2;
 
     let mut band = Reused::new(&BAND, iys.len() * row_len, 0i16);
+    let zp = t.zp;
     for (iy, dst) in iys.clone().zip(band.chunks_exact_mut(row_len)) {
         let src = &t.x[iy * w * c..(iy + 1) * w * c];
-        // Padded columns `px` with an image column `px - pl` in `0..w`.
-        let px0 = pl.min(wp);
-        let px1 = (pl + w).min(wp);
-        for px in px0..px1 {
-            let s = &src[(px - pl) * c..(px - pl + 1) * c];
-            let d = &mut dst[px * cp..px * cp + c];
-            for (d, &s) in d.iter_mut().zip(s) {
-                *d = s as i16 - t.zp;
+        // The image column of padded column `p`, if it is one.
+        let col = |p: usize| {
+            let ix = p.wrapping_sub(pl);
+            (ix < w).then(|| &src[ix * c..(ix + 1) * c])
+        };
+        for p in 0..wp {
+            let (d, _) = dst[p * cp * 2..(p * cp + c) * 2].as_chunks_mut::<2>();
+            // Each case one branch-free loop over the channels (it vectorises);
+            // a padded side stays 0.
+            match (col(p), col(p + dw)) {
+                (Some(a), Some(b)) => {
+                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                        *d = [a as i16 - zp, b as i16 - zp];
+                    }
+                }
+                (Some(a), None) => {
+                    for (d, &a) in d.iter_mut().zip(a) {
+                        d[0] = a as i16 - zp;
+                    }
+                }
+                (None, Some(b)) => {
+                    for (d, &b) in d.iter_mut().zip(b) {
+                        d[1] = b as i16 - zp;
+                    }
+                }
+                (None, None) => {}
             }
         }
     }
-    let mut wide = Reused::new(&WIDE, kh * kw * cp, 0i16);
-    for (d, s) in wide.chunks_exact_mut(cp).zip(t.weight.chunks_exact(c)) {
-        for (d, &s) in d.iter_mut().zip(s) {
+    // The weight as the same pairs: `(w[ky][2i][ch], w[ky][2i + 1][ch])`, 0 past `kw`.
+    let mut wide = Reused::new(&WIDE, kh * kp * cp * 2, 0i16);
+    for (tap, s) in t.weight.chunks_exact(c).enumerate() {
+        let (ky, kx) = (tap / kw, tap % kw);
+        let o = (ky * kp + kx / 2) * cp * 2 + kx % 2;
+        for (d, &s) in wide[o..].iter_mut().step_by(2).zip(s) {
             *d = s as i16;
         }
     }
@@ -133,19 +165,19 @@ unsafe fn body<T: OutElem, const CB: usize>(t: &Task<'_>, ep: &Epilogue<'_, T>, 
             for ox in 0..ow {
                 let mut acc = [0i32; CB];
                 for ky in kys.clone() {
-                    let xrow = (brow0.wrapping_add(ky * dh)) * row_len + ox * sw * cp + c0;
-                    let wrow = ky * kw * cp + c0;
-                    for kx in 0..kw {
-                        let xo = xrow + kx * dw * cp;
-                        let wo = wrow + kx * cp;
-                        let (Some(xs), Some(ws)) = (band.get(xo..xo + CB), wide.get(wo..wo + CB))
+                    let xrow = brow0.wrapping_add(ky * dh) * row_len + (ox * sw * cp + c0) * 2;
+                    let wrow = (ky * kp * cp + c0) * 2;
+                    for i in 0..kp {
+                        let xo = xrow + i * 2 * dw * cp * 2;
+                        let wo = wrow + i * cp * 2;
+                        let (Some(xs), Some(ws)) = (band.get(xo..xo + CB2), wide.get(wo..wo + CB2))
                         else {
                             continue; // never: the geometry was checked
                         };
                         let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
                             continue;
                         };
-                        mac::<CB>(&mut acc, xs, ws);
+                        mac2::<CB, CB2>(&mut acc, xs, ws);
                     }
                 }
                 // A copy, so the accumulators above stay in registers.

@@ -428,7 +428,7 @@ fn run<T: DwOut>(
     let (c, (kh, kw), sh) = (g.c, g.kernel, g.stride.0);
     let work = out.len().saturating_mul(kh * kw);
     let per_image = ctx.chunks_for(work).div_ceil(g.n).clamp(1, oh);
-    let band_row = band::band_cols(g, ow) * band::padded_channels(c) * 2;
+    let band_row = band::band_cols(g, ow) * band::padded_channels(c) * 4; // i16 pairs
     let span = (kh - 1) * g.dilation.0 + 1;
     let fit = (BAND_BYTES / band_row).saturating_sub(span) / sh + 1;
     let rows = oh.div_ceil(per_image).min(fit).max(1);

@@ -1,6 +1,7 @@
 //! The per-path code of the depthwise kernel: the task body
 //! ([`super::band::run_task`]) compiled for each path (`generic.rs`,
-//! `x86_avx2.rs`, `x86_avx512.rs`), chosen by [`crate::cpu::dispatch`].
+//! `x86_avx2.rs`, `x86_avx512.rs`, `x86_avx512vnni.rs`), chosen by
+//! [`crate::cpu::dispatch`].
 //! The body is the same portable code on every path (exact integer sums,
 //! then the shared output step), so every path writes the same bits.
 
@@ -12,6 +13,8 @@ pub(crate) mod generic;
 pub(crate) mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_avx512vnni;
 
 /// One task's body (see [`super::band::run_task`] for its safety contract).
 #[doc(hidden)]
