@@ -195,10 +195,8 @@ fn depthwise(c: usize, stride: usize, bias: bool, act: Option<(f32, i32)>) -> Op
         padding: [1, 1, 1, 1],
         dilation: (1, 1),
         nchw_in: false,
-        act: act.map(|(scale, zero_point)| hwreg_kernels::plan::graph::StaticAct {
-            scale,
-            zero_point,
-        }),
+        act: act
+            .map(|(scale, zero_point)| hwreg_kernels::plan::graph::StaticAct { scale, zero_point }),
     }
 }
 

@@ -73,30 +73,53 @@ pub struct Task<'a> {
 /// outputs, which no other thread accesses meanwhile; `ep` prepared for
 /// `(n, c)` with `img < n`; the geometry checked (`super::check`).
 #[inline(always)]
-pub(crate) unsafe fn run_task<T: OutElem>(t: &Task<'_>, ep: &Epilogue<'_, T>, out: *mut T) {
+pub(crate) unsafe fn run_task<T: OutElem, M: Madd>(
+    t: &Task<'_>,
+    ep: &Epilogue<'_, T>,
+    out: *mut T,
+) {
     let cp = padded_channels(t.g.c);
     // The widest block that divides the padded channels.
     if cp % 32 == 0 {
-        body::<T, 32, 64>(t, ep, out)
+        body::<T, M, 32, 64>(t, ep, out)
     } else if cp % 16 == 0 {
-        body::<T, 16, 32>(t, ep, out)
+        body::<T, M, 16, 32>(t, ep, out)
     } else {
-        body::<T, 8, 16>(t, ep, out)
+        body::<T, M, 8, 16>(t, ep, out)
     }
 }
 
-/// `acc[j] += x[2j]·w[2j] + x[2j+1]·w[2j+1]`: two taps of channel `j`
-/// (LLVM's `pmaddwd` pattern, fused with the add into `vpdpwssd` where VNNI
-/// is on); each product is exact (see the module doc).
-#[inline(always)]
-fn mac2<const CB: usize, const CB2: usize>(acc: &mut [i32; CB], x: &[i16; CB2], w: &[i16; CB2]) {
-    for j in 0..CB {
-        acc[j] += x[2 * j] as i32 * w[2 * j] as i32 + x[2 * j + 1] as i32 * w[2 * j + 1] as i32;
+/// The pair product of the body: `acc[j] += x[2j]·w[2j] + x[2j+1]·w[2j+1]`
+/// for `j < CB` (`CB2 = 2·CB`), two taps of channel `j`; each product is
+/// exact (see the module doc). `pmaddwd` on x86 (`arch/`: LLVM does not
+/// find it in the portable loop), fused with the add (`vpdpwssd`) on VNNI.
+pub trait Madd {
+    /// # Safety
+    /// Only called from a body compiled with the implementation's features.
+    unsafe fn mac2<const CB: usize, const CB2: usize>(
+        acc: &mut [i32; CB],
+        x: &[i16; CB2],
+        w: &[i16; CB2],
+    );
+}
+
+/// The portable pair product.
+pub struct Portable;
+impl Madd for Portable {
+    #[inline(always)]
+    unsafe fn mac2<const CB: usize, const CB2: usize>(
+        acc: &mut [i32; CB],
+        x: &[i16; CB2],
+        w: &[i16; CB2],
+    ) {
+        for j in 0..CB {
+            acc[j] += x[2 * j] as i32 * w[2 * j] as i32 + x[2 * j + 1] as i32 * w[2 * j + 1] as i32;
+        }
     }
 }
 
 #[inline(always)]
-unsafe fn body<T: OutElem, const CB: usize, const CB2: usize>(
+unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
     t: &Task<'_>,
     ep: &Epilogue<'_, T>,
     out: *mut T,
@@ -177,7 +200,7 @@ unsafe fn body<T: OutElem, const CB: usize, const CB2: usize>(
                         let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
                             continue;
                         };
-                        mac2::<CB, CB2>(&mut acc, xs, ws);
+                        M::mac2::<CB, CB2>(&mut acc, xs, ws);
                     }
                 }
                 // A copy, so the accumulators above stay in registers.

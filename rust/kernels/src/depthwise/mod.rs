@@ -332,7 +332,11 @@ pub fn zero_bias(c: usize) -> Result<Cow<'static, [f32]>> {
     static ZEROS: [f32; 4096] = [0.0; 4096];
     match ZEROS.get(..c) {
         Some(z) => Ok(Cow::Borrowed(z)),
-        None => Ok(Cow::Owned(crate::error::try_vec(c, 0.0f32, "the zero bias")?)),
+        None => Ok(Cow::Owned(crate::error::try_vec(
+            c,
+            0.0f32,
+            "the zero bias",
+        )?)),
     }
 }
 

@@ -147,7 +147,11 @@ fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
             let q = crate::quant::quant1(float(i, Some(&bias), true), ys, yzp as f32, 0.0, 255.0);
             let q = (q as i32).clamp(yzp, hi) as u8;
             // SAFETY: every element was written (the kernel's contract, checked here).
-            assert_eq!(unsafe { o.assume_init() }, q, "{isa:?}: u8 output {i} of {g:?}");
+            assert_eq!(
+                unsafe { o.assume_init() },
+                q,
+                "{isa:?}: u8 output {i} of {g:?}"
+            );
         }
     });
 }
@@ -396,7 +400,15 @@ fn a_residual_in_the_step_is_refused() {
         requant: None,
     });
     let mut out = vec![MaybeUninit::new(0f32); 18];
-    let e = depthwise_conv2d(&crate::exec::TEST, &[0; 18], &[0], &[0; 18], &g, &step, &mut out);
+    let e = depthwise_conv2d(
+        &crate::exec::TEST,
+        &[0; 18],
+        &[0],
+        &[0; 18],
+        &g,
+        &step,
+        &mut out,
+    );
     assert!(matches!(e, Err(crate::Error::Value(_))), "{e:?}");
 }
 

@@ -132,7 +132,7 @@ pub(super) enum In<'a> {
 }
 
 /// A node's output: float32, or uint8 on `grid`.
-enum Out<'a> {
+pub(super) enum Out<'a> {
     F32(&'a mut [f32]),
     U8(&'a mut [u8], StaticAct),
 }
@@ -246,7 +246,7 @@ fn run(
             nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
             static_gemm(ctx, cols, rows, k, g, a, res, y)
         }
-        Op::Depthwise { .. } => depthwise_to(ctx, ws, x, xd, batch, op, y),
+        Op::Depthwise { .. } => depthwise(ctx, ws, x, xd, batch, op, y),
         Op::Pool {
             kind: Pool::Max,
             kernel,
@@ -273,23 +273,10 @@ fn run(
 }
 
 /// A depthwise node on float input (quantized here, statically or per image)
-/// or on uint8 already on its static grid; float out.
+/// or on uint8 already on its static grid, writing float, or uint8 on its
+/// reader's grid (a static node: the bytes of the reader's quantizer, a
+/// ReLU / Clip folded into the clamp, as [`static_gemm`] writes them).
 pub(super) fn depthwise(
-    ctx: &Ctx,
-    ws: &mut Workspace,
-    x: In<'_>,
-    xd: &[usize],
-    batch: usize,
-    op: &Op,
-    y: &mut [f32],
-) -> Result<()> {
-    depthwise_to(ctx, ws, x, xd, batch, op, Out::F32(y))
-}
-
-/// [`depthwise`] writing float, or uint8 on its reader's grid (a static
-/// node: the bytes of the reader's quantizer, a ReLU / Clip folded into the
-/// clamp, as [`static_gemm`] writes them).
-fn depthwise_to(
     ctx: &Ctx,
     ws: &mut Workspace,
     x: In<'_>,
@@ -750,8 +737,13 @@ mod tests {
                 ),
             ];
             let dims_in = vec![7, 6, c];
-            let plan = GraphPlan::new(nodes.clone(), vec![0], vec![dims_in.clone()], vec![2]).unwrap();
-            assert!(matches!(plan.dtype(1), Some(DType::U8(_))), "{:?}", plan.dtypes);
+            let plan =
+                GraphPlan::new(nodes.clone(), vec![0], vec![dims_in.clone()], vec![2]).unwrap();
+            assert!(
+                matches!(plan.dtype(1), Some(DType::U8(_))),
+                "{:?}",
+                plan.dtypes
+            );
             let mid = plan.dims[1].clone();
             for batch in [1, 3] {
                 let x: Vec<f32> = (0..batch * 7 * 6 * c)
@@ -759,8 +751,13 @@ mod tests {
                     .collect();
                 each_isa(|isa| {
                     let alone = |op: &Op, d: &[usize], x: &[f32], out: usize| {
-                        let p = GraphPlan::new(vec![node(op.clone(), &[0], 1)], vec![0], vec![d.to_vec()], vec![1])
-                            .unwrap();
+                        let p = GraphPlan::new(
+                            vec![node(op.clone(), &[0], 1)],
+                            vec![0],
+                            vec![d.to_vec()],
+                            vec![1],
+                        )
+                        .unwrap();
                         let mut y = vec![0f32; batch * out];
                         p.forward(&TEST, batch, &[x], &mut [&mut y]).unwrap();
                         y

@@ -1,3 +1,5 @@
 //! The portable path of the depthwise kernel.
 
-super::table!(generic);
+use crate::depthwise::band::Portable;
+
+super::table!(generic, Portable);

@@ -3,7 +3,8 @@
 //! `x86_avx2.rs`, `x86_avx512.rs`, `x86_avx512vnni.rs`), chosen by
 //! [`crate::cpu::dispatch`].
 //! The body is the same portable code on every path (exact integer sums,
-//! then the shared output step), so every path writes the same bits.
+//! then the shared output step), so every path writes the same bits; each
+//! x86 path brings its `pmaddwd` pair product ([`super::band::Madd`]).
 
 use super::band::Task;
 use crate::gemm::output::Epilogue;
@@ -29,23 +30,25 @@ pub struct Kernels {
     pub(crate) u8: TaskFn<u8>,
 }
 
-/// `table!(isa)`: the `#[target_feature]` wrappers of the task body for
-/// `isa` and the module's `KERNELS` table of them (handed out by
-/// [`crate::cpu::dispatch`] only on CPUs that have `isa`).
+/// `table!(isa, Madd)`: the `#[target_feature]` wrappers of the task body
+/// for `isa` with that pair product ([`super::band::Madd`]), and the
+/// module's `KERNELS` table of them (handed out by [`crate::cpu::dispatch`]
+/// only on CPUs that have `isa`).
 macro_rules! table {
-    ($isa:ident) => {
+    ($isa:ident, $madd:ty) => {
         mod tf {
+            use super::*;
             use $crate::depthwise::band::{run_task, Task};
             use $crate::gemm::output::Epilogue;
             $crate::cpu::isa_fns!($isa;
                 pub(super) unsafe fn task_i32(t: &Task<'_>, ep: &Epilogue<'_, i32>, out: *mut i32) {
-                    unsafe { run_task(t, ep, out) }
+                    unsafe { run_task::<_, $madd>(t, ep, out) }
                 }
                 pub(super) unsafe fn task_f32(t: &Task<'_>, ep: &Epilogue<'_, f32>, out: *mut f32) {
-                    unsafe { run_task(t, ep, out) }
+                    unsafe { run_task::<_, $madd>(t, ep, out) }
                 }
                 pub(super) unsafe fn task_u8(t: &Task<'_>, ep: &Epilogue<'_, u8>, out: *mut u8) {
-                    unsafe { run_task(t, ep, out) }
+                    unsafe { run_task::<_, $madd>(t, ep, out) }
                 }
             );
         }
