@@ -16,9 +16,9 @@
 //! the same pairs (0 past the kernel's width and for the padded channels),
 //! so two taps of 8-32 channels are one `pmaddwd` over `i16` lanes into
 //! `i32` (`|x - zp| <= 255`, `|w| <= 128`: exact), then the shared output
-//! step for the pixel's real channels. The band and the widened weight live
-//! in per-thread buffers reused from call to call (no allocation once a
-//! thread has run the largest task).
+//! step for the pixel's real channels. The band and the widened weight (made
+//! once per call, [`widen`]) live in per-thread buffers reused from call to
+//! call (no allocation once a thread has run the largest task).
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -58,12 +58,30 @@ pub(crate) fn band_rows(g: &Depthwise, rows: &Range<usize>) -> Range<usize> {
 /// image, `(h, w, c)`), zero point `zp`.
 pub struct Task<'a> {
     pub(crate) x: &'a [u8],
-    pub(crate) weight: &'a [i8],
+    /// The weight in tap pairs ([`widen`]).
+    pub(crate) wide: &'a [i16],
     pub(crate) g: &'a Depthwise,
     pub(crate) ow: usize,
     pub(crate) img: usize,
     pub(crate) zp: i16,
     pub(crate) rows: Range<usize>,
+}
+
+/// The weight `(kh, kw, c)` as `i16` tap pairs, `(kh, ceil(kw/2), cp, 2)`:
+/// `(w[ky][2i][ch], w[ky][2i + 1][ch])`, 0 past `kw` and for the padded
+/// channels. Made once per call (in a per-thread buffer) and shared by its tasks.
+pub(crate) fn widen(weight: &[i8], g: &Depthwise) -> Reused<i16> {
+    let (c, kw) = (g.c, g.kernel.1);
+    let (cp, kp) = (padded_channels(c), kw.div_ceil(2));
+    let mut wide = Reused::new(&WIDE, g.kernel.0 * kp * cp * 2, 0i16);
+    for (tap, s) in weight.chunks_exact(c.max(1)).enumerate() {
+        let (ky, kx) = (tap / kw, tap % kw);
+        let o = (ky * kp + kx / 2) * cp * 2 + kx % 2;
+        for (d, &s) in wide[o..].iter_mut().step_by(2).zip(s) {
+            *d = s as i16;
+        }
+    }
+    wide
 }
 
 /// Runs the task; `out` points at output pixel `(img, rows.start, 0)`.
@@ -169,16 +187,7 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             }
         }
     }
-    // The weight as the same pairs: `(w[ky][2i][ch], w[ky][2i + 1][ch])`, 0 past `kw`.
-    let mut wide = Reused::new(&WIDE, kh * kp * cp * 2, 0i16);
-    for (tap, s) in t.weight.chunks_exact(c).enumerate() {
-        let (ky, kx) = (tap / kw, tap % kw);
-        let o = (ky * kp + kx / 2) * cp * 2 + kx % 2;
-        for (d, &s) in wide[o..].iter_mut().step_by(2).zip(s) {
-            *d = s as i16;
-        }
-    }
-
+    let wide = t.wide;
     for c0 in (0..cp).step_by(CB) {
         let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
         for (r, oy) in t.rows.clone().enumerate() {

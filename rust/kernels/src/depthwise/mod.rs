@@ -406,9 +406,11 @@ fn valid_taps(base: usize, pad: usize, size: usize, k: usize, d: usize) -> Range
     lo.min(hi)..hi
 }
 
-/// Bytes of a task's `i16` band this driver aims to stay under (an L2-sized
-/// share); a task always gets at least one output row.
-const BAND_BYTES: usize = 96 << 10;
+/// Bytes of a task's `i16` band this driver aims to stay under (a quarter
+/// of a 1 MiB L2); a task always gets at least one output row. Taller bands
+/// copy each input row fewer times (a band of `r` output rows copies
+/// `(r - 1)·sh + kh` input rows).
+const BAND_BYTES: usize = 256 << 10;
 
 /// The driver: tasks of `(image, block of output rows)`, as many blocks per
 /// image as the threads want (`Ctx::chunks_for`) and the band budget needs,
@@ -440,12 +442,14 @@ fn run<T: DwOut>(
     let plane = g.h * g.w * c;
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let body = T::entry(&crate::cpu::dispatch().depthwise);
+    let wide_buf = band::widen(weight, g);
+    let wide: &[i16] = &wide_buf;
     let task = |t: usize| {
         let (img, b) = (t / blocks, t % blocks);
         let r = b * rows..((b + 1) * rows).min(oh);
         let job = band::Task {
             x: &x[img * plane..(img + 1) * plane],
-            weight,
+            wide,
             g,
             ow,
             img,
