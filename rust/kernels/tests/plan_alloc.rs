@@ -183,38 +183,57 @@ fn int8_conv_and_dense_layers_allocate_nothing_per_call() {
     }
 }
 
-/// The depthwise kernel still makes two small temporaries per call (its
-/// per-image output steps and its weights widened to i16), the same every call,
-/// and no value buffer.
+fn depthwise(c: usize, stride: usize, bias: bool, act: Option<(f32, i32)>) -> Op {
+    Op::Depthwise {
+        weight: (0..9 * c).map(|i| (i % 7) as i8 - 3).collect(),
+        kernel: (3, 3),
+        scale: vec![0.05; c],
+        bias: bias.then(|| vec![0.1; c]),
+        relu: false,
+        post: Some(Unary::Clip(Some(0.0), Some(6.0))),
+        stride: (stride, stride),
+        padding: [1, 1, 1, 1],
+        dilation: (1, 1),
+        nchw_in: false,
+        act: act
+            .map(|(scale, zero_point)| hwreg_kernels::plan::graph::StaticAct { scale, zero_point }),
+    }
+}
+
+/// Depthwise layers allocate nothing per call: dynamic and static, with and
+/// without a bias, stride 1 and 2, odd channel counts, and a static one
+/// writing uint8 for a static conv (their per-thread band and weight buffers
+/// and a static zero bias).
 #[test]
-fn the_depthwise_kernel_allocates_only_its_output_steps() {
-    let oc = 16;
-    let nodes = vec![node(
-        Op::Depthwise {
-            weight: vec![1; 9 * oc],
-            kernel: (3, 3),
-            scale: vec![0.05; oc],
-            bias: Some(vec![0.0; oc]),
-            relu: false,
-            post: Some(Unary::Clip(Some(0.0), Some(6.0))),
-            stride: (1, 1),
-            padding: [1, 1, 1, 1],
-            dilation: (1, 1),
-            nchw_in: false,
-            act: None,
-        },
-        &[0],
-        1,
-    )];
-    let plan = GraphPlan::new(nodes, vec![0], vec![vec![8, 8, oc]], vec![1]).unwrap();
-    for batch in [1usize, 4] {
-        let (n, bytes) = second_call(&plan, batch);
-        assert_eq!(
-            second_call(&plan, batch),
-            (n, bytes),
-            "steady from call to call"
-        );
-        assert!(n <= 2, "{n} allocations at batch {batch}");
+fn depthwise_layers_allocate_nothing_per_call() {
+    let c = 19;
+    let stat = Some((0.05, 3));
+    let mut conv_s = gemm(8, c * 9, 5, true);
+    conv_s.act = Some(hwreg_kernels::plan::graph::StaticAct {
+        scale: 0.03,
+        zero_point: 0,
+    });
+    let nodes = vec![
+        node(depthwise(c, 1, true, None), &[0], 1),
+        node(depthwise(c, 2, false, None), &[1], 2),
+        node(depthwise(c, 1, false, stat), &[2], 3),
+        // Static with a static reader: uint8 out, on the conv's grid.
+        node(depthwise(c, 1, true, stat), &[3], 4),
+        node(conv(conv_s, false), &[4], 5),
+    ];
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![9, 8, c]], vec![5]).unwrap();
+    assert_eq!(
+        plan.dtype(4),
+        Some(hwreg_kernels::plan::graph::DType::U8(
+            hwreg_kernels::plan::graph::StaticAct {
+                scale: 0.03,
+                zero_point: 0
+            }
+        )),
+        "the static depthwise writes uint8"
+    );
+    for batch in [1usize, 4, 2] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
     }
 }
 

@@ -179,6 +179,7 @@ pub struct Dispatch {
     pub(crate) prune: crate::prune::arch::Kernels,
     pub(crate) int4: crate::int4::arch::Kernels,
     pub(crate) nnops: crate::nnops::arch::Kernels,
+    pub(crate) depthwise: crate::depthwise::arch::Kernels,
 }
 
 /// The table of each path (indexed by `Isa as usize`), built at compile time.
@@ -191,7 +192,7 @@ static TABLES: [Dispatch; 4] = [
 ];
 
 const fn table(isa: Isa) -> Dispatch {
-    use crate::{gemm, int4, nnops, prune, quant, sparse};
+    use crate::{depthwise, gemm, int4, nnops, prune, quant, sparse};
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Dispatch {
@@ -202,6 +203,7 @@ const fn table(isa: Isa) -> Dispatch {
             prune: prune::arch::x86_avx2::KERNELS,
             int4: int4::arch::x86_avx2::KERNELS,
             nnops: nnops::arch::x86_avx2::KERNELS,
+            depthwise: depthwise::arch::x86_avx2::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Dispatch {
@@ -214,6 +216,7 @@ const fn table(isa: Isa) -> Dispatch {
             // No int4 kernel of its own without VNNI: the exact AVX2 one.
             int4: int4::arch::x86_avx2::KERNELS,
             nnops: nnops::arch::x86_avx512::KERNELS,
+            depthwise: depthwise::arch::x86_avx512::KERNELS,
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => Dispatch {
@@ -224,6 +227,7 @@ const fn table(isa: Isa) -> Dispatch {
             prune: prune::arch::x86_avx2::KERNELS,
             int4: int4::arch::x86_avx512vnni::KERNELS,
             nnops: nnops::arch::x86_avx512::KERNELS,
+            depthwise: depthwise::arch::x86_avx512vnni::KERNELS,
         },
         // Generic, and every path this target cannot run (never active).
         #[allow(unreachable_patterns)]
@@ -235,6 +239,7 @@ const fn table(isa: Isa) -> Dispatch {
             prune: prune::arch::generic::KERNELS,
             int4: int4::arch::generic::KERNELS,
             nnops: nnops::arch::generic::KERNELS,
+            depthwise: depthwise::arch::generic::KERNELS,
         },
     }
 }

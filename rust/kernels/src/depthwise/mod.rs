@@ -14,15 +14,20 @@
 //! exact: `|x - zp| <= 255` and `|w| <= 128` make each product fit `i16`
 //! (`<= 32640`), and the sum is taken in `i32` (kernels whose tap count could
 //! overflow it are refused). The result then goes through the shared output
-//! step of [`crate::gemm::output`] with one row per output pixel and one
-//! column per channel: `Int32` for the raw accumulators, or `Float` with
-//! `row_scale = scales[img]`, so `f = (f32(acc) · scales[img]) · col_scale[ch]
-//! + bias[ch]` then ReLU, exactly as every int8 GEMM rounds it.
+//! step of [`crate::gemm::output`] with one row per image and one column per
+//! channel ([`depthwise_conv2d`]): `Int32` for the raw accumulators, `Float`
+//! with `row_scale = scales[img]`, so `f = (f32(acc) · scales[img]) ·
+//! col_scale[ch] + bias[ch]` then ReLU, exactly as every int8 GEMM rounds
+//! it, or the plan's `Fused` step with `requant` for uint8 out.
 //!
-//! The body is portable (no intrinsics): fixed-width channel blocks of
-//! [`CB`] `i32` accumulators that LLVM keeps in vector registers across the
-//! taps. Work is split over `(image, output row)` with
-//! [`Ctx::for_each_task`] (serial below its threshold).
+//! The body ([`band`]) is portable code over fixed-width channel blocks,
+//! compiled once per path (`arch/`, chosen by [`crate::cpu::dispatch`]);
+//! integer sums and the shared output step give the same bits on every
+//! path. Work is split over `(image, block of output rows)` with
+//! [`Ctx::for_each_task`] (serial below its threshold). Nothing is
+//! allocated per call once a thread has run a call of the same size (the
+//! band and widened weight are per-thread buffers), except a zero bias for
+//! more than 4096 channels ([`zero_bias`]).
 //!
 //! ```
 //! use hwreg_kernels::depthwise::{depthwise_conv2d_i32, Depthwise};
@@ -35,20 +40,20 @@
 //! assert_eq!(out, [0, 8]);
 //! ```
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::error::Result;
 use crate::exec::{Ctx, SyncPtr};
-use crate::gemm::output::{Epilogue, OutElem, OutputStep, Param};
+use crate::gemm::output::{Epilogue, Fused, OutElem, OutputStep, Param};
 use crate::{shape_err, value_err};
 
+pub mod arch;
+#[doc(hidden)]
+pub mod band;
 #[cfg(test)]
 mod tests;
-
-/// Channels per accumulator block: 32 `i32` = 8 SSE2 registers (4 AVX2),
-/// which stay in registers across the taps of one output pixel.
-pub const CB: usize = 32;
 
 /// Largest product `|x - zp| · |w|`; the i32 sum of `taps` of them must fit.
 const MAX_PRODUCT: i64 = 255 * 128;
@@ -228,10 +233,7 @@ pub fn depthwise_conv2d_i32_uninit(
     g: &Depthwise,
     out: &mut [MaybeUninit<i32>],
 ) -> Result<()> {
-    check(x, zero_points, weight, g, out.len())?;
-    let ep = OutputStep::Int32.prepare::<i32>(1, g.c)?;
-    run(ctx, x, zero_points, weight, g, &vec![ep; g.n.min(1)], out);
-    Ok(())
+    depthwise_conv2d(ctx, x, zero_points, weight, g, &OutputStep::Int32, out)
 }
 
 /// [`depthwise_conv2d_f32_uninit`] into initialised memory.
@@ -281,7 +283,6 @@ pub fn depthwise_conv2d_f32_uninit(
     g: &Depthwise,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
-    check(x, zero_points, weight, g, out.len())?;
     if scales.len() != g.n {
         return shape_err!(
             "scales must have one entry per image ({}); got {}",
@@ -307,28 +308,84 @@ pub fn depthwise_conv2d_f32_uninit(
             );
         }
     }
-    // The GEMM adds a zero bias when there is none; one shared row of zeros.
     let zeros;
     let bias = match bias {
         Some(b) => b,
         None => {
-            zeros = crate::error::try_vec(g.c, 0.0f32, "the zero bias")?;
+            zeros = zero_bias(g.c)?;
             &zeros[..]
         }
     };
-    let eps = scales
-        .iter()
-        .map(|&s| {
-            OutputStep::Float {
-                row_scale: Param::Scalar(s),
-                col_scale: Param::PerIndex(col_scale),
-                bias: Some(bias),
-                relu,
-            }
-            .prepare::<f32>(1, g.c)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    run(ctx, x, zero_points, weight, g, &eps, out);
+    let step = OutputStep::Float {
+        row_scale: Param::PerIndex(scales),
+        col_scale: Param::PerIndex(col_scale),
+        bias: Some(bias),
+        relu,
+    };
+    depthwise_conv2d(ctx, x, zero_points, weight, g, &step, out)
+}
+
+/// A zero bias of `c` channels: borrowed from a static table up to 4096
+/// channels (no allocation per call; the output step's own zero bias would
+/// be one), allocated above.
+pub fn zero_bias(c: usize) -> Result<Cow<'static, [f32]>> {
+    static ZEROS: [f32; 4096] = [0.0; 4096];
+    match ZEROS.get(..c) {
+        Some(z) => Ok(Cow::Borrowed(z)),
+        None => Ok(Cow::Owned(crate::error::try_vec(
+            c,
+            0.0f32,
+            "the zero bias",
+        )?)),
+    }
+}
+
+/// An output type of the depthwise kernel (its entry in the dispatch table).
+pub trait DwOut: OutElem {
+    #[doc(hidden)]
+    fn entry(k: &arch::Kernels) -> arch::TaskFn<Self>;
+}
+impl DwOut for i32 {
+    fn entry(k: &arch::Kernels) -> arch::TaskFn<Self> {
+        k.i32
+    }
+}
+impl DwOut for f32 {
+    fn entry(k: &arch::Kernels) -> arch::TaskFn<Self> {
+        k.f32
+    }
+}
+impl DwOut for u8 {
+    fn entry(k: &arch::Kernels) -> arch::TaskFn<Self> {
+        k.u8
+    }
+}
+
+/// The exact sums through any output step without a residual, prepared
+/// here for one row per image and one column per channel: row parameters
+/// (`row_scale`) are per image, column parameters (`col_scale`, `bias`) per
+/// channel. An `OutputStep::Fused` with `requant` writes the `u8` bytes
+/// `QuantizeLinear` gives for the float result (the graph plan's static
+/// uint8 edges). On `Ok`, every element of `out` `(n, oh, ow, c)` has been
+/// written.
+pub fn depthwise_conv2d<T: DwOut>(
+    ctx: &Ctx,
+    x: &[u8],
+    zero_points: &[i32],
+    weight: &[i8],
+    g: &Depthwise,
+    step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
+    check(x, zero_points, weight, g, out.len())?;
+    if let OutputStep::Fused(Fused {
+        residual: Some(_), ..
+    }) = step
+    {
+        return value_err!("a depthwise output step takes no residual");
+    }
+    let ep = step.prepare::<T>(g.n, g.c)?;
+    run(ctx, x, zero_points, weight, g, &ep, out);
     Ok(())
 }
 
@@ -349,102 +406,22 @@ fn valid_taps(base: usize, pad: usize, size: usize, k: usize, d: usize) -> Range
     lo.min(hi)..hi
 }
 
-/// `acc[j] += (x[j] - zp) · w[j]`, exact: the product fits i16 (|·| <= 32640),
-/// the sum is i32. Plain zipped slices, so the loop has no bounds checks and
-/// vectorises; with `CB`-long arrays it unrolls completely.
-#[inline(always)]
-fn mac<W: Weight>(acc: &mut [i32], x: &[u8], w: &[W], zp: i16) {
-    for ((a, &xv), &wv) in acc.iter_mut().zip(x).zip(w) {
-        // i16 operands widened to an i32 product: LLVM lowers this to
-        // `pmaddwd` on i16 lanes (an i16 product truncated and re-extended
-        // is promoted to a slow 32-bit multiply on SSE2 instead).
-        *a += (xv as i16 - zp) as i32 * wv.into();
-    }
-}
+/// Bytes of a task's `i16` band this driver aims to stay under (a quarter
+/// of a 1 MiB L2); a task always gets at least one output row. Taller bands
+/// copy each input row fewer times (a band of `r` output rows copies
+/// `(r - 1)·sh + kh` input rows).
+const BAND_BYTES: usize = 256 << 10;
 
-/// One output pixel's channels `c0..c0 + len` (`len <= CB`): the sum over its
-/// in-bounds taps, then the output step.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn pixel_block<T: OutElem, W: Weight, const FULL: bool>(
-    ximg: &[u8],
-    weight: &[W],
-    g: &Depthwise,
-    zp: i16,
-    rows: &Range<usize>,
-    cols: &Range<usize>,
-    iy0: usize,
-    ix0: usize,
-    c0: usize,
-    len: usize,
-    ep: &Epilogue<'_, T>,
-    out_px: *mut T,
-) {
-    let (c, w, kw) = (g.c, g.w, g.kernel.1);
-    let (dh, dw) = g.dilation;
-    let mut acc = [0i32; CB];
-    for ky in rows.clone() {
-        let xrow = iy0.wrapping_add(ky * dh) * w; // in bounds for these ky
-        for kx in cols.clone() {
-            let xo = (xrow + ix0.wrapping_add(kx * dw)) * c + c0;
-            let wo = (ky * kw + kx) * c + c0;
-            if FULL {
-                let xs: &[u8; CB] = ximg[xo..xo + CB].try_into().unwrap();
-                let ws: &[W; CB] = weight[wo..wo + CB].try_into().unwrap();
-                mac(&mut acc, xs, ws, zp);
-            } else {
-                mac(
-                    &mut acc[..len],
-                    &ximg[xo..xo + len],
-                    &weight[wo..wo + len],
-                    zp,
-                );
-            }
-        }
-    }
-    // A copy, so the accumulators above stay in registers (a borrowed
-    // `acc` is stored back to the stack after every tap).
-    let sums = acc;
-    // SAFETY: the caller hands each pixel's `c` outputs to one task only.
-    unsafe { ep.apply_inline(&sums, CB, 0..1, c0..c0 + len, out_px, c) };
-}
-
-/// A weight element: the int8 weight as given, or widened once to `i16`
-/// (which saves the sign extension in the inner loop).
-trait Weight: Copy + Into<i32> + Send + Sync {}
-impl Weight for i8 {}
-impl Weight for i16 {}
-
-/// Widens the weight to `i16` once per call (`kh·kw·c` elements: twice the
-/// weight's bytes) and runs; if that copy cannot be allocated, runs on the
-/// int8 weight directly (same result, a little slower).
-fn run<T: OutElem>(
+/// The driver: tasks of `(image, block of output rows)`, as many blocks per
+/// image as the threads want (`Ctx::chunks_for`) and the band budget needs,
+/// each writing its own rows through the active path's task body.
+fn run<T: DwOut>(
     ctx: &Ctx,
     x: &[u8],
     zero_points: &[i32],
     weight: &[i8],
     g: &Depthwise,
-    eps: &[Epilogue<'_, T>],
-    out: &mut [MaybeUninit<T>],
-) {
-    let mut wide: Vec<i16> = Vec::new();
-    if wide.try_reserve_exact(weight.len()).is_ok() {
-        wide.extend(weight.iter().map(|&v| v as i16));
-        run_with(ctx, x, zero_points, &wide, g, eps, out)
-    } else {
-        run_with(ctx, x, zero_points, weight, g, eps, out)
-    }
-}
-
-/// The driver: every `(image, output row)` is one task writing its own
-/// `ow · c` outputs. `eps` has one prepared epilogue per image, or one for all.
-fn run_with<T: OutElem, W: Weight>(
-    ctx: &Ctx,
-    x: &[u8],
-    zero_points: &[i32],
-    weight: &[W],
-    g: &Depthwise,
-    eps: &[Epilogue<'_, T>],
+    ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
 ) {
     let (oh, ow) = match g.out_hw() {
@@ -454,48 +431,35 @@ fn run_with<T: OutElem, W: Weight>(
     if out.is_empty() {
         return;
     }
-    let (c, (kh, kw), (sh, sw), (dh, dw)) = (g.c, g.kernel, g.stride, g.dilation);
-    let [pt, pl, _, _] = g.padding;
+    let (c, (kh, kw), sh) = (g.c, g.kernel, g.stride.0);
+    let work = out.len().saturating_mul(kh * kw);
+    let per_image = ctx.chunks_for(work).div_ceil(g.n).clamp(1, oh);
+    let band_row = band::band_cols(g, ow) * band::padded_channels(c) * 4; // i16 pairs
+    let span = (kh - 1) * g.dilation.0 + 1;
+    let fit = (BAND_BYTES / band_row).saturating_sub(span) / sh + 1;
+    let rows = oh.div_ceil(per_image).min(fit).max(1);
+    let blocks = oh.div_ceil(rows);
     let plane = g.h * g.w * c;
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
+    let body = T::entry(&crate::cpu::dispatch().depthwise);
+    let wide_buf = band::widen(weight, g);
+    let wide: &[i16] = &wide_buf;
     let task = |t: usize| {
-        let (img, oy) = (t / oh, t % oh);
-        let ep = &eps[img.min(eps.len() - 1)];
-        let zp = zero_points[img] as i16; // checked in 0..=255
-        let ximg = &x[img * plane..(img + 1) * plane];
-        let rows = valid_taps(oy * sh, pt, g.h, kh, dh);
-        // First input row / column of tap 0 (only used for in-bounds taps).
-        let iy0 = (oy * sh).wrapping_sub(pt);
-        let row_out = ((img * oh + oy) * ow) * c;
-        for ox in 0..ow {
-            let cols = valid_taps(ox * sw, pl, g.w, kw, dw);
-            let ix0 = (ox * sw).wrapping_sub(pl);
-            // SAFETY: pixel (img, oy, ox) lies inside `out`; only this task writes it.
-            let out_px = unsafe { optr.get().add(row_out + ox * c) };
-            let full = c / CB * CB;
-            for c0 in (0..full).step_by(CB) {
-                pixel_block::<T, W, true>(
-                    ximg, weight, g, zp, &rows, &cols, iy0, ix0, c0, CB, ep, out_px,
-                );
-            }
-            if full < c {
-                pixel_block::<T, W, false>(
-                    ximg,
-                    weight,
-                    g,
-                    zp,
-                    &rows,
-                    &cols,
-                    iy0,
-                    ix0,
-                    full,
-                    c - full,
-                    ep,
-                    out_px,
-                );
-            }
-        }
+        let (img, b) = (t / blocks, t % blocks);
+        let r = b * rows..((b + 1) * rows).min(oh);
+        let job = band::Task {
+            x: &x[img * plane..(img + 1) * plane],
+            wide,
+            g,
+            ow,
+            img,
+            zp: zero_points[img] as i16, // checked in 0..=255
+            rows: r.clone(),
+        };
+        // SAFETY: rows `r` of image `img` lie inside `out` and belong to
+        // this task alone; `ep` was prepared for `(n, c)`; the table is the
+        // active path's (the CPU has it).
+        unsafe { body(&job, ep, optr.get().add((img * oh + r.start) * ow * c)) };
     };
-    let work = out.len().saturating_mul(kh * kw);
-    ctx.for_each_task(work, g.n * oh, task);
+    ctx.for_each_task(work, g.n * blocks, task);
 }

@@ -70,14 +70,10 @@ fn geom(
     }
 }
 
-/// Runs both entry points on poisoned outputs and compares with the reference.
+/// Runs every entry point on poisoned outputs, on every path, and compares
+/// with the reference (the float and uint8 formulas applied to it).
 fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
     let want = reference(x, zp, w, g);
-    let mut got = vec![i32::MIN + 7; want.len()];
-    depthwise_conv2d_i32(&crate::exec::TEST, x, zp, w, g, &mut got).unwrap();
-    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(a as i64, b, "i32 output {i} of {g:?}");
-    }
     let scales: Vec<f32> = (0..g.n)
         .map(|_| 0.001 + rng.below(1000) as f32 * 1e-4)
         .collect();
@@ -88,35 +84,76 @@ fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
         .map(|_| rng.below(2001) as f32 * 1e-3 - 1.0)
         .collect();
     let (oh, ow) = g.out_hw().unwrap();
-    for (b, relu) in [
-        (None, false),
-        (Some(&bias[..]), false),
-        (Some(&bias[..]), true),
-        (None, true),
-    ] {
-        let mut out = vec![f32::NAN; want.len()];
-        depthwise_conv2d_f32(
-            &crate::exec::TEST,
-            x,
-            zp,
-            &scales,
-            w,
-            &cs,
-            b,
-            relu,
-            g,
-            &mut out,
-        )
-        .unwrap();
-        for (i, (&o, &a)) in out.iter().zip(&want).enumerate() {
-            let (img, ch) = (i / (oh * ow * g.c), i % g.c);
-            let mut f = (a as f32 * scales[img]) * cs[ch] + b.map_or(0.0, |b| b[ch]);
-            if relu {
-                f = f.max(0.0);
-            }
-            assert_eq!(o.to_bits(), f.to_bits(), "f32 output {i} of {g:?}");
+    let float = |i: usize, b: Option<&[f32]>, relu: bool| {
+        let (img, ch) = (i / (oh * ow * g.c), i % g.c);
+        let f = (want[i] as f32 * scales[img]) * cs[ch] + b.map_or(0.0, |b| b[ch]);
+        if relu {
+            f.max(0.0)
+        } else {
+            f
         }
-    }
+    };
+    crate::cpu::each_isa(|isa| {
+        let mut got = vec![i32::MIN + 7; want.len()];
+        depthwise_conv2d_i32(&crate::exec::TEST, x, zp, w, g, &mut got).unwrap();
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a as i64, b, "{isa:?}: i32 output {i} of {g:?}");
+        }
+        for (b, relu) in [
+            (None, false),
+            (Some(&bias[..]), false),
+            (Some(&bias[..]), true),
+            (None, true),
+        ] {
+            let mut out = vec![f32::NAN; want.len()];
+            depthwise_conv2d_f32(
+                &crate::exec::TEST,
+                x,
+                zp,
+                &scales,
+                w,
+                &cs,
+                b,
+                relu,
+                g,
+                &mut out,
+            )
+            .unwrap();
+            for (i, &o) in out.iter().enumerate() {
+                let f = float(i, b, relu);
+                assert_eq!(o.to_bits(), f.to_bits(), "{isa:?}: f32 output {i} of {g:?}");
+            }
+        }
+        // uint8 out (the plan's static edges): QuantizeLinear of the float
+        // value, clamped to a ReLU6's quantized bounds.
+        let (ys, yzp) = (0.02f32, 5);
+        let hi = crate::quant::quant1(6.0, ys, yzp as f32, 0.0, 255.0) as i32;
+        let step = OutputStep::Fused(Fused {
+            row_scale: Param::PerIndex(&scales),
+            col_scale: Param::PerIndex(&cs),
+            bias: Some(&bias),
+            residual: None,
+            relu: true,
+            requant: Some(crate::gemm::output::Requant {
+                y_scale: ys,
+                y_zero_point: yzp,
+                lo: yzp,
+                hi,
+            }),
+        });
+        let mut out = vec![MaybeUninit::new(0xa5u8); want.len()];
+        depthwise_conv2d(&crate::exec::TEST, x, zp, w, g, &step, &mut out).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let q = crate::quant::quant1(float(i, Some(&bias), true), ys, yzp as f32, 0.0, 255.0);
+            let q = (q as i32).clamp(yzp, hi) as u8;
+            // SAFETY: every element was written (the kernel's contract, checked here).
+            assert_eq!(
+                unsafe { o.assume_init() },
+                q,
+                "{isa:?}: u8 output {i} of {g:?}"
+            );
+        }
+    });
 }
 
 fn random_case(rng: &mut Rng, g: &Depthwise) {
@@ -351,28 +388,40 @@ fn empty_batch_or_channels_write_nothing() {
 }
 
 #[test]
-fn int8_weight_fallback_matches_the_widened_path() {
-    // `run` widens the weight to i16 unless that copy cannot be allocated;
-    // the int8 fallback must give the same sums.
-    let mut rng = Rng(3);
-    let g = geom(2, 7, 6, 37, (3, 3), (2, 1), (1, 2), [1, 0, 2, 1]);
-    let (xs, ws, os) = g.sizes().unwrap();
-    let x: Vec<u8> = (0..xs).map(|_| rng.next() as u8).collect();
-    let w: Vec<i8> = (0..ws).map(|_| rng.next() as i8).collect();
-    let zp = [0, 255];
-    let ep = OutputStep::Int32.prepare::<i32>(1, g.c).unwrap();
-    let mut narrow = vec![MaybeUninit::new(-1i32); os];
-    run_with(
+fn a_residual_in_the_step_is_refused() {
+    let g = geom(1, 3, 3, 2, (3, 3), (1, 1), (1, 1), [1; 4]);
+    let r = [0f32; 18];
+    let step = OutputStep::Fused(Fused {
+        row_scale: Param::Scalar(1.0),
+        col_scale: Param::Scalar(1.0),
+        bias: None,
+        residual: Some((&r, 2)),
+        relu: false,
+        requant: None,
+    });
+    let mut out = vec![MaybeUninit::new(0f32); 18];
+    let e = depthwise_conv2d(
         &crate::exec::TEST,
-        &x,
-        &zp,
-        &w,
+        &[0; 18],
+        &[0],
+        &[0; 18],
         &g,
-        std::slice::from_ref(&ep),
-        &mut narrow,
+        &step,
+        &mut out,
     );
-    let want = reference(&x, &zp, &w, &g);
-    for (i, (v, &r)) in narrow.iter().zip(&want).enumerate() {
-        assert_eq!(unsafe { v.assume_init() } as i64, r, "output {i}");
+    assert!(matches!(e, Err(crate::Error::Value(_))), "{e:?}");
+}
+
+#[test]
+fn bands_split_over_rows_and_threads_match_one_band() {
+    // Tall images at batch 1: several row blocks per image (threads), and a
+    // band budget that splits rows further (wide rows of many channels).
+    let mut rng = Rng(5);
+    for g in [
+        geom(1, 40, 9, 24, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+        geom(1, 33, 200, 72, (5, 5), (2, 2), (1, 1), [2, 2, 2, 2]),
+        geom(2, 31, 130, 200, (3, 3), (1, 1), (2, 1), [2, 1, 2, 1]),
+    ] {
+        random_case(&mut rng, &g);
     }
 }

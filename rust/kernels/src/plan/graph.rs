@@ -919,9 +919,15 @@ impl GraphPlan {
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
             Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
-            Op::Depthwise { .. } => {
-                int8_ops::depthwise(ctx, ws, int8_ops::In::F32(x), xd, batch, &node.op, y)?
-            }
+            Op::Depthwise { .. } => int8_ops::depthwise(
+                ctx,
+                ws,
+                int8_ops::In::F32(x),
+                xd,
+                batch,
+                &node.op,
+                int8_ops::Out::F32(y),
+            )?,
             Op::Pool {
                 kind,
                 kernel,

@@ -10,8 +10,8 @@
 //! plan's results do not change; only a float write, a float read and a
 //! quantizer pass per edge go.
 //!
-//! * Producers of uint8: static dense / conv / fused conv + add nodes whose
-//!   element-wise step (if any) is a ReLU or Clip; max pooling and reshapes
+//! * Producers of uint8: static dense / conv / fused conv + add / depthwise
+//!   nodes whose element-wise step (if any) is a ReLU or Clip; max pooling and reshapes
 //!   of uint8 values (max pooling commutes with a monotone quantizer).
 //! * Readers of uint8: static dense / conv / fused conv + add (its conv
 //!   input) / depthwise nodes, max pooling and reshapes.
@@ -79,6 +79,9 @@ fn writes_u8(op: &Op, input: DType, grid: StaticAct) -> bool {
         Op::Dense(g) | Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. } => {
             g.act.is_some() && matches!(g.post, None | Some(Unary::Relu) | Some(Unary::Clip(..)))
         }
+        Op::Depthwise { act, post, .. } => {
+            act.is_some() && matches!(post, None | Some(Unary::Relu) | Some(Unary::Clip(..)))
+        }
         Op::Pool {
             kind: Pool::Max, ..
         }
@@ -129,7 +132,7 @@ pub(super) enum In<'a> {
 }
 
 /// A node's output: float32, or uint8 on `grid`.
-enum Out<'a> {
+pub(super) enum Out<'a> {
     F32(&'a mut [f32]),
     U8(&'a mut [u8], StaticAct),
 }
@@ -243,12 +246,7 @@ fn run(
             nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
             static_gemm(ctx, cols, rows, k, g, a, res, y)
         }
-        Op::Depthwise { .. } => {
-            let Out::F32(y) = y else {
-                return value_err!("a depthwise node writes float");
-            };
-            depthwise(ctx, ws, x, xd, batch, op, y)
-        }
+        Op::Depthwise { .. } => depthwise(ctx, ws, x, xd, batch, op, y),
         Op::Pool {
             kind: Pool::Max,
             kernel,
@@ -275,7 +273,9 @@ fn run(
 }
 
 /// A depthwise node on float input (quantized here, statically or per image)
-/// or on uint8 already on its static grid; float out.
+/// or on uint8 already on its static grid, writing float, or uint8 on its
+/// reader's grid (a static node: the bytes of the reader's quantizer, a
+/// ReLU / Clip folded into the clamp, as [`static_gemm`] writes them).
 pub(super) fn depthwise(
     ctx: &Ctx,
     ws: &mut Workspace,
@@ -283,7 +283,7 @@ pub(super) fn depthwise(
     xd: &[usize],
     batch: usize,
     op: &Op,
-    y: &mut [f32],
+    y: Out<'_>,
 ) -> Result<()> {
     let Op::Depthwise {
         weight,
@@ -332,20 +332,46 @@ pub(super) fn depthwise(
         dilation: *dilation,
         padding: *padding,
     };
-    depthwise::depthwise_conv2d_f32(
-        ctx,
-        q,
-        &ws.img_zp[..batch],
-        &ws.img_scale[..batch],
-        weight,
-        scale,
-        bias.as_deref(),
-        *relu,
-        &g,
-        y,
-    )?;
-    if let Some(f) = post {
-        f.run(y);
+    let zeros;
+    let bias = match bias {
+        Some(b) => b.as_slice(),
+        None => {
+            zeros = depthwise::zero_bias(c)?;
+            &zeros[..]
+        }
+    };
+    let (zps, scales) = (&ws.img_zp[..batch], &ws.img_scale[..batch]);
+    match y {
+        Out::F32(y) => {
+            depthwise::depthwise_conv2d_f32(
+                ctx,
+                q,
+                zps,
+                scales,
+                weight,
+                scale,
+                Some(bias),
+                *relu,
+                &g,
+                y,
+            )?;
+            if let Some(f) = post {
+                f.run(y);
+            }
+        }
+        Out::U8(y, grid) => {
+            let step = OutputStep::Fused(Fused {
+                row_scale: Param::PerIndex(scales),
+                col_scale: Param::PerIndex(scale),
+                bias: Some(bias),
+                residual: None,
+                relu: *relu,
+                requant: Some(requant_of(grid, *post)?),
+            });
+            // SAFETY: an initialised `[u8]` is a valid `[MaybeUninit<u8>]`; only `u8`s are written.
+            let y = unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            depthwise::depthwise_conv2d(ctx, q, zps, weight, &g, &step, y)?;
+        }
     }
     Ok(())
 }
@@ -402,25 +428,7 @@ fn static_gemm(
             }
         }
         Out::U8(y, grid) => {
-            let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
-            let (lo, hi) = match g.post {
-                None => (0, 255),
-                Some(Unary::Relu) => (q(0.0), 255),
-                Some(Unary::Clip(lo, hi)) => {
-                    let hi = hi.map_or(255, q);
-                    // Clip's max then min: bounds out of order give `hi` everywhere.
-                    (lo.map_or(0, q).min(hi), hi)
-                }
-                Some(Unary::HardSwish) => {
-                    return value_err!("HardSwish cannot be folded into a uint8 output")
-                }
-            };
-            let requant = Requant {
-                y_scale: grid.scale,
-                y_zero_point: grid.zero_point,
-                lo,
-                hi,
-            };
+            let requant = requant_of(grid, g.post)?;
             gemm::matmul(
                 ctx,
                 ASource::U8(a_q),
@@ -434,6 +442,30 @@ fn static_gemm(
         }
     }
     Ok(())
+}
+
+/// The output quantization of a layer writing uint8 on `grid`, with its
+/// element-wise `post` (a ReLU or Clip) folded into the clamp.
+fn requant_of(grid: StaticAct, post: Option<Unary>) -> Result<Requant> {
+    let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
+    let (lo, hi) = match post {
+        None => (0, 255),
+        Some(Unary::Relu) => (q(0.0), 255),
+        Some(Unary::Clip(lo, hi)) => {
+            let hi = hi.map_or(255, q);
+            // Clip's max then min: bounds out of order give `hi` everywhere.
+            (lo.map_or(0, q).min(hi), hi)
+        }
+        Some(Unary::HardSwish) => {
+            return value_err!("HardSwish cannot be folded into a uint8 output")
+        }
+    };
+    Ok(Requant {
+        y_scale: grid.scale,
+        y_zero_point: grid.zero_point,
+        lo,
+        hi,
+    })
 }
 
 /// Max pooling of NHWC uint8 images, one task per image (a window always
@@ -657,5 +689,91 @@ mod tests {
             vec![2],
         );
         assert!(matches!(bad, Err(Error::Value(_))), "{bad:?}");
+    }
+
+    fn depthwise_op(c: usize, stride: usize, post: Option<Unary>, relu: bool, bias: bool) -> Op {
+        Op::Depthwise {
+            weight: (0..9 * c).map(|i| ((i * 7) % 23) as i8 - 11).collect(),
+            kernel: (3, 3),
+            scale: (0..c).map(|j| 0.01 + j as f32 * 1e-3).collect(),
+            bias: bias.then(|| (0..c).map(|j| j as f32 * 0.07 - 0.3).collect()),
+            relu,
+            post,
+            stride: (stride, stride),
+            padding: [1, 1, 1, 1],
+            dilation: (1, 1),
+            nchw_in: false,
+            act: Some(StaticAct {
+                scale: 0.04,
+                zero_point: 9,
+            }),
+        }
+    }
+
+    /// Static depthwise nodes (ReLU6, ReLU, nothing fused; with and without
+    /// a bias; stride 1 and 2) feeding static convs write uint8 on the conv's
+    /// grid: the plan gives the bytes of each node run alone (float edges).
+    #[test]
+    fn a_static_depthwise_writes_the_bytes_of_its_readers_quantizer() {
+        let c = 13;
+        for (post, relu, bias, stride) in [
+            (Some(Unary::Clip(Some(0.0), Some(6.0))), false, true, 1),
+            (None, true, false, 2),
+            (None, false, true, 1),
+            (Some(Unary::Relu), false, false, 2),
+        ] {
+            let nodes = vec![
+                node(depthwise_op(c, stride, post, relu, bias), &[0], 1),
+                node(
+                    Op::Conv {
+                        gemm: gemm(5, c, 7, false, None, (0.03, 4)),
+                        kernel: (1, 1),
+                        stride: (1, 1),
+                        padding: (0, 0),
+                        nchw_in: false,
+                    },
+                    &[1],
+                    2,
+                ),
+            ];
+            let dims_in = vec![7, 6, c];
+            let plan =
+                GraphPlan::new(nodes.clone(), vec![0], vec![dims_in.clone()], vec![2]).unwrap();
+            assert!(
+                matches!(plan.dtype(1), Some(DType::U8(_))),
+                "{:?}",
+                plan.dtypes
+            );
+            let mid = plan.dims[1].clone();
+            for batch in [1, 3] {
+                let x: Vec<f32> = (0..batch * 7 * 6 * c)
+                    .map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.05)
+                    .collect();
+                each_isa(|isa| {
+                    let alone = |op: &Op, d: &[usize], x: &[f32], out: usize| {
+                        let p = GraphPlan::new(
+                            vec![node(op.clone(), &[0], 1)],
+                            vec![0],
+                            vec![d.to_vec()],
+                            vec![1],
+                        )
+                        .unwrap();
+                        let mut y = vec![0f32; batch * out];
+                        p.forward(&TEST, batch, &[x], &mut [&mut y]).unwrap();
+                        y
+                    };
+                    let h = alone(&nodes[0].op, &dims_in, &x, elems(&mid).unwrap());
+                    let want = alone(&nodes[1].op, &mid, &h, elems(&plan.dims[2]).unwrap());
+                    let mut y = vec![0f32; want.len()];
+                    plan.forward(&TEST, batch, &[&x], &mut [&mut y]).unwrap();
+                    assert_eq!(
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} batch {batch} post {post:?}"
+                    );
+                    assert!(want.iter().any(|&v| v != want[0]), "a result that varies");
+                });
+            }
+        }
     }
 }

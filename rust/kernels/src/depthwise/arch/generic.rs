@@ -1,0 +1,5 @@
+//! The portable path of the depthwise kernel.
+
+use crate::depthwise::band::Portable;
+
+super::table!(generic, Portable);
