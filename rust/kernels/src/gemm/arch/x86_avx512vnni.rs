@@ -50,6 +50,15 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             }
         }
     }
+    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+        // The output lines of a direct tile, fetched while the K loop runs
+        // (a big output is not in cache: 24 stores that miss at once stall).
+        for r in 0..MR {
+            for p in 0..NP {
+                crate::cpu::prefetch(f.dst.wrapping_add(r * f.dst_ld + 16 * p) as *const u8);
+            }
+        }
+    }
     let mut bp = b;
     let mut ap = a;
     for _ in 0..kg {
