@@ -9,11 +9,14 @@
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{
     self,
-    output::{OutputStep, Param},
+    output::{OutElem, OutputStep, Param},
     ASource, PackedB, ZeroPoint,
 };
 
+mod common;
+
 /// This thread's CPU time in seconds.
+#[cfg(target_os = "linux")]
 fn cpu_now() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -22,6 +25,16 @@ fn cpu_now() -> f64 {
     // SAFETY: `ts` is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Elsewhere, wall-clock seconds since the first call.
+#[cfg(not(target_os = "linux"))]
+fn cpu_now() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
 }
 
 const SHAPES: [(usize, usize, usize); 8] = [
@@ -96,13 +109,8 @@ struct Case {
 
 impl Case {
     fn new(m: usize, k: usize, n: usize, seed: u64) -> Case {
-        let mut seed = seed;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 56) as u8
-        };
+        let mut lcg = common::Lcg::new(seed);
+        let mut rnd = move || lcg.byte();
         let a: Vec<u8> = (0..m * k).map(|_| rnd()).collect();
         let b: Vec<i8> = (0..k * n).map(|_| rnd() as i8).collect();
         let pb = PackedB::from_kn_i8(&Ctx::new(1), &b, k, n, ZeroPoint::Scalar(0)).expect("pack B");
@@ -117,43 +125,37 @@ impl Case {
         }
     }
 
-    /// `f32` output through the output step (the runtime's int8 layers),
-    /// with a nonzero A zero point (static int8 activations).
-    fn call_f32(&mut self, ctx: &Ctx) {
-        gemm::matmul(
-            ctx,
-            ASource::U8(&self.a),
-            self.m,
-            self.k,
-            ZeroPoint::Scalar(3),
-            &self.pb,
-            &OutputStep::Float {
-                row_scale: Param::Scalar(0.01),
-                col_scale: Param::Scalar(0.02),
-                bias: None,
-                relu: true,
-            },
-            &mut self.out_f32,
-        )
-        .expect("matmul f32");
-    }
-
+    /// `i32` output straight from the kernel, or `f32` through the output
+    /// step (the runtime's int8 layers) with a nonzero A zero point (static
+    /// int8 activations).
     fn call(&mut self, ctx: &Ctx, f32_out: bool) {
+        let float = OutputStep::Float {
+            row_scale: Param::Scalar(0.01),
+            col_scale: Param::Scalar(0.02),
+            bias: None,
+            relu: true,
+        };
+        let (m, k, pb, a) = (self.m, self.k, &self.pb, ASource::U8(&self.a));
         if f32_out {
-            return self.call_f32(ctx);
+            product(ctx, a, m, k, 3, pb, &float, &mut self.out_f32)
+        } else {
+            product(ctx, a, m, k, 0, pb, &OutputStep::Int32, &mut self.out)
         }
-        gemm::matmul(
-            ctx,
-            ASource::U8(&self.a),
-            self.m,
-            self.k,
-            ZeroPoint::Scalar(0),
-            &self.pb,
-            &OutputStep::Int32,
-            &mut self.out,
-        )
-        .expect("matmul");
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product<T: OutElem>(
+    ctx: &Ctx,
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    za: i32,
+    pb: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) {
+    gemm::matmul(ctx, a, m, k, ZeroPoint::Scalar(za), pb, step, out).expect("matmul");
 }
 
 fn median(s: &mut [f64]) -> f64 {
