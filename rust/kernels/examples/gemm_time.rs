@@ -6,19 +6,16 @@ use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{self, output::OutputStep, ASource, PackedB, ZeroPoint};
 use std::time::Instant;
 
+mod common;
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("integer argument"))
         .collect();
     let (m, k, n) = (args[0], args[1], args[2]);
-    let mut seed = 12345u64;
-    let mut rnd = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 56) as u8
-    };
+    let mut lcg = common::Lcg::new(12345);
+    let mut rnd = move || lcg.byte();
     let a: Vec<u8> = (0..m * k).map(|_| rnd()).collect();
     let b: Vec<i8> = (0..k * n).map(|_| rnd() as i8).collect();
     let pb = PackedB::from_kn_i8(&Ctx::current(), &b, k, n, ZeroPoint::Scalar(0)).unwrap();

@@ -71,7 +71,8 @@ pub(crate) trait Kernel {
     /// # Safety
     /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
     /// elements, `lda` apart; `b` at `np` panels of `64 * kg` bytes, `bs`
-    /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart;
+    /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart
+    /// (unless `!load` and `fix.dst` is set: a DIRECT kernel then never touches it);
     /// and the CPU supports the kernel's ISA.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(mr: usize, np: usize, t: &Tile<'_, Self::AElem>);

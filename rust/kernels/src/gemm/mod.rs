@@ -28,7 +28,8 @@
 //!   points are 0;
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
-//! * LOOP 4: K blocks of `4·KC_GROUPS` (that slice of B stays in L1);
+//! * LOOP 4: K blocks of `4·KC_GROUPS` = 1024 k (the accumulators stay in
+//!   registers over the whole block; that slice of B streams from L2);
 //! * LOOP 1: row tiles of `MR` rows (the micro-kernel accumulates into an i32
 //!   block buffer and applies the zero-point correction in registers after the
 //!   last K block); then the [`output`] step runs on the block while it is hot.
@@ -498,16 +499,19 @@ fn run<Kr: Kernel, T: OutElem>(
 const SMALL_B_BYTES: usize = 256 << 10;
 
 /// Rows per block of A (LOOP 3), in tiles: the i32 accumulators of one
-/// block × `16·NP` columns stay in L1/L2 between K blocks, and with the
-/// VNNI tile one K block of the A rows (48 × 384 B) fits in a 48 KiB L1
-/// beside the B slice (24 KiB). Timed against 12 tiles round-robin in one
-/// process: 5–7% faster at 1024³ and 128×768×3072, the same at M = 32.
+/// block × `16·NP` columns stay in L1/L2 between K blocks, and one K block
+/// of its A rows (48 × 1 KiB with the VNNI tile) in L2 beside the B slice.
+/// 4, 8 and 16 tiles timed within 1–2% of each other (Zen 4, 1 thread).
 const MC_TILES: usize = 8;
 
-/// K groups (of 4) per K block (LOOP 4): `NP` panels × `4·KC_GROUPS` k of
-/// packed B (4 × 96 × 64 B = 24 KiB) stay in L1 while every row tile of the
-/// block streams past them.
-const KC_GROUPS: usize = 96;
+/// K groups (of 4) per K block (LOOP 4). Each K block after the first costs
+/// a load and a store of every tile's accumulators, and on Zen 4 (32 KiB
+/// L1) a slice of B small enough for L1 gained nothing: the tile's B panels
+/// stream from L2 at 256 B per 24 `vpdpbusd` either way. Timed on 1 thread
+/// (thread CPU time, Zen 4, loaded machine), 256 against the former 96:
+/// 3–4% faster at 1024³, 512×1024², 784×1152×128 and 3136×576×64; 48–128
+/// slower than 256, 1024 no faster.
+const KC_GROUPS: usize = 256;
 
 /// One thread's share: rows `rows` × panels `pans` of the output.
 fn block<Kr: Kernel, T: OutElem>(
@@ -529,9 +533,12 @@ fn block<Kr: Kernel, T: OutElem>(
     };
     let ld = 16 * np_max;
     let mc = MC_TILES * mr_max;
-    let mut acc = reuse::Reused::new(&reuse::ACC, mc.min(rows.len()) * ld, 0);
     // Plain int32 output: the kernel writes corrected tiles straight to `out`.
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
+    // A direct product in one K block never touches the accumulator block
+    // (its fill showed in the profile of a 2048×9×16 product).
+    let acc_rows = if direct && kg <= KC_GROUPS { 0 } else { mc.min(rows.len()) };
+    let mut acc = reuse::Reused::new(&reuse::ACC, acc_rows * ld, 0);
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
@@ -648,7 +655,8 @@ unsafe fn row_tiles<Kr: Kernel>(
             np,
             &kernel::Tile {
                 a: t.a.add(ir * pa.kp),
-                acc: t.acc.add((ir - rows.start) * t.ld),
+                // (wrapping: `acc` is empty for a direct product in one K block)
+                acc: t.acc.wrapping_add((ir - rows.start) * t.ld),
                 fix: f.as_ref(),
                 ..*t
             },

@@ -261,6 +261,38 @@ fn awkward_shapes_and_zero_points() {
     );
 }
 
+/// Every pattern of zero points the micro-kernel's correction tells apart
+/// (one for all rows or one per row, zero or not; weights' zero points all
+/// 0, all nonzero, or 0 except one column), in one K block and in several.
+#[test]
+fn correction_zero_point_patterns() {
+    let m = 14;
+    let za_cases: [Vec<i32>; 4] = [
+        vec![0; m],
+        vec![77; m],
+        (0..m as i32).map(|i| (i * 37) % 256).collect(),
+        // equal over the first tile, different in the last
+        (0..m as i32).map(|i| if i < 12 { 9 } else { 200 }).collect(),
+    ];
+    for k in [36, 1030] {
+        for n in [16, 70] {
+            let zb_cases: [Vec<i32>; 3] = [
+                vec![0; n],
+                (0..n as i32).map(|j| j % 7 - 3).map(|z| if z == 0 { 5 } else { z }).collect(),
+                (0..n).map(|j| if j == n - 1 { -4 } else { 0 }).collect(),
+            ];
+            for (ia, za) in za_cases.iter().enumerate() {
+                for (ib, zb) in zb_cases.iter().enumerate() {
+                    let seed = (k * 100 + n * 10 + ia * 3 + ib) as u64;
+                    check(m, k, n, false, true, Some(za.clone()), Some(zb.clone()), seed, None);
+                }
+                // uint8 B: its stored zero points are never all 0
+                check(m, k, n, false, false, Some(za.clone()), None, 99 + ia as u64, None);
+            }
+        }
+    }
+}
+
 #[test]
 fn extreme_values() {
     // all 255 × all -128, zero points at both ends.

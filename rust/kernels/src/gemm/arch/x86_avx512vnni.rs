@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use crate::gemm::b_per_call::RowGemv;
-use crate::gemm::kernel::{kernel_methods, Kernel, Tile};
+use crate::gemm::kernel::{kernel_methods, Fix, Kernel, Tile};
 use crate::gemm::RowsB;
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
@@ -50,6 +50,15 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             }
         }
     }
+    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+        // The output lines of a direct tile, fetched while the K loop runs
+        // (a big output is not in cache: 24 stores that miss at once stall).
+        for r in 0..MR {
+            for p in 0..NP {
+                crate::cpu::prefetch(f.dst.wrapping_add(r * f.dst_ld + 16 * p) as *const u8);
+            }
+        }
+    }
     let mut bp = b;
     let mut ap = a;
     for _ in 0..kg {
@@ -67,17 +76,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
         ap = ap.add(4);
     }
     if let Some(f) = fix {
-        for p in 0..NP {
-            let ct = _mm512_loadu_si512(f.colterm.add(16 * p) as *const _);
-            let zb = _mm512_loadu_si512(f.zb.add(16 * p) as *const _);
-            for r in 0..MR {
-                let t = _mm512_add_epi32(
-                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.za.add(r)), ct),
-                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.rowsum.add(r)), zb),
-                );
-                s[r][p] = _mm512_sub_epi32(s[r][p], t);
-            }
-        }
+        correct(&mut s, f);
     }
     if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
         // Straight to the i32 output, the last panel masked to its columns.
@@ -100,6 +99,46 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
     for r in 0..MR {
         for p in 0..NP {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
+        }
+    }
+}
+
+/// The zero-point correction of a tile in registers (see [`Fix`]),
+/// without the products known to be zero or alike: with symmetric weights
+/// (every `zb` of the tile 0) there is no `rowsum·zb` term, and with one
+/// activation zero point for all rows `za·colterm` is one product per panel
+/// (a quantized layer has both). The full formula is `2·MR·NP` `vpmulld`,
+/// the `vpdpbusd` of two K groups: it shows at short K (convolutions with
+/// K = 9..144). The values are the full formula's (the skipped terms are 0
+/// or repeated).
+#[inline(always)]
+unsafe fn correct<const MR: usize, const NP: usize>(s: &mut [[__m512i; NP]; MR], f: &Fix) {
+    let zb: [__m512i; NP] =
+        std::array::from_fn(|p| _mm512_loadu_si512(f.zb.add(16 * p) as *const _));
+    let zb_any = zb
+        .iter()
+        .fold(0u16, |m, &v| m | _mm512_test_epi32_mask(v, v));
+    let za0 = *f.za;
+    let same_za = (1..MR).all(|r| *f.za.add(r) == za0);
+    if same_za && za0 == 0 && zb_any == 0 {
+        return;
+    }
+    for p in 0..NP {
+        let ct = _mm512_loadu_si512(f.colterm.add(16 * p) as *const _);
+        let shared = _mm512_mullo_epi32(_mm512_set1_epi32(za0), ct);
+        for r in 0..MR {
+            let mut t = if same_za {
+                shared
+            } else {
+                _mm512_mullo_epi32(_mm512_set1_epi32(*f.za.add(r)), ct)
+            };
+            if zb_any != 0 {
+                t = _mm512_add_epi32(
+                    t,
+                    _mm512_mullo_epi32(_mm512_set1_epi32(*f.rowsum.add(r)), zb[p]),
+                );
+            }
+            s[r][p] = _mm512_sub_epi32(s[r][p], t);
         }
     }
 }
