@@ -8,7 +8,7 @@ use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
 use hwreg_kernels::plan::attention_ops::{Approximate, LayerNorm, Scalar};
 use hwreg_kernels::plan::graph::{
-    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
+    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, StaticAdd, Unary,
 };
 use hwreg_kernels::quant::fixed;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -167,6 +167,13 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         "add" => Op::Add {
             relu: field!(p, "relu")?,
         },
+        "static_add" => {
+            let acts: [Option<(f32, i32)>; 2] = field!(p, "acts")?;
+            Op::StaticAdd(StaticAdd {
+                relu: field!(p, "relu")?,
+                acts: acts.map(|a| a.map(|(scale, zero_point)| StaticAct { scale, zero_point })),
+            })
+        }
         "unary" => Op::Unary(
             unary(Some(field!(p, "fn")?))?
                 .ok_or_else(|| PyValueError::new_err("unary needs fn"))?,

@@ -173,6 +173,37 @@ fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {
     }
 }
 
+/// Max pooling of whole output rows `oy0..` of one NHWC uint8 image `x`
+/// into `out` (`ow · c` bytes a row): a max of byte vectors over the
+/// channels, tap by tap, which the per-ISA wrappers (`nnops::arch`) compile
+/// to 16 / 32 / 64 channels an instruction. Max pooling commutes with a
+/// monotone quantizer, so these are the bytes of quantizing the float pool.
+/// A window without an image pixel (which `check_pool` rules out) gives 0.
+#[inline(always)]
+pub(crate) fn max_pool_u8_rows(x: &[u8], out: &mut [u8], win: &Window, oy0: usize) {
+    let (ow, c) = (win.ow(), win.c);
+    if ow == 0 || c == 0 {
+        return;
+    }
+    for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
+        for (ox, o) in row.chunks_exact_mut(c).enumerate() {
+            let mut first = true;
+            win.for_each_tap(oy0 + r, ox, |p| {
+                let px = &x[p * c..][..c];
+                if first {
+                    o.copy_from_slice(px);
+                    first = false;
+                } else {
+                    o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
+                }
+            });
+            if first {
+                o.fill(0);
+            }
+        }
+    }
+}
+
 /// `o[i] = max(o[i], px[i])` with NaN winning and sticking (`v > m` is
 /// false for NaN, so NaN is tested for). Branch-free, so that it vectorizes:
 /// the branchy form mispredicted on half the channels and made a 2×2 max

@@ -39,6 +39,9 @@ pub use int4_op::Int4Dense;
 #[path = "sparse_op.rs"]
 mod sparse_op;
 pub use sparse_op::SparseDense;
+#[path = "u8_ops.rs"]
+mod u8_ops;
+pub use u8_ops::StaticAdd;
 
 use super::attention_ops::{self, Approximate, LayerNorm, Scalar};
 use crate::conv::nhwc::{self, Pool};
@@ -188,6 +191,9 @@ pub enum Op {
     GlobalAvgPool { channels_last: bool },
     /// `a + b` of two values of the same dims, then ReLU if `relu`.
     Add { relu: bool },
+    /// The residual add of a statically converted model: inputs on their
+    /// uint8 grids where it has them (`u8_ops.rs`).
+    StaticAdd(StaticAdd),
     /// An element-wise function.
     Unary(Unary),
     /// `x * scale[ch] + shift[ch]` (a BatchNorm with nothing to fold into);
@@ -384,7 +390,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } => 2,
+            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } | Op::StaticAdd(_) => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -476,6 +482,7 @@ impl Op {
                 }
                 x.to_vec()
             }
+            Op::StaticAdd(a) => a.out_dims(ins, what)?,
             Op::Unary(_) => x.to_vec(),
             Op::Affine {
                 scale,
@@ -873,6 +880,7 @@ impl GraphPlan {
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
             Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
+            Op::StaticAdd(_) => return value_err!("a static add runs in int8_ops"),
             Op::Depthwise { .. } => {
                 int8_ops::depthwise(ctx, ws, int8_ops::In::F32(x), xd, batch, &node.op, y)?
             }

@@ -15,9 +15,11 @@
 //!   of uint8 values (max pooling commutes with a monotone quantizer).
 //! * Readers of uint8: static dense / conv / fused conv + add (its conv
 //!   input) / depthwise nodes, max pooling and reshapes.
+//! * The residual add of a static model ([`StaticAdd`], `u8_ops.rs`) reads
+//!   uint8 on the grids it takes its inputs on and writes uint8 on any grid.
 //! * Everything else reads float: average pooling, the global average pool,
-//!   `Add`, affine and element-wise ops (their float results would round
-//!   differently on uint8), and plan outputs are float.
+//!   a float `Add`, affine and element-wise ops (their float results would
+//!   round differently on uint8), and plan outputs are float.
 //!
 //! [`Op::ConvAdd`] (the planner's pass `fuse_residual_add`) adds the float
 //! residual inside the conv's output step before the ReLU and the
@@ -62,6 +64,7 @@ fn takes_u8(op: &Op, slot: usize) -> Option<Option<StaticAct>> {
             g.act.map(Some)
         }
         (Op::Depthwise { act, .. }, 0) => act.map(Some),
+        (Op::StaticAdd(a), s) => a.acts.get(s).copied().flatten().map(Some),
         (
             Op::Pool {
                 kind: Pool::Max, ..
@@ -83,6 +86,7 @@ fn writes_u8(op: &Op, input: DType, grid: StaticAct) -> bool {
             kind: Pool::Max, ..
         }
         | Op::Reshape(_) => input == DType::U8(grid),
+        Op::StaticAdd(_) => true,
         _ => false,
     }
 }
@@ -129,7 +133,7 @@ pub(super) enum In<'a> {
 }
 
 /// A node's output: float32, or uint8 on `grid`.
-enum Out<'a> {
+pub(super) enum Out<'a> {
     F32(&'a mut [f32]),
     U8(&'a mut [u8], StaticAct),
 }
@@ -147,7 +151,7 @@ pub(super) fn run_node(
 ) -> Option<Result<()>> {
     let u8_in = plan.dtypes[node.inputs[0]] != DType::F32;
     let u8_out = plan.dtypes[node.output] != DType::F32;
-    if !(u8_in || u8_out || matches!(node.op, Op::ConvAdd { .. })) {
+    if !(u8_in || u8_out || matches!(node.op, Op::ConvAdd { .. } | Op::StaticAdd(_))) {
         return None;
     }
     let src = |ws: &Workspace, v: ValueId| -> *const f32 {
@@ -162,6 +166,7 @@ pub(super) fn run_node(
         plan.len_of(node.output, batch),
     );
     let p0 = src(ws, node.inputs[0]);
+    let p1 = node.inputs.get(1).map(|&v| (v, src(ws, v)));
     let res = match node.inputs.get(1) {
         Some(&v) => {
             let p = src(ws, v);
@@ -189,6 +194,15 @@ pub(super) fn run_node(
         ),
         DType::F32 => Out::F32(unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) }),
     };
+    if let (Op::StaticAdd(add), Some((v, p))) = (&node.op, p1) {
+        let l = plan.len_of(v, batch);
+        // SAFETY: as for `x`.
+        let b = match plan.dtypes[v] {
+            DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), l) }),
+            DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, l) }),
+        };
+        return Some(add.run(ctx, x, b, y));
+    }
     let xd = &plan.dims[node.inputs[0]];
     Some(run(ctx, ws, batch, &node.op, x, xd, res, y))
 }
@@ -260,8 +274,7 @@ fn run(
             };
             let (c, h, w) = image(xd, false, "pool")?;
             let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check_pool()?;
-            max_pool_u8(ctx, x, win, y);
-            Ok(())
+            max_pool_u8(ctx, x, win, y)
         }
         Op::Reshape(_) => match (x, y) {
             (In::U8(x), Out::U8(y, _)) => {
@@ -436,30 +449,41 @@ fn static_gemm(
     Ok(())
 }
 
-/// Max pooling of NHWC uint8 images, one task per image (a window always
-/// holds an image pixel: `check_pool`): the bytes of quantizing the float max pool.
-fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
-    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
-    let (img_in, img_out) = (win.h * win.w * c, oh * ow * c);
-    if img_in == 0 || img_out == 0 {
-        return;
+/// Output bytes of a uint8 max pool handed to one task (whole output rows).
+const POOL_TASK_BYTES: usize = 1 << 14;
+
+/// Max pooling of NHWC uint8 images (a window always holds an image pixel:
+/// `check_pool`) on the fork-join team, in bands of output rows so that one
+/// image is split too: the bytes of quantizing the float max pool.
+fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) -> Result<()> {
+    let (oh, c) = (win.oh(), win.c);
+    let (img_in, row_out) = (win.h * win.w * c, win.ow() * c);
+    if x.len() != win.in_len() || out.len() != win.out_len() {
+        return shape_err!(
+            "uint8 max pool: buffers of {} and {} bytes for {win:?}",
+            x.len(),
+            out.len()
+        );
     }
+    if img_in == 0 || row_out == 0 || oh == 0 {
+        out.fill(0);
+        return Ok(());
+    }
+    let rows = (POOL_TASK_BYTES / row_out).clamp(1, oh);
+    let bands = oh.div_ceil(rows);
+    let pool = crate::cpu::dispatch().nnops.max_pool_u8;
     let dst = SyncPtr(out.as_mut_ptr());
-    ctx.for_each_task(win.n * img_out * win.kh * win.kw, win.n, |img| {
-        // SAFETY: image `img` owns its `img_out` outputs, written by this task alone.
-        let oi = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * img_out), img_out) };
-        let xi = &x[img * img_in..(img + 1) * img_in];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let o = &mut oi[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
-                o.fill(0);
-                win.for_each_tap(oy, ox, |p| {
-                    let px = &xi[p * c..][..c];
-                    o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
-                });
-            }
-        }
+    let work = out.len().saturating_mul(win.kh * win.kw);
+    ctx.for_each_task(work, win.n * bands, |t| {
+        let (img, oy0) = (t / bands, t % bands * rows);
+        let n = rows.min(oh - oy0);
+        // SAFETY: task `t` owns output rows oy0..oy0 + n of image `img`, written by it alone.
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(dst.get().add((img * oh + oy0) * row_out), n * row_out)
+        };
+        pool(&x[img * img_in..][..img_in], o, &win, oy0);
     });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -630,6 +654,48 @@ mod tests {
                 );
             });
         }
+    }
+
+    #[test]
+    fn the_uint8_max_pool_is_the_max_of_each_windows_pixels_on_every_isa() {
+        // Channel counts below, at and past a vector; bands of rows split over tasks (big `oh`).
+        for (n, c, h, w, k, s, p) in [
+            (1, 64, 112, 112, (3, 3), (2, 2), (1, 1)),
+            (3, 3, 7, 5, (3, 3), (2, 1), (1, 1)),
+            (2, 70, 9, 9, (2, 2), (2, 2), (0, 0)),
+            (1, 130, 6, 40, (3, 2), (1, 3), (1, 0)),
+            (2, 1, 5, 5, (5, 5), (1, 1), (2, 2)),
+        ] {
+            let win = Window::new(n, c, h, w, k, s, p).check_pool().unwrap();
+            let x: Vec<u8> = (0..win.in_len())
+                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+                .collect();
+            let (oh, ow) = (win.oh(), win.ow());
+            let mut want = vec![0u8; win.out_len()];
+            for (i, o) in want.iter_mut().enumerate() {
+                let (ci, ox, oy, img) = (i % c, i / c % ow, i / c / ow % oh, i / c / ow / oh);
+                for ky in 0..k.0 {
+                    for kx in 0..k.1 {
+                        let (iy, ix) = (
+                            (oy * s.0 + ky) as isize - p.0 as isize,
+                            (ox * s.1 + kx) as isize - p.1 as isize,
+                        );
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            let v = x[((img * h + iy as usize) * w + ix as usize) * c + ci];
+                            *o = (*o).max(v);
+                        }
+                    }
+                }
+            }
+            each_isa(|isa| {
+                let mut got = vec![7u8; win.out_len()];
+                max_pool_u8(&TEST, &x, win, &mut got).unwrap();
+                assert!(got == want, "{isa:?} {win:?}");
+            });
+        }
+        let win = Window::new(1, 2, 4, 4, (2, 2), (2, 2), (0, 0));
+        let bad = max_pool_u8(&TEST, &[0; 31], win, &mut [0; 8]);
+        assert!(matches!(bad, Err(Error::Shape(_))), "{bad:?}");
     }
 
     #[test]
