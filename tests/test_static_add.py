@@ -12,7 +12,8 @@ nn = hw.nn
 
 
 def _residual_net():
-    """conv-BN-ReLU -> x; conv(x) + x, ReLU -> r1; r1 + conv1x1(r1) (no ReLU) -> s2; conv, pool, Linear."""
+    """conv-BN-ReLU -> x; ReLU(conv(x)) + x, ReLU -> r1 (an add no conv can take: the conv's own ReLU);
+    r1 + conv1x1(r1) (no ReLU: fused into that conv) -> s2; conv, pool, Linear."""
     from hwreg_rs.nn.graph import Graph, Node
     from hwreg_rs.nn.ops import Add
 
@@ -24,7 +25,8 @@ def _residual_net():
         Node("b0", bn, ("c0",), ("b0",)),
         Node("r0", nn.ReLU(), ("b0",), ("x",)),
         Node("c1", nn.Conv2d(4, 4, 3, padding=1, rng=1), ("x",), ("c1",)),
-        Node("s1", Add(), ("c1", "x"), ("s1",)),
+        Node("h1", nn.ReLU(), ("c1",), ("h1",)),
+        Node("s1", Add(), ("h1", "x"), ("s1",)),
         Node("r1", nn.ReLU(), ("s1",), ("r1",)),
         Node("c2", nn.Conv2d(4, 4, 1, rng=2), ("r1",), ("c2",)),
         Node("s2", Add(), ("r1", "c2"), ("s2",)),
@@ -55,6 +57,7 @@ def test_an_add_input_a_static_layer_reads_takes_that_layers_grid(residual):
     by_input = {n.inputs[0]: n.op.act for n in rt.nodes if isinstance(n.op, runtime._OnInt8Linear)}
     adds = _adds(rt)
     assert [a.op.acts for a in adds] == [(None, by_input["x"]), (by_input["r1"], None)]
+    assert [a.inputs for a in adds] == [("h1", "x"), ("r1", "c2")]
     dyn = runtime.convert(_residual_net(), input_shape=(2, 4, 4))
     assert not _adds(dyn), "dynamic models keep their float Adds"
 
@@ -76,8 +79,10 @@ def test_the_static_add_is_dequantize_of_quantize_then_the_float_sum(residual):
 def test_the_native_plan_passes_the_add_inputs_as_uint8_with_the_bytes_of_the_ops(residual, each_isa):
     _, rt = residual
     nodes = [n for s in _segments(rt) for n in s.nodes]
-    assert [n.op for n in nodes].count("static_add") == 2
-    assert not any(n.op == "conv_add" for n in nodes), "an add on a grid is not fused into a float conv output"
+    ops = [n.op for n in nodes]
+    assert ops.count("static_add") == 1 and ops.count("conv_add") == 1
+    fused = next(n for n in nodes if n.op == "conv_add")
+    assert fused.params["res_act"] == tuple(float(v) for v in _adds(rt)[1].op.acts[0])
     # x (the first ReLU), r1 (the add's own ReLU) and s2 (read by the last conv) are uint8.
     assert sum(len(s.plan.uint8_values) for s in _segments(rt)) >= 3
     for batch in (1, 3):
@@ -126,12 +131,30 @@ def test_the_export_quantizes_the_add_inputs_and_ort_agrees(residual, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenetv2"])
-def test_zoo_residual_adds_read_uint8(name):
+def test_zoo_residual_adds_read_their_residual_as_uint8(name):
     proto = zoo.digits_models()[name]
     shape = zoo.sample_shape(proto)
     calib = np.random.default_rng(0).uniform(0, 1, (32,) + shape).astype(np.float32)
     rt = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape, calibration=calib)
-    adds = [n for s in _segments(rt) for n in s.nodes if n.op == "static_add"]
-    assert adds, "residual adds whose block input a static conv also reads"
-    u8 = {v for s in _segments(rt) for v in s.plan.uint8_values}
-    assert any(v in u8 for n in adds for v in n.inputs)
+    assert any(n.op.kind == "static_add" for n in rt.nodes), "residual adds whose block input a conv also reads"
+    for s in _segments(rt):  # fused into the conv before them, the residual on its grid, as uint8
+        adds = [n for n in s.nodes if n.op == "static_add" or n.params.get("res_act") is not None]
+        assert all(n.op == "conv_add" for n in adds)
+        assert all(n.inputs[1] in s.plan.uint8_values for n in adds)
+    assert any(n.params.get("res_act") is not None for s in _segments(rt) for n in s.nodes)
+
+
+def _pn(op, inputs, output, **params):
+    base = {"relu": False, "post": None, "act": (0.1, 3)} if op == "conv" else {"relu": False}
+    return _planner.PlanNode(op, inputs, output, {**base, **params})
+
+
+def test_fuse_residual_add_keeps_a_static_adds_residual_on_its_grid():
+    g = (0.05, 7)
+    nodes = [_pn("conv", [0], 1), _pn("conv", [1], 2), _pn("static_add", [2, 1], 3, acts=[None, g])]
+    out = _planner.fuse_residual_add(nodes, keep={3})
+    assert [(n.op, n.inputs, n.output) for n in out] == [("conv", [0], 1), ("conv_add", [1, 1], 3)]
+    assert out[1].params["res_act"] == g
+    # The conv's own output on a grid: its float result is not what the add reads.
+    nodes = [_pn("conv", [0], 1), _pn("conv", [1], 2), _pn("static_add", [2, 1], 3, acts=[g, g])]
+    assert [n.op for n in _planner.fuse_residual_add(nodes, keep=set())] == ["conv", "conv", "static_add"]

@@ -261,23 +261,26 @@ def fuse_add_relu(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
 def fuse_residual_add(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     """A residual Add (with its ReLU) becomes the output step of the static conv that writes one of its
     inputs (``conv_add``: the other input is added before the ReLU and the requantization, as the Add
-    would), when only the Add reads that conv's output, the conv has no ReLU or element-wise step of its
-    own, and the other input is ready before the conv runs: one pass and one float tensor less."""
+    would; a static add's residual on its grid, ``res_act``), when only the Add reads that conv's output,
+    the conv has no ReLU or element-wise step of its own (nor a grid on the add's side), and the other
+    input is ready before the conv runs: one pass and one float tensor less."""
     readers = _readers(nodes)
     by_output = {n.output: n for n in nodes}
     pos = {n.output: i for i, n in enumerate(nodes)}
     gone: set[int] = set()
     for n in nodes:
-        if n.op != "add":
+        if n.op not in ("add", "static_add"):
             continue
+        acts = n.params.get("acts", [None, None])
         for mine, other in ((0, 1), (1, 0)):
             v, r = n.inputs[mine], n.inputs[other]
             src = by_output.get(v)
             if (src is not None and src.op == "conv" and src.params.get("act") is not None
                     and not src.params["relu"] and src.params["post"] is None and readers.get(v, 0) == 1
-                    and v not in keep and pos.get(r, -1) < pos[v]):
+                    and v not in keep and pos.get(r, -1) < pos[v] and acts[mine] is None):
                 src.op, src.inputs, src.output = "conv_add", [src.inputs[0], r], n.output
                 src.params["relu"] = n.params["relu"]
+                src.params["res_act"] = acts[other]  # a static add's residual stays on its grid
                 gone.add(id(n))
                 break
     return [n for n in nodes if id(n) not in gone]

@@ -134,6 +134,12 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             stride: field!(p, "stride")?,
             padding: field!(p, "padding")?,
             nchw_in: field!(p, "nchw_in")?,
+            res_act: match p.get_item("res_act")? {
+                Some(v) => v
+                    .extract::<Option<(f32, i32)>>()?
+                    .map(|(scale, zero_point)| StaticAct { scale, zero_point }),
+                None => None,
+            },
         },
         "depthwise" => {
             let w: PyReadonlyArrayDyn<'_, i8> = field!(p, "weight")?;

@@ -158,12 +158,15 @@ pub enum Op {
     /// A static [`Op::Conv`] with a residual `Add` fused into its output step:
     /// `conv(inputs[0]) + inputs[1]`, then ReLU if `gemm.relu` (the ReLU
     /// after the sum; the conv itself has none). NHWC out, like the residual.
+    /// With `res_act` the residual is taken on that uint8 grid, as a
+    /// [`StaticAdd`] takes it (`u8_ops.rs`).
     ConvAdd {
         gemm: Gemm,
         kernel: (usize, usize),
         stride: (usize, usize),
         padding: (usize, usize),
         nchw_in: bool,
+        res_act: Option<StaticAct>,
     },
     /// Int8 depthwise convolution, weight `(kh, kw, c)`: NHWC (or NCHW) in, NHWC out.
     Depthwise {
@@ -254,6 +257,8 @@ struct Scratch {
     cols: usize,
     /// GEMM rows (one scale and zero point each).
     rows: usize,
+    /// A residual dequantized from its uint8 grid (float32).
+    res: usize,
 }
 
 /// The buffers of one call, sized for a batch; reused by later calls.
@@ -268,6 +273,7 @@ pub struct Workspace {
     row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
+    res: Vec<f32>,
     int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
@@ -427,7 +433,11 @@ impl Op {
                 stride,
                 padding,
                 nchw_in,
-            } => int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?,
+                res_act,
+            } => {
+                check_act(*res_act, what)?;
+                int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?
+            }
             Op::Depthwise {
                 weight,
                 kernel,
@@ -526,19 +536,29 @@ impl Op {
                 q: xe,
                 cols: 0,
                 rows: 0,
+                ..Scratch::default()
             },
             Op::Conv { gemm, .. } | Op::ConvAdd { gemm, .. } => {
                 let rows = ye / gemm.packed.n().max(1);
+                let res = matches!(
+                    self,
+                    Op::ConvAdd {
+                        res_act: Some(_),
+                        ..
+                    }
+                );
                 Scratch {
                     q: xe,
                     cols: rows * gemm.packed.k(),
                     rows,
+                    res: if res { ye } else { 0 },
                 }
             }
             Op::Depthwise { .. } => Scratch {
                 q: xe,
                 cols: 0,
                 rows: 0,
+                ..Scratch::default()
             },
             _ => Scratch::default(),
         }
@@ -600,6 +620,7 @@ impl GraphPlan {
             scratch.q = scratch.q.max(s.q);
             scratch.cols = scratch.cols.max(s.cols);
             scratch.rows = scratch.rows.max(s.rows);
+            scratch.res = scratch.res.max(s.res);
             if dims[n.output].is_some() {
                 return value_err!("{what} writes value {}, which is already written", n.output);
             }
@@ -774,6 +795,7 @@ impl GraphPlan {
         grow(&mut ws.cols, len(s.cols)?, &mut ws.allocations)?;
         grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
+        grow(&mut ws.res, len(s.res)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
         for n in &self.nodes {

@@ -65,6 +65,7 @@ fn takes_u8(op: &Op, slot: usize) -> Option<Option<StaticAct>> {
         }
         (Op::Depthwise { act, .. }, 0) => act.map(Some),
         (Op::StaticAdd(a), s) => a.acts.get(s).copied().flatten().map(Some),
+        (Op::ConvAdd { res_act, .. }, 1) => res_act.map(Some),
         (
             Op::Pool {
                 kind: Pool::Max, ..
@@ -167,13 +168,33 @@ pub(super) fn run_node(
     );
     let p0 = src(ws, node.inputs[0]);
     let p1 = node.inputs.get(1).map(|&v| (v, src(ws, v)));
-    let res = match node.inputs.get(1) {
-        Some(&v) => {
+    let res = match (node.inputs.get(1), &node.op) {
+        (
+            Some(&v),
+            Op::ConvAdd {
+                res_act: Some(a), ..
+            },
+        ) => {
+            // The residual on its grid, as float32 terms in the workspace.
+            let (p, l) = (src(ws, v), plan.len_of(v, batch));
+            // SAFETY: as for `x` below.
+            let r = match plan.dtypes[v] {
+                DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), l) }),
+                DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, l) }),
+            };
+            let terms = &mut ws.res[..l];
+            if let Err(e) = u8_ops::dequantized(ctx, r, *a, terms) {
+                return Some(Err(e));
+            }
+            // SAFETY: `ws.res` is not touched again before the conv has read it.
+            Some(unsafe { std::slice::from_raw_parts(terms.as_ptr(), l) })
+        }
+        (Some(&v), _) => {
             let p = src(ws, v);
             // SAFETY: as for `x` below (the residual is a float value of the output's size).
             Some(unsafe { std::slice::from_raw_parts(p, plan.len_of(v, batch)) })
         }
-        None => None,
+        (None, _) => None,
     };
     let out_ptr: *mut f32 = match plan.storage[node.output] {
         Storage::Output(i) => outputs[i].as_mut_ptr(),
@@ -239,6 +260,7 @@ fn run(
             stride,
             padding,
             nchw_in,
+            ..
         } => {
             let a = static_act(g)?;
             let (c, h, w) = image(xd, *nchw_in, "conv")?;
@@ -487,7 +509,7 @@ fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests::{gemm_of, node};
     use super::*;
     use crate::cpu::each_isa;
@@ -553,6 +575,7 @@ mod tests {
                     stride: (1, 1),
                     padding: (1, 1),
                     nchw_in: false,
+                    res_act: None,
                 },
                 &[3, 9],
                 4,
@@ -566,6 +589,31 @@ mod tests {
             ),
             node(Op::Dense(gemm(3, 6, 6, false, None, (0.02, 0))), &[7], 8),
         ]
+    }
+
+    /// The reference of a plan of `nodes`: every node alone, so every value
+    /// is a float plan input / output; `given` holds the plan inputs' values.
+    pub(in crate::plan::graph) fn each_node_alone(
+        nodes: &[Node],
+        dims: &[Vec<usize>],
+        batch: usize,
+        given: &[(ValueId, &[f32])],
+    ) -> Vec<Vec<f32>> {
+        let mut vals: Vec<Vec<f32>> = vec![Vec::new(); dims.len()];
+        for &(v, x) in given {
+            vals[v] = x.to_vec();
+        }
+        for n in nodes {
+            let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
+            let alone = node(n.op.clone(), &ins, ins.len());
+            let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
+            let p = GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
+            let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
+            let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
+            p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
+            vals[n.output] = y;
+        }
+        vals
     }
 
     #[test]
@@ -592,21 +640,7 @@ mod tests {
                 .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.2)
                 .collect();
             each_isa(|isa| {
-                // The reference: every node alone, so every value is a float plan input / output.
-                let mut vals: Vec<Vec<f32>> = vec![Vec::new(); 10];
-                vals[0] = x.clone();
-                vals[9] = r.clone();
-                for n in &nodes {
-                    let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
-                    let alone = node(n.op.clone(), &ins, ins.len());
-                    let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
-                    let p =
-                        GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
-                    let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
-                    let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
-                    p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
-                    vals[n.output] = y;
-                }
+                let vals = each_node_alone(&nodes, &dims, batch, &[(0, &x), (9, &r)]);
                 // The fused add alone (float in and out) is the conv, then the Add and its ReLU.
                 let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else {
                     unreachable!()
@@ -707,6 +741,7 @@ mod tests {
             stride: (1, 1),
             padding: (1, 1),
             nchw_in: true,
+            res_act: None,
         };
         let bad = GraphPlan::new(
             vec![node(op(g.clone()), &[0, 1], 2)],

@@ -62,51 +62,63 @@ impl StaticAdd {
             Out::F32(y) => (Dst::F32(SyncPtr(y.as_mut_ptr())), None),
             Out::U8(y, g) => (Dst::U8(SyncPtr(y.as_mut_ptr())), Some(g)),
         };
-        let failed = Mutex::new(None);
-        ctx.for_each_task(n, n.div_ceil(TASK), |t| {
-            let (lo, hi) = (t * TASK, n.min((t + 1) * TASK));
-            let mut c0 = lo;
-            while c0 < hi {
-                let c1 = hi.min(c0 + CHUNK);
-                let mut s = [0f32; CHUNK];
-                let s = &mut s[..c1 - c0];
-                let r = sides[0]
-                    .load(c0..c1, s, false)
-                    .and_then(|()| sides[1].load(c0..c1, s, true));
-                let r = r.and_then(|()| {
-                    if self.relu {
-                        Unary::Relu.run(s);
-                    }
-                    match (&dst, grid) {
-                        // SAFETY: task `t` alone writes elements lo..hi of the output.
-                        (Dst::F32(p), _) => {
-                            let o =
-                                unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), s.len()) };
-                            o.copy_from_slice(s);
-                            Ok(())
-                        }
-                        (Dst::U8(p), Some(g)) => {
-                            let o =
-                                unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), s.len()) };
-                            quantize_fixed_u8(&Ctx::serial(), s, g.scale, g.zero_point, o)
-                        }
-                        (Dst::U8(_), None) => value_err!("a uint8 output without a grid"),
-                    }
-                });
-                if let Err(e) = r {
-                    if let Ok(mut f) = failed.lock() {
-                        f.get_or_insert(e);
-                    }
-                    return;
-                }
-                c0 = c1;
+        chunked(ctx, n, |c0, c1| {
+            let mut s = [0f32; CHUNK];
+            let s = &mut s[..c1 - c0];
+            sides[0].load(c0..c1, s, false)?;
+            sides[1].load(c0..c1, s, true)?;
+            if self.relu {
+                Unary::Relu.run(s);
             }
-        });
-        match failed.into_inner() {
-            Ok(None) => Ok(()),
-            Ok(Some(e)) => Err(e),
-            Err(_) => value_err!("a static add task failed"),
+            // SAFETY: the chunk's task alone writes elements c0..c1 of the output.
+            match (&dst, grid) {
+                (Dst::F32(p), _) => {
+                    unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), s.len()) }
+                        .copy_from_slice(s);
+                    Ok(())
+                }
+                (Dst::U8(p), Some(g)) => {
+                    let o = unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), s.len()) };
+                    quantize_fixed_u8(&Ctx::serial(), s, g.scale, g.zero_point, o)
+                }
+                (Dst::U8(_), None) => value_err!("a uint8 output without a grid"),
+            }
+        })
+    }
+}
+
+/// `x` taken on the grid `a` (a fused conv + add's residual): its float32
+/// terms into `out`, as a [`StaticAdd`] input on that grid.
+pub(super) fn dequantized(ctx: &Ctx, x: In<'_>, a: StaticAct, out: &mut [f32]) -> Result<()> {
+    let n = out.len();
+    let side = Side::new(x, Some(a))?;
+    let dst = SyncPtr(out.as_mut_ptr());
+    chunked(ctx, n, |c0, c1| {
+        // SAFETY: the chunk's task alone writes elements c0..c1 of `out`.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(c0), c1 - c0) };
+        side.load(c0..c1, o, false)
+    })
+}
+
+/// Runs `f(c0, c1)` over `0..n` in chunks of at most [`CHUNK`], tasks of
+/// [`TASK`] elements on the team; the first error any chunk met.
+fn chunked(ctx: &Ctx, n: usize, f: impl Fn(usize, usize) -> Result<()> + Sync) -> Result<()> {
+    let failed = Mutex::new(None);
+    ctx.for_each_task(n, n.div_ceil(TASK), |t| {
+        let hi = n.min((t + 1) * TASK);
+        for c0 in (t * TASK..hi).step_by(CHUNK) {
+            if let Err(e) = f(c0, hi.min(c0 + CHUNK)) {
+                if let Ok(mut first) = failed.lock() {
+                    first.get_or_insert(e);
+                }
+                return;
+            }
         }
+    });
+    match failed.into_inner() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => Err(e),
+        Err(_) => value_err!("a uint8 add task failed"),
     }
 }
 
@@ -165,6 +177,7 @@ fn put(s: &mut [f32], add: bool, v: impl Iterator<Item = f32>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::int8_ops::tests::each_node_alone;
     use super::super::tests::{gemm_of, node};
     use super::*;
     use crate::cpu::each_isa;
@@ -194,13 +207,28 @@ mod tests {
         }
     }
 
+    fn conv_add(seed: i32, relu: bool, act: Option<StaticAct>, res_act: Option<StaticAct>) -> Op {
+        let Op::Conv { gemm, .. } = conv(4, 36, seed, relu, act, false) else {
+            unreachable!()
+        };
+        Op::ConvAdd {
+            gemm,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: (1, 1),
+            nchw_in: false,
+            res_act,
+        }
+    }
+
     fn add(relu: bool, acts: [Option<StaticAct>; 2]) -> Op {
         Op::StaticAdd(StaticAdd { relu, acts })
     }
 
     /// conv (NCHW in, ReLU) -> v1; conv(v1) + v1 on its grid (ReLU) -> v3;
     /// conv(v3) + v3 -> v5 (no ReLU: negative sums); conv(v5) -> v6, and the
-    /// plan's second input on a grid + v6 -> v7.
+    /// plan's second input on a grid + v6 -> v7; fused conv + adds of v5 with
+    /// v5 on its grid (ReLU) -> v9 and with the second input on one -> v10.
     fn nodes() -> Vec<Node> {
         let (g1, g3, g5) = (grid(0.03, 0), grid(0.05, 20), grid(0.04, 128));
         vec![
@@ -211,6 +239,8 @@ mod tests {
             node(add(false, [None, g3]), &[4, 3], 5),
             node(conv(4, 36, 4, false, g5, false), &[5], 6),
             node(add(false, [grid(0.02, 7), None]), &[8, 6], 7),
+            node(conv_add(5, true, g5, g5), &[5, 5], 9),
+            node(conv_add(6, false, g5, grid(0.1, 50)), &[5, 8], 10),
         ]
     }
 
@@ -221,15 +251,15 @@ mod tests {
             nodes.clone(),
             vec![0, 8],
             vec![vec![2, 3, 3], vec![3, 3, 4]],
-            vec![7],
+            vec![7, 9, 10],
         )
         .unwrap();
-        let u8s: Vec<ValueId> = (0..9)
+        let u8s: Vec<ValueId> = (0..11)
             .filter(|&v| plan.dtype(v) != Some(DType::F32))
             .collect();
         // The values a conv and an add both read on one grid, written so by a conv or an add.
         assert_eq!(u8s, vec![1, 3, 5], "{:?}", plan.dtypes);
-        let dims: Vec<Vec<usize>> = (0..9).map(|v| plan.dims[v].clone()).collect();
+        let dims: Vec<Vec<usize>> = (0..11).map(|v| plan.dims[v].clone()).collect();
         for batch in [1, 3] {
             let x: Vec<f32> = (0..batch * 18)
                 .map(|i| ((i * 37 % 53) as f32 - 20.0) * 0.09)
@@ -239,30 +269,22 @@ mod tests {
                 .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.5)
                 .collect();
             each_isa(|isa| {
-                let mut vals: Vec<Vec<f32>> = vec![Vec::new(); 9];
-                vals[0] = x.clone();
-                vals[8] = r.clone();
-                for n in &nodes {
-                    let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
-                    let alone = node(n.op.clone(), &ins, ins.len());
-                    let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
-                    let p =
-                        GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
-                    let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
-                    let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
-                    p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
-                    vals[n.output] = y;
-                }
+                let vals = each_node_alone(&nodes, &dims, batch, &[(0, &x), (8, &r)]);
                 assert!(vals[5].iter().any(|&v| v < 0.0), "an add without ReLU");
-                let mut y = vec![0f32; batch * 36];
-                plan.forward(&TEST, batch, &[&x, &r], &mut [&mut y])
+                let mut ys = vec![vec![0f32; batch * 36]; 3];
+                let [y0, y1, y2] = &mut ys[..] else {
+                    unreachable!()
+                };
+                plan.forward(&TEST, batch, &[&x, &r], &mut [y0, y1, y2])
                     .unwrap();
                 let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y), bits(&vals[7]), "{isa:?} batch {batch}");
-                assert!(
-                    vals[7].iter().any(|&v| v != vals[7][0]),
-                    "a result that varies"
-                );
+                for (y, v) in ys.iter().zip([7, 9, 10]) {
+                    assert_eq!(bits(y), bits(&vals[v]), "{isa:?} batch {batch} value {v}");
+                    assert!(
+                        vals[v].iter().any(|&e| e != vals[v][0]),
+                        "a result that varies"
+                    );
+                }
             });
         }
     }
