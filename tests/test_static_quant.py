@@ -146,8 +146,8 @@ def test_static_layers_hand_uint8_to_each_other_with_the_bytes_of_their_ops_on_e
     calib = np.random.default_rng(0).uniform(0, 1, (32,) + shape).astype(np.float32)
     rt = runtime.convert(hw.onnx.load(proto).eval(), input_shape=shape, calibration=calib)
     assert sum(len(s.plan.uint8_values) for s in _segments(rt)) >= 1, "a static layer writes uint8 for the next"
-    fused = [n for s in _segments(rt) for n in s.nodes if n.op == "conv_add"]
-    assert bool(fused) == (name in ("resnet", "mobilenetv2")), "residual Adds fused into their convs"
+    fused = [n for s in _segments(rt) for n in s.nodes if n.op in ("conv_add", "static_add")]
+    assert bool(fused) == (name in ("resnet", "mobilenetv2")), "residual Adds fused into their convs or on uint8"
     for batch in (1, 3):
         x = np.random.default_rng(batch).uniform(-0.5, 1.5, (batch,) + shape).astype(np.float32)
         assert rt.predict(x).tobytes() == _node_by_node(rt, x).tobytes()
@@ -306,7 +306,8 @@ def test_static_export_uses_quantize_linear_and_matches_predict(name, tmp_path):
     m = onnx.load(path)
     types = [n.op_type for n in m.graph.node]
     assert "DynamicQuantizeLinear" not in types and "ReduceMin" not in types
-    assert types.count("QuantizeLinear") == len(_int8_ops(rt))
+    add_inputs = sum(a is not None for n in rt.nodes if n.op.kind == "static_add" for a in n.op.acts)
+    assert types.count("QuantizeLinear") == len(_int8_ops(rt)) + add_inputs
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
         x = np.random.default_rng(batch).uniform(-0.2, 1.2, (batch,) + shape).astype(np.float32)

@@ -22,7 +22,8 @@ into the MatMul that reads it) and :func:`fuse_residual_add` (a residual Add
 into the output step of the static conv that writes one of its inputs). For a
 model converted with calibration the native plan also passes uint8 between
 static layers (the kernel crate's rewrite "int8 between layers": a producer
-writes the bytes its readers' quantizer would make). Every native op computes
+writes the bytes its readers' quantizer would make), the residual Adds of such a model included
+(``static_add``: an input that a static layer also reads is taken on that layer's grid). Every native op computes
 what the Python op it replaces computes, bit for bit, so predictions do not
 change.
 """
@@ -80,6 +81,8 @@ def _native_op(node: Any, shapes: dict[str, tuple[int, ...]], constants: dict[st
         return len(x) == 4
     if k in ("maxpool2d", "avgpool2d"):
         return len(x) == 4
+    if k == "static_add":  # it casts its inputs to float32 (or quantizes them) itself
+        return len(node.inputs) == 2 and len(x) == 4 and shapes[node.inputs[1]] == x
     if k == "flatten":
         return node.inputs[0] in floats
     if k == "affine":
@@ -178,7 +181,8 @@ def gap_matches_numpy() -> bool:
 
 
 # Python ops whose outputs are always float32.
-_FLOAT_OUT = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu")
+_FLOAT_OUT = ("linear", "int4_linear", "sparse_linear", "conv2d", "group_conv2d", "maxpool2d", "avgpool2d", "relu",
+              "static_add")
 
 
 @dataclass
@@ -246,7 +250,7 @@ def fuse_add_relu(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     gone: set[int] = set()
     for n in nodes:
         src = by_output.get(n.inputs[0]) if n.op == "unary" and n.params["fn"][0] == "relu" else None
-        if (src is not None and src.op == "add" and not src.params["relu"]
+        if (src is not None and src.op in ("add", "static_add") and not src.params["relu"]
                 and readers.get(n.inputs[0], 0) == 1 and n.inputs[0] not in keep):
             src.params["relu"] = True
             src.output = n.output
@@ -257,23 +261,26 @@ def fuse_add_relu(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
 def fuse_residual_add(nodes: list[PlanNode], keep: set[int]) -> list[PlanNode]:
     """A residual Add (with its ReLU) becomes the output step of the static conv that writes one of its
     inputs (``conv_add``: the other input is added before the ReLU and the requantization, as the Add
-    would), when only the Add reads that conv's output, the conv has no ReLU or element-wise step of its
-    own, and the other input is ready before the conv runs: one pass and one float tensor less."""
+    would; a static add's residual on its grid, ``res_act``), when only the Add reads that conv's output,
+    the conv has no ReLU or element-wise step of its own (nor a grid on the add's side), and the other
+    input is ready before the conv runs: one pass and one float tensor less."""
     readers = _readers(nodes)
     by_output = {n.output: n for n in nodes}
     pos = {n.output: i for i, n in enumerate(nodes)}
     gone: set[int] = set()
     for n in nodes:
-        if n.op != "add":
+        if n.op not in ("add", "static_add"):
             continue
+        acts = n.params.get("acts", [None, None])
         for mine, other in ((0, 1), (1, 0)):
             v, r = n.inputs[mine], n.inputs[other]
             src = by_output.get(v)
             if (src is not None and src.op == "conv" and src.params.get("act") is not None
                     and not src.params["relu"] and src.params["post"] is None and readers.get(v, 0) == 1
-                    and v not in keep and pos.get(r, -1) < pos[v]):
+                    and v not in keep and pos.get(r, -1) < pos[v] and acts[mine] is None):
                 src.op, src.inputs, src.output = "conv_add", [src.inputs[0], r], n.output
                 src.params["relu"] = n.params["relu"]
+                src.params["res_act"] = acts[other]  # a static add's residual stays on its grid
                 gone.add(id(n))
                 break
     return [n for n in nodes if id(n) not in gone]
@@ -457,6 +464,11 @@ class _Builder:
             a, b = node.inputs
             lay = "nhwc" if "nhwc" in (self.layout(a), self.layout(b)) and len(self.shapes[a]) == 4 else "plain"
             self.ids[y] = {lay: self.emit("add", [self.get(a, lay), self.get(b, lay)], relu=False)}
+        elif k == "static_add":  # its inputs on their uint8 grids (the plan passes them as uint8)
+            a, b = node.inputs
+            lay = "nhwc" if "nhwc" in (self.layout(a), self.layout(b)) else "plain"
+            acts = [None if t is None else (float(t[0]), int(t[1])) for t in op.acts]
+            self.ids[y] = {lay: self.emit("static_add", [self.get(a, lay), self.get(b, lay)], relu=False, acts=acts)}
         else:  # element-wise: any layout
             lay = self.layout(x)
             self.ids[y] = {lay: self.emit("unary", [self.get(x, lay)], fn=_unary_of(op))}

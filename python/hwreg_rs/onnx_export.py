@@ -423,6 +423,15 @@ def _runtime_op(b: _Builder, node: Any, shapes: dict[str, tuple[int, ...]]) -> N
         b.node("Add", [y, b.const(op.shift.reshape(shape), f"{hint}.shift")], hint, outputs=outs)
     elif kind == "float":
         _float_op(b, op.module, ins, outs, [shapes[v] for v in ins], hint)
+    elif kind == "static_add":  # QDQ on the inputs the runtime takes on a uint8 grid
+        xs = []
+        for v, act in zip(ins, op.acts):
+            if act is not None:
+                q, scale, _ = _static_uint8(b, v, act, hint)
+                v = b.node("DequantizeLinear", [q, scale, b.const(np.array(act[1], np.uint8), f"{hint}.dq_zero_point")],
+                           hint)
+            xs.append(v)
+        b.node("Add", xs, hint, outputs=outs)
     else:
         raise ValueError(f"runtime op {kind!r} (node {hint!r}) has no ONNX export")
 

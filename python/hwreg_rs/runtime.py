@@ -575,6 +575,74 @@ class _Float(_Op):
         return LayerWork(name, "elementwise", 0, 0, n_in, n_out)
 
 
+class _StaticAdd(_Op):
+    """A residual ``a + b`` of a model converted with calibration, an input that a static layer also reads
+    taken on that layer's uint8 grid: ``DequantizeLinear(QuantizeLinear(x))`` (divide, round half to even,
+    saturate; then ``(q - zero_point) * scale`` in float32), the other as it is; the float32 sum. The native
+    plan then passes that input as the uint8 the layer reads, as ORT's QDQ form quantizes an Add's inputs.
+
+    ``acts``: ``(scale, zero_point)`` or ``None`` for ``a`` and ``b``; the file's ``a`` / ``b`` objects hold
+    ``input_scale`` / ``input_zero_point`` (empty: float).
+    """
+
+    kind = "static_add"
+
+    def __init__(self, acts: Sequence[tuple[np.float32, int] | None]) -> None:
+        self.acts = tuple(acts)
+
+    def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = (_dequantized(x, act) for x, act in zip((a, b), self.acts))
+        if a.shape != b.shape:
+            raise ValueError(f"static_add expects inputs of one shape; got {a.shape} and {b.shape}")
+        return a + b
+
+    def spec(self) -> dict[str, Any]:
+        def one(act: tuple[np.float32, int] | None) -> dict[str, Any]:
+            return {} if act is None else {"input_scale": float(act[0]), "input_zero_point": int(act[1])}
+
+        return {"op": self.kind, "a": one(self.acts[0]), "b": one(self.acts[1])}
+
+    @classmethod
+    def from_file(cls, s: Spec) -> "_StaticAdd":
+        s.only([])
+        return cls([Spec(s.spec.get(k), {}, f"{s.where} input {k!r}").activation_qparams() for k in ("a", "b")])
+
+    def out_shape(self, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+        if len(shapes) != 2 or shapes[0] != shapes[1]:
+            raise ValueError(f"static_add expects two inputs of one shape; got {shapes}")
+        return shapes[0]
+
+    def work(self, name: str, *shapes: tuple[int, ...]) -> LayerWork:
+        n = int(np.prod(self.out_shape(*shapes)))
+        return LayerWork(name, "elementwise", 0, 0, 2 * n * 4, n * 4)
+
+
+def _dequantized(x: np.ndarray, act: tuple[np.float32, int] | None) -> np.ndarray:
+    """``x`` as float32, through its static uint8 grid when it has one (what the plan's uint8 value holds)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if act is None:
+        return x
+    q = _native._quantize_fixed_u8(x, float(act[0]), int(act[1]))
+    return (q.astype(np.int32) - np.int32(act[1])).astype(np.float32) * np.float32(act[0])
+
+
+def _static_adds(nodes: list[RuntimeNode], shapes: dict[str, tuple[int, ...]]) -> None:
+    """The residual Adds of image tensors (two 4-D inputs of one shape) whose inputs a static layer also
+    reads become :class:`_StaticAdd`: such an input is taken on that layer's grid (calibrated from the same
+    values), so the plan passes it as uint8 to both."""
+    grid: dict[str, tuple[np.float32, int]] = {}
+    for n in nodes:
+        if isinstance(n.op, _OnInt8Linear) and n.op.act is not None and n.inputs:
+            grid.setdefault(n.inputs[0], n.op.act)
+    for i, n in enumerate(nodes):
+        if not (isinstance(n.op, _Float) and n.op.module.op_type == "Add" and len(n.inputs) == 2):
+            continue
+        a, b = n.inputs
+        if a in shapes and b in shapes and len(shapes[a]) == 4 and shapes[a] == shapes[b] and \
+                (a in grid or b in grid):
+            nodes[i] = dataclasses.replace(n, op=_StaticAdd([grid.get(a), grid.get(b)]))
+
+
 class _GroupConv(_OnInt8Linear):
     """A grouped, depthwise, dilated or asymmetrically padded Conv2d in exact integer arithmetic.
 
@@ -703,7 +771,8 @@ _SPARSE_PATHS = ("csr_f32", "bsr_f32", "nm_f32", "csr_int8", "bsr_int8", "nm_int
 
 _OPS: dict[str, Any] = {"linear": _Dense, "sparse_linear": _Sparse, "conv2d": _Conv, "maxpool2d": _Pool,
                         "avgpool2d": _Pool, "flatten": _Flatten, "relu": _ReLU, "affine": _Affine,
-                        "float": _Float, "group_conv2d": _GroupConv, "int4_linear": _Int4Dense}
+                        "float": _Float, "group_conv2d": _GroupConv, "int4_linear": _Int4Dense,
+                        "static_add": _StaticAdd}
 
 
 # ---------------------------------------------------------------------------
@@ -1445,6 +1514,7 @@ def convert(model: Module, *, input_shape: Iterable[int], calibration: Any = Non
                 except ValueError as e:
                     raise ValueError(f"cannot calibrate the input of layer {node.name!r}: {e}") from None
                 node.op.act = (np.float32(qp.scale), int(qp.zero_point))
+        _static_adds(nodes, value_shapes)
     rt = RuntimeModel(nodes, shape, meta, threads=threads, inputs=graph.inputs, outputs=graph.outputs,
                       constants=constants, input_shapes=shapes, input_dtypes=graph.input_dtypes)
     # Check the graph against the input shape now, not at the first predict.

@@ -194,15 +194,19 @@ def _overhead(rt: Any, x: np.ndarray, quick: bool) -> tuple[Any, ...]:
 
 
 def _torch_exports(folder: str, quick: bool) -> str:
-    """torchvision's resnet18 and mobilenet_v2 as torch.onnx.export wrote them (random weights)."""
+    """torchvision's resnet18 and mobilenet_v2 as torch.onnx.export wrote them (random weights): our dynamic
+    and static int8 against ORT fp32 and ORT static int8, both static ones calibrated on the same images;
+    batch 1 and 32 (resnet18's batch 32 only when not ``quick``: it is slow)."""
     import onnx as onnx_pkg
 
     from .. import num_threads, onnx, runtime, set_num_threads
 
-    t = Table(["file", "input", "import ms", "max|Δ| vs ORT / max|logit|", "threads", "hw int8 µs (batch 1)",
-               "ORT fp32 µs (batch 1)", "ORT static int8 µs (batch 1)", "int8 vs ORT fp32", "int8 vs ORT static",
-               "int8 vs float argmax agree", "ORT static vs float argmax agree"])
+    t = Table(["file", "input", "import ms", "max|Δ| vs ORT / max|logit|", "threads", "batch", "hw int8 µs",
+               "hw static int8 µs", "ORT fp32 µs", "ORT static int8 µs", "int8 vs ORT fp32", "int8 vs ORT static",
+               "static vs ORT static", "static vs ORT fp32", "int8 vs float argmax agree",
+               "static vs float argmax agree", "ORT static vs float argmax agree"])
     all_threads = num_threads()
+    ratio = lambda a, b: None if a is None or b is None else f"{a / b:.2f}×"  # noqa: E731
     for name in ("resnet18.ts.onnx", "resnet18.dynamo.onnx", "mobilenet_v2.ts.onnx", "mobilenet_v2.dynamo.onnx"):
         path = os.path.join(folder, name)
         if not os.path.exists(path):
@@ -215,25 +219,30 @@ def _torch_exports(folder: str, quick: bool) -> str:
         x8 = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
         ref = _ort_session(proto, all_threads).run(None, {g.inputs[0]: x8})[0]
         err = float(np.abs(g(x8) - ref).max() / np.abs(ref).max())
+        agree = lambda y: f"{np.mean(y.argmax(1) == ref.argmax(1)):.0%}"  # noqa: E731
         rt = runtime.convert(g, input_shape=shape)
-        agree = float(np.mean(rt.predict(x8).argmax(1) == ref.argmax(1)))
-        # ORT's static int8, calibrated on random images (the weights are random too)
+        # Our static int8 and ORT's, calibrated on the same random images (the weights are random too).
         calib = np.random.default_rng(1).standard_normal((4 if quick else 16,) + shape).astype(np.float32)
+        rt_s = runtime.convert(g, input_shape=shape, calibration=calib)
         static = _ort_int8(proto, calib)["static"]
-        s_agree = (f"{np.mean(_ort_session(static, all_threads).run(None, {g.inputs[0]: x8})[0].argmax(1) == ref.argmax(1)):.0%}"
+        s_agree = (agree(_ort_session(static, all_threads).run(None, {g.inputs[0]: x8})[0])
                    if not isinstance(static, str) else static)
-        x = x8[:1]
+        q_agree, qs_agree = agree(rt.predict(x8)), agree(rt_s.predict(x8))
+        batches = (1,) if quick and name.startswith("resnet") else (1, 32)
         for threads in sorted({1, all_threads}):
             set_num_threads(threads)
             sess = _ort_session(proto, threads)
-            fns = {"q": lambda: rt.predict(x), "f": lambda: sess.run(None, {g.inputs[0]: x})}
-            if not isinstance(static, str):
-                s_sess = _ort_session(static, threads)
-                fns["s"] = lambda: s_sess.run(None, {g.inputs[0]: x})
-            times = side_by_side(fns, rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
-            q, f, st = times["q"], times["f"], times.get("s")
-            t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, 1e6 * q, 1e6 * f,
-                  None if st is None else 1e6 * st, f"{f / q:.2f}×", None if st is None else f"{st / q:.2f}×",
-                  f"{agree:.0%}", s_agree)
+            s_sess = None if isinstance(static, str) else _ort_session(static, threads)
+            for batch in batches:
+                x = np.ascontiguousarray(np.resize(x8, (batch,) + shape))
+                feed = {g.inputs[0]: x}
+                fns = {"q": lambda: rt.predict(x), "qs": lambda: rt_s.predict(x), "f": lambda: sess.run(None, feed)}
+                if s_sess is not None:
+                    fns["s"] = lambda: s_sess.run(None, feed)
+                times = side_by_side(fns, rounds=2 if quick else 5, min_seconds=0.05, pause_s=_SETTLE_S)
+                q, qs, f, st = times["q"], times["qs"], times["f"], times.get("s")
+                t.add(name, "x".join(map(str, shape)), import_ms, f"{err:.1e}", threads, batch, 1e6 * q, 1e6 * qs,
+                      1e6 * f, None if st is None else 1e6 * st, ratio(f, q), ratio(st, q), ratio(st, qs),
+                      ratio(f, qs), q_agree, qs_agree, s_agree)
         set_num_threads(all_threads)
     return "### torchvision exports (random weights)\n\n" + t.markdown()

@@ -9,7 +9,7 @@ use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::{self, Ctx};
 use hwreg_kernels::plan::attention_ops::{Approximate, LayerNorm, Scalar};
 use hwreg_kernels::plan::graph::{
-    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, Unary,
+    DType, Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, StaticAct, StaticAdd, Unary,
 };
 use hwreg_kernels::quant::fixed;
 use numpy::ndarray::IxDyn;
@@ -145,6 +145,12 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
             stride: field!(p, "stride")?,
             padding: field!(p, "padding")?,
             nchw_in: field!(p, "nchw_in")?,
+            res_act: match p.get_item("res_act")? {
+                Some(v) => v
+                    .extract::<Option<(f32, i32)>>()?
+                    .map(|(scale, zero_point)| StaticAct { scale, zero_point }),
+                None => None,
+            },
         },
         "depthwise" => {
             let w: PyReadonlyArrayDyn<'_, i8> = field!(p, "weight")?;
@@ -178,6 +184,13 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         "add" => Op::Add {
             relu: field!(p, "relu")?,
         },
+        "static_add" => {
+            let acts: [Option<(f32, i32)>; 2] = field!(p, "acts")?;
+            Op::StaticAdd(StaticAdd {
+                relu: field!(p, "relu")?,
+                acts: acts.map(|a| a.map(|(scale, zero_point)| StaticAct { scale, zero_point })),
+            })
+        }
         "unary" => Op::Unary(
             unary(Some(field!(p, "fn")?))?
                 .ok_or_else(|| PyValueError::new_err("unary needs fn"))?,

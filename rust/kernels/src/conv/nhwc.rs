@@ -173,6 +173,48 @@ fn pool_image(x: &[f32], out: &mut [f32], win: &Window, kind: Pool) {
     }
 }
 
+/// Channels a uint8 max pool keeps in registers at once (one zmm).
+const POOL_LANES: usize = 64;
+
+/// Max pooling of whole output rows `oy0..` of one NHWC uint8 image `x`
+/// into `out` (`ow · c` bytes a row): for each block of 64 channels, the
+/// max over the window's taps in a fixed-size accumulator, which the
+/// per-ISA wrappers (`nnops::arch`) compile to one zmm (two ymm, four xmm)
+/// an instruction; the channels past the last whole block as a plain loop.
+/// Max pooling commutes with a monotone quantizer, so these are the bytes
+/// of quantizing the float pool. A window without an image pixel (which
+/// `check_pool` rules out) gives 0.
+#[inline(always)]
+pub(crate) fn max_pool_u8_rows(x: &[u8], out: &mut [u8], win: &Window, oy0: usize) {
+    let (ow, c) = (win.ow(), win.c);
+    if ow == 0 || c == 0 {
+        return;
+    }
+    let whole = c - c % POOL_LANES;
+    for (r, row) in out.chunks_exact_mut(ow * c).enumerate() {
+        for (ox, o) in row.chunks_exact_mut(c).enumerate() {
+            let (blocks, tail) = o.split_at_mut(whole);
+            for (b, ob) in blocks.chunks_exact_mut(POOL_LANES).enumerate() {
+                let mut acc = [0u8; POOL_LANES];
+                win.for_each_tap(oy0 + r, ox, |p| {
+                    let px = &x[p * c + b * POOL_LANES..][..POOL_LANES];
+                    for (m, &v) in acc.iter_mut().zip(px) {
+                        *m = (*m).max(v);
+                    }
+                });
+                ob.copy_from_slice(&acc);
+            }
+            if !tail.is_empty() {
+                tail.fill(0);
+                win.for_each_tap(oy0 + r, ox, |p| {
+                    let px = &x[p * c + whole..][..tail.len()];
+                    tail.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
+                });
+            }
+        }
+    }
+}
+
 /// `o[i] = max(o[i], px[i])` with NaN winning and sticking (`v > m` is
 /// false for NaN, so NaN is tested for). Branch-free, so that it vectorizes:
 /// the branchy form mispredicted on half the channels and made a 2×2 max

@@ -39,6 +39,9 @@ pub use int4_op::Int4Dense;
 #[path = "sparse_op.rs"]
 mod sparse_op;
 pub use sparse_op::SparseDense;
+#[path = "u8_ops.rs"]
+mod u8_ops;
+pub use u8_ops::StaticAdd;
 
 use super::attention_ops::{self, Approximate, LayerNorm, Scalar};
 use crate::conv::nhwc::{self, Pool};
@@ -155,12 +158,15 @@ pub enum Op {
     /// A static [`Op::Conv`] with a residual `Add` fused into its output step:
     /// `conv(inputs[0]) + inputs[1]`, then ReLU if `gemm.relu` (the ReLU
     /// after the sum; the conv itself has none). NHWC out, like the residual.
+    /// With `res_act` the residual is taken on that uint8 grid, as a
+    /// [`StaticAdd`] takes it (`u8_ops.rs`).
     ConvAdd {
         gemm: Gemm,
         kernel: (usize, usize),
         stride: (usize, usize),
         padding: (usize, usize),
         nchw_in: bool,
+        res_act: Option<StaticAct>,
     },
     /// Int8 depthwise convolution, weight `(kh, kw, c)`: NHWC (or NCHW) in, NHWC out.
     Depthwise {
@@ -188,6 +194,9 @@ pub enum Op {
     GlobalAvgPool { channels_last: bool },
     /// `a + b` of two values of the same dims, then ReLU if `relu`.
     Add { relu: bool },
+    /// The residual add of a statically converted model: inputs on their
+    /// uint8 grids where it has them (`u8_ops.rs`).
+    StaticAdd(StaticAdd),
     /// An element-wise function.
     Unary(Unary),
     /// `x * scale[ch] + shift[ch]` (a BatchNorm with nothing to fold into);
@@ -248,6 +257,8 @@ struct Scratch {
     cols: usize,
     /// GEMM rows (one scale and zero point each).
     rows: usize,
+    /// A residual dequantized from its uint8 grid (float32).
+    res: usize,
 }
 
 /// The buffers of one call, sized for a batch; reused by later calls.
@@ -262,6 +273,7 @@ pub struct Workspace {
     row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
+    res: Vec<f32>,
     int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
@@ -385,7 +397,7 @@ impl Op {
     /// The per-sample dims of the output, checking the inputs' dims.
     fn out_dims(&self, ins: &[&[usize]], what: &str) -> Result<Vec<usize>> {
         let arity = match self {
-            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } => 2,
+            Op::Add { .. } | Op::ConvAdd { .. } | Op::MatMul { .. } | Op::StaticAdd(_) => 2,
             _ => 1,
         };
         if ins.len() != arity {
@@ -422,7 +434,11 @@ impl Op {
                 stride,
                 padding,
                 nchw_in,
-            } => int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?,
+                res_act,
+            } => {
+                check_act(*res_act, what)?;
+                int8_ops::conv_add_dims(gemm, *kernel, *stride, *padding, *nchw_in, ins, what)?
+            }
             Op::Depthwise {
                 weight,
                 kernel,
@@ -477,6 +493,7 @@ impl Op {
                 }
                 x.to_vec()
             }
+            Op::StaticAdd(a) => a.out_dims(ins, what)?,
             Op::Unary(_) => x.to_vec(),
             Op::Affine {
                 scale,
@@ -520,19 +537,29 @@ impl Op {
                 q: xe,
                 cols: 0,
                 rows: 0,
+                ..Scratch::default()
             },
             Op::Conv { gemm, .. } | Op::ConvAdd { gemm, .. } => {
                 let rows = ye / gemm.packed.n().max(1);
+                let res = matches!(
+                    self,
+                    Op::ConvAdd {
+                        res_act: Some(_),
+                        ..
+                    }
+                );
                 Scratch {
                     q: xe,
                     cols: rows * gemm.packed.k(),
                     rows,
+                    res: if res { ye } else { 0 },
                 }
             }
             Op::Depthwise { .. } => Scratch {
                 q: xe,
                 cols: 0,
                 rows: 0,
+                ..Scratch::default()
             },
             _ => Scratch::default(),
         }
@@ -594,6 +621,7 @@ impl GraphPlan {
             scratch.q = scratch.q.max(s.q);
             scratch.cols = scratch.cols.max(s.cols);
             scratch.rows = scratch.rows.max(s.rows);
+            scratch.res = scratch.res.max(s.res);
             if dims[n.output].is_some() {
                 return value_err!("{what} writes value {}, which is already written", n.output);
             }
@@ -813,6 +841,7 @@ impl GraphPlan {
         grow(&mut ws.cols, len(s.cols)?, &mut ws.allocations)?;
         grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
+        grow(&mut ws.res, len(s.res)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
         for n in &self.nodes {
@@ -919,6 +948,7 @@ impl GraphPlan {
                 ctx, ws, x, xd, batch, g, *kernel, *stride, *padding, *nchw_in, y,
             )?,
             Op::ConvAdd { .. } => return value_err!("a fused conv + add runs in int8_ops"),
+            Op::StaticAdd(_) => return value_err!("a static add runs in int8_ops"),
             Op::Depthwise { .. } => int8_ops::depthwise(
                 ctx,
                 ws,

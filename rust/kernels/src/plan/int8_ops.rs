@@ -15,9 +15,11 @@
 //!   of uint8 values (max pooling commutes with a monotone quantizer).
 //! * Readers of uint8: static dense / conv / fused conv + add (its conv
 //!   input) / depthwise nodes, max pooling and reshapes.
+//! * The residual add of a static model ([`StaticAdd`], `u8_ops.rs`) reads
+//!   uint8 on the grids it takes its inputs on and writes uint8 on any grid.
 //! * Everything else reads float: average pooling, the global average pool,
-//!   `Add`, affine and element-wise ops (their float results would round
-//!   differently on uint8), and plan outputs are float.
+//!   a float `Add`, affine and element-wise ops (their float results would
+//!   round differently on uint8), and plan outputs are float.
 //!
 //! [`Op::ConvAdd`] (the planner's pass `fuse_residual_add`) adds the float
 //! residual inside the conv's output step before the ReLU and the
@@ -62,6 +64,8 @@ fn takes_u8(op: &Op, slot: usize) -> Option<Option<StaticAct>> {
             g.act.map(Some)
         }
         (Op::Depthwise { act, .. }, 0) => act.map(Some),
+        (Op::StaticAdd(a), s) => a.acts.get(s).copied().flatten().map(Some),
+        (Op::ConvAdd { res_act, .. }, 1) => res_act.map(Some),
         (
             Op::Pool {
                 kind: Pool::Max, ..
@@ -86,6 +90,7 @@ fn writes_u8(op: &Op, input: DType, grid: StaticAct) -> bool {
             kind: Pool::Max, ..
         }
         | Op::Reshape(_) => input == DType::U8(grid),
+        Op::StaticAdd(_) => true,
         _ => false,
     }
 }
@@ -150,7 +155,7 @@ pub(super) fn run_node(
 ) -> Option<Result<()>> {
     let u8_in = plan.dtypes[node.inputs[0]] != DType::F32;
     let u8_out = plan.dtypes[node.output] != DType::F32;
-    if !(u8_in || u8_out || matches!(node.op, Op::ConvAdd { .. })) {
+    if !(u8_in || u8_out || matches!(node.op, Op::ConvAdd { .. } | Op::StaticAdd(_))) {
         return None;
     }
     let src = |ws: &Workspace, v: ValueId| -> *const f32 {
@@ -165,13 +170,34 @@ pub(super) fn run_node(
         plan.len_of(node.output, batch),
     );
     let p0 = src(ws, node.inputs[0]);
-    let res = match node.inputs.get(1) {
-        Some(&v) => {
+    let p1 = node.inputs.get(1).map(|&v| (v, src(ws, v)));
+    let res = match (node.inputs.get(1), &node.op) {
+        (
+            Some(&v),
+            Op::ConvAdd {
+                res_act: Some(a), ..
+            },
+        ) => {
+            // The residual on its grid, as float32 terms in the workspace.
+            let (p, l) = (src(ws, v), plan.len_of(v, batch));
+            // SAFETY: as for `x` below.
+            let r = match plan.dtypes[v] {
+                DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), l) }),
+                DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, l) }),
+            };
+            let terms = &mut ws.res[..l];
+            if let Err(e) = u8_ops::dequantized(ctx, r, *a, terms) {
+                return Some(Err(e));
+            }
+            // SAFETY: `ws.res` is not touched again before the conv has read it.
+            Some(unsafe { std::slice::from_raw_parts(terms.as_ptr(), l) })
+        }
+        (Some(&v), _) => {
             let p = src(ws, v);
             // SAFETY: as for `x` below (the residual is a float value of the output's size).
             Some(unsafe { std::slice::from_raw_parts(p, plan.len_of(v, batch)) })
         }
-        None => None,
+        (None, _) => None,
     };
     let out_ptr: *mut f32 = match plan.storage[node.output] {
         Storage::Output(i) => outputs[i].as_mut_ptr(),
@@ -192,6 +218,15 @@ pub(super) fn run_node(
         ),
         DType::F32 => Out::F32(unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) }),
     };
+    if let (Op::StaticAdd(add), Some((v, p))) = (&node.op, p1) {
+        let l = plan.len_of(v, batch);
+        // SAFETY: as for `x`.
+        let b = match plan.dtypes[v] {
+            DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), l) }),
+            DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, l) }),
+        };
+        return Some(add.run(ctx, x, b, y));
+    }
     let xd = &plan.dims[node.inputs[0]];
     Some(run(ctx, ws, batch, &node.op, x, xd, res, y))
 }
@@ -228,6 +263,7 @@ fn run(
             stride,
             padding,
             nchw_in,
+            ..
         } => {
             let a = static_act(g)?;
             let (c, h, w) = image(xd, *nchw_in, "conv")?;
@@ -258,8 +294,7 @@ fn run(
             };
             let (c, h, w) = image(xd, false, "pool")?;
             let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check_pool()?;
-            max_pool_u8(ctx, x, win, y);
-            Ok(())
+            max_pool_u8(ctx, x, win, y)
         }
         Op::Reshape(_) => match (x, y) {
             (In::U8(x), Out::U8(y, _)) => {
@@ -468,34 +503,45 @@ fn requant_of(grid: StaticAct, post: Option<Unary>) -> Result<Requant> {
     })
 }
 
-/// Max pooling of NHWC uint8 images, one task per image (a window always
-/// holds an image pixel: `check_pool`): the bytes of quantizing the float max pool.
-fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) {
-    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
-    let (img_in, img_out) = (win.h * win.w * c, oh * ow * c);
-    if img_in == 0 || img_out == 0 {
-        return;
+/// Output bytes of a uint8 max pool handed to one task (whole output rows).
+const POOL_TASK_BYTES: usize = 1 << 14;
+
+/// Max pooling of NHWC uint8 images (a window always holds an image pixel:
+/// `check_pool`) on the fork-join team, in bands of output rows so that one
+/// image is split too: the bytes of quantizing the float max pool.
+fn max_pool_u8(ctx: &Ctx, x: &[u8], win: Window, out: &mut [u8]) -> Result<()> {
+    let (oh, c) = (win.oh(), win.c);
+    let (img_in, row_out) = (win.h * win.w * c, win.ow() * c);
+    if x.len() != win.in_len() || out.len() != win.out_len() {
+        return shape_err!(
+            "uint8 max pool: buffers of {} and {} bytes for {win:?}",
+            x.len(),
+            out.len()
+        );
     }
+    if img_in == 0 || row_out == 0 || oh == 0 {
+        out.fill(0);
+        return Ok(());
+    }
+    let rows = (POOL_TASK_BYTES / row_out).clamp(1, oh);
+    let bands = oh.div_ceil(rows);
+    let pool = crate::cpu::dispatch().nnops.max_pool_u8;
     let dst = SyncPtr(out.as_mut_ptr());
-    ctx.for_each_task(win.n * img_out * win.kh * win.kw, win.n, |img| {
-        // SAFETY: image `img` owns its `img_out` outputs, written by this task alone.
-        let oi = unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * img_out), img_out) };
-        let xi = &x[img * img_in..(img + 1) * img_in];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let o = &mut oi[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
-                o.fill(0);
-                win.for_each_tap(oy, ox, |p| {
-                    let px = &xi[p * c..][..c];
-                    o.iter_mut().zip(px).for_each(|(m, &v)| *m = (*m).max(v));
-                });
-            }
-        }
+    let work = out.len().saturating_mul(win.kh * win.kw);
+    ctx.for_each_task(work, win.n * bands, |t| {
+        let (img, oy0) = (t / bands, t % bands * rows);
+        let n = rows.min(oh - oy0);
+        // SAFETY: task `t` owns output rows oy0..oy0 + n of image `img`, written by it alone.
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(dst.get().add((img * oh + oy0) * row_out), n * row_out)
+        };
+        pool(&x[img * img_in..][..img_in], o, &win, oy0);
     });
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests::{gemm_of, node};
     use super::*;
     use crate::cpu::each_isa;
@@ -561,6 +607,7 @@ mod tests {
                     stride: (1, 1),
                     padding: (1, 1),
                     nchw_in: false,
+                    res_act: None,
                 },
                 &[3, 9],
                 4,
@@ -574,6 +621,31 @@ mod tests {
             ),
             node(Op::Dense(gemm(3, 6, 6, false, None, (0.02, 0))), &[7], 8),
         ]
+    }
+
+    /// The reference of a plan of `nodes`: every node alone, so every value
+    /// is a float plan input / output; `given` holds the plan inputs' values.
+    pub(in crate::plan::graph) fn each_node_alone(
+        nodes: &[Node],
+        dims: &[Vec<usize>],
+        batch: usize,
+        given: &[(ValueId, &[f32])],
+    ) -> Vec<Vec<f32>> {
+        let mut vals: Vec<Vec<f32>> = vec![Vec::new(); dims.len()];
+        for &(v, x) in given {
+            vals[v] = x.to_vec();
+        }
+        for n in nodes {
+            let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
+            let alone = node(n.op.clone(), &ins, ins.len());
+            let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
+            let p = GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
+            let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
+            let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
+            p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
+            vals[n.output] = y;
+        }
+        vals
     }
 
     #[test]
@@ -600,21 +672,7 @@ mod tests {
                 .map(|i| ((i * 11 % 17) as f32 - 8.0) * 0.2)
                 .collect();
             each_isa(|isa| {
-                // The reference: every node alone, so every value is a float plan input / output.
-                let mut vals: Vec<Vec<f32>> = vec![Vec::new(); 10];
-                vals[0] = x.clone();
-                vals[9] = r.clone();
-                for n in &nodes {
-                    let ins: Vec<ValueId> = (0..n.inputs.len()).collect();
-                    let alone = node(n.op.clone(), &ins, ins.len());
-                    let idims = n.inputs.iter().map(|&v| dims[v].clone()).collect();
-                    let p =
-                        GraphPlan::new(vec![alone], ins.clone(), idims, vec![ins.len()]).unwrap();
-                    let mut y = vec![0f32; batch * elems(&dims[n.output]).unwrap()];
-                    let xs: Vec<&[f32]> = n.inputs.iter().map(|&v| vals[v].as_slice()).collect();
-                    p.forward(&TEST, batch, &xs, &mut [&mut y]).unwrap();
-                    vals[n.output] = y;
-                }
+                let vals = each_node_alone(&nodes, &dims, batch, &[(0, &x), (9, &r)]);
                 // The fused add alone (float in and out) is the conv, then the Add and its ReLU.
                 let Op::ConvAdd { gemm: g, .. } = &nodes[3].op else {
                     unreachable!()
@@ -665,6 +723,48 @@ mod tests {
     }
 
     #[test]
+    fn the_uint8_max_pool_is_the_max_of_each_windows_pixels_on_every_isa() {
+        // Channel counts below, at and past a vector; bands of rows split over tasks (big `oh`).
+        for (n, c, h, w, k, s, p) in [
+            (1, 64, 112, 112, (3, 3), (2, 2), (1, 1)),
+            (3, 3, 7, 5, (3, 3), (2, 1), (1, 1)),
+            (2, 70, 9, 9, (2, 2), (2, 2), (0, 0)),
+            (1, 130, 6, 40, (3, 2), (1, 3), (1, 0)),
+            (2, 1, 5, 5, (5, 5), (1, 1), (2, 2)),
+        ] {
+            let win = Window::new(n, c, h, w, k, s, p).check_pool().unwrap();
+            let x: Vec<u8> = (0..win.in_len())
+                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+                .collect();
+            let (oh, ow) = (win.oh(), win.ow());
+            let mut want = vec![0u8; win.out_len()];
+            for (i, o) in want.iter_mut().enumerate() {
+                let (ci, ox, oy, img) = (i % c, i / c % ow, i / c / ow % oh, i / c / ow / oh);
+                for ky in 0..k.0 {
+                    for kx in 0..k.1 {
+                        let (iy, ix) = (
+                            (oy * s.0 + ky) as isize - p.0 as isize,
+                            (ox * s.1 + kx) as isize - p.1 as isize,
+                        );
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            let v = x[((img * h + iy as usize) * w + ix as usize) * c + ci];
+                            *o = (*o).max(v);
+                        }
+                    }
+                }
+            }
+            each_isa(|isa| {
+                let mut got = vec![7u8; win.out_len()];
+                max_pool_u8(&TEST, &x, win, &mut got).unwrap();
+                assert!(got == want, "{isa:?} {win:?}");
+            });
+        }
+        let win = Window::new(1, 2, 4, 4, (2, 2), (2, 2), (0, 0));
+        let bad = max_pool_u8(&TEST, &[0; 31], win, &mut [0; 8]);
+        assert!(matches!(bad, Err(Error::Shape(_))), "{bad:?}");
+    }
+
+    #[test]
     fn a_fused_add_needs_a_static_conv_and_a_residual_of_its_dims() {
         let mut g = gemm(4, 18, 1, false, None, (0.05, 120));
         let op = |g: Gemm| Op::ConvAdd {
@@ -673,6 +773,7 @@ mod tests {
             stride: (1, 1),
             padding: (1, 1),
             nchw_in: true,
+            res_act: None,
         };
         let bad = GraphPlan::new(
             vec![node(op(g.clone()), &[0, 1], 2)],

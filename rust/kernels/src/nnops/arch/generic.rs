@@ -2,6 +2,7 @@
 
 use super::super::{gelu::gelu_chunk, norm::layer_norm_chunk, softmax::softmax_chunk};
 use super::Kernels;
+use crate::conv::nhwc::max_pool_u8_rows;
 use crate::plan::attention_ops::product;
 
 pub(crate) const KERNELS: Kernels = Kernels {
@@ -9,4 +10,5 @@ pub(crate) const KERNELS: Kernels = Kernels {
     softmax: softmax_chunk,
     layer_norm: layer_norm_chunk,
     product,
+    max_pool_u8: max_pool_u8_rows,
 };

@@ -1,7 +1,8 @@
 //! The per-ISA code of the float row ops: the GELU, Softmax / LogSoftmax and
 //! LayerNorm forward bodies (`gelu::gelu_chunk`, `softmax::softmax_chunk`,
 //! `norm::layer_norm_chunk`) and the attention plan's float product
-//! (`plan::attention_ops::product`) compiled for each path (`generic.rs`,
+//! (`plan::attention_ops::product`), and the static int8 plan's uint8 max
+//! pool (`conv::nhwc::max_pool_u8_rows`, exact on every path), compiled for each path (`generic.rs`,
 //! `x86_avx2.rs`, `x86_avx512.rs`), chosen by [`crate::cpu::dispatch`]. The
 //! bodies are the same scalar code on every path; Rust never contracts
 //! `a * b + c` into an FMA nor reorders float sums, so every path gives the
@@ -32,6 +33,11 @@ pub type LayerNormFn =
 #[doc(hidden)]
 pub type ProductFn = fn(&[f32], &[f32], usize, usize, usize, bool, &mut [f32]);
 
+/// `(x, out, win, oy0)`: uint8 max pooling of output rows `oy0..` of one NHWC
+/// image (`conv::nhwc::max_pool_u8_rows`), the static int8 plan's max pool.
+#[doc(hidden)]
+pub type MaxPoolU8Fn = fn(&[u8], &mut [u8], &crate::conv::Window, usize);
+
 /// The float row-op entry points of one path (see [`crate::cpu::Dispatch`]).
 #[doc(hidden)]
 #[derive(Clone, Copy)]
@@ -40,6 +46,7 @@ pub struct Kernels {
     pub(crate) softmax: SoftmaxFn,
     pub(crate) layer_norm: LayerNormFn,
     pub(crate) product: ProductFn,
+    pub(crate) max_pool_u8: MaxPoolU8Fn,
 }
 
 /// `table!(isa)`: the `#[target_feature]` wrappers of the row ops for `isa`
@@ -52,6 +59,7 @@ macro_rules! table {
             use $crate::nnops::norm::layer_norm_chunk;
             use $crate::nnops::softmax::softmax_chunk;
             use $crate::plan::attention_ops::product;
+            use $crate::conv::{nhwc::max_pool_u8_rows, Window};
             $crate::cpu::isa_fns!($isa;
                 pub(super) unsafe fn gelu(x: &[f32], y: &mut [f32], a: Approximate) {
                     gelu_chunk(x, y, a)
@@ -84,6 +92,9 @@ macro_rules! table {
                 ) {
                     product(a, b, m, k, n, trans_b, y)
                 }
+                pub(super) unsafe fn max_pool_u8(x: &[u8], out: &mut [u8], win: &Window, oy0: usize) {
+                    max_pool_u8_rows(x, out, win, oy0)
+                }
             );
         }
 
@@ -93,6 +104,7 @@ macro_rules! table {
             softmax: |x, y, d, log| unsafe { tf::softmax(x, y, d, log) },
             layer_norm: |x, y, d, w, b, eps, m, i| unsafe { tf::layer_norm(x, y, d, w, b, eps, m, i) },
             product: |a, b, m, k, n, t, y| unsafe { tf::product_f32(a, b, m, k, n, t, y) },
+            max_pool_u8: |x, o, w, oy0| unsafe { tf::max_pool_u8(x, o, w, oy0) },
         };
     };
 }
