@@ -127,30 +127,37 @@ fn unfold_line<T: Copy>(
     fill: (T, T),
 ) {
     let (c, (pad, tail)) = (win.c, fill);
-    // One kernel row of taps.
+    // One kernel row of taps; the kernel rows inside the image, ky0..ky1.
     let run = win.kw * c;
-    for (ox, row) in out.chunks_exact_mut(row_len).enumerate() {
-        let (taps, rest) = row.split_at_mut(win.kh * run);
-        rest.fill(tail);
+    let taps = win.kh * run;
+    let y0 = (oy * win.sh) as isize - win.ph as isize;
+    let ky0 = (-y0).clamp(0, win.kh as isize) as usize;
+    let ky1 = (win.h as isize - y0).clamp(ky0 as isize, win.kh as isize) as usize;
+    let stride = win.w * c;
+    for ox in 0..win.ow() {
+        let row = &mut out[ox * row_len..(ox + 1) * row_len];
+        fill_run(&mut row[taps..], tail);
+        fill_run(&mut row[..ky0 * run], pad);
+        fill_run(&mut row[ky1 * run..taps], pad);
         let x0 = (ox * win.sw) as isize - win.pw as isize;
-        let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
-        for (ky, seg) in taps.chunks_exact_mut(run).enumerate() {
-            let iy = (oy * win.sh + ky) as isize - win.ph as isize;
-            if iy < 0 || iy as usize >= win.h {
-                seg.fill(pad);
-                continue;
+        if x0 >= 0 && x0 as usize + win.kw <= win.w {
+            // The common case: every kernel row is one run of the image row.
+            let src = &x[x0 as usize * c..];
+            for ky in ky0..ky1 {
+                let iy = (y0 + ky as isize) as usize;
+                copy_run(&mut row[ky * run..(ky + 1) * run], &src[iy * stride..][..run]);
             }
-            let line = &x[iy as usize * win.w * c..(iy as usize + 1) * win.w * c];
-            if inside {
-                copy_run(seg, &line[x0 as usize * c..x0 as usize * c + run]);
-            } else {
-                for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
-                    let ix = x0 + kx as isize;
-                    if ix < 0 || ix as usize >= win.w {
-                        px.fill(pad);
-                    } else {
-                        copy_run(px, &line[ix as usize * c..(ix as usize + 1) * c]);
-                    }
+            continue;
+        }
+        for ky in ky0..ky1 {
+            let line = &x[(y0 + ky as isize) as usize * stride..][..stride];
+            for kx in 0..win.kw {
+                let px = &mut row[ky * run + kx * c..ky * run + (kx + 1) * c];
+                let ix = x0 + kx as isize;
+                if ix < 0 || ix as usize >= win.w {
+                    fill_run(px, pad);
+                } else {
+                    copy_run(px, &line[ix as usize * c..(ix as usize + 1) * c]);
                 }
             }
         }
@@ -182,9 +189,25 @@ fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
             return;
         }
     }
-    // Fewer than 4 bytes.
-    for i in 0..len.min(3) {
-        dst[i] = src[i];
+    // Fewer than 4 bytes, spelled out (a loop becomes a call to memcpy).
+    match (dst, src) {
+        ([d0, d1, d2, ..], [s0, s1, s2, ..]) => (*d0, *d1, *d2) = (*s0, *s1, *s2),
+        ([d0, d1, ..], [s0, s1, ..]) => (*d0, *d1) = (*s0, *s1),
+        ([d0, ..], [s0, ..]) => *d0 = *s0,
+        _ => {}
+    }
+}
+
+/// `dst.fill(v)`, without a call to memset for the few elements of a short
+/// padding run or row tail.
+#[inline(always)]
+fn fill_run<T: Copy>(dst: &mut [T], v: T) {
+    match dst {
+        [] => {}
+        [d0] => *d0 = v,
+        [d0, d1] => (*d0, *d1) = (v, v),
+        [d0, d1, d2] => (*d0, *d1, *d2) = (v, v, v),
+        _ => dst.fill(v),
     }
 }
 
