@@ -145,7 +145,10 @@ fn unfold_line<T: Copy>(
             let src = &x[x0 as usize * c..];
             for ky in ky0..ky1 {
                 let iy = (y0 + ky as isize) as usize;
-                copy_run(&mut row[ky * run..(ky + 1) * run], &src[iy * stride..][..run]);
+                copy_run(
+                    &mut row[ky * run..(ky + 1) * run],
+                    &src[iy * stride..][..run],
+                );
             }
             continue;
         }
@@ -330,7 +333,11 @@ mod tests {
         // borders, strides; the last case is big enough to be split over the team.
         let mut cases = vec![];
         for c in [1, 2, 3, 4, 5, 7, 11, 33] {
-            for (k, s, p) in [((3, 3), (1, 1), (1, 1)), ((1, 3), (2, 1), (0, 2)), ((2, 2), (2, 2), (0, 0))] {
+            for (k, s, p) in [
+                ((3, 3), (1, 1), (1, 1)),
+                ((1, 3), (2, 1), (0, 2)),
+                ((2, 2), (2, 2), (0, 0)),
+            ] {
                 cases.push((2, c, 5, 6, k, s, p));
             }
         }
@@ -345,12 +352,21 @@ mod tests {
                 let mut got = vec![9u8; rows * len];
                 im2col_rows_into(&crate::exec::TEST, &x, win, 200, len, 0xEE, &mut got).unwrap();
                 for r in 0..rows {
-                    assert_eq!(&got[r * len..r * len + kk], &want[r * kk..(r + 1) * kk], "{win:?} row {r}");
-                    assert!(got[r * len + kk..(r + 1) * len].iter().all(|&v| v == 0xEE), "{win:?} tail {r}");
+                    assert_eq!(
+                        &got[r * len..r * len + kk],
+                        &want[r * kk..(r + 1) * kk],
+                        "{win:?} row {r}"
+                    );
+                    assert!(
+                        got[r * len + kk..(r + 1) * len].iter().all(|&v| v == 0xEE),
+                        "{win:?} tail {r}"
+                    );
                 }
             }
             let mut short = vec![0u8; rows * (kk - 1)];
-            assert!(im2col_rows_into(&crate::exec::TEST, &x, win, 0, kk - 1, 0, &mut short).is_err());
+            assert!(
+                im2col_rows_into(&crate::exec::TEST, &x, win, 0, kk - 1, 0, &mut short).is_err()
+            );
         }
     }
 

@@ -33,7 +33,8 @@ fn reference(x: &[f32], n: usize, geo: Geometry, g: &Gemm, residual: Option<&[f3
     let (q, scales, zp) = match g.act {
         Some(a) => {
             let mut q = vec![0u8; x.len()];
-            crate::quant::fixed::quantize_fixed_u8(&TEST, x, a.scale, a.zero_point, &mut q).unwrap();
+            crate::quant::fixed::quantize_fixed_u8(&TEST, x, a.scale, a.zero_point, &mut q)
+                .unwrap();
             (q, vec![a.scale; n], a.zero_point)
         }
         None => {
@@ -92,8 +93,13 @@ fn convs_with_k_not_a_multiple_of_4_give_the_bits_of_the_plain_unfold_on_every_i
                 padding,
                 nchw_in: true,
             };
-            let plan = GraphPlan::new(vec![node(conv, &[0], 1)], vec![0], vec![vec![c, h, w]], vec![1])
-                .unwrap();
+            let plan = GraphPlan::new(
+                vec![node(conv, &[0], 1)],
+                vec![0],
+                vec![vec![c, h, w]],
+                vec![1],
+            )
+            .unwrap();
             // The plan's weights are padded exactly when K is not a multiple of 4.
             let Op::Conv { gemm: pg, .. } = &plan.nodes[0].op else {
                 unreachable!()
@@ -109,7 +115,11 @@ fn convs_with_k_not_a_multiple_of_4_give_the_bits_of_the_plain_unfold_on_every_i
                 each_isa(|isa| {
                     let mut y = vec![f32::NAN; n * out];
                     plan.forward(&TEST, n, &[&x], &mut [&mut y]).unwrap();
-                    assert_eq!(bits(&y), bits(&want), "{isa:?} case {i} act {act:?} batch {n}");
+                    assert_eq!(
+                        bits(&y),
+                        bits(&want),
+                        "{isa:?} case {i} act {act:?} batch {n}"
+                    );
                 });
             }
         }
@@ -142,8 +152,12 @@ fn a_fused_conv_add_with_padded_weights_gives_the_bits_of_the_plain_unfold() {
     )
     .unwrap();
     let n = 2;
-    let x: Vec<f32> = (0..n * c * h * w).map(|j| ((j * 13 % 47) as f32 - 20.0) * 0.05).collect();
-    let r: Vec<f32> = (0..n * elems(&rdims).unwrap()).map(|j| ((j * 11 % 17) as f32 - 8.0) * 0.2).collect();
+    let x: Vec<f32> = (0..n * c * h * w)
+        .map(|j| ((j * 13 % 47) as f32 - 20.0) * 0.05)
+        .collect();
+    let r: Vec<f32> = (0..n * elems(&rdims).unwrap())
+        .map(|j| ((j * 11 % 17) as f32 - 8.0) * 0.2)
+        .collect();
     let want = reference(&x, n, geo, &g, Some(&r));
     each_isa(|isa| {
         let mut y = vec![f32::NAN; r.len()];

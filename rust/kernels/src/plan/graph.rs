@@ -27,11 +27,11 @@
 use std::sync::{Arc, Mutex};
 
 #[cfg(test)]
-#[path = "graph_tests.rs"]
-mod tests;
-#[cfg(test)]
 #[path = "conv_tests.rs"]
 mod conv_tests;
+#[cfg(test)]
+#[path = "graph_tests.rs"]
+mod tests;
 
 #[path = "int8_ops.rs"]
 mod int8_ops;
