@@ -62,60 +62,155 @@ pub fn im2col_into<T: Copy + Send + Sync>(
     pad: T,
     cols: &mut [T],
 ) -> Result<()> {
+    let k = win.c.saturating_mul(win.kh).saturating_mul(win.kw);
+    im2col_rows_into(ctx, x, win, pad, k, pad, cols)
+}
+
+/// [`im2col_into`] with rows of `row_len >= c·kh·kw` elements, the columns
+/// past the unfold holding `tail`: the int8 GEMM reads rows whose length is
+/// a multiple of 4 in place, so the convolution unfolds straight into the
+/// GEMM's packed A (no second copy). Work is split over output image rows,
+/// so one large image uses the whole team.
+pub fn im2col_rows_into<T: Copy + Send + Sync>(
+    ctx: &Ctx,
+    x: &[T],
+    win: Window,
+    pad: T,
+    row_len: usize,
+    tail: T,
+    cols: &mut [T],
+) -> Result<()> {
     let win = win.check()?;
     check_len(x.len(), win.in_len(), "x")?;
     let (rows, k) = win.cols_shape();
+    if row_len < k {
+        return crate::shape_err!("im2col rows of {row_len} elements cannot hold {k} columns");
+    }
     let total = rows
-        .checked_mul(k)
+        .checked_mul(row_len)
         .ok_or_else(|| crate::error::Error::Shape("im2col output overflows".into()))?;
     check_len(cols.len(), total, "cols")?;
-    let per_img = win.oh() * win.ow() * win.cols_shape().1;
     let img_len = win.h * win.w * win.c;
-    if total > 0 && img_len > 0 {
-        let dst = SyncPtr(cols.as_mut_ptr());
-        per_image(ctx, win.n, per_img, |img| {
-            // SAFETY: image `img` owns rows img·oh·ow .. (img+1)·oh·ow of `cols`,
-            // written by this call alone.
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(dst.get().add(img * per_img), per_img) };
-            unfold_image(&x[img * img_len..(img + 1) * img_len], out, &win, pad);
-        });
-    } else {
+    if total == 0 || img_len == 0 {
         cols.fill(pad);
+        for r in cols.chunks_exact_mut(row_len.max(1)) {
+            r[k..].fill(tail);
+        }
+        return Ok(());
     }
+    // One task per run of output image rows (`lines`) of about TASK_ELEMS elements.
+    let (oh, ow) = (win.oh(), win.ow());
+    let line = ow * row_len;
+    let lines = win.n * oh;
+    let per_task = (TASK_ELEMS / line.max(1)).max(1);
+    let dst = SyncPtr(cols.as_mut_ptr());
+    ctx.for_each_task(total, lines.div_ceil(per_task), |t| {
+        for l in t * per_task..((t + 1) * per_task).min(lines) {
+            let (img, oy) = (l / oh, l % oh);
+            // SAFETY: output line `l` (rows l·ow .. (l+1)·ow) is written by this task alone.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add(l * line), line) };
+            let xi = &x[img * img_len..(img + 1) * img_len];
+            unfold_line(xi, out, &win, oy, row_len, (pad, tail));
+        }
+    });
     Ok(())
 }
 
-fn unfold_image<T: Copy>(x: &[T], cols: &mut [T], win: &Window, pad: T) {
-    let (oh, ow, c) = (win.oh(), win.ow(), win.c);
-    // One kernel row of taps; `cols` holds oh·ow rows of kh runs (the window was checked).
+/// The `ow` rows (each `row_len` long) of output image row `oy` from image
+/// `x`; `fill` is the padding's value and the row tail's.
+fn unfold_line<T: Copy>(
+    x: &[T],
+    out: &mut [T],
+    win: &Window,
+    oy: usize,
+    row_len: usize,
+    fill: (T, T),
+) {
+    let (c, (pad, tail)) = (win.c, fill);
+    // One kernel row of taps; the kernel rows inside the image, ky0..ky1.
     let run = win.kw * c;
-    let rows = cols.chunks_exact_mut(win.kh * run).take(oh * ow);
-    // Output pixels in order, without a division per pixel.
-    let pixels = (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox)));
-    for ((oy, ox), row) in pixels.zip(rows) {
+    let taps = win.kh * run;
+    let y0 = (oy * win.sh) as isize - win.ph as isize;
+    let ky0 = (-y0).clamp(0, win.kh as isize) as usize;
+    let ky1 = (win.h as isize - y0).clamp(ky0 as isize, win.kh as isize) as usize;
+    let stride = win.w * c;
+    for ox in 0..win.ow() {
+        let row = &mut out[ox * row_len..(ox + 1) * row_len];
+        fill_run(&mut row[taps..], tail);
+        fill_run(&mut row[..ky0 * run], pad);
+        fill_run(&mut row[ky1 * run..taps], pad);
         let x0 = (ox * win.sw) as isize - win.pw as isize;
-        let inside = x0 >= 0 && x0 as usize + win.kw <= win.w;
-        for (ky, seg) in row.chunks_exact_mut(run).enumerate() {
-            let iy = (oy * win.sh + ky) as isize - win.ph as isize;
-            if iy < 0 || iy as usize >= win.h {
-                seg.fill(pad);
-                continue;
+        if x0 >= 0 && x0 as usize + win.kw <= win.w {
+            // The common case: every kernel row is one run of the image row.
+            let src = &x[x0 as usize * c..];
+            for ky in ky0..ky1 {
+                let iy = (y0 + ky as isize) as usize;
+                copy_run(
+                    &mut row[ky * run..(ky + 1) * run],
+                    &src[iy * stride..][..run],
+                );
             }
-            let line = &x[iy as usize * win.w * c..(iy as usize + 1) * win.w * c];
-            if inside {
-                seg.copy_from_slice(&line[x0 as usize * c..x0 as usize * c + run]);
-            } else {
-                for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
-                    let ix = x0 + kx as isize;
-                    if ix < 0 || ix as usize >= win.w {
-                        px.fill(pad);
-                    } else {
-                        px.copy_from_slice(&line[ix as usize * c..(ix as usize + 1) * c]);
-                    }
+            continue;
+        }
+        for ky in ky0..ky1 {
+            let line = &x[(y0 + ky as isize) as usize * stride..][..stride];
+            for kx in 0..win.kw {
+                let px = &mut row[ky * run + kx * c..ky * run + (kx + 1) * c];
+                let ix = x0 + kx as isize;
+                if ix < 0 || ix as usize >= win.w {
+                    fill_run(px, pad);
+                } else {
+                    copy_run(px, &line[ix as usize * c..(ix as usize + 1) * c]);
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of an unfold (a few to a
+/// few hundred elements): fixed-size moves, the last one overlapping,
+/// instead of a call to `memmove` per run (which cost more than the GEMM
+/// for the 3-byte runs of a one-channel 3×3 convolution).
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let len = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..len], &src[..len]);
+    let size = std::mem::size_of::<T>().max(1);
+    // Moves of 32, 16, 8 and 4 bytes: a run is covered by whole moves plus
+    // one overlapping its end (never past it).
+    for bytes in [32, 16, 8, 4] {
+        let chunk = (bytes / size).max(1);
+        if len >= chunk {
+            let mut i = 0;
+            while i + chunk <= len {
+                dst[i..i + chunk].copy_from_slice(&src[i..i + chunk]);
+                i += chunk;
+            }
+            if i < len {
+                dst[len - chunk..].copy_from_slice(&src[len - chunk..]);
+            }
+            return;
+        }
+    }
+    // Fewer than 4 bytes, spelled out (a loop becomes a call to memcpy).
+    match (dst, src) {
+        ([d0, d1, d2, ..], [s0, s1, s2, ..]) => (*d0, *d1, *d2) = (*s0, *s1, *s2),
+        ([d0, d1, ..], [s0, s1, ..]) => (*d0, *d1) = (*s0, *s1),
+        ([d0, ..], [s0, ..]) => *d0 = *s0,
+        _ => {}
+    }
+}
+
+/// `dst.fill(v)`, without a call to memset for the few elements of a short
+/// padding run or row tail.
+#[inline(always)]
+fn fill_run<T: Copy>(dst: &mut [T], v: T) {
+    match dst {
+        [] => {}
+        [d0] => *d0 = v,
+        [d0, d1] => (*d0, *d1) = (v, v),
+        [d0, d1, d2] => (*d0, *d1, *d2) = (v, v, v),
+        _ => dst.fill(v),
     }
 }
 
@@ -271,6 +366,49 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn padded_rows_hold_the_unfold_then_the_tail() {
+        // Runs of kw·c bytes from 1 to 99 (every move size of `copy_run`),
+        // borders, strides; the last case is big enough to be split over the team.
+        let mut cases = vec![];
+        for c in [1, 2, 3, 4, 5, 7, 11, 33] {
+            for (k, s, p) in [
+                ((3, 3), (1, 1), (1, 1)),
+                ((1, 3), (2, 1), (0, 2)),
+                ((2, 2), (2, 2), (0, 0)),
+            ] {
+                cases.push((2, c, 5, 6, k, s, p));
+            }
+        }
+        cases.push((1, 3, 61, 58, (7, 7), (2, 2), (3, 3)));
+        for (n, c, h, w, k, s, p) in cases {
+            let win = Window::new(n, c, h, w, k, s, p);
+            let x: Vec<u8> = (0..n * c * h * w).map(|i| (i * 7 % 251) as u8).collect();
+            let want = im2col(&crate::exec::TEST, &x, win, 200u8).unwrap();
+            let (rows, kk) = win.check().unwrap().cols_shape();
+            for extra in [0, 1, 3] {
+                let len = kk + extra;
+                let mut got = vec![9u8; rows * len];
+                im2col_rows_into(&crate::exec::TEST, &x, win, 200, len, 0xEE, &mut got).unwrap();
+                for r in 0..rows {
+                    assert_eq!(
+                        &got[r * len..r * len + kk],
+                        &want[r * kk..(r + 1) * kk],
+                        "{win:?} row {r}"
+                    );
+                    assert!(
+                        got[r * len + kk..(r + 1) * len].iter().all(|&v| v == 0xEE),
+                        "{win:?} tail {r}"
+                    );
+                }
+            }
+            let mut short = vec![0u8; rows * (kk - 1)];
+            assert!(
+                im2col_rows_into(&crate::exec::TEST, &x, win, 0, kk - 1, 0, &mut short).is_err()
+            );
         }
     }
 

@@ -265,6 +265,20 @@ impl PackedB {
         })
     }
 
+    /// The same matrix with K padded to the packed `kp` (a multiple of 4)
+    /// by zero rows, when every stored zero point is 0 (symmetric int8
+    /// weights): then the padding rows add nothing whatever A holds there,
+    /// the column terms are unchanged and no row sums of A are needed, so
+    /// a producer of A (a convolution's unfold) can write rows of `kp`
+    /// bytes that the GEMM reads in place instead of packing a copy.
+    /// `None` when K is already a multiple of 4 or a zero point is not 0.
+    pub fn padded_k(&self) -> Option<PackedB> {
+        (self.kp != self.k && self.zp.iter().all(|&z| z == 0)).then(|| PackedB {
+            k: self.kp,
+            ..self.clone()
+        })
+    }
+
     /// Unpacks to the row-major `K × N` stored values plus offset, i.e. the
     /// original matrix as i32 (for tests and pickling checks).
     pub fn unpack(&self) -> Vec<i32> {

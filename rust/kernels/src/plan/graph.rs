@@ -27,6 +27,9 @@
 use std::sync::{Arc, Mutex};
 
 #[cfg(test)]
+#[path = "conv_tests.rs"]
+mod conv_tests;
+#[cfg(test)]
 #[path = "graph_tests.rs"]
 mod tests;
 
@@ -270,7 +273,6 @@ pub struct Workspace {
     qt: Vec<u8>,
     cols: Vec<u8>,
     row_scale: Vec<f32>,
-    row_zp: Vec<i32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
     res: Vec<f32>,
@@ -550,7 +552,8 @@ impl Op {
                 );
                 Scratch {
                     q: xe,
-                    cols: rows * gemm.packed.k(),
+                    // Unfolded rows padded to a multiple of 4 (see `pad_conv_weights`).
+                    cols: rows * gemm.packed.k().next_multiple_of(4),
                     rows,
                     res: if res { ye } else { 0 },
                 }
@@ -631,6 +634,7 @@ impl GraphPlan {
             if let Op::Dense(g) | Op::Conv { gemm: g, .. } = &mut n.op {
                 g.spell_out()?;
             }
+            pad_conv_weights(&mut n.op);
         }
         let dims = dims
             .into_iter()
@@ -840,7 +844,6 @@ impl GraphPlan {
         grow(&mut ws.qt, len(s.q)?, &mut ws.allocations)?;
         grow(&mut ws.cols, len(s.cols)?, &mut ws.allocations)?;
         grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
-        grow(&mut ws.row_zp, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.res, len(s.res)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
@@ -1221,24 +1224,19 @@ fn conv(
         &ws.q[..len]
     };
     let win = Window::new(batch, c, h, w, kernel, stride, padding).check()?;
-    let (rows, k) = win.cols_shape();
     let pad = if batch > 0 { ws.img_zp[0] as u8 } else { 0 };
-    let cols = &mut ws.cols[..rows * k];
-    nhwc::im2col_into(ctx, q, win, pad, cols)?;
-    let (row_scale, zp) = if let Some(a) = g.act {
-        (Param::Scalar(a.scale), ZeroPoint::Scalar(a.zero_point))
+    let (rows, k, cols) = unfold_u8(ctx, &mut ws.cols, q, win, pad, g)?;
+    // Every image was quantized with one zero point (`quantize_input`'s
+    // `one_zero_point`): one zero point for all rows, one scale per image.
+    let zp = ZeroPoint::Scalar(pad as i32);
+    let row_scale = if let Some(a) = g.act {
+        Param::Scalar(a.scale)
     } else {
         let per = win.oh() * win.ow();
         for img in 0..batch {
             ws.row_scale[img * per..(img + 1) * per].fill(ws.img_scale[img]);
-            ws.row_zp[img * per..(img + 1) * per].fill(ws.img_zp[img]);
         }
-        let zp = if rows == 1 {
-            ZeroPoint::Scalar(ws.row_zp[0])
-        } else {
-            ZeroPoint::PerIndex(&ws.row_zp[..rows])
-        };
-        (param(&ws.row_scale[..rows]), zp)
+        param(&ws.row_scale[..rows])
     };
     let step = OutputStep::Float {
         row_scale,
@@ -1251,6 +1249,36 @@ fn conv(
         f.run(y);
     }
     Ok(())
+}
+
+/// A convolution's weights with K padded to a multiple of 4 when that is
+/// free ([`PackedB::padded_k`]): the unfold then writes rows the GEMM reads
+/// in place (a one-channel 3×3 convolution's 9 columns were packed a second
+/// time, row by row, into 12).
+fn pad_conv_weights(op: &mut Op) {
+    if let Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. } = op {
+        if let Some(p) = g.packed.padded_k() {
+            g.packed = Arc::new(p);
+        }
+    }
+}
+
+/// Unfolds the NHWC uint8 images `q` over `win` into `cols` as the rows of
+/// A for the conv GEMM `g` (its K: the unfold's `c·kh·kw` columns, padded
+/// with zeros when the weights were padded); returns `(rows, K, A)`.
+pub(super) fn unfold_u8<'a>(
+    ctx: &Ctx,
+    cols: &'a mut [u8],
+    q: &[u8],
+    win: Window,
+    pad: u8,
+    g: &Gemm,
+) -> Result<(usize, usize, &'a [u8])> {
+    let (rows, _) = win.check()?.cols_shape();
+    let k = g.packed.k();
+    let cols = &mut cols[..rows * k];
+    nhwc::im2col_rows_into(ctx, q, win, pad, k, 0, cols)?;
+    Ok((rows, k, cols))
 }
 
 /// Where each value lives, and the per-sample size of each shared buffer.

@@ -276,10 +276,8 @@ fn run(
                 q
             };
             let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check()?;
-            let (rows, k) = win.cols_shape();
-            let cols = &mut ws.cols[..rows * k];
             // Padding is the real zero: the zero point.
-            nhwc::im2col_into(ctx, q, win, a.zero_point as u8, cols)?;
+            let (rows, k, cols) = unfold_u8(ctx, &mut ws.cols, q, win, a.zero_point as u8, g)?;
             static_gemm(ctx, cols, rows, k, g, a, res, y)
         }
         Op::Depthwise { .. } => depthwise(ctx, ws, x, xd, batch, op, y),
