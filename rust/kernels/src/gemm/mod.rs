@@ -43,7 +43,7 @@ pub(crate) mod b_per_call;
 mod kernel;
 pub mod output;
 pub mod pack;
-mod reuse;
+pub(crate) mod reuse;
 
 use crate::cpu;
 use crate::error::Result;

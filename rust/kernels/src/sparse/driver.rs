@@ -28,6 +28,7 @@ use std::ops::Range;
 use super::formats::{Bsr, Elem, Nm};
 use crate::error::Result;
 use crate::exec::{self, Ctx};
+use crate::gemm::reuse::Reused;
 use crate::shape_err;
 use rayon::prelude::*;
 
@@ -62,6 +63,22 @@ pub(super) fn balanced(indptr: &[u32], parts: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// Part `i` of `parts` of `0..indptr.len()-1` in ranges of about equal
+/// `indptr` mass (some may be empty), computed without allocating.
+pub(super) fn balanced_part(indptr: &[u32], parts: usize, i: usize) -> Range<usize> {
+    let n = indptr.len().saturating_sub(1);
+    let total = indptr.last().map_or(0, |&v| v as u64);
+    let at = |p: usize| {
+        if p >= parts {
+            n
+        } else {
+            let target = (total * p as u64 / parts.max(1) as u64) as u32;
+            indptr.partition_point(|&v| v < target).min(n)
+        }
+    };
+    at(i)..at(i + 1).max(at(i))
+}
+
 /// Cuts `buf` into consecutive pieces of `unit * range.len()` elements.
 pub(super) fn split_by<'a, T>(
     mut buf: &'a mut [T],
@@ -80,14 +97,14 @@ pub(super) fn split_by<'a, T>(
 /// Runs `f(range, out_piece)` over balanced row ranges in the pool.
 pub(super) fn par_rows<T: Send>(
     ctx: &Ctx,
-    indptr: &[u32],
+    g: &Rows<'_>,
     work: usize,
     out: &mut [T],
     unit: usize,
     f: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) {
     let parts = ctx.chunks_for(work);
-    let ranges = balanced(indptr, parts);
+    let ranges = g.balanced(parts);
     let pieces = split_by(out, &ranges, unit);
     if ranges.len() == 1 || !exec::in_pool() {
         for (r, p) in ranges.into_iter().zip(pieces) {
@@ -105,8 +122,10 @@ pub(super) fn par_rows<T: Send>(
 /// the storage: BSR rows come in block rows of `unit = r`, N:M rows one by one.
 pub(super) struct Rows<'a> {
     /// Per partition unit, the running count of stored values (the threads'
-    /// split balances it).
-    pub indptr: std::borrow::Cow<'a, [u32]>,
+    /// split balances it); empty when every unit holds the same count (N:M).
+    pub indptr: &'a [u32],
+    /// Partition units (block rows, or rows).
+    pub units: usize,
     /// Output rows per partition unit.
     pub unit: usize,
     /// Output rows (`N`) and rows of the padded block grid.
@@ -122,7 +141,8 @@ pub(super) struct Rows<'a> {
 impl<'a> Rows<'a> {
     pub(super) fn of_bsr<T: Elem>(w: &'a Bsr<T>, batch: usize) -> Rows<'a> {
         Rows {
-            indptr: std::borrow::Cow::Borrowed(&w.indptr),
+            indptr: &w.indptr,
+            units: w.brows(),
             unit: w.r,
             n: w.rows,
             padded: w.brows() * w.r,
@@ -132,14 +152,11 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// N:M rows: the implicit `indptr` (every row holds the same count).
+    /// N:M rows: every row holds the same count.
     pub(super) fn of_nm<T: Elem>(w: &Nm<T>, batch: usize) -> Rows<'a> {
-        let per = (w.cols / w.m * w.n) as u64;
-        let indptr = (0..=w.rows as u64)
-            .map(|r| (r * per).min(u32::MAX as u64) as u32)
-            .collect();
         Rows {
-            indptr: std::borrow::Cow::Owned(indptr),
+            indptr: &[],
+            units: w.rows,
             unit: 1,
             n: w.rows,
             padded: w.rows,
@@ -148,26 +165,39 @@ impl<'a> Rows<'a> {
             work: w.values.len() * batch.max(1),
         }
     }
+
+    /// At most `parts` ranges of units of about equal stored-value count.
+    pub(super) fn balanced(&self, parts: usize) -> Vec<Range<usize>> {
+        if !self.indptr.is_empty() {
+            return balanced(self.indptr, parts);
+        }
+        let parts = parts.clamp(1, self.units.max(1));
+        (0..parts)
+            .map(|p| self.units * p / parts..self.units * (p + 1) / parts)
+            .collect()
+    }
 }
 
 pub(super) fn bp_of(batch: usize) -> usize {
     batch.div_ceil(LANE) * LANE
 }
 
-/// A zeroed buffer whose first element sits on a cache line (64 bytes):
-/// the SIMD rows of `Xt` / `Yt`, whose lengths are multiples of 64 bytes,
-/// then never straddle two lines (a split load costs about twice a plain one).
-pub(super) struct Aligned<T> {
-    buf: Vec<T>,
+/// A per-thread reused buffer (`gemm::reuse`) whose first element sits on a
+/// cache line (64 bytes): the SIMD rows of `Xt`, whose lengths are multiples
+/// of 64 bytes, then never straddle two lines (a split load costs about
+/// twice a plain one). Its contents are stale: the caller writes every
+/// element (so a repeated call neither allocates nor clears it).
+pub(super) struct Aligned<T: Copy + Default + 'static> {
+    buf: Reused<T>,
     off: usize,
     len: usize,
 }
 
-impl<T: Copy + Default> Aligned<T> {
-    pub(super) fn zeroed(len: usize, what: &str) -> Result<Aligned<T>> {
+impl<T: Copy + Default + 'static> Aligned<T> {
+    pub(super) fn stale(home: &'static Home<T>, len: usize, what: &str) -> Result<Aligned<T>> {
         let extra = 64 / std::mem::size_of::<T>().max(1);
         // (An overflowing length saturates into a size no allocator gives.)
-        let buf = crate::error::try_vec(len.saturating_add(extra), T::default(), what)?;
+        let buf = Reused::try_stale(home, len.saturating_add(extra), what)?;
         // `align_offset` may decline (usize::MAX); the buffer is then used unaligned.
         let off = buf.as_ptr().align_offset(64).min(extra);
         Ok(Aligned { buf, off, len })
@@ -180,6 +210,15 @@ impl<T: Copy + Default> Aligned<T> {
     pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
         &mut self.buf[self.off..self.off + self.len]
     }
+}
+
+type Home<T> = std::thread::LocalKey<std::cell::Cell<Vec<T>>>;
+
+std::thread_local! {
+    /// The float products' transposed activations (`Xt`), kept per thread.
+    pub(super) static XT_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The float gather-dot's activation row padded to the block grid.
+    pub(super) static XPAD_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Values a transposed activation can be made of.
@@ -219,7 +258,26 @@ pub(super) fn transpose_with<S: Copy + Sync, D: XtElem>(
     xt
 }
 
+/// [`check_shapes`], and a probe that the output and accumulators of a
+/// product that allocates them (about two `batch × rows` buffers) can be had.
 pub(super) fn check_common(
+    rows: usize,
+    cols: usize,
+    x_len: usize,
+    batch: usize,
+    bias: Option<&[f32]>,
+) -> Result<()> {
+    check_shapes(rows, cols, x_len, batch, bias)?;
+    // The products size their output and accumulators (about two `batch × rows` buffers)
+    // from the batch, which an `x` of zero columns does not bound: reserve that much first,
+    // so a size no allocator can give is an `Error::Alloc` instead of an abort.
+    let out = crate::error::checked_len(batch, rows, "the sparse product's output")?;
+    crate::error::try_with_capacity::<f32>(out.saturating_mul(2), "the sparse product's output")?;
+    Ok(())
+}
+
+/// The shapes of `x` `(batch, cols)` and `bias` (`rows`) of a product.
+pub(super) fn check_shapes(
     rows: usize,
     cols: usize,
     x_len: usize,
@@ -234,11 +292,6 @@ pub(super) fn check_common(
             return shape_err!("bias has {} entries, expected out_features={rows}", b.len());
         }
     }
-    // The products size their output and accumulators (about two `batch × rows` buffers)
-    // from the batch, which an `x` of zero columns does not bound: reserve that much first,
-    // so a size no allocator can give is an `Error::Alloc` instead of an abort.
-    let out = crate::error::checked_len(batch, rows, "the sparse product's output")?;
-    crate::error::try_with_capacity::<f32>(out.saturating_mul(2), "the sparse product's output")?;
     Ok(())
 }
 

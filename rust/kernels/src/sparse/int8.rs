@@ -377,9 +377,7 @@ fn i8_gemv_rows(
         for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
             *d = v as i32 - zp;
         }
-        par_rows(ctx, &g.indptr, work, &mut yr, g.unit, |rg, out| {
-            f(rg, &xs, out)
-        });
+        par_rows(ctx, g, work, &mut yr, g.unit, |rg, out| f(rg, &xs, out));
         for (o, &v) in yr.iter().enumerate() {
             yt[o * LANE + b] = v;
         }
@@ -399,7 +397,7 @@ fn i16_axpy_rows(
 ) -> Vec<i32> {
     let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, g.cols, g.kp, bp);
     let mut yt = vec![0i32; g.padded * bp];
-    par_rows(ctx, &g.indptr, g.work, &mut yt, g.unit * bp, |rg, out| {
+    par_rows(ctx, g, g.work, &mut yt, g.unit * bp, |rg, out| {
         f(rg, &xt, bp, out)
     });
     yt
@@ -493,14 +491,9 @@ pub fn bsr_i8_linear(
         if c % 4 == 0 {
             let xp = pack_x4(xq.q, batch, cols, kp, bp);
             let mut yt = vec![0i32; g.padded * bp];
-            par_rows(
-                ctx,
-                &g.indptr,
-                g.work,
-                &mut yt,
-                g.unit * bp,
-                |rg, out| unsafe { (k.bsr_i8_dot4)(w, rg, &xp, bp, out) },
-            );
+            par_rows(ctx, &g, g.work, &mut yt, g.unit * bp, |rg, out| unsafe {
+                (k.bsr_i8_dot4)(w, rg, &xp, bp, out)
+            });
             output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
         } else {
             let yt = i16_axpy_rows(ctx, &g, batch, bp, xq, |rg, xt, bp, out| unsafe {
@@ -579,14 +572,28 @@ mod tests {
                     scale: &sx,
                     zero_point: &zp,
                 };
-                let blocks = [(1, 1), (1, 4), (2, 3), (4, 4), (8, 8), (8, 4), (16, 4), (16, 8), (4, 12)];
+                let blocks = [
+                    (1, 1),
+                    (1, 4),
+                    (2, 3),
+                    (4, 4),
+                    (8, 8),
+                    (8, 4),
+                    (16, 4),
+                    (16, 8),
+                    (4, 12),
+                ];
                 for (r, c) in blocks {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
                     let ctx = &crate::exec::TEST;
-                    let mut got = vec![("bsr", bsr_i8_linear(ctx, &b, &rq, &xq, batch, None, false))];
+                    let mut got =
+                        vec![("bsr", bsr_i8_linear(ctx, &b, &rq, &xq, batch, None, false))];
                     if let Some(p) = PanelI8::of_bsr(&b).unwrap() {
-                        got.push(("panel", panel_i8_linear(ctx, &p, &rq, &xq, batch, None, false)));
+                        got.push((
+                            "panel",
+                            panel_i8_linear(ctx, &p, &rq, &xq, batch, None, false),
+                        ));
                     }
                     for (path, y) in got {
                         let y = y.unwrap();
