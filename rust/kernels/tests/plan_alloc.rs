@@ -291,8 +291,8 @@ fn sparse_layer(n: usize, k: usize, pattern: Pattern, int8: bool) -> Arc<SparseW
     })
 }
 
-/// Sparse dense layers (float CSR, BSR and N:M, and int8 output-column
-/// panels) write the plan's value in place from per-thread workspaces:
+/// Sparse dense layers (float CSR, BSR and N:M; int8 output-column panels,
+/// CSR, 1×8 blocks and N:M) write the plan's value in place from per-thread workspaces:
 /// nothing is allocated per call, on the gather-dot (batch <= 2) and the
 /// AXPY path alike, and the plan computes what the weight computes alone.
 #[test]
@@ -314,6 +314,18 @@ fn sparse_layers_allocate_nothing_per_call() {
             sparse_layer(36, 40, Pattern::Blocks { r: 16, c: 4 }, true),
             Some(vec![0.3f32; 36]),
         ),
+        (
+            sparse_layer(24, 36, Pattern::Blocks { r: 1, c: 1 }, true),
+            None,
+        ),
+        (
+            sparse_layer(20, 24, Pattern::Blocks { r: 1, c: 8 }, true),
+            Some(vec![0.1f32; 20]),
+        ),
+        (
+            sparse_layer(12, 20, Pattern::NofM { n: 2, m: 4 }, true),
+            None,
+        ),
     ];
     let nodes: Vec<Node> = layers
         .iter()
@@ -323,7 +335,7 @@ fn sparse_layers_allocate_nothing_per_call() {
             node(Op::SparseDense(op), &[i], i + 1)
         })
         .collect();
-    let plan = GraphPlan::new(nodes, vec![0], vec![vec![40]], vec![4]).unwrap();
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![40]], vec![layers.len()]).unwrap();
     let ctx = Ctx::serial();
     for batch in [1usize, 40, 2, 5] {
         assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
@@ -334,7 +346,7 @@ fn sparse_layers_allocate_nothing_per_call() {
                 .linear(&ctx, &h, batch, k, b.as_deref(), i % 2 == 0)
                 .unwrap();
         }
-        let mut y = vec![0f32; batch * 36];
+        let mut y = vec![0f32; batch * 12];
         plan.forward(&ctx, batch, &[&x_of(batch)], &mut [&mut y])
             .unwrap();
         assert_eq!(y, h, "batch {batch}");

@@ -3,9 +3,8 @@
 //! ([`SparseWeight::linear`]), so a pruned layer no longer splits a model
 //! into two native calls with Python between them.
 //!
-//! The product writes the plan's value in place; the float storages and the
-//! int8 output-column panels then allocate nothing per call (their
-//! workspaces are reused per thread), the other int8 storages still do.
+//! The product writes the plan's value in place from workspaces it reuses
+//! per thread, so a sparse layer allocates nothing per call either.
 
 use std::sync::Arc;
 

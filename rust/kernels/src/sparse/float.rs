@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::driver::{
-    bp_of, check_shapes, kernels, Aligned, Rows, GEMV_MAX_BATCH, XPAD_F32, XT_F32,
+    bp_of, check_shapes, kernels, new_output, Aligned, Rows, GEMV_MAX_BATCH, XPAD_F32, XT_F32,
 };
 use super::formats::{Bsr, Nm};
 use crate::error::Result;
@@ -477,7 +477,7 @@ pub(crate) unsafe fn nm_f32_gemv_body<const FMA: bool>(
 #[allow(clippy::too_many_arguments)]
 fn linear_into(
     ctx: &Ctx,
-    g: &Rows<'_>,
+    g: &Rows,
     x: &[f32],
     batch: usize,
     bias: Option<&[f32]>,
@@ -581,11 +581,9 @@ pub fn bsr_f32_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_shapes(w.rows, w.cols, x.len(), batch, bias)?;
-    let len = crate::error::checked_len(batch, w.rows, "the sparse product's output")?;
-    let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
-    bsr_f32_linear_into(ctx, w, x, batch, bias, relu, &mut y)?;
-    Ok(y)
+    new_output((w.rows, w.cols), x.len(), batch, bias, |y| {
+        bsr_f32_linear_into(ctx, w, x, batch, bias, relu, y)
+    })
 }
 
 /// [`nm_f32_linear`] into `y` `(batch, N)`, allocating nothing on a repeated call.
@@ -616,11 +614,9 @@ pub fn nm_f32_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_shapes(w.rows, w.cols, x.len(), batch, bias)?;
-    let len = crate::error::checked_len(batch, w.rows, "the sparse product's output")?;
-    let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
-    nm_f32_linear_into(ctx, w, x, batch, bias, relu, &mut y)?;
-    Ok(y)
+    new_output((w.rows, w.cols), x.len(), batch, bias, |y| {
+        nm_f32_linear_into(ctx, w, x, batch, bias, relu, y)
+    })
 }
 
 #[cfg(test)]

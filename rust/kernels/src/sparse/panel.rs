@@ -18,12 +18,12 @@
 
 use std::ops::Range;
 
-use super::driver::{balanced_part, check_shapes};
+use super::driver::{balanced_part, check_shapes, new_output};
 use super::formats::{Bsr, RowQuant};
-use super::int8::{check_quant_x, pack_x4_into, QuantX};
-use crate::error::{try_vec, try_with_capacity, Result};
+use super::int8::{check_quant_x, output_step, pack_x4_into, QuantX, ZERO_BIAS};
+use crate::error::{try_with_capacity, Result};
 use crate::exec::{Ctx, SyncPtr};
-use crate::gemm::output::{Epilogue, OutputStep, Param};
+use crate::gemm::output::Epilogue;
 use crate::gemm::reuse::Reused;
 use crate::shape_err;
 
@@ -239,11 +239,9 @@ pub fn panel_i8_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_shapes(w.rows, w.cols, xq.q.len(), batch, bias)?;
-    let len = crate::error::checked_len(batch, w.rows, "the sparse product's output")?;
-    let mut y = try_vec(len, 0f32, "the sparse product's output")?;
-    panel_i8_linear_into(ctx, w, wq, xq, batch, bias, relu, &mut y)?;
-    Ok(y)
+    new_output((w.rows, w.cols), xq.q.len(), batch, bias, |y| {
+        panel_i8_linear_into(ctx, w, wq, xq, batch, bias, relu, y)
+    })
 }
 
 std::thread_local! {
@@ -276,12 +274,8 @@ pub fn panel_i8_linear_into(
     }
     // The inner-loop operation is a 4-deep dot of one output lane.
     let work = (w.values.len() / 4).saturating_mul(batch.max(1));
-    let step = OutputStep::Float {
-        row_scale: Param::PerIndex(xq.scale),
-        col_scale: Param::PerIndex(&wq.scale),
-        bias,
-        relu,
-    };
+    let zeros = Reused::new(&ZERO_BIAS, if bias.is_some() { 0 } else { n }, 0f32);
+    let step = output_step(xq, wq, bias, &zeros, relu);
     let ep = step.prepare::<f32>(batch, n)?;
     if batch == 0 || n == 0 {
         return Ok(());

@@ -4,10 +4,11 @@
 //! An int8 weight quantizes float activations per row with the one
 //! activation quantizer ([`crate::quant::rows`]) before its exact product.
 
+use super::driver::new_output;
 use super::float::{bsr_f32_linear_into, nm_f32_linear_into};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
-use super::int8::{bsr_i8_linear, nm_i8_linear, QuantX};
-use super::panel::{panel_i8_linear, panel_i8_linear_into, PanelI8};
+use super::int8::{bsr_i8_linear_into, nm_i8_linear_into, QuantX};
+use super::panel::{panel_i8_linear_into, PanelI8};
 use crate::error::{Error, Result};
 use crate::exec::Ctx;
 use crate::gemm::reuse::Reused;
@@ -216,17 +217,14 @@ impl SparseWeight {
         relu: bool,
     ) -> Result<Vec<f32>> {
         self.check_features("x", k)?;
-        super::driver::check_shapes(self.shape().0, k, x.len(), batch, bias)?;
-        let len = crate::error::checked_len(batch, self.shape().0, "the sparse product's output")?;
-        let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
-        self.linear_into(ctx, x, batch, k, bias, relu, &mut y)?;
-        Ok(y)
+        new_output((self.shape().0, k), x.len(), batch, bias, |y| {
+            self.linear_into(ctx, x, batch, k, bias, relu, y)
+        })
     }
 
-    /// [`SparseWeight::linear`] into `y` `(batch, out)`. The float storages
-    /// and the int8 output-column panels work in per-thread buffers that
-    /// they reuse, so a repeated call of the same shape allocates nothing;
-    /// the other int8 storages still make their own buffers.
+    /// [`SparseWeight::linear`] into `y` `(batch, out)`. Every storage
+    /// works in per-thread buffers that it reuses, so a repeated call of the
+    /// same shape allocates nothing.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_into(
         &self,
@@ -272,15 +270,16 @@ impl SparseWeight {
         y: &mut [f32],
     ) -> Result<()> {
         self.check_features("xq", k)?;
-        if let Store::BsrI8(_, q, Some(p)) = &self.store {
-            return panel_i8_linear_into(ctx, p, q, xq, batch, bias, relu, y);
+        match &self.store {
+            Store::BsrI8(_, q, Some(p)) => {
+                panel_i8_linear_into(ctx, p, q, xq, batch, bias, relu, y)
+            }
+            Store::BsrI8(b, q, None) => bsr_i8_linear_into(ctx, b, q, xq, batch, bias, relu, y),
+            Store::NmI8(b, q) => nm_i8_linear_into(ctx, b, q, xq, batch, bias, relu, y),
+            Store::Bsr(_) | Store::Nm(_) => {
+                Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
+            }
         }
-        let out = self.linear_quantized(ctx, xq, batch, k, bias, relu)?;
-        if out.len() != y.len() {
-            return shape_err!("y has {} elements, expected {}", y.len(), out.len());
-        }
-        y.copy_from_slice(&out);
-        Ok(())
     }
 
     /// The int8 product with `x` already quantized (uint8, one scale and
@@ -295,14 +294,9 @@ impl SparseWeight {
         relu: bool,
     ) -> Result<Vec<f32>> {
         self.check_features("xq", k)?;
-        match &self.store {
-            Store::BsrI8(_, q, Some(p)) => panel_i8_linear(ctx, p, q, xq, batch, bias, relu),
-            Store::BsrI8(b, q, None) => bsr_i8_linear(ctx, b, q, xq, batch, bias, relu),
-            Store::NmI8(b, q) => nm_i8_linear(ctx, b, q, xq, batch, bias, relu),
-            Store::Bsr(_) | Store::Nm(_) => {
-                Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
-            }
-        }
+        new_output((self.shape().0, k), xq.q.len(), batch, bias, |y| {
+            self.linear_quantized_into(ctx, xq, batch, k, bias, relu, y)
+        })
     }
 }
 
