@@ -12,7 +12,8 @@ use hwreg_kernels::conv::nhwc::Pool;
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{PackedB, ZeroPoint};
 use hwreg_kernels::int4::{self, Int4Weight};
-use hwreg_kernels::plan::{Gemm, GraphPlan, Int4Dense, Node, Op, Unary};
+use hwreg_kernels::plan::{Gemm, GraphPlan, Int4Dense, Node, Op, SparseDense, Unary};
+use hwreg_kernels::sparse::{Pattern, SparseWeight};
 
 struct Counting;
 
@@ -280,4 +281,99 @@ fn int4_layers_allocate_nothing_per_call() {
         plan.forward(&ctx, batch, &[&x], &mut [&mut y]).unwrap();
         assert_eq!(y, want, "batch {batch}");
     }
+}
+
+fn sparse_layer(n: usize, k: usize, pattern: Pattern, int8: bool) -> Arc<SparseWeight> {
+    // About 80 % zeros, some whole 4×4 blocks kept, others empty; 2:4 for N:M.
+    let nm = matches!(pattern, Pattern::NofM { .. });
+    let keep = |i: usize| {
+        if nm {
+            i % 4 < 2 && i % 3 != 0
+        } else {
+            (i / k / 4 + (i % k) / 4) % 5 == 0 || i % 7 == 0
+        }
+    };
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| {
+            if keep(i) {
+                ((i * 7) % 13) as f32 * 0.05 - 0.3
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Arc::new(if int8 {
+        let q: Vec<i8> = w.iter().map(|&v| (v * 40.0).round() as i8).collect();
+        SparseWeight::from_i8(&q, vec![0.01; n], n, k, None, pattern).unwrap()
+    } else {
+        SparseWeight::from_f32(&w, n, k, None, pattern).unwrap()
+    })
+}
+
+/// Sparse dense layers (float CSR, BSR and N:M; int8 output-column panels,
+/// CSR, 1×8 blocks and N:M) write the plan's value in place from per-thread workspaces:
+/// nothing is allocated per call, on the gather-dot (batch <= 2) and the
+/// AXPY path alike, and the plan computes what the weight computes alone.
+#[test]
+fn sparse_layers_allocate_nothing_per_call() {
+    let layers = [
+        (
+            sparse_layer(48, 40, Pattern::Blocks { r: 1, c: 1 }, false),
+            Some(vec![0.1f32; 48]),
+        ),
+        (
+            sparse_layer(32, 48, Pattern::Blocks { r: 4, c: 4 }, false),
+            None,
+        ),
+        (
+            sparse_layer(40, 32, Pattern::NofM { n: 2, m: 4 }, false),
+            Some(vec![-0.2f32; 40]),
+        ),
+        (
+            sparse_layer(36, 40, Pattern::Blocks { r: 16, c: 4 }, true),
+            Some(vec![0.3f32; 36]),
+        ),
+        (
+            sparse_layer(24, 36, Pattern::Blocks { r: 1, c: 1 }, true),
+            None,
+        ),
+        (
+            sparse_layer(20, 24, Pattern::Blocks { r: 1, c: 8 }, true),
+            Some(vec![0.1f32; 20]),
+        ),
+        (
+            sparse_layer(12, 20, Pattern::NofM { n: 2, m: 4 }, true),
+            None,
+        ),
+    ];
+    let nodes: Vec<Node> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, (w, b))| {
+            let op = SparseDense::new(w.clone(), b.clone(), i % 2 == 0, None).unwrap();
+            node(Op::SparseDense(op), &[i], i + 1)
+        })
+        .collect();
+    let plan = GraphPlan::new(nodes, vec![0], vec![vec![40]], vec![layers.len()]).unwrap();
+    let ctx = Ctx::serial();
+    for batch in [1usize, 40, 2, 5] {
+        assert_eq!(second_call(&plan, batch), (0, 0), "batch {batch}");
+        let mut h = x_of(batch);
+        for (i, (w, b)) in layers.iter().enumerate() {
+            let k = w.shape().1;
+            h = w
+                .linear(&ctx, &h, batch, k, b.as_deref(), i % 2 == 0)
+                .unwrap();
+        }
+        let mut y = vec![0f32; batch * 12];
+        plan.forward(&ctx, batch, &[&x_of(batch)], &mut [&mut y])
+            .unwrap();
+        assert_eq!(y, h, "batch {batch}");
+    }
+}
+
+fn x_of(batch: usize) -> Vec<f32> {
+    (0..batch * 40)
+        .map(|i| ((i * 13) % 17) as f32 * 0.1 - 0.8)
+        .collect()
 }

@@ -37,6 +37,27 @@ impl<T: Copy + 'static> Reused<T> {
         buf.resize(len, fill);
         Reused { buf, home }
     }
+
+    /// `len` elements whose contents are whatever the buffer held (the
+    /// caller writes every one before reading it), so a call of the same
+    /// size as the last writes nothing here; a size no allocator gives is an
+    /// `Error::Alloc` naming `what`.
+    pub(crate) fn try_stale(home: &'static Home<T>, len: usize, what: &str) -> crate::Result<Self>
+    where
+        T: Default,
+    {
+        let mut buf = home.try_with(Cell::take).unwrap_or_default();
+        if len > buf.len() {
+            if buf.try_reserve_exact(len - buf.len()).is_err() {
+                return Err(crate::error::Error::Alloc(format!(
+                    "{what}: cannot allocate {len} elements"
+                )));
+            }
+            buf.resize(len, T::default());
+        }
+        buf.truncate(len);
+        Ok(Reused { buf, home })
+    }
 }
 
 impl<T: Copy + 'static> Deref for Reused<T> {

@@ -3,9 +3,8 @@
 //! ([`SparseWeight::linear`]), so a pruned layer no longer splits a model
 //! into two native calls with Python between them.
 //!
-//! The product returns a new vector (its own quantization and output
-//! buffers), copied into the plan's value: a sparse layer is the one plan
-//! op that still allocates per call.
+//! The product writes the plan's value in place from workspaces it reuses
+//! per thread, so a sparse layer allocates nothing per call either.
 
 use std::sync::Arc;
 
@@ -61,21 +60,13 @@ impl SparseDense {
         }
     }
 
-    /// `y = layer(x)` for the rows of `x`.
+    /// `y = layer(x)` for the rows of `x`, written in place (the product's
+    /// buffers are reused per thread: see [`SparseWeight::linear_into`]).
     pub(super) fn run(&self, ctx: &Ctx, x: &[f32], y: &mut [f32]) -> Result<()> {
         let k = self.weight.shape().1;
         let m = x.len().checked_div(k).unwrap_or(0);
-        let out = self
-            .weight
-            .linear(ctx, x, m, k, self.bias.as_deref(), self.relu)?;
-        if out.len() != y.len() {
-            return shape_err!(
-                "the sparse product gave {} values for {}",
-                out.len(),
-                y.len()
-            );
-        }
-        y.copy_from_slice(&out);
+        self.weight
+            .linear_into(ctx, x, m, k, self.bias.as_deref(), self.relu, y)?;
         if let Some(f) = self.post {
             f.run(y);
         }

@@ -19,7 +19,7 @@
 //! 256-row MLP layer. It is the rule of every path; the SIMD versions (in
 //! `quant/arch`) give the same bytes as `quantize_row_body`.
 
-use crate::error::{try_vec, try_with_capacity};
+use crate::error::try_vec;
 use crate::exec::{self, Ctx};
 use crate::{shape_err, value_err, Result};
 
@@ -45,43 +45,73 @@ pub fn quantize_rows_u8(
     if batch.checked_mul(k) != Some(x.len()) {
         return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
     }
-    if k == 0 {
-        let (scale, zp, _) = row_qparams(0.0, 0.0);
-        let (s, z) = (
-            try_vec(batch, scale, "the row scales")?,
-            try_vec(batch, zp as u8, "the row zero points")?,
+    let mut q = try_vec(x.len(), 0u8, "the quantized rows")?;
+    let mut scale = try_vec(batch, 0f32, "the row scales")?;
+    let mut zero_point = try_vec(batch, 0u8, "the row zero points")?;
+    quantize_rows_u8_into(ctx, x, batch, k, &mut q, &mut scale, &mut zero_point)?;
+    Ok((q, scale, zero_point))
+}
+
+/// [`quantize_rows_u8`] into caller buffers: `q` of `batch · k` bytes,
+/// `scale` and `zero_point` of `batch` entries (so a caller that keeps them
+/// allocates nothing per call).
+pub fn quantize_rows_u8_into(
+    ctx: &Ctx,
+    x: &[f32],
+    batch: usize,
+    k: usize,
+    q: &mut [u8],
+    scale: &mut [f32],
+    zero_point: &mut [u8],
+) -> Result<()> {
+    if batch.checked_mul(k) != Some(x.len()) {
+        return shape_err!("x has {} elements, expected {batch}x{k}", x.len());
+    }
+    if q.len() != x.len() || scale.len() != batch || zero_point.len() != batch {
+        return shape_err!(
+            "quantized rows: buffers of {}, {} and {} entries for {batch}x{k}",
+            q.len(),
+            scale.len(),
+            zero_point.len()
         );
-        return Ok((Vec::new(), s, z));
+    }
+    if k == 0 {
+        let (s, zp, _) = row_qparams(0.0, 0.0);
+        scale.fill(s);
+        zero_point.fill(zp as u8);
+        return Ok(());
     }
     let quantize_row = crate::cpu::dispatch().quant.quantize_row;
-    let mut q = try_vec(x.len(), 0u8, "the quantized rows")?;
-    let mut params = try_vec(batch, None, "the row parameters")?;
     // On the fork-join team, as the GEMMs that read the rows: a rayon job
     // here woke a second set of threads that then spun beside the team's.
     let rows_per = (ROWS_TASK_ELEMS / k).max(1);
-    let (qp, pp) = (exec::SyncPtr(q.as_mut_ptr()), exec::SyncPtr(params.as_mut_ptr()));
+    let (qp, sp, zp) = (
+        exec::SyncPtr(q.as_mut_ptr()),
+        exec::SyncPtr(scale.as_mut_ptr()),
+        exec::SyncPtr(zero_point.as_mut_ptr()),
+    );
     ctx.for_each_task(x.len(), batch.div_ceil(rows_per), |t| {
         for b in t * rows_per..((t + 1) * rows_per).min(batch) {
             // SAFETY: task `t` alone writes rows t·rows_per.. of `q` and
-            // their entries of `params` (both sized for `batch` rows).
+            // their entries of `scale` / `zero_point` (sized for `batch` rows).
             unsafe {
                 let qr = std::slice::from_raw_parts_mut(qp.get().add(b * k), k);
-                *pp.get().add(b) = quantize_row(&x[b * k..b * k + k], qr);
+                // A row's scale is finite and > 0: NaN marks a row that is not finite.
+                let (s, z) = match quantize_row(&x[b * k..b * k + k], qr) {
+                    Some((_, z, s)) => (s, z as u8),
+                    None => (f32::NAN, 0),
+                };
+                *sp.get().add(b) = s;
+                *zp.get().add(b) = z;
             }
         }
     });
-    let mut scale = try_with_capacity(batch, "the row scales")?;
-    let mut zero_point = try_with_capacity(batch, "the row zero points")?;
-    for (b, p) in params.into_iter().enumerate() {
-        let Some((_, zp, s)) = p else {
-            let row = &x[b * k..b * k + k];
-            let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return value_err!("x is not finite at row {b}, column {col}");
-        };
-        scale.push(s);
-        zero_point.push(zp as u8);
+    if let Some(b) = scale.iter().position(|s| s.is_nan()) {
+        let row = &x[b * k..b * k + k];
+        let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return value_err!("x is not finite at row {b}, column {col}");
     }
-    Ok((q, scale, zero_point))
+    Ok(())
 }
 
 /// Elements of `x` per task of [`quantize_rows_u8`] (whole rows).

@@ -10,14 +10,19 @@
 //!   weight `w[o, i]` the kernel adds `w · Xt[i, b0..b0+BT]` into a register
 //!   tile of `R × BT` accumulators (one tile per block row and batch slice), so
 //!   the SIMD lanes run over the batch and each weight is loaded once per tile.
-//!   Blocks of `R` rows share the `Xt` loads. The tile is written to `Yt`
-//!   `(N, Bp)`; the output step transposes it into `Y` with bias and ReLU.
+//!   Blocks of `R` rows share the `Xt` loads. A task's tiles (16 output
+//!   rows) go to a small staging tile (float) or its rows of `Yt` (int8),
+//!   which the task then stores into `Y` with the output step while they
+//!   are in cache.
 //! * **batch ≤ 2 — gather-dot.** One row of `X` at a time, each output is a
 //!   dot product of the stored weights with the `X` entries they index, over 8
 //!   independent partial sums.
 //!
-//! Threads split the output rows into ranges of about equal stored-value
-//! count. The int8 kernels accumulate in int32 exactly: every int8 matrix is
+//! The work runs on the fork-join team (`Ctx::for_each_task`) in tasks of
+//! 16 output rows, which the team's shared counter hands out: uneven rows
+//! still split evenly, and a thread slowed by a neighbour takes fewer. The
+//! per-call buffers are the caller thread's (`gemm::reuse`), so a repeated
+//! call allocates nothing. The int8 kernels accumulate in int32 exactly: every int8 matrix is
 //! checked at build time (`formats::row_quant`) so that `255 · Σ|q|` per row
 //! fits int32. Weights with block width a multiple of 4 use the 4-deep dot
 //! layout (`Xp[g, b, 0..4] = xq[b, 4g..4g+4]`), which maps onto the 4-way
@@ -27,86 +32,35 @@ use std::ops::Range;
 
 use super::formats::{Bsr, Elem, Nm};
 use crate::error::Result;
-use crate::exec::{self, Ctx};
+use crate::gemm::reuse::Reused;
 use crate::shape_err;
-use rayon::prelude::*;
 
 /// Largest batch served by the gather-dot path.
 pub const GEMV_MAX_BATCH: usize = 2;
 /// Batch columns per SIMD slice of the transposed activations.
 pub(super) const LANE: usize = 16;
 
-/// Splits `0..indptr.len()-1` into at most `parts` ranges of about equal
-/// `indptr` mass.
-pub(super) fn balanced(indptr: &[u32], parts: usize) -> Vec<Range<usize>> {
-    let n = indptr.len() - 1;
-    let total = indptr[n] as usize;
-    let parts = parts.clamp(1, n.max(1));
-    let mut out = Vec::with_capacity(parts);
-    let mut start = 0;
-    for p in 1..=parts {
-        let end = if p == parts {
+/// Part `i` of `parts` of `0..indptr.len()-1` in ranges of about equal
+/// `indptr` mass (some may be empty), computed without allocating.
+pub(super) fn balanced_part(indptr: &[u32], parts: usize, i: usize) -> Range<usize> {
+    let n = indptr.len().saturating_sub(1);
+    let total = indptr.last().map_or(0, |&v| v as u64);
+    let at = |p: usize| {
+        if p >= parts {
             n
         } else {
-            let target = (total * p / parts) as u32;
-            indptr.partition_point(|&v| v < target).clamp(start, n)
-        };
-        if end > start || (p == parts && start < n) {
-            out.push(start..end);
-            start = end;
+            let target = (total * p as u64 / parts.max(1) as u64) as u32;
+            indptr.partition_point(|&v| v < target).min(n)
         }
-    }
-    if out.is_empty() {
-        out.push(0..n);
-    }
-    out
-}
-
-/// Cuts `buf` into consecutive pieces of `unit * range.len()` elements.
-pub(super) fn split_by<'a, T>(
-    mut buf: &'a mut [T],
-    ranges: &[Range<usize>],
-    unit: usize,
-) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let (a, b) = std::mem::take(&mut buf).split_at_mut(r.len() * unit);
-        out.push(a);
-        buf = b;
-    }
-    out
-}
-
-/// Runs `f(range, out_piece)` over balanced row ranges in the pool.
-pub(super) fn par_rows<T: Send>(
-    ctx: &Ctx,
-    indptr: &[u32],
-    work: usize,
-    out: &mut [T],
-    unit: usize,
-    f: impl Fn(Range<usize>, &mut [T]) + Sync,
-) {
-    let parts = ctx.chunks_for(work);
-    let ranges = balanced(indptr, parts);
-    let pieces = split_by(out, &ranges, unit);
-    if ranges.len() == 1 || !exec::in_pool() {
-        for (r, p) in ranges.into_iter().zip(pieces) {
-            f(r, p);
-        }
-    } else {
-        ranges
-            .into_par_iter()
-            .zip(pieces)
-            .for_each(|(r, p)| f(r, p));
-    }
+    };
+    at(i)..at(i + 1).max(at(i))
 }
 
 /// The output rows of a product as the drivers partition them, whatever
 /// the storage: BSR rows come in block rows of `unit = r`, N:M rows one by one.
-pub(super) struct Rows<'a> {
-    /// Per partition unit, the running count of stored values (the threads'
-    /// split balances it).
-    pub indptr: std::borrow::Cow<'a, [u32]>,
+pub(super) struct Rows {
+    /// Partition units (block rows, or rows).
+    pub units: usize,
     /// Output rows per partition unit.
     pub unit: usize,
     /// Output rows (`N`) and rows of the padded block grid.
@@ -119,10 +73,10 @@ pub(super) struct Rows<'a> {
     pub work: usize,
 }
 
-impl<'a> Rows<'a> {
-    pub(super) fn of_bsr<T: Elem>(w: &'a Bsr<T>, batch: usize) -> Rows<'a> {
+impl Rows {
+    pub(super) fn of_bsr<T: Elem>(w: &Bsr<T>, batch: usize) -> Rows {
         Rows {
-            indptr: std::borrow::Cow::Borrowed(&w.indptr),
+            units: w.brows(),
             unit: w.r,
             n: w.rows,
             padded: w.brows() * w.r,
@@ -132,14 +86,10 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// N:M rows: the implicit `indptr` (every row holds the same count).
-    pub(super) fn of_nm<T: Elem>(w: &Nm<T>, batch: usize) -> Rows<'a> {
-        let per = (w.cols / w.m * w.n) as u64;
-        let indptr = (0..=w.rows as u64)
-            .map(|r| (r * per).min(u32::MAX as u64) as u32)
-            .collect();
+    /// N:M rows, one partition unit each.
+    pub(super) fn of_nm<T: Elem>(w: &Nm<T>, batch: usize) -> Rows {
         Rows {
-            indptr: std::borrow::Cow::Owned(indptr),
+            units: w.rows,
             unit: 1,
             n: w.rows,
             padded: w.rows,
@@ -154,20 +104,22 @@ pub(super) fn bp_of(batch: usize) -> usize {
     batch.div_ceil(LANE) * LANE
 }
 
-/// A zeroed buffer whose first element sits on a cache line (64 bytes):
-/// the SIMD rows of `Xt` / `Yt`, whose lengths are multiples of 64 bytes,
-/// then never straddle two lines (a split load costs about twice a plain one).
-pub(super) struct Aligned<T> {
-    buf: Vec<T>,
+/// A per-thread reused buffer (`gemm::reuse`) whose first element sits on a
+/// cache line (64 bytes): the SIMD rows of `Xt`, whose lengths are multiples
+/// of 64 bytes, then never straddle two lines (a split load costs about
+/// twice a plain one). Its contents are stale: the caller writes every
+/// element (so a repeated call neither allocates nor clears it).
+pub(super) struct Aligned<T: Copy + Default + 'static> {
+    buf: Reused<T>,
     off: usize,
     len: usize,
 }
 
-impl<T: Copy + Default> Aligned<T> {
-    pub(super) fn zeroed(len: usize, what: &str) -> Result<Aligned<T>> {
+impl<T: Copy + Default + 'static> Aligned<T> {
+    pub(super) fn stale(home: &'static Home<T>, len: usize, what: &str) -> Result<Aligned<T>> {
         let extra = 64 / std::mem::size_of::<T>().max(1);
         // (An overflowing length saturates into a size no allocator gives.)
-        let buf = crate::error::try_vec(len.saturating_add(extra), T::default(), what)?;
+        let buf = Reused::try_stale(home, len.saturating_add(extra), what)?;
         // `align_offset` may decline (usize::MAX); the buffer is then used unaligned.
         let off = buf.as_ptr().align_offset(64).min(extra);
         Ok(Aligned { buf, off, len })
@@ -182,44 +134,34 @@ impl<T: Copy + Default> Aligned<T> {
     }
 }
 
-/// Values a transposed activation can be made of.
-pub(super) trait XtElem: Copy + Default + Send + Sync {}
-impl XtElem for f32 {}
-impl XtElem for i16 {}
+type Home<T> = std::thread::LocalKey<std::cell::Cell<Vec<T>>>;
 
-/// `Xt[k, b] = conv(b, x[b, k])` into `(kp, bp)`, zero padded; blocks of 16
-/// batch rows so the reads run along 16 rows and the writes are contiguous.
-#[inline(always)]
-pub(super) fn transpose_with<S: Copy + Sync, D: XtElem>(
-    x: &[S],
-    batch: usize,
-    k: usize,
-    kp: usize,
-    bp: usize,
-    conv: impl Fn(usize, S) -> D + Sync + Copy,
-) -> Vec<D> {
-    let mut xt = vec![D::default(); kp * bp];
-    let rows_per = (8192 / bp).max(16);
-    exec::for_each_chunk_mut(&mut xt, rows_per * bp, |c, dst| {
-        let k0 = c * rows_per;
-        let nk = (dst.len() / bp).min(k.saturating_sub(k0));
-        let mut b0 = 0;
-        while b0 < batch {
-            let nb = LANE.min(batch - b0);
-            for bb in 0..nb {
-                let b = b0 + bb;
-                let src = &x[b * k + k0..b * k + k0 + nk];
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * bp + b] = conv(b, v);
-                }
-            }
-            b0 += LANE;
-        }
-    });
-    xt
+std::thread_local! {
+    /// The float products' transposed activations (`Xt`), kept per thread.
+    pub(super) static XT_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The float gather-dot's activation row padded to the block grid.
+    pub(super) static XPAD_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-pub(super) fn check_common(
+/// A new `(batch, rows)` output written by `fill` (a product's `_into`
+/// form), after the shapes are checked (so a wrong `x` is a `Shape` error
+/// whatever the batch).
+pub(super) fn new_output(
+    (rows, cols): (usize, usize),
+    x_len: usize,
+    batch: usize,
+    bias: Option<&[f32]>,
+    fill: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<Vec<f32>> {
+    check_shapes(rows, cols, x_len, batch, bias)?;
+    let len = crate::error::checked_len(batch, rows, "the sparse product's output")?;
+    let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
+    fill(&mut y)?;
+    Ok(y)
+}
+
+/// The shapes of `x` `(batch, cols)` and `bias` (`rows`) of a product.
+pub(super) fn check_shapes(
     rows: usize,
     cols: usize,
     x_len: usize,
@@ -234,11 +176,6 @@ pub(super) fn check_common(
             return shape_err!("bias has {} entries, expected out_features={rows}", b.len());
         }
     }
-    // The products size their output and accumulators (about two `batch × rows` buffers)
-    // from the batch, which an `x` of zero columns does not bound: reserve that much first,
-    // so a size no allocator can give is an `Error::Alloc` instead of an abort.
-    let out = crate::error::checked_len(batch, rows, "the sparse product's output")?;
-    crate::error::try_with_capacity::<f32>(out.saturating_mul(2), "the sparse product's output")?;
     Ok(())
 }
 

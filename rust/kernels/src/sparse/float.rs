@@ -3,10 +3,14 @@
 
 use std::ops::Range;
 
-use super::driver::{bp_of, check_common, kernels, par_rows, Aligned, Rows, GEMV_MAX_BATCH, LANE};
+use super::driver::{
+    bp_of, check_shapes, kernels, new_output, Aligned, Rows, GEMV_MAX_BATCH, XPAD_F32, XT_F32,
+};
 use super::formats::{Bsr, Nm};
 use crate::error::Result;
-use crate::exec::{self, Ctx};
+use crate::exec::{Ctx, SyncPtr};
+use crate::gemm::reuse::Reused;
+use crate::shape_err;
 
 #[inline(always)]
 fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -43,9 +47,15 @@ fn panels(bp: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |b0| (b0, PANEL.min(bp - b0)))
 }
 
+/// Rows of `Xt` per transpose task: a band's writes (`BAND · w` floats)
+/// stay in L1 while the reads run along `BAND` entries of each batch row.
+const BAND: usize = 64;
+
 /// `Xt` for the AXPY loop: panel `(b0, w)` at `b0 · kp`, holding
-/// `Xt[k, b0 + t]` at `k · w + t`, zero padded to `(kp, bp)`.
+/// `Xt[k, b0 + t]` at `k · w + t`, zero padded to `(kp, bp)`; in the
+/// caller's reused buffer, every element written, bands on the team.
 fn transpose_panels(
+    ctx: &Ctx,
     x: &[f32],
     batch: usize,
     k: usize,
@@ -53,55 +63,67 @@ fn transpose_panels(
     bp: usize,
 ) -> Result<Aligned<f32>> {
     let len = crate::error::checked_len(kp, bp, "the transposed activations")?;
-    let mut xt = Aligned::zeroed(len, "the transposed activations")?;
-    let mut rest = xt.as_mut_slice();
-    for (b0, w) in panels(bp) {
-        let (panel, tail) = std::mem::take(&mut rest).split_at_mut(kp * w);
-        rest = tail;
-        // Bands of 64 rows: the band's writes (64 · w floats) stay in L1
-        // while the reads run along 64 entries of each batch row.
-        exec::for_each_chunk_mut(panel, 64 * w, |c, dst| {
-            let k0 = c * 64;
-            let nk = (dst.len() / w).min(k.saturating_sub(k0));
-            for t in 0..w.min(batch.saturating_sub(b0)) {
-                let src = &x[(b0 + t) * k + k0..(b0 + t) * k + k0 + nk];
-                for (kk, &v) in src.iter().enumerate() {
-                    dst[kk * w + t] = v;
-                }
-            }
-        });
-    }
-    Ok(xt)
-}
-
-/// The output step of the float path: `Y[b, o] = Yt[o, b] + bias[o]`, ReLU,
-/// in blocks of 16 outputs so that both sides stay in a few cache lines.
-fn output_f32(
-    yt: &[f32],
-    bp: usize,
-    batch: usize,
-    n: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Result<Vec<f32>> {
-    let len = crate::error::checked_len(batch, n, "the sparse product's output")?;
-    let mut y = crate::error::try_vec(len, 0f32, "the sparse product's output")?;
-    exec::for_each_chunk_mut(&mut y, n.max(1) * LANE, |c, ys| {
-        let b0 = c * LANE;
-        let nb = ys.len() / n.max(1);
-        for o0 in (0..n).step_by(16) {
-            let on = 16.min(n - o0);
-            for t in 0..nb {
-                let dst = &mut ys[t * n + o0..t * n + o0 + on];
-                for (oo, d) in dst.iter_mut().enumerate() {
-                    let o = o0 + oo;
-                    let v = yt[o * bp + b0 + t] + bias.map_or(0.0, |b| b[o]);
-                    *d = if relu { v.max(0.0) } else { v };
-                }
+    let mut xt = Aligned::stale(&XT_F32, len, "the transposed activations")?;
+    let bands = kp.div_ceil(BAND);
+    let dst = SyncPtr(xt.as_mut_slice().as_mut_ptr());
+    ctx.for_each_task(len, bp.div_ceil(PANEL) * bands, |i| {
+        let (b0, k0) = ((i / bands) * PANEL, (i % bands) * BAND);
+        let (w, k1) = (PANEL.min(bp - b0), (k0 + BAND).min(kp));
+        // SAFETY: task `i` alone writes rows `k0..k1` of panel `b0`, which
+        // lies at `b0 · kp` (the panels before it are `PANEL` wide).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(dst.get().add(b0 * kp + k0 * w), (k1 - k0) * w)
+        };
+        let nk = k1.min(k).saturating_sub(k0);
+        let valid = w.min(batch.saturating_sub(b0));
+        for kk in 0..nk {
+            out[kk * w + valid..(kk + 1) * w].fill(0.0);
+        }
+        out[nk * w..].fill(0.0);
+        for t in 0..valid {
+            let src = &x[(b0 + t) * k + k0..(b0 + t) * k + k0 + nk];
+            for (kk, &v) in src.iter().enumerate() {
+                out[kk * w + t] = v;
             }
         }
     });
-    Ok(y)
+    Ok(xt)
+}
+
+/// Output rows a task of the AXPY loop computes at most (its staging tile's rows).
+const CHUNK_ROWS: usize = 16;
+/// Batch columns a task computes at most (a multiple of [`PANEL`]): with
+/// [`CHUNK_ROWS`], an 8 KiB staging tile that stays in L1 until it is stored.
+const SLICE: usize = 128;
+
+/// Stores a task's staging tile into `Y`: `Y[b0 + t, o0 + rr] = stage[rr · sw + t]
+/// (+ bias) (ReLU)` for `rows` outputs from `o0` and `nb` batch rows.
+///
+/// # Safety
+/// `y` holds `(b0 + nb) × n` values, `o0 + rows <= n`, `rows <= CHUNK_ROWS`,
+/// and the caller owns that block of `Y`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile(
+    stage: &[f32],
+    sw: usize,
+    (o0, rows): (usize, usize),
+    (b0, nb): (usize, usize),
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: SyncPtr<f32>,
+    n: usize,
+) {
+    let mut bb = [0f32; CHUNK_ROWS];
+    if let Some(b) = bias {
+        bb[..rows].copy_from_slice(&b[o0..o0 + rows]);
+    }
+    for t in 0..nb {
+        let dst = std::slice::from_raw_parts_mut(y.get().add((b0 + t) * n + o0), rows);
+        for (rr, d) in dst.iter_mut().enumerate() {
+            let v = stage[rr * sw + t] + bb[rr];
+            *d = if relu { v.max(0.0) } else { v };
+        }
+    }
 }
 
 /// `out[rr · os + t] = Σ_j W_j[rr, :] · Xt[block j's rows, t]` for one
@@ -445,53 +467,109 @@ pub(crate) unsafe fn nm_f32_gemv_body<const FMA: bool>(
 }
 
 /// The float product over `rows` with the bodies `gemv` (one activation
-/// row, zero padded to the block grid) and `axpy` (the transposed batch):
-/// the gather-dot for a batch of at most [`GEMV_MAX_BATCH`], else the AXPY
-/// loop; bias and ReLU in the output step.
+/// row, zero padded to the block grid) and `axpy` (the transposed batch),
+/// into `y` `(batch, N)`: the gather-dot for a batch of at most
+/// [`GEMV_MAX_BATCH`], else the AXPY loop. Both run on the team in tasks of
+/// a few output rows that store their tile into `Y` with bias and ReLU
+/// while it is in L1 (no `Yt` pass); the team's shared counter hands out
+/// the tasks, so uneven rows still split evenly. The per-call buffers are
+/// the caller thread's, reused: a repeated call allocates nothing.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+fn linear_into(
     ctx: &Ctx,
-    g: &Rows<'_>,
+    g: &Rows,
     x: &[f32],
     batch: usize,
     bias: Option<&[f32]>,
     relu: bool,
     gemv: impl Fn(Range<usize>, &[f32], &mut [f32]) + Sync,
     axpy: impl Fn(Range<usize>, &[f32], usize, &mut [f32]) + Sync,
-) -> Result<Vec<f32>> {
+    y: &mut [f32],
+) -> Result<()> {
     let n = g.n;
-    ctx.run(g.work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let mut y = vec![0f32; batch * n];
-            let mut xpad = vec![0f32; g.kp];
-            let mut yr = vec![0f32; g.padded];
-            for b in 0..batch {
-                xpad[..g.cols].copy_from_slice(&x[b * g.cols..(b + 1) * g.cols]);
-                let work = g.work / batch.max(1);
-                par_rows(ctx, &g.indptr, work, &mut yr, g.unit, |rg, out| {
-                    gemv(rg, &xpad, out)
-                });
-                for (o, v) in y[b * n..(b + 1) * n].iter_mut().enumerate() {
-                    let t = yr[o] + bias.map_or(0.0, |bb| bb[o]);
-                    *v = if relu { t.max(0.0) } else { t };
-                }
-            }
-            return Ok(y);
-        }
-        let bp = bp_of(batch);
-        let xt = transpose_panels(x, batch, g.cols, g.kp, bp)?;
-        let len = crate::error::checked_len(g.padded, bp, "the sparse product's accumulators")?;
-        let mut yt = Aligned::zeroed(len, "the sparse product's accumulators")?;
-        par_rows(
-            ctx,
-            &g.indptr,
-            g.work,
-            yt.as_mut_slice(),
-            g.unit * bp,
-            |rg, out| axpy(rg, xt.as_slice(), bp, out),
+    if batch.checked_mul(n) != Some(y.len()) {
+        return shape_err!(
+            "y has {} elements, expected (batch={batch}, out_features={n})",
+            y.len()
         );
-        output_f32(yt.as_slice(), bp, batch, n, bias, relu)
-    })
+    }
+    if batch == 0 || n == 0 {
+        return Ok(());
+    }
+    let units = g.units;
+    // Partition units (block rows) per task: `CHUNK_ROWS` output rows.
+    let per = (CHUNK_ROWS / g.unit).max(1);
+    let chunks = units.div_ceil(per);
+    let yp = SyncPtr(y.as_mut_ptr());
+    // The output rows of chunk `c` (clipped to `N`) and its units.
+    let rows_of = |c: usize| {
+        let (u0, u1) = (c * per, ((c + 1) * per).min(units));
+        let o0 = u0 * g.unit;
+        (u0..u1, o0, (u1 * g.unit).min(n).saturating_sub(o0))
+    };
+    if batch <= GEMV_MAX_BATCH {
+        let mut xpad = Reused::try_stale(&XPAD_F32, g.kp, "the padded activation row")?;
+        for b in 0..batch {
+            let row = &x[b * g.cols..(b + 1) * g.cols];
+            let xr: &[f32] = if g.kp == g.cols {
+                row
+            } else {
+                xpad[..g.cols].copy_from_slice(row);
+                xpad[g.cols..].fill(0.0);
+                &xpad
+            };
+            ctx.for_each_task(g.work / batch, chunks, |c| {
+                let (us, o0, rows) = rows_of(c);
+                let mut stage = [0f32; CHUNK_ROWS];
+                gemv(us, xr, &mut stage);
+                // SAFETY: chunk `c` alone owns outputs `o0..o0 + rows` of row `b`.
+                unsafe { store_tile(&stage, 1, (o0, rows), (b, 1), bias, relu, yp, n) }
+            });
+        }
+        return Ok(());
+    }
+    let bp = bp_of(batch);
+    let xt = transpose_panels(ctx, x, batch, g.cols, g.kp, bp)?;
+    let xt = xt.as_slice();
+    let slices = bp.div_ceil(SLICE);
+    // Slice-major: the tasks of one batch slice run together, over its panels of `Xt`.
+    ctx.for_each_task(g.work, slices * chunks, |i| {
+        let (s0, c) = ((i / chunks) * SLICE, i % chunks);
+        let sw = SLICE.min(bp - s0);
+        let (us, o0, rows) = rows_of(c);
+        let mut stage = [0f32; CHUNK_ROWS * SLICE];
+        // The slice's panels start at `s0 · kp` (those before it are `PANEL` wide).
+        axpy(
+            us.clone(),
+            &xt[s0 * g.kp..(s0 + sw) * g.kp],
+            sw,
+            &mut stage[..us.len() * g.unit * sw],
+        );
+        let nb = sw.min(batch - s0);
+        // SAFETY: task `i` alone owns outputs `o0..o0 + rows` of batch rows `s0..s0 + nb`.
+        unsafe { store_tile(&stage, sw, (o0, rows), (s0, nb), bias, relu, yp, n) }
+    });
+    Ok(())
+}
+
+/// [`bsr_f32_linear`] into `y` `(batch, N)`, allocating nothing on a repeated call.
+pub fn bsr_f32_linear_into(
+    ctx: &Ctx,
+    w: &Bsr<f32>,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_shapes(w.rows, w.cols, x.len(), batch, bias)?;
+    let k = kernels();
+    // SAFETY (both bodies): `linear_into` hands them the row ranges and buffers
+    // sized from `Rows::of_bsr`, the bounds the bodies rely on.
+    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.bsr_f32_gemv)(w, rg, x, out) };
+    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.bsr_f32)(w, rg, xt, bp, out) };
+    let g = Rows::of_bsr(w, batch);
+    linear_into(ctx, &g, x, batch, bias, relu, gemv, axpy, y)
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float BSR/CSR weight `(N, K)`.
@@ -503,14 +581,28 @@ pub fn bsr_f32_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, x.len(), batch, bias)?;
+    new_output((w.rows, w.cols), x.len(), batch, bias, |y| {
+        bsr_f32_linear_into(ctx, w, x, batch, bias, relu, y)
+    })
+}
+
+/// [`nm_f32_linear`] into `y` `(batch, N)`, allocating nothing on a repeated call.
+pub fn nm_f32_linear_into(
+    ctx: &Ctx,
+    w: &Nm<f32>,
+    x: &[f32],
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_shapes(w.rows, w.cols, x.len(), batch, bias)?;
     let k = kernels();
-    // SAFETY (both bodies): `linear` hands them the row ranges and buffers
-    // sized from `Rows::of_bsr`, the bounds the bodies rely on.
-    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.bsr_f32_gemv)(w, rg, x, out) };
-    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.bsr_f32)(w, rg, xt, bp, out) };
-    let g = Rows::of_bsr(w, batch);
-    linear(ctx, &g, x, batch, bias, relu, gemv, axpy)
+    // SAFETY (both bodies): as in `bsr_f32_linear_into`, with `Rows::of_nm`.
+    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.nm_f32_gemv)(w, rg, x, out) };
+    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.nm_f32)(w, rg, xt, bp, out) };
+    let g = Rows::of_nm(w, batch);
+    linear_into(ctx, &g, x, batch, bias, relu, gemv, axpy, y)
 }
 
 /// `Y = X · Wᵀ (+ bias) (ReLU)` for a float N:M weight.
@@ -522,13 +614,9 @@ pub fn nm_f32_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, x.len(), batch, bias)?;
-    let k = kernels();
-    // SAFETY (both bodies): as in `bsr_f32_linear`, with `Rows::of_nm`.
-    let gemv = |rg, x: &[f32], out: &mut [f32]| unsafe { (k.nm_f32_gemv)(w, rg, x, out) };
-    let axpy = |rg, xt: &[f32], bp, out: &mut [f32]| unsafe { (k.nm_f32)(w, rg, xt, bp, out) };
-    let g = Rows::of_nm(w, batch);
-    linear(ctx, &g, x, batch, bias, relu, gemv, axpy)
+    new_output((w.rows, w.cols), x.len(), batch, bias, |y| {
+        nm_f32_linear_into(ctx, w, x, batch, bias, relu, y)
+    })
 }
 
 #[cfg(test)]
@@ -555,7 +643,14 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_wrong_output_length_is_a_shape_error() {
+        let b = Bsr::from_dense(&[1.0f32; 12], 3, 4, None, 1, 1).unwrap();
+        let mut y = vec![0f32; 5];
+        let e = bsr_f32_linear_into(&crate::exec::TEST, &b, &[0.0; 8], 2, None, false, &mut y);
+        assert!(matches!(e, Err(crate::error::Error::Shape(_))), "{e:?}");
+    }
 
+    #[test]
     fn float_formats_match_dense_on_every_isa() {
         let mut s = 3u64;
         let (n, k) = (37, 44);
@@ -569,7 +664,8 @@ pub(super) mod tests {
             })
             .collect();
         crate::cpu::each_isa(|isa| {
-            for &batch in &[1usize, 2, 3, 17, 32, 33, 70, 128] {
+            // Tails of every panel, tile and batch slice (`SLICE`).
+            for &batch in &[1usize, 2, 3, 17, 32, 33, 70, 128, 130, 161] {
                 let x: Vec<f32> = (0..batch * k)
                     .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
                     .collect();
@@ -580,6 +676,23 @@ pub(super) mod tests {
                     for (a, e) in y.iter().zip(&want) {
                         assert_eq!(*a as f64, *e, "isa {isa:?} block {r}x{c} batch {batch}");
                     }
+                    // Bias and ReLU in the tile store; `_into` over a stale `y`.
+                    let bias: Vec<f32> = (0..n).map(|o| o as f32 - 18.0).collect();
+                    let mut y = vec![f32::NAN; batch * n];
+                    let ctx = &crate::exec::TEST;
+                    bsr_f32_linear_into(ctx, &b, &x, batch, Some(&bias), true, &mut y).unwrap();
+                    for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+                        let e = (*e + bias[i % n] as f64).max(0.0);
+                        assert_eq!(*a as f64, e, "isa {isa:?} block {r}x{c} batch {batch} bias");
+                    }
+                }
+                // 2:4: the first two of every four inputs kept.
+                let mask: Vec<bool> = (0..n * k).map(|i| i % 4 < 2).collect();
+                let nm = Nm::from_dense(&w, n, k, Some(&mask), 2, 4).unwrap();
+                let want = dense_ref(&nm.to_dense(), n, k, &x, batch);
+                let y = nm_f32_linear(&crate::exec::TEST, &nm, &x, batch, None, false).unwrap();
+                for (a, e) in y.iter().zip(&want) {
+                    assert_eq!(*a as f64, *e, "isa {isa:?} 2:4 batch {batch}");
                 }
             }
         });

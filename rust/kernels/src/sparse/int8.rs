@@ -6,79 +6,17 @@
 
 use std::ops::Range;
 
-use super::driver::{
-    bp_of, check_common, kernels, par_rows, transpose_with, Rows, GEMV_MAX_BATCH, LANE,
-};
+use super::driver::{bp_of, check_shapes, kernels, new_output, Rows, GEMV_MAX_BATCH, LANE};
 use super::formats::{Bsr, Nm, RowQuant};
 use crate::error::Result;
-use crate::exec::{self, Ctx};
+use crate::exec::{self, Ctx, SyncPtr};
 use crate::gemm::output::{OutputStep, Param};
+use crate::gemm::reuse::Reused;
 use crate::{shape_err, value_err};
 
 /// Dynamically quantized activations: per-row uint8, asymmetric (made by
 /// [`crate::quant::rows::quantize_rows_u8`], the quantizer the dense GEMM uses).
 pub use crate::quant::rows::QuantRows as QuantX;
-
-fn transpose_u8_minus_zp(
-    x: &[u8],
-    zp: &[u8],
-    batch: usize,
-    k: usize,
-    kp: usize,
-    bp: usize,
-) -> Vec<i16> {
-    transpose_with(x, batch, k, kp, bp, move |b, v| v as i16 - zp[b] as i16)
-}
-
-/// The output step of the int8 path: the dense GEMM's fused output step
-/// (`gemm::output`, `OutputStep::Float`), so every int8 path rounds the same:
-/// `Y[b, o] = (f32(acc) · sx_b) · sw_o + bias[o]`, ReLU, with `acc` the exact
-/// `Σ (xq - zp_b) · q`. `Yt` is `(N, Bp)`; each block of 16 batch rows is
-/// transposed into an `(rows, N)` tile (folding `zp_b · rowsum_o` out when the
-/// kernel accumulated raw `xq`) and handed to the epilogue.
-#[allow(clippy::too_many_arguments)]
-fn output_i32(
-    yt: &[i32],
-    bp: usize,
-    batch: usize,
-    n: usize,
-    xq: &QuantX<'_>,
-    fold_zp: bool,
-    wq: &RowQuant,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Result<Vec<f32>> {
-    let mut y = vec![0f32; batch * n];
-    let done = exec::map_chunks_mut(&mut y, n.max(1) * LANE, |c, ys| -> Result<()> {
-        let b0 = c * LANE;
-        let nb = ys.len() / n.max(1);
-        let step = OutputStep::Float {
-            row_scale: Param::PerIndex(&xq.scale[b0..b0 + nb]),
-            col_scale: Param::PerIndex(&wq.scale),
-            bias,
-            relu,
-        };
-        let ep = step.prepare::<f32>(nb, n)?;
-        let mut acc = vec![0i32; nb * n];
-        for o in 0..n {
-            let src = &yt[o * bp + b0..o * bp + b0 + nb];
-            let rs = wq.sum[o];
-            for (bb, &v) in src.iter().enumerate() {
-                // The true value fits int32 (checked at build): wrapping is exact.
-                let zp = if fold_zp {
-                    xq.zero_point[b0 + bb] as i32
-                } else {
-                    0
-                };
-                acc[bb * n + o] = v.wrapping_sub(zp.wrapping_mul(rs));
-            }
-        }
-        ep.apply(&acc, n, 0..nb, 0..n, ys, n);
-        Ok(())
-    });
-    done.into_iter().collect::<Result<Vec<()>>>()?;
-    Ok(y)
-}
 
 #[inline(always)]
 unsafe fn i8_tile<const R: usize, const BT: usize>(
@@ -357,64 +295,180 @@ fn nm_i8_gemv(w: &Nm<i8>, rows: Range<usize>, x: &[i32], out: &mut [i32]) {
     }
 }
 
-/// The batch <= 2 int8 path: per activation row (`xq - zp` as i32, zero
-/// padded to the block grid) a gather-dot into the `Yt` layout
-/// `(rows, LANE)` that `output_i32` reads.
-fn i8_gemv_rows(
-    ctx: &Ctx,
-    g: &Rows<'_>,
-    batch: usize,
-    xq: &QuantX<'_>,
-    f: impl Fn(Range<usize>, &[i32], &mut [i32]) + Sync,
-) -> Vec<i32> {
-    let cols = g.cols;
-    let mut yt = vec![0i32; g.padded * LANE];
-    let mut xs = vec![0i32; g.kp];
-    let mut yr = vec![0i32; g.padded];
-    let work = g.work / batch.max(1);
-    for b in 0..batch {
-        let zp = xq.zero_point[b] as i32;
-        for (d, &v) in xs.iter_mut().zip(&xq.q[b * cols..(b + 1) * cols]) {
-            *d = v as i32 - zp;
-        }
-        par_rows(ctx, &g.indptr, work, &mut yr, g.unit, |rg, out| {
-            f(rg, &xs, out)
-        });
-        for (o, &v) in yr.iter().enumerate() {
-            yt[o * LANE + b] = v;
-        }
+std::thread_local! {
+    /// The int8 products' per-call buffers, kept per thread: the activations
+    /// transposed (`xq - zp` as i16) or regrouped 4-deep, one activation row
+    /// (`xq - zp` as i32, padded), and the accumulators `Yt`.
+    static XT_I16: std::cell::Cell<Vec<i16>> = const { std::cell::Cell::new(Vec::new()) };
+    static XP_U8: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static XS_I32: std::cell::Cell<Vec<i32>> = const { std::cell::Cell::new(Vec::new()) };
+    static YT_I32: std::cell::Cell<Vec<i32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The output step of every int8 sparse product: the dense GEMM's
+/// (`gemm::output`, `OutputStep::Float`), so every int8 path rounds the same:
+/// `Y[b, o] = (f32(acc) · sx_b) · sw_o + bias[o]`, ReLU, with `acc` the exact
+/// `Σ (xq - zp_b) · q`.
+/// `zeros` stands in for a missing bias (`N` zeros from a per-thread
+/// buffer: the step would allocate them per call), the same sums.
+pub(super) fn output_step<'a>(
+    xq: &QuantX<'a>,
+    wq: &'a RowQuant,
+    bias: Option<&'a [f32]>,
+    zeros: &'a [f32],
+    relu: bool,
+) -> OutputStep<'a> {
+    OutputStep::Float {
+        row_scale: Param::PerIndex(xq.scale),
+        col_scale: Param::PerIndex(&wq.scale),
+        bias: Some(bias.unwrap_or(zeros)),
+        relu,
     }
-    yt
 }
 
-/// The AXPY int8 path over `Xt` `(Kp, Bp)` holding `xq - zp` as i16, with
-/// the body `f(rows, xt, bp, out)`; returns `Yt` `(rows, Bp)`.
-fn i16_axpy_rows(
+std::thread_local! {
+    /// The zero bias of [`output_step`].
+    pub(super) static ZERO_BIAS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Output rows of one task of the int8 products (the rows of its output tiles).
+const CHUNK_ROWS: usize = 16;
+
+/// `Xt[k, b] = xq[b, k] - zp_b` as i16 into `(kp, bp)`, zero padded, in the
+/// caller's reused buffer; bands of rows on the team (a band's writes stay
+/// in L1 while the reads run along each batch row).
+fn transpose_minus_zp(
     ctx: &Ctx,
-    g: &Rows<'_>,
-    batch: usize,
-    bp: usize,
     xq: &QuantX<'_>,
-    f: impl Fn(Range<usize>, &[i16], usize, &mut [i32]) + Sync,
-) -> Vec<i32> {
-    let xt = transpose_u8_minus_zp(xq.q, xq.zero_point, batch, g.cols, g.kp, bp);
-    let mut yt = vec![0i32; g.padded * bp];
-    par_rows(ctx, &g.indptr, g.work, &mut yt, g.unit * bp, |rg, out| {
-        f(rg, &xt, bp, out)
+    batch: usize,
+    k: usize,
+    kp: usize,
+    bp: usize,
+) -> Result<Reused<i16>> {
+    let len = crate::error::checked_len(kp, bp, "the transposed activations")?;
+    let mut xt = Reused::try_stale(&XT_I16, len, "the transposed activations")?;
+    let rows_per = (8192 / bp).max(16);
+    let dst = SyncPtr(xt.as_mut_ptr());
+    ctx.for_each_task(len, kp.div_ceil(rows_per), |c| {
+        let (k0, k1) = (c * rows_per, ((c + 1) * rows_per).min(kp));
+        // SAFETY: band `c` alone writes rows `k0..k1`.
+        let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(k0 * bp), (k1 - k0) * bp) };
+        d.fill(0);
+        let nk = k1.min(k).saturating_sub(k0);
+        for b in 0..batch {
+            let zp = xq.zero_point[b] as i16;
+            for (kk, &v) in xq.q[b * k + k0..b * k + k0 + nk].iter().enumerate() {
+                d[kk * bp + b] = v as i16 - zp;
+            }
+        }
     });
-    yt
+    Ok(xt)
 }
 
-/// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]` (`g < kp / 4`, `b < bp`, zero padded):
-/// the 4-deep dot layout of the activations, a transpose of 4-byte units
-/// (row `b` of `xq` is read contiguously).
-pub(super) fn pack_x4(q: &[u8], batch: usize, cols: usize, kp: usize, bp: usize) -> Vec<u8> {
-    let mut xp = vec![0u8; kp / 4 * bp * 4];
-    pack_x4_into(q, batch, cols, kp, bp, &mut xp);
-    xp
+/// The int8 product over `g`'s rows into `y` `(batch, N)`, on the team in
+/// tasks of [`CHUNK_ROWS`] output rows (handed out by the team's counter,
+/// so uneven rows split evenly): the gather-dot per activation row for a
+/// batch of at most [`GEMV_MAX_BATCH`], else the AXPY body `axpy` over the
+/// activations `act` (`xq - zp` transposed, or `xq` 4-deep when `fold_zp`:
+/// the zero points are then folded out as `zp_b · Σ q`). Each task ends in
+/// the dense GEMM's output step on its rows while they are in cache; the
+/// buffers are the caller thread's, reused.
+#[allow(clippy::too_many_arguments)]
+fn i8_linear_into<X: Copy + Sync + 'static>(
+    ctx: &Ctx,
+    g: &Rows,
+    xq: &QuantX<'_>,
+    wq: &RowQuant,
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    gemv: impl Fn(Range<usize>, &[i32], &mut [i32]) + Sync,
+    act: impl FnOnce(usize) -> Result<(Reused<X>, bool)>,
+    axpy: impl Fn(Range<usize>, &[X], usize, &mut [i32]) + Sync,
+    y: &mut [f32],
+) -> Result<()> {
+    let n = g.n;
+    if batch.checked_mul(n) != Some(y.len()) {
+        return shape_err!(
+            "y has {} elements, expected (batch={batch}, out_features={n})",
+            y.len()
+        );
+    }
+    let zeros = Reused::new(&ZERO_BIAS, if bias.is_some() { 0 } else { g.n }, 0f32);
+    let step = output_step(xq, wq, bias, &zeros, relu);
+    let ep = step.prepare::<f32>(batch, n)?;
+    if batch == 0 || n == 0 {
+        return Ok(());
+    }
+    let per = (CHUNK_ROWS / g.unit).max(1);
+    let chunks = g.units.div_ceil(per);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let rows_of = |c: usize| {
+        let (u0, u1) = (c * per, ((c + 1) * per).min(g.units));
+        let o0 = u0 * g.unit;
+        (u0..u1, o0, (u1 * g.unit).min(n).saturating_sub(o0))
+    };
+    if batch <= GEMV_MAX_BATCH {
+        let mut xs = Reused::try_stale(&XS_I32, g.kp, "the activation row")?;
+        for b in 0..batch {
+            let zp = xq.zero_point[b] as i32;
+            xs.fill(0);
+            for (d, &v) in xs.iter_mut().zip(&xq.q[b * g.cols..(b + 1) * g.cols]) {
+                *d = v as i32 - zp;
+            }
+            let xs = &xs;
+            ctx.for_each_task(g.work / batch, chunks, |c| {
+                let (us, o0, rows) = rows_of(c);
+                let mut acc = [0i32; CHUNK_ROWS];
+                gemv(us, xs, &mut acc);
+                // SAFETY: chunk `c` alone owns outputs `o0..o0 + rows` of row `b`.
+                unsafe { ep.apply_raw(&acc, rows, b..b + 1, o0..o0 + rows, yp.get(), n) }
+            });
+        }
+        return Ok(());
+    }
+    let bp = bp_of(batch);
+    let (xa, fold_zp) = act(bp)?;
+    let len = crate::error::checked_len(g.padded, bp, "the sparse product's accumulators")?;
+    let mut yt = Reused::try_stale(&YT_I32, len, "the sparse product's accumulators")?;
+    let ytp = SyncPtr(yt.as_mut_ptr());
+    let xa: &[X] = &xa;
+    ctx.for_each_task(g.work, chunks, |c| {
+        let (us, o0, rows) = rows_of(c);
+        // SAFETY: chunk `c` alone owns rows `u0 · unit..` of `Yt` (the body
+        // writes every batch column of them) and outputs `o0..o0 + rows` of `Y`.
+        unsafe {
+            let yt = std::slice::from_raw_parts_mut(
+                ytp.get().add(us.start * g.unit * bp),
+                us.len() * g.unit * bp,
+            );
+            axpy(us, xa, bp, yt);
+            let mut acc = [0i32; CHUNK_ROWS * LANE];
+            for b0 in (0..batch).step_by(LANE) {
+                let nb = LANE.min(batch - b0);
+                for t in 0..nb {
+                    let zp = if fold_zp {
+                        xq.zero_point[b0 + t] as i32
+                    } else {
+                        0
+                    };
+                    for oo in 0..rows {
+                        // The true value fits int32 (checked at build): wrapping is exact.
+                        let v = yt[oo * bp + b0 + t];
+                        acc[t * rows + oo] = v.wrapping_sub(zp.wrapping_mul(wq.sum[o0 + oo]));
+                    }
+                }
+                ep.apply_raw(&acc, rows, b0..b0 + nb, o0..o0 + rows, yp.get(), n);
+            }
+        }
+    });
+    Ok(())
 }
 
-/// [`pack_x4`] into `xp` (`kp · bp` bytes, zeroed).
+/// `Xp[g, b, 0..4] = xq[b, 4g..4g+4]` (`g < kp / 4`, `b < batch`) into `xp`
+/// (`kp · bp` bytes, zeroed: the padding stays zero): the 4-deep dot layout
+/// of the activations, a transpose of 4-byte units (row `b` of `xq` is read
+/// contiguously).
 pub(super) fn pack_x4_into(
     q: &[u8],
     batch: usize,
@@ -477,38 +531,47 @@ pub fn bsr_i8_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
+    new_output((w.rows, w.cols), xq.q.len(), batch, bias, |y| {
+        bsr_i8_linear_into(ctx, w, wq, xq, batch, bias, relu, y)
+    })
+}
+
+/// [`bsr_i8_linear`] into `y` `(batch, N)`, allocating nothing on a repeated call.
+#[allow(clippy::too_many_arguments)]
+pub fn bsr_i8_linear_into(
+    ctx: &Ctx,
+    w: &Bsr<i8>,
+    wq: &RowQuant,
+    xq: &QuantX<'_>,
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_shapes(w.rows, w.cols, xq.q.len(), batch, bias)?;
     check_quant_x(xq, batch, w.cols)?;
     let k = kernels();
     let g = Rows::of_bsr(w, batch);
-    let (c, n, kp, cols) = (w.c, g.n, g.kp, g.cols);
-    // SAFETY (every body below): the drivers hand them row ranges and
+    let (kp, cols) = (g.kp, g.cols);
+    let gemv = |rg, x: &[i32], out: &mut [i32]| bsr_i8_gemv(w, rg, x, out);
+    // SAFETY (both bodies): `i8_linear_into` hands them row ranges and
     // buffers sized from `g`, the bounds the bodies rely on.
-    ctx.run(g.work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(ctx, &g, batch, xq, |rg, x, out| bsr_i8_gemv(w, rg, x, out));
-            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
-        }
-        let bp = bp_of(batch);
-        if c % 4 == 0 {
-            let xp = pack_x4(xq.q, batch, cols, kp, bp);
-            let mut yt = vec![0i32; g.padded * bp];
-            par_rows(
-                ctx,
-                &g.indptr,
-                g.work,
-                &mut yt,
-                g.unit * bp,
-                |rg, out| unsafe { (k.bsr_i8_dot4)(w, rg, &xp, bp, out) },
-            );
-            output_i32(&yt, bp, batch, n, xq, true, wq, bias, relu)
-        } else {
-            let yt = i16_axpy_rows(ctx, &g, batch, bp, xq, |rg, xt, bp, out| unsafe {
-                (k.bsr_i8)(w, rg, xt, bp, out)
-            });
-            output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
-        }
-    })
+    if w.c % 4 == 0 {
+        let act = |bp: usize| {
+            let len = crate::error::checked_len(kp, bp, "the regrouped activations")?;
+            let mut xp = Reused::try_stale(&XP_U8, len, "the regrouped activations")?;
+            xp.fill(0);
+            pack_x4_into(xq.q, batch, cols, kp, bp, &mut xp);
+            Ok((xp, true))
+        };
+        let axpy =
+            |rg, xp: &[u8], bp, out: &mut [i32]| unsafe { (k.bsr_i8_dot4)(w, rg, xp, bp, out) };
+        i8_linear_into(ctx, &g, xq, wq, batch, bias, relu, gemv, act, axpy, y)
+    } else {
+        let act = |bp: usize| Ok((transpose_minus_zp(ctx, xq, batch, cols, kp, bp)?, false));
+        let axpy = |rg, xt: &[i16], bp, out: &mut [i32]| unsafe { (k.bsr_i8)(w, rg, xt, bp, out) };
+        i8_linear_into(ctx, &g, xq, wq, batch, bias, relu, gemv, act, axpy, y)
+    }
 }
 
 /// int8 N:M version of [`bsr_i8_linear`].
@@ -521,23 +584,32 @@ pub fn nm_i8_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
+    new_output((w.rows, w.cols), xq.q.len(), batch, bias, |y| {
+        nm_i8_linear_into(ctx, w, wq, xq, batch, bias, relu, y)
+    })
+}
+
+/// [`nm_i8_linear`] into `y` `(batch, N)`, allocating nothing on a repeated call.
+#[allow(clippy::too_many_arguments)]
+pub fn nm_i8_linear_into(
+    ctx: &Ctx,
+    w: &Nm<i8>,
+    wq: &RowQuant,
+    xq: &QuantX<'_>,
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_shapes(w.rows, w.cols, xq.q.len(), batch, bias)?;
     check_quant_x(xq, batch, w.cols)?;
     let k = kernels();
     let g = Rows::of_nm(w, batch);
-    let n = g.n;
-    // SAFETY (the body): as in `bsr_i8_linear`.
-    ctx.run(g.work, || {
-        if batch <= GEMV_MAX_BATCH {
-            let yt = i8_gemv_rows(ctx, &g, batch, xq, |rg, x, out| nm_i8_gemv(w, rg, x, out));
-            return output_i32(&yt, LANE, batch, n, xq, false, wq, bias, relu);
-        }
-        let bp = bp_of(batch);
-        let yt = i16_axpy_rows(ctx, &g, batch, bp, xq, |rg, xt, bp, out| unsafe {
-            (k.nm_i8)(w, rg, xt, bp, out)
-        });
-        output_i32(&yt, bp, batch, n, xq, false, wq, bias, relu)
-    })
+    let gemv = |rg, x: &[i32], out: &mut [i32]| nm_i8_gemv(w, rg, x, out);
+    let act = |bp: usize| Ok((transpose_minus_zp(ctx, xq, batch, g.cols, g.kp, bp)?, false));
+    // SAFETY (the body): as in `bsr_i8_linear_into`.
+    let axpy = |rg, xt: &[i16], bp, out: &mut [i32]| unsafe { (k.nm_i8)(w, rg, xt, bp, out) };
+    i8_linear_into(ctx, &g, xq, wq, batch, bias, relu, gemv, act, axpy, y)
 }
 
 #[cfg(test)]
@@ -579,14 +651,28 @@ mod tests {
                     scale: &sx,
                     zero_point: &zp,
                 };
-                let blocks = [(1, 1), (1, 4), (2, 3), (4, 4), (8, 8), (8, 4), (16, 4), (16, 8), (4, 12)];
+                let blocks = [
+                    (1, 1),
+                    (1, 4),
+                    (2, 3),
+                    (4, 4),
+                    (8, 8),
+                    (8, 4),
+                    (16, 4),
+                    (16, 8),
+                    (4, 12),
+                ];
                 for (r, c) in blocks {
                     let b = Bsr::from_dense(&q, n, k, None, r, c).unwrap();
                     let rq = row_quant(n, vec![1.0; n], |f| b.for_each_row_value(f)).unwrap();
                     let ctx = &crate::exec::TEST;
-                    let mut got = vec![("bsr", bsr_i8_linear(ctx, &b, &rq, &xq, batch, None, false))];
+                    let mut got =
+                        vec![("bsr", bsr_i8_linear(ctx, &b, &rq, &xq, batch, None, false))];
                     if let Some(p) = PanelI8::of_bsr(&b).unwrap() {
-                        got.push(("panel", panel_i8_linear(ctx, &p, &rq, &xq, batch, None, false)));
+                        got.push((
+                            "panel",
+                            panel_i8_linear(ctx, &p, &rq, &xq, batch, None, false),
+                        ));
                     }
                     for (path, y) in got {
                         let y = y.unwrap();

@@ -18,10 +18,10 @@ pub mod int8;
 pub mod panel;
 pub mod weight;
 
-pub use crate::quant::rows::quantize_rows_u8;
+pub use crate::quant::rows::{quantize_rows_u8, quantize_rows_u8_into};
 pub use driver::GEMV_MAX_BATCH;
-pub use float::{bsr_f32_linear, nm_f32_linear};
+pub use float::{bsr_f32_linear, bsr_f32_linear_into, nm_f32_linear, nm_f32_linear_into};
 pub use formats::{quantize_rows, row_quant, Bsr, Nm, RowQuant};
-pub use int8::{bsr_i8_linear, nm_i8_linear, QuantX};
-pub use panel::{panel_i8_linear, PanelI8};
+pub use int8::{bsr_i8_linear, bsr_i8_linear_into, nm_i8_linear, nm_i8_linear_into, QuantX};
+pub use panel::{panel_i8_linear, panel_i8_linear_into, PanelI8};
 pub use weight::{DenseValues, Pattern, SparseWeight};

@@ -18,12 +18,13 @@
 
 use std::ops::Range;
 
-use super::driver::{balanced, check_common};
+use super::driver::{balanced_part, check_shapes, new_output};
 use super::formats::{Bsr, RowQuant};
-use super::int8::{check_quant_x, pack_x4_into, QuantX};
-use crate::error::{try_vec, try_with_capacity, Result};
-use crate::exec::Ctx;
-use crate::gemm::output::{Epilogue, OutputStep, Param};
+use super::int8::{check_quant_x, output_step, pack_x4_into, QuantX, ZERO_BIAS};
+use crate::error::{try_with_capacity, Result};
+use crate::exec::{Ctx, SyncPtr};
+use crate::gemm::output::Epilogue;
+use crate::gemm::reuse::Reused;
 use crate::shape_err;
 
 /// Output lanes a panel may have (one xmm, ymm or zmm of int32).
@@ -238,30 +239,59 @@ pub fn panel_i8_linear(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Result<Vec<f32>> {
-    check_common(w.rows, w.cols, xq.q.len(), batch, bias)?;
+    new_output((w.rows, w.cols), xq.q.len(), batch, bias, |y| {
+        panel_i8_linear_into(ctx, w, wq, xq, batch, bias, relu, y)
+    })
+}
+
+std::thread_local! {
+    /// The regrouped activations (`Xp`), kept per thread.
+    static XP: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// [`panel_i8_linear`] into `y` `(batch, N)`; the regrouped activations are
+/// the caller thread's reused buffer, so a repeated call allocates nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn panel_i8_linear_into(
+    ctx: &Ctx,
+    w: &PanelI8,
+    wq: &RowQuant,
+    xq: &QuantX<'_>,
+    batch: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) -> Result<()> {
+    check_shapes(w.rows, w.cols, xq.q.len(), batch, bias)?;
     check_quant_x(xq, batch, w.cols)?;
     let kern = super::driver::kernels();
     let n = w.rows;
-    let mut y = crate::error::try_vec(batch * n, 0f32, "the sparse product's output")?;
+    if batch.checked_mul(n) != Some(y.len()) {
+        return shape_err!(
+            "y has {} elements, expected (batch={batch}, out_features={n})",
+            y.len()
+        );
+    }
     // The inner-loop operation is a 4-deep dot of one output lane.
     let work = (w.values.len() / 4).saturating_mul(batch.max(1));
-    let step = OutputStep::Float {
-        row_scale: Param::PerIndex(xq.scale),
-        col_scale: Param::PerIndex(&wq.scale),
-        bias,
-        relu,
-    };
+    let zeros = Reused::new(&ZERO_BIAS, if bias.is_some() { 0 } else { n }, 0f32);
+    let step = output_step(xq, wq, bias, &zeros, relu);
     let ep = step.prepare::<f32>(batch, n)?;
     if batch == 0 || n == 0 {
-        return Ok(y);
+        return Ok(());
     }
     let (cols, kp) = (w.cols, w.cols.div_ceil(4) * 4);
-    let mut xp = try_vec(batch.saturating_mul(kp), 0u8, "the regrouped activations")?;
+    // Every byte is written by the packing (padding included).
+    let mut xp = Reused::try_stale(&XP, batch.saturating_mul(kp), "the regrouped activations")?;
     if kp > 0 {
-        for (t, dst) in xp.chunks_mut(TILE_ROWS * kp).enumerate() {
-            let (b0, mr) = (t * TILE_ROWS, dst.len() / kp);
-            pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, dst);
-        }
+        let tiles = batch.div_ceil(TILE_ROWS);
+        let dst = SyncPtr(xp.as_mut_ptr());
+        ctx.for_each_task(batch * kp, tiles, |t| {
+            let (b0, mr) = (t * TILE_ROWS, TILE_ROWS.min(batch - t * TILE_ROWS));
+            // SAFETY: tile `t` alone writes its `mr · kp` bytes from `b0 · kp`.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(b0 * kp), mr * kp) };
+            pack_x4_into(&xq.q[b0 * cols..(b0 + mr) * cols], mr, cols, kp, mr, d);
+        });
     }
     let call = PanelCall {
         w,
@@ -276,14 +306,19 @@ pub fn panel_i8_linear(
     // On the fork-join team, like the dense GEMM: the caller works too and
     // the workers poll between calls (rayon's install parked the caller and
     // woke the pool, which made 2 threads slower than 1 on the 2-vCPU VM).
-    let ranges = balanced(&w.indptr, ctx.chunks_for(work));
-    // SAFETY: the ranges are disjoint panels of `w`; `xp` is packed for
-    // `kp` inputs and `batch` rows, `y` is `batch × n`.
-    ctx.for_each_task(work, ranges.len(), |i| unsafe {
-        (kern.panel_i8)(&call, ranges[i].clone())
+    // Small tasks (about `PANEL_TASK_WORK` each) from the team's shared
+    // counter: a thread slowed by a neighbour takes fewer of them.
+    let ntasks = (work / PANEL_TASK_WORK).clamp(1, w.panels());
+    // SAFETY: the tasks' panels are disjoint ranges of `w`; `xp` is packed
+    // for `kp` inputs and `batch` rows, `y` is `batch × n`.
+    ctx.for_each_task(work, ntasks, |i| unsafe {
+        (kern.panel_i8)(&call, balanced_part(&w.indptr, ntasks, i))
     });
-    Ok(y)
+    Ok(())
 }
+
+/// Inner-loop operations per panel task (a few µs of VNNI work).
+const PANEL_TASK_WORK: usize = 1 << 15;
 
 #[cfg(test)]
 mod tests {

@@ -4,14 +4,23 @@
 //! An int8 weight quantizes float activations per row with the one
 //! activation quantizer ([`crate::quant::rows`]) before its exact product.
 
-use super::float::{bsr_f32_linear, nm_f32_linear};
+use super::driver::new_output;
+use super::float::{bsr_f32_linear_into, nm_f32_linear_into};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
-use super::int8::{bsr_i8_linear, nm_i8_linear, QuantX};
-use super::panel::{panel_i8_linear, PanelI8};
+use super::int8::{bsr_i8_linear_into, nm_i8_linear_into, QuantX};
+use super::panel::{panel_i8_linear_into, PanelI8};
 use crate::error::{Error, Result};
 use crate::exec::Ctx;
-use crate::quant::rows::quantize_rows_u8;
+use crate::gemm::reuse::Reused;
+use crate::quant::rows::quantize_rows_u8_into;
 use crate::shape_err;
+
+std::thread_local! {
+    /// An int8 weight's activations quantized per row, kept per thread.
+    static XQ: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static XQ_SCALE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static XQ_ZP: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// How the nonzeros of a weight are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,17 +217,67 @@ impl SparseWeight {
         relu: bool,
     ) -> Result<Vec<f32>> {
         self.check_features("x", k)?;
+        new_output((self.shape().0, k), x.len(), batch, bias, |y| {
+            self.linear_into(ctx, x, batch, k, bias, relu, y)
+        })
+    }
+
+    /// [`SparseWeight::linear`] into `y` `(batch, out)`. Every storage
+    /// works in per-thread buffers that it reuses, so a repeated call of the
+    /// same shape allocates nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_into(
+        &self,
+        ctx: &Ctx,
+        x: &[f32],
+        batch: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
+        self.check_features("x", k)?;
         match &self.store {
-            Store::Bsr(b) => bsr_f32_linear(ctx, b, x, batch, bias, relu),
-            Store::Nm(b) => nm_f32_linear(ctx, b, x, batch, bias, relu),
+            Store::Bsr(b) => bsr_f32_linear_into(ctx, b, x, batch, bias, relu, y),
+            Store::Nm(b) => nm_f32_linear_into(ctx, b, x, batch, bias, relu, y),
             Store::BsrI8(..) | Store::NmI8(..) => {
-                let (q, scale, zero_point) = quantize_rows_u8(ctx, x, batch, k)?;
+                super::driver::check_shapes(self.shape().0, k, x.len(), batch, bias)?;
+                let what = "the quantized activations";
+                let mut q = Reused::try_stale(&XQ, x.len(), what)?;
+                let mut scale = Reused::try_stale(&XQ_SCALE, batch, what)?;
+                let mut zero_point = Reused::try_stale(&XQ_ZP, batch, what)?;
+                quantize_rows_u8_into(ctx, x, batch, k, &mut q, &mut scale, &mut zero_point)?;
                 let xq = QuantX {
                     q: &q,
                     scale: &scale,
                     zero_point: &zero_point,
                 };
-                self.linear_quantized(ctx, &xq, batch, k, bias, relu)
+                self.linear_quantized_into(ctx, &xq, batch, k, bias, relu, y)
+            }
+        }
+    }
+
+    /// [`SparseWeight::linear_quantized`] into `y` `(batch, out)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_quantized_into(
+        &self,
+        ctx: &Ctx,
+        xq: &QuantX<'_>,
+        batch: usize,
+        k: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
+        self.check_features("xq", k)?;
+        match &self.store {
+            Store::BsrI8(_, q, Some(p)) => {
+                panel_i8_linear_into(ctx, p, q, xq, batch, bias, relu, y)
+            }
+            Store::BsrI8(b, q, None) => bsr_i8_linear_into(ctx, b, q, xq, batch, bias, relu, y),
+            Store::NmI8(b, q) => nm_i8_linear_into(ctx, b, q, xq, batch, bias, relu, y),
+            Store::Bsr(_) | Store::Nm(_) => {
+                Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
             }
         }
     }
@@ -235,14 +294,9 @@ impl SparseWeight {
         relu: bool,
     ) -> Result<Vec<f32>> {
         self.check_features("xq", k)?;
-        match &self.store {
-            Store::BsrI8(_, q, Some(p)) => panel_i8_linear(ctx, p, q, xq, batch, bias, relu),
-            Store::BsrI8(b, q, None) => bsr_i8_linear(ctx, b, q, xq, batch, bias, relu),
-            Store::NmI8(b, q) => nm_i8_linear(ctx, b, q, xq, batch, bias, relu),
-            Store::Bsr(_) | Store::Nm(_) => {
-                Err(Error::Dtype("linear_quantized needs an int8 weight".into()))
-            }
-        }
+        new_output((self.shape().0, k), xq.q.len(), batch, bias, |y| {
+            self.linear_quantized_into(ctx, xq, batch, k, bias, relu, y)
+        })
     }
 }
 
