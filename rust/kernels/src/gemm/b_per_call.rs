@@ -10,6 +10,10 @@
 //! over a row of ones (one extra row per block), so no second pass over B.
 //! Column blocks go to different threads when there are enough of them (each
 //! thread then packs only its own share of B); otherwise rows do.
+//!
+//! A single row (M = 1) takes the kernel's GEMV straight over row-major B
+//! when it has one ([`Kernel::gemv_rows`]: no packing, each row of B read
+//! front to back), its column chunks split over the threads.
 
 use std::mem::MaybeUninit;
 
