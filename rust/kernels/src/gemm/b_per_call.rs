@@ -10,6 +10,10 @@
 //! over a row of ones (one extra row per block), so no second pass over B.
 //! Column blocks go to different threads when there are enough of them (each
 //! thread then packs only its own share of B); otherwise rows do.
+//!
+//! A single row (M = 1) takes the kernel's GEMV straight over row-major B
+//! when it has one ([`Kernel::gemv_rows`]: no packing, each row of B read
+//! front to back), its column chunks split over the threads.
 
 use std::mem::MaybeUninit;
 
@@ -126,16 +130,24 @@ pub fn matmul_b_rows_vec<T: OutElem>(
 }
 
 /// A one-row product over row-major B ([`Kernel::gemv_rows`]): row `a` of
-/// packed Â (`kp` elements, zero padded), output columns from `c0`, in
-/// multiples of `unit`; `sums`: whether the column sums are wanted.
+/// packed Â (`kp` elements, zero padded), output columns from `c0`;
+/// `sums`: whether the column sums are wanted.
 #[derive(Clone, Copy)]
 pub(crate) struct RowGemv<'a, E> {
     pub b: &'a RowsB<'a>,
     pub a: &'a [E],
     pub c0: usize,
-    pub unit: usize,
     pub sums: bool,
 }
+
+/// Columns per call of [`Kernel::gemv_rows`]: its raw sums go to a buffer
+/// of this size (no allocation sized by N), then through the correction
+/// and the output step.
+const GEMV_COLS: usize = 4096;
+
+/// Columns per thread chunk of a single-row product, where N allows as many
+/// chunks as threads anyway.
+const GEMV_RUN: usize = 1024;
 
 /// Rows of output whose accumulators stay in L2 while one packed slice of B
 /// is reused by all of them (B is packed again for every such pass).
@@ -179,11 +191,6 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
         (Kr::MR, Kr::NP)
     };
     let blocks = n.div_ceil(NR).div_ceil(np_max);
-    // Column chunks of a single row are whole GEMV units (else the GEMV
-    // kernel refuses a narrow chunk and it is packed instead: 2 threads ran
-    // 1×1024×1024 3× slower than one).
-    let unit = if m == 1 { Kr::GEMV_BLOCKS.max(1) } else { 1 };
-    let units = blocks.div_ceil(unit);
     let tiles = m.div_ceil(mr_max);
     let work = m.saturating_mul(n).saturating_mul(k + super::OUTPUT_MACS);
     let nt = ctx.threads();
@@ -192,8 +199,13 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
     // from L2; else row tiles, each thread packing all of B.
     let (row_chunks, col_chunks) = if !super::parallel(ctx, work) {
         (1, 1)
-    } else if units >= 2 * nt || tiles < 2 * nt {
-        (1, ctx.chunks_for(work).min(units).max(1))
+    } else if m == 1 {
+        // Each row of B is read in runs of a chunk's width: wide chunks
+        // (at least GEMV_RUN columns where N allows more chunks than threads).
+        let wide = (n / GEMV_RUN).max(nt);
+        (1, ctx.chunks_for(work).min(blocks).min(wide).max(1))
+    } else if blocks >= 2 * nt || tiles < 2 * nt {
+        (1, ctx.chunks_for(work).min(blocks).max(1))
     } else {
         (ctx.chunks_for(work).min(tiles).max(1), 1)
     };
@@ -201,8 +213,7 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
     let task = |c: usize| {
         let (rc, cc) = (c / col_chunks, c % col_chunks);
         let (t0, t1) = (tiles * rc / row_chunks, tiles * (rc + 1) / row_chunks);
-        let (u0, u1) = (units * cc / col_chunks, units * (cc + 1) / col_chunks);
-        let (b0, b1) = (u0 * unit, (u1 * unit).min(blocks));
+        let (b0, b1) = (blocks * cc / col_chunks, blocks * (cc + 1) / col_chunks);
         let rows = t0 * mr_max..(t1 * mr_max).min(m);
         b_rows_block::<Kr, T>(&pa, b, ep, rows, b0..b1, (mr_max, np_max), optr);
     };
@@ -226,6 +237,23 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
     let (n, k) = (b.n, b.k);
     let kg = pa.kp / 4;
     let ld = 16 * np_max;
+    // Column sums only matter through A's stored zero points (`za'·colterm`).
+    let sums = pa.zp[rows.clone()].iter().any(|&z| z != 0);
+    // A single row: the kernel's direct GEMV over row-major B, when it has
+    // one, takes every column; else they go the packed way.
+    if rows.len() == 1
+        && gemv::<Kr, T>(
+            pa,
+            b,
+            ep,
+            rows.start,
+            blocks.start * ld..(blocks.end * ld).min(n),
+            sums,
+            out,
+        )
+    {
+        return;
+    }
     let mc = ((ROWS_PER_PASS / mr_max).max(1) * mr_max).min(rows.len());
     // Several row tiles: K blocks as long as the buffer allows for one
     // column block (each K block costs a load and store of the
@@ -256,49 +284,6 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
     <Kr::AElem as pack::PlainElem>::widen(&vec![1u8; 4 * kcg_max], &mut ones);
     let (mut colsum, mut zbs, mut colterm) = (vec![0i32; lda], vec![0i32; lda], vec![0i32; lda]);
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == OutKind::I32;
-    // Column sums only matter through A's stored zero points (`za'·colterm`).
-    let sums = pa.zp[rows.clone()].iter().any(|&z| z != 0);
-    // A single row: the kernel's direct GEMV over row-major B, when it has
-    // one, takes the leading column blocks; the rest go the packed way.
-    let mut blocks = blocks;
-    if rows.len() == 1 && !blocks.is_empty() {
-        let i = rows.start;
-        let c0 = blocks.start * ld;
-        let c1 = (blocks.end * ld).min(n);
-        let mut raw = vec![0i32; c1 - c0];
-        let mut csum = vec![0i32; c1 - c0];
-        // SAFETY: row i of packed A holds kp >= k elements.
-        let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr().add(i * pa.kp), pa.kp) };
-        let job = RowGemv {
-            b,
-            a: arow,
-            c0,
-            unit: ld,
-            sums,
-        };
-        let done = Kr::gemv_rows(&job, &mut raw, &mut csum);
-        if done > 0 {
-            let (za, rs) = (pa.zp[i], pa.rowsum[i]);
-            for (j, v) in raw[..done].iter_mut().enumerate() {
-                let zb = b.zp(c0 + j);
-                let colterm = csum[j].wrapping_sub((k as i32).wrapping_mul(zb));
-                *v = v.wrapping_sub(za.wrapping_mul(colterm).wrapping_add(rs.wrapping_mul(zb)));
-            }
-            // SAFETY: this task alone writes row i × columns c0..c0+done.
-            unsafe {
-                Kr::finish(Finish {
-                    acc: &raw[..done],
-                    ld: done,
-                    rows: i..i + 1,
-                    cols: c0..c0 + done,
-                    ep,
-                    out: out.get(),
-                    ldc: n,
-                })
-            };
-            blocks = blocks.start + done / ld..blocks.end;
-        }
-    }
     let mut ic = rows.start;
     while ic < rows.end {
         let ic_end = (ic + mc).min(rows.end);
@@ -409,6 +394,60 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
         }
         ic = ic_end;
     }
+}
+
+/// Row `i` × columns `cols` of the output by the kernel's GEMV over
+/// row-major B ([`Kernel::gemv_rows`]), [`GEMV_COLS`] columns at a time, each
+/// corrected and through the output step at once; false (nothing written)
+/// when the kernel has no GEMV.
+#[allow(clippy::too_many_arguments)]
+fn gemv<Kr: Kernel, T: OutElem>(
+    pa: &super::PackedA<'_, Kr::AElem>,
+    b: &RowsB<'_>,
+    ep: &Epilogue<'_, T>,
+    i: usize,
+    cols: std::ops::Range<usize>,
+    sums: bool,
+    out: SyncPtr<T>,
+) -> bool {
+    let k = b.k as i32;
+    let mut raw = [0i32; GEMV_COLS];
+    let mut csum = [0i32; GEMV_COLS];
+    // SAFETY: row i of packed A holds kp >= k elements.
+    let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr().add(i * pa.kp), pa.kp) };
+    let (za, rs) = (pa.zp[i], pa.rowsum[i]);
+    let mut c0 = cols.start;
+    while c0 < cols.end {
+        let w = (cols.end - c0).min(GEMV_COLS);
+        let job = RowGemv {
+            b,
+            a: arow,
+            c0,
+            sums,
+        };
+        if !Kr::gemv_rows(&job, &mut raw[..w], &mut csum[..w]) {
+            return false; // only ever on the first call: the kernel has none
+        }
+        for (j, v) in raw[..w].iter_mut().enumerate() {
+            let zb = b.zp(c0 + j);
+            let colterm = csum[j].wrapping_sub(k.wrapping_mul(zb));
+            *v = v.wrapping_sub(za.wrapping_mul(colterm).wrapping_add(rs.wrapping_mul(zb)));
+        }
+        // SAFETY: this task alone writes row i × columns c0..c0+w.
+        unsafe {
+            Kr::finish(Finish {
+                acc: &raw[..w],
+                ld: w,
+                rows: i..i + 1,
+                cols: c0..c0 + w,
+                ep,
+                out: out.get(),
+                ldc: b.n,
+            })
+        };
+        c0 += w;
+    }
+    true
 }
 
 /// Packs groups `g0..g0+kcg` of panels `jp..jp+np` of row-major B into

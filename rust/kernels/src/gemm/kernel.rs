@@ -12,10 +12,6 @@ pub(crate) trait Kernel {
     /// Most panels per tile when the tile has a single row (GEMV: more
     /// independent accumulators hide the multiply latency).
     const NP_ROW: usize;
-    /// Column blocks (of `NP_ROW` panels) that [`Kernel::gemv_rows`] takes
-    /// at a time: a single-row task gets a multiple of them, or its columns
-    /// would go the slower packed way.
-    const GEMV_BLOCKS: usize = 1;
     /// Whether the kernel can write a corrected tile straight to an `i32`
     /// output (`Fix::dst`).
     const DIRECT: bool = false;
@@ -43,16 +39,16 @@ pub(crate) trait Kernel {
     }
 
     /// GEMV over row-major B for one packed row of Â (see [`super::b_per_call::RowGemv`]):
-    /// the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]` and, when
-    /// `g.sums`, the column sums of B̂ into `colsum[j]`, for the leading
-    /// columns it handles (a multiple of `g.unit`, whole columns of B only);
-    /// returns how many (0: no such kernel, the default).
+    /// the raw sums `Σ_k Â[k]·B̂[k, c0 + j]` into `acc[j]` for every `j`
+    /// of `acc` and, when `g.sums`, the column sums of B̂ into `colsum[j]`;
+    /// returns false (nothing written) when the kernel has no such GEMV
+    /// (the default: the columns then go the packed way).
     fn gemv_rows(
         _g: &super::b_per_call::RowGemv<'_, Self::AElem>,
         _acc: &mut [i32],
         _colsum: &mut [i32],
-    ) -> usize {
-        0
+    ) -> bool {
+        false
     }
 
     /// Zero-point correction and output step of a block
@@ -160,7 +156,7 @@ macro_rules! kernel_methods {
                 g: &$crate::gemm::b_per_call::RowGemv<'_, Self::AElem>,
                 acc: &mut [i32],
                 colsum: &mut [i32],
-            ) -> usize {
+            ) -> bool {
                 // SAFETY: a kernel is only used on a CPU that has its ISA.
                 unsafe { $gv(g, acc, colsum) }
             }

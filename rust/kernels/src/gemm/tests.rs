@@ -785,3 +785,32 @@ fn b_per_call_speed() {
         );
     }
 }
+
+#[test]
+fn b_per_call_single_row_every_edge() {
+    // The GEMV over row-major B: K across its bands of 16 rows and partial
+    // groups, N across its 64-column steps and 2048-column chunks (and over
+    // threads), uint8 and int8 B, with and without zero points (the column
+    // sums). 1×1100×4200 is over a million MACs: it runs on 2 threads.
+    let cases = [
+        (1, 1),
+        (3, 63),
+        (4, 64),
+        (15, 65),
+        (16, 130),
+        (17, 2047),
+        (35, 2049),
+        (67, 300),
+        (1100, 4200),
+    ];
+    for (c, &(k, n)) in cases.iter().enumerate() {
+        for sb in [false, true] {
+            let zb: Vec<i32> = (0..n as i32)
+                .map(|j| if sb { j % 7 - 3 } else { j % 251 })
+                .collect();
+            let seed = 7000 + c as u64;
+            check(1, k, n, false, sb, None, None, seed, None);
+            check(1, k, n, true, sb, Some(vec![-5]), Some(zb), seed, None);
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //!
 //! * `generic.rs`: portable 4 × 16 kernel (the reference; auto-vectorised);
 //! * `x86_avx2.rs`: exact `vpmaddwd` kernel, 3 × 16 (1 × 48 for GEMV);
-//! * `x86_avx512vnni.rs`: `vpdpbusd` kernel, 6 × 64 (1 × 128 for GEMV).
+//! * `x86_avx512vnni.rs`: `vpdpbusd` kernel, 6 × 64 (1 × 128 for GEMV);
+//! * `x86_avx512vnni_gemv.rs`: `vpdpbusd` GEMV straight over row-major B (B per call, M = 1).
 //!
 //! A path without a GEMM kernel of its own (AVX-512 without VNNI) takes the
 //! table of a narrower one in `cpu/`.
@@ -23,6 +24,8 @@ pub(crate) mod generic;
 pub(crate) mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_avx512vnni;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_avx512vnni_gemv;
 
 /// The exact product plus output step for one output element type.
 #[doc(hidden)]

@@ -10,7 +10,6 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::b_per_call::RowGemv;
 use crate::gemm::kernel::{kernel_methods, Fix, Kernel, Tile};
 use crate::gemm::RowsB;
 
@@ -24,8 +23,6 @@ impl Kernel for Avx512Vnni {
     const MR: usize = 6;
     const NP: usize = 4;
     const NP_ROW: usize = 8;
-    // `gemv_rows` runs 256 columns at a time (128 with column sums).
-    const GEMV_BLOCKS: usize = 2;
     const DIRECT: bool = true;
     type AElem = u8;
 
@@ -35,7 +32,7 @@ impl Kernel for Avx512Vnni {
         finish: finish_tf,
         copy_sum: copy_sum_tf,
         pack_rows: pack_rows_tf,
-        gemv_rows: gemv_rows_tf
+        gemv_rows: super::x86_avx512vnni_gemv::gemv_rows_tf
     );
 }
 
@@ -181,7 +178,11 @@ unsafe fn copy_sum_body(src: &[u8], flip: u8, dst: &mut [u8]) -> i32 {
         _mm_mask_storeu_epi8(d.add(i) as *mut _, m, v);
         let t = _mm_sad_epu8(v, _mm_setzero_si128());
         let tail = _mm_cvtsi128_si64(t).wrapping_add(_mm_extract_epi64::<1>(t));
-        let head = if i > 0 { _mm512_reduce_add_epi64(acc) } else { 0 };
+        let head = if i > 0 {
+            _mm512_reduce_add_epi64(acc)
+        } else {
+            0
+        };
         return head.wrapping_add(tail) as i32;
     }
     if i < n {
@@ -243,179 +244,9 @@ unsafe fn transpose_4x64<const XOR: bool>(
     let q1 = _mm512_unpackhi_epi16(lo01, lo23);
     let q2 = _mm512_unpacklo_epi16(hi01, hi23);
     let q3 = _mm512_unpackhi_epi16(hi01, hi23);
-    let t0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q0, q1); // q0.L0 q0.L1 q1.L0 q1.L1
-    let t1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q0, q1); // q0.L2 q0.L3 q1.L2 q1.L3
-    let t2 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q2, q3);
-    let t3 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q2, q3);
     // Panel p = lane p of q0, q1, q2, q3.
-    _mm512_storeu_si512(dst as *mut _, _mm512_shuffle_i64x2::<0b10_00_10_00>(t0, t2));
-    _mm512_storeu_si512(
-        dst.add(ps) as *mut _,
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(t0, t2),
-    );
-    _mm512_storeu_si512(
-        dst.add(2 * ps) as *mut _,
-        _mm512_shuffle_i64x2::<0b10_00_10_00>(t1, t3),
-    );
-    _mm512_storeu_si512(
-        dst.add(3 * ps) as *mut _,
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(t1, t3),
-    );
-}
-
-crate::cpu::isa_fns!(avx512vnni;
-    unsafe fn gemv_rows_tf(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) -> usize {
-        gemv_rows(g, acc, colsum)
-    }
-);
-
-/// GEMV over row-major B without packing: rows `k`, `k+1` are byte
-/// interleaved (`vpunpck[lh]bw`, within 128-bit lanes), so each 32-bit lane
-/// holds columns `c`, `c+1` of both rows; `vpdpbusd` with the A pair
-/// broadcast as `(a_k, a_k+1, 0, 0)` sums column `c`, as `(0, 0, a_k, a_k+1)`
-/// column `c+1` — exact, no transposition in the loop. Column sums use the
-/// pair `(1, 1)` the same way. 256 columns at a time (16 accumulators), or
-/// 128 with column sums; the lane order is undone once per chunk.
-#[inline(always)]
-unsafe fn gemv_rows(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) -> usize {
-    let RowGemv {
-        b,
-        a,
-        c0,
-        unit,
-        sums,
-    } = *g;
-    let (n, k, mask) = (b.n(), b.k(), b.mask());
-    let width = if sums { 128 } else { 256 };
-    if unit == 0 || width % unit != 0 {
-        return 0;
-    }
-    let avail = acc.len().min(colsum.len()).min(n.saturating_sub(c0));
-    let mut done = 0;
-    while done + width <= avail {
-        let src = b.src().as_ptr().add(c0 + done);
-        if sums {
-            gemv_chunk::<2, true>(
-                src,
-                n,
-                k,
-                mask,
-                a,
-                acc.as_mut_ptr().add(done),
-                colsum.as_mut_ptr().add(done),
-            );
-        } else {
-            gemv_chunk::<4, false>(
-                src,
-                n,
-                k,
-                mask,
-                a,
-                acc.as_mut_ptr().add(done),
-                std::ptr::null_mut(),
-            );
-        }
-        done += width;
-    }
-    done
-}
-
-/// `CH` chunks of 64 columns of row-major B at `src` (rows `n` apart, `k` rows).
-#[inline(always)]
-unsafe fn gemv_chunk<const CH: usize, const SUMS: bool>(
-    src: *const u8,
-    n: usize,
-    k: usize,
-    mask: u8,
-    a: &[u8],
-    acc: *mut i32,
-    colsum: *mut i32,
-) {
-    let m = _mm512_set1_epi8(mask as i8);
-    let z = _mm512_setzero_si512();
-    // [chunk][lo even, lo odd, hi even, hi odd]
-    let mut s = [[z; 4]; CH];
-    let mut cs = [[z; 4]; CH];
-    let ones_e = _mm512_set1_epi32(0x0101);
-    let ones_o = _mm512_set1_epi32(0x0101_0000);
-    let load = |p: *const u8| -> __m512i {
-        let v = _mm512_loadu_si512(p as *const _);
-        if mask != 0 {
-            _mm512_xor_si512(v, m)
-        } else {
-            v
-        }
-    };
-    let mut kk = 0;
-    while kk < k {
-        let pair = a[kk] as i32
-            | if kk + 1 < k {
-                (a[kk + 1] as i32) << 8
-            } else {
-                0
-            };
-        let (xe, xo) = (_mm512_set1_epi32(pair), _mm512_set1_epi32(pair << 16));
-        for c in 0..CH {
-            let r0 = load(src.add(kk * n + 64 * c));
-            let r1 = if kk + 1 < k {
-                load(src.add((kk + 1) * n + 64 * c))
-            } else {
-                z
-            };
-            crate::cpu::prefetch(src.wrapping_add((kk + GEMV_PREFETCH_ROWS) * n + 64 * c));
-            crate::cpu::prefetch(src.wrapping_add((kk + GEMV_PREFETCH_ROWS + 1) * n + 64 * c));
-            let lo = _mm512_unpacklo_epi8(r0, r1);
-            let hi = _mm512_unpackhi_epi8(r0, r1);
-            s[c][0] = _mm512_dpbusd_epi32(s[c][0], xe, lo);
-            s[c][1] = _mm512_dpbusd_epi32(s[c][1], xo, lo);
-            s[c][2] = _mm512_dpbusd_epi32(s[c][2], xe, hi);
-            s[c][3] = _mm512_dpbusd_epi32(s[c][3], xo, hi);
-            if SUMS {
-                cs[c][0] = _mm512_dpbusd_epi32(cs[c][0], ones_e, lo);
-                cs[c][1] = _mm512_dpbusd_epi32(cs[c][1], ones_o, lo);
-                cs[c][2] = _mm512_dpbusd_epi32(cs[c][2], ones_e, hi);
-                cs[c][3] = _mm512_dpbusd_epi32(cs[c][3], ones_o, hi);
-            }
-        }
-        kk += 2;
-    }
-    for c in 0..CH {
-        store_columns(s[c], acc.add(64 * c));
-        if SUMS {
-            store_columns(cs[c], colsum.add(64 * c));
-        }
+    let panels = super::x86_avx512vnni_gemv::lanes_4x4([q0, q1, q2, q3]);
+    for (p, v) in panels.iter().enumerate() {
+        _mm512_storeu_si512(dst.add(p * ps) as *mut _, *v);
     }
 }
-
-/// Undoes the lane order of [`gemv_chunk`]: `v = [lo even, lo odd, hi even,
-/// hi odd]`, lane `L`, dword `q` holding column `16L + 2q (+1 odd) (+8 hi)`,
-/// into 64 consecutive columns at `dst`.
-#[inline(always)]
-unsafe fn store_columns(v: [__m512i; 4], dst: *mut i32) {
-    // Lane L of q_j: columns 16L + 4j .. 16L + 4j + 4.
-    let q0 = _mm512_unpacklo_epi32(v[0], v[1]);
-    let q1 = _mm512_unpackhi_epi32(v[0], v[1]);
-    let q2 = _mm512_unpacklo_epi32(v[2], v[3]);
-    let q3 = _mm512_unpackhi_epi32(v[2], v[3]);
-    let t0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q0, q1);
-    let t1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q0, q1);
-    let t2 = _mm512_shuffle_i64x2::<0b01_00_01_00>(q2, q3);
-    let t3 = _mm512_shuffle_i64x2::<0b11_10_11_10>(q2, q3);
-    _mm512_storeu_si512(dst as *mut _, _mm512_shuffle_i64x2::<0b10_00_10_00>(t0, t2));
-    _mm512_storeu_si512(
-        dst.add(16) as *mut _,
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(t0, t2),
-    );
-    _mm512_storeu_si512(
-        dst.add(32) as *mut _,
-        _mm512_shuffle_i64x2::<0b10_00_10_00>(t1, t3),
-    );
-    _mm512_storeu_si512(
-        dst.add(48) as *mut _,
-        _mm512_shuffle_i64x2::<0b11_01_11_01>(t1, t3),
-    );
-}
-
-/// Rows of B ahead that [`gemv_chunk`] prefetches (a column strip of
-/// row-major B is too short a run per row for the hardware prefetchers).
-const GEMV_PREFETCH_ROWS: usize = 32;
