@@ -18,12 +18,15 @@ type Geometry = (
 );
 
 /// K = c·kh·kw: 9, 147, 45, 3, 20 (only the last a multiple of 4).
-const CASES: [Geometry; 5] = [
+const CASES: [Geometry; 7] = [
     ((1, 8, 8), (3, 3), (1, 1), (1, 1), 8),
     ((3, 23, 21), (7, 7), (2, 2), (3, 3), 16),
     ((5, 7, 6), (3, 3), (2, 1), (0, 1), 19),
     ((3, 4, 5), (1, 1), (1, 1), (0, 0), 5),
     ((5, 6, 6), (2, 2), (1, 2), (1, 0), 7),
+    // 1x1 with C a multiple of 4: the GEMM reads the NHWC image itself.
+    ((8, 5, 3), (1, 1), (1, 1), (0, 0), 6),
+    ((16, 4, 4), (1, 1), (1, 1), (0, 0), 24),
 ];
 
 /// The conv of `x` (NCHW) the old way: quantize, NHWC, the plain unfold, the GEMM.

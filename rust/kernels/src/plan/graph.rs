@@ -1269,13 +1269,19 @@ fn pad_conv_weights(op: &mut Op) {
 pub(super) fn unfold_u8<'a>(
     ctx: &Ctx,
     cols: &'a mut [u8],
-    q: &[u8],
+    q: &'a [u8],
     win: Window,
     pad: u8,
     g: &Gemm,
 ) -> Result<(usize, usize, &'a [u8])> {
     let (rows, _) = win.check()?.cols_shape();
     let k = g.packed.k();
+    // A 1x1 stride-1 unpadded conv whose rows need no padding to K: the NHWC
+    // image already is its column matrix, so the GEMM reads it as it is.
+    let pointwise = (win.kh, win.kw, win.sh, win.sw, win.ph, win.pw) == (1, 1, 1, 1, 0, 0);
+    if pointwise && k == win.c && q.len() == rows * k {
+        return Ok((rows, k, q));
+    }
     let cols = &mut cols[..rows * k];
     nhwc::im2col_rows_into(ctx, q, win, pad, k, 0, cols)?;
     Ok((rows, k, cols))
