@@ -26,8 +26,8 @@
 //! path. Work is split over `(image, block of output rows)` with
 //! [`Ctx::for_each_task`] (serial below its threshold). Nothing is
 //! allocated per call once a thread has run a call of the same size (the
-//! band and widened weight are per-thread buffers), except a zero bias for
-//! more than 4096 channels ([`zero_bias`]).
+//! band and widened weight are per-thread buffers), except the output step's
+//! zero bias for more than 4096 channels when there is no bias.
 //!
 //! ```
 //! use hwreg_kernels::depthwise::{depthwise_conv2d_i32, Depthwise};
@@ -40,7 +40,6 @@
 //! assert_eq!(out, [0, 8]);
 //! ```
 
-use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -308,37 +307,15 @@ pub fn depthwise_conv2d_f32_uninit(
             );
         }
     }
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = zero_bias(g.c)?;
-            &zeros[..]
-        }
-    };
     let step = OutputStep::Float {
         row_scale: Param::PerIndex(scales),
         col_scale: Param::PerIndex(col_scale),
-        bias: Some(bias),
+        bias,
         relu,
     };
     depthwise_conv2d(ctx, x, zero_points, weight, g, &step, out)
 }
 
-/// A zero bias of `c` channels: borrowed from a static table up to 4096
-/// channels (no allocation per call; the output step's own zero bias would
-/// be one), allocated above.
-pub fn zero_bias(c: usize) -> Result<Cow<'static, [f32]>> {
-    static ZEROS: [f32; 4096] = [0.0; 4096];
-    match ZEROS.get(..c) {
-        Some(z) => Ok(Cow::Borrowed(z)),
-        None => Ok(Cow::Owned(crate::error::try_vec(
-            c,
-            0.0f32,
-            "the zero bias",
-        )?)),
-    }
-}
 
 /// An output type of the depthwise kernel (its entry in the dispatch table).
 pub trait DwOut: OutElem {

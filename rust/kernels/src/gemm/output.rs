@@ -417,6 +417,17 @@ impl<'a> OutputStep<'a> {
     }
 }
 
+/// The bias of a step given none: zeros (adding +0.0 keeps the sums of a
+/// step with a bias, -0.0 included), borrowed from a static table up to 4096
+/// columns so a call allocates nothing, allocated fallibly above.
+fn zero_bias(n: usize) -> Result<Cow<'static, [f32]>> {
+    static ZEROS: [f32; 4096] = [0.0; 4096];
+    match ZEROS.get(..n) {
+        Some(z) => Ok(Cow::Borrowed(z)),
+        None => Ok(Cow::Owned(crate::error::try_vec(n, 0.0f32, "the zero bias")?)),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn prep_float<'a>(
     m: usize,
@@ -435,7 +446,7 @@ fn prep_float<'a>(
             return shape_err!("bias must have {n} elements; got {}", b.len())
         }
         Some(b) => Cow::Borrowed(b),
-        None => Cow::Owned(vec![0.0; n]),
+        None => zero_bias(n)?,
     };
     Ok(Prepared::Float {
         row_scale,

@@ -365,14 +365,7 @@ pub(super) fn depthwise(
         dilation: *dilation,
         padding: *padding,
     };
-    let zeros;
-    let bias = match bias {
-        Some(b) => b.as_slice(),
-        None => {
-            zeros = depthwise::zero_bias(c)?;
-            &zeros[..]
-        }
-    };
+    let bias = bias.as_deref();
     let (zps, scales) = (&ws.img_zp[..batch], &ws.img_scale[..batch]);
     match y {
         Out::F32(y) => {
@@ -383,7 +376,7 @@ pub(super) fn depthwise(
                 scales,
                 weight,
                 scale,
-                Some(bias),
+                bias,
                 *relu,
                 &g,
                 y,
@@ -396,7 +389,7 @@ pub(super) fn depthwise(
             let step = OutputStep::Fused(Fused {
                 row_scale: Param::PerIndex(scales),
                 col_scale: Param::PerIndex(scale),
-                bias: Some(bias),
+                bias,
                 residual: None,
                 relu: *relu,
                 requant: Some(requant_of(grid, *post)?),

@@ -309,26 +309,18 @@ std::thread_local! {
 /// (`gemm::output`, `OutputStep::Float`), so every int8 path rounds the same:
 /// `Y[b, o] = (f32(acc) · sx_b) · sw_o + bias[o]`, ReLU, with `acc` the exact
 /// `Σ (xq - zp_b) · q`.
-/// `zeros` stands in for a missing bias (`N` zeros from a per-thread
-/// buffer: the step would allocate them per call), the same sums.
 pub(super) fn output_step<'a>(
     xq: &QuantX<'a>,
     wq: &'a RowQuant,
     bias: Option<&'a [f32]>,
-    zeros: &'a [f32],
     relu: bool,
 ) -> OutputStep<'a> {
     OutputStep::Float {
         row_scale: Param::PerIndex(xq.scale),
         col_scale: Param::PerIndex(&wq.scale),
-        bias: Some(bias.unwrap_or(zeros)),
+        bias,
         relu,
     }
-}
-
-std::thread_local! {
-    /// The zero bias of [`output_step`].
-    pub(super) static ZERO_BIAS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Output rows of one task of the int8 products (the rows of its output tiles).
@@ -394,8 +386,7 @@ fn i8_linear_into<X: Copy + Sync + 'static>(
             y.len()
         );
     }
-    let zeros = Reused::new(&ZERO_BIAS, if bias.is_some() { 0 } else { g.n }, 0f32);
-    let step = output_step(xq, wq, bias, &zeros, relu);
+    let step = output_step(xq, wq, bias, relu);
     let ep = step.prepare::<f32>(batch, n)?;
     if batch == 0 || n == 0 {
         return Ok(());

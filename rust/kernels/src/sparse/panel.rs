@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use super::driver::{balanced_part, check_shapes, new_output};
 use super::formats::{Bsr, RowQuant};
-use super::int8::{check_quant_x, output_step, pack_x4_into, QuantX, ZERO_BIAS};
+use super::int8::{check_quant_x, output_step, pack_x4_into, QuantX};
 use crate::error::{try_with_capacity, Result};
 use crate::exec::{Ctx, SyncPtr};
 use crate::gemm::output::Epilogue;
@@ -274,8 +274,7 @@ pub fn panel_i8_linear_into(
     }
     // The inner-loop operation is a 4-deep dot of one output lane.
     let work = (w.values.len() / 4).saturating_mul(batch.max(1));
-    let zeros = Reused::new(&ZERO_BIAS, if bias.is_some() { 0 } else { n }, 0f32);
-    let step = output_step(xq, wq, bias, &zeros, relu);
+    let step = output_step(xq, wq, bias, relu);
     let ep = step.prepare::<f32>(batch, n)?;
     if batch == 0 || n == 0 {
         return Ok(());
