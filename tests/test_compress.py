@@ -395,3 +395,40 @@ def test_attention_heads_are_a_lever(tmp_path):
     assert (cand.layer, cand.ratio, cand.channels_removed) == ("/attn/MatMul", 0.5, 1)
     alone = shrink_heads(g, remove={"/attn/MatMul": 1})
     assert cand.file_bytes == _file_bytes(hw.runtime.convert(alone, input_shape=(64,), sparse="never"), tmp_path)
+
+
+def test_an_impossible_budget_ends_within_the_allowance_and_says_so(trained):
+    # A latency budget no plan can meet: the search may spend accuracy on the way to the cost model's
+    # floor, but what it returns never loses more than the allowance (rolled back if it must).
+    net, data = trained
+    for drop in (0.0, 0.01):
+        _, rep = hw.compress(net, data, profile="x86-avx512-vnni", latency_budget=1e-9, max_accuracy_drop=drop,
+                             fine_tune_epochs=1, raise_on_miss=False)
+        assert rep.float_accuracy - rep.accuracy <= drop + 1e-12, rep.markdown()
+        assert not rep.met and any(m.startswith("latency") and "out of reach" in m for m in rep.misses)
+        assert not any(m.startswith("accuracy") for m in rep.misses)
+        assert any("out of reach" in n for n in rep.notes) and "search: " in rep.markdown()
+        # The report's chosen candidates are the returned model's: a candidate chosen shrinks or prunes it.
+        shrunk = {l.name for l in rep.layers if l.channels_removed > 0}
+        for c in rep.candidates:
+            if c.chosen and c.kind == "shrink":
+                assert set(c.layer.split("+")) & shrunk
+
+
+def test_roll_back_keeps_the_latest_plan_within_the_allowance():
+    from hwreg_rs.compress import _roll_back
+
+    runs = []
+
+    def run(p):
+        runs.append(p)
+        return p
+
+    # Plans latest first, their losses: the first within 1 pt is kept, the ones after it never run.
+    i, r, failed = _roll_back([3.0, 2.0, 0.5, 0.0], run, lambda loss: loss <= 1.0)
+    assert (i, r, failed, runs) == (2, 0.5, [3.0, 2.0], [3.0, 2.0, 0.5])
+    runs.clear()
+    assert _roll_back([0.2, 0.0], run, lambda loss: loss <= 1.0) == (0, 0.2, [])
+    assert runs == [0.2]
+    # None within: the first plan's result, every result reported.
+    assert _roll_back([3.0, 2.0], lambda p: p, lambda loss: loss <= 1.0) == (0, 3.0, [3.0, 2.0])

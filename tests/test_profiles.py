@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -248,3 +249,61 @@ def test_the_runtimes_int4_layer_reports_int4_work():
     assert [w.weight_bytes for w in lin] == [op.layer.nbytes for op in ops]
     assert lin[0].gemm == (3, 64, 48) and lin[0].weight_bytes == 48 * 32 + 2 * 4 * 48  # nibbles, scales, bias
     assert np.isfinite(estimate(work, preset("cortex-a55")).latency_s)
+
+
+def _native_conv(m, k, n, **kw):
+    return LayerWork("c", "conv2d", m * k * n, k * n + 8 * n, m * k * 8, m * n * 4, "int8", gemm=(m, k, n),
+                     native=True, **kw)
+
+
+def test_native_conv_costs_pixels_columns_and_16_column_panels():
+    base = preset("x86-avx512-vnni")
+    ns = {"int8_out": 1.0, "conv_row_native": 3.0, "conv_col_native": 0.5, "conv_out_native": 0.25, "conv_mac_native": 0.0}
+    p = dataclasses.replace(base, ns_per_element=ns, gemm_tile=(1, 4, 16),
+                            overhead_us={"conv2d/native": 0.7}, native_overhead_us=0.1)
+    mac = dataclasses.replace(p, ns_per_element={k: 0.0 for k in ns}, overhead_us={"conv2d/native": 0.0})
+
+    def t(prof, m, k, n):
+        return estimate([_native_conv(m, k, n)], prof).layers[0].compute_s
+
+    # Each calibrated term is used as stated: per pixel, per padded column element, per padded panel output.
+    m, k, n = 64, 18, 20  # K pads to 20, N to 32
+    extra = t(p, m, k, n) - t(mac, m, k, n)
+    assert extra == pytest.approx(1e-9 * (3.0 * m + 0.5 * m * 20 + 0.25 * m * 32), rel=1e-9)
+    # The fixed cost per node is the convolution's own native figure, not the generic step's.
+    lat = estimate([_native_conv(m, k, n)], p).layers[0]
+    assert lat.latency_s == pytest.approx(0.7e-6 + max(lat.compute_s, lat.memory_s), rel=1e-9)
+    # Monotone in pixels, inputs and outputs; flat within one 16-column panel of N (17..32 cost alike).
+    assert t(p, m, k, 17) == pytest.approx(t(p, m, k, 32), rel=1e-12)
+    assert t(p, m, k, 32) < t(p, m, k, 33)
+    assert t(p, m, k, 16) < t(p, m, k, 17)
+    for a, b in (((16, 18, 20), (64, 18, 20)), ((64, 9, 20), (64, 36, 20)), ((64, 18, 8), (64, 18, 40))):
+        assert t(p, *a) < t(p, *b)
+    # Scaling a coefficient scales its term: the estimate follows the calibration.
+    p2 = dataclasses.replace(p, ns_per_element={**ns, "conv_col_native": 1.0})
+    assert t(p2, m, k, n) - t(p, m, k, n) == pytest.approx(1e-9 * 0.5 * m * 20, rel=1e-9)
+    # A shrunk convolution's saving: at few channels the per-pixel cost stays, so halving N saves less than half.
+    assert t(p, 64, 72, 16) / t(p, 64, 72, 32) > 0.5
+    # A layer run from Python keeps the Python costs.
+    py = estimate([dataclasses.replace(_native_conv(m, k, n), native=False)], p).layers[0].compute_s
+    assert py != pytest.approx(t(p, m, k, n))
+
+
+def test_a_layer_that_fits_l3_moves_at_l3_bandwidth():
+    p = dataclasses.replace(preset("x86-avx512-vnni"), int8_gops=1e6, cache_bytes=1 << 20, cache_bandwidth_gbs=200.0,
+                            l3_cache_bytes=32 << 20, l3_bandwidth_gbs=50.0, mem_bandwidth_gbs=10.0)
+    # A 1024x1024 int8 layer: 1 MiB of weights plus activations is over L2, well within L3.
+    fc = LayerWork("fc", "linear", 1024 * 1024, 1024 * 1024 + 8 * 1024, 4096, 4096, "int8")
+    mem = estimate([fc], p).layers[0].memory_s
+    assert mem == pytest.approx((fc.weight_bytes + 8192) / 50e9, rel=1e-9)
+    small = dataclasses.replace(fc, weight_bytes=256 << 10)
+    assert estimate([small], p).layers[0].memory_s == pytest.approx(((256 << 10) + 8192) / 200e9, rel=1e-9)
+    big = dataclasses.replace(fc, weight_bytes=64 << 20)
+    assert estimate([big], p).layers[0].memory_s == pytest.approx(((64 << 20) + 8192) / 10e9, rel=1e-9)
+    # Without an L3 figure (the presets) it is main memory's; scaling slows the L3 too.
+    no_l3 = dataclasses.replace(p, l3_cache_bytes=0, l3_bandwidth_gbs=None)
+    assert estimate([fc], no_l3).layers[0].memory_s == pytest.approx((fc.weight_bytes + 8192) / 10e9, rel=1e-9)
+    assert p.scaled(2.0).l3_bandwidth_gbs == 25.0
+    assert HardwareProfile.from_dict(p.to_dict()) == p
+    with pytest.raises(ValueError, match="l3_"):
+        dataclasses.replace(p, l3_bandwidth_gbs=-1.0)

@@ -44,6 +44,14 @@ def test_host_profile_is_valid_and_round_trips_json(host, tmp_path):
     # int4 against int8 on the same weights, at batch 1 and a small batch, with its own call overhead.
     assert "dense_int4" in host.kernels and host.overhead_us["linear/int4"] > 0
     assert [r for r, _ in host.int4_speedup] == [1, 16] and all(0 < f <= 20 for _, f in host.int4_speedup)
+    # The native convolution's costs are calibrated, its fixed cost per node included (measured: the
+    # per-node costs change as the executor does).
+    assert {"conv_row_native", "conv_col_native", "conv_out_native"} <= set(host.ns_per_element)
+    assert host.overhead_us["conv2d/native"] >= 0
+    # An L3 above L2 is measured as its own level, between L2's bandwidth and main memory's.
+    if host.l3_cache_bytes:
+        assert host.l3_cache_bytes > host.cache_bytes
+        assert host.mem_bandwidth_gbs <= host.l3_bandwidth_gbs <= host.cache_bandwidth_gbs
     path = tmp_path / "host.json"
     host.save(path)
     assert HardwareProfile.load(path) == host

@@ -63,6 +63,10 @@ class LayerWork:
         Whether the layer runs inside a native plan call of the runtime (see
         :mod:`hwreg_rs._planner`): its fixed cost is then an in-plan step's,
         not a call from Python's.
+    pixels : int, optional
+        For a pooling layer: the spatial positions of its input for the whole
+        batch (``N*H*W``; a channels-last pool walks them one by one, its
+        channels a vector each), None when not known.
     """
 
     name: str
@@ -80,6 +84,7 @@ class LayerWork:
     sparse_kernel: bool | None = None
     int4_group: int | None = None
     native: bool = False
+    pixels: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -98,5 +103,7 @@ class LayerWork:
             object.__setattr__(self, "gemm", g)
         if self.int4_group is not None and (self.precision != "int4" or int(self.int4_group) < 1):
             raise ValueError(f"int4_group needs precision 'int4' and a group size >= 1; got {self.int4_group!r}")
+        if self.pixels is not None and int(self.pixels) < 0:
+            raise ValueError(f"pixels must be None or >= 0; got {self.pixels!r}")
         if self.calls < 1 or self.passes < 0:
             raise ValueError(f"calls must be >= 1 and passes >= 0; got {self.calls!r}, {self.passes!r}")

@@ -43,8 +43,13 @@ bits on the 4-bit layers and 8 elsewhere), converted to a
 :class:`~hwreg_rs.runtime.RuntimeModel` (int4 where trained at 4 bits, int8
 elsewhere), measured and
 reported, layer by layer (by the model's own layer names), with every candidate
-considered. A missed budget raises :class:`BudgetError` (carrying the report)
-unless told not to.
+considered. The end never leaves the accuracy allowance for a budget: when the
+fine-tuned plan loses more than ``max_accuracy_drop``, the search rolls back to the
+plans it stood on before, latest first (each fine-tuned the same way; at most
+``_MAX_ROLLBACKS``), then to the dense int8 model, and keeps the first within the
+allowance; the report's ``notes`` say so, and say when the latency budget lay
+below the cost model's floor (every useful lever at its last level). A missed
+budget raises :class:`BudgetError` (carrying the report) unless told not to.
 
 Each chosen candidate is also checked against the cost model: the report gives
 its predicted speed-up (the layers it changes, estimated with and without it)
@@ -191,6 +196,7 @@ class CompressionReport:
     memory_bytes: int = 0  # weight_bytes + peak_activation_bytes: what must fit memory_limit_bytes
     candidates: list[Candidate] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)  # the greedy search, rolled-back steps too
+    notes: list[str] = field(default_factory=list)  # what the search decided beside the plan (a rollback, a floor)
 
     @property
     def accuracy_change(self) -> float:
@@ -233,6 +239,7 @@ class CompressionReport:
         lines.append(f"memory {self.memory_bytes} B estimated: weights {self.weight_bytes} B + peak activations "
                      f"{self.peak_activation_bytes} B (batch {self.batch_size})")
         lines += [f"note: {n}" for n in notes]
+        lines += [f"search: {n}" for n in self.notes]
         if self.candidates:
             lines += ["", "Candidates (the model with each one alone; Δacc before fine-tuning; * chosen):", "",
                       "| layer | kind | ratio | pattern | bits | est. µs | file bytes | memory bytes | Δacc | |",
@@ -410,6 +417,38 @@ class _Cost:
 
 
 _Unit = tuple[str, Any]  # ("shrink", group layers), ("heads", block), ("sparse", layer name) or ("bits", layer name)
+
+# Plans of the search the end falls back to, latest first, when the fine-tuned plan loses more accuracy
+# than allowed (each costs a fine-tune); then the dense int8 model.
+_MAX_ROLLBACKS = 3
+
+
+@dataclass
+class _Plan:
+    """A plan the search stood on: the model it planned from (a round's recovered model), the sparsity
+    and 4-bit layers earlier rounds trained into it, and the steps taken on it."""
+
+    base: Any
+    baked: dict[str, float]
+    baked4: dict[str, int]
+    state: dict[_Unit, Any]
+    round: int
+
+    def same(self, other: "_Plan") -> bool:
+        return (self.base is other.base and self.baked == other.baked and self.baked4 == other.baked4
+                and self.state == other.state)
+
+
+def _roll_back(plans: Sequence[Any], run: Any, ok: Any) -> tuple[int, Any, list[Any]]:
+    """Run ``plans`` in order until ``ok(run(plan))``: ``(index, its result, the results that failed
+    before it)``. When none passes: ``(0, the first plan's result, every result)``."""
+    failed = []
+    for i, p in enumerate(plans):
+        r = run(p)
+        if ok(r):
+            return i, r, failed
+        failed.append(r)
+    return 0, failed[0], failed
 
 
 def _unit_name(unit: _Unit) -> str:
@@ -739,12 +778,26 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     steps: list[dict[str, Any]] = []
     state: dict[_Unit, Any] = {}
     floor_s: float | None = None  # the cost model's latency with every useful lever at its last level
+    # Every plan the search stood on, in order (a round's recovered model and each step it kept): what
+    # the end falls back to when the fine-tuned plan loses more than the allowance.
+    plans: list[_Plan] = []
+
+    def snapshot(rnd: int) -> None:
+        plans.append(_Plan(base, dict(baked), dict(baked4), dict(state), rnd))
+
+    def restore(p: _Plan) -> None:
+        nonlocal base, baked, baked4
+        base, baked, baked4 = p.base, dict(p.baked), dict(p.baked4)
+        dense_cache.clear()
+
+    cand_keys: dict[int, tuple[_Unit, Any]] = {}  # id of a Candidate -> its (unit, level)
     for rnd in range(search_rounds):
         levels, prunable = levers()
         dense_cache.clear()
         size_offset[0] = 0
         state = {}
         base_cost = cost(state)
+        snapshot(rnd)
         if not misses_of(base_cost):
             break
         # Only levers that make a missed budget smaller are worth an accuracy measurement.
@@ -777,6 +830,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                     4 if u[0] == "bits" else 8, 1e6 * c.latency_s, c.file_bytes, c.memory_bytes,
                     -drop[(u, lvl)], channels_removed=lvl if shrinks else 0, round=rnd,
                     group_size=group_of(base, u[1], lvl) if u[0] == "bits" else None)
+                cand_keys[id(round_cands[(u, lvl)])] = (u, lvl)
                 if drop[(u, lvl)] > allowance:  # alone past the allowance: the levels beyond are not tried
                     levels[u] = levels[u][:j]
                     break
@@ -803,6 +857,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                                   "accuracy": acc, "kept": ok})
                     if ok:
                         state, took = trial, True
+                        snapshot(rnd)
                         break
                     stopped.add(u)  # rolled back: this lever goes no further
                 if not took:
@@ -837,16 +892,59 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         baked4.update(four_bit(state))
         state = {}
 
-    # The plan: shrink (the sparse levels ramp up while fine-tuning, from what earlier rounds pruned).
-    tuned = build({u: c for u, c in state.items() if u[0] != "sparse"})
-    plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
-    plan4 = four_bit(state)
-    if state or base is not work_model:
-        tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()}, fine_tune_epochs,
-                          plan4)
+    def finish(state: dict[_Unit, Any]) -> tuple[Module, runtime.RuntimeModel, float, dict[str, float]]:
+        """The plan applied to ``base``: shrunk first (the sparse levels ramp up while fine-tuning,
+        from what earlier rounds pruned), fine-tuned, converted; with its held-out accuracy."""
+        tuned = build({u: c for u, c in state.items() if u[0] != "sparse"})
+        plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
+        if state or base is not work_model:
+            tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()},
+                              fine_tune_epochs, four_bit(state))
+        rt = to_runtime(tuned, sparse=final_sparse, batch_size=batch_size)
+        return tuned, rt, float(np.mean(rt.predict(X_val).argmax(axis=1) == y_val)), plan
 
-    rt = to_runtime(tuned, sparse=final_sparse, batch_size=batch_size)
-    acc = float(np.mean(rt.predict(X_val).argmax(axis=1) == y_val))
+    notes: list[str] = []
+    if floor_s is not None and latency_budget is not None and floor_s > latency_budget:
+        notes.append(f"the latency budget {1e6 * latency_budget:.3g} µs is below the cost model's floor "
+                     f"{1e6 * floor_s:.3g} µs (every useful lever at its last level): out of reach, so the "
+                     "search spent accuracy only within the allowance")
+    final = _Plan(base, dict(baked), dict(baked4), dict(state), rnd)
+    earlier: list[_Plan] = []
+    for p in reversed(plans):  # the plans the search stood on, latest first, each once
+        if not p.same(final) and not any(p.same(q) for q in earlier):
+            earlier.append(p)
+    dense_plan = _Plan(work_model, {}, {}, {}, 0)  # the dense int8 model: no step at all
+    tried = [final] + [p for p in earlier[:_MAX_ROLLBACKS] if not p.same(dense_plan)] + [dense_plan]
+    picked, (tuned, rt, acc, plan), failed = _roll_back(
+        tried, lambda p: (restore(p), finish(p.state))[1], lambda r: float_acc - r[2] <= max_accuracy_drop + 1e-12)
+    restore(tried[picked])
+    losses = [float_acc - r[2] for r in failed]
+    if picked > 0:
+        back = tried[picked]
+        state = back.state
+        notes.append(f"rolled back: the fine-tuned plan lost {100 * losses[0]:.2f} pt > the allowance "
+                     f"{100 * max_accuracy_drop:.2f} pt; " + (
+                         f"{picked - 1} later plan(s) of the search also did ({', '.join(f'{100 * v:.2f}' for v in losses[1:])}"
+                         " pt); " if picked > 1 else "") +
+                     ("kept the dense int8 model" if not back.state and back.base is work_model else
+                      f"kept the search's plan from round {back.round} with {len(back.state)} step(s) "
+                      f"({', '.join(f'{_unit_name(u)} {u[0]} {lvl}' for u, lvl in back.state.items()) or 'its recovered model'})")
+                     + f", which loses {100 * (float_acc - acc):.2f} pt")
+        for cand in candidates:  # the chosen candidates are the kept plan's
+            if cand.round > back.round or back is dense_plan:
+                cand.chosen = False
+            elif cand.round == back.round:
+                unit, lvl = cand_keys[id(cand)]
+                was = cand.chosen
+                cand.chosen = back.state.get(unit) == lvl
+                if cand.chosen and not was:
+                    check_speedup(cand, {unit: lvl})
+            if not cand.chosen:
+                cand.predicted_speedup = cand.measured_speedup = None
+                cand.timed_layers = ""
+    elif failed:
+        notes.append(f"no plan is within the allowance {100 * max_accuracy_drop:.2f} pt: the fine-tuned plan lost "
+                     f"{100 * losses[0]:.2f} pt, the dense int8 model {100 * losses[-1]:.2f} pt; kept the plan")
     est = profiles.estimate(rt.layer_work(batch_size), prof, activation_peak=_activation_peak(rt, batch_size))
     measured = _predict_seconds(rt, x_batch, profile_repeats)
     per_node = rt.profile(x_batch, repeats=profile_repeats)
@@ -902,7 +1000,7 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
                                float_lat, measured, est.latency_s + fixed_s, float_bytes, file_bytes, not misses, misses, layers,
                                other_us, memory_budget_bytes=memory_budget, memory_limit_bytes=memory_limit,
                                weight_bytes=est.weight_bytes, peak_activation_bytes=est.peak_activation_bytes,
-                               memory_bytes=est.memory_bytes, candidates=candidates, steps=steps)
+                               memory_bytes=est.memory_bytes, candidates=candidates, steps=steps, notes=notes)
     if plot is not None:
         report.plot(plot)
     if misses and raise_on_miss:

@@ -69,7 +69,8 @@ __all__ = [
 
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
-                 "elementwise", "int4_group", "conv_row_native", "sparse_out", "int4_out")
+                 "elementwise", "int4_group", "conv_row_native", "conv_col_native", "conv_out_native", "conv_mac_native",
+                 "pool_native", "pool_px_native", "sparse_out", "int4_out")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,17 @@ class HardwareProfile:
         ``"conv_row_native"`` per output pixel of a convolution run in a native
         plan call (its quantization, unfold and layout work, in place of
         ``"int8_row"``, ``"int8_in"``, ``"im2col_int8"`` and ``"nchw"``),
+        ``"conv_col_native"`` per element of such a convolution's column matrix
+        (``M x K`` with ``K`` padded to the tile's depth: the unfold writes it and
+        the GEMM reads it) and ``"conv_out_native"`` per output of it with ``N``
+        padded to the tile's 16-column panels (the output step runs per panel;
+        in place of ``"int8_out"``), ``"conv_mac_native"`` per multiply-accumulate
+        of it (``M x K x N`` padded to the tile; in place of ``int8_gops``: the
+        convolution's kernel reads its packed panels at another rate than a
+        Linear layer's GEMV), ``"pool_native"`` per input element of a
+        pooling layer run in a native plan call (in place of ``"pool"``, NumPy's) and
+        ``"pool_px_native"`` per input position of it (:attr:`LayerWork.pixels`: a
+        channels-last pool's cost follows its pixels more than its channels),
         ``"sparse_out"`` per output element of a sparse product for one batch
         row (its walk over each weight row's blocks), ``"int4_out"`` per output
         element of an int4 layer beyond int8's output step (its nibble unpacking
@@ -173,6 +185,12 @@ class HardwareProfile:
         ``mem_bandwidth_gbs``. 0 (the presets): every layer at main memory's.
     cache_bandwidth_gbs : float, optional
         Sustained copy bandwidth within that cache, in GB/s.
+    l3_cache_bytes : int
+        Size of the last-level cache (L3) whose bandwidth ``l3_bandwidth_gbs``
+        is: a layer that moves more than ``cache_bytes`` but no more than this
+        moves at that bandwidth. 0 (the presets): no such level.
+    l3_bandwidth_gbs : float, optional
+        Sustained copy bandwidth within the L3 cache, in GB/s.
 
     Examples
     --------
@@ -208,6 +226,8 @@ class HardwareProfile:
     sparsity_patterns_one_row: Mapping[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
     cache_bandwidth_gbs: float | None = None
+    l3_cache_bytes: int = 0
+    l3_bandwidth_gbs: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("int8_gops", "fp32_gflops", "mem_bandwidth_gbs", "energy_pj_per_byte"):
@@ -228,9 +248,9 @@ class HardwareProfile:
             raise ValueError(f"energy_pj_per_mac lacks {sorted(missing)}")
         for key, v in self.overhead_us.items():
             kind, _, prec = str(key).partition("/")
-            if kind not in KINDS or (prec and prec not in PRECISIONS):
+            if kind not in KINDS or (prec and prec not in (*PRECISIONS, "native")):
                 raise ValueError(f"overhead_us key {key!r} must be a kind {KINDS} optionally followed by "
-                                 f"'/precision' {PRECISIONS}")
+                                 f"'/precision' {PRECISIONS} or '/native'")
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"overhead_us[{key!r}] must be a number >= 0; got {v!r}")
         for key, v in self.ns_per_element.items():
@@ -250,6 +270,11 @@ class HardwareProfile:
             raise ValueError(f"cache_bytes must be >= 0 and cache_bandwidth_gbs None or > 0; got "
                              f"{self.cache_bytes!r}, {self.cache_bandwidth_gbs!r}")
         object.__setattr__(self, "cache_bytes", int(self.cache_bytes))
+        if int(self.l3_cache_bytes) < 0 or (self.l3_bandwidth_gbs is not None and not (
+                isinstance(self.l3_bandwidth_gbs, (int, float)) and self.l3_bandwidth_gbs > 0)):
+            raise ValueError(f"l3_cache_bytes must be >= 0 and l3_bandwidth_gbs None or > 0; got "
+                             f"{self.l3_cache_bytes!r}, {self.l3_bandwidth_gbs!r}")
+        object.__setattr__(self, "l3_cache_bytes", int(self.l3_cache_bytes))
         if int(self.parallel_min_macs) < 0:
             raise ValueError(f"parallel_min_macs must be >= 0; got {self.parallel_min_macs!r}")
         if not (isinstance(self.parallel_speedup, (int, float)) and self.parallel_speedup > 0):
@@ -334,6 +359,7 @@ class HardwareProfile:
             native_overhead_us=None if self.native_overhead_us is None else self.native_overhead_us * f,
             sparse_overhead_us=None if self.sparse_overhead_us is None else self.sparse_overhead_us * f,
             cache_bandwidth_gbs=None if self.cache_bandwidth_gbs is None else self.cache_bandwidth_gbs / f,
+            l3_bandwidth_gbs=None if self.l3_bandwidth_gbs is None else self.l3_bandwidth_gbs / f,
             overhead_us={k: v * f for k, v in self.overhead_us.items()},
             ns_per_element={k: v * f for k, v in self.ns_per_element.items()})
 
@@ -358,7 +384,10 @@ class HardwareProfile:
 
     def overhead_s(self, kind: str, precision: str = "fp32", *, native: bool = False) -> float:
         """Fixed seconds of one call of a layer of ``kind`` at ``precision`` (``native``: one step
-        of a native plan call, when the profile knows that cost)."""
+        of a native plan call, when the profile knows that cost: ``overhead_us["<kind>/native"]``,
+        else ``native_overhead_us``)."""
+        if native and f"{kind}/native" in self.overhead_us:
+            return self.overhead_us[f"{kind}/native"] * 1e-6
         if native and self.native_overhead_us is not None:
             return self.native_overhead_us * 1e-6
         default = self.overhead_us.get(kind, self.layer_overhead_us)
@@ -692,6 +721,15 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         if w.kind == "conv2d" and prec == "int8" and "im2col_int8" in ns:
             t_in = 0.0  # the runtime quantizes the image, not the columns: "im2col_int8" covers both
         t_out = m * n * ns.get(f"{prec}_out", 0.0) * 1e-9
+        native_conv = w.kind == "conv2d" and w.native and "conv_row_native" in ns and prec == "int8"
+        if native_conv:
+            # The native plan quantizes, unfolds and lays out a convolution's input in one pass: a cost
+            # per output pixel and per element of the column matrix it writes (K padded to the tile's
+            # depth, as the weights are packed); the output step runs on whole 16-column panels of N.
+            tr, tk, tn = profile.gemm_tile
+            t_in = (m * ns["conv_row_native"] + _pad(m, tr) * _pad(k, tk) * ns.get("conv_col_native", 0.0)) * 1e-9
+            if "conv_out_native" in ns:
+                t_out = _pad(m, tr) * _pad(n, tn) * ns["conv_out_native"] * 1e-9
         s = profile.parallel_speedup
         if prec == "int8" and profile.parallel_min_macs and s != 1:
             # int8_gops is the all-cores figure; work below the threshold runs on one thread.
@@ -701,19 +739,23 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_in = t_in / s if m * k >= profile.parallel_min_macs else t_in
         else:
             t_mac = 2.0 * macs_eff / ops
+        if native_conv and "conv_mac_native" in ns:  # measured on one thread, below the parallel threshold
+            par = bool(profile.parallel_min_macs) and m * n * (k + _OUTPUT_MACS) >= profile.parallel_min_macs
+            t_mac = macs_eff * ns["conv_mac_native"] * 1e-9 / (s if par else 1.0)
         if int4:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
             t_out += m * n * ns.get("int4_out", 0.0) * 1e-9
             if w.int4_group is not None:  # a float scale-and-add per row, output and group
                 t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
-        if w.kind == "conv2d" and w.native and "conv_row_native" in ns:
-            # The native plan quantizes, unfolds and lays out a convolution's input per pixel in one pass.
-            return t_mac + t_out + m * ns["conv_row_native"] * 1e-9
         t = t_mac + t_in + t_out
+        if native_conv:
+            return t
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
             t += (m * k * unfold + m * n * ns.get("nchw", 0.0)) * 1e-9
         return t
+    if w.kind == "pool" and w.native and "pool_native" in ns:
+        return (w.act_in_bytes / 4 * ns["pool_native"] + (w.pixels or 0) * ns.get("pool_px_native", 0.0)) * 1e-9
     if w.kind == "pool" and "pool" in ns:
         return w.act_in_bytes / 4 * ns["pool"] * 1e-9
     if w.kind == "elementwise" and "elementwise" in ns:
@@ -721,6 +763,16 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
     if w.macs:
         return 2.0 * macs / profile.throughput_ops(prec)
     return 0.0
+
+
+def _bandwidth_gbs(profile: HardwareProfile, moved: int) -> float:
+    """The bandwidth a layer moving ``moved`` bytes gets: a layer that fits a cache level stays there
+    between calls (a model run again and again), L2 first, then L3, else main memory's."""
+    if profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes:
+        return float(profile.cache_bandwidth_gbs)
+    if profile.l3_bandwidth_gbs is not None and moved <= profile.l3_cache_bytes:
+        return float(profile.l3_bandwidth_gbs)
+    return float(profile.mem_bandwidth_gbs)
 
 
 def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
@@ -746,9 +798,7 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         macs = _effective_macs(w, profile)
         compute = _compute_s(w, profile, macs)
         moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
-        bandwidth = profile.mem_bandwidth_gbs
-        if profile.cache_bandwidth_gbs is not None and moved <= profile.cache_bytes:
-            bandwidth = profile.cache_bandwidth_gbs  # a layer that fits the cache stays there between calls
+        bandwidth = _bandwidth_gbs(profile, moved)
         memory = moved / (bandwidth * 1e9)
         overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
         if w.sparse_kernel and w.pattern != "dense" and profile.sparse_overhead_us is not None:
@@ -1019,8 +1069,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cache_bytes(level: int) -> int:
-    """Bytes of cpu0's data or unified cache at ``level`` (sysfs); 256 KiB when it does not say."""
+def _cache_bytes(level: int, *, default: int = 256 << 10) -> int:
+    """Bytes of cpu0's data or unified cache at ``level`` (sysfs); ``default`` when it does not say."""
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for entry in sorted(os.listdir(base)):
@@ -1037,7 +1087,7 @@ def _cache_bytes(level: int) -> int:
             return int(text.rstrip("KM")) * mult
     except (OSError, ValueError):
         pass
-    return 256 << 10
+    return default
 
 
 def _memory_capacity() -> int:
@@ -1068,7 +1118,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       small runtime convolution for its fixed cost.
     * pooling, elementwise (ReLU) and views: two sizes each, fixed + per element.
     * memory bandwidth: a large copy; within the L2 cache: a copy of a quarter
-      of it (``cache_bytes``, ``cache_bandwidth_gbs``); capacity: physical
+      of it (``cache_bytes``, ``cache_bandwidth_gbs``), and of the L3 cache
+      likewise (``l3_cache_bytes``, ``l3_bandwidth_gbs``); capacity: physical
       memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 16×4 (output panels) and N:M 1:8 at ~90%
       sparsity against the dense int8 layer, as the efficiency of a kept weight;
@@ -1081,8 +1132,10 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     * a native plan call's per-layer step: a chain of eight 4×4 int8 layers
       converted to a runtime model, each layer timed inside the call
       (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`), as ``native_overhead_us``;
-      a 3x3 convolution the same way at three image sizes, for its per-pixel
-      cost beyond the model's (``"conv_row_native"``).
+      3x3 convolutions the same way over a grid of channels and image sizes, for
+      their fixed, per-pixel, per-column-element and per-panel-output costs
+      beyond their multiply-accumulates (``overhead_us["conv2d/native"]``,
+      ``"conv_row_native"``, ``"conv_col_native"``, ``"conv_out_native"``).
     * SIMD width and kernels from :func:`hwreg_rs.active_isa`.
 
     Timings are medians of single calls, so a busy machine moves them less;
@@ -1346,6 +1399,16 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
     cdst = csrc.copy()
     t_cache = median_seconds(lambda: np.copyto(cdst, csrc), repeats=max_n, min_seconds=2e-5)
     cache_bw = 2 * csrc.nbytes / t_cache / 1e9
+    del csrc, cdst
+    # -- and within the last-level cache: a copy of a quarter of it, above L2 --------------------
+    l3 = _cache_bytes(3, default=0)
+    l3_bw = None
+    if l3 > 2 * l2:
+        lsrc = np.ones(l3 // 16, np.float32)
+        ldst = lsrc.copy()
+        t_l3 = median_seconds(lambda: np.copyto(ldst, lsrc), repeats=max_n // 2, min_seconds=2e-4)
+        l3_bw = float(min(max(2 * lsrc.nbytes / t_l3 / 1e9, bandwidth), max(cache_bw, bandwidth)))
+        del lsrc, ldst
 
     isa = active_isa()
     simd = {"avx512vnni": 512, "avx512": 512, "avx2": 256}.get(isa, 128)
@@ -1388,26 +1451,77 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         sparsity_patterns_one_row=one_row,
         cache_bytes=l2,
         cache_bandwidth_gbs=float(max(cache_bw, bandwidth)),
+        l3_cache_bytes=l3 if l3_bw is not None else 0,
+        l3_bandwidth_gbs=l3_bw,
     )
-    return _fit_native_conv(prof, rng, max_n)
+    return _fit_native_conv(prof, rng, max_n, quick)
 
 
-def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: int) -> HardwareProfile:
-    """``prof`` with ``ns_per_element["conv_row_native"]``: the time a 3x3 convolution takes inside a
-    native plan call besides its fixed step, its multiply-accumulates and its output step, per output
-    pixel (fitted at three image sizes)."""
-    from .nn.conv import Conv2d
+def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: int, quick: bool) -> HardwareProfile:
+    """``prof`` with what a 3x3 convolution costs inside a native plan call: a fixed cost per node
+    (``overhead_us["conv2d/native"]``), per output pixel (``"conv_row_native"``), per column-matrix
+    element (``"conv_col_native"``), per output of a 16-column panel (``"conv_out_native"``) and per
+    multiply-accumulate of the tile-padded product (``"conv_mac_native"``).
+
+    Fitted (non-negative least squares on relative error) on the second convolution of models
+    conv-conv-flatten-linear over a grid of input channels, output channels and image sizes, each timed
+    inside the call (:meth:`~hwreg_rs.runtime.RuntimeModel.profile`): its input arrives and its output
+    leaves channels-last, as between the layers of a model. A max pool after a convolution and the Flatten after it likewise, over a
+    grid of channels and image sizes: the pool's fixed, per-input-element and per-input-position costs
+    (``overhead_us["pool/native"]``, ``"pool_native"``, ``"pool_px_native"``) and the Flatten's (``overhead_us["reshape/native"]``)
+    before a Linear layer, as in a model."""
+    from .nn.conv import Conv2d, MaxPool2d
+    from .nn.layers import Flatten, Linear
     from .nn.module import Sequential
     from .runtime import convert
 
-    conv = Sequential(Conv2d(8, 8, 3, padding=1, rng=rng)).eval()
-    base = dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": 0.0})
-    rows, rest = [], []
-    for hw_ in (4, 8, 12):
-        rt = convert(conv, input_shape=(8, hw_, hw_))
-        x = rng.standard_normal((1, 8, hw_, hw_)).astype(np.float32)
-        t = float(np.median([sum(rt.profile(x, repeats=repeats).values()) for _ in range(3)]))
-        rows.append(hw_ * hw_)
-        rest.append(t - estimate(rt.layer_work(1), base).latency_s)
-    slope = float(np.polyfit(np.array(rows, float), np.array(rest), 1)[0])
-    return dataclasses.replace(prof, ns_per_element={**prof.ns_per_element, "conv_row_native": max(slope, 0.0) * 1e9})
+    keys = ("conv_row_native", "conv_col_native", "conv_out_native", "conv_mac_native")
+    grid = [(c, n, h) for c in (4, 16, 32) for n in (8, 24, 40) for h in (4, 8, 12)]
+    if quick:  # a Latin square of the same levels
+        grid = [(c, n, h) for i, c in enumerate((4, 16, 32)) for j, n in enumerate((8, 24, 40))
+                for h in ((4, 8, 12)[(i + j) % 3],)]
+    models = []
+    for c, n, h in grid:
+        # Between a convolution and a Linear layer: its input and output stay channels-last, as in a model.
+        net = Sequential(Conv2d(2, c, 3, padding=1, rng=rng), Conv2d(c, n, 3, padding=1, rng=rng), Flatten(),
+                         Linear(n * h * h, 4, rng=rng)).eval()
+        rt = convert(net, input_shape=(2, h, h))
+        x = rng.standard_normal((1, 2, h, h)).astype(np.float32)
+        work = rt.layer_work(1)[1]
+        if not work.native:  # this build runs convolutions in Python: the Python costs apply
+            return prof
+        models.append((rt, x, work))
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(3):  # rounds apart in time: load comes in bursts
+        for i, (rt, x, _w) in enumerate(models):
+            times[i].append(rt.profile(x, repeats=repeats)["1"])
+    t = np.array([float(np.median(v)) for v in times])
+    feats = []
+    for (_rt, _x, w) in models:
+        m, k, n = _gemm_dims(w)  # type: ignore[misc]
+        tr, tk, tn = prof.gemm_tile
+        feats.append([1.0, m, _pad(m, tr) * _pad(k, tk), _pad(m, tr) * _pad(n, tn),
+                      _pad(m, tr) * _pad(k, tk) * _pad(n, tn)])
+    coef = _nnls_rel(np.array(feats, float), t)
+    # -- a max pool after a convolution (channels-last input, as in a model) and the Flatten after it ---
+    pools = []
+    for c, h in ([(4, 4), (6, 8), (16, 12), (32, 8)] if quick else
+                 [(c, h) for c in (4, 6, 16, 32) for h in (4, 8, 12)]):
+        net = Sequential(Conv2d(2, c, 3, padding=1, rng=rng), MaxPool2d(2), Flatten(),
+                         Linear(c * (h // 2) ** 2, 4, rng=rng)).eval()  # the Linear takes the channels-last Flatten
+        rt = convert(net, input_shape=(2, h, h))
+        pools.append((rt, rng.standard_normal((1, 2, h, h)).astype(np.float32), c * h * h, h * h))
+    tp: list[list[float]] = [[] for _ in pools]
+    tflat: list[float] = []
+    for _ in range(3):
+        for i, (rt, x, _n, _px) in enumerate(pools):
+            steps = rt.profile(x, repeats=repeats)
+            tp[i].append(steps["1"])
+            tflat.append(steps["2"])
+    pool_c = _nnls_rel(np.array([[1.0, px, n] for _, _, n, px in pools]), np.array([float(np.median(v)) for v in tp]))
+    pool_fixed, pool_px, pool_s = (float(v) for v in pool_c)
+    return dataclasses.replace(
+        prof, overhead_us={**prof.overhead_us, "conv2d/native": float(coef[0] * 1e6),
+                           "pool/native": pool_fixed * 1e6, "reshape/native": float(np.median(tflat)) * 1e6},
+        ns_per_element={**prof.ns_per_element, **{k: float(v * 1e9) for k, v in zip(keys, coef[1:])},
+                        "pool_native": pool_s * 1e9, "pool_px_native": pool_px * 1e9})

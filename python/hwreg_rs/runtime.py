@@ -460,7 +460,8 @@ class _Pool(_Op):
         return shape[:2] + F.out_size(shape[2], shape[3], self.kernel_size, self.stride, self.padding)
 
     def work(self, name: str, shape: tuple[int, ...]) -> LayerWork:
-        return LayerWork(name, "pool", 0, 0, int(np.prod(shape)) * 4, int(np.prod(self.out_shape(shape))) * 4)
+        return LayerWork(name, "pool", 0, 0, int(np.prod(shape)) * 4, int(np.prod(self.out_shape(shape))) * 4,
+                         pixels=int(shape[0] * shape[2] * shape[3]))
 
 
 class _Flatten(_Op):

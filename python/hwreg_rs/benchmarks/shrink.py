@@ -162,6 +162,7 @@ def budget_search(quick: bool = False) -> str:
     res = Table(["model", "dense int8 µs", "budget µs", "compressed µs", "speed-up", "accuracy", "drop (pt)", "met",
                  "chosen: predicted / measured speed-up of the layers it changes"])
     floor = Table(["model", "shrunk", "int8 µs (batch 1)", "speed-up vs dense", "its layers µs", "predict − layers µs"])
+    notes: list[str] = []
     set_num_threads(1)
     try:
         for name, (model, shape) in models.items():
@@ -182,6 +183,7 @@ def budget_search(quick: bool = False) -> str:
             res.add(name, 1e6 * t_dense, 1e6 * budget, 1e6 * t["compressed"], f"{t['dense'] / t['compressed']:.2f}×",
                     f"{rep.accuracy:.2%}", f"{100 * (rep.float_accuracy - rep.accuracy):.2f}",
                     "yes" if rep.met else "no: " + "; ".join(rep.misses), chosen)
+            notes += [f"- {name}: {n}" for n in rep.notes]
             # The floor: every hidden layer / channel group shrunk alike, random weights.
             g = nn.mlp([64, 256, 128, 10], rng=0).eval() if name.startswith("mlp") else onnx.load(proto).eval()
             rts = {f"{a:.0%}": runtime.convert(prune.shrink(g, a, input_shape=shape) if a else g, input_shape=shape)
@@ -196,5 +198,6 @@ def budget_search(quick: bool = False) -> str:
             "`hw.compress(..., profile=\"host\", latency_budget=0.5 × dense, max_accuracy_drop=0.01)` on 1 thread; "
             "latencies timed side by side (samples of several calls). Speed-ups of the chosen candidates: the "
             "layers each changes, predicted by the cost model and measured (`profiles.speedup_check`).\n\n"
-            + res.markdown() + "\n\nWhat shrinking can give at most (random weights, every group shrunk alike; "
+            + res.markdown() + ("\n\nThe search's notes:\n\n" + "\n".join(notes) if notes else "")
+            + "\n\nWhat shrinking can give at most (random weights, every group shrunk alike; "
             "'predict − layers' is predict's own cost beside its timed layers):\n\n" + floor.markdown())
