@@ -307,3 +307,25 @@ def test_a_layer_that_fits_l3_moves_at_l3_bandwidth():
     assert HardwareProfile.from_dict(p.to_dict()) == p
     with pytest.raises(ValueError, match="l3_"):
         dataclasses.replace(p, l3_bandwidth_gbs=-1.0)
+
+
+def test_native_linear_uses_its_calibrated_terms_and_the_gemv_rate_for_one_row():
+    ns = {"linear_row_native": 20.0, "linear_col_native": 0.1, "linear_out_native": 0.2, "linear_mac_native": 0.002,
+          "linear_gemv_native": 0.008}
+    p = dataclasses.replace(preset("x86-avx512-vnni"), ns_per_element=ns, gemm_tile=(1, 4, 16),
+                            overhead_us={"linear/native": 0.3}, native_overhead_us=0.1)
+
+    def lin(m, k, n, native=True):
+        return LayerWork("fc", "linear", m * k * n, k * n + 8 * n, m * k * 4, m * n * 4, "int8", gemm=(m, k, n),
+                         native=native)
+
+    one = estimate([lin(1, 64, 250)], p).layers[0]
+    assert one.compute_s == pytest.approx(1e-9 * (20.0 + 0.1 * 64 + 0.2 * 256 + 0.008 * 64 * 256), rel=1e-9)
+    assert one.latency_s == pytest.approx(0.3e-6 + max(one.compute_s, one.memory_s), rel=1e-9)
+    eight = estimate([lin(8, 64, 250)], p).layers[0]
+    assert eight.compute_s == pytest.approx(1e-9 * 8 * (20.0 + 0.1 * 64 + 0.2 * 256 + 0.002 * 64 * 256), rel=1e-9)
+    # Monotone in rows, inputs and outputs.
+    for a, b in (((1, 64, 64), (1, 128, 64)), ((1, 64, 64), (1, 64, 128)), ((1, 64, 64), (2, 64, 64))):
+        assert estimate([lin(*a)], p).layers[0].compute_s < estimate([lin(*b)], p).layers[0].compute_s
+    # From Python (not in a plan) the Python-call costs apply.
+    assert estimate([lin(1, 64, 250, native=False)], p).layers[0].compute_s != pytest.approx(one.compute_s)

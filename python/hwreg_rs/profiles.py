@@ -70,6 +70,8 @@ __all__ = [
 # Per-element cost keys a profile may calibrate (nanoseconds per element).
 ELEMENT_COSTS = ("int8_row", "int8_in", "int8_out", "fp32_in", "fp32_out", "im2col", "im2col_int8", "nchw", "pool",
                  "elementwise", "int4_group", "conv_row_native", "conv_col_native", "conv_out_native", "conv_mac_native",
+                 "linear_row_native", "linear_col_native", "linear_out_native", "linear_mac_native",
+                 "linear_gemv_native",
                  "pool_native", "pool_px_native", "sparse_out", "int4_out")
 
 
@@ -137,7 +139,10 @@ class HardwareProfile:
         in place of ``"int8_out"``), ``"conv_mac_native"`` per multiply-accumulate
         of it (``M x K x N`` padded to the tile; in place of ``int8_gops``: the
         convolution's kernel reads its packed panels at another rate than a
-        Linear layer's GEMV), ``"pool_native"`` per input element of a
+        Linear layer's GEMV); ``"linear_row_native"``, ``"linear_col_native"``,
+        ``"linear_out_native"`` and ``"linear_mac_native"`` the same for a dense
+        int8 (or int4) Linear layer in a native plan call (``"linear_gemv_native"``
+        per weight for one batch row: the GEMV path), ``"pool_native"`` per input element of a
         pooling layer run in a native plan call (in place of ``"pool"``, NumPy's) and
         ``"pool_px_native"`` per input position of it (:attr:`LayerWork.pixels`: a
         channels-last pool's cost follows its pixels more than its channels),
@@ -721,15 +726,18 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
         if w.kind == "conv2d" and prec == "int8" and "im2col_int8" in ns:
             t_in = 0.0  # the runtime quantizes the image, not the columns: "im2col_int8" covers both
         t_out = m * n * ns.get(f"{prec}_out", 0.0) * 1e-9
-        native_conv = w.kind == "conv2d" and w.native and "conv_row_native" in ns and prec == "int8"
-        if native_conv:
-            # The native plan quantizes, unfolds and lays out a convolution's input in one pass: a cost
-            # per output pixel and per element of the column matrix it writes (K padded to the tile's
-            # depth, as the weights are packed); the output step runs on whole 16-column panels of N.
+        # A dense int8 product inside a native plan call, with its own calibrated costs (``pre``): the
+        # plan quantizes (a convolution: and unfolds) the input in one pass, a cost per row (output
+        # pixel) and per element of the matrix A it reads (K padded to the tile's depth, as the
+        # weights are packed); the output step runs on whole 16-column panels of N.
+        pre = {"conv2d": "conv", "linear": "linear"}[w.kind]
+        dense_pack = w.pattern == "dense" or (macs >= w.macs and not w.sparse_kernel)
+        native_gemm = w.native and f"{pre}_row_native" in ns and prec == "int8" and dense_pack
+        if native_gemm:
             tr, tk, tn = profile.gemm_tile
-            t_in = (m * ns["conv_row_native"] + _pad(m, tr) * _pad(k, tk) * ns.get("conv_col_native", 0.0)) * 1e-9
-            if "conv_out_native" in ns:
-                t_out = _pad(m, tr) * _pad(n, tn) * ns["conv_out_native"] * 1e-9
+            t_in = (m * ns[f"{pre}_row_native"] + _pad(m, tr) * _pad(k, tk) * ns.get(f"{pre}_col_native", 0.0)) * 1e-9
+            if f"{pre}_out_native" in ns:
+                t_out = _pad(m, tr) * _pad(n, tn) * ns[f"{pre}_out_native"] * 1e-9
         s = profile.parallel_speedup
         if prec == "int8" and profile.parallel_min_macs and s != 1:
             # int8_gops is the all-cores figure; work below the threshold runs on one thread.
@@ -739,16 +747,17 @@ def _compute_s(w: LayerWork, profile: HardwareProfile, macs: float) -> float:
             t_in = t_in / s if m * k >= profile.parallel_min_macs else t_in
         else:
             t_mac = 2.0 * macs_eff / ops
-        if native_conv and "conv_mac_native" in ns:  # measured on one thread, below the parallel threshold
+        if native_gemm and f"{pre}_mac_native" in ns:  # measured on one thread, below the parallel threshold
             par = bool(profile.parallel_min_macs) and m * n * (k + _OUTPUT_MACS) >= profile.parallel_min_macs
-            t_mac = macs_eff * ns["conv_mac_native"] * 1e-9 / (s if par else 1.0)
+            per = ns.get(f"{pre}_gemv_native", ns[f"{pre}_mac_native"]) if m == 1 else ns[f"{pre}_mac_native"]
+            t_mac = macs_eff * per * 1e-9 / (s if par else 1.0)
         if int4:
             t_mac = _int4_mac_s(t_mac, profile, dims, ops)
             t_out += m * n * ns.get("int4_out", 0.0) * 1e-9
             if w.int4_group is not None:  # a float scale-and-add per row, output and group
                 t_out += m * n * -(-k // int(w.int4_group)) * ns.get("int4_group", 0.0) * 1e-9
         t = t_mac + t_in + t_out
-        if native_conv:
+        if native_gemm:
             return t
         if w.kind == "conv2d":
             unfold = ns.get("im2col_int8", ns.get("im2col", 0.0)) if prec == "int8" else ns.get("im2col", 0.0)
@@ -1454,11 +1463,14 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         l3_cache_bytes=l3 if l3_bw is not None else 0,
         l3_bandwidth_gbs=l3_bw,
     )
-    return _fit_native_conv(prof, rng, max_n, quick)
+    return _fit_native_steps(prof, rng, max_n, quick)
 
 
-def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: int, quick: bool) -> HardwareProfile:
-    """``prof`` with what a 3x3 convolution costs inside a native plan call: a fixed cost per node
+def _fit_native_steps(prof: HardwareProfile, rng: np.random.Generator, repeats: int, quick: bool) -> HardwareProfile:
+    """``prof`` with what a dense int8 Linear layer costs inside a native plan call (``overhead_us["linear/native"]``,
+    ``"linear_row_native"``, ``"linear_col_native"``, ``"linear_out_native"``, ``"linear_mac_native"``,
+    as for a convolution below; fitted on the middle layer of three-layer chains over a grid of batch
+    rows, inputs and outputs), and what a 3x3 convolution costs there: a fixed cost per node
     (``overhead_us["conv2d/native"]``), per output pixel (``"conv_row_native"``), per column-matrix
     element (``"conv_col_native"``), per output of a 16-column panel (``"conv_out_native"``) and per
     multiply-accumulate of the tile-padded product (``"conv_mac_native"``).
@@ -1503,6 +1515,31 @@ def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: i
         feats.append([1.0, m, _pad(m, tr) * _pad(k, tk), _pad(m, tr) * _pad(n, tn),
                       _pad(m, tr) * _pad(k, tk) * _pad(n, tn)])
     coef = _nnls_rel(np.array(feats, float), t)
+    # -- the middle Linear layer of a chain: its input and output are the plan's own buffers --------
+    lgrid = [(m, k, n) for m in (1, 4, 32) for k in (32, 128, 512) for n in (16, 64, 256)]
+    if quick:
+        lgrid = [(m, k, n) for i, m in enumerate((1, 4, 32)) for j, k in enumerate((32, 128, 512))
+                 for n in ((16, 64, 256)[(i + j) % 3],)]
+    chains = []
+    for m, k, n in lgrid:
+        rt = convert(Sequential(Linear(16, k, rng=rng), Linear(k, n, rng=rng), Linear(n, 4, rng=rng)).eval(),
+                     input_shape=(16,))
+        work = rt.layer_work(m)[1]
+        if not work.native:
+            return prof
+        chains.append((rt, rng.standard_normal((m, 16)).astype(np.float32)))
+    tl: list[list[float]] = [[] for _ in chains]
+    for _ in range(3):
+        for i, (rt, x) in enumerate(chains):
+            tl[i].append(rt.profile(x, repeats=repeats)["1"])
+    tr, tk, tn = prof.gemm_tile
+    # One batch row runs the GEMV path (its own rate per weight); more rows the tiles.
+    lfeats = [[1.0, m, _pad(m, tr) * _pad(k, tk), _pad(m, tr) * _pad(n, tn),
+               (m > 1) * _pad(m, tr) * _pad(k, tk) * _pad(n, tn), (m == 1) * _pad(k, tk) * _pad(n, tn)]
+              for m, k, n in lgrid]
+    lcoef = _nnls_rel(np.array(lfeats, float), np.array([float(np.median(v)) for v in tl]))
+    lkeys = ("linear_row_native", "linear_col_native", "linear_out_native", "linear_mac_native",
+                 "linear_gemv_native", "linear_gemv_native")
     # -- a max pool after a convolution (channels-last input, as in a model) and the Flatten after it ---
     pools = []
     for c, h in ([(4, 4), (6, 8), (16, 12), (32, 8)] if quick else
@@ -1521,7 +1558,8 @@ def _fit_native_conv(prof: HardwareProfile, rng: np.random.Generator, repeats: i
     pool_c = _nnls_rel(np.array([[1.0, px, n] for _, _, n, px in pools]), np.array([float(np.median(v)) for v in tp]))
     pool_fixed, pool_px, pool_s = (float(v) for v in pool_c)
     return dataclasses.replace(
-        prof, overhead_us={**prof.overhead_us, "conv2d/native": float(coef[0] * 1e6),
+        prof, overhead_us={**prof.overhead_us, "conv2d/native": float(coef[0] * 1e6), "linear/native": float(lcoef[0] * 1e6),
                            "pool/native": pool_fixed * 1e6, "reshape/native": float(np.median(tflat)) * 1e6},
         ns_per_element={**prof.ns_per_element, **{k: float(v * 1e9) for k, v in zip(keys, coef[1:])},
+                        **{k: float(v * 1e9) for k, v in zip(lkeys, lcoef[1:])},
                         "pool_native": pool_s * 1e9, "pool_px_native": pool_px * 1e9})
