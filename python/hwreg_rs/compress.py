@@ -906,8 +906,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
     notes: list[str] = []
     if floor_s is not None and latency_budget is not None and floor_s > latency_budget:
         notes.append(f"the latency budget {1e6 * latency_budget:.3g} µs is below the cost model's floor "
-                     f"{1e6 * floor_s:.3g} µs (every useful lever at its last level): out of reach, so the "
-                     "search spent accuracy only within the allowance")
+                     f"{1e6 * floor_s:.3g} µs (every useful lever at its last level): out of reach whatever accuracy "
+                     "is paid; the search went toward the floor within the accuracy allowance only")
     final = _Plan(base, dict(baked), dict(baked4), dict(state), rnd)
     earlier: list[_Plan] = []
     for p in reversed(plans):  # the plans the search stood on, latest first, each once
