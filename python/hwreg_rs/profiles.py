@@ -1134,7 +1134,7 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       sparsity against the dense int8 layer, as the efficiency of a kept weight;
       a tiny sparse product for the fixed cost of a call (``sparse_overhead_us``).
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
-      on the same 1024×1024 weights (512 with ``quick``) at 1 and 16 rows on one
+      on the same 512×512 weights (they fit the L2 cache at 8 bits) at 1 and 16 rows on one
       thread, each less the fitted row-quantization and output-step costs and
       its own per-call overhead (a tiny layer), as ``int4_speedup``; the same
       weights with scales per group of 32 inputs give ``"int4_group"``.
@@ -1353,7 +1353,9 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
         # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
         # Both quantize the rows and finish the outputs alike: the ratio is of what is left.
         set_num_threads(1)
-        k4 = 512 if quick else 1024
+        # Weights that fit the per-core cache at 8 bits as at 4 (a 1 MiB L2 holds 1024x1024 int8 weights only
+        # just): the factor is of the multiply-accumulates; the bytes moved are the roofline's memory term.
+        k4 = 512
         w4 = rand(k4, k4)
         lay8, lay4 = Int8Linear.from_float(w4), Int4Linear.from_float(w4)
         tiny4 = Int4Linear.from_float(rand(4, 4))
