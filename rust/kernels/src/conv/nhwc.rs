@@ -126,42 +126,155 @@ fn unfold_line<T: Copy>(
     row_len: usize,
     fill: (T, T),
 ) {
-    let (c, (pad, tail)) = (win.c, fill);
-    // One kernel row of taps; the kernel rows inside the image, ky0..ky1.
+    let line = Line::new(win, oy);
+    for ox in 0..win.ow() {
+        unfold_pixel(
+            x,
+            &mut out[ox * row_len..(ox + 1) * row_len],
+            win,
+            &line,
+            ox,
+            fill,
+        );
+    }
+}
+
+/// What the pixels of one output image row share: the top input row of
+/// their windows, `y0`, and the kernel rows inside the image, `ky0..ky1`.
+struct Line {
+    y0: isize,
+    ky0: usize,
+    ky1: usize,
+}
+
+impl Line {
+    #[inline(always)]
+    fn new(win: &Window, oy: usize) -> Line {
+        let y0 = (oy * win.sh) as isize - win.ph as isize;
+        let ky0 = (-y0).clamp(0, win.kh as isize) as usize;
+        let ky1 = (win.h as isize - y0).clamp(ky0 as isize, win.kh as isize) as usize;
+        Line { y0, ky0, ky1 }
+    }
+}
+
+/// One row of the column matrix (`row.len() >= c·kh·kw`): output pixel
+/// `(oy, ox)` of image `x` (`line` is `oy`'s), the padding taps holding
+/// `fill.0` and the columns past the unfold `fill.1`.
+#[inline(always)]
+fn unfold_pixel<T: Copy>(
+    x: &[T],
+    row: &mut [T],
+    win: &Window,
+    line: &Line,
+    ox: usize,
+    (pad, tail): (T, T),
+) {
+    let c = win.c;
+    // One kernel row of taps.
     let run = win.kw * c;
     let taps = win.kh * run;
-    let y0 = (oy * win.sh) as isize - win.ph as isize;
-    let ky0 = (-y0).clamp(0, win.kh as isize) as usize;
-    let ky1 = (win.h as isize - y0).clamp(ky0 as isize, win.kh as isize) as usize;
+    let Line { y0, ky0, ky1 } = *line;
     let stride = win.w * c;
-    for ox in 0..win.ow() {
-        let row = &mut out[ox * row_len..(ox + 1) * row_len];
-        fill_run(&mut row[taps..], tail);
-        fill_run(&mut row[..ky0 * run], pad);
-        fill_run(&mut row[ky1 * run..taps], pad);
-        let x0 = (ox * win.sw) as isize - win.pw as isize;
-        if x0 >= 0 && x0 as usize + win.kw <= win.w {
-            // The common case: every kernel row is one run of the image row.
-            let src = &x[x0 as usize * c..];
-            for ky in ky0..ky1 {
-                let iy = (y0 + ky as isize) as usize;
-                copy_run(
-                    &mut row[ky * run..(ky + 1) * run],
-                    &src[iy * stride..][..run],
-                );
-            }
-            continue;
-        }
+    fill_run(&mut row[taps..], tail);
+    fill_run(&mut row[..ky0 * run], pad);
+    fill_run(&mut row[ky1 * run..taps], pad);
+    let x0 = (ox * win.sw) as isize - win.pw as isize;
+    if x0 >= 0 && x0 as usize + win.kw <= win.w {
+        // The common case: every kernel row is one run of the image row.
+        let src = &x[x0 as usize * c..];
         for ky in ky0..ky1 {
-            let line = &x[(y0 + ky as isize) as usize * stride..][..stride];
-            for kx in 0..win.kw {
-                let px = &mut row[ky * run + kx * c..ky * run + (kx + 1) * c];
-                let ix = x0 + kx as isize;
-                if ix < 0 || ix as usize >= win.w {
-                    fill_run(px, pad);
-                } else {
-                    copy_run(px, &line[ix as usize * c..(ix as usize + 1) * c]);
+            let iy = (y0 + ky as isize) as usize;
+            copy_run(
+                &mut row[ky * run..(ky + 1) * run],
+                &src[iy * stride..][..run],
+            );
+        }
+        return;
+    }
+    for ky in ky0..ky1 {
+        let xl = &x[(y0 + ky as isize) as usize * stride..][..stride];
+        for kx in 0..win.kw {
+            let px = &mut row[ky * run + kx * c..ky * run + (kx + 1) * c];
+            let ix = x0 + kx as isize;
+            if ix < 0 || ix as usize >= win.w {
+                fill_run(px, pad);
+            } else {
+                copy_run(px, &xl[ix as usize * c..(ix as usize + 1) * c]);
+            }
+        }
+    }
+}
+
+/// The uint8 column matrix of a convolution over NHWC images as a source of
+/// rows that are unfolded only where they are read: the int8 GEMM's
+/// convolution A ([`crate::gemm::ARows::Conv`]) writes each block of rows it
+/// hands a thread into a small buffer of that thread just before the
+/// micro-kernel reads them, so no `M × K` matrix goes through memory. The
+/// bytes are those of [`im2col_rows_into`] with the same `pad` and a tail
+/// of zeros.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvRows<'a> {
+    x: &'a [u8],
+    win: Window,
+    pad: u8,
+}
+
+impl<'a> ConvRows<'a> {
+    /// The rows of the unfold of the NHWC images `x` over `win` (checked;
+    /// `x` must hold `win.in_len()` bytes); padding taps read `pad` (the
+    /// images' zero point).
+    pub fn new(x: &'a [u8], win: Window, pad: u8) -> Result<Self> {
+        let win = win.check()?;
+        check_len(x.len(), win.in_len(), "x")?;
+        Ok(ConvRows { x, win, pad })
+    }
+
+    /// Rows of the column matrix: `n · oh · ow`.
+    pub fn rows(&self) -> usize {
+        self.win.cols_shape().0
+    }
+
+    /// Columns of the unfold: `c · kh · kw`.
+    pub fn taps(&self) -> usize {
+        self.win.cols_shape().1
+    }
+
+    /// The images themselves when they already are the column matrix with
+    /// rows of `k` columns: a 1×1 stride-1 unpadded convolution with
+    /// `k == c` (the GEMM then reads them in place).
+    pub(crate) fn as_matrix(&self, k: usize) -> Option<&'a [u8]> {
+        let w = &self.win;
+        let pointwise = (w.kh, w.kw, w.sh, w.sw, w.ph, w.pw) == (1, 1, 1, 1, 0, 0);
+        (pointwise && k == w.c).then_some(self.x)
+    }
+
+    /// Writes rows `r0..r0 + out.len() / row_len` (`row_len >= taps()`;
+    /// every row in range) into `out`, each followed by zeros up to
+    /// `row_len`.
+    #[inline]
+    pub(crate) fn write(&self, r0: usize, row_len: usize, out: &mut [u8]) {
+        let win = &self.win;
+        let (oh, ow) = (win.oh(), win.ow());
+        let img_len = win.h * win.w * win.c;
+        if row_len == 0 || ow == 0 || oh == 0 {
+            return;
+        }
+        let per_img = oh * ow;
+        let (mut img, rem) = (r0 / per_img, r0 % per_img);
+        let (mut oy, mut ox) = (rem / ow, rem % ow);
+        let mut line = Line::new(win, oy);
+        for row in out.chunks_exact_mut(row_len) {
+            let xi = &self.x[img * img_len..(img + 1) * img_len];
+            unfold_pixel(xi, row, win, &line, ox, (self.pad, 0));
+            ox += 1;
+            if ox == ow {
+                ox = 0;
+                oy += 1;
+                if oy == oh {
+                    oy = 0;
+                    img += 1;
                 }
+                line = Line::new(win, oy);
             }
         }
     }

@@ -339,13 +339,12 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
                     // alone writes rows ic..ic_end × columns c0..c1 of `out`.
                     unsafe {
                         super::row_tiles::<Kr>(
-                            pa,
-                            ic..ic_end,
+                            ic_end - ic,
                             mr_max,
                             np,
                             &kernel::Tile {
                                 kg: kcg,
-                                a: pa.data.ptr().add(4 * pc),
+                                a: pa.data.ptr().add(ic * pa.kp + 4 * pc),
                                 lda: pa.kp,
                                 b: bptr,
                                 bs: 64 * kcg,
@@ -355,12 +354,12 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
                                 fix: None,
                             },
                             last.then_some(&kernel::Fix {
-                                za: pa.zp.as_ptr(),
-                                rowsum: pa.rowsum.as_ptr(),
+                                za: pa.zp.as_ptr().add(ic),
+                                rowsum: pa.rowsum.as_ptr().add(ic),
                                 zb: zbs.as_ptr().add(col),
                                 colterm: colterm.as_ptr().add(col),
                                 dst: if direct {
-                                    (out.get() as *mut i32).add(cb0)
+                                    (out.get() as *mut i32).add(ic * n + cb0)
                                 } else {
                                     std::ptr::null_mut()
                                 },

@@ -25,7 +25,9 @@
 //!   below `GEMM_PARALLEL_MIN_WORK` (1M) MACs;
 //! * A: packed per call into a reused per-thread buffer (row sums beside),
 //!   or read in place when it is uint8 with K a multiple of 4 and B's zero
-//!   points are 0;
+//!   points are 0; a convolution's A ([`ARows::Conv`]) is unfolded from the
+//!   NHWC image one row block at a time, by the thread that multiplies it,
+//!   into a small buffer of that thread (no `M × K` column matrix);
 //! * LOOP 3: row blocks of `MC` rows (A block stays in L2);
 //! * LOOP 2: column blocks of `NP` panels (`16·NP` columns of packed B);
 //! * LOOP 4: K blocks of `4·KC_GROUPS` = 1024 k (the accumulators stay in
@@ -46,6 +48,7 @@ pub mod output;
 pub mod pack;
 pub(crate) mod reuse;
 
+pub use crate::conv::nhwc::ConvRows;
 use crate::cpu;
 use crate::error::Result;
 use crate::exec::{self, Ctx, SyncPtr};
@@ -90,10 +93,77 @@ pub fn matmul_uninit<T: OutElem>(
     step: &OutputStep<'_>,
     out: &mut [MaybeUninit<T>],
 ) -> Result<()> {
+    matmul_rows_uninit(ctx, ARows::Matrix(a), m, k, a_zp, b, step, out)
+}
+
+/// Where the rows of A come from: a matrix, or the column matrix of a
+/// convolution, unfolded block by block where the micro-kernel reads it
+/// (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum ARows<'a> {
+    /// Row-major `M × K`.
+    Matrix(ASource<'a>),
+    /// The unfold of NHWC uint8 images (`M` its rows); `K` may exceed its
+    /// `c·kh·kw` columns (weights padded by [`PackedB::padded_k`]): the
+    /// columns past them hold 0.
+    Conv(ConvRows<'a>),
+}
+
+/// [`matmul`] of A from any [`ARows`]: for a convolution, the product of
+/// its column matrix (`m` rows) with B, bit for bit, without that matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows<T: OutElem>(
+    ctx: &Ctx,
+    a: ARows<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) -> Result<()> {
+    matmul_rows_uninit(ctx, a, m, k, a_zp, b, step, as_uninit(out))
+}
+
+/// [`matmul_rows`] into uninitialised memory: on `Ok`, every element of
+/// `out` has been written.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_uninit<T: OutElem>(
+    ctx: &Ctx,
+    a: ARows<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
     }
-    let a_max = pack::check_a(&a, m, k, a_zp)?;
+    let a = match a {
+        ARows::Conv(cv) => match cv.as_matrix(k) {
+            // A 1x1 convolution's image already is its column matrix.
+            Some(x) => ARows::Matrix(ASource::U8(x)),
+            None => a,
+        },
+        ARows::Matrix(_) => a,
+    };
+    let a_max = match &a {
+        ARows::Matrix(a) => pack::check_a(a, m, k, a_zp)?,
+        ARows::Conv(cv) => {
+            if cv.rows() != m || cv.taps() > k {
+                return shape_err!(
+                    "a convolution's column matrix is ({}, {}); expected M = {m} rows and at \
+                     most K = {k} columns",
+                    cv.rows(),
+                    cv.taps()
+                );
+            }
+            a_zp.check("a_zero_point", m, 0, 255)?;
+            a_zp.max_abs_diff(0, 255)
+        }
+    };
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
     let ep = step.prepare::<T>(m, b.n)?;
@@ -327,19 +397,31 @@ fn pack_a<'a, Kr: Kernel>(
 /// Elements of A from which packing (or quantizing) it is shared by the team.
 const PACK_A_PARALLEL_MIN: usize = 1 << 14;
 
-/// Rows of A as the kernel reads them: packed, or the caller's uint8 rows
-/// themselves when they already are the packed form.
+/// Rows of A as the kernel reads them: packed, the caller's uint8 rows
+/// themselves when they already are the packed form, or a convolution's
+/// rows that [`block`] unfolds one row block at a time.
 enum AData<'a, E: pack::PlainElem> {
     Packed(pack::AScratch<E>),
     /// Only for kernels with `AElem = u8` ([`pack::PlainElem::row_bytes`]).
     Bytes(&'a [u8]),
+    /// Unfolded by the thread that multiplies each row block, into its own
+    /// buffer, with the block's zero points from `zp` and, when `sums`
+    /// (a zero point of B is not 0), its row sums; `rowsum` and `zp` of
+    /// [`PackedA`] are empty.
+    Conv {
+        rows: ConvRows<'a>,
+        zp: ZeroPoint<'a>,
+        sums: bool,
+    },
 }
 
 impl<E: pack::PlainElem> AData<'_, E> {
+    /// Row 0 (null for `Conv`: its rows live in each thread's block buffer).
     fn ptr(&self) -> *const E {
         match self {
             AData::Packed(d) => d.as_slice().as_ptr(),
             AData::Bytes(b) => b.as_ptr() as *const E,
+            AData::Conv { .. } => std::ptr::null(),
         }
     }
 }
@@ -379,7 +461,7 @@ fn borrow_a<'a, Kr: Kernel>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     ctx: &Ctx,
-    a: &ASource<'_>,
+    a: &ARows<'_>,
     m: usize,
     k: usize,
     a_zp: ZeroPoint<'_>,
@@ -387,12 +469,100 @@ pub(crate) fn matmul_with<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
 ) {
-    let pa = borrow_a::<Kr>(a, m, k, a_zp, b.zp.iter().all(|&z| z == 0)).unwrap_or_else(|| {
-        pack_a::<Kr>(ctx, m, k, |i, dst| {
-            pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
-        })
-    });
+    let zb_zero = b.zp.iter().all(|&z| z == 0);
+    let pa = match a {
+        ARows::Matrix(a) => borrow_a::<Kr>(a, m, k, a_zp, zb_zero).unwrap_or_else(|| {
+            pack_a::<Kr>(ctx, m, k, |i, dst| {
+                pack::pack_a_row(a, k, i, a_zp, dst, Kr::copy_sum)
+            })
+        }),
+        ARows::Conv(cv) => conv_a::<Kr>(ctx, cv, m, k, a_zp, b, zb_zero),
+    };
     run::<Kr, T>(ctx, &pa, m, b, ep, out);
+}
+
+/// A convolution's A. When [`run`] splits the rows over the threads (B
+/// small or no wider than A is tall), each row block is unfolded by the
+/// thread that multiplies it, just before ([`AData::Conv`]); when it splits
+/// the columns, every thread reads every row, so the rows (few: fewer than
+/// the columns) are unfolded once, here, as any A is packed.
+fn conv_a<'a, Kr: Kernel>(
+    ctx: &Ctx,
+    cv: &ConvRows<'a>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'a>,
+    b: &PackedB,
+    zb_zero: bool,
+) -> PackedA<'a, Kr::AElem> {
+    let kp = pack::round_up(k, 4);
+    if m >= b.n || b.data.len() <= SMALL_B_BYTES {
+        return PackedA {
+            data: AData::Conv {
+                rows: *cv,
+                zp: a_zp,
+                sums: !zb_zero,
+            },
+            kp,
+            rowsum: reuse::Reused::new(&reuse::ROWSUM, 0, 0),
+            zp: reuse::Reused::new(&reuse::ZP, 0, 0),
+        };
+    }
+    pack_a::<Kr>(ctx, m, k, |i, dst| {
+        cv.write(i, kp, dst);
+        (if zb_zero { 0 } else { byte_sum(dst) }, a_zp.get(i))
+    })
+}
+
+/// The wrapping sum of `v` (a row of Â).
+#[inline]
+fn byte_sum(v: &[u8]) -> i32 {
+    // Blocks of at most 2^23 bytes cannot overflow u32.
+    v.chunks(1 << 23).fold(0i32, |s, c| {
+        s.wrapping_add(c.iter().map(|&x| x as u32).sum::<u32>() as i32)
+    })
+}
+
+/// Unfolds rows `ic..ic + za.len()` of a convolution's A into `dst` (rows
+/// of `kp` elements), their zero points into `za` and, when `sums`, their
+/// row sums into `rowsum` (else left as they are: B's zero points are 0).
+/// `tmp` holds `kp` bytes for a kernel whose rows are not bytes.
+#[allow(clippy::too_many_arguments)]
+fn unfold_block<E: pack::PlainElem>(
+    cv: &ConvRows<'_>,
+    a_zp: ZeroPoint<'_>,
+    sums: bool,
+    ic: usize,
+    kp: usize,
+    dst: &mut [E],
+    za: &mut [i32],
+    rowsum: &mut [i32],
+    tmp: &mut [u8],
+) {
+    let nr = za.len();
+    for (r, z) in za.iter_mut().enumerate() {
+        *z = a_zp.get(ic + r);
+    }
+    let dst = &mut dst[..nr * kp];
+    match E::row_bytes(dst) {
+        Some(bytes) => {
+            cv.write(ic, kp, bytes);
+            if sums && kp > 0 {
+                for (s, row) in rowsum.iter_mut().zip(bytes.chunks_exact(kp)) {
+                    *s = byte_sum(row);
+                }
+            }
+        }
+        None => {
+            for r in 0..nr {
+                cv.write(ic + r, kp, tmp);
+                E::widen(tmp, &mut dst[r * kp..(r + 1) * kp]);
+                if sums {
+                    rowsum[r] = byte_sum(tmp);
+                }
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -537,12 +707,59 @@ fn block<Kr: Kernel, T: OutElem>(
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // A direct product in one K block never touches the accumulator block
     // (its fill showed in the profile of a 2048×9×16 product).
-    let acc_rows = if direct && kg <= KC_GROUPS { 0 } else { mc.min(rows.len()) };
+    let acc_rows = if direct && kg <= KC_GROUPS {
+        0
+    } else {
+        mc.min(rows.len())
+    };
     let mut acc = reuse::Reused::new(&reuse::ACC, acc_rows * ld, 0);
+    let kp = pa.kp;
+    // A convolution's row block is unfolded into this thread's buffers:
+    // its rows, then zero points and row sums.
+    let conv = match &pa.data {
+        AData::Conv { rows, zp, sums } => Some((rows, *zp, *sums)),
+        _ => None,
+    };
+    let blk = if conv.is_some() {
+        mc.min(rows.len())
+    } else {
+        0
+    };
+    let mut a_blk = conv.map(|_| pack::AScratch::<Kr::AElem>::new(blk * kp));
+    let mut fix_blk = conv.map(|_| reuse::Reused::new(&reuse::BLOCK_ROWS, 2 * blk, 0));
+    let wide = <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_none();
+    let mut tmp = conv.map(|_| reuse::Reused::new(&reuse::BYTES, if wide { kp } else { 0 }, 0));
     // LOOP 3: row blocks.
     let mut ic = rows.start;
     while ic < rows.end {
         let ic_end = (ic + mc).min(rows.end);
+        // The block's rows of A, zero points and row sums (from row ic).
+        let (a_rows, za, rowsum) = match (conv, &mut a_blk, &mut fix_blk, &mut tmp) {
+            (Some((cv, zp, sums)), Some(a_blk), Some(fb), Some(tmp)) => {
+                let (za, rs) = fb.split_at_mut(blk);
+                let nr = ic_end - ic;
+                unfold_block(
+                    cv,
+                    zp,
+                    sums,
+                    ic,
+                    kp,
+                    a_blk.as_mut_slice(),
+                    &mut za[..nr],
+                    rs,
+                    tmp,
+                );
+                (a_blk.as_slice().as_ptr(), za.as_ptr(), rs.as_ptr())
+            }
+            // SAFETY: rows ic..ic_end of A exist, and their zero points and row sums.
+            _ => unsafe {
+                (
+                    pa.data.ptr().add(ic * kp),
+                    pa.zp.as_ptr().add(ic),
+                    pa.rowsum.as_ptr().add(ic),
+                )
+            },
+        };
         // LOOP 2: column blocks of np_max panels.
         let mut jp = pans.start;
         while jp < pans.end {
@@ -553,20 +770,19 @@ fn block<Kr: Kernel, T: OutElem>(
             loop {
                 let kcg = KC_GROUPS.min(kg - pc);
                 // LOOP 1: row tiles.
-                // SAFETY: rows ic..ic_end of packed A hold kp >= 4·(pc+kcg)
-                // elements; panels jp..jp+np exist in packed B; acc holds
-                // mc rows of ld values; this task alone writes rows
-                // ic..ic_end × columns c0..c1 of `out`.
+                // SAFETY: the rows ic..ic_end of A at `a_rows` hold kp >=
+                // 4·(pc+kcg) elements; panels jp..jp+np exist in packed B;
+                // acc holds mc rows of ld values; this task alone writes
+                // rows ic..ic_end × columns c0..c1 of `out`.
                 unsafe {
                     row_tiles::<Kr>(
-                        pa,
-                        ic..ic_end,
+                        ic_end - ic,
                         mr_max,
                         np,
                         &kernel::Tile {
                             kg: kcg,
-                            a: pa.data.ptr().add(4 * pc),
-                            lda: pa.kp,
+                            a: a_rows.add(4 * pc),
+                            lda: kp,
                             b: b.data.as_ptr().add(jp * ps + 64 * pc),
                             bs: ps,
                             acc: acc.as_mut_ptr(),
@@ -575,13 +791,13 @@ fn block<Kr: Kernel, T: OutElem>(
                             fix: None,
                         },
                         (pc + kcg >= kg).then_some(&kernel::Fix {
-                            za: pa.zp.as_ptr(),
-                            rowsum: pa.rowsum.as_ptr(),
+                            za,
+                            rowsum,
                             zb: b.zp.as_ptr().add(c0),
                             colterm: b.colterm.as_ptr().add(c0),
                             // T is i32 when the step is the identity.
                             dst: if direct {
-                                (out.get() as *mut i32).add(c0)
+                                (out.get() as *mut i32).add(ic * n + c0)
                             } else {
                                 std::ptr::null_mut()
                             },
@@ -620,26 +836,24 @@ fn block<Kr: Kernel, T: OutElem>(
     }
 }
 
-/// LOOP 1: the row tiles of rows `rows` over one K block. `t` describes
-/// the block for row 0 of A (`t.a`) and row `rows.start` of `t.acc`; `fix`,
-/// with the last K block, holds the correction's column data and A's row
-/// data (and `dst`, when not null, row 0 of the output) before the offset
-/// of row `rows.start`.
+/// LOOP 1: the row tiles of a block of `rows` rows over one K block. `t`
+/// describes the block from its first row (`t.a`, `t.acc`); so does `fix`,
+/// with the last K block: the correction's column data and the block's row
+/// data (and `dst`, when not null, the block's first output row).
 ///
 /// # Safety
-/// As for [`Kernel::tile`] for every tile of `rows`.
+/// As for [`Kernel::tile`] for every tile of the block.
 #[inline(always)]
 unsafe fn row_tiles<Kr: Kernel>(
-    pa: &PackedA<'_, Kr::AElem>,
-    rows: std::ops::Range<usize>,
+    rows: usize,
     mr_max: usize,
     np: usize,
     t: &kernel::Tile<'_, Kr::AElem>,
     fix: Option<&kernel::Fix>,
 ) {
-    let mut ir = rows.start;
-    while ir < rows.end {
-        let mr = mr_max.min(rows.end - ir);
+    let mut ir = 0;
+    while ir < rows {
+        let mr = mr_max.min(rows - ir);
         let f = fix.map(|f| kernel::Fix {
             za: f.za.add(ir),
             rowsum: f.rowsum.add(ir),
@@ -654,9 +868,9 @@ unsafe fn row_tiles<Kr: Kernel>(
             mr,
             np,
             &kernel::Tile {
-                a: t.a.add(ir * pa.kp),
+                a: t.a.add(ir * t.lda),
                 // (wrapping: `acc` is empty for a direct product in one K block)
-                acc: t.acc.wrapping_add((ir - rows.start) * t.ld),
+                acc: t.acc.wrapping_add(ir * t.ld),
                 fix: f.as_ref(),
                 ..*t
             },

@@ -16,6 +16,10 @@ std::thread_local! {
     pub(crate) static ZP: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     pub(crate) static ACC: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
     pub(crate) static SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// A convolution row block's zero points and row sums (`gemm::block`).
+    pub(crate) static BLOCK_ROWS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+    /// One unfolded row of bytes before it is widened (`gemm::block`).
+    pub(crate) static BYTES: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// Buffers up to this size go back to their thread for the next call (a

@@ -1,6 +1,10 @@
 //! Convolutions of the plan against the kernels called one by one on the
-//! plain (unpadded) unfold: the padded-K unfold the GEMM reads in place
-//! must give the same bits, static and dynamic, on every ISA.
+//! plain (unpadded) unfold: the GEMM's own unfold of A, block by block
+//! (padded K included), must give the same bits, static and dynamic, on
+//! every ISA; and the GEMM on a convolution's rows against the GEMM on the
+//! unfolded matrix, for every output kind, zero points of B that need the
+//! row sums, and both ways the driver takes (unfolded per row block, or
+//! once when the threads split the columns).
 
 use super::tests::{gemm_of, node};
 use super::*;
@@ -17,8 +21,10 @@ type Geometry = (
     usize,
 );
 
-/// K = c·kh·kw: 9, 147, 45, 3, 20 (only the last a multiple of 4).
-const CASES: [Geometry; 7] = [
+/// K = c·kh·kw: 9, 147, 45, 3, 20, 8, 16, 425, 603, 20, 576, 294 (channels
+/// that are no multiple of 4, 16 or 64; kernels 1, 2, 3, 5 and 7; strides
+/// 1 and 2; padding 0, 1, 2 and 3; odd image sizes).
+const CASES: [Geometry; 12] = [
     ((1, 8, 8), (3, 3), (1, 1), (1, 1), 8),
     ((3, 23, 21), (7, 7), (2, 2), (3, 3), 16),
     ((5, 7, 6), (3, 3), (2, 1), (0, 1), 19),
@@ -27,6 +33,12 @@ const CASES: [Geometry; 7] = [
     // 1x1 with C a multiple of 4: the GEMM reads the NHWC image itself.
     ((8, 5, 3), (1, 1), (1, 1), (0, 0), 6),
     ((16, 4, 4), (1, 1), (1, 1), (0, 0), 24),
+    ((17, 9, 11), (5, 5), (1, 1), (3, 3), 21),
+    ((67, 6, 5), (3, 3), (2, 2), (1, 1), 33),
+    // 1x1 stride 2 (a ResNet downsample): unfolded, not read in place.
+    ((20, 5, 7), (1, 1), (2, 2), (0, 0), 40),
+    ((64, 7, 7), (3, 3), (1, 1), (1, 1), 64),
+    ((6, 12, 10), (7, 7), (1, 2), (3, 2), 9),
 ];
 
 /// The conv of `x` (NCHW) the old way: quantize, NHWC, the plain unfold, the GEMM.
@@ -109,7 +121,7 @@ fn convs_with_k_not_a_multiple_of_4_give_the_bits_of_the_plain_unfold_on_every_i
             };
             assert_eq!(pg.packed.k(), k.next_multiple_of(4), "case {i}");
             let out = elems(&plan.dims[1]).unwrap();
-            for n in [1, 3] {
+            for n in [1, 3, 5] {
                 let x: Vec<f32> = (0..n * c * h * w)
                     .map(|j| ((j * 37 % 101) as f32 - 40.0) * 0.031 + (j / (c * h * w)) as f32)
                     .collect();
@@ -168,4 +180,143 @@ fn a_fused_conv_add_with_padded_weights_gives_the_bits_of_the_plain_unfold() {
         plan.forward(&TEST, n, &[&x, &r], &mut [&mut y]).unwrap();
         assert_eq!(bits(&y), bits(&want), "{isa:?}");
     });
+}
+
+/// A convolution's rows for [`gemm::matmul_rows`]: NHWC bytes, the window, the pad.
+fn conv_rows(
+    n: usize,
+    (c, h, w): (usize, usize, usize),
+    k: (usize, usize),
+    s: (usize, usize),
+    p: (usize, usize),
+) -> (Vec<u8>, Window) {
+    let x: Vec<u8> = (0..n * c * h * w).map(|i| (i * 97 % 251) as u8).collect();
+    (x, Window::new(n, c, h, w, k, s, p).check().unwrap())
+}
+
+#[test]
+fn the_gemm_on_a_convolutions_rows_gives_the_bits_of_the_gemm_on_its_unfold() {
+    // (batch, image, kernel, stride, padding, out channels, K padding): the
+    // first rows-split and unfolded per row block over several threads, the
+    // second with more columns than rows and a big B (the columns split, A
+    // unfolded once), then small and odd ones (one thread, a GEMV row,
+    // K padded past the unfold).
+    let cases = [
+        (2, (8, 30, 27), (3, 3), (1, 1), (1, 1), 24, 0),
+        (1, (64, 7, 7), (3, 3), (1, 1), (1, 1), 512, 0),
+        (1, (3, 9, 7), (3, 3), (2, 2), (0, 0), 5, 3),
+        (3, (5, 1, 1), (3, 3), (1, 1), (1, 1), 17, 1),
+        (1, (7, 5, 5), (5, 5), (1, 1), (0, 0), 70, 0),
+    ];
+    for (i, (n, img, kernel, stride, padding, oc, extra)) in cases.into_iter().enumerate() {
+        let (x, win) = conv_rows(n, img, kernel, stride, padding);
+        let (rows, taps) = win.cols_shape();
+        let k = taps + extra;
+        let mut cols = vec![0u8; rows * k];
+        nhwc::im2col_rows_into(&TEST, &x, win, 77, k, 0, &mut cols).unwrap();
+        let wu: Vec<u8> = (0..oc * k).map(|j| (j * 31 % 256) as u8).collect();
+        let wi: Vec<i8> = (0..oc * k)
+            .map(|j| ((j * 7 % 23) as i32 - 11) as i8)
+            .collect();
+        let zps: Vec<i32> = (0..oc).map(|j| j as i32 % 5 - 2).collect();
+        let bs = [
+            // Symmetric int8 (no row sums), uint8 (stored zero point 3) and
+            // per-column int8 zero points.
+            PackedB::from_nk_i8(&TEST, &wi, oc, k, ZeroPoint::Scalar(0)).unwrap(),
+            PackedB::from_nk_u8(&TEST, &wu, oc, k, ZeroPoint::Scalar(131)).unwrap(),
+            PackedB::from_nk_i8(&TEST, &wi, oc, k, ZeroPoint::PerIndex(&zps)).unwrap(),
+        ];
+        let row_zp: Vec<i32> = (0..rows).map(|r| 70 + (r % 13) as i32).collect();
+        let scale: Vec<f32> = (0..oc).map(|j| 0.01 + j as f32 * 1e-4).collect();
+        let step = OutputStep::Float {
+            row_scale: Param::Scalar(0.03),
+            col_scale: Param::PerIndex(&scale),
+            bias: None,
+            relu: false,
+        };
+        for (bi, b) in bs.iter().enumerate() {
+            for (zi, zp) in [ZeroPoint::Scalar(77), ZeroPoint::PerIndex(&row_zp)]
+                .into_iter()
+                .enumerate()
+            {
+                let a = ASource::U8(&cols);
+                let want_i =
+                    gemm::matmul_vec::<i32>(&TEST, a, rows, k, zp, b, &OutputStep::Int32).unwrap();
+                let want_f = gemm::matmul_vec::<f32>(&TEST, a, rows, k, zp, b, &step).unwrap();
+                assert!(
+                    want_i.iter().any(|&v| v != want_i[0]),
+                    "case {i}: a result that varies"
+                );
+                each_isa(|isa| {
+                    let what = format!("{isa:?} case {i} B {bi} zp {zi}");
+                    let cv = ARows::Conv(ConvRows::new(&x, win, 77).unwrap());
+                    let mut got_i = vec![i32::MIN; rows * oc];
+                    gemm::matmul_rows(&TEST, cv, rows, k, zp, b, &OutputStep::Int32, &mut got_i)
+                        .unwrap();
+                    assert_eq!(got_i, want_i, "{what}");
+                    let mut got_f = vec![f32::NAN; rows * oc];
+                    gemm::matmul_rows(&TEST, cv, rows, k, zp, b, &step, &mut got_f).unwrap();
+                    assert_eq!(bits(&got_f), bits(&want_f), "{what}");
+                    let serial = crate::exec::Ctx::serial();
+                    got_i.fill(i32::MIN);
+                    gemm::matmul_rows(&serial, cv, rows, k, zp, b, &OutputStep::Int32, &mut got_i)
+                        .unwrap();
+                    assert_eq!(got_i, want_i, "{what}, one thread");
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn a_convolutions_rows_that_do_not_fit_the_gemm_are_an_error() {
+    let (x, win) = conv_rows(1, (3, 5, 5), (3, 3), (1, 1), (1, 1));
+    let (rows, taps) = win.cols_shape();
+    let b = PackedB::from_nk_i8(
+        &TEST,
+        &vec![1i8; 4 * (taps - 1)],
+        4,
+        taps - 1,
+        ZeroPoint::Scalar(0),
+    )
+    .unwrap();
+    let cv = ARows::Conv(ConvRows::new(&x, win, 0).unwrap());
+    let mut y = vec![0i32; rows * 4];
+    // K shorter than the unfold, or a row count that is not the unfold's.
+    assert!(gemm::matmul_rows(
+        &TEST,
+        cv,
+        rows,
+        taps - 1,
+        ZeroPoint::Scalar(0),
+        &b,
+        &OutputStep::Int32,
+        &mut y
+    )
+    .is_err());
+    let b =
+        PackedB::from_nk_i8(&TEST, &vec![1i8; 4 * taps], 4, taps, ZeroPoint::Scalar(0)).unwrap();
+    assert!(gemm::matmul_rows(
+        &TEST,
+        cv,
+        rows - 1,
+        taps,
+        ZeroPoint::Scalar(0),
+        &b,
+        &OutputStep::Int32,
+        &mut y[4..]
+    )
+    .is_err());
+    assert!(gemm::matmul_rows(
+        &TEST,
+        cv,
+        rows,
+        taps,
+        ZeroPoint::Scalar(256),
+        &b,
+        &OutputStep::Int32,
+        &mut y
+    )
+    .is_err());
+    assert!(ConvRows::new(&x[1..], win, 0).is_err());
 }

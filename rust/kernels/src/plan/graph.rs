@@ -12,8 +12,9 @@
 //!   buffer, a `Reshape` aliases its input, and every other value gets a
 //!   buffer that it shares with values whose lifetimes do not overlap (a
 //!   buffer is free again once the last reader of its value has run);
-//! * the scratch the kernels need (quantized images, unfold columns, per-row
-//!   scales), the largest any node needs.
+//! * the scratch the kernels need (quantized images, per-row scales), the
+//!   largest any node needs (a convolution's unfold needs none: the GEMM
+//!   unfolds its A block by block).
 //!
 //! Sizes scale with the batch only, so a [`Workspace`] sized for a batch is
 //! reused by every call with that batch or a smaller one; it grows (and
@@ -52,7 +53,9 @@ use crate::conv::Window;
 use crate::depthwise::{self, Depthwise};
 use crate::error::{Error, Result};
 use crate::exec::{Ctx, SyncPtr};
-use crate::gemm::{self, output::OutputStep, output::Param, ASource, PackedB, ZeroPoint};
+use crate::gemm::{
+    self, output::OutputStep, output::Param, ARows, ASource, ConvRows, PackedB, ZeroPoint,
+};
 use crate::quant::fixed::{self, quantize_fixed_u8};
 use crate::quant::rows::quantize_row_u8;
 use crate::{shape_err, value_err};
@@ -256,8 +259,6 @@ pub enum Storage {
 struct Scratch {
     /// Quantized images (and their channels-last copy).
     q: usize,
-    /// Unfold columns.
-    cols: usize,
     /// GEMM rows (one scale and zero point each).
     rows: usize,
     /// A residual dequantized from its uint8 grid (float32).
@@ -271,7 +272,6 @@ pub struct Workspace {
     bufs: Vec<Vec<f32>>,
     q: Vec<u8>,
     qt: Vec<u8>,
-    cols: Vec<u8>,
     row_scale: Vec<f32>,
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
@@ -537,7 +537,6 @@ impl Op {
         match self {
             Op::Dense(g) if g.act.is_some() => Scratch {
                 q: xe,
-                cols: 0,
                 rows: 0,
                 ..Scratch::default()
             },
@@ -550,17 +549,15 @@ impl Op {
                         ..
                     }
                 );
+                // No unfold columns: the GEMM unfolds A block by block.
                 Scratch {
                     q: xe,
-                    // Unfolded rows padded to a multiple of 4 (see `pad_conv_weights`).
-                    cols: rows * gemm.packed.k().next_multiple_of(4),
                     rows,
                     res: if res { ye } else { 0 },
                 }
             }
             Op::Depthwise { .. } => Scratch {
                 q: xe,
-                cols: 0,
                 rows: 0,
                 ..Scratch::default()
             },
@@ -622,7 +619,6 @@ impl GraphPlan {
             elems(&out)?;
             let s = n.op.scratch(ins[0], &out);
             scratch.q = scratch.q.max(s.q);
-            scratch.cols = scratch.cols.max(s.cols);
             scratch.rows = scratch.rows.max(s.rows);
             scratch.res = scratch.res.max(s.res);
             if dims[n.output].is_some() {
@@ -842,7 +838,6 @@ impl GraphPlan {
         let s = self.scratch;
         grow(&mut ws.q, len(s.q)?, &mut ws.allocations)?;
         grow(&mut ws.qt, len(s.q)?, &mut ws.allocations)?;
-        grow(&mut ws.cols, len(s.cols)?, &mut ws.allocations)?;
         grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.res, len(s.res)?, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
@@ -1225,7 +1220,7 @@ fn conv(
     };
     let win = Window::new(batch, c, h, w, kernel, stride, padding).check()?;
     let pad = if batch > 0 { ws.img_zp[0] as u8 } else { 0 };
-    let (rows, k, cols) = unfold_u8(ctx, &mut ws.cols, q, win, pad, g)?;
+    let rows = win.cols_shape().0;
     // Every image was quantized with one zero point (`quantize_input`'s
     // `one_zero_point`): one zero point for all rows, one scale per image.
     let zp = ZeroPoint::Scalar(pad as i32);
@@ -1244,7 +1239,8 @@ fn conv(
         bias: g.bias.as_deref(),
         relu: g.relu,
     };
-    gemm::matmul(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
+    let a = ARows::Conv(ConvRows::new(q, win, pad)?);
+    gemm::matmul_rows(ctx, a, rows, g.packed.k(), zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {
         f.run(y);
     }
@@ -1252,39 +1248,16 @@ fn conv(
 }
 
 /// A convolution's weights with K padded to a multiple of 4 when that is
-/// free ([`PackedB::padded_k`]): the unfold then writes rows the GEMM reads
-/// in place (a one-channel 3×3 convolution's 9 columns were packed a second
-/// time, row by row, into 12).
+/// free ([`PackedB::padded_k`]): the rows of A the GEMM unfolds are then
+/// exactly K long, the columns past the unfold zeros (when the unfold was
+/// a matrix of its own, a one-channel 3×3 convolution's 9 columns were
+/// packed a second time, row by row, into 12).
 fn pad_conv_weights(op: &mut Op) {
     if let Op::Conv { gemm: g, .. } | Op::ConvAdd { gemm: g, .. } = op {
         if let Some(p) = g.packed.padded_k() {
             g.packed = Arc::new(p);
         }
     }
-}
-
-/// Unfolds the NHWC uint8 images `q` over `win` into `cols` as the rows of
-/// A for the conv GEMM `g` (its K: the unfold's `c·kh·kw` columns, padded
-/// with zeros when the weights were padded); returns `(rows, K, A)`.
-pub(super) fn unfold_u8<'a>(
-    ctx: &Ctx,
-    cols: &'a mut [u8],
-    q: &'a [u8],
-    win: Window,
-    pad: u8,
-    g: &Gemm,
-) -> Result<(usize, usize, &'a [u8])> {
-    let (rows, _) = win.check()?.cols_shape();
-    let k = g.packed.k();
-    // A 1x1 stride-1 unpadded conv whose rows need no padding to K: the NHWC
-    // image already is its column matrix, so the GEMM reads it as it is.
-    let pointwise = (win.kh, win.kw, win.sh, win.sw, win.ph, win.pw) == (1, 1, 1, 1, 0, 0);
-    if pointwise && k == win.c && q.len() == rows * k {
-        return Ok((rows, k, q));
-    }
-    let cols = &mut cols[..rows * k];
-    nhwc::im2col_rows_into(ctx, q, win, pad, k, 0, cols)?;
-    Ok((rows, k, cols))
 }
 
 /// Where each value lives, and the per-sample size of each shared buffer.

@@ -248,7 +248,7 @@ fn run(
             let a = static_act(g)?;
             let q = static_input(ctx, &mut ws.q, x, a)?;
             let m = q.len().checked_div(k).unwrap_or(0);
-            static_gemm(ctx, q, m, k, g, a, None, y)
+            static_gemm(ctx, ARows::Matrix(ASource::U8(q)), m, k, g, a, None, y)
         }
         Op::Conv {
             gemm: g,
@@ -277,8 +277,9 @@ fn run(
             };
             let win = Window::new(batch, c, h, w, *kernel, *stride, *padding).check()?;
             // Padding is the real zero: the zero point.
-            let (rows, k, cols) = unfold_u8(ctx, &mut ws.cols, q, win, a.zero_point as u8, g)?;
-            static_gemm(ctx, cols, rows, k, g, a, res, y)
+            let cols = ConvRows::new(q, win, a.zero_point as u8)?;
+            let (rows, k) = (cols.rows(), g.packed.k());
+            static_gemm(ctx, ARows::Conv(cols), rows, k, g, a, res, y)
         }
         Op::Depthwise { .. } => depthwise(ctx, ws, x, xd, batch, op, y),
         Op::Pool {
@@ -420,13 +421,14 @@ fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Resu
     }
 }
 
-/// The GEMM of a static layer on uint8 `a_q` `(m, k)` with the fused output
-/// step: float (then a post step it could not fold), or uint8 on the
-/// reader's grid with a ReLU / Clip folded into the clamp.
+/// The GEMM of a static layer on uint8 `a_q` `(m, k)` (a matrix, or a
+/// convolution's column matrix) with the fused output step: float (then a
+/// post step it could not fold), or uint8 on the reader's grid with a
+/// ReLU / Clip folded into the clamp.
 #[allow(clippy::too_many_arguments)]
 fn static_gemm(
     ctx: &Ctx,
-    a_q: &[u8],
+    a_q: ARows<'_>,
     m: usize,
     k: usize,
     g: &Gemm,
@@ -448,23 +450,14 @@ fn static_gemm(
     };
     match y {
         Out::F32(y) => {
-            gemm::matmul(ctx, ASource::U8(a_q), m, k, zp, &g.packed, &step(None), y)?;
+            gemm::matmul_rows(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
             if let Some(f) = g.post {
                 f.run(y);
             }
         }
         Out::U8(y, grid) => {
             let requant = requant_of(grid, g.post)?;
-            gemm::matmul(
-                ctx,
-                ASource::U8(a_q),
-                m,
-                k,
-                zp,
-                &g.packed,
-                &step(Some(requant)),
-                y,
-            )?;
+            gemm::matmul_rows(ctx, a_q, m, k, zp, &g.packed, &step(Some(requant)), y)?;
         }
     }
     Ok(())

@@ -31,7 +31,7 @@ pub(crate) mod x86_avx512vnni_gemv;
 #[doc(hidden)]
 pub type MatmulFn<T> = fn(
     &Ctx,
-    &ASource<'_>,
+    &super::ARows<'_>,
     usize,
     usize,
     ZeroPoint<'_>,
