@@ -33,7 +33,8 @@ def test_host_profile_is_valid_and_round_trips_json(host, tmp_path):
     assert host.cores == hw.num_threads()
     assert host.simd_width_bits == {"avx512vnni": 512, "avx2": 256}.get(hw.active_isa(), 128)
     assert {"dense_int8", "dense_f32"} <= set(host.kernels)
-    assert set(host.sparsity_patterns) == {"unstructured", "block", "n:m"}
+    # The int8 kernels under the plain keys, the float ones under "pattern/fp32".
+    assert set(host.sparsity_patterns) == {p + s for p in ("unstructured", "block", "n:m") for s in ("", "/fp32")}
     assert all(0 < e <= 1 for e in host.sparsity_patterns.values())
     assert not host.needs_7bit_activations
     assert set(host.ns_per_element) <= set(profiles.ELEMENT_COSTS)

@@ -177,11 +177,12 @@ def test_int8_spmm_exact_accumulation(each_isa, fmt, block):
 
 
 @pytest.mark.parametrize("block", [(16, 4), (8, 4), (4, 4), (16, 8)])
-@pytest.mark.parametrize("n,k", [(1, 1), (15, 5), (33, 71), (48, 64)])
+@pytest.mark.parametrize("n,k", [(1, 1), (15, 5), (33, 71), (48, 64), (300, 40), (520, 260)])
 def test_int8_panel_blocks_exact_for_any_shape(each_isa, block, n, k):
     """The blocks of 4, 8 or 16 rows x 4k run over output-column panels (one SIMD register per
     stored group): exact on every path, for shapes that leave partial panels and K-groups, every
-    batch tail of the tiles, the extreme bytes and zero points, bias and ReLU."""
+    batch tail of the tiles, the extreme bytes and zero points, bias and ReLU; 300 and 520 rows
+    span several staged output tiles (128 columns) and, at 520 x 260, several tasks on the team."""
     rng = np.random.default_rng(n * 100 + k)
     q = rng.integers(-127, 128, (n, k)).astype(np.int8)
     q[0, :] = 127
@@ -334,6 +335,56 @@ def test_choose_asks_the_profile():
     # A profile is the one model: a slower machine's estimates are the same ratios, scaled.
     slow = sparse.choose(w, mask, batch=32, profile=prof.scaled(3.0))
     assert slow.path == a.path and slow.seconds[want] == pytest.approx(3 * a.seconds[want])
+
+
+def test_choose_picks_the_least_estimate_with_each_precisions_efficiency():
+    import dataclasses
+
+    from hwreg_rs.sparse import _candidate_work
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    mask = prune.block_mask(w, 0.9, block=(16, 4))
+    # int8 panels nearly as fast per kept weight as dense int8, float blocks 20x slower than dense fp32.
+    prof = dataclasses.replace(
+        hw.profiles.preset("x86-avx512-vnni"),
+        sparsity_patterns={"block": 0.9, "block/fp32": 0.05, "unstructured": 0.3, "unstructured/fp32": 0.05},
+        sparsity_patterns_one_row={"block": 0.8, "block/fp32": 0.04})
+    for batch in (1, 32):
+        c = sparse.choose(w, mask, batch=batch, profile=prof)
+        # Every estimate is the cost model's for that candidate, and the pick is the least of them.
+        for key, sec in c.seconds.items():
+            path, blk = sparse._parse_key(key)
+            stored = 256 * 256 if blk is None else sparse._stored_for_block(mask, blk)
+            want = hw.profiles.estimate([_candidate_work(path, (256, 256), stored, batch)], prof).latency_s
+            assert sec == pytest.approx(want), key
+        best = min(c.seconds, key=c.seconds.get)
+        assert (c.path, c.block) == sparse._parse_key(best)
+        # The 16x4 blocks fill 8x4 and 4x4 as tightly: equal estimates, and the tallest panel wins.
+        assert (c.path, c.block) == ("bsr_int8", (16, 4))
+        # int8 blocks that would not run over panels are not candidates.
+        assert not any(k.startswith("bsr_int8(1,") for k in c.seconds)
+        # Float only: the float blocks are costed with their own (low) efficiency, not the int8
+        # panels'; at batch 32 (compute-bound) that makes dense fp32 the answer, where the int8
+        # figure (no "/fp32" key) would have had the float blocks win.
+        f = sparse.choose(w, mask, batch=batch, profile=prof, dtypes=("float32",))
+        plain_prof = dataclasses.replace(prof, sparsity_patterns={"block": 0.9},
+                                         sparsity_patterns_one_row={"block": 0.8})
+        plain = sparse.choose(w, mask, batch=batch, profile=plain_prof, dtypes=("float32",))
+        assert f.seconds["bsr_f32(16, 4)"] > plain.seconds["bsr_f32(16, 4)"]
+        if batch == 32:
+            assert (f.path, plain.path) == ("dense_f32", "bsr_f32")
+
+
+def test_profile_pattern_keys_per_precision():
+    import dataclasses
+
+    base = hw.profiles.preset("x86-avx2")
+    ok = dataclasses.replace(base, sparsity_patterns={"block": 0.5, "block/fp32": 0.2, "n:m/int8": 0.4})
+    assert ok.sparsity_patterns["block/fp32"] == 0.2
+    for bad in ({"block/int4": 0.5}, {"diagonal/fp32": 0.5}, {"block/fp32": 1.5}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(base, sparsity_patterns=bad)
 
 
 def test_flat_api():

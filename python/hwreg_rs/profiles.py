@@ -106,6 +106,11 @@ class HardwareProfile:
     sparsity_patterns : dict of str to float
         Patterns the sparse kernels exploit, each with its efficiency: the
         fraction of dense per-MAC throughput a kept weight achieves (0..1).
+        A key ``"pattern/precision"`` (``"block/fp32"``, ``"unstructured/int8"``)
+        holds the efficiency of that precision's sparse kernel against the
+        dense path of the same precision; a plain ``"pattern"`` key serves the
+        precisions without their own (measured profiles give the int8 kernels'
+        under the plain keys and the float kernels' under ``"…/fp32"``).
     needs_7bit_activations : bool
         Whether the target's fast int8 path saturates unless activations fit in
         7 bits (AVX2 ``vpmaddubsw`` without VNNI).
@@ -244,8 +249,10 @@ class HardwareProfile:
         if self.layer_overhead_us < 0:
             raise ValueError(f"layer_overhead_us must be >= 0; got {self.layer_overhead_us!r}")
         for p, eff in {**self.sparsity_patterns, **self.sparsity_patterns_one_row}.items():
-            if p not in PATTERNS[1:]:
-                raise ValueError(f"unknown sparsity pattern {p!r}; expected one of {PATTERNS[1:]}")
+            pat, slash, prec = str(p).partition("/")
+            if pat not in PATTERNS[1:] or (slash and prec not in ("fp32", "int8")):
+                raise ValueError(f"unknown sparsity pattern {p!r}; expected one of {PATTERNS[1:]}, "
+                                 "optionally with '/fp32' or '/int8'")
             if not 0 < eff <= 1:
                 raise ValueError(f"efficiency of pattern {p!r} must be in (0, 1]; got {eff!r}")
         missing = {"fp32", "int8"} - set(self.energy_pj_per_mac)  # int4 MACs cost int8's unless given
@@ -502,12 +509,16 @@ PRESETS: dict[str, HardwareProfile] = {
             int8_gops=600.0, fp32_gflops=150.0, mem_bandwidth_gbs=25.0, mem_capacity_bytes=16 * _GIB,
             energy_pj_per_mac=_E45, energy_pj_per_byte=_E_DRAM, simd_width_bits=512, cores=2,
             kernels=("dense_f32", "dense_int8", "sparse_f32", "sparse_int8"),
-            sparsity_patterns={"unstructured": 0.3, "block": 0.7, "n:m": 0.6},
+            sparsity_patterns={"unstructured": 0.03, "block": 0.7, "n:m": 0.05,
+                               "unstructured/fp32": 0.25, "block/fp32": 0.15, "n:m/fp32": 0.2},
             needs_7bit_activations=False, layer_overhead_us=4.0,
             source=("2 cores of an Intel Ice Lake-SP at 2.8 GHz: VPDPBUSD 64 u8xs8 MACs per instruction, one "
                     "per cycle (Intel 64 and IA-32 Optimization Reference Manual; uops.info), about 50% "
                     "sustained; fp32 2x512-bit FMA; VNNI accumulates in 32 bits without saturation; "
-                    "energies from Horowitz, ISSCC 2014."),
+                    "energies from Horowitz, ISSCC 2014. Sparsity efficiencies: int8 CSR and N:M against "
+                    "the VNNI dense layer, and the float kernels against NumPy (\"/fp32\"), as measure_host "
+                    "measured them on a 2-core Zen 5 with AVX-512 VNNI (hwreg_rs 0.1, Dec 2026), rounded; "
+                    "int8 blocks (output panels) 0.4-0.5 there at 48 rows, 1.0 at one row."),
         ),
         HardwareProfile(
             name="cortex-a72",
@@ -664,10 +675,10 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
     if work.pattern == "dense" or work.density >= 1.0:
         return float(work.macs)
     kernel = "sparse_int8" if work.precision == "int8" else "sparse_f32"
-    eff = profile.sparsity_patterns.get(work.pattern)
+    eff = _pattern_efficiency(profile, work.pattern, work.precision)
     dims = _gemm_dims(work)
     if dims is not None and dims[0] == 1 and eff is not None:
-        eff = profile.sparsity_patterns_one_row.get(work.pattern, eff)
+        eff = _pattern_efficiency(profile, work.pattern, work.precision, one_row=True) or eff
     if eff is None or kernel not in profile.kernels:
         return float(work.macs)  # no kernel for it: the zeros are multiplied like any weight
     sparse_macs = work.macs * work.density / eff
@@ -675,6 +686,25 @@ def _effective_macs(work: LayerWork, profile: HardwareProfile) -> float:
         return sparse_macs
     # Otherwise a sparse kernel is used only when it wins, as the runtime's chooser does.
     return min(float(work.macs), sparse_macs)
+
+
+def _pattern_efficiency(profile: HardwareProfile, pattern: str, precision: str, *,
+                       one_row: bool = False) -> float | None:
+    """The efficiency of ``profile``'s sparse kernel for ``pattern`` in ``precision`` (see
+    :attr:`HardwareProfile.sparsity_patterns`): the ``"pattern/precision"`` entry, else the plain
+    ``"pattern"`` one; ``one_row``: from ``sparsity_patterns_one_row`` (None when it has no figure
+    for this precision, or only the plain one where ``sparsity_patterns`` has this precision's)."""
+    prec = "int8" if precision == "int4" else precision
+    key = f"{pattern}/{prec}"
+    if not one_row:
+        return profile.sparsity_patterns.get(key, profile.sparsity_patterns.get(pattern))
+    # One row: this precision's own figure first (one row, then any batch), then the plain one.
+    table = profile.sparsity_patterns_one_row
+    if key in table:
+        return table[key]
+    if key in profile.sparsity_patterns:
+        return None
+    return table.get(pattern)
 
 
 def _gemm_dims(w: LayerWork) -> tuple[int, int, int] | None:
@@ -1131,7 +1161,9 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
       likewise (``l3_cache_bytes``, ``l3_bandwidth_gbs``); capacity: physical
       memory (or the cgroup limit).
     * sparse kernels: int8 CSR, BSR 16×4 (output panels) and N:M 1:8 at ~90%
-      sparsity against the dense int8 layer, as the efficiency of a kept weight;
+      sparsity against the dense int8 layer, as the efficiency of a kept weight
+      (``sparsity_patterns``, at one batch row ``sparsity_patterns_one_row``);
+      the same three in float32 against NumPy's dense product (``"…/fp32"``);
       a tiny sparse product for the fixed cost of a call (``sparse_overhead_us``).
     * int4: :class:`hwreg_rs.int4.Int4Linear` against :class:`~hwreg_rs.Int8Linear`
       on the same 512×512 weights (they fit the L2 cache at 8 bits) at 1 and 16 rows on one
@@ -1349,6 +1381,23 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
             t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed
                         - kn * sparse_out, 1e-9)
             one_row[pat] = float(min(max(t_dense1 / (t_sp1 / max(mat.stored, 1)), 1e-3), 1.0))
+        # The float kernels against the float model's dense product (NumPy), under "pattern/fp32",
+        # less the fitted fp32 costs of the call, the activations and the output alike.
+        fixedf = cf[0] + cf[1] * bm * kn + cf[2] * bm * kn
+        t_densef = max(median_seconds(lambda: xs @ w.T, repeats=max_n, budget_s=budget) - fixedf, 1e-9) / (bm * kn * kn)
+        fixedf1 = cf[0] + cf[1] * kn + cf[2] * kn
+        t_densef1 = max(median_seconds(lambda: x1 @ w.T, repeats=max_n, budget_s=budget) - fixedf1, 1e-9) / (kn * kn)
+        cands_f = {
+            "unstructured": lambda: sparse.CSRMatrix.from_dense(w, prune.magnitude_mask(w, 0.9)),
+            "block": lambda: sparse.BSRMatrix.from_dense(w, prune.block_mask(w, 0.9, block=(16, 4)), block=(16, 4)),
+            "n:m": lambda: sparse.NMMatrix.from_dense(w, prune.nm_mask(w, 1, 8), n=1, m=8),
+        }
+        for pat, make in cands_f.items():
+            mat = make()
+            t_sp = max(median_seconds(lambda: mat.matmul(xs), repeats=max_n, budget_s=budget) - fixedf, 1e-9)
+            patterns[f"{pat}/fp32"] = float(min(max(t_densef / (t_sp / max(mat.stored * bm, 1)), 1e-3), 1.0))
+            t_sp1 = max(median_seconds(lambda: mat.matmul(x1), repeats=max_n, budget_s=budget) - sparse_fixed, 1e-9)
+            one_row[f"{pat}/fp32"] = float(min(max(t_densef1 / (t_sp1 / max(mat.stored, 1)), 1e-3), 1.0))
 
         # -- int4 weights against dense int8 on the same weights (batch 1 and a small batch) ---
         # Both quantize the rows and finish the outputs alike: the ratio is of what is left.

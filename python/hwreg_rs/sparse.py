@@ -372,8 +372,17 @@ def quantize_activations(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ chooser
 
 # int8 blocks of 4, 8 or 16 rows (4×4, 8×4, 8×8, 16×4) run over output-column panels, the
-# int8 block kernel whose efficiency the profiles measure (``measure_host``: 16×4).
-_BLOCKS = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 4), (8, 8), (16, 4))
+# int8 block kernel whose efficiency the profiles measure (``measure_host``: 16×4); the
+# float blocks are costed with the profile's "block/fp32" efficiency (measured on 16×4 too).
+# Taller blocks first: a mask that several shapes store alike (a 16×4 mask fills 8×4 and 4×4 as
+# tightly) costs them alike, and the first of equal estimates wins; the taller panel shares each
+# activation broadcast over more outputs and is the fastest of them.
+_BLOCKS = ((16, 4), (8, 8), (8, 4), (4, 4), (8, 1), (1, 8), (4, 1), (1, 4))
+
+
+def _panel_block(blk: tuple[int, int]) -> bool:
+    """Whether an int8 BSR of this block runs over the output-column panels."""
+    return blk[0] in (4, 8, 16) and blk[1] % 4 == 0
 
 
 @dataclass
@@ -493,12 +502,14 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
 
     Candidates: dense float32 (NumPy), dense int8, CSR, the SIMD block shapes
     the mask fills best (1×4, 4×1, 1×8, 8×1, 4×4, 8×4, 8×8, 16×4; in int8 those
-    of width 4 or 8), N:M when the mask
+    that run over output-column panels: 4×4, 8×4, 8×8, 16×4), N:M when the mask
     is N:M with n/m <= 1/2, each in float32 and int8. Every candidate is
     costed by the one cost model, :func:`hwreg_rs.profiles.estimate` on
     ``profile``, from the exact count of values it stores (blocks padded):
-    the profile holds each sparsity pattern's efficiency, measured on this
-    machine by :func:`hwreg_rs.profiles.measure_host`. On the host the best
+    the profile holds each sparsity pattern's efficiency per precision
+    (``"block"`` for the int8 panels, ``"block/fp32"`` for the float blocks,
+    ...), measured on this machine by :func:`hwreg_rs.profiles.measure_host`.
+    The answer is the candidate of least estimated time. On the host the best
     candidate, when sparse, is then timed once against the best dense path at
     the real shape (the package's one timer), and kept only if it is faster.
 
@@ -550,8 +561,11 @@ def choose(w: Any, mask: Any = None, batch: int = 1, *, dtypes: tuple[str, ...] 
         suf = "f32" if d == "float32" else "int8"
         stored[f"csr_{suf}"] = nnz
         for blk in _BLOCKS:
-            if d == "int8" and blk[1] % 4:
-                continue  # int8 blocks use the 4-deep dot kernels
+            if d == "int8" and not _panel_block(blk):
+                # Narrower int8 blocks run the batch-lane dot kernels, slower per stored value
+                # than the panels and not what the profile's int8 "block" efficiency measures:
+                # a mask of such blocks is costed as CSR int8 or as panels with the padding.
+                continue
             count = _stored_for_block(keep, blk)
             if count <= 0.75 * wa.size:
                 stored[f"bsr_{suf}{blk}"] = count

@@ -19,6 +19,11 @@ A second table puts the int8 panel blocks (16×4, 8×4, 4×4) against our dense
 int8 layer alone, at 80% and 90% block sparsity, batch 1 and 32, on 1 and 2
 threads, timed round-robin side by side (:func:`hwreg_rs._timing.side_by_side`).
 
+A third puts :func:`hwreg_rs.sparse.choose`'s pick (the cost model on the host
+profile, no timing of its own) against the measured fastest of the formats it
+weighs (dense fp32 and int8, CSR fp32 and int8, BSR 16×4 fp32 and int8), timed
+side by side, for 16×4-block and unstructured masks.
+
 Every contender's answer is checked against NumPy before it is timed.
 """
 
@@ -152,7 +157,51 @@ def run(quick: bool = False) -> str:
            + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
     if Int8Linear is not None:
         out += "\n\n" + _panels_vs_dense_int8(Int8Linear, rounds=5 if quick else 9)
+        out += "\n\n" + _choose_vs_measured(quick=quick)
     return out
+
+
+def _choose_vs_measured(*, quick: bool) -> str:
+    """``sparse.choose``'s pick on the host profile against the measured fastest candidate."""
+    from .. import profiles, prune, sparse
+    from .._timing import side_by_side
+
+    rng = np.random.default_rng(2)
+    n = k = 1024
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    prof = profiles.host_profile()
+    rows = [("block 16×4", s) for s in ([0.7, 0.9] if quick else [0.5, 0.7, 0.8, 0.9, 0.95])]
+    rows += [("unstructured", s) for s in ([0.9] if quick else [0.8, 0.9, 0.95])]
+    batches = [1, 32] if quick else [1, 32, 128]
+    t = Table(["mask", "sparsity", "batch", "choose's pick", "measured best", "pick µs", "best µs",
+               "pick / best time"])
+    for pattern, s in rows:
+        mask = (prune.block_mask(w, s, block=(16, 4)) if pattern.startswith("block")
+                else prune.magnitude_mask(w, s))
+        cands = [("dense_f32", None), ("dense_int8", None), ("csr_f32", (1, 1)), ("csr_int8", (1, 1)),
+                 ("bsr_f32", (16, 4)), ("bsr_int8", (16, 4))]
+        built = {c: sparse.Choice(*c).build(w, mask) for c in cands}
+        for bsz in batches:
+            x = rng.standard_normal((bsz, k)).astype(np.float32)
+            ch = sparse.choose(w, mask, batch=bsz, profile=prof, verify=False)
+            pick = (ch.path, ch.block)
+            if pick not in built:
+                built[pick] = ch.build(w, mask)
+            fns = {}
+            for c, m in built.items():
+                if c[0] == "dense_f32":
+                    fns[c] = lambda m=m: x @ m.T
+                elif c[0] == "dense_int8":
+                    fns[c] = lambda m=m: m(x)
+                else:
+                    fns[c] = lambda m=m: m.matmul(x)
+            sec = side_by_side(fns, rounds=3 if quick else 5, min_seconds=0.01)
+            best = min(sec, key=sec.get)
+            name = lambda c: c[0] + ("" if c[1] is None or c[0].startswith("csr") else f" {c[1][0]}×{c[1][1]}")  # noqa: E731
+            t.add(pattern, f"{s:.0%}", bsz, name(pick), name(best), sec[pick] * 1e6, sec[best] * 1e6,
+                  f"{sec[pick] / sec[best]:.2f}×")
+    return ("### sparse.choose's pick (cost model, host profile) vs the measured fastest, 1024×1024\n\n"
+            "Time of the pick over the best time: 1.00× is the right answer.\n\n" + t.markdown())
 
 
 def _panels_vs_dense_int8(Int8Linear: Any, *, rounds: int) -> str:

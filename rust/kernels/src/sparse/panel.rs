@@ -43,6 +43,9 @@ pub struct PanelI8 {
     pub(super) group: Vec<u32>,
     /// `r * 4` values per stored group, `[o][0..4]`.
     pub(super) values: Vec<i8>,
+    /// `Σ q` per output row, zero padded to `panels · r` (a whole panel's
+    /// sums load as one register; the zero points are folded out with them).
+    pub(super) rowsum: Vec<i32>,
 }
 
 impl PanelI8 {
@@ -77,6 +80,17 @@ impl PanelI8 {
             }
             indptr.push(group.len() as u32);
         }
+        // The row sums fit int32: `row_quant` checked `255 · Σ|q|` of every row.
+        let mut rowsum = crate::error::try_vec((indptr.len() - 1) * r, 0i32, "the panel row sums")?;
+        for (p, sums) in rowsum.chunks_exact_mut(r).enumerate() {
+            for g in values[indptr[p] as usize * r * 4..indptr[p + 1] as usize * r * 4]
+                .chunks_exact(r * 4)
+            {
+                for (o, s) in sums.iter_mut().enumerate() {
+                    *s = s.wrapping_add(g[4 * o..4 * o + 4].iter().map(|&v| v as i32).sum::<i32>());
+                }
+            }
+        }
         Ok(Some(PanelI8 {
             rows: b.rows,
             cols: b.cols,
@@ -84,6 +98,7 @@ impl PanelI8 {
             indptr,
             group,
             values,
+            rowsum,
         }))
     }
 
@@ -94,7 +109,7 @@ impl PanelI8 {
 
     /// Bytes of the stored arrays.
     pub fn nbytes(&self) -> usize {
-        4 * (self.indptr.len() + self.group.len()) + self.values.len()
+        4 * (self.indptr.len() + self.group.len() + self.rowsum.len()) + self.values.len()
     }
 }
 
@@ -108,8 +123,6 @@ unsafe impl Sync for OutPtr {}
 /// What one call hands its bodies.
 pub(crate) struct PanelCall<'a> {
     pub w: &'a PanelI8,
-    /// `Σ q` per output row.
-    pub rowsum: &'a [i32],
     /// Per tile of `mr` rows from `b0`: `Xp[g][t][0..4]` at `b0 · kp`, `mr · 4` bytes per group.
     pub xp: &'a [u8],
     /// Inputs padded to groups of 4.
@@ -124,45 +137,72 @@ pub(crate) struct PanelCall<'a> {
 /// Batch rows of a tile on every path (the `Xp` packing follows it).
 pub(crate) const TILE_ROWS: usize = 8;
 
-/// Folds the zero points out of a tile of raw accumulators (`tile[t][o]`,
-/// batch rows `b0..b0+mr`, outputs `p·R..`) and hands it to the output step.
+/// Output columns of the staging tile: the tiles of consecutive panels
+/// (`STAGE_COLS / R` of them) go through the output step together, so its
+/// per-row work is paid once per 128 outputs, not once per panel.
+pub(crate) const STAGE_COLS: usize = 128;
+
+/// `staged!(c, panels, b0, mr, R, |p, dst| tile)` runs `tile` for every
+/// panel `p` of `panels` on the batch tile `b0..b0 + mr`: `tile` writes the
+/// tile's `mr` rows of `R` accumulators, zero points folded out, at `dst`
+/// (row stride [`STAGE_COLS`]); every `STAGE_COLS / R` panels the staged
+/// columns go through the output step. A macro, not a function taking a
+/// closure: a closure is compiled without the caller's `target_feature`s, and
+/// the intrinsics inside it would become calls.
+///
+/// Safety (of the expansion, inside `unsafe`): `panels` within `c.w`,
+/// `b0 + mr <= c.batch`, `mr <= TILE_ROWS`, `tile` writing `mr` rows of `R`
+/// from `dst`; the caller owns the panels' columns of `Y`.
+macro_rules! staged {
+    ($c:expr, $panels:expr, $b0:expr, $mr:expr, $r:expr, |$p:ident, $dst:ident| $tile:expr) => {{
+        use $crate::sparse::panel::{STAGE_COLS, TILE_ROWS};
+        let (c, panels, b0, mr, r) = ($c, $panels, $b0, $mr, $r);
+        let per = STAGE_COLS / r;
+        let mut stage = [[0i32; STAGE_COLS]; TILE_ROWS];
+        let mut p0 = panels.start;
+        while p0 < panels.end {
+            let pe = (p0 + per).min(panels.end);
+            let base = stage.as_mut_ptr() as *mut i32;
+            for $p in p0..pe {
+                let $dst = base.add(($p - p0) * r);
+                $tile;
+            }
+            let (o0, o1) = (p0 * r, (pe * r).min(c.w.rows));
+            let flat = std::slice::from_raw_parts(base as *const i32, TILE_ROWS * STAGE_COLS);
+            c.ep.apply_inline(flat, STAGE_COLS, b0..b0 + mr, o0..o1, c.y.0, c.w.rows);
+            p0 = pe;
+        }
+    }};
+}
+pub(crate) use staged;
+
+/// `acc - zp_b · Σ q` of a panel's `R` outputs for batch row `b` (the true
+/// values fit int32, checked at build: wrapping is exact), stored at `dst`.
 ///
 /// # Safety
-/// `p` a panel of `c.w`, `b0 + mr <= c.batch`, `tile` holding `mr` rows of `R`;
-/// the caller owns the panel's output columns.
+/// `p` a panel of `c.w`, `b < c.batch`, `dst` valid for `R` writes.
 #[inline(always)]
-pub(crate) unsafe fn finish_tile<const R: usize>(
+pub(crate) unsafe fn fold_store<const R: usize>(
     c: &PanelCall<'_>,
     p: usize,
-    b0: usize,
-    mr: usize,
-    tile: &mut [[i32; R]],
+    b: usize,
+    acc: &[i32; R],
+    dst: *mut i32,
 ) {
-    let o0 = p * R;
-    let o1 = (o0 + R).min(c.w.rows);
-    // The true values fit int32 (checked at build): wrapping is exact.
-    if o1 - o0 == R {
-        let rs = &*(c.rowsum.as_ptr().add(o0) as *const [i32; R]);
-        for (t, row) in tile.iter_mut().enumerate().take(mr) {
-            let zp = *c.zp.get_unchecked(b0 + t) as i32;
-            for (v, &s) in row.iter_mut().zip(rs) {
-                *v = v.wrapping_sub(zp.wrapping_mul(s));
-            }
-        }
-    } else {
-        for (t, row) in tile.iter_mut().enumerate().take(mr) {
-            let zp = *c.zp.get_unchecked(b0 + t) as i32;
-            for (o, v) in row.iter_mut().enumerate().take(o1 - o0) {
-                *v = v.wrapping_sub(zp.wrapping_mul(*c.rowsum.get_unchecked(o0 + o)));
-            }
-        }
+    let rs = &*(c.w.rowsum.as_ptr().add(p * R) as *const [i32; R]);
+    let zp = *c.zp.get_unchecked(b) as i32;
+    for o in 0..R {
+        *dst.add(o) = acc[o].wrapping_sub(zp.wrapping_mul(rs[o]));
     }
-    let flat = std::slice::from_raw_parts(tile.as_ptr() as *const i32, mr * R);
-    c.ep.apply_inline(flat, R, b0..b0 + mr, o0..o1, c.y.0, c.w.rows);
 }
 
 #[inline(always)]
-unsafe fn tile_generic<const R: usize, const MR: usize>(c: &PanelCall<'_>, p: usize, b0: usize) {
+unsafe fn tile_generic<const R: usize, const MR: usize>(
+    c: &PanelCall<'_>,
+    p: usize,
+    b0: usize,
+    dst: *mut i32,
+) {
     let w = c.w;
     let mut acc = [[0i32; R]; MR];
     let (j0, j1) = (w.indptr[p] as usize, w.indptr[p + 1] as usize);
@@ -188,14 +228,16 @@ unsafe fn tile_generic<const R: usize, const MR: usize>(c: &PanelCall<'_>, p: us
             }
         }
     }
-    finish_tile::<R>(c, p, b0, MR, &mut acc);
+    for (t, a) in acc.iter().enumerate() {
+        fold_store::<R>(c, p, b0 + t, a, dst.add(t * STAGE_COLS));
+    }
 }
 
 /// Calls `$tile::<R, MR>(c, p, b0)` with `MR` the tile rows `mr` (1..=`$max`).
 macro_rules! by_rows {
-    ($tile:ident, $r:expr, $mr:expr, $c:expr, $p:expr, $b0:expr; $($m:literal)*) => {
+    ($tile:ident, $r:expr, $mr:expr, $c:expr, $p:expr, $b0:expr, $dst:expr; $($m:literal)*) => {
         match $mr {
-            $($m => $tile::<$r, $m>($c, $p, $b0),)*
+            $($m => $tile::<$r, $m>($c, $p, $b0, $dst),)*
             _ => unreachable!(),
         }
     };
@@ -206,9 +248,9 @@ unsafe fn body_generic<const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) 
     let mut b0 = 0;
     while b0 < c.batch {
         let mr = TILE_ROWS.min(c.batch - b0);
-        for p in panels.clone() {
-            by_rows!(tile_generic, R, mr, c, p, b0; 1 2 3 4 5 6 7 8);
-        }
+        staged!(c, panels.clone(), b0, mr, R, |p, dst| {
+            by_rows!(tile_generic, R, mr, c, p, b0, dst; 1 2 3 4 5 6 7 8)
+        });
         b0 += mr;
     }
 }
@@ -294,7 +336,6 @@ pub fn panel_i8_linear_into(
     }
     let call = PanelCall {
         w,
-        rowsum: &wq.sum,
         xp: &xp,
         kp,
         batch,
@@ -307,7 +348,11 @@ pub fn panel_i8_linear_into(
     // woke the pool, which made 2 threads slower than 1 on the 2-vCPU VM).
     // Small tasks (about `PANEL_TASK_WORK` each) from the team's shared
     // counter: a thread slowed by a neighbour takes fewer of them.
-    let ntasks = (work / PANEL_TASK_WORK).clamp(1, w.panels());
+    // A task spans at least half a staging tile of panels (`STAGE_COLS / 2`
+    // outputs), so that the output step still runs over long rows; work too
+    // small to split (a batch of one at high sparsity) stays on the caller.
+    let min_panels = (STAGE_COLS / 2 / w.r).max(1);
+    let ntasks = (work / PANEL_TASK_WORK).clamp(1, (w.panels() / min_panels).max(1));
     // SAFETY: the tasks' panels are disjoint ranges of `w`; `xp` is packed
     // for `kp` inputs and `batch` rows, `y` is `batch × n`.
     ctx.for_each_task(work, ntasks, |i| unsafe {

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::sparse::panel::{finish_tile, PanelCall, TILE_ROWS};
+use crate::sparse::panel::{fold_store, staged, PanelCall, STAGE_COLS, TILE_ROWS};
 
 mod bodies {
     super::super::table!(avx2, true);
@@ -27,6 +27,7 @@ unsafe fn panel_tile<const R: usize, const M: usize>(
     b0: usize,
     t0: usize,
     mt: usize,
+    dst: *mut i32,
 ) {
     let w = c.w;
     let nw = R / 4;
@@ -51,17 +52,17 @@ unsafe fn panel_tile<const R: usize, const M: usize>(
             }
         }
     }
-    let mut tile = [[0i32; R]; M];
-    for (t, row) in tile.iter_mut().enumerate() {
+    for (t, a) in acc.iter().enumerate() {
         let mut pairs = [0i32; 32];
         for i in 0..nw {
-            _mm256_storeu_si256(pairs.as_mut_ptr().add(8 * i) as *mut _, acc[t][i]);
+            _mm256_storeu_si256(pairs.as_mut_ptr().add(8 * i) as *mut _, a[i]);
         }
+        let mut row = [0i32; R];
         for (o, v) in row.iter_mut().enumerate() {
             *v = pairs[2 * o].wrapping_add(pairs[2 * o + 1]);
         }
+        fold_store::<R>(c, p, b0 + t0 + t, &row, dst.add((t0 + t) * STAGE_COLS));
     }
-    finish_tile::<R>(c, p, b0 + t0, M, &mut tile);
 }
 
 #[inline(always)]
@@ -69,17 +70,17 @@ unsafe fn panel_rows<const R: usize>(c: &PanelCall<'_>, panels: Range<usize>) {
     let mut b0 = 0;
     while b0 < c.batch {
         let mt = TILE_ROWS.min(c.batch - b0);
-        for p in panels.clone() {
+        staged!(c, panels.clone(), b0, mt, R, |p, dst| {
             let mut t0 = 0;
             // Two rows at a time: 4 accumulators each, 4 weights, within 16 ymm.
             while t0 + 2 <= mt {
-                panel_tile::<R, 2>(c, p, b0, t0, mt);
+                panel_tile::<R, 2>(c, p, b0, t0, mt, dst);
                 t0 += 2;
             }
             if t0 < mt {
-                panel_tile::<R, 1>(c, p, b0, t0, mt);
+                panel_tile::<R, 1>(c, p, b0, t0, mt, dst);
             }
-        }
+        });
         b0 += mt;
     }
 }

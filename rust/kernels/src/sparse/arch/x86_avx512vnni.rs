@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::sparse::formats::Bsr;
-use crate::sparse::panel::{finish_tile, PanelCall, TILE_ROWS};
+use crate::sparse::panel::{staged, PanelCall, STAGE_COLS, TILE_ROWS};
 
 pub(crate) const KERNELS: super::Kernels = super::Kernels {
     bsr_i8_dot4: dot4_vnni_tf,
@@ -26,6 +26,8 @@ trait Lanes {
     unsafe fn bcast(p: *const u8) -> Self::V;
     unsafe fn dp(acc: Self::V, x: Self::V, w: Self::V) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// `a - z · s` in every lane (wrapping).
+    unsafe fn sub_mul(a: Self::V, z: i32, s: *const i32) -> Self::V;
     unsafe fn store(p: *mut i32, v: Self::V);
 }
 
@@ -34,7 +36,8 @@ struct Y;
 struct X;
 
 macro_rules! lanes {
-    ($t:ident, $v:ty, $zero:ident, $load:ident, $set1:ident, $dp:ident, $add:ident, $store:ident) => {
+    ($t:ident, $v:ty, $zero:ident, $load:ident, $set1:ident, $dp:ident, $add:ident, $sub:ident, $mullo:ident,
+     $store:ident) => {
         impl Lanes for $t {
             type V = $v;
             #[inline(always)]
@@ -58,6 +61,10 @@ macro_rules! lanes {
                 $add(a, b)
             }
             #[inline(always)]
+            unsafe fn sub_mul(a: $v, z: i32, s: *const i32) -> $v {
+                $sub(a, $mullo($set1(z), $load(s as *const _)))
+            }
+            #[inline(always)]
             unsafe fn store(p: *mut i32, v: $v) {
                 $store(p as *mut _, v)
             }
@@ -72,6 +79,8 @@ lanes!(
     _mm512_set1_epi32,
     _mm512_dpbusd_epi32,
     _mm512_add_epi32,
+    _mm512_sub_epi32,
+    _mm512_mullo_epi32,
     _mm512_storeu_si512
 );
 lanes!(
@@ -82,6 +91,8 @@ lanes!(
     _mm256_set1_epi32,
     _mm256_dpbusd_epi32,
     _mm256_add_epi32,
+    _mm256_sub_epi32,
+    _mm256_mullo_epi32,
     _mm256_storeu_si256
 );
 lanes!(
@@ -92,6 +103,8 @@ lanes!(
     _mm_set1_epi32,
     _mm_dpbusd_epi32,
     _mm_add_epi32,
+    _mm_sub_epi32,
+    _mm_mullo_epi32,
     _mm_storeu_si128
 );
 
@@ -99,12 +112,14 @@ const MR: usize = TILE_ROWS;
 
 /// `M` batch rows × one panel of `R` outputs, the stored groups dealt
 /// round-robin over `U` accumulator chains (a short tile alone would wait on
-/// the latency of one chain).
+/// the latency of one chain); the sums, zero points folded out, go to `dst`
+/// (row stride [`STAGE_COLS`]).
 #[inline(always)]
 unsafe fn panel_tile<L: Lanes, const R: usize, const M: usize, const U: usize>(
     c: &PanelCall<'_>,
     p: usize,
     b0: usize,
+    dst: *mut i32,
 ) {
     let w = c.w;
     let stride = M * 4;
@@ -131,15 +146,16 @@ unsafe fn panel_tile<L: Lanes, const R: usize, const M: usize, const U: usize>(
         }
         j += 1;
     }
-    let mut tile = [[0i32; R]; M];
-    for (t, row) in tile.iter_mut().enumerate() {
+    // The true values fit int32 (checked at build): wrapping is exact.
+    let rs = w.rowsum.as_ptr().add(p * R);
+    for t in 0..M {
         let mut s = acc[0][t];
         for a in &acc[1..] {
             s = L::add(s, a[t]);
         }
-        L::store(row.as_mut_ptr(), s);
+        let zp = *c.zp.get_unchecked(b0 + t) as i32;
+        L::store(dst.add(t * STAGE_COLS), L::sub_mul(s, zp, rs));
     }
-    finish_tile::<R>(c, p, b0, M, &mut tile);
 }
 
 #[inline(always)]
@@ -147,18 +163,16 @@ unsafe fn panel_rows<L: Lanes, const R: usize>(c: &PanelCall<'_>, panels: Range<
     let mut b0 = 0;
     while b0 < c.batch {
         let mr = MR.min(c.batch - b0);
-        for p in panels.clone() {
-            match mr {
-                1 => panel_tile::<L, R, 1, 4>(c, p, b0),
-                2 => panel_tile::<L, R, 2, 2>(c, p, b0),
-                3 => panel_tile::<L, R, 3, 2>(c, p, b0),
-                4 => panel_tile::<L, R, 4, 1>(c, p, b0),
-                5 => panel_tile::<L, R, 5, 1>(c, p, b0),
-                6 => panel_tile::<L, R, 6, 1>(c, p, b0),
-                7 => panel_tile::<L, R, 7, 1>(c, p, b0),
-                _ => panel_tile::<L, R, MR, 1>(c, p, b0),
-            }
-        }
+        staged!(c, panels.clone(), b0, mr, R, |p, dst| match mr {
+            1 => panel_tile::<L, R, 1, 4>(c, p, b0, dst),
+            2 => panel_tile::<L, R, 2, 2>(c, p, b0, dst),
+            3 => panel_tile::<L, R, 3, 2>(c, p, b0, dst),
+            4 => panel_tile::<L, R, 4, 1>(c, p, b0, dst),
+            5 => panel_tile::<L, R, 5, 1>(c, p, b0, dst),
+            6 => panel_tile::<L, R, 6, 1>(c, p, b0, dst),
+            7 => panel_tile::<L, R, 7, 1>(c, p, b0, dst),
+            _ => panel_tile::<L, R, MR, 1>(c, p, b0, dst),
+        });
         b0 += mr;
     }
 }
