@@ -90,13 +90,49 @@ pub fn matmul_uninit<T: OutElem>(
     step: &OutputStep<'_>,
     out: &mut [MaybeUninit<T>],
 ) -> Result<()> {
+    matmul_step(ctx, a, m, k, a_zp, b, step, true, out)
+}
+
+/// [`matmul`] for a caller that checked the step's scale values once, when
+/// it was built (the graph plan): [`OutputStep::prepare_checked`] instead of
+/// `prepare`, every other check as in [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_checked<T: OutElem>(
+    ctx: &Ctx,
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) -> Result<()> {
+    matmul_step(ctx, a, m, k, a_zp, b, step, false, as_uninit(out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_step<T: OutElem>(
+    ctx: &Ctx,
+    a: ASource<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    values: bool,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!("A has K = {k} columns but B has K = {} rows", b.k);
     }
     let a_max = pack::check_a(&a, m, k, a_zp)?;
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
-    let ep = step.prepare::<T>(m, b.n)?;
+    let ep = if values {
+        step.prepare::<T>(m, b.n)?
+    } else {
+        step.prepare_checked::<T>(m, b.n)?
+    };
     if out.is_empty() {
         return Ok(()); // (m, 0) or (0, n): nothing to write, and no per-row buffers for m rows
     }
@@ -137,6 +173,51 @@ pub fn linear_dynamic_uninit(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
+    linear_dynamic_step(ctx, x, m, k, b, col_scale, bias, relu, true, out)
+}
+
+/// [`linear_dynamic`] for a caller that checked the column scales once,
+/// when it was built (the graph plan): their lengths and the bias's are
+/// still checked, their values not scanned again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_dynamic_checked(
+    ctx: &Ctx,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    linear_dynamic_step(
+        ctx,
+        x,
+        m,
+        k,
+        b,
+        col_scale,
+        bias,
+        relu,
+        false,
+        as_uninit(out),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_dynamic_step(
+    ctx: &Ctx,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    values: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!(
             "x has {k} features but the weight has in_features = {}",
@@ -148,14 +229,20 @@ pub fn linear_dynamic_uninit(
     }
     pack::check_bound(k, 255, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
-    // Validate the column parameters before quantizing.
-    OutputStep::Float {
+    // Validate the column parameters before quantizing (the driver's own
+    // step only checks lengths: these values and the quantizer's row scales
+    // are known good then).
+    let cols = OutputStep::Float {
         row_scale: Param::Scalar(1.0),
         col_scale,
         bias,
         relu,
+    };
+    if values {
+        cols.prepare::<f32>(m, b.n)?;
+    } else {
+        cols.prepare_checked::<f32>(m, b.n)?;
     }
-    .prepare::<f32>(m, b.n)?;
     if out.is_empty() && k == 0 {
         return Ok(()); // no value to quantize or write; no per-row buffers for m empty rows
     }
@@ -293,7 +380,18 @@ fn pack_a<'a, Kr: Kernel>(
         SyncPtr(zp.as_mut_ptr()),
     );
     let chunk = |c: usize| {
-        let mut tmp = Vec::new();
+        // The byte row of a kernel that widens A: on the stack for the usual K
+        // (a heap vector per call was a third of a small layer's setup).
+        let mut stack = [0u8; TMP_ROW_BYTES];
+        let mut heap = Vec::new();
+        let tmp: &mut [u8] = if kp <= TMP_ROW_BYTES {
+            &mut stack[..kp]
+        } else if <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_none() {
+            heap.resize(kp, 0u8);
+            &mut heap
+        } else {
+            &mut []
+        };
         for i in c * rows_per..((c + 1) * rows_per).min(m) {
             // SAFETY: chunks cover disjoint rows; each row index is visited once.
             let (drow, s, z) = unsafe {
@@ -306,9 +404,8 @@ fn pack_a<'a, Kr: Kernel>(
             (*s, *z) = match <Kr::AElem as pack::PlainElem>::row_bytes(drow) {
                 Some(bytes) => row(i, bytes),
                 None => {
-                    tmp.resize(kp, 0u8);
-                    let r = row(i, &mut tmp);
-                    <Kr::AElem as pack::PlainElem>::widen(&tmp, drow);
+                    let r = row(i, tmp);
+                    <Kr::AElem as pack::PlainElem>::widen(tmp, drow);
                     r
                 }
             };
@@ -323,6 +420,9 @@ fn pack_a<'a, Kr: Kernel>(
         zp,
     }
 }
+
+/// Bytes of the on-stack row of [`pack_a`] (K up to this needs no heap row).
+const TMP_ROW_BYTES: usize = 1024;
 
 /// Elements of A from which packing (or quantizing) it is shared by the team.
 const PACK_A_PARALLEL_MIN: usize = 1 << 14;
@@ -367,7 +467,9 @@ fn borrow_a<'a, Kr: Kernel>(
                 rowsum: reuse::Reused::new(&reuse::ROWSUM, m, 0),
                 zp: {
                     let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
-                    zp.iter_mut().enumerate().for_each(|(i, z)| *z = a_zp.get(i));
+                    zp.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, z)| *z = a_zp.get(i));
                     zp
                 },
             })
@@ -428,13 +530,15 @@ pub(crate) fn linear_with<Kr: Kernel>(
     if bad != usize::MAX {
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
+    // The column parameters were checked by `linear_dynamic`; the row
+    // scales are the quantizer's (finite and > 0).
     let ep = OutputStep::Float {
         row_scale: Param::PerIndex(&scales[..]),
         col_scale,
         bias,
         relu,
     }
-    .prepare::<f32>(m, b.n)?;
+    .prepare_checked::<f32>(m, b.n)?;
     run::<Kr, f32>(ctx, &pa, m, b, &ep, out);
     Ok(())
 }
@@ -537,7 +641,11 @@ fn block<Kr: Kernel, T: OutElem>(
     let direct = Kr::DIRECT && ep.is_identity() && T::KIND == output::OutKind::I32;
     // A direct product in one K block never touches the accumulator block
     // (its fill showed in the profile of a 2048×9×16 product).
-    let acc_rows = if direct && kg <= KC_GROUPS { 0 } else { mc.min(rows.len()) };
+    let acc_rows = if direct && kg <= KC_GROUPS {
+        0
+    } else {
+        mc.min(rows.len())
+    };
     let mut acc = reuse::Reused::new(&reuse::ACC, acc_rows * ld, 0);
     // LOOP 3: row blocks.
     let mut ic = rows.start;

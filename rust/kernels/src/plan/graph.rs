@@ -921,9 +921,9 @@ impl GraphPlan {
                         relu: g.relu,
                     };
                     let zp = ZeroPoint::Scalar(a.zero_point);
-                    gemm::matmul(ctx, ASource::U8(q), m, k, zp, &g.packed, &step, y)?;
+                    gemm::matmul_checked(ctx, ASource::U8(q), m, k, zp, &g.packed, &step, y)?;
                 } else {
-                    gemm::linear_dynamic(
+                    gemm::linear_dynamic_checked(
                         ctx,
                         x,
                         m,
@@ -1244,7 +1244,8 @@ fn conv(
         bias: g.bias.as_deref(),
         relu: g.relu,
     };
-    gemm::matmul(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
+    // Scales checked at build (`check_gemm`) or made by the quantizer.
+    gemm::matmul_checked(ctx, ASource::U8(cols), rows, k, zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {
         f.run(y);
     }
