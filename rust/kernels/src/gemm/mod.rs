@@ -122,7 +122,7 @@ pub fn matmul_rows<T: OutElem>(
     step: &OutputStep<'_>,
     out: &mut [T],
 ) -> Result<()> {
-    matmul_rows_uninit(ctx, a, m, k, a_zp, b, step, as_uninit(out))
+    matmul_rows_step(ctx, a, m, k, a_zp, b, step, true, as_uninit(out))
 }
 
 /// [`matmul_rows`] into uninitialised memory: on `Ok`, every element of
@@ -136,6 +136,38 @@ pub fn matmul_rows_uninit<T: OutElem>(
     a_zp: ZeroPoint<'_>,
     b: &PackedB,
     step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
+    matmul_rows_step(ctx, a, m, k, a_zp, b, step, true, out)
+}
+
+/// [`matmul_rows`] for a caller that checked the step's scale values once,
+/// when it was built (the graph plan): [`OutputStep::prepare_checked`]
+/// instead of `prepare`, every other check as in [`matmul_rows`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_rows_checked<T: OutElem>(
+    ctx: &Ctx,
+    a: ARows<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    out: &mut [T],
+) -> Result<()> {
+    matmul_rows_step(ctx, a, m, k, a_zp, b, step, false, as_uninit(out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_rows_step<T: OutElem>(
+    ctx: &Ctx,
+    a: ARows<'_>,
+    m: usize,
+    k: usize,
+    a_zp: ZeroPoint<'_>,
+    b: &PackedB,
+    step: &OutputStep<'_>,
+    values: bool,
     out: &mut [MaybeUninit<T>],
 ) -> Result<()> {
     if k != b.k {
@@ -166,7 +198,11 @@ pub fn matmul_rows_uninit<T: OutElem>(
     };
     pack::check_bound(k, a_max, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
-    let ep = step.prepare::<T>(m, b.n)?;
+    let ep = if values {
+        step.prepare::<T>(m, b.n)?
+    } else {
+        step.prepare_checked::<T>(m, b.n)?
+    };
     if out.is_empty() {
         return Ok(()); // (m, 0) or (0, n): nothing to write, and no per-row buffers for m rows
     }
@@ -207,6 +243,51 @@ pub fn linear_dynamic_uninit(
     relu: bool,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
+    linear_dynamic_step(ctx, x, m, k, b, col_scale, bias, relu, true, out)
+}
+
+/// [`linear_dynamic`] for a caller that checked the column scales once,
+/// when it was built (the graph plan): their lengths and the bias's are
+/// still checked, their values not scanned again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_dynamic_checked(
+    ctx: &Ctx,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    linear_dynamic_step(
+        ctx,
+        x,
+        m,
+        k,
+        b,
+        col_scale,
+        bias,
+        relu,
+        false,
+        as_uninit(out),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_dynamic_step(
+    ctx: &Ctx,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    col_scale: Param<'_>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    values: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     if k != b.k {
         return shape_err!(
             "x has {k} features but the weight has in_features = {}",
@@ -218,14 +299,20 @@ pub fn linear_dynamic_uninit(
     }
     pack::check_bound(k, 255, b.max_abs)?;
     check_out(out.len(), m, b.n)?;
-    // Validate the column parameters before quantizing.
-    OutputStep::Float {
+    // Validate the column parameters before quantizing (the driver's own
+    // step only checks lengths: these values and the quantizer's row scales
+    // are known good then).
+    let cols = OutputStep::Float {
         row_scale: Param::Scalar(1.0),
         col_scale,
         bias,
         relu,
+    };
+    if values {
+        cols.prepare::<f32>(m, b.n)?;
+    } else {
+        cols.prepare_checked::<f32>(m, b.n)?;
     }
-    .prepare::<f32>(m, b.n)?;
     if out.is_empty() && k == 0 {
         return Ok(()); // no value to quantize or write; no per-row buffers for m empty rows
     }
@@ -363,7 +450,18 @@ fn pack_a<'a, Kr: Kernel>(
         SyncPtr(zp.as_mut_ptr()),
     );
     let chunk = |c: usize| {
-        let mut tmp = Vec::new();
+        // The byte row of a kernel that widens A: on the stack for the usual K
+        // (a heap vector per call was a third of a small layer's setup).
+        let mut stack = [0u8; TMP_ROW_BYTES];
+        let mut heap = Vec::new();
+        let tmp: &mut [u8] = if kp <= TMP_ROW_BYTES {
+            &mut stack[..kp]
+        } else if <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_none() {
+            heap.resize(kp, 0u8);
+            &mut heap
+        } else {
+            &mut []
+        };
         for i in c * rows_per..((c + 1) * rows_per).min(m) {
             // SAFETY: chunks cover disjoint rows; each row index is visited once.
             let (drow, s, z) = unsafe {
@@ -376,9 +474,8 @@ fn pack_a<'a, Kr: Kernel>(
             (*s, *z) = match <Kr::AElem as pack::PlainElem>::row_bytes(drow) {
                 Some(bytes) => row(i, bytes),
                 None => {
-                    tmp.resize(kp, 0u8);
-                    let r = row(i, &mut tmp);
-                    <Kr::AElem as pack::PlainElem>::widen(&tmp, drow);
+                    let r = row(i, tmp);
+                    <Kr::AElem as pack::PlainElem>::widen(tmp, drow);
                     r
                 }
             };
@@ -393,6 +490,9 @@ fn pack_a<'a, Kr: Kernel>(
         zp,
     }
 }
+
+/// Bytes of the on-stack row of [`pack_a`] (K up to this needs no heap row).
+const TMP_ROW_BYTES: usize = 1024;
 
 /// Elements of A from which packing (or quantizing) it is shared by the team.
 const PACK_A_PARALLEL_MIN: usize = 1 << 14;
@@ -449,7 +549,9 @@ fn borrow_a<'a, Kr: Kernel>(
                 rowsum: reuse::Reused::new(&reuse::ROWSUM, m, 0),
                 zp: {
                     let mut zp = reuse::Reused::new(&reuse::ZP, m, 0);
-                    zp.iter_mut().enumerate().for_each(|(i, z)| *z = a_zp.get(i));
+                    zp.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, z)| *z = a_zp.get(i));
                     zp
                 },
             })
@@ -598,13 +700,15 @@ pub(crate) fn linear_with<Kr: Kernel>(
     if bad != usize::MAX {
         return value_err!("x must be finite; row {bad} holds NaN or infinity");
     }
+    // The column parameters were checked by `linear_dynamic`; the row
+    // scales are the quantizer's (finite and > 0).
     let ep = OutputStep::Float {
         row_scale: Param::PerIndex(&scales[..]),
         col_scale,
         bias,
         relu,
     }
-    .prepare::<f32>(m, b.n)?;
+    .prepare_checked::<f32>(m, b.n)?;
     run::<Kr, f32>(ctx, &pa, m, b, &ep, out);
     Ok(())
 }

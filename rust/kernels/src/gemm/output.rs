@@ -295,6 +295,27 @@ pub struct Epilogue<'a, T: OutElem> {
 impl<'a> OutputStep<'a> {
     /// Checks the parameters against an `m × n` output of `T` and prepares them.
     pub fn prepare<T: OutElem>(&self, m: usize, n: usize) -> Result<Epilogue<'a, T>> {
+        self.prepare_with(m, n, true)
+    }
+
+    /// [`OutputStep::prepare`] for a caller that checked the values of the
+    /// row / column scales once already (the graph plan when it is built, the
+    /// dynamic linear step for the row scales its quantizer made): the
+    /// output type, every length, the output grid and the clamp are still
+    /// checked, but the scales are not scanned again on every call (a scan of
+    /// each per-column scale vector, per layer and call, cost as much as the
+    /// micro-kernel of a batch-1 layer of 16 columns). A scale that is not
+    /// finite and > 0 here gives wrong numbers, never unsafety.
+    pub fn prepare_checked<T: OutElem>(&self, m: usize, n: usize) -> Result<Epilogue<'a, T>> {
+        self.prepare_with(m, n, false)
+    }
+
+    fn prepare_with<T: OutElem>(
+        &self,
+        m: usize,
+        n: usize,
+        values: bool,
+    ) -> Result<Epilogue<'a, T>> {
         let kind_ok = matches!(
             (self, T::KIND),
             (OutputStep::Int32, OutKind::I32)
@@ -331,7 +352,7 @@ impl<'a> OutputStep<'a> {
                 col_scale,
                 bias,
                 relu,
-            } => prep_float(m, n, row_scale, col_scale, bias, relu, None, None)?,
+            } => prep_float(m, n, row_scale, col_scale, bias, relu, None, None, values)?,
             OutputStep::Fused(f) => {
                 if let Some((r, ld)) = f.residual {
                     let need = if m == 0 {
@@ -369,6 +390,7 @@ impl<'a> OutputStep<'a> {
                     f.relu,
                     f.residual,
                     requant,
+                    values,
                 )?
             }
             OutputStep::Requant {
@@ -389,6 +411,7 @@ impl<'a> OutputStep<'a> {
                     relu,
                     None,
                     Some((y_scale, y_zero_point, lo, hi)),
+                    values,
                 )?
             }
             OutputStep::QLinear {
@@ -398,8 +421,8 @@ impl<'a> OutputStep<'a> {
                 y_zero_point,
             } => {
                 check_y(y_scale, y_zero_point)?;
-                a_scale.check("a_scale", m, true)?;
-                b_scale.check("b_scale", n, true)?;
+                a_scale.check("a_scale", m, values)?;
+                b_scale.check("b_scale", n, values)?;
                 Prepared::QLinear {
                     a_scale,
                     b_scale: b_scale.expand(n),
@@ -424,7 +447,11 @@ fn zero_bias(n: usize) -> Result<Cow<'static, [f32]>> {
     static ZEROS: [f32; 4096] = [0.0; 4096];
     match ZEROS.get(..n) {
         Some(z) => Ok(Cow::Borrowed(z)),
-        None => Ok(Cow::Owned(crate::error::try_vec(n, 0.0f32, "the zero bias")?)),
+        None => Ok(Cow::Owned(crate::error::try_vec(
+            n,
+            0.0f32,
+            "the zero bias",
+        )?)),
     }
 }
 
@@ -438,9 +465,10 @@ fn prep_float<'a>(
     relu: bool,
     residual: Option<(&'a [f32], usize)>,
     requant: Option<(f32, i32, i32, i32)>,
+    values: bool,
 ) -> Result<Prepared<'a>> {
-    row_scale.check("row scale", m, true)?;
-    col_scale.check("column scale", n, true)?;
+    row_scale.check("row scale", m, values)?;
+    col_scale.check("column scale", n, values)?;
     let bias = match bias {
         Some(b) if b.len() != n => {
             return shape_err!("bias must have {n} elements; got {}", b.len())
@@ -984,6 +1012,90 @@ mod tests {
         })
         .prepare::<i8>(1, 1)
         .is_ok());
+    }
+
+    /// `prepare_checked` writes what `prepare` writes for good parameters,
+    /// and still refuses a wrong output type, length, grid or clamp; it only
+    /// skips the scan of the scale values.
+    #[test]
+    fn a_checked_step_writes_the_prepared_steps_values_and_checks_every_length() {
+        let cs = [0.5f32, 2.0, 0.25];
+        let b = [0.1f32, -0.2, 0.3];
+        let acc = [7, -9, 1000, -3, 0, 41];
+        let res = [0.5f32; 6];
+        let q = Requant {
+            y_scale: 0.5,
+            y_zero_point: 3,
+            lo: 3,
+            hi: 250,
+        };
+        for requant in [None, Some(q)] {
+            for residual in [None, Some((&res[..], 3))] {
+                let step = OutputStep::Fused(Fused {
+                    row_scale: Param::PerIndex(&[0.75, 1.5]),
+                    col_scale: Param::PerIndex(&cs),
+                    bias: Some(&b),
+                    residual,
+                    relu: true,
+                    requant,
+                });
+                if requant.is_none() {
+                    let (mut a, mut c) = ([0f32; 6], [1f32; 6]);
+                    step.prepare::<f32>(2, 3)
+                        .unwrap()
+                        .apply(&acc, 3, 0..2, 0..3, &mut a, 3);
+                    step.prepare_checked::<f32>(2, 3).unwrap().apply(
+                        &acc,
+                        3,
+                        0..2,
+                        0..3,
+                        &mut c,
+                        3,
+                    );
+                    assert_eq!(a.map(f32::to_bits), c.map(f32::to_bits));
+                    assert!(step.prepare_checked::<u8>(2, 3).is_err(), "a float step");
+                } else {
+                    let (mut a, mut c) = ([0u8; 6], [1u8; 6]);
+                    step.prepare::<u8>(2, 3)
+                        .unwrap()
+                        .apply(&acc, 3, 0..2, 0..3, &mut a, 3);
+                    step.prepare_checked::<u8>(2, 3)
+                        .unwrap()
+                        .apply(&acc, 3, 0..2, 0..3, &mut c, 3);
+                    assert_eq!(a, c);
+                }
+                assert!(
+                    step.prepare_checked::<f32>(3, 3).is_err(),
+                    "3 rows, 2 row scales"
+                );
+                assert!(
+                    step.prepare_checked::<f32>(2, 4).is_err(),
+                    "4 columns, 3 scales"
+                );
+            }
+        }
+        let bad_zp = OutputStep::Requant {
+            row_scale: Param::Scalar(1.0),
+            col_scale: Param::Scalar(1.0),
+            bias: None,
+            relu: false,
+            y_scale: 1.0,
+            y_zero_point: 300,
+        };
+        assert!(
+            bad_zp.prepare_checked::<u8>(1, 1).is_err(),
+            "the zero point is out of range"
+        );
+        let short_bias = OutputStep::Float {
+            row_scale: Param::Scalar(1.0),
+            col_scale: Param::Scalar(1.0),
+            bias: Some(&[0.0]),
+            relu: false,
+        };
+        assert!(
+            short_bias.prepare_checked::<f32>(1, 2).is_err(),
+            "a bias of 1 for 2 columns"
+        );
     }
 
     #[test]

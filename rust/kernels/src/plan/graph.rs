@@ -916,9 +916,10 @@ impl GraphPlan {
                         relu: g.relu,
                     };
                     let zp = ZeroPoint::Scalar(a.zero_point);
-                    gemm::matmul(ctx, ASource::U8(q), m, k, zp, &g.packed, &step, y)?;
+                    let a = ARows::Matrix(ASource::U8(q));
+                    gemm::matmul_rows_checked(ctx, a, m, k, zp, &g.packed, &step, y)?;
                 } else {
-                    gemm::linear_dynamic(
+                    gemm::linear_dynamic_checked(
                         ctx,
                         x,
                         m,
@@ -1239,8 +1240,9 @@ fn conv(
         bias: g.bias.as_deref(),
         relu: g.relu,
     };
+    // Scales checked at build (`check_gemm`) or made by the quantizer.
     let a = ARows::Conv(ConvRows::new(q, win, pad)?);
-    gemm::matmul_rows(ctx, a, rows, g.packed.k(), zp, &g.packed, &step, y)?;
+    gemm::matmul_rows_checked(ctx, a, rows, g.packed.k(), zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {
         f.run(y);
     }

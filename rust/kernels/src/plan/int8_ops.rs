@@ -371,16 +371,7 @@ pub(super) fn depthwise(
     match y {
         Out::F32(y) => {
             depthwise::depthwise_conv2d_f32(
-                ctx,
-                q,
-                zps,
-                scales,
-                weight,
-                scale,
-                bias,
-                *relu,
-                &g,
-                y,
+                ctx, q, zps, scales, weight, scale, bias, *relu, &g, y,
             )?;
             if let Some(f) = post {
                 f.run(y);
@@ -424,7 +415,9 @@ fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Resu
 /// The GEMM of a static layer on uint8 `a_q` `(m, k)` (a matrix, or a
 /// convolution's column matrix) with the fused output step: float (then a
 /// post step it could not fold), or uint8 on the reader's grid with a
-/// ReLU / Clip folded into the clamp.
+/// ReLU / Clip folded into the clamp. The scales were checked when the plan
+/// was built (`check_gemm`, `check_act`), so the step is prepared without
+/// scanning them again (`matmul_rows_checked`).
 #[allow(clippy::too_many_arguments)]
 fn static_gemm(
     ctx: &Ctx,
@@ -450,14 +443,14 @@ fn static_gemm(
     };
     match y {
         Out::F32(y) => {
-            gemm::matmul_rows(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
+            gemm::matmul_rows_checked(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
             if let Some(f) = g.post {
                 f.run(y);
             }
         }
         Out::U8(y, grid) => {
             let requant = requant_of(grid, g.post)?;
-            gemm::matmul_rows(ctx, a_q, m, k, zp, &g.packed, &step(Some(requant)), y)?;
+            gemm::matmul_rows_checked(ctx, a_q, m, k, zp, &g.packed, &step(Some(requant)), y)?;
         }
     }
     Ok(())
@@ -703,6 +696,124 @@ pub(super) mod tests {
                     "a result that varies"
                 );
             });
+        }
+    }
+
+    /// What a plan prepares once (spelled-out scales and biases, scales
+    /// checked at build and not rescanned per call) gives the same bytes
+    /// whatever ran before: a plan that ran a batch of 3 first gives a fresh
+    /// plan's bytes at batch 1, without growing its buffers, and equals the
+    /// first sample of the batch of 3 (every layer here quantizes per tensor
+    /// or per row).
+    #[test]
+    fn a_plan_that_ran_another_batch_first_gives_a_fresh_plans_bytes() {
+        let mk = || {
+            GraphPlan::new(
+                nodes(),
+                vec![0, 9],
+                vec![vec![2, 6, 6], vec![3, 3, 4]],
+                vec![8],
+            )
+            .unwrap()
+        };
+        let x: Vec<f32> = (0..3 * 72)
+            .map(|i| ((i * 29 % 41) as f32 - 17.0) * 0.08)
+            .collect();
+        let r: Vec<f32> = (0..3 * 36)
+            .map(|i| ((i * 13 % 19) as f32 - 9.0) * 0.15)
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        each_isa(|isa| {
+            let used = mk();
+            let mut y3 = vec![0f32; 9];
+            used.forward(&TEST, 3, &[&x, &r], &mut [&mut y3]).unwrap();
+            let grown = used.allocations();
+            let mut y1 = vec![0f32; 3];
+            used.forward(&TEST, 1, &[&x[..72], &r[..36]], &mut [&mut y1])
+                .unwrap();
+            assert_eq!(used.allocations(), grown, "{isa:?}: batch 1 fits");
+            let fresh = mk();
+            let mut f1 = vec![0f32; 3];
+            fresh
+                .forward(&TEST, 1, &[&x[..72], &r[..36]], &mut [&mut f1])
+                .unwrap();
+            assert_eq!(bits(&y1), bits(&f1), "{isa:?}");
+            assert_eq!(bits(&y3[..3]), bits(&f1), "{isa:?}: sample 0 of 3");
+            assert!(f1.iter().any(|&v| v != f1[0]), "a result that varies");
+        });
+    }
+
+    /// Dense layers with one scale for all columns and no bias (which the
+    /// plan spells out once at build) give the bytes of the GEMM called with
+    /// the scalar scale and no bias, dynamic and static, at batch 1 and 4.
+    #[test]
+    fn dense_layers_with_a_scalar_scale_and_no_bias_give_the_gemms_bytes() {
+        for act in [None, Some((0.04f32, 7i32))] {
+            let g1 = Gemm {
+                scale: vec![0.013],
+                bias: None,
+                act: act.map(|(scale, zero_point)| StaticAct { scale, zero_point }),
+                ..gemm_of(24, 40, 3, true)
+            };
+            let plan = GraphPlan::new(
+                vec![node(Op::Dense(g1.clone()), &[0], 1)],
+                vec![0],
+                vec![vec![40]],
+                vec![1],
+            )
+            .unwrap();
+            for batch in [4, 1] {
+                let x: Vec<f32> = (0..batch * 40)
+                    .map(|i| ((i * 37 % 53) as f32 - 26.0) * 0.07)
+                    .collect();
+                each_isa(|isa| {
+                    let mut want = vec![0f32; batch * 24];
+                    match g1.act {
+                        None => gemm::linear_dynamic(
+                            &TEST,
+                            &x,
+                            batch,
+                            40,
+                            &g1.packed,
+                            Param::Scalar(0.013),
+                            None,
+                            true,
+                            &mut want,
+                        )
+                        .unwrap(),
+                        Some(a) => {
+                            let mut q = vec![0u8; x.len()];
+                            quantize_fixed_u8(&TEST, &x, a.scale, a.zero_point, &mut q).unwrap();
+                            let step = OutputStep::Float {
+                                row_scale: Param::Scalar(a.scale),
+                                col_scale: Param::Scalar(0.013),
+                                bias: None,
+                                relu: true,
+                            };
+                            let zp = ZeroPoint::Scalar(a.zero_point);
+                            gemm::matmul(
+                                &TEST,
+                                ASource::U8(&q),
+                                batch,
+                                40,
+                                zp,
+                                &g1.packed,
+                                &step,
+                                &mut want,
+                            )
+                            .unwrap();
+                        }
+                    }
+                    let mut y = vec![0f32; batch * 24];
+                    plan.forward(&TEST, batch, &[&x], &mut [&mut y]).unwrap();
+                    assert_eq!(
+                        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} batch {batch} act {act:?}"
+                    );
+                    assert!(want.iter().any(|&v| v != want[0]), "a result that varies");
+                });
+            }
         }
     }
 
