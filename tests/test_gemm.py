@@ -196,6 +196,34 @@ def test_threads_give_identical_results():
     assert outs[0] == outs[1] and len(outs[0]) > 0
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 3), (1, 0, 4), (1, 1024, 33), (7, 13, 0), (9, 64, 17)])
+def test_common_call_takes_the_same_path_as_the_general_one(each_isa, shape):
+    # 2-D contiguous operands with int zero points 0 skip the general path's
+    # conversions: the same result as the general path (a NumPy-scalar zero
+    # point, or a batch of one) for every dtype pair, packed or not, read-only or not.
+    m, k, n = shape
+    rng = np.random.default_rng(m + 100 * k + 10000 * n)
+    for da in (np.uint8, np.int8):
+        for db in (np.uint8, np.int8):
+            a, b = rand(rng, (m, k), da), rand(rng, (k, n), db)
+            a.flags.writeable = False
+            want = ref_matmul(a, b)
+            for bb in (b, hw.pack_int8(b)):
+                fast = hw.matmul_integer(a, bb)
+                general = hw.matmul_integer(a[None], bb, np.asarray(0, da))[0]
+                assert fast.dtype == np.int32 and fast.shape == (m, n)
+                np.testing.assert_array_equal(fast, want)
+                np.testing.assert_array_equal(general, want)
+            np.testing.assert_array_equal(hw.matmul_integer(a, hw.pack_int8(b), 0, None), want)
+    with pytest.raises(ValueError, match="K mismatch"):
+        hw.matmul_integer(np.zeros((2, 3), np.uint8), hw.pack_int8(np.zeros((4, 2), np.int8)))
+    if k:
+        layer = hw.Int8Linear.from_float(rng.standard_normal((max(n, 1), k)).astype(np.float32), relu=True)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        np.testing.assert_array_equal(layer(x), layer(x[None])[0])
+        np.testing.assert_array_equal(layer(x), layer(x.astype(np.float64)))
+
+
 def test_non_contiguous_and_big_endian_inputs():
     rng = np.random.default_rng(3)
     a = rand(rng, (20, 30), np.uint8)

@@ -277,6 +277,9 @@ def matmul_integer(a: Any, b: Any, a_zero_point: Any = 0, b_zero_point: Any = 0)
     >>> hw.matmul_integer(a, b, a_zero_point=128)
     array([[-32512]], dtype=int32)
     """
+    fast = _fast_2d(a, b, a_zero_point, b_zero_point)
+    if fast is not None:
+        return _native._matmul_integer(a, _ZP0, *fast)
     a, b = _operands(a, b)
     m = a.shape[-2] if a.ndim >= 2 else 1
     za = _zero_point(a_zero_point, "a_zero_point", a.dtype, m, "row")
@@ -284,6 +287,32 @@ def matmul_integer(a: Any, b: Any, a_zero_point: Any = 0, b_zero_point: Any = 0)
         if b_zero_point is not None and not (np.ndim(b_zero_point) == 0 and b_zero_point == 0):
             _packed_zp_ok(b, b_zero_point)
     return _broadcast_product(a, b, za, b_zero_point, _native._matmul_integer)
+
+
+# The zero points of the common call, shared read-only (the kernels only read them).
+_ZP0 = np.zeros(1, np.int32)
+_ZP0.flags.writeable = False
+_FAST_KINDS = ("B", "b")  # uint8, int8
+_F32 = np.dtype(np.float32)
+
+
+def _fast_2d(a: Any, b: Any, za: Any, zb: Any) -> tuple[Any, Any] | None:
+    """``(b, b_zero_point)`` for the native call when the product is the common one that
+    needs none of the general path's conversions: ``a`` a C-contiguous 2-D uint8/int8 ndarray,
+    ``b`` a PackedMatrix or such a 2-D array with the same K, both zero points the int 0
+    (at 1×1024×1024 the general path's checks cost as much as a third of the product).
+    None for anything else (the general path checks and converts it)."""
+    if (type(a) is not np.ndarray or a.ndim != 2 or a.dtype.char not in _FAST_KINDS
+            or not a.flags.c_contiguous or type(za) is not int or za != 0):
+        return None
+    if type(b) is PackedMatrix:
+        if (zb is None or type(zb) is int and zb == 0) and b.shape[0] == a.shape[1]:
+            return b._packed, None
+        return None
+    if (type(b) is np.ndarray and b.ndim == 2 and b.dtype.char in _FAST_KINDS and b.flags.c_contiguous
+            and type(zb) is int and zb == 0 and b.shape[0] == a.shape[1]):
+        return b, None
+    return None
 
 
 def qlinear_matmul(a: Any, a_scale: Any, a_zero_point: Any, b: Any, b_scale: Any, b_zero_point: Any,
@@ -461,6 +490,10 @@ class Int8Linear:
 
     def __call__(self, x: Any) -> np.ndarray:
         """Float32 ``x`` of shape ``(..., in_features)`` -> float32 ``(..., out_features)``."""
+        if (type(x) is np.ndarray and x.ndim == 2 and x.dtype is _F32 and x.flags.c_contiguous
+                and x.flags.aligned and x.shape[1] == self.in_features):
+            # The common call, already in the kernel's form: no conversion, no reshape.
+            return _native._linear_dynamic(x, self._packed._packed, self.weight_scale, self.bias, self.relu)
         x = native_array(x, "x", cast=np.float32)
         x2, lead = self._rows(x, "x")
         y = _native._linear_dynamic(x2, self._packed._packed, self.weight_scale, self.bias, self.relu)

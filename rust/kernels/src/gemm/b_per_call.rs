@@ -365,6 +365,7 @@ fn b_rows_block<Kr: Kernel, T: OutElem>(
                                 },
                                 dst_ld: n,
                                 dst_cols: (c1 - cb0).min(16 * np),
+                                float: None,
                             }),
                         );
                     }

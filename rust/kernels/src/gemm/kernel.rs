@@ -13,7 +13,8 @@ pub(crate) trait Kernel {
     /// independent accumulators hide the multiply latency).
     const NP_ROW: usize;
     /// Whether the kernel can write a corrected tile straight to an `i32`
-    /// output (`Fix::dst`).
+    /// output (`Fix::dst`) or through the plain float step to an `f32` one
+    /// (`Fix::float`).
     const DIRECT: bool = false;
     /// Element of packed A rows (`u8` for `vpdpbusd`, `i16` for `vpmaddwd`).
     type AElem: super::pack::PlainElem;
@@ -68,7 +69,7 @@ pub(crate) trait Kernel {
     /// `1 <= mr <= MR`, `1 <= np <= NP` (`NP_ROW` when `mr == 1`); `a` points at `mr` rows of `4 * kg`
     /// elements, `lda` apart; `b` at `np` panels of `64 * kg` bytes, `bs`
     /// apart; `acc` is writable for `mr` rows of `16 * np` values, `ld` apart
-    /// (unless `!load` and `fix.dst` is set: a DIRECT kernel then never touches it);
+    /// (unless `!load` and `fix.dst` or `fix.float` is set: a DIRECT kernel then never touches it);
     /// and the CPU supports the kernel's ISA.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(mr: usize, np: usize, t: &Tile<'_, Self::AElem>);
@@ -126,7 +127,10 @@ impl<'a, E> Tile<'a, E> {
 ///
 /// When `dst` is not null (only for kernels with `DIRECT`), the corrected
 /// tile goes straight to the `i32` output instead of `acc`: row `r` at
-/// `dst + r·dst_ld`, its first `dst_cols` columns only.
+/// `dst + r·dst_ld`, its first `dst_cols` columns only. When `float` is set
+/// (only for kernels with `DIRECT`; `dst` is then null), the tile goes
+/// through the plain float output step in registers to the `f32` output
+/// instead ([`FloatOut`], the same rows and columns).
 pub(crate) struct Fix {
     pub za: *const i32,
     pub rowsum: *const i32,
@@ -135,6 +139,24 @@ pub(crate) struct Fix {
     pub dst: *mut i32,
     pub dst_ld: usize,
     pub dst_cols: usize,
+    pub float: Option<FloatOut>,
+}
+
+/// The plain float output step of a tile, `(f32(acc) · row_scale[r]) ·
+/// col_scale[c] + bias[c]` then `max(·, 0)` when `relu`: the operations and
+/// their order of [`super::output`]'s float rows (no fused multiply-add),
+/// so the same bits. Row `r` of the output at `dst + r·Fix::dst_ld`; the
+/// row scale of row `r` at `row_scale + r·rs_step` (`rs_step` 0: one for
+/// all rows); `col_scale` and `bias` at the tile's first column, readable
+/// for its first `Fix::dst_cols` columns only.
+#[derive(Clone, Copy)]
+pub(crate) struct FloatOut {
+    pub dst: *mut f32,
+    pub row_scale: *const f32,
+    pub rs_step: usize,
+    pub col_scale: *const f32,
+    pub bias: *const f32,
+    pub relu: bool,
 }
 
 /// The methods of a `Kernel` impl that forward to the module's functions:

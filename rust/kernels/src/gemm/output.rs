@@ -283,6 +283,17 @@ enum Prepared<'a> {
     },
 }
 
+/// The plain float step's parameters ([`Epilogue::plain_float`]): row `i`'s
+/// scale at `row_scale + i·rs_step` (valid while the epilogue lives), one
+/// column scale and bias per output column.
+pub(crate) struct PlainFloat<'a> {
+    pub row_scale: *const f32,
+    pub rs_step: usize,
+    pub col_scale: &'a [f32],
+    pub bias: &'a [f32],
+    pub relu: bool,
+}
+
 /// An [`OutputStep`] checked and prepared for an `m × n` output of `T`.
 #[derive(Debug, Clone)]
 pub struct Epilogue<'a, T: OutElem> {
@@ -490,6 +501,41 @@ impl<T: OutElem> Epilogue<'_, T> {
     /// Whether the step writes the accumulators unchanged (`Int32`).
     pub fn is_identity(&self) -> bool {
         matches!(self.step, Prepared::Int32)
+    }
+
+    /// The parameters of the plain float step, for a kernel that applies it
+    /// in registers ([`crate::gemm::kernel::FloatOut`]): `Some` only for
+    /// `f32` output of the `Float` step without residual or requantization
+    /// whose row scales for `rows` are all at most [`WIDE_ROW_SCALE`] (a
+    /// wider row takes the f64 formula of [`Epilogue::apply`]).
+    pub(crate) fn plain_float(&self, rows: Range<usize>) -> Option<PlainFloat<'_>> {
+        match &self.step {
+            Prepared::Float {
+                row_scale,
+                col_scale,
+                bias,
+                relu,
+                residual: None,
+                requant: None,
+            } if T::KIND == OutKind::F32 => {
+                let (ptr, step) = match row_scale {
+                    Param::Scalar(v) => (v as *const f32, 0),
+                    Param::PerIndex(v) => (v.as_ptr(), 1),
+                };
+                let narrow = match row_scale {
+                    Param::Scalar(v) => *v <= WIDE_ROW_SCALE,
+                    Param::PerIndex(v) => v[rows].iter().all(|&s| s <= WIDE_ROW_SCALE),
+                };
+                narrow.then_some(PlainFloat {
+                    row_scale: ptr,
+                    rs_step: step,
+                    col_scale,
+                    bias,
+                    relu: *relu,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Applies the step to a tile of exact accumulators and writes it to `out`

@@ -272,22 +272,47 @@ fn correction_zero_point_patterns() {
         vec![77; m],
         (0..m as i32).map(|i| (i * 37) % 256).collect(),
         // equal over the first tile, different in the last
-        (0..m as i32).map(|i| if i < 12 { 9 } else { 200 }).collect(),
+        (0..m as i32)
+            .map(|i| if i < 12 { 9 } else { 200 })
+            .collect(),
     ];
     for k in [36, 1030] {
         for n in [16, 70] {
             let zb_cases: [Vec<i32>; 3] = [
                 vec![0; n],
-                (0..n as i32).map(|j| j % 7 - 3).map(|z| if z == 0 { 5 } else { z }).collect(),
+                (0..n as i32)
+                    .map(|j| j % 7 - 3)
+                    .map(|z| if z == 0 { 5 } else { z })
+                    .collect(),
                 (0..n).map(|j| if j == n - 1 { -4 } else { 0 }).collect(),
             ];
             for (ia, za) in za_cases.iter().enumerate() {
                 for (ib, zb) in zb_cases.iter().enumerate() {
                     let seed = (k * 100 + n * 10 + ia * 3 + ib) as u64;
-                    check(m, k, n, false, true, Some(za.clone()), Some(zb.clone()), seed, None);
+                    check(
+                        m,
+                        k,
+                        n,
+                        false,
+                        true,
+                        Some(za.clone()),
+                        Some(zb.clone()),
+                        seed,
+                        None,
+                    );
                 }
                 // uint8 B: its stored zero points are never all 0
-                check(m, k, n, false, false, Some(za.clone()), None, 99 + ia as u64, None);
+                check(
+                    m,
+                    k,
+                    n,
+                    false,
+                    false,
+                    Some(za.clone()),
+                    None,
+                    99 + ia as u64,
+                    None,
+                );
             }
         }
     }
@@ -590,7 +615,17 @@ fn threaded_splits_cover_every_row_and_column() {
     check(40, 512, 64, false, true, Some(vec![3; 40]), None, 32, None);
     check(1, 2048, 1000, false, true, None, None, 33, None);
     check(1, 2048, 1000, false, true, Some(vec![7]), None, 34, None);
-    check(1, 1500, 1300, true, false, None, Some(vec![5; 1300]), 35, None);
+    check(
+        1,
+        1500,
+        1300,
+        true,
+        false,
+        None,
+        Some(vec![5; 1300]),
+        35,
+        None,
+    );
 }
 
 #[test]
@@ -811,6 +846,90 @@ fn b_per_call_single_row_every_edge() {
             let seed = 7000 + c as u64;
             check(1, k, n, false, sb, None, None, seed, None);
             check(1, k, n, true, sb, Some(vec![-5]), Some(zb), seed, None);
+        }
+    }
+}
+
+#[test]
+fn float_output_in_registers_matches_the_output_step() {
+    // The plain float step applied by a direct kernel in registers gives the
+    // bits of the step applied to the exact i32 product (`Epilogue::apply`):
+    // tails of rows and columns, GEMV rows, several K blocks, zero points,
+    // scalar and per-index scales, with and without bias and ReLU, and a
+    // row scale wide enough for the f64 formula (no direct path then).
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (m, k, n) in [
+        (1, 70, 130),
+        (7, 1030, 70),
+        (13, 64, 17),
+        (50, 9, 200),
+        (6, 4, 64),
+        (1, 2100, 33),
+    ] {
+        let a = bytes(m * k, 31);
+        let b = bytes(k * n, 32);
+        let za: Vec<i32> = (0..m as i32).map(|i| (i * 37) % 256).collect();
+        let cs: Vec<f32> = (0..n).map(|j| 0.003 + j as f32 * 1e-4).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.7 - 30.0).collect();
+        let rs: Vec<f32> = (0..m).map(|i| 0.001 * (1 + i % 5) as f32).collect();
+        let mut rs_wide = rs.clone();
+        rs_wide[m / 2] = 1e30;
+        for ctx in [crate::exec::Ctx::serial(), crate::exec::TEST] {
+            let packed = PackedB::from_kn_u8(&ctx, &b, k, n, ZeroPoint::Scalar(3)).unwrap();
+            let zap = ZeroPoint::PerIndex(&za);
+            for (row_scale, col_scale, bias, relu) in [
+                (
+                    Param::PerIndex(&rs),
+                    Param::PerIndex(&cs),
+                    Some(&bias[..]),
+                    false,
+                ),
+                (
+                    Param::PerIndex(&rs),
+                    Param::PerIndex(&cs),
+                    Some(&bias[..]),
+                    true,
+                ),
+                (Param::Scalar(0.002), Param::Scalar(0.5), None, true),
+                (Param::Scalar(0.002), Param::PerIndex(&cs), None, false),
+                (
+                    Param::PerIndex(&rs_wide),
+                    Param::PerIndex(&cs),
+                    Some(&bias[..]),
+                    false,
+                ),
+            ] {
+                let step = OutputStep::Float {
+                    row_scale,
+                    col_scale,
+                    bias,
+                    relu,
+                };
+                each_isa(|i| {
+                    let acc: Vec<i32> = matmul_vec(
+                        &ctx,
+                        ASource::U8(&a),
+                        m,
+                        k,
+                        zap,
+                        &packed,
+                        &OutputStep::Int32,
+                    )
+                    .unwrap();
+                    let mut want = vec![f32::NAN; m * n];
+                    step.prepare::<f32>(m, n)
+                        .unwrap()
+                        .apply(&acc, n, 0..m, 0..n, &mut want, n);
+                    let got: Vec<f32> =
+                        matmul_vec(&ctx, ASource::U8(&a), m, k, zap, &packed, &step).unwrap();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "isa {} {m}x{k}x{n} relu={relu}",
+                        i.name()
+                    );
+                });
+            }
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::gemm::kernel::{kernel_methods, Fix, Kernel, Tile};
+use crate::gemm::kernel::{kernel_methods, Fix, FloatOut, Kernel, Tile};
 use crate::gemm::RowsB;
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
@@ -47,12 +47,18 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             }
         }
     }
-    if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
+    if let Some(f) = fix {
         // The output lines of a direct tile, fetched while the K loop runs
         // (a big output is not in cache: 24 stores that miss at once stall).
-        for r in 0..MR {
-            for p in 0..NP {
-                crate::cpu::prefetch(f.dst.wrapping_add(r * f.dst_ld + 16 * p) as *const u8);
+        let dst = match &f.float {
+            Some(o) => o.dst as *const u8,
+            None => f.dst as *const u8,
+        };
+        if !dst.is_null() {
+            for r in 0..MR {
+                for p in 0..NP {
+                    crate::cpu::prefetch(dst.wrapping_add(4 * (r * f.dst_ld + 16 * p)));
+                }
             }
         }
     }
@@ -74,6 +80,13 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
     }
     if let Some(f) = fix {
         correct(&mut s, f);
+        if let Some(o) = &f.float {
+            // Out of line, the tile passed by value: inlined, the float
+            // step's extra registers beside the 24 accumulators made the
+            // compiler store the accumulators on every K step (3× slower).
+            float_out_tf::<MR, NP>(s, f, o);
+            return;
+        }
     }
     if let Some(f) = fix.filter(|f| !f.dst.is_null()) {
         // Straight to the i32 output, the last panel masked to its columns.
@@ -96,6 +109,47 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
     for r in 0..MR {
         for p in 0..NP {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
+        }
+    }
+}
+
+crate::cpu::isa_fns!(avx512vnni;
+    #[inline(never)]
+    unsafe fn float_out_tf<const MR: usize, const NP: usize>(s: [[__m512i; NP]; MR], f: &Fix, o: &FloatOut) {
+        float_out(s, f, o)
+    }
+);
+
+/// The plain float output step of a corrected tile ([`FloatOut`]: the
+/// float rows' operations in their order), straight to the `f32` output,
+/// the last panel masked to its columns.
+#[inline(always)]
+unsafe fn float_out<const MR: usize, const NP: usize>(
+    s: [[__m512i; NP]; MR],
+    f: &Fix,
+    o: &FloatOut,
+) {
+    let zero = _mm512_setzero_ps();
+    for p in 0..NP {
+        let left = f.dst_cols.saturating_sub(16 * p);
+        if left == 0 {
+            break;
+        }
+        let mask: __mmask16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        let cs = _mm512_maskz_loadu_ps(mask, o.col_scale.add(16 * p));
+        let bias = _mm512_maskz_loadu_ps(mask, o.bias.add(16 * p));
+        for r in 0..MR {
+            let rs = _mm512_set1_ps(*o.row_scale.add(r * o.rs_step));
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(s[r][p]), rs);
+            let mut v = _mm512_add_ps(_mm512_mul_ps(v, cs), bias);
+            if o.relu {
+                v = _mm512_max_ps(v, zero);
+            }
+            _mm512_mask_storeu_ps(o.dst.add(r * f.dst_ld + 16 * p), mask, v);
         }
     }
 }
