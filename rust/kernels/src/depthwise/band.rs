@@ -32,6 +32,7 @@ use crate::gemm::reuse::Reused;
 std::thread_local! {
     static BAND: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static WIDE: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
+    static TAPS: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
 }
 
 /// Channels of the band: `c` rounded up to a multiple of 8.
@@ -203,29 +204,59 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
         }
     }
     let wide = t.wide;
-    for c0 in (0..cp).step_by(CB) {
-        let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
-        for (r, oy) in t.rows.clone().enumerate() {
-            let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
-            // The band row of tap ky (in bounds for the taps in `kys`).
-            let brow0 = (oy * sh).wrapping_sub(pt).wrapping_sub(iys.start);
+    // The in-bounds taps of the current output row as offsets into the
+    // band (from its pixel at column 0, channel 0) and into the weight, so
+    // the pixel loop below is one short loop of two adds per tap pair.
+    let mut taps = Reused::new(&TAPS, kh * kp, (0usize, 0usize));
+    for (r, oy) in t.rows.clone().enumerate() {
+        let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
+        // The band row of tap ky (in bounds for the taps in `kys`).
+        let brow0 = (oy * sh).wrapping_sub(pt).wrapping_sub(iys.start);
+        let mut n_taps = 0;
+        for ky in kys {
+            let xrow = brow0.wrapping_add(ky * dh) * row_len;
+            for i in 0..kp {
+                taps[n_taps] = (xrow + i * 2 * dw * cp * 2, (ky * kp + i) * cp * 2);
+                n_taps += 1;
+            }
+        }
+        let taps = &taps[..n_taps];
+        // Every read of this row in bounds (the furthest tap at the last
+        // pixel and channel block)? Always, as the geometry was checked;
+        // the pixel loop then reads without a check per tap.
+        let (xmax, wmax) = taps
+            .iter()
+            .fold((0, 0), |(x, w), &(xo, wo)| (x.max(xo), w.max(wo)));
+        let last = (cp - CB) * 2 + CB2;
+        let fits = xmax + (ow - 1) * sw * cp * 2 + last <= band.len() && wmax + last <= wide.len();
+        for c0 in (0..cp).step_by(CB) {
+            let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
             for ox in 0..ow {
+                let xb = (ox * sw * cp + c0) * 2;
                 let mut acc = [0i32; CB];
-                for ky in kys.clone() {
-                    let xrow = brow0.wrapping_add(ky * dh) * row_len + (ox * sw * cp + c0) * 2;
-                    let wrow = (ky * kp * cp + c0) * 2;
-                    for i in 0..kp {
-                        let xo = xrow + i * 2 * dw * cp * 2;
-                        let wo = wrow + i * cp * 2;
-                        let (Some(xs), Some(ws)) = (band.get(xo..xo + CB2), wide.get(wo..wo + CB2))
-                        else {
-                            continue; // never: the geometry was checked
-                        };
-                        let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
-                            continue;
+                for &(xo, wo) in taps {
+                    let (xo, wo) = (xo + xb, wo + c0 * 2);
+                    if fits {
+                        // SAFETY: `xo + CB2 <= band.len()` and `wo + CB2 <=
+                        // wide.len()` (`fits`: `xo <= xmax + (ow-1)·sw·cp·2 +
+                        // (cp-CB)·2`, likewise `wo`).
+                        let (xs, ws) = unsafe {
+                            (
+                                &*(band.as_ptr().add(xo) as *const [i16; CB2]),
+                                &*(wide.as_ptr().add(wo) as *const [i16; CB2]),
+                            )
                         };
                         M::mac2::<CB, CB2>(&mut acc, xs, ws);
+                        continue;
                     }
+                    let (Some(xs), Some(ws)) = (band.get(xo..xo + CB2), wide.get(wo..wo + CB2))
+                    else {
+                        continue; // never: the geometry was checked
+                    };
+                    let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
+                        continue;
+                    };
+                    M::mac2::<CB, CB2>(&mut acc, xs, ws);
                 }
                 // A copy, so the accumulators above stay in registers.
                 let sums = acc;
