@@ -155,7 +155,7 @@ fn op(kind: &str, p: &Bound<'_, PyDict>) -> PyResult<Op> {
         "depthwise" => {
             let w: PyReadonlyArrayDyn<'_, i8> = field!(p, "weight")?;
             Op::Depthwise {
-                weight: contiguous(&w, "weight")?.to_vec(),
+                weight: contiguous(&w, "weight")?.to_vec().into(),
                 kernel: field!(p, "kernel")?,
                 scale: floats(p, "scale")?,
                 bias: opt_floats(p, "bias")?,

@@ -17,8 +17,10 @@
 //! so two taps of 8-32 channels are one `pmaddwd` over `i16` lanes into
 //! `i32` (`|x - zp| <= 255`, `|w| <= 128`: exact), then the shared output
 //! step for the pixel's real channels. The band and the widened weight (made
-//! once per call, [`widen`]) live in per-thread buffers reused from call to
-//! call (no allocation once a thread has run the largest task).
+//! once per call, [`widen`], unless the caller holds it: [`super::Wide`])
+//! live in per-thread buffers reused from call to call (no allocation once
+//! a thread has run the largest task); the band is written whole each time
+//! (padding included), never cleared first.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -30,6 +32,7 @@ use crate::gemm::reuse::Reused;
 std::thread_local! {
     static BAND: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static WIDE: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
+    static TAPS: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
 }
 
 /// Channels of the band: `c` rounded up to a multiple of 8.
@@ -69,11 +72,20 @@ pub struct Task<'a> {
 
 /// The weight `(kh, kw, c)` as `i16` tap pairs, `(kh, ceil(kw/2), cp, 2)`:
 /// `(w[ky][2i][ch], w[ky][2i + 1][ch])`, 0 past `kw` and for the padded
-/// channels. Made once per call (in a per-thread buffer) and shared by its tasks.
+/// channels. Made once per call (in a per-thread buffer) and shared by its
+/// tasks, unless the caller holds it already ([`super::Wide`]).
 pub(crate) fn widen(weight: &[i8], g: &Depthwise) -> Reused<i16> {
     let (c, kw) = (g.c, g.kernel.1);
     let (cp, kp) = (padded_channels(c), kw.div_ceil(2));
     let mut wide = Reused::new(&WIDE, g.kernel.0 * kp * cp * 2, 0i16);
+    widen_into(weight, g.kernel, c, &mut wide);
+    wide
+}
+
+/// [`widen`] into `wide` (its `kh · ceil(kw/2) · cp · 2` elements all 0).
+pub(crate) fn widen_into(weight: &[i8], kernel: (usize, usize), c: usize, wide: &mut [i16]) {
+    let kw = kernel.1;
+    let (cp, kp) = (padded_channels(c), kw.div_ceil(2));
     for (tap, s) in weight.chunks_exact(c.max(1)).enumerate() {
         let (ky, kx) = (tap / kw, tap % kw);
         let o = (ky * kp + kx / 2) * cp * 2 + kx % 2;
@@ -81,7 +93,6 @@ pub(crate) fn widen(weight: &[i8], g: &Depthwise) -> Reused<i16> {
             *d = s as i16;
         }
     }
-    wide
 }
 
 /// Runs the task; `out` points at output pixel `(img, rows.start, 0)`.
@@ -154,7 +165,11 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
     let kp = kw.div_ceil(2);
     let row_len = wp * cp * 2;
 
-    let mut band = Reused::new(&BAND, iys.len() * row_len, 0i16);
+    // Every element is written below (the padding as 0), so the buffer's
+    // old contents are not cleared first.
+    let len = iys.len() * row_len;
+    let mut band = Reused::try_stale(&BAND, len, "the depthwise band")
+        .unwrap_or_else(|_| Reused::new(&BAND, len, 0i16));
     let zp = t.zp;
     for (iy, dst) in iys.clone().zip(band.chunks_exact_mut(row_len)) {
         let src = &t.x[iy * w * c..(iy + 1) * w * c];
@@ -163,10 +178,11 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             let ix = p.wrapping_sub(pl);
             (ix < w).then(|| &src[ix * c..(ix + 1) * c])
         };
-        for p in 0..wp {
-            let (d, _) = dst[p * cp * 2..(p * cp + c) * 2].as_chunks_mut::<2>();
-            // Each case one branch-free loop over the channels (it vectorises);
-            // a padded side stays 0.
+        for (p, dst) in dst.chunks_exact_mut(cp * 2).enumerate() {
+            let (real, pad) = dst.split_at_mut(c * 2);
+            pad.fill(0);
+            let (d, _) = real.as_chunks_mut::<2>();
+            // Each case one branch-free loop over the channels (it vectorises).
             match (col(p), col(p + dw)) {
                 (Some(a), Some(b)) => {
                     for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
@@ -175,42 +191,72 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
                 }
                 (Some(a), None) => {
                     for (d, &a) in d.iter_mut().zip(a) {
-                        d[0] = a as i16 - zp;
+                        *d = [a as i16 - zp, 0];
                     }
                 }
                 (None, Some(b)) => {
                     for (d, &b) in d.iter_mut().zip(b) {
-                        d[1] = b as i16 - zp;
+                        *d = [0, b as i16 - zp];
                     }
                 }
-                (None, None) => {}
+                (None, None) => real.fill(0),
             }
         }
     }
     let wide = t.wide;
-    for c0 in (0..cp).step_by(CB) {
-        let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
-        for (r, oy) in t.rows.clone().enumerate() {
-            let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
-            // The band row of tap ky (in bounds for the taps in `kys`).
-            let brow0 = (oy * sh).wrapping_sub(pt).wrapping_sub(iys.start);
+    // The in-bounds taps of the current output row as offsets into the
+    // band (from its pixel at column 0, channel 0) and into the weight, so
+    // the pixel loop below is one short loop of two adds per tap pair.
+    let mut taps = Reused::new(&TAPS, kh * kp, (0usize, 0usize));
+    for (r, oy) in t.rows.clone().enumerate() {
+        let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
+        // The band row of tap ky (in bounds for the taps in `kys`).
+        let brow0 = (oy * sh).wrapping_sub(pt).wrapping_sub(iys.start);
+        let mut n_taps = 0;
+        for ky in kys {
+            let xrow = brow0.wrapping_add(ky * dh) * row_len;
+            for i in 0..kp {
+                taps[n_taps] = (xrow + i * 2 * dw * cp * 2, (ky * kp + i) * cp * 2);
+                n_taps += 1;
+            }
+        }
+        let taps = &taps[..n_taps];
+        // Every read of this row in bounds (the furthest tap at the last
+        // pixel and channel block)? Always, as the geometry was checked;
+        // the pixel loop then reads without a check per tap.
+        let (xmax, wmax) = taps
+            .iter()
+            .fold((0, 0), |(x, w), &(xo, wo)| (x.max(xo), w.max(wo)));
+        let last = (cp - CB) * 2 + CB2;
+        let fits = xmax + (ow - 1) * sw * cp * 2 + last <= band.len() && wmax + last <= wide.len();
+        for c0 in (0..cp).step_by(CB) {
+            let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
             for ox in 0..ow {
+                let xb = (ox * sw * cp + c0) * 2;
                 let mut acc = [0i32; CB];
-                for ky in kys.clone() {
-                    let xrow = brow0.wrapping_add(ky * dh) * row_len + (ox * sw * cp + c0) * 2;
-                    let wrow = (ky * kp * cp + c0) * 2;
-                    for i in 0..kp {
-                        let xo = xrow + i * 2 * dw * cp * 2;
-                        let wo = wrow + i * cp * 2;
-                        let (Some(xs), Some(ws)) = (band.get(xo..xo + CB2), wide.get(wo..wo + CB2))
-                        else {
-                            continue; // never: the geometry was checked
-                        };
-                        let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
-                            continue;
+                for &(xo, wo) in taps {
+                    let (xo, wo) = (xo + xb, wo + c0 * 2);
+                    if fits {
+                        // SAFETY: `xo + CB2 <= band.len()` and `wo + CB2 <=
+                        // wide.len()` (`fits`: `xo <= xmax + (ow-1)·sw·cp·2 +
+                        // (cp-CB)·2`, likewise `wo`).
+                        let (xs, ws) = unsafe {
+                            (
+                                &*(band.as_ptr().add(xo) as *const [i16; CB2]),
+                                &*(wide.as_ptr().add(wo) as *const [i16; CB2]),
+                            )
                         };
                         M::mac2::<CB, CB2>(&mut acc, xs, ws);
+                        continue;
                     }
+                    let (Some(xs), Some(ws)) = (band.get(xo..xo + CB2), wide.get(wo..wo + CB2))
+                    else {
+                        continue; // never: the geometry was checked
+                    };
+                    let (Ok(xs), Ok(ws)) = (xs.try_into(), ws.try_into()) else {
+                        continue;
+                    };
+                    M::mac2::<CB, CB2>(&mut acc, xs, ws);
                 }
                 // A copy, so the accumulators above stay in registers.
                 let sums = acc;

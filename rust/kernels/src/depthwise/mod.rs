@@ -26,8 +26,9 @@
 //! path. Work is split over `(image, block of output rows)` with
 //! [`Ctx::for_each_task`] (serial below its threshold). Nothing is
 //! allocated per call once a thread has run a call of the same size (the
-//! band and widened weight are per-thread buffers), except the output step's
-//! zero bias for more than 4096 channels when there is no bias.
+//! band and the widened weight are per-thread buffers; a caller that holds
+//! a [`Wide`] weight skips the widening), except the output step's zero
+//! bias for more than 4096 channels when there is no bias.
 //!
 //! ```
 //! use hwreg_kernels::depthwise::{depthwise_conv2d_i32, Depthwise};
@@ -165,7 +166,7 @@ impl Depthwise {
 fn check(
     x: &[u8],
     zero_points: &[i32],
-    weight: &[i8],
+    weight_len: usize,
     g: &Depthwise,
     out_len: usize,
 ) -> Result<(usize, usize)> {
@@ -178,10 +179,9 @@ fn check(
             (g.n, g.h, g.w, g.c)
         );
     }
-    if weight.len() != ws {
+    if weight_len != ws {
         return shape_err!(
-            "weight has {} elements; (kh, kw, c) = {:?} needs {ws}",
-            weight.len(),
+            "weight has {weight_len} elements; (kh, kw, c) = {:?} needs {ws}",
             (g.kernel.0, g.kernel.1, g.c)
         );
     }
@@ -201,7 +201,7 @@ fn check(
     g.out_hw()
 }
 
-fn check_positive(name: &str, v: &[f32]) -> Result<()> {
+pub(crate) fn check_positive(name: &str, v: &[f32]) -> Result<()> {
     match v.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
         Some(s) => value_err!("{name} must be finite and > 0; got {s}"),
         None => Ok(()),
@@ -316,7 +316,6 @@ pub fn depthwise_conv2d_f32_uninit(
     depthwise_conv2d(ctx, x, zero_points, weight, g, &step, out)
 }
 
-
 /// An output type of the depthwise kernel (its entry in the dispatch table).
 pub trait DwOut: OutElem {
     #[doc(hidden)]
@@ -354,16 +353,138 @@ pub fn depthwise_conv2d<T: DwOut>(
     step: &OutputStep<'_>,
     out: &mut [MaybeUninit<T>],
 ) -> Result<()> {
-    check(x, zero_points, weight, g, out.len())?;
+    check(x, zero_points, weight.len(), g, out.len())?;
+    let ep = prepare::<T>(g, step)?;
+    let wide = band::widen(weight, g);
+    run(ctx, x, zero_points, &wide, g, &ep, out);
+    Ok(())
+}
+
+/// [`depthwise_conv2d`] with the weight widened beforehand ([`Wide`]), as
+/// a graph plan holds it: nothing of the weight is touched per call but
+/// the reads of the sums.
+pub fn depthwise_conv2d_wide<T: DwOut>(
+    ctx: &Ctx,
+    x: &[u8],
+    zero_points: &[i32],
+    weight: &Wide,
+    g: &Depthwise,
+    step: &OutputStep<'_>,
+    out: &mut [MaybeUninit<T>],
+) -> Result<()> {
+    check(
+        x,
+        zero_points,
+        weight.kernel.0 * weight.kernel.1 * weight.c,
+        g,
+        out.len(),
+    )?;
+    if (weight.kernel, weight.c) != (g.kernel, g.c) {
+        return shape_err!(
+            "the widened weight is for kernel {:?} and {} channels; the geometry has {:?} and {}",
+            weight.kernel,
+            weight.c,
+            g.kernel,
+            g.c
+        );
+    }
+    let ep = prepare::<T>(g, step)?;
+    run(ctx, x, zero_points, &weight.taps, g, &ep, out);
+    Ok(())
+}
+
+fn prepare<'a, T: DwOut>(g: &Depthwise, step: &OutputStep<'a>) -> Result<Epilogue<'a, T>> {
     if let OutputStep::Fused(Fused {
         residual: Some(_), ..
     }) = step
     {
         return value_err!("a depthwise output step takes no residual");
     }
-    let ep = step.prepare::<T>(g.n, g.c)?;
-    run(ctx, x, zero_points, weight, g, &ep, out);
-    Ok(())
+    step.prepare::<T>(g.n, g.c)
+}
+
+/// A depthwise weight `(kh, kw, c)` widened once into the `i16` tap pairs
+/// the task body reads (`(kh, ceil(kw/2), cp, 2)`, see [`band`]), for a
+/// caller that runs it many times ([`depthwise_conv2d_wide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wide {
+    kernel: (usize, usize),
+    c: usize,
+    taps: Vec<i16>,
+}
+
+impl Wide {
+    /// Widens `weight` `(kh, kw, c)`; its length must be `kh·kw·c`, and the
+    /// widened copy is allocated fallibly.
+    pub fn new(weight: &[i8], kernel: (usize, usize), c: usize) -> Result<Self> {
+        let (kh, kw) = kernel;
+        if kh == 0 || kw == 0 {
+            return value_err!("kernel must be >= 1 along each axis; got {kernel:?}");
+        }
+        let want = kh.checked_mul(kw).and_then(|t| t.checked_mul(c));
+        if want != Some(weight.len()) {
+            return shape_err!(
+                "weight has {} elements; (kh, kw, c) = {:?} needs kh·kw·c",
+                weight.len(),
+                (kh, kw, c)
+            );
+        }
+        let len = crate::error::checked_len(
+            kh * kw.div_ceil(2),
+            band::padded_channels(c) * 2,
+            "the widened depthwise weight",
+        )?;
+        let mut taps = crate::error::try_vec(len, 0i16, "the widened depthwise weight")?;
+        band::widen_into(weight, kernel, c, &mut taps);
+        Ok(Wide { kernel, c, taps })
+    }
+}
+
+/// A graph plan's depthwise weight: the `(kh, kw, c)` int8 values as given
+/// (read as a slice), and their [`Wide`] form once [`Weight::prepare`] has
+/// made it (when the plan is built).
+#[derive(Debug, Clone, Default)]
+pub struct Weight {
+    raw: Vec<i8>,
+    wide: Option<Wide>,
+}
+
+impl Weight {
+    /// Widens the weight for `kernel` and `c` channels (again if those changed).
+    pub fn prepare(&mut self, kernel: (usize, usize), c: usize) -> Result<()> {
+        if self
+            .wide
+            .as_ref()
+            .is_none_or(|w| (w.kernel, w.c) != (kernel, c))
+        {
+            self.wide = Some(Wide::new(&self.raw, kernel, c)?);
+        }
+        Ok(())
+    }
+
+    /// The widened form, once prepared.
+    pub fn wide(&self) -> Option<&Wide> {
+        self.wide.as_ref()
+    }
+}
+
+impl From<Vec<i8>> for Weight {
+    fn from(raw: Vec<i8>) -> Self {
+        Weight { raw, wide: None }
+    }
+}
+
+impl FromIterator<i8> for Weight {
+    fn from_iter<I: IntoIterator<Item = i8>>(it: I) -> Self {
+        Weight::from(it.into_iter().collect::<Vec<i8>>())
+    }
+}
+
+impl std::ops::Deref for Weight {
+    type Target = [i8];
+    fn deref(&self) -> &[i8] {
+        &self.raw
+    }
 }
 
 /// Kernel indices `k` with `base + k·d - pad` in `0..size` (a contiguous range).
@@ -396,7 +517,7 @@ fn run<T: DwOut>(
     ctx: &Ctx,
     x: &[u8],
     zero_points: &[i32],
-    weight: &[i8],
+    wide: &[i16],
     g: &Depthwise,
     ep: &Epilogue<'_, T>,
     out: &mut [MaybeUninit<T>],
@@ -419,8 +540,6 @@ fn run<T: DwOut>(
     let plane = g.h * g.w * c;
     let optr = SyncPtr(out.as_mut_ptr() as *mut T);
     let body = T::entry(&crate::cpu::dispatch().depthwise);
-    let wide_buf = band::widen(weight, g);
-    let wide: &[i16] = &wide_buf;
     let task = |t: usize| {
         let (img, b) = (t / blocks, t % blocks);
         let r = b * rows..((b + 1) * rows).min(oh);

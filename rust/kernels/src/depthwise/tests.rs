@@ -99,6 +99,24 @@ fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
         for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
             assert_eq!(a as i64, b, "{isa:?}: i32 output {i} of {g:?}");
         }
+        // The weight widened beforehand (a graph plan's): the same sums.
+        let wide = Wide::new(w, g.kernel, g.c).unwrap();
+        let mut got = vec![MaybeUninit::new(i32::MIN + 7); want.len()];
+        depthwise_conv2d_wide(
+            &crate::exec::TEST,
+            x,
+            zp,
+            &wide,
+            g,
+            &OutputStep::Int32,
+            &mut got,
+        )
+        .unwrap();
+        for (i, (a, &b)) in got.iter().zip(&want).enumerate() {
+            // SAFETY: every element was written (the kernel's contract, checked here).
+            let a = unsafe { a.assume_init() };
+            assert_eq!(a as i64, b, "{isa:?}: widened i32 output {i} of {g:?}");
+        }
         for (b, relu) in [
             (None, false),
             (Some(&bias[..]), false),
@@ -143,7 +161,15 @@ fn check_case(x: &[u8], zp: &[i32], w: &[i8], g: &Depthwise, rng: &mut Rng) {
         });
         let mut out = vec![MaybeUninit::new(0xa5u8); want.len()];
         depthwise_conv2d(&crate::exec::TEST, x, zp, w, g, &step, &mut out).unwrap();
-        for (i, o) in out.iter().enumerate() {
+        let mut out_wide = vec![MaybeUninit::new(0x5au8); want.len()];
+        depthwise_conv2d_wide(&crate::exec::TEST, x, zp, &wide, g, &step, &mut out_wide).unwrap();
+        for (i, (o, ow)) in out.iter().zip(&out_wide).enumerate() {
+            // SAFETY: as below.
+            assert_eq!(
+                unsafe { ow.assume_init() },
+                unsafe { o.assume_init() },
+                "{isa:?}: widened u8 output {i} of {g:?}"
+            );
             let q = crate::quant::quant1(float(i, Some(&bias), true), ys, yzp as f32, 0.0, 255.0);
             let q = (q as i32).clamp(yzp, hi) as u8;
             // SAFETY: every element was written (the kernel's contract, checked here).
@@ -424,4 +450,70 @@ fn bands_split_over_rows_and_threads_match_one_band() {
     ] {
         random_case(&mut rng, &g);
     }
+}
+
+/// The band is a reused per-thread buffer that is not cleared between
+/// calls: a padded call after one that left large values in it (and after
+/// a wider one) still sees its padding as 0.
+#[test]
+fn a_stale_band_from_an_earlier_call_does_not_leak_into_the_padding() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let big = geom(1, 9, 9, 40, (3, 3), (1, 1), (1, 1), [0, 0, 0, 0]);
+    let small = geom(1, 3, 3, 37, (3, 3), (1, 1), (1, 1), [1, 2, 1, 2]);
+    crate::cpu::each_isa(|_| {
+        for g in [&big, &small, &big, &small] {
+            let (xs, ws, os) = g.sizes().unwrap();
+            // Zero point 0 and x = 255: the band is full of 255s afterwards.
+            let x = vec![255u8; xs];
+            let w: Vec<i8> = (0..ws).map(|_| rng.next() as i8).collect();
+            let want = reference(&x, &[0], &w, g);
+            let mut got = vec![0i32; os];
+            depthwise_conv2d_i32(&crate::exec::TEST, &x, &[0], &w, g, &mut got).unwrap();
+            assert!(got.iter().zip(&want).all(|(&a, &b)| a as i64 == b), "{g:?}");
+        }
+    });
+}
+
+#[test]
+fn a_widened_weight_checks_its_shape_and_geometry() {
+    let g = geom(1, 4, 4, 5, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]);
+    let (xs, ws, os) = g.sizes().unwrap();
+    let w = vec![1i8; ws];
+    assert!(matches!(
+        Wide::new(&w[1..], (3, 3), 5),
+        Err(crate::error::Error::Shape(_))
+    ));
+    assert!(matches!(
+        Wide::new(&w, (0, 3), 5),
+        Err(crate::error::Error::Value(_))
+    ));
+    assert!(matches!(
+        Wide::new(&w, (3, 3), usize::MAX / 4),
+        Err(crate::error::Error::Shape(_))
+    ));
+    let x = vec![3u8; xs];
+    let mut out = vec![MaybeUninit::new(0i32); os];
+    // Same element count, other kernel / channels: refused, not misread.
+    for (k, c) in [((1, 9), 5), ((9, 1), 5)] {
+        let other = Wide::new(&w, k, c).unwrap();
+        let e = depthwise_conv2d_wide(
+            &crate::exec::TEST,
+            &x,
+            &[0],
+            &other,
+            &g,
+            &OutputStep::Int32,
+            &mut out,
+        );
+        assert!(
+            matches!(e, Err(crate::error::Error::Shape(_))),
+            "{k:?}: {e:?}"
+        );
+    }
+    let mut plan_w = Weight::from(w.clone());
+    assert!(plan_w.wide().is_none());
+    plan_w.prepare((3, 3), 5).unwrap();
+    assert_eq!(plan_w.wide(), Some(&Wide::new(&w, (3, 3), 5).unwrap()));
+    assert_eq!(&plan_w[..], &w[..]);
+    assert!(plan_w.prepare((3, 3), 4).is_err());
 }

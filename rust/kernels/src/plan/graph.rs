@@ -174,9 +174,10 @@ pub enum Op {
         nchw_in: bool,
         res_act: Option<StaticAct>,
     },
-    /// Int8 depthwise convolution, weight `(kh, kw, c)`: NHWC (or NCHW) in, NHWC out.
+    /// Int8 depthwise convolution, weight `(kh, kw, c)`: NHWC (or NCHW) in,
+    /// NHWC out. The plan widens the weight once when it is built.
     Depthwise {
-        weight: Vec<i8>,
+        weight: depthwise::Weight,
         kernel: (usize, usize),
         scale: Vec<f32>,
         bias: Option<Vec<f32>>,
@@ -631,6 +632,15 @@ impl GraphPlan {
                 g.spell_out()?;
             }
             pad_conv_weights(&mut n.op);
+            if let Op::Depthwise {
+                weight,
+                kernel,
+                scale,
+                ..
+            } = &mut n.op
+            {
+                weight.prepare(*kernel, scale.len())?; // the channels, checked above
+            }
         }
         let dims = dims
             .into_iter()

@@ -397,7 +397,7 @@ fn a_depthwise_node_is_the_kernel_on_per_image_quantized_channels_last_input() {
     let weight: Vec<i8> = (0..9 * c).map(|i| ((i * 5) % 13) as i8 - 6).collect();
     let scale: Vec<f32> = (0..c).map(|j| 0.02 + j as f32 * 0.01).collect();
     let dw = |nchw_in| Op::Depthwise {
-        weight: weight.clone(),
+        weight: weight.clone().into(),
         kernel: (3, 3),
         scale: scale.clone(),
         bias: None,
@@ -587,7 +587,7 @@ fn a_static_depthwise_node_is_the_kernel_on_quantize_linear_input() {
     let weight: Vec<i8> = (0..9 * c).map(|i| ((i * 5) % 13) as i8 - 6).collect();
     let scale: Vec<f32> = (0..c).map(|j| 0.02 + j as f32 * 0.01).collect();
     let op = Op::Depthwise {
-        weight: weight.clone(),
+        weight: weight.clone().into(),
         kernel: (3, 3),
         scale: scale.clone(),
         bias: None,

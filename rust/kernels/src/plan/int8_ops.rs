@@ -370,9 +370,20 @@ pub(super) fn depthwise(
     let (zps, scales) = (&ws.img_zp[..batch], &ws.img_scale[..batch]);
     match y {
         Out::F32(y) => {
-            depthwise::depthwise_conv2d_f32(
-                ctx, q, zps, scales, weight, scale, bias, *relu, &g, y,
-            )?;
+            // As `depthwise_conv2d_f32` checks them.
+            depthwise::check_positive("scales", scales)?;
+            depthwise::check_positive("col_scale", scale)?;
+            let step = OutputStep::Float {
+                row_scale: Param::PerIndex(scales),
+                col_scale: Param::PerIndex(scale),
+                bias,
+                relu: *relu,
+            };
+            // SAFETY: an initialised `[f32]` is a valid `[MaybeUninit<f32>]`; only `f32`s are written.
+            let y = unsafe { &mut *(y as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+            dw_run(ctx, q, zps, weight, &g, &step, y)?;
+            // SAFETY: every element was written (`Ok` above).
+            let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             if let Some(f) = post {
                 f.run(y);
             }
@@ -388,10 +399,27 @@ pub(super) fn depthwise(
             });
             // SAFETY: an initialised `[u8]` is a valid `[MaybeUninit<u8>]`; only `u8`s are written.
             let y = unsafe { &mut *(y as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-            depthwise::depthwise_conv2d(ctx, q, zps, weight, &g, &step, y)?;
+            dw_run(ctx, q, zps, weight, &g, &step, y)?;
         }
     }
     Ok(())
+}
+
+/// The depthwise kernel on the plan's weight: its widened form (made when
+/// the plan was built), else widened for this call.
+fn dw_run<T: depthwise::DwOut>(
+    ctx: &Ctx,
+    q: &[u8],
+    zps: &[i32],
+    weight: &depthwise::Weight,
+    g: &depthwise::Depthwise,
+    step: &OutputStep<'_>,
+    y: &mut [std::mem::MaybeUninit<T>],
+) -> Result<()> {
+    match weight.wide() {
+        Some(wide) => depthwise::depthwise_conv2d_wide(ctx, q, zps, wide, g, step, y),
+        None => depthwise::depthwise_conv2d(ctx, q, zps, weight, g, step, y),
+    }
 }
 
 fn static_act(g: &Gemm) -> Result<StaticAct> {
