@@ -95,11 +95,7 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
             if left == 0 {
                 break;
             }
-            let mask: __mmask16 = if left >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << left) - 1
-            };
+            let mask = panel_mask(left);
             for r in 0..MR {
                 _mm512_mask_storeu_epi32(f.dst.add(r * f.dst_ld + 16 * p), mask, s[r][p]);
             }
@@ -110,6 +106,16 @@ unsafe fn tile_body<const MR: usize, const NP: usize>(t: &Tile<'_, u8>) {
         for p in 0..NP {
             _mm512_storeu_si512(acc.add(r * ld + 16 * p) as *mut _, s[r][p]);
         }
+    }
+}
+
+/// The lanes of a 16-column panel with `left` (> 0) output columns left.
+#[inline(always)]
+fn panel_mask(left: usize) -> __mmask16 {
+    if left >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << left) - 1
     }
 }
 
@@ -135,11 +141,7 @@ unsafe fn float_out<const MR: usize, const NP: usize>(
         if left == 0 {
             break;
         }
-        let mask: __mmask16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = panel_mask(left);
         let cs = _mm512_maskz_loadu_ps(mask, o.col_scale.add(16 * p));
         let bias = _mm512_maskz_loadu_ps(mask, o.bias.add(16 * p));
         for r in 0..MR {
