@@ -232,12 +232,16 @@ pub(crate) fn dequant_row_scalar(
     }
 }
 
+/// Lanes of [`min_max_body`]: element `i` of every full group of 16 goes to lane `i % 16`.
+pub(crate) const MIN_MAX_LANES: usize = 16;
+
 /// Min, max and a poison value (NaN iff some element is NaN or ±inf) in one pass.
-/// Written in 16 independent lanes so the compiler vectorises it for each ISA's
-/// trampoline; NaN elements never win a comparison, so they only show in `poison`.
+/// Written in [`MIN_MAX_LANES`] independent lanes (the x86 paths run the same lanes in
+/// explicit vectors, `x86_simd::min_max`); NaN elements never win a comparison, so they
+/// only show in `poison`.
 #[inline(always)]
 pub(crate) fn min_max_body(x: &[f32]) -> (f32, f32, f32) {
-    const L: usize = 16;
+    const L: usize = MIN_MAX_LANES;
     let mut mn = [f32::INFINITY; L];
     let mut mx = [f32::NEG_INFINITY; L];
     let mut poison = [0.0f32; L];
@@ -250,13 +254,25 @@ pub(crate) fn min_max_body(x: &[f32]) -> (f32, f32, f32) {
             poison[j] += v * 0.0;
         }
     }
+    min_max_finish(&mn, &mx, &poison, chunks.remainder())
+}
+
+/// The end of [`min_max_body`]: the elements past the last full group of lanes, then the
+/// lanes in order (the order fixes which zero, -0.0 or +0.0, a tie keeps).
+#[inline(always)]
+pub(crate) fn min_max_finish(
+    mn: &[f32; MIN_MAX_LANES],
+    mx: &[f32; MIN_MAX_LANES],
+    poison: &[f32; MIN_MAX_LANES],
+    rest: &[f32],
+) -> (f32, f32, f32) {
     let (mut a, mut b, mut p) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f32);
-    for &v in chunks.remainder() {
+    for &v in rest {
         a = if v < a { v } else { a };
         b = if v > b { v } else { b };
         p += v * 0.0;
     }
-    for j in 0..L {
+    for j in 0..MIN_MAX_LANES {
         a = if mn[j] < a { mn[j] } else { a };
         b = if mx[j] > b { mx[j] } else { b };
         p += poison[j];

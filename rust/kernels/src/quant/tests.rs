@@ -305,6 +305,32 @@ fn min_max_every_isa() {
     });
 }
 
+#[test]
+fn min_max_is_the_scalar_bodys_bits_on_every_isa() {
+    // Signed zeros, NaN and infinities at every lane and tail position: the vector paths
+    // must keep the scalar body's lanes and order (which zero a tie keeps, the poison).
+    let specials = [0.0f32, -0.0, 1.5, -2.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    for len in (1..70).chain([255, 1000]) {
+        for (si, &sp) in specials.iter().enumerate() {
+            for at in [0, len / 3, len - 1] {
+                let mut x: Vec<f32> = (0..len)
+                    .map(|i| if (i + si) % 3 == 0 { 0.0 } else { -0.0 })
+                    .collect();
+                x[at] = sp;
+                let want = crate::quant::min_max_body(&x);
+                each_isa(|_| {
+                    let got = (kernels().min_max)(&x);
+                    assert_eq!(
+                        (got.0.to_bits(), got.1.to_bits(), got.2.is_nan()),
+                        (want.0.to_bits(), want.1.to_bits(), want.2.is_nan()),
+                        "len {len}, x[{at}] = {sp}"
+                    );
+                });
+            }
+        }
+    }
+}
+
 fn spec(qmin: i32, qmax: i32, symmetric: bool, szp: i32) -> Spec {
     Spec {
         qmin,

@@ -10,13 +10,11 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::min_max_body;
-
 super::table!(avx2);
 
 #[inline(always)]
 unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
-    min_max_body(x)
+    super::x86_simd::min_max::<Avx2>(x)
 }
 
 #[inline(always)]

@@ -12,13 +12,12 @@
 use std::arch::x86_64::*;
 
 use super::x86_simd::Lanes;
-use crate::quant::min_max_body;
 
 super::table!(avx512);
 
 #[inline(always)]
 unsafe fn min_max(x: &[f32]) -> (f32, f32, f32) {
-    min_max_body(x)
+    super::x86_simd::min_max::<Avx512>(x)
 }
 
 // The AVX-512 vector width.
