@@ -15,27 +15,7 @@ use hwreg_kernels::gemm::{
 
 mod common;
 
-/// This thread's CPU time in seconds.
-#[cfg(target_os = "linux")]
-fn cpu_now() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// Elsewhere, wall-clock seconds since the first call.
-#[cfg(not(target_os = "linux"))]
-fn cpu_now() -> f64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs_f64()
-}
+use common::cpu_now;
 
 const SHAPES: [(usize, usize, usize); 8] = [
     (32, 768, 768),

@@ -12,22 +12,6 @@ use std::time::Instant;
 
 mod common;
 
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
-
-fn thread_seconds() -> f64 {
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: CLOCK_THREAD_CPUTIME_ID (3) on Linux; `ts` is a valid out-pointer.
-    unsafe { clock_gettime(3, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
-
 fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
     std::env::var(var)
         .unwrap_or_else(|_| default.into())
@@ -135,12 +119,12 @@ fn main() {
                     };
                     call();
                     let reps = (2000 / batch).clamp(10, 200);
-                    let (t0, c0) = (Instant::now(), thread_seconds());
+                    let (t0, c0) = (Instant::now(), common::cpu_now());
                     for _ in 0..reps {
                         call();
                     }
                     let sec = if t == 0 {
-                        thread_seconds() - c0
+                        common::cpu_now() - c0
                     } else {
                         t0.elapsed().as_secs_f64()
                     };

@@ -3,25 +3,9 @@
 //! process: `cargo run --release --example sparse_time -- N K SPARSITY [BATCH..]`.
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::sparse::{bsr_f32_linear, Bsr};
-
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
 use std::time::Instant;
-extern "C" {
-    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-}
 
-/// Seconds of CPU time of the calling thread (the one-thread figures: a
-/// loaded machine's waits for a core do not count).
-fn thread_seconds() -> f64 {
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: CLOCK_THREAD_CPUTIME_ID (3) on Linux; `ts` is a valid out-pointer.
-    unsafe { clock_gettime(3, &mut ts) };
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,7 +60,7 @@ fn main() {
                 for t in 0..2 {
                     let ctx = Ctx::new(t + 1);
                     let reps = 20;
-                    let (t0, c0) = (Instant::now(), thread_seconds());
+                    let (t0, c0) = (Instant::now(), common::cpu_now());
                     for _ in 0..reps {
                         std::hint::black_box(
                             bsr_f32_linear(&ctx, m, &x, batch, None, false).unwrap(),
@@ -84,7 +68,7 @@ fn main() {
                     }
                     // One thread: CPU time of this thread; two: wall time.
                     let sec = if t == 0 {
-                        thread_seconds() - c0
+                        common::cpu_now() - c0
                     } else {
                         t0.elapsed().as_secs_f64()
                     };
