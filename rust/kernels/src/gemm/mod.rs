@@ -598,7 +598,7 @@ fn conv_a<'a, Kr: Kernel>(
     zb_zero: bool,
 ) -> PackedA<'a, Kr::AElem> {
     let kp = pack::round_up(k, 4);
-    if m >= b.n || b.data.len() <= SMALL_B_BYTES {
+    if rows_first(m, b) {
         return PackedA {
             data: AData::Conv {
                 rows: *cv,
@@ -714,6 +714,13 @@ pub(crate) fn linear_with<Kr: Kernel>(
 }
 
 /// The blocked driver: threads over rows or panels, then the block loops.
+/// Whether [`run`] prefers to split `m` rows over the threads (each
+/// reading all of B): B small enough to sit in L2, or A the bigger operand.
+/// [`conv_a`] asks the same to decide where a convolution's rows are unfolded.
+fn rows_first(m: usize, b: &PackedB) -> bool {
+    m >= b.n || b.data.len() <= SMALL_B_BYTES
+}
+
 fn run<Kr: Kernel, T: OutElem>(
     ctx: &Ctx,
     pa: &PackedA<'_, Kr::AElem>,
@@ -736,7 +743,7 @@ fn run<Kr: Kernel, T: OutElem>(
     // 128×256×256, where the column split ran slower than one thread.
     let tiles = m.div_ceil(Kr::MR);
     let blocks = panels.div_ceil(Kr::NP);
-    let by_rows = tiles >= 2 * nt && (m >= n || b.data.len() <= SMALL_B_BYTES);
+    let by_rows = tiles >= 2 * nt && rows_first(m, b);
     // Row chunks are whole row blocks (LOOP 3 streams all of B once per
     // block either way), and several per thread: the team hands them out
     // from a counter, so a worker that wakes late or shares its core with
