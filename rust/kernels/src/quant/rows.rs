@@ -279,6 +279,57 @@ mod tests {
         });
     }
 
+    /// Every length up to past two groups of the widest path (64 values of
+    /// AVX-512, 32 of AVX2; so every tail
+    /// length and lane of every path), with the row's extreme, a rounding
+    /// tie, a signed zero, or a NaN / infinity at every position: the same
+    /// bytes, sum, zero point and scale as the portable body on every ISA.
+    #[test]
+    fn every_isa_matches_the_body_at_every_lane_and_tail_position() {
+        cpu::each_isa(|i| {
+            for len in (0..=140usize).chain([255, 256, 257]) {
+                let base: Vec<f32> = bytes(len, len as u64 + 11)
+                    .iter()
+                    .map(|&v| (v as f32 - 128.0) * 0.013)
+                    .collect();
+                let kp = len.div_ceil(4) * 4 + 4;
+                let check = |x: &[f32], what: &str| {
+                    let mut want = vec![7u8; kp];
+                    let r = quantize_row_body(x, &mut want);
+                    let mut got = vec![9u8; kp];
+                    assert_eq!(quantize_row_u8(x, &mut got), r, "{i:?} {what} {x:?}");
+                    if r.is_some() {
+                        assert_eq!(want, got, "{i:?} {what} {x:?}");
+                    }
+                    r
+                };
+                check(&base, "base");
+                let neg: Vec<f32> = base.iter().map(|v| -v.abs() - 0.5).collect();
+                check(&neg, "all negative");
+                let zeros: Vec<f32> = (0..len)
+                    .map(|j| if j % 3 == 0 { -0.0 } else { 0.0 })
+                    .collect();
+                assert_eq!(check(&zeros, "zeros"), Some((0, 0, 1.0)), "{i:?} {len}");
+                for at in 0..len {
+                    for (v, finite) in [
+                        (9.75f32, true),
+                        (-9.75, true),
+                        (-0.0, true),
+                        (0.5 * 19.5 / 255.0 * 3.0, true),
+                        (f32::NAN, false),
+                        (f32::INFINITY, false),
+                        (f32::NEG_INFINITY, false),
+                    ] {
+                        let mut x = base.clone();
+                        x[at] = v;
+                        let r = check(&x, &format!("{v} at {at}"));
+                        assert_eq!(r.is_some(), finite, "{i:?} {v} at {at} of {len}");
+                    }
+                }
+            }
+        });
+    }
+
     /// A finite row wider than f32::MAX (`hi - lo` overflows) quantizes on
     /// its true range on every path: the scale is `(hi - lo) / 255` rounded
     /// once from f64, and dequantizing gives each value back within a step.
