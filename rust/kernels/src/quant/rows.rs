@@ -21,7 +21,7 @@
 
 use crate::error::try_vec;
 use crate::exec::{self, Ctx};
-use crate::{shape_err, value_err, Result};
+use crate::{shape_err, Result};
 
 /// Activations quantized by [`quantize_rows_u8`]: `(batch, k)` uint8 rows
 /// with one scale and zero point each.
@@ -106,12 +106,18 @@ pub fn quantize_rows_u8_into(
             }
         }
     });
-    if let Some(b) = scale.iter().position(|s| s.is_nan()) {
-        let row = &x[b * k..b * k + k];
-        let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-        return value_err!("x is not finite at row {b}, column {col}");
+    match scale.iter().position(|s| s.is_nan()) {
+        Some(b) => Err(not_finite(x, k, b)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The error of a row `b` of `x` `(·, k)` that the quantizer rejected:
+/// names its first NaN or infinity.
+pub(crate) fn not_finite(x: &[f32], k: usize, b: usize) -> crate::Error {
+    let row = &x[b * k..b * k + k];
+    let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    crate::Error::Value(format!("x is not finite at row {b}, column {col}"))
 }
 
 /// Elements of `x` per task of [`quantize_rows_u8`] (whole rows).

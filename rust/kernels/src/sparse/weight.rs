@@ -8,7 +8,7 @@ use super::driver::new_output;
 use super::float::{bsr_f32_linear_into, nm_f32_linear_into};
 use super::formats::{row_quant, Bsr, Elem, Nm, RowQuant};
 use super::int8::{bsr_i8_linear_into, nm_i8_linear_into, QuantX};
-use super::panel::{panel_i8_linear_into, PanelI8};
+use super::panel::{fuses_quantize, panel_i8_linear_f32_into, panel_i8_linear_into, PanelI8};
 use crate::error::{Error, Result};
 use crate::exec::Ctx;
 use crate::gemm::reuse::Reused;
@@ -17,9 +17,9 @@ use crate::shape_err;
 
 std::thread_local! {
     /// An int8 weight's activations quantized per row, kept per thread.
-    static XQ: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-    static XQ_SCALE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    static XQ_ZP: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    pub(super) static XQ: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    pub(super) static XQ_SCALE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    pub(super) static XQ_ZP: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// How the nonzeros of a weight are grouped.
@@ -240,6 +240,9 @@ impl SparseWeight {
         match &self.store {
             Store::Bsr(b) => bsr_f32_linear_into(ctx, b, x, batch, bias, relu, y),
             Store::Nm(b) => nm_f32_linear_into(ctx, b, x, batch, bias, relu, y),
+            Store::BsrI8(_, q, Some(p)) if fuses_quantize(ctx, batch) => {
+                panel_i8_linear_f32_into(ctx, p, q, x, batch, bias, relu, y)
+            }
             Store::BsrI8(..) | Store::NmI8(..) => {
                 super::driver::check_shapes(self.shape().0, k, x.len(), batch, bias)?;
                 let what = "the quantized activations";
