@@ -387,6 +387,22 @@ def test_bad_scale(bad):
         hw.quantize(np.ones((2, 3), np.float32), [1.0, bad, 2.0], axis=1)
 
 
+def test_scalar_parameters_take_the_same_path_as_arrays():
+    # Plain scalars skip the array validators: same bytes and the same errors as
+    # the one-element arrays, float64 scales rounded to float32 alike.
+    x = np.random.default_rng(3).standard_normal(1000).astype(np.float32) * 7
+    for scale, zp, dt in [(0.1, 3, "int8"), (np.float64(1 / 3), np.int64(-128), "int8"),
+                          (np.float32(0.07), np.int32(255), "uint8"), (2, 0, np.uint8)]:
+        want = hw.quantize(x, np.array([scale], np.float64), np.array([zp]), dtype=dt)
+        got = hw.quantize(x, scale, zp, dtype=dt)
+        assert got.dtype == want.dtype and np.array_equal(got, want), (scale, zp, dt)
+    for bad in (-0.0, 1e-46, 5e-324):  # a signed zero, float32 underflow
+        with pytest.raises(ValueError, match="scale must be finite and > 0"):
+            hw.quantize(x, bad)
+    with pytest.raises(ValueError, match=r"\[0, 255\]; got 256"):
+        hw.quantize(x, 1.0, np.int64(256), dtype="uint8")
+
+
 def test_bad_zero_point_axis_dtype_and_lengths():
     x = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"zero_point must lie in \[-128, 127\]; got 128"):

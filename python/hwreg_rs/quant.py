@@ -100,6 +100,8 @@ def _grid(dtype: str, bits: int) -> tuple[int, int]:
 
 def _dtype_name(dtype: Any) -> str:
     """``"int8"`` or ``"uint8"`` from a name, a NumPy type or dtype (TypeError otherwise)."""
+    if type(dtype) is str and dtype in _RANGES:  # the common spelling, without np.dtype (~3 us)
+        return dtype
     try:
         name = np.dtype(dtype).name
     except TypeError:
@@ -110,6 +112,9 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _float_input(x: Any, name: str) -> np.ndarray:
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.dtype.isnative and x.flags.c_contiguous
+            and x.flags.aligned):
+        return x  # already what the kernels take (the checks below cost ~3 us a call)
     arr = native_array(x, name)
     if arr.dtype.kind == "b":
         raise TypeError(f"{name} must be a floating-point array; got dtype bool")
@@ -120,6 +125,17 @@ def _float_input(x: Any, name: str) -> np.ndarray:
 def _params(x_shape: tuple, scale: Any, zero_point: Any, axis: Any, dtype: str) -> tuple:
     """Validated ``(scale 1-D float32, zero_point 1-D int32, axis or None)``."""
     lo, hi = _RANGES[dtype]
+    if (axis is None and type(scale) in (float, int, np.float32, np.float64) and 0 < scale < 1e38
+            and type(zero_point) in (int, np.int32, np.int64)):
+        # One scale and zero point given as plain scalars, the scale within float32's
+        # range: the same checks in plain Python (the array validators below cost
+        # ~20 us, 8x the kernel on 32K floats). Anything else takes the general path.
+        s32 = np.float32(scale)  # the float32 scale the kernel uses (1e-50 -> 0)
+        if not s32 > 0:
+            raise ValueError(f"scale must be finite and > 0; got {s32!r}")
+        if not lo <= zero_point <= hi:
+            raise ValueError(f"zero_point must lie in [{lo}, {hi}]; got {zero_point}")
+        return np.array([s32], np.float32), np.array([zero_point], np.int32), None
     s = positive_finite(scale, "scale")
     z = int_in_range(zero_point, "zero_point", lo, hi)
     for name, a in (("scale", s), ("zero_point", z)):

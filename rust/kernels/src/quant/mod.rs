@@ -313,9 +313,22 @@ pub(crate) fn stream_head<T>(
     head
 }
 
-/// Elements per parallel chunk: a multiple of 64, at least `exec::PARALLEL_MIN_WORK`.
+/// Below this many elements a quantize, dequantize or min / max pass stays
+/// on the caller: each element is a few vector operations (a divide at most),
+/// so a 256K-element pass is about 30 µs on one core, and splitting anything
+/// smaller saved less than the fork-join costs on a loaded 2-vCPU VM (at 256K
+/// the rayon split this replaced took 73 µs on two threads against 34 on one).
+const PARALLEL_MIN_ELEMS: usize = 1 << 18;
+
+/// Elements per parallel chunk: a multiple of 64, at least
+/// `PARALLEL_MIN_ELEMS / 2`, a few chunks per thread; all of `n` (one
+/// chunk) below [`PARALLEL_MIN_ELEMS`] or on one thread.
 fn chunk_len(ctx: &Ctx, n: usize) -> usize {
-    let chunks = ctx.chunks_for(n).max(1);
+    let t = ctx.threads();
+    if t == 1 || n < PARALLEL_MIN_ELEMS {
+        return n.max(1);
+    }
+    let chunks = (n / (PARALLEL_MIN_ELEMS / 2)).clamp(2, 4 * t);
     n.div_ceil(chunks).div_ceil(64) * 64
 }
 
@@ -495,18 +508,21 @@ pub fn dequantize<T: QElem>(
     Ok(())
 }
 
-/// Runs `work(start, chunk)` over `out` in chunks, in the library pool when `n` is large.
-fn par_chunks<T: Send>(ctx: &Ctx, out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) + Sync) {
-    let len = chunk_len(ctx, n).max(1);
+/// Runs `work(start, chunk)` over `out` (`n` elements) in chunks, on the
+/// fork-join team when `n` is large (as the GEMMs: a rayon job here woke a
+/// second set of threads beside the team's).
+fn par_chunks<T: Send + Copy>(ctx: &Ctx, out: &mut [T], n: usize, work: impl Fn(usize, &mut [T]) + Sync) {
+    let len = chunk_len(ctx, n);
     if len >= n {
         work(0, out);
         return;
     }
-    ctx.run(n, || {
-        use rayon::prelude::*;
-        out.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, c)| work(i * len, c));
+    let p = crate::exec::SyncPtr(out.as_mut_ptr());
+    ctx.for_each_task(n, n.div_ceil(len), |i| {
+        let start = i * len;
+        // SAFETY: task `i` alone takes elements start..start + len of `out` (`n` long).
+        let c = unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len.min(n - start)) };
+        work(start, c);
     });
 }
 
@@ -517,17 +533,23 @@ pub fn min_max(ctx: &Ctx, x: &[f32]) -> Result<(f32, f32)> {
         return value_err!("cannot take the min and max of an empty tensor");
     }
     let k = kernels();
-    let len = chunk_len(ctx, x.len()).max(1);
+    let len = chunk_len(ctx, x.len());
     let (mn, mx, poison) = if len >= x.len() {
         (k.min_max)(x)
     } else {
-        ctx.run(x.len(), || {
-            use rayon::prelude::*;
-            x.par_chunks(len).map(k.min_max).reduce(
-                || (f32::INFINITY, f32::NEG_INFINITY, 0.0),
-                |a, b| (a.0.min(b.0), a.1.max(b.1), a.2 + b.2),
-            )
-        })
+        // One result per chunk, written by its task, combined in order.
+        let mut parts = vec![(f32::INFINITY, f32::NEG_INFINITY, 0.0f32); x.len().div_ceil(len)];
+        let p = crate::exec::SyncPtr(parts.as_mut_ptr());
+        ctx.for_each_task(x.len(), parts.len(), |i| {
+            let r = (k.min_max)(&x[i * len..((i + 1) * len).min(x.len())]);
+            // SAFETY: task `i` alone writes entry `i` of `parts`.
+            unsafe { *p.get().add(i) = r };
+        });
+        parts
+            .into_iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY, 0.0), |a, b| {
+                (a.0.min(b.0), a.1.max(b.1), a.2 + b.2)
+            })
     };
     if poison.is_nan() {
         return value_err!("the tensor holds NaN or infinite values");

@@ -234,6 +234,23 @@ fn large_input_uses_threads_and_agrees() {
     for (v, o) in x.iter().zip(&a) {
         assert_eq!(*o, quant1(*v, 0.05, 128.0, 0.0, 255.0));
     }
+    // min / max over the team's chunks: the extremes and a poison value in
+    // the last chunk (past every full chunk) are found.
+    let mut y = x.clone();
+    let (lo, hi) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    assert_eq!(min_max(&crate::exec::TEST, &y).unwrap(), (lo, hi));
+    y[x.len() - 2] = hi + 1.0;
+    y[1] = lo - 1.0;
+    assert_eq!(
+        min_max(&crate::exec::TEST, &y).unwrap(),
+        (lo - 1.0, hi + 1.0)
+    );
+    y[x.len() - 1] = f32::NAN;
+    assert!(min_max(&crate::exec::TEST, &y).is_err());
 }
 
 #[test]
