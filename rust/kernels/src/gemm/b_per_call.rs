@@ -470,8 +470,9 @@ fn has_gemv<Kr: Kernel>(pa: &super::PackedA<'_, Kr::AElem>, b: &RowsB<'_>) -> bo
 /// split into parts, each a contiguous band of whole rows of B that one
 /// task streams front to back as one thread would (split by columns, each
 /// thread read every row in runs of N / threads bytes, and 2 threads ran
-/// 1×4096×4096 at 1.5–1.7× one); the parts' raw sums (and column sums)
-/// are added (wrapping: exact in any order), then corrected once.
+/// 1×4096×4096 at 1.5–1.7× one), shrinking ([`super::guided`]); the parts'
+/// raw sums (and column sums) are added (wrapping: exact in any order),
+/// then corrected once.
 fn gemv_split<Kr: Kernel, T: OutElem>(
     ctx: &Ctx,
     pa: &super::PackedA<'_, Kr::AElem>,
@@ -496,7 +497,7 @@ fn gemv_split<Kr: Kernel, T: OutElem>(
     // SAFETY: row 0 of packed A holds kp >= k elements.
     let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr(), pa.kp) };
     ctx.for_each_task(work, parts, |p| {
-        let (g0, g1) = (kg * p / parts, kg * (p + 1) / parts);
+        let gs = super::guided(kg, parts, p);
         // SAFETY: task p alone writes elements p·stride .. (p+1)·stride.
         let mine = unsafe { std::slice::from_raw_parts_mut(pp.get().add(p * stride), stride) };
         let (raw, cs) = mine.split_at_mut(n);
@@ -504,8 +505,8 @@ fn gemv_split<Kr: Kernel, T: OutElem>(
             b,
             a: arow,
             c0: 0,
-            k0: 4 * g0,
-            k1: (4 * g1).min(b.k),
+            k0: 4 * gs.start,
+            k1: (4 * gs.end).min(b.k),
             sums,
         };
         // Cannot fail: has_gemv said yes, and these rows and columns exist.

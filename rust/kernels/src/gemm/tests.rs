@@ -655,6 +655,22 @@ fn result_does_not_depend_on_the_context() {
 }
 
 #[test]
+fn guided_chunks_tile_the_range_biggest_first() {
+    for units in 0..200 {
+        for chunks in 1..13 {
+            let parts: Vec<_> = (0..chunks).map(|c| guided(units, chunks, c)).collect();
+            assert_eq!(parts[0].start, 0);
+            assert_eq!(parts[chunks - 1].end, units);
+            assert!(parts
+                .windows(2)
+                .all(|w| w[0].end == w[1].start && w[0].len() + 1 >= w[1].len()));
+        }
+    }
+    assert_eq!(guided(64, 8, 0), 0..15);
+    assert_eq!(guided(64, 8, 7), 63..64);
+}
+
+#[test]
 fn single_row_b_per_call_split_over_k() {
     // M = 1 with K long enough to be split over the threads (parts of whole
     // rows, summed after): K not a multiple of 4, N past the GEMV's column
