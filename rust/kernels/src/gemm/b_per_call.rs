@@ -13,7 +13,8 @@
 //!
 //! A single row (M = 1) takes the kernel's GEMV straight over row-major B
 //! when it has one ([`Kernel::gemv_rows`]: no packing, each row of B read
-//! front to back), its column chunks split over the threads.
+//! front to back); on several threads K is split, each task streaming a
+//! band of whole rows ([`gemv_split`]), or the columns when K is short.
 
 use std::mem::MaybeUninit;
 

@@ -56,7 +56,7 @@ unsafe fn gemv_rows(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) ->
     let fits = c0
         .checked_add(w)
         .is_some_and(|e| e <= n && (!sums || colsum.len() >= w))
-        && k0 % 4 == 0
+        && k0.is_multiple_of(4)
         && k0 <= k1
         && k1 <= b.k()
         && a.len() >= k1.div_ceil(4) * 4
