@@ -155,10 +155,8 @@ impl Team {
         };
         *lock(&sh.job) = Some(job);
         sh.panicked.store(false, Ordering::Relaxed);
-        sh.caller_cpu.store(
-            placement::current_cpu().unwrap_or(usize::MAX),
-            Ordering::Relaxed,
-        );
+        sh.caller_cpu
+            .store(placement::current_cpu().unwrap_or(usize::MAX), Ordering::Relaxed);
         sh.epoch.store(epoch, Ordering::Release);
         let woken = sh.parked.load(Ordering::Acquire) > 0;
         for w in self.workers.iter().take(ntasks - 1) {
@@ -390,8 +388,7 @@ mod placement {
         // `cpu` is below CPU_SETSIZE (checked above).
         unsafe {
             let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size, &mut allowed) != 0 || libc::CPU_COUNT(&allowed) < 2
-            {
+            if libc::sched_getaffinity(0, size, &mut allowed) != 0 || libc::CPU_COUNT(&allowed) < 2 {
                 return;
             }
             let mut elsewhere = allowed;

@@ -309,15 +309,7 @@ fn min_max_every_isa() {
 fn min_max_is_the_scalar_bodys_bits_on_every_isa() {
     // Signed zeros, NaN and infinities at every lane and tail position: the vector paths
     // must keep the scalar body's lanes and order (which zero a tie keeps, the poison).
-    let specials = [
-        0.0f32,
-        -0.0,
-        1.5,
-        -2.5,
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-    ];
+    let specials = [0.0f32, -0.0, 1.5, -2.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
     for len in (1..70).chain([255, 1000]) {
         for (si, &sp) in specials.iter().enumerate() {
             for at in [0, len / 3, len - 1] {
