@@ -14,17 +14,24 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Mapping, TypeVar
 
 import numpy as np
 
-from .._timing import side_by_side
 from . import Table, median_seconds
 
 SHAPES = [(1, 1024, 1024), (1, 4096, 4096), (32, 1024, 1024), (128, 768, 3072), (512, 1024, 1024),
           (1024, 1024, 1024)]
 QUICK_SHAPES = [(1, 1024, 1024), (32, 1024, 1024), (128, 768, 3072)]
 NUMPY_INT_MAX_MACS = 40_000_000  # NumPy's integer matmul runs below 1 GOP/s: skip bigger shapes
+PAUSE_S = 0.05  # before each sample: the previous contender's spinning pool threads go idle
+# Calls before each sample: after another contender (or the pause), a 16 MB operand took ~40
+# calls of ours and ~5 of ORT's to be back in L3 (Zen 5, 1x4096x4096: the first calls 2.5-3.5x
+# slower), so two warm-up calls timed each side partly cold, by how the other's B was laid out.
+WARM_S = 0.03
+FLUSH_BYTES = 64 << 20  # the cold table: read before each call, twice a 32 MiB L3
+
+_K = TypeVar("_K", bound=Hashable)  # a contender's name
 
 
 def _ort_sessions(k: int, n: int, b: np.ndarray, w_float: np.ndarray, threads: int) -> dict[str, Any]:
@@ -77,10 +84,37 @@ def _ort_sessions(k: int, n: int, b: np.ndarray, w_float: np.ndarray, threads: i
     return out
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int, min_seconds: float = 0.01) -> dict[str, float]:
+def _interleaved(fns: Mapping[_K, Callable[[], Any]], repeats: int, min_seconds: float = 0.01,
+                 warm_s: float = WARM_S) -> dict[_K, float]:
     """Median seconds per call of each function, sampled round-robin with a pause before each
-    (:func:`hwreg_rs._timing.side_by_side`)."""
-    return side_by_side(fns, rounds=repeats, min_seconds=min_seconds, pause_s=0.05)
+    sample, then ``warm_s`` seconds of calls so that each contender is timed with its own operands
+    back in cache (the package's one timer, ``median_seconds``, for each sample)."""
+    samples: dict[_K, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, int(repeats))):
+        for name, fn in fns.items():
+            time.sleep(PAUSE_S)
+            end = time.perf_counter() + warm_s
+            while time.perf_counter() < end:
+                fn()
+            samples[name].append(median_seconds(fn, repeats=1, min_seconds=min_seconds))
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def _cold(fns: Mapping[_K, Callable[[], Any]], repeats: int, calls: int = 5) -> dict[_K, float]:
+    """Median seconds of one call of each function with its operands out of cache: a buffer
+    twice a 32 MiB L3 is read before every timed call (round-robin, as :func:`_interleaved`)."""
+    flush = np.ones(FLUSH_BYTES // 8, np.int64)
+    samples: dict[_K, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, int(repeats))):
+        for name, fn in fns.items():
+            time.sleep(PAUSE_S)
+            fn()
+            for _ in range(calls):
+                flush.sum()
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def _on_threads(t: int, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -107,6 +141,9 @@ def run(quick: bool = False) -> str:
             "Int8Linear/ORT dyn",
             "Int8Linear/NumPy fp32", "packed/NumPy int"]
     table = Table(cols)
+    cold_table = Table(["M,K,N", "threads", "ours B/call", "ORT MMI B input", "ours packed", "ORT MMI const B",
+                        "Int8Linear f32", "ORT dyn-quant", "B/call/ORT MMI B input", "packed/ORT MMI",
+                        "Int8Linear/ORT dyn"])
     have_ort = False
     for m, k, n in shapes:
         ops = 2.0 * m * k * n
@@ -153,7 +190,9 @@ def run(quick: bool = False) -> str:
                 notes.append(f"ORT quantize_dynamic failed: {sess['dyn_error']}")
         time.sleep(0.3)  # OpenBLAS threads (from the float check) spin for a while
         try:
-            secs = _interleaved(fns, repeats)  # type: ignore[arg-type]
+            secs = _interleaved(fns, repeats)
+            # One row streams all of B once per call: also timed with B out of cache.
+            cold = _cold(fns, repeats) if m == 1 else {}
         finally:
             hw.set_num_threads(threads)
         # NumPy last, on its own: OpenBLAS threads keep spinning for a while
@@ -176,12 +215,21 @@ def run(quick: bool = False) -> str:
             table.add(f"{m},{k},{n}", t, r_call, r_packed, r_layer, np32, npint, r_mc, r_mi, r_dyn,
                       ratio(r_call, r_mi), ratio(r_packed, r_mc), ratio(r_layer, r_dyn), ratio(r_layer, np32),
                       ratio(r_packed, npint))
+            if cold:
+                c = {name: ops / s / 1e9 for (name, tt), s in cold.items() if tt == t}
+                cold_table.add(f"{m},{k},{n}", t, c["call"], c.get("mi"), c["packed"], c.get("mc"), c["layer"],
+                               c.get("dyn"), ratio(c["call"], c.get("mi")), ratio(c["packed"], c.get("mc")),
+                               ratio(c["layer"], c.get("dyn")))
     head = (f"### gemm: exact int8 GEMM (ISA {hw.active_isa()}; threads {', '.join(map(str, counts))}, ours and ORT "
             "intra_op_num_threads alike; NumPy on its own threads)\n\n"
-            f"GOP/s = 2·M·K·N / time (median of {repeats} rounds, contenders timed round-robin); "
+            f"GOP/s = 2·M·K·N / time (median of {repeats} rounds, contenders timed round-robin, each sample "
+            f"after {WARM_S * 1e3:.0f} ms of calls of its own, so operands that fit are in cache alike); "
             "A uint8 × B int8 → int32; Int8Linear and ORT dyn-quant are float32 in / float32 out; "
             "ratios > 1 mean ours is faster.\n")
     body = table.markdown()
+    if cold_table.rows:
+        body += ("\n\nM = 1, B out of cache (a 64 MiB buffer read before each timed call; median of "
+                 f"{repeats} rounds × 5 calls):\n\n" + cold_table.markdown())
     tail = "\n\n" + "\n".join(f"- {s}" for s in notes) if notes else ""
     if not have_ort:
         tail += "\n- onnxruntime not installed: ORT columns empty (pip install 'hwreg-rs[bench]')"

@@ -13,14 +13,15 @@
 //!
 //! A single row (M = 1) takes the kernel's GEMV straight over row-major B
 //! when it has one ([`Kernel::gemv_rows`]: no packing, each row of B read
-//! front to back), its column chunks split over the threads.
+//! front to back); on several threads K is split, each task streaming a
+//! band of whole rows ([`gemv_split`]), or the columns when K is short.
 
 use std::mem::MaybeUninit;
 
 use super::kernel::{self, Kernel};
 use super::output::{Epilogue, OutElem, OutKind, OutputStep};
 use super::pack::{self, ASource, ZeroPoint, NR};
-use super::{arch::generic::transpose_4x16, check_out, Finish, KC_GROUPS};
+use super::{arch::generic::transpose_4x16, check_out, reuse, Finish, KC_GROUPS};
 use crate::cpu;
 use crate::error::Result;
 use crate::exec::{Ctx, SyncPtr};
@@ -130,13 +131,16 @@ pub fn matmul_b_rows_vec<T: OutElem>(
 }
 
 /// A one-row product over row-major B ([`Kernel::gemv_rows`]): row `a` of
-/// packed Â (`kp` elements, zero padded), output columns from `c0`;
-/// `sums`: whether the column sums are wanted.
+/// packed Â (`kp` elements, zero padded), output columns from `c0`, over
+/// rows `k0..k1` of B (`k0` a multiple of 4); `sums`: whether the column
+/// sums are wanted.
 #[derive(Clone, Copy)]
 pub(crate) struct RowGemv<'a, E> {
     pub b: &'a RowsB<'a>,
     pub a: &'a [E],
     pub c0: usize,
+    pub k0: usize,
+    pub k1: usize,
     pub sums: bool,
 }
 
@@ -145,9 +149,13 @@ pub(crate) struct RowGemv<'a, E> {
 /// and the output step.
 const GEMV_COLS: usize = 4096;
 
-/// Columns per thread chunk of a single-row product, where N allows as many
-/// chunks as threads anyway.
+/// Columns per thread chunk of a single-row product on a kernel without a
+/// GEMV, where N allows as many chunks as threads anyway.
 const GEMV_RUN: usize = 1024;
+
+/// Fewest K groups (of 4 rows) per part of a single-row product split over
+/// K ([`gemv_split`]).
+const GEMV_MIN_GROUPS: usize = 64;
 
 /// Rows of output whose accumulators stay in L2 while one packed slice of B
 /// is reused by all of them (B is packed again for every such pass).
@@ -194,13 +202,23 @@ pub(crate) fn b_rows_with<Kr: Kernel, T: OutElem>(
     let tiles = m.div_ceil(mr_max);
     let work = m.saturating_mul(n).saturating_mul(k + super::OUTPUT_MACS);
     let nt = ctx.threads();
+    // One row with K long enough for a part per thread: split over K
+    // (else over columns, below).
+    if m == 1
+        && super::parallel(ctx, work)
+        && k / 4 >= nt * GEMV_MIN_GROUPS
+        && has_gemv::<Kr>(&pa, b)
+    {
+        gemv_split::<Kr, T>(ctx, &pa, b, ep, work, SyncPtr(out.as_mut_ptr() as *mut T));
+        return;
+    }
     // Column blocks spread over the threads whenever there are enough of
     // them: each thread packs only its share of B and A is small or re-read
     // from L2; else row tiles, each thread packing all of B.
     let (row_chunks, col_chunks) = if !super::parallel(ctx, work) {
         (1, 1)
     } else if m == 1 {
-        // Each row of B is read in runs of a chunk's width: wide chunks
+        // Packing reads each row of B in runs of a chunk's width: wide chunks
         // (at least GEMV_RUN columns where N allows more chunks than threads).
         let wide = (n / GEMV_RUN).max(nt);
         (1, ctx.chunks_for(work).min(blocks).min(wide).max(1))
@@ -410,12 +428,10 @@ fn gemv<Kr: Kernel, T: OutElem>(
     sums: bool,
     out: SyncPtr<T>,
 ) -> bool {
-    let k = b.k as i32;
     let mut raw = [0i32; GEMV_COLS];
     let mut csum = [0i32; GEMV_COLS];
     // SAFETY: row i of packed A holds kp >= k elements.
     let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr().add(i * pa.kp), pa.kp) };
-    let (za, rs) = (pa.zp[i], pa.rowsum[i]);
     let mut c0 = cols.start;
     while c0 < cols.end {
         let w = (cols.end - c0).min(GEMV_COLS);
@@ -423,31 +439,130 @@ fn gemv<Kr: Kernel, T: OutElem>(
             b,
             a: arow,
             c0,
+            k0: 0,
+            k1: b.k,
             sums,
         };
         if !Kr::gemv_rows(&job, &mut raw[..w], &mut csum[..w]) {
             return false; // only ever on the first call: the kernel has none
         }
-        for (j, v) in raw[..w].iter_mut().enumerate() {
-            let zb = b.zp(c0 + j);
-            let colterm = csum[j].wrapping_sub(k.wrapping_mul(zb));
-            *v = v.wrapping_sub(za.wrapping_mul(colterm).wrapping_add(rs.wrapping_mul(zb)));
-        }
-        // SAFETY: this task alone writes row i × columns c0..c0+w.
-        unsafe {
-            Kr::finish(Finish {
-                acc: &raw[..w],
-                ld: w,
-                rows: i..i + 1,
-                cols: c0..c0 + w,
-                ep,
-                out: out.get(),
-                ldc: b.n,
-            })
-        };
+        gemv_finish::<Kr, T>(pa, b, ep, i, c0, &mut raw[..w], &csum[..w], out);
         c0 += w;
     }
     true
+}
+
+/// Whether the kernel has a GEMV over row-major B (asked with no columns).
+fn has_gemv<Kr: Kernel>(pa: &super::PackedA<'_, Kr::AElem>, b: &RowsB<'_>) -> bool {
+    // SAFETY: row 0 of packed A holds kp elements.
+    let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr(), pa.kp) };
+    let job = RowGemv {
+        b,
+        a: arow,
+        c0: 0,
+        k0: 0,
+        k1: 0,
+        sums: false,
+    };
+    Kr::gemv_rows(&job, &mut [], &mut [])
+}
+
+/// A single row on several threads by the kernel's GEMV ([`has_gemv`]): K
+/// split into parts, each a contiguous band of whole rows of B that one
+/// task streams front to back as one thread would (split by columns, each
+/// thread read every row in runs of N / threads bytes, and 2 threads ran
+/// 1×4096×4096 at 1.5–1.7× one), shrinking ([`super::guided`]); the parts'
+/// raw sums (and column sums) are added (wrapping: exact in any order),
+/// then corrected once.
+fn gemv_split<Kr: Kernel, T: OutElem>(
+    ctx: &Ctx,
+    pa: &super::PackedA<'_, Kr::AElem>,
+    b: &RowsB<'_>,
+    ep: &Epilogue<'_, T>,
+    work: usize,
+    out: SyncPtr<T>,
+) {
+    let n = b.n;
+    let kg = b.k.div_ceil(4);
+    // Column sums only matter through A's stored zero point.
+    let sums = pa.zp[0] != 0;
+    let stride = if sums { 2 * n } else { n };
+    let parts = ctx
+        .chunks_for(work)
+        .min(2 * ctx.threads())
+        .min(kg / GEMV_MIN_GROUPS)
+        .max(1);
+    // Every task writes all of its part (raw sums, then column sums).
+    let mut part = reuse::Reused::new(&reuse::ACC, parts * stride, 0);
+    let pp = SyncPtr(part.as_mut_ptr());
+    // SAFETY: row 0 of packed A holds kp >= k elements.
+    let arow = unsafe { std::slice::from_raw_parts(pa.data.ptr(), pa.kp) };
+    ctx.for_each_task(work, parts, |p| {
+        let gs = super::guided(kg, parts, p);
+        // SAFETY: task p alone writes elements p·stride .. (p+1)·stride.
+        let mine = unsafe { std::slice::from_raw_parts_mut(pp.get().add(p * stride), stride) };
+        let (raw, cs) = mine.split_at_mut(n);
+        let job = RowGemv {
+            b,
+            a: arow,
+            c0: 0,
+            k0: 4 * gs.start,
+            k1: (4 * gs.end).min(b.k),
+            sums,
+        };
+        // Cannot fail: has_gemv said yes, and these rows and columns exist.
+        let done = Kr::gemv_rows(&job, raw, cs);
+        debug_assert!(done);
+    });
+    let (first, rest) = part.split_at_mut(stride);
+    for other in rest.chunks_exact(stride) {
+        for (x, &y) in first.iter_mut().zip(other) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let (raw, cs) = first.split_at_mut(n);
+    gemv_finish::<Kr, T>(pa, b, ep, 0, 0, raw, cs, out);
+}
+
+/// Row `i` × columns `c0 .. c0 + raw.len()` of the output from the GEMV's
+/// raw sums `raw` and column sums `csum` (read only when A's stored zero
+/// point is not 0): the zero-point correction, then the output step.
+#[allow(clippy::too_many_arguments)]
+fn gemv_finish<Kr: Kernel, T: OutElem>(
+    pa: &super::PackedA<'_, Kr::AElem>,
+    b: &RowsB<'_>,
+    ep: &Epilogue<'_, T>,
+    i: usize,
+    c0: usize,
+    raw: &mut [i32],
+    csum: &[i32],
+    out: SyncPtr<T>,
+) {
+    let k = b.k as i32;
+    let (za, rs) = (pa.zp[i], pa.rowsum[i]);
+    for (j, v) in raw.iter_mut().enumerate() {
+        let zb = b.zp(c0 + j);
+        let colterm = if za != 0 {
+            csum[j].wrapping_sub(k.wrapping_mul(zb))
+        } else {
+            0
+        };
+        *v = v.wrapping_sub(za.wrapping_mul(colterm).wrapping_add(rs.wrapping_mul(zb)));
+    }
+    let w = raw.len();
+    // SAFETY: the caller alone writes row i × columns c0..c0+w; the
+    // kernel's ISA is supported (it was dispatched).
+    unsafe {
+        Kr::finish(Finish {
+            acc: raw,
+            ld: w,
+            rows: i..i + 1,
+            cols: c0..c0 + w,
+            ep,
+            out: out.get(),
+            ldc: b.n,
+        })
+    };
 }
 
 /// Packs groups `g0..g0+kcg` of panels `jp..jp+np` of row-major B into

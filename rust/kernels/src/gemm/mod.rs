@@ -394,6 +394,18 @@ pub(crate) fn parallel(ctx: &Ctx, work: usize) -> bool {
     work >= GEMM_PARALLEL_MIN_WORK && ctx.threads() > 1
 }
 
+/// Chunk `c` of `0..units` cut into `chunks` pieces that shrink in steps
+/// (sizes in proportion to `2·(chunks − c) − 1`), for tasks that the team
+/// hands out in order from its counter: the big ones go first, and the
+/// thread that finishes last waits on a small one (with equal pieces, a
+/// single row of 1×4096×4096 on 2 threads left one idle for up to an
+/// eighth of the call). Some may be empty when `units` is small.
+pub(crate) fn guided(units: usize, chunks: usize, c: usize) -> std::ops::Range<usize> {
+    let sq = chunks * chunks;
+    let at = |c: usize| units - units * (chunks - c) * (chunks - c) / sq;
+    at(c)..at(c + 1)
+}
+
 /// What writing one output element (correction, output step, store) costs,
 /// in multiply-accumulates, for the thread decisions: a product with a short
 /// K is mostly output (the first convolution of the digits CNN, 4096×9×16
@@ -768,10 +780,22 @@ fn run<Kr: Kernel, T: OutElem>(
             let (t0, t1) = (u0 * unit, (u1 * unit).min(tiles));
             (t0 * Kr::MR, (t1 * Kr::MR).min(m), 0, panels)
         } else {
-            let (b0, b1) = (blocks * c / nchunks, blocks * (c + 1) / nchunks);
-            (0, m, (b0 * Kr::NP).min(panels), (b1 * Kr::NP).min(panels))
+            // A single row: no tile to spread, B's panels are the whole job.
+            let bs = if m == 1 {
+                guided(blocks, nchunks, c)
+            } else {
+                blocks * c / nchunks..blocks * (c + 1) / nchunks
+            };
+            (
+                0,
+                m,
+                (bs.start * Kr::NP).min(panels),
+                (bs.end * Kr::NP).min(panels),
+            )
         };
-        block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
+        if p0 < p1 {
+            block::<Kr, T>(pa, b, ep, r0..r1, p0..p1, optr);
+        }
     };
     ctx.for_each_task(work, nchunks, task);
 }

@@ -655,6 +655,78 @@ fn result_does_not_depend_on_the_context() {
 }
 
 #[test]
+fn guided_chunks_tile_the_range_biggest_first() {
+    for units in 0..200 {
+        for chunks in 1..13 {
+            let parts: Vec<_> = (0..chunks).map(|c| guided(units, chunks, c)).collect();
+            assert_eq!(parts[0].start, 0);
+            assert_eq!(parts[chunks - 1].end, units);
+            assert!(parts
+                .windows(2)
+                .all(|w| w[0].end == w[1].start && w[0].len() + 1 >= w[1].len()));
+        }
+    }
+    assert_eq!(guided(64, 8, 0), 0..15);
+    assert_eq!(guided(64, 8, 7), 63..64);
+}
+
+#[test]
+fn single_row_b_per_call_split_over_k() {
+    // M = 1 with K long enough to be split over the threads (parts of whole
+    // rows, summed after): K not a multiple of 4, N past the GEMV's column
+    // chunk, zero points that need the column sums; and K just below the
+    // split (columns split instead).
+    let shapes = [(1027, 1030), (512, 2100), (2048, 4100), (508, 2100)];
+    for (k, n) in shapes {
+        for (sa, sb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let zb: Vec<i32> = (0..n as i32)
+                .map(|j| if sb { j % 256 - 128 } else { j % 256 })
+                .collect();
+            let za = if sa { -3 } else { 200 };
+            check(1, k, n, sa, sb, None, Some(zb), 31, None);
+            check(1, k, n, sa, sb, Some(vec![za]), None, 32, None);
+        }
+    }
+}
+
+#[test]
+fn single_row_b_per_call_does_not_depend_on_the_context() {
+    use crate::exec::Ctx;
+    let (k, n) = (3001, 1500);
+    let a = bytes(k, 41);
+    let b = bytes(k * n, 42);
+    let zb: Vec<i32> = (0..n as i32).map(|j| (7 * j) % 256).collect();
+    let cs: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-4).collect();
+    let step = OutputStep::Float {
+        row_scale: Param::Scalar(0.02),
+        col_scale: Param::PerIndex(&cs),
+        bias: None,
+        relu: false,
+    };
+    each_isa(|i| {
+        let outs: Vec<Vec<u32>> = [Ctx::serial(), Ctx::new(2), Ctx::new(3), Ctx::new(4)]
+            .iter()
+            .map(|ctx| {
+                let y = matmul_b_rows_vec::<f32>(
+                    ctx,
+                    ASource::U8(&a),
+                    1,
+                    k,
+                    ZeroPoint::Scalar(77),
+                    ASource::U8(&b),
+                    n,
+                    ZeroPoint::PerIndex(&zb),
+                    &step,
+                )
+                .unwrap();
+                y.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert!(outs.windows(2).all(|w| w[0] == w[1]), "isa {}", i.name());
+    });
+}
+
+#[test]
 fn b_per_call_output_steps_match_the_packed_product() {
     // Float and requantized output through the same step, bit for bit, on
     // every path, single-row and tiled, serial and threaded.

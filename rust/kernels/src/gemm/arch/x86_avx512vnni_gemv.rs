@@ -39,26 +39,37 @@ crate::cpu::isa_fns!(avx512vnni;
 );
 
 /// The raw sums of columns `g.c0 .. g.c0 + acc.len()` (and, with `g.sums`,
-/// their column sums of B̂) over all K rows of B. Returns false (nothing
-/// written) when the arguments do not describe such columns.
+/// their column sums of B̂) over rows `g.k0 .. g.k1` of B. Returns false
+/// (nothing written) when the arguments do not describe such columns and rows.
 #[inline(always)]
 unsafe fn gemv_rows(g: &RowGemv<'_, u8>, acc: &mut [i32], colsum: &mut [i32]) -> bool {
-    let RowGemv { b, a, c0, sums } = *g;
-    let (n, k) = (b.n(), b.k());
+    let RowGemv {
+        b,
+        a,
+        c0,
+        k0,
+        k1,
+        sums,
+    } = *g;
+    let n = b.n();
     let w = acc.len();
     let fits = c0
         .checked_add(w)
         .is_some_and(|e| e <= n && (!sums || colsum.len() >= w))
-        && a.len() >= k.div_ceil(4) * 4
-        && k.checked_mul(n) == Some(b.src().len());
+        && k0.is_multiple_of(4)
+        && k0 <= k1
+        && k1 <= b.k()
+        && a.len() >= k1.div_ceil(4) * 4
+        && b.k().checked_mul(n) == Some(b.src().len());
     if !fits {
         return false;
     }
+    let (k, a) = (k1 - k0, &a[k0..]);
     let xor = b.mask() != 0;
     let mut j = 0;
     while j < w {
         let cw = CHUNK.min(w - j);
-        let src = b.src().as_ptr().add(c0 + j);
+        let src = b.src().as_ptr().add(k0 * n + c0 + j);
         let (acc_c, cs_c) = (acc.as_mut_ptr().add(j), colsum.as_mut_ptr().wrapping_add(j));
         match (sums, xor) {
             (false, false) => chunk::<false, false>(src, n, k, a, cw, acc_c, cs_c),
