@@ -13,6 +13,7 @@
 //! driver, since the accumulators are exact and each element's output step
 //! is the driver's.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use super::kernel::{self, Kernel};
@@ -113,10 +114,18 @@ pub(crate) fn row1_with<Kr: Kernel, T: OutElem>(
     }
     let rowsum = if r.zb_zero { 0 } else { super::byte_sum(a) };
     if wide {
-        let mut widened = [Kr::AElem::default(); WIDE_ROW];
-        <Kr::AElem as pack::PlainElem>::widen(a, &mut widened[..kp]);
-        // SAFETY: `widened` holds the kp elements of the row.
-        unsafe { tiles::<Kr, T>(b, widened.as_ptr(), za, rowsum, &ep, out) };
+        // Only the row's elements are written (a whole 2 KiB stack row
+        // zeroed per call cost more than the tiles of a 64x32 layer).
+        let mut widened = [MaybeUninit::<Kr::AElem>::uninit(); WIDE_ROW];
+        let w = &mut widened[..kp];
+        w.iter_mut().for_each(|v| {
+            v.write(Kr::AElem::default());
+        });
+        // SAFETY: the kp elements were just written.
+        let w = unsafe { &mut *(w as *mut [MaybeUninit<Kr::AElem>] as *mut [Kr::AElem]) };
+        <Kr::AElem as pack::PlainElem>::widen(a, w);
+        // SAFETY: `w` holds the kp elements of the row.
+        unsafe { tiles::<Kr, T>(b, w.as_ptr(), za, rowsum, &ep, out) };
     } else {
         // SAFETY: the kernel's elements are the row's bytes, kp of them.
         unsafe { tiles::<Kr, T>(b, a.as_ptr().cast(), za, rowsum, &ep, out) };
@@ -148,7 +157,13 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
     } else {
         None
     };
-    let mut acc = [0i32; ACC];
+    // One tile's accumulators: `ld` of them zeroed, not the widest kernel's `ACC`.
+    let mut acc = [MaybeUninit::<i32>::uninit(); ACC];
+    acc[..ld].iter_mut().for_each(|v| {
+        v.write(0);
+    });
+    // SAFETY: the first ld values were just written (16·NP_ROW <= ACC, checked by the caller).
+    let acc = unsafe { &mut *(&mut acc[..ld] as *mut [MaybeUninit<i32>] as *mut [i32]) };
     let optr = out.as_mut_ptr();
     // LOOP 2 of the driver's `block` for its one row: column blocks of
     // NP_ROW panels, each over the K blocks, then its output step.
