@@ -219,17 +219,15 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
         }
         if float.is_none() {
             // SAFETY: as above; the kernel's ISA is the active path's.
-            {
-                Kr::finish(Finish {
-                    acc: &acc[..ld],
-                    ld,
-                    rows: 0..1,
-                    cols: c0..c1,
-                    ep,
-                    out: optr,
-                    ldc: n,
-                })
-            };
+            Kr::finish(Finish {
+                acc: &acc[..ld],
+                ld,
+                rows: 0..1,
+                cols: c0..c1,
+                ep,
+                out: optr,
+                ldc: n,
+            });
         }
         jp += np;
     }
@@ -249,7 +247,16 @@ mod tests {
     /// ISA; B int8 or uint8 (stored zero points 0 or not).
     #[test]
     fn one_row_gives_the_drivers_bits_on_every_isa() {
-        let shapes = [(1, 1), (3, 5), (64, 10), (64, 256), (130, 17), (7, 300), (1030, 33), (2100, 20)];
+        let shapes = [
+            (1, 1),
+            (3, 5),
+            (64, 10),
+            (64, 256),
+            (130, 17),
+            (7, 300),
+            (1030, 33),
+            (2100, 20),
+        ];
         each_isa(|isa| {
             for (si, &(k, n)) in shapes.iter().enumerate() {
                 for (bi, uint8_b) in [false, true].into_iter().enumerate() {
@@ -276,7 +283,7 @@ mod tests {
                         row_scale: Param::Scalar(0.07),
                         col_scale: Param::PerIndex(&cs),
                         bias: Some(&bias),
-                        relu: seed % 2 == 0,
+                        relu: seed.is_multiple_of(2),
                     };
                     let fused = OutputStep::Fused(Fused {
                         row_scale: Param::Scalar(0.07),
@@ -293,7 +300,17 @@ mod tests {
                     });
                     let src = ASource::U8(&a[..k]);
                     let mut want = vec![0f32; n];
-                    matmul(&TEST, src, 1, k, ZeroPoint::Scalar(za), &b, &float, &mut want).unwrap();
+                    matmul(
+                        &TEST,
+                        src,
+                        1,
+                        k,
+                        ZeroPoint::Scalar(za),
+                        &b,
+                        &float,
+                        &mut want,
+                    )
+                    .unwrap();
                     let mut got = vec![f32::NAN; n];
                     let took = row1(&r, &a, za, &float, &mut got).unwrap();
                     // A kernel that widens A declines rows past WIDE_ROW (its stack row).
@@ -306,7 +323,17 @@ mod tests {
                         assert_eq!(g, w, "{isa:?} float {k}x{n} uint8 B {uint8_b}");
                     }
                     let mut want = vec![0u8; n];
-                    matmul(&TEST, src, 1, k, ZeroPoint::Scalar(za), &b, &fused, &mut want).unwrap();
+                    matmul(
+                        &TEST,
+                        src,
+                        1,
+                        k,
+                        ZeroPoint::Scalar(za),
+                        &b,
+                        &fused,
+                        &mut want,
+                    )
+                    .unwrap();
                     let mut got = vec![1u8; n];
                     if row1(&r, &a, za, &fused, &mut got).unwrap() {
                         assert_eq!(got, want, "{isa:?} uint8 {k}x{n} uint8 B {uint8_b}");

@@ -50,7 +50,7 @@ pub(super) fn run_node(
     };
     let (k, n) = (g.packed.k(), g.packed.n());
     let v = node.inputs[0];
-    if plan.len_of(v, batch) != k || gemm::parallel(ctx, n * (k + gemm::OUTPUT_MACS)) {
+    if plan.len_of(v, batch) != k || gemm::parallel(ctx, n.saturating_mul(k + gemm::OUTPUT_MACS)) {
         return None;
     }
     let p0: *const f32 = match plan.storage[v] {
@@ -182,9 +182,18 @@ mod tests {
         ];
         let statics = vec![
             node(stat(uint8_b, 0.05, 100, None), &[0], 1),
-            node(stat(gemm_of(45, 33, 3, false), 0.04, 3, Some(Unary::Relu)), &[1], 2),
             node(
-                stat(gemm_of(300, 45, 4, false), 0.03, 0, Some(Unary::Clip(Some(0.0), Some(6.0)))),
+                stat(gemm_of(45, 33, 3, false), 0.04, 3, Some(Unary::Relu)),
+                &[1],
+                2,
+            ),
+            node(
+                stat(
+                    gemm_of(300, 45, 4, false),
+                    0.03,
+                    0,
+                    Some(Unary::Clip(Some(0.0), Some(6.0))),
+                ),
                 &[2],
                 3,
             ),
@@ -212,18 +221,34 @@ mod tests {
     fn each_dense_node_gives_the_drivers_bits_at_batch_1_on_every_isa() {
         each_isa(|isa| {
             for (nodes, k) in chains() {
-                let x: Vec<f32> = (0..k).map(|i| ((i * 29 % 41) as f32 - 17.0) * 0.11).collect();
+                let x: Vec<f32> = (0..k)
+                    .map(|i| ((i * 29 % 41) as f32 - 17.0) * 0.11)
+                    .collect();
                 for n in &nodes {
                     let alone = [node(n.op.clone(), &[0], 1)];
                     let Op::Dense(g) = &n.op else { unreachable!() };
                     let (kin, nout) = (g.packed.k(), g.packed.n());
-                    let xin: Vec<f32> = (0..kin).map(|i| ((i * 13 % 23) as f32 - 9.0) * 0.07).collect();
+                    let xin: Vec<f32> = (0..kin)
+                        .map(|i| ((i * 13 % 23) as f32 - 9.0) * 0.07)
+                        .collect();
                     let (fast, slow) = (plan(&alone, kin, true), plan(&alone, kin, false));
                     let mut ws = Workspace::default();
                     fast.prepare(&mut ws, 1).unwrap();
                     let mut y = vec![f32::NAN; nout];
-                    let r = run_node(&fast, &TEST, &mut ws, 1, 0, &fast.nodes[0], &[&xin], &mut [&mut y]);
-                    assert!(matches!(r, Some(Ok(()))), "{isa:?}: the node did not take the batch-1 path");
+                    let r = run_node(
+                        &fast,
+                        &TEST,
+                        &mut ws,
+                        1,
+                        0,
+                        &fast.nodes[0],
+                        &[&xin],
+                        &mut [&mut y],
+                    );
+                    assert!(
+                        matches!(r, Some(Ok(()))),
+                        "{isa:?}: the node did not take the batch-1 path"
+                    );
                     let mut want = vec![0f32; nout];
                     slow.forward(&TEST, 1, &[&xin], &mut [&mut want]).unwrap();
                     assert_eq!(bits(&y), bits(&want), "{isa:?} {:?}", n.op);
@@ -249,7 +274,11 @@ mod tests {
     fn uint8_edges_and_errors_at_batch_1() {
         let (nodes, k) = chains().pop().unwrap();
         let p = plan(&nodes, k, true);
-        assert!((1..4).all(|v| p.dtype(v) != Some(DType::F32)), "{:?}", p.dtypes);
+        assert!(
+            (1..4).all(|v| p.dtype(v) != Some(DType::F32)),
+            "{:?}",
+            p.dtypes
+        );
         assert!(p.row1.iter().all(|r| r.is_some()));
         let (dynamic, k) = chains().swap_remove(0);
         let mut x = vec![0.5f32; k];
