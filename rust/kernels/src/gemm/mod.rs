@@ -47,6 +47,7 @@ mod kernel;
 pub mod output;
 pub mod pack;
 pub(crate) mod reuse;
+pub(crate) mod row1;
 
 pub use crate::conv::nhwc::ConvRows;
 use crate::cpu;

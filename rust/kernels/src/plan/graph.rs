@@ -37,6 +37,9 @@ mod tests;
 #[path = "int8_ops.rs"]
 mod int8_ops;
 
+#[path = "batch1.rs"]
+mod batch1;
+
 #[path = "int4_op.rs"]
 mod int4_op;
 pub use int4_op::Int4Dense;
@@ -277,6 +280,8 @@ pub struct Workspace {
     img_scale: Vec<f32>,
     img_zp: Vec<i32>,
     res: Vec<f32>,
+    /// One dense layer's quantized input row, padded (the batch-1 path).
+    row: Vec<u8>,
     int4: crate::int4::Int4Scratch,
     allocations: usize,
 }
@@ -308,6 +313,10 @@ pub struct GraphPlan {
     /// Per-sample elements of each workspace buffer.
     buf_elems: Vec<usize>,
     scratch: Scratch,
+    /// Per node: the batch-1 form of a dense node (`batch1.rs`).
+    row1: Vec<Option<crate::gemm::row1::Row1>>,
+    /// Bytes of the longest padded row the batch-1 path quantizes.
+    row_bytes: usize,
     /// Boxed: a call takes one out and puts it back, moving a pointer, not ~300 bytes each way.
     pool: Mutex<Vec<Box<Workspace>>>,
     allocations: std::sync::atomic::AtomicUsize,
@@ -648,7 +657,11 @@ impl GraphPlan {
             .map(|(v, d)| d.ok_or_else(|| Error::Value(format!("value {v} is never written"))))
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
+        let row1 = batch1::prepare(&nodes);
+        let row_bytes = row1.iter().flatten().map(|r| r.kp()).max().unwrap_or(0);
         Ok(GraphPlan {
+            row1,
+            row_bytes,
             dtypes: int8_ops::dtypes(&nodes, &outputs, dims.len()),
             nodes,
             inputs,
@@ -817,7 +830,7 @@ impl GraphPlan {
                 // The clock only when timing: two reads per node cost ~50 ns
                 // of a ~1 µs batch-1 MLP call.
                 let t0 = seconds.is_some().then(std::time::Instant::now);
-                let r = self.run_node(ctx, &mut ws, batch, n, inputs, outputs);
+                let r = self.run_node(ctx, &mut ws, batch, i, n, inputs, outputs);
                 if let (Some(s), Some(t0)) = (seconds.as_deref_mut(), t0) {
                     s[i] = t0.elapsed().as_secs_f64();
                 }
@@ -850,6 +863,7 @@ impl GraphPlan {
         grow(&mut ws.qt, len(s.q)?, &mut ws.allocations)?;
         grow(&mut ws.row_scale, len(s.rows)?, &mut ws.allocations)?;
         grow(&mut ws.res, len(s.res)?, &mut ws.allocations)?;
+        grow(&mut ws.row, self.row_bytes, &mut ws.allocations)?;
         grow(&mut ws.img_scale, batch, &mut ws.allocations)?;
         grow(&mut ws.img_zp, batch, &mut ws.allocations)?;
         for n in &self.nodes {
@@ -869,15 +883,20 @@ impl GraphPlan {
         batch * self.dims[v].iter().product::<usize>()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_node(
         &self,
         ctx: &Ctx,
         ws: &mut Workspace,
         batch: usize,
+        i: usize,
         node: &Node,
         inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
     ) -> Result<()> {
+        if let Some(r) = batch1::run_node(self, ctx, ws, batch, i, node, inputs, outputs) {
+            return r;
+        }
         if let Op::Reshape(_) = node.op {
             if self.storage[node.output] == self.storage[node.inputs[0]] {
                 return Ok(()); // an alias: the data is already where it belongs

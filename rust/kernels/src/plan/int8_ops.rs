@@ -486,7 +486,7 @@ fn static_gemm(
 
 /// The output quantization of a layer writing uint8 on `grid`, with its
 /// element-wise `post` (a ReLU or Clip) folded into the clamp.
-fn requant_of(grid: StaticAct, post: Option<Unary>) -> Result<Requant> {
+pub(super) fn requant_of(grid: StaticAct, post: Option<Unary>) -> Result<Requant> {
     let q = |v: f32| quant1(v, grid.scale, grid.zero_point as f32, 0.0, 255.0) as i32;
     let (lo, hi) = match post {
         None => (0, 255),

@@ -80,6 +80,8 @@ pub struct Kernels {
     pub(crate) b_rows_i8: BRowsFn<i8>,
     pub(crate) linear: LinearFn,
     pub(crate) pack_panels: PackFn,
+    pub(crate) row1_f32: super::row1::Row1Fn<f32>,
+    pub(crate) row1_u8: super::row1::Row1Fn<u8>,
 }
 
 /// `table!(Kernel, pack_fn)`: the module's `KERNELS`, the blocked driver
@@ -97,6 +99,8 @@ macro_rules! table {
             b_rows_i8: $crate::gemm::b_rows_with::<$kr, i8>,
             linear: $crate::gemm::linear_with::<$kr>,
             pack_panels: $pack,
+            row1_f32: $crate::gemm::row1::row1_with::<$kr, f32>,
+            row1_u8: $crate::gemm::row1::row1_with::<$kr, u8>,
         };
     };
 }

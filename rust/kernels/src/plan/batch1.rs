@@ -1,0 +1,292 @@
+//! The batch-1 path of dense nodes: a layer whose input is one row (a batch
+//! of one 1-D sample) runs the GEMM's one-row product ([`gemm::row1`]) on
+//! the row quantized into the workspace, instead of the blocked driver.
+//!
+//! At batch 1 a small layer is mostly fixed cost: the digits MLP 64-32-16-10
+//! spent ~17% of its instructions in the micro-kernel and output step
+//! (callgrind, AVX2); the rest was the driver's checks, packing, reused
+//! buffers and block loops. What does not depend on the call is decided when
+//! the plan is built ([`Row1::new`]: the overflow bound, whether A's row sums
+//! are needed); a call quantizes the row (the same quantizer as the driver's
+//! path), runs the tiles and the same output step. The results are the
+//! driver's bits (the accumulators are exact; each output element takes
+//! the same step), so a model's predictions do not depend on the batch.
+//!
+//! A product big enough for the thread team (see [`gemm::parallel`]) keeps
+//! the driver, which splits its columns over the threads.
+
+use super::*;
+use crate::gemm::output::Fused;
+use crate::gemm::row1::{row1, Row1};
+
+/// The one-row form of every dense node that can take it (`None` for other nodes).
+pub(super) fn prepare(nodes: &[Node]) -> Vec<Option<Row1>> {
+    nodes
+        .iter()
+        .map(|n| match &n.op {
+            Op::Dense(g) => Row1::new(&g.packed),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs node `i` on the one-row path when it is a dense node with a single
+/// row to multiply and the product stays on one thread; `None` when the
+/// driver's path is to run it (also when the one-row path declines a case
+/// after quantizing: the driver then quantizes again, to the same bytes).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_node(
+    plan: &GraphPlan,
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    batch: usize,
+    i: usize,
+    node: &Node,
+    inputs: &[&[f32]],
+    outputs: &mut [&mut [f32]],
+) -> Option<Result<()>> {
+    let (Op::Dense(g), Some(r)) = (&node.op, plan.row1.get(i)?.as_ref()) else {
+        return None;
+    };
+    let (k, n) = (g.packed.k(), g.packed.n());
+    let v = node.inputs[0];
+    if plan.len_of(v, batch) != k || gemm::parallel(ctx, n.saturating_mul(k + gemm::OUTPUT_MACS)) {
+        return None;
+    }
+    let p0: *const f32 = match plan.storage[v] {
+        Storage::Input(j) => inputs[j].as_ptr(),
+        Storage::Output(j) => outputs[j].as_ptr(),
+        Storage::Buffer(b) => ws.bufs[b].as_ptr(),
+    };
+    let out: *mut f32 = match plan.storage[node.output] {
+        Storage::Output(j) => outputs[j].as_mut_ptr(),
+        Storage::Buffer(b) => ws.bufs[b].as_mut_ptr(),
+        Storage::Input(_) => return None,
+    };
+    let kp = r.kp();
+    let row = &mut ws.row[..kp];
+    // SAFETY (the slices from `p0` and `out`): as in `GraphPlan::run_node`,
+    // live storages of at least `len_of` elements (a uint8 value's buffer
+    // holds as many f32, so its bytes too), the output's distinct from the
+    // input's and from the workspace's row.
+    let (a, za, row_scale): (&[u8], i32, f32) = match (plan.dtypes[v], g.act) {
+        (DType::F32, None) => {
+            let x = unsafe { std::slice::from_raw_parts(p0, k) };
+            // NaN or infinity: the driver's path names the error.
+            let (_, zp, scale) = quantize_row_u8(x, row)?;
+            (&*row, zp, scale)
+        }
+        (DType::F32, Some(act)) => {
+            let x = unsafe { std::slice::from_raw_parts(p0, k) };
+            if let Err(e) = quantize_fixed_u8(ctx, x, act.scale, act.zero_point, &mut row[..k]) {
+                return Some(Err(e));
+            }
+            row[k..].fill(0);
+            (&*row, act.zero_point, act.scale)
+        }
+        (DType::U8(_), Some(act)) => {
+            let x = unsafe { std::slice::from_raw_parts(p0.cast::<u8>(), k) };
+            if k == kp {
+                (x, act.zero_point, act.scale)
+            } else {
+                row[..k].copy_from_slice(x);
+                row[k..].fill(0);
+                (&*row, act.zero_point, act.scale)
+            }
+        }
+        (DType::U8(_), None) => return None,
+    };
+    let done = match (plan.dtypes[node.output], g.act) {
+        (DType::F32, _) => {
+            let y = unsafe { std::slice::from_raw_parts_mut(out, n) };
+            let step = OutputStep::Float {
+                row_scale: Param::Scalar(row_scale),
+                col_scale: g.col_scale(),
+                bias: g.bias.as_deref(),
+                relu: g.relu,
+            };
+            let done = row1(r, a, za, &step, y);
+            if let (Ok(true), Some(f)) = (&done, g.post) {
+                f.run(y);
+            }
+            done
+        }
+        (DType::U8(grid), Some(_)) => {
+            let y = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), n) };
+            let requant = match int8_ops::requant_of(grid, g.post) {
+                Ok(q) => q,
+                Err(e) => return Some(Err(e)),
+            };
+            let step = OutputStep::Fused(Fused {
+                row_scale: Param::Scalar(row_scale),
+                col_scale: param(&g.scale),
+                bias: g.bias.as_deref(),
+                residual: None,
+                relu: g.relu,
+                requant: Some(requant),
+            });
+            row1(r, a, za, &step, y)
+        }
+        (DType::U8(_), None) => return None,
+    };
+    match done {
+        Ok(true) => Some(Ok(())),
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{gemm_of, node};
+    use super::*;
+    use crate::cpu::each_isa;
+    use crate::exec::TEST;
+
+    fn stat(g: Gemm, scale: f32, zero_point: i32, post: Option<Unary>) -> Op {
+        Op::Dense(Gemm {
+            act: Some(StaticAct { scale, zero_point }),
+            post,
+            ..g
+        })
+    }
+
+    /// Dynamic and static dense layers of every kind the one-row path takes:
+    /// K not a multiple of 4, N past one column block, uint8 weights with a
+    /// zero point, a scalar scale without bias, element-wise steps after;
+    /// the static chain has uint8 edges between its layers.
+    fn chains() -> Vec<(Vec<Node>, usize)> {
+        let u8w: Vec<u8> = (0..33 * 64).map(|i| (i * 37 % 251) as u8).collect();
+        let uint8_b = Gemm {
+            packed: Arc::new(
+                PackedB::from_nk_u8(&TEST, &u8w, 33, 64, ZeroPoint::Scalar(120)).unwrap(),
+            ),
+            ..gemm_of(33, 64, 0, true)
+        };
+        let scalar = Gemm {
+            scale: vec![0.02],
+            bias: None,
+            ..gemm_of(10, 300, 5, false)
+        };
+        let dynamic = vec![
+            node(Op::Dense(uint8_b.clone()), &[0], 1),
+            node(
+                Op::Dense(Gemm {
+                    post: Some(Unary::HardSwish),
+                    ..gemm_of(300, 33, 2, false)
+                }),
+                &[1],
+                2,
+            ),
+            node(Op::Dense(scalar.clone()), &[2], 3),
+        ];
+        let statics = vec![
+            node(stat(uint8_b, 0.05, 100, None), &[0], 1),
+            node(
+                stat(gemm_of(45, 33, 3, false), 0.04, 3, Some(Unary::Relu)),
+                &[1],
+                2,
+            ),
+            node(
+                stat(
+                    gemm_of(300, 45, 4, false),
+                    0.03,
+                    0,
+                    Some(Unary::Clip(Some(0.0), Some(6.0))),
+                ),
+                &[2],
+                3,
+            ),
+            node(stat(scalar, 0.1, 7, None), &[3], 4),
+        ];
+        vec![(dynamic, 64), (statics, 64)]
+    }
+
+    fn plan(nodes: &[Node], k: usize, batch1: bool) -> GraphPlan {
+        let last = nodes.last().unwrap().output;
+        let mut p = GraphPlan::new(nodes.to_vec(), vec![0], vec![vec![k]], vec![last]).unwrap();
+        if !batch1 {
+            p.row1.iter_mut().for_each(|r| *r = None);
+        }
+        p
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every dense node alone takes the batch-1 path and gives the driver's
+    /// bits; so does each whole chain (uint8 edges included), on every ISA.
+    #[test]
+    fn each_dense_node_gives_the_drivers_bits_at_batch_1_on_every_isa() {
+        each_isa(|isa| {
+            for (nodes, k) in chains() {
+                let x: Vec<f32> = (0..k)
+                    .map(|i| ((i * 29 % 41) as f32 - 17.0) * 0.11)
+                    .collect();
+                for n in &nodes {
+                    let alone = [node(n.op.clone(), &[0], 1)];
+                    let Op::Dense(g) = &n.op else { unreachable!() };
+                    let (kin, nout) = (g.packed.k(), g.packed.n());
+                    let xin: Vec<f32> = (0..kin)
+                        .map(|i| ((i * 13 % 23) as f32 - 9.0) * 0.07)
+                        .collect();
+                    let (fast, slow) = (plan(&alone, kin, true), plan(&alone, kin, false));
+                    let mut ws = Workspace::default();
+                    fast.prepare(&mut ws, 1).unwrap();
+                    let mut y = vec![f32::NAN; nout];
+                    let r = run_node(
+                        &fast,
+                        &TEST,
+                        &mut ws,
+                        1,
+                        0,
+                        &fast.nodes[0],
+                        &[&xin],
+                        &mut [&mut y],
+                    );
+                    assert!(
+                        matches!(r, Some(Ok(()))),
+                        "{isa:?}: the node did not take the batch-1 path"
+                    );
+                    let mut want = vec![0f32; nout];
+                    slow.forward(&TEST, 1, &[&xin], &mut [&mut want]).unwrap();
+                    assert_eq!(bits(&y), bits(&want), "{isa:?} {:?}", n.op);
+                }
+                let (fast, slow) = (plan(&nodes, k, true), plan(&nodes, k, false));
+                let nout = fast.output_dims()[0][0];
+                let (mut y, mut want) = (vec![0f32; nout], vec![0f32; nout]);
+                fast.forward(&TEST, 1, &[&x], &mut [&mut y]).unwrap();
+                slow.forward(&TEST, 1, &[&x], &mut [&mut want]).unwrap();
+                assert_eq!(bits(&y), bits(&want), "{isa:?} chain");
+                // A batch of two goes through the driver: its first row is the same.
+                let x2: Vec<f32> = x.iter().chain(&x).copied().collect();
+                let mut y2 = vec![0f32; 2 * nout];
+                fast.forward(&TEST, 2, &[&x2], &mut [&mut y2]).unwrap();
+                assert_eq!(bits(&y2[..nout]), bits(&want), "{isa:?} batch 2");
+            }
+        });
+    }
+
+    /// The static chain really has uint8 edges, and a non-finite input gives
+    /// the driver's error on the batch-1 path too.
+    #[test]
+    fn uint8_edges_and_errors_at_batch_1() {
+        let (nodes, k) = chains().pop().unwrap();
+        let p = plan(&nodes, k, true);
+        assert!(
+            (1..4).all(|v| p.dtype(v) != Some(DType::F32)),
+            "{:?}",
+            p.dtypes
+        );
+        assert!(p.row1.iter().all(|r| r.is_some()));
+        let (dynamic, k) = chains().swap_remove(0);
+        let mut x = vec![0.5f32; k];
+        x[3] = f32::NAN;
+        let mut y = vec![0f32; 10];
+        for p in [plan(&dynamic, k, true), plan(&dynamic, k, false)] {
+            let e = p.forward(&TEST, 1, &[&x], &mut [&mut y]).unwrap_err();
+            assert!(e.to_string().contains("finite"), "{e}");
+        }
+    }
+}
