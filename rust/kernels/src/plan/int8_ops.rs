@@ -385,7 +385,7 @@ pub(super) fn depthwise(
             // SAFETY: every element was written (`Ok` above).
             let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             if let Some(f) = post {
-                f.run(y);
+                f.run_par(ctx, y);
             }
         }
         Out::U8(y, grid) => {
@@ -473,7 +473,7 @@ fn static_gemm(
         Out::F32(y) => {
             gemm::matmul_rows_checked(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
             if let Some(f) = g.post {
-                f.run(y);
+                f.run_par(ctx, y);
             }
         }
         Out::U8(y, grid) => {
