@@ -995,14 +995,22 @@ impl GraphPlan {
                 let (c, h, w) = image(xd, !*channels_last, "global average pool")?;
                 let (hw, per) = (h * w, c * h * w);
                 for (img, xi) in x.chunks_exact(per.max(1)).enumerate().take(batch) {
-                    for ch in 0..c {
-                        let sum = if *channels_last {
-                            pairwise_sum(&|i| xi[i * c + ch], 0, hw)
-                        } else {
-                            pairwise_sum(&|i| xi[ch * hw + i], 0, hw)
-                        };
-                        // np.add.reduce starts from 0; np.mean divides in float32.
-                        y[img * c + ch] = (0.0 + sum) / hw as f32;
+                    let yi = &mut y[img * c..(img + 1) * c];
+                    if *channels_last {
+                        // NumPy's order for each channel, a block of channels at a time.
+                        for c0 in (0..c).step_by(GAP_BLOCK) {
+                            let cb = GAP_BLOCK.min(c - c0);
+                            let sums = pairwise_sum_block(xi, c, c0, cb, 0, hw);
+                            for (o, &sum) in yi[c0..c0 + cb].iter_mut().zip(&sums) {
+                                // np.add.reduce starts from 0; np.mean divides in float32.
+                                *o = (0.0 + sum) / hw as f32;
+                            }
+                        }
+                    } else {
+                        for (ch, o) in yi.iter_mut().enumerate() {
+                            let sum = pairwise_sum(&|i| xi[ch * hw + i], 0, hw);
+                            *o = (0.0 + sum) / hw as f32;
+                        }
                     }
                 }
             }
@@ -1107,6 +1115,68 @@ fn pairwise_sum(x: &impl Fn(usize) -> f32, start: usize, n: usize) -> f32 {
         let mut n2 = n / 2;
         n2 -= n2 % 8;
         pairwise_sum(x, start, n2) + pairwise_sum(x, start + n2, n - n2)
+    }
+}
+
+/// Channels per [`pairwise_sum_block`].
+const GAP_BLOCK: usize = 64;
+
+/// [`pairwise_sum`] of channels `c0..c0 + cb` (`cb <= GAP_BLOCK`) of the
+/// pixels `start..start + n` of a channels-last image `x` (`c` channels):
+/// each channel's sum in NumPy's order, the channels side by side so the
+/// adds vectorise (a channel at a time, a strided closure per element, the
+/// global average pool cost more than the layer before it at 1×1 pixels).
+fn pairwise_sum_block(
+    x: &[f32],
+    c: usize,
+    c0: usize,
+    cb: usize,
+    start: usize,
+    n: usize,
+) -> [f32; GAP_BLOCK] {
+    let px = |i: usize| &x[(start + i) * c + c0..(start + i) * c + c0 + cb];
+    let add = |acc: &mut [f32; GAP_BLOCK], v: &[f32]| {
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a += v;
+        }
+    };
+    if n < 8 {
+        let mut res = [0f32; GAP_BLOCK];
+        for i in 0..n {
+            add(&mut res, px(i));
+        }
+        res
+    } else if n <= 128 {
+        let mut r = [[0f32; GAP_BLOCK]; 8];
+        for (j, v) in r.iter_mut().enumerate() {
+            v[..cb].copy_from_slice(px(j));
+        }
+        let mut i = 8;
+        while i < n - n % 8 {
+            for (j, v) in r.iter_mut().enumerate() {
+                add(v, px(i + j));
+            }
+            i += 8;
+        }
+        let mut res = [0f32; GAP_BLOCK];
+        for (k, o) in res.iter_mut().enumerate() {
+            *o = ((r[0][k] + r[1][k]) + (r[2][k] + r[3][k]))
+                + ((r[4][k] + r[5][k]) + (r[6][k] + r[7][k]));
+        }
+        while i < n {
+            add(&mut res, px(i));
+            i += 1;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        let mut res = pairwise_sum_block(x, c, c0, cb, start, n2);
+        let b = pairwise_sum_block(x, c, c0, cb, start + n2, n - n2);
+        for (a, &b) in res.iter_mut().zip(&b) {
+            *a += b;
+        }
+        res
     }
 }
 

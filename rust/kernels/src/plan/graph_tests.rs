@@ -391,6 +391,31 @@ fn global_average_pool_is_numpys_pairwise_mean() {
     );
 }
 
+/// The channels-last pool sums a block of channels side by side: each
+/// channel's sum must be NumPy's pairwise sum of it, bit for bit, across
+/// the plain, eight-lane and split cases and partial channel blocks.
+#[test]
+fn channel_blocks_sum_each_channel_in_numpys_pairwise_order() {
+    for c in [1usize, 3, 64, 65, 130] {
+        for hw in [1usize, 5, 8, 9, 20, 128, 129, 300, 1031] {
+            // Magnitudes from 1e-3 to 1e4 and both signs: reordering the adds changes the sum.
+            let x: Vec<f32> = input(c * hw, c + hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 10f32.powi((i % 8) as i32 - 3))
+                .collect();
+            for c0 in (0..c).step_by(GAP_BLOCK) {
+                let cb = GAP_BLOCK.min(c - c0);
+                let got = pairwise_sum_block(&x, c, c0, cb, 0, hw);
+                for j in 0..cb {
+                    let want = pairwise_sum(&|i| x[i * c + c0 + j], 0, hw);
+                    assert_eq!(got[j].to_bits(), want.to_bits(), "c {c} hw {hw} channel {}", c0 + j);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_depthwise_node_is_the_kernel_on_per_image_quantized_channels_last_input() {
     let (c, h, w) = (5, 6, 7);
