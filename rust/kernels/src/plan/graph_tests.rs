@@ -288,6 +288,49 @@ fn affine_and_unary_follow_numpy() {
     assert_eq!(Unary::HardSwish.apply(1.0), 1.0 * 4.0 / 6.0);
 }
 
+/// `Unary::run` (one vector loop per case) and its threaded `run_par` give
+/// the bits of NumPy's maximum / minimum written out as branches, for NaN,
+/// infinities, signed zeros and values at the bounds, NaN bounds included.
+#[test]
+fn unary_loops_give_numpys_bits_for_nan_infinities_and_signed_zeros() {
+    let max = |a: f32, b: f32| if a >= b || a.is_nan() { a } else { b };
+    let min = |a: f32, b: f32| if a <= b || a.is_nan() { a } else { b };
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 6.0, -1.0, 7.5, 1e-40];
+    let x: Vec<f32> = (0..70_000)
+        .map(|i| specials.get(i % 23).copied().unwrap_or((i % 97) as f32 * 0.1 - 3.0))
+        .collect();
+    let bounds = [None, Some(0.0), Some(-0.0), Some(6.0), Some(f32::NAN)];
+    let mut fs = vec![Unary::Relu, Unary::HardSwish];
+    for lo in bounds {
+        for hi in bounds {
+            fs.push(Unary::Clip(lo, hi));
+        }
+    }
+    let two = Ctx::new(2);
+    for f in fs {
+        let want: Vec<u32> = x
+            .iter()
+            .map(|&v| match f {
+                Unary::Relu => max(v, 0.0),
+                Unary::Clip(lo, hi) => {
+                    let y = lo.map_or(v, |lo| max(v, lo));
+                    hi.map_or(y, |hi| min(y, hi))
+                }
+                Unary::HardSwish => f.apply(v),
+            })
+            .map(f32::to_bits)
+            .collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        f.run(&mut a);
+        f.run_par(&two, &mut b);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), want, "{f:?}");
+        assert_eq!(bits(&b), want, "{f:?} threaded");
+        let one: Vec<u32> = x.iter().map(|&v| f.apply(v).to_bits()).collect();
+        assert_eq!(one, want, "{f:?} apply");
+    }
+}
+
 #[test]
 fn bad_plans_and_calls_are_errors() {
     let relu = || Op::Unary(Unary::Relu);
