@@ -1259,6 +1259,9 @@ fn quantize_images(
     batch: usize,
     one_zero_point: bool,
 ) -> Result<()> {
+    if one_zero_point && batch > 1 {
+        return int8_ops::quantize_batch_one_zero_point(ctx, ws, x, batch);
+    }
     let len = x.len();
     let per = len.checked_div(batch).unwrap_or(0);
     let q = &mut ws.q[..len];
@@ -1289,13 +1292,6 @@ fn quantize_images(
         let row = &x[bad * per..(bad + 1) * per];
         let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return value_err!("x is not finite at row {bad}, column {col}");
-    }
-    if one_zero_point && batch > 1 && ws.img_zp[1..batch].iter().any(|&z| z != ws.img_zp[0]) {
-        let Some((_, z, s)) = quantize_row_u8(x, q) else {
-            return value_err!("x is not finite");
-        };
-        ws.img_scale[..batch].fill(s);
-        ws.img_zp[..batch].fill(z);
     }
     Ok(())
 }
