@@ -93,31 +93,12 @@ pub enum Unary {
     HardSwish,
 }
 
-/// NumPy's maximum: `a` when it is NaN or wins. The tests joined by `|`,
-/// not `||`, so a loop of it is compare-selects (it vectorises).
-#[inline(always)]
-fn np_max(a: f32, b: f32) -> f32 {
-    if (a >= b) | a.is_nan() {
-        a
-    } else {
-        b
-    }
-}
-
-/// NumPy's minimum, as [`np_max`].
-#[inline(always)]
-fn np_min(a: f32, b: f32) -> f32 {
-    if (a <= b) | a.is_nan() {
-        a
-    } else {
-        b
-    }
-}
-
 impl Unary {
     #[inline(always)]
     fn apply(self, x: f32) -> f32 {
-        let (max, min) = (np_max, np_min);
+        // NumPy's maximum / minimum: the first operand when it is NaN or wins.
+        let max = |a: f32, b: f32| if a >= b || a.is_nan() { a } else { b };
+        let min = |a: f32, b: f32| if a <= b || a.is_nan() { a } else { b };
         match self {
             Unary::Relu => max(x, 0.0),
             Unary::Clip(lo, hi) => {
@@ -143,15 +124,24 @@ impl Unary {
     }
 
     fn run(self, x: &mut [f32]) {
-        // One loop per case, so each is a plain vector loop (with the match
-        // inside, the ReLU6 of a dynamic MobileNetV2 ran one element at a time).
+        // One loop per case, each a plain vector loop.
+        // Against a bound that is not NaN, NumPy's maximum is `b > a ? b : a`
+        // (NaN `a` fails the test and stays): one `maxps`, where the general
+        // form takes six compare-and-select operations.
+        let max = |b: f32| move |a: f32| if b > a { b } else { a };
+        let min = |b: f32| move |a: f32| if b < a { b } else { a };
+        let nan = |b: Option<f32>| b.is_some_and(f32::is_nan);
         match self {
-            Unary::Relu => x.iter_mut().for_each(|v| *v = np_max(*v, 0.0)),
-            Unary::Clip(Some(lo), Some(hi)) => {
-                x.iter_mut().for_each(|v| *v = np_min(np_max(*v, lo), hi))
+            Unary::Clip(lo, hi) if nan(lo) || nan(hi) => {
+                x.iter_mut().for_each(|v| *v = self.apply(*v))
             }
-            Unary::Clip(Some(lo), None) => x.iter_mut().for_each(|v| *v = np_max(*v, lo)),
-            Unary::Clip(None, Some(hi)) => x.iter_mut().for_each(|v| *v = np_min(*v, hi)),
+            Unary::Relu => x.iter_mut().for_each(|v| *v = max(0.0)(*v)),
+            Unary::Clip(Some(lo), Some(hi)) => {
+                let (lo, hi) = (max(lo), min(hi));
+                x.iter_mut().for_each(|v| *v = hi(lo(*v)))
+            }
+            Unary::Clip(Some(lo), None) => x.iter_mut().for_each(|v| *v = max(lo)(*v)),
+            Unary::Clip(None, Some(hi)) => x.iter_mut().for_each(|v| *v = min(hi)(*v)),
             Unary::Clip(None, None) => {}
             Unary::HardSwish => x.iter_mut().for_each(|v| *v = self.apply(*v)),
         }
