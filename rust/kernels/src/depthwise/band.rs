@@ -33,6 +33,7 @@ std::thread_local! {
     static BAND: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static WIDE: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static TAPS: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
+    static SUMS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Channels of the band: `c` rounded up to a multiple of 8.
@@ -230,6 +231,10 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
     // band (from its pixel at column 0, channel 0) and into the weight, so
     // the pixel loop below is one short loop of two adds per tap pair.
     let mut taps = Reused::new(&TAPS, kh * kp, (0usize, 0usize));
+    // A pixel's sums, every channel block's: the output step then runs once
+    // per pixel over all its channels, not once per block (its setup per
+    // call cost about as much as a block's requantization).
+    let mut sums = Reused::new(&SUMS, cp, 0i32);
     for (r, oy) in t.rows.clone().enumerate() {
         let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
         // The band row of tap ky (in bounds for the taps in `kys`).
@@ -251,9 +256,8 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             .fold((0, 0), |(x, w), &(xo, wo)| (x.max(xo), w.max(wo)));
         let last = (cp - CB) * 2 + CB2;
         let fits = xmax + (ow - 1) * sw * cp * 2 + last <= band.len() && wmax + last <= wide.len();
-        for c0 in (0..cp).step_by(CB) {
-            let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
-            for ox in 0..ow {
+        for ox in 0..ow {
+            for c0 in (0..cp).step_by(CB) {
                 let xb = (ox * sw * cp + c0) * 2;
                 let mut acc = [0i32; CB];
                 for &(xo, wo) in taps {
@@ -281,13 +285,13 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
                     M::mac2::<CB, CB2>(&mut acc, xs, ws);
                 }
                 // A copy, so the accumulators above stay in registers.
-                let sums = acc;
-                let px = out.add((r * ow + ox) * c);
-                // SAFETY: the pixel's `c` outputs belong to this task (the
-                // caller's contract); row stride 0 puts row `img` (its
-                // image's parameters) at `px`.
-                ep.apply_inline(&sums, CB, t.img..t.img + 1, c0..c0 + len, px, 0);
+                sums[c0..c0 + CB].copy_from_slice(&acc);
             }
+            let px = out.add((r * ow + ox) * c);
+            // SAFETY: the pixel's `c` outputs belong to this task (the
+            // caller's contract); row stride 0 puts row `img` (its image's
+            // parameters) at `px`.
+            ep.apply_inline(&sums, cp, t.img..t.img + 1, 0..c, px, 0);
         }
     }
 }
