@@ -192,7 +192,10 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             let ix = inner.start - pl;
             let n = inner.len() * c;
             let (d, _) = dst[inner.start * c * 2..inner.end * c * 2].as_chunks_mut::<2>();
-            let (a, b) = (&src[ix * c..ix * c + n], &src[(ix + dw) * c..(ix + dw) * c + n]);
+            let (a, b) = (
+                &src[ix * c..ix * c + n],
+                &src[(ix + dw) * c..(ix + dw) * c + n],
+            );
             for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
                 *d = [a as i16 - zp, b as i16 - zp];
             }

@@ -295,9 +295,24 @@ fn affine_and_unary_follow_numpy() {
 fn unary_loops_give_numpys_bits_for_nan_infinities_and_signed_zeros() {
     let max = |a: f32, b: f32| if a >= b || a.is_nan() { a } else { b };
     let min = |a: f32, b: f32| if a <= b || a.is_nan() { a } else { b };
-    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 6.0, -1.0, 7.5, 1e-40];
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        6.0,
+        -1.0,
+        7.5,
+        1e-40,
+    ];
     let x: Vec<f32> = (0..70_000)
-        .map(|i| specials.get(i % 23).copied().unwrap_or((i % 97) as f32 * 0.1 - 3.0))
+        .map(|i| {
+            specials
+                .get(i % 23)
+                .copied()
+                .unwrap_or((i % 97) as f32 * 0.1 - 3.0)
+        })
         .collect();
     let bounds = [None, Some(0.0), Some(-0.0), Some(6.0), Some(f32::NAN)];
     let mut fs = vec![Unary::Relu, Unary::HardSwish];
@@ -452,7 +467,12 @@ fn channel_blocks_sum_each_channel_in_numpys_pairwise_order() {
                 let got = pairwise_sum_block(&x, c, c0, cb, 0, hw);
                 for j in 0..cb {
                     let want = pairwise_sum(&|i| x[i * c + c0 + j], 0, hw);
-                    assert_eq!(got[j].to_bits(), want.to_bits(), "c {c} hw {hw} channel {}", c0 + j);
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want.to_bits(),
+                        "c {c} hw {hw} channel {}",
+                        c0 + j
+                    );
                 }
             }
         }

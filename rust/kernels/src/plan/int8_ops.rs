@@ -446,7 +446,10 @@ pub(super) fn quantize_batch_one_zero_point(
             return;
         }
         // `quantize_row_body`'s lanes start at 0: its range is min(x, 0)..max(x, 0).
-        let (lo, hi) = (if mn < 0.0 { mn } else { 0.0 }, if mx > 0.0 { mx } else { 0.0 });
+        let (lo, hi) = (
+            if mn < 0.0 { mn } else { 0.0 },
+            if mx > 0.0 { mx } else { 0.0 },
+        );
         let (s, z, _) = row_qparams(lo, hi);
         // SAFETY: image `img` alone writes entry `img` of the scratch (sized for `batch`).
         unsafe {
@@ -1051,7 +1054,8 @@ pub(super) mod tests {
                         params = vec![(s, z); 4];
                     }
                     assert_eq!(ws.q, want, "{isa:?} {what}");
-                    let got: Vec<(f32, i32)> = (0..4).map(|i| (ws.img_scale[i], ws.img_zp[i])).collect();
+                    let got: Vec<(f32, i32)> =
+                        (0..4).map(|i| (ws.img_scale[i], ws.img_zp[i])).collect();
                     assert_eq!(got, params, "{isa:?} {what}");
                 }
             }
