@@ -33,6 +33,7 @@ std::thread_local! {
     static BAND: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static WIDE: Cell<Vec<i16>> = const { Cell::new(Vec::new()) };
     static TAPS: Cell<Vec<(usize, usize)>> = const { Cell::new(Vec::new()) };
+    static SUMS: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Channels of the band: `c` rounded up to a multiple of 8.
@@ -178,9 +179,34 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             let ix = p.wrapping_sub(pl);
             (ix < w).then(|| &src[ix * c..(ix + 1) * c])
         };
-        for (p, dst) in dst.chunks_exact_mut(cp * 2).enumerate() {
+        // The columns whose pair is two image columns, `[pl, pl + w - dw)`:
+        // with no padded channels their pairs are one contiguous run, filled
+        // by one loop (per column, the loop's setup and the padding's fill
+        // cost more than the copy for a few dozen channels).
+        let inner = if cp == c {
+            pl.min(wp)..(pl + w.saturating_sub(dw)).clamp(pl.min(wp), wp)
+        } else {
+            0..0
+        };
+        if !inner.is_empty() {
+            let ix = inner.start - pl;
+            let n = inner.len() * c;
+            let (d, _) = dst[inner.start * c * 2..inner.end * c * 2].as_chunks_mut::<2>();
+            let (a, b) = (
+                &src[ix * c..ix * c + n],
+                &src[(ix + dw) * c..(ix + dw) * c + n],
+            );
+            for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                *d = [a as i16 - zp, b as i16 - zp];
+            }
+        }
+        let edges = (0..inner.start).chain(inner.end..wp);
+        for p in edges {
+            let dst = &mut dst[p * cp * 2..(p + 1) * cp * 2];
             let (real, pad) = dst.split_at_mut(c * 2);
-            pad.fill(0);
+            if !pad.is_empty() {
+                pad.fill(0);
+            }
             let (d, _) = real.as_chunks_mut::<2>();
             // Each case one branch-free loop over the channels (it vectorises).
             match (col(p), col(p + dw)) {
@@ -208,6 +234,10 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
     // band (from its pixel at column 0, channel 0) and into the weight, so
     // the pixel loop below is one short loop of two adds per tap pair.
     let mut taps = Reused::new(&TAPS, kh * kp, (0usize, 0usize));
+    // A pixel's sums, every channel block's: the output step then runs once
+    // per pixel over all its channels, not once per block (its setup per
+    // call cost about as much as a block's requantization).
+    let mut sums = Reused::new(&SUMS, cp, 0i32);
     for (r, oy) in t.rows.clone().enumerate() {
         let kys = valid_taps(oy * sh, pt, g.h, kh, dh);
         // The band row of tap ky (in bounds for the taps in `kys`).
@@ -229,9 +259,8 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
             .fold((0, 0), |(x, w), &(xo, wo)| (x.max(xo), w.max(wo)));
         let last = (cp - CB) * 2 + CB2;
         let fits = xmax + (ow - 1) * sw * cp * 2 + last <= band.len() && wmax + last <= wide.len();
-        for c0 in (0..cp).step_by(CB) {
-            let len = CB.min(c - c0); // c0 < c: cp - c < 8 <= CB
-            for ox in 0..ow {
+        for ox in 0..ow {
+            for c0 in (0..cp).step_by(CB) {
                 let xb = (ox * sw * cp + c0) * 2;
                 let mut acc = [0i32; CB];
                 for &(xo, wo) in taps {
@@ -259,13 +288,13 @@ unsafe fn body<T: OutElem, M: Madd, const CB: usize, const CB2: usize>(
                     M::mac2::<CB, CB2>(&mut acc, xs, ws);
                 }
                 // A copy, so the accumulators above stay in registers.
-                let sums = acc;
-                let px = out.add((r * ow + ox) * c);
-                // SAFETY: the pixel's `c` outputs belong to this task (the
-                // caller's contract); row stride 0 puts row `img` (its
-                // image's parameters) at `px`.
-                ep.apply_inline(&sums, CB, t.img..t.img + 1, c0..c0 + len, px, 0);
+                sums[c0..c0 + CB].copy_from_slice(&acc);
             }
+            let px = out.add((r * ow + ox) * c);
+            // SAFETY: the pixel's `c` outputs belong to this task (the
+            // caller's contract); row stride 0 puts row `img` (its image's
+            // parameters) at `px`.
+            ep.apply_inline(&sums, cp, t.img..t.img + 1, 0..c, px, 0);
         }
     }
 }

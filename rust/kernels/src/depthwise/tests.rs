@@ -193,7 +193,7 @@ fn random_case(rng: &mut Rng, g: &Depthwise) {
 #[test]
 fn matches_reference_on_awkward_shapes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for &c in &[1usize, 3, 17, 64, 129] {
+    for &c in &[1usize, 3, 8, 17, 64, 129] {
         for _ in 0..12 {
             let h = 1 + rng.below(9);
             let w = 1 + rng.below(9);
@@ -234,7 +234,7 @@ fn common_mobilenet_shapes() {
 #[test]
 fn extreme_values_are_exact() {
     let mut rng = Rng(7);
-    for &c in &[1usize, 3, 17, 64, 129] {
+    for &c in &[1usize, 3, 8, 17, 64, 129] {
         for &(xv, wv, zp) in &[
             (255u8, -128i8, 0i32),
             (0, -128, 255),

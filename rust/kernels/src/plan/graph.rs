@@ -127,7 +127,41 @@ impl Unary {
     }
 
     fn run(self, x: &mut [f32]) {
-        x.iter_mut().for_each(|v| *v = self.apply(*v));
+        // One loop per case, each a plain vector loop.
+        // Against a bound that is not NaN, NumPy's maximum is `b > a ? b : a`
+        // (NaN `a` fails the test and stays): one `maxps`, where the general
+        // form takes six compare-and-select operations.
+        let max = |b: f32| move |a: f32| if b > a { b } else { a };
+        let min = |b: f32| move |a: f32| if b < a { b } else { a };
+        let nan = |b: Option<f32>| b.is_some_and(f32::is_nan);
+        match self {
+            Unary::Clip(lo, hi) if nan(lo) || nan(hi) => {
+                x.iter_mut().for_each(|v| *v = self.apply(*v))
+            }
+            Unary::Relu => x.iter_mut().for_each(|v| *v = max(0.0)(*v)),
+            Unary::Clip(Some(lo), Some(hi)) => {
+                let (lo, hi) = (max(lo), min(hi));
+                x.iter_mut().for_each(|v| *v = hi(lo(*v)))
+            }
+            Unary::Clip(Some(lo), None) => x.iter_mut().for_each(|v| *v = max(lo)(*v)),
+            Unary::Clip(None, Some(hi)) => x.iter_mut().for_each(|v| *v = min(hi)(*v)),
+            Unary::Clip(None, None) => {}
+            Unary::HardSwish => x.iter_mut().for_each(|v| *v = self.apply(*v)),
+        }
+    }
+
+    /// [`Unary::run`] over a layer's whole output, in chunks on the thread
+    /// team: run on one thread it was a serial pass over megabytes of a
+    /// dynamic model's float values (every ReLU6 of MobileNetV2), which a
+    /// second thread did not shorten.
+    pub(super) fn run_par(self, ctx: &Ctx, x: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        let (n, p) = (x.len(), SyncPtr(x.as_mut_ptr()));
+        ctx.for_each_task(n, n.div_ceil(CHUNK), |t| {
+            let (a, e) = (t * CHUNK, n.min((t + 1) * CHUNK));
+            // SAFETY: task `t` alone touches `x[a..e]`, inside `x`.
+            self.run(unsafe { std::slice::from_raw_parts_mut(p.get().add(a), e - a) });
+        });
     }
 }
 
@@ -961,7 +995,7 @@ impl GraphPlan {
                     )?;
                 }
                 if let Some(f) = g.post {
-                    f.run(y);
+                    f.run_par(ctx, y);
                 }
             }
             Op::Int4Dense(d) => d.run(ctx, &mut ws.int4, x, y)?,
@@ -1000,14 +1034,22 @@ impl GraphPlan {
                 let (c, h, w) = image(xd, !*channels_last, "global average pool")?;
                 let (hw, per) = (h * w, c * h * w);
                 for (img, xi) in x.chunks_exact(per.max(1)).enumerate().take(batch) {
-                    for ch in 0..c {
-                        let sum = if *channels_last {
-                            pairwise_sum(&|i| xi[i * c + ch], 0, hw)
-                        } else {
-                            pairwise_sum(&|i| xi[ch * hw + i], 0, hw)
-                        };
-                        // np.add.reduce starts from 0; np.mean divides in float32.
-                        y[img * c + ch] = (0.0 + sum) / hw as f32;
+                    let yi = &mut y[img * c..(img + 1) * c];
+                    if *channels_last {
+                        // NumPy's order for each channel, a block of channels at a time.
+                        for c0 in (0..c).step_by(GAP_BLOCK) {
+                            let cb = GAP_BLOCK.min(c - c0);
+                            let sums = pairwise_sum_block(xi, c, c0, cb, 0, hw);
+                            for (o, &sum) in yi[c0..c0 + cb].iter_mut().zip(&sums) {
+                                // np.add.reduce starts from 0; np.mean divides in float32.
+                                *o = (0.0 + sum) / hw as f32;
+                            }
+                        }
+                    } else {
+                        for (ch, o) in yi.iter_mut().enumerate() {
+                            let sum = pairwise_sum(&|i| xi[ch * hw + i], 0, hw);
+                            *o = (0.0 + sum) / hw as f32;
+                        }
                     }
                 }
             }
@@ -1115,6 +1157,68 @@ fn pairwise_sum(x: &impl Fn(usize) -> f32, start: usize, n: usize) -> f32 {
     }
 }
 
+/// Channels per [`pairwise_sum_block`].
+const GAP_BLOCK: usize = 64;
+
+/// [`pairwise_sum`] of channels `c0..c0 + cb` (`cb <= GAP_BLOCK`) of the
+/// pixels `start..start + n` of a channels-last image `x` (`c` channels):
+/// each channel's sum in NumPy's order, the channels side by side so the
+/// adds vectorise (a channel at a time, a strided closure per element, the
+/// global average pool cost more than the layer before it at 1×1 pixels).
+fn pairwise_sum_block(
+    x: &[f32],
+    c: usize,
+    c0: usize,
+    cb: usize,
+    start: usize,
+    n: usize,
+) -> [f32; GAP_BLOCK] {
+    let px = |i: usize| &x[(start + i) * c + c0..(start + i) * c + c0 + cb];
+    let add = |acc: &mut [f32; GAP_BLOCK], v: &[f32]| {
+        for (a, &v) in acc.iter_mut().zip(v) {
+            *a += v;
+        }
+    };
+    if n < 8 {
+        let mut res = [0f32; GAP_BLOCK];
+        for i in 0..n {
+            add(&mut res, px(i));
+        }
+        res
+    } else if n <= 128 {
+        let mut r = [[0f32; GAP_BLOCK]; 8];
+        for (j, v) in r.iter_mut().enumerate() {
+            v[..cb].copy_from_slice(px(j));
+        }
+        let mut i = 8;
+        while i < n - n % 8 {
+            for (j, v) in r.iter_mut().enumerate() {
+                add(v, px(i + j));
+            }
+            i += 8;
+        }
+        let mut res = [0f32; GAP_BLOCK];
+        for (k, o) in res.iter_mut().enumerate() {
+            *o = ((r[0][k] + r[1][k]) + (r[2][k] + r[3][k]))
+                + ((r[4][k] + r[5][k]) + (r[6][k] + r[7][k]));
+        }
+        while i < n {
+            add(&mut res, px(i));
+            i += 1;
+        }
+        res
+    } else {
+        let mut n2 = n / 2;
+        n2 -= n2 % 8;
+        let mut res = pairwise_sum_block(x, c, c0, cb, start, n2);
+        let b = pairwise_sum_block(x, c, c0, cb, start + n2, n - n2);
+        for (a, &b) in res.iter_mut().zip(&b) {
+            *a += b;
+        }
+        res
+    }
+}
+
 fn at(i: usize, e: Error) -> Error {
     match e {
         Error::Shape(m) => Error::Shape(format!("node {i}: {m}")),
@@ -1164,6 +1268,9 @@ fn quantize_images(
     batch: usize,
     one_zero_point: bool,
 ) -> Result<()> {
+    if one_zero_point && batch > 1 {
+        return int8_ops::quantize_batch_one_zero_point(ctx, ws, x, batch);
+    }
     let len = x.len();
     let per = len.checked_div(batch).unwrap_or(0);
     let q = &mut ws.q[..len];
@@ -1194,13 +1301,6 @@ fn quantize_images(
         let row = &x[bad * per..(bad + 1) * per];
         let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return value_err!("x is not finite at row {bad}, column {col}");
-    }
-    if one_zero_point && batch > 1 && ws.img_zp[1..batch].iter().any(|&z| z != ws.img_zp[0]) {
-        let Some((_, z, s)) = quantize_row_u8(x, q) else {
-            return value_err!("x is not finite");
-        };
-        ws.img_scale[..batch].fill(s);
-        ws.img_zp[..batch].fill(z);
     }
     Ok(())
 }
@@ -1273,7 +1373,7 @@ fn conv(
     let a = ARows::Conv(ConvRows::new(q, win, pad)?);
     gemm::matmul_rows_checked(ctx, a, rows, g.packed.k(), zp, &g.packed, &step, y)?;
     if let Some(f) = g.post {
-        f.run(y);
+        f.run_par(ctx, y);
     }
     Ok(())
 }

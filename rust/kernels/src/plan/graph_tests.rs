@@ -288,6 +288,64 @@ fn affine_and_unary_follow_numpy() {
     assert_eq!(Unary::HardSwish.apply(1.0), 1.0 * 4.0 / 6.0);
 }
 
+/// `Unary::run` (one vector loop per case) and its threaded `run_par` give
+/// the bits of NumPy's maximum / minimum written out as branches, for NaN,
+/// infinities, signed zeros and values at the bounds, NaN bounds included.
+#[test]
+fn unary_loops_give_numpys_bits_for_nan_infinities_and_signed_zeros() {
+    let max = |a: f32, b: f32| if a >= b || a.is_nan() { a } else { b };
+    let min = |a: f32, b: f32| if a <= b || a.is_nan() { a } else { b };
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        6.0,
+        -1.0,
+        7.5,
+        1e-40,
+    ];
+    let x: Vec<f32> = (0..70_000)
+        .map(|i| {
+            specials
+                .get(i % 23)
+                .copied()
+                .unwrap_or((i % 97) as f32 * 0.1 - 3.0)
+        })
+        .collect();
+    let bounds = [None, Some(0.0), Some(-0.0), Some(6.0), Some(f32::NAN)];
+    let mut fs = vec![Unary::Relu, Unary::HardSwish];
+    for lo in bounds {
+        for hi in bounds {
+            fs.push(Unary::Clip(lo, hi));
+        }
+    }
+    let two = Ctx::new(2);
+    for f in fs {
+        let want: Vec<u32> = x
+            .iter()
+            .map(|&v| match f {
+                Unary::Relu => max(v, 0.0),
+                Unary::Clip(lo, hi) => {
+                    let y = lo.map_or(v, |lo| max(v, lo));
+                    hi.map_or(y, |hi| min(y, hi))
+                }
+                Unary::HardSwish => f.apply(v),
+            })
+            .map(f32::to_bits)
+            .collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        f.run(&mut a);
+        f.run_par(&two, &mut b);
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), want, "{f:?}");
+        assert_eq!(bits(&b), want, "{f:?} threaded");
+        let one: Vec<u32> = x.iter().map(|&v| f.apply(v).to_bits()).collect();
+        assert_eq!(one, want, "{f:?} apply");
+    }
+}
+
 #[test]
 fn bad_plans_and_calls_are_errors() {
     let relu = || Op::Unary(Unary::Relu);
@@ -389,6 +447,36 @@ fn global_average_pool_is_numpys_pairwise_mean() {
         a[4],
         (0.0 + pairwise_sum(&|i| x[(c + 1) * h * w + i], 0, h * w)) / (h * w) as f32
     );
+}
+
+/// The channels-last pool sums a block of channels side by side: each
+/// channel's sum must be NumPy's pairwise sum of it, bit for bit, across
+/// the plain, eight-lane and split cases and partial channel blocks.
+#[test]
+fn channel_blocks_sum_each_channel_in_numpys_pairwise_order() {
+    for c in [1usize, 3, 64, 65, 130] {
+        for hw in [1usize, 5, 8, 9, 20, 128, 129, 300, 1031] {
+            // Magnitudes from 1e-3 to 1e4 and both signs: reordering the adds changes the sum.
+            let x: Vec<f32> = input(c * hw, c + hw)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v * 10f32.powi((i % 8) as i32 - 3))
+                .collect();
+            for c0 in (0..c).step_by(GAP_BLOCK) {
+                let cb = GAP_BLOCK.min(c - c0);
+                let got = pairwise_sum_block(&x, c, c0, cb, 0, hw);
+                for j in 0..cb {
+                    let want = pairwise_sum(&|i| x[i * c + c0 + j], 0, hw);
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want.to_bits(),
+                        "c {c} hw {hw} channel {}",
+                        c0 + j
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -26,8 +26,11 @@
 //! requantization, as the separate `Add` would.
 
 use super::*;
-use crate::gemm::output::{Fused, Requant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::gemm::output::{round_even_f32, Fused, Requant};
 use crate::quant::quant1;
+use crate::quant::rows::row_qparams;
 
 /// The dims of a fused conv + add: the conv's, which the residual must match.
 pub(super) fn conv_add_dims(
@@ -385,7 +388,7 @@ pub(super) fn depthwise(
             // SAFETY: every element was written (`Ok` above).
             let y = unsafe { &mut *(y as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             if let Some(f) = post {
-                f.run(y);
+                f.run_par(ctx, y);
             }
         }
         Out::U8(y, grid) => {
@@ -403,6 +406,93 @@ pub(super) fn depthwise(
         }
     }
     Ok(())
+}
+
+/// Quantizes a batch of `batch > 1` images of `x` into `ws.q` for a conv
+/// (its unfold pads with one value): each image with its own row-quantizer
+/// parameters when their zero points agree, else the whole batch as one
+/// row, the bytes `quantize_row_u8` gives either (`ws.img_*` hold the
+/// parameters used per image).
+///
+/// Both passes run over the images on the thread team: the images' ranges
+/// first, then the one quantize with the chosen parameters. Before, every
+/// image was quantized and, when the zero points differed (the input of
+/// each of MobileNetV2's expand convs), the batch again on one thread.
+pub(super) fn quantize_batch_one_zero_point(
+    ctx: &Ctx,
+    ws: &mut Workspace,
+    x: &[f32],
+    batch: usize,
+) -> Result<()> {
+    let len = x.len();
+    let per = len / batch.max(1);
+    let min_max = crate::quant::kernels().min_max;
+    // The batch's range (each side taken with 0, as the row quantizer does).
+    let range = std::sync::Mutex::new((0f32, 0f32));
+    let bad = AtomicUsize::new(usize::MAX);
+    let (sp, zp) = (
+        SyncPtr(ws.img_scale.as_mut_ptr()),
+        SyncPtr(ws.img_zp.as_mut_ptr()),
+    );
+    ctx.for_each_task(len, batch, |img| {
+        let xi = &x[img * per..(img + 1) * per];
+        let (mn, mx, poison) = if xi.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            min_max(xi)
+        };
+        if poison.is_nan() {
+            bad.fetch_min(img, Ordering::Relaxed);
+            return;
+        }
+        // `quantize_row_body`'s lanes start at 0: its range is min(x, 0)..max(x, 0).
+        let (lo, hi) = (
+            if mn < 0.0 { mn } else { 0.0 },
+            if mx > 0.0 { mx } else { 0.0 },
+        );
+        let (s, z, _) = row_qparams(lo, hi);
+        // SAFETY: image `img` alone writes entry `img` of the scratch (sized for `batch`).
+        unsafe {
+            *sp.get().add(img) = s;
+            *zp.get().add(img) = z;
+        }
+        let mut r = range.lock().unwrap_or_else(|e| e.into_inner());
+        *r = (r.0.min(lo), r.1.max(hi));
+    });
+    let bad = bad.into_inner();
+    if bad != usize::MAX {
+        let row = &x[bad * per..(bad + 1) * per];
+        let col = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return value_err!("x is not finite at row {bad}, column {col}");
+    }
+    let zps = &ws.img_zp[..batch];
+    if zps.iter().any(|&z| z != zps[0]) {
+        let (lo, hi) = range.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (s, z, _) = row_qparams(lo, hi);
+        ws.img_scale[..batch].fill(s);
+        ws.img_zp[..batch].fill(z);
+    }
+    let (scales, zps) = (&ws.img_scale[..batch], &ws.img_zp[..batch]);
+    let qp = SyncPtr(ws.q.as_mut_ptr());
+    ctx.for_each_task(len, batch, |img| {
+        // SAFETY: image `img` alone writes its part of `ws.q` (sized for the batch by `prepare`).
+        let dst = unsafe { std::slice::from_raw_parts_mut(qp.get().add(img * per), per) };
+        quantize_on(&x[img * per..(img + 1) * per], scales[img], zps[img], dst);
+    });
+    Ok(())
+}
+
+/// The second half of the row quantizer (`quantize_row_body`) on given
+/// parameters: `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`,
+/// `x` finite. Plain f32 operations, so any vectorisation gives its bytes.
+fn quantize_on(x: &[f32], scale: f32, zero_point: i32, dst: &mut [u8]) {
+    let (inv, zpf) = (1.0 / scale, zero_point as f32);
+    for (d, &v) in dst.iter_mut().zip(x) {
+        let q = (round_even_f32(v * inv) + zpf).clamp(0.0, 255.0);
+        // SAFETY: q is an integer-valued float in [0, 255].
+        let qi: i32 = unsafe { q.to_int_unchecked() };
+        *d = qi as u8;
+    }
 }
 
 /// The depthwise kernel on the plan's weight: its widened form (made when
@@ -473,7 +563,7 @@ fn static_gemm(
         Out::F32(y) => {
             gemm::matmul_rows_checked(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
             if let Some(f) = g.post {
-                f.run(y);
+                f.run_par(ctx, y);
             }
         }
         Out::U8(y, grid) => {
@@ -913,6 +1003,73 @@ pub(super) mod tests {
             vec![2],
         );
         assert!(matches!(bad, Err(Error::Value(_))), "{bad:?}");
+    }
+
+    /// A conv's batch quantizer gives the row quantizer's bytes on every
+    /// ISA: each image alone when the zero points agree, else the batch as
+    /// one row (the reference: `quantize_row_u8`), and names a bad element.
+    #[test]
+    fn a_convs_batch_quantizer_gives_the_row_quantizers_bytes() {
+        let per = 1000;
+        let image = |i: usize, shift: f32| -> Vec<f32> {
+            (0..per)
+                .map(|j| ((j * 37 + i * 11) % 101) as f32 * 0.05 * (i + 1) as f32 + shift)
+                .collect()
+        };
+        let two = Ctx::new(2);
+        crate::cpu::each_isa(|isa| {
+            for (what, shifts) in [
+                ("agreeing zero points", [0.0f32, 0.0, 0.0, 0.0]),
+                ("differing zero points", [-1.0, -0.3, -2.5, 0.4]),
+            ] {
+                let x: Vec<f32> = (0..4).flat_map(|i| image(i, shifts[i])).collect();
+                let mut ws = Workspace {
+                    q: vec![0; x.len()],
+                    img_scale: vec![0.0; 4],
+                    img_zp: vec![0; 4],
+                    ..Default::default()
+                };
+                for ctx in [&TEST, &two] {
+                    quantize_batch_one_zero_point(ctx, &mut ws, &x, 4).unwrap();
+                    let mut want = vec![0u8; x.len()];
+                    let mut params = vec![];
+                    let zps: Vec<i32> = (0..4)
+                        .map(|i| {
+                            let r = &x[i * per..(i + 1) * per];
+                            let d = &mut want[i * per..(i + 1) * per];
+                            quantize_row_u8(r, d).unwrap().1
+                        })
+                        .collect();
+                    let agree = zps.iter().all(|&z| z == zps[0]);
+                    // The data exercise the case they are named for.
+                    assert_eq!(agree, what.starts_with("agreeing"), "{zps:?}");
+                    if agree {
+                        for i in 0..4 {
+                            let r = &x[i * per..(i + 1) * per];
+                            let (_, z, s) = quantize_row_u8(r, &mut vec![0; per]).unwrap();
+                            params.push((s, z));
+                        }
+                    } else {
+                        let (_, z, s) = quantize_row_u8(&x, &mut want).unwrap();
+                        params = vec![(s, z); 4];
+                    }
+                    assert_eq!(ws.q, want, "{isa:?} {what}");
+                    let got: Vec<(f32, i32)> =
+                        (0..4).map(|i| (ws.img_scale[i], ws.img_zp[i])).collect();
+                    assert_eq!(got, params, "{isa:?} {what}");
+                }
+            }
+        });
+        let mut x: Vec<f32> = (0..3).flat_map(|i| image(i, -0.5)).collect();
+        x[2 * per + 7] = f32::NAN;
+        let mut ws = Workspace {
+            q: vec![0; x.len()],
+            img_scale: vec![0.0; 3],
+            img_zp: vec![0; 3],
+            ..Default::default()
+        };
+        let e = quantize_batch_one_zero_point(&TEST, &mut ws, &x, 3).unwrap_err();
+        assert!(e.to_string().contains("row 2, column 7"), "{e}");
     }
 
     fn depthwise_op(c: usize, stride: usize, post: Option<Unary>, relu: bool, bias: bool) -> Op {
