@@ -3,7 +3,7 @@
 //! median of the rounds), the plan's path (the implicit GEMM that unfolds
 //! each row block, [`gemm::ARows::Conv`], into uint8 with the static fused
 //! requantizing step) beside the same GEMM over an unfolded A (so the
-//! difference is the unfold), the same with a plain `i32` output (so the
+//! difference is the unfold), both with a plain `i32` output (so the
 //! difference is the output step), and the unfold alone:
 //! `cargo run --release -p hwreg-kernels --example conv_time [-- BATCH]`.
 use hwreg_kernels::conv::{nhwc, Window};
@@ -95,7 +95,8 @@ impl Case {
     }
 
     /// Variant `v`: 0 the plan's path, 1 unfolded A with the same step,
-    /// 2 unfolded A into `i32`, 3 the unfold alone.
+    /// 2 unfolded A into `i32`, 3 the plan's path into `i32`, 4 the unfold
+    /// alone (into the whole column matrix, the portable code).
     fn call(&mut self, ctx: &Ctx, v: usize) {
         let (m, k) = (self.m(), self.pb.k());
         let zp = ZeroPoint::Scalar(ZA as i32);
@@ -119,6 +120,11 @@ impl Case {
                 gemm::matmul(ctx, a, m, k, zp, &self.pb, &OutputStep::Int32, &mut self.out_i32)
                     .expect("gemm");
             }
+            3 => {
+                let a = ARows::Conv(ConvRows::new(&self.x, self.win, ZA).expect("rows"));
+                let (pb, out) = (&self.pb, &mut self.out_i32);
+                gemm::matmul_rows(ctx, a, m, k, zp, pb, &OutputStep::Int32, out).expect("conv");
+            }
             _ => {
                 nhwc::im2col_rows_into(ctx, &self.x, self.win, ZA, k, 0, &mut self.cols)
                     .expect("unfold");
@@ -132,7 +138,7 @@ fn median(s: &mut [f64]) -> f64 {
     s[s.len() / 2]
 }
 
-const VARIANTS: usize = 4;
+const VARIANTS: usize = 5;
 
 fn main() {
     let batch: usize = std::env::args()
@@ -154,15 +160,15 @@ fn main() {
         }
     }
     println!("batch {batch}, 1 thread, thread CPU ms (median of 7 rounds)");
-    println!("| conv | M x K x N | plan (conv rows, u8 step) | GOP/s | unfolded A, u8 step | unfolded A, i32 | unfold alone |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| conv | M x K x N | plan (conv rows, u8 step) | GOP/s | unfolded A, u8 step | unfolded A, i32 | conv rows, i32 | unfold alone |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (s, c) in samples.chunks_exact_mut(VARIANTS).zip(&cases) {
         let t: Vec<f64> = s.iter_mut().map(|v| median(v) * 1e3).collect();
         let (m, k, n) = (c.m(), c.pb.k(), c.pb.n());
         let gops = 2.0 * (m * c.win.cols_shape().1 * n) as f64 / t[0] / 1e6;
         println!(
-            "| {} | {m} x {k} x {n} | {:.3} | {gops:.0} | {:.3} | {:.3} | {:.3} |",
-            c.name, t[0], t[1], t[2], t[3]
+            "| {} | {m} x {k} x {n} | {:.3} | {gops:.0} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            c.name, t[0], t[1], t[2], t[3], t[4]
         );
     }
 }

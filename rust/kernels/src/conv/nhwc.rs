@@ -135,6 +135,7 @@ fn unfold_line<T: Copy>(
             &line,
             ox,
             fill,
+            copy_run,
         );
     }
 }
@@ -168,6 +169,7 @@ fn unfold_pixel<T: Copy>(
     line: &Line,
     ox: usize,
     (pad, tail): (T, T),
+    copy_run: impl Fn(&mut [T], &[T]),
 ) {
     let c = win.c;
     // One kernel row of taps.
@@ -181,13 +183,16 @@ fn unfold_pixel<T: Copy>(
     let x0 = (ox * win.sw) as isize - win.pw as isize;
     if x0 >= 0 && x0 as usize + win.kw <= win.w {
         // The common case: every kernel row is one run of the image row.
-        let src = &x[x0 as usize * c..];
-        for ky in ky0..ky1 {
-            let iy = (y0 + ky as isize) as usize;
-            copy_run(
-                &mut row[ky * run..(ky + 1) * run],
-                &src[iy * stride..][..run],
-            );
+        // The bounds are checked once for all of them (checked per run, the
+        // checks and their address arithmetic were most of the unfold of a
+        // stem's 21-byte runs).
+        if ky1 > ky0 {
+            let first = (y0 + ky0 as isize) as usize * stride + x0 as usize * c;
+            let src = &x[first..first + (ky1 - ky0 - 1) * stride + run];
+            for (i, d) in row[ky0 * run..ky1 * run].chunks_exact_mut(run).enumerate() {
+                // SAFETY: i < ky1 - ky0, so i·stride + run <= src.len().
+                copy_run(d, unsafe { src.get_unchecked(i * stride..i * stride + run) });
+            }
         }
         return;
     }
@@ -261,6 +266,20 @@ impl<'a> ConvRows<'a> {
     /// `row_len`.
     #[inline]
     pub(crate) fn write(&self, r0: usize, row_len: usize, out: &mut [u8]) {
+        self.write_with(r0, row_len, out, copy_run)
+    }
+
+    /// [`ConvRows::write`] with `copy(dst, src)` (equal lengths) copying
+    /// each run of the image: a kernel's copy for its ISA (a masked vector
+    /// move per run of up to 64 bytes with AVX-512).
+    #[inline(always)]
+    pub(crate) fn write_with(
+        &self,
+        r0: usize,
+        row_len: usize,
+        out: &mut [u8],
+        copy: impl Fn(&mut [u8], &[u8]) + Copy,
+    ) {
         let win = &self.win;
         let (oh, ow) = (win.oh(), win.ow());
         let img_len = win.h * win.w * win.c;
@@ -273,7 +292,7 @@ impl<'a> ConvRows<'a> {
         let mut line = Line::new(win, oy);
         for row in out.chunks_exact_mut(row_len) {
             let xi = &self.x[img * img_len..(img + 1) * img_len];
-            unfold_pixel(xi, row, win, &line, ox, (self.pad, 0));
+            unfold_pixel(xi, row, win, &line, ox, (self.pad, 0), copy);
             ox += 1;
             if ox == ow {
                 ox = 0;
