@@ -135,6 +135,7 @@ fn unfold_line<T: Copy>(
             &line,
             ox,
             fill,
+            copy_run,
         );
     }
 }
@@ -168,6 +169,7 @@ fn unfold_pixel<T: Copy>(
     line: &Line,
     ox: usize,
     (pad, tail): (T, T),
+    copy_run: impl Fn(&mut [T], &[T]),
 ) {
     let c = win.c;
     // One kernel row of taps.
@@ -181,27 +183,38 @@ fn unfold_pixel<T: Copy>(
     let x0 = (ox * win.sw) as isize - win.pw as isize;
     if x0 >= 0 && x0 as usize + win.kw <= win.w {
         // The common case: every kernel row is one run of the image row.
-        let src = &x[x0 as usize * c..];
-        for ky in ky0..ky1 {
-            let iy = (y0 + ky as isize) as usize;
-            copy_run(
-                &mut row[ky * run..(ky + 1) * run],
-                &src[iy * stride..][..run],
-            );
+        // The bounds are checked once for all of them (checked per run, the
+        // checks and their address arithmetic were most of the unfold of a
+        // stem's 21-byte runs).
+        if ky1 > ky0 {
+            let first = (y0 + ky0 as isize) as usize * stride + x0 as usize * c;
+            let src = &x[first..first + (ky1 - ky0 - 1) * stride + run];
+            for (i, d) in row[ky0 * run..ky1 * run].chunks_exact_mut(run).enumerate() {
+                // SAFETY: i < ky1 - ky0, so i·stride + run <= src.len().
+                copy_run(d, unsafe { src.get_unchecked(i * stride..i * stride + run) });
+            }
         }
         return;
     }
+    // At the left and right borders the taps kx0..kx1 of each kernel row
+    // lie inside the image: one run of the image row, the rest padding
+    // (tap by tap, the border pixels' 3-byte runs of a 3-channel stem
+    // cost a fifth of its unfold).
+    let kx0 = (-x0).clamp(0, win.kw as isize) as usize;
+    let kx1 = (win.w as isize - x0).clamp(kx0 as isize, win.kw as isize) as usize;
+    let (in0, in1) = (kx0 * c, kx1 * c);
+    if in0 == in1 {
+        // No tap inside the image (padding wider than the kernel).
+        fill_run(&mut row[ky0 * run..ky1 * run], pad);
+        return;
+    }
+    let src = &x[(x0 + kx0 as isize) as usize * c..];
     for ky in ky0..ky1 {
-        let xl = &x[(y0 + ky as isize) as usize * stride..][..stride];
-        for kx in 0..win.kw {
-            let px = &mut row[ky * run + kx * c..ky * run + (kx + 1) * c];
-            let ix = x0 + kx as isize;
-            if ix < 0 || ix as usize >= win.w {
-                fill_run(px, pad);
-            } else {
-                copy_run(px, &xl[ix as usize * c..(ix as usize + 1) * c]);
-            }
-        }
+        let iy = (y0 + ky as isize) as usize;
+        let r = &mut row[ky * run..(ky + 1) * run];
+        fill_run(&mut r[..in0], pad);
+        fill_run(&mut r[in1..], pad);
+        copy_run(&mut r[in0..in1], &src[iy * stride..][..in1 - in0]);
     }
 }
 
@@ -253,6 +266,20 @@ impl<'a> ConvRows<'a> {
     /// `row_len`.
     #[inline]
     pub(crate) fn write(&self, r0: usize, row_len: usize, out: &mut [u8]) {
+        self.write_with(r0, row_len, out, copy_run)
+    }
+
+    /// [`ConvRows::write`] with `copy(dst, src)` (equal lengths) copying
+    /// each run of the image: a kernel's copy for its ISA (a masked vector
+    /// move per run of up to 64 bytes with AVX-512).
+    #[inline(always)]
+    pub(crate) fn write_with(
+        &self,
+        r0: usize,
+        row_len: usize,
+        out: &mut [u8],
+        copy: impl Fn(&mut [u8], &[u8]) + Copy,
+    ) {
         let win = &self.win;
         let (oh, ow) = (win.oh(), win.ow());
         let img_len = win.h * win.w * win.c;
@@ -265,7 +292,7 @@ impl<'a> ConvRows<'a> {
         let mut line = Line::new(win, oy);
         for row in out.chunks_exact_mut(row_len) {
             let xi = &self.x[img * img_len..(img + 1) * img_len];
-            unfold_pixel(xi, row, win, &line, ox, (self.pad, 0));
+            unfold_pixel(xi, row, win, &line, ox, (self.pad, 0), copy);
             ox += 1;
             if ox == ow {
                 ox = 0;
@@ -281,36 +308,54 @@ impl<'a> ConvRows<'a> {
 }
 
 /// `dst.copy_from_slice(src)` for the short runs of an unfold (a few to a
-/// few hundred elements): fixed-size moves, the last one overlapping,
-/// instead of a call to `memmove` per run (which cost more than the GEMM
-/// for the 3-byte runs of a one-channel 3×3 convolution).
+/// few hundred elements): moves of a fixed size, the last one overlapping
+/// the run's end, instead of a call to `memmove` per run (which cost more
+/// than the GEMM for the 3-byte runs of a one-channel 3×3 convolution).
+/// The sizes are constants in the code: spelled as a loop over sizes, the
+/// compiler kept the size in a register and called `memcpy` for each move
+/// (the unfold of resnet18's stem then took as long as its GEMM).
 #[inline(always)]
 fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     let len = dst.len().min(src.len());
-    let (dst, src) = (&mut dst[..len], &src[..len]);
-    let size = std::mem::size_of::<T>().max(1);
-    // Moves of 32, 16, 8 and 4 bytes: a run is covered by whole moves plus
-    // one overlapping its end (never past it).
-    for bytes in [32, 16, 8, 4] {
-        let chunk = (bytes / size).max(1);
-        if len >= chunk {
-            let mut i = 0;
-            while i + chunk <= len {
-                dst[i..i + chunk].copy_from_slice(&src[i..i + chunk]);
-                i += chunk;
-            }
-            if i < len {
-                dst[len - chunk..].copy_from_slice(&src[len - chunk..]);
-            }
-            return;
+    let n = len * std::mem::size_of::<T>();
+    // SAFETY: both slices hold `len` elements (`n` bytes) and do not
+    // overlap (one is borrowed mutably); T is Copy, so bytes copy it.
+    unsafe { copy_bytes(dst.as_mut_ptr() as *mut u8, src.as_ptr() as *const u8, n) }
+}
+
+/// `N` bytes from `s` to `d`, unaligned.
+#[inline(always)]
+unsafe fn move_n<const N: usize>(d: *mut u8, s: *const u8) {
+    (d as *mut [u8; N]).write_unaligned((s as *const [u8; N]).read_unaligned())
+}
+
+/// `n` bytes from `s` to `d` (not overlapping): whole 32-byte moves and one
+/// overlapping the end, or two overlapping moves of 16, 8 or 4 bytes, or
+/// three single bytes (some the same one) below 4.
+#[inline(always)]
+unsafe fn copy_bytes(d: *mut u8, s: *const u8, n: usize) {
+    if n >= 32 {
+        let mut i = 0;
+        while i + 32 <= n {
+            move_n::<32>(d.add(i), s.add(i));
+            i += 32;
         }
-    }
-    // Fewer than 4 bytes, spelled out (a loop becomes a call to memcpy).
-    match (dst, src) {
-        ([d0, d1, d2, ..], [s0, s1, s2, ..]) => (*d0, *d1, *d2) = (*s0, *s1, *s2),
-        ([d0, d1, ..], [s0, s1, ..]) => (*d0, *d1) = (*s0, *s1),
-        ([d0, ..], [s0, ..]) => *d0 = *s0,
-        _ => {}
+        if i < n {
+            move_n::<32>(d.add(n - 32), s.add(n - 32));
+        }
+    } else if n >= 16 {
+        move_n::<16>(d, s);
+        move_n::<16>(d.add(n - 16), s.add(n - 16));
+    } else if n >= 8 {
+        move_n::<8>(d, s);
+        move_n::<8>(d.add(n - 8), s.add(n - 8));
+    } else if n >= 4 {
+        move_n::<4>(d, s);
+        move_n::<4>(d.add(n - 4), s.add(n - 4));
+    } else if n > 0 {
+        *d = *s;
+        *d.add(n / 2) = *s.add(n / 2);
+        *d.add(n - 1) = *s.add(n - 1);
     }
 }
 
@@ -454,6 +499,31 @@ mod tests {
         y
     }
 
+    /// The NHWC column matrix of NHWC `x` by way of the NCHW unfold (an
+    /// independent implementation), its columns reordered.
+    fn nchw_reference<T: Copy + Send + Sync + Default>(x: &[T], win: Window, pad: T) -> Vec<T> {
+        let (n, c, h, w) = (win.n, win.c, win.h, win.w);
+        let mut nchw = vec![T::default(); x.len()];
+        for i in 0..n {
+            for p in 0..h * w {
+                for ci in 0..c {
+                    nchw[(i * c + ci) * h * w + p] = x[(i * h * w + p) * c + ci];
+                }
+            }
+        }
+        let cols = crate::conv::im2col(&crate::exec::TEST, &nchw, win, pad).unwrap();
+        let (rows, kk) = win.check().unwrap().cols_shape();
+        let mut out = vec![T::default(); cols.len()];
+        for r in 0..rows {
+            for ci in 0..c {
+                for t in 0..win.kh * win.kw {
+                    out[r * kk + t * c + ci] = cols[r * kk + ci * win.kh * win.kw + t];
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn im2col_matches_the_nchw_unfold_with_columns_reordered() {
         for (n, c, h, w, k, s, p) in [
@@ -496,11 +566,14 @@ mod tests {
                 cases.push((2, c, 5, 6, k, s, p));
             }
         }
+        // Padding wider than the kernel: border windows with no image tap.
+        cases.push((2, 3, 4, 5, (2, 2), (1, 1), (2, 3)));
         cases.push((1, 3, 61, 58, (7, 7), (2, 2), (3, 3)));
         for (n, c, h, w, k, s, p) in cases {
             let win = Window::new(n, c, h, w, k, s, p);
             let x: Vec<u8> = (0..n * c * h * w).map(|i| (i * 7 % 251) as u8).collect();
-            let want = im2col(&crate::exec::TEST, &x, win, 200u8).unwrap();
+            let want = nchw_reference(&x, win, 200u8);
+            assert_eq!(im2col(&crate::exec::TEST, &x, win, 200u8).unwrap(), want);
             let (rows, kk) = win.check().unwrap().cols_shape();
             for extra in [0, 1, 3] {
                 let len = kk + extra;

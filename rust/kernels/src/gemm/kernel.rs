@@ -25,6 +25,13 @@ pub(crate) trait Kernel {
         super::pack::copy_sum_scalar(src, flip, dst)
     }
 
+    /// Rows `r0..` of a convolution's A into `out` (rows of `row_len`
+    /// bytes, [`crate::conv::nhwc::ConvRows::write`]), compiled for this
+    /// kernel's ISA.
+    fn unfold(cv: &super::ConvRows<'_>, r0: usize, row_len: usize, out: &mut [u8]) {
+        cv.write(r0, row_len, out)
+    }
+
     /// Packs K groups `g0..g0+kcg` of panels `jp..jp+np` of row-major B
     /// into `buf` (see [`super::b_per_call::pack_rows_with`]), compiled for
     /// this kernel's ISA.
@@ -162,7 +169,7 @@ pub(crate) struct FloatOut {
 /// The methods of a `Kernel` impl that forward to the module's functions:
 /// `tile` dispatches `(mr, np)` onto the listed const-generic instantiations
 /// of `tile: f` (called `f::<MR, NP>(&Tile)`);
-/// `finish`, `copy_sum` and `pack_rows`, when given, override the portable defaults with
+/// `finish`, `copy_sum`, `pack_rows`, `gemv_rows` and `unfold`, when given, override the portable defaults with
 /// the `#[target_feature]` versions.
 macro_rules! kernel_methods {
     (
@@ -172,7 +179,14 @@ macro_rules! kernel_methods {
         $(, copy_sum: $cs:path)?
         $(, pack_rows: $pr:path)?
         $(, gemv_rows: $gv:path)?
+        $(, unfold: $uf:path)?
     ) => {
+        $(
+            fn unfold(cv: &$crate::gemm::ConvRows<'_>, r0: usize, row_len: usize, out: &mut [u8]) {
+                // SAFETY: a kernel is only used on a CPU that has its ISA.
+                unsafe { $uf(cv, r0, row_len, out) }
+            }
+        )?
         $(
             fn gemv_rows(
                 g: &$crate::gemm::b_per_call::RowGemv<'_, Self::AElem>,

@@ -624,7 +624,7 @@ fn conv_a<'a, Kr: Kernel>(
         };
     }
     pack_a::<Kr>(ctx, m, k, |i, dst| {
-        cv.write(i, kp, dst);
+        Kr::unfold(cv, i, kp, dst);
         (if zb_zero { 0 } else { byte_sum(dst) }, a_zp.get(i))
     })
 }
@@ -643,25 +643,26 @@ fn byte_sum(v: &[u8]) -> i32 {
 /// row sums into `rowsum` (else left as they are: B's zero points are 0).
 /// `tmp` holds `kp` bytes for a kernel whose rows are not bytes.
 #[allow(clippy::too_many_arguments)]
-fn unfold_block<E: pack::PlainElem>(
+fn unfold_block<Kr: Kernel>(
     cv: &ConvRows<'_>,
     a_zp: ZeroPoint<'_>,
     sums: bool,
     ic: usize,
     kp: usize,
-    dst: &mut [E],
+    dst: &mut [Kr::AElem],
     za: &mut [i32],
     rowsum: &mut [i32],
     tmp: &mut [u8],
 ) {
+    type E<K> = <K as Kernel>::AElem;
     let nr = za.len();
     for (r, z) in za.iter_mut().enumerate() {
         *z = a_zp.get(ic + r);
     }
     let dst = &mut dst[..nr * kp];
-    match E::row_bytes(dst) {
+    match <E<Kr> as pack::PlainElem>::row_bytes(dst) {
         Some(bytes) => {
-            cv.write(ic, kp, bytes);
+            Kr::unfold(cv, ic, kp, bytes);
             if sums && kp > 0 {
                 for (s, row) in rowsum.iter_mut().zip(bytes.chunks_exact(kp)) {
                     *s = byte_sum(row);
@@ -670,8 +671,8 @@ fn unfold_block<E: pack::PlainElem>(
         }
         None => {
             for r in 0..nr {
-                cv.write(ic + r, kp, tmp);
-                E::widen(tmp, &mut dst[r * kp..(r + 1) * kp]);
+                Kr::unfold(cv, ic + r, kp, tmp);
+                <E<Kr> as pack::PlainElem>::widen(tmp, &mut dst[r * kp..(r + 1) * kp]);
                 if sums {
                     rowsum[r] = byte_sum(tmp);
                 }
@@ -883,7 +884,7 @@ fn block<Kr: Kernel, T: OutElem>(
             (Some((cv, zp, sums)), Some(a_blk), Some(fb), Some(tmp)) => {
                 let (za, rs) = fb.split_at_mut(blk);
                 let nr = ic_end - ic;
-                unfold_block(
+                unfold_block::<Kr>(
                     cv,
                     zp,
                     sums,

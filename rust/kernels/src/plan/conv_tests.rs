@@ -320,3 +320,28 @@ fn a_convolutions_rows_that_do_not_fit_the_gemm_are_an_error() {
     .is_err());
     assert!(ConvRows::new(&x[1..], win, 0).is_err());
 }
+
+#[test]
+fn the_teams_nhwc_transpose_is_the_serial_one() {
+    // Images of several pixel blocks (and a partial last block), big
+    // enough to be split over the team; one and three channels, bytes and floats.
+    for (n, c, hw) in [(3, 3, 2 * NHWC_PIXELS + 5), (2, 1, NHWC_PIXELS * 33 + 1), (5, 7, 77)] {
+        let x: Vec<u8> = (0..n * c * hw).map(|i| (i * 13 % 251) as u8).collect();
+        let mut want = vec![0u8; x.len()];
+        to_nhwc(&x, &mut want, n, c, hw);
+        for img in 0..n {
+            for p in [0, hw / 2, hw - 1] {
+                for ch in 0..c {
+                    assert_eq!(want[(img * hw + p) * c + ch], x[(img * c + ch) * hw + p]);
+                }
+            }
+        }
+        let mut got = vec![0u8; x.len()];
+        to_nhwc_team(&TEST, &x, &mut got, n, c, hw);
+        assert_eq!(got, want, "({n}, {c}, {hw})");
+        let xf: Vec<f32> = x.iter().map(|&v| v as f32 - 0.5).collect();
+        let mut gotf = vec![0f32; x.len()];
+        to_nhwc_team(&TEST, &xf, &mut gotf, n, c, hw);
+        assert!(gotf.iter().zip(&want).all(|(&a, &b)| a == b as f32 - 0.5));
+    }
+}

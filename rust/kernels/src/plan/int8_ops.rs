@@ -273,7 +273,7 @@ fn run(
             let q = static_input(ctx, &mut ws.q, x, a)?;
             let len = q.len();
             let q = if *nchw_in && c > 1 {
-                to_nhwc(q, &mut ws.qt[..len], batch, c, h * w);
+                to_nhwc_team(ctx, q, &mut ws.qt[..len], batch, c, h * w);
                 &ws.qt[..len]
             } else {
                 q

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use crate::gemm::kernel::{kernel_methods, Fix, FloatOut, Kernel, Tile};
-use crate::gemm::RowsB;
+use crate::gemm::{ConvRows, RowsB};
 
 // B is packed by the AVX2 code (the layout is shared; packing is not the hot loop).
 super::table!(Avx512Vnni, super::x86_avx2::KERNELS.pack_panels);
@@ -32,7 +32,8 @@ impl Kernel for Avx512Vnni {
         finish: finish_tf,
         copy_sum: copy_sum_tf,
         pack_rows: pack_rows_tf,
-        gemv_rows: super::x86_avx512vnni_gemv::gemv_rows_tf
+        gemv_rows: super::x86_avx512vnni_gemv::gemv_rows_tf,
+        unfold: unfold_tf
     );
 }
 
@@ -193,6 +194,33 @@ unsafe fn correct<const MR: usize, const NP: usize>(s: &mut [[__m512i; NP]; MR],
             }
             s[r][p] = _mm512_sub_epi32(s[r][p], t);
         }
+    }
+}
+
+crate::cpu::isa_fns!(avx512vnni;
+    unsafe fn unfold_tf(cv: &ConvRows<'_>, r0: usize, row_len: usize, out: &mut [u8]) {
+        cv.write_with(r0, row_len, out, |d, s| {
+            let n = d.len().min(s.len());
+            // SAFETY: `d` and `s` hold n bytes each.
+            unsafe { copy_masked(d.as_mut_ptr(), s.as_ptr(), n) }
+        })
+    }
+);
+
+/// `n` bytes from `s` to `d` in 64-byte moves, the last one masked: one
+/// load and one store for each run of an unfold up to 64 bytes (the 21-byte
+/// kernel rows of a 3-channel 7×7 stem were two overlapping 16-byte moves
+/// each; the 192-byte rows of a 64-channel 3×3 six 32-byte ones).
+#[inline(always)]
+unsafe fn copy_masked(d: *mut u8, s: *const u8, n: usize) {
+    let mut i = 0;
+    while i + 64 <= n {
+        _mm512_storeu_si512(d.add(i) as *mut _, _mm512_loadu_si512(s.add(i) as *const _));
+        i += 64;
+    }
+    if i < n {
+        let m: __mmask64 = u64::MAX >> (64 - (n - i)); // 0 < n - i < 64
+        _mm512_mask_storeu_epi8(d.add(i) as *mut _, m, _mm512_maskz_loadu_epi8(m, s.add(i) as *const _));
     }
 }
 
