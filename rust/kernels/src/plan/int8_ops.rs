@@ -28,9 +28,9 @@
 use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::gemm::output::{round_even_f32, Fused, Requant};
+use crate::gemm::output::{Fused, Requant};
 use crate::quant::quant1;
-use crate::quant::rows::row_qparams;
+use crate::quant::rows::{quantize_row_on, row_qparams};
 
 /// The dims of a fused conv + add: the conv's, which the residual must match.
 pub(super) fn conv_add_dims(
@@ -477,22 +477,9 @@ pub(super) fn quantize_batch_one_zero_point(
     ctx.for_each_task(len, batch, |img| {
         // SAFETY: image `img` alone writes its part of `ws.q` (sized for the batch by `prepare`).
         let dst = unsafe { std::slice::from_raw_parts_mut(qp.get().add(img * per), per) };
-        quantize_on(&x[img * per..(img + 1) * per], scales[img], zps[img], dst);
+        quantize_row_on(&x[img * per..(img + 1) * per], 1.0 / scales[img], zps[img], dst);
     });
     Ok(())
-}
-
-/// The second half of the row quantizer (`quantize_row_body`) on given
-/// parameters: `q = clamp(round_half_even(x · (1 / scale)) + zp, 0, 255)`,
-/// `x` finite. Plain f32 operations, so any vectorisation gives its bytes.
-fn quantize_on(x: &[f32], scale: f32, zero_point: i32, dst: &mut [u8]) {
-    let (inv, zpf) = (1.0 / scale, zero_point as f32);
-    for (d, &v) in dst.iter_mut().zip(x) {
-        let q = (round_even_f32(v * inv) + zpf).clamp(0.0, 255.0);
-        // SAFETY: q is an integer-valued float in [0, 255].
-        let qi: i32 = unsafe { q.to_int_unchecked() };
-        *d = qi as u8;
-    }
 }
 
 /// The depthwise kernel on the plan's weight: its widened form (made when

@@ -172,6 +172,19 @@ pub(crate) fn quantize_row_body(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, 
     let lo = lo.iter().fold(0.0f32, |a, &b| a.min(b));
     let hi = hi.iter().fold(0.0f32, |a, &b| a.max(b));
     let (scale, zp, inv) = row_qparams(lo, hi);
+    let sum = quantize_row_on(x, inv, zp, dst);
+    for d in dst[x.len()..].iter_mut() {
+        *d = 0;
+    }
+    Some((sum, zp, scale))
+}
+
+/// The second half of the row quantizer on given parameters (`inv` is
+/// `1 / scale` from [`row_qparams`]): `dst[i] = clamp(round_half_even(x[i] ·
+/// inv) + zp, 0, 255)` for finite `x`; returns `Σ dst[..x.len()]`. Plain f32
+/// operations, so any vectorisation of it gives the same bytes.
+#[inline(always)]
+pub(crate) fn quantize_row_on(x: &[f32], inv: f32, zp: i32, dst: &mut [u8]) -> i32 {
     let zpf = zp as f32;
     let mut sum = 0i32;
     // Clamped first, so the plain int conversion is exact; it (unlike a
@@ -183,10 +196,7 @@ pub(crate) fn quantize_row_body(x: &[f32], dst: &mut [u8]) -> Option<(i32, i32, 
         *d = qi as u8;
         sum += qi;
     }
-    for d in dst[x.len()..].iter_mut() {
-        *d = 0;
-    }
-    Some((sum, zp, scale))
+    sum
 }
 
 #[cfg(test)]
