@@ -498,6 +498,69 @@ fn prep_float<'a>(
 }
 
 impl<T: OutElem> Epilogue<'_, T> {
+    /// The `(m, n)` output this step was prepared for.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.m, self.n)
+    }
+
+    /// This step owning its vectors, for a plan to keep beside the weights it
+    /// was made from (the batch-1 path prepares each layer's step once);
+    /// `None` for per-row scales or a residual (they change with the call).
+    pub(crate) fn into_owned(self) -> Option<Epilogue<'static, T>> {
+        let step = match self.step {
+            Prepared::Float {
+                row_scale: Param::Scalar(r),
+                col_scale,
+                bias,
+                relu,
+                residual: None,
+                requant,
+            } => Prepared::Float {
+                row_scale: Param::Scalar(r),
+                col_scale: Cow::Owned(col_scale.into_owned()),
+                bias: Cow::Owned(bias.into_owned()),
+                relu,
+                residual: None,
+                requant,
+            },
+            _ => return None,
+        };
+        Some(Epilogue {
+            step,
+            m: self.m,
+            n: self.n,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    /// This float step with another scalar row scale (a dynamic layer's, from
+    /// its quantizer), borrowing the rest; `None` for other steps.
+    pub(crate) fn with_row_scale(&self, row_scale: f32) -> Option<Epilogue<'_, T>> {
+        match &self.step {
+            Prepared::Float {
+                col_scale,
+                bias,
+                relu,
+                residual: None,
+                requant,
+                ..
+            } => Some(Epilogue {
+                step: Prepared::Float {
+                    row_scale: Param::Scalar(row_scale),
+                    col_scale: Cow::Borrowed(col_scale),
+                    bias: Cow::Borrowed(bias),
+                    relu: *relu,
+                    residual: None,
+                    requant: *requant,
+                },
+                m: self.m,
+                n: self.n,
+                _t: std::marker::PhantomData,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the step writes the accumulators unchanged (`Int32`).
     pub fn is_identity(&self) -> bool {
         matches!(self.step, Prepared::Int32)

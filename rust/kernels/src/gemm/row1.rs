@@ -11,20 +11,21 @@
 //! [`row1`] runs the same micro-kernel tiles of one row (`1 × NP_ROW`
 //! panels) and the same output step over stack buffers: the same bits as the
 //! driver, since the accumulators are exact and each element's output step
-//! is the driver's.
+//! is the driver's. The step comes prepared ([`Epilogue`]): a plan prepares
+//! each layer's once, at build (per call it cost ~260 instructions a layer,
+//! as much as the tiles of a small layer).
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use super::kernel::{self, Kernel};
-use super::output::{Epilogue, OutElem, OutputStep};
+use super::output::{Epilogue, OutElem};
 use super::pack::{self, PackedB, NR};
 use super::{Finish, KC_GROUPS};
 use crate::cpu;
-use crate::error::Result;
 
 /// The one-row product of a path, for one output type (see [`row1`]).
-pub(crate) type Row1Fn<T> = fn(&Row1, &[u8], i32, &OutputStep<'_>, &mut [T]) -> Result<bool>;
+pub(crate) type Row1Fn<T> = fn(&Row1, &[u8], i32, &Epilogue<'_, T>, &mut [T]) -> bool;
 
 /// Output types of the one-row path (those a graph plan's dense layer writes).
 pub(crate) trait Row1Out: OutElem {
@@ -73,18 +74,19 @@ impl Row1 {
     }
 }
 
-/// `out = step((a - za) · B)` for one row `a` of `kp()` bytes (zeros past
-/// K) with the active path's micro-kernel, `out` of N elements. `Ok(false)`,
-/// nothing written, when the arguments do not fit this path (the caller
-/// takes the driver); errors are the step's.
+/// `out = ep((a - za) · B)` for one row `a` of `kp()` bytes (zeros past
+/// K) with the active path's micro-kernel, `out` of N elements, `ep` the
+/// output step prepared for `1 × N` (a plan prepares it once per layer,
+/// [`super::output::OutputStep::prepare_checked`]). `false`, nothing written, when the
+/// arguments do not fit this path (the caller takes the driver).
 pub(crate) fn row1<T: Row1Out>(
     r: &Row1,
     a: &[u8],
     za: i32,
-    step: &OutputStep<'_>,
+    ep: &Epilogue<'_, T>,
     out: &mut [T],
-) -> Result<bool> {
-    (T::entry(&cpu::dispatch().gemm))(r, a, za, step, out)
+) -> bool {
+    (T::entry(&cpu::dispatch().gemm))(r, a, za, ep, out)
 }
 
 /// [`row1`] for the micro-kernel `Kr` (the dispatch table's entry).
@@ -92,9 +94,9 @@ pub(crate) fn row1_with<Kr: Kernel, T: OutElem>(
     r: &Row1,
     a: &[u8],
     za: i32,
-    step: &OutputStep<'_>,
+    ep: &Epilogue<'_, T>,
     out: &mut [T],
-) -> Result<bool> {
+) -> bool {
     let b = &*r.b;
     let (n, kp) = (b.n, b.kp);
     let wide = <Kr::AElem as pack::PlainElem>::row_bytes(&mut []).is_none();
@@ -103,14 +105,12 @@ pub(crate) fn row1_with<Kr: Kernel, T: OutElem>(
         || !(0..=255).contains(&za)
         || (wide && kp > WIDE_ROW)
         || 16 * Kr::NP_ROW > ACC
+        || ep.dims() != (1, n)
     {
-        return Ok(false);
+        return false;
     }
-    // The step's parameters were checked when the layer was built (as the
-    // driver's `matmul_rows_checked` takes them).
-    let ep = step.prepare_checked::<T>(1, n)?;
     if n == 0 {
-        return Ok(true);
+        return true;
     }
     let rowsum = if r.zb_zero { 0 } else { super::byte_sum(a) };
     if wide {
@@ -125,12 +125,12 @@ pub(crate) fn row1_with<Kr: Kernel, T: OutElem>(
         let w = unsafe { &mut *(w as *mut [MaybeUninit<Kr::AElem>] as *mut [Kr::AElem]) };
         <Kr::AElem as pack::PlainElem>::widen(a, w);
         // SAFETY: `w` holds the kp elements of the row.
-        unsafe { tiles::<Kr, T>(b, w.as_ptr(), za, rowsum, &ep, out) };
+        unsafe { tiles::<Kr, T>(b, w.as_ptr(), za, rowsum, ep, out) };
     } else {
         // SAFETY: the kernel's elements are the row's bytes, kp of them.
-        unsafe { tiles::<Kr, T>(b, a.as_ptr().cast(), za, rowsum, &ep, out) };
+        unsafe { tiles::<Kr, T>(b, a.as_ptr().cast(), za, rowsum, ep, out) };
     }
-    Ok(true)
+    true
 }
 
 /// The tiles of one row at `a_ptr` (`b.kp` elements) and their output step.
@@ -236,7 +236,8 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
 #[cfg(test)]
 mod tests {
     use super::super::tests::bytes;
-    use super::super::{matmul, output::Fused, output::Param, output::Requant, ASource, ZeroPoint};
+    use super::super::output::{Fused, OutputStep, Param, Requant};
+    use super::super::{matmul, ASource, ZeroPoint};
     use super::*;
     use crate::cpu::each_isa;
     use crate::exec::TEST;
@@ -311,8 +312,16 @@ mod tests {
                         &mut want,
                     )
                     .unwrap();
+                    // As a plan keeps it: owned, prepared with another row
+                    // scale, given this row's per call.
+                    let mut kept = float;
+                    if let OutputStep::Float { row_scale, .. } = &mut kept {
+                        *row_scale = Param::Scalar(3.0);
+                    }
+                    let kept = kept.prepare_checked::<f32>(1, n).unwrap().into_owned().unwrap();
+                    let ep = kept.with_row_scale(0.07).unwrap();
                     let mut got = vec![f32::NAN; n];
-                    let took = row1(&r, &a, za, &float, &mut got).unwrap();
+                    let took = row1(&r, &a, za, &ep, &mut got);
                     // A kernel that widens A declines rows past WIDE_ROW (its stack row).
                     assert!(took || kp > WIDE_ROW, "{isa:?} {k}x{n}");
                     if took {
@@ -335,7 +344,8 @@ mod tests {
                     )
                     .unwrap();
                     let mut got = vec![1u8; n];
-                    if row1(&r, &a, za, &fused, &mut got).unwrap() {
+                    let ep = fused.prepare_checked::<u8>(1, n).unwrap().into_owned().unwrap();
+                    if row1(&r, &a, za, &ep, &mut got) {
                         assert_eq!(got, want, "{isa:?} uint8 {k}x{n} uint8 B {uint8_b}");
                     }
                 }
@@ -343,8 +353,8 @@ mod tests {
         });
     }
 
-    /// Arguments that do not describe the prepared product are declined,
-    /// nothing written; a step that does not fit the output type is an error.
+    /// Arguments that do not describe the prepared product (or a step
+    /// prepared for another shape) are declined, nothing written.
     #[test]
     fn a_row_of_the_wrong_length_is_declined() {
         let w: Vec<i8> = bytes(40 * 8, 3).iter().map(|&v| v as i8).collect();
@@ -357,13 +367,14 @@ mod tests {
             bias: None,
             relu: false,
         };
-        assert!(!row1(&r, &[0u8; 39], 0, &step, &mut y).unwrap());
-        assert!(!row1(&r, &[0u8; 40], 256, &step, &mut y).unwrap());
-        assert!(!row1(&r, &[0u8; 40], 0, &step, &mut y[..7]).unwrap());
+        let ep = step.prepare_checked::<f32>(1, 8).unwrap();
+        assert!(!row1(&r, &[0u8; 39], 0, &ep, &mut y));
+        assert!(!row1(&r, &[0u8; 40], 256, &ep, &mut y));
+        assert!(!row1(&r, &[0u8; 40], 0, &ep, &mut y[..7]));
+        let two_rows = step.prepare_checked::<f32>(2, 8).unwrap();
+        assert!(!row1(&r, &[0u8; 40], 0, &two_rows, &mut y));
         assert_eq!(y, vec![5f32; 8]);
-        let mut y8 = vec![0u8; 8];
-        assert!(row1(&r, &[0u8; 40], 0, &step, &mut y8).is_err());
-        assert!(row1(&r, &[1u8; 40], 0, &step, &mut y).unwrap());
+        assert!(row1(&r, &[1u8; 40], 0, &ep, &mut y));
         let direct: i32 = w.iter().step_by(8).map(|&v| v as i32).sum();
         assert_eq!(y[0], direct as f32);
     }

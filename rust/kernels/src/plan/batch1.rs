@@ -16,25 +16,101 @@
 //! the driver, which splits its columns over the threads.
 
 use super::*;
-use crate::gemm::output::Fused;
+use crate::gemm::output::{Epilogue, Fused};
 use crate::gemm::row1::{row1, Row1};
 
-/// The one-row form of every dense node that can take it (`None` for other nodes).
-pub(super) fn prepare(nodes: &[Node]) -> Vec<Option<Row1>> {
+/// A dense node's batch-1 form, everything but the row decided at build:
+/// the one-row product, where its input and output live, and its output
+/// step prepared (for a static layer whole; a dynamic one takes its row
+/// scale per call). Preparing the step per call cost ~260 instructions a
+/// layer (callgrind, AVX2), as much as the tiles of a 16-column layer.
+#[derive(Debug)]
+pub(super) struct Dense1 {
+    r: Row1,
+    input: ValueId,
+    /// `n · (k + OUTPUT_MACS)`: the product's weight for the thread decision.
+    work: usize,
+    step: Step1,
+}
+
+#[derive(Debug)]
+enum Step1 {
+    F32(Epilogue<'static, f32>),
+    U8(Epilogue<'static, u8>),
+}
+
+impl Dense1 {
+    /// Bytes of the row it quantizes into the workspace.
+    pub(super) fn kp(&self) -> usize {
+        self.r.kp()
+    }
+}
+
+/// The batch-1 form of every dense node that can take one (`None` for other
+/// nodes): one row per sample (the input's per-sample elements are K), an
+/// output the plan writes, input and output types the path handles.
+pub(super) fn prepare(
+    nodes: &[Node],
+    dims: &[Vec<usize>],
+    dtypes: &[DType],
+    storage: &[Storage],
+) -> Vec<Option<Dense1>> {
     nodes
         .iter()
-        .map(|n| match &n.op {
-            Op::Dense(g) => Row1::new(&g.packed),
-            _ => None,
+        .map(|node| {
+            let Op::Dense(g) = &node.op else { return None };
+            let (k, n, v) = (g.packed.k(), g.packed.n(), node.inputs[0]);
+            if dims[v].iter().product::<usize>() != k
+                || matches!(storage[node.output], Storage::Input(_))
+                || (g.act.is_none() && (dtypes[v] != DType::F32 || dtypes[node.output] != DType::F32))
+            {
+                return None;
+            }
+            // A static layer's row scale is its input grid's; a dynamic one's
+            // comes per call ([`Epilogue::with_row_scale`]).
+            let row_scale = Param::Scalar(g.act.map_or(1.0, |a| a.scale));
+            let step = match dtypes[node.output] {
+                DType::F32 => Step1::F32(
+                    OutputStep::Float {
+                        row_scale,
+                        col_scale: g.col_scale(),
+                        bias: g.bias.as_deref(),
+                        relu: g.relu,
+                    }
+                    .prepare_checked(1, n)
+                    .ok()?
+                    .into_owned()?,
+                ),
+                DType::U8(grid) => Step1::U8(
+                    OutputStep::Fused(Fused {
+                        row_scale,
+                        col_scale: g.col_scale(),
+                        bias: g.bias.as_deref(),
+                        residual: None,
+                        relu: g.relu,
+                        requant: Some(int8_ops::requant_of(grid, g.post).ok()?),
+                    })
+                    .prepare_checked(1, n)
+                    .ok()?
+                    .into_owned()?,
+                ),
+            };
+            Some(Dense1 {
+                r: Row1::new(&g.packed)?,
+                input: v,
+                work: n.saturating_mul(k + gemm::OUTPUT_MACS),
+                step,
+            })
         })
         .collect()
 }
 
-/// Runs node `i` on the one-row path when it is a dense node with a single
-/// row to multiply and the product stays on one thread; `None` when the
+/// Runs node `i` on the one-row path when it has a batch-1 form, the batch
+/// is one sample and the product stays on one thread; `None` when the
 /// driver's path is to run it (also when the one-row path declines a case
 /// after quantizing: the driver then quantizes again, to the same bytes).
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(super) fn run_node(
     plan: &GraphPlan,
     ctx: &Ctx,
@@ -45,14 +121,15 @@ pub(super) fn run_node(
     inputs: &[&[f32]],
     outputs: &mut [&mut [f32]],
 ) -> Option<Result<()>> {
-    let (Op::Dense(g), Some(r)) = (&node.op, plan.row1.get(i)?.as_ref()) else {
-        return None;
-    };
-    let (k, n) = (g.packed.k(), g.packed.n());
-    let v = node.inputs[0];
-    if plan.len_of(v, batch) != k || gemm::parallel(ctx, n.saturating_mul(k + gemm::OUTPUT_MACS)) {
+    if batch != 1 {
         return None;
     }
+    let d = plan.row1.get(i)?.as_ref()?;
+    let Op::Dense(g) = &node.op else { return None };
+    if gemm::parallel(ctx, d.work) {
+        return None;
+    }
+    let (k, v) = (g.packed.k(), d.input);
     let p0: *const f32 = match plan.storage[v] {
         Storage::Input(j) => inputs[j].as_ptr(),
         Storage::Output(j) => outputs[j].as_ptr(),
@@ -63,7 +140,7 @@ pub(super) fn run_node(
         Storage::Buffer(b) => ws.bufs[b].as_mut_ptr(),
         Storage::Input(_) => return None,
     };
-    let kp = r.kp();
+    let kp = d.r.kp();
     let row = &mut ws.row[..kp];
     // SAFETY (the slices from `p0` and `out`): as in `GraphPlan::run_node`,
     // live storages of at least `len_of` elements (a uint8 value's buffer
@@ -96,44 +173,25 @@ pub(super) fn run_node(
         }
         (DType::U8(_), None) => return None,
     };
-    let done = match (plan.dtypes[node.output], g.act) {
-        (DType::F32, _) => {
+    let n = g.packed.n();
+    let done = match &d.step {
+        Step1::F32(ep) => {
             let y = unsafe { std::slice::from_raw_parts_mut(out, n) };
-            let step = OutputStep::Float {
-                row_scale: Param::Scalar(row_scale),
-                col_scale: g.col_scale(),
-                bias: g.bias.as_deref(),
-                relu: g.relu,
+            let done = match g.act {
+                Some(_) => row1(&d.r, a, za, ep, y),
+                None => row1(&d.r, a, za, &ep.with_row_scale(row_scale)?, y),
             };
-            let done = row1(r, a, za, &step, y);
-            if let (Ok(true), Some(f)) = (&done, g.post) {
+            if let (true, Some(f)) = (done, g.post) {
                 f.run(y);
             }
             done
         }
-        (DType::U8(grid), Some(_)) => {
-            let y = unsafe { std::slice::from_raw_parts_mut(out.cast::<u8>(), n) };
-            let requant = match int8_ops::requant_of(grid, g.post) {
-                Ok(q) => q,
-                Err(e) => return Some(Err(e)),
-            };
-            let step = OutputStep::Fused(Fused {
-                row_scale: Param::Scalar(row_scale),
-                col_scale: param(&g.scale),
-                bias: g.bias.as_deref(),
-                residual: None,
-                relu: g.relu,
-                requant: Some(requant),
-            });
-            row1(r, a, za, &step, y)
-        }
-        (DType::U8(_), None) => return None,
+        // Only static layers write uint8 (the rewrite "int8 between layers").
+        Step1::U8(ep) => row1(&d.r, a, za, ep, unsafe {
+            std::slice::from_raw_parts_mut(out.cast::<u8>(), n)
+        }),
     };
-    match done {
-        Ok(true) => Some(Ok(())),
-        Ok(false) => None,
-        Err(e) => Some(Err(e)),
-    }
+    done.then_some(Ok(()))
 }
 
 #[cfg(test)]

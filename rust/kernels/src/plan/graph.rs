@@ -348,7 +348,7 @@ pub struct GraphPlan {
     buf_elems: Vec<usize>,
     scratch: Scratch,
     /// Per node: the batch-1 form of a dense node (`batch1.rs`).
-    row1: Vec<Option<crate::gemm::row1::Row1>>,
+    row1: Vec<Option<batch1::Dense1>>,
     /// Bytes of the longest padded row the batch-1 path quantizes.
     row_bytes: usize,
     /// Boxed: a call takes one out and puts it back, moving a pointer, not ~300 bytes each way.
@@ -691,12 +691,13 @@ impl GraphPlan {
             .map(|(v, d)| d.ok_or_else(|| Error::Value(format!("value {v} is never written"))))
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
-        let row1 = batch1::prepare(&nodes);
+        let dtypes = int8_ops::dtypes(&nodes, &outputs, dims.len());
+        let row1 = batch1::prepare(&nodes, &dims, &dtypes, &storage);
         let row_bytes = row1.iter().flatten().map(|r| r.kp()).max().unwrap_or(0);
         Ok(GraphPlan {
             row1,
             row_bytes,
-            dtypes: int8_ops::dtypes(&nodes, &outputs, dims.len()),
+            dtypes,
             nodes,
             inputs,
             outputs,
