@@ -329,3 +329,12 @@ def test_native_linear_uses_its_calibrated_terms_and_the_gemv_rate_for_one_row()
         assert estimate([lin(*a)], p).layers[0].compute_s < estimate([lin(*b)], p).layers[0].compute_s
     # From Python (not in a plan) the Python-call costs apply.
     assert estimate([lin(1, 64, 250, native=False)], p).layers[0].compute_s != pytest.approx(one.compute_s)
+    # A measured one-row fixed cost (the plan's batch-1 path) applies to one row only.
+    p1 = dataclasses.replace(p, overhead_us={"linear/native": 0.3, "linear/native1": 0.05})
+    one1 = estimate([lin(1, 64, 250)], p1).layers[0]
+    assert one1.latency_s == pytest.approx(0.05e-6 + max(one1.compute_s, one1.memory_s), rel=1e-9)
+    eight1 = estimate([lin(8, 64, 250)], p1).layers[0]
+    assert eight1.latency_s == pytest.approx(eight.latency_s, rel=1e-9)
+    assert HardwareProfile.from_dict(p1.to_dict()) == p1
+    with pytest.raises(ValueError, match="native1"):
+        dataclasses.replace(p, overhead_us={"linear/native2": 0.1})

@@ -260,9 +260,9 @@ class HardwareProfile:
             raise ValueError(f"energy_pj_per_mac lacks {sorted(missing)}")
         for key, v in self.overhead_us.items():
             kind, _, prec = str(key).partition("/")
-            if kind not in KINDS or (prec and prec not in (*PRECISIONS, "native")):
+            if kind not in KINDS or (prec and prec not in (*PRECISIONS, "native", "native1")):
                 raise ValueError(f"overhead_us key {key!r} must be a kind {KINDS} optionally followed by "
-                                 f"'/precision' {PRECISIONS} or '/native'")
+                                 f"'/precision' {PRECISIONS}, '/native' or '/native1' (one batch row)")
             if not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"overhead_us[{key!r}] must be a number >= 0; got {v!r}")
         for key, v in self.ns_per_element.items():
@@ -394,10 +394,14 @@ class HardwareProfile:
             raise ValueError(f"measured_s must be a finite number of seconds > 0; got {measured_s!r}")
         return self.scaled(measured_s / max(est, 1e-12))
 
-    def overhead_s(self, kind: str, precision: str = "fp32", *, native: bool = False) -> float:
+    def overhead_s(self, kind: str, precision: str = "fp32", *, native: bool = False,
+                   rows: int | None = None) -> float:
         """Fixed seconds of one call of a layer of ``kind`` at ``precision`` (``native``: one step
         of a native plan call, when the profile knows that cost: ``overhead_us["<kind>/native"]``,
-        else ``native_overhead_us``)."""
+        else ``native_overhead_us``; with ``rows == 1`` the plan's one-row path,
+        ``overhead_us["<kind>/native1"]``, when measured)."""
+        if native and rows == 1 and f"{kind}/native1" in self.overhead_us:
+            return self.overhead_us[f"{kind}/native1"] * 1e-6
         if native and f"{kind}/native" in self.overhead_us:
             return self.overhead_us[f"{kind}/native"] * 1e-6
         if native and self.native_overhead_us is not None:
@@ -839,7 +843,9 @@ def estimate(layers: Iterable[LayerWork], profile: HardwareProfile, *,
         moved = 0 if w.kind == "reshape" else w.weight_bytes + w.act_in_bytes + w.act_out_bytes
         bandwidth = _bandwidth_gbs(profile, moved)
         memory = moved / (bandwidth * 1e9)
-        overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native)
+        dims = _gemm_dims(w) if w.native else None
+        overhead = w.calls * profile.overhead_s(w.kind, w.precision, native=w.native,
+                                                rows=dims[0] if dims else None)
         if w.sparse_kernel and w.pattern != "dense" and profile.sparse_overhead_us is not None:
             overhead = w.calls * profile.sparse_overhead_us * 1e-6
         bound = "compute" if compute >= memory else "memory"
@@ -1520,7 +1526,8 @@ def measure_host(*, quick: bool = False) -> HardwareProfile:
 def _fit_native_steps(prof: HardwareProfile, rng: np.random.Generator, repeats: int, quick: bool) -> HardwareProfile:
     """``prof`` with what a dense int8 Linear layer costs inside a native plan call (``overhead_us["linear/native"]``,
     ``"linear_row_native"``, ``"linear_col_native"``, ``"linear_out_native"``, ``"linear_mac_native"``,
-    as for a convolution below; fitted on the middle layer of three-layer chains over a grid of batch
+    as for a convolution below; at one batch row, the plan's one-row path, its own fixed cost
+    ``overhead_us["linear/native1"]`` and cost per weight ``"linear_gemv_native"``; fitted on the middle layer of three-layer chains over a grid of batch
     rows, inputs and outputs), and what a 3x3 convolution costs there: a fixed cost per node
     (``overhead_us["conv2d/native"]``), per output pixel (``"conv_row_native"``), per column-matrix
     element (``"conv_col_native"``), per output of a 16-column panel (``"conv_out_native"``) and per
@@ -1584,13 +1591,14 @@ def _fit_native_steps(prof: HardwareProfile, rng: np.random.Generator, repeats: 
         for i, (rt, x) in enumerate(chains):
             tl[i].append(rt.profile(x, repeats=repeats)["1"])
     tr, tk, tn = prof.gemm_tile
-    # One batch row runs the GEMV path (its own rate per weight); more rows the tiles.
-    lfeats = [[1.0, m, _pad(m, tr) * _pad(k, tk), _pad(m, tr) * _pad(n, tn),
+    # One batch row runs the plan's one-row path (its own fixed cost, no GEMM driver, and its own
+    # rate per weight); more rows the driver and its tiles.
+    lfeats = [[float(m > 1), float(m == 1), m, _pad(m, tr) * _pad(k, tk), _pad(m, tr) * _pad(n, tn),
                (m > 1) * _pad(m, tr) * _pad(k, tk) * _pad(n, tn), (m == 1) * _pad(k, tk) * _pad(n, tn)]
               for m, k, n in lgrid]
     lcoef = _nnls_rel(np.array(lfeats, float), np.array([float(np.median(v)) for v in tl]))
     lkeys = ("linear_row_native", "linear_col_native", "linear_out_native", "linear_mac_native",
-                 "linear_gemv_native", "linear_gemv_native")
+             "linear_gemv_native")
     # -- a max pool after a convolution (channels-last input, as in a model) and the Flatten after it ---
     pools = []
     for c, h in ([(4, 4), (6, 8), (16, 12), (32, 8)] if quick else
@@ -1610,7 +1618,8 @@ def _fit_native_steps(prof: HardwareProfile, rng: np.random.Generator, repeats: 
     pool_fixed, pool_px, pool_s = (float(v) for v in pool_c)
     return dataclasses.replace(
         prof, overhead_us={**prof.overhead_us, "conv2d/native": float(coef[0] * 1e6), "linear/native": float(lcoef[0] * 1e6),
+                           "linear/native1": float(lcoef[1] * 1e6),
                            "pool/native": pool_fixed * 1e6, "reshape/native": float(np.median(tflat)) * 1e6},
         ns_per_element={**prof.ns_per_element, **{k: float(v * 1e9) for k, v in zip(keys, coef[1:])},
-                        **{k: float(v * 1e9) for k, v in zip(lkeys, lcoef[1:])},
+                        **{k: float(v * 1e9) for k, v in zip(lkeys, lcoef[2:])},
                         "pool_native": pool_s * 1e9, "pool_px_native": pool_px * 1e9})

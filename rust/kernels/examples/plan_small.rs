@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example plan_small            # the table
 //! cargo run --release --example plan_small -- static 256 128 100000   # one model, for a profiler
+//! cargo run --release --example plan_small -- conv                      # one 3x3 conv node, by channels
 //! ```
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{PackedB, ZeroPoint};
@@ -52,8 +53,54 @@ fn time(plan: &GraphPlan, ctx: &Ctx, x: &[f32], y: &mut [f32], reps: usize) -> f
     t0.elapsed().as_secs_f64() / reps as f64 * 1e6
 }
 
+/// One dynamic 3x3 (padding 1) conv node over an NHWC `h × h × c` image, `n` outputs.
+fn conv(c: usize, n: usize, h: usize) -> GraphPlan {
+    let Op::Dense(g) = dense(9 * c, n, true, false, c + n) else {
+        unreachable!()
+    };
+    let node = Node {
+        op: Op::Conv {
+            gemm: g,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: (1, 1),
+            nchw_in: false,
+        },
+        inputs: vec![0],
+        output: 1,
+    };
+    GraphPlan::new(vec![node], vec![0], vec![vec![h, h, c]], vec![1]).unwrap()
+}
+
+/// Batch-1 times of conv nodes of the digits ResNet's sizes, side by side.
+fn convs() {
+    let ctx = Ctx::serial();
+    let shapes = [(1, 8, 8), (8, 8, 8), (4, 4, 8), (1, 1, 8), (16, 16, 4), (8, 8, 4), (2, 2, 4)];
+    let plans: Vec<(GraphPlan, Vec<f32>, Vec<f32>)> = shapes
+        .iter()
+        .map(|&(c, n, h)| {
+            let x = (0..h * h * c).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3).collect();
+            (conv(c, n, h), x, vec![0f32; h * h * n])
+        })
+        .collect();
+    let mut t = vec![Vec::new(); plans.len()];
+    for _ in 0..15 {
+        for (i, (p, x, y)) in plans.iter().enumerate() {
+            let mut y = y.clone();
+            t[i].push(time(p, &ctx, x, &mut y, 5000));
+        }
+    }
+    for (v, &(c, n, h)) in t.iter_mut().zip(&shapes) {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("conv 3x3 {h}x{h}x{c} -> {n}: {:.3} us", v[v.len() / 2]);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("conv") {
+        return convs();
+    }
     let x: Vec<f32> = (0..64).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3).collect();
     if args.len() == 4 {
         let stat = args[0] == "static";

@@ -326,6 +326,33 @@ mod tests {
         });
     }
 
+    /// A sample of several rows (a dense node over `(3, k)` per sample) has
+    /// no batch-1 form: its one sample is three rows for the driver, and the
+    /// plan gives the driver's bits for it and for a batch of one row after.
+    #[test]
+    fn a_sample_of_several_rows_keeps_the_driver() {
+        each_isa(|isa| {
+            let (k, n) = (20, 17);
+            let nodes = vec![
+                node(Op::Dense(gemm_of(n, k, 1, true)), &[0], 1),
+                node(Op::Dense(gemm_of(5, n, 2, false)), &[1], 2),
+            ];
+            let p = GraphPlan::new(nodes.clone(), vec![0], vec![vec![3, k]], vec![2]).unwrap();
+            assert!(p.row1.iter().all(|r| r.is_none()), "{isa:?}");
+            let x: Vec<f32> = (0..3 * k).map(|i| (i % 7) as f32 * 0.3 - 0.8).collect();
+            let mut y = vec![0f32; 15];
+            p.forward(&TEST, 1, &[&x], &mut [&mut y]).unwrap();
+            let rows = plan(&nodes, k, true);
+            assert!(rows.row1.iter().all(|r| r.is_some()));
+            let mut want = vec![0f32; 15];
+            rows.forward(&TEST, 3, &[&x], &mut [&mut want]).unwrap();
+            assert_eq!(bits(&y), bits(&want), "{isa:?}");
+            let mut y1 = vec![0f32; 5];
+            rows.forward(&TEST, 1, &[&x[k..2 * k]], &mut [&mut y1]).unwrap();
+            assert_eq!(bits(&y1), bits(&want[5..10]), "{isa:?} one row");
+        });
+    }
+
     /// The static chain really has uint8 edges, and a non-finite input gives
     /// the driver's error on the batch-1 path too.
     #[test]
