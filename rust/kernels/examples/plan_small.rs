@@ -75,11 +75,21 @@ fn conv(c: usize, n: usize, h: usize) -> GraphPlan {
 /// Batch-1 times of conv nodes of the digits ResNet's sizes, side by side.
 fn convs() {
     let ctx = Ctx::serial();
-    let shapes = [(1, 8, 8), (8, 8, 8), (4, 4, 8), (1, 1, 8), (16, 16, 4), (8, 8, 4), (2, 2, 4)];
+    let shapes = [
+        (1, 8, 8),
+        (8, 8, 8),
+        (4, 4, 8),
+        (1, 1, 8),
+        (16, 16, 4),
+        (8, 8, 4),
+        (2, 2, 4),
+    ];
     let plans: Vec<(GraphPlan, Vec<f32>, Vec<f32>)> = shapes
         .iter()
         .map(|&(c, n, h)| {
-            let x = (0..h * h * c).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3).collect();
+            let x = (0..h * h * c)
+                .map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3)
+                .collect();
             (conv(c, n, h), x, vec![0f32; h * h * n])
         })
         .collect();

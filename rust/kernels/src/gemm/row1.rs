@@ -235,8 +235,8 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::bytes;
     use super::super::output::{Fused, OutputStep, Param, Requant};
+    use super::super::tests::bytes;
     use super::super::{matmul, ASource, ZeroPoint};
     use super::*;
     use crate::cpu::each_isa;
@@ -318,7 +318,11 @@ mod tests {
                     if let OutputStep::Float { row_scale, .. } = &mut kept {
                         *row_scale = Param::Scalar(3.0);
                     }
-                    let kept = kept.prepare_checked::<f32>(1, n).unwrap().into_owned().unwrap();
+                    let kept = kept
+                        .prepare_checked::<f32>(1, n)
+                        .unwrap()
+                        .into_owned()
+                        .unwrap();
                     let ep = kept.with_row_scale(0.07).unwrap();
                     let mut got = vec![f32::NAN; n];
                     let took = row1(&r, &a, za, &ep, &mut got);
@@ -344,7 +348,11 @@ mod tests {
                     )
                     .unwrap();
                     let mut got = vec![1u8; n];
-                    let ep = fused.prepare_checked::<u8>(1, n).unwrap().into_owned().unwrap();
+                    let ep = fused
+                        .prepare_checked::<u8>(1, n)
+                        .unwrap()
+                        .into_owned()
+                        .unwrap();
                     if row1(&r, &a, za, &ep, &mut got) {
                         assert_eq!(got, want, "{isa:?} uint8 {k}x{n} uint8 B {uint8_b}");
                     }

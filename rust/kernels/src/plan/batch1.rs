@@ -62,7 +62,8 @@ pub(super) fn prepare(
             let (k, n, v) = (g.packed.k(), g.packed.n(), node.inputs[0]);
             if dims[v].iter().product::<usize>() != k
                 || matches!(storage[node.output], Storage::Input(_))
-                || (g.act.is_none() && (dtypes[v] != DType::F32 || dtypes[node.output] != DType::F32))
+                || (g.act.is_none()
+                    && (dtypes[v] != DType::F32 || dtypes[node.output] != DType::F32))
             {
                 return None;
             }
@@ -348,7 +349,8 @@ mod tests {
             rows.forward(&TEST, 3, &[&x], &mut [&mut want]).unwrap();
             assert_eq!(bits(&y), bits(&want), "{isa:?}");
             let mut y1 = vec![0f32; 5];
-            rows.forward(&TEST, 1, &[&x[k..2 * k]], &mut [&mut y1]).unwrap();
+            rows.forward(&TEST, 1, &[&x[k..2 * k]], &mut [&mut y1])
+                .unwrap();
             assert_eq!(bits(&y1), bits(&want[5..10]), "{isa:?} one row");
         });
     }
