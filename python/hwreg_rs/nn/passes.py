@@ -248,7 +248,7 @@ def spatial_mean_to_global_pool(graph: Graph) -> Graph:
         return graph
     try:
         shapes = graph.infer_shapes(*((1, *s) for s in graph.input_shapes))
-    except ValueError:
+    except (ValueError, NotImplementedError):  # shapes that do not fit, an op without a shape rule
         return graph
     nodes, changed = [], False
     for n in graph.nodes:
