@@ -287,9 +287,12 @@ def test_a_mean_over_the_spatial_axes_becomes_a_global_pool_with_the_same_bytes(
         # The import runs it, and the runtime then plans the pool natively like an exported GlobalAveragePool.
         rt = runtime.convert(new, input_shape=(3, 5, 6), calibration=x)
         np.testing.assert_array_equal(rt.predict(x), runtime.convert(g, input_shape=(3, 5, 6), calibration=x).predict(x))
-    # Not every spatial axis, or the axes dropped, or no input shapes: unchanged.
+    # Not both spatial axes, the axes dropped, a 3-D value, or no input shapes: unchanged.
     for g in (graph([-1]), graph([1, 2, 3]), graph([-1], keepdims=False)):
         assert passes.spatial_mean_to_global_pool(g) is g
+    flat = Graph([Node("mean", ops.ReduceMean([-1]), ("x",), ("y",))], inputs=["x"], outputs=["y"],
+                 input_shapes=[(4, 6)])
+    assert passes.spatial_mean_to_global_pool(flat) is flat
     g = graph([-1, -2])
     g.input_shapes = None
     assert passes.spatial_mean_to_global_pool(g) is g

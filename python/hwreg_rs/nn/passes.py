@@ -234,13 +234,14 @@ def fuse_gelu(graph: Graph) -> Graph:
 
 
 def spatial_mean_to_global_pool(graph: Graph) -> Graph:
-    """``ReduceMean`` over every axis after the channels of an (N, C, ...) value, keeping them -> one
+    """``ReduceMean`` over both spatial axes of an (N, C, H, W) value, keeping them -> one
     :class:`~hwreg_rs.nn.ops.GlobalAvgPool2d` (the same NumPy mean, so the same bytes).
 
     torch.export writes ``adaptive_avg_pool2d(x, 1)`` as ``ReduceMean(axes=[-1, -2], keepdims=1)``; the
-    runtime's native plan runs a global average pool but not a mean over two axes, which ran in Python
-    and split torchvision mobilenet_v2's plan in two (~15 µs of a ~130 µs batch-1 call). The ranks come
-    from the graph's input shapes; a graph without them, or whose shapes cannot be inferred, is unchanged.
+    runtime's native plan runs a 4-D global average pool but not a mean over two axes, which ran in
+    Python and split torchvision mobilenet_v2's plan in two (~15 µs of a ~130 µs batch-1 call). Other
+    ranks keep their ReduceMean (the plan runs neither form natively there). The ranks come from the
+    graph's input shapes; a graph without them, or whose shapes cannot be inferred, is unchanged.
     """
     from .ops import GlobalAvgPool2d, ReduceMean
 
@@ -253,8 +254,8 @@ def spatial_mean_to_global_pool(graph: Graph) -> Graph:
     nodes, changed = [], False
     for n in graph.nodes:
         rank = len(shapes.get(n.inputs[0], ())) if n.inputs else 0
-        if (isinstance(n.op, ReduceMean) and len(n.inputs) == 1 and n.op.keepdims and rank >= 3
-                and sorted(n.op._norm_axes(rank)) == list(range(2, rank))):
+        if (isinstance(n.op, ReduceMean) and len(n.inputs) == 1 and n.op.keepdims and rank == 4
+                and sorted(n.op._norm_axes(rank)) == [2, 3]):
             n, changed = Node(n.name, GlobalAvgPool2d(), n.inputs, n.outputs, n.source), True
         nodes.append(n)
     return rebuild(graph, nodes) if changed else graph
