@@ -265,3 +265,34 @@ def test_convert_takes_the_contracts_calibration_keyword():
     assert runtime.convert(net, input_shape=(4,), calibration=None).predict(np.ones((1, 4), np.float32)).shape == (1, 3)
     static = runtime.convert(net, input_shape=(4,), calibration=np.ones((8, 4), np.float32))  # tests/test_static_quant.py
     assert static.ops[0].act is not None
+
+
+def test_a_mean_over_the_spatial_axes_becomes_a_global_pool_with_the_same_bytes():
+    # torch.export's adaptive_avg_pool2d(x, 1): ReduceMean(axes=[-1, -2], keepdims=1), then a Reshape.
+    from hwreg_rs.nn import passes
+
+    def graph(axes, keepdims=True):
+        return Graph([Node("conv", hw.nn.Conv2d(3, 8, 3, padding=1, rng=0), ("x",), ("h",)),
+                      Node("mean", ops.ReduceMean(axes, keepdims=keepdims), ("h",), ("m",)),
+                      Node("flat", ops.Reshape([-1, 8 if keepdims else 8 * 5]), ("m",), ("f",)),
+                      Node("fc", hw.nn.Linear(8 if keepdims else 40, 4, rng=1), ("f",), ("y",))],
+                     inputs=["x"], outputs=["y"], input_shapes=[(3, 5, 6)]).eval()
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 5, 6)).astype(np.float32)
+    for axes in ([-1, -2], [2, 3], [3, -2]):
+        g = graph(axes)
+        new = passes.spatial_mean_to_global_pool(g)
+        assert [type(n.op).__name__ for n in new.nodes] == ["Conv2d", "GlobalAvgPool2d", "Reshape", "Linear"]
+        np.testing.assert_array_equal(new(x), g(x))
+        # The import runs it, and the runtime then plans the pool natively like an exported GlobalAveragePool.
+        rt = runtime.convert(new, input_shape=(3, 5, 6), calibration=x)
+        np.testing.assert_array_equal(rt.predict(x), runtime.convert(g, input_shape=(3, 5, 6), calibration=x).predict(x))
+    # Not both spatial axes, the axes dropped, a 3-D value, or no input shapes: unchanged.
+    for g in (graph([-1]), graph([1, 2, 3]), graph([-1], keepdims=False)):
+        assert passes.spatial_mean_to_global_pool(g) is g
+    flat = Graph([Node("mean", ops.ReduceMean([-1]), ("x",), ("y",))], inputs=["x"], outputs=["y"],
+                 input_shapes=[(4, 6)])
+    assert passes.spatial_mean_to_global_pool(flat) is flat
+    g = graph([-1, -2])
+    g.input_shapes = None
+    assert passes.spatial_mean_to_global_pool(g) is g

@@ -1,8 +1,10 @@
 //! Times the depthwise kernel (uint8 out through a requantizing step, as a
 //! static graph runs it) on MobileNetV2-at-32×32 layer shapes:
-//! `cargo run --release --example depthwise_time [reps]`.
+//! `cargo run --release --example depthwise_time [reps] [shape index]` (one shape: for callgrind).
+//! Times are the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): on a machine
+//! loaded by other processes wall time varied 2x from run to run, CPU time
+//! by a few percent.
 use std::mem::MaybeUninit;
-use std::time::Instant;
 
 use hwreg_kernels::depthwise::{depthwise_conv2d_wide, Depthwise, Wide};
 use hwreg_kernels::exec::Ctx;
@@ -13,16 +15,30 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(200);
+    let only: Option<usize> = std::env::args().nth(2).and_then(|a| a.parse().ok());
     let ctx = Ctx::serial();
-    for (n, hw, c, s) in [
-        (32usize, 16usize, 32usize, 1usize),
+    for (i, (n, hw, c, s)) in [
+        (1usize, 16usize, 32usize, 1usize),
+        (1, 16, 96, 2),
+        (1, 8, 144, 1),
+        (1, 8, 144, 2),
+        (1, 4, 192, 1),
+        (1, 4, 192, 2),
+        (1, 2, 576, 1),
+        (32, 16, 32, 1),
         (32, 16, 96, 2),
         (32, 8, 144, 1),
         (32, 4, 192, 1),
         (32, 2, 384, 1),
         (1, 2, 384, 1),
         (1, 1, 960, 1),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
         let g = Depthwise {
             n,
             h: hw,
@@ -55,11 +71,11 @@ fn main() {
         });
         let mut out = vec![MaybeUninit::<u8>::uninit(); os];
         depthwise_conv2d_wide(&ctx, &x, &zp, &wide, &g, &step, &mut out).unwrap();
-        let t0 = Instant::now();
+        let t0 = cpu_seconds();
         for _ in 0..reps {
             depthwise_conv2d_wide(&ctx, &x, &zp, &wide, &g, &step, &mut out).unwrap();
         }
-        let t = t0.elapsed().as_secs_f64() / reps as f64;
+        let t = (cpu_seconds() - t0) / reps as f64;
         let macs = (os * 9) as f64;
         println!(
             "n {n} {hw}x{hw}x{c} s{s}: {:.2} us, {:.1} GMAC/s",
@@ -67,4 +83,15 @@ fn main() {
             macs / t * 1e-9
         );
     }
+}
+
+/// The calling thread's CPU time in seconds.
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
