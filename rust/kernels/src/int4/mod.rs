@@ -73,7 +73,9 @@ const STEP_BYTES: usize = STEP_K * BLOCK_N / 2;
 pub const MAX_GROUP_LEN: usize = 1 << 16;
 /// Rows and blocks one kernel call covers at most (see `arch::Tile`).
 const TILE_ROWS: usize = 8;
-const TILE_BLOCKS: usize = 4;
+const TILE_BLOCKS: usize = 8;
+/// Blocks of the unit one row's share of the columns is cut in (see `drive`).
+const RUN_BLOCKS: usize = 4;
 
 /// int4 weights packed for the kernels (see the module doc).
 #[derive(Debug, Clone)]
@@ -405,10 +407,18 @@ enum Mode {
 }
 
 /// `finish(rows, cols, tile)` of [`drive`].
-type Finish<'a> = dyn Fn(std::ops::Range<usize>, std::ops::Range<usize>, &Tile) + Sync + 'a;
+type Finish<'a> = dyn Fn(std::ops::Range<usize>, std::ops::Range<usize>, &mut Tile) + Sync + 'a;
 
-/// Runs the tile kernel over the whole `M × N` output, threads over blocks
-/// of 64 columns; `finish(rows, cols, tile)` runs on each tile while hot.
+/// Runs the tile kernel over the whole `M × N` output, threads over runs of
+/// column blocks; `finish(rows, cols, tile)` runs on each tile while hot.
+///
+/// One row (a GEMV, bound by the weight streaming in from L3 or memory):
+/// a few runs of blocks per thread, shrinking ([`crate::gemm::guided`],
+/// biggest first, cut on [`RUN_BLOCKS`]), each streamed front to back, so
+/// the thread that finishes last waits on a few blocks (one task per 4
+/// blocks, a new set of streams for the prefetchers every 128 KiB, ran
+/// 1×4096×4096 ~10% slower on one thread). More rows: one tile of blocks a
+/// task (its rows reuse it from L2).
 #[allow(clippy::too_many_arguments)]
 fn drive(
     ctx: &Ctx,
@@ -421,40 +431,52 @@ fn drive(
     finish: &Finish<'_>,
 ) {
     let tile_fn = cpu::dispatch().int4.tile;
-    let tasks = w.nblk.div_ceil(TILE_BLOCKS);
     let work = m.saturating_mul(w.kp).saturating_mul(w.n);
+    let runs = w.nblk.div_ceil(RUN_BLOCKS);
+    let tasks = if m == 1 {
+        ctx.chunks_for(work).min(runs).max(1)
+    } else {
+        w.nblk.div_ceil(TILE_BLOCKS)
+    };
     ctx.for_each_task(work, tasks, |t| {
-        let blk = t * TILE_BLOCKS;
-        let nb = TILE_BLOCKS.min(w.nblk - blk);
-        let cols = blk * BLOCK_N..((blk + nb) * BLOCK_N).min(w.n);
+        let span = if m == 1 {
+            let r = crate::gemm::guided(runs, tasks, t);
+            r.start * RUN_BLOCKS..(r.end * RUN_BLOCKS).min(w.nblk)
+        } else {
+            t * TILE_BLOCKS..((t + 1) * TILE_BLOCKS).min(w.nblk)
+        };
         let mut buf = Tile::default();
-        for r0 in (0..m).step_by(TILE_ROWS) {
-            let rows = TILE_ROWS.min(m - r0);
-            let out = match (mode, groups_out) {
-                (Mode::Groups, Some(p)) => {
-                    // SAFETY: (r0, cols.start, 0) of the (M, N, ng) output.
-                    arch::Out::Groups(
-                        unsafe { p.get().add((r0 * w.n + cols.start) * w.ng) },
-                        w.n * w.ng,
-                    )
+        for blk in span.clone().step_by(TILE_BLOCKS) {
+            let nb = TILE_BLOCKS.min(span.end - blk);
+            let cols = blk * BLOCK_N..((blk + nb) * BLOCK_N).min(w.n);
+            for r0 in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - r0);
+                let out = match (mode, groups_out) {
+                    (Mode::Groups, Some(p)) => {
+                        // SAFETY: (r0, cols.start, 0) of the (M, N, ng) output.
+                        arch::Out::Groups(
+                            unsafe { p.get().add((r0 * w.n + cols.start) * w.ng) },
+                            w.n * w.ng,
+                        )
+                    }
+                    (Mode::Scaled, _) => arch::Out::Scaled(buf.f.as_mut_ptr(), TILE_COLS),
+                    _ => arch::Out::Groups(buf.i.as_mut_ptr(), TILE_COLS),
+                };
+                let job = arch::Job {
+                    w,
+                    blk,
+                    nb,
+                    rows,
+                    x: &q[r0 * w.kp..(r0 + rows) * w.kp],
+                    xsum: &xsum[r0 * w.ng..(r0 + rows) * w.ng],
+                    out,
+                };
+                // SAFETY: blocks, rows and the output tile are within bounds
+                // (`Job`'s contract); tasks write disjoint columns.
+                unsafe { tile_fn(&job) };
+                if !matches!(mode, Mode::Groups) {
+                    finish(r0..r0 + rows, cols.clone(), &mut buf);
                 }
-                (Mode::Scaled, _) => arch::Out::Scaled(buf.f.as_mut_ptr(), TILE_COLS),
-                _ => arch::Out::Groups(buf.i.as_mut_ptr(), TILE_COLS),
-            };
-            let job = arch::Job {
-                w,
-                blk,
-                nb,
-                rows,
-                x: &q[r0 * w.kp..(r0 + rows) * w.kp],
-                xsum: &xsum[r0 * w.ng..(r0 + rows) * w.ng],
-                out,
-            };
-            // SAFETY: blocks, rows and the output tile are within bounds
-            // (`Job`'s contract); tasks write disjoint columns.
-            unsafe { tile_fn(&job) };
-            if !matches!(mode, Mode::Groups) {
-                finish(r0..r0 + rows, cols.clone(), &buf);
             }
         }
     });
@@ -583,17 +605,17 @@ pub fn linear_into(
             Mode::Total,
             None,
             &|rows, cols, tile| {
-                let c0 = cols.start;
-                let mut acc = [0i32; TILE_ROWS * TILE_COLS];
+                // The exact totals in place (a copy of the tile per call
+                // cost a 4 KiB memset per 128 columns of a row).
                 for (ri, r) in rows.clone().enumerate() {
-                    for c in cols.clone() {
-                        let i = ri * TILE_COLS + c - c0;
-                        acc[i] =
-                            tile.i[i].wrapping_add((128 - a.zp[r]).wrapping_mul(w.tsum_col[c]));
+                    let zterm = 128 - a.zp[r];
+                    let row = &mut tile.i[ri * TILE_COLS..][..cols.len()];
+                    for (v, t) in row.iter_mut().zip(&w.tsum_col[cols.clone()]) {
+                        *v = v.wrapping_add(zterm.wrapping_mul(*t));
                     }
                 }
                 // SAFETY: this task alone writes columns `cols` of `out`.
-                unsafe { ep.apply_raw(&acc, TILE_COLS, rows, cols, op.get(), n) };
+                unsafe { ep.apply_raw(&tile.i, TILE_COLS, rows, cols, op.get(), n) };
             },
         );
     } else {

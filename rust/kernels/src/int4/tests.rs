@@ -265,6 +265,48 @@ fn large_gemv_with_threads_is_exact() {
 }
 
 #[test]
+fn one_row_in_runs_over_threads_is_exact() {
+    // One row is cut into shrinking runs of 4 blocks (see `drive`): shares of
+    // 8, 4 and fewer blocks, a short last block, on 1-3 threads, every path.
+    cpu::each_isa(|isa| {
+        for (i, &(n, k, group, sym)) in [
+            (597usize, 1024usize, None, true),
+            (600, 512, Some(128), false),
+            (200, 2048, Some(32), true),
+            (1100, 264, Some(8), false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let case = Case::random(n, k, group, sym, 40 + i as u64);
+            let w = case.weight();
+            let xq = bytes(k, 50 + i as u64);
+            let want_d = case.group_sums(&xq, 1);
+            let x: Vec<f32> = xq.iter().map(|&v| (f32::from(v) - 90.0) * 0.021).collect();
+            let bias: Vec<f32> = (0..n).map(|c| c as f32 * 0.125 - 3.0).collect();
+            let want = case.linear_ref(&x, 1, Some(&bias), false);
+            for ctx in [Ctx::serial(), TEST, Ctx::new(3)] {
+                let d = group_sums(&ctx, &xq, 1, k, &w).unwrap();
+                assert!(
+                    d.iter().zip(&want_d).all(|(a, b)| i64::from(*a) == *b),
+                    "{} n={n} k={k} g={group:?} threads={}",
+                    isa.name(),
+                    ctx.threads()
+                );
+                let got = linear(&ctx, &x, 1, k, &w, Some(&bias), false).unwrap();
+                assert_eq!(
+                    got,
+                    want,
+                    "{} n={n} k={k} g={group:?} threads={}",
+                    isa.name(),
+                    ctx.threads()
+                );
+            }
+        }
+    });
+}
+
+#[test]
 fn bad_input_is_an_error() {
     let c = Case::random(3, 10, Some(8), true, 1);
     let p = c.packed();

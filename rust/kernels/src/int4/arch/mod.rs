@@ -57,7 +57,7 @@ pub(crate) enum Out {
 
 /// One kernel call: `rows` (≤ 8) rows of padded, centred activations `x`
 /// (`rows × kp`, bytes `x_q ^ 0x80`) and their group sums `xsum` (`Σ x'`, `rows × ng`), times column
-/// blocks `blk..blk + nb` (`nb ≤ 4`) of `w`.
+/// blocks `blk..blk + nb` (`nb ≤ 8`) of `w`.
 pub(crate) struct Job<'a> {
     pub(crate) w: &'a Int4Weight,
     pub(crate) blk: usize,

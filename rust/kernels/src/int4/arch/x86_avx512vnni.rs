@@ -23,13 +23,22 @@ crate::cpu::isa_fns!(avx512vnni;
     }
 );
 
-/// One row × 4 blocks of 16 columns or 2 rows × 2 blocks with the low and
+/// Steps per group from which one row takes 8 blocks at a time (groups of
+/// 128 inputs and longer; see [`tile`]).
+const LONG_GROUP_STEPS: usize = 16;
+
+/// One row × 8 blocks of 16 columns or 2 rows × 2 blocks with the low and
 /// high nibbles in separate accumulators (no shift: the high one holds
 /// `16·u`), or 3..4 rows × 4 blocks, 5..8 rows × 2 blocks with the high
 /// nibbles shifted down and one accumulator each (the float sums then live
 /// in memory: they are touched once a group). At most 16 int32
 /// accumulators, no spills; more rows per unpacked step pay for the
-/// unpacking, which shares the vector pipes with `vpdpbusd`.
+/// unpacking, which shares the vector pipes with `vpdpbusd`. One row is
+/// bound by how fast the weight streams in: 8 blocks read 8 runs side by
+/// side (as the int8 GEMV's 8 panels), and 1×4096×4096 on 2 threads ran
+/// 2-8% faster than with 4 (`examples/int4_time`, loaded Zen 5); but with
+/// short groups the per-group sums of 8 blocks cost more than that (groups
+/// of 32: ~9% slower on one thread), so those take 4.
 #[inline(always)]
 unsafe fn tile(j: &Job<'_>) {
     macro_rules! go {
@@ -38,6 +47,7 @@ unsafe fn tile(j: &Job<'_>) {
         };
     }
     match j.rows {
+        1 if j.w.gsteps >= LONG_GROUP_STEPS => go!(1, 8),
         1 => go!(1, 4),
         2 => go!(2, 2),
         3 => go!(3, 4),
@@ -64,6 +74,11 @@ unsafe fn blocks<
     while bi + NB <= j.nb {
         micro::<R, NB, SCALED, SYM, SPLIT>(j, bi);
         bi += NB;
+    }
+    // A row's last run of 4 blocks (a thread's share of one row ends on 4).
+    if NB > 4 && bi + 4 <= j.nb {
+        micro::<R, 4, SCALED, SYM, SPLIT>(j, bi);
+        bi += 4;
     }
     while bi < j.nb {
         micro::<R, 1, SCALED, SYM, SPLIT>(j, bi);
