@@ -66,7 +66,7 @@ impl Ctx {
         if ntasks <= 1 || work < PARALLEL_MIN_WORK || self.threads == 1 {
             (0..ntasks).for_each(task);
         } else {
-            team::team(self.threads).for_each(ntasks, &task);
+            team::team(self.threads).for_each(work, ntasks, &task);
         }
     }
 

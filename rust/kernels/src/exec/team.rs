@@ -14,6 +14,11 @@
 //! (the layers of one model, the rounds of a benchmark) find them awake.
 //! Workers spin `HWREG_SPIN_US` microseconds (default [`DEFAULT_SPIN_US`];
 //! 0 parks at once), yielding to other runnable threads while they do.
+//! Waking a parked worker costs the caller more than a small job gains from
+//! it (see [`WAKE_MIN_WORK`]), so a small job that comes alone (more than
+//! `STREAM_GAP` after the previous one) leaves them parked and runs on the
+//! caller; a longer spin was not the fix, since it would burn the second
+//! core through every pause.
 //!
 //! Rayon remains the pool for data-parallel loops ([`super::Ctx::run`]).
 
@@ -25,6 +30,20 @@ use std::time::{Duration, Instant};
 
 /// How long an idle worker polls for the next job before it parks.
 pub const DEFAULT_SPIN_US: u64 = 200;
+
+/// Below this much work (multiply-accumulates, as `Ctx::for_each_task`
+/// counts it) a job that finds the workers parked and follows no recent job
+/// runs on the caller alone. Measured on the 2-vCPU Zen 5 VM (loaded):
+/// `unpark` costs the caller 8-20 µs and the worker starts its first task
+/// 50-70 µs later, so a job under ~100 µs on one thread (a cold 1×1024×1024
+/// int8 product, 1M MACs, ~75 µs) only paid for the wake-up (137 µs on two
+/// threads); a 16M-MAC one still gains from the second thread.
+pub const WAKE_MIN_WORK: usize = 1 << 21;
+
+/// A job that starts within this long of the previous one's end is part of
+/// a stream (a model's layers, a loop of calls): it wakes parked workers
+/// whatever its size, so that the jobs after it find them awake.
+const STREAM_GAP: Duration = Duration::from_millis(1);
 
 fn spin_time() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
@@ -88,6 +107,9 @@ pub struct Team {
     workers: Vec<Thread>,
     caller: Mutex<()>,
     pid: u32,
+    /// When the last job ended, in nanoseconds after `born`.
+    last_end: AtomicU64,
+    born: Instant,
 }
 
 impl Team {
@@ -117,7 +139,13 @@ impl Team {
             workers,
             caller: Mutex::new(()),
             pid: std::process::id(),
+            last_end: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Threads that work on a job: the workers plus the caller.
@@ -127,8 +155,10 @@ impl Team {
 
     /// Runs `task(i)` for every `i` in `0..ntasks`, each once, on the caller
     /// and the workers. If another thread is using the team (or a task calls
-    /// back in), runs serially on the caller instead of waiting.
-    pub fn for_each(&self, ntasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    /// back in), runs serially on the caller instead of waiting; so does a
+    /// job of less than [`WAKE_MIN_WORK`] `work` that finds the workers
+    /// parked outside a stream of jobs (`STREAM_GAP`).
+    pub fn for_each(&self, work: usize, ntasks: usize, task: &(dyn Fn(usize) + Sync)) {
         let guard = match self.caller.try_lock() {
             Ok(g) if ntasks > 1 && !self.workers.is_empty() => g,
             // A task that panicked on the caller poisoned the lock; the team is fine.
@@ -140,8 +170,17 @@ impl Team {
                 return;
             }
         };
-        let next = AtomicUsize::new(0);
         let sh = &*self.shared;
+        let start = self.now_ns();
+        let woken = sh.parked.load(Ordering::Acquire) > 0;
+        let isolated = start.saturating_sub(self.last_end.load(Ordering::Relaxed))
+            > STREAM_GAP.as_nanos() as u64;
+        if woken && isolated && work < WAKE_MIN_WORK {
+            (0..ntasks).for_each(task);
+            self.last_end.store(self.now_ns(), Ordering::Relaxed);
+            return;
+        }
+        let next = AtomicUsize::new(0);
         let epoch = sh.epoch.load(Ordering::Relaxed) + 1;
         // SAFETY (lifetime erasure): `Finish` below keeps this frame alive
         // until no worker can touch `task` or `next`.
@@ -155,10 +194,11 @@ impl Team {
         };
         *lock(&sh.job) = Some(job);
         sh.panicked.store(false, Ordering::Relaxed);
-        sh.caller_cpu
-            .store(placement::current_cpu().unwrap_or(usize::MAX), Ordering::Relaxed);
+        sh.caller_cpu.store(
+            placement::current_cpu().unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
         sh.epoch.store(epoch, Ordering::Release);
-        let woken = sh.parked.load(Ordering::Acquire) > 0;
         for w in self.workers.iter().take(ntasks - 1) {
             w.unpark();
         }
@@ -171,6 +211,7 @@ impl Team {
         // SAFETY: we are the waiting caller.
         unsafe { job.drain() };
         drop(finish);
+        self.last_end.store(self.now_ns(), Ordering::Relaxed);
         drop(guard);
         if sh.panicked.load(Ordering::Acquire) {
             panic!("a task of a parallel kernel panicked on a worker thread");
@@ -316,7 +357,7 @@ mod tests {
         let t = Team::new(3);
         for n in [0usize, 1, 2, 5, 100] {
             let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            t.for_each(n, &|i| {
+            t.for_each(usize::MAX, n, &|i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
@@ -324,11 +365,38 @@ mod tests {
     }
 
     #[test]
+    fn an_isolated_small_job_leaves_parked_workers_asleep() {
+        let t = Team::new(2);
+        let me = thread::current().id();
+        for _ in 0..3 {
+            // Wait until the worker parks, then past the stream gap.
+            let t0 = Instant::now();
+            while t.shared.parked.load(Ordering::Acquire) == 0
+                && t0.elapsed() < Duration::from_secs(5)
+            {
+                thread::sleep(Duration::from_millis(1));
+            }
+            thread::sleep(STREAM_GAP * 2);
+            let (elsewhere, n) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            t.for_each(WAKE_MIN_WORK - 1, 8, &|_| {
+                n.fetch_add(1, Ordering::Relaxed);
+                if thread::current().id() != me {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(n.load(Ordering::Relaxed), 8);
+            if t.shared.parked.load(Ordering::Acquire) > 0 {
+                assert_eq!(elsewhere.load(Ordering::Relaxed), 0);
+            }
+        }
+    }
+
+    #[test]
     fn nested_calls_run_serially() {
         let t = Team::new(2);
         let total = AtomicUsize::new(0);
-        t.for_each(4, &|_| {
-            t.for_each(3, &|_| {
+        t.for_each(usize::MAX, 4, &|_| {
+            t.for_each(usize::MAX, 3, &|_| {
                 total.fetch_add(1, Ordering::Relaxed);
             });
         });
@@ -339,7 +407,7 @@ mod tests {
     fn a_panicking_task_reaches_the_caller_and_the_team_survives() {
         let t = Team::new(2);
         let r = catch_unwind(AssertUnwindSafe(|| {
-            t.for_each(64, &|i| {
+            t.for_each(usize::MAX, 64, &|i| {
                 if i == 63 {
                     panic!("boom");
                 }
@@ -348,7 +416,7 @@ mod tests {
         }));
         assert!(r.is_err());
         let n = AtomicUsize::new(0);
-        t.for_each(10, &|_| {
+        t.for_each(usize::MAX, 10, &|_| {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 10);
@@ -388,7 +456,8 @@ mod placement {
         // `cpu` is below CPU_SETSIZE (checked above).
         unsafe {
             let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size, &mut allowed) != 0 || libc::CPU_COUNT(&allowed) < 2 {
+            if libc::sched_getaffinity(0, size, &mut allowed) != 0 || libc::CPU_COUNT(&allowed) < 2
+            {
                 return;
             }
             let mut elsewhere = allowed;

@@ -11,7 +11,8 @@
 //!   tile of `R × BT` accumulators (one tile per block row and batch slice), so
 //!   the SIMD lanes run over the batch and each weight is loaded once per tile.
 //!   Blocks of `R` rows share the `Xt` loads. A task's tiles (16 output
-//!   rows) go to a small staging tile (float) or its rows of `Yt` (int8),
+//!   rows for int8, 64 × 32 batch columns for float) go to a small staging
+//!   tile (float) or its rows of `Yt` (int8),
 //!   which the task then stores into `Y` with the output step while they
 //!   are in cache.
 //! * **batch ≤ 2 — gather-dot.** One row of `X` at a time, each output is a
@@ -19,7 +20,7 @@
 //!   independent partial sums.
 //!
 //! The work runs on the fork-join team (`Ctx::for_each_task`) in tasks of
-//! 16 output rows, which the team's shared counter hands out: uneven rows
+//! 16 to 64 output rows, which the team's shared counter hands out: uneven rows
 //! still split evenly, and a thread slowed by a neighbour takes fewer. The
 //! per-call buffers are the caller thread's (`gemm::reuse`), so a repeated
 //! call allocates nothing. The int8 kernels accumulate in int32 exactly: every int8 matrix is

@@ -34,7 +34,10 @@ fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 // or two whole lines. (Measured on Zen 4, 1024², 90 % sparse, batch 32: rows
 // straddling lines cost 1.7x; tiling K so a panel's tile stays in L1 saved
 // less than its per-row-tile bookkeeping and mispredicted loop exits cost,
-// at about 13 blocks per row and tile, so the rows run through K at once.)
+// at about 13 blocks per row and tile, so the rows run through K at once.
+// Again on Zen 5, CSR at 1024², 90 %, batch 128, one thread: 256-row K tiles
+// over 64 rows a task, the sums kept in the same order, were 13 % slower;
+// an `Xt` panel in L1 (K = 256) was no faster per stored value either.)
 
 /// Widest batch panel of `Xt`: two zmm (four ymm) of accumulators a row.
 const PANEL: usize = 32;
@@ -45,6 +48,37 @@ fn panels(bp: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..bp)
         .step_by(PANEL)
         .map(move |b0| (b0, PANEL.min(bp - b0)))
+}
+
+/// Side of the square blocks the transposing copies move at once.
+const TILE: usize = 16;
+
+/// One transposed block: `d[i · ds + j] = s[j · ss + i] (+ b[j]) (ReLU)`
+/// for `i, j < 16` (no bias when `b` is null). Portable form of the per-ISA
+/// `tile_f32` (`arch/`; the AVX-512 one shuffles registers): the same sums,
+/// so every path stores the same values.
+///
+/// # Safety
+/// `s` holds 16 rows of 16 floats `ss` apart, `d` 16 rows `ds` apart, `b`
+/// 16 floats or null.
+#[inline(always)]
+pub(crate) unsafe fn tile_f32_body(
+    s: *const f32,
+    ss: usize,
+    d: *mut f32,
+    ds: usize,
+    b: *const f32,
+    relu: bool,
+) {
+    for i in 0..TILE {
+        for j in 0..TILE {
+            let mut v = *s.add(j * ss + i);
+            if !b.is_null() {
+                v += *b.add(j);
+            }
+            *d.add(i * ds + j) = if relu { v.max(0.0) } else { v };
+        }
+    }
 }
 
 /// Rows of `Xt` per transpose task: a band's writes (`BAND · w` floats)
@@ -66,6 +100,7 @@ fn transpose_panels(
     let mut xt = Aligned::stale(&XT_F32, len, "the transposed activations")?;
     let bands = kp.div_ceil(BAND);
     let dst = SyncPtr(xt.as_mut_slice().as_mut_ptr());
+    let tile = kernels().tile_f32;
     ctx.for_each_task(len, bp.div_ceil(PANEL) * bands, |i| {
         let (b0, k0) = ((i / bands) * PANEL, (i % bands) * BAND);
         let (w, k1) = (PANEL.min(bp - b0), (k0 + BAND).min(kp));
@@ -80,9 +115,23 @@ fn transpose_panels(
             out[kk * w + valid..(kk + 1) * w].fill(0.0);
         }
         out[nk * w..].fill(0.0);
+        // Whole 16 × 16 blocks by the path's shuffles, the ragged edges element by element.
+        let (vt, vk) = (valid - valid % TILE, nk - nk % TILE);
+        for t0 in (0..vt).step_by(TILE) {
+            for kk0 in (0..vk).step_by(TILE) {
+                // SAFETY: rows `b0 + t0..+16` of `x` hold inputs `k0 + kk0..+16`
+                // (`vt <= valid`, `vk <= nk`), and `out` rows `kk0..+16` columns `t0..+16`.
+                unsafe {
+                    let src = x.as_ptr().add((b0 + t0) * k + k0 + kk0);
+                    let o = out.as_mut_ptr().add(kk0 * w + t0);
+                    (tile)(src, k, o, w, std::ptr::null(), false);
+                }
+            }
+        }
         for t in 0..valid {
             let src = &x[(b0 + t) * k + k0..(b0 + t) * k + k0 + nk];
-            for (kk, &v) in src.iter().enumerate() {
+            let done = if t < vt { vk } else { 0 };
+            for (kk, &v) in src.iter().enumerate().skip(done) {
                 out[kk * w + t] = v;
             }
         }
@@ -90,11 +139,17 @@ fn transpose_panels(
     Ok(xt)
 }
 
-/// Output rows a task of the AXPY loop computes at most (its staging tile's rows).
-const CHUNK_ROWS: usize = 16;
+/// Output rows a task of the AXPY loop computes at most (its staging tile's
+/// rows), and of the gather-dot.
+const CHUNK_ROWS: usize = 64;
+const GEMV_ROWS: usize = 16;
 /// Batch columns a task computes at most (a multiple of [`PANEL`]): with
 /// [`CHUNK_ROWS`], an 8 KiB staging tile that stays in L1 until it is stored.
-const SLICE: usize = 128;
+/// (Measured on Zen 5 against 16 × 128 and 32 × 64 tasks, 1024² and 3072×768
+/// at 90 %, batch 32 / 128, one thread: 64 × 32 was the fastest for CSR, 1×8
+/// and 4×4, by 5-35 %: a task writes 64 outputs (four whole lines) of each
+/// row of `Y` it touches, where 16 outputs wrote one line per 4 KiB row.)
+const SLICE: usize = 32;
 
 /// Stores a task's staging tile into `Y`: `Y[b0 + t, o0 + rr] = stage[rr · sw + t]
 /// (+ bias) (ReLU)` for `rows` outputs from `o0` and `nb` batch rows.
@@ -117,9 +172,27 @@ unsafe fn store_tile(
     if let Some(b) = bias {
         bb[..rows].copy_from_slice(&b[o0..o0 + rows]);
     }
+    // Whole 16 × 16 blocks by the path's shuffles, with the same `+ bb`
+    // (zeros without a bias) as the element loop of the ragged edges.
+    let (vt, vr) = (nb - nb % TILE, rows - rows % TILE);
+    let tile = kernels().tile_f32;
+    for t0 in (0..vt).step_by(TILE) {
+        for r0 in (0..vr).step_by(TILE) {
+            let dst = y.get().add((b0 + t0) * n + o0 + r0);
+            tile(
+                stage.as_ptr().add(r0 * sw + t0),
+                sw,
+                dst,
+                n,
+                bb.as_ptr().add(r0),
+                relu,
+            );
+        }
+    }
     for t in 0..nb {
+        let done = if t < vt { vr } else { 0 };
         let dst = std::slice::from_raw_parts_mut(y.get().add((b0 + t) * n + o0), rows);
-        for (rr, d) in dst.iter_mut().enumerate() {
+        for (rr, d) in dst.iter_mut().enumerate().skip(done) {
             let v = stage[rr * sw + t] + bb[rr];
             *d = if relu { v.max(0.0) } else { v };
         }
@@ -497,17 +570,17 @@ fn linear_into(
         return Ok(());
     }
     let units = g.units;
-    // Partition units (block rows) per task: `CHUNK_ROWS` output rows.
-    let per = (CHUNK_ROWS / g.unit).max(1);
-    let chunks = units.div_ceil(per);
     let yp = SyncPtr(y.as_mut_ptr());
-    // The output rows of chunk `c` (clipped to `N`) and its units.
-    let rows_of = |c: usize| {
+    // The output rows of chunk `c` of `per` units (clipped to `N`) and its units.
+    let rows_of = |c: usize, per: usize| {
         let (u0, u1) = (c * per, ((c + 1) * per).min(units));
         let o0 = u0 * g.unit;
         (u0..u1, o0, (u1 * g.unit).min(n).saturating_sub(o0))
     };
     if batch <= GEMV_MAX_BATCH {
+        // Partition units (block rows) per task: `GEMV_ROWS` output rows.
+        let per = (GEMV_ROWS / g.unit).max(1);
+        let chunks = units.div_ceil(per);
         let mut xpad = Reused::try_stale(&XPAD_F32, g.kp, "the padded activation row")?;
         for b in 0..batch {
             let row = &x[b * g.cols..(b + 1) * g.cols];
@@ -519,8 +592,8 @@ fn linear_into(
                 &xpad
             };
             ctx.for_each_task(g.work / batch, chunks, |c| {
-                let (us, o0, rows) = rows_of(c);
-                let mut stage = [0f32; CHUNK_ROWS];
+                let (us, o0, rows) = rows_of(c, per);
+                let mut stage = [0f32; GEMV_ROWS];
                 gemv(us, xr, &mut stage);
                 // SAFETY: chunk `c` alone owns outputs `o0..o0 + rows` of row `b`.
                 unsafe { store_tile(&stage, 1, (o0, rows), (b, 1), bias, relu, yp, n) }
@@ -531,12 +604,14 @@ fn linear_into(
     let bp = bp_of(batch);
     let xt = transpose_panels(ctx, x, batch, g.cols, g.kp, bp)?;
     let xt = xt.as_slice();
+    let per = (CHUNK_ROWS / g.unit).max(1);
+    let chunks = units.div_ceil(per);
     let slices = bp.div_ceil(SLICE);
     // Slice-major: the tasks of one batch slice run together, over its panels of `Xt`.
     ctx.for_each_task(g.work, slices * chunks, |i| {
         let (s0, c) = ((i / chunks) * SLICE, i % chunks);
         let sw = SLICE.min(bp - s0);
-        let (us, o0, rows) = rows_of(c);
+        let (us, o0, rows) = rows_of(c, per);
         let mut stage = [0f32; CHUNK_ROWS * SLICE];
         // The slice's panels start at `s0 · kp` (those before it are `PANEL` wide).
         axpy(
@@ -653,48 +728,54 @@ pub(super) mod tests {
     #[test]
     fn float_formats_match_dense_on_every_isa() {
         let mut s = 3u64;
-        let (n, k) = (37, 44);
-        let w: Vec<f32> = (0..n * k)
-            .map(|_| {
-                if lcg(&mut s) % 3 == 0 {
-                    (lcg(&mut s) % 9) as f32 - 4.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        crate::cpu::each_isa(|isa| {
-            // Tails of every panel, tile and batch slice (`SLICE`).
-            for &batch in &[1usize, 2, 3, 17, 32, 33, 70, 128, 130, 161] {
-                let x: Vec<f32> = (0..batch * k)
-                    .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
-                    .collect();
-                let want = dense_ref(&w, n, k, &x, batch);
-                for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
-                    let b = Bsr::from_dense(&w, n, k, None, r, c).unwrap();
-                    let y = bsr_f32_linear(&crate::exec::TEST, &b, &x, batch, None, false).unwrap();
+        // One task of output rows, and several (`CHUNK_ROWS`) with a ragged last.
+        for (n, k) in [(37, 44), (150, 72)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|_| {
+                    if lcg(&mut s) % 3 == 0 {
+                        (lcg(&mut s) % 9) as f32 - 4.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            crate::cpu::each_isa(|isa| {
+                // Tails of every panel, tile and batch slice (`SLICE`).
+                for &batch in &[1usize, 2, 3, 17, 32, 33, 70, 128, 130, 161] {
+                    let x: Vec<f32> = (0..batch * k)
+                        .map(|_| (lcg(&mut s) % 7) as f32 - 3.0)
+                        .collect();
+                    let want = dense_ref(&w, n, k, &x, batch);
+                    for (r, c) in [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (8, 8), (16, 3)] {
+                        let b = Bsr::from_dense(&w, n, k, None, r, c).unwrap();
+                        let y =
+                            bsr_f32_linear(&crate::exec::TEST, &b, &x, batch, None, false).unwrap();
+                        for (a, e) in y.iter().zip(&want) {
+                            assert_eq!(*a as f64, *e, "isa {isa:?} block {r}x{c} batch {batch}");
+                        }
+                        // Bias and ReLU in the tile store; `_into` over a stale `y`.
+                        let bias: Vec<f32> = (0..n).map(|o| o as f32 - 18.0).collect();
+                        let mut y = vec![f32::NAN; batch * n];
+                        let ctx = &crate::exec::TEST;
+                        bsr_f32_linear_into(ctx, &b, &x, batch, Some(&bias), true, &mut y).unwrap();
+                        for (i, (a, e)) in y.iter().zip(&want).enumerate() {
+                            let e = (*e + bias[i % n] as f64).max(0.0);
+                            assert_eq!(
+                                *a as f64, e,
+                                "isa {isa:?} block {r}x{c} batch {batch} bias"
+                            );
+                        }
+                    }
+                    // 2:4: the first two of every four inputs kept.
+                    let mask: Vec<bool> = (0..n * k).map(|i| i % 4 < 2).collect();
+                    let nm = Nm::from_dense(&w, n, k, Some(&mask), 2, 4).unwrap();
+                    let want = dense_ref(&nm.to_dense(), n, k, &x, batch);
+                    let y = nm_f32_linear(&crate::exec::TEST, &nm, &x, batch, None, false).unwrap();
                     for (a, e) in y.iter().zip(&want) {
-                        assert_eq!(*a as f64, *e, "isa {isa:?} block {r}x{c} batch {batch}");
-                    }
-                    // Bias and ReLU in the tile store; `_into` over a stale `y`.
-                    let bias: Vec<f32> = (0..n).map(|o| o as f32 - 18.0).collect();
-                    let mut y = vec![f32::NAN; batch * n];
-                    let ctx = &crate::exec::TEST;
-                    bsr_f32_linear_into(ctx, &b, &x, batch, Some(&bias), true, &mut y).unwrap();
-                    for (i, (a, e)) in y.iter().zip(&want).enumerate() {
-                        let e = (*e + bias[i % n] as f64).max(0.0);
-                        assert_eq!(*a as f64, e, "isa {isa:?} block {r}x{c} batch {batch} bias");
+                        assert_eq!(*a as f64, *e, "isa {isa:?} 2:4 batch {batch}");
                     }
                 }
-                // 2:4: the first two of every four inputs kept.
-                let mask: Vec<bool> = (0..n * k).map(|i| i % 4 < 2).collect();
-                let nm = Nm::from_dense(&w, n, k, Some(&mask), 2, 4).unwrap();
-                let want = dense_ref(&nm.to_dense(), n, k, &x, batch);
-                let y = nm_f32_linear(&crate::exec::TEST, &nm, &x, batch, None, false).unwrap();
-                for (a, e) in y.iter().zip(&want) {
-                    assert_eq!(*a as f64, *e, "isa {isa:?} 2:4 batch {batch}");
-                }
-            }
-        });
+            });
+        }
     }
 }

@@ -24,6 +24,7 @@ pub(crate) type BsrI8Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[i16], usize, &mut 
 pub(crate) type BsrI8Dot4Fn = unsafe fn(&Bsr<i8>, Range<usize>, &[u8], usize, &mut [i32]);
 pub(crate) type NmI8Fn = unsafe fn(&Nm<i8>, Range<usize>, &[i16], usize, &mut [i32]);
 pub(crate) type PanelI8Fn = unsafe fn(&super::panel::PanelCall<'_>, Range<usize>);
+pub(crate) type TileF32Fn = unsafe fn(*const f32, usize, *mut f32, usize, *const f32, bool);
 
 /// The sparse entry points of one path (see [`crate::cpu::Dispatch`]). They
 /// stay `unsafe`: a caller promises the size invariants of the bodies in
@@ -38,6 +39,7 @@ pub struct Kernels {
     pub(crate) bsr_i8_dot4: BsrI8Dot4Fn,
     pub(crate) nm_i8: NmI8Fn,
     pub(crate) panel_i8: PanelI8Fn,
+    pub(crate) tile_f32: TileF32Fn,
 }
 
 /// `table!(isa, fma)`: the wrappers of every float / int8 body for `isa`
@@ -74,6 +76,9 @@ macro_rules! table {
                 pub(super) unsafe fn panel_i8(c: &$crate::sparse::panel::PanelCall<'_>, r: Range<usize>) {
                     $crate::sparse::panel::panel_i8_body(c, r)
                 }
+                pub(super) unsafe fn tile_f32(s: *const f32, ss: usize, d: *mut f32, ds: usize, b: *const f32, relu: bool) {
+                    float::tile_f32_body(s, ss, d, ds, b, relu)
+                }
             );
         }
 
@@ -86,6 +91,7 @@ macro_rules! table {
             bsr_i8_dot4: tf::bsr_i8_dot4,
             nm_i8: tf::nm_i8,
             panel_i8: tf::panel_i8,
+            tile_f32: tf::tile_f32,
         };
     };
 }
