@@ -117,7 +117,13 @@ fn main() {
                 .map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3)
                 .collect();
             let mut y = vec![0f32; h * h * n];
-            let t = time(&conv(c, n, h), &Ctx::serial(), &x, &mut y, reps.parse().unwrap());
+            let t = time(
+                &conv(c, n, h),
+                &Ctx::serial(),
+                &x,
+                &mut y,
+                reps.parse().unwrap(),
+            );
             println!("{t:.3} us");
             return;
         }

@@ -92,7 +92,8 @@ fn unfold_runs(win: &Window, kp: usize) -> (Vec<Run>, usize, usize) {
             return;
         }
         if let Some(last) = runs.last_mut() {
-            let contiguous = last.1 + last.3 == dst && (kind != Kind::Img || last.2 + last.3 == src);
+            let contiguous =
+                last.1 + last.3 == dst && (kind != Kind::Img || last.2 + last.3 == src);
             if last.0 == kind && contiguous {
                 last.3 += len;
                 return;
@@ -464,9 +465,7 @@ mod tests {
     fn uint8_b(n: usize, k: usize, seed: usize) -> Gemm {
         let w: Vec<u8> = (0..n * k).map(|i| ((i + seed) * 37 % 251) as u8).collect();
         Gemm {
-            packed: Arc::new(
-                PackedB::from_nk_u8(&TEST, &w, n, k, ZeroPoint::Scalar(120)).unwrap(),
-            ),
+            packed: Arc::new(PackedB::from_nk_u8(&TEST, &w, n, k, ZeroPoint::Scalar(120)).unwrap()),
             ..gemm_of(n, k, 0, false)
         }
     }
@@ -479,7 +478,11 @@ mod tests {
     fn chains(case: &Case) -> Vec<(Vec<Node>, Vec<ValueId>, Vec<Vec<usize>>, ValueId)> {
         let ((c, h, w), kernel, _, _, n, nchw_in) = *case;
         let k = c * kernel.0 * kernel.1;
-        let x_dims = if nchw_in { vec![c, h, w] } else { vec![h, w, c] };
+        let x_dims = if nchw_in {
+            vec![c, h, w]
+        } else {
+            vec![h, w, c]
+        };
         let win = Window::new(1, c, h, w, kernel, case.2, case.3);
         let y_dims = vec![win.oh(), win.ow(), n];
         let dynamic = vec![
@@ -560,9 +563,8 @@ mod tests {
         each_isa(|isa| {
             for case in &CASES {
                 for (ci, (nodes, ins, idims, out)) in chains(case).into_iter().enumerate() {
-                    let fast =
-                        GraphPlan::new(nodes.clone(), ins.clone(), idims.clone(), vec![out])
-                            .unwrap();
+                    let fast = GraphPlan::new(nodes.clone(), ins.clone(), idims.clone(), vec![out])
+                        .unwrap();
                     let mut slow = GraphPlan::new(nodes, ins, idims.clone(), vec![out]).unwrap();
                     assert!(
                         fast.row1
@@ -585,7 +587,7 @@ mod tests {
                         })
                         .collect();
                     let x1: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
-                    let ny = elems(&fast.output_dims()[0].to_vec()).unwrap();
+                    let ny = elems(fast.output_dims()[0]).unwrap();
                     let (mut y, mut want) = (vec![f32::NAN; ny], vec![0f32; ny]);
                     fast.forward(&TEST, 1, &x1, &mut [&mut y]).unwrap();
                     slow.forward(&TEST, 1, &x1, &mut [&mut want]).unwrap();
