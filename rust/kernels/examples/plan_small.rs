@@ -6,6 +6,7 @@
 //! cargo run --release --example plan_small            # the table
 //! cargo run --release --example plan_small -- static 256 128 100000   # one model, for a profiler
 //! cargo run --release --example plan_small -- conv                      # one 3x3 conv node, by channels
+//! cargo run --release --example plan_small -- conv 8 8 8 100000         # one conv (c n h reps), for a profiler
 //! ```
 use hwreg_kernels::exec::Ctx;
 use hwreg_kernels::gemm::{PackedB, ZeroPoint};
@@ -109,6 +110,23 @@ fn convs() {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("conv") {
+        if let [_, c, n, h, reps] = &args[..] {
+            let (c, n, h): (usize, usize, usize) =
+                (c.parse().unwrap(), n.parse().unwrap(), h.parse().unwrap());
+            let x: Vec<f32> = (0..h * h * c)
+                .map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3)
+                .collect();
+            let mut y = vec![0f32; h * h * n];
+            let t = time(
+                &conv(c, n, h),
+                &Ctx::serial(),
+                &x,
+                &mut y,
+                reps.parse().unwrap(),
+            );
+            println!("{t:.3} us");
+            return;
+        }
         return convs();
     }
     let x: Vec<f32> = (0..64).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.3).collect();

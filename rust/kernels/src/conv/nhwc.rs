@@ -315,7 +315,7 @@ impl<'a> ConvRows<'a> {
 /// compiler kept the size in a register and called `memcpy` for each move
 /// (the unfold of resnet18's stem then took as long as its GEMM).
 #[inline(always)]
-fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     let len = dst.len().min(src.len());
     let n = len * std::mem::size_of::<T>();
     // SAFETY: both slices hold `len` elements (`n` bytes) and do not

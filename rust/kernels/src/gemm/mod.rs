@@ -48,6 +48,7 @@ pub mod output;
 pub mod pack;
 pub(crate) mod reuse;
 pub(crate) mod row1;
+pub(crate) mod tiny;
 
 pub use crate::conv::nhwc::ConvRows;
 use crate::cpu;

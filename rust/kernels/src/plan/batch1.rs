@@ -14,10 +14,33 @@
 //!
 //! A product big enough for the thread team (see [`gemm::parallel`]) keeps
 //! the driver, which splits its columns over the threads.
+//!
+//! Tiny convolutions have a batch-1 form too ([`conv1`]): the whole
+//! unfolded image as A, multiplied without the driver.
 
 use super::*;
 use crate::gemm::output::{Epilogue, Fused};
 use crate::gemm::row1::{row1, Row1};
+
+use super::conv1::{self, Conv1};
+
+/// A node's batch-1 form: a dense layer's one-row product, or a tiny
+/// convolution's product over its whole unfolded image.
+#[derive(Debug)]
+pub(super) enum One {
+    Dense(Dense1),
+    Conv(Conv1),
+}
+
+impl One {
+    /// Bytes of the workspace's row it needs.
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            One::Dense(d) => d.r.kp(),
+            One::Conv(c) => c.bytes(),
+        }
+    }
+}
 
 /// A dense node's batch-1 form, everything but the row decided at build:
 /// the one-row product, where its input and output live, and its output
@@ -39,26 +62,26 @@ enum Step1 {
     U8(Epilogue<'static, u8>),
 }
 
-impl Dense1 {
-    /// Bytes of the row it quantizes into the workspace.
-    pub(super) fn kp(&self) -> usize {
-        self.r.kp()
-    }
-}
-
-/// The batch-1 form of every dense node that can take one (`None` for other
-/// nodes): one row per sample (the input's per-sample elements are K), an
-/// output the plan writes, input and output types the path handles.
+/// The batch-1 form of every node that can take one (`None` for other
+/// nodes): a dense node with one row per sample (the input's per-sample
+/// elements are K), an output the plan writes, input and output types the
+/// path handles; a tiny convolution ([`conv1::prepare`]).
 pub(super) fn prepare(
     nodes: &[Node],
     dims: &[Vec<usize>],
     dtypes: &[DType],
     storage: &[Storage],
-) -> Vec<Option<Dense1>> {
+) -> Vec<Option<One>> {
     nodes
         .iter()
         .map(|node| {
-            let Op::Dense(g) = &node.op else { return None };
+            let g = match &node.op {
+                Op::Dense(g) => g,
+                Op::Conv { .. } | Op::ConvAdd { .. } => {
+                    return conv1::prepare(node, dims, dtypes, storage).map(One::Conv)
+                }
+                _ => return None,
+            };
             let (k, n, v) = (g.packed.k(), g.packed.n(), node.inputs[0]);
             if dims[v].iter().product::<usize>() != k
                 || matches!(storage[node.output], Storage::Input(_))
@@ -96,18 +119,18 @@ pub(super) fn prepare(
                     .into_owned()?,
                 ),
             };
-            Some(Dense1 {
+            Some(One::Dense(Dense1 {
                 r: Row1::new(&g.packed)?,
                 input: v,
                 work: n.saturating_mul(k + gemm::OUTPUT_MACS),
                 step,
-            })
+            }))
         })
         .collect()
 }
 
-/// Runs node `i` on the one-row path when it has a batch-1 form, the batch
-/// is one sample and the product stays on one thread; `None` when the
+/// Runs node `i` on its batch-1 form when it has one, the batch is one
+/// sample and the product stays on one thread; `None` when the
 /// driver's path is to run it (also when the one-row path declines a case
 /// after quantizing: the driver then quantizes again, to the same bytes).
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +148,10 @@ pub(super) fn run_node(
     if batch != 1 {
         return None;
     }
-    let d = plan.row1.get(i)?.as_ref()?;
+    let d = match plan.row1.get(i)?.as_ref()? {
+        One::Dense(d) => d,
+        One::Conv(c) => return conv1::run(c, plan, ctx, ws, node, inputs, outputs),
+    };
     let Op::Dense(g) = &node.op else { return None };
     if gemm::parallel(ctx, d.work) {
         return None;

@@ -39,6 +39,8 @@ mod int8_ops;
 
 #[path = "batch1.rs"]
 mod batch1;
+#[path = "conv1.rs"]
+mod conv1;
 
 #[path = "int4_op.rs"]
 mod int4_op;
@@ -347,9 +349,9 @@ pub struct GraphPlan {
     /// Per-sample elements of each workspace buffer.
     buf_elems: Vec<usize>,
     scratch: Scratch,
-    /// Per node: the batch-1 form of a dense node (`batch1.rs`).
-    row1: Vec<Option<batch1::Dense1>>,
-    /// Bytes of the longest padded row the batch-1 path quantizes.
+    /// Per node: the batch-1 form of a dense or tiny conv node (`batch1.rs`).
+    row1: Vec<Option<batch1::One>>,
+    /// Bytes of the workspace row the batch-1 forms need at most.
     row_bytes: usize,
     /// Boxed: a call takes one out and puts it back, moving a pointer, not ~300 bytes each way.
     pool: Mutex<Vec<Box<Workspace>>>,
@@ -693,7 +695,7 @@ impl GraphPlan {
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
         let dtypes = int8_ops::dtypes(&nodes, &outputs, dims.len());
         let row1 = batch1::prepare(&nodes, &dims, &dtypes, &storage);
-        let row_bytes = row1.iter().flatten().map(|r| r.kp()).max().unwrap_or(0);
+        let row_bytes = row1.iter().flatten().map(|r| r.bytes()).max().unwrap_or(0);
         Ok(GraphPlan {
             row1,
             row_bytes,

@@ -82,6 +82,8 @@ pub struct Kernels {
     pub(crate) pack_panels: PackFn,
     pub(crate) row1_f32: super::row1::Row1Fn<f32>,
     pub(crate) row1_u8: super::row1::Row1Fn<u8>,
+    pub(crate) tiny_f32: super::tiny::TinyFn<f32>,
+    pub(crate) tiny_u8: super::tiny::TinyFn<u8>,
 }
 
 /// `table!(Kernel, pack_fn)`: the module's `KERNELS`, the blocked driver
@@ -101,6 +103,8 @@ macro_rules! table {
             pack_panels: $pack,
             row1_f32: $crate::gemm::row1::row1_with::<$kr, f32>,
             row1_u8: $crate::gemm::row1::row1_with::<$kr, u8>,
+            tiny_f32: $crate::gemm::tiny::tiny_with::<$kr, f32>,
+            tiny_u8: $crate::gemm::tiny::tiny_with::<$kr, u8>,
         };
     };
 }
