@@ -155,6 +155,7 @@ def run(quick: bool = False) -> str:
     note = "" if Int8Linear is not None else "\n(dense int8 is not in this build; column left empty.)\n"
     out = (head + "\n" + t.markdown() + "\n" + note
            + "\n### Lowest swept sparsity at which each path beats the dense paths\n\n" + be.markdown())
+    out += "\n\n" + _csr_vs_scipy(rounds=5 if quick else 9)
     if Int8Linear is not None:
         out += "\n\n" + _panels_vs_dense_int8(Int8Linear, rounds=5 if quick else 9)
         out += "\n\n" + _choose_vs_measured(quick=quick)
@@ -202,6 +203,36 @@ def _choose_vs_measured(*, quick: bool) -> str:
                   f"{sec[pick] / sec[best]:.2f}×")
     return ("### sparse.choose's pick (cost model, host profile) vs the measured fastest, 1024×1024\n\n"
             "Time of the pick over the best time: 1.00× is the right answer.\n\n" + t.markdown())
+
+
+def _csr_vs_scipy(*, rounds: int) -> str:
+    """Unstructured CSR f32 at 90% against SciPy's CSR, side by side, ours on 1 and 2 threads."""
+    import scipy.sparse as sp
+
+    from .. import num_threads, prune, set_num_threads, sparse
+    from .._timing import side_by_side
+
+    rng = np.random.default_rng(2)
+    t = Table(["N×K", "batch", "threads (ours)", "SciPy CSR µs", "CSR f32 µs", "CSR f32 / SciPy"])
+    before = num_threads()
+    try:
+        for n, k in SHAPES:
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            keep = prune.magnitude_mask(w, 0.9)
+            ours, ref = sparse.CSRMatrix.from_dense(w, keep), sp.csr_matrix(w * keep)
+            for bsz in (32, 128):
+                x = rng.standard_normal((bsz, k)).astype(np.float32)
+                _check(ours.matmul(x), x @ (w * keep).T, "CSR f32", 1e-4)
+                for threads in (1, 2):
+                    set_num_threads(threads)
+                    sec = side_by_side({"ours": lambda: ours.matmul(x), "scipy": lambda: (ref @ x.T).T},
+                                       rounds=rounds, min_seconds=0.02)
+                    t.add(f"{n}×{k}", bsz, threads, sec["scipy"] * 1e6, sec["ours"] * 1e6,
+                          f"{sec['scipy'] / sec['ours']:.2f}×")
+    finally:
+        set_num_threads(before)
+    return (f"### CSR f32 at 90% vs SciPy CSR (side by side, median of {rounds} round-robin rounds; "
+            "SciPy is single-threaded)\n\n" + t.markdown())
 
 
 def _panels_vs_dense_int8(Int8Linear: Any, *, rounds: int) -> str:
