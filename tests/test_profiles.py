@@ -315,8 +315,8 @@ def test_native_linear_uses_its_calibrated_terms_and_the_gemv_rate_for_one_row()
     p = dataclasses.replace(preset("x86-avx512-vnni"), ns_per_element=ns, gemm_tile=(1, 4, 16),
                             overhead_us={"linear/native": 0.3}, native_overhead_us=0.1)
 
-    def lin(m, k, n, native=True):
-        return LayerWork("fc", "linear", m * k * n, k * n + 8 * n, m * k * 4, m * n * 4, "int8", gemm=(m, k, n),
+    def lin(m, k, n, native=True, precision="int8"):
+        return LayerWork("fc", "linear", m * k * n, k * n + 8 * n, m * k * 4, m * n * 4, precision, gemm=(m, k, n),
                          native=native)
 
     one = estimate([lin(1, 64, 250)], p).layers[0]
@@ -335,6 +335,9 @@ def test_native_linear_uses_its_calibrated_terms_and_the_gemv_rate_for_one_row()
     assert one1.latency_s == pytest.approx(0.05e-6 + max(one1.compute_s, one1.memory_s), rel=1e-9)
     eight1 = estimate([lin(8, 64, 250)], p1).layers[0]
     assert eight1.latency_s == pytest.approx(eight.latency_s, rel=1e-9)
+    # ... and to int8 layers only: an int4 layer's one row runs the int4 kernel's driver.
+    four = estimate([lin(1, 64, 250, precision="int4")], p1).layers[0]
+    assert four.latency_s == pytest.approx(0.3e-6 + max(four.compute_s, four.memory_s), rel=1e-9)
     assert HardwareProfile.from_dict(p1.to_dict()) == p1
     with pytest.raises(ValueError, match="native1"):
         dataclasses.replace(p, overhead_us={"linear/native2": 0.1})

@@ -398,9 +398,10 @@ class HardwareProfile:
                    rows: int | None = None) -> float:
         """Fixed seconds of one call of a layer of ``kind`` at ``precision`` (``native``: one step
         of a native plan call, when the profile knows that cost: ``overhead_us["<kind>/native"]``,
-        else ``native_overhead_us``; with ``rows == 1`` the plan's one-row path,
-        ``overhead_us["<kind>/native1"]``, when measured)."""
-        if native and rows == 1 and f"{kind}/native1" in self.overhead_us:
+        else ``native_overhead_us``; with ``rows == 1`` the plan's one-row path of int8 and float
+        layers, ``overhead_us["<kind>/native1"]``, when measured: an int4 layer's one row takes the
+        int4 kernel's driver, not that path)."""
+        if native and rows == 1 and precision != "int4" and f"{kind}/native1" in self.overhead_us:
             return self.overhead_us[f"{kind}/native1"] * 1e-6
         if native and f"{kind}/native" in self.overhead_us:
             return self.overhead_us[f"{kind}/native"] * 1e-6
