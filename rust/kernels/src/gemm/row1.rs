@@ -42,13 +42,14 @@ impl Row1Out for u8 {
     }
 }
 
-/// A packed B prepared for [`row1`]: the overflow bound checked for any
-/// uint8 row and zero point, and whether the row sums of A are needed.
+/// A packed B prepared for [`row1`] (and for `gemm::tiny`, which adds a K
+/// limit): the overflow bound checked for any uint8 row and zero point, and
+/// whether the row sums of A are needed.
 #[derive(Debug, Clone)]
 pub(crate) struct Row1 {
-    b: Arc<PackedB>,
+    pub(super) b: Arc<PackedB>,
     /// Every stored zero point of B is 0: the correction needs no row sum.
-    zb_zero: bool,
+    pub(super) zb_zero: bool,
 }
 
 /// Row elements the stack holds for a kernel that widens A (longer rows

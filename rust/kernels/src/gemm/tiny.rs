@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::kernel::{self, Kernel};
 use super::output::{Epilogue, OutElem};
 use super::pack::{self, PackedB, NR};
+use super::row1::Row1;
 use super::{Finish, KC_GROUPS};
 use crate::cpu;
 
@@ -40,15 +41,11 @@ impl TinyOut for u8 {
     }
 }
 
-/// A packed B prepared for [`tiny`]: the overflow bound checked for any
-/// uint8 row and zero point, K within one K block, and whether the row
-/// sums of A are needed.
+/// A packed B prepared for [`tiny`]: [`Row1`]'s preparation (the overflow
+/// bound for any uint8 row and zero point, whether the row sums of A are
+/// needed) for a K within one K block.
 #[derive(Debug, Clone)]
-pub(crate) struct Tiny {
-    b: Arc<PackedB>,
-    /// Every stored zero point of B is 0: the correction needs no row sum.
-    zb_zero: bool,
-}
+pub(crate) struct Tiny(Row1);
 
 /// Most rows of a tile on any path (the VNNI kernel's 6).
 const MR_MAX: usize = 8;
@@ -61,21 +58,17 @@ impl Tiny {
     /// `None` when some uint8 row could overflow int32 with B (the driver
     /// then reports it) or K is longer than one K block.
     pub(crate) fn new(b: &Arc<PackedB>) -> Option<Tiny> {
-        pack::check_bound(b.k, 255, b.max_abs).ok()?;
-        (b.kp <= 4 * KC_GROUPS).then(|| Tiny {
-            zb_zero: b.zp.iter().all(|&z| z == 0),
-            b: Arc::clone(b),
-        })
+        (b.kp <= 4 * KC_GROUPS).then(|| Row1::new(b)).flatten().map(Tiny)
     }
 
     /// Bytes of one row of A: K padded to a multiple of 4.
     pub(crate) fn kp(&self) -> usize {
-        self.b.kp
+        self.0.kp()
     }
 
     /// Output columns.
     pub(crate) fn n(&self) -> usize {
-        self.b.n
+        self.0.b.n
     }
 }
 
@@ -103,7 +96,7 @@ pub(crate) fn tiny_with<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [T],
 ) -> bool {
-    let b = &*r.b;
+    let b = &*r.0.b;
     let (n, kp) = (b.n, b.kp);
     if Some(a.len()) != m.checked_mul(kp)
         || Some(out.len()) != m.checked_mul(n)
@@ -135,7 +128,7 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
     ep: &Epilogue<'_, T>,
     out: &mut [T],
 ) {
-    let b = &*r.b;
+    let b = &*r.0.b;
     let (n, kp) = (b.n, b.kp);
     let kg = kp / 4;
     let ps = b.panel_stride();
@@ -165,7 +158,7 @@ unsafe fn tiles<Kr: Kernel, T: OutElem>(
     while i0 < m {
         let mr = Kr::MR.min(m - i0);
         let rows = &a[i0 * kp..(i0 + mr) * kp];
-        if !r.zb_zero {
+        if !r.0.zb_zero {
             for (s, row) in rowsum.iter_mut().zip(rows.chunks_exact(kp)) {
                 *s = super::byte_sum(row);
             }
