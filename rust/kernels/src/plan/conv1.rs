@@ -18,9 +18,9 @@
 //! (padding taps hold the zero point, the tail zeros), so the results are
 //! its bits and a model's predictions do not depend on the path.
 
-use super::int8_ops::{requant_of, In};
+use super::int8_ops::{requant_of, static_step, In};
 use super::*;
-use crate::gemm::output::{Epilogue, Fused};
+use crate::gemm::output::Epilogue;
 use crate::gemm::tiny::{tiny, Tiny};
 
 /// Most output pixels (rows of A) a conv of this path has.
@@ -200,16 +200,7 @@ pub(super) fn prepare(
             .into_owned()?,
         ),
         (false, Some(a), dt) => {
-            let fused = |requant| {
-                OutputStep::Fused(Fused {
-                    row_scale: Param::Scalar(a.scale),
-                    col_scale: param(&g.scale),
-                    bias: g.bias.as_deref(),
-                    residual: None,
-                    relu: g.relu,
-                    requant,
-                })
-            };
+            let fused = |requant| static_step(g, a, None, requant);
             match dt {
                 DType::F32 => Step::F32(fused(None).prepare_checked(m, n).ok()?.into_owned()?),
                 DType::U8(grid) => Step::U8(
@@ -360,16 +351,7 @@ pub(super) fn run(
         }),
         Step::Add => {
             let act = g.act?;
-            let fused = |requant| {
-                OutputStep::Fused(Fused {
-                    row_scale: Param::Scalar(act.scale),
-                    col_scale: param(&g.scale),
-                    bias: g.bias.as_deref(),
-                    residual: residual.map(|r| (r, n)),
-                    relu: g.relu,
-                    requant,
-                })
-            };
+            let fused = |requant| static_step(g, act, residual, requant);
             match plan.dtypes[node.output] {
                 DType::F32 => {
                     let y = unsafe { std::slice::from_raw_parts_mut(out, out_len) };

@@ -517,6 +517,25 @@ fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Resu
     }
 }
 
+/// The output step of a static layer on input grid `a`: its scales, bias,
+/// ReLU and fused residual (rows of the layer's N outputs), then float out
+/// or, with `requant`, uint8 on the reader's grid.
+pub(super) fn static_step<'a>(
+    g: &'a Gemm,
+    a: StaticAct,
+    res: Option<&'a [f32]>,
+    requant: Option<Requant>,
+) -> OutputStep<'a> {
+    OutputStep::Fused(Fused {
+        row_scale: Param::Scalar(a.scale),
+        col_scale: param(&g.scale),
+        bias: g.bias.as_deref(),
+        residual: res.map(|r| (r, g.packed.n())),
+        relu: g.relu,
+        requant,
+    })
+}
+
 /// The GEMM of a static layer on uint8 `a_q` `(m, k)` (a matrix, or a
 /// convolution's column matrix) with the fused output step: float (then a
 /// post step it could not fold), or uint8 on the reader's grid with a
@@ -534,18 +553,8 @@ fn static_gemm(
     res: Option<&[f32]>,
     y: Out<'_>,
 ) -> Result<()> {
-    let n = g.packed.n();
     let zp = ZeroPoint::Scalar(a.zero_point);
-    let step = |requant| {
-        OutputStep::Fused(Fused {
-            row_scale: Param::Scalar(a.scale),
-            col_scale: param(&g.scale),
-            bias: g.bias.as_deref(),
-            residual: res.map(|r| (r, n)),
-            relu: g.relu,
-            requant,
-        })
-    };
+    let step = |requant| static_step(g, a, res, requant);
     match y {
         Out::F32(y) => {
             gemm::matmul_rows_checked(ctx, a_q, m, k, zp, &g.packed, &step(None), y)?;
