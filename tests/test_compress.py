@@ -432,3 +432,34 @@ def test_roll_back_keeps_the_latest_plan_within_the_allowance():
     assert runs == [0.2]
     # None within: the first plan's result, every result reported.
     assert _roll_back([3.0, 2.0], lambda p: p, lambda loss: loss <= 1.0) == (0, 3.0, [3.0, 2.0])
+
+
+def test_a_final_plan_past_the_allowance_is_fine_tuned_longer_before_rolling_back(trained, monkeypatch):
+    # The final fine-tune (fine_tune_epochs) is made to ruin the model; the longer recovery fine-tune
+    # (_RECOVERY_EPOCHS_FACTOR times as long) is not: the search keeps its own plan, said in the notes.
+    import importlib
+
+    compress_mod = importlib.import_module("hwreg_rs.compress")  # the module, not hw.compress the function
+    net, data = trained
+    real, epochs_run = compress_mod.Trainer, []
+
+    class Spoiling:
+        def __init__(self, m, *, epochs, **kw):
+            self.m, self.epochs, self.inner = m, epochs, real(m, epochs=epochs, **kw)
+            epochs_run.append(epochs)
+
+        def fit(self, X, y):
+            out = self.inner.fit(X, y)
+            if self.epochs == 3:
+                for p in self.m.parameters():
+                    p.data[...] = 0.0
+            return out
+
+    monkeypatch.setattr(compress_mod, "Trainer", Spoiling)
+    _, rep = hw.compress(net, data, profile="x86-avx512-vnni", latency_budget=1e-9, max_accuracy_drop=0.05,
+                         fine_tune_epochs=3, raise_on_miss=False, weight_bits=(8,), sparsities=())
+    longer = 3 * compress_mod._RECOVERY_EPOCHS_FACTOR
+    assert longer in epochs_run and epochs_run.index(longer) == epochs_run.index(3) + 1
+    assert rep.float_accuracy - rep.accuracy <= 0.05 + 1e-12, rep.markdown()
+    assert any(f"fine-tuned again for {longer} epochs" in n for n in rep.notes), rep.notes
+    assert not any(n.startswith("rolled back") for n in rep.notes)
