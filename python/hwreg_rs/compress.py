@@ -897,13 +897,17 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         baked4.update(four_bit(state))
         state = {}
 
+    def fine_tunes(state: dict[_Unit, Any]) -> bool:
+        """Whether ``finish`` fine-tunes: a plan with steps, or one on a recovered model (not the dense one)."""
+        return bool(state) or base is not work_model
+
     def finish(state: dict[_Unit, Any], epochs: int = fine_tune_epochs,
                ) -> tuple[Module, runtime.RuntimeModel, float, dict[str, float]]:
         """The plan applied to ``base``: shrunk first (the sparse levels ramp up while fine-tuning,
         from what earlier rounds pruned), fine-tuned for ``epochs``, converted; with its held-out accuracy."""
         tuned = build({u: c for u, c in state.items() if u[0] != "sparse"})
         plan = {**baked, **{u[1]: sp for u, sp in state.items() if u[0] == "sparse"}}
-        if state or base is not work_model:
+        if fine_tunes(state):
             tuned = fine_tune(tuned, {name: (baked.get(name, 0.0), sp) for name, sp in plan.items()},
                               epochs, four_bit(state))
         rt = to_runtime(tuned, sparse=final_sparse, batch_size=batch_size)
@@ -921,31 +925,31 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
             earlier.append(p)
     dense_plan = _Plan(work_model, {}, {}, {}, 0)  # the dense int8 model: no step at all
     tried = [final] + [p for p in earlier[:_MAX_ROLLBACKS] if not p.same(dense_plan)] + [dense_plan]
+    longer_epochs = _RECOVERY_EPOCHS_FACTOR * fine_tune_epochs
+    retried: list[tuple[float, float]] = []  # the final plan's losses after its first and its longer fine-tune
+
     def within(r: tuple[Any, ...]) -> bool:
         return float_acc - r[2] <= max_accuracy_drop + 1e-12
-
-    recovered: list[float] = []  # the final plan's loss after its first fine-tune, when a longer one saved it
-    longer_losses: list[float] = []  # its loss after the longer fine-tune, when that did not save it either
 
     def attempt(p: _Plan) -> tuple[Module, runtime.RuntimeModel, float, dict[str, float]]:
         restore(p)
         r = finish(p.state)
-        if p is final and not within(r) and (p.state or p.base is not work_model):
+        if p is final and not within(r) and fine_tunes(p.state):
             # The search's plan is what the budgets asked for: before giving it up for a smaller one, give the
             # fine-tune longer to win the accuracy back (the first fine-tune is sized for speed, not recovery).
             restore(p)
-            longer = finish(p.state, _RECOVERY_EPOCHS_FACTOR * fine_tune_epochs)
+            longer = finish(p.state, longer_epochs)
+            retried.append((float_acc - r[2], float_acc - longer[2]))
             if within(longer):
-                recovered.append(float_acc - r[2])
                 return longer
-            longer_losses.append(float_acc - longer[2])
         return r
 
     picked, (tuned, rt, acc, plan), failed = _roll_back(tried, attempt, within)
+    recovered = bool(retried) and retried[0][1] <= max_accuracy_drop + 1e-12
     if recovered:
-        notes.append(f"the fine-tuned plan lost {100 * recovered[0]:.2f} pt > the allowance "
+        notes.append(f"the fine-tuned plan lost {100 * retried[0][0]:.2f} pt > the allowance "
                      f"{100 * max_accuracy_drop:.2f} pt after {fine_tune_epochs} epochs; fine-tuned again for "
-                     f"{_RECOVERY_EPOCHS_FACTOR * fine_tune_epochs} epochs it loses {100 * (float_acc - acc):.2f} pt: kept")
+                     f"{longer_epochs} epochs it loses {100 * retried[0][1]:.2f} pt: kept")
     restore(tried[picked])
     losses = [float_acc - r[2] for r in failed]
     if picked > 0:
@@ -953,8 +957,8 @@ def compress(model: Module, data: Sequence[Any], *, profile: Any = "host", laten
         state = back.state
         notes.append(f"rolled back: the fine-tuned plan lost {100 * losses[0]:.2f} pt > the allowance "
                      f"{100 * max_accuracy_drop:.2f} pt" + (
-                         f" ({100 * longer_losses[0]:.2f} pt fine-tuned {_RECOVERY_EPOCHS_FACTOR}x as long)"
-                         if longer_losses else "") + "; " + (
+                         f" ({100 * retried[0][1]:.2f} pt fine-tuned {longer_epochs} epochs)"
+                         if retried else "") + "; " + (
                          f"{picked - 1} later plan(s) of the search also did ({', '.join(f'{100 * v:.2f}' for v in losses[1:])}"
                          " pt); " if picked > 1 else "") +
                      ("kept the dense int8 model" if not back.state and back.base is work_model else
