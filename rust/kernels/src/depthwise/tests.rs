@@ -421,7 +421,7 @@ fn a_residual_in_the_step_is_refused() {
         row_scale: Param::Scalar(1.0),
         col_scale: Param::Scalar(1.0),
         bias: None,
-        residual: Some((&r, 2)),
+        residual: Some((crate::gemm::output::Residual::F32(&r), 2)),
         relu: false,
         requant: None,
     });

@@ -18,9 +18,9 @@
 //! (padding taps hold the zero point, the tail zeros), so the results are
 //! its bits and a model's predictions do not depend on the path.
 
-use super::int8_ops::{requant_of, static_step, In};
+use super::int8_ops::{requant_of, residual_on_grid, static_step, In};
 use super::*;
-use crate::gemm::output::Epilogue;
+use crate::gemm::output::{Epilogue, Residual};
 use crate::gemm::tiny::{tiny, Tiny};
 
 /// Most output pixels (rows of A) a conv of this path has.
@@ -266,12 +266,14 @@ pub(super) fn run(
     let n = d.t.n();
     let out_len = d.m * n;
     // The residual of a fused add: float, or its float terms on its grid.
-    let residual: Option<&[f32]> = match node.inputs.get(1) {
+    let residual: Option<Residual<'_>> = match node.inputs.get(1) {
         Some(&v) => {
             let p = src(ws, v);
             // SAFETY: as for `x` below (the residual has the output's dims).
             match (plan.dtypes[v], res_act) {
-                (DType::F32, None) => Some(unsafe { std::slice::from_raw_parts(p, out_len) }),
+                (DType::F32, None) => Some(Residual::F32(unsafe {
+                    std::slice::from_raw_parts(p, out_len)
+                })),
                 (dt, Some(a)) => {
                     let r = match dt {
                         DType::U8(_) => {
@@ -279,12 +281,11 @@ pub(super) fn run(
                         }
                         DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, out_len) }),
                     };
-                    let terms = &mut ws.res[..out_len];
-                    if let Err(e) = u8_ops::dequantized(ctx, r, a, terms) {
-                        return Some(Err(e));
-                    }
                     // SAFETY: `ws.res` is not touched again before the product has read it.
-                    Some(unsafe { std::slice::from_raw_parts(terms.as_ptr(), out_len) })
+                    match unsafe { residual_on_grid(ctx, r, a, &mut ws.res) } {
+                        Ok(r) => Some(r),
+                        Err(e) => return Some(Err(e)),
+                    }
                 }
                 (DType::U8(_), None) => return None,
             }

@@ -80,7 +80,7 @@ fn reference(x: &[f32], n: usize, geo: Geometry, g: &Gemm, residual: Option<&[f3
             row_scale: Param::Scalar(scales[0]),
             col_scale: Param::PerIndex(&g.scale),
             bias: g.bias.as_deref(),
-            residual: Some((r, nout)),
+            residual: Some((crate::gemm::output::Residual::F32(r), nout)),
             relu: g.relu,
             requant: None,
         }),

@@ -301,7 +301,7 @@ struct Scratch {
     q: usize,
     /// GEMM rows (one scale and zero point each).
     rows: usize,
-    /// A residual dequantized from its uint8 grid (float32).
+    /// A float residual quantized onto its grid and dequantized (float32).
     res: usize,
 }
 
@@ -648,6 +648,7 @@ impl GraphPlan {
             dims[v] = Some(d);
         }
         let mut scratch = Scratch::default();
+        let mut res_need = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
             let what = format!("node {i}");
             let ins = n
@@ -666,7 +667,7 @@ impl GraphPlan {
             let s = n.op.scratch(ins[0], &out);
             scratch.q = scratch.q.max(s.q);
             scratch.rows = scratch.rows.max(s.rows);
-            scratch.res = scratch.res.max(s.res);
+            res_need.push(s.res);
             if dims[n.output].is_some() {
                 return value_err!("{what} writes value {}, which is already written", n.output);
             }
@@ -694,6 +695,15 @@ impl GraphPlan {
             .collect::<Result<Vec<_>>>()?;
         let (storage, buf_elems) = assign_storage(&nodes, &inputs, &outputs, &dims)?;
         let dtypes = int8_ops::dtypes(&nodes, &outputs, dims.len());
+        // Only a float residual taken on a grid is dequantized into the
+        // workspace; a uint8 one is read as bytes by the output step.
+        scratch.res = nodes
+            .iter()
+            .zip(&res_need)
+            .filter(|(n, _)| n.inputs.get(1).is_some_and(|&v| dtypes[v] == DType::F32))
+            .map(|(_, &r)| r)
+            .max()
+            .unwrap_or(0);
         let row1 = batch1::prepare(&nodes, &dims, &dtypes, &storage);
         let row_bytes = row1.iter().flatten().map(|r| r.bytes()).max().unwrap_or(0);
         Ok(GraphPlan {

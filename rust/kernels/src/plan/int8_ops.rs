@@ -28,7 +28,7 @@
 use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::gemm::output::{Fused, Requant};
+use crate::gemm::output::{Fused, Requant, Residual};
 use crate::quant::quant1;
 use crate::quant::rows::{quantize_row_on, row_qparams};
 
@@ -181,24 +181,24 @@ pub(super) fn run_node(
                 res_act: Some(a), ..
             },
         ) => {
-            // The residual on its grid, as float32 terms in the workspace.
             let (p, l) = (src(ws, v), plan.len_of(v, batch));
             // SAFETY: as for `x` below.
             let r = match plan.dtypes[v] {
                 DType::U8(_) => In::U8(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), l) }),
                 DType::F32 => In::F32(unsafe { std::slice::from_raw_parts(p, l) }),
             };
-            let terms = &mut ws.res[..l];
-            if let Err(e) = u8_ops::dequantized(ctx, r, *a, terms) {
-                return Some(Err(e));
-            }
             // SAFETY: `ws.res` is not touched again before the conv has read it.
-            Some(unsafe { std::slice::from_raw_parts(terms.as_ptr(), l) })
+            match unsafe { residual_on_grid(ctx, r, *a, &mut ws.res) } {
+                Ok(r) => Some(r),
+                Err(e) => return Some(Err(e)),
+            }
         }
         (Some(&v), _) => {
             let p = src(ws, v);
             // SAFETY: as for `x` below (the residual is a float value of the output's size).
-            Some(unsafe { std::slice::from_raw_parts(p, plan.len_of(v, batch)) })
+            Some(Residual::F32(unsafe {
+                std::slice::from_raw_parts(p, plan.len_of(v, batch))
+            }))
         }
         (None, _) => None,
     };
@@ -242,7 +242,7 @@ fn run(
     op: &Op,
     x: In<'_>,
     xd: &[usize],
-    res: Option<&[f32]>,
+    res: Option<Residual<'_>>,
     y: Out<'_>,
 ) -> Result<()> {
     match op {
@@ -477,7 +477,12 @@ pub(super) fn quantize_batch_one_zero_point(
     ctx.for_each_task(len, batch, |img| {
         // SAFETY: image `img` alone writes its part of `ws.q` (sized for the batch by `prepare`).
         let dst = unsafe { std::slice::from_raw_parts_mut(qp.get().add(img * per), per) };
-        quantize_row_on(&x[img * per..(img + 1) * per], 1.0 / scales[img], zps[img], dst);
+        quantize_row_on(
+            &x[img * per..(img + 1) * per],
+            1.0 / scales[img],
+            zps[img],
+            dst,
+        );
     });
     Ok(())
 }
@@ -517,13 +522,46 @@ fn static_input<'a>(ctx: &Ctx, q: &'a mut [u8], x: In<'a>, a: StaticAct) -> Resu
     }
 }
 
+/// A fused add's residual `x` taken on its grid `a`: a uint8 value as its
+/// bytes (the output step dequantizes each as the static `Add` does), a float
+/// value quantized onto the grid and dequantized into `terms` (the workspace's
+/// residual buffer, at least as long as `x`).
+///
+/// # Safety
+/// The caller leaves `terms` alone while the returned residual is in use (it
+/// may borrow `terms` beyond this call's borrow).
+pub(super) unsafe fn residual_on_grid<'a>(
+    ctx: &Ctx,
+    x: In<'a>,
+    a: StaticAct,
+    terms: &mut [f32],
+) -> Result<Residual<'a>> {
+    match x {
+        In::U8(q) => Ok(Residual::U8 {
+            q,
+            scale: a.scale,
+            zero_point: a.zero_point,
+        }),
+        In::F32(v) => {
+            let Some(terms) = terms.get_mut(..v.len()) else {
+                return value_err!("the residual buffer is shorter than the residual");
+            };
+            u8_ops::dequantized(ctx, x, a, terms)?;
+            Ok(Residual::F32(std::slice::from_raw_parts(
+                terms.as_ptr(),
+                terms.len(),
+            )))
+        }
+    }
+}
+
 /// The output step of a static layer on input grid `a`: its scales, bias,
 /// ReLU and fused residual (rows of the layer's N outputs), then float out
 /// or, with `requant`, uint8 on the reader's grid.
 pub(super) fn static_step<'a>(
     g: &'a Gemm,
     a: StaticAct,
-    res: Option<&'a [f32]>,
+    res: Option<Residual<'a>>,
     requant: Option<Requant>,
 ) -> OutputStep<'a> {
     OutputStep::Fused(Fused {
@@ -550,7 +588,7 @@ fn static_gemm(
     k: usize,
     g: &Gemm,
     a: StaticAct,
-    res: Option<&[f32]>,
+    res: Option<Residual<'_>>,
     y: Out<'_>,
 ) -> Result<()> {
     let zp = ZeroPoint::Scalar(a.zero_point);
